@@ -1,0 +1,82 @@
+/*
+ * plan.h — every derived constant of the S²-Attn kernels for one spec.
+ *
+ * The plan is where the thinking happens, so the kernels only compute: the
+ * index map of each head class (see templates/common.cuh: plain heads use
+ * x = p; split shift groups x + S; roll shift reads x = (p - S) mod N), the
+ * tile shape and the launch geometry. G, S, the shift mode, d, H, Hkv, the
+ * dtype, the scale and the tiles are compile-time constants of the generated
+ * source; the token count, the sequence boundaries and the pointers are kernel
+ * arguments, so one build serves every batch of the spec's model.
+ */
+#ifndef S2_PLAN_H
+#define S2_PLAN_H
+
+#include "spec.h"
+
+/* The compiled units of the attention, each one NVRTC program. */
+typedef enum s2_attn_unit {
+    S2_UNIT_ATTN_FWD = 0, /* s2_attn_fwd */
+    S2_UNIT_ATTN_BWD,     /* s2_attn_bwd_pre, s2_attn_bwd_dq, s2_attn_bwd_dkdv */
+    S2_UNIT_ATTN_COUNT
+} s2_attn_unit;
+
+/* Tuning parameters: plan inputs, so a tuner can search them. */
+typedef struct s2_attn_tile {
+    int block_m; /* query rows (forward, dQ) or key rows (dK/dV) per block; multiple of warps */
+    int block_n; /* keys per forward/dQ tile; 32 (one per lane) in this kernel family */
+    int warps;   /* warps per block */
+} s2_attn_tile;
+
+typedef struct s2_attn_plan {
+    s2_dtype dtype;
+    int d, H, Hkv;        /* head dim, query heads, kv heads */
+    int G, S;             /* group size, shift */
+    s2_shift_mode mode;
+    double scale;         /* softmax scale */
+    int shift_off;        /* shifted heads: group(x) = (x + shift_off) / G   (split: S) */
+    int shift_rot;        /* shifted heads: position(x) = (x + shift_rot) mod N (roll: S) */
+    s2_attn_tile tile;
+    int threads;          /* per block: 32 * warps */
+    int smem_fwd, smem_dq, smem_dkdv; /* static shared memory per block, bytes */
+} s2_attn_plan;
+
+/* The default tile for an arch ("sm_80" ... "sm_90a") and head dim. */
+s2_attn_tile s2_plan_default_tile(const char *arch, int head_dim);
+
+/*
+ * Plans the attention of spec with the given tile (NULL: the default for
+ * arch). Fails with S2_ERR_SPEC (naming the spec key) for shapes the kernels
+ * cannot serve, and S2_ERR_INVALID for a tile they cannot run (saying which
+ * values are valid).
+ */
+s2_status s2_plan_attn(const s2_spec *spec, const char *arch, const s2_attn_tile *tile,
+                       s2_attn_plan *plan, s2_error *err);
+
+/* Unit names ("attn_fwd") and the extern "C" kernels each unit holds. */
+const char *s2_attn_unit_name(s2_attn_unit u);
+int s2_attn_unit_kernels(s2_attn_unit u, const char *const **names);
+
+/* Launch geometry for a batch whose longest sequence has max_seqlen tokens. */
+typedef struct s2_dim3 { unsigned x, y, z; } s2_dim3;
+s2_dim3 s2_plan_grid_fwd(const s2_attn_plan *p, int max_seqlen, int batch);  /* also dQ */
+s2_dim3 s2_plan_grid_dkdv(const s2_attn_plan *p, int max_seqlen, int batch);
+s2_dim3 s2_plan_grid_pre(const s2_attn_plan *p, int total_tokens);
+
+/*
+ * The index map of templates/common.cuh, in C, so tests can hold it against
+ * the reference mask of DESIGN §1: for head class cls (0 plain, 1 shifted)
+ * and a sequence of n tokens, virtual index x has position s2_plan_position()
+ * and query x sees key y iff y <= x and both have the same s2_plan_group().
+ */
+static inline int s2_plan_group(const s2_attn_plan *p, int cls, int x)
+{
+    return (x + (cls ? p->shift_off : 0)) / p->G;
+}
+
+static inline int s2_plan_position(const s2_attn_plan *p, int cls, int x, int n)
+{
+    return cls && p->shift_rot ? (x + p->shift_rot) % n : x;
+}
+
+#endif

@@ -1,0 +1,519 @@
+/*
+ * main.c — the s2lora command line. Each subcommand parses its arguments,
+ * calls the library and prints; the library itself never prints or exits.
+ *
+ * Exit codes: 0 success, 1 failure (message on stderr), 2 usage error,
+ * 3 no CUDA device or driver.
+ */
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../gen/emit.h"
+#include "../gen/spec.h"
+#include "jit.h"
+#include "rt.h"
+#include "st.h"
+
+#define EXIT_USAGE 2
+#define EXIT_NO_DEVICE 3
+#define MAX_SETS 64
+#define MAX_ARCH 8
+
+static const char *prog = "s2lora";
+
+static int fail(s2_error *err)
+{
+    fprintf(stderr, "%s: %s\n", prog, err->msg ? err->msg : s2_status_to_string(err->status));
+    int code = err->status == S2_ERR_NO_DEVICE ? EXIT_NO_DEVICE : 1;
+    s2_error_clear(err);
+    return code;
+}
+
+static int usage_error(const char *cmd, const char *fmt, const char *arg)
+{
+    fprintf(stderr, "%s %s: ", prog, cmd);
+    fprintf(stderr, fmt, arg);
+    fprintf(stderr, "\nTry '%s %s --help'.\n", prog, cmd);
+    return EXIT_USAGE;
+}
+
+/* Options common to the subcommands that take a spec. */
+typedef struct cli_opts {
+    const char *spec;
+    s2_spec_override sets[MAX_SETS];
+    int n_sets;
+    const char *arch[MAX_ARCH];
+    int n_arch;
+    const char *out, *in, *cache_dir;
+    int backward, no_cache, jobs, help;
+} cli_opts;
+
+/* Returns 0, or an exit code for a usage error. allowed lists the options this command takes. */
+static int parse_opts(const char *cmd, int argc, char **argv, const char *allowed, cli_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        const char *val = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            o->help = 1;
+            return 0;
+        }
+        if (a[0] != '-') {
+            if (o->spec)
+                return usage_error(cmd, "unexpected argument '%s'", a);
+            o->spec = a;
+            continue;
+        }
+        char key[32];
+        snprintf(key, sizeof key, "%s ", a);
+        if (!strstr(allowed, key))
+            return usage_error(cmd, "unknown option '%s'", a);
+        int takes_value = strcmp(a, "--backward") && strcmp(a, "--no-cache");
+        if (takes_value && !val)
+            return usage_error(cmd, "option '%s' needs a value", a);
+        if (!strcmp(a, "--set")) {
+            if (o->n_sets == MAX_SETS)
+                return usage_error(cmd, "too many --set options (at most %s)", "64");
+            o->sets[o->n_sets++].text = val;
+        } else if (!strcmp(a, "--arch")) {
+            if (o->n_arch == MAX_ARCH)
+                return usage_error(cmd, "too many --arch options (at most %s)", "8");
+            if (!s2_jit_arch_valid(val))
+                return usage_error(cmd, "--arch %s: valid: sm_80, sm_86, sm_89, sm_90, sm_90a", val);
+            o->arch[o->n_arch++] = val;
+        } else if (!strcmp(a, "--spec")) {
+            o->spec = val;
+        } else if (!strcmp(a, "-o") || !strcmp(a, "--out")) {
+            o->out = val;
+        } else if (!strcmp(a, "--in")) {
+            o->in = val;
+        } else if (!strcmp(a, "--cache-dir")) {
+            o->cache_dir = val;
+        } else if (!strcmp(a, "--jobs")) {
+            o->jobs = atoi(val);
+            if (o->jobs < 1)
+                return usage_error(cmd, "--jobs %s: expected a positive integer", val);
+        } else if (!strcmp(a, "--backward")) {
+            o->backward = 1;
+            continue;
+        } else if (!strcmp(a, "--no-cache")) {
+            o->no_cache = 1;
+            continue;
+        }
+        i++;
+    }
+    return 0;
+}
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+/* ---------------------------------------------------------------- gen */
+
+static const char gen_help[] =
+    "usage: s2lora gen SPEC [--set KEY=VALUE]... -o DIR\n"
+    "\n"
+    "Generates the specialised CUDA sources of SPEC (one .cu file per unit, each\n"
+    "opening with a banner that names the spec and its hash) into DIR.\n"
+    "  --set KEY=VALUE   override a spec value, e.g. --set s2attn.group_size=2048\n"
+    "  -o, --out DIR     output directory (created if missing)\n"
+    "  --arch ARCH       plan for this arch's default tile (default sm_90a)\n";
+
+static int cmd_gen(int argc, char **argv)
+{
+    cli_opts o;
+    int rc = parse_opts("gen", argc, argv, "--set -o --out --arch ", &o);
+    if (rc)
+        return rc;
+    if (o.help)
+        return fputs(gen_help, stdout), 0;
+    if (!o.spec)
+        return usage_error("gen", "missing SPEC%s", "");
+    if (!o.out)
+        return usage_error("gen", "missing -o DIR%s", "");
+    s2_error err = {0};
+    s2_spec spec;
+    s2_attn_plan plan;
+    if (s2_spec_load(o.spec, o.sets, o.n_sets, &spec, &err) ||
+        s2_plan_attn(&spec, o.n_arch ? o.arch[0] : "sm_90a", NULL, &plan, &err))
+        return fail(&err);
+    char *paths[S2_UNIT_ATTN_COUNT];
+    int n = 0;
+    if (s2_emit_write_dir(&spec, &plan, o.out, paths, S2_UNIT_ATTN_COUNT, &n, &err))
+        return fail(&err);
+    for (int i = 0; i < n; i++) {
+        printf("%s\n", paths[i]);
+        free(paths[i]);
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- build */
+
+static const char build_help[] =
+    "usage: s2lora build SPEC [--set KEY=VALUE]... [--arch ARCH]... [--jobs N]\n"
+    "                         [--cache-dir DIR] [--no-cache]\n"
+    "\n"
+    "Generates SPEC's kernels and builds them with NVRTC for each ARCH (default:\n"
+    "the spec's arch list), through the kernel cache. Needs no GPU. Prints one\n"
+    "row per kernel: registers, shared memory, stack, spills, cache hit, time.\n"
+    "  --arch ARCH       sm_80 | sm_86 | sm_89 | sm_90 | sm_90a (repeatable)\n"
+    "  --jobs N          parallel NVRTC builds (default: all cores)\n"
+    "  --cache-dir DIR   cache directory (default $S2LORA_CACHE_DIR, else\n"
+    "                    $XDG_CACHE_HOME/s2lora, else ~/.cache/s2lora)\n"
+    "  --no-cache        build everything, read and write no cache\n"
+    "Exit status 1 if a build fails or any kernel spills.\n";
+
+static void print_build_rows(const char *arch, const s2_jit_result *res, int n_units,
+                             int *spills)
+{
+    for (int u = 0; u < n_units; u++) {
+        const s2_jit_result *r = &res[u];
+        for (int k = 0; k < r->n_res; k++) {
+            const s2_kernel_res *x = &r->res[k];
+            int sp = x->spill_stores + x->spill_loads;
+            *spills += sp;
+            printf("%-7s %-9s %-18s %5d %8d %6d %7d %-5s %8.1f\n", arch,
+                   s2_attn_unit_name((s2_attn_unit)u), x->name, x->regs, x->smem, x->stack, sp,
+                   r->cache_hit ? "hit" : "built", r->ms);
+        }
+    }
+}
+
+static int cmd_build(int argc, char **argv)
+{
+    cli_opts o;
+    int rc = parse_opts("build", argc, argv, "--set --arch --jobs --cache-dir --no-cache ", &o);
+    if (rc)
+        return rc;
+    if (o.help)
+        return fputs(build_help, stdout), 0;
+    if (!o.spec)
+        return usage_error("build", "missing SPEC%s", "");
+    s2_error err = {0};
+    s2_spec spec;
+    if (s2_spec_load(o.spec, o.sets, o.n_sets, &spec, &err))
+        return fail(&err);
+    int n_arch = o.n_arch ? o.n_arch : spec.n_arch;
+    printf("spec %s (sha256 %.16s), G=%d S=%d %s, d=%d, H=%d, Hkv=%d, %s\n", spec.name,
+           spec.hash_hex, spec.s2attn.group_size, spec.s2attn.shift,
+           s2_shift_mode_name(spec.s2attn.shift_mode), spec.model.head_dim,
+           spec.model.num_heads, spec.model.num_kv_heads, s2_dtype_name(spec.dtype));
+    printf("%-7s %-9s %-18s %5s %8s %6s %7s %-5s %8s\n", "arch", "unit", "kernel", "regs",
+           "smem", "stack", "spill", "cache", "ms");
+    int spills = 0;
+    double t0 = now_ms();
+    for (int a = 0; a < n_arch; a++) {
+        s2_jit_opts jo = {.arch = o.n_arch ? o.arch[a] : spec.arch[a], .cache_dir = o.cache_dir,
+                          .threads = o.jobs, .no_cache = o.no_cache};
+        s2_attn_plan plan;
+        s2_jit_result res[S2_UNIT_ATTN_COUNT];
+        memset(res, 0, sizeof res);
+        if (s2_attn_build(&spec, NULL, &jo, &plan, res, &err))
+            return fail(&err);
+        print_build_rows(jo.arch, res, S2_UNIT_ATTN_COUNT, &spills);
+        for (int u = 0; u < S2_UNIT_ATTN_COUNT; u++)
+            s2_jit_result_free(&res[u]);
+    }
+    printf("built %d arch(es) in %.1f ms\n", n_arch, now_ms() - t0);
+    if (spills) {
+        fprintf(stderr, "%s: %d bytes of register spills in the kernels above\n", prog, spills);
+        return 1;
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- attn */
+
+static const char attn_help[] =
+    "usage: s2lora attn --spec SPEC [--set KEY=VALUE]... --in IN.safetensors\n"
+    "                   --out OUT.safetensors [--backward] [--cache-dir DIR]\n"
+    "\n"
+    "Runs SPEC's S²-Attn kernels on the GPU on tensors from a file.\n"
+    "IN holds q [T,H,d], k [T,Hkv,d], v [T,Hkv,d] in the spec's dtype, optionally\n"
+    "cu_seqlens [B+1] int32 (absent: one sequence of T tokens), and with\n"
+    "--backward do [T,H,d]. OUT receives o [T,H,d], lse [H,T] float32 and, with\n"
+    "--backward, dq [T,H,d], dk [T,Hkv,d], dv [T,Hkv,d].\n"
+    "Exit status 3 when there is no CUDA device.\n";
+
+/* Checks that tensor name exists with dtype and shape dims[0..ndim). */
+static s2_status want_tensor(const s2_st_file *f, const char *path, const char *name,
+                             s2_st_dtype dt, int ndim, const int64_t *dims, const char *why,
+                             const s2_tensor **out, s2_error *err)
+{
+    const s2_tensor *t = s2_st_find(f, name);
+    char got[96], want[96];
+    s2_tensor w = {.ndim = ndim};
+    for (int i = 0; i < ndim; i++)
+        w.shape[i] = dims[i];
+    s2_tensor_shape_str(&w, want, sizeof want);
+    if (!t)
+        return s2_error_set(err, S2_ERR_INVALID, "%s: missing tensor '%s' %s %s (%s)", path, name,
+                            s2_st_dtype_name(dt), want, why);
+    if (t->dtype != dt)
+        return s2_error_set(err, S2_ERR_INVALID, "%s: tensor '%s' is %s; the spec needs %s", path,
+                            name, s2_st_dtype_name(t->dtype), s2_st_dtype_name(dt));
+    int same = t->ndim == ndim;
+    for (int i = 0; same && i < ndim; i++)
+        same = t->shape[i] == dims[i];
+    if (!same)
+        return s2_error_set(err, S2_ERR_INVALID, "%s: tensor '%s' has shape %s; expected %s (%s)",
+                            path, name, s2_tensor_shape_str(t, got, sizeof got), want, why);
+    *out = t;
+    return S2_OK;
+}
+
+typedef struct attn_io {
+    const s2_tensor *q, *k, *v, *cu, *dout;
+    int T, B;
+    int32_t *cu_host; /* [B+1], owned */
+} attn_io;
+
+static s2_status check_inputs(const s2_spec *spec, const s2_st_file *f, const char *path,
+                              int backward, attn_io *io, s2_error *err)
+{
+    const int H = spec->model.num_heads, Hkv = spec->model.num_kv_heads, d = spec->model.head_dim;
+    s2_st_dtype dt = spec->dtype == S2_DTYPE_BF16 ? S2_ST_BF16 : S2_ST_F16;
+    const s2_tensor *q = s2_st_find(f, "q");
+    if (!q)
+        return s2_error_set(err, S2_ERR_INVALID, "%s: missing tensor 'q' %s [T, %d, %d]", path,
+                            s2_st_dtype_name(dt), H, d);
+    if (q->ndim != 3 || q->shape[0] < 1 || q->shape[0] > INT_MAX / 2) {
+        char got[96];
+        return s2_error_set(err, S2_ERR_INVALID,
+                            "%s: tensor 'q' has shape %s; expected [T, %d, %d] with T >= 1", path,
+                            s2_tensor_shape_str(q, got, sizeof got), H, d);
+    }
+    io->T = (int)q->shape[0];
+    int64_t qd[3] = {io->T, H, d}, kd[3] = {io->T, Hkv, d};
+    s2_status st = want_tensor(f, path, "q", dt, 3, qd, "[T, num_heads, head_dim] of the spec", &io->q, err);
+    if (!st)
+        st = want_tensor(f, path, "k", dt, 3, kd, "[T, num_kv_heads, head_dim] of the spec", &io->k, err);
+    if (!st)
+        st = want_tensor(f, path, "v", dt, 3, kd, "[T, num_kv_heads, head_dim] of the spec", &io->v, err);
+    if (!st && backward)
+        st = want_tensor(f, path, "do", dt, 3, qd, "the gradient of o, needed by --backward", &io->dout, err);
+    if (st)
+        return st;
+    const s2_tensor *cu = s2_st_find(f, "cu_seqlens");
+    if (cu && (cu->dtype != S2_ST_I32 || cu->ndim != 1 || cu->shape[0] < 2)) {
+        char got[96];
+        return s2_error_set(err, S2_ERR_INVALID,
+                            "%s: tensor 'cu_seqlens' is %s %s; expected I32 [B+1] with B >= 1",
+                            path, s2_st_dtype_name(cu->dtype), s2_tensor_shape_str(cu, got, sizeof got));
+    }
+    io->B = cu ? (int)cu->shape[0] - 1 : 1;
+    io->cu_host = malloc(sizeof(int32_t) * (io->B + 1));
+    if (!io->cu_host)
+        return s2_error_set(err, S2_ERR_NOMEM, "out of memory");
+    if (cu)
+        memcpy(io->cu_host, cu->data, sizeof(int32_t) * (io->B + 1));
+    else
+        io->cu_host[0] = 0, io->cu_host[1] = io->T;
+    return S2_OK;
+}
+
+/* Device buffers of one attn run. */
+typedef struct attn_dev {
+    void *q, *k, *v, *o, *dout, *dq, *dk, *dv;
+    float *lse, *delta;
+    int32_t *cu;
+} attn_dev;
+
+static void attn_dev_free(attn_dev *d)
+{
+    void *p[] = {d->q, d->k, d->v, d->o, d->dout, d->dq, d->dk, d->dv, d->lse, d->delta, d->cu};
+    for (size_t i = 0; i < sizeof p / sizeof p[0]; i++)
+        if (p[i])
+            cudaFree(p[i]);
+}
+
+static s2_status dev_copy_in(void **dst, const void *src, size_t n, const char *name, s2_error *err)
+{
+    char what[96];
+    snprintf(what, sizeof what, "cudaMalloc(%s, %zu bytes)", name, n);
+    s2_status st = s2_rt_check(cudaMalloc(dst, n ? n : 1), what, err);
+    if (!st && src)
+        st = s2_rt_check(cudaMemcpy(*dst, src, n, cudaMemcpyHostToDevice), "cudaMemcpy to device", err);
+    return st;
+}
+
+static s2_status run_attn(const s2_spec *spec, const cli_opts *o, const attn_io *io,
+                          s2_tensor *outs, int *n_out, s2_error *err)
+{
+    s2_rt rt;
+    s2_status st = s2_rt_open(&rt, 0, err);
+    if (st)
+        return st;
+    s2_attn a;
+    s2_jit_opts jo = {.cache_dir = o->cache_dir, .no_cache = o->no_cache};
+    st = s2_attn_load(&a, &rt, spec, NULL, &jo, err);
+    if (st)
+        return st;
+    s2_attn_batch bt;
+    st = s2_attn_batch_init(&bt, io->cu_host, io->B, io->T, "cu_seqlens", err);
+    const int H = spec->model.num_heads, Hkv = spec->model.num_kv_heads, d = spec->model.head_dim;
+    const size_t nq = (size_t)io->T * H * d * 2, nk = (size_t)io->T * Hkv * d * 2;
+    const size_t nl = (size_t)H * io->T * sizeof(float);
+    attn_dev dv = {0};
+    if (!st)
+        st = dev_copy_in(&dv.q, io->q->data, nq, "q", err);
+    if (!st)
+        st = dev_copy_in(&dv.k, io->k->data, nk, "k", err);
+    if (!st)
+        st = dev_copy_in(&dv.v, io->v->data, nk, "v", err);
+    if (!st)
+        st = dev_copy_in((void **)&dv.cu, io->cu_host, sizeof(int32_t) * (io->B + 1), "cu_seqlens", err);
+    if (!st)
+        st = dev_copy_in(&dv.o, NULL, nq, "o", err);
+    if (!st)
+        st = dev_copy_in((void **)&dv.lse, NULL, nl, "lse", err);
+    bt.d_cu_seqlens = dv.cu;
+    if (!st)
+        st = s2_attn_forward(&a, &bt, dv.q, dv.k, dv.v, dv.o, dv.lse, 0, err);
+    if (!st && o->backward) {
+        st = dev_copy_in(&dv.dout, io->dout->data, nq, "do", err);
+        if (!st)
+            st = dev_copy_in((void **)&dv.delta, NULL, nl, "delta", err);
+        if (!st)
+            st = dev_copy_in(&dv.dq, NULL, nq, "dq", err);
+        if (!st)
+            st = dev_copy_in(&dv.dk, NULL, nk, "dk", err);
+        if (!st)
+            st = dev_copy_in(&dv.dv, NULL, nk, "dv", err);
+        if (!st)
+            st = s2_attn_backward(&a, &bt, dv.q, dv.k, dv.v, dv.o, dv.lse, dv.dout, dv.delta,
+                                  dv.dq, dv.dk, dv.dv, 0, err);
+    }
+    if (!st)
+        st = s2_rt_check(cudaDeviceSynchronize(), "running the kernels", err);
+    s2_st_dtype dt = spec->dtype == S2_DTYPE_BF16 ? S2_ST_BF16 : S2_ST_F16;
+    struct { const char *name; void *dev; size_t n; s2_st_dtype dt; int64_t s0, s1, s2; int nd; } spec_out[] = {
+        {"o", dv.o, nq, dt, io->T, H, d, 3},
+        {"lse", dv.lse, nl, S2_ST_F32, H, io->T, 0, 2},
+        {"dq", dv.dq, nq, dt, io->T, H, d, 3},
+        {"dk", dv.dk, nk, dt, io->T, Hkv, d, 3},
+        {"dv", dv.dv, nk, dt, io->T, Hkv, d, 3},
+    };
+    int want = o->backward ? 5 : 2;
+    for (int i = 0; i < want && !st; i++) {
+        s2_tensor *t = &outs[i];
+        t->name = (char *)spec_out[i].name;
+        t->dtype = spec_out[i].dt;
+        t->ndim = spec_out[i].nd;
+        t->shape[0] = spec_out[i].s0, t->shape[1] = spec_out[i].s1, t->shape[2] = spec_out[i].s2;
+        t->nbytes = spec_out[i].n;
+        t->data = malloc(t->nbytes ? t->nbytes : 1);
+        if (!t->data) {
+            st = s2_error_set(err, S2_ERR_NOMEM, "out of memory for %s", t->name);
+            break;
+        }
+        *n_out = i + 1;
+        st = s2_rt_check(cudaMemcpy(t->data, spec_out[i].dev, t->nbytes, cudaMemcpyDeviceToHost),
+                         "cudaMemcpy to host", err);
+    }
+    attn_dev_free(&dv);
+    s2_attn_free(&a);
+    return st;
+}
+
+static int cmd_attn(int argc, char **argv)
+{
+    cli_opts o;
+    int rc = parse_opts("attn", argc, argv, "--spec --set --in --out -o --backward --cache-dir --no-cache ", &o);
+    if (rc)
+        return rc;
+    if (o.help)
+        return fputs(attn_help, stdout), 0;
+    if (!o.spec)
+        return usage_error("attn", "missing --spec SPEC%s", "");
+    if (!o.in || !o.out)
+        return usage_error("attn", "missing %s", !o.in ? "--in IN.safetensors" : "--out OUT.safetensors");
+    s2_error err = {0};
+    s2_spec spec;
+    s2_st_file f = {0};
+    attn_io io = {0};
+    s2_tensor outs[5];
+    int n_out = 0;
+    memset(outs, 0, sizeof outs);
+    s2_status st = s2_spec_load(o.spec, o.sets, o.n_sets, &spec, &err);
+    if (!st)
+        st = s2_st_read(o.in, &f, &err);
+    if (!st)
+        st = check_inputs(&spec, &f, o.in, o.backward, &io, &err);
+    if (!st) { /* the boundaries are checked before any device work */
+        s2_attn_batch bt;
+        st = s2_attn_batch_init(&bt, io.cu_host, io.B, io.T, "cu_seqlens", &err);
+        if (st)
+            s2_error_prefix(&err, "%s", o.in);
+    }
+    if (!st)
+        st = run_attn(&spec, &o, &io, outs, &n_out, &err);
+    if (!st) {
+        const char *mk[] = {"s2lora.spec", "s2lora.spec_sha256"};
+        const char *mv[] = {spec.name, spec.hash_hex};
+        st = s2_st_write(o.out, outs, n_out, mk, mv, 2, &err);
+    }
+    for (int i = 0; i < n_out; i++)
+        free(outs[i].data);
+    free(io.cu_host);
+    s2_st_close(&f);
+    if (st)
+        return fail(&err);
+    fprintf(stderr, "%s: wrote %d tensors to %s\n", prog, n_out, o.out);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- main */
+
+static const char main_help[] =
+    "usage: s2lora COMMAND [ARGS]\n"
+    "\n"
+    "Generates, builds and runs specialised CUDA kernels for LongLoRA's shifted\n"
+    "sparse attention (S²-Attn) from a YAML spec.\n"
+    "\n"
+    "commands:\n"
+    "  gen      write the generated CUDA sources of a spec\n"
+    "  build    generate and NVRTC-build a spec's kernels (no GPU needed)\n"
+    "  attn     run the kernels on tensors from a safetensors file\n"
+    "  version  print versions\n"
+    "Run 's2lora COMMAND --help' for a command's options.\n";
+
+static int cmd_version(void)
+{
+    int maj = 0, min = 0;
+    s2_error err = {0};
+    printf("s2lora %s (%s)\n", S2_VERSION, S2_GEN_VERSION);
+    if (s2_jit_nvrtc_version(&maj, &min, &err) == S2_OK)
+        printf("NVRTC %d.%d\n", maj, min);
+    else
+        s2_error_clear(&err);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        fputs(main_help, argc < 2 ? stderr : stdout);
+        return argc < 2 ? EXIT_USAGE : 0;
+    }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "gen"))
+        return cmd_gen(argc - 2, argv + 2);
+    if (!strcmp(cmd, "build"))
+        return cmd_build(argc - 2, argv + 2);
+    if (!strcmp(cmd, "attn"))
+        return cmd_attn(argc - 2, argv + 2);
+    if (!strcmp(cmd, "version") || !strcmp(cmd, "--version"))
+        return cmd_version();
+    fprintf(stderr, "%s: unknown command '%s'\n%s", prog, cmd, main_help);
+    return EXIT_USAGE;
+}

@@ -1,0 +1,197 @@
+/* rt.c — device, module loading and launches of the S²-Attn kernels. */
+#include "rt.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../gen/emit.h"
+
+s2_status s2_rt_check(cudaError_t e, const char *what, s2_error *err)
+{
+    if (e == cudaSuccess)
+        return S2_OK;
+    return s2_error_set(err, S2_ERR_CUDA, "%s: %s (%s)", what, cudaGetErrorString(e),
+                        cudaGetErrorName(e));
+}
+
+s2_status s2_rt_open(s2_rt *rt, int device, s2_error *err)
+{
+    memset(rt, 0, sizeof *rt);
+    int count = 0;
+    cudaError_t e = cudaGetDeviceCount(&count);
+    if (e == cudaErrorNoDevice || e == cudaErrorInsufficientDriver || (e == cudaSuccess && count == 0))
+        return s2_error_set(err, S2_ERR_NO_DEVICE, "no CUDA device (%s)",
+                            e == cudaSuccess ? "none found" : cudaGetErrorString(e));
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        return s2_error_set(err, S2_ERR_NO_DEVICE, "no usable CUDA device: %s",
+                            cudaGetErrorString(e));
+    }
+    if (device < 0 || device >= count)
+        return s2_error_set(err, S2_ERR_INVALID, "device %d: valid 0..%d", device, count - 1);
+    struct cudaDeviceProp prop;
+    s2_status st = s2_rt_check(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties", err);
+    if (!st)
+        st = s2_rt_check(cudaSetDevice(device), "cudaSetDevice", err);
+    if (st)
+        return st;
+    rt->device = device;
+    snprintf(rt->name, sizeof rt->name, "%s", prop.name);
+    rt->cc_major = prop.major;
+    rt->cc_minor = prop.minor;
+    rt->sm_count = prop.multiProcessorCount;
+    /* Hopper builds for sm_90a: the arch-specific target is what later wgmma kernels need. */
+    snprintf(rt->arch, sizeof rt->arch, "sm_%d%d%s", prop.major, prop.minor,
+             prop.major == 9 && prop.minor == 0 ? "a" : "");
+    if (!s2_jit_arch_valid(rt->arch))
+        return s2_error_set(err, S2_ERR_NO_DEVICE,
+                            "%s (compute capability %d.%d): no supported target; s2lora builds for "
+                            "sm_80, sm_86, sm_89, sm_90 and sm_90a", rt->name, prop.major,
+                            prop.minor);
+    return S2_OK;
+}
+
+s2_status s2_attn_build(const s2_spec *spec, const s2_attn_tile *tile, const s2_jit_opts *jo,
+                        s2_attn_plan *plan, s2_jit_result *out, s2_error *err)
+{
+    s2_status st = s2_plan_attn(spec, jo->arch, tile, plan, err);
+    if (st)
+        return st;
+    char *src[S2_UNIT_ATTN_COUNT] = {0};
+    s2_jit_src units[S2_UNIT_ATTN_COUNT];
+    char names[S2_UNIT_ATTN_COUNT][S2_SPEC_NAME_MAX + 32];
+    for (int u = 0; u < S2_UNIT_ATTN_COUNT && !st; u++) {
+        st = s2_emit_attn(spec, plan, (s2_attn_unit)u, &src[u], err);
+        snprintf(names[u], sizeof names[u], "%s/%s", spec->name, s2_attn_unit_name(u));
+        units[u] = (s2_jit_src){.unit = names[u], .source = src[u]};
+    }
+    if (!st)
+        st = s2_jit_build(units, S2_UNIT_ATTN_COUNT, jo, out, err);
+    for (int u = 0; u < S2_UNIT_ATTN_COUNT; u++)
+        free(src[u]);
+    return st;
+}
+
+static s2_status get_kernel(cudaKernel_t *k, cudaLibrary_t lib, const char *name, s2_error *err)
+{
+    char what[160];
+    snprintf(what, sizeof what, "cudaLibraryGetKernel(%s)", name);
+    return s2_rt_check(cudaLibraryGetKernel(k, lib, name), what, err);
+}
+
+s2_status s2_attn_load(s2_attn *a, const s2_rt *rt, const s2_spec *spec, const s2_attn_tile *tile,
+                       const s2_jit_opts *jo, s2_error *err)
+{
+    memset(a, 0, sizeof *a);
+    s2_jit_opts o = *jo;
+    o.arch = rt->arch;
+    s2_jit_result res[S2_UNIT_ATTN_COUNT];
+    memset(res, 0, sizeof res);
+    s2_status st = s2_attn_build(spec, tile, &o, &a->plan, res, err);
+    if (st)
+        return st;
+    for (int u = 0; u < S2_UNIT_ATTN_COUNT && !st; u++) {
+        a->build_ms[u] = res[u].ms;
+        a->cache_hit[u] = res[u].cache_hit;
+        st = s2_rt_check(cudaLibraryLoadData(&a->lib[u], res[u].cubin, NULL, NULL, 0, NULL, NULL, 0),
+                         "cudaLibraryLoadData", err);
+        if (st)
+            s2_error_prefix(err, "loading %s/%s", spec->name, s2_attn_unit_name(u));
+    }
+    for (int u = 0; u < S2_UNIT_ATTN_COUNT; u++)
+        s2_jit_result_free(&res[u]);
+    if (!st)
+        st = get_kernel(&a->fwd, a->lib[S2_UNIT_ATTN_FWD], "s2_attn_fwd", err);
+    if (!st)
+        st = get_kernel(&a->pre, a->lib[S2_UNIT_ATTN_BWD], "s2_attn_bwd_pre", err);
+    if (!st)
+        st = get_kernel(&a->dq, a->lib[S2_UNIT_ATTN_BWD], "s2_attn_bwd_dq", err);
+    if (!st)
+        st = get_kernel(&a->dkdv, a->lib[S2_UNIT_ATTN_BWD], "s2_attn_bwd_dkdv", err);
+    if (st)
+        s2_attn_free(a);
+    return st;
+}
+
+void s2_attn_free(s2_attn *a)
+{
+    if (!a)
+        return;
+    for (int u = 0; u < S2_UNIT_ATTN_COUNT; u++)
+        if (a->lib[u])
+            cudaLibraryUnload(a->lib[u]);
+    memset(a, 0, sizeof *a);
+}
+
+s2_status s2_attn_batch_init(s2_attn_batch *bt, const int32_t *cu, int B, int T, const char *what,
+                             s2_error *err)
+{
+    memset(bt, 0, sizeof *bt);
+    if (B < 1)
+        return s2_error_set(err, S2_ERR_INVALID, "%s: %d sequences; need at least 1", what, B);
+    if (cu[0] != 0)
+        return s2_error_set(err, S2_ERR_INVALID, "%s[0] = %d; must be 0", what, cu[0]);
+    int max = 0;
+    for (int b = 0; b < B; b++) {
+        if (cu[b + 1] < cu[b])
+            return s2_error_set(err, S2_ERR_INVALID,
+                                "%s[%d] = %d < %s[%d] = %d; boundaries must not decrease", what,
+                                b + 1, cu[b + 1], what, b, cu[b]);
+        if (cu[b + 1] - cu[b] > max)
+            max = cu[b + 1] - cu[b];
+    }
+    if (cu[B] != T)
+        return s2_error_set(err, S2_ERR_INVALID,
+                            "%s[%d] = %d; must equal the token count %d of q", what, B, cu[B], T);
+    bt->T = T;
+    bt->B = B;
+    bt->max_seqlen = max;
+    return S2_OK;
+}
+
+static s2_status launch(cudaKernel_t k, const char *name, s2_dim3 g, int threads, void **args,
+                        cudaStream_t s, s2_error *err)
+{
+    if (g.x == 0)
+        return S2_OK; /* an empty batch: nothing to do */
+    char what[128];
+    snprintf(what, sizeof what, "launch %s (grid %u,%u,%u block %d)", name, g.x, g.y, g.z, threads);
+    s2_status st = s2_rt_check(cudaLaunchKernel((const void *)k, (dim3){g.x, g.y, g.z},
+                                                (dim3){(unsigned)threads, 1, 1}, args, 0, s),
+                               what, err);
+    if (!st)
+        st = s2_rt_check(cudaGetLastError(), what, err);
+    return st;
+}
+
+s2_status s2_attn_forward(const s2_attn *a, const s2_attn_batch *bt, const void *q, const void *k,
+                          const void *v, void *o, float *lse, cudaStream_t stream, s2_error *err)
+{
+    int T = bt->T;
+    void *args[] = {&q, &k, &v, &o, &lse, (void *)&bt->d_cu_seqlens, &T};
+    return launch(a->fwd, "s2_attn_fwd", s2_plan_grid_fwd(&a->plan, bt->max_seqlen, bt->B),
+                  a->plan.threads, args, stream, err);
+}
+
+s2_status s2_attn_backward(const s2_attn *a, const s2_attn_batch *bt, const void *q,
+                           const void *k, const void *v, const void *o, const float *lse,
+                           const void *dout, float *delta, void *dq, void *dk, void *dv,
+                           cudaStream_t stream, s2_error *err)
+{
+    int T = bt->T;
+    const s2_attn_plan *p = &a->plan;
+    void *pre_args[] = {&o, &dout, &delta, &T};
+    s2_status st = launch(a->pre, "s2_attn_bwd_pre", s2_plan_grid_pre(p, T), p->threads, pre_args,
+                          stream, err);
+    if (st)
+        return st;
+    void *dq_args[] = {&q, &k, &v, &dout, &lse, &delta, &dq, (void *)&bt->d_cu_seqlens, &T};
+    st = launch(a->dq, "s2_attn_bwd_dq", s2_plan_grid_fwd(p, bt->max_seqlen, bt->B), p->threads,
+                dq_args, stream, err);
+    if (st)
+        return st;
+    void *kv_args[] = {&q, &k, &v, &dout, &lse, &delta, &dk, &dv, (void *)&bt->d_cu_seqlens, &T};
+    return launch(a->dkdv, "s2_attn_bwd_dkdv", s2_plan_grid_dkdv(p, bt->max_seqlen, bt->B),
+                  p->threads, kv_args, stream, err);
+}

@@ -1,0 +1,80 @@
+/*
+ * rt.h — the device side: open a GPU, build (NVRTC + cache) and load the
+ * spec's kernels with the runtime API's library calls (cudaLibraryLoadData /
+ * cudaLibraryGetKernel), and launch them. Every CUDA call is checked; a
+ * failure names the call, the kernel and CUDA's message.
+ *
+ * With no GPU or no driver, s2_rt_open() returns S2_ERR_NO_DEVICE and nothing
+ * else here is reached: the binary links the static CUDA runtime, so it starts
+ * on machines without a driver.
+ */
+#ifndef S2_RT_H
+#define S2_RT_H
+
+#include <cuda_runtime_api.h>
+#include <stdint.h>
+
+#include "../gen/plan.h"
+#include "jit.h"
+
+typedef struct s2_rt {
+    int device;
+    char name[256];      /* "NVIDIA H100 80GB HBM3" */
+    int cc_major, cc_minor;
+    char arch[16];       /* what NVRTC builds for it: "sm_90a" on Hopper, else "sm_XY" */
+    int sm_count;
+} s2_rt;
+
+/* Opens device `device` (usually 0). S2_ERR_NO_DEVICE when there is none or no driver. */
+s2_status s2_rt_open(s2_rt *rt, int device, s2_error *err);
+
+/* Checks a CUDA call: on failure sets err with what and CUDA's message, returns S2_ERR_CUDA. */
+s2_status s2_rt_check(cudaError_t e, const char *what, s2_error *err);
+
+/*
+ * Builds (NVRTC, through the cache) the attention units of spec for arch
+ * (plan filled too): out[S2_UNIT_ATTN_COUNT]. Needs no GPU.
+ */
+s2_status s2_attn_build(const s2_spec *spec, const s2_attn_tile *tile, const s2_jit_opts *jo,
+                        s2_attn_plan *plan, s2_jit_result *out, s2_error *err);
+
+/* Loaded S²-Attn kernels of one spec on one device. */
+typedef struct s2_attn {
+    s2_attn_plan plan;
+    cudaLibrary_t lib[S2_UNIT_ATTN_COUNT];
+    cudaKernel_t fwd, pre, dq, dkdv;
+    double build_ms[S2_UNIT_ATTN_COUNT];
+    int cache_hit[S2_UNIT_ATTN_COUNT];
+} s2_attn;
+
+/* Builds for rt->arch (jo->arch is ignored) and loads. s2_attn_free() undoes it. */
+s2_status s2_attn_load(s2_attn *a, const s2_rt *rt, const s2_spec *spec, const s2_attn_tile *tile,
+                       const s2_jit_opts *jo, s2_error *err);
+void s2_attn_free(s2_attn *a);
+
+/* One packed batch: B sequences, T tokens, boundaries on the device. */
+typedef struct s2_attn_batch {
+    int T, B;
+    int max_seqlen;
+    const int32_t *d_cu_seqlens; /* device [B+1] */
+} s2_attn_batch;
+
+/*
+ * Validates host cu_seqlens ([B+1]: starts at 0, nondecreasing, ends at T) and
+ * fills T, B and max_seqlen (d_cu_seqlens is left to the caller). what names the
+ * tensor in messages.
+ */
+s2_status s2_attn_batch_init(s2_attn_batch *bt, const int32_t *cu_seqlens, int B, int T,
+                             const char *what, s2_error *err);
+
+/* Forward. q [T,H,d], k/v [T,Hkv,d], o [T,H,d] in the spec's dtype; lse [H,T] fp32. */
+s2_status s2_attn_forward(const s2_attn *a, const s2_attn_batch *bt, const void *q, const void *k,
+                          const void *v, void *o, float *lse, cudaStream_t stream, s2_error *err);
+
+/* Backward. delta is a workspace of [H,T] fp32; dq [T,H,d], dk/dv [T,Hkv,d]. */
+s2_status s2_attn_backward(const s2_attn *a, const s2_attn_batch *bt, const void *q,
+                           const void *k, const void *v, const void *o, const float *lse,
+                           const void *dout, float *delta, void *dq, void *dk, void *dv,
+                           cudaStream_t stream, s2_error *err);
+
+#endif

@@ -1,0 +1,139 @@
+// templates/common.cuh — shared by every generated S²-Attn unit.
+//
+// The emitter puts the specialised constants above this text:
+//   S2_IS_BF16        1 for bf16 storage, 0 for fp16
+//   S2_HEAD_DIM       d
+//   S2_NUM_HEADS      H;  S2_NUM_KV_HEADS  Hkv
+//   S2_GROUP          G
+//   S2_SHIFT_OFF, S2_SHIFT_ROT  the index map of shifted heads (plain heads: 0, 0)
+//   S2_SCALE          softmax scale; S2_SCALE_LOG2 = S2_SCALE * log2(e): scores live in the exp2 domain
+//   S2_BLOCK_M, S2_BLOCK_N, S2_WARPS  the tile shape
+//
+// Index space. Every head class is attended in a "virtual" order x = 0..N-1 in
+// which the mask is plain causal attention inside groups of G:
+//   group(x) = (x + OFF) / G,   group start = max(0, group * G - OFF)
+//   position(x) = (x + ROT) mod N
+// plain heads: OFF = ROT = 0; split shift: OFF = S (the short first group
+// [0, G-S)); roll shift: ROT = S (x is the rolled index (p - S) mod N, so the
+// last group wraps the tail onto the head, as LongLoRA's roll does).
+// Query x sees key y iff group(x) == group(y) and y <= x.
+
+typedef unsigned short s2_elem; // bf16 or fp16 bits; never reinterpreted by the host
+
+#define S2_LOG2E 1.4426950408889634f
+#define S2_LN2 0.6931471805599453f
+#define S2_NEG_INF (-__int_as_float(0x7f800000))
+
+__device__ __forceinline__ float s2_to_f32(s2_elem h)
+{
+#if S2_IS_BF16
+    return __uint_as_float(((unsigned)h) << 16);
+#else
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+#endif
+}
+
+__device__ __forceinline__ s2_elem s2_from_f32(float f)
+{
+#if S2_IS_BF16
+    unsigned u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) // NaN stays NaN (quiet)
+        return (s2_elem)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u); // round to nearest even
+    return (s2_elem)(u >> 16);
+#else
+    s2_elem h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+#endif
+}
+
+// Two packed elements (the low one first in memory).
+__device__ __forceinline__ float2 s2_to_f32x2(unsigned w)
+{
+    return make_float2(s2_to_f32((s2_elem)(w & 0xffffu)), s2_to_f32((s2_elem)(w >> 16)));
+}
+
+__device__ __forceinline__ int s2_off(int cls) { return cls ? S2_SHIFT_OFF : 0; }
+__device__ __forceinline__ int s2_rot(int cls) { return cls ? S2_SHIFT_ROT : 0; }
+
+// The shift class of query head h: heads h >= H/2 are shifted.
+__device__ __forceinline__ int s2_head_class(int h) { return h >= S2_NUM_HEADS / 2 ? 1 : 0; }
+
+__device__ __forceinline__ int s2_group_of(int x, int cls) { return (x + s2_off(cls)) / S2_GROUP; }
+
+__device__ __forceinline__ int s2_group_start(int x, int cls)
+{
+    int s = s2_group_of(x, cls) * S2_GROUP - s2_off(cls);
+    return s > 0 ? s : 0;
+}
+
+// One past the last index of x's group, clipped to the sequence.
+__device__ __forceinline__ int s2_group_end(int x, int cls, int n)
+{
+    int e = (s2_group_of(x, cls) + 1) * S2_GROUP - s2_off(cls);
+    return e < n ? e : n;
+}
+
+__device__ __forceinline__ int s2_position(int x, int cls, int n)
+{
+    if (s2_rot(cls) == 0)
+        return x;
+    int p = x + s2_rot(cls);
+    return p % n;
+}
+
+__device__ __forceinline__ bool s2_visible(int xq, int xk, int cls)
+{
+    return xk <= xq && s2_group_of(xq, cls) == s2_group_of(xk, cls);
+}
+
+__device__ __forceinline__ float s2_warp_max(float v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+__device__ __forceinline__ float s2_warp_sum(float v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// Copies rows [x0, x0 + rows) of one head from global [T, heads, d] into shared
+// [rows][S2_ROW] (S2_ROW = d + 2: the pad keeps lane-per-row reads off one bank).
+// Rows past n are zero-filled so masked lanes read finite values.
+#define S2_ROW (S2_HEAD_DIM + 2)
+__device__ __forceinline__ void s2_load_rows(s2_elem *dst, const s2_elem *src, int seq0, int x0,
+                                             int rows, int n, int cls, int heads, int head)
+{
+    const int words = S2_HEAD_DIM / 2;
+    for (int i = threadIdx.x; i < rows * words; i += blockDim.x) {
+        int r = i / words, w = i % words;
+        int x = x0 + r;
+        unsigned val = 0u;
+        if (x < n) {
+            long tok = seq0 + s2_position(x, cls, n);
+            val = ((const unsigned *)(src + (tok * heads + head) * S2_HEAD_DIM))[w];
+        }
+        ((unsigned *)(dst + r * S2_ROW))[w] = val;
+    }
+}
+
+// Dot product of two shared rows, fp32.
+__device__ __forceinline__ float s2_dot_rows(const s2_elem *a, const s2_elem *b)
+{
+    float acc = 0.f;
+#pragma unroll 8
+    for (int w = 0; w < S2_HEAD_DIM / 2; w++) {
+        float2 x = s2_to_f32x2(((const unsigned *)a)[w]);
+        float2 y = s2_to_f32x2(((const unsigned *)b)[w]);
+        acc = fmaf(x.x, y.x, acc);
+        acc = fmaf(x.y, y.y, acc);
+    }
+    return acc;
+}

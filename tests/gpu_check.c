@@ -1,0 +1,363 @@
+/*
+ * gpu_check.c — every S²-Attn kernel against the CPU reference on the GPU.
+ *
+ * For each case: fresh random inputs (seeded from the clock unless --seed),
+ * outputs poisoned with NaN before the run, forward and backward on the
+ * device, the same problem through the fp64-accumulating CPU reference on the
+ * inputs as rounded to the storage dtype, and the relative L2 error of o, lse,
+ * dq, dk and dv. A case passes when every error is below 1e-2 and no output
+ * element is NaN (a NaN left means an element was never written).
+ *
+ * One line per case; exit status 0 only if every case passes, 3 with no GPU.
+ * Built without Criterion: the GPU machine has none.
+ */
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../runtime/ref.h"
+#include "../runtime/rt.h"
+#include "../runtime/st.h"
+
+#define TOL 1e-2
+#define MAX_SEQS 8
+
+typedef struct gcase {
+    const char *what;
+    int d, H, Hkv, G, S;
+    const char *mode;  /* split | roll */
+    const char *dtype; /* bf16 | fp16 */
+    int nseq;
+    int seqlen[MAX_SEQS];
+} gcase;
+
+/* Item 11's cases: several N (N < G, N = G, N not a multiple of G), varlen with
+ * sequences of different lengths, both shift modes, GQA, d in {64, 96, 128, 256}. */
+static const gcase cases[] = {
+    {"split N%G=0", 128, 4, 4, 256, 128, "split", "bf16", 1, {1024}},
+    {"split short last group", 128, 4, 4, 256, 128, "split", "bf16", 1, {1000}},
+    {"split N<G", 128, 4, 4, 256, 128, "split", "bf16", 1, {200}},
+    {"split N=G", 128, 4, 4, 256, 128, "split", "bf16", 1, {256}},
+    {"roll N%G=0", 128, 4, 4, 256, 128, "roll", "bf16", 1, {1024}},
+    {"roll short last group", 128, 4, 4, 256, 128, "roll", "bf16", 1, {1000}},
+    {"roll N<G", 128, 4, 4, 256, 128, "roll", "bf16", 1, {200}},
+    {"roll N=G", 128, 4, 4, 256, 128, "roll", "bf16", 1, {256}},
+    {"split GQA 8/2", 128, 8, 2, 256, 128, "split", "bf16", 1, {777}},
+    {"roll GQA 8/2", 128, 8, 2, 256, 128, "roll", "bf16", 1, {777}},
+    {"split fp16 d64", 64, 4, 4, 256, 128, "split", "fp16", 1, {1000}},
+    {"roll fp16 d64 GQA 8/4", 64, 8, 4, 256, 128, "roll", "fp16", 1, {1000}},
+    {"split bf16 d64 N<G", 64, 4, 4, 512, 256, "split", "bf16", 1, {300}},
+    {"varlen split", 128, 4, 4, 256, 128, "split", "bf16", 4, {300, 1024, 77, 513}},
+    {"varlen roll", 128, 4, 4, 256, 128, "roll", "bf16", 4, {300, 1024, 77, 513}},
+    {"varlen roll fp16 d64 GQA", 64, 8, 2, 256, 128, "roll", "fp16", 3, {129, 640, 255}},
+    {"varlen split fp16 GQA", 128, 8, 4, 200, 100, "split", "fp16", 5, {1, 31, 200, 401, 999}},
+    {"full causal G>=N S=0", 128, 4, 4, 2048, 0, "split", "bf16", 1, {1500}},
+    {"odd shift G=96 S=40 d96", 96, 4, 4, 96, 40, "split", "bf16", 1, {500}},
+    {"roll G=96 S=40 d96", 96, 4, 4, 96, 40, "roll", "fp16", 1, {500}},
+    {"d256 split", 256, 4, 4, 128, 64, "split", "bf16", 1, {600}},
+    {"G/4 N=4096 H=8", 128, 8, 8, 1024, 512, "split", "bf16", 1, {4096}},
+    {"G/4 N=4096 roll GQA", 128, 8, 4, 1024, 512, "roll", "bf16", 1, {4096}},
+};
+#define N_CASES ((int)(sizeof cases / sizeof cases[0]))
+
+static s2_status case_spec(const gcase *c, s2_spec *spec, s2_error *err)
+{
+    char yaml[1024];
+    snprintf(yaml, sizeof yaml,
+             "name: gpu-check\n"
+             "dtype: %s\n"
+             "model: {hidden_size: %d, intermediate_size: 1024, num_layers: 1, num_heads: %d,\n"
+             "        num_kv_heads: %d, head_dim: %d, vocab_size: 256, max_position_embeddings: 1024}\n"
+             "context_length: 4096\n"
+             "s2attn: {group_size: %d, shift: %d, shift_mode: %s}\n",
+             c->dtype, c->H * c->d, c->H, c->Hkv, c->d, c->G, c->S, c->mode);
+    return s2_spec_load_string(yaml, c->what, NULL, 0, spec, err);
+}
+
+/* xorshift64*; normal draws by Box-Muller. */
+static uint64_t rng_state;
+static double rng_u01(void)
+{
+    rng_state ^= rng_state >> 12;
+    rng_state ^= rng_state << 25;
+    rng_state ^= rng_state >> 27;
+    return ((rng_state * 2685821657736338717ull) >> 11) * (1.0 / 9007199254740992.0);
+}
+static float rng_normal(void)
+{
+    double u = rng_u01(), v = rng_u01();
+    return (float)(sqrt(-2.0 * log(u + 1e-300)) * cos(2 * M_PI * v));
+}
+
+/* Random half tensor and its fp32 view after rounding. */
+static void fill_random(s2_st_dtype dt, uint16_t *h, float *f, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        f[i] = rng_normal();
+    s2_f32_to_half(dt, f, h, n);
+    s2_half_to_f32(dt, h, f, n);
+}
+
+static double rel_l2(const float *got, const float *ref, size_t n, int *nan)
+{
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (isnan(got[i]))
+            (*nan)++;
+        double e = (double)got[i] - ref[i];
+        num += e * e;
+        den += (double)ref[i] * ref[i];
+    }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+typedef struct host_bufs {
+    uint16_t *q, *k, *v, *dout, *o, *dq, *dk, *dv;
+    float *qf, *kf, *vf, *doutf, *of, *lse, *dqf, *dkf, *dvf;
+    float *ro, *rlse, *rdq, *rdk, *rdv;
+} host_bufs;
+
+static void *xmalloc(size_t n)
+{
+    void *p = malloc(n ? n : 1);
+    if (!p) {
+        fprintf(stderr, "gpu_check: out of memory\n");
+        exit(1);
+    }
+    return p;
+}
+
+static void host_alloc(host_bufs *b, size_t nq, size_t nk, size_t nl)
+{
+    b->q = xmalloc(nq * 2), b->dout = xmalloc(nq * 2), b->o = xmalloc(nq * 2), b->dq = xmalloc(nq * 2);
+    b->k = xmalloc(nk * 2), b->v = xmalloc(nk * 2), b->dk = xmalloc(nk * 2), b->dv = xmalloc(nk * 2);
+    b->qf = xmalloc(nq * 4), b->doutf = xmalloc(nq * 4), b->of = xmalloc(nq * 4), b->dqf = xmalloc(nq * 4);
+    b->kf = xmalloc(nk * 4), b->vf = xmalloc(nk * 4), b->dkf = xmalloc(nk * 4), b->dvf = xmalloc(nk * 4);
+    b->lse = xmalloc(nl * 4), b->rlse = xmalloc(nl * 4);
+    b->ro = xmalloc(nq * 4), b->rdq = xmalloc(nq * 4), b->rdk = xmalloc(nk * 4), b->rdv = xmalloc(nk * 4);
+}
+
+static void host_free(host_bufs *b)
+{
+    void *p[] = {b->q, b->k, b->v, b->dout, b->o, b->dq, b->dk, b->dv, b->qf, b->kf, b->vf,
+                 b->doutf, b->of, b->lse, b->dqf, b->dkf, b->dvf, b->ro, b->rlse, b->rdq,
+                 b->rdk, b->rdv};
+    for (size_t i = 0; i < sizeof p / sizeof p[0]; i++)
+        free(p[i]);
+}
+
+typedef struct dev_bufs {
+    void *q, *k, *v, *dout, *o, *dq, *dk, *dv;
+    float *lse, *delta;
+    int32_t *cu;
+} dev_bufs;
+
+#define CK(call, what)                                                                            \
+    do {                                                                                          \
+        if ((st = s2_rt_check((call), (what), err)) != S2_OK)                                     \
+            goto out_free;                                                                        \
+    } while (0)
+
+typedef struct case_result {
+    double e[5]; /* o, lse, dq, dk, dv */
+    int nan;
+    int T;
+} case_result;
+
+static s2_status run_case(const s2_rt *rt, const gcase *c, const s2_jit_opts *jo,
+                          case_result *res, s2_error *err)
+{
+    s2_spec spec;
+    s2_status st = case_spec(c, &spec, err);
+    if (st)
+        return st;
+    s2_attn a;
+    st = s2_attn_load(&a, rt, &spec, NULL, jo, err);
+    if (st)
+        return st;
+    int32_t cu[MAX_SEQS + 1] = {0};
+    for (int i = 0; i < c->nseq; i++)
+        cu[i + 1] = cu[i] + c->seqlen[i];
+    const int T = cu[c->nseq];
+    s2_attn_batch bt;
+    st = s2_attn_batch_init(&bt, cu, c->nseq, T, "cu_seqlens", err);
+    if (st) {
+        s2_attn_free(&a);
+        return st;
+    }
+    const s2_st_dtype dt = spec.dtype == S2_DTYPE_BF16 ? S2_ST_BF16 : S2_ST_F16;
+    const size_t nq = (size_t)T * c->H * c->d, nk = (size_t)T * c->Hkv * c->d, nl = (size_t)c->H * T;
+    host_bufs h;
+    host_alloc(&h, nq, nk, nl);
+    dev_bufs d = {0};
+    fill_random(dt, h.q, h.qf, nq);
+    fill_random(dt, h.k, h.kf, nk);
+    fill_random(dt, h.v, h.vf, nk);
+    fill_random(dt, h.dout, h.doutf, nq);
+
+    CK(cudaMalloc(&d.q, nq * 2), "cudaMalloc q");
+    CK(cudaMalloc(&d.k, nk * 2), "cudaMalloc k");
+    CK(cudaMalloc(&d.v, nk * 2), "cudaMalloc v");
+    CK(cudaMalloc(&d.dout, nq * 2), "cudaMalloc do");
+    CK(cudaMalloc(&d.o, nq * 2), "cudaMalloc o");
+    CK(cudaMalloc(&d.dq, nq * 2), "cudaMalloc dq");
+    CK(cudaMalloc(&d.dk, nk * 2), "cudaMalloc dk");
+    CK(cudaMalloc(&d.dv, nk * 2), "cudaMalloc dv");
+    CK(cudaMalloc((void **)&d.lse, nl * 4), "cudaMalloc lse");
+    CK(cudaMalloc((void **)&d.delta, nl * 4), "cudaMalloc delta");
+    CK(cudaMalloc((void **)&d.cu, sizeof cu), "cudaMalloc cu_seqlens");
+    CK(cudaMemcpy(d.q, h.q, nq * 2, cudaMemcpyHostToDevice), "copy q");
+    CK(cudaMemcpy(d.k, h.k, nk * 2, cudaMemcpyHostToDevice), "copy k");
+    CK(cudaMemcpy(d.v, h.v, nk * 2, cudaMemcpyHostToDevice), "copy v");
+    CK(cudaMemcpy(d.dout, h.dout, nq * 2, cudaMemcpyHostToDevice), "copy do");
+    CK(cudaMemcpy(d.cu, cu, sizeof cu, cudaMemcpyHostToDevice), "copy cu_seqlens");
+    /* Poison: 0xFFFF is NaN in bf16 and fp16, 0xFFFFFFFF in fp32. */
+    CK(cudaMemset(d.o, 0xff, nq * 2), "poison o");
+    CK(cudaMemset(d.dq, 0xff, nq * 2), "poison dq");
+    CK(cudaMemset(d.dk, 0xff, nk * 2), "poison dk");
+    CK(cudaMemset(d.dv, 0xff, nk * 2), "poison dv");
+    CK(cudaMemset(d.lse, 0xff, nl * 4), "poison lse");
+    CK(cudaMemset(d.delta, 0xff, nl * 4), "poison delta");
+    bt.d_cu_seqlens = d.cu;
+    if ((st = s2_attn_forward(&a, &bt, d.q, d.k, d.v, d.o, d.lse, 0, err)))
+        goto out_free;
+    if ((st = s2_attn_backward(&a, &bt, d.q, d.k, d.v, d.o, d.lse, d.dout, d.delta, d.dq, d.dk,
+                               d.dv, 0, err)))
+        goto out_free;
+    CK(cudaDeviceSynchronize(), "running the kernels");
+    CK(cudaMemcpy(h.o, d.o, nq * 2, cudaMemcpyDeviceToHost), "copy o back");
+    CK(cudaMemcpy(h.lse, d.lse, nl * 4, cudaMemcpyDeviceToHost), "copy lse back");
+    CK(cudaMemcpy(h.dq, d.dq, nq * 2, cudaMemcpyDeviceToHost), "copy dq back");
+    CK(cudaMemcpy(h.dk, d.dk, nk * 2, cudaMemcpyDeviceToHost), "copy dk back");
+    CK(cudaMemcpy(h.dv, d.dv, nk * 2, cudaMemcpyDeviceToHost), "copy dv back");
+    s2_half_to_f32(dt, h.o, h.of, nq);
+    s2_half_to_f32(dt, h.dq, h.dqf, nq);
+    s2_half_to_f32(dt, h.dk, h.dkf, nk);
+    s2_half_to_f32(dt, h.dv, h.dvf, nk);
+
+    s2_ref_attn ra = {.T = T, .H = c->H, .Hkv = c->Hkv, .d = c->d, .B = c->nseq,
+                      .cu_seqlens = cu, .G = c->G, .S = c->S,
+                      .mode = spec.s2attn.shift_mode, .scale = (float)spec.s2attn.softmax_scale};
+    s2_ref_attn_forward(&ra, h.qf, h.kf, h.vf, h.ro, h.rlse);
+    s2_ref_attn_backward(&ra, h.qf, h.kf, h.vf, h.ro, h.rlse, h.doutf, h.rdq, h.rdk, h.rdv);
+    res->T = T;
+    res->nan = 0;
+    res->e[0] = rel_l2(h.of, h.ro, nq, &res->nan);
+    res->e[1] = rel_l2(h.lse, h.rlse, nl, &res->nan);
+    res->e[2] = rel_l2(h.dqf, h.rdq, nq, &res->nan);
+    res->e[3] = rel_l2(h.dkf, h.rdk, nk, &res->nan);
+    res->e[4] = rel_l2(h.dvf, h.rdv, nk, &res->nan);
+out_free:
+    cudaFree(d.q), cudaFree(d.k), cudaFree(d.v), cudaFree(d.dout), cudaFree(d.o);
+    cudaFree(d.dq), cudaFree(d.dk), cudaFree(d.dv), cudaFree(d.lse), cudaFree(d.delta);
+    cudaFree(d.cu);
+    host_free(&h);
+    s2_attn_free(&a);
+    return st;
+}
+
+/* Builds every case's kernels in parallel first, so the runs below load from the cache. */
+typedef struct prebuild_job {
+    const gcase *c;
+    s2_jit_opts jo;
+    s2_status st;
+    s2_error err;
+} prebuild_job;
+
+static void *prebuild(void *arg)
+{
+    prebuild_job *j = arg;
+    s2_spec spec;
+    s2_attn_plan plan;
+    s2_jit_result res[S2_UNIT_ATTN_COUNT];
+    memset(res, 0, sizeof res);
+    j->st = case_spec(j->c, &spec, &j->err);
+    if (!j->st)
+        j->st = s2_attn_build(&spec, NULL, &j->jo, &plan, res, &j->err);
+    for (int u = 0; u < S2_UNIT_ATTN_COUNT; u++)
+        s2_jit_result_free(&res[u]);
+    return NULL;
+}
+
+int main(int argc, char **argv)
+{
+    uint64_t seed = (uint64_t)time(NULL) ^ ((uint64_t)clock() << 32);
+    const char *only = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--seed") && i + 1 < argc)
+            seed = strtoull(argv[++i], NULL, 0);
+        else if (!strcmp(argv[i], "--only") && i + 1 < argc)
+            only = argv[++i];
+        else {
+            fprintf(stderr, "usage: s2lora_gpu_check [--seed N] [--only SUBSTRING]\n");
+            return 2;
+        }
+    }
+    rng_state = seed ? seed : 1;
+    s2_error err = {0};
+    s2_rt rt;
+    if (s2_rt_open(&rt, 0, &err)) {
+        fprintf(stderr, "gpu_check: %s\n", err.msg);
+        return err.status == S2_ERR_NO_DEVICE ? 3 : 1;
+    }
+    printf("gpu_check: %s (%s, %d SMs), seed %llu, tolerance %.0e\n", rt.name, rt.arch,
+           rt.sm_count, (unsigned long long)seed, TOL);
+
+    s2_jit_opts jo = {.arch = rt.arch, .threads = 2};
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    pthread_t th[N_CASES];
+    prebuild_job jobs[N_CASES];
+    for (int i = 0; i < N_CASES; i++) {
+        jobs[i] = (prebuild_job){.c = &cases[i], .jo = jo};
+        pthread_create(&th[i], NULL, prebuild, &jobs[i]);
+    }
+    int failed = 0;
+    for (int i = 0; i < N_CASES; i++) {
+        pthread_join(th[i], NULL);
+        if (jobs[i].st) {
+            fprintf(stderr, "gpu_check: building '%s': %s\n", cases[i].what, jobs[i].err.msg);
+            failed++;
+        }
+        s2_error_clear(&jobs[i].err);
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    printf("gpu_check: built %d cases' kernels in %.1f s\n", N_CASES,
+           (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9);
+    if (failed)
+        return 1;
+
+    printf("%-28s %-5s %-4s %4s %5s %4s %4s %6s %9s %9s %9s %9s %9s %s\n", "case", "mode",
+           "dt", "d", "H/kv", "G", "S", "T", "o", "lse", "dq", "dk", "dv", "result");
+    int n_run = 0;
+    for (int i = 0; i < N_CASES; i++) {
+        const gcase *c = &cases[i];
+        if (only && !strstr(c->what, only))
+            continue;
+        case_result r;
+        if (run_case(&rt, c, &jo, &r, &err)) {
+            printf("%-28s ERROR %s\n", c->what, err.msg);
+            s2_error_clear(&err);
+            failed++;
+            continue;
+        }
+        n_run++;
+        int ok = !r.nan;
+        for (int e = 0; e < 5; e++)
+            ok = ok && r.e[e] < TOL;
+        char hk[16];
+        snprintf(hk, sizeof hk, "%d/%d", c->H, c->Hkv);
+        printf("%-28s %-5s %-4s %4d %5s %4d %4d %6d %9.2e %9.2e %9.2e %9.2e %9.2e %s", c->what,
+               c->mode, c->dtype, c->d, hk, c->G, c->S, r.T, r.e[0], r.e[1], r.e[2], r.e[3],
+               r.e[4], ok ? "PASS" : "FAIL");
+        if (r.nan)
+            printf(" (%d NaN: unwritten or invalid outputs)", r.nan);
+        printf("\n");
+        failed += !ok;
+    }
+    printf("gpu_check: %d of %d cases passed\n", n_run - failed < 0 ? 0 : n_run - failed, n_run);
+    return failed ? 1 : 0;
+}
