@@ -1,0 +1,183 @@
+/*
+ * test_cli.c — the s2lora binary as a user runs it: help, exit codes, spec
+ * errors with positions, gen/build output, and attn's input checks. Runs the
+ * built binary in a child process; on a machine without a GPU, attn on valid
+ * inputs must end with exit code 3 and one clear message.
+ */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+#include "runtime/st.h"
+
+#define BIN S2_BINARY_DIR "/s2lora"
+
+/* Runs a shell command line, returns its exit code; *out gets stdout+stderr (heap). */
+static int run(const char *cmdline, char **out)
+{
+    char full[4096];
+    snprintf(full, sizeof full, "%s 2>&1", cmdline);
+    FILE *p = popen(full, "r");
+    cr_assert(p, "popen %s", cmdline);
+    size_t cap = 1 << 16, len = 0;
+    char *buf = malloc(cap);
+    size_t n;
+    while ((n = fread(buf + len, 1, cap - len - 1, p)) > 0) {
+        len += n;
+        if (len + 1 == cap)
+            buf = realloc(buf, cap *= 2);
+    }
+    buf[len] = '\0';
+    int status = pclose(p);
+    *out = buf;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+static int run_fmt(char **out, const char *fmt, const char *a, const char *b)
+{
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, fmt, a, b);
+    return run(cmd, out);
+}
+
+Test(cli, help_and_usage)
+{
+    char *out;
+    cr_expect_eq(run(BIN " --help", &out), 0);
+    cr_expect(strstr(out, "commands:"), "%s", out);
+    free(out);
+    const char *cmds[] = {"gen", "build", "attn"};
+    for (int i = 0; i < 3; i++) {
+        char cmd[512];
+        snprintf(cmd, sizeof cmd, BIN " %s --help", cmds[i]);
+        cr_expect_eq(run(cmd, &out), 0, "%s", cmd);
+        cr_expect(strstr(out, "usage: s2lora"), "%s", out);
+        free(out);
+    }
+    cr_expect_eq(run(BIN " frobnicate", &out), 2);
+    cr_expect(strstr(out, "unknown command 'frobnicate'"), "%s", out);
+    free(out);
+    cr_expect_eq(run(BIN " build", &out), 2);
+    cr_expect(strstr(out, "missing SPEC"), "%s", out);
+    free(out);
+    cr_expect_eq(run(BIN " build x.yaml --bogus 1", &out), 2);
+    cr_expect(strstr(out, "unknown option '--bogus'"), "%s", out);
+    free(out);
+}
+
+Test(cli, spec_errors_name_file_line_column)
+{
+    char *out;
+    int rc = run_fmt(&out, "%s gen %s/tests/specs_bad/unknown_key.yaml -o /tmp/s2cli-never", BIN,
+                     S2_SOURCE_DIR);
+    cr_expect_eq(rc, 1);
+    cr_expect(strstr(out, "unknown_key.yaml:"), "%s", out);
+    cr_expect(strstr(out, "did you mean"), "%s", out);
+    free(out);
+    rc = run_fmt(&out, "%s build %s/specs/llama2-7b-8k.yaml --set s2attn.group_szie=2048", BIN,
+                 S2_SOURCE_DIR);
+    cr_expect_eq(rc, 1);
+    cr_expect(strstr(out, "--set s2attn.group_szie=2048: error:"), "%s", out);
+    cr_expect(strstr(out, "group_size"), "%s", out);
+    free(out);
+}
+
+Test(cli, gen_writes_sources_with_banner)
+{
+    char dir[] = "/tmp/s2cli.XXXXXX";
+    cr_assert(mkdtemp(dir));
+    char *out;
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "%s gen %s/specs/llama2-70b-32k.yaml --set s2attn.shift_mode=roll -o %s",
+             BIN, S2_SOURCE_DIR, dir);
+    cr_assert_eq(run(cmd, &out), 0, "%s", out);
+    free(out);
+    char path[2048];
+    snprintf(path, sizeof path, "%s/llama2-70b-32k.attn_fwd.cu", dir);
+    char *src = NULL;
+    cr_assert_eq(s2_read_file(path, &src, NULL, NULL), S2_OK);
+    cr_expect(strstr(src, "from spec 'llama2-70b-32k'"));
+    cr_expect(strstr(src, "#define S2_NUM_KV_HEADS 8\n"));
+    cr_expect(strstr(src, "#define S2_SHIFT_ROT 4096\n"), "the --set reached the source");
+    free(src);
+}
+
+Test(cli, build_prints_resources, .timeout = 120)
+{
+    char *out;
+    int rc = run_fmt(&out, "%s build %s/specs/tiny-byte-512.yaml --arch sm_80", BIN, S2_SOURCE_DIR);
+    cr_expect_eq(rc, 0, "%s", out);
+    cr_expect(strstr(out, "s2_attn_fwd"), "%s", out);
+    cr_expect(strstr(out, "s2_attn_bwd_dkdv"), "%s", out);
+    cr_expect(strstr(out, "spill"), "%s", out);
+    free(out);
+}
+
+/* Writes q/k/v (and do) of the given shapes for the tiny spec (H=4, Hkv=4, d=64, bf16). */
+static void write_inputs(const char *path, int T, int kv_heads, int with_do)
+{
+    size_t nq = (size_t)T * 4 * 64, nk = (size_t)T * kv_heads * 64;
+    uint16_t *q = calloc(nq, 2), *k = calloc(nk, 2);
+    for (size_t i = 0; i < nq; i++)
+        q[i] = s2_f32_to_bf16((float)(i % 7) - 3.0f);
+    for (size_t i = 0; i < nk; i++)
+        k[i] = s2_f32_to_bf16((float)(i % 5) - 2.0f);
+    s2_tensor t[4] = {
+        {.name = "q", .dtype = S2_ST_BF16, .ndim = 3, .shape = {T, 4, 64}, .data = q, .nbytes = nq * 2},
+        {.name = "k", .dtype = S2_ST_BF16, .ndim = 3, .shape = {T, kv_heads, 64}, .data = k, .nbytes = nk * 2},
+        {.name = "v", .dtype = S2_ST_BF16, .ndim = 3, .shape = {T, kv_heads, 64}, .data = k, .nbytes = nk * 2},
+        {.name = "do", .dtype = S2_ST_BF16, .ndim = 3, .shape = {T, 4, 64}, .data = q, .nbytes = nq * 2},
+    };
+    s2_error err = {0};
+    cr_assert_eq(s2_st_write(path, t, with_do ? 4 : 3, NULL, NULL, 0, &err), S2_OK, "%s", err.msg);
+    free(q);
+    free(k);
+}
+
+Test(cli, attn_checks_shapes_before_the_device, .timeout = 120)
+{
+    char dir[] = "/tmp/s2cli.XXXXXX";
+    cr_assert(mkdtemp(dir));
+    char in[1024], outp[1024], spec[1024], cmd[4096];
+    snprintf(in, sizeof in, "%s/in.safetensors", dir);
+    snprintf(outp, sizeof outp, "%s/out.safetensors", dir);
+    snprintf(spec, sizeof spec, "%s/specs/tiny-byte-512.yaml", S2_SOURCE_DIR);
+    char *out;
+
+    write_inputs(in, 100, 2, 0); /* k/v with 2 heads; the spec says 4 */
+    snprintf(cmd, sizeof cmd, "%s attn --spec %s --in %s --out %s", BIN, spec, in, outp);
+    cr_expect_eq(run(cmd, &out), 1, "%s", out);
+    cr_expect(strstr(out, "tensor 'k' has shape [100, 2, 64]; expected [100, 4, 64]"), "%s", out);
+    free(out);
+
+    write_inputs(in, 100, 4, 0); /* --backward without do */
+    snprintf(cmd, sizeof cmd, "%s attn --spec %s --in %s --out %s --backward", BIN, spec, in, outp);
+    cr_expect_eq(run(cmd, &out), 1, "%s", out);
+    cr_expect(strstr(out, "missing tensor 'do'"), "%s", out);
+    free(out);
+
+    snprintf(cmd, sizeof cmd, "%s attn --spec %s --in %s --out %s --set model.head_dim=128", BIN,
+             spec, in, outp);
+    cr_expect_eq(run(cmd, &out), 1, "%s", out);
+    cr_expect(strstr(out, "tensor 'q' has shape [100, 4, 64]; expected [100, 4, 128]"), "%s", out);
+    free(out);
+
+    /* Valid inputs: the outputs on a GPU; without one, exit code 3 and one clear line. */
+    write_inputs(in, 100, 4, 1);
+    snprintf(cmd, sizeof cmd, "%s attn --spec %s --in %s --out %s --backward", BIN, spec, in, outp);
+    int rc = run(cmd, &out);
+    cr_expect(rc == 0 || rc == 3, "exit %d: %s", rc, out);
+    if (rc == 3) {
+        cr_expect(strstr(out, "no CUDA device"), "%s", out);
+    } else if (rc == 0) {
+        s2_st_file f;
+        cr_assert_eq(s2_st_read(outp, &f, NULL), S2_OK);
+        const char *names[] = {"o", "lse", "dq", "dk", "dv"};
+        for (int i = 0; i < 5; i++)
+            cr_expect(s2_st_find(&f, names[i]), "output %s", names[i]);
+        s2_st_close(&f);
+    }
+    free(out);
+}
