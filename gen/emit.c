@@ -44,12 +44,17 @@ static void emit_constants(s2_buf *b, const s2_attn_plan *p)
                   "#define S2_SHIFT_ROT %d\n"
                   "#define S2_SCALE %.9gf\n"
                   "#define S2_SCALE_LOG2 %.9gf\n"
+                  "#define S2_MASK_GROUP_EDGE %d\n"
+                  "#define S2_FWD_WARPS %d\n"
+                  "#define S2_FWD_BN %d\n"
+                  "#define S2_FWD_STAGES %d\n"
                   "#define S2_BLOCK_M %d\n"
-                  "#define S2_BLOCK_N %d\n"
+                  "#define S2_BLOCK_N 32\n"
                   "#define S2_WARPS %d\n\n",
                   p->dtype == S2_DTYPE_BF16, p->d, p->H, p->Hkv, p->G, p->shift_off,
-                  p->shift_rot, p->scale, p->scale * M_LOG2E, p->tile.block_m, p->tile.block_n,
-                  p->tile.warps);
+                  p->shift_rot, p->scale, p->scale * M_LOG2E, p->mask_group_edge,
+                  p->tile.fwd_warps, p->tile.fwd_block_n, p->tile.fwd_stages,
+                  p->tile.bwd_block_m, p->tile.bwd_warps);
 }
 
 static s2_status emit_template(s2_buf *b, const char *name, s2_error *err)
@@ -74,6 +79,8 @@ s2_status s2_emit_attn(const s2_spec *spec, const s2_attn_plan *plan, s2_attn_un
     emit_banner(&b, spec, unit);
     emit_constants(&b, plan);
     s2_status st = emit_template(&b, "common.cuh", err);
+    if (!st)
+        st = emit_template(&b, "mma.cuh", err);
     if (!st)
         st = emit_template(&b, unit == S2_UNIT_ATTN_FWD ? "attn_fwd.cuh" : "attn_bwd.cuh", err);
     if (!st && b.oom)

@@ -1,6 +1,9 @@
 /* plan.c — spec -> derived constants and geometry of the S²-Attn kernels. */
 #include "plan.h"
 
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static const char *const fwd_kernels[] = {"s2_attn_fwd"};
@@ -23,36 +26,133 @@ int s2_attn_unit_kernels(s2_attn_unit u, const char *const **names)
 
 s2_attn_tile s2_plan_default_tile(const char *arch, int head_dim)
 {
-    (void)arch; /* one family for every arch so far; the tuner searches per arch */
-    s2_attn_tile t = {.block_m = 16, .block_n = 32, .warps = 4};
-    if (head_dim > 128)
-        t.block_m = 8; /* keeps four tiles of d+2 halves under the 48 KB static limit */
+    (void)arch; /* one default for every arch so far; the tuner searches per arch */
+    s2_attn_tile t = {.fwd_warps = 4, .fwd_block_n = 64, .fwd_stages = 2,
+                      .bwd_block_m = 16, .bwd_warps = 4};
+    if (head_dim > 128) {
+        t.fwd_block_n = 32; /* the O accumulators of d = 256 leave little room for S */
+        t.bwd_block_m = 8;  /* keeps four tiles of d+2 halves under the 48 KB static limit */
+    }
     return t;
 }
 
-/* Shared bytes of one tile of rows rows (rows of d + 2 halves). */
-static int tile_bytes(int rows, int d) { return rows * (d + 2) * 2; }
+static const struct {
+    const char *name;
+    size_t off;
+} tile_keys[] = {
+    {"fwd_warps", offsetof(s2_attn_tile, fwd_warps)},
+    {"fwd_block_n", offsetof(s2_attn_tile, fwd_block_n)},
+    {"fwd_stages", offsetof(s2_attn_tile, fwd_stages)},
+    {"bwd_block_m", offsetof(s2_attn_tile, bwd_block_m)},
+    {"bwd_warps", offsetof(s2_attn_tile, bwd_warps)},
+};
+#define N_TILE_KEYS ((int)(sizeof tile_keys / sizeof tile_keys[0]))
 
-static s2_status check_tile(const s2_attn_tile *t, int d, s2_error *err)
+s2_status s2_plan_parse_tile(const char *text, s2_attn_tile *t, s2_error *err)
 {
-    if (t->warps < 1 || t->warps > 16)
-        return s2_error_set(err, S2_ERR_INVALID, "tile: warps = %d, valid 1..16", t->warps);
-    if (t->block_n != 32)
+    const char *p = text;
+    while (*p) {
+        const char *eq = strchr(p, '=');
+        const char *end = strchr(p, ',');
+        if (!end)
+            end = p + strlen(p);
+        if (!eq || eq > end)
+            return s2_error_set(err, S2_ERR_INVALID, "tile '%s': expected key=value at '%.*s'",
+                                text, (int)(end - p), p);
+        int k = 0;
+        while (k < N_TILE_KEYS && (strlen(tile_keys[k].name) != (size_t)(eq - p) ||
+                                   strncmp(tile_keys[k].name, p, (size_t)(eq - p)) != 0))
+            k++;
+        if (k == N_TILE_KEYS)
+            return s2_error_set(err, S2_ERR_INVALID,
+                                "tile '%s': unknown key '%.*s'; valid: fwd_warps, fwd_block_n, "
+                                "fwd_stages, bwd_block_m, bwd_warps", text, (int)(eq - p), p);
+        char *num_end;
+        long v = strtol(eq + 1, &num_end, 10);
+        if (num_end != end || num_end == eq + 1 || v < 0 || v > 4096)
+            return s2_error_set(err, S2_ERR_INVALID, "tile '%s': %s needs an integer, got '%.*s'",
+                                text, tile_keys[k].name, (int)(end - eq - 1), eq + 1);
+        *(int *)((char *)t + tile_keys[k].off) = (int)v;
+        p = *end ? end + 1 : end;
+    }
+    return S2_OK;
+}
+
+const char *s2_plan_tile_str(const s2_attn_tile *t, char *buf, size_t n)
+{
+    size_t used = 0;
+    buf[0] = '\0';
+    for (int k = 0; k < N_TILE_KEYS && used < n; k++)
+        used += (size_t)snprintf(buf + used, n - used, "%s%s=%d", k ? "," : "", tile_keys[k].name,
+                                 *(const int *)((const char *)t + tile_keys[k].off));
+    return buf;
+}
+
+/* Per-block shared memory an arch allows (opt-in), bytes. */
+static int smem_limit(const char *arch)
+{
+    if (!strcmp(arch, "sm_80"))
+        return 163 * 1024;
+    if (!strcmp(arch, "sm_86") || !strcmp(arch, "sm_89"))
+        return 99 * 1024;
+    return 227 * 1024; /* sm_90, sm_90a */
+}
+
+/* Bytes of a scalar backward tile of rows rows (rows of d + 2 halves). */
+static int bwd_tile_bytes(int rows, int d) { return rows * (d + 2) * 2; }
+
+static s2_status check_fwd_tile(const s2_attn_tile *t, int d, int limit, s2_error *err)
+{
+    if (t->fwd_warps < 1 || t->fwd_warps > 8)
+        return s2_error_set(err, S2_ERR_INVALID, "tile: fwd_warps = %d, valid 1..8", t->fwd_warps);
+    if (t->fwd_block_n != 32 && t->fwd_block_n != 64 && t->fwd_block_n != 128)
+        return s2_error_set(err, S2_ERR_INVALID, "tile: fwd_block_n = %d, valid: 32, 64, 128",
+                            t->fwd_block_n);
+    if (d > 128 && t->fwd_block_n != 32)
         return s2_error_set(err, S2_ERR_INVALID,
-                            "tile: block_n = %d, valid: 32 (one key per lane)", t->block_n);
-    if (t->block_m < t->warps || t->block_m % t->warps != 0 || t->block_m > 128)
+                            "tile: fwd_block_n = %d with head_dim %d: valid 32 (wider tiles spill "
+                            "registers next to the %d-column O accumulators)", t->fwd_block_n, d, d);
+    if (t->fwd_stages < 1 || t->fwd_stages > 4)
+        return s2_error_set(err, S2_ERR_INVALID, "tile: fwd_stages = %d, valid 1..4",
+                            t->fwd_stages);
+    int bytes = (16 * t->fwd_warps + 2 * t->fwd_stages * t->fwd_block_n) * (d + 8) * 2;
+    if (bytes > limit)
         return s2_error_set(err, S2_ERR_INVALID,
-                            "tile: block_m = %d, valid: a multiple of warps (%d) up to 128",
-                            t->block_m, t->warps);
-    int dq = 2 * tile_bytes(t->block_m, d) + 2 * tile_bytes(t->block_n, d);
-    int dkdv = 2 * tile_bytes(t->block_m, d) + 2 * tile_bytes(32, d);
-    int worst = dq > dkdv ? dq : dkdv;
+                            "tile: fwd_warps %d, fwd_block_n %d, fwd_stages %d with head_dim %d need "
+                            "%d bytes of shared memory; this arch allows %d",
+                            t->fwd_warps, t->fwd_block_n, t->fwd_stages, d, bytes, limit);
+    return S2_OK;
+}
+
+static s2_status check_bwd_tile(const s2_attn_tile *t, int d, s2_error *err)
+{
+    if (t->bwd_warps < 1 || t->bwd_warps > 16)
+        return s2_error_set(err, S2_ERR_INVALID, "tile: bwd_warps = %d, valid 1..16", t->bwd_warps);
+    if (t->bwd_block_m < t->bwd_warps || t->bwd_block_m % t->bwd_warps != 0 || t->bwd_block_m > 128)
+        return s2_error_set(err, S2_ERR_INVALID,
+                            "tile: bwd_block_m = %d, valid: a multiple of bwd_warps (%d) up to 128",
+                            t->bwd_block_m, t->bwd_warps);
+    int worst = 2 * bwd_tile_bytes(t->bwd_block_m, d) + 2 * bwd_tile_bytes(32, d);
     if (worst > 48 * 1024)
         return s2_error_set(err, S2_ERR_INVALID,
-                            "tile: block_m = %d with head_dim %d needs %d bytes of static shared "
-                            "memory, more than 49152; use a smaller block_m",
-                            t->block_m, d, worst);
+                            "tile: bwd_block_m = %d with head_dim %d needs %d bytes of static shared "
+                            "memory, more than 49152; use a smaller bwd_block_m",
+                            t->bwd_block_m, d, worst);
     return S2_OK;
+}
+
+/* 1 when some group start of either head class is not a multiple of both tile sizes. */
+static int needs_group_edge_mask(const s2_attn_plan *p)
+{
+    int bm = p->fwd_block_m, bn = p->tile.fwd_block_n;
+    int offs[2] = {0, p->shift_off};
+    for (int c = 0; c < 2; c++) {
+        if (p->G % bm || p->G % bn)
+            return 1;
+        if (offs[c] % bm || offs[c] % bn)
+            return 1;
+    }
+    return 0;
 }
 
 s2_status s2_plan_attn(const s2_spec *spec, const char *arch, const s2_attn_tile *tile,
@@ -87,29 +187,72 @@ s2_status s2_plan_attn(const s2_spec *spec, const char *arch, const s2_attn_tile
     p->shift_off = p->mode == S2_SHIFT_SPLIT ? p->S : 0;
     p->shift_rot = p->mode == S2_SHIFT_ROLL ? p->S : 0;
     p->tile = tile ? *tile : s2_plan_default_tile(arch, p->d);
-    s2_status st = check_tile(&p->tile, p->d, err);
+    p->smem_limit = smem_limit(arch);
+    s2_status st = check_fwd_tile(&p->tile, p->d, p->smem_limit, err);
+    if (!st)
+        st = check_bwd_tile(&p->tile, p->d, err);
     if (st)
         return st;
-    p->threads = 32 * p->tile.warps;
-    p->smem_fwd = tile_bytes(p->tile.block_m, p->d) + 2 * tile_bytes(p->tile.block_n, p->d);
-    p->smem_dq = 2 * tile_bytes(p->tile.block_m, p->d) + 2 * tile_bytes(p->tile.block_n, p->d);
-    p->smem_dkdv = 2 * tile_bytes(p->tile.block_m, p->d) + 2 * tile_bytes(32, p->d);
+    p->fwd_block_m = 16 * p->tile.fwd_warps;
+    p->fwd_threads = 32 * p->tile.fwd_warps;
+    p->bwd_threads = 32 * p->tile.bwd_warps;
+    p->mask_group_edge = needs_group_edge_mask(p);
+    p->smem_fwd = (p->fwd_block_m + 2 * p->tile.fwd_stages * p->tile.fwd_block_n) * (p->d + 8) * 2;
+    p->smem_dq = 2 * bwd_tile_bytes(p->tile.bwd_block_m, p->d) + 2 * bwd_tile_bytes(32, p->d);
+    p->smem_dkdv = p->smem_dq;
     return S2_OK;
+}
+
+static int group_start(const s2_attn_plan *p, int cls, int x)
+{
+    int s = s2_plan_group(p, cls, x) * p->G - (cls ? p->shift_off : 0);
+    return s > 0 ? s : 0;
+}
+
+void s2_plan_key_tiles(const s2_attn_plan *p, int cls, int qt, int n, int *kt_begin, int *kt_end)
+{
+    int x0 = qt * p->fwd_block_m;
+    int xlast = (x0 + p->fwd_block_m < n ? x0 + p->fwd_block_m : n) - 1;
+    *kt_begin = group_start(p, cls, x0) / p->tile.fwd_block_n;
+    *kt_end = xlast / p->tile.fwd_block_n + 1;
+}
+
+s2_tile_class s2_plan_classify(const s2_attn_plan *p, int cls, int qt, int kt, int n)
+{
+    int kb, ke;
+    s2_plan_key_tiles(p, cls, qt, n, &kb, &ke);
+    if (kt < kb || kt >= ke)
+        return S2_TILE_EMPTY;
+    int bn = p->tile.fwd_block_n;
+    int x0 = qt * p->fwd_block_m;
+    int xlast = (x0 + p->fwd_block_m < n ? x0 + p->fwd_block_m : n) - 1;
+    int y0 = kt * bn;
+    /* The same test as s2_tile_needs_mask() in templates/attn_fwd.cuh. */
+    if (p->mask_group_edge && y0 < group_start(p, cls, xlast))
+        return S2_TILE_EDGE;
+    if (y0 + bn - 1 > x0 || y0 + bn > n)
+        return S2_TILE_DIAGONAL;
+    return S2_TILE_FULL;
 }
 
 static unsigned ceil_div(long a, long b) { return (unsigned)((a + b - 1) / b); }
 
 s2_dim3 s2_plan_grid_fwd(const s2_attn_plan *p, int max_seqlen, int batch)
 {
-    return (s2_dim3){ceil_div(max_seqlen, p->tile.block_m), (unsigned)p->H, (unsigned)batch};
+    return (s2_dim3){ceil_div(max_seqlen, p->fwd_block_m), (unsigned)p->H, (unsigned)batch};
+}
+
+s2_dim3 s2_plan_grid_dq(const s2_attn_plan *p, int max_seqlen, int batch)
+{
+    return (s2_dim3){ceil_div(max_seqlen, p->tile.bwd_block_m), (unsigned)p->H, (unsigned)batch};
 }
 
 s2_dim3 s2_plan_grid_dkdv(const s2_attn_plan *p, int max_seqlen, int batch)
 {
-    return (s2_dim3){ceil_div(max_seqlen, p->tile.block_m), (unsigned)p->Hkv, (unsigned)batch};
+    return (s2_dim3){ceil_div(max_seqlen, p->tile.bwd_block_m), (unsigned)p->Hkv, (unsigned)batch};
 }
 
 s2_dim3 s2_plan_grid_pre(const s2_attn_plan *p, int total_tokens)
 {
-    return (s2_dim3){ceil_div((long)total_tokens * p->H, p->tile.warps), 1, 1};
+    return (s2_dim3){ceil_div((long)total_tokens * p->H, p->tile.bwd_warps), 1, 1};
 }

@@ -23,10 +23,21 @@ typedef enum s2_attn_unit {
 
 /* Tuning parameters: plan inputs, so a tuner can search them. */
 typedef struct s2_attn_tile {
-    int block_m; /* query rows (forward, dQ) or key rows (dK/dV) per block; multiple of warps */
-    int block_n; /* keys per forward/dQ tile; 32 (one per lane) in this kernel family */
-    int warps;   /* warps per block */
+    int fwd_warps;   /* forward: warps per block, 16 query rows each: 1..8 */
+    int fwd_block_n; /* forward: keys per shared-memory tile: 32, 64 or 128 */
+    int fwd_stages;  /* forward: key/value tiles in flight (cp.async pipeline): 1..4 */
+    int bwd_block_m; /* backward: query rows (dQ) or key rows (dK/dV) per block, multiple of bwd_warps */
+    int bwd_warps;   /* backward: warps per block */
 } s2_attn_tile;
+
+/* How the tiles of one (query tile, key tile) pair classify; see s2_plan_classify(). */
+typedef enum s2_tile_class {
+    S2_TILE_EMPTY = 0, /* nothing visible: never visited */
+    S2_TILE_FULL,      /* every pair visible: no mask */
+    S2_TILE_DIAGONAL,  /* the causal diagonal or the sequence end: masked */
+    S2_TILE_EDGE,      /* crosses a group edge: masked */
+    S2_TILE_CLASS_COUNT
+} s2_tile_class;
 
 typedef struct s2_attn_plan {
     s2_dtype dtype;
@@ -37,12 +48,28 @@ typedef struct s2_attn_plan {
     int shift_off;        /* shifted heads: group(x) = (x + shift_off) / G   (split: S) */
     int shift_rot;        /* shifted heads: position(x) = (x + shift_rot) mod N (roll: S) */
     s2_attn_tile tile;
-    int threads;          /* per block: 32 * warps */
-    int smem_fwd, smem_dq, smem_dkdv; /* static shared memory per block, bytes */
+    int fwd_block_m;      /* 16 * fwd_warps */
+    int fwd_threads, bwd_threads;
+    int mask_group_edge;  /* 0 when every group start of both head classes falls on a tile
+                             boundary: then no tile crosses a group edge and only diagonal
+                             and sequence-end tiles are masked (a compile-time constant) */
+    int smem_fwd;         /* dynamic shared memory of the forward, bytes */
+    int smem_limit;       /* the arch's per-block limit, bytes */
+    int smem_dq, smem_dkdv; /* static shared memory of the backward kernels, bytes */
 } s2_attn_plan;
 
 /* The default tile for an arch ("sm_80" ... "sm_90a") and head dim. */
 s2_attn_tile s2_plan_default_tile(const char *arch, int head_dim);
+
+/*
+ * Applies "key=value[,key=value]..." (keys: the field names of s2_attn_tile) to *t. Unknown
+ * keys and non-integers are S2_ERR_INVALID naming the key and listing the valid ones; ranges
+ * are checked by s2_plan_attn().
+ */
+s2_status s2_plan_parse_tile(const char *text, s2_attn_tile *t, s2_error *err);
+
+/* "fwd_warps=4,fwd_block_n=64,..." into buf; returns buf. */
+const char *s2_plan_tile_str(const s2_attn_tile *t, char *buf, size_t n);
 
 /*
  * Plans the attention of spec with the given tile (NULL: the default for
@@ -57,9 +84,19 @@ s2_status s2_plan_attn(const s2_spec *spec, const char *arch, const s2_attn_tile
 const char *s2_attn_unit_name(s2_attn_unit u);
 int s2_attn_unit_kernels(s2_attn_unit u, const char *const **names);
 
+/*
+ * The classification the forward kernel applies, in C: for query tile qt (virtual rows
+ * [qt*BM, qt*BM + BM)) and key tile kt of head class cls in a sequence of n tokens. The kernel
+ * visits key tiles kt_begin..kt_end-1 (s2_plan_key_tiles) and masks those classed DIAGONAL or
+ * EDGE. Tests hold this against the reference mask element by element.
+ */
+void s2_plan_key_tiles(const s2_attn_plan *p, int cls, int qt, int n, int *kt_begin, int *kt_end);
+s2_tile_class s2_plan_classify(const s2_attn_plan *p, int cls, int qt, int kt, int n);
+
 /* Launch geometry for a batch whose longest sequence has max_seqlen tokens. */
 typedef struct s2_dim3 { unsigned x, y, z; } s2_dim3;
-s2_dim3 s2_plan_grid_fwd(const s2_attn_plan *p, int max_seqlen, int batch);  /* also dQ */
+s2_dim3 s2_plan_grid_fwd(const s2_attn_plan *p, int max_seqlen, int batch);
+s2_dim3 s2_plan_grid_dq(const s2_attn_plan *p, int max_seqlen, int batch);
 s2_dim3 s2_plan_grid_dkdv(const s2_attn_plan *p, int max_seqlen, int batch);
 s2_dim3 s2_plan_grid_pre(const s2_attn_plan *p, int total_tokens);
 

@@ -47,7 +47,7 @@ typedef struct cli_opts {
     int n_sets;
     const char *arch[MAX_ARCH];
     int n_arch;
-    const char *out, *in, *cache_dir;
+    const char *out, *in, *cache_dir, *tile;
     int backward, no_cache, jobs, help;
 } cli_opts;
 
@@ -91,6 +91,8 @@ static int parse_opts(const char *cmd, int argc, char **argv, const char *allowe
             o->out = val;
         } else if (!strcmp(a, "--in")) {
             o->in = val;
+        } else if (!strcmp(a, "--tile")) {
+            o->tile = val;
         } else if (!strcmp(a, "--cache-dir")) {
             o->cache_dir = val;
         } else if (!strcmp(a, "--jobs")) {
@@ -107,6 +109,18 @@ static int parse_opts(const char *cmd, int argc, char **argv, const char *allowe
         i++;
     }
     return 0;
+}
+
+/* The tile to build with: the plan's default for arch, with --tile applied. NULL without --tile. */
+static const s2_attn_tile *cli_tile(const cli_opts *o, const s2_spec *spec, const char *arch,
+                                    s2_attn_tile *t, s2_error *err, s2_status *st)
+{
+    *st = S2_OK;
+    if (!o->tile)
+        return NULL;
+    *t = s2_plan_default_tile(arch, spec->model.head_dim);
+    *st = s2_plan_parse_tile(o->tile, t, err);
+    return t;
 }
 
 static double now_ms(void)
@@ -170,6 +184,8 @@ static const char build_help[] =
     "  --cache-dir DIR   cache directory (default $S2LORA_CACHE_DIR, else\n"
     "                    $XDG_CACHE_HOME/s2lora, else ~/.cache/s2lora)\n"
     "  --no-cache        build everything, read and write no cache\n"
+    "  --tile K=V,...    tuning parameters instead of the arch's default: fwd_warps,\n"
+    "                    fwd_block_n, fwd_stages, bwd_block_m, bwd_warps\n"
     "Exit status 1 if a build fails or any kernel spills.\n";
 
 static void print_build_rows(const char *arch, const s2_jit_result *res, int n_units,
@@ -191,7 +207,7 @@ static void print_build_rows(const char *arch, const s2_jit_result *res, int n_u
 static int cmd_build(int argc, char **argv)
 {
     cli_opts o;
-    int rc = parse_opts("build", argc, argv, "--set --arch --jobs --cache-dir --no-cache ", &o);
+    int rc = parse_opts("build", argc, argv, "--set --arch --jobs --cache-dir --no-cache --tile ", &o);
     if (rc)
         return rc;
     if (o.help)
@@ -217,7 +233,10 @@ static int cmd_build(int argc, char **argv)
         s2_attn_plan plan;
         s2_jit_result res[S2_UNIT_ATTN_COUNT];
         memset(res, 0, sizeof res);
-        if (s2_attn_build(&spec, NULL, &jo, &plan, res, &err))
+        s2_attn_tile tile;
+        s2_status st;
+        const s2_attn_tile *tp = cli_tile(&o, &spec, jo.arch, &tile, &err, &st);
+        if (st || s2_attn_build(&spec, tp, &jo, &plan, res, &err))
             return fail(&err);
         print_build_rows(jo.arch, res, S2_UNIT_ATTN_COUNT, &spills);
         for (int u = 0; u < S2_UNIT_ATTN_COUNT; u++)
@@ -236,6 +255,7 @@ static int cmd_build(int argc, char **argv)
 static const char attn_help[] =
     "usage: s2lora attn --spec SPEC [--set KEY=VALUE]... --in IN.safetensors\n"
     "                   --out OUT.safetensors [--backward] [--cache-dir DIR]\n"
+    "                   [--tile K=V,...]\n"
     "\n"
     "Runs SPEC's S²-Attn kernels on the GPU on tensors from a file.\n"
     "IN holds q [T,H,d], k [T,Hkv,d], v [T,Hkv,d] in the spec's dtype, optionally\n"
@@ -355,7 +375,10 @@ static s2_status run_attn(const s2_spec *spec, const cli_opts *o, const attn_io 
         return st;
     s2_attn a;
     s2_jit_opts jo = {.cache_dir = o->cache_dir, .no_cache = o->no_cache};
-    st = s2_attn_load(&a, &rt, spec, NULL, &jo, err);
+    s2_attn_tile tile;
+    const s2_attn_tile *tp = cli_tile(o, spec, rt.arch, &tile, err, &st);
+    if (!st)
+        st = s2_attn_load(&a, &rt, spec, tp, &jo, err);
     if (st)
         return st;
     s2_attn_batch bt;
@@ -428,7 +451,8 @@ static s2_status run_attn(const s2_spec *spec, const cli_opts *o, const attn_io 
 static int cmd_attn(int argc, char **argv)
 {
     cli_opts o;
-    int rc = parse_opts("attn", argc, argv, "--spec --set --in --out -o --backward --cache-dir --no-cache ", &o);
+    int rc = parse_opts("attn", argc, argv,
+                        "--spec --set --in --out -o --backward --cache-dir --no-cache --tile ", &o);
     if (rc)
         return rc;
     if (o.help)

@@ -103,6 +103,11 @@ s2_status s2_attn_load(s2_attn *a, const s2_rt *rt, const s2_spec *spec, const s
         s2_jit_result_free(&res[u]);
     if (!st)
         st = get_kernel(&a->fwd, a->lib[S2_UNIT_ATTN_FWD], "s2_attn_fwd", err);
+    if (!st) /* the forward's tiles take more than the default 48 KB of shared memory */
+        st = s2_rt_check(cudaFuncSetAttribute((const void *)a->fwd,
+                                              cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                              a->plan.smem_fwd),
+                         "cudaFuncSetAttribute(s2_attn_fwd, max dynamic shared memory)", err);
     if (!st)
         st = get_kernel(&a->pre, a->lib[S2_UNIT_ATTN_BWD], "s2_attn_bwd_pre", err);
     if (!st)
@@ -150,15 +155,15 @@ s2_status s2_attn_batch_init(s2_attn_batch *bt, const int32_t *cu, int B, int T,
     return S2_OK;
 }
 
-static s2_status launch(cudaKernel_t k, const char *name, s2_dim3 g, int threads, void **args,
-                        cudaStream_t s, s2_error *err)
+static s2_status launch(cudaKernel_t k, const char *name, s2_dim3 g, int threads, int smem,
+                        void **args, cudaStream_t s, s2_error *err)
 {
     if (g.x == 0)
         return S2_OK; /* an empty batch: nothing to do */
     char what[128];
     snprintf(what, sizeof what, "launch %s (grid %u,%u,%u block %d)", name, g.x, g.y, g.z, threads);
     s2_status st = s2_rt_check(cudaLaunchKernel((const void *)k, (dim3){g.x, g.y, g.z},
-                                                (dim3){(unsigned)threads, 1, 1}, args, 0, s),
+                                                (dim3){(unsigned)threads, 1, 1}, args, (size_t)smem, s),
                                what, err);
     if (!st)
         st = s2_rt_check(cudaGetLastError(), what, err);
@@ -171,7 +176,7 @@ s2_status s2_attn_forward(const s2_attn *a, const s2_attn_batch *bt, const void 
     int T = bt->T;
     void *args[] = {&q, &k, &v, &o, &lse, (void *)&bt->d_cu_seqlens, &T};
     return launch(a->fwd, "s2_attn_fwd", s2_plan_grid_fwd(&a->plan, bt->max_seqlen, bt->B),
-                  a->plan.threads, args, stream, err);
+                  a->plan.fwd_threads, a->plan.smem_fwd, args, stream, err);
 }
 
 s2_status s2_attn_backward(const s2_attn *a, const s2_attn_batch *bt, const void *q,
@@ -182,16 +187,16 @@ s2_status s2_attn_backward(const s2_attn *a, const s2_attn_batch *bt, const void
     int T = bt->T;
     const s2_attn_plan *p = &a->plan;
     void *pre_args[] = {&o, &dout, &delta, &T};
-    s2_status st = launch(a->pre, "s2_attn_bwd_pre", s2_plan_grid_pre(p, T), p->threads, pre_args,
+    s2_status st = launch(a->pre, "s2_attn_bwd_pre", s2_plan_grid_pre(p, T), p->bwd_threads, 0, pre_args,
                           stream, err);
     if (st)
         return st;
     void *dq_args[] = {&q, &k, &v, &dout, &lse, &delta, &dq, (void *)&bt->d_cu_seqlens, &T};
-    st = launch(a->dq, "s2_attn_bwd_dq", s2_plan_grid_fwd(p, bt->max_seqlen, bt->B), p->threads,
-                dq_args, stream, err);
+    st = launch(a->dq, "s2_attn_bwd_dq", s2_plan_grid_dq(p, bt->max_seqlen, bt->B),
+                p->bwd_threads, 0, dq_args, stream, err);
     if (st)
         return st;
     void *kv_args[] = {&q, &k, &v, &dout, &lse, &delta, &dk, &dv, (void *)&bt->d_cu_seqlens, &T};
     return launch(a->dkdv, "s2_attn_bwd_dkdv", s2_plan_grid_dkdv(p, bt->max_seqlen, bt->B),
-                  p->threads, kv_args, stream, err);
+                  p->bwd_threads, 0, kv_args, stream, err);
 }

@@ -1,98 +1,199 @@
-// templates/attn_fwd.cuh — S²-Attn forward: O and LSE in one pass (online softmax).
+// templates/attn_fwd.cuh — S²-Attn forward on tensor cores: O and LSE in one pass.
 //
-// Grid (ceil(max_seqlen / S2_BLOCK_M), H, B); S2_WARPS warps. A block owns
-// S2_BLOCK_M consecutive virtual query indices of one head of one sequence;
-// each warp owns S2_BLOCK_M / S2_WARPS of those rows. Key tiles of S2_BLOCK_N
-// (= 32: one key per lane) stream through shared memory from the start of the
-// first row's group to the last row; the mask is applied per element.
+// Grid (ceil(max_seqlen / BM), H, B), S2_FWD_WARPS warps; BM = 16 query rows per warp. A block
+// owns BM consecutive virtual query indices of one head of one sequence (see common.cuh for
+// the index map). Key/value tiles of S2_FWD_BN rows stream through shared memory with cp.async,
+// S2_FWD_STAGES deep, from the tile holding the first row's group start to the tile holding the
+// last row: only live tiles are visited. A tile is masked only when the plan's classification
+// says it can hold an invisible pair (group edge, causal diagonal, or the sequence end); full
+// tiles run unmasked.
+//
+// Per warp: S = Q K^T (mma, Q fragments kept in registers), the online softmax in the exp2
+// domain with the scale folded in, then O += P V with P straight from the accumulators.
 
-#define S2_ROWS_PER_WARP (S2_BLOCK_M / S2_WARPS)
-#define S2_COLS_PER_LANE (S2_HEAD_DIM / 32)
+#define S2_FWD_BM (16 * S2_FWD_WARPS)
+#define S2_FWD_THREADS (32 * S2_FWD_WARPS)
+#define S2_LD (S2_HEAD_DIM + 8) // shared row stride: 16 bytes of pad keep ldmatrix conflict-free
+#define S2_KSTEPS (S2_HEAD_DIM / 16)
+#define S2_SN (S2_FWD_BN / 8)  // n8 tiles of S per warp
+#define S2_ON (S2_HEAD_DIM / 8) // n8 tiles of O per warp
 
-extern "C" __global__ void __launch_bounds__(S2_WARPS * 32)
-s2_attn_fwd(const s2_elem *__restrict__ q,  // [T, H, d]
-            const s2_elem *__restrict__ k,  // [T, Hkv, d]
-            const s2_elem *__restrict__ v,  // [T, Hkv, d]
-            s2_elem *__restrict__ o,        // [T, H, d]
-            float *__restrict__ lse,        // [H, T], natural log
+// The plan's tile classification, evaluated for one (query tile, key tile) pair: 1 when the
+// pair may hold a masked element. gs_last is the group start of the tile's last live row.
+__device__ __forceinline__ bool s2_tile_needs_mask(int x0, int gs_last, int y0, int n)
+{
+    return (S2_MASK_GROUP_EDGE && y0 < gs_last) || y0 + S2_FWD_BN - 1 > x0 || y0 + S2_FWD_BN > n;
+}
+
+extern "C" __global__ void __launch_bounds__(S2_FWD_THREADS)
+s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
+            const s2_elem *__restrict__ k,      // [T, Hkv, d]
+            const s2_elem *__restrict__ v,      // [T, Hkv, d]
+            s2_elem *__restrict__ o,            // [T, H, d]
+            float *__restrict__ lse,            // [H, T], natural log
             const int *__restrict__ cu_seqlens, // [B + 1]
             int total_tokens)
 {
-    __shared__ __align__(16) s2_elem sq[S2_BLOCK_M * S2_ROW];
-    __shared__ __align__(16) s2_elem sk[S2_BLOCK_N * S2_ROW];
-    __shared__ __align__(16) s2_elem sv[S2_BLOCK_N * S2_ROW];
+    extern __shared__ __align__(16) unsigned char s2_smem[];
+    s2_elem *sq = (s2_elem *)s2_smem;        // [BM][LD]
+    s2_elem *skv = sq + S2_FWD_BM * S2_LD;   // [stages][K, V][BN][LD]
+    const int kv_stride = S2_FWD_BN * S2_LD;
 
     const int h = blockIdx.y, b = blockIdx.z;
     const int hk = h / (S2_NUM_HEADS / S2_NUM_KV_HEADS);
     const int seq0 = cu_seqlens[b], n = cu_seqlens[b + 1] - seq0;
-    const int x0 = blockIdx.x * S2_BLOCK_M;
+    // Heavier tiles (later in a group) first: reverse the tile order within the grid.
+    const int x0 = (gridDim.x - 1 - blockIdx.x) * S2_FWD_BM;
     if (x0 >= n)
         return;
     const int cls = s2_head_class(h);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int xlast = min(x0 + S2_BLOCK_M, n) - 1;
+    const int g = lane / 4, t = lane % 4;
+    const int xlast = min(x0 + S2_FWD_BM, n) - 1;
+    const int gs_last = s2_group_start(xlast, cls);
+    const int kt_begin = s2_group_start(x0, cls) / S2_FWD_BN;
+    const int kt_end = xlast / S2_FWD_BN + 1;
 
-    s2_load_rows(sq, q, seq0, x0, S2_BLOCK_M, n, cls, S2_NUM_HEADS, h);
-
-    float m[S2_ROWS_PER_WARP], l[S2_ROWS_PER_WARP], acc[S2_ROWS_PER_WARP][S2_COLS_PER_LANE];
+    s2_load_tile_async<S2_FWD_BM, S2_FWD_THREADS>(sq, S2_LD, q, seq0, x0, n, cls, S2_NUM_HEADS, h);
+    // Prologue: the first STAGES - 1 key/value tiles in flight.
 #pragma unroll
-    for (int r = 0; r < S2_ROWS_PER_WARP; r++) {
-        m[r] = S2_NEG_INF;
-        l[r] = 0.f;
-#pragma unroll
-        for (int c = 0; c < S2_COLS_PER_LANE; c++)
-            acc[r][c] = 0.f;
+    for (int s = 0; s < S2_FWD_STAGES - 1; s++) {
+        if (kt_begin + s < kt_end) {
+            s2_elem *dk = skv + (2 * s) * kv_stride;
+            s2_load_tile_async<S2_FWD_BN, S2_FWD_THREADS>(dk, S2_LD, k, seq0, (kt_begin + s) * S2_FWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
+            s2_load_tile_async<S2_FWD_BN, S2_FWD_THREADS>(dk + kv_stride, S2_LD, v, seq0, (kt_begin + s) * S2_FWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
+        }
+        s2_cp_async_commit();
     }
 
-    // The tile loop: keys from the first row's group start through the last row.
-    for (int y0 = s2_group_start(x0, cls); y0 <= xlast; y0 += S2_BLOCK_N) {
-        __syncthreads(); // the previous tile is no longer read
-        s2_load_rows(sk, k, seq0, y0, S2_BLOCK_N, n, cls, S2_NUM_KV_HEADS, hk);
-        s2_load_rows(sv, v, seq0, y0, S2_BLOCK_N, n, cls, S2_NUM_KV_HEADS, hk);
-        __syncthreads();
-        const int y = y0 + lane; // this lane's key
+    float acc[S2_ON][4];
 #pragma unroll
-        for (int r = 0; r < S2_ROWS_PER_WARP; r++) {
-            const int rr = warp * S2_ROWS_PER_WARP + r;
-            const int x = x0 + rr;
-            // The online softmax, in the exp2 domain with the scale folded in.
-            float s = s2_dot_rows(sq + rr * S2_ROW, sk + lane * S2_ROW) * S2_SCALE_LOG2;
-            const bool live = x < n && y < n && s2_visible(x, y, cls);
-            s = live ? s : S2_NEG_INF;
-            const float mt = s2_warp_max(s);
-            const float mnew = fmaxf(m[r], mt);
-            if (mnew == S2_NEG_INF)
-                continue; // nothing visible yet for this row (uniform across the warp)
-            const float p = live ? exp2f(s - mnew) : 0.f;
-            const float alpha = exp2f(m[r] - mnew); // exp2(-inf) = 0 on the first live tile
-            l[r] = l[r] * alpha + s2_warp_sum(p);
-            m[r] = mnew;
+    for (int i = 0; i < S2_ON; i++)
+        acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+    float m[2] = {S2_NEG_INF, S2_NEG_INF}; // running max per row half (g, g + 8), exp2 domain
+    float l[2] = {0.f, 0.f};               // this thread's partial row sums
+    unsigned qf[S2_KSTEPS][4];
+    const int row0 = x0 + warp * 16 + g; // this thread's rows: row0, row0 + 8
+
+    for (int kt = kt_begin; kt < kt_end; kt++) {
+        const int it = kt - kt_begin;
+        // Keep STAGES - 1 tiles in flight: issue tile it + STAGES - 1, wait for tile it.
+        {
+            const int nx = it + S2_FWD_STAGES - 1;
+            if (kt_begin + nx < kt_end) {
+                s2_elem *dk = skv + (2 * (nx % S2_FWD_STAGES)) * kv_stride;
+                s2_load_tile_async<S2_FWD_BN, S2_FWD_THREADS>(dk, S2_LD, k, seq0, (kt_begin + nx) * S2_FWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
+                s2_load_tile_async<S2_FWD_BN, S2_FWD_THREADS>(dk + kv_stride, S2_LD, v, seq0, (kt_begin + nx) * S2_FWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
+            }
+            s2_cp_async_commit();
+            s2_cp_async_wait<S2_FWD_STAGES - 1>();
+            __syncthreads();
+        }
+        if (it == 0) {
 #pragma unroll
-            for (int c = 0; c < S2_COLS_PER_LANE; c++)
-                acc[r][c] *= alpha;
-            for (int j = 0; j < 32; j++) {
-                const float pj = __shfl_sync(0xffffffffu, p, j);
-                if (pj == 0.f)
-                    continue; // uniform: pj is the same in every lane
-#pragma unroll
-                for (int c = 0; c < S2_COLS_PER_LANE; c++)
-                    acc[r][c] = fmaf(pj, s2_to_f32(sv[j * S2_ROW + lane + 32 * c]), acc[r][c]);
+            for (int kk = 0; kk < S2_KSTEPS; kk++) {
+                const s2_elem *p = sq + (warp * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * S2_LD + kk * 16 + (lane / 16) * 8;
+                s2_ldmatrix_x4(qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3], p);
             }
         }
-    }
+        const s2_elem *sk = skv + (2 * (it % S2_FWD_STAGES)) * kv_stride;
+        const s2_elem *sv = sk + kv_stride;
 
-    // O and LSE written once, at the row's original position.
+        // S = Q K^T
+        float s[S2_SN][4];
 #pragma unroll
-    for (int r = 0; r < S2_ROWS_PER_WARP; r++) {
-        const int x = x0 + warp * S2_ROWS_PER_WARP + r;
+        for (int j = 0; j < S2_SN; j++)
+            s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < S2_KSTEPS; kk++) {
+#pragma unroll
+            for (int j = 0; j < S2_SN; j += 2) {
+                unsigned b0, b1, b2, b3;
+                const s2_elem *p = sk + (j * 8 + (lane % 8) + (lane / 16) * 8) * S2_LD + kk * 16 + ((lane / 8) % 2) * 8;
+                s2_ldmatrix_x4(b0, b1, b2, b3, p);
+                s2_mma(s[j], qf[kk], b0, b1);
+                s2_mma(s[j + 1], qf[kk], b2, b3);
+            }
+        }
+
+        // The mask, only where the classification asks for it.
+        const int y0 = kt * S2_FWD_BN;
+        if (s2_tile_needs_mask(x0, gs_last, y0, n)) {
+#pragma unroll
+            for (int j = 0; j < S2_SN; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int x = row0 + (e / 2) * 8, y = y0 + j * 8 + 2 * t + (e % 2);
+                    if (!(y < n && s2_visible(x, y, cls)))
+                        s[j][e] = S2_NEG_INF;
+                }
+        }
+
+        // The online softmax: exp2(s * scale * log2e - m).
+        float alpha[2];
+#pragma unroll
+        for (int hf = 0; hf < 2; hf++) {
+            float mx = S2_NEG_INF;
+#pragma unroll
+            for (int j = 0; j < S2_SN; j++)
+                mx = fmaxf(mx, fmaxf(s[j][2 * hf], s[j][2 * hf + 1]));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            const float mnew = fmaxf(m[hf], mx * S2_SCALE_LOG2);
+            const float msafe = mnew == S2_NEG_INF ? 0.f : mnew; // a row with nothing visible yet
+            alpha[hf] = exp2f(m[hf] - msafe);
+            m[hf] = mnew;
+            float sum = 0.f;
+#pragma unroll
+            for (int j = 0; j < S2_SN; j++)
+#pragma unroll
+                for (int e = 2 * hf; e < 2 * hf + 2; e++) {
+                    s[j][e] = exp2f(fmaf(s[j][e], S2_SCALE_LOG2, -msafe));
+                    sum += s[j][e];
+                }
+            l[hf] = l[hf] * alpha[hf] + sum;
+        }
+#pragma unroll
+        for (int i = 0; i < S2_ON; i++) {
+            acc[i][0] *= alpha[0], acc[i][1] *= alpha[0];
+            acc[i][2] *= alpha[1], acc[i][3] *= alpha[1];
+        }
+
+        // O += P V: P from the accumulators, V through ldmatrix.trans.
+#pragma unroll
+        for (int kk = 0; kk < S2_FWD_BN / 16; kk++) {
+            unsigned a[4] = {s2_pack2(s[2 * kk][0], s[2 * kk][1]), s2_pack2(s[2 * kk][2], s[2 * kk][3]),
+                             s2_pack2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                             s2_pack2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+            for (int i = 0; i < S2_ON; i += 2) {
+                unsigned b0, b1, b2, b3;
+                const s2_elem *p = sv + (kk * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * S2_LD + i * 8 + (lane / 16) * 8;
+                s2_ldmatrix_x4_trans(b0, b1, b2, b3, p);
+                s2_mma(acc[i], a, b0, b1);
+                s2_mma(acc[i + 1], a, b2, b3);
+            }
+        }
+        __syncthreads(); // this stage is overwritten STAGES - 1 iterations from now
+    }
+    s2_cp_async_wait<0>();
+
+    // O and LSE, written once, at each row's original position.
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+        float lsum = l[hf];
+        lsum += __shfl_xor_sync(0xffffffffu, lsum, 1);
+        lsum += __shfl_xor_sync(0xffffffffu, lsum, 2);
+        const int x = row0 + 8 * hf;
         if (x >= n)
             continue;
         const long tok = seq0 + s2_position(x, cls, n);
-        const float inv = 1.f / l[r];
+        const float inv = 1.f / lsum;
+        unsigned *orow = (unsigned *)(o + (tok * S2_NUM_HEADS + h) * S2_HEAD_DIM);
 #pragma unroll
-        for (int c = 0; c < S2_COLS_PER_LANE; c++)
-            o[(tok * S2_NUM_HEADS + h) * S2_HEAD_DIM + lane + 32 * c] = s2_from_f32(acc[r][c] * inv);
-        if (lane == 0)
-            lse[(long)h * total_tokens + tok] = (m[r] + log2f(l[r])) * S2_LN2;
+        for (int i = 0; i < S2_ON; i++)
+            orow[i * 4 + t] = s2_pack2(acc[i][2 * hf] * inv, acc[i][2 * hf + 1] * inv);
+        if (t == 0)
+            lse[(long)h * total_tokens + tok] = (m[hf] + log2f(lsum)) * S2_LN2;
     }
 }

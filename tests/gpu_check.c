@@ -63,6 +63,38 @@ static const gcase cases[] = {
 };
 #define N_CASES ((int)(sizeof cases / sizeof cases[0]))
 
+/* Every case runs with the plan's default tile and three others (tile 0 is the default). */
+#define N_TILES 4
+static const char *alt_tile(int i, int d)
+{
+    static const char *const upto128[N_TILES] = {
+        NULL,
+        "fwd_warps=8,fwd_block_n=32,fwd_stages=3,bwd_block_m=32,bwd_warps=4",
+        "fwd_warps=2,fwd_block_n=64,fwd_stages=1,bwd_block_m=8,bwd_warps=2",
+        "fwd_warps=4,fwd_block_n=128,fwd_stages=2,bwd_block_m=4,bwd_warps=4",
+    };
+    static const char *const d256[N_TILES] = {
+        NULL,
+        "fwd_warps=8,fwd_block_n=32,fwd_stages=3,bwd_block_m=8,bwd_warps=4",
+        "fwd_warps=2,fwd_block_n=32,fwd_stages=1,bwd_block_m=8,bwd_warps=2",
+        "fwd_warps=1,fwd_block_n=32,fwd_stages=4,bwd_block_m=4,bwd_warps=4",
+    };
+    return d > 128 ? d256[i] : upto128[i];
+}
+
+/* The tile of case c with tile index i on arch; NULL for the default. */
+static const s2_attn_tile *case_tile(const gcase *c, int i, const char *arch, s2_attn_tile *t,
+                                     s2_error *err, s2_status *st)
+{
+    *st = S2_OK;
+    const char *text = alt_tile(i, c->d);
+    if (!text)
+        return NULL;
+    *t = s2_plan_default_tile(arch, c->d);
+    *st = s2_plan_parse_tile(text, t, err);
+    return t;
+}
+
 static s2_status case_spec(const gcase *c, s2_spec *spec, s2_error *err)
 {
     char yaml[1024];
@@ -167,15 +199,19 @@ typedef struct case_result {
     int T;
 } case_result;
 
-static s2_status run_case(const s2_rt *rt, const gcase *c, const s2_jit_opts *jo,
+static s2_status run_case(const s2_rt *rt, const gcase *c, int tile_idx, const s2_jit_opts *jo,
                           case_result *res, s2_error *err)
 {
     s2_spec spec;
     s2_status st = case_spec(c, &spec, err);
     if (st)
         return st;
+    s2_attn_tile tile;
+    const s2_attn_tile *tp = case_tile(c, tile_idx, rt->arch, &tile, err, &st);
+    if (st)
+        return st;
     s2_attn a;
-    st = s2_attn_load(&a, rt, &spec, NULL, jo, err);
+    st = s2_attn_load(&a, rt, &spec, tp, jo, err);
     if (st)
         return st;
     int32_t cu[MAX_SEQS + 1] = {0};
@@ -259,27 +295,43 @@ out_free:
     return st;
 }
 
-/* Builds every case's kernels in parallel first, so the runs below load from the cache. */
+/* Builds every (case, tile) pair's kernels first, on a pool of threads, so the runs below
+ * load from the cache. */
 typedef struct prebuild_job {
     const gcase *c;
-    s2_jit_opts jo;
+    int tile_idx;
     s2_status st;
     s2_error err;
 } prebuild_job;
 
+typedef struct prebuild_pool {
+    prebuild_job *jobs;
+    int n, next;
+    s2_jit_opts jo;
+} prebuild_pool;
+
 static void *prebuild(void *arg)
 {
-    prebuild_job *j = arg;
-    s2_spec spec;
-    s2_attn_plan plan;
-    s2_jit_result res[S2_UNIT_ATTN_COUNT];
-    memset(res, 0, sizeof res);
-    j->st = case_spec(j->c, &spec, &j->err);
-    if (!j->st)
-        j->st = s2_attn_build(&spec, NULL, &j->jo, &plan, res, &j->err);
-    for (int u = 0; u < S2_UNIT_ATTN_COUNT; u++)
-        s2_jit_result_free(&res[u]);
-    return NULL;
+    prebuild_pool *pool = arg;
+    for (;;) {
+        int i = __atomic_fetch_add(&pool->next, 1, __ATOMIC_RELAXED);
+        if (i >= pool->n)
+            return NULL;
+        prebuild_job *j = &pool->jobs[i];
+        s2_spec spec;
+        s2_attn_plan plan;
+        s2_attn_tile tile;
+        s2_jit_result res[S2_UNIT_ATTN_COUNT];
+        memset(res, 0, sizeof res);
+        j->st = case_spec(j->c, &spec, &j->err);
+        const s2_attn_tile *tp = NULL;
+        if (!j->st)
+            tp = case_tile(j->c, j->tile_idx, pool->jo.arch, &tile, &j->err, &j->st);
+        if (!j->st)
+            j->st = s2_attn_build(&spec, tp, &pool->jo, &plan, res, &j->err);
+        for (int u = 0; u < S2_UNIT_ATTN_COUNT; u++)
+            s2_jit_result_free(&res[u]);
+    }
 }
 
 int main(int argc, char **argv)
@@ -306,58 +358,70 @@ int main(int argc, char **argv)
     printf("gpu_check: %s (%s, %d SMs), seed %llu, tolerance %.0e\n", rt.name, rt.arch,
            rt.sm_count, (unsigned long long)seed, TOL);
 
-    s2_jit_opts jo = {.arch = rt.arch, .threads = 2};
+    s2_jit_opts jo = {.arch = rt.arch, .threads = 1};
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    pthread_t th[N_CASES];
-    prebuild_job jobs[N_CASES];
-    for (int i = 0; i < N_CASES; i++) {
-        jobs[i] = (prebuild_job){.c = &cases[i], .jo = jo};
-        pthread_create(&th[i], NULL, prebuild, &jobs[i]);
-    }
-    int failed = 0;
-    for (int i = 0; i < N_CASES; i++) {
+    prebuild_pool pool = {.n = N_CASES * N_TILES, .jo = jo};
+    pool.jobs = calloc((size_t)pool.n, sizeof *pool.jobs);
+    for (int i = 0; i < pool.n; i++)
+        pool.jobs[i] = (prebuild_job){.c = &cases[i % N_CASES], .tile_idx = i / N_CASES};
+    int nth = s2_cpu_count();
+    pthread_t th[64];
+    if (nth > 64)
+        nth = 64;
+    for (int i = 0; i < nth; i++)
+        pthread_create(&th[i], NULL, prebuild, &pool);
+    for (int i = 0; i < nth; i++)
         pthread_join(th[i], NULL);
-        if (jobs[i].st) {
-            fprintf(stderr, "gpu_check: building '%s': %s\n", cases[i].what, jobs[i].err.msg);
+    int failed = 0;
+    for (int i = 0; i < pool.n; i++) {
+        if (pool.jobs[i].st) {
+            fprintf(stderr, "gpu_check: building '%s' tile %d: %s\n", pool.jobs[i].c->what,
+                    pool.jobs[i].tile_idx, pool.jobs[i].err.msg);
             failed++;
         }
-        s2_error_clear(&jobs[i].err);
+        s2_error_clear(&pool.jobs[i].err);
     }
+    free(pool.jobs);
     clock_gettime(CLOCK_MONOTONIC, &t1);
-    printf("gpu_check: built %d cases' kernels in %.1f s\n", N_CASES,
+    printf("gpu_check: built %d cases x %d tiles in %.1f s\n", N_CASES, N_TILES,
            (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9);
     if (failed)
         return 1;
 
-    printf("%-28s %-5s %-4s %4s %5s %4s %4s %6s %9s %9s %9s %9s %9s %s\n", "case", "mode",
-           "dt", "d", "H/kv", "G", "S", "T", "o", "lse", "dq", "dk", "dv", "result");
     int n_run = 0;
-    for (int i = 0; i < N_CASES; i++) {
-        const gcase *c = &cases[i];
-        if (only && !strstr(c->what, only))
-            continue;
-        case_result r;
-        if (run_case(&rt, c, &jo, &r, &err)) {
-            printf("%-28s ERROR %s\n", c->what, err.msg);
-            s2_error_clear(&err);
-            failed++;
-            continue;
+    for (int ti = 0; ti < N_TILES; ti++) {
+        printf("tile %d: %s (d=256: %s)\n", ti, alt_tile(ti, 128) ? alt_tile(ti, 128) : "plan default",
+               alt_tile(ti, 256) ? alt_tile(ti, 256) : "plan default");
+        printf("%-28s %-5s %-4s %4s %5s %4s %4s %6s %9s %9s %9s %9s %9s %s\n", "case", "mode",
+               "dt", "d", "H/kv", "G", "S", "T", "o", "lse", "dq", "dk", "dv", "result");
+        for (int i = 0; i < N_CASES; i++) {
+            const gcase *c = &cases[i];
+            if (only && !strstr(c->what, only))
+                continue;
+            case_result r;
+            n_run++;
+            if (run_case(&rt, c, ti, &jo, &r, &err)) {
+                printf("%-28s ERROR %s\n", c->what, err.msg);
+                s2_error_clear(&err);
+                failed++;
+                continue;
+            }
+            int ok = !r.nan;
+            for (int e = 0; e < 5; e++)
+                ok = ok && r.e[e] < TOL;
+            char hk[16];
+            snprintf(hk, sizeof hk, "%d/%d", c->H, c->Hkv);
+            printf("%-28s %-5s %-4s %4d %5s %4d %4d %6d %9.2e %9.2e %9.2e %9.2e %9.2e %s", c->what,
+                   c->mode, c->dtype, c->d, hk, c->G, c->S, r.T, r.e[0], r.e[1], r.e[2], r.e[3],
+                   r.e[4], ok ? "PASS" : "FAIL");
+            if (r.nan)
+                printf(" (%d NaN: unwritten or invalid outputs)", r.nan);
+            printf("\n");
+            failed += !ok;
         }
-        n_run++;
-        int ok = !r.nan;
-        for (int e = 0; e < 5; e++)
-            ok = ok && r.e[e] < TOL;
-        char hk[16];
-        snprintf(hk, sizeof hk, "%d/%d", c->H, c->Hkv);
-        printf("%-28s %-5s %-4s %4d %5s %4d %4d %6d %9.2e %9.2e %9.2e %9.2e %9.2e %s", c->what,
-               c->mode, c->dtype, c->d, hk, c->G, c->S, r.T, r.e[0], r.e[1], r.e[2], r.e[3],
-               r.e[4], ok ? "PASS" : "FAIL");
-        if (r.nan)
-            printf(" (%d NaN: unwritten or invalid outputs)", r.nan);
-        printf("\n");
-        failed += !ok;
     }
-    printf("gpu_check: %d of %d cases passed\n", n_run - failed < 0 ? 0 : n_run - failed, n_run);
+    printf("gpu_check: %d of %d case runs passed (%d cases x %d tiles)\n", n_run - failed, n_run,
+           n_run / N_TILES, N_TILES);
     return failed ? 1 : 0;
 }

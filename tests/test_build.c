@@ -38,7 +38,7 @@ static void build_spec(const char *path)
                 cr_expect_eq(r->stack, 0, "%s %s %s has a %d-byte stack frame (local memory)",
                              path, archs[a], r->name, r->stack);
                 cr_expect_gt(r->regs, 0);
-                cr_expect_leq(r->smem, 48 * 1024);
+                cr_expect_leq(r->smem, 48 * 1024, "static shared memory stays under 48 KB");
             }
             s2_jit_result_free(&res[u]);
         }
@@ -79,7 +79,8 @@ Test(build, bad_tile_is_refused_before_nvrtc)
     char path[1024];
     snprintf(path, sizeof path, "%s/specs/llama2-7b-8k.yaml", S2_SOURCE_DIR);
     cr_assert_eq(s2_spec_load(path, NULL, 0, &spec, &err), S2_OK, "%s", err.msg);
-    s2_attn_tile t = {.block_m = 15, .block_n = 32, .warps = 4};
+    s2_attn_tile t = s2_plan_default_tile("sm_80", 128);
+    t.bwd_block_m = 15;
     s2_jit_opts jo = {.arch = "sm_80"};
     s2_attn_plan plan;
     s2_jit_result res[S2_UNIT_ATTN_COUNT];

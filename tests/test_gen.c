@@ -43,7 +43,8 @@ Test(plan, index_map_by_mode)
     cr_expect_eq(p.shift_off, 0);
     cr_expect_eq(p.shift_rot, 200);
     cr_expect_eq(p.G, 512);
-    cr_expect_eq(p.threads, 32 * p.tile.warps);
+    cr_expect_eq(p.fwd_threads, 32 * p.tile.fwd_warps);
+    cr_expect_eq(p.fwd_block_m, 16 * p.tile.fwd_warps);
 }
 
 /* The kernels' index map (virtual order, groups, positions) must give exactly the mask of
@@ -97,13 +98,17 @@ Test(plan, tiles_validated)
     s2_spec s = load("");
     s2_attn_plan p;
     s2_error err = {0};
-    s2_attn_tile bad_n = {.block_m = 16, .block_n = 64, .warps = 4};
+    s2_attn_tile def = s2_plan_default_tile("sm_80", 64);
+    s2_attn_tile bad_n = def;
+    bad_n.fwd_block_n = 48;
     cr_expect_eq(s2_plan_attn(&s, "sm_80", &bad_n, &p, &err), S2_ERR_INVALID);
-    cr_expect(strstr(err.msg, "block_n"), "%s", err.msg);
-    s2_attn_tile bad_m = {.block_m = 18, .block_n = 32, .warps = 4};
+    cr_expect(strstr(err.msg, "fwd_block_n = 48, valid: 32, 64, 128"), "%s", err.msg);
+    s2_attn_tile bad_m = def;
+    bad_m.bwd_block_m = 18;
     cr_expect_eq(s2_plan_attn(&s, "sm_80", &bad_m, &p, &err), S2_ERR_INVALID);
-    cr_expect(strstr(err.msg, "multiple of warps"), "%s", err.msg);
-    s2_attn_tile big = {.block_m = 128, .block_n = 32, .warps = 4};
+    cr_expect(strstr(err.msg, "multiple of bwd_warps"), "%s", err.msg);
+    s2_attn_tile big = s2_plan_default_tile("sm_80", 256);
+    big.fwd_warps = 8, big.fwd_block_n = 32, big.fwd_stages = 4;
     s2_spec_override d256[] = {{"model.head_dim=256"}};
     cr_assert_eq(s2_spec_load_string("name: t\ncontext_length: 1024\n"
                                      "model: {hidden_size: 1024, intermediate_size: 1024, "
@@ -111,7 +116,13 @@ Test(plan, tiles_validated)
                                      "max_position_embeddings: 512}\n",
                                      "t.yaml", d256, 1, &s, &err), S2_OK, "%s", err.msg);
     cr_expect_eq(s2_plan_attn(&s, "sm_80", &big, &p, &err), S2_ERR_INVALID);
-    cr_expect(strstr(err.msg, "shared memory"), "%s", err.msg);
+    cr_expect(strstr(err.msg, "this arch allows 166912"), "%s", err.msg);
+    cr_expect_eq(s2_plan_attn(&s, "sm_90a", &big, &p, &err), S2_OK,
+                 "198 KB fits Hopper's 227 KB: %s", err.msg);
+    big.fwd_block_n = 64, big.fwd_stages = 1;
+    cr_expect_eq(s2_plan_attn(&s, "sm_90a", &big, &p, &err), S2_ERR_INVALID,
+                 "d=256 with 64-key tiles would spill");
+    cr_expect(strstr(err.msg, "spill"), "%s", err.msg);
     s2_error_clear(&err);
 }
 
@@ -132,6 +143,7 @@ Test(plan, default_tiles_fit_every_head_dim)
         s2_attn_plan p = plan_of(&s);
         cr_expect_leq(p.smem_dq, 48 * 1024);
         cr_expect_leq(p.smem_dkdv, 48 * 1024);
+        cr_expect_leq(p.smem_fwd, p.smem_limit);
     }
 }
 
@@ -213,4 +225,64 @@ Test(emit, write_dir)
         free(text);
         free(paths[i]);
     }
+}
+
+/*
+ * The tile classification of the forward, element by element against the reference mask: a
+ * FULL tile holds only visible pairs, every visible pair lies in a visited tile, and masked
+ * classes are used only where needed when the groups align with the tiles.
+ */
+static void check_tiles(int G, int S, const char *mode, int n, const s2_attn_tile *tile,
+                        int want_edge)
+{
+    char extra[128];
+    snprintf(extra, sizeof extra, "s2attn: {group_size: %d, shift: %d, shift_mode: %s}\n", G, S, mode);
+    s2_spec s = load(extra);
+    s2_attn_plan p;
+    s2_error err = {0};
+    cr_assert_eq(s2_plan_attn(&s, "sm_90a", tile, &p, &err), S2_OK, "%s", err.msg);
+    cr_expect_eq(p.mask_group_edge, want_edge, "G=%d S=%d %s", G, S, mode);
+    s2_ref_attn ra = {.T = n, .H = 8, .Hkv = 8, .d = 64, .G = G, .S = S,
+                      .mode = s.s2attn.shift_mode, .scale = 1};
+    const int bm = p.fwd_block_m, bn = p.tile.fwd_block_n;
+    int counts[S2_TILE_CLASS_COUNT] = {0};
+    for (int cls = 0; cls < 2; cls++)
+        for (int qt = 0; qt * bm < n; qt++)
+            for (int kt = 0; kt * bn < n; kt++) {
+                s2_tile_class c = s2_plan_classify(&p, cls, qt, kt, n);
+                counts[c]++;
+                for (int x = qt * bm; x < qt * bm + bm && x < n; x++)
+                    for (int y = kt * bn; y < kt * bn + bn; y++) {
+                        int vis = y < n && s2_ref_attn_visible(&ra, cls ? 4 : 0, n,
+                                                               s2_plan_position(&p, cls, x, n),
+                                                               s2_plan_position(&p, cls, y, n));
+                        if (c == S2_TILE_EMPTY)
+                            cr_assert(!vis, "empty tile (%d,%d) hides visible pair (%d,%d)", qt, kt, x, y);
+                        if (c == S2_TILE_FULL)
+                            cr_assert(vis, "full tile (%d,%d) holds masked pair (%d,%d)", qt, kt, x, y);
+                    }
+            }
+    if (!want_edge) {
+        cr_expect_eq(counts[S2_TILE_EDGE], 0);
+        if (n >= 2 * G)
+            cr_expect_gt(counts[S2_TILE_FULL], 0, "aligned groups of several tiles run unmasked tiles");
+    }
+}
+
+Test(plan, tile_classification_matches_reference)
+{
+    s2_attn_tile t = s2_plan_default_tile("sm_90a", 64); /* 64 x 64 tiles */
+    const char *modes[] = {"split", "roll"};
+    for (int m = 0; m < 2; m++) {
+        check_tiles(256, 128, modes[m], 1024, &t, 0); /* aligned groups: only diagonal masks */
+        check_tiles(256, 128, modes[m], 1000, &t, 0); /* short last group */
+        check_tiles(256, 128, modes[m], 200, &t, 0);  /* N < G */
+        check_tiles(200, 100, modes[m], 999, &t, 1);  /* groups cross tiles */
+        check_tiles(96, 40, modes[m], 500, &t, 1);
+        check_tiles(512, 0, modes[m], 700, &t, 0);
+    }
+    t.fwd_warps = 8, t.fwd_block_n = 32; /* 128 x 32 tiles */
+    check_tiles(256, 128, "split", 1000, &t, 0);
+    check_tiles(192, 96, "split", 1000, &t, 1);
+    check_tiles(192, 96, "roll", 1000, &t, 1);
 }
