@@ -48,13 +48,17 @@ static void emit_constants(s2_buf *b, const s2_attn_plan *p)
                   "#define S2_FWD_WARPS %d\n"
                   "#define S2_FWD_BN %d\n"
                   "#define S2_FWD_STAGES %d\n"
+                  "#define S2_BWD_WARPS %d\n"
+                  "#define S2_BWD_BN %d\n"
+                  "#define S2_BWD_STAGES %d\n"
                   "#define S2_BLOCK_M %d\n"
                   "#define S2_BLOCK_N 32\n"
                   "#define S2_WARPS %d\n\n",
                   p->dtype == S2_DTYPE_BF16, p->d, p->H, p->Hkv, p->G, p->shift_off,
                   p->shift_rot, p->scale, p->scale * M_LOG2E, p->mask_group_edge,
                   p->tile.fwd_warps, p->tile.fwd_block_n, p->tile.fwd_stages,
-                  p->tile.bwd_block_m, p->tile.bwd_warps);
+                  p->tile.bwd_warps, p->tile.bwd_block_n, p->tile.bwd_stages, p->bwd_block_m,
+                  p->tile.bwd_warps);
 }
 
 static s2_status emit_template(s2_buf *b, const char *name, s2_error *err)
@@ -81,8 +85,12 @@ s2_status s2_emit_attn(const s2_spec *spec, const s2_attn_plan *plan, s2_attn_un
     s2_status st = emit_template(&b, "common.cuh", err);
     if (!st)
         st = emit_template(&b, "mma.cuh", err);
-    if (!st)
-        st = emit_template(&b, unit == S2_UNIT_ATTN_FWD ? "attn_fwd.cuh" : "attn_bwd.cuh", err);
+    if (!st && unit == S2_UNIT_ATTN_FWD)
+        st = emit_template(&b, "attn_fwd.cuh", err);
+    if (!st && unit == S2_UNIT_ATTN_BWD)
+        st = emit_template(&b, "attn_bwd_pre.cuh", err);
+    if (!st && unit == S2_UNIT_ATTN_BWD)
+        st = emit_template(&b, plan->bwd_tensor_cores ? "attn_bwd.cuh" : "attn_bwd_simple.cuh", err);
     if (!st && b.oom)
         st = s2_error_set(err, S2_ERR_NOMEM, "out of memory emitting %s", s2_attn_unit_name(unit));
     if (st) {

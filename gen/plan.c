@@ -28,11 +28,9 @@ s2_attn_tile s2_plan_default_tile(const char *arch, int head_dim)
 {
     (void)arch; /* one default for every arch so far; the tuner searches per arch */
     s2_attn_tile t = {.fwd_warps = 4, .fwd_block_n = 64, .fwd_stages = 2,
-                      .bwd_block_m = 16, .bwd_warps = 4};
-    if (head_dim > 128) {
+                      .bwd_warps = 4, .bwd_block_n = 32, .bwd_stages = 2};
+    if (head_dim > 128)
         t.fwd_block_n = 32; /* the O accumulators of d = 256 leave little room for S */
-        t.bwd_block_m = 8;  /* keeps four tiles of d+2 halves under the 48 KB static limit */
-    }
     return t;
 }
 
@@ -43,8 +41,9 @@ static const struct {
     {"fwd_warps", offsetof(s2_attn_tile, fwd_warps)},
     {"fwd_block_n", offsetof(s2_attn_tile, fwd_block_n)},
     {"fwd_stages", offsetof(s2_attn_tile, fwd_stages)},
-    {"bwd_block_m", offsetof(s2_attn_tile, bwd_block_m)},
     {"bwd_warps", offsetof(s2_attn_tile, bwd_warps)},
+    {"bwd_block_n", offsetof(s2_attn_tile, bwd_block_n)},
+    {"bwd_stages", offsetof(s2_attn_tile, bwd_stages)},
 };
 #define N_TILE_KEYS ((int)(sizeof tile_keys / sizeof tile_keys[0]))
 
@@ -66,7 +65,7 @@ s2_status s2_plan_parse_tile(const char *text, s2_attn_tile *t, s2_error *err)
         if (k == N_TILE_KEYS)
             return s2_error_set(err, S2_ERR_INVALID,
                                 "tile '%s': unknown key '%.*s'; valid: fwd_warps, fwd_block_n, "
-                                "fwd_stages, bwd_block_m, bwd_warps", text, (int)(eq - p), p);
+                                "fwd_stages, bwd_warps, bwd_block_n, bwd_stages", text, (int)(eq - p), p);
         char *num_end;
         long v = strtol(eq + 1, &num_end, 10);
         if (num_end != end || num_end == eq + 1 || v < 0 || v > 4096)
@@ -124,34 +123,53 @@ static s2_status check_fwd_tile(const s2_attn_tile *t, int d, int limit, s2_erro
     return S2_OK;
 }
 
-static s2_status check_bwd_tile(const s2_attn_tile *t, int d, s2_error *err)
+static int bwd_smem(const s2_attn_tile *t, int d, int *dq, int *dkdv)
 {
-    if (t->bwd_warps < 1 || t->bwd_warps > 16)
-        return s2_error_set(err, S2_ERR_INVALID, "tile: bwd_warps = %d, valid 1..16", t->bwd_warps);
-    if (t->bwd_block_m < t->bwd_warps || t->bwd_block_m % t->bwd_warps != 0 || t->bwd_block_m > 128)
+    int rows = 2 * 16 * t->bwd_warps + 2 * t->bwd_stages * t->bwd_block_n;
+    *dq = rows * (d + 8) * 2;
+    *dkdv = *dq + 2 * t->bwd_stages * t->bwd_block_n * (int)sizeof(float);
+    return *dkdv;
+}
+
+static s2_status check_bwd_tile(const s2_attn_tile *t, int d, int limit, s2_error *err)
+{
+    if (t->bwd_warps < 1 || t->bwd_warps > 8)
+        return s2_error_set(err, S2_ERR_INVALID, "tile: bwd_warps = %d, valid 1..8", t->bwd_warps);
+    if (t->bwd_block_n != 32 && t->bwd_block_n != 64)
+        return s2_error_set(err, S2_ERR_INVALID, "tile: bwd_block_n = %d, valid: 32, 64",
+                            t->bwd_block_n);
+    if (t->bwd_stages < 1 || t->bwd_stages > 4)
+        return s2_error_set(err, S2_ERR_INVALID, "tile: bwd_stages = %d, valid 1..4",
+                            t->bwd_stages);
+    if (d > 128) { /* the scalar backward: 2 rows a warp, static shared memory */
+        int bytes = 2 * bwd_tile_bytes(2 * t->bwd_warps, d) + 2 * bwd_tile_bytes(32, d);
+        if (bytes > 48 * 1024)
+            return s2_error_set(err, S2_ERR_INVALID,
+                                "tile: bwd_warps = %d with head_dim %d needs %d bytes of static "
+                                "shared memory, more than 49152; use fewer bwd_warps",
+                                t->bwd_warps, d, bytes);
+        return S2_OK;
+    }
+    int dq, dkdv;
+    if (bwd_smem(t, d, &dq, &dkdv) > limit)
         return s2_error_set(err, S2_ERR_INVALID,
-                            "tile: bwd_block_m = %d, valid: a multiple of bwd_warps (%d) up to 128",
-                            t->bwd_block_m, t->bwd_warps);
-    int worst = 2 * bwd_tile_bytes(t->bwd_block_m, d) + 2 * bwd_tile_bytes(32, d);
-    if (worst > 48 * 1024)
+                            "tile: bwd_warps %d, bwd_block_n %d, bwd_stages %d with head_dim %d need "
+                            "%d bytes of shared memory; this arch allows %d",
+                            t->bwd_warps, t->bwd_block_n, t->bwd_stages, d, dkdv, limit);
+    if (d > 64 && t->bwd_block_n > 32)
         return s2_error_set(err, S2_ERR_INVALID,
-                            "tile: bwd_block_m = %d with head_dim %d needs %d bytes of static shared "
-                            "memory, more than 49152; use a smaller bwd_block_m",
-                            t->bwd_block_m, d, worst);
+                            "tile: bwd_block_n = %d with head_dim %d: valid 32 (wider tiles spill "
+                            "registers next to the dK and dV accumulators)", t->bwd_block_n, d);
     return S2_OK;
 }
 
-/* 1 when some group start of either head class is not a multiple of both tile sizes. */
+/* 1 when some group start of either head class is not a multiple of every tile size. */
 static int needs_group_edge_mask(const s2_attn_plan *p)
 {
-    int bm = p->fwd_block_m, bn = p->tile.fwd_block_n;
-    int offs[2] = {0, p->shift_off};
-    for (int c = 0; c < 2; c++) {
-        if (p->G % bm || p->G % bn)
+    const int sizes[4] = {p->fwd_block_m, p->tile.fwd_block_n, p->bwd_block_m, p->tile.bwd_block_n};
+    for (int i = 0; i < 4; i++)
+        if (p->G % sizes[i] || p->shift_off % sizes[i])
             return 1;
-        if (offs[c] % bm || offs[c] % bn)
-            return 1;
-    }
     return 0;
 }
 
@@ -190,16 +208,18 @@ s2_status s2_plan_attn(const s2_spec *spec, const char *arch, const s2_attn_tile
     p->smem_limit = smem_limit(arch);
     s2_status st = check_fwd_tile(&p->tile, p->d, p->smem_limit, err);
     if (!st)
-        st = check_bwd_tile(&p->tile, p->d, err);
+        st = check_bwd_tile(&p->tile, p->d, p->smem_limit, err);
     if (st)
         return st;
     p->fwd_block_m = 16 * p->tile.fwd_warps;
     p->fwd_threads = 32 * p->tile.fwd_warps;
     p->bwd_threads = 32 * p->tile.bwd_warps;
+    p->bwd_tensor_cores = p->d <= 128;
+    p->bwd_block_m = (p->bwd_tensor_cores ? 16 : 2) * p->tile.bwd_warps;
     p->mask_group_edge = needs_group_edge_mask(p);
     p->smem_fwd = (p->fwd_block_m + 2 * p->tile.fwd_stages * p->tile.fwd_block_n) * (p->d + 8) * 2;
-    p->smem_dq = 2 * bwd_tile_bytes(p->tile.bwd_block_m, p->d) + 2 * bwd_tile_bytes(32, p->d);
-    p->smem_dkdv = p->smem_dq;
+    if (p->bwd_tensor_cores)
+        bwd_smem(&p->tile, p->d, &p->smem_dq, &p->smem_dkdv);
     return S2_OK;
 }
 
@@ -244,12 +264,12 @@ s2_dim3 s2_plan_grid_fwd(const s2_attn_plan *p, int max_seqlen, int batch)
 
 s2_dim3 s2_plan_grid_dq(const s2_attn_plan *p, int max_seqlen, int batch)
 {
-    return (s2_dim3){ceil_div(max_seqlen, p->tile.bwd_block_m), (unsigned)p->H, (unsigned)batch};
+    return (s2_dim3){ceil_div(max_seqlen, p->bwd_block_m), (unsigned)p->H, (unsigned)batch};
 }
 
 s2_dim3 s2_plan_grid_dkdv(const s2_attn_plan *p, int max_seqlen, int batch)
 {
-    return (s2_dim3){ceil_div(max_seqlen, p->tile.bwd_block_m), (unsigned)p->Hkv, (unsigned)batch};
+    return (s2_dim3){ceil_div(max_seqlen, p->bwd_block_m), (unsigned)p->Hkv, (unsigned)batch};
 }
 
 s2_dim3 s2_plan_grid_pre(const s2_attn_plan *p, int total_tokens)

@@ -26,8 +26,9 @@ typedef struct s2_attn_tile {
     int fwd_warps;   /* forward: warps per block, 16 query rows each: 1..8 */
     int fwd_block_n; /* forward: keys per shared-memory tile: 32, 64 or 128 */
     int fwd_stages;  /* forward: key/value tiles in flight (cp.async pipeline): 1..4 */
-    int bwd_block_m; /* backward: query rows (dQ) or key rows (dK/dV) per block, multiple of bwd_warps */
-    int bwd_warps;   /* backward: warps per block */
+    int bwd_warps;   /* backward: warps per block, 16 rows each (d > 128: 2 rows each) */
+    int bwd_block_n; /* backward: keys (dQ) or queries (dK/dV) per streamed tile: 32 or 64 */
+    int bwd_stages;  /* backward: streamed tiles in flight: 1..4 */
 } s2_attn_tile;
 
 /* How the tiles of one (query tile, key tile) pair classify; see s2_plan_classify(). */
@@ -49,13 +50,16 @@ typedef struct s2_attn_plan {
     int shift_rot;        /* shifted heads: position(x) = (x + shift_rot) mod N (roll: S) */
     s2_attn_tile tile;
     int fwd_block_m;      /* 16 * fwd_warps */
+    int bwd_block_m;      /* 16 * bwd_warps; 2 * bwd_warps for the scalar backward (d > 128) */
+    int bwd_tensor_cores; /* 1: templates/attn_bwd.cuh; 0: attn_bwd_simple.cuh (d > 128) */
     int fwd_threads, bwd_threads;
     int mask_group_edge;  /* 0 when every group start of both head classes falls on a tile
                              boundary: then no tile crosses a group edge and only diagonal
                              and sequence-end tiles are masked (a compile-time constant) */
     int smem_fwd;         /* dynamic shared memory of the forward, bytes */
+    int smem_dq, smem_dkdv; /* dynamic shared memory of the backward kernels, bytes (0 for
+                               the scalar backward, whose tiles are static) */
     int smem_limit;       /* the arch's per-block limit, bytes */
-    int smem_dq, smem_dkdv; /* static shared memory of the backward kernels, bytes */
 } s2_attn_plan;
 
 /* The default tile for an arch ("sm_80" ... "sm_90a") and head dim. */

@@ -13,6 +13,7 @@
 
 #include "../gen/emit.h"
 #include "../gen/spec.h"
+#include "bench.h"
 #include "jit.h"
 #include "rt.h"
 #include "st.h"
@@ -185,7 +186,7 @@ static const char build_help[] =
     "                    $XDG_CACHE_HOME/s2lora, else ~/.cache/s2lora)\n"
     "  --no-cache        build everything, read and write no cache\n"
     "  --tile K=V,...    tuning parameters instead of the arch's default: fwd_warps,\n"
-    "                    fwd_block_n, fwd_stages, bwd_block_m, bwd_warps\n"
+    "                    fwd_block_n, fwd_stages, bwd_warps, bwd_block_n, bwd_stages\n"
     "Exit status 1 if a build fails or any kernel spills.\n";
 
 static void print_build_rows(const char *arch, const s2_jit_result *res, int n_units,
@@ -496,6 +497,134 @@ static int cmd_attn(int argc, char **argv)
     return 0;
 }
 
+/* ---------------------------------------------------------------- bench */
+
+static const char bench_help[] =
+    "usage: s2lora bench attn SPEC... [--set KEY=VALUE]... [--seqlens N[,N]...]\n"
+    "                         [--reps N] [--warmup N] [--seed N]\n"
+    "                         [--peers PATH | --no-peers] [--csv FILE] [--json FILE]\n"
+    "                         [--cache-dir DIR]\n"
+    "\n"
+    "Times the S²-Attn kernels of each SPEC on the GPU, forward and forward+backward,\n"
+    "and the PyTorch peers on the same inputs. One case per SPEC and N: one sequence\n"
+    "(B=1) of N tokens, fresh N(0,1) inputs in the spec's dtype, our outputs poisoned\n"
+    "with NaN before the first run and checked for inf/NaN after the timing.\n"
+    "  --set KEY=VALUE   override a spec value (applies to every SPEC)\n"
+    "  --seqlens LIST    comma-separated N (default: each spec's context_length). The\n"
+    "                    spec is reloaded with context_length=N: a group_ratio spec gets\n"
+    "                    G = floor(N * ratio) and S = G/2 for that N; a spec that gives\n"
+    "                    group_size keeps its G (and S)\n"
+    "  --reps N          timed runs (default: 20 forward, 10 forward+backward)\n"
+    "  --warmup N        untimed runs before each timing (default 5)\n"
+    "  --seed N          seed of the inputs (default: from the clock; printed)\n"
+    "  --peers PATH      the peers script (default bench/peers/attn_peers.py, from the\n"
+    "                    current directory); it runs under python3 with torch and CUDA;\n"
+    "                    if one is missing: one warning, and no peer rows\n"
+    "  --no-peers        time s2lora alone\n"
+    "  --csv FILE        write the rows as CSV (whole, atomically, after the sweep)\n"
+    "  --json FILE       write the rows as JSON (likewise)\n"
+    "  --cache-dir DIR   kernel cache directory (see 's2lora build --help')\n"
+    "\n"
+    "fwd_ms and fb_ms are medians of per-run CUDA event times after the warm-up; fb\n"
+    "is a forward then a backward in one timed region. TF/s count S² FLOPs as the\n"
+    "peers file does: forward 2*N*G*d*H (G capped at N), forward+backward 3.5x that;\n"
+    "a short last group is counted as a full one, so the numbers compare with the\n"
+    "peers file rather than count exact work. peak_GiB: for s2lora, the bytes this\n"
+    "bench allocates for one layer's fwd+bwd (q, k, v, do, o, dq, dk, dv, lse and the\n"
+    "delta workspace; the kernels allocate nothing, and the note says so if the\n"
+    "device's free memory shrank by more); for a peer, torch.cuda.max_memory_allocated\n"
+    "during one fwd+bwd less what was allocated before its inputs. rel_err_vs_ours:\n"
+    "relative L2 error of the peer's o against ours, for peers that compute our shift\n"
+    "mode (n/a otherwise). After each case, one line gives the fastest peer's fwd+bwd\n"
+    "time and ours as a multiple of it.\n"
+    "Exit status 1 if a row of ours failed (inf/NaN left in o, dq, dk or dv, or an\n"
+    "error), 3 when there is no CUDA device (after the arguments and specs are checked).\n";
+
+/* Prints one case's rows; returns 1 if our row failed. */
+static int print_bench_case(const s2_bench_ctx *ctx, const s2_bench_case *c,
+                            const s2_bench_row *rows, int n)
+{
+    s2_buf b = {0};
+    s2_bench_case_title(&b, c);
+    s2_bench_table_header(&b);
+    for (int i = 0; i < n; i++)
+        s2_bench_table_row(&b, &rows[i]);
+    s2_bench_case_summary(&b, rows, n);
+    fputs(b.data ? b.data : "", stdout);
+    fflush(stdout);
+    s2_buf_free(&b);
+    if (ctx->warn[0])
+        fprintf(stderr, "%s: warning: %s\n", prog, ctx->warn);
+    return n > 0 && rows[0].failed;
+}
+
+static s2_status write_bench_files(const s2_bench_opts *o, const char *device,
+                                   const s2_bench_rows *r, s2_error *err)
+{
+    s2_status st = S2_OK;
+    if (o->csv) {
+        s2_buf b = {0};
+        s2_bench_csv(&b, r->row, r->n);
+        st = b.oom || !b.data ? s2_error_set(err, S2_ERR_NOMEM, "out of memory for the CSV")
+                              : s2_write_file_atomic(o->csv, b.data, b.len, err);
+        s2_buf_free(&b);
+    }
+    if (!st && o->json) {
+        char *j = s2_bench_json(r->row, r->n, device, o->seed);
+        st = !j ? s2_error_set(err, S2_ERR_NOMEM, "out of memory for the JSON")
+                : s2_write_file_atomic(o->json, j, strlen(j), err);
+        free(j);
+    }
+    return st;
+}
+
+static int cmd_bench(int argc, char **argv)
+{
+    if (argc >= 1 && (!strcmp(argv[0], "--help") || !strcmp(argv[0], "-h")))
+        return fputs(bench_help, stdout), 0;
+    if (argc < 1)
+        return usage_error("bench", "missing what to bench%s (valid: attn)", "");
+    if (strcmp(argv[0], "attn"))
+        return usage_error("bench", "unknown benchmark '%s' (valid: attn)", argv[0]);
+    s2_error err = {0};
+    s2_bench_opts o;
+    if (s2_bench_parse(argc - 1, argv + 1, &o, &err)) {
+        int rc = usage_error("bench attn", "%s", err.msg);
+        s2_error_clear(&err);
+        return rc;
+    }
+    if (o.help)
+        return fputs(bench_help, stdout), 0;
+    s2_bench_case *cases = NULL;
+    int n_cases = 0;
+    if (s2_bench_prepare(&o, &cases, &n_cases, &err))
+        return fail(&err);
+    s2_bench_ctx ctx = {.opts = &o};
+    if (s2_rt_open(&ctx.rt, 0, &err)) {
+        free(cases);
+        return fail(&err);
+    }
+    printf("bench attn: %s (%s, %d SMs), seed 0x%llx, warm-up %d, reps %d fwd / %d fwd+bwd, "
+           "peers: %s\n", ctx.rt.name, ctx.rt.arch, ctx.rt.sm_count, (unsigned long long)o.seed,
+           o.warmup, o.reps_fwd, o.reps_fb, o.peers ? o.peers : "none");
+    s2_bench_rows rows = {0};
+    int failed = 0;
+    s2_status st = S2_OK;
+    for (int i = 0; i < n_cases && !st; i++) {
+        int first = rows.n;
+        st = s2_bench_run_case(&ctx, &cases[i], &rows, &err);
+        if (!st)
+            failed += print_bench_case(&ctx, &cases[i], rows.row + first, rows.n - first);
+    }
+    if (!st)
+        st = write_bench_files(&o, ctx.rt.name, &rows, &err);
+    s2_bench_rows_free(&rows);
+    free(cases);
+    if (st)
+        return fail(&err);
+    return failed ? 1 : 0;
+}
+
 /* ---------------------------------------------------------------- main */
 
 static const char main_help[] =
@@ -508,6 +637,7 @@ static const char main_help[] =
     "  gen      write the generated CUDA sources of a spec\n"
     "  build    generate and NVRTC-build a spec's kernels (no GPU needed)\n"
     "  attn     run the kernels on tensors from a safetensors file\n"
+    "  bench    time the kernels beside the PyTorch peers (bench attn)\n"
     "  version  print versions\n"
     "Run 's2lora COMMAND --help' for a command's options.\n";
 
@@ -536,6 +666,8 @@ int main(int argc, char **argv)
         return cmd_build(argc - 2, argv + 2);
     if (!strcmp(cmd, "attn"))
         return cmd_attn(argc - 2, argv + 2);
+    if (!strcmp(cmd, "bench"))
+        return cmd_bench(argc - 2, argv + 2);
     if (!strcmp(cmd, "version") || !strcmp(cmd, "--version"))
         return cmd_version();
     fprintf(stderr, "%s: unknown command '%s'\n%s", prog, cmd, main_help);

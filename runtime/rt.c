@@ -114,6 +114,16 @@ s2_status s2_attn_load(s2_attn *a, const s2_rt *rt, const s2_spec *spec, const s
         st = get_kernel(&a->dq, a->lib[S2_UNIT_ATTN_BWD], "s2_attn_bwd_dq", err);
     if (!st)
         st = get_kernel(&a->dkdv, a->lib[S2_UNIT_ATTN_BWD], "s2_attn_bwd_dkdv", err);
+    if (!st && a->plan.smem_dq)
+        st = s2_rt_check(cudaFuncSetAttribute((const void *)a->dq,
+                                              cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                              a->plan.smem_dq),
+                         "cudaFuncSetAttribute(s2_attn_bwd_dq, max dynamic shared memory)", err);
+    if (!st && a->plan.smem_dkdv)
+        st = s2_rt_check(cudaFuncSetAttribute((const void *)a->dkdv,
+                                              cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                              a->plan.smem_dkdv),
+                         "cudaFuncSetAttribute(s2_attn_bwd_dkdv, max dynamic shared memory)", err);
     if (st)
         s2_attn_free(a);
     return st;
@@ -193,10 +203,10 @@ s2_status s2_attn_backward(const s2_attn *a, const s2_attn_batch *bt, const void
         return st;
     void *dq_args[] = {&q, &k, &v, &dout, &lse, &delta, &dq, (void *)&bt->d_cu_seqlens, &T};
     st = launch(a->dq, "s2_attn_bwd_dq", s2_plan_grid_dq(p, bt->max_seqlen, bt->B),
-                p->bwd_threads, 0, dq_args, stream, err);
+                p->bwd_threads, p->smem_dq, dq_args, stream, err);
     if (st)
         return st;
     void *kv_args[] = {&q, &k, &v, &dout, &lse, &delta, &dk, &dv, (void *)&bt->d_cu_seqlens, &T};
     return launch(a->dkdv, "s2_attn_bwd_dkdv", s2_plan_grid_dkdv(p, bt->max_seqlen, bt->B),
-                  p->bwd_threads, 0, kv_args, stream, err);
+                  p->bwd_threads, p->smem_dkdv, kv_args, stream, err);
 }

@@ -1,41 +1,20 @@
-// templates/attn_bwd.cuh — S²-Attn backward, in three kernels:
-//   s2_attn_bwd_pre   delta = rowsum(dO ∘ O)                       [H, T] fp32
-//   s2_attn_bwd_dq    dQ, parallel over query rows (like the forward)
-//   s2_attn_bwd_dkdv  dK and dV, parallel over key rows; each block loops over
-//                     the query heads that share its kv head, so GQA sums
-//                     without atomics and the result is deterministic.
-// P is recomputed from Q, K and the forward's LSE: P = exp2(s·scale·log2e - lse·log2e).
+// templates/attn_bwd.cuh — S²-Attn backward on tensor cores (after s2_attn_bwd_pre), two
+// kernels, both deterministic (no atomics: every output element has one writer):
+//   s2_attn_bwd_dq    dQ = scale · dS K, parallel over query tiles; walks the same key tiles as
+//                     the forward (the plan's classification) and recomputes
+//                     P = exp2(S·scale·log2e - lse·log2e), dP = dO V^T, dS = P ∘ (dP - delta).
+//   s2_attn_bwd_dkdv  dK = scale · dS^T Q and dV = P^T dO, parallel over key tiles; walks the
+//                     query tiles that can see them (from the tile's first key to the end of its
+//                     last key's group), for every query head of the kv head, so GQA sums in
+//                     registers without a copy or an atomic.
+// Tiles: S2_BWD_WARPS warps of 16 rows; S2_BWD_BN columns per streamed tile, S2_BWD_STAGES
+// deep. Rows are strips of 16 per warp as in the forward; see mma.cuh for the fragment shapes.
 
-#define S2_ROWS_PER_WARP (S2_BLOCK_M / S2_WARPS)
-#define S2_COLS_PER_LANE (S2_HEAD_DIM / 32)
+#define S2_BWD_BM (16 * S2_BWD_WARPS)
+#define S2_BWD_THREADS (32 * S2_BWD_WARPS)
+#define S2_BNT (S2_BWD_BN / 8) // n8 tiles per streamed tile
 
-// One warp per (token, head).
-extern "C" __global__ void __launch_bounds__(S2_WARPS * 32)
-s2_attn_bwd_pre(const s2_elem *__restrict__ o,   // [T, H, d]
-                const s2_elem *__restrict__ dout, // [T, H, d]
-                float *__restrict__ delta,        // [H, T]
-                int total_tokens)
-{
-    const long row = (long)blockIdx.x * S2_WARPS + threadIdx.x / 32; // token * H + head
-    const int lane = threadIdx.x % 32;
-    if (row >= (long)total_tokens * S2_NUM_HEADS)
-        return;
-    float acc = 0.f;
-#pragma unroll
-    for (int c = 0; c < S2_COLS_PER_LANE; c++) {
-        const long i = row * S2_HEAD_DIM + lane + 32 * c;
-        acc = fmaf(s2_to_f32(o[i]), s2_to_f32(dout[i]), acc);
-    }
-    acc = s2_warp_sum(acc);
-    if (lane == 0) {
-        const long tok = row / S2_NUM_HEADS;
-        const int h = (int)(row % S2_NUM_HEADS);
-        delta[(long)h * total_tokens + tok] = acc;
-    }
-}
-
-// Grid (ceil(max_seqlen / S2_BLOCK_M), H, B).
-extern "C" __global__ void __launch_bounds__(S2_WARPS * 32)
+extern "C" __global__ void __launch_bounds__(S2_BWD_THREADS)
 s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
                const s2_elem *__restrict__ v, const s2_elem *__restrict__ dout,
                const float *__restrict__ lse,   // [H, T]
@@ -43,85 +22,106 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
                s2_elem *__restrict__ dq,        // [T, H, d]
                const int *__restrict__ cu_seqlens, int total_tokens)
 {
-    __shared__ __align__(16) s2_elem sq[S2_BLOCK_M * S2_ROW];
-    __shared__ __align__(16) s2_elem sdo[S2_BLOCK_M * S2_ROW];
-    __shared__ __align__(16) s2_elem sk[S2_BLOCK_N * S2_ROW];
-    __shared__ __align__(16) s2_elem sv[S2_BLOCK_N * S2_ROW];
+    extern __shared__ __align__(16) unsigned char s2_smem[];
+    s2_elem *sq = (s2_elem *)s2_smem;        // [BM][LD]
+    s2_elem *sdo = sq + S2_BWD_BM * S2_LD;   // [BM][LD]
+    s2_elem *skv = sdo + S2_BWD_BM * S2_LD;  // [stages][K, V][BN][LD]
+    const int kv_stride = S2_BWD_BN * S2_LD;
 
     const int h = blockIdx.y, b = blockIdx.z;
     const int hk = h / (S2_NUM_HEADS / S2_NUM_KV_HEADS);
     const int seq0 = cu_seqlens[b], n = cu_seqlens[b + 1] - seq0;
-    const int x0 = blockIdx.x * S2_BLOCK_M;
+    const int x0 = (gridDim.x - 1 - blockIdx.x) * S2_BWD_BM; // heavier tiles first
     if (x0 >= n)
         return;
     const int cls = s2_head_class(h);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int xlast = min(x0 + S2_BLOCK_M, n) - 1;
+    const int g = lane / 4, t = lane % 4;
+    const int xlast = min(x0 + S2_BWD_BM, n) - 1;
+    const int gs_last = s2_group_start(xlast, cls);
+    const int kt_begin = s2_group_start(x0, cls) / S2_BWD_BN;
+    const int kt_end = xlast / S2_BWD_BN + 1;
+    const int row0 = x0 + warp * 16 + g;
 
-    s2_load_rows(sq, q, seq0, x0, S2_BLOCK_M, n, cls, S2_NUM_HEADS, h);
-    s2_load_rows(sdo, dout, seq0, x0, S2_BLOCK_M, n, cls, S2_NUM_HEADS, h);
-
-    float lse2[S2_ROWS_PER_WARP], dlt[S2_ROWS_PER_WARP], acc[S2_ROWS_PER_WARP][S2_COLS_PER_LANE];
+    s2_load_tile_async<S2_BWD_BM, S2_BWD_THREADS>(sq, S2_LD, q, seq0, x0, n, cls, S2_NUM_HEADS, h);
+    s2_load_tile_async<S2_BWD_BM, S2_BWD_THREADS>(sdo, S2_LD, dout, seq0, x0, n, cls, S2_NUM_HEADS, h);
 #pragma unroll
-    for (int r = 0; r < S2_ROWS_PER_WARP; r++) {
-        const int x = x0 + warp * S2_ROWS_PER_WARP + r;
-        lse2[r] = 0.f;
-        dlt[r] = 0.f;
-        if (x < n) {
-            const long tok = seq0 + s2_position(x, cls, n);
-            lse2[r] = lse[(long)h * total_tokens + tok] * S2_LOG2E;
-            dlt[r] = delta[(long)h * total_tokens + tok];
+    for (int s = 0; s < S2_BWD_STAGES - 1; s++) {
+        if (kt_begin + s < kt_end) {
+            s2_elem *dk = skv + 2 * s * kv_stride;
+            s2_load_tile_async<S2_BWD_BN, S2_BWD_THREADS>(dk, S2_LD, k, seq0, (kt_begin + s) * S2_BWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
+            s2_load_tile_async<S2_BWD_BN, S2_BWD_THREADS>(dk + kv_stride, S2_LD, v, seq0, (kt_begin + s) * S2_BWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
         }
-#pragma unroll
-        for (int c = 0; c < S2_COLS_PER_LANE; c++)
-            acc[r][c] = 0.f;
+        s2_cp_async_commit();
     }
 
-    for (int y0 = s2_group_start(x0, cls); y0 <= xlast; y0 += S2_BLOCK_N) {
-        __syncthreads();
-        s2_load_rows(sk, k, seq0, y0, S2_BLOCK_N, n, cls, S2_NUM_KV_HEADS, hk);
-        s2_load_rows(sv, v, seq0, y0, S2_BLOCK_N, n, cls, S2_NUM_KV_HEADS, hk);
-        __syncthreads();
-        const int y = y0 + lane;
+    float lse2[2], dlt[2];
 #pragma unroll
-        for (int r = 0; r < S2_ROWS_PER_WARP; r++) {
-            const int rr = warp * S2_ROWS_PER_WARP + r;
-            const int x = x0 + rr;
-            const bool live = x < n && y < n && s2_visible(x, y, cls);
-            float ds = 0.f;
-            if (live) {
-                const float p = exp2f(s2_dot_rows(sq + rr * S2_ROW, sk + lane * S2_ROW) * S2_SCALE_LOG2 - lse2[r]);
-                const float dp = s2_dot_rows(sdo + rr * S2_ROW, sv + lane * S2_ROW);
-                ds = p * (dp - dlt[r]);
-            }
-            for (int j = 0; j < 32; j++) {
-                const float dsj = __shfl_sync(0xffffffffu, ds, j);
-                if (dsj == 0.f)
-                    continue;
+    for (int hf = 0; hf < 2; hf++) {
+        const int x = row0 + 8 * hf;
+        const long tok = seq0 + (x < n ? s2_position(x, cls, n) : 0);
+        lse2[hf] = x < n ? lse[(long)h * total_tokens + tok] * S2_LOG2E : 0.f;
+        dlt[hf] = x < n ? delta[(long)h * total_tokens + tok] : 0.f;
+    }
+    float acc[S2_ON][4];
 #pragma unroll
-                for (int c = 0; c < S2_COLS_PER_LANE; c++)
-                    acc[r][c] = fmaf(dsj, s2_to_f32(sk[j * S2_ROW + lane + 32 * c]), acc[r][c]);
+    for (int i = 0; i < S2_ON; i++)
+        acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+    unsigned qf[S2_KSTEPS][4], dof[S2_KSTEPS][4];
+
+    for (int kt = kt_begin; kt < kt_end; kt++) {
+        const int it = kt - kt_begin;
+        {
+            const int nx = it + S2_BWD_STAGES - 1;
+            if (kt_begin + nx < kt_end) {
+                s2_elem *dk = skv + 2 * (nx % S2_BWD_STAGES) * kv_stride;
+                s2_load_tile_async<S2_BWD_BN, S2_BWD_THREADS>(dk, S2_LD, k, seq0, (kt_begin + nx) * S2_BWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
+                s2_load_tile_async<S2_BWD_BN, S2_BWD_THREADS>(dk + kv_stride, S2_LD, v, seq0, (kt_begin + nx) * S2_BWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
             }
+            s2_cp_async_commit();
+            s2_cp_async_wait<S2_BWD_STAGES - 1>();
+            __syncthreads();
         }
-    }
+        if (it == 0) {
+            s2_load_afrag(qf, sq + warp * 16 * S2_LD, lane);
+            s2_load_afrag(dof, sdo + warp * 16 * S2_LD, lane);
+        }
+        const s2_elem *sk = skv + 2 * (it % S2_BWD_STAGES) * kv_stride;
+        const s2_elem *sv = sk + kv_stride;
 
-    const float scale = S2_SCALE;
+        float s[S2_BNT][4], dp[S2_BNT][4];
 #pragma unroll
-    for (int r = 0; r < S2_ROWS_PER_WARP; r++) {
-        const int x = x0 + warp * S2_ROWS_PER_WARP + r;
-        if (x >= n)
-            continue;
-        const long tok = seq0 + s2_position(x, cls, n);
+        for (int j = 0; j < S2_BNT; j++)
 #pragma unroll
-        for (int c = 0; c < S2_COLS_PER_LANE; c++)
-            dq[(tok * S2_NUM_HEADS + h) * S2_HEAD_DIM + lane + 32 * c] = s2_from_f32(acc[r][c] * scale);
+            for (int e = 0; e < 4; e++)
+                s[j][e] = dp[j][e] = 0.f;
+        s2_mma_abt(s, qf, sk, lane);   // S = Q K^T
+        s2_mma_abt(dp, dof, sv, lane); // dP = dO V^T
+
+        const int y0 = kt * S2_BWD_BN;
+        const bool masked = (S2_MASK_GROUP_EDGE && y0 < gs_last) || y0 + S2_BWD_BN - 1 > x0 ||
+                            y0 + S2_BWD_BN > n;
+#pragma unroll
+        for (int j = 0; j < S2_BNT; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int hf = e / 2;
+                bool live = true;
+                if (masked) {
+                    const int x = row0 + 8 * hf, y = y0 + j * 8 + 2 * t + (e % 2);
+                    live = y < n && s2_visible(x, y, cls);
+                }
+                const float p = live ? exp2f(fmaf(s[j][e], S2_SCALE_LOG2, -lse2[hf])) : 0.f;
+                s[j][e] = p * (dp[j][e] - dlt[hf]); // dS
+            }
+        s2_mma_pb(acc, s, sk, lane); // dQ += dS K
+        __syncthreads();
     }
+    s2_cp_async_wait<0>();
+    s2_store_strip(dq, S2_NUM_HEADS, h, acc, S2_SCALE, row0, n, seq0, cls, lane);
 }
 
-// Grid (ceil(max_seqlen / S2_BLOCK_M), Hkv, B). A block owns S2_BLOCK_M key rows
-// of one kv head; queries stream in tiles of 32 (one per lane) from the first
-// key through the end of the last key's group, for each query head of the kv head.
-extern "C" __global__ void __launch_bounds__(S2_WARPS * 32)
+extern "C" __global__ void __launch_bounds__(S2_BWD_THREADS)
 s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
                  const s2_elem *__restrict__ v, const s2_elem *__restrict__ dout,
                  const float *__restrict__ lse, const float *__restrict__ delta,
@@ -129,84 +129,106 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
                  s2_elem *__restrict__ dv, // [T, Hkv, d]
                  const int *__restrict__ cu_seqlens, int total_tokens)
 {
-    __shared__ __align__(16) s2_elem sk[S2_BLOCK_M * S2_ROW];
-    __shared__ __align__(16) s2_elem sv[S2_BLOCK_M * S2_ROW];
-    __shared__ __align__(16) s2_elem sq[32 * S2_ROW];
-    __shared__ __align__(16) s2_elem sdo[32 * S2_ROW];
+    extern __shared__ __align__(16) unsigned char s2_smem[];
+    s2_elem *sk = (s2_elem *)s2_smem;       // [BM][LD]
+    s2_elem *sv = sk + S2_BWD_BM * S2_LD;   // [BM][LD]
+    s2_elem *sqd = sv + S2_BWD_BM * S2_LD;  // [stages][Q, dO][BN][LD]
+    float *sl = (float *)(sqd + 2 * S2_BWD_STAGES * S2_BWD_BN * S2_LD); // [stages][lse2, delta][BN]
+    const int qd_stride = S2_BWD_BN * S2_LD;
 
     const int hk = blockIdx.y, b = blockIdx.z;
     const int rep = S2_NUM_HEADS / S2_NUM_KV_HEADS;
     const int seq0 = cu_seqlens[b], n = cu_seqlens[b + 1] - seq0;
-    const int y0 = blockIdx.x * S2_BLOCK_M;
+    const int y0 = blockIdx.x * S2_BWD_BM; // early keys of a group see the most queries: first
     if (y0 >= n)
         return;
     // Every query head of one kv head is in one shift class (the plan checks it).
     const int cls = s2_head_class(hk * rep);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int ylast = min(y0 + S2_BLOCK_M, n) - 1;
-    const int xend = s2_group_end(ylast, cls, n);
+    const int g = lane / 4, t = lane % 4;
+    const int ylast = min(y0 + S2_BWD_BM, n) - 1;
+    const int y_group_end = s2_group_end(y0, cls, n); // queries at or past it miss the first key
+    const int qt_begin = y0 / S2_BWD_BN;
+    const int n_qt = (s2_group_end(ylast, cls, n) - 1) / S2_BWD_BN + 1 - qt_begin;
+    const int n_it = rep * n_qt; // (query head, query tile) pairs
+    const int key0 = y0 + warp * 16 + g; // this thread's key rows: key0, key0 + 8
 
-    s2_load_rows(sk, k, seq0, y0, S2_BLOCK_M, n, cls, S2_NUM_KV_HEADS, hk);
-    s2_load_rows(sv, v, seq0, y0, S2_BLOCK_M, n, cls, S2_NUM_KV_HEADS, hk);
+    s2_load_tile_async<S2_BWD_BM, S2_BWD_THREADS>(sk, S2_LD, k, seq0, y0, n, cls, S2_NUM_KV_HEADS, hk);
+    s2_load_tile_async<S2_BWD_BM, S2_BWD_THREADS>(sv, S2_LD, v, seq0, y0, n, cls, S2_NUM_KV_HEADS, hk);
 
-    float adk[S2_ROWS_PER_WARP][S2_COLS_PER_LANE], adv[S2_ROWS_PER_WARP][S2_COLS_PER_LANE];
-#pragma unroll
-    for (int r = 0; r < S2_ROWS_PER_WARP; r++)
-#pragma unroll
-        for (int c = 0; c < S2_COLS_PER_LANE; c++)
-            adk[r][c] = adv[r][c] = 0.f;
-
-    for (int h = hk * rep; h < (hk + 1) * rep; h++) {
-        for (int x0 = y0; x0 < xend; x0 += 32) {
-            __syncthreads();
-            s2_load_rows(sq, q, seq0, x0, 32, n, cls, S2_NUM_HEADS, h);
-            s2_load_rows(sdo, dout, seq0, x0, 32, n, cls, S2_NUM_HEADS, h);
-            __syncthreads();
-            const int x = x0 + lane; // this lane's query
-            float lse2 = 0.f, dlt = 0.f;
-            if (x < n) {
-                const long tok = seq0 + s2_position(x, cls, n);
-                lse2 = lse[(long)h * total_tokens + tok] * S2_LOG2E;
-                dlt = delta[(long)h * total_tokens + tok];
-            }
-#pragma unroll
-            for (int r = 0; r < S2_ROWS_PER_WARP; r++) {
-                const int rr = warp * S2_ROWS_PER_WARP + r;
-                const int y = y0 + rr;
-                const bool live = x < n && y < n && s2_visible(x, y, cls);
-                float p = 0.f, ds = 0.f;
-                if (live) {
-                    p = exp2f(s2_dot_rows(sq + lane * S2_ROW, sk + rr * S2_ROW) * S2_SCALE_LOG2 - lse2);
-                    const float dp = s2_dot_rows(sdo + lane * S2_ROW, sv + rr * S2_ROW);
-                    ds = p * (dp - dlt);
-                }
-                for (int j = 0; j < 32; j++) {
-                    const float pj = __shfl_sync(0xffffffffu, p, j);
-                    const float dsj = __shfl_sync(0xffffffffu, ds, j);
-                    if (pj == 0.f && dsj == 0.f)
-                        continue;
-#pragma unroll
-                    for (int c = 0; c < S2_COLS_PER_LANE; c++) {
-                        adv[r][c] = fmaf(pj, s2_to_f32(sdo[j * S2_ROW + lane + 32 * c]), adv[r][c]);
-                        adk[r][c] = fmaf(dsj, s2_to_f32(sq[j * S2_ROW + lane + 32 * c]), adk[r][c]);
-                    }
-                }
-            }
+    // Streams (head, query tile) pair it into stage st: Q and dO rows by cp.async, lse·log2e and
+    // delta by plain loads (read only after the barrier that follows the wait).
+    auto load_tile = [&](int it, int st) {
+        const int h = hk * rep + it / n_qt;
+        const int x0 = (qt_begin + it % n_qt) * S2_BWD_BN;
+        s2_elem *dst = sqd + 2 * st * qd_stride;
+        s2_load_tile_async<S2_BWD_BN, S2_BWD_THREADS>(dst, S2_LD, q, seq0, x0, n, cls, S2_NUM_HEADS, h);
+        s2_load_tile_async<S2_BWD_BN, S2_BWD_THREADS>(dst + qd_stride, S2_LD, dout, seq0, x0, n, cls, S2_NUM_HEADS, h);
+        for (int i = threadIdx.x; i < S2_BWD_BN; i += S2_BWD_THREADS) {
+            const int x = x0 + i;
+            const long tok = seq0 + (x < n ? s2_position(x, cls, n) : 0);
+            sl[(2 * st) * S2_BWD_BN + i] = x < n ? lse[(long)h * total_tokens + tok] * S2_LOG2E : 0.f;
+            sl[(2 * st + 1) * S2_BWD_BN + i] = x < n ? delta[(long)h * total_tokens + tok] : 0.f;
         }
+    };
+#pragma unroll
+    for (int s = 0; s < S2_BWD_STAGES - 1; s++) {
+        if (s < n_it)
+            load_tile(s, s);
+        s2_cp_async_commit();
     }
 
-    const float scale = S2_SCALE;
+    float adk[S2_ON][4], adv[S2_ON][4];
 #pragma unroll
-    for (int r = 0; r < S2_ROWS_PER_WARP; r++) {
-        const int y = y0 + warp * S2_ROWS_PER_WARP + r;
-        if (y >= n)
-            continue;
-        const long tok = seq0 + s2_position(y, cls, n);
+    for (int i = 0; i < S2_ON; i++)
 #pragma unroll
-        for (int c = 0; c < S2_COLS_PER_LANE; c++) {
-            const long i = (tok * S2_NUM_KV_HEADS + hk) * S2_HEAD_DIM + lane + 32 * c;
-            dk[i] = s2_from_f32(adk[r][c] * scale);
-            dv[i] = s2_from_f32(adv[r][c]);
+        for (int e = 0; e < 4; e++)
+            adk[i][e] = adv[i][e] = 0.f;
+
+    for (int it = 0; it < n_it; it++) {
+        {
+            const int nx = it + S2_BWD_STAGES - 1;
+            if (nx < n_it)
+                load_tile(nx, nx % S2_BWD_STAGES);
+            s2_cp_async_commit();
+            s2_cp_async_wait<S2_BWD_STAGES - 1>();
+            __syncthreads();
         }
+        const int st = it % S2_BWD_STAGES;
+        const s2_elem *sq = sqd + 2 * st * qd_stride, *sdo = sq + qd_stride;
+        const float *slse = sl + (2 * st) * S2_BWD_BN, *sdl = slse + S2_BWD_BN;
+        const int x0 = (qt_begin + it % n_qt) * S2_BWD_BN;
+
+        float s[S2_BNT][4], dp[S2_BNT][4]; // rows: this warp's keys; columns: the tile's queries
+#pragma unroll
+        for (int j = 0; j < S2_BNT; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                s[j][e] = dp[j][e] = 0.f;
+        s2_mma_abt_sa(s, sk + warp * 16 * S2_LD, sq, lane);   // S^T = K Q^T
+        s2_mma_abt_sa(dp, sv + warp * 16 * S2_LD, sdo, lane); // dP^T = V dO^T
+
+        const bool masked = (S2_MASK_GROUP_EDGE && x0 + S2_BWD_BN > y_group_end) ||
+                            x0 < y0 + S2_BWD_BM - 1 || x0 + S2_BWD_BN > n;
+#pragma unroll
+        for (int j = 0; j < S2_BNT; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int col = j * 8 + 2 * t + (e % 2);
+                bool live = true;
+                if (masked) {
+                    const int x = x0 + col, y = key0 + 8 * (e / 2);
+                    live = x < n && s2_visible(x, y, cls);
+                }
+                const float p = live ? exp2f(fmaf(s[j][e], S2_SCALE_LOG2, -slse[col])) : 0.f;
+                s[j][e] = p;                          // P^T
+                dp[j][e] = p * (dp[j][e] - sdl[col]); // dS^T
+            }
+        s2_mma_pb(adv, s, sdo, lane); // dV += P^T dO
+        s2_mma_pb(adk, dp, sq, lane); // dK += dS^T Q
+        __syncthreads();
     }
+    s2_cp_async_wait<0>();
+    s2_store_strip(dk, S2_NUM_KV_HEADS, hk, adk, S2_SCALE, key0, n, seq0, cls, lane);
+    s2_store_strip(dv, S2_NUM_KV_HEADS, hk, adv, 1.f, key0, n, seq0, cls, lane);
 }

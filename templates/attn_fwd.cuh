@@ -13,10 +13,7 @@
 
 #define S2_FWD_BM (16 * S2_FWD_WARPS)
 #define S2_FWD_THREADS (32 * S2_FWD_WARPS)
-#define S2_LD (S2_HEAD_DIM + 8) // shared row stride: 16 bytes of pad keep ldmatrix conflict-free
-#define S2_KSTEPS (S2_HEAD_DIM / 16)
-#define S2_SN (S2_FWD_BN / 8)  // n8 tiles of S per warp
-#define S2_ON (S2_HEAD_DIM / 8) // n8 tiles of O per warp
+#define S2_SN (S2_FWD_BN / 8) // n8 tiles of S per warp
 
 // The plan's tile classification, evaluated for one (query tile, key tile) pair: 1 when the
 // pair may hold a masked element. gs_last is the group start of the tile's last live row.
@@ -89,13 +86,8 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
             s2_cp_async_wait<S2_FWD_STAGES - 1>();
             __syncthreads();
         }
-        if (it == 0) {
-#pragma unroll
-            for (int kk = 0; kk < S2_KSTEPS; kk++) {
-                const s2_elem *p = sq + (warp * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * S2_LD + kk * 16 + (lane / 16) * 8;
-                s2_ldmatrix_x4(qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3], p);
-            }
-        }
+        if (it == 0)
+            s2_load_afrag(qf, sq + warp * 16 * S2_LD, lane);
         const s2_elem *sk = skv + (2 * (it % S2_FWD_STAGES)) * kv_stride;
         const s2_elem *sv = sk + kv_stride;
 
@@ -104,17 +96,7 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
 #pragma unroll
         for (int j = 0; j < S2_SN; j++)
             s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
-#pragma unroll
-        for (int kk = 0; kk < S2_KSTEPS; kk++) {
-#pragma unroll
-            for (int j = 0; j < S2_SN; j += 2) {
-                unsigned b0, b1, b2, b3;
-                const s2_elem *p = sk + (j * 8 + (lane % 8) + (lane / 16) * 8) * S2_LD + kk * 16 + ((lane / 8) % 2) * 8;
-                s2_ldmatrix_x4(b0, b1, b2, b3, p);
-                s2_mma(s[j], qf[kk], b0, b1);
-                s2_mma(s[j + 1], qf[kk], b2, b3);
-            }
-        }
+        s2_mma_abt(s, qf, sk, lane);
 
         // The mask, only where the classification asks for it.
         const int y0 = kt * S2_FWD_BN;
@@ -159,21 +141,8 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
             acc[i][2] *= alpha[1], acc[i][3] *= alpha[1];
         }
 
-        // O += P V: P from the accumulators, V through ldmatrix.trans.
-#pragma unroll
-        for (int kk = 0; kk < S2_FWD_BN / 16; kk++) {
-            unsigned a[4] = {s2_pack2(s[2 * kk][0], s[2 * kk][1]), s2_pack2(s[2 * kk][2], s[2 * kk][3]),
-                             s2_pack2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                             s2_pack2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-#pragma unroll
-            for (int i = 0; i < S2_ON; i += 2) {
-                unsigned b0, b1, b2, b3;
-                const s2_elem *p = sv + (kk * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * S2_LD + i * 8 + (lane / 16) * 8;
-                s2_ldmatrix_x4_trans(b0, b1, b2, b3, p);
-                s2_mma(acc[i], a, b0, b1);
-                s2_mma(acc[i + 1], a, b2, b3);
-            }
-        }
+        // O += P V: P straight from the accumulators.
+        s2_mma_pb(acc, s, sv, lane);
         __syncthreads(); // this stage is overwritten STAGES - 1 iterations from now
     }
     s2_cp_async_wait<0>();
@@ -184,16 +153,13 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
         float lsum = l[hf];
         lsum += __shfl_xor_sync(0xffffffffu, lsum, 1);
         lsum += __shfl_xor_sync(0xffffffffu, lsum, 2);
-        const int x = row0 + 8 * hf;
-        if (x >= n)
-            continue;
-        const long tok = seq0 + s2_position(x, cls, n);
         const float inv = 1.f / lsum;
-        unsigned *orow = (unsigned *)(o + (tok * S2_NUM_HEADS + h) * S2_HEAD_DIM);
 #pragma unroll
         for (int i = 0; i < S2_ON; i++)
-            orow[i * 4 + t] = s2_pack2(acc[i][2 * hf] * inv, acc[i][2 * hf + 1] * inv);
-        if (t == 0)
-            lse[(long)h * total_tokens + tok] = (m[hf] + log2f(lsum)) * S2_LN2;
+            acc[i][2 * hf] *= inv, acc[i][2 * hf + 1] *= inv;
+        const int x = row0 + 8 * hf;
+        if (x < n && t == 0)
+            lse[(long)h * total_tokens + seq0 + s2_position(x, cls, n)] = (m[hf] + log2f(lsum)) * S2_LN2;
     }
+    s2_store_strip(o, S2_NUM_HEADS, h, acc, 1.f, row0, n, seq0, cls, lane);
 }

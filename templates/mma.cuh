@@ -84,3 +84,98 @@ __device__ __forceinline__ void s2_load_tile_async(s2_elem *dst, int ld, const s
         s2_cp_async16(dst + r * ld + c * 8, src + (tok * heads + head) * S2_HEAD_DIM + c * 8, valid);
     }
 }
+
+// ---- warp-level products over one 16-row strip (shared rows have stride S2_LD) ----
+
+#define S2_LD (S2_HEAD_DIM + 8) // shared row stride: 16 bytes of pad keep ldmatrix conflict-free
+#define S2_KSTEPS (S2_HEAD_DIM / 16)
+#define S2_ON (S2_HEAD_DIM / 8) // n8 tiles across the head dim
+
+// A fragments of 16 shared rows x d (the rows this warp multiplies from the left).
+__device__ __forceinline__ void s2_load_afrag(unsigned (&a)[S2_KSTEPS][4], const s2_elem *rows,
+                                              int lane)
+{
+#pragma unroll
+    for (int kk = 0; kk < S2_KSTEPS; kk++)
+        s2_ldmatrix_x4(a[kk][0], a[kk][1], a[kk][2], a[kk][3],
+                       rows + ((lane % 8) + ((lane / 8) % 2) * 8) * S2_LD + kk * 16 + (lane / 16) * 8);
+}
+
+// c[16 x 8NT] += A[16 x d] B[8NT x d]^T: A in registers, B rows in shared memory.
+template <int NT>
+__device__ __forceinline__ void s2_mma_abt(float (&c)[NT][4], const unsigned (&a)[S2_KSTEPS][4],
+                                           const s2_elem *b, int lane)
+{
+#pragma unroll
+    for (int kk = 0; kk < S2_KSTEPS; kk++)
+#pragma unroll
+        for (int j = 0; j < NT; j += 2) {
+            unsigned b0, b1, b2, b3;
+            s2_ldmatrix_x4(b0, b1, b2, b3,
+                           b + (j * 8 + (lane % 8) + (lane / 16) * 8) * S2_LD + kk * 16 + ((lane / 8) % 2) * 8);
+            s2_mma(c[j], a[kk], b0, b1);
+            s2_mma(c[j + 1], a[kk], b2, b3);
+        }
+}
+
+// The same with A's 16 rows read from shared memory step by step (fewer registers held).
+template <int NT>
+__device__ __forceinline__ void s2_mma_abt_sa(float (&c)[NT][4], const s2_elem *a, const s2_elem *b,
+                                              int lane)
+{
+#pragma unroll
+    for (int kk = 0; kk < S2_KSTEPS; kk++) {
+        unsigned af[4];
+        s2_ldmatrix_x4(af[0], af[1], af[2], af[3],
+                       a + ((lane % 8) + ((lane / 8) % 2) * 8) * S2_LD + kk * 16 + (lane / 16) * 8);
+#pragma unroll
+        for (int j = 0; j < NT; j += 2) {
+            unsigned b0, b1, b2, b3;
+            s2_ldmatrix_x4(b0, b1, b2, b3,
+                           b + (j * 8 + (lane % 8) + (lane / 16) * 8) * S2_LD + kk * 16 + ((lane / 8) % 2) * 8);
+            s2_mma(c[j], af, b0, b1);
+            s2_mma(c[j + 1], af, b2, b3);
+        }
+    }
+}
+
+// acc[16 x d] += P[16 x 8NT] B[8NT x d]: P from accumulators (rounded to the storage type, as
+// the A fragment of each k16 step), B rows in shared memory (ldmatrix.trans).
+template <int NT>
+__device__ __forceinline__ void s2_mma_pb(float (&acc)[S2_ON][4], const float (&p)[NT][4],
+                                          const s2_elem *b, int lane)
+{
+#pragma unroll
+    for (int kk = 0; kk < NT / 2; kk++) {
+        const unsigned a[4] = {s2_pack2(p[2 * kk][0], p[2 * kk][1]), s2_pack2(p[2 * kk][2], p[2 * kk][3]),
+                               s2_pack2(p[2 * kk + 1][0], p[2 * kk + 1][1]),
+                               s2_pack2(p[2 * kk + 1][2], p[2 * kk + 1][3])};
+#pragma unroll
+        for (int i = 0; i < S2_ON; i += 2) {
+            unsigned b0, b1, b2, b3;
+            s2_ldmatrix_x4_trans(b0, b1, b2, b3,
+                                 b + (kk * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * S2_LD + i * 8 + (lane / 16) * 8);
+            s2_mma(acc[i], a, b0, b1);
+            s2_mma(acc[i + 1], a, b2, b3);
+        }
+    }
+}
+
+// Stores a 16 x d accumulator strip (scaled) at the rows' original positions.
+__device__ __forceinline__ void s2_store_strip(s2_elem *out, int heads, int head,
+                                               const float (&acc)[S2_ON][4], float scale,
+                                               int row0, int n, int seq0, int cls, int lane)
+{
+    const int t = lane % 4;
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+        const int x = row0 + 8 * hf;
+        if (x >= n)
+            continue;
+        const long tok = seq0 + s2_position(x, cls, n);
+        unsigned *row = (unsigned *)(out + (tok * heads + head) * S2_HEAD_DIM);
+#pragma unroll
+        for (int i = 0; i < S2_ON; i++)
+            row[i * 4 + t] = s2_pack2(acc[i][2 * hf] * scale, acc[i][2 * hf + 1] * scale);
+    }
+}

@@ -69,15 +69,15 @@ static const char *alt_tile(int i, int d)
 {
     static const char *const upto128[N_TILES] = {
         NULL,
-        "fwd_warps=8,fwd_block_n=32,fwd_stages=3,bwd_block_m=32,bwd_warps=4",
-        "fwd_warps=2,fwd_block_n=64,fwd_stages=1,bwd_block_m=8,bwd_warps=2",
-        "fwd_warps=4,fwd_block_n=128,fwd_stages=2,bwd_block_m=4,bwd_warps=4",
+        "fwd_warps=8,fwd_block_n=32,fwd_stages=3,bwd_warps=8,bwd_block_n=32,bwd_stages=3",
+        "fwd_warps=2,fwd_block_n=64,fwd_stages=1,bwd_warps=2,bwd_block_n=32,bwd_stages=1",
+        "fwd_warps=4,fwd_block_n=128,fwd_stages=2,bwd_warps=1,bwd_block_n=32,bwd_stages=4",
     };
     static const char *const d256[N_TILES] = {
         NULL,
-        "fwd_warps=8,fwd_block_n=32,fwd_stages=3,bwd_block_m=8,bwd_warps=4",
-        "fwd_warps=2,fwd_block_n=32,fwd_stages=1,bwd_block_m=8,bwd_warps=2",
-        "fwd_warps=1,fwd_block_n=32,fwd_stages=4,bwd_block_m=4,bwd_warps=4",
+        "fwd_warps=8,fwd_block_n=32,fwd_stages=3,bwd_warps=4",
+        "fwd_warps=2,fwd_block_n=32,fwd_stages=1,bwd_warps=2",
+        "fwd_warps=1,fwd_block_n=32,fwd_stages=4,bwd_warps=1",
     };
     return d > 128 ? d256[i] : upto128[i];
 }

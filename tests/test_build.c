@@ -80,12 +80,12 @@ Test(build, bad_tile_is_refused_before_nvrtc)
     snprintf(path, sizeof path, "%s/specs/llama2-7b-8k.yaml", S2_SOURCE_DIR);
     cr_assert_eq(s2_spec_load(path, NULL, 0, &spec, &err), S2_OK, "%s", err.msg);
     s2_attn_tile t = s2_plan_default_tile("sm_80", 128);
-    t.bwd_block_m = 15;
+    t.bwd_block_n = 48;
     s2_jit_opts jo = {.arch = "sm_80"};
     s2_attn_plan plan;
     s2_jit_result res[S2_UNIT_ATTN_COUNT];
     memset(res, 0, sizeof res);
     cr_expect_eq(s2_attn_build(&spec, &t, &jo, &plan, res, &err), S2_ERR_INVALID);
-    cr_expect(strstr(err.msg, "block_m"), "%s", err.msg);
+    cr_expect(strstr(err.msg, "bwd_block_n = 48"), "%s", err.msg);
     s2_error_clear(&err);
 }

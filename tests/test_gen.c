@@ -104,9 +104,9 @@ Test(plan, tiles_validated)
     cr_expect_eq(s2_plan_attn(&s, "sm_80", &bad_n, &p, &err), S2_ERR_INVALID);
     cr_expect(strstr(err.msg, "fwd_block_n = 48, valid: 32, 64, 128"), "%s", err.msg);
     s2_attn_tile bad_m = def;
-    bad_m.bwd_block_m = 18;
+    bad_m.bwd_warps = 9;
     cr_expect_eq(s2_plan_attn(&s, "sm_80", &bad_m, &p, &err), S2_ERR_INVALID);
-    cr_expect(strstr(err.msg, "multiple of bwd_warps"), "%s", err.msg);
+    cr_expect(strstr(err.msg, "bwd_warps = 9, valid 1..8"), "%s", err.msg);
     s2_attn_tile big = s2_plan_default_tile("sm_80", 256);
     big.fwd_warps = 8, big.fwd_block_n = 32, big.fwd_stages = 4;
     s2_spec_override d256[] = {{"model.head_dim=256"}};
@@ -141,9 +141,10 @@ Test(plan, default_tiles_fit_every_head_dim)
         s2_error err = {0};
         cr_assert_eq(s2_spec_load_string(yaml, "t.yaml", NULL, 0, &s, &err), S2_OK, "%s", err.msg);
         s2_attn_plan p = plan_of(&s);
-        cr_expect_leq(p.smem_dq, 48 * 1024);
-        cr_expect_leq(p.smem_dkdv, 48 * 1024);
+        cr_expect_leq(p.smem_dq, p.smem_limit);
+        cr_expect_leq(p.smem_dkdv, p.smem_limit);
         cr_expect_leq(p.smem_fwd, p.smem_limit);
+        cr_expect_eq(p.bwd_tensor_cores, dims[i] <= 128);
     }
 }
 

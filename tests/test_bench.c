@@ -1,0 +1,333 @@
+/*
+ * test_bench.c — `s2lora bench attn` without a GPU: argument parsing and
+ * validation (usage errors exit 2, spec errors 1, and only then no device 3),
+ * the per-N spec reload that re-derives G and S, and the helpers the numbers
+ * come from (FLOPs, TFLOP/s, median) and go out through (table, CSV, JSON).
+ * The CLI cases run the built binary in a child process, as test_cli.c does.
+ */
+#include <criterion/criterion.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "runtime/bench.h"
+
+#define BIN S2_BINARY_DIR "/s2lora"
+#define SPECS S2_SOURCE_DIR "/specs"
+
+/* Runs a shell command line, returns its exit code; *out gets stdout+stderr (heap). */
+static int run(const char *cmdline, char **out)
+{
+    char full[4096];
+    snprintf(full, sizeof full, "%s 2>&1", cmdline);
+    FILE *p = popen(full, "r");
+    cr_assert(p, "popen %s", cmdline);
+    size_t cap = 1 << 16, len = 0;
+    char *buf = malloc(cap);
+    size_t n;
+    while ((n = fread(buf + len, 1, cap - len - 1, p)) > 0) {
+        len += n;
+        if (len + 1 == cap)
+            buf = realloc(buf, cap *= 2);
+    }
+    buf[len] = '\0';
+    int status = pclose(p);
+    *out = buf;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/* Expects exit code rc and phrase in the output of `s2lora bench ARGS`. */
+static void expect_bench(const char *args, int rc, const char *phrase)
+{
+    char cmd[4096], *out;
+    snprintf(cmd, sizeof cmd, "%s bench %s", BIN, args);
+    cr_expect_eq(run(cmd, &out), rc, "%s\n%s", cmd, out);
+    cr_expect(strstr(out, phrase), "%s: expected '%s' in:\n%s", cmd, phrase, out);
+    free(out);
+}
+
+/* ------------------------------------------------------------------ CLI */
+
+Test(bench_cli, help)
+{
+    expect_bench("attn --help", 0, "usage: s2lora bench attn SPEC...");
+    expect_bench("--help", 0, "usage: s2lora bench attn");
+    expect_bench("attn --help", 0, "2*N*G*d*H");
+    char *out;
+    cr_expect_eq(run(BIN " --help", &out), 0);
+    cr_expect(strstr(out, "bench"), "%s", out);
+    free(out);
+}
+
+Test(bench_cli, usage_errors_exit_2)
+{
+    expect_bench("", 2, "missing what to bench");
+    expect_bench("lora x.yaml", 2, "unknown benchmark 'lora'");
+    expect_bench("attn", 2, "missing SPEC");
+    expect_bench("attn " SPECS "/llama2-7b-8k.yaml --bogus", 2, "unknown option '--bogus'");
+    expect_bench("attn " SPECS "/llama2-7b-8k.yaml --bogus", 2, "Try 's2lora bench attn --help'");
+    expect_bench("attn " SPECS "/llama2-7b-8k.yaml --seqlens", 2, "option '--seqlens' needs a value");
+    expect_bench("attn " SPECS "/llama2-7b-8k.yaml --seqlens 8192,,16384", 2, "item 2 is empty");
+    expect_bench("attn " SPECS "/llama2-7b-8k.yaml --seqlens 8k", 2, "'8k' is not a sequence length");
+    expect_bench("attn " SPECS "/llama2-7b-8k.yaml --seqlens 0", 2, "'0' is not a sequence length");
+    expect_bench("attn " SPECS "/llama2-7b-8k.yaml --seqlens -5", 2, "'-5' is not a sequence length");
+    expect_bench("attn " SPECS "/llama2-7b-8k.yaml --seqlens 8192,", 2, "item 2 is empty");
+    expect_bench("attn " SPECS "/llama2-7b-8k.yaml --seqlens 4096,4096", 2, "4096 is listed twice");
+    expect_bench("attn " SPECS "/llama2-7b-8k.yaml --reps 0", 2, "--reps 0: expected an integer");
+    expect_bench("attn " SPECS "/llama2-7b-8k.yaml --warmup x", 2, "--warmup x: expected an integer");
+    expect_bench("attn " SPECS "/llama2-7b-8k.yaml --seed 0", 2, "--seed 0: expected a positive");
+    expect_bench("attn " SPECS "/llama2-7b-8k.yaml --peers p.py --no-peers", 2,
+                 "--peers and --no-peers exclude each other");
+}
+
+Test(bench_cli, spec_and_file_errors_exit_1_before_the_device)
+{
+    expect_bench("attn /nonexistent/spec.yaml --no-peers", 1, "cannot open");
+    /* A later spec is checked too, before anything runs. */
+    expect_bench("attn " SPECS "/llama2-7b-8k.yaml " SPECS "/nope.yaml --no-peers", 1, "nope.yaml");
+    expect_bench("attn " SPECS "/llama2-7b-8k.yaml --set s2attn.group_szie=2 --no-peers", 1,
+                 "did you mean");
+    /* An explicit shift that no longer fits the G re-derived for one of the lengths. */
+    expect_bench("attn " SPECS "/llama2-7b-32k.yaml --set s2attn.shift=3000 --seqlens 32768,8192 "
+                 "--no-peers", 1, "at --seqlens 8192");
+    expect_bench("attn " SPECS "/llama2-7b-8k.yaml --csv /nonexistent-dir/x.csv --no-peers", 1,
+                 "--csv /nonexistent-dir/x.csv: cannot write");
+    expect_bench("attn " SPECS "/llama2-7b-8k.yaml --json /nonexistent-dir/x.json --no-peers", 1,
+                 "--json /nonexistent-dir/x.json: cannot write");
+    expect_bench("attn " SPECS "/llama2-7b-8k.yaml --peers /nonexistent/attn_peers.py", 1,
+                 "--peers /nonexistent/attn_peers.py");
+}
+
+Test(bench_cli, valid_arguments_run_or_say_no_device, .timeout = 300)
+{
+    char dir[] = "/tmp/s2bench-test.XXXXXX";
+    cr_assert(mkdtemp(dir));
+    char cmd[4096], *out;
+    snprintf(cmd, sizeof cmd,
+             "%s bench attn %s/tiny-byte-512.yaml --seqlens 256,300 --reps 2 --warmup 1 "
+             "--no-peers --csv %s/b.csv --json %s/b.json",
+             BIN, SPECS, dir, dir);
+    int rc = run(cmd, &out);
+    cr_expect(rc == 0 || rc == 3, "exit %d: %s", rc, out);
+    if (rc == 3) {
+        cr_expect(strstr(out, "no CUDA device"), "%s", out);
+        char csv[256];
+        snprintf(csv, sizeof csv, "%s/b.csv", dir);
+        cr_expect(access(csv, F_OK) != 0, "nothing written without a device");
+    } else if (rc == 0) {
+        cr_expect(strstr(out, "s2lora"), "%s", out);
+        char path[256];
+        snprintf(path, sizeof path, "%s/b.json", dir);
+        json_error_t je;
+        json_t *j = json_load_file(path, 0, &je);
+        cr_assert(j, "%s: %s", path, je.text);
+        cr_expect_eq(json_array_size(json_object_get(j, "rows")), 2);
+        json_decref(j);
+        unlink(path);
+        snprintf(path, sizeof path, "%s/b.csv", dir);
+        unlink(path);
+    }
+    rmdir(dir);
+    free(out);
+}
+
+/* ------------------------------------------------------------------ parsing, in process */
+
+Test(bench_parse, defaults_and_options)
+{
+    s2_bench_opts o;
+    s2_error err = {0};
+    char *argv1[] = {"a.yaml", "b.yaml", "--set", "dtype=fp16", "--seqlens", "8192,102400"};
+    cr_assert_eq(s2_bench_parse(6, argv1, &o, &err), S2_OK, "%s", err.msg);
+    cr_expect_eq(o.n_specs, 2);
+    cr_expect_str_eq(o.specs[1], "b.yaml");
+    cr_expect_eq(o.n_sets, 1);
+    cr_expect_eq(o.n_seqlens, 2);
+    cr_expect_eq(o.seqlens[1], 102400);
+    cr_expect_eq(o.reps_fwd, 20);
+    cr_expect_eq(o.reps_fb, 10);
+    cr_expect_eq(o.warmup, 5);
+    cr_expect_str_eq(o.peers, S2_BENCH_DEFAULT_PEERS);
+    cr_expect_eq(o.peers_given, 0);
+
+    char *argv2[] = {"--reps", "7", "a.yaml", "--no-peers", "--warmup", "0", "--seed", "0x10"};
+    cr_assert_eq(s2_bench_parse(8, argv2, &o, &err), S2_OK, "%s", err.msg);
+    cr_expect_eq(o.reps_fwd, 7);
+    cr_expect_eq(o.reps_fb, 7, "--reps sets both");
+    cr_expect_eq(o.warmup, 0);
+    cr_expect_null(o.peers);
+    cr_expect_eq(o.seed, 16);
+
+    char *argv3[] = {"a.yaml", "--help", "--bogus"};
+    cr_assert_eq(s2_bench_parse(3, argv3, &o, &err), S2_OK);
+    cr_expect(o.help);
+}
+
+Test(bench_parse, seqlens)
+{
+    int v[4], n;
+    s2_error err = {0};
+    cr_expect_eq(s2_bench_parse_seqlens("8192", v, 4, &n, &err), S2_OK);
+    cr_expect_eq(n, 1);
+    cr_expect_eq(v[0], 8192);
+    cr_expect_eq(s2_bench_parse_seqlens("1,2,3,4", v, 4, &n, &err), S2_OK);
+    cr_expect_eq(n, 4);
+    const char *bad[] = {"", ",", "1,2,3,4,5", "1 ,2", "+5", "0x10", "99999999999", "1.5", "2,2"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        cr_expect_eq(s2_bench_parse_seqlens(bad[i], v, 4, &n, &err), S2_ERR_INVALID, "'%s'", bad[i]);
+        cr_expect(err.msg && strstr(err.msg, "--seqlens"), "'%s': %s", bad[i], err.msg);
+        s2_error_clear(&err);
+    }
+}
+
+/* ------------------------------------------------------------------ per-N specs */
+
+static s2_bench_case *prepare(const char *spec, const char *seqlens, const char *set, int *n)
+{
+    s2_bench_opts o;
+    s2_error err = {0};
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", SPECS, spec);
+    char *argv[8];
+    int argc = 0;
+    argv[argc++] = path;
+    argv[argc++] = "--no-peers";
+    if (seqlens)
+        argv[argc++] = "--seqlens", argv[argc++] = (char *)seqlens;
+    if (set)
+        argv[argc++] = "--set", argv[argc++] = (char *)set;
+    cr_assert_eq(s2_bench_parse(argc, argv, &o, &err), S2_OK, "%s", err.msg);
+    s2_bench_case *c = NULL;
+    cr_assert_eq(s2_bench_prepare(&o, &c, n, &err), S2_OK, "%s", err.msg);
+    cr_expect_neq(o.seed, 0, "a seed is picked");
+    return c;
+}
+
+Test(bench_prepare, group_ratio_is_rederived_per_length)
+{
+    int n;
+    s2_bench_case *c = prepare("llama2-7b-32k.yaml", "8192,16384,32768,65536,102400", NULL, &n);
+    cr_assert_eq(n, 5);
+    const int N[] = {8192, 16384, 32768, 65536, 102400};
+    for (int i = 0; i < 5; i++) {
+        cr_expect_eq(c[i].N, N[i]);
+        cr_expect_eq(c[i].spec.s2attn.group_size, N[i] / 4, "N=%d", N[i]);
+        cr_expect_eq(c[i].spec.s2attn.shift, N[i] / 8, "N=%d", N[i]);
+        cr_expect_eq(c[i].spec.model.head_dim, 128);
+        cr_expect_eq(c[i].spec.model.num_heads, 32);
+    }
+    free(c);
+}
+
+Test(bench_prepare, default_length_and_overrides)
+{
+    int n;
+    s2_bench_case *c = prepare("llama2-7b-16k.yaml", NULL, "model.head_dim=64", &n);
+    cr_assert_eq(n, 1);
+    cr_expect_eq(c[0].N, 16384);
+    cr_expect_eq(c[0].spec.s2attn.group_size, 4096);
+    cr_expect_eq(c[0].spec.model.head_dim, 64);
+    free(c);
+    /* A spec that gives group_size keeps it at every length. */
+    c = prepare("llama2-7b-8k.yaml", "1000,3000", "s2attn.group_size=512", &n);
+    cr_assert_eq(n, 2);
+    cr_expect_eq(c[0].spec.s2attn.group_size, 512);
+    cr_expect_eq(c[1].spec.s2attn.group_size, 512);
+    cr_expect_eq(c[1].spec.s2attn.shift, 256);
+    cr_expect_eq(c[1].N, 3000);
+    free(c);
+}
+
+/* ------------------------------------------------------------------ numbers */
+
+Test(bench_numbers, flops_tflops_median)
+{
+    /* The peers file's first row: sdpa-cudnn, N=8192, G=2048, d=128, H=32, 0.863 ms = 159 TF/s. */
+    double f = s2_bench_fwd_flops(8192, 2048, 128, 32);
+    cr_expect_float_eq(f, 2.0 * 8192 * 2048 * 128 * 32, 1);
+    cr_expect(fabs(s2_bench_tflops(f, 0.863) - 159.2) < 0.1, "%f", s2_bench_tflops(f, 0.863));
+    cr_expect(fabs(s2_bench_tflops(3.5 * f, 3.232) - 148.8) < 0.1);
+    /* G >= N: plain causal over N. */
+    cr_expect_float_eq(s2_bench_fwd_flops(1000, 4096, 64, 4), 2.0 * 1000 * 1000 * 64 * 4, 1);
+    cr_expect(isnan(s2_bench_tflops(f, 0)));
+    cr_expect(isnan(s2_bench_tflops(f, NAN)));
+
+    double a[] = {5, 1, 4, 2, 3};
+    cr_expect_float_eq(s2_bench_median(a, 5), 3.0, 0);
+    double b[] = {4, 1, 3, 2};
+    cr_expect_float_eq(s2_bench_median(b, 4), 2.5, 0);
+    double c[] = {7};
+    cr_expect_float_eq(s2_bench_median(c, 1), 7.0, 0);
+    cr_expect(isnan(s2_bench_median(c, 0)));
+}
+
+static s2_bench_row mkrow(const char *impl, double fwd, double fb, double err)
+{
+    s2_bench_row r = {0};
+    snprintf(r.spec, sizeof r.spec, "llama2-7b-32k");
+    snprintf(r.impl, sizeof r.impl, "%s", impl);
+    snprintf(r.mode, sizeof r.mode, "split");
+    r.dtype = "bf16";
+    r.N = 8192, r.G = 2048, r.S = 1024, r.d = 128, r.H = 32, r.Hkv = 32;
+    r.fwd_ms = fwd, r.fb_ms = fb, r.rel_err = err, r.peak_gib = 0.5;
+    double f = s2_bench_fwd_flops(r.N, r.G, r.d, r.H);
+    r.fwd_tflops = s2_bench_tflops(f, fwd), r.fb_tflops = s2_bench_tflops(3.5 * f, fb);
+    return r;
+}
+
+Test(bench_text, table_summary_csv_json)
+{
+    s2_bench_row rows[3] = {mkrow("s2lora", 0.5, 1.5, NAN), mkrow("flex-split", 0.6, 2.0, 2e-3),
+                            mkrow("sdpa-cudnn", NAN, NAN, NAN)};
+    snprintf(rows[2].note, sizeof rows[2].note, "failed: \"RuntimeError\", no kernel");
+    rows[2].failed = 1;
+    s2_buf b = {0};
+    s2_bench_table_header(&b);
+    for (int i = 0; i < 3; i++)
+        s2_bench_table_row(&b, &rows[i]);
+    s2_bench_case_summary(&b, rows, 3);
+    cr_assert(b.data);
+    cr_expect(strstr(b.data, "rel_err_vs_ours"), "%s", b.data);
+    cr_expect(strstr(b.data, "fwd_TFs"), "%s", b.data);
+    cr_expect(strstr(b.data, "2.00e-03"), "%s", b.data);
+    cr_expect(strstr(b.data, "FAILED: failed:"), "%s", b.data);
+    cr_expect(strstr(b.data, "fastest peer fwd+bwd 2.000 ms (flex-split); ours 1.500 ms = 0.75"),
+              "%s", b.data);
+    s2_buf_free(&b);
+
+    s2_bench_csv(&b, rows, 3);
+    cr_assert(b.data);
+    cr_expect(!strncmp(b.data, "spec,impl,N,G,S,d,H,Hkv,dtype,mode,fwd_ms", 41), "%s", b.data);
+    cr_expect(strstr(b.data, "\"failed: \"\"RuntimeError\"\", no kernel\""), "quoted: %s", b.data);
+    cr_expect(strstr(b.data, "sdpa-cudnn,8192,2048,1024,128,32,32,bf16,split,,,,,0.5,,1,"), "%s",
+              b.data);
+    s2_buf_free(&b);
+
+    char *js = s2_bench_json(rows, 3, "NVIDIA H100 80GB HBM3", 0x1234);
+    cr_assert(js);
+    json_error_t je;
+    json_t *j = json_loads(js, 0, &je);
+    cr_assert(j, "%s: %s", je.text, js);
+    json_t *r = json_object_get(j, "rows");
+    cr_expect_eq(json_array_size(r), 3);
+    cr_expect(json_is_null(json_object_get(json_array_get(r, 0), "rel_err_vs_ours")));
+    cr_expect(json_is_null(json_object_get(json_array_get(r, 2), "fwd_ms")), "NaN is null");
+    cr_expect(json_is_true(json_object_get(json_array_get(r, 2), "failed")));
+    cr_expect_str_eq(json_string_value(json_object_get(j, "seed")), "0x0000000000001234");
+    json_decref(j);
+    free(js);
+}
+
+Test(bench_text, summary_without_peers)
+{
+    s2_bench_row ours = mkrow("s2lora", 0.5, 1.5, NAN);
+    s2_buf b = {0};
+    s2_bench_case_summary(&b, &ours, 1);
+    cr_assert(b.data);
+    cr_expect(strstr(b.data, "no peer fwd+bwd time; ours 1.500 ms"), "%s", b.data);
+    s2_buf_free(&b);
+}
