@@ -4,7 +4,11 @@
 #   2. a cold and a warm NVRTC build of the default spec (llama2-7b-32k), timed;
 #   3. every S²-Attn kernel against the CPU reference (tests/gpu_check.c), fresh random inputs,
 #      poisoned outputs, all shift modes, short last group, varlen, GQA, d in {64, 96, 128, 256};
-#   4. `s2lora attn --backward` against LongLoRA's S²-Attn written in PyTorch (bench/peers/).
+#   4. `s2lora attn --backward` against LongLoRA's S²-Attn written in PyTorch (bench/peers/);
+#   5. `s2lora bench attn` beside the PyTorch peers (bench/peers/attn_peers.py): step 2's sweep,
+#      N = 8k, 16k, 32k, 64k, 100k at d=128, H=32, G=N/4, then N=16k at d=64.
+#      S2_BENCH_QUICK=1 keeps N = 8k and 16k (a short device run); S2_BENCH_SEQLENS=LIST names
+#      the d=128 lengths outright.
 # The binaries are built on a machine with the build dependencies (the GPU machine has no
 # libyaml, jansson, nettle or Criterion) and passed in through S2_BIN (default build/).
 # Logs go to $OUT when it is set. Prints a short table last; exit status 1 if anything failed.
@@ -21,7 +25,7 @@ status=0
 echo "== card"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 "$BIN/s2lora" version
-echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo '+dirty')"
+echo "commit ${S2_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
 
 echo "== build llama2-7b-32k for this device (cold, then warm)"
 for run in cold warm; do
@@ -41,9 +45,40 @@ python3 bench/peers/attn_compare.py "$BIN/s2lora" /tmp/s2lora-peer-specs /tmp/s2
   2>&1 | tee "$OUTDIR/peer_compare.txt"
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 
+echo "== bench attn vs peers"
+# llama2-7b-32k gives G by group_ratio 0.25: bench reloads it at each N, so G = N/4, S = G/2.
+if [ "${S2_BENCH_QUICK:-0}" = 1 ]; then
+  bench_seqlens=8192,16384
+else
+  bench_seqlens=8192,16384,32768,65536,102400
+fi
+bench_seqlens=${S2_BENCH_SEQLENS:-$bench_seqlens}
+bench_tmp=$(mktemp -d /tmp/s2lora-bench.XXXXXX)
+"$BIN/s2lora" bench attn specs/llama2-7b-32k.yaml --seqlens "$bench_seqlens" \
+  --csv "$bench_tmp/d128.csv" --json "$bench_tmp/d128.json" 2>&1 | tee "$OUTDIR/bench_attn.txt"
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
+"$BIN/s2lora" bench attn specs/llama2-7b-16k.yaml --set model.head_dim=64 \
+  --csv "$bench_tmp/d64.csv" --json "$bench_tmp/d64.json" 2>&1 | tee -a "$OUTDIR/bench_attn.txt"
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
+# One CSV and one JSON for both runs: $OUT brings back at most 8 files.
+bench_csvs=() bench_jsons=()
+for part in d128 d64; do
+  [ -f "$bench_tmp/$part.csv" ] && bench_csvs+=("$bench_tmp/$part.csv")
+  [ -f "$bench_tmp/$part.json" ] && bench_jsons+=("$bench_tmp/$part.json")
+done
+if [ ${#bench_csvs[@]} -gt 0 ]; then
+  awk 'FNR == 1 && NR != 1 { next } { print }' "${bench_csvs[@]}" >"$OUTDIR/bench_attn.csv"
+fi
+if [ ${#bench_jsons[@]} -gt 0 ]; then
+  python3 -c 'import json, sys; json.dump({"runs": [json.load(open(p)) for p in sys.argv[1:]]}, sys.stdout, indent=1); print()' \
+    "${bench_jsons[@]}" >"$OUTDIR/bench_attn.json"
+fi
+rm -rf "$bench_tmp"
+
 echo "== summary"
 grep -E 'PASS|FAIL|ERROR' "$OUTDIR/gpu_check.txt" | awk '{print $NF}' | sort | uniq -c
 tail -n 1 "$OUTDIR/gpu_check.txt"
 grep -E 'PASS|FAIL' "$OUTDIR/peer_compare.txt" | awk '{printf "peer %-16s %s\n", $1, $NF}'
+grep -E '^(bench attn:|== |impl |s2lora |sdpa-|flex-|fastest peer|no peer|s2lora: )' "$OUTDIR/bench_attn.txt"
 echo "gpu-check status: $status"
 exit $status

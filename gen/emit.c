@@ -46,6 +46,7 @@ static void emit_constants(s2_buf *b, const s2_attn_plan *p)
                   "#define S2_SCALE_LOG2 %.9gf\n"
                   "#define S2_MASK_GROUP_EDGE %d\n"
                   "#define S2_FWD_WARPS %d\n"
+                  "#define S2_FWD_STRIPS %d\n"
                   "#define S2_FWD_BN %d\n"
                   "#define S2_FWD_STAGES %d\n"
                   "#define S2_BWD_WARPS %d\n"
@@ -56,7 +57,7 @@ static void emit_constants(s2_buf *b, const s2_attn_plan *p)
                   "#define S2_WARPS %d\n\n",
                   p->dtype == S2_DTYPE_BF16, p->d, p->H, p->Hkv, p->G, p->shift_off,
                   p->shift_rot, p->scale, p->scale * M_LOG2E, p->mask_group_edge,
-                  p->tile.fwd_warps, p->tile.fwd_block_n, p->tile.fwd_stages,
+                  p->tile.fwd_warps, p->tile.fwd_strips, p->tile.fwd_block_n, p->tile.fwd_stages,
                   p->tile.bwd_warps, p->tile.bwd_block_n, p->tile.bwd_stages, p->bwd_block_m,
                   p->tile.bwd_warps);
 }

@@ -27,7 +27,7 @@ int s2_attn_unit_kernels(s2_attn_unit u, const char *const **names)
 s2_attn_tile s2_plan_default_tile(const char *arch, int head_dim)
 {
     (void)arch; /* one default for every arch so far; the tuner searches per arch */
-    s2_attn_tile t = {.fwd_warps = 4, .fwd_block_n = 64, .fwd_stages = 2,
+    s2_attn_tile t = {.fwd_warps = 4, .fwd_strips = 1, .fwd_block_n = 64, .fwd_stages = 2,
                       .bwd_warps = 4, .bwd_block_n = 32, .bwd_stages = 2};
     if (head_dim > 128)
         t.fwd_block_n = 32; /* the O accumulators of d = 256 leave little room for S */
@@ -39,6 +39,7 @@ static const struct {
     size_t off;
 } tile_keys[] = {
     {"fwd_warps", offsetof(s2_attn_tile, fwd_warps)},
+    {"fwd_strips", offsetof(s2_attn_tile, fwd_strips)},
     {"fwd_block_n", offsetof(s2_attn_tile, fwd_block_n)},
     {"fwd_stages", offsetof(s2_attn_tile, fwd_stages)},
     {"bwd_warps", offsetof(s2_attn_tile, bwd_warps)},
@@ -64,7 +65,7 @@ s2_status s2_plan_parse_tile(const char *text, s2_attn_tile *t, s2_error *err)
             k++;
         if (k == N_TILE_KEYS)
             return s2_error_set(err, S2_ERR_INVALID,
-                                "tile '%s': unknown key '%.*s'; valid: fwd_warps, fwd_block_n, "
+                                "tile '%s': unknown key '%.*s'; valid: fwd_warps, fwd_strips, fwd_block_n, "
                                 "fwd_stages, bwd_warps, bwd_block_n, bwd_stages", text, (int)(eq - p), p);
         char *num_end;
         long v = strtol(eq + 1, &num_end, 10);
@@ -104,6 +105,15 @@ static s2_status check_fwd_tile(const s2_attn_tile *t, int d, int limit, s2_erro
 {
     if (t->fwd_warps < 1 || t->fwd_warps > 8)
         return s2_error_set(err, S2_ERR_INVALID, "tile: fwd_warps = %d, valid 1..8", t->fwd_warps);
+    if (t->fwd_strips != 1 && t->fwd_strips != 2)
+        return s2_error_set(err, S2_ERR_INVALID, "tile: fwd_strips = %d, valid: 1, 2",
+                            t->fwd_strips);
+    if (t->fwd_strips == 2 && (d > 128 || (d > 64 && t->fwd_block_n > 32)))
+        return s2_error_set(err, S2_ERR_INVALID,
+                            "tile: fwd_strips = 2 with head_dim %d and fwd_block_n %d spills "
+                            "registers; valid: fwd_strips 2 with fwd_block_n 32 for head_dim 96 and "
+                            "128, any fwd_block_n for 64, fwd_strips 1 above 128",
+                            d, t->fwd_block_n);
     if (t->fwd_block_n != 32 && t->fwd_block_n != 64 && t->fwd_block_n != 128)
         return s2_error_set(err, S2_ERR_INVALID, "tile: fwd_block_n = %d, valid: 32, 64, 128",
                             t->fwd_block_n);
@@ -114,12 +124,13 @@ static s2_status check_fwd_tile(const s2_attn_tile *t, int d, int limit, s2_erro
     if (t->fwd_stages < 1 || t->fwd_stages > 4)
         return s2_error_set(err, S2_ERR_INVALID, "tile: fwd_stages = %d, valid 1..4",
                             t->fwd_stages);
-    int bytes = (16 * t->fwd_warps + 2 * t->fwd_stages * t->fwd_block_n) * (d + 8) * 2;
+    int bytes = (16 * t->fwd_strips * t->fwd_warps + 2 * t->fwd_stages * t->fwd_block_n) * (d + 8) * 2;
     if (bytes > limit)
         return s2_error_set(err, S2_ERR_INVALID,
-                            "tile: fwd_warps %d, fwd_block_n %d, fwd_stages %d with head_dim %d need "
-                            "%d bytes of shared memory; this arch allows %d",
-                            t->fwd_warps, t->fwd_block_n, t->fwd_stages, d, bytes, limit);
+                            "tile: fwd_warps %d, fwd_strips %d, fwd_block_n %d, fwd_stages %d with "
+                            "head_dim %d need %d bytes of shared memory; this arch allows %d",
+                            t->fwd_warps, t->fwd_strips, t->fwd_block_n, t->fwd_stages, d, bytes,
+                            limit);
     return S2_OK;
 }
 
@@ -211,7 +222,7 @@ s2_status s2_plan_attn(const s2_spec *spec, const char *arch, const s2_attn_tile
         st = check_bwd_tile(&p->tile, p->d, p->smem_limit, err);
     if (st)
         return st;
-    p->fwd_block_m = 16 * p->tile.fwd_warps;
+    p->fwd_block_m = 16 * p->tile.fwd_strips * p->tile.fwd_warps;
     p->fwd_threads = 32 * p->tile.fwd_warps;
     p->bwd_threads = 32 * p->tile.bwd_warps;
     p->bwd_tensor_cores = p->d <= 128;

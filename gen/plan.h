@@ -23,7 +23,8 @@ typedef enum s2_attn_unit {
 
 /* Tuning parameters: plan inputs, so a tuner can search them. */
 typedef struct s2_attn_tile {
-    int fwd_warps;   /* forward: warps per block, 16 query rows each: 1..8 */
+    int fwd_warps;   /* forward: warps per block: 1..8 */
+    int fwd_strips;  /* forward: 16-row query strips per warp: 1 or 2 */
     int fwd_block_n; /* forward: keys per shared-memory tile: 32, 64 or 128 */
     int fwd_stages;  /* forward: key/value tiles in flight (cp.async pipeline): 1..4 */
     int bwd_warps;   /* backward: warps per block, 16 rows each (d > 128: 2 rows each) */
@@ -49,7 +50,7 @@ typedef struct s2_attn_plan {
     int shift_off;        /* shifted heads: group(x) = (x + shift_off) / G   (split: S) */
     int shift_rot;        /* shifted heads: position(x) = (x + shift_rot) mod N (roll: S) */
     s2_attn_tile tile;
-    int fwd_block_m;      /* 16 * fwd_warps */
+    int fwd_block_m;      /* 16 * fwd_strips * fwd_warps */
     int bwd_block_m;      /* 16 * bwd_warps; 2 * bwd_warps for the scalar backward (d > 128) */
     int bwd_tensor_cores; /* 1: templates/attn_bwd.cuh; 0: attn_bwd_simple.cuh (d > 128) */
     int fwd_threads, bwd_threads;

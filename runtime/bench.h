@@ -27,6 +27,7 @@
 #define S2_BENCH_MAX_SPECS 16
 #define S2_BENCH_MAX_SETS 64
 #define S2_BENCH_MAX_SEQLENS 32
+#define S2_BENCH_MAX_TILES 8
 #define S2_BENCH_DEFAULT_PEERS "bench/peers/attn_peers.py"
 
 typedef struct s2_bench_opts {
@@ -40,6 +41,8 @@ typedef struct s2_bench_opts {
     const char *peers;                 /* the peers script; NULL with --no-peers */
     int peers_given;                   /* 1: --peers named it (a missing file is an error) */
     const char *csv, *json, *cache_dir;
+    const char *tiles[S2_BENCH_MAX_TILES]; /* --tile, repeatable: one s2lora row each */
+    int n_tiles;                           /* 0: one row with the plan's default tile */
     uint64_t seed;                     /* 0: from the clock (s2_bench_prepare picks one) */
     int help;
 } s2_bench_opts;

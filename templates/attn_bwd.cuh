@@ -63,11 +63,11 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
         lse2[hf] = x < n ? lse[(long)h * total_tokens + tok] * S2_LOG2E : 0.f;
         dlt[hf] = x < n ? delta[(long)h * total_tokens + tok] : 0.f;
     }
-    float acc[S2_ON][4];
+    float acc[1][S2_ON][4];
 #pragma unroll
     for (int i = 0; i < S2_ON; i++)
-        acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
-    unsigned qf[S2_KSTEPS][4], dof[S2_KSTEPS][4];
+        acc[0][i][0] = acc[0][i][1] = acc[0][i][2] = acc[0][i][3] = 0.f;
+    unsigned qf[1][S2_KSTEPS][4], dof[1][S2_KSTEPS][4];
 
     for (int kt = kt_begin; kt < kt_end; kt++) {
         const int it = kt - kt_begin;
@@ -83,18 +83,18 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
             __syncthreads();
         }
         if (it == 0) {
-            s2_load_afrag(qf, sq + warp * 16 * S2_LD, lane);
-            s2_load_afrag(dof, sdo + warp * 16 * S2_LD, lane);
+            s2_load_afrag(qf[0], sq + warp * 16 * S2_LD, lane);
+            s2_load_afrag(dof[0], sdo + warp * 16 * S2_LD, lane);
         }
         const s2_elem *sk = skv + 2 * (it % S2_BWD_STAGES) * kv_stride;
         const s2_elem *sv = sk + kv_stride;
 
-        float s[S2_BNT][4], dp[S2_BNT][4];
+        float s[1][S2_BNT][4], dp[1][S2_BNT][4];
 #pragma unroll
         for (int j = 0; j < S2_BNT; j++)
 #pragma unroll
             for (int e = 0; e < 4; e++)
-                s[j][e] = dp[j][e] = 0.f;
+                s[0][j][e] = dp[0][j][e] = 0.f;
         s2_mma_abt(s, qf, sk, lane);   // S = Q K^T
         s2_mma_abt(dp, dof, sv, lane); // dP = dO V^T
 
@@ -111,14 +111,14 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
                     const int x = row0 + 8 * hf, y = y0 + j * 8 + 2 * t + (e % 2);
                     live = y < n && s2_visible(x, y, cls);
                 }
-                const float p = live ? exp2f(fmaf(s[j][e], S2_SCALE_LOG2, -lse2[hf])) : 0.f;
-                s[j][e] = p * (dp[j][e] - dlt[hf]); // dS
+                const float p = live ? s2_exp2(fmaf(s[0][j][e], S2_SCALE_LOG2, -lse2[hf])) : 0.f;
+                s[0][j][e] = p * (dp[0][j][e] - dlt[hf]); // dS
             }
         s2_mma_pb(acc, s, sk, lane); // dQ += dS K
         __syncthreads();
     }
     s2_cp_async_wait<0>();
-    s2_store_strip(dq, S2_NUM_HEADS, h, acc, S2_SCALE, row0, n, seq0, cls, lane);
+    s2_store_strip(dq, S2_NUM_HEADS, h, acc[0], S2_SCALE, row0, n, seq0, cls, lane);
 }
 
 extern "C" __global__ void __launch_bounds__(S2_BWD_THREADS)
@@ -178,12 +178,12 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
         s2_cp_async_commit();
     }
 
-    float adk[S2_ON][4], adv[S2_ON][4];
+    float adk[1][S2_ON][4], adv[1][S2_ON][4];
 #pragma unroll
     for (int i = 0; i < S2_ON; i++)
 #pragma unroll
         for (int e = 0; e < 4; e++)
-            adk[i][e] = adv[i][e] = 0.f;
+            adk[0][i][e] = adv[0][i][e] = 0.f;
 
     for (int it = 0; it < n_it; it++) {
         {
@@ -199,14 +199,14 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
         const float *slse = sl + (2 * st) * S2_BWD_BN, *sdl = slse + S2_BWD_BN;
         const int x0 = (qt_begin + it % n_qt) * S2_BWD_BN;
 
-        float s[S2_BNT][4], dp[S2_BNT][4]; // rows: this warp's keys; columns: the tile's queries
+        float s[1][S2_BNT][4], dp[1][S2_BNT][4]; // rows: this warp's keys; columns: the queries
 #pragma unroll
         for (int j = 0; j < S2_BNT; j++)
 #pragma unroll
             for (int e = 0; e < 4; e++)
-                s[j][e] = dp[j][e] = 0.f;
-        s2_mma_abt_sa(s, sk + warp * 16 * S2_LD, sq, lane);   // S^T = K Q^T
-        s2_mma_abt_sa(dp, sv + warp * 16 * S2_LD, sdo, lane); // dP^T = V dO^T
+                s[0][j][e] = dp[0][j][e] = 0.f;
+        s2_mma_abt_sa(s[0], sk + warp * 16 * S2_LD, sq, lane);   // S^T = K Q^T
+        s2_mma_abt_sa(dp[0], sv + warp * 16 * S2_LD, sdo, lane); // dP^T = V dO^T
 
         const bool masked = (S2_MASK_GROUP_EDGE && x0 + S2_BWD_BN > y_group_end) ||
                             x0 < y0 + S2_BWD_BM - 1 || x0 + S2_BWD_BN > n;
@@ -220,15 +220,15 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
                     const int x = x0 + col, y = key0 + 8 * (e / 2);
                     live = x < n && s2_visible(x, y, cls);
                 }
-                const float p = live ? exp2f(fmaf(s[j][e], S2_SCALE_LOG2, -slse[col])) : 0.f;
-                s[j][e] = p;                          // P^T
-                dp[j][e] = p * (dp[j][e] - sdl[col]); // dS^T
+                const float p = live ? s2_exp2(fmaf(s[0][j][e], S2_SCALE_LOG2, -slse[col])) : 0.f;
+                s[0][j][e] = p;                             // P^T
+                dp[0][j][e] = p * (dp[0][j][e] - sdl[col]); // dS^T
             }
         s2_mma_pb(adv, s, sdo, lane); // dV += P^T dO
         s2_mma_pb(adk, dp, sq, lane); // dK += dS^T Q
         __syncthreads();
     }
     s2_cp_async_wait<0>();
-    s2_store_strip(dk, S2_NUM_KV_HEADS, hk, adk, S2_SCALE, key0, n, seq0, cls, lane);
-    s2_store_strip(dv, S2_NUM_KV_HEADS, hk, adv, 1.f, key0, n, seq0, cls, lane);
+    s2_store_strip(dk, S2_NUM_KV_HEADS, hk, adk[0], S2_SCALE, key0, n, seq0, cls, lane);
+    s2_store_strip(dv, S2_NUM_KV_HEADS, hk, adv[0], 1.f, key0, n, seq0, cls, lane);
 }

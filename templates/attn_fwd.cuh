@@ -1,6 +1,7 @@
 // templates/attn_fwd.cuh — S²-Attn forward on tensor cores: O and LSE in one pass.
 //
-// Grid (ceil(max_seqlen / BM), H, B), S2_FWD_WARPS warps; BM = 16 query rows per warp. A block
+// Grid (ceil(max_seqlen / BM), H, B), S2_FWD_WARPS warps; BM = 16 * S2_FWD_STRIPS query rows
+// per warp (each key fragment loaded from shared memory feeds every strip of the warp). A block
 // owns BM consecutive virtual query indices of one head of one sequence (see common.cuh for
 // the index map). Key/value tiles of S2_FWD_BN rows stream through shared memory with cp.async,
 // S2_FWD_STAGES deep, from the tile holding the first row's group start to the tile holding the
@@ -11,9 +12,13 @@
 // Per warp: S = Q K^T (mma, Q fragments kept in registers), the online softmax in the exp2
 // domain with the scale folded in, then O += P V with P straight from the accumulators.
 
-#define S2_FWD_BM (16 * S2_FWD_WARPS)
+#define S2_FWD_MT S2_FWD_STRIPS // 16-row strips per warp
+// One strip keeps its Q fragments in registers; two read them from shared memory each tile
+// (their accumulators need the registers).
+#define S2_FWD_Q_IN_REGS (S2_FWD_MT == 1)
+#define S2_FWD_BM (16 * S2_FWD_MT * S2_FWD_WARPS)
 #define S2_FWD_THREADS (32 * S2_FWD_WARPS)
-#define S2_SN (S2_FWD_BN / 8) // n8 tiles of S per warp
+#define S2_SN (S2_FWD_BN / 8) // n8 tiles of S per strip
 
 // The plan's tile classification, evaluated for one (query tile, key tile) pair: 1 when the
 // pair may hold a masked element. gs_last is the group start of the tile's last live row.
@@ -63,14 +68,19 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
         s2_cp_async_commit();
     }
 
-    float acc[S2_ON][4];
+    float acc[S2_FWD_MT][S2_ON][4];
+    float m[S2_FWD_MT][2], l[S2_FWD_MT][2]; // running max (exp2 domain), partial row sums
 #pragma unroll
-    for (int i = 0; i < S2_ON; i++)
-        acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
-    float m[2] = {S2_NEG_INF, S2_NEG_INF}; // running max per row half (g, g + 8), exp2 domain
-    float l[2] = {0.f, 0.f};               // this thread's partial row sums
-    unsigned qf[S2_KSTEPS][4];
-    const int row0 = x0 + warp * 16 + g; // this thread's rows: row0, row0 + 8
+    for (int mt = 0; mt < S2_FWD_MT; mt++) {
+#pragma unroll
+        for (int i = 0; i < S2_ON; i++)
+            acc[mt][i][0] = acc[mt][i][1] = acc[mt][i][2] = acc[mt][i][3] = 0.f;
+        m[mt][0] = m[mt][1] = S2_NEG_INF;
+        l[mt][0] = l[mt][1] = 0.f;
+    }
+    unsigned qf[S2_FWD_MT][S2_KSTEPS][4]; // used (and allocated registers) only when in regs
+    // This thread's rows: row0 + 16 * mt + 8 * hf.
+    const int row0 = x0 + warp * 16 * S2_FWD_MT + g;
 
     for (int kt = kt_begin; kt < kt_end; kt++) {
         const int it = kt - kt_begin;
@@ -86,59 +96,69 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
             s2_cp_async_wait<S2_FWD_STAGES - 1>();
             __syncthreads();
         }
-        if (it == 0)
-            s2_load_afrag(qf, sq + warp * 16 * S2_LD, lane);
+        if (S2_FWD_Q_IN_REGS && it == 0)
+            s2_load_afrag(qf[0], sq + warp * 16 * S2_LD, lane);
         const s2_elem *sk = skv + (2 * (it % S2_FWD_STAGES)) * kv_stride;
         const s2_elem *sv = sk + kv_stride;
 
         // S = Q K^T
-        float s[S2_SN][4];
+        float s[S2_FWD_MT][S2_SN][4];
 #pragma unroll
-        for (int j = 0; j < S2_SN; j++)
-            s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
-        s2_mma_abt(s, qf, sk, lane);
+        for (int mt = 0; mt < S2_FWD_MT; mt++)
+#pragma unroll
+            for (int j = 0; j < S2_SN; j++)
+                s[mt][j][0] = s[mt][j][1] = s[mt][j][2] = s[mt][j][3] = 0.f;
+        if (S2_FWD_Q_IN_REGS)
+            s2_mma_abt(s, qf, sk, lane);
+        else
+            s2_mma_abt_smem(s, sq + warp * S2_FWD_MT * 16 * S2_LD, sk, lane);
 
         // The mask, only where the classification asks for it.
         const int y0 = kt * S2_FWD_BN;
         if (s2_tile_needs_mask(x0, gs_last, y0, n)) {
 #pragma unroll
-            for (int j = 0; j < S2_SN; j++)
+            for (int mt = 0; mt < S2_FWD_MT; mt++)
 #pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int x = row0 + (e / 2) * 8, y = y0 + j * 8 + 2 * t + (e % 2);
-                    if (!(y < n && s2_visible(x, y, cls)))
-                        s[j][e] = S2_NEG_INF;
-                }
+                for (int j = 0; j < S2_SN; j++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const int x = row0 + 16 * mt + (e / 2) * 8, y = y0 + j * 8 + 2 * t + (e % 2);
+                        if (!(y < n && s2_visible(x, y, cls)))
+                            s[mt][j][e] = S2_NEG_INF;
+                    }
         }
 
         // The online softmax: exp2(s * scale * log2e - m).
-        float alpha[2];
 #pragma unroll
-        for (int hf = 0; hf < 2; hf++) {
-            float mx = S2_NEG_INF;
+        for (int mt = 0; mt < S2_FWD_MT; mt++) {
+            float alpha[2];
 #pragma unroll
-            for (int j = 0; j < S2_SN; j++)
-                mx = fmaxf(mx, fmaxf(s[j][2 * hf], s[j][2 * hf + 1]));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            const float mnew = fmaxf(m[hf], mx * S2_SCALE_LOG2);
-            const float msafe = mnew == S2_NEG_INF ? 0.f : mnew; // a row with nothing visible yet
-            alpha[hf] = exp2f(m[hf] - msafe);
-            m[hf] = mnew;
-            float sum = 0.f;
+            for (int hf = 0; hf < 2; hf++) {
+                float mx = S2_NEG_INF;
 #pragma unroll
-            for (int j = 0; j < S2_SN; j++)
+                for (int j = 0; j < S2_SN; j++)
+                    mx = fmaxf(mx, fmaxf(s[mt][j][2 * hf], s[mt][j][2 * hf + 1]));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                const float mnew = fmaxf(m[mt][hf], mx * S2_SCALE_LOG2);
+                const float msafe = mnew == S2_NEG_INF ? 0.f : mnew; // nothing visible yet
+                alpha[hf] = s2_exp2(m[mt][hf] - msafe);
+                m[mt][hf] = mnew;
+                float sum = 0.f;
 #pragma unroll
-                for (int e = 2 * hf; e < 2 * hf + 2; e++) {
-                    s[j][e] = exp2f(fmaf(s[j][e], S2_SCALE_LOG2, -msafe));
-                    sum += s[j][e];
-                }
-            l[hf] = l[hf] * alpha[hf] + sum;
-        }
+                for (int j = 0; j < S2_SN; j++)
 #pragma unroll
-        for (int i = 0; i < S2_ON; i++) {
-            acc[i][0] *= alpha[0], acc[i][1] *= alpha[0];
-            acc[i][2] *= alpha[1], acc[i][3] *= alpha[1];
+                    for (int e = 2 * hf; e < 2 * hf + 2; e++) {
+                        s[mt][j][e] = s2_exp2(fmaf(s[mt][j][e], S2_SCALE_LOG2, -msafe));
+                        sum += s[mt][j][e];
+                    }
+                l[mt][hf] = l[mt][hf] * alpha[hf] + sum;
+            }
+#pragma unroll
+            for (int i = 0; i < S2_ON; i++) {
+                acc[mt][i][0] *= alpha[0], acc[mt][i][1] *= alpha[0];
+                acc[mt][i][2] *= alpha[1], acc[mt][i][3] *= alpha[1];
+            }
         }
 
         // O += P V: P straight from the accumulators.
@@ -149,17 +169,20 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
 
     // O and LSE, written once, at each row's original position.
 #pragma unroll
-    for (int hf = 0; hf < 2; hf++) {
-        float lsum = l[hf];
-        lsum += __shfl_xor_sync(0xffffffffu, lsum, 1);
-        lsum += __shfl_xor_sync(0xffffffffu, lsum, 2);
-        const float inv = 1.f / lsum;
+    for (int mt = 0; mt < S2_FWD_MT; mt++) {
 #pragma unroll
-        for (int i = 0; i < S2_ON; i++)
-            acc[i][2 * hf] *= inv, acc[i][2 * hf + 1] *= inv;
-        const int x = row0 + 8 * hf;
-        if (x < n && t == 0)
-            lse[(long)h * total_tokens + seq0 + s2_position(x, cls, n)] = (m[hf] + log2f(lsum)) * S2_LN2;
+        for (int hf = 0; hf < 2; hf++) {
+            float lsum = l[mt][hf];
+            lsum += __shfl_xor_sync(0xffffffffu, lsum, 1);
+            lsum += __shfl_xor_sync(0xffffffffu, lsum, 2);
+            const float inv = 1.f / lsum;
+#pragma unroll
+            for (int i = 0; i < S2_ON; i++)
+                acc[mt][i][2 * hf] *= inv, acc[mt][i][2 * hf + 1] *= inv;
+            const int x = row0 + 16 * mt + 8 * hf;
+            if (x < n && t == 0)
+                lse[(long)h * total_tokens + seq0 + s2_position(x, cls, n)] = (m[mt][hf] + log2f(lsum)) * S2_LN2;
+        }
+        s2_store_strip(o, S2_NUM_HEADS, h, acc[mt], 1.f, row0 + 16 * mt, n, seq0, cls, lane);
     }
-    s2_store_strip(o, S2_NUM_HEADS, h, acc, 1.f, row0, n, seq0, cls, lane);
 }

@@ -56,6 +56,15 @@ __device__ __forceinline__ void s2_mma(float *c, const unsigned *a, unsigned b0,
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// 2^x with the special-function unit (relative error about 2^-22; exp2(-inf) = 0): the
+// softmax's exponent, without exp2f's denormal range handling around it.
+__device__ __forceinline__ float s2_exp2(float x)
+{
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+
 // Two floats -> two packed 16-bit elements (lo in the low half), round to nearest even.
 __device__ __forceinline__ unsigned s2_pack2(float lo, float hi)
 {
@@ -101,9 +110,12 @@ __device__ __forceinline__ void s2_load_afrag(unsigned (&a)[S2_KSTEPS][4], const
                        rows + ((lane % 8) + ((lane / 8) % 2) * 8) * S2_LD + kk * 16 + (lane / 16) * 8);
 }
 
-// c[16 x 8NT] += A[16 x d] B[8NT x d]^T: A in registers, B rows in shared memory.
-template <int NT>
-__device__ __forceinline__ void s2_mma_abt(float (&c)[NT][4], const unsigned (&a)[S2_KSTEPS][4],
+// c[MT][16 x 8NT] += A[MT][16 x d] B[8NT x d]^T: MT strips of 16 rows with their A fragments
+// in registers, B rows in shared memory. Each B fragment feeds MT products: more strips per
+// warp, less shared-memory traffic per flop.
+template <int MT, int NT>
+__device__ __forceinline__ void s2_mma_abt(float (&c)[MT][NT][4],
+                                           const unsigned (&a)[MT][S2_KSTEPS][4],
                                            const s2_elem *b, int lane)
 {
 #pragma unroll
@@ -113,12 +125,42 @@ __device__ __forceinline__ void s2_mma_abt(float (&c)[NT][4], const unsigned (&a
             unsigned b0, b1, b2, b3;
             s2_ldmatrix_x4(b0, b1, b2, b3,
                            b + (j * 8 + (lane % 8) + (lane / 16) * 8) * S2_LD + kk * 16 + ((lane / 8) % 2) * 8);
-            s2_mma(c[j], a[kk], b0, b1);
-            s2_mma(c[j + 1], a[kk], b2, b3);
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++) {
+                s2_mma(c[mt][j], a[mt][kk], b0, b1);
+                s2_mma(c[mt][j + 1], a[mt][kk], b2, b3);
+            }
         }
 }
 
-// The same with A's 16 rows read from shared memory step by step (fewer registers held).
+// The same with the MT strips' A fragments read from shared memory step by step (rows
+// a + 16 * mt * S2_LD), so only one k16 step of A is held in registers.
+template <int MT, int NT>
+__device__ __forceinline__ void s2_mma_abt_smem(float (&c)[MT][NT][4], const s2_elem *a,
+                                                const s2_elem *b, int lane)
+{
+#pragma unroll
+    for (int kk = 0; kk < S2_KSTEPS; kk++) {
+        unsigned af[MT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+            s2_ldmatrix_x4(af[mt][0], af[mt][1], af[mt][2], af[mt][3],
+                           a + (16 * mt + (lane % 8) + ((lane / 8) % 2) * 8) * S2_LD + kk * 16 + (lane / 16) * 8);
+#pragma unroll
+        for (int j = 0; j < NT; j += 2) {
+            unsigned b0, b1, b2, b3;
+            s2_ldmatrix_x4(b0, b1, b2, b3,
+                           b + (j * 8 + (lane % 8) + (lane / 16) * 8) * S2_LD + kk * 16 + ((lane / 8) % 2) * 8);
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++) {
+                s2_mma(c[mt][j], af[mt], b0, b1);
+                s2_mma(c[mt][j + 1], af[mt], b2, b3);
+            }
+        }
+    }
+}
+
+// One strip with A's 16 rows read from shared memory step by step (fewer registers held).
 template <int NT>
 __device__ __forceinline__ void s2_mma_abt_sa(float (&c)[NT][4], const s2_elem *a, const s2_elem *b,
                                               int lane)
@@ -139,24 +181,32 @@ __device__ __forceinline__ void s2_mma_abt_sa(float (&c)[NT][4], const s2_elem *
     }
 }
 
-// acc[16 x d] += P[16 x 8NT] B[8NT x d]: P from accumulators (rounded to the storage type, as
-// the A fragment of each k16 step), B rows in shared memory (ldmatrix.trans).
-template <int NT>
-__device__ __forceinline__ void s2_mma_pb(float (&acc)[S2_ON][4], const float (&p)[NT][4],
+// acc[MT][16 x d] += P[MT][16 x 8NT] B[8NT x d]: P from accumulators (rounded to the storage
+// type, as the A fragment of each k16 step), B rows in shared memory (ldmatrix.trans).
+template <int MT, int NT>
+__device__ __forceinline__ void s2_mma_pb(float (&acc)[MT][S2_ON][4], const float (&p)[MT][NT][4],
                                           const s2_elem *b, int lane)
 {
 #pragma unroll
     for (int kk = 0; kk < NT / 2; kk++) {
-        const unsigned a[4] = {s2_pack2(p[2 * kk][0], p[2 * kk][1]), s2_pack2(p[2 * kk][2], p[2 * kk][3]),
-                               s2_pack2(p[2 * kk + 1][0], p[2 * kk + 1][1]),
-                               s2_pack2(p[2 * kk + 1][2], p[2 * kk + 1][3])};
+        unsigned a[MT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+            a[mt][0] = s2_pack2(p[mt][2 * kk][0], p[mt][2 * kk][1]);
+            a[mt][1] = s2_pack2(p[mt][2 * kk][2], p[mt][2 * kk][3]);
+            a[mt][2] = s2_pack2(p[mt][2 * kk + 1][0], p[mt][2 * kk + 1][1]);
+            a[mt][3] = s2_pack2(p[mt][2 * kk + 1][2], p[mt][2 * kk + 1][3]);
+        }
 #pragma unroll
         for (int i = 0; i < S2_ON; i += 2) {
             unsigned b0, b1, b2, b3;
             s2_ldmatrix_x4_trans(b0, b1, b2, b3,
                                  b + (kk * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * S2_LD + i * 8 + (lane / 16) * 8);
-            s2_mma(acc[i], a, b0, b1);
-            s2_mma(acc[i + 1], a, b2, b3);
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++) {
+                s2_mma(acc[mt][i], a[mt], b0, b1);
+                s2_mma(acc[mt][i + 1], a[mt], b2, b3);
+            }
         }
     }
 }

@@ -69,7 +69,7 @@ static const char *alt_tile(int i, int d)
 {
     static const char *const upto128[N_TILES] = {
         NULL,
-        "fwd_warps=8,fwd_block_n=32,fwd_stages=3,bwd_warps=8,bwd_block_n=32,bwd_stages=3",
+        "fwd_warps=4,fwd_strips=2,fwd_block_n=32,fwd_stages=3,bwd_warps=8,bwd_block_n=32,bwd_stages=3",
         "fwd_warps=2,fwd_block_n=64,fwd_stages=1,bwd_warps=2,bwd_block_n=32,bwd_stages=1",
         "fwd_warps=4,fwd_block_n=128,fwd_stages=2,bwd_warps=1,bwd_block_n=32,bwd_stages=4",
     };

@@ -295,9 +295,18 @@ Test(bench_text, table_summary_csv_json)
     cr_expect(strstr(b.data, "fwd_TFs"), "%s", b.data);
     cr_expect(strstr(b.data, "2.00e-03"), "%s", b.data);
     cr_expect(strstr(b.data, "FAILED: failed:"), "%s", b.data);
-    cr_expect(strstr(b.data, "fastest peer fwd+bwd 2.000 ms (flex-split); ours 1.500 ms = 0.75"),
+    cr_expect(strstr(b.data, "fastest peer fwd+bwd 2.000 ms (flex-split); ours 1.500 ms (s2lora) = 0.75"),
               "%s", b.data);
     s2_buf_free(&b);
+
+    /* Several tiles: the fastest of our rows is the one compared. */
+    s2_bench_row tiled[4] = {mkrow("s2lora#1", 0.5, 1.8, NAN), mkrow("s2lora#2", 0.4, 1.2, NAN),
+                             mkrow("s2lora#3", NAN, NAN, NAN), mkrow("flex-split", 0.6, 2.0, 2e-3)};
+    tiled[2].failed = 1;
+    s2_buf c = {0};
+    s2_bench_case_summary(&c, tiled, 4);
+    cr_expect(strstr(c.data, "ours 1.200 ms (s2lora#2) = 0.60"), "%s", c.data);
+    s2_buf_free(&c);
 
     s2_bench_csv(&b, rows, 3);
     cr_assert(b.data);
