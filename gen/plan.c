@@ -27,10 +27,12 @@ int s2_attn_unit_kernels(s2_attn_unit u, const char *const **names)
 s2_attn_tile s2_plan_default_tile(const char *arch, int head_dim)
 {
     (void)arch; /* one default for every arch so far; the tuner searches per arch */
-    s2_attn_tile t = {.fwd_warps = 4, .fwd_strips = 1, .fwd_block_n = 64, .fwd_stages = 2,
+    /* Measured on an H100 (bench/RESULTS.md, 2026-11-25): two strips of 32 keys beat one
+     * strip of 64 or 128 by 20-25 % in the forward at d = 128. */
+    s2_attn_tile t = {.fwd_warps = 4, .fwd_strips = 2, .fwd_block_n = 32, .fwd_stages = 2,
                       .bwd_warps = 4, .bwd_block_n = 32, .bwd_stages = 2};
     if (head_dim > 128)
-        t.fwd_block_n = 32; /* the O accumulators of d = 256 leave little room for S */
+        t.fwd_strips = 1; /* the O accumulators of d = 256 leave no room for a second strip */
     return t;
 }
 

@@ -44,7 +44,7 @@ Test(plan, index_map_by_mode)
     cr_expect_eq(p.shift_rot, 200);
     cr_expect_eq(p.G, 512);
     cr_expect_eq(p.fwd_threads, 32 * p.tile.fwd_warps);
-    cr_expect_eq(p.fwd_block_m, 16 * p.tile.fwd_warps);
+    cr_expect_eq(p.fwd_block_m, 16 * p.tile.fwd_strips * p.tile.fwd_warps);
 }
 
 /* The kernels' index map (virtual order, groups, positions) must give exactly the mask of
@@ -272,7 +272,8 @@ static void check_tiles(int G, int S, const char *mode, int n, const s2_attn_til
 
 Test(plan, tile_classification_matches_reference)
 {
-    s2_attn_tile t = s2_plan_default_tile("sm_90a", 64); /* 64 x 64 tiles */
+    s2_attn_tile t = s2_plan_default_tile("sm_90a", 64);
+    t.fwd_warps = 4, t.fwd_strips = 1, t.fwd_block_n = 64; /* 64 x 64 tiles */
     const char *modes[] = {"split", "roll"};
     for (int m = 0; m < 2; m++) {
         check_tiles(256, 128, modes[m], 1024, &t, 0); /* aligned groups: only diagonal masks */
@@ -283,6 +284,8 @@ Test(plan, tile_classification_matches_reference)
         check_tiles(512, 0, modes[m], 700, &t, 0);
     }
     t.fwd_warps = 8, t.fwd_block_n = 32; /* 128 x 32 tiles */
+    check_tiles(256, 128, "split", 1000, &t, 0);
+    t.fwd_warps = 4, t.fwd_strips = 2;    /* 128 x 32 tiles, two strips a warp */
     check_tiles(256, 128, "split", 1000, &t, 0);
     check_tiles(192, 96, "split", 1000, &t, 1);
     check_tiles(192, 96, "roll", 1000, &t, 1);
