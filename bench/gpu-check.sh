@@ -5,10 +5,12 @@
 #   3. every S²-Attn kernel against the CPU reference (tests/gpu_check.c), fresh random inputs,
 #      poisoned outputs, all shift modes, short last group, varlen, GQA, d in {64, 96, 128, 256};
 #   4. `s2lora attn --backward` against LongLoRA's S²-Attn written in PyTorch (bench/peers/);
-#   5. `s2lora bench attn` beside the PyTorch peers (bench/peers/attn_peers.py): step 2's sweep,
-#      N = 8k, 16k, 32k, 64k, 100k at d=128, H=32, G=N/4, then N=16k at d=64.
-#      S2_BENCH_QUICK=1 keeps N = 8k and 16k (a short device run); S2_BENCH_SEQLENS=LIST names
-#      the d=128 lengths outright.
+#   5. `s2lora bench attn` beside the PyTorch peers (bench/peers/attn_peers.py): N = 8k and 16k
+#      at d=128, H=32, G=N/4, then N=16k at d=64. S2_BENCH_FULL=1 runs step 2's whole sweep
+#      (8k, 16k, 32k, 64k, 100k; alone it fits one call, with the rest it does not);
+#      S2_BENCH_SEQLENS=LIST names the d=128 lengths outright.
+# Usage from the device tool: build here, carry the binaries, e.g.
+#   S2_BIN=.carry/bin S2_COMMIT=<commit> bash bench/gpu-check.sh
 # The binaries are built on a machine with the build dependencies (the GPU machine has no
 # libyaml, jansson, nettle or Criterion) and passed in through S2_BIN (default build/).
 # Logs go to $OUT when it is set. Prints a short table last; exit status 1 if anything failed.
@@ -47,10 +49,13 @@ python3 bench/peers/attn_compare.py "$BIN/s2lora" /tmp/s2lora-peer-specs /tmp/s2
 
 echo "== bench attn vs peers"
 # llama2-7b-32k gives G by group_ratio 0.25: bench reloads it at each N, so G = N/4, S = G/2.
-if [ "${S2_BENCH_QUICK:-0}" = 1 ]; then
-  bench_seqlens=8192,16384
-else
+# One device command may run 10 minutes: the whole script with the sweep to 32k took longer
+# than 9 (2026-11-25, H100), so the default sweep is 8k and 16k; S2_BENCH_FULL=1 runs 8k..100k
+# (run it in a call of its own), S2_BENCH_SEQLENS names any list.
+if [ "${S2_BENCH_FULL:-0}" = 1 ]; then
   bench_seqlens=8192,16384,32768,65536,102400
+else
+  bench_seqlens=8192,16384
 fi
 bench_seqlens=${S2_BENCH_SEQLENS:-$bench_seqlens}
 bench_tmp=$(mktemp -d /tmp/s2lora-bench.XXXXXX)

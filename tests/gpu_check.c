@@ -63,21 +63,22 @@ static const gcase cases[] = {
 };
 #define N_CASES ((int)(sizeof cases / sizeof cases[0]))
 
-/* Every case runs with the plan's default tile and three others (tile 0 is the default). */
+/* Every case runs with the plan's default tile and three others (tile 0 is the default). Each
+ * alternative names every field, so a change of the defaults cannot change what it tests. */
 #define N_TILES 4
 static const char *alt_tile(int i, int d)
 {
     static const char *const upto128[N_TILES] = {
         NULL,
         "fwd_warps=4,fwd_strips=2,fwd_block_n=32,fwd_stages=3,bwd_warps=8,bwd_block_n=32,bwd_stages=3",
-        "fwd_warps=2,fwd_block_n=64,fwd_stages=1,bwd_warps=2,bwd_block_n=32,bwd_stages=1",
-        "fwd_warps=4,fwd_block_n=128,fwd_stages=2,bwd_warps=1,bwd_block_n=32,bwd_stages=4",
+        "fwd_warps=2,fwd_strips=1,fwd_block_n=64,fwd_stages=1,bwd_warps=2,bwd_block_n=32,bwd_stages=1",
+        "fwd_warps=4,fwd_strips=1,fwd_block_n=128,fwd_stages=2,bwd_warps=1,bwd_block_n=32,bwd_stages=4",
     };
     static const char *const d256[N_TILES] = {
         NULL,
-        "fwd_warps=8,fwd_block_n=32,fwd_stages=3,bwd_warps=4",
-        "fwd_warps=2,fwd_block_n=32,fwd_stages=1,bwd_warps=2",
-        "fwd_warps=1,fwd_block_n=32,fwd_stages=4,bwd_warps=1",
+        "fwd_warps=8,fwd_strips=1,fwd_block_n=32,fwd_stages=3,bwd_warps=4,bwd_block_n=32,bwd_stages=2",
+        "fwd_warps=2,fwd_strips=1,fwd_block_n=32,fwd_stages=1,bwd_warps=2,bwd_block_n=32,bwd_stages=2",
+        "fwd_warps=1,fwd_strips=1,fwd_block_n=32,fwd_stages=4,bwd_warps=1,bwd_block_n=32,bwd_stages=2",
     };
     return d > 128 ? d256[i] : upto128[i];
 }
@@ -329,40 +330,29 @@ static void *prebuild(void *arg)
             tp = case_tile(j->c, j->tile_idx, pool->jo.arch, &tile, &j->err, &j->st);
         if (!j->st)
             j->st = s2_attn_build(&spec, tp, &pool->jo, &plan, res, &j->err);
-        for (int u = 0; u < S2_UNIT_ATTN_COUNT; u++)
+        for (int u = 0; u < S2_UNIT_ATTN_COUNT; u++) {
+            for (int k = 0; !j->st && k < res[u].n_res; k++) {
+                const s2_kernel_res *r = &res[u].res[k];
+                if (r->spill_stores + r->spill_loads + r->stack)
+                    j->st = s2_error_set(&j->err, S2_ERR_CHECK,
+                                         "%s: %d bytes spilled, %d-byte stack frame", r->name,
+                                         r->spill_stores + r->spill_loads, r->stack);
+            }
             s2_jit_result_free(&res[u]);
+        }
     }
 }
 
-int main(int argc, char **argv)
+/* Builds every (case, tile) pair for arch on all cores; returns how many failed (a build
+ * error, a plan refusal or a spill), each reported on stderr. */
+static int prebuild_all(const char *arch)
 {
-    uint64_t seed = (uint64_t)time(NULL) ^ ((uint64_t)clock() << 32);
-    const char *only = NULL;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--seed") && i + 1 < argc)
-            seed = strtoull(argv[++i], NULL, 0);
-        else if (!strcmp(argv[i], "--only") && i + 1 < argc)
-            only = argv[++i];
-        else {
-            fprintf(stderr, "usage: s2lora_gpu_check [--seed N] [--only SUBSTRING]\n");
-            return 2;
-        }
-    }
-    rng_state = seed ? seed : 1;
-    s2_error err = {0};
-    s2_rt rt;
-    if (s2_rt_open(&rt, 0, &err)) {
-        fprintf(stderr, "gpu_check: %s\n", err.msg);
-        return err.status == S2_ERR_NO_DEVICE ? 3 : 1;
-    }
-    printf("gpu_check: %s (%s, %d SMs), seed %llu, tolerance %.0e\n", rt.name, rt.arch,
-           rt.sm_count, (unsigned long long)seed, TOL);
-
-    s2_jit_opts jo = {.arch = rt.arch, .threads = 1};
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    prebuild_pool pool = {.n = N_CASES * N_TILES, .jo = jo};
+    prebuild_pool pool = {.n = N_CASES * N_TILES, .jo = {.arch = arch, .threads = 1}};
     pool.jobs = calloc((size_t)pool.n, sizeof *pool.jobs);
+    if (!pool.jobs)
+        return pool.n;
     for (int i = 0; i < pool.n; i++)
         pool.jobs[i] = (prebuild_job){.c = &cases[i % N_CASES], .tile_idx = i / N_CASES};
     int nth = s2_cpu_count();
@@ -376,18 +366,61 @@ int main(int argc, char **argv)
     int failed = 0;
     for (int i = 0; i < pool.n; i++) {
         if (pool.jobs[i].st) {
-            fprintf(stderr, "gpu_check: building '%s' tile %d: %s\n", pool.jobs[i].c->what,
-                    pool.jobs[i].tile_idx, pool.jobs[i].err.msg);
+            fprintf(stderr, "gpu_check: building '%s' tile %d for %s: %s\n", pool.jobs[i].c->what,
+                    pool.jobs[i].tile_idx, arch, pool.jobs[i].err.msg);
             failed++;
         }
         s2_error_clear(&pool.jobs[i].err);
     }
     free(pool.jobs);
     clock_gettime(CLOCK_MONOTONIC, &t1);
-    printf("gpu_check: built %d cases x %d tiles in %.1f s\n", N_CASES, N_TILES,
-           (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9);
-    if (failed)
-        return 1;
+    printf("gpu_check: built %d cases x %d tiles for %s in %.1f s, %d failed\n", N_CASES, N_TILES,
+           arch, (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9, failed);
+    return failed;
+}
+
+int main(int argc, char **argv)
+{
+    uint64_t seed = (uint64_t)time(NULL) ^ ((uint64_t)clock() << 32);
+    const char *only = NULL, *build_only = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--seed") && i + 1 < argc)
+            seed = strtoull(argv[++i], NULL, 0);
+        else if (!strcmp(argv[i], "--only") && i + 1 < argc)
+            only = argv[++i];
+        else if (!strcmp(argv[i], "--build-only") && i + 1 < argc)
+            build_only = argv[++i];
+        else {
+            fprintf(stderr, "usage: s2lora_gpu_check [--seed N] [--only SUBSTRING] "
+                            "[--build-only ARCH]\n"
+                            "  --build-only ARCH  plan and NVRTC-build every case and tile for ARCH,\n"
+                            "                     check for spills, run nothing (needs no GPU)\n");
+            return 2;
+        }
+    }
+    /* Every (case, tile) pair must plan and build without spills before the device sees it. */
+    if (build_only) {
+        if (!s2_jit_arch_valid(build_only)) {
+            fprintf(stderr, "gpu_check: --build-only %s: valid sm_80, sm_86, sm_89, sm_90, sm_90a\n",
+                    build_only);
+            return 2;
+        }
+        return prebuild_all(build_only) ? 1 : 0;
+    }
+    rng_state = seed ? seed : 1;
+    s2_error err = {0};
+    s2_rt rt;
+    if (s2_rt_open(&rt, 0, &err)) {
+        fprintf(stderr, "gpu_check: %s\n", err.msg);
+        return err.status == S2_ERR_NO_DEVICE ? 3 : 1;
+    }
+    printf("gpu_check: %s (%s, %d SMs), seed %llu, tolerance %.0e\n", rt.name, rt.arch,
+           rt.sm_count, (unsigned long long)seed, TOL);
+    s2_jit_opts jo = {.arch = rt.arch, .threads = 1};
+    /* A failed build is reported here and again as that run's ERROR line below (the load
+     * rebuilds and fails the same way); the other runs go on. */
+    int failed = 0;
+    prebuild_all(rt.arch);
 
     int n_run = 0;
     for (int ti = 0; ti < N_TILES; ti++) {
