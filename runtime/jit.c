@@ -247,7 +247,9 @@ static int parse_item(const char *item, int *value, const char **label)
     return 1;
 }
 
-static void apply_usage(s2_kernel_res *r, char *line)
+/* Applies the "N label" items of a usage line ("Used 40 registers, ...") or a frame line
+ * ("16 bytes stack frame, ..."); the labels of the two never collide. */
+static void apply_items(s2_kernel_res *r, char *line)
 {
     for (char *save = NULL, *item = strtok_r(line, ",", &save); item;
          item = strtok_r(NULL, ",", &save)) {
@@ -261,18 +263,7 @@ static void apply_usage(s2_kernel_res *r, char *line)
             r->smem = v;
         else if (strcmp(label, "bytes cmem[0]") == 0)
             r->cmem0 = v;
-    }
-}
-
-static void apply_frame(s2_kernel_res *r, char *line)
-{
-    for (char *save = NULL, *item = strtok_r(line, ",", &save); item;
-         item = strtok_r(NULL, ",", &save)) {
-        int v;
-        const char *label;
-        if (!parse_item(item, &v, &label))
-            continue;
-        if (strcmp(label, "bytes stack frame") == 0)
+        else if (strcmp(label, "bytes stack frame") == 0)
             r->stack = v;
         else if (strcmp(label, "bytes spill stores") == 0)
             r->spill_stores = v;
@@ -312,11 +303,11 @@ int s2_jit_parse_resources(const char *log, s2_kernel_res *res, int max)
             props = find_res(res, n, fp + strlen("Function properties for "));
         } else if (strstr(line, "bytes stack frame")) {
             if (props >= 0)
-                apply_frame(&res[props], line);
+                apply_items(&res[props], line);
             props = -1;
         } else if (strstr(line, "Used ") && strstr(line, " registers")) {
             if (entry >= 0)
-                apply_usage(&res[entry], line);
+                apply_items(&res[entry], line);
         }
     }
     return n;

@@ -15,30 +15,10 @@
 #include <unistd.h>
 
 #include "runtime/bench.h"
+#include "run_cmd.h"
 
 #define BIN S2_BINARY_DIR "/s2lora"
 #define SPECS S2_SOURCE_DIR "/specs"
-
-/* Runs a shell command line, returns its exit code; *out gets stdout+stderr (heap). */
-static int run(const char *cmdline, char **out)
-{
-    char full[4096];
-    snprintf(full, sizeof full, "%s 2>&1", cmdline);
-    FILE *p = popen(full, "r");
-    cr_assert(p, "popen %s", cmdline);
-    size_t cap = 1 << 16, len = 0;
-    char *buf = malloc(cap);
-    size_t n;
-    while ((n = fread(buf + len, 1, cap - len - 1, p)) > 0) {
-        len += n;
-        if (len + 1 == cap)
-            buf = realloc(buf, cap *= 2);
-    }
-    buf[len] = '\0';
-    int status = pclose(p);
-    *out = buf;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
 
 /* Expects exit code rc and phrase in the output of `s2lora bench ARGS`. */
 static void expect_bench(const char *args, int rc, const char *phrase)

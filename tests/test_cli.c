@@ -11,29 +11,9 @@
 #include <sys/wait.h>
 
 #include "runtime/st.h"
+#include "run_cmd.h"
 
 #define BIN S2_BINARY_DIR "/s2lora"
-
-/* Runs a shell command line, returns its exit code; *out gets stdout+stderr (heap). */
-static int run(const char *cmdline, char **out)
-{
-    char full[4096];
-    snprintf(full, sizeof full, "%s 2>&1", cmdline);
-    FILE *p = popen(full, "r");
-    cr_assert(p, "popen %s", cmdline);
-    size_t cap = 1 << 16, len = 0;
-    char *buf = malloc(cap);
-    size_t n;
-    while ((n = fread(buf + len, 1, cap - len - 1, p)) > 0) {
-        len += n;
-        if (len + 1 == cap)
-            buf = realloc(buf, cap *= 2);
-    }
-    buf[len] = '\0';
-    int status = pclose(p);
-    *out = buf;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
 
 static int run_fmt(char **out, const char *fmt, const char *a, const char *b)
 {
