@@ -32,7 +32,9 @@ static void emit_banner(s2_buf *b, const s2_spec *spec, s2_attn_unit unit)
                   spec->model.num_heads, spec->model.num_kv_heads, s2_dtype_name(spec->dtype));
 }
 
-static void emit_constants(s2_buf *b, const s2_attn_plan *p)
+/* The constants of one unit: the problem's, then only that unit's tile, so a tile change of
+ * one unit leaves the other's source (and cache key) as it was. */
+static void emit_constants(s2_buf *b, const s2_attn_plan *p, s2_attn_unit unit)
 {
     s2_buf_printf(b,
                   "#define S2_IS_BF16 %d\n"
@@ -44,22 +46,27 @@ static void emit_constants(s2_buf *b, const s2_attn_plan *p)
                   "#define S2_SHIFT_ROT %d\n"
                   "#define S2_SCALE %.9gf\n"
                   "#define S2_SCALE_LOG2 %.9gf\n"
-                  "#define S2_MASK_GROUP_EDGE %d\n"
-                  "#define S2_FWD_WARPS %d\n"
-                  "#define S2_FWD_STRIPS %d\n"
-                  "#define S2_FWD_BN %d\n"
-                  "#define S2_FWD_STAGES %d\n"
-                  "#define S2_BWD_WARPS %d\n"
-                  "#define S2_BWD_BN %d\n"
-                  "#define S2_BWD_STAGES %d\n"
-                  "#define S2_BLOCK_M %d\n"
-                  "#define S2_BLOCK_N 32\n"
-                  "#define S2_WARPS %d\n\n",
+                  "#define S2_MASK_GROUP_EDGE %d\n",
                   p->dtype == S2_DTYPE_BF16, p->d, p->H, p->Hkv, p->G, p->shift_off,
-                  p->shift_rot, p->scale, p->scale * M_LOG2E, p->mask_group_edge,
-                  p->tile.fwd_warps, p->tile.fwd_strips, p->tile.fwd_block_n, p->tile.fwd_stages,
-                  p->tile.bwd_warps, p->tile.bwd_block_n, p->tile.bwd_stages, p->bwd_block_m,
-                  p->tile.bwd_warps);
+                  p->shift_rot, p->scale, p->scale * M_LOG2E, p->mask_group_edge);
+    if (unit == S2_UNIT_ATTN_FWD)
+        s2_buf_printf(b,
+                      "#define S2_FWD_WARPS %d\n"
+                      "#define S2_FWD_STRIPS %d\n"
+                      "#define S2_FWD_BN %d\n"
+                      "#define S2_FWD_STAGES %d\n\n",
+                      p->tile.fwd_warps, p->tile.fwd_strips, p->tile.fwd_block_n,
+                      p->tile.fwd_stages);
+    else
+        s2_buf_printf(b,
+                      "#define S2_BWD_WARPS %d\n"
+                      "#define S2_BWD_BN %d\n"
+                      "#define S2_BWD_STAGES %d\n"
+                      "#define S2_BLOCK_M %d\n"
+                      "#define S2_BLOCK_N 32\n"
+                      "#define S2_WARPS %d\n\n",
+                      p->tile.bwd_warps, p->tile.bwd_block_n, p->tile.bwd_stages, p->bwd_block_m,
+                      p->tile.bwd_warps);
 }
 
 static s2_status emit_template(s2_buf *b, const char *name, s2_error *err)
@@ -82,7 +89,7 @@ s2_status s2_emit_attn(const s2_spec *spec, const s2_attn_plan *plan, s2_attn_un
         return s2_error_set(err, S2_ERR_INVALID, "unknown attention unit %d", (int)unit);
     s2_buf b = {0};
     emit_banner(&b, spec, unit);
-    emit_constants(&b, plan);
+    emit_constants(&b, plan, unit);
     s2_status st = emit_template(&b, "common.cuh", err);
     if (!st)
         st = emit_template(&b, "mma.cuh", err);

@@ -236,6 +236,68 @@ s2_status s2_plan_attn(const s2_spec *spec, const char *arch, const s2_attn_tile
     return S2_OK;
 }
 
+/* Candidate values of each field; the plan prunes what cannot run. */
+static const int warp_counts[] = {1, 2, 4, 8};
+static const int strip_counts[] = {1, 2};
+static const int fwd_widths[] = {32, 64, 128};
+static const int bwd_widths[] = {32, 64};
+static const int stage_counts[] = {1, 2, 3, 4};
+#define COUNT(a) ((int)(sizeof(a) / sizeof((a)[0])))
+
+/* Appends t if the plan accepts it and it is not the default (already first). */
+static void space_add(const s2_spec *spec, const char *arch, const s2_attn_tile *t,
+                      const s2_attn_tile *def, s2_attn_tile *out, int max, int *n)
+{
+    if (!memcmp(t, def, sizeof *t))
+        return;
+    s2_attn_plan p;
+    if (s2_plan_attn(spec, arch, t, &p, NULL) != S2_OK)
+        return;
+    if (*n < max)
+        out[*n] = *t;
+    (*n)++;
+}
+
+int s2_plan_tile_space(const s2_spec *spec, const char *arch, s2_attn_unit unit,
+                       s2_attn_tile *out, int max)
+{
+    const s2_attn_tile def = s2_plan_default_tile(arch, spec->model.head_dim);
+    s2_attn_plan p;
+    if (s2_plan_attn(spec, arch, &def, &p, NULL) != S2_OK)
+        return 0; /* the spec itself cannot be planned: nothing to tune */
+    int n = 0;
+    if (max > 0)
+        out[0] = def;
+    n++;
+    s2_attn_tile t = def;
+    if (unit == S2_UNIT_ATTN_FWD) {
+        for (int a = 0; a < COUNT(warp_counts); a++)
+            for (int b = 0; b < COUNT(strip_counts); b++)
+                for (int c = 0; c < COUNT(fwd_widths); c++)
+                    for (int d = 0; d < COUNT(stage_counts); d++) {
+                        t.fwd_warps = warp_counts[a], t.fwd_strips = strip_counts[b];
+                        t.fwd_block_n = fwd_widths[c], t.fwd_stages = stage_counts[d];
+                        space_add(spec, arch, &t, &def, out, max, &n);
+                    }
+        return n;
+    }
+    /* The scalar backward (d > 128) has no streamed tiles: only its warps vary. */
+    const int scalar = !p.bwd_tensor_cores;
+    for (int a = 0; a < COUNT(warp_counts); a++)
+        for (int c = 0; c < (scalar ? 1 : COUNT(bwd_widths)); c++)
+            for (int d = 0; d < (scalar ? 1 : COUNT(stage_counts)); d++) {
+                if (scalar) {
+                    t.bwd_warps = warp_counts[a];
+                    space_add(spec, arch, &t, &def, out, max, &n);
+                    continue;
+                }
+                t.bwd_warps = warp_counts[a], t.bwd_block_n = bwd_widths[c];
+                t.bwd_stages = stage_counts[d];
+                space_add(spec, arch, &t, &def, out, max, &n);
+            }
+    return n;
+}
+
 static int group_start(const s2_attn_plan *p, int cls, int x)
 {
     int s = s2_plan_group(p, cls, x) * p->G - (cls ? p->shift_off : 0);

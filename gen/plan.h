@@ -73,6 +73,15 @@ s2_attn_tile s2_plan_default_tile(const char *arch, int head_dim);
  */
 s2_status s2_plan_parse_tile(const char *text, s2_attn_tile *t, s2_error *err);
 
+/*
+ * The tuning space of one unit for spec on arch: every combination of that unit's tile fields
+ * (the other unit's fields at the default) that s2_plan_attn() accepts — shared memory within
+ * the arch's limit, no register spills by the plan's rules. The default comes first. Writes at
+ * most max tiles to out and returns how many there are in all (call with max 0 to count).
+ */
+int s2_plan_tile_space(const s2_spec *spec, const char *arch, s2_attn_unit unit,
+                       s2_attn_tile *out, int max);
+
 /* "fwd_warps=4,fwd_block_n=64,..." into buf; returns buf. */
 const char *s2_plan_tile_str(const s2_attn_tile *t, char *buf, size_t n);
 

@@ -290,3 +290,74 @@ Test(plan, tile_classification_matches_reference)
     check_tiles(192, 96, "split", 1000, &t, 1);
     check_tiles(192, 96, "roll", 1000, &t, 1);
 }
+
+/* The tuning space: the default first, no duplicates, every member plans, and what the plan
+ * refuses (spills, shared memory) is pruned. */
+Test(plan, tile_space_is_pruned_by_the_plan)
+{
+    const int dims[] = {64, 96, 128, 256};
+    const char *archs[] = {"sm_80", "sm_86", "sm_90a"};
+    for (int i = 0; i < 4; i++)
+        for (int a = 0; a < 3; a++) {
+            char yaml[512];
+            snprintf(yaml, sizeof yaml, "name: t\ncontext_length: 8192\n"
+                     "model: {hidden_size: %d, intermediate_size: 1024, num_layers: 2, "
+                     "num_heads: 8, head_dim: %d, vocab_size: 256, max_position_embeddings: 512}\n",
+                     8 * dims[i], dims[i]);
+            s2_spec s;
+            s2_error err = {0};
+            cr_assert_eq(s2_spec_load_string(yaml, "t.yaml", NULL, 0, &s, &err), S2_OK, "%s", err.msg);
+            for (int u = 0; u < S2_UNIT_ATTN_COUNT; u++) {
+                int n = s2_plan_tile_space(&s, archs[a], (s2_attn_unit)u, NULL, 0);
+                cr_assert_gt(n, 1, "d=%d %s unit %d: a space to search", dims[i], archs[a], u);
+                s2_attn_tile *t = calloc((size_t)n, sizeof *t);
+                cr_assert_eq(s2_plan_tile_space(&s, archs[a], (s2_attn_unit)u, t, n), n);
+                s2_attn_tile def = s2_plan_default_tile(archs[a], dims[i]);
+                cr_expect_eq(memcmp(&t[0], &def, sizeof def), 0, "the default comes first");
+                for (int k = 0; k < n; k++) {
+                    s2_attn_plan p;
+                    cr_expect_eq(s2_plan_attn(&s, archs[a], &t[k], &p, NULL), S2_OK);
+                    for (int j = 0; j < k; j++)
+                        cr_expect_neq(memcmp(&t[j], &t[k], sizeof def), 0, "duplicate tile");
+                    if (u == S2_UNIT_ATTN_FWD) {
+                        cr_expect(!(dims[i] > 64 && dims[i] <= 128 && t[k].fwd_strips == 2 &&
+                                    t[k].fwd_block_n > 32), "a spilling tile was kept");
+                        cr_expect_leq(p.smem_fwd, p.smem_limit);
+                        cr_expect_eq(t[k].bwd_warps, def.bwd_warps, "forward space varies forward fields");
+                    } else {
+                        cr_expect_leq(p.smem_dkdv, p.smem_limit);
+                        cr_expect_eq(t[k].fwd_block_n, def.fwd_block_n, "backward space varies backward fields");
+                    }
+                }
+                free(t);
+            }
+        }
+}
+
+Test(plan, tile_space_shrinks_with_shared_memory)
+{
+    s2_spec s = load("");
+    int h = s2_plan_tile_space(&s, "sm_90a", S2_UNIT_ATTN_FWD, NULL, 0);
+    int a = s2_plan_tile_space(&s, "sm_80", S2_UNIT_ATTN_FWD, NULL, 0);
+    int g = s2_plan_tile_space(&s, "sm_86", S2_UNIT_ATTN_FWD, NULL, 0);
+    cr_expect_geq(h, a);
+    cr_expect_geq(a, g);
+    cr_expect_gt(h, g, "99 KB of sm_86 must prune tiles that 227 KB of sm_90a keeps");
+}
+
+Test(emit, unit_sources_hold_only_their_tile)
+{
+    s2_spec s = load("");
+    s2_attn_plan p1 = plan_of(&s), p2 = p1;
+    p2.tile.bwd_stages = p1.tile.bwd_stages == 1 ? 2 : 1; /* a backward-only change */
+    char *f1 = NULL, *f2 = NULL, *b1 = NULL, *b2 = NULL;
+    cr_assert_eq(s2_emit_attn(&s, &p1, S2_UNIT_ATTN_FWD, &f1, NULL), S2_OK);
+    cr_assert_eq(s2_emit_attn(&s, &p2, S2_UNIT_ATTN_FWD, &f2, NULL), S2_OK);
+    cr_assert_eq(s2_emit_attn(&s, &p1, S2_UNIT_ATTN_BWD, &b1, NULL), S2_OK);
+    cr_assert_eq(s2_emit_attn(&s, &p2, S2_UNIT_ATTN_BWD, &b2, NULL), S2_OK);
+    cr_expect_str_eq(f1, f2, "the forward's source (and cache key) ignores backward fields");
+    cr_expect_str_neq(b1, b2);
+    cr_expect(!strstr(f1, "S2_BWD_STAGES"));
+    cr_expect(!strstr(b1, "#define S2_FWD_BN"));
+    free(f1), free(f2), free(b1), free(b2);
+}
