@@ -110,11 +110,11 @@ static s2_status check_fwd_tile(const s2_attn_tile *t, int d, int limit, s2_erro
     if (t->fwd_strips != 1 && t->fwd_strips != 2)
         return s2_error_set(err, S2_ERR_INVALID, "tile: fwd_strips = %d, valid: 1, 2",
                             t->fwd_strips);
-    if (t->fwd_strips == 2 && (d > 128 || (d > 64 && t->fwd_block_n > 32)))
+    if (t->fwd_strips == 2 && (d > 128 || t->fwd_block_n > (d > 64 ? 32 : 64)))
         return s2_error_set(err, S2_ERR_INVALID,
                             "tile: fwd_strips = 2 with head_dim %d and fwd_block_n %d spills "
                             "registers; valid: fwd_strips 2 with fwd_block_n 32 for head_dim 96 and "
-                            "128, any fwd_block_n for 64, fwd_strips 1 above 128",
+                            "128, up to 64 for 64, fwd_strips 1 above 128",
                             d, t->fwd_block_n);
     if (t->fwd_block_n != 32 && t->fwd_block_n != 64 && t->fwd_block_n != 128)
         return s2_error_set(err, S2_ERR_INVALID, "tile: fwd_block_n = %d, valid: 32, 64, 128",

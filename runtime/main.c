@@ -17,6 +17,7 @@
 #include "jit.h"
 #include "rt.h"
 #include "st.h"
+#include "tune.h"
 
 #define EXIT_USAGE 2
 #define EXIT_NO_DEVICE 3
@@ -627,6 +628,110 @@ static int cmd_bench(int argc, char **argv)
     return failed ? 1 : 0;
 }
 
+/* ---------------------------------------------------------------- tune */
+
+static const char tune_help[] =
+    "usage: s2lora tune SPEC... [--set KEY=VALUE]... --arch ARCH --build-only\n"
+    "                  [--jobs N] [--cache-dir DIR]\n"
+    "\n"
+    "Enumerates the tuning space of every kernel unit of each SPEC for ARCH (every\n"
+    "tile the plan accepts: shared memory within the arch's limit, no register\n"
+    "spills by the plan's rules) and, with --build-only, generates and NVRTC-builds\n"
+    "every candidate in parallel through the kernel cache, so a GPU that is not here\n"
+    "can be checked before it is rented. Candidates that build but spill registers\n"
+    "are pruned (never timed) and counted. Prints one line per unit and every\n"
+    "failure; exit 1 if any candidate fails to build.\n"
+    "Timing candidates on the device and the tuning database are not in this version:\n"
+    "without --build-only the command says so and exits 2.\n";
+
+static int cmd_tune(int argc, char **argv)
+{
+    cli_opts o;
+    int build_only = 0;
+    /* --build-only is this command's own flag: take it out before the shared parser. */
+    char *rest[256];
+    int n_rest = 0;
+    for (int i = 0; i < argc && n_rest < 256; i++) {
+        if (!strcmp(argv[i], "--build-only"))
+            build_only = 1;
+        else
+            rest[n_rest++] = argv[i];
+    }
+    const char *specs[16];
+    int n_specs = 0;
+    /* SPEC... : every non-option argument that is not an option's value. */
+    char *opts_only[256];
+    int n_opts = 0;
+    for (int i = 0; i < n_rest; i++) {
+        if (rest[i][0] != '-') {
+            if (n_specs == 16)
+                return usage_error("tune", "too many specs (at most %s)", "16");
+            specs[n_specs++] = rest[i];
+            continue;
+        }
+        opts_only[n_opts++] = rest[i];
+        if (i + 1 < n_rest && strcmp(rest[i], "--help") && strcmp(rest[i], "-h"))
+            opts_only[n_opts++] = rest[++i];
+    }
+    int rc = parse_opts("tune", n_opts, opts_only, "--set --arch --jobs --cache-dir ", &o);
+    if (rc)
+        return rc;
+    if (o.help)
+        return fputs(tune_help, stdout), 0;
+    if (!n_specs)
+        return usage_error("tune", "missing SPEC%s", "");
+    if (o.n_arch != 1)
+        return usage_error("tune", "name one --arch (sm_80, sm_86, sm_89, sm_90, sm_90a)%s", "");
+    if (!build_only)
+        return usage_error("tune", "timing candidates on a device is not in this version; "
+                                   "--build-only builds the whole space%s", "");
+    int failed = 0;
+    for (int i = 0; i < n_specs; i++) {
+        s2_error err = {0};
+        s2_spec spec;
+        if (s2_spec_load(specs[i], o.sets, o.n_sets, &spec, &err))
+            return fail(&err);
+        s2_jit_opts jo = {.arch = o.arch[0], .cache_dir = o.cache_dir, .threads = o.jobs};
+        s2_tune_candidate *c = NULL;
+        int n = 0;
+        double t0 = now_ms();
+        fprintf(stderr, "%s: building the tuning space of %s for %s ...\n", prog, spec.name,
+                jo.arch);
+        if (s2_tune_build_space(&spec, &jo, (1u << S2_UNIT_ATTN_COUNT) - 1, &c, &n, &err))
+            return fail(&err);
+        printf("spec %s (sha256 %.16s) for %s: %d candidates in %.1f s\n", spec.name,
+               spec.hash_hex, jo.arch, n, (now_ms() - t0) / 1e3);
+        printf("%-9s %10s %6s %7s %6s %9s %9s\n", "unit", "candidates", "built", "spilled",
+               "failed", "max regs", "max smem");
+        for (int u = 0; u < S2_UNIT_ATTN_COUNT; u++) {
+            int cand = 0, ok = 0, spilled = 0, regs = 0, smem = 0;
+            for (int k = 0; k < n; k++) {
+                if (c[k].unit != (s2_attn_unit)u)
+                    continue;
+                cand++;
+                ok += c[k].st == S2_OK;
+                spilled += c[k].st == S2_OK && c[k].spilled;
+                for (int r = 0; r < c[k].n_res; r++)
+                    regs = c[k].res[r].regs > regs ? c[k].res[r].regs : regs;
+                s2_attn_plan plan;
+                if (s2_plan_attn(&spec, jo.arch, &c[k].tile, &plan, NULL) == S2_OK) {
+                    int b = u == S2_UNIT_ATTN_FWD ? plan.smem_fwd : plan.smem_dkdv;
+                    smem = b > smem ? b : smem;
+                }
+            }
+            printf("%-9s %10d %6d %7d %6d %9d %9d\n", s2_attn_unit_name((s2_attn_unit)u), cand, ok,
+                   spilled, cand - ok, regs, smem);
+        }
+        for (int k = 0; k < n; k++)
+            if (c[k].st) {
+                fprintf(stderr, "%s: %s\n", prog, c[k].msg ? c[k].msg : s2_status_to_string(c[k].st));
+                failed++;
+            }
+        s2_tune_free(c, n);
+    }
+    return failed ? 1 : 0;
+}
+
 /* ---------------------------------------------------------------- main */
 
 static const char main_help[] =
@@ -640,6 +745,7 @@ static const char main_help[] =
     "  build    generate and NVRTC-build a spec's kernels (no GPU needed)\n"
     "  attn     run the kernels on tensors from a safetensors file\n"
     "  bench    time the kernels beside the PyTorch peers (bench attn)\n"
+    "  tune     build the whole tuning space of a spec for an arch (--build-only)\n"
     "  version  print versions\n"
     "Run 's2lora COMMAND --help' for a command's options.\n";
 
@@ -670,6 +776,8 @@ int main(int argc, char **argv)
         return cmd_attn(argc - 2, argv + 2);
     if (!strcmp(cmd, "bench"))
         return cmd_bench(argc - 2, argv + 2);
+    if (!strcmp(cmd, "tune"))
+        return cmd_tune(argc - 2, argv + 2);
     if (!strcmp(cmd, "version") || !strcmp(cmd, "--version"))
         return cmd_version();
     fprintf(stderr, "%s: unknown command '%s'\n%s", prog, cmd, main_help);
