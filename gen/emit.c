@@ -62,11 +62,12 @@ static void emit_constants(s2_buf *b, const s2_attn_plan *p, s2_attn_unit unit)
                       "#define S2_BWD_WARPS %d\n"
                       "#define S2_BWD_BN %d\n"
                       "#define S2_BWD_STAGES %d\n"
+                      "#define S2_BWD_ATOMIC_DQ %d\n"
                       "#define S2_BLOCK_M %d\n"
                       "#define S2_BLOCK_N 32\n"
                       "#define S2_WARPS %d\n\n",
-                      p->tile.bwd_warps, p->tile.bwd_block_n, p->tile.bwd_stages, p->bwd_block_m,
-                      p->tile.bwd_warps);
+                      p->tile.bwd_warps, p->tile.bwd_block_n, p->tile.bwd_stages,
+                      p->tile.bwd_atomic_dq, p->bwd_block_m, p->tile.bwd_warps);
 }
 
 static s2_status emit_template(s2_buf *b, const char *name, s2_error *err)

@@ -7,7 +7,8 @@
 #include <string.h>
 
 static const char *const fwd_kernels[] = {"s2_attn_fwd"};
-static const char *const bwd_kernels[] = {"s2_attn_bwd_pre", "s2_attn_bwd_dq", "s2_attn_bwd_dkdv"};
+static const char *const bwd_kernels[] = {"s2_attn_bwd_pre", "s2_attn_bwd_dq", "s2_attn_bwd_dkdv",
+                                          "s2_attn_bwd_dq_convert"};
 
 const char *s2_attn_unit_name(s2_attn_unit u)
 {
@@ -21,7 +22,7 @@ int s2_attn_unit_kernels(s2_attn_unit u, const char *const **names)
         return 1;
     }
     *names = bwd_kernels;
-    return 3;
+    return 4;
 }
 
 s2_attn_tile s2_plan_default_tile(const char *arch, int head_dim)
@@ -47,6 +48,7 @@ static const struct {
     {"bwd_warps", offsetof(s2_attn_tile, bwd_warps)},
     {"bwd_block_n", offsetof(s2_attn_tile, bwd_block_n)},
     {"bwd_stages", offsetof(s2_attn_tile, bwd_stages)},
+    {"bwd_atomic_dq", offsetof(s2_attn_tile, bwd_atomic_dq)},
 };
 #define N_TILE_KEYS ((int)(sizeof tile_keys / sizeof tile_keys[0]))
 
@@ -68,7 +70,8 @@ s2_status s2_plan_parse_tile(const char *text, s2_attn_tile *t, s2_error *err)
         if (k == N_TILE_KEYS)
             return s2_error_set(err, S2_ERR_INVALID,
                                 "tile '%s': unknown key '%.*s'; valid: fwd_warps, fwd_strips, fwd_block_n, "
-                                "fwd_stages, bwd_warps, bwd_block_n, bwd_stages", text, (int)(eq - p), p);
+                                "fwd_stages, bwd_warps, bwd_block_n, bwd_stages, bwd_atomic_dq",
+                                text, (int)(eq - p), p);
         char *num_end;
         long v = strtol(eq + 1, &num_end, 10);
         if (num_end != end || num_end == eq + 1 || v < 0 || v > 4096)
@@ -141,6 +144,8 @@ static int bwd_smem(const s2_attn_tile *t, int d, int *dq, int *dkdv)
     int rows = 2 * 16 * t->bwd_warps + 2 * t->bwd_stages * t->bwd_block_n;
     *dq = rows * (d + 8) * 2;
     *dkdv = *dq + 2 * t->bwd_stages * t->bwd_block_n * (int)sizeof(float);
+    if (t->bwd_atomic_dq) /* dS^T of one tile, [keys][queries + 8 pad], for the dQ product */
+        *dkdv += 16 * t->bwd_warps * (t->bwd_block_n + 8) * 2;
     return *dkdv;
 }
 
@@ -154,6 +159,13 @@ static s2_status check_bwd_tile(const s2_attn_tile *t, int d, int limit, s2_erro
     if (t->bwd_stages < 1 || t->bwd_stages > 4)
         return s2_error_set(err, S2_ERR_INVALID, "tile: bwd_stages = %d, valid 1..4",
                             t->bwd_stages);
+    if (t->bwd_atomic_dq != 0 && t->bwd_atomic_dq != 1)
+        return s2_error_set(err, S2_ERR_INVALID, "tile: bwd_atomic_dq = %d, valid: 0, 1",
+                            t->bwd_atomic_dq);
+    if (d > 128 && t->bwd_atomic_dq)
+        return s2_error_set(err, S2_ERR_INVALID,
+                            "tile: bwd_atomic_dq = 1 with head_dim %d: valid only with the "
+                            "tensor-core backward (head_dim <= 128)", d);
     if (d > 128) { /* the scalar backward: 2 rows a warp, static shared memory */
         int bytes = 2 * bwd_tile_bytes(2 * t->bwd_warps, d) + 2 * bwd_tile_bytes(32, d);
         if (bytes > 48 * 1024)
@@ -233,6 +245,7 @@ s2_status s2_plan_attn(const s2_spec *spec, const char *arch, const s2_attn_tile
     p->smem_fwd = (p->fwd_block_m + 2 * p->tile.fwd_stages * p->tile.fwd_block_n) * (p->d + 8) * 2;
     if (p->bwd_tensor_cores)
         bwd_smem(&p->tile, p->d, &p->smem_dq, &p->smem_dkdv);
+    p->dq_units = (p->tile.bwd_block_n / 16) * (p->d / 32);
     return S2_OK;
 }
 
@@ -285,16 +298,15 @@ int s2_plan_tile_space(const s2_spec *spec, const char *arch, s2_attn_unit unit,
     const int scalar = !p.bwd_tensor_cores;
     for (int a = 0; a < COUNT(warp_counts); a++)
         for (int c = 0; c < (scalar ? 1 : COUNT(bwd_widths)); c++)
-            for (int d = 0; d < (scalar ? 1 : COUNT(stage_counts)); d++) {
-                if (scalar) {
+            for (int d = 0; d < (scalar ? 1 : COUNT(stage_counts)); d++)
+                for (int e = 0; e < (scalar ? 1 : 2); e++) {
                     t.bwd_warps = warp_counts[a];
+                    if (!scalar) {
+                        t.bwd_block_n = bwd_widths[c], t.bwd_stages = stage_counts[d];
+                        t.bwd_atomic_dq = e;
+                    }
                     space_add(spec, arch, &t, &def, out, max, &n);
-                    continue;
                 }
-                t.bwd_warps = warp_counts[a], t.bwd_block_n = bwd_widths[c];
-                t.bwd_stages = stage_counts[d];
-                space_add(spec, arch, &t, &def, out, max, &n);
-            }
     return n;
 }
 

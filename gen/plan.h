@@ -17,7 +17,7 @@
 /* The compiled units of the attention, each one NVRTC program. */
 typedef enum s2_attn_unit {
     S2_UNIT_ATTN_FWD = 0, /* s2_attn_fwd */
-    S2_UNIT_ATTN_BWD,     /* s2_attn_bwd_pre, s2_attn_bwd_dq, s2_attn_bwd_dkdv */
+    S2_UNIT_ATTN_BWD,     /* s2_attn_bwd_pre, s2_attn_bwd_dq, s2_attn_bwd_dkdv, s2_attn_bwd_dq_convert */
     S2_UNIT_ATTN_COUNT
 } s2_attn_unit;
 
@@ -30,6 +30,9 @@ typedef struct s2_attn_tile {
     int bwd_warps;   /* backward: warps per block, 16 rows each (d > 128: 2 rows each) */
     int bwd_block_n; /* backward: keys (dQ) or queries (dK/dV) per streamed tile: 32 or 64 */
     int bwd_stages;  /* backward: streamed tiles in flight: 1..4 */
+    int bwd_atomic_dq; /* backward: 0 = a separate dQ kernel, deterministic; 1 = the dK/dV
+                          kernel also adds dQ into an fp32 accumulator with atomics (two
+                          fewer products per tile pair, run-to-run order not fixed) */
 } s2_attn_tile;
 
 /* How the tiles of one (query tile, key tile) pair classify; see s2_plan_classify(). */
@@ -60,6 +63,7 @@ typedef struct s2_attn_plan {
     int smem_fwd;         /* dynamic shared memory of the forward, bytes */
     int smem_dq, smem_dkdv; /* dynamic shared memory of the backward kernels, bytes (0 for
                                the scalar backward, whose tiles are static) */
+    int dq_units;         /* atomic dQ: (16 queries x 32 dims) pieces of one tile's dQ */
     int smem_limit;       /* the arch's per-block limit, bytes */
 } s2_attn_plan;
 

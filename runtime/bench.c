@@ -509,14 +509,14 @@ static s2_status dev_alloc1(void **p, size_t n, const char *name, s2_error *err)
 }
 
 /* Everything one layer's fwd+bwd needs; *bytes is what "peak" reports for s2lora. */
-static s2_status dev_alloc(dev_bufs *d, size_t nq, size_t nk, size_t nl, size_t *bytes,
-                           s2_error *err)
+static s2_status dev_alloc(dev_bufs *d, size_t nq, size_t nk, size_t nl, size_t ws,
+                           size_t *bytes, s2_error *err)
 {
     struct { void **p; size_t n; const char *name; } a[] = {
         {&d->q, nq * 2, "q"},      {&d->k, nk * 2, "k"},   {&d->v, nk * 2, "v"},
         {&d->dout, nq * 2, "do"},  {&d->o, nq * 2, "o"},   {&d->dq, nq * 2, "dq"},
         {&d->dk, nk * 2, "dk"},    {&d->dv, nk * 2, "dv"}, {(void **)&d->lse, nl * 4, "lse"},
-        {(void **)&d->delta, nl * 4, "delta"}, {(void **)&d->cu, 2 * sizeof(int32_t), "cu_seqlens"},
+        {(void **)&d->delta, ws, "workspace"}, {(void **)&d->cu, 2 * sizeof(int32_t), "cu_seqlens"},
     };
     *bytes = 0;
     for (size_t i = 0; i < sizeof a / sizeof a[0]; i++) {
@@ -680,7 +680,7 @@ static s2_status run_ours(s2_bench_ctx *ctx, const s2_bench_case *c, const char 
     if (!st)
         st = s2_rt_check(cudaMemGetInfo(&free0, &total), "cudaMemGetInfo", err);
     if (!st)
-        st = dev_alloc(&d, h->nq, h->nk, nl, &bytes, err);
+        st = dev_alloc(&d, h->nq, h->nk, nl, s2_attn_workspace_bytes(&a, c->N), &bytes, err);
     if (!st)
         st = dev_upload(&d, h, c->N, err);
     bt.d_cu_seqlens = d.cu;

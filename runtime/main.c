@@ -199,7 +199,7 @@ static void print_build_rows(const char *arch, const s2_jit_result *res, int n_u
             const s2_kernel_res *x = &r->res[k];
             int sp = x->spill_stores + x->spill_loads;
             *spills += sp;
-            printf("%-7s %-9s %-18s %5d %8d %6d %7d %-5s %8.1f\n", arch,
+            printf("%-7s %-9s %-22s %5d %8d %6d %7d %-5s %8.1f\n", arch,
                    s2_attn_unit_name((s2_attn_unit)u), x->name, x->regs, x->smem, x->stack, sp,
                    r->cache_hit ? "hit" : "built", r->ms);
         }
@@ -225,7 +225,7 @@ static int cmd_build(int argc, char **argv)
            spec.hash_hex, spec.s2attn.group_size, spec.s2attn.shift,
            s2_shift_mode_name(spec.s2attn.shift_mode), spec.model.head_dim,
            spec.model.num_heads, spec.model.num_kv_heads, s2_dtype_name(spec.dtype));
-    printf("%-7s %-9s %-18s %5s %8s %6s %7s %-5s %8s\n", "arch", "unit", "kernel", "regs",
+    printf("%-7s %-9s %-22s %5s %8s %6s %7s %-5s %8s\n", "arch", "unit", "kernel", "regs",
            "smem", "stack", "spill", "cache", "ms");
     int spills = 0;
     double t0 = now_ms();
@@ -407,7 +407,8 @@ static s2_status run_attn(const s2_spec *spec, const cli_opts *o, const attn_io 
     if (!st && o->backward) {
         st = dev_copy_in(&dv.dout, io->dout->data, nq, "do", err);
         if (!st)
-            st = dev_copy_in((void **)&dv.delta, NULL, nl, "delta", err);
+            st = dev_copy_in((void **)&dv.delta, NULL, s2_attn_workspace_bytes(&a, io->T),
+                             "backward workspace", err);
         if (!st)
             st = dev_copy_in(&dv.dq, NULL, nq, "dq", err);
         if (!st)

@@ -114,6 +114,8 @@ s2_status s2_attn_load(s2_attn *a, const s2_rt *rt, const s2_spec *spec, const s
         st = get_kernel(&a->dq, a->lib[S2_UNIT_ATTN_BWD], "s2_attn_bwd_dq", err);
     if (!st)
         st = get_kernel(&a->dkdv, a->lib[S2_UNIT_ATTN_BWD], "s2_attn_bwd_dkdv", err);
+    if (!st)
+        st = get_kernel(&a->dq_convert, a->lib[S2_UNIT_ATTN_BWD], "s2_attn_bwd_dq_convert", err);
     if (!st && a->plan.smem_dq)
         st = s2_rt_check(cudaFuncSetAttribute((const void *)a->dq,
                                               cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -189,24 +191,50 @@ s2_status s2_attn_forward(const s2_attn *a, const s2_attn_batch *bt, const void 
                   a->plan.fwd_threads, a->plan.smem_fwd, args, stream, err);
 }
 
+/* delta first, then the dQ accumulator at a 256-byte boundary. */
+static size_t delta_bytes(const s2_attn *a, int T)
+{
+    return ((size_t)a->plan.H * (size_t)T * sizeof(float) + 255) & ~(size_t)255;
+}
+
+size_t s2_attn_workspace_bytes(const s2_attn *a, int T)
+{
+    size_t acc = a->plan.tile.bwd_atomic_dq ? (size_t)T * a->plan.H * a->plan.d * sizeof(float) : 0;
+    return delta_bytes(a, T) + acc;
+}
+
 s2_status s2_attn_backward(const s2_attn *a, const s2_attn_batch *bt, const void *q,
                            const void *k, const void *v, const void *o, const float *lse,
-                           const void *dout, float *delta, void *dq, void *dk, void *dv,
+                           const void *dout, void *ws, void *dq, void *dk, void *dv,
                            cudaStream_t stream, s2_error *err)
 {
     int T = bt->T;
     const s2_attn_plan *p = &a->plan;
+    float *delta = ws;
+    float *dq_acc = p->tile.bwd_atomic_dq ? (float *)((char *)ws + delta_bytes(a, T)) : NULL;
     void *pre_args[] = {&o, &dout, &delta, &T};
-    s2_status st = launch(a->pre, "s2_attn_bwd_pre", s2_plan_grid_pre(p, T), p->bwd_threads, 0, pre_args,
-                          stream, err);
+    s2_status st = launch(a->pre, "s2_attn_bwd_pre", s2_plan_grid_pre(p, T), p->bwd_threads, 0,
+                          pre_args, stream, err);
     if (st)
         return st;
-    void *dq_args[] = {&q, &k, &v, &dout, &lse, &delta, &dq, (void *)&bt->d_cu_seqlens, &T};
-    st = launch(a->dq, "s2_attn_bwd_dq", s2_plan_grid_dq(p, bt->max_seqlen, bt->B),
-                p->bwd_threads, p->smem_dq, dq_args, stream, err);
+    if (dq_acc) {
+        size_t bytes = (size_t)T * p->H * p->d * sizeof(float);
+        st = s2_rt_check(cudaMemsetAsync(dq_acc, 0, bytes, stream), "zeroing the dQ accumulator", err);
+    } else {
+        void *dq_args[] = {&q, &k, &v, &dout, &lse, &delta, &dq, (void *)&bt->d_cu_seqlens, &T};
+        st = launch(a->dq, "s2_attn_bwd_dq", s2_plan_grid_dq(p, bt->max_seqlen, bt->B),
+                    p->bwd_threads, p->smem_dq, dq_args, stream, err);
+    }
     if (st)
         return st;
-    void *kv_args[] = {&q, &k, &v, &dout, &lse, &delta, &dk, &dv, (void *)&bt->d_cu_seqlens, &T};
-    return launch(a->dkdv, "s2_attn_bwd_dkdv", s2_plan_grid_dkdv(p, bt->max_seqlen, bt->B),
-                  p->bwd_threads, p->smem_dkdv, kv_args, stream, err);
+    void *kv_args[] = {&q, &k, &v, &dout, &lse, &delta, &dk, &dv, &dq_acc,
+                       (void *)&bt->d_cu_seqlens, &T};
+    st = launch(a->dkdv, "s2_attn_bwd_dkdv", s2_plan_grid_dkdv(p, bt->max_seqlen, bt->B),
+                p->bwd_threads, p->smem_dkdv, kv_args, stream, err);
+    if (st || !dq_acc)
+        return st;
+    long count = (long)T * p->H * p->d;
+    void *cv_args[] = {&dq_acc, &dq, &count};
+    s2_dim3 g = {(unsigned)((count + 255) / 256 < 4096 ? (count + 255) / 256 : 4096), 1, 1};
+    return launch(a->dq_convert, "s2_attn_bwd_dq_convert", g, 256, 0, cv_args, stream, err);
 }

@@ -42,7 +42,7 @@ s2_status s2_attn_build(const s2_spec *spec, const s2_attn_tile *tile, const s2_
 typedef struct s2_attn {
     s2_attn_plan plan;
     cudaLibrary_t lib[S2_UNIT_ATTN_COUNT];
-    cudaKernel_t fwd, pre, dq, dkdv;
+    cudaKernel_t fwd, pre, dq, dkdv, dq_convert;
     double build_ms[S2_UNIT_ATTN_COUNT];
     int cache_hit[S2_UNIT_ATTN_COUNT];
 } s2_attn;
@@ -71,10 +71,17 @@ s2_status s2_attn_batch_init(s2_attn_batch *bt, const int32_t *cu_seqlens, int B
 s2_status s2_attn_forward(const s2_attn *a, const s2_attn_batch *bt, const void *q, const void *k,
                           const void *v, void *o, float *lse, cudaStream_t stream, s2_error *err);
 
-/* Backward. delta is a workspace of [H,T] fp32; dq [T,H,d], dk/dv [T,Hkv,d]. */
+/*
+ * Bytes of device workspace the backward needs for T tokens: delta [H,T] fp32 and, with the
+ * atomic-dQ tile, the dQ accumulator [T,H,d] fp32. Nothing else is allocated anywhere.
+ */
+size_t s2_attn_workspace_bytes(const s2_attn *a, int T);
+
+/* Backward. ws: s2_attn_workspace_bytes() of device memory (contents need not be set);
+ * dq [T,H,d], dk/dv [T,Hkv,d]. */
 s2_status s2_attn_backward(const s2_attn *a, const s2_attn_batch *bt, const void *q,
                            const void *k, const void *v, const void *o, const float *lse,
-                           const void *dout, float *delta, void *dq, void *dk, void *dv,
+                           const void *dout, void *ws, void *dq, void *dk, void *dv,
                            cudaStream_t stream, s2_error *err);
 
 #endif

@@ -7,6 +7,9 @@
 //                     query tiles that can see them (from the tile's first key to the end of its
 //                     last key's group), for every query head of the kv head, so GQA sums in
 //                     registers without a copy or an atomic.
+// With S2_BWD_ATOMIC_DQ the dK/dV kernel also adds this tile's dS K into an fp32 dQ
+// accumulator (atomics; s2_attn_bwd_dq_convert scales and rounds it), and s2_attn_bwd_dq is not
+// launched: two products per tile pair fewer, at the price of a run-to-run summation order.
 // Tiles: S2_BWD_WARPS warps of 16 rows; S2_BWD_BN columns per streamed tile, S2_BWD_STAGES
 // deep. Rows are strips of 16 per warp as in the forward; see mma.cuh for the fragment shapes.
 
@@ -121,12 +124,70 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
     s2_store_strip(dq, S2_NUM_HEADS, h, acc[0], S2_SCALE, row0, n, seq0, cls, lane);
 }
 
+#if S2_BWD_ATOMIC_DQ
+#define S2_DS_LD (S2_BWD_BN + 8) // dS^T row stride: 16 bytes of pad keep ldmatrix conflict-free
+
+// dQ[x] += sum over this block's keys y of dS[x][y] K[y], into the fp32 accumulator. Each warp
+// stores its strip of dS^T (16 keys x BN queries, as bf16/fp16) in shared memory; then the
+// tile's dQ (BN queries x d) is cut into pieces of 16 queries x 32 dims, each a product over
+// all S2_BWD_BM keys of the block (A = dS via ldmatrix.trans of dS^T, B = K via
+// ldmatrix.trans), added with one atomic per element: one atomic per (query, dim, key block).
+__device__ __forceinline__ void s2_dq_atomic(s2_elem *sds, const float (&ds)[S2_BNT][4],
+                                             const s2_elem *sk, float *dq_acc, int h, int x0,
+                                             int n, int seq0, int cls, int warp, int lane)
+{
+    const int g = lane / 4, t = lane % 4;
+#pragma unroll
+    for (int j = 0; j < S2_BNT; j++)
+#pragma unroll
+        for (int hf = 0; hf < 2; hf++)
+            *(unsigned *)(sds + (warp * 16 + g + 8 * hf) * S2_DS_LD + j * 8 + 2 * t) =
+                s2_pack2(ds[j][2 * hf], ds[j][2 * hf + 1]);
+    __syncthreads();
+    constexpr int QS = S2_BWD_BN / 16, CC = S2_HEAD_DIM / 32; // query strips, 32-dim chunks
+    for (int unit = warp; unit < QS * CC; unit += S2_BWD_WARPS) {
+        const int q0 = (unit % QS) * 16, c0 = (unit / QS) * 32;
+        float c[4][4];
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+            c[i][0] = c[i][1] = c[i][2] = c[i][3] = 0.f;
+#pragma unroll
+        for (int k0 = 0; k0 < S2_BWD_BM; k0 += 16) {
+            unsigned a[4];
+            s2_ldmatrix_x4_trans(a[0], a[1], a[2], a[3],
+                                 sds + (k0 + (lane % 8) + (lane / 16) * 8) * S2_DS_LD + q0 + ((lane / 8) % 2) * 8);
+#pragma unroll
+            for (int i = 0; i < 4; i += 2) {
+                unsigned b0, b1, b2, b3;
+                s2_ldmatrix_x4_trans(b0, b1, b2, b3,
+                                     sk + (k0 + (lane % 8) + ((lane / 8) % 2) * 8) * S2_LD + c0 + i * 8 + (lane / 16) * 8);
+                s2_mma(c[i], a, b0, b1);
+                s2_mma(c[i + 1], a, b2, b3);
+            }
+        }
+#pragma unroll
+        for (int hf = 0; hf < 2; hf++) {
+            const int x = x0 + q0 + g + 8 * hf;
+            if (x >= n)
+                continue;
+            float *row = dq_acc + ((long)(seq0 + s2_position(x, cls, n)) * S2_NUM_HEADS + h) * S2_HEAD_DIM + c0;
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                atomicAdd(row + i * 8 + 2 * t, c[i][2 * hf]);
+                atomicAdd(row + i * 8 + 2 * t + 1, c[i][2 * hf + 1]);
+            }
+        }
+    }
+}
+#endif
+
 extern "C" __global__ void __launch_bounds__(S2_BWD_THREADS)
 s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
                  const s2_elem *__restrict__ v, const s2_elem *__restrict__ dout,
                  const float *__restrict__ lse, const float *__restrict__ delta,
                  s2_elem *__restrict__ dk, // [T, Hkv, d]
                  s2_elem *__restrict__ dv, // [T, Hkv, d]
+                 float *__restrict__ dq_acc, // [T, H, d] fp32, zeroed; used with S2_BWD_ATOMIC_DQ
                  const int *__restrict__ cu_seqlens, int total_tokens)
 {
     extern __shared__ __align__(16) unsigned char s2_smem[];
@@ -134,6 +195,7 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
     s2_elem *sv = sk + S2_BWD_BM * S2_LD;   // [BM][LD]
     s2_elem *sqd = sv + S2_BWD_BM * S2_LD;  // [stages][Q, dO][BN][LD]
     float *sl = (float *)(sqd + 2 * S2_BWD_STAGES * S2_BWD_BN * S2_LD); // [stages][lse2, delta][BN]
+    s2_elem *sds = (s2_elem *)(sl + 2 * S2_BWD_STAGES * S2_BWD_BN); // [BM][BN + 8]: dS^T
     const int qd_stride = S2_BWD_BN * S2_LD;
 
     const int hk = blockIdx.y, b = blockIdx.z;
@@ -226,6 +288,9 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
             }
         s2_mma_pb(adv, s, sdo, lane); // dV += P^T dO
         s2_mma_pb(adk, dp, sq, lane); // dK += dS^T Q
+#if S2_BWD_ATOMIC_DQ
+        s2_dq_atomic(sds, dp[0], sk, dq_acc, hk * rep + it / n_qt, x0, n, seq0, cls, warp, lane);
+#endif
         __syncthreads();
     }
     s2_cp_async_wait<0>();

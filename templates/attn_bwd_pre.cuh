@@ -26,3 +26,11 @@ s2_attn_bwd_pre(const s2_elem *__restrict__ o,   // [T, H, d]
     }
 }
 
+
+// With the atomic dQ of attn_bwd.cuh: dq = round(scale * dq_acc), [T, H, d].
+extern "C" __global__ void __launch_bounds__(256)
+s2_attn_bwd_dq_convert(const float *__restrict__ dq_acc, s2_elem *__restrict__ dq, long count)
+{
+    for (long i = (long)blockIdx.x * 256 + threadIdx.x; i < count; i += (long)gridDim.x * 256)
+        dq[i] = s2_from_f32(dq_acc[i] * S2_SCALE);
+}

@@ -103,6 +103,7 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
                  const float *__restrict__ lse, const float *__restrict__ delta,
                  s2_elem *__restrict__ dk, // [T, Hkv, d]
                  s2_elem *__restrict__ dv, // [T, Hkv, d]
+                 float *__restrict__ dq_acc, // unused here: the same signature as attn_bwd.cuh
                  const int *__restrict__ cu_seqlens, int total_tokens)
 {
     __shared__ __align__(16) s2_elem sk[S2_BLOCK_M * S2_ROW];

@@ -70,15 +70,21 @@ static const char *alt_tile(int i, int d)
 {
     static const char *const upto128[N_TILES] = {
         NULL,
-        "fwd_warps=4,fwd_strips=2,fwd_block_n=32,fwd_stages=3,bwd_warps=8,bwd_block_n=32,bwd_stages=3",
-        "fwd_warps=2,fwd_strips=1,fwd_block_n=64,fwd_stages=1,bwd_warps=2,bwd_block_n=32,bwd_stages=1",
-        "fwd_warps=4,fwd_strips=1,fwd_block_n=128,fwd_stages=2,bwd_warps=1,bwd_block_n=32,bwd_stages=4",
+        "fwd_warps=4,fwd_strips=2,fwd_block_n=32,fwd_stages=3,bwd_warps=8,bwd_block_n=32,bwd_stages=3,"
+        "bwd_atomic_dq=0",
+        "fwd_warps=2,fwd_strips=1,fwd_block_n=64,fwd_stages=1,bwd_warps=2,bwd_block_n=32,bwd_stages=1,"
+        "bwd_atomic_dq=1",
+        "fwd_warps=4,fwd_strips=1,fwd_block_n=128,fwd_stages=2,bwd_warps=4,bwd_block_n=32,bwd_stages=2,"
+        "bwd_atomic_dq=1",
     };
     static const char *const d256[N_TILES] = {
         NULL,
-        "fwd_warps=8,fwd_strips=1,fwd_block_n=32,fwd_stages=3,bwd_warps=4,bwd_block_n=32,bwd_stages=2",
-        "fwd_warps=2,fwd_strips=1,fwd_block_n=32,fwd_stages=1,bwd_warps=2,bwd_block_n=32,bwd_stages=2",
-        "fwd_warps=1,fwd_strips=1,fwd_block_n=32,fwd_stages=4,bwd_warps=1,bwd_block_n=32,bwd_stages=2",
+        "fwd_warps=8,fwd_strips=1,fwd_block_n=32,fwd_stages=3,bwd_warps=4,bwd_block_n=32,bwd_stages=2,"
+        "bwd_atomic_dq=0",
+        "fwd_warps=2,fwd_strips=1,fwd_block_n=32,fwd_stages=1,bwd_warps=2,bwd_block_n=32,bwd_stages=2,"
+        "bwd_atomic_dq=0",
+        "fwd_warps=1,fwd_strips=1,fwd_block_n=32,fwd_stages=4,bwd_warps=1,bwd_block_n=32,bwd_stages=2,"
+        "bwd_atomic_dq=0",
     };
     return d > 128 ? d256[i] : upto128[i];
 }
@@ -244,7 +250,8 @@ static s2_status run_case(const s2_rt *rt, const gcase *c, int tile_idx, const s
     CK(cudaMalloc(&d.dk, nk * 2), "cudaMalloc dk");
     CK(cudaMalloc(&d.dv, nk * 2), "cudaMalloc dv");
     CK(cudaMalloc((void **)&d.lse, nl * 4), "cudaMalloc lse");
-    CK(cudaMalloc((void **)&d.delta, nl * 4), "cudaMalloc delta");
+    const size_t ws = s2_attn_workspace_bytes(&a, T);
+    CK(cudaMalloc((void **)&d.delta, ws), "cudaMalloc backward workspace");
     CK(cudaMalloc((void **)&d.cu, sizeof cu), "cudaMalloc cu_seqlens");
     CK(cudaMemcpy(d.q, h.q, nq * 2, cudaMemcpyHostToDevice), "copy q");
     CK(cudaMemcpy(d.k, h.k, nk * 2, cudaMemcpyHostToDevice), "copy k");
@@ -257,7 +264,7 @@ static s2_status run_case(const s2_rt *rt, const gcase *c, int tile_idx, const s
     CK(cudaMemset(d.dk, 0xff, nk * 2), "poison dk");
     CK(cudaMemset(d.dv, 0xff, nk * 2), "poison dv");
     CK(cudaMemset(d.lse, 0xff, nl * 4), "poison lse");
-    CK(cudaMemset(d.delta, 0xff, nl * 4), "poison delta");
+    CK(cudaMemset(d.delta, 0xff, ws), "poison the backward workspace");
     bt.d_cu_seqlens = d.cu;
     if ((st = s2_attn_forward(&a, &bt, d.q, d.k, d.v, d.o, d.lse, 0, err)))
         goto out_free;
