@@ -93,6 +93,20 @@ const char *s2_plan_tile_str(const s2_attn_tile *t, char *buf, size_t n)
     return buf;
 }
 
+void s2_plan_attn_identity(const s2_spec *spec, char hex[65])
+{
+    char text[512];
+    snprintf(text, sizeof text,
+             "s2attn dtype=%s head_dim=%d num_heads=%d num_kv_heads=%d group_size=%d shift=%d "
+             "shift_mode=%s softmax_scale=%.17g",
+             s2_dtype_name(spec->dtype), spec->model.head_dim, spec->model.num_heads,
+             spec->model.num_kv_heads, spec->s2attn.group_size, spec->s2attn.shift,
+             s2_shift_mode_name(spec->s2attn.shift_mode), spec->s2attn.softmax_scale);
+    uint8_t h[32];
+    s2_sha256(text, strlen(text), h);
+    s2_hex(h, 32, hex);
+}
+
 /* Per-block shared memory an arch allows (opt-in), bytes. */
 static int smem_limit(const char *arch)
 {

@@ -86,6 +86,14 @@ s2_status s2_plan_parse_tile(const char *text, s2_attn_tile *t, s2_error *err);
 int s2_plan_tile_space(const s2_spec *spec, const char *arch, s2_attn_unit unit,
                        s2_attn_tile *out, int max);
 
+/*
+ * The identity of the attention kernels of spec, 64 hex digits: SHA-256 over what the
+ * generated attention depends on (dtype, head dim, heads, kv heads, G, S, shift mode, scale) —
+ * not the spec's name, context length or LoRA settings. The tuning database keys tuned tiles
+ * by it, so every spec with the same attention shares them.
+ */
+void s2_plan_attn_identity(const s2_spec *spec, char hex[65]);
+
 /* "fwd_warps=4,fwd_block_n=64,..." into buf; returns buf. */
 const char *s2_plan_tile_str(const s2_attn_tile *t, char *buf, size_t n);
 

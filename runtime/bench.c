@@ -11,6 +11,7 @@
  * device buffers are freed, so each side has the whole card.
  */
 #include "bench.h"
+#include "tune.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -666,7 +667,13 @@ static s2_status run_ours(s2_bench_ctx *ctx, const s2_bench_case *c, const char 
     s2_status st = tile_text ? s2_plan_parse_tile(tile_text, &tile, err) : S2_OK;
     if (st)
         return st;
-    char ts[160];
+    char ts[200];
+    if (!tile_text) { /* the tuned tile for this GPU and N when there is one */
+        s2_tune_choice choice;
+        s2_tune_select_cached(&jo, ctx->rt.name, ctx->rt.arch, sp, c->N, &choice);
+        tile = choice.tile;
+        row_note(row, "%s", choice.tuned[0] || choice.tuned[1] ? "tuned" : "default");
+    }
     row_note(row, "tile %s", s2_plan_tile_str(&tile, ts, sizeof ts));
     s2_attn a;
     st = s2_attn_load(&a, &ctx->rt, sp, &tile, &jo, err);

@@ -377,14 +377,21 @@ static s2_status run_attn(const s2_spec *spec, const cli_opts *o, const attn_io 
         return st;
     s2_attn a;
     s2_jit_opts jo = {.cache_dir = o->cache_dir, .no_cache = o->no_cache};
+    s2_attn_batch bt;
+    st = s2_attn_batch_init(&bt, io->cu_host, io->B, io->T, "cu_seqlens", err);
     s2_attn_tile tile;
-    const s2_attn_tile *tp = cli_tile(o, spec, rt.arch, &tile, err, &st);
+    const s2_attn_tile *tp = st ? NULL : cli_tile(o, spec, rt.arch, &tile, err, &st);
+    if (!st && !tp) { /* no --tile: the tuned tile for this GPU and length, else the default */
+        s2_tune_choice choice;
+        s2_tune_select_cached(&jo, rt.name, rt.arch, spec, bt.max_seqlen, &choice);
+        fprintf(stderr, "%s: tile: %s\n", prog, choice.why);
+        tile = choice.tile;
+        tp = &tile;
+    }
     if (!st)
         st = s2_attn_load(&a, &rt, spec, tp, &jo, err);
     if (st)
         return st;
-    s2_attn_batch bt;
-    st = s2_attn_batch_init(&bt, io->cu_host, io->B, io->T, "cu_seqlens", err);
     const int H = spec->model.num_heads, Hkv = spec->model.num_kv_heads, d = spec->model.head_dim;
     const size_t nq = (size_t)io->T * H * d * 2, nk = (size_t)io->T * Hkv * d * 2;
     const size_t nl = (size_t)H * io->T * sizeof(float);

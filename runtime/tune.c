@@ -2,6 +2,7 @@
 #include "tune.h"
 
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -127,4 +128,83 @@ void s2_tune_free(s2_tune_candidate *c, int n)
     for (int i = 0; i < n; i++)
         free(c[i].msg);
     free(c);
+}
+
+/* Copies the fields of unit u from src into dst. */
+static void take_unit_fields(s2_attn_tile *dst, const s2_attn_tile *src, s2_attn_unit u)
+{
+    if (u == S2_UNIT_ATTN_FWD) {
+        dst->fwd_warps = src->fwd_warps, dst->fwd_strips = src->fwd_strips;
+        dst->fwd_block_n = src->fwd_block_n, dst->fwd_stages = src->fwd_stages;
+        return;
+    }
+    dst->bwd_warps = src->bwd_warps, dst->bwd_block_n = src->bwd_block_n;
+    dst->bwd_stages = src->bwd_stages, dst->bwd_atomic_dq = src->bwd_atomic_dq;
+}
+
+/* The database's tile for unit u, if usable; why gets a word either way. */
+static int select_unit(const s2_tunedb *db, const s2_tunedb_key *key, const s2_spec *spec,
+                       const char *arch, s2_attn_unit u, s2_tune_choice *out, s2_buf *why)
+{
+    s2_tunedb_entry e;
+    if (!db || !s2_tunedb_lookup(db, key, 0, &e)) {
+        s2_buf_printf(why, "%s: default", s2_attn_unit_name(u));
+        return 0;
+    }
+    s2_attn_tile t = s2_plan_default_tile(arch, spec->model.head_dim);
+    s2_attn_tile merged = out->tile;
+    s2_attn_plan p;
+    if (s2_plan_parse_tile(e.tile, &t, NULL) == S2_OK) {
+        take_unit_fields(&merged, &t, u);
+        if (s2_plan_attn(spec, arch, &merged, &p, NULL) == S2_OK) {
+            out->tile = merged;
+            s2_buf_printf(why, "%s: tuned (%s, %.3f ms vs %.3f default, %s)",
+                          s2_attn_unit_name(u), e.shape, e.tuned_ms, e.default_ms, e.when);
+            return 1;
+        }
+    }
+    s2_buf_printf(why, "%s: default (the tuned tile '%s' no longer plans)", s2_attn_unit_name(u),
+                  e.tile);
+    return 0;
+}
+
+void s2_tune_select(const s2_tunedb *db, const char *device, const char *arch,
+                    const s2_spec *spec, int seqlen, s2_tune_choice *out)
+{
+    memset(out, 0, sizeof *out);
+    out->tile = s2_plan_default_tile(arch, spec->model.head_dim);
+    char ident[65], shape[64];
+    s2_plan_attn_identity(spec, ident);
+    s2_tunedb_shape_class(seqlen, shape, sizeof shape);
+    s2_buf why = {0};
+    for (int u = 0; u < S2_UNIT_ATTN_COUNT; u++) {
+        s2_tunedb_key key = {.device = device, .arch = arch,
+                             .kernel = s2_attn_unit_name((s2_attn_unit)u),
+                             .spec_sha256 = ident, .shape = shape};
+        if (u)
+            s2_buf_append(&why, "; ", 2);
+        out->tuned[u] = select_unit(db, &key, spec, arch, (s2_attn_unit)u, out, &why);
+    }
+    snprintf(out->why, sizeof out->why, "%s", why.data ? why.data : "default");
+    s2_buf_free(&why);
+}
+
+void s2_tune_select_cached(const s2_jit_opts *jo, const char *device, const char *arch,
+                           const s2_spec *spec, int seqlen, s2_tune_choice *out)
+{
+    char dir[1024];
+    s2_tunedb *db = NULL;
+    s2_error err = {0};
+    if (s2_jit_cache_dir(jo, dir, sizeof dir, &err) == S2_OK)
+        s2_tunedb_open(dir, device, &db, &err);
+    s2_tune_select(db, device, arch, spec, seqlen, out);
+    if (!db) {
+        s2_buf why = {0};
+        s2_buf_printf(&why, "%s (no tuning database: %s)", out->why, err.msg ? err.msg : "none");
+        if (why.data)
+            snprintf(out->why, sizeof out->why, "%s", why.data);
+        s2_buf_free(&why);
+    }
+    s2_tunedb_close(db);
+    s2_error_clear(&err);
 }

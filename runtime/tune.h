@@ -11,6 +11,7 @@
 
 #include "../gen/plan.h"
 #include "jit.h"
+#include "tune_db.h"
 
 typedef struct s2_tune_candidate {
     s2_attn_unit unit;    /* the unit this candidate varies */
@@ -36,5 +37,29 @@ s2_status s2_tune_build_space(const s2_spec *spec, const s2_jit_opts *jo, unsign
                               s2_tune_candidate **out, int *n, s2_error *err);
 
 void s2_tune_free(s2_tune_candidate *c, int n);
+
+/* The tile a run uses, and where each unit's part came from. */
+typedef struct s2_tune_choice {
+    s2_attn_tile tile;
+    int tuned[S2_UNIT_ATTN_COUNT]; /* 1: that unit's fields came from the database */
+    char why[512];                 /* one line for the user: "attn_fwd: tuned (N<=16384, ...)" */
+} s2_tune_choice;
+
+/*
+ * Picks the tile for spec at seqlen tokens on (device, arch): the plan's default, with each
+ * unit's fields replaced by the database's entry for (device, arch, unit name, attention
+ * identity, shape class of seqlen) when there is a usable one (not stale, tile still valid
+ * for this spec and arch). db may be NULL (no database: the default). Never fails: an entry
+ * that cannot be used is named in why and the default stands.
+ */
+void s2_tune_select(const s2_tunedb *db, const char *device, const char *arch,
+                    const s2_spec *spec, int seqlen, s2_tune_choice *out);
+
+/*
+ * The same from the database of device in the cache directory that jo resolves to (see
+ * s2_jit_cache_dir). A missing or unreadable database is the default, said in why.
+ */
+void s2_tune_select_cached(const s2_jit_opts *jo, const char *device, const char *arch,
+                           const s2_spec *spec, int seqlen, s2_tune_choice *out);
 
 #endif

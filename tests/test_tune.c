@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "run_cmd.h"
+#include "gen/emit.h"
 #include "runtime/tune.h"
 
 #define BIN S2_BINARY_DIR "/s2lora"
@@ -70,4 +71,127 @@ Test(tune, cli_says_what_this_version_does)
     cr_expect_eq(run(BIN " tune " S2_SOURCE_DIR "/specs/tiny-byte-512.yaml --build-only", &out), 2);
     cr_expect(strstr(out, "one --arch"), "%s", out);
     free(out);
+}
+
+/* ---- selection: how a run picks its tile from the database (no GPU) ---- */
+
+#define DEV "NVIDIA H100 80GB HBM3"
+
+static s2_spec spec_named(const char *name, const char *extra)
+{
+    char yaml[1024];
+    snprintf(yaml, sizeof yaml,
+             "name: %s\ncontext_length: 16384\n"
+             "model: {hidden_size: 4096, intermediate_size: 11008, num_layers: 2, num_heads: 32,\n"
+             "        head_dim: 128, vocab_size: 32000, max_position_embeddings: 4096}\n%s",
+             name, extra);
+    s2_spec s;
+    s2_error err = {0};
+    cr_assert_eq(s2_spec_load_string(yaml, "t.yaml", NULL, 0, &s, &err), S2_OK, "%s", err.msg);
+    return s;
+}
+
+static void put_entry(s2_tunedb *db, const s2_spec *spec, const char *arch, const char *unit,
+                      int seqlen, const char *tile, const char *gen)
+{
+    s2_tunedb_entry e = {0};
+    snprintf(e.device, sizeof e.device, DEV);
+    snprintf(e.arch, sizeof e.arch, "%s", arch);
+    snprintf(e.kernel, sizeof e.kernel, "%s", unit);
+    s2_plan_attn_identity(spec, e.spec_sha256);
+    s2_tunedb_shape_class(seqlen, e.shape, sizeof e.shape);
+    snprintf(e.tile, sizeof e.tile, "%s", tile);
+    e.default_ms = 2.0, e.tuned_ms = 1.5;
+    snprintf(e.gen, sizeof e.gen, "%s", gen);
+    snprintf(e.nvrtc, sizeof e.nvrtc, "13.0");
+    s2_tunedb_now(e.when);
+    s2_error err = {0};
+    cr_assert_eq(s2_tunedb_put(db, &e, &err), S2_OK, "%s", err.msg);
+}
+
+static s2_tunedb *fresh_db(void)
+{
+    static char dir[64];
+    snprintf(dir, sizeof dir, "/tmp/s2sel.XXXXXX");
+    cr_assert(mkdtemp(dir));
+    s2_tunedb *db = NULL;
+    s2_error err = {0};
+    cr_assert_eq(s2_tunedb_open(dir, DEV, &db, &err), S2_OK, "%s", err.msg);
+    return db;
+}
+
+Test(select, no_database_means_the_default)
+{
+    s2_spec s = spec_named("a", "");
+    s2_tune_choice c;
+    s2_tune_select(NULL, DEV, "sm_90a", &s, 16384, &c);
+    s2_attn_tile def = s2_plan_default_tile("sm_90a", 128);
+    cr_expect_eq(memcmp(&c.tile, &def, sizeof def), 0);
+    cr_expect_eq(c.tuned[0] + c.tuned[1], 0);
+    cr_expect(strstr(c.why, "attn_fwd: default"), "%s", c.why);
+}
+
+Test(select, each_unit_takes_its_own_fields)
+{
+    s2_spec s = spec_named("a", "");
+    s2_tunedb *db = fresh_db();
+    /* The forward entry's backward fields must not leak into the choice, nor the reverse. */
+    put_entry(db, &s, "sm_90a", "attn_fwd", 16384,
+              "fwd_warps=8,fwd_strips=1,fwd_block_n=64,fwd_stages=3,bwd_warps=1", S2_GEN_VERSION);
+    s2_tune_choice c;
+    s2_tune_select(db, DEV, "sm_90a", &s, 16384, &c);
+    s2_attn_tile def = s2_plan_default_tile("sm_90a", 128);
+    cr_expect_eq(c.tuned[S2_UNIT_ATTN_FWD], 1);
+    cr_expect_eq(c.tuned[S2_UNIT_ATTN_BWD], 0);
+    cr_expect_eq(c.tile.fwd_warps, 8);
+    cr_expect_eq(c.tile.fwd_block_n, 64);
+    cr_expect_eq(c.tile.fwd_stages, 3);
+    cr_expect_eq(c.tile.bwd_warps, def.bwd_warps, "bwd fields stay the default");
+    cr_expect(strstr(c.why, "attn_fwd: tuned (N<=16384"), "%s", c.why);
+
+    put_entry(db, &s, "sm_90a", "attn_bwd", 16384,
+              "fwd_warps=1,bwd_warps=8,bwd_block_n=32,bwd_stages=3,bwd_atomic_dq=1", S2_GEN_VERSION);
+    s2_tune_select(db, DEV, "sm_90a", &s, 16384, &c);
+    cr_expect_eq(c.tuned[S2_UNIT_ATTN_BWD], 1);
+    cr_expect_eq(c.tile.bwd_warps, 8);
+    cr_expect_eq(c.tile.bwd_atomic_dq, 1);
+    cr_expect_eq(c.tile.fwd_warps, 8, "the forward still comes from its own entry");
+    s2_tunedb_close(db);
+}
+
+Test(select, keys_must_match)
+{
+    s2_spec s = spec_named("a", "");
+    s2_tunedb *db = fresh_db();
+    put_entry(db, &s, "sm_90a", "attn_fwd", 16384, "fwd_warps=8,fwd_strips=1", S2_GEN_VERSION);
+    s2_tune_choice c;
+    s2_tune_select(db, DEV, "sm_90a", &s, 40000, &c); /* another shape class */
+    cr_expect_eq(c.tuned[S2_UNIT_ATTN_FWD], 0, "%s", c.why);
+    s2_tune_select(db, DEV, "sm_80", &s, 16384, &c); /* another arch */
+    cr_expect_eq(c.tuned[S2_UNIT_ATTN_FWD], 0, "%s", c.why);
+    s2_spec other = spec_named("a", "s2attn: {group_size: 2048}\n"); /* other attention */
+    s2_tune_select(db, DEV, "sm_90a", &other, 16384, &c);
+    cr_expect_eq(c.tuned[S2_UNIT_ATTN_FWD], 0, "%s", c.why);
+    /* Same attention under another name and LoRA setting: the same kernels, the same entry. */
+    s2_spec twin = spec_named("b", "lora: {rank: 64}\n");
+    s2_tune_select(db, DEV, "sm_90a", &twin, 16384, &c);
+    cr_expect_eq(c.tuned[S2_UNIT_ATTN_FWD], 1, "%s", c.why);
+    s2_tunedb_close(db);
+}
+
+Test(select, stale_and_unplannable_entries_fall_back)
+{
+    s2_spec s = spec_named("a", "");
+    s2_tunedb *db = fresh_db();
+    put_entry(db, &s, "sm_90a", "attn_fwd", 16384, "fwd_warps=8,fwd_strips=1", "s2lora-gen-0");
+    s2_tune_choice c;
+    s2_tune_select(db, DEV, "sm_90a", &s, 16384, &c);
+    cr_expect_eq(c.tuned[S2_UNIT_ATTN_FWD], 0, "another generator's entry is not used: %s", c.why);
+    /* Parses, but this arch's shared memory cannot hold it: the default stands, and why says so. */
+    put_entry(db, &s, "sm_86", "attn_fwd", 16384,
+              "fwd_warps=8,fwd_strips=1,fwd_block_n=128,fwd_stages=4", S2_GEN_VERSION);
+    s2_tune_select(db, DEV, "sm_86", &s, 16384, &c);
+    cr_expect_eq(c.tuned[S2_UNIT_ATTN_FWD], 0);
+    cr_expect(strstr(c.why, "no longer plans"), "%s", c.why);
+    s2_tunedb_close(db);
 }
