@@ -58,19 +58,7 @@ double s2_bench_tflops(double flops, double ms)
     return flops / (ms * 1e-3) / 1e12;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-double s2_bench_median(double *v, int n)
-{
-    if (n <= 0)
-        return NAN;
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
+double s2_bench_median(double *v, int n) { return n <= 0 ? NAN : s2_rt_median(v, n); }
 
 void s2_bench_rows_free(s2_bench_rows *r)
 {
@@ -553,44 +541,23 @@ static s2_status run_fwd_bwd(const ours_run *r, s2_error *err)
     return st;
 }
 
-/*
- * warmup untimed runs, then reps runs between back-to-back events (run i lies
- * between event i and i+1, so no host gap is timed twice); *ms = the median.
- */
+/* Adapts a run to s2_rt_time_median's callback. */
+typedef struct timed_run {
+    run_fn fn;
+    const ours_run *r;
+} timed_run;
+
+static s2_status timed_call(void *ctx, s2_error *err)
+{
+    const timed_run *t = ctx;
+    return t->fn(t->r, err);
+}
+
 static s2_status time_median(run_fn fn, const ours_run *r, int warmup, int reps, double *ms,
                              s2_error *err)
 {
-    cudaEvent_t *ev = calloc((size_t)reps + 1, sizeof *ev);
-    double *t = calloc((size_t)reps, sizeof *t);
-    s2_status st = ev && t ? S2_OK : s2_error_set(err, S2_ERR_NOMEM, "out of memory for events");
-    int created = 0;
-    while (!st && created <= reps) {
-        st = s2_rt_check(cudaEventCreate(&ev[created]), "cudaEventCreate", err);
-        created += !st;
-    }
-    for (int i = 0; !st && i < warmup; i++)
-        st = fn(r, err);
-    if (!st)
-        st = s2_rt_check(cudaEventRecord(ev[0], 0), "cudaEventRecord", err);
-    for (int i = 0; !st && i < reps; i++) {
-        st = fn(r, err);
-        if (!st)
-            st = s2_rt_check(cudaEventRecord(ev[i + 1], 0), "cudaEventRecord", err);
-    }
-    if (!st)
-        st = s2_rt_check(cudaEventSynchronize(ev[reps]), "running the timed kernels", err);
-    for (int i = 0; !st && i < reps; i++) {
-        float e = 0;
-        st = s2_rt_check(cudaEventElapsedTime(&e, ev[i], ev[i + 1]), "cudaEventElapsedTime", err);
-        t[i] = e;
-    }
-    if (!st)
-        *ms = s2_bench_median(t, reps);
-    for (int i = 0; i < created; i++)
-        cudaEventDestroy(ev[i]);
-    free(ev);
-    free(t);
-    return st;
+    timed_run t = {.fn = fn, .r = r};
+    return s2_rt_time_median(timed_call, &t, warmup, reps, NULL, 0, ms, err);
 }
 
 /* Copies a device half tensor to the host and counts its inf/NaN into the row's note. */

@@ -15,6 +15,61 @@ s2_status s2_rt_check(cudaError_t e, const char *what, s2_error *err)
                         cudaGetErrorName(e));
 }
 
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+double s2_rt_median(double *t, int n)
+{
+    qsort(t, (size_t)n, sizeof *t, cmp_double);
+    return n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
+}
+
+s2_status s2_rt_time_median(s2_rt_work fn, void *ctx, int warmup, int reps, void *flush,
+                            size_t flush_bytes, double *ms, s2_error *err)
+{
+    const int n_ev = flush ? 2 * reps : reps + 1;
+    cudaEvent_t *ev = calloc((size_t)n_ev, sizeof *ev);
+    double *t = calloc((size_t)reps, sizeof *t);
+    s2_status st = ev && t && reps > 0 ? S2_OK
+                                       : s2_error_set(err, S2_ERR_NOMEM, "out of memory for events");
+    int created = 0;
+    while (!st && created < n_ev) {
+        st = s2_rt_check(cudaEventCreate(&ev[created]), "cudaEventCreate", err);
+        created += !st;
+    }
+    for (int i = 0; !st && i < warmup; i++)
+        st = fn(ctx, err);
+    for (int i = 0; !st && i < reps; i++) {
+        cudaEvent_t start = flush ? ev[2 * i] : ev[i], stop = flush ? ev[2 * i + 1] : ev[i + 1];
+        if (flush)
+            st = s2_rt_check(cudaMemsetAsync(flush, i & 0xff, flush_bytes, 0), "flushing L2", err);
+        if (!st && (flush || i == 0))
+            st = s2_rt_check(cudaEventRecord(start, 0), "cudaEventRecord", err);
+        if (!st)
+            st = fn(ctx, err);
+        if (!st)
+            st = s2_rt_check(cudaEventRecord(stop, 0), "cudaEventRecord", err);
+    }
+    if (!st)
+        st = s2_rt_check(cudaEventSynchronize(ev[n_ev - 1]), "running the timed work", err);
+    for (int i = 0; !st && i < reps; i++) {
+        float e = 0;
+        cudaEvent_t start = flush ? ev[2 * i] : ev[i], stop = flush ? ev[2 * i + 1] : ev[i + 1];
+        st = s2_rt_check(cudaEventElapsedTime(&e, start, stop), "cudaEventElapsedTime", err);
+        t[i] = e;
+    }
+    if (!st)
+        *ms = s2_rt_median(t, reps);
+    for (int i = 0; i < created; i++)
+        cudaEventDestroy(ev[i]);
+    free(ev);
+    free(t);
+    return st;
+}
+
 s2_status s2_rt_open(s2_rt *rt, int device, s2_error *err)
 {
     memset(rt, 0, sizeof *rt);

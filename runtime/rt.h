@@ -31,6 +31,22 @@ s2_status s2_rt_open(s2_rt *rt, int device, s2_error *err);
 /* Checks a CUDA call: on failure sets err with what and CUDA's message, returns S2_ERR_CUDA. */
 s2_status s2_rt_check(cudaError_t e, const char *what, s2_error *err);
 
+/* One unit of device work to time: enqueues it on the default stream. */
+typedef s2_status (*s2_rt_work)(void *ctx, s2_error *err);
+
+/*
+ * Runs fn warmup times untimed, then reps times, each timed between CUDA events; *ms is the
+ * median. Without flush the timed runs are back to back (run i between events i and i+1).
+ * With flush (a device buffer of flush_bytes, at least twice the L2), the buffer is rewritten
+ * before every timed run, outside its events, so inputs small enough for L2 are not served
+ * from it.
+ */
+s2_status s2_rt_time_median(s2_rt_work fn, void *ctx, int warmup, int reps, void *flush,
+                            size_t flush_bytes, double *ms, s2_error *err);
+
+/* The median of n values (n >= 1); t is reordered. */
+double s2_rt_median(double *t, int n);
+
 /*
  * Builds (NVRTC, through the cache) the attention units of spec for arch
  * (plan filled too): out[S2_UNIT_ATTN_COUNT]. Needs no GPU.
