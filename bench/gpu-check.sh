@@ -5,7 +5,8 @@
 #   3. every S²-Attn kernel against the CPU reference (tests/gpu_check.c), fresh random inputs,
 #      poisoned outputs, all shift modes, short last group, varlen, GQA, d in {64, 96, 128, 256};
 #   4. `s2lora attn --backward` against LongLoRA's S²-Attn written in PyTorch (bench/peers/);
-#   5. `s2lora bench attn` beside the PyTorch peers (bench/peers/attn_peers.py): N = 8k and 16k
+#   5. `s2lora tune` of the default spec (timed: the bar is 60 s), whose tiles bench then uses;
+#   6. `s2lora bench attn` beside the PyTorch peers (bench/peers/attn_peers.py): N = 8k and 16k
 #      at d=128, H=32, G=N/4, then N=16k at d=64. S2_BENCH_FULL=1 runs step 2's whole sweep
 #      (8k, 16k, 32k, 64k, 100k; alone it fits one call, with the rest it does not);
 #      S2_BENCH_SEQLENS=LIST names the d=128 lengths outright.
@@ -47,6 +48,14 @@ python3 bench/peers/attn_compare.py "$BIN/s2lora" /tmp/s2lora-peer-specs /tmp/s2
   2>&1 | tee "$OUTDIR/peer_compare.txt"
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 
+echo "== tune llama2-7b-32k (N = 32768) on this GPU"
+t0=$(date +%s%N)
+# Progress and summary in one file: $OUT brings back at most 8 files.
+"$BIN/s2lora" tune specs/llama2-7b-32k.yaml >"$OUTDIR/tune.txt" 2>&1 || { status=1; tail -5 "$OUTDIR/tune.txt"; }
+t1=$(date +%s%N)
+grep -v '^s2lora: ' "$OUTDIR/tune.txt"
+echo "tune: $(( (t1 - t0) / 1000000 )) ms wall; REJECTED candidates: $(grep -c REJECTED "$OUTDIR/tune.txt")"
+
 echo "== bench attn vs peers"
 # llama2-7b-32k gives G by group_ratio 0.25: bench reloads it at each N, so G = N/4, S = G/2.
 # One device command may run 10 minutes: the whole script with the sweep to 32k took longer
@@ -81,6 +90,7 @@ fi
 rm -rf "$bench_tmp"
 
 echo "== summary"
+grep -v '^s2lora: ' "$OUTDIR/tune.txt" 2>/dev/null
 grep -E 'PASS|FAIL|ERROR' "$OUTDIR/gpu_check.txt" | awk '{print $NF}' | sort | uniq -c
 tail -n 1 "$OUTDIR/gpu_check.txt"
 grep -E 'PASS|FAIL' "$OUTDIR/peer_compare.txt" | awk '{printf "peer %-16s %s\n", $1, $NF}'

@@ -639,73 +639,129 @@ static int cmd_bench(int argc, char **argv)
 /* ---------------------------------------------------------------- tune */
 
 static const char tune_help[] =
-    "usage: s2lora tune SPEC... [--set KEY=VALUE]... --arch ARCH --build-only\n"
-    "                  [--jobs N] [--cache-dir DIR]\n"
+    "usage: s2lora tune SPEC... [--set KEY=VALUE]... [--seqlen N] [--kernels LIST]\n"
+    "                  [--budget SECONDS] [--db DIR] [--export FILE] [--import FILE]\n"
+    "                  [--cache-dir DIR] [--jobs N]\n"
+    "       s2lora tune SPEC... [--set KEY=VALUE]... --arch ARCH --build-only [--jobs N]\n"
     "\n"
-    "Enumerates the tuning space of every kernel unit of each SPEC for ARCH (every\n"
-    "tile the plan accepts: shared memory within the arch's limit, no register\n"
-    "spills by the plan's rules) and, with --build-only, generates and NVRTC-builds\n"
-    "every candidate in parallel through the kernel cache, so a GPU that is not here\n"
-    "can be checked before it is rented. Candidates that build but spill registers\n"
-    "are pruned (never timed) and counted. Prints one line per unit and every\n"
-    "failure; exit 1 if any candidate fails to build.\n"
-    "Timing candidates on the device and the tuning database are not in this version:\n"
-    "without --build-only the command says so and exits 2.\n";
+    "Tunes each SPEC's kernels on this GPU. The tuning space of every unit is every\n"
+    "tile the plan accepts (shared memory within the arch's limit, no register spills\n"
+    "by the plan's rules); all of it is built with NVRTC in parallel (cache hits\n"
+    "reused) and candidates that spill are pruned. On one sequence of --seqlen tokens\n"
+    "(default: the spec's context_length) with fresh random inputs, the default tile\n"
+    "is the trusted reference; every other candidate runs on the same inputs with\n"
+    "poisoned outputs and is rejected unless its outputs match the default's\n"
+    "(relative L2 < 1e-2, no NaN), then is timed (median of 10 after 3 warm-ups, L2\n"
+    "flushed before each run). The fastest per unit goes into the tuning database\n"
+    "of this GPU model, DIR/tune-<gpu>.jsonl (DIR: --db, default the kernel cache\n"
+    "directory), which attn and bench then use. Progress on stderr; a summary of\n"
+    "default and tuned time per unit on stdout.\n"
+    "  --kernels LIST    attn_fwd, attn_bwd or both (default both)\n"
+    "  --budget SECONDS  after this, no new candidate is timed (the default always is)\n"
+    "  --export FILE     also write the whole database to FILE (to move it elsewhere)\n"
+    "  --import FILE     merge FILE into the database first (newer entries win)\n"
+    "  --arch ARCH --build-only\n"
+    "                    build the whole space for ARCH, run nothing (needs no GPU):\n"
+    "                    an A100's sm_80 can be checked before renting one\n"
+    "Exit status 1 if a candidate fails to build (or, on a GPU, on an error), 3 when\n"
+    "there is no CUDA device.\n";
 
-static int cmd_tune(int argc, char **argv)
-{
-    cli_opts o;
-    int build_only = 0;
-    /* --build-only is this command's own flag: take it out before the shared parser. */
-    char *rest[256];
-    int n_rest = 0;
-    for (int i = 0; i < argc && n_rest < 256; i++) {
-        if (!strcmp(argv[i], "--build-only"))
-            build_only = 1;
-        else
-            rest[n_rest++] = argv[i];
-    }
+typedef struct tune_args {
     const char *specs[16];
-    int n_specs = 0;
-    /* SPEC... : every non-option argument that is not an option's value. */
-    char *opts_only[256];
-    int n_opts = 0;
-    for (int i = 0; i < n_rest; i++) {
-        if (rest[i][0] != '-') {
-            if (n_specs == 16)
-                return usage_error("tune", "too many specs (at most %s)", "16");
-            specs[n_specs++] = rest[i];
+    int n_specs;
+    s2_spec_override sets[MAX_SETS];
+    int n_sets;
+    const char *arch, *db_dir, *export_path, *import_path, *cache_dir;
+    unsigned units;
+    int seqlen, jobs, build_only, help;
+    double budget;
+} tune_args;
+
+static int parse_tune(int argc, char **argv, tune_args *t)
+{
+    memset(t, 0, sizeof *t);
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            t->help = 1;
+            return 0;
+        }
+        if (!strcmp(a, "--build-only")) {
+            t->build_only = 1;
             continue;
         }
-        opts_only[n_opts++] = rest[i];
-        if (i + 1 < n_rest && strcmp(rest[i], "--help") && strcmp(rest[i], "-h"))
-            opts_only[n_opts++] = rest[++i];
+        if (a[0] != '-') {
+            if (t->n_specs == 16)
+                return usage_error("tune", "too many specs (at most %s)", "16");
+            t->specs[t->n_specs++] = a;
+            continue;
+        }
+        if (!val)
+            return usage_error("tune", "option '%s' needs a value (or is unknown)", a);
+        i++;
+        if (!strcmp(a, "--set")) {
+            if (t->n_sets == MAX_SETS)
+                return usage_error("tune", "too many --set options (at most %s)", "64");
+            t->sets[t->n_sets++].text = val;
+        } else if (!strcmp(a, "--arch")) {
+            if (!s2_jit_arch_valid(val))
+                return usage_error("tune", "--arch %s: valid: sm_80, sm_86, sm_89, sm_90, sm_90a", val);
+            t->arch = val;
+        } else if (!strcmp(a, "--seqlen")) {
+            t->seqlen = atoi(val);
+            if (t->seqlen < 1)
+                return usage_error("tune", "--seqlen %s: expected a positive integer", val);
+        } else if (!strcmp(a, "--jobs")) {
+            t->jobs = atoi(val);
+            if (t->jobs < 1)
+                return usage_error("tune", "--jobs %s: expected a positive integer", val);
+        } else if (!strcmp(a, "--budget")) {
+            t->budget = atof(val);
+            if (!(t->budget > 0))
+                return usage_error("tune", "--budget %s: expected seconds > 0", val);
+        } else if (!strcmp(a, "--kernels")) {
+            char buf[128];
+            snprintf(buf, sizeof buf, "%s", val);
+            for (char *save = NULL, *k = strtok_r(buf, ",", &save); k; k = strtok_r(NULL, ",", &save)) {
+                if (!strcmp(k, "attn_fwd"))
+                    t->units |= 1u << S2_UNIT_ATTN_FWD;
+                else if (!strcmp(k, "attn_bwd"))
+                    t->units |= 1u << S2_UNIT_ATTN_BWD;
+                else
+                    return usage_error("tune", "--kernels: unknown '%s'; valid: attn_fwd, attn_bwd", k);
+            }
+        } else if (!strcmp(a, "--db")) {
+            t->db_dir = val;
+        } else if (!strcmp(a, "--export")) {
+            t->export_path = val;
+        } else if (!strcmp(a, "--import")) {
+            t->import_path = val;
+        } else if (!strcmp(a, "--cache-dir")) {
+            t->cache_dir = val;
+        } else {
+            return usage_error("tune", "unknown option '%s'", a);
+        }
     }
-    int rc = parse_opts("tune", n_opts, opts_only, "--set --arch --jobs --cache-dir ", &o);
-    if (rc)
-        return rc;
-    if (o.help)
-        return fputs(tune_help, stdout), 0;
-    if (!n_specs)
-        return usage_error("tune", "missing SPEC%s", "");
-    if (o.n_arch != 1)
-        return usage_error("tune", "name one --arch (sm_80, sm_86, sm_89, sm_90, sm_90a)%s", "");
-    if (!build_only)
-        return usage_error("tune", "timing candidates on a device is not in this version; "
-                                   "--build-only builds the whole space%s", "");
+    return 0;
+}
+
+/* --build-only: the whole space for an arch that need not be here. */
+static int tune_build_only(const tune_args *t)
+{
     int failed = 0;
-    for (int i = 0; i < n_specs; i++) {
+    for (int i = 0; i < t->n_specs; i++) {
         s2_error err = {0};
         s2_spec spec;
-        if (s2_spec_load(specs[i], o.sets, o.n_sets, &spec, &err))
+        if (s2_spec_load(t->specs[i], t->sets, t->n_sets, &spec, &err))
             return fail(&err);
-        s2_jit_opts jo = {.arch = o.arch[0], .cache_dir = o.cache_dir, .threads = o.jobs};
+        s2_jit_opts jo = {.arch = t->arch, .cache_dir = t->cache_dir, .threads = t->jobs};
         s2_tune_candidate *c = NULL;
         int n = 0;
         double t0 = now_ms();
         fprintf(stderr, "%s: building the tuning space of %s for %s ...\n", prog, spec.name,
                 jo.arch);
-        if (s2_tune_build_space(&spec, &jo, (1u << S2_UNIT_ATTN_COUNT) - 1, &c, &n, &err))
+        if (s2_tune_build_space(&spec, &jo, t->units ? t->units : (1u << S2_UNIT_ATTN_COUNT) - 1,
+                                &c, &n, &err))
             return fail(&err);
         printf("spec %s (sha256 %.16s) for %s: %d candidates in %.1f s\n", spec.name,
                spec.hash_hex, jo.arch, n, (now_ms() - t0) / 1e3);
@@ -727,8 +783,9 @@ static int cmd_tune(int argc, char **argv)
                     smem = b > smem ? b : smem;
                 }
             }
-            printf("%-9s %10d %6d %7d %6d %9d %9d\n", s2_attn_unit_name((s2_attn_unit)u), cand, ok,
-                   spilled, cand - ok, regs, smem);
+            if (cand)
+                printf("%-9s %10d %6d %7d %6d %9d %9d\n", s2_attn_unit_name((s2_attn_unit)u),
+                       cand, ok, spilled, cand - ok, regs, smem);
         }
         for (int k = 0; k < n; k++)
             if (c[k].st) {
@@ -738,6 +795,88 @@ static int cmd_tune(int argc, char **argv)
         s2_tune_free(c, n);
     }
     return failed ? 1 : 0;
+}
+
+static void tune_progress(void *ctx, const char *line)
+{
+    fprintf(stderr, "%s: tune %s: %s\n", prog, (const char *)ctx, line);
+}
+
+static int tune_on_device(const tune_args *t)
+{
+    s2_error err = {0};
+    s2_spec specs[16];
+    for (int i = 0; i < t->n_specs; i++) /* every spec is checked before the device */
+        if (s2_spec_load(t->specs[i], t->sets, t->n_sets, &specs[i], &err))
+            return fail(&err);
+    s2_rt rt;
+    if (s2_rt_open(&rt, 0, &err))
+        return fail(&err);
+    char dir[1024];
+    s2_jit_opts jo = {.cache_dir = t->cache_dir};
+    if (t->db_dir)
+        snprintf(dir, sizeof dir, "%s", t->db_dir);
+    else if (s2_jit_cache_dir(&jo, dir, sizeof dir, &err))
+        return fail(&err);
+    s2_tunedb *db = NULL;
+    if (s2_tunedb_open(dir, rt.name, &db, &err))
+        return fail(&err);
+    int n_new = 0, n_repl = 0;
+    s2_status st = t->import_path ? s2_tunedb_import(db, t->import_path, &n_new, &n_repl, &err) : S2_OK;
+    if (!st && t->import_path)
+        fprintf(stderr, "%s: imported %s: %d new, %d replaced\n", prog, t->import_path, n_new, n_repl);
+    printf("tune on %s (%s), database %s\n", rt.name, rt.arch, db->path);
+    printf("%-16s %-9s %6s %5s %7s %8s %5s %6s %10s %9s %7s  %s\n", "spec", "unit", "cands",
+           "built", "spilled", "rejected", "timed", "budget", "default_ms", "tuned_ms", "speedup",
+           "tile");
+    for (int i = 0; !st && i < t->n_specs; i++) {
+        s2_tune_opts o = {.seqlen = t->seqlen, .units = t->units, .budget_s = t->budget,
+                          .cache_dir = t->cache_dir, .progress = tune_progress,
+                          .progress_ctx = specs[i].name};
+        s2_tune_unit_result res[S2_UNIT_ATTN_COUNT];
+        st = s2_tune_run(&rt, &specs[i], &o, db, res, &err);
+        for (int u = 0; !st && u < S2_UNIT_ATTN_COUNT; u++) {
+            const s2_tune_unit_result *r = &res[u];
+            if (!r->candidates)
+                continue;
+            char ts[200];
+            s2_plan_tile_str(&r->best, ts, sizeof ts);
+            printf("%-16s %-9s %6d %5d %7d %8d %5d %6d %10.3f %9.3f %6.2fx  %s\n", specs[i].name,
+                   s2_attn_unit_name((s2_attn_unit)u), r->candidates, r->built, r->spilled,
+                   r->rejected, r->timed, r->over_budget, r->default_ms, r->best_ms,
+                   r->best_ms > 0 ? r->default_ms / r->best_ms : 0.0, ts);
+        }
+    }
+    if (!st)
+        st = s2_tunedb_save(db, &err);
+    if (!st && t->export_path)
+        st = s2_tunedb_export(db, t->export_path, &err);
+    for (int w = 0; w < db->n_warnings; w++)
+        fprintf(stderr, "%s: warning: %s\n", prog, db->warnings[w]);
+    s2_tunedb_close(db);
+    return st ? fail(&err) : 0;
+}
+
+static int cmd_tune(int argc, char **argv)
+{
+    tune_args t;
+    int rc = parse_tune(argc, argv, &t);
+    if (rc)
+        return rc;
+    if (t.help)
+        return fputs(tune_help, stdout), 0;
+    if (!t.n_specs)
+        return usage_error("tune", "missing SPEC%s", "");
+    if (t.build_only) {
+        if (!t.arch)
+            return usage_error("tune", "--build-only needs one --arch (sm_80, sm_86, sm_89, "
+                                       "sm_90, sm_90a)%s", "");
+        return tune_build_only(&t);
+    }
+    if (t.arch)
+        return usage_error("tune", "--arch %s: on a GPU the tuner builds for the GPU's own arch; "
+                                   "--arch goes with --build-only", t.arch);
+    return tune_on_device(&t);
 }
 
 /* ---------------------------------------------------------------- main */
@@ -753,7 +892,7 @@ static const char main_help[] =
     "  build    generate and NVRTC-build a spec's kernels (no GPU needed)\n"
     "  attn     run the kernels on tensors from a safetensors file\n"
     "  bench    time the kernels beside the PyTorch peers (bench attn)\n"
-    "  tune     build the whole tuning space of a spec for an arch (--build-only)\n"
+    "  tune     tune the kernels on this GPU (or --build-only the space for an arch)\n"
     "  version  print versions\n"
     "Run 's2lora COMMAND --help' for a command's options.\n";
 

@@ -11,6 +11,7 @@
 
 #include "../gen/plan.h"
 #include "jit.h"
+#include "rt.h"
 #include "tune_db.h"
 
 typedef struct s2_tune_candidate {
@@ -61,5 +62,38 @@ void s2_tune_select(const s2_tunedb *db, const char *device, const char *arch,
  */
 void s2_tune_select_cached(const s2_jit_opts *jo, const char *device, const char *arch,
                            const s2_spec *spec, int seqlen, s2_tune_choice *out);
+
+/* ---- the tuner on the device ---- */
+
+typedef struct s2_tune_opts {
+    int seqlen;       /* tokens of the timing case (one sequence); 0: the spec's context_length */
+    unsigned units;   /* bit set over s2_attn_unit; 0: every unit */
+    double budget_s;  /* after this many seconds no new candidate is timed; 0: no limit */
+    int warmup, reps; /* per candidate; 0: 3 and 10 */
+    const char *cache_dir;
+    void (*progress)(void *ctx, const char *line); /* may be NULL; one line per event */
+    void *progress_ctx;
+} s2_tune_opts;
+
+typedef struct s2_tune_unit_result {
+    int candidates, built, spilled, rejected, timed, over_budget;
+    double default_ms, best_ms; /* medians on the same inputs in the same run */
+    s2_attn_tile best;          /* the default when nothing was faster */
+} s2_tune_unit_result;
+
+/*
+ * Tunes spec's attention on rt's GPU for one sequence of o->seqlen tokens: builds the space
+ * (s2_tune_build_space), runs the default tile on fresh random inputs as the trusted
+ * reference (the GPU check holds the default against the CPU reference), and for each other
+ * candidate that built without spills: loads it, runs it on the same inputs with poisoned
+ * outputs and rejects it unless every output matches the default's (relative L2 < 1e-2 over
+ * every fourth token row of o, dq, dk, dv and all of lse; no NaN), then times it (median of
+ * reps, L2 flushed before each run: the forward alone for forward candidates, the backward
+ * alone for backward ones). The best per unit (never slower than the default: the default
+ * is a candidate) goes into db (when not NULL) under (device, arch, unit, attention identity,
+ * shape class); the caller saves db. res gets one result per unit.
+ */
+s2_status s2_tune_run(const s2_rt *rt, const s2_spec *spec, const s2_tune_opts *o, s2_tunedb *db,
+                      s2_tune_unit_result res[S2_UNIT_ATTN_COUNT], s2_error *err);
 
 #endif

@@ -59,17 +59,35 @@ Test(tune, bad_arch_is_refused)
     s2_error_clear(&err);
 }
 
-Test(tune, cli_says_what_this_version_does)
+Test(tune, cli_arguments)
 {
     char *out;
     cr_expect_eq(run(BIN " tune --help", &out), 0);
     cr_expect(strstr(out, "--build-only"), "%s", out);
     free(out);
     cr_expect_eq(run(BIN " tune " S2_SOURCE_DIR "/specs/tiny-byte-512.yaml --arch sm_80", &out), 2);
-    cr_expect(strstr(out, "not in this version"), "%s", out);
+    cr_expect(strstr(out, "--arch goes with --build-only"), "%s", out);
     free(out);
     cr_expect_eq(run(BIN " tune " S2_SOURCE_DIR "/specs/tiny-byte-512.yaml --build-only", &out), 2);
-    cr_expect(strstr(out, "one --arch"), "%s", out);
+    cr_expect(strstr(out, "needs one --arch"), "%s", out);
+    free(out);
+    cr_expect_eq(run(BIN " tune " S2_SOURCE_DIR "/specs/tiny-byte-512.yaml --kernels attn_x", &out), 2);
+    cr_expect(strstr(out, "valid: attn_fwd, attn_bwd"), "%s", out);
+    free(out);
+    /* A spec error is reported before the device is looked for. */
+    cr_expect_eq(run(BIN " tune " S2_SOURCE_DIR "/tests/specs_bad/unknown_key.yaml", &out), 1);
+    cr_expect(strstr(out, "unknown_key.yaml:"), "%s", out);
+    free(out);
+}
+
+Test(tune, without_a_gpu_the_tuner_says_so)
+{
+    char *out;
+    int rc = run(BIN " tune " S2_SOURCE_DIR "/specs/tiny-byte-512.yaml --kernels attn_fwd "
+                 "--budget 5 --db /tmp", &out);
+    cr_expect(rc == 3 || rc == 0, "exit %d: %s", rc, out);
+    if (rc == 3)
+        cr_expect(strstr(out, "no CUDA device"), "%s", out);
     free(out);
 }
 

@@ -1,0 +1,359 @@
+/* tune_run.c — the tuner on the device: gate every candidate against the default, time it,
+ * keep the fastest per unit. */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../gen/emit.h"
+#include "st.h"
+#include "tune.h"
+
+#define GATE_TOL 1e-2
+#define ROW_STRIDE 4 /* the gate compares every fourth token row of the large outputs */
+
+/* The device buffers of the timing case; ref_* hold the default tile's outputs. */
+typedef struct tune_bufs {
+    void *q, *k, *v, *dout, *o, *dq, *dk, *dv;
+    void *ref_o, *ref_dq, *ref_dk, *ref_dv;
+    float *lse, *ref_lse;
+    void *ws, *flush;
+    int32_t *cu;
+    size_t nq, nk, nl, ws_bytes, flush_bytes; /* elements (q, k, lse); bytes */
+} tune_bufs;
+
+static void bufs_free(tune_bufs *b)
+{
+    void *p[] = {b->q, b->k, b->v, b->dout, b->o, b->dq, b->dk, b->dv, b->ref_o, b->ref_dq,
+                 b->ref_dk, b->ref_dv, b->lse, b->ref_lse, b->ws, b->flush, b->cu};
+    for (size_t i = 0; i < sizeof p / sizeof p[0]; i++)
+        if (p[i])
+            cudaFree(p[i]);
+}
+
+static void say(const s2_tune_opts *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void say(const s2_tune_opts *o, const char *fmt, ...)
+{
+    if (!o->progress)
+        return;
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    o->progress(o->progress_ctx, line);
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* N(0,1) halves from a seeded xorshift (fresh per run: the seed comes from the clock). */
+static void fill_normal(s2_st_dtype dt, uint16_t *h, size_t n, uint64_t *state)
+{
+    for (size_t i = 0; i < n; i += 2) {
+        double u[2];
+        for (int j = 0; j < 2; j++) {
+            *state ^= *state >> 12, *state ^= *state << 25, *state ^= *state >> 27;
+            u[j] = ((*state * 2685821657736338717ull) >> 11) * (1.0 / 9007199254740992.0);
+        }
+        double r = sqrt(-2.0 * log(u[0] + 1e-300));
+        h[i] = dt == S2_ST_BF16 ? s2_f32_to_bf16((float)(r * cos(2 * M_PI * u[1])))
+                                : s2_f32_to_f16((float)(r * cos(2 * M_PI * u[1])));
+        if (i + 1 < n)
+            h[i + 1] = dt == S2_ST_BF16 ? s2_f32_to_bf16((float)(r * sin(2 * M_PI * u[1])))
+                                        : s2_f32_to_f16((float)(r * sin(2 * M_PI * u[1])));
+    }
+}
+
+static s2_status bufs_alloc(tune_bufs *b, const s2_spec *spec, int N, s2_error *err)
+{
+    const int H = spec->model.num_heads, Hkv = spec->model.num_kv_heads, d = spec->model.head_dim;
+    b->nq = (size_t)N * H * d, b->nk = (size_t)N * Hkv * d, b->nl = (size_t)H * N;
+    /* The largest workspace any tile needs: delta plus the atomic-dQ accumulator. */
+    b->ws_bytes = ((b->nl * 4 + 255) & ~(size_t)255) + b->nq * 4;
+    int l2 = 0;
+    s2_status st = s2_rt_check(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, 0),
+                               "cudaDeviceGetAttribute(L2 size)", err);
+    b->flush_bytes = 2 * (size_t)(l2 > 0 ? l2 : 64 << 20);
+    struct { void **p; size_t n; } a[] = {
+        {&b->q, b->nq * 2}, {&b->k, b->nk * 2}, {&b->v, b->nk * 2}, {&b->dout, b->nq * 2},
+        {&b->o, b->nq * 2}, {&b->dq, b->nq * 2}, {&b->dk, b->nk * 2}, {&b->dv, b->nk * 2},
+        {&b->ref_o, b->nq * 2}, {&b->ref_dq, b->nq * 2}, {&b->ref_dk, b->nk * 2},
+        {&b->ref_dv, b->nk * 2}, {(void **)&b->lse, b->nl * 4}, {(void **)&b->ref_lse, b->nl * 4},
+        {&b->ws, b->ws_bytes}, {&b->flush, b->flush_bytes}, {(void **)&b->cu, 2 * sizeof(int32_t)},
+    };
+    for (size_t i = 0; !st && i < sizeof a / sizeof a[0]; i++)
+        st = s2_rt_check(cudaMalloc(a[i].p, a[i].n), "cudaMalloc (tuning buffers)", err);
+    return st;
+}
+
+static s2_status bufs_fill(tune_bufs *b, s2_st_dtype dt, int N, s2_error *err)
+{
+    uint16_t *h = malloc(b->nq * 2);
+    if (!h)
+        return s2_error_set(err, S2_ERR_NOMEM, "out of memory for the tuning inputs");
+    uint64_t state = (uint64_t)time(NULL) * 0x9E3779B97F4A7C15ull | 1;
+    void *dst[] = {b->q, b->k, b->v, b->dout};
+    size_t n[] = {b->nq, b->nk, b->nk, b->nq};
+    s2_status st = S2_OK;
+    for (int i = 0; !st && i < 4; i++) {
+        fill_normal(dt, h, n[i], &state);
+        st = s2_rt_check(cudaMemcpy(dst[i], h, n[i] * 2, cudaMemcpyHostToDevice), "copy inputs", err);
+    }
+    int32_t cu[2] = {0, N};
+    if (!st)
+        st = s2_rt_check(cudaMemcpy(b->cu, cu, sizeof cu, cudaMemcpyHostToDevice), "copy cu_seqlens", err);
+    free(h);
+    return st;
+}
+
+/* Relative L2 of a device half tensor against a reference over every ROW_STRIDE-th row of
+ * row_elems elements; NaN counted in *nan. */
+static s2_status compare_half(const void *got, const void *ref, size_t n, size_t row_elems,
+                              s2_st_dtype dt, double *rel, long *nan, s2_error *err)
+{
+    uint16_t *a = malloc(n * 2), *r = malloc(n * 2);
+    s2_status st = a && r ? S2_OK : s2_error_set(err, S2_ERR_NOMEM, "out of memory comparing");
+    if (!st)
+        st = s2_rt_check(cudaMemcpy(a, got, n * 2, cudaMemcpyDeviceToHost), "copy back", err);
+    if (!st)
+        st = s2_rt_check(cudaMemcpy(r, ref, n * 2, cudaMemcpyDeviceToHost), "copy back", err);
+    double num = 0, den = 0;
+    for (size_t row = 0; !st && row * row_elems < n; row += ROW_STRIDE)
+        for (size_t i = row * row_elems; i < (row + 1) * row_elems && i < n; i++) {
+            float x = dt == S2_ST_BF16 ? s2_bf16_to_f32(a[i]) : s2_f16_to_f32(a[i]);
+            float y = dt == S2_ST_BF16 ? s2_bf16_to_f32(r[i]) : s2_f16_to_f32(r[i]);
+            if (isnan(x))
+                (*nan)++;
+            num += ((double)x - y) * ((double)x - y), den += (double)y * y;
+        }
+    *rel = den > 0 ? sqrt(num / den) : sqrt(num);
+    free(a);
+    free(r);
+    return st;
+}
+
+static s2_status compare_f32(const float *got, const float *ref, size_t n, double *rel, long *nan,
+                             s2_error *err)
+{
+    float *a = malloc(n * 4), *r = malloc(n * 4);
+    s2_status st = a && r ? S2_OK : s2_error_set(err, S2_ERR_NOMEM, "out of memory comparing");
+    if (!st)
+        st = s2_rt_check(cudaMemcpy(a, got, n * 4, cudaMemcpyDeviceToHost), "copy back", err);
+    if (!st)
+        st = s2_rt_check(cudaMemcpy(r, ref, n * 4, cudaMemcpyDeviceToHost), "copy back", err);
+    double num = 0, den = 0;
+    for (size_t i = 0; !st && i < n; i++) {
+        if (isnan(a[i]))
+            (*nan)++;
+        num += ((double)a[i] - r[i]) * ((double)a[i] - r[i]), den += (double)r[i] * r[i];
+    }
+    *rel = den > 0 ? sqrt(num / den) : sqrt(num);
+    free(a);
+    free(r);
+    return st;
+}
+
+/* One loaded candidate on the timing case. */
+typedef struct tune_case {
+    const s2_attn *a;
+    const s2_attn_batch *bt;
+    const tune_bufs *b;
+} tune_case;
+
+static s2_status run_forward(void *ctx, s2_error *err)
+{
+    const tune_case *c = ctx;
+    return s2_attn_forward(c->a, c->bt, c->b->q, c->b->k, c->b->v, c->b->o, c->b->lse, 0, err);
+}
+
+/* The backward from the reference forward's o and lse, so a backward candidate is judged
+ * on its own. */
+static s2_status run_backward(void *ctx, s2_error *err)
+{
+    const tune_case *c = ctx;
+    const tune_bufs *b = c->b;
+    return s2_attn_backward(c->a, c->bt, b->q, b->k, b->v, b->ref_o, b->ref_lse, b->dout, b->ws,
+                            b->dq, b->dk, b->dv, 0, err);
+}
+
+static s2_status poison(const tune_bufs *b, s2_error *err)
+{
+    s2_status st = s2_rt_check(cudaMemset(b->o, 0xff, b->nq * 2), "poison o", err);
+    if (!st)
+        st = s2_rt_check(cudaMemset(b->lse, 0xff, b->nl * 4), "poison lse", err);
+    if (!st)
+        st = s2_rt_check(cudaMemset(b->dq, 0xff, b->nq * 2), "poison dq", err);
+    if (!st)
+        st = s2_rt_check(cudaMemset(b->dk, 0xff, b->nk * 2), "poison dk", err);
+    if (!st)
+        st = s2_rt_check(cudaMemset(b->dv, 0xff, b->nk * 2), "poison dv", err);
+    return st;
+}
+
+/* Runs unit u of the loaded candidate once and holds its outputs against the reference:
+ * *ok = 0 (rejected) on a relative error of GATE_TOL or more or any NaN. */
+static s2_status gate(const tune_case *c, s2_attn_unit u, s2_st_dtype dt, int H, int Hkv, int d,
+                      int *ok, double *worst, s2_error *err)
+{
+    const tune_bufs *b = c->b;
+    s2_status st = poison(b, err);
+    if (!st)
+        st = u == S2_UNIT_ATTN_FWD ? run_forward((void *)c, err) : run_backward((void *)c, err);
+    if (!st)
+        st = s2_rt_check(cudaDeviceSynchronize(), "running the candidate", err);
+    double e[3] = {0, 0, 0};
+    long nan = 0;
+    if (!st && u == S2_UNIT_ATTN_FWD) {
+        st = compare_half(b->o, b->ref_o, b->nq, (size_t)H * d, dt, &e[0], &nan, err);
+        if (!st)
+            st = compare_f32(b->lse, b->ref_lse, b->nl, &e[1], &nan, err);
+    } else if (!st) {
+        st = compare_half(b->dq, b->ref_dq, b->nq, (size_t)H * d, dt, &e[0], &nan, err);
+        if (!st)
+            st = compare_half(b->dk, b->ref_dk, b->nk, (size_t)Hkv * d, dt, &e[1], &nan, err);
+        if (!st)
+            st = compare_half(b->dv, b->ref_dv, b->nk, (size_t)Hkv * d, dt, &e[2], &nan, err);
+    }
+    *worst = fmax(e[0], fmax(e[1], e[2]));
+    *ok = !st && nan == 0 && *worst < GATE_TOL;
+    return st;
+}
+
+/* The default tile's outputs become the reference. */
+static s2_status run_reference(const s2_rt *rt, const s2_spec *spec, const s2_jit_opts *jo,
+                               const s2_attn_batch *bt, tune_bufs *b, s2_error *err)
+{
+    s2_attn a;
+    s2_status st = s2_attn_load(&a, rt, spec, NULL, jo, err);
+    if (st)
+        return st;
+    st = poison(b, err);
+    if (!st)
+        st = s2_attn_forward(&a, bt, b->q, b->k, b->v, b->ref_o, b->ref_lse, 0, err);
+    if (!st)
+        st = s2_attn_backward(&a, bt, b->q, b->k, b->v, b->ref_o, b->ref_lse, b->dout, b->ws,
+                              b->ref_dq, b->ref_dk, b->ref_dv, 0, err);
+    if (!st)
+        st = s2_rt_check(cudaDeviceSynchronize(), "running the default tile", err);
+    s2_attn_free(&a);
+    return st;
+}
+
+/* Gates and times candidate k of unit u; updates r. */
+static s2_status try_candidate(const s2_rt *rt, const s2_spec *spec, const s2_jit_opts *jo,
+                               const s2_tune_opts *o, const s2_attn_batch *bt, const tune_bufs *b,
+                               const s2_tune_candidate *cand, int is_default,
+                               s2_tune_unit_result *r, s2_error *err)
+{
+    s2_attn a;
+    s2_status st = s2_attn_load(&a, rt, spec, &cand->tile, jo, err);
+    if (st)
+        return st;
+    const s2_st_dtype dt = spec->dtype == S2_DTYPE_BF16 ? S2_ST_BF16 : S2_ST_F16;
+    tune_case c = {.a = &a, .bt = bt, .b = b};
+    int ok = 0;
+    double worst = 0, ms = 0;
+    char ts[200];
+    s2_plan_tile_str(&cand->tile, ts, sizeof ts);
+    st = gate(&c, cand->unit, dt, spec->model.num_heads, spec->model.num_kv_heads,
+              spec->model.head_dim, &ok, &worst, err);
+    if (!st && !ok) {
+        r->rejected++;
+        say(o, "%s: REJECTED %s (error %.2e vs the default)", s2_attn_unit_name(cand->unit), ts, worst);
+    }
+    if (!st && ok)
+        st = s2_rt_time_median(cand->unit == S2_UNIT_ATTN_FWD ? run_forward : run_backward, &c,
+                               o->warmup ? o->warmup : 3, o->reps ? o->reps : 10, b->flush,
+                               b->flush_bytes, &ms, err);
+    if (!st && ok) {
+        r->timed++;
+        if (is_default)
+            r->default_ms = ms;
+        if (is_default || r->best_ms == 0 || ms < r->best_ms)
+            r->best_ms = ms, r->best = cand->tile;
+        say(o, "%s: %.3f ms %s%s (best %.3f)", s2_attn_unit_name(cand->unit), ms, ts,
+            is_default ? " [default]" : "", r->best_ms);
+    }
+    s2_attn_free(&a);
+    return st;
+}
+
+static s2_status record(s2_tunedb *db, const s2_rt *rt, const s2_spec *spec, int N,
+                        s2_attn_unit u, const s2_tune_unit_result *r, s2_error *err)
+{
+    s2_tunedb_entry e = {0};
+    int maj = 0, min = 0;
+    s2_jit_nvrtc_version(&maj, &min, NULL);
+    snprintf(e.device, sizeof e.device, "%s", rt->name);
+    snprintf(e.arch, sizeof e.arch, "%s", rt->arch);
+    snprintf(e.kernel, sizeof e.kernel, "%s", s2_attn_unit_name(u));
+    s2_plan_attn_identity(spec, e.spec_sha256);
+    s2_tunedb_shape_class(N, e.shape, sizeof e.shape);
+    s2_plan_tile_str(&r->best, e.tile, sizeof e.tile);
+    e.default_ms = r->default_ms, e.tuned_ms = r->best_ms;
+    snprintf(e.gen, sizeof e.gen, "%s", S2_GEN_VERSION);
+    snprintf(e.nvrtc, sizeof e.nvrtc, "%d.%d", maj, min);
+    s2_tunedb_now(e.when);
+    return s2_tunedb_put(db, &e, err);
+}
+
+s2_status s2_tune_run(const s2_rt *rt, const s2_spec *spec, const s2_tune_opts *o, s2_tunedb *db,
+                      s2_tune_unit_result res[S2_UNIT_ATTN_COUNT], s2_error *err)
+{
+    memset(res, 0, sizeof *res * S2_UNIT_ATTN_COUNT);
+    const int N = o->seqlen > 0 ? o->seqlen : spec->context_length;
+    const unsigned units = o->units ? o->units : (1u << S2_UNIT_ATTN_COUNT) - 1;
+    const double t0 = now_s();
+    s2_jit_opts jo = {.arch = rt->arch, .cache_dir = o->cache_dir};
+    s2_tune_candidate *c = NULL;
+    int n = 0;
+    s2_status st = s2_tune_build_space(spec, &jo, units, &c, &n, err);
+    if (st)
+        return st;
+    for (int k = 0; k < n; k++) {
+        s2_tune_unit_result *r = &res[c[k].unit];
+        r->candidates++;
+        r->built += c[k].st == S2_OK;
+        r->spilled += c[k].st == S2_OK && c[k].spilled;
+    }
+    say(o, "built %d candidates in %.1f s", n, now_s() - t0);
+
+    int32_t cu[2] = {0, N};
+    s2_attn_batch bt;
+    tune_bufs b = {0};
+    const s2_st_dtype dt = spec->dtype == S2_DTYPE_BF16 ? S2_ST_BF16 : S2_ST_F16;
+    st = s2_attn_batch_init(&bt, cu, 1, N, "cu_seqlens", err);
+    if (!st)
+        st = bufs_alloc(&b, spec, N, err);
+    if (!st)
+        st = bufs_fill(&b, dt, N, err);
+    bt.d_cu_seqlens = b.cu;
+    if (!st)
+        st = run_reference(rt, spec, &jo, &bt, &b, err);
+    const s2_attn_tile def = s2_plan_default_tile(rt->arch, spec->model.head_dim);
+    /* The space lists each unit's default first: it is timed before any budget can stop. */
+    for (int k = 0; !st && k < n; k++) {
+        s2_tune_unit_result *r = &res[c[k].unit];
+        const int is_default = !memcmp(&c[k].tile, &def, sizeof def);
+        if (c[k].st || c[k].spilled)
+            continue;
+        if (!is_default && o->budget_s > 0 && now_s() - t0 > o->budget_s) {
+            r->over_budget++;
+            continue;
+        }
+        st = try_candidate(rt, spec, &jo, o, &bt, &b, &c[k], is_default, r, err);
+    }
+    for (int u = 0; !st && u < S2_UNIT_ATTN_COUNT; u++)
+        if ((units & (1u << u)) && res[u].default_ms > 0 && db)
+            st = record(db, rt, spec, N, (s2_attn_unit)u, &res[u], err);
+    bufs_free(&b);
+    s2_tune_free(c, n);
+    return st;
+}
