@@ -10,7 +10,7 @@
 #      at d=128, H=32, G=N/4, then N=16k at d=64. S2_BENCH_FULL=1 runs step 2's whole sweep
 #      (8k, 16k, 32k, 64k, 100k; alone it fits one call, with the rest it does not);
 #      S2_BENCH_SEQLENS=LIST names the d=128 lengths outright.
-# Usage from the device tool: build here, carry the binaries, e.g.
+# Usage from the device tool: `bench/build-carry.sh` here (prints the commit), carry .carry,
 #   S2_BIN=.carry/bin S2_COMMIT=<commit> bash bench/gpu-check.sh
 # The binaries are built on a machine with the build dependencies (the GPU machine has no
 # libyaml, jansson, nettle or Criterion) and passed in through S2_BIN (default build/).
@@ -55,6 +55,25 @@ t0=$(date +%s%N)
 t1=$(date +%s%N)
 grep -v '^s2lora: ' "$OUTDIR/tune.txt"
 echo "tune: $(( (t1 - t0) / 1000000 )) ms wall; REJECTED candidates: $(grep -c REJECTED "$OUTDIR/tune.txt")"
+
+echo "== the tuner's gate rejects a deliberately broken candidate (test build)"
+BROKEN=${S2_BIN_BROKEN:-.carry/bin-broken}
+gate_db=$(mktemp -d /tmp/s2lora-gate.XXXXXX)
+if [ -x "$BROKEN/s2lora" ]; then
+  "$BROKEN/s2lora" tune specs/tiny-byte-512.yaml --kernels attn_fwd --seqlen 4096 \
+    --db "$gate_db" >"$gate_db/gate.txt" 2>&1 || status=1
+  rejected=$(grep -c REJECTED "$gate_db/gate.txt" || true)
+  broken=$(grep REJECTED "$gate_db/gate.txt" | grep -c 'test_broken=1' || true)
+  if [ "$rejected" = 1 ] && [ "$broken" = 1 ]; then
+    echo "gate: PASS (the broken candidate, and only it, was rejected)"
+  else
+    echo "gate: FAIL ($rejected rejected, $broken of them the broken candidate)"; status=1
+    grep REJECTED "$gate_db/gate.txt" | head -5
+  fi
+else
+  echo "gate: NOT RUN: no test build at $BROKEN (bench/build-carry.sh makes one)"; status=1
+fi
+rm -rf "$gate_db"
 
 echo "== bench attn vs peers"
 # llama2-7b-32k gives G by group_ratio 0.25: bench reloads it at each N, so G = N/4, S = G/2.

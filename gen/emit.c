@@ -54,9 +54,10 @@ static void emit_constants(s2_buf *b, const s2_attn_plan *p, s2_attn_unit unit)
                       "#define S2_FWD_WARPS %d\n"
                       "#define S2_FWD_STRIPS %d\n"
                       "#define S2_FWD_BN %d\n"
-                      "#define S2_FWD_STAGES %d\n\n",
+                      "#define S2_FWD_STAGES %d\n"
+                      "#define S2_TEST_BROKEN %d\n\n",
                       p->tile.fwd_warps, p->tile.fwd_strips, p->tile.fwd_block_n,
-                      p->tile.fwd_stages);
+                      p->tile.fwd_stages, p->tile.test_broken);
     else
         s2_buf_printf(b,
                       "#define S2_BWD_WARPS %d\n"

@@ -49,6 +49,9 @@ static const struct {
     {"bwd_block_n", offsetof(s2_attn_tile, bwd_block_n)},
     {"bwd_stages", offsetof(s2_attn_tile, bwd_stages)},
     {"bwd_atomic_dq", offsetof(s2_attn_tile, bwd_atomic_dq)},
+#ifdef S2_TEST_BROKEN_TILE
+    {"test_broken", offsetof(s2_attn_tile, test_broken)},
+#endif
 };
 #define N_TILE_KEYS ((int)(sizeof tile_keys / sizeof tile_keys[0]))
 
@@ -122,6 +125,14 @@ static int bwd_tile_bytes(int rows, int d) { return rows * (d + 2) * 2; }
 
 static s2_status check_fwd_tile(const s2_attn_tile *t, int d, int limit, s2_error *err)
 {
+#ifdef S2_TEST_BROKEN_TILE
+    if (t->test_broken != 0 && t->test_broken != 1)
+        return s2_error_set(err, S2_ERR_INVALID, "tile: test_broken = %d, valid: 0, 1",
+                            t->test_broken);
+#else
+    if (t->test_broken)
+        return s2_error_set(err, S2_ERR_INVALID, "tile: test_broken exists only in test builds");
+#endif
     if (t->fwd_warps < 1 || t->fwd_warps > 8)
         return s2_error_set(err, S2_ERR_INVALID, "tile: fwd_warps = %d, valid 1..8", t->fwd_warps);
     if (t->fwd_strips != 1 && t->fwd_strips != 2)
@@ -306,6 +317,11 @@ int s2_plan_tile_space(const s2_spec *spec, const char *arch, s2_attn_unit unit,
                         t.fwd_block_n = fwd_widths[c], t.fwd_stages = stage_counts[d];
                         space_add(spec, arch, &t, &def, out, max, &n);
                     }
+#ifdef S2_TEST_BROKEN_TILE
+        t = def; /* the default, miscomputing: the tuner's gate must reject it */
+        t.test_broken = 1;
+        space_add(spec, arch, &t, &def, out, max, &n);
+#endif
         return n;
     }
     /* The scalar backward (d > 128) has no streamed tiles: only its warps vary. */

@@ -33,6 +33,9 @@ typedef struct s2_attn_tile {
     int bwd_atomic_dq; /* backward: 0 = a separate dQ kernel, deterministic; 1 = the dK/dV
                           kernel also adds dQ into an fp32 accumulator with atomics (two
                           fewer products per tile pair, run-to-run order not fixed) */
+    int test_broken;   /* test builds only (S2_TEST_BROKEN_TILE): 1 makes the forward scale O
+                          by 1.01, so the tuner's correctness gate can be shown to reject a
+                          wrong candidate; every other build refuses the key and the value */
 } s2_attn_tile;
 
 /* How the tiles of one (query tile, key tile) pair classify; see s2_plan_classify(). */

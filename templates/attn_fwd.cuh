@@ -183,6 +183,8 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
             if (x < n && t == 0)
                 lse[(long)h * total_tokens + seq0 + s2_position(x, cls, n)] = (m[mt][hf] + log2f(lsum)) * S2_LN2;
         }
-        s2_store_strip(o, S2_NUM_HEADS, h, acc[mt], 1.f, row0 + 16 * mt, n, seq0, cls, lane);
+        // S2_TEST_BROKEN is 1 only in test builds: a deliberately wrong O for the tuner's gate.
+        s2_store_strip(o, S2_NUM_HEADS, h, acc[mt], S2_TEST_BROKEN ? 1.01f : 1.f, row0 + 16 * mt,
+                       n, seq0, cls, lane);
     }
 }

@@ -361,3 +361,18 @@ Test(emit, unit_sources_hold_only_their_tile)
     cr_expect(!strstr(b1, "#define S2_FWD_BN"));
     free(f1), free(f2), free(b1), free(b2);
 }
+
+/* The broken tile of test builds cannot reach a user: this build refuses its key and value. */
+Test(plan, test_broken_tile_is_refused_here)
+{
+    s2_spec s = load("");
+    s2_attn_tile t = s2_plan_default_tile("sm_90a", 64);
+    s2_error err = {0};
+    cr_expect_eq(s2_plan_parse_tile("test_broken=1", &t, &err), S2_ERR_INVALID);
+    cr_expect(strstr(err.msg, "unknown key 'test_broken'"), "%s", err.msg);
+    t.test_broken = 1;
+    s2_attn_plan p;
+    cr_expect_eq(s2_plan_attn(&s, "sm_90a", &t, &p, &err), S2_ERR_INVALID);
+    cr_expect(strstr(err.msg, "only in test builds"), "%s", err.msg);
+    s2_error_clear(&err);
+}

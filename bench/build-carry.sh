@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Builds, on a machine with the build dependencies, what bench/gpu-check.sh runs on the GPU
+# machine (which has no libyaml, jansson, nettle or Criterion): the release binaries into
+# .carry/bin and the test build with the broken candidate tile into .carry/bin-broken, both
+# from the committed HEAD (an export, so uncommitted edits never reach a recorded run).
+# .carry/ is git-ignored; name it in the device tool's carry list. Prints the commit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+commit=$(git rev-parse --short HEAD)
+src=$(mktemp -d /tmp/s2lora-carry.XXXXXX)
+git archive HEAD | tar -x -C "$src"
+cmake -S "$src" -B "$src/build" -DS2_BUILD_TESTS=OFF >/dev/null
+cmake --build "$src/build" -j "$(nproc)" >/dev/null
+cmake -S "$src" -B "$src/build-broken" -DS2_BUILD_TESTS=OFF -DS2_TEST_BROKEN_TILE=ON >/dev/null
+cmake --build "$src/build-broken" -j "$(nproc)" --target s2lora >/dev/null
+mkdir -p .carry/bin .carry/bin-broken
+cp "$src/build/s2lora" "$src/build/s2lora_gpu_check" .carry/bin/
+cp "$src/build-broken/s2lora" .carry/bin-broken/
+rm -rf "$src"
+echo "$commit"
