@@ -1,0 +1,76 @@
+/* test_lora_plan.c — LoRA shapes, sharing groups and PEFT names from the shipped specs. */
+#include <criterion/criterion.h>
+#include <string.h>
+
+#include "gen/lora_plan.h"
+
+static s2_spec load(const char *file, const char *set)
+{
+    s2_spec s;
+    s2_error err = {0};
+    s2_spec_override ov[] = {{set}};
+    cr_assert_eq(s2_spec_load(file, ov, set ? 1 : 0, &s, &err), S2_OK, "%s", err.msg);
+    return s;
+}
+
+Test(lora_plan, llama2_7b_defaults)
+{
+    s2_spec s = load(S2_SOURCE_DIR "/specs/llama2-7b-32k.yaml", NULL);
+    s2_lora_plan p;
+    s2_plan_lora(&s, &p);
+    cr_expect_eq(p.rank, 8);
+    cr_expect_float_eq(p.scale, 2.0, 1e-12, "alpha 16 / r 8");
+    for (int i = S2_PROJ_Q; i <= S2_PROJ_O; i++) {
+        cr_expect_eq(p.lin[i].in, 4096);
+        cr_expect_eq(p.lin[i].out, 4096);
+        cr_expect(p.lin[i].adapted, "%s", s2_proj_name((s2_proj)i));
+    }
+    cr_expect(!p.lin[S2_PROJ_GATE].adapted && !p.lin[S2_PROJ_DOWN].adapted);
+    cr_expect_eq(p.lin[S2_PROJ_UP].out, 11008);
+    cr_expect_eq(p.lin[S2_PROJ_DOWN].in, 11008);
+    cr_assert_eq(p.n_groups, 2, "q/k/v share x; o alone; the MLP is not adapted");
+    cr_expect_eq(p.group[0].n, 3);
+    cr_expect_eq(p.group[0].r_total, 24);
+    cr_expect_eq(p.group[0].out_total, 3 * 4096);
+    cr_expect_eq(p.group[1].n, 1);
+    cr_expect_eq(p.group[1].proj[0], S2_PROJ_O);
+}
+
+Test(lora_plan, gqa_shapes_of_70b)
+{
+    s2_spec s = load(S2_SOURCE_DIR "/specs/llama2-70b-32k.yaml", NULL);
+    s2_lora_plan p;
+    s2_plan_lora(&s, &p);
+    cr_expect_eq(p.lin[S2_PROJ_Q].out, 8192);
+    cr_expect_eq(p.lin[S2_PROJ_K].out, 1024, "8 kv heads x 128");
+    cr_expect_eq(p.lin[S2_PROJ_V].out, 1024);
+    cr_expect_eq(p.lin[S2_PROJ_O].in, 8192);
+    cr_expect_eq(p.group[0].out_total, 8192 + 2 * 1024);
+}
+
+Test(lora_plan, targets_shape_the_groups)
+{
+    s2_spec s = load(S2_SOURCE_DIR "/specs/llama2-7b-8k.yaml",
+                     "lora.targets=[q_proj, v_proj, gate_proj, up_proj, down_proj]");
+    s2_lora_plan p;
+    s2_plan_lora(&s, &p);
+    cr_assert_eq(p.n_groups, 3);
+    cr_expect_eq(p.group[0].n, 2);
+    cr_expect_eq(p.group[0].proj[0], S2_PROJ_Q);
+    cr_expect_eq(p.group[0].proj[1], S2_PROJ_V);
+    cr_expect_eq(p.group[1].n, 2, "gate and up share the MLP input");
+    cr_expect_eq(p.group[1].in, 4096);
+    cr_expect_eq(p.group[2].proj[0], S2_PROJ_DOWN);
+    cr_expect_eq(p.group[2].in, 11008);
+}
+
+Test(lora_plan, peft_tensor_names)
+{
+    char buf[128];
+    cr_expect_str_eq(s2_lora_tensor_name(3, S2_PROJ_Q, 'A', buf, sizeof buf),
+                     "base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight");
+    cr_expect_str_eq(s2_lora_tensor_name(31, S2_PROJ_DOWN, 'B', buf, sizeof buf),
+                     "base_model.model.model.layers.31.mlp.down_proj.lora_B.weight");
+    cr_expect_null(s2_lora_tensor_name(0, S2_PROJ_Q, 'C', buf, sizeof buf));
+    cr_expect_null(s2_lora_tensor_name(0, S2_PROJ_Q, 'A', buf, 10), "too small a buffer");
+}
