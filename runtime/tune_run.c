@@ -113,50 +113,58 @@ static s2_status bufs_fill(tune_bufs *b, s2_st_dtype dt, int N, s2_error *err)
     return st;
 }
 
+/* Copies a device tensor and its reference (bytes each) to two new host buffers. */
+static s2_status fetch_pair(const void *got, const void *ref, size_t bytes, void **a, void **r,
+                            s2_error *err)
+{
+    *a = malloc(bytes ? bytes : 1), *r = malloc(bytes ? bytes : 1);
+    s2_status st = *a && *r ? S2_OK : s2_error_set(err, S2_ERR_NOMEM, "out of memory comparing");
+    if (!st)
+        st = s2_rt_check(cudaMemcpy(*a, got, bytes, cudaMemcpyDeviceToHost), "copy back", err);
+    if (!st)
+        st = s2_rt_check(cudaMemcpy(*r, ref, bytes, cudaMemcpyDeviceToHost), "copy back", err);
+    return st;
+}
+
+/* Accumulates one compared element into the error sums and the NaN count. */
+static void add_diff(double x, double y, double *num, double *den, long *nan)
+{
+    *nan += isnan(x);
+    *num += (x - y) * (x - y), *den += y * y;
+}
+
 /* Relative L2 of a device half tensor against a reference over every ROW_STRIDE-th row of
  * row_elems elements; NaN counted in *nan. */
 static s2_status compare_half(const void *got, const void *ref, size_t n, size_t row_elems,
                               s2_st_dtype dt, double *rel, long *nan, s2_error *err)
 {
-    uint16_t *a = malloc(n * 2), *r = malloc(n * 2);
-    s2_status st = a && r ? S2_OK : s2_error_set(err, S2_ERR_NOMEM, "out of memory comparing");
-    if (!st)
-        st = s2_rt_check(cudaMemcpy(a, got, n * 2, cudaMemcpyDeviceToHost), "copy back", err);
-    if (!st)
-        st = s2_rt_check(cudaMemcpy(r, ref, n * 2, cudaMemcpyDeviceToHost), "copy back", err);
+    void *pa, *pr;
+    s2_status st = fetch_pair(got, ref, n * 2, &pa, &pr, err);
+    const uint16_t *a = pa, *r = pr;
     double num = 0, den = 0;
     for (size_t row = 0; !st && row * row_elems < n; row += ROW_STRIDE)
-        for (size_t i = row * row_elems; i < (row + 1) * row_elems && i < n; i++) {
-            float x = dt == S2_ST_BF16 ? s2_bf16_to_f32(a[i]) : s2_f16_to_f32(a[i]);
-            float y = dt == S2_ST_BF16 ? s2_bf16_to_f32(r[i]) : s2_f16_to_f32(r[i]);
-            if (isnan(x))
-                (*nan)++;
-            num += ((double)x - y) * ((double)x - y), den += (double)y * y;
-        }
+        for (size_t i = row * row_elems; i < (row + 1) * row_elems && i < n; i++)
+            add_diff(dt == S2_ST_BF16 ? s2_bf16_to_f32(a[i]) : s2_f16_to_f32(a[i]),
+                     dt == S2_ST_BF16 ? s2_bf16_to_f32(r[i]) : s2_f16_to_f32(r[i]), &num, &den, nan);
     *rel = den > 0 ? sqrt(num / den) : sqrt(num);
-    free(a);
-    free(r);
+    free(pa);
+    free(pr);
     return st;
 }
 
+/* The same over every element of an fp32 tensor. */
 static s2_status compare_f32(const float *got, const float *ref, size_t n, double *rel, long *nan,
                              s2_error *err)
 {
-    float *a = malloc(n * 4), *r = malloc(n * 4);
-    s2_status st = a && r ? S2_OK : s2_error_set(err, S2_ERR_NOMEM, "out of memory comparing");
-    if (!st)
-        st = s2_rt_check(cudaMemcpy(a, got, n * 4, cudaMemcpyDeviceToHost), "copy back", err);
-    if (!st)
-        st = s2_rt_check(cudaMemcpy(r, ref, n * 4, cudaMemcpyDeviceToHost), "copy back", err);
+    void *pa, *pr;
+    s2_status st = fetch_pair(got, ref, n * 4, &pa, &pr, err);
+    const float *a = pa, *r = pr;
     double num = 0, den = 0;
-    for (size_t i = 0; !st && i < n; i++) {
-        if (isnan(a[i]))
-            (*nan)++;
-        num += ((double)a[i] - r[i]) * ((double)a[i] - r[i]), den += (double)r[i] * r[i];
-    }
+    for (size_t i = 0; !st && i < n; i++)
+        add_diff(a[i], r[i], &num, &den, nan);
     *rel = den > 0 ? sqrt(num / den) : sqrt(num);
-    free(a);
-    free(r);
+    free(pa);
+    free(pr);
     return st;
 }
 
