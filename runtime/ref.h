@@ -66,13 +66,23 @@ void s2_ref_attn_naive_forward(const s2_ref_attn *a, const float *q, const float
                                const float *v, float *o, float *lse);
 
 /*
- * LoRA linear (PEFT shapes): y = x W^T + s (x A^T) B^T, s = alpha / r.
+ * LoRA linear (PEFT shapes): y = x W^T + s (drop(x) A^T) B^T, s = alpha / r.
  *   x [M, in], W [out, in], A [r, in], B [out, r], y [M, out]
- * Backward from dy [M, out]: dx [M, in], dA [r, in], dB [out, r]; W is frozen (no dW).
+ * Backward from dy [M, out]: dx [M, in], dA [r, in], dB [out, r]; W is frozen (no dW):
+ *   dx = dy W + s ((dy B) A) ∘ mask / (1-p),  dA = s (dy B)^T drop(x),  dB = s dy^T (drop(x) A^T)
+ * Dropout (PEFT's lora_dropout) acts on the adapter's input only, never on the frozen path:
+ * drop(x) = x ∘ mask · s2_dropout_scale(p), where mask[m, k] = s2_dropout_keep(seed, stream,
+ * m*in + k, p) (runtime/philox.h): fixed by (seed, stream), so the backward regenerates the
+ * forward's mask and the forward is a differentiable function of x, A and B. dropout = 0 (a
+ * zero-initialised struct) is no dropout and gives exactly the results without these fields.
+ * A dropout outside [0, 1) (or NaN) makes every output NaN.
  */
 typedef struct s2_ref_lora {
     int M, in, out, r;
-    float scale; /* alpha / r */
+    float scale;     /* alpha / r */
+    float dropout;   /* p in [0, 1); 0: none */
+    uint64_t seed;   /* dropout key */
+    uint32_t stream; /* dropout stream, e.g. layer*8 + projection */
 } s2_ref_lora;
 
 void s2_ref_lora_forward(const s2_ref_lora *l, const float *x, const float *W, const float *A,
