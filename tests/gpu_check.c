@@ -18,6 +18,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "../gen/lora_plan.h"
+#include "../runtime/lora.h"
 #include "../runtime/ref.h"
 #include "../runtime/rt.h"
 #include "../runtime/st.h"
@@ -350,6 +352,246 @@ static void *prebuild(void *arg)
     }
 }
 
+
+/* ---------------------------------------------------------------- LoRA linears */
+
+typedef struct lcase {
+    const char *what;
+    const char *dtype;
+    int M, r;
+    const char *targets; /* the spec's lora.targets */
+    int group;           /* which group of the plan */
+} lcase;
+
+/* GQA-shaped q/k/v (H=8, Hkv=2, d=64: outs 512, 128, 128) and o; M not a multiple of a tile. */
+static const lcase lcases[] = {
+    {"qkv r=8", "bf16", 1000, 8, "[q_proj, k_proj, v_proj, o_proj]", 0},
+    {"qkv r=16", "bf16", 1000, 16, "[q_proj, k_proj, v_proj, o_proj]", 0},
+    {"qkv r=64 fp16", "fp16", 777, 64, "[q_proj, k_proj, v_proj, o_proj]", 0},
+    {"o r=8", "bf16", 1000, 8, "[q_proj, k_proj, v_proj, o_proj]", 1},
+    {"q,v r=8 (rp pad)", "bf16", 513, 8, "[q_proj, v_proj]", 0},
+    {"down r=16 fp16", "fp16", 640, 16, "[down_proj]", 0},
+};
+#define N_LCASES ((int)(sizeof lcases / sizeof lcases[0]))
+
+static s2_status lcase_plan(const lcase *c, s2_lora_plan *plan, s2_error *err)
+{
+    char yaml[1024];
+    snprintf(yaml, sizeof yaml,
+             "name: gpu-check-lora\ndtype: %s\n"
+             "model: {hidden_size: 512, intermediate_size: 768, num_layers: 1, num_heads: 8,\n"
+             "        num_kv_heads: 2, head_dim: 64, vocab_size: 256, max_position_embeddings: 1024}\n"
+             "context_length: 1024\nlora: {rank: %d, alpha: 16, targets: %s}\n",
+             c->dtype, c->r, c->targets);
+    s2_spec spec;
+    s2_status st = s2_spec_load_string(yaml, c->what, NULL, 0, &spec, err);
+    if (!st)
+        s2_plan_lora(&spec, plan);
+    return st;
+}
+
+/* Relative L2 over a strided block: rows x cols of got (ld_got) vs ref (ld_ref). */
+static double rel_block(const float *got, int ld_got, const float *ref, int ld_ref, int rows,
+                        int cols, int *nan)
+{
+    double num = 0, den = 0;
+    for (int i = 0; i < rows; i++)
+        for (int j = 0; j < cols; j++) {
+            double g = got[(size_t)i * ld_got + j], r = ref[(size_t)i * ld_ref + j];
+            *nan += isnan(g);
+            num += (g - r) * (g - r), den += r * r;
+        }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+typedef struct lbufs {
+    void *xa, *wc, *a, *y, *dy, *dxv, *da, *db;
+} lbufs;
+
+static void lbufs_free(lbufs *b)
+{
+    void *p[] = {b->xa, b->wc, b->a, b->y, b->dy, b->dxv, b->da, b->db};
+    for (size_t i = 0; i < sizeof p / sizeof p[0]; i++)
+        cudaFree(p[i]);
+}
+
+static s2_status upload_half(void **dev, const float *f, size_t n, s2_st_dtype dt, s2_error *err)
+{
+    uint16_t *h = xmalloc(n * 2);
+    s2_f32_to_half(dt, f, h, n);
+    s2_status st = s2_rt_check(cudaMalloc(dev, n * 2), "cudaMalloc (LoRA)", err);
+    if (!st)
+        st = s2_rt_check(cudaMemcpy(*dev, h, n * 2, cudaMemcpyHostToDevice), "copy (LoRA)", err);
+    free(h);
+    return st;
+}
+
+static s2_status download_half(float *f, const void *dev, size_t n, s2_st_dtype dt, s2_error *err)
+{
+    uint16_t *h = xmalloc(n * 2);
+    s2_status st = s2_rt_check(cudaMemcpy(h, dev, n * 2, cudaMemcpyDeviceToHost), "copy back (LoRA)", err);
+    if (!st)
+        s2_half_to_f32(dt, h, f, n);
+    free(h);
+    return st;
+}
+
+/* Random values rounded to the storage dtype, so the reference sees what the device sees. */
+static void rand_rounded(float *f, size_t n, float scale, s2_st_dtype dt)
+{
+    uint16_t *h = xmalloc(n * 2);
+    for (size_t i = 0; i < n; i++)
+        f[i] = scale * rng_normal();
+    s2_f32_to_half(dt, f, h, n);
+    s2_half_to_f32(dt, h, f, n);
+    free(h);
+}
+
+/* e[0] y, e[1] dx, e[2] dA, e[3] dB: the worst over the group's projections. */
+static s2_status run_lora_case(s2_lora_ctx *ctx, const lcase *c, double e[4], int *nan,
+                               s2_error *err)
+{
+    s2_lora_plan plan;
+    s2_lora_dims d;
+    s2_status st = lcase_plan(c, &plan, err);
+    if (!st)
+        st = s2_lora_dims_of(&plan, c->group, c->M, &d, err);
+    if (st)
+        return st;
+    const s2_st_dtype dt = d.dtype == S2_DTYPE_BF16 ? S2_ST_BF16 : S2_ST_F16;
+    const int M = d.M, in = d.in, r = d.r, rp = d.rp, lx = in + rp, ot = d.out_total;
+    float *xa = xmalloc((size_t)M * lx * 4), *wc = xmalloc((size_t)ot * lx * 4);
+    float *a = xmalloc((size_t)rp * in * 4), *dy = xmalloc((size_t)M * ot * 4);
+    float *x = xmalloc((size_t)M * in * 4);
+    rand_rounded(x, (size_t)M * in, 1.f, dt);
+    rand_rounded(dy, (size_t)M * ot, 1.f, dt);
+    memset(wc, 0, (size_t)ot * lx * 4);
+    memset(a, 0, (size_t)rp * in * 4);
+    for (int m = 0; m < M; m++) {
+        memcpy(xa + (size_t)m * lx, x + (size_t)m * in, (size_t)in * 4);
+        for (int j = in; j < lx; j++)
+            xa[(size_t)m * lx + j] = NAN; /* poison: the forward must write u here */
+    }
+    /* W rows, B block-diagonal, A stacked: B random, not PEFT's zero start, so it is tested. */
+    float *tmp = xmalloc((size_t)ot * (in > r ? in : r) * 4);
+    for (int i = 0, off = 0; i < d.n_proj; off += d.out[i], i++) {
+        rand_rounded(tmp, (size_t)d.out[i] * in, 1.f / sqrtf((float)in), dt);
+        for (int o = 0; o < d.out[i]; o++)
+            memcpy(wc + (size_t)(off + o) * lx, tmp + (size_t)o * in, (size_t)in * 4);
+        rand_rounded(tmp, (size_t)d.out[i] * r, 1.f / sqrtf((float)r), dt);
+        for (int o = 0; o < d.out[i]; o++)
+            memcpy(wc + (size_t)(off + o) * lx + in + i * r, tmp + (size_t)o * r, (size_t)r * 4);
+        rand_rounded(a + (size_t)i * r * in, (size_t)r * in, 1.f / sqrtf((float)in), dt);
+    }
+    free(tmp);
+    lbufs b = {0};
+    st = upload_half(&b.xa, xa, (size_t)M * lx, dt, err);
+    if (!st)
+        st = upload_half(&b.wc, wc, (size_t)ot * lx, dt, err);
+    if (!st)
+        st = upload_half(&b.a, a, (size_t)rp * in, dt, err);
+    if (!st)
+        st = upload_half(&b.dy, dy, (size_t)M * ot, dt, err);
+    const size_t ny = (size_t)M * ot, ndx = (size_t)M * lx, nda = (size_t)rp * in, ndb = (size_t)ot * rp;
+    if (!st)
+        st = s2_rt_check(cudaMalloc(&b.y, ny * 2), "cudaMalloc y", err);
+    if (!st)
+        st = s2_rt_check(cudaMalloc(&b.dxv, ndx * 2), "cudaMalloc dxv", err);
+    if (!st)
+        st = s2_rt_check(cudaMalloc(&b.da, nda * 2), "cudaMalloc da", err);
+    if (!st)
+        st = s2_rt_check(cudaMalloc(&b.db, ndb * 2), "cudaMalloc db", err);
+    if (!st) /* poison every output */
+        st = s2_rt_check(cudaMemset(b.y, 0xff, ny * 2), "poison", err);
+    if (!st)
+        st = s2_rt_check(cudaMemset(b.dxv, 0xff, ndx * 2), "poison", err);
+    if (!st)
+        st = s2_rt_check(cudaMemset(b.da, 0xff, nda * 2), "poison", err);
+    if (!st)
+        st = s2_rt_check(cudaMemset(b.db, 0xff, ndb * 2), "poison", err);
+    if (!st)
+        st = s2_lora_forward(ctx, &d, b.xa, b.wc, b.a, b.y, 0, err);
+    if (!st)
+        st = s2_lora_backward(ctx, &d, b.xa, b.wc, b.a, b.dy, b.dxv, b.da, b.db, 0, err);
+    if (!st)
+        st = s2_rt_check(cudaDeviceSynchronize(), "running the LoRA GEMMs", err);
+    float *gy = xmalloc(ny * 4), *gdx = xmalloc(ndx * 4), *gda = xmalloc(nda * 4), *gdb = xmalloc(ndb * 4);
+    if (!st)
+        st = download_half(gy, b.y, ny, dt, err);
+    if (!st)
+        st = download_half(gdx, b.dxv, ndx, dt, err);
+    if (!st)
+        st = download_half(gda, b.da, nda, dt, err);
+    if (!st)
+        st = download_half(gdb, b.db, ndb, dt, err);
+    /* The reference, one projection at a time; dx sums over them. */
+    float *rdx = xmalloc((size_t)M * in * 4);
+    memset(rdx, 0, (size_t)M * in * 4);
+    e[0] = e[1] = e[2] = e[3] = 0;
+    for (int i = 0, off = 0; !st && i < d.n_proj; off += d.out[i], i++) {
+        const int oi = d.out[i];
+        float *W = xmalloc((size_t)oi * in * 4), *B = xmalloc((size_t)oi * r * 4);
+        float *dyi = xmalloc((size_t)M * oi * 4), *yi = xmalloc((size_t)M * oi * 4);
+        float *dxi = xmalloc((size_t)M * in * 4), *dAi = xmalloc((size_t)r * in * 4);
+        float *dBi = xmalloc((size_t)oi * r * 4);
+        for (int o = 0; o < oi; o++) {
+            memcpy(W + (size_t)o * in, wc + (size_t)(off + o) * lx, (size_t)in * 4);
+            memcpy(B + (size_t)o * r, wc + (size_t)(off + o) * lx + in + i * r, (size_t)r * 4);
+        }
+        for (int m = 0; m < M; m++)
+            memcpy(dyi + (size_t)m * oi, dy + (size_t)m * ot + off, (size_t)oi * 4);
+        s2_ref_lora rl = {.M = M, .in = in, .out = oi, .r = r, .scale = d.scale};
+        const float *Ai = a + (size_t)i * r * in;
+        s2_ref_lora_forward(&rl, x, W, Ai, B, yi);
+        s2_ref_lora_backward(&rl, x, W, Ai, B, dyi, dxi, dAi, dBi);
+        for (size_t k = 0; k < (size_t)M * in; k++)
+            rdx[k] += dxi[k];
+        e[0] = fmax(e[0], rel_block(gy + off, ot, yi, oi, M, oi, nan));
+        e[2] = fmax(e[2], rel_block(gda + (size_t)i * r * in, in, dAi, in, r, in, nan));
+        e[3] = fmax(e[3], rel_block(gdb + (size_t)off * rp + i * r, rp, dBi, r, oi, r, nan));
+        free(W), free(B), free(dyi), free(yi), free(dxi), free(dAi), free(dBi);
+    }
+    if (!st)
+        e[1] = rel_block(gdx, lx, rdx, in, M, in, nan);
+    free(rdx), free(gy), free(gdx), free(gda), free(gdb);
+    free(xa), free(wc), free(a), free(dy), free(x);
+    lbufs_free(&b);
+    return st;
+}
+
+/* Every LoRA case against the CPU reference; returns the failures. */
+static int check_lora(void)
+{
+    s2_error err = {0};
+    s2_lora_ctx *ctx = NULL;
+    if (s2_lora_open(&ctx, &err)) {
+        printf("lora: ERROR %s\n", err.msg);
+        s2_error_clear(&err);
+        return 1;
+    }
+    printf("%-20s %-4s %5s %3s %9s %9s %9s %9s %s\n", "lora case", "dt", "M", "r", "y", "dx",
+           "dA", "dB", "result");
+    int failed = 0;
+    for (int i = 0; i < N_LCASES; i++) {
+        double e[4];
+        int nan = 0;
+        if (run_lora_case(ctx, &lcases[i], e, &nan, &err)) {
+            printf("%-20s ERROR %s\n", lcases[i].what, err.msg);
+            s2_error_clear(&err);
+            failed++;
+            continue;
+        }
+        int ok = !nan && e[0] < TOL && e[1] < TOL && e[2] < TOL && e[3] < TOL;
+        printf("%-20s %-4s %5d %3d %9.2e %9.2e %9.2e %9.2e %s%s\n", lcases[i].what,
+               lcases[i].dtype, lcases[i].M, lcases[i].r, e[0], e[1], e[2], e[3],
+               ok ? "PASS" : "FAIL", nan ? " (NaN: unwritten outputs)" : "");
+        failed += !ok;
+    }
+    s2_lora_close(ctx);
+    printf("gpu_check: %d of %d LoRA cases passed\n", N_LCASES - failed, N_LCASES);
+    return failed;
+}
+
 /* Builds every (case, tile) pair for arch on all cores; returns how many failed (a build
  * error, a plan refusal or a spill), each reported on stderr. */
 static int prebuild_all(const char *arch)
@@ -463,5 +705,7 @@ int main(int argc, char **argv)
     }
     printf("gpu_check: %d of %d case runs passed (%d cases x %d tiles)\n", n_run - failed, n_run,
            n_run / N_TILES, N_TILES);
+    if (!only || strstr(only, "lora"))
+        failed += check_lora();
     return failed ? 1 : 0;
 }

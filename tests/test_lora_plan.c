@@ -74,3 +74,38 @@ Test(lora_plan, peft_tensor_names)
     cr_expect_null(s2_lora_tensor_name(0, S2_PROJ_Q, 'C', buf, sizeof buf));
     cr_expect_null(s2_lora_tensor_name(0, S2_PROJ_Q, 'A', buf, 10), "too small a buffer");
 }
+
+/* The GPU path's dimensions (runtime/lora.h): the augmented widths and the refusal of dropout. */
+#include "runtime/lora.h"
+
+Test(lora_dims, augmented_widths)
+{
+    s2_spec s = load(S2_SOURCE_DIR "/specs/llama2-70b-32k.yaml", NULL);
+    s2_lora_plan p;
+    s2_plan_lora(&s, &p);
+    s2_lora_dims d;
+    s2_error err = {0};
+    cr_assert_eq(s2_lora_dims_of(&p, 0, 4096, &d, &err), S2_OK, "%s", err.msg);
+    cr_expect_eq(d.n_proj, 3);
+    cr_expect_eq(d.out_total, 8192 + 2 * 1024);
+    cr_expect_eq(d.rp, 24, "3 x rank 8, a multiple of 8 already");
+    cr_expect_float_eq(d.scale, 2.0f, 1e-6);
+    s2_spec odd = load(S2_SOURCE_DIR "/specs/llama2-7b-8k.yaml", "lora.rank=3");
+    s2_plan_lora(&odd, &p);
+    cr_assert_eq(s2_lora_dims_of(&p, 0, 100, &d, &err), S2_OK);
+    cr_expect_eq(d.rp, 16, "3 x 3 = 9 rounded up to 16: rows stay 16-byte aligned");
+    cr_expect_eq(s2_lora_dims_of(&p, 7, 100, &d, &err), S2_ERR_INVALID);
+    s2_error_clear(&err);
+}
+
+Test(lora_dims, dropout_is_refused_on_the_gpu_path)
+{
+    s2_spec s = load(S2_SOURCE_DIR "/specs/llama2-7b-8k.yaml", "lora.dropout=0.05");
+    s2_lora_plan p;
+    s2_plan_lora(&s, &p);
+    s2_lora_dims d;
+    s2_error err = {0};
+    cr_expect_eq(s2_lora_dims_of(&p, 0, 100, &d, &err), S2_ERR_INVALID);
+    cr_expect(strstr(err.msg, "no dropout yet"), "%s", err.msg);
+    s2_error_clear(&err);
+}

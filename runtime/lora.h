@@ -1,0 +1,78 @@
+/*
+ * lora.h — LoRA linears on the GPU: y = x W^T + s (x A^T) B^T for a group of projections that
+ * read the same x (q, k, v; or gate, up; or one alone), and the backward dx, dA, dB (W is
+ * frozen: no dW). PEFT's shapes and scale (s = alpha / r).
+ *
+ * The fusion is in the layout, so every product is one cuBLAS GEMM and no pass is spent on
+ * stitching: x lives in an augmented buffer whose extra columns receive the low-rank
+ * activations u = s x A^T, and the frozen W carries the adapters' B as extra columns:
+ *
+ *   xa [M, in + rp]          x in columns [0, in); u = s x A^T in [in, in + rp)
+ *   wc [out_total, in + rp]  the projections' W stacked by rows | their B block-diagonal in the
+ *                            extra columns (projection i's B [out_i, r] at columns in + i*r)
+ *   a  [rp, in]              the projections' A stacked by rows
+ *
+ * (rp = n_proj * r rounded up to 8, so rows stay 16-byte aligned; the pad rows of a and the
+ * pad columns of wc are zero.) Then
+ *   forward:  u = s x A^T            (GEMM, N = rp: one read of x)
+ *             y = xa wc^T            (GEMM, K = in + rp: the base product plus the adapters)
+ *   backward: [dx | v] = dy wc       (GEMM, N = in + rp: the base dx and v = dy B at once)
+ *             dx += s v A            (GEMM, K = rp, beta 1)
+ *             dA = s v^T x           (GEMM over M: one read of x)
+ *             dB_full = dy^T u       (GEMM over M: one read of dy; projection i's dB is its
+ *                                     rows and columns i*r .. i*r+r of the [out_total, rp] result)
+ * Beyond the base GEMMs this reads x twice, dy once and dx twice; the only temporary is v, the
+ * rp extra columns of dxv. Whoever writes x writes it into xa; whoever owns W keeps it in wc.
+ *
+ * cuBLAS is loaded at run time (dlopen of libcublas.so.13), so binaries that never run a LoRA
+ * linear do not need it; s2_lora_open() says so clearly when it is missing.
+ * Dropout is not in the GPU path yet (the CPU reference has it): lora.dropout > 0 is refused.
+ */
+#ifndef S2_LORA_H
+#define S2_LORA_H
+
+#include <cuda_runtime_api.h>
+
+#include "../gen/lora_plan.h"
+
+typedef struct s2_lora_ctx s2_lora_ctx;
+
+typedef struct s2_lora_dims {
+    int M;          /* tokens */
+    int in;         /* input width */
+    int n_proj;     /* projections in the group: 1..3 */
+    int out[3];     /* each projection's out */
+    int out_total;  /* sum of out */
+    int r;          /* rank */
+    int rp;         /* n_proj * r rounded up to a multiple of 8 */
+    float scale;    /* alpha / r */
+    s2_dtype dtype;
+} s2_lora_dims;
+
+/* Dimensions of group g of a plan for M tokens. S2_ERR_INVALID for dropout > 0. */
+s2_status s2_lora_dims_of(const s2_lora_plan *plan, int g, int M, s2_lora_dims *d, s2_error *err);
+
+/* Loads cuBLAS and creates the handle (once; reuse the context). */
+s2_status s2_lora_open(s2_lora_ctx **ctx, s2_error *err);
+void s2_lora_close(s2_lora_ctx *ctx);
+
+/* Forward: writes u into xa's extra columns and y [M, out_total]. */
+s2_status s2_lora_forward(s2_lora_ctx *ctx, const s2_lora_dims *d, void *xa, const void *wc,
+                          const void *a, void *y, cudaStream_t stream, s2_error *err);
+
+/* The base product alone (y = x W^T from the same buffers, K = in): what LoRA is measured
+ * against. */
+s2_status s2_lora_base_forward(s2_lora_ctx *ctx, const s2_lora_dims *d, const void *xa,
+                               const void *wc, void *y, cudaStream_t stream, s2_error *err);
+
+/* Backward from dy [M, out_total]: dxv [M, in + rp] (dx in [0, in)), da [rp, in],
+ * db [out_total, rp]. xa must hold the forward's u. */
+s2_status s2_lora_backward(s2_lora_ctx *ctx, const s2_lora_dims *d, const void *xa,
+                           const void *wc, const void *a, const void *dy, void *dxv, void *da,
+                           void *db, cudaStream_t stream, s2_error *err);
+
+/* The base backward alone (dx = dy W, K = out_total). */
+s2_status s2_lora_base_backward(s2_lora_ctx *ctx, const s2_lora_dims *d, const void *wc,
+                                const void *dy, void *dxv, cudaStream_t stream, s2_error *err);
+
+#endif
