@@ -6,7 +6,8 @@
 #      poisoned outputs, all shift modes, short last group, varlen, GQA, d in {64, 96, 128, 256};
 #   4. `s2lora attn --backward` against LongLoRA's S²-Attn written in PyTorch (bench/peers/);
 #   5. `s2lora tune` of the default spec (timed: the bar is 60 s), whose tiles bench then uses;
-#   6. `s2lora bench attn` beside the PyTorch peers (bench/peers/attn_peers.py): N = 8k and 16k
+#   6. `s2lora bench lora` against the frozen base GEMM, then bench/peers/lora_peers.py;
+#   7. `s2lora bench attn` beside the PyTorch peers (bench/peers/attn_peers.py): N = 8k and 16k
 #      at d=128, H=32, G=N/4, then N=16k at d=64. S2_BENCH_FULL=1 runs step 2's whole sweep
 #      (8k, 16k, 32k, 64k, 100k; alone it fits one call, with the rest it does not);
 #      S2_BENCH_SEQLENS=LIST names the d=128 lengths outright.
@@ -24,10 +25,10 @@ export S2LORA_CACHE_DIR=${S2LORA_CACHE_DIR:-/tmp/s2lora-cache}
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 rm -rf "$S2LORA_CACHE_DIR"
 status=0
-# S2_SECTIONS picks sections (default all): build check peers tune gate bench. One device call
+# S2_SECTIONS picks sections (default all): build check peers tune gate lora bench. One device call
 # may run 10 minutes; the whole script takes about 8 (H100, 2026-11-25 estimate), so a
 # session short of time splits it, e.g. S2_SECTIONS="build check peers gate", then "tune bench".
-want() { case " ${S2_SECTIONS:-build check peers tune gate bench} " in *" $1 "*) return 0 ;; esac; return 1; }
+want() { case " ${S2_SECTIONS:-build check peers tune gate lora bench} " in *" $1 "*) return 0 ;; esac; return 1; }
 
 echo "== card"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
@@ -36,13 +37,15 @@ echo "commit ${S2_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unkno
 
 if want build; then
 echo "== build llama2-7b-32k for this device (cold, then warm)"
+: >"$OUTDIR/build.txt" # one file for both builds: $OUT brings back at most 8 files
 for run in cold warm; do
   t0=$(date +%s%N)
-  "$BIN/s2lora" build specs/llama2-7b-32k.yaml --arch sm_90a >"$OUTDIR/build-$run.txt" 2>&1 || status=1
+  echo "-- $run" >>"$OUTDIR/build.txt"
+  "$BIN/s2lora" build specs/llama2-7b-32k.yaml --arch sm_90a >>"$OUTDIR/build.txt" 2>&1 || status=1
   t1=$(date +%s%N)
   echo "$run build: $(( (t1 - t0) / 1000000 )) ms wall (process start to exit)"
 done
-cat "$OUTDIR/build-cold.txt"
+cat "$OUTDIR/build.txt"
 fi
 
 if want check; then
@@ -87,6 +90,16 @@ else
   echo "gate: NOT RUN: no test build at $BROKEN (bench/build-carry.sh makes one)"; status=1
 fi
 rm -rf "$gate_db"
+fi
+
+if want lora; then
+echo "== bench lora vs the frozen base GEMM, then the PyTorch peers on the same shapes"
+lora_M=${S2_LORA_M:-16384} lora_dims=${S2_LORA_DIMS:-4096} lora_ranks=${S2_LORA_RANKS:-8,16,64}
+"$BIN/s2lora" bench lora --M "$lora_M" --dims "$lora_dims" --ranks "$lora_ranks" \
+  >"$OUTDIR/bench_lora.txt" 2>&1 || status=1
+python3 bench/peers/lora_peers.py --M "$lora_M" --dims "$lora_dims" --ranks "$lora_ranks" \
+  >>"$OUTDIR/bench_lora.txt" 2>&1 || status=1
+cat "$OUTDIR/bench_lora.txt"
 fi
 
 if want bench; then

@@ -18,6 +18,7 @@
 #include "rt.h"
 #include "st.h"
 #include "tune.h"
+#include "bench_lora.h"
 
 #define EXIT_USAGE 2
 #define EXIT_NO_DEVICE 3
@@ -589,14 +590,106 @@ static s2_status write_bench_files(const s2_bench_opts *o, const char *device,
     return st;
 }
 
+static const char bench_lora_help[] =
+    "usage: s2lora bench lora [--M LIST] [--dims LIST] [--ranks LIST] [--dtype bf16|fp16]\n"
+    "                         [--reps N] [--csv FILE]\n"
+    "\n"
+    "Times the LoRA linear (runtime/lora.h: cuBLAS GEMMs on the augmented layout) against\n"
+    "the frozen base GEMM on the same buffers, for one projection of in = out = dim:\n"
+    "forward (y = x W^T) and forward+backward (the backward of the base is dx = dy W:\n"
+    "W is frozen). Overhead in percent. Defaults: M 4096,16384,65536; dims\n"
+    "4096,5120,8192; ranks 8,16,64; bf16; 20 timed runs after 5 warm-ups (medians).\n"
+    "The PyTorch peers are bench/peers/lora_peers.py (run by bench/gpu-check.sh).\n";
+
+static int cmd_bench_lora(int argc, char **argv)
+{
+    int Ms[8] = {4096, 16384, 65536}, dims[8] = {4096, 5120, 8192}, ranks[8] = {8, 16, 64};
+    int nM = 3, nd = 3, nr = 3, reps = 20;
+    s2_dtype dt = S2_DTYPE_BF16;
+    const char *csv = NULL;
+    s2_error err = {0};
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h"))
+            return fputs(bench_lora_help, stdout), 0;
+        if (!v)
+            return usage_error("bench lora", "option '%s' needs a value (or is unknown)", a);
+        i++;
+        s2_status st = S2_OK;
+        if (!strcmp(a, "--M"))
+            st = s2_bench_parse_seqlens(v, Ms, 8, &nM, &err);
+        else if (!strcmp(a, "--dims"))
+            st = s2_bench_parse_seqlens(v, dims, 8, &nd, &err);
+        else if (!strcmp(a, "--ranks"))
+            st = s2_bench_parse_seqlens(v, ranks, 8, &nr, &err);
+        else if (!strcmp(a, "--reps"))
+            reps = atoi(v);
+        else if (!strcmp(a, "--csv"))
+            csv = v;
+        else if (!strcmp(a, "--dtype") && (!strcmp(v, "bf16") || !strcmp(v, "fp16")))
+            dt = !strcmp(v, "bf16") ? S2_DTYPE_BF16 : S2_DTYPE_FP16;
+        else
+            return usage_error("bench lora", "unknown option or value '%s'", a);
+        if (st) {
+            int rc = usage_error("bench lora", "%s", err.msg);
+            s2_error_clear(&err);
+            return rc;
+        }
+        if (reps < 1)
+            return usage_error("bench lora", "--reps %s: expected a positive integer", v);
+    }
+    s2_rt rt;
+    if (s2_rt_open(&rt, 0, &err))
+        return fail(&err);
+    s2_lora_ctx *ctx = NULL;
+    if (s2_lora_open(&ctx, &err))
+        return fail(&err);
+    printf("bench lora: %s (%s), %s, %d timed runs (medians)\n", rt.name, rt.arch,
+           s2_dtype_name(dt), reps);
+    printf("%6s %5s %3s %12s %12s %7s %12s %12s %7s\n", "M", "dim", "r", "base_fwd_ms",
+           "lora_fwd_ms", "fwd_%", "base_fb_ms", "lora_fb_ms", "fb_%");
+    s2_buf out = {0};
+    s2_buf_printf(&out, "M,dim,r,base_fwd_ms,lora_fwd_ms,fwd_overhead_pct,base_fb_ms,lora_fb_ms,"
+                        "fb_overhead_pct,failed\n");
+    int failed = 0;
+    for (int i = 0; i < nM; i++)
+        for (int j = 0; j < nd; j++)
+            for (int k = 0; k < nr; k++) {
+                s2_bench_lora_row r;
+                if (s2_bench_lora_case(ctx, dt, Ms[i], dims[j], ranks[k], 5, reps, &r, &err)) {
+                    printf("%6d %5d %3d ERROR %s\n", Ms[i], dims[j], ranks[k], err.msg);
+                    s2_error_clear(&err);
+                    failed++;
+                    continue;
+                }
+                double fo = s2_bench_lora_overhead(r.base_fwd_ms, r.lora_fwd_ms);
+                double bo = s2_bench_lora_overhead(r.base_fb_ms, r.lora_fb_ms);
+                printf("%6d %5d %3d %12.3f %12.3f %6.1f%% %12.3f %12.3f %6.1f%% %s\n", r.M, r.dim,
+                       r.r, r.base_fwd_ms, r.lora_fwd_ms, fo, r.base_fb_ms, r.lora_fb_ms, bo,
+                       r.failed ? r.note : "");
+                s2_buf_printf(&out, "%d,%d,%d,%.4f,%.4f,%.2f,%.4f,%.4f,%.2f,%d\n", r.M, r.dim,
+                              r.r, r.base_fwd_ms, r.lora_fwd_ms, fo, r.base_fb_ms, r.lora_fb_ms,
+                              bo, r.failed);
+                failed += r.failed;
+            }
+    s2_lora_close(ctx);
+    s2_status st = csv && out.data ? s2_write_file_atomic(csv, out.data, out.len, &err) : S2_OK;
+    s2_buf_free(&out);
+    if (st)
+        return fail(&err);
+    return failed ? 1 : 0;
+}
+
 static int cmd_bench(int argc, char **argv)
 {
+    if (argc >= 1 && !strcmp(argv[0], "lora"))
+        return cmd_bench_lora(argc - 1, argv + 1);
     if (argc >= 1 && (!strcmp(argv[0], "--help") || !strcmp(argv[0], "-h")))
         return fputs(bench_help, stdout), 0;
     if (argc < 1)
-        return usage_error("bench", "missing what to bench%s (valid: attn)", "");
+        return usage_error("bench", "missing what to bench%s (valid: attn, lora)", "");
     if (strcmp(argv[0], "attn"))
-        return usage_error("bench", "unknown benchmark '%s' (valid: attn)", argv[0]);
+        return usage_error("bench", "unknown benchmark '%s' (valid: attn, lora)", argv[0]);
     s2_error err = {0};
     s2_bench_opts o;
     if (s2_bench_parse(argc - 1, argv + 1, &o, &err)) {
@@ -891,7 +984,7 @@ static const char main_help[] =
     "  gen      write the generated CUDA sources of a spec\n"
     "  build    generate and NVRTC-build a spec's kernels (no GPU needed)\n"
     "  attn     run the kernels on tensors from a safetensors file\n"
-    "  bench    time the kernels beside the PyTorch peers (bench attn)\n"
+    "  bench    time the kernels beside the PyTorch peers (bench attn, bench lora)\n"
     "  tune     tune the kernels on this GPU (or --build-only the space for an arch)\n"
     "  version  print versions\n"
     "Run 's2lora COMMAND --help' for a command's options.\n";

@@ -46,7 +46,10 @@ Test(bench_cli, help)
 Test(bench_cli, usage_errors_exit_2)
 {
     expect_bench("", 2, "missing what to bench");
-    expect_bench("lora x.yaml", 2, "unknown benchmark 'lora'");
+    expect_bench("mlp x.yaml", 2, "unknown benchmark 'mlp' (valid: attn, lora)");
+    expect_bench("lora x.yaml", 2, "option 'x.yaml' needs a value");
+    expect_bench("lora --ranks 8,,16", 2, "bench lora");
+    expect_bench("lora --dtype fp32", 2, "unknown option or value '--dtype'");
     expect_bench("attn", 2, "missing SPEC");
     expect_bench("attn " SPECS "/llama2-7b-8k.yaml --bogus", 2, "unknown option '--bogus'");
     expect_bench("attn " SPECS "/llama2-7b-8k.yaml --bogus", 2, "Try 's2lora bench attn --help'");

@@ -1,0 +1,152 @@
+/* bench_lora.c — the LoRA linears against the frozen base GEMM, on one set of buffers. */
+#include "bench_lora.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "rt.h"
+#include "st.h"
+
+#define BLOCK_ELEMS (1u << 22) /* random block repeated over each input buffer */
+
+typedef struct lora_bufs {
+    void *xa, *wc, *a, *y, *dy, *dxv, *da, *db;
+} lora_bufs;
+
+static void bufs_free(lora_bufs *b)
+{
+    void *p[] = {b->xa, b->wc, b->a, b->y, b->dy, b->dxv, b->da, b->db};
+    for (size_t i = 0; i < sizeof p / sizeof p[0]; i++)
+        if (p[i])
+            cudaFree(p[i]);
+}
+
+/* Fills n halves of dev with copies of one random block (scaled N(0,1)). */
+static s2_status fill(void *dev, size_t n, float scale, s2_dtype dt, uint64_t *state, s2_error *err)
+{
+    size_t blk = n < BLOCK_ELEMS ? n : BLOCK_ELEMS;
+    uint16_t *h = malloc(blk * 2);
+    if (!h)
+        return s2_error_set(err, S2_ERR_NOMEM, "out of memory");
+    for (size_t i = 0; i < blk; i++) {
+        double u[2];
+        for (int j = 0; j < 2; j++) {
+            *state ^= *state >> 12, *state ^= *state << 25, *state ^= *state >> 27;
+            u[j] = ((*state * 2685821657736338717ull) >> 11) * (1.0 / 9007199254740992.0);
+        }
+        float v = scale * (float)(sqrt(-2.0 * log(u[0] + 1e-300)) * cos(2 * M_PI * u[1]));
+        h[i] = dt == S2_DTYPE_BF16 ? s2_f32_to_bf16(v) : s2_f32_to_f16(v);
+    }
+    s2_status st = S2_OK;
+    for (size_t off = 0; !st && off < n; off += blk) {
+        size_t k = n - off < blk ? n - off : blk;
+        st = s2_rt_check(cudaMemcpy((char *)dev + off * 2, h, k * 2, cudaMemcpyHostToDevice),
+                         "copy inputs", err);
+    }
+    free(h);
+    return st;
+}
+
+typedef struct lora_run {
+    s2_lora_ctx *ctx;
+    const s2_lora_dims *d;
+    const lora_bufs *b;
+} lora_run;
+
+static s2_status base_fwd(void *p, s2_error *err)
+{
+    const lora_run *r = p;
+    return s2_lora_base_forward(r->ctx, r->d, r->b->xa, r->b->wc, r->b->y, 0, err);
+}
+
+static s2_status lora_fwd(void *p, s2_error *err)
+{
+    const lora_run *r = p;
+    return s2_lora_forward(r->ctx, r->d, r->b->xa, r->b->wc, r->b->a, r->b->y, 0, err);
+}
+
+static s2_status base_fb(void *p, s2_error *err)
+{
+    const lora_run *r = p;
+    s2_status st = base_fwd(p, err);
+    return st ? st : s2_lora_base_backward(r->ctx, r->d, r->b->wc, r->b->dy, r->b->dxv, 0, err);
+}
+
+static s2_status lora_fb(void *p, s2_error *err)
+{
+    const lora_run *r = p;
+    s2_status st = lora_fwd(p, err);
+    return st ? st : s2_lora_backward(r->ctx, r->d, r->b->xa, r->b->wc, r->b->a, r->b->dy,
+                                      r->b->dxv, r->b->da, r->b->db, 0, err);
+}
+
+/* 1 if any of the first n halves of dev is NaN or inf. */
+static s2_status any_nonfinite(const void *dev, size_t n, s2_dtype dt, int *bad, s2_error *err)
+{
+    uint16_t *h = malloc(n * 2);
+    if (!h)
+        return s2_error_set(err, S2_ERR_NOMEM, "out of memory");
+    s2_status st = s2_rt_check(cudaMemcpy(h, dev, n * 2, cudaMemcpyDeviceToHost), "copy back", err);
+    for (size_t i = 0; !st && i < n; i++) {
+        float f = dt == S2_DTYPE_BF16 ? s2_bf16_to_f32(h[i]) : s2_f16_to_f32(h[i]);
+        if (!isfinite(f)) {
+            *bad = 1;
+            break;
+        }
+    }
+    free(h);
+    return st;
+}
+
+s2_status s2_bench_lora_case(s2_lora_ctx *ctx, s2_dtype dtype, int M, int dim, int r, int warmup,
+                             int reps, s2_bench_lora_row *row, s2_error *err)
+{
+    memset(row, 0, sizeof *row);
+    row->M = M, row->dim = dim, row->r = r;
+    s2_lora_dims d = {.M = M, .in = dim, .n_proj = 1, .out = {dim}, .out_total = dim, .r = r,
+                      .rp = (r + 7) / 8 * 8, .scale = 16.0f / (float)r, .dtype = dtype};
+    const size_t lx = (size_t)dim + d.rp;
+    lora_bufs b = {0};
+    struct { void **p; size_t n; } a[] = {
+        {&b.xa, (size_t)M * lx}, {&b.wc, (size_t)dim * lx}, {&b.a, (size_t)d.rp * dim},
+        {&b.y, (size_t)M * dim}, {&b.dy, (size_t)M * dim}, {&b.dxv, (size_t)M * lx},
+        {&b.da, (size_t)d.rp * dim}, {&b.db, (size_t)dim * d.rp},
+    };
+    s2_status st = S2_OK;
+    for (size_t i = 0; !st && i < sizeof a / sizeof a[0]; i++)
+        st = s2_rt_check(cudaMalloc(a[i].p, a[i].n * 2), "cudaMalloc (bench lora)", err);
+    uint64_t state = (uint64_t)time(NULL) * 0x9E3779B97F4A7C15ull | 1;
+    if (!st)
+        st = fill(b.xa, (size_t)M * lx, 1.f, dtype, &state, err);
+    if (!st)
+        st = fill(b.wc, (size_t)dim * lx, 1.f / sqrtf((float)dim), dtype, &state, err);
+    if (!st)
+        st = fill(b.a, (size_t)d.rp * dim, 1.f / sqrtf((float)dim), dtype, &state, err);
+    if (!st)
+        st = fill(b.dy, (size_t)M * dim, 1.f, dtype, &state, err);
+    if (!st)
+        st = s2_rt_check(cudaMemset(b.y, 0xff, (size_t)M * dim * 2), "poison y", err);
+    if (!st)
+        st = s2_rt_check(cudaMemset(b.dxv, 0xff, (size_t)M * lx * 2), "poison dx", err);
+    lora_run run = {.ctx = ctx, .d = &d, .b = &b};
+    if (!st)
+        st = s2_rt_time_median(base_fwd, &run, warmup, reps, NULL, 0, &row->base_fwd_ms, err);
+    if (!st)
+        st = s2_rt_time_median(lora_fwd, &run, warmup, reps, NULL, 0, &row->lora_fwd_ms, err);
+    if (!st)
+        st = s2_rt_time_median(base_fb, &run, warmup, reps, NULL, 0, &row->base_fb_ms, err);
+    if (!st)
+        st = s2_rt_time_median(lora_fb, &run, warmup, reps, NULL, 0, &row->lora_fb_ms, err);
+    int bad = 0;
+    if (!st)
+        st = any_nonfinite(b.y, (size_t)M * dim, dtype, &bad, err);
+    if (!st && bad) {
+        row->failed = 1;
+        snprintf(row->note, sizeof row->note, "inf/NaN in y");
+    }
+    bufs_free(&b);
+    return st;
+}

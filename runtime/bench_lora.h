@@ -1,0 +1,32 @@
+/*
+ * bench_lora.h — timing of the LoRA linears against the frozen base GEMM on the same buffers.
+ *
+ * One case is (M tokens, in = out = dim, rank r), one projection. Base: y = x W^T forward and
+ * dx = dy W backward (W frozen, so no dW). Ours: s2_lora_forward / s2_lora_backward (lora.h).
+ * Inputs are random (a block of N(0,1) values repeated over each buffer: never zeros), outputs
+ * poisoned before the first run; times are CUDA-event medians after warm-up.
+ */
+#ifndef S2_BENCH_LORA_H
+#define S2_BENCH_LORA_H
+
+#include "lora.h"
+
+typedef struct s2_bench_lora_row {
+    int M, dim, r;
+    double base_fwd_ms, lora_fwd_ms; /* medians */
+    double base_fb_ms, lora_fb_ms;   /* forward then backward, one timed region */
+    int failed;
+    char note[256];
+} s2_bench_lora_row;
+
+/* Overhead of ours over the base, in percent. */
+static inline double s2_bench_lora_overhead(double base, double ours)
+{
+    return base > 0 ? 100.0 * (ours - base) / base : 0.0;
+}
+
+/* Times one case on the current device (dtype: the storage type). */
+s2_status s2_bench_lora_case(s2_lora_ctx *ctx, s2_dtype dtype, int M, int dim, int r, int warmup,
+                             int reps, s2_bench_lora_row *row, s2_error *err);
+
+#endif
