@@ -16,6 +16,12 @@
 s2_status s2_emit_attn(const s2_spec *spec, const s2_attn_plan *plan, s2_attn_unit unit,
                        char **src, s2_error *err);
 
+/*
+ * Source of the LoRA dropout unit (templates/lora.cuh with philox.cuh) for a storage dtype:
+ * kernels s2_lora_dropout and s2_lora_dropout_add. *src is heap, caller frees.
+ */
+s2_status s2_emit_lora_dropout(s2_dtype dtype, char **src, s2_error *err);
+
 /* The embedded text of a template ("attn_fwd.cuh"), or NULL. */
 const char *s2_emit_template(const char *name);
 

@@ -65,7 +65,7 @@ static s2_status base_fwd(void *p, s2_error *err)
 static s2_status lora_fwd(void *p, s2_error *err)
 {
     const lora_run *r = p;
-    return s2_lora_forward(r->ctx, r->d, r->b->xa, r->b->wc, r->b->a, r->b->y, 0, err);
+    return s2_lora_forward(r->ctx, r->d, r->b->xa, r->b->wc, r->b->a, r->b->y, NULL, 0, err);
 }
 
 static s2_status base_fb(void *p, s2_error *err)
@@ -80,7 +80,7 @@ static s2_status lora_fb(void *p, s2_error *err)
     const lora_run *r = p;
     s2_status st = lora_fwd(p, err);
     return st ? st : s2_lora_backward(r->ctx, r->d, r->b->xa, r->b->wc, r->b->a, r->b->dy,
-                                      r->b->dxv, r->b->da, r->b->db, 0, err);
+                                      r->b->dxv, r->b->da, r->b->db, NULL, 0, err);
 }
 
 /* 1 if any of the first n halves of dev is NaN or inf. */

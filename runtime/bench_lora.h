@@ -1,7 +1,7 @@
 /*
  * bench_lora.h — timing of the LoRA linears against the frozen base GEMM on the same buffers.
  *
- * One case is (M tokens, in = out = dim, rank r), one projection. Base: y = x W^T forward and
+ * One case is (M tokens, in = out = dim, rank r), one projection, no dropout. Base: y = x W^T forward and
  * dx = dy W backward (W frozen, so no dW). Ours: s2_lora_forward / s2_lora_backward (lora.h).
  * Inputs are random (a block of N(0,1) values repeated over each buffer: never zeros), outputs
  * poisoned before the first run; times are CUDA-event medians after warm-up.

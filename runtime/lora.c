@@ -4,9 +4,12 @@
 #include <cublas_api.h>
 #include <dlfcn.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
 
-#include "rt.h"
+#include "../gen/emit.h"
+#include "../templates/philox.cuh"
+#include "jit.h"
 
 /* The cuBLAS entry points used, looked up at run time. */
 typedef cublasStatus_t (*create_fn)(cublasHandle_t *);
@@ -19,6 +22,10 @@ typedef cublasStatus_t (*gemm_ex_fn)(cublasHandle_t, cublasOperation_t, cublasOp
                                      cudaDataType, int, cublasComputeType_t, cublasGemmAlgo_t);
 
 struct s2_lora_ctx {
+    char arch[16];
+    const char *cache_dir;
+    cudaLibrary_t drop_lib[2];     /* the dropout unit per dtype, built on first use */
+    cudaKernel_t drop[2], drop_add[2];
     void *lib;
     cublasHandle_t h;
     create_fn create;
@@ -28,27 +35,33 @@ struct s2_lora_ctx {
     gemm_ex_fn gemm;
 };
 
-s2_status s2_lora_dims_of(const s2_lora_plan *plan, int g, int M, s2_lora_dims *d, s2_error *err)
+s2_status s2_lora_dims_of(const s2_lora_plan *plan, int g, int layer, int M,
+                          unsigned long long seed, s2_lora_dims *d, s2_error *err)
 {
     memset(d, 0, sizeof *d);
     if (g < 0 || g >= plan->n_groups)
         return s2_error_set(err, S2_ERR_INVALID, "LoRA group %d: the plan has %d", g, plan->n_groups);
-    if (plan->dropout > 0)
-        return s2_error_set(err, S2_ERR_INVALID,
-                            "lora.dropout = %g: the GPU LoRA path has no dropout yet (the CPU "
-                            "reference has); use lora.dropout = 0", plan->dropout);
     const s2_lora_group *grp = &plan->group[g];
     d->M = M;
     d->in = grp->in;
     d->n_proj = grp->n;
-    for (int i = 0; i < grp->n; i++)
+    for (int i = 0; i < grp->n; i++) {
         d->out[i] = plan->lin[grp->proj[i]].out;
+        d->stream[i] = (unsigned)layer * 8u + (unsigned)grp->proj[i];
+    }
     d->out_total = grp->out_total;
     d->r = plan->rank;
     d->rp = (grp->r_total + 7) / 8 * 8;
     d->scale = (float)plan->scale;
     d->dtype = plan->dtype;
+    d->dropout = (float)plan->dropout;
+    d->seed = seed;
     return S2_OK;
+}
+
+size_t s2_lora_workspace_bytes(const s2_lora_dims *d)
+{
+    return d->dropout > 0 ? (size_t)d->M * d->in * 2 : 0;
 }
 
 static void *sym(void *lib, const char *name, int *missing)
@@ -58,12 +71,14 @@ static void *sym(void *lib, const char *name, int *missing)
     return p;
 }
 
-s2_status s2_lora_open(s2_lora_ctx **out, s2_error *err)
+s2_status s2_lora_open(s2_lora_ctx **out, const s2_rt *rt, const char *cache_dir, s2_error *err)
 {
     *out = NULL;
     s2_lora_ctx *c = calloc(1, sizeof *c);
     if (!c)
         return s2_error_set(err, S2_ERR_NOMEM, "out of memory");
+    snprintf(c->arch, sizeof c->arch, "%s", rt->arch);
+    c->cache_dir = cache_dir;
     c->lib = dlopen("libcublas.so.13", RTLD_NOW | RTLD_LOCAL);
     if (!c->lib) {
         free(c);
@@ -99,8 +114,60 @@ void s2_lora_close(s2_lora_ctx *c)
         return;
     if (c->h)
         c->destroy(c->h);
+    for (int i = 0; i < 2; i++)
+        if (c->drop_lib[i])
+            cudaLibraryUnload(c->drop_lib[i]);
     dlclose(c->lib);
     free(c);
+}
+
+/* Builds (NVRTC, through the cache) and loads the dropout kernels of dtype, once. */
+static s2_status dropout_kernels(s2_lora_ctx *c, s2_dtype dt, s2_error *err)
+{
+    if (c->drop_lib[dt])
+        return S2_OK;
+    char *src = NULL;
+    s2_status st = s2_emit_lora_dropout(dt, &src, err);
+    if (st)
+        return st;
+    s2_jit_src unit = {.unit = "lora_dropout", .source = src};
+    s2_jit_opts jo = {.arch = c->arch, .cache_dir = c->cache_dir};
+    s2_jit_result res = {0};
+    st = s2_jit_build(&unit, 1, &jo, &res, err);
+    free(src);
+    if (!st)
+        st = s2_rt_check(cudaLibraryLoadData(&c->drop_lib[dt], res.cubin, NULL, NULL, 0, NULL,
+                                             NULL, 0), "cudaLibraryLoadData(lora_dropout)", err);
+    s2_jit_result_free(&res);
+    if (!st)
+        st = s2_rt_check(cudaLibraryGetKernel(&c->drop[dt], c->drop_lib[dt], "s2_lora_dropout"),
+                         "cudaLibraryGetKernel(s2_lora_dropout)", err);
+    if (!st)
+        st = s2_rt_check(cudaLibraryGetKernel(&c->drop_add[dt], c->drop_lib[dt],
+                                              "s2_lora_dropout_add"),
+                         "cudaLibraryGetKernel(s2_lora_dropout_add)", err);
+    return st;
+}
+
+/* One launch of a dropout kernel over M x in elements (grid-stride, one thread per quad). */
+static s2_status launch_dropout(cudaKernel_t k, const char *name, void *out_or_dx, int ld,
+                                const void *in_ptr, const s2_lora_dims *d, int proj,
+                                cudaStream_t stream, s2_error *err)
+{
+    long quads = ((long)d->M * d->in + 3) / 4;
+    unsigned blocks = (unsigned)((quads + 255) / 256 < 8192 ? (quads + 255) / 256 : 8192);
+    unsigned long long seed = d->seed;
+    unsigned strm = d->stream[proj], thr = s2_dropout_threshold(d->dropout);
+    float scale = s2_dropout_scale(d->dropout);
+    int M = d->M, in = d->in;
+    void *args_drop[] = {&in_ptr, &ld, &out_or_dx, &M, &in, &seed, &strm, &thr, &scale};
+    void *args_add[] = {&out_or_dx, &ld, &in_ptr, &M, &in, &seed, &strm, &thr, &scale};
+    int is_add = !strcmp(name, "s2_lora_dropout_add");
+    s2_status st = s2_rt_check(cudaLaunchKernel((const void *)k, (dim3){blocks, 1, 1},
+                                                (dim3){256, 1, 1}, is_add ? args_add : args_drop,
+                                                0, stream),
+                               name, err);
+    return st ? st : s2_rt_check(cudaGetLastError(), name, err);
 }
 
 /*
@@ -133,13 +200,28 @@ static s2_status on_stream(s2_lora_ctx *c, cudaStream_t stream, s2_error *err)
 static const void *col(const void *base, int c) { return (const char *)base + 2 * (size_t)c; }
 
 s2_status s2_lora_forward(s2_lora_ctx *c, const s2_lora_dims *d, void *xa, const void *wc,
-                          const void *a, void *y, cudaStream_t stream, s2_error *err)
+                          const void *a, void *y, void *ws, cudaStream_t stream, s2_error *err)
 {
     const int lx = d->in + d->rp;
     s2_status st = on_stream(c, stream, err);
-    if (!st) /* u = s x A^T into the extra columns of xa */
+    if (!st && d->dropout <= 0) /* u = s x A^T into the extra columns of xa */
         st = gemm_rm(c, d, "u = s x A^T", 0, 1, d->M, d->rp, d->in, d->scale, xa, lx, a, d->in,
                      0.f, (void *)col(xa, d->in), lx, err);
+    if (!st && d->dropout > 0) { /* per projection: u_i = s drop_i(x) A_i^T; pad columns 0 */
+        st = dropout_kernels(c, d->dtype, err);
+        const int used = d->n_proj * d->r;
+        if (!st && d->rp > used)
+            st = s2_rt_check(cudaMemset2DAsync((char *)xa + 2 * (size_t)(d->in + used), 2 * (size_t)lx,
+                                               0, 2 * (size_t)(d->rp - used), (size_t)d->M, stream),
+                             "zeroing u's pad columns", err);
+        for (int i = 0; !st && i < d->n_proj; i++) {
+            st = launch_dropout(c->drop[d->dtype], "s2_lora_dropout", ws, lx, xa, d, i, stream, err);
+            if (!st)
+                st = gemm_rm(c, d, "u_i = s drop_i(x) A_i^T", 0, 1, d->M, d->r, d->in, d->scale, ws,
+                             d->in, (const char *)a + 2 * (size_t)i * d->r * d->in, d->in, 0.f,
+                             (void *)col(xa, d->in + i * d->r), lx, err);
+        }
+    }
     if (!st) /* y = [x | u] [W | B]^T */
         st = gemm_rm(c, d, "y = xa wc^T", 0, 1, d->M, d->out_total, lx, 1.f, xa, lx, wc, lx, 0.f,
                      y, d->out_total, err);
@@ -159,7 +241,7 @@ s2_status s2_lora_base_forward(s2_lora_ctx *c, const s2_lora_dims *d, const void
 
 s2_status s2_lora_backward(s2_lora_ctx *c, const s2_lora_dims *d, const void *xa,
                            const void *wc, const void *a, const void *dy, void *dxv, void *da,
-                           void *db, cudaStream_t stream, s2_error *err)
+                           void *db, void *ws, cudaStream_t stream, s2_error *err)
 {
     const int lx = d->in + d->rp;
     const void *u = col(xa, d->in), *v = col(dxv, d->in);
@@ -167,13 +249,40 @@ s2_status s2_lora_backward(s2_lora_ctx *c, const s2_lora_dims *d, const void *xa
     if (!st) /* [dx | v] = dy [W | B] */
         st = gemm_rm(c, d, "[dx | v] = dy wc", 0, 0, d->M, lx, d->out_total, 1.f, dy,
                      d->out_total, wc, lx, 0.f, dxv, lx, err);
-    if (!st) /* dx += s v A */
+    if (!st && d->dropout <= 0) {
+        /* dx += s v A */
         st = gemm_rm(c, d, "dx += s v A", 0, 0, d->M, d->in, d->rp, d->scale, v, lx, a, d->in,
                      1.f, dxv, lx, err);
-    if (!st) /* dA = s v^T x */
-        st = gemm_rm(c, d, "dA = s v^T x", 1, 0, d->rp, d->in, d->M, d->scale, v, lx, xa, lx, 0.f,
-                     da, d->in, err);
-    if (!st) /* dB = dy^T u (u already holds s) */
+        if (!st) /* dA = s v^T x */
+            st = gemm_rm(c, d, "dA = s v^T x", 1, 0, d->rp, d->in, d->M, d->scale, v, lx, xa, lx,
+                         0.f, da, d->in, err);
+    }
+    if (!st && d->dropout > 0) {
+        st = dropout_kernels(c, d->dtype, err);
+        const int used = d->n_proj * d->r;
+        if (!st && d->rp > used) /* the pad rows of dA */
+            st = s2_rt_check(cudaMemsetAsync((char *)da + 2 * (size_t)used * d->in, 0,
+                                             2 * (size_t)(d->rp - used) * d->in, stream),
+                             "zeroing dA's pad rows", err);
+        for (int i = 0; !st && i < d->n_proj; i++) {
+            const void *vi = col(dxv, d->in + i * d->r);
+            const char *ai = (const char *)a + 2 * (size_t)i * d->r * d->in;
+            char *dai = (char *)da + 2 * (size_t)i * d->r * d->in;
+            /* dA_i = s v_i^T drop_i(x), drop_i(x) regenerated from the seed */
+            st = launch_dropout(c->drop[d->dtype], "s2_lora_dropout", ws, lx, xa, d, i, stream, err);
+            if (!st)
+                st = gemm_rm(c, d, "dA_i = s v_i^T drop_i(x)", 1, 0, d->r, d->in, d->M, d->scale,
+                             vi, lx, ws, d->in, 0.f, dai, d->in, err);
+            /* dx += mask_i (s v_i A_i) / (1 - p) */
+            if (!st)
+                st = gemm_rm(c, d, "t = s v_i A_i", 0, 0, d->M, d->in, d->r, d->scale, vi, lx, ai,
+                             d->in, 0.f, ws, d->in, err);
+            if (!st)
+                st = launch_dropout(c->drop_add[d->dtype], "s2_lora_dropout_add", dxv, lx, ws, d, i,
+                                    stream, err);
+        }
+    }
+    if (!st) /* dB = dy^T u (u already holds s and the masks) */
         st = gemm_rm(c, d, "dB = dy^T u", 1, 0, d->out_total, d->rp, d->M, 1.f, dy, d->out_total,
                      u, lx, 0.f, db, d->rp, err);
     return st;

@@ -24,9 +24,16 @@
  * Beyond the base GEMMs this reads x twice, dy once and dx twice; the only temporary is v, the
  * rp extra columns of dxv. Whoever writes x writes it into xa; whoever owns W keeps it in wc.
  *
+ * Dropout (PEFT's: on the adapter's input only, an independent mask per projection): the mask
+ * is templates/philox.cuh's, stream = layer * 8 + projection, element m * in + k of x, so the
+ * backward regenerates it. Per projection i the forward forms drop_i(x) in a workspace
+ * [M, in] (the one M x K temporary, only with dropout) and u_i = s drop_i(x) A_i^T; the
+ * backward recomputes drop_i(x) for dA_i = s v_i^T drop_i(x), then reuses the workspace for
+ * s v_i A_i, added to dx under the mask. The two elementwise kernels are generated
+ * (templates/lora.cuh) and built through the NVRTC cache.
+ *
  * cuBLAS is loaded at run time (dlopen of libcublas.so.13), so binaries that never run a LoRA
  * linear do not need it; s2_lora_open() says so clearly when it is missing.
- * Dropout is not in the GPU path yet (the CPU reference has it): lora.dropout > 0 is refused.
  */
 #ifndef S2_LORA_H
 #define S2_LORA_H
@@ -34,6 +41,7 @@
 #include <cuda_runtime_api.h>
 
 #include "../gen/lora_plan.h"
+#include "rt.h"
 
 typedef struct s2_lora_ctx s2_lora_ctx;
 
@@ -47,18 +55,26 @@ typedef struct s2_lora_dims {
     int rp;         /* n_proj * r rounded up to a multiple of 8 */
     float scale;    /* alpha / r */
     s2_dtype dtype;
+    float dropout;  /* p in [0, 1) */
+    unsigned long long seed;
+    unsigned stream[3]; /* each projection's mask stream: layer * 8 + s2_proj */
 } s2_lora_dims;
 
-/* Dimensions of group g of a plan for M tokens. S2_ERR_INVALID for dropout > 0. */
-s2_status s2_lora_dims_of(const s2_lora_plan *plan, int g, int M, s2_lora_dims *d, s2_error *err);
+/* Dimensions of group g of layer `layer` of a plan for M tokens, dropout seed `seed`. */
+s2_status s2_lora_dims_of(const s2_lora_plan *plan, int g, int layer, int M,
+                          unsigned long long seed, s2_lora_dims *d, s2_error *err);
 
-/* Loads cuBLAS and creates the handle (once; reuse the context). */
-s2_status s2_lora_open(s2_lora_ctx **ctx, s2_error *err);
+/* Bytes of device workspace forward and backward need (0 without dropout). */
+size_t s2_lora_workspace_bytes(const s2_lora_dims *d);
+
+/* Loads cuBLAS and creates the handle (once; reuse the context) for rt's device; the dropout
+ * kernels are built on first use through the kernel cache in cache_dir (NULL: the default). */
+s2_status s2_lora_open(s2_lora_ctx **ctx, const s2_rt *rt, const char *cache_dir, s2_error *err);
 void s2_lora_close(s2_lora_ctx *ctx);
 
-/* Forward: writes u into xa's extra columns and y [M, out_total]. */
+/* Forward: writes u into xa's extra columns and y [M, out_total]. ws: workspace bytes. */
 s2_status s2_lora_forward(s2_lora_ctx *ctx, const s2_lora_dims *d, void *xa, const void *wc,
-                          const void *a, void *y, cudaStream_t stream, s2_error *err);
+                          const void *a, void *y, void *ws, cudaStream_t stream, s2_error *err);
 
 /* The base product alone (y = x W^T from the same buffers, K = in): what LoRA is measured
  * against. */
@@ -69,7 +85,7 @@ s2_status s2_lora_base_forward(s2_lora_ctx *ctx, const s2_lora_dims *d, const vo
  * db [out_total, rp]. xa must hold the forward's u. */
 s2_status s2_lora_backward(s2_lora_ctx *ctx, const s2_lora_dims *d, const void *xa,
                            const void *wc, const void *a, const void *dy, void *dxv, void *da,
-                           void *db, cudaStream_t stream, s2_error *err);
+                           void *db, void *ws, cudaStream_t stream, s2_error *err);
 
 /* The base backward alone (dx = dy W, K = out_total). */
 s2_status s2_lora_base_backward(s2_lora_ctx *ctx, const s2_lora_dims *d, const void *wc,

@@ -642,7 +642,7 @@ static int cmd_bench_lora(int argc, char **argv)
     if (s2_rt_open(&rt, 0, &err))
         return fail(&err);
     s2_lora_ctx *ctx = NULL;
-    if (s2_lora_open(&ctx, &err))
+    if (s2_lora_open(&ctx, &rt, NULL, &err))
         return fail(&err);
     printf("bench lora: %s (%s), %s, %d timed runs (medians)\n", rt.name, rt.arch,
            s2_dtype_name(dt), reps);

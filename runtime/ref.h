@@ -72,7 +72,7 @@ void s2_ref_attn_naive_forward(const s2_ref_attn *a, const float *q, const float
  *   dx = dy W + s ((dy B) A) ∘ mask / (1-p),  dA = s (dy B)^T drop(x),  dB = s dy^T (drop(x) A^T)
  * Dropout (PEFT's lora_dropout) acts on the adapter's input only, never on the frozen path:
  * drop(x) = x ∘ mask · s2_dropout_scale(p), where mask[m, k] = s2_dropout_keep(seed, stream,
- * m*in + k, p) (runtime/philox.h): fixed by (seed, stream), so the backward regenerates the
+ * m*in + k, p) (templates/philox.cuh): fixed by (seed, stream), so the backward regenerates the
  * forward's mask and the forward is a differentiable function of x, A and B. dropout = 0 (a
  * zero-initialised struct) is no dropout and gives exactly the results without these fields.
  * A dropout outside [0, 1) (or NaN) makes every output NaN.

@@ -5,7 +5,7 @@
  * With dropout p > 0 (PEFT's lora_dropout, on the adapter's input only), x in the adapter
  * terms becomes drop(x) = x ∘ mask · c, c = s2_dropout_scale(p), and dx's adapter term is
  * masked the same way: dx = dy W + s ((dy B) A) ∘ mask · c. The mask comes from
- * runtime/philox.h (element m*in + k of x), regenerated in the backward, never passed in.
+ * templates/philox.cuh (element m*in + k of x), regenerated in the backward, never passed in.
  * fp32 storage, fp64 accumulation; the rank-r intermediates x A^T and dy B are
  * kept in fp64 so they add no rounding of their own, and drop(x) is formed in
  * fp64 (x · c is exact there).
@@ -19,7 +19,7 @@
 #include <math.h>
 #include <stdlib.h>
 
-#include "philox.h"
+#include "../templates/philox.cuh"
 
 /* Columns of dA per work item: dA has only r rows, too few to spread over threads. */
 enum { DA_COLS = 256 };

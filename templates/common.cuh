@@ -17,44 +17,11 @@
 // [0, G-S)); roll shift: ROT = S (x is the rolled index (p - S) mod N, so the
 // last group wraps the tail onto the head, as LongLoRA's roll does).
 // Query x sees key y iff group(x) == group(y) and y <= x.
-
-typedef unsigned short s2_elem; // bf16 or fp16 bits; never reinterpreted by the host
+// The storage type and its conversions are in dtype.cuh, emitted before this file.
 
 #define S2_LOG2E 1.4426950408889634f
 #define S2_LN2 0.6931471805599453f
 #define S2_NEG_INF (-__int_as_float(0x7f800000))
-
-__device__ __forceinline__ float s2_to_f32(s2_elem h)
-{
-#if S2_IS_BF16
-    return __uint_as_float(((unsigned)h) << 16);
-#else
-    float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
-    return f;
-#endif
-}
-
-__device__ __forceinline__ s2_elem s2_from_f32(float f)
-{
-#if S2_IS_BF16
-    unsigned u = __float_as_uint(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u) // NaN stays NaN (quiet)
-        return (s2_elem)((u >> 16) | 0x40u);
-    u += 0x7fffu + ((u >> 16) & 1u); // round to nearest even
-    return (s2_elem)(u >> 16);
-#else
-    s2_elem h;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
-    return h;
-#endif
-}
-
-// Two packed elements (the low one first in memory).
-__device__ __forceinline__ float2 s2_to_f32x2(unsigned w)
-{
-    return make_float2(s2_to_f32((s2_elem)(w & 0xffffu)), s2_to_f32((s2_elem)(w >> 16)));
-}
 
 __device__ __forceinline__ int s2_off(int cls) { return cls ? S2_SHIFT_OFF : 0; }
 __device__ __forceinline__ int s2_rot(int cls) { return cls ? S2_SHIFT_ROT : 0; }

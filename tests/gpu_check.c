@@ -361,16 +361,21 @@ typedef struct lcase {
     int M, r;
     const char *targets; /* the spec's lora.targets */
     int group;           /* which group of the plan */
+    double dropout;
 } lcase;
 
 /* GQA-shaped q/k/v (H=8, Hkv=2, d=64: outs 512, 128, 128) and o; M not a multiple of a tile. */
 static const lcase lcases[] = {
-    {"qkv r=8", "bf16", 1000, 8, "[q_proj, k_proj, v_proj, o_proj]", 0},
-    {"qkv r=16", "bf16", 1000, 16, "[q_proj, k_proj, v_proj, o_proj]", 0},
-    {"qkv r=64 fp16", "fp16", 777, 64, "[q_proj, k_proj, v_proj, o_proj]", 0},
-    {"o r=8", "bf16", 1000, 8, "[q_proj, k_proj, v_proj, o_proj]", 1},
-    {"q,v r=8 (rp pad)", "bf16", 513, 8, "[q_proj, v_proj]", 0},
-    {"down r=16 fp16", "fp16", 640, 16, "[down_proj]", 0},
+    {"qkv r=8", "bf16", 1000, 8, "[q_proj, k_proj, v_proj, o_proj]", 0, 0.0},
+    {"qkv r=16", "bf16", 1000, 16, "[q_proj, k_proj, v_proj, o_proj]", 0, 0.0},
+    {"qkv r=64 fp16", "fp16", 777, 64, "[q_proj, k_proj, v_proj, o_proj]", 0, 0.0},
+    {"o r=8", "bf16", 1000, 8, "[q_proj, k_proj, v_proj, o_proj]", 1, 0.0},
+    {"q,v r=8", "bf16", 513, 8, "[q_proj, v_proj]", 0, 0.0},
+    {"qkv r=4 (rp pad)", "bf16", 300, 4, "[q_proj, k_proj, v_proj]", 0, 0.0},
+    {"down r=16 fp16", "fp16", 640, 16, "[down_proj]", 0, 0.0},
+    {"qkv r=8 dropout 0.1", "bf16", 1000, 8, "[q_proj, k_proj, v_proj, o_proj]", 0, 0.1},
+    {"o r=16 dropout 0.3 fp16", "fp16", 513, 16, "[q_proj, k_proj, v_proj, o_proj]", 1, 0.3},
+    {"qkv r=12 dropout (pad)", "bf16", 257, 12, "[q_proj, k_proj, v_proj]", 0, 0.2},
 };
 #define N_LCASES ((int)(sizeof lcases / sizeof lcases[0]))
 
@@ -381,8 +386,8 @@ static s2_status lcase_plan(const lcase *c, s2_lora_plan *plan, s2_error *err)
              "name: gpu-check-lora\ndtype: %s\n"
              "model: {hidden_size: 512, intermediate_size: 768, num_layers: 1, num_heads: 8,\n"
              "        num_kv_heads: 2, head_dim: 64, vocab_size: 256, max_position_embeddings: 1024}\n"
-             "context_length: 1024\nlora: {rank: %d, alpha: 16, targets: %s}\n",
-             c->dtype, c->r, c->targets);
+             "context_length: 1024\nlora: {rank: %d, alpha: 16, dropout: %g, targets: %s}\n",
+             c->dtype, c->r, c->dropout, c->targets);
     s2_spec spec;
     s2_status st = s2_spec_load_string(yaml, c->what, NULL, 0, &spec, err);
     if (!st)
@@ -405,12 +410,12 @@ static double rel_block(const float *got, int ld_got, const float *ref, int ld_r
 }
 
 typedef struct lbufs {
-    void *xa, *wc, *a, *y, *dy, *dxv, *da, *db;
+    void *xa, *wc, *a, *y, *dy, *dxv, *da, *db, *ws;
 } lbufs;
 
 static void lbufs_free(lbufs *b)
 {
-    void *p[] = {b->xa, b->wc, b->a, b->y, b->dy, b->dxv, b->da, b->db};
+    void *p[] = {b->xa, b->wc, b->a, b->y, b->dy, b->dxv, b->da, b->db, b->ws};
     for (size_t i = 0; i < sizeof p / sizeof p[0]; i++)
         cudaFree(p[i]);
 }
@@ -453,9 +458,10 @@ static s2_status run_lora_case(s2_lora_ctx *ctx, const lcase *c, double e[4], in
 {
     s2_lora_plan plan;
     s2_lora_dims d;
+    const unsigned long long seed = rng_state; /* fresh per run */
     s2_status st = lcase_plan(c, &plan, err);
-    if (!st)
-        st = s2_lora_dims_of(&plan, c->group, c->M, &d, err);
+    if (!st) /* layer 5: the masks' streams are 5 * 8 + projection */
+        st = s2_lora_dims_of(&plan, c->group, 5, c->M, seed, &d, err);
     if (st)
         return st;
     const s2_st_dtype dt = d.dtype == S2_DTYPE_BF16 ? S2_ST_BF16 : S2_ST_F16;
@@ -501,6 +507,8 @@ static s2_status run_lora_case(s2_lora_ctx *ctx, const lcase *c, double e[4], in
         st = s2_rt_check(cudaMalloc(&b.da, nda * 2), "cudaMalloc da", err);
     if (!st)
         st = s2_rt_check(cudaMalloc(&b.db, ndb * 2), "cudaMalloc db", err);
+    if (!st && s2_lora_workspace_bytes(&d))
+        st = s2_rt_check(cudaMalloc(&b.ws, s2_lora_workspace_bytes(&d)), "cudaMalloc ws", err);
     if (!st) /* poison every output */
         st = s2_rt_check(cudaMemset(b.y, 0xff, ny * 2), "poison", err);
     if (!st)
@@ -510,9 +518,9 @@ static s2_status run_lora_case(s2_lora_ctx *ctx, const lcase *c, double e[4], in
     if (!st)
         st = s2_rt_check(cudaMemset(b.db, 0xff, ndb * 2), "poison", err);
     if (!st)
-        st = s2_lora_forward(ctx, &d, b.xa, b.wc, b.a, b.y, 0, err);
+        st = s2_lora_forward(ctx, &d, b.xa, b.wc, b.a, b.y, b.ws, 0, err);
     if (!st)
-        st = s2_lora_backward(ctx, &d, b.xa, b.wc, b.a, b.dy, b.dxv, b.da, b.db, 0, err);
+        st = s2_lora_backward(ctx, &d, b.xa, b.wc, b.a, b.dy, b.dxv, b.da, b.db, b.ws, 0, err);
     if (!st)
         st = s2_rt_check(cudaDeviceSynchronize(), "running the LoRA GEMMs", err);
     float *gy = xmalloc(ny * 4), *gdx = xmalloc(ndx * 4), *gda = xmalloc(nda * 4), *gdb = xmalloc(ndb * 4);
@@ -540,7 +548,8 @@ static s2_status run_lora_case(s2_lora_ctx *ctx, const lcase *c, double e[4], in
         }
         for (int m = 0; m < M; m++)
             memcpy(dyi + (size_t)m * oi, dy + (size_t)m * ot + off, (size_t)oi * 4);
-        s2_ref_lora rl = {.M = M, .in = in, .out = oi, .r = r, .scale = d.scale};
+        s2_ref_lora rl = {.M = M, .in = in, .out = oi, .r = r, .scale = d.scale,
+                          .dropout = d.dropout, .seed = d.seed, .stream = d.stream[i]};
         const float *Ai = a + (size_t)i * r * in;
         s2_ref_lora_forward(&rl, x, W, Ai, B, yi);
         s2_ref_lora_backward(&rl, x, W, Ai, B, dyi, dxi, dAi, dBi);
@@ -560,11 +569,11 @@ static s2_status run_lora_case(s2_lora_ctx *ctx, const lcase *c, double e[4], in
 }
 
 /* Every LoRA case against the CPU reference; returns the failures. */
-static int check_lora(void)
+static int check_lora(const s2_rt *rt)
 {
     s2_error err = {0};
     s2_lora_ctx *ctx = NULL;
-    if (s2_lora_open(&ctx, &err)) {
+    if (s2_lora_open(&ctx, rt, NULL, &err)) {
         printf("lora: ERROR %s\n", err.msg);
         s2_error_clear(&err);
         return 1;
@@ -706,6 +715,6 @@ int main(int argc, char **argv)
     printf("gpu_check: %d of %d case runs passed (%d cases x %d tiles)\n", n_run - failed, n_run,
            n_run / N_TILES, N_TILES);
     if (!only || strstr(only, "lora"))
-        failed += check_lora();
+        failed += check_lora(&rt);
     return failed ? 1 : 0;
 }

@@ -1,5 +1,6 @@
 /* test_lora_plan.c — LoRA shapes, sharing groups and PEFT names from the shipped specs. */
 #include <criterion/criterion.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "gen/lora_plan.h"
@@ -85,27 +86,60 @@ Test(lora_dims, augmented_widths)
     s2_plan_lora(&s, &p);
     s2_lora_dims d;
     s2_error err = {0};
-    cr_assert_eq(s2_lora_dims_of(&p, 0, 4096, &d, &err), S2_OK, "%s", err.msg);
+    cr_assert_eq(s2_lora_dims_of(&p, 0, 3, 4096, 42, &d, &err), S2_OK, "%s", err.msg);
     cr_expect_eq(d.n_proj, 3);
     cr_expect_eq(d.out_total, 8192 + 2 * 1024);
     cr_expect_eq(d.rp, 24, "3 x rank 8, a multiple of 8 already");
     cr_expect_float_eq(d.scale, 2.0f, 1e-6);
     s2_spec odd = load(S2_SOURCE_DIR "/specs/llama2-7b-8k.yaml", "lora.rank=3");
     s2_plan_lora(&odd, &p);
-    cr_assert_eq(s2_lora_dims_of(&p, 0, 100, &d, &err), S2_OK);
+    cr_assert_eq(s2_lora_dims_of(&p, 0, 0, 100, 42, &d, &err), S2_OK);
     cr_expect_eq(d.rp, 16, "3 x 3 = 9 rounded up to 16: rows stay 16-byte aligned");
-    cr_expect_eq(s2_lora_dims_of(&p, 7, 100, &d, &err), S2_ERR_INVALID);
+    cr_expect_eq(s2_lora_dims_of(&p, 7, 0, 100, 42, &d, &err), S2_ERR_INVALID);
     s2_error_clear(&err);
 }
 
-Test(lora_dims, dropout_is_refused_on_the_gpu_path)
+Test(lora_dims, dropout_streams_and_workspace)
 {
     s2_spec s = load(S2_SOURCE_DIR "/specs/llama2-7b-8k.yaml", "lora.dropout=0.05");
     s2_lora_plan p;
     s2_plan_lora(&s, &p);
     s2_lora_dims d;
     s2_error err = {0};
-    cr_expect_eq(s2_lora_dims_of(&p, 0, 100, &d, &err), S2_ERR_INVALID);
-    cr_expect(strstr(err.msg, "no dropout yet"), "%s", err.msg);
-    s2_error_clear(&err);
+    cr_assert_eq(s2_lora_dims_of(&p, 0, 3, 100, 7, &d, &err), S2_OK, "%s", err.msg);
+    cr_expect_float_eq(d.dropout, 0.05f, 1e-7);
+    cr_expect_eq(d.stream[0], 3 * 8 + S2_PROJ_Q, "layer * 8 + projection");
+    cr_expect_eq(d.stream[2], 3 * 8 + S2_PROJ_V);
+    cr_expect_eq(s2_lora_workspace_bytes(&d), (size_t)100 * 4096 * 2, "drop(x), one [M, in]");
+    s2_spec none = load(S2_SOURCE_DIR "/specs/llama2-7b-8k.yaml", NULL);
+    s2_plan_lora(&none, &p);
+    cr_assert_eq(s2_lora_dims_of(&p, 0, 3, 100, 7, &d, &err), S2_OK);
+    cr_expect_eq(s2_lora_workspace_bytes(&d), 0, "no temporary without dropout");
+}
+
+/* The generated dropout kernels build with NVRTC, clean, for both offline archs and dtypes. */
+#include "gen/emit.h"
+#include "runtime/jit.h"
+
+Test(lora_dropout_unit, builds_for_sm80_and_sm90a, .timeout = 120)
+{
+    const char *archs[] = {"sm_80", "sm_90a"};
+    for (int dt = 0; dt < 2; dt++) {
+        char *src = NULL;
+        s2_error err = {0};
+        cr_assert_eq(s2_emit_lora_dropout((s2_dtype)dt, &src, &err), S2_OK, "%s", err.msg);
+        cr_expect(strstr(src, "s2_philox4x32_10"), "the mask is philox.cuh's own text");
+        for (int a = 0; a < 2; a++) {
+            s2_jit_src unit = {.unit = "lora_dropout", .source = src};
+            s2_jit_opts jo = {.arch = archs[a]};
+            s2_jit_result res = {0};
+            cr_assert_eq(s2_jit_build(&unit, 1, &jo, &res, &err), S2_OK, "%s", err.msg);
+            cr_expect_eq(res.n_res, 2);
+            for (int k = 0; k < res.n_res; k++)
+                cr_expect_eq(res.res[k].spill_stores + res.res[k].spill_loads + res.res[k].stack, 0,
+                             "%s spills", res.res[k].name);
+            s2_jit_result_free(&res);
+        }
+        free(src);
+    }
 }

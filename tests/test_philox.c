@@ -1,6 +1,6 @@
 /*
  * test_philox.c — Philox4x32-10 against Random123's known answers, the dropout mask contract
- * of runtime/philox.h (counter layout, threshold, keep fraction, independence of streams,
+ * of templates/philox.cuh (counter layout, threshold, keep fraction, independence of streams,
  * seeds and counter words), and the LoRA reference with dropout: the forward against a direct
  * loop that builds its mask element by element with s2_dropout_keep, the backward against
  * central finite differences of that loop (the mask is fixed by seed and stream, so the
@@ -13,7 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "runtime/philox.h"
+#include "templates/philox.cuh"
 #include "runtime/ref.h"
 
 /* ---- random inputs: xorshift64*, seeded per test (independent of the generator tested) ---- */

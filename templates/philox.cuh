@@ -1,5 +1,6 @@
 /*
- * philox.h — Philox4x32-10 and the LoRA dropout mask built on it.
+ * philox.cuh — Philox4x32-10 and the LoRA dropout mask built on it; C and CUDA alike: the
+ * CPU reference includes it, and the emitter embeds the same text in the dropout kernels.
  *
  * Philox4x32-10 is the counter-based generator of Salmon, Moraes, Dror and Shaw, "Parallel
  * random numbers: as easy as 1, 2, 3" (SC'11), the one cuRAND calls curand_Philox4x32_10: a
