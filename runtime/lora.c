@@ -149,23 +149,26 @@ static s2_status dropout_kernels(s2_lora_ctx *c, s2_dtype dt, s2_error *err)
     return st;
 }
 
-/* One launch of a dropout kernel over M x in elements (grid-stride, one thread per quad). */
-static s2_status launch_dropout(cudaKernel_t k, const char *name, void *out_or_dx, int ld,
-                                const void *in_ptr, const s2_lora_dims *d, int proj,
-                                cudaStream_t stream, s2_error *err)
+/* One launch of a dropout kernel over M x in elements (grid-stride, one thread per quad):
+ * add 0: xd = drop_i(src) with src [M, ld]; add 1: dst [M, ld] += drop_i(src) with src [M, in]. */
+static s2_status launch_dropout(const s2_lora_ctx *c, const s2_lora_dims *d, int add, void *dst,
+                                const void *src, int ld, int proj, cudaStream_t stream,
+                                s2_error *err)
 {
-    long quads = ((long)d->M * d->in + 3) / 4;
-    unsigned blocks = (unsigned)((quads + 255) / 256 < 8192 ? (quads + 255) / 256 : 8192);
+    const long quads = ((long)d->M * d->in + 3) / 4;
+    const unsigned blocks = (unsigned)((quads + 255) / 256 < 8192 ? (quads + 255) / 256 : 8192);
     unsigned long long seed = d->seed;
     unsigned strm = d->stream[proj], thr = s2_dropout_threshold(d->dropout);
     float scale = s2_dropout_scale(d->dropout);
     int M = d->M, in = d->in;
-    void *args_drop[] = {&in_ptr, &ld, &out_or_dx, &M, &in, &seed, &strm, &thr, &scale};
-    void *args_add[] = {&out_or_dx, &ld, &in_ptr, &M, &in, &seed, &strm, &thr, &scale};
-    int is_add = !strcmp(name, "s2_lora_dropout_add");
+    /* s2_lora_dropout(x, ldx, xd, ...) and s2_lora_dropout_add(dx, lddx, t, ...) */
+    void *args_drop[] = {&src, &ld, &dst, &M, &in, &seed, &strm, &thr, &scale};
+    void *args_add[] = {&dst, &ld, &src, &M, &in, &seed, &strm, &thr, &scale};
+    const char *name = add ? "s2_lora_dropout_add" : "s2_lora_dropout";
+    cudaKernel_t k = add ? c->drop_add[d->dtype] : c->drop[d->dtype];
     s2_status st = s2_rt_check(cudaLaunchKernel((const void *)k, (dim3){blocks, 1, 1},
-                                                (dim3){256, 1, 1}, is_add ? args_add : args_drop,
-                                                0, stream),
+                                                (dim3){256, 1, 1}, add ? args_add : args_drop, 0,
+                                                stream),
                                name, err);
     return st ? st : s2_rt_check(cudaGetLastError(), name, err);
 }
@@ -215,7 +218,7 @@ s2_status s2_lora_forward(s2_lora_ctx *c, const s2_lora_dims *d, void *xa, const
                                                0, 2 * (size_t)(d->rp - used), (size_t)d->M, stream),
                              "zeroing u's pad columns", err);
         for (int i = 0; !st && i < d->n_proj; i++) {
-            st = launch_dropout(c->drop[d->dtype], "s2_lora_dropout", ws, lx, xa, d, i, stream, err);
+            st = launch_dropout(c, d, 0, ws, xa, lx, i, stream, err);
             if (!st)
                 st = gemm_rm(c, d, "u_i = s drop_i(x) A_i^T", 0, 1, d->M, d->r, d->in, d->scale, ws,
                              d->in, (const char *)a + 2 * (size_t)i * d->r * d->in, d->in, 0.f,
@@ -269,7 +272,7 @@ s2_status s2_lora_backward(s2_lora_ctx *c, const s2_lora_dims *d, const void *xa
             const char *ai = (const char *)a + 2 * (size_t)i * d->r * d->in;
             char *dai = (char *)da + 2 * (size_t)i * d->r * d->in;
             /* dA_i = s v_i^T drop_i(x), drop_i(x) regenerated from the seed */
-            st = launch_dropout(c->drop[d->dtype], "s2_lora_dropout", ws, lx, xa, d, i, stream, err);
+            st = launch_dropout(c, d, 0, ws, xa, lx, i, stream, err);
             if (!st)
                 st = gemm_rm(c, d, "dA_i = s v_i^T drop_i(x)", 1, 0, d->r, d->in, d->M, d->scale,
                              vi, lx, ws, d->in, 0.f, dai, d->in, err);
@@ -278,8 +281,7 @@ s2_status s2_lora_backward(s2_lora_ctx *c, const s2_lora_dims *d, const void *xa
                 st = gemm_rm(c, d, "t = s v_i A_i", 0, 0, d->M, d->in, d->r, d->scale, vi, lx, ai,
                              d->in, 0.f, ws, d->in, err);
             if (!st)
-                st = launch_dropout(c->drop_add[d->dtype], "s2_lora_dropout_add", dxv, lx, ws, d, i,
-                                    stream, err);
+                st = launch_dropout(c, d, 1, dxv, ws, lx, i, stream, err);
         }
     }
     if (!st) /* dB = dy^T u (u already holds s and the masks) */
