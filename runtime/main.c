@@ -19,6 +19,7 @@
 #include "st.h"
 #include "tune.h"
 #include "bench_lora.h"
+#include "data.h"
 
 #define EXIT_USAGE 2
 #define EXIT_NO_DEVICE 3
@@ -972,6 +973,53 @@ static int cmd_tune(int argc, char **argv)
     return tune_on_device(&t);
 }
 
+/* ---------------------------------------------------------------- data */
+
+static const char data_help[] =
+    "usage: s2lora data --bytes TEXT... -o OUT.tokens\n"
+    "\n"
+    "Turns text files into a token file (runtime/data.h) with the byte-level vocabulary\n"
+    "of specs/tiny-byte-512.yaml: token = byte + 8, PAD 0, BOS 1, EOS 2 (vocab 264);\n"
+    "each file is one document, BOS + bytes + EOS. Written atomically. For LLaMA\n"
+    "tokens use a tokenizer and s2_data_write (the trainer's data step).\n";
+
+static int cmd_data(int argc, char **argv)
+{
+    const char *out = NULL;
+    const char *paths[256];
+    int n = 0, bytes = 0;
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h"))
+            return fputs(data_help, stdout), 0;
+        if (!strcmp(argv[i], "--bytes"))
+            bytes = 1;
+        else if (!strcmp(argv[i], "-o") || !strcmp(argv[i], "--out")) {
+            if (i + 1 == argc)
+                return usage_error("data", "option '%s' needs a value", argv[i]);
+            out = argv[++i];
+        } else if (argv[i][0] == '-')
+            return usage_error("data", "unknown option '%s'", argv[i]);
+        else if (n == 256)
+            return usage_error("data", "too many inputs (at most %s)", "256");
+        else
+            paths[n++] = argv[i];
+    }
+    if (!bytes)
+        return usage_error("data", "name the vocabulary: --bytes (the byte-level one)%s", "");
+    if (!n || !out)
+        return usage_error("data", "missing %s", !n ? "TEXT files" : "-o OUT.tokens");
+    s2_error err = {0};
+    if (s2_data_from_text(paths, n, out, &err))
+        return fail(&err);
+    s2_data_file *f = NULL;
+    if (s2_data_open(out, &f, &err))
+        return fail(&err);
+    printf("%s: %llu tokens in %llu documents, vocab %u\n", out, (unsigned long long)f->n_tokens,
+           (unsigned long long)f->n_docs, f->vocab);
+    s2_data_close(f);
+    return 0;
+}
+
 /* ---------------------------------------------------------------- main */
 
 static const char main_help[] =
@@ -986,6 +1034,7 @@ static const char main_help[] =
     "  attn     run the kernels on tensors from a safetensors file\n"
     "  bench    time the kernels beside the PyTorch peers (bench attn, bench lora)\n"
     "  tune     tune the kernels on this GPU (or --build-only the space for an arch)\n"
+    "  data     turn text into a token file (byte-level vocabulary)\n"
     "  version  print versions\n"
     "Run 's2lora COMMAND --help' for a command's options.\n";
 
@@ -1018,6 +1067,8 @@ int main(int argc, char **argv)
         return cmd_bench(argc - 2, argv + 2);
     if (!strcmp(cmd, "tune"))
         return cmd_tune(argc - 2, argv + 2);
+    if (!strcmp(cmd, "data"))
+        return cmd_data(argc - 2, argv + 2);
     if (!strcmp(cmd, "version") || !strcmp(cmd, "--version"))
         return cmd_version();
     fprintf(stderr, "%s: unknown command '%s'\n%s", prog, cmd, main_help);

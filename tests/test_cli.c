@@ -161,3 +161,25 @@ Test(cli, attn_checks_shapes_before_the_device, .timeout = 120)
     }
     free(out);
 }
+
+Test(cli, data_bytes_round_trip)
+{
+    char dir[] = "/tmp/s2cli.XXXXXX";
+    cr_assert(mkdtemp(dir));
+    char txt[1024], out[1024], cmd[4096];
+    snprintf(txt, sizeof txt, "%s/a.txt", dir);
+    snprintf(out, sizeof out, "%s/a.tokens", dir);
+    FILE *f = fopen(txt, "w");
+    cr_assert(f);
+    fputs("long context", f);
+    fclose(f);
+    char *o;
+    snprintf(cmd, sizeof cmd, "%s data --bytes %s -o %s", BIN, txt, out);
+    cr_expect_eq(run(cmd, &o), 0, "%s", o);
+    cr_expect(strstr(o, "14 tokens in 1 documents, vocab 264"), "BOS + 12 bytes + EOS: %s", o);
+    free(o);
+    snprintf(cmd, sizeof cmd, "%s data %s -o %s", BIN, txt, out);
+    cr_expect_eq(run(cmd, &o), 2);
+    cr_expect(strstr(o, "--bytes"), "%s", o);
+    free(o);
+}
