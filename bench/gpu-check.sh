@@ -85,6 +85,7 @@ if [ -x "$BROKEN/s2lora" ]; then
   else
     echo "gate: FAIL ($rejected rejected, $broken of them the broken candidate)"; status=1
     grep REJECTED "$gate_db/gate.txt" | head -5
+    tail -5 "$gate_db/gate.txt"
   fi
 else
   echo "gate: NOT RUN: no test build at $BROKEN (bench/build-carry.sh makes one)"; status=1
