@@ -68,4 +68,12 @@ static inline double rel_l2(const float *x, const double *ref, size_t n) {
     return sqrt(num / (den > 0 ? den : 1e-300));
 }
 
+/* Root mean square of x (0 for an empty array). */
+static inline double rms(const float *x, size_t n) {
+    double s = 0;
+    for (size_t i = 0; i < n; i++)
+        s += (double)x[i] * x[i];
+    return sqrt(s / (n ? n : 1));
+}
+
 #endif

@@ -17,15 +17,7 @@
 #include "ref_helpers.h"
 #include "runtime/ref.h"
 
-/* ---- random inputs: xorshift64*, seeded per test (independent of the generator tested) ---- */
 
-
-static double rms(const float *x, size_t n) {
-    double s = 0;
-    for (size_t i = 0; i < n; i++)
-        s += (double)x[i] * x[i];
-    return sqrt(s / (n ? n : 1));
-}
 
 /* ---- Philox4x32 known answers ---- */
 

@@ -23,12 +23,6 @@ static double rel_l2_ff(const float *x, const float *ref, size_t n) {
     return e;
 }
 
-static double rms(const float *x, size_t n) {
-    double s = 0;
-    for (size_t i = 0; i < n; i++)
-        s += (double)x[i] * x[i];
-    return sqrt(s / (n ? n : 1));
-}
 
 /* ---- problems ---- */
 
