@@ -9,6 +9,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "runtime/ref.h"
+
 /* ---- random inputs: xorshift64*, seeded per test ---- */
 
 typedef struct rng {
@@ -74,6 +76,31 @@ static inline double rms(const float *x, size_t n) {
     for (size_t i = 0; i < n; i++)
         s += (double)x[i] * x[i];
     return sqrt(s / (n ? n : 1));
+}
+
+/* y = x W^T + s ((x ∘ mk) A^T) B^T by the definition, in fp64 (mk NULL: no dropout); returns
+ * sum(dy ∘ y) when dy != NULL. */
+static inline double lora_loop(const s2_ref_lora *l, const double *mk, const double *x, const double *W,
+                        const double *A, const double *B, const double *dy, double *y) {
+    double loss = 0;
+    for (int m = 0; m < l->M; m++)
+        for (int o = 0; o < l->out; o++) {
+            double base = 0, low = 0;
+            for (int i = 0; i < l->in; i++)
+                base += x[m * l->in + i] * W[o * l->in + i];
+            for (int j = 0; j < l->r; j++) {
+                double xa = 0;
+                for (int i = 0; i < l->in; i++)
+                    xa += x[m * l->in + i] * (mk ? mk[m * l->in + i] : 1.0) * A[j * l->in + i];
+                low += xa * B[o * l->r + j];
+            }
+            double yv = base + l->scale * low;
+            if (y)
+                y[m * l->out + o] = yv;
+            if (dy)
+                loss += dy[m * l->out + o] * yv;
+        }
+    return loss;
 }
 
 #endif

@@ -229,31 +229,6 @@ static double *mask_of(const s2_ref_lora *l) {
     return mk;
 }
 
-/* y = x W^T + s ((x ∘ mk) A^T) B^T by the definition, in fp64; returns sum(dy ∘ y) when
- * dy != NULL. */
-static double lora_loop(const s2_ref_lora *l, const double *mk, const double *x, const double *W,
-                        const double *A, const double *B, const double *dy, double *y) {
-    double loss = 0;
-    for (int m = 0; m < l->M; m++)
-        for (int o = 0; o < l->out; o++) {
-            double base = 0, low = 0;
-            for (int i = 0; i < l->in; i++)
-                base += x[m * l->in + i] * W[o * l->in + i];
-            for (int j = 0; j < l->r; j++) {
-                double xa = 0;
-                for (int i = 0; i < l->in; i++)
-                    xa += x[m * l->in + i] * mk[m * l->in + i] * A[j * l->in + i];
-                low += xa * B[o * l->r + j];
-            }
-            double yv = base + l->scale * low;
-            if (y)
-                y[m * l->out + o] = yv;
-            if (dy)
-                loss += dy[m * l->out + o] * yv;
-        }
-    return loss;
-}
-
 static void check_forward(int M, int in, int out, int r, float p, uint64_t seed) {
     lprob L;
     lprob_make(&L, M, in, out, r, p, seed);
