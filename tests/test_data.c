@@ -18,6 +18,7 @@
 
 #include "gen/spec.h"
 #include "runtime/data.h"
+#include "tmpdir.h"
 
 static char dir[64];
 static char path[256];
@@ -29,12 +30,7 @@ static void make_dir(void)
     snprintf(path, sizeof path, "%s/t.tokens", dir);
 }
 
-static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    return remove(p);
-}
-
-static void remove_dir(void) { nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS); }
+static void remove_dir(void) { s2_test_rmtree(dir); }
 
 TestSuite(data, .init = make_dir, .fini = remove_dir);
 TestSuite(order);

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "runtime/st.h"
+#include "tmpdir.h"
 
 static char dir[64];
 static char path[256];
@@ -29,22 +30,7 @@ static void make_dir(void)
     snprintf(path, sizeof path, "%s/t.safetensors", dir);
 }
 
-static void remove_dir(void)
-{
-    DIR *d = opendir(dir);
-    if (!d)
-        return;
-    struct dirent *e;
-    char p[512];
-    while ((e = readdir(d))) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-            continue;
-        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-        unlink(p);
-    }
-    closedir(d);
-    rmdir(dir);
-}
+static void remove_dir(void) { s2_test_rmtree(dir); }
 
 TestSuite(st, .init = make_dir, .fini = remove_dir);
 TestSuite(cvt);

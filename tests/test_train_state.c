@@ -19,6 +19,7 @@
 
 #include "runtime/st.h"
 #include "runtime/train_state.h"
+#include "tmpdir.h"
 
 static char dir[64];
 
@@ -28,22 +29,7 @@ static void make_dir(void)
     cr_assert_not_null(mkdtemp(dir));
 }
 
-static void remove_dir(void)
-{
-    DIR *d = opendir(dir);
-    if (!d)
-        return;
-    struct dirent *e;
-    char p[512];
-    while ((e = readdir(d))) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-            continue;
-        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-        unlink(p);
-    }
-    closedir(d);
-    rmdir(dir);
-}
+static void remove_dir(void) { s2_test_rmtree(dir); }
 
 TestSuite(state, .init = make_dir, .fini = remove_dir, .timeout = 120);
 
