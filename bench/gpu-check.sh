@@ -115,11 +115,15 @@ else
   bench_seqlens=8192,16384
 fi
 bench_seqlens=${S2_BENCH_SEQLENS:-$bench_seqlens}
+# S2_BENCH_TILES="T1 T2 ...": one s2lora row per tile (each a --tile value, e.g. bwd_atomic_dq=1)
+# instead of the tuned-or-default tile, to compare tiles beside the peers in one run.
+bench_tile_args=()
+for t in ${S2_BENCH_TILES:-}; do bench_tile_args+=(--tile "$t"); done
 bench_tmp=$(mktemp -d /tmp/s2lora-bench.XXXXXX)
-"$BIN/s2lora" bench attn specs/llama2-7b-32k.yaml --seqlens "$bench_seqlens" \
+"$BIN/s2lora" bench attn specs/llama2-7b-32k.yaml --seqlens "$bench_seqlens" "${bench_tile_args[@]}" \
   --csv "$bench_tmp/d128.csv" --json "$bench_tmp/d128.json" 2>&1 | tee "$OUTDIR/bench_attn.txt"
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
-"$BIN/s2lora" bench attn specs/llama2-7b-16k.yaml --set model.head_dim=64 \
+"$BIN/s2lora" bench attn specs/llama2-7b-16k.yaml --set model.head_dim=64 "${bench_tile_args[@]}" \
   --csv "$bench_tmp/d64.csv" --json "$bench_tmp/d64.json" 2>&1 | tee -a "$OUTDIR/bench_attn.txt"
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 # One CSV and one JSON for both runs: $OUT brings back at most 8 files.
