@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-pkgs=(cmake gcc make pkg-config libyaml-dev libjansson-dev nettle-dev libcriterion-dev)
+pkgs=(cmake gcc make pkg-config python3 libyaml-dev libjansson-dev nettle-dev libcriterion-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

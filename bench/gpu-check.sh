@@ -5,9 +5,11 @@
 #   3. every S²-Attn kernel against the CPU reference (tests/gpu_check.c), fresh random inputs,
 #      poisoned outputs, all shift modes, short last group, varlen, GQA, d in {64, 96, 128, 256};
 #   4. `s2lora attn --backward` against LongLoRA's S²-Attn written in PyTorch (bench/peers/);
-#   5. `s2lora tune` of the default spec (timed: the bar is 60 s), whose tiles bench then uses;
-#   6. `s2lora bench lora` against the frozen base GEMM, then bench/peers/lora_peers.py;
-#   7. `s2lora bench attn` beside the PyTorch peers (bench/peers/attn_peers.py): N = 8k and 16k
+#   5. the GPU model against its CPU twin (tests/model_check.c) and, with transformers and PEFT,
+#      bench/peers/llama_peers.py (logits, S²-Attn, one LoRA+ backward, our adapter in PEFT);
+#   6. `s2lora tune` of the default spec (timed: the bar is 60 s), whose tiles bench then uses;
+#   7. `s2lora bench lora` against the frozen base GEMM, then bench/peers/lora_peers.py;
+#   8. `s2lora bench attn` beside the PyTorch peers (bench/peers/attn_peers.py): N = 8k and 16k
 #      at d=128, H=32, G=N/4, then N=16k at d=64. S2_BENCH_FULL=1 runs step 2's whole sweep
 #      (8k, 16k, 32k, 64k, 100k; alone it fits one call, with the rest it does not);
 #      S2_BENCH_SEQLENS=LIST names the d=128 lengths outright.
@@ -25,10 +27,11 @@ export S2LORA_CACHE_DIR=${S2LORA_CACHE_DIR:-/tmp/s2lora-cache}
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 rm -rf "$S2LORA_CACHE_DIR"
 status=0
-# S2_SECTIONS picks sections (default all): build check peers tune gate lora bench. One device call
+# S2_SECTIONS picks sections (default all but ncu): build check peers model tune gate lora bench;
+# ncu (hardware counters of the attention kernels) runs only when named. One device call
 # may run 10 minutes; the whole script takes about 8 (H100, 2026-11-25 estimate), so a
 # session short of time splits it, e.g. S2_SECTIONS="build check peers gate", then "tune bench".
-want() { case " ${S2_SECTIONS:-build check peers tune gate lora bench} " in *" $1 "*) return 0 ;; esac; return 1; }
+want() { case " ${S2_SECTIONS:-build check peers model tune gate lora bench} " in *" $1 "*) return 0 ;; esac; return 1; }
 
 echo "== card"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
@@ -59,6 +62,16 @@ echo "== s2lora attn vs LongLoRA in PyTorch"
 python3 bench/peers/attn_compare.py "$BIN/s2lora" /tmp/s2lora-peer-specs /tmp/s2lora-peer-work \
   2>&1 | tee "$OUTDIR/peer_compare.txt"
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
+fi
+
+if want model; then
+echo "== the GPU model vs its CPU twin, then vs transformers and PEFT"
+"$BIN/s2lora_model_check" 2>&1 | tee "$OUTDIR/model_check.txt"
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
+model_work=$(mktemp -d /tmp/s2lora-llama-peers.XXXXXX)
+python3 bench/peers/llama_peers.py "$BIN/s2lora" "$model_work" 2>&1 | tee -a "$OUTDIR/model_check.txt"
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
+rm -rf "$model_work"
 fi
 
 if want tune; then
@@ -142,11 +155,51 @@ fi
 rm -rf "$bench_tmp"
 fi
 
+if want ncu; then
+# Not in the default sections: where the attention kernels lose time, read from the hardware
+# counters (tensor pipe, shared-memory bank conflicts, issue stalls, occupancy) at N = 16k,
+# d = 128, H = 32, one launch of each kernel. Costs about a minute of device time.
+echo "== ncu: the attention kernels at N = 16384 (S2_NCU_TILE: one --tile)"
+ncu_tile_args=()
+[ -n "${S2_NCU_TILE:-}" ] && ncu_tile_args=(--tile "$S2_NCU_TILE")
+metrics=gpu__time_duration.sum,sm__throughput.avg.pct_of_peak_sustained_elapsed,\
+sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,\
+l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum,\
+l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_st.sum,\
+l1tex__data_pipe_lsu_wavefronts_mem_shared.sum,\
+sm__warps_active.avg.pct_of_peak_sustained_active,\
+smsp__average_warp_latency_issue_stalled_barrier,\
+smsp__average_warp_latency_issue_stalled_long_scoreboard,\
+smsp__average_warp_latency_issue_stalled_short_scoreboard,\
+smsp__average_warp_latency_issue_stalled_math_pipe_throttle,\
+smsp__average_warp_latency_issue_stalled_mio_throttle,\
+smsp__average_warp_latency_issue_stalled_wait,\
+smsp__inst_executed.sum,launch__registers_per_thread,launch__occupancy_limit_registers
+ncu --target-processes all -k regex:'^s2_attn' --launch-skip 0 --launch-count 8 \
+  --metrics "$metrics" --csv --page raw \
+  "$BIN/s2lora" bench attn specs/llama2-7b-32k.yaml --seqlens 16384 --no-peers --reps 1 \
+  --warmup 0 "${ncu_tile_args[@]}" >"$OUTDIR/ncu.csv" 2>"$OUTDIR/ncu.err" || status=1
+python3 - "$OUTDIR/ncu.csv" <<'PY'
+import csv, sys
+rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 5]
+if len(rows) < 3:
+    print("ncu: no rows"); sys.exit(0)
+head = rows[0]
+for r in rows[2:]:
+    d = dict(zip(head, r))
+    print(d.get("Kernel Name", "?")[:28])
+    for k in head:
+        if "__" in k or k.startswith("launch"):
+            print(f"   {k:<78} {d.get(k, '')}")
+PY
+fi
+
 echo "== summary"
 grep -v '^s2lora: ' "$OUTDIR/tune.txt" 2>/dev/null
 grep -E 'PASS|FAIL|ERROR' "$OUTDIR/gpu_check.txt" 2>/dev/null | awk '{print $NF}' | sort | uniq -c
 tail -n 1 "$OUTDIR/gpu_check.txt" 2>/dev/null
 grep -E 'PASS|FAIL' "$OUTDIR/peer_compare.txt" 2>/dev/null | awk '{printf "peer %-16s %s\n", $1, $NF}'
+grep -E '^(model_check|llama_peers): (PASS|FAIL)' "$OUTDIR/model_check.txt" 2>/dev/null
 grep -E '^(bench attn:|== |impl |s2lora|sdpa-|flex-|fastest peer|no peer)' "$OUTDIR/bench_attn.txt" 2>/dev/null
 echo "gpu-check status: $status"
 exit $status

@@ -22,14 +22,34 @@ s2_status s2_emit_attn(const s2_spec *spec, const s2_attn_plan *plan, s2_attn_un
  */
 s2_status s2_emit_lora_dropout(s2_dtype dtype, char **src, s2_error *err);
 
+/*
+ * Source of the trainer's kernel unit (templates/train.cuh after dtype.cuh, runtime/train_kern.h)
+ * for the spec's model: its sizes, RMS eps, RoPE theta and factor, and the block sizes below,
+ * compiled in. *src is heap, caller frees.
+ */
+s2_status s2_emit_train(const s2_spec *spec, char **src, s2_error *err);
+
+/* Block sizes of the train unit, emitted as #defines and launched with by runtime/train_kern.c:
+ * the elementwise kernels, cross-entropy (one block per row of logits) and RoPE (one token per
+ * block iteration). */
+#define S2_TRAIN_EW_THREADS 256
+#define S2_TRAIN_XENT_THREADS 256
+#define S2_TRAIN_ROPE_THREADS 128
+
+/* The row kernels over hidden (embedding, RMSNorm) give each thread `iters` chunks of 8
+ * columns at most, the whole row in one block: threads = the chunk count rounded up to a warp,
+ * at most 512; iters = the chunks per thread. */
+void s2_emit_train_row_geometry(int hidden, int *threads, int *iters);
+
 /* The embedded text of a template ("attn_fwd.cuh"), or NULL. */
 const char *s2_emit_template(const char *name);
 
 /*
- * Writes every unit of the spec to DIR/<spec name>.<unit>.cu (atomically),
- * creating DIR. paths (may be NULL) receives up to max written paths (heap,
- * caller frees each); returns the count in *n.
+ * Writes the spec's units to DIR/<spec name>.<unit>.cu (atomically), creating DIR: the
+ * attention units, then the trainer's ("train"): S2_EMIT_UNITS files. paths (may be NULL)
+ * receives up to max written paths (heap, caller frees each); returns the count in *n.
  */
+#define S2_EMIT_UNITS (S2_UNIT_ATTN_COUNT + 1)
 s2_status s2_emit_write_dir(const s2_spec *spec, const s2_attn_plan *plan, const char *dir,
                             char **paths, int max, int *n, s2_error *err);
 

@@ -1,8 +1,6 @@
 /* lora.c — LoRA linears through cuBLAS GEMMs on the augmented layout (see lora.h). */
 #include "lora.h"
 
-#include <cublas_api.h>
-#include <dlfcn.h>
 #include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
@@ -11,28 +9,12 @@
 #include "../templates/philox.cuh"
 #include "jit.h"
 
-/* The cuBLAS entry points used, looked up at run time. */
-typedef cublasStatus_t (*create_fn)(cublasHandle_t *);
-typedef cublasStatus_t (*destroy_fn)(cublasHandle_t);
-typedef cublasStatus_t (*set_stream_fn)(cublasHandle_t, cudaStream_t);
-typedef const char *(*status_string_fn)(cublasStatus_t);
-typedef cublasStatus_t (*gemm_ex_fn)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int,
-                                     int, int, const void *, const void *, cudaDataType, int,
-                                     const void *, cudaDataType, int, const void *, void *,
-                                     cudaDataType, int, cublasComputeType_t, cublasGemmAlgo_t);
-
 struct s2_lora_ctx {
     char arch[16];
     const char *cache_dir;
     cudaLibrary_t drop_lib[2];     /* the dropout unit per dtype, built on first use */
     cudaKernel_t drop[2], drop_add[2];
-    void *lib;
-    cublasHandle_t h;
-    create_fn create;
-    destroy_fn destroy;
-    set_stream_fn set_stream;
-    status_string_fn status_string;
-    gemm_ex_fn gemm;
+    s2_blas *blas;
 };
 
 s2_status s2_lora_dims_of(const s2_lora_plan *plan, int g, int layer, int M,
@@ -64,13 +46,6 @@ size_t s2_lora_workspace_bytes(const s2_lora_dims *d)
     return d->dropout > 0 ? (size_t)d->M * d->in * 2 : 0;
 }
 
-static void *sym(void *lib, const char *name, int *missing)
-{
-    void *p = dlsym(lib, name);
-    *missing |= !p;
-    return p;
-}
-
 s2_status s2_lora_open(s2_lora_ctx **out, const s2_rt *rt, const char *cache_dir, s2_error *err)
 {
     *out = NULL;
@@ -79,28 +54,8 @@ s2_status s2_lora_open(s2_lora_ctx **out, const s2_rt *rt, const char *cache_dir
         return s2_error_set(err, S2_ERR_NOMEM, "out of memory");
     snprintf(c->arch, sizeof c->arch, "%s", rt->arch);
     c->cache_dir = cache_dir;
-    c->lib = dlopen("libcublas.so.13", RTLD_NOW | RTLD_LOCAL);
-    if (!c->lib) {
-        free(c);
-        return s2_error_set(err, S2_ERR_CUDA,
-                            "cannot load cuBLAS (libcublas.so.13: %s); the LoRA linears need it "
-                            "(add the CUDA Toolkit's lib64 to LD_LIBRARY_PATH)", dlerror());
-    }
-    int missing = 0;
-    c->create = (create_fn)sym(c->lib, "cublasCreate_v2", &missing);
-    c->destroy = (destroy_fn)sym(c->lib, "cublasDestroy_v2", &missing);
-    c->set_stream = (set_stream_fn)sym(c->lib, "cublasSetStream_v2", &missing);
-    c->status_string = (status_string_fn)sym(c->lib, "cublasGetStatusString", &missing);
-    c->gemm = (gemm_ex_fn)sym(c->lib, "cublasGemmEx", &missing);
-    if (missing) {
-        dlclose(c->lib);
-        free(c);
-        return s2_error_set(err, S2_ERR_CUDA, "libcublas.so.13 lacks an entry point s2lora needs");
-    }
-    cublasStatus_t s = c->create(&c->h);
-    if (s != CUBLAS_STATUS_SUCCESS) {
-        s2_status st = s2_error_set(err, S2_ERR_CUDA, "cublasCreate: %s", c->status_string(s));
-        dlclose(c->lib);
+    s2_status st = s2_blas_open(&c->blas, err);
+    if (st) {
         free(c);
         return st;
     }
@@ -112,14 +67,14 @@ void s2_lora_close(s2_lora_ctx *c)
 {
     if (!c)
         return;
-    if (c->h)
-        c->destroy(c->h);
     for (int i = 0; i < 2; i++)
         if (c->drop_lib[i])
             cudaLibraryUnload(c->drop_lib[i]);
-    dlclose(c->lib);
+    s2_blas_close(c->blas);
     free(c);
 }
+
+s2_blas *s2_lora_blas(s2_lora_ctx *c) { return c->blas; }
 
 /* Builds (NVRTC, through the cache) and loads the dropout kernels of dtype, once. */
 static s2_status dropout_kernels(s2_lora_ctx *c, s2_dtype dt, s2_error *err)
@@ -173,30 +128,28 @@ static s2_status launch_dropout(const s2_lora_ctx *c, const s2_lora_dims *d, int
     return st ? st : s2_rt_check(cudaGetLastError(), name, err);
 }
 
-/*
- * Row-major C[M,N] = alpha op(A) op(B) + beta C (leading dimensions are row strides): the
- * column-major product C^T = op(B)^T op(A)^T, which cuBLAS computes directly.
- */
+/* A product of storage-dtype operands and result. */
 static s2_status gemm_rm(s2_lora_ctx *c, const s2_lora_dims *d, const char *what, int ta, int tb,
                          int M, int N, int K, float alpha, const void *A, int lda, const void *B,
                          int ldb, float beta, void *C, int ldc, s2_error *err)
 {
-    const cudaDataType t = d->dtype == S2_DTYPE_BF16 ? CUDA_R_16BF : CUDA_R_16F;
-    cublasStatus_t s = c->gemm(c->h, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
-                               N, M, K, &alpha, B, t, ldb, A, t, lda, &beta, C, t, ldc,
-                               CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-    if (s != CUBLAS_STATUS_SUCCESS)
-        return s2_error_set(err, S2_ERR_CUDA, "cuBLAS GEMM (%s, M=%d N=%d K=%d): %s", what, M, N,
-                            K, c->status_string(s));
-    return s2_rt_check(cudaGetLastError(), what, err);
+    return s2_blas_gemm(c->blas, d->dtype, what, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C,
+                        ldc, 0, err);
+}
+
+/* A product into a gradient of a trainable tensor: the dtype, or fp32 accumulated with
+ * d->grad_beta when d->grad_f32. */
+static s2_status gemm_grad(s2_lora_ctx *c, const s2_lora_dims *d, const char *what, int ta,
+                           int tb, int M, int N, int K, float alpha, const void *A, int lda,
+                           const void *B, int ldb, void *C, int ldc, s2_error *err)
+{
+    return s2_blas_gemm(c->blas, d->dtype, what, ta, tb, M, N, K, alpha, A, lda, B, ldb,
+                        d->grad_f32 ? d->grad_beta : 0.f, C, ldc, d->grad_f32, err);
 }
 
 static s2_status on_stream(s2_lora_ctx *c, cudaStream_t stream, s2_error *err)
 {
-    cublasStatus_t s = c->set_stream(c->h, stream);
-    return s == CUBLAS_STATUS_SUCCESS ? S2_OK
-                                      : s2_error_set(err, S2_ERR_CUDA, "cublasSetStream: %s",
-                                                     c->status_string(s));
+    return s2_blas_stream(c->blas, stream, err);
 }
 
 /* Element offset of column col in a half matrix, as a pointer. */
@@ -257,25 +210,26 @@ s2_status s2_lora_backward(s2_lora_ctx *c, const s2_lora_dims *d, const void *xa
         st = gemm_rm(c, d, "dx += s v A", 0, 0, d->M, d->in, d->rp, d->scale, v, lx, a, d->in,
                      1.f, dxv, lx, err);
         if (!st) /* dA = s v^T x */
-            st = gemm_rm(c, d, "dA = s v^T x", 1, 0, d->rp, d->in, d->M, d->scale, v, lx, xa, lx,
-                         0.f, da, d->in, err);
+            st = gemm_grad(c, d, "dA = s v^T x", 1, 0, d->rp, d->in, d->M, d->scale, v, lx, xa,
+                           lx, da, d->in, err);
     }
     if (!st && d->dropout > 0) {
         st = dropout_kernels(c, d->dtype, err);
         const int used = d->n_proj * d->r;
-        if (!st && d->rp > used) /* the pad rows of dA */
-            st = s2_rt_check(cudaMemsetAsync((char *)da + 2 * (size_t)used * d->in, 0,
-                                             2 * (size_t)(d->rp - used) * d->in, stream),
+        const size_t ge = d->grad_f32 ? 4 : 2; /* bytes per element of dA and dB */
+        if (!st && d->rp > used && !(d->grad_f32 && d->grad_beta != 0.f)) /* dA's pad rows */
+            st = s2_rt_check(cudaMemsetAsync((char *)da + ge * (size_t)used * d->in, 0,
+                                             ge * (size_t)(d->rp - used) * d->in, stream),
                              "zeroing dA's pad rows", err);
         for (int i = 0; !st && i < d->n_proj; i++) {
             const void *vi = col(dxv, d->in + i * d->r);
             const char *ai = (const char *)a + 2 * (size_t)i * d->r * d->in;
-            char *dai = (char *)da + 2 * (size_t)i * d->r * d->in;
+            char *dai = (char *)da + ge * (size_t)i * d->r * d->in;
             /* dA_i = s v_i^T drop_i(x), drop_i(x) regenerated from the seed */
             st = launch_dropout(c, d, 0, ws, xa, lx, i, stream, err);
             if (!st)
-                st = gemm_rm(c, d, "dA_i = s v_i^T drop_i(x)", 1, 0, d->r, d->in, d->M, d->scale,
-                             vi, lx, ws, d->in, 0.f, dai, d->in, err);
+                st = gemm_grad(c, d, "dA_i = s v_i^T drop_i(x)", 1, 0, d->r, d->in, d->M,
+                               d->scale, vi, lx, ws, d->in, dai, d->in, err);
             /* dx += mask_i (s v_i A_i) / (1 - p) */
             if (!st)
                 st = gemm_rm(c, d, "t = s v_i A_i", 0, 0, d->M, d->in, d->r, d->scale, vi, lx, ai,
@@ -285,8 +239,8 @@ s2_status s2_lora_backward(s2_lora_ctx *c, const s2_lora_dims *d, const void *xa
         }
     }
     if (!st) /* dB = dy^T u (u already holds s and the masks) */
-        st = gemm_rm(c, d, "dB = dy^T u", 1, 0, d->out_total, d->rp, d->M, 1.f, dy, d->out_total,
-                     u, lx, 0.f, db, d->rp, err);
+        st = gemm_grad(c, d, "dB = dy^T u", 1, 0, d->out_total, d->rp, d->M, 1.f, dy,
+                       d->out_total, u, lx, db, d->rp, err);
     return st;
 }
 

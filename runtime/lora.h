@@ -32,8 +32,8 @@
  * s v_i A_i, added to dx under the mask. The two elementwise kernels are generated
  * (templates/lora.cuh) and built through the NVRTC cache.
  *
- * cuBLAS is loaded at run time (dlopen of libcublas.so.13), so binaries that never run a LoRA
- * linear do not need it; s2_lora_open() says so clearly when it is missing.
+ * cuBLAS is loaded at run time (blas.h), so binaries that never run a LoRA linear do not need
+ * it; s2_lora_open() says so clearly when it is missing.
  */
 #ifndef S2_LORA_H
 #define S2_LORA_H
@@ -41,6 +41,7 @@
 #include <cuda_runtime_api.h>
 
 #include "../gen/lora_plan.h"
+#include "blas.h"
 #include "rt.h"
 
 typedef struct s2_lora_ctx s2_lora_ctx;
@@ -58,6 +59,11 @@ typedef struct s2_lora_dims {
     float dropout;  /* p in [0, 1) */
     unsigned long long seed;
     unsigned stream[3]; /* each projection's mask stream: layer * 8 + s2_proj */
+    /* dA and dB: 0 (what s2_lora_dims_of sets) = the storage dtype, overwritten; 1 = fp32,
+     * C = grad_beta C + the product (the trainer accumulates over layers' micro-batches with
+     * grad_beta 1 into zeroed gradients). */
+    int grad_f32;
+    float grad_beta;
 } s2_lora_dims;
 
 /* Dimensions of group g of layer `layer` of a plan for M tokens, dropout seed `seed`. */
@@ -72,6 +78,9 @@ size_t s2_lora_workspace_bytes(const s2_lora_dims *d);
 s2_status s2_lora_open(s2_lora_ctx **ctx, const s2_rt *rt, const char *cache_dir, s2_error *err);
 void s2_lora_close(s2_lora_ctx *ctx);
 
+/* The context's cuBLAS, for the other products of whoever drives the linears (the trainer). */
+s2_blas *s2_lora_blas(s2_lora_ctx *ctx);
+
 /* Forward: writes u into xa's extra columns and y [M, out_total]. ws: workspace bytes. */
 s2_status s2_lora_forward(s2_lora_ctx *ctx, const s2_lora_dims *d, void *xa, const void *wc,
                           const void *a, void *y, void *ws, cudaStream_t stream, s2_error *err);
@@ -82,7 +91,7 @@ s2_status s2_lora_base_forward(s2_lora_ctx *ctx, const s2_lora_dims *d, const vo
                                const void *wc, void *y, cudaStream_t stream, s2_error *err);
 
 /* Backward from dy [M, out_total]: dxv [M, in + rp] (dx in [0, in)), da [rp, in],
- * db [out_total, rp]. xa must hold the forward's u. */
+ * db [out_total, rp] (dtype or fp32: d->grad_f32). xa must hold the forward's u. */
 s2_status s2_lora_backward(s2_lora_ctx *ctx, const s2_lora_dims *d, const void *xa,
                            const void *wc, const void *a, const void *dy, void *dxv, void *da,
                            void *db, void *ws, cudaStream_t stream, s2_error *err);

@@ -17,8 +17,10 @@
 #include "jit.h"
 #include "rt.h"
 #include "st.h"
+#include "train_kern.h"
 #include "tune.h"
 #include "bench_lora.h"
+#include "cli.h"
 #include "data.h"
 
 #define EXIT_USAGE 2
@@ -163,9 +165,9 @@ static int cmd_gen(int argc, char **argv)
     if (s2_spec_load(o.spec, o.sets, o.n_sets, &spec, &err) ||
         s2_plan_attn(&spec, o.n_arch ? o.arch[0] : "sm_90a", NULL, &plan, &err))
         return fail(&err);
-    char *paths[S2_UNIT_ATTN_COUNT];
+    char *paths[S2_EMIT_UNITS];
     int n = 0;
-    if (s2_emit_write_dir(&spec, &plan, o.out, paths, S2_UNIT_ATTN_COUNT, &n, &err))
+    if (s2_emit_write_dir(&spec, &plan, o.out, paths, S2_EMIT_UNITS, &n, &err))
         return fail(&err);
     for (int i = 0; i < n; i++) {
         printf("%s\n", paths[i]);
@@ -180,9 +182,10 @@ static const char build_help[] =
     "usage: s2lora build SPEC [--set KEY=VALUE]... [--arch ARCH]... [--jobs N]\n"
     "                         [--cache-dir DIR] [--no-cache]\n"
     "\n"
-    "Generates SPEC's kernels and builds them with NVRTC for each ARCH (default:\n"
-    "the spec's arch list), through the kernel cache. Needs no GPU. Prints one\n"
-    "row per kernel: registers, shared memory, stack, spills, cache hit, time.\n"
+    "Generates SPEC's kernels (the attention units and the trainer's) and builds\n"
+    "them with NVRTC for each ARCH (default: the spec's arch list), through the\n"
+    "kernel cache. Needs no GPU. Prints one row per kernel: registers, shared\n"
+    "memory, stack, spills, cache hit, time.\n"
     "  --arch ARCH       sm_80 | sm_86 | sm_89 | sm_90 | sm_90a (repeatable)\n"
     "  --jobs N          parallel NVRTC builds (default: all cores)\n"
     "  --cache-dir DIR   cache directory (default $S2LORA_CACHE_DIR, else\n"
@@ -245,6 +248,17 @@ static int cmd_build(int argc, char **argv)
         print_build_rows(jo.arch, res, S2_UNIT_ATTN_COUNT, &spills);
         for (int u = 0; u < S2_UNIT_ATTN_COUNT; u++)
             s2_jit_result_free(&res[u]);
+        s2_jit_result tr = {0}; /* the trainer's unit */
+        if (s2_train_kern_build(&spec, &jo, &tr, &err))
+            return fail(&err);
+        for (int k = 0; k < tr.n_res; k++) {
+            const s2_kernel_res *x = &tr.res[k];
+            int sp = x->spill_stores + x->spill_loads;
+            spills += sp;
+            printf("%-7s %-9s %-22s %5d %8d %6d %7d %-5s %8.1f\n", jo.arch, "train", x->name,
+                   x->regs, x->smem, x->stack, sp, tr.cache_hit ? "hit" : "built", tr.ms);
+        }
+        s2_jit_result_free(&tr);
     }
     printf("built %d arch(es) in %.1f ms\n", n_arch, now_ms() - t0);
     if (spills) {
@@ -1035,6 +1049,9 @@ static const char main_help[] =
     "  bench    time the kernels beside the PyTorch peers (bench attn, bench lora)\n"
     "  tune     tune the kernels on this GPU (or --build-only the space for an arch)\n"
     "  data     turn text into a token file (byte-level vocabulary)\n"
+    "  train    extend a LLaMA checkpoint's context with LoRA on the generated kernels\n"
+    "  eval     perplexity of a model (and adapter) over a token file\n"
+    "  logits   one forward (and backward) of a model, written out for peer checks\n"
     "  version  print versions\n"
     "Run 's2lora COMMAND --help' for a command's options.\n";
 
@@ -1069,6 +1086,12 @@ int main(int argc, char **argv)
         return cmd_tune(argc - 2, argv + 2);
     if (!strcmp(cmd, "data"))
         return cmd_data(argc - 2, argv + 2);
+    if (!strcmp(cmd, "train"))
+        return s2_cli_train(prog, argc - 2, argv + 2);
+    if (!strcmp(cmd, "eval"))
+        return s2_cli_eval(prog, argc - 2, argv + 2);
+    if (!strcmp(cmd, "logits"))
+        return s2_cli_logits(prog, argc - 2, argv + 2);
     if (!strcmp(cmd, "version") || !strcmp(cmd, "--version"))
         return cmd_version();
     fprintf(stderr, "%s: unknown command '%s'\n%s", prog, cmd, main_help);

@@ -8,6 +8,12 @@
  * dq, dk and dv. A case passes when every error is below 1e-2 and no output
  * element is NaN (a NaN left means an element was never written).
  *
+ * Then the LoRA linears (lora.h) and the trainer's kernels (train_kern.h) the same way, each
+ * against its CPU twin (ref.h, ref_train.h): the train cases run every kernel on two layouts
+ * (16-byte paths; odd strides and misaligned pointers for the element paths) and also check
+ * that no pad column of a strided buffer is written. --only SUBSTRING picks cases by name
+ * ("lora", "train", "train rope", "fp16", ...).
+ *
  * One line per case; exit status 0 only if every case passes, 3 with no GPU.
  * Built without Criterion: the GPU machine has none.
  */
@@ -21,8 +27,10 @@
 #include "../gen/lora_plan.h"
 #include "../runtime/lora.h"
 #include "../runtime/ref.h"
+#include "../runtime/ref_train.h"
 #include "../runtime/rt.h"
 #include "../runtime/st.h"
+#include "../runtime/train_kern.h"
 
 #define TOL 1e-2
 #define MAX_SEQS 8
@@ -601,6 +609,841 @@ static int check_lora(const s2_rt *rt)
     return failed;
 }
 
+/* ---------------------------------------------------------------- the trainer's kernels */
+
+/* Model shapes of the train unit: the tiny spec's in both dtypes, and LLaMA-2 13B's widths (5120
+ * columns: two chunks a thread in the row kernels, the second one partial; several warps per
+ * block; a 32000 vocabulary). */
+typedef struct tspec {
+    const char *what;
+    const char *dtype;
+    int hidden, inter, heads, d, vocab;
+} tspec;
+static const tspec tspecs[] = {
+    {"tiny", "bf16", 256, 688, 4, 64, 264},
+    {"tiny", "fp16", 256, 688, 4, 64, 264},
+    {"13b", "bf16", 5120, 13824, 40, 128, 32000},
+};
+#define N_TSPECS ((int)(sizeof tspecs / sizeof tspecs[0]))
+
+/* Rows, and how the buffers are laid out: pad columns added to every row stride and an element
+ * offset of every pointer. The first shape takes the 16-byte paths, the second (strides not a
+ * multiple of 8, pointers 2 bytes off 16-byte alignment) the element paths. */
+typedef struct tshape {
+    const char *what;
+    int M, pad, off;
+} tshape;
+static const tshape tshapes[] = {{"M=512", 512, 0, 0}, {"M=37 ld+3 off1", 37, 3, 1}};
+#define N_TSHAPES ((int)(sizeof tshapes / sizeof tshapes[0]))
+
+#define TOL_TIGHT 1e-5 /* AdamW and the sum of squares: fp32 arithmetic on identical inputs */
+#define TOL_LOSS 1e-4  /* the summed loss */
+
+static s2_status tspec_load(const tspec *t, s2_spec *spec, s2_error *err)
+{
+    char yaml[1024];
+    /* max_position_embeddings 512 and context 4096: rope_factor 8 */
+    snprintf(yaml, sizeof yaml,
+             "name: gpu-check-train-%s-%s\ndtype: %s\n"
+             "model: {hidden_size: %d, intermediate_size: %d, num_layers: 1, num_heads: %d,\n"
+             "        num_kv_heads: %d, head_dim: %d, vocab_size: %d, rope_theta: 10000,\n"
+             "        max_position_embeddings: 512, rms_norm_eps: 1.0e-5}\n"
+             "context_length: 4096\n",
+             t->what, t->dtype, t->dtype, t->hidden, t->inter, t->heads, t->heads, t->d, t->vocab);
+    return s2_spec_load_string(yaml, t->what, NULL, 0, spec, err);
+}
+
+/* One run's context: the loaded kernels, the storage dtype, the shape. */
+typedef struct tctx {
+    const s2_train_kern *k;
+    const tspec *ts;
+    s2_st_dtype dt;
+    int M, pad, off;
+} tctx;
+
+/* What a case reports: up to 3 named outputs with their errors and tolerances. */
+typedef struct tout {
+    int n;
+    const char *name[3];
+    double e[3], tol[3];
+    int nan;   /* NaN in a compared output: an element never written */
+    int stray; /* pad columns of a row-strided buffer that lost their NaN: written out of bounds */
+} tout;
+
+static void tout_add(tout *o, const char *name, double e, double tol)
+{
+    if (o->n < 3)
+        o->name[o->n] = name, o->e[o->n] = e, o->tol[o->n] = tol, o->n++;
+}
+
+/* Device allocations of one case, freed together. */
+typedef struct darena {
+    void *p[32];
+    int n;
+} darena;
+
+static void darena_free(darena *ar)
+{
+    for (int i = 0; i < ar->n; i++)
+        cudaFree(ar->p[i]);
+    ar->n = 0;
+}
+
+/* bytes of device memory, poisoned with 0xff (NaN in bf16, fp16 and fp32). */
+static s2_status dnew(darena *ar, size_t bytes, void **out, s2_error *err)
+{
+    *out = NULL;
+    if (ar->n == (int)(sizeof ar->p / sizeof ar->p[0]))
+        return s2_error_set(err, S2_ERR_INVALID, "gpu_check: too many buffers in one case");
+    s2_status st = s2_rt_check(cudaMalloc(out, bytes ? bytes : 16), "cudaMalloc (train)", err);
+    if (!st)
+        ar->p[ar->n++] = *out;
+    if (!st)
+        st = s2_rt_check(cudaMemset(*out, 0xff, bytes), "poisoning (train)", err);
+    return st;
+}
+
+/* A [rows, ld] storage-dtype matrix at element c->off of a fresh allocation: columns
+ * [0, cols) from f (contiguous rows x cols), everything else NaN, so a kernel that reads a pad
+ * column spreads NaN into its row. f NULL: all NaN (an output). */
+static s2_status dmat(darena *ar, const tctx *c, const float *f, int rows, int cols, int ld,
+                      void **out, s2_error *err)
+{
+    const size_t n = (size_t)rows * ld + c->off;
+    uint16_t *h = xmalloc(n * 2);
+    memset(h, 0xff, n * 2);
+    for (int r = 0; f && r < rows; r++)
+        s2_f32_to_half(c->dt, f + (size_t)r * cols, h + c->off + (size_t)r * ld, (size_t)cols);
+    void *base;
+    s2_status st = dnew(ar, n * 2, &base, err);
+    if (!st)
+        st = s2_rt_check(cudaMemcpy(base, h, n * 2, cudaMemcpyHostToDevice), "copy (train)", err);
+    free(h);
+    *out = (uint16_t *)base + c->off;
+    return st;
+}
+
+/* Reads columns [0, cols) of a [rows, ld] matrix back as fp32; counts the pad elements that
+ * are no longer NaN (0xffff) into *stray. */
+static s2_status dmat_get(const tctx *c, const void *dev, int rows, int cols, int ld, float *f,
+                          int *stray, s2_error *err)
+{
+    const size_t n = (size_t)rows * ld;
+    uint16_t *h = xmalloc(n * 2);
+    s2_status st = s2_rt_check(cudaMemcpy(h, dev, n * 2, cudaMemcpyDeviceToHost),
+                               "copy back (train)", err);
+    for (int r = 0; !st && r < rows; r++) {
+        s2_half_to_f32(c->dt, h + (size_t)r * ld, f + (size_t)r * cols, (size_t)cols);
+        for (int j = cols; j < ld; j++)
+            *stray += h[(size_t)r * ld + j] != 0xffff;
+    }
+    free(h);
+    return st;
+}
+
+/* n fp32 at float c->off of a fresh allocation (f NULL: NaN). */
+static s2_status dvec(darena *ar, const tctx *c, const float *f, size_t n, float **out,
+                      s2_error *err)
+{
+    void *base;
+    s2_status st = dnew(ar, (n + c->off) * 4, &base, err);
+    *out = (float *)base + c->off;
+    if (!st && f)
+        st = s2_rt_check(cudaMemcpy(*out, f, n * 4, cudaMemcpyHostToDevice), "copy (train)", err);
+    return st;
+}
+
+static s2_status dvec_get(float *f, const float *dev, size_t n, s2_error *err)
+{
+    return s2_rt_check(cudaMemcpy(f, dev, n * 4, cudaMemcpyDeviceToHost), "copy back (train)", err);
+}
+
+static s2_status dsync(s2_error *err)
+{
+    return s2_rt_check(cudaDeviceSynchronize(), "running the train kernels", err);
+}
+
+/* n normal draws times scale, rounded to the case's dtype (what the device will hold). */
+static float *trand(const tctx *c, size_t n, float scale)
+{
+    float *f = xmalloc(n * 4);
+    rand_rounded(f, n, scale, c->dt);
+    return f;
+}
+
+static float *tzeros(size_t n)
+{
+    float *f = xmalloc(n * 4);
+    memset(f, 0, n * 4);
+    return f;
+}
+
+/* Random tokens in [0, vocab): repeats happen (M > vocab for the tiny spec). */
+static int32_t *ttokens(int M, int vocab)
+{
+    int32_t *t = xmalloc((size_t)(M ? M : 1) * 4);
+    for (int i = 0; i < M; i++)
+        t[i] = (int32_t)(rng_u01() * vocab) % vocab;
+    return t;
+}
+
+static s2_status dints(darena *ar, const int32_t *h, int n, int32_t **out, s2_error *err)
+{
+    void *p;
+    s2_status st = dnew(ar, (size_t)n * 4, &p, err);
+    *out = p;
+    if (!st)
+        st = s2_rt_check(cudaMemcpy(p, h, (size_t)n * 4, cudaMemcpyHostToDevice), "copy ints", err);
+    return st;
+}
+
+typedef s2_status (*tcase_fn)(const tctx *c, darena *ar, tout *o, s2_error *err);
+
+/* out = table[tokens]; the last token is outside the vocabulary, and its row must be NaN. */
+static s2_status tc_embed_fwd(const tctx *c, darena *ar, tout *o, s2_error *err)
+{
+    const int M = c->M, H = c->k->hidden, V = c->k->vocab, ld = H + c->pad;
+    float *table = trand(c, (size_t)V * H, 1.f), *got = xmalloc((size_t)M * H * 4);
+    float *ref = xmalloc((size_t)M * H * 4);
+    int32_t *tok = ttokens(M, V), *dtok;
+    tok[M - 1] = V;
+    void *dtab, *dout;
+    s2_status st = dints(ar, tok, M, &dtok, err);
+    if (!st)
+        st = dmat(ar, c, table, V, H, H, &dtab, err);
+    if (!st)
+        st = dmat(ar, c, NULL, M, H, ld, &dout, err);
+    if (!st)
+        st = s2_k_embed_fwd(c->k, M, dtok, dtab, dout, ld, 0, err);
+    if (!st)
+        st = dsync(err);
+    if (!st)
+        st = dmat_get(c, dout, M, H, ld, got, &o->stray, err);
+    if (!st) {
+        for (int t = 0; t < M - 1; t++)
+            memcpy(ref + (size_t)t * H, table + (size_t)tok[t] * H, (size_t)H * 4);
+        tout_add(o, "out", rel_block(got, H, ref, H, M - 1, H, &o->nan), TOL);
+        int written = 0;
+        for (int j = 0; j < H; j++)
+            written += !isnan(got[(size_t)(M - 1) * H + j]);
+        tout_add(o, "badtok", (double)written / H, TOL); /* the fraction not NaN */
+    }
+    free(table), free(got), free(ref), free(tok);
+    return st;
+}
+
+/* dtable += scatter of dout by token (repeats add up); the increment is compared. */
+static s2_status tc_embed_bwd(const tctx *c, darena *ar, tout *o, s2_error *err)
+{
+    const int M = c->M, H = c->k->hidden, V = c->k->vocab, ld = H + c->pad;
+    const size_t nt = (size_t)V * H;
+    float *dout = trand(c, (size_t)M * H, 1.f), *t0 = trand(c, nt, 1.f);
+    float *got = xmalloc(nt * 4), *ref = tzeros(nt);
+    int32_t *tok = ttokens(M, V), *dtok;
+    void *ddout;
+    float *dtab;
+    s2_status st = dints(ar, tok, M, &dtok, err);
+    if (!st)
+        st = dmat(ar, c, dout, M, H, ld, &ddout, err);
+    if (!st)
+        st = dvec(ar, c, t0, nt, &dtab, err);
+    if (!st)
+        st = s2_k_embed_bwd(c->k, M, dtok, ddout, ld, dtab, 0, err);
+    if (!st)
+        st = dsync(err);
+    if (!st)
+        st = dvec_get(got, dtab, nt, err);
+    if (!st) {
+        for (int t = 0; t < M; t++)
+            for (int j = 0; j < H; j++)
+                ref[(size_t)tok[t] * H + j] += dout[(size_t)t * H + j];
+        for (size_t i = 0; i < nt; i++)
+            got[i] -= t0[i];
+        tout_add(o, "dtable", rel_l2(got, ref, nt, &o->nan), TOL);
+    }
+    free(dout), free(t0), free(got), free(ref), free(tok);
+    return st;
+}
+
+static float *tweight(const tctx *c, int n)
+{
+    float *w = trand(c, (size_t)n, 0.1f);
+    for (int i = 0; i < n; i++)
+        w[i] += 1.f;
+    uint16_t *h = xmalloc((size_t)n * 2);
+    s2_f32_to_half(c->dt, w, h, (size_t)n);
+    s2_half_to_f32(c->dt, h, w, (size_t)n);
+    free(h);
+    return w;
+}
+
+static s2_status tc_rmsnorm_fwd(const tctx *c, darena *ar, tout *o, s2_error *err)
+{
+    const int M = c->M, H = c->k->hidden, ldx = H + c->pad, ldy = H + 2 * c->pad;
+    float *x = trand(c, (size_t)M * H, 2.f), *w = tweight(c, H);
+    float *y = xmalloc((size_t)M * H * 4), *ry = xmalloc((size_t)M * H * 4);
+    float *r = xmalloc((size_t)M * 4), *rr = xmalloc((size_t)M * 4);
+    void *dx, *dw, *dy;
+    float *dr;
+    s2_status st = dmat(ar, c, x, M, H, ldx, &dx, err);
+    if (!st)
+        st = dmat(ar, c, w, 1, H, H, &dw, err);
+    if (!st)
+        st = dmat(ar, c, NULL, M, H, ldy, &dy, err);
+    if (!st)
+        st = dvec(ar, c, NULL, (size_t)M, &dr, err);
+    if (!st)
+        st = s2_k_rmsnorm_fwd(c->k, M, dx, ldx, dw, dy, ldy, dr, 0, err);
+    if (!st)
+        st = dsync(err);
+    if (!st)
+        st = dmat_get(c, dy, M, H, ldy, y, &o->stray, err);
+    if (!st)
+        st = dvec_get(r, dr, (size_t)M, err);
+    if (!st) {
+        s2_ref_rmsnorm_forward(M, H, c->k->eps, x, w, ry, rr);
+        tout_add(o, "y", rel_l2(y, ry, (size_t)M * H, &o->nan), TOL);
+        tout_add(o, "rstd", rel_l2(r, rr, (size_t)M, &o->nan), TOL);
+    }
+    free(x), free(w), free(y), free(ry), free(r), free(rr);
+    return st;
+}
+
+/* The backward from the twin's rstd. in_place: dx starts as the residual and the kernel adds
+ * the norm's gradient into it (resid = dx), with dw frozen (NULL); otherwise no residual and
+ * dw accumulates onto a random start. */
+static s2_status rmsnorm_bwd_case(const tctx *c, darena *ar, tout *o, int in_place, s2_error *err)
+{
+    const int M = c->M, H = c->k->hidden, ldx = H + c->pad, lddy = H + 2 * c->pad;
+    const int lddx = H + 3 * c->pad;
+    const size_t n = (size_t)M * H;
+    float *x = trand(c, n, 2.f), *w = tweight(c, H), *dy = trand(c, n, 1.f);
+    float *res = trand(c, n, 1.f), *dw0 = trand(c, (size_t)H, 1.f);
+    float *rstd = xmalloc((size_t)M * 4), *tmp = xmalloc(n * 4);
+    float *got = xmalloc(n * 4), *ref = xmalloc(n * 4), *gdw = xmalloc((size_t)H * 4);
+    float *rdw = xmalloc((size_t)H * 4);
+    s2_ref_rmsnorm_forward(M, H, c->k->eps, x, w, tmp, rstd);
+    void *dx_, *dw_, *ddy, *ddx;
+    float *drstd, *ddw = NULL;
+    s2_status st = dmat(ar, c, x, M, H, ldx, &dx_, err);
+    if (!st)
+        st = dmat(ar, c, w, 1, H, H, &dw_, err);
+    if (!st)
+        st = dmat(ar, c, dy, M, H, lddy, &ddy, err);
+    if (!st)
+        st = dvec(ar, c, rstd, (size_t)M, &drstd, err);
+    if (!st)
+        st = dmat(ar, c, in_place ? res : NULL, M, H, lddx, &ddx, err);
+    /* dw at the other alignment than the rest: the 16-byte path then adds into a gradient at
+     * an odd float offset (element atomics), while embed bwd covers the 16-byte atomics */
+    tctx cw = *c;
+    cw.off = !c->off;
+    if (!st && !in_place)
+        st = dvec(ar, &cw, dw0, (size_t)H, &ddw, err);
+    if (!st)
+        st = s2_k_rmsnorm_bwd(c->k, M, dx_, ldx, dw_, ddy, lddy, drstd, in_place ? ddx : NULL,
+                              lddx, ddx, lddx, ddw, 0, err);
+    if (!st)
+        st = dsync(err);
+    if (!st)
+        st = dmat_get(c, ddx, M, H, lddx, got, &o->stray, err);
+    if (!st && !in_place)
+        st = dvec_get(gdw, ddw, (size_t)H, err);
+    if (!st) {
+        s2_ref_rmsnorm_backward(M, H, c->k->eps, x, w, dy, ref, rdw);
+        for (size_t i = 0; in_place && i < n; i++)
+            ref[i] += res[i];
+        tout_add(o, "dx", rel_l2(got, ref, n, &o->nan), TOL);
+        if (!in_place) {
+            for (int j = 0; j < H; j++)
+                gdw[j] -= dw0[j];
+            tout_add(o, "dw", rel_l2(gdw, rdw, (size_t)H, &o->nan), TOL);
+        }
+    }
+    free(x), free(w), free(dy), free(res), free(dw0), free(rstd), free(tmp);
+    free(got), free(ref), free(gdw), free(rdw);
+    return st;
+}
+
+static s2_status tc_rmsnorm_bwd(const tctx *c, darena *ar, tout *o, s2_error *err)
+{
+    return rmsnorm_bwd_case(c, ar, o, 0, err);
+}
+
+static s2_status tc_rmsnorm_bwd_resid(const tctx *c, darena *ar, tout *o, s2_error *err)
+{
+    return rmsnorm_bwd_case(c, ar, o, 1, err);
+}
+
+/* Positions of a packed batch of three sequences (varlen: each restarts), the last one
+ * ending at 32767, so angles (p / 8) * inv_freq reach 4096 rad. */
+static int32_t *tpositions(int T)
+{
+    int32_t *p = xmalloc((size_t)T * 4);
+    const int a = T / 3, b = 2 * T / 3;
+    for (int t = 0; t < T; t++)
+        p[t] = t < a ? t : t < b ? t - a : 32767 - (T - 1 - t);
+    return p;
+}
+
+/* Forward out of place, or the backward in place (dst = src). */
+static s2_status rope_case(const tctx *c, darena *ar, tout *o, int dir, s2_error *err)
+{
+    const int T = c->M, H = c->ts->heads, d = c->k->head_dim, W = H * d, lds = W + c->pad;
+    const int in_place = dir < 0, ldd = in_place ? lds : W + 2 * c->pad;
+    const size_t n = (size_t)T * W;
+    float *x = trand(c, n, 1.f), *got = xmalloc(n * 4), *ref = xmalloc(n * 4);
+    int32_t *pos = tpositions(T), *dpos;
+    void *dsrc, *ddst;
+    s2_status st = dints(ar, pos, T, &dpos, err);
+    if (!st)
+        st = dmat(ar, c, x, T, W, lds, &dsrc, err);
+    ddst = dsrc;
+    if (!st && !in_place)
+        st = dmat(ar, c, NULL, T, W, ldd, &ddst, err);
+    if (!st)
+        st = s2_k_rope(c->k, T, H, dpos, dir, dsrc, lds, ddst, ldd, 0, err);
+    if (!st)
+        st = dsync(err);
+    if (!st)
+        st = dmat_get(c, ddst, T, W, ldd, got, &o->stray, err);
+    if (!st) {
+        s2_ref_rope r = {.d = d, .theta = c->k->rope_theta, .factor = c->k->rope_factor,
+                         .fp32_angles = 1};
+        if (dir > 0)
+            s2_ref_rope_forward(&r, T, H, pos, x, ref);
+        else
+            s2_ref_rope_backward(&r, T, H, pos, x, ref);
+        tout_add(o, dir > 0 ? "y" : "dx", rel_l2(got, ref, n, &o->nan), TOL);
+    }
+    free(x), free(got), free(ref), free(pos);
+    return st;
+}
+
+static s2_status tc_rope_fwd(const tctx *c, darena *ar, tout *o, s2_error *err)
+{
+    return rope_case(c, ar, o, 1, err);
+}
+
+static s2_status tc_rope_bwd(const tctx *c, darena *ar, tout *o, s2_error *err)
+{
+    return rope_case(c, ar, o, -1, err);
+}
+
+/* gu [M, 2 inter] as the host holds it, with g and u apart for the twins. */
+static float *tgu(const tctx *c, float **g, float **u)
+{
+    const int M = c->M, I = c->k->inter;
+    float *gu = trand(c, (size_t)M * 2 * I, 2.f);
+    *g = xmalloc((size_t)M * I * 4), *u = xmalloc((size_t)M * I * 4);
+    for (int m = 0; m < M; m++) {
+        memcpy(*g + (size_t)m * I, gu + (size_t)m * 2 * I, (size_t)I * 4);
+        memcpy(*u + (size_t)m * I, gu + (size_t)m * 2 * I + I, (size_t)I * 4);
+    }
+    return gu;
+}
+
+static s2_status tc_swiglu_fwd(const tctx *c, darena *ar, tout *o, s2_error *err)
+{
+    const int M = c->M, I = c->k->inter, ldgu = 2 * I + c->pad, ldh = I + 2 * c->pad;
+    const size_t n = (size_t)M * I;
+    float *g, *u, *gu = tgu(c, &g, &u), *got = xmalloc(n * 4), *ref = xmalloc(n * 4);
+    void *dgu, *dh;
+    s2_status st = dmat(ar, c, gu, M, 2 * I, ldgu, &dgu, err);
+    if (!st)
+        st = dmat(ar, c, NULL, M, I, ldh, &dh, err);
+    if (!st)
+        st = s2_k_swiglu_fwd(c->k, M, dgu, ldgu, dh, ldh, 0, err);
+    if (!st)
+        st = dsync(err);
+    if (!st)
+        st = dmat_get(c, dh, M, I, ldh, got, &o->stray, err);
+    if (!st) {
+        s2_ref_swiglu_forward(n, g, u, ref);
+        tout_add(o, "h", rel_l2(got, ref, n, &o->nan), TOL);
+    }
+    free(gu), free(g), free(u), free(got), free(ref);
+    return st;
+}
+
+/* Out of place with the aligned shape; in place (dgu = gu) with the odd one. */
+static s2_status tc_swiglu_bwd(const tctx *c, darena *ar, tout *o, s2_error *err)
+{
+    const int M = c->M, I = c->k->inter, ldgu = 2 * I + c->pad, lddh = I + 2 * c->pad;
+    const int in_place = c->off != 0, lddgu = in_place ? ldgu : 2 * I + 3 * c->pad;
+    const size_t n = (size_t)M * I;
+    float *g, *u, *gu = tgu(c, &g, &u), *dh = trand(c, n, 1.f);
+    float *got = xmalloc(2 * n * 4), *rdg = xmalloc(n * 4), *rdu = xmalloc(n * 4);
+    float *gdg = xmalloc(n * 4), *gdu = xmalloc(n * 4);
+    void *dgu, *ddh, *ddgu;
+    s2_status st = dmat(ar, c, gu, M, 2 * I, ldgu, &dgu, err);
+    if (!st)
+        st = dmat(ar, c, dh, M, I, lddh, &ddh, err);
+    ddgu = dgu;
+    if (!st && !in_place)
+        st = dmat(ar, c, NULL, M, 2 * I, lddgu, &ddgu, err);
+    if (!st)
+        st = s2_k_swiglu_bwd(c->k, M, dgu, ldgu, ddh, lddh, ddgu, lddgu, 0, err);
+    if (!st)
+        st = dsync(err);
+    if (!st)
+        st = dmat_get(c, ddgu, M, 2 * I, lddgu, got, &o->stray, err);
+    if (!st) {
+        s2_ref_swiglu_backward(n, g, u, dh, rdg, rdu);
+        for (int m = 0; m < M; m++) {
+            memcpy(gdg + (size_t)m * I, got + (size_t)m * 2 * I, (size_t)I * 4);
+            memcpy(gdu + (size_t)m * I, got + (size_t)m * 2 * I + I, (size_t)I * 4);
+        }
+        tout_add(o, "dg", rel_l2(gdg, rdg, n, &o->nan), TOL);
+        tout_add(o, "du", rel_l2(gdu, rdu, n, &o->nan), TOL);
+    }
+    free(gu), free(g), free(u), free(dh), free(got), free(rdg), free(rdu), free(gdg), free(gdu);
+    return st;
+}
+
+/* y = a + b into a third buffer, then in place into b. */
+static s2_status tc_add(const tctx *c, darena *ar, tout *o, s2_error *err)
+{
+    const int M = c->M, H = c->k->hidden, lda = H + c->pad, ldb = H + 2 * c->pad;
+    const int ldy = H + 3 * c->pad;
+    const size_t n = (size_t)M * H;
+    float *a = trand(c, n, 1.f), *b = trand(c, n, 1.f), *ref = xmalloc(n * 4);
+    float *got = xmalloc(n * 4), *got2 = xmalloc(n * 4);
+    void *da, *db, *dy;
+    s2_status st = dmat(ar, c, a, M, H, lda, &da, err);
+    if (!st)
+        st = dmat(ar, c, b, M, H, ldb, &db, err);
+    if (!st)
+        st = dmat(ar, c, NULL, M, H, ldy, &dy, err);
+    if (!st)
+        st = s2_k_add(c->k, M, H, da, lda, db, ldb, dy, ldy, 0, err);
+    if (!st)
+        st = s2_k_add(c->k, M, H, da, lda, db, ldb, db, ldb, 0, err);
+    if (!st)
+        st = dsync(err);
+    if (!st)
+        st = dmat_get(c, dy, M, H, ldy, got, &o->stray, err);
+    if (!st)
+        st = dmat_get(c, db, M, H, ldb, got2, &o->stray, err);
+    if (!st) {
+        for (size_t i = 0; i < n; i++)
+            ref[i] = a[i] + b[i];
+        tout_add(o, "y", rel_l2(got, ref, n, &o->nan), TOL);
+        tout_add(o, "y=b", rel_l2(got2, ref, n, &o->nan), TOL);
+    }
+    free(a), free(b), free(ref), free(got), free(got2);
+    return st;
+}
+
+/* The loss alone (grad 0: the logits must stay as they were), then loss and dlogits in place;
+ * every fifth row is ignored. */
+static s2_status tc_xent(const tctx *c, darena *ar, tout *o, s2_error *err)
+{
+    const int M = c->M, V = c->k->vocab, ldl = V + c->pad;
+    const size_t n = (size_t)M * V;
+    float *z = trand(c, n, 3.f), *got = xmalloc(n * 4), *ref = xmalloc(n * 4);
+    int32_t *lab = ttokens(M, V), *dlab;
+    int count = 0;
+    for (int m = 0; m < M; m++) {
+        if (m % 5 == 1)
+            lab[m] = S2_REF_IGNORE_INDEX;
+        count += lab[m] != S2_REF_IGNORE_INDEX;
+    }
+    void *dz, *dacc;
+    double acc[2][2];
+    s2_status st = dints(ar, lab, M, &dlab, err);
+    if (!st)
+        st = dmat(ar, c, z, M, V, ldl, &dz, err);
+    if (!st)
+        st = dnew(ar, 4 * sizeof(double), &dacc, err);
+    if (!st)
+        st = s2_rt_check(cudaMemset(dacc, 0, 4 * sizeof(double)), "zeroing acc", err);
+    if (!st)
+        st = s2_k_xent(c->k, M, dz, ldl, dlab, 1.f / count, 0, (double *)dacc, 0, err);
+    if (!st)
+        st = dsync(err);
+    if (!st)
+        st = dmat_get(c, dz, M, V, ldl, got, &o->stray, err);
+    int changed = 0;
+    for (size_t i = 0; !st && i < n; i++)
+        changed += memcmp(&got[i], &z[i], 4) != 0;
+    if (!st)
+        st = s2_k_xent(c->k, M, dz, ldl, dlab, 1.f / count, 1, (double *)dacc + 2, 0, err);
+    if (!st)
+        st = dsync(err);
+    if (!st)
+        st = s2_rt_check(cudaMemcpy(acc, dacc, sizeof acc, cudaMemcpyDeviceToHost), "copy acc",
+                         err);
+    if (!st)
+        st = dmat_get(c, dz, M, V, ldl, got, &o->stray, err);
+    if (!st) {
+        s2_ref_xent_sum sum;
+        s2_ref_cross_entropy(M, V, z, lab, (double)count, ref, &sum);
+        double e = 0;
+        for (int r = 0; r < 2; r++) {
+            e = fmax(e, fabs(acc[r][0] - sum.nll_sum) / fabs(sum.nll_sum));
+            if (acc[r][1] != (double)sum.count || isnan(acc[r][0]))
+                e = 1; /* a wrong count fails the case */
+        }
+        tout_add(o, "nll+count", e, TOL_LOSS);
+        tout_add(o, "dlogits", rel_l2(got, ref, n, &o->nan), TOL);
+        tout_add(o, "kept", (double)changed / n, TOL); /* grad 0 changed logits */
+    }
+    free(z), free(got), free(ref), free(lab);
+    return st;
+}
+
+/* Two AdamW steps (t = 1, 2) with weight decay and a clipping scale, fresh gradients each. */
+static s2_status tc_adamw(const tctx *c, darena *ar, tout *o, s2_error *err)
+{
+    const size_t n = (size_t)c->M * c->k->hidden + 3; /* a tail that is not a whole quad */
+    const float lr = 1e-3f, b1 = 0.9f, b2 = 0.999f, eps = 1e-8f, wd = 0.01f, gs = 0.5f;
+    float *p = xmalloc(n * 4), *g = xmalloc(n * 4), *m = tzeros(n), *v = tzeros(n);
+    float *gp = xmalloc(n * 4), *gm = xmalloc(n * 4), *gv = xmalloc(n * 4);
+    for (size_t i = 0; i < n; i++)
+        p[i] = rng_normal();
+    float *dp, *dg, *dm, *dv;
+    s2_status st = dvec(ar, c, p, n, &dp, err);
+    if (!st)
+        st = dvec(ar, c, NULL, n, &dg, err);
+    if (!st)
+        st = dvec(ar, c, m, n, &dm, err);
+    if (!st)
+        st = dvec(ar, c, v, n, &dv, err);
+    s2_ref_adamw ro = {.lr = lr, .beta1 = b1, .beta2 = b2, .eps = eps, .weight_decay = wd};
+    for (int t = 1; !st && t <= 2; t++) {
+        for (size_t i = 0; i < n; i++)
+            g[i] = 1e-2f * rng_normal();
+        st = s2_rt_check(cudaMemcpy(dg, g, n * 4, cudaMemcpyHostToDevice), "copy g", err);
+        if (!st)
+            st = s2_k_adamw(c->k, n, dp, dg, dm, dv, lr, b1, b2, eps, wd, t, gs, 0, err);
+        for (size_t i = 0; i < n; i++)
+            g[i] *= gs; /* the twin takes the scaled gradient (torch's clip: an fp32 multiply) */
+        s2_ref_adamw_step(&ro, t, n, p, g, m, v);
+    }
+    if (!st)
+        st = dsync(err);
+    if (!st)
+        st = dvec_get(gp, dp, n, err);
+    if (!st)
+        st = dvec_get(gm, dm, n, err);
+    if (!st)
+        st = dvec_get(gv, dv, n, err);
+    if (!st) {
+        tout_add(o, "p", rel_l2(gp, p, n, &o->nan), TOL_TIGHT);
+        tout_add(o, "m", rel_l2(gm, m, n, &o->nan), TOL_TIGHT);
+        tout_add(o, "v", rel_l2(gv, v, n, &o->nan), TOL_TIGHT);
+    }
+    free(p), free(g), free(m), free(v), free(gp), free(gm), free(gv);
+    return st;
+}
+
+/* acc += sum g^2, twice onto the same accumulator. */
+static s2_status tc_sumsq(const tctx *c, darena *ar, tout *o, s2_error *err)
+{
+    const size_t n = (size_t)c->M * c->k->hidden + 5;
+    float *g = xmalloc(n * 4), *dg;
+    double ref = 0, acc = NAN;
+    for (size_t i = 0; i < n; i++) {
+        g[i] = rng_normal();
+        ref += 2.0 * g[i] * g[i];
+    }
+    void *dacc;
+    s2_status st = dvec(ar, c, g, n, &dg, err);
+    if (!st)
+        st = dnew(ar, sizeof(double), &dacc, err);
+    if (!st)
+        st = s2_rt_check(cudaMemset(dacc, 0, sizeof(double)), "zeroing acc", err);
+    for (int r = 0; !st && r < 2; r++)
+        st = s2_k_sumsq(c->k, n, dg, dacc, 0, err);
+    if (!st)
+        st = dsync(err);
+    if (!st)
+        st = s2_rt_check(cudaMemcpy(&acc, dacc, sizeof acc, cudaMemcpyDeviceToHost), "copy acc",
+                         err);
+    if (!st) {
+        o->nan += isnan(acc);
+        tout_add(o, "sumsq", fabs(acc - ref) / ref, TOL_TIGHT);
+    }
+    free(g);
+    return st;
+}
+
+/* fp32 -> dtype (round to nearest even, as the host's s2_f32_to_half), dtype -> fp32, and the
+ * fp32 scale: all exact. */
+static s2_status tc_casts(const tctx *c, darena *ar, tout *o, s2_error *err)
+{
+    const int M = c->M, H = c->k->hidden, ld = H + c->pad;
+    const size_t n = (size_t)M * H;
+    float *f = xmalloc(n * 4), *ref = xmalloc(n * 4), *got = xmalloc(n * 4);
+    float *h = trand(c, n, 1.f), *got2 = xmalloc(n * 4), *got3 = xmalloc(n * 4);
+    uint16_t *tmp = xmalloc(n * 2);
+    for (size_t i = 0; i < n; i++)
+        f[i] = rng_normal();
+    s2_f32_to_half(c->dt, f, tmp, n);
+    s2_half_to_f32(c->dt, tmp, ref, n);
+    float *df, *df2, *dsc;
+    void *dh, *dh2;
+    s2_status st = dvec(ar, c, f, n, &df, err);
+    if (!st)
+        st = dmat(ar, c, NULL, M, H, ld, &dh, err);
+    if (!st)
+        st = dmat(ar, c, h, M, H, ld, &dh2, err);
+    if (!st)
+        st = dvec(ar, c, NULL, n, &df2, err);
+    if (!st)
+        st = dvec(ar, c, f, n, &dsc, err);
+    if (!st)
+        st = s2_k_cast_f32(c->k, M, H, df, dh, ld, 0, err);
+    if (!st)
+        st = s2_k_cast_elem(c->k, M, H, dh2, ld, df2, 0, err);
+    if (!st)
+        st = s2_k_scale_f32(c->k, n, dsc, 0.37f, 0, err);
+    if (!st)
+        st = dsync(err);
+    if (!st)
+        st = dmat_get(c, dh, M, H, ld, got, &o->stray, err);
+    if (!st)
+        st = dvec_get(got2, df2, n, err);
+    if (!st)
+        st = dvec_get(got3, dsc, n, err);
+    if (!st) {
+        tout_add(o, "to dt", rel_l2(got, ref, n, &o->nan), 1e-7);
+        tout_add(o, "to f32", rel_l2(got2, h, n, &o->nan), 1e-7);
+        for (size_t i = 0; i < n; i++)
+            f[i] *= 0.37f;
+        tout_add(o, "scale", rel_l2(got3, f, n, &o->nan), 1e-7);
+    }
+    free(f), free(ref), free(got), free(h), free(got2), free(got3), free(tmp);
+    return st;
+}
+
+static const struct {
+    const char *what;
+    tcase_fn fn;
+} tcases[] = {
+    {"embed fwd", tc_embed_fwd},
+    {"embed bwd", tc_embed_bwd},
+    {"rmsnorm fwd", tc_rmsnorm_fwd},
+    {"rmsnorm bwd", tc_rmsnorm_bwd},
+    {"rmsnorm bwd +resid", tc_rmsnorm_bwd_resid},
+    {"rope fwd", tc_rope_fwd},
+    {"rope bwd in place", tc_rope_bwd},
+    {"swiglu fwd", tc_swiglu_fwd},
+    {"swiglu bwd", tc_swiglu_bwd},
+    {"add", tc_add},
+    {"xent", tc_xent},
+    {"adamw 2 steps", tc_adamw},
+    {"sumsq", tc_sumsq},
+    {"casts", tc_casts},
+};
+#define N_TCASES ((int)(sizeof tcases / sizeof tcases[0]))
+
+/* Every train case (those whose full name "train CASE SPEC DTYPE SHAPE" holds `only`, when
+ * given) against the twins; returns the failures. */
+static int check_train(const s2_rt *rt, const char *only)
+{
+    int failed = 0, n_run = 0;
+    s2_error err = {0};
+    printf("%-20s %-4s %-4s %-14s %s\n", "train case", "spec", "dt", "shape",
+           "errors (output rel-err / tolerance)");
+    for (int si = 0; si < N_TSPECS; si++) {
+        const tspec *ts = &tspecs[si];
+        int any = 0;
+        char full[160];
+        for (int ci = 0; ci < N_TCASES && !any; ci++)
+            for (int hi = 0; hi < N_TSHAPES && !any; hi++) {
+                snprintf(full, sizeof full, "train %s %s %s %s", tcases[ci].what, ts->what,
+                         ts->dtype, tshapes[hi].what);
+                any = !only || strstr(full, only);
+            }
+        if (!any)
+            continue;
+        s2_spec spec;
+        s2_train_kern k;
+        s2_jit_opts jo = {.arch = rt->arch, .threads = 1};
+        if (tspec_load(ts, &spec, &err) || s2_train_kern_load(&k, rt, &spec, &jo, &err)) {
+            printf("train %s %s: ERROR %s\n", ts->what, ts->dtype, err.msg);
+            s2_error_clear(&err);
+            failed++;
+            continue;
+        }
+        for (int ci = 0; ci < N_TCASES; ci++)
+            for (int hi = 0; hi < N_TSHAPES; hi++) {
+                snprintf(full, sizeof full, "train %s %s %s %s", tcases[ci].what, ts->what,
+                         ts->dtype, tshapes[hi].what);
+                if (only && !strstr(full, only))
+                    continue;
+                tctx c = {.k = &k, .ts = ts,
+                          .dt = spec.dtype == S2_DTYPE_BF16 ? S2_ST_BF16 : S2_ST_F16,
+                          .M = tshapes[hi].M, .pad = tshapes[hi].pad, .off = tshapes[hi].off};
+                tout o = {0};
+                darena ar = {0};
+                n_run++;
+                s2_status st = tcases[ci].fn(&c, &ar, &o, &err);
+                darena_free(&ar);
+                printf("%-20s %-4s %-4s %-14s", tcases[ci].what, ts->what, ts->dtype,
+                       tshapes[hi].what);
+                if (st) {
+                    printf(" ERROR %s\n", err.msg);
+                    s2_error_clear(&err);
+                    failed++;
+                    continue;
+                }
+                int ok = !o.nan && !o.stray;
+                for (int i = 0; i < o.n; i++) {
+                    printf(" %s %8.2e/%.0e", o.name[i], o.e[i], o.tol[i]);
+                    ok = ok && o.e[i] < o.tol[i]; /* NaN errors fail too */
+                }
+                printf(" %s", ok ? "PASS" : "FAIL");
+                if (o.nan)
+                    printf(" (%d NaN: unwritten outputs)", o.nan);
+                if (o.stray)
+                    printf(" (%d pad elements written)", o.stray);
+                printf("\n");
+                failed += !ok;
+            }
+        s2_train_kern_free(&k);
+    }
+    printf("gpu_check: %d of %d train case runs passed\n", n_run - failed, n_run);
+    return failed;
+}
+
+/* Builds the train unit of every train spec for arch: every kernel present, no spill, no
+ * stack; returns the failures, each reported on stderr. */
+static int prebuild_train(const char *arch)
+{
+    int failed = 0;
+    for (int si = 0; si < N_TSPECS; si++) {
+        s2_spec spec;
+        s2_jit_opts jo = {.arch = arch, .threads = 1};
+        s2_jit_result res = {0};
+        s2_error err = {0};
+        s2_status st = tspec_load(&tspecs[si], &spec, &err);
+        if (!st)
+            st = s2_train_kern_build(&spec, &jo, &res, &err);
+        if (!st && res.n_res != 14)
+            st = s2_error_set(&err, S2_ERR_CHECK, "%d kernels in the unit; 14 expected", res.n_res);
+        for (int i = 0; !st && i < res.n_res; i++) {
+            const s2_kernel_res *r = &res.res[i];
+            if (r->spill_stores + r->spill_loads + r->stack)
+                st = s2_error_set(&err, S2_ERR_CHECK, "%s: %d bytes spilled, %d-byte stack frame",
+                                  r->name, r->spill_stores + r->spill_loads, r->stack);
+        }
+        if (st) {
+            fprintf(stderr, "gpu_check: building the train unit of %s %s for %s: %s\n",
+                    tspecs[si].what, tspecs[si].dtype, arch, err.msg);
+            failed++;
+        }
+        s2_error_clear(&err);
+        s2_jit_result_free(&res);
+    }
+    printf("gpu_check: built the train unit of %d specs for %s, %d failed\n", N_TSPECS, arch,
+           failed);
+    return failed;
+}
+
+
 /* Builds every (case, tile) pair for arch on all cores; returns how many failed (a build
  * error, a plan refusal or a spill), each reported on stderr. */
 static int prebuild_all(const char *arch)
@@ -651,8 +1494,9 @@ int main(int argc, char **argv)
         else {
             fprintf(stderr, "usage: s2lora_gpu_check [--seed N] [--only SUBSTRING] "
                             "[--build-only ARCH]\n"
-                            "  --build-only ARCH  plan and NVRTC-build every case and tile for ARCH,\n"
-                            "                     check for spills, run nothing (needs no GPU)\n");
+                            "  --build-only ARCH  plan and NVRTC-build every case and tile (and the\n"
+                            "                     train unit of every train spec) for ARCH, check\n"
+                            "                     for spills, run nothing (needs no GPU)\n");
             return 2;
         }
     }
@@ -663,7 +1507,9 @@ int main(int argc, char **argv)
                     build_only);
             return 2;
         }
-        return prebuild_all(build_only) ? 1 : 0;
+        int bad = prebuild_all(build_only);
+        bad += prebuild_train(build_only);
+        return bad ? 1 : 0;
     }
     rng_state = seed ? seed : 1;
     s2_error err = {0};
@@ -678,7 +1524,14 @@ int main(int argc, char **argv)
     /* A failed build is reported here and again as that run's ERROR line below (the load
      * rebuilds and fails the same way); the other runs go on. */
     int failed = 0;
-    prebuild_all(rt.arch);
+    /* (builds of cases that --only leaves out are skipped: they cost minutes of device time) */
+    int any_attn = !only;
+    for (int i = 0; i < N_CASES && !any_attn; i++)
+        any_attn = strstr(cases[i].what, only) != NULL;
+    if (any_attn)
+        prebuild_all(rt.arch);
+    if (!only || strstr(only, "train"))
+        prebuild_train(rt.arch);
 
     int n_run = 0;
     for (int ti = 0; ti < N_TILES; ti++) {
@@ -716,5 +1569,6 @@ int main(int argc, char **argv)
            n_run / N_TILES, N_TILES);
     if (!only || strstr(only, "lora"))
         failed += check_lora(&rt);
+    failed += check_train(&rt, only);
     return failed ? 1 : 0;
 }

@@ -183,3 +183,54 @@ Test(cli, data_bytes_round_trip)
     cr_expect(strstr(o, "--bytes"), "%s", o);
     free(o);
 }
+
+/* train, eval and logits: usage errors are caught before any file or device is touched; with
+ * valid arguments and no GPU the command ends with exit code 3 and says why. */
+Test(cli, train_eval_logits_usage)
+{
+    char *out;
+    const char *cmds[] = {"train", "eval", "logits"};
+    for (int i = 0; i < 3; i++) {
+        char cmd[512];
+        snprintf(cmd, sizeof cmd, BIN " %s --help", cmds[i]);
+        cr_expect_eq(run(cmd, &out), 0, "%s", cmd);
+        cr_expect(strstr(out, "usage: s2lora"), "%s", out);
+        free(out);
+    }
+    cr_expect_eq(run(BIN " train x.yaml --model m --data d", &out), 2);
+    cr_expect(strstr(out, "missing --out DIR"), "%s", out);
+    free(out);
+    cr_expect_eq(run(BIN " train x.yaml --model m --data d --out o --schedule linear", &out), 2);
+    cr_expect(strstr(out, "--schedule: valid: constant, cosine; got linear"), "%s", out);
+    free(out);
+    cr_expect_eq(run(BIN " train x.yaml --model m --data d --out o --lr -1", &out), 2);
+    cr_expect(strstr(out, "--lr -1: expected a non-negative number"), "%s", out);
+    free(out);
+    cr_expect_eq(run(BIN " train x.yaml --model m --data d --out o --steps 1e3", &out), 2);
+    cr_expect(strstr(out, "--steps 1e3: expected a non-negative integer"), "%s", out);
+    free(out);
+    cr_expect_eq(run(BIN " eval x.yaml --model m --data d --trainable t", &out), 2);
+    cr_expect(strstr(out, "--trainable goes with --adapter"), "%s", out);
+    free(out);
+    cr_expect_eq(run(BIN " logits x.yaml --model m --tokens t --frob", &out), 2);
+    cr_expect(strstr(out, "unknown option --frob"), "%s", out);
+    free(out);
+    cr_expect_eq(run(BIN " eval a.yaml b.yaml --model m --data d", &out), 2);
+    cr_expect(strstr(out, "one SPEC only"), "%s", out);
+    free(out);
+}
+
+Test(cli, train_without_a_gpu_exits_3)
+{
+    char *out;
+    int rc = run_fmt(&out, "%s train %s/specs/tiny-byte-512.yaml --model /nonexistent --data "
+                     "/nonexistent --out /tmp/s2cli-train-never", BIN, S2_SOURCE_DIR);
+    cr_expect_eq(rc, 3, "%s", out);
+    cr_expect(strstr(out, "no CUDA") || strstr(out, "CUDA device"), "%s", out);
+    free(out);
+    rc = run_fmt(&out, "%s train %s/specs/nonexistent.yaml --model m --data d --out o", BIN,
+                 S2_SOURCE_DIR);
+    cr_expect_eq(rc, 1, "%s", out);
+    cr_expect(strstr(out, "nonexistent.yaml"), "%s", out);
+    free(out);
+}

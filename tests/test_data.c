@@ -777,3 +777,30 @@ Test(data, large_token_outside_vocab)
 
 Test(data, large_width2) { large(2, 32000, 3000001); }  /* 6 MB */
 Test(data, large_width4) { large(4, 128256, 1500003); } /* 6 MB */
+
+/* scripts/tokenize_llama.py writes the same format: its writer (without the tokenizers
+ * package, which CI lacks) on tokens of both widths, read back and checked by s2_data_open. */
+Test(data, python_tokenizer_writer)
+{
+    const struct { uint32_t vocab, width; } cases[] = {{32000, 2}, {128256, 4}};
+    for (int c = 0; c < 2; c++) {
+        char cmd[1024];
+        snprintf(cmd, sizeof cmd,
+                 "python3 -c 'import sys; sys.path.insert(0, \"%s/scripts\"); "
+                 "import tokenize_llama as t; "
+                 "t.write_tokens(\"%s\", [1, 5, 31999, 2, 1, %u, 2], [0, 4, 7], %u)'",
+                 S2_SOURCE_DIR, path, cases[c].vocab - 1, cases[c].vocab);
+        cr_assert_eq(system(cmd), 0, "%s", cmd);
+        s2_data_file *f = NULL;
+        s2_error err = {0};
+        cr_assert_eq(s2_data_open(path, &f, &err), S2_OK, "%s", err.msg);
+        cr_expect_eq(f->width, cases[c].width);
+        cr_expect_eq(f->vocab, cases[c].vocab);
+        cr_expect_eq(f->n_tokens, 7);
+        cr_expect_eq(f->n_docs, 2);
+        cr_expect_eq(s2_data_doc_start(f, 1), 4);
+        cr_expect_eq(s2_data_token(f, 2), 31999);
+        cr_expect_eq(s2_data_token(f, 5), cases[c].vocab - 1);
+        s2_data_close(f);
+    }
+}

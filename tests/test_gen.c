@@ -217,7 +217,8 @@ Test(emit, write_dir)
     int n = 0;
     s2_error err = {0};
     cr_assert_eq(s2_emit_write_dir(&s, &p, sub, paths, 4, &n, &err), S2_OK, "%s", err.msg);
-    cr_expect_eq(n, S2_UNIT_ATTN_COUNT);
+    cr_expect_eq(n, S2_EMIT_UNITS);
+    cr_expect(n > 0 && strstr(paths[n - 1], ".train.cu"), "%s", n > 0 ? paths[n - 1] : "");
     for (int i = 0; i < n; i++) {
         char *text = NULL;
         size_t size = 0;

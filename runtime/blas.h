@@ -1,0 +1,38 @@
+/*
+ * blas.h — the one cuBLAS of a process: libcublas.so.13 loaded at run time (dlopen), so a binary
+ * that never runs a GEMM does not need it and says so clearly when it is missing; one handle per
+ * context, created once and reused (cuBLAS sizes its own workspace on first use).
+ *
+ * Products are written row-major, the way the rest of s2lora stores matrices:
+ *   C [M, N] = alpha op(A) op(B) + beta C,  op(A) [M, K], op(B) [K, N]
+ * with leading dimensions that are row strides (in elements). A row-major product is the
+ * column-major C^T = op(B)^T op(A)^T, which cuBLAS computes directly — no copy, no transpose.
+ * A and B are the storage dtype (bf16 or fp16); C is the storage dtype or fp32 (gradients of
+ * trainable tensors accumulate in fp32 with beta = 1). Compute is always fp32.
+ */
+#ifndef S2_BLAS_H
+#define S2_BLAS_H
+
+#include <cuda_runtime_api.h>
+
+#include "../gen/spec.h"
+
+typedef struct s2_blas s2_blas;
+
+/* Loads cuBLAS and creates a handle on the current device. */
+s2_status s2_blas_open(s2_blas **out, s2_error *err);
+void s2_blas_close(s2_blas *b);
+
+/* Every following product runs on stream. */
+s2_status s2_blas_stream(s2_blas *b, cudaStream_t stream, s2_error *err);
+
+/*
+ * Row-major C = alpha op(A) op(B) + beta C (see above). ta/tb: 1 = transposed (A stored
+ * [K, M], B stored [N, K]). c_f32: 1 when C is fp32. what names the product in errors, which
+ * also give M, N and K.
+ */
+s2_status s2_blas_gemm(s2_blas *b, s2_dtype dt, const char *what, int ta, int tb, int M, int N,
+                       int K, float alpha, const void *A, int lda, const void *B, int ldb,
+                       float beta, void *C, int ldc, int c_f32, s2_error *err);
+
+#endif

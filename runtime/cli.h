@@ -1,0 +1,13 @@
+/*
+ * cli.h — subcommands of the s2lora binary that live outside main.c. Each takes the program
+ * name and the arguments after the subcommand, prints, and returns the exit code (0 success,
+ * 1 failure, 2 usage error, 3 no CUDA device).
+ */
+#ifndef S2_CLI_H
+#define S2_CLI_H
+
+int s2_cli_train(const char *prog, int argc, char **argv);
+int s2_cli_eval(const char *prog, int argc, char **argv);
+int s2_cli_logits(const char *prog, int argc, char **argv);
+
+#endif

@@ -1,0 +1,405 @@
+/*
+ * cli_train.c — the `s2lora train` and `s2lora eval` subcommands (part of the s2lora binary,
+ * beside main.c): argument parsing, progress on stderr, the summary on stdout. The work is in
+ * train.h; this file only translates between it and a terminal.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../gen/spec.h"
+#include "cli.h"
+#include "model.h"
+#include "rt.h"
+#include "st.h"
+#include "train.h"
+
+#define MAX_SETS 64
+
+static const char train_help[] =
+    "usage: s2lora train SPEC --model DIR --data FILE --out DIR [--set KEY=VALUE]...\n"
+    "                    [--steps N] [--grad-accum N] [--seqlen N] [--lr X] [--warmup N]\n"
+    "                    [--schedule constant|cosine] [--weight-decay X] [--max-grad-norm X]\n"
+    "                    [--save-every N] [--keep-last N] [--seed N] [--resume]\n"
+    "                    [--full-attention] [--log FILE] [--cache-dir DIR]\n"
+    "\n"
+    "Extends a Hugging Face LLaMA checkpoint (--model: config.json and safetensors) to the\n"
+    "spec's context_length the LongLoRA way: RoPE interpolated by the spec's rope_factor,\n"
+    "LoRA on lora.targets plus the whole tensors lora.trainable names, S2-Attn while\n"
+    "training. --data is a token file (s2lora data); each micro-batch is one packed\n"
+    "sequence of --seqlen tokens (default context_length), --grad-accum of them per step.\n"
+    "Defaults are LongLoRA's: lr 2e-5, warmup 20 then constant, weight decay 0, 8\n"
+    "micro-batches, AdamW (0.9, 0.999, 1e-8), gradient clipping at norm 1, 1000 steps.\n"
+    "Every --save-every steps (default 100) and at the end: OUT/state (resumable, atomic),\n"
+    "OUT/adapter (PEFT: adapter_config.json, adapter_model.safetensors) and\n"
+    "OUT/trainable.safetensors (embeddings and norms under their HF names). --resume\n"
+    "continues from OUT/state exactly. One line per step on stderr; JSON lines in\n"
+    "OUT/train.jsonl (or --log).\n"
+    "Exit status 1 on an error, 2 on a usage error, 3 with no CUDA device.\n";
+
+static const char eval_help[] =
+    "usage: s2lora eval SPEC --model DIR --data FILE [--adapter DIR] [--trainable FILE]\n"
+    "                   [--set KEY=VALUE]... [--seqlen N] [--stride N] [--max-windows N]\n"
+    "                   [--s2attn] [--cache-dir DIR]\n"
+    "\n"
+    "Perplexity of the model (with the adapter and trainable tensors a train run wrote)\n"
+    "over a token file, with full causal attention (--s2attn: the training attention) in\n"
+    "windows of --seqlen tokens (default context_length) every --stride tokens (default\n"
+    "seqlen); a token is scored once, by the first window that predicts it.\n"
+    "Exit status 1 on an error, 2 on a usage error, 3 with no CUDA device.\n";
+
+typedef enum { OPT_STR, OPT_INT, OPT_I64, OPT_DBL, OPT_FLAG, OPT_SET } opt_kind;
+
+typedef struct opt {
+    const char *name;
+    opt_kind kind;
+    void *dst;
+} opt;
+
+typedef struct sets {
+    s2_spec_override v[MAX_SETS];
+    int n;
+} sets;
+
+static int usage(const char *prog, const char *cmd, const char *msg, const char *arg)
+{
+    fprintf(stderr, "%s %s: %s%s\nTry '%s %s --help'.\n", prog, cmd, msg, arg, prog, cmd);
+    return 2;
+}
+
+/* Parses argv against opts; the one positional argument goes to *spec. 0, -1 for --help, or an
+ * exit code. */
+static int parse(const char *prog, const char *cmd, int argc, char **argv, const opt *opts,
+                 int n_opts, const char **spec)
+{
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h"))
+            return -1;
+        if (a[0] != '-') {
+            if (*spec)
+                return usage(prog, cmd, "one SPEC only; extra argument ", a);
+            *spec = a;
+            continue;
+        }
+        const opt *o = NULL;
+        for (int k = 0; k < n_opts && !o; k++)
+            if (!strcmp(opts[k].name, a))
+                o = &opts[k];
+        if (!o)
+            return usage(prog, cmd, "unknown option ", a);
+        if (o->kind == OPT_FLAG) {
+            *(int *)o->dst = 1;
+            continue;
+        }
+        if (i + 1 == argc)
+            return usage(prog, cmd, "this option needs a value: ", a);
+        const char *v = argv[++i];
+        char *end = NULL;
+        errno = 0;
+        switch (o->kind) {
+        case OPT_STR:
+            *(const char **)o->dst = v;
+            break;
+        case OPT_INT:
+        case OPT_I64: {
+            long long x = strtoll(v, &end, 10);
+            if (errno || end == v || *end || x < 0 || (o->kind == OPT_INT && x > 2147483647LL)) {
+                fprintf(stderr, "%s %s: %s %s: expected a non-negative integer\n", prog, cmd, a,
+                        v);
+                return 2;
+            }
+            if (o->kind == OPT_INT)
+                *(int *)o->dst = (int)x;
+            else
+                *(int64_t *)o->dst = x;
+            break;
+        }
+        case OPT_DBL: {
+            double x = strtod(v, &end);
+            if (errno || end == v || *end || !isfinite(x) || x < 0) {
+                fprintf(stderr, "%s %s: %s %s: expected a non-negative number\n", prog, cmd, a, v);
+                return 2;
+            }
+            *(double *)o->dst = x;
+            break;
+        }
+        case OPT_SET: {
+            sets *s = o->dst;
+            if (s->n == MAX_SETS)
+                return usage(prog, cmd, "too many --set options (at most 64)", "");
+            s->v[s->n++].text = v;
+            break;
+        }
+        case OPT_FLAG:
+            break;
+        }
+    }
+    return 0;
+}
+
+static void progress(void *ctx, const char *line)
+{
+    fprintf(stderr, "%s: %s\n", (const char *)ctx, line);
+}
+
+static int failed(const char *prog, s2_error *err)
+{
+    fprintf(stderr, "%s: %s\n", prog, err->msg ? err->msg : s2_status_to_string(err->status));
+    int code = err->status == S2_ERR_NO_DEVICE ? 3 : 1;
+    s2_error_clear(err);
+    return code;
+}
+
+int s2_cli_train(const char *prog, int argc, char **argv)
+{
+    const char *spec_path = NULL, *schedule = "constant";
+    static s2_spec spec; /* filled by the loader below; o keeps its address */
+    s2_train_opts o;
+    s2_train_opts_default(&o, &spec);
+    sets ov = {0};
+    int64_t seed = (int64_t)o.seed;
+    const opt opts[] = {
+        {"--model", OPT_STR, &o.model_dir},       {"--data", OPT_STR, &o.data_path},
+        {"--out", OPT_STR, &o.out_dir},           {"--set", OPT_SET, &ov},
+        {"--steps", OPT_I64, &o.steps},           {"--grad-accum", OPT_INT, &o.grad_accum},
+        {"--seqlen", OPT_INT, &o.seqlen},         {"--lr", OPT_DBL, &o.lr},
+        {"--warmup", OPT_I64, &o.warmup},         {"--schedule", OPT_STR, &schedule},
+        {"--weight-decay", OPT_DBL, &o.weight_decay},
+        {"--max-grad-norm", OPT_DBL, &o.max_grad_norm},
+        {"--save-every", OPT_I64, &o.save_every}, {"--keep-last", OPT_INT, &o.keep_last},
+        {"--seed", OPT_I64, &seed},               {"--resume", OPT_FLAG, &o.resume},
+        {"--full-attention", OPT_FLAG, &o.full_attention},
+        {"--log", OPT_STR, &o.log_path},          {"--cache-dir", OPT_STR, &o.cache_dir},
+    };
+    int rc = parse(prog, "train", argc, argv, opts, (int)(sizeof opts / sizeof opts[0]),
+                   &spec_path);
+    if (rc < 0)
+        return fputs(train_help, stdout), 0;
+    if (rc)
+        return rc;
+    if (!spec_path)
+        return usage(prog, "train", "missing SPEC", "");
+    if (!o.model_dir || !o.data_path || !o.out_dir)
+        return usage(prog, "train", "missing ",
+                     !o.model_dir ? "--model DIR" : !o.data_path ? "--data FILE" : "--out DIR");
+    if (!strcmp(schedule, "constant"))
+        o.schedule = S2_SCHED_CONSTANT;
+    else if (!strcmp(schedule, "cosine"))
+        o.schedule = S2_SCHED_COSINE;
+    else
+        return usage(prog, "train", "--schedule: valid: constant, cosine; got ", schedule);
+    if (o.grad_accum < 1)
+        return usage(prog, "train", "--grad-accum: at least 1", "");
+    o.seed = (uint64_t)seed;
+    o.progress = progress;
+    o.progress_ctx = (void *)prog;
+    s2_error err = {0};
+    if (s2_spec_load(spec_path, ov.v, ov.n, &spec, &err))
+        return failed(prog, &err);
+    s2_rt rt;
+    if (s2_rt_open(&rt, 0, &err))
+        return failed(prog, &err);
+    fprintf(stderr, "%s: train on %s (%s)\n", prog, rt.name, rt.arch);
+    if (s2_train_run(&rt, &o, &err))
+        return failed(prog, &err);
+    printf("trained %s: state in %s/state, adapter in %s/adapter, log in %s\n", spec.name,
+           o.out_dir, o.out_dir, o.log_path ? o.log_path : "OUT/train.jsonl");
+    return 0;
+}
+
+int s2_cli_eval(const char *prog, int argc, char **argv)
+{
+    const char *spec_path = NULL;
+    s2_spec spec;
+    s2_eval_opts o = {.spec = &spec};
+    sets ov = {0};
+    const opt opts[] = {
+        {"--model", OPT_STR, &o.model_dir},         {"--data", OPT_STR, &o.data_path},
+        {"--adapter", OPT_STR, &o.adapter_dir},     {"--trainable", OPT_STR, &o.trainable_path},
+        {"--set", OPT_SET, &ov},                    {"--seqlen", OPT_INT, &o.seqlen},
+        {"--stride", OPT_INT, &o.stride},           {"--max-windows", OPT_I64, &o.max_windows},
+        {"--s2attn", OPT_FLAG, &o.s2attn},          {"--cache-dir", OPT_STR, &o.cache_dir},
+    };
+    int rc = parse(prog, "eval", argc, argv, opts, (int)(sizeof opts / sizeof opts[0]),
+                   &spec_path);
+    if (rc < 0)
+        return fputs(eval_help, stdout), 0;
+    if (rc)
+        return rc;
+    if (!spec_path)
+        return usage(prog, "eval", "missing SPEC", "");
+    if (!o.model_dir || !o.data_path)
+        return usage(prog, "eval", "missing ", !o.model_dir ? "--model DIR" : "--data FILE");
+    if (o.trainable_path && !o.adapter_dir)
+        return usage(prog, "eval", "--trainable goes with --adapter", "");
+    o.progress = progress;
+    o.progress_ctx = (void *)prog;
+    s2_error err = {0};
+    if (s2_spec_load(spec_path, ov.v, ov.n, &spec, &err))
+        return failed(prog, &err);
+    s2_rt rt;
+    if (s2_rt_open(&rt, 0, &err))
+        return failed(prog, &err);
+    s2_eval_result r;
+    if (s2_eval_run(&rt, &o, &r, &err))
+        return failed(prog, &err);
+    printf("eval %s on %s: %s attention, seqlen %d, %lld windows, %lld tokens scored, "
+           "ppl %.4f (nll %.6f), %.0f tok/s\n", spec.name, rt.name, o.s2attn ? "S2" : "full",
+           o.seqlen ? o.seqlen : spec.context_length, (long long)r.windows, (long long)r.count,
+           r.ppl, r.count ? r.nll_sum / (double)r.count : 0.0, r.tokens_per_s);
+    return 0;
+}
+
+static const char logits_help[] =
+    "usage: s2lora logits SPEC --model DIR --tokens FILE -o OUT [--adapter DIR]\n"
+    "                     [--trainable FILE] [--set KEY=VALUE]... [--s2attn] [--grads]\n"
+    "                     [--cache-dir DIR]\n"
+    "\n"
+    "Runs the model once on the tokens of FILE (safetensors: \"tokens\" I32 [T], optional\n"
+    "\"cu_seqlens\" I32 [B+1] for a packed batch) and writes OUT (safetensors): \"logits\"\n"
+    "F32 [T, vocab] and \"loss\" F64 [1] (HF's causal-LM loss: the mean over labelled\n"
+    "positions). Full causal attention, or S2-Attn with --s2attn. --grads also runs the\n"
+    "backward of that loss and writes each trainable tensor's gradient as\n"
+    "\"grad.NAME\" (F32, the trainer's names: stacked adapters per projection group).\n"
+    "For peer checks against transformers and PEFT (bench/peers/llama_peers.py).\n";
+
+static s2_status tensor_i32(const s2_st_file *f, const char *path, const char *name, int need,
+                            const int32_t **data, int64_t *n, s2_error *err)
+{
+    const s2_tensor *t = s2_st_find(f, name);
+    *data = NULL;
+    *n = 0;
+    if (!t)
+        return need ? s2_error_set(err, S2_ERR_INVALID, "%s: no tensor \"%s\"", path, name)
+                    : S2_OK;
+    if (t->dtype != S2_ST_I32 || t->ndim != 1)
+        return s2_error_set(err, S2_ERR_INVALID, "%s: tensor \"%s\": expected I32 with one "
+                            "dimension, found %s with %d", path, name, s2_st_dtype_name(t->dtype),
+                            t->ndim);
+    *data = t->data;
+    *n = t->shape[0];
+    return S2_OK;
+}
+
+int s2_cli_logits(const char *prog, int argc, char **argv)
+{
+    const char *spec_path = NULL, *model = NULL, *tokens = NULL, *out = NULL, *adapter = NULL,
+               *trainable = NULL, *cache_dir = NULL;
+    int s2attn = 0, grads = 0;
+    sets ov = {0};
+    const opt opts[] = {
+        {"--model", OPT_STR, &model},       {"--tokens", OPT_STR, &tokens},
+        {"-o", OPT_STR, &out},              {"--out", OPT_STR, &out},
+        {"--adapter", OPT_STR, &adapter},   {"--trainable", OPT_STR, &trainable},
+        {"--set", OPT_SET, &ov},            {"--s2attn", OPT_FLAG, &s2attn},
+        {"--grads", OPT_FLAG, &grads},      {"--cache-dir", OPT_STR, &cache_dir},
+    };
+    int rc = parse(prog, "logits", argc, argv, opts, (int)(sizeof opts / sizeof opts[0]),
+                   &spec_path);
+    if (rc < 0)
+        return fputs(logits_help, stdout), 0;
+    if (rc)
+        return rc;
+    if (!spec_path || !model || !tokens || !out)
+        return usage(prog, "logits", "missing ",
+                     !spec_path ? "SPEC" : !model ? "--model DIR" : !tokens ? "--tokens FILE"
+                                                                            : "-o OUT");
+    if (trainable && !adapter)
+        return usage(prog, "logits", "--trainable goes with --adapter", "");
+    s2_error err = {0};
+    s2_spec spec;
+    if (s2_spec_load(spec_path, ov.v, ov.n, &spec, &err))
+        return failed(prog, &err);
+    s2_st_file in = {0};
+    if (s2_st_read(tokens, &in, &err))
+        return failed(prog, &err);
+    const int32_t *tok = NULL, *cu = NULL;
+    int64_t T = 0, ncu = 0;
+    s2_status st = tensor_i32(&in, tokens, "tokens", 1, &tok, &T, &err);
+    if (!st)
+        st = tensor_i32(&in, tokens, "cu_seqlens", 0, &cu, &ncu, &err);
+    if (!st && (T < 1 || T > (1 << 24)))
+        st = s2_error_set(&err, S2_ERR_INVALID,
+                          "%s: tokens has %lld elements (1 .. 16M)", tokens, (long long)T);
+    if (!st && cu && ncu < 2)
+        st = s2_error_set(&err, S2_ERR_INVALID, "%s: cu_seqlens needs B+1 >= 2 entries", tokens);
+    s2_rt rt;
+    if (!st)
+        st = s2_rt_open(&rt, 0, &err);
+    s2_ckpt *ck = NULL;
+    s2_gm *m = NULL;
+    if (!st)
+        st = s2_ckpt_open(model, &ck, &err);
+    s2_gm_opts go = {.max_tokens = (int)T, .cache_dir = cache_dir, .no_s2attn = !s2attn};
+    if (!st)
+        st = s2_gm_open(&m, &rt, &spec, ck, &go, &err);
+    s2_ckpt_close(ck);
+    if (!st && adapter)
+        st = s2_gm_import(m, adapter, trainable, &err);
+    const int V = spec.model.vocab_size;
+    float *logits = st ? NULL : malloc((size_t)T * V * sizeof *logits);
+    if (!st && !logits)
+        st = s2_error_set(&err, S2_ERR_NOMEM, "out of memory");
+    s2_gm_batch b = {.tokens = tok, .T = (int)T, .cu_seqlens = cu, .B = cu ? (int)ncu - 1 : 1};
+    double nll = 0, loss = 0;
+    int64_t count = 0;
+    if (!st)
+        st = s2_gm_eval_batch(m, &b, !s2attn, &nll, &count, logits, &err);
+    loss = count ? nll / (double)count : 0;
+    const int n_tr = st ? 0 : s2_gm_n_trainable(m);
+    const int n_out = 2 + (grads ? n_tr : 0);
+    s2_tensor *t = calloc((size_t)n_out, sizeof *t);
+    char **names = calloc((size_t)n_out, sizeof *names);
+    if (!st && (!t || !names))
+        st = s2_error_set(&err, S2_ERR_NOMEM, "out of memory");
+    if (!st && grads) {
+        st = s2_gm_zero_grad(m, &err);
+        if (!st)
+            st = s2_gm_train_batch(m, &b, !s2attn, (double)(count ? count : 1), NULL, NULL, &err);
+    }
+    if (!st) {
+        t[0] = (s2_tensor){.name = "logits", .dtype = S2_ST_F32, .ndim = 2,
+                           .shape = {T, V}, .data = logits,
+                           .nbytes = (size_t)T * V * sizeof(float)};
+        t[1] = (s2_tensor){.name = "loss", .dtype = S2_ST_F64, .ndim = 1, .shape = {1},
+                           .data = &loss, .nbytes = sizeof loss};
+    }
+    for (int i = 0; !st && grads && i < n_tr; i++) {
+        int nd;
+        int64_t shape[2];
+        size_t numel;
+        const char *name = s2_gm_trainable_name(m, i, &nd, shape, &numel);
+        float *g = malloc(numel * sizeof *g);
+        names[2 + i] = malloc(strlen(name) + 8);
+        if (!g || !names[2 + i]) {
+            free(g);
+            st = s2_error_set(&err, S2_ERR_NOMEM, "out of memory");
+            break;
+        }
+        sprintf(names[2 + i], "grad.%s", name);
+        t[2 + i] = (s2_tensor){.name = names[2 + i], .dtype = S2_ST_F32, .ndim = nd,
+                               .shape = {shape[0], shape[1]}, .data = g,
+                               .nbytes = numel * sizeof(float)};
+        st = s2_gm_read_grad(m, i, g, &err);
+    }
+    static const char *mk[] = {"format"}, *mv[] = {"pt"};
+    if (!st)
+        st = s2_st_write(out, t, n_out, mk, mv, 1, &err);
+    if (!st)
+        printf("%s: %lld tokens, loss %.6f over %lld labelled, %s attention%s\n", out,
+               (long long)T, loss, (long long)count, s2attn ? "S2" : "full",
+               grads ? ", gradients written" : "");
+    for (int i = 2; t && i < n_out; i++)
+        free(t[i].data);
+    for (int i = 0; names && i < n_out; i++)
+        free(names[i]);
+    free(t);
+    free(names);
+    free(logits);
+    s2_gm_close(m);
+    s2_st_close(&in);
+    return st ? failed(prog, &err) : 0;
+}

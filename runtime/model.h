@@ -1,0 +1,138 @@
+/*
+ * model.h — the LLaMA model of a spec on the GPU, for training and evaluation (prefix s2_gm_).
+ * The same function as the CPU twin ref_llama.h (Hugging Face LlamaForCausalLM), on the
+ * generated kernels: S²-Attn (rt.h) or, for evaluation, full causal attention from the same
+ * generator (one group, no shift); the q/k/v, o, gate/up and down products through lora.h's
+ * augmented layout (cuBLAS; a projection group without adapters is the plain GEMM); RMSNorm,
+ * RoPE, SwiGLU, embedding, cross-entropy and AdamW through train_kern.h.
+ *
+ * Weights: the frozen ones in the spec's dtype, as the checkpoint gives them. The trainable
+ * ones (LoRA+: the adapters, and the whole tensors lora.trainable names — embeddings, norms,
+ * head) have an fp32 master copy, an fp32 gradient and AdamW's m and v, all in one flat device
+ * allocation; after each optimizer step the masters are rounded into the dtype copies the
+ * products read.
+ *
+ * Adapters of one projection group (q, k, v read the same x) are stored stacked as lora.h
+ * wants them: A [rp, in] with projection i's A in rows i*r .. i*r+r, and B block-diagonal in
+ * the extra columns of the group's W. A member the spec does not adapt, and the pad rows,
+ * keep A = 0 and B = 0: their gradients are then exactly 0 and the optimizer leaves them 0,
+ * so the group runs as one product without changing the function. The trainable tensor of a
+ * group is that whole stacked A and B block (state names "...self_attn.qkv.lora_A_stacked");
+ * exports split it into PEFT's per-projection tensors.
+ *
+ * Memory (T = max_tokens): the input of every layer is kept from the forward ([T, hidden]
+ * each, L + 1 of them); everything else of a layer is recomputed in the backward
+ * (activation recomputation per layer), so long contexts fit. Logits are formed, turned into
+ * their gradient and consumed in chunks of logits_chunk rows: the [T, vocab] matrix never
+ * exists whole.
+ *
+ * Nothing prints or exits.
+ */
+#ifndef S2_MODEL_H
+#define S2_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../gen/plan.h"
+#include "../gen/spec.h"
+#include "rt.h"
+#include "train_io.h"
+#include "train_state.h"
+
+typedef struct s2_gm s2_gm;
+
+typedef struct s2_gm_opts {
+    int max_tokens;            /* tokens of one micro-batch (all sequences together) */
+    int logits_chunk;          /* rows of logits at a time; 0: 4096 */
+    const s2_attn_tile *tile;  /* attention tile; NULL: the plan's default */
+    const char *cache_dir;     /* kernel cache; NULL: the default */
+    uint64_t init_seed;        /* LoRA A's initialisation (PEFT's kaiming-uniform bound) */
+    int no_s2attn;             /* 1: no S²-Attn kernels (evaluation only needs full attention) */
+} s2_gm_opts;
+
+/* One micro-batch on the host: T tokens packed as B sequences (cu_seqlens [B+1], NULL = one
+ * sequence of T). labels [T] (NULL: Hugging Face's causal-LM labels, s2_ref_llama_labels;
+ * S2_REF_IGNORE_INDEX rows count nothing). */
+typedef struct s2_gm_batch {
+    const int32_t *tokens;
+    int T;
+    const int32_t *cu_seqlens;
+    int B;
+    const int32_t *labels;
+    uint64_t dropout_seed; /* LoRA dropout masks of this micro-batch (the backward's recompute
+                              regenerates them); the trainer derives it from its RNG seed and
+                              the micro-batch's index, so a resumed run draws the same masks */
+} s2_gm_batch;
+
+/*
+ * Loads the spec's model from a checked Hugging Face checkpoint (s2_ckpt_check first), builds
+ * and loads every kernel, allocates every buffer for o->max_tokens, and initialises the
+ * adapters as PEFT does (A uniform in +-1/sqrt(in), B = 0). On failure *out is NULL and
+ * nothing stays allocated.
+ */
+s2_status s2_gm_open(s2_gm **out, const s2_rt *rt, const s2_spec *spec, const s2_ckpt *ck,
+                     const s2_gm_opts *o, s2_error *err);
+void s2_gm_close(s2_gm *m);
+
+/* Bytes of device memory the model holds (weights, state, activations, workspaces). */
+size_t s2_gm_device_bytes(const s2_gm *m);
+
+/* Sets every gradient to 0 (before the first micro-batch of an optimizer step). */
+s2_status s2_gm_zero_grad(s2_gm *m, s2_error *err);
+
+/*
+ * Forward, loss and backward of one micro-batch with S²-Attn (full = 0) or full causal
+ * attention (full = 1, the same kernels with one group and no shift), adding the gradients of
+ * loss = nll_sum / denom into the trainables' gradients (denom: the labelled rows of every
+ * micro-batch of the optimizer step, as HF's num_items_in_batch). nll_sum and count (either
+ * may be NULL) receive this micro-batch's summed -log p and labelled rows.
+ */
+s2_status s2_gm_train_batch(s2_gm *m, const s2_gm_batch *b, int full, double denom,
+                            double *nll_sum, int64_t *count, s2_error *err);
+
+/*
+ * Forward and loss only. logits (NULL: not kept) receives [T, vocab] as fp32 on the host
+ * (the checks compare it with the CPU twin; a trainer never asks for it).
+ */
+s2_status s2_gm_eval_batch(s2_gm *m, const s2_gm_batch *b, int full, double *nll_sum,
+                           int64_t *count, float *logits, s2_error *err);
+
+/* The L2 norm of all gradients (one device reduction; synchronizes). */
+s2_status s2_gm_grad_norm(s2_gm *m, double *norm, s2_error *err);
+
+/* One AdamW step on every trainable tensor (t: the step count after it), the gradients
+ * multiplied by grad_scale first; then the dtype copies are refreshed from the masters. */
+s2_status s2_gm_step(s2_gm *m, double lr, double beta1, double beta2, double eps,
+                     double weight_decay, int64_t t, double grad_scale, s2_error *err);
+
+/* Trainable tensors: count, and each one's state name, shape and element count. */
+int s2_gm_n_trainable(const s2_gm *m);
+const char *s2_gm_trainable_name(const s2_gm *m, int i, int *ndim, int64_t shape[2],
+                                 size_t *numel);
+/* Total trainable elements (the masters' size). */
+size_t s2_gm_trainable_numel(const s2_gm *m);
+
+/* Copies the masters and moments to a training state (tensors added in order) or back from
+ * one (which must hold the same tensors with the same shapes: S2_ERR_INVALID naming the
+ * tensor otherwise). Synchronizes. */
+s2_status s2_gm_save_state(s2_gm *m, s2_train_state *s, s2_error *err);
+s2_status s2_gm_load_state(s2_gm *m, const s2_train_state *s, s2_error *err);
+
+/* Reads one trainable gradient (fp32, numel of it) to the host; for checks. Synchronizes. */
+s2_status s2_gm_read_grad(s2_gm *m, int i, float *dst, s2_error *err);
+/* Reads / writes one trainable master (fp32) and refreshes its dtype copy; for checks and
+ * for loading an adapter. Synchronizes. */
+s2_status s2_gm_read_param(s2_gm *m, int i, float *dst, s2_error *err);
+s2_status s2_gm_write_param(s2_gm *m, int i, const float *src, s2_error *err);
+
+/* Writes the adapters as a PEFT adapter directory, and (when the spec trains whole tensors)
+ * those tensors to trainable_path under their HF names (NULL: not written). */
+s2_status s2_gm_export(s2_gm *m, const char *adapter_dir, const char *base_model,
+                       const char *trainable_path, s2_error *err);
+
+/* Loads adapters (and, with trainable_path, the whole trainable tensors) into the masters. */
+s2_status s2_gm_import(s2_gm *m, const char *adapter_dir, const char *trainable_path,
+                       s2_error *err);
+
+#endif

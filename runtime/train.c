@@ -1,0 +1,399 @@
+/* train.c — the training loop and the perplexity evaluation on the GPU model (train.h). */
+#include "train.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "data.h"
+#include "model.h"
+#include "ref_train.h"
+#include "train_io.h"
+#include "train_state.h"
+
+void s2_train_opts_default(s2_train_opts *o, const s2_spec *spec)
+{
+    memset(o, 0, sizeof *o);
+    o->spec = spec;
+    o->steps = 1000;
+    o->grad_accum = 8;
+    o->lr = 2e-5;
+    o->warmup = 20;
+    o->schedule = S2_SCHED_CONSTANT;
+    o->weight_decay = 0.0;
+    o->beta1 = 0.9;
+    o->beta2 = 0.999;
+    o->eps = 1e-8;
+    o->max_grad_norm = 1.0;
+    o->save_every = 100;
+    o->keep_last = 2;
+    o->seed = 42;
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void say(s2_train_progress fn, void *ctx, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void say(s2_train_progress fn, void *ctx, const char *fmt, ...)
+{
+    if (!fn)
+        return;
+    char line[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    fn(ctx, line);
+}
+
+/* Dense bf16 tensor-core peak of the card, for MFU; 0 when the card is not known. */
+static double peak_flops(const char *device)
+{
+    if (strstr(device, "H100") || strstr(device, "H200") || strstr(device, "GH200"))
+        return 989.4e12;
+    if (strstr(device, "A100"))
+        return 312e12;
+    return 0;
+}
+
+/*
+ * Model FLOPs of one training token: the linears' forward and the input-gradient backward
+ * (4 per frozen weight: no weight gradient exists for them; the adapters are negligible),
+ * plus attention's forward+backward on S² FLOPs (3.5 x 2 G d H per token and layer, as the
+ * benchmark counts it). The recomputed forward is not counted: MFU is on model FLOPs.
+ */
+static double flops_per_token(const s2_spec *sp, int seqlen, int full)
+{
+    const s2_model *m = &sp->model;
+    const double hq = (double)m->num_heads * m->head_dim, hk = (double)m->num_kv_heads * m->head_dim;
+    const double lin = (double)m->hidden_size * (hq + 2 * hk) + hq * m->hidden_size +
+                       3.0 * m->hidden_size * m->intermediate_size;
+    const double G = full ? seqlen : (sp->s2attn.group_size < seqlen ? sp->s2attn.group_size
+                                                                     : seqlen);
+    const double attn = 3.5 * 2.0 * G * m->head_dim * m->num_heads;
+    return m->num_layers * (4.0 * lin + attn) + 4.0 * (double)m->vocab_size * m->hidden_size;
+}
+
+static double lr_at(const s2_train_opts *o, int64_t step)
+{
+    return o->schedule == S2_SCHED_COSINE ? s2_ref_lr_cosine_warmup(o->lr, step, o->warmup,
+                                                                    o->steps)
+                                          : s2_ref_lr_constant_warmup(o->lr, step, o->warmup);
+}
+
+/* The separator between packed documents: EOS of the byte vocabulary, else none. */
+static int64_t separator(const s2_data_file *f)
+{
+    return f->vocab == S2_DATA_BYTE_VOCAB ? (int64_t)S2_DATA_BYTE_EOS : S2_DATA_NO_SEP;
+}
+
+static uint64_t mix(uint64_t a, uint64_t b)
+{
+    uint64_t z = a + 0x9e3779b97f4a7c15ull * (b + 1);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* The sequence a data position stands for: epoch e = pos / n uses order seed + e. */
+typedef struct order {
+    uint64_t n, epoch, seed;
+    uint64_t *perm;
+} order;
+
+static uint64_t order_at(order *od, uint64_t pos)
+{
+    const uint64_t e = pos / od->n;
+    if (e != od->epoch) { /* epoch starts at UINT64_MAX: the first call draws */
+        s2_data_order(od->n, od->seed + e, od->perm);
+        od->epoch = e;
+    }
+    return od->perm[pos % od->n];
+}
+
+static s2_status append_file(const char *path, const char *line, s2_error *err)
+{
+    FILE *f = fopen(path, "a");
+    if (!f)
+        return s2_error_set(err, S2_ERR_IO, "%s: cannot open for appending", path);
+    int bad = fputs(line, f) < 0 || fputc('\n', f) < 0;
+    bad |= fclose(f) != 0;
+    return bad ? s2_error_set(err, S2_ERR_IO, "%s: write failed", path) : S2_OK;
+}
+
+static s2_status save_all(s2_gm *m, const s2_train_opts *o, const s2_train_state *base,
+                          s2_error *err)
+{
+    char dir[1200], adapter[1200], trainable[1200];
+    snprintf(dir, sizeof dir, "%s/state", o->out_dir);
+    snprintf(adapter, sizeof adapter, "%s/adapter", o->out_dir);
+    snprintf(trainable, sizeof trainable, "%s/trainable.safetensors", o->out_dir);
+    s2_train_state s = *base;
+    s.n = 0;
+    s.t = NULL;
+    s.spec_sha256 = NULL;
+    s2_status st = s2_gm_save_state(m, &s, err);
+    s.spec_sha256 = base->spec_sha256;
+    if (!st)
+        st = s2_state_save(dir, &s, o->keep_last, err);
+    s.spec_sha256 = NULL;
+    s2_state_free(&s);
+    if (!st)
+        st = s2_gm_export(m, adapter, o->model_dir,
+                          o->spec->lora.trainable ? trainable : NULL, err);
+    return st;
+}
+
+s2_status s2_train_run(const s2_rt *rt, const s2_train_opts *o, s2_error *err)
+{
+    const s2_spec *sp = o->spec;
+    const int C = o->seqlen > 0 ? o->seqlen : sp->context_length;
+    if (o->grad_accum < 1 || o->steps < 0 || C < 2)
+        return s2_error_set(err, S2_ERR_INVALID,
+                            "train: grad_accum %d (>= 1), steps %lld (>= 0), seqlen %d (>= 2)",
+                            o->grad_accum, (long long)o->steps, C);
+    s2_status st = s2_mkdir_p(o->out_dir, err);
+    if (st)
+        return st;
+    char log_path[1200];
+    snprintf(log_path, sizeof log_path, "%s", o->log_path ? o->log_path : "");
+    if (!o->log_path)
+        snprintf(log_path, sizeof log_path, "%s/train.jsonl", o->out_dir);
+
+    s2_data_file *df = NULL;
+    s2_ckpt *ck = NULL;
+    s2_gm *m = NULL;
+    uint32_t *seq = NULL;
+    int32_t *tok = NULL, *lab = NULL;
+    order od = {0};
+    s2_train_state state = {0};
+
+    st = s2_data_open(o->data_path, &df, err);
+    if (!st && df->vocab > (uint32_t)sp->model.vocab_size)
+        st = s2_error_set(err, S2_ERR_INVALID,
+                          "%s: token vocabulary %u is larger than the model's vocab_size %d",
+                          o->data_path, df->vocab, sp->model.vocab_size);
+    const int64_t sep = st ? 0 : separator(df);
+    if (!st) {
+        od.n = s2_data_num_sequences(df, (uint64_t)C, sep);
+        if (!od.n)
+            st = s2_error_set(err, S2_ERR_INVALID,
+                              "%s: %llu tokens pack into no sequence of %d tokens", o->data_path,
+                              (unsigned long long)df->n_tokens, C);
+    }
+    if (!st) {
+        od.seed = o->seed;
+        od.epoch = UINT64_MAX;
+        od.perm = calloc(od.n, sizeof *od.perm);
+        seq = malloc(((size_t)C + 1) * sizeof *seq);
+        tok = malloc((size_t)C * sizeof *tok);
+        lab = malloc((size_t)C * sizeof *lab);
+        if (!od.perm || !seq || !tok || !lab)
+            st = s2_error_set(err, S2_ERR_NOMEM, "out of memory");
+    }
+    if (!st)
+        st = s2_ckpt_open(o->model_dir, &ck, err);
+    s2_gm_opts go = {.max_tokens = C, .cache_dir = o->cache_dir, .init_seed = mix(o->seed, 1)};
+    if (!st)
+        st = s2_gm_open(&m, rt, sp, ck, &go, err);
+    s2_ckpt_close(ck);
+    ck = NULL;
+
+    /* a fresh run or the last saved state */
+    state.data_seed = o->seed;
+    state.rng_seed = mix(o->seed, 2);
+    state.spec_sha256 = (char *)sp->hash_hex;
+    if (!st && o->resume) {
+        char dir[1200];
+        snprintf(dir, sizeof dir, "%s/state", o->out_dir);
+        s2_train_state loaded = {0};
+        int found = 0;
+        st = s2_state_load_latest(dir, &loaded, &found, err);
+        if (!st && found && loaded.spec_sha256 && strcmp(loaded.spec_sha256, sp->hash_hex))
+            st = s2_error_set(err, S2_ERR_INVALID,
+                              "%s: the state was trained with spec %s, this run's spec is %s "
+                              "(same file and --set values are needed to resume)", dir,
+                              loaded.spec_sha256, sp->hash_hex);
+        if (!st && found)
+            st = s2_gm_load_state(m, &loaded, err);
+        if (!st && found) {
+            state.step = loaded.step;
+            state.data_position = loaded.data_position;
+            state.data_seed = loaded.data_seed;
+            state.rng_seed = loaded.rng_seed;
+            state.loss_ema = loaded.loss_ema;
+            od.seed = loaded.data_seed;
+            say(o->progress, o->progress_ctx, "resumed at step %llu (data position %llu)",
+                (unsigned long long)state.step, (unsigned long long)state.data_position);
+        }
+        s2_state_free(&loaded);
+    }
+    if (!st)
+        say(o->progress, o->progress_ctx,
+            "train: %s, %d tokens x %d micro-batches per step, %zu trainable parameters, "
+            "%.2f GiB on the device, %s attention", sp->name, C, o->grad_accum,
+            s2_gm_trainable_numel(m), (double)s2_gm_device_bytes(m) / (1 << 30),
+            o->full_attention ? "full" : "S2");
+
+    const double fpt = flops_per_token(sp, C, o->full_attention), peak = peak_flops(rt->name);
+    size_t free0 = 0, total = 0;
+    cudaMemGetInfo(&free0, &total);
+    int64_t last_save = (int64_t)state.step;
+    while (!st && (int64_t)state.step < o->steps) {
+        const double t0 = now_s();
+        const double lr = lr_at(o, (int64_t)state.step);
+        double nll = 0;
+        int64_t count = 0;
+        st = s2_gm_zero_grad(m, err);
+        const double denom = (double)o->grad_accum * C; /* every position is labelled */
+        for (int mb = 0; mb < o->grad_accum && !st; mb++) {
+            const uint64_t pos = state.data_position + (uint64_t)mb;
+            st = s2_data_batch(df, (uint64_t)C, sep, order_at(&od, pos), seq, err);
+            for (int t = 0; !st && t < C; t++) {
+                tok[t] = (int32_t)seq[t];
+                lab[t] = (int32_t)seq[t + 1];
+            }
+            s2_gm_batch b = {.tokens = tok, .T = C, .labels = lab,
+                             .dropout_seed = mix(state.rng_seed, pos)};
+            double n1 = 0;
+            int64_t c1 = 0;
+            if (!st)
+                st = s2_gm_train_batch(m, &b, o->full_attention, denom, &n1, &c1, err);
+            nll += n1;
+            count += c1;
+        }
+        double gnorm = 0, scale = 1;
+        if (!st)
+            st = s2_gm_grad_norm(m, &gnorm, err);
+        if (!st && !isfinite(gnorm))
+            st = s2_error_set(err, S2_ERR_CHECK,
+                              "step %llu: the gradient norm is %g (loss %g): stopping before "
+                              "the update, the last saved state is intact",
+                              (unsigned long long)state.step + 1, gnorm, nll / denom);
+        if (!st && o->max_grad_norm > 0 && gnorm > o->max_grad_norm)
+            scale = o->max_grad_norm / (gnorm + 1e-6);
+        if (!st)
+            st = s2_gm_step(m, lr, o->beta1, o->beta2, o->eps, o->weight_decay,
+                            (int64_t)state.step + 1, scale, err);
+        if (!st)
+            st = s2_rt_check(cudaDeviceSynchronize(), "optimizer step", err);
+        if (st)
+            break;
+        state.step++;
+        state.data_position += (uint64_t)o->grad_accum;
+        const double loss = count ? nll / (double)count : 0;
+        state.loss_ema = state.step == 1 ? loss : 0.98 * state.loss_ema + 0.02 * loss;
+        const double dt = now_s() - t0, tps = (double)o->grad_accum * C / dt;
+        size_t fr = 0;
+        cudaMemGetInfo(&fr, &total);
+        const double mem = (double)(total - fr) / (1 << 30);
+        char mfu[32] = "n/a";
+        if (peak > 0)
+            snprintf(mfu, sizeof mfu, "%.1f%%", 100.0 * tps * fpt / peak);
+        say(o->progress, o->progress_ctx,
+            "step %6llu/%lld  loss %.4f  lr %.3g  grad_norm %.3f  %.0f tok/s  MFU %s  "
+            "mem %.1f GiB", (unsigned long long)state.step, (long long)o->steps, loss, lr, gnorm,
+            tps, mfu, mem);
+        char json[512];
+        snprintf(json, sizeof json,
+                 "{\"step\": %llu, \"loss\": %.6g, \"loss_ema\": %.6g, \"lr\": %.6g, "
+                 "\"grad_norm\": %.6g, \"tokens\": %lld, \"seconds\": %.4f, "
+                 "\"tokens_per_s\": %.1f, \"mfu\": %.4f, \"mem_gib\": %.3f}",
+                 (unsigned long long)state.step, loss, state.loss_ema, lr, gnorm,
+                 (long long)count, dt, tps, peak > 0 ? tps * fpt / peak : 0.0, mem);
+        st = append_file(log_path, json, err);
+        if (!st && ((o->save_every > 0 && (int64_t)state.step % o->save_every == 0) ||
+                    (int64_t)state.step == o->steps)) {
+            st = save_all(m, o, &state, err);
+            last_save = (int64_t)state.step;
+            if (!st)
+                say(o->progress, o->progress_ctx, "saved step %llu to %s/state, adapter to %s/adapter",
+                    (unsigned long long)state.step, o->out_dir, o->out_dir);
+        }
+    }
+    if (!st && last_save != (int64_t)state.step) /* e.g. steps already reached on resume */
+        st = save_all(m, o, &state, err);
+    state.spec_sha256 = NULL;
+    s2_gm_close(m);
+    s2_data_close(df);
+    free(od.perm);
+    free(seq);
+    free(tok);
+    free(lab);
+    return st;
+}
+
+s2_status s2_eval_run(const s2_rt *rt, const s2_eval_opts *o, s2_eval_result *res,
+                      s2_error *err)
+{
+    memset(res, 0, sizeof *res);
+    const s2_spec *sp = o->spec;
+    const int C = o->seqlen > 0 ? o->seqlen : sp->context_length;
+    const int stride = o->stride > 0 ? o->stride : C;
+    if (C < 2 || stride > C)
+        return s2_error_set(err, S2_ERR_INVALID,
+                            "eval: seqlen %d (>= 2), stride %d (1..seqlen)", C, stride);
+    s2_data_file *df = NULL;
+    s2_ckpt *ck = NULL;
+    s2_gm *m = NULL;
+    int32_t *tok = malloc((size_t)C * sizeof *tok), *lab = malloc((size_t)C * sizeof *lab);
+    s2_status st = (!tok || !lab) ? s2_error_set(err, S2_ERR_NOMEM, "out of memory")
+                                  : s2_data_open(o->data_path, &df, err);
+    if (!st && df->vocab > (uint32_t)sp->model.vocab_size)
+        st = s2_error_set(err, S2_ERR_INVALID,
+                          "%s: token vocabulary %u is larger than the model's vocab_size %d",
+                          o->data_path, df->vocab, sp->model.vocab_size);
+    if (!st && df->n_tokens < (uint64_t)C + 1)
+        st = s2_error_set(err, S2_ERR_INVALID, "%s: %llu tokens, a window needs %d",
+                          o->data_path, (unsigned long long)df->n_tokens, C + 1);
+    if (!st)
+        st = s2_ckpt_open(o->model_dir, &ck, err);
+    s2_gm_opts go = {.max_tokens = C, .cache_dir = o->cache_dir, .no_s2attn = !o->s2attn};
+    if (!st)
+        st = s2_gm_open(&m, rt, sp, ck, &go, err);
+    s2_ckpt_close(ck);
+    if (!st && o->adapter_dir)
+        st = s2_gm_import(m, o->adapter_dir, o->trainable_path, err);
+    const double t0 = now_s();
+    uint64_t scored_to = 0; /* targets below this index were scored by an earlier window */
+    for (uint64_t start = 0; !st && start + (uint64_t)C + 1 <= df->n_tokens;
+         start += (uint64_t)stride) {
+        if (o->max_windows > 0 && res->windows == o->max_windows)
+            break;
+        for (int t = 0; t < C; t++) {
+            tok[t] = (int32_t)s2_data_token(df, start + (uint64_t)t);
+            const uint64_t target = start + (uint64_t)t + 1;
+            lab[t] = target < scored_to ? S2_REF_IGNORE_INDEX
+                                        : (int32_t)s2_data_token(df, target);
+        }
+        scored_to = start + (uint64_t)C + 1;
+        s2_gm_batch b = {.tokens = tok, .T = C, .labels = lab};
+        double nll = 0;
+        int64_t count = 0;
+        st = s2_gm_eval_batch(m, &b, !o->s2attn, &nll, &count, NULL, err);
+        res->nll_sum += nll;
+        res->count += count;
+        res->windows++;
+        if (!st && o->progress && (res->windows % 16 == 0))
+            say(o->progress, o->progress_ctx, "eval: %lld windows, ppl so far %.4f",
+                (long long)res->windows, exp(res->nll_sum / (double)res->count));
+    }
+    const double dt = now_s() - t0;
+    if (!st) {
+        res->ppl = res->count ? exp(res->nll_sum / (double)res->count) : NAN;
+        res->tokens_per_s = dt > 0 ? (double)res->windows * C / dt : 0;
+    }
+    s2_gm_close(m);
+    s2_data_close(df);
+    free(tok);
+    free(lab);
+    return st;
+}

@@ -1,0 +1,481 @@
+/*
+ * model_check.c — the GPU model of runtime/model.h against its CPU twin (ref_llama.h), on the
+ * device. A tiny random LLaMA (2 layers, GQA 4/2, d 64, bf16 weights; a fresh seed per run
+ * unless --seed) is written as a Hugging Face checkpoint into a temporary directory, loaded by
+ * both, and a varlen batch of two sequences is run:
+ *   1. logits with full causal attention and with S²-Attn (split), adapters non-zero, against
+ *      s2_ref_llama_forward (HF's fp32 RoPE angles), and the loss against s2_ref_llama_loss;
+ *   2. every trainable tensor's gradient (adapters of each group, norms, embeddings) against
+ *      the CPU twin's central finite difference of the loss along a random direction of that
+ *      tensor (directional derivatives: one pair of CPU forwards per tensor);
+ *   3. one AdamW step against s2_ref_adamw_step on the gradients read back;
+ *   4. the training state and the PEFT adapter written and read back into the model.
+ * Tolerances (relative): 2e-2 for logits and loss-derived values (the GPU rounds every
+ * activation to bf16, the twin keeps fp32/fp64), 5e-2 for a directional derivative (a bf16
+ * backward against an fp64 difference quotient), 1e-5 for the optimizer (fp32 on both sides).
+ * One line per check; exit status 0 only if all pass, 3 with no GPU. No Criterion: the GPU
+ * machine has none.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <ftw.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../gen/lora_plan.h"
+#include "../runtime/model.h"
+#include "../runtime/ref_llama.h"
+#include "../runtime/ref_train.h"
+#include "../runtime/st.h"
+
+#define L 2
+#define HID 256
+#define H 4
+#define HKV 2
+#define D 64
+#define INTER 688
+#define VOCAB 264
+#define MAXPOS 64
+#define CTX 256
+#define R 8
+
+static const char spec_yaml[] =
+    "name: model-check\n"
+    "dtype: bf16\n"
+    "context_length: 256\n"
+    "model: {hidden_size: 256, intermediate_size: 688, num_layers: 2, num_heads: 4,\n"
+    "        num_kv_heads: 2, head_dim: 64, vocab_size: 264, rope_theta: 10000,\n"
+    "        max_position_embeddings: 64, rms_norm_eps: 1.0e-5, tie_word_embeddings: false}\n"
+    "s2attn: {group_size: 64, shift_mode: split}\n"
+    "lora: {rank: 8, alpha: 16, targets: [q_proj, k_proj, v_proj, o_proj],\n"
+    "       trainable: [embed, norm]}\n";
+
+static uint64_t rng_state;
+
+static double unif(void) /* U(-1, 1), splitmix64 */
+{
+    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    return (double)(z >> 11) * 0x1.0p-52 - 1.0;
+}
+
+static int failures;
+
+static void report(const char *what, double err, double tol)
+{
+    const int ok = err < tol; /* NaN fails */
+    printf("%-52s rel err %.3e (tol %.0e) %s\n", what, err, tol, ok ? "PASS" : "FAIL");
+    failures += !ok;
+}
+
+static double rel_l2(const float *x, const float *ref, size_t n)
+{
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        const double e = (double)x[i] - ref[i];
+        num += e * e;
+        den += (double)ref[i] * ref[i];
+    }
+    return sqrt(num / (den > 0 ? den : 1e-300));
+}
+
+/* ---- the checkpoint ------------------------------------------------------------------------- */
+
+typedef struct ckw {
+    int n;
+    s2_tensor t[40];
+} ckw;
+
+static void add(ckw *w, int64_t d0, int64_t d1, double a, double offset, const char *name)
+{
+    s2_tensor *t = &w->t[w->n++];
+    t->name = strdup(name);
+    t->dtype = S2_ST_BF16;
+    t->ndim = d1 ? 2 : 1;
+    t->shape[0] = d0;
+    t->shape[1] = d1;
+    const size_t n = (size_t)(d1 ? d0 * d1 : d0);
+    t->nbytes = n * 2;
+    uint16_t *p = malloc(t->nbytes);
+    for (size_t i = 0; i < n; i++)
+        p[i] = s2_f32_to_bf16((float)(offset + a * unif()));
+    t->data = p;
+}
+
+static int write_ckpt(const char *dir)
+{
+    ckw w = {0};
+    char name[128];
+    const double si = 1.7 / sqrt(HID), sq = 1.7 / sqrt(H * D), sm = 1.7 / sqrt(INTER);
+    add(&w, VOCAB, HID, 1.0, 0, "model.embed_tokens.weight");
+    for (int l = 0; l < L; l++) {
+        static const struct { const char *n; int o, i; } lin[] = {
+            {"self_attn.q_proj", H * D, HID},   {"self_attn.k_proj", HKV * D, HID},
+            {"self_attn.v_proj", HKV * D, HID}, {"self_attn.o_proj", HID, H * D},
+            {"mlp.gate_proj", INTER, HID},      {"mlp.up_proj", INTER, HID},
+            {"mlp.down_proj", HID, INTER}};
+        snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", l);
+        add(&w, HID, 0, 0.2, 1.0, name);
+        snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);
+        add(&w, HID, 0, 0.2, 1.0, name);
+        for (int p = 0; p < 7; p++) {
+            snprintf(name, sizeof name, "model.layers.%d.%s.weight", l, lin[p].n);
+            add(&w, lin[p].o, lin[p].i, lin[p].i == INTER ? sm : lin[p].i == HID ? si : sq, 0,
+                name);
+        }
+    }
+    add(&w, HID, 0, 0.2, 1.0, "model.norm.weight");
+    add(&w, VOCAB, HID, 1.0, 0, "lm_head.weight");
+    json_t *c = json_pack(
+        "{s:[s], s:s, s:i, s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:f, s:{s:s, s:f}, s:f,"
+        " s:b, s:s}",
+        "architectures", "LlamaForCausalLM", "model_type", "llama", "hidden_size", HID,
+        "hidden_act", "silu", "intermediate_size", INTER, "max_position_embeddings", MAXPOS,
+        "num_attention_heads", H, "num_hidden_layers", L, "num_key_value_heads", HKV,
+        "head_dim", D, "vocab_size", VOCAB, "rms_norm_eps", 1e-5, "rope_scaling", "type",
+        "linear", "factor", (double)(CTX / MAXPOS), "rope_theta", 10000.0,
+        "tie_word_embeddings", 0, "torch_dtype", "bfloat16");
+    char path[512];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    int bad = !c || json_dump_file(c, path, JSON_INDENT(2)) != 0;
+    json_decref(c);
+    static const char *mk[] = {"format"}, *mv[] = {"pt"};
+    s2_error err = {0};
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    if (!bad && s2_st_write(path, w.t, w.n, mk, mv, 1, &err)) {
+        fprintf(stderr, "model_check: %s\n", err.msg);
+        s2_error_clear(&err);
+        bad = 1;
+    }
+    for (int i = 0; i < w.n; i++) {
+        free(w.t[i].name);
+        free(w.t[i].data);
+    }
+    return bad;
+}
+
+static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb, (void)flag, (void)ftw;
+    return remove(p);
+}
+
+/* ---- the CPU side's view of the trainables ------------------------------------------------------ */
+
+/* Host copies of every trainable master and the twin's LoRA slots built from them. */
+typedef struct host {
+    int n;
+    float **p;       /* masters, per trainable */
+    size_t *numel;
+    int64_t (*shape)[2];
+    const char **name;
+    float *A[L * S2_PROJ_COUNT], *B[L * S2_PROJ_COUNT];
+} host;
+
+/* Group tags as model.c names them, and their members (projection, out offset, out). */
+static const struct { const char *tag; int n; s2_proj p[3]; int off[3], out[3], in; } groups[] = {
+    {"self_attn.qkv", 3, {S2_PROJ_Q, S2_PROJ_K, S2_PROJ_V}, {0, H * D, H * D + HKV * D},
+     {H * D, HKV * D, HKV * D}, HID},
+    {"self_attn.o", 1, {S2_PROJ_O}, {0}, {HID}, H * D},
+};
+
+static int find(const host *h, const char *name)
+{
+    for (int i = 0; i < h->n; i++)
+        if (!strcmp(h->name[i], name))
+            return i;
+    return -1;
+}
+
+/* Rebuilds the twin's A and B slots from the stacked masters. */
+static void slots_from_masters(host *h)
+{
+    char name[160];
+    for (int l = 0; l < L; l++)
+        for (size_t g = 0; g < sizeof groups / sizeof groups[0]; g++) {
+            snprintf(name, sizeof name, "model.layers.%d.%s.lora_A_stacked", l, groups[g].tag);
+            const int ia = find(h, name);
+            snprintf(name, sizeof name, "model.layers.%d.%s.lora_B_stacked", l, groups[g].tag);
+            const int ib = find(h, name);
+            const int rp = (int)h->shape[ia][0];
+            for (int i = 0; i < groups[g].n; i++) {
+                const int slot = l * S2_PROJ_COUNT + groups[g].p[i];
+                if (!h->A[slot])
+                    h->A[slot] = malloc((size_t)R * groups[g].in * sizeof(float));
+                if (!h->B[slot])
+                    h->B[slot] = malloc((size_t)groups[g].out[i] * R * sizeof(float));
+                memcpy(h->A[slot], h->p[ia] + (size_t)i * R * groups[g].in,
+                       (size_t)R * groups[g].in * sizeof(float));
+                for (int o = 0; o < groups[g].out[i]; o++)
+                    for (int c = 0; c < R; c++)
+                        h->B[slot][(size_t)o * R + c] =
+                            h->p[ib][(size_t)(groups[g].off[i] + o) * rp + (size_t)i * R + c];
+            }
+        }
+}
+
+static float *whole_tensor(s2_ref_llama *m, const char *name)
+{
+    int l;
+    if (!strcmp(name, "model.embed_tokens.weight"))
+        return m->embed;
+    if (!strcmp(name, "model.norm.weight"))
+        return m->norm;
+    if (sscanf(name, "model.layers.%d.", &l) == 1 && l >= 0 && l < L) {
+        if (strstr(name, "input_layernorm"))
+            return m->layers[l].input_norm;
+        if (strstr(name, "post_attention_layernorm"))
+            return m->layers[l].post_norm;
+    }
+    return NULL;
+}
+
+/* Loss of the twin with the host masters (adapters and whole tensors copied in). */
+static double ref_loss(s2_ref_llama *rm, host *h, const int32_t *tok, int T, const int32_t *cu,
+                       int B, const s2_ref_llama_attn *at, float *logits)
+{
+    for (int i = 0; i < h->n; i++) {
+        float *w = whole_tensor(rm, h->name[i]);
+        if (w)
+            memcpy(w, h->p[i], h->numel[i] * sizeof(float));
+    }
+    slots_from_masters(h);
+    s2_ref_llama_lora lo = {.r = R, .scale = 16.0f / R, .A = (const float *const *)h->A,
+                            .B = (const float *const *)h->B};
+    s2_error err = {0};
+    if (s2_ref_llama_forward(rm, tok, T, cu, B, at, &lo, logits, &err)) {
+        fprintf(stderr, "model_check: twin: %s\n", err.msg);
+        s2_error_clear(&err);
+        return NAN;
+    }
+    return s2_ref_llama_loss(logits, tok, T, VOCAB, cu, B, NULL, NULL);
+}
+
+#define CHECK(call)                                                                          \
+    do {                                                                                     \
+        if ((st = (call)) != S2_OK) {                                                        \
+            fprintf(stderr, "model_check: %s: %s\n", #call, err.msg ? err.msg : "error");   \
+            goto done;                                                                       \
+        }                                                                                    \
+    } while (0)
+
+int main(int argc, char **argv)
+{
+    uint64_t seed = (uint64_t)time(NULL);
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--seed") && i + 1 < argc)
+            seed = strtoull(argv[++i], NULL, 10);
+        else {
+            fprintf(stderr, "usage: s2lora_model_check [--seed N]\n");
+            return 2;
+        }
+    }
+    rng_state = seed;
+    printf("model_check: seed %llu\n", (unsigned long long)seed);
+    s2_error err = {0};
+    s2_status st = S2_OK;
+    s2_rt rt;
+    if ((st = s2_rt_open(&rt, 0, &err))) {
+        fprintf(stderr, "model_check: %s\n", err.msg);
+        return st == S2_ERR_NO_DEVICE ? 3 : 1;
+    }
+    char dir[] = "/tmp/s2lora-model-check.XXXXXX";
+    if (!mkdtemp(dir) || write_ckpt(dir))
+        return 1;
+    s2_spec spec;
+    s2_ckpt *ck = NULL;
+    s2_gm *m = NULL;
+    s2_ref_llama *rm = NULL;
+    host h = {0};
+    const int T = 256, B = 2;
+    const int32_t cu[3] = {0, 150, 256};
+    int32_t tok[256];
+    float *lg = malloc((size_t)T * VOCAB * sizeof(float));
+    float *lr = malloc((size_t)T * VOCAB * sizeof(float));
+    s2_train_state state = {0};
+    char adir[600];
+    snprintf(adir, sizeof adir, "%s/adapter", dir);
+    for (int t = 0; t < T; t++)
+        tok[t] = (int32_t)((unif() + 1) * 0.5 * (VOCAB - 1));
+
+    CHECK(s2_spec_load_string(spec_yaml, "model-check", NULL, 0, &spec, &err));
+    CHECK(s2_ckpt_open(dir, &ck, &err));
+    s2_gm_opts go = {.max_tokens = T, .logits_chunk = 100, .init_seed = seed ^ 0x1234};
+    CHECK(s2_gm_open(&m, &rt, &spec, ck, &go, &err));
+    CHECK(s2_ref_llama_load(ck, &rm, &err));
+    printf("model: %d trainable tensors, %zu elements, %.1f MiB on the device\n",
+           s2_gm_n_trainable(m), s2_gm_trainable_numel(m),
+           (double)s2_gm_device_bytes(m) / (1 << 20));
+
+    /* host masters; the adapters' B made non-zero (B = 0 hides A's gradient) */
+    h.n = s2_gm_n_trainable(m);
+    h.p = calloc((size_t)h.n, sizeof *h.p);
+    h.numel = calloc((size_t)h.n, sizeof *h.numel);
+    h.shape = calloc((size_t)h.n, sizeof *h.shape);
+    h.name = calloc((size_t)h.n, sizeof *h.name);
+    for (int i = 0; i < h.n; i++) {
+        int nd;
+        h.name[i] = s2_gm_trainable_name(m, i, &nd, h.shape[i], &h.numel[i]);
+        h.p[i] = malloc(h.numel[i] * sizeof(float));
+        CHECK(s2_gm_read_param(m, i, h.p[i], &err));
+        if (strstr(h.name[i], "lora_B_stacked")) {
+            /* only the diagonal blocks of adapted members: the others must stay 0 */
+            const int g = strstr(h.name[i], "qkv") ? 0 : 1, rp = (int)h.shape[i][1];
+            for (int k = 0; k < groups[g].n; k++)
+                for (int o = 0; o < groups[g].out[k]; o++)
+                    for (int c = 0; c < R; c++)
+                        h.p[i][(size_t)(groups[g].off[k] + o) * rp + k * R + c] =
+                            (float)(0.05 * unif());
+            CHECK(s2_gm_write_param(m, i, h.p[i], &err));
+        }
+    }
+
+    /* 1. logits and loss */
+    for (int full = 1; full >= 0; full--) {
+        s2_ref_llama_attn at = {.G = full ? 0 : spec.s2attn.group_size,
+                                .S = full ? 0 : spec.s2attn.shift,
+                                .mode = spec.s2attn.shift_mode, .rope_fp32_angles = 1};
+        const double want = ref_loss(rm, &h, tok, T, cu, B, &at, lr);
+        s2_gm_batch b = {.tokens = tok, .T = T, .cu_seqlens = cu, .B = B};
+        double nll = 0;
+        int64_t count = 0;
+        for (size_t i = 0; i < (size_t)T * VOCAB; i++)
+            lg[i] = NAN;
+        CHECK(s2_gm_eval_batch(m, &b, full, &nll, &count, lg, &err));
+        char what[96];
+        snprintf(what, sizeof what, "logits, %s attention", full ? "full" : "S2 (split)");
+        report(what, rel_l2(lg, lr, (size_t)T * VOCAB), 2e-2);
+        snprintf(what, sizeof what, "loss, %s attention (ours %.5f, twin %.5f)",
+                 full ? "full" : "S2", count ? nll / count : NAN, want);
+        report(what, fabs((count ? nll / count : NAN) - want) / want, 2e-2);
+        if (count != T - B)
+            printf("labelled rows: %lld, expected %d FAIL\n", (long long)count, T - B),
+                failures++;
+    }
+
+    /* 2. gradients: directional derivatives per trainable tensor */
+    s2_ref_llama_attn at = {.G = spec.s2attn.group_size, .S = spec.s2attn.shift,
+                            .mode = spec.s2attn.shift_mode, .rope_fp32_angles = 1};
+    s2_gm_batch b = {.tokens = tok, .T = T, .cu_seqlens = cu, .B = B};
+    CHECK(s2_gm_zero_grad(m, &err));
+    double nll = 0;
+    int64_t count = 0;
+    CHECK(s2_gm_train_batch(m, &b, 0, (double)(T - B), &nll, &count, &err));
+    float **grads = calloc((size_t)h.n, sizeof *grads);
+    for (int i = 0; i < h.n; i++) {
+        grads[i] = malloc(h.numel[i] * sizeof(float));
+        CHECK(s2_gm_read_grad(m, i, grads[i], &err));
+        /* a direction that keeps the stacked blocks' zeros (those are not parameters) */
+        float *u = malloc(h.numel[i] * sizeof(float)), *save = malloc(h.numel[i] * sizeof(float));
+        memcpy(save, h.p[i], h.numel[i] * sizeof(float));
+        double pn = 0, un = 0, gu = 0;
+        for (size_t e = 0; e < h.numel[i]; e++) {
+            u[e] = (float)unif();
+            if (strstr(h.name[i], "lora_") && save[e] == 0.f)
+                u[e] = 0.f;
+            pn += (double)save[e] * save[e];
+            un += (double)u[e] * u[e];
+            gu += (double)grads[i][e] * u[e];
+        }
+        const double eps = 1e-3 * sqrt(pn / (un > 0 ? un : 1)) + 1e-6;
+        double lp, lm;
+        for (size_t e = 0; e < h.numel[i]; e++)
+            h.p[i][e] = (float)(save[e] + eps * u[e]);
+        lp = ref_loss(rm, &h, tok, T, cu, B, &at, lr);
+        for (size_t e = 0; e < h.numel[i]; e++)
+            h.p[i][e] = (float)(save[e] - eps * u[e]);
+        lm = ref_loss(rm, &h, tok, T, cu, B, &at, lr);
+        memcpy(h.p[i], save, h.numel[i] * sizeof(float));
+        const double fd = (lp - lm) / (2 * eps);
+        char what[160];
+        snprintf(what, sizeof what, "grad %.40s (%.3e vs %.3e)", h.name[i], gu, fd);
+        report(what, fabs(gu - fd) / (fabs(fd) > 1e-12 ? fabs(fd) : 1e-12), 5e-2);
+        free(u);
+        free(save);
+    }
+    ref_loss(rm, &h, tok, T, cu, B, &at, lr); /* restore the twin */
+
+    /* 3. one AdamW step */
+    {
+        const double lr_ = 1e-3, wd = 0.01;
+        CHECK(s2_gm_step(m, lr_, 0.9, 0.999, 1e-8, wd, 1, 0.5, &err));
+        double worst = 0;
+        for (int i = 0; i < h.n; i++) {
+            float *mm = calloc(h.numel[i], sizeof(float)), *vv = calloc(h.numel[i], sizeof(float));
+            float *want = malloc(h.numel[i] * sizeof(float)), *got = malloc(h.numel[i] * sizeof(float));
+            memcpy(want, h.p[i], h.numel[i] * sizeof(float));
+            for (size_t e = 0; e < h.numel[i]; e++)
+                grads[i][e] *= 0.5f;
+            s2_ref_adamw o = {.lr = lr_, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8,
+                              .weight_decay = wd};
+            s2_ref_adamw_step(&o, 1, h.numel[i], want, grads[i], mm, vv);
+            CHECK(s2_gm_read_param(m, i, got, &err));
+            const double e = rel_l2(got, want, h.numel[i]);
+            worst = e > worst || isnan(e) ? e : worst;
+            memcpy(h.p[i], got, h.numel[i] * sizeof(float));
+            free(mm);
+            free(vv);
+            free(want);
+            free(got);
+        }
+        report("AdamW step (worst tensor, grad_scale 0.5, wd 0.01)", worst, 1e-5);
+    }
+
+    /* 4. state and adapter round trips */
+    {
+        CHECK(s2_gm_save_state(m, &state, &err));
+        float *zero = calloc(h.numel[0], sizeof(float));
+        CHECK(s2_gm_write_param(m, 0, zero, &err));
+        free(zero);
+        CHECK(s2_gm_load_state(m, &state, &err));
+        double worst = 0;
+        for (int i = 0; i < h.n; i++) {
+            float *got = malloc(h.numel[i] * sizeof(float));
+            CHECK(s2_gm_read_param(m, i, got, &err));
+            const double e = rel_l2(got, h.p[i], h.numel[i]);
+            worst = e > worst || isnan(e) ? e : worst;
+            free(got);
+        }
+        report("training state saved and loaded back", worst, 1e-12);
+        CHECK(s2_gm_export(m, adir, dir, NULL, &err));
+        for (int i = 0; i < h.n; i++)
+            if (strstr(h.name[i], "lora_")) {
+                float *zero = calloc(h.numel[i], sizeof(float));
+                CHECK(s2_gm_write_param(m, i, zero, &err));
+                free(zero);
+            }
+        CHECK(s2_gm_import(m, adir, NULL, &err));
+        worst = 0;
+        for (int i = 0; i < h.n; i++) {
+            if (!strstr(h.name[i], "lora_"))
+                continue;
+            float *got = malloc(h.numel[i] * sizeof(float));
+            CHECK(s2_gm_read_param(m, i, got, &err));
+            const double e = rel_l2(got, h.p[i], h.numel[i]);
+            worst = e > worst || isnan(e) ? e : worst;
+            free(got);
+        }
+        report("PEFT adapter exported and imported (bf16 file)", worst, 1e-2);
+    }
+
+done:
+    s2_state_free(&state);
+    s2_gm_close(m);
+    s2_ref_llama_free(rm);
+    s2_ckpt_close(ck);
+    nftw(dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+    if (st) {
+        s2_error_clear(&err);
+        failures++;
+    }
+    printf("model_check: %s (%d failed)\n", failures ? "FAIL" : "PASS", failures);
+    return failures ? 1 : 0;
+}
