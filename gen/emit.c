@@ -55,9 +55,10 @@ static void emit_constants(s2_buf *b, const s2_attn_plan *p, s2_attn_unit unit)
                       "#define S2_FWD_STRIPS %d\n"
                       "#define S2_FWD_BN %d\n"
                       "#define S2_FWD_STAGES %d\n"
+                      "#define S2_FWD_WGMMA %d\n"
                       "#define S2_TEST_BROKEN %d\n\n",
                       p->tile.fwd_warps, p->tile.fwd_strips, p->tile.fwd_block_n,
-                      p->tile.fwd_stages, p->tile.test_broken);
+                      p->tile.fwd_stages, p->tile.fwd_wgmma, p->tile.test_broken);
     else
         s2_buf_printf(b,
                       "#define S2_BWD_WARPS %d\n"
@@ -83,6 +84,55 @@ static s2_status emit_template(s2_buf *b, const char *name, s2_error *err)
     return S2_OK;
 }
 
+/*
+ * The wgmma wrappers of the Hopper units (attn_fwd_wgmma.cuh, attn_bwd_wgmma.cuh), written
+ * for the unit's tile (nq: the streamed tile's width, BN): one PTX instruction has one accumulator operand per register, so the operand lists
+ * are generated here rather than spelled out for every n in the template.
+ *   s2_wgmma_qk(s, da, db, acc)  S[64 x BN] (+)= A[64 x 16] B[BN x 16]^T, both from shared
+ *                                memory (K-major); acc 0 overwrites S
+ *   s2_wgmma_pv(o, a, db)        O[64 x d] += P[64 x 16] V[16 x d], P from registers, V from
+ *                                shared memory read MN-major (transposed)
+ * (the backward uses the same two shapes: S, dP and S^T, dP^T are the first; dQ, dK, dV the
+ * second).
+ */
+static void emit_wgmma(s2_buf *b, const s2_attn_plan *p, int nq)
+{
+    const char *ty = p->dtype == S2_DTYPE_BF16 ? "bf16" : "f16";
+    const int nd = p->d;
+    s2_buf_printf(b, "// ---- generated: wgmma wrappers, m64n%dk16 (S) and m64n%dk16 (O) ----\n",
+                  nq, nd);
+    s2_buf_printf(b,
+                  "__device__ __forceinline__ void s2_wgmma_qk(float (&d)[%d], unsigned long long da,"
+                  " unsigned long long db, int acc)\n{\n"
+                  "    asm volatile(\"{\\n.reg .pred p;\\nsetp.ne.b32 p, %%%d, 0;\\n\"\n"
+                  "                 \"wgmma.mma_async.sync.aligned.m64n%dk16.f32.%s.%s {\"\n",
+                  nq / 2, nq / 2 + 2, nq, ty, ty);
+    for (int i = 0; i < nq / 2; i++)
+        s2_buf_printf(b, "%s\"%%%d%s\"", i % 8 == 0 ? "                 " : "", i,
+                      i + 1 < nq / 2 ? ", " : "");
+    s2_buf_printf(b, "\n                 \"}, %%%d, %%%d, p, 1, 1, 0, 0;\\n}\\n\"\n                 : ",
+                  nq / 2, nq / 2 + 1);
+    for (int i = 0; i < nq / 2; i++)
+        s2_buf_printf(b, "\"+f\"(d[%d])%s", i, i + 1 < nq / 2 ? ", " : "\n");
+    s2_buf_printf(b, "                 : \"l\"(da), \"l\"(db), \"r\"(acc));\n}\n\n");
+
+    s2_buf_printf(b,
+                  "__device__ __forceinline__ void s2_wgmma_pv(float (&d)[%d], const unsigned (&a)[4],"
+                  " unsigned long long db)\n{\n"
+                  "    asm volatile(\"{\\n.reg .pred p;\\nsetp.ne.b32 p, %%%d, 0;\\n\"\n"
+                  "                 \"wgmma.mma_async.sync.aligned.m64n%dk16.f32.%s.%s {\"\n",
+                  nd / 2, nd / 2 + 5, nd, ty, ty);
+    for (int i = 0; i < nd / 2; i++)
+        s2_buf_printf(b, "%s\"%%%d%s\"", i % 8 == 0 ? "                 " : "", i,
+                      i + 1 < nd / 2 ? ", " : "");
+    s2_buf_printf(b, "\n                 \"}, {%%%d, %%%d, %%%d, %%%d}, %%%d, p, 1, 1, 1;\\n}\\n\"\n"
+                     "                 : ", nd / 2, nd / 2 + 1, nd / 2 + 2, nd / 2 + 3, nd / 2 + 4);
+    for (int i = 0; i < nd / 2; i++)
+        s2_buf_printf(b, "\"+f\"(d[%d])%s", i, i + 1 < nd / 2 ? ", " : "\n");
+    s2_buf_printf(b, "                 : \"r\"(a[0]), \"r\"(a[1]), \"r\"(a[2]), \"r\"(a[3]), "
+                     "\"l\"(db), \"r\"(1));\n}\n\n");
+}
+
 s2_status s2_emit_attn(const s2_spec *spec, const s2_attn_plan *plan, s2_attn_unit unit,
                        char **src, s2_error *err)
 {
@@ -97,8 +147,14 @@ s2_status s2_emit_attn(const s2_spec *spec, const s2_attn_plan *plan, s2_attn_un
         st = emit_template(&b, "common.cuh", err);
     if (!st)
         st = emit_template(&b, "mma.cuh", err);
-    if (!st && unit == S2_UNIT_ATTN_FWD)
+    if (!st && unit == S2_UNIT_ATTN_FWD && plan->tile.fwd_wgmma) {
+        st = emit_template(&b, "wgmma.cuh", err);
+        emit_wgmma(&b, plan, plan->tile.fwd_block_n);
+        if (!st)
+            st = emit_template(&b, "attn_fwd_wgmma.cuh", err);
+    } else if (!st && unit == S2_UNIT_ATTN_FWD) {
         st = emit_template(&b, "attn_fwd.cuh", err);
+    }
     if (!st && unit == S2_UNIT_ATTN_BWD)
         st = emit_template(&b, "attn_bwd_pre.cuh", err);
     if (!st && unit == S2_UNIT_ATTN_BWD)

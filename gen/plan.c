@@ -45,6 +45,7 @@ static const struct {
     {"fwd_strips", offsetof(s2_attn_tile, fwd_strips)},
     {"fwd_block_n", offsetof(s2_attn_tile, fwd_block_n)},
     {"fwd_stages", offsetof(s2_attn_tile, fwd_stages)},
+    {"fwd_wgmma", offsetof(s2_attn_tile, fwd_wgmma)},
     {"bwd_warps", offsetof(s2_attn_tile, bwd_warps)},
     {"bwd_block_n", offsetof(s2_attn_tile, bwd_block_n)},
     {"bwd_stages", offsetof(s2_attn_tile, bwd_stages)},
@@ -73,7 +74,8 @@ s2_status s2_plan_parse_tile(const char *text, s2_attn_tile *t, s2_error *err)
         if (k == N_TILE_KEYS)
             return s2_error_set(err, S2_ERR_INVALID,
                                 "tile '%s': unknown key '%.*s'; valid: fwd_warps, fwd_strips, fwd_block_n, "
-                                "fwd_stages, bwd_warps, bwd_block_n, bwd_stages, bwd_atomic_dq",
+                                "fwd_stages, fwd_wgmma, bwd_warps, bwd_block_n, bwd_stages, "
+                                "bwd_atomic_dq",
                                 text, (int)(eq - p), p);
         char *num_end;
         long v = strtol(eq + 1, &num_end, 10);
@@ -123,8 +125,45 @@ static int smem_limit(const char *arch)
 /* Bytes of a scalar backward tile of rows rows (rows of d + 2 halves). */
 static int bwd_tile_bytes(int rows, int d) { return rows * (d + 2) * 2; }
 
-static s2_status check_fwd_tile(const s2_attn_tile *t, int d, int limit, s2_error *err)
+/* Shared memory of the forward: Q and the K/V stages (the wgmma layout has no row pad but
+ * needs 1 KiB to align its panels). */
+static int fwd_smem(const s2_attn_tile *t, int d)
 {
+    const int bm = 16 * t->fwd_strips * t->fwd_warps;
+    if (t->fwd_wgmma)
+        return (bm + 2 * t->fwd_stages * t->fwd_block_n) * d * 2 + 1024;
+    return (bm + 2 * t->fwd_stages * t->fwd_block_n) * (d + 8) * 2;
+}
+
+/* The wgmma forward's own rules (see s2_attn_tile.fwd_wgmma). */
+static s2_status check_fwd_wgmma(const s2_attn_tile *t, int d, const char *arch, s2_error *err)
+{
+    if (t->fwd_wgmma != 0 && t->fwd_wgmma != 1)
+        return s2_error_set(err, S2_ERR_INVALID, "tile: fwd_wgmma = %d, valid: 0, 1",
+                            t->fwd_wgmma);
+    if (!t->fwd_wgmma)
+        return S2_OK;
+    if (strcmp(arch, "sm_90a"))
+        return s2_error_set(err, S2_ERR_INVALID,
+                            "tile: fwd_wgmma = 1 needs sm_90a (Hopper's wgmma), not %s", arch);
+    if (d != 64 && d != 128)
+        return s2_error_set(err, S2_ERR_INVALID,
+                            "tile: fwd_wgmma = 1 with head_dim %d: valid with 64 and 128", d);
+    if ((t->fwd_warps != 4 && t->fwd_warps != 8) || t->fwd_strips != 1 ||
+        (t->fwd_block_n != 64 && t->fwd_block_n != 128))
+        return s2_error_set(err, S2_ERR_INVALID,
+                            "tile: fwd_wgmma = 1 with fwd_warps %d, fwd_strips %d, fwd_block_n %d; "
+                            "valid: fwd_warps 4 or 8, fwd_strips 1, fwd_block_n 64 or 128",
+                            t->fwd_warps, t->fwd_strips, t->fwd_block_n);
+    return S2_OK;
+}
+
+static s2_status check_fwd_tile(const s2_attn_tile *t, int d, int limit, const char *arch,
+                                s2_error *err)
+{
+    s2_status wst = check_fwd_wgmma(t, d, arch, err);
+    if (wst)
+        return wst;
 #ifdef S2_TEST_BROKEN_TILE
     if (t->test_broken != 0 && t->test_broken != 1)
         return s2_error_set(err, S2_ERR_INVALID, "tile: test_broken = %d, valid: 0, 1",
@@ -138,7 +177,7 @@ static s2_status check_fwd_tile(const s2_attn_tile *t, int d, int limit, s2_erro
     if (t->fwd_strips != 1 && t->fwd_strips != 2)
         return s2_error_set(err, S2_ERR_INVALID, "tile: fwd_strips = %d, valid: 1, 2",
                             t->fwd_strips);
-    if (t->fwd_strips == 2 && (d > 128 || t->fwd_block_n > (d > 64 ? 32 : 64)))
+    if (!t->fwd_wgmma && t->fwd_strips == 2 && (d > 128 || t->fwd_block_n > (d > 64 ? 32 : 64)))
         return s2_error_set(err, S2_ERR_INVALID,
                             "tile: fwd_strips = 2 with head_dim %d and fwd_block_n %d spills "
                             "registers; valid: fwd_strips 2 with fwd_block_n 32 for head_dim 96 and "
@@ -154,7 +193,7 @@ static s2_status check_fwd_tile(const s2_attn_tile *t, int d, int limit, s2_erro
     if (t->fwd_stages < 1 || t->fwd_stages > 4)
         return s2_error_set(err, S2_ERR_INVALID, "tile: fwd_stages = %d, valid 1..4",
                             t->fwd_stages);
-    int bytes = (16 * t->fwd_strips * t->fwd_warps + 2 * t->fwd_stages * t->fwd_block_n) * (d + 8) * 2;
+    int bytes = fwd_smem(t, d);
     if (bytes > limit)
         return s2_error_set(err, S2_ERR_INVALID,
                             "tile: fwd_warps %d, fwd_strips %d, fwd_block_n %d, fwd_stages %d with "
@@ -256,7 +295,7 @@ s2_status s2_plan_attn(const s2_spec *spec, const char *arch, const s2_attn_tile
     p->shift_rot = p->mode == S2_SHIFT_ROLL ? p->S : 0;
     p->tile = tile ? *tile : s2_plan_default_tile(arch, p->d);
     p->smem_limit = smem_limit(arch);
-    s2_status st = check_fwd_tile(&p->tile, p->d, p->smem_limit, err);
+    s2_status st = check_fwd_tile(&p->tile, p->d, p->smem_limit, arch, err);
     if (!st)
         st = check_bwd_tile(&p->tile, p->d, p->smem_limit, err);
     if (st)
@@ -267,7 +306,7 @@ s2_status s2_plan_attn(const s2_spec *spec, const char *arch, const s2_attn_tile
     p->bwd_tensor_cores = p->d <= 128;
     p->bwd_block_m = (p->bwd_tensor_cores ? 16 : 2) * p->tile.bwd_warps;
     p->mask_group_edge = needs_group_edge_mask(p);
-    p->smem_fwd = (p->fwd_block_m + 2 * p->tile.fwd_stages * p->tile.fwd_block_n) * (p->d + 8) * 2;
+    p->smem_fwd = fwd_smem(&p->tile, p->d);
     if (p->bwd_tensor_cores)
         bwd_smem(&p->tile, p->d, &p->smem_dq, &p->smem_dkdv);
     p->dq_units = (p->tile.bwd_block_n / 16) * (p->d / 32);
@@ -280,6 +319,7 @@ static const int strip_counts[] = {1, 2};
 static const int fwd_widths[] = {32, 64, 128};
 static const int bwd_widths[] = {32, 64};
 static const int stage_counts[] = {1, 2, 3, 4};
+static const int wgmma_modes[] = {0, 1};
 #define COUNT(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
 /* Appends t if the plan accepts it and it is not the default (already first). */
@@ -309,14 +349,16 @@ int s2_plan_tile_space(const s2_spec *spec, const char *arch, s2_attn_unit unit,
     n++;
     s2_attn_tile t = def;
     if (unit == S2_UNIT_ATTN_FWD) {
-        for (int a = 0; a < COUNT(warp_counts); a++)
-            for (int b = 0; b < COUNT(strip_counts); b++)
-                for (int c = 0; c < COUNT(fwd_widths); c++)
-                    for (int d = 0; d < COUNT(stage_counts); d++) {
-                        t.fwd_warps = warp_counts[a], t.fwd_strips = strip_counts[b];
-                        t.fwd_block_n = fwd_widths[c], t.fwd_stages = stage_counts[d];
-                        space_add(spec, arch, &t, &def, out, max, &n);
-                    }
+        for (int w = 0; w < COUNT(wgmma_modes); w++)
+            for (int a = 0; a < COUNT(warp_counts); a++)
+                for (int b = 0; b < COUNT(strip_counts); b++)
+                    for (int c = 0; c < COUNT(fwd_widths); c++)
+                        for (int d = 0; d < COUNT(stage_counts); d++) {
+                            t.fwd_wgmma = wgmma_modes[w];
+                            t.fwd_warps = warp_counts[a], t.fwd_strips = strip_counts[b];
+                            t.fwd_block_n = fwd_widths[c], t.fwd_stages = stage_counts[d];
+                            space_add(spec, arch, &t, &def, out, max, &n);
+                        }
 #ifdef S2_TEST_BROKEN_TILE
         t = def; /* the default, miscomputing: the tuner's gate must reject it */
         t.test_broken = 1;

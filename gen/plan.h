@@ -27,6 +27,9 @@ typedef struct s2_attn_tile {
     int fwd_strips;  /* forward: 16-row query strips per warp: 1 or 2 */
     int fwd_block_n; /* forward: keys per shared-memory tile: 32, 64 or 128 */
     int fwd_stages;  /* forward: key/value tiles in flight (cp.async pipeline): 1..4 */
+    int fwd_wgmma;   /* forward: 1 = Hopper warpgroup products (wgmma, sm_90a only, head_dim 64
+                        or 128): fwd_warps 4 or 8 (one or two warpgroups of 64 rows),
+                        fwd_strips 1, fwd_block_n 64 or 128; 0 = mma.sync (every arch) */
     int bwd_warps;   /* backward: warps per block, 16 rows each (d > 128: 2 rows each) */
     int bwd_block_n; /* backward: keys (dQ) or queries (dK/dV) per streamed tile: 32 or 64 */
     int bwd_stages;  /* backward: streamed tiles in flight: 1..4 */

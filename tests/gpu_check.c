@@ -73,11 +73,21 @@ static const gcase cases[] = {
 };
 #define N_CASES ((int)(sizeof cases / sizeof cases[0]))
 
-/* Every case runs with the plan's default tile and three others (tile 0 is the default). Each
- * alternative names every field, so a change of the defaults cannot change what it tests. */
-#define N_TILES 4
-static const char *alt_tile(int i, int d)
+/* Every case runs with the plan's default tile and four others (tile 0 is the default). Each
+ * alternative names every field, so a change of the defaults cannot change what it tests.
+ * Tile 4 is the Hopper forward (fwd_wgmma=1, head_dim 64 and 128 on sm_90a); elsewhere, and
+ * for head_dim 96, tile 4 is a fifth mma.sync tile. */
+#define N_TILES 5
+static const char *alt_tile(int i, int d, const char *arch)
 {
+    static const char *const wgmma =
+        "fwd_wgmma=1,fwd_warps=8,fwd_strips=1,fwd_block_n=128,fwd_stages=2,bwd_warps=4,"
+        "bwd_block_n=32,bwd_stages=2,bwd_atomic_dq=0";
+    static const char *const wgmma64 =
+        "fwd_wgmma=1,fwd_warps=4,fwd_strips=1,fwd_block_n=64,fwd_stages=3,bwd_warps=4,"
+        "bwd_block_n=64,bwd_stages=2,bwd_atomic_dq=1";
+    if (i == 4 && d <= 128 && d != 96 && !strcmp(arch, "sm_90a"))
+        return d == 64 ? wgmma64 : wgmma;
     static const char *const upto128[N_TILES] = {
         NULL,
         "fwd_warps=4,fwd_strips=2,fwd_block_n=32,fwd_stages=3,bwd_warps=8,bwd_block_n=32,bwd_stages=3,"
@@ -86,6 +96,8 @@ static const char *alt_tile(int i, int d)
         "bwd_atomic_dq=1",
         "fwd_warps=4,fwd_strips=1,fwd_block_n=128,fwd_stages=2,bwd_warps=4,bwd_block_n=32,bwd_stages=2,"
         "bwd_atomic_dq=1",
+        "fwd_warps=8,fwd_strips=1,fwd_block_n=64,fwd_stages=4,bwd_warps=8,bwd_block_n=32,bwd_stages=1,"
+        "bwd_atomic_dq=0",
     };
     static const char *const d256[N_TILES] = {
         NULL,
@@ -94,6 +106,8 @@ static const char *alt_tile(int i, int d)
         "fwd_warps=2,fwd_strips=1,fwd_block_n=32,fwd_stages=1,bwd_warps=2,bwd_block_n=32,bwd_stages=2,"
         "bwd_atomic_dq=0",
         "fwd_warps=1,fwd_strips=1,fwd_block_n=32,fwd_stages=4,bwd_warps=1,bwd_block_n=32,bwd_stages=2,"
+        "bwd_atomic_dq=0",
+        "fwd_warps=4,fwd_strips=1,fwd_block_n=32,fwd_stages=2,bwd_warps=2,bwd_block_n=32,bwd_stages=1,"
         "bwd_atomic_dq=0",
     };
     return d > 128 ? d256[i] : upto128[i];
@@ -104,7 +118,7 @@ static const s2_attn_tile *case_tile(const gcase *c, int i, const char *arch, s2
                                      s2_error *err, s2_status *st)
 {
     *st = S2_OK;
-    const char *text = alt_tile(i, c->d);
+    const char *text = alt_tile(i, c->d, arch);
     if (!text)
         return NULL;
     *t = s2_plan_default_tile(arch, c->d);
@@ -1535,8 +1549,11 @@ int main(int argc, char **argv)
 
     int n_run = 0;
     for (int ti = 0; ti < N_TILES; ti++) {
-        printf("tile %d: %s (d=256: %s)\n", ti, alt_tile(ti, 128) ? alt_tile(ti, 128) : "plan default",
-               alt_tile(ti, 256) ? alt_tile(ti, 256) : "plan default");
+        printf("tile %d: %s (d=64: %s; d=96, 256: %s, %s)\n", ti,
+               alt_tile(ti, 128, rt.arch) ? alt_tile(ti, 128, rt.arch) : "plan default",
+               alt_tile(ti, 64, rt.arch) ? alt_tile(ti, 64, rt.arch) : "plan default",
+               alt_tile(ti, 96, rt.arch) ? alt_tile(ti, 96, rt.arch) : "plan default",
+               alt_tile(ti, 256, rt.arch) ? alt_tile(ti, 256, rt.arch) : "plan default");
         printf("%-28s %-5s %-4s %4s %5s %4s %4s %6s %9s %9s %9s %9s %9s %s\n", "case", "mode",
                "dt", "d", "H/kv", "G", "S", "T", "o", "lse", "dq", "dk", "dv", "result");
         for (int i = 0; i < N_CASES; i++) {

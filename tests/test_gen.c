@@ -377,3 +377,55 @@ Test(plan, test_broken_tile_is_refused_here)
     cr_expect(strstr(err.msg, "only in test builds"), "%s", err.msg);
     s2_error_clear(&err);
 }
+
+/* The Hopper forward (fwd_wgmma = 1): accepted only where it can run, emitted with the
+ * generated wrappers for the tile's shapes, and part of sm_90a's tuning space only. */
+Test(plan, wgmma_forward_rules)
+{
+    s2_spec s = load("");
+    s2_attn_tile t = s2_plan_default_tile("sm_90a", 128);
+    s2_error err = {0};
+    cr_assert_eq(s2_plan_parse_tile("fwd_wgmma=1,fwd_warps=8,fwd_strips=1,fwd_block_n=128", &t,
+                                    &err), S2_OK, "%s", err.msg);
+    s2_attn_plan p;
+    cr_assert_eq(s2_plan_attn(&s, "sm_90a", &t, &p, &err), S2_OK, "%s", err.msg);
+    cr_expect_eq(p.fwd_block_m, 128);
+    cr_expect_eq(p.smem_fwd, (128 + 2 * 2 * 128) * p.d * 2 + 1024); /* no row pad, 1 KiB align */
+    cr_expect_eq(s2_plan_attn(&s, "sm_80", &t, &p, &err), S2_ERR_INVALID);
+    cr_expect(strstr(err.msg, "fwd_wgmma = 1 needs sm_90a"), "%s", err.msg);
+    s2_error_clear(&err);
+    s2_attn_tile bad = t;
+    bad.fwd_strips = 2;
+    cr_expect_eq(s2_plan_attn(&s, "sm_90a", &bad, &p, &err), S2_ERR_INVALID);
+    cr_expect(strstr(err.msg, "valid: fwd_warps 4 or 8, fwd_strips 1, fwd_block_n 64 or 128"),
+              "%s", err.msg);
+    s2_error_clear(&err);
+    s2_spec s96;
+    s2_spec_override d96 = {"model.head_dim=96"};
+    cr_assert_eq(s2_spec_load_string("name: t96\nmodel: {hidden_size: 384, intermediate_size: "
+                                     "1024, num_layers: 1, num_heads: 4, vocab_size: 256, "
+                                     "max_position_embeddings: 512}\n"
+                                     "context_length: 2048\n", "t96.yaml", &d96, 1, &s96, &err),
+                 S2_OK, "%s", err.msg);
+    cr_expect_eq(s2_plan_attn(&s96, "sm_90a", &t, &p, &err), S2_ERR_INVALID);
+    cr_expect(err.msg && strstr(err.msg, "valid with 64 and 128"), "%s", err.msg);
+    s2_error_clear(&err);
+
+    cr_assert_eq(s2_plan_attn(&s, "sm_90a", &t, &p, &err), S2_OK, "%s", err.msg);
+    char *src = NULL;
+    cr_assert_eq(s2_emit_attn(&s, &p, S2_UNIT_ATTN_FWD, &src, &err), S2_OK, "%s", err.msg);
+    cr_expect(strstr(src, "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16"));
+    cr_expect(strstr(src, "#define S2_FWD_WGMMA 1"));
+    cr_expect(strstr(src, "templates/attn_fwd_wgmma.cuh"));
+    free(src);
+
+    s2_attn_tile space[512];
+    int n90 = s2_plan_tile_space(&s, "sm_90a", S2_UNIT_ATTN_FWD, space, 512), w90 = 0;
+    for (int i = 0; i < n90 && i < 512; i++)
+        w90 += space[i].fwd_wgmma;
+    int n80 = s2_plan_tile_space(&s, "sm_80", S2_UNIT_ATTN_FWD, space, 512), w80 = 0;
+    for (int i = 0; i < n80 && i < 512; i++)
+        w80 += space[i].fwd_wgmma;
+    cr_expect_gt(w90, 0);
+    cr_expect_eq(w80, 0);
+}

@@ -1,0 +1,185 @@
+// templates/attn_fwd_wgmma.cuh — S²-Attn forward for Hopper (sm_90a) on warpgroup tensor-core
+// products (wgmma), the plan's tile option fwd_wgmma = 1. Same contract, grid, index map and
+// tile classification as attn_fwd.cuh; only the products differ.
+//
+// A block is S2_FWD_WARPS / 4 warpgroups of 128 threads; each warpgroup owns 64 consecutive
+// virtual query rows (warp w of it rows 16w .. 16w+15, the same per-thread row layout as
+// mma.m16n8k16, so masking, the online softmax and the store are attn_fwd.cuh's). Q and the
+// streamed K/V tiles live in shared memory in the 128-byte-swizzled layout wgmma reads through
+// matrix descriptors: the head dim is cut into panels of 64 elements; a panel holds its rows as
+// 128-byte lines, 16-byte chunk c of row r at chunk c ^ (r % 8), and starts 1024-byte aligned.
+//   S = Q K^T:  m64 n(BN) k16 steps over d, both operands from shared memory (K-major);
+//   O += P V:   m64 n(d) k16 steps over the BN keys, P from registers (the S accumulators,
+//               rounded to the storage type, are exactly the register A fragment), V from
+//               shared memory read transposed (MN-major: d is contiguous in V's rows).
+// cp.async fills shared memory through the generic proxy, wgmma reads it through the async
+// proxy: every thread fences its copies (fence.proxy.async) before the barrier that publishes
+// a tile. The emitter generates the wgmma wrappers for this tile's n (s2_wgmma_qk, s2_wgmma_pv);
+// the layout, descriptor and fence helpers are wgmma.cuh's.
+
+#define S2_FWD_BM (16 * S2_FWD_WARPS)
+#define S2_FWD_THREADS (32 * S2_FWD_WARPS)
+#define S2_PANELS (S2_HEAD_DIM / 64)
+#define S2_SACC (S2_FWD_BN / 2)  // S accumulators per thread (m64 n(BN) over 128 threads)
+#define S2_OACC (S2_HEAD_DIM / 2) // O accumulators per thread
+
+// The plan's tile classification for one (query tile, key tile) pair, as in attn_fwd.cuh.
+__device__ __forceinline__ bool s2_tile_needs_mask(int x0, int gs_last, int y0, int n)
+{
+    return (S2_MASK_GROUP_EDGE && y0 < gs_last) || y0 + S2_FWD_BN - 1 > x0 || y0 + S2_FWD_BN > n;
+}
+
+extern "C" __global__ void __launch_bounds__(S2_FWD_THREADS, 1)
+s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
+            const s2_elem *__restrict__ k,      // [T, Hkv, d]
+            const s2_elem *__restrict__ v,      // [T, Hkv, d]
+            s2_elem *__restrict__ o,            // [T, H, d]
+            float *__restrict__ lse,            // [H, T], natural log
+            const int *__restrict__ cu_seqlens, // [B + 1]
+            int total_tokens)
+{
+    extern __shared__ __align__(16) unsigned char s2_smem_raw[];
+    s2_elem *sq = (s2_elem *)s2_smem_aligned(s2_smem_raw); // panels start 1024-byte aligned
+    s2_elem *skv = sq + S2_FWD_BM * S2_HEAD_DIM; // [stages][K, V][panels][BN][64]
+    const int kv_stride = S2_FWD_BN * S2_HEAD_DIM;
+
+    const int h = blockIdx.y, b = blockIdx.z;
+    const int hk = h / (S2_NUM_HEADS / S2_NUM_KV_HEADS);
+    const int seq0 = cu_seqlens[b], n = cu_seqlens[b + 1] - seq0;
+    const int x0 = (gridDim.x - 1 - blockIdx.x) * S2_FWD_BM; // heavier tiles first
+    if (x0 >= n)
+        return;
+    const int cls = s2_head_class(h);
+    const int wg = threadIdx.x / 128, warp = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32;
+    const int t = lane % 4;
+    const int xlast = min(x0 + S2_FWD_BM, n) - 1;
+    const int gs_last = s2_group_start(xlast, cls);
+    const int kt_begin = s2_group_start(x0, cls) / S2_FWD_BN;
+    const int kt_end = xlast / S2_FWD_BN + 1;
+
+    s2_load_tile_sw<S2_FWD_BM, S2_FWD_THREADS>(sq, q, seq0, x0, n, cls, S2_NUM_HEADS, h);
+#pragma unroll
+    for (int s = 0; s < S2_FWD_STAGES - 1; s++) {
+        if (kt_begin + s < kt_end) {
+            s2_elem *dk = skv + (2 * s) * kv_stride;
+            s2_load_tile_sw<S2_FWD_BN, S2_FWD_THREADS>(dk, k, seq0, (kt_begin + s) * S2_FWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
+            s2_load_tile_sw<S2_FWD_BN, S2_FWD_THREADS>(dk + kv_stride, v, seq0, (kt_begin + s) * S2_FWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
+        }
+        s2_cp_async_commit();
+    }
+
+    float acc[S2_OACC];
+#pragma unroll
+    for (int i = 0; i < S2_OACC; i++)
+        acc[i] = 0.f;
+    float m[2] = {S2_NEG_INF, S2_NEG_INF}, l[2] = {0.f, 0.f};
+    // This thread's first row; its second is 8 below.
+    const int row0 = x0 + wg * 64 + warp * 16 + lane / 4;
+
+    for (int kt = kt_begin; kt < kt_end; kt++) {
+        const int it = kt - kt_begin;
+        {
+            const int nx = it + S2_FWD_STAGES - 1;
+            if (kt_begin + nx < kt_end) {
+                s2_elem *dk = skv + (2 * (nx % S2_FWD_STAGES)) * kv_stride;
+                s2_load_tile_sw<S2_FWD_BN, S2_FWD_THREADS>(dk, k, seq0, (kt_begin + nx) * S2_FWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
+                s2_load_tile_sw<S2_FWD_BN, S2_FWD_THREADS>(dk + kv_stride, v, seq0, (kt_begin + nx) * S2_FWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
+            }
+            s2_cp_async_commit();
+            s2_cp_async_wait<S2_FWD_STAGES - 1>();
+            s2_fence_proxy_async(); // this thread's copies, visible to wgmma after the barrier
+            __syncthreads();
+        }
+        const s2_elem *sk = skv + (2 * (it % S2_FWD_STAGES)) * kv_stride;
+        const s2_elem *sv = sk + kv_stride;
+
+        // S = Q K^T: K-major operands, k16 steps of 32 bytes inside a 64-element panel.
+        float s[S2_SACC];
+#pragma unroll
+        for (int i = 0; i < S2_SACC; i++)
+            s[i] = 0.f; // overwritten by the first step (scale-d 0); defined for the compiler
+        s2_fence_regs(s);
+        s2_wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < S2_HEAD_DIM / 16; ks++) {
+            s2_wgmma_qk(s, s2_desc_k<S2_FWD_BM>(sq, wg * 64, ks), s2_desc_k<S2_FWD_BN>(sk, 0, ks),
+                        ks > 0);
+        }
+        s2_wgmma_commit();
+        s2_wgmma_wait0();
+        s2_fence_regs(s);
+
+        const int y0 = kt * S2_FWD_BN;
+        if (s2_tile_needs_mask(x0, gs_last, y0, n)) {
+#pragma unroll
+            for (int j = 0; j < S2_FWD_BN / 8; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int x = row0 + (e / 2) * 8, y = y0 + j * 8 + 2 * t + (e % 2);
+                    if (!(y < n && s2_visible(x, y, cls)))
+                        s[4 * j + e] = S2_NEG_INF;
+                }
+        }
+
+        // The online softmax (exp2 domain, scale folded in), rows in quads as in attn_fwd.cuh.
+        float alpha[2];
+#pragma unroll
+        for (int hf = 0; hf < 2; hf++) {
+            float mx = S2_NEG_INF;
+#pragma unroll
+            for (int j = 0; j < S2_FWD_BN / 8; j++)
+                mx = fmaxf(mx, fmaxf(s[4 * j + 2 * hf], s[4 * j + 2 * hf + 1]));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            const float mnew = fmaxf(m[hf], mx * S2_SCALE_LOG2);
+            const float msafe = mnew == S2_NEG_INF ? 0.f : mnew;
+            alpha[hf] = s2_exp2(m[hf] - msafe);
+            m[hf] = mnew;
+            float sum = 0.f;
+#pragma unroll
+            for (int j = 0; j < S2_FWD_BN / 8; j++)
+#pragma unroll
+                for (int e = 2 * hf; e < 2 * hf + 2; e++) {
+                    s[4 * j + e] = s2_exp2(fmaf(s[4 * j + e], S2_SCALE_LOG2, -msafe));
+                    sum += s[4 * j + e];
+                }
+            l[hf] = l[hf] * alpha[hf] + sum;
+        }
+#pragma unroll
+        for (int i = 0; i < S2_HEAD_DIM / 8; i++) {
+            acc[4 * i] *= alpha[0], acc[4 * i + 1] *= alpha[0];
+            acc[4 * i + 2] *= alpha[1], acc[4 * i + 3] *= alpha[1];
+        }
+
+        // O += P V: the k16 step kk of P is S's n8 chunks 2kk and 2kk + 1; V MN-major, the
+        // next 64 d-columns a panel (BN * 128 bytes) away, the next 8 keys 1024 bytes away.
+        unsigned pa[S2_FWD_BN / 16][4];
+        s2_acc_to_afrag<S2_FWD_BN / 8>(s, pa);
+        s2_fence_regs(acc);
+        s2_wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < S2_FWD_BN / 16; kk++)
+            s2_wgmma_pv(acc, pa[kk], s2_desc_mn<S2_FWD_BN>(sv, kk));
+        s2_wgmma_commit();
+        s2_wgmma_wait0();
+        s2_fence_regs(acc);
+        __syncthreads(); // this stage is overwritten STAGES - 1 iterations from now
+    }
+    s2_cp_async_wait<0>();
+
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+        float lsum = l[hf];
+        lsum += __shfl_xor_sync(0xffffffffu, lsum, 1);
+        lsum += __shfl_xor_sync(0xffffffffu, lsum, 2);
+        const float inv = 1.f / lsum;
+#pragma unroll
+        for (int i = 0; i < S2_HEAD_DIM / 8; i++)
+            acc[4 * i + 2 * hf] *= inv, acc[4 * i + 2 * hf + 1] *= inv;
+        const int x = row0 + 8 * hf;
+        if (x < n && t == 0)
+            lse[(long)h * total_tokens + seq0 + s2_position(x, cls, n)] = (m[hf] + log2f(lsum)) * S2_LN2;
+    }
+    s2_store_strip(o, S2_NUM_HEADS, h, *reinterpret_cast<const float(*)[S2_ON][4]>(acc),
+                   S2_TEST_BROKEN ? 1.01f : 1.f, row0, n, seq0, cls, lane);
+}

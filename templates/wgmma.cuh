@@ -1,0 +1,99 @@
+// templates/wgmma.cuh — what the Hopper (sm_90a) attention units share: the 128-byte-swizzled
+// shared-memory layout that warpgroup products (wgmma) read through matrix descriptors, the
+// descriptors, and the fences around asynchronous products. Emitted after mma.cuh (cp.async,
+// s2_smem_addr, s2_pack2) and before the unit's generated wgmma wrappers.
+//
+// Layout: the head dim is cut into panels of 64 elements; a panel holds its rows as 128-byte
+// lines, 16-byte chunk c of row r at chunk c ^ (r % 8), and starts 1024-byte aligned. Read
+//   K-major (the row is the reduction dim: Q, K, dO as left or right factor of X Y^T): 8-row
+//     groups 1024 bytes apart (stride byte offset), k16 steps 32 bytes apart inside a panel,
+//     the next 64 columns one panel further;
+//   MN-major (the rows are the reduction dim: K, V, Q, dO as the right factor of P Y): the next
+//     8 rows 1024 bytes apart (stride byte offset), the next 64 columns one panel away (leading
+//     byte offset), k16 steps 2048 bytes apart.
+
+// Rows [x0, x0 + ROWS) of one head, gathered by position, into the swizzled panel layout
+// (panel p at dst + p * ROWS * 64 elements); rows at or past n are zero-filled.
+template <int ROWS, int THREADS>
+__device__ __forceinline__ void s2_load_tile_sw(s2_elem *dst, const s2_elem *src, int seq0, int x0,
+                                                int n, int cls, int heads, int head)
+{
+    constexpr int CHUNKS = S2_HEAD_DIM / 8;
+    for (int i = threadIdx.x; i < ROWS * CHUNKS; i += THREADS) {
+        const int r = i / CHUNKS, c = i % CHUNKS;
+        const int x = x0 + r;
+        const bool valid = x < n;
+        const long tok = seq0 + (valid ? s2_position(x, cls, n) : 0);
+        s2_elem *d = dst + (c / 8) * (ROWS * 64) + r * 64 + (((c % 8) ^ (r % 8)) * 8);
+        s2_cp_async16(d, src + (tok * heads + head) * S2_HEAD_DIM + c * 8, valid);
+    }
+}
+
+// A shared-memory matrix descriptor, 128-byte swizzle: start address, leading and stride byte
+// offsets (each >> 4).
+__device__ __forceinline__ unsigned long long s2_gmma_desc(const void *p, unsigned lbo,
+                                                           unsigned sbo)
+{
+    const unsigned long long a = s2_smem_addr(p);
+    return ((a & 0x3ffffull) >> 4) | ((unsigned long long)((lbo >> 4) & 0x3fff) << 16) |
+           ((unsigned long long)((sbo >> 4) & 0x3fff) << 32) | (1ull << 62);
+}
+
+__device__ __forceinline__ void s2_wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void s2_wgmma_commit()
+{
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void s2_wgmma_wait0()
+{
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+}
+// wgmma runs asynchronously to the thread: after the wait, this ties every accumulator register
+// to the wait (the compiler may not read one before it), and before the issue, it keeps the
+// writes to them ahead of it.
+template <int N> __device__ __forceinline__ void s2_fence_regs(float (&r)[N])
+{
+#pragma unroll
+    for (int i = 0; i < N; i++)
+        asm volatile("" : "+f"(r[i])::"memory");
+}
+
+__device__ __forceinline__ void s2_fence_proxy_async()
+{
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
+
+// K-major operand: 8-row groups from row r0 of a tile of ROWS rows at base, k16 step ks.
+template <int ROWS>
+__device__ __forceinline__ unsigned long long s2_desc_k(const s2_elem *base, int r0, int ks)
+{
+    return s2_gmma_desc(base + (ks / 4) * (ROWS * 64) + r0 * 64 + (ks % 4) * 16, 16, 1024);
+}
+
+// MN-major operand: rows 16 kk .. 16 kk + 15 of a tile of ROWS rows at base, every column.
+template <int ROWS>
+__device__ __forceinline__ unsigned long long s2_desc_mn(const s2_elem *base, int kk)
+{
+    return s2_gmma_desc(base + kk * 16 * 64, ROWS * 128, 1024);
+}
+
+// Dynamic shared memory from its first 1024-byte boundary (the plan asks for 1 KiB more).
+__device__ __forceinline__ unsigned char *s2_smem_aligned(unsigned char *raw)
+{
+    return raw + ((1024 - (s2_smem_addr(raw) & 1023)) & 1023);
+}
+
+// The S accumulators of one warpgroup product m64 n(8 N8) as the register A fragments of the
+// next product's k16 steps: step kk is n8 chunks 2kk and 2kk + 1, rounded to the storage type.
+template <int N8>
+__device__ __forceinline__ void s2_acc_to_afrag(const float (&s)[4 * N8], unsigned (&a)[N8 / 2][4])
+{
+#pragma unroll
+    for (int kk = 0; kk < N8 / 2; kk++) {
+        a[kk][0] = s2_pack2(s[8 * kk + 0], s[8 * kk + 1]);
+        a[kk][1] = s2_pack2(s[8 * kk + 2], s[8 * kk + 3]);
+        a[kk][2] = s2_pack2(s[8 * kk + 4], s[8 * kk + 5]);
+        a[kk][3] = s2_pack2(s[8 * kk + 6], s[8 * kk + 7]);
+    }
+}
