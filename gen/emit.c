@@ -65,11 +65,12 @@ static void emit_constants(s2_buf *b, const s2_attn_plan *p, s2_attn_unit unit)
                       "#define S2_BWD_BN %d\n"
                       "#define S2_BWD_STAGES %d\n"
                       "#define S2_BWD_ATOMIC_DQ %d\n"
+                      "#define S2_BWD_WGMMA %d\n"
                       "#define S2_BLOCK_M %d\n"
                       "#define S2_BLOCK_N 32\n"
                       "#define S2_WARPS %d\n\n",
                       p->tile.bwd_warps, p->tile.bwd_block_n, p->tile.bwd_stages,
-                      p->tile.bwd_atomic_dq, p->bwd_block_m, p->tile.bwd_warps);
+                      p->tile.bwd_atomic_dq, p->tile.bwd_wgmma, p->bwd_block_m, p->tile.bwd_warps);
 }
 
 static s2_status emit_template(s2_buf *b, const char *name, s2_error *err)
@@ -157,8 +158,14 @@ s2_status s2_emit_attn(const s2_spec *spec, const s2_attn_plan *plan, s2_attn_un
     }
     if (!st && unit == S2_UNIT_ATTN_BWD)
         st = emit_template(&b, "attn_bwd_pre.cuh", err);
-    if (!st && unit == S2_UNIT_ATTN_BWD)
+    if (!st && unit == S2_UNIT_ATTN_BWD && plan->tile.bwd_wgmma) {
+        st = emit_template(&b, "wgmma.cuh", err);
+        emit_wgmma(&b, plan, plan->tile.bwd_block_n);
+        if (!st)
+            st = emit_template(&b, "attn_bwd_wgmma.cuh", err);
+    } else if (!st && unit == S2_UNIT_ATTN_BWD) {
         st = emit_template(&b, plan->bwd_tensor_cores ? "attn_bwd.cuh" : "attn_bwd_simple.cuh", err);
+    }
     if (!st && b.oom)
         st = s2_error_set(err, S2_ERR_NOMEM, "out of memory emitting %s", s2_attn_unit_name(unit));
     if (st) {

@@ -50,6 +50,7 @@ static const struct {
     {"bwd_block_n", offsetof(s2_attn_tile, bwd_block_n)},
     {"bwd_stages", offsetof(s2_attn_tile, bwd_stages)},
     {"bwd_atomic_dq", offsetof(s2_attn_tile, bwd_atomic_dq)},
+    {"bwd_wgmma", offsetof(s2_attn_tile, bwd_wgmma)},
 #ifdef S2_TEST_BROKEN_TILE
     {"test_broken", offsetof(s2_attn_tile, test_broken)},
 #endif
@@ -75,7 +76,7 @@ s2_status s2_plan_parse_tile(const char *text, s2_attn_tile *t, s2_error *err)
             return s2_error_set(err, S2_ERR_INVALID,
                                 "tile '%s': unknown key '%.*s'; valid: fwd_warps, fwd_strips, fwd_block_n, "
                                 "fwd_stages, fwd_wgmma, bwd_warps, bwd_block_n, bwd_stages, "
-                                "bwd_atomic_dq",
+                                "bwd_atomic_dq, bwd_wgmma",
                                 text, (int)(eq - p), p);
         char *num_end;
         long v = strtol(eq + 1, &num_end, 10);
@@ -205,6 +206,11 @@ static s2_status check_fwd_tile(const s2_attn_tile *t, int d, int limit, const c
 
 static int bwd_smem(const s2_attn_tile *t, int d, int *dq, int *dkdv)
 {
+    if (t->bwd_wgmma) { /* swizzled panels without row pad, plus 1 KiB to align them */
+        *dq = (2 * 16 * t->bwd_warps + 2 * t->bwd_stages * t->bwd_block_n) * d * 2 + 1024;
+        *dkdv = *dq + 2 * t->bwd_stages * t->bwd_block_n * (int)sizeof(float);
+        return *dkdv;
+    }
     int rows = 2 * 16 * t->bwd_warps + 2 * t->bwd_stages * t->bwd_block_n;
     *dq = rows * (d + 8) * 2;
     *dkdv = *dq + 2 * t->bwd_stages * t->bwd_block_n * (int)sizeof(float);
@@ -213,11 +219,38 @@ static int bwd_smem(const s2_attn_tile *t, int d, int *dq, int *dkdv)
     return *dkdv;
 }
 
-static s2_status check_bwd_tile(const s2_attn_tile *t, int d, int limit, s2_error *err)
+static s2_status check_bwd_wgmma(const s2_attn_tile *t, int d, const char *arch, s2_error *err)
 {
+    if (t->bwd_wgmma != 0 && t->bwd_wgmma != 1)
+        return s2_error_set(err, S2_ERR_INVALID, "tile: bwd_wgmma = %d, valid: 0, 1",
+                            t->bwd_wgmma);
+    if (!t->bwd_wgmma)
+        return S2_OK;
+    if (strcmp(arch, "sm_90a"))
+        return s2_error_set(err, S2_ERR_INVALID,
+                            "tile: bwd_wgmma = 1 needs sm_90a (Hopper's wgmma), not %s", arch);
+    if (d != 64 && d != 128)
+        return s2_error_set(err, S2_ERR_INVALID,
+                            "tile: bwd_wgmma = 1 with head_dim %d: valid with 64 and 128", d);
+    if ((t->bwd_warps != 4 && t->bwd_warps != 8) ||
+        (t->bwd_block_n != 64 && !(d == 64 && t->bwd_block_n == 128)) || t->bwd_atomic_dq)
+        return s2_error_set(err, S2_ERR_INVALID,
+                            "tile: bwd_wgmma = 1 with bwd_warps %d, bwd_block_n %d, bwd_atomic_dq "
+                            "%d; valid: bwd_warps 4 or 8, bwd_block_n 64 (or 128 with head_dim "
+                            "64), bwd_atomic_dq 0", t->bwd_warps, t->bwd_block_n,
+                            t->bwd_atomic_dq);
+    return S2_OK;
+}
+
+static s2_status check_bwd_tile(const s2_attn_tile *t, int d, int limit, const char *arch,
+                                s2_error *err)
+{
+    s2_status wst = check_bwd_wgmma(t, d, arch, err);
+    if (wst)
+        return wst;
     if (t->bwd_warps < 1 || t->bwd_warps > 8)
         return s2_error_set(err, S2_ERR_INVALID, "tile: bwd_warps = %d, valid 1..8", t->bwd_warps);
-    if (t->bwd_block_n != 32 && t->bwd_block_n != 64)
+    if (t->bwd_block_n != 32 && t->bwd_block_n != 64 && !(t->bwd_wgmma && t->bwd_block_n == 128))
         return s2_error_set(err, S2_ERR_INVALID, "tile: bwd_block_n = %d, valid: 32, 64",
                             t->bwd_block_n);
     if (t->bwd_stages < 1 || t->bwd_stages > 4)
@@ -245,7 +278,7 @@ static s2_status check_bwd_tile(const s2_attn_tile *t, int d, int limit, s2_erro
                             "tile: bwd_warps %d, bwd_block_n %d, bwd_stages %d with head_dim %d need "
                             "%d bytes of shared memory; this arch allows %d",
                             t->bwd_warps, t->bwd_block_n, t->bwd_stages, d, dkdv, limit);
-    if (d > 64 && t->bwd_block_n > 32)
+    if (!t->bwd_wgmma && d > 64 && t->bwd_block_n > 32)
         return s2_error_set(err, S2_ERR_INVALID,
                             "tile: bwd_block_n = %d with head_dim %d: valid 32 (wider tiles spill "
                             "registers next to the dK and dV accumulators)", t->bwd_block_n, d);
@@ -297,7 +330,7 @@ s2_status s2_plan_attn(const s2_spec *spec, const char *arch, const s2_attn_tile
     p->smem_limit = smem_limit(arch);
     s2_status st = check_fwd_tile(&p->tile, p->d, p->smem_limit, arch, err);
     if (!st)
-        st = check_bwd_tile(&p->tile, p->d, p->smem_limit, err);
+        st = check_bwd_tile(&p->tile, p->d, p->smem_limit, arch, err);
     if (st)
         return st;
     p->fwd_block_m = 16 * p->tile.fwd_strips * p->tile.fwd_warps;
@@ -317,7 +350,7 @@ s2_status s2_plan_attn(const s2_spec *spec, const char *arch, const s2_attn_tile
 static const int warp_counts[] = {1, 2, 4, 8};
 static const int strip_counts[] = {1, 2};
 static const int fwd_widths[] = {32, 64, 128};
-static const int bwd_widths[] = {32, 64};
+static const int bwd_widths[] = {32, 64, 128};
 static const int stage_counts[] = {1, 2, 3, 4};
 static const int wgmma_modes[] = {0, 1};
 #define COUNT(a) ((int)(sizeof(a) / sizeof((a)[0])))
@@ -368,17 +401,19 @@ int s2_plan_tile_space(const s2_spec *spec, const char *arch, s2_attn_unit unit,
     }
     /* The scalar backward (d > 128) has no streamed tiles: only its warps vary. */
     const int scalar = !p.bwd_tensor_cores;
-    for (int a = 0; a < COUNT(warp_counts); a++)
-        for (int c = 0; c < (scalar ? 1 : COUNT(bwd_widths)); c++)
-            for (int d = 0; d < (scalar ? 1 : COUNT(stage_counts)); d++)
-                for (int e = 0; e < (scalar ? 1 : 2); e++) {
-                    t.bwd_warps = warp_counts[a];
-                    if (!scalar) {
-                        t.bwd_block_n = bwd_widths[c], t.bwd_stages = stage_counts[d];
-                        t.bwd_atomic_dq = e;
+    for (int w = 0; w < (scalar ? 1 : COUNT(wgmma_modes)); w++)
+        for (int a = 0; a < COUNT(warp_counts); a++)
+            for (int c = 0; c < (scalar ? 1 : COUNT(bwd_widths)); c++)
+                for (int d = 0; d < (scalar ? 1 : COUNT(stage_counts)); d++)
+                    for (int e = 0; e < (scalar ? 1 : 2); e++) {
+                        t.bwd_warps = warp_counts[a];
+                        if (!scalar) {
+                            t.bwd_wgmma = wgmma_modes[w];
+                            t.bwd_block_n = bwd_widths[c], t.bwd_stages = stage_counts[d];
+                            t.bwd_atomic_dq = e;
+                        }
+                        space_add(spec, arch, &t, &def, out, max, &n);
                     }
-                    space_add(spec, arch, &t, &def, out, max, &n);
-                }
     return n;
 }
 

@@ -73,21 +73,29 @@ static const gcase cases[] = {
 };
 #define N_CASES ((int)(sizeof cases / sizeof cases[0]))
 
-/* Every case runs with the plan's default tile and four others (tile 0 is the default). Each
+/* Every case runs with the plan's default tile and five others (tile 0 is the default). Each
  * alternative names every field, so a change of the defaults cannot change what it tests.
- * Tile 4 is the Hopper forward (fwd_wgmma=1, head_dim 64 and 128 on sm_90a); elsewhere, and
- * for head_dim 96, tile 4 is a fifth mma.sync tile. */
-#define N_TILES 5
+ * Tiles 4 and 5 are the Hopper kernels on sm_90a with head_dim 64 and 128: tile 4 the wgmma
+ * forward (with an mma.sync backward), tile 5 the wgmma backward (after an mma.sync forward),
+ * so a fault in one cannot hide in the other; elsewhere, and for head_dim 96, they are further
+ * mma.sync tiles. */
+#define N_TILES 6
 static const char *alt_tile(int i, int d, const char *arch)
 {
-    static const char *const wgmma =
-        "fwd_wgmma=1,fwd_warps=8,fwd_strips=1,fwd_block_n=128,fwd_stages=2,bwd_warps=4,"
-        "bwd_block_n=32,bwd_stages=2,bwd_atomic_dq=0";
-    static const char *const wgmma64 =
-        "fwd_wgmma=1,fwd_warps=4,fwd_strips=1,fwd_block_n=64,fwd_stages=3,bwd_warps=4,"
-        "bwd_block_n=64,bwd_stages=2,bwd_atomic_dq=1";
-    if (i == 4 && d <= 128 && d != 96 && !strcmp(arch, "sm_90a"))
-        return d == 64 ? wgmma64 : wgmma;
+    static const char *const hopper128[2] = {
+        "fwd_wgmma=1,fwd_warps=8,fwd_strips=1,fwd_block_n=128,fwd_stages=2,bwd_wgmma=0,"
+        "bwd_warps=4,bwd_block_n=32,bwd_stages=2,bwd_atomic_dq=0",
+        "fwd_wgmma=0,fwd_warps=4,fwd_strips=2,fwd_block_n=32,fwd_stages=2,bwd_wgmma=1,"
+        "bwd_warps=8,bwd_block_n=64,bwd_stages=2,bwd_atomic_dq=0",
+    };
+    static const char *const hopper64[2] = {
+        "fwd_wgmma=1,fwd_warps=4,fwd_strips=1,fwd_block_n=64,fwd_stages=3,bwd_wgmma=0,"
+        "bwd_warps=4,bwd_block_n=64,bwd_stages=2,bwd_atomic_dq=1",
+        "fwd_wgmma=0,fwd_warps=4,fwd_strips=1,fwd_block_n=128,fwd_stages=2,bwd_wgmma=1,"
+        "bwd_warps=4,bwd_block_n=128,bwd_stages=2,bwd_atomic_dq=0",
+    };
+    if (i >= 4 && (d == 64 || d == 128) && !strcmp(arch, "sm_90a"))
+        return d == 64 ? hopper64[i - 4] : hopper128[i - 4];
     static const char *const upto128[N_TILES] = {
         NULL,
         "fwd_warps=4,fwd_strips=2,fwd_block_n=32,fwd_stages=3,bwd_warps=8,bwd_block_n=32,bwd_stages=3,"
@@ -98,6 +106,8 @@ static const char *alt_tile(int i, int d, const char *arch)
         "bwd_atomic_dq=1",
         "fwd_warps=8,fwd_strips=1,fwd_block_n=64,fwd_stages=4,bwd_warps=8,bwd_block_n=32,bwd_stages=1,"
         "bwd_atomic_dq=0",
+        "fwd_warps=2,fwd_strips=2,fwd_block_n=32,fwd_stages=4,bwd_warps=2,bwd_block_n=32,bwd_stages=4,"
+        "bwd_atomic_dq=1",
     };
     static const char *const d256[N_TILES] = {
         NULL,
@@ -108,6 +118,8 @@ static const char *alt_tile(int i, int d, const char *arch)
         "fwd_warps=1,fwd_strips=1,fwd_block_n=32,fwd_stages=4,bwd_warps=1,bwd_block_n=32,bwd_stages=2,"
         "bwd_atomic_dq=0",
         "fwd_warps=4,fwd_strips=1,fwd_block_n=32,fwd_stages=2,bwd_warps=2,bwd_block_n=32,bwd_stages=1,"
+        "bwd_atomic_dq=0",
+        "fwd_warps=2,fwd_strips=1,fwd_block_n=32,fwd_stages=3,bwd_warps=3,bwd_block_n=32,bwd_stages=2,"
         "bwd_atomic_dq=0",
     };
     return d > 128 ? d256[i] : upto128[i];

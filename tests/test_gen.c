@@ -429,3 +429,46 @@ Test(plan, wgmma_forward_rules)
     cr_expect_gt(w90, 0);
     cr_expect_eq(w80, 0);
 }
+
+/* The Hopper backward (bwd_wgmma = 1): deterministic only, sm_90a only, in the tuning space. */
+Test(plan, wgmma_backward_rules)
+{
+    s2_spec s = load("");
+    s2_attn_tile t = s2_plan_default_tile("sm_90a", 64);
+    s2_error err = {0};
+    cr_assert_eq(s2_plan_parse_tile("bwd_wgmma=1,bwd_warps=8,bwd_block_n=128,bwd_stages=2", &t,
+                                    &err), S2_OK, "%s", err.msg);
+    s2_attn_plan p;
+    cr_assert_eq(s2_plan_attn(&s, "sm_90a", &t, &p, &err), S2_OK, "%s", err.msg);
+    cr_expect_eq(p.bwd_block_m, 128);
+    cr_expect_eq(p.smem_dq, (2 * 128 + 2 * 2 * 128) * p.d * 2 + 1024);
+    cr_expect_eq(p.smem_dkdv, p.smem_dq + 2 * 2 * 128 * 4);
+    cr_expect_eq(s2_plan_attn(&s, "sm_90", &t, &p, &err), S2_ERR_INVALID);
+    cr_expect(strstr(err.msg, "bwd_wgmma = 1 needs sm_90a"), "%s", err.msg);
+    s2_error_clear(&err);
+    s2_attn_tile bad = t;
+    bad.bwd_atomic_dq = 1;
+    cr_expect_eq(s2_plan_attn(&s, "sm_90a", &bad, &p, &err), S2_ERR_INVALID);
+    cr_expect(strstr(err.msg, "bwd_atomic_dq 0"), "%s", err.msg);
+    s2_error_clear(&err);
+    bad = t;
+    bad.bwd_block_n = 128;
+    bad.bwd_wgmma = 0; /* 128-key tiles exist only for the Hopper backward */
+    cr_expect_eq(s2_plan_attn(&s, "sm_90a", &bad, &p, &err), S2_ERR_INVALID);
+    s2_error_clear(&err);
+
+    cr_assert_eq(s2_plan_attn(&s, "sm_90a", &t, &p, &err), S2_OK, "%s", err.msg);
+    char *src = NULL;
+    cr_assert_eq(s2_emit_attn(&s, &p, S2_UNIT_ATTN_BWD, &src, &err), S2_OK, "%s", err.msg);
+    cr_expect(strstr(src, "templates/attn_bwd_wgmma.cuh"));
+    cr_expect(strstr(src, "templates/attn_bwd_pre.cuh"));
+    cr_expect(strstr(src, "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16"));
+    free(src);
+
+    s2_attn_tile space[1024];
+    int n90 = s2_plan_tile_space(&s, "sm_90a", S2_UNIT_ATTN_BWD, space, 1024), w90 = 0;
+    cr_assert_leq(n90, 1024);
+    for (int i = 0; i < n90; i++)
+        w90 += space[i].bwd_wgmma;
+    cr_expect_gt(w90, 0);
+}

@@ -1,0 +1,276 @@
+// templates/attn_bwd_wgmma.cuh — S²-Attn backward for Hopper (sm_90a) on warpgroup products,
+// the plan's tile option bwd_wgmma = 1. The same two deterministic kernels, grids, walks and
+// masks as attn_bwd.cuh (after s2_attn_bwd_pre); every product is a wgmma with the layouts of
+// wgmma.cuh, and none needs a transpose in shared memory:
+//   s2_attn_bwd_dq    per warpgroup 64 query rows: S = Q K^T and dP = dO V^T (both operands
+//                     K-major), dS = P ∘ (dP - delta) in registers, dQ += dS K (dS as the
+//                     register A fragment, K read MN-major);
+//   s2_attn_bwd_dkdv  per warpgroup 64 key rows: S^T = K Q^T and dP^T = V dO^T (K-major),
+//                     P^T and dS^T in registers (lse and delta per column from shared memory),
+//                     dV += P^T dO and dK += dS^T Q (dO and Q read MN-major).
+// S2_BWD_WARPS / 4 warpgroups a block; S2_BWD_BN rows per streamed tile, S2_BWD_STAGES deep.
+
+#define S2_BWD_BM (16 * S2_BWD_WARPS)
+#define S2_BWD_THREADS (32 * S2_BWD_WARPS)
+#define S2_SACC (S2_BWD_BN / 2)
+#define S2_OACC (S2_HEAD_DIM / 2)
+
+extern "C" __global__ void __launch_bounds__(S2_BWD_THREADS, 1)
+s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
+               const s2_elem *__restrict__ v, const s2_elem *__restrict__ dout,
+               const float *__restrict__ lse,   // [H, T]
+               const float *__restrict__ delta, // [H, T]
+               s2_elem *__restrict__ dq,        // [T, H, d]
+               const int *__restrict__ cu_seqlens, int total_tokens)
+{
+    extern __shared__ __align__(16) unsigned char s2_smem_raw[];
+    s2_elem *sq = (s2_elem *)s2_smem_aligned(s2_smem_raw); // [panels][BM][64]
+    s2_elem *sdo = sq + S2_BWD_BM * S2_HEAD_DIM;             // [panels][BM][64]
+    s2_elem *skv = sdo + S2_BWD_BM * S2_HEAD_DIM;            // [stages][K, V][panels][BN][64]
+    const int kv_stride = S2_BWD_BN * S2_HEAD_DIM;
+
+    const int h = blockIdx.y, b = blockIdx.z;
+    const int hk = h / (S2_NUM_HEADS / S2_NUM_KV_HEADS);
+    const int seq0 = cu_seqlens[b], n = cu_seqlens[b + 1] - seq0;
+    const int x0 = (gridDim.x - 1 - blockIdx.x) * S2_BWD_BM; // heavier tiles first
+    if (x0 >= n)
+        return;
+    const int cls = s2_head_class(h);
+    const int wg = threadIdx.x / 128, warp = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32;
+    const int t = lane % 4;
+    const int xlast = min(x0 + S2_BWD_BM, n) - 1;
+    const int gs_last = s2_group_start(xlast, cls);
+    const int kt_begin = s2_group_start(x0, cls) / S2_BWD_BN;
+    const int kt_end = xlast / S2_BWD_BN + 1;
+    const int row0 = x0 + wg * 64 + warp * 16 + lane / 4;
+
+    s2_load_tile_sw<S2_BWD_BM, S2_BWD_THREADS>(sq, q, seq0, x0, n, cls, S2_NUM_HEADS, h);
+    s2_load_tile_sw<S2_BWD_BM, S2_BWD_THREADS>(sdo, dout, seq0, x0, n, cls, S2_NUM_HEADS, h);
+#pragma unroll
+    for (int s = 0; s < S2_BWD_STAGES - 1; s++) {
+        if (kt_begin + s < kt_end) {
+            s2_elem *dk = skv + 2 * s * kv_stride;
+            s2_load_tile_sw<S2_BWD_BN, S2_BWD_THREADS>(dk, k, seq0, (kt_begin + s) * S2_BWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
+            s2_load_tile_sw<S2_BWD_BN, S2_BWD_THREADS>(dk + kv_stride, v, seq0, (kt_begin + s) * S2_BWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
+        }
+        s2_cp_async_commit();
+    }
+
+    float lse2[2], dlt[2];
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+        const int x = row0 + 8 * hf;
+        const long tok = seq0 + (x < n ? s2_position(x, cls, n) : 0);
+        lse2[hf] = x < n ? lse[(long)h * total_tokens + tok] * S2_LOG2E : 0.f;
+        dlt[hf] = x < n ? delta[(long)h * total_tokens + tok] : 0.f;
+    }
+    float acc[S2_OACC];
+#pragma unroll
+    for (int i = 0; i < S2_OACC; i++)
+        acc[i] = 0.f;
+
+    for (int kt = kt_begin; kt < kt_end; kt++) {
+        const int it = kt - kt_begin;
+        {
+            const int nx = it + S2_BWD_STAGES - 1;
+            if (kt_begin + nx < kt_end) {
+                s2_elem *dk = skv + 2 * (nx % S2_BWD_STAGES) * kv_stride;
+                s2_load_tile_sw<S2_BWD_BN, S2_BWD_THREADS>(dk, k, seq0, (kt_begin + nx) * S2_BWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
+                s2_load_tile_sw<S2_BWD_BN, S2_BWD_THREADS>(dk + kv_stride, v, seq0, (kt_begin + nx) * S2_BWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
+            }
+            s2_cp_async_commit();
+            s2_cp_async_wait<S2_BWD_STAGES - 1>();
+            s2_fence_proxy_async();
+            __syncthreads();
+        }
+        const s2_elem *sk = skv + 2 * (it % S2_BWD_STAGES) * kv_stride;
+        const s2_elem *sv = sk + kv_stride;
+
+        float s[S2_SACC], dp[S2_SACC];
+#pragma unroll
+        for (int i = 0; i < S2_SACC; i++)
+            s[i] = dp[i] = 0.f;
+        s2_fence_regs(s);
+        s2_fence_regs(dp);
+        s2_wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < S2_HEAD_DIM / 16; ks++) // S = Q K^T
+            s2_wgmma_qk(s, s2_desc_k<S2_BWD_BM>(sq, wg * 64, ks), s2_desc_k<S2_BWD_BN>(sk, 0, ks),
+                        ks > 0);
+#pragma unroll
+        for (int ks = 0; ks < S2_HEAD_DIM / 16; ks++) // dP = dO V^T
+            s2_wgmma_qk(dp, s2_desc_k<S2_BWD_BM>(sdo, wg * 64, ks),
+                        s2_desc_k<S2_BWD_BN>(sv, 0, ks), ks > 0);
+        s2_wgmma_commit();
+        s2_wgmma_wait0();
+        s2_fence_regs(s);
+        s2_fence_regs(dp);
+
+        const int y0 = kt * S2_BWD_BN;
+        const bool masked = (S2_MASK_GROUP_EDGE && y0 < gs_last) || y0 + S2_BWD_BN - 1 > x0 ||
+                            y0 + S2_BWD_BN > n;
+#pragma unroll
+        for (int j = 0; j < S2_BWD_BN / 8; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int hf = e / 2;
+                bool live = true;
+                if (masked) {
+                    const int x = row0 + 8 * hf, y = y0 + j * 8 + 2 * t + (e % 2);
+                    live = y < n && s2_visible(x, y, cls);
+                }
+                const float p = live ? s2_exp2(fmaf(s[4 * j + e], S2_SCALE_LOG2, -lse2[hf])) : 0.f;
+                s[4 * j + e] = p * (dp[4 * j + e] - dlt[hf]); // dS
+            }
+        unsigned a[S2_BWD_BN / 16][4];
+        s2_acc_to_afrag<S2_BWD_BN / 8>(s, a);
+        s2_fence_regs(acc);
+        s2_wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < S2_BWD_BN / 16; kk++) // dQ += dS K
+            s2_wgmma_pv(acc, a[kk], s2_desc_mn<S2_BWD_BN>(sk, kk));
+        s2_wgmma_commit();
+        s2_wgmma_wait0();
+        s2_fence_regs(acc);
+        __syncthreads();
+    }
+    s2_cp_async_wait<0>();
+    s2_store_strip(dq, S2_NUM_HEADS, h, *reinterpret_cast<const float(*)[S2_ON][4]>(acc),
+                   S2_SCALE, row0, n, seq0, cls, lane);
+}
+
+extern "C" __global__ void __launch_bounds__(S2_BWD_THREADS, 1)
+s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
+                 const s2_elem *__restrict__ v, const s2_elem *__restrict__ dout,
+                 const float *__restrict__ lse, const float *__restrict__ delta,
+                 s2_elem *__restrict__ dk,   // [T, Hkv, d]
+                 s2_elem *__restrict__ dv,   // [T, Hkv, d]
+                 float *__restrict__ dq_acc, // unused: this backward is deterministic
+                 const int *__restrict__ cu_seqlens, int total_tokens)
+{
+    extern __shared__ __align__(16) unsigned char s2_smem_raw[];
+    s2_elem *sk = (s2_elem *)s2_smem_aligned(s2_smem_raw); // [panels][BM][64]
+    s2_elem *sv = sk + S2_BWD_BM * S2_HEAD_DIM;              // [panels][BM][64]
+    s2_elem *sqd = sv + S2_BWD_BM * S2_HEAD_DIM;             // [stages][Q, dO][panels][BN][64]
+    float *sl = (float *)(sqd + 2 * S2_BWD_STAGES * S2_BWD_BN * S2_HEAD_DIM); // [stages][2][BN]
+    const int qd_stride = S2_BWD_BN * S2_HEAD_DIM;
+
+    const int hk = blockIdx.y, b = blockIdx.z;
+    const int rep = S2_NUM_HEADS / S2_NUM_KV_HEADS;
+    const int seq0 = cu_seqlens[b], n = cu_seqlens[b + 1] - seq0;
+    const int y0 = blockIdx.x * S2_BWD_BM;
+    if (y0 >= n)
+        return;
+    const int cls = s2_head_class(hk * rep);
+    const int wg = threadIdx.x / 128, warp = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32;
+    const int t = lane % 4;
+    const int ylast = min(y0 + S2_BWD_BM, n) - 1;
+    const int y_group_end = s2_group_end(y0, cls, n);
+    const int qt_begin = y0 / S2_BWD_BN;
+    const int n_qt = (s2_group_end(ylast, cls, n) - 1) / S2_BWD_BN + 1 - qt_begin;
+    const int n_it = rep * n_qt;
+    const int key0 = y0 + wg * 64 + warp * 16 + lane / 4; // this thread's keys: key0, key0 + 8
+
+    s2_load_tile_sw<S2_BWD_BM, S2_BWD_THREADS>(sk, k, seq0, y0, n, cls, S2_NUM_KV_HEADS, hk);
+    s2_load_tile_sw<S2_BWD_BM, S2_BWD_THREADS>(sv, v, seq0, y0, n, cls, S2_NUM_KV_HEADS, hk);
+
+    auto load_tile = [&](int it, int st) {
+        const int h = hk * rep + it / n_qt;
+        const int x0 = (qt_begin + it % n_qt) * S2_BWD_BN;
+        s2_elem *dst = sqd + 2 * st * qd_stride;
+        s2_load_tile_sw<S2_BWD_BN, S2_BWD_THREADS>(dst, q, seq0, x0, n, cls, S2_NUM_HEADS, h);
+        s2_load_tile_sw<S2_BWD_BN, S2_BWD_THREADS>(dst + qd_stride, dout, seq0, x0, n, cls, S2_NUM_HEADS, h);
+        for (int i = threadIdx.x; i < S2_BWD_BN; i += S2_BWD_THREADS) {
+            const int x = x0 + i;
+            const long tok = seq0 + (x < n ? s2_position(x, cls, n) : 0);
+            sl[(2 * st) * S2_BWD_BN + i] = x < n ? lse[(long)h * total_tokens + tok] * S2_LOG2E : 0.f;
+            sl[(2 * st + 1) * S2_BWD_BN + i] = x < n ? delta[(long)h * total_tokens + tok] : 0.f;
+        }
+    };
+#pragma unroll
+    for (int s = 0; s < S2_BWD_STAGES - 1; s++) {
+        if (s < n_it)
+            load_tile(s, s);
+        s2_cp_async_commit();
+    }
+
+    float adk[S2_OACC], adv[S2_OACC];
+#pragma unroll
+    for (int i = 0; i < S2_OACC; i++)
+        adk[i] = adv[i] = 0.f;
+
+    for (int it = 0; it < n_it; it++) {
+        {
+            const int nx = it + S2_BWD_STAGES - 1;
+            if (nx < n_it)
+                load_tile(nx, nx % S2_BWD_STAGES);
+            s2_cp_async_commit();
+            s2_cp_async_wait<S2_BWD_STAGES - 1>();
+            s2_fence_proxy_async();
+            __syncthreads();
+        }
+        const int st = it % S2_BWD_STAGES;
+        const s2_elem *sq = sqd + 2 * st * qd_stride, *sdo = sq + qd_stride;
+        const float *slse = sl + (2 * st) * S2_BWD_BN, *sdl = slse + S2_BWD_BN;
+        const int x0 = (qt_begin + it % n_qt) * S2_BWD_BN;
+
+        float s[S2_SACC], dp[S2_SACC]; // rows: this warpgroup's keys; columns: the queries
+#pragma unroll
+        for (int i = 0; i < S2_SACC; i++)
+            s[i] = dp[i] = 0.f;
+        s2_fence_regs(s);
+        s2_fence_regs(dp);
+        s2_wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < S2_HEAD_DIM / 16; ks++) // S^T = K Q^T
+            s2_wgmma_qk(s, s2_desc_k<S2_BWD_BM>(sk, wg * 64, ks), s2_desc_k<S2_BWD_BN>(sq, 0, ks),
+                        ks > 0);
+#pragma unroll
+        for (int ks = 0; ks < S2_HEAD_DIM / 16; ks++) // dP^T = V dO^T
+            s2_wgmma_qk(dp, s2_desc_k<S2_BWD_BM>(sv, wg * 64, ks),
+                        s2_desc_k<S2_BWD_BN>(sdo, 0, ks), ks > 0);
+        s2_wgmma_commit();
+        s2_wgmma_wait0();
+        s2_fence_regs(s);
+        s2_fence_regs(dp);
+
+        const bool masked = (S2_MASK_GROUP_EDGE && x0 + S2_BWD_BN > y_group_end) ||
+                            x0 < y0 + S2_BWD_BM - 1 || x0 + S2_BWD_BN > n;
+#pragma unroll
+        for (int j = 0; j < S2_BWD_BN / 8; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int col = j * 8 + 2 * t + (e % 2);
+                bool live = true;
+                if (masked) {
+                    const int x = x0 + col, y = key0 + 8 * (e / 2);
+                    live = x < n && s2_visible(x, y, cls);
+                }
+                const float p = live ? s2_exp2(fmaf(s[4 * j + e], S2_SCALE_LOG2, -slse[col])) : 0.f;
+                s[4 * j + e] = p;                              // P^T
+                dp[4 * j + e] = p * (dp[4 * j + e] - sdl[col]); // dS^T
+            }
+        unsigned pa[S2_BWD_BN / 16][4], da[S2_BWD_BN / 16][4];
+        s2_acc_to_afrag<S2_BWD_BN / 8>(s, pa);
+        s2_acc_to_afrag<S2_BWD_BN / 8>(dp, da);
+        s2_fence_regs(adv);
+        s2_fence_regs(adk);
+        s2_wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < S2_BWD_BN / 16; kk++) // dV += P^T dO
+            s2_wgmma_pv(adv, pa[kk], s2_desc_mn<S2_BWD_BN>(sdo, kk));
+#pragma unroll
+        for (int kk = 0; kk < S2_BWD_BN / 16; kk++) // dK += dS^T Q
+            s2_wgmma_pv(adk, da[kk], s2_desc_mn<S2_BWD_BN>(sq, kk));
+        s2_wgmma_commit();
+        s2_wgmma_wait0();
+        s2_fence_regs(adv);
+        s2_fence_regs(adk);
+        __syncthreads();
+    }
+    s2_cp_async_wait<0>();
+    s2_store_strip(dk, S2_NUM_KV_HEADS, hk, *reinterpret_cast<const float(*)[S2_ON][4]>(adk),
+                   S2_SCALE, key0, n, seq0, cls, lane);
+    s2_store_strip(dv, S2_NUM_KV_HEADS, hk, *reinterpret_cast<const float(*)[S2_ON][4]>(adv),
+                   1.f, key0, n, seq0, cls, lane);
+}
