@@ -7,9 +7,12 @@
 #   4. `s2lora attn --backward` against LongLoRA's S²-Attn written in PyTorch (bench/peers/);
 #   5. the GPU model against its CPU twin (tests/model_check.c) and, with transformers and PEFT,
 #      bench/peers/llama_peers.py (logits, S²-Attn, one LoRA+ backward, our adapter in PEFT);
-#   6. `s2lora tune` of the default spec (timed: the bar is 60 s), whose tiles bench then uses;
-#   7. `s2lora bench lora` against the frozen base GEMM, then bench/peers/lora_peers.py;
-#   8. `s2lora bench attn` beside the PyTorch peers (bench/peers/attn_peers.py): N = 8k and 16k
+#   6. `s2lora train` end to end on the tiny byte-level model (loss falls, a resumed run matches
+#      a straight one, eval and passkey run), then bench/peers/train_peers.py: tokens/s and
+#      memory against transformers + PEFT + LongLoRA's S²-Attn on the same model and data;
+#   7. `s2lora tune` of the default spec (timed: the bar is 60 s), whose tiles bench then uses;
+#   8. `s2lora bench lora` against the frozen base GEMM, then bench/peers/lora_peers.py;
+#   9. `s2lora bench attn` beside the PyTorch peers (bench/peers/attn_peers.py): N = 8k and 16k
 #      at d=128, H=32, G=N/4, then N=16k at d=64. S2_BENCH_FULL=1 runs step 2's whole sweep
 #      (8k, 16k, 32k, 64k, 100k; alone it fits one call, with the rest it does not);
 #      S2_BENCH_SEQLENS=LIST names the d=128 lengths outright.
@@ -27,11 +30,12 @@ export S2LORA_CACHE_DIR=${S2LORA_CACHE_DIR:-/tmp/s2lora-cache}
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 rm -rf "$S2LORA_CACHE_DIR"
 status=0
-# S2_SECTIONS picks sections (default all but ncu): build check peers model tune gate lora bench;
+# S2_SECTIONS picks sections (default all but ncu): build check peers model train tune gate lora
+# bench;
 # ncu (hardware counters of the attention kernels) runs only when named. One device call
 # may run 10 minutes; the whole script takes about 8 (H100, 2026-11-25 estimate), so a
 # session short of time splits it, e.g. S2_SECTIONS="build check peers gate", then "tune bench".
-want() { case " ${S2_SECTIONS:-build check peers model tune gate lora bench} " in *" $1 "*) return 0 ;; esac; return 1; }
+want() { case " ${S2_SECTIONS:-build check peers model train tune gate lora bench} " in *" $1 "*) return 0 ;; esac; return 1; }
 
 echo "== card"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
@@ -72,6 +76,58 @@ model_work=$(mktemp -d /tmp/s2lora-llama-peers.XXXXXX)
 python3 bench/peers/llama_peers.py "$BIN/s2lora" "$model_work" 2>&1 | tee -a "$OUTDIR/model_check.txt"
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 rm -rf "$model_work"
+fi
+
+if want train; then
+echo "== s2lora train end to end on the tiny byte-level model, resume, eval, passkey; then speed vs PyTorch"
+tw=$(mktemp -d /tmp/s2lora-train.XXXXXX)
+# A random tiny-byte-512 checkpoint made by transformers, text from this repository.
+python3 - "$tw/base" <<'PY' >"$OUTDIR/train.txt" 2>&1 || status=1
+import sys, torch
+from transformers import LlamaConfig, LlamaForCausalLM
+torch.manual_seed(1)
+cfg = LlamaConfig(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,
+                  num_key_value_heads=4, head_dim=64, vocab_size=264, max_position_embeddings=512,
+                  rope_theta=10000.0, rms_norm_eps=1e-5, rope_scaling={"type": "linear", "factor": 8.0},
+                  tie_word_embeddings=False)
+LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(sys.argv[1], safe_serialization=True)
+print("tiny checkpoint written")
+PY
+cat README.md specs/README.md runtime/*.c runtime/*.h gen/*.c templates/*.cuh >"$tw/text.txt"
+{
+  "$BIN/s2lora" data --bytes "$tw/text.txt" -o "$tw/text.tokens" &&
+  "$BIN/s2lora" train specs/tiny-byte-512.yaml --model "$tw/base" --data "$tw/text.tokens" \
+    --out "$tw/a" --steps 40 --grad-accum 2 --lr 1e-3 --warmup 5 --save-every 20 &&
+  "$BIN/s2lora" train specs/tiny-byte-512.yaml --model "$tw/base" --data "$tw/text.tokens" \
+    --out "$tw/b" --steps 20 --grad-accum 2 --lr 1e-3 --warmup 5 --save-every 20 &&
+  "$BIN/s2lora" train specs/tiny-byte-512.yaml --model "$tw/base" --data "$tw/text.tokens" \
+    --out "$tw/b" --steps 40 --grad-accum 2 --lr 1e-3 --warmup 5 --save-every 20 --resume &&
+  "$BIN/s2lora" eval specs/tiny-byte-512.yaml --model "$tw/base" --data "$tw/text.tokens" \
+    --max-windows 8 &&
+  "$BIN/s2lora" eval specs/tiny-byte-512.yaml --model "$tw/base" --data "$tw/text.tokens" \
+    --adapter "$tw/a/adapter" --trainable "$tw/a/trainable.safetensors" --max-windows 8 &&
+  "$BIN/s2lora" eval specs/tiny-byte-512.yaml --model "$tw/base" --adapter "$tw/a/adapter" \
+    --trainable "$tw/a/trainable.safetensors" --passkey 4
+} >>"$OUTDIR/train.txt" 2>&1 || status=1
+python3 - "$tw" <<'PY' 2>&1 | tee -a "$OUTDIR/train.txt"
+import json, sys
+w = sys.argv[1]
+rows = lambda d: [json.loads(l) for l in open(f"{w}/{d}/train.jsonl")]
+a, b = rows("a"), rows("b")
+first, last = a[0]["loss"], sum(r["loss"] for r in a[-5:]) / 5
+print(f"train: loss {first:.4f} at step 1, {last:.4f} over the last 5 of {len(a)} steps: "
+      f"{'PASS' if last < first - 0.5 else 'FAIL'} (must fall by 0.5)")
+tail_a = {r["step"]: r["loss"] for r in a if r["step"] > 20}
+tail_b = {r["step"]: r["loss"] for r in b if r["step"] > 20}
+worst = max(abs(tail_a[s] - tail_b[s]) / tail_a[s] for s in tail_a) if tail_a.keys() == tail_b.keys() else float("inf")
+print(f"resume: steps 21-40 of a resumed run vs a straight run, worst relative loss difference "
+      f"{worst:.2e}: {'PASS' if worst < 1e-3 else 'FAIL'}")
+PY
+grep -E "^(eval|passkey) " "$OUTDIR/train.txt"
+python3 bench/peers/train_peers.py "$BIN/s2lora" "$tw/peers" 2>&1 | tee -a "$OUTDIR/train.txt" | tail -6
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
+grep -q "FAIL" "$OUTDIR/train.txt" && status=1
+rm -rf "$tw"
 fi
 
 if want tune; then
@@ -200,6 +256,7 @@ grep -E 'PASS|FAIL|ERROR' "$OUTDIR/gpu_check.txt" 2>/dev/null | awk '{print $NF}
 tail -n 1 "$OUTDIR/gpu_check.txt" 2>/dev/null
 grep -E 'PASS|FAIL' "$OUTDIR/peer_compare.txt" 2>/dev/null | awk '{printf "peer %-16s %s\n", $1, $NF}'
 grep -E '^(model_check|llama_peers): (PASS|FAIL)' "$OUTDIR/model_check.txt" 2>/dev/null
+grep -E '^(train|resume): |^s2lora / pytorch' "$OUTDIR/train.txt" 2>/dev/null
 grep -E '^(bench attn:|== |impl |s2lora|sdpa-|flex-|fastest peer|no peer)' "$OUTDIR/bench_attn.txt" 2>/dev/null
 echo "gpu-check status: $status"
 exit $status

@@ -43,11 +43,15 @@ static const char eval_help[] =
     "usage: s2lora eval SPEC --model DIR --data FILE [--adapter DIR] [--trainable FILE]\n"
     "                   [--set KEY=VALUE]... [--seqlen N] [--stride N] [--max-windows N]\n"
     "                   [--s2attn] [--cache-dir DIR]\n"
+    "       s2lora eval SPEC --model DIR --passkey TRIALS [--seed N] [--seqlen N] ...\n"
     "\n"
     "Perplexity of the model (with the adapter and trainable tensors a train run wrote)\n"
     "over a token file, with full causal attention (--s2attn: the training attention) in\n"
     "windows of --seqlen tokens (default context_length) every --stride tokens (default\n"
     "seqlen); a token is scored once, by the first window that predicts it.\n"
+    "--passkey runs LongLoRA's passkey retrieval instead (byte-level vocabulary): TRIALS\n"
+    "prompts of about --seqlen tokens with a five-digit key at a random depth, greedy\n"
+    "decoding of the key with full attention; prints the accuracy.\n"
     "Exit status 1 on an error, 2 on a usage error, 3 with no CUDA device.\n";
 
 typedef enum { OPT_STR, OPT_INT, OPT_I64, OPT_DBL, OPT_FLAG, OPT_SET } opt_kind;
@@ -216,12 +220,15 @@ int s2_cli_eval(const char *prog, int argc, char **argv)
     s2_spec spec;
     s2_eval_opts o = {.spec = &spec};
     sets ov = {0};
+    int passkey = 0;
+    int64_t seed = 1;
     const opt opts[] = {
         {"--model", OPT_STR, &o.model_dir},         {"--data", OPT_STR, &o.data_path},
         {"--adapter", OPT_STR, &o.adapter_dir},     {"--trainable", OPT_STR, &o.trainable_path},
         {"--set", OPT_SET, &ov},                    {"--seqlen", OPT_INT, &o.seqlen},
         {"--stride", OPT_INT, &o.stride},           {"--max-windows", OPT_I64, &o.max_windows},
         {"--s2attn", OPT_FLAG, &o.s2attn},          {"--cache-dir", OPT_STR, &o.cache_dir},
+        {"--passkey", OPT_INT, &passkey},           {"--seed", OPT_I64, &seed},
     };
     int rc = parse(prog, "eval", argc, argv, opts, (int)(sizeof opts / sizeof opts[0]),
                    &spec_path);
@@ -231,8 +238,12 @@ int s2_cli_eval(const char *prog, int argc, char **argv)
         return rc;
     if (!spec_path)
         return usage(prog, "eval", "missing SPEC", "");
-    if (!o.model_dir || !o.data_path)
-        return usage(prog, "eval", "missing ", !o.model_dir ? "--model DIR" : "--data FILE");
+    if (!o.model_dir || (!o.data_path && !passkey))
+        return usage(prog, "eval", "missing ",
+                     !o.model_dir ? "--model DIR" : "--data FILE (or --passkey TRIALS)");
+    if (passkey && (o.data_path || o.s2attn || o.stride || o.max_windows))
+        return usage(prog, "eval", "--passkey takes no --data, --s2attn, --stride or "
+                     "--max-windows", "");
     if (o.trainable_path && !o.adapter_dir)
         return usage(prog, "eval", "--trainable goes with --adapter", "");
     o.progress = progress;
@@ -243,6 +254,15 @@ int s2_cli_eval(const char *prog, int argc, char **argv)
     s2_rt rt;
     if (s2_rt_open(&rt, 0, &err))
         return failed(prog, &err);
+    if (passkey) {
+        s2_passkey_result pr;
+        if (s2_passkey_run(&rt, &o, passkey, (uint64_t)seed, &pr, &err))
+            return failed(prog, &err);
+        printf("passkey %s on %s: seqlen %d, %d/%d retrieved (accuracy %.3f)\n", spec.name,
+               rt.name, o.seqlen ? o.seqlen : spec.context_length, pr.correct, pr.trials,
+               pr.accuracy);
+        return 0;
+    }
     s2_eval_result r;
     if (s2_eval_run(&rt, &o, &r, &err))
         return failed(prog, &err);

@@ -397,3 +397,95 @@ s2_status s2_eval_run(const s2_rt *rt, const s2_eval_opts *o, s2_eval_result *re
     free(lab);
     return st;
 }
+
+/* ---- passkey retrieval ----------------------------------------------------------------------- */
+
+static int put_bytes(int32_t *tok, int at, int cap, const char *text)
+{
+    for (const unsigned char *c = (const unsigned char *)text; *c && at < cap; c++)
+        tok[at++] = (int32_t)(*c + S2_DATA_BYTE_OFFSET);
+    return at;
+}
+
+s2_status s2_passkey_run(const s2_rt *rt, const s2_eval_opts *o, int trials, uint64_t seed,
+                         s2_passkey_result *res, s2_error *err)
+{
+    memset(res, 0, sizeof *res);
+    const s2_spec *sp = o->spec;
+    const int C = o->seqlen > 0 ? o->seqlen : sp->context_length;
+    static const char task[] = "There is an important info hidden inside a lot of irrelevant "
+                               "text. Find it and memorize them. I will quiz you about the "
+                               "important information there. ";
+    static const char filler[] = "The grass is green. The sky is blue. The sun is yellow. Here "
+                                 "we go. There and back again. ";
+    static const char question[] = "What is the pass key? The pass key is";
+    const int fixed = 1 + (int)(sizeof task + sizeof question) + 80; /* BOS, info line, margin */
+    if (sp->model.vocab_size < (int)S2_DATA_BYTE_VOCAB)
+        return s2_error_set(err, S2_ERR_INVALID,
+                            "passkey: the byte-level vocabulary needs vocab_size >= %u, the "
+                            "spec's model has %d", S2_DATA_BYTE_VOCAB, sp->model.vocab_size);
+    if (trials < 1 || C < fixed + (int)sizeof filler)
+        return s2_error_set(err, S2_ERR_INVALID,
+                            "passkey: %d trials (>= 1) at seqlen %d (>= %d: the task, one filler "
+                            "sentence and the question)", trials, C, fixed + (int)sizeof filler);
+    s2_ckpt *ck = NULL;
+    s2_gm *m = NULL;
+    const int cap = C + 8; /* the prompt and the decoded digits */
+    int32_t *tok = malloc((size_t)cap * sizeof *tok);
+    float *logits = malloc((size_t)cap * sp->model.vocab_size * sizeof *logits);
+    s2_status st = (!tok || !logits) ? s2_error_set(err, S2_ERR_NOMEM, "out of memory")
+                                     : s2_ckpt_open(o->model_dir, &ck, err);
+    s2_gm_opts go = {.max_tokens = cap, .cache_dir = o->cache_dir, .no_s2attn = 1};
+    if (!st)
+        st = s2_gm_open(&m, rt, sp, ck, &go, err);
+    s2_ckpt_close(ck);
+    if (!st && o->adapter_dir)
+        st = s2_gm_import(m, o->adapter_dir, o->trainable_path, err);
+    for (int tr = 0; tr < trials && !st; tr++) {
+        uint64_t r = mix(seed, (uint64_t)tr);
+        const int key = 10000 + (int)(r % 90000); /* five digits */
+        char info[128], digits[16];
+        snprintf(digits, sizeof digits, "%d", key);
+        snprintf(info, sizeof info, "The pass key is %d. Remember it. %d is the pass key. ", key,
+                 key);
+        const int n_fill = (C - fixed) / (int)(sizeof filler - 1);
+        const int depth = (int)(mix(r, 7) % (uint64_t)(n_fill + 1));
+        int n = 0;
+        tok[n++] = (int32_t)S2_DATA_BYTE_BOS;
+        n = put_bytes(tok, n, cap, task);
+        for (int f = 0; f < n_fill; f++) {
+            if (f == depth)
+                n = put_bytes(tok, n, cap, info);
+            n = put_bytes(tok, n, cap, filler);
+        }
+        if (depth == n_fill)
+            n = put_bytes(tok, n, cap, info);
+        n = put_bytes(tok, n, cap, question);
+        int ok = 1;
+        for (int dgt = 0; digits[dgt] && !st; dgt++) {
+            s2_gm_batch b = {.tokens = tok, .T = n};
+            st = s2_gm_eval_batch(m, &b, 1, NULL, NULL, logits, err);
+            if (st)
+                break;
+            const float *row = logits + (size_t)(n - 1) * sp->model.vocab_size;
+            int best = 0;
+            for (int v = 1; v < sp->model.vocab_size; v++)
+                if (row[v] > row[best])
+                    best = v;
+            if (s2_data_byte_of((uint32_t)best) != (int)(unsigned char)digits[dgt])
+                ok = 0;
+            if (n < cap)
+                tok[n++] = best;
+        }
+        res->trials++;
+        res->correct += ok && !st;
+        if (o->progress)
+            say(o->progress, o->progress_ctx, "passkey trial %d: key %s at depth %d/%d: %s", tr + 1,
+                digits, depth, n_fill, ok ? "retrieved" : "missed");
+    }
+    res->accuracy = res->trials ? (double)res->correct / res->trials : 0;
+    s2_gm_close(m);
+    free(tok);
+    free(logits);
+    return st;
+}

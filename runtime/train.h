@@ -83,6 +83,22 @@ typedef struct s2_eval_result {
 } s2_eval_result;
 
 /*
+ * Passkey retrieval (LongLoRA's test) on the byte-level vocabulary of s2lora data: a prompt of
+ * about seqlen tokens — the task, filler sentences, "The pass key is NNNNN. Remember it. NNNNN
+ * is the pass key." at a random depth, more filler, "What is the pass key? The pass key is" —
+ * then greedy decoding of as many tokens as the key has digits (one full forward each, full
+ * attention). Every trial draws its key and depth from seed + trial. Needs a model with the
+ * byte vocabulary (vocab_size >= 264).
+ */
+typedef struct s2_passkey_result {
+    int trials, correct;
+    double accuracy;
+} s2_passkey_result;
+
+s2_status s2_passkey_run(const s2_rt *rt, const s2_eval_opts *o, int trials, uint64_t seed,
+                         s2_passkey_result *res, s2_error *err);
+
+/*
  * Perplexity with full causal attention over windows of seqlen tokens of the file taken every
  * stride tokens (LongLoRA's sliding-window evaluation): in each window every position but the
  * first predicts the next token; a window that overlaps the previous one scores only the
