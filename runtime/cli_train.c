@@ -23,7 +23,7 @@ static const char train_help[] =
     "                    [--steps N] [--grad-accum N] [--seqlen N] [--lr X] [--warmup N]\n"
     "                    [--schedule constant|cosine] [--weight-decay X] [--max-grad-norm X]\n"
     "                    [--save-every N] [--keep-last N] [--seed N] [--resume]\n"
-    "                    [--full-attention] [--log FILE] [--cache-dir DIR]\n"
+    "                    [--full-attention] [--mode lora|full] [--log FILE] [--cache-dir DIR]\n"
     "\n"
     "Extends a Hugging Face LLaMA checkpoint (--model: config.json and safetensors) to the\n"
     "spec's context_length the LongLoRA way: RoPE interpolated by the spec's rope_factor,\n"
@@ -36,7 +36,9 @@ static const char train_help[] =
     "OUT/adapter (PEFT: adapter_config.json, adapter_model.safetensors) and\n"
     "OUT/trainable.safetensors (embeddings and norms under their HF names). --resume\n"
     "continues from OUT/state exactly. One line per step on stderr; JSON lines in\n"
-    "OUT/train.jsonl (or --log).\n"
+    "OUT/train.jsonl (or --log). --mode full trains every weight instead (LongLoRA's\n"
+    "Full-FT; fp32 masters and AdamW moments of the whole model must fit on the GPU) and\n"
+    "writes the whole model as a Hugging Face checkpoint to OUT/model.\n"
     "Exit status 1 on an error, 2 on a usage error, 3 with no CUDA device.\n";
 
 static const char eval_help[] =
@@ -159,7 +161,7 @@ static int failed(const char *prog, s2_error *err)
 
 int s2_cli_train(const char *prog, int argc, char **argv)
 {
-    const char *spec_path = NULL, *schedule = "constant";
+    const char *spec_path = NULL, *schedule = "constant", *mode = "lora";
     static s2_spec spec; /* filled by the loader below; o keeps its address */
     s2_train_opts o;
     s2_train_opts_default(&o, &spec);
@@ -177,6 +179,7 @@ int s2_cli_train(const char *prog, int argc, char **argv)
         {"--seed", OPT_I64, &seed},               {"--resume", OPT_FLAG, &o.resume},
         {"--full-attention", OPT_FLAG, &o.full_attention},
         {"--log", OPT_STR, &o.log_path},          {"--cache-dir", OPT_STR, &o.cache_dir},
+        {"--mode", OPT_STR, &mode},
     };
     int rc = parse(prog, "train", argc, argv, opts, (int)(sizeof opts / sizeof opts[0]),
                    &spec_path);
@@ -195,6 +198,10 @@ int s2_cli_train(const char *prog, int argc, char **argv)
         o.schedule = S2_SCHED_COSINE;
     else
         return usage(prog, "train", "--schedule: valid: constant, cosine; got ", schedule);
+    if (!strcmp(mode, "full"))
+        o.full = 1;
+    else if (strcmp(mode, "lora"))
+        return usage(prog, "train", "--mode: valid: lora, full; got ", mode);
     if (o.grad_accum < 1)
         return usage(prog, "train", "--grad-accum: at least 1", "");
     o.seed = (uint64_t)seed;
@@ -209,8 +216,9 @@ int s2_cli_train(const char *prog, int argc, char **argv)
     fprintf(stderr, "%s: train on %s (%s)\n", prog, rt.name, rt.arch);
     if (s2_train_run(&rt, &o, &err))
         return failed(prog, &err);
-    printf("trained %s: state in %s/state, adapter in %s/adapter, log in %s\n", spec.name,
-           o.out_dir, o.out_dir, o.log_path ? o.log_path : "OUT/train.jsonl");
+    printf("trained %s (%s): state in %s/state, %s in %s/%s, log in %s\n", spec.name,
+           o.full ? "full" : "LoRA+", o.out_dir, o.full ? "model" : "adapter", o.out_dir,
+           o.full ? "model" : "adapter", o.log_path ? o.log_path : "OUT/train.jsonl");
     return 0;
 }
 

@@ -25,6 +25,7 @@ typedef struct group {
     void *wc;        /* [out_total, in + rp] */
     void *a;         /* [rp, in], NULL when rp = 0 */
     int seg_a, seg_b; /* trainable tensors, -1 when the group has no adapter */
+    int seg_w;        /* full mode: the stacked W itself, -1 otherwise */
 } group;
 
 typedef struct layer {
@@ -45,6 +46,7 @@ typedef struct seg {
 
 struct s2_gm {
     s2_spec spec;
+    int full;       /* every weight trainable (no adapters) */
     s2_rt rt;
     s2_lora_plan lp;
     int L, hid, H, Hkv, hd, I, V, Tmax, chunk, nqkv;
@@ -206,8 +208,8 @@ static void group_init(const s2_gm *m, int g, group *gr)
         adapted |= m->lp.lin[gr->proj[i]].adapted;
     }
     gr->in = m->lp.lin[gr->proj[0]].in;
-    gr->rp = adapted ? (gr->n * m->lp.rank + 7) / 8 * 8 : 0;
-    gr->seg_a = gr->seg_b = -1;
+    gr->rp = adapted && !m->full ? (gr->n * m->lp.rank + 7) / 8 * 8 : 0;
+    gr->seg_a = gr->seg_b = gr->seg_w = -1;
 }
 
 static s2_status load_layers(s2_gm *m, const s2_ckpt *ck, s2_error *err)
@@ -229,6 +231,12 @@ static s2_status load_layers(s2_gm *m, const s2_ckpt *ck, s2_error *err)
                 layer_name(name, sizeof name, l, rest);
                 st = upload(m, ck, name, gr->out[i], gr->in,
                             at(gr->wc, (size_t)gr->out_off[i] * lx), lx, err);
+            }
+            if (!st && m->full) { /* the stacked W is trained: one tensor per group */
+                snprintf(rest, sizeof rest, "%s.weight_stacked", group_tag(g));
+                layer_name(name, sizeof name, l, rest);
+                if ((gr->seg_w = add_seg(m, name, 2, gr->out_total, gr->in, gr->wc, lx)) < 0)
+                    st = s2_error_set(err, S2_ERR_NOMEM, "out of memory");
             }
             if (st || !gr->rp)
                 continue;
@@ -252,7 +260,7 @@ static s2_status load_layers(s2_gm *m, const s2_ckpt *ck, s2_error *err)
                 st = upload(m, ck, name, 1, m->hid, *dst, m->hid, err);
             int *sg = w ? &ly->seg_post : &ly->seg_in;
             *sg = -1;
-            if (!st && (m->spec.lora.trainable & S2_TRAIN_NORM) &&
+            if (!st && (m->full || (m->spec.lora.trainable & S2_TRAIN_NORM)) &&
                 (*sg = add_seg(m, name, 1, m->hid, 0, *dst, m->hid)) < 0)
                 st = s2_error_set(err, S2_ERR_NOMEM, "out of memory");
         }
@@ -271,6 +279,22 @@ static s2_status init_masters(s2_gm *m, const s2_ckpt *ck, uint64_t init_seed, s
         layer *ly = &m->layers[l];
         for (int g = 0; g < GROUPS && !st; g++) {
             group *gr = &ly->g[g];
+            for (int i = 0; i < gr->n && !st && gr->seg_w >= 0; i++) { /* full: W's master */
+                char rest[96];
+                snprintf(rest, sizeof rest, "%s.%s.weight", s2_proj_module(gr->proj[i]),
+                         s2_proj_name(gr->proj[i]));
+                layer_name(name, sizeof name, l, rest);
+                const size_t n = (size_t)gr->out[i] * gr->in;
+                float *f = malloc(n * sizeof *f);
+                st = !f ? s2_error_set(err, S2_ERR_NOMEM, "out of memory")
+                        : s2_ckpt_read_f32(ck, name, f, n, err);
+                if (!st)
+                    st = s2_rt_check(cudaMemcpy(m->P + m->segs[gr->seg_w].off +
+                                                    (size_t)gr->out_off[i] * gr->in,
+                                                f, n * sizeof *f, cudaMemcpyHostToDevice),
+                                     name, err);
+                free(f);
+            }
             if (gr->seg_a < 0)
                 continue;
             /* A of each adapted member: uniform in +-1/sqrt(in) (kaiming_uniform_ with
@@ -357,6 +381,7 @@ s2_status s2_gm_open(s2_gm **out, const s2_rt *rt, const s2_spec *spec, const s2
         return s2_error_set(err, S2_ERR_NOMEM, "out of memory");
     m->spec = *spec;
     m->rt = *rt;
+    m->full = o->full;
     s2_plan_lora(spec, &m->lp);
     const s2_model *md = &spec->model;
     m->L = md->num_layers;
@@ -410,7 +435,9 @@ s2_status s2_gm_open(s2_gm **out, const s2_rt *rt, const s2_spec *spec, const s2
         st = dalloc(m, &m->embed, (size_t)m->V * m->hid * EL, "embed_tokens", err);
     if (!st)
         st = upload(m, ck, "model.embed_tokens.weight", m->V, m->hid, m->embed, m->hid, err);
-    if (!st && (spec->lora.trainable & S2_TRAIN_EMBED) &&
+    const unsigned trainable = o->full ? (S2_TRAIN_EMBED | S2_TRAIN_NORM | S2_TRAIN_HEAD)
+                                       : spec->lora.trainable;
+    if (!st && (trainable & S2_TRAIN_EMBED) &&
         (m->seg_embed = add_seg(m, "model.embed_tokens.weight", 2, m->V, m->hid, m->embed,
                                 m->hid)) < 0)
         st = s2_error_set(err, S2_ERR_NOMEM, "out of memory");
@@ -420,13 +447,13 @@ s2_status s2_gm_open(s2_gm **out, const s2_rt *rt, const s2_spec *spec, const s2
         st = dalloc(m, &m->norm, (size_t)m->hid * EL, "model.norm", err);
     if (!st)
         st = upload(m, ck, "model.norm.weight", 1, m->hid, m->norm, m->hid, err);
-    if (!st && (spec->lora.trainable & S2_TRAIN_NORM) &&
+    if (!st && (trainable & S2_TRAIN_NORM) &&
         (m->seg_norm = add_seg(m, "model.norm.weight", 1, m->hid, 0, m->norm, m->hid)) < 0)
         st = s2_error_set(err, S2_ERR_NOMEM, "out of memory");
     if (!st && tied) {
         m->lm_head = m->embed;
         /* one tensor: trained when either embed or head is */
-        if (m->seg_embed < 0 && (spec->lora.trainable & S2_TRAIN_HEAD) &&
+        if (m->seg_embed < 0 && (trainable & S2_TRAIN_HEAD) &&
             (m->seg_embed = add_seg(m, "model.embed_tokens.weight", 2, m->V, m->hid, m->embed,
                                     m->hid)) < 0)
             st = s2_error_set(err, S2_ERR_NOMEM, "out of memory");
@@ -435,7 +462,7 @@ s2_status s2_gm_open(s2_gm **out, const s2_rt *rt, const s2_spec *spec, const s2
         st = dalloc(m, &m->lm_head, (size_t)m->V * m->hid * EL, "lm_head", err);
         if (!st)
             st = upload(m, ck, "lm_head.weight", m->V, m->hid, m->lm_head, m->hid, err);
-        if (!st && (spec->lora.trainable & S2_TRAIN_HEAD) &&
+        if (!st && (trainable & S2_TRAIN_HEAD) &&
             (m->seg_head = add_seg(m, "lm_head.weight", 2, m->V, m->hid, m->lm_head,
                                    m->hid)) < 0)
             st = s2_error_set(err, S2_ERR_NOMEM, "out of memory");
@@ -687,6 +714,18 @@ static s2_status layer_fwd(s2_gm *m, int l, const s2_attn *at_, const s2_attn_ba
     return st;
 }
 
+/* Full mode: the stacked W's gradient, dW += dy^T x, from the group's output gradient dy and
+ * its input (fp32, accumulated). Nothing without a trainable W. */
+static s2_status grad_w(s2_gm *m, const group *gr, const void *dy, const void *xa, int T,
+                        s2_error *err)
+{
+    if (gr->seg_w < 0)
+        return S2_OK;
+    return s2_blas_gemm(m->blas, m->spec.dtype, "dW += dy^T x", 1, 0, gr->out_total, gr->in, T,
+                        1.f, dy, gr->out_total, xa, gr->in + gr->rp, 1.f, grad_of(m, gr->seg_w),
+                        gr->in, 1, err);
+}
+
 /* Backward of layer l: m->dh holds the gradient of its output and receives that of its input.
  * Recomputes the layer's forward first. */
 static s2_status layer_bwd(s2_gm *m, int l, const s2_attn *at_, const s2_attn_batch *bt,
@@ -703,16 +742,22 @@ static s2_status layer_bwd(s2_gm *m, int l, const s2_attn *at_, const s2_attn_ba
         st = s2_lora_backward(m->lora, &g3->d, m->xa[G_DOWN], g3->wc, g3->a, m->dh, m->dxv,
                               grad_of(m, g3->seg_a), grad_of(m, g3->seg_b), m->lora_ws, s, err);
     if (!st)
+        st = grad_w(m, g3, m->dh, m->xa[G_DOWN], T, err);
+    if (!st)
         st = s2_k_swiglu_bwd(&m->k, T, m->gu, 2 * m->I, m->dxv, lx3, m->dgu, 2 * m->I, s, err);
     if (!st)
         st = s2_lora_backward(m->lora, &g2->d, m->xa[G_GU], g2->wc, g2->a, m->dgu, m->dxv,
                               grad_of(m, g2->seg_a), grad_of(m, g2->seg_b), m->lora_ws, s, err);
+    if (!st)
+        st = grad_w(m, g2, m->dgu, m->xa[G_GU], T, err);
     if (!st) /* dh2 = dh + norm'(dx2) */
         st = s2_k_rmsnorm_bwd(&m->k, T, m->h2, hid, ly->w_post, m->dxv, lx2, m->rstd2, m->dh,
                               hid, m->dh2, hid, grad_of(m, ly->seg_post), s, err);
     if (!st)
         st = s2_lora_backward(m->lora, &g1->d, m->xa[G_O], g1->wc, g1->a, m->dh2, m->dxv,
                               grad_of(m, g1->seg_a), grad_of(m, g1->seg_b), m->lora_ws, s, err);
+    if (!st)
+        st = grad_w(m, g1, m->dh2, m->xa[G_O], T, err);
     if (!st)
         st = copy2d(m->dout, hq, m->dxv, lx1, hq, T, s, "dO out of o_proj's dx", err);
     if (!st)
@@ -728,6 +773,8 @@ static s2_status layer_bwd(s2_gm *m, int l, const s2_attn *at_, const s2_attn_ba
     if (!st)
         st = s2_lora_backward(m->lora, &g0->d, m->xa[G_QKV], g0->wc, g0->a, m->dqkv, m->dxv,
                               grad_of(m, g0->seg_a), grad_of(m, g0->seg_b), m->lora_ws, s, err);
+    if (!st)
+        st = grad_w(m, g0, m->dqkv, m->xa[G_QKV], T, err);
     if (!st) /* dh = dh2 + norm'(dx) */
         st = s2_k_rmsnorm_bwd(&m->k, T, hs(m, l), hid, ly->w_in, m->dxv, lx0, m->rstd1, m->dh2,
                               hid, m->dh, hid, grad_of(m, ly->seg_in), s, err);
@@ -1175,5 +1222,85 @@ s2_status s2_gm_import(s2_gm *m, const char *adapter_dir, const char *trainable_
     for (int i = 0; i < n && !st; i++)
         st = s2_gm_write_param(m, segs[i], data[i], err);
     whole_params_free(ps, n, data, segs);
+    return st;
+}
+
+/* ---- full mode: the whole model as a Hugging Face checkpoint ---------------------------------- */
+
+s2_status s2_gm_export_full(s2_gm *m, const char *dir, const char *src_model_dir, s2_error *err)
+{
+    if (!m->full)
+        return s2_error_set(err, S2_ERR_INVALID, "export of the whole model: opened in LoRA "
+                            "mode (s2_gm_opts.full = 0); export the adapter instead");
+    s2_status st = s2_mkdir_p(dir, err);
+    if (st)
+        return st;
+    /* one HF tensor per member of a stacked W, and every whole tensor, from the masters */
+    const int max_t = m->L * (S2_PROJ_COUNT + 2) + 3;
+    s2_tensor *t = calloc((size_t)max_t, sizeof *t);
+    int nt = 0;
+    if (!t)
+        return s2_error_set(err, S2_ERR_NOMEM, "out of memory");
+    const s2_st_dtype dt = st_dtype(m->spec.dtype);
+    for (int sgi = 0; sgi < m->n_segs && !st; sgi++) {
+        const seg *sg = &m->segs[sgi];
+        float *f = malloc(sg->numel * sizeof *f);
+        st = !f ? s2_error_set(err, S2_ERR_NOMEM, "out of memory") : s2_gm_read_param(m, sgi, f, err);
+        int l = -1, g = -1;
+        for (int ll = 0; ll < m->L && g < 0; ll++)
+            for (int gg = 0; gg < GROUPS; gg++)
+                if (m->layers[ll].g[gg].seg_w == sgi)
+                    l = ll, g = gg;
+        const int parts = g >= 0 ? m->layers[l].g[g].n : 1;
+        for (int i = 0; i < parts && !st; i++) {
+            s2_tensor *x = &t[nt++];
+            size_t off = 0, n = sg->numel;
+            char name[160];
+            if (g >= 0) {
+                const group *gr = &m->layers[l].g[g];
+                snprintf(name, sizeof name, "model.layers.%d.%s.%s.weight", l,
+                         s2_proj_module(gr->proj[i]), s2_proj_name(gr->proj[i]));
+                off = (size_t)gr->out_off[i] * gr->in;
+                n = (size_t)gr->out[i] * gr->in;
+                x->ndim = 2;
+                x->shape[0] = gr->out[i];
+                x->shape[1] = gr->in;
+            } else {
+                snprintf(name, sizeof name, "%s", sg->name);
+                x->ndim = sg->ndim;
+                x->shape[0] = sg->shape[0];
+                x->shape[1] = sg->shape[1];
+            }
+            x->name = strdup(name);
+            x->dtype = dt;
+            x->nbytes = n * 2;
+            x->data = malloc(x->nbytes);
+            if (!x->name || !x->data)
+                st = s2_error_set(err, S2_ERR_NOMEM, "out of memory");
+            else
+                s2_f32_to_half(dt, f + off, x->data, n);
+        }
+        free(f);
+    }
+    char path[1200];
+    static const char *mk[] = {"format"}, *mv[] = {"pt"};
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    if (!st)
+        st = s2_st_write(path, t, nt, mk, mv, 1, err);
+    for (int i = 0; i < nt; i++) {
+        free(t[i].name);
+        free(t[i].data);
+    }
+    free(t);
+    /* config.json as the base model has it: the architecture is unchanged */
+    char *cfg = NULL;
+    size_t size = 0;
+    snprintf(path, sizeof path, "%s/config.json", src_model_dir);
+    if (!st)
+        st = s2_read_file(path, &cfg, &size, err);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    if (!st)
+        st = s2_write_file_atomic(path, cfg, size, err);
+    free(cfg);
     return st;
 }

@@ -49,6 +49,11 @@ typedef struct s2_gm_opts {
     const char *cache_dir;     /* kernel cache; NULL: the default */
     uint64_t init_seed;        /* LoRA A's initialisation (PEFT's kaiming-uniform bound) */
     int no_s2attn;             /* 1: no S²-Attn kernels (evaluation only needs full attention) */
+    int full;                  /* 1: every weight trainable ("full" fine-tuning, LongLoRA's
+                                  Full-FT): no adapters; the q/k/v, o, gate/up and down weights
+                                  train stacked per group ("...self_attn.qkv.weight_stacked"),
+                                  with embeddings, norms and head; fp32 masters and moments of
+                                  all of it must fit on the device */
 } s2_gm_opts;
 
 /* One micro-batch on the host: T tokens packed as B sequences (cu_seqlens [B+1], NULL = one
@@ -130,6 +135,10 @@ s2_status s2_gm_write_param(s2_gm *m, int i, const float *src, s2_error *err);
  * those tensors to trainable_path under their HF names (NULL: not written). */
 s2_status s2_gm_export(s2_gm *m, const char *adapter_dir, const char *base_model,
                        const char *trainable_path, s2_error *err);
+
+/* Full mode: writes the whole model as a Hugging Face checkpoint into dir (model.safetensors
+ * in the spec's dtype under HF names, config.json copied from src_model_dir). */
+s2_status s2_gm_export_full(s2_gm *m, const char *dir, const char *src_model_dir, s2_error *err);
 
 /* Loads adapters (and, with trainable_path, the whole trainable tensors) into the masters. */
 s2_status s2_gm_import(s2_gm *m, const char *adapter_dir, const char *trainable_path,

@@ -66,11 +66,12 @@ static double peak_flops(const char *device)
 
 /*
  * Model FLOPs of one training token: the linears' forward and the input-gradient backward
- * (4 per frozen weight: no weight gradient exists for them; the adapters are negligible),
+ * (4 per frozen weight: no weight gradient exists for them; the adapters are negligible; 6
+ * per weight in full mode, which also forms every weight's gradient),
  * plus attention's forward+backward on S² FLOPs (3.5 x 2 G d H per token and layer, as the
  * benchmark counts it). The recomputed forward is not counted: MFU is on model FLOPs.
  */
-static double flops_per_token(const s2_spec *sp, int seqlen, int full)
+static double flops_per_token(const s2_spec *sp, int seqlen, int full, int train_w)
 {
     const s2_model *m = &sp->model;
     const double hq = (double)m->num_heads * m->head_dim, hk = (double)m->num_kv_heads * m->head_dim;
@@ -79,7 +80,8 @@ static double flops_per_token(const s2_spec *sp, int seqlen, int full)
     const double G = full ? seqlen : (sp->s2attn.group_size < seqlen ? sp->s2attn.group_size
                                                                      : seqlen);
     const double attn = 3.5 * 2.0 * G * m->head_dim * m->num_heads;
-    return m->num_layers * (4.0 * lin + attn) + 4.0 * (double)m->vocab_size * m->hidden_size;
+    const double per_w = train_w ? 6.0 : 4.0; /* full mode adds each weight's gradient */
+    return m->num_layers * (per_w * lin + attn) + per_w * (double)m->vocab_size * m->hidden_size;
 }
 
 static double lr_at(const s2_train_opts *o, int64_t step)
@@ -146,7 +148,11 @@ static s2_status save_all(s2_gm *m, const s2_train_opts *o, const s2_train_state
         st = s2_state_save(dir, &s, o->keep_last, err);
     s.spec_sha256 = NULL;
     s2_state_free(&s);
-    if (!st)
+    char model[1200];
+    snprintf(model, sizeof model, "%s/model", o->out_dir);
+    if (!st && o->full)
+        st = s2_gm_export_full(m, model, o->model_dir, err);
+    else if (!st)
         st = s2_gm_export(m, adapter, o->model_dir,
                           o->spec->lora.trainable ? trainable : NULL, err);
     return st;
@@ -201,7 +207,8 @@ s2_status s2_train_run(const s2_rt *rt, const s2_train_opts *o, s2_error *err)
     }
     if (!st)
         st = s2_ckpt_open(o->model_dir, &ck, err);
-    s2_gm_opts go = {.max_tokens = C, .cache_dir = o->cache_dir, .init_seed = mix(o->seed, 1)};
+    s2_gm_opts go = {.max_tokens = C, .cache_dir = o->cache_dir, .init_seed = mix(o->seed, 1),
+                     .full = o->full};
     if (!st)
         st = s2_gm_open(&m, rt, sp, ck, &go, err);
     s2_ckpt_close(ck);
@@ -238,12 +245,14 @@ s2_status s2_train_run(const s2_rt *rt, const s2_train_opts *o, s2_error *err)
     }
     if (!st)
         say(o->progress, o->progress_ctx,
-            "train: %s, %d tokens x %d micro-batches per step, %zu trainable parameters, "
-            "%.2f GiB on the device, %s attention", sp->name, C, o->grad_accum,
+            "train (%s): %s, %d tokens x %d micro-batches per step, %zu trainable parameters, "
+            "%.2f GiB on the device, %s attention", o->full ? "full" : "LoRA+", sp->name, C,
+            o->grad_accum,
             s2_gm_trainable_numel(m), (double)s2_gm_device_bytes(m) / (1 << 30),
             o->full_attention ? "full" : "S2");
 
-    const double fpt = flops_per_token(sp, C, o->full_attention), peak = peak_flops(rt->name);
+    const double fpt = flops_per_token(sp, C, o->full_attention, o->full);
+    const double peak = peak_flops(rt->name);
     size_t free0 = 0, total = 0;
     cudaMemGetInfo(&free0, &total);
     int64_t last_save = (int64_t)state.step;
@@ -315,8 +324,9 @@ s2_status s2_train_run(const s2_rt *rt, const s2_train_opts *o, s2_error *err)
             st = save_all(m, o, &state, err);
             last_save = (int64_t)state.step;
             if (!st)
-                say(o->progress, o->progress_ctx, "saved step %llu to %s/state, adapter to %s/adapter",
-                    (unsigned long long)state.step, o->out_dir, o->out_dir);
+                say(o->progress, o->progress_ctx, "saved step %llu to %s/state and %s/%s",
+                    (unsigned long long)state.step, o->out_dir, o->out_dir,
+                    o->full ? "model" : "adapter");
         }
     }
     if (!st && last_save != (int64_t)state.step) /* e.g. steps already reached on resume */

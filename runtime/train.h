@@ -50,6 +50,8 @@ typedef struct s2_train_opts {
     uint64_t seed;             /* data order, adapter init and dropout */
     int resume;                /* continue from OUT/state when it exists */
     int full_attention;        /* train with full causal attention instead of S²-Attn */
+    int full;                  /* "full" mode (LongLoRA's Full-FT): every weight trained, the
+                                  result a whole HF checkpoint in OUT/model; 0: LoRA+ */
     s2_train_progress progress;
     void *progress_ctx;
 } s2_train_opts;

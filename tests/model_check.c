@@ -9,7 +9,9 @@
  *      the CPU twin's central finite difference of the loss along a random direction of that
  *      tensor (directional derivatives: one pair of CPU forwards per tensor);
  *   3. one AdamW step against s2_ref_adamw_step on the gradients read back;
- *   4. the training state and the PEFT adapter written and read back into the model.
+ *   4. the training state and the PEFT adapter written and read back into the model;
+ *   5. full fine-tuning (every weight trained): the gradients of stacked projection weights,
+ *      head and embeddings against finite differences, and the whole-model HF export.
  * Tolerances (relative): 2e-2 for logits and loss-derived values (the GPU rounds every
  * activation to bf16, the twin keeps fp32/fp64), 5e-2 for a directional derivative (a bf16
  * backward against an fp64 difference quotient), 1e-5 for the optimizer (fp32 on both sides).
@@ -238,6 +240,52 @@ static float *whole_tensor(s2_ref_llama *m, const char *name)
     return NULL;
 }
 
+/* Full mode: the twin's weight rows a stacked tensor covers, in order (q, k, v rows; gate, up
+ * rows; or one projection). n receives the count; rows[i] each member's row count. */
+static int stacked_members(s2_ref_llama *m, const char *name, float **w, int *rows)
+{
+    int l;
+    if (sscanf(name, "model.layers.%d.", &l) != 1 || l < 0 || l >= L)
+        return 0;
+    s2_ref_llama_layer *y = &m->layers[l];
+    if (strstr(name, "self_attn.qkv.weight_stacked")) {
+        w[0] = y->wq, w[1] = y->wk, w[2] = y->wv;
+        rows[0] = H * D, rows[1] = rows[2] = HKV * D;
+        return 3;
+    }
+    if (strstr(name, "self_attn.o.weight_stacked"))
+        return w[0] = y->wo, rows[0] = HID, 1;
+    if (strstr(name, "mlp.gate_up.weight_stacked")) {
+        w[0] = y->wg, w[1] = y->wu;
+        rows[0] = rows[1] = INTER;
+        return 2;
+    }
+    if (strstr(name, "mlp.down.weight_stacked"))
+        return w[0] = y->wd, rows[0] = HID, 1;
+    return 0;
+}
+
+/* Copies a full-mode tensor's values (p, numel elements) into the twin. */
+static void set_full_tensor(s2_ref_llama *m, const char *name, const float *p, size_t numel)
+{
+    float *w[3];
+    int rows[3];
+    const int n = stacked_members(m, name, w, rows);
+    if (n) {
+        const size_t cols = numel / (size_t)(rows[0] + (n > 1 ? rows[1] : 0) + (n > 2 ? rows[2] : 0));
+        for (int i = 0; i < n; i++) {
+            memcpy(w[i], p, (size_t)rows[i] * cols * sizeof(float));
+            p += (size_t)rows[i] * cols;
+        }
+        return;
+    }
+    float *x = whole_tensor(m, name);
+    if (!x && !strcmp(name, "lm_head.weight"))
+        x = m->lm_head;
+    if (x)
+        memcpy(x, p, numel * sizeof(float));
+}
+
 /* Loss of the twin with the host masters (adapters and whole tensors copied in). */
 static double ref_loss(s2_ref_llama *rm, host *h, const int32_t *tok, int T, const int32_t *cu,
                        int B, const s2_ref_llama_attn *at, float *logits)
@@ -464,6 +512,84 @@ int main(int argc, char **argv)
             free(got);
         }
         report("PEFT adapter exported and imported (bf16 file)", worst, 1e-2);
+    }
+
+    /* 5. full mode: every weight trained; gradients of a few tensors, then the HF export */
+    {
+        s2_gm *fm = NULL;
+        s2_gm_opts fo = {.max_tokens = T, .logits_chunk = 100, .full = 1};
+        CHECK(s2_gm_open(&fm, &rt, &spec, ck, &fo, &err));
+        s2_ref_llama *fr = NULL;
+        CHECK(s2_ref_llama_load(ck, &fr, &err)); /* a twin without adapters */
+        CHECK(s2_gm_zero_grad(fm, &err));
+        CHECK(s2_gm_train_batch(fm, &b, 0, (double)(T - B), NULL, NULL, &err));
+        static const char *const names[] = {
+            "model.layers.0.self_attn.qkv.weight_stacked", "model.layers.1.self_attn.o.weight_stacked",
+            "model.layers.0.mlp.gate_up.weight_stacked", "model.layers.1.mlp.down.weight_stacked",
+            "lm_head.weight", "model.embed_tokens.weight"};
+        for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {
+            int i = -1;
+            for (int j = 0; j < s2_gm_n_trainable(fm); j++)
+                if (!strcmp(s2_gm_trainable_name(fm, j, NULL, NULL, NULL), names[k]))
+                    i = j;
+            if (i < 0) {
+                printf("full mode: no trainable tensor %s FAIL\n", names[k]);
+                failures++;
+                continue;
+            }
+            size_t n;
+            s2_gm_trainable_name(fm, i, NULL, NULL, &n);
+            float *p0 = malloc(n * sizeof(float)), *g = malloc(n * sizeof(float));
+            float *pp = malloc(n * sizeof(float));
+            CHECK(s2_gm_read_param(fm, i, p0, &err));
+            CHECK(s2_gm_read_grad(fm, i, g, &err));
+            double pn = 0, un = 0, gu = 0;
+            float *u = malloc(n * sizeof(float));
+            for (size_t e = 0; e < n; e++) {
+                u[e] = (float)unif();
+                pn += (double)p0[e] * p0[e];
+                un += (double)u[e] * u[e];
+                gu += (double)g[e] * u[e];
+            }
+            const double eps = 1e-3 * sqrt(pn / un);
+            double l2[2];
+            for (int sgn = 0; sgn < 2; sgn++) {
+                for (size_t e = 0; e < n; e++)
+                    pp[e] = (float)(p0[e] + (sgn ? -eps : eps) * u[e]);
+                set_full_tensor(fr, names[k], pp, n);
+                s2_error e2 = {0};
+                l2[sgn] = s2_ref_llama_forward(fr, tok, T, cu, B, &at, NULL, lr, &e2)
+                              ? NAN : s2_ref_llama_loss(lr, tok, T, VOCAB, cu, B, NULL, NULL);
+                s2_error_clear(&e2);
+            }
+            set_full_tensor(fr, names[k], p0, n);
+            const double fd = (l2[0] - l2[1]) / (2 * eps);
+            char what[160];
+            snprintf(what, sizeof what, "full grad %.36s (%.3e vs %.3e)", names[k], gu, fd);
+            report(what, fabs(gu - fd) / (fabs(fd) > 1e-12 ? fabs(fd) : 1e-12), 5e-2);
+            free(p0), free(g), free(pp), free(u);
+        }
+        /* the whole model as an HF checkpoint: it opens, passes the spec check, and holds the
+         * masters (rounded to bf16) */
+        char fdir[600];
+        snprintf(fdir, sizeof fdir, "%s/full", dir);
+        CHECK(s2_gm_export_full(fm, fdir, dir, &err));
+        s2_ckpt *fck = NULL;
+        CHECK(s2_ckpt_open(fdir, &fck, &err));
+        CHECK(s2_ckpt_check(fck, &spec, &err));
+        const size_t ne = (size_t)VOCAB * HID;
+        float *want = malloc(ne * sizeof(float)), *got = malloc(ne * sizeof(float));
+        int ie = -1;
+        for (int j = 0; j < s2_gm_n_trainable(fm); j++)
+            if (!strcmp(s2_gm_trainable_name(fm, j, NULL, NULL, NULL), "model.embed_tokens.weight"))
+                ie = j;
+        CHECK(s2_gm_read_param(fm, ie, want, &err));
+        CHECK(s2_ckpt_read_f32(fck, "model.embed_tokens.weight", got, ne, &err));
+        report("full mode: HF checkpoint written and read back", rel_l2(got, want, ne), 1e-2);
+        free(want), free(got);
+        s2_ckpt_close(fck);
+        s2_ref_llama_free(fr);
+        s2_gm_close(fm);
     }
 
 done:
