@@ -234,10 +234,10 @@ smsp__inst_executed.sum,launch__registers_per_thread,launch__occupancy_limit_reg
 ncu --target-processes all -k regex:'^s2_attn' --launch-skip 0 --launch-count 8 \
   --metrics "$metrics" --csv --page raw \
   "$BIN/s2lora" bench attn specs/llama2-7b-32k.yaml --seqlens 16384 --no-peers --reps 1 \
-  --warmup 0 "${ncu_tile_args[@]}" >"$OUTDIR/ncu.csv" 2>"$OUTDIR/ncu.err" || status=1
-python3 - "$OUTDIR/ncu.csv" <<'PY'
+  --warmup 0 "${ncu_tile_args[@]}" >"$OUTDIR/ncu.txt" 2>&1 || status=1
+python3 - "$OUTDIR/ncu.txt" <<'PY'
 import csv, sys
-rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 5]
+rows = [r for r in csv.reader(l for l in open(sys.argv[1]) if l.startswith('"')) if len(r) > 5]
 if len(rows) < 3:
     print("ncu: no rows"); sys.exit(0)
 head = rows[0]

@@ -96,6 +96,21 @@ static s2_status emit_template(s2_buf *b, const char *name, s2_error *err)
  * (the backward uses the same two shapes: S, dP and S^T, dP^T are the first; dQ, dK, dV the
  * second).
  */
+/* The accumulator operands "%0", ..., "%(n-1)" of an asm template, eight a line. */
+static void emit_acc_list(s2_buf *b, int n)
+{
+    for (int i = 0; i < n; i++)
+        s2_buf_printf(b, "%s\"%%%d%s\"", i % 8 == 0 ? "                 " : "", i,
+                      i + 1 < n ? ", " : "");
+}
+
+/* Their constraints: "+f"(d[0]), ... */
+static void emit_acc_constraints(s2_buf *b, int n)
+{
+    for (int i = 0; i < n; i++)
+        s2_buf_printf(b, "\"+f\"(d[%d])%s", i, i + 1 < n ? ", " : "\n");
+}
+
 static void emit_wgmma(s2_buf *b, const s2_attn_plan *p, int nq)
 {
     const char *ty = p->dtype == S2_DTYPE_BF16 ? "bf16" : "f16";
@@ -108,13 +123,10 @@ static void emit_wgmma(s2_buf *b, const s2_attn_plan *p, int nq)
                   "    asm volatile(\"{\\n.reg .pred p;\\nsetp.ne.b32 p, %%%d, 0;\\n\"\n"
                   "                 \"wgmma.mma_async.sync.aligned.m64n%dk16.f32.%s.%s {\"\n",
                   nq / 2, nq / 2 + 2, nq, ty, ty);
-    for (int i = 0; i < nq / 2; i++)
-        s2_buf_printf(b, "%s\"%%%d%s\"", i % 8 == 0 ? "                 " : "", i,
-                      i + 1 < nq / 2 ? ", " : "");
+    emit_acc_list(b, nq / 2);
     s2_buf_printf(b, "\n                 \"}, %%%d, %%%d, p, 1, 1, 0, 0;\\n}\\n\"\n                 : ",
                   nq / 2, nq / 2 + 1);
-    for (int i = 0; i < nq / 2; i++)
-        s2_buf_printf(b, "\"+f\"(d[%d])%s", i, i + 1 < nq / 2 ? ", " : "\n");
+    emit_acc_constraints(b, nq / 2);
     s2_buf_printf(b, "                 : \"l\"(da), \"l\"(db), \"r\"(acc));\n}\n\n");
 
     s2_buf_printf(b,
@@ -123,13 +135,10 @@ static void emit_wgmma(s2_buf *b, const s2_attn_plan *p, int nq)
                   "    asm volatile(\"{\\n.reg .pred p;\\nsetp.ne.b32 p, %%%d, 0;\\n\"\n"
                   "                 \"wgmma.mma_async.sync.aligned.m64n%dk16.f32.%s.%s {\"\n",
                   nd / 2, nd / 2 + 5, nd, ty, ty);
-    for (int i = 0; i < nd / 2; i++)
-        s2_buf_printf(b, "%s\"%%%d%s\"", i % 8 == 0 ? "                 " : "", i,
-                      i + 1 < nd / 2 ? ", " : "");
+    emit_acc_list(b, nd / 2);
     s2_buf_printf(b, "\n                 \"}, {%%%d, %%%d, %%%d, %%%d}, %%%d, p, 1, 1, 1;\\n}\\n\"\n"
                      "                 : ", nd / 2, nd / 2 + 1, nd / 2 + 2, nd / 2 + 3, nd / 2 + 4);
-    for (int i = 0; i < nd / 2; i++)
-        s2_buf_printf(b, "\"+f\"(d[%d])%s", i, i + 1 < nd / 2 ? ", " : "\n");
+    emit_acc_constraints(b, nd / 2);
     s2_buf_printf(b, "                 : \"r\"(a[0]), \"r\"(a[1]), \"r\"(a[2]), \"r\"(a[3]), "
                      "\"l\"(db), \"r\"(1));\n}\n\n");
 }

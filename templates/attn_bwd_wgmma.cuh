@@ -107,8 +107,7 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
         s2_fence_regs(dp);
 
         const int y0 = kt * S2_BWD_BN;
-        const bool masked = (S2_MASK_GROUP_EDGE && y0 < gs_last) || y0 + S2_BWD_BN - 1 > x0 ||
-                            y0 + S2_BWD_BN > n;
+        const bool masked = s2_tile_needs_mask(x0, gs_last, y0, n, S2_BWD_BN);
 #pragma unroll
         for (int j = 0; j < S2_BWD_BN / 8; j++)
 #pragma unroll

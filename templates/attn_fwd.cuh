@@ -20,13 +20,6 @@
 #define S2_FWD_THREADS (32 * S2_FWD_WARPS)
 #define S2_SN (S2_FWD_BN / 8) // n8 tiles of S per strip
 
-// The plan's tile classification, evaluated for one (query tile, key tile) pair: 1 when the
-// pair may hold a masked element. gs_last is the group start of the tile's last live row.
-__device__ __forceinline__ bool s2_tile_needs_mask(int x0, int gs_last, int y0, int n)
-{
-    return (S2_MASK_GROUP_EDGE && y0 < gs_last) || y0 + S2_FWD_BN - 1 > x0 || y0 + S2_FWD_BN > n;
-}
-
 extern "C" __global__ void __launch_bounds__(S2_FWD_THREADS)
 s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
             const s2_elem *__restrict__ k,      // [T, Hkv, d]
@@ -115,7 +108,7 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
 
         // The mask, only where the classification asks for it.
         const int y0 = kt * S2_FWD_BN;
-        if (s2_tile_needs_mask(x0, gs_last, y0, n)) {
+        if (s2_tile_needs_mask(x0, gs_last, y0, n, S2_FWD_BN)) {
 #pragma unroll
             for (int mt = 0; mt < S2_FWD_MT; mt++)
 #pragma unroll

@@ -23,12 +23,6 @@
 #define S2_SACC (S2_FWD_BN / 2)  // S accumulators per thread (m64 n(BN) over 128 threads)
 #define S2_OACC (S2_HEAD_DIM / 2) // O accumulators per thread
 
-// The plan's tile classification for one (query tile, key tile) pair, as in attn_fwd.cuh.
-__device__ __forceinline__ bool s2_tile_needs_mask(int x0, int gs_last, int y0, int n)
-{
-    return (S2_MASK_GROUP_EDGE && y0 < gs_last) || y0 + S2_FWD_BN - 1 > x0 || y0 + S2_FWD_BN > n;
-}
-
 extern "C" __global__ void __launch_bounds__(S2_FWD_THREADS, 1)
 s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
             const s2_elem *__restrict__ k,      // [T, Hkv, d]
@@ -110,7 +104,7 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
         s2_fence_regs(s);
 
         const int y0 = kt * S2_FWD_BN;
-        if (s2_tile_needs_mask(x0, gs_last, y0, n)) {
+        if (s2_tile_needs_mask(x0, gs_last, y0, n, S2_FWD_BN)) {
 #pragma unroll
             for (int j = 0; j < S2_FWD_BN / 8; j++)
 #pragma unroll

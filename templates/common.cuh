@@ -57,6 +57,14 @@ __device__ __forceinline__ bool s2_visible(int xq, int xk, int cls)
     return xk <= xq && s2_group_of(xq, cls) == s2_group_of(xk, cls);
 }
 
+// The plan's tile classification, evaluated for one (query tile, key tile of bn keys) pair: 1
+// when the pair may hold a masked element (group edge, causal diagonal, or the sequence end).
+// gs_last is the group start of the query tile's last live row.
+__device__ __forceinline__ bool s2_tile_needs_mask(int x0, int gs_last, int y0, int n, int bn)
+{
+    return (S2_MASK_GROUP_EDGE && y0 < gs_last) || y0 + bn - 1 > x0 || y0 + bn > n;
+}
+
 __device__ __forceinline__ float s2_warp_max(float v)
 {
     for (int o = 16; o > 0; o >>= 1)

@@ -104,7 +104,7 @@ static const char *alt_tile(int i, int d, const char *arch)
         "bwd_atomic_dq=1",
         "fwd_warps=4,fwd_strips=1,fwd_block_n=128,fwd_stages=2,bwd_warps=4,bwd_block_n=32,bwd_stages=2,"
         "bwd_atomic_dq=1",
-        "fwd_warps=8,fwd_strips=1,fwd_block_n=64,fwd_stages=4,bwd_warps=8,bwd_block_n=32,bwd_stages=1,"
+        "fwd_warps=8,fwd_strips=1,fwd_block_n=64,fwd_stages=2,bwd_warps=8,bwd_block_n=32,bwd_stages=1,"
         "bwd_atomic_dq=0",
         "fwd_warps=2,fwd_strips=2,fwd_block_n=32,fwd_stages=4,bwd_warps=2,bwd_block_n=32,bwd_stages=4,"
         "bwd_atomic_dq=1",
