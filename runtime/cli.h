@@ -9,5 +9,6 @@
 int s2_cli_train(const char *prog, int argc, char **argv);
 int s2_cli_eval(const char *prog, int argc, char **argv);
 int s2_cli_logits(const char *prog, int argc, char **argv);
+int s2_cli_init(const char *prog, int argc, char **argv);
 
 #endif

@@ -1049,6 +1049,7 @@ static const char main_help[] =
     "  bench    time the kernels beside the PyTorch peers (bench attn, bench lora)\n"
     "  tune     tune the kernels on this GPU (or --build-only the space for an arch)\n"
     "  data     turn text into a token file (byte-level vocabulary)\n"
+    "  init     write a freshly initialised model of a spec (HF checkpoint)\n"
     "  train    extend a LLaMA checkpoint's context with LoRA on the generated kernels\n"
     "  eval     perplexity of a model (and adapter) over a token file\n"
     "  logits   one forward (and backward) of a model, written out for peer checks\n"
@@ -1092,6 +1093,8 @@ int main(int argc, char **argv)
         return s2_cli_eval(prog, argc - 2, argv + 2);
     if (!strcmp(cmd, "logits"))
         return s2_cli_logits(prog, argc - 2, argv + 2);
+    if (!strcmp(cmd, "init"))
+        return s2_cli_init(prog, argc - 2, argv + 2);
     if (!strcmp(cmd, "version") || !strcmp(cmd, "--version"))
         return cmd_version();
     fprintf(stderr, "%s: unknown command '%s'\n%s", prog, cmd, main_help);

@@ -1268,3 +1268,121 @@ s2_status s2_ckpt_load_trainable(const char *path, int n, const s2_ckpt_param *p
     s2_st_close(&f);
     return st;
 }
+
+/* ---- a fresh checkpoint from a spec ------------------------------------------------------------ */
+
+static uint64_t init_next(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* Standard normal by Box-Muller (one draw per two uniforms; simple, and the init is not hot). */
+static double init_normal(uint64_t *s)
+{
+    const double u1 = ((double)(init_next(s) >> 11) + 0.5) * 0x1.0p-53;
+    const double u2 = (double)(init_next(s) >> 11) * 0x1.0p-53;
+    return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
+}
+
+s2_status s2_ckpt_init_random(const char *dir, const s2_spec *spec, uint64_t seed, s2_error *err)
+{
+    const s2_model *md = &spec->model;
+    s2_status st = s2_mkdir_p(dir, err);
+    if (st)
+        return st;
+    s2_lora_plan lp;
+    s2_plan_lora(spec, &lp);
+    const int L = md->num_layers, max_t = L * (S2_PROJ_COUNT + 2) + 3;
+    s2_tensor *t = calloc((size_t)max_t, sizeof *t);
+    if (!t)
+        return s2_error_set(err, S2_ERR_NOMEM, "out of memory");
+    const s2_st_dtype dt = spec->dtype == S2_DTYPE_BF16 ? S2_ST_BF16 : S2_ST_F16;
+    uint64_t rng = seed;
+    int n = 0;
+    /* name, rows, cols (0: a norm of `rows` ones) */
+    for (int k = -1; k <= L * (S2_PROJ_COUNT + 2) + 1 && !st; k++) {
+        char name[128];
+        int64_t rows, cols;
+        if (k == -1) {
+            snprintf(name, sizeof name, "model.embed_tokens.weight");
+            rows = md->vocab_size, cols = md->hidden_size;
+        } else if (k < L * (S2_PROJ_COUNT + 2)) {
+            const int l = k / (S2_PROJ_COUNT + 2), j = k % (S2_PROJ_COUNT + 2);
+            if (j < S2_PROJ_COUNT) {
+                snprintf(name, sizeof name, "model.layers.%d.%s.%s.weight", l,
+                         s2_proj_module((s2_proj)j), s2_proj_name((s2_proj)j));
+                rows = lp.lin[j].out, cols = lp.lin[j].in;
+            } else {
+                snprintf(name, sizeof name, "model.layers.%d.%s.weight", l,
+                         j == S2_PROJ_COUNT ? "input_layernorm" : "post_attention_layernorm");
+                rows = md->hidden_size, cols = 0;
+            }
+        } else if (k == L * (S2_PROJ_COUNT + 2)) {
+            snprintf(name, sizeof name, "model.norm.weight");
+            rows = md->hidden_size, cols = 0;
+        } else {
+            if (md->tie_word_embeddings)
+                continue;
+            snprintf(name, sizeof name, "lm_head.weight");
+            rows = md->vocab_size, cols = md->hidden_size;
+        }
+        s2_tensor *x = &t[n++];
+        const size_t ne = (size_t)rows * (size_t)(cols ? cols : 1);
+        x->name = strdup(name);
+        x->dtype = dt;
+        x->ndim = cols ? 2 : 1;
+        x->shape[0] = rows;
+        x->shape[1] = cols;
+        x->nbytes = ne * 2;
+        x->data = malloc(x->nbytes);
+        float *f = malloc(ne * sizeof *f);
+        if (!x->name || !x->data || !f) {
+            free(f);
+            st = s2_error_set(err, S2_ERR_NOMEM, "out of memory initialising %s", name);
+            break;
+        }
+        for (size_t i = 0; i < ne; i++)
+            f[i] = cols ? (float)(0.02 * init_normal(&rng)) : 1.0f;
+        s2_f32_to_half(dt, f, x->data, ne);
+        free(f);
+    }
+    char path[PATH_MAX];
+    static const char *mk[] = {"format"}, *mv[] = {"pt"};
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    if (!st)
+        st = s2_st_write(path, t, n, mk, mv, 1, err);
+    for (int i = 0; i < n; i++) {
+        free(t[i].name);
+        free(t[i].data);
+    }
+    free(t);
+    if (st)
+        return st;
+    json_t *c = json_pack(
+        "{s:[s], s:s, s:i, s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:f, s:f, s:b, s:s, s:f,"
+        " s:b, s:i, s:i}",
+        "architectures", "LlamaForCausalLM", "model_type", "llama", "hidden_size",
+        md->hidden_size, "hidden_act", "silu", "intermediate_size", md->intermediate_size,
+        "max_position_embeddings", md->max_position_embeddings, "num_attention_heads",
+        md->num_heads, "num_hidden_layers", md->num_layers, "num_key_value_heads",
+        md->num_kv_heads, "head_dim", md->head_dim, "vocab_size", md->vocab_size,
+        "rms_norm_eps", md->rms_norm_eps, "rope_theta", md->rope_theta, "tie_word_embeddings",
+        md->tie_word_embeddings, "torch_dtype", spec->dtype == S2_DTYPE_BF16 ? "bfloat16" : "float16",
+        "initializer_range", 0.02, "attention_bias", 0, "bos_token_id", 1, "eos_token_id", 2);
+    if (c && spec->rope_factor > 1)
+        json_object_set_new(c, "rope_scaling", json_pack("{s:s, s:f}", "type", "linear", "factor",
+                                                         (double)spec->rope_factor));
+    else if (c)
+        json_object_set_new(c, "rope_scaling", json_null());
+    char *text = c ? json_dumps(c, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
+    json_decref(c);
+    if (!text)
+        return s2_error_set(err, S2_ERR_NOMEM, "out of memory writing config.json");
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    st = s2_write_file_atomic(path, text, strlen(text), err);
+    free(text);
+    return st;
+}

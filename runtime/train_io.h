@@ -147,4 +147,14 @@ s2_status s2_ckpt_save_trainable(const char *path, s2_st_dtype dtype, int n,
 s2_status s2_ckpt_load_trainable(const char *path, int n, const s2_ckpt_param *params,
                                  float *const *data, s2_error *err);
 
+/*
+ * Writes a freshly initialised model of the spec's shape as a Hugging Face LLaMA checkpoint in
+ * dir (created if needed): config.json (the spec's model section; rope_scaling linear with the
+ * spec's rope_factor when it is above 1, else null) and model.safetensors in the spec's dtype,
+ * initialised as transformers initialises LlamaForCausalLM: every linear and the embeddings
+ * normal(0, 0.02), every norm 1 (a seeded splitmix64 / Box-Muller stream, the same for a seed on
+ * every machine). Both files are written atomically.
+ */
+s2_status s2_ckpt_init_random(const char *dir, const s2_spec *spec, uint64_t seed, s2_error *err);
+
 #endif

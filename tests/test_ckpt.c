@@ -1181,3 +1181,58 @@ Test(adapter, trainable_round_trip)
     free(p);
     free(path);
 }
+
+/* s2lora init: a fresh checkpoint of the spec's shape that the loader accepts against the same
+ * spec, initialised as transformers does (linears normal(0, 0.02), norms 1), reproducible by
+ * seed. */
+Test(ckpt, init_random_from_spec)
+{
+    s2_spec spec;
+    s2_error err = {0};
+    s2_spec_override ov = {"context_length=512"}; /* pre-training: no RoPE scaling */
+    cr_assert_eq(s2_spec_load(S2_SOURCE_DIR "/specs/tiny-byte-512.yaml", &ov, 1, &spec, &err),
+                 S2_OK, "%s", err.msg);
+    char *a = in_dir("init-a"), *b = in_dir("init-b"), *c = in_dir("init-c");
+    cr_assert_eq(s2_ckpt_init_random(a, &spec, 7, &err), S2_OK, "%s", err.msg);
+    cr_assert_eq(s2_ckpt_init_random(b, &spec, 7, &err), S2_OK, "%s", err.msg);
+    cr_assert_eq(s2_ckpt_init_random(c, &spec, 8, &err), S2_OK, "%s", err.msg);
+    s2_ckpt *ck = NULL;
+    cr_assert_eq(s2_ckpt_open(a, &ck, &err), S2_OK, "%s", err.msg);
+    cr_assert_eq(s2_ckpt_check(ck, &spec, &err), S2_OK, "%s", err.msg);
+    cr_expect_eq(s2_ckpt_config(ck)->rope_scaling_factor, 0); /* null at factor 1 */
+    const size_t n = 688 * 256;
+    float *w = malloc(n * sizeof *w), *nw = malloc(256 * sizeof *nw);
+    cr_assert_eq(s2_ckpt_read_f32(ck, "model.layers.2.mlp.gate_proj.weight", w, n, &err), S2_OK,
+                 "%s", err.msg);
+    double s1 = 0, s2 = 0;
+    for (size_t i = 0; i < n; i++)
+        s1 += w[i], s2 += (double)w[i] * w[i];
+    const double mean = s1 / n, sd = sqrt(s2 / n - mean * mean);
+    cr_expect_lt(fabs(mean), 1e-3, "mean %g", mean);
+    cr_expect_lt(fabs(sd - 0.02), 5e-4, "sd %g", sd);
+    cr_assert_eq(s2_ckpt_read_f32(ck, "model.layers.0.input_layernorm.weight", nw, 256, &err),
+                 S2_OK, "%s", err.msg);
+    for (int i = 0; i < 256; i++)
+        cr_expect_eq(nw[i], 1.0f);
+    s2_ckpt_close(ck);
+    /* the same seed, the same bytes; another seed, other weights */
+    char *pa = NULL, *pb = NULL, *pc = NULL;
+    size_t na = 0, nb = 0, nc = 0;
+    char fa[256], fb[256], fc[256];
+    snprintf(fa, sizeof fa, "%s/model.safetensors", a);
+    snprintf(fb, sizeof fb, "%s/model.safetensors", b);
+    snprintf(fc, sizeof fc, "%s/model.safetensors", c);
+    cr_assert_eq(s2_read_file(fa, &pa, &na, NULL), S2_OK);
+    cr_assert_eq(s2_read_file(fb, &pb, &nb, NULL), S2_OK);
+    cr_assert_eq(s2_read_file(fc, &pc, &nc, NULL), S2_OK);
+    cr_expect(na == nb && memcmp(pa, pb, na) == 0);
+    cr_expect(na == nc && memcmp(pa, pc, na) != 0);
+    /* with the context extended, the spec's rope_factor 8 meets a base without scaling: fine */
+    s2_spec ext;
+    cr_assert_eq(s2_spec_load(S2_SOURCE_DIR "/specs/tiny-byte-512.yaml", NULL, 0, &ext, &err),
+                 S2_OK, "%s", err.msg);
+    cr_assert_eq(s2_ckpt_open(a, &ck, &err), S2_OK, "%s", err.msg);
+    cr_expect_eq(s2_ckpt_check(ck, &ext, &err), S2_OK, "%s", err.msg);
+    s2_ckpt_close(ck);
+    free(pa), free(pb), free(pc), free(w), free(nw), free(a), free(b), free(c);
+}
