@@ -124,7 +124,7 @@ print(f"resume: steps 21-40 of a resumed run vs a straight run, worst relative l
       f"{worst:.2e}: {'PASS' if worst < 1e-3 else 'FAIL'}")
 PY
 grep -E "^(eval|passkey) " "$OUTDIR/train.txt"
-python3 bench/peers/train_peers.py "$BIN/s2lora" "$tw/peers" 2>&1 | tee -a "$OUTDIR/train.txt" | tail -6
+python3 bench/peers/train_peers.py "$BIN/s2lora" "$tw/peers" 2>&1 | tee -a "$OUTDIR/train.txt" | tail -5
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 grep -q "FAIL" "$OUTDIR/train.txt" && status=1
 rm -rf "$tw"
@@ -256,7 +256,7 @@ grep -E 'PASS|FAIL|ERROR' "$OUTDIR/gpu_check.txt" 2>/dev/null | awk '{print $NF}
 tail -n 1 "$OUTDIR/gpu_check.txt" 2>/dev/null
 grep -E 'PASS|FAIL' "$OUTDIR/peer_compare.txt" 2>/dev/null | awk '{printf "peer %-16s %s\n", $1, $NF}'
 grep -E '^(model_check|llama_peers): (PASS|FAIL)' "$OUTDIR/model_check.txt" 2>/dev/null
-grep -E '^(train|resume): |^s2lora / pytorch' "$OUTDIR/train.txt" 2>/dev/null
+grep -E '^(train|resume): |: s2lora / pytorch' "$OUTDIR/train.txt" 2>/dev/null
 grep -E '^(bench attn:|== |impl |s2lora|sdpa-|flex-|fastest peer|no peer)' "$OUTDIR/bench_attn.txt" 2>/dev/null
 echo "gpu-check status: $status"
 exit $status

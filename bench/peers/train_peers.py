@@ -14,9 +14,13 @@ steps are not timed. Reported: median tokens/s of the timed steps and peak devic
 (torch.cuda.max_memory_allocated for the stack; s2lora's log, device memory in use). Prints a
 table and the speed ratio; exits 1 if either side fails.
 
-usage: train_peers.py S2LORA_BINARY WORK_DIR [--hidden 2048] [--layers 8] [--heads 16]
-                      [--kv-heads 16] [--inter 5504] [--vocab 32000] [--seqlen 8192]
-                      [--steps 6] [--warmup 2]
+The default shape is the one ../shared/peers measured the stack on: LLaMA-2 7B cut to 4 layers
+(hidden 4096, intermediate 11008, 32 heads, vocab 32000, base context 4096, linear RoPE scaling
+to the training context), at 8k and 32k tokens.
+
+usage: train_peers.py S2LORA_BINARY WORK_DIR [--hidden 4096] [--layers 4] [--heads 32]
+                      [--kv-heads 32] [--inter 11008] [--vocab 32000] [--base-context 4096]
+                      [--seqlens 8192,32768] [--steps 6] [--warmup 2]
 """
 import argparse
 import json
@@ -63,7 +67,7 @@ dtype: bf16
 context_length: {a.seqlen}
 model: {{hidden_size: {a.hidden}, intermediate_size: {a.inter}, num_layers: {a.layers},
         num_heads: {a.heads}, num_kv_heads: {a.kv_heads}, vocab_size: {a.vocab},
-        rope_theta: 10000, max_position_embeddings: {a.seqlen // 4}, rms_norm_eps: 1.0e-5}}
+        rope_theta: 10000, max_position_embeddings: {a.base_context}, rms_norm_eps: 1.0e-5}}
 s2attn: {{group_ratio: {GROUP_RATIO}, shift_mode: roll}}
 lora: {{rank: 8, alpha: 16, targets: [q_proj, k_proj, v_proj, o_proj], trainable: [embed, norm]}}
 """
@@ -115,26 +119,42 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("exe")
     ap.add_argument("work")
-    ap.add_argument("--hidden", type=int, default=2048)
-    ap.add_argument("--layers", type=int, default=8)
-    ap.add_argument("--heads", type=int, default=16)
-    ap.add_argument("--kv-heads", type=int, default=16)
-    ap.add_argument("--inter", type=int, default=5504)
+    ap.add_argument("--hidden", type=int, default=4096)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--heads", type=int, default=32)
+    ap.add_argument("--kv-heads", type=int, default=32)
+    ap.add_argument("--inter", type=int, default=11008)
     ap.add_argument("--vocab", type=int, default=32000)
-    ap.add_argument("--seqlen", type=int, default=8192)
+    ap.add_argument("--base-context", type=int, default=4096)
+    ap.add_argument("--seqlens", default="8192,32768")
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--warmup", type=int, default=2)
     a = ap.parse_args()
-    if a.seqlen % 8:
-        raise SystemExit("--seqlen must be a multiple of 8 (groups of seqlen/4, shift G/2)")
-    os.makedirs(a.work, exist_ok=True)
+    rows, root = [], a.work
+    for n in (int(x) for x in a.seqlens.split(",")):
+        if n % 8 or n % a.base_context:
+            raise SystemExit(f"seqlen {n}: a multiple of 8 and of --base-context needed")
+        a.seqlen = n
+        rows.append((n,) + one_length(a, os.path.join(root, str(n))))
+    print(f"{'seqlen':>7} {'pytorch tok/s':>14} {'peak GiB':>9} {'s2lora tok/s':>13} "
+          f"{'peak GiB':>9} {'ratio':>6}")
+    for n, tt, tm, ot, om in rows:
+        print(f"{n:>7} {tt:>14.0f} {tm:>9.2f} {ot:>13.0f} {om:>9.2f} {ot / tt:>5.2f}x")
+    print("(s2lora peak: device memory in use during its run, the CUDA context included)")
+    return 0
+
+
+def one_length(a, work):
+    os.makedirs(work, exist_ok=True)
+    a.work = work
     from transformers import LlamaConfig, LlamaForCausalLM
     torch.manual_seed(0)
     cfg = LlamaConfig(hidden_size=a.hidden, intermediate_size=a.inter, num_hidden_layers=a.layers,
                       num_attention_heads=a.heads, num_key_value_heads=a.kv_heads,
-                      vocab_size=a.vocab, max_position_embeddings=a.seqlen // 4,
+                      vocab_size=a.vocab, max_position_embeddings=a.base_context,
                       rope_theta=10000.0, rms_norm_eps=1e-5,
-                      rope_scaling={"type": "linear", "factor": 4.0}, tie_word_embeddings=False)
+                      rope_scaling={"type": "linear", "factor": a.seqlen / a.base_context},
+                      tie_word_embeddings=False)
     base = os.path.join(a.work, "base")
     LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(base, safe_serialization=True)
     spec = os.path.join(a.work, "spec.yaml")
@@ -164,12 +184,8 @@ def main():
     timed = [r for r in rows if r["step"] > a.warmup]
     o_tps = statistics.median(r["tokens_per_s"] for r in timed)
     o_mem = max(r["mem_gib"] for r in rows)
-    print(f"{'impl':<14} {'tokens/s':>10} {'peak GiB':>9}")
-    print(f"{'pytorch+peft':<14} {t_tps:>10.0f} {t_mem:>9.2f}")
-    print(f"{'s2lora':<14} {o_tps:>10.0f} {o_mem:>9.2f}")
-    print(f"s2lora / pytorch tokens/s: {o_tps / t_tps:.2f}x (s2lora memory: device memory in use, "
-          f"all of the process's allocations)")
-    return 0
+    print(f"seqlen {a.seqlen}: s2lora / pytorch tokens/s: {o_tps / t_tps:.2f}x", flush=True)
+    return t_tps, t_mem, o_tps, o_mem
 
 
 if __name__ == "__main__":
