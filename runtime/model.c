@@ -11,7 +11,6 @@
 #include "ref_llama.h"
 #include "train_kern.h"
 
-#define MAX_ALLOCS 64
 #define GROUPS 4 /* per layer: {q, k, v}, {o}, {gate, up}, {down} */
 enum { G_QKV = 0, G_O, G_GU, G_DOWN };
 
@@ -75,8 +74,8 @@ struct s2_gm {
     int32_t *d_tokens, *d_labels, *d_pos, *d_cu;
     double *d_acc;
     /* every device allocation, for close */
-    void *allocs[MAX_ALLOCS];
-    int n_allocs;
+    void **allocs;
+    int n_allocs, cap_allocs;
     size_t bytes;
 };
 
@@ -88,8 +87,14 @@ static s2_status dalloc(s2_gm *m, void *ptr, size_t bytes, const char *what, s2_
 {
     void **p = ptr;
     *p = NULL;
-    if (m->n_allocs == MAX_ALLOCS)
-        return s2_error_set(err, S2_ERR_NOMEM, "model: too many device buffers");
+    if (m->n_allocs == m->cap_allocs) {
+        const int cap = m->cap_allocs ? 2 * m->cap_allocs : 128;
+        void **a = realloc(m->allocs, (size_t)cap * sizeof *a);
+        if (!a)
+            return s2_error_set(err, S2_ERR_NOMEM, "out of memory");
+        m->allocs = a;
+        m->cap_allocs = cap;
+    }
     if (bytes == 0)
         bytes = 16;
     cudaError_t e = cudaMalloc(p, bytes);
@@ -566,6 +571,7 @@ void s2_gm_close(s2_gm *m)
         cudaStreamSynchronize(m->stream);
     for (int i = 0; i < m->n_allocs; i++)
         cudaFree(m->allocs[i]);
+    free(m->allocs);
     for (int i = 0; i < 2; i++)
         if (m->have_attn[i])
             s2_attn_free(&m->attn[i]);
