@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "../gen/spec.h"
 #include "cli.h"
@@ -36,7 +37,8 @@ static const char train_help[] =
     "Every --save-every steps (default 100) and at the end: OUT/state (resumable, atomic),\n"
     "OUT/adapter (PEFT: adapter_config.json, adapter_model.safetensors) and\n"
     "OUT/trainable.safetensors (embeddings and norms under their HF names). --resume\n"
-    "continues from OUT/state exactly. One line per step on stderr; JSON lines in\n"
+    "continues from OUT/state exactly. One line per step on stderr (on a terminal, one\n"
+    "line redrawn with a bar of the run); JSON lines in\n"
     "OUT/train.jsonl (or --log). --mode full trains every weight instead (LongLoRA's\n"
     "Full-FT; fp32 masters and AdamW moments of the whole model must fit on the GPU) and\n"
     "writes the whole model as a Hugging Face checkpoint to OUT/model.\n"
@@ -147,8 +149,34 @@ static int parse(const char *prog, const char *cmd, int argc, char **argv, const
     return 0;
 }
 
+/*
+ * Progress on stderr. On a terminal, the per-step lines ("step N/M ...") share one line that
+ * ends in a bar of the run so far, redrawn each step; the other lines, and every line when
+ * stderr is a file or a pipe (a log), are printed whole.
+ */
 static void progress(void *ctx, const char *line)
 {
+    static int on_bar; /* the cursor is at the end of a bar line */
+    long long step = 0, total = 0;
+    const int tty = isatty(STDERR_FILENO);
+    if (tty && sscanf(line, "step %lld/%lld", &step, &total) == 2 && total > 0) {
+        char bar[31];
+        const int fill = (int)(30 * (step < total ? step : total) / total);
+        for (int i = 0; i < 30; i++)
+            bar[i] = i < fill ? '#' : '.';
+        bar[30] = '\0';
+        fprintf(stderr, "\r\033[K%s: %s [%s]", (const char *)ctx, line, bar);
+        on_bar = 1;
+        if (step >= total) {
+            fputc('\n', stderr);
+            on_bar = 0;
+        }
+        fflush(stderr);
+        return;
+    }
+    if (on_bar)
+        fputc('\n', stderr);
+    on_bar = 0;
     fprintf(stderr, "%s: %s\n", (const char *)ctx, line);
 }
 
