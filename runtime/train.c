@@ -173,6 +173,10 @@ s2_status s2_train_run(const s2_rt *rt, const s2_train_opts *o, s2_error *err)
     snprintf(log_path, sizeof log_path, "%s", o->log_path ? o->log_path : "");
     if (!o->log_path)
         snprintf(log_path, sizeof log_path, "%s/train.jsonl", o->out_dir);
+    if (!o->resume) /* a fresh run starts a fresh log; a resumed one appends to its own */
+        st = s2_write_file_atomic(log_path, "", 0, err);
+    if (st)
+        return st;
 
     s2_data_file *df = NULL;
     s2_ckpt *ck = NULL;
