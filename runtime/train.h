@@ -15,7 +15,8 @@
  * exactly (same data order, same dropout masks).
  *
  * Progress: one line per step through the callback (loss, lr, grad norm, tokens/s, MFU,
- * memory), and the same as JSON lines in log_path. Nothing prints by itself.
+ * memory), and the same as JSON lines in log_path (emptied when a fresh run starts, appended to
+ * by a resumed one). Nothing prints by itself.
  */
 #ifndef S2_TRAIN_H
 #define S2_TRAIN_H
