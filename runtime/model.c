@@ -412,8 +412,9 @@ s2_status s2_gm_open(s2_gm **out, const s2_rt *rt, const s2_spec *spec, const s2
             group_init(m, g, &m->layers[l].g[g]);
 
     s2_jit_opts jo = {.arch = rt->arch, .cache_dir = o->cache_dir};
-    st = s2_rt_check(cudaStreamCreateWithFlags(&m->stream, cudaStreamNonBlocking),
-                     "cudaStreamCreate", err);
+    /* A blocking stream: the uploads (cudaMemcpy, cudaMemset on the legacy stream) stay ordered
+     * before the kernels that read what they wrote. */
+    st = s2_rt_check(cudaStreamCreate(&m->stream), "cudaStreamCreate", err);
     if (!st)
         st = s2_train_kern_load(&m->k, rt, spec, &jo, err);
     m->have_k = !st;
