@@ -713,7 +713,8 @@ static s2_status layer_fwd(s2_gm *m, int l, const s2_attn *at_, const s2_attn_ba
                              err);
     if (!st)
         st = s2_k_swiglu_fwd(&m->k, T, m->gu, 2 * m->I, m->xa[G_DOWN], lx3, s, err);
-    if (!st && write_out)
+    /* the recompute of a backward needs down's input, and its adapters' u when it has any */
+    if (!st && (write_out || g3->rp))
         st = s2_lora_forward(m->lora, &g3->d, m->xa[G_DOWN], g3->wc, g3->a, m->y, m->lora_ws, s,
                              err);
     if (!st && write_out)
