@@ -764,7 +764,7 @@ static const char tune_help[] =
     "of this GPU model, DIR/tune-<gpu>.jsonl (DIR: --db, default the kernel cache\n"
     "directory), which attn and bench then use. Progress on stderr; a summary of\n"
     "default and tuned time per unit on stdout.\n"
-    "  --kernels LIST    attn_fwd, attn_bwd or both (default both)\n"
+    "  --kernels LIST    attn (both units), attn_fwd, attn_bwd (default attn)\n"
     "  --budget SECONDS  after this, no new candidate is timed (the default always is)\n"
     "  --export FILE     also write the whole database to FILE (to move it elsewhere)\n"
     "  --import FILE     merge FILE into the database first (newer entries win)\n"
@@ -835,8 +835,15 @@ static int parse_tune(int argc, char **argv, tune_args *t)
                     t->units |= 1u << S2_UNIT_ATTN_FWD;
                 else if (!strcmp(k, "attn_bwd"))
                     t->units |= 1u << S2_UNIT_ATTN_BWD;
+                else if (!strcmp(k, "attn"))
+                    t->units |= (1u << S2_UNIT_ATTN_FWD) | (1u << S2_UNIT_ATTN_BWD);
+                else if (!strcmp(k, "lora"))
+                    return usage_error("tune", "--kernels lora: the LoRA linears have no tuning "
+                                               "space yet (cuBLAS chooses their algorithms)%s; "
+                                               "valid: attn, attn_fwd, attn_bwd", "");
                 else
-                    return usage_error("tune", "--kernels: unknown '%s'; valid: attn_fwd, attn_bwd", k);
+                    return usage_error("tune", "--kernels: unknown '%s'; valid: attn, attn_fwd, "
+                                               "attn_bwd", k);
             }
         } else if (!strcmp(a, "--db")) {
             t->db_dir = val;

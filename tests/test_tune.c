@@ -72,7 +72,10 @@ Test(tune, cli_arguments)
     cr_expect(strstr(out, "needs one --arch"), "%s", out);
     free(out);
     cr_expect_eq(run(BIN " tune " S2_SOURCE_DIR "/specs/tiny-byte-512.yaml --kernels attn_x", &out), 2);
-    cr_expect(strstr(out, "valid: attn_fwd, attn_bwd"), "%s", out);
+    cr_expect(strstr(out, "valid: attn, attn_fwd, attn_bwd"), "%s", out);
+    free(out);
+    cr_expect_eq(run(BIN " tune " S2_SOURCE_DIR "/specs/tiny-byte-512.yaml --kernels lora", &out), 2);
+    cr_expect(strstr(out, "no tuning space yet"), "%s", out);
     free(out);
     /* A spec error is reported before the device is looked for. */
     cr_expect_eq(run(BIN " tune " S2_SOURCE_DIR "/tests/specs_bad/unknown_key.yaml", &out), 1);
