@@ -17,7 +17,6 @@
 #include "jit.h"
 #include "rt.h"
 #include "st.h"
-#include "train_kern.h"
 #include "tune.h"
 #include "bench_lora.h"
 #include "cli.h"
@@ -205,8 +204,8 @@ static void print_build_rows(const char *arch, const s2_jit_result *res, int n_u
             int sp = x->spill_stores + x->spill_loads;
             *spills += sp;
             printf("%-7s %-9s %-22s %5d %8d %6d %7d %-5s %8.1f\n", arch,
-                   s2_attn_unit_name((s2_attn_unit)u), x->name, x->regs, x->smem, x->stack, sp,
-                   r->cache_hit ? "hit" : "built", r->ms);
+                   u < S2_UNIT_ATTN_COUNT ? s2_attn_unit_name((s2_attn_unit)u) : "train", x->name,
+                   x->regs, x->smem, x->stack, sp, r->cache_hit ? "hit" : "built", r->ms);
         }
     }
 }
@@ -238,27 +237,16 @@ static int cmd_build(int argc, char **argv)
         s2_jit_opts jo = {.arch = o.n_arch ? o.arch[a] : spec.arch[a], .cache_dir = o.cache_dir,
                           .threads = o.jobs, .no_cache = o.no_cache};
         s2_attn_plan plan;
-        s2_jit_result res[S2_UNIT_ATTN_COUNT];
+        s2_jit_result res[S2_EMIT_UNITS];
         memset(res, 0, sizeof res);
         s2_attn_tile tile;
         s2_status st;
         const s2_attn_tile *tp = cli_tile(&o, &spec, jo.arch, &tile, &err, &st);
-        if (st || s2_attn_build(&spec, tp, &jo, &plan, res, &err))
+        if (st || s2_spec_build(&spec, tp, &jo, &plan, res, &err))
             return fail(&err);
-        print_build_rows(jo.arch, res, S2_UNIT_ATTN_COUNT, &spills);
-        for (int u = 0; u < S2_UNIT_ATTN_COUNT; u++)
+        print_build_rows(jo.arch, res, S2_EMIT_UNITS, &spills);
+        for (int u = 0; u < S2_EMIT_UNITS; u++)
             s2_jit_result_free(&res[u]);
-        s2_jit_result tr = {0}; /* the trainer's unit */
-        if (s2_train_kern_build(&spec, &jo, &tr, &err))
-            return fail(&err);
-        for (int k = 0; k < tr.n_res; k++) {
-            const s2_kernel_res *x = &tr.res[k];
-            int sp = x->spill_stores + x->spill_loads;
-            spills += sp;
-            printf("%-7s %-9s %-22s %5d %8d %6d %7d %-5s %8.1f\n", jo.arch, "train", x->name,
-                   x->regs, x->smem, x->stack, sp, tr.cache_hit ? "hit" : "built", tr.ms);
-        }
-        s2_jit_result_free(&tr);
     }
     printf("built %d arch(es) in %.1f ms\n", n_arch, now_ms() - t0);
     if (spills) {

@@ -107,25 +107,44 @@ s2_status s2_rt_open(s2_rt *rt, int device, s2_error *err)
     return S2_OK;
 }
 
-s2_status s2_attn_build(const s2_spec *spec, const s2_attn_tile *tile, const s2_jit_opts *jo,
-                        s2_attn_plan *plan, s2_jit_result *out, s2_error *err)
+/* The attention units, and with train the trainer's unit after them, in one parallel build. */
+static s2_status build_units(const s2_spec *spec, const s2_attn_tile *tile, const s2_jit_opts *jo,
+                             int train, s2_attn_plan *plan, s2_jit_result *out, s2_error *err)
 {
     s2_status st = s2_plan_attn(spec, jo->arch, tile, plan, err);
     if (st)
         return st;
-    char *src[S2_UNIT_ATTN_COUNT] = {0};
-    s2_jit_src units[S2_UNIT_ATTN_COUNT];
-    char names[S2_UNIT_ATTN_COUNT][S2_SPEC_NAME_MAX + 32];
-    for (int u = 0; u < S2_UNIT_ATTN_COUNT && !st; u++) {
-        st = s2_emit_attn(spec, plan, (s2_attn_unit)u, &src[u], err);
-        snprintf(names[u], sizeof names[u], "%s/%s", spec->name, s2_attn_unit_name(u));
+    const int n = S2_UNIT_ATTN_COUNT + (train ? 1 : 0);
+    char *src[S2_EMIT_UNITS] = {0};
+    s2_jit_src units[S2_EMIT_UNITS];
+    char names[S2_EMIT_UNITS][S2_SPEC_NAME_MAX + 32];
+    for (int u = 0; u < n && !st; u++) {
+        if (u < S2_UNIT_ATTN_COUNT) {
+            st = s2_emit_attn(spec, plan, (s2_attn_unit)u, &src[u], err);
+            snprintf(names[u], sizeof names[u], "%s/%s", spec->name, s2_attn_unit_name(u));
+        } else {
+            st = s2_emit_train(spec, &src[u], err);
+            snprintf(names[u], sizeof names[u], "%s/train", spec->name);
+        }
         units[u] = (s2_jit_src){.unit = names[u], .source = src[u]};
     }
     if (!st)
-        st = s2_jit_build(units, S2_UNIT_ATTN_COUNT, jo, out, err);
-    for (int u = 0; u < S2_UNIT_ATTN_COUNT; u++)
+        st = s2_jit_build(units, n, jo, out, err);
+    for (int u = 0; u < n; u++)
         free(src[u]);
     return st;
+}
+
+s2_status s2_attn_build(const s2_spec *spec, const s2_attn_tile *tile, const s2_jit_opts *jo,
+                        s2_attn_plan *plan, s2_jit_result *out, s2_error *err)
+{
+    return build_units(spec, tile, jo, 0, plan, out, err);
+}
+
+s2_status s2_spec_build(const s2_spec *spec, const s2_attn_tile *tile, const s2_jit_opts *jo,
+                        s2_attn_plan *plan, s2_jit_result *out, s2_error *err)
+{
+    return build_units(spec, tile, jo, 1, plan, out, err);
 }
 
 static s2_status get_kernel(cudaKernel_t *k, cudaLibrary_t lib, const char *name, s2_error *err)

@@ -54,6 +54,13 @@ double s2_rt_median(double *t, int n);
 s2_status s2_attn_build(const s2_spec *spec, const s2_attn_tile *tile, const s2_jit_opts *jo,
                         s2_attn_plan *plan, s2_jit_result *out, s2_error *err);
 
+/*
+ * Every unit of spec (the attention units, then the trainer's: S2_EMIT_UNITS results in out),
+ * built in parallel; what `s2lora build` does. Needs no GPU.
+ */
+s2_status s2_spec_build(const s2_spec *spec, const s2_attn_tile *tile, const s2_jit_opts *jo,
+                        s2_attn_plan *plan, s2_jit_result *out, s2_error *err);
+
 /* Loaded S²-Attn kernels of one spec on one device. */
 typedef struct s2_attn {
     s2_attn_plan plan;
