@@ -84,12 +84,13 @@ tw=$(mktemp -d /tmp/s2lora-train.XXXXXX)
 # A random tiny-byte-512 checkpoint made by transformers, text from this repository.
 python3 - "$tw/base" <<'PY' >"$OUTDIR/train.txt" 2>&1 || status=1
 import sys, torch
-from transformers import LlamaConfig, LlamaForCausalLM
+sys.path.insert(0, "bench/peers")
+from transformers import LlamaForCausalLM
+from hf_compat import llama_config
 torch.manual_seed(1)
-cfg = LlamaConfig(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,
-                  num_key_value_heads=4, head_dim=64, vocab_size=264, max_position_embeddings=512,
-                  rope_theta=10000.0, rms_norm_eps=1e-5, rope_scaling={"type": "linear", "factor": 8.0},
-                  tie_word_embeddings=False)
+cfg = llama_config(factor=8, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+                   num_attention_heads=4, num_key_value_heads=4, head_dim=64, vocab_size=264,
+                   max_position_embeddings=512, rms_norm_eps=1e-5, tie_word_embeddings=False)
 LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(sys.argv[1], safe_serialization=True)
 print("tiny checkpoint written")
 PY

@@ -285,7 +285,7 @@ static s2_status cfg_dtype(const cfg_ctx *c, char *out, size_t n)
 }
 
 /* rope_scaling's type, under either spelling ("type", or "rope_type" as newer HF writes it). */
-static s2_status rope_type(const cfg_ctx *c, json_t *rs, const char **out)
+static s2_status rope_type(const cfg_ctx *c, const char *key, json_t *rs, const char **out)
 {
     const char *keys[2] = {"type", "rope_type"}, *val[2] = {NULL, NULL};
     for (int i = 0; i < 2; i++) {
@@ -295,58 +295,72 @@ static s2_status rope_type(const cfg_ctx *c, json_t *rs, const char **out)
         if (!json_is_string(v)) {
             char d[80];
             return s2_error_set(c->err, S2_ERR_PARSE,
-                                "%s: rope_scaling \"%s\" is %s, expected a string such as "
+                                "%s: %s \"%s\" is %s, expected a string such as "
                                 "\"linear\"",
-                                c->path, keys[i], json_desc(v, d, sizeof d));
+                                c->path, key, keys[i], json_desc(v, d, sizeof d));
         }
         val[i] = json_string_value(v);
     }
     if (val[0] && val[1] && strcmp(val[0], val[1]) != 0)
         return s2_error_set(c->err, S2_ERR_PARSE,
-                            "%s: rope_scaling has \"type\": \"%s\" and \"rope_type\": \"%s\", "
+                            "%s: %s has \"type\": \"%s\" and \"rope_type\": \"%s\", "
                             "which disagree",
-                            c->path, val[0], val[1]);
+                            c->path, key, val[0], val[1]);
     *out = val[0] ? val[0] : val[1];
     if (!*out)
         return s2_error_set(c->err, S2_ERR_PARSE,
-                            "%s: rope_scaling has no \"type\" (or \"rope_type\"); only linear "
+                            "%s: %s has no \"type\" (or \"rope_type\"); only linear "
                             "scaling is supported, e.g. {\"type\": \"linear\", \"factor\": 8.0}",
-                            c->path);
+                            c->path, key);
     return S2_OK;
 }
 
 /* null, absent or rope type "default": no scaling (factor 0); linear: its factor. */
-static s2_status cfg_rope_scaling(const cfg_ctx *c, double *factor)
+/*
+ * The RoPE settings: "rope_scaling" (transformers 4), else "rope_parameters" (transformers 5,
+ * which also moves rope_theta into it: *theta is set from it when the top level has none).
+ */
+static s2_status cfg_rope_scaling(const cfg_ctx *c, double *factor, double *theta)
 {
     *factor = 0;
-    json_t *rs = json_object_get(c->root, "rope_scaling");
-    if (!rs || json_is_null(rs))
-        return S2_OK;
+    const char *key = "rope_scaling";
+    json_t *rs = json_object_get(c->root, key);
     char d[80];
+    if (!rs || json_is_null(rs)) {
+        key = "rope_parameters";
+        rs = json_object_get(c->root, key);
+        if (!rs || json_is_null(rs))
+            return S2_OK;
+        json_t *th = json_is_object(rs) ? json_object_get(rs, "rope_theta") : NULL;
+        if (th && !json_object_get(c->root, "rope_theta") && !json_positive_number(th, theta))
+            return s2_error_set(c->err, S2_ERR_PARSE,
+                                "%s: rope_parameters \"rope_theta\" is %s, expected a positive "
+                                "number", c->path, json_desc(th, d, sizeof d));
+    }
     if (!json_is_object(rs))
         return s2_error_set(c->err, S2_ERR_PARSE,
-                            "%s: \"rope_scaling\" is %s, expected null or an object such as "
+                            "%s: \"%s\" is %s, expected null or an object such as "
                             "{\"type\": \"linear\", \"factor\": 8.0}",
-                            c->path, json_desc(rs, d, sizeof d));
+                            c->path, key, json_desc(rs, d, sizeof d));
     const char *type;
-    s2_status st = rope_type(c, rs, &type);
+    s2_status st = rope_type(c, key, rs, &type);
     if (st)
         return st;
     if (strcmp(type, "default") == 0)
         return S2_OK;
     if (strcmp(type, "linear") != 0)
         return s2_error_set(c->err, S2_ERR_PARSE,
-                            "%s: rope_scaling type \"%s\" is not supported; only \"linear\" is "
+                            "%s: %s type \"%s\" is not supported; only \"linear\" is "
                             "(position interpolation, as LongLoRA extends the context)",
-                            c->path, type);
+                            c->path, key, type);
     json_t *f = json_object_get(rs, "factor");
     if (!f)
-        return s2_error_set(c->err, S2_ERR_PARSE, "%s: rope_scaling (linear) has no \"factor\"",
-                            c->path);
+        return s2_error_set(c->err, S2_ERR_PARSE, "%s: %s (linear) has no \"factor\"",
+                            c->path, key);
     if (!json_positive_number(f, factor))
         return s2_error_set(c->err, S2_ERR_PARSE,
-                            "%s: rope_scaling \"factor\" is %s, expected a positive number",
-                            c->path, json_desc(f, d, sizeof d));
+                            "%s: %s \"factor\" is %s, expected a positive number",
+                            c->path, key, json_desc(f, d, sizeof d));
     return S2_OK;
 }
 
@@ -365,7 +379,7 @@ static s2_status cfg_fill(const cfg_ctx *c, s2_hf_config *h)
         (st = cfg_bool(c, "tie_word_embeddings", 0, &h->tie_word_embeddings)) ||
         (st = cfg_num(c, "rms_norm_eps", NAN, &h->rms_norm_eps)) ||
         (st = cfg_num(c, "rope_theta", 10000.0, &h->rope_theta)) ||
-        (st = cfg_rope_scaling(c, &h->rope_scaling_factor)) ||
+        (st = cfg_rope_scaling(c, &h->rope_scaling_factor, &h->rope_theta)) ||
         (st = cfg_dtype(c, h->torch_dtype, sizeof h->torch_dtype)))
         return st;
     if (h->num_attention_heads % h->num_key_value_heads != 0)

@@ -52,7 +52,8 @@ typedef struct s2_ckpt s2_ckpt;
 /*
  * Opens the Hugging Face checkpoint in dir: parses and validates config.json (required keys,
  * types; rope_scaling null, linear under "type" or "rope_type", or "default" meaning none;
- * any other type is refused), then reads dir/model.safetensors or, when that is
+ * any other type is refused; transformers 5's "rope_parameters" read the same way, its
+ * rope_theta too when the top level has none), then reads dir/model.safetensors or, when that is
  * absent, dir/model.safetensors.index.json and every shard it names (each read once and kept
  * in memory until s2_ckpt_close). Every tensor the index maps must exist in its shard. On
  * success *out is the caller's, to free with s2_ckpt_close; on failure *out is NULL and

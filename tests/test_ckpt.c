@@ -1236,3 +1236,27 @@ Test(ckpt, init_random_from_spec)
     s2_ckpt_close(ck);
     free(pa), free(pb), free(pc), free(w), free(nw), free(a), free(b), free(c);
 }
+
+/* transformers 5 writes "rope_parameters" (with rope_theta inside) instead of "rope_scaling". */
+Test(ckpt, rope_parameters_transformers5)
+{
+    write_ckpt(0, 0);
+    json_t *c = base_config(0);
+    json_object_del(c, "rope_scaling");
+    json_object_del(c, "rope_theta");
+    json_error_t je;
+    json_object_set_new(c, "rope_parameters",
+                        json_loads("{\"rope_type\": \"linear\", \"factor\": 4.0, "
+                                   "\"rope_theta\": 500000.0}", 0, &je));
+    write_json("config.json", c);
+    s2_ckpt *ck = open_ok();
+    cr_expect_eq(s2_ckpt_config(ck)->rope_scaling_factor, 4.0);
+    cr_expect_eq(s2_ckpt_config(ck)->rope_theta, 500000.0);
+    s2_ckpt_close(ck);
+    c = base_config(0);
+    json_object_del(c, "rope_scaling");
+    json_object_set_new(c, "rope_parameters",
+                        json_loads("{\"rope_type\": \"yarn\", \"factor\": 4.0}", 0, &je));
+    write_json("config.json", c);
+    EXPECT_OPEN_ERROR(S2_ERR_PARSE, "rope_parameters type \"yarn\" is not supported");
+}

@@ -102,7 +102,9 @@ def main():
     print(f"llama_peers: seed {seed}")
     torch.manual_seed(seed)
     os.makedirs(work, exist_ok=True)
-    from transformers import AttentionInterface, LlamaConfig, LlamaForCausalLM
+    from transformers import AttentionInterface, LlamaForCausalLM
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from hf_compat import llama_config
     import transformers
     import peft
     print(f"transformers {transformers.__version__}, peft {peft.__version__}, torch {torch.__version__}")
@@ -111,11 +113,10 @@ def main():
     spec = os.path.join(work, "spec.yaml")
     with open(spec, "w") as f:
         f.write(SPEC)
-    cfg = LlamaConfig(hidden_size=HID, intermediate_size=INTER, num_hidden_layers=L,
-                      num_attention_heads=H, num_key_value_heads=HKV, head_dim=D,
-                      vocab_size=VOCAB, max_position_embeddings=MAXPOS, rope_theta=10000.0,
-                      rms_norm_eps=1e-5, rope_scaling={"type": "linear", "factor": CTX / MAXPOS},
-                      tie_word_embeddings=False, initializer_range=0.08)
+    cfg = llama_config(factor=CTX / MAXPOS, hidden_size=HID, intermediate_size=INTER,
+                       num_hidden_layers=L, num_attention_heads=H, num_key_value_heads=HKV,
+                       head_dim=D, vocab_size=VOCAB, max_position_embeddings=MAXPOS,
+                       rms_norm_eps=1e-5, tie_word_embeddings=False, initializer_range=0.08)
     base = os.path.join(work, "base")
     m = LlamaForCausalLM(cfg)
     with torch.no_grad():  # norms away from 1, so their gradients mean something

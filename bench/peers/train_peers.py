@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tokenize_llama  # noqa: E402  (the token file writer)
 
 GROUP_RATIO = 0.25
@@ -147,14 +148,14 @@ def main():
 def one_length(a, work):
     os.makedirs(work, exist_ok=True)
     a.work = work
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
+    from hf_compat import llama_config
     torch.manual_seed(0)
-    cfg = LlamaConfig(hidden_size=a.hidden, intermediate_size=a.inter, num_hidden_layers=a.layers,
-                      num_attention_heads=a.heads, num_key_value_heads=a.kv_heads,
-                      vocab_size=a.vocab, max_position_embeddings=a.base_context,
-                      rope_theta=10000.0, rms_norm_eps=1e-5,
-                      rope_scaling={"type": "linear", "factor": a.seqlen / a.base_context},
-                      tie_word_embeddings=False)
+    cfg = llama_config(factor=a.seqlen / a.base_context, hidden_size=a.hidden,
+                       intermediate_size=a.inter, num_hidden_layers=a.layers,
+                       num_attention_heads=a.heads, num_key_value_heads=a.kv_heads,
+                       vocab_size=a.vocab, max_position_embeddings=a.base_context,
+                       rms_norm_eps=1e-5, tie_word_embeddings=False)
     base = os.path.join(a.work, "base")
     LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(base, safe_serialization=True)
     spec = os.path.join(a.work, "spec.yaml")
