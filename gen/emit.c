@@ -158,8 +158,8 @@ s2_status s2_emit_attn(const s2_spec *spec, const s2_attn_plan *plan, s2_attn_un
     if (!st)
         st = emit_template(&b, "mma.cuh", err);
     if (!st && unit == S2_UNIT_ATTN_FWD && plan->tile.fwd_wgmma) {
-        st = emit_template(&b, "wgmma.cuh", err);
         emit_wgmma(&b, plan, plan->tile.fwd_block_n);
+        st = emit_template(&b, "wgmma.cuh", err);
         if (!st)
             st = emit_template(&b, "attn_fwd_wgmma.cuh", err);
     } else if (!st && unit == S2_UNIT_ATTN_FWD) {
@@ -168,8 +168,8 @@ s2_status s2_emit_attn(const s2_spec *spec, const s2_attn_plan *plan, s2_attn_un
     if (!st && unit == S2_UNIT_ATTN_BWD)
         st = emit_template(&b, "attn_bwd_pre.cuh", err);
     if (!st && unit == S2_UNIT_ATTN_BWD && plan->tile.bwd_wgmma) {
-        st = emit_template(&b, "wgmma.cuh", err);
         emit_wgmma(&b, plan, plan->tile.bwd_block_n);
+        st = emit_template(&b, "wgmma.cuh", err);
         if (!st)
             st = emit_template(&b, "attn_bwd_wgmma.cuh", err);
     } else if (!st && unit == S2_UNIT_ATTN_BWD) {

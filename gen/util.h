@@ -86,6 +86,10 @@ void s2_buf_printf(s2_buf *b, const char *fmt, ...) __attribute__((format(printf
 void s2_buf_append(s2_buf *b, const char *s, size_t n);
 void s2_buf_free(s2_buf *b);
 
+/* splitmix64: the next value of a 64-bit state (advances *state). The one small seeded host
+ * generator every reproducible stream here is drawn from (data order, initialisations, seeds). */
+uint64_t s2_splitmix64(uint64_t *state);
+
 /* Number of online CPUs, at least 1. */
 int s2_cpu_count(void);
 

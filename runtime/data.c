@@ -751,20 +751,12 @@ s2_status s2_data_batch(const s2_data_file *f, uint64_t context_len, int64_t sep
     return S2_OK;
 }
 
-static uint64_t splitmix64(uint64_t *state)
-{
-    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
 /* Uniform in [0, bound), bound >= 1: redraw below 2^64 mod bound. */
 static uint64_t uniform(uint64_t *state, uint64_t bound)
 {
     uint64_t threshold = (0 - bound) % bound;
     for (;;) {
-        uint64_t r = splitmix64(state);
+        uint64_t r = s2_splitmix64(state);
         if (r >= threshold)
             return r % bound;
     }

@@ -180,15 +180,6 @@ static void layer_name(char *buf, size_t n, int l, const char *rest)
     snprintf(buf, n, "model.layers.%d.%s", l, rest);
 }
 
-/* splitmix64: the host RNG of the adapters' initialisation. */
-static uint64_t splitmix(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
 static const char *group_tag(int g)
 {
     static const char *const t[GROUPS] = {"self_attn.qkv", "self_attn.o", "mlp.gate_up",
@@ -313,7 +304,7 @@ static s2_status init_masters(s2_gm *m, const s2_ckpt *ck, uint64_t init_seed, s
                 if (!m->lp.lin[gr->proj[i]].adapted)
                     continue;
                 for (size_t e = 0; e < (size_t)m->lp.rank * gr->in; e++) {
-                    const double u = (double)(splitmix(&rng) >> 11) * 0x1.0p-53;
+                    const double u = (double)(s2_splitmix64(&rng) >> 11) * 0x1.0p-53;
                     a[(size_t)i * m->lp.rank * gr->in + e] = (float)((2 * u - 1) * bound);
                 }
             }

@@ -97,12 +97,11 @@ static int64_t separator(const s2_data_file *f)
     return f->vocab == S2_DATA_BYTE_VOCAB ? (int64_t)S2_DATA_BYTE_EOS : S2_DATA_NO_SEP;
 }
 
+/* A seed derived from a seed and an index: splitmix64 started b steps into a's stream. */
 static uint64_t mix(uint64_t a, uint64_t b)
 {
-    uint64_t z = a + 0x9e3779b97f4a7c15ull * (b + 1);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
+    uint64_t s = a + 0x9E3779B97F4A7C15ull * b;
+    return s2_splitmix64(&s);
 }
 
 /* The sequence a data position stands for: epoch e = pos / n uses order seed + e. */

@@ -1285,19 +1285,11 @@ s2_status s2_ckpt_load_trainable(const char *path, int n, const s2_ckpt_param *p
 
 /* ---- a fresh checkpoint from a spec ------------------------------------------------------------ */
 
-static uint64_t init_next(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
 /* Standard normal by Box-Muller (one draw per two uniforms; simple, and the init is not hot). */
 static double init_normal(uint64_t *s)
 {
-    const double u1 = ((double)(init_next(s) >> 11) + 0.5) * 0x1.0p-53;
-    const double u2 = (double)(init_next(s) >> 11) * 0x1.0p-53;
+    const double u1 = ((double)(s2_splitmix64(s) >> 11) + 0.5) * 0x1.0p-53;
+    const double u2 = (double)(s2_splitmix64(s) >> 11) * 0x1.0p-53;
     return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
 }
 

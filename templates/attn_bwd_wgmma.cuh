@@ -93,14 +93,8 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
         s2_fence_regs(s);
         s2_fence_regs(dp);
         s2_wgmma_fence();
-#pragma unroll
-        for (int ks = 0; ks < S2_HEAD_DIM / 16; ks++) // S = Q K^T
-            s2_wgmma_qk(s, s2_desc_k<S2_BWD_BM>(sq, wg * 64, ks), s2_desc_k<S2_BWD_BN>(sk, 0, ks),
-                        ks > 0);
-#pragma unroll
-        for (int ks = 0; ks < S2_HEAD_DIM / 16; ks++) // dP = dO V^T
-            s2_wgmma_qk(dp, s2_desc_k<S2_BWD_BM>(sdo, wg * 64, ks),
-                        s2_desc_k<S2_BWD_BN>(sv, 0, ks), ks > 0);
+        s2_wgmma_xyt<S2_BWD_BM, S2_BWD_BN>(s, sq, wg * 64, sk);   // S = Q K^T
+        s2_wgmma_xyt<S2_BWD_BM, S2_BWD_BN>(dp, sdo, wg * 64, sv); // dP = dO V^T
         s2_wgmma_commit();
         s2_wgmma_wait0();
         s2_fence_regs(s);
@@ -125,9 +119,7 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
         s2_acc_to_afrag<S2_BWD_BN / 8>(s, a);
         s2_fence_regs(acc);
         s2_wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < S2_BWD_BN / 16; kk++) // dQ += dS K
-            s2_wgmma_pv(acc, a[kk], s2_desc_mn<S2_BWD_BN>(sk, kk));
+        s2_wgmma_py<S2_BWD_BN>(acc, a, sk); // dQ += dS K
         s2_wgmma_commit();
         s2_wgmma_wait0();
         s2_fence_regs(acc);
@@ -220,14 +212,8 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
         s2_fence_regs(s);
         s2_fence_regs(dp);
         s2_wgmma_fence();
-#pragma unroll
-        for (int ks = 0; ks < S2_HEAD_DIM / 16; ks++) // S^T = K Q^T
-            s2_wgmma_qk(s, s2_desc_k<S2_BWD_BM>(sk, wg * 64, ks), s2_desc_k<S2_BWD_BN>(sq, 0, ks),
-                        ks > 0);
-#pragma unroll
-        for (int ks = 0; ks < S2_HEAD_DIM / 16; ks++) // dP^T = V dO^T
-            s2_wgmma_qk(dp, s2_desc_k<S2_BWD_BM>(sv, wg * 64, ks),
-                        s2_desc_k<S2_BWD_BN>(sdo, 0, ks), ks > 0);
+        s2_wgmma_xyt<S2_BWD_BM, S2_BWD_BN>(s, sk, wg * 64, sq);   // S^T = K Q^T
+        s2_wgmma_xyt<S2_BWD_BM, S2_BWD_BN>(dp, sv, wg * 64, sdo); // dP^T = V dO^T
         s2_wgmma_commit();
         s2_wgmma_wait0();
         s2_fence_regs(s);
@@ -255,12 +241,8 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
         s2_fence_regs(adv);
         s2_fence_regs(adk);
         s2_wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < S2_BWD_BN / 16; kk++) // dV += P^T dO
-            s2_wgmma_pv(adv, pa[kk], s2_desc_mn<S2_BWD_BN>(sdo, kk));
-#pragma unroll
-        for (int kk = 0; kk < S2_BWD_BN / 16; kk++) // dK += dS^T Q
-            s2_wgmma_pv(adk, da[kk], s2_desc_mn<S2_BWD_BN>(sq, kk));
+        s2_wgmma_py<S2_BWD_BN>(adv, pa, sdo); // dV += P^T dO
+        s2_wgmma_py<S2_BWD_BN>(adk, da, sq);  // dK += dS^T Q
         s2_wgmma_commit();
         s2_wgmma_wait0();
         s2_fence_regs(adv);

@@ -94,11 +94,7 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
             s[i] = 0.f; // overwritten by the first step (scale-d 0); defined for the compiler
         s2_fence_regs(s);
         s2_wgmma_fence();
-#pragma unroll
-        for (int ks = 0; ks < S2_HEAD_DIM / 16; ks++) {
-            s2_wgmma_qk(s, s2_desc_k<S2_FWD_BM>(sq, wg * 64, ks), s2_desc_k<S2_FWD_BN>(sk, 0, ks),
-                        ks > 0);
-        }
+        s2_wgmma_xyt<S2_FWD_BM, S2_FWD_BN>(s, sq, wg * 64, sk);
         s2_wgmma_commit();
         s2_wgmma_wait0();
         s2_fence_regs(s);
@@ -151,9 +147,7 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
         s2_acc_to_afrag<S2_FWD_BN / 8>(s, pa);
         s2_fence_regs(acc);
         s2_wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < S2_FWD_BN / 16; kk++)
-            s2_wgmma_pv(acc, pa[kk], s2_desc_mn<S2_FWD_BN>(sv, kk));
+        s2_wgmma_py<S2_FWD_BN>(acc, pa, sv);
         s2_wgmma_commit();
         s2_wgmma_wait0();
         s2_fence_regs(acc);

@@ -1,7 +1,7 @@
 // templates/wgmma.cuh — what the Hopper (sm_90a) attention units share: the 128-byte-swizzled
 // shared-memory layout that warpgroup products (wgmma) read through matrix descriptors, the
 // descriptors, and the fences around asynchronous products. Emitted after mma.cuh (cp.async,
-// s2_smem_addr, s2_pack2) and before the unit's generated wgmma wrappers.
+// s2_smem_addr, s2_pack2) and the unit's generated wgmma wrappers (s2_wgmma_qk, s2_wgmma_pv).
 //
 // Layout: the head dim is cut into panels of 64 elements; a panel holds its rows as 128-byte
 // lines, 16-byte chunk c of row r at chunk c ^ (r % 8), and starts 1024-byte aligned. Read
@@ -76,6 +76,27 @@ template <int ROWS>
 __device__ __forceinline__ unsigned long long s2_desc_mn(const s2_elem *base, int kk)
 {
     return s2_gmma_desc(base + kk * 16 * 64, ROWS * 128, 1024);
+}
+
+// acc = X Y^T over the head dim (k16 steps), both operands K-major in shared memory: X's 64 rows
+// from row r0 of a tile of RX rows, Y a tile of RY rows. The first step overwrites acc.
+template <int RX, int RY, int N>
+__device__ __forceinline__ void s2_wgmma_xyt(float (&acc)[N], const s2_elem *x, int r0,
+                                             const s2_elem *y)
+{
+#pragma unroll
+    for (int ks = 0; ks < S2_HEAD_DIM / 16; ks++)
+        s2_wgmma_qk(acc, s2_desc_k<RX>(x, r0, ks), s2_desc_k<RY>(y, 0, ks), ks > 0);
+}
+
+// acc += P Y: P's k16 steps as register A fragments, Y a tile of RY rows read MN-major.
+template <int RY, int N, int KK>
+__device__ __forceinline__ void s2_wgmma_py(float (&acc)[N], const unsigned (&p)[KK][4],
+                                            const s2_elem *y)
+{
+#pragma unroll
+    for (int kk = 0; kk < KK; kk++)
+        s2_wgmma_pv(acc, p[kk], s2_desc_mn<RY>(y, kk));
 }
 
 // Dynamic shared memory from its first 1024-byte boundary (the plan asks for 1 KiB more).
