@@ -138,7 +138,8 @@ t0=$(date +%s%N)
 "$BIN/s2lora" tune specs/llama2-7b-32k.yaml >"$OUTDIR/tune.txt" 2>&1 || { status=1; tail -5 "$OUTDIR/tune.txt"; }
 t1=$(date +%s%N)
 grep -v '^s2lora: ' "$OUTDIR/tune.txt"
-echo "tune: $(( (t1 - t0) / 1000000 )) ms wall; REJECTED candidates: $(grep -c REJECTED "$OUTDIR/tune.txt")"
+echo "tune: $(( (t1 - t0) / 1000000 )) ms wall; REJECTED candidates: $(grep -c REJECTED "$OUTDIR/tune.txt")" |
+  tee -a "$OUTDIR/tune.txt"
 fi
 
 if want gate; then

@@ -25,7 +25,8 @@ static const char train_help[] =
     "                    [--steps N] [--grad-accum N] [--seqlen N] [--lr X] [--warmup N]\n"
     "                    [--schedule constant|cosine] [--weight-decay X] [--max-grad-norm X]\n"
     "                    [--save-every N] [--keep-last N] [--seed N] [--resume]\n"
-    "                    [--full-attention] [--mode lora|full] [--log FILE] [--cache-dir DIR]\n"
+    "                    [--full-attention] [--mode lora|full] [--recompute auto|layer|mlp]\n"
+    "                    [--log FILE] [--cache-dir DIR]\n"
     "\n"
     "Extends a Hugging Face LLaMA checkpoint (--model: config.json and safetensors) to the\n"
     "spec's context_length the LongLoRA way: RoPE interpolated by the spec's rope_factor,\n"
@@ -42,6 +43,11 @@ static const char train_help[] =
     "OUT/train.jsonl (or --log). --mode full trains every weight instead (LongLoRA's\n"
     "Full-FT; fp32 masters and AdamW moments of the whole model must fit on the GPU) and\n"
     "writes the whole model as a Hugging Face checkpoint to OUT/model.\n"
+    "--recompute: what the backward recomputes. layer: each layer's input is kept and the\n"
+    "whole layer recomputed (least memory); mlp: the attention half's activations are kept\n"
+    "per layer too, and only the MLP's gate/up is recomputed (faster, about 7 x hidden x 2\n"
+    "bytes a token a layer more); auto (default): mlp when that fits in half of the free\n"
+    "device memory. The choice is said when training starts.\n"
     "Exit status 1 on an error, 2 on a usage error, 3 with no CUDA device.\n";
 
 static const char eval_help[] =
@@ -190,7 +196,8 @@ static int failed(const char *prog, s2_error *err)
 
 int s2_cli_train(const char *prog, int argc, char **argv)
 {
-    const char *spec_path = NULL, *schedule = "constant", *mode = "lora";
+    const char *spec_path = NULL, *schedule = "constant", *mode = "lora",
+               *recompute = "auto";
     static s2_spec spec; /* filled by the loader below; o keeps its address */
     s2_train_opts o;
     s2_train_opts_default(&o, &spec);
@@ -209,6 +216,7 @@ int s2_cli_train(const char *prog, int argc, char **argv)
         {"--full-attention", OPT_FLAG, &o.full_attention},
         {"--log", OPT_STR, &o.log_path},          {"--cache-dir", OPT_STR, &o.cache_dir},
         {"--mode", OPT_STR, &mode},
+        {"--recompute", OPT_STR, &recompute},
     };
     int rc = parse(prog, "train", argc, argv, opts, (int)(sizeof opts / sizeof opts[0]),
                    &spec_path);
@@ -231,6 +239,14 @@ int s2_cli_train(const char *prog, int argc, char **argv)
         o.full = 1;
     else if (strcmp(mode, "lora"))
         return usage(prog, "train", "--mode: valid: lora, full; got ", mode);
+    if (!strcmp(recompute, "auto"))
+        o.recompute = S2_GM_RECOMPUTE_AUTO;
+    else if (!strcmp(recompute, "layer"))
+        o.recompute = S2_GM_RECOMPUTE_LAYER;
+    else if (!strcmp(recompute, "mlp"))
+        o.recompute = S2_GM_RECOMPUTE_MLP;
+    else
+        return usage(prog, "train", "--recompute: valid: auto, layer, mlp; got ", recompute);
     if (o.grad_accum < 1)
         return usage(prog, "train", "--grad-accum: at least 1", "");
     o.seed = (uint64_t)seed;

@@ -238,9 +238,15 @@ s2_status s2_lora_backward(s2_lora_ctx *c, const s2_lora_dims *d, const void *xa
                 st = launch_dropout(c, d, 1, dxv, ws, lx, i, stream, err);
         }
     }
-    if (!st) /* dB = dy^T u (u already holds s and the masks) */
-        st = gemm_grad(c, d, "dB = dy^T u", 1, 0, d->out_total, d->rp, d->M, 1.f, dy,
-                       d->out_total, u, lx, db, d->rp, err);
+    /* dB_i = dy_i^T u_i (u already holds s and the masks), one GEMM per projection into its
+     * diagonal block of the [out_total, rp] result: the off-diagonal blocks are not
+     * parameters (a dense dy^T u would give them gradients, and an optimizer would then let
+     * one projection's adapter feed another's output). Each GEMM reads its columns of dy once. */
+    const size_t ge = d->grad_f32 ? 4 : 2;
+    for (int i = 0, off = 0; !st && i < d->n_proj; off += d->out[i], i++)
+        st = gemm_grad(c, d, "dB_i = dy_i^T u_i", 1, 0, d->out[i], d->r, d->M, 1.f,
+                       col(dy, off), d->out_total, col(u, i * d->r), lx,
+                       (char *)db + ge * ((size_t)off * d->rp + (size_t)i * d->r), d->rp, err);
     return st;
 }
 

@@ -19,8 +19,9 @@
  *   backward: [dx | v] = dy wc       (GEMM, N = in + rp: the base dx and v = dy B at once)
  *             dx += s v A            (GEMM, K = rp, beta 1)
  *             dA = s v^T x           (GEMM over M: one read of x)
- *             dB_full = dy^T u       (GEMM over M: one read of dy; projection i's dB is its
- *                                     rows and columns i*r .. i*r+r of the [out_total, rp] result)
+ *             dB_i = dy_i^T u_i      (one GEMM per projection over M, written into its
+ *                                     diagonal block of [out_total, rp]: rows of projection i,
+ *                                     columns i*r .. i*r+r; together one read of dy)
  * Beyond the base GEMMs this reads x twice, dy once and dx twice; the only temporary is v, the
  * rp extra columns of dxv. Whoever writes x writes it into xa; whoever owns W keeps it in wc.
  *
@@ -91,7 +92,9 @@ s2_status s2_lora_base_forward(s2_lora_ctx *ctx, const s2_lora_dims *d, const vo
                                const void *wc, void *y, cudaStream_t stream, s2_error *err);
 
 /* Backward from dy [M, out_total]: dxv [M, in + rp] (dx in [0, in)), da [rp, in],
- * db [out_total, rp] (dtype or fp32: d->grad_f32). xa must hold the forward's u. */
+ * db [out_total, rp] (dtype or fp32: d->grad_f32). xa must hold the forward's u. Only the
+ * diagonal blocks of db (projection i's rows, columns i*r .. i*r+r) are written: the rest is
+ * not a parameter and keeps whatever it held (zeros, for an optimizer's gradient buffer). */
 s2_status s2_lora_backward(s2_lora_ctx *ctx, const s2_lora_dims *d, const void *xa,
                            const void *wc, const void *a, const void *dy, void *dxv, void *da,
                            void *db, void *ws, cudaStream_t stream, s2_error *err);

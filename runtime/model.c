@@ -71,6 +71,8 @@ struct s2_gm {
     void *dh, *dh2, *dxv, *dgu, *dout, *dq, *dk, *dv, *dqkv, *xf, *dxf, *logits;
     float *logits_f32;
     void *attn_ws, *lora_ws;
+    int keep_attn;                 /* S2_GM_RECOMPUTE_MLP: the buffers of acts_of() hold L layers */
+    char recompute_what[200];
     int32_t *d_tokens, *d_labels, *d_pos, *d_cu;
     double *d_acc;
     /* every device allocation, for close */
@@ -388,6 +390,12 @@ s2_status s2_gm_open(s2_gm **out, const s2_rt *rt, const s2_spec *spec, const s2
     m->I = md->intermediate_size;
     m->V = md->vocab_size;
     m->Tmax = o->max_tokens;
+    if (o->recompute < S2_GM_RECOMPUTE_AUTO || o->recompute > S2_GM_RECOMPUTE_MLP) {
+        free(m);
+        return s2_error_set(err, S2_ERR_INVALID, "model: recompute = %d; valid: %d (auto), "
+                            "%d (layer), %d (mlp)", o->recompute, S2_GM_RECOMPUTE_AUTO,
+                            S2_GM_RECOMPUTE_LAYER, S2_GM_RECOMPUTE_MLP);
+    }
     m->chunk = o->logits_chunk > 0 ? o->logits_chunk : 4096;
     if (m->chunk > m->Tmax)
         m->chunk = m->Tmax;
@@ -497,18 +505,37 @@ s2_status s2_gm_open(s2_gm **out, const s2_rt *rt, const s2_spec *spec, const s2
             max_in = gr->in;
     }
     const size_t hq = (size_t)m->H * m->hd, hk = (size_t)m->Hkv * m->hd;
+    /* the attention half's activations, once or per layer (s2_gm_opts.recompute) */
+    const group *g0 = &m->layers[0].g[G_QKV], *g1 = &m->layers[0].g[G_O];
+    const size_t lx0 = (size_t)(g0->in + g0->rp), lx1 = (size_t)(g1->in + g1->rp);
+    const size_t per_layer = T * ((lx0 + lx1 + 2 * hq + 2 * hk + hid) * EL + 4) +
+                             (size_t)m->H * T * 4;
+    const size_t extra = (size_t)(m->L - 1) * per_layer;
+    m->keep_attn = o->recompute == S2_GM_RECOMPUTE_MLP;
+    if (!st && o->recompute == S2_GM_RECOMPUTE_AUTO) {
+        size_t free_b = 0, total_b = 0;
+        st = s2_rt_check(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo", err);
+        m->keep_attn = !st && extra <= free_b / 2;
+    }
+    snprintf(m->recompute_what, sizeof m->recompute_what,
+             m->keep_attn ? "recompute mlp: the attention half's activations kept per layer "
+                            "(+%.2f GiB), the backward recomputes the MLP's gate/up only"
+                          : "recompute layer: each layer's input kept, the backward recomputes "
+                            "the layer (keeping the attention half would take %.2f GiB more)",
+             (double)extra / (1 << 30));
+    const size_t nl = m->keep_attn ? (size_t)m->L : 1;
     struct { void *p; size_t bytes; const char *what; } bufs[] = {
         {&m->hs, (size_t)(m->L + 1) * T * hid * EL, "layer inputs"},
         {&m->qkv, T * m->nqkv * EL, "qkv"},
-        {&m->q, T * hq * EL, "q"},
-        {&m->k_, T * hk * EL, "k"},
-        {&m->v, T * hk * EL, "v"},
-        {&m->o, T * hq * EL, "o"},
+        {&m->q, nl * T * hq * EL, "q"},
+        {&m->k_, nl * T * hk * EL, "k"},
+        {&m->v, nl * T * hk * EL, "v"},
+        {&m->o, nl * T * hq * EL, "o"},
         {&m->y, T * hid * EL, "y"},
-        {&m->h2, T * hid * EL, "h2"},
+        {&m->h2, nl * T * hid * EL, "h2"},
         {&m->gu, T * 2 * (size_t)m->I * EL, "gate_up"},
-        {&m->lse, (size_t)m->H * T * 4, "lse"},
-        {&m->rstd1, T * 4, "rstd"},
+        {&m->lse, nl * (size_t)m->H * T * 4, "lse"},
+        {&m->rstd1, nl * T * 4, "rstd"},
         {&m->rstd2, T * 4, "rstd"},
         {&m->rstdf, T * 4, "rstd"},
         {&m->dh, T * hid * EL, "dh"},
@@ -534,7 +561,9 @@ s2_status s2_gm_open(s2_gm **out, const s2_rt *rt, const s2_spec *spec, const s2
         st = dalloc(m, bufs[i].p, bufs[i].bytes, bufs[i].what, err);
     for (int g = 0; g < GROUPS && !st; g++) {
         const group *gr = &m->layers[0].g[g];
-        st = dalloc(m, &m->xa[g], T * (size_t)(gr->in + gr->rp) * EL, "a group's input", err);
+        const size_t n = g == G_QKV || g == G_O ? nl : 1;
+        st = dalloc(m, &m->xa[g], n * T * (size_t)(gr->in + gr->rp) * EL, "a group's input",
+                    err);
     }
     size_t ws = 0;
     for (int i = 0; i < 2; i++)
@@ -578,6 +607,13 @@ void s2_gm_close(s2_gm *m)
 }
 
 size_t s2_gm_device_bytes(const s2_gm *m) { return m->bytes; }
+
+int s2_gm_recompute(const s2_gm *m, const char **what)
+{
+    if (what)
+        *what = m->recompute_what;
+    return m->keep_attn ? S2_GM_RECOMPUTE_MLP : S2_GM_RECOMPUTE_LAYER;
+}
 
 /* ---- one micro-batch ---------------------------------------------------------------------- */
 
@@ -664,52 +700,82 @@ static s2_status copy2d(void *dst, size_t ldd, const void *src, size_t lds, size
                                          cudaMemcpyDeviceToDevice, stream), what, err);
 }
 
+/* The attention half's activations of layer l: its own under S2_GM_RECOMPUTE_MLP, else the
+ * one set every layer shares (and the backward recomputes). */
+typedef struct acts {
+    void *xa_qkv, *xa_o, *q, *k, *v, *o, *h2;
+    float *lse, *rstd1;
+} acts;
+
+static acts acts_of(const s2_gm *m, int l)
+{
+    const size_t i = m->keep_attn ? (size_t)l : 0, T = (size_t)m->Tmax;
+    const size_t hq = (size_t)m->H * m->hd, hk = (size_t)m->Hkv * m->hd;
+    const group *g0 = &m->layers[0].g[G_QKV], *g1 = &m->layers[0].g[G_O];
+    return (acts){.xa_qkv = at(m->xa[G_QKV], i * T * (size_t)(g0->in + g0->rp)),
+                  .xa_o = at(m->xa[G_O], i * T * (size_t)(g1->in + g1->rp)),
+                  .q = at(m->q, i * T * hq), .k = at(m->k_, i * T * hk),
+                  .v = at(m->v, i * T * hk), .o = at(m->o, i * T * hq),
+                  .h2 = at(m->h2, i * T * (size_t)m->hid),
+                  .lse = m->lse + i * T * (size_t)m->H, .rstd1 = m->rstd1 + i * T};
+}
+
+/* The MLP half of layer l from a.h2: norm, gate/up, SwiGLU, and down when its output is
+ * wanted (write_out: the next layer's input) or its adapters' u is (a backward). */
+static s2_status mlp_fwd(s2_gm *m, int l, const acts *a, int T, int write_out, s2_error *err)
+{
+    layer *ly = &m->layers[l];
+    const int hid = m->hid;
+    group *g2 = &ly->g[G_GU], *g3 = &ly->g[G_DOWN];
+    const int lx2 = g2->in + g2->rp, lx3 = g3->in + g3->rp;
+    cudaStream_t s = m->stream;
+    s2_status st = s2_k_rmsnorm_fwd(&m->k, T, a->h2, hid, ly->w_post, m->xa[G_GU], lx2,
+                                    m->rstd2, s, err);
+    if (!st)
+        st = s2_lora_forward(m->lora, &g2->d, m->xa[G_GU], g2->wc, g2->a, m->gu, m->lora_ws, s,
+                             err);
+    if (!st)
+        st = s2_k_swiglu_fwd(&m->k, T, m->gu, 2 * m->I, m->xa[G_DOWN], lx3, s, err);
+    if (!st && (write_out || g3->rp))
+        st = s2_lora_forward(m->lora, &g3->d, m->xa[G_DOWN], g3->wc, g3->a, m->y, m->lora_ws, s,
+                             err);
+    if (!st && write_out)
+        st = s2_k_add(&m->k, T, hid, a->h2, hid, m->y, hid, hs(m, l + 1), hid, s, err);
+    return st;
+}
+
 /* Forward of layer l from its saved input; writes the next layer's input when write_out. */
 static s2_status layer_fwd(s2_gm *m, int l, const s2_attn *at_, const s2_attn_batch *bt,
                            int write_out, s2_error *err)
 {
     layer *ly = &m->layers[l];
     const int T = bt->T, hid = m->hid, hq = m->H * m->hd, hk = m->Hkv * m->hd;
-    group *g0 = &ly->g[G_QKV], *g1 = &ly->g[G_O], *g2 = &ly->g[G_GU], *g3 = &ly->g[G_DOWN];
-    const int lx0 = g0->in + g0->rp, lx1 = g1->in + g1->rp, lx2 = g2->in + g2->rp;
-    const int lx3 = g3->in + g3->rp;
+    group *g0 = &ly->g[G_QKV], *g1 = &ly->g[G_O];
+    const int lx0 = g0->in + g0->rp, lx1 = g1->in + g1->rp;
+    const acts a = acts_of(m, l);
     const void *h = hs(m, l);
     cudaStream_t s = m->stream;
-    s2_status st = s2_k_rmsnorm_fwd(&m->k, T, h, hid, ly->w_in, m->xa[G_QKV], lx0, m->rstd1, s,
-                                    err);
+    s2_status st = s2_k_rmsnorm_fwd(&m->k, T, h, hid, ly->w_in, a.xa_qkv, lx0, a.rstd1, s, err);
     if (!st)
-        st = s2_lora_forward(m->lora, &g0->d, m->xa[G_QKV], g0->wc, g0->a, m->qkv, m->lora_ws, s,
+        st = s2_lora_forward(m->lora, &g0->d, a.xa_qkv, g0->wc, g0->a, m->qkv, m->lora_ws, s,
                              err);
     if (!st)
-        st = s2_k_rope(&m->k, T, m->H, m->d_pos, +1, m->qkv, m->nqkv, m->q, hq, s, err);
+        st = s2_k_rope(&m->k, T, m->H, m->d_pos, +1, m->qkv, m->nqkv, a.q, hq, s, err);
     if (!st)
-        st = s2_k_rope(&m->k, T, m->Hkv, m->d_pos, +1, at(m->qkv, hq), m->nqkv, m->k_, hk, s,
+        st = s2_k_rope(&m->k, T, m->Hkv, m->d_pos, +1, at(m->qkv, hq), m->nqkv, a.k, hk, s,
                        err);
     if (!st)
-        st = copy2d(m->v, hk, at(m->qkv, hq + hk), m->nqkv, hk, T, s, "v out of qkv", err);
+        st = copy2d(a.v, hk, at(m->qkv, hq + hk), m->nqkv, hk, T, s, "v out of qkv", err);
     if (!st)
-        st = s2_attn_forward(at_, bt, m->q, m->k_, m->v, m->o, m->lse, s, err);
+        st = s2_attn_forward(at_, bt, a.q, a.k, a.v, a.o, a.lse, s, err);
     if (!st)
-        st = copy2d(m->xa[G_O], lx1, m->o, hq, hq, T, s, "o into o_proj's input", err);
+        st = copy2d(a.xa_o, lx1, a.o, hq, hq, T, s, "o into o_proj's input", err);
     if (!st)
-        st = s2_lora_forward(m->lora, &g1->d, m->xa[G_O], g1->wc, g1->a, m->y, m->lora_ws, s,
-                             err);
+        st = s2_lora_forward(m->lora, &g1->d, a.xa_o, g1->wc, g1->a, m->y, m->lora_ws, s, err);
     if (!st)
-        st = s2_k_add(&m->k, T, hid, h, hid, m->y, hid, m->h2, hid, s, err);
+        st = s2_k_add(&m->k, T, hid, h, hid, m->y, hid, a.h2, hid, s, err);
     if (!st)
-        st = s2_k_rmsnorm_fwd(&m->k, T, m->h2, hid, ly->w_post, m->xa[G_GU], lx2, m->rstd2, s,
-                              err);
-    if (!st)
-        st = s2_lora_forward(m->lora, &g2->d, m->xa[G_GU], g2->wc, g2->a, m->gu, m->lora_ws, s,
-                             err);
-    if (!st)
-        st = s2_k_swiglu_fwd(&m->k, T, m->gu, 2 * m->I, m->xa[G_DOWN], lx3, s, err);
-    /* the recompute of a backward needs down's input, and its adapters' u when it has any */
-    if (!st && (write_out || g3->rp))
-        st = s2_lora_forward(m->lora, &g3->d, m->xa[G_DOWN], g3->wc, g3->a, m->y, m->lora_ws, s,
-                             err);
-    if (!st && write_out)
-        st = s2_k_add(&m->k, T, hid, m->h2, hid, m->y, hid, hs(m, l + 1), hid, s, err);
+        st = mlp_fwd(m, l, &a, T, write_out, err);
     return st;
 }
 
@@ -726,7 +792,7 @@ static s2_status grad_w(s2_gm *m, const group *gr, const void *dy, const void *x
 }
 
 /* Backward of layer l: m->dh holds the gradient of its output and receives that of its input.
- * Recomputes the layer's forward first. */
+ * Recomputes the layer's forward first: all of it, or (the attention half kept) its MLP. */
 static s2_status layer_bwd(s2_gm *m, int l, const s2_attn *at_, const s2_attn_batch *bt,
                            s2_error *err)
 {
@@ -735,8 +801,9 @@ static s2_status layer_bwd(s2_gm *m, int l, const s2_attn *at_, const s2_attn_ba
     group *g0 = &ly->g[G_QKV], *g1 = &ly->g[G_O], *g2 = &ly->g[G_GU], *g3 = &ly->g[G_DOWN];
     const int lx0 = g0->in + g0->rp, lx1 = g1->in + g1->rp, lx2 = g2->in + g2->rp;
     const int lx3 = g3->in + g3->rp;
+    const acts a = acts_of(m, l);
     cudaStream_t s = m->stream;
-    s2_status st = layer_fwd(m, l, at_, bt, 0, err);
+    s2_status st = m->keep_attn ? mlp_fwd(m, l, &a, T, 0, err) : layer_fwd(m, l, at_, bt, 0, err);
     if (!st) /* down: dy = dh */
         st = s2_lora_backward(m->lora, &g3->d, m->xa[G_DOWN], g3->wc, g3->a, m->dh, m->dxv,
                               grad_of(m, g3->seg_a), grad_of(m, g3->seg_b), m->lora_ws, s, err);
@@ -750,17 +817,17 @@ static s2_status layer_bwd(s2_gm *m, int l, const s2_attn *at_, const s2_attn_ba
     if (!st)
         st = grad_w(m, g2, m->dgu, m->xa[G_GU], T, err);
     if (!st) /* dh2 = dh + norm'(dx2) */
-        st = s2_k_rmsnorm_bwd(&m->k, T, m->h2, hid, ly->w_post, m->dxv, lx2, m->rstd2, m->dh,
+        st = s2_k_rmsnorm_bwd(&m->k, T, a.h2, hid, ly->w_post, m->dxv, lx2, m->rstd2, m->dh,
                               hid, m->dh2, hid, grad_of(m, ly->seg_post), s, err);
     if (!st)
-        st = s2_lora_backward(m->lora, &g1->d, m->xa[G_O], g1->wc, g1->a, m->dh2, m->dxv,
+        st = s2_lora_backward(m->lora, &g1->d, a.xa_o, g1->wc, g1->a, m->dh2, m->dxv,
                               grad_of(m, g1->seg_a), grad_of(m, g1->seg_b), m->lora_ws, s, err);
     if (!st)
-        st = grad_w(m, g1, m->dh2, m->xa[G_O], T, err);
+        st = grad_w(m, g1, m->dh2, a.xa_o, T, err);
     if (!st)
         st = copy2d(m->dout, hq, m->dxv, lx1, hq, T, s, "dO out of o_proj's dx", err);
     if (!st)
-        st = s2_attn_backward(at_, bt, m->q, m->k_, m->v, m->o, m->lse, m->dout, m->attn_ws,
+        st = s2_attn_backward(at_, bt, a.q, a.k, a.v, a.o, a.lse, m->dout, m->attn_ws,
                               m->dq, m->dk, m->dv, s, err);
     if (!st)
         st = s2_k_rope(&m->k, T, m->H, m->d_pos, -1, m->dq, hq, m->dqkv, m->nqkv, s, err);
@@ -770,12 +837,12 @@ static s2_status layer_bwd(s2_gm *m, int l, const s2_attn *at_, const s2_attn_ba
     if (!st)
         st = copy2d(at(m->dqkv, hq + hk), m->nqkv, m->dv, hk, hk, T, s, "dv into dqkv", err);
     if (!st)
-        st = s2_lora_backward(m->lora, &g0->d, m->xa[G_QKV], g0->wc, g0->a, m->dqkv, m->dxv,
+        st = s2_lora_backward(m->lora, &g0->d, a.xa_qkv, g0->wc, g0->a, m->dqkv, m->dxv,
                               grad_of(m, g0->seg_a), grad_of(m, g0->seg_b), m->lora_ws, s, err);
     if (!st)
-        st = grad_w(m, g0, m->dqkv, m->xa[G_QKV], T, err);
+        st = grad_w(m, g0, m->dqkv, a.xa_qkv, T, err);
     if (!st) /* dh = dh2 + norm'(dx) */
-        st = s2_k_rmsnorm_bwd(&m->k, T, hs(m, l), hid, ly->w_in, m->dxv, lx0, m->rstd1, m->dh2,
+        st = s2_k_rmsnorm_bwd(&m->k, T, hs(m, l), hid, ly->w_in, m->dxv, lx0, a.rstd1, m->dh2,
                               hid, m->dh, hid, grad_of(m, ly->seg_in), s, err);
     return st;
 }

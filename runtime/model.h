@@ -42,6 +42,15 @@
 
 typedef struct s2_gm s2_gm;
 
+/* Activation recomputation. LAYER keeps each layer's input only and recomputes the whole
+ * layer in the backward (least memory). MLP also keeps, per layer, the attention half's
+ * activations (the q/k/v and o projections' inputs, q, k, v, o, the log-sum-exps, the
+ * residual after attention): the backward then recomputes only the MLP's norm, gate/up GEMM
+ * and SwiGLU, and no attention forward; per layer that costs (qkv_in + o_in + 2 q + 2 kv +
+ * hidden) * 2 bytes a token more. AUTO picks MLP when all layers' extra fits in half of the
+ * device memory free after the weights, optimizer state and workspaces, else LAYER. */
+enum { S2_GM_RECOMPUTE_AUTO = 0, S2_GM_RECOMPUTE_LAYER = 1, S2_GM_RECOMPUTE_MLP = 2 };
+
 typedef struct s2_gm_opts {
     int max_tokens;            /* tokens of one micro-batch (all sequences together) */
     int logits_chunk;          /* rows of logits at a time; 0: 4096 */
@@ -49,6 +58,7 @@ typedef struct s2_gm_opts {
     const char *cache_dir;     /* kernel cache; NULL: the default */
     uint64_t init_seed;        /* LoRA A's initialisation (PEFT's kaiming-uniform bound) */
     int no_s2attn;             /* 1: no S²-Attn kernels (evaluation only needs full attention) */
+    int recompute;             /* what the backward recomputes (S2_GM_RECOMPUTE_*) */
     int full;                  /* 1: every weight trainable ("full" fine-tuning, LongLoRA's
                                   Full-FT): no adapters; the q/k/v, o, gate/up and down weights
                                   train stacked per group ("...self_attn.qkv.weight_stacked"),
@@ -82,6 +92,10 @@ void s2_gm_close(s2_gm *m);
 
 /* Bytes of device memory the model holds (weights, state, activations, workspaces). */
 size_t s2_gm_device_bytes(const s2_gm *m);
+
+/* The recomputation in force (S2_GM_RECOMPUTE_LAYER or _MLP, AUTO resolved) and, in words,
+ * what it keeps (for the trainer's opening line). */
+int s2_gm_recompute(const s2_gm *m, const char **what);
 
 /* Sets every gradient to 0 (before the first micro-batch of an optimizer step). */
 s2_status s2_gm_zero_grad(s2_gm *m, s2_error *err);

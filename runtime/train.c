@@ -211,7 +211,7 @@ s2_status s2_train_run(const s2_rt *rt, const s2_train_opts *o, s2_error *err)
     if (!st)
         st = s2_ckpt_open(o->model_dir, &ck, err);
     s2_gm_opts go = {.max_tokens = C, .cache_dir = o->cache_dir, .init_seed = mix(o->seed, 1),
-                     .full = o->full};
+                     .full = o->full, .recompute = o->recompute};
     if (!st)
         st = s2_gm_open(&m, rt, sp, ck, &go, err);
     s2_ckpt_close(ck);
@@ -253,6 +253,11 @@ s2_status s2_train_run(const s2_rt *rt, const s2_train_opts *o, s2_error *err)
             o->grad_accum,
             s2_gm_trainable_numel(m), (double)s2_gm_device_bytes(m) / (1 << 30),
             o->full_attention ? "full" : "S2");
+    if (!st) {
+        const char *what;
+        s2_gm_recompute(m, &what);
+        say(o->progress, o->progress_ctx, "%s", what);
+    }
 
     const double fpt = flops_per_token(sp, C, o->full_attention, o->full);
     const double peak = peak_flops(rt->name);
@@ -369,7 +374,8 @@ s2_status s2_eval_run(const s2_rt *rt, const s2_eval_opts *o, s2_eval_result *re
                           o->data_path, (unsigned long long)df->n_tokens, C + 1);
     if (!st)
         st = s2_ckpt_open(o->model_dir, &ck, err);
-    s2_gm_opts go = {.max_tokens = C, .cache_dir = o->cache_dir, .no_s2attn = !o->s2attn};
+    s2_gm_opts go = {.max_tokens = C, .cache_dir = o->cache_dir, .no_s2attn = !o->s2attn,
+                     .recompute = S2_GM_RECOMPUTE_LAYER}; /* no backward */
     if (!st)
         st = s2_gm_open(&m, rt, sp, ck, &go, err);
     s2_ckpt_close(ck);
@@ -448,7 +454,8 @@ s2_status s2_passkey_run(const s2_rt *rt, const s2_eval_opts *o, int trials, uin
     float *logits = malloc((size_t)cap * sp->model.vocab_size * sizeof *logits);
     s2_status st = (!tok || !logits) ? s2_error_set(err, S2_ERR_NOMEM, "out of memory")
                                      : s2_ckpt_open(o->model_dir, &ck, err);
-    s2_gm_opts go = {.max_tokens = cap, .cache_dir = o->cache_dir, .no_s2attn = 1};
+    s2_gm_opts go = {.max_tokens = cap, .cache_dir = o->cache_dir, .no_s2attn = 1,
+                     .recompute = S2_GM_RECOMPUTE_LAYER}; /* no backward */
     if (!st)
         st = s2_gm_open(&m, rt, sp, ck, &go, err);
     s2_ckpt_close(ck);

@@ -53,6 +53,7 @@ typedef struct s2_train_opts {
     int full_attention;        /* train with full causal attention instead of S²-Attn */
     int full;                  /* "full" mode (LongLoRA's Full-FT): every weight trained, the
                                   result a whole HF checkpoint in OUT/model; 0: LoRA+ */
+    int recompute;             /* S2_GM_RECOMPUTE_* (model.h); 0: auto */
     s2_train_progress progress;
     void *progress_ctx;
 } s2_train_opts;

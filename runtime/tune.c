@@ -136,10 +136,12 @@ static void take_unit_fields(s2_attn_tile *dst, const s2_attn_tile *src, s2_attn
     if (u == S2_UNIT_ATTN_FWD) {
         dst->fwd_warps = src->fwd_warps, dst->fwd_strips = src->fwd_strips;
         dst->fwd_block_n = src->fwd_block_n, dst->fwd_stages = src->fwd_stages;
+        dst->fwd_wgmma = src->fwd_wgmma;
         return;
     }
     dst->bwd_warps = src->bwd_warps, dst->bwd_block_n = src->bwd_block_n;
     dst->bwd_stages = src->bwd_stages, dst->bwd_atomic_dq = src->bwd_atomic_dq;
+    dst->bwd_wgmma = src->bwd_wgmma;
 }
 
 /* The database's tile for unit u, if usable; why gets a word either way. */

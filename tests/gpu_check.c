@@ -73,8 +73,10 @@ static const gcase cases[] = {
 };
 #define N_CASES ((int)(sizeof cases / sizeof cases[0]))
 
-/* Every case runs with the plan's default tile and five others (tile 0 is the default). Each
- * alternative names every field, so a change of the defaults cannot change what it tests.
+/* Every case runs with the plan's default tile and five others (tile 0 is the default: on
+ * sm_90a with head_dim 64 and 128 the wgmma forward and backward together). Each alternative
+ * names every field but the wgmma switches, which stay off unless named, so a change of the
+ * defaults cannot change what it tests.
  * Tiles 4 and 5 are the Hopper kernels on sm_90a with head_dim 64 and 128: tile 4 the wgmma
  * forward (with an mma.sync backward), tile 5 the wgmma backward (after an mma.sync forward),
  * so a fault in one cannot hide in the other; elsewhere, and for head_dim 96, they are further
@@ -146,7 +148,7 @@ static const s2_attn_tile *case_tile(const gcase *c, int i, const char *arch, s2
     const char *text = alt_tile(i, c->d, arch);
     if (!text)
         return NULL;
-    *t = s2_plan_default_tile(arch, c->d);
+    *t = s2_plan_default_tile("sm_80", c->d); /* mma.sync; the Hopper tiles name wgmma */
     *st = s2_plan_parse_tile(text, t, err);
     return t;
 }
@@ -609,6 +611,16 @@ static s2_status run_lora_case(s2_lora_ctx *ctx, const lcase *c, double e[4], in
     }
     if (!st)
         e[1] = rel_block(gdx, lx, rdx, in, M, in, nan);
+    /* dB outside the diagonal blocks is not a parameter: it must keep its poison */
+    for (int i = 0, off = 0; !st && i < d.n_proj; off += d.out[i], i++)
+        for (int o = off; o < off + d.out[i]; o++)
+            for (int c = 0; c < rp; c++)
+                if ((c < i * r || c >= (i + 1) * r) && !isnan(gdb[(size_t)o * rp + c])) {
+                    fprintf(stderr, "gpu_check: LoRA dB written outside its diagonal block "
+                                    "(row %d, column %d)\n", o, c);
+                    e[3] = INFINITY;
+                    o = off + d.out[i], c = rp; /* one report per projection */
+                }
     free(rdx), free(gy), free(gdx), free(gda), free(gdb);
     free(xa), free(wc), free(a), free(dy), free(x);
     lbufs_free(&b);

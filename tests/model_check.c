@@ -6,8 +6,9 @@
  *   1. logits with full causal attention and with S²-Attn (split), adapters non-zero, against
  *      s2_ref_llama_forward (HF's fp32 RoPE angles), and the loss against s2_ref_llama_loss;
  *   2. every trainable tensor's gradient (adapters of each group, norms, embeddings) against
- *      the CPU twin's central finite difference of the loss along a random direction of that
- *      tensor (directional derivatives: one pair of CPU forwards per tensor);
+ *      the CPU twin's central finite differences of the loss (fd_check: along the gradient
+ *      itself and along random directions of that tensor), and the same gradients from a model that recomputes whole layers in the backward
+ *      (the first keeps the attention half's activations per layer);
  *   3. one AdamW step against s2_ref_adamw_step on the gradients read back;
  *   4. the training state and the PEFT adapter written and read back into the model;
  *   5. full fine-tuning (every weight trained): the gradients of stacked projection weights,
@@ -266,6 +267,59 @@ static int stacked_members(s2_ref_llama *m, const char *name, float **w, int *ro
 }
 
 /* Copies a full-mode tensor's values (p, numel elements) into the twin. */
+/* The twin's loss with a tensor moved to p0 + eps u (the caller's context knows which). */
+typedef double (*fd_loss)(void *ctx, const float *moved, size_t n);
+
+#define FD_DIRS 4
+/* A gradient g [n] of the tensor p0 against the twin's central differences, two ways:
+ *   along g itself: the derivative there is g_true . g, so a scale or sign error shows at
+ *     full size, and the many rounding errors of a bf16 backward cannot cancel it away;
+ *   along FD_DIRS random +-1 directions u (0 where keep[e] is 0: not a parameter): the
+ *     differences (g . u - fd) divided by sqrt(sum (g u)^2) estimate the gradient's relative
+ *     L2 error, whatever the size of each directional derivative (one alone can be tiny).
+ * Two report lines, each against tol. */
+static void fd_check(const char *name, const float *g, const float *p0, const int *keep,
+                     size_t n, fd_loss loss, void *ctx, double tol)
+{
+    float *u = malloc(n * sizeof(float)), *moved = malloc(n * sizeof(float));
+    double pn = 0;
+    for (size_t e = 0; e < n; e++)
+        pn += (double)p0[e] * p0[e];
+    double err2 = 0, scale2 = 0, along_g = NAN, g2 = 0, fdg = 0;
+    for (int k = 0; k <= FD_DIRS; k++) {
+        double un = 0, gu = 0, gu2 = 0;
+        for (size_t e = 0; e < n; e++) {
+            u[e] = keep && !keep[e] ? 0.f : k == 0 ? g[e] : unif() < 0 ? -1.f : 1.f;
+            un += (double)u[e] * u[e];
+            gu += (double)g[e] * u[e];
+            gu2 += (double)g[e] * u[e] * g[e] * u[e];
+        }
+        const double eps = 1e-3 * sqrt(pn / (un > 0 ? un : 1)) + 1e-6;
+        double l[2];
+        for (int sgn = 0; sgn < 2; sgn++) {
+            for (size_t e = 0; e < n; e++)
+                moved[e] = (float)(p0[e] + (sgn ? -eps : eps) * u[e]);
+            l[sgn] = loss(ctx, moved, n);
+        }
+        const double fd = (l[0] - l[1]) / (2 * eps);
+        if (k == 0) {
+            g2 = gu, fdg = fd;
+            along_g = fabs(gu - fd) / (fabs(fd) > 1e-30 ? fabs(fd) : 1e-30);
+        } else {
+            err2 += (gu - fd) * (gu - fd);
+            scale2 += gu2;
+        }
+    }
+    loss(ctx, p0, n); /* put the tensor back */
+    char what[160];
+    snprintf(what, sizeof what, "grad %.34s along g (%.3e vs %.3e)", name, g2, fdg);
+    report(what, along_g, tol);
+    snprintf(what, sizeof what, "grad %.34s, %d random directions", name, FD_DIRS);
+    report(what, scale2 > 0 ? sqrt(err2 / scale2) : NAN, tol);
+    free(u);
+    free(moved);
+}
+
 static void set_full_tensor(s2_ref_llama *m, const char *name, const float *p, size_t numel)
 {
     float *w[3];
@@ -305,6 +359,52 @@ static double ref_loss(s2_ref_llama *rm, host *h, const int32_t *tok, int T, con
         return NAN;
     }
     return s2_ref_llama_loss(logits, tok, T, VOCAB, cu, B, NULL, NULL);
+}
+
+/* fd_check's losses: a LoRA+ trainable moved in the twin's host copies, or (full mode) a
+ * weight of the twin itself. */
+typedef struct {
+    s2_ref_llama *rm;
+    host *h;
+    int i;
+    const int32_t *tok;
+    int T;
+    const int32_t *cu;
+    int B;
+    const s2_ref_llama_attn *at;
+    float *logits;
+} lora_fd_ctx;
+
+static double lora_fd_loss(void *ctx, const float *moved, size_t n)
+{
+    lora_fd_ctx *c = ctx;
+    memcpy(c->h->p[c->i], moved, n * sizeof(float));
+    return ref_loss(c->rm, c->h, c->tok, c->T, c->cu, c->B, c->at, c->logits);
+}
+
+typedef struct {
+    s2_ref_llama *fr;
+    const char *name;
+    const int32_t *tok;
+    int T;
+    const int32_t *cu;
+    int B;
+    const s2_ref_llama_attn *at;
+    float *logits;
+} full_fd_ctx;
+
+static double full_fd_loss(void *ctx, const float *moved, size_t n)
+{
+    full_fd_ctx *c = ctx;
+    set_full_tensor(c->fr, c->name, moved, n);
+    s2_error e = {0};
+    const double l = s2_ref_llama_forward(c->fr, c->tok, c->T, c->cu, c->B, c->at, NULL,
+                                          c->logits, &e)
+                         ? NAN
+                         : s2_ref_llama_loss(c->logits, c->tok, c->T, VOCAB, c->cu, c->B, NULL,
+                                             NULL);
+    s2_error_clear(&e);
+    return l;
 }
 
 #define CHECK(call)                                                                          \
@@ -356,7 +456,8 @@ int main(int argc, char **argv)
 
     CHECK(s2_spec_load_string(spec_yaml, "model-check", NULL, 0, &spec, &err));
     CHECK(s2_ckpt_open(dir, &ck, &err));
-    s2_gm_opts go = {.max_tokens = T, .logits_chunk = 100, .init_seed = seed ^ 0x1234};
+    s2_gm_opts go = {.max_tokens = T, .logits_chunk = 100, .init_seed = seed ^ 0x1234,
+                     .recompute = S2_GM_RECOMPUTE_MLP};
     CHECK(s2_gm_open(&m, &rt, &spec, ck, &go, &err));
     CHECK(s2_ref_llama_load(ck, &rm, &err));
     printf("model: %d trainable tensors, %zu elements, %.1f MiB on the device\n",
@@ -421,35 +522,45 @@ int main(int argc, char **argv)
     for (int i = 0; i < h.n; i++) {
         grads[i] = malloc(h.numel[i] * sizeof(float));
         CHECK(s2_gm_read_grad(m, i, grads[i], &err));
-        /* a direction that keeps the stacked blocks' zeros (those are not parameters) */
-        float *u = malloc(h.numel[i] * sizeof(float)), *save = malloc(h.numel[i] * sizeof(float));
+        /* directions keep the stacked blocks' zeros (those are not parameters) */
+        int *keep = malloc(h.numel[i] * sizeof(int));
+        for (size_t e = 0; e < h.numel[i]; e++)
+            keep[e] = !(strstr(h.name[i], "lora_") && h.p[i][e] == 0.f);
+        float *save = malloc(h.numel[i] * sizeof(float));
         memcpy(save, h.p[i], h.numel[i] * sizeof(float));
-        double pn = 0, un = 0, gu = 0;
-        for (size_t e = 0; e < h.numel[i]; e++) {
-            u[e] = (float)unif();
-            if (strstr(h.name[i], "lora_") && save[e] == 0.f)
-                u[e] = 0.f;
-            pn += (double)save[e] * save[e];
-            un += (double)u[e] * u[e];
-            gu += (double)grads[i][e] * u[e];
-        }
-        const double eps = 1e-3 * sqrt(pn / (un > 0 ? un : 1)) + 1e-6;
-        double lp, lm;
-        for (size_t e = 0; e < h.numel[i]; e++)
-            h.p[i][e] = (float)(save[e] + eps * u[e]);
-        lp = ref_loss(rm, &h, tok, T, cu, B, &at, lr);
-        for (size_t e = 0; e < h.numel[i]; e++)
-            h.p[i][e] = (float)(save[e] - eps * u[e]);
-        lm = ref_loss(rm, &h, tok, T, cu, B, &at, lr);
-        memcpy(h.p[i], save, h.numel[i] * sizeof(float));
-        const double fd = (lp - lm) / (2 * eps);
-        char what[160];
-        snprintf(what, sizeof what, "grad %.40s (%.3e vs %.3e)", h.name[i], gu, fd);
-        report(what, fabs(gu - fd) / (fabs(fd) > 1e-12 ? fabs(fd) : 1e-12), 5e-2);
-        free(u);
+        lora_fd_ctx fc = {rm, &h, i, tok, T, cu, B, &at, lr};
+        fd_check(h.name[i], grads[i], save, keep, h.numel[i], lora_fd_loss, &fc, 5e-2);
+        free(keep);
         free(save);
     }
     ref_loss(rm, &h, tok, T, cu, B, &at, lr); /* restore the twin */
+
+    /* 2b. the same gradients when the backward recomputes whole layers instead of the MLP
+     * only (m keeps the attention half per layer): the same kernels on the same inputs */
+    {
+        s2_gm *m2 = NULL;
+        s2_gm_opts go2 = go;
+        go2.recompute = S2_GM_RECOMPUTE_LAYER;
+        CHECK(s2_gm_open(&m2, &rt, &spec, ck, &go2, &err));
+        for (int i = 0; i < h.n; i++)
+            CHECK(s2_gm_write_param(m2, i, h.p[i], &err));
+        CHECK(s2_gm_zero_grad(m2, &err));
+        CHECK(s2_gm_train_batch(m2, &b, 0, (double)(T - B), NULL, NULL, &err));
+        double worst = 0;
+        for (int i = 0; i < h.n; i++) {
+            float *g2 = malloc(h.numel[i] * sizeof(float));
+            CHECK(s2_gm_read_grad(m2, i, g2, &err));
+            const double e = rel_l2(g2, grads[i], h.numel[i]);
+            worst = e > worst || isnan(e) ? e : worst;
+            free(g2);
+        }
+        const char *w1, *w2;
+        s2_gm_recompute(m, &w1);
+        s2_gm_recompute(m2, &w2);
+        printf("recompute: %.60s... vs %.60s...\n", w1, w2);
+        report("gradients, layer recompute vs mlp recompute", worst, 1e-5);
+        s2_gm_close(m2);
+    }
 
     /* 3. one AdamW step */
     {
@@ -540,34 +651,13 @@ int main(int argc, char **argv)
             size_t n;
             s2_gm_trainable_name(fm, i, NULL, NULL, &n);
             float *p0 = malloc(n * sizeof(float)), *g = malloc(n * sizeof(float));
-            float *pp = malloc(n * sizeof(float));
             CHECK(s2_gm_read_param(fm, i, p0, &err));
             CHECK(s2_gm_read_grad(fm, i, g, &err));
-            double pn = 0, un = 0, gu = 0;
-            float *u = malloc(n * sizeof(float));
-            for (size_t e = 0; e < n; e++) {
-                u[e] = (float)unif();
-                pn += (double)p0[e] * p0[e];
-                un += (double)u[e] * u[e];
-                gu += (double)g[e] * u[e];
-            }
-            const double eps = 1e-3 * sqrt(pn / un);
-            double l2[2];
-            for (int sgn = 0; sgn < 2; sgn++) {
-                for (size_t e = 0; e < n; e++)
-                    pp[e] = (float)(p0[e] + (sgn ? -eps : eps) * u[e]);
-                set_full_tensor(fr, names[k], pp, n);
-                s2_error e2 = {0};
-                l2[sgn] = s2_ref_llama_forward(fr, tok, T, cu, B, &at, NULL, lr, &e2)
-                              ? NAN : s2_ref_llama_loss(lr, tok, T, VOCAB, cu, B, NULL, NULL);
-                s2_error_clear(&e2);
-            }
-            set_full_tensor(fr, names[k], p0, n);
-            const double fd = (l2[0] - l2[1]) / (2 * eps);
-            char what[160];
-            snprintf(what, sizeof what, "full grad %.36s (%.3e vs %.3e)", names[k], gu, fd);
-            report(what, fabs(gu - fd) / (fabs(fd) > 1e-12 ? fabs(fd) : 1e-12), 5e-2);
-            free(p0), free(g), free(pp), free(u);
+            full_fd_ctx fc = {fr, names[k], tok, T, cu, B, &at, lr};
+            char what[64];
+            snprintf(what, sizeof what, "(full) %s", names[k]);
+            fd_check(what, g, p0, NULL, n, full_fd_loss, &fc, 5e-2);
+            free(p0), free(g);
         }
         /* the whole model as an HF checkpoint: it opens, passes the spec check, and holds the
          * masters (rounded to bf16) */

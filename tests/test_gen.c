@@ -273,7 +273,7 @@ static void check_tiles(int G, int S, const char *mode, int n, const s2_attn_til
 
 Test(plan, tile_classification_matches_reference)
 {
-    s2_attn_tile t = s2_plan_default_tile("sm_90a", 64);
+    s2_attn_tile t = s2_plan_default_tile("sm_80", 64); /* an mma.sync tile, planned for sm_90a */
     t.fwd_warps = 4, t.fwd_strips = 1, t.fwd_block_n = 64; /* 64 x 64 tiles */
     const char *modes[] = {"split", "roll"};
     for (int m = 0; m < 2; m++) {
@@ -383,7 +383,7 @@ Test(plan, test_broken_tile_is_refused_here)
 Test(plan, wgmma_forward_rules)
 {
     s2_spec s = load("");
-    s2_attn_tile t = s2_plan_default_tile("sm_90a", 128);
+    s2_attn_tile t = s2_plan_default_tile("sm_80", 128); /* mma.sync, then the Hopper forward */
     s2_error err = {0};
     cr_assert_eq(s2_plan_parse_tile("fwd_wgmma=1,fwd_warps=8,fwd_strips=1,fwd_block_n=128", &t,
                                     &err), S2_OK, "%s", err.msg);
@@ -434,7 +434,7 @@ Test(plan, wgmma_forward_rules)
 Test(plan, wgmma_backward_rules)
 {
     s2_spec s = load("");
-    s2_attn_tile t = s2_plan_default_tile("sm_90a", 64);
+    s2_attn_tile t = s2_plan_default_tile("sm_80", 64); /* mma.sync, then the Hopper backward */
     s2_error err = {0};
     cr_assert_eq(s2_plan_parse_tile("bwd_wgmma=1,bwd_warps=8,bwd_block_n=128,bwd_stages=2", &t,
                                     &err), S2_OK, "%s", err.msg);

@@ -158,7 +158,8 @@ Test(select, each_unit_takes_its_own_fields)
     s2_tunedb *db = fresh_db();
     /* The forward entry's backward fields must not leak into the choice, nor the reverse. */
     put_entry(db, &s, "sm_90a", "attn_fwd", 16384,
-              "fwd_warps=8,fwd_strips=1,fwd_block_n=64,fwd_stages=3,bwd_warps=1", S2_GEN_VERSION);
+              "fwd_wgmma=0,fwd_warps=8,fwd_strips=1,fwd_block_n=64,fwd_stages=3,bwd_warps=1",
+              S2_GEN_VERSION);
     s2_tune_choice c;
     s2_tune_select(db, DEV, "sm_90a", &s, 16384, &c);
     s2_attn_tile def = s2_plan_default_tile("sm_90a", 128);
@@ -167,15 +168,19 @@ Test(select, each_unit_takes_its_own_fields)
     cr_expect_eq(c.tile.fwd_warps, 8);
     cr_expect_eq(c.tile.fwd_block_n, 64);
     cr_expect_eq(c.tile.fwd_stages, 3);
+    cr_expect_eq(c.tile.fwd_wgmma, 0, "the kernel kind is a field of its unit too");
     cr_expect_eq(c.tile.bwd_warps, def.bwd_warps, "bwd fields stay the default");
+    cr_expect_eq(c.tile.bwd_wgmma, def.bwd_wgmma, "bwd fields stay the default");
     cr_expect(strstr(c.why, "attn_fwd: tuned (N<=16384"), "%s", c.why);
 
     put_entry(db, &s, "sm_90a", "attn_bwd", 16384,
-              "fwd_warps=1,bwd_warps=8,bwd_block_n=32,bwd_stages=3,bwd_atomic_dq=1", S2_GEN_VERSION);
+              "fwd_warps=1,bwd_wgmma=0,bwd_warps=8,bwd_block_n=32,bwd_stages=3,bwd_atomic_dq=1",
+              S2_GEN_VERSION);
     s2_tune_select(db, DEV, "sm_90a", &s, 16384, &c);
     cr_expect_eq(c.tuned[S2_UNIT_ATTN_BWD], 1);
     cr_expect_eq(c.tile.bwd_warps, 8);
     cr_expect_eq(c.tile.bwd_atomic_dq, 1);
+    cr_expect_eq(c.tile.bwd_wgmma, 0);
     cr_expect_eq(c.tile.fwd_warps, 8, "the forward still comes from its own entry");
     s2_tunedb_close(db);
 }
