@@ -748,7 +748,8 @@ static const char tune_help[] =
     "is the trusted reference; every other candidate runs on the same inputs with\n"
     "poisoned outputs and is rejected unless its outputs match the default's\n"
     "(relative L2 < 1e-2, no NaN), then is timed (median of 10 after 3 warm-ups, L2\n"
-    "flushed before each run). The fastest per unit goes into the tuning database\n"
+    "flushed before each run; one whose first run takes 1.3x the best so far is cut\n"
+    "there: it cannot win). The fastest per unit goes into the tuning database\n"
     "of this GPU model, DIR/tune-<gpu>.jsonl (DIR: --db, default the kernel cache\n"
     "directory), which attn and bench then use. Progress on stderr; a summary of\n"
     "default and tuned time per unit on stdout.\n"
@@ -929,9 +930,9 @@ static int tune_on_device(const tune_args *t)
     if (!st && t->import_path)
         fprintf(stderr, "%s: imported %s: %d new, %d replaced\n", prog, t->import_path, n_new, n_repl);
     printf("tune on %s (%s), database %s\n", rt.name, rt.arch, db->path);
-    printf("%-16s %-9s %6s %5s %7s %8s %5s %6s %10s %9s %7s  %s\n", "spec", "unit", "cands",
-           "built", "spilled", "rejected", "timed", "budget", "default_ms", "tuned_ms", "speedup",
-           "tile");
+    printf("%-16s %-9s %6s %5s %7s %8s %5s %4s %6s %10s %9s %7s  %s\n", "spec", "unit",
+           "cands", "built", "spilled", "rejected", "timed", "cut", "budget", "default_ms",
+           "tuned_ms", "speedup", "tile");
     for (int i = 0; !st && i < t->n_specs; i++) {
         s2_tune_opts o = {.seqlen = t->seqlen, .units = t->units, .budget_s = t->budget,
                           .cache_dir = t->cache_dir, .progress = tune_progress,
@@ -944,9 +945,10 @@ static int tune_on_device(const tune_args *t)
                 continue;
             char ts[200];
             s2_plan_tile_str(&r->best, ts, sizeof ts);
-            printf("%-16s %-9s %6d %5d %7d %8d %5d %6d %10.3f %9.3f %6.2fx  %s\n", specs[i].name,
-                   s2_attn_unit_name((s2_attn_unit)u), r->candidates, r->built, r->spilled,
-                   r->rejected, r->timed, r->over_budget, r->default_ms, r->best_ms,
+            printf("%-16s %-9s %6d %5d %7d %8d %5d %4d %6d %10.3f %9.3f %6.2fx  %s\n",
+                   specs[i].name, s2_attn_unit_name((s2_attn_unit)u), r->candidates, r->built,
+                   r->spilled, r->rejected, r->timed, r->cut, r->over_budget, r->default_ms,
+                   r->best_ms,
                    r->best_ms > 0 ? r->default_ms / r->best_ms : 0.0, ts);
         }
     }

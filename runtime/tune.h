@@ -76,7 +76,7 @@ typedef struct s2_tune_opts {
 } s2_tune_opts;
 
 typedef struct s2_tune_unit_result {
-    int candidates, built, spilled, rejected, timed, over_budget;
+    int candidates, built, spilled, rejected, timed, cut, over_budget;
     double default_ms, best_ms; /* medians on the same inputs in the same run */
     s2_attn_tile best;          /* the default when nothing was faster */
 } s2_tune_unit_result;
@@ -89,7 +89,8 @@ typedef struct s2_tune_unit_result {
  * outputs and rejects it unless every output matches the default's (relative L2 < 1e-2 over
  * every fourth token row of o, dq, dk, dv and all of lse; no NaN), then times it (median of
  * reps, L2 flushed before each run: the forward alone for forward candidates, the backward
- * alone for backward ones). The best per unit (never slower than the default: the default
+ * alone for backward ones). A candidate whose first run, after one warm-up, takes 1.3x the
+ * best median so far is cut there (counted in cut, not in timed): it cannot win. The best per unit (never slower than the default: the default
  * is a candidate) goes into db (when not NULL) under (device, arch, unit, attention identity,
  * shape class); the caller saves db. res gets one result per unit.
  */

@@ -1,6 +1,7 @@
 /* tune_run.c — the tuner on the device: gate every candidate against the default, time it,
  * keep the fastest per unit. */
 #include <math.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +14,9 @@
 
 #define GATE_TOL 1e-2
 #define ROW_STRIDE 4 /* the gate compares every fourth token row of the large outputs */
+#define CUT 1.3      /* a candidate whose first timed run takes CUT x the best median so far
+                        is not timed further (it cannot win) */
+#define FILL_CHUNK ((size_t)1 << 20) /* elements of one random stream of the inputs */
 
 /* The device buffers of the timing case; ref_* hold the default tile's outputs. */
 typedef struct tune_bufs {
@@ -22,6 +26,10 @@ typedef struct tune_bufs {
     void *ws, *flush;
     int32_t *cu;
     size_t nq, nk, nl, ws_bytes, flush_bytes; /* elements (q, k, lse); bytes */
+    size_t rq, rk;                            /* q- and kv-shaped token rows, elements each */
+    /* host copies of the compared rows: the candidate's (scratch) and the reference's (once) */
+    uint16_t *h_got, *h_ref[4]; /* h_ref: o, dq, dk, dv */
+    float *h_lse, *h_ref_lse;
 } tune_bufs;
 
 static void bufs_free(tune_bufs *b)
@@ -31,6 +39,11 @@ static void bufs_free(tune_bufs *b)
     for (size_t i = 0; i < sizeof p / sizeof p[0]; i++)
         if (p[i])
             cudaFree(p[i]);
+    free(b->h_got);
+    for (int i = 0; i < 4; i++)
+        free(b->h_ref[i]);
+    free(b->h_lse);
+    free(b->h_ref_lse);
 }
 
 static void say(const s2_tune_opts *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -71,6 +84,49 @@ static void fill_normal(s2_st_dtype dt, uint16_t *h, size_t n, uint64_t *state)
     }
 }
 
+/* One tensor filled by every core: chunk c of FILL_CHUNK elements from its own stream,
+ * seeded by splitmix64 of (seed, c), so the values do not depend on the thread count. */
+typedef struct fill_job {
+    s2_st_dtype dt;
+    uint16_t *h;
+    size_t n, next;
+    uint64_t seed;
+    pthread_mutex_t mu;
+} fill_job;
+
+static void *fill_worker(void *arg)
+{
+    fill_job *j = arg;
+    for (;;) {
+        pthread_mutex_lock(&j->mu);
+        const size_t c = j->next++;
+        pthread_mutex_unlock(&j->mu);
+        if (c * FILL_CHUNK >= j->n)
+            return NULL;
+        uint64_t sm = j->seed ^ (c * 0x9E3779B97F4A7C15ull);
+        uint64_t state = s2_splitmix64(&sm) | 1;
+        const size_t len = j->n - c * FILL_CHUNK < FILL_CHUNK ? j->n - c * FILL_CHUNK : FILL_CHUNK;
+        fill_normal(j->dt, j->h + c * FILL_CHUNK, len, &state);
+    }
+}
+
+static void fill_parallel(s2_st_dtype dt, uint16_t *h, size_t n, uint64_t seed)
+{
+    fill_job j = {.dt = dt, .h = h, .n = n, .seed = seed};
+    pthread_mutex_init(&j.mu, NULL);
+    int nth = s2_cpu_count();
+    nth = nth < 1 ? 1 : nth > 64 ? 64 : nth;
+    pthread_t th[64];
+    int started = 0;
+    for (; started < nth - 1; started++)
+        if (pthread_create(&th[started], NULL, fill_worker, &j) != 0)
+            break;
+    fill_worker(&j); /* the caller works too */
+    for (int i = 0; i < started; i++)
+        pthread_join(th[i], NULL);
+    pthread_mutex_destroy(&j.mu);
+}
+
 static s2_status bufs_alloc(tune_bufs *b, const s2_spec *spec, int N, s2_error *err)
 {
     const int H = spec->model.num_heads, Hkv = spec->model.num_kv_heads, d = spec->model.head_dim;
@@ -90,6 +146,15 @@ static s2_status bufs_alloc(tune_bufs *b, const s2_spec *spec, int N, s2_error *
     };
     for (size_t i = 0; !st && i < sizeof a / sizeof a[0]; i++)
         st = s2_rt_check(cudaMalloc(a[i].p, a[i].n), "cudaMalloc (tuning buffers)", err);
+    b->rq = (size_t)H * d, b->rk = (size_t)Hkv * d;
+    const size_t rows = ((size_t)N + ROW_STRIDE - 1) / ROW_STRIDE;
+    b->h_got = malloc(rows * b->rq * 2);
+    b->h_ref[0] = malloc(rows * b->rq * 2), b->h_ref[1] = malloc(rows * b->rq * 2);
+    b->h_ref[2] = malloc(rows * b->rk * 2), b->h_ref[3] = malloc(rows * b->rk * 2);
+    b->h_lse = malloc(b->nl * 4), b->h_ref_lse = malloc(b->nl * 4);
+    if (!st && !(b->h_got && b->h_ref[0] && b->h_ref[1] && b->h_ref[2] && b->h_ref[3] &&
+                 b->h_lse && b->h_ref_lse))
+        st = s2_error_set(err, S2_ERR_NOMEM, "out of memory for the gate's host copies");
     return st;
 }
 
@@ -103,7 +168,7 @@ static s2_status bufs_fill(tune_bufs *b, s2_st_dtype dt, int N, s2_error *err)
     size_t n[] = {b->nq, b->nk, b->nk, b->nq};
     s2_status st = S2_OK;
     for (int i = 0; !st && i < 4; i++) {
-        fill_normal(dt, h, n[i], &state);
+        fill_parallel(dt, h, n[i], s2_splitmix64(&state));
         st = s2_rt_check(cudaMemcpy(dst[i], h, n[i] * 2, cudaMemcpyHostToDevice), "copy inputs", err);
     }
     int32_t cu[2] = {0, N};
@@ -113,17 +178,16 @@ static s2_status bufs_fill(tune_bufs *b, s2_st_dtype dt, int N, s2_error *err)
     return st;
 }
 
-/* Copies a device tensor and its reference (bytes each) to two new host buffers. */
-static s2_status fetch_pair(const void *got, const void *ref, size_t bytes, void **a, void **r,
-                            s2_error *err)
+/* Every ROW_STRIDE-th token row (row_elems halves each) of a device tensor of n halves into
+ * host (rows packed): one strided copy, so the gate moves a quarter of the tensor. */
+static s2_status fetch_rows(const void *dev, size_t n, size_t row_elems, uint16_t *host,
+                            size_t *got, s2_error *err)
 {
-    *a = malloc(bytes ? bytes : 1), *r = malloc(bytes ? bytes : 1);
-    s2_status st = *a && *r ? S2_OK : s2_error_set(err, S2_ERR_NOMEM, "out of memory comparing");
-    if (!st)
-        st = s2_rt_check(cudaMemcpy(*a, got, bytes, cudaMemcpyDeviceToHost), "copy back", err);
-    if (!st)
-        st = s2_rt_check(cudaMemcpy(*r, ref, bytes, cudaMemcpyDeviceToHost), "copy back", err);
-    return st;
+    const size_t rows = (n / row_elems + ROW_STRIDE - 1) / ROW_STRIDE;
+    *got = rows * row_elems;
+    return s2_rt_check(cudaMemcpy2D(host, row_elems * 2, dev, ROW_STRIDE * row_elems * 2,
+                                    row_elems * 2, rows, cudaMemcpyDeviceToHost),
+                       "copy back (gate)", err);
 }
 
 /* Accumulates one compared element into the error sums and the NaN count. */
@@ -133,38 +197,34 @@ static void add_diff(double x, double y, double *num, double *den, long *nan)
     *num += (x - y) * (x - y), *den += y * y;
 }
 
-/* Relative L2 of a device half tensor against a reference over every ROW_STRIDE-th row of
- * row_elems elements; NaN counted in *nan. */
-static s2_status compare_half(const void *got, const void *ref, size_t n, size_t row_elems,
-                              s2_st_dtype dt, double *rel, long *nan, s2_error *err)
+/* Relative L2 of the sampled rows of a device half tensor against the reference's rows
+ * (already on the host); NaN counted in *nan. */
+static s2_status compare_half(const tune_bufs *b, const void *got, const uint16_t *ref, size_t n,
+                              size_t row_elems, s2_st_dtype dt, double *rel, long *nan,
+                              s2_error *err)
 {
-    void *pa, *pr;
-    s2_status st = fetch_pair(got, ref, n * 2, &pa, &pr, err);
-    const uint16_t *a = pa, *r = pr;
+    size_t m = 0;
+    s2_status st = fetch_rows(got, n, row_elems, b->h_got, &m, err);
+    const uint16_t *a = b->h_got;
     double num = 0, den = 0;
-    for (size_t row = 0; !st && row * row_elems < n; row += ROW_STRIDE)
-        for (size_t i = row * row_elems; i < (row + 1) * row_elems && i < n; i++)
-            add_diff(dt == S2_ST_BF16 ? s2_bf16_to_f32(a[i]) : s2_f16_to_f32(a[i]),
-                     dt == S2_ST_BF16 ? s2_bf16_to_f32(r[i]) : s2_f16_to_f32(r[i]), &num, &den, nan);
+    for (size_t i = 0; !st && i < m; i++)
+        add_diff(dt == S2_ST_BF16 ? s2_bf16_to_f32(a[i]) : s2_f16_to_f32(a[i]),
+                 dt == S2_ST_BF16 ? s2_bf16_to_f32(ref[i]) : s2_f16_to_f32(ref[i]), &num, &den,
+                 nan);
     *rel = den > 0 ? sqrt(num / den) : sqrt(num);
-    free(pa);
-    free(pr);
     return st;
 }
 
 /* The same over every element of an fp32 tensor. */
-static s2_status compare_f32(const float *got, const float *ref, size_t n, double *rel, long *nan,
-                             s2_error *err)
+static s2_status compare_f32(const tune_bufs *b, const float *got, const float *ref, size_t n,
+                             double *rel, long *nan, s2_error *err)
 {
-    void *pa, *pr;
-    s2_status st = fetch_pair(got, ref, n * 4, &pa, &pr, err);
-    const float *a = pa, *r = pr;
+    s2_status st = s2_rt_check(cudaMemcpy(b->h_lse, got, n * 4, cudaMemcpyDeviceToHost),
+                               "copy back (gate)", err);
     double num = 0, den = 0;
     for (size_t i = 0; !st && i < n; i++)
-        add_diff(a[i], r[i], &num, &den, nan);
+        add_diff(b->h_lse[i], ref[i], &num, &den, nan);
     *rel = den > 0 ? sqrt(num / den) : sqrt(num);
-    free(pa);
-    free(pr);
     return st;
 }
 
@@ -207,8 +267,8 @@ static s2_status poison(const tune_bufs *b, s2_error *err)
 
 /* Runs unit u of the loaded candidate once and holds its outputs against the reference:
  * *ok = 0 (rejected) on a relative error of GATE_TOL or more or any NaN. */
-static s2_status gate(const tune_case *c, s2_attn_unit u, s2_st_dtype dt, int H, int Hkv, int d,
-                      int *ok, double *worst, s2_error *err)
+static s2_status gate(const tune_case *c, s2_attn_unit u, s2_st_dtype dt, int *ok,
+                      double *worst, s2_error *err)
 {
     const tune_bufs *b = c->b;
     s2_status st = poison(b, err);
@@ -219,15 +279,15 @@ static s2_status gate(const tune_case *c, s2_attn_unit u, s2_st_dtype dt, int H,
     double e[3] = {0, 0, 0};
     long nan = 0;
     if (!st && u == S2_UNIT_ATTN_FWD) {
-        st = compare_half(b->o, b->ref_o, b->nq, (size_t)H * d, dt, &e[0], &nan, err);
+        st = compare_half(b, b->o, b->h_ref[0], b->nq, b->rq, dt, &e[0], &nan, err);
         if (!st)
-            st = compare_f32(b->lse, b->ref_lse, b->nl, &e[1], &nan, err);
+            st = compare_f32(b, b->lse, b->h_ref_lse, b->nl, &e[1], &nan, err);
     } else if (!st) {
-        st = compare_half(b->dq, b->ref_dq, b->nq, (size_t)H * d, dt, &e[0], &nan, err);
+        st = compare_half(b, b->dq, b->h_ref[1], b->nq, b->rq, dt, &e[0], &nan, err);
         if (!st)
-            st = compare_half(b->dk, b->ref_dk, b->nk, (size_t)Hkv * d, dt, &e[1], &nan, err);
+            st = compare_half(b, b->dk, b->h_ref[2], b->nk, b->rk, dt, &e[1], &nan, err);
         if (!st)
-            st = compare_half(b->dv, b->ref_dv, b->nk, (size_t)Hkv * d, dt, &e[2], &nan, err);
+            st = compare_half(b, b->dv, b->h_ref[3], b->nk, b->rk, dt, &e[2], &nan, err);
     }
     *worst = fmax(e[0], fmax(e[1], e[2]));
     *ok = !st && nan == 0 && *worst < GATE_TOL;
@@ -250,6 +310,15 @@ static s2_status run_reference(const s2_rt *rt, const s2_spec *spec, const s2_ji
                               b->ref_dq, b->ref_dk, b->ref_dv, 0, err);
     if (!st)
         st = s2_rt_check(cudaDeviceSynchronize(), "running the default tile", err);
+    /* the compared rows of the reference, on the host once for every candidate's gate */
+    const void *ref[4] = {b->ref_o, b->ref_dq, b->ref_dk, b->ref_dv};
+    const size_t n[4] = {b->nq, b->nq, b->nk, b->nk}, re[4] = {b->rq, b->rq, b->rk, b->rk};
+    size_t got;
+    for (int i = 0; !st && i < 4; i++)
+        st = fetch_rows(ref[i], n[i], re[i], b->h_ref[i], &got, err);
+    if (!st)
+        st = s2_rt_check(cudaMemcpy(b->h_ref_lse, b->ref_lse, b->nl * 4, cudaMemcpyDeviceToHost),
+                         "copy back (reference)", err);
     s2_attn_free(&a);
     return st;
 }
@@ -270,17 +339,27 @@ static s2_status try_candidate(const s2_rt *rt, const s2_spec *spec, const s2_ji
     double worst = 0, ms = 0;
     char ts[200];
     s2_plan_tile_str(&cand->tile, ts, sizeof ts);
-    st = gate(&c, cand->unit, dt, spec->model.num_heads, spec->model.num_kv_heads,
-              spec->model.head_dim, &ok, &worst, err);
+    st = gate(&c, cand->unit, dt, &ok, &worst, err);
     if (!st && !ok) {
         r->rejected++;
         say(o, "%s: REJECTED %s (error %.2e vs the default)", s2_attn_unit_name(cand->unit), ts, worst);
     }
-    if (!st && ok)
-        st = s2_rt_time_median(cand->unit == S2_UNIT_ATTN_FWD ? run_forward : run_backward, &c,
-                               o->warmup ? o->warmup : 3, o->reps ? o->reps : 10, b->flush,
-                               b->flush_bytes, &ms, err);
-    if (!st && ok) {
+    s2_rt_work fn = cand->unit == S2_UNIT_ATTN_FWD ? run_forward : run_backward;
+    int cut = 0;
+    if (!st && ok && !is_default && r->best_ms > 0) { /* one run first: a hopeless one stops */
+        double first = 0;
+        st = s2_rt_time_median(fn, &c, 1, 1, b->flush, b->flush_bytes, &first, err);
+        cut = !st && first > CUT * r->best_ms;
+        if (cut) {
+            r->cut++;
+            say(o, "%s: %.3f ms %s (one run; over %.1fx the best %.3f: not timed further)",
+                s2_attn_unit_name(cand->unit), first, ts, CUT, r->best_ms);
+        }
+    }
+    if (!st && ok && !cut)
+        st = s2_rt_time_median(fn, &c, o->warmup ? o->warmup : 3, o->reps ? o->reps : 10,
+                               b->flush, b->flush_bytes, &ms, err);
+    if (!st && ok && !cut) {
         r->timed++;
         if (is_default)
             r->default_ms = ms;

@@ -195,6 +195,9 @@ Test(cli, train_eval_logits_usage)
     cr_expect_eq(run(BIN " train x.yaml --model m --data d --out o --schedule linear", &out), 2);
     cr_expect(strstr(out, "--schedule: valid: constant, cosine; got linear"), "%s", out);
     free(out);
+    cr_expect_eq(run(BIN " train x.yaml --model m --data d --out o --recompute some", &out), 2);
+    cr_expect(strstr(out, "--recompute: valid: auto, layer, mlp; got some"), "%s", out);
+    free(out);
     cr_expect_eq(run(BIN " train x.yaml --model m --data d --out o --lr -1", &out), 2);
     cr_expect(strstr(out, "--lr -1: expected a non-negative number"), "%s", out);
     free(out);
