@@ -10,8 +10,10 @@
 #   6. `s2lora train` end to end on the tiny byte-level model (loss falls, a resumed run matches
 #      a straight one, eval and passkey run), then bench/peers/train_peers.py: tokens/s and
 #      memory against transformers + PEFT + LongLoRA's S²-Attn on the same model and data;
-#   7. `s2lora tune` of the default spec (timed: the bar is 60 s), whose tiles bench then uses;
-#   8. `s2lora bench lora` against the frozen base GEMM, then bench/peers/lora_peers.py;
+#   7. `s2lora tune` of the default spec, attention and LoRA products (timed: the bar is 60 s),
+#      whose choices bench then uses;
+#   8. `s2lora bench lora` against the frozen base GEMM, untuned, then after
+#      `s2lora tune --kernels lora` (cuBLAS algorithms per product), then lora_peers.py;
 #   9. `s2lora bench attn` beside the PyTorch peers (bench/peers/attn_peers.py): N = 8k and 16k
 #      at d=128, H=32, G=N/4, then N=16k at d=64. S2_BENCH_FULL=1 runs step 2's whole sweep
 #      (8k, 16k, 32k, 64k, 100k; alone it fits one call, with the rest it does not);
@@ -167,8 +169,21 @@ fi
 if want lora; then
 echo "== bench lora vs the frozen base GEMM, then the PyTorch peers on the same shapes"
 lora_M=${S2_LORA_M:-16384} lora_dims=${S2_LORA_DIMS:-4096} lora_ranks=${S2_LORA_RANKS:-8,16,64}
+# Untuned first (a database of its own), then the LoRA products tuned at the first M for the
+# default spec's groups (7B: its o group is the dim=4096, r=8 case) and the same bench again.
+lora_db=$(mktemp -d /tmp/s2lora-lora-db.XXXXXX)
+S2LORA_CACHE_DIR=$lora_db "$BIN/s2lora" bench lora --M "$lora_M" --dims "$lora_dims" \
+  --ranks "$lora_ranks" >"$OUTDIR/bench_lora.txt" 2>&1 || status=1
+lora_m1=${lora_M%%,*}
+t0=$(date +%s%N)
+"$BIN/s2lora" tune specs/llama2-7b-32k.yaml --kernels lora --seqlen "$lora_m1" \
+  >>"$OUTDIR/bench_lora.txt" 2>&1 || status=1
+t1=$(date +%s%N)
+echo "tune --kernels lora at M=$lora_m1: $(( (t1 - t0) / 1000000 )) ms wall" | tee -a "$OUTDIR/bench_lora.txt"
+echo "-- again, with the tuned products where the database has them" >>"$OUTDIR/bench_lora.txt"
 "$BIN/s2lora" bench lora --M "$lora_M" --dims "$lora_dims" --ranks "$lora_ranks" \
-  >"$OUTDIR/bench_lora.txt" 2>&1 || status=1
+  >>"$OUTDIR/bench_lora.txt" 2>&1 || status=1
+rm -rf "$lora_db"
 python3 bench/peers/lora_peers.py --M "$lora_M" --dims "$lora_dims" --ranks "$lora_ranks" \
   >>"$OUTDIR/bench_lora.txt" 2>&1 || status=1
 cat "$OUTDIR/bench_lora.txt"

@@ -10,7 +10,6 @@
 #include "rt.h"
 #include "st.h"
 
-#define BLOCK_ELEMS (1u << 22) /* random block repeated over each input buffer */
 
 typedef struct lora_bufs {
     void *xa, *wc, *a, *y, *dy, *dxv, *da, *db;
@@ -22,32 +21,6 @@ static void bufs_free(lora_bufs *b)
     for (size_t i = 0; i < sizeof p / sizeof p[0]; i++)
         if (p[i])
             cudaFree(p[i]);
-}
-
-/* Fills n halves of dev with copies of one random block (scaled N(0,1)). */
-static s2_status fill(void *dev, size_t n, float scale, s2_dtype dt, uint64_t *state, s2_error *err)
-{
-    size_t blk = n < BLOCK_ELEMS ? n : BLOCK_ELEMS;
-    uint16_t *h = malloc(blk * 2);
-    if (!h)
-        return s2_error_set(err, S2_ERR_NOMEM, "out of memory");
-    for (size_t i = 0; i < blk; i++) {
-        double u[2];
-        for (int j = 0; j < 2; j++) {
-            *state ^= *state >> 12, *state ^= *state << 25, *state ^= *state >> 27;
-            u[j] = ((*state * 2685821657736338717ull) >> 11) * (1.0 / 9007199254740992.0);
-        }
-        float v = scale * (float)(sqrt(-2.0 * log(u[0] + 1e-300)) * cos(2 * M_PI * u[1]));
-        h[i] = dt == S2_DTYPE_BF16 ? s2_f32_to_bf16(v) : s2_f32_to_f16(v);
-    }
-    s2_status st = S2_OK;
-    for (size_t off = 0; !st && off < n; off += blk) {
-        size_t k = n - off < blk ? n - off : blk;
-        st = s2_rt_check(cudaMemcpy((char *)dev + off * 2, h, k * 2, cudaMemcpyHostToDevice),
-                         "copy inputs", err);
-    }
-    free(h);
-    return st;
 }
 
 typedef struct lora_run {
@@ -101,13 +74,23 @@ static s2_status any_nonfinite(const void *dev, size_t n, s2_dtype dt, int *bad,
     return st;
 }
 
+s2_lora_dims s2_bench_lora_dims(s2_dtype dtype, int M, int dim, int r)
+{
+    return (s2_lora_dims){.M = M, .in = dim, .n_proj = 1, .out = {dim}, .out_total = dim, .r = r,
+                          .rp = (r + 7) / 8 * 8, .scale = 16.0f / (float)r, .dtype = dtype};
+}
+
 s2_status s2_bench_lora_case(s2_lora_ctx *ctx, s2_dtype dtype, int M, int dim, int r, int warmup,
-                             int reps, s2_bench_lora_row *row, s2_error *err)
+                             int reps, const s2_lora_dims *tuned, s2_bench_lora_row *row,
+                             s2_error *err)
 {
     memset(row, 0, sizeof *row);
     row->M = M, row->dim = dim, row->r = r;
-    s2_lora_dims d = {.M = M, .in = dim, .n_proj = 1, .out = {dim}, .out_total = dim, .r = r,
-                      .rp = (r + 7) / 8 * 8, .scale = 16.0f / (float)r, .dtype = dtype};
+    s2_lora_dims d = s2_bench_lora_dims(dtype, M, dim, r);
+    if (tuned)
+        memcpy(d.algo, tuned->algo, sizeof d.algo);
+    for (int g = 0; g < S2_LG_COUNT; g++)
+        row->tuned += d.algo[g] != 0;
     const size_t lx = (size_t)dim + d.rp;
     lora_bufs b = {0};
     struct { void **p; size_t n; } a[] = {
@@ -120,13 +103,13 @@ s2_status s2_bench_lora_case(s2_lora_ctx *ctx, s2_dtype dtype, int M, int dim, i
         st = s2_rt_check(cudaMalloc(a[i].p, a[i].n * 2), "cudaMalloc (bench lora)", err);
     uint64_t state = (uint64_t)time(NULL) * 0x9E3779B97F4A7C15ull | 1;
     if (!st)
-        st = fill(b.xa, (size_t)M * lx, 1.f, dtype, &state, err);
+        st = s2_rt_fill_normal(b.xa, (size_t)M * lx, 1.f, dtype, &state, err);
     if (!st)
-        st = fill(b.wc, (size_t)dim * lx, 1.f / sqrtf((float)dim), dtype, &state, err);
+        st = s2_rt_fill_normal(b.wc, (size_t)dim * lx, 1.f / sqrtf((float)dim), dtype, &state, err);
     if (!st)
-        st = fill(b.a, (size_t)d.rp * dim, 1.f / sqrtf((float)dim), dtype, &state, err);
+        st = s2_rt_fill_normal(b.a, (size_t)d.rp * dim, 1.f / sqrtf((float)dim), dtype, &state, err);
     if (!st)
-        st = fill(b.dy, (size_t)M * dim, 1.f, dtype, &state, err);
+        st = s2_rt_fill_normal(b.dy, (size_t)M * dim, 1.f, dtype, &state, err);
     if (!st)
         st = s2_rt_check(cudaMemset(b.y, 0xff, (size_t)M * dim * 2), "poison y", err);
     if (!st)

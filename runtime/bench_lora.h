@@ -16,6 +16,7 @@ typedef struct s2_bench_lora_row {
     double base_fwd_ms, lora_fwd_ms; /* medians */
     double base_fb_ms, lora_fb_ms;   /* forward then backward, one timed region */
     int failed;
+    int tuned;      /* products that ran a tuned cuBLAS algorithm (s2lora tune --kernels lora) */
     char note[256];
 } s2_bench_lora_row;
 
@@ -25,8 +26,13 @@ static inline double s2_bench_lora_overhead(double base, double ours)
     return base > 0 ? 100.0 * (ours - base) / base : 0.0;
 }
 
-/* Times one case on the current device (dtype: the storage type). */
+/* Times one case on the current device (dtype: the storage type). tuned (may be NULL): the
+ * tuning database's algorithms for this shape on this device, when it has them. */
 s2_status s2_bench_lora_case(s2_lora_ctx *ctx, s2_dtype dtype, int M, int dim, int r, int warmup,
-                             int reps, s2_bench_lora_row *row, s2_error *err);
+                             int reps, const s2_lora_dims *tuned, s2_bench_lora_row *row,
+                             s2_error *err);
+
+/* The dims of a case (one projection, in = out = dim, scale 16 / r, dtype gradients). */
+s2_lora_dims s2_bench_lora_dims(s2_dtype dtype, int M, int dim, int r);
 
 #endif

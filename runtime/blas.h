@@ -9,6 +9,13 @@
  * column-major C^T = op(B)^T op(A)^T, which cuBLAS computes directly — no copy, no transpose.
  * A and B are the storage dtype (bf16 or fp16); C is the storage dtype or fp32 (gradients of
  * trainable tensors accumulate in fp32 with beta = 1). Compute is always fp32.
+ *
+ * Algorithms: s2_blas_gemm lets cublasGemmEx choose. s2_blas_gemm_algo can instead run
+ * algorithm k of the list cuBLASLt's heuristic gives for the same problem (its best guess
+ * first, at most S2_BLAS_MAX_ALGOS), so a tuner can time them (s2lora tune --kernels lora).
+ * libcublasLt.so.13 is loaded with cuBLAS; its descriptors and heuristic list are made once
+ * per distinct problem (shape, transposes, leading dimensions, dtypes, pointer alignment) and
+ * reused; one 32 MiB workspace is allocated on first use.
  */
 #ifndef S2_BLAS_H
 #define S2_BLAS_H
@@ -34,5 +41,21 @@ s2_status s2_blas_stream(s2_blas *b, cudaStream_t stream, s2_error *err);
 s2_status s2_blas_gemm(s2_blas *b, s2_dtype dt, const char *what, int ta, int tb, int M, int N,
                        int K, float alpha, const void *A, int lda, const void *B, int ldb,
                        float beta, void *C, int ldc, int c_f32, s2_error *err);
+
+#define S2_BLAS_MAX_ALGOS 8
+
+/* How many algorithms (0..S2_BLAS_MAX_ALGOS) cuBLASLt's heuristic offers for the product
+ * s2_blas_gemm would run with these arguments (the pointers count only by their alignment). */
+s2_status s2_blas_algos(s2_blas *b, s2_dtype dt, int ta, int tb, int M, int N, int K,
+                        const void *A, int lda, const void *B, int ldb, const void *C, int ldc,
+                        int c_f32, int *n, s2_error *err);
+
+/* s2_blas_gemm with algorithm: 0 = cublasGemmEx's own choice (s2_blas_gemm); k >= 1 = entry
+ * k - 1 of s2_blas_algos' list through cuBLASLt. A k beyond the list (a tuning entry made with
+ * another cuBLAS) runs cuBLAS's own choice, with a warning on stderr once per problem. */
+s2_status s2_blas_gemm_algo(s2_blas *b, s2_dtype dt, const char *what, int ta, int tb, int M,
+                            int N, int K, float alpha, const void *A, int lda, const void *B,
+                            int ldb, float beta, void *C, int ldc, int c_f32, int algo,
+                            s2_error *err);
 
 #endif

@@ -155,14 +155,115 @@ static s2_status on_stream(s2_lora_ctx *c, cudaStream_t stream, s2_error *err)
 /* Element offset of column col in a half matrix, as a pointer. */
 static const void *col(const void *base, int c) { return (const char *)base + 2 * (size_t)c; }
 
+const char *s2_lora_gemm_name(s2_lora_gemm g)
+{
+    static const char *const names[S2_LG_COUNT] = {"u", "y", "dxv", "dx", "da", "db"};
+    return g >= 0 && g < S2_LG_COUNT ? names[g] : "?";
+}
+
+/* One row-major product's arguments (s2_blas_gemm's). */
+typedef struct prod {
+    const char *what;
+    int ta, tb, M, N, K;
+    float alpha;
+    const void *A;
+    int lda;
+    const void *B;
+    int ldb;
+    float beta;
+    void *C;
+    int ldc, c_f32;
+} prod;
+
+/* Runs p with algo, or (n not NULL) counts its algorithms into *n (the fewest so far). */
+static s2_status run_prod(s2_lora_ctx *c, const s2_lora_dims *d, const prod *p, int algo, int *n,
+                          s2_error *err)
+{
+    if (n) {
+        int k = 0;
+        s2_status st = s2_blas_algos(c->blas, d->dtype, p->ta, p->tb, p->M, p->N, p->K, p->A,
+                                     p->lda, p->B, p->ldb, p->C, p->ldc, p->c_f32, &k, err);
+        if (!st && k < *n)
+            *n = k;
+        return st;
+    }
+    return s2_blas_gemm_algo(c->blas, d->dtype, p->what, p->ta, p->tb, p->M, p->N, p->K, p->alpha,
+                             p->A, p->lda, p->B, p->ldb, p->beta, p->C, p->ldc, p->c_f32, algo,
+                             err);
+}
+
+/* Product g of the group (see s2_lora_gemm), run with algo or counted into *n. */
+static s2_status lora_gemm(s2_lora_ctx *c, const s2_lora_dims *d, s2_lora_gemm g, int algo,
+                           const s2_lora_bufs *b, int *n, s2_error *err)
+{
+    const int lx = d->in + d->rp;
+    void *u = (void *)col(b->xa, d->in), *v = (void *)col(b->dxv, d->in);
+    const float gb = d->grad_f32 ? d->grad_beta : 0.f;
+    prod p;
+    switch (g) {
+    case S2_LG_U:
+        p = (prod){"u = s x A^T", 0, 1, d->M, d->rp, d->in, d->scale, b->xa, lx, b->a, d->in, 0.f,
+                   u, lx, 0};
+        break;
+    case S2_LG_Y: /* y = [x | u] [W | B]^T */
+        p = (prod){"y = xa wc^T", 0, 1, d->M, d->out_total, lx, 1.f, b->xa, lx, b->wc, lx, 0.f,
+                   b->y, d->out_total, 0};
+        break;
+    case S2_LG_DXV: /* [dx | v] = dy [W | B] */
+        p = (prod){"[dx | v] = dy wc", 0, 0, d->M, lx, d->out_total, 1.f, b->dy, d->out_total,
+                   b->wc, lx, 0.f, b->dxv, lx, 0};
+        break;
+    case S2_LG_DX:
+        p = (prod){"dx += s v A", 0, 0, d->M, d->in, d->rp, d->scale, v, lx, b->a, d->in, 1.f,
+                   b->dxv, lx, 0};
+        break;
+    case S2_LG_DA:
+        p = (prod){"dA = s v^T x", 1, 0, d->rp, d->in, d->M, d->scale, v, lx, b->xa, lx, gb, b->da,
+                   d->in, d->grad_f32};
+        break;
+    case S2_LG_DB: {
+        /* dB_i = dy_i^T u_i (u already holds s and the masks), one GEMM per projection into
+         * its diagonal block of the [out_total, rp] result: the off-diagonal blocks are not
+         * parameters (a dense dy^T u would give them gradients, and an optimizer would then
+         * let one projection's adapter feed another's output). Together one read of dy. */
+        const size_t ge = d->grad_f32 ? 4 : 2;
+        s2_status st = S2_OK;
+        for (int i = 0, off = 0; !st && i < d->n_proj; off += d->out[i], i++) {
+            const prod pi = {"dB_i = dy_i^T u_i", 1, 0, d->out[i], d->r, d->M, 1.f,
+                             col(b->dy, off), d->out_total, col(u, i * d->r), lx, gb,
+                             (char *)b->db + ge * ((size_t)off * d->rp + (size_t)i * d->r),
+                             d->rp, d->grad_f32};
+            st = run_prod(c, d, &pi, algo, n, err);
+        }
+        return st;
+    }
+    default:
+        return s2_error_set(err, S2_ERR_INVALID, "LoRA: no product %d", (int)g);
+    }
+    return run_prod(c, d, &p, algo, n, err);
+}
+
+s2_status s2_lora_gemm_run(s2_lora_ctx *c, const s2_lora_dims *d, s2_lora_gemm g, int algo,
+                           const s2_lora_bufs *b, s2_error *err)
+{
+    return lora_gemm(c, d, g, algo, b, NULL, err);
+}
+
+s2_status s2_lora_gemm_algos(s2_lora_ctx *c, const s2_lora_dims *d, s2_lora_gemm g,
+                             const s2_lora_bufs *b, int *n, s2_error *err)
+{
+    *n = S2_BLAS_MAX_ALGOS;
+    return lora_gemm(c, d, g, 0, b, n, err);
+}
+
 s2_status s2_lora_forward(s2_lora_ctx *c, const s2_lora_dims *d, void *xa, const void *wc,
                           const void *a, void *y, void *ws, cudaStream_t stream, s2_error *err)
 {
     const int lx = d->in + d->rp;
+    const s2_lora_bufs b = {.xa = xa, .wc = wc, .a = a, .y = y};
     s2_status st = on_stream(c, stream, err);
     if (!st && d->dropout <= 0) /* u = s x A^T into the extra columns of xa */
-        st = gemm_rm(c, d, "u = s x A^T", 0, 1, d->M, d->rp, d->in, d->scale, xa, lx, a, d->in,
-                     0.f, (void *)col(xa, d->in), lx, err);
+        st = lora_gemm(c, d, S2_LG_U, d->algo[S2_LG_U], &b, NULL, err);
     if (!st && d->dropout > 0) { /* per projection: u_i = s drop_i(x) A_i^T; pad columns 0 */
         st = dropout_kernels(c, d->dtype, err);
         const int used = d->n_proj * d->r;
@@ -179,8 +280,7 @@ s2_status s2_lora_forward(s2_lora_ctx *c, const s2_lora_dims *d, void *xa, const
         }
     }
     if (!st) /* y = [x | u] [W | B]^T */
-        st = gemm_rm(c, d, "y = xa wc^T", 0, 1, d->M, d->out_total, lx, 1.f, xa, lx, wc, lx, 0.f,
-                     y, d->out_total, err);
+        st = lora_gemm(c, d, S2_LG_Y, d->algo[S2_LG_Y], &b, NULL, err);
     return st;
 }
 
@@ -200,18 +300,15 @@ s2_status s2_lora_backward(s2_lora_ctx *c, const s2_lora_dims *d, const void *xa
                            void *db, void *ws, cudaStream_t stream, s2_error *err)
 {
     const int lx = d->in + d->rp;
-    const void *u = col(xa, d->in), *v = col(dxv, d->in);
+    const s2_lora_bufs b = {.xa = (void *)xa, .wc = wc, .a = a, .dy = dy, .dxv = dxv, .da = da,
+                            .db = db};
     s2_status st = on_stream(c, stream, err);
     if (!st) /* [dx | v] = dy [W | B] */
-        st = gemm_rm(c, d, "[dx | v] = dy wc", 0, 0, d->M, lx, d->out_total, 1.f, dy,
-                     d->out_total, wc, lx, 0.f, dxv, lx, err);
+        st = lora_gemm(c, d, S2_LG_DXV, d->algo[S2_LG_DXV], &b, NULL, err);
     if (!st && d->dropout <= 0) {
-        /* dx += s v A */
-        st = gemm_rm(c, d, "dx += s v A", 0, 0, d->M, d->in, d->rp, d->scale, v, lx, a, d->in,
-                     1.f, dxv, lx, err);
+        st = lora_gemm(c, d, S2_LG_DX, d->algo[S2_LG_DX], &b, NULL, err); /* dx += s v A */
         if (!st) /* dA = s v^T x */
-            st = gemm_grad(c, d, "dA = s v^T x", 1, 0, d->rp, d->in, d->M, d->scale, v, lx, xa,
-                           lx, da, d->in, err);
+            st = lora_gemm(c, d, S2_LG_DA, d->algo[S2_LG_DA], &b, NULL, err);
     }
     if (!st && d->dropout > 0) {
         st = dropout_kernels(c, d->dtype, err);
@@ -238,15 +335,8 @@ s2_status s2_lora_backward(s2_lora_ctx *c, const s2_lora_dims *d, const void *xa
                 st = launch_dropout(c, d, 1, dxv, ws, lx, i, stream, err);
         }
     }
-    /* dB_i = dy_i^T u_i (u already holds s and the masks), one GEMM per projection into its
-     * diagonal block of the [out_total, rp] result: the off-diagonal blocks are not
-     * parameters (a dense dy^T u would give them gradients, and an optimizer would then let
-     * one projection's adapter feed another's output). Each GEMM reads its columns of dy once. */
-    const size_t ge = d->grad_f32 ? 4 : 2;
-    for (int i = 0, off = 0; !st && i < d->n_proj; off += d->out[i], i++)
-        st = gemm_grad(c, d, "dB_i = dy_i^T u_i", 1, 0, d->out[i], d->r, d->M, 1.f,
-                       col(dy, off), d->out_total, col(u, i * d->r), lx,
-                       (char *)db + ge * ((size_t)off * d->rp + (size_t)i * d->r), d->rp, err);
+    if (!st)
+        st = lora_gemm(c, d, S2_LG_DB, d->algo[S2_LG_DB], &b, NULL, err);
     return st;
 }
 

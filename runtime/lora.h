@@ -47,6 +47,23 @@
 
 typedef struct s2_lora_ctx s2_lora_ctx;
 
+/* The products of a group without dropout (the list above), by name, so each can run with its
+ * own cuBLAS algorithm (s2lora tune --kernels lora times them): u = s x A^T, y = xa wc^T,
+ * [dx | v] = dy wc, dx += s v A, dA = s v^T x, dB_i = dy_i^T u_i (every projection). With
+ * dropout the per-projection products take cuBLAS's default; dB keeps its choice. */
+typedef enum s2_lora_gemm {
+    S2_LG_U,
+    S2_LG_Y,
+    S2_LG_DXV,
+    S2_LG_DX,
+    S2_LG_DA,
+    S2_LG_DB,
+    S2_LG_COUNT
+} s2_lora_gemm;
+
+/* "u", "y", "dxv", "dx", "da", "db". */
+const char *s2_lora_gemm_name(s2_lora_gemm g);
+
 typedef struct s2_lora_dims {
     int M;          /* tokens */
     int in;         /* input width */
@@ -65,6 +82,9 @@ typedef struct s2_lora_dims {
      * grad_beta 1 into zeroed gradients). */
     int grad_f32;
     float grad_beta;
+    /* each product's algorithm (s2_blas_gemm_algo): 0 (what s2_lora_dims_of sets) = cuBLAS's
+     * own choice, k >= 1 = cuBLASLt's heuristic entry k - 1 for that product */
+    unsigned char algo[S2_LG_COUNT];
 } s2_lora_dims;
 
 /* Dimensions of group g of layer `layer` of a plan for M tokens, dropout seed `seed`. */
@@ -98,6 +118,24 @@ s2_status s2_lora_base_forward(s2_lora_ctx *ctx, const s2_lora_dims *d, const vo
 s2_status s2_lora_backward(s2_lora_ctx *ctx, const s2_lora_dims *d, const void *xa,
                            const void *wc, const void *a, const void *dy, void *dxv, void *da,
                            void *db, void *ws, cudaStream_t stream, s2_error *err);
+
+/* The device buffers of one group's products (as forward and backward take them). */
+typedef struct s2_lora_bufs {
+    void *xa;
+    const void *wc, *a;
+    void *y;
+    const void *dy;
+    void *dxv, *da, *db;
+} s2_lora_bufs;
+
+/* Product g alone with algorithm algo (0: cuBLAS's choice), on the context's current stream:
+ * what the tuner times. Its inputs must hold what the forward or backward would have there. */
+s2_status s2_lora_gemm_run(s2_lora_ctx *ctx, const s2_lora_dims *d, s2_lora_gemm g, int algo,
+                           const s2_lora_bufs *b, s2_error *err);
+
+/* How many cuBLASLt algorithms product g can take (the fewest over dB's projections). */
+s2_status s2_lora_gemm_algos(s2_lora_ctx *ctx, const s2_lora_dims *d, s2_lora_gemm g,
+                             const s2_lora_bufs *b, int *n, s2_error *err);
 
 /* The base backward alone (dx = dy W, K = out_total). */
 s2_status s2_lora_base_backward(s2_lora_ctx *ctx, const s2_lora_dims *d, const void *wc,

@@ -659,7 +659,11 @@ static int cmd_bench_lora(int argc, char **argv)
         for (int j = 0; j < nd; j++)
             for (int k = 0; k < nr; k++) {
                 s2_bench_lora_row r;
-                if (s2_bench_lora_case(ctx, dt, Ms[i], dims[j], ranks[k], 5, reps, &r, &err)) {
+                s2_lora_dims tuned = s2_bench_lora_dims(dt, Ms[i], dims[j], ranks[k]);
+                s2_jit_opts jo = {0};
+                s2_tune_lora_select_cached(&jo, rt.name, rt.arch, &tuned, NULL, 0);
+                if (s2_bench_lora_case(ctx, dt, Ms[i], dims[j], ranks[k], 5, reps, &tuned, &r,
+                                       &err)) {
                     printf("%6d %5d %3d ERROR %s\n", Ms[i], dims[j], ranks[k], err.msg);
                     s2_error_clear(&err);
                     failed++;
@@ -667,9 +671,12 @@ static int cmd_bench_lora(int argc, char **argv)
                 }
                 double fo = s2_bench_lora_overhead(r.base_fwd_ms, r.lora_fwd_ms);
                 double bo = s2_bench_lora_overhead(r.base_fb_ms, r.lora_fb_ms);
-                printf("%6d %5d %3d %12.3f %12.3f %6.1f%% %12.3f %12.3f %6.1f%% %s\n", r.M, r.dim,
-                       r.r, r.base_fwd_ms, r.lora_fwd_ms, fo, r.base_fb_ms, r.lora_fb_ms, bo,
-                       r.failed ? r.note : "");
+                char tn[48] = "";
+                if (r.tuned)
+                    snprintf(tn, sizeof tn, " (%d products tuned)", r.tuned);
+                printf("%6d %5d %3d %12.3f %12.3f %6.1f%% %12.3f %12.3f %6.1f%% %s%s\n", r.M,
+                       r.dim, r.r, r.base_fwd_ms, r.lora_fwd_ms, fo, r.base_fb_ms, r.lora_fb_ms,
+                       bo, r.failed ? r.note : "", tn);
                 s2_buf_printf(&out, "%d,%d,%d,%.4f,%.4f,%.2f,%.4f,%.4f,%.2f,%d\n", r.M, r.dim,
                               r.r, r.base_fwd_ms, r.lora_fwd_ms, fo, r.base_fb_ms, r.lora_fb_ms,
                               bo, r.failed);
@@ -751,9 +758,12 @@ static const char tune_help[] =
     "flushed before each run; one whose first run takes 1.3x the best so far is cut\n"
     "there: it cannot win). The fastest per unit goes into the tuning database\n"
     "of this GPU model, DIR/tune-<gpu>.jsonl (DIR: --db, default the kernel cache\n"
-    "directory), which attn and bench then use. Progress on stderr; a summary of\n"
-    "default and tuned time per unit on stdout.\n"
-    "  --kernels LIST    attn (both units), attn_fwd, attn_bwd (default attn)\n"
+    "directory), which attn and bench then use. The LoRA linears' space is the cuBLAS\n"
+    "algorithm of each product of each adapted group (cuBLAS's choice, then each one\n"
+    "cuBLASLt's heuristic offers), gated against cuBLAS's choice the same way and timed\n"
+    "at --seqlen tokens; bench lora and train use the result. Progress on stderr; a\n"
+    "summary of default and tuned time per unit and product on stdout.\n"
+    "  --kernels LIST    attn (both units), attn_fwd, attn_bwd, lora (default: all)\n"
     "  --budget SECONDS  after this, no new candidate is timed (the default always is)\n"
     "  --export FILE     also write the whole database to FILE (to move it elsewhere)\n"
     "  --import FILE     merge FILE into the database first (newer entries win)\n"
@@ -769,7 +779,8 @@ typedef struct tune_args {
     s2_spec_override sets[MAX_SETS];
     int n_sets;
     const char *arch, *db_dir, *export_path, *import_path, *cache_dir;
-    unsigned units;
+    unsigned units; /* attention units */
+    int lora;       /* the LoRA linears' products */
     int seqlen, jobs, build_only, help;
     double budget;
 } tune_args;
@@ -827,12 +838,10 @@ static int parse_tune(int argc, char **argv, tune_args *t)
                 else if (!strcmp(k, "attn"))
                     t->units |= (1u << S2_UNIT_ATTN_FWD) | (1u << S2_UNIT_ATTN_BWD);
                 else if (!strcmp(k, "lora"))
-                    return usage_error("tune", "--kernels lora: the LoRA linears have no tuning "
-                                               "space yet (cuBLAS chooses their algorithms)%s; "
-                                               "valid: attn, attn_fwd, attn_bwd", "");
+                    t->lora = 1;
                 else
                     return usage_error("tune", "--kernels: unknown '%s'; valid: attn, attn_fwd, "
-                                               "attn_bwd", k);
+                                               "attn_bwd, lora", k);
             }
         } else if (!strcmp(a, "--db")) {
             t->db_dir = val;
@@ -846,6 +855,8 @@ static int parse_tune(int argc, char **argv, tune_args *t)
             return usage_error("tune", "unknown option '%s'", a);
         }
     }
+    if (!t->units && !t->lora) /* every kernel of the spec */
+        t->units = (1u << S2_UNIT_ATTN_COUNT) - 1, t->lora = 1;
     return 0;
 }
 
@@ -859,13 +870,17 @@ static int tune_build_only(const tune_args *t)
         if (s2_spec_load(t->specs[i], t->sets, t->n_sets, &spec, &err))
             return fail(&err);
         s2_jit_opts jo = {.arch = t->arch, .cache_dir = t->cache_dir, .threads = t->jobs};
+        if (t->lora)
+            printf("spec %s: the LoRA linears' tuning space is cuBLAS's algorithms: nothing to "
+                   "build\n", spec.name);
+        if (!t->units)
+            continue;
         s2_tune_candidate *c = NULL;
         int n = 0;
         double t0 = now_ms();
         fprintf(stderr, "%s: building the tuning space of %s for %s ...\n", prog, spec.name,
                 jo.arch);
-        if (s2_tune_build_space(&spec, &jo, t->units ? t->units : (1u << S2_UNIT_ATTN_COUNT) - 1,
-                                &c, &n, &err))
+        if (s2_tune_build_space(&spec, &jo, t->units, &c, &n, &err))
             return fail(&err);
         printf("spec %s (sha256 %.16s) for %s: %d candidates in %.1f s\n", spec.name,
                spec.hash_hex, jo.arch, n, (now_ms() - t0) / 1e3);
@@ -933,7 +948,7 @@ static int tune_on_device(const tune_args *t)
     printf("%-16s %-9s %6s %5s %7s %8s %5s %4s %6s %10s %9s %7s  %s\n", "spec", "unit",
            "cands", "built", "spilled", "rejected", "timed", "cut", "budget", "default_ms",
            "tuned_ms", "speedup", "tile");
-    for (int i = 0; !st && i < t->n_specs; i++) {
+    for (int i = 0; !st && t->units && i < t->n_specs; i++) {
         s2_tune_opts o = {.seqlen = t->seqlen, .units = t->units, .budget_s = t->budget,
                           .cache_dir = t->cache_dir, .progress = tune_progress,
                           .progress_ctx = specs[i].name};
@@ -950,6 +965,25 @@ static int tune_on_device(const tune_args *t)
                    r->spilled, r->rejected, r->timed, r->cut, r->over_budget, r->default_ms,
                    r->best_ms,
                    r->best_ms > 0 ? r->default_ms / r->best_ms : 0.0, ts);
+        }
+    }
+    if (!st && t->lora)
+        printf("%-16s %-8s %-7s %5s %5s %8s %5s %10s %9s %7s  %s\n", "spec", "group", "product",
+               "M", "algos", "rejected", "timed", "default_ms", "tuned_ms", "speedup", "algo");
+    for (int i = 0; !st && t->lora && i < t->n_specs; i++) {
+        s2_tune_opts o = {.seqlen = t->seqlen, .cache_dir = t->cache_dir,
+                          .progress = tune_progress, .progress_ctx = specs[i].name};
+        s2_tune_lora_result res[64];
+        int n = 0;
+        st = s2_tune_lora_run(&rt, &specs[i], &o, db, res, 64, &n, &err);
+        for (int k = 0; !st && k < n; k++) {
+            const s2_tune_lora_result *r = &res[k];
+            char name[64];
+            s2_tune_lora_kernel_name(r->gemm, r->grad_f32, name, sizeof name);
+            printf("%-16s %-8s %-7s %5d %5d %8d %5d %10.3f %9.3f %6.2fx  %d%s\n", specs[i].name,
+                   r->group, name + 5, r->M, r->algos, r->rejected, r->timed, r->default_ms,
+                   r->best_ms, r->best_ms > 0 ? r->default_ms / r->best_ms : 0.0, r->best,
+                   r->best ? "" : " (cuBLAS's choice)");
         }
     }
     if (!st)

@@ -10,6 +10,7 @@
 #include "lora.h"
 #include "ref_llama.h"
 #include "train_kern.h"
+#include "tune.h"
 
 #define GROUPS 4 /* per layer: {q, k, v}, {o}, {gate, up}, {down} */
 enum { G_QKV = 0, G_O, G_GU, G_DOWN };
@@ -25,6 +26,7 @@ typedef struct group {
     void *a;         /* [rp, in], NULL when rp = 0 */
     int seg_a, seg_b; /* trainable tensors, -1 when the group has no adapter */
     int seg_w;        /* full mode: the stacked W itself, -1 otherwise */
+    unsigned char algo[S2_LG_COUNT]; /* tuned cuBLAS algorithms (s2lora tune --kernels lora) */
 } group;
 
 typedef struct layer {
@@ -73,6 +75,7 @@ struct s2_gm {
     void *attn_ws, *lora_ws;
     int keep_attn;                 /* S2_GM_RECOMPUTE_MLP: the buffers of acts_of() hold L layers */
     char recompute_what[200];
+    char lora_why[160];            /* which LoRA products run tuned cuBLAS algorithms */
     int32_t *d_tokens, *d_labels, *d_pos, *d_cu;
     double *d_acc;
     /* every device allocation, for close */
@@ -433,6 +436,24 @@ s2_status s2_gm_open(s2_gm **out, const s2_rt *rt, const s2_spec *spec, const s2
         m->blas = s2_lora_blas(m->lora);
         st = s2_blas_stream(m->blas, m->stream, err);
     }
+    /* the adapted groups' tuned products, for micro-batches of Tmax tokens */
+    snprintf(m->lora_why, sizeof m->lora_why, "LoRA products: cuBLAS's default");
+    for (int g = 0; !st && !m->full && g < GROUPS; g++) {
+        group *g0 = &m->layers[0].g[g];
+        if (!g0->rp)
+            continue;
+        s2_lora_dims d = {.M = m->Tmax, .in = g0->in, .n_proj = g0->n, .out_total = g0->out_total,
+                          .r = m->lp.rank, .rp = g0->rp, .dtype = spec->dtype, .grad_f32 = 1,
+                          .grad_beta = 1.f};
+        for (int i = 0; i < g0->n; i++)
+            d.out[i] = g0->out[i];
+        char why[160];
+        s2_tune_lora_select_cached(&jo, rt->name, rt->arch, &d, why, sizeof why);
+        if (strstr(why, " tuned ("))
+            snprintf(m->lora_why, sizeof m->lora_why, "%s", why);
+        for (int l = 0; l < m->L; l++)
+            memcpy(m->layers[l].g[g].algo, d.algo, sizeof d.algo);
+    }
 
     /* weights: embeddings, layers, final norm, head */
     const int tied = md->tie_word_embeddings;
@@ -608,6 +629,8 @@ void s2_gm_close(s2_gm *m)
 
 size_t s2_gm_device_bytes(const s2_gm *m) { return m->bytes; }
 
+const char *s2_gm_lora_algos(const s2_gm *m) { return m->lora_why; }
+
 int s2_gm_recompute(const s2_gm *m, const char **what)
 {
     if (what)
@@ -685,6 +708,7 @@ static s2_status put_batch(s2_gm *m, const s2_gm_batch *b, s2_attn_batch *bt, s2
             d->seed = b->dropout_seed;
             d->grad_f32 = 1;
             d->grad_beta = 1.f;
+            memcpy(d->algo, gr->algo, sizeof d->algo);
         }
     return st;
 }

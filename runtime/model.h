@@ -97,6 +97,9 @@ size_t s2_gm_device_bytes(const s2_gm *m);
  * what it keeps (for the trainer's opening line). */
 int s2_gm_recompute(const s2_gm *m, const char **what);
 
+/* Whether the adapted groups' products run tuned cuBLAS algorithms, in words. */
+const char *s2_gm_lora_algos(const s2_gm *m);
+
 /* Sets every gradient to 0 (before the first micro-batch of an optimizer step). */
 s2_status s2_gm_zero_grad(s2_gm *m, s2_error *err);
 

@@ -1,11 +1,13 @@
 /* rt.c — device, module loading and launches of the S²-Attn kernels. */
 #include "rt.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "../gen/emit.h"
+#include "st.h"
 
 s2_status s2_rt_check(cudaError_t e, const char *what, s2_error *err)
 {
@@ -311,4 +313,31 @@ s2_status s2_attn_backward(const s2_attn *a, const s2_attn_batch *bt, const void
     void *cv_args[] = {&dq_acc, &dq, &count};
     s2_dim3 g = {(unsigned)((count + 255) / 256 < 4096 ? (count + 255) / 256 : 4096), 1, 1};
     return launch(a->dq_convert, "s2_attn_bwd_dq_convert", g, 256, 0, cv_args, stream, err);
+}
+
+s2_status s2_rt_fill_normal(void *dev, size_t n, float scale, s2_dtype dt, uint64_t *state,
+                            s2_error *err)
+{
+    const size_t block = (size_t)1 << 22;
+    size_t blk = n < block ? n : block;
+    uint16_t *h = malloc(blk * 2 + 2);
+    if (!h)
+        return s2_error_set(err, S2_ERR_NOMEM, "out of memory");
+    for (size_t i = 0; i < blk; i++) {
+        double u[2];
+        for (int j = 0; j < 2; j++) {
+            *state ^= *state >> 12, *state ^= *state << 25, *state ^= *state >> 27;
+            u[j] = ((*state * 2685821657736338717ull) >> 11) * (1.0 / 9007199254740992.0);
+        }
+        float v = scale * (float)(sqrt(-2.0 * log(u[0] + 1e-300)) * cos(2 * M_PI * u[1]));
+        h[i] = dt == S2_DTYPE_BF16 ? s2_f32_to_bf16(v) : s2_f32_to_f16(v);
+    }
+    s2_status st = S2_OK;
+    for (size_t off = 0; !st && off < n; off += blk) {
+        size_t k = n - off < blk ? n - off : blk;
+        st = s2_rt_check(cudaMemcpy((char *)dev + off * 2, h, k * 2, cudaMemcpyHostToDevice),
+                         "copy inputs", err);
+    }
+    free(h);
+    return st;
 }

@@ -47,6 +47,11 @@ s2_status s2_rt_time_median(s2_rt_work fn, void *ctx, int warmup, int reps, void
 /* The median of n values (n >= 1); t is reordered. */
 double s2_rt_median(double *t, int n);
 
+/* Fills n halves (dtype dt) of dev with copies of one random block of N(0, scale^2) values
+ * (4 Mi elements at most, drawn from *state): random operands for timing, never zeros. */
+s2_status s2_rt_fill_normal(void *dev, size_t n, float scale, s2_dtype dt, uint64_t *state,
+                            s2_error *err);
+
 /*
  * Builds (NVRTC, through the cache) the attention units of spec for arch
  * (plan filled too): out[S2_UNIT_ATTN_COUNT]. Needs no GPU.

@@ -256,7 +256,7 @@ s2_status s2_train_run(const s2_rt *rt, const s2_train_opts *o, s2_error *err)
     if (!st) {
         const char *what;
         s2_gm_recompute(m, &what);
-        say(o->progress, o->progress_ctx, "%s", what);
+        say(o->progress, o->progress_ctx, "%s; %s", what, s2_gm_lora_algos(m));
     }
 
     const double fpt = flops_per_token(sp, C, o->full_attention, o->full);

@@ -11,6 +11,7 @@
 
 #include "../gen/plan.h"
 #include "jit.h"
+#include "lora.h"
 #include "rt.h"
 #include "tune_db.h"
 
@@ -96,5 +97,50 @@ typedef struct s2_tune_unit_result {
  */
 s2_status s2_tune_run(const s2_rt *rt, const s2_spec *spec, const s2_tune_opts *o, s2_tunedb *db,
                       s2_tune_unit_result res[S2_UNIT_ATTN_COUNT], s2_error *err);
+
+/* ---- the LoRA linears (tune_lora.c) ----
+ * Their tuning space is the cuBLAS algorithm of each product of each adapted group
+ * (s2_lora_gemm): cuBLAS's own choice (algorithm 0, cublasGemmEx) and the entries of
+ * cuBLASLt's heuristic for the same problem (1..S2_BLAS_MAX_ALGOS). dA and dB are tuned twice:
+ * with dtype gradients (bench lora) and with fp32 ones accumulated (the trainer). Database
+ * entries: kernel "lora_<product>" ("lora_da_f32", "lora_db_f32"), the group's identity
+ * (s2_tune_lora_identity: dtype, in, outs, r, rp) in spec_sha256, the token count's shape class,
+ * tile "algo=K". */
+
+typedef struct s2_tune_lora_result {
+    char group[16];         /* "qkv", "o", "gate_up", "down" */
+    s2_lora_gemm gemm;
+    int grad_f32, M;
+    int algos, rejected, timed; /* algorithms cuBLASLt offers; gated out; timed (with 0) */
+    double default_ms, best_ms; /* cuBLAS's choice; the fastest, same run */
+    int best;                   /* 0: cuBLAS's choice */
+} s2_tune_lora_result;
+
+/* "qkv", "o", "gate_up" or "down" for group g of plan. */
+const char *s2_tune_lora_group_name(const s2_lora_plan *plan, int g);
+/* SHA-256 hex of the group's shape (dims' dtype, in, outs, r, rp; not M). */
+void s2_tune_lora_identity(const s2_lora_dims *d, char hex[65]);
+/* The database's kernel name of product g ("lora_y", "lora_db_f32", ...). */
+void s2_tune_lora_kernel_name(s2_lora_gemm g, int grad_f32, char *buf, size_t n);
+
+/* Sets d->algo from db (device, arch, d's identity and M's shape class, d->grad_f32 for dA and
+ * dB); 0 where nothing matches (cuBLAS's choice). why (may be NULL) says how many were tuned.
+ * At run time an algorithm the heuristic no longer offers falls back to cuBLAS's choice with
+ * a warning (s2_blas_gemm_algo). */
+void s2_tune_lora_select(const s2_tunedb *db, const char *device, const char *arch,
+                         s2_lora_dims *d, char *why, size_t why_len);
+
+/* The same from the database of device in the cache directory jo resolves to (none: all 0). */
+void s2_tune_lora_select_cached(const s2_jit_opts *jo, const char *device, const char *arch,
+                                s2_lora_dims *d, char *why, size_t why_len);
+
+/* Tunes every product of every adapted group of spec at o->seqlen tokens (default the spec's
+ * context_length): fresh random inputs; each algorithm's output against cuBLAS's choice on
+ * the same inputs (relative L2 < 1e-2 over every eighth row of the large outputs, no new
+ * non-finite value) before it is timed (median of o->reps after o->warmup, L2 flushed). The
+ * fastest per product goes into db (when not NULL). res gets up to max results. */
+s2_status s2_tune_lora_run(const s2_rt *rt, const s2_spec *spec, const s2_tune_opts *o,
+                           s2_tunedb *db, s2_tune_lora_result *res, int max, int *n_res,
+                           s2_error *err);
 
 #endif

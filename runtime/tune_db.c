@@ -18,6 +18,7 @@
 
 #include "../gen/emit.h"
 #include "../gen/plan.h"
+#include "blas.h"
 
 /* A line of another s2lora version, written back unchanged by save. */
 struct s2_tunedb_line {
@@ -219,6 +220,15 @@ static verdict check_values(const s2_tunedb_entry *e, const char *slug, char *wh
 /* Last, so that V_KEEP means the tile is the entry's only fault. */
 static verdict check_tile(const s2_tunedb_entry *e, char *why, size_t n)
 {
+    if (!strncmp(e->kernel, "lora_", 5)) { /* a LoRA product: "algo=K", K in 0..max */
+        int k = -1, used = 0;
+        if (sscanf(e->tile, "algo=%d%n", &k, &used) == 1 && e->tile[used] == '\0' && k >= 0 &&
+            k <= S2_BLAS_MAX_ALGOS)
+            return V_OK;
+        snprintf(why, n, "no longer a valid LoRA choice: '%s' (valid: algo=0..%d)", e->tile,
+                 S2_BLAS_MAX_ALGOS);
+        return V_KEEP;
+    }
     s2_attn_tile t = {0};
     s2_error sub = {0};
     if (s2_plan_parse_tile(e->tile, &t, &sub) == S2_OK)

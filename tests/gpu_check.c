@@ -501,8 +501,10 @@ static void rand_rounded(float *f, size_t n, float scale, s2_st_dtype dt)
     free(h);
 }
 
-/* e[0] y, e[1] dx, e[2] dA, e[3] dB: the worst over the group's projections. */
-static s2_status run_lora_case(s2_lora_ctx *ctx, const lcase *c, double e[4], int *nan,
+/* e[0] y, e[1] dx, e[2] dA, e[3] dB: the worst over the group's projections. algo: every
+ * product's cuBLAS algorithm (0: cuBLAS's choice; k: cuBLASLt's heuristic entry k - 1, what a
+ * tuned entry selects). */
+static s2_status run_lora_case(s2_lora_ctx *ctx, const lcase *c, int algo, double e[4], int *nan,
                                s2_error *err)
 {
     s2_lora_plan plan;
@@ -513,6 +515,7 @@ static s2_status run_lora_case(s2_lora_ctx *ctx, const lcase *c, double e[4], in
         st = s2_lora_dims_of(&plan, c->group, 5, c->M, seed, &d, err);
     if (st)
         return st;
+    memset(d.algo, algo, sizeof d.algo);
     const s2_st_dtype dt = d.dtype == S2_DTYPE_BF16 ? S2_ST_BF16 : S2_ST_F16;
     const int M = d.M, in = d.in, r = d.r, rp = d.rp, lx = in + rp, ot = d.out_total;
     float *xa = xmalloc((size_t)M * lx * 4), *wc = xmalloc((size_t)ot * lx * 4);
@@ -627,6 +630,8 @@ static s2_status run_lora_case(s2_lora_ctx *ctx, const lcase *c, double e[4], in
     return st;
 }
 
+#define N_LALGOS 3
+
 /* Every LoRA case against the CPU reference; returns the failures. */
 static int check_lora(const s2_rt *rt)
 {
@@ -637,26 +642,29 @@ static int check_lora(const s2_rt *rt)
         s2_error_clear(&err);
         return 1;
     }
-    printf("%-20s %-4s %5s %3s %9s %9s %9s %9s %s\n", "lora case", "dt", "M", "r", "y", "dx",
-           "dA", "dB", "result");
+    printf("%-20s %-4s %5s %3s %4s %9s %9s %9s %9s %s\n", "lora case", "dt", "M", "r", "algo",
+           "y", "dx", "dA", "dB", "result");
     int failed = 0;
-    for (int i = 0; i < N_LCASES; i++) {
-        double e[4];
-        int nan = 0;
-        if (run_lora_case(ctx, &lcases[i], e, &nan, &err)) {
-            printf("%-20s ERROR %s\n", lcases[i].what, err.msg);
-            s2_error_clear(&err);
-            failed++;
-            continue;
+    /* every case with cuBLAS's own algorithms, then with cuBLASLt's first and second */
+    for (int algo = 0; algo < N_LALGOS; algo++)
+        for (int i = 0; i < N_LCASES; i++) {
+            double e[4];
+            int nan = 0;
+            if (run_lora_case(ctx, &lcases[i], algo, e, &nan, &err)) {
+                printf("%-20s ERROR %s\n", lcases[i].what, err.msg);
+                s2_error_clear(&err);
+                failed++;
+                continue;
+            }
+            int ok = !nan && e[0] < TOL && e[1] < TOL && e[2] < TOL && e[3] < TOL;
+            printf("%-20s %-4s %5d %3d %4d %9.2e %9.2e %9.2e %9.2e %s%s\n", lcases[i].what,
+                   lcases[i].dtype, lcases[i].M, lcases[i].r, algo, e[0], e[1], e[2], e[3],
+                   ok ? "PASS" : "FAIL", nan ? " (NaN: unwritten outputs)" : "");
+            failed += !ok;
         }
-        int ok = !nan && e[0] < TOL && e[1] < TOL && e[2] < TOL && e[3] < TOL;
-        printf("%-20s %-4s %5d %3d %9.2e %9.2e %9.2e %9.2e %s%s\n", lcases[i].what,
-               lcases[i].dtype, lcases[i].M, lcases[i].r, e[0], e[1], e[2], e[3],
-               ok ? "PASS" : "FAIL", nan ? " (NaN: unwritten outputs)" : "");
-        failed += !ok;
-    }
     s2_lora_close(ctx);
-    printf("gpu_check: %d of %d LoRA cases passed\n", N_LCASES - failed, N_LCASES);
+    printf("gpu_check: %d of %d LoRA case runs passed (%d cases x %d algorithm choices)\n",
+           N_LALGOS * N_LCASES - failed, N_LALGOS * N_LCASES, N_LCASES, N_LALGOS);
     return failed;
 }
 

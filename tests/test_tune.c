@@ -72,10 +72,16 @@ Test(tune, cli_arguments)
     cr_expect(strstr(out, "needs one --arch"), "%s", out);
     free(out);
     cr_expect_eq(run(BIN " tune " S2_SOURCE_DIR "/specs/tiny-byte-512.yaml --kernels attn_x", &out), 2);
-    cr_expect(strstr(out, "valid: attn, attn_fwd, attn_bwd"), "%s", out);
+    cr_expect(strstr(out, "valid: attn, attn_fwd, attn_bwd, lora"), "%s", out);
     free(out);
-    cr_expect_eq(run(BIN " tune " S2_SOURCE_DIR "/specs/tiny-byte-512.yaml --kernels lora", &out), 2);
-    cr_expect(strstr(out, "no tuning space yet"), "%s", out);
+    /* the LoRA linears: nothing to build offline; on a machine without a GPU, exit 3 */
+    cr_expect_eq(run(BIN " tune " S2_SOURCE_DIR "/specs/tiny-byte-512.yaml --kernels lora "
+                     "--arch sm_90a --build-only", &out), 0);
+    cr_expect(strstr(out, "cuBLAS's algorithms: nothing to build"), "%s", out);
+    free(out);
+    int rc = run(BIN " tune " S2_SOURCE_DIR "/specs/tiny-byte-512.yaml --kernels lora --db /tmp",
+                 &out);
+    cr_expect(rc == 3 || rc == 0, "exit %d: %s", rc, out);
     free(out);
     /* A spec error is reported before the device is looked for. */
     cr_expect_eq(run(BIN " tune " S2_SOURCE_DIR "/tests/specs_bad/unknown_key.yaml", &out), 1);
@@ -219,5 +225,88 @@ Test(select, stale_and_unplannable_entries_fall_back)
     s2_tune_select(db, DEV, "sm_86", &s, 16384, &c);
     cr_expect_eq(c.tuned[S2_UNIT_ATTN_FWD], 0);
     cr_expect(strstr(c.why, "no longer plans"), "%s", c.why);
+    s2_tunedb_close(db);
+}
+
+/* The LoRA linears' tuning entries: per product, keyed by the group's shape and the token
+ * count's class; dA and dB apart for dtype and fp32 gradients; anything else is the default. */
+static s2_status put_lora(s2_tunedb *db, const s2_lora_dims *d, s2_lora_gemm g, int grad_f32,
+                          const char *tile)
+{
+    s2_tunedb_entry e = {0};
+    snprintf(e.device, sizeof e.device, DEV);
+    snprintf(e.arch, sizeof e.arch, "sm_90a");
+    s2_tune_lora_kernel_name(g, grad_f32, e.kernel, sizeof e.kernel);
+    s2_tune_lora_identity(d, e.spec_sha256);
+    s2_tunedb_shape_class(d->M, e.shape, sizeof e.shape);
+    snprintf(e.tile, sizeof e.tile, "%s", tile);
+    e.default_ms = 2.0, e.tuned_ms = 1.5;
+    snprintf(e.gen, sizeof e.gen, "%s", S2_GEN_VERSION);
+    snprintf(e.nvrtc, sizeof e.nvrtc, "13.0");
+    s2_tunedb_now(e.when);
+    s2_error err = {0};
+    s2_status st = s2_tunedb_put(db, &e, &err);
+    s2_error_clear(&err);
+    return st;
+}
+
+Test(select, lora_products)
+{
+    char name[64];
+    s2_tune_lora_kernel_name(S2_LG_Y, 1, name, sizeof name);
+    cr_expect_str_eq(name, "lora_y", "grad_f32 names only dA and dB");
+    s2_tune_lora_kernel_name(S2_LG_DB, 1, name, sizeof name);
+    cr_expect_str_eq(name, "lora_db_f32");
+    s2_tune_lora_kernel_name(S2_LG_DA, 0, name, sizeof name);
+    cr_expect_str_eq(name, "lora_da");
+
+    s2_spec s = spec_named("a", "");
+    s2_lora_plan plan;
+    s2_plan_lora(&s, &plan);
+    s2_lora_dims qkv, o;
+    s2_error err = {0};
+    cr_assert_eq(s2_lora_dims_of(&plan, 0, 0, 16384, 1, &qkv, &err), S2_OK, "%s", err.msg);
+    cr_assert_eq(s2_lora_dims_of(&plan, 1, 0, 16384, 1, &o, &err), S2_OK, "%s", err.msg);
+    cr_expect_str_eq(s2_tune_lora_group_name(&plan, 0), "qkv");
+    cr_expect_str_eq(s2_tune_lora_group_name(&plan, 1), "o");
+    char h1[65], h2[65], h3[65];
+    s2_tune_lora_identity(&qkv, h1);
+    s2_tune_lora_identity(&o, h2);
+    s2_lora_dims other_m = o;
+    other_m.M = 512, other_m.seed = 99, other_m.algo[0] = 3;
+    s2_tune_lora_identity(&other_m, h3);
+    cr_expect_str_neq(h1, h2, "the group's shape is its identity");
+    cr_expect_str_eq(h2, h3, "M, seed and algorithms are not");
+
+    s2_tunedb *db = fresh_db();
+    cr_expect_eq(put_lora(db, &qkv, S2_LG_Y, 0, "algo=3"), S2_OK);
+    cr_expect_eq(put_lora(db, &qkv, S2_LG_DB, 1, "algo=2"), S2_OK);
+    cr_expect_eq(put_lora(db, &qkv, S2_LG_DB, 0, "algo=5"), S2_OK);
+    cr_expect_neq(put_lora(db, &qkv, S2_LG_DX, 0, "algo=99"), S2_OK, "beyond any list");
+    cr_expect_neq(put_lora(db, &qkv, S2_LG_DX, 0, "algo=2x"), S2_OK);
+    cr_expect_neq(put_lora(db, &qkv, S2_LG_DX, 0, "fwd_warps=4"), S2_OK, "not a LoRA choice");
+    cr_expect_eq(put_lora(db, &o, S2_LG_U, 0, "algo=1"), S2_OK);
+    char why[160];
+    s2_lora_dims d = qkv;
+    d.grad_f32 = 1;
+    s2_tune_lora_select(db, DEV, "sm_90a", &d, why, sizeof why);
+    cr_expect_eq(d.algo[S2_LG_Y], 3);
+    cr_expect_eq(d.algo[S2_LG_DB], 2, "fp32 gradients take the _f32 entry");
+    cr_expect_eq(d.algo[S2_LG_DX], 0, "the refused entries left no trace");
+    cr_expect_eq(d.algo[S2_LG_U], 0, "o's entry is not qkv's");
+    cr_expect(strstr(why, "2 of 6 tuned"), "%s", why);
+    d.grad_f32 = 0;
+    s2_tune_lora_select(db, DEV, "sm_90a", &d, NULL, 0);
+    cr_expect_eq(d.algo[S2_LG_DB], 5);
+    d.M = 65536; /* another shape class */
+    s2_tune_lora_select(db, DEV, "sm_90a", &d, why, sizeof why);
+    for (int g = 0; g < S2_LG_COUNT; g++)
+        cr_expect_eq(d.algo[g], 0);
+    cr_expect(strstr(why, "default"), "%s", why);
+    d = qkv;
+    s2_tune_lora_select(db, DEV, "sm_80", &d, NULL, 0); /* another arch */
+    cr_expect_eq(d.algo[S2_LG_Y], 0);
+    s2_tune_lora_select(NULL, DEV, "sm_90a", &d, NULL, 0);
+    cr_expect_eq(d.algo[S2_LG_Y], 0);
     s2_tunedb_close(db);
 }
