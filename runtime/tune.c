@@ -2,6 +2,7 @@
 #include "tune.h"
 
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -191,22 +192,44 @@ void s2_tune_select(const s2_tunedb *db, const char *device, const char *arch,
     s2_buf_free(&why);
 }
 
-void s2_tune_select_cached(const s2_jit_opts *jo, const char *device, const char *arch,
-                           const s2_spec *spec, int seqlen, s2_tune_choice *out)
+s2_tunedb *s2_tune_open_cached(const s2_jit_opts *jo, const char *device, char *why,
+                               size_t why_len)
 {
     char dir[1024];
     s2_tunedb *db = NULL;
     s2_error err = {0};
     if (s2_jit_cache_dir(jo, dir, sizeof dir, &err) == S2_OK)
         s2_tunedb_open(dir, device, &db, &err);
+    if (!db && why)
+        snprintf(why, why_len, "%s", err.msg ? err.msg : "none");
+    s2_error_clear(&err);
+    return db;
+}
+
+void s2_tune_select_cached(const s2_jit_opts *jo, const char *device, const char *arch,
+                           const s2_spec *spec, int seqlen, s2_tune_choice *out)
+{
+    char none[256];
+    s2_tunedb *db = s2_tune_open_cached(jo, device, none, sizeof none);
     s2_tune_select(db, device, arch, spec, seqlen, out);
     if (!db) {
         s2_buf why = {0};
-        s2_buf_printf(&why, "%s (no tuning database: %s)", out->why, err.msg ? err.msg : "none");
+        s2_buf_printf(&why, "%s (no tuning database: %s)", out->why, none);
         if (why.data)
             snprintf(out->why, sizeof out->why, "%s", why.data);
         s2_buf_free(&why);
     }
     s2_tunedb_close(db);
-    s2_error_clear(&err);
+}
+
+void s2_tune_say(const s2_tune_opts *o, const char *fmt, ...)
+{
+    if (!o->progress)
+        return;
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    o->progress(o->progress_ctx, line);
 }

@@ -64,6 +64,11 @@ void s2_tune_select(const s2_tunedb *db, const char *device, const char *arch,
 void s2_tune_select_cached(const s2_jit_opts *jo, const char *device, const char *arch,
                            const s2_spec *spec, int seqlen, s2_tune_choice *out);
 
+/* The tuning database of device in the cache directory jo resolves to, or NULL (why, when not
+ * NULL, then says why). Close it with s2_tunedb_close. */
+s2_tunedb *s2_tune_open_cached(const s2_jit_opts *jo, const char *device, char *why,
+                               size_t why_len);
+
 /* ---- the tuner on the device ---- */
 
 typedef struct s2_tune_opts {
@@ -75,6 +80,9 @@ typedef struct s2_tune_opts {
     void (*progress)(void *ctx, const char *line); /* may be NULL; one line per event */
     void *progress_ctx;
 } s2_tune_opts;
+
+/* One progress line through o->progress (nothing when it is NULL). */
+void s2_tune_say(const s2_tune_opts *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 typedef struct s2_tune_unit_result {
     int candidates, built, spilled, rejected, timed, cut, over_budget;

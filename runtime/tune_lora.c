@@ -1,7 +1,6 @@
 /* tune_lora.c — the LoRA linears' tuning space: the cuBLAS algorithm of each product of each
  * adapted group, timed on the device (s2lora tune --kernels lora), and its use at run time. */
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -81,30 +80,12 @@ void s2_tune_lora_select(const s2_tunedb *db, const char *device, const char *ar
 void s2_tune_lora_select_cached(const s2_jit_opts *jo, const char *device, const char *arch,
                                 s2_lora_dims *d, char *why, size_t why_len)
 {
-    char dir[1024];
-    s2_tunedb *db = NULL;
-    s2_error err = {0};
-    if (s2_jit_cache_dir(jo, dir, sizeof dir, &err) == S2_OK)
-        s2_tunedb_open(dir, device, &db, &err);
+    s2_tunedb *db = s2_tune_open_cached(jo, device, NULL, 0);
     s2_tune_lora_select(db, device, arch, d, why, why_len);
     s2_tunedb_close(db);
-    s2_error_clear(&err);
 }
 
 /* ---- the device side ---- */
-
-static void say(const s2_tune_opts *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void say(const s2_tune_opts *o, const char *fmt, ...)
-{
-    if (!o->progress)
-        return;
-    char line[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(line, sizeof line, fmt, ap);
-    va_end(ap);
-    o->progress(o->progress_ctx, line);
-}
 
 /* Where product g writes: rows x cols elements of esize bytes at row stride ld; the gate
  * compares every row_step-th row. */
@@ -278,7 +259,7 @@ static s2_status tune_product(s2_lora_ctx *ctx, s2_lora_dims *d, group_bufs *gb,
         }
         if (!st && !ok) {
             res->rejected++;
-            say(o, "lora %s %s: algorithm %d REJECTED (error %.2e vs cuBLAS's choice)", res->group,
+            s2_tune_say(o, "lora %s %s: algorithm %d REJECTED (error %.2e vs cuBLAS's choice)", res->group,
                 s2_lora_gemm_name(g), k, e);
             continue;
         }
@@ -293,7 +274,7 @@ static s2_status tune_product(s2_lora_ctx *ctx, s2_lora_dims *d, group_bufs *gb,
             res->default_ms = ms, res->best_ms = ms, res->best = 0;
         else if (ms < res->best_ms)
             res->best_ms = ms, res->best = k;
-        say(o, "lora %s %s: %.3f ms algorithm %d%s (best %.3f)", res->group, s2_lora_gemm_name(g),
+        s2_tune_say(o, "lora %s %s: %.3f ms algorithm %d%s (best %.3f)", res->group, s2_lora_gemm_name(g),
             ms, k, k ? "" : " [cuBLAS's choice]", res->best_ms);
     }
     if (!st && acc)

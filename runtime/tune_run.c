@@ -2,7 +2,6 @@
  * keep the fastest per unit. */
 #include <math.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,19 +43,6 @@ static void bufs_free(tune_bufs *b)
         free(b->h_ref[i]);
     free(b->h_lse);
     free(b->h_ref_lse);
-}
-
-static void say(const s2_tune_opts *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void say(const s2_tune_opts *o, const char *fmt, ...)
-{
-    if (!o->progress)
-        return;
-    char line[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(line, sizeof line, fmt, ap);
-    va_end(ap);
-    o->progress(o->progress_ctx, line);
 }
 
 static double now_s(void)
@@ -342,7 +328,7 @@ static s2_status try_candidate(const s2_rt *rt, const s2_spec *spec, const s2_ji
     st = gate(&c, cand->unit, dt, &ok, &worst, err);
     if (!st && !ok) {
         r->rejected++;
-        say(o, "%s: REJECTED %s (error %.2e vs the default)", s2_attn_unit_name(cand->unit), ts, worst);
+        s2_tune_say(o, "%s: REJECTED %s (error %.2e vs the default)", s2_attn_unit_name(cand->unit), ts, worst);
     }
     s2_rt_work fn = cand->unit == S2_UNIT_ATTN_FWD ? run_forward : run_backward;
     int cut = 0;
@@ -352,7 +338,7 @@ static s2_status try_candidate(const s2_rt *rt, const s2_spec *spec, const s2_ji
         cut = !st && first > CUT * r->best_ms;
         if (cut) {
             r->cut++;
-            say(o, "%s: %.3f ms %s (one run; over %.1fx the best %.3f: not timed further)",
+            s2_tune_say(o, "%s: %.3f ms %s (one run; over %.1fx the best %.3f: not timed further)",
                 s2_attn_unit_name(cand->unit), first, ts, CUT, r->best_ms);
         }
     }
@@ -365,7 +351,7 @@ static s2_status try_candidate(const s2_rt *rt, const s2_spec *spec, const s2_ji
             r->default_ms = ms;
         if (is_default || r->best_ms == 0 || ms < r->best_ms)
             r->best_ms = ms, r->best = cand->tile;
-        say(o, "%s: %.3f ms %s%s (best %.3f)", s2_attn_unit_name(cand->unit), ms, ts,
+        s2_tune_say(o, "%s: %.3f ms %s%s (best %.3f)", s2_attn_unit_name(cand->unit), ms, ts,
             is_default ? " [default]" : "", r->best_ms);
     }
     s2_attn_free(&a);
@@ -410,7 +396,7 @@ s2_status s2_tune_run(const s2_rt *rt, const s2_spec *spec, const s2_tune_opts *
         r->built += c[k].st == S2_OK;
         r->spilled += c[k].st == S2_OK && c[k].spilled;
     }
-    say(o, "built %d candidates in %.1f s", n, now_s() - t0);
+    s2_tune_say(o, "built %d candidates in %.1f s", n, now_s() - t0);
 
     int32_t cu[2] = {0, N};
     s2_attn_batch bt;

@@ -268,7 +268,7 @@ static int stacked_members(s2_ref_llama *m, const char *name, float **w, int *ro
 
 /* Copies a full-mode tensor's values (p, numel elements) into the twin. */
 /* The twin's loss with a tensor moved to p0 + eps u (the caller's context knows which). */
-typedef double (*fd_loss)(void *ctx, const float *moved, size_t n);
+typedef double (*fd_loss_fn)(void *ctx, const float *moved, size_t n);
 
 #define FD_DIRS 4
 /* A gradient g [n] of the tensor p0 against the twin's central differences, two ways:
@@ -279,7 +279,7 @@ typedef double (*fd_loss)(void *ctx, const float *moved, size_t n);
  *     L2 error, whatever the size of each directional derivative (one alone can be tiny).
  * Two report lines, each against tol. */
 static void fd_check(const char *name, const float *g, const float *p0, const int *keep,
-                     size_t n, fd_loss loss, void *ctx, double tol)
+                     size_t n, fd_loss_fn loss, void *ctx, double tol)
 {
     float *u = malloc(n * sizeof(float)), *moved = malloc(n * sizeof(float));
     double pn = 0;
@@ -361,29 +361,12 @@ static double ref_loss(s2_ref_llama *rm, host *h, const int32_t *tok, int T, con
     return s2_ref_llama_loss(logits, tok, T, VOCAB, cu, B, NULL, NULL);
 }
 
-/* fd_check's losses: a LoRA+ trainable moved in the twin's host copies, or (full mode) a
- * weight of the twin itself. */
-typedef struct {
+/* fd_check's loss: a LoRA+ trainable moved in the twin's host copies (h), or (full mode, h
+ * NULL) the weight `name` of the twin itself. */
+typedef struct fd_ctx {
     s2_ref_llama *rm;
     host *h;
     int i;
-    const int32_t *tok;
-    int T;
-    const int32_t *cu;
-    int B;
-    const s2_ref_llama_attn *at;
-    float *logits;
-} lora_fd_ctx;
-
-static double lora_fd_loss(void *ctx, const float *moved, size_t n)
-{
-    lora_fd_ctx *c = ctx;
-    memcpy(c->h->p[c->i], moved, n * sizeof(float));
-    return ref_loss(c->rm, c->h, c->tok, c->T, c->cu, c->B, c->at, c->logits);
-}
-
-typedef struct {
-    s2_ref_llama *fr;
     const char *name;
     const int32_t *tok;
     int T;
@@ -391,14 +374,18 @@ typedef struct {
     int B;
     const s2_ref_llama_attn *at;
     float *logits;
-} full_fd_ctx;
+} fd_ctx;
 
-static double full_fd_loss(void *ctx, const float *moved, size_t n)
+static double fd_loss(void *ctx, const float *moved, size_t n)
 {
-    full_fd_ctx *c = ctx;
-    set_full_tensor(c->fr, c->name, moved, n);
+    fd_ctx *c = ctx;
+    if (c->h) {
+        memcpy(c->h->p[c->i], moved, n * sizeof(float));
+        return ref_loss(c->rm, c->h, c->tok, c->T, c->cu, c->B, c->at, c->logits);
+    }
+    set_full_tensor(c->rm, c->name, moved, n);
     s2_error e = {0};
-    const double l = s2_ref_llama_forward(c->fr, c->tok, c->T, c->cu, c->B, c->at, NULL,
+    const double l = s2_ref_llama_forward(c->rm, c->tok, c->T, c->cu, c->B, c->at, NULL,
                                           c->logits, &e)
                          ? NAN
                          : s2_ref_llama_loss(c->logits, c->tok, c->T, VOCAB, c->cu, c->B, NULL,
@@ -528,8 +515,8 @@ int main(int argc, char **argv)
             keep[e] = !(strstr(h.name[i], "lora_") && h.p[i][e] == 0.f);
         float *save = malloc(h.numel[i] * sizeof(float));
         memcpy(save, h.p[i], h.numel[i] * sizeof(float));
-        lora_fd_ctx fc = {rm, &h, i, tok, T, cu, B, &at, lr};
-        fd_check(h.name[i], grads[i], save, keep, h.numel[i], lora_fd_loss, &fc, 5e-2);
+        fd_ctx fc = {rm, &h, i, NULL, tok, T, cu, B, &at, lr};
+        fd_check(h.name[i], grads[i], save, keep, h.numel[i], fd_loss, &fc, 5e-2);
         free(keep);
         free(save);
     }
@@ -653,10 +640,10 @@ int main(int argc, char **argv)
             float *p0 = malloc(n * sizeof(float)), *g = malloc(n * sizeof(float));
             CHECK(s2_gm_read_param(fm, i, p0, &err));
             CHECK(s2_gm_read_grad(fm, i, g, &err));
-            full_fd_ctx fc = {fr, names[k], tok, T, cu, B, &at, lr};
+            fd_ctx fc = {fr, NULL, 0, names[k], tok, T, cu, B, &at, lr};
             char what[64];
             snprintf(what, sizeof what, "(full) %s", names[k]);
-            fd_check(what, g, p0, NULL, n, full_fd_loss, &fc, 5e-2);
+            fd_check(what, g, p0, NULL, n, fd_loss, &fc, 5e-2);
             free(p0), free(g);
         }
         /* the whole model as an HF checkpoint: it opens, passes the spec check, and holds the
