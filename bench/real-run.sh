@@ -9,8 +9,9 @@
 #   3. perplexity on held-out text at 4096 tokens with full attention: before extension, after
 #      each fine-tuning (and at 512 as the pre-trained model's own context); the same tokens
 #      are scored at both lengths (the first 24 windows of 4096, 192 of 512). Each extended
-#      model is also scored with the attention it was trained with (--s2attn), which tells how
-#      much of the gap to full attention is the long distances it never trained on.
+#      model is also scored with the attention it was trained with (--s2attn) and with full
+#      attention in windows of one group (1024), which tell how much of the gap to full
+#      attention at 4096 is the long distances it never trained on.
 # The book: the King James Version of the Bible as Debian ships it (bible-kjv-text, public
 # domain, 4.3 MB of text, decoded with the bible-kjv program); the last tenth of its lines is
 # held out for evaluation.
@@ -84,6 +85,9 @@ run() {
     ppl "lora+${mode}@4096,trained-attn" "${extra[@]}" --s2attn --model "$w/pre/model" \
       --seqlen 4096 --max-windows 24 --adapter "$w/ext-$mode/adapter" \
       --trainable "$w/ext-$mode/trainable.safetensors" >>"$results"
+    ppl "lora+${mode}@1024" --model "$w/pre/model" --seqlen 1024 --max-windows 96 \
+      --adapter "$w/ext-$mode/adapter" --trainable "$w/ext-$mode/trainable.safetensors" \
+      >>"$results"
   done
   echo "== perplexity on the held-out tenth (full attention)" | tee -a "$log"
   printf "%-32s %s\n" "model@eval length" "ppl" | tee -a "$log"
