@@ -87,14 +87,17 @@ static s2_status emit_template(s2_buf *b, const char *name, s2_error *err)
 
 /*
  * The wgmma wrappers of the Hopper units (attn_fwd_wgmma.cuh, attn_bwd_wgmma.cuh), written
- * for the unit's tile (nq: the streamed tile's width, BN): one PTX instruction has one accumulator operand per register, so the operand lists
- * are generated here rather than spelled out for every n in the template.
+ * for the unit's tile (nq: the streamed tile's width, BN; bwd: the backward unit): one PTX
+ * instruction has one accumulator operand per register, so the operand lists are generated
+ * here rather than spelled out for every n in the template.
  *   s2_wgmma_qk(s, da, db, acc)  S[64 x BN] (+)= A[64 x 16] B[BN x 16]^T, both from shared
  *                                memory (K-major); acc 0 overwrites S
  *   s2_wgmma_pv(o, a, db)        O[64 x d] += P[64 x 16] V[16 x d], P from registers, V from
  *                                shared memory read MN-major (transposed)
  * (the backward uses the same two shapes: S, dP and S^T, dP^T are the first; dQ, dK, dV the
- * second).
+ * second), and with bwd_atomic_dq
+ *   s2_wgmma_tt(q, da, db, acc)  dQ[64 x 64] (+)= dS[64 x 16] K[16 x 64], both from shared
+ *                                memory read MN-major (the staged dS^T, the block's K)
  */
 /* The accumulator operands "%0", ..., "%(n-1)" of an asm template, eight a line. */
 static void emit_acc_list(s2_buf *b, int n)
@@ -111,7 +114,7 @@ static void emit_acc_constraints(s2_buf *b, int n)
         s2_buf_printf(b, "\"+f\"(d[%d])%s", i, i + 1 < n ? ", " : "\n");
 }
 
-static void emit_wgmma(s2_buf *b, const s2_attn_plan *p, int nq)
+static void emit_wgmma(s2_buf *b, const s2_attn_plan *p, int nq, int bwd)
 {
     const char *ty = p->dtype == S2_DTYPE_BF16 ? "bf16" : "f16";
     const int nd = p->d;
@@ -141,6 +144,20 @@ static void emit_wgmma(s2_buf *b, const s2_attn_plan *p, int nq)
     emit_acc_constraints(b, nd / 2);
     s2_buf_printf(b, "                 : \"r\"(a[0]), \"r\"(a[1]), \"r\"(a[2]), \"r\"(a[3]), "
                      "\"l\"(db), \"r\"(1));\n}\n\n");
+    if (!bwd || !p->tile.bwd_atomic_dq)
+        return;
+    /* the backward's atomic dQ: D[64 x 64] (+)= A[64 x 16] B[16 x 64], both from shared memory
+     * read MN-major (transposed) */
+    s2_buf_printf(b,
+                  "__device__ __forceinline__ void s2_wgmma_tt(float (&d)[32], unsigned long long da,"
+                  " unsigned long long db, int acc)\n{\n"
+                  "    asm volatile(\"{\\n.reg .pred p;\\nsetp.ne.b32 p, %%34, 0;\\n\"\n"
+                  "                 \"wgmma.mma_async.sync.aligned.m64n64k16.f32.%s.%s {\"\n",
+                  ty, ty);
+    emit_acc_list(b, 32);
+    s2_buf_printf(b, "\n                 \"}, %%32, %%33, p, 1, 1, 1, 1;\\n}\\n\"\n                 : ");
+    emit_acc_constraints(b, 32);
+    s2_buf_printf(b, "                 : \"l\"(da), \"l\"(db), \"r\"(acc));\n}\n\n");
 }
 
 s2_status s2_emit_attn(const s2_spec *spec, const s2_attn_plan *plan, s2_attn_unit unit,
@@ -158,7 +175,7 @@ s2_status s2_emit_attn(const s2_spec *spec, const s2_attn_plan *plan, s2_attn_un
     if (!st)
         st = emit_template(&b, "mma.cuh", err);
     if (!st && unit == S2_UNIT_ATTN_FWD && plan->tile.fwd_wgmma) {
-        emit_wgmma(&b, plan, plan->tile.fwd_block_n);
+        emit_wgmma(&b, plan, plan->tile.fwd_block_n, 0);
         st = emit_template(&b, "wgmma.cuh", err);
         if (!st)
             st = emit_template(&b, "attn_fwd_wgmma.cuh", err);
@@ -168,7 +185,7 @@ s2_status s2_emit_attn(const s2_spec *spec, const s2_attn_plan *plan, s2_attn_un
     if (!st && unit == S2_UNIT_ATTN_BWD)
         st = emit_template(&b, "attn_bwd_pre.cuh", err);
     if (!st && unit == S2_UNIT_ATTN_BWD && plan->tile.bwd_wgmma) {
-        emit_wgmma(&b, plan, plan->tile.bwd_block_n);
+        emit_wgmma(&b, plan, plan->tile.bwd_block_n, 1);
         st = emit_template(&b, "wgmma.cuh", err);
         if (!st)
             st = emit_template(&b, "attn_bwd_wgmma.cuh", err);

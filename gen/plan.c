@@ -217,6 +217,8 @@ static int bwd_smem(const s2_attn_tile *t, int d, int *dq, int *dkdv)
     if (t->bwd_wgmma) { /* swizzled panels without row pad, plus 1 KiB to align them */
         *dq = (2 * 16 * t->bwd_warps + 2 * t->bwd_stages * t->bwd_block_n) * d * 2 + 1024;
         *dkdv = *dq + 2 * t->bwd_stages * t->bwd_block_n * (int)sizeof(float);
+        if (t->bwd_atomic_dq) /* dS^T of one tile, [keys][64 queries] swizzled, 1 KiB aligned */
+            *dkdv += 16 * t->bwd_warps * 64 * 2 + 1024;
         return *dkdv;
     }
     int rows = 2 * 16 * t->bwd_warps + 2 * t->bwd_stages * t->bwd_block_n;
@@ -241,11 +243,11 @@ static s2_status check_bwd_wgmma(const s2_attn_tile *t, int d, const char *arch,
         return s2_error_set(err, S2_ERR_INVALID,
                             "tile: bwd_wgmma = 1 with head_dim %d: valid with 64 and 128", d);
     if ((t->bwd_warps != 4 && t->bwd_warps != 8) ||
-        (t->bwd_block_n != 64 && !(d == 64 && t->bwd_block_n == 128)) || t->bwd_atomic_dq)
+        (t->bwd_block_n != 64 && !(d == 64 && t->bwd_block_n == 128 && !t->bwd_atomic_dq)))
         return s2_error_set(err, S2_ERR_INVALID,
                             "tile: bwd_wgmma = 1 with bwd_warps %d, bwd_block_n %d, bwd_atomic_dq "
                             "%d; valid: bwd_warps 4 or 8, bwd_block_n 64 (or 128 with head_dim "
-                            "64), bwd_atomic_dq 0", t->bwd_warps, t->bwd_block_n,
+                            "64 and bwd_atomic_dq 0)", t->bwd_warps, t->bwd_block_n,
                             t->bwd_atomic_dq);
     return S2_OK;
 }

@@ -9,6 +9,9 @@
 //                     P^T and dS^T in registers (lse and delta per column from shared memory),
 //                     dV += P^T dO and dK += dS^T Q (dO and Q read MN-major).
 // S2_BWD_WARPS / 4 warpgroups a block; S2_BWD_BN rows per streamed tile, S2_BWD_STAGES deep.
+// With S2_BWD_ATOMIC_DQ (S2_BWD_BN = 64) the dK/dV kernel also adds each tile's dQ = dS K into
+// the fp32 accumulator (s2_dq_atomic_wg) and s2_attn_bwd_dq is not launched: five products
+// per tile pair instead of seven, and a run-to-run order of the additions that is not fixed.
 
 #define S2_BWD_BM (16 * S2_BWD_WARPS)
 #define S2_BWD_THREADS (32 * S2_BWD_WARPS)
@@ -130,13 +133,72 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
                    S2_SCALE, row0, n, seq0, cls, lane);
 }
 
+#if S2_BWD_ATOMIC_DQ
+// The warpgroup's dS^T accumulators (64 keys x 64 queries, m64n64 layout) into rows
+// 64 wg .. 64 wg + 63 of the staged tile [S2_BWD_BM keys][64 queries], swizzled like a panel.
+__device__ __forceinline__ void s2_stage_dst(s2_elem *sds, const float (&ds)[S2_SACC], int wg,
+                                             int warp, int lane)
+{
+    const int t = lane % 4;
+#pragma unroll
+    for (int j = 0; j < 8; j++)
+#pragma unroll
+        for (int hf = 0; hf < 2; hf++) {
+            const int r = wg * 64 + warp * 16 + lane / 4 + 8 * hf, c = j * 8 + 2 * t;
+            *reinterpret_cast<unsigned *>(sds + r * 64 + ((j ^ (r % 8)) * 8) + (c % 8)) =
+                s2_pack2(ds[4 * j + 2 * hf], ds[4 * j + 2 * hf + 1]);
+        }
+}
+
+// dQ[x0 + i] += sum over the block's S2_BWD_BM keys y of dS[x0 + i][y] K[y], for the 64 queries
+// of the tile: warpgroup wg takes the 64-dim panels wg, wg + 2, ... of the head dim; A = dS
+// (64 queries x 16 keys a step) read MN-major from the staged dS^T, B = K (16 keys x 64 dims)
+// read MN-major from the block's K panel; one fp32 atomic per element (scaled on conversion).
+__device__ __forceinline__ void s2_dq_atomic_wg(const s2_elem *sds, const s2_elem *sk,
+                                                float *dq_acc, int h, int x0, int n, int seq0,
+                                                int cls, int wg, int warp, int lane)
+{
+    constexpr int WGS = S2_BWD_WARPS / 4;
+    const int t = lane % 4;
+    for (int c = wg; c < S2_HEAD_DIM / 64; c += WGS) {
+        float dq[32];
+#pragma unroll
+        for (int i = 0; i < 32; i++)
+            dq[i] = 0.f;
+        s2_fence_regs(dq);
+        s2_wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < S2_BWD_BM / 16; kk++)
+            s2_wgmma_tt(dq, s2_desc_mn<S2_BWD_BM>(sds, kk),
+                        s2_desc_mn<S2_BWD_BM>(sk + c * S2_BWD_BM * 64, kk), kk > 0);
+        s2_wgmma_commit();
+        s2_wgmma_wait0();
+        s2_fence_regs(dq);
+#pragma unroll
+        for (int hf = 0; hf < 2; hf++) {
+            const int x = x0 + warp * 16 + lane / 4 + 8 * hf;
+            if (x >= n)
+                continue;
+            float *row = dq_acc +
+                         ((long)(seq0 + s2_position(x, cls, n)) * S2_NUM_HEADS + h) * S2_HEAD_DIM +
+                         c * 64 + 2 * t;
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                atomicAdd(row + j * 8, dq[4 * j + 2 * hf]);
+                atomicAdd(row + j * 8 + 1, dq[4 * j + 2 * hf + 1]);
+            }
+        }
+    }
+}
+#endif
+
 extern "C" __global__ void __launch_bounds__(S2_BWD_THREADS, 1)
 s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
                  const s2_elem *__restrict__ v, const s2_elem *__restrict__ dout,
                  const float *__restrict__ lse, const float *__restrict__ delta,
                  s2_elem *__restrict__ dk,   // [T, Hkv, d]
                  s2_elem *__restrict__ dv,   // [T, Hkv, d]
-                 float *__restrict__ dq_acc, // unused: this backward is deterministic
+                 float *__restrict__ dq_acc, // [T, H, d] fp32, zeroed: S2_BWD_ATOMIC_DQ only
                  const int *__restrict__ cu_seqlens, int total_tokens)
 {
     extern __shared__ __align__(16) unsigned char s2_smem_raw[];
@@ -144,6 +206,9 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
     s2_elem *sv = sk + S2_BWD_BM * S2_HEAD_DIM;              // [panels][BM][64]
     s2_elem *sqd = sv + S2_BWD_BM * S2_HEAD_DIM;             // [stages][Q, dO][panels][BN][64]
     float *sl = (float *)(sqd + 2 * S2_BWD_STAGES * S2_BWD_BN * S2_HEAD_DIM); // [stages][2][BN]
+#if S2_BWD_ATOMIC_DQ
+    s2_elem *sds = (s2_elem *)s2_smem_aligned((unsigned char *)(sl + 2 * S2_BWD_STAGES * S2_BWD_BN));
+#endif
     const int qd_stride = S2_BWD_BN * S2_HEAD_DIM;
 
     const int hk = blockIdx.y, b = blockIdx.z;
@@ -235,6 +300,9 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
                 s[4 * j + e] = p;                              // P^T
                 dp[4 * j + e] = p * (dp[4 * j + e] - sdl[col]); // dS^T
             }
+#if S2_BWD_ATOMIC_DQ
+        s2_stage_dst(sds, dp, wg, warp, lane);
+#endif
         unsigned pa[S2_BWD_BN / 16][4], da[S2_BWD_BN / 16][4];
         s2_acc_to_afrag<S2_BWD_BN / 8>(s, pa);
         s2_acc_to_afrag<S2_BWD_BN / 8>(dp, da);
@@ -247,6 +315,11 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
         s2_wgmma_wait0();
         s2_fence_regs(adv);
         s2_fence_regs(adk);
+#if S2_BWD_ATOMIC_DQ
+        s2_fence_proxy_async(); // the staged dS^T, written by every warpgroup, then read by wgmma
+        __syncthreads();
+        s2_dq_atomic_wg(sds, sk, dq_acc, hk * rep + it / n_qt, x0, n, seq0, cls, wg, warp, lane);
+#endif
         __syncthreads();
     }
     s2_cp_async_wait<0>();

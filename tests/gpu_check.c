@@ -78,8 +78,9 @@ static const gcase cases[] = {
  * names every field but the wgmma switches, which stay off unless named, so a change of the
  * defaults cannot change what it tests.
  * Tiles 4 and 5 are the Hopper kernels on sm_90a with head_dim 64 and 128: tile 4 the wgmma
- * forward (with an mma.sync backward), tile 5 the wgmma backward (after an mma.sync forward),
- * so a fault in one cannot hide in the other; elsewhere, and for head_dim 96, they are further
+ * forward with the wgmma backward's atomic dQ (one and two warpgroups), tile 5 the
+ * deterministic wgmma backward after an mma.sync forward, so a fault of the forward cannot
+ * hide in the backward; elsewhere, and for head_dim 96, they are further
  * mma.sync tiles. Below sm_90 (A100 and the like), tiles 1 and 2 take one pipeline stage less
  * where ptxas spills registers (the plan's register rules are estimates) or sm_80's shared
  * memory is exceeded; the same products otherwise. (The tiles are for the 163-227 KiB of shared
@@ -88,13 +89,13 @@ static const gcase cases[] = {
 static const char *alt_tile(int i, int d, const char *arch)
 {
     static const char *const hopper128[2] = {
-        "fwd_wgmma=1,fwd_warps=8,fwd_strips=1,fwd_block_n=128,fwd_stages=2,bwd_wgmma=0,"
-        "bwd_warps=4,bwd_block_n=32,bwd_stages=2,bwd_atomic_dq=0",
+        "fwd_wgmma=1,fwd_warps=8,fwd_strips=1,fwd_block_n=128,fwd_stages=2,bwd_wgmma=1,"
+        "bwd_warps=8,bwd_block_n=64,bwd_stages=3,bwd_atomic_dq=1",
         "fwd_wgmma=0,fwd_warps=4,fwd_strips=2,fwd_block_n=32,fwd_stages=2,bwd_wgmma=1,"
         "bwd_warps=8,bwd_block_n=64,bwd_stages=2,bwd_atomic_dq=0",
     };
     static const char *const hopper64[2] = {
-        "fwd_wgmma=1,fwd_warps=4,fwd_strips=1,fwd_block_n=64,fwd_stages=3,bwd_wgmma=0,"
+        "fwd_wgmma=1,fwd_warps=4,fwd_strips=1,fwd_block_n=64,fwd_stages=3,bwd_wgmma=1,"
         "bwd_warps=4,bwd_block_n=64,bwd_stages=2,bwd_atomic_dq=1",
         "fwd_wgmma=0,fwd_warps=4,fwd_strips=1,fwd_block_n=128,fwd_stages=2,bwd_wgmma=1,"
         "bwd_warps=4,bwd_block_n=128,bwd_stages=2,bwd_atomic_dq=0",

@@ -451,6 +451,18 @@ Test(plan, wgmma_backward_rules)
     cr_expect_eq(s2_plan_attn(&s, "sm_90a", &bad, &p, &err), S2_ERR_INVALID);
     cr_expect(strstr(err.msg, "bwd_atomic_dq 0"), "%s", err.msg);
     s2_error_clear(&err);
+    /* the atomic dQ with 64-query tiles: the staged dS^T and its transposed product */
+    s2_attn_tile at = t;
+    at.bwd_block_n = 64, at.bwd_atomic_dq = 1;
+    cr_assert_eq(s2_plan_attn(&s, "sm_90a", &at, &p, &err), S2_OK, "%s", err.msg);
+    cr_expect_eq(p.smem_dkdv, p.smem_dq + 2 * 2 * 64 * 4 + 128 * 64 * 2 + 1024);
+    char *asrc = NULL;
+    cr_assert_eq(s2_emit_attn(&s, &p, S2_UNIT_ATTN_BWD, &asrc, &err), S2_OK, "%s", err.msg);
+    cr_expect(strstr(asrc, "#define S2_BWD_ATOMIC_DQ 1"));
+    cr_expect(strstr(asrc, "s2_wgmma_tt(float (&d)[32]"));
+    cr_expect(strstr(asrc, "m64n64k16.f32.bf16.bf16"));
+    cr_expect(strstr(asrc, "p, 1, 1, 1, 1;"), "both operands read transposed");
+    free(asrc);
     bad = t;
     bad.bwd_block_n = 128;
     bad.bwd_wgmma = 0; /* 128-key tiles exist only for the Hopper backward */
