@@ -73,6 +73,20 @@ static void emit_constants(s2_buf *b, const s2_attn_plan *p, s2_attn_unit unit)
                       p->tile.bwd_atomic_dq, p->tile.bwd_wgmma, p->bwd_block_m, p->tile.bwd_warps);
 }
 
+/* The end of every emitter: the source to *src, or the error (out of memory named by what). */
+static s2_status finish_unit(s2_buf *b, s2_status st, const char *what, char **src,
+                             s2_error *err)
+{
+    if (!st && b->oom)
+        st = s2_error_set(err, S2_ERR_NOMEM, "out of memory emitting %s", what);
+    if (st) {
+        s2_buf_free(b);
+        return st;
+    }
+    *src = b->data;
+    return S2_OK;
+}
+
 static s2_status emit_template(s2_buf *b, const char *name, s2_error *err)
 {
     const char *t = s2_emit_template(name);
@@ -192,14 +206,7 @@ s2_status s2_emit_attn(const s2_spec *spec, const s2_attn_plan *plan, s2_attn_un
     } else if (!st && unit == S2_UNIT_ATTN_BWD) {
         st = emit_template(&b, plan->bwd_tensor_cores ? "attn_bwd.cuh" : "attn_bwd_simple.cuh", err);
     }
-    if (!st && b.oom)
-        st = s2_error_set(err, S2_ERR_NOMEM, "out of memory emitting %s", s2_attn_unit_name(unit));
-    if (st) {
-        s2_buf_free(&b);
-        return st;
-    }
-    *src = b.data;
-    return S2_OK;
+    return finish_unit(&b, st, s2_attn_unit_name(unit), src, err);
 }
 
 s2_status s2_emit_write_dir(const s2_spec *spec, const s2_attn_plan *plan, const char *dir,
@@ -258,14 +265,7 @@ s2_status s2_emit_lora_dropout(s2_dtype dtype, char **src, s2_error *err)
         st = emit_template(&b, "philox.cuh", err);
     if (!st)
         st = emit_template(&b, "lora.cuh", err);
-    if (!st && b.oom)
-        st = s2_error_set(err, S2_ERR_NOMEM, "out of memory emitting the LoRA dropout unit");
-    if (st) {
-        s2_buf_free(&b);
-        return st;
-    }
-    *src = b.data;
-    return S2_OK;
+    return finish_unit(&b, st, "the LoRA dropout unit", src, err);
 }
 
 void s2_emit_train_row_geometry(int hidden, int *threads, int *iters)
@@ -333,12 +333,5 @@ s2_status s2_emit_train(const s2_spec *spec, char **src, s2_error *err)
     s2_status st = emit_template(&b, "dtype.cuh", err);
     if (!st)
         st = emit_template(&b, "train.cuh", err);
-    if (!st && b.oom)
-        st = s2_error_set(err, S2_ERR_NOMEM, "out of memory emitting the train unit");
-    if (st) {
-        s2_buf_free(&b);
-        return st;
-    }
-    *src = b.data;
-    return S2_OK;
+    return finish_unit(&b, st, "the train unit", src, err);
 }

@@ -349,6 +349,23 @@ s2_status s2_train_run(const s2_rt *rt, const s2_train_opts *o, s2_error *err)
     return st;
 }
 
+/* The model an evaluation runs: o's checkpoint for batches of up to max_tokens, with o's
+ * adapter and trainable tensors when given. No backward runs, so nothing is kept for one. */
+static s2_status open_eval_model(const s2_rt *rt, const s2_eval_opts *o, int max_tokens,
+                                 int s2attn, s2_gm **m, s2_error *err)
+{
+    s2_ckpt *ck = NULL;
+    s2_status st = s2_ckpt_open(o->model_dir, &ck, err);
+    s2_gm_opts go = {.max_tokens = max_tokens, .cache_dir = o->cache_dir, .no_s2attn = !s2attn,
+                     .recompute = S2_GM_RECOMPUTE_LAYER};
+    if (!st)
+        st = s2_gm_open(m, rt, o->spec, ck, &go, err);
+    s2_ckpt_close(ck);
+    if (!st && o->adapter_dir)
+        st = s2_gm_import(*m, o->adapter_dir, o->trainable_path, err);
+    return st;
+}
+
 s2_status s2_eval_run(const s2_rt *rt, const s2_eval_opts *o, s2_eval_result *res,
                       s2_error *err)
 {
@@ -360,7 +377,6 @@ s2_status s2_eval_run(const s2_rt *rt, const s2_eval_opts *o, s2_eval_result *re
         return s2_error_set(err, S2_ERR_INVALID,
                             "eval: seqlen %d (>= 2), stride %d (1..seqlen)", C, stride);
     s2_data_file *df = NULL;
-    s2_ckpt *ck = NULL;
     s2_gm *m = NULL;
     int32_t *tok = malloc((size_t)C * sizeof *tok), *lab = malloc((size_t)C * sizeof *lab);
     s2_status st = (!tok || !lab) ? s2_error_set(err, S2_ERR_NOMEM, "out of memory")
@@ -373,14 +389,7 @@ s2_status s2_eval_run(const s2_rt *rt, const s2_eval_opts *o, s2_eval_result *re
         st = s2_error_set(err, S2_ERR_INVALID, "%s: %llu tokens, a window needs %d",
                           o->data_path, (unsigned long long)df->n_tokens, C + 1);
     if (!st)
-        st = s2_ckpt_open(o->model_dir, &ck, err);
-    s2_gm_opts go = {.max_tokens = C, .cache_dir = o->cache_dir, .no_s2attn = !o->s2attn,
-                     .recompute = S2_GM_RECOMPUTE_LAYER}; /* no backward */
-    if (!st)
-        st = s2_gm_open(&m, rt, sp, ck, &go, err);
-    s2_ckpt_close(ck);
-    if (!st && o->adapter_dir)
-        st = s2_gm_import(m, o->adapter_dir, o->trainable_path, err);
+        st = open_eval_model(rt, o, C, o->s2attn, &m, err);
     const double t0 = now_s();
     uint64_t scored_to = 0; /* targets below this index were scored by an earlier window */
     for (uint64_t start = 0; !st && start + (uint64_t)C + 1 <= df->n_tokens;
@@ -447,20 +456,12 @@ s2_status s2_passkey_run(const s2_rt *rt, const s2_eval_opts *o, int trials, uin
         return s2_error_set(err, S2_ERR_INVALID,
                             "passkey: %d trials (>= 1) at seqlen %d (>= %d: the task, one filler "
                             "sentence and the question)", trials, C, fixed + (int)sizeof filler);
-    s2_ckpt *ck = NULL;
     s2_gm *m = NULL;
     const int cap = C + 8; /* the prompt and the decoded digits */
     int32_t *tok = malloc((size_t)cap * sizeof *tok);
     float *logits = malloc((size_t)cap * sp->model.vocab_size * sizeof *logits);
     s2_status st = (!tok || !logits) ? s2_error_set(err, S2_ERR_NOMEM, "out of memory")
-                                     : s2_ckpt_open(o->model_dir, &ck, err);
-    s2_gm_opts go = {.max_tokens = cap, .cache_dir = o->cache_dir, .no_s2attn = 1,
-                     .recompute = S2_GM_RECOMPUTE_LAYER}; /* no backward */
-    if (!st)
-        st = s2_gm_open(&m, rt, sp, ck, &go, err);
-    s2_ckpt_close(ck);
-    if (!st && o->adapter_dir)
-        st = s2_gm_import(m, o->adapter_dir, o->trainable_path, err);
+                                     : open_eval_model(rt, o, cap, 0, &m, err);
     for (int tr = 0; tr < trials && !st; tr++) {
         uint64_t r = mix(seed, (uint64_t)tr);
         const int key = 10000 + (int)(r % 90000); /* five digits */

@@ -60,12 +60,8 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
 
     float lse2[2], dlt[2];
 #pragma unroll
-    for (int hf = 0; hf < 2; hf++) {
-        const int x = row0 + 8 * hf;
-        const long tok = seq0 + (x < n ? s2_position(x, cls, n) : 0);
-        lse2[hf] = x < n ? lse[(long)h * total_tokens + tok] * S2_LOG2E : 0.f;
-        dlt[hf] = x < n ? delta[(long)h * total_tokens + tok] : 0.f;
-    }
+    for (int hf = 0; hf < 2; hf++)
+        s2_lse_delta(lse, delta, row0 + 8 * hf, n, seq0, cls, h, total_tokens, lse2[hf], dlt[hf]);
     float acc[1][S2_ON][4];
 #pragma unroll
     for (int i = 0; i < S2_ON; i++)
@@ -225,12 +221,8 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
         s2_elem *dst = sqd + 2 * st * qd_stride;
         s2_load_tile_async<S2_BWD_BN, S2_BWD_THREADS>(dst, S2_LD, q, seq0, x0, n, cls, S2_NUM_HEADS, h);
         s2_load_tile_async<S2_BWD_BN, S2_BWD_THREADS>(dst + qd_stride, S2_LD, dout, seq0, x0, n, cls, S2_NUM_HEADS, h);
-        for (int i = threadIdx.x; i < S2_BWD_BN; i += S2_BWD_THREADS) {
-            const int x = x0 + i;
-            const long tok = seq0 + (x < n ? s2_position(x, cls, n) : 0);
-            sl[(2 * st) * S2_BWD_BN + i] = x < n ? lse[(long)h * total_tokens + tok] * S2_LOG2E : 0.f;
-            sl[(2 * st + 1) * S2_BWD_BN + i] = x < n ? delta[(long)h * total_tokens + tok] : 0.f;
-        }
+        s2_load_lse_delta<S2_BWD_BN, S2_BWD_THREADS>(sl + 2 * st * S2_BWD_BN, lse, delta, x0, n,
+                                                     seq0, cls, h, total_tokens);
     };
 #pragma unroll
     for (int s = 0; s < S2_BWD_STAGES - 1; s++) {

@@ -18,6 +18,27 @@
 #define S2_SACC (S2_BWD_BN / 2)
 #define S2_OACC (S2_HEAD_DIM / 2)
 
+// s = X1 Y1^T and dp = X2 Y2^T over the head dim, both overwritten, for this warpgroup's 64 rows
+// from row r0 of the X tiles (S2_BWD_BM rows) against the streamed Y tiles (S2_BWD_BN rows):
+// issued together, waited for.
+__device__ __forceinline__ void s2_wgmma_pair(float (&s)[S2_SACC], float (&dp)[S2_SACC],
+                                              const s2_elem *x1, const s2_elem *y1,
+                                              const s2_elem *x2, const s2_elem *y2, int r0)
+{
+#pragma unroll
+    for (int i = 0; i < S2_SACC; i++)
+        s[i] = dp[i] = 0.f;
+    s2_fence_regs(s);
+    s2_fence_regs(dp);
+    s2_wgmma_fence();
+    s2_wgmma_xyt<S2_BWD_BM, S2_BWD_BN>(s, x1, r0, y1);
+    s2_wgmma_xyt<S2_BWD_BM, S2_BWD_BN>(dp, x2, r0, y2);
+    s2_wgmma_commit();
+    s2_wgmma_wait0();
+    s2_fence_regs(s);
+    s2_fence_regs(dp);
+}
+
 extern "C" __global__ void __launch_bounds__(S2_BWD_THREADS, 1)
 s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
                const s2_elem *__restrict__ v, const s2_elem *__restrict__ dout,
@@ -61,12 +82,8 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
 
     float lse2[2], dlt[2];
 #pragma unroll
-    for (int hf = 0; hf < 2; hf++) {
-        const int x = row0 + 8 * hf;
-        const long tok = seq0 + (x < n ? s2_position(x, cls, n) : 0);
-        lse2[hf] = x < n ? lse[(long)h * total_tokens + tok] * S2_LOG2E : 0.f;
-        dlt[hf] = x < n ? delta[(long)h * total_tokens + tok] : 0.f;
-    }
+    for (int hf = 0; hf < 2; hf++)
+        s2_lse_delta(lse, delta, row0 + 8 * hf, n, seq0, cls, h, total_tokens, lse2[hf], dlt[hf]);
     float acc[S2_OACC];
 #pragma unroll
     for (int i = 0; i < S2_OACC; i++)
@@ -90,18 +107,7 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
         const s2_elem *sv = sk + kv_stride;
 
         float s[S2_SACC], dp[S2_SACC];
-#pragma unroll
-        for (int i = 0; i < S2_SACC; i++)
-            s[i] = dp[i] = 0.f;
-        s2_fence_regs(s);
-        s2_fence_regs(dp);
-        s2_wgmma_fence();
-        s2_wgmma_xyt<S2_BWD_BM, S2_BWD_BN>(s, sq, wg * 64, sk);   // S = Q K^T
-        s2_wgmma_xyt<S2_BWD_BM, S2_BWD_BN>(dp, sdo, wg * 64, sv); // dP = dO V^T
-        s2_wgmma_commit();
-        s2_wgmma_wait0();
-        s2_fence_regs(s);
-        s2_fence_regs(dp);
+        s2_wgmma_pair(s, dp, sq, sk, sdo, sv, wg * 64); // S = Q K^T, dP = dO V^T
 
         const int y0 = kt * S2_BWD_BN;
         const bool masked = s2_tile_needs_mask(x0, gs_last, y0, n, S2_BWD_BN);
@@ -236,12 +242,8 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
         s2_elem *dst = sqd + 2 * st * qd_stride;
         s2_load_tile_sw<S2_BWD_BN, S2_BWD_THREADS>(dst, q, seq0, x0, n, cls, S2_NUM_HEADS, h);
         s2_load_tile_sw<S2_BWD_BN, S2_BWD_THREADS>(dst + qd_stride, dout, seq0, x0, n, cls, S2_NUM_HEADS, h);
-        for (int i = threadIdx.x; i < S2_BWD_BN; i += S2_BWD_THREADS) {
-            const int x = x0 + i;
-            const long tok = seq0 + (x < n ? s2_position(x, cls, n) : 0);
-            sl[(2 * st) * S2_BWD_BN + i] = x < n ? lse[(long)h * total_tokens + tok] * S2_LOG2E : 0.f;
-            sl[(2 * st + 1) * S2_BWD_BN + i] = x < n ? delta[(long)h * total_tokens + tok] : 0.f;
-        }
+        s2_load_lse_delta<S2_BWD_BN, S2_BWD_THREADS>(sl + 2 * st * S2_BWD_BN, lse, delta, x0, n,
+                                                     seq0, cls, h, total_tokens);
     };
 #pragma unroll
     for (int s = 0; s < S2_BWD_STAGES - 1; s++) {
@@ -271,18 +273,7 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
         const int x0 = (qt_begin + it % n_qt) * S2_BWD_BN;
 
         float s[S2_SACC], dp[S2_SACC]; // rows: this warpgroup's keys; columns: the queries
-#pragma unroll
-        for (int i = 0; i < S2_SACC; i++)
-            s[i] = dp[i] = 0.f;
-        s2_fence_regs(s);
-        s2_fence_regs(dp);
-        s2_wgmma_fence();
-        s2_wgmma_xyt<S2_BWD_BM, S2_BWD_BN>(s, sk, wg * 64, sq);   // S^T = K Q^T
-        s2_wgmma_xyt<S2_BWD_BM, S2_BWD_BN>(dp, sv, wg * 64, sdo); // dP^T = V dO^T
-        s2_wgmma_commit();
-        s2_wgmma_wait0();
-        s2_fence_regs(s);
-        s2_fence_regs(dp);
+        s2_wgmma_pair(s, dp, sk, sq, sv, sdo, wg * 64); // S^T = K Q^T, dP^T = V dO^T
 
         const bool masked = (S2_MASK_GROUP_EDGE && x0 + S2_BWD_BN > y_group_end) ||
                             x0 < y0 + S2_BWD_BM - 1 || x0 + S2_BWD_BN > n;

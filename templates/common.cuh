@@ -99,6 +99,27 @@ __device__ __forceinline__ void s2_load_rows(s2_elem *dst, const s2_elem *src, i
     }
 }
 
+// The backward's constants of query x of head h: lse · log2(e) and delta (0 at or past n).
+__device__ __forceinline__ void s2_lse_delta(const float *lse, const float *delta, int x, int n,
+                                             int seq0, int cls, int h, int total_tokens,
+                                             float &lse2, float &dlt)
+{
+    const long tok = seq0 + (x < n ? s2_position(x, cls, n) : 0);
+    lse2 = x < n ? lse[(long)h * total_tokens + tok] * S2_LOG2E : 0.f;
+    dlt = x < n ? delta[(long)h * total_tokens + tok] : 0.f;
+}
+
+// The same for queries x0 .. x0 + BN into dst[0, BN) and dst[BN, 2 BN), the block sharing the
+// work (the dK/dV kernels stream them beside each query tile).
+template <int BN, int THREADS>
+__device__ __forceinline__ void s2_load_lse_delta(float *dst, const float *lse, const float *delta,
+                                                  int x0, int n, int seq0, int cls, int h,
+                                                  int total_tokens)
+{
+    for (int i = threadIdx.x; i < BN; i += THREADS)
+        s2_lse_delta(lse, delta, x0 + i, n, seq0, cls, h, total_tokens, dst[i], dst[BN + i]);
+}
+
 // Dot product of two shared rows, fp32.
 __device__ __forceinline__ float s2_dot_rows(const s2_elem *a, const s2_elem *b)
 {
