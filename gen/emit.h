@@ -17,10 +17,12 @@ s2_status s2_emit_attn(const s2_spec *spec, const s2_attn_plan *plan, s2_attn_un
                        char **src, s2_error *err);
 
 /*
- * Source of the LoRA dropout unit (templates/lora.cuh with philox.cuh) for a storage dtype:
- * kernels s2_lora_dropout and s2_lora_dropout_add. *src is heap, caller frees.
+ * Source of the LoRA unit (templates/lora.cuh with philox.cuh and mma.cuh) for a storage
+ * dtype and rank: the dropout kernels s2_lora_dropout and s2_lora_dropout_add, and, for the
+ * ranks s2_lora_vdb_ok() accepts, the backward's pass over dy, s2_lora_vdb and
+ * s2_lora_vdb_finish. *src is heap, caller frees.
  */
-s2_status s2_emit_lora_dropout(s2_dtype dtype, char **src, s2_error *err);
+s2_status s2_emit_lora(s2_dtype dtype, int rank, char **src, s2_error *err);
 
 /*
  * Source of the trainer's kernel unit (templates/train.cuh after dtype.cuh, runtime/train_kern.h)

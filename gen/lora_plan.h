@@ -43,6 +43,30 @@ typedef struct s2_lora_plan {
     s2_lora_group group[4]; /* in layer order: {q,k,v}, {o}, {gate,up}, {down}; empty ones left out */
 } s2_lora_plan;
 
+/*
+ * The backward's one pass over dy (templates/lora.cuh, s2_lora_vdb): v = dy B and dB = dy^T u
+ * on tensor cores, for ranks that are a multiple of 8 up to S2_LORA_VDB_MAX_RANK (larger ranks
+ * hold too many accumulators per thread; they take two cuBLAS products instead). A block of
+ * S2_LORA_VDB_WARPS warps takes S2_LORA_VDB_SLAB columns of one projection and a range of
+ * rows, S2_LORA_VDB_BM rows per step through S2_LORA_VDB_STAGES shared-memory stages.
+ */
+#define S2_LORA_VDB_MAX_RANK 32
+#define S2_LORA_VDB_WARPS 8
+#define S2_LORA_VDB_SLAB (S2_LORA_VDB_WARPS * 64)
+#define S2_LORA_VDB_BM 32
+#define S2_LORA_VDB_STAGES 3
+
+/* 1 when rank r takes the fused pass. */
+int s2_lora_vdb_ok(int r);
+/* Dynamic shared memory of one block for rank r. */
+size_t s2_lora_vdb_smem(int r);
+/* Slabs of a projection of `out` columns. */
+int s2_lora_vdb_slabs(int out);
+/* Rows per block for M rows when the group has `slabs` slabs in all: about two blocks per SM
+ * of a 132-SM GPU, a multiple of S2_LORA_VDB_BM, at least 256 rows (so the ranges' dB
+ * partials stay small next to dy). */
+int s2_lora_vdb_rows(int M, int slabs);
+
 /* "q_proj" ... "down_proj" (Hugging Face's module names, PEFT's target_modules). */
 const char *s2_proj_name(s2_proj p);
 /* "self_attn" or "mlp": the module that holds the projection in HF's LLaMA. */

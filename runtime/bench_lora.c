@@ -12,12 +12,12 @@
 
 
 typedef struct lora_bufs {
-    void *xa, *wc, *a, *y, *dy, *dxv, *da, *db;
+    void *xa, *wc, *y, *dya, *dxv, *da, *db, *ws;
 } lora_bufs;
 
 static void bufs_free(lora_bufs *b)
 {
-    void *p[] = {b->xa, b->wc, b->a, b->y, b->dy, b->dxv, b->da, b->db};
+    void *p[] = {b->xa, b->wc, b->y, b->dya, b->dxv, b->da, b->db, b->ws};
     for (size_t i = 0; i < sizeof p / sizeof p[0]; i++)
         if (p[i])
             cudaFree(p[i]);
@@ -38,22 +38,67 @@ static s2_status base_fwd(void *p, s2_error *err)
 static s2_status lora_fwd(void *p, s2_error *err)
 {
     const lora_run *r = p;
-    return s2_lora_forward(r->ctx, r->d, r->b->xa, r->b->wc, r->b->a, r->b->y, NULL, 0, err);
+    return s2_lora_forward(r->ctx, r->d, r->b->xa, r->b->wc, r->b->y, r->b->ws, 0, err);
 }
 
 static s2_status base_fb(void *p, s2_error *err)
 {
     const lora_run *r = p;
     s2_status st = base_fwd(p, err);
-    return st ? st : s2_lora_base_backward(r->ctx, r->d, r->b->wc, r->b->dy, r->b->dxv, 0, err);
+    return st ? st : s2_lora_base_backward(r->ctx, r->d, r->b->wc, r->b->dya, r->b->dxv, 0, err);
 }
 
 static s2_status lora_fb(void *p, s2_error *err)
 {
     const lora_run *r = p;
     s2_status st = lora_fwd(p, err);
-    return st ? st : s2_lora_backward(r->ctx, r->d, r->b->xa, r->b->wc, r->b->a, r->b->dy,
-                                      r->b->dxv, r->b->da, r->b->db, NULL, 0, err);
+    return st ? st : s2_lora_backward(r->ctx, r->d, r->b->xa, r->b->wc, r->b->dya, r->b->dxv,
+                                      r->b->da, r->b->db, r->b->ws, 0, err);
+}
+
+/* Medians of n works timed in turn, run by run: warmup rounds, then reps timed rounds. */
+static s2_status time_interleaved(s2_rt_work *fn, void *ctx, int n, int warmup, int reps,
+                                  double *ms, s2_error *err)
+{
+    const int n_ev = 2 * n * reps;
+    cudaEvent_t *ev = calloc((size_t)n_ev, sizeof *ev);
+    double *t = calloc((size_t)reps, sizeof *t);
+    s2_status st = ev && t && reps > 0 ? S2_OK
+                                       : s2_error_set(err, S2_ERR_NOMEM, "out of memory for events");
+    int created = 0;
+    while (!st && created < n_ev) {
+        st = s2_rt_check(cudaEventCreate(&ev[created]), "cudaEventCreate", err);
+        created += !st;
+    }
+    for (int i = 0; !st && i < warmup; i++)
+        for (int w = 0; !st && w < n; w++)
+            st = fn[w](ctx, err);
+    for (int i = 0; !st && i < reps; i++)
+        for (int w = 0; !st && w < n; w++) {
+            cudaEvent_t *e = ev + 2 * ((size_t)i * n + w);
+            st = s2_rt_check(cudaEventRecord(e[0], 0), "cudaEventRecord", err);
+            if (!st)
+                st = fn[w](ctx, err);
+            if (!st)
+                st = s2_rt_check(cudaEventRecord(e[1], 0), "cudaEventRecord", err);
+        }
+    if (!st)
+        st = s2_rt_check(cudaEventSynchronize(ev[n_ev - 1]), "running the timed work", err);
+    for (int w = 0; !st && w < n; w++) {
+        for (int i = 0; !st && i < reps; i++) {
+            float e = 0;
+            const cudaEvent_t *p = ev + 2 * ((size_t)i * n + w);
+            st = s2_rt_check(cudaEventElapsedTime(&e, p[0], p[1]), "cudaEventElapsedTime", err);
+            t[i] = e;
+        }
+        if (!st)
+            ms[w] = s2_rt_median(t, reps);
+    }
+    for (int i = 0; i < created; i++)
+        cudaEventDestroy(ev[i]);
+    free(ev);
+    free(t);
+    return st;
 }
 
 /* 1 if any of the first n halves of dev is NaN or inf. */
@@ -91,12 +136,12 @@ s2_status s2_bench_lora_case(s2_lora_ctx *ctx, s2_dtype dtype, int M, int dim, i
         memcpy(d.algo, tuned->algo, sizeof d.algo);
     for (int g = 0; g < S2_LG_COUNT; g++)
         row->tuned += d.algo[g] != 0;
-    const size_t lx = (size_t)dim + d.rp;
+    const size_t lx = (size_t)dim + d.rp, ly = (size_t)dim + d.rp;
     lora_bufs b = {0};
     struct { void **p; size_t n; } a[] = {
-        {&b.xa, (size_t)M * lx}, {&b.wc, (size_t)dim * lx}, {&b.a, (size_t)d.rp * dim},
-        {&b.y, (size_t)M * dim}, {&b.dy, (size_t)M * dim}, {&b.dxv, (size_t)M * lx},
-        {&b.da, (size_t)d.rp * dim}, {&b.db, (size_t)dim * d.rp},
+        {&b.xa, (size_t)M * lx}, {&b.wc, ((size_t)dim + d.rp) * lx}, {&b.y, (size_t)M * dim},
+        {&b.dya, (size_t)M * ly}, {&b.dxv, (size_t)M * lx}, {&b.da, (size_t)d.rp * dim},
+        {&b.db, (size_t)dim * d.rp}, {&b.ws, (s2_lora_workspace_bytes(&d) + 1) / 2},
     };
     s2_status st = S2_OK;
     for (size_t i = 0; !st && i < sizeof a / sizeof a[0]; i++)
@@ -104,25 +149,22 @@ s2_status s2_bench_lora_case(s2_lora_ctx *ctx, s2_dtype dtype, int M, int dim, i
     uint64_t state = (uint64_t)time(NULL) * 0x9E3779B97F4A7C15ull | 1;
     if (!st)
         st = s2_rt_fill_normal(b.xa, (size_t)M * lx, 1.f, dtype, &state, err);
+    if (!st) /* W, B and A (wc's extra rows) */
+        st = s2_rt_fill_normal(b.wc, ((size_t)dim + d.rp) * lx, 1.f / sqrtf((float)dim), dtype,
+                               &state, err);
     if (!st)
-        st = s2_rt_fill_normal(b.wc, (size_t)dim * lx, 1.f / sqrtf((float)dim), dtype, &state, err);
-    if (!st)
-        st = s2_rt_fill_normal(b.a, (size_t)d.rp * dim, 1.f / sqrtf((float)dim), dtype, &state, err);
-    if (!st)
-        st = s2_rt_fill_normal(b.dy, (size_t)M * dim, 1.f, dtype, &state, err);
+        st = s2_rt_fill_normal(b.dya, (size_t)M * ly, 1.f, dtype, &state, err);
     if (!st)
         st = s2_rt_check(cudaMemset(b.y, 0xff, (size_t)M * dim * 2), "poison y", err);
     if (!st)
         st = s2_rt_check(cudaMemset(b.dxv, 0xff, (size_t)M * lx * 2), "poison dx", err);
     lora_run run = {.ctx = ctx, .d = &d, .b = &b};
+    s2_rt_work fns[4] = {base_fwd, lora_fwd, base_fb, lora_fb};
+    double ms[4] = {0};
     if (!st)
-        st = s2_rt_time_median(base_fwd, &run, warmup, reps, NULL, 0, &row->base_fwd_ms, err);
-    if (!st)
-        st = s2_rt_time_median(lora_fwd, &run, warmup, reps, NULL, 0, &row->lora_fwd_ms, err);
-    if (!st)
-        st = s2_rt_time_median(base_fb, &run, warmup, reps, NULL, 0, &row->base_fb_ms, err);
-    if (!st)
-        st = s2_rt_time_median(lora_fb, &run, warmup, reps, NULL, 0, &row->lora_fb_ms, err);
+        st = time_interleaved(fns, &run, 4, warmup, reps, ms, err);
+    row->base_fwd_ms = ms[0], row->lora_fwd_ms = ms[1], row->base_fb_ms = ms[2];
+    row->lora_fb_ms = ms[3];
     int bad = 0;
     if (!st)
         st = any_nonfinite(b.y, (size_t)M * dim, dtype, &bad, err);

@@ -4,7 +4,9 @@
  * One case is (M tokens, in = out = dim, rank r), one projection, no dropout. Base: y = x W^T forward and
  * dx = dy W backward (W frozen, so no dW). Ours: s2_lora_forward / s2_lora_backward (lora.h).
  * Inputs are random (a block of N(0,1) values repeated over each buffer: never zeros), outputs
- * poisoned before the first run; times are CUDA-event medians after warm-up.
+ * poisoned before the first run; times are CUDA-event medians after warm-up, the four
+ * measurements interleaved run by run (base forward, ours, base forward+backward, ours), so a
+ * drift of the GPU's clock over the case moves base and ours alike.
  */
 #ifndef S2_BENCH_LORA_H
 #define S2_BENCH_LORA_H

@@ -9,11 +9,21 @@
 #include "../templates/philox.cuh"
 #include "jit.h"
 
+/* One generated LoRA unit (gen/emit.h's s2_emit_lora), per dtype and rank, built on first use. */
+typedef struct lora_unit {
+    int used;
+    s2_dtype dtype;
+    int rank;
+    cudaLibrary_t lib;
+    cudaKernel_t drop, drop_add, vdb, vdb_finish; /* vdb: NULL for ranks without the pass */
+} lora_unit;
+
+#define LORA_UNITS 8
+
 struct s2_lora_ctx {
     char arch[16];
     const char *cache_dir;
-    cudaLibrary_t drop_lib[2];     /* the dropout unit per dtype, built on first use */
-    cudaKernel_t drop[2], drop_add[2];
+    lora_unit unit[LORA_UNITS];
     s2_blas *blas;
 };
 
@@ -41,9 +51,42 @@ s2_status s2_lora_dims_of(const s2_lora_plan *plan, int g, int layer, int M,
     return S2_OK;
 }
 
+/* The generated pass's geometry for d: rows per block and row ranges. */
+static void vdb_geometry(const s2_lora_dims *d, int *rows, int *ranges)
+{
+    int slabs = 0;
+    for (int i = 0; i < d->n_proj; i++)
+        slabs += s2_lora_vdb_slabs(d->out[i]);
+    *rows = s2_lora_vdb_rows(d->M, slabs);
+    *ranges = (d->M + *rows - 1) / *rows;
+}
+
+/* Workspace layout: [v32: M x rp fp32][dB partials: ranges x out_total x r fp32][drop: M x in]. */
+static size_t align256(size_t n) { return (n + 255) / 256 * 256; }
+
+static size_t ws_v32(const s2_lora_dims *d)
+{
+    return s2_lora_vdb_ok(d->r) ? align256((size_t)d->M * d->rp * 4) : 0;
+}
+
+static size_t ws_part(const s2_lora_dims *d)
+{
+    if (!s2_lora_vdb_ok(d->r))
+        return 0;
+    int rows, ranges;
+    vdb_geometry(d, &rows, &ranges);
+    return align256((size_t)ranges * d->out_total * d->r * 4);
+}
+
 size_t s2_lora_workspace_bytes(const s2_lora_dims *d)
 {
-    return d->dropout > 0 ? (size_t)d->M * d->in * 2 : 0;
+    return ws_v32(d) + ws_part(d) + (d->dropout > 0 ? (size_t)d->M * d->in * 2 : 0);
+}
+
+/* The dropout workspace inside ws. */
+static void *ws_drop(const s2_lora_dims *d, void *ws)
+{
+    return ws ? (char *)ws + ws_v32(d) + ws_part(d) : NULL;
 }
 
 s2_status s2_lora_open(s2_lora_ctx **out, const s2_rt *rt, const char *cache_dir, s2_error *err)
@@ -67,46 +110,77 @@ void s2_lora_close(s2_lora_ctx *c)
 {
     if (!c)
         return;
-    for (int i = 0; i < 2; i++)
-        if (c->drop_lib[i])
-            cudaLibraryUnload(c->drop_lib[i]);
+    for (int i = 0; i < LORA_UNITS; i++)
+        if (c->unit[i].lib)
+            cudaLibraryUnload(c->unit[i].lib);
     s2_blas_close(c->blas);
     free(c);
 }
 
 s2_blas *s2_lora_blas(s2_lora_ctx *c) { return c->blas; }
 
-/* Builds (NVRTC, through the cache) and loads the dropout kernels of dtype, once. */
-static s2_status dropout_kernels(s2_lora_ctx *c, s2_dtype dt, s2_error *err)
+/* The LoRA unit of d's dtype and rank: built (NVRTC, through the cache) and loaded once. */
+static s2_status lora_unit_of(s2_lora_ctx *c, const s2_lora_dims *d, const lora_unit **out,
+                              s2_error *err)
 {
-    if (c->drop_lib[dt])
+    *out = NULL;
+    lora_unit *u = NULL;
+    for (int i = 0; i < LORA_UNITS && !u; i++)
+        if (!c->unit[i].used || (c->unit[i].dtype == d->dtype && c->unit[i].rank == d->r))
+            u = &c->unit[i];
+    if (!u)
+        return s2_error_set(err, S2_ERR_INVALID,
+                            "LoRA: more than %d (dtype, rank) pairs in one context", LORA_UNITS);
+    if (u->used) {
+        *out = u;
         return S2_OK;
+    }
     char *src = NULL;
-    s2_status st = s2_emit_lora_dropout(dt, &src, err);
+    s2_status st = s2_emit_lora(d->dtype, d->r, &src, err);
     if (st)
         return st;
-    s2_jit_src unit = {.unit = "lora_dropout", .source = src};
+    s2_jit_src unit = {.unit = "lora", .source = src};
     s2_jit_opts jo = {.arch = c->arch, .cache_dir = c->cache_dir};
     s2_jit_result res = {0};
     st = s2_jit_build(&unit, 1, &jo, &res, err);
     free(src);
+    cudaLibrary_t lib = NULL;
     if (!st)
-        st = s2_rt_check(cudaLibraryLoadData(&c->drop_lib[dt], res.cubin, NULL, NULL, 0, NULL,
-                                             NULL, 0), "cudaLibraryLoadData(lora_dropout)", err);
+        st = s2_rt_check(cudaLibraryLoadData(&lib, res.cubin, NULL, NULL, 0, NULL, NULL, 0),
+                         "cudaLibraryLoadData(lora)", err);
     s2_jit_result_free(&res);
+    lora_unit nu = {.used = 1, .dtype = d->dtype, .rank = d->r, .lib = lib};
     if (!st)
-        st = s2_rt_check(cudaLibraryGetKernel(&c->drop[dt], c->drop_lib[dt], "s2_lora_dropout"),
+        st = s2_rt_check(cudaLibraryGetKernel(&nu.drop, lib, "s2_lora_dropout"),
                          "cudaLibraryGetKernel(s2_lora_dropout)", err);
     if (!st)
-        st = s2_rt_check(cudaLibraryGetKernel(&c->drop_add[dt], c->drop_lib[dt],
-                                              "s2_lora_dropout_add"),
+        st = s2_rt_check(cudaLibraryGetKernel(&nu.drop_add, lib, "s2_lora_dropout_add"),
                          "cudaLibraryGetKernel(s2_lora_dropout_add)", err);
-    return st;
+    if (!st && s2_lora_vdb_ok(d->r)) {
+        st = s2_rt_check(cudaLibraryGetKernel(&nu.vdb, lib, "s2_lora_vdb"),
+                         "cudaLibraryGetKernel(s2_lora_vdb)", err);
+        if (!st)
+            st = s2_rt_check(cudaLibraryGetKernel(&nu.vdb_finish, lib, "s2_lora_vdb_finish"),
+                             "cudaLibraryGetKernel(s2_lora_vdb_finish)", err);
+        if (!st)
+            st = s2_rt_check(cudaFuncSetAttribute((const void *)nu.vdb,
+                                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                  (int)s2_lora_vdb_smem(d->r)),
+                             "cudaFuncSetAttribute(s2_lora_vdb, max dynamic shared memory)", err);
+    }
+    if (st) {
+        if (lib)
+            cudaLibraryUnload(lib);
+        return st;
+    }
+    *u = nu;
+    *out = u;
+    return S2_OK;
 }
 
 /* One launch of a dropout kernel over M x in elements (grid-stride, one thread per quad):
  * add 0: xd = drop_i(src) with src [M, ld]; add 1: dst [M, ld] += drop_i(src) with src [M, in]. */
-static s2_status launch_dropout(const s2_lora_ctx *c, const s2_lora_dims *d, int add, void *dst,
+static s2_status launch_dropout(const lora_unit *lu, const s2_lora_dims *d, int add, void *dst,
                                 const void *src, int ld, int proj, cudaStream_t stream,
                                 s2_error *err)
 {
@@ -120,7 +194,7 @@ static s2_status launch_dropout(const s2_lora_ctx *c, const s2_lora_dims *d, int
     void *args_drop[] = {&src, &ld, &dst, &M, &in, &seed, &strm, &thr, &scale};
     void *args_add[] = {&dst, &ld, &src, &M, &in, &seed, &strm, &thr, &scale};
     const char *name = add ? "s2_lora_dropout_add" : "s2_lora_dropout";
-    cudaKernel_t k = add ? c->drop_add[d->dtype] : c->drop[d->dtype];
+    cudaKernel_t k = add ? lu->drop_add : lu->drop;
     s2_status st = s2_rt_check(cudaLaunchKernel((const void *)k, (dim3){blocks, 1, 1},
                                                 (dim3){256, 1, 1}, add ? args_add : args_drop, 0,
                                                 stream),
@@ -157,7 +231,7 @@ static const void *col(const void *base, int c) { return (const char *)base + 2 
 
 const char *s2_lora_gemm_name(s2_lora_gemm g)
 {
-    static const char *const names[S2_LG_COUNT] = {"u", "y", "dxv", "dx", "da", "db"};
+    static const char *const names[S2_LG_COUNT] = {"u", "y", "dx", "da", "v", "db"};
     return g >= 0 && g < S2_LG_COUNT ? names[g] : "?";
 }
 
@@ -196,30 +270,39 @@ static s2_status run_prod(s2_lora_ctx *c, const s2_lora_dims *d, const prod *p, 
 static s2_status lora_gemm(s2_lora_ctx *c, const s2_lora_dims *d, s2_lora_gemm g, int algo,
                            const s2_lora_bufs *b, int *n, s2_error *err)
 {
-    const int lx = d->in + d->rp;
-    void *u = (void *)col(b->xa, d->in), *v = (void *)col(b->dxv, d->in);
+    const int lx = d->in + d->rp, ly = d->out_total + d->rp;
+    void *u = (void *)col(b->xa, d->in), *sv = (void *)col(b->dya, d->out_total);
+    const void *a = (const char *)b->wc + 2 * (size_t)d->out_total * lx; /* A: wc's extra rows */
     const float gb = d->grad_f32 ? d->grad_beta : 0.f;
+    if ((g == S2_LG_V || g == S2_LG_DB) && s2_lora_vdb_ok(d->r)) {
+        if (n) /* the generated pass's, not cuBLAS's */
+            *n = 0;
+        return n ? S2_OK
+                 : s2_error_set(err, S2_ERR_INVALID,
+                                "LoRA: %s is the generated pass's for rank %d, not a cuBLAS product",
+                                s2_lora_gemm_name(g), d->r);
+    }
     prod p;
     switch (g) {
     case S2_LG_U:
-        p = (prod){"u = s x A^T", 0, 1, d->M, d->rp, d->in, d->scale, b->xa, lx, b->a, d->in, 0.f,
-                   u, lx, 0};
+        p = (prod){"u = s x A^T", 0, 1, d->M, d->rp, d->in, d->scale, b->xa, lx, a, lx, 0.f, u,
+                   lx, 0};
         break;
     case S2_LG_Y: /* y = [x | u] [W | B]^T */
         p = (prod){"y = xa wc^T", 0, 1, d->M, d->out_total, lx, 1.f, b->xa, lx, b->wc, lx, 0.f,
                    b->y, d->out_total, 0};
         break;
-    case S2_LG_DXV: /* [dx | v] = dy [W | B] */
-        p = (prod){"[dx | v] = dy wc", 0, 0, d->M, lx, d->out_total, 1.f, b->dy, d->out_total,
-                   b->wc, lx, 0.f, b->dxv, lx, 0};
-        break;
-    case S2_LG_DX:
-        p = (prod){"dx += s v A", 0, 0, d->M, d->in, d->rp, d->scale, v, lx, b->a, d->in, 1.f,
-                   b->dxv, lx, 0};
+    case S2_LG_DX: /* dx = [dy | s v] [W ; A] */
+        p = (prod){"dx = dya wc", 0, 0, d->M, d->in, ly, 1.f, b->dya, ly, b->wc, lx, 0.f, b->dxv,
+                   lx, 0};
         break;
     case S2_LG_DA:
-        p = (prod){"dA = s v^T x", 1, 0, d->rp, d->in, d->M, d->scale, v, lx, b->xa, lx, gb, b->da,
+        p = (prod){"dA = (s v)^T x", 1, 0, d->rp, d->in, d->M, 1.f, sv, ly, b->xa, lx, gb, b->da,
                    d->in, d->grad_f32};
+        break;
+    case S2_LG_V: /* s v = s dy B over the whole [out_total, rp] B: its off-diagonal blocks are 0 */
+        p = (prod){"s v = s dy B", 0, 0, d->M, d->rp, d->out_total, d->scale, b->dya, ly,
+                   col(b->wc, d->in), lx, 0.f, sv, ly, 0};
         break;
     case S2_LG_DB: {
         /* dB_i = dy_i^T u_i (u already holds s and the masks), one GEMM per projection into
@@ -230,7 +313,7 @@ static s2_status lora_gemm(s2_lora_ctx *c, const s2_lora_dims *d, s2_lora_gemm g
         s2_status st = S2_OK;
         for (int i = 0, off = 0; !st && i < d->n_proj; off += d->out[i], i++) {
             const prod pi = {"dB_i = dy_i^T u_i", 1, 0, d->out[i], d->r, d->M, 1.f,
-                             col(b->dy, off), d->out_total, col(u, i * d->r), lx, gb,
+                             col(b->dya, off), ly, col(u, i * d->r), lx, gb,
                              (char *)b->db + ge * ((size_t)off * d->rp + (size_t)i * d->r),
                              d->rp, d->grad_f32};
             st = run_prod(c, d, &pi, algo, n, err);
@@ -257,26 +340,29 @@ s2_status s2_lora_gemm_algos(s2_lora_ctx *c, const s2_lora_dims *d, s2_lora_gemm
 }
 
 s2_status s2_lora_forward(s2_lora_ctx *c, const s2_lora_dims *d, void *xa, const void *wc,
-                          const void *a, void *y, void *ws, cudaStream_t stream, s2_error *err)
+                          void *y, void *ws, cudaStream_t stream, s2_error *err)
 {
     const int lx = d->in + d->rp;
-    const s2_lora_bufs b = {.xa = xa, .wc = wc, .a = a, .y = y};
+    const s2_lora_bufs b = {.xa = xa, .wc = wc, .y = y};
     s2_status st = on_stream(c, stream, err);
     if (!st && d->dropout <= 0) /* u = s x A^T into the extra columns of xa */
         st = lora_gemm(c, d, S2_LG_U, d->algo[S2_LG_U], &b, NULL, err);
     if (!st && d->dropout > 0) { /* per projection: u_i = s drop_i(x) A_i^T; pad columns 0 */
-        st = dropout_kernels(c, d->dtype, err);
+        const lora_unit *lu = NULL;
+        void *xd = ws_drop(d, ws);
+        st = lora_unit_of(c, d, &lu, err);
         const int used = d->n_proj * d->r;
         if (!st && d->rp > used)
             st = s2_rt_check(cudaMemset2DAsync((char *)xa + 2 * (size_t)(d->in + used), 2 * (size_t)lx,
                                                0, 2 * (size_t)(d->rp - used), (size_t)d->M, stream),
                              "zeroing u's pad columns", err);
         for (int i = 0; !st && i < d->n_proj; i++) {
-            st = launch_dropout(c, d, 0, ws, xa, lx, i, stream, err);
+            st = launch_dropout(lu, d, 0, xd, xa, lx, i, stream, err);
             if (!st)
-                st = gemm_rm(c, d, "u_i = s drop_i(x) A_i^T", 0, 1, d->M, d->r, d->in, d->scale, ws,
-                             d->in, (const char *)a + 2 * (size_t)i * d->r * d->in, d->in, 0.f,
-                             (void *)col(xa, d->in + i * d->r), lx, err);
+                st = gemm_rm(c, d, "u_i = s drop_i(x) A_i^T", 0, 1, d->M, d->r, d->in, d->scale,
+                             xd, d->in,
+                             (const char *)wc + 2 * ((size_t)d->out_total + (size_t)i * d->r) * lx,
+                             lx, 0.f, (void *)col(xa, d->in + i * d->r), lx, err);
         }
     }
     if (!st) /* y = [x | u] [W | B]^T */
@@ -295,23 +381,80 @@ s2_status s2_lora_base_forward(s2_lora_ctx *c, const s2_lora_dims *d, const void
     return st;
 }
 
-s2_status s2_lora_backward(s2_lora_ctx *c, const s2_lora_dims *d, const void *xa,
-                           const void *wc, const void *a, const void *dy, void *dxv, void *da,
-                           void *db, void *ws, cudaStream_t stream, s2_error *err)
+/* The generated pass over dy: s v into dya's extra columns and dB's diagonal blocks. */
+static s2_status vdb_pass(s2_lora_ctx *c, const s2_lora_dims *d, const s2_lora_bufs *b,
+                          void *ws, cudaStream_t stream, s2_error *err)
 {
-    const int lx = d->in + d->rp;
-    const s2_lora_bufs b = {.xa = (void *)xa, .wc = wc, .a = a, .dy = dy, .dxv = dxv, .da = da,
+    if (!ws)
+        return s2_error_set(err, S2_ERR_INVALID,
+                            "LoRA backward: no workspace (s2_lora_workspace_bytes: %zu bytes)",
+                            s2_lora_workspace_bytes(d));
+    const lora_unit *lu = NULL;
+    s2_status st = lora_unit_of(c, d, &lu, err);
+    if (st)
+        return st;
+    int rows, ranges;
+    vdb_geometry(d, &rows, &ranges);
+    float *v32 = ws, *part = (float *)((char *)ws + ws_v32(d));
+    const int lx = d->in + d->rp, ly = d->out_total + d->rp;
+    st = s2_rt_check(cudaMemsetAsync(v32, 0, (size_t)d->M * d->rp * 4, stream), "zeroing v", err);
+    const void *dy = b->dya, *u = col(b->xa, d->in), *bb = col(b->wc, d->in);
+    int M = d->M, ot = d->out_total, ldv = d->rp;
+    for (int i = 0, off = 0; !st && i < d->n_proj; off += d->out[i], i++) {
+        int c0 = off, out_i = d->out[i], r0 = i * d->r;
+        void *args[] = {&dy, (void *)&ly, &u, (void *)&lx, &bb, (void *)&lx, &v32, &ldv, &part,
+                        &ot, &M, &rows, &c0, &out_i, &r0};
+        const dim3 grid = {(unsigned)s2_lora_vdb_slabs(out_i), (unsigned)ranges, 1};
+        st = s2_rt_check(cudaLaunchKernel((const void *)lu->vdb, grid,
+                                          (dim3){S2_LORA_VDB_WARPS * 32, 1, 1}, args,
+                                          s2_lora_vdb_smem(d->r), stream),
+                         "s2_lora_vdb", err);
+        if (!st)
+            st = s2_rt_check(cudaGetLastError(), "s2_lora_vdb", err);
+    }
+    if (st)
+        return st;
+    void *sv = b->dya, *db = b->db;
+    float scale = d->scale, beta = d->grad_f32 ? d->grad_beta : 0.f;
+    int rp = d->rp, off1 = d->n_proj > 1 ? d->out[0] : ot;
+    int off2 = d->n_proj > 2 ? d->out[0] + d->out[1] : ot, gf = d->grad_f32;
+    void *args[] = {&v32, &M, &rp, &sv, (void *)&ly, &ot, &scale, &part, &ranges, &db, &rp,
+                    &off1, &off2, &gf, &beta};
+    const long n = (long)d->M * d->rp + (long)ot * d->r;
+    const unsigned blocks = (unsigned)((n + 255) / 256 < 4096 ? (n + 255) / 256 : 4096);
+    st = s2_rt_check(cudaLaunchKernel((const void *)lu->vdb_finish, (dim3){blocks, 1, 1},
+                                      (dim3){256, 1, 1}, args, 0, stream),
+                     "s2_lora_vdb_finish", err);
+    return st ? st : s2_rt_check(cudaGetLastError(), "s2_lora_vdb_finish", err);
+}
+
+s2_status s2_lora_backward(s2_lora_ctx *c, const s2_lora_dims *d, const void *xa,
+                           const void *wc, void *dya, void *dxv, void *da, void *db, void *ws,
+                           cudaStream_t stream, s2_error *err)
+{
+    const int lx = d->in + d->rp, ly = d->out_total + d->rp;
+    const s2_lora_bufs b = {.xa = (void *)xa, .wc = wc, .dya = dya, .dxv = dxv, .da = da,
                             .db = db};
     s2_status st = on_stream(c, stream, err);
-    if (!st) /* [dx | v] = dy [W | B] */
-        st = lora_gemm(c, d, S2_LG_DXV, d->algo[S2_LG_DXV], &b, NULL, err);
+    /* s v and dB: the generated pass, or a GEMM and one per projection */
+    if (!st && s2_lora_vdb_ok(d->r))
+        st = vdb_pass(c, d, &b, ws, stream, err);
+    if (!st && !s2_lora_vdb_ok(d->r))
+        st = lora_gemm(c, d, S2_LG_V, d->algo[S2_LG_V], &b, NULL, err);
+    if (!st && !s2_lora_vdb_ok(d->r))
+        st = lora_gemm(c, d, S2_LG_DB, d->algo[S2_LG_DB], &b, NULL, err);
     if (!st && d->dropout <= 0) {
-        st = lora_gemm(c, d, S2_LG_DX, d->algo[S2_LG_DX], &b, NULL, err); /* dx += s v A */
-        if (!st) /* dA = s v^T x */
+        st = lora_gemm(c, d, S2_LG_DX, d->algo[S2_LG_DX], &b, NULL, err); /* dx = dya wc */
+        if (!st) /* dA = (s v)^T x */
             st = lora_gemm(c, d, S2_LG_DA, d->algo[S2_LG_DA], &b, NULL, err);
     }
     if (!st && d->dropout > 0) {
-        st = dropout_kernels(c, d->dtype, err);
+        const lora_unit *lu = NULL;
+        void *xd = ws_drop(d, ws);
+        st = lora_unit_of(c, d, &lu, err);
+        if (!st) /* dx = dy W: the low-rank part goes in under each projection's mask */
+            st = gemm_rm(c, d, "dx = dy W", 0, 0, d->M, d->in, d->out_total, 1.f, dya, ly, wc, lx,
+                         0.f, dxv, lx, err);
         const int used = d->n_proj * d->r;
         const size_t ge = d->grad_f32 ? 4 : 2; /* bytes per element of dA and dB */
         if (!st && d->rp > used && !(d->grad_f32 && d->grad_beta != 0.f)) /* dA's pad rows */
@@ -319,34 +462,32 @@ s2_status s2_lora_backward(s2_lora_ctx *c, const s2_lora_dims *d, const void *xa
                                              ge * (size_t)(d->rp - used) * d->in, stream),
                              "zeroing dA's pad rows", err);
         for (int i = 0; !st && i < d->n_proj; i++) {
-            const void *vi = col(dxv, d->in + i * d->r);
-            const char *ai = (const char *)a + 2 * (size_t)i * d->r * d->in;
+            const void *svi = col(dya, d->out_total + i * d->r);
+            const char *ai = (const char *)wc + 2 * ((size_t)d->out_total + (size_t)i * d->r) * lx;
             char *dai = (char *)da + ge * (size_t)i * d->r * d->in;
-            /* dA_i = s v_i^T drop_i(x), drop_i(x) regenerated from the seed */
-            st = launch_dropout(c, d, 0, ws, xa, lx, i, stream, err);
+            /* dA_i = (s v_i)^T drop_i(x), drop_i(x) regenerated from the seed */
+            st = launch_dropout(lu, d, 0, xd, xa, lx, i, stream, err);
             if (!st)
-                st = gemm_grad(c, d, "dA_i = s v_i^T drop_i(x)", 1, 0, d->r, d->in, d->M,
-                               d->scale, vi, lx, ws, d->in, dai, d->in, err);
+                st = gemm_grad(c, d, "dA_i = (s v_i)^T drop_i(x)", 1, 0, d->r, d->in, d->M, 1.f,
+                               svi, ly, xd, d->in, dai, d->in, err);
             /* dx += mask_i (s v_i A_i) / (1 - p) */
             if (!st)
-                st = gemm_rm(c, d, "t = s v_i A_i", 0, 0, d->M, d->in, d->r, d->scale, vi, lx, ai,
-                             d->in, 0.f, ws, d->in, err);
+                st = gemm_rm(c, d, "t = s v_i A_i", 0, 0, d->M, d->in, d->r, 1.f, svi, ly, ai, lx,
+                             0.f, xd, d->in, err);
             if (!st)
-                st = launch_dropout(c, d, 1, dxv, ws, lx, i, stream, err);
+                st = launch_dropout(lu, d, 1, dxv, xd, lx, i, stream, err);
         }
     }
-    if (!st)
-        st = lora_gemm(c, d, S2_LG_DB, d->algo[S2_LG_DB], &b, NULL, err);
     return st;
 }
 
 s2_status s2_lora_base_backward(s2_lora_ctx *c, const s2_lora_dims *d, const void *wc,
-                                const void *dy, void *dxv, cudaStream_t stream, s2_error *err)
+                                const void *dya, void *dxv, cudaStream_t stream, s2_error *err)
 {
     const int lx = d->in + d->rp;
     s2_status st = on_stream(c, stream, err);
     if (!st)
-        st = gemm_rm(c, d, "dx = dy W", 0, 0, d->M, d->in, d->out_total, 1.f, dy, d->out_total, wc,
-                     lx, 0.f, dxv, lx, err);
+        st = gemm_rm(c, d, "dx = dy W", 0, 0, d->M, d->in, d->out_total, 1.f, dya,
+                     d->out_total + d->rp, wc, lx, 0.f, dxv, lx, err);
     return st;
 }

@@ -3,35 +3,44 @@
  * read the same x (q, k, v; or gate, up; or one alone), and the backward dx, dA, dB (W is
  * frozen: no dW). PEFT's shapes and scale (s = alpha / r).
  *
- * The fusion is in the layout, so every product is one cuBLAS GEMM and no pass is spent on
- * stitching: x lives in an augmented buffer whose extra columns receive the low-rank
- * activations u = s x A^T, and the frozen W carries the adapters' B as extra columns:
+ * The fusion is in the layout, so every product but one is a single cuBLAS GEMM and no pass is
+ * spent on stitching: x lives in an augmented buffer whose extra columns receive the low-rank
+ * activations u = s x A^T, dy in one whose extra columns receive s v = s dy B, and the frozen
+ * W carries the adapters as an extra border, B as columns and A as rows:
  *
- *   xa [M, in + rp]          x in columns [0, in); u = s x A^T in [in, in + rp)
- *   wc [out_total, in + rp]  the projections' W stacked by rows | their B block-diagonal in the
- *                            extra columns (projection i's B [out_i, r] at columns in + i*r)
- *   a  [rp, in]              the projections' A stacked by rows
+ *   xa  [M, in + rp]                 x in columns [0, in); u = s x A^T in [in, in + rp)
+ *   dya [M, out_total + rp]          dy in columns [0, out_total); s v in the rest
+ *   wc  [out_total + rp, in + rp]    rows [0, out_total): the projections' W | their B
+ *                                    block-diagonal (projection i's B [out_i, r] at columns
+ *                                    in + i*r); rows [out_total, +rp): the stacked A | 0
  *
- * (rp = n_proj * r rounded up to 8, so rows stay 16-byte aligned; the pad rows of a and the
- * pad columns of wc are zero.) Then
- *   forward:  u = s x A^T            (GEMM, N = rp: one read of x)
- *             y = xa wc^T            (GEMM, K = in + rp: the base product plus the adapters)
- *   backward: [dx | v] = dy wc       (GEMM, N = in + rp: the base dx and v = dy B at once)
- *             dx += s v A            (GEMM, K = rp, beta 1)
- *             dA = s v^T x           (GEMM over M: one read of x)
- *             dB_i = dy_i^T u_i      (one GEMM per projection over M, written into its
- *                                     diagonal block of [out_total, rp]: rows of projection i,
- *                                     columns i*r .. i*r+r; together one read of dy)
- * Beyond the base GEMMs this reads x twice, dy once and dx twice; the only temporary is v, the
- * rp extra columns of dxv. Whoever writes x writes it into xa; whoever owns W keeps it in wc.
+ * (rp = n_proj * r rounded up to 8, so rows stay 16-byte aligned; the pad rows and columns of
+ * wc and B's off-diagonal blocks are zero.) Then
+ *   forward:  u = s x A^T              (GEMM, N = rp: one read of x)
+ *             y = xa wc[:out_total]^T  (GEMM, K = in + rp: the base product plus the adapters)
+ *   backward: s v = s dy B, dB = dy^T u (one generated pass over dy, templates/lora.cuh, for
+ *                                     the ranks s2_lora_vdb_ok() takes; otherwise a GEMM for v
+ *                                     and one per projection for dB's diagonal blocks)
+ *             dx = dya wc[:, :in]      (GEMM, K = out_total + rp: dy W + s v A at once)
+ *             dA = (s v)^T x           (GEMM over M: one read of x)
+ * Beyond the base GEMMs this reads x twice (u, dA) and dy once, and writes nothing of size
+ * M x in or M x out: the temporaries are v's fp32 accumulator [M, rp] and the dB partials of
+ * the pass's row ranges (s2_lora_workspace_bytes). Whoever writes x writes it into xa, whoever
+ * writes dy writes it into dya, and whoever owns W keeps it, with A and B, in wc.
+ *
+ * Why this way (bench/RESULTS.md): the earlier layout formed [dx | v] = dy [W | B], then
+ * dx += s v A, a rank-r update that reads and writes dx once more (0.12 ms of the 4096-wide
+ * linear's 1.5 ms forward+backward at 16k tokens, H200), and read dy a second time for dB.
+ * Forming s v first lets the one dx GEMM take the low-rank term through K, and the pass that
+ * forms v also forms dB from the same read of dy.
  *
  * Dropout (PEFT's: on the adapter's input only, an independent mask per projection): the mask
  * is templates/philox.cuh's, stream = layer * 8 + projection, element m * in + k of x, so the
  * backward regenerates it. Per projection i the forward forms drop_i(x) in a workspace
  * [M, in] (the one M x K temporary, only with dropout) and u_i = s drop_i(x) A_i^T; the
- * backward recomputes drop_i(x) for dA_i = s v_i^T drop_i(x), then reuses the workspace for
- * s v_i A_i, added to dx under the mask. The two elementwise kernels are generated
- * (templates/lora.cuh) and built through the NVRTC cache.
+ * backward forms dx = dy W alone, recomputes drop_i(x) for dA_i = (s v_i)^T drop_i(x), then
+ * reuses the workspace for s v_i A_i, added to dx under the mask. The elementwise kernels are
+ * generated (templates/lora.cuh) and built through the NVRTC cache.
  *
  * cuBLAS is loaded at run time (blas.h), so binaries that never run a LoRA linear do not need
  * it; s2_lora_open() says so clearly when it is missing.
@@ -47,21 +56,22 @@
 
 typedef struct s2_lora_ctx s2_lora_ctx;
 
-/* The products of a group without dropout (the list above), by name, so each can run with its
- * own cuBLAS algorithm (s2lora tune --kernels lora times them): u = s x A^T, y = xa wc^T,
- * [dx | v] = dy wc, dx += s v A, dA = s v^T x, dB_i = dy_i^T u_i (every projection). With
- * dropout the per-projection products take cuBLAS's default; dB keeps its choice. */
+/* The cuBLAS products of a group without dropout (the list above), by name, so each can run
+ * with its own cuBLAS algorithm (s2lora tune --kernels lora times them): u = s x A^T,
+ * y = xa wc^T, dx = dya wc, dA = (s v)^T x, and, only for ranks without the generated pass,
+ * s v = s dy B and dB_i = dy_i^T u_i (every projection). With dropout the per-projection
+ * products take cuBLAS's default. */
 typedef enum s2_lora_gemm {
     S2_LG_U,
     S2_LG_Y,
-    S2_LG_DXV,
     S2_LG_DX,
     S2_LG_DA,
+    S2_LG_V,
     S2_LG_DB,
     S2_LG_COUNT
 } s2_lora_gemm;
 
-/* "u", "y", "dxv", "dx", "da", "db". */
+/* "u", "y", "dx", "da", "v", "db". */
 const char *s2_lora_gemm_name(s2_lora_gemm g);
 
 typedef struct s2_lora_dims {
@@ -91,7 +101,8 @@ typedef struct s2_lora_dims {
 s2_status s2_lora_dims_of(const s2_lora_plan *plan, int g, int layer, int M,
                           unsigned long long seed, s2_lora_dims *d, s2_error *err);
 
-/* Bytes of device workspace forward and backward need (0 without dropout). */
+/* Bytes of device workspace forward and backward need: v's accumulator and the dB partials
+ * of the generated pass (ranks it takes), and drop_i(x) with dropout. */
 size_t s2_lora_workspace_bytes(const s2_lora_dims *d);
 
 /* Loads cuBLAS and creates the handle (once; reuse the context) for rt's device; the dropout
@@ -104,28 +115,27 @@ s2_blas *s2_lora_blas(s2_lora_ctx *ctx);
 
 /* Forward: writes u into xa's extra columns and y [M, out_total]. ws: workspace bytes. */
 s2_status s2_lora_forward(s2_lora_ctx *ctx, const s2_lora_dims *d, void *xa, const void *wc,
-                          const void *a, void *y, void *ws, cudaStream_t stream, s2_error *err);
+                          void *y, void *ws, cudaStream_t stream, s2_error *err);
 
 /* The base product alone (y = x W^T from the same buffers, K = in): what LoRA is measured
  * against. */
 s2_status s2_lora_base_forward(s2_lora_ctx *ctx, const s2_lora_dims *d, const void *xa,
                                const void *wc, void *y, cudaStream_t stream, s2_error *err);
 
-/* Backward from dy [M, out_total]: dxv [M, in + rp] (dx in [0, in)), da [rp, in],
- * db [out_total, rp] (dtype or fp32: d->grad_f32). xa must hold the forward's u. Only the
+/* Backward from dy in dya [M, out_total + rp] (its extra columns receive s v): dxv
+ * [M, in + rp] (dx in [0, in); the extra columns are left alone), da [rp, in], db
+ * [out_total, rp] (dtype or fp32: d->grad_f32). xa must hold the forward's u. Only the
  * diagonal blocks of db (projection i's rows, columns i*r .. i*r+r) are written: the rest is
  * not a parameter and keeps whatever it held (zeros, for an optimizer's gradient buffer). */
 s2_status s2_lora_backward(s2_lora_ctx *ctx, const s2_lora_dims *d, const void *xa,
-                           const void *wc, const void *a, const void *dy, void *dxv, void *da,
-                           void *db, void *ws, cudaStream_t stream, s2_error *err);
+                           const void *wc, void *dya, void *dxv, void *da, void *db, void *ws,
+                           cudaStream_t stream, s2_error *err);
 
 /* The device buffers of one group's products (as forward and backward take them). */
 typedef struct s2_lora_bufs {
     void *xa;
-    const void *wc, *a;
-    void *y;
-    const void *dy;
-    void *dxv, *da, *db;
+    const void *wc;
+    void *y, *dya, *dxv, *da, *db;
 } s2_lora_bufs;
 
 /* Product g alone with algorithm algo (0: cuBLAS's choice), on the context's current stream:
@@ -133,12 +143,13 @@ typedef struct s2_lora_bufs {
 s2_status s2_lora_gemm_run(s2_lora_ctx *ctx, const s2_lora_dims *d, s2_lora_gemm g, int algo,
                            const s2_lora_bufs *b, s2_error *err);
 
-/* How many cuBLASLt algorithms product g can take (the fewest over dB's projections). */
+/* How many cuBLASLt algorithms product g can take (the fewest over dB's projections); 0 when
+ * g is not a cuBLAS product for d's rank (v and dB of the generated pass). */
 s2_status s2_lora_gemm_algos(s2_lora_ctx *ctx, const s2_lora_dims *d, s2_lora_gemm g,
                              const s2_lora_bufs *b, int *n, s2_error *err);
 
-/* The base backward alone (dx = dy W, K = out_total). */
+/* The base backward alone (dx = dy W, K = out_total, dy in dya's first out_total columns). */
 s2_status s2_lora_base_backward(s2_lora_ctx *ctx, const s2_lora_dims *d, const void *wc,
-                                const void *dy, void *dxv, cudaStream_t stream, s2_error *err);
+                                const void *dya, void *dxv, cudaStream_t stream, s2_error *err);
 
 #endif

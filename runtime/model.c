@@ -22,8 +22,7 @@ typedef struct group {
     int out[3], out_off[3];
     int in, out_total, rp;
     s2_lora_dims d;  /* M, seed set per micro-batch */
-    void *wc;        /* [out_total, in + rp] */
-    void *a;         /* [rp, in], NULL when rp = 0 */
+    void *wc;        /* [out_total + rp, in + rp]: W | B, and A in the extra rows (lora.h) */
     int seg_a, seg_b; /* trainable tensors, -1 when the group has no adapter */
     int seg_w;        /* full mode: the stacked W itself, -1 otherwise */
     unsigned char algo[S2_LG_COUNT]; /* tuned cuBLAS algorithms (s2lora tune --kernels lora) */
@@ -51,6 +50,7 @@ struct s2_gm {
     s2_rt rt;
     s2_lora_plan lp;
     int L, hid, H, Hkv, hd, I, V, Tmax, chunk, nqkv;
+    int ldy[4]; /* row stride of each group's output gradient: out_total + rp (lora.h's dya) */
     s2_attn attn[2]; /* [0] S²-Attn, [1] full causal */
     int have_attn[2];
     s2_train_kern k;
@@ -213,6 +213,30 @@ static void group_init(const s2_gm *m, int g, group *gr)
     gr->seg_a = gr->seg_b = gr->seg_w = -1;
 }
 
+/* The LoRA dims of group gr of layer l for T tokens (gradients fp32, accumulated). */
+static void group_dims(const s2_gm *m, int l, const group *gr, int T, unsigned long long seed,
+                       s2_lora_dims *d)
+{
+    memset(d, 0, sizeof *d);
+    d->M = T;
+    d->in = gr->in;
+    d->n_proj = gr->n;
+    d->out_total = gr->out_total;
+    for (int i = 0; i < gr->n; i++) {
+        d->out[i] = gr->out[i];
+        d->stream[i] = (unsigned)l * 8u + (unsigned)gr->proj[i];
+    }
+    d->r = gr->rp ? m->lp.rank : 0;
+    d->rp = gr->rp;
+    d->scale = (float)m->lp.scale;
+    d->dtype = m->spec.dtype;
+    d->dropout = gr->rp ? (float)m->lp.dropout : 0.f;
+    d->seed = seed;
+    d->grad_f32 = 1;
+    d->grad_beta = 1.f;
+    memcpy(d->algo, gr->algo, sizeof d->algo);
+}
+
 static s2_status load_layers(s2_gm *m, const s2_ckpt *ck, s2_error *err)
 {
     char name[160], rest[96];
@@ -222,10 +246,10 @@ static s2_status load_layers(s2_gm *m, const s2_ckpt *ck, s2_error *err)
         for (int g = 0; g < GROUPS && !st; g++) {
             group *gr = &ly->g[g];
             const int lx = gr->in + gr->rp;
-            st = dalloc(m, &gr->wc, (size_t)gr->out_total * lx * EL, "a layer's W", err);
+            const size_t wbytes = ((size_t)gr->out_total + gr->rp) * lx * EL;
+            st = dalloc(m, &gr->wc, wbytes, "a layer's W", err);
             if (!st)
-                st = s2_rt_check(cudaMemset(gr->wc, 0, (size_t)gr->out_total * lx * EL),
-                                 "cudaMemset(W)", err);
+                st = s2_rt_check(cudaMemset(gr->wc, 0, wbytes), "cudaMemset(W)", err);
             for (int i = 0; i < gr->n && !st; i++) {
                 snprintf(rest, sizeof rest, "%s.%s.weight", s2_proj_module(gr->proj[i]),
                          s2_proj_name(gr->proj[i]));
@@ -241,10 +265,10 @@ static s2_status load_layers(s2_gm *m, const s2_ckpt *ck, s2_error *err)
             }
             if (st || !gr->rp)
                 continue;
-            st = dalloc(m, &gr->a, (size_t)gr->rp * gr->in * EL, "a layer's LoRA A", err);
             snprintf(rest, sizeof rest, "%s.lora_A_stacked", group_tag(g));
             layer_name(name, sizeof name, l, rest);
-            if (!st && (gr->seg_a = add_seg(m, name, 2, gr->rp, gr->in, gr->a, gr->in)) < 0)
+            if ((gr->seg_a = add_seg(m, name, 2, gr->rp, gr->in,
+                                     at(gr->wc, (size_t)gr->out_total * lx), lx)) < 0)
                 st = s2_error_set(err, S2_ERR_NOMEM, "out of memory");
             snprintf(rest, sizeof rest, "%s.lora_B_stacked", group_tag(g));
             layer_name(name, sizeof name, l, rest);
@@ -412,6 +436,8 @@ s2_status s2_gm_open(s2_gm **out, const s2_rt *rt, const s2_spec *spec, const s2
     for (int l = 0; l < m->L; l++)
         for (int g = 0; g < GROUPS; g++)
             group_init(m, g, &m->layers[l].g[g]);
+    for (int g = 0; g < GROUPS; g++)
+        m->ldy[g] = m->layers[0].g[g].out_total + m->layers[0].g[g].rp;
 
     s2_jit_opts jo = {.arch = rt->arch, .cache_dir = o->cache_dir};
     /* A blocking stream: the uploads (cudaMemcpy, cudaMemset on the legacy stream) stay ordered
@@ -517,13 +543,11 @@ s2_status s2_gm_open(s2_gm **out, const s2_rt *rt, const s2_spec *spec, const s2
 
     /* activations and workspaces for Tmax tokens */
     const size_t T = (size_t)m->Tmax, hid = (size_t)m->hid;
-    int max_lx = 0, max_in = 0;
+    int max_lx = 0;
     for (int g = 0; g < GROUPS; g++) {
         const group *gr = &m->layers[0].g[g];
         if (gr->in + gr->rp > max_lx)
             max_lx = gr->in + gr->rp;
-        if (gr->in > max_in)
-            max_in = gr->in;
     }
     const size_t hq = (size_t)m->H * m->hd, hk = (size_t)m->Hkv * m->hd;
     /* the attention half's activations, once or per layer (s2_gm_opts.recompute) */
@@ -559,15 +583,15 @@ s2_status s2_gm_open(s2_gm **out, const s2_rt *rt, const s2_spec *spec, const s2
         {&m->rstd1, nl * T * 4, "rstd"},
         {&m->rstd2, T * 4, "rstd"},
         {&m->rstdf, T * 4, "rstd"},
-        {&m->dh, T * hid * EL, "dh"},
-        {&m->dh2, T * hid * EL, "dh2"},
+        {&m->dh, T * (size_t)m->ldy[G_DOWN] * EL, "dh"},
+        {&m->dh2, T * (size_t)m->ldy[G_O] * EL, "dh2"},
         {&m->dxv, T * (size_t)max_lx * EL, "dx"},
-        {&m->dgu, T * 2 * (size_t)m->I * EL, "d gate_up"},
+        {&m->dgu, T * (size_t)m->ldy[G_GU] * EL, "d gate_up"},
         {&m->dout, T * hq * EL, "do"},
         {&m->dq, T * hq * EL, "dq"},
         {&m->dk, T * hk * EL, "dk"},
         {&m->dv, T * hk * EL, "dv"},
-        {&m->dqkv, T * m->nqkv * EL, "dqkv"},
+        {&m->dqkv, T * (size_t)m->ldy[G_QKV] * EL, "dqkv"},
         {&m->xf, T * hid * EL, "final norm"},
         {&m->dxf, T * hid * EL, "d final norm"},
         {&m->logits, (size_t)m->chunk * m->V * EL, "logits chunk"},
@@ -592,9 +616,15 @@ s2_status s2_gm_open(s2_gm **out, const s2_rt *rt, const s2_spec *spec, const s2
             ws = s2_attn_workspace_bytes(&m->attn[i], m->Tmax);
     if (!st)
         st = dalloc(m, &m->attn_ws, ws, "attention workspace", err);
+    size_t lws = 0;
+    for (int g = 0; g < GROUPS; g++) {
+        s2_lora_dims d;
+        group_dims(m, 0, &m->layers[0].g[g], m->Tmax, 0, &d);
+        if (d.rp && s2_lora_workspace_bytes(&d) > lws)
+            lws = s2_lora_workspace_bytes(&d);
+    }
     if (!st)
-        st = dalloc(m, &m->lora_ws, spec->lora.dropout > 0 ? T * max_in * EL : 0,
-                    "LoRA dropout workspace", err);
+        st = dalloc(m, &m->lora_ws, lws, "LoRA workspace", err);
     if (!st)
         st = s2_rt_check(cudaStreamSynchronize(m->stream), "model load", err);
     if (st) {
@@ -688,28 +718,8 @@ static s2_status put_batch(s2_gm *m, const s2_gm_batch *b, s2_attn_batch *bt, s2
     free(lab);
     bt->d_cu_seqlens = m->d_cu;
     for (int l = 0; l < m->L; l++)
-        for (int g = 0; g < GROUPS; g++) {
-            group *gr = &m->layers[l].g[g];
-            s2_lora_dims *d = &gr->d;
-            memset(d, 0, sizeof *d);
-            d->M = b->T;
-            d->in = gr->in;
-            d->n_proj = gr->n;
-            d->out_total = gr->out_total;
-            for (int i = 0; i < gr->n; i++) {
-                d->out[i] = gr->out[i];
-                d->stream[i] = (unsigned)l * 8u + (unsigned)gr->proj[i];
-            }
-            d->r = gr->rp ? m->lp.rank : 0;
-            d->rp = gr->rp;
-            d->scale = (float)m->lp.scale;
-            d->dtype = m->spec.dtype;
-            d->dropout = gr->rp ? (float)m->lp.dropout : 0.f;
-            d->seed = b->dropout_seed;
-            d->grad_f32 = 1;
-            d->grad_beta = 1.f;
-            memcpy(d->algo, gr->algo, sizeof d->algo);
-        }
+        for (int g = 0; g < GROUPS; g++)
+            group_dims(m, l, &m->layers[l].g[g], b->T, b->dropout_seed, &m->layers[l].g[g].d);
     return st;
 }
 
@@ -756,12 +766,12 @@ static s2_status mlp_fwd(s2_gm *m, int l, const acts *a, int T, int write_out, s
     s2_status st = s2_k_rmsnorm_fwd(&m->k, T, a->h2, hid, ly->w_post, m->xa[G_GU], lx2,
                                     m->rstd2, s, err);
     if (!st)
-        st = s2_lora_forward(m->lora, &g2->d, m->xa[G_GU], g2->wc, g2->a, m->gu, m->lora_ws, s,
+        st = s2_lora_forward(m->lora, &g2->d, m->xa[G_GU], g2->wc, m->gu, m->lora_ws, s,
                              err);
     if (!st)
         st = s2_k_swiglu_fwd(&m->k, T, m->gu, 2 * m->I, m->xa[G_DOWN], lx3, s, err);
     if (!st && (write_out || g3->rp))
-        st = s2_lora_forward(m->lora, &g3->d, m->xa[G_DOWN], g3->wc, g3->a, m->y, m->lora_ws, s,
+        st = s2_lora_forward(m->lora, &g3->d, m->xa[G_DOWN], g3->wc, m->y, m->lora_ws, s,
                              err);
     if (!st && write_out)
         st = s2_k_add(&m->k, T, hid, a->h2, hid, m->y, hid, hs(m, l + 1), hid, s, err);
@@ -781,7 +791,7 @@ static s2_status layer_fwd(s2_gm *m, int l, const s2_attn *at_, const s2_attn_ba
     cudaStream_t s = m->stream;
     s2_status st = s2_k_rmsnorm_fwd(&m->k, T, h, hid, ly->w_in, a.xa_qkv, lx0, a.rstd1, s, err);
     if (!st)
-        st = s2_lora_forward(m->lora, &g0->d, a.xa_qkv, g0->wc, g0->a, m->qkv, m->lora_ws, s,
+        st = s2_lora_forward(m->lora, &g0->d, a.xa_qkv, g0->wc, m->qkv, m->lora_ws, s,
                              err);
     if (!st)
         st = s2_k_rope(&m->k, T, m->H, m->d_pos, +1, m->qkv, m->nqkv, a.q, hq, s, err);
@@ -795,7 +805,7 @@ static s2_status layer_fwd(s2_gm *m, int l, const s2_attn *at_, const s2_attn_ba
     if (!st)
         st = copy2d(a.xa_o, lx1, a.o, hq, hq, T, s, "o into o_proj's input", err);
     if (!st)
-        st = s2_lora_forward(m->lora, &g1->d, a.xa_o, g1->wc, g1->a, m->y, m->lora_ws, s, err);
+        st = s2_lora_forward(m->lora, &g1->d, a.xa_o, g1->wc, m->y, m->lora_ws, s, err);
     if (!st)
         st = s2_k_add(&m->k, T, hid, h, hid, m->y, hid, a.h2, hid, s, err);
     if (!st)
@@ -811,7 +821,8 @@ static s2_status grad_w(s2_gm *m, const group *gr, const void *dy, const void *x
     if (gr->seg_w < 0)
         return S2_OK;
     return s2_blas_gemm(m->blas, m->spec.dtype, "dW += dy^T x", 1, 0, gr->out_total, gr->in, T,
-                        1.f, dy, gr->out_total, xa, gr->in + gr->rp, 1.f, grad_of(m, gr->seg_w),
+                        1.f, dy, gr->out_total + gr->rp, xa, gr->in + gr->rp, 1.f,
+                        grad_of(m, gr->seg_w),
                         gr->in, 1, err);
 }
 
@@ -829,22 +840,24 @@ static s2_status layer_bwd(s2_gm *m, int l, const s2_attn *at_, const s2_attn_ba
     cudaStream_t s = m->stream;
     s2_status st = m->keep_attn ? mlp_fwd(m, l, &a, T, 0, err) : layer_fwd(m, l, at_, bt, 0, err);
     if (!st) /* down: dy = dh */
-        st = s2_lora_backward(m->lora, &g3->d, m->xa[G_DOWN], g3->wc, g3->a, m->dh, m->dxv,
+        st = s2_lora_backward(m->lora, &g3->d, m->xa[G_DOWN], g3->wc, m->dh, m->dxv,
                               grad_of(m, g3->seg_a), grad_of(m, g3->seg_b), m->lora_ws, s, err);
     if (!st)
         st = grad_w(m, g3, m->dh, m->xa[G_DOWN], T, err);
     if (!st)
-        st = s2_k_swiglu_bwd(&m->k, T, m->gu, 2 * m->I, m->dxv, lx3, m->dgu, 2 * m->I, s, err);
+        st = s2_k_swiglu_bwd(&m->k, T, m->gu, 2 * m->I, m->dxv, lx3, m->dgu, m->ldy[G_GU], s,
+                             err);
     if (!st)
-        st = s2_lora_backward(m->lora, &g2->d, m->xa[G_GU], g2->wc, g2->a, m->dgu, m->dxv,
+        st = s2_lora_backward(m->lora, &g2->d, m->xa[G_GU], g2->wc, m->dgu, m->dxv,
                               grad_of(m, g2->seg_a), grad_of(m, g2->seg_b), m->lora_ws, s, err);
     if (!st)
         st = grad_w(m, g2, m->dgu, m->xa[G_GU], T, err);
     if (!st) /* dh2 = dh + norm'(dx2) */
         st = s2_k_rmsnorm_bwd(&m->k, T, a.h2, hid, ly->w_post, m->dxv, lx2, m->rstd2, m->dh,
-                              hid, m->dh2, hid, grad_of(m, ly->seg_post), s, err);
+                              m->ldy[G_DOWN], m->dh2, m->ldy[G_O], grad_of(m, ly->seg_post), s,
+                              err);
     if (!st)
-        st = s2_lora_backward(m->lora, &g1->d, a.xa_o, g1->wc, g1->a, m->dh2, m->dxv,
+        st = s2_lora_backward(m->lora, &g1->d, a.xa_o, g1->wc, m->dh2, m->dxv,
                               grad_of(m, g1->seg_a), grad_of(m, g1->seg_b), m->lora_ws, s, err);
     if (!st)
         st = grad_w(m, g1, m->dh2, a.xa_o, T, err);
@@ -854,20 +867,21 @@ static s2_status layer_bwd(s2_gm *m, int l, const s2_attn *at_, const s2_attn_ba
         st = s2_attn_backward(at_, bt, a.q, a.k, a.v, a.o, a.lse, m->dout, m->attn_ws,
                               m->dq, m->dk, m->dv, s, err);
     if (!st)
-        st = s2_k_rope(&m->k, T, m->H, m->d_pos, -1, m->dq, hq, m->dqkv, m->nqkv, s, err);
+        st = s2_k_rope(&m->k, T, m->H, m->d_pos, -1, m->dq, hq, m->dqkv, m->ldy[G_QKV], s, err);
     if (!st)
-        st = s2_k_rope(&m->k, T, m->Hkv, m->d_pos, -1, m->dk, hk, at(m->dqkv, hq), m->nqkv, s,
+        st = s2_k_rope(&m->k, T, m->Hkv, m->d_pos, -1, m->dk, hk, at(m->dqkv, hq), m->ldy[G_QKV], s,
                        err);
     if (!st)
-        st = copy2d(at(m->dqkv, hq + hk), m->nqkv, m->dv, hk, hk, T, s, "dv into dqkv", err);
+        st = copy2d(at(m->dqkv, hq + hk), m->ldy[G_QKV], m->dv, hk, hk, T, s, "dv into dqkv",
+                    err);
     if (!st)
-        st = s2_lora_backward(m->lora, &g0->d, a.xa_qkv, g0->wc, g0->a, m->dqkv, m->dxv,
+        st = s2_lora_backward(m->lora, &g0->d, a.xa_qkv, g0->wc, m->dqkv, m->dxv,
                               grad_of(m, g0->seg_a), grad_of(m, g0->seg_b), m->lora_ws, s, err);
     if (!st)
         st = grad_w(m, g0, m->dqkv, a.xa_qkv, T, err);
     if (!st) /* dh = dh2 + norm'(dx) */
         st = s2_k_rmsnorm_bwd(&m->k, T, hs(m, l), hid, ly->w_in, m->dxv, lx0, a.rstd1, m->dh2,
-                              hid, m->dh, hid, grad_of(m, ly->seg_in), s, err);
+                              m->ldy[G_O], m->dh, m->ldy[G_DOWN], grad_of(m, ly->seg_in), s, err);
     return st;
 }
 
@@ -910,7 +924,7 @@ static s2_status head(s2_gm *m, int T, int grad, double denom, float *logits_out
     }
     if (!st && grad)
         st = s2_k_rmsnorm_bwd(&m->k, T, hs(m, m->L), hid, m->norm, m->dxf, hid, m->rstdf, NULL,
-                              0, m->dh, hid, grad_of(m, m->seg_norm), s, err);
+                              0, m->dh, m->ldy[G_DOWN], grad_of(m, m->seg_norm), s, err);
     return st;
 }
 
@@ -965,7 +979,7 @@ s2_status s2_gm_train_batch(s2_gm *m, const s2_gm_batch *b, int full, double den
     for (int l = m->L - 1; l >= 0 && !st; l--)
         st = layer_bwd(m, l, a, &bt, err);
     if (!st && m->seg_embed >= 0)
-        st = s2_k_embed_bwd(&m->k, b->T, m->d_tokens, m->dh, m->hid, grad_of(m, m->seg_embed),
+        st = s2_k_embed_bwd(&m->k, b->T, m->d_tokens, m->dh, m->ldy[G_DOWN], grad_of(m, m->seg_embed),
                             m->stream, err);
     if (!st)
         st = read_acc(m, nll_sum, count, err);

@@ -96,14 +96,15 @@ typedef struct out_region {
 
 static out_region region_of(const s2_lora_dims *d, s2_lora_gemm g, const s2_lora_bufs *b)
 {
-    const size_t lx = (size_t)d->in + d->rp, ge = d->grad_f32 ? 4 : 2;
+    const size_t lx = (size_t)d->in + d->rp, ly = (size_t)d->out_total + d->rp;
+    const size_t ge = d->grad_f32 ? 4 : 2;
     switch (g) {
     case S2_LG_U:
         return (out_region){(char *)b->xa + 2 * (size_t)d->in, d->M, d->rp, lx, 2, 1};
     case S2_LG_Y:
         return (out_region){b->y, d->M, d->out_total, d->out_total, 2, LORA_ROW_STRIDE};
-    case S2_LG_DXV:
-        return (out_region){b->dxv, d->M, lx, lx, 2, LORA_ROW_STRIDE};
+    case S2_LG_V:
+        return (out_region){(char *)b->dya + 2 * (size_t)d->out_total, d->M, d->rp, ly, 2, 1};
     case S2_LG_DX:
         return (out_region){b->dxv, d->M, d->in, lx, 2, LORA_ROW_STRIDE};
     case S2_LG_DA:
@@ -144,7 +145,8 @@ static s2_status run_case(void *p, s2_error *err)
     return s2_lora_gemm_run(c->ctx, c->d, c->g, c->algo, c->b, err);
 }
 
-/* Buffers of one group at M tokens (gradients sized for fp32), inputs random. */
+/* Buffers of one group at M tokens (gradients sized for fp32), inputs random: xa and dya
+ * whole (u and s v as the products after them would find them), and wc with its A rows. */
 typedef struct group_bufs {
     s2_lora_bufs b;
     void *backup; /* a copy of an accumulated output, restored before each gate run */
@@ -154,8 +156,8 @@ typedef struct group_bufs {
 
 static void group_free(group_bufs *g)
 {
-    void *p[] = {g->b.xa, (void *)g->b.wc, (void *)g->b.a, g->b.y, (void *)g->b.dy, g->b.dxv,
-                 g->b.da, g->b.db, g->backup, g->flush};
+    void *p[] = {g->b.xa, (void *)g->b.wc, g->b.y, g->b.dya, g->b.dxv, g->b.da, g->b.db,
+                 g->backup, g->flush};
     for (size_t i = 0; i < sizeof p / sizeof p[0]; i++)
         if (p[i])
             cudaFree(p[i]);
@@ -166,31 +168,29 @@ static s2_status group_alloc(group_bufs *g, const s2_lora_dims *d, s2_error *err
 {
     memset(g, 0, sizeof *g);
     const size_t M = (size_t)d->M, lx = (size_t)d->in + d->rp, ot = (size_t)d->out_total;
-    void *wc = NULL, *a = NULL, *dy = NULL;
+    const size_t ly = ot + d->rp, wrows = ot + d->rp;
+    void *wc = NULL;
     int l2 = 0;
     s2_status st = s2_rt_check(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, 0),
                                "cudaDeviceGetAttribute(L2 size)", err);
     g->flush_bytes = 2 * (size_t)(l2 > 0 ? l2 : 64 << 20);
     g->backup_bytes = M * lx * 2;
     struct { void **p; size_t bytes; } al[] = {
-        {&g->b.xa, M * lx * 2}, {&wc, ot * lx * 2}, {&a, (size_t)d->rp * d->in * 2},
-        {&g->b.y, M * ot * 2}, {&dy, M * ot * 2}, {&g->b.dxv, M * lx * 2},
+        {&g->b.xa, M * lx * 2}, {&wc, wrows * lx * 2}, {&g->b.y, M * ot * 2},
+        {&g->b.dya, M * ly * 2}, {&g->b.dxv, M * lx * 2},
         {&g->b.da, (size_t)d->rp * d->in * 4}, {&g->b.db, ot * d->rp * 4},
         {&g->backup, g->backup_bytes}, {&g->flush, g->flush_bytes},
     };
     for (size_t i = 0; !st && i < sizeof al / sizeof al[0]; i++)
         st = s2_rt_check(cudaMalloc(al[i].p, al[i].bytes), "cudaMalloc (LoRA tuning)", err);
-    g->b.wc = wc, g->b.a = a, g->b.dy = dy;
+    g->b.wc = wc;
     uint64_t state = (uint64_t)time(NULL) * 0x9E3779B97F4A7C15ull | 1;
     if (!st)
         st = s2_rt_fill_normal(g->b.xa, M * lx, 1.f, d->dtype, &state, err);
     if (!st)
-        st = s2_rt_fill_normal(wc, ot * lx, 1.f / sqrtf((float)d->in), d->dtype, &state, err);
+        st = s2_rt_fill_normal(wc, wrows * lx, 1.f / sqrtf((float)d->in), d->dtype, &state, err);
     if (!st)
-        st = s2_rt_fill_normal(a, (size_t)d->rp * d->in, 1.f / sqrtf((float)d->in), d->dtype,
-                               &state, err);
-    if (!st)
-        st = s2_rt_fill_normal(dy, M * ot, 1.f, d->dtype, &state, err);
+        st = s2_rt_fill_normal(g->b.dya, M * ly, 1.f, d->dtype, &state, err);
     if (!st)
         st = s2_rt_check(cudaMemset(g->b.da, 0, (size_t)d->rp * d->in * 4), "zero dA", err);
     if (!st)
@@ -201,7 +201,7 @@ static s2_status group_alloc(group_bufs *g, const s2_lora_dims *d, s2_error *err
 /* The products whose result accumulates (beta 1) restart from the same values each gate run. */
 static int accumulates(const s2_lora_dims *d, s2_lora_gemm g)
 {
-    return g == S2_LG_DX || ((g == S2_LG_DA || g == S2_LG_DB) && d->grad_f32 && d->grad_beta != 0);
+    return (g == S2_LG_DA || g == S2_LG_DB) && d->grad_f32 && d->grad_beta != 0;
 }
 
 static s2_status save_or_restore(group_bufs *gb, const out_region *r, int restore, s2_error *err)
@@ -324,15 +324,18 @@ s2_status s2_tune_lora_run(const s2_rt *rt, const s2_spec *spec, const s2_tune_o
         d.dropout = 0; /* the products without dropout: the dropout path keeps cuBLAS's own */
         group_bufs gb;
         st = group_alloc(&gb, &d, err);
-        /* u and v in place: the forward's low-rank product and the backward's first */
-        if (!st)
-            st = s2_lora_gemm_run(ctx, &d, S2_LG_U, 0, &gb.b, err);
-        if (!st)
-            st = s2_lora_gemm_run(ctx, &d, S2_LG_DXV, 0, &gb.b, err);
-        /* u, y, dxv, dx, then dA and dB with dtype gradients and with fp32 accumulated ones */
-        for (int k = 0; !st && k < S2_LG_COUNT + 2; k++) {
-            const s2_lora_gemm p = k < S2_LG_COUNT ? (s2_lora_gemm)k : (s2_lora_gemm)(k - 2);
-            d.grad_f32 = k >= S2_LG_COUNT, d.grad_beta = d.grad_f32 ? 1.f : 0.f;
+        /* u, y, dx, dA, v, dB, then dA and dB again with fp32 accumulated gradients; v and dB
+         * only where they are cuBLAS products (ranks without the generated pass) */
+        static const struct { s2_lora_gemm g; int f32; } order[] = {
+            {S2_LG_U, 0}, {S2_LG_Y, 0}, {S2_LG_DX, 0}, {S2_LG_DA, 0}, {S2_LG_V, 0},
+            {S2_LG_DB, 0}, {S2_LG_DA, 1}, {S2_LG_DB, 1}};
+        for (size_t k = 0; !st && k < sizeof order / sizeof order[0]; k++) {
+            const s2_lora_gemm p = order[k].g;
+            d.grad_f32 = order[k].f32, d.grad_beta = d.grad_f32 ? 1.f : 0.f;
+            int n_algo = 0;
+            st = s2_lora_gemm_algos(ctx, &d, p, &gb.b, &n_algo, err);
+            if (st || n_algo == 0)
+                continue;
             if (*n_res == max) {
                 st = s2_error_set(err, S2_ERR_INVALID, "LoRA tuning: more than %d products", max);
                 break;

@@ -414,10 +414,15 @@ typedef struct lcase {
     double dropout;
 } lcase;
 
-/* GQA-shaped q/k/v (H=8, Hkv=2, d=64: outs 512, 128, 128) and o; M not a multiple of a tile. */
+/* GQA-shaped q/k/v (H=8, Hkv=2, d=64: outs 512, 128, 128) and o; M not a multiple of a tile.
+ * Ranks 8, 16, 24, 32 take the generated pass over dy (gate/up: two slabs per projection, the
+ * second partial, and several row ranges), ranks 4, 12 and 64 the cuBLAS products. */
 static const lcase lcases[] = {
     {"qkv r=8", "bf16", 1000, 8, "[q_proj, k_proj, v_proj, o_proj]", 0, 0.0},
     {"qkv r=16", "bf16", 1000, 16, "[q_proj, k_proj, v_proj, o_proj]", 0, 0.0},
+    {"qkv r=32 fp16", "fp16", 700, 32, "[q_proj, k_proj, v_proj]", 0, 0.0},
+    {"o r=24", "bf16", 900, 24, "[o_proj]", 0, 0.0},
+    {"gate,up r=8", "bf16", 1500, 8, "[gate_proj, up_proj]", 0, 0.0},
     {"qkv r=64 fp16", "fp16", 777, 64, "[q_proj, k_proj, v_proj, o_proj]", 0, 0.0},
     {"o r=8", "bf16", 1000, 8, "[q_proj, k_proj, v_proj, o_proj]", 1, 0.0},
     {"q,v r=8", "bf16", 513, 8, "[q_proj, v_proj]", 0, 0.0},
@@ -460,12 +465,12 @@ static double rel_block(const float *got, int ld_got, const float *ref, int ld_r
 }
 
 typedef struct lbufs {
-    void *xa, *wc, *a, *y, *dy, *dxv, *da, *db, *ws;
+    void *xa, *wc, *y, *dya, *dxv, *da, *db, *ws;
 } lbufs;
 
 static void lbufs_free(lbufs *b)
 {
-    void *p[] = {b->xa, b->wc, b->a, b->y, b->dy, b->dxv, b->da, b->db, b->ws};
+    void *p[] = {b->xa, b->wc, b->y, b->dya, b->dxv, b->da, b->db, b->ws};
     for (size_t i = 0; i < sizeof p / sizeof p[0]; i++)
         cudaFree(p[i]);
 }
@@ -519,19 +524,24 @@ static s2_status run_lora_case(s2_lora_ctx *ctx, const lcase *c, int algo, doubl
     memset(d.algo, algo, sizeof d.algo);
     const s2_st_dtype dt = d.dtype == S2_DTYPE_BF16 ? S2_ST_BF16 : S2_ST_F16;
     const int M = d.M, in = d.in, r = d.r, rp = d.rp, lx = in + rp, ot = d.out_total;
-    float *xa = xmalloc((size_t)M * lx * 4), *wc = xmalloc((size_t)ot * lx * 4);
+    const int ly = ot + rp;
+    float *xa = xmalloc((size_t)M * lx * 4), *wc = xmalloc((size_t)(ot + rp) * lx * 4);
     float *a = xmalloc((size_t)rp * in * 4), *dy = xmalloc((size_t)M * ot * 4);
-    float *x = xmalloc((size_t)M * in * 4);
+    float *x = xmalloc((size_t)M * in * 4), *dya = xmalloc((size_t)M * ly * 4);
     rand_rounded(x, (size_t)M * in, 1.f, dt);
     rand_rounded(dy, (size_t)M * ot, 1.f, dt);
-    memset(wc, 0, (size_t)ot * lx * 4);
+    memset(wc, 0, (size_t)(ot + rp) * lx * 4);
     memset(a, 0, (size_t)rp * in * 4);
     for (int m = 0; m < M; m++) {
         memcpy(xa + (size_t)m * lx, x + (size_t)m * in, (size_t)in * 4);
         for (int j = in; j < lx; j++)
             xa[(size_t)m * lx + j] = NAN; /* poison: the forward must write u here */
+        memcpy(dya + (size_t)m * ly, dy + (size_t)m * ot, (size_t)ot * 4);
+        for (int j = ot; j < ly; j++)
+            dya[(size_t)m * ly + j] = NAN; /* poison: the backward must write s v here */
     }
-    /* W rows, B block-diagonal, A stacked: B random, not PEFT's zero start, so it is tested. */
+    /* W rows, B block-diagonal, A stacked (and in wc's extra rows): B random, not PEFT's zero
+     * start, so it is tested. */
     float *tmp = xmalloc((size_t)ot * (in > r ? in : r) * 4);
     for (int i = 0, off = 0; i < d.n_proj; off += d.out[i], i++) {
         rand_rounded(tmp, (size_t)d.out[i] * in, 1.f / sqrtf((float)in), dt);
@@ -542,15 +552,15 @@ static s2_status run_lora_case(s2_lora_ctx *ctx, const lcase *c, int algo, doubl
             memcpy(wc + (size_t)(off + o) * lx + in + i * r, tmp + (size_t)o * r, (size_t)r * 4);
         rand_rounded(a + (size_t)i * r * in, (size_t)r * in, 1.f / sqrtf((float)in), dt);
     }
+    for (int j = 0; j < rp; j++)
+        memcpy(wc + (size_t)(ot + j) * lx, a + (size_t)j * in, (size_t)in * 4);
     free(tmp);
     lbufs b = {0};
     st = upload_half(&b.xa, xa, (size_t)M * lx, dt, err);
     if (!st)
-        st = upload_half(&b.wc, wc, (size_t)ot * lx, dt, err);
+        st = upload_half(&b.wc, wc, (size_t)(ot + rp) * lx, dt, err);
     if (!st)
-        st = upload_half(&b.a, a, (size_t)rp * in, dt, err);
-    if (!st)
-        st = upload_half(&b.dy, dy, (size_t)M * ot, dt, err);
+        st = upload_half(&b.dya, dya, (size_t)M * ly, dt, err);
     const size_t ny = (size_t)M * ot, ndx = (size_t)M * lx, nda = (size_t)rp * in, ndb = (size_t)ot * rp;
     if (!st)
         st = s2_rt_check(cudaMalloc(&b.y, ny * 2), "cudaMalloc y", err);
@@ -571,9 +581,9 @@ static s2_status run_lora_case(s2_lora_ctx *ctx, const lcase *c, int algo, doubl
     if (!st)
         st = s2_rt_check(cudaMemset(b.db, 0xff, ndb * 2), "poison", err);
     if (!st)
-        st = s2_lora_forward(ctx, &d, b.xa, b.wc, b.a, b.y, b.ws, 0, err);
+        st = s2_lora_forward(ctx, &d, b.xa, b.wc, b.y, b.ws, 0, err);
     if (!st)
-        st = s2_lora_backward(ctx, &d, b.xa, b.wc, b.a, b.dy, b.dxv, b.da, b.db, b.ws, 0, err);
+        st = s2_lora_backward(ctx, &d, b.xa, b.wc, b.dya, b.dxv, b.da, b.db, b.ws, 0, err);
     if (!st)
         st = s2_rt_check(cudaDeviceSynchronize(), "running the LoRA GEMMs", err);
     float *gy = xmalloc(ny * 4), *gdx = xmalloc(ndx * 4), *gda = xmalloc(nda * 4), *gdb = xmalloc(ndb * 4);
@@ -626,7 +636,7 @@ static s2_status run_lora_case(s2_lora_ctx *ctx, const lcase *c, int algo, doubl
                     o = off + d.out[i], c = rp; /* one report per projection */
                 }
     free(rdx), free(gy), free(gdx), free(gda), free(gdb);
-    free(xa), free(wc), free(a), free(dy), free(x);
+    free(xa), free(wc), free(a), free(dy), free(x), free(dya);
     lbufs_free(&b);
     return st;
 }

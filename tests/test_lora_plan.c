@@ -110,36 +110,68 @@ Test(lora_dims, dropout_streams_and_workspace)
     cr_expect_float_eq(d.dropout, 0.05f, 1e-7);
     cr_expect_eq(d.stream[0], 3 * 8 + S2_PROJ_Q, "layer * 8 + projection");
     cr_expect_eq(d.stream[2], 3 * 8 + S2_PROJ_V);
-    cr_expect_eq(s2_lora_workspace_bytes(&d), (size_t)100 * 4096 * 2, "drop(x), one [M, in]");
+    /* the generated pass (rank 8): v's fp32 accumulator [100, 24] (9600 bytes, to 9728 for
+     * 256-byte alignment), and the dB partials of one row range (24 slabs of 512 columns want
+     * 11 ranges, 10 rows each, but a range keeps at least 256 rows) [1, 12288, 8] fp32 */
+    const size_t pass = 9728 + (size_t)12288 * 8 * 4;
+    cr_expect_eq(s2_lora_workspace_bytes(&d), pass + (size_t)100 * 4096 * 2,
+                 "the pass's, then drop(x), one [M, in]");
     s2_spec none = load(S2_SOURCE_DIR "/specs/llama2-7b-8k.yaml", NULL);
     s2_plan_lora(&none, &p);
     cr_assert_eq(s2_lora_dims_of(&p, 0, 3, 100, 7, &d, &err), S2_OK);
-    cr_expect_eq(s2_lora_workspace_bytes(&d), 0, "no temporary without dropout");
+    cr_expect_eq(s2_lora_workspace_bytes(&d), pass, "the pass's alone without dropout");
+    s2_spec r64 = load(S2_SOURCE_DIR "/specs/llama2-7b-8k.yaml", "lora.rank=64");
+    s2_plan_lora(&r64, &p);
+    cr_assert_eq(s2_lora_dims_of(&p, 0, 3, 100, 7, &d, &err), S2_OK);
+    cr_expect_eq(s2_lora_workspace_bytes(&d), 0, "rank 64 takes cuBLAS products: no temporary");
 }
 
-/* The generated dropout kernels build with NVRTC, clean, for both offline archs and dtypes. */
+Test(lora_vdb, geometry)
+{
+    cr_expect(s2_lora_vdb_ok(8) && s2_lora_vdb_ok(16) && s2_lora_vdb_ok(32));
+    cr_expect(!s2_lora_vdb_ok(4) && !s2_lora_vdb_ok(12) && !s2_lora_vdb_ok(64) && !s2_lora_vdb_ok(0));
+    cr_expect_eq(s2_lora_vdb_slabs(4096), 8);
+    cr_expect_eq(s2_lora_vdb_slabs(768), 2, "a partial second slab");
+    /* 16k rows over 8 slabs: 264 blocks want 33 ranges of 497 rows, rounded to 512 */
+    cr_expect_eq(s2_lora_vdb_rows(16384, 8), 512);
+    cr_expect_eq(s2_lora_vdb_rows(65536, 24), 5984, "11 ranges of 5958 rows, to 32s");
+    cr_expect_eq(s2_lora_vdb_rows(1000, 1), 256, "at least 256 rows");
+    /* three stages of 32 rows x (512 + 8) elements, and 8 warps' [32, 8] fp32 partial sums */
+    cr_expect_eq(s2_lora_vdb_smem(8), (size_t)3 * 32 * 520 * 2 + 8 * 32 * 8 * 4);
+}
+
+/* The generated LoRA unit builds with NVRTC, clean (no spills, no stack), for both offline
+ * archs and dtypes: the dropout kernels always, the fused pass over dy for the ranks that take
+ * it, and not for the others. */
 #include "gen/emit.h"
 #include "runtime/jit.h"
 
-Test(lora_dropout_unit, builds_for_sm80_and_sm90a, .timeout = 120)
+Test(lora_unit, builds_for_sm80_and_sm90a, .timeout = 300)
 {
     const char *archs[] = {"sm_80", "sm_90a"};
-    for (int dt = 0; dt < 2; dt++) {
-        char *src = NULL;
-        s2_error err = {0};
-        cr_assert_eq(s2_emit_lora_dropout((s2_dtype)dt, &src, &err), S2_OK, "%s", err.msg);
-        cr_expect(strstr(src, "s2_philox4x32_10"), "the mask is philox.cuh's own text");
-        for (int a = 0; a < 2; a++) {
-            s2_jit_src unit = {.unit = "lora_dropout", .source = src};
-            s2_jit_opts jo = {.arch = archs[a]};
-            s2_jit_result res = {0};
-            cr_assert_eq(s2_jit_build(&unit, 1, &jo, &res, &err), S2_OK, "%s", err.msg);
-            cr_expect_eq(res.n_res, 2);
-            for (int k = 0; k < res.n_res; k++)
-                cr_expect_eq(res.res[k].spill_stores + res.res[k].spill_loads + res.res[k].stack, 0,
-                             "%s spills", res.res[k].name);
-            s2_jit_result_free(&res);
+    const int ranks[] = {8, 16, 24, 32, 64, 4};
+    for (size_t ri = 0; ri < sizeof ranks / sizeof ranks[0]; ri++)
+        for (int dt = 0; dt < 2; dt++) {
+            const int r = ranks[ri], vdb = s2_lora_vdb_ok(r);
+            cr_expect_eq(vdb, r % 8 == 0 && r <= 32, "rank %d", r);
+            char *src = NULL;
+            s2_error err = {0};
+            cr_assert_eq(s2_emit_lora((s2_dtype)dt, r, &src, &err), S2_OK, "%s", err.msg);
+            cr_expect(strstr(src, "s2_philox4x32_10"), "the mask is philox.cuh's own text");
+            for (int a = 0; a < 2; a++) {
+                s2_jit_src unit = {.unit = "lora", .source = src};
+                s2_jit_opts jo = {.arch = archs[a]};
+                s2_jit_result res = {0};
+                cr_assert_eq(s2_jit_build(&unit, 1, &jo, &res, &err), S2_OK, "%s", err.msg);
+                cr_expect_eq(res.n_res, vdb ? 4 : 2, "rank %d: kernels", r);
+                for (int k = 0; k < res.n_res; k++)
+                    cr_expect_eq(res.res[k].spill_stores + res.res[k].spill_loads +
+                                     res.res[k].stack, 0,
+                                 "rank %d %s %s: %d spill stores, %d loads, %d stack bytes", r,
+                                 archs[a], res.res[k].name, res.res[k].spill_stores,
+                                 res.res[k].spill_loads, res.res[k].stack);
+                s2_jit_result_free(&res);
+            }
+            free(src);
         }
-        free(src);
-    }
 }
