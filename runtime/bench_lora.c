@@ -1,4 +1,4 @@
-/* bench_lora.c — the LoRA linears against the frozen base GEMM, on one set of buffers. */
+/* bench_lora.c — the LoRA linears against the frozen base GEMM on packed buffers of its own. */
 #include "bench_lora.h"
 
 #include <math.h>
@@ -12,12 +12,14 @@
 
 
 typedef struct lora_bufs {
-    void *xa, *wc, *y, *dya, *dxv, *da, *db, *ws;
+    void *xa, *wc, *y, *dya, *dxv, *da, *db, *ws; /* ours (lora.h's layout) */
+    void *x, *w, *dy, *dx;                        /* the base's, packed */
 } lora_bufs;
 
 static void bufs_free(lora_bufs *b)
 {
-    void *p[] = {b->xa, b->wc, b->y, b->dya, b->dxv, b->da, b->db, b->ws};
+    void *p[] = {b->xa, b->wc, b->y, b->dya, b->dxv, b->da, b->db, b->ws,
+                 b->x, b->w, b->dy, b->dx};
     for (size_t i = 0; i < sizeof p / sizeof p[0]; i++)
         if (p[i])
             cudaFree(p[i]);
@@ -32,7 +34,7 @@ typedef struct lora_run {
 static s2_status base_fwd(void *p, s2_error *err)
 {
     const lora_run *r = p;
-    return s2_lora_base_forward(r->ctx, r->d, r->b->xa, r->b->wc, r->b->y, 0, err);
+    return s2_lora_base_forward(r->ctx, r->d, r->b->x, r->b->w, r->b->y, 0, err);
 }
 
 static s2_status lora_fwd(void *p, s2_error *err)
@@ -45,7 +47,7 @@ static s2_status base_fb(void *p, s2_error *err)
 {
     const lora_run *r = p;
     s2_status st = base_fwd(p, err);
-    return st ? st : s2_lora_base_backward(r->ctx, r->d, r->b->wc, r->b->dya, r->b->dxv, 0, err);
+    return st ? st : s2_lora_base_backward(r->ctx, r->d, r->b->w, r->b->dy, r->b->dx, 0, err);
 }
 
 static s2_status lora_fb(void *p, s2_error *err)
@@ -142,6 +144,8 @@ s2_status s2_bench_lora_case(s2_lora_ctx *ctx, s2_dtype dtype, int M, int dim, i
         {&b.xa, (size_t)M * lx}, {&b.wc, ((size_t)dim + d.rp) * lx}, {&b.y, (size_t)M * dim},
         {&b.dya, (size_t)M * ly}, {&b.dxv, (size_t)M * lx}, {&b.da, (size_t)d.rp * dim},
         {&b.db, (size_t)dim * d.rp}, {&b.ws, (s2_lora_workspace_bytes(&d) + 1) / 2},
+        {&b.x, (size_t)M * dim}, {&b.w, (size_t)dim * dim}, {&b.dy, (size_t)M * dim},
+        {&b.dx, (size_t)M * dim},
     };
     s2_status st = S2_OK;
     for (size_t i = 0; !st && i < sizeof a / sizeof a[0]; i++)
@@ -155,6 +159,14 @@ s2_status s2_bench_lora_case(s2_lora_ctx *ctx, s2_dtype dtype, int M, int dim, i
     if (!st)
         st = s2_rt_fill_normal(b.dya, (size_t)M * ly, 1.f, dtype, &state, err);
     if (!st)
+        st = s2_rt_fill_normal(b.x, (size_t)M * dim, 1.f, dtype, &state, err);
+    if (!st)
+        st = s2_rt_fill_normal(b.w, (size_t)dim * dim, 1.f / sqrtf((float)dim), dtype, &state, err);
+    if (!st)
+        st = s2_rt_fill_normal(b.dy, (size_t)M * dim, 1.f, dtype, &state, err);
+    if (!st)
+        st = s2_rt_check(cudaMemset(b.dx, 0xff, (size_t)M * dim * 2), "poison base dx", err);
+    if (!st)
         st = s2_rt_check(cudaMemset(b.y, 0xff, (size_t)M * dim * 2), "poison y", err);
     if (!st)
         st = s2_rt_check(cudaMemset(b.dxv, 0xff, (size_t)M * lx * 2), "poison dx", err);
@@ -165,12 +177,14 @@ s2_status s2_bench_lora_case(s2_lora_ctx *ctx, s2_dtype dtype, int M, int dim, i
         st = time_interleaved(fns, &run, 4, warmup, reps, ms, err);
     row->base_fwd_ms = ms[0], row->lora_fwd_ms = ms[1], row->base_fb_ms = ms[2];
     row->lora_fb_ms = ms[3];
-    int bad = 0;
+    int bad = 0, bad_base = 0;
     if (!st)
         st = any_nonfinite(b.y, (size_t)M * dim, dtype, &bad, err);
-    if (!st && bad) {
+    if (!st)
+        st = any_nonfinite(b.dx, (size_t)M * dim, dtype, &bad_base, err);
+    if (!st && (bad || bad_base)) {
         row->failed = 1;
-        snprintf(row->note, sizeof row->note, "inf/NaN in y");
+        snprintf(row->note, sizeof row->note, "inf/NaN in %s", bad ? "y" : "the base's dx");
     }
     bufs_free(&b);
     return st;

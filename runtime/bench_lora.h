@@ -1,8 +1,9 @@
 /*
- * bench_lora.h — timing of the LoRA linears against the frozen base GEMM on the same buffers.
+ * bench_lora.h — timing of the LoRA linears against the frozen base GEMM.
  *
- * One case is (M tokens, in = out = dim, rank r), one projection, no dropout. Base: y = x W^T forward and
- * dx = dy W backward (W frozen, so no dW). Ours: s2_lora_forward / s2_lora_backward (lora.h).
+ * One case is (M tokens, in = out = dim, rank r), one projection, no dropout. Base: y = x W^T
+ * forward and dx = dy W backward (W frozen, so no dW), on packed buffers of its own, as a
+ * linear without LoRA runs. Ours: s2_lora_forward / s2_lora_backward (lora.h) on their layout.
  * Inputs are random (a block of N(0,1) values repeated over each buffer: never zeros), outputs
  * poisoned before the first run; times are CUDA-event medians after warm-up, the four
  * measurements interleaved run by run (base forward, ours, base forward+backward, ours), so a

@@ -370,14 +370,13 @@ s2_status s2_lora_forward(s2_lora_ctx *c, const s2_lora_dims *d, void *xa, const
     return st;
 }
 
-s2_status s2_lora_base_forward(s2_lora_ctx *c, const s2_lora_dims *d, const void *xa,
-                               const void *wc, void *y, cudaStream_t stream, s2_error *err)
+s2_status s2_lora_base_forward(s2_lora_ctx *c, const s2_lora_dims *d, const void *x,
+                               const void *w, void *y, cudaStream_t stream, s2_error *err)
 {
-    const int lx = d->in + d->rp;
     s2_status st = on_stream(c, stream, err);
     if (!st)
-        st = gemm_rm(c, d, "y = x W^T", 0, 1, d->M, d->out_total, d->in, 1.f, xa, lx, wc, lx, 0.f,
-                     y, d->out_total, err);
+        st = gemm_rm(c, d, "y = x W^T", 0, 1, d->M, d->out_total, d->in, 1.f, x, d->in, w, d->in,
+                     0.f, y, d->out_total, err);
     return st;
 }
 
@@ -481,13 +480,12 @@ s2_status s2_lora_backward(s2_lora_ctx *c, const s2_lora_dims *d, const void *xa
     return st;
 }
 
-s2_status s2_lora_base_backward(s2_lora_ctx *c, const s2_lora_dims *d, const void *wc,
-                                const void *dya, void *dxv, cudaStream_t stream, s2_error *err)
+s2_status s2_lora_base_backward(s2_lora_ctx *c, const s2_lora_dims *d, const void *w,
+                                const void *dy, void *dx, cudaStream_t stream, s2_error *err)
 {
-    const int lx = d->in + d->rp;
     s2_status st = on_stream(c, stream, err);
     if (!st)
-        st = gemm_rm(c, d, "dx = dy W", 0, 0, d->M, d->in, d->out_total, 1.f, dya,
-                     d->out_total + d->rp, wc, lx, 0.f, dxv, lx, err);
+        st = gemm_rm(c, d, "dx = dy W", 0, 0, d->M, d->in, d->out_total, 1.f, dy, d->out_total, w,
+                     d->in, 0.f, dx, d->in, err);
     return st;
 }

@@ -117,10 +117,10 @@ s2_blas *s2_lora_blas(s2_lora_ctx *ctx);
 s2_status s2_lora_forward(s2_lora_ctx *ctx, const s2_lora_dims *d, void *xa, const void *wc,
                           void *y, void *ws, cudaStream_t stream, s2_error *err);
 
-/* The base product alone (y = x W^T from the same buffers, K = in): what LoRA is measured
- * against. */
-s2_status s2_lora_base_forward(s2_lora_ctx *ctx, const s2_lora_dims *d, const void *xa,
-                               const void *wc, void *y, cudaStream_t stream, s2_error *err);
+/* The frozen base product alone, y [M, out_total] = x W^T, on packed operands (x [M, in],
+ * W [out_total, in]): what a linear without LoRA runs, what LoRA is measured against. */
+s2_status s2_lora_base_forward(s2_lora_ctx *ctx, const s2_lora_dims *d, const void *x,
+                               const void *w, void *y, cudaStream_t stream, s2_error *err);
 
 /* Backward from dy in dya [M, out_total + rp] (its extra columns receive s v): dxv
  * [M, in + rp] (dx in [0, in); the extra columns are left alone), da [rp, in], db
@@ -148,8 +148,9 @@ s2_status s2_lora_gemm_run(s2_lora_ctx *ctx, const s2_lora_dims *d, s2_lora_gemm
 s2_status s2_lora_gemm_algos(s2_lora_ctx *ctx, const s2_lora_dims *d, s2_lora_gemm g,
                              const s2_lora_bufs *b, int *n, s2_error *err);
 
-/* The base backward alone (dx = dy W, K = out_total, dy in dya's first out_total columns). */
-s2_status s2_lora_base_backward(s2_lora_ctx *ctx, const s2_lora_dims *d, const void *wc,
-                                const void *dya, void *dxv, cudaStream_t stream, s2_error *err);
+/* The frozen base backward alone, dx [M, in] = dy W (no dW), on packed operands (dy
+ * [M, out_total], W [out_total, in]). */
+s2_status s2_lora_base_backward(s2_lora_ctx *ctx, const s2_lora_dims *d, const void *w,
+                                const void *dy, void *dx, cudaStream_t stream, s2_error *err);
 
 #endif
