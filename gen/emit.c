@@ -269,7 +269,7 @@ s2_status s2_emit_lora(s2_dtype dtype, int rank, char **src, s2_error *err)
         s2_buf_printf(&b,
                       "#define S2_LORA_R %d\n#define S2_VDB_WARPS %d\n#define S2_VDB_BM %d\n"
                       "#define S2_VDB_STAGES %d\n",
-                      rank, S2_LORA_VDB_WARPS, S2_LORA_VDB_BM, S2_LORA_VDB_STAGES);
+                      rank, S2_LORA_VDB_WARPS, S2_LORA_VDB_BM, s2_lora_vdb_stages(rank));
     s2_buf_printf(&b, "\n");
     s2_status st = emit_template(&b, "dtype.cuh", err);
     if (!st)
