@@ -58,51 +58,6 @@ static s2_status lora_fb(void *p, s2_error *err)
                                       r->b->da, r->b->db, r->b->ws, 0, err);
 }
 
-/* Medians of n works timed in turn, run by run: warmup rounds, then reps timed rounds. */
-static s2_status time_interleaved(s2_rt_work *fn, void *ctx, int n, int warmup, int reps,
-                                  double *ms, s2_error *err)
-{
-    const int n_ev = 2 * n * reps;
-    cudaEvent_t *ev = calloc((size_t)n_ev, sizeof *ev);
-    double *t = calloc((size_t)reps, sizeof *t);
-    s2_status st = ev && t && reps > 0 ? S2_OK
-                                       : s2_error_set(err, S2_ERR_NOMEM, "out of memory for events");
-    int created = 0;
-    while (!st && created < n_ev) {
-        st = s2_rt_check(cudaEventCreate(&ev[created]), "cudaEventCreate", err);
-        created += !st;
-    }
-    for (int i = 0; !st && i < warmup; i++)
-        for (int w = 0; !st && w < n; w++)
-            st = fn[w](ctx, err);
-    for (int i = 0; !st && i < reps; i++)
-        for (int w = 0; !st && w < n; w++) {
-            cudaEvent_t *e = ev + 2 * ((size_t)i * n + w);
-            st = s2_rt_check(cudaEventRecord(e[0], 0), "cudaEventRecord", err);
-            if (!st)
-                st = fn[w](ctx, err);
-            if (!st)
-                st = s2_rt_check(cudaEventRecord(e[1], 0), "cudaEventRecord", err);
-        }
-    if (!st)
-        st = s2_rt_check(cudaEventSynchronize(ev[n_ev - 1]), "running the timed work", err);
-    for (int w = 0; !st && w < n; w++) {
-        for (int i = 0; !st && i < reps; i++) {
-            float e = 0;
-            const cudaEvent_t *p = ev + 2 * ((size_t)i * n + w);
-            st = s2_rt_check(cudaEventElapsedTime(&e, p[0], p[1]), "cudaEventElapsedTime", err);
-            t[i] = e;
-        }
-        if (!st)
-            ms[w] = s2_rt_median(t, reps);
-    }
-    for (int i = 0; i < created; i++)
-        cudaEventDestroy(ev[i]);
-    free(ev);
-    free(t);
-    return st;
-}
-
 /* 1 if any of the first n halves of dev is NaN or inf. */
 static s2_status any_nonfinite(const void *dev, size_t n, s2_dtype dt, int *bad, s2_error *err)
 {
@@ -174,7 +129,7 @@ s2_status s2_bench_lora_case(s2_lora_ctx *ctx, s2_dtype dtype, int M, int dim, i
     s2_rt_work fns[4] = {base_fwd, lora_fwd, base_fb, lora_fb};
     double ms[4] = {0};
     if (!st)
-        st = time_interleaved(fns, &run, 4, warmup, reps, ms, err);
+        st = s2_rt_time_medians(fns, 4, &run, warmup, reps, ms, err);
     row->base_fwd_ms = ms[0], row->lora_fwd_ms = ms[1], row->base_fb_ms = ms[2];
     row->lora_fb_ms = ms[3];
     int bad = 0, bad_base = 0;

@@ -29,19 +29,39 @@ double s2_rt_median(double *t, int n)
     return n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
 }
 
+/* n_ev events and reps times for a measurement; *created says how many events to destroy. */
+static s2_status timing_alloc(int n_ev, int reps, cudaEvent_t **ev, double **t, int *created,
+                              s2_error *err)
+{
+    *ev = calloc((size_t)n_ev, sizeof **ev);
+    *t = calloc((size_t)reps, sizeof **t);
+    *created = 0;
+    s2_status st = *ev && *t && reps > 0
+                       ? S2_OK
+                       : s2_error_set(err, S2_ERR_NOMEM, "out of memory for events");
+    while (!st && *created < n_ev) {
+        st = s2_rt_check(cudaEventCreate(&(*ev)[*created]), "cudaEventCreate", err);
+        *created += !st;
+    }
+    return st;
+}
+
+static void timing_free(cudaEvent_t *ev, double *t, int created)
+{
+    for (int i = 0; i < created; i++)
+        cudaEventDestroy(ev[i]);
+    free(ev);
+    free(t);
+}
+
 s2_status s2_rt_time_median(s2_rt_work fn, void *ctx, int warmup, int reps, void *flush,
                             size_t flush_bytes, double *ms, s2_error *err)
 {
     const int n_ev = flush ? 2 * reps : reps + 1;
-    cudaEvent_t *ev = calloc((size_t)n_ev, sizeof *ev);
-    double *t = calloc((size_t)reps, sizeof *t);
-    s2_status st = ev && t && reps > 0 ? S2_OK
-                                       : s2_error_set(err, S2_ERR_NOMEM, "out of memory for events");
-    int created = 0;
-    while (!st && created < n_ev) {
-        st = s2_rt_check(cudaEventCreate(&ev[created]), "cudaEventCreate", err);
-        created += !st;
-    }
+    cudaEvent_t *ev;
+    double *t;
+    int created;
+    s2_status st = timing_alloc(n_ev, reps, &ev, &t, &created, err);
     for (int i = 0; !st && i < warmup; i++)
         st = fn(ctx, err);
     for (int i = 0; !st && i < reps; i++) {
@@ -65,10 +85,43 @@ s2_status s2_rt_time_median(s2_rt_work fn, void *ctx, int warmup, int reps, void
     }
     if (!st)
         *ms = s2_rt_median(t, reps);
-    for (int i = 0; i < created; i++)
-        cudaEventDestroy(ev[i]);
-    free(ev);
-    free(t);
+    timing_free(ev, t, created);
+    return st;
+}
+
+s2_status s2_rt_time_medians(const s2_rt_work *fn, int n, void *ctx, int warmup, int reps,
+                             double *ms, s2_error *err)
+{
+    const int n_ev = 2 * n * reps;
+    cudaEvent_t *ev;
+    double *t;
+    int created;
+    s2_status st = timing_alloc(n_ev, reps, &ev, &t, &created, err);
+    for (int i = 0; !st && i < warmup; i++)
+        for (int w = 0; !st && w < n; w++)
+            st = fn[w](ctx, err);
+    for (int i = 0; !st && i < reps; i++)
+        for (int w = 0; !st && w < n; w++) {
+            cudaEvent_t *e = ev + 2 * ((size_t)i * n + w);
+            st = s2_rt_check(cudaEventRecord(e[0], 0), "cudaEventRecord", err);
+            if (!st)
+                st = fn[w](ctx, err);
+            if (!st)
+                st = s2_rt_check(cudaEventRecord(e[1], 0), "cudaEventRecord", err);
+        }
+    if (!st)
+        st = s2_rt_check(cudaEventSynchronize(ev[n_ev - 1]), "running the timed work", err);
+    for (int w = 0; !st && w < n; w++) {
+        for (int i = 0; !st && i < reps; i++) {
+            float e = 0;
+            const cudaEvent_t *p = ev + 2 * ((size_t)i * n + w);
+            st = s2_rt_check(cudaEventElapsedTime(&e, p[0], p[1]), "cudaEventElapsedTime", err);
+            t[i] = e;
+        }
+        if (!st)
+            ms[w] = s2_rt_median(t, reps);
+    }
+    timing_free(ev, t, created);
     return st;
 }
 

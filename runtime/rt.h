@@ -44,6 +44,14 @@ typedef s2_status (*s2_rt_work)(void *ctx, s2_error *err);
 s2_status s2_rt_time_median(s2_rt_work fn, void *ctx, int warmup, int reps, void *flush,
                             size_t flush_bytes, double *ms, s2_error *err);
 
+/*
+ * The same for n works timed in turn, run by run (round i runs fn[0], ..., fn[n-1], each between
+ * its own pair of events): ms[w] is fn[w]'s median. A drift of the GPU's clock over the
+ * measurement then moves every work alike, which matters when their times are compared.
+ */
+s2_status s2_rt_time_medians(const s2_rt_work *fn, int n, void *ctx, int warmup, int reps,
+                             double *ms, s2_error *err);
+
 /* The median of n values (n >= 1); t is reordered. */
 double s2_rt_median(double *t, int n);
 
