@@ -18,7 +18,7 @@ typedef struct lora_unit {
     cudaKernel_t drop, drop_add, vdb, vdb_finish; /* vdb: NULL for ranks without the pass */
 } lora_unit;
 
-#define LORA_UNITS 8
+#define LORA_UNITS 16
 
 struct s2_lora_ctx {
     char arch[16];
@@ -279,8 +279,8 @@ static s2_status lora_gemm(s2_lora_ctx *c, const s2_lora_dims *d, s2_lora_gemm g
             *n = 0;
         return n ? S2_OK
                  : s2_error_set(err, S2_ERR_INVALID,
-                                "LoRA: %s is the generated pass's for rank %d, not a cuBLAS product",
-                                s2_lora_gemm_name(g), d->r);
+                                "LoRA: %s is the generated pass's for rank %d, not a cuBLAS "
+                                "product", s2_lora_gemm_name(g), d->r);
     }
     prod p;
     switch (g) {

@@ -869,8 +869,8 @@ static s2_status layer_bwd(s2_gm *m, int l, const s2_attn *at_, const s2_attn_ba
     if (!st)
         st = s2_k_rope(&m->k, T, m->H, m->d_pos, -1, m->dq, hq, m->dqkv, m->ldy[G_QKV], s, err);
     if (!st)
-        st = s2_k_rope(&m->k, T, m->Hkv, m->d_pos, -1, m->dk, hk, at(m->dqkv, hq), m->ldy[G_QKV], s,
-                       err);
+        st = s2_k_rope(&m->k, T, m->Hkv, m->d_pos, -1, m->dk, hk, at(m->dqkv, hq), m->ldy[G_QKV],
+                       s, err);
     if (!st)
         st = copy2d(at(m->dqkv, hq + hk), m->ldy[G_QKV], m->dv, hk, hk, T, s, "dv into dqkv",
                     err);
@@ -979,8 +979,8 @@ s2_status s2_gm_train_batch(s2_gm *m, const s2_gm_batch *b, int full, double den
     for (int l = m->L - 1; l >= 0 && !st; l--)
         st = layer_bwd(m, l, a, &bt, err);
     if (!st && m->seg_embed >= 0)
-        st = s2_k_embed_bwd(&m->k, b->T, m->d_tokens, m->dh, m->ldy[G_DOWN], grad_of(m, m->seg_embed),
-                            m->stream, err);
+        st = s2_k_embed_bwd(&m->k, b->T, m->d_tokens, m->dh, m->ldy[G_DOWN],
+                            grad_of(m, m->seg_embed), m->stream, err);
     if (!st)
         st = read_acc(m, nll_sum, count, err);
     return st;
