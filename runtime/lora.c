@@ -51,6 +51,17 @@ s2_status s2_lora_dims_of(const s2_lora_plan *plan, int g, int layer, int M,
     return S2_OK;
 }
 
+/* 1 when d's backward takes the generated pass: a rank it is built for (gen/lora_plan.h), and
+ * rows of x and dy that start 16-byte aligned (its cp.async loads), i.e. in and every out a
+ * multiple of 8 (LLaMA's sizes all are); otherwise the cuBLAS products, which take any stride. */
+static int vdb_used(const s2_lora_dims *d)
+{
+    int aligned = d->in % 8 == 0;
+    for (int i = 0; i < d->n_proj; i++)
+        aligned &= d->out[i] % 8 == 0;
+    return aligned && s2_lora_vdb_ok(d->r);
+}
+
 /* The generated pass's geometry for d: rows per block and row ranges. */
 static void vdb_geometry(const s2_lora_dims *d, int *rows, int *ranges)
 {
@@ -66,12 +77,12 @@ static size_t align256(size_t n) { return (n + 255) / 256 * 256; }
 
 static size_t ws_v32(const s2_lora_dims *d)
 {
-    return s2_lora_vdb_ok(d->r) ? align256((size_t)d->M * d->rp * 4) : 0;
+    return vdb_used(d) ? align256((size_t)d->M * d->rp * 4) : 0;
 }
 
 static size_t ws_part(const s2_lora_dims *d)
 {
-    if (!s2_lora_vdb_ok(d->r))
+    if (!vdb_used(d))
         return 0;
     int rows, ranges;
     vdb_geometry(d, &rows, &ranges);
@@ -156,7 +167,7 @@ static s2_status lora_unit_of(s2_lora_ctx *c, const s2_lora_dims *d, const lora_
     if (!st)
         st = s2_rt_check(cudaLibraryGetKernel(&nu.drop_add, lib, "s2_lora_dropout_add"),
                          "cudaLibraryGetKernel(s2_lora_dropout_add)", err);
-    if (!st && s2_lora_vdb_ok(d->r)) {
+    if (!st && s2_lora_vdb_ok(d->r)) { /* the unit has the pass for its rank */
         st = s2_rt_check(cudaLibraryGetKernel(&nu.vdb, lib, "s2_lora_vdb"),
                          "cudaLibraryGetKernel(s2_lora_vdb)", err);
         if (!st)
@@ -274,7 +285,7 @@ static s2_status lora_gemm(s2_lora_ctx *c, const s2_lora_dims *d, s2_lora_gemm g
     void *u = (void *)col(b->xa, d->in), *sv = (void *)col(b->dya, d->out_total);
     const void *a = (const char *)b->wc + 2 * (size_t)d->out_total * lx; /* A: wc's extra rows */
     const float gb = d->grad_f32 ? d->grad_beta : 0.f;
-    if ((g == S2_LG_V || g == S2_LG_DB) && s2_lora_vdb_ok(d->r)) {
+    if ((g == S2_LG_V || g == S2_LG_DB) && vdb_used(d)) {
         if (n) /* the generated pass's, not cuBLAS's */
             *n = 0;
         return n ? S2_OK
@@ -436,11 +447,11 @@ s2_status s2_lora_backward(s2_lora_ctx *c, const s2_lora_dims *d, const void *xa
                             .db = db};
     s2_status st = on_stream(c, stream, err);
     /* s v and dB: the generated pass, or a GEMM and one per projection */
-    if (!st && s2_lora_vdb_ok(d->r))
+    if (!st && vdb_used(d))
         st = vdb_pass(c, d, &b, ws, stream, err);
-    if (!st && !s2_lora_vdb_ok(d->r))
+    if (!st && !vdb_used(d))
         st = lora_gemm(c, d, S2_LG_V, d->algo[S2_LG_V], &b, NULL, err);
-    if (!st && !s2_lora_vdb_ok(d->r))
+    if (!st && !vdb_used(d))
         st = lora_gemm(c, d, S2_LG_DB, d->algo[S2_LG_DB], &b, NULL, err);
     if (!st && d->dropout <= 0) {
         st = lora_gemm(c, d, S2_LG_DX, d->algo[S2_LG_DX], &b, NULL, err); /* dx = dya wc */

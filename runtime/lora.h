@@ -19,8 +19,9 @@
  *   forward:  u = s x A^T              (GEMM, N = rp: one read of x)
  *             y = xa wc[:out_total]^T  (GEMM, K = in + rp: the base product plus the adapters)
  *   backward: s v = s dy B, dB = dy^T u (one generated pass over dy, templates/lora.cuh, for
- *                                     the ranks s2_lora_vdb_ok() takes; otherwise a GEMM for v
- *                                     and one per projection for dB's diagonal blocks)
+ *                                     the ranks s2_lora_vdb_ok() takes, when in and every out
+ *                                     are multiples of 8; otherwise a GEMM for v and one per
+ *                                     projection for dB's diagonal blocks)
  *             dx = dya wc[:, :in]      (GEMM, K = out_total + rp: dy W + s v A at once)
  *             dA = (s v)^T x           (GEMM over M: one read of x)
  * Beyond the base GEMMs this reads x twice (u, dA) and dy once, and writes nothing of size

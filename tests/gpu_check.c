@@ -412,25 +412,28 @@ typedef struct lcase {
     const char *targets; /* the spec's lora.targets */
     int group;           /* which group of the plan */
     double dropout;
+    int hidden;          /* the model's hidden size; 0: 512 */
 } lcase;
 
 /* GQA-shaped q/k/v (H=8, Hkv=2, d=64: outs 512, 128, 128) and o; M not a multiple of a tile.
  * Ranks 8, 16, 24, 32 take the generated pass over dy (gate/up: two slabs per projection, the
- * second partial, and several row ranges), ranks 4, 12 and 64 the cuBLAS products. */
+ * second partial, and several row ranges), ranks 4, 12 and 64 the cuBLAS products, and so does
+ * rank 8 on an o_proj of 516 outputs (rows of dy not 16-byte aligned). */
 static const lcase lcases[] = {
-    {"qkv r=8", "bf16", 1000, 8, "[q_proj, k_proj, v_proj, o_proj]", 0, 0.0},
-    {"qkv r=16", "bf16", 1000, 16, "[q_proj, k_proj, v_proj, o_proj]", 0, 0.0},
-    {"qkv r=32 fp16", "fp16", 700, 32, "[q_proj, k_proj, v_proj]", 0, 0.0},
-    {"o r=24", "bf16", 900, 24, "[o_proj]", 0, 0.0},
-    {"gate,up r=8", "bf16", 1500, 8, "[gate_proj, up_proj]", 0, 0.0},
-    {"qkv r=64 fp16", "fp16", 777, 64, "[q_proj, k_proj, v_proj, o_proj]", 0, 0.0},
-    {"o r=8", "bf16", 1000, 8, "[q_proj, k_proj, v_proj, o_proj]", 1, 0.0},
-    {"q,v r=8", "bf16", 513, 8, "[q_proj, v_proj]", 0, 0.0},
-    {"qkv r=4 (rp pad)", "bf16", 300, 4, "[q_proj, k_proj, v_proj]", 0, 0.0},
-    {"down r=16 fp16", "fp16", 640, 16, "[down_proj]", 0, 0.0},
-    {"qkv r=8 dropout 0.1", "bf16", 1000, 8, "[q_proj, k_proj, v_proj, o_proj]", 0, 0.1},
-    {"o r=16 dropout 0.3 fp16", "fp16", 513, 16, "[q_proj, k_proj, v_proj, o_proj]", 1, 0.3},
-    {"qkv r=12 dropout (pad)", "bf16", 257, 12, "[q_proj, k_proj, v_proj]", 0, 0.2},
+    {"qkv r=8", "bf16", 1000, 8, "[q_proj, k_proj, v_proj, o_proj]", 0, 0.0, 0},
+    {"qkv r=16", "bf16", 1000, 16, "[q_proj, k_proj, v_proj, o_proj]", 0, 0.0, 0},
+    {"qkv r=32 fp16", "fp16", 700, 32, "[q_proj, k_proj, v_proj]", 0, 0.0, 0},
+    {"o r=24", "bf16", 900, 24, "[o_proj]", 0, 0.0, 0},
+    {"gate,up r=8", "bf16", 1500, 8, "[gate_proj, up_proj]", 0, 0.0, 0},
+    {"qkv r=64 fp16", "fp16", 777, 64, "[q_proj, k_proj, v_proj, o_proj]", 0, 0.0, 0},
+    {"o r=8", "bf16", 1000, 8, "[q_proj, k_proj, v_proj, o_proj]", 1, 0.0, 0},
+    {"q,v r=8", "bf16", 513, 8, "[q_proj, v_proj]", 0, 0.0, 0},
+    {"qkv r=4 (rp pad)", "bf16", 300, 4, "[q_proj, k_proj, v_proj]", 0, 0.0, 0},
+    {"down r=16 fp16", "fp16", 640, 16, "[down_proj]", 0, 0.0, 0},
+    {"qkv r=8 dropout 0.1", "bf16", 1000, 8, "[q_proj, k_proj, v_proj, o_proj]", 0, 0.1, 0},
+    {"o r=16 dropout 0.3 fp16", "fp16", 513, 16, "[q_proj, k_proj, v_proj, o_proj]", 1, 0.3, 0},
+    {"qkv r=12 dropout (pad)", "bf16", 257, 12, "[q_proj, k_proj, v_proj]", 0, 0.2, 0},
+    {"o r=8 out 516", "bf16", 600, 8, "[o_proj]", 0, 0.0, 516},
 };
 #define N_LCASES ((int)(sizeof lcases / sizeof lcases[0]))
 
@@ -439,10 +442,10 @@ static s2_status lcase_plan(const lcase *c, s2_lora_plan *plan, s2_error *err)
     char yaml[1024];
     snprintf(yaml, sizeof yaml,
              "name: gpu-check-lora\ndtype: %s\n"
-             "model: {hidden_size: 512, intermediate_size: 768, num_layers: 1, num_heads: 8,\n"
+             "model: {hidden_size: %d, intermediate_size: 768, num_layers: 1, num_heads: 8,\n"
              "        num_kv_heads: 2, head_dim: 64, vocab_size: 256, max_position_embeddings: 1024}\n"
              "context_length: 1024\nlora: {rank: %d, alpha: 16, dropout: %g, targets: %s}\n",
-             c->dtype, c->r, c->dropout, c->targets);
+             c->dtype, c->hidden ? c->hidden : 512, c->r, c->dropout, c->targets);
     s2_spec spec;
     s2_status st = s2_spec_load_string(yaml, c->what, NULL, 0, &spec, err);
     if (!st)

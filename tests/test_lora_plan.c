@@ -77,6 +77,7 @@ Test(lora_plan, peft_tensor_names)
 }
 
 /* The GPU path's dimensions (runtime/lora.h): the augmented widths and the refusal of dropout. */
+#include "runtime/bench_lora.h"
 #include "runtime/lora.h"
 
 Test(lora_dims, augmented_widths)
@@ -124,6 +125,12 @@ Test(lora_dims, dropout_streams_and_workspace)
     s2_plan_lora(&r64, &p);
     cr_assert_eq(s2_lora_dims_of(&p, 0, 3, 100, 7, &d, &err), S2_OK);
     cr_expect_eq(s2_lora_workspace_bytes(&d), 0, "rank 64 takes cuBLAS products: no temporary");
+    /* rows of x or dy that would not start 16-byte aligned (a width not a multiple of 8) take
+     * the cuBLAS products too, at any rank */
+    d = s2_bench_lora_dims(S2_DTYPE_BF16, 100, 4100, 8);
+    cr_expect_eq(s2_lora_workspace_bytes(&d), 0, "in = out = 4100: no pass, no temporary");
+    d = s2_bench_lora_dims(S2_DTYPE_BF16, 100, 4096, 8);
+    cr_expect_gt(s2_lora_workspace_bytes(&d), 0, "in = out = 4096: the pass's temporaries");
 }
 
 Test(lora_vdb, geometry)
