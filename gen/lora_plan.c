@@ -87,3 +87,5 @@ int s2_lora_vdb_rows(int M, int slabs)
     rows = (rows + S2_LORA_VDB_BM - 1) / S2_LORA_VDB_BM * S2_LORA_VDB_BM;
     return rows < 256 ? 256 : (int)rows;
 }
+
+int s2_lora_rp(int r_total) { return (r_total + 15) / 16 * 16; }

@@ -79,7 +79,7 @@ static s2_status any_nonfinite(const void *dev, size_t n, s2_dtype dt, int *bad,
 s2_lora_dims s2_bench_lora_dims(s2_dtype dtype, int M, int dim, int r)
 {
     return (s2_lora_dims){.M = M, .in = dim, .n_proj = 1, .out = {dim}, .out_total = dim, .r = r,
-                          .rp = (r + 7) / 8 * 8, .scale = 16.0f / (float)r, .dtype = dtype};
+                          .rp = s2_lora_rp(r), .scale = 16.0f / (float)r, .dtype = dtype};
 }
 
 s2_status s2_bench_lora_case(s2_lora_ctx *ctx, s2_dtype dtype, int M, int dim, int r, int warmup,

@@ -43,7 +43,7 @@ s2_status s2_lora_dims_of(const s2_lora_plan *plan, int g, int layer, int M,
     }
     d->out_total = grp->out_total;
     d->r = plan->rank;
-    d->rp = (grp->r_total + 7) / 8 * 8;
+    d->rp = s2_lora_rp(grp->r_total);
     d->scale = (float)plan->scale;
     d->dtype = plan->dtype;
     d->dropout = (float)plan->dropout;

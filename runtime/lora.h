@@ -14,8 +14,8 @@
  *                                    block-diagonal (projection i's B [out_i, r] at columns
  *                                    in + i*r); rows [out_total, +rp): the stacked A | 0
  *
- * (rp = n_proj * r rounded up to 8, so rows stay 16-byte aligned; the pad rows and columns of
- * wc and B's off-diagonal blocks are zero.) Then
+ * (rp = n_proj * r rounded up to 16 by s2_lora_rp, so rows stay 32-byte aligned; the pad rows
+ * and columns of wc and B's off-diagonal blocks are zero.) Then
  *   forward:  u = s x A^T              (GEMM, N = rp: one read of x)
  *             y = xa wc[:out_total]^T  (GEMM, K = in + rp: the base product plus the adapters)
  *   backward: s v = s dy B, dB = dy^T u (one generated pass over dy, templates/lora.cuh, for
@@ -82,7 +82,7 @@ typedef struct s2_lora_dims {
     int out[3];     /* each projection's out */
     int out_total;  /* sum of out */
     int r;          /* rank */
-    int rp;         /* n_proj * r rounded up to a multiple of 8 */
+    int rp;         /* n_proj * r rounded up to a multiple of 16 (s2_lora_rp) */
     float scale;    /* alpha / r */
     s2_dtype dtype;
     float dropout;  /* p in [0, 1) */

@@ -209,7 +209,7 @@ static void group_init(const s2_gm *m, int g, group *gr)
         adapted |= m->lp.lin[gr->proj[i]].adapted;
     }
     gr->in = m->lp.lin[gr->proj[0]].in;
-    gr->rp = adapted && !m->full ? (gr->n * m->lp.rank + 7) / 8 * 8 : 0;
+    gr->rp = adapted && !m->full ? s2_lora_rp(gr->n * m->lp.rank) : 0;
     gr->seg_a = gr->seg_b = gr->seg_w = -1;
 }
 

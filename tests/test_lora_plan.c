@@ -90,12 +90,12 @@ Test(lora_dims, augmented_widths)
     cr_assert_eq(s2_lora_dims_of(&p, 0, 3, 4096, 42, &d, &err), S2_OK, "%s", err.msg);
     cr_expect_eq(d.n_proj, 3);
     cr_expect_eq(d.out_total, 8192 + 2 * 1024);
-    cr_expect_eq(d.rp, 24, "3 x rank 8, a multiple of 8 already");
+    cr_expect_eq(d.rp, 32, "3 x rank 8 = 24, rounded up to 32: rows stay 32-byte aligned");
     cr_expect_float_eq(d.scale, 2.0f, 1e-6);
     s2_spec odd = load(S2_SOURCE_DIR "/specs/llama2-7b-8k.yaml", "lora.rank=3");
     s2_plan_lora(&odd, &p);
     cr_assert_eq(s2_lora_dims_of(&p, 0, 0, 100, 42, &d, &err), S2_OK);
-    cr_expect_eq(d.rp, 16, "3 x 3 = 9 rounded up to 16: rows stay 16-byte aligned");
+    cr_expect_eq(d.rp, 16, "3 x 3 = 9 rounded up to 16");
     cr_expect_eq(s2_lora_dims_of(&p, 7, 0, 100, 42, &d, &err), S2_ERR_INVALID);
     s2_error_clear(&err);
 }
@@ -111,10 +111,10 @@ Test(lora_dims, dropout_streams_and_workspace)
     cr_expect_float_eq(d.dropout, 0.05f, 1e-7);
     cr_expect_eq(d.stream[0], 3 * 8 + S2_PROJ_Q, "layer * 8 + projection");
     cr_expect_eq(d.stream[2], 3 * 8 + S2_PROJ_V);
-    /* the generated pass (rank 8): v's fp32 accumulator [100, 24] (9600 bytes, to 9728 for
-     * 256-byte alignment), and the dB partials of one row range (24 slabs of 512 columns want
-     * 11 ranges, 10 rows each, but a range keeps at least 256 rows) [1, 12288, 8] fp32 */
-    const size_t pass = 9728 + (size_t)12288 * 8 * 4;
+    /* the generated pass (rank 8): v's fp32 accumulator [100, 32] (12800 bytes, a multiple of
+     * 256 already), and the dB partials of one row range (24 slabs of 512 columns allow 11
+     * ranges, 10 rows each, but a range keeps at least 256 rows) [1, 12288, 8] fp32 */
+    const size_t pass = 12800 + (size_t)12288 * 8 * 4;
     cr_expect_eq(s2_lora_workspace_bytes(&d), pass + (size_t)100 * 4096 * 2,
                  "the pass's, then drop(x), one [M, in]");
     s2_spec none = load(S2_SOURCE_DIR "/specs/llama2-7b-8k.yaml", NULL);
