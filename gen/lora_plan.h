@@ -76,8 +76,8 @@ int s2_lora_vdb_rows(int M, int slabs);
 /*
  * The stacked low-rank width of a group of r_total = n * rank columns, padded with zero columns
  * (and rows of A) to a multiple of 16, so the augmented rows of x, dy and W (in + rp, out + rp
- * elements) stay 32-byte aligned when in and out are: cuBLAS's GEMMs over them ran 2.2x slower
- * in their low-rank share on an H100 when the rows were only 16-byte aligned (16k x 8192, ranks
+ * elements) stay 32-byte aligned when in and out are: with rows only 16-byte aligned, cuBLAS's
+ * K-extended GEMMs made the linear's overhead 15-18 % against 7-8 % (H100, 16k x 8192, ranks
  * 8, 24, 40, 56 against 16, 32, 48, 64; bench/RESULTS.md).
  */
 int s2_lora_rp(int r_total);
