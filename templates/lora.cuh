@@ -1,8 +1,9 @@
 // templates/lora.cuh — the generated LoRA kernels (runtime/lora.h says how they fit between the
 // cuBLAS GEMMs): the backward's one pass over dy for v = dy B and dB = dy^T u (below, when the
-// emitter defines S2_LORA_R), and the elementwise kernels of dropout. The dropout mask is philox.cuh's contract: element i = m * in + k of x [M, in]
-// under (seed, stream), so the backward regenerates the forward's mask. One thread per aligned
-// quad of elements: one Philox call per four.
+// emitter defines S2_LORA_R), and the elementwise kernels of dropout. The dropout mask is
+// philox.cuh's contract: element i = m * in + k of x [M, in] under (seed, stream), so the
+// backward regenerates the forward's mask. One thread per aligned quad of elements: one Philox
+// call per four.
 
 // xd = drop(x): x [M, ldx] (its first `in` columns), xd [M, in].
 extern "C" __global__ void __launch_bounds__(256)
@@ -92,7 +93,8 @@ s2_lora_vdb(const s2_elem *__restrict__ dy, int ldy, const s2_elem *__restrict__
                 const int k = 64 * warp + 16 * ks + 2 * t + 8 * h;
                 const long col = r0 + 8 * nt + g;
                 const s2_elem lo = k < cols ? b[(long)(c0 + slab0 + k) * ldb + col] : (s2_elem)0;
-                const s2_elem hi = k + 1 < cols ? b[(long)(c0 + slab0 + k + 1) * ldb + col] : (s2_elem)0;
+                const s2_elem hi =
+                    k + 1 < cols ? b[(long)(c0 + slab0 + k + 1) * ldb + col] : (s2_elem)0;
                 bf[ks][nt][h] = (unsigned)lo | ((unsigned)hi << 16);
             }
     float db[4][S2_VDB_NT][4];
@@ -154,7 +156,8 @@ s2_lora_vdb(const s2_elem *__restrict__ dy, int ldy, const s2_elem *__restrict__
                 const int row = 16 * mt + (lane % 8) + 8 * ((lane / 8) % 2);
                 const int ch = 8 * warp + 2 * ks + lane / 16;
                 unsigned a[4];
-                s2_ldmatrix_x4(a[0], a[1], a[2], a[3], d + row * S2_VDB_BO + ((ch ^ (row & 7)) * 8));
+                s2_ldmatrix_x4(a[0], a[1], a[2], a[3],
+                               d + row * S2_VDB_BO + ((ch ^ (row & 7)) * 8));
 #pragma unroll
                 for (int nt = 0; nt < S2_VDB_NT; nt++)
                     s2_mma(vp[mt][nt], a, bf[ks][nt][0], bf[ks][nt][1]);
