@@ -240,6 +240,12 @@ static s2_status on_stream(s2_lora_ctx *c, cudaStream_t stream, s2_error *err)
 /* Element offset of column col in a half matrix, as a pointer. */
 static const void *col(const void *base, int c) { return (const char *)base + 2 * (size_t)c; }
 
+/* Row j of the stacked A [rp, in]: wc's row out_total + j (stride in + rp). */
+static const void *a_row(const s2_lora_dims *d, const void *wc, int j)
+{
+    return (const char *)wc + 2 * ((size_t)d->out_total + (size_t)j) * (size_t)(d->in + d->rp);
+}
+
 const char *s2_lora_gemm_name(s2_lora_gemm g)
 {
     static const char *const names[S2_LG_COUNT] = {"u", "y", "dx", "da", "v", "db"};
@@ -283,7 +289,7 @@ static s2_status lora_gemm(s2_lora_ctx *c, const s2_lora_dims *d, s2_lora_gemm g
 {
     const int lx = d->in + d->rp, ly = d->out_total + d->rp;
     void *u = (void *)col(b->xa, d->in), *sv = (void *)col(b->dya, d->out_total);
-    const void *a = (const char *)b->wc + 2 * (size_t)d->out_total * lx; /* A: wc's extra rows */
+    const void *a = a_row(d, b->wc, 0);
     const float gb = d->grad_f32 ? d->grad_beta : 0.f;
     if ((g == S2_LG_V || g == S2_LG_DB) && vdb_used(d)) {
         if (n) /* the generated pass's, not cuBLAS's */
@@ -372,8 +378,7 @@ s2_status s2_lora_forward(s2_lora_ctx *c, const s2_lora_dims *d, void *xa, const
             if (!st)
                 st = gemm_rm(c, d, "u_i = s drop_i(x) A_i^T", 0, 1, d->M, d->r, d->in, d->scale,
                              xd, d->in,
-                             (const char *)wc + 2 * ((size_t)d->out_total + (size_t)i * d->r) * lx,
-                             lx, 0.f, (void *)col(xa, d->in + i * d->r), lx, err);
+                             a_row(d, wc, i * d->r), lx, 0.f, (void *)col(xa, d->in + i * d->r), lx, err);
         }
     }
     if (!st) /* y = [x | u] [W | B]^T */
@@ -473,7 +478,7 @@ s2_status s2_lora_backward(s2_lora_ctx *c, const s2_lora_dims *d, const void *xa
                              "zeroing dA's pad rows", err);
         for (int i = 0; !st && i < d->n_proj; i++) {
             const void *svi = col(dya, d->out_total + i * d->r);
-            const char *ai = (const char *)wc + 2 * ((size_t)d->out_total + (size_t)i * d->r) * lx;
+            const void *ai = a_row(d, wc, i * d->r);
             char *dai = (char *)da + ge * (size_t)i * d->r * d->in;
             /* dA_i = (s v_i)^T drop_i(x), drop_i(x) regenerated from the seed */
             st = launch_dropout(lu, d, 0, xd, xa, lx, i, stream, err);
