@@ -231,6 +231,135 @@ s2_lora_vdb(const s2_elem *__restrict__ dy, int ldy, const s2_elem *__restrict__
         }
 }
 
+// ---- the forward's pass over x: u = s x A^T into x's extra columns ----
+//
+// For a group of S2_LORA_NP projections (stacked width RP = S2_LORA_RP<NP>: A's rows past
+// NP * R are zero, so u's pad columns come out 0): block x takes rows 64x..64x+63 of x
+// [M, ldx] and streams them 64 columns at a time with the matching 64 columns of A [RP, lda]
+// (cp.async, S2_U_STAGES stages, 16-byte chunks XOR-swizzled by row). Warp w takes the rows
+// 32 (w / 4).. and the columns 16 (w % 4).. of each step: [32 x RP] += x[32 x 16] A^T[16 x RP],
+// so its accumulators are RP floats; the four column quarters meet in shared memory at the
+// end, and the block writes s u rounded to the storage type (ldu: x's row stride, u = x + in).
+// No split over columns, so no second pass to add partial sums. in is a multiple of 8 (the
+// host takes cuBLAS's product otherwise).
+// The emitter defines S2_U_BM, S2_U_STAGES and S2_LORA_RP1..3 (gen/lora_plan.h).
+#define S2_U_BK 64
+#define S2_U_THREADS 256
+
+template <int RP>
+__device__ __forceinline__ void s2_lora_u_body(const s2_elem *__restrict__ x, int ldx,
+                                               const s2_elem *__restrict__ a, int lda,
+                                               s2_elem *__restrict__ u, int ldu, int M, int in,
+                                               float scale)
+{
+    static_assert(S2_U_BM == 64 && S2_U_THREADS == 256 && RP % 16 == 0, "warp w: rows 32 (w / 4)..");
+    extern __shared__ __align__(16) unsigned char s2_smem[];
+    s2_elem *sm = (s2_elem *)s2_smem; // [STAGES][BM + RP][BK]
+    constexpr int STAGE = (S2_U_BM + RP) * S2_U_BK;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    const int mh = warp / 4, kq = warp % 4; // rows 32 mh.., columns 16 kq.. of a step
+    const int m0 = blockIdx.x * S2_U_BM;
+    const int steps = (in + S2_U_BK - 1) / S2_U_BK;
+
+    auto load = [&](int step, int st) {
+        s2_elem *d = sm + st * STAGE;
+        const int k0 = step * S2_U_BK;
+        for (int i = threadIdx.x; i < (S2_U_BM + RP) * (S2_U_BK / 8); i += S2_U_THREADS) {
+            const int row = i / (S2_U_BK / 8), ch = i % (S2_U_BK / 8), k = k0 + ch * 8;
+            const bool xrow = row < S2_U_BM;
+            const bool ok = k < in && (!xrow || m0 + row < M);
+            const s2_elem *src = xrow ? x + (long)(m0 + row) * ldx + k
+                                      : a + (long)(row - S2_U_BM) * lda + k;
+            s2_cp_async16(d + row * S2_U_BK + ((ch ^ (row & 7)) * 8), ok ? src : x, ok);
+        }
+    };
+
+    float acc[2][RP / 8][4];
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+        for (int nt = 0; nt < RP / 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                acc[mt][nt][e] = 0.f;
+
+#pragma unroll
+    for (int s = 0; s < S2_U_STAGES - 1; s++) {
+        if (s < steps)
+            load(s, s);
+        s2_cp_async_commit();
+    }
+    for (int step = 0; step < steps; step++) {
+        s2_cp_async_wait<S2_U_STAGES - 2>();
+        __syncthreads(); // stage `step` has landed; every warp is done with the one reloaded next
+        if (step + S2_U_STAGES - 1 < steps)
+            load(step + S2_U_STAGES - 1, (step + S2_U_STAGES - 1) % S2_U_STAGES);
+        s2_cp_async_commit();
+        const s2_elem *d = sm + (step % S2_U_STAGES) * STAGE;
+        unsigned af[2][4];
+#pragma unroll
+        for (int mt = 0; mt < 2; mt++) {
+            const int row = 32 * mh + 16 * mt + (lane % 8) + 8 * ((lane / 8) % 2);
+            const int ch = 2 * kq + lane / 16;
+            s2_ldmatrix_x4(af[mt][0], af[mt][1], af[mt][2], af[mt][3],
+                           d + row * S2_U_BK + ((ch ^ (row & 7)) * 8));
+        }
+#pragma unroll
+        for (int np = 0; np < RP / 16; np++) {
+            // rows j of A are the B operand's columns: matrices (n-tile 2np + q/2, k-half q%2)
+            const int q = lane / 8, row = S2_U_BM + 16 * np + 8 * (q / 2) + (lane % 8);
+            const int ch = 2 * kq + q % 2;
+            unsigned b[4];
+            s2_ldmatrix_x4(b[0], b[1], b[2], b[3], d + row * S2_U_BK + ((ch ^ (row & 7)) * 8));
+#pragma unroll
+            for (int mt = 0; mt < 2; mt++) {
+                s2_mma(acc[mt][2 * np], af[mt], b[0], b[1]);
+                s2_mma(acc[mt][2 * np + 1], af[mt], b[2], b[3]);
+            }
+        }
+    }
+    s2_cp_async_wait<0>();
+    __syncthreads(); // the stages are free: the column quarters' sums meet there
+
+    float *red = (float *)s2_smem; // [4][BM][RP]
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+        for (int nt = 0; nt < RP / 8; nt++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int row = 32 * mh + 16 * mt + g + 8 * h;
+                float *p = red + ((long)kq * S2_U_BM + row) * RP + 8 * nt + 2 * t;
+                p[0] = acc[mt][nt][2 * h];
+                p[1] = acc[mt][nt][2 * h + 1];
+            }
+    __syncthreads();
+    for (int i = threadIdx.x; i < S2_U_BM * RP / 2; i += S2_U_THREADS) {
+        const int row = i / (RP / 2), j = 2 * (i % (RP / 2));
+        if (m0 + row >= M)
+            continue;
+        float s0 = 0.f, s1 = 0.f;
+#pragma unroll
+        for (int w = 0; w < 4; w++) {
+            s0 += red[((long)w * S2_U_BM + row) * RP + j];
+            s1 += red[((long)w * S2_U_BM + row) * RP + j + 1];
+        }
+        *reinterpret_cast<unsigned *>(u + (long)(m0 + row) * ldu + j) =
+            s2_pack2(scale * s0, scale * s1);
+    }
+}
+
+#define S2_LORA_U_KERNEL(NAME, RP)                                                               \
+    extern "C" __global__ void __launch_bounds__(S2_U_THREADS)                                   \
+    NAME(const s2_elem *__restrict__ x, int ldx, const s2_elem *__restrict__ a, int lda,         \
+         s2_elem *__restrict__ u, int ldu, int M, int in, float scale)                           \
+    {                                                                                            \
+        s2_lora_u_body<RP>(x, ldx, a, lda, u, ldu, M, in, scale);                                \
+    }
+S2_LORA_U_KERNEL(s2_lora_u1, S2_LORA_RP1)
+S2_LORA_U_KERNEL(s2_lora_u2, S2_LORA_RP2)
+S2_LORA_U_KERNEL(s2_lora_u3, S2_LORA_RP3)
+
 // After s2_lora_vdb over every projection: s v into dy's extra columns (the rp columns from
 // out_total of dya [M, ldya]; v32's pad columns are zero), and dB from the ranges' partials in
 // range order: db [out_total, ld_db] column i*R + j of row o, i the projection of row o

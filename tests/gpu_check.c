@@ -418,7 +418,9 @@ typedef struct lcase {
 /* GQA-shaped q/k/v (H=8, Hkv=2, d=64: outs 512, 128, 128) and o; M not a multiple of a tile.
  * Ranks 8, 16, 24, 32 take the generated pass over dy (gate/up: two slabs per projection, the
  * second partial, and several row ranges), ranks 4, 12 and 64 the cuBLAS products, and so does
- * rank 8 on an o_proj of 516 outputs (rows of dy not 16-byte aligned). */
+ * rank 8 on an o_proj of 516 outputs (rows of dy not 16-byte aligned). The same ranks take the
+ * generated pass over x in the forward; gate/up with in = 520 gives it a partial last step of
+ * 64 columns. */
 static const lcase lcases[] = {
     {"qkv r=8", "bf16", 1000, 8, "[q_proj, k_proj, v_proj, o_proj]", 0, 0.0, 0},
     {"qkv r=16", "bf16", 1000, 16, "[q_proj, k_proj, v_proj, o_proj]", 0, 0.0, 0},
@@ -434,6 +436,7 @@ static const lcase lcases[] = {
     {"o r=16 dropout 0.3 fp16", "fp16", 513, 16, "[q_proj, k_proj, v_proj, o_proj]", 1, 0.3, 0},
     {"qkv r=12 dropout (pad)", "bf16", 257, 12, "[q_proj, k_proj, v_proj]", 0, 0.2, 0},
     {"o r=8 out 516", "bf16", 600, 8, "[o_proj]", 0, 0.0, 516},
+    {"gate,up r=16 in 520", "bf16", 777, 16, "[gate_proj, up_proj]", 0, 0.0, 520},
 };
 #define N_LCASES ((int)(sizeof lcases / sizeof lcases[0]))
 
