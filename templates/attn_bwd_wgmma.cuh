@@ -89,93 +89,6 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
     for (int i = 0; i < S2_OACC; i++)
         acc[i] = 0.f;
 
-    // Element i of dS = P ∘ (dP - delta) for query x and key y (row half hf of the thread).
-    auto ds_of = [&](const float (&s)[S2_SACC], const float (&dp)[S2_SACC], int i, bool masked,
-                     int x, int y, int hf) {
-        const bool live = !masked || (y < n && s2_visible(x, y, cls));
-        const float p = live ? s2_exp2(fmaf(s[i], S2_SCALE_LOG2, -lse2[hf])) : 0.f;
-        return p * (dp[i] - dlt[hf]);
-    };
-
-#if S2_BWD_STAGES >= 3
-    // Software-pipelined walk: S of the next key tile is issued before dS of this one is formed,
-    // so the tensor cores run it while the warpgroup is busy with exp2 and the mask; dP of the
-    // next tile goes in after this tile's dQ product (dP's registers are free by then). Two
-    // sets of S registers, swapped by unrolling the walk by two; one of dP. One barrier a
-    // step: after it, every thread has waited for its products of the step before, so that
-    // step's stage is reloaded (S2_BWD_STAGES - 2 tiles ahead).
-    const int n_kt = kt_end - kt_begin;
-    const s2_elem *kh = k + hk * S2_HEAD_DIM, *vh = v + hk * S2_HEAD_DIM; // this kv head's rows
-    auto stage_k = [&](int it) { return skv + 2 * (it % S2_BWD_STAGES) * kv_stride; };
-    auto issue_s = [&](int it, float (&s)[S2_SACC]) { // S = Q K^T
-        s2_fence_regs(s);
-        s2_wgmma_fence();
-        s2_wgmma_xyt<S2_BWD_BM, S2_BWD_BN>(s, sq, wg * 64, stage_k(it));
-        s2_wgmma_commit();
-    };
-    float dp[S2_SACC];
-    auto issue_dp = [&](int it) { // dP = dO V^T
-        s2_fence_regs(dp);
-        s2_wgmma_fence();
-        s2_wgmma_xyt<S2_BWD_BM, S2_BWD_BN>(dp, sdo, wg * 64, stage_k(it) + kv_stride);
-        s2_wgmma_commit();
-    };
-    auto step = [&](int it, float (&s)[S2_SACC], float (&sn)[S2_SACC]) {
-        s2_wgmma_wait0(); // S and dP of this tile, and the previous tile's dQ product
-        s2_fence_regs(s);
-        s2_fence_regs(dp);
-        s2_fence_regs(acc);
-        s2_cp_async_wait<S2_BWD_STAGES - 3>(); // key tile it + 1
-        s2_fence_proxy_async();
-        __syncthreads();
-        const int nx = it + S2_BWD_STAGES - 1; // into the stage of tile it - 1
-        if (nx < n_kt) {
-            s2_elem *dk = skv + 2 * (nx % S2_BWD_STAGES) * kv_stride;
-            s2_load_tile_sw<S2_BWD_BN, S2_BWD_THREADS>(dk, kh, seq0, (kt_begin + nx) * S2_BWD_BN, n, cls, S2_NUM_KV_HEADS, 0);
-            s2_load_tile_sw<S2_BWD_BN, S2_BWD_THREADS>(dk + kv_stride, vh, seq0, (kt_begin + nx) * S2_BWD_BN, n, cls, S2_NUM_KV_HEADS, 0);
-        }
-        s2_cp_async_commit();
-        if (it + 1 < n_kt)
-            issue_s(it + 1, sn);
-        // dS straight into the A fragments, two elements at a time: accumulators are written
-        // only by wgmma while products are in flight (ptxas serialises them otherwise)
-        unsigned a[S2_BWD_BN / 16][4];
-        const int y0 = (kt_begin + it) * S2_BWD_BN;
-        const bool masked = s2_tile_needs_mask(x0, gs_last, y0, n, S2_BWD_BN);
-#pragma unroll
-        for (int j = 0; j < S2_BWD_BN / 8; j++)
-#pragma unroll
-            for (int hf = 0; hf < 2; hf++) {
-                float two[2];
-#pragma unroll
-                for (int e = 0; e < 2; e++)
-                    two[e] = ds_of(s, dp, 4 * j + 2 * hf + e, masked, row0 + 8 * hf,
-                                   y0 + j * 8 + 2 * t + e, hf);
-                a[j / 2][2 * (j % 2) + hf] = s2_pack2(two[0], two[1]);
-            }
-        s2_wgmma_fence(); // (no register fence on acc: S of the next tile is in flight)
-        s2_wgmma_py<S2_BWD_BN>(acc, a, stage_k(it)); // dQ += dS K
-        s2_wgmma_commit();
-        if (it + 1 < n_kt)
-            issue_dp(it + 1);
-    };
-    float s0[S2_SACC], s1[S2_SACC];
-    s2_cp_async_wait<S2_BWD_STAGES - 2>(); // key tile 0
-    s2_fence_proxy_async();
-    __syncthreads();
-    s2_fence_regs(acc); // zeroed before the first product is in flight
-    issue_s(0, s0);
-    issue_dp(0);
-    int it = 0;
-    for (; it + 1 < n_kt; it += 2) {
-        step(it, s0, s1);
-        step(it + 1, s1, s0);
-    }
-    if (it < n_kt)
-        step(it, s0, s1);
-    s2_wgmma_wait0();
-    s2_fence_regs(acc);
-#else
     for (int kt = kt_begin; kt < kt_end; kt++) {
         const int it = kt - kt_begin;
         {
@@ -195,14 +108,22 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
 
         float s[S2_SACC], dp[S2_SACC];
         s2_wgmma_pair(s, dp, sq, sk, sdo, sv, wg * 64); // S = Q K^T, dP = dO V^T
+
         const int y0 = kt * S2_BWD_BN;
         const bool masked = s2_tile_needs_mask(x0, gs_last, y0, n, S2_BWD_BN);
 #pragma unroll
         for (int j = 0; j < S2_BWD_BN / 8; j++)
 #pragma unroll
-            for (int e = 0; e < 4; e++)
-                s[4 * j + e] = ds_of(s, dp, 4 * j + e, masked, row0 + 8 * (e / 2),
-                                     y0 + j * 8 + 2 * t + (e % 2), e / 2); // dS
+            for (int e = 0; e < 4; e++) {
+                const int hf = e / 2;
+                bool live = true;
+                if (masked) {
+                    const int x = row0 + 8 * hf, y = y0 + j * 8 + 2 * t + (e % 2);
+                    live = y < n && s2_visible(x, y, cls);
+                }
+                const float p = live ? s2_exp2(fmaf(s[4 * j + e], S2_SCALE_LOG2, -lse2[hf])) : 0.f;
+                s[4 * j + e] = p * (dp[4 * j + e] - dlt[hf]); // dS
+            }
         unsigned a[S2_BWD_BN / 16][4];
         s2_acc_to_afrag<S2_BWD_BN / 8>(s, a);
         s2_fence_regs(acc);
@@ -213,7 +134,6 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
         s2_fence_regs(acc);
         __syncthreads();
     }
-#endif
     s2_cp_async_wait<0>();
     s2_store_strip(dq, S2_NUM_HEADS, h, *reinterpret_cast<const float(*)[S2_ON][4]>(acc),
                    S2_SCALE, row0, n, seq0, cls, lane);
