@@ -90,7 +90,7 @@ int s2_lora_vdb_rows(int M, int slabs)
 
 size_t s2_lora_u_smem(int rp)
 {
-    const size_t stages = (size_t)S2_LORA_U_STAGES * (S2_LORA_U_BM + (size_t)rp) * 64 * 2;
+    const size_t stages = (size_t)S2_LORA_U_STAGES * (S2_LORA_U_BM + (size_t)rp) * S2_LORA_U_BK * 2;
     const size_t sums = (size_t)4 * S2_LORA_U_BM * (size_t)rp * 4;
     return stages > sums ? stages : sums;
 }

@@ -235,15 +235,14 @@ s2_lora_vdb(const s2_elem *__restrict__ dy, int ldy, const s2_elem *__restrict__
 //
 // For a group of S2_LORA_NP projections (stacked width RP = S2_LORA_RP<NP>: A's rows past
 // NP * R are zero, so u's pad columns come out 0): block x takes rows 64x..64x+63 of x
-// [M, ldx] and streams them 64 columns at a time with the matching 64 columns of A [RP, lda]
+// [M, ldx] and streams them S2_U_BK columns at a time with the matching columns of A [RP, lda]
 // (cp.async, S2_U_STAGES stages, 16-byte chunks XOR-swizzled by row). Warp w takes the rows
-// 32 (w / 4).. and the columns 16 (w % 4).. of each step: [32 x RP] += x[32 x 16] A^T[16 x RP],
-// so its accumulators are RP floats; the four column quarters meet in shared memory at the
-// end, and the block writes s u rounded to the storage type (ldu: x's row stride, u = x + in).
+// 32 (w / 4).. and the k16 steps w % 4, w % 4 + 4, .. of each step: [32 x RP] += x[32 x 16]
+// A^T[16 x RP] each, so its accumulators are RP floats; the four warps of a row half meet in
+// shared memory at the end, and the block writes s u rounded to the storage type (ldu: x's row stride, u = x + in).
 // No split over columns, so no second pass to add partial sums. in is a multiple of 8 (the
 // host takes cuBLAS's product otherwise).
-// The emitter defines S2_U_BM, S2_U_STAGES and S2_LORA_RP1..3 (gen/lora_plan.h).
-#define S2_U_BK 64
+// The emitter defines S2_U_BM, S2_U_BK, S2_U_STAGES and S2_LORA_RP1..3 (gen/lora_plan.h).
 #define S2_U_THREADS 256
 
 template <int RP>
@@ -252,12 +251,13 @@ __device__ __forceinline__ void s2_lora_u_body(const s2_elem *__restrict__ x, in
                                                s2_elem *__restrict__ u, int ldu, int M, int in,
                                                float scale)
 {
-    static_assert(S2_U_BM == 64 && S2_U_THREADS == 256 && RP % 16 == 0, "warp w: rows 32 (w / 4)..");
+    static_assert(S2_U_BM == 64 && S2_U_THREADS == 256 && S2_U_BK % 64 == 0 && RP % 16 == 0,
+                  "warp w: rows 32 (w / 4).., k16 steps w % 4, + 4, ...");
     extern __shared__ __align__(16) unsigned char s2_smem[];
     s2_elem *sm = (s2_elem *)s2_smem; // [STAGES][BM + RP][BK]
     constexpr int STAGE = (S2_U_BM + RP) * S2_U_BK;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-    const int mh = warp / 4, kq = warp % 4; // rows 32 mh.., columns 16 kq.. of a step
+    const int mh = warp / 4, kq = warp % 4; // rows 32 mh.., k16 steps kq, kq + 4, .. of a step
     const int m0 = blockIdx.x * S2_U_BM;
     const int steps = (in + S2_U_BK - 1) / S2_U_BK;
 
@@ -296,30 +296,35 @@ __device__ __forceinline__ void s2_lora_u_body(const s2_elem *__restrict__ x, in
             load(step + S2_U_STAGES - 1, (step + S2_U_STAGES - 1) % S2_U_STAGES);
         s2_cp_async_commit();
         const s2_elem *d = sm + (step % S2_U_STAGES) * STAGE;
-        unsigned af[2][4];
 #pragma unroll
-        for (int mt = 0; mt < 2; mt++) {
-            const int row = 32 * mh + 16 * mt + (lane % 8) + 8 * ((lane / 8) % 2);
-            const int ch = 2 * kq + lane / 16;
-            s2_ldmatrix_x4(af[mt][0], af[mt][1], af[mt][2], af[mt][3],
-                           d + row * S2_U_BK + ((ch ^ (row & 7)) * 8));
-        }
-#pragma unroll
-        for (int np = 0; np < RP / 16; np++) {
-            // rows j of A are the B operand's columns: matrices (n-tile 2np + q/2, k-half q%2)
-            const int q = lane / 8, row = S2_U_BM + 16 * np + 8 * (q / 2) + (lane % 8);
-            const int ch = 2 * kq + q % 2;
-            unsigned b[4];
-            s2_ldmatrix_x4(b[0], b[1], b[2], b[3], d + row * S2_U_BK + ((ch ^ (row & 7)) * 8));
+        for (int kk = 0; kk < S2_U_BK / 64; kk++) {
+            const int ks = kq + 4 * kk; // the warp's k16 steps: kq, kq + 4, ...
+            unsigned af[2][4];
 #pragma unroll
             for (int mt = 0; mt < 2; mt++) {
-                s2_mma(acc[mt][2 * np], af[mt], b[0], b[1]);
-                s2_mma(acc[mt][2 * np + 1], af[mt], b[2], b[3]);
+                const int row = 32 * mh + 16 * mt + (lane % 8) + 8 * ((lane / 8) % 2);
+                const int ch = 2 * ks + lane / 16;
+                s2_ldmatrix_x4(af[mt][0], af[mt][1], af[mt][2], af[mt][3],
+                               d + row * S2_U_BK + ((ch ^ (row & 7)) * 8));
+            }
+#pragma unroll
+            for (int np = 0; np < RP / 16; np++) {
+                // rows j of A are the B operand's columns: matrices (n-tile 2np + q/2, k-half q%2)
+                const int q = lane / 8, row = S2_U_BM + 16 * np + 8 * (q / 2) + (lane % 8);
+                const int ch = 2 * ks + q % 2;
+                unsigned b[4];
+                s2_ldmatrix_x4(b[0], b[1], b[2], b[3],
+                               d + row * S2_U_BK + ((ch ^ (row & 7)) * 8));
+#pragma unroll
+                for (int mt = 0; mt < 2; mt++) {
+                    s2_mma(acc[mt][2 * np], af[mt], b[0], b[1]);
+                    s2_mma(acc[mt][2 * np + 1], af[mt], b[2], b[3]);
+                }
             }
         }
     }
     s2_cp_async_wait<0>();
-    __syncthreads(); // the stages are free: the column quarters' sums meet there
+    __syncthreads(); // the stages are free: the four warps' sums meet there
 
     float *red = (float *)s2_smem; // [4][BM][RP]
 #pragma unroll
