@@ -140,9 +140,10 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
 }
 
 #if S2_BWD_ATOMIC_DQ
-// The warpgroup's dS^T accumulators (64 keys x 64 queries, m64n64 layout) into rows
-// 64 wg .. 64 wg + 63 of the staged tile [S2_BWD_BM keys][64 queries], swizzled like a panel.
-__device__ __forceinline__ void s2_stage_dst(s2_elem *sds, const float (&ds)[S2_SACC], int wg,
+// The warpgroup's dS^T (64 keys x 64 queries, as the packed A fragments of the dK product)
+// into rows 64 wg .. 64 wg + 63 of the staged tile [S2_BWD_BM keys][64 queries], swizzled like
+// a panel.
+__device__ __forceinline__ void s2_stage_dst(s2_elem *sds, const unsigned (&da)[4][4], int wg,
                                              int warp, int lane)
 {
     const int t = lane % 4;
@@ -152,7 +153,7 @@ __device__ __forceinline__ void s2_stage_dst(s2_elem *sds, const float (&ds)[S2_
         for (int hf = 0; hf < 2; hf++) {
             const int r = wg * 64 + warp * 16 + lane / 4 + 8 * hf, c = j * 8 + 2 * t;
             *reinterpret_cast<unsigned *>(sds + r * 64 + ((j ^ (r % 8)) * 8) + (c % 8)) =
-                s2_pack2(ds[4 * j + 2 * hf], ds[4 * j + 2 * hf + 1]);
+                da[j / 2][2 * (j % 2) + hf];
         }
 }
 
@@ -288,20 +289,31 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
                     live = x < n && s2_visible(x, y, cls);
                 }
                 const float p = live ? s2_exp2(fmaf(s[4 * j + e], S2_SCALE_LOG2, -slse[col])) : 0.f;
-                s[4 * j + e] = p;                              // P^T
-                dp[4 * j + e] = p * (dp[4 * j + e] - sdl[col]); // dS^T
+                s[4 * j + e] = p; // P^T
             }
-#if S2_BWD_ATOMIC_DQ
-        s2_stage_dst(sds, dp, wg, warp, lane);
-#endif
         unsigned pa[S2_BWD_BN / 16][4], da[S2_BWD_BN / 16][4];
         s2_acc_to_afrag<S2_BWD_BN / 8>(s, pa);
-        s2_acc_to_afrag<S2_BWD_BN / 8>(dp, da);
         s2_fence_regs(adv);
         s2_fence_regs(adk);
         s2_wgmma_fence();
-        s2_wgmma_py<S2_BWD_BN>(adv, pa, sdo); // dV += P^T dO
-        s2_wgmma_py<S2_BWD_BN>(adk, da, sq);  // dK += dS^T Q
+        s2_wgmma_py<S2_BWD_BN>(adv, pa, sdo); // dV += P^T dO, in flight while dS^T is formed
+        s2_wgmma_commit();
+        // dS^T = P^T ∘ (dP^T - delta), straight into the A fragments (the accumulators are
+        // not written while a product is in flight)
+#pragma unroll
+        for (int j = 0; j < S2_BWD_BN / 8; j++)
+#pragma unroll
+            for (int hf = 0; hf < 2; hf++) {
+                const int col = j * 8 + 2 * t;
+                const float d0 = s[4 * j + 2 * hf] * (dp[4 * j + 2 * hf] - sdl[col]);
+                const float d1 = s[4 * j + 2 * hf + 1] * (dp[4 * j + 2 * hf + 1] - sdl[col + 1]);
+                da[j / 2][2 * (j % 2) + hf] = s2_pack2(d0, d1);
+            }
+#if S2_BWD_ATOMIC_DQ
+        s2_stage_dst(sds, da, wg, warp, lane);
+#endif
+        s2_wgmma_fence();
+        s2_wgmma_py<S2_BWD_BN>(adk, da, sq); // dK += dS^T Q
         s2_wgmma_commit();
         s2_wgmma_wait0();
         s2_fence_regs(adv);

@@ -111,8 +111,12 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
                 }
         }
 
-        // The online softmax (exp2 domain, scale folded in), rows in quads as in attn_fwd.cuh.
-        float alpha[2];
+        // The online softmax (exp2 domain, scale folded in), rows in quads as in attn_fwd.cuh:
+        // the row maxima first and O rescaled, then P sixteen keys at a time, each k16 step of
+        // O += P V issued as soon as its fragment is formed, so the tensor cores work through
+        // P V while the rest of P is exponentiated. (s is not written while a product is in
+        // flight: P goes straight into the fragments.)
+        float msafe[2], sum[2] = {0.f, 0.f};
 #pragma unroll
         for (int hf = 0; hf < 2; hf++) {
             float mx = S2_NEG_INF;
@@ -122,33 +126,35 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
             mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
             mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
             const float mnew = fmaxf(m[hf], mx * S2_SCALE_LOG2);
-            const float msafe = mnew == S2_NEG_INF ? 0.f : mnew;
-            alpha[hf] = s2_exp2(m[hf] - msafe);
+            msafe[hf] = mnew == S2_NEG_INF ? 0.f : mnew;
+            const float alpha = s2_exp2(m[hf] - msafe[hf]);
             m[hf] = mnew;
-            float sum = 0.f;
+            l[hf] *= alpha;
 #pragma unroll
-            for (int j = 0; j < S2_FWD_BN / 8; j++)
-#pragma unroll
-                for (int e = 2 * hf; e < 2 * hf + 2; e++) {
-                    s[4 * j + e] = s2_exp2(fmaf(s[4 * j + e], S2_SCALE_LOG2, -msafe));
-                    sum += s[4 * j + e];
-                }
-            l[hf] = l[hf] * alpha[hf] + sum;
-        }
-#pragma unroll
-        for (int i = 0; i < S2_HEAD_DIM / 8; i++) {
-            acc[4 * i] *= alpha[0], acc[4 * i + 1] *= alpha[0];
-            acc[4 * i + 2] *= alpha[1], acc[4 * i + 3] *= alpha[1];
+            for (int i = 0; i < S2_HEAD_DIM / 8; i++)
+                acc[4 * i + 2 * hf] *= alpha, acc[4 * i + 2 * hf + 1] *= alpha;
         }
 
         // O += P V: the k16 step kk of P is S's n8 chunks 2kk and 2kk + 1; V MN-major, the
         // next 64 d-columns a panel (BN * 128 bytes) away, the next 8 keys 1024 bytes away.
         unsigned pa[S2_FWD_BN / 16][4];
-        s2_acc_to_afrag<S2_FWD_BN / 8>(s, pa);
         s2_fence_regs(acc);
-        s2_wgmma_fence();
-        s2_wgmma_py<S2_FWD_BN>(acc, pa, sv);
+#pragma unroll
+        for (int kk = 0; kk < S2_FWD_BN / 16; kk++) {
+#pragma unroll
+            for (int r = 0; r < 4; r++) { // pa[kk][r]: chunk 2kk + r / 2, row half r % 2
+                const int i = 8 * kk + 2 * r, hf = r % 2;
+                const float p0 = s2_exp2(fmaf(s[i], S2_SCALE_LOG2, -msafe[hf]));
+                const float p1 = s2_exp2(fmaf(s[i + 1], S2_SCALE_LOG2, -msafe[hf]));
+                sum[hf] += p0 + p1;
+                pa[kk][r] = s2_pack2(p0, p1);
+            }
+            s2_wgmma_fence();
+            s2_wgmma_pv(acc, pa[kk], s2_desc_mn<S2_FWD_BN>(sv, kk));
+        }
         s2_wgmma_commit();
+        l[0] += sum[0];
+        l[1] += sum[1];
         s2_wgmma_wait0();
         s2_fence_regs(acc);
         __syncthreads(); // this stage is overwritten STAGES - 1 iterations from now
