@@ -270,12 +270,6 @@ s2_status s2_emit_lora(s2_dtype dtype, int rank, char **src, s2_error *err)
                       "#define S2_LORA_R %d\n#define S2_VDB_WARPS %d\n#define S2_VDB_BM %d\n"
                       "#define S2_VDB_STAGES %d\n",
                       rank, S2_LORA_VDB_WARPS, S2_LORA_VDB_BM, s2_lora_vdb_stages(rank));
-    if (vdb) /* the forward's pass over x, for groups of one, two and three projections */
-        s2_buf_printf(&b,
-                      "#define S2_U_BM %d\n#define S2_U_BK %d\n#define S2_U_STAGES %d\n"
-                      "#define S2_LORA_RP1 %d\n#define S2_LORA_RP2 %d\n#define S2_LORA_RP3 %d\n",
-                      S2_LORA_U_BM, S2_LORA_U_BK, S2_LORA_U_STAGES, s2_lora_rp(rank), s2_lora_rp(2 * rank),
-                      s2_lora_rp(3 * rank));
     s2_buf_printf(&b, "\n");
     s2_status st = emit_template(&b, "dtype.cuh", err);
     if (!st)

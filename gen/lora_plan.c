@@ -88,11 +88,4 @@ int s2_lora_vdb_rows(int M, int slabs)
     return rows < 256 ? 256 : (int)rows;
 }
 
-size_t s2_lora_u_smem(int rp)
-{
-    const size_t stages = (size_t)S2_LORA_U_STAGES * (S2_LORA_U_BM + (size_t)rp) * S2_LORA_U_BK * 2;
-    const size_t sums = (size_t)4 * S2_LORA_U_BM * (size_t)rp * 4;
-    return stages > sums ? stages : sums;
-}
-
 int s2_lora_rp(int r_total) { return (r_total + 15) / 16 * 16; }

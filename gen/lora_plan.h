@@ -74,21 +74,6 @@ int s2_lora_vdb_slabs(int out);
 int s2_lora_vdb_rows(int M, int slabs);
 
 /*
- * The forward's pass over x (templates/lora.cuh, s2_lora_u1..3): u = s x A^T on tensor cores
- * for groups of 1..3 projections, where the rank has the backward's pass (so the stacked width
- * is at most 96). A block of 256 threads takes S2_LORA_U_BM rows of x, all of its columns,
- * S2_LORA_U_BK at a time through S2_LORA_U_STAGES shared-memory stages: no split over
- * columns, so the result needs no second pass. (64 columns and 3 stages, 24 KiB in flight per
- * block, made it 9 us slower than cuBLAS's split product at 16k x 4096 on the H100.)
- */
-#define S2_LORA_U_BM 64
-#define S2_LORA_U_BK 128
-#define S2_LORA_U_STAGES 4
-/* Dynamic shared memory of one block for stacked width rp: the stages, or the fp32 sums of
- * the four warps of a row half that reuse them, whichever is larger. */
-size_t s2_lora_u_smem(int rp);
-
-/*
  * The stacked low-rank width of a group of r_total = n * rank columns, padded with zero columns
  * (and rows of A) to a multiple of 16, so the augmented rows of x, dy and W (in + rp, out + rp
  * elements) stay 32-byte aligned when in and out are: with rows only 16-byte aligned, cuBLAS's

@@ -16,7 +16,6 @@ typedef struct lora_unit {
     int rank;
     cudaLibrary_t lib;
     cudaKernel_t drop, drop_add, vdb, vdb_finish; /* vdb: NULL for ranks without the pass */
-    cudaKernel_t u[3]; /* the forward's pass over x for 1..3 projections (with vdb) */
 } lora_unit;
 
 #define LORA_UNITS 16
@@ -180,17 +179,6 @@ static s2_status lora_unit_of(s2_lora_ctx *c, const s2_lora_dims *d, const lora_
                                                   (int)s2_lora_vdb_smem(d->r)),
                              "cudaFuncSetAttribute(s2_lora_vdb, max dynamic shared memory)", err);
     }
-    for (int i = 0; !st && nu.vdb && i < 3; i++) {
-        char name[16];
-        snprintf(name, sizeof name, "s2_lora_u%d", i + 1);
-        st = s2_rt_check(cudaLibraryGetKernel(&nu.u[i], lib, name), "cudaLibraryGetKernel(s2_lora_u)",
-                         err);
-        if (!st)
-            st = s2_rt_check(cudaFuncSetAttribute((const void *)nu.u[i],
-                                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                  (int)s2_lora_u_smem(s2_lora_rp((i + 1) * d->r))),
-                             "cudaFuncSetAttribute(s2_lora_u, max dynamic shared memory)", err);
-    }
     if (st) {
         if (lib)
             cudaLibraryUnload(lib);
@@ -303,7 +291,7 @@ static s2_status lora_gemm(s2_lora_ctx *c, const s2_lora_dims *d, s2_lora_gemm g
     void *u = (void *)col(b->xa, d->in), *sv = (void *)col(b->dya, d->out_total);
     const void *a = a_row(d, b->wc, 0);
     const float gb = d->grad_f32 ? d->grad_beta : 0.f;
-    if ((g == S2_LG_U || g == S2_LG_V || g == S2_LG_DB) && vdb_used(d)) {
+    if ((g == S2_LG_V || g == S2_LG_DB) && vdb_used(d)) {
         if (n) /* the generated pass's, not cuBLAS's */
             *n = 0;
         return n ? S2_OK
@@ -368,35 +356,13 @@ s2_status s2_lora_gemm_algos(s2_lora_ctx *c, const s2_lora_dims *d, s2_lora_gemm
     return lora_gemm(c, d, g, 0, b, n, err);
 }
 
-/* The generated pass over x: u = s x A^T into xa's extra columns, pad columns included. */
-static s2_status u_pass(s2_lora_ctx *c, const s2_lora_dims *d, void *xa, const void *wc,
-                        cudaStream_t stream, s2_error *err)
-{
-    const lora_unit *lu = NULL;
-    s2_status st = lora_unit_of(c, d, &lu, err);
-    if (st)
-        return st;
-    const void *x = xa, *a = a_row(d, wc, 0);
-    void *u = (void *)col(xa, d->in);
-    int lx = d->in + d->rp, M = d->M, in = d->in;
-    float scale = d->scale;
-    void *args[] = {&x, &lx, &a, &lx, &u, &lx, &M, &in, &scale};
-    const dim3 grid = {(unsigned)((d->M + S2_LORA_U_BM - 1) / S2_LORA_U_BM), 1, 1};
-    st = s2_rt_check(cudaLaunchKernel((const void *)lu->u[d->n_proj - 1], grid, (dim3){256, 1, 1},
-                                      args, s2_lora_u_smem(d->rp), stream),
-                     "s2_lora_u", err);
-    return st ? st : s2_rt_check(cudaGetLastError(), "s2_lora_u", err);
-}
-
 s2_status s2_lora_forward(s2_lora_ctx *c, const s2_lora_dims *d, void *xa, const void *wc,
                           void *y, void *ws, cudaStream_t stream, s2_error *err)
 {
     const int lx = d->in + d->rp;
     const s2_lora_bufs b = {.xa = xa, .wc = wc, .y = y};
     s2_status st = on_stream(c, stream, err);
-    if (!st && d->dropout <= 0 && vdb_used(d)) /* u = s x A^T into the extra columns of xa */
-        st = u_pass(c, d, xa, wc, stream, err);
-    if (!st && d->dropout <= 0 && !vdb_used(d))
+    if (!st && d->dropout <= 0) /* u = s x A^T into the extra columns of xa */
         st = lora_gemm(c, d, S2_LG_U, d->algo[S2_LG_U], &b, NULL, err);
     if (!st && d->dropout > 0) { /* per projection: u_i = s drop_i(x) A_i^T; pad columns 0 */
         const lora_unit *lu = NULL;

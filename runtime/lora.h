@@ -16,11 +16,9 @@
  *
  * (rp = n_proj * r rounded up to 16 by s2_lora_rp, so rows stay 32-byte aligned; the pad rows
  * and columns of wc and B's off-diagonal blocks are zero.) Then
- *   forward:  u = s x A^T              (one generated pass over x, templates/lora.cuh, where
- *                                     the backward's pass is taken; otherwise a GEMM, N = rp;
- *                                     either way one read of x. cuBLAS splits this thin
- *                                     product over K and adds the parts in a second kernel;
- *                                     the pass does not split: ncu, bench/RESULTS.md)
+ *   forward:  u = s x A^T              (GEMM, N = rp: one read of x; a generated pass over x
+ *                                     without cuBLAS's split over K measured no faster:
+ *                                     bench/RESULTS.md, 2026-11-26 session 5)
  *             y = xa wc[:out_total]^T  (GEMM, K = in + rp: the base product plus the adapters)
  *   backward: s v = s dy B, dB = dy^T u (one generated pass over dy, templates/lora.cuh, for
  *                                     the ranks s2_lora_vdb_ok() takes, when in and every out
@@ -62,8 +60,8 @@
 typedef struct s2_lora_ctx s2_lora_ctx;
 
 /* The cuBLAS products of a group without dropout (the list above), by name, so each can run
- * with its own cuBLAS algorithm (s2lora tune --kernels lora times them): y = xa wc^T,
- * dx = dya wc, dA = (s v)^T x, and, only for shapes without the generated passes, u = s x A^T,
+ * with its own cuBLAS algorithm (s2lora tune --kernels lora times them): u = s x A^T,
+ * y = xa wc^T, dx = dya wc, dA = (s v)^T x, and, only for ranks without the generated pass,
  * s v = s dy B and dB_i = dy_i^T u_i (every projection). With dropout the per-projection
  * products take cuBLAS's default. */
 typedef enum s2_lora_gemm {

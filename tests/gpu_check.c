@@ -418,9 +418,8 @@ typedef struct lcase {
 /* GQA-shaped q/k/v (H=8, Hkv=2, d=64: outs 512, 128, 128) and o; M not a multiple of a tile.
  * Ranks 8, 16, 24, 32 take the generated pass over dy (gate/up: two slabs per projection, the
  * second partial, and several row ranges), ranks 4, 12 and 64 the cuBLAS products, and so does
- * rank 8 on an o_proj of 516 outputs (rows of dy not 16-byte aligned). The same ranks take the
- * generated pass over x in the forward; gate/up with in = 520 gives it a partial last step of
- * 64 columns. */
+ * rank 8 on an o_proj of 516 outputs (rows of dy not 16-byte aligned); gate/up with in = 520
+ * (rows of x 16-byte aligned, in not a multiple of 64) takes the pass too. */
 static const lcase lcases[] = {
     {"qkv r=8", "bf16", 1000, 8, "[q_proj, k_proj, v_proj, o_proj]", 0, 0.0, 0},
     {"qkv r=16", "bf16", 1000, 16, "[q_proj, k_proj, v_proj, o_proj]", 0, 0.0, 0},
