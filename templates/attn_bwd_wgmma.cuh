@@ -109,26 +109,35 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
         float s[S2_SACC], dp[S2_SACC];
         s2_wgmma_pair(s, dp, sq, sk, sdo, sv, wg * 64); // S = Q K^T, dP = dO V^T
 
+        // dS = P ∘ (dP - delta) sixteen keys at a time, straight into the A fragments; each
+        // k16 step of dQ += dS K is issued as soon as its fragment is formed (s and dp are not
+        // written while a product is in flight)
         const int y0 = kt * S2_BWD_BN;
         const bool masked = s2_tile_needs_mask(x0, gs_last, y0, n, S2_BWD_BN);
-#pragma unroll
-        for (int j = 0; j < S2_BWD_BN / 8; j++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int hf = e / 2;
-                bool live = true;
-                if (masked) {
-                    const int x = row0 + 8 * hf, y = y0 + j * 8 + 2 * t + (e % 2);
-                    live = y < n && s2_visible(x, y, cls);
-                }
-                const float p = live ? s2_exp2(fmaf(s[4 * j + e], S2_SCALE_LOG2, -lse2[hf])) : 0.f;
-                s[4 * j + e] = p * (dp[4 * j + e] - dlt[hf]); // dS
-            }
         unsigned a[S2_BWD_BN / 16][4];
-        s2_acc_to_afrag<S2_BWD_BN / 8>(s, a);
         s2_fence_regs(acc);
-        s2_wgmma_fence();
-        s2_wgmma_py<S2_BWD_BN>(acc, a, sk); // dQ += dS K
+#pragma unroll
+        for (int kk = 0; kk < S2_BWD_BN / 16; kk++) {
+#pragma unroll
+            for (int r = 0; r < 4; r++) { // a[kk][r]: n8 chunk 2kk + r / 2, row half r % 2
+                const int hf = r % 2;
+                float ds[2];
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const int i = 8 * kk + 2 * r + e;
+                    bool live = true;
+                    if (masked) {
+                        const int x = row0 + 8 * hf, y = y0 + (2 * kk + r / 2) * 8 + 2 * t + e;
+                        live = y < n && s2_visible(x, y, cls);
+                    }
+                    const float p = live ? s2_exp2(fmaf(s[i], S2_SCALE_LOG2, -lse2[hf])) : 0.f;
+                    ds[e] = p * (dp[i] - dlt[hf]);
+                }
+                a[kk][r] = s2_pack2(ds[0], ds[1]);
+            }
+            s2_wgmma_fence();
+            s2_wgmma_pv(acc, a[kk], s2_desc_mn<S2_BWD_BN>(sk, kk)); // dQ += dS K
+        }
         s2_wgmma_commit();
         s2_wgmma_wait0();
         s2_fence_regs(acc);
@@ -278,6 +287,10 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
 
         const bool masked = (S2_MASK_GROUP_EDGE && x0 + S2_BWD_BN > y_group_end) ||
                             x0 < y0 + S2_BWD_BM - 1 || x0 + S2_BWD_BN > n;
+        // P^T in place; dV += P^T dO issued, then dS^T = P^T ∘ (dP^T - delta) sixteen queries
+        // at a time straight into the A fragments, each k16 step of dK += dS^T Q issued as
+        // soon as its fragment is formed (s and dp are not written while a product is in
+        // flight)
 #pragma unroll
         for (int j = 0; j < S2_BWD_BN / 8; j++)
 #pragma unroll
@@ -296,24 +309,24 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
         s2_fence_regs(adv);
         s2_fence_regs(adk);
         s2_wgmma_fence();
-        s2_wgmma_py<S2_BWD_BN>(adv, pa, sdo); // dV += P^T dO, in flight while dS^T is formed
-        s2_wgmma_commit();
-        // dS^T = P^T ∘ (dP^T - delta), straight into the A fragments (the accumulators are
-        // not written while a product is in flight)
+        s2_wgmma_py<S2_BWD_BN>(adv, pa, sdo); // dV += P^T dO
 #pragma unroll
-        for (int j = 0; j < S2_BWD_BN / 8; j++)
+        for (int kk = 0; kk < S2_BWD_BN / 16; kk++) {
 #pragma unroll
-            for (int hf = 0; hf < 2; hf++) {
-                const int col = j * 8 + 2 * t;
-                const float d0 = s[4 * j + 2 * hf] * (dp[4 * j + 2 * hf] - sdl[col]);
-                const float d1 = s[4 * j + 2 * hf + 1] * (dp[4 * j + 2 * hf + 1] - sdl[col + 1]);
-                da[j / 2][2 * (j % 2) + hf] = s2_pack2(d0, d1);
+            for (int r = 0; r < 4; r++) { // da[kk][r]: n8 chunk 2kk + r / 2, key half r % 2
+                const int i = 8 * kk + 2 * r, col = (2 * kk + r / 2) * 8 + 2 * t;
+                da[kk][r] = s2_pack2(s[i] * (dp[i] - sdl[col]), s[i + 1] * (dp[i + 1] - sdl[col + 1]));
             }
+#if !S2_BWD_ATOMIC_DQ
+            s2_wgmma_fence();
+            s2_wgmma_pv(adk, da[kk], s2_desc_mn<S2_BWD_BN>(sq, kk)); // dK += dS^T Q
+#endif
+        }
 #if S2_BWD_ATOMIC_DQ
         s2_stage_dst(sds, da, wg, warp, lane);
-#endif
         s2_wgmma_fence();
         s2_wgmma_py<S2_BWD_BN>(adk, da, sq); // dK += dS^T Q
+#endif
         s2_wgmma_commit();
         s2_wgmma_wait0();
         s2_fence_regs(adv);
