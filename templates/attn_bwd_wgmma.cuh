@@ -92,6 +92,13 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
     for (int kt = kt_begin; kt < kt_end; kt++) {
         const int it = kt - kt_begin;
         {
+            // One barrier a step (two with one stage): after it, tile it has landed for every
+            // thread and every thread is done with tile it - 1, whose stage is reloaded.
+#if S2_BWD_STAGES >= 2
+            s2_cp_async_wait<S2_BWD_STAGES - 2>();
+            s2_fence_proxy_async();
+            __syncthreads();
+#endif
             const int nx = it + S2_BWD_STAGES - 1;
             if (kt_begin + nx < kt_end) {
                 s2_elem *dk = skv + 2 * (nx % S2_BWD_STAGES) * kv_stride;
@@ -99,9 +106,11 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
                 s2_load_tile_sw<S2_BWD_BN, S2_BWD_THREADS>(dk + kv_stride, v, seq0, (kt_begin + nx) * S2_BWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
             }
             s2_cp_async_commit();
-            s2_cp_async_wait<S2_BWD_STAGES - 1>();
+#if S2_BWD_STAGES == 1
+            s2_cp_async_wait<0>();
             s2_fence_proxy_async();
             __syncthreads();
+#endif
         }
         const s2_elem *sk = skv + 2 * (it % S2_BWD_STAGES) * kv_stride;
         const s2_elem *sv = sk + kv_stride;
@@ -141,7 +150,9 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
         s2_wgmma_commit();
         s2_wgmma_wait0();
         s2_fence_regs(acc);
-        __syncthreads();
+#if S2_BWD_STAGES == 1
+        __syncthreads(); // the one stage is reloaded at the top of the next step
+#endif
     }
     s2_cp_async_wait<0>();
     s2_store_strip(dq, S2_NUM_HEADS, h, *reinterpret_cast<const float(*)[S2_ON][4]>(acc),
@@ -269,13 +280,22 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
 
     for (int it = 0; it < n_it; it++) {
         {
+            // One barrier a step (two with one stage), as in s2_attn_bwd_dq; with
+            // S2_BWD_ATOMIC_DQ it also orders the staged dS^T's reuse.
+#if S2_BWD_STAGES >= 2
+            s2_cp_async_wait<S2_BWD_STAGES - 2>();
+            s2_fence_proxy_async();
+            __syncthreads();
+#endif
             const int nx = it + S2_BWD_STAGES - 1;
             if (nx < n_it)
                 load_tile(nx, nx % S2_BWD_STAGES);
             s2_cp_async_commit();
-            s2_cp_async_wait<S2_BWD_STAGES - 1>();
+#if S2_BWD_STAGES == 1
+            s2_cp_async_wait<0>();
             s2_fence_proxy_async();
             __syncthreads();
+#endif
         }
         const int st = it % S2_BWD_STAGES;
         const s2_elem *sq = sqd + 2 * st * qd_stride, *sdo = sq + qd_stride;
@@ -336,7 +356,9 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
         __syncthreads();
         s2_dq_atomic_wg(sds, sk, dq_acc, hk * rep + it / n_qt, x0, n, seq0, cls, wg, warp, lane);
 #endif
-        __syncthreads();
+#if S2_BWD_STAGES == 1
+        __syncthreads(); // the one stage is reloaded at the top of the next step
+#endif
     }
     s2_cp_async_wait<0>();
     s2_store_strip(dk, S2_NUM_KV_HEADS, hk, *reinterpret_cast<const float(*)[S2_ON][4]>(adk),

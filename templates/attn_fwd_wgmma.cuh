@@ -73,6 +73,13 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
     for (int kt = kt_begin; kt < kt_end; kt++) {
         const int it = kt - kt_begin;
         {
+            // One barrier a step (two with one stage): after it, tile it has landed for every
+            // thread and every thread is done with tile it - 1, whose stage is reloaded.
+#if S2_FWD_STAGES >= 2
+            s2_cp_async_wait<S2_FWD_STAGES - 2>();
+            s2_fence_proxy_async(); // this thread's copies, visible to wgmma after the barrier
+            __syncthreads();
+#endif
             const int nx = it + S2_FWD_STAGES - 1;
             if (kt_begin + nx < kt_end) {
                 s2_elem *dk = skv + (2 * (nx % S2_FWD_STAGES)) * kv_stride;
@@ -80,9 +87,11 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
                 s2_load_tile_sw<S2_FWD_BN, S2_FWD_THREADS>(dk + kv_stride, v, seq0, (kt_begin + nx) * S2_FWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
             }
             s2_cp_async_commit();
-            s2_cp_async_wait<S2_FWD_STAGES - 1>();
-            s2_fence_proxy_async(); // this thread's copies, visible to wgmma after the barrier
+#if S2_FWD_STAGES == 1
+            s2_cp_async_wait<0>();
+            s2_fence_proxy_async();
             __syncthreads();
+#endif
         }
         const s2_elem *sk = skv + (2 * (it % S2_FWD_STAGES)) * kv_stride;
         const s2_elem *sv = sk + kv_stride;
@@ -157,7 +166,9 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
         l[1] += sum[1];
         s2_wgmma_wait0();
         s2_fence_regs(acc);
-        __syncthreads(); // this stage is overwritten STAGES - 1 iterations from now
+#if S2_FWD_STAGES == 1
+        __syncthreads(); // the one stage is reloaded at the top of the next step
+#endif
     }
     s2_cp_async_wait<0>();
 
