@@ -68,31 +68,17 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
     const int kt_end = xlast / S2_BWD_BN + 1;
     const int row0 = x0 + wg * 64 + warp * 16 + lane / 4;
 
-    // Key tile j of the walk into stage j % STAGES, this thread's share.
-    auto load_kv = [&](int j) {
-        s2_elem *dk = skv + 2 * (j % S2_BWD_STAGES) * kv_stride;
-        s2_load_tile_sw<S2_BWD_BN, S2_BWD_THREADS>(dk, k, seq0, (kt_begin + j) * S2_BWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
-        s2_load_tile_sw<S2_BWD_BN, S2_BWD_THREADS>(dk + kv_stride, v, seq0, (kt_begin + j) * S2_BWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
-    };
-    const int n_kt = kt_end - kt_begin;
-#if S2_BWD_STAGES >= 2
-    // The warpgroups meet only through the stages' mbarriers, as in s2_attn_fwd (wgmma).
-    __shared__ unsigned long long s2_full[S2_BWD_STAGES], s2_empty[S2_BWD_STAGES];
-    if (threadIdx.x == 0)
-        for (int s = 0; s < S2_BWD_STAGES; s++) {
-            s2_mbar_init(&s2_full[s], S2_BWD_THREADS);
-            s2_mbar_init(&s2_empty[s], S2_BWD_THREADS);
-        }
-    __syncthreads();
-#endif
     s2_load_tile_sw<S2_BWD_BM, S2_BWD_THREADS>(sq, q, seq0, x0, n, cls, S2_NUM_HEADS, h);
     s2_load_tile_sw<S2_BWD_BM, S2_BWD_THREADS>(sdo, dout, seq0, x0, n, cls, S2_NUM_HEADS, h);
-#if S2_BWD_STAGES >= 2
-    for (int s = 0; s < S2_BWD_STAGES - 1 && s < n_kt; s++) {
-        load_kv(s);
-        s2_cp_async_mbar_arrive(&s2_full[s]); // (tile 0's phase covers Q and dO too)
+#pragma unroll
+    for (int s = 0; s < S2_BWD_STAGES - 1; s++) {
+        if (kt_begin + s < kt_end) {
+            s2_elem *dk = skv + 2 * s * kv_stride;
+            s2_load_tile_sw<S2_BWD_BN, S2_BWD_THREADS>(dk, k, seq0, (kt_begin + s) * S2_BWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
+            s2_load_tile_sw<S2_BWD_BN, S2_BWD_THREADS>(dk + kv_stride, v, seq0, (kt_begin + s) * S2_BWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
+        }
+        s2_cp_async_commit();
     }
-#endif
 
     float lse2[2], dlt[2];
 #pragma unroll
@@ -105,16 +91,27 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
 
     for (int kt = kt_begin; kt < kt_end; kt++) {
         const int it = kt - kt_begin;
+        {
+            // One barrier a step (two with one stage): after it, tile it has landed for every
+            // thread and every thread is done with tile it - 1, whose stage is reloaded.
 #if S2_BWD_STAGES >= 2
-        s2_mbar_wait(&s2_full[it % S2_BWD_STAGES], (it / S2_BWD_STAGES) & 1);
-        s2_fence_proxy_async(); // the copies, visible to this thread's wgmma
-#else
-        load_kv(it); // the one stage, free since the barrier at the end of the step before
-        s2_cp_async_commit();
-        s2_cp_async_wait<0>();
-        s2_fence_proxy_async();
-        __syncthreads();
+            s2_cp_async_wait<S2_BWD_STAGES - 2>();
+            s2_fence_proxy_async();
+            __syncthreads();
 #endif
+            const int nx = it + S2_BWD_STAGES - 1;
+            if (kt_begin + nx < kt_end) {
+                s2_elem *dk = skv + 2 * (nx % S2_BWD_STAGES) * kv_stride;
+                s2_load_tile_sw<S2_BWD_BN, S2_BWD_THREADS>(dk, k, seq0, (kt_begin + nx) * S2_BWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
+                s2_load_tile_sw<S2_BWD_BN, S2_BWD_THREADS>(dk + kv_stride, v, seq0, (kt_begin + nx) * S2_BWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
+            }
+            s2_cp_async_commit();
+#if S2_BWD_STAGES == 1
+            s2_cp_async_wait<0>();
+            s2_fence_proxy_async();
+            __syncthreads();
+#endif
+        }
         const s2_elem *sk = skv + 2 * (it % S2_BWD_STAGES) * kv_stride;
         const s2_elem *sv = sk + kv_stride;
 
@@ -153,16 +150,7 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
         s2_wgmma_commit();
         s2_wgmma_wait0();
         s2_fence_regs(acc);
-#if S2_BWD_STAGES >= 2
-        s2_mbar_arrive(&s2_empty[it % S2_BWD_STAGES]); // this thread is done with the stage
-        const int nx = it + S2_BWD_STAGES - 1;      // into the stage of step it - 1
-        if (nx < n_kt) {
-            if (nx >= S2_BWD_STAGES) // its tile nx - STAGES read by every thread
-                s2_mbar_wait(&s2_empty[nx % S2_BWD_STAGES], (nx / S2_BWD_STAGES - 1) & 1);
-            load_kv(nx);
-            s2_cp_async_mbar_arrive(&s2_full[nx % S2_BWD_STAGES]);
-        }
-#else
+#if S2_BWD_STAGES == 1
         __syncthreads(); // the one stage is reloaded at the top of the next step
 #endif
     }
@@ -278,34 +266,12 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
         s2_load_lse_delta<S2_BWD_BN, S2_BWD_THREADS>(sl + 2 * st * S2_BWD_BN, lse, delta, x0, n,
                                                      seq0, cls, h, total_tokens);
     };
-#if S2_BWD_STAGES >= 2 && !S2_BWD_ATOMIC_DQ && S2_BWD_BN == 64
-    // The warpgroups meet only through the stages' mbarriers, as in s2_attn_fwd (wgmma); a
-    // stage's "full" phase takes two arrivals a thread: its copies landed, and (a release) its
-    // plain stores of lse and delta. (With S2_BWD_ATOMIC_DQ the staged dS^T, shared by the
-    // warpgroups, keeps the block barrier a step; so do 128-query tiles, d = 64, where this
-    // walk spills registers.)
-#define S2_DKDV_MBAR 1
-    __shared__ unsigned long long s2_full[S2_BWD_STAGES], s2_empty[S2_BWD_STAGES];
-    if (threadIdx.x == 0)
-        for (int s = 0; s < S2_BWD_STAGES; s++) {
-            s2_mbar_init(&s2_full[s], 2 * S2_BWD_THREADS);
-            s2_mbar_init(&s2_empty[s], S2_BWD_THREADS);
-        }
-    __syncthreads();
-    for (int s = 0; s < S2_BWD_STAGES - 1 && s < n_it; s++) {
-        load_tile(s, s);
-        s2_cp_async_mbar_arrive(&s2_full[s]); // (tile 0's phase covers K and V too)
-        s2_mbar_arrive(&s2_full[s]);
-    }
-#else
-#define S2_DKDV_MBAR 0
 #pragma unroll
     for (int s = 0; s < S2_BWD_STAGES - 1; s++) {
         if (s < n_it)
             load_tile(s, s);
         s2_cp_async_commit();
     }
-#endif
 
     float adk[S2_OACC], adv[S2_OACC];
 #pragma unroll
@@ -313,13 +279,9 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
         adk[i] = adv[i] = 0.f;
 
     for (int it = 0; it < n_it; it++) {
-#if S2_DKDV_MBAR
-        s2_mbar_wait(&s2_full[it % S2_BWD_STAGES], (it / S2_BWD_STAGES) & 1);
-        s2_fence_proxy_async(); // the copies, visible to this thread's wgmma
-#else
         {
-            // One barrier a step (two with one stage); with S2_BWD_ATOMIC_DQ it also orders
-            // the staged dS^T's reuse.
+            // One barrier a step (two with one stage), as in s2_attn_bwd_dq; with
+            // S2_BWD_ATOMIC_DQ it also orders the staged dS^T's reuse.
 #if S2_BWD_STAGES >= 2
             s2_cp_async_wait<S2_BWD_STAGES - 2>();
             s2_fence_proxy_async();
@@ -335,7 +297,6 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
             __syncthreads();
 #endif
         }
-#endif
         const int st = it % S2_BWD_STAGES;
         const s2_elem *sq = sqd + 2 * st * qd_stride, *sdo = sq + qd_stride;
         const float *slse = sl + (2 * st) * S2_BWD_BN, *sdl = slse + S2_BWD_BN;
@@ -395,21 +356,10 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
         __syncthreads();
         s2_dq_atomic_wg(sds, sk, dq_acc, hk * rep + it / n_qt, x0, n, seq0, cls, wg, warp, lane);
 #endif
-#if S2_DKDV_MBAR
-        s2_mbar_arrive(&s2_empty[it % S2_BWD_STAGES]); // this thread is done with the stage
-        const int nx = it + S2_BWD_STAGES - 1;      // into the stage of step it - 1
-        if (nx < n_it) {
-            if (nx >= S2_BWD_STAGES) // its tile nx - STAGES read by every thread
-                s2_mbar_wait(&s2_empty[nx % S2_BWD_STAGES], (nx / S2_BWD_STAGES - 1) & 1);
-            load_tile(nx, nx % S2_BWD_STAGES);
-            s2_cp_async_mbar_arrive(&s2_full[nx % S2_BWD_STAGES]);
-            s2_mbar_arrive(&s2_full[nx % S2_BWD_STAGES]);
-        }
-#elif S2_BWD_STAGES == 1
+#if S2_BWD_STAGES == 1
         __syncthreads(); // the one stage is reloaded at the top of the next step
 #endif
     }
-#undef S2_DKDV_MBAR
     s2_cp_async_wait<0>();
     s2_store_strip(dk, S2_NUM_KV_HEADS, hk, *reinterpret_cast<const float(*)[S2_ON][4]>(adk),
                    S2_SCALE, key0, n, seq0, cls, lane);

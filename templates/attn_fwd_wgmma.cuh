@@ -51,33 +51,16 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
     const int kt_begin = s2_group_start(x0, cls) / S2_FWD_BN;
     const int kt_end = xlast / S2_FWD_BN + 1;
 
-    // Key tile j of the walk into stage j % STAGES, this thread's share.
-    auto load_kv = [&](int j) {
-        s2_elem *dk = skv + (2 * (j % S2_FWD_STAGES)) * kv_stride;
-        s2_load_tile_sw<S2_FWD_BN, S2_FWD_THREADS>(dk, k, seq0, (kt_begin + j) * S2_FWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
-        s2_load_tile_sw<S2_FWD_BN, S2_FWD_THREADS>(dk + kv_stride, v, seq0, (kt_begin + j) * S2_FWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
-    };
-    const int n_kt = kt_end - kt_begin;
-#if S2_FWD_STAGES >= 2
-    // The two warpgroups meet only through the stages' mbarriers, not a block barrier a step:
-    // a warpgroup waits for its tile's "full" phase, and the stage of step it - 1 is reloaded
-    // at the end of step it, once every thread has marked it "empty" (by then the other
-    // warpgroup has usually long finished it).
-    __shared__ unsigned long long s2_full[S2_FWD_STAGES], s2_empty[S2_FWD_STAGES];
-    if (threadIdx.x == 0)
-        for (int s = 0; s < S2_FWD_STAGES; s++) {
-            s2_mbar_init(&s2_full[s], S2_FWD_THREADS);
-            s2_mbar_init(&s2_empty[s], S2_FWD_THREADS);
+    s2_load_tile_sw<S2_FWD_BM, S2_FWD_THREADS>(sq, q, seq0, x0, n, cls, S2_NUM_HEADS, h);
+#pragma unroll
+    for (int s = 0; s < S2_FWD_STAGES - 1; s++) {
+        if (kt_begin + s < kt_end) {
+            s2_elem *dk = skv + (2 * s) * kv_stride;
+            s2_load_tile_sw<S2_FWD_BN, S2_FWD_THREADS>(dk, k, seq0, (kt_begin + s) * S2_FWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
+            s2_load_tile_sw<S2_FWD_BN, S2_FWD_THREADS>(dk + kv_stride, v, seq0, (kt_begin + s) * S2_FWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
         }
-    __syncthreads();
-    s2_load_tile_sw<S2_FWD_BM, S2_FWD_THREADS>(sq, q, seq0, x0, n, cls, S2_NUM_HEADS, h);
-    for (int s = 0; s < S2_FWD_STAGES - 1 && s < n_kt; s++) {
-        load_kv(s);
-        s2_cp_async_mbar_arrive(&s2_full[s]); // (tile 0's phase covers Q too)
+        s2_cp_async_commit();
     }
-#else
-    s2_load_tile_sw<S2_FWD_BM, S2_FWD_THREADS>(sq, q, seq0, x0, n, cls, S2_NUM_HEADS, h);
-#endif
 
     float acc[S2_OACC];
 #pragma unroll
@@ -89,16 +72,27 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
 
     for (int kt = kt_begin; kt < kt_end; kt++) {
         const int it = kt - kt_begin;
+        {
+            // One barrier a step (two with one stage): after it, tile it has landed for every
+            // thread and every thread is done with tile it - 1, whose stage is reloaded.
 #if S2_FWD_STAGES >= 2
-        s2_mbar_wait(&s2_full[it % S2_FWD_STAGES], (it / S2_FWD_STAGES) & 1);
-        s2_fence_proxy_async(); // the copies, visible to this thread's wgmma
-#else
-        load_kv(it); // the one stage, free since the barrier at the end of the step before
-        s2_cp_async_commit();
-        s2_cp_async_wait<0>();
-        s2_fence_proxy_async();
-        __syncthreads();
+            s2_cp_async_wait<S2_FWD_STAGES - 2>();
+            s2_fence_proxy_async(); // this thread's copies, visible to wgmma after the barrier
+            __syncthreads();
 #endif
+            const int nx = it + S2_FWD_STAGES - 1;
+            if (kt_begin + nx < kt_end) {
+                s2_elem *dk = skv + (2 * (nx % S2_FWD_STAGES)) * kv_stride;
+                s2_load_tile_sw<S2_FWD_BN, S2_FWD_THREADS>(dk, k, seq0, (kt_begin + nx) * S2_FWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
+                s2_load_tile_sw<S2_FWD_BN, S2_FWD_THREADS>(dk + kv_stride, v, seq0, (kt_begin + nx) * S2_FWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
+            }
+            s2_cp_async_commit();
+#if S2_FWD_STAGES == 1
+            s2_cp_async_wait<0>();
+            s2_fence_proxy_async();
+            __syncthreads();
+#endif
+        }
         const s2_elem *sk = skv + (2 * (it % S2_FWD_STAGES)) * kv_stride;
         const s2_elem *sv = sk + kv_stride;
 
@@ -172,16 +166,7 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
         l[1] += sum[1];
         s2_wgmma_wait0();
         s2_fence_regs(acc);
-#if S2_FWD_STAGES >= 2
-        s2_mbar_arrive(&s2_empty[it % S2_FWD_STAGES]); // this thread is done with the stage
-        const int nx = it + S2_FWD_STAGES - 1;      // into the stage of step it - 1
-        if (nx < n_kt) {
-            if (nx >= S2_FWD_STAGES) // its tile nx - STAGES read by every thread
-                s2_mbar_wait(&s2_empty[nx % S2_FWD_STAGES], (nx / S2_FWD_STAGES - 1) & 1);
-            load_kv(nx);
-            s2_cp_async_mbar_arrive(&s2_full[nx % S2_FWD_STAGES]);
-        }
-#else
+#if S2_FWD_STAGES == 1
         __syncthreads(); // the one stage is reloaded at the top of the next step
 #endif
     }

@@ -48,38 +48,6 @@ __device__ __forceinline__ void s2_wgmma_wait0()
 {
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
 }
-// Shared-memory mbarriers (sm_90): a stage's "full" barrier completes a phase when every thread's
-// copies into it have landed (cp.async.mbarrier.arrive.noinc: one arrival per thread, counted
-// in the init count), its "empty" barrier when every thread is done reading it.
-__device__ __forceinline__ void s2_mbar_init(unsigned long long *bar, unsigned count)
-{
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(s2_smem_addr(bar)), "r"(count)
-                 : "memory");
-}
-__device__ __forceinline__ void s2_mbar_arrive(unsigned long long *bar)
-{
-    asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.shared::cta.b64 st, [%0];\n}\n" ::"r"(
-                     s2_smem_addr(bar))
-                 : "memory");
-}
-__device__ __forceinline__ void s2_cp_async_mbar_arrive(unsigned long long *bar)
-{
-    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(s2_smem_addr(bar))
-                 : "memory");
-}
-// Waits until the phase with this parity of bar has completed.
-__device__ __forceinline__ void s2_mbar_wait(unsigned long long *bar, unsigned parity)
-{
-    const unsigned a = s2_smem_addr(bar);
-    unsigned done = 0;
-    while (!done)
-        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
-                     "selp.u32 %0, 1, 0, p;\n}\n"
-                     : "=r"(done)
-                     : "r"(a), "r"(parity)
-                     : "memory");
-}
-
 // wgmma runs asynchronously to the thread: after the wait, this ties every accumulator register
 // to the wait (the compiler may not read one before it), and before the issue, it keeps the
 // writes to them ahead of it.
