@@ -16,8 +16,8 @@
  *
  * (rp = n_proj * r rounded up to 16 by s2_lora_rp, so rows stay 32-byte aligned; the pad rows
  * and columns of wc and B's off-diagonal blocks are zero.) Then
- *   forward:  u = s x A^T              (GEMM, N = rp: one read of x; a generated pass over x
- *                                     without cuBLAS's split over K measured no faster:
+ *   forward:  u = s x A^T              (GEMM, N = rp: one read of x, at 78 % of DRAM peak;
+ *                                     a generated pass over x measured no faster:
  *                                     bench/RESULTS.md, 2026-11-26 session 5)
  *             y = xa wc[:out_total]^T  (GEMM, K = in + rp: the base product plus the adapters)
  *   backward: s v = s dy B, dB = dy^T u (one generated pass over dy, templates/lora.cuh, for
