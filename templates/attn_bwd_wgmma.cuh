@@ -335,7 +335,8 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
 #pragma unroll
             for (int r = 0; r < 4; r++) { // da[kk][r]: n8 chunk 2kk + r / 2, key half r % 2
                 const int i = 8 * kk + 2 * r, col = (2 * kk + r / 2) * 8 + 2 * t;
-                da[kk][r] = s2_pack2(s[i] * (dp[i] - sdl[col]), s[i + 1] * (dp[i + 1] - sdl[col + 1]));
+                da[kk][r] = s2_pack2(s[i] * (dp[i] - sdl[col]),
+                                     s[i + 1] * (dp[i + 1] - sdl[col + 1]));
             }
 #if !S2_BWD_ATOMIC_DQ
             s2_wgmma_fence();
