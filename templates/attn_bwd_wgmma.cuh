@@ -115,49 +115,34 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
         const s2_elem *sk = skv + 2 * (it % S2_BWD_STAGES) * kv_stride;
         const s2_elem *sv = sk + kv_stride;
 
-        // S = Q K^T and dP = dO V^T as two groups: P = exp2(S - lse) is formed (into registers
-        // of its own: s is not written while dP is in flight) while dP is still running
-        float s[S2_SACC], dp[S2_SACC], p[S2_SACC];
-#pragma unroll
-        for (int i = 0; i < S2_SACC; i++)
-            s[i] = dp[i] = 0.f;
-        s2_fence_regs(s);
-        s2_fence_regs(dp);
-        s2_wgmma_fence();
-        s2_wgmma_xyt<S2_BWD_BM, S2_BWD_BN>(s, sq, wg * 64, sk);
-        s2_wgmma_commit();
-        s2_wgmma_xyt<S2_BWD_BM, S2_BWD_BN>(dp, sdo, wg * 64, sv);
-        s2_wgmma_commit();
-        s2_wgmma_wait1();
-        s2_fence_regs(s);
-        const int y0 = kt * S2_BWD_BN;
-        const bool masked = s2_tile_needs_mask(x0, gs_last, y0, n, S2_BWD_BN);
-#pragma unroll
-        for (int j = 0; j < S2_BWD_BN / 8; j++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int hf = e / 2;
-                bool live = true;
-                if (masked) {
-                    const int x = row0 + 8 * hf, y = y0 + j * 8 + 2 * t + (e % 2);
-                    live = y < n && s2_visible(x, y, cls);
-                }
-                p[4 * j + e] = live ? s2_exp2(fmaf(s[4 * j + e], S2_SCALE_LOG2, -lse2[hf])) : 0.f;
-            }
-        s2_fence_regs(p); // (formed before the wait, not moved after it)
-        s2_wgmma_wait0();
-        s2_fence_regs(dp);
+        float s[S2_SACC], dp[S2_SACC];
+        s2_wgmma_pair(s, dp, sq, sk, sdo, sv, wg * 64); // S = Q K^T, dP = dO V^T
 
         // dS = P ∘ (dP - delta) sixteen keys at a time, straight into the A fragments; each
-        // k16 step of dQ += dS K is issued as soon as its fragment is formed
+        // k16 step of dQ += dS K is issued as soon as its fragment is formed (s and dp are not
+        // written while a product is in flight)
+        const int y0 = kt * S2_BWD_BN;
+        const bool masked = s2_tile_needs_mask(x0, gs_last, y0, n, S2_BWD_BN);
         unsigned a[S2_BWD_BN / 16][4];
         s2_fence_regs(acc);
 #pragma unroll
         for (int kk = 0; kk < S2_BWD_BN / 16; kk++) {
 #pragma unroll
             for (int r = 0; r < 4; r++) { // a[kk][r]: n8 chunk 2kk + r / 2, row half r % 2
-                const int hf = r % 2, i = 8 * kk + 2 * r;
-                a[kk][r] = s2_pack2(p[i] * (dp[i] - dlt[hf]), p[i + 1] * (dp[i + 1] - dlt[hf]));
+                const int hf = r % 2;
+                float ds[2];
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const int i = 8 * kk + 2 * r + e;
+                    bool live = true;
+                    if (masked) {
+                        const int x = row0 + 8 * hf, y = y0 + (2 * kk + r / 2) * 8 + 2 * t + e;
+                        live = y < n && s2_visible(x, y, cls);
+                    }
+                    const float p = live ? s2_exp2(fmaf(s[i], S2_SCALE_LOG2, -lse2[hf])) : 0.f;
+                    ds[e] = p * (dp[i] - dlt[hf]);
+                }
+                a[kk][r] = s2_pack2(ds[0], ds[1]);
             }
             s2_wgmma_fence();
             s2_wgmma_pv(acc, a[kk], s2_desc_mn<S2_BWD_BN>(sk, kk)); // dQ += dS K
