@@ -68,9 +68,7 @@ const char *s2_lora_tensor_name(int layer, s2_proj p, char which, char *buf, siz
 
 int s2_lora_vdb_ok(int r) { return r > 0 && r % 8 == 0 && r <= S2_LORA_VDB_MAX_RANK; }
 
-int s2_lora_vdb_stages(int r) { return r <= 16 ? 2 : 3; }
-
-int s2_lora_vdb_blocks_per_sm(int r) { return r == 8 ? 3 : 2; }
+int s2_lora_vdb_stages(int r) { return r == 16 ? 2 : 3; }
 
 size_t s2_lora_vdb_smem(int r)
 {
@@ -81,9 +79,9 @@ size_t s2_lora_vdb_smem(int r)
 
 int s2_lora_vdb_slabs(int out) { return (out + S2_LORA_VDB_SLAB - 1) / S2_LORA_VDB_SLAB; }
 
-int s2_lora_vdb_rows(int M, int slabs, int r)
+int s2_lora_vdb_rows(int M, int slabs)
 {
-    const int blocks = s2_lora_vdb_blocks_per_sm(r) * S2_LORA_VDB_SMS;
+    const int blocks = 2 * S2_LORA_VDB_SMS;
     int ranges = slabs > 0 && slabs < blocks ? blocks / slabs : 1;
     long rows = ranges > 0 ? ((long)M + ranges - 1) / ranges : M;
     rows = (rows + S2_LORA_VDB_BM - 1) / S2_LORA_VDB_BM * S2_LORA_VDB_BM;

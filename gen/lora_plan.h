@@ -49,8 +49,7 @@ typedef struct s2_lora_plan {
  * hold too many accumulators per thread; they take two cuBLAS products instead). A block of
  * S2_LORA_VDB_WARPS warps takes S2_LORA_VDB_SLAB columns of one projection and a range of
  * rows, S2_LORA_VDB_BM rows per step through s2_lora_vdb_stages(r) shared-memory stages.
- * The grid is sized for s2_lora_vdb_blocks_per_sm(r) blocks per SM of a 132-SM GPU (H100,
- * H200) in one wave.
+ * The grid is sized for two blocks per SM of a 132-SM GPU (H100, H200) in one wave.
  */
 #define S2_LORA_VDB_MAX_RANK 32
 #define S2_LORA_VDB_WARPS 8
@@ -60,21 +59,19 @@ typedef struct s2_lora_plan {
 
 /* 1 when rank r takes the fused pass. */
 int s2_lora_vdb_ok(int r);
-/* Shared-memory stages for rank r: 2 for ranks 8 and 16, whose third stage would cost a block
- * per SM (rank 8: three blocks fit with two stages, two with three; rank 16: two and one);
- * 3 for ranks 24 and 32, which hold one block per SM by their registers either way. */
+/* Shared-memory stages for rank r: 3 (two loads in flight per block), except rank 16, whose
+ * third stage would leave room for one block per SM where two fit with two stages (ranks 24
+ * and 32 hold one block per SM by their registers either way). */
 int s2_lora_vdb_stages(int r);
-/* Blocks per SM the grid is sized for: 3 for rank 8, 2 otherwise. */
-int s2_lora_vdb_blocks_per_sm(int r);
 /* Dynamic shared memory of one block for rank r. */
 size_t s2_lora_vdb_smem(int r);
 /* Slabs of a projection of `out` columns. */
 int s2_lora_vdb_slabs(int out);
-/* Rows per block for M rows when the group has `slabs` slabs in all, rank r: at most
- * s2_lora_vdb_blocks_per_sm(r) blocks per SM of S2_LORA_VDB_SMS SMs in all, so the grid is one
- * wave (a second wave of a few blocks would cost a whole block's time), a multiple of
- * S2_LORA_VDB_BM, at least 256 rows (so the ranges' dB partials stay small next to dy). */
-int s2_lora_vdb_rows(int M, int slabs, int r);
+/* Rows per block for M rows when the group has `slabs` slabs in all: at most two blocks per
+ * SM of S2_LORA_VDB_SMS SMs in all, so the grid is one wave (a second wave of a few blocks
+ * would cost a whole block's time), a multiple of S2_LORA_VDB_BM, at least 256 rows (so the
+ * ranges' dB partials stay small next to dy). */
+int s2_lora_vdb_rows(int M, int slabs);
 
 /*
  * The stacked low-rank width of a group of r_total = n * rank columns, padded with zero columns

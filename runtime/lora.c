@@ -68,7 +68,7 @@ static void vdb_geometry(const s2_lora_dims *d, int *rows, int *ranges)
     int slabs = 0;
     for (int i = 0; i < d->n_proj; i++)
         slabs += s2_lora_vdb_slabs(d->out[i]);
-    *rows = s2_lora_vdb_rows(d->M, slabs, d->r);
+    *rows = s2_lora_vdb_rows(d->M, slabs);
     *ranges = (d->M + *rows - 1) / *rows;
 }
 

@@ -139,27 +139,19 @@ Test(lora_vdb, geometry)
     cr_expect(!s2_lora_vdb_ok(4) && !s2_lora_vdb_ok(12) && !s2_lora_vdb_ok(64) && !s2_lora_vdb_ok(0));
     cr_expect_eq(s2_lora_vdb_slabs(4096), 8);
     cr_expect_eq(s2_lora_vdb_slabs(768), 2, "a partial second slab");
-    /* rank 16, 16k rows over 8 slabs: 264 blocks allow 33 ranges of 497 rows, rounded to 512 */
-    cr_expect_eq(s2_lora_vdb_rows(16384, 8, 16), 512);
-    /* rank 8: 396 blocks allow 49 ranges of 335 rows, rounded to 352 (47 ranges) */
-    cr_expect_eq(s2_lora_vdb_rows(16384, 8, 8), 352);
-    cr_expect_eq(s2_lora_vdb_rows(65536, 24, 16), 5984, "11 ranges of 5958 rows, to 32s");
-    cr_expect_eq(s2_lora_vdb_rows(1000, 1, 8), 256, "at least 256 rows");
+    /* 16k rows over 8 slabs: 264 blocks allow 33 ranges of 497 rows, rounded to 512 */
+    cr_expect_eq(s2_lora_vdb_rows(16384, 8), 512);
+    cr_expect_eq(s2_lora_vdb_rows(65536, 24), 5984, "11 ranges of 5958 rows, to 32s");
+    cr_expect_eq(s2_lora_vdb_rows(1000, 1), 256, "at least 256 rows");
     /* 16 slabs: 264 blocks allow 16 ranges (256 blocks, one wave), not 17 (272: a second wave) */
-    cr_expect_eq(s2_lora_vdb_rows(16384, 16, 32), 1024);
-    cr_expect_eq(s2_lora_vdb_rows(16384, 300, 8), 16384, "more slabs than blocks: one range");
-    /* rank 8: two stages of 32 rows x (512 + 8) elements and 8 warps' [32, 8] fp32 partial
-     * sums, so three blocks fit one SM's 228 KB (each with its 1 KB reserved) */
-    cr_expect_eq(s2_lora_vdb_stages(8), 2);
-    cr_expect_eq(s2_lora_vdb_blocks_per_sm(8), 3);
-    cr_expect_eq(s2_lora_vdb_smem(8), (size_t)2 * 32 * 520 * 2 + 8 * 32 * 8 * 4);
-    cr_expect(3 * (s2_lora_vdb_smem(8) + 1024) <= 233472);
-    /* rank 16: two stages, so two blocks fit */
+    cr_expect_eq(s2_lora_vdb_rows(16384, 16), 1024);
+    cr_expect_eq(s2_lora_vdb_rows(16384, 300), 16384, "more slabs than blocks: one range");
+    /* three stages of 32 rows x (512 + 8) elements, and 8 warps' [32, 8] fp32 partial sums */
+    cr_expect_eq(s2_lora_vdb_smem(8), (size_t)3 * 32 * 520 * 2 + 8 * 32 * 8 * 4);
+    /* rank 16: two stages, so two blocks fit one SM's 227 KB */
     cr_expect_eq(s2_lora_vdb_stages(16), 2);
-    cr_expect_eq(s2_lora_vdb_blocks_per_sm(16), 2);
     cr_expect_eq(s2_lora_vdb_smem(16), (size_t)2 * 32 * 528 * 2 + 8 * 32 * 16 * 4);
     cr_expect(2 * (s2_lora_vdb_smem(16) + 1024) <= 232448);
-    cr_expect_eq(s2_lora_vdb_stages(32), 3);
 }
 
 /* The generated LoRA unit builds with NVRTC, clean (no spills, no stack), for both offline
