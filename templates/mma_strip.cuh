@@ -34,6 +34,25 @@ __device__ __forceinline__ void s2_load_afrag(unsigned (&a)[S2_KSTEPS][4], const
                        rows + ((lane % 8) + ((lane / 8) % 2) * 8) * S2_LD + kk * 16 + (lane / 16) * 8);
 }
 
+// k16 step kk of c[MT][16 x 8NT] += A[MT][16 x d] B[8NT x d]^T, the MT strips' A fragments
+// of that step given: each B fragment (B rows in shared memory) feeds MT products.
+template <int MT, int NT>
+__device__ __forceinline__ void s2_mma_abt_step(float (&c)[MT][NT][4], const unsigned (&af)[MT][4],
+                                                const s2_elem *b, int kk, int lane)
+{
+#pragma unroll
+    for (int j = 0; j < NT; j += 2) {
+        unsigned b0, b1, b2, b3;
+        s2_ldmatrix_x4(b0, b1, b2, b3,
+                       b + (j * 8 + (lane % 8) + (lane / 16) * 8) * S2_LD + kk * 16 + ((lane / 8) % 2) * 8);
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+            s2_mma(c[mt][j], af[mt], b0, b1);
+            s2_mma(c[mt][j + 1], af[mt], b2, b3);
+        }
+    }
+}
+
 // c[MT][16 x 8NT] += A[MT][16 x d] B[8NT x d]^T: MT strips of 16 rows with their A fragments
 // in registers, B rows in shared memory. Each B fragment feeds MT products: more strips per
 // warp, less shared-memory traffic per flop.
@@ -43,18 +62,15 @@ __device__ __forceinline__ void s2_mma_abt(float (&c)[MT][NT][4],
                                            const s2_elem *b, int lane)
 {
 #pragma unroll
-    for (int kk = 0; kk < S2_KSTEPS; kk++)
+    for (int kk = 0; kk < S2_KSTEPS; kk++) {
+        unsigned af[MT][4];
 #pragma unroll
-        for (int j = 0; j < NT; j += 2) {
-            unsigned b0, b1, b2, b3;
-            s2_ldmatrix_x4(b0, b1, b2, b3,
-                           b + (j * 8 + (lane % 8) + (lane / 16) * 8) * S2_LD + kk * 16 + ((lane / 8) % 2) * 8);
+        for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-            for (int mt = 0; mt < MT; mt++) {
-                s2_mma(c[mt][j], a[mt][kk], b0, b1);
-                s2_mma(c[mt][j + 1], a[mt][kk], b2, b3);
-            }
-        }
+            for (int i = 0; i < 4; i++)
+                af[mt][i] = a[mt][kk][i];
+        s2_mma_abt_step(c, af, b, kk, lane);
+    }
 }
 
 // The same with the MT strips' A fragments read from shared memory step by step (rows
@@ -70,17 +86,7 @@ __device__ __forceinline__ void s2_mma_abt_smem(float (&c)[MT][NT][4], const s2_
         for (int mt = 0; mt < MT; mt++)
             s2_ldmatrix_x4(af[mt][0], af[mt][1], af[mt][2], af[mt][3],
                            a + (16 * mt + (lane % 8) + ((lane / 8) % 2) * 8) * S2_LD + kk * 16 + (lane / 16) * 8);
-#pragma unroll
-        for (int j = 0; j < NT; j += 2) {
-            unsigned b0, b1, b2, b3;
-            s2_ldmatrix_x4(b0, b1, b2, b3,
-                           b + (j * 8 + (lane % 8) + (lane / 16) * 8) * S2_LD + kk * 16 + ((lane / 8) % 2) * 8);
-#pragma unroll
-            for (int mt = 0; mt < MT; mt++) {
-                s2_mma(c[mt][j], af[mt], b0, b1);
-                s2_mma(c[mt][j + 1], af[mt], b2, b3);
-            }
-        }
+        s2_mma_abt_step(c, af, b, kk, lane);
     }
 }
 
