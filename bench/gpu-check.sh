@@ -247,7 +247,9 @@ smsp__average_warp_latency_issue_stalled_short_scoreboard,\
 smsp__average_warp_latency_issue_stalled_math_pipe_throttle,\
 smsp__average_warp_latency_issue_stalled_mio_throttle,\
 smsp__average_warp_latency_issue_stalled_wait,\
-smsp__inst_executed.sum,launch__registers_per_thread,launch__occupancy_limit_registers
+smsp__inst_executed.sum,launch__registers_per_thread,launch__occupancy_limit_registers,\
+lts__t_sectors_op_red.sum,lts__throughput.avg.pct_of_peak_sustained_elapsed,\
+dram__throughput.avg.pct_of_peak_sustained_elapsed
 ncu --target-processes all -k regex:'^s2_attn' --launch-skip 0 --launch-count 8 \
   --metrics "$metrics" --csv --page raw \
   "$BIN/s2lora" bench attn specs/llama2-7b-32k.yaml --seqlens 16384 --no-peers --reps 1 \

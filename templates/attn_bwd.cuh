@@ -273,7 +273,7 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
                     const int x = x0 + col, y = key0 + 8 * (e / 2);
                     live = x < n && s2_visible(x, y, cls);
                 }
-                const float p = live ? s2_exp2(fmaf(s[0][j][e], S2_SCALE_LOG2, -slse[col])) : 0.f;
+                const float p = live ? s2_exp2(fmaf(s[0][j][e], S2_SCALE_LOG2, -slse[col] * S2_LOG2E)) : 0.f;
                 s[0][j][e] = p;                             // P^T
                 dp[0][j][e] = p * (dp[0][j][e] - sdl[col]); // dS^T
             }

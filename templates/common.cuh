@@ -109,17 +109,6 @@ __device__ __forceinline__ void s2_lse_delta(const float *lse, const float *delt
     dlt = x < n ? delta[(long)h * total_tokens + tok] : 0.f;
 }
 
-// The same for queries x0 .. x0 + BN into dst[0, BN) and dst[BN, 2 BN), the block sharing the
-// work (the dK/dV kernels stream them beside each query tile).
-template <int BN, int THREADS>
-__device__ __forceinline__ void s2_load_lse_delta(float *dst, const float *lse, const float *delta,
-                                                  int x0, int n, int seq0, int cls, int h,
-                                                  int total_tokens)
-{
-    for (int i = threadIdx.x; i < BN; i += THREADS)
-        s2_lse_delta(lse, delta, x0 + i, n, seq0, cls, h, total_tokens, dst[i], dst[BN + i]);
-}
-
 // Dot product of two shared rows, fp32.
 __device__ __forceinline__ float s2_dot_rows(const s2_elem *a, const s2_elem *b)
 {

@@ -22,6 +22,12 @@ __device__ __forceinline__ void s2_cp_async16(void *dst, const void *src, bool v
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s2_smem_addr(dst)),
                  "l"(src), "r"(valid ? 16 : 0));
 }
+// 4 bytes global -> shared, asynchronously; valid false fills zero.
+__device__ __forceinline__ void s2_cp_async4(void *dst, const void *src, bool valid)
+{
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(s2_smem_addr(dst)),
+                 "l"(src), "r"(valid ? 4 : 0));
+}
 __device__ __forceinline__ void s2_cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
 template <int N> __device__ __forceinline__ void s2_cp_async_wait()
 {

@@ -1,5 +1,6 @@
 // templates/mma_strip.cuh — the attention units' warp-level products over 16-row strips of
-// S2_HEAD_DIM columns, on mma.cuh's primitives (after common.cuh and mma.cuh).
+// S2_HEAD_DIM columns, on mma.cuh's primitives (after common.cuh and mma.cuh), and the
+// backward's streamed per-query constants.
 
 // Rows [x0, x0 + rows) of one head, gathered by position, into shared [rows][ld] with
 // cp.async; rows at or past n are zero-filled.
@@ -157,5 +158,21 @@ __device__ __forceinline__ void s2_store_strip(s2_elem *out, int heads, int head
 #pragma unroll
         for (int i = 0; i < S2_ON; i++)
             row[i * 4 + t] = s2_pack2(acc[i][2 * hf] * scale, acc[i][2 * hf + 1] * scale);
+    }
+}
+
+// The backward's per-query constants of queries x0 .. x0 + BN of head h, as they are in memory
+// (lse in natural log, delta), into dst[0, BN) and dst[BN, 2 BN) by cp.async in the caller's
+// commit group (0 at or past n); the dK/dV kernels stream them beside each query tile.
+template <int BN, int THREADS>
+__device__ __forceinline__ void s2_load_lse_delta(float *dst, const float *lse, const float *delta,
+                                                  int x0, int n, int seq0, int cls, int h,
+                                                  int total_tokens)
+{
+    for (int i = threadIdx.x; i < 2 * BN; i += THREADS) {
+        const int x = x0 + i % BN;
+        const bool valid = x < n;
+        const long at = (long)h * total_tokens + seq0 + (valid ? s2_position(x, cls, n) : 0);
+        s2_cp_async4(dst + i, (i < BN ? lse : delta) + at, valid);
     }
 }

@@ -13,19 +13,36 @@
 //     byte offset), k16 steps 2048 bytes apart.
 
 // Rows [x0, x0 + ROWS) of one head, gathered by position, into the swizzled panel layout
-// (panel p at dst + p * ROWS * 64 elements); rows at or past n are zero-filled.
+// (panel p at dst + p * ROWS * 64 elements); rows at or past n are zero-filled. Thread i
+// copies 16-byte chunk i % CHUNKS of rows i / CHUNKS + k * RSTEP, k = 0, 1, ... (RSTEP a
+// multiple of 8, so every row of a thread has the same swizzle). Where the tile's rows lie
+// inside the sequence at consecutive positions (all but the tile holding the sequence end or a
+// roll-mode wrap), a thread's rows are a fixed stride apart in memory: one address, then
+// constant offsets, instead of a position per row.
 template <int ROWS, int THREADS>
 __device__ __forceinline__ void s2_load_tile_sw(s2_elem *dst, const s2_elem *src, int seq0, int x0,
                                                 int n, int cls, int heads, int head)
 {
     constexpr int CHUNKS = S2_HEAD_DIM / 8;
-    for (int i = threadIdx.x; i < ROWS * CHUNKS; i += THREADS) {
-        const int r = i / CHUNKS, c = i % CHUNKS;
-        const int x = x0 + r;
+    constexpr int RSTEP = THREADS / CHUNKS;
+    static_assert(THREADS % CHUNKS == 0 && RSTEP % 8 == 0 && ROWS % RSTEP == 0,
+                  "s2_load_tile_sw: each thread's rows must share one swizzle");
+    const int r0 = threadIdx.x / CHUNKS, c = threadIdx.x % CHUNKS;
+    s2_elem *d0 = dst + (c / 8) * (ROWS * 64) + r0 * 64 + (((c % 8) ^ (r0 % 8)) * 8);
+    const int p0 = x0 < n ? s2_position(x0, cls, n) : 0;
+    if (x0 + ROWS <= n && p0 + ROWS <= n) {
+        const s2_elem *s0 = src + ((long)(seq0 + p0 + r0) * heads + head) * S2_HEAD_DIM + c * 8;
+#pragma unroll
+        for (int k = 0; k < ROWS / RSTEP; k++)
+            s2_cp_async16(d0 + k * RSTEP * 64, s0 + (long)k * RSTEP * heads * S2_HEAD_DIM, true);
+        return;
+    }
+#pragma unroll
+    for (int k = 0; k < ROWS / RSTEP; k++) {
+        const int x = x0 + r0 + k * RSTEP;
         const bool valid = x < n;
         const long tok = seq0 + (valid ? s2_position(x, cls, n) : 0);
-        s2_elem *d = dst + (c / 8) * (ROWS * 64) + r * 64 + (((c % 8) ^ (r % 8)) * 8);
-        s2_cp_async16(d, src + (tok * heads + head) * S2_HEAD_DIM + c * 8, valid);
+        s2_cp_async16(d0 + k * RSTEP * 64, src + (tok * heads + head) * S2_HEAD_DIM + c * 8, valid);
     }
 }
 
