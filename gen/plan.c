@@ -164,6 +164,10 @@ static s2_status check_fwd_wgmma(const s2_attn_tile *t, int d, const char *arch,
                             "tile: fwd_wgmma = 1 with fwd_warps %d, fwd_strips %d, fwd_block_n %d; "
                             "valid: fwd_warps 4 or 8, fwd_strips 1, fwd_block_n 64 or 128",
                             t->fwd_warps, t->fwd_strips, t->fwd_block_n);
+    if (t->fwd_stages < 2) /* a step's S runs beside the P V of the step before: two tiles live */
+        return s2_error_set(err, S2_ERR_INVALID,
+                            "tile: fwd_wgmma = 1 with fwd_stages %d: valid 2..4 (each step reads "
+                            "the tile before it too)", t->fwd_stages);
     return S2_OK;
 }
 
@@ -249,6 +253,10 @@ static s2_status check_bwd_wgmma(const s2_attn_tile *t, int d, const char *arch,
                             "%d; valid: bwd_warps 4 or 8, bwd_block_n 64 (or 128 with head_dim "
                             "64 and bwd_atomic_dq 0)", t->bwd_warps, t->bwd_block_n,
                             t->bwd_atomic_dq);
+    if (t->bwd_stages < 2) /* the dQ kernel's step reads the key tile before it too */
+        return s2_error_set(err, S2_ERR_INVALID,
+                            "tile: bwd_wgmma = 1 with bwd_stages %d: valid 2..4 (each dQ step "
+                            "reads the key tile before it too)", t->bwd_stages);
     return S2_OK;
 }
 

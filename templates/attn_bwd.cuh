@@ -213,11 +213,14 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
     s2_load_tile_async<S2_BWD_BM, S2_BWD_THREADS>(sk, S2_LD, k, seq0, y0, n, cls, S2_NUM_KV_HEADS, hk);
     s2_load_tile_async<S2_BWD_BM, S2_BWD_THREADS>(sv, S2_LD, v, seq0, y0, n, cls, S2_NUM_KV_HEADS, hk);
 
-    // Streams (head, query tile) pair it into stage st: Q and dO rows by cp.async, lse·log2e and
-    // delta by plain loads (read only after the barrier that follows the wait).
-    auto load_tile = [&](int it, int st) {
-        const int h = hk * rep + it / n_qt;
-        const int x0 = (qt_begin + it % n_qt) * S2_BWD_BN;
+    // Streams the next (head, query tile) pair into stage st: Q and dO rows, lse and delta, all
+    // by cp.async. The pairs in walk order, (head offset, tile) = (it / n_qt, it % n_qt),
+    // followed by counters: a division a step costs more than the rest of a step's integer work.
+    int ld_h = hk * rep, ld_qt = qt_begin; // the next pair to load
+    auto load_tile = [&](int st) {
+        const int h = ld_h, x0 = ld_qt * S2_BWD_BN;
+        if (++ld_qt == qt_begin + n_qt)
+            ld_qt = qt_begin, ld_h++;
         s2_elem *dst = sqd + 2 * st * qd_stride;
         s2_load_tile_async<S2_BWD_BN, S2_BWD_THREADS>(dst, S2_LD, q, seq0, x0, n, cls, S2_NUM_HEADS, h);
         s2_load_tile_async<S2_BWD_BN, S2_BWD_THREADS>(dst + qd_stride, S2_LD, dout, seq0, x0, n, cls, S2_NUM_HEADS, h);
@@ -227,7 +230,7 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
 #pragma unroll
     for (int s = 0; s < S2_BWD_STAGES - 1; s++) {
         if (s < n_it)
-            load_tile(s, s);
+            load_tile(s);
         s2_cp_async_commit();
     }
 
@@ -238,11 +241,14 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
         for (int e = 0; e < 4; e++)
             adk[0][i][e] = adv[0][i][e] = 0.f;
 
+    int cur_h = hk * rep, cur_qt = qt_begin - 1; // this step's pair
     for (int it = 0; it < n_it; it++) {
+        if (++cur_qt == qt_begin + n_qt)
+            cur_qt = qt_begin, cur_h++;
         {
             const int nx = it + S2_BWD_STAGES - 1;
             if (nx < n_it)
-                load_tile(nx, nx % S2_BWD_STAGES);
+                load_tile(nx % S2_BWD_STAGES);
             s2_cp_async_commit();
             s2_cp_async_wait<S2_BWD_STAGES - 1>();
             __syncthreads();
@@ -250,7 +256,7 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
         const int st = it % S2_BWD_STAGES;
         const s2_elem *sq = sqd + 2 * st * qd_stride, *sdo = sq + qd_stride;
         const float *slse = sl + (2 * st) * S2_BWD_BN, *sdl = slse + S2_BWD_BN;
-        const int x0 = (qt_begin + it % n_qt) * S2_BWD_BN;
+        const int x0 = cur_qt * S2_BWD_BN;
 
         float s[1][S2_BNT][4], dp[1][S2_BNT][4]; // rows: this warp's keys; columns: the queries
 #pragma unroll
@@ -280,7 +286,7 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
         s2_mma_pb(adv, s, sdo, lane); // dV += P^T dO
         s2_mma_pb(adk, dp, sq, lane); // dK += dS^T Q
 #if S2_BWD_ATOMIC_DQ
-        s2_dq_atomic(sds, dp[0], sk, dq_acc, hk * rep + it / n_qt, x0, n, seq0, cls, warp, lane);
+        s2_dq_atomic(sds, dp[0], sk, dq_acc, cur_h, x0, n, seq0, cls, warp, lane);
 #endif
         __syncthreads();
     }

@@ -4,7 +4,8 @@
 // wgmma.cuh, and none needs a transpose in shared memory:
 //   s2_attn_bwd_dq    per warpgroup 64 query rows: S = Q K^T and dP = dO V^T (both operands
 //                     K-major), dS = P ∘ (dP - delta) in registers, dQ += dS K (dS as the
-//                     register A fragment, K read MN-major);
+//                     register A fragment, K read MN-major), issued behind the next step's S
+//                     and dP so it runs while that step's dS is formed;
 //   s2_attn_bwd_dkdv  per warpgroup 64 key rows: S^T = K Q^T and dP^T = V dO^T (K-major),
 //                     P^T and dS^T in registers (lse and delta per column from shared memory),
 //                     dV += P^T dO and dK += dS^T Q (dO and Q read MN-major).
@@ -68,15 +69,22 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
     const int kt_end = xlast / S2_BWD_BN + 1;
     const int row0 = x0 + wg * 64 + warp * 16 + lane / 4;
 
+    // Key tile j of the walk into stage j % STAGES, this thread's share.
+    auto load_kv = [&](int j) {
+        s2_elem *dk = skv + 2 * (j % S2_BWD_STAGES) * kv_stride;
+        s2_load_tile_sw<S2_BWD_BN, S2_BWD_THREADS>(dk, k, seq0, (kt_begin + j) * S2_BWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
+        s2_load_tile_sw<S2_BWD_BN, S2_BWD_THREADS>(dk + kv_stride, v, seq0, (kt_begin + j) * S2_BWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
+    };
+    const int n_kt = kt_end - kt_begin;
+    // As in the forward: step j's S and dP run beside dQ += dS K of step j - 1, which reads
+    // K of tile j - 1, so tiles are loaded AHEAD = STAGES - 2 steps ahead.
+    constexpr int AHEAD = S2_BWD_STAGES - 2;
     s2_load_tile_sw<S2_BWD_BM, S2_BWD_THREADS>(sq, q, seq0, x0, n, cls, S2_NUM_HEADS, h);
     s2_load_tile_sw<S2_BWD_BM, S2_BWD_THREADS>(sdo, dout, seq0, x0, n, cls, S2_NUM_HEADS, h);
 #pragma unroll
-    for (int s = 0; s < S2_BWD_STAGES - 1; s++) {
-        if (kt_begin + s < kt_end) {
-            s2_elem *dk = skv + 2 * s * kv_stride;
-            s2_load_tile_sw<S2_BWD_BN, S2_BWD_THREADS>(dk, k, seq0, (kt_begin + s) * S2_BWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
-            s2_load_tile_sw<S2_BWD_BN, S2_BWD_THREADS>(dk + kv_stride, v, seq0, (kt_begin + s) * S2_BWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
-        }
+    for (int s = 0; s < AHEAD; s++) {
+        if (s < n_kt)
+            load_kv(s);
         s2_cp_async_commit();
     }
 
@@ -88,25 +96,22 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
 #pragma unroll
     for (int i = 0; i < S2_OACC; i++)
         acc[i] = 0.f;
+    unsigned a[S2_BWD_BN / 16][4]; // dS of the step before, as the A fragments of dQ += dS K
 
-    for (int kt = kt_begin; kt < kt_end; kt++) {
-        const int it = kt - kt_begin;
+    for (int it = 0; it < n_kt; it++) {
         {
-            // One barrier a step (two with one stage): after it, tile it has landed for every
-            // thread and every thread is done with tile it - 1, whose stage is reloaded.
-#if S2_BWD_STAGES >= 2
-            s2_cp_async_wait<S2_BWD_STAGES - 2>();
+            // as in the forward: tile it landed, every thread done with tile it - 2
+#if S2_BWD_STAGES >= 3
+            s2_cp_async_wait<AHEAD - 1>();
             s2_fence_proxy_async();
             __syncthreads();
-#endif
-            const int nx = it + S2_BWD_STAGES - 1;
-            if (kt_begin + nx < kt_end) {
-                s2_elem *dk = skv + 2 * (nx % S2_BWD_STAGES) * kv_stride;
-                s2_load_tile_sw<S2_BWD_BN, S2_BWD_THREADS>(dk, k, seq0, (kt_begin + nx) * S2_BWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
-                s2_load_tile_sw<S2_BWD_BN, S2_BWD_THREADS>(dk + kv_stride, v, seq0, (kt_begin + nx) * S2_BWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
-            }
+            if (it + AHEAD < n_kt)
+                load_kv(it + AHEAD);
             s2_cp_async_commit();
-#if S2_BWD_STAGES == 1
+#else
+            __syncthreads();
+            load_kv(it);
+            s2_cp_async_commit();
             s2_cp_async_wait<0>();
             s2_fence_proxy_async();
             __syncthreads();
@@ -115,44 +120,55 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
         const s2_elem *sk = skv + 2 * (it % S2_BWD_STAGES) * kv_stride;
         const s2_elem *sv = sk + kv_stride;
 
+        // S = Q K^T and dP = dO V^T, then dQ += dS K of the step before behind them; wait for
+        // S and dP only
         float s[S2_SACC], dp[S2_SACC];
-        s2_wgmma_pair(s, dp, sq, sk, sdo, sv, wg * 64); // S = Q K^T, dP = dO V^T
-
-        // dS = P ∘ (dP - delta) sixteen keys at a time, straight into the A fragments; each
-        // k16 step of dQ += dS K is issued as soon as its fragment is formed (s and dp are not
-        // written while a product is in flight)
-        const int y0 = kt * S2_BWD_BN;
-        const bool masked = s2_tile_needs_mask(x0, gs_last, y0, n, S2_BWD_BN);
-        unsigned a[S2_BWD_BN / 16][4];
+#pragma unroll
+        for (int i = 0; i < S2_SACC; i++)
+            s[i] = dp[i] = 0.f;
+        s2_fence_regs(s);
+        s2_fence_regs(dp);
         s2_fence_regs(acc);
-#pragma unroll
-        for (int kk = 0; kk < S2_BWD_BN / 16; kk++) {
-#pragma unroll
-            for (int r = 0; r < 4; r++) { // a[kk][r]: n8 chunk 2kk + r / 2, row half r % 2
-                const int hf = r % 2;
-                float ds[2];
-#pragma unroll
-                for (int e = 0; e < 2; e++) {
-                    const int i = 8 * kk + 2 * r + e;
-                    bool live = true;
-                    if (masked) {
-                        const int x = row0 + 8 * hf, y = y0 + (2 * kk + r / 2) * 8 + 2 * t + e;
-                        live = y < n && s2_visible(x, y, cls);
-                    }
-                    const float p = live ? s2_exp2(fmaf(s[i], S2_SCALE_LOG2, -lse2[hf])) : 0.f;
-                    ds[e] = p * (dp[i] - dlt[hf]);
-                }
-                a[kk][r] = s2_pack2(ds[0], ds[1]);
-            }
-            s2_wgmma_fence();
-            s2_wgmma_pv(acc, a[kk], s2_desc_mn<S2_BWD_BN>(sk, kk)); // dQ += dS K
+        s2_wgmma_fence();
+        s2_wgmma_xyt<S2_BWD_BM, S2_BWD_BN>(s, sq, wg * 64, sk);
+        s2_wgmma_xyt<S2_BWD_BM, S2_BWD_BN>(dp, sdo, wg * 64, sv);
+        s2_wgmma_commit();
+        if (it > 0) {
+            s2_wgmma_py<S2_BWD_BN>(acc, a, skv + 2 * ((it - 1) % S2_BWD_STAGES) * kv_stride);
+            s2_wgmma_commit();
+            asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+        } else {
+            s2_wgmma_wait0();
         }
+        s2_fence_regs(s);
+        s2_fence_regs(dp);
+
+        // dS = P ∘ (dP - delta) in place of S; packed into the fragments once the product of
+        // the step before is done with them
+        const int y0 = (kt_begin + it) * S2_BWD_BN;
+        const bool masked = s2_tile_needs_mask(x0, gs_last, y0, n, S2_BWD_BN);
+#pragma unroll
+        for (int i = 0; i < S2_SACC; i++) { // n8 chunk i / 4, row half (i / 2) % 2
+            const int hf = (i / 2) % 2;
+            bool live = true;
+            if (masked) {
+                const int x = row0 + 8 * hf, y = y0 + (i / 4) * 8 + 2 * t + i % 2;
+                live = y < n && s2_visible(x, y, cls);
+            }
+            const float p = live ? s2_exp2(fmaf(s[i], S2_SCALE_LOG2, -lse2[hf])) : 0.f;
+            s[i] = p * (dp[i] - dlt[hf]);
+        }
+        s2_wgmma_wait0();
+        s2_fence_regs(acc);
+        s2_acc_to_afrag<S2_BWD_BN / 8>(s, a);
+    }
+    if (n_kt > 0) { // the last step's dQ += dS K
+        s2_fence_regs(acc);
+        s2_wgmma_fence();
+        s2_wgmma_py<S2_BWD_BN>(acc, a, skv + 2 * ((n_kt - 1) % S2_BWD_STAGES) * kv_stride);
         s2_wgmma_commit();
         s2_wgmma_wait0();
         s2_fence_regs(acc);
-#if S2_BWD_STAGES == 1
-        __syncthreads(); // the one stage is reloaded at the top of the next step
-#endif
     }
     s2_cp_async_wait<0>();
     s2_store_strip(dq, S2_NUM_HEADS, h, *reinterpret_cast<const float(*)[S2_ON][4]>(acc),
@@ -257,9 +273,13 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
     s2_load_tile_sw<S2_BWD_BM, S2_BWD_THREADS>(sk, k, seq0, y0, n, cls, S2_NUM_KV_HEADS, hk);
     s2_load_tile_sw<S2_BWD_BM, S2_BWD_THREADS>(sv, v, seq0, y0, n, cls, S2_NUM_KV_HEADS, hk);
 
-    auto load_tile = [&](int it, int st) {
-        const int h = hk * rep + it / n_qt;
-        const int x0 = (qt_begin + it % n_qt) * S2_BWD_BN;
+    // The pairs in walk order, (head offset, tile) = (it / n_qt, it % n_qt), followed by
+    // counters: a division a step costs more than the rest of a step's integer work.
+    int ld_h = hk * rep, ld_qt = qt_begin; // the next pair to load
+    auto load_tile = [&](int st) {
+        const int h = ld_h, x0 = ld_qt * S2_BWD_BN;
+        if (++ld_qt == qt_begin + n_qt)
+            ld_qt = qt_begin, ld_h++;
         s2_elem *dst = sqd + 2 * st * qd_stride;
         s2_load_tile_sw<S2_BWD_BN, S2_BWD_THREADS>(dst, q, seq0, x0, n, cls, S2_NUM_HEADS, h);
         s2_load_tile_sw<S2_BWD_BN, S2_BWD_THREADS>(dst + qd_stride, dout, seq0, x0, n, cls, S2_NUM_HEADS, h);
@@ -269,7 +289,7 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
 #pragma unroll
     for (int s = 0; s < S2_BWD_STAGES - 1; s++) {
         if (s < n_it)
-            load_tile(s, s);
+            load_tile(s);
         s2_cp_async_commit();
     }
 
@@ -278,7 +298,10 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
     for (int i = 0; i < S2_OACC; i++)
         adk[i] = adv[i] = 0.f;
 
+    int cur_h = hk * rep, cur_qt = qt_begin - 1; // this step's pair
     for (int it = 0; it < n_it; it++) {
+        if (++cur_qt == qt_begin + n_qt)
+            cur_qt = qt_begin, cur_h++;
         {
             // One barrier a step (two with one stage), as in s2_attn_bwd_dq; with
             // S2_BWD_ATOMIC_DQ it also orders the staged dS^T's reuse.
@@ -289,7 +312,7 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
 #endif
             const int nx = it + S2_BWD_STAGES - 1;
             if (nx < n_it)
-                load_tile(nx, nx % S2_BWD_STAGES);
+                load_tile(nx % S2_BWD_STAGES);
             s2_cp_async_commit();
 #if S2_BWD_STAGES == 1
             s2_cp_async_wait<0>();
@@ -300,7 +323,7 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
         const int st = it % S2_BWD_STAGES;
         const s2_elem *sq = sqd + 2 * st * qd_stride, *sdo = sq + qd_stride;
         const float *slse = sl + (2 * st) * S2_BWD_BN, *sdl = slse + S2_BWD_BN;
-        const int x0 = (qt_begin + it % n_qt) * S2_BWD_BN;
+        const int x0 = cur_qt * S2_BWD_BN;
 
         float s[S2_SACC], dp[S2_SACC]; // rows: this warpgroup's keys; columns: the queries
         s2_wgmma_pair(s, dp, sk, sq, sv, sdo, wg * 64); // S^T = K Q^T, dP^T = V dO^T
@@ -355,7 +378,7 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
 #if S2_BWD_ATOMIC_DQ
         s2_fence_proxy_async(); // the staged dS^T, written by every warpgroup, then read by wgmma
         __syncthreads();
-        s2_dq_atomic_wg(sds, sk, dq_acc, hk * rep + it / n_qt, x0, n, seq0, cls, wg, warp, lane);
+        s2_dq_atomic_wg(sds, sk, dq_acc, cur_h, x0, n, seq0, cls, wg, warp, lane);
 #endif
 #if S2_BWD_STAGES == 1
         __syncthreads(); // the one stage is reloaded at the top of the next step
