@@ -164,10 +164,6 @@ static s2_status check_fwd_wgmma(const s2_attn_tile *t, int d, const char *arch,
                             "tile: fwd_wgmma = 1 with fwd_warps %d, fwd_strips %d, fwd_block_n %d; "
                             "valid: fwd_warps 4 or 8, fwd_strips 1, fwd_block_n 64 or 128",
                             t->fwd_warps, t->fwd_strips, t->fwd_block_n);
-    if (t->fwd_stages < 2) /* a step's S runs beside the P V of the step before: two tiles live */
-        return s2_error_set(err, S2_ERR_INVALID,
-                            "tile: fwd_wgmma = 1 with fwd_stages %d: valid 2..4 (each step reads "
-                            "the tile before it too)", t->fwd_stages);
     return S2_OK;
 }
 
@@ -246,13 +242,12 @@ static s2_status check_bwd_wgmma(const s2_attn_tile *t, int d, const char *arch,
     if (d != 64 && d != 128)
         return s2_error_set(err, S2_ERR_INVALID,
                             "tile: bwd_wgmma = 1 with head_dim %d: valid with 64 and 128", d);
-    if ((t->bwd_warps != 4 && t->bwd_warps != 8) ||
-        (t->bwd_block_n != 64 && !(d == 64 && t->bwd_block_n == 128 && !t->bwd_atomic_dq)))
+    /* (128-wide tiles spill: a step holds S and dP of its tile beside the fragments of the
+     * step before, whose products run behind them) */
+    if ((t->bwd_warps != 4 && t->bwd_warps != 8) || t->bwd_block_n != 64)
         return s2_error_set(err, S2_ERR_INVALID,
-                            "tile: bwd_wgmma = 1 with bwd_warps %d, bwd_block_n %d, bwd_atomic_dq "
-                            "%d; valid: bwd_warps 4 or 8, bwd_block_n 64 (or 128 with head_dim "
-                            "64 and bwd_atomic_dq 0)", t->bwd_warps, t->bwd_block_n,
-                            t->bwd_atomic_dq);
+                            "tile: bwd_wgmma = 1 with bwd_warps %d, bwd_block_n %d; valid: "
+                            "bwd_warps 4 or 8, bwd_block_n 64", t->bwd_warps, t->bwd_block_n);
     if (t->bwd_stages < 2) /* the dQ kernel's step reads the key tile before it too */
         return s2_error_set(err, S2_ERR_INVALID,
                             "tile: bwd_wgmma = 1 with bwd_stages %d: valid 2..4 (each dQ step "
@@ -268,7 +263,7 @@ static s2_status check_bwd_tile(const s2_attn_tile *t, int d, int limit, const c
         return wst;
     if (t->bwd_warps < 1 || t->bwd_warps > 8)
         return s2_error_set(err, S2_ERR_INVALID, "tile: bwd_warps = %d, valid 1..8", t->bwd_warps);
-    if (t->bwd_block_n != 32 && t->bwd_block_n != 64 && !(t->bwd_wgmma && t->bwd_block_n == 128))
+    if (t->bwd_block_n != 32 && t->bwd_block_n != 64)
         return s2_error_set(err, S2_ERR_INVALID, "tile: bwd_block_n = %d, valid: 32, 64",
                             t->bwd_block_n);
     if (t->bwd_stages < 1 || t->bwd_stages > 4)
@@ -368,7 +363,7 @@ s2_status s2_plan_attn(const s2_spec *spec, const char *arch, const s2_attn_tile
 static const int warp_counts[] = {1, 2, 4, 8};
 static const int strip_counts[] = {1, 2};
 static const int fwd_widths[] = {32, 64, 128};
-static const int bwd_widths[] = {32, 64, 128};
+static const int bwd_widths[] = {32, 64};
 static const int stage_counts[] = {1, 2, 3, 4};
 static const int wgmma_modes[] = {0, 1};
 #define COUNT(a) ((int)(sizeof(a) / sizeof((a)[0])))

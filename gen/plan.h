@@ -34,8 +34,7 @@ typedef struct s2_attn_tile {
     int bwd_block_n; /* backward: keys (dQ) or queries (dK/dV) per streamed tile: 32 or 64 */
     int bwd_stages;  /* backward: streamed tiles in flight: 1..4 */
     int bwd_wgmma;     /* backward: 1 = Hopper warpgroup products (sm_90a, head_dim 64 or 128):
-                          bwd_warps 4 or 8, bwd_block_n 64 (or 128 with head_dim 64 and
-                          bwd_atomic_dq 0); 0 = mma.sync */
+                          bwd_warps 4 or 8, bwd_block_n 64, bwd_stages 2..4; 0 = mma.sync */
     int bwd_atomic_dq; /* backward: 0 = a separate dQ kernel, deterministic; 1 = the dK/dV
                           kernel also adds dQ into an fp32 accumulator with atomics (two
                           fewer products per tile pair, run-to-run order not fixed) */

@@ -286,6 +286,115 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
         s2_load_lse_delta<S2_BWD_BN, S2_BWD_THREADS>(sl + 2 * st * S2_BWD_BN, lse, delta, x0, n,
                                                      seq0, cls, h, total_tokens);
     };
+#if !S2_BWD_ATOMIC_DQ
+    // As in s2_attn_bwd_dq: step j's S^T and dP^T run beside dV += P^T dO and dK += dS^T Q of
+    // step j - 1, which read Q and dO of tile j - 1, so tiles are loaded AHEAD = STAGES - 2
+    // steps ahead.
+    constexpr int AHEAD = S2_BWD_STAGES - 2;
+#pragma unroll
+    for (int s = 0; s < AHEAD; s++) {
+        if (s < n_it)
+            load_tile(s);
+        s2_cp_async_commit();
+    }
+
+    float adk[S2_OACC], adv[S2_OACC];
+#pragma unroll
+    for (int i = 0; i < S2_OACC; i++)
+        adk[i] = adv[i] = 0.f;
+    // P^T and dS^T of the step before, as the A fragments of its dV and dK products
+    unsigned pa[S2_BWD_BN / 16][4], da[S2_BWD_BN / 16][4];
+
+    int cur_qt = qt_begin - 1; // this step's query tile
+    for (int it = 0; it < n_it; it++) {
+        if (++cur_qt == qt_begin + n_qt)
+            cur_qt = qt_begin;
+        {
+            // as in s2_attn_bwd_dq: tile it landed, every thread done with tile it - 2
+#if S2_BWD_STAGES >= 3
+            s2_cp_async_wait<AHEAD - 1>();
+            s2_fence_proxy_async();
+            __syncthreads();
+            if (it + AHEAD < n_it)
+                load_tile((it + AHEAD) % S2_BWD_STAGES);
+            s2_cp_async_commit();
+#else
+            __syncthreads();
+            load_tile(it % S2_BWD_STAGES);
+            s2_cp_async_commit();
+            s2_cp_async_wait<0>();
+            s2_fence_proxy_async();
+            __syncthreads();
+#endif
+        }
+        const int st = it % S2_BWD_STAGES;
+        const s2_elem *sq = sqd + 2 * st * qd_stride, *sdo = sq + qd_stride;
+        const float *slse = sl + (2 * st) * S2_BWD_BN, *sdl = slse + S2_BWD_BN;
+        const int x0 = cur_qt * S2_BWD_BN;
+
+        // S^T = K Q^T and dP^T = V dO^T, then the step before's dV += P^T dO and dK += dS^T Q
+        // behind them; wait for S^T and dP^T only
+        float s[S2_SACC], dp[S2_SACC]; // rows: this warpgroup's keys; columns: the queries
+#pragma unroll
+        for (int i = 0; i < S2_SACC; i++)
+            s[i] = dp[i] = 0.f;
+        s2_fence_regs(s);
+        s2_fence_regs(dp);
+        s2_fence_regs(adv);
+        s2_fence_regs(adk);
+        s2_wgmma_fence();
+        s2_wgmma_xyt<S2_BWD_BM, S2_BWD_BN>(s, sk, wg * 64, sq);
+        s2_wgmma_xyt<S2_BWD_BM, S2_BWD_BN>(dp, sv, wg * 64, sdo);
+        s2_wgmma_commit();
+        if (it > 0) {
+            const s2_elem *pq = sqd + 2 * ((it - 1) % S2_BWD_STAGES) * qd_stride;
+            s2_wgmma_py<S2_BWD_BN>(adv, pa, pq + qd_stride); // dV += P^T dO
+            s2_wgmma_py<S2_BWD_BN>(adk, da, pq);             // dK += dS^T Q
+            s2_wgmma_commit();
+            asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+        } else {
+            s2_wgmma_wait0();
+        }
+        s2_fence_regs(s);
+        s2_fence_regs(dp);
+
+        // P^T and dS^T = P^T ∘ (dP^T - delta) in place of S^T and dP^T; packed into the
+        // fragments once the products of the step before are done with them
+        const bool masked = (S2_MASK_GROUP_EDGE && x0 + S2_BWD_BN > y_group_end) ||
+                            x0 < y0 + S2_BWD_BM - 1 || x0 + S2_BWD_BN > n;
+#pragma unroll
+        for (int j = 0; j < S2_BWD_BN / 8; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int col = j * 8 + 2 * t + (e % 2);
+                bool live = true;
+                if (masked) {
+                    const int x = x0 + col, y = key0 + 8 * (e / 2);
+                    live = x < n && s2_visible(x, y, cls);
+                }
+                const float p = live ? s2_exp2(fmaf(s[4 * j + e], S2_SCALE_LOG2, -slse[col] * S2_LOG2E)) : 0.f;
+                s[4 * j + e] = p;                                 // P^T
+                dp[4 * j + e] = p * (dp[4 * j + e] - sdl[col]); // dS^T
+            }
+        s2_wgmma_wait0();
+        s2_fence_regs(adv);
+        s2_fence_regs(adk);
+        s2_acc_to_afrag<S2_BWD_BN / 8>(s, pa);
+        s2_acc_to_afrag<S2_BWD_BN / 8>(dp, da);
+    }
+    if (n_it > 0) { // the last step's dV and dK products
+        const s2_elem *pq = sqd + 2 * ((n_it - 1) % S2_BWD_STAGES) * qd_stride;
+        s2_fence_regs(adv);
+        s2_fence_regs(adk);
+        s2_wgmma_fence();
+        s2_wgmma_py<S2_BWD_BN>(adv, pa, pq + qd_stride);
+        s2_wgmma_py<S2_BWD_BN>(adk, da, pq);
+        s2_wgmma_commit();
+        s2_wgmma_wait0();
+        s2_fence_regs(adv);
+        s2_fence_regs(adk);
+    }
+#else
 #pragma unroll
     for (int s = 0; s < S2_BWD_STAGES - 1; s++) {
         if (s < n_it)
@@ -303,8 +412,9 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
         if (++cur_qt == qt_begin + n_qt)
             cur_qt = qt_begin, cur_h++;
         {
-            // One barrier a step (two with one stage), as in s2_attn_bwd_dq; with
-            // S2_BWD_ATOMIC_DQ it also orders the staged dS^T's reuse.
+            // One barrier a step (two with one stage): after it, tile it has landed for every
+            // thread and every thread is done with tile it - 1 (whose stage is reloaded) and
+            // with the staged dS^T.
 #if S2_BWD_STAGES >= 2
             s2_cp_async_wait<S2_BWD_STAGES - 2>();
             s2_fence_proxy_async();
@@ -330,10 +440,8 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
 
         const bool masked = (S2_MASK_GROUP_EDGE && x0 + S2_BWD_BN > y_group_end) ||
                             x0 < y0 + S2_BWD_BM - 1 || x0 + S2_BWD_BN > n;
-        // P^T in place; dV += P^T dO issued, then dS^T = P^T ∘ (dP^T - delta) sixteen queries
-        // at a time straight into the A fragments, each k16 step of dK += dS^T Q issued as
-        // soon as its fragment is formed (s and dp are not written while a product is in
-        // flight)
+        // P^T in place; dV += P^T dO issued, then dS^T = P^T ∘ (dP^T - delta) into the A
+        // fragments, staged for the dQ product, and dK += dS^T Q
 #pragma unroll
         for (int j = 0; j < S2_BWD_BN / 8; j++)
 #pragma unroll
@@ -361,29 +469,22 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
                 da[kk][r] = s2_pack2(s[i] * (dp[i] - sdl[col]),
                                      s[i + 1] * (dp[i + 1] - sdl[col + 1]));
             }
-#if !S2_BWD_ATOMIC_DQ
-            s2_wgmma_fence();
-            s2_wgmma_pv(adk, da[kk], s2_desc_mn<S2_BWD_BN>(sq, kk)); // dK += dS^T Q
-#endif
         }
-#if S2_BWD_ATOMIC_DQ
         s2_stage_dst(sds, da, wg, warp, lane);
         s2_wgmma_fence();
         s2_wgmma_py<S2_BWD_BN>(adk, da, sq); // dK += dS^T Q
-#endif
         s2_wgmma_commit();
         s2_wgmma_wait0();
         s2_fence_regs(adv);
         s2_fence_regs(adk);
-#if S2_BWD_ATOMIC_DQ
         s2_fence_proxy_async(); // the staged dS^T, written by every warpgroup, then read by wgmma
         __syncthreads();
         s2_dq_atomic_wg(sds, sk, dq_acc, cur_h, x0, n, seq0, cls, wg, warp, lane);
-#endif
 #if S2_BWD_STAGES == 1
         __syncthreads(); // the one stage is reloaded at the top of the next step
 #endif
     }
+#endif
     s2_cp_async_wait<0>();
     s2_store_strip(dk, S2_NUM_KV_HEADS, hk, *reinterpret_cast<const float(*)[S2_ON][4]>(adk),
                    S2_SCALE, key0, n, seq0, cls, lane);

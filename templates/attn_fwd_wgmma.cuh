@@ -12,9 +12,6 @@
 //   O += P V:   m64 n(d) k16 steps over the BN keys, P from registers (the S accumulators,
 //               rounded to the storage type, are exactly the register A fragment), V from
 //               shared memory read transposed (MN-major: d is contiguous in V's rows).
-// Step j issues its S behind the O += P V of step j - 1 and waits only for S: the tensor cores
-// run the step before's P V while this step's softmax runs; O is rescaled and P packed once
-// that product is done. So a step reads two tiles (K of j, V of j - 1) and needs two stages.
 // cp.async fills shared memory through the generic proxy, wgmma reads it through the async
 // proxy: every thread fences its copies (fence.proxy.async) before the barrier that publishes
 // a tile. The emitter generates the wgmma wrappers for this tile's n (s2_wgmma_qk, s2_wgmma_pv);
@@ -54,23 +51,15 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
     const int kt_begin = s2_group_start(x0, cls) / S2_FWD_BN;
     const int kt_end = xlast / S2_FWD_BN + 1;
 
-    // Key tile j of the walk into stage j % STAGES, this thread's share.
-    auto load_kv = [&](int j) {
-        s2_elem *dk = skv + (2 * (j % S2_FWD_STAGES)) * kv_stride;
-        s2_load_tile_sw<S2_FWD_BN, S2_FWD_THREADS>(dk, k, seq0, (kt_begin + j) * S2_FWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
-        s2_load_tile_sw<S2_FWD_BN, S2_FWD_THREADS>(dk + kv_stride, v, seq0, (kt_begin + j) * S2_FWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
-    };
-    const int n_kt = kt_end - kt_begin;
-    // Step j reads V of tile j - 1 (its P V runs beside this step's S), so at the top of step j
-    // the stage of tile j - 2 is the one free: tiles are loaded AHEAD = STAGES - 2 steps ahead
-    // (with two stages, at the top of the step that uses them, behind a second barrier).
-    constexpr int AHEAD = S2_FWD_STAGES - 2;
     s2_load_tile_sw<S2_FWD_BM, S2_FWD_THREADS>(sq, q, seq0, x0, n, cls, S2_NUM_HEADS, h);
 #pragma unroll
-    for (int s = 0; s < AHEAD; s++) {
-        if (s < n_kt)
-            load_kv(s);
-        s2_cp_async_commit(); // (tile 0's group holds Q too)
+    for (int s = 0; s < S2_FWD_STAGES - 1; s++) {
+        if (kt_begin + s < kt_end) {
+            s2_elem *dk = skv + (2 * s) * kv_stride;
+            s2_load_tile_sw<S2_FWD_BN, S2_FWD_THREADS>(dk, k, seq0, (kt_begin + s) * S2_FWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
+            s2_load_tile_sw<S2_FWD_BN, S2_FWD_THREADS>(dk + kv_stride, v, seq0, (kt_begin + s) * S2_FWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
+        }
+        s2_cp_async_commit();
     }
 
     float acc[S2_OACC];
@@ -80,57 +69,46 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
     float m[2] = {S2_NEG_INF, S2_NEG_INF}, l[2] = {0.f, 0.f};
     // This thread's first row; its second is 8 below.
     const int row0 = x0 + wg * 64 + warp * 16 + lane / 4;
-    // P of the step before, as the register A fragments of its O += P V (the S accumulators of
-    // two adjacent n8 chunks, rounded, are one k16 step).
-    unsigned pa[S2_FWD_BN / 16][4];
 
-    for (int it = 0; it < n_kt; it++) {
+    for (int kt = kt_begin; kt < kt_end; kt++) {
+        const int it = kt - kt_begin;
         {
-            // After the (first) barrier tile it has landed for every thread and every thread
-            // is done with tile it - 2 (its P V waited for in step it - 1), whose stage is
-            // reloaded with tile it + AHEAD.
-#if S2_FWD_STAGES >= 3
-            s2_cp_async_wait<AHEAD - 1>();
+            // One barrier a step (two with one stage): after it, tile it has landed for every
+            // thread and every thread is done with tile it - 1, whose stage is reloaded.
+#if S2_FWD_STAGES >= 2
+            s2_cp_async_wait<S2_FWD_STAGES - 2>();
             s2_fence_proxy_async(); // this thread's copies, visible to wgmma after the barrier
             __syncthreads();
-            if (it + AHEAD < n_kt)
-                load_kv(it + AHEAD);
+#endif
+            const int nx = it + S2_FWD_STAGES - 1;
+            if (kt_begin + nx < kt_end) {
+                s2_elem *dk = skv + (2 * (nx % S2_FWD_STAGES)) * kv_stride;
+                s2_load_tile_sw<S2_FWD_BN, S2_FWD_THREADS>(dk, k, seq0, (kt_begin + nx) * S2_FWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
+                s2_load_tile_sw<S2_FWD_BN, S2_FWD_THREADS>(dk + kv_stride, v, seq0, (kt_begin + nx) * S2_FWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
+            }
             s2_cp_async_commit();
-#else
-            __syncthreads();
-            load_kv(it);
-            s2_cp_async_commit();
+#if S2_FWD_STAGES == 1
             s2_cp_async_wait<0>();
             s2_fence_proxy_async();
             __syncthreads();
 #endif
         }
         const s2_elem *sk = skv + (2 * (it % S2_FWD_STAGES)) * kv_stride;
+        const s2_elem *sv = sk + kv_stride;
 
-        // S = Q K^T (K-major operands, k16 steps of 32 bytes inside a 64-element panel), then
-        // O += P V of the step before behind it (V MN-major: the next 64 d-columns a panel,
-        // BN * 128 bytes, away, the next 8 keys 1024 bytes away): the tensor cores run that
-        // product while this step's softmax runs.
+        // S = Q K^T: K-major operands, k16 steps of 32 bytes inside a 64-element panel.
         float s[S2_SACC];
 #pragma unroll
         for (int i = 0; i < S2_SACC; i++)
             s[i] = 0.f; // overwritten by the first step (scale-d 0); defined for the compiler
         s2_fence_regs(s);
-        s2_fence_regs(acc);
         s2_wgmma_fence();
         s2_wgmma_xyt<S2_FWD_BM, S2_FWD_BN>(s, sq, wg * 64, sk);
         s2_wgmma_commit();
-        if (it > 0) {
-            const s2_elem *sv = skv + (2 * ((it - 1) % S2_FWD_STAGES) + 1) * kv_stride;
-            s2_wgmma_py<S2_FWD_BN>(acc, pa, sv);
-            s2_wgmma_commit();
-            asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory"); // S, not P V
-        } else {
-            s2_wgmma_wait0();
-        }
+        s2_wgmma_wait0();
         s2_fence_regs(s);
 
-        const int y0 = (kt_begin + it) * S2_FWD_BN;
+        const int y0 = kt * S2_FWD_BN;
         if (s2_tile_needs_mask(x0, gs_last, y0, n, S2_FWD_BN)) {
 #pragma unroll
             for (int j = 0; j < S2_FWD_BN / 8; j++)
@@ -143,9 +121,11 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
         }
 
         // The online softmax (exp2 domain, scale folded in), rows in quads as in attn_fwd.cuh:
-        // the row maxima, then P = exp2(S - m) in place; O is rescaled and P packed into the
-        // fragments once the P V of the step before has finished with both.
-        float msafe[2], alpha[2];
+        // the row maxima first and O rescaled, then P sixteen keys at a time, each k16 step of
+        // O += P V issued as soon as its fragment is formed, so the tensor cores work through
+        // P V while the rest of P is exponentiated. (s is not written while a product is in
+        // flight: P goes straight into the fragments.)
+        float msafe[2], sum[2] = {0.f, 0.f};
 #pragma unroll
         for (int hf = 0; hf < 2; hf++) {
             float mx = S2_NEG_INF;
@@ -156,35 +136,39 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
             mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
             const float mnew = fmaxf(m[hf], mx * S2_SCALE_LOG2);
             msafe[hf] = mnew == S2_NEG_INF ? 0.f : mnew;
-            alpha[hf] = s2_exp2(m[hf] - msafe[hf]);
+            const float alpha = s2_exp2(m[hf] - msafe[hf]);
             m[hf] = mnew;
-        }
-        float sum[2] = {0.f, 0.f};
+            l[hf] *= alpha;
 #pragma unroll
-        for (int i = 0; i < S2_SACC; i++) {
-            const int hf = (i / 2) % 2;
-            s[i] = s2_exp2(fmaf(s[i], S2_SCALE_LOG2, -msafe[hf]));
-            sum[hf] += s[i];
+            for (int i = 0; i < S2_HEAD_DIM / 8; i++)
+                acc[4 * i + 2 * hf] *= alpha, acc[4 * i + 2 * hf + 1] *= alpha;
         }
-        l[0] = l[0] * alpha[0] + sum[0];
-        l[1] = l[1] * alpha[1] + sum[1];
-        s2_wgmma_wait0(); // the P V of the step before: acc and pa are free
+
+        // O += P V: the k16 step kk of P is S's n8 chunks 2kk and 2kk + 1; V MN-major, the
+        // next 64 d-columns a panel (BN * 128 bytes) away, the next 8 keys 1024 bytes away.
+        unsigned pa[S2_FWD_BN / 16][4];
         s2_fence_regs(acc);
 #pragma unroll
-        for (int i = 0; i < S2_HEAD_DIM / 8; i++) {
-            acc[4 * i] *= alpha[0], acc[4 * i + 1] *= alpha[0];
-            acc[4 * i + 2] *= alpha[1], acc[4 * i + 3] *= alpha[1];
+        for (int kk = 0; kk < S2_FWD_BN / 16; kk++) {
+#pragma unroll
+            for (int r = 0; r < 4; r++) { // pa[kk][r]: chunk 2kk + r / 2, row half r % 2
+                const int i = 8 * kk + 2 * r, hf = r % 2;
+                const float p0 = s2_exp2(fmaf(s[i], S2_SCALE_LOG2, -msafe[hf]));
+                const float p1 = s2_exp2(fmaf(s[i + 1], S2_SCALE_LOG2, -msafe[hf]));
+                sum[hf] += p0 + p1;
+                pa[kk][r] = s2_pack2(p0, p1);
+            }
+            s2_wgmma_fence();
+            s2_wgmma_pv(acc, pa[kk], s2_desc_mn<S2_FWD_BN>(sv, kk));
         }
-        s2_acc_to_afrag<S2_FWD_BN / 8>(s, pa);
-    }
-    if (n_kt > 0) { // the last step's P V
-        const s2_elem *sv = skv + (2 * ((n_kt - 1) % S2_FWD_STAGES) + 1) * kv_stride;
-        s2_fence_regs(acc);
-        s2_wgmma_fence();
-        s2_wgmma_py<S2_FWD_BN>(acc, pa, sv);
         s2_wgmma_commit();
+        l[0] += sum[0];
+        l[1] += sum[1];
         s2_wgmma_wait0();
         s2_fence_regs(acc);
+#if S2_FWD_STAGES == 1
+        __syncthreads(); // the one stage is reloaded at the top of the next step
+#endif
     }
     s2_cp_async_wait<0>();
 

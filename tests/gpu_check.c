@@ -80,7 +80,8 @@ static const gcase cases[] = {
  * Tiles 4 and 5 are the Hopper kernels on sm_90a with head_dim 64 and 128: tile 4 the wgmma
  * forward with the wgmma backward's atomic dQ (one and two warpgroups), tile 5 the
  * deterministic wgmma backward after an mma.sync forward, so a fault of the forward cannot
- * hide in the backward; elsewhere, and for head_dim 96, they are further
+ * hide in the backward (two stages for head_dim 128 and three for 64: with the default's four,
+ * each load distance of its pipeline); elsewhere, and for head_dim 96, they are further
  * mma.sync tiles. Below sm_90 (A100 and the like), tiles 1 and 2 take one pipeline stage less
  * where ptxas spills registers (the plan's register rules are estimates) or sm_80's shared
  * memory is exceeded; the same products otherwise. (The tiles are for the 163-227 KiB of shared
@@ -98,7 +99,7 @@ static const char *alt_tile(int i, int d, const char *arch)
         "fwd_wgmma=1,fwd_warps=4,fwd_strips=1,fwd_block_n=64,fwd_stages=3,bwd_wgmma=1,"
         "bwd_warps=4,bwd_block_n=64,bwd_stages=2,bwd_atomic_dq=1",
         "fwd_wgmma=0,fwd_warps=4,fwd_strips=1,fwd_block_n=128,fwd_stages=2,bwd_wgmma=1,"
-        "bwd_warps=4,bwd_block_n=128,bwd_stages=2,bwd_atomic_dq=0",
+        "bwd_warps=4,bwd_block_n=64,bwd_stages=3,bwd_atomic_dq=0",
     };
     if (i >= 4 && (d == 64 || d == 128) && !strcmp(arch, "sm_90a"))
         return d == 64 ? hopper64[i - 4] : hopper128[i - 4];

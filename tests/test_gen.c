@@ -436,20 +436,27 @@ Test(plan, wgmma_backward_rules)
     s2_spec s = load("");
     s2_attn_tile t = s2_plan_default_tile("sm_80", 64); /* mma.sync, then the Hopper backward */
     s2_error err = {0};
-    cr_assert_eq(s2_plan_parse_tile("bwd_wgmma=1,bwd_warps=8,bwd_block_n=128,bwd_stages=2", &t,
+    cr_assert_eq(s2_plan_parse_tile("bwd_wgmma=1,bwd_warps=8,bwd_block_n=64,bwd_stages=2", &t,
                                     &err), S2_OK, "%s", err.msg);
     s2_attn_plan p;
     cr_assert_eq(s2_plan_attn(&s, "sm_90a", &t, &p, &err), S2_OK, "%s", err.msg);
     cr_expect_eq(p.bwd_block_m, 128);
-    cr_expect_eq(p.smem_dq, (2 * 128 + 2 * 2 * 128) * p.d * 2 + 1024);
-    cr_expect_eq(p.smem_dkdv, p.smem_dq + 2 * 2 * 128 * 4);
+    cr_expect_eq(p.smem_dq, (2 * 128 + 2 * 2 * 64) * p.d * 2 + 1024);
+    cr_expect_eq(p.smem_dkdv, p.smem_dq + 2 * 2 * 64 * 4);
     cr_expect_eq(s2_plan_attn(&s, "sm_90", &t, &p, &err), S2_ERR_INVALID);
     cr_expect(strstr(err.msg, "bwd_wgmma = 1 needs sm_90a"), "%s", err.msg);
     s2_error_clear(&err);
+    /* 128-wide tiles spill (a step's S and dP beside the fragments of the step before), and
+     * a step reads the tile before it, so one stage is too few */
     s2_attn_tile bad = t;
-    bad.bwd_atomic_dq = 1;
+    bad.bwd_block_n = 128;
     cr_expect_eq(s2_plan_attn(&s, "sm_90a", &bad, &p, &err), S2_ERR_INVALID);
-    cr_expect(strstr(err.msg, "bwd_atomic_dq 0"), "%s", err.msg);
+    cr_expect(strstr(err.msg, "bwd_block_n 64"), "%s", err.msg);
+    s2_error_clear(&err);
+    bad = t;
+    bad.bwd_stages = 1;
+    cr_expect_eq(s2_plan_attn(&s, "sm_90a", &bad, &p, &err), S2_ERR_INVALID);
+    cr_expect(strstr(err.msg, "valid 2..4"), "%s", err.msg);
     s2_error_clear(&err);
     /* the atomic dQ with 64-query tiles: the staged dS^T and its transposed product */
     s2_attn_tile at = t;
@@ -474,7 +481,7 @@ Test(plan, wgmma_backward_rules)
     cr_assert_eq(s2_emit_attn(&s, &p, S2_UNIT_ATTN_BWD, &src, &err), S2_OK, "%s", err.msg);
     cr_expect(strstr(src, "templates/attn_bwd_wgmma.cuh"));
     cr_expect(strstr(src, "templates/attn_bwd_pre.cuh"));
-    cr_expect(strstr(src, "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16"));
+    cr_expect(strstr(src, "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16"));
     free(src);
 
     s2_attn_tile space[1024];
