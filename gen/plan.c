@@ -356,6 +356,7 @@ s2_status s2_plan_attn(const s2_spec *spec, const char *arch, const s2_attn_tile
     if (p->bwd_tensor_cores)
         bwd_smem(&p->tile, p->d, &p->smem_dq, &p->smem_dkdv);
     p->dq_units = (p->tile.bwd_block_n / 16) * (p->d / 32);
+    p->bwd_dq_delta = p->tile.bwd_wgmma && !p->tile.bwd_atomic_dq;
     return S2_OK;
 }
 

@@ -72,6 +72,8 @@ typedef struct s2_attn_plan {
     int smem_dq, smem_dkdv; /* dynamic shared memory of the backward kernels, bytes (0 for
                                the scalar backward, whose tiles are static) */
     int dq_units;         /* atomic dQ: (16 queries x 32 dims) pieces of one tile's dQ */
+    int bwd_dq_delta;     /* 1: the dQ kernel forms delta = rowsum(dO ∘ O) itself (the
+                             deterministic Hopper backward); 0: s2_attn_bwd_pre runs first */
     int smem_limit;       /* the arch's per-block limit, bytes */
 } s2_attn_plan;
 

@@ -342,15 +342,18 @@ s2_status s2_attn_backward(const s2_attn *a, const s2_attn_batch *bt, const void
     float *delta = ws;
     float *dq_acc = p->tile.bwd_atomic_dq ? (float *)((char *)ws + delta_bytes(a, T)) : NULL;
     void *pre_args[] = {&o, &dout, &delta, &T};
-    s2_status st = launch(a->pre, "s2_attn_bwd_pre", s2_plan_grid_pre(p, T), p->bwd_threads, 0,
-                          pre_args, stream, err);
+    s2_status st = S2_OK;
+    if (!p->bwd_dq_delta) /* else the dQ kernel forms delta beside its own rows */
+        st = launch(a->pre, "s2_attn_bwd_pre", s2_plan_grid_pre(p, T), p->bwd_threads, 0,
+                    pre_args, stream, err);
     if (st)
         return st;
     if (dq_acc) {
         size_t bytes = (size_t)T * p->H * p->d * sizeof(float);
         st = s2_rt_check(cudaMemsetAsync(dq_acc, 0, bytes, stream), "zeroing the dQ accumulator", err);
     } else {
-        void *dq_args[] = {&q, &k, &v, &dout, &lse, &delta, &dq, (void *)&bt->d_cu_seqlens, &T};
+        void *dq_args[] = {&q, &k, &v, &dout, &o, &lse, &delta, &dq, (void *)&bt->d_cu_seqlens,
+                           &T};
         st = launch(a->dq, "s2_attn_bwd_dq", s2_plan_grid_dq(p, bt->max_seqlen, bt->B),
                     p->bwd_threads, p->smem_dq, dq_args, stream, err);
     }

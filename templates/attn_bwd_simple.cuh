@@ -14,6 +14,7 @@
 extern "C" __global__ void __launch_bounds__(S2_WARPS * 32)
 s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
                const s2_elem *__restrict__ v, const s2_elem *__restrict__ dout,
+               const s2_elem *__restrict__ o,   // unused: s2_attn_bwd_pre formed delta
                const float *__restrict__ lse,   // [H, T]
                const float *__restrict__ delta, // [H, T]
                s2_elem *__restrict__ dq,        // [T, H, d]

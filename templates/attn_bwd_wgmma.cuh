@@ -40,11 +40,49 @@ __device__ __forceinline__ void s2_wgmma_pair(float (&s)[S2_SACC], float (&dp)[S
     s2_fence_regs(dp);
 }
 
+// delta = rowsum(dO ∘ O) of this thread's rows r and r + 8 of the block's tiles (swizzled
+// panels of S2_BWD_BM rows in shared memory; x the first row's query), the quad sharing
+// each row's columns; written to delta [H, T] by the quad's first thread (rows before n).
+__device__ __forceinline__ void s2_delta_rows(float (&dlt)[2], const s2_elem *so,
+                                              const s2_elem *sdo, float *delta, int r, int x,
+                                              int n, int seq0, int cls, int h, int total_tokens,
+                                              int lane)
+{
+    constexpr int CHUNKS = S2_HEAD_DIM / 8; // 16-byte chunks a row, CHUNKS / 4 a thread
+    const int t = lane % 4;
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+        const int rr = r + 8 * hf;
+        float acc = 0.f;
+#pragma unroll
+        for (int j = 0; j < CHUNKS / 4; j++) {
+            const int c = t * (CHUNKS / 4) + j;
+            const int at = (c / 8) * (S2_BWD_BM * 64) + rr * 64 + (((c % 8) ^ (rr % 8)) * 8);
+            const uint4 a = *reinterpret_cast<const uint4 *>(so + at);
+            const uint4 b = *reinterpret_cast<const uint4 *>(sdo + at);
+            const unsigned aw[4] = {a.x, a.y, a.z, a.w}, bw[4] = {b.x, b.y, b.z, b.w};
+#pragma unroll
+            for (int w = 0; w < 4; w++) {
+                const float2 fa = s2_to_f32x2(aw[w]), fb = s2_to_f32x2(bw[w]);
+                acc = fmaf(fa.x, fb.x, acc);
+                acc = fmaf(fa.y, fb.y, acc);
+            }
+        }
+        acc += __shfl_xor_sync(0xffffffffu, acc, 1);
+        acc += __shfl_xor_sync(0xffffffffu, acc, 2);
+        dlt[hf] = acc;
+        const int xx = x + 8 * hf;
+        if (t == 0 && xx < n)
+            delta[(long)h * total_tokens + seq0 + s2_position(xx, cls, n)] = acc;
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(S2_BWD_THREADS, 1)
 s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
                const s2_elem *__restrict__ v, const s2_elem *__restrict__ dout,
+               const s2_elem *__restrict__ o,   // [T, H, d]
                const float *__restrict__ lse,   // [H, T]
-               const float *__restrict__ delta, // [H, T]
+               float *__restrict__ delta,       // [H, T], written here for the dK/dV kernel
                s2_elem *__restrict__ dq,        // [T, H, d]
                const int *__restrict__ cu_seqlens, int total_tokens)
 {
@@ -79,8 +117,14 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
     // As in the forward: step j's S and dP run beside dQ += dS K of step j - 1, which reads
     // K of tile j - 1, so tiles are loaded AHEAD = STAGES - 2 steps ahead.
     constexpr int AHEAD = S2_BWD_STAGES - 2;
+    // This block's O rows go into the last stage, which no tile reaches before the top of step
+    // 1: delta = rowsum(dO ∘ O) is formed at step 0 (written for the dK/dV kernel), in place
+    // of a pass of its own.
+    s2_elem *so = skv + 2 * (S2_BWD_STAGES - 1) * kv_stride;
+    static_assert(S2_BWD_BM <= 2 * S2_BWD_BN, "O's rows fit one stage");
     s2_load_tile_sw<S2_BWD_BM, S2_BWD_THREADS>(sq, q, seq0, x0, n, cls, S2_NUM_HEADS, h);
     s2_load_tile_sw<S2_BWD_BM, S2_BWD_THREADS>(sdo, dout, seq0, x0, n, cls, S2_NUM_HEADS, h);
+    s2_load_tile_sw<S2_BWD_BM, S2_BWD_THREADS>(so, o, seq0, x0, n, cls, S2_NUM_HEADS, h);
 #pragma unroll
     for (int s = 0; s < AHEAD; s++) {
         if (s < n_kt)
@@ -90,8 +134,11 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
 
     float lse2[2], dlt[2];
 #pragma unroll
-    for (int hf = 0; hf < 2; hf++)
-        s2_lse_delta(lse, delta, row0 + 8 * hf, n, seq0, cls, h, total_tokens, lse2[hf], dlt[hf]);
+    for (int hf = 0; hf < 2; hf++) {
+        const int x = row0 + 8 * hf;
+        lse2[hf] = x < n ? lse[(long)h * total_tokens + seq0 + s2_position(x, cls, n)] * S2_LOG2E
+                         : 0.f;
+    }
     float acc[S2_OACC];
 #pragma unroll
     for (int i = 0; i < S2_OACC; i++)
@@ -117,6 +164,9 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
             __syncthreads();
 #endif
         }
+        if (it == 0) // Q, dO and O have landed
+            s2_delta_rows(dlt, so, sdo, delta, row0 - x0, row0, n, seq0, cls, h, total_tokens,
+                          lane);
         const s2_elem *sk = skv + 2 * (it % S2_BWD_STAGES) * kv_stride;
         const s2_elem *sv = sk + kv_stride;
 
