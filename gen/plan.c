@@ -31,7 +31,8 @@ s2_attn_tile s2_plan_default_tile(const char *arch, int head_dim)
         /* Hopper: wgmma forward and backward. Measured on an H200 at cd6dba4 (bench/RESULTS.md,
          * 2026-11-25): llama2-7b-32k's tune picked these; against the mma.sync default the
          * forward is 1.33x and the backward 1.56x faster at N = 32k, and at 8k and 16k both
-         * win too (d = 64 and 128). */
+         * win too (d = 64 and 128). Re-tuned on an H100 at 3184cbb (2026-11-26): still the
+         * forward's best, the backward within 2 % of it. */
         return (s2_attn_tile){.fwd_wgmma = 1, .fwd_warps = 8, .fwd_strips = 1,
                               .fwd_block_n = 128, .fwd_stages = 3, .bwd_wgmma = 1,
                               .bwd_warps = 8, .bwd_block_n = 64, .bwd_stages = 4};
