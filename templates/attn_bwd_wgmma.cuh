@@ -5,7 +5,8 @@
 //   s2_attn_bwd_dq    per warpgroup 64 query rows: S = Q K^T and dP = dO V^T (both operands
 //                     K-major), dS = P ∘ (dP - delta) in registers, dQ += dS K (dS as the
 //                     register A fragment, K read MN-major), issued behind the next step's S
-//                     and dP so it runs while that step's dS is formed;
+//                     and dP so it runs while that step's dS is formed; at its first step it
+//                     forms delta = rowsum(dO ∘ O) of its rows (written for s2_attn_bwd_dkdv);
 //   s2_attn_bwd_dkdv  per warpgroup 64 key rows: S^T = K Q^T and dP^T = V dO^T (K-major),
 //                     P^T and dS^T in registers (lse and delta per column from shared memory),
 //                     dV += P^T dO and dK += dS^T Q (dO and Q read MN-major).
@@ -121,7 +122,8 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
     // 1: delta = rowsum(dO ∘ O) is formed at step 0 (written for the dK/dV kernel), in place
     // of a pass of its own.
     s2_elem *so = skv + 2 * (S2_BWD_STAGES - 1) * kv_stride;
-    static_assert(S2_BWD_BM <= 2 * S2_BWD_BN, "O's rows fit one stage");
+    static_assert(S2_BWD_STAGES >= 2 && S2_BWD_BM <= 2 * S2_BWD_BN,
+                  "a step reads the tile before it; O's rows fit one stage");
     s2_load_tile_sw<S2_BWD_BM, S2_BWD_THREADS>(sq, q, seq0, x0, n, cls, S2_NUM_HEADS, h);
     s2_load_tile_sw<S2_BWD_BM, S2_BWD_THREADS>(sdo, dout, seq0, x0, n, cls, S2_NUM_HEADS, h);
     s2_load_tile_sw<S2_BWD_BM, S2_BWD_THREADS>(so, o, seq0, x0, n, cls, S2_NUM_HEADS, h);

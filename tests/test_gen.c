@@ -443,6 +443,7 @@ Test(plan, wgmma_backward_rules)
     cr_expect_eq(p.bwd_block_m, 128);
     cr_expect_eq(p.smem_dq, (2 * 128 + 2 * 2 * 64) * p.d * 2 + 1024);
     cr_expect_eq(p.smem_dkdv, p.smem_dq + 2 * 2 * 64 * 4);
+    cr_expect_eq(p.bwd_dq_delta, 1, "the deterministic Hopper dQ kernel forms delta");
     cr_expect_eq(s2_plan_attn(&s, "sm_90", &t, &p, &err), S2_ERR_INVALID);
     cr_expect(strstr(err.msg, "bwd_wgmma = 1 needs sm_90a"), "%s", err.msg);
     s2_error_clear(&err);
@@ -463,6 +464,7 @@ Test(plan, wgmma_backward_rules)
     at.bwd_block_n = 64, at.bwd_atomic_dq = 1;
     cr_assert_eq(s2_plan_attn(&s, "sm_90a", &at, &p, &err), S2_OK, "%s", err.msg);
     cr_expect_eq(p.smem_dkdv, p.smem_dq + 2 * 2 * 64 * 4 + 128 * 64 * 2 + 1024);
+    cr_expect_eq(p.bwd_dq_delta, 0, "no dQ kernel runs: s2_attn_bwd_pre forms delta");
     char *asrc = NULL;
     cr_assert_eq(s2_emit_attn(&s, &p, S2_UNIT_ATTN_BWD, &asrc, &err), S2_OK, "%s", err.msg);
     cr_expect(strstr(asrc, "#define S2_BWD_ATOMIC_DQ 1"));
