@@ -287,6 +287,28 @@ __device__ __forceinline__ void s2_dq_atomic_wg(const s2_elem *sds, const s2_ele
 }
 #endif
 
+// P^T = exp2(S^T scale log2(e) - lse log2(e)) in place of this thread's S^T accumulators
+// (rows: its keys y0 and y0 + 8; columns: queries x0 + 8 j + 2 t + e % 2), 0 where the pair
+// is masked (only in tiles that need it); lse per query column in shared memory.
+__device__ __forceinline__ void s2_pt_in_place(float (&s)[S2_SACC], const float *slse,
+                                               bool masked, int x0, int y0, int n, int cls,
+                                               int t)
+{
+#pragma unroll
+    for (int j = 0; j < S2_BWD_BN / 8; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int col = j * 8 + 2 * t + (e % 2);
+            bool live = true;
+            if (masked) {
+                const int x = x0 + col, y = y0 + 8 * (e / 2);
+                live = x < n && s2_visible(x, y, cls);
+            }
+            s[4 * j + e] =
+                live ? s2_exp2(fmaf(s[4 * j + e], S2_SCALE_LOG2, -slse[col] * S2_LOG2E)) : 0.f;
+        }
+}
+
 extern "C" __global__ void __launch_bounds__(S2_BWD_THREADS, 1)
 s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
                  const s2_elem *__restrict__ v, const s2_elem *__restrict__ dout,
@@ -414,20 +436,10 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
         // fragments once the products of the step before are done with them
         const bool masked = (S2_MASK_GROUP_EDGE && x0 + S2_BWD_BN > y_group_end) ||
                             x0 < y0 + S2_BWD_BM - 1 || x0 + S2_BWD_BN > n;
+        s2_pt_in_place(s, slse, masked, x0, key0, n, cls, t);
 #pragma unroll
-        for (int j = 0; j < S2_BWD_BN / 8; j++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int col = j * 8 + 2 * t + (e % 2);
-                bool live = true;
-                if (masked) {
-                    const int x = x0 + col, y = key0 + 8 * (e / 2);
-                    live = x < n && s2_visible(x, y, cls);
-                }
-                const float p = live ? s2_exp2(fmaf(s[4 * j + e], S2_SCALE_LOG2, -slse[col] * S2_LOG2E)) : 0.f;
-                s[4 * j + e] = p;                                 // P^T
-                dp[4 * j + e] = p * (dp[4 * j + e] - sdl[col]); // dS^T
-            }
+        for (int i = 0; i < S2_SACC; i++) // n8 chunk i / 4, query column 2 t + i % 2 of it
+            dp[i] = s[i] * (dp[i] - sdl[(i / 4) * 8 + 2 * t + i % 2]); // dS^T
         s2_wgmma_wait0();
         s2_fence_regs(adv);
         s2_fence_regs(adk);
@@ -494,19 +506,7 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
                             x0 < y0 + S2_BWD_BM - 1 || x0 + S2_BWD_BN > n;
         // P^T in place; dV += P^T dO issued, then dS^T = P^T ∘ (dP^T - delta) into the A
         // fragments, staged for the dQ product, and dK += dS^T Q
-#pragma unroll
-        for (int j = 0; j < S2_BWD_BN / 8; j++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int col = j * 8 + 2 * t + (e % 2);
-                bool live = true;
-                if (masked) {
-                    const int x = x0 + col, y = key0 + 8 * (e / 2);
-                    live = x < n && s2_visible(x, y, cls);
-                }
-                const float p = live ? s2_exp2(fmaf(s[4 * j + e], S2_SCALE_LOG2, -slse[col] * S2_LOG2E)) : 0.f;
-                s[4 * j + e] = p; // P^T
-            }
+        s2_pt_in_place(s, slse, masked, x0, key0, n, cls, t);
         unsigned pa[S2_BWD_BN / 16][4], da[S2_BWD_BN / 16][4];
         s2_acc_to_afrag<S2_BWD_BN / 8>(s, pa);
         s2_fence_regs(adv);
