@@ -341,11 +341,12 @@ s2_status s2_attn_backward(const s2_attn *a, const s2_attn_batch *bt, const void
     const s2_attn_plan *p = &a->plan;
     float *delta = ws;
     float *dq_acc = p->tile.bwd_atomic_dq ? (float *)((char *)ws + delta_bytes(a, T)) : NULL;
-    void *pre_args[] = {&o, &dout, &delta, &T};
     s2_status st = S2_OK;
-    if (!p->bwd_dq_delta) /* else the dQ kernel forms delta beside its own rows */
+    if (!p->bwd_dq_delta) { /* else the dQ kernel forms delta beside its own rows */
+        void *pre_args[] = {&o, &dout, &delta, &T};
         st = launch(a->pre, "s2_attn_bwd_pre", s2_plan_grid_pre(p, T), p->bwd_threads, 0,
                     pre_args, stream, err);
+    }
     if (st)
         return st;
     if (dq_acc) {

@@ -22,10 +22,10 @@
 
 // s = X1 Y1^T and dp = X2 Y2^T over the head dim, both overwritten, for this warpgroup's 64 rows
 // from row r0 of the X tiles (S2_BWD_BM rows) against the streamed Y tiles (S2_BWD_BN rows):
-// issued together, waited for.
-__device__ __forceinline__ void s2_wgmma_pair(float (&s)[S2_SACC], float (&dp)[S2_SACC],
-                                              const s2_elem *x1, const s2_elem *y1,
-                                              const s2_elem *x2, const s2_elem *y2, int r0)
+// issued together as one group, not waited for.
+__device__ __forceinline__ void s2_wgmma_pair_issue(float (&s)[S2_SACC], float (&dp)[S2_SACC],
+                                                    const s2_elem *x1, const s2_elem *y1,
+                                                    const s2_elem *x2, const s2_elem *y2, int r0)
 {
 #pragma unroll
     for (int i = 0; i < S2_SACC; i++)
@@ -36,9 +36,56 @@ __device__ __forceinline__ void s2_wgmma_pair(float (&s)[S2_SACC], float (&dp)[S
     s2_wgmma_xyt<S2_BWD_BM, S2_BWD_BN>(s, x1, r0, y1);
     s2_wgmma_xyt<S2_BWD_BM, S2_BWD_BN>(dp, x2, r0, y2);
     s2_wgmma_commit();
+}
+
+// The same, waited for.
+__device__ __forceinline__ void s2_wgmma_pair(float (&s)[S2_SACC], float (&dp)[S2_SACC],
+                                              const s2_elem *x1, const s2_elem *y1,
+                                              const s2_elem *x2, const s2_elem *y2, int r0)
+{
+    s2_wgmma_pair_issue(s, dp, x1, y1, x2, y2, r0);
     s2_wgmma_wait0();
     s2_fence_regs(s);
     s2_fence_regs(dp);
+}
+
+// The streamed tiles of a walk whose step also reads the tile before it (its second products
+// run behind the next step's first ones), so tiles are loaded STAGES - 2 steps ahead; load(j)
+// copies tile j into stage j % STAGES (this thread's share). The first tiles, one commit
+// group each:
+template <class Load>
+__device__ __forceinline__ void s2_overlap_prologue(int n_tiles, Load load)
+{
+#pragma unroll
+    for (int j = 0; j < S2_BWD_STAGES - 2; j++) {
+        if (j < n_tiles)
+            load(j);
+        s2_cp_async_commit();
+    }
+}
+
+// The top of step it: after the (first) barrier tile it has landed for every thread and every
+// thread is done with tile it - 2 (its products waited for in step it - 1), whose stage is
+// reloaded with tile it + STAGES - 2 (with two stages, tile it itself, behind a second
+// barrier).
+template <class Load>
+__device__ __forceinline__ void s2_overlap_step_top(int it, int n_tiles, Load load)
+{
+#if S2_BWD_STAGES >= 3
+    s2_cp_async_wait<S2_BWD_STAGES - 3>();
+    s2_fence_proxy_async();
+    __syncthreads();
+    if (it + S2_BWD_STAGES - 2 < n_tiles)
+        load(it + S2_BWD_STAGES - 2);
+    s2_cp_async_commit();
+#else
+    __syncthreads();
+    load(it);
+    s2_cp_async_commit();
+    s2_cp_async_wait<0>();
+    s2_fence_proxy_async();
+    __syncthreads();
+#endif
 }
 
 // delta = rowsum(dO ∘ O) of this thread's rows r and r + 8 of the block's tiles (swizzled
@@ -115,9 +162,7 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
         s2_load_tile_sw<S2_BWD_BN, S2_BWD_THREADS>(dk + kv_stride, v, seq0, (kt_begin + j) * S2_BWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
     };
     const int n_kt = kt_end - kt_begin;
-    // As in the forward: step j's S and dP run beside dQ += dS K of step j - 1, which reads
-    // K of tile j - 1, so tiles are loaded AHEAD = STAGES - 2 steps ahead.
-    constexpr int AHEAD = S2_BWD_STAGES - 2;
+    // Step j's S and dP run beside dQ += dS K of step j - 1, which reads K of tile j - 1.
     // This block's O rows go into the last stage, which no tile reaches before the top of step
     // 1: delta = rowsum(dO ∘ O) is formed at step 0 (written for the dK/dV kernel), in place
     // of a pass of its own.
@@ -127,12 +172,7 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
     s2_load_tile_sw<S2_BWD_BM, S2_BWD_THREADS>(sq, q, seq0, x0, n, cls, S2_NUM_HEADS, h);
     s2_load_tile_sw<S2_BWD_BM, S2_BWD_THREADS>(sdo, dout, seq0, x0, n, cls, S2_NUM_HEADS, h);
     s2_load_tile_sw<S2_BWD_BM, S2_BWD_THREADS>(so, o, seq0, x0, n, cls, S2_NUM_HEADS, h);
-#pragma unroll
-    for (int s = 0; s < AHEAD; s++) {
-        if (s < n_kt)
-            load_kv(s);
-        s2_cp_async_commit();
-    }
+    s2_overlap_prologue(n_kt, load_kv);
 
     float lse2[2], dlt[2];
 #pragma unroll
@@ -148,24 +188,7 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
     unsigned a[S2_BWD_BN / 16][4]; // dS of the step before, as the A fragments of dQ += dS K
 
     for (int it = 0; it < n_kt; it++) {
-        {
-            // as in the forward: tile it landed, every thread done with tile it - 2
-#if S2_BWD_STAGES >= 3
-            s2_cp_async_wait<AHEAD - 1>();
-            s2_fence_proxy_async();
-            __syncthreads();
-            if (it + AHEAD < n_kt)
-                load_kv(it + AHEAD);
-            s2_cp_async_commit();
-#else
-            __syncthreads();
-            load_kv(it);
-            s2_cp_async_commit();
-            s2_cp_async_wait<0>();
-            s2_fence_proxy_async();
-            __syncthreads();
-#endif
-        }
+        s2_overlap_step_top(it, n_kt, load_kv);
         if (it == 0) // Q, dO and O have landed
             s2_delta_rows(dlt, so, sdo, delta, row0 - x0, row0, n, seq0, cls, h, total_tokens,
                           lane);
@@ -175,20 +198,12 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
         // S = Q K^T and dP = dO V^T, then dQ += dS K of the step before behind them; wait for
         // S and dP only
         float s[S2_SACC], dp[S2_SACC];
-#pragma unroll
-        for (int i = 0; i < S2_SACC; i++)
-            s[i] = dp[i] = 0.f;
-        s2_fence_regs(s);
-        s2_fence_regs(dp);
         s2_fence_regs(acc);
-        s2_wgmma_fence();
-        s2_wgmma_xyt<S2_BWD_BM, S2_BWD_BN>(s, sq, wg * 64, sk);
-        s2_wgmma_xyt<S2_BWD_BM, S2_BWD_BN>(dp, sdo, wg * 64, sv);
-        s2_wgmma_commit();
+        s2_wgmma_pair_issue(s, dp, sq, sk, sdo, sv, wg * 64);
         if (it > 0) {
             s2_wgmma_py<S2_BWD_BN>(acc, a, skv + 2 * ((it - 1) % S2_BWD_STAGES) * kv_stride);
             s2_wgmma_commit();
-            asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+            s2_wgmma_wait1();
         } else {
             s2_wgmma_wait0();
         }
@@ -361,16 +376,10 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
                                                      seq0, cls, h, total_tokens);
     };
 #if !S2_BWD_ATOMIC_DQ
-    // As in s2_attn_bwd_dq: step j's S^T and dP^T run beside dV += P^T dO and dK += dS^T Q of
-    // step j - 1, which read Q and dO of tile j - 1, so tiles are loaded AHEAD = STAGES - 2
-    // steps ahead.
-    constexpr int AHEAD = S2_BWD_STAGES - 2;
-#pragma unroll
-    for (int s = 0; s < AHEAD; s++) {
-        if (s < n_it)
-            load_tile(s);
-        s2_cp_async_commit();
-    }
+    // Step j's S^T and dP^T run beside dV += P^T dO and dK += dS^T Q of step j - 1, which read
+    // Q and dO of tile j - 1. (load_tile follows the walk, so tile j is the next pair.)
+    auto load_next = [&](int j) { load_tile(j % S2_BWD_STAGES); };
+    s2_overlap_prologue(n_it, load_next);
 
     float adk[S2_OACC], adv[S2_OACC];
 #pragma unroll
@@ -383,24 +392,7 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
     for (int it = 0; it < n_it; it++) {
         if (++cur_qt == qt_begin + n_qt)
             cur_qt = qt_begin;
-        {
-            // as in s2_attn_bwd_dq: tile it landed, every thread done with tile it - 2
-#if S2_BWD_STAGES >= 3
-            s2_cp_async_wait<AHEAD - 1>();
-            s2_fence_proxy_async();
-            __syncthreads();
-            if (it + AHEAD < n_it)
-                load_tile((it + AHEAD) % S2_BWD_STAGES);
-            s2_cp_async_commit();
-#else
-            __syncthreads();
-            load_tile(it % S2_BWD_STAGES);
-            s2_cp_async_commit();
-            s2_cp_async_wait<0>();
-            s2_fence_proxy_async();
-            __syncthreads();
-#endif
-        }
+        s2_overlap_step_top(it, n_it, load_next);
         const int st = it % S2_BWD_STAGES;
         const s2_elem *sq = sqd + 2 * st * qd_stride, *sdo = sq + qd_stride;
         const float *slse = sl + (2 * st) * S2_BWD_BN, *sdl = slse + S2_BWD_BN;
@@ -409,23 +401,15 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
         // S^T = K Q^T and dP^T = V dO^T, then the step before's dV += P^T dO and dK += dS^T Q
         // behind them; wait for S^T and dP^T only
         float s[S2_SACC], dp[S2_SACC]; // rows: this warpgroup's keys; columns: the queries
-#pragma unroll
-        for (int i = 0; i < S2_SACC; i++)
-            s[i] = dp[i] = 0.f;
-        s2_fence_regs(s);
-        s2_fence_regs(dp);
         s2_fence_regs(adv);
         s2_fence_regs(adk);
-        s2_wgmma_fence();
-        s2_wgmma_xyt<S2_BWD_BM, S2_BWD_BN>(s, sk, wg * 64, sq);
-        s2_wgmma_xyt<S2_BWD_BM, S2_BWD_BN>(dp, sv, wg * 64, sdo);
-        s2_wgmma_commit();
+        s2_wgmma_pair_issue(s, dp, sk, sq, sv, sdo, wg * 64);
         if (it > 0) {
             const s2_elem *pq = sqd + 2 * ((it - 1) % S2_BWD_STAGES) * qd_stride;
             s2_wgmma_py<S2_BWD_BN>(adv, pa, pq + qd_stride); // dV += P^T dO
             s2_wgmma_py<S2_BWD_BN>(adk, da, pq);             // dK += dS^T Q
             s2_wgmma_commit();
-            asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+            s2_wgmma_wait1();
         } else {
             s2_wgmma_wait0();
         }

@@ -65,6 +65,11 @@ __device__ __forceinline__ void s2_wgmma_wait0()
 {
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
 }
+// Until at most the most recent group is pending (the groups before it have finished).
+__device__ __forceinline__ void s2_wgmma_wait1()
+{
+    asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+}
 // wgmma runs asynchronously to the thread: after the wait, this ties every accumulator register
 // to the wait (the compiler may not read one before it), and before the issue, it keeps the
 // writes to them ahead of it.
