@@ -175,9 +175,11 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
     s2_overlap_prologue(n_kt, load_kv);
 
     float lse2[2], dlt[2];
+    int klo[2], khi[2]; // the keys each of this thread's rows sees
 #pragma unroll
     for (int hf = 0; hf < 2; hf++) {
         const int x = row0 + 8 * hf;
+        s2_query_span(x, cls, n, klo[hf], khi[hf]);
         lse2[hf] = x < n ? lse[(long)h * total_tokens + seq0 + s2_position(x, cls, n)] * S2_LOG2E
                          : 0.f;
     }
@@ -219,8 +221,8 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
             const int hf = (i / 2) % 2;
             bool live = true;
             if (masked) {
-                const int x = row0 + 8 * hf, y = y0 + (i / 4) * 8 + 2 * t + i % 2;
-                live = y < n && s2_visible(x, y, cls);
+                const int y = y0 + (i / 4) * 8 + 2 * t + i % 2;
+                live = y >= klo[hf] && y <= khi[hf];
             }
             const float p = live ? s2_exp2(fmaf(s[i], S2_SCALE_LOG2, -lse2[hf])) : 0.f;
             s[i] = p * (dp[i] - dlt[hf]);
@@ -303,11 +305,12 @@ __device__ __forceinline__ void s2_dq_atomic_wg(const s2_elem *sds, const s2_ele
 #endif
 
 // P^T = exp2(S^T scale log2(e) - lse log2(e)) in place of this thread's S^T accumulators
-// (rows: its keys y0 and y0 + 8; columns: queries x0 + 8 j + 2 t + e % 2), 0 where the pair
-// is masked (only in tiles that need it); lse per query column in shared memory.
+// (rows: its two keys, seen by the queries [qlo, qhi] each (s2_key_span); columns: queries
+// x0 + 8 j + 2 t + e % 2), 0 where the pair is masked (only in tiles that need it); lse per
+// query column in shared memory.
 __device__ __forceinline__ void s2_pt_in_place(float (&s)[S2_SACC], const float *slse,
-                                               bool masked, int x0, int y0, int n, int cls,
-                                               int t)
+                                               bool masked, int x0, const int (&qlo)[2],
+                                               const int (&qhi)[2], int t)
 {
 #pragma unroll
     for (int j = 0; j < S2_BWD_BN / 8; j++)
@@ -316,8 +319,8 @@ __device__ __forceinline__ void s2_pt_in_place(float (&s)[S2_SACC], const float 
             const int col = j * 8 + 2 * t + (e % 2);
             bool live = true;
             if (masked) {
-                const int x = x0 + col, y = y0 + 8 * (e / 2);
-                live = x < n && s2_visible(x, y, cls);
+                const int x = x0 + col;
+                live = x >= qlo[e / 2] && x <= qhi[e / 2];
             }
             s[4 * j + e] =
                 live ? s2_exp2(fmaf(s[4 * j + e], S2_SCALE_LOG2, -slse[col] * S2_LOG2E)) : 0.f;
@@ -358,6 +361,10 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
     const int n_qt = (s2_group_end(ylast, cls, n) - 1) / S2_BWD_BN + 1 - qt_begin;
     const int n_it = rep * n_qt;
     const int key0 = y0 + wg * 64 + warp * 16 + lane / 4; // this thread's keys: key0, key0 + 8
+    int qlo[2], qhi[2]; // the queries each of them is seen by
+#pragma unroll
+    for (int e = 0; e < 2; e++)
+        s2_key_span(key0 + 8 * e, cls, n, qlo[e], qhi[e]);
 
     s2_load_tile_sw<S2_BWD_BM, S2_BWD_THREADS>(sk, k, seq0, y0, n, cls, S2_NUM_KV_HEADS, hk);
     s2_load_tile_sw<S2_BWD_BM, S2_BWD_THREADS>(sv, v, seq0, y0, n, cls, S2_NUM_KV_HEADS, hk);
@@ -420,7 +427,7 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
         // fragments once the products of the step before are done with them
         const bool masked = (S2_MASK_GROUP_EDGE && x0 + S2_BWD_BN > y_group_end) ||
                             x0 < y0 + S2_BWD_BM - 1 || x0 + S2_BWD_BN > n;
-        s2_pt_in_place(s, slse, masked, x0, key0, n, cls, t);
+        s2_pt_in_place(s, slse, masked, x0, qlo, qhi, t);
 #pragma unroll
         for (int i = 0; i < S2_SACC; i++) // n8 chunk i / 4, query column 2 t + i % 2 of it
             dp[i] = s[i] * (dp[i] - sdl[(i / 4) * 8 + 2 * t + i % 2]); // dS^T
@@ -490,7 +497,7 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
                             x0 < y0 + S2_BWD_BM - 1 || x0 + S2_BWD_BN > n;
         // P^T in place; dV += P^T dO issued, then dS^T = P^T ∘ (dP^T - delta) into the A
         // fragments, staged for the dQ product, and dK += dS^T Q
-        s2_pt_in_place(s, slse, masked, x0, key0, n, cls, t);
+        s2_pt_in_place(s, slse, masked, x0, qlo, qhi, t);
         unsigned pa[S2_BWD_BN / 16][4], da[S2_BWD_BN / 16][4];
         s2_acc_to_afrag<S2_BWD_BN / 8>(s, pa);
         s2_fence_regs(adv);

@@ -67,8 +67,12 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
     for (int i = 0; i < S2_OACC; i++)
         acc[i] = 0.f;
     float m[2] = {S2_NEG_INF, S2_NEG_INF}, l[2] = {0.f, 0.f};
-    // This thread's first row; its second is 8 below.
+    // This thread's first row; its second is 8 below. The keys each row sees: [klo, khi].
     const int row0 = x0 + wg * 64 + warp * 16 + lane / 4;
+    int klo[2], khi[2];
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++)
+        s2_query_span(row0 + 8 * hf, cls, n, klo[hf], khi[hf]);
 
     for (int kt = kt_begin; kt < kt_end; kt++) {
         const int it = kt - kt_begin;
@@ -114,8 +118,8 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
             for (int j = 0; j < S2_FWD_BN / 8; j++)
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
-                    const int x = row0 + (e / 2) * 8, y = y0 + j * 8 + 2 * t + (e % 2);
-                    if (!(y < n && s2_visible(x, y, cls)))
+                    const int y = y0 + j * 8 + 2 * t + (e % 2);
+                    if (y < klo[e / 2] || y > khi[e / 2])
                         s[4 * j + e] = S2_NEG_INF;
                 }
         }

@@ -57,6 +57,21 @@ __device__ __forceinline__ bool s2_visible(int xq, int xk, int cls)
     return xk <= xq && s2_group_of(xq, cls) == s2_group_of(xk, cls);
 }
 
+// The same as spans, for masks that test many pairs of one row: query x sees exactly the keys
+// [lo, hi] (its group's start up to x, inside the sequence; empty where hi < lo), and key y is
+// seen by exactly the queries [lo, hi] (y up to its group's end, inside the sequence). Two
+// compares a pair instead of two group divisions.
+__device__ __forceinline__ void s2_query_span(int x, int cls, int n, int &lo, int &hi)
+{
+    lo = s2_group_start(x, cls);
+    hi = min(x, n - 1);
+}
+__device__ __forceinline__ void s2_key_span(int y, int cls, int n, int &lo, int &hi)
+{
+    lo = y;
+    hi = s2_group_end(y, cls, n) - 1;
+}
+
 // The plan's tile classification, evaluated for one (query tile, key tile of bn keys) pair: 1
 // when the pair may hold a masked element (group edge, causal diagonal, or the sequence end).
 // gs_last is the group start of the query tile's last live row.
