@@ -466,19 +466,27 @@ s2_tile_class s2_plan_classify(const s2_attn_plan *p, int cls, int qt, int kt, i
 
 static unsigned ceil_div(long a, long b) { return (unsigned)((a + b - 1) / b); }
 
+/* Row tiles of bm rows a head, rounded up to whole groups of tiles (s2_tile_of_block in
+ * templates/common.cuh walks them rank by rank). */
+static unsigned grid_tiles(const s2_attn_plan *p, int max_seqlen, int bm)
+{
+    const unsigned gt = p->G / bm > 0 ? (unsigned)(p->G / bm) : 1u;
+    return (ceil_div(max_seqlen, bm) + gt - 1) / gt * gt;
+}
+
 s2_dim3 s2_plan_grid_fwd(const s2_attn_plan *p, int max_seqlen, int batch)
 {
-    return (s2_dim3){ceil_div(max_seqlen, p->fwd_block_m), (unsigned)p->H, (unsigned)batch};
+    return (s2_dim3){grid_tiles(p, max_seqlen, p->fwd_block_m), (unsigned)p->H, (unsigned)batch};
 }
 
 s2_dim3 s2_plan_grid_dq(const s2_attn_plan *p, int max_seqlen, int batch)
 {
-    return (s2_dim3){ceil_div(max_seqlen, p->bwd_block_m), (unsigned)p->H, (unsigned)batch};
+    return (s2_dim3){grid_tiles(p, max_seqlen, p->bwd_block_m), (unsigned)p->H, (unsigned)batch};
 }
 
 s2_dim3 s2_plan_grid_dkdv(const s2_attn_plan *p, int max_seqlen, int batch)
 {
-    return (s2_dim3){ceil_div(max_seqlen, p->bwd_block_m), (unsigned)p->Hkv, (unsigned)batch};
+    return (s2_dim3){grid_tiles(p, max_seqlen, p->bwd_block_m), (unsigned)p->Hkv, (unsigned)batch};
 }
 
 s2_dim3 s2_plan_grid_pre(const s2_attn_plan *p, int total_tokens)

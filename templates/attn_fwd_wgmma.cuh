@@ -37,13 +37,15 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
     s2_elem *skv = sq + S2_FWD_BM * S2_HEAD_DIM; // [stages][K, V][panels][BN][64]
     const int kv_stride = S2_FWD_BN * S2_HEAD_DIM;
 
-    const int h = blockIdx.y, b = blockIdx.z;
+    int h, tile;
+    s2_block_tile<S2_FWD_BM, true, 1>(h, tile);
+    const int b = blockIdx.z;
     const int hk = h / (S2_NUM_HEADS / S2_NUM_KV_HEADS);
     const int seq0 = cu_seqlens[b], n = cu_seqlens[b + 1] - seq0;
-    const int x0 = (gridDim.x - 1 - blockIdx.x) * S2_FWD_BM; // heavier tiles first
+    const int cls = s2_head_class(h);
+    const int x0 = tile * S2_FWD_BM;
     if (x0 >= n)
         return;
-    const int cls = s2_head_class(h);
     const int wg = threadIdx.x / 128, warp = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32;
     const int t = lane % 4;
     const int xlast = min(x0 + S2_FWD_BM, n) - 1;

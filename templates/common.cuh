@@ -72,6 +72,33 @@ __device__ __forceinline__ void s2_key_span(int y, int cls, int n, int &lo, int 
     hi = s2_group_end(y, cls, n) - 1;
 }
 
+// Which (head, row tile of BM rows) this block of a (tiles, heads, batch) grid takes: the
+// longest work first, so the blocks that start last are short and the SMs run out of work
+// together. Tile t's rank in its group is (t + OFF / BM) mod GT, GT = G / BM tiles a group (at
+// least 1): a query tile's work (the keys it sees) grows with its rank, a key tile's (the
+// queries that see it) shrinks. The heads go in chunks whose K and V fit L2 together (about
+// S2_CHUNK_ROWS rows, at least one head); inside a chunk the blocks take the ranks in order of
+// work, then the heads, then the groups. The grid holds ceil(tiles / GT) GT blocks a head
+// (s2_plan_grid_*); blocks past the sequence return at once. REP: query heads a grid head (1,
+// or H / Hkv where the grid runs over kv heads), for the shift class.
+#define S2_CHUNK_ROWS (16 * 1024 * 1024 / (4 * S2_HEAD_DIM)) // K + V rows in 16 MiB
+template <int BM, bool QUERY, int REP>
+__device__ __forceinline__ void s2_block_tile(int &head, int &tile)
+{
+    constexpr int GT = S2_GROUP / BM > 0 ? S2_GROUP / BM : 1;
+    const int tiles = gridDim.x, heads = gridDim.y, per_head = tiles / GT;
+    const int c = max(1, min(heads, S2_CHUNK_ROWS / (tiles * BM))); // heads a chunk
+    const int lin = blockIdx.y * tiles + blockIdx.x;
+    const int h0 = lin / (c * tiles) * c, in_chunk = min(c, heads - h0);
+    const int j = lin - h0 * tiles, per_rank = in_chunk * per_head;
+    const int rr = j / per_rank, m = j - rr * per_rank;
+    const int hh = m / per_head, k = m - hh * per_head;
+    head = h0 + hh;
+    const int o = (s2_off(s2_head_class(head * REP)) / BM) % GT;
+    const int r = QUERY ? GT - 1 - rr : rr;
+    tile = (r - o + GT) % GT + k * GT;
+}
+
 // The plan's tile classification, evaluated for one (query tile, key tile of bn keys) pair: 1
 // when the pair may hold a masked element (group edge, causal diagonal, or the sequence end).
 // gs_last is the group start of the query tile's last live row.
