@@ -100,6 +100,11 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
 
         const int y0 = kt * S2_BWD_BN;
         const bool masked = s2_tile_needs_mask(x0, gs_last, y0, n, S2_BWD_BN);
+        int klo[2] = {0, 0}, khi[2] = {0, 0}; // the keys each row sees, where masked
+        if (masked)
+#pragma unroll
+            for (int hf = 0; hf < 2; hf++)
+                s2_query_span(row0 + 8 * hf, cls, n, klo[hf], khi[hf]);
 #pragma unroll
         for (int j = 0; j < S2_BNT; j++)
 #pragma unroll
@@ -107,8 +112,8 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
                 const int hf = e / 2;
                 bool live = true;
                 if (masked) {
-                    const int x = row0 + 8 * hf, y = y0 + j * 8 + 2 * t + (e % 2);
-                    live = y < n && s2_visible(x, y, cls);
+                    const int y = y0 + j * 8 + 2 * t + (e % 2);
+                    live = y >= klo[hf] && y <= khi[hf];
                 }
                 const float p = live ? s2_exp2(fmaf(s[0][j][e], S2_SCALE_LOG2, -lse2[hf])) : 0.f;
                 s[0][j][e] = p * (dp[0][j][e] - dlt[hf]); // dS
@@ -270,6 +275,11 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
 
         const bool masked = (S2_MASK_GROUP_EDGE && x0 + S2_BWD_BN > y_group_end) ||
                             x0 < y0 + S2_BWD_BM - 1 || x0 + S2_BWD_BN > n;
+        int qlo[2] = {0, 0}, qhi[2] = {0, 0}; // the queries that see each key row, where masked
+        if (masked)
+#pragma unroll
+            for (int e = 0; e < 2; e++)
+                s2_key_span(key0 + 8 * e, cls, n, qlo[e], qhi[e]);
 #pragma unroll
         for (int j = 0; j < S2_BNT; j++)
 #pragma unroll
@@ -277,8 +287,8 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
                 const int col = j * 8 + 2 * t + (e % 2);
                 bool live = true;
                 if (masked) {
-                    const int x = x0 + col, y = key0 + 8 * (e / 2);
-                    live = x < n && s2_visible(x, y, cls);
+                    const int x = x0 + col;
+                    live = x >= qlo[e / 2] && x <= qhi[e / 2];
                 }
                 const float p = live ? s2_exp2(fmaf(s[0][j][e], S2_SCALE_LOG2, -slse[col] * S2_LOG2E)) : 0.f;
                 s[0][j][e] = p;                             // P^T

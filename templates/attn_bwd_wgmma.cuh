@@ -1,7 +1,8 @@
 // templates/attn_bwd_wgmma.cuh — S²-Attn backward for Hopper (sm_90a) on warpgroup products,
 // the plan's tile option bwd_wgmma = 1. The same two deterministic kernels, grids, walks and
-// masks as attn_bwd.cuh (after s2_attn_bwd_pre); every product is a wgmma with the layouts of
-// wgmma.cuh, and none needs a transpose in shared memory:
+// masks as attn_bwd.cuh (after s2_attn_bwd_pre), the blocks' tiles taken longest work first
+// (s2_block_tile); every product is a wgmma with the layouts of wgmma.cuh, and none needs a
+// transpose in shared memory:
 //   s2_attn_bwd_dq    per warpgroup 64 query rows: S = Q K^T and dP = dO V^T (both operands
 //                     K-major), dS = P ∘ (dP - delta) in registers, dQ += dS K (dS as the
 //                     register A fragment, K read MN-major), issued behind the next step's S

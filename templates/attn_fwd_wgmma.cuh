@@ -1,6 +1,7 @@
 // templates/attn_fwd_wgmma.cuh — S²-Attn forward for Hopper (sm_90a) on warpgroup tensor-core
 // products (wgmma), the plan's tile option fwd_wgmma = 1. Same contract, grid, index map and
-// tile classification as attn_fwd.cuh; only the products differ.
+// tile classification as attn_fwd.cuh; the products differ, and the order in which blocks take
+// their tiles (s2_block_tile, longest work first).
 //
 // A block is S2_FWD_WARPS / 4 warpgroups of 128 threads; each warpgroup owns 64 consecutive
 // virtual query rows (warp w of it rows 16w .. 16w+15, the same per-thread row layout as

@@ -78,6 +78,26 @@ static void check_mask(int G, int S, const char *mode, int n)
     }
 }
 
+/* The grids hold whole groups of row tiles a head (the Hopper kernels walk them rank by rank,
+ * templates/common.cuh s2_block_tile), one tile row a head where a group is under a tile. */
+Test(plan, grids_round_tiles_up_to_whole_groups)
+{
+    s2_spec s = load("s2attn: {group_size: 512, shift: 256, shift_mode: split}\n");
+    s2_attn_plan p = plan_of(&s); /* sm_90a defaults: 128-row forward and backward tiles */
+    cr_assert_eq(p.fwd_block_m, 128);
+    cr_assert_eq(p.bwd_block_m, 128);
+    s2_dim3 g = s2_plan_grid_fwd(&p, 1000, 3); /* 8 tiles, 4 a group: 8 */
+    cr_expect(g.x == 8 && g.y == 8 && g.z == 3, "%u %u %u", g.x, g.y, g.z);
+    g = s2_plan_grid_dq(&p, 1100, 1); /* 9 tiles -> 12 */
+    cr_expect(g.x == 12 && g.y == 8 && g.z == 1, "%u %u %u", g.x, g.y, g.z);
+    g = s2_plan_grid_dkdv(&p, 1, 2); /* 1 tile -> 4 */
+    cr_expect(g.x == 4 && g.y == 8 && g.z == 2, "%u %u %u", g.x, g.y, g.z);
+    cr_expect_eq(s2_plan_grid_fwd(&p, 0, 1).x, 0u, "an empty batch launches nothing");
+    s2_spec small = load("s2attn: {group_size: 64, shift: 32, shift_mode: split}\n");
+    p = plan_of(&small); /* a group under a tile: one tile a rank */
+    cr_expect_eq(s2_plan_grid_fwd(&p, 1000, 1).x, 8u);
+}
+
 Test(plan, mask_matches_reference)
 {
     const char *modes[] = {"split", "roll"};
