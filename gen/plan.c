@@ -466,7 +466,7 @@ s2_tile_class s2_plan_classify(const s2_attn_plan *p, int cls, int qt, int kt, i
 
 static unsigned ceil_div(long a, long b) { return (unsigned)((a + b - 1) / b); }
 
-/* Row tiles of bm rows a head, rounded up to whole groups of tiles (s2_tile_of_block in
+/* Row tiles of bm rows a head, rounded up to whole groups of tiles (s2_block_tile in
  * templates/common.cuh walks them rank by rank). */
 static unsigned grid_tiles(const s2_attn_plan *p, int max_seqlen, int bm)
 {
