@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# A/B timing of several s2lora builds in one call on the GPU machine: each round runs
+# `s2lora bench attn --no-peers` of every build in turn (alternating, so a drift of the GPU's
+# clock moves them alike), and every line goes to $OUT/ab.txt as it is printed, so a call
+# that runs out of time still brings back what it measured.
+# Usage: bash bench/ab.sh DIR... (each DIR holds bin/s2lora, e.g. .carry and .carry-old,
+#   built by bench/build-carry.sh or from another commit); environment:
+#   S2_AB_ROUNDS   rounds (default 2)
+#   S2_AB_SEQLENS  d=128 lengths of llama2-7b-32k (default 8192,16384)
+#   S2_AB_D64      1 (default) also times llama2-7b-16k at d=64; 0 skips it
+#   S2_AB_ARGS     more `bench attn` arguments for every run (e.g. "--tile bwd_stages=3")
+# Prints the rows of every run, then a table: per build and case, the median of its rounds.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+[ $# -ge 1 ] || { echo "usage: bash bench/ab.sh DIR..." >&2; exit 2; }
+OUTDIR=${OUT:-/tmp/s2lora-ab}
+mkdir -p "$OUTDIR"
+log="$OUTDIR/ab.txt"
+: >"$log"
+export S2LORA_CACHE_DIR=${S2LORA_CACHE_DIR:-/tmp/s2lora-cache}
+export LD_LIBRARY_PATH=/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+rounds=${S2_AB_ROUNDS:-2}
+seqlens=${S2_AB_SEQLENS:-8192,16384}
+read -r -a extra <<<"${S2_AB_ARGS:-}"
+status=0
+for dir in "$@"; do
+  [ -x "$dir/bin/s2lora" ] || { echo "ab: $dir/bin/s2lora is missing" >&2; exit 2; }
+done
+for ((r = 1; r <= rounds; r++)); do
+  for dir in "$@"; do
+    echo "== round $r $dir" | tee -a "$log"
+    "$dir/bin/s2lora" bench attn specs/llama2-7b-32k.yaml --seqlens "$seqlens" --no-peers \
+      "${extra[@]}" 2>&1 | grep --line-buffered -E '^s2lora' | sed -u "s|^|$dir |" | tee -a "$log"
+    [ "${PIPESTATUS[0]}" = 0 ] || status=1
+    if [ "${S2_AB_D64:-1}" = 1 ]; then
+      "$dir/bin/s2lora" bench attn specs/llama2-7b-16k.yaml --set model.head_dim=64 --no-peers \
+        "${extra[@]}" 2>&1 | grep --line-buffered -E '^s2lora' | sed -u "s|^|$dir |" | tee -a "$log"
+      [ "${PIPESTATUS[0]}" = 0 ] || status=1
+    fi
+  done
+done
+echo "== medians (ms): build, N, d, fwd, fwd+bwd" | tee -a "$log"
+# rows: DIR s2lora N G d H mode fwd_ms fwd_TFs fb_ms ...
+awk '$2 ~ /^s2lora/ { k = $1 " " $3 " " $5; f[k] = f[k] " " $8; b[k] = b[k] " " $10; order[k] = ++n }
+function med(s,   a, m, i, j, t) {
+  m = split(s, a, " ")
+  for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
+  return m % 2 ? a[(m + 1) / 2] : (a[m / 2] + a[m / 2 + 1]) / 2
+}
+END { for (k in order) printf "%s %s %s\n", k, med(f[k]), med(b[k]) }' "$log" | sort -k2,2n -k3,3n -k1,1 |
+  tee -a "$log"
+exit $status
