@@ -11,7 +11,7 @@
 #   S2_AB_ARGS     more `bench attn` arguments for every run (e.g. "--tile bwd_stages=3")
 # Prints the rows of every run, then a table: per build and case, the median of its rounds.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 [ $# -ge 1 ] || { echo "usage: bash bench/ab.sh DIR..." >&2; exit 2; }
 OUTDIR=${OUT:-/tmp/s2lora-ab}
 mkdir -p "$OUTDIR"
