@@ -89,6 +89,27 @@ __device__ __forceinline__ void s2_overlap_step_top(int it, int n_tiles, Load lo
 #endif
 }
 
+// Step it's S and dP (s2_wgmma_pair_issue), then, from the second step on, the step before's
+// second products behind them (prev issues them; committed here as one group); waits for S
+// and dP only.
+template <class Prev>
+__device__ __forceinline__ void s2_overlap_products(int it, float (&s)[S2_SACC],
+                                                    float (&dp)[S2_SACC], const s2_elem *x1,
+                                                    const s2_elem *y1, const s2_elem *x2,
+                                                    const s2_elem *y2, int r0, Prev prev)
+{
+    s2_wgmma_pair_issue(s, dp, x1, y1, x2, y2, r0);
+    if (it > 0) {
+        prev();
+        s2_wgmma_commit();
+        s2_wgmma_wait1();
+    } else {
+        s2_wgmma_wait0();
+    }
+    s2_fence_regs(s);
+    s2_fence_regs(dp);
+}
+
 // delta = rowsum(dO ∘ O) of this thread's rows r and r + 8 of the block's tiles (swizzled
 // panels of S2_BWD_BM rows in shared memory; x the first row's query), the quad sharing
 // each row's columns; written to delta [H, T] by the quad's first thread (rows before n).
@@ -204,16 +225,9 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
         // S and dP only
         float s[S2_SACC], dp[S2_SACC];
         s2_fence_regs(acc);
-        s2_wgmma_pair_issue(s, dp, sq, sk, sdo, sv, wg * 64);
-        if (it > 0) {
+        s2_overlap_products(it, s, dp, sq, sk, sdo, sv, wg * 64, [&] {
             s2_wgmma_py<S2_BWD_BN>(acc, a, skv + 2 * ((it - 1) % S2_BWD_STAGES) * kv_stride);
-            s2_wgmma_commit();
-            s2_wgmma_wait1();
-        } else {
-            s2_wgmma_wait0();
-        }
-        s2_fence_regs(s);
-        s2_fence_regs(dp);
+        });
 
         // dS = P ∘ (dP - delta) in place of S; packed into the fragments once the product of
         // the step before is done with them
@@ -415,18 +429,11 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
         float s[S2_SACC], dp[S2_SACC]; // rows: this warpgroup's keys; columns: the queries
         s2_fence_regs(adv);
         s2_fence_regs(adk);
-        s2_wgmma_pair_issue(s, dp, sk, sq, sv, sdo, wg * 64);
-        if (it > 0) {
+        s2_overlap_products(it, s, dp, sk, sq, sv, sdo, wg * 64, [&] {
             const s2_elem *pq = sqd + 2 * ((it - 1) % S2_BWD_STAGES) * qd_stride;
             s2_wgmma_py<S2_BWD_BN>(adv, pa, pq + qd_stride); // dV += P^T dO
             s2_wgmma_py<S2_BWD_BN>(adk, da, pq);             // dK += dS^T Q
-            s2_wgmma_commit();
-            s2_wgmma_wait1();
-        } else {
-            s2_wgmma_wait0();
-        }
-        s2_fence_regs(s);
-        s2_fence_regs(dp);
+        });
 
         // P^T and dS^T = P^T ∘ (dP^T - delta) in place of S^T and dP^T; packed into the
         // fragments once the products of the step before are done with them
