@@ -65,6 +65,19 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
         s2_cp_async_commit();
     }
 
+    // Tile it + STAGES - 1 into the stage tile it - 1 used (this thread's share; one commit
+    // group a step, empty past the last tile): with two or more stages issued behind the step's
+    // S, so the tensor cores start on it first.
+    auto load_next = [&](int it) {
+        const int nx = it + S2_FWD_STAGES - 1;
+        if (kt_begin + nx < kt_end) {
+            s2_elem *dk = skv + (2 * (nx % S2_FWD_STAGES)) * kv_stride;
+            s2_load_tile_sw<S2_FWD_BN, S2_FWD_THREADS>(dk, k, seq0, (kt_begin + nx) * S2_FWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
+            s2_load_tile_sw<S2_FWD_BN, S2_FWD_THREADS>(dk + kv_stride, v, seq0, (kt_begin + nx) * S2_FWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
+        }
+        s2_cp_async_commit();
+    };
+
     float acc[S2_OACC];
 #pragma unroll
     for (int i = 0; i < S2_OACC; i++)
@@ -81,20 +94,14 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
         const int it = kt - kt_begin;
         {
             // One barrier a step (two with one stage): after it, tile it has landed for every
-            // thread and every thread is done with tile it - 1, whose stage is reloaded.
+            // thread and every thread is done with tile it - 1, whose stage is reloaded (behind
+            // this step's S).
 #if S2_FWD_STAGES >= 2
             s2_cp_async_wait<S2_FWD_STAGES - 2>();
             s2_fence_proxy_async(); // this thread's copies, visible to wgmma after the barrier
             __syncthreads();
-#endif
-            const int nx = it + S2_FWD_STAGES - 1;
-            if (kt_begin + nx < kt_end) {
-                s2_elem *dk = skv + (2 * (nx % S2_FWD_STAGES)) * kv_stride;
-                s2_load_tile_sw<S2_FWD_BN, S2_FWD_THREADS>(dk, k, seq0, (kt_begin + nx) * S2_FWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
-                s2_load_tile_sw<S2_FWD_BN, S2_FWD_THREADS>(dk + kv_stride, v, seq0, (kt_begin + nx) * S2_FWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
-            }
-            s2_cp_async_commit();
-#if S2_FWD_STAGES == 1
+#else
+            load_next(it);
             s2_cp_async_wait<0>();
             s2_fence_proxy_async();
             __syncthreads();
@@ -112,6 +119,9 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
         s2_wgmma_fence();
         s2_wgmma_xyt<S2_FWD_BM, S2_FWD_BN>(s, sq, wg * 64, sk);
         s2_wgmma_commit();
+#if S2_FWD_STAGES >= 2
+        load_next(it);
+#endif
         s2_wgmma_wait0();
         s2_fence_regs(s);
 
