@@ -28,11 +28,8 @@ __device__ __forceinline__ void s2_wgmma_pair_issue(float (&s)[S2_SACC], float (
                                                     const s2_elem *x1, const s2_elem *y1,
                                                     const s2_elem *x2, const s2_elem *y2, int r0)
 {
-#pragma unroll
-    for (int i = 0; i < S2_SACC; i++)
-        s[i] = dp[i] = 0.f;
-    s2_fence_regs(s);
-    s2_fence_regs(dp);
+    s2_overwritten_regs(s);
+    s2_overwritten_regs(dp);
     s2_wgmma_fence();
     s2_wgmma_xyt<S2_BWD_BM, S2_BWD_BN>(s, x1, r0, y1);
     s2_wgmma_xyt<S2_BWD_BM, S2_BWD_BN>(dp, x2, r0, y2);
@@ -291,10 +288,7 @@ __device__ __forceinline__ void s2_dq_atomic_wg(const s2_elem *sds, const s2_ele
     const int t = lane % 4;
     for (int c = wg; c < S2_HEAD_DIM / 64; c += WGS) {
         float dq[32];
-#pragma unroll
-        for (int i = 0; i < 32; i++)
-            dq[i] = 0.f;
-        s2_fence_regs(dq);
+        s2_overwritten_regs(dq);
         s2_wgmma_fence();
 #pragma unroll
         for (int kk = 0; kk < S2_BWD_BM / 16; kk++)

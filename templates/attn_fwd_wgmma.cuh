@@ -112,10 +112,7 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
 
         // S = Q K^T: K-major operands, k16 steps of 32 bytes inside a 64-element panel.
         float s[S2_SACC];
-#pragma unroll
-        for (int i = 0; i < S2_SACC; i++)
-            s[i] = 0.f; // overwritten by the first step (scale-d 0); defined for the compiler
-        s2_fence_regs(s);
+        s2_overwritten_regs(s);
         s2_wgmma_fence();
         s2_wgmma_xyt<S2_FWD_BM, S2_FWD_BN>(s, sq, wg * 64, sk);
         s2_wgmma_commit();

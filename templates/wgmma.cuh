@@ -80,6 +80,16 @@ template <int N> __device__ __forceinline__ void s2_fence_regs(float (&r)[N])
         asm volatile("" : "+f"(r[i])::"memory");
 }
 
+// Accumulators a product overwrites (its first k16 step runs with scale-d 0, so their values
+// are never read): marked as written, with no instruction, so the compiler neither zeroes them
+// nor sees them undefined.
+template <int N> __device__ __forceinline__ void s2_overwritten_regs(float (&r)[N])
+{
+#pragma unroll
+    for (int i = 0; i < N; i++)
+        asm volatile("" : "=f"(r[i])::"memory");
+}
+
 __device__ __forceinline__ void s2_fence_proxy_async()
 {
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
