@@ -73,9 +73,7 @@ __device__ __forceinline__ void s2_overlap_step_top(int it, int n_tiles, Load lo
     s2_cp_async_wait<S2_BWD_STAGES - 3>();
     s2_fence_proxy_async();
     __syncthreads();
-    if (it + S2_BWD_STAGES - 2 < n_tiles)
-        load(it + S2_BWD_STAGES - 2);
-    s2_cp_async_commit();
+    (void)it, (void)n_tiles, (void)load; // loaded by s2_overlap_products, behind S and dP
 #else
     __syncthreads();
     load(it);
@@ -89,13 +87,19 @@ __device__ __forceinline__ void s2_overlap_step_top(int it, int n_tiles, Load lo
 // Step it's S and dP (s2_wgmma_pair_issue), then, from the second step on, the step before's
 // second products behind them (prev issues them; committed here as one group); waits for S
 // and dP only.
-template <class Prev>
+template <class Prev, class Load>
 __device__ __forceinline__ void s2_overlap_products(int it, float (&s)[S2_SACC],
                                                     float (&dp)[S2_SACC], const s2_elem *x1,
                                                     const s2_elem *y1, const s2_elem *x2,
-                                                    const s2_elem *y2, int r0, Prev prev)
+                                                    const s2_elem *y2, int r0, Prev prev,
+                                                    int n_tiles, Load load)
 {
     s2_wgmma_pair_issue(s, dp, x1, y1, x2, y2, r0);
+#if S2_BWD_STAGES >= 3
+    if (it + S2_BWD_STAGES - 2 < n_tiles)
+        load(it + S2_BWD_STAGES - 2);
+    s2_cp_async_commit();
+#endif
     if (it > 0) {
         prev();
         s2_wgmma_commit();
@@ -224,7 +228,7 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
         s2_fence_regs(acc);
         s2_overlap_products(it, s, dp, sq, sk, sdo, sv, wg * 64, [&] {
             s2_wgmma_py<S2_BWD_BN>(acc, a, skv + 2 * ((it - 1) % S2_BWD_STAGES) * kv_stride);
-        });
+        }, n_kt, load_kv);
 
         // dS = P ∘ (dP - delta) in place of S; packed into the fragments once the product of
         // the step before is done with them
@@ -427,7 +431,7 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
             const s2_elem *pq = sqd + 2 * ((it - 1) % S2_BWD_STAGES) * qd_stride;
             s2_wgmma_py<S2_BWD_BN>(adv, pa, pq + qd_stride); // dV += P^T dO
             s2_wgmma_py<S2_BWD_BN>(adk, da, pq);             // dK += dS^T Q
-        });
+        }, n_it, load_next);
 
         // P^T and dS^T = P^T ∘ (dP^T - delta) in place of S^T and dP^T; packed into the
         // fragments once the products of the step before are done with them
