@@ -296,19 +296,34 @@ s2_status s2_attn_batch_init(s2_attn_batch *bt, const int32_t *cu, int B, int T,
     return S2_OK;
 }
 
-static s2_status launch(cudaKernel_t k, const char *name, s2_dim3 g, int threads, int smem,
-                        void **args, cudaStream_t s, s2_error *err)
+/* pdl: launched with programmatic stream serialization (the Hopper kernels, which wait for the
+ * kernel before them in their first instruction, s2_grid_dependency in wgmma.cuh): their blocks
+ * are scheduled while that kernel's last blocks still run, instead of after it has ended. */
+static s2_status launch_pdl(cudaKernel_t k, const char *name, s2_dim3 g, int threads, int smem,
+                            void **args, cudaStream_t s, int pdl, s2_error *err)
 {
     if (g.x == 0)
         return S2_OK; /* an empty batch: nothing to do */
     char what[128];
     snprintf(what, sizeof what, "launch %s (grid %u,%u,%u block %d)", name, g.x, g.y, g.z, threads);
-    s2_status st = s2_rt_check(cudaLaunchKernel((const void *)k, (dim3){g.x, g.y, g.z},
-                                                (dim3){(unsigned)threads, 1, 1}, args, (size_t)smem, s),
-                               what, err);
+    cudaLaunchAttribute attr = {.id = cudaLaunchAttributeProgrammaticStreamSerialization};
+    attr.val.programmaticStreamSerializationAllowed = 1;
+    const cudaLaunchConfig_t cfg = {.gridDim = {g.x, g.y, g.z},
+                                    .blockDim = {(unsigned)threads, 1, 1},
+                                    .dynamicSmemBytes = (size_t)smem,
+                                    .stream = s,
+                                    .attrs = pdl ? &attr : NULL,
+                                    .numAttrs = pdl ? 1 : 0};
+    s2_status st = s2_rt_check(cudaLaunchKernelExC(&cfg, (const void *)k, args), what, err);
     if (!st)
         st = s2_rt_check(cudaGetLastError(), what, err);
     return st;
+}
+
+static s2_status launch(cudaKernel_t k, const char *name, s2_dim3 g, int threads, int smem,
+                        void **args, cudaStream_t s, s2_error *err)
+{
+    return launch_pdl(k, name, g, threads, smem, args, s, 0, err);
 }
 
 s2_status s2_attn_forward(const s2_attn *a, const s2_attn_batch *bt, const void *q, const void *k,
@@ -316,8 +331,9 @@ s2_status s2_attn_forward(const s2_attn *a, const s2_attn_batch *bt, const void 
 {
     int T = bt->T;
     void *args[] = {&q, &k, &v, &o, &lse, (void *)&bt->d_cu_seqlens, &T};
-    return launch(a->fwd, "s2_attn_fwd", s2_plan_grid_fwd(&a->plan, bt->max_seqlen, bt->B),
-                  a->plan.fwd_threads, a->plan.smem_fwd, args, stream, err);
+    return launch_pdl(a->fwd, "s2_attn_fwd", s2_plan_grid_fwd(&a->plan, bt->max_seqlen, bt->B),
+                      a->plan.fwd_threads, a->plan.smem_fwd, args, stream, a->plan.tile.fwd_wgmma,
+                      err);
 }
 
 /* delta first, then the dQ accumulator at a 256-byte boundary. */
@@ -355,15 +371,15 @@ s2_status s2_attn_backward(const s2_attn *a, const s2_attn_batch *bt, const void
     } else {
         void *dq_args[] = {&q, &k, &v, &dout, &o, &lse, &delta, &dq, (void *)&bt->d_cu_seqlens,
                            &T};
-        st = launch(a->dq, "s2_attn_bwd_dq", s2_plan_grid_dq(p, bt->max_seqlen, bt->B),
-                    p->bwd_threads, p->smem_dq, dq_args, stream, err);
+        st = launch_pdl(a->dq, "s2_attn_bwd_dq", s2_plan_grid_dq(p, bt->max_seqlen, bt->B),
+                        p->bwd_threads, p->smem_dq, dq_args, stream, p->tile.bwd_wgmma, err);
     }
     if (st)
         return st;
     void *kv_args[] = {&q, &k, &v, &dout, &lse, &delta, &dk, &dv, &dq_acc,
                        (void *)&bt->d_cu_seqlens, &T};
-    st = launch(a->dkdv, "s2_attn_bwd_dkdv", s2_plan_grid_dkdv(p, bt->max_seqlen, bt->B),
-                p->bwd_threads, p->smem_dkdv, kv_args, stream, err);
+    st = launch_pdl(a->dkdv, "s2_attn_bwd_dkdv", s2_plan_grid_dkdv(p, bt->max_seqlen, bt->B),
+                    p->bwd_threads, p->smem_dkdv, kv_args, stream, p->tile.bwd_wgmma, err);
     if (st || !dq_acc)
         return st;
     long count = (long)T * p->H * p->d;

@@ -157,6 +157,7 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
                s2_elem *__restrict__ dq,        // [T, H, d]
                const int *__restrict__ cu_seqlens, int total_tokens)
 {
+    s2_grid_dependency();
     extern __shared__ __align__(16) unsigned char s2_smem_raw[];
     s2_elem *sq = (s2_elem *)s2_smem_aligned(s2_smem_raw); // [panels][BM][64]
     s2_elem *sdo = sq + S2_BWD_BM * S2_HEAD_DIM;             // [panels][BM][64]
@@ -351,6 +352,7 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
                  float *__restrict__ dq_acc, // [T, H, d] fp32, zeroed: S2_BWD_ATOMIC_DQ only
                  const int *__restrict__ cu_seqlens, int total_tokens)
 {
+    s2_grid_dependency();
     extern __shared__ __align__(16) unsigned char s2_smem_raw[];
     s2_elem *sk = (s2_elem *)s2_smem_aligned(s2_smem_raw); // [panels][BM][64]
     s2_elem *sv = sk + S2_BWD_BM * S2_HEAD_DIM;              // [panels][BM][64]

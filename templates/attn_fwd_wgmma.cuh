@@ -33,6 +33,7 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
             const int *__restrict__ cu_seqlens, // [B + 1]
             int total_tokens)
 {
+    s2_grid_dependency();
     extern __shared__ __align__(16) unsigned char s2_smem_raw[];
     s2_elem *sq = (s2_elem *)s2_smem_aligned(s2_smem_raw); // panels start 1024-byte aligned
     s2_elem *skv = sq + S2_FWD_BM * S2_HEAD_DIM; // [stages][K, V][panels][BN][64]

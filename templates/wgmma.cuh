@@ -90,6 +90,17 @@ template <int N> __device__ __forceinline__ void s2_overwritten_regs(float (&r)[
         asm volatile("" : "=f"(r[i])::"memory");
 }
 
+// The runtime launches the Hopper attention kernels with programmatic stream serialization, so
+// their blocks may be scheduled onto the SMs the kernel before them in the stream leaves idle
+// while its last blocks finish. Each block waits here, before its first global memory access,
+// until that kernel has completed and its writes are visible; then lets the next such kernel's
+// blocks be scheduled likewise (they wait for this whole grid in turn).
+__device__ __forceinline__ void s2_grid_dependency()
+{
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+}
+
 __device__ __forceinline__ void s2_fence_proxy_async()
 {
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
