@@ -81,7 +81,9 @@ static const gcase cases[] = {
  * names every field but the wgmma switches, which stay off unless named, so a change of the
  * defaults cannot change what it tests.
  * Tiles 4 and 5 are the Hopper kernels on sm_90a with head_dim 64 and 128: tile 4 the wgmma
- * forward with the wgmma backward's atomic dQ (one and two warpgroups), tile 5 the
+ * forward on two stages of 128-key tiles (one warpgroup a block at head_dim 64, two at 128;
+ * the defaults: two, on four stages of 64 keys and three of 128) with the wgmma backward's
+ * atomic dQ (two warpgroups; the default at head_dim 64 has one), tile 5 the
  * deterministic wgmma backward after an mma.sync forward, so a fault of the forward cannot
  * hide in the backward (two stages for head_dim 128 and three for 64: with the default's four,
  * each load distance of its pipeline); elsewhere, and for head_dim 96, they are further
@@ -99,8 +101,8 @@ static const char *alt_tile(int i, int d, const char *arch)
         "bwd_warps=8,bwd_block_n=64,bwd_stages=2,bwd_atomic_dq=0",
     };
     static const char *const hopper64[2] = {
-        "fwd_wgmma=1,fwd_warps=4,fwd_strips=1,fwd_block_n=64,fwd_stages=3,bwd_wgmma=1,"
-        "bwd_warps=4,bwd_block_n=64,bwd_stages=2,bwd_atomic_dq=1",
+        "fwd_wgmma=1,fwd_warps=4,fwd_strips=1,fwd_block_n=128,fwd_stages=2,bwd_wgmma=1,"
+        "bwd_warps=8,bwd_block_n=64,bwd_stages=3,bwd_atomic_dq=1",
         "fwd_wgmma=0,fwd_warps=4,fwd_strips=1,fwd_block_n=128,fwd_stages=2,bwd_wgmma=1,"
         "bwd_warps=4,bwd_block_n=64,bwd_stages=3,bwd_atomic_dq=0",
     };

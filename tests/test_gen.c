@@ -83,7 +83,11 @@ static void check_mask(int G, int S, const char *mode, int n)
 Test(plan, grids_round_tiles_up_to_whole_groups)
 {
     s2_spec s = load("s2attn: {group_size: 512, shift: 256, shift_mode: split}\n");
-    s2_attn_plan p = plan_of(&s); /* sm_90a defaults: 128-row forward and backward tiles */
+    /* the sm_90a tile of head_dim 128: 128-row forward and backward tiles */
+    const s2_attn_tile t = s2_plan_default_tile("sm_90a", 128);
+    s2_attn_plan p;
+    s2_error err = {0};
+    cr_assert_eq(s2_plan_attn(&s, "sm_90a", &t, &p, &err), S2_OK, "%s", err.msg);
     cr_assert_eq(p.fwd_block_m, 128);
     cr_assert_eq(p.bwd_block_m, 128);
     s2_dim3 g = s2_plan_grid_fwd(&p, 1000, 3); /* 8 tiles, 4 a group: 8 */
