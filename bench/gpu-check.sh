@@ -18,13 +18,15 @@
 #      at d=128, H=32, G=N/4, then N=16k at d=64. S2_BENCH_FULL=1 runs step 2's whole sweep
 #      (8k, 16k, 32k, 64k, 100k; alone it fits one call, with the rest it does not);
 #      S2_BENCH_SEQLENS=LIST names the d=128 lengths outright.
+#  Only when named in S2_SECTIONS: ncu (hardware counters of the attention kernels at 16k) and
+#  sanitize (compute-sanitizer memcheck, synccheck and racecheck on a few gpu_check cases).
 # Usage from the device tool: `bench/build-carry.sh` here (prints the commit), carry .carry,
 #   S2_BIN=.carry/bin S2_COMMIT=<commit> bash bench/gpu-check.sh
 # The binaries are built on a machine with the build dependencies (the GPU machine has no
 # libyaml, jansson, nettle or Criterion) and passed in through S2_BIN (default build/).
 # Logs go to $OUT when it is set. Prints a short table last; exit status 1 if anything failed.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 BIN=${S2_BIN:-build}
 OUTDIR=${OUT:-/tmp/s2lora-gpu-check}
 mkdir -p "$OUTDIR"
@@ -32,9 +34,10 @@ export S2LORA_CACHE_DIR=${S2LORA_CACHE_DIR:-/tmp/s2lora-cache}
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 rm -rf "$S2LORA_CACHE_DIR"
 status=0
-# S2_SECTIONS picks sections (default all but ncu): build check peers model train tune gate lora
-# bench;
-# ncu (hardware counters of the attention kernels) runs only when named. One device call
+# S2_SECTIONS picks sections (default all but ncu and sanitize): build check peers model train
+# tune gate lora bench;
+# ncu (hardware counters of the attention kernels) and sanitize (compute-sanitizer on a few
+# gpu_check cases) run only when named. One device call
 # may run 10 minutes; the whole script takes about 8 (H100, 2026-11-25 estimate), so a
 # session short of time splits it, e.g. S2_SECTIONS="build check peers gate", then "tune bench".
 want() { case " ${S2_SECTIONS:-build check peers model train tune gate lora bench} " in *" $1 "*) return 0 ;; esac; return 1; }
@@ -269,6 +272,24 @@ for r in rows[2:]:
 PY
 fi
 
+if want sanitize; then
+# Not in the default sections: gpu_check's cases whose names contain S2_SANITIZE_ONLY (default
+# "N<G": three short cases, every tile) under compute-sanitizer's memcheck (out-of-bounds and
+# misaligned accesses), synccheck (barriers not reached by every thread) and racecheck (shared
+# memory hazards between threads); S2_SANITIZE_TOOLS picks tools. A few minutes.
+san=${S2_SANITIZER:-$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)}
+: >"$OUTDIR/sanitize.txt"
+for tool in ${S2_SANITIZE_TOOLS:-memcheck synccheck racecheck}; do
+  echo "== compute-sanitizer --tool $tool, gpu_check --only '${S2_SANITIZE_ONLY:-N<G}'" |
+    tee -a "$OUTDIR/sanitize.txt"
+  "$san" --tool "$tool" --error-exitcode 9 "$BIN/s2lora_gpu_check" --only "${S2_SANITIZE_ONLY:-N<G}" \
+    >>"$OUTDIR/sanitize.txt" 2>&1
+  rc=$?
+  echo "compute-sanitizer $tool: exit $rc" | tee -a "$OUTDIR/sanitize.txt"
+  [ "$rc" = 0 ] || status=1
+done
+fi
+
 echo "== summary"
 grep -v '^s2lora: ' "$OUTDIR/tune.txt" 2>/dev/null
 grep -E 'PASS|FAIL|ERROR' "$OUTDIR/gpu_check.txt" 2>/dev/null | awk '{print $NF}' | sort | uniq -c
@@ -277,5 +298,6 @@ grep -E 'PASS|FAIL' "$OUTDIR/peer_compare.txt" 2>/dev/null | awk '{printf "peer 
 grep -E '^(model_check|llama_peers): (PASS|FAIL)' "$OUTDIR/model_check.txt" 2>/dev/null
 grep -E '^(train|resume): |: s2lora / pytorch' "$OUTDIR/train.txt" 2>/dev/null
 grep -E '^(bench attn:|== |impl |s2lora|sdpa-|flex-|fastest peer|no peer)' "$OUTDIR/bench_attn.txt" 2>/dev/null
+grep -E '^compute-sanitizer |ERROR SUMMARY|RACECHECK SUMMARY|^gpu_check: [0-9]' "$OUTDIR/sanitize.txt" 2>/dev/null
 echo "gpu-check status: $status"
 exit $status
