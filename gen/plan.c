@@ -33,9 +33,10 @@ s2_attn_tile s2_plan_default_tile(const char *arch, int head_dim)
          * forward is 1.33x and the backward 1.56x faster at N = 32k, and at 8k and 16k both
          * win too (d = 64 and 128). Re-tuned on an H100 at 3184cbb (2026-11-26): still the
          * forward's best, the backward within 2 % of it. For d = 64, since the forward loads
-         * behind its S (session 8, H100, N = 16k): 64-key tiles on four stages make the
-         * forward 10 % faster (0.764 -> 0.687 ms) and one warpgroup a backward block 2.4 % (f+b
-         * 3.165 -> 3.088 ms); at d = 128 both lose (8k forward 0.334 -> 0.364, f+b 1.35 -> 1.69). */
+         * behind its S (H100, 2026-11-26, N = 16k, bench/RESULTS.md): 64-key tiles on four
+         * stages make the forward 10 % faster (0.764 -> 0.687 ms) and one warpgroup a backward
+         * block 2.4 % (f+b 3.165 -> 3.088 ms); at d = 128 both lose (8k forward 0.334 ->
+         * 0.364, f+b 1.35 -> 1.69). */
         if (head_dim == 64)
             return (s2_attn_tile){.fwd_wgmma = 1, .fwd_warps = 8, .fwd_strips = 1,
                                   .fwd_block_n = 64, .fwd_stages = 4, .bwd_wgmma = 1,

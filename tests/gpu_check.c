@@ -81,9 +81,10 @@ static const gcase cases[] = {
  * names every field but the wgmma switches, which stay off unless named, so a change of the
  * defaults cannot change what it tests.
  * Tiles 4 and 5 are the Hopper kernels on sm_90a with head_dim 64 and 128: tile 4 the wgmma
- * forward on two stages of 128-key tiles (one warpgroup a block at head_dim 64, two at 128;
- * the defaults: two, on four stages of 64 keys and three of 128) with the wgmma backward's
- * atomic dQ (two warpgroups; the default at head_dim 64 has one), tile 5 the
+ * forward with one warpgroup a block at head_dim 64 and two at 128, on two stages of 128-key
+ * tiles (the defaults have two warpgroups, on four stages of 64-key tiles at head_dim 64 and
+ * three of 128-key tiles at 128), with the wgmma backward's atomic dQ on two warpgroups (the
+ * head_dim 64 default has one), tile 5 the
  * deterministic wgmma backward after an mma.sync forward, so a fault of the forward cannot
  * hide in the backward (two stages for head_dim 128 and three for 64: with the default's four,
  * each load distance of its pipeline); elsewhere, and for head_dim 96, they are further
