@@ -55,29 +55,22 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
     const int kt_begin = s2_group_start(x0, cls) / S2_FWD_BN;
     const int kt_end = xlast / S2_FWD_BN + 1;
 
-    s2_load_tile_sw<S2_FWD_BM, S2_FWD_THREADS>(sq, q, seq0, x0, n, cls, S2_NUM_HEADS, h);
-#pragma unroll
-    for (int s = 0; s < S2_FWD_STAGES - 1; s++) {
-        if (kt_begin + s < kt_end) {
-            s2_elem *dk = skv + (2 * s) * kv_stride;
-            s2_load_tile_sw<S2_FWD_BN, S2_FWD_THREADS>(dk, k, seq0, (kt_begin + s) * S2_FWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
-            s2_load_tile_sw<S2_FWD_BN, S2_FWD_THREADS>(dk + kv_stride, v, seq0, (kt_begin + s) * S2_FWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
-        }
-        s2_cp_async_commit();
-    }
-
-    // Tile it + STAGES - 1 into the stage tile it - 1 used (this thread's share; one commit
-    // group a step, empty past the last tile): with two or more stages issued behind the step's
+    // Key/value tile j of the walk into stage j % STAGES (this thread's share; one commit group
+    // a tile, empty past the last tile): the first STAGES - 1 here, then step it loads tile
+    // it + STAGES - 1 into the stage tile it - 1 used, with two or more stages behind the step's
     // S, so the tensor cores start on it first.
-    auto load_next = [&](int it) {
-        const int nx = it + S2_FWD_STAGES - 1;
-        if (kt_begin + nx < kt_end) {
-            s2_elem *dk = skv + (2 * (nx % S2_FWD_STAGES)) * kv_stride;
-            s2_load_tile_sw<S2_FWD_BN, S2_FWD_THREADS>(dk, k, seq0, (kt_begin + nx) * S2_FWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
-            s2_load_tile_sw<S2_FWD_BN, S2_FWD_THREADS>(dk + kv_stride, v, seq0, (kt_begin + nx) * S2_FWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
+    auto load_tile = [&](int j) {
+        if (kt_begin + j < kt_end) {
+            s2_elem *dk = skv + (2 * (j % S2_FWD_STAGES)) * kv_stride;
+            s2_load_tile_sw<S2_FWD_BN, S2_FWD_THREADS>(dk, k, seq0, (kt_begin + j) * S2_FWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
+            s2_load_tile_sw<S2_FWD_BN, S2_FWD_THREADS>(dk + kv_stride, v, seq0, (kt_begin + j) * S2_FWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
         }
         s2_cp_async_commit();
     };
+    s2_load_tile_sw<S2_FWD_BM, S2_FWD_THREADS>(sq, q, seq0, x0, n, cls, S2_NUM_HEADS, h);
+#pragma unroll
+    for (int j = 0; j < S2_FWD_STAGES - 1; j++)
+        load_tile(j);
 
     float acc[S2_OACC];
 #pragma unroll
@@ -102,7 +95,7 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
             s2_fence_proxy_async(); // this thread's copies, visible to wgmma after the barrier
             __syncthreads();
 #else
-            load_next(it);
+            load_tile(it + S2_FWD_STAGES - 1);
             s2_cp_async_wait<0>();
             s2_fence_proxy_async();
             __syncthreads();
@@ -118,7 +111,7 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
         s2_wgmma_xyt<S2_FWD_BM, S2_FWD_BN>(s, sq, wg * 64, sk);
         s2_wgmma_commit();
 #if S2_FWD_STAGES >= 2
-        load_next(it);
+        load_tile(it + S2_FWD_STAGES - 1);
 #endif
         s2_wgmma_wait0();
         s2_fence_regs(s);
