@@ -9,6 +9,8 @@
 #   S2_AB_SEQLENS  d=128 lengths of llama2-7b-32k (default 8192,16384)
 #   S2_AB_D64      1 (default) also times llama2-7b-16k at d=64; 0 skips it
 #   S2_AB_ARGS     more `bench attn` arguments for every run (e.g. "--tile bwd_stages=3")
+#   S2_AB_TIMEOUT  seconds one run may take before it is killed and counted failed (default 180),
+#                  so a build whose kernel hangs costs one run, not the whole call
 # Prints the rows of every run, then a table: per build and case, the median of its rounds.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
@@ -22,6 +24,7 @@ export LD_LIBRARY_PATH=/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH
 rounds=${S2_AB_ROUNDS:-2}
 seqlens=${S2_AB_SEQLENS:-8192,16384}
 read -r -a extra <<<"${S2_AB_ARGS:-}"
+limit=${S2_AB_TIMEOUT:-180}
 status=0
 for dir in "$@"; do
   [ -x "$dir/bin/s2lora" ] || { echo "ab: $dir/bin/s2lora is missing" >&2; exit 2; }
@@ -29,11 +32,11 @@ done
 for ((r = 1; r <= rounds; r++)); do
   for dir in "$@"; do
     echo "== round $r $dir" | tee -a "$log"
-    "$dir/bin/s2lora" bench attn specs/llama2-7b-32k.yaml --seqlens "$seqlens" --no-peers \
+    timeout "$limit" "$dir/bin/s2lora" bench attn specs/llama2-7b-32k.yaml --seqlens "$seqlens" --no-peers \
       "${extra[@]}" 2>&1 | grep --line-buffered -E '^s2lora' | sed -u "s|^|$dir |" | tee -a "$log"
     [ "${PIPESTATUS[0]}" = 0 ] || status=1
     if [ "${S2_AB_D64:-1}" = 1 ]; then
-      "$dir/bin/s2lora" bench attn specs/llama2-7b-16k.yaml --set model.head_dim=64 --no-peers \
+      timeout "$limit" "$dir/bin/s2lora" bench attn specs/llama2-7b-16k.yaml --set model.head_dim=64 --no-peers \
         "${extra[@]}" 2>&1 | grep --line-buffered -E '^s2lora' | sed -u "s|^|$dir |" | tee -a "$log"
       [ "${PIPESTATUS[0]}" = 0 ] || status=1
     fi

@@ -204,7 +204,7 @@ else
   bench_seqlens=8192,16384
 fi
 bench_seqlens=${S2_BENCH_SEQLENS:-$bench_seqlens}
-# S2_BENCH_TILES="T1 T2 ...": one s2lora row per tile (each a --tile value, e.g. bwd_atomic_dq=1)
+# S2_BENCH_TILES="T1 T2 ...": one s2lora row per tile (each a --tile value, e.g. fwd_mbar=0,bwd_mbar=0)
 # instead of the tuned-or-default tile, to compare tiles beside the peers in one run.
 bench_tile_args=()
 for t in ${S2_BENCH_TILES:-}; do bench_tile_args+=(--tile "$t"); done

@@ -58,9 +58,11 @@ static void emit_constants(s2_buf *b, const s2_attn_plan *p, s2_attn_unit unit)
                       "#define S2_FWD_BN %d\n"
                       "#define S2_FWD_STAGES %d\n"
                       "#define S2_FWD_WGMMA %d\n"
+                      "#define S2_FWD_MBAR %d\n"
                       "#define S2_TEST_BROKEN %d\n\n",
                       p->tile.fwd_warps, p->tile.fwd_strips, p->tile.fwd_block_n,
-                      p->tile.fwd_stages, p->tile.fwd_wgmma, p->tile.test_broken);
+                      p->tile.fwd_stages, p->tile.fwd_wgmma, p->tile.fwd_mbar,
+                      p->tile.test_broken);
     else
         s2_buf_printf(b,
                       "#define S2_BWD_WARPS %d\n"
@@ -68,11 +70,13 @@ static void emit_constants(s2_buf *b, const s2_attn_plan *p, s2_attn_unit unit)
                       "#define S2_BWD_STAGES %d\n"
                       "#define S2_BWD_ATOMIC_DQ %d\n"
                       "#define S2_BWD_WGMMA %d\n"
+                      "#define S2_BWD_MBAR %d\n"
                       "#define S2_BLOCK_M %d\n"
                       "#define S2_BLOCK_N 32\n"
                       "#define S2_WARPS %d\n\n",
                       p->tile.bwd_warps, p->tile.bwd_block_n, p->tile.bwd_stages,
-                      p->tile.bwd_atomic_dq, p->tile.bwd_wgmma, p->bwd_block_m, p->tile.bwd_warps);
+                      p->tile.bwd_atomic_dq, p->tile.bwd_wgmma, p->tile.bwd_mbar, p->bwd_block_m,
+                      p->tile.bwd_warps);
 }
 
 /* The end of every emitter: the source to *src, or the error (out of memory named by what). */

@@ -36,14 +36,18 @@ s2_attn_tile s2_plan_default_tile(const char *arch, int head_dim)
          * behind its S (H100, 2026-11-26, N = 16k, bench/RESULTS.md): 64-key tiles on four
          * stages make the forward 10 % faster (0.764 -> 0.687 ms) and one warpgroup a backward
          * block 2.4 % (f+b 3.165 -> 3.088 ms); at d = 128 both lose (8k forward 0.334 ->
-         * 0.364, f+b 1.35 -> 1.69). */
+         * 0.364, f+b 1.35 -> 1.69). The mbarrier rings with warpgroup turns (fwd_mbar,
+         * bwd_mbar; H100, 2026-11-26, three rounds each, bench/RESULTS.md): at d = 128 the
+         * forward 8 % faster (8k 0.333 -> 0.307 ms, 16k 1.118 -> 1.032), 8k f+b 3 % (1.349 ->
+         * 1.304); at d = 64 both slower (16k forward 0.691 -> 0.709, f+b 3.03 -> 3.21). */
         if (head_dim == 64)
             return (s2_attn_tile){.fwd_wgmma = 1, .fwd_warps = 8, .fwd_strips = 1,
                                   .fwd_block_n = 64, .fwd_stages = 4, .bwd_wgmma = 1,
                                   .bwd_warps = 4, .bwd_block_n = 64, .bwd_stages = 4};
         return (s2_attn_tile){.fwd_wgmma = 1, .fwd_warps = 8, .fwd_strips = 1,
-                              .fwd_block_n = 128, .fwd_stages = 3, .bwd_wgmma = 1,
-                              .bwd_warps = 8, .bwd_block_n = 64, .bwd_stages = 4};
+                              .fwd_block_n = 128, .fwd_stages = 3, .fwd_mbar = 1,
+                              .bwd_wgmma = 1, .bwd_warps = 8, .bwd_block_n = 64,
+                              .bwd_stages = 4, .bwd_mbar = 1};
     }
     /* Measured on an H100 (bench/RESULTS.md, 2026-11-25): two strips of 32 keys beat one
      * strip of 64 or 128 by 20-25 % in the forward at d = 128. */
@@ -63,11 +67,13 @@ static const struct {
     {"fwd_block_n", offsetof(s2_attn_tile, fwd_block_n)},
     {"fwd_stages", offsetof(s2_attn_tile, fwd_stages)},
     {"fwd_wgmma", offsetof(s2_attn_tile, fwd_wgmma)},
+    {"fwd_mbar", offsetof(s2_attn_tile, fwd_mbar)},
     {"bwd_warps", offsetof(s2_attn_tile, bwd_warps)},
     {"bwd_block_n", offsetof(s2_attn_tile, bwd_block_n)},
     {"bwd_stages", offsetof(s2_attn_tile, bwd_stages)},
     {"bwd_atomic_dq", offsetof(s2_attn_tile, bwd_atomic_dq)},
     {"bwd_wgmma", offsetof(s2_attn_tile, bwd_wgmma)},
+    {"bwd_mbar", offsetof(s2_attn_tile, bwd_mbar)},
 #ifdef S2_TEST_BROKEN_TILE
     {"test_broken", offsetof(s2_attn_tile, test_broken)},
 #endif
@@ -92,8 +98,8 @@ s2_status s2_plan_parse_tile(const char *text, s2_attn_tile *t, s2_error *err)
         if (k == N_TILE_KEYS)
             return s2_error_set(err, S2_ERR_INVALID,
                                 "tile '%s': unknown key '%.*s'; valid: fwd_warps, fwd_strips, fwd_block_n, "
-                                "fwd_stages, fwd_wgmma, bwd_warps, bwd_block_n, bwd_stages, "
-                                "bwd_atomic_dq, bwd_wgmma",
+                                "fwd_stages, fwd_wgmma, fwd_mbar, bwd_warps, bwd_block_n, bwd_stages, "
+                                "bwd_atomic_dq, bwd_wgmma, bwd_mbar",
                                 text, (int)(eq - p), p);
         char *num_end;
         long v = strtol(eq + 1, &num_end, 10);
@@ -144,12 +150,13 @@ static int smem_limit(const char *arch)
 static int bwd_tile_bytes(int rows, int d) { return rows * (d + 2) * 2; }
 
 /* Shared memory of the forward: Q and the K/V stages (the wgmma layout has no row pad but
- * needs 1 KiB to align its panels). */
+ * needs 1 KiB to align its panels; with fwd_mbar two 8-byte mbarriers a stage follow). */
 static int fwd_smem(const s2_attn_tile *t, int d)
 {
     const int bm = 16 * t->fwd_strips * t->fwd_warps;
     if (t->fwd_wgmma)
-        return (bm + 2 * t->fwd_stages * t->fwd_block_n) * d * 2 + 1024;
+        return (bm + 2 * t->fwd_stages * t->fwd_block_n) * d * 2 + 1024 +
+               (t->fwd_mbar ? 16 * t->fwd_stages : 0);
     return (bm + 2 * t->fwd_stages * t->fwd_block_n) * (d + 8) * 2;
 }
 
@@ -159,6 +166,12 @@ static s2_status check_fwd_wgmma(const s2_attn_tile *t, int d, const char *arch,
     if (t->fwd_wgmma != 0 && t->fwd_wgmma != 1)
         return s2_error_set(err, S2_ERR_INVALID, "tile: fwd_wgmma = %d, valid: 0, 1",
                             t->fwd_wgmma);
+    if (t->fwd_mbar != 0 && t->fwd_mbar != 1)
+        return s2_error_set(err, S2_ERR_INVALID, "tile: fwd_mbar = %d, valid: 0, 1", t->fwd_mbar);
+    if (t->fwd_mbar && !t->fwd_wgmma)
+        return s2_error_set(err, S2_ERR_INVALID,
+                            "tile: fwd_mbar = 1 with fwd_wgmma 0: valid only with fwd_wgmma = 1 "
+                            "(the mma.sync forward steps on block barriers; or fwd_mbar = 0)");
     if (!t->fwd_wgmma)
         return S2_OK;
     if (strcmp(arch, "sm_90a"))
@@ -223,8 +236,10 @@ static s2_status check_fwd_tile(const s2_attn_tile *t, int d, int limit, const c
 
 static int bwd_smem(const s2_attn_tile *t, int d, int *dq, int *dkdv)
 {
-    if (t->bwd_wgmma) { /* swizzled panels without row pad, plus 1 KiB to align them */
-        *dq = (2 * 16 * t->bwd_warps + 2 * t->bwd_stages * t->bwd_block_n) * d * 2 + 1024;
+    if (t->bwd_wgmma) { /* swizzled panels without row pad, plus 1 KiB to align them, and with
+                         * bwd_mbar two 8-byte mbarriers a stage at the end */
+        *dq = (2 * 16 * t->bwd_warps + 2 * t->bwd_stages * t->bwd_block_n) * d * 2 + 1024 +
+              (t->bwd_mbar ? 16 * t->bwd_stages : 0);
         *dkdv = *dq + 2 * t->bwd_stages * t->bwd_block_n * (int)sizeof(float);
         if (t->bwd_atomic_dq) /* dS^T of one tile, [keys][64 queries] swizzled, 1 KiB aligned */
             *dkdv += 16 * t->bwd_warps * 64 * 2 + 1024;
@@ -243,6 +258,16 @@ static s2_status check_bwd_wgmma(const s2_attn_tile *t, int d, const char *arch,
     if (t->bwd_wgmma != 0 && t->bwd_wgmma != 1)
         return s2_error_set(err, S2_ERR_INVALID, "tile: bwd_wgmma = %d, valid: 0, 1",
                             t->bwd_wgmma);
+    if (t->bwd_mbar != 0 && t->bwd_mbar != 1)
+        return s2_error_set(err, S2_ERR_INVALID, "tile: bwd_mbar = %d, valid: 0, 1", t->bwd_mbar);
+    /* (two stages: the ring's loads at the top of each step spill in the dK/dV kernel; the
+     * atomic-dQ kernel streams on commit groups only) */
+    if (t->bwd_mbar && (!t->bwd_wgmma || t->bwd_stages < 3 || t->bwd_atomic_dq))
+        return s2_error_set(err, S2_ERR_INVALID,
+                            "tile: bwd_mbar = 1 with bwd_wgmma %d, bwd_stages %d, bwd_atomic_dq "
+                            "%d; valid only with bwd_wgmma 1, bwd_stages 3..4, bwd_atomic_dq 0 "
+                            "(or bwd_mbar = 0)",
+                            t->bwd_wgmma, t->bwd_stages, t->bwd_atomic_dq);
     if (!t->bwd_wgmma)
         return S2_OK;
     if (strcmp(arch, "sm_90a"))
@@ -376,6 +401,7 @@ static const int fwd_widths[] = {32, 64, 128};
 static const int bwd_widths[] = {32, 64};
 static const int stage_counts[] = {1, 2, 3, 4};
 static const int wgmma_modes[] = {0, 1};
+static const int mbar_modes[] = {0, 1};
 #define COUNT(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
 /* Appends t if the plan accepts it and it is not the default (already first). */
@@ -409,12 +435,14 @@ int s2_plan_tile_space(const s2_spec *spec, const char *arch, s2_attn_unit unit,
             for (int a = 0; a < COUNT(warp_counts); a++)
                 for (int b = 0; b < COUNT(strip_counts); b++)
                     for (int c = 0; c < COUNT(fwd_widths); c++)
-                        for (int d = 0; d < COUNT(stage_counts); d++) {
-                            t.fwd_wgmma = wgmma_modes[w];
-                            t.fwd_warps = warp_counts[a], t.fwd_strips = strip_counts[b];
-                            t.fwd_block_n = fwd_widths[c], t.fwd_stages = stage_counts[d];
-                            space_add(spec, arch, &t, &def, out, max, &n);
-                        }
+                        for (int d = 0; d < COUNT(stage_counts); d++)
+                            for (int e = 0; e < COUNT(mbar_modes); e++) {
+                                t.fwd_wgmma = wgmma_modes[w];
+                                t.fwd_warps = warp_counts[a], t.fwd_strips = strip_counts[b];
+                                t.fwd_block_n = fwd_widths[c], t.fwd_stages = stage_counts[d];
+                                t.fwd_mbar = mbar_modes[e];
+                                space_add(spec, arch, &t, &def, out, max, &n);
+                            }
 #ifdef S2_TEST_BROKEN_TILE
         t = def; /* the default, miscomputing: the tuner's gate must reject it */
         t.test_broken = 1;
@@ -428,15 +456,17 @@ int s2_plan_tile_space(const s2_spec *spec, const char *arch, s2_attn_unit unit,
         for (int a = 0; a < COUNT(warp_counts); a++)
             for (int c = 0; c < (scalar ? 1 : COUNT(bwd_widths)); c++)
                 for (int d = 0; d < (scalar ? 1 : COUNT(stage_counts)); d++)
-                    for (int e = 0; e < (scalar ? 1 : 2); e++) {
-                        t.bwd_warps = warp_counts[a];
-                        if (!scalar) {
-                            t.bwd_wgmma = wgmma_modes[w];
-                            t.bwd_block_n = bwd_widths[c], t.bwd_stages = stage_counts[d];
-                            t.bwd_atomic_dq = e;
+                    for (int e = 0; e < (scalar ? 1 : 2); e++)
+                        for (int f = 0; f < (scalar ? 1 : COUNT(mbar_modes)); f++) {
+                            t.bwd_warps = warp_counts[a];
+                            if (!scalar) {
+                                t.bwd_wgmma = wgmma_modes[w];
+                                t.bwd_block_n = bwd_widths[c], t.bwd_stages = stage_counts[d];
+                                t.bwd_atomic_dq = e;
+                                t.bwd_mbar = mbar_modes[f];
+                            }
+                            space_add(spec, arch, &t, &def, out, max, &n);
                         }
-                        space_add(spec, arch, &t, &def, out, max, &n);
-                    }
     return n;
 }
 

@@ -30,6 +30,9 @@ typedef struct s2_attn_tile {
     int fwd_wgmma;   /* forward: 1 = Hopper warpgroup products (wgmma, sm_90a only, head_dim 64
                         or 128): fwd_warps 4 or 8 (one or two warpgroups of 64 rows),
                         fwd_strips 1, fwd_block_n 64 or 128; 0 = mma.sync (every arch) */
+    int fwd_mbar;    /* forward with fwd_wgmma: 1 = the stage ring on mbarriers, no block barrier
+                        a step, two warpgroups issuing S in turns; 0 = commit groups and a block
+                        barrier a step */
     int bwd_warps;   /* backward: warps per block, 16 rows each (d > 128: 2 rows each) */
     int bwd_block_n; /* backward: keys (dQ) or queries (dK/dV) per streamed tile: 32 or 64 */
     int bwd_stages;  /* backward: streamed tiles in flight: 1..4 */
@@ -38,6 +41,9 @@ typedef struct s2_attn_tile {
     int bwd_atomic_dq; /* backward: 0 = a separate dQ kernel, deterministic; 1 = the dK/dV
                           kernel also adds dQ into an fp32 accumulator with atomics (two
                           fewer products per tile pair, run-to-run order not fixed) */
+    int bwd_mbar;      /* backward with bwd_wgmma, bwd_stages 3..4, bwd_atomic_dq 0: 1 = the
+                          stage rings on mbarriers, two warpgroups issuing S and dP in turns;
+                          0 = commit groups and a block barrier a step */
     int test_broken;   /* test builds only (S2_TEST_BROKEN_TILE): 1 makes the forward scale O
                           by 1.01, so the tuner's correctness gate can be shown to reject a
                           wrong candidate; every other build refuses the key and the value */

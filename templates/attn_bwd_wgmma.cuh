@@ -49,32 +49,84 @@ __device__ __forceinline__ void s2_wgmma_pair(float (&s)[S2_SACC], float (&dp)[S
 
 // The streamed tiles of a walk whose step also reads the tile before it (its second products
 // run behind the next step's first ones), so tiles are loaded STAGES - 2 steps ahead; load(j)
-// copies tile j into stage j % STAGES (this thread's share). The first tiles, one commit
-// group each:
+// copies tile j into stage j % STAGES (this thread's share). Two ways to hand a stage from the
+// copies to the products and back, the plan's bwd_mbar:
+//   0  cp.async commit groups and a block barrier a step (with two stages, two);
+//   1  a ring of mbarriers, bars[st] (full: every thread's copies of the stage's tile have
+//      landed, each thread arriving through cp.async.mbarrier.arrive.noinc) and
+//      bars[STAGES + st] (empty: every thread is done with it), so the two warpgroups of a
+//      block run apart and take turns issuing their first products (s2_turn_*). o_stage: the
+//      last stage first holds the block's own rows (the dQ kernel's O), released once by every
+//      thread before its first tile. bars is unused with bwd_mbar 0.
+#define S2_BWD_TURNS (S2_BWD_MBAR && S2_BWD_WARPS == 8)
+
+__device__ __forceinline__ void s2_ring_init(unsigned long long *bars)
+{
+#if S2_BWD_MBAR
+    if (threadIdx.x == 0)
+#pragma unroll
+        for (int i = 0; i < 2 * S2_BWD_STAGES; i++)
+            s2_mbar_init(&bars[i], S2_BWD_THREADS);
+    __syncthreads();
+#else
+    (void)bars;
+#endif
+}
+
+// This thread's copies of tile j (j < n_tiles), with bwd_mbar once every thread is done with
+// the tile the stage held before.
 template <class Load>
-__device__ __forceinline__ void s2_overlap_prologue(int n_tiles, Load load)
+__device__ __forceinline__ void s2_ring_load(unsigned long long *bars, int j, bool o_stage,
+                                             Load load)
+{
+#if S2_BWD_MBAR
+    const int st = j % S2_BWD_STAGES;
+    const int phase = j / S2_BWD_STAGES - 1 + (o_stage && st == S2_BWD_STAGES - 1);
+    if (phase >= 0)
+        s2_mbar_wait(&bars[S2_BWD_STAGES + st], phase & 1);
+    load(j);
+    s2_mbar_arrive_copies(&bars[st]);
+#else
+    (void)bars, (void)o_stage;
+    load(j);
+#endif
+}
+
+// The first tiles (after the block's own rows, whose copies land with tile 0's); one commit
+// group each with bwd_mbar 0.
+template <class Load>
+__device__ __forceinline__ void s2_ring_prologue(unsigned long long *bars, int n_tiles, Load load)
 {
 #pragma unroll
     for (int j = 0; j < S2_BWD_STAGES - 2; j++) {
         if (j < n_tiles)
-            load(j);
+            s2_ring_load(bars, j, false, load);
+#if !S2_BWD_MBAR
         s2_cp_async_commit();
+#endif
     }
 }
 
-// The top of step it: after the (first) barrier tile it has landed for every thread and every
-// thread is done with tile it - 2 (its products waited for in step it - 1), whose stage is
-// reloaded with tile it + STAGES - 2 by s2_overlap_products, behind the step's S and dP (with
-// two stages, tile it itself, here, behind a second barrier).
+// The top of step it: tile it has landed for every thread and is visible to this thread's
+// products. bwd_mbar 0: after the (first) barrier, and every thread is done with tile it - 2
+// (its products waited for in step it - 1), whose stage s2_overlap_products reloads with tile
+// it + STAGES - 2 behind the step's S and dP (with two stages, tile it itself, here, behind a
+// second barrier).
 template <class Load>
-__device__ __forceinline__ void s2_overlap_step_top(int it, int n_tiles, Load load)
+__device__ __forceinline__ void s2_ring_top(unsigned long long *bars, int it, Load load)
 {
-#if S2_BWD_STAGES >= 3
+#if S2_BWD_MBAR
+    static_assert(S2_BWD_STAGES >= 3, "the plan refuses bwd_mbar with two stages (they spill)");
+    (void)load;
+    s2_mbar_wait(&bars[it % S2_BWD_STAGES], (it / S2_BWD_STAGES) & 1);
+    s2_fence_proxy_async(); // every thread's copies, visible to this thread's wgmma
+#elif S2_BWD_STAGES >= 3
+    (void)bars, (void)load; // loaded by s2_overlap_products, behind S and dP
     s2_cp_async_wait<S2_BWD_STAGES - 3>();
-    s2_fence_proxy_async();
+    s2_fence_proxy_async(); // this thread's copies, visible to wgmma after the barrier
     __syncthreads();
-    (void)it, (void)n_tiles, (void)load; // loaded by s2_overlap_products, behind S and dP
 #else
+    (void)bars;
     __syncthreads();
     load(it);
     s2_cp_async_commit();
@@ -84,23 +136,42 @@ __device__ __forceinline__ void s2_overlap_step_top(int it, int n_tiles, Load lo
 #endif
 }
 
-// Step it's S and dP (s2_wgmma_pair_issue), then, with three or more stages, this thread's
-// copies of tile it + STAGES - 2 (one commit group; measured 1.3 % faster here than before the
-// products, and 10 % slower after the second ones), then, from the second step on, the step
-// before's second products (prev issues them; committed here as one group); waits for S and
-// dP only.
+// This thread is done with tile j (its step's products and the next step's, waited for).
+__device__ __forceinline__ void s2_ring_release(unsigned long long *bars, int j)
+{
+#if S2_BWD_MBAR
+    s2_mbar_arrive(&bars[S2_BWD_STAGES + j % S2_BWD_STAGES]);
+#else
+    (void)bars, (void)j;
+#endif
+}
+
+// Step it's S and dP (s2_wgmma_pair_issue; with bwd_mbar and two warpgroups, warpgroup wg's
+// turn), then, with three or more stages, this thread's copies of tile it + STAGES - 2 (one
+// commit group with bwd_mbar 0; measured 1.3 % faster here than before the products, and
+// 10 % slower after the second ones), then, from the second step on, the step before's second
+// products (prev issues them; committed here as one group); waits for S and dP only.
 template <class Prev, class Load>
 __device__ __forceinline__ void s2_overlap_products(int it, float (&s)[S2_SACC],
                                                     float (&dp)[S2_SACC], const s2_elem *x1,
                                                     const s2_elem *y1, const s2_elem *x2,
-                                                    const s2_elem *y2, int r0, Prev prev,
-                                                    int n_tiles, Load load)
+                                                    const s2_elem *y2, int wg, Prev prev,
+                                                    int n_tiles, unsigned long long *bars,
+                                                    bool o_stage, Load load)
 {
-    s2_wgmma_pair_issue(s, dp, x1, y1, x2, y2, r0);
+#if S2_BWD_TURNS
+    s2_turn_wait(wg);
+#endif
+    s2_wgmma_pair_issue(s, dp, x1, y1, x2, y2, wg * 64);
+#if S2_BWD_TURNS
+    s2_turn_pass(wg);
+#endif
 #if S2_BWD_STAGES >= 3
     if (it + S2_BWD_STAGES - 2 < n_tiles)
-        load(it + S2_BWD_STAGES - 2);
+        s2_ring_load(bars, it + S2_BWD_STAGES - 2, o_stage, load);
+#if !S2_BWD_MBAR
     s2_cp_async_commit();
+#endif
 #endif
     if (it > 0) {
         prev();
@@ -199,8 +270,10 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
                   "a step reads the tile before it; O's rows fit one stage");
     s2_load_tile_sw<S2_BWD_BM, S2_BWD_THREADS>(sq, q, seq0, x0, n, cls, S2_NUM_HEADS, h);
     s2_load_tile_sw<S2_BWD_BM, S2_BWD_THREADS>(sdo, dout, seq0, x0, n, cls, S2_NUM_HEADS, h);
+    unsigned long long *bars = (unsigned long long *)(skv + 2 * S2_BWD_STAGES * kv_stride);
+    s2_ring_init(bars);
     s2_load_tile_sw<S2_BWD_BM, S2_BWD_THREADS>(so, o, seq0, x0, n, cls, S2_NUM_HEADS, h);
-    s2_overlap_prologue(n_kt, load_kv);
+    s2_ring_prologue(bars, n_kt, load_kv);
 
     float lse2[2], dlt[2];
     int klo[2], khi[2]; // the keys each of this thread's rows sees
@@ -217,11 +290,16 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
         acc[i] = 0.f;
     unsigned a[S2_BWD_BN / 16][4]; // dS of the step before, as the A fragments of dQ += dS K
 
+#if S2_BWD_TURNS
+    s2_turn_start(wg);
+#endif
     for (int it = 0; it < n_kt; it++) {
-        s2_overlap_step_top(it, n_kt, load_kv);
-        if (it == 0) // Q, dO and O have landed
+        s2_ring_top(bars, it, load_kv);
+        if (it == 0) { // Q, dO and O have landed; O's stage is free once every thread is done
             s2_delta_rows(dlt, so, sdo, delta, row0 - x0, row0, n, seq0, cls, h, total_tokens,
                           lane);
+            s2_ring_release(bars, S2_BWD_STAGES - 1);
+        }
         const s2_elem *sk = skv + 2 * (it % S2_BWD_STAGES) * kv_stride;
         const s2_elem *sv = sk + kv_stride;
 
@@ -229,9 +307,9 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
         // S and dP only
         float s[S2_SACC], dp[S2_SACC];
         s2_fence_regs(acc);
-        s2_overlap_products(it, s, dp, sq, sk, sdo, sv, wg * 64, [&] {
+        s2_overlap_products(it, s, dp, sq, sk, sdo, sv, wg, [&] {
             s2_wgmma_py<S2_BWD_BN>(acc, a, skv + 2 * ((it - 1) % S2_BWD_STAGES) * kv_stride);
-        }, n_kt, load_kv);
+        }, n_kt, bars, true, load_kv);
 
         // dS = P ∘ (dP - delta) in place of S; packed into the fragments once the product of
         // the step before is done with them
@@ -251,7 +329,12 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
         s2_wgmma_wait0();
         s2_fence_regs(acc);
         s2_acc_to_afrag<S2_BWD_BN / 8>(s, a);
+        if (it > 0)
+            s2_ring_release(bars, it - 1);
     }
+#if S2_BWD_TURNS
+    s2_turn_end(wg);
+#endif
     if (n_kt > 0) { // the last step's dQ += dS K
         s2_fence_regs(acc);
         s2_wgmma_fence();
@@ -407,7 +490,9 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
     // Step j's S^T and dP^T run beside dV += P^T dO and dK += dS^T Q of step j - 1, which read
     // Q and dO of tile j - 1. (load_tile follows the walk, so tile j is the next pair.)
     auto load_next = [&](int j) { load_tile(j % S2_BWD_STAGES); };
-    s2_overlap_prologue(n_it, load_next);
+    unsigned long long *bars = (unsigned long long *)(sl + 2 * S2_BWD_STAGES * S2_BWD_BN);
+    s2_ring_init(bars);
+    s2_ring_prologue(bars, n_it, load_next);
 
     float adk[S2_OACC], adv[S2_OACC];
 #pragma unroll
@@ -417,10 +502,13 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
     unsigned pa[S2_BWD_BN / 16][4], da[S2_BWD_BN / 16][4];
 
     int cur_qt = qt_begin - 1; // this step's query tile
+#if S2_BWD_TURNS
+    s2_turn_start(wg);
+#endif
     for (int it = 0; it < n_it; it++) {
         if (++cur_qt == qt_begin + n_qt)
             cur_qt = qt_begin;
-        s2_overlap_step_top(it, n_it, load_next);
+        s2_ring_top(bars, it, load_next);
         const int st = it % S2_BWD_STAGES;
         const s2_elem *sq = sqd + 2 * st * qd_stride, *sdo = sq + qd_stride;
         const float *slse = sl + (2 * st) * S2_BWD_BN, *sdl = slse + S2_BWD_BN;
@@ -431,11 +519,11 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
         float s[S2_SACC], dp[S2_SACC]; // rows: this warpgroup's keys; columns: the queries
         s2_fence_regs(adv);
         s2_fence_regs(adk);
-        s2_overlap_products(it, s, dp, sk, sq, sv, sdo, wg * 64, [&] {
+        s2_overlap_products(it, s, dp, sk, sq, sv, sdo, wg, [&] {
             const s2_elem *pq = sqd + 2 * ((it - 1) % S2_BWD_STAGES) * qd_stride;
             s2_wgmma_py<S2_BWD_BN>(adv, pa, pq + qd_stride); // dV += P^T dO
             s2_wgmma_py<S2_BWD_BN>(adk, da, pq);             // dK += dS^T Q
-        }, n_it, load_next);
+        }, n_it, bars, false, load_next);
 
         // P^T and dS^T = P^T ∘ (dP^T - delta) in place of S^T and dP^T; packed into the
         // fragments once the products of the step before are done with them
@@ -450,7 +538,12 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
         s2_fence_regs(adk);
         s2_acc_to_afrag<S2_BWD_BN / 8>(s, pa);
         s2_acc_to_afrag<S2_BWD_BN / 8>(dp, da);
+        if (it > 0)
+            s2_ring_release(bars, it - 1);
     }
+#if S2_BWD_TURNS
+    s2_turn_end(wg);
+#endif
     if (n_it > 0) { // the last step's dV and dK products
         const s2_elem *pq = sqd + 2 * ((n_it - 1) % S2_BWD_STAGES) * qd_stride;
         s2_fence_regs(adv);

@@ -14,8 +14,16 @@
 //               rounded to the storage type, are exactly the register A fragment), V from
 //               shared memory read transposed (MN-major: d is contiguous in V's rows).
 // cp.async fills shared memory through the generic proxy, wgmma reads it through the async
-// proxy: every thread fences its copies (fence.proxy.async) before the barrier that publishes
-// a tile. The emitter generates the wgmma wrappers for this tile's n (s2_wgmma_qk, s2_wgmma_pv);
+// proxy. A stage passes from the copies to the products and back in one of two ways, the
+// plan's fwd_mbar:
+//   0  cp.async commit groups and a block barrier a step: every thread fences its copies
+//      (fence.proxy.async) before the barrier that publishes a tile;
+//   1  a ring of mbarriers, full[st] (every thread's copies of the stage's tile have landed;
+//      each thread arrives through cp.async.mbarrier.arrive.noinc) and empty[st] (every thread
+//      is done with it), each thread fencing after its wait on full; no block barrier a step,
+//      so the two warpgroups of a block run apart and take turns issuing S (s2_turn_*), each
+//      one's softmax beside the other's products.
+// The emitter generates the wgmma wrappers for this tile's n (s2_wgmma_qk, s2_wgmma_pv);
 // the layout, descriptor and fence helpers are wgmma.cuh's.
 
 #define S2_FWD_BM (16 * S2_FWD_WARPS)
@@ -23,6 +31,7 @@
 #define S2_PANELS (S2_HEAD_DIM / 64)
 #define S2_SACC (S2_FWD_BN / 2)  // S accumulators per thread (m64 n(BN) over 128 threads)
 #define S2_OACC (S2_HEAD_DIM / 2) // O accumulators per thread
+#define S2_FWD_TURNS (S2_FWD_MBAR && S2_FWD_WARPS == 8)
 
 extern "C" __global__ void __launch_bounds__(S2_FWD_THREADS, 1)
 s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
@@ -55,19 +64,42 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
     const int kt_begin = s2_group_start(x0, cls) / S2_FWD_BN;
     const int kt_end = xlast / S2_FWD_BN + 1;
 
-    // Key/value tile j of the walk into stage j % STAGES (this thread's share; one commit group
-    // a tile, empty past the last tile): the first STAGES - 1 here, then step it loads tile
-    // it + STAGES - 1 into the stage tile it - 1 used, with two or more stages behind the step's
-    // S, so the tensor cores start on it first.
+#if S2_FWD_MBAR
+    unsigned long long *full = (unsigned long long *)(skv + 2 * S2_FWD_STAGES * kv_stride);
+    unsigned long long *empty = full + S2_FWD_STAGES;
+    if (threadIdx.x == 0) {
+#pragma unroll
+        for (int st = 0; st < S2_FWD_STAGES; st++) {
+            s2_mbar_init(&full[st], S2_FWD_THREADS);
+            s2_mbar_init(&empty[st], S2_FWD_THREADS);
+        }
+    }
+    __syncthreads();
+#endif
+    // Key/value tile j of the walk into stage j % STAGES (this thread's share; with fwd_mbar 0
+    // one commit group a tile, empty past the last tile; with fwd_mbar 1 once every thread is
+    // done with the stage's tile before, j - STAGES): the first STAGES - 1 here, then step it
+    // loads tile it + STAGES - 1 into the stage tile it - 1 used, with two or more stages
+    // behind the step's S, so the tensor cores start on it first.
     auto load_tile = [&](int j) {
         if (kt_begin + j < kt_end) {
-            s2_elem *dk = skv + (2 * (j % S2_FWD_STAGES)) * kv_stride;
+            const int st = j % S2_FWD_STAGES;
+#if S2_FWD_MBAR
+            if (j >= S2_FWD_STAGES)
+                s2_mbar_wait(&empty[st], (j / S2_FWD_STAGES - 1) & 1);
+#endif
+            s2_elem *dk = skv + (2 * st) * kv_stride;
             s2_load_tile_sw<S2_FWD_BN, S2_FWD_THREADS>(dk, k, seq0, (kt_begin + j) * S2_FWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
             s2_load_tile_sw<S2_FWD_BN, S2_FWD_THREADS>(dk + kv_stride, v, seq0, (kt_begin + j) * S2_FWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
+#if S2_FWD_MBAR
+            s2_mbar_arrive_copies(&full[st]);
+#endif
         }
+#if !S2_FWD_MBAR
         s2_cp_async_commit();
+#endif
     };
-    s2_load_tile_sw<S2_FWD_BM, S2_FWD_THREADS>(sq, q, seq0, x0, n, cls, S2_NUM_HEADS, h);
+    s2_load_tile_sw<S2_FWD_BM, S2_FWD_THREADS>(sq, q, seq0, x0, n, cls, S2_NUM_HEADS, h); // with tile 0
 #pragma unroll
     for (int j = 0; j < S2_FWD_STAGES - 1; j++)
         load_tile(j);
@@ -84,13 +116,23 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
     for (int hf = 0; hf < 2; hf++)
         s2_query_span(row0 + 8 * hf, cls, n, klo[hf], khi[hf]);
 
+#if S2_FWD_TURNS
+    s2_turn_start(wg);
+#endif
     for (int kt = kt_begin; kt < kt_end; kt++) {
         const int it = kt - kt_begin;
         {
+#if S2_FWD_MBAR
+            // Tile it has landed for every thread (with one stage, loaded here first).
+#if S2_FWD_STAGES == 1
+            load_tile(it);
+#endif
+            s2_mbar_wait(&full[it % S2_FWD_STAGES], (it / S2_FWD_STAGES) & 1);
+            s2_fence_proxy_async(); // every thread's copies, visible to this thread's wgmma
+#elif S2_FWD_STAGES >= 2
             // One barrier a step (two with one stage): after it, tile it has landed for every
             // thread and every thread is done with tile it - 1, whose stage is reloaded (behind
             // this step's S).
-#if S2_FWD_STAGES >= 2
             s2_cp_async_wait<S2_FWD_STAGES - 2>();
             s2_fence_proxy_async(); // this thread's copies, visible to wgmma after the barrier
             __syncthreads();
@@ -108,8 +150,14 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
         float s[S2_SACC];
         s2_overwritten_regs(s);
         s2_wgmma_fence();
+#if S2_FWD_TURNS
+        s2_turn_wait(wg);
+#endif
         s2_wgmma_xyt<S2_FWD_BM, S2_FWD_BN>(s, sq, wg * 64, sk);
         s2_wgmma_commit();
+#if S2_FWD_TURNS
+        s2_turn_pass(wg);
+#endif
 #if S2_FWD_STAGES >= 2
         load_tile(it + S2_FWD_STAGES - 1);
 #endif
@@ -174,11 +222,18 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
         l[1] += sum[1];
         s2_wgmma_wait0();
         s2_fence_regs(acc);
-#if S2_FWD_STAGES == 1
+#if S2_FWD_MBAR
+        s2_mbar_arrive(&empty[it % S2_FWD_STAGES]); // this thread is done with tile it
+#elif S2_FWD_STAGES == 1
         __syncthreads(); // the one stage is reloaded at the top of the next step
 #endif
     }
+#if S2_FWD_TURNS
+    s2_turn_end(wg);
+#endif
+#if !S2_FWD_MBAR
     s2_cp_async_wait<0>();
+#endif
 
 #pragma unroll
     for (int hf = 0; hf < 2; hf++) {

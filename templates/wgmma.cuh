@@ -101,6 +101,64 @@ __device__ __forceinline__ void s2_grid_dependency()
     asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 }
 
+// Strict turn-taking of a block's two warpgroups on named barriers 1 and 2 (barrier 0 is
+// __syncthreads): each issues a step's first products only after the other has issued its
+// own for the step before (warpgroup 0 first), so the tensor cores take them one warpgroup
+// after the other and each warpgroup's softmax runs beside the other's products. Warp-uniform:
+// s2_turn_start before the first step, s2_turn_wait and s2_turn_pass around every step's
+// issue, s2_turn_end after the last (it takes warpgroup 1's last pass).
+__device__ __forceinline__ void s2_turn_start(int wg)
+{
+    if (wg == 1)
+        asm volatile("bar.arrive 2, 256;\n" ::: "memory");
+}
+
+__device__ __forceinline__ void s2_turn_wait(int wg)
+{
+    asm volatile("bar.sync %0, 256;\n" ::"r"(2 - wg) : "memory");
+}
+
+__device__ __forceinline__ void s2_turn_pass(int wg)
+{
+    asm volatile("bar.arrive %0, 256;\n" ::"r"(1 + wg) : "memory");
+}
+
+__device__ __forceinline__ void s2_turn_end(int wg)
+{
+    if (wg == 0)
+        asm volatile("bar.sync 2, 256;\n" ::: "memory");
+}
+
+// Shared-memory barriers (mbarrier) of a stage ring: full[st] completes a phase once every
+// thread's copies of the stage's tile have landed (each thread arrives through
+// cp.async.mbarrier.arrive.noinc, which fires when its earlier copies complete); empty[st] once
+// every thread is done reading it.
+__device__ __forceinline__ void s2_mbar_init(unsigned long long *bar, int count)
+{
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(s2_smem_addr(bar)), "r"(count)
+                 : "memory");
+}
+
+__device__ __forceinline__ void s2_mbar_arrive(unsigned long long *bar)
+{
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(s2_smem_addr(bar)) : "memory");
+}
+
+__device__ __forceinline__ void s2_mbar_arrive_copies(unsigned long long *bar)
+{
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(s2_smem_addr(bar))
+                 : "memory");
+}
+
+__device__ __forceinline__ void s2_mbar_wait(unsigned long long *bar, int parity)
+{
+    asm volatile("{\n.reg .pred p;\nS2_MBAR_WAIT:\n"
+                 "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+                 "@!p bra S2_MBAR_WAIT;\n}\n" ::"r"(s2_smem_addr(bar)),
+                 "r"(parity)
+                 : "memory");
+}
+
 __device__ __forceinline__ void s2_fence_proxy_async()
 {
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");

@@ -77,9 +77,10 @@ static const gcase cases[] = {
 #define N_CASES ((int)(sizeof cases / sizeof cases[0]))
 
 /* Every case runs with the plan's default tile and five others (tile 0 is the default: on
- * sm_90a with head_dim 64 and 128 the wgmma forward and backward together). Each alternative
- * names every field but the wgmma switches, which stay off unless named, so a change of the
- * defaults cannot change what it tests.
+ * sm_90a with head_dim 64 and 128 the wgmma forward and backward together, on mbarrier rings
+ * with two warpgroups in turns at 128 and on block barriers at 64). Each alternative names
+ * every field but the wgmma and mbar switches, which stay off unless named, so a change of
+ * the defaults cannot change what it tests.
  * Tiles 4 and 5 are the Hopper kernels on sm_90a with head_dim 64 and 128: tile 4 the wgmma
  * forward with one warpgroup a block at head_dim 64 and two at 128, on two stages of 128-key
  * tiles (the defaults have two warpgroups, on four stages of 64-key tiles at head_dim 64 and
@@ -87,8 +88,10 @@ static const gcase cases[] = {
  * head_dim 64 default has one), tile 5 the
  * deterministic wgmma backward after an mma.sync forward, so a fault of the forward cannot
  * hide in the backward (two stages for head_dim 128 and three for 64: with the default's four,
- * each load distance of its pipeline); elsewhere, and for head_dim 96, they are further
- * mma.sync tiles. Below sm_90 (A100 and the like), tiles 1 and 2 take one pipeline stage less
+ * each load distance of its pipeline). The mbarrier rings run in one warpgroup a block too:
+ * tile 4's forward and tile 5's backward at head_dim 64, while tile 4's forward at 128 and
+ * tile 5's backward at 128 step on block barriers with two warpgroups; elsewhere, and for
+ * head_dim 96, they are further mma.sync tiles. Below sm_90 (A100 and the like), tiles 1 and 2 take one pipeline stage less
  * where ptxas spills registers (the plan's register rules are estimates) or sm_80's shared
  * memory is exceeded; the same products otherwise. (The tiles are for the 163-227 KiB of shared
  * memory of sm_80 and sm_90; sm_86 and sm_89 have 99 KiB and refuse several of them.) */
@@ -102,10 +105,10 @@ static const char *alt_tile(int i, int d, const char *arch)
         "bwd_warps=8,bwd_block_n=64,bwd_stages=2,bwd_atomic_dq=0",
     };
     static const char *const hopper64[2] = {
-        "fwd_wgmma=1,fwd_warps=4,fwd_strips=1,fwd_block_n=128,fwd_stages=2,bwd_wgmma=1,"
-        "bwd_warps=8,bwd_block_n=64,bwd_stages=3,bwd_atomic_dq=1",
+        "fwd_wgmma=1,fwd_warps=4,fwd_strips=1,fwd_block_n=128,fwd_stages=2,fwd_mbar=1,"
+        "bwd_wgmma=1,bwd_warps=8,bwd_block_n=64,bwd_stages=3,bwd_atomic_dq=1",
         "fwd_wgmma=0,fwd_warps=4,fwd_strips=1,fwd_block_n=128,fwd_stages=2,bwd_wgmma=1,"
-        "bwd_warps=4,bwd_block_n=64,bwd_stages=3,bwd_atomic_dq=0",
+        "bwd_warps=4,bwd_block_n=64,bwd_stages=3,bwd_atomic_dq=0,bwd_mbar=1",
     };
     if (i >= 4 && (d == 64 || d == 128) && !strcmp(arch, "sm_90a"))
         return d == 64 ? hopper64[i - 4] : hopper128[i - 4];

@@ -454,6 +454,69 @@ Test(plan, wgmma_forward_rules)
     cr_expect_eq(w80, 0);
 }
 
+/* The mbarrier rings (fwd_mbar, bwd_mbar): only with the wgmma kernels (the backward's with
+ * three or more stages and without the atomic dQ), two mbarriers a stage of shared memory,
+ * emitted as the templates' switches, the sm_90a default at head_dim 128, in the tuning space. */
+Test(plan, mbar_rules)
+{
+    s2_spec s = load("");
+    s2_attn_tile t = s2_plan_default_tile("sm_80", 128);
+    s2_error err = {0};
+    cr_assert_eq(s2_plan_parse_tile("fwd_wgmma=1,fwd_warps=8,fwd_strips=1,fwd_block_n=128,"
+                                    "fwd_stages=3,fwd_mbar=1,bwd_wgmma=1,bwd_warps=8,"
+                                    "bwd_block_n=64,bwd_stages=4,bwd_mbar=1", &t, &err),
+                 S2_OK, "%s", err.msg);
+    s2_attn_plan p;
+    cr_assert_eq(s2_plan_attn(&s, "sm_90a", &t, &p, &err), S2_OK, "%s", err.msg);
+    cr_expect_eq(p.smem_fwd, (128 + 2 * 3 * 128) * p.d * 2 + 1024 + 3 * 16);
+    cr_expect_eq(p.smem_dq, (2 * 128 + 2 * 4 * 64) * p.d * 2 + 1024 + 4 * 16);
+    cr_expect_eq(p.smem_dkdv, p.smem_dq + 2 * 4 * 64 * 4);
+    char *src = NULL;
+    cr_assert_eq(s2_emit_attn(&s, &p, S2_UNIT_ATTN_FWD, &src, &err), S2_OK, "%s", err.msg);
+    cr_expect(strstr(src, "#define S2_FWD_MBAR 1"));
+    free(src);
+    cr_assert_eq(s2_emit_attn(&s, &p, S2_UNIT_ATTN_BWD, &src, &err), S2_OK, "%s", err.msg);
+    cr_expect(strstr(src, "#define S2_BWD_MBAR 1"));
+    free(src);
+
+    const struct {
+        const char *tile, *msg;
+    } bad[] = {
+        {"fwd_wgmma=0,fwd_warps=4,fwd_strips=2,fwd_block_n=32", "valid only with fwd_wgmma = 1"},
+        {"fwd_mbar=2", "fwd_mbar = 2, valid: 0, 1"},
+        {"bwd_stages=2", "valid only with bwd_wgmma 1, bwd_stages 3..4, bwd_atomic_dq 0"},
+        {"bwd_atomic_dq=1", "bwd_atomic_dq 1; valid only with bwd_wgmma 1"},
+        {"bwd_wgmma=0,bwd_block_n=32", "bwd_mbar = 1 with bwd_wgmma 0"},
+        {"bwd_mbar=-1", "needs an integer"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        s2_attn_tile b = t;
+        s2_status st = s2_plan_parse_tile(bad[i].tile, &b, &err);
+        if (st == S2_OK)
+            st = s2_plan_attn(&s, "sm_90a", &b, &p, &err);
+        cr_expect_eq(st, S2_ERR_INVALID, "%s", bad[i].tile);
+        cr_expect(err.msg && strstr(err.msg, bad[i].msg), "%s: %s", bad[i].tile, err.msg);
+        s2_error_clear(&err);
+    }
+
+    const s2_attn_tile d128 = s2_plan_default_tile("sm_90a", 128);
+    const s2_attn_tile d64 = s2_plan_default_tile("sm_90a", 64);
+    cr_expect(d128.fwd_mbar && d128.bwd_mbar, "measured faster at head_dim 128");
+    cr_expect(!d64.fwd_mbar && !d64.bwd_mbar, "measured slower at head_dim 64");
+    for (int u = 0; u < S2_UNIT_ATTN_COUNT; u++) {
+        s2_attn_tile space[512];
+        int n = s2_plan_tile_space(&s, "sm_90a", (s2_attn_unit)u, space, 512), on = 0, off = 0;
+        cr_assert_leq(n, 512);
+        for (int i = 0; i < n; i++) {
+            const int m = u == S2_UNIT_ATTN_FWD ? space[i].fwd_mbar : space[i].bwd_mbar;
+            const int w = u == S2_UNIT_ATTN_FWD ? space[i].fwd_wgmma : space[i].bwd_wgmma;
+            on += m, off += w && !m;
+        }
+        cr_expect_gt(on, 0, "unit %d", u);
+        cr_expect_gt(off, 0, "unit %d", u);
+    }
+}
+
 /* The Hopper backward (bwd_wgmma = 1): deterministic only, sm_90a only, in the tuning space. */
 Test(plan, wgmma_backward_rules)
 {
