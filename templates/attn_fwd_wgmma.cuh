@@ -64,7 +64,7 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
     const int kt_begin = s2_group_start(x0, cls) / S2_FWD_BN;
     const int kt_end = xlast / S2_FWD_BN + 1;
 
-#if S2_FWD_MBAR
+#if S2_FWD_MBAR // full[STAGES], empty[STAGES] below the stages
     unsigned long long *full = (unsigned long long *)(skv + 2 * S2_FWD_STAGES * kv_stride);
     unsigned long long *empty = full + S2_FWD_STAGES;
     if (threadIdx.x == 0) {
@@ -81,21 +81,24 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
     // done with the stage's tile before, j - STAGES): the first STAGES - 1 here, then step it
     // loads tile it + STAGES - 1 into the stage tile it - 1 used, with two or more stages
     // behind the step's S, so the tensor cores start on it first.
+    const int n_kt = kt_end - kt_begin;
+    auto copy_tile = [&](int j) { // this thread's copies of tile j, into stage j % STAGES
+        s2_elem *dk = skv + (2 * (j % S2_FWD_STAGES)) * kv_stride;
+        s2_load_tile_sw<S2_FWD_BN, S2_FWD_THREADS>(dk, k, seq0, (kt_begin + j) * S2_FWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
+        s2_load_tile_sw<S2_FWD_BN, S2_FWD_THREADS>(dk + kv_stride, v, seq0, (kt_begin + j) * S2_FWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
+    };
     auto load_tile = [&](int j) {
-        if (kt_begin + j < kt_end) {
-            const int st = j % S2_FWD_STAGES;
 #if S2_FWD_MBAR
+        if (j < n_kt) {
+            const int st = j % S2_FWD_STAGES;
             if (j >= S2_FWD_STAGES)
                 s2_mbar_wait(&empty[st], (j / S2_FWD_STAGES - 1) & 1);
-#endif
-            s2_elem *dk = skv + (2 * st) * kv_stride;
-            s2_load_tile_sw<S2_FWD_BN, S2_FWD_THREADS>(dk, k, seq0, (kt_begin + j) * S2_FWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
-            s2_load_tile_sw<S2_FWD_BN, S2_FWD_THREADS>(dk + kv_stride, v, seq0, (kt_begin + j) * S2_FWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
-#if S2_FWD_MBAR
+            copy_tile(j);
             s2_mbar_arrive_copies(&full[st]);
-#endif
         }
-#if !S2_FWD_MBAR
+#else
+        if (kt_begin + j < kt_end)
+            copy_tile(j);
         s2_cp_async_commit();
 #endif
     };
@@ -119,8 +122,14 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
 #if S2_FWD_TURNS
     s2_turn_start(wg);
 #endif
+    // (The two rings keep the loop and guard forms they were measured in: with the block
+    // barriers' forms, 3b79811, the mbarrier ring's forward was 3 % slower at N = 16k, H100.)
+#if S2_FWD_MBAR
+    for (int it = 0; it < n_kt; it++) {
+#else
     for (int kt = kt_begin; kt < kt_end; kt++) {
         const int it = kt - kt_begin;
+#endif
         {
 #if S2_FWD_MBAR
             // Tile it has landed for every thread (with one stage, loaded here first).
@@ -164,7 +173,7 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
         s2_wgmma_wait0();
         s2_fence_regs(s);
 
-        const int y0 = kt * S2_FWD_BN;
+        const int y0 = (kt_begin + it) * S2_FWD_BN;
         if (s2_tile_needs_mask(x0, gs_last, y0, n, S2_FWD_BN)) {
 #pragma unroll
             for (int j = 0; j < S2_FWD_BN / 8; j++)
