@@ -20,11 +20,16 @@ typedef struct lora_unit {
 
 #define LORA_UNITS 16
 
+/* side, side_blas, fork, join: the backward's second stream (created on first use), where dA
+ * and dB's sums run beside the dx product (s2_lora_backward). */
 struct s2_lora_ctx {
     char arch[16];
     const char *cache_dir;
     lora_unit unit[LORA_UNITS];
     s2_blas *blas;
+    s2_blas *side_blas;
+    cudaStream_t side;
+    cudaEvent_t fork, join;
 };
 
 s2_status s2_lora_dims_of(const s2_lora_plan *plan, int g, int layer, int M,
@@ -125,6 +130,13 @@ void s2_lora_close(s2_lora_ctx *c)
         if (c->unit[i].lib)
             cudaLibraryUnload(c->unit[i].lib);
     s2_blas_close(c->blas);
+    s2_blas_close(c->side_blas);
+    if (c->fork)
+        cudaEventDestroy(c->fork);
+    if (c->join)
+        cudaEventDestroy(c->join);
+    if (c->side)
+        cudaStreamDestroy(c->side);
     free(c);
 }
 
@@ -267,24 +279,25 @@ typedef struct prod {
 } prod;
 
 /* Runs p with algo, or (n not NULL) counts its algorithms into *n (the fewest so far). */
-static s2_status run_prod(s2_lora_ctx *c, const s2_lora_dims *d, const prod *p, int algo, int *n,
+static s2_status run_prod(s2_blas *bl, const s2_lora_dims *d, const prod *p, int algo, int *n,
                           s2_error *err)
 {
     if (n) {
         int k = 0;
-        s2_status st = s2_blas_algos(c->blas, d->dtype, p->ta, p->tb, p->M, p->N, p->K, p->A,
+        s2_status st = s2_blas_algos(bl, d->dtype, p->ta, p->tb, p->M, p->N, p->K, p->A,
                                      p->lda, p->B, p->ldb, p->C, p->ldc, p->c_f32, &k, err);
         if (!st && k < *n)
             *n = k;
         return st;
     }
-    return s2_blas_gemm_algo(c->blas, d->dtype, p->what, p->ta, p->tb, p->M, p->N, p->K, p->alpha,
+    return s2_blas_gemm_algo(bl, d->dtype, p->what, p->ta, p->tb, p->M, p->N, p->K, p->alpha,
                              p->A, p->lda, p->B, p->ldb, p->beta, p->C, p->ldc, p->c_f32, algo,
                              err);
 }
 
-/* Product g of the group (see s2_lora_gemm), run with algo or counted into *n. */
-static s2_status lora_gemm(s2_lora_ctx *c, const s2_lora_dims *d, s2_lora_gemm g, int algo,
+/* Product g of the group (see s2_lora_gemm), run with algo through bl (on bl's stream) or
+ * counted into *n. */
+static s2_status lora_gemm(s2_blas *bl, const s2_lora_dims *d, s2_lora_gemm g, int algo,
                            const s2_lora_bufs *b, int *n, s2_error *err)
 {
     const int lx = d->in + d->rp, ly = d->out_total + d->rp;
@@ -333,27 +346,27 @@ static s2_status lora_gemm(s2_lora_ctx *c, const s2_lora_dims *d, s2_lora_gemm g
                              col(b->dya, off), ly, col(u, i * d->r), lx, gb,
                              (char *)b->db + ge * ((size_t)off * d->rp + (size_t)i * d->r),
                              d->rp, d->grad_f32};
-            st = run_prod(c, d, &pi, algo, n, err);
+            st = run_prod(bl, d, &pi, algo, n, err);
         }
         return st;
     }
     default:
         return s2_error_set(err, S2_ERR_INVALID, "LoRA: no product %d", (int)g);
     }
-    return run_prod(c, d, &p, algo, n, err);
+    return run_prod(bl, d, &p, algo, n, err);
 }
 
 s2_status s2_lora_gemm_run(s2_lora_ctx *c, const s2_lora_dims *d, s2_lora_gemm g, int algo,
                            const s2_lora_bufs *b, s2_error *err)
 {
-    return lora_gemm(c, d, g, algo, b, NULL, err);
+    return lora_gemm(c->blas, d, g, algo, b, NULL, err);
 }
 
 s2_status s2_lora_gemm_algos(s2_lora_ctx *c, const s2_lora_dims *d, s2_lora_gemm g,
                              const s2_lora_bufs *b, int *n, s2_error *err)
 {
     *n = S2_BLAS_MAX_ALGOS;
-    return lora_gemm(c, d, g, 0, b, n, err);
+    return lora_gemm(c->blas, d, g, 0, b, n, err);
 }
 
 s2_status s2_lora_forward(s2_lora_ctx *c, const s2_lora_dims *d, void *xa, const void *wc,
@@ -363,7 +376,7 @@ s2_status s2_lora_forward(s2_lora_ctx *c, const s2_lora_dims *d, void *xa, const
     const s2_lora_bufs b = {.xa = xa, .wc = wc, .y = y};
     s2_status st = on_stream(c, stream, err);
     if (!st && d->dropout <= 0) /* u = s x A^T into the extra columns of xa */
-        st = lora_gemm(c, d, S2_LG_U, d->algo[S2_LG_U], &b, NULL, err);
+        st = lora_gemm(c->blas, d, S2_LG_U, d->algo[S2_LG_U], &b, NULL, err);
     if (!st && d->dropout > 0) { /* per projection: u_i = s drop_i(x) A_i^T; pad columns 0 */
         const lora_unit *lu = NULL;
         void *xd = ws_drop(d, ws);
@@ -382,7 +395,7 @@ s2_status s2_lora_forward(s2_lora_ctx *c, const s2_lora_dims *d, void *xa, const
         }
     }
     if (!st) /* y = [x | u] [W | B]^T */
-        st = lora_gemm(c, d, S2_LG_Y, d->algo[S2_LG_Y], &b, NULL, err);
+        st = lora_gemm(c->blas, d, S2_LG_Y, d->algo[S2_LG_Y], &b, NULL, err);
     return st;
 }
 
@@ -397,8 +410,31 @@ s2_status s2_lora_base_forward(s2_lora_ctx *c, const s2_lora_dims *d, const void
 }
 
 /* The generated pass over dy: s v into dya's extra columns and dB's diagonal blocks. */
+/* s2_lora_vdb_finish over part sel (0: s v and dB; 1: s v; 2: dB) on stream. */
+static s2_status vdb_finish(const lora_unit *lu, const s2_lora_dims *d, const s2_lora_bufs *b,
+                            void *ws, int sel, cudaStream_t stream, s2_error *err)
+{
+    int rows, ranges;
+    vdb_geometry(d, &rows, &ranges);
+    float *v32 = ws, *part = (float *)((char *)ws + ws_v32(d));
+    const int ly = d->out_total + d->rp;
+    void *sv = b->dya, *db = b->db;
+    float scale = d->scale, beta = d->grad_f32 ? d->grad_beta : 0.f;
+    int M = d->M, ot = d->out_total, rp = d->rp, off1 = d->n_proj > 1 ? d->out[0] : ot;
+    int off2 = d->n_proj > 2 ? d->out[0] + d->out[1] : ot, gf = d->grad_f32;
+    void *args[] = {&v32, &M, &rp, &sv, (void *)&ly, &ot, &scale, &part, &ranges, &db, &rp,
+                    &off1, &off2, &gf, &beta, &sel};
+    const long n = (sel != 2 ? (long)d->M * d->rp : 0) + (sel != 1 ? (long)ot * d->r : 0);
+    const unsigned blocks = (unsigned)((n + 255) / 256 < 4096 ? (n + 255) / 256 : 4096);
+    s2_status st = s2_rt_check(cudaLaunchKernel((const void *)lu->vdb_finish, (dim3){blocks, 1, 1},
+                                                (dim3){256, 1, 1}, args, 0, stream),
+                               "s2_lora_vdb_finish", err);
+    return st ? st : s2_rt_check(cudaGetLastError(), "s2_lora_vdb_finish", err);
+}
+
+/* The generated pass over dy, then its finish over part sel (vdb_finish's). */
 static s2_status vdb_pass(s2_lora_ctx *c, const s2_lora_dims *d, const s2_lora_bufs *b,
-                          void *ws, cudaStream_t stream, s2_error *err)
+                          void *ws, int sel, cudaStream_t stream, s2_error *err)
 {
     if (!ws)
         return s2_error_set(err, S2_ERR_INVALID,
@@ -427,20 +463,36 @@ static s2_status vdb_pass(s2_lora_ctx *c, const s2_lora_dims *d, const s2_lora_b
         if (!st)
             st = s2_rt_check(cudaGetLastError(), "s2_lora_vdb", err);
     }
-    if (st)
-        return st;
-    void *sv = b->dya, *db = b->db;
-    float scale = d->scale, beta = d->grad_f32 ? d->grad_beta : 0.f;
-    int rp = d->rp, off1 = d->n_proj > 1 ? d->out[0] : ot;
-    int off2 = d->n_proj > 2 ? d->out[0] + d->out[1] : ot, gf = d->grad_f32;
-    void *args[] = {&v32, &M, &rp, &sv, (void *)&ly, &ot, &scale, &part, &ranges, &db, &rp,
-                    &off1, &off2, &gf, &beta};
-    const long n = (long)d->M * d->rp + (long)ot * d->r;
-    const unsigned blocks = (unsigned)((n + 255) / 256 < 4096 ? (n + 255) / 256 : 4096);
-    st = s2_rt_check(cudaLaunchKernel((const void *)lu->vdb_finish, (dim3){blocks, 1, 1},
-                                      (dim3){256, 1, 1}, args, 0, stream),
-                     "s2_lora_vdb_finish", err);
-    return st ? st : s2_rt_check(cudaGetLastError(), "s2_lora_vdb_finish", err);
+    return st ? st : vdb_finish(lu, d, b, ws, sel, stream, err);
+}
+
+/* The backward's second stream, its cuBLAS handle (a workspace of its own) and the events
+ * that fork to it and join it back: created on first use. The stream takes the device's
+ * greatest priority, so its blocks are scheduled as soon as the dx GEMM's free an SM (at the
+ * default priority they waited behind the GEMM's and the split measured no gain). */
+static s2_status side_open(s2_lora_ctx *c, s2_error *err)
+{
+    if (c->join)
+        return S2_OK;
+    s2_status st = S2_OK;
+    if (!c->side_blas)
+        st = s2_blas_open(&c->side_blas, err);
+    int least = 0, greatest = 0;
+    if (!st)
+        st = s2_rt_check(cudaDeviceGetStreamPriorityRange(&least, &greatest),
+                         "LoRA: stream priorities", err);
+    if (!st && !c->side)
+        st = s2_rt_check(cudaStreamCreateWithPriority(&c->side, cudaStreamNonBlocking, greatest),
+                         "LoRA: the backward's second stream", err);
+    if (!st && !c->fork)
+        st = s2_rt_check(cudaEventCreateWithFlags(&c->fork, cudaEventDisableTiming),
+                         "LoRA: an event", err);
+    if (!st)
+        st = s2_rt_check(cudaEventCreateWithFlags(&c->join, cudaEventDisableTiming),
+                         "LoRA: an event", err);
+    if (!st)
+        st = s2_blas_stream(c->side_blas, c->side, err);
+    return st;
 }
 
 s2_status s2_lora_backward(s2_lora_ctx *c, const s2_lora_dims *d, const void *xa,
@@ -451,17 +503,46 @@ s2_status s2_lora_backward(s2_lora_ctx *c, const s2_lora_dims *d, const void *xa
     const s2_lora_bufs b = {.xa = (void *)xa, .wc = wc, .dya = dya, .dxv = dxv, .da = da,
                             .db = db};
     s2_status st = on_stream(c, stream, err);
-    /* s v and dB: the generated pass, or a GEMM and one per projection */
+    /* Without dropout, once s v is formed, dx = dya wc (compute-bound) runs on the caller's
+     * stream and dA = (s v)^T x with dB's sums (memory-bound) on the second stream beside it,
+     * joined back before this returns. */
+    const int fork = d->dropout <= 0;
+    if (!st && fork)
+        st = side_open(c, err);
+    /* s v and dB: the generated pass (with fork, its dB sums later), or a GEMM and one per
+     * projection */
     if (!st && vdb_used(d))
-        st = vdb_pass(c, d, &b, ws, stream, err);
+        st = vdb_pass(c, d, &b, ws, fork ? 1 : 0, stream, err);
     if (!st && !vdb_used(d))
-        st = lora_gemm(c, d, S2_LG_V, d->algo[S2_LG_V], &b, NULL, err);
-    if (!st && !vdb_used(d))
-        st = lora_gemm(c, d, S2_LG_DB, d->algo[S2_LG_DB], &b, NULL, err);
-    if (!st && d->dropout <= 0) {
-        st = lora_gemm(c, d, S2_LG_DX, d->algo[S2_LG_DX], &b, NULL, err); /* dx = dya wc */
-        if (!st) /* dA = (s v)^T x */
-            st = lora_gemm(c, d, S2_LG_DA, d->algo[S2_LG_DA], &b, NULL, err);
+        st = lora_gemm(c->blas, d, S2_LG_V, d->algo[S2_LG_V], &b, NULL, err);
+    if (!st && !vdb_used(d) && !fork)
+        st = lora_gemm(c->blas, d, S2_LG_DB, d->algo[S2_LG_DB], &b, NULL, err);
+    if (!st && fork) {
+        st = s2_rt_check(cudaEventRecord(c->fork, stream), "LoRA: forking the backward", err);
+        if (!st)
+            st = s2_rt_check(cudaStreamWaitEvent(c->side, c->fork, 0),
+                             "LoRA: forking the backward", err);
+        if (st)
+            return st;
+        st = lora_gemm(c->side_blas, d, S2_LG_DA, d->algo[S2_LG_DA], &b, NULL, err);
+        const lora_unit *lu = NULL;
+        if (!st && vdb_used(d))
+            st = lora_unit_of(c, d, &lu, err);
+        if (!st)
+            st = vdb_used(d) ? vdb_finish(lu, d, &b, ws, 2, c->side, err)
+                             : lora_gemm(c->side_blas, d, S2_LG_DB, d->algo[S2_LG_DB], &b, NULL,
+                                         err);
+        if (!st)
+            st = lora_gemm(c->blas, d, S2_LG_DX, d->algo[S2_LG_DX], &b, NULL, err);
+        /* the join, whatever failed after the fork, so the caller's stream never runs ahead
+         * of work left on the second one */
+        s2_status jst = s2_rt_check(cudaEventRecord(c->join, c->side),
+                                    "LoRA: joining the backward", st ? NULL : err);
+        if (!jst)
+            jst = s2_rt_check(cudaStreamWaitEvent(stream, c->join, 0),
+                              "LoRA: joining the backward", st ? NULL : err);
+        if (!st)
+            st = jst;
     }
     if (!st && d->dropout > 0) {
         const lora_unit *lu = NULL;

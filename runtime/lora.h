@@ -25,7 +25,7 @@
  *                                     are multiples of 8; otherwise a GEMM for v and one per
  *                                     projection for dB's diagonal blocks)
  *             dx = dya wc[:, :in]      (GEMM, K = out_total + rp: dy W + s v A at once)
- *             dA = (s v)^T x           (GEMM over M: one read of x)
+ *             dA = (s v)^T x           (GEMM over M: one read of x; beside dx, below)
  * Beyond the base GEMMs this reads x twice (u, dA) and dy once, and writes nothing of size
  * M x in or M x out: the temporaries are v's fp32 accumulator [M, rp] and the dB partials of
  * the pass's row ranges (s2_lora_workspace_bytes). Whoever writes x writes it into xa, whoever
@@ -35,7 +35,13 @@
  * dx += s v A, a rank-r update that reads and writes dx once more (0.12 ms of the 4096-wide
  * linear's 1.5 ms forward+backward at 16k tokens, H200), and read dy a second time for dB.
  * Forming s v first lets the one dx GEMM take the low-rank term through K, and the pass that
- * forms v also forms dB from the same read of dy.
+ * forms v also forms dB from the same read of dy. Once s v is formed, dA (a read of x, memory-
+ * bound) and the pass's dB sums run on a second stream of the context, at the device's greatest
+ * stream priority, beside the dx GEMM (compute-bound) on the caller's stream, which waits for
+ * them before s2_lora_backward returns: their blocks take SMs as the GEMM's waves free them
+ * instead of running after it (H100, 16384 x 4096: f+b overhead 0.214-0.227 -> 0.193 ms; at the
+ * default priority no gain). Splitting the forward into row chunks, u of the next beside y of
+ * this one, won at some shapes and lost at others (bench/RESULTS.md, 2026-11-26 session 9).
  *
  * Dropout (PEFT's: on the adapter's input only, an independent mask per projection): the mask
  * is templates/philox.cuh's, stream = layer * 8 + projection, element m * in + k of x, so the

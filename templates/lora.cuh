@@ -235,15 +235,17 @@ s2_lora_vdb(const s2_elem *__restrict__ dy, int ldy, const s2_elem *__restrict__
 // out_total of dya [M, ldya]; v32's pad columns are zero), and dB from the ranges' partials in
 // range order: db [out_total, ld_db] column i*R + j of row o, i the projection of row o
 // (rows >= off1 are projection 1, >= off2 projection 2); fp32 with C = beta C + sum when
-// grad_f32, else the storage dtype, overwritten.
+// grad_f32, else the storage dtype, overwritten. part_sel: 0 both, 1 s v only, 2 dB only (so
+// dB's sums can run beside the products that need s v).
 extern "C" __global__ void __launch_bounds__(256)
 s2_lora_vdb_finish(const float *__restrict__ v32, int M, int rp, s2_elem *__restrict__ dya,
                    int ldya, int out_total, float scale, const float *__restrict__ part,
                    int ranges, void *__restrict__ db, int ld_db, int off1, int off2, int grad_f32,
-                   float beta)
+                   float beta, int part_sel)
 {
     const long nv = (long)M * rp, n = nv + (long)out_total * S2_LORA_R;
-    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+    const long lo = part_sel == 2 ? nv : 0, hi = part_sel == 1 ? nv : n;
+    for (long i = lo + (long)blockIdx.x * blockDim.x + threadIdx.x; i < hi;
          i += (long)gridDim.x * blockDim.x) {
         if (i < nv) {
             const long m = i / rp, c = i % rp;
