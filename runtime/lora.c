@@ -409,7 +409,6 @@ s2_status s2_lora_base_forward(s2_lora_ctx *c, const s2_lora_dims *d, const void
     return st;
 }
 
-/* The generated pass over dy: s v into dya's extra columns and dB's diagonal blocks. */
 /* s2_lora_vdb_finish over part sel (0: s v and dB; 1: s v; 2: dB) on stream. */
 static s2_status vdb_finish(const lora_unit *lu, const s2_lora_dims *d, const s2_lora_bufs *b,
                             void *ws, int sel, cudaStream_t stream, s2_error *err)
@@ -432,7 +431,8 @@ static s2_status vdb_finish(const lora_unit *lu, const s2_lora_dims *d, const s2
     return st ? st : s2_rt_check(cudaGetLastError(), "s2_lora_vdb_finish", err);
 }
 
-/* The generated pass over dy, then its finish over part sel (vdb_finish's). */
+/* The generated pass over dy: s v into dya's extra columns and dB's diagonal blocks, through
+ * its finish over part sel (vdb_finish's). */
 static s2_status vdb_pass(s2_lora_ctx *c, const s2_lora_dims *d, const s2_lora_bufs *b,
                           void *ws, int sel, cudaStream_t stream, s2_error *err)
 {
