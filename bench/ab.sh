@@ -11,7 +11,12 @@
 #   S2_AB_ARGS     more `bench attn` arguments for every run (e.g. "--tile bwd_stages=3")
 #   S2_AB_TIMEOUT  seconds one run may take before it is killed and counted failed (default 180),
 #                  so a build whose kernel hangs costs one run, not the whole call
-# Prints the rows of every run, then a table: per build and case, the median of its rounds.
+#   S2_AB_LORA     1: time the LoRA linears instead (`s2lora bench lora`, each run with an empty
+#                  cache directory, so cuBLAS's default algorithms: untuned), on
+#   S2_AB_LORA_M, S2_AB_LORA_DIMS, S2_AB_LORA_RANKS (default 16384,65536 / 4096,8192 / 8,16)
+# Prints the rows of every run, then a table: per build and case, the median of its rounds
+# (LoRA: of the forward and forward+backward overheads over the frozen base, in percent, and
+# of the f+b overhead in ms).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 [ $# -ge 1 ] || { echo "usage: bash bench/ab.sh DIR..." >&2; exit 2; }
@@ -29,6 +34,32 @@ status=0
 for dir in "$@"; do
   [ -x "$dir/bin/s2lora" ] || { echo "ab: $dir/bin/s2lora is missing" >&2; exit 2; }
 done
+if [ "${S2_AB_LORA:-0}" = 1 ]; then
+  for ((r = 1; r <= rounds; r++)); do
+    for dir in "$@"; do
+      echo "== round $r $dir" | tee -a "$log"
+      cache=$(mktemp -d /tmp/s2lora-ab-lora.XXXXXX)
+      # rows: M dim r base_fwd lora_fwd fwd_% base_fb lora_fb fb_%
+      S2LORA_CACHE_DIR=$cache timeout "$limit" "$dir/bin/s2lora" bench lora \
+        --M "${S2_AB_LORA_M:-16384,65536}" --dims "${S2_AB_LORA_DIMS:-4096,8192}" \
+        --ranks "${S2_AB_LORA_RANKS:-8,16}" 2>&1 | grep --line-buffered -E '^ *[0-9]+ +[0-9]+ +[0-9]+ ' |
+        sed -u "s|^ *|$dir lora |" | tee -a "$log"
+      [ "${PIPESTATUS[0]}" = 0 ] || status=1
+      rm -rf "$cache"
+    done
+  done
+  echo "== medians: build, M, dim, r, fwd %, f+b %, f+b ms over the base" | tee -a "$log"
+  awk '$2 == "lora" { k = $1 " " $3 " " $4 " " $5; f[k] = f[k] " " $8 + 0; b[k] = b[k] " " $11 + 0
+                      d[k] = d[k] " " ($10 - $9); order[k] = ++n }
+  function med(s,   a, m, i, j, t) {
+    m = split(s, a, " ")
+    for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
+    return m % 2 ? a[(m + 1) / 2] : (a[m / 2] + a[m / 2 + 1]) / 2
+  }
+  END { for (k in order) printf "%s %.1f %.1f %.3f\n", k, med(f[k]), med(b[k]), med(d[k]) }' "$log" |
+    sort -k2,2n -k3,3n -k4,4n -k1,1 | tee -a "$log"
+  exit $status
+fi
 for ((r = 1; r <= rounds; r++)); do
   for dir in "$@"; do
     echo "== round $r $dir" | tee -a "$log"
