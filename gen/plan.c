@@ -97,9 +97,9 @@ s2_status s2_plan_parse_tile(const char *text, s2_attn_tile *t, s2_error *err)
             k++;
         if (k == N_TILE_KEYS)
             return s2_error_set(err, S2_ERR_INVALID,
-                                "tile '%s': unknown key '%.*s'; valid: fwd_warps, fwd_strips, fwd_block_n, "
-                                "fwd_stages, fwd_wgmma, fwd_mbar, bwd_warps, bwd_block_n, bwd_stages, "
-                                "bwd_atomic_dq, bwd_wgmma, bwd_mbar",
+                                "tile '%s': unknown key '%.*s'; valid: fwd_warps, fwd_strips, "
+                                "fwd_block_n, fwd_stages, fwd_wgmma, fwd_mbar, bwd_warps, "
+                                "bwd_block_n, bwd_stages, bwd_atomic_dq, bwd_wgmma, bwd_mbar",
                                 text, (int)(eq - p), p);
         char *num_end;
         long v = strtol(eq + 1, &num_end, 10);

@@ -102,7 +102,8 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
         s2_cp_async_commit();
 #endif
     };
-    s2_load_tile_sw<S2_FWD_BM, S2_FWD_THREADS>(sq, q, seq0, x0, n, cls, S2_NUM_HEADS, h); // with tile 0
+    // Q's copies, landing with tile 0's
+    s2_load_tile_sw<S2_FWD_BM, S2_FWD_THREADS>(sq, q, seq0, x0, n, cls, S2_NUM_HEADS, h);
 #pragma unroll
     for (int j = 0; j < S2_FWD_STAGES - 1; j++)
         load_tile(j);

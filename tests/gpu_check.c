@@ -91,9 +91,9 @@ static const gcase cases[] = {
  * each load distance of its pipeline). The mbarrier rings run in one warpgroup a block too:
  * tile 4's forward and tile 5's backward at head_dim 64, while tile 4's forward at 128 and
  * tile 5's backward at 128 step on block barriers with two warpgroups; elsewhere, and for
- * head_dim 96, they are further mma.sync tiles. Below sm_90 (A100 and the like), tiles 1 and 2 take one pipeline stage less
- * where ptxas spills registers (the plan's register rules are estimates) or sm_80's shared
- * memory is exceeded; the same products otherwise. (The tiles are for the 163-227 KiB of shared
+ * head_dim 96, they are further mma.sync tiles. Below sm_90 (A100 and the like), tiles 1
+ * and 2 take one pipeline stage less where ptxas spills registers (the plan's register rules
+ * are estimates) or sm_80's shared memory is exceeded; the same products otherwise. (The tiles are for the 163-227 KiB of shared
  * memory of sm_80 and sm_90; sm_86 and sm_89 have 99 KiB and refuse several of them.) */
 #define N_TILES 6
 static const char *alt_tile(int i, int d, const char *arch)
