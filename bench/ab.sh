@@ -31,6 +31,14 @@ seqlens=${S2_AB_SEQLENS:-8192,16384}
 read -r -a extra <<<"${S2_AB_ARGS:-}"
 limit=${S2_AB_TIMEOUT:-180}
 status=0
+# The median of a space-separated list, for the tables' awk programs.
+awk_med='
+function med(s,   a, m, i, j, t) {
+  m = split(s, a, " ")
+  for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
+  return m % 2 ? a[(m + 1) / 2] : (a[m / 2] + a[m / 2 + 1]) / 2
+}
+'
 for dir in "$@"; do
   [ -x "$dir/bin/s2lora" ] || { echo "ab: $dir/bin/s2lora is missing" >&2; exit 2; }
 done
@@ -49,13 +57,8 @@ if [ "${S2_AB_LORA:-0}" = 1 ]; then
     done
   done
   echo "== medians: build, M, dim, r, fwd %, f+b %, f+b ms over the base" | tee -a "$log"
-  awk '$2 == "lora" { k = $1 " " $3 " " $4 " " $5; f[k] = f[k] " " $8 + 0; b[k] = b[k] " " $11 + 0
+  awk "$awk_med"'$2 == "lora" { k = $1 " " $3 " " $4 " " $5; f[k] = f[k] " " $8 + 0; b[k] = b[k] " " $11 + 0
                       d[k] = d[k] " " ($10 - $9); order[k] = ++n }
-  function med(s,   a, m, i, j, t) {
-    m = split(s, a, " ")
-    for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
-    return m % 2 ? a[(m + 1) / 2] : (a[m / 2] + a[m / 2 + 1]) / 2
-  }
   END { for (k in order) printf "%s %.1f %.1f %.3f\n", k, med(f[k]), med(b[k]), med(d[k]) }' "$log" |
     sort -k2,2n -k3,3n -k4,4n -k1,1 | tee -a "$log"
   exit $status
@@ -75,12 +78,7 @@ for ((r = 1; r <= rounds; r++)); do
 done
 echo "== medians (ms): build, N, d, fwd, fwd+bwd" | tee -a "$log"
 # rows: DIR s2lora N G d H mode fwd_ms fwd_TFs fb_ms ...
-awk '$2 ~ /^s2lora/ { k = $1 " " $3 " " $5; f[k] = f[k] " " $8; b[k] = b[k] " " $10; order[k] = ++n }
-function med(s,   a, m, i, j, t) {
-  m = split(s, a, " ")
-  for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
-  return m % 2 ? a[(m + 1) / 2] : (a[m / 2] + a[m / 2 + 1]) / 2
-}
+awk "$awk_med"'$2 ~ /^s2lora/ { k = $1 " " $3 " " $5; f[k] = f[k] " " $8; b[k] = b[k] " " $10; order[k] = ++n }
 END { for (k in order) printf "%s %s %s\n", k, med(f[k]), med(b[k]) }' "$log" | sort -k2,2n -k3,3n -k1,1 |
   tee -a "$log"
 exit $status

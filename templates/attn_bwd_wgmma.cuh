@@ -63,11 +63,7 @@ __device__ __forceinline__ void s2_wgmma_pair(float (&s)[S2_SACC], float (&dp)[S
 __device__ __forceinline__ void s2_ring_init(unsigned long long *bars)
 {
 #if S2_BWD_MBAR
-    if (threadIdx.x == 0)
-#pragma unroll
-        for (int i = 0; i < 2 * S2_BWD_STAGES; i++)
-            s2_mbar_init(&bars[i], S2_BWD_THREADS);
-    __syncthreads();
+    s2_mbar_ring_init(bars, 2 * S2_BWD_STAGES, S2_BWD_THREADS);
 #else
     (void)bars;
 #endif

@@ -67,14 +67,7 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
 #if S2_FWD_MBAR // full[STAGES], empty[STAGES] below the stages
     unsigned long long *full = (unsigned long long *)(skv + 2 * S2_FWD_STAGES * kv_stride);
     unsigned long long *empty = full + S2_FWD_STAGES;
-    if (threadIdx.x == 0) {
-#pragma unroll
-        for (int st = 0; st < S2_FWD_STAGES; st++) {
-            s2_mbar_init(&full[st], S2_FWD_THREADS);
-            s2_mbar_init(&empty[st], S2_FWD_THREADS);
-        }
-    }
-    __syncthreads();
+    s2_mbar_ring_init(full, 2 * S2_FWD_STAGES, S2_FWD_THREADS);
 #endif
     // Key/value tile j of the walk into stage j % STAGES (this thread's share; with fwd_mbar 0
     // one commit group a tile, empty past the last tile; with fwd_mbar 1 once every thread is

@@ -139,6 +139,17 @@ __device__ __forceinline__ void s2_mbar_init(unsigned long long *bar, int count)
                  : "memory");
 }
 
+// A ring's n mbarriers (full[stages] then empty[stages]), each completing a phase on count
+// arrivals: set up by thread 0, visible to the whole block after the barrier.
+__device__ __forceinline__ void s2_mbar_ring_init(unsigned long long *bars, int n, int count)
+{
+    if (threadIdx.x == 0)
+#pragma unroll
+        for (int i = 0; i < n; i++)
+            s2_mbar_init(&bars[i], count);
+    __syncthreads();
+}
+
 __device__ __forceinline__ void s2_mbar_arrive(unsigned long long *bar)
 {
     asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(s2_smem_addr(bar)) : "memory");
