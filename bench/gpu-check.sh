@@ -19,7 +19,7 @@
 #      (8k, 16k, 32k, 64k, 100k; alone it fits one call, with the rest it does not);
 #      S2_BENCH_SEQLENS=LIST names the d=128 lengths outright.
 #  Only when named in S2_SECTIONS: ncu (hardware counters of the attention kernels at 16k) and
-#  sanitize (compute-sanitizer memcheck, synccheck and racecheck on a few gpu_check cases).
+#  sanitize (compute-sanitizer memcheck, synccheck and racecheck on every gpu_check family).
 # Usage from the device tool: `bench/build-carry.sh` here (prints the commit), carry .carry,
 #   S2_BIN=.carry/bin S2_COMMIT=<commit> bash bench/gpu-check.sh
 # The binaries are built on a machine with the build dependencies (the GPU machine has no
@@ -36,8 +36,8 @@ rm -rf "$S2LORA_CACHE_DIR"
 status=0
 # S2_SECTIONS picks sections (default all but ncu and sanitize): build check peers model train
 # tune gate lora bench;
-# ncu (hardware counters of the attention kernels) and sanitize (compute-sanitizer on a few
-# gpu_check cases) run only when named. One device call
+# ncu (hardware counters of the attention kernels) and sanitize (compute-sanitizer on every
+# gpu_check family) run only when named. One device call
 # may run 10 minutes; the whole script takes about 8 (H100, 2026-11-25 estimate), so a
 # session short of time splits it, e.g. S2_SECTIONS="build check peers gate", then "tune bench".
 want() { case " ${S2_SECTIONS:-build check peers model train tune gate lora bench} " in *" $1 "*) return 0 ;; esac; return 1; }
@@ -273,26 +273,44 @@ PY
 fi
 
 if want sanitize; then
-# Not in the default sections: gpu_check's cases whose names contain S2_SANITIZE_ONLY (default
-# "N<G": three short cases, every tile) under compute-sanitizer's memcheck (out-of-bounds and
-# misaligned accesses), synccheck (barriers not reached by every thread) and racecheck (shared
-# memory hazards between threads); S2_SANITIZE_TOOLS picks tools. A few minutes.
+# Not in the default sections: compute-sanitizer's memcheck (out-of-bounds and misaligned
+# accesses, leaks of device memory), synccheck (barriers not reached by every thread) and
+# racecheck (shared-memory hazards between threads) over every gpu_check family: the attention
+# cases on every tile, the LoRA linears and the trainer's kernels, one run per tool and family,
+# each under a time limit (S2_SANITIZE_TIMEOUT seconds, default 170). S2_SANITIZE_TOOLS picks
+# tools, S2_SANITIZE_FAMILIES families; S2_SANITIZE_ONLY narrows every run to gpu_check's
+# cases whose names hold it. One line a run in the summary: tool, family, exit, errors.
 san=${S2_SANITIZER:-$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)}
 : >"$OUTDIR/sanitize.txt"
 for tool in ${S2_SANITIZE_TOOLS:-memcheck synccheck racecheck}; do
-  echo "== compute-sanitizer --tool $tool, gpu_check --only '${S2_SANITIZE_ONLY:-N<G}'" |
-    tee -a "$OUTDIR/sanitize.txt"
-  "$san" --tool "$tool" --error-exitcode 9 "$BIN/s2lora_gpu_check" --only "${S2_SANITIZE_ONLY:-N<G}" \
-    >>"$OUTDIR/sanitize.txt" 2>&1
-  rc=$?
-  echo "compute-sanitizer $tool: exit $rc" | tee -a "$OUTDIR/sanitize.txt"
-  [ "$rc" = 0 ] || status=1
+  for fam in ${S2_SANITIZE_FAMILIES:-attn lora train}; do
+    only=()
+    [ -n "${S2_SANITIZE_ONLY:-}" ] && only=(--only "$S2_SANITIZE_ONLY")
+    extra=()
+    [ "$tool" = memcheck ] && extra=(--leak-check full)
+    echo "== compute-sanitizer --tool $tool, gpu_check --family $fam ${only[*]}" >>"$OUTDIR/sanitize.txt"
+    t0=$(date +%s)
+    timeout -k 10 "${S2_SANITIZE_TIMEOUT:-170}" "$san" --tool "$tool" "${extra[@]}" \
+      --error-exitcode 9 "$BIN/s2lora_gpu_check" --family "$fam" "${only[@]}" \
+      >"$OUTDIR/san-run.txt" 2>&1
+    rc=$?
+    t1=$(date +%s)
+    cat "$OUTDIR/san-run.txt" >>"$OUTDIR/sanitize.txt"
+    runs=$(grep -cE ' (PASS|FAIL)' "$OUTDIR/san-run.txt")
+    errs=$(grep -E 'ERROR SUMMARY' "$OUTDIR/san-run.txt" | tail -n 1)
+    line="sanitize $tool $fam: exit $rc, $runs case runs, $((t1 - t0)) s, ${errs:-no summary}"
+    [ "$rc" = 124 ] && line="$line (time limit: the runs above finished)"
+    echo "$line" | tee -a "$OUTDIR/sanitize.txt"
+    [ "$rc" = 0 ] || status=1
+  done
 done
+rm -f "$OUTDIR/san-run.txt"
 fi
 
 echo "== summary"
 grep -v '^s2lora: ' "$OUTDIR/tune.txt" 2>/dev/null
 grep -E 'PASS|FAIL|ERROR' "$OUTDIR/gpu_check.txt" 2>/dev/null | awk '{print $NF}' | sort | uniq -c
+grep -E '^sanitize ' "$OUTDIR/sanitize.txt" 2>/dev/null
 tail -n 1 "$OUTDIR/gpu_check.txt" 2>/dev/null
 grep -E 'PASS|FAIL' "$OUTDIR/peer_compare.txt" 2>/dev/null | awk '{printf "peer %-16s %s\n", $1, $NF}'
 grep -E '^(model_check|llama_peers): (PASS|FAIL)' "$OUTDIR/model_check.txt" 2>/dev/null

@@ -12,7 +12,8 @@
  * against its CPU twin (ref.h, ref_train.h): the train cases run every kernel on two layouts
  * (16-byte paths; odd strides and misaligned pointers for the element paths) and also check
  * that no pad column of a strided buffer is written. --only SUBSTRING picks cases by name
- * ("lora", "train", "train rope", "fp16", ...).
+ * ("lora", "train", "train rope", "fp16", ...); --family attn|lora|train runs one family alone
+ * (the compute-sanitizer sweep of bench/gpu-check.sh takes them one at a time).
  *
  * One line per case; exit status 0 only if every case passes, 3 with no GPU.
  * Built without Criterion: the GPU machine has none.
@@ -1568,17 +1569,23 @@ static int prebuild_all(const char *arch)
 int main(int argc, char **argv)
 {
     uint64_t seed = (uint64_t)time(NULL) ^ ((uint64_t)clock() << 32);
-    const char *only = NULL, *build_only = NULL;
+    const char *only = NULL, *build_only = NULL, *family = NULL;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--seed") && i + 1 < argc)
             seed = strtoull(argv[++i], NULL, 0);
         else if (!strcmp(argv[i], "--only") && i + 1 < argc)
             only = argv[++i];
+        else if (!strcmp(argv[i], "--family") && i + 1 < argc &&
+                 (!strcmp(argv[i + 1], "attn") || !strcmp(argv[i + 1], "lora") ||
+                  !strcmp(argv[i + 1], "train")))
+            family = argv[++i];
         else if (!strcmp(argv[i], "--build-only") && i + 1 < argc)
             build_only = argv[++i];
         else {
             fprintf(stderr, "usage: s2lora_gpu_check [--seed N] [--only SUBSTRING] "
-                            "[--build-only ARCH]\n"
+                            "[--family attn|lora|train] [--build-only ARCH]\n"
+                            "  --family F         run one family of cases only: attention (every\n"
+                            "                     tile), the LoRA linears or the trainer kernels\n"
                             "  --build-only ARCH  plan and NVRTC-build every case and tile (and the\n"
                             "                     train unit of every train spec) for ARCH, check\n"
                             "                     for spills, run nothing (needs no GPU)\n");
@@ -1610,16 +1617,19 @@ int main(int argc, char **argv)
      * rebuilds and fails the same way); the other runs go on. */
     int failed = 0;
     /* (builds of cases that --only leaves out are skipped: they cost minutes of device time) */
-    int any_attn = !only;
-    for (int i = 0; i < N_CASES && !any_attn; i++)
+    int fam_attn = !family || !strcmp(family, "attn");
+    int fam_lora = !family || !strcmp(family, "lora");
+    int fam_train = !family || !strcmp(family, "train");
+    int any_attn = fam_attn && !only;
+    for (int i = 0; i < N_CASES && fam_attn && !any_attn; i++)
         any_attn = strstr(cases[i].what, only) != NULL;
     if (any_attn)
         prebuild_all(rt.arch);
-    if (!only || strstr(only, "train"))
+    if (fam_train && (!only || strstr(only, "train")))
         prebuild_train(rt.arch);
 
     int n_run = 0;
-    for (int ti = 0; ti < N_TILES; ti++) {
+    for (int ti = 0; ti < N_TILES && any_attn; ti++) {
         printf("tile %d: %s (d=64: %s; d=96, 256: %s, %s)\n", ti,
                alt_tile(ti, 128, rt.arch) ? alt_tile(ti, 128, rt.arch) : "plan default",
                alt_tile(ti, 64, rt.arch) ? alt_tile(ti, 64, rt.arch) : "plan default",
@@ -1653,10 +1663,12 @@ int main(int argc, char **argv)
             failed += !ok;
         }
     }
-    printf("gpu_check: %d of %d case runs passed (%d cases x %d tiles)\n", n_run - failed, n_run,
-           n_run / N_TILES, N_TILES);
-    if (!only || strstr(only, "lora"))
+    if (any_attn)
+        printf("gpu_check: %d of %d case runs passed (%d cases x %d tiles)\n", n_run - failed,
+               n_run, n_run / N_TILES, N_TILES);
+    if (fam_lora && (!only || strstr(only, "lora")))
         failed += check_lora(&rt);
-    failed += check_train(&rt, only);
+    if (fam_train)
+        failed += check_train(&rt, only);
     return failed ? 1 : 0;
 }
