@@ -10,5 +10,6 @@ int s2_cli_train(const char *prog, int argc, char **argv);
 int s2_cli_eval(const char *prog, int argc, char **argv);
 int s2_cli_logits(const char *prog, int argc, char **argv);
 int s2_cli_init(const char *prog, int argc, char **argv);
+int s2_cli_sp_plan(const char *prog, int argc, char **argv); /* cli_sp.c */
 
 #endif

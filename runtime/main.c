@@ -1084,6 +1084,7 @@ static const char main_help[] =
     "  train    extend a LLaMA checkpoint's context with LoRA on the generated kernels\n"
     "  eval     perplexity of a model (and adapter) over a token file\n"
     "  logits   one forward (and backward) of a model, written out for peer checks\n"
+    "  sp-plan  the rows P sequence-parallel ranks would hold and exchange (no GPU)\n"
     "  version  print versions\n"
     "Run 's2lora COMMAND --help' for a command's options.\n";
 
@@ -1126,6 +1127,8 @@ int main(int argc, char **argv)
         return s2_cli_logits(prog, argc - 2, argv + 2);
     if (!strcmp(cmd, "init"))
         return s2_cli_init(prog, argc - 2, argv + 2);
+    if (!strcmp(cmd, "sp-plan"))
+        return s2_cli_sp_plan(prog, argc - 2, argv + 2);
     if (!strcmp(cmd, "version") || !strcmp(cmd, "--version"))
         return cmd_version();
     fprintf(stderr, "%s: unknown command '%s'\n%s", prog, cmd, main_help);

@@ -60,6 +60,38 @@ void s2_ref_attn_backward(const s2_ref_attn *a, const float *q, const float *k, 
                           const float *o, const float *lse, const float *dout, float *dq,
                           float *dk, float *dv);
 
+/*
+ * Attention of a window of one sequence, for sequence parallelism (gen/sp_plan.h): the queries
+ * at positions [qlo, qhi) of a sequence of a->T tokens (cu_seqlens NULL), with key and value
+ * rows given as blocks at their positions in the sequence — a rank's own rows and the rows it
+ * received (several ranges, roll mode's wrapped tail included). Each block holds positions
+ * [lo, hi) of kv heads [kv_lo, kv_hi): k, v (and, for the backward, dk, dv) are
+ * [hi - lo, kv_hi - kv_lo, d]. No (position, kv head) may be in two blocks.
+ *
+ * The sums and their order are those of s2_ref_attn_forward / _backward (one implementation):
+ * the window's O and LSE equal the whole sequence's rows [qlo, qhi), and its dq too; a block's
+ * dk, dv hold the contributions of the window's queries only (zero for a row none of them
+ * sees), so summing every rank's dk, dv of a row gives the whole sequence's.
+ *
+ * q, o, dout, dq are [qhi - qlo, H, d], lse [H, qhi - qlo]. S2_ERR_INVALID when the arguments do
+ * not describe such a window, or when a query sees a key no block holds (the message names the
+ * query, head and key); the outputs are then NaN.
+ */
+typedef struct s2_ref_kv_rows {
+    int lo, hi;         /* positions [lo, hi) of the sequence */
+    int kv_lo, kv_hi;   /* kv heads [kv_lo, kv_hi) */
+    const float *k, *v; /* [hi - lo, kv_hi - kv_lo, d] */
+    float *dk, *dv;     /* backward: written, the same shape */
+} s2_ref_kv_rows;
+
+s2_status s2_ref_attn_window_forward(const s2_ref_attn *a, int qlo, int qhi, const float *q,
+                                     const s2_ref_kv_rows *kv, int n_kv, float *o, float *lse,
+                                     s2_error *err);
+s2_status s2_ref_attn_window_backward(const s2_ref_attn *a, int qlo, int qhi, const float *q,
+                                      const s2_ref_kv_rows *kv, int n_kv, const float *o,
+                                      const float *lse, const float *dout, float *dq,
+                                      s2_error *err);
+
 /* Naive dense attention: the full T x T score matrix per head with the mask above (O(N^2)).
  * Only for checking the references on small sizes. Same outputs as the forward. */
 void s2_ref_attn_naive_forward(const s2_ref_attn *a, const float *q, const float *k,

@@ -1,6 +1,8 @@
 /*
  * ref_attn.c — CPU reference for S²-Attn (DESIGN §1): forward, backward, the
- * mask predicate and a naive dense forward that checks the reference itself.
+ * mask predicate, a naive dense forward that checks the reference itself, and
+ * the window of one rank under sequence parallelism (the same code, its key
+ * rows gathered from blocks).
  *
  * fp32 storage, fp64 accumulation for every dot product, softmax sum and
  * gradient sum. The forward and backward never scan all N keys of a query:
@@ -184,20 +186,69 @@ static void fill_nan(float *p, size_t n) {
 
 static int nchunks(int T) { return (T + CHUNK - 1) / CHUNK; }
 
+/*
+ * One context serves the whole-sequence reference and the window (s2_ref_attn_window_*): the
+ * same walks over a query's group and a key's queries, so both compute the same sums in the
+ * same order; only where rows live differs. Query rows (q, o, dout, dq, lse, D) are those of
+ * positions [qoff, qoff + nq) (the whole reference: 0, T). Key rows are the packed k, v, dk, dv
+ * arrays, or in a window the caller's blocks, found through `where`.
+ */
 typedef struct attn_ctx {
     const s2_ref_attn *a;
-    const float *q, *k, *v;   /* [T,H,d], [T,Hkv,d], [T,Hkv,d] */
-    const float *o, *lse;     /* backward inputs: [T,H,d], [H,T] */
-    const float *dout;        /* [T,H,d] */
-    const double *D;          /* [H,T]: rowsum(dO ∘ O) */
+    const float *q, *k, *v;   /* [nq,H,d], [T,Hkv,d], [T,Hkv,d] (k, v: NULL in a window) */
+    const float *o, *lse;     /* backward inputs: [nq,H,d], [H,nq] */
+    const float *dout;        /* [nq,H,d] */
+    const double *D;          /* [H,nq]: rowsum(dO ∘ O) */
     double *Dw;               /* the same, while it is being written */
     float *o_out, *lse_out;   /* forward outputs */
-    float *dq, *dk, *dv;      /* backward outputs */
-    int nchunk;
+    float *dq, *dk, *dv;      /* backward outputs (dk, dv: NULL in a window) */
+    int nchunk;               /* chunks of the items' rows (nq for queries, T for keys) */
+    int nchunk_k;
+    int qoff, nq;
+    const s2_ref_kv_rows *blk; /* window: the key blocks; NULL: the whole sequence */
+    const int32_t *where;      /* window: [Hkv, T] block index + 1 holding (kv head, position) */
+    atomic_int missing;        /* window: 1 once a query met a key no block holds */
+    int miss_h, miss_p, miss_k; /* the first such (written by the thread that set missing) */
 } attn_ctx;
 
 static const float *row(const float *base, int t, int heads, int h, int d) {
     return base + ((size_t)t * heads + h) * d;
+}
+
+/* Row of query position t of head h in a query-side array ([nq, H, d]). */
+static const float *qrow(const attn_ctx *c, const float *base, int t, int h) {
+    return row(base, t - c->qoff, c->a->H, h, c->a->d);
+}
+
+static size_t lse_at(const attn_ctx *c, int h, int t) {
+    return (size_t)h * c->nq + (size_t)(t - c->qoff);
+}
+
+/* Key-side row of kv head kvh at packed token tk in k (0), v (1), dk (2) or dv (3); NULL when
+ * a window's blocks do not hold it. */
+static float *kvrow(const attn_ctx *c, int which, int tk, int kvh) {
+    const s2_ref_attn *a = c->a;
+    if (!c->blk) {
+        const float *base = which == 0 ? c->k : which == 1 ? c->v : which == 2 ? c->dk : c->dv;
+        return (float *)row(base, tk, a->Hkv, kvh, a->d);
+    }
+    int b = c->where[(size_t)kvh * a->T + tk];
+    if (!b)
+        return NULL;
+    const s2_ref_kv_rows *k = &c->blk[b - 1];
+    const float *base = which == 0 ? k->k : which == 1 ? k->v : which == 2 ? k->dk : k->dv;
+    return (float *)row(base, tk - k->lo, k->kv_hi - k->kv_lo, kvh - k->kv_lo, a->d);
+}
+
+/* A window's query met a key no block holds: remembered once, reported by the caller. */
+static void note_missing(const attn_ctx *c, int h, int t, int tk) {
+    attn_ctx *m = (attn_ctx *)c;
+    int expect = 0;
+    if (atomic_compare_exchange_strong(&m->missing, &expect, 1)) {
+        m->miss_h = h;
+        m->miss_p = t;
+        m->miss_k = tk;
+    }
 }
 
 /* ---- forward ---- */
@@ -211,13 +262,18 @@ static void fwd_query(const attn_ctx *c, int h, int t, double *acc) {
     long long i = ord_of(&o, t - s0), gs, ge;
     group_of(&o, i, &gs, &ge);
     int kvh = h / (a->H / a->Hkv);
-    const float *qr = row(c->q, t, a->H, h, d);
+    const float *qr = qrow(c, c->q, t, h);
     double m = -INFINITY, l = 0, scale = a->scale;
     for (int x = 0; x < d; x++)
         acc[x] = 0;
     for (long long j = gs; j <= i; j++) {
         int tk = s0 + (int)pos_of(&o, j);
-        double s = scale * dot(qr, row(c->k, tk, a->Hkv, kvh, d), d);
+        const float *kr = kvrow(c, 0, tk, kvh), *vr = kvrow(c, 1, tk, kvh);
+        if (!kr) {
+            note_missing(c, h, t, tk);
+            return;
+        }
+        double s = scale * dot(qr, kr, d);
         if (s > m) { /* new max: rescale what was summed so far (exp(-inf) = 0 at the start) */
             double r = exp(m - s);
             l *= r;
@@ -226,21 +282,20 @@ static void fwd_query(const attn_ctx *c, int h, int t, double *acc) {
             m = s;
         }
         double w = exp(s - m);
-        const float *vr = row(c->v, tk, a->Hkv, kvh, d);
         l += w;
         for (int x = 0; x < d; x++)
             acc[x] += w * vr[x];
     }
-    float *orow = c->o_out + ((size_t)t * a->H + h) * d;
+    float *orow = (float *)qrow(c, c->o_out, t, h);
     for (int x = 0; x < d; x++)
         orow[x] = (float)(acc[x] / l);
-    c->lse_out[(size_t)h * a->T + t] = (float)(m + log(l));
+    c->lse_out[lse_at(c, h, t)] = (float)(m + log(l));
 }
 
 static void fwd_item(void *vc, int item, void *scratch) {
     const attn_ctx *c = vc;
-    int h = item / c->nchunk, t0 = item % c->nchunk * CHUNK;
-    int t1 = t0 + CHUNK < c->a->T ? t0 + CHUNK : c->a->T;
+    int h = item / c->nchunk, t0 = c->qoff + item % c->nchunk * CHUNK;
+    int t1 = t0 + CHUNK < c->qoff + c->nq ? t0 + CHUNK : c->qoff + c->nq;
     for (int t = t0; t < t1; t++)
         fwd_query(c, h, t, scratch);
 }
@@ -250,7 +305,8 @@ void s2_ref_attn_forward(const s2_ref_attn *a, const float *q, const float *k, c
     if (!valid(a))
         return;
     attn_ctx c = {.a = a, .q = q, .k = k, .v = v, .o_out = o, .lse_out = lse,
-                  .nchunk = nchunks(a->T)};
+                  .nchunk = nchunks(a->T), .qoff = 0, .nq = a->T};
+    atomic_init(&c.missing, 0);
     if (s2_ref_parallel_for(a->H * c.nchunk, sizeof(double) * a->d, fwd_item, &c) != 0) {
         fill_nan(o, (size_t)a->T * a->H * a->d);
         fill_nan(lse, (size_t)a->H * a->T);
@@ -261,23 +317,21 @@ void s2_ref_attn_forward(const s2_ref_attn *a, const float *q, const float *k, c
 
 static void delta_item(void *vc, int item, void *scratch) {
     const attn_ctx *c = vc;
-    const s2_ref_attn *a = c->a;
-    int h = item / c->nchunk, t0 = item % c->nchunk * CHUNK;
-    int t1 = t0 + CHUNK < a->T ? t0 + CHUNK : a->T;
-    for (int t = t0; t < t1; t++) {
-        const float *dor = row(c->dout, t, a->H, h, a->d), *orow = row(c->o, t, a->H, h, a->d);
-        c->Dw[(size_t)h * a->T + t] = dot(dor, orow, a->d);
-    }
+    int h = item / c->nchunk, t0 = c->qoff + item % c->nchunk * CHUNK;
+    int t1 = t0 + CHUNK < c->qoff + c->nq ? t0 + CHUNK : c->qoff + c->nq;
+    for (int t = t0; t < t1; t++)
+        c->Dw[lse_at(c, h, t)] = dot(qrow(c, c->dout, t, h), qrow(c, c->o, t, h), c->a->d);
 }
 
-/* The softmax probability and dS of one (query head h, query t, key tk) pair. */
-static void pair_grad(const attn_ctx *c, int h, int kvh, int t, int tk, double *P, double *dS) {
+/* The softmax probability and dS of one (query head h, query t, key row kr / vr) pair. */
+static void pair_grad(const attn_ctx *c, int h, int t, const float *kr, const float *vr,
+                      double *P, double *dS) {
     const s2_ref_attn *a = c->a;
     int d = a->d;
-    double s = (double)a->scale * dot(row(c->q, t, a->H, h, d), row(c->k, tk, a->Hkv, kvh, d), d);
-    *P = exp(s - c->lse[(size_t)h * a->T + t]);
-    double dP = dot(row(c->dout, t, a->H, h, d), row(c->v, tk, a->Hkv, kvh, d), d);
-    *dS = *P * (dP - c->D[(size_t)h * a->T + t]);
+    double s = (double)a->scale * dot(qrow(c, c->q, t, h), kr, d);
+    *P = exp(s - c->lse[lse_at(c, h, t)]);
+    double dP = dot(qrow(c, c->dout, t, h), vr, d);
+    *dS = *P * (dP - c->D[lse_at(c, h, t)]);
 }
 
 /* dq of one query row: scale · sum over its keys of dS · k. acc [d]. */
@@ -293,23 +347,31 @@ static void dq_query(const attn_ctx *c, int h, int t, double *acc) {
         acc[x] = 0;
     for (long long j = gs; j <= i; j++) {
         int tk = s0 + (int)pos_of(&o, j);
+        const float *kr = kvrow(c, 0, tk, kvh), *vr = kvrow(c, 1, tk, kvh);
+        if (!kr) {
+            note_missing(c, h, t, tk);
+            return;
+        }
         double P, dS;
-        pair_grad(c, h, kvh, t, tk, &P, &dS);
-        const float *kr = row(c->k, tk, a->Hkv, kvh, d);
+        pair_grad(c, h, t, kr, vr, &P, &dS);
         for (int x = 0; x < d; x++)
             acc[x] += dS * kr[x];
     }
-    float *out = c->dq + ((size_t)t * a->H + h) * d;
+    float *out = (float *)qrow(c, c->dq, t, h);
     for (int x = 0; x < d; x++)
         out[x] = (float)(a->scale * acc[x]);
 }
 
 /* dk, dv of one key row of kv head kvh: sums over every query head of kvh and every query that
- * sees the key (order indices [i, group end)). acc [2d]. */
+ * sees the key (order indices [i, group end)) — in a window, the window's queries only. A
+ * window skips the rows its blocks do not hold. acc [2d]. */
 static void dkv_key(const attn_ctx *c, int kvh, int tk, double *acc) {
     const s2_ref_attn *a = c->a;
     int d = a->d, s0, N, rep = a->H / a->Hkv;
     double *ak = acc, *av = acc + d;
+    const float *kr = kvrow(c, 0, tk, kvh), *vr = kvrow(c, 1, tk, kvh);
+    if (!kr)
+        return;
     seq_of(a, tk, &s0, &N);
     for (int x = 0; x < 2 * d; x++)
         acc[x] = 0;
@@ -319,17 +381,18 @@ static void dkv_key(const attn_ctx *c, int kvh, int tk, double *acc) {
         group_of(&o, i, &gs, &ge);
         for (long long u = i; u < ge; u++) {
             int t = s0 + (int)pos_of(&o, u);
+            if (t < c->qoff || t >= c->qoff + c->nq)
+                continue;
             double P, dS;
-            pair_grad(c, h, kvh, t, tk, &P, &dS);
-            const float *qr = row(c->q, t, a->H, h, d), *dor = row(c->dout, t, a->H, h, d);
+            pair_grad(c, h, t, kr, vr, &P, &dS);
+            const float *qr = qrow(c, c->q, t, h), *dor = qrow(c, c->dout, t, h);
             for (int x = 0; x < d; x++) {
                 ak[x] += dS * qr[x];
                 av[x] += P * dor[x];
             }
         }
     }
-    float *k_out = c->dk + ((size_t)tk * a->Hkv + kvh) * d;
-    float *v_out = c->dv + ((size_t)tk * a->Hkv + kvh) * d;
+    float *k_out = kvrow(c, 2, tk, kvh), *v_out = kvrow(c, 3, tk, kvh);
     for (int x = 0; x < d; x++) {
         k_out[x] = (float)(a->scale * ak[x]);
         v_out[x] = (float)av[x];
@@ -339,18 +402,37 @@ static void dkv_key(const attn_ctx *c, int kvh, int tk, double *acc) {
 /* Items [0, H·nchunk) are dq rows of one query head; the rest dk/dv rows of one kv head. */
 static void grad_item(void *vc, int item, void *scratch) {
     const attn_ctx *c = vc;
-    int nq = c->a->H * c->nchunk, T = c->a->T;
-    int kv = item >= nq;
-    if (kv)
-        item -= nq;
-    int h = item / c->nchunk, t0 = item % c->nchunk * CHUNK;
-    int t1 = t0 + CHUNK < T ? t0 + CHUNK : T;
-    for (int t = t0; t < t1; t++) {
-        if (kv)
-            dkv_key(c, h, t, scratch);
-        else
+    int nq = c->a->H * c->nchunk;
+    if (item < nq) {
+        int h = item / c->nchunk, t0 = c->qoff + item % c->nchunk * CHUNK;
+        int t1 = t0 + CHUNK < c->qoff + c->nq ? t0 + CHUNK : c->qoff + c->nq;
+        for (int t = t0; t < t1; t++)
             dq_query(c, h, t, scratch);
+        return;
     }
+    item -= nq;
+    int kvh = item / c->nchunk_k, t0 = item % c->nchunk_k * CHUNK;
+    int t1 = t0 + CHUNK < c->a->T ? t0 + CHUNK : c->a->T;
+    for (int t = t0; t < t1; t++)
+        dkv_key(c, kvh, t, scratch);
+}
+
+/* D, then dq and dk/dv; 0, or -1 when the work could not run (out of memory). */
+static int backward_run(attn_ctx *c) {
+    const s2_ref_attn *a = c->a;
+    double *D = malloc(sizeof(double) * a->H * (size_t)(c->nq ? c->nq : 1));
+    int fail = !D;
+    if (!fail) {
+        c->Dw = D;
+        c->D = D;
+        /* D first: every dk/dv item reads D of many queries. */
+        fail = s2_ref_parallel_for(a->H * c->nchunk, 0, delta_item, c) != 0;
+    }
+    if (!fail)
+        fail = s2_ref_parallel_for(a->H * c->nchunk + a->Hkv * c->nchunk_k,
+                                   sizeof(double) * 2 * a->d, grad_item, c) != 0;
+    free(D);
+    return fail ? -1 : 0;
 }
 
 void s2_ref_attn_backward(const s2_ref_attn *a, const float *q, const float *k, const float *v,
@@ -359,24 +441,125 @@ void s2_ref_attn_backward(const s2_ref_attn *a, const float *q, const float *k, 
     if (!valid(a))
         return;
     attn_ctx c = {.a = a, .q = q, .k = k, .v = v, .o = o, .lse = lse, .dout = dout,
-                  .dq = dq, .dk = dk, .dv = dv, .nchunk = nchunks(a->T)};
-    double *D = malloc(sizeof(double) * a->H * (size_t)a->T);
-    int fail = !D;
-    if (!fail) {
-        c.Dw = D;
-        c.D = D;
-        /* D first: every dk/dv item reads D of many queries. */
-        fail = s2_ref_parallel_for(a->H * c.nchunk, 0, delta_item, &c) != 0;
-    }
-    if (!fail)
-        fail = s2_ref_parallel_for((a->H + a->Hkv) * c.nchunk, sizeof(double) * 2 * a->d,
-                                   grad_item, &c) != 0;
-    if (fail) {
+                  .dq = dq, .dk = dk, .dv = dv, .nchunk = nchunks(a->T),
+                  .nchunk_k = nchunks(a->T), .qoff = 0, .nq = a->T};
+    atomic_init(&c.missing, 0);
+    if (backward_run(&c)) {
         fill_nan(dq, (size_t)a->T * a->H * a->d);
         fill_nan(dk, (size_t)a->T * a->Hkv * a->d);
         fill_nan(dv, (size_t)a->T * a->Hkv * a->d);
     }
-    free(D);
+}
+
+/* ---- window (sequence parallelism) ---- */
+
+/* Checks a window's arguments and maps every (kv head, position) to the block holding it. */
+static s2_status window_setup(const s2_ref_attn *a, int qlo, int qhi, const s2_ref_kv_rows *kv,
+                              int n_kv, int32_t **where, s2_error *err) {
+    *where = NULL;
+    if (!valid(a) || a->cu_seqlens)
+        return s2_error_set(err, S2_ERR_INVALID, "attention window: expected one sequence "
+                            "(cu_seqlens NULL) of T >= 1 tokens with H, Hkv >= 1 (H %% Hkv == "
+                            "0), d >= 1, G >= 1; got T = %d, H = %d, Hkv = %d, d = %d, G = %d%s",
+                            a->T, a->H, a->Hkv, a->d, a->G, a->cu_seqlens ? ", cu_seqlens" : "");
+    if (qlo < 0 || qlo >= qhi || qhi > a->T)
+        return s2_error_set(err, S2_ERR_INVALID, "attention window: queries [%d, %d) of a "
+                            "sequence of %d tokens: expected 0 <= qlo < qhi <= %d",
+                            qlo, qhi, a->T, a->T);
+    if (n_kv < 0 || (n_kv && !kv))
+        return s2_error_set(err, S2_ERR_INVALID, "attention window: %d key blocks", n_kv);
+    int32_t *w = calloc((size_t)a->Hkv * a->T, sizeof *w);
+    if (!w)
+        return s2_error_set(err, S2_ERR_NOMEM, "attention window: out of memory for the key "
+                            "index of %d kv heads x %d positions", a->Hkv, a->T);
+    for (int b = 0; b < n_kv; b++) {
+        const s2_ref_kv_rows *k = &kv[b];
+        if (k->lo < 0 || k->lo > k->hi || k->hi > a->T || k->kv_lo < 0 || k->kv_lo > k->kv_hi ||
+            k->kv_hi > a->Hkv || (k->lo < k->hi && k->kv_lo < k->kv_hi && (!k->k || !k->v))) {
+            free(w);
+            return s2_error_set(err, S2_ERR_INVALID, "attention window: key block %d holds "
+                                "positions [%d, %d) of kv heads [%d, %d): expected ranges inside "
+                                "[0, %d) and [0, %d) and k, v rows", b, k->lo, k->hi, k->kv_lo,
+                                k->kv_hi, a->T, a->Hkv);
+        }
+        for (int h = k->kv_lo; h < k->kv_hi; h++)
+            for (int p = k->lo; p < k->hi; p++) {
+                int32_t *slot = &w[(size_t)h * a->T + p];
+                if (*slot) {
+                    s2_error_set(err, S2_ERR_INVALID, "attention window: key blocks %d and %d "
+                                 "both hold position %d of kv head %d", *slot - 1, b, p, h);
+                    free(w);
+                    return S2_ERR_INVALID;
+                }
+                *slot = b + 1;
+            }
+    }
+    *where = w;
+    return S2_OK;
+}
+
+static s2_status window_missing(const attn_ctx *c, const char *what, s2_error *err) {
+    return s2_error_set(err, S2_ERR_INVALID, "attention window %s: query %d of head %d sees key "
+                        "%d of kv head %d, which no key block holds", what, c->miss_p,
+                        c->miss_h, c->miss_k, c->miss_h / (c->a->H / c->a->Hkv));
+}
+
+s2_status s2_ref_attn_window_forward(const s2_ref_attn *a, int qlo, int qhi, const float *q,
+                                     const s2_ref_kv_rows *kv, int n_kv, float *o, float *lse,
+                                     s2_error *err) {
+    int32_t *where;
+    s2_status st = window_setup(a, qlo, qhi, kv, n_kv, &where, err);
+    if (st)
+        return st;
+    int nq = qhi - qlo;
+    attn_ctx c = {.a = a, .q = q, .o_out = o, .lse_out = lse, .nchunk = nchunks(nq),
+                  .qoff = qlo, .nq = nq, .blk = kv, .where = where};
+    atomic_init(&c.missing, 0);
+    int fail = s2_ref_parallel_for(a->H * c.nchunk, sizeof(double) * a->d, fwd_item, &c) != 0;
+    free(where);
+    if (fail || atomic_load(&c.missing)) {
+        fill_nan(o, (size_t)nq * a->H * a->d);
+        fill_nan(lse, (size_t)a->H * nq);
+        return fail ? s2_error_set(err, S2_ERR_NOMEM, "attention window forward: out of memory")
+                    : window_missing(&c, "forward", err);
+    }
+    return S2_OK;
+}
+
+s2_status s2_ref_attn_window_backward(const s2_ref_attn *a, int qlo, int qhi, const float *q,
+                                      const s2_ref_kv_rows *kv, int n_kv, const float *o,
+                                      const float *lse, const float *dout, float *dq,
+                                      s2_error *err) {
+    int32_t *where;
+    s2_status st = window_setup(a, qlo, qhi, kv, n_kv, &where, err);
+    if (st)
+        return st;
+    for (int b = 0; b < n_kv; b++)
+        if (kv[b].lo < kv[b].hi && kv[b].kv_lo < kv[b].kv_hi && (!kv[b].dk || !kv[b].dv)) {
+            free(where);
+            return s2_error_set(err, S2_ERR_INVALID, "attention window backward: key block %d "
+                                "has no dk, dv rows to write", b);
+        }
+    int nq = qhi - qlo;
+    attn_ctx c = {.a = a, .q = q, .o = o, .lse = lse, .dout = dout, .dq = dq,
+                  .nchunk = nchunks(nq), .nchunk_k = nchunks(a->T), .qoff = qlo, .nq = nq,
+                  .blk = kv, .where = where};
+    atomic_init(&c.missing, 0);
+    int fail = backward_run(&c);
+    free(where);
+    if (fail || atomic_load(&c.missing)) {
+        fill_nan(dq, (size_t)nq * a->H * a->d);
+        for (int b = 0; b < n_kv; b++) {
+            size_t n = (size_t)(kv[b].hi - kv[b].lo) * (kv[b].kv_hi - kv[b].kv_lo) * a->d;
+            if (kv[b].dk && kv[b].dv) {
+                fill_nan(kv[b].dk, n);
+                fill_nan(kv[b].dv, n);
+            }
+        }
+        return fail ? s2_error_set(err, S2_ERR_NOMEM, "attention window backward: out of memory")
+                    : window_missing(&c, "backward", err);
+    }
+    return S2_OK;
 }
 
 /* ---- naive dense forward ---- */
