@@ -10,5 +10,8 @@ int s2_cli_train(const char *prog, int argc, char **argv);
 int s2_cli_eval(const char *prog, int argc, char **argv);
 int s2_cli_logits(const char *prog, int argc, char **argv);
 int s2_cli_init(const char *prog, int argc, char **argv);
+/* launch.c: the ranks of one host, and what a rank sees of its world */
+int s2_cli_launch(const char *prog, int argc, char **argv);
+int s2_cli_world(const char *prog, int argc, char **argv);
 
 #endif
