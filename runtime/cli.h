@@ -11,5 +11,8 @@ int s2_cli_eval(const char *prog, int argc, char **argv);
 int s2_cli_logits(const char *prog, int argc, char **argv);
 int s2_cli_init(const char *prog, int argc, char **argv);
 int s2_cli_sp_plan(const char *prog, int argc, char **argv); /* cli_sp.c */
+/* launch.c: the ranks of one host, and what a rank sees of its world */
+int s2_cli_launch(const char *prog, int argc, char **argv);
+int s2_cli_world(const char *prog, int argc, char **argv);
 
 #endif

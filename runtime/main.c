@@ -1085,6 +1085,8 @@ static const char main_help[] =
     "  eval     perplexity of a model (and adapter) over a token file\n"
     "  logits   one forward (and backward) of a model, written out for peer checks\n"
     "  sp-plan  the rows P sequence-parallel ranks would hold and exchange (no GPU)\n"
+    "  launch   run a command as N ranks on this host, one a GPU\n"
+    "  world    print this rank's world; try the ranks' rendezvous (no GPU needed)\n"
     "  version  print versions\n"
     "Run 's2lora COMMAND --help' for a command's options.\n";
 
@@ -1129,6 +1131,10 @@ int main(int argc, char **argv)
         return s2_cli_init(prog, argc - 2, argv + 2);
     if (!strcmp(cmd, "sp-plan"))
         return s2_cli_sp_plan(prog, argc - 2, argv + 2);
+    if (!strcmp(cmd, "launch"))
+        return s2_cli_launch(prog, argc - 2, argv + 2);
+    if (!strcmp(cmd, "world"))
+        return s2_cli_world(prog, argc - 2, argv + 2);
     if (!strcmp(cmd, "version") || !strcmp(cmd, "--version"))
         return cmd_version();
     fprintf(stderr, "%s: unknown command '%s'\n%s", prog, cmd, main_help);
