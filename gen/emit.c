@@ -3,6 +3,7 @@
 
 #include "lora_plan.h"
 
+#include <float.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -34,10 +35,105 @@ static void emit_banner(s2_buf *b, const s2_spec *spec, s2_attn_unit unit)
                   spec->model.num_heads, spec->model.num_kv_heads, s2_dtype_name(spec->dtype));
 }
 
+/* ---- defensive checks: every constant written is in the range the templates index with ----
+ * The loader and the plan refuse out-of-range values first (with the spec's positions); these
+ * checks keep the emitter from writing a constant that would overflow or read back differently
+ * when it is handed a spec or plan made some other way. */
+
+/* One int constant against [lo, hi]; key (a spec key, or NULL) names where it came from. */
+static s2_status emit_int(const s2_spec *spec, const char *unit, const char *name,
+                          const char *key, long v, long lo, long hi, s2_error *err)
+{
+    if (v >= lo && v <= hi)
+        return S2_OK;
+    char at[S2_SPEC_PATH_MAX + 48] = "";
+    if (key) {
+        char where[S2_SPEC_PATH_MAX + 32];
+        snprintf(at, sizeof at, " (%s, %s)", key, s2_spec_where(spec, key, where, sizeof where));
+    }
+    return s2_error_set(err, S2_ERR_INVALID,
+                        "emitting unit %s of '%s': %s = %ld%s is out of range: valid %ld..%ld",
+                        unit, spec->name, name, v, at, lo, hi);
+}
+
+/* A positive real as a C++ float literal that NVRTC reads back as exactly (float)v: the value
+ * is rounded to fp32 here and printed with the 9 significant digits that identify every fp32
+ * number, with a '.' or an exponent so that the 'f' suffix makes a valid literal ("1.0f", not
+ * "1f"). v must lie in [lo, hi] (normal fp32 numbers) and be finite. */
+static s2_status float_literal(char *buf, size_t n, double v, double lo, double hi,
+                               const s2_spec *spec, const char *unit, const char *name,
+                               const char *key, s2_error *err)
+{
+    const float f = (float)v;
+    int in_range = isfinite(v) && v >= lo && v <= hi && isfinite(f) && fabsf(f) >= FLT_MIN;
+    if (in_range) {
+        snprintf(buf, n, "%.9g", (double)f);
+        if (!strpbrk(buf, ".e"))
+            snprintf(buf + strlen(buf), n - strlen(buf), ".0");
+        if (strtof(buf, NULL) == f) {
+            snprintf(buf + strlen(buf), n - strlen(buf), "f");
+            return S2_OK;
+        }
+    }
+    char where[S2_SPEC_PATH_MAX + 32];
+    return s2_error_set(err, S2_ERR_INVALID,
+                        "emitting unit %s of '%s': %s = %.17g (%s, %s) %s: valid [%g, %g]",
+                        unit, spec->name, name, v, key,
+                        s2_spec_where(spec, key, where, sizeof where),
+                        in_range ? "does not read back from its float literal"
+                                 : "is out of range for an fp32 constant",
+                        lo, hi);
+}
+
 /* The constants of one unit: the problem's, then only that unit's tile, so a tile change of
  * one unit leaves the other's source (and cache key) as it was. */
-static void emit_constants(s2_buf *b, const s2_attn_plan *p, s2_attn_unit unit)
+static s2_status emit_constants(s2_buf *b, const s2_spec *spec, const s2_attn_plan *p,
+                                s2_attn_unit unit, s2_error *err)
 {
+    const char *un = s2_attn_unit_name(unit);
+    const s2_attn_tile *t = &p->tile;
+    const struct {
+        const char *name, *key;
+        long v, lo, hi;
+    } ints[] = {
+        {"S2_HEAD_DIM", "model.head_dim", p->d, 32, 256},
+        {"S2_NUM_HEADS", "model.num_heads", p->H, 2, S2_SPEC_MAX_HEADS},
+        {"S2_NUM_KV_HEADS", "model.num_kv_heads", p->Hkv, 1, p->H},
+        {"S2_GROUP", "s2attn.group_size", p->G, 1, S2_SPEC_MAX_TOKENS},
+        {"S2_SHIFT_OFF", "s2attn.shift", p->shift_off, 0, (long)p->G - 1},
+        {"S2_SHIFT_ROT", "s2attn.shift", p->shift_rot, 0, (long)p->G - 1},
+        {"S2_MASK_GROUP_EDGE", NULL, p->mask_group_edge, 0, 1},
+        {"S2_FWD_WARPS", NULL, t->fwd_warps, 1, 8},
+        {"S2_FWD_STRIPS", NULL, t->fwd_strips, 1, 2},
+        {"S2_FWD_BN", NULL, t->fwd_block_n, 32, 128},
+        {"S2_FWD_STAGES", NULL, t->fwd_stages, 1, 4},
+        {"S2_FWD_WGMMA", NULL, t->fwd_wgmma, 0, 1},
+        {"S2_FWD_MBAR", NULL, t->fwd_mbar, 0, 1},
+        {"S2_TEST_BROKEN", NULL, t->test_broken, 0, 1},
+        {"S2_BWD_WARPS", NULL, t->bwd_warps, 1, 8},
+        {"S2_BWD_BN", NULL, t->bwd_block_n, 32, 64},
+        {"S2_BWD_STAGES", NULL, t->bwd_stages, 1, 4},
+        {"S2_BWD_ATOMIC_DQ", NULL, t->bwd_atomic_dq, 0, 1},
+        {"S2_BWD_WGMMA", NULL, t->bwd_wgmma, 0, 1},
+        {"S2_BWD_MBAR", NULL, t->bwd_mbar, 0, 1},
+        {"S2_BLOCK_M", NULL, p->bwd_block_m, 1, 128},
+    };
+    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
+        s2_status st = emit_int(spec, un, ints[i].name, ints[i].key, ints[i].v, ints[i].lo,
+                                ints[i].hi, err);
+        if (st)
+            return st;
+    }
+    char scale[48], scale_log2[48];
+    s2_status st = float_literal(scale, sizeof scale, p->scale, S2_SPEC_REAL_MIN,
+                                 S2_SPEC_REAL_MAX, spec, un, "S2_SCALE", "s2attn.softmax_scale",
+                                 err);
+    if (!st) /* scores live in the exp2 domain: scale * log2(e), formed in double, rounded once */
+        st = float_literal(scale_log2, sizeof scale_log2, p->scale * M_LOG2E, S2_SPEC_REAL_MIN,
+                           S2_SPEC_REAL_MAX * M_LOG2E, spec, un, "S2_SCALE_LOG2",
+                           "s2attn.softmax_scale", err);
+    if (st)
+        return st;
     s2_buf_printf(b,
                   "#define S2_IS_BF16 %d\n"
                   "#define S2_HEAD_DIM %d\n"
@@ -46,11 +142,11 @@ static void emit_constants(s2_buf *b, const s2_attn_plan *p, s2_attn_unit unit)
                   "#define S2_GROUP %d\n"
                   "#define S2_SHIFT_OFF %d\n"
                   "#define S2_SHIFT_ROT %d\n"
-                  "#define S2_SCALE %.9gf\n"
-                  "#define S2_SCALE_LOG2 %.9gf\n"
+                  "#define S2_SCALE %s\n"
+                  "#define S2_SCALE_LOG2 %s\n"
                   "#define S2_MASK_GROUP_EDGE %d\n",
                   p->dtype == S2_DTYPE_BF16, p->d, p->H, p->Hkv, p->G, p->shift_off,
-                  p->shift_rot, p->scale, p->scale * M_LOG2E, p->mask_group_edge);
+                  p->shift_rot, scale, scale_log2, p->mask_group_edge);
     if (unit == S2_UNIT_ATTN_FWD)
         s2_buf_printf(b,
                       "#define S2_FWD_WARPS %d\n"
@@ -77,6 +173,7 @@ static void emit_constants(s2_buf *b, const s2_attn_plan *p, s2_attn_unit unit)
                       p->tile.bwd_warps, p->tile.bwd_block_n, p->tile.bwd_stages,
                       p->tile.bwd_atomic_dq, p->tile.bwd_wgmma, p->tile.bwd_mbar, p->bwd_block_m,
                       p->tile.bwd_warps);
+    return S2_OK;
 }
 
 /* The end of every emitter: the source to *src, or the error (out of memory named by what). */
@@ -188,8 +285,9 @@ s2_status s2_emit_attn(const s2_spec *spec, const s2_attn_plan *plan, s2_attn_un
         return s2_error_set(err, S2_ERR_INVALID, "unknown attention unit %d", (int)unit);
     s2_buf b = {0};
     emit_banner(&b, spec, unit);
-    emit_constants(&b, plan, unit);
-    s2_status st = emit_template(&b, "dtype.cuh", err);
+    s2_status st = emit_constants(&b, spec, plan, unit, err);
+    if (!st)
+        st = emit_template(&b, "dtype.cuh", err);
     if (!st)
         st = emit_template(&b, "common.cuh", err);
     if (!st)
@@ -259,6 +357,10 @@ s2_status s2_emit_write_dir(const s2_spec *spec, const s2_attn_plan *plan, const
 s2_status s2_emit_lora(s2_dtype dtype, int rank, char **src, s2_error *err)
 {
     *src = NULL;
+    if (rank < 1 || rank > S2_SPEC_MAX_RANK)
+        return s2_error_set(err, S2_ERR_INVALID,
+                            "emitting the LoRA unit: rank = %d is out of range: valid 1..%d",
+                            rank, S2_SPEC_MAX_RANK);
     s2_buf b = {0};
     const int vdb = s2_lora_vdb_ok(rank);
     s2_buf_printf(&b,
@@ -287,42 +389,81 @@ s2_status s2_emit_lora(s2_dtype dtype, int rank, char **src, s2_error *err)
 
 void s2_emit_train_row_geometry(int hidden, int *threads, int *iters)
 {
-    const int chunks = (hidden + 7) / 8;
-    int t = (chunks + 31) / 32 * 32;
+    /* in 64 bits: no hidden size overflows here (the emitter refuses those out of range) */
+    const long chunks = ((long)(hidden > 0 ? hidden : 0) + 7) / 8;
+    long t = (chunks + 31) / 32 * 32;
     if (t > 512)
         t = 512;
     if (t < 32)
         t = 32;
-    *threads = t;
-    *iters = (chunks + t - 1) / t;
+    const long it = (chunks + t - 1) / t;
+    *threads = (int)t;
+    *iters = it < INT_MAX ? (int)it : INT_MAX;
 }
 
 /* A double as a C++ double literal with every digit kept (%.17g round-trips), so "10000" does
- * not become an int in the kernel's arithmetic. */
-static void double_literal(char *buf, size_t n, double v)
+ * not become an int in the kernel's arithmetic. The value must be finite, in [lo, hi], and read
+ * back as itself. */
+static s2_status double_literal(char *buf, size_t n, double v, double lo, double hi,
+                                const s2_spec *spec, const char *name, const char *key,
+                                s2_error *err)
 {
-    snprintf(buf, n, "%.17g", v);
-    if (!strpbrk(buf, ".eEn")) /* n: inf, nan */
-        snprintf(buf + strlen(buf), n - strlen(buf), ".0");
+    if (isfinite(v) && v >= lo && v <= hi) {
+        snprintf(buf, n, "%.17g", v);
+        if (!strpbrk(buf, ".e"))
+            snprintf(buf + strlen(buf), n - strlen(buf), ".0");
+        if (strtod(buf, NULL) == v)
+            return S2_OK;
+    }
+    char where[S2_SPEC_PATH_MAX + 32];
+    return s2_error_set(err, S2_ERR_INVALID,
+                        "emitting unit train of '%s': %s = %.17g (%s, %s) is out of range: "
+                        "valid [%g, %g]",
+                        spec->name, name, v, key, s2_spec_where(spec, key, where, sizeof where),
+                        lo, hi);
 }
 
 s2_status s2_emit_train(const s2_spec *spec, char **src, s2_error *err)
 {
     *src = NULL;
     const s2_model *m = &spec->model;
-    if (m->hidden_size < 1 || m->intermediate_size < 1 || m->vocab_size < 1 ||
-        m->head_dim < 2 || m->head_dim % 2)
+    const struct {
+        const char *name, *key;
+        long v, lo, hi;
+    } ints[] = {
+        {"S2_HIDDEN", "model.hidden_size", m->hidden_size, 1, S2_SPEC_MAX_HIDDEN},
+        {"S2_INTER", "model.intermediate_size", m->intermediate_size, 1, S2_SPEC_MAX_INTER},
+        {"S2_HEAD_DIM", "model.head_dim", m->head_dim, 2, 256},
+        {"S2_VOCAB", "model.vocab_size", m->vocab_size, 1, S2_SPEC_MAX_VOCAB},
+    };
+    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
+        s2_status st = emit_int(spec, "train", ints[i].name, ints[i].key, ints[i].v, ints[i].lo,
+                                ints[i].hi, err);
+        if (st)
+            return st;
+    }
+    if (m->head_dim % 2) /* RoPE rotates pairs */
         return s2_error_set(err, S2_ERR_INVALID,
-                            "train unit of '%s': hidden %d, intermediate %d, vocab %d, head_dim %d;"
-                            " sizes must be positive and head_dim even",
-                            spec->name, m->hidden_size, m->intermediate_size, m->vocab_size,
-                            m->head_dim);
+                            "emitting unit train of '%s': S2_HEAD_DIM = %d must be even",
+                            spec->name, m->head_dim);
+    /* rope_factor is derived from context_length and max_position_embeddings */
+    s2_status st = emit_int(spec, "train", "S2_ROPE_FACTOR", "context_length", spec->rope_factor,
+                            1, S2_SPEC_MAX_TOKENS, err);
+    if (st)
+        return st;
     int row_threads, row_iters;
     s2_emit_train_row_geometry(m->hidden_size, &row_threads, &row_iters);
     char eps[40], theta[40], factor[40];
-    double_literal(eps, sizeof eps, m->rms_norm_eps);
-    double_literal(theta, sizeof theta, m->rope_theta);
-    double_literal(factor, sizeof factor, (double)spec->rope_factor);
+    st = double_literal(eps, sizeof eps, m->rms_norm_eps, S2_SPEC_REAL_MIN, S2_SPEC_REAL_MAX,
+                        spec, "S2_RMS_EPS", "model.rms_norm_eps", err);
+    if (!st)
+        st = double_literal(theta, sizeof theta, m->rope_theta, 1, S2_SPEC_REAL_MAX, spec,
+                            "S2_ROPE_THETA", "model.rope_theta", err);
+    if (!st)
+        st = double_literal(factor, sizeof factor, (double)spec->rope_factor, 1,
+                            S2_SPEC_MAX_TOKENS, spec, "S2_ROPE_FACTOR", "context_length", err);
+    if (st)
+        return st;
     s2_buf b = {0};
     s2_buf_printf(&b,
                   "// generated by s2lora gen (%s) from spec '%s' (sha256 %s); do not edit.\n"
@@ -347,7 +488,7 @@ s2_status s2_emit_train(const s2_spec *spec, char **src, s2_error *err)
                   spec->dtype == S2_DTYPE_BF16, m->hidden_size, m->intermediate_size,
                   m->head_dim, m->vocab_size, eps, theta, factor, row_threads, row_iters,
                   S2_TRAIN_EW_THREADS, S2_TRAIN_XENT_THREADS, S2_TRAIN_ROPE_THREADS);
-    s2_status st = emit_template(&b, "dtype.cuh", err);
+    st = emit_template(&b, "dtype.cuh", err);
     if (!st)
         st = emit_template(&b, "train.cuh", err);
     return finish_unit(&b, st, "the train unit", src, err);

@@ -1,6 +1,10 @@
 /* plan.c — spec -> derived constants and geometry of the S²-Attn kernels. */
 #include "plan.h"
 
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -58,24 +62,27 @@ s2_attn_tile s2_plan_default_tile(const char *arch, int head_dim)
     return t;
 }
 
+/* The tile keys and the widest range of each (the plan then checks the combinations: which
+ * widths, with which head_dim, arch and shared memory). */
 static const struct {
     const char *name;
     size_t off;
+    int min, max;
 } tile_keys[] = {
-    {"fwd_warps", offsetof(s2_attn_tile, fwd_warps)},
-    {"fwd_strips", offsetof(s2_attn_tile, fwd_strips)},
-    {"fwd_block_n", offsetof(s2_attn_tile, fwd_block_n)},
-    {"fwd_stages", offsetof(s2_attn_tile, fwd_stages)},
-    {"fwd_wgmma", offsetof(s2_attn_tile, fwd_wgmma)},
-    {"fwd_mbar", offsetof(s2_attn_tile, fwd_mbar)},
-    {"bwd_warps", offsetof(s2_attn_tile, bwd_warps)},
-    {"bwd_block_n", offsetof(s2_attn_tile, bwd_block_n)},
-    {"bwd_stages", offsetof(s2_attn_tile, bwd_stages)},
-    {"bwd_atomic_dq", offsetof(s2_attn_tile, bwd_atomic_dq)},
-    {"bwd_wgmma", offsetof(s2_attn_tile, bwd_wgmma)},
-    {"bwd_mbar", offsetof(s2_attn_tile, bwd_mbar)},
+    {"fwd_warps", offsetof(s2_attn_tile, fwd_warps), 1, 8},
+    {"fwd_strips", offsetof(s2_attn_tile, fwd_strips), 1, 2},
+    {"fwd_block_n", offsetof(s2_attn_tile, fwd_block_n), 32, 128},
+    {"fwd_stages", offsetof(s2_attn_tile, fwd_stages), 1, 4},
+    {"fwd_wgmma", offsetof(s2_attn_tile, fwd_wgmma), 0, 1},
+    {"fwd_mbar", offsetof(s2_attn_tile, fwd_mbar), 0, 1},
+    {"bwd_warps", offsetof(s2_attn_tile, bwd_warps), 1, 8},
+    {"bwd_block_n", offsetof(s2_attn_tile, bwd_block_n), 32, 64},
+    {"bwd_stages", offsetof(s2_attn_tile, bwd_stages), 1, 4},
+    {"bwd_atomic_dq", offsetof(s2_attn_tile, bwd_atomic_dq), 0, 1},
+    {"bwd_wgmma", offsetof(s2_attn_tile, bwd_wgmma), 0, 1},
+    {"bwd_mbar", offsetof(s2_attn_tile, bwd_mbar), 0, 1},
 #ifdef S2_TEST_BROKEN_TILE
-    {"test_broken", offsetof(s2_attn_tile, test_broken)},
+    {"test_broken", offsetof(s2_attn_tile, test_broken), 0, 1},
 #endif
 };
 #define N_TILE_KEYS ((int)(sizeof tile_keys / sizeof tile_keys[0]))
@@ -102,10 +109,17 @@ s2_status s2_plan_parse_tile(const char *text, s2_attn_tile *t, s2_error *err)
                                 "bwd_block_n, bwd_stages, bwd_atomic_dq, bwd_wgmma, bwd_mbar",
                                 text, (int)(eq - p), p);
         char *num_end;
+        errno = 0;
         long v = strtol(eq + 1, &num_end, 10);
-        if (num_end != end || num_end == eq + 1 || v < 0 || v > 4096)
+        if (num_end != end || num_end == eq + 1 || !(isdigit((unsigned char)eq[1]) ||
+                                                     eq[1] == '-' || eq[1] == '+'))
             return s2_error_set(err, S2_ERR_INVALID, "tile '%s': %s needs an integer, got '%.*s'",
                                 text, tile_keys[k].name, (int)(end - eq - 1), eq + 1);
+        if (errno == ERANGE || v < tile_keys[k].min || v > tile_keys[k].max)
+            return s2_error_set(err, S2_ERR_INVALID,
+                                "tile '%s': %s = %.*s is out of range: valid %d..%d", text,
+                                tile_keys[k].name, (int)(end - eq - 1), eq + 1, tile_keys[k].min,
+                                tile_keys[k].max);
         *(int *)((char *)t + tile_keys[k].off) = (int)v;
         p = *end ? end + 1 : end;
     }
@@ -342,11 +356,133 @@ static int needs_group_edge_mask(const s2_attn_plan *p)
     return 0;
 }
 
+/* "KEY = V is out of range: valid LO..HI", at the key's position in the spec. */
+static s2_status spec_range(const s2_spec *spec, const char *key, long v, long lo, long hi,
+                            s2_error *err)
+{
+    if (v >= lo && v <= hi)
+        return S2_OK;
+    char at[S2_SPEC_PATH_MAX + 32];
+    return s2_error_set(err, S2_ERR_SPEC, "%s: error: %s = %ld is out of range: valid %ld..%ld",
+                        s2_spec_where(spec, key, at, sizeof at), key, v, lo, hi);
+}
+
+/* The loader's ranges of what the plan reads (spec.h), checked again: a plan may be made from an
+ * s2_spec that did not come from the loader (the runtime derives full-attention specs). */
+static s2_status check_spec_ranges(const s2_spec *spec, s2_error *err)
+{
+    const s2_model *m = &spec->model;
+    const s2_attn_cfg *a = &spec->s2attn;
+    s2_status st = spec_range(spec, "context_length", spec->context_length, 1,
+                              S2_SPEC_MAX_TOKENS, err);
+    if (!st)
+        st = spec_range(spec, "model.head_dim", m->head_dim, 32, 256, err);
+    if (!st)
+        st = spec_range(spec, "model.num_heads", m->num_heads, 2, S2_SPEC_MAX_HEADS, err);
+    if (!st)
+        st = spec_range(spec, "model.num_kv_heads", m->num_kv_heads, 1, m->num_heads, err);
+    if (!st)
+        st = spec_range(spec, "s2attn.group_size", a->group_size, 1, S2_SPEC_MAX_TOKENS, err);
+    if (!st)
+        st = spec_range(spec, "s2attn.shift", a->shift, 0, a->group_size - 1, err);
+    if (st)
+        return st;
+    if (!(a->softmax_scale >= S2_SPEC_REAL_MIN && a->softmax_scale <= S2_SPEC_REAL_MAX)) {
+        char at[S2_SPEC_PATH_MAX + 32];
+        return s2_error_set(err, S2_ERR_SPEC, "%s: error: s2attn.softmax_scale = %.17g is out of "
+                            "range: valid [%g, %g]",
+                            s2_spec_where(spec, "s2attn.softmax_scale", at, sizeof at),
+                            a->softmax_scale, S2_SPEC_REAL_MIN, S2_SPEC_REAL_MAX);
+    }
+    return S2_OK;
+}
+
+/* Whole groups of row tiles a head, in 64 bits (see grid_tiles below). */
+static long grid_tiles_l(const s2_attn_plan *p, long max_seqlen, int bm)
+{
+    const long gt = p->G / bm > 0 ? p->G / bm : 1;
+    return ((max_seqlen + bm - 1) / bm + gt - 1) / gt * gt;
+}
+
+/* A grid's size against CUDA's limits and the kernels' int arithmetic: gridDim.x <= 2^31 - 1,
+ * y and z <= 65535, and for the Hopper kernels the linear block index blockIdx.y * gridDim.x +
+ * blockIdx.x (templates/common.cuh s2_block_tile) in int. */
+static s2_status check_grid(const char *kernel, long x, long y, long z, int linear, s2_error *err)
+{
+    if (x > INT_MAX || y > 65535 || z > 65535)
+        return s2_error_set(err, S2_ERR_INVALID,
+                            "%s needs a grid of %ld x %ld x %ld blocks; CUDA allows at most "
+                            "2147483647 x 65535 x 65535", kernel, x, y, z);
+    if (linear && x * y > INT_MAX)
+        return s2_error_set(err, S2_ERR_INVALID,
+                            "%s needs %ld x %ld blocks, and its linear block index must stay "
+                            "below 2^31", kernel, x, y);
+    return S2_OK;
+}
+
+s2_status s2_plan_check_batch(const s2_attn_plan *p, int max_seqlen, int batch, long total_tokens,
+                              s2_error *err)
+{
+    if (max_seqlen < 0 || max_seqlen > S2_SPEC_MAX_TOKENS)
+        return s2_error_set(err, S2_ERR_INVALID,
+                            "a sequence of %d tokens: valid 0..%d (the kernels' positions and "
+                            "group indices are 32-bit ints)", max_seqlen, S2_SPEC_MAX_TOKENS);
+    if (batch < 1)
+        return s2_error_set(err, S2_ERR_INVALID, "a batch of %d sequences: valid 1..65535",
+                            batch);
+    if (total_tokens < max_seqlen || total_tokens > INT_MAX)
+        return s2_error_set(err, S2_ERR_INVALID,
+                            "a batch of %ld tokens whose longest sequence has %d: valid %d.."
+                            "2147483647 tokens", total_tokens, max_seqlen, max_seqlen);
+    const long fwd = grid_tiles_l(p, max_seqlen, p->fwd_block_m);
+    const long bwd = grid_tiles_l(p, max_seqlen, p->bwd_block_m);
+    s2_status st = check_grid("s2_attn_fwd", fwd, p->H, batch, p->tile.fwd_wgmma, err);
+    if (!st && !p->tile.bwd_atomic_dq)
+        st = check_grid("s2_attn_bwd_dq", bwd, p->H, batch, p->tile.bwd_wgmma, err);
+    if (!st)
+        st = check_grid("s2_attn_bwd_dkdv", bwd, p->Hkv, batch, p->tile.bwd_wgmma, err);
+    if (!st && !p->bwd_dq_delta) /* one warp a (token, head) row */
+        st = check_grid("s2_attn_bwd_pre",
+                        (total_tokens * p->H + p->tile.bwd_warps - 1) / p->tile.bwd_warps, 1, 1,
+                        0, err);
+    return st;
+}
+
+/* One sequence of the spec's own context_length must launch; else the longest that does. */
+static s2_status check_context(const s2_spec *spec, const s2_attn_plan *p, s2_error *err)
+{
+    const int n = spec->context_length;
+    s2_error why = {0};
+    if (s2_plan_check_batch(p, n, 1, n, &why) == S2_OK)
+        return S2_OK;
+    int lo = 0, hi = n; /* the grids grow with n: lo launches, hi does not */
+    while (hi - lo > 1) {
+        const int mid = lo + (hi - lo) / 2;
+        if (s2_plan_check_batch(p, mid, 1, mid, NULL) == S2_OK)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    char at[S2_SPEC_PATH_MAX + 32], heads_at[S2_SPEC_PATH_MAX + 32];
+    s2_status st = s2_error_set(err, S2_ERR_SPEC,
+                                "%s: error: context_length = %d with model.num_heads = %d (%s) "
+                                "is out of range for this tile: %s; valid context_length 1..%d",
+                                s2_spec_where(spec, "context_length", at, sizeof at), n,
+                                p->H, s2_spec_where(spec, "model.num_heads", heads_at,
+                                                    sizeof heads_at),
+                                why.msg ? why.msg : "?", lo);
+    s2_error_clear(&why);
+    return st;
+}
+
 s2_status s2_plan_attn(const s2_spec *spec, const char *arch, const s2_attn_tile *tile,
                        s2_attn_plan *p, s2_error *err)
 {
     const s2_model *m = &spec->model;
     memset(p, 0, sizeof *p);
+    s2_status rst = check_spec_ranges(spec, err);
+    if (rst)
+        return rst;
     if (m->head_dim % 32 != 0) {
         char at[S2_SPEC_PATH_MAX + 32];
         return s2_error_set(err, S2_ERR_SPEC, "%s: error: head_dim %d: the kernels need a "
@@ -391,7 +527,7 @@ s2_status s2_plan_attn(const s2_spec *spec, const char *arch, const s2_attn_tile
         bwd_smem(&p->tile, p->d, &p->smem_dq, &p->smem_dkdv);
     p->dq_units = (p->tile.bwd_block_n / 16) * (p->d / 32);
     p->bwd_dq_delta = p->tile.bwd_wgmma && !p->tile.bwd_atomic_dq;
-    return S2_OK;
+    return check_context(spec, p, err);
 }
 
 /* Candidate values of each field; the plan prunes what cannot run. */
@@ -505,11 +641,11 @@ s2_tile_class s2_plan_classify(const s2_attn_plan *p, int cls, int qt, int kt, i
 static unsigned ceil_div(long a, long b) { return (unsigned)((a + b - 1) / b); }
 
 /* Row tiles of bm rows a head, rounded up to whole groups of tiles (s2_block_tile in
- * templates/common.cuh walks them rank by rank). */
+ * templates/common.cuh walks them rank by rank). s2_plan_check_batch() holds it to the
+ * launch limits. */
 static unsigned grid_tiles(const s2_attn_plan *p, int max_seqlen, int bm)
 {
-    const unsigned gt = p->G / bm > 0 ? (unsigned)(p->G / bm) : 1u;
-    return (ceil_div(max_seqlen, bm) + gt - 1) / gt * gt;
+    return (unsigned)grid_tiles_l(p, max_seqlen, bm);
 }
 
 s2_dim3 s2_plan_grid_fwd(const s2_attn_plan *p, int max_seqlen, int batch)

@@ -143,6 +143,16 @@ s2_dim3 s2_plan_grid_dkdv(const s2_attn_plan *p, int max_seqlen, int batch);
 s2_dim3 s2_plan_grid_pre(const s2_attn_plan *p, int total_tokens);
 
 /*
+ * Whether a batch can be launched with the plan: one sequence of at most S2_SPEC_MAX_TOKENS
+ * tokens (the kernels form positions and group indices in int), every grid above within CUDA's
+ * limits (gridDim.x < 2^31, y and z < 65536) and the Hopper kernels' linear block index in int.
+ * S2_ERR_INVALID names the kernel and the grid. s2_plan_attn() checks the spec's own
+ * context_length (one sequence) this way; the runtime checks every batch before it launches.
+ */
+s2_status s2_plan_check_batch(const s2_attn_plan *p, int max_seqlen, int batch, long total_tokens,
+                              s2_error *err);
+
+/*
  * The index map of templates/common.cuh, in C, so tests can hold it against
  * the reference mask of DESIGN §1: for head class cls (0 plain, 1 shifted)
  * and a sequence of n tokens, virtual index x has position s2_plan_position()

@@ -71,52 +71,72 @@ typedef struct keydef {
     const char *alias_dotted; /* the same with its section */
     vtype type;
     int required;
-    long imin;                           /* V_INT: smallest valid value */
-    double lo, hi;                       /* V_REAL: range */
-    int lo_open, hi_open, has_hi;        /* V_REAL: (lo / [lo, hi) / hi] ... */
+    long imin, imax;                     /* V_INT: the valid range */
+    double lo, hi;                       /* V_REAL: the valid range ... */
+    int lo_open, hi_open;                /* ... with open ends: (lo / hi) */
+    int zero_ok;                         /* V_REAL: 0 is valid besides the range (off) */
+    const char *why;                     /* V_INT, V_REAL: why the range is what it is */
     const char *const *names;            /* V_ENUM, V_LIST */
     int n_names;
     int nonempty;                        /* V_LIST: an empty list is an error */
 } keydef;
+
+/* The reasons of the ranges (spec.h, specs/README.md), shown with an out-of-range value. */
+#define WHY_TOKENS "RoPE positions stay exact in fp32, far from 32-bit int limits"
+#define WHY_WIDTH "the kernels and the LoRA linears index widths in 32-bit int"
+#define WHY_HEADS "heads are a launch grid's y, and heads x head_dim is indexed in 32-bit int"
+#define WHY_REAL "a normal fp32 number with room to spare"
+#define WHY_THETA "RoPE's frequencies theta^(-2j/d) stay <= 1, in fp32"
+#define WHY_DROPOUT "0 is off; the 32-bit mask cannot resolve a smaller p, and a larger one " \
+                    "rounds to 1 in fp32"
+#define RANGE(a, b) .imin = (a), .imax = (b)
+#define REAL_RANGE .lo = S2_SPEC_REAL_MIN, .hi = S2_SPEC_REAL_MAX, .why = WHY_REAL
 
 static const keydef keys[K_N] = {
     [K_NAME] = {SEC_TOP, "name", "name", .type = V_NAME, .required = 1},
     [K_DTYPE] = {SEC_TOP, "dtype", "dtype", .type = V_ENUM, NAMES(dtype_names)},
     [K_ARCH] = {SEC_TOP, "arch", "arch", .type = V_LIST, NAMES(arch_names), .nonempty = 1},
     [K_CONTEXT] = {SEC_TOP, "context_length", "context_length", .type = V_INT, .required = 1,
-                   .imin = 1},
+                   RANGE(1, S2_SPEC_MAX_TOKENS), .why = WHY_TOKENS},
     [K_HIDDEN] = {SEC_MODEL, "hidden_size", "model.hidden_size", .type = V_INT, .required = 1,
-                  .imin = 1},
+                  RANGE(1, S2_SPEC_MAX_HIDDEN), .why = WHY_WIDTH},
     [K_INTER] = {SEC_MODEL, "intermediate_size", "model.intermediate_size", .type = V_INT,
-                 .required = 1, .imin = 1},
+                 .required = 1, RANGE(1, S2_SPEC_MAX_INTER), .why = WHY_WIDTH},
     [K_LAYERS] = {SEC_MODEL, "num_layers", "model.num_layers", "num_hidden_layers",
-                  "model.num_hidden_layers", .type = V_INT, .required = 1, .imin = 1},
+                  "model.num_hidden_layers", .type = V_INT, .required = 1,
+                  RANGE(1, S2_SPEC_MAX_LAYERS),
+                  .why = "tensor counts and names are formed from it in 32-bit int"},
     [K_HEADS] = {SEC_MODEL, "num_heads", "model.num_heads", "num_attention_heads",
-                 "model.num_attention_heads", .type = V_INT, .required = 1, .imin = 2},
+                 "model.num_attention_heads", .type = V_INT, .required = 1,
+                 RANGE(2, S2_SPEC_MAX_HEADS), .why = WHY_HEADS},
     [K_KV] = {SEC_MODEL, "num_kv_heads", "model.num_kv_heads", "num_key_value_heads",
-              "model.num_key_value_heads", .type = V_INT, .imin = 1},
-    [K_HEAD_DIM] = {SEC_MODEL, "head_dim", "model.head_dim", .type = V_INT, .imin = 1},
+              "model.num_key_value_heads", .type = V_INT, RANGE(1, S2_SPEC_MAX_HEADS),
+              .why = WHY_HEADS},
+    [K_HEAD_DIM] = {SEC_MODEL, "head_dim", "model.head_dim", .type = V_INT}, /* head_dims[] */
     [K_VOCAB] = {SEC_MODEL, "vocab_size", "model.vocab_size", .type = V_INT, .required = 1,
-                 .imin = 1},
-    [K_THETA] = {SEC_MODEL, "rope_theta", "model.rope_theta", .type = V_REAL, .lo = 0,
-                 .lo_open = 1},
+                 RANGE(1, S2_SPEC_MAX_VOCAB), .why = WHY_WIDTH},
+    [K_THETA] = {SEC_MODEL, "rope_theta", "model.rope_theta", .type = V_REAL, .lo = 1,
+                 .hi = S2_SPEC_REAL_MAX, .why = WHY_THETA},
     [K_MAXPOS] = {SEC_MODEL, "max_position_embeddings", "model.max_position_embeddings",
-                  .type = V_INT, .required = 1, .imin = 1},
-    [K_EPS] = {SEC_MODEL, "rms_norm_eps", "model.rms_norm_eps", .type = V_REAL, .lo = 0,
-               .lo_open = 1},
+                  .type = V_INT, .required = 1, RANGE(1, S2_SPEC_MAX_TOKENS), .why = WHY_TOKENS},
+    [K_EPS] = {SEC_MODEL, "rms_norm_eps", "model.rms_norm_eps", .type = V_REAL, REAL_RANGE},
     [K_TIE] = {SEC_MODEL, "tie_word_embeddings", "model.tie_word_embeddings", .type = V_BOOL},
-    [K_GSIZE] = {SEC_S2ATTN, "group_size", "s2attn.group_size", .type = V_INT, .imin = 1},
+    [K_GSIZE] = {SEC_S2ATTN, "group_size", "s2attn.group_size", .type = V_INT,
+                 RANGE(1, S2_SPEC_MAX_TOKENS), .why = WHY_TOKENS},
     [K_GRATIO] = {SEC_S2ATTN, "group_ratio", "s2attn.group_ratio", .type = V_REAL, .lo = 0,
-                  .hi = 1, .lo_open = 1, .has_hi = 1},
-    [K_SHIFT] = {SEC_S2ATTN, "shift", "s2attn.shift", .type = V_INT, .imin = 0},
+                  .hi = 1, .lo_open = 1, .why = "a fraction of context_length"},
+    [K_SHIFT] = {SEC_S2ATTN, "shift", "s2attn.shift", .type = V_INT,
+                 RANGE(0, S2_SPEC_MAX_TOKENS - 1), .why = "below group_size"},
     [K_SMODE] = {SEC_S2ATTN, "shift_mode", "s2attn.shift_mode", .type = V_ENUM,
                  NAMES(mode_names)},
-    [K_SCALE] = {SEC_S2ATTN, "softmax_scale", "s2attn.softmax_scale", .type = V_REAL, .lo = 0,
-                 .lo_open = 1},
-    [K_RANK] = {SEC_LORA, "rank", "lora.rank", .type = V_INT, .imin = 1},
-    [K_ALPHA] = {SEC_LORA, "alpha", "lora.alpha", .type = V_REAL, .lo = 0, .lo_open = 1},
-    [K_DROPOUT] = {SEC_LORA, "dropout", "lora.dropout", .type = V_REAL, .lo = 0, .hi = 1,
-                   .hi_open = 1, .has_hi = 1},
+    [K_SCALE] = {SEC_S2ATTN, "softmax_scale", "s2attn.softmax_scale", .type = V_REAL,
+                 REAL_RANGE},
+    [K_RANK] = {SEC_LORA, "rank", "lora.rank", .type = V_INT, RANGE(1, S2_SPEC_MAX_RANK),
+                .why = WHY_WIDTH},
+    [K_ALPHA] = {SEC_LORA, "alpha", "lora.alpha", .type = V_REAL, REAL_RANGE},
+    [K_DROPOUT] = {SEC_LORA, "dropout", "lora.dropout", .type = V_REAL,
+                   .lo = S2_SPEC_DROPOUT_MIN, .hi = S2_SPEC_DROPOUT_MAX, .zero_ok = 1,
+                   .why = WHY_DROPOUT},
     [K_TARGETS] = {SEC_LORA, "targets", "lora.targets", .type = V_LIST, NAMES(target_names),
                    .nonempty = 1},
     [K_TRAIN] = {SEC_LORA, "trainable", "lora.trainable", .type = V_LIST, NAMES(train_names)},
@@ -584,6 +604,9 @@ static int spec_name_index(const char *const *names, int n, const char *s)
 /* Values                                                                    */
 /* ------------------------------------------------------------------------ */
 
+static void spec_real_range(const keydef *k, char *buf, size_t n);
+static s2_status spec_check_int(ctx *c, int id, const slot *s, const where *w, const char *text);
+
 /* 0: an int; -1: not a decimal integer; 1: an integer that does not fit. */
 static int spec_parse_int(const char *s, long *out)
 {
@@ -631,9 +654,11 @@ static int spec_parse_real(const char *s, double *out)
         return -1;
     errno = 0;
     double v = strtod(s, NULL);
-    if (!isfinite(v))
+    /* ERANGE: too large for a double, or so small that it underflowed (to 0 or a subnormal
+     * number): either way not the number written. */
+    if (!isfinite(v) || errno == ERANGE)
         return 1;
-    *out = v;
+    *out = v == 0 ? 0 : v; /* -0 reads as 0, so it prints and hashes as 0 */
     return 0;
 }
 
@@ -648,10 +673,10 @@ static s2_status spec_int(ctx *c, int id, const ynode *v, const where *w, slot *
     if (r < 0)
         return spec_fail(c, S2_ERR_SPEC, w, "%s: expected an integer, got %s%s",
                          keys[id].dotted, got, spec_quote_hint(v));
-    if (r > 0)
-        return spec_fail(c, S2_ERR_SPEC, w,
-                         "%s: %s is out of range (integers must lie in [%d, %d])",
-                         keys[id].dotted, v->text, INT_MIN, INT_MAX);
+    if (r > 0) { /* past INT_MAX: the range check's message, with the value as written */
+        slot past = {.i = v->text[0] == '-' ? LONG_MIN : LONG_MAX};
+        return spec_check_int(c, id, &past, w, v->text);
+    }
     return S2_OK;
 }
 
@@ -666,9 +691,13 @@ static s2_status spec_real(ctx *c, int id, const ynode *v, const where *w, slot 
     if (r < 0)
         return spec_fail(c, S2_ERR_SPEC, w, "%s: expected a number, got %s%s",
                          keys[id].dotted, got, spec_quote_hint(v));
-    if (r > 0)
-        return spec_fail(c, S2_ERR_SPEC, w, "%s: %s is out of range (not a finite double)",
-                         keys[id].dotted, v->text);
+    if (r > 0) {
+        char range[96];
+        spec_real_range(&keys[id], range, sizeof range);
+        return spec_fail(c, S2_ERR_SPEC, w,
+                         "%s = %s is out of range: valid %s (too large or too small for a double)",
+                         keys[id].dotted, v->text, range);
+    }
     return S2_OK;
 }
 
@@ -811,42 +840,57 @@ static s2_status spec_list(ctx *c, int id, const ynode *v, const where *w, slot 
 }
 
 /* Checks that need only the value itself. Ranges are spelled out so the user
- * sees what would be valid. */
-static s2_status spec_check_int(ctx *c, int id, const slot *s, const where *w)
+ * sees what would be valid; text is the value as written (NULL: print the number). */
+static s2_status spec_check_int(ctx *c, int id, const slot *s, const where *w, const char *text)
 {
     const keydef *k = &keys[id];
+    char shown[32];
+    if (!text) {
+        snprintf(shown, sizeof shown, "%ld", s->i);
+        text = shown;
+    }
     if (id == K_HEAD_DIM) {
         for (size_t i = 0; i < sizeof head_dims / sizeof head_dims[0]; i++)
             if (s->i == head_dims[i])
                 return S2_OK;
         return spec_fail(c, S2_ERR_SPEC, w,
                          "%s must be one of 64, 96, 128, 256 (the head sizes the attention "
-                         "kernels support), got %ld",
-                         k->dotted, s->i);
+                         "kernels support), got %s",
+                         k->dotted, text);
     }
-    if (id == K_HEADS && (s->i < 2 || s->i % 2))
+    if (id == K_HEADS && s->i >= 0 && s->i % 2)
         return spec_fail(c, S2_ERR_SPEC, w,
                          "%s must be a positive even number (S2-Attn shifts half of the heads), "
-                         "got %ld",
-                         k->dotted, s->i);
-    if (s->i < k->imin)
-        return spec_fail(c, S2_ERR_SPEC, w, "%s must be >= %ld, got %ld", k->dotted, k->imin,
-                         s->i);
-    return S2_OK;
+                         "got %s; valid %ld..%ld, even",
+                         k->dotted, text, k->imin, k->imax);
+    if (s->i >= k->imin && s->i <= k->imax)
+        return S2_OK;
+    return spec_fail(c, S2_ERR_SPEC, w, "%s = %s is out of range: valid %ld..%ld%s (%s)",
+                     k->dotted, text, k->imin, k->imax, id == K_HEADS ? ", even" : "", k->why);
 }
 
-static s2_status spec_check_real(ctx *c, int id, const slot *s, const where *w)
+/* The valid range of a real key as text: "[1e-30, 1e+30]", "(0, 1]", "0 or [1e-09, ...]". */
+static void spec_real_range(const keydef *k, char *buf, size_t n)
+{
+    snprintf(buf, n, "%s%c%g, %g%c", k->zero_ok ? "0 or " : "", k->lo_open ? '(' : '[', k->lo,
+             k->hi, k->hi_open ? ')' : ']');
+}
+
+static s2_status spec_check_real(ctx *c, int id, const slot *s, const where *w, const char *text)
 {
     const keydef *k = &keys[id];
     int below = k->lo_open ? s->d <= k->lo : s->d < k->lo;
-    int above = k->has_hi && (k->hi_open ? s->d >= k->hi : s->d > k->hi);
-    if (!below && !above)
+    int above = k->hi_open ? s->d >= k->hi : s->d > k->hi;
+    if ((!below && !above) || (k->zero_ok && s->d == 0))
         return S2_OK;
-    if (k->has_hi)
-        return spec_fail(c, S2_ERR_SPEC, w, "%s must be in %c%g, %g%c, got %g", k->dotted,
-                         k->lo_open ? '(' : '[', k->lo, k->hi, k->hi_open ? ')' : ']', s->d);
-    return spec_fail(c, S2_ERR_SPEC, w, "%s must be %s %g, got %g", k->dotted,
-                     k->lo_open ? ">" : ">=", k->lo, s->d);
+    char range[96], shown[32];
+    spec_real_range(k, range, sizeof range);
+    if (!text) {
+        snprintf(shown, sizeof shown, "%.17g", s->d);
+        text = shown;
+    }
+    return spec_fail(c, S2_ERR_SPEC, w, "%s = %s is out of range: valid %s (%s)", k->dotted,
+                     text, range, k->why);
 }
 
 /* Type-checks, converts and range-checks one value into *out. */
@@ -856,10 +900,10 @@ static s2_status spec_value(ctx *c, int id, const ynode *v, const where *w, slot
     switch (keys[id].type) {
     case V_INT:
         st = spec_int(c, id, v, w, out);
-        return st ? st : spec_check_int(c, id, out, w);
+        return st ? st : spec_check_int(c, id, out, w, v->text);
     case V_REAL:
         st = spec_real(c, id, v, w, out);
-        return st ? st : spec_check_real(c, id, out, w);
+        return st ? st : spec_check_real(c, id, out, w, v->text);
     case V_BOOL: return spec_bool(c, id, v, w, out);
     case V_NAME: return spec_name(c, id, v, w, out);
     case V_ENUM: return spec_enum(c, id, v, w, out);
@@ -1260,7 +1304,7 @@ static s2_status spec_resolve_heads(ctx *c, s2_model *m)
                          m->hidden_size, m->num_heads);
     m->head_dim = m->hidden_size / m->num_heads;
     slot probe = {.i = m->head_dim};
-    if (spec_check_int(c, K_HEAD_DIM, &probe, hw))
+    if (spec_check_int(c, K_HEAD_DIM, &probe, hw, NULL))
         return spec_fail(c, S2_ERR_SPEC, hw,
                          "model.head_dim defaults to hidden_size / num_heads = %d / %d = %d, "
                          "which is not one of 64, 96, 128, 256; set model.head_dim",

@@ -19,6 +19,35 @@
 #define S2_SPEC_NAME_MAX 128
 #define S2_SPEC_PATH_MAX 1024
 
+/*
+ * The ranges of the spec's values (specs/README.md lists them with their reasons). They are
+ * chosen so that nothing the plan, the emitter, the kernels or the runtime forms in 32-bit int
+ * from spec values can overflow: positions and group indices (x + S + G) stay below 2^26, the
+ * widths the kernels index in int ((H + 2 Hkv) d, 2 intermediate + LoRA columns) below 2^20,
+ * and the larger products (vocab x hidden, hidden x intermediate, tokens x heads x d) are
+ * host-side sizes formed in 64 bits. The loader checks each key against its range; the plan
+ * checks the combinations (launch grids) and the emitter refuses anything out of range.
+ */
+#define S2_SPEC_MAX_TOKENS (1 << 24) /* context_length, max_position_embeddings, group_size:
+                                        positions are exact in fp32 up to 2^24 (RoPE angles) */
+#define S2_SPEC_MAX_HIDDEN 65536     /* model.hidden_size */
+#define S2_SPEC_MAX_INTER 262144     /* model.intermediate_size */
+#define S2_SPEC_MAX_LAYERS 1024      /* model.num_layers */
+#define S2_SPEC_MAX_HEADS 1024       /* model.num_heads (a launch grid's y: below 65536) */
+#define S2_SPEC_MAX_VOCAB 2097152    /* model.vocab_size (2^21) */
+#define S2_SPEC_MAX_RANK 1024        /* lora.rank */
+/* Positive real scalars (softmax_scale, rope_theta, rms_norm_eps, lora.alpha) lie in
+ * [S2_SPEC_REAL_MIN, S2_SPEC_REAL_MAX]: normal fp32 numbers with eight decades to spare on
+ * either side, so what the kernels derive from them (scale x log2(e), alpha / rank, 1 / theta^e)
+ * stays a normal fp32 number too. */
+#define S2_SPEC_REAL_MIN 1e-30
+#define S2_SPEC_REAL_MAX 1e30
+/* lora.dropout is 0 or in [MIN, MAX]: the mask compares 32-bit random words with
+ * floor(p 2^32), so a smaller p would keep everything, and p is rounded to fp32, so a larger one
+ * could round to 1 (an infinite 1 / (1 - p)). */
+#define S2_SPEC_DROPOUT_MIN 1e-9
+#define S2_SPEC_DROPOUT_MAX 0.999999
+
 typedef enum s2_dtype { S2_DTYPE_BF16 = 0, S2_DTYPE_FP16 = 1 } s2_dtype;
 typedef enum s2_shift_mode { S2_SHIFT_SPLIT = 0, S2_SHIFT_ROLL = 1 } s2_shift_mode;
 

@@ -330,6 +330,9 @@ s2_status s2_attn_forward(const s2_attn *a, const s2_attn_batch *bt, const void 
                           const void *v, void *o, float *lse, cudaStream_t stream, s2_error *err)
 {
     int T = bt->T;
+    s2_status st = s2_plan_check_batch(&a->plan, bt->max_seqlen, bt->B, T, err);
+    if (st)
+        return st;
     void *args[] = {&q, &k, &v, &o, &lse, (void *)&bt->d_cu_seqlens, &T};
     return launch_pdl(a->fwd, "s2_attn_fwd", s2_plan_grid_fwd(&a->plan, bt->max_seqlen, bt->B),
                       a->plan.fwd_threads, a->plan.smem_fwd, args, stream, a->plan.tile.fwd_wgmma,
@@ -357,8 +360,8 @@ s2_status s2_attn_backward(const s2_attn *a, const s2_attn_batch *bt, const void
     const s2_attn_plan *p = &a->plan;
     float *delta = ws;
     float *dq_acc = p->tile.bwd_atomic_dq ? (float *)((char *)ws + delta_bytes(a, T)) : NULL;
-    s2_status st = S2_OK;
-    if (!p->bwd_dq_delta) { /* else the dQ kernel forms delta beside its own rows */
+    s2_status st = s2_plan_check_batch(p, bt->max_seqlen, bt->B, T, err);
+    if (!st && !p->bwd_dq_delta) { /* else the dQ kernel forms delta beside its own rows */
         void *pre_args[] = {&o, &dout, &delta, &T};
         st = launch(a->pre, "s2_attn_bwd_pre", s2_plan_grid_pre(p, T), p->bwd_threads, 0,
                     pre_args, stream, err);

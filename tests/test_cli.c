@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include "runtime/st.h"
 #include "run_cmd.h"
@@ -62,6 +63,39 @@ Test(cli, spec_errors_name_file_line_column)
     cr_expect(strstr(out, "--set s2attn.group_szie=2048: error:"), "%s", out);
     cr_expect(strstr(out, "group_size"), "%s", out);
     free(out);
+}
+
+/* Values that pass as 32-bit ints but not the kernels' ranges, and a combination the launch
+ * grids cannot hold, end gen with exit 1 and the spec's position; nothing is written. */
+Test(cli, gen_refuses_out_of_range_values_with_their_position)
+{
+    char dir[] = "/tmp/s2cli.XXXXXX";
+    cr_assert(mkdtemp(dir));
+    char *out;
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "%s gen %s/tests/specs_bad/hidden_overflow.yaml -o %s/a", BIN,
+             S2_SOURCE_DIR, dir);
+    cr_expect_eq(run(cmd, &out), 1, "%s", out);
+    cr_expect(strstr(out, "hidden_overflow.yaml:5:16: error: model.hidden_size = 2147483647 is "
+                          "out of range: valid 1..65536"), "%s", out);
+    free(out);
+    snprintf(cmd, sizeof cmd, "%s gen %s/specs/tiny-byte-512.yaml --set s2attn.softmax_scale=1e300 "
+             "-o %s/b", BIN, S2_SOURCE_DIR, dir);
+    cr_expect_eq(run(cmd, &out), 1, "%s", out);
+    cr_expect(strstr(out, "--set s2attn.softmax_scale=1e300: error: s2attn.softmax_scale = 1e300 "
+                          "is out of range"), "%s", out);
+    free(out);
+    snprintf(cmd, sizeof cmd, "%s gen %s/tests/specs_bad/seqlen_heads.yaml --arch sm_80 -o %s/c",
+             BIN, S2_SOURCE_DIR, dir);
+    cr_expect_eq(run(cmd, &out), 1, "%s", out);
+    cr_expect(strstr(out, "seqlen_heads.yaml:5:17: error: context_length = 16777216 with "
+                          "model.num_heads = 1024"), "%s", out);
+    free(out);
+    char path[2100];
+    snprintf(path, sizeof path, "%s/a", dir);
+    cr_expect_neq(access(path, F_OK), 0, "nothing written for a refused spec");
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    cr_expect_eq(system(cmd), 0);
 }
 
 Test(cli, gen_writes_sources_with_banner)

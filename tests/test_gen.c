@@ -1,5 +1,8 @@
 /* test_gen.c — plan invariants and emitted sources (no GPU, no NVRTC). */
 #include <criterion/criterion.h>
+#include <dirent.h>
+#include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -483,11 +486,12 @@ Test(plan, mbar_rules)
         const char *tile, *msg;
     } bad[] = {
         {"fwd_wgmma=0,fwd_warps=4,fwd_strips=2,fwd_block_n=32", "valid only with fwd_wgmma = 1"},
-        {"fwd_mbar=2", "fwd_mbar = 2, valid: 0, 1"},
+        {"fwd_mbar=2", "fwd_mbar = 2 is out of range: valid 0..1"},
         {"bwd_stages=2", "valid only with bwd_wgmma 1, bwd_stages 3..4, bwd_atomic_dq 0"},
         {"bwd_atomic_dq=1", "bwd_atomic_dq 1; valid only with bwd_wgmma 1"},
         {"bwd_wgmma=0,bwd_block_n=32", "bwd_mbar = 1 with bwd_wgmma 0"},
-        {"bwd_mbar=-1", "needs an integer"},
+        {"bwd_mbar=-1", "bwd_mbar = -1 is out of range: valid 0..1"},
+        {"bwd_mbar=x", "needs an integer"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         s2_attn_tile b = t;
@@ -579,4 +583,355 @@ Test(plan, wgmma_backward_rules)
     for (int i = 0; i < n90; i++)
         w90 += space[i].bwd_wgmma;
     cr_expect_gt(w90, 0);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Ranges: what the plan and the emitter accept is what the kernels can index                 */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Every constant of a unit's generated head (before the first template): a name and a value
+ * that is a non-negative int, a float literal ("1.0f", "1e-30f": a '.' or an exponent before
+ * the 'f') that reads back finite and positive, or a double literal that does. Returns the
+ * number of constants. */
+static int check_constants(const char *src, const char *what)
+{
+    const char *end = strstr(src, "// ---- ");
+    cr_assert_not_null(end, "%s: no template after the constants", what);
+    int n = 0;
+    const char *p = strstr(src, "#define S2_");
+    for (; p && p < end; p = strstr(p + 1, "#define S2_")) {
+        char name[64], value[64];
+        cr_assert_eq(sscanf(p, "#define %63s %63s", name, value), 2, "%s: '%.40s'", what, p);
+        char *num_end;
+        size_t len = strlen(value);
+        if (value[len - 1] == 'f') {
+            value[len - 1] = '\0';
+            cr_expect(strpbrk(value, ".e"), "%s: %s %sf is not a float literal", what, name, value);
+            const float f = strtof(value, &num_end);
+            cr_expect(*num_end == '\0' && isfinite(f) && f > 0, "%s: %s = %sf", what, name, value);
+        } else if (strpbrk(value, ".e")) {
+            const double d = strtod(value, &num_end);
+            cr_expect(*num_end == '\0' && isfinite(d) && d > 0, "%s: %s = %s", what, name, value);
+        } else {
+            const long v = strtol(value, &num_end, 10);
+            cr_expect(*num_end == '\0' && v >= 0 && v <= INT_MAX, "%s: %s = %s", what, name, value);
+        }
+        n++;
+    }
+    return n;
+}
+
+/* Plans the spec for arch and emits every unit (attention, train, LoRA), checking the constants;
+ * returns the attention units' sources in src (caller frees) when src is not NULL. */
+static void plan_and_emit(const s2_spec *s, const char *arch, char *src[S2_UNIT_ATTN_COUNT])
+{
+    s2_attn_plan p;
+    s2_error err = {0};
+    cr_assert_eq(s2_plan_attn(s, arch, NULL, &p, &err), S2_OK, "%s %s: %s", s->name, arch, err.msg);
+    for (int u = 0; u < S2_UNIT_ATTN_COUNT; u++) {
+        char *a = NULL, what[256];
+        cr_assert_eq(s2_emit_attn(s, &p, (s2_attn_unit)u, &a, &err), S2_OK, "%s", err.msg);
+        snprintf(what, sizeof what, "%s %s %s", s->name, arch, s2_attn_unit_name((s2_attn_unit)u));
+        cr_expect_gt(check_constants(a, what), 10, "%s", what);
+        if (src)
+            src[u] = a;
+        else
+            free(a);
+    }
+    char *t = NULL;
+    cr_assert_eq(s2_emit_train(s, &t, &err), S2_OK, "%s", err.msg);
+    cr_expect_gt(check_constants(t, "train"), 10);
+    free(t);
+    cr_assert_eq(s2_emit_lora(s->dtype, s->lora.rank, &t, &err), S2_OK, "%s", err.msg);
+    free(t);
+}
+
+Test(ranges, every_shipped_spec_plans_and_emits_for_each_of_its_archs)
+{
+    DIR *d = opendir(S2_SOURCE_DIR "/specs");
+    cr_assert_not_null(d);
+    int n = 0;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        size_t len = strlen(de->d_name);
+        if (len < 6 || strcmp(de->d_name + len - 5, ".yaml"))
+            continue;
+        char path[1024];
+        snprintf(path, sizeof path, "%s/specs/%s", S2_SOURCE_DIR, de->d_name);
+        s2_spec s;
+        s2_error err = {0};
+        cr_assert_eq(s2_spec_load(path, NULL, 0, &s, &err), S2_OK, "%s", err.msg);
+        for (int a = 0; a < s.n_arch; a++)
+            plan_and_emit(&s, s.arch[a], NULL);
+        n++;
+    }
+    closedir(d);
+    cr_expect_geq(n, 10);
+}
+
+static s2_spec load_text(const char *yaml, const char *const *sets, int n_sets)
+{
+    s2_spec_override ov[8];
+    for (int i = 0; i < n_sets; i++)
+        ov[i].text = sets[i];
+    s2_spec s;
+    s2_error err = {0};
+    cr_assert_eq(s2_spec_load_string(yaml, "t.yaml", ov, n_sets, &s, &err), S2_OK, "%s", err.msg);
+    return s;
+}
+
+/* The largest value of every key at once is accepted, plans, and emits constants that did not
+ * overflow: the widths and the RoPE factor as given, the row kernels' geometry positive. */
+Test(ranges, largest_valid_values_generate_without_overflow)
+{
+    s2_spec s = load_text("name: t\ncontext_length: 16777216\n"
+                          "model: {hidden_size: 65536, intermediate_size: 262144,\n"
+                          "  num_layers: 1024, num_heads: 1024, num_kv_heads: 1024,\n"
+                          "  head_dim: 128, vocab_size: 2097152, max_position_embeddings: 1,\n"
+                          "  rope_theta: 1e30, rms_norm_eps: 1e30}\n"
+                          "s2attn: {group_size: 16777216, shift: 16777215, softmax_scale: 1e30}\n"
+                          "lora: {rank: 1024, alpha: 1e30, dropout: 0.999999}\n",
+                          NULL, 0);
+    cr_expect_eq(s.rope_factor, 16777216);
+    char *src[S2_UNIT_ATTN_COUNT];
+    plan_and_emit(&s, "sm_90a", src); /* the Hopper tile: no per-row preprocessing grid */
+    cr_expect(strstr(src[0], "#define S2_GROUP 16777216\n"));
+    cr_expect(strstr(src[0], "#define S2_SHIFT_OFF 16777215\n"));
+    cr_expect(strstr(src[0], "#define S2_NUM_HEADS 1024\n"));
+    cr_expect(strstr(src[0], "#define S2_SCALE 1.00000002e+30f\n"), "%.300s", src[0]);
+    for (int u = 0; u < S2_UNIT_ATTN_COUNT; u++)
+        free(src[u]);
+    char *t = NULL;
+    cr_assert_eq(s2_emit_train(&s, &t, NULL), S2_OK);
+    cr_expect(strstr(t, "#define S2_HIDDEN 65536\n"));
+    cr_expect(strstr(t, "#define S2_INTER 262144\n"));
+    cr_expect(strstr(t, "#define S2_VOCAB 2097152\n"));
+    cr_expect(strstr(t, "#define S2_ROPE_FACTOR 16777216.0\n"));
+    cr_expect(strstr(t, "#define S2_ROW_THREADS 512\n#define S2_ROW_ITERS 16\n"), "%.900s", t);
+    free(t);
+    /* and one whole sequence of the context launches: every grid within CUDA's limits */
+    s2_attn_plan p;
+    cr_assert_eq(s2_plan_attn(&s, "sm_90a", NULL, &p, NULL), S2_OK);
+    cr_expect_eq(s2_plan_check_batch(&p, 16777216, 1, 16777216, NULL), S2_OK);
+    s2_dim3 g = s2_plan_grid_fwd(&p, 16777216, 1);
+    cr_expect(g.x == 131072 && g.y == 1024, "%u %u", g.x, g.y);
+}
+
+/* The smallest value of every key at once, likewise (a one-token context, 2 heads of 64). */
+Test(ranges, smallest_valid_values_generate)
+{
+    s2_spec s = load_text("name: t\ncontext_length: 1\n"
+                          "model: {hidden_size: 1, intermediate_size: 1, num_layers: 1,\n"
+                          "  num_heads: 2, head_dim: 64, vocab_size: 1,\n"
+                          "  max_position_embeddings: 1, rope_theta: 1, rms_norm_eps: 1e-30}\n"
+                          "s2attn: {group_size: 1, shift: 0, softmax_scale: 1e-30}\n"
+                          "lora: {rank: 1, alpha: 1e-30, dropout: 1e-9}\n",
+                          NULL, 0);
+    char *src[S2_UNIT_ATTN_COUNT];
+    plan_and_emit(&s, "sm_80", src);
+    cr_expect(strstr(src[0], "#define S2_SCALE 1e-30f\n"), "%.300s", src[0]);
+    for (int u = 0; u < S2_UNIT_ATTN_COUNT; u++)
+        free(src[u]);
+}
+
+/* Every softmax scale prints as a float literal NVRTC reads back as (float)scale; integers and
+ * powers of ten need a '.' or an exponent before the 'f' ("1f" is not a literal). */
+Test(ranges, scale_literals_read_back_exactly)
+{
+    static const char *const scales[] = {"1", "2", "100", "1e10", "0.125", "0.1", "3.0000001",
+                                         "0.69314718055994531", "1e-30", "1e30", "123456789"};
+    for (size_t i = 0; i < sizeof scales / sizeof scales[0]; i++) {
+        char set[64];
+        snprintf(set, sizeof set, "s2attn.softmax_scale=%s", scales[i]);
+        const char *sets[] = {set};
+        s2_spec s = load_text("name: t\ncontext_length: 2048\n"
+                              "model: {hidden_size: 512, intermediate_size: 1024, num_layers: 2,\n"
+                              "  num_heads: 8, head_dim: 64, vocab_size: 256,\n"
+                              "  max_position_embeddings: 512}\n",
+                              sets, 1);
+        s2_attn_plan p = plan_of(&s);
+        char *a = NULL;
+        cr_assert_eq(s2_emit_attn(&s, &p, S2_UNIT_ATTN_FWD, &a, NULL), S2_OK);
+        const struct { const char *name; double v; } lits[] = {
+            {"#define S2_SCALE ", s.s2attn.softmax_scale},
+            {"#define S2_SCALE_LOG2 ", s.s2attn.softmax_scale * 1.4426950408889634}};
+        for (int k = 0; k < 2; k++) {
+            const char *at = strstr(a, lits[k].name);
+            cr_assert_not_null(at);
+            char lit[64];
+            cr_assert_eq(sscanf(at + strlen(lits[k].name), "%63s", lit), 1);
+            size_t len = strlen(lit);
+            cr_expect(len > 1 && lit[len - 1] == 'f' && strpbrk(lit, ".e"),
+                      "scale %s: '%s' is not a float literal", scales[i], lit);
+            lit[len - 1] = '\0';
+            cr_expect_eq(strtof(lit, NULL), (float)lits[k].v, "scale %s: %s reads back as %.9g",
+                         scales[i], lit, (double)strtof(lit, NULL));
+        }
+        free(a);
+    }
+}
+
+/* One sequence of the spec's context must launch with the tile: 16M tokens x 1024 heads are
+ * 2^34 (token, head) rows, ceil(rows / 4 warps) blocks of the backward's preprocessing on
+ * sm_80, over gridDim.x's 2^31 - 1. The plan refuses it at context_length's position and says
+ * which lengths would launch; the longest of them plans, one more token does not. */
+Test(ranges, plan_refuses_a_context_times_heads_the_grids_cannot_launch)
+{
+    char path[1024];
+    snprintf(path, sizeof path, "%s/tests/specs_bad/seqlen_heads.yaml", S2_SOURCE_DIR);
+    s2_spec s;
+    s2_error err = {0};
+    cr_assert_eq(s2_spec_load(path, NULL, 0, &s, &err), S2_OK, "every value alone is valid: %s",
+                 err.msg);
+    s2_attn_plan p;
+    cr_assert_eq(s2_plan_attn(&s, "sm_80", NULL, &p, &err), S2_ERR_SPEC);
+    char prefix[2200];
+    snprintf(prefix, sizeof prefix, "%s:5:17: error: context_length = 16777216 with "
+             "model.num_heads = 1024 (%s:10:14)", path, path);
+    cr_expect(!strncmp(err.msg, prefix, strlen(prefix)), "'%s' lacks '%s'", err.msg, prefix);
+    cr_expect(strstr(err.msg, "s2_attn_bwd_pre needs a grid of 4294967296 x 1 x 1 blocks"),
+              "%s", err.msg);
+    cr_expect(strstr(err.msg, "valid context_length 1..8388607"), "%s", err.msg);
+    s2_error_clear(&err);
+    /* both sides of the boundary, as --set overrides (the message then names the --set) */
+    s2_spec_override ok[] = {{"context_length=8388607"}}, bad[] = {{"context_length=8388608"}};
+    cr_assert_eq(s2_spec_load(path, ok, 1, &s, &err), S2_OK, "%s", err.msg);
+    cr_expect_eq(s2_plan_attn(&s, "sm_80", NULL, &p, &err), S2_OK, "%s", err.msg);
+    cr_assert_eq(s2_spec_load(path, bad, 1, &s, &err), S2_OK, "%s", err.msg);
+    cr_expect_eq(s2_plan_attn(&s, "sm_80", NULL, &p, &err), S2_ERR_SPEC);
+    cr_expect(err.msg && !strncmp(err.msg, "--set #1: error: context_length = 8388608", 41), "%s",
+              err.msg);
+    s2_error_clear(&err);
+    /* on sm_90a the deterministic Hopper backward forms delta itself: no such grid */
+    cr_assert_eq(s2_spec_load(path, NULL, 0, &s, &err), S2_OK);
+    cr_expect_eq(s2_plan_attn(&s, "sm_90a", NULL, &p, &err), S2_OK, "%s", err.msg);
+}
+
+/* The runtime's check of each batch: one sequence of at most 2^24 tokens, a grid z of at most
+ * 65535 sequences, and every grid within CUDA's limits, each on both sides. */
+Test(ranges, batches_checked_against_the_launch_limits)
+{
+    s2_spec s = load("");
+    s2_attn_plan p;
+    cr_assert_eq(s2_plan_attn(&s, "sm_80", NULL, &p, NULL), S2_OK);
+    s2_error err = {0};
+    cr_expect_eq(s2_plan_check_batch(&p, 16777216, 1, 16777216, &err), S2_OK, "%s", err.msg);
+    cr_expect_eq(s2_plan_check_batch(&p, 16777217, 1, 16777217, &err), S2_ERR_INVALID);
+    cr_expect(err.msg && strstr(err.msg, "a sequence of 16777217 tokens: valid 0..16777216"), "%s",
+              err.msg);
+    cr_expect_eq(s2_plan_check_batch(&p, 1, 65535, 65535, &err), S2_OK, "%s", err.msg);
+    cr_expect_eq(s2_plan_check_batch(&p, 1, 65536, 65536, &err), S2_ERR_INVALID);
+    cr_expect(err.msg && strstr(err.msg, "x 65536 blocks"), "%s", err.msg);
+    /* 8 heads, 4 warps a block: 2^31 - 1 blocks of the preprocessing hold 4 (2^31 - 1) / 8 rows */
+    const long most = 4L * INT_MAX / 8;
+    cr_expect_eq(s2_plan_check_batch(&p, 16777216, 64, most, &err), S2_OK, "%s", err.msg);
+    cr_expect_eq(s2_plan_check_batch(&p, 16777216, 64, most + 1, &err), S2_ERR_INVALID);
+    cr_expect(err.msg && strstr(err.msg, "s2_attn_bwd_pre needs a grid of 2147483648 x"), "%s",
+              err.msg);
+    cr_expect_eq(s2_plan_check_batch(&p, 2048, 1, (long)INT_MAX + 1, &err), S2_ERR_INVALID);
+    s2_error_clear(&err);
+}
+
+/* A spec that did not come from the loader (the runtime derives some) is held to the same
+ * ranges by the plan, and the emitter refuses out-of-range constants instead of writing them. */
+Test(ranges, plan_and_emitter_refuse_what_the_loader_would)
+{
+    s2_spec s = load("");
+    s2_attn_plan p;
+    s2_error err = {0};
+    s2_spec big = s;
+    big.s2attn.group_size = INT_MAX;
+    cr_expect_eq(s2_plan_attn(&big, "sm_80", NULL, &p, &err), S2_ERR_SPEC);
+    cr_expect(err.msg && strstr(err.msg, "s2attn.group_size = 2147483647 is out of range: valid "
+                                         "1..16777216"), "%s", err.msg);
+    s2_spec no_kv = s;
+    no_kv.model.num_kv_heads = 0; /* would divide by zero */
+    cr_expect_eq(s2_plan_attn(&no_kv, "sm_80", NULL, &p, &err), S2_ERR_SPEC);
+    s2_spec inf_scale = s;
+    inf_scale.s2attn.softmax_scale = INFINITY;
+    cr_expect_eq(s2_plan_attn(&inf_scale, "sm_80", NULL, &p, &err), S2_ERR_SPEC);
+    cr_expect(err.msg && strstr(err.msg, "s2attn.softmax_scale = inf is out of range"), "%s",
+              err.msg);
+
+    /* the emitter, handed a plan and a spec directly */
+    p = plan_of(&s);
+    char *src = NULL;
+    s2_attn_plan bad = p;
+    bad.G = -5;
+    cr_expect_eq(s2_emit_attn(&s, &bad, S2_UNIT_ATTN_FWD, &src, &err), S2_ERR_INVALID);
+    cr_expect_null(src);
+    cr_expect(err.msg && strstr(err.msg, "S2_GROUP = -5 (s2attn.group_size, "), "%s", err.msg);
+    bad = p;
+    bad.scale = 1e300;
+    cr_expect_eq(s2_emit_attn(&s, &bad, S2_UNIT_ATTN_BWD, &src, &err), S2_ERR_INVALID);
+    cr_expect(err.msg && strstr(err.msg, "S2_SCALE = 1.0000000000000001e+300"), "%s", err.msg);
+    bad = p;
+    bad.scale = NAN;
+    cr_expect_eq(s2_emit_attn(&s, &bad, S2_UNIT_ATTN_FWD, &src, &err), S2_ERR_INVALID);
+    bad = p;
+    bad.tile.fwd_warps = -1;
+    cr_expect_eq(s2_emit_attn(&s, &bad, S2_UNIT_ATTN_FWD, &src, &err), S2_ERR_INVALID);
+
+    s2_spec t = s;
+    t.model.hidden_size = INT_MAX;
+    cr_expect_eq(s2_emit_train(&t, &src, &err), S2_ERR_INVALID);
+    cr_expect_null(src);
+    cr_expect(err.msg && strstr(err.msg, "S2_HIDDEN = 2147483647 (model.hidden_size, <string>:2:"),
+              "%s", err.msg);
+    t = s;
+    t.model.vocab_size = -1;
+    cr_expect_eq(s2_emit_train(&t, &src, &err), S2_ERR_INVALID);
+    t = s;
+    t.model.rms_norm_eps = INFINITY;
+    cr_expect_eq(s2_emit_train(&t, &src, &err), S2_ERR_INVALID);
+    cr_expect(err.msg && strstr(err.msg, "S2_RMS_EPS = inf"), "%s", err.msg);
+    t = s;
+    t.model.rope_theta = 1e300;
+    cr_expect_eq(s2_emit_train(&t, &src, &err), S2_ERR_INVALID);
+    cr_expect_eq(s2_emit_lora(S2_DTYPE_BF16, 0, &src, &err), S2_ERR_INVALID);
+    cr_expect_eq(s2_emit_lora(S2_DTYPE_BF16, INT_MAX, &src, &err), S2_ERR_INVALID);
+    s2_error_clear(&err);
+
+    /* the row geometry itself never overflows */
+    int threads, iters;
+    s2_emit_train_row_geometry(INT_MAX, &threads, &iters);
+    cr_expect(threads == 512 && iters == 524288, "%d %d", threads, iters);
+    s2_emit_train_row_geometry(65536, &threads, &iters);
+    cr_expect(threads == 512 && iters == 16, "%d %d", threads, iters);
+}
+
+/* --tile values are range-checked as they are parsed: the bounds of each key pass, one past
+ * them is refused with the range. */
+Test(ranges, tile_values_range_checked)
+{
+    static const struct {
+        const char *key;
+        int lo, hi;
+    } k[] = {{"fwd_warps", 1, 8},   {"fwd_strips", 1, 2},  {"fwd_block_n", 32, 128},
+             {"fwd_stages", 1, 4},  {"fwd_wgmma", 0, 1},   {"fwd_mbar", 0, 1},
+             {"bwd_warps", 1, 8},   {"bwd_block_n", 32, 64}, {"bwd_stages", 1, 4},
+             {"bwd_atomic_dq", 0, 1}, {"bwd_wgmma", 0, 1}, {"bwd_mbar", 0, 1}};
+    for (size_t i = 0; i < sizeof k / sizeof k[0]; i++) {
+        for (int e = 0; e < 2; e++) {
+            const int ok = e ? k[i].hi : k[i].lo, bad = e ? ok + 1 : ok - 1;
+            char text[64], want[128];
+            s2_attn_tile t = s2_plan_default_tile("sm_80", 64);
+            s2_error err = {0};
+            snprintf(text, sizeof text, "%s=%d", k[i].key, ok);
+            cr_expect_eq(s2_plan_parse_tile(text, &t, &err), S2_OK, "%s", err.msg);
+            snprintf(text, sizeof text, "%s=%d", k[i].key, bad);
+            snprintf(want, sizeof want, "%s = %d is out of range: valid %d..%d", k[i].key, bad,
+                     k[i].lo, k[i].hi);
+            cr_expect_eq(s2_plan_parse_tile(text, &t, &err), S2_ERR_INVALID, "%s", text);
+            cr_expect(err.msg && strstr(err.msg, want), "%s: %s", text, err.msg);
+            s2_error_clear(&err);
+        }
+    }
+    s2_attn_tile t = s2_plan_default_tile("sm_80", 64);
+    s2_error err = {0};
+    cr_expect_eq(s2_plan_parse_tile("fwd_warps=99999999999999999999", &t, &err), S2_ERR_INVALID);
+    cr_expect(err.msg && strstr(err.msg, "out of range: valid 1..8"), "%s", err.msg);
+    cr_expect_eq(s2_plan_parse_tile("fwd_warps=4294967300", &t, &err), S2_ERR_INVALID);
+    cr_expect_eq(t.fwd_warps, s2_plan_default_tile("sm_80", 64).fwd_warps, "left as it was");
+    s2_error_clear(&err);
 }

@@ -462,8 +462,10 @@ Test(overrides, type_error_uses_the_set_prefix)
 
 Test(overrides, range_error_uses_the_same_message_as_files)
 {
-    ERR_SET(BASE, "lora.dropout=1", "--set lora.dropout=1", "lora.dropout must be in [0, 1)");
-    ERR(BASE "lora: {dropout: 1}\n", "t.yaml:10:17", "lora.dropout must be in [0, 1)");
+    ERR_SET(BASE, "lora.dropout=1", "--set lora.dropout=1",
+            "lora.dropout = 1 is out of range: valid 0 or [1e-09, 0.999999]");
+    ERR(BASE "lora: {dropout: 1}\n", "t.yaml:10:17",
+        "lora.dropout = 1 is out of range: valid 0 or [1e-09, 0.999999]");
     ERR_SET(BASE, "model.num_kv_heads=5", "--set model.num_kv_heads=5",
             "must divide model.num_heads (32)");
 }
@@ -716,12 +718,17 @@ Test(errors_types, mappings_and_lists)
 
 Test(errors_values, integer_ranges)
 {
-    ERR("name: t\ncontext_length: 99999999999\n", "t.yaml:2:17", "out of range");
-    ERR("name: t\ncontext_length: 0\n", "t.yaml:2:17", "context_length must be >= 1, got 0");
-    ERR(HEAD "  hidden_size: -4\n", "t.yaml:4:16", "model.hidden_size must be >= 1, got -4");
-    ERR(BASE "lora: {rank: 0}\n", "t.yaml:10:14", "lora.rank must be >= 1, got 0");
-    ERR(BASE "s2attn: {shift: -1}\n", "t.yaml:10:17", "s2attn.shift must be >= 0");
-    ERR(BASE "s2attn: {group_size: 0}\n", "t.yaml:10:22", "s2attn.group_size must be >= 1");
+    ERR("name: t\ncontext_length: 99999999999\n", "t.yaml:2:17",
+        "context_length = 99999999999 is out of range: valid 1..16777216");
+    ERR("name: t\ncontext_length: 0\n", "t.yaml:2:17",
+        "context_length = 0 is out of range: valid 1..16777216");
+    ERR(HEAD "  hidden_size: -4\n", "t.yaml:4:16",
+        "model.hidden_size = -4 is out of range: valid 1..65536");
+    ERR(BASE "lora: {rank: 0}\n", "t.yaml:10:14", "lora.rank = 0 is out of range: valid 1..1024");
+    ERR(BASE "s2attn: {shift: -1}\n", "t.yaml:10:17",
+        "s2attn.shift = -1 is out of range: valid 0..16777215");
+    ERR(BASE "s2attn: {group_size: 0}\n", "t.yaml:10:22",
+        "s2attn.group_size = 0 is out of range: valid 1..16777216");
 }
 
 Test(errors_values, heads)
@@ -744,8 +751,8 @@ Test(errors_values, heads)
 Test(errors_values, attention)
 {
     ERR(BASE "s2attn: {group_ratio: 1.5}\n", "t.yaml:10:23",
-        "s2attn.group_ratio must be in (0, 1], got 1.5");
-    ERR(BASE "s2attn: {group_ratio: 0}\n", "t.yaml:10:23", "must be in (0, 1]");
+        "s2attn.group_ratio = 1.5 is out of range: valid (0, 1]");
+    ERR(BASE "s2attn: {group_ratio: 0}\n", "t.yaml:10:23", "valid (0, 1]");
     ERR("name: t\ncontext_length: 100\nmodel:\n" MODEL_KEYS "s2attn: {group_ratio: 0.001}\n",
         "t.yaml:10:23", "gives group_size floor(100 * 0.001) = 0");
     ERR(BASE "s2attn: {group_size: 2048, shift: 2048}\n", "t.yaml:10:35",
@@ -754,13 +761,15 @@ Test(errors_values, attention)
         "[0, 8191] for group_size 8192 (from group_ratio 0.25)");
     ERR(BASE "s2attn: {shift_mode: rol}\n", "t.yaml:10:22",
         "unknown value 'rol'; did you mean 'roll'? (valid: split, roll)");
-    ERR(BASE "s2attn: {softmax_scale: 0}\n", "t.yaml:10:25", "must be > 0, got 0");
+    ERR(BASE "s2attn: {softmax_scale: 0}\n", "t.yaml:10:25",
+        "s2attn.softmax_scale = 0 is out of range: valid [1e-30, 1e+30]");
 }
 
 Test(errors_values, lora)
 {
-    ERR(BASE "lora: {alpha: 0}\n", "t.yaml:10:15", "lora.alpha must be > 0");
-    ERR(BASE "lora: {dropout: -0.1}\n", "t.yaml:10:17", "must be in [0, 1), got -0.1");
+    ERR(BASE "lora: {alpha: 0}\n", "t.yaml:10:15", "lora.alpha = 0 is out of range");
+    ERR(BASE "lora: {dropout: -0.1}\n", "t.yaml:10:17",
+        "lora.dropout = -0.1 is out of range: valid 0 or [1e-09, 0.999999]");
     ERR(BASE "lora: {targets: []}\n", "t.yaml:10:17", "lora.targets: the list must not be empty");
     ERR(BASE "lora: {targets: [q_prj]}\n", "t.yaml:10:18",
         "unknown target 'q_prj'; did you mean 'q_proj'?");
@@ -872,4 +881,181 @@ Test(misc, string_name_defaults)
     cr_assert_eq(s2_spec_load_string("", NULL, NULL, 0, &s, &e), S2_ERR_PARSE);
     cr_expect(!strncmp(e.msg, "<string>: error: ", 17), "%s", e.msg);
     s2_error_clear(&e);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Ranges: every value within what the kernels can index and hold            */
+/* ------------------------------------------------------------------------ */
+
+/* BASE with head_dim given, so num_heads can move without head_dim following hidden / heads. */
+#define BASE_D BASE "  head_dim: 128\n"
+
+Test(ranges, hidden_size_near_int_max_names_position_and_range)
+{
+    ERR(HEAD "  hidden_size: 2147483647\n", "t.yaml:4:16",
+        "model.hidden_size = 2147483647 is out of range: valid 1..65536 (");
+    ERR(HEAD "  hidden_size: 2147483648\n", "t.yaml:4:16",
+        "model.hidden_size = 2147483648 is out of range: valid 1..65536 (");
+    ERR_SET(BASE, "model.hidden_size=2147483647", "--set model.hidden_size=2147483647",
+            "model.hidden_size = 2147483647 is out of range: valid 1..65536");
+    expect_file_err("hidden_overflow.yaml", S2_ERR_SPEC, ":5:16",
+                    "model.hidden_size = 2147483647 is out of range: valid 1..65536");
+    expect_file_err("softmax_scale_huge.yaml", S2_ERR_SPEC, ":12:18",
+                    "s2attn.softmax_scale = 1e300 is out of range: valid [1e-30, 1e+30]");
+}
+
+/* Both ends of every integer range, on both sides: the bound loads and holds its value, one
+ * past it is refused with the range (as a --set, which names the override, and in a file). */
+Test(ranges, integer_bounds_on_both_sides)
+{
+    static const struct {
+        const char *key;
+        long lo, hi;
+        int step; /* num_heads must be even: its neighbours out of range are 2 away */
+    } r[] = {
+        {"context_length", 1, 16777216, 1},
+        {"model.hidden_size", 1, 65536, 1},
+        {"model.intermediate_size", 1, 262144, 1},
+        {"model.num_layers", 1, 1024, 1},
+        {"model.num_heads", 2, 1024, 2},
+        {"model.vocab_size", 1, 2097152, 1},
+        {"model.max_position_embeddings", 1, 16777216, 1},
+        {"s2attn.group_size", 1, 16777216, 1},
+        {"lora.rank", 1, 1024, 1},
+    };
+    for (size_t i = 0; i < sizeof r / sizeof r[0]; i++) {
+        for (int end = 0; end < 2; end++) {
+            const long ok = end ? r[i].hi : r[i].lo, bad = end ? ok + r[i].step : ok - r[i].step;
+            char set_ok[96], set_bad[96], want[160], line[96];
+            snprintf(set_ok, sizeof set_ok, "%s=%ld", r[i].key, ok);
+            snprintf(set_bad, sizeof set_bad, "%s=%ld", r[i].key, bad);
+            /* one token of context needs a group of one token (a quarter of it is none) */
+            const char *sets[] = {set_ok, "s2attn.group_size=1"};
+            s2_spec s = load_ok(BASE_D, sets, strcmp(set_ok, "context_length=1") ? 1 : 2);
+            char *canon = s2_spec_canonical(&s);
+            snprintf(line, sizeof line, "\n%s=%ld\n", r[i].key, ok);
+            cr_expect(canon && strstr(canon, line), "%s: '%s' not in the spec", set_ok, line);
+            free(canon);
+            char where[128];
+            snprintf(where, sizeof where, "--set %s", set_bad);
+            snprintf(want, sizeof want, "%s = %ld is out of range: valid %ld..%ld", r[i].key, bad,
+                     r[i].lo, r[i].hi);
+            ERR_SET(BASE_D, set_bad, where, want);
+        }
+    }
+    /* num_kv_heads: 1..1024 besides dividing num_heads; shift: 0..2^24 - 1 below group_size */
+    const char *kv_max[] = {"model.num_heads=1024", "model.num_kv_heads=1024"};
+    cr_expect_eq(load_ok(BASE_D, kv_max, 2).model.num_kv_heads, 1024);
+    ERR_SET(BASE_D, "model.num_kv_heads=1025", "--set model.num_kv_heads=1025",
+            "model.num_kv_heads = 1025 is out of range: valid 1..1024");
+    ERR_SET(BASE_D, "model.num_kv_heads=0", "--set model.num_kv_heads=0",
+            "model.num_kv_heads = 0 is out of range: valid 1..1024");
+    const char *shift_max[] = {"s2attn.group_size=16777216", "s2attn.shift=16777215"};
+    cr_expect_eq(load_ok(BASE_D, shift_max, 2).s2attn.shift, 16777215);
+    ERR_SET(BASE_D, "s2attn.shift=16777216", "--set s2attn.shift=16777216",
+            "s2attn.shift = 16777216 is out of range: valid 0..16777215");
+    /* in a file: the value's own line and column */
+    ERR(HEAD "  hidden_size: 65537\n", "t.yaml:4:16",
+        "model.hidden_size = 65537 is out of range: valid 1..65536");
+    ERR("name: t\ncontext_length: 16777217\n", "t.yaml:2:17",
+        "context_length = 16777217 is out of range: valid 1..16777216");
+    ERR(BASE "lora: {rank: 1025}\n", "t.yaml:10:14",
+        "lora.rank = 1025 is out of range: valid 1..1024");
+}
+
+static double real_of(const s2_spec *s, const char *key)
+{
+    if (!strcmp(key, "s2attn.softmax_scale"))
+        return s->s2attn.softmax_scale;
+    if (!strcmp(key, "s2attn.group_ratio"))
+        return s->s2attn.group_ratio;
+    if (!strcmp(key, "model.rope_theta"))
+        return s->model.rope_theta;
+    if (!strcmp(key, "model.rms_norm_eps"))
+        return s->model.rms_norm_eps;
+    if (!strcmp(key, "lora.alpha"))
+        return s->lora.alpha;
+    if (!strcmp(key, "lora.dropout"))
+        return s->lora.dropout;
+    cr_assert_fail("no real key %s", key);
+    return 0;
+}
+
+/* Every real key of the spec, at both ends of its range and just past them. */
+static const struct {
+    const char *key, *lo, *hi, *below, *above, *range;
+} real_ranges[] = {
+    {"s2attn.softmax_scale", "1e-30", "1e30", "9.9e-31", "1.01e30", "valid [1e-30, 1e+30]"},
+    {"model.rms_norm_eps", "1e-30", "1e30", "9.9e-31", "1.01e30", "valid [1e-30, 1e+30]"},
+    {"model.rope_theta", "1", "1e30", "0.999", "1.01e30", "valid [1, 1e+30]"},
+    {"lora.alpha", "1e-30", "1e30", "9.9e-31", "1.01e30", "valid [1e-30, 1e+30]"},
+    {"lora.dropout", "1e-9", "0.999999", "9.9e-10", "0.9999991", "valid 0 or [1e-09, 0.999999]"},
+    {"s2attn.group_ratio", "3.0517578125e-05", "1", "0", "1.0000001", "valid (0, 1]"},
+};
+
+Test(ranges, real_bounds_on_both_sides)
+{
+    for (size_t i = 0; i < sizeof real_ranges / sizeof real_ranges[0]; i++) {
+        const char *ends[2][2] = {{real_ranges[i].lo, real_ranges[i].below},
+                                  {real_ranges[i].hi, real_ranges[i].above}};
+        for (int e = 0; e < 2; e++) {
+            char set_ok[96], set_bad[96], where[128], want[192];
+            snprintf(set_ok, sizeof set_ok, "%s=%s", real_ranges[i].key, ends[e][0]);
+            snprintf(set_bad, sizeof set_bad, "%s=%s", real_ranges[i].key, ends[e][1]);
+            const char *sets[] = {set_ok};
+            s2_spec s = load_ok(BASE, sets, 1);
+            cr_expect_eq(real_of(&s, real_ranges[i].key), strtod(ends[e][0], NULL), "%s",
+                         set_ok);
+            snprintf(where, sizeof where, "--set %s", set_bad);
+            snprintf(want, sizeof want, "%s = %s is out of range: %s", real_ranges[i].key,
+                     ends[e][1], real_ranges[i].range);
+            ERR_SET(BASE, set_bad, where, want);
+        }
+    }
+    /* the smallest group_ratio of a 32768-token context gives one token a group */
+    const char *g1[] = {"s2attn.group_ratio=3.0517578125e-05"};
+    cr_expect_eq(load_ok(BASE, g1, 1).s2attn.group_size, 1);
+    /* in a file: the value's position */
+    ERR(BASE "s2attn: {softmax_scale: 1e31}\n", "t.yaml:10:25",
+        "s2attn.softmax_scale = 1e31 is out of range: valid [1e-30, 1e+30]");
+    ERR(BASE "  rope_theta: 0.5\n", "t.yaml:10:15",
+        "model.rope_theta = 0.5 is out of range: valid [1, 1e+30]");
+}
+
+/* inf, nan, huge, tiny, negative, overflowing and underflowing values of every real key. */
+Test(ranges, extreme_reals_refused_for_every_key)
+{
+    static const char *const extreme[] = {".inf", "-.inf", ".nan", "1e300", "1e-300",
+                                          "-1",   "-1e-30", "1e999", "1e-400", "-.5"};
+    for (size_t i = 0; i < sizeof real_ranges / sizeof real_ranges[0]; i++) {
+        for (size_t j = 0; j < sizeof extreme / sizeof extreme[0]; j++) {
+            char set[96], where[128];
+            snprintf(set, sizeof set, "%s=%s", real_ranges[i].key, extreme[j]);
+            snprintf(where, sizeof where, "--set %s", set);
+            /* .inf and .nan are not plain decimal numbers at all; the rest are out of range
+             * (a group_ratio of 1e-300 is positive but gives no token a group) */
+            const char *phrase = extreme[j][0] == '.' || extreme[j][1] == '.' ? "expected a number"
+                                 : !strcmp(real_ranges[i].key, "s2attn.group_ratio") &&
+                                         !strcmp(extreme[j], "1e-300")
+                                     ? "gives group_size floor(32768 * 1e-300) = 0"
+                                     : "is out of range: valid";
+            if (!strcmp(extreme[j], "-.5"))
+                phrase = "is out of range: valid";
+            ERR_SET(BASE, set, where, phrase);
+        }
+    }
+}
+
+Test(ranges, dropout_zero_is_off_and_negative_zero_reads_as_zero)
+{
+    s2_spec a = load_ok(BASE "lora: {dropout: 0}\n", NULL, 0);
+    s2_spec b = load_ok(BASE "lora: {dropout: -0.0}\n", NULL, 0);
+    s2_spec c = load_ok(BASE "lora: {dropout: 0.0e5}\n", NULL, 0);
+    cr_expect_eq(a.lora.dropout, 0.0);
+    cr_expect(!signbit(b.lora.dropout), "-0.0 kept its sign");
+    cr_expect_str_eq(a.hash_hex, b.hash_hex);
+    cr_expect_str_eq(a.hash_hex, c.hash_hex);
+    /* a value that underflows to 0 is not 0: refused rather than read as "off" */
+    ERR(BASE "lora: {dropout: 1e-400}\n", "t.yaml:10:17",
+        "lora.dropout = 1e-400 is out of range: valid 0 or [1e-09, 0.999999]");
 }
