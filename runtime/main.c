@@ -245,8 +245,11 @@ static int cmd_build(int argc, char **argv)
         if (st || s2_spec_build(&spec, tp, &jo, &plan, res, &err))
             return fail(&err);
         print_build_rows(jo.arch, res, S2_EMIT_UNITS, &spills);
-        for (int u = 0; u < S2_EMIT_UNITS; u++)
+        for (int u = 0; u < S2_EMIT_UNITS; u++) {
+            if (res[u].warning[0])
+                fprintf(stderr, "%s: warning: %s\n", prog, res[u].warning);
             s2_jit_result_free(&res[u]);
+        }
     }
     printf("built %d arch(es) in %.1f ms\n", n_arch, now_ms() - t0);
     if (spills) {
@@ -906,6 +909,9 @@ static int tune_build_only(const tune_args *t)
                 printf("%-9s %10d %6d %7d %6d %9d %9d\n", s2_attn_unit_name((s2_attn_unit)u),
                        cand, ok, spilled, cand - ok, regs, smem);
         }
+        for (int k = 0; k < n; k++)
+            if (c[k].warning)
+                fprintf(stderr, "%s: warning: %s\n", prog, c[k].warning);
         for (int k = 0; k < n; k++)
             if (c[k].st) {
                 fprintf(stderr, "%s: %s\n", prog, c[k].msg ? c[k].msg : s2_status_to_string(c[k].st));
