@@ -769,7 +769,10 @@ static const char tune_help[] =
     "  --kernels LIST    attn (both units), attn_fwd, attn_bwd, lora (default: all)\n"
     "  --budget SECONDS  after this, no new candidate is timed (the default always is)\n"
     "  --export FILE     also write the whole database to FILE (to move it elsewhere)\n"
-    "  --import FILE     merge FILE into the database first (newer entries win)\n"
+    "  --import FILE     merge FILE into the database first: its lines are checked\n"
+    "                    (each refused one is named with its line number and why), an\n"
+    "                    imported entry never replaces one measured here, and among\n"
+    "                    imported ones the newer wins\n"
     "  --arch ARCH --build-only\n"
     "                    build the whole space for ARCH, run nothing (needs no GPU):\n"
     "                    an A100's sm_80 can be checked before renting one\n"
@@ -946,10 +949,16 @@ static int tune_on_device(const tune_args *t)
     s2_tunedb *db = NULL;
     if (s2_tunedb_open(dir, rt.name, &db, &err))
         return fail(&err);
-    int n_new = 0, n_repl = 0;
-    s2_status st = t->import_path ? s2_tunedb_import(db, t->import_path, &n_new, &n_repl, &err) : S2_OK;
-    if (!st && t->import_path)
-        fprintf(stderr, "%s: imported %s: %d new, %d replaced\n", prog, t->import_path, n_new, n_repl);
+    s2_tunedb_import_counts ic = {0};
+    s2_status st = t->import_path ? s2_tunedb_import(db, t->import_path, &ic, &err) : S2_OK;
+    if (!st && t->import_path) { /* the refused lines (and the db's own skipped ones) first */
+        for (int w = 0; w < db->n_warnings; w++)
+            fprintf(stderr, "%s: warning: %s\n", prog, db->warnings[w]);
+        s2_tunedb_clear_warnings(db);
+        fprintf(stderr, "%s: imported %s: %d lines taken (%d new, %d replaced, %d kept as held: "
+                "a local measurement or a newer entry), %d refused\n", prog, t->import_path,
+                ic.taken, ic.added, ic.replaced, ic.held, ic.refused);
+    }
     printf("tune on %s (%s), database %s\n", rt.name, rt.arch, db->path);
     printf("%-16s %-9s %6s %5s %7s %8s %5s %4s %6s %10s %9s %7s  %s\n", "spec", "unit",
            "cands", "built", "spilled", "rejected", "timed", "cut", "budget", "default_ms",
