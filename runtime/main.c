@@ -775,7 +775,8 @@ static const char tune_help[] =
     "                    imported ones the newer wins\n"
     "  --arch ARCH --build-only\n"
     "                    build the whole space for ARCH, run nothing (needs no GPU):\n"
-    "                    an A100's sm_80 can be checked before renting one\n"
+    "                    an A100's sm_80 can be checked before renting one; --db,\n"
+    "                    --import, --export, --seqlen and --budget are refused with it\n"
     "Exit status 1 if a candidate fails to build (or, on a GPU, on an error), 3 when\n"
     "there is no CUDA device.\n";
 
@@ -1025,6 +1026,15 @@ static int cmd_tune(int argc, char **argv)
         if (!t.arch)
             return usage_error("tune", "--build-only needs one --arch (sm_80, sm_86, sm_89, "
                                        "sm_90, sm_90a)%s", "");
+        /* Options of the timing run: taken and dropped, they would look as if they did work. */
+        const char *timing = t.db_dir ? "--db" : t.import_path ? "--import"
+                           : t.export_path ? "--export" : t.seqlen ? "--seqlen"
+                           : t.budget > 0 ? "--budget" : NULL;
+        if (timing)
+            return usage_error("tune", "%s does not go with --build-only, which times nothing: "
+                                       "there is no tuning database to read, store or move and "
+                                       "no timing run to size or bound (tune on a GPU for that)",
+                               timing);
         return tune_build_only(&t);
     }
     if (t.arch)
