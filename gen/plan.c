@@ -126,6 +126,77 @@ s2_status s2_plan_parse_tile(const char *text, s2_attn_tile *t, s2_error *err)
     return S2_OK;
 }
 
+/* The values each key may take on some spec: the ranges check_fwd_tile, check_bwd_tile and
+ * their wgmma rules apply before any combination or head_dim comes in. */
+static const struct {
+    size_t off;
+    int lo, hi, pow2; /* lo..hi; with pow2 only the powers of two in it */
+} tile_ranges[] = {
+    {offsetof(s2_attn_tile, fwd_warps), 1, 8, 0},
+    {offsetof(s2_attn_tile, fwd_strips), 1, 2, 0},
+    {offsetof(s2_attn_tile, fwd_block_n), 32, 128, 1},
+    {offsetof(s2_attn_tile, fwd_stages), 1, 4, 0},
+    {offsetof(s2_attn_tile, fwd_wgmma), 0, 1, 0},
+    {offsetof(s2_attn_tile, fwd_mbar), 0, 1, 0},
+    {offsetof(s2_attn_tile, bwd_warps), 1, 8, 0},
+    {offsetof(s2_attn_tile, bwd_block_n), 32, 64, 1},
+    {offsetof(s2_attn_tile, bwd_stages), 1, 4, 0},
+    {offsetof(s2_attn_tile, bwd_atomic_dq), 0, 1, 0},
+    {offsetof(s2_attn_tile, bwd_wgmma), 0, 1, 0},
+    {offsetof(s2_attn_tile, bwd_mbar), 0, 1, 0},
+    {offsetof(s2_attn_tile, test_broken), 0, 1, 0},
+};
+
+s2_status s2_plan_check_tile_text(const char *text, const char *arch, s2_error *err)
+{
+    s2_attn_tile all;
+    s2_status st = s2_plan_parse_tile(text, &all, err); /* keys known, values integers */
+    if (st)
+        return st;
+    /* Then each key=value alone: a key named twice is refused, not settled by the last. */
+    int seen[N_TILE_KEYS] = {0}, wgmma = 0;
+    for (const char *p = text; *p;) {
+        const char *end = strchr(p, ',');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        char pair[64];
+        snprintf(pair, sizeof pair, "%.*s", (int)len, p);
+        s2_attn_tile t;
+        memset(&t, 0xff, sizeof t); /* -1 in every field: the parser never writes a negative */
+        s2_plan_parse_tile(pair, &t, NULL);
+        for (int k = 0; k < N_TILE_KEYS; k++) {
+            int v = *(const int *)((const char *)&t + tile_keys[k].off), r = 0;
+            if (v < 0)
+                continue;
+            if (seen[k]++)
+                return s2_error_set(err, S2_ERR_INVALID, "tile '%s': %s given twice", text,
+                                    tile_keys[k].name);
+            while (tile_ranges[r].off != tile_keys[k].off) /* every key has its row */
+                r++;
+            int lo = tile_ranges[r].lo, hi = tile_ranges[r].hi;
+            wgmma |= (tile_keys[k].off == offsetof(s2_attn_tile, fwd_wgmma) ||
+                      tile_keys[k].off == offsetof(s2_attn_tile, bwd_wgmma)) && v == 1;
+            if (v >= lo && v <= hi && (!tile_ranges[r].pow2 || (v & (v - 1)) == 0))
+                continue;
+            char valid[64];
+            size_t used = 0;
+            if (tile_ranges[r].pow2)
+                for (int q = lo; q <= hi; q *= 2)
+                    used += (size_t)snprintf(valid + used, sizeof valid - used, "%s%d",
+                                             q == lo ? "" : ", ", q);
+            else
+                snprintf(valid, sizeof valid, "%d..%d", lo, hi);
+            return s2_error_set(err, S2_ERR_INVALID, "tile '%s': %s = %d, valid: %s", text,
+                                tile_keys[k].name, v, valid);
+        }
+        p += len + (end ? 1 : 0);
+    }
+    if (arch && strcmp(arch, "sm_90a") && wgmma)
+        return s2_error_set(err, S2_ERR_INVALID,
+                            "tile '%s': fwd_wgmma or bwd_wgmma = 1 needs sm_90a (Hopper's "
+                            "wgmma), not %s", text, arch);
+    return S2_OK;
+}
+
 const char *s2_plan_tile_str(const s2_attn_tile *t, char *buf, size_t n)
 {
     size_t used = 0;

@@ -94,6 +94,17 @@ s2_attn_tile s2_plan_default_tile(const char *arch, int head_dim);
 s2_status s2_plan_parse_tile(const char *text, s2_attn_tile *t, s2_error *err);
 
 /*
+ * Checks a tile text without a spec (e.g. one read back from the tuning database): every key
+ * it names is one s2_plan_parse_tile() knows, with a value that key may take on some spec
+ * (fwd_warps 1..8, fwd_strips 1..2, fwd_block_n 32/64/128, fwd_stages 1..4, bwd_warps 1..8,
+ * bwd_block_n 32/64, bwd_stages 1..4, the switches 0/1), named once, and fwd_wgmma or
+ * bwd_wgmma = 1 only for sm_90a (arch NULL: any). Which combinations fit a spec's head_dim and
+ * the arch's shared memory is s2_plan_attn()'s to say. S2_ERR_INVALID names the key and the
+ * valid values.
+ */
+s2_status s2_plan_check_tile_text(const char *text, const char *arch, s2_error *err);
+
+/*
  * The tuning space of one unit for spec on arch: every combination of that unit's tile fields
  * (the other unit's fields at the default) that s2_plan_attn() accepts — shared memory within
  * the arch's limit, no register spills by the plan's rules. The default comes first. Writes at

@@ -10,7 +10,10 @@
  * log it needs for the resource report, because the log was renamed into place
  * first; two processes building the same key each rename a complete file over
  * the other's, so whatever a reader opens is whole. A corrupt entry (bad
- * magic, short file, wrong hash, missing log) is rebuilt and overwritten.
+ * magic, short file, wrong hash, missing log) is rebuilt and overwritten, and
+ * so is a whole, valid entry made for something else: the header names the key,
+ * arch, generator and kernels it was built for, and a file copied or renamed
+ * onto another key (or left by an older format) never runs in its place.
  */
 #define _GNU_SOURCE
 #include "jit.h"
@@ -24,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 /* Bump when the generator's output changes meaning for the same source text
@@ -33,13 +37,22 @@
 #define S2_VERSION "unknown"
 #endif
 
-/* Cache entry header: 64 bytes, little-endian, then the cubin. */
+/*
+ * Cache entry header, little-endian, then the cubin. Format 2: a fixed part of 88 bytes, then
+ * what the entry was built for as length-prefixed strings (u16 length, bytes, no NUL): arch,
+ * generator version, s2lora version, then a u16 count and the names of the kernels the cubin
+ * exports (as ptxas reported them). Format 1 (a 64-byte header with the payload's hash only)
+ * says nothing of the key: such an entry is rebuilt.
+ */
 #define JIT_MAGIC "S2CUBIN" /* plus its NUL: 8 bytes */
-#define JIT_FORMAT 1u
-#define JIT_HEADER 64
+#define JIT_FORMAT 2u
 #define JIT_OFF_FORMAT 8   /* u32 */
-#define JIT_OFF_SIZE 16    /* u64 payload bytes; 12..15 are zero */
-#define JIT_OFF_HASH 24    /* SHA-256 of the payload; 56..63 are zero */
+#define JIT_OFF_HLEN 12    /* u32 header bytes, fixed and variable parts: the payload's offset */
+#define JIT_OFF_SIZE 16    /* u64 payload bytes */
+#define JIT_OFF_HASH 24    /* SHA-256 of the payload */
+#define JIT_OFF_KEY 56     /* the entry's key, 32 raw bytes (the file name is its hex) */
+#define JIT_FIXED 88
+#define JIT_MAX_HEADER 8192 /* far above any real one: 3 short strings, 16 names of <= 127 bytes */
 
 #define JIT_BASE_OPTS 4
 #define JIT_MAX_OPTS (JIT_BASE_OPTS + S2_JIT_MAX_EXTRA)
@@ -90,6 +103,12 @@ static void put_u32(uint8_t *p, uint32_t v)
         p[i] = (uint8_t)(v >> (8 * i));
 }
 
+static void put_u16(uint8_t *p, uint16_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+}
+
 static void put_u64(uint8_t *p, uint64_t v)
 {
     for (int i = 0; i < 8; i++)
@@ -104,20 +123,17 @@ static uint32_t get_u32(const uint8_t *p)
     return v;
 }
 
+static uint16_t get_u16(const uint8_t *p)
+{
+    return (uint16_t)(p[0] | p[1] << 8);
+}
+
 static uint64_t get_u64(const uint8_t *p)
 {
     uint64_t v = 0;
     for (int i = 0; i < 8; i++)
         v |= (uint64_t)p[i] << (8 * i);
     return v;
-}
-
-static int all_zero(const uint8_t *p, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (p[i])
-            return 0;
-    return 1;
 }
 
 s2_status s2_jit_nvrtc_version(int *major, int *minor, s2_error *err)
@@ -324,7 +340,7 @@ static int cmp_str(const void *a, const void *b)
 /* SHA-256 over (generator version, package version, source, sorted options,
  * NVRTC version, arch), each part length-prefixed. */
 static void jit_key(const char *source, const char *const *opts, int n_opts, int nv_major,
-                    int nv_minor, const char *arch, char hex[65])
+                    int nv_minor, const char *arch, uint8_t raw[32], char hex[65])
 {
     const char *sorted[JIT_MAX_OPTS];
     memcpy(sorted, opts, (size_t)n_opts * sizeof *opts);
@@ -344,9 +360,8 @@ static void jit_key(const char *source, const char *const *opts, int n_opts, int
     s2_sha256_update_str(&c, tmp);
     s2_sha256_update_str(&c, arch);
 
-    uint8_t d[32];
-    s2_sha256_final(&c, d);
-    s2_hex(d, 32, hex);
+    s2_sha256_final(&c, raw);
+    s2_hex(raw, 32, hex);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -499,38 +514,197 @@ out_destroy:
     return st;
 }
 
-/* KEY.cubin verified -> out->cubin; KEY.log -> out->log. 0 on any doubt. */
-static int cache_load(const char *dir, s2_jit_result *out)
+/* ------------------------------------------------------------------------ */
+/* Cache entries                                                            */
+
+/* The variable part of an entry's header: what the cubin was built for. */
+typedef struct jit_header {
+    char arch[32], gen[64], version[128];
+    int n_kernels;
+    char kernels[S2_JIT_MAX_KERNELS][sizeof ((s2_kernel_res *)0)->name];
+} jit_header;
+
+/* Next length-prefixed string of [*p, end) into buf; 0 when it is cut short, holds a NUL or
+ * does not fit n. */
+static int header_str(const uint8_t **p, const uint8_t *end, char *buf, size_t n)
 {
-    char *data = NULL, *log = NULL;
-    size_t size = 0;
-    if (s2_read_file(out->path, &data, &size, NULL) != S2_OK)
+    if (end - *p < 2)
         return 0;
-    const uint8_t *h = (const uint8_t *)data;
-    if (size < JIT_HEADER || memcmp(h, JIT_MAGIC, 8) != 0 ||
-        get_u32(h + JIT_OFF_FORMAT) != JIT_FORMAT || !all_zero(h + 12, 4) ||
-        !all_zero(h + 56, 8) || get_u64(h + JIT_OFF_SIZE) != size - JIT_HEADER ||
-        size == JIT_HEADER)
-        goto out_free_data;
-    uint8_t hash[32];
-    s2_sha256(h + JIT_HEADER, size - JIT_HEADER, hash);
-    if (memcmp(hash, h + JIT_OFF_HASH, 32) != 0)
-        goto out_free_data;
-
-    char lpath[sizeof out->path];
-    snprintf(lpath, sizeof lpath, "%s/%s.log", dir, out->key);
-    if (s2_read_file(lpath, &log, NULL, NULL) != S2_OK)
-        goto out_free_data;
-
-    /* The payload becomes the result in place: no second copy of the cubin. */
-    memmove(data, data + JIT_HEADER, size - JIT_HEADER);
-    out->cubin = data;
-    out->size = size - JIT_HEADER;
-    out->log = log;
+    size_t len = get_u16(*p);
+    if ((size_t)(end - *p - 2) < len || len >= n || memchr(*p + 2, 0, len))
+        return 0;
+    memcpy(buf, *p + 2, len);
+    buf[len] = '\0';
+    *p += 2 + len;
     return 1;
+}
 
-out_free_data:
+/* The variable part, [p, end) exactly; 0 when malformed. */
+static int parse_header(const uint8_t *p, const uint8_t *end, jit_header *h)
+{
+    memset(h, 0, sizeof *h);
+    if (!header_str(&p, end, h->arch, sizeof h->arch) ||
+        !header_str(&p, end, h->gen, sizeof h->gen) ||
+        !header_str(&p, end, h->version, sizeof h->version) || end - p < 2)
+        return 0;
+    h->n_kernels = get_u16(p);
+    p += 2;
+    if (h->n_kernels > S2_JIT_MAX_KERNELS)
+        return 0;
+    for (int k = 0; k < h->n_kernels; k++)
+        if (!header_str(&p, end, h->kernels[k], sizeof h->kernels[k]))
+            return 0;
+    return p == end;
+}
+
+/* "a, b, c" of n names (or "none"), cut to fit buf. */
+static const char *name_list(const char *const *names, int n, char *buf, size_t size)
+{
+    size_t used = 0;
+    buf[0] = '\0';
+    for (int k = 0; k < n && used < size; k++)
+        used += (size_t)snprintf(buf + used, size - used, "%s%s", k ? ", " : "", names[k]);
+    if (n == 0)
+        snprintf(buf, size, "none");
+    return buf;
+}
+
+static const char *header_names(const jit_header *h, char *buf, size_t size)
+{
+    const char *names[S2_JIT_MAX_KERNELS];
+    for (int k = 0; k < h->n_kernels; k++)
+        names[k] = h->kernels[k];
+    return name_list(names, h->n_kernels, buf, size);
+}
+
+static const char *res_names(const s2_kernel_res *res, int n, char *buf, size_t size)
+{
+    const char *names[S2_JIT_MAX_KERNELS];
+    for (int k = 0; k < n; k++)
+        names[k] = res[k].name;
+    return name_list(names, n, buf, size);
+}
+
+/* 1 if ptxas compiled the entry function name (the log, not the report, which holds at most
+ * S2_JIT_MAX_KERNELS). */
+static int log_exports(const char *log, const char *name)
+{
+    const char *marker = "Compiling entry function '";
+    size_t len = strlen(name);
+    for (const char *p = log; (p = strstr(p, marker)) != NULL;) {
+        p += strlen(marker);
+        if (strncmp(p, name, len) == 0 && p[len] == '\'')
+            return 1;
+    }
+    return 0;
+}
+
+/*
+ * What is wrong with the entry data[size] as the cache entry of this unit (key, the job's
+ * arch, this generator and s2lora), in why; 0 when nothing: *h then holds its header. The
+ * payload's hash is checked last, so a whole entry of another key says so.
+ */
+static int entry_fault(const jit_job *j, const uint8_t key[32], const uint8_t *d, size_t size,
+                       jit_header *h, char *why, size_t n)
+{
+    if (size < JIT_OFF_HLEN + 4 || memcmp(d, JIT_MAGIC, 8) != 0)
+        return snprintf(why, n, "not a cache entry (no %s header)", JIT_MAGIC), 1;
+    uint32_t format = get_u32(d + JIT_OFF_FORMAT);
+    if (format != JIT_FORMAT)
+        return snprintf(why, n, "header format %u%s; this s2lora writes format %u", format,
+                        format < JIT_FORMAT ? " (older, naming no key)" : "", JIT_FORMAT), 1;
+    uint32_t hlen = get_u32(d + JIT_OFF_HLEN);
+    if (hlen < JIT_FIXED || hlen > JIT_MAX_HEADER)
+        return snprintf(why, n, "header length %u (valid: %d..%d)", hlen, JIT_FIXED,
+                        JIT_MAX_HEADER), 1;
+    uint64_t payload = size >= hlen ? get_u64(d + JIT_OFF_SIZE) : 0;
+    if (size <= hlen || payload != size - hlen)
+        return snprintf(why, n, "truncated or padded: the file holds %zu bytes, its header says "
+                        "%u + %llu", size, hlen,
+                        size >= JIT_FIXED ? (unsigned long long)get_u64(d + JIT_OFF_SIZE) : 0ull),
+               1;
+    if (!parse_header(d + JIT_FIXED, d + hlen, h))
+        return snprintf(why, n, "header fields malformed"), 1;
+    if (memcmp(d + JIT_OFF_KEY, key, 32) != 0) {
+        char theirs[65];
+        s2_hex(d + JIT_OFF_KEY, 32, theirs);
+        return snprintf(why, n, "made for key %.16s..., not this unit's (another build's entry "
+                        "copied or renamed here)", theirs), 1;
+    }
+    if (strcmp(h->arch, j->arch) != 0)
+        return snprintf(why, n, "built for %s, not %s", h->arch, j->arch), 1;
+    if (strcmp(h->gen, S2_GEN_VERSION) != 0)
+        return snprintf(why, n, "made by generator %s, this is %s", h->gen, S2_GEN_VERSION), 1;
+    if (strcmp(h->version, S2_VERSION) != 0)
+        return snprintf(why, n, "made by s2lora %s, this is %s", h->version, S2_VERSION), 1;
+    uint8_t hash[32];
+    s2_sha256(d + hlen, size - hlen, hash);
+    if (memcmp(hash, d + JIT_OFF_HASH, 32) != 0)
+        return snprintf(why, n, "the cubin does not match its SHA-256 (corrupt)"), 1;
+    return 0;
+}
+
+/* The kernels of the header, of the log's report (out->res) and the caller's must agree. */
+static int kernels_fault(const s2_jit_src *s, const jit_header *h, const s2_jit_result *out,
+                         char *why, size_t n)
+{
+    char a[512], b[512];
+    int same = h->n_kernels == out->n_res;
+    for (int k = 0; same && k < h->n_kernels; k++)
+        same = strcmp(h->kernels[k], out->res[k].name) == 0;
+    if (!same)
+        return snprintf(why, n, "its header lists the kernels %s, its log reports %s",
+                        header_names(h, a, sizeof a), res_names(out->res, out->n_res, b, sizeof b)),
+               1;
+    for (int k = 0; k < s->n_kernels; k++)
+        if (!log_exports(out->log, s->kernels[k]))
+            return snprintf(why, n, "its kernels are %s; this unit needs '%s'",
+                            header_names(h, a, sizeof a), s->kernels[k]), 1;
+    return 0;
+}
+
+/*
+ * KEY.cubin verified against this unit -> out->cubin; KEY.log -> out->log, out->res. 0 when
+ * there is no usable entry; out->warning then says why, unless there was none at all.
+ */
+static int cache_load(const jit_job *j, const s2_jit_src *s, const uint8_t key[32],
+                      s2_jit_result *out)
+{
+    struct stat sb;
+    if (stat(out->path, &sb) != 0 && errno == ENOENT)
+        return 0; /* a plain miss */
+    char *data = NULL, *log = NULL, why[768];
+    size_t size = 0;
+    s2_error sub = {0};
+    jit_header h;
+    char lpath[sizeof out->path];
+    snprintf(lpath, sizeof lpath, "%s/%s.log", j->dir, out->key);
+    if (s2_read_file(out->path, &data, &size, &sub) != S2_OK)
+        snprintf(why, sizeof why, "cannot be read (%s)", sub.msg ? sub.msg : "?");
+    else if (entry_fault(j, key, (const uint8_t *)data, size, &h, why, sizeof why))
+        ;
+    else if (s2_read_file(lpath, &log, NULL, NULL) != S2_OK)
+        snprintf(why, sizeof why, "its log %s.log is missing", out->key);
+    else {
+        out->log = log;
+        out->n_res = s2_jit_parse_resources(log, out->res, S2_JIT_MAX_KERNELS);
+        if (!kernels_fault(s, &h, out, why, sizeof why)) {
+            /* The payload becomes the result in place: no second copy of the cubin. */
+            size_t hlen = get_u32((const uint8_t *)data + JIT_OFF_HLEN);
+            memmove(data, data + hlen, size - hlen);
+            out->cubin = data;
+            out->size = size - hlen;
+            return 1;
+        }
+    }
+    s2_error_clear(&sub);
     free(data);
+    free(log);
+    out->log = NULL;
+    out->n_res = 0;
+    memset(out->res, 0, sizeof out->res);
+    snprintf(out->warning, sizeof out->warning, "unit %s: cache entry %s not used: %s; rebuilt "
+             "and replaced", unit_name(s), out->path, why);
     return 0;
 }
 
@@ -547,28 +721,67 @@ static s2_status cache_write_file(const char *dir, const char *key, const char *
     return S2_ERR_CACHE;
 }
 
-/* KEY.cu and KEY.log first: a KEY.cubin in place implies both. */
-static s2_status cache_store(const char *dir, const s2_jit_src *s, const s2_jit_result *r,
-                             s2_error *err)
+static void header_put_str(s2_buf *b, const char *str)
 {
-    s2_status st = cache_write_file(dir, r->key, ".cu", s->source, strlen(s->source), err);
+    uint8_t len[2];
+    size_t n = strlen(str);
+    put_u16(len, (uint16_t)n);
+    s2_buf_append(b, (const char *)len, 2);
+    s2_buf_append(b, str, n);
+}
+
+/* KEY.cu and KEY.log first: a KEY.cubin in place implies both. */
+static s2_status cache_store(const jit_job *j, const s2_jit_src *s, const uint8_t key[32],
+                             const s2_jit_result *r, s2_error *err)
+{
+    s2_status st = cache_write_file(j->dir, r->key, ".cu", s->source, strlen(s->source), err);
     if (st)
         return st;
-    st = cache_write_file(dir, r->key, ".log", r->log, strlen(r->log), err);
+    st = cache_write_file(j->dir, r->key, ".log", r->log, strlen(r->log), err);
     if (st)
         return st;
 
-    uint8_t *buf = calloc(1, JIT_HEADER + r->size);
-    if (!buf)
+    /* The fixed part, then the strings (each well under 64 KiB: names are cut at 127). */
+    uint8_t fixed[JIT_FIXED] = {0}, count[2];
+    s2_buf b = {0};
+    s2_buf_append(&b, (const char *)fixed, sizeof fixed);
+    header_put_str(&b, j->arch);
+    header_put_str(&b, S2_GEN_VERSION);
+    header_put_str(&b, S2_VERSION);
+    put_u16(count, (uint16_t)r->n_res);
+    s2_buf_append(&b, (const char *)count, 2);
+    for (int k = 0; k < r->n_res; k++)
+        header_put_str(&b, r->res[k].name);
+    size_t hlen = b.len;
+    s2_buf_append(&b, r->cubin, r->size);
+    if (b.oom) {
+        s2_buf_free(&b);
         return s2_error_set(err, S2_ERR_NOMEM, "unit %s: out of memory", unit_name(s));
-    memcpy(buf, JIT_MAGIC, 8);
-    put_u32(buf + JIT_OFF_FORMAT, JIT_FORMAT);
-    put_u64(buf + JIT_OFF_SIZE, r->size);
-    s2_sha256(r->cubin, r->size, buf + JIT_OFF_HASH);
-    memcpy(buf + JIT_HEADER, r->cubin, r->size);
-    st = cache_write_file(dir, r->key, ".cubin", buf, JIT_HEADER + r->size, err);
-    free(buf);
+    }
+    uint8_t *h = (uint8_t *)b.data;
+    memcpy(h, JIT_MAGIC, 8);
+    put_u32(h + JIT_OFF_FORMAT, JIT_FORMAT);
+    put_u32(h + JIT_OFF_HLEN, (uint32_t)hlen);
+    put_u64(h + JIT_OFF_SIZE, r->size);
+    s2_sha256(r->cubin, r->size, h + JIT_OFF_HASH);
+    memcpy(h + JIT_OFF_KEY, key, 32);
+    st = cache_write_file(j->dir, r->key, ".cubin", b.data, b.len, err);
+    s2_buf_free(&b);
     return st;
+}
+
+/* Every kernel the caller named must be in the build's report. */
+static s2_status check_exports(const s2_jit_src *s, const s2_jit_result *r, s2_error *err)
+{
+    for (int k = 0; k < s->n_kernels; k++)
+        if (!log_exports(r->log, s->kernels[k])) {
+            char names[512];
+            return s2_error_set(err, S2_ERR_INVALID,
+                                "unit %s: kernel '%s' is not in the build, which exports %s",
+                                unit_name(s), s->kernels[k],
+                                res_names(r->res, r->n_res, names, sizeof names));
+        }
+    return S2_OK;
 }
 
 static s2_status run_unit(const jit_job *j, int i)
@@ -578,19 +791,23 @@ static s2_status run_unit(const jit_job *j, int i)
     s2_error *err = &j->errs[i];
     double t0 = now_ms();
 
-    jit_key(s->source, j->opts, j->n_opts, j->nv_major, j->nv_minor, j->arch, out->key);
+    uint8_t key[32];
+    jit_key(s->source, j->opts, j->n_opts, j->nv_major, j->nv_minor, j->arch, key, out->key);
     if (j->dir) {
         snprintf(out->path, sizeof out->path, "%s/%s.cubin", j->dir, out->key);
-        out->cache_hit = cache_load(j->dir, out);
+        out->cache_hit = cache_load(j, s, key, out);
     }
     if (!out->cache_hit) {
         s2_status st = compile_unit(j, s, out, err);
+        if (!st) {
+            out->n_res = s2_jit_parse_resources(out->log, out->res, S2_JIT_MAX_KERNELS);
+            st = check_exports(s, out, err);
+        }
         if (!st && j->dir)
-            st = cache_store(j->dir, s, out, err);
+            st = cache_store(j, s, key, out, err);
         if (st)
             return st;
     }
-    out->n_res = s2_jit_parse_resources(out->log, out->res, S2_JIT_MAX_KERNELS);
     out->ms = now_ms() - t0;
     return S2_OK;
 }
@@ -659,10 +876,20 @@ static s2_status check_args(const s2_jit_src *src, int n, const s2_jit_opts *o,
         if (!o->extra[i] || !*o->extra[i])
             return s2_error_set(err, S2_ERR_INVALID, "s2_jit_build: extra option %d is empty",
                                 i);
-    for (int i = 0; i < n; i++)
+    for (int i = 0; i < n; i++) {
         if (!src[i].source)
             return s2_error_set(err, S2_ERR_INVALID, "unit %s: no source",
                                 unit_name(&src[i]));
+        if (src[i].n_kernels < 0 || src[i].n_kernels > S2_JIT_MAX_KERNELS ||
+            (src[i].n_kernels && !src[i].kernels))
+            return s2_error_set(err, S2_ERR_INVALID,
+                                "unit %s: %d kernels named (valid: 0..%d, with their names)",
+                                unit_name(&src[i]), src[i].n_kernels, S2_JIT_MAX_KERNELS);
+        for (int k = 0; k < src[i].n_kernels; k++)
+            if (!src[i].kernels[k] || !*src[i].kernels[k])
+                return s2_error_set(err, S2_ERR_INVALID, "unit %s: kernel name %d is empty",
+                                    unit_name(&src[i]), k);
+    }
     return S2_OK;
 }
 

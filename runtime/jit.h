@@ -8,11 +8,16 @@
  *
  * Cache: directory $S2LORA_CACHE_DIR, else $XDG_CACHE_HOME/s2lora, else
  * ~/.cache/s2lora. Key = SHA-256 over (generator version, source, sorted
- * options, NVRTC version, arch). Entry KEY.cubin = header (magic, version,
- * payload size, SHA-256 of the payload) + cubin, written to a temporary file
- * and renamed; KEY.cu (the source) and KEY.log (the NVRTC log, which holds the
- * resource report) beside it. On load the header and the payload hash are
- * verified; a corrupt or truncated entry is rebuilt and replaced, never used.
+ * options, NVRTC version, arch). Entry KEY.cubin = header (magic, format,
+ * header length, payload size, SHA-256 of the payload, the key itself, then the
+ * arch, generator and s2lora versions and the names of the kernels the cubin
+ * exports) + cubin, written to a temporary file and renamed; KEY.cu (the source)
+ * and KEY.log (the NVRTC log, which holds the resource report) beside it. On load
+ * all of it is checked against the unit: its key, its arch, this generator, the
+ * payload hash, the log's kernels and those the caller named. A corrupt or
+ * truncated entry, one of an older format, or a valid one made for something
+ * else (copied or renamed onto this key) is rebuilt and replaced, never used,
+ * and the result's warning says so once.
  *
  * Nothing here needs a GPU or a driver: NVRTC is a library.
  */
@@ -29,6 +34,11 @@
 typedef struct s2_jit_src {
     const char *unit;   /* name for messages, e.g. "llama2-7b-32k/attn_fwd" */
     const char *source; /* complete source, NUL-terminated */
+    /* The extern "C" kernels the caller will look up in the cubin (NULL / 0: not said). A
+     * build that does not export each is S2_ERR_INVALID; a cache entry that does not is
+     * rebuilt. At most S2_JIT_MAX_KERNELS. */
+    const char *const *kernels;
+    int n_kernels;
 } s2_jit_src;
 
 typedef struct s2_jit_opts {
@@ -61,6 +71,11 @@ typedef struct s2_jit_result {
     int n_res;
     s2_kernel_res res[S2_JIT_MAX_KERNELS];
     char *log;             /* NVRTC log, heap */
+    /* Non-empty when a cache entry was in place but not used: "unit U: cache entry PATH ...:
+     * why; rebuilt and replaced" (corrupt, or made for another key, arch, generator or set of
+     * kernels). For the caller to show as a warning; the entry written in its place is whole,
+     * so the next build says nothing. */
+    char warning[2048];
 } s2_jit_result;
 
 /* 1 if arch is one this build can target. */

@@ -162,7 +162,8 @@ static s2_status lora_unit_of(s2_lora_ctx *c, const s2_lora_dims *d, const lora_
     s2_status st = s2_emit_lora(d->dtype, d->r, &src, err);
     if (st)
         return st;
-    s2_jit_src unit = {.unit = "lora", .source = src};
+    static const char *const kernels[] = {"s2_lora_dropout", "s2_lora_dropout_add"};
+    s2_jit_src unit = {.unit = "lora", .source = src, .kernels = kernels, .n_kernels = 2};
     s2_jit_opts jo = {.arch = c->arch, .cache_dir = c->cache_dir};
     s2_jit_result res = {0};
     st = s2_jit_build(&unit, 1, &jo, &res, err);

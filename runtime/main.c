@@ -245,8 +245,11 @@ static int cmd_build(int argc, char **argv)
         if (st || s2_spec_build(&spec, tp, &jo, &plan, res, &err))
             return fail(&err);
         print_build_rows(jo.arch, res, S2_EMIT_UNITS, &spills);
-        for (int u = 0; u < S2_EMIT_UNITS; u++)
+        for (int u = 0; u < S2_EMIT_UNITS; u++) {
+            if (res[u].warning[0])
+                fprintf(stderr, "%s: warning: %s\n", prog, res[u].warning);
             s2_jit_result_free(&res[u]);
+        }
     }
     printf("built %d arch(es) in %.1f ms\n", n_arch, now_ms() - t0);
     if (spills) {
@@ -766,10 +769,14 @@ static const char tune_help[] =
     "  --kernels LIST    attn (both units), attn_fwd, attn_bwd, lora (default: all)\n"
     "  --budget SECONDS  after this, no new candidate is timed (the default always is)\n"
     "  --export FILE     also write the whole database to FILE (to move it elsewhere)\n"
-    "  --import FILE     merge FILE into the database first (newer entries win)\n"
+    "  --import FILE     merge FILE into the database first: its lines are checked\n"
+    "                    (each refused one is named with its line number and why), an\n"
+    "                    imported entry never replaces one measured here, and among\n"
+    "                    imported ones the newer wins\n"
     "  --arch ARCH --build-only\n"
     "                    build the whole space for ARCH, run nothing (needs no GPU):\n"
-    "                    an A100's sm_80 can be checked before renting one\n"
+    "                    an A100's sm_80 can be checked before renting one; --db,\n"
+    "                    --import, --export, --seqlen and --budget are refused with it\n"
     "Exit status 1 if a candidate fails to build (or, on a GPU, on an error), 3 when\n"
     "there is no CUDA device.\n";
 
@@ -907,6 +914,9 @@ static int tune_build_only(const tune_args *t)
                        cand, ok, spilled, cand - ok, regs, smem);
         }
         for (int k = 0; k < n; k++)
+            if (c[k].warning)
+                fprintf(stderr, "%s: warning: %s\n", prog, c[k].warning);
+        for (int k = 0; k < n; k++)
             if (c[k].st) {
                 fprintf(stderr, "%s: %s\n", prog, c[k].msg ? c[k].msg : s2_status_to_string(c[k].st));
                 failed++;
@@ -940,10 +950,16 @@ static int tune_on_device(const tune_args *t)
     s2_tunedb *db = NULL;
     if (s2_tunedb_open(dir, rt.name, &db, &err))
         return fail(&err);
-    int n_new = 0, n_repl = 0;
-    s2_status st = t->import_path ? s2_tunedb_import(db, t->import_path, &n_new, &n_repl, &err) : S2_OK;
-    if (!st && t->import_path)
-        fprintf(stderr, "%s: imported %s: %d new, %d replaced\n", prog, t->import_path, n_new, n_repl);
+    s2_tunedb_import_counts ic = {0};
+    s2_status st = t->import_path ? s2_tunedb_import(db, t->import_path, &ic, &err) : S2_OK;
+    if (!st && t->import_path) { /* the refused lines (and the db's own skipped ones) first */
+        for (int w = 0; w < db->n_warnings; w++)
+            fprintf(stderr, "%s: warning: %s\n", prog, db->warnings[w]);
+        s2_tunedb_clear_warnings(db);
+        fprintf(stderr, "%s: imported %s: %d lines taken (%d new, %d replaced, %d kept as held: "
+                "a local measurement or a newer entry), %d refused\n", prog, t->import_path,
+                ic.taken, ic.added, ic.replaced, ic.held, ic.refused);
+    }
     printf("tune on %s (%s), database %s\n", rt.name, rt.arch, db->path);
     printf("%-16s %-9s %6s %5s %7s %8s %5s %4s %6s %10s %9s %7s  %s\n", "spec", "unit",
            "cands", "built", "spilled", "rejected", "timed", "cut", "budget", "default_ms",
@@ -1010,6 +1026,15 @@ static int cmd_tune(int argc, char **argv)
         if (!t.arch)
             return usage_error("tune", "--build-only needs one --arch (sm_80, sm_86, sm_89, "
                                        "sm_90, sm_90a)%s", "");
+        /* Options of the timing run: taken and dropped, they would look as if they did work. */
+        const char *timing = t.db_dir ? "--db" : t.import_path ? "--import"
+                           : t.export_path ? "--export" : t.seqlen ? "--seqlen"
+                           : t.budget > 0 ? "--budget" : NULL;
+        if (timing)
+            return usage_error("tune", "%s does not go with --build-only, which times nothing: "
+                                       "there is no tuning database to read, store or move and "
+                                       "no timing run to size or bound (tune on a GPU for that)",
+                               timing);
         return tune_build_only(&t);
     }
     if (t.arch)

@@ -182,6 +182,8 @@ static s2_status build_units(const s2_spec *spec, const s2_attn_tile *tile, cons
             snprintf(names[u], sizeof names[u], "%s/train", spec->name);
         }
         units[u] = (s2_jit_src){.unit = names[u], .source = src[u]};
+        if (u < S2_UNIT_ATTN_COUNT) /* the kernels s2_attn_load looks up */
+            units[u].n_kernels = s2_attn_unit_kernels((s2_attn_unit)u, &units[u].kernels);
     }
     if (!st)
         st = s2_jit_build(units, n, jo, out, err);

@@ -48,7 +48,10 @@ static s2_status build_unit(const s2_spec *spec, const s2_jit_opts *jo, s2_jit_r
         return st;
     char name[S2_SPEC_NAME_MAX + 16];
     snprintf(name, sizeof name, "%s/train", spec->name);
-    s2_jit_src unit = {.unit = name, .source = src};
+    const char *kernels[N_KERNELS]; /* the ones s2_train_kern_load looks up */
+    for (int i = 0; i < N_KERNELS; i++)
+        kernels[i] = kernel_table[i].name;
+    s2_jit_src unit = {.unit = name, .source = src, .kernels = kernels, .n_kernels = N_KERNELS};
     st = s2_jit_build(&unit, 1, jo, res, err);
     free(src);
     return st;

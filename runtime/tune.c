@@ -27,12 +27,14 @@ static void build_one(const build_pool *pool, s2_tune_candidate *c)
         c->st = s2_emit_attn(pool->spec, &plan, c->unit, &src, &err);
     if (!c->st) {
         s2_jit_src unit = {.unit = s2_attn_unit_name(c->unit), .source = src};
+        unit.n_kernels = s2_attn_unit_kernels(c->unit, &unit.kernels);
         s2_jit_opts one = *pool->jo;
         one.threads = 1; /* the pool is the parallelism */
         c->st = s2_jit_build(&unit, 1, &one, &res, &err);
     }
     if (!c->st) {
         c->cache_hit = res.cache_hit;
+        c->warning = res.warning[0] ? strdup(res.warning) : NULL;
         c->ms = res.ms;
         c->n_res = res.n_res;
         memcpy(c->res, res.res, sizeof c->res);
@@ -126,8 +128,10 @@ void s2_tune_free(s2_tune_candidate *c, int n)
 {
     if (!c)
         return;
-    for (int i = 0; i < n; i++)
+    for (int i = 0; i < n; i++) {
         free(c[i].msg);
+        free(c[i].warning);
+    }
     free(c);
 }
 

@@ -22,6 +22,8 @@ typedef struct s2_tune_candidate {
     int spilled;          /* built, but ptxas spilled registers or made a stack frame: pruned
                              (the plan's register rules are estimates; the build is the judge) */
     char *msg;            /* failure message, heap; NULL on success */
+    char *warning;        /* heap, NULL when none: its cache entry was in place but not used
+                             (s2_jit_result.warning), to be shown */
     int cache_hit;
     double ms;            /* build or cache load, wall */
     int n_res;

@@ -19,6 +19,8 @@
 #include "../gen/emit.h"
 #include "../gen/plan.h"
 #include "blas.h"
+#include "jit.h"
+#include "tune.h"
 
 /* A line of another s2lora version, written back unchanged by save. */
 struct s2_tunedb_line {
@@ -133,11 +135,15 @@ static int key_cmp(const s2_tunedb_key *a, const s2_tunedb_key *b)
 }
 
 /* 1 if candidate c should replace the held entry h of the same key: one this generator can
- * use beats a stale one, then the newer "when"; ties keep h. */
+ * use beats a stale one, then a local measurement an imported one (whatever their dates: an
+ * import is another machine's word for this GPU model, the local one was measured here), then
+ * the newer "when"; ties keep h. */
 static int prefer(const s2_tunedb_entry *c, const s2_tunedb_entry *h)
 {
     if (c->stale != h->stale)
         return !c->stale;
+    if (c->imported != h->imported)
+        return !c->imported;
     return strcmp(c->when, h->when) > 0;
 }
 
@@ -162,6 +168,58 @@ static int is_when(const char *s)
             return 0;
     }
     return s[sizeof pattern - 1] == '\0';
+}
+
+/* The seconds since the epoch of a "when" of the right form, or -1 when it is no real UTC time
+ * from 1970 on (month 13, February 30, hour 24, ...). */
+static time_t when_time(const char *s)
+{
+    static const int days[12] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    int y, mo, d, h, mi, se;
+    if (sscanf(s, "%4d-%2d-%2dT%2d:%2d:%2dZ", &y, &mo, &d, &h, &mi, &se) != 6)
+        return -1;
+    int leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    if (y < 1970 || mo < 1 || mo > 12 || d < 1 || d > days[mo - 1] + (mo == 2 && leap) ||
+        h > 23 || mi > 59 || se > 59)
+        return -1;
+    struct tm tm = {.tm_year = y - 1900, .tm_mon = mo - 1, .tm_mday = d, .tm_hour = h,
+                    .tm_min = mi, .tm_sec = se};
+    return timegm(&tm);
+}
+
+/* "N<=K" for K a power of two in 1..2^31, written as s2_tunedb_shape_class() writes it. */
+static int is_shape_class(const char *s)
+{
+    if (strncmp(s, "N<=", 3) != 0 || s[3] < '1' || s[3] > '9')
+        return 0;
+    char *end;
+    errno = 0;
+    unsigned long long k = strtoull(s + 3, &end, 10);
+    return errno == 0 && *end == '\0' && k <= (1ull << 31) && (k & (k - 1)) == 0;
+}
+
+/* 1 if kernel names a unit the tuner tunes: an attention unit or a LoRA product. */
+static int known_kernel(const char *kernel, char *list, size_t n)
+{
+    size_t used = 0;
+    int found = 0;
+    list[0] = '\0';
+    for (int u = 0; u < S2_UNIT_ATTN_COUNT; u++) {
+        const char *name = s2_attn_unit_name((s2_attn_unit)u);
+        found |= strcmp(kernel, name) == 0;
+        used += (size_t)snprintf(list + used, used < n ? n - used : 0, "%s%s", u ? ", " : "",
+                                 name);
+    }
+    for (int f = 0; f < 2; f++) /* dtype gradients, then the _f32 names of dA and dB */
+        for (int g = 0; g < S2_LG_COUNT; g++) {
+            char name[64];
+            s2_tune_lora_kernel_name((s2_lora_gemm)g, f, name, sizeof name);
+            if (f && !strstr(name, "_f32"))
+                continue;
+            found |= strcmp(kernel, name) == 0;
+            used += (size_t)snprintf(list + used, used < n ? n - used : 0, ", %s", name);
+        }
+    return found;
 }
 
 /* Each string fits its array, is not empty and is UTF-8 (or its line could not be read back). */
@@ -200,12 +258,25 @@ static verdict check_values(const s2_tunedb_entry *e, const char *slug, char *wh
         snprintf(why, n, "'when' must be UTC as YYYY-MM-DDTHH:MM:SSZ, got '%s'", e->when);
         return V_BAD;
     }
+    time_t when = when_time(e->when), now = time(NULL);
+    if (when < 0) {
+        snprintf(why, n, "'when' %s is not a real UTC time from 1970 on", e->when);
+        return V_BAD;
+    }
+    if (when > now + S2_TUNEDB_CLOCK_SKEW_S) {
+        char at[21];
+        snprintf(why, n, "'when' %s lies after this machine's clock (%s) by more than the %d s "
+                 "(one day) allowed for clock skew", e->when, s2_tunedb_now(at),
+                 S2_TUNEDB_CLOCK_SKEW_S);
+        return V_BAD;
+    }
     for (int i = 0; i < N_FIELDS; i++) {
         if (FIELDS[i].type != F_NUM)
             continue;
         double v = field_cnum(e, &FIELDS[i]);
-        if (!isfinite(v) || v <= 0) {
-            snprintf(why, n, "'%s' must be a finite time > 0 ms, got %g", FIELDS[i].name, v);
+        if (!isfinite(v) || v <= 0 || v > S2_TUNEDB_MAX_MS) {
+            snprintf(why, n, "'%s' must be a finite time > 0 ms and at most %.0f ms (one hour), "
+                     "got %g", FIELDS[i].name, S2_TUNEDB_MAX_MS, v);
             return V_BAD;
         }
     }
@@ -214,10 +285,32 @@ static verdict check_values(const s2_tunedb_entry *e, const char *slug, char *wh
         snprintf(why, n, "device '%s' does not belong in tune-%s.jsonl", e->device, slug);
         return V_BAD;
     }
+    if (!is_shape_class(e->shape)) {
+        snprintf(why, n, "'shape' must be a shape class N<=K, K a power of two in 1..2147483648, "
+                 "got '%s'", e->shape);
+        return V_BAD;
+    }
     return V_OK;
 }
 
-/* Last, so that V_KEEP means the tile is the entry's only fault. */
+/* Names another s2lora may know and this one does not: the line is kept (V_KEEP). */
+static verdict check_known(const s2_tunedb_entry *e, char *why, size_t n)
+{
+    if (!s2_jit_arch_valid(e->arch)) {
+        snprintf(why, n, "unknown arch '%s' (valid: sm_80, sm_86, sm_89, sm_90, sm_90a)",
+                 e->arch);
+        return V_KEEP;
+    }
+    char list[512];
+    if (!known_kernel(e->kernel, list, sizeof list)) {
+        snprintf(why, n, "unknown kernel '%s' (valid: %s)", e->kernel, list);
+        return V_KEEP;
+    }
+    return V_OK;
+}
+
+/* After every V_BAD check, so that V_KEEP means a name this build does not know is the entry's
+ * only fault. */
 static verdict check_tile(const s2_tunedb_entry *e, char *why, size_t n)
 {
     if (!strncmp(e->kernel, "lora_", 5)) { /* a LoRA product: "algo=K", K in 0..max */
@@ -229,9 +322,8 @@ static verdict check_tile(const s2_tunedb_entry *e, char *why, size_t n)
                  S2_BLAS_MAX_ALGOS);
         return V_KEEP;
     }
-    s2_attn_tile t = {0};
     s2_error sub = {0};
-    if (s2_plan_parse_tile(e->tile, &t, &sub) == S2_OK)
+    if (s2_plan_check_tile_text(e->tile, e->arch, &sub) == S2_OK)
         return V_OK;
     snprintf(why, n, "no longer a valid tile: %s", sub.msg ? sub.msg : e->tile);
     s2_error_clear(&sub);
@@ -243,6 +335,8 @@ static verdict check_entry(const s2_tunedb_entry *e, const char *slug, char *why
     verdict v = check_strings(e, why, n);
     if (v == V_OK)
         v = check_values(e, slug, why, n);
+    if (v == V_OK)
+        v = check_known(e, why, n);
     if (v == V_OK)
         v = check_tile(e, why, n);
     return v;
@@ -275,7 +369,7 @@ static verdict check_version(json_t *o, char *why, size_t n)
     return V_OK;
 }
 
-/* Copies the fields of o into *e; keys other than the fields and "v" are ignored. */
+/* Copies the fields of o and its "source" into *e; other keys are ignored. */
 static verdict read_fields(json_t *o, s2_tunedb_entry *e, char *why, size_t n)
 {
     memset(e, 0, sizeof *e);
@@ -304,6 +398,12 @@ static verdict read_fields(json_t *o, s2_tunedb_entry *e, char *why, size_t n)
         }
         memcpy(field_str(e, f), json_string_value(v), json_string_length(v) + 1);
     }
+    json_t *src = json_object_get(o, "source"); /* absent: a local measurement */
+    if (src && (!json_is_string(src) || strcmp(json_string_value(src), "import") != 0)) {
+        snprintf(why, n, "'source' must be \"import\" (or absent: measured here)");
+        return V_BAD;
+    }
+    e->imported = src != NULL;
     return V_OK;
 }
 
@@ -452,9 +552,10 @@ static int is_blank(const char *p, size_t len)
     return 1;
 }
 
-/* One line of name; keep: whether lines of other versions are kept (not on import). */
+/* One line of name; keep: whether lines of other versions are kept (not on import). *n_ok
+ * counts the lines that passed. */
 static s2_status read_line(s2_tunedb *into, const char *name, int line_no, char *p, size_t len,
-                           int keep)
+                           int keep, int *n_ok)
 {
     if (len > 0 && p[len - 1] == '\r') /* a checkout with CRLF line ends */
         p[--len] = '\0';
@@ -463,25 +564,31 @@ static s2_status read_line(s2_tunedb *into, const char *name, int line_no, char 
     s2_tunedb_entry e;
     char why[1024];
     verdict v = parse_line(p, len, into->slug, &e, why, sizeof why);
-    if (v == V_OK)
+    if (v == V_OK) {
+        (*n_ok)++;
         return merge_entry(into, &e) == M_NOMEM ? S2_ERR_NOMEM : S2_OK;
+    }
     skip_line(into, name, line_no, why);
     return v == V_KEEP && keep ? keep_line(into, p) : S2_OK;
 }
 
-/* Reads text (NUL-terminated, size bytes, modified in place) into an empty or open db. */
+/* Reads text (NUL-terminated, size bytes, modified in place) into an empty or open db; *n_ok
+ * (may be NULL) receives how many lines passed. */
 static s2_status read_text(s2_tunedb *into, const char *name, char *text, size_t size, int keep,
-                           s2_error *err)
+                           int *n_ok, s2_error *err)
 {
     char *p = text, *end = text + size;
+    int ok = 0;
     for (int line_no = 1; p < end; line_no++) {
         char *nl = memchr(p, '\n', (size_t)(end - p));
         size_t len = nl ? (size_t)(nl - p) : (size_t)(end - p);
         p[len] = '\0';
-        if (read_line(into, name, line_no, p, len, keep) != S2_OK)
+        if (read_line(into, name, line_no, p, len, keep, &ok) != S2_OK)
             return s2_error_set(err, S2_ERR_NOMEM, "%s: out of memory", name);
         p += len + 1;
     }
+    if (n_ok)
+        *n_ok = ok;
     return S2_OK;
 }
 
@@ -503,15 +610,19 @@ static void init_scratch(s2_tunedb *scratch, const s2_tunedb *like)
     memcpy(scratch->slug, like->slug, sizeof scratch->slug);
 }
 
-/* Merges scratch's entries, kept lines and warnings into db; scratch keeps nothing it gave. */
-static s2_status merge_scratch(s2_tunedb *db, s2_tunedb *scratch, int *n_new, int *n_replaced)
+/* Merges scratch's entries, kept lines and warnings into db; scratch keeps nothing it gave. c
+ * (may be NULL) counts what the entries did. */
+static s2_status merge_scratch(s2_tunedb *db, s2_tunedb *scratch, s2_tunedb_import_counts *c)
 {
     for (int i = 0; i < scratch->n_entries; i++) {
         merged m = merge_entry(db, &scratch->entries[i]);
         if (m == M_NOMEM)
             return S2_ERR_NOMEM;
-        *n_new += m == M_NEW;
-        *n_replaced += m == M_REPLACED;
+        if (c) {
+            c->added += m == M_NEW;
+            c->replaced += m == M_REPLACED;
+            c->held += m == M_HELD;
+        }
     }
     for (int i = 0; i < scratch->n_kept; i++)
         if (keep_line(db, scratch->kept[i].text) != S2_OK)
@@ -523,14 +634,23 @@ static s2_status merge_scratch(s2_tunedb *db, s2_tunedb *scratch, int *n_new, in
     return S2_OK;
 }
 
-/* Reads the file at path into a scratch db and merges that into db. */
-static s2_status merge_file(s2_tunedb *db, const char *path, char *text, size_t size, int keep,
-                            int *n_new, int *n_replaced, s2_error *err)
+/* Reads the file at path into a scratch db and merges that into db: the db's own file (imp
+ * NULL: lines of other versions kept, each line's own "source") or an import (every entry
+ * imported, nothing kept, *imp counts). */
+static s2_status merge_file(s2_tunedb *db, const char *path, char *text, size_t size,
+                            s2_tunedb_import_counts *imp, s2_error *err)
 {
     s2_tunedb scratch;
     init_scratch(&scratch, db);
-    s2_status st = read_text(&scratch, path, text, size, keep, err);
-    if (st == S2_OK && merge_scratch(db, &scratch, n_new, n_replaced) != S2_OK)
+    int taken = 0;
+    s2_status st = read_text(&scratch, path, text, size, !imp, &taken, err);
+    if (st == S2_OK && imp) {
+        for (int i = 0; i < scratch.n_entries; i++)
+            scratch.entries[i].imported = 1;
+        imp->taken = taken;
+        imp->refused = scratch.n_skipped;
+    }
+    if (st == S2_OK && merge_scratch(db, &scratch, imp) != S2_OK)
         st = s2_error_set(err, S2_ERR_NOMEM, "%s: out of memory", path);
     free_contents(&scratch);
     return st;
@@ -574,6 +694,8 @@ static void put_entry(s2_buf *b, const s2_tunedb_entry *e)
         else
             put_string(b, field_cstr(e, &FIELDS[i]));
     }
+    if (e->imported)
+        s2_buf_printf(b, ", \"source\":\"import\"");
     s2_buf_append(b, "}\n", 2);
 }
 
@@ -669,7 +791,7 @@ s2_status s2_tunedb_open(const char *dir, const char *device, s2_tunedb **out, s
     size_t size;
     s2_status st = read_if_present(db->path, &text, &size, err);
     if (st == S2_OK && text)
-        st = read_text(db, db->path, text, size, 1, err);
+        st = read_text(db, db->path, text, size, 1, NULL, err);
     free(text);
     if (st != S2_OK) {
         s2_tunedb_close(db);
@@ -699,6 +821,7 @@ s2_status s2_tunedb_put(s2_tunedb *db, const s2_tunedb_entry *e, s2_error *err)
                             why);
     s2_tunedb_entry copy = *e;
     copy.stale = strcmp(copy.gen, S2_GEN_VERSION) != 0;
+    copy.imported = 0;
     s2_tunedb_key k = s2_tunedb_entry_key(&copy);
     int found;
     int at = find(db, &k, &found);
@@ -725,12 +848,11 @@ s2_status s2_tunedb_save(s2_tunedb *db, s2_error *err)
     /* Under the lock the file cannot change: what is merged now is what gets replaced. */
     char *text;
     size_t size;
-    int n_new = 0, n_replaced = 0;
     st = read_if_present(db->path, &text, &size, err);
     if (st != S2_OK)
         goto unlock;
     if (text)
-        st = merge_file(db, db->path, text, size, 1, &n_new, &n_replaced, err);
+        st = merge_file(db, db->path, text, size, NULL, err);
     free(text);
     if (st == S2_OK)
         st = write_db(db, db->path, 1, err);
@@ -739,23 +861,21 @@ unlock:
     return st;
 }
 
-s2_status s2_tunedb_import(s2_tunedb *db, const char *path, int *n_new, int *n_replaced,
+s2_status s2_tunedb_import(s2_tunedb *db, const char *path, s2_tunedb_import_counts *counts,
                            s2_error *err)
 {
-    int added = 0, replaced = 0;
+    s2_tunedb_import_counts c = {0};
     char *text;
     size_t size;
     s2_status st = s2_read_file(path, &text, &size, err);
     if (st == S2_OK) {
-        st = merge_file(db, path, text, size, 0, &added, &replaced, err);
+        st = merge_file(db, path, text, size, &c, err);
         free(text);
     }
     if (st != S2_OK)
-        added = replaced = 0;
-    if (n_new)
-        *n_new = added;
-    if (n_replaced)
-        *n_replaced = replaced;
+        memset(&c, 0, sizeof c);
+    if (counts)
+        *counts = c;
     return st;
 }
 

@@ -6,28 +6,47 @@
  * cache_dir option: ${S2LORA_CACHE_DIR:-${XDG_CACHE_HOME:-~/.cache}/s2lora}) and <slug> is
  * s2_tunedb_slug() of the device name. One entry a line, keys always in this order:
  *
- *   {"v":1, "device":"NVIDIA H100 80GB HBM3", "arch":"sm_90a", "kernel":"attn",
+ *   {"v":1, "device":"NVIDIA H100 80GB HBM3", "arch":"sm_90a", "kernel":"attn_fwd",
  *    "spec_sha256":"<64 hex>", "shape":"N<=16384", "tile":"fwd_warps=4,...",
  *    "default_ms":1.23, "tuned_ms":0.98, "gen":"s2lora-gen-1", "nvrtc":"13.0",
  *    "when":"2026-11-25T18:00:00Z"}
  *
- * (written on one line). The key of an entry is (device, arch, kernel, spec_sha256, shape);
- * a db holds at most one entry per key. Where two entries of one key meet (two lines of one
- * file, an import, a save that finds the file changed), the one this generator can use wins
- * (not stale over stale), then the newer "when"; on a tie the entry already held stays.
- * Saved files list entries sorted by key, so copies of one file merge well in version control.
+ * (written on one line), with `, "source":"import"` before the '}' for an entry taken from
+ * another machine's file by s2_tunedb_import(); a line without "source" is a measurement of
+ * this machine ("local"), as every line written before the key existed is. The key of an
+ * entry is (device, arch, kernel, spec_sha256, shape); a db holds at most one entry per key.
+ * Where two entries of one key meet (two lines of one file, an import, a save that finds the
+ * file changed), the one this generator can use wins (not stale over stale), then a local
+ * measurement over an imported one whatever their dates, then the newer "when"; on a tie the
+ * entry already held stays. Saved files list entries sorted by key, so copies of one file
+ * merge well in version control.
  *
- * Reading never fails on content. A line that is not JSON, lacks a key, has a value of the
- * wrong type or form (hex, time, ms), names another device or a format version other than
- * 1, or whose tile no longer parses (s2_plan_parse_tile) is skipped, counted and reported in
- * warnings ("FILE:LINE: skipped: missing key 'tile'"); the rest of the file loads. Entries
- * written by another generator version ("gen" != S2_GEN_VERSION) load with stale = 1:
+ * Reading never fails on content. Every line read (open, save's re-read, import) and every
+ * put is checked, and a line that fails is skipped, counted and reported in warnings
+ * ("FILE:LINE: skipped: missing key 'tile'"); the rest of the file loads. A line is skipped
+ * when it is not JSON, lacks a key, has a value of the wrong type, names another device or a
+ * format version other than 1, or when
+ *   - spec_sha256 is not 64 lowercase hex digits;
+ *   - shape is not a shape class, "N<=K" for K a power of two in 1..2^31
+ *     (s2_tunedb_shape_class());
+ *   - when is not a real UTC time from 1970 on as YYYY-MM-DDTHH:MM:SSZ, or lies more than
+ *     S2_TUNEDB_CLOCK_SKEW_S (one day, for clocks that disagree) after this machine's now: a
+ *     date in the future would win every merge forever;
+ *   - default_ms or tuned_ms is not finite, > 0 and <= S2_TUNEDB_MAX_MS (one hour);
+ *   - arch is not one the plan builds for (s2_jit_arch_valid());
+ *   - kernel is not a tuned unit: "attn_fwd", "attn_bwd" (s2_attn_unit_name()) or a LoRA
+ *     product, "lora_u" ... "lora_db_f32" (s2_tune_lora_kernel_name());
+ *   - the tile is not one the plan knows for that kernel: for attention every key known and
+ *     its value in that key's range, wgmma only on sm_90a (s2_plan_check_tile_text()); for
+ *     LoRA "algo=K", K in 0..S2_BLAS_MAX_ALGOS.
+ * Entries written by another generator version ("gen" != S2_GEN_VERSION) load with stale = 1:
  * lookup ignores them unless asked, so a caller can warn and retune.
  *
  * Lines written by another s2lora version — a JSON object with a newer "v", or an entry
- * whose tile this build no longer parses — are kept: save writes them back unchanged after
- * the entries, so an older s2lora sharing the file does not delete a newer one's results.
- * Every other skipped line (garbage, merge markers, missing keys) is dropped by save.
+ * whose only fault is an arch, kernel or tile this build does not know — are kept: save
+ * writes them back unchanged after the entries, so an older s2lora sharing the file does not
+ * delete a newer one's results. Every other skipped line (garbage, merge markers, missing
+ * keys, impossible values) is dropped by save.
  *
  * Concurrency: readers need no lock (files are replaced by rename, so a reader sees a whole
  * old file or a whole new one). s2_tunedb_save() holds flock(2) on DIR/tune-<slug>.jsonl.lock
@@ -47,6 +66,13 @@
 /* The line format this build reads and writes ("v"). */
 #define S2_TUNEDB_FORMAT 1
 
+/* How far after this machine's clock an entry's "when" may lie (seconds): one day. */
+#define S2_TUNEDB_CLOCK_SKEW_S 86400
+
+/* The longest time an entry may hold, ms: one hour. A kernel or product tuned here takes
+ * micro- to milliseconds; anything near this is a broken measurement or a broken file. */
+#define S2_TUNEDB_MAX_MS 3600000.0
+
 /* Warnings a db keeps; n_skipped goes on counting past it. */
 #define S2_TUNEDB_MAX_WARNINGS 1000
 
@@ -65,12 +91,14 @@ typedef struct s2_tunedb_entry {
     char spec_sha256[65]; /* the spec's SHA-256, 64 lowercase hex digits */
     char shape[64];       /* shape class, s2_tunedb_shape_class() for attention */
     char tile[512];       /* s2_plan_tile_str() text of the fastest tile */
-    double default_ms;    /* the default tile's time, ms: finite, > 0 */
-    double tuned_ms;      /* this tile's time, ms: finite, > 0 */
+    double default_ms;    /* the default tile's time, ms: finite, > 0, <= S2_TUNEDB_MAX_MS */
+    double tuned_ms;      /* this tile's time, ms: the same range */
     char gen[64];         /* S2_GEN_VERSION of the generator that built the kernels */
     char nvrtc[32];       /* NVRTC version, "13.0" */
     char when[21];        /* UTC, "YYYY-MM-DDTHH:MM:SSZ" (compares as text); s2_tunedb_now() */
     int stale;            /* set by the db, never written: 1 when gen != S2_GEN_VERSION */
+    int imported;         /* set by the db: 1 for an entry taken by s2_tunedb_import(), written
+                             as "source":"import"; 0 for a local measurement */
 } s2_tunedb_entry;
 
 /* The key of an entry; the strings are the caller's (or point into an entry). */
@@ -137,12 +165,13 @@ int s2_tunedb_lookup(const s2_tunedb *db, const s2_tunedb_key *key, unsigned fla
                      s2_tunedb_entry *out);
 
 /*
- * Puts a copy of *e into the db, replacing the entry of the same key whatever its "when"
- * (the caller's measurement is the news). e->stale is ignored and recomputed. In memory
- * only: s2_tunedb_save() writes it. Fails with S2_ERR_INVALID, saying which field is wrong,
- * for an entry its line could not be read back as (empty or overlong string, bad hex, bad
- * time, ms not finite and > 0, tile that does not parse, device of another slug), and with
- * S2_ERR_NOMEM; the db is then unchanged.
+ * Puts a copy of *e into the db as a local measurement, replacing the entry of the same key
+ * whatever its "when" or origin (the caller's measurement is the news). e->stale and
+ * e->imported are ignored (recomputed; imported = 0). In memory only: s2_tunedb_save() writes
+ * it. Fails with S2_ERR_INVALID, saying which field is wrong, for an entry its line would be
+ * skipped as (the checks above: empty or overlong string, bad hex, shape, time or arch,
+ * unknown kernel, ms out of range, tile the plan does not know, device of another slug), and
+ * with S2_ERR_NOMEM; the db is then unchanged.
  */
 s2_status s2_tunedb_put(s2_tunedb *db, const s2_tunedb_entry *e, s2_error *err);
 
@@ -157,16 +186,28 @@ s2_status s2_tunedb_put(s2_tunedb *db, const s2_tunedb_entry *e, s2_error *err);
  */
 s2_status s2_tunedb_save(s2_tunedb *db, s2_error *err);
 
+/* What s2_tunedb_import() did with a file. */
+typedef struct s2_tunedb_import_counts {
+    int taken;    /* lines that passed every check */
+    int refused;  /* lines skipped, each a warning naming the file, the line and why */
+    int added;    /* entries of keys the db did not hold */
+    int replaced; /* entries that replaced one of the db's (an older imported one) */
+    int held;     /* entries the db's own beat: a local measurement, or a newer import; a key
+                     listed twice in the file counts once, so added + replaced + held may be
+                     less than taken */
+} s2_tunedb_import_counts;
+
 /*
  * Merges the entries of the file at path (this format, e.g. another machine's export) into
- * the db: an entry of a new key is added, one of a held key replaces it only if the merge
- * rule prefers it (newer "when"). *n_new and *n_replaced (either may be NULL) receive the
- * counts. Lines of other versions are not carried over; skipped lines become warnings naming
- * path. In memory only, like put. Fails with S2_ERR_IO naming path if it cannot be read (a
- * missing file is an error here; the db is then unchanged), S2_ERR_NOMEM (the db may hold
- * part of the file); the counts are then 0.
+ * the db as imported entries (whatever "source" their lines say): an entry of a new key is
+ * added; one of a held key replaces it only if the merge rule prefers it, so never a local
+ * measurement, and an imported one only when newer. *counts (may be NULL) receives what was
+ * done. Lines of other versions are not carried over; skipped lines become warnings naming
+ * path and the line. In memory only, like put. Fails with S2_ERR_IO naming path if it cannot
+ * be read (a missing file is an error here; the db is then unchanged), S2_ERR_NOMEM (the db
+ * may hold part of the file); the counts are then 0.
  */
-s2_status s2_tunedb_import(s2_tunedb *db, const char *path, int *n_new, int *n_replaced,
+s2_status s2_tunedb_import(s2_tunedb *db, const char *path, s2_tunedb_import_counts *counts,
                            s2_error *err);
 
 /*

@@ -392,6 +392,8 @@ s2_status s2_tune_run(const s2_rt *rt, const s2_spec *spec, const s2_tune_opts *
         return st;
     for (int k = 0; k < n; k++) {
         s2_tune_unit_result *r = &res[c[k].unit];
+        if (c[k].warning)
+            s2_tune_say(o, "warning: %s", c[k].warning);
         r->candidates++;
         r->built += c[k].st == S2_OK;
         r->spilled += c[k].st == S2_OK && c[k].spilled;

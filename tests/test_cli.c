@@ -263,3 +263,25 @@ Test(cli, train_without_a_gpu_exits_3)
     cr_expect(strstr(out, "nonexistent.yaml"), "%s", out);
     free(out);
 }
+
+/* tune --build-only times nothing: the options of a timing run are refused, never dropped. The
+ * LoRA kernels build nothing offline, so only the refusal can end the run early. */
+Test(cli, tune_build_only_refuses_timing_options)
+{
+    const char *opts[] = {"--db /tmp/s2cli-db-never", "--import /tmp/s2cli-never.jsonl",
+                          "--export /tmp/s2cli-export-never.jsonl", "--seqlen 4096",
+                          "--budget 5"};
+    const char *names[] = {"--db", "--import", "--export", "--seqlen", "--budget"};
+    for (int i = 0; i < 5; i++) {
+        char cmd[2048], want[128];
+        snprintf(cmd, sizeof cmd, "%s tune %s/specs/tiny-byte-512.yaml --kernels lora --arch sm_80 "
+                 "--build-only %s", BIN, S2_SOURCE_DIR, opts[i]);
+        char *out;
+        cr_expect_eq(run(cmd, &out), 2, "%s: %s", opts[i], out);
+        snprintf(want, sizeof want, "s2lora tune: %s does not go with --build-only", names[i]);
+        cr_expect(strstr(out, want), "%s", out);
+        cr_expect(strstr(out, "times nothing"), "%s", out);
+        free(out);
+    }
+    cr_expect_neq(access("/tmp/s2cli-export-never.jsonl", F_OK), 0, "--export wrote a file");
+}

@@ -13,6 +13,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "gen/emit.h"
 #include "runtime/jit.h"
 
 /* ------------------------------------------------------------------------ */
@@ -38,6 +39,10 @@ static const char *K_ALL =
     "}\n";
 
 static const char *K_TINY = "extern \"C\" __global__ void k_tiny(float *o) { o[threadIdx.x] = 1.0f; }\n";
+
+/* Another unit as small: a valid entry of its own, under another key. */
+static const char *K_OTHER =
+    "extern \"C\" __global__ void k_other(float *o) { o[threadIdx.x] = 2.0f; }\n";
 
 /* setmaxnreg exists only on sm_90a: builds there, refused for plain sm_90. */
 static const char *K_SM90A = "extern \"C\" __global__ void __launch_bounds__(128, 1) k_a(float *o) {\n"
@@ -83,7 +88,7 @@ static s2_jit_opts opts_for(const char *arch)
 /* Builds one unit; asserts success. */
 static s2_jit_result build1(const char *unit, const char *source, const s2_jit_opts *o)
 {
-    s2_jit_src s = {unit, source};
+    s2_jit_src s = {.unit = unit, .source = source};
     s2_jit_result r;
     s2_error err = {0};
     s2_status st = s2_jit_build(&s, 1, o, &r, &err);
@@ -163,7 +168,7 @@ Test(jit, builds_real_sm90a)
     s2_jit_result_free(&r);
 
     o.arch = "sm_90";
-    s2_jit_src s = {"t/sm90a", K_SM90A};
+    s2_jit_src s = {.unit = "t/sm90a", .source = K_SM90A};
     s2_error err = {0};
     cr_assert_eq(s2_jit_build(&s, 1, &o, &r, &err), S2_ERR_NVRTC);
     cr_assert_not_null(strstr(err.msg, "setmaxnreg"), "%s", err.msg);
@@ -254,13 +259,14 @@ Test(jit, no_cache_builds_and_writes_nothing)
 
 typedef void (*corrupt_fn)(const char *path);
 
+/* A byte 100 from the end: inside the cubin whatever the header's length. */
 static void flip_payload_byte(const char *path)
 {
     FILE *f = fopen(path, "r+b");
     cr_assert_not_null(f);
-    fseek(f, 64 + 100, SEEK_SET);
+    fseek(f, -100, SEEK_END);
     int c = fgetc(f);
-    fseek(f, 64 + 100, SEEK_SET);
+    fseek(f, -100, SEEK_END);
     fputc(c ^ 0x01, f);
     fclose(f);
 }
@@ -291,8 +297,11 @@ Test(jit, corrupt_entries_are_rebuilt)
 {
     const corrupt_fn fns[] = {flip_payload_byte, truncate_half, garbage_header, drop_log};
     const char *names[] = {"flipped payload byte", "truncated", "garbage header", "missing log"};
+    const char *says[] = {"does not match its SHA-256", "holds", "not a cache entry",
+                          ".log is missing"};
     s2_jit_opts o = opts_for("sm_80");
     s2_jit_result good = build1("t/tiny", K_TINY, &o);
+    cr_assert_str_eq(good.warning, "", "a plain miss is no problem: %s", good.warning);
 
     for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {
         fns[i](good.path);
@@ -300,15 +309,177 @@ Test(jit, corrupt_entries_are_rebuilt)
         cr_assert_eq(r.cache_hit, 0, "%s entry was used", names[i]);
         cr_assert_eq(r.size, good.size);
         cr_assert_eq(memcmp(r.cubin, good.cubin, r.size), 0);
+        /* Said once, naming the unit, the entry and what was wrong. */
+        cr_assert(strstr(r.warning, "unit t/tiny: cache entry "), "%s: '%s'", names[i], r.warning);
+        cr_assert(strstr(r.warning, good.path), "%s: '%s'", names[i], r.warning);
+        cr_assert(strstr(r.warning, says[i]), "%s: '%s' lacks '%s'", names[i], r.warning, says[i]);
         s2_jit_result_free(&r);
 
         /* ... and the rewritten entry verifies again. */
         r = build1("t/tiny", K_TINY, &o);
         cr_assert_eq(r.cache_hit, 1, "entry not valid after rebuilding the %s one", names[i]);
         cr_assert_eq(memcmp(r.cubin, good.cubin, r.size), 0);
+        cr_assert_str_eq(r.warning, "");
         s2_jit_result_free(&r);
     }
     s2_jit_result_free(&good);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Valid entries made for something else                                    */
+
+static void copy_file(const char *from, const char *to)
+{
+    char *data = NULL;
+    size_t n = 0;
+    cr_assert_eq(s2_read_file(from, &data, &n, NULL), S2_OK, "cannot read %s", from);
+    cr_assert_eq(s2_write_file_atomic(to, data, n, NULL), S2_OK, "cannot write %s", to);
+    free(data);
+}
+
+static void log_of(const s2_jit_result *r, char *buf, size_t n)
+{
+    snprintf(buf, n, "%s/%s.log", cache_dir, r->key);
+}
+
+/*
+ * Asserts that building (unit, source) did not use the entry in its place but rebuilt it,
+ * saying why (the warning holds the unit, the entry's path and `why`), that the result is
+ * want's cubin and kernels, and that the entry written in its place is a hit with no warning.
+ */
+static void assert_rebuilt(const char *unit, const char *source, const s2_jit_opts *o,
+                           const s2_jit_result *want, const char *why)
+{
+    s2_jit_result r = build1(unit, source, o);
+    cr_assert_eq(r.cache_hit, 0, "the entry in %s was used (%s)", want->path, why);
+    cr_assert(strstr(r.warning, unit), "'%s' does not name %s", r.warning, unit);
+    cr_assert(strstr(r.warning, want->path), "'%s' does not name the entry", r.warning);
+    cr_assert(strstr(r.warning, why), "'%s' lacks '%s'", r.warning, why);
+    cr_assert_eq(r.size, want->size);
+    cr_assert_eq(memcmp(r.cubin, want->cubin, r.size), 0, "rebuilt some other cubin");
+    cr_assert_eq(r.n_res, want->n_res);
+    cr_assert_str_eq(r.res[0].name, want->res[0].name);
+    s2_jit_result_free(&r);
+
+    r = build1(unit, source, o);
+    cr_assert_eq(r.cache_hit, 1, "the rebuilt entry does not verify (%s)", why);
+    cr_assert_str_eq(r.warning, "", "reported twice: %s", r.warning);
+    cr_assert_eq(r.size, want->size);
+    cr_assert_eq(memcmp(r.cubin, want->cubin, r.size), 0);
+    cr_assert_str_eq(r.res[0].name, want->res[0].name);
+    s2_jit_result_free(&r);
+}
+
+Test(jit, valid_entry_of_another_key_is_rebuilt_not_used)
+{
+    s2_jit_opts o = opts_for("sm_80");
+    s2_jit_result a = build1("t/a", K_TINY, &o), b = build1("t/b", K_OTHER, &o);
+    cr_assert_str_neq(a.key, b.key);
+    cr_assert_str_eq(b.res[0].name, "k_other");
+
+    /* A's whole, valid entry copied onto B's key: its payload still matches its hash. */
+    copy_file(a.path, b.path);
+    assert_rebuilt("t/b", K_OTHER, &o, &b, "made for key");
+
+    /* The same with A's log beside it, so the resource report would say k_tiny too. */
+    char alog[1024], blog[1024];
+    log_of(&a, alog, sizeof alog);
+    log_of(&b, blog, sizeof blog);
+    copy_file(a.path, b.path);
+    copy_file(alog, blog);
+    assert_rebuilt("t/b", K_OTHER, &o, &b, "made for key");
+
+    /* Only A's log beside B's own cubin: the kernels the two name differ. */
+    copy_file(alog, blog);
+    assert_rebuilt("t/b", K_OTHER, &o, &b, "kernels");
+    s2_jit_result_free(&a);
+    s2_jit_result_free(&b);
+}
+
+/* Replaces the first `from` in the header of the entry at path (the bytes before its
+ * payload_size-byte cubin) by `to`, of the same length; the payload and its hash stay. */
+static void patch_header(const char *path, size_t payload_size, const char *from, const char *to)
+{
+    char *data = NULL;
+    size_t n = 0;
+    cr_assert_eq(strlen(from), strlen(to));
+    cr_assert_eq(s2_read_file(path, &data, &n, NULL), S2_OK);
+    cr_assert_gt(n, payload_size);
+    char *at = memmem(data, n - payload_size, from, strlen(from));
+    cr_assert_not_null(at, "the header of %s does not hold '%s'", path, from);
+    memcpy(at, to, strlen(to));
+    FILE *f = fopen(path, "wb");
+    cr_assert_not_null(f);
+    cr_assert_eq(fwrite(data, 1, n, f), n);
+    fclose(f);
+    free(data);
+}
+
+Test(jit, header_of_another_arch_generator_or_kernels_is_rebuilt)
+{
+    char gen[64];
+    snprintf(gen, sizeof gen, "%s", S2_GEN_VERSION);
+    gen[strlen(gen) - 1] ^= 1; /* another generator version of the same length */
+    const char *from[] = {"sm_80", S2_GEN_VERSION, "k_tiny"};
+    const char *to[] = {"sm_86", gen, "k_tinz"};
+    const char *why[] = {"built for sm_86", "generator", "kernels"};
+    s2_jit_opts o = opts_for("sm_80");
+    s2_jit_result good = build1("t/tiny", K_TINY, &o);
+    for (int i = 0; i < 3; i++) {
+        patch_header(good.path, good.size, from[i], to[i]);
+        assert_rebuilt("t/tiny", K_TINY, &o, &good, why[i]);
+    }
+    s2_jit_result_free(&good);
+}
+
+Test(jit, old_format_entry_is_rebuilt)
+{
+    s2_jit_opts o = opts_for("sm_80");
+    s2_jit_result good = build1("t/tiny", K_TINY, &o);
+    /* The first format: a 64-byte header of magic, version 1, payload size and hash. */
+    size_t n = 64 + good.size;
+    unsigned char *old = calloc(1, n);
+    cr_assert_not_null(old);
+    memcpy(old, "S2CUBIN", 8);
+    old[8] = 1;
+    for (int i = 0; i < 8; i++)
+        old[16 + i] = (unsigned char)((uint64_t)good.size >> (8 * i));
+    s2_sha256(good.cubin, good.size, old + 24);
+    memcpy(old + 64, good.cubin, good.size);
+    cr_assert_eq(s2_write_file_atomic(good.path, old, n, NULL), S2_OK);
+    free(old);
+    assert_rebuilt("t/tiny", K_TINY, &o, &good, "format 1");
+    s2_jit_result_free(&good);
+}
+
+Test(jit, kernels_the_caller_needs_are_checked)
+{
+    static const char *const tiny[] = {"k_tiny"};
+    static const char *const more[] = {"k_tiny", "k_nope"};
+    s2_jit_opts o = opts_for("sm_80");
+    s2_jit_src s = {.unit = "t/tiny", .source = K_TINY, .kernels = tiny, .n_kernels = 1};
+    s2_jit_result r;
+    s2_error err = {0};
+    cr_assert_eq(s2_jit_build(&s, 1, &o, &r, &err), S2_OK, "%s", err.msg);
+    cr_assert_eq(r.cache_hit, 0);
+    s2_jit_result_free(&r);
+    cr_assert_eq(s2_jit_build(&s, 1, &o, &r, &err), S2_OK, "%s", err.msg);
+    cr_assert_eq(r.cache_hit, 1);
+    s2_jit_result_free(&r);
+
+    /* A kernel the unit does not define: never a hit, and the fresh build says so. */
+    s.kernels = more;
+    s.n_kernels = 2;
+    cr_assert_eq(s2_jit_build(&s, 1, &o, &r, &err), S2_ERR_INVALID);
+    cr_assert(strstr(err.msg, "unit t/tiny"), "%s", err.msg);
+    cr_assert(strstr(err.msg, "'k_nope'"), "%s", err.msg);
+    cr_assert(strstr(err.msg, "exports k_tiny"), "%s", err.msg);
+    cr_assert_null(r.cubin);
+    s2_error_clear(&err);
+
+    s.n_kernels = -1;
+    cr_assert_eq(s2_jit_build(&s, 1, &o, &r, &err), S2_ERR_INVALID);
+    s2_error_clear(&err);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -321,7 +492,7 @@ static void child_build(int go_fd, const char *out)
     if (read(go_fd, &c, 1) != 1)
         _exit(2);
     s2_jit_opts o = opts_for("sm_80");
-    s2_jit_src s = {"t/race", K_ALL};
+    s2_jit_src s = {.unit = "t/race", .source = K_ALL};
     s2_jit_result r;
     if (s2_jit_build(&s, 1, &o, &r, NULL) != S2_OK)
         _exit(3);
@@ -383,7 +554,7 @@ Test(jit, many_units_on_threads_keep_their_order)
         snprintf(sources[i], sizeof sources[i],
                  "extern \"C\" __global__ void k_unit%d(float *o) { o[threadIdx.x] = %d.0f; }\n",
                  i, i);
-        src[i] = (s2_jit_src){names[i], sources[i]};
+        src[i] = (s2_jit_src){.unit = names[i], .source = sources[i]};
     }
     s2_jit_opts o = opts_for("sm_80");
     o.threads = 3;
@@ -417,7 +588,8 @@ Test(jit, many_units_on_threads_keep_their_order)
 
 Test(jit, nvrtc_failure_shows_unit_options_log_and_source)
 {
-    s2_jit_src src[2] = {{"t/good", K_TINY}, {"model-x/broken_fwd", K_BROKEN}};
+    s2_jit_src src[2] = {{.unit = "t/good", .source = K_TINY},
+                         {.unit = "model-x/broken_fwd", .source = K_BROKEN}};
     s2_jit_opts o = opts_for("sm_80");
     o.threads = 2;
     o.n_extra = 1;
@@ -446,7 +618,7 @@ Test(jit, bad_nvrtc_option_is_an_nvrtc_error)
     s2_jit_opts o = opts_for("sm_80");
     o.n_extra = 1;
     o.extra[0] = "--no-such-option";
-    s2_jit_src s = {"t/opt", K_TINY};
+    s2_jit_src s = {.unit = "t/opt", .source = K_TINY};
     s2_jit_result r;
     s2_error err = {0};
     cr_assert_eq(s2_jit_build(&s, 1, &o, &r, &err), S2_ERR_NVRTC);
@@ -467,7 +639,7 @@ Test(jit, invalid_arch_is_rejected)
     const char *bad[] = {"sm_75", NULL};
     for (int i = 0; i < 2; i++) {
         s2_jit_opts o = opts_for(bad[i]);
-        s2_jit_src s = {"t/arch", K_TINY};
+        s2_jit_src s = {.unit = "t/arch", .source = K_TINY};
         s2_jit_result r;
         s2_error err = {0};
         cr_assert_eq(s2_jit_build(&s, 1, &o, &r, &err), S2_ERR_INVALID);
@@ -481,7 +653,7 @@ Test(jit, invalid_arch_is_rejected)
 Test(jit, bad_arguments_are_rejected)
 {
     s2_jit_opts o = opts_for("sm_80");
-    s2_jit_src s = {"t/none", NULL};
+    s2_jit_src s = {.unit = "t/none", .source = NULL};
     s2_jit_result r;
     s2_error err = {0};
     cr_assert_eq(s2_jit_build(&s, 1, &o, &r, &err), S2_ERR_INVALID);
@@ -547,7 +719,7 @@ Test(jit, unusable_cache_dir_is_an_error_naming_it)
     cr_assert_eq(s2_jit_cache_dir(&o, buf, sizeof buf, &err), S2_ERR_CACHE);
     cr_assert_not_null(strstr(err.msg, dir), "%s", err.msg);
 
-    s2_jit_src s = {"t/tiny", K_TINY};
+    s2_jit_src s = {.unit = "t/tiny", .source = K_TINY};
     s2_jit_result r;
     cr_assert_eq(s2_jit_build(&s, 1, &o, &r, &err), S2_ERR_CACHE);
     cr_assert_not_null(strstr(err.msg, dir), "%s", err.msg);

@@ -1,7 +1,8 @@
 /*
  * test_tune_db.c — the tuning database: the line format, its key order and sort, names and
- * shape classes, every class of corrupt line, stale generators, import/export, processes
- * saving at once, atomic saves, and the errors a user sees. Each test has its own directory.
+ * shape classes, every class of corrupt or impossible line (on load, on import and on put),
+ * stale generators, local measurements over imported ones, import/export, processes saving at
+ * once, atomic saves, and the errors a user sees. Each test has its own directory.
  */
 #define _GNU_SOURCE
 #include <criterion/criterion.h>
@@ -15,10 +16,12 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "gen/emit.h"
 #include "gen/plan.h"
+#include "runtime/tune.h"
 #include "runtime/tune_db.h"
 
 #define H100 "NVIDIA H100 80GB HBM3"
@@ -66,7 +69,7 @@ static s2_tunedb_entry entry(int i)
     s2_tunedb_entry e = {0};
     snprintf(e.device, sizeof e.device, H100);
     snprintf(e.arch, sizeof e.arch, "sm_90a");
-    snprintf(e.kernel, sizeof e.kernel, "attn");
+    snprintf(e.kernel, sizeof e.kernel, "attn_fwd");
     sha_of(i, e.spec_sha256);
     snprintf(e.shape, sizeof e.shape, "N<=16384");
     s2_attn_tile t = s2_plan_default_tile("sm_90a", 128);
@@ -77,6 +80,16 @@ static s2_tunedb_entry entry(int i)
     snprintf(e.nvrtc, sizeof e.nvrtc, "13.0");
     snprintf(e.when, sizeof e.when, "2026-11-25T18:00:00Z");
     return e;
+}
+
+/* This machine's UTC time moved by seconds, in the "when" form. */
+static const char *when_from_now(long seconds, char when[21])
+{
+    time_t t = time(NULL) + seconds;
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(when, 21, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    return when;
 }
 
 /* The shortest of %.15g, %.16g, %.17g that reads back as v. */
@@ -100,6 +113,8 @@ static void line_of(const s2_tunedb_entry *e, char *buf, size_t n)
              "\"tuned_ms\":%s, \"gen\":\"%s\", \"nvrtc\":\"%s\", \"when\":\"%s\"}",
              e->device, e->arch, e->kernel, e->spec_sha256, e->shape, e->tile,
              num(e->default_ms, d), num(e->tuned_ms, t), e->gen, e->nvrtc, e->when);
+    if (e->imported) /* `, "source":"import"` before the closing brace */
+        snprintf(buf + strlen(buf) - 1, n - strlen(buf) + 1, ", \"source\":\"import\"}");
 }
 
 static void write_text(const char *path, const char *text)
@@ -159,6 +174,7 @@ static void assert_same(const s2_tunedb_entry *a, const s2_tunedb_entry *b)
     cr_assert_str_eq(a->gen, b->gen);
     cr_assert_str_eq(a->nvrtc, b->nvrtc);
     cr_assert_str_eq(a->when, b->when);
+    cr_assert_eq(a->imported, b->imported);
 }
 
 /* Names in dir other than "." and "..", sorted, joined by ' '. */
@@ -193,6 +209,29 @@ static void assert_warning(const s2_tunedb *db, int i, const char *file, int lin
     snprintf(want, sizeof want, "%s:%d: skipped: %s", file, line, why);
     cr_assert(strncmp(db->warnings[i], want, strlen(want)) == 0, "warning %d: got '%s', want '%s...'",
               i, db->warnings[i], want);
+}
+
+/* Writes entries e[1..n] to path as another machine's export (local lines there). */
+static void export_entries(const s2_tunedb_entry *e, int n, const char *path)
+{
+    char other[256];
+    snprintf(other, sizeof other, "%s/exporter", dir);
+    s2_tunedb *db = NULL;
+    s2_error err = {0};
+    cr_assert_eq(s2_tunedb_open(other, H100, &db, &err), S2_OK, "%s", err.msg);
+    for (int i = 1; i <= n; i++)
+        put_ok(db, &e[i]);
+    cr_assert_eq(s2_tunedb_export(db, path, &err), S2_OK, "%s", err.msg);
+    s2_tunedb_close(db);
+}
+
+static s2_tunedb_import_counts import_ok(s2_tunedb *db, const char *path)
+{
+    s2_tunedb_import_counts c;
+    memset(&c, 0xff, sizeof c);
+    s2_error err = {0};
+    cr_assert_eq(s2_tunedb_import(db, path, &c, &err), S2_OK, "%s", err.msg);
+    return c;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -284,6 +323,14 @@ static const char *spoil(s2_tunedb_entry *e, int what)
     case 7: snprintf(e->when, sizeof e->when, "2026-11-25 18:00:00"); return "'when' must be UTC";
     case 8: memset(e->shape, 'x', sizeof e->shape); return "'shape' is longer than 63 bytes";
     case 9: snprintf(e->nvrtc, sizeof e->nvrtc, "13\xff"); return "'nvrtc' is not UTF-8";
+    case 10: snprintf(e->arch, sizeof e->arch, "sm_75"); return "unknown arch 'sm_75'";
+    case 11: snprintf(e->kernel, sizeof e->kernel, "attn"); return "unknown kernel 'attn'";
+    case 12: snprintf(e->shape, sizeof e->shape, "N<=3000"); return "'shape' must be a shape class";
+    case 13: snprintf(e->tile, sizeof e->tile, "fwd_warps=9"); return "fwd_warps = 9, valid: 1..8";
+    case 14: when_from_now(3 * 86400, e->when); return "lies after this machine's clock";
+    case 15: snprintf(e->when, sizeof e->when, "2026-02-29T12:00:00Z");
+             return "is not a real UTC time";
+    case 16: e->tuned_ms = 7200000; return "at most 3600000 ms (one hour)";
     }
     return NULL;
 }
@@ -291,7 +338,7 @@ static const char *spoil(s2_tunedb_entry *e, int what)
 Test(tunedb, put_refuses_entries_it_could_not_read_back)
 {
     s2_tunedb *db = open_db();
-    for (int what = 0; what < 10; what++) {
+    for (int what = 0; what < 17; what++) {
         s2_tunedb_entry e = entry(what);
         const char *says = spoil(&e, what);
         s2_error err = {0};
@@ -444,9 +491,9 @@ Test(tunedb, more_corrupt_lines)
     spoiled_line(4, "\"arch\":\"sm_90a\"", "\"arch\":\"sm_90a\", \"arch\":\"sm_80\"", l[n++],
                  sizeof l[0]);
     spoiled_line(5, "H100 80GB", "A100 40GB", l[n++], sizeof l[0]);
-    spoiled_line(6, "2026-11-25T18:00:00Z", "yesterday", l[n++], sizeof l[0]);
+    spoiled_line(6, entry(6).when, "yesterday", l[n++], sizeof l[0]);
     spoiled_line(7, "\"default_ms\":1.23", "\"default_ms\":-1", l[n++], sizeof l[0]);
-    spoiled_line(8, "\"kernel\":\"attn\"", "\"kernel\":7", l[n++], sizeof l[0]);
+    spoiled_line(8, "\"kernel\":\"attn_fwd\"", "\"kernel\":7", l[n++], sizeof l[0]);
     spoiled_line(9, "}", "} {}", l[n++], sizeof l[0]);
     s2_tunedb_entry ok = entry(10);
     line_of(&ok, l[n], sizeof l[0]);
@@ -468,7 +515,8 @@ Test(tunedb, more_corrupt_lines)
     assert_warning(db, 5, db_path, 6, "device 'NVIDIA A100 40GB HBM3' does not belong in "
                                       "tune-nvidia-h100-80gb-hbm3.jsonl");
     assert_warning(db, 6, db_path, 7, "'when' must be UTC as YYYY-MM-DDTHH:MM:SSZ, got 'yesterday'");
-    assert_warning(db, 7, db_path, 8, "'default_ms' must be a finite time > 0 ms");
+    assert_warning(db, 7, db_path, 8, "'default_ms' must be a finite time > 0 ms and at most "
+                                      "3600000 ms (one hour), got -1");
     assert_warning(db, 8, db_path, 9, "'kernel' must be a string");
     assert_warning(db, 9, db_path, 10, "not JSON: ");
     s2_tunedb_clear_warnings(db);
@@ -477,11 +525,172 @@ Test(tunedb, more_corrupt_lines)
     s2_tunedb_close(db);
 }
 
+/* One line a reason to refuse a well-formed entry, with the words its warning must hold and
+ * whether save keeps it (a name another s2lora may know) or drops it. */
+typedef struct refusal {
+    char line[2048];
+    char why[256];
+    int kept;
+} refusal;
+
+/* Appends line and a newline to text (of cap bytes). */
+static void append_line(char *text, size_t cap, const char *line)
+{
+    size_t used = strlen(text), len = strlen(line);
+    cr_assert_lt(used + len + 1, cap, "test text too long");
+    memcpy(text + used, line, len);
+    memcpy(text + used + len, "\n", 2);
+}
+
+static int impossible_lines(refusal *r)
+{
+    int n = 0;
+    char from[1024], to[160], future[21];
+#define SPOIL(i, a, b, w, k)                                                                 \
+    (spoiled_line(i, a, b, r[n].line, sizeof r[n].line),                                       \
+     snprintf(r[n].why, sizeof r[n].why, "%s", w), r[n].kept = k, n++)
+    SPOIL(101, "\"arch\":\"sm_90a\"", "\"arch\":\"sm_75\"",
+          "unknown arch 'sm_75' (valid: sm_80, sm_86, sm_89, sm_90, sm_90a)", 1);
+    SPOIL(102, "\"kernel\":\"attn_fwd\"", "\"kernel\":\"attn\"",
+          "unknown kernel 'attn' (valid: attn_fwd, attn_bwd, lora_u, lora_y, lora_dx, lora_da, "
+          "lora_v, lora_db, lora_da_f32, lora_db_f32)", 1);
+    SPOIL(103, "\"shape\":\"N<=16384\"", "\"shape\":\"N<=3000\"",
+          "'shape' must be a shape class N<=K, K a power of two in 1..2147483648, got 'N<=3000'",
+          0);
+    SPOIL(104, "\"shape\":\"N<=16384\"", "\"shape\":\"N<=4294967296\"",
+          "'shape' must be a shape class", 0);
+    SPOIL(105, "\"shape\":\"N<=16384\"", "\"shape\":\"N<=0\"", "'shape' must be a shape class", 0);
+    SPOIL(106, "\"shape\":\"N<=16384\"", "\"shape\":\"B<=16384\"",
+          "'shape' must be a shape class", 0);
+    SPOIL(107, "\"tile\":\"", "\"tile\":\"fwd_block_n=48,",
+          "no longer a valid tile: tile 'fwd_block_n=48,", 1);
+    SPOIL(108, "\"tile\":\"", "\"tile\":\"bwd_stages=7,", "bwd_stages = 7, valid: 1..4", 1);
+    SPOIL(109, "fwd_warps=8", "fwd_warps=8,fwd_warps=4", "fwd_warps given twice", 1);
+    snprintf(from, sizeof from, "\"tile\":\"%s\"", entry(110).tile);
+    SPOIL(110, from, "\"tile\":\"algo=3\"", "unknown key 'algo'", 1);
+    SPOIL(111, "\"arch\":\"sm_90a\"", "\"arch\":\"sm_80\"",
+          "fwd_wgmma or bwd_wgmma = 1 needs sm_90a (Hopper's wgmma), not sm_80", 1);
+    SPOIL(112, entry(112).when, "2026-02-29T12:00:00Z",
+          "'when' 2026-02-29T12:00:00Z is not a real UTC time from 1970 on", 0);
+    SPOIL(113, entry(113).when, "2026-13-01T00:00:00Z", "is not a real UTC time", 0);
+    SPOIL(114, entry(114).when, "2026-04-31T24:00:00Z", "is not a real UTC time", 0);
+    SPOIL(115, entry(115).when, "1969-12-31T23:59:59Z", "is not a real UTC time", 0);
+    when_from_now(2 * 86400, future);
+    snprintf(to, sizeof to, "'when' %s lies after this machine's clock", future);
+    SPOIL(116, entry(116).when, future, to, 0);
+    SPOIL(117, "\"tuned_ms\":0.98", "\"tuned_ms\":1e9",
+          "'tuned_ms' must be a finite time > 0 ms and at most 3600000 ms (one hour), got 1e+09",
+          0);
+    SPOIL(118, "\"default_ms\":1.23", "\"default_ms\":3600000.5",
+          "'default_ms' must be a finite time > 0 ms and at most 3600000 ms", 0);
+    SPOIL(119, "\"tuned_ms\":0.98", "\"tuned_ms\":0", "'tuned_ms' must be a finite time > 0 ms", 0);
+#undef SPOIL
+    return n;
+}
+
+/* Entries that parse but cannot be true or that this build cannot use are skipped where
+ * they are read: each a warning with the file, the line number and the reason. */
+Test(tunedb, impossible_entries_refused_on_load_and_import)
+{
+    refusal r[32];
+    int n = impossible_lines(r);
+    /* Line 1 and the last two are fine: the last two a day's skew ahead and an hour long. */
+    s2_tunedb_entry first = entry(1), skewed = entry(2), hour = entry(3);
+    when_from_now(12 * 3600, skewed.when);
+    hour.default_ms = S2_TUNEDB_MAX_MS;
+    char text[65536] = "", line[2048];
+    line_of(&first, line, sizeof line);
+    append_line(text, sizeof text, line);
+    for (int i = 0; i < n; i++)
+        append_line(text, sizeof text, r[i].line);
+    line_of(&skewed, line, sizeof line);
+    append_line(text, sizeof text, line);
+    line_of(&hour, line, sizeof line);
+    append_line(text, sizeof text, line);
+
+    /* On load. */
+    write_text(db_path, text);
+    s2_tunedb *db = open_db();
+    cr_assert_eq(db->n_entries, 3);
+    cr_assert_eq(lookup(db, &skewed, 0, NULL), 1, "a day's clock skew is allowed");
+    cr_assert_eq(lookup(db, &hour, 0, NULL), 1, "an hour is the bound, not beyond it");
+    cr_assert_eq(db->n_skipped, n);
+    cr_assert_eq(db->n_warnings, n);
+    int kept = 0;
+    for (int i = 0; i < n; i++) {
+        assert_warning(db, i, db_path, i + 2, "");
+        cr_assert(strstr(db->warnings[i], r[i].why), "line %d: '%s' lacks '%s'", i + 2,
+                  db->warnings[i], r[i].why);
+        kept += r[i].kept;
+    }
+    /* Save drops the impossible lines and keeps those naming what this build does not know. */
+    save_ok(db);
+    s2_tunedb_close(db);
+    char *saved = read_text(db_path);
+    cr_assert_eq(count_lines(saved), 3 + kept, "%s", saved);
+    for (int i = 0; i < n; i++)
+        cr_assert_eq(strstr(saved, r[i].line) != NULL, r[i].kept, "line %d %s: %s", i + 2,
+                     r[i].kept ? "lost" : "kept", saved);
+    free(saved);
+
+    /* On import: the same refusals, naming the imported file, and counted. */
+    char other[512];
+    snprintf(other, sizeof other, "%s/other.jsonl", dir);
+    write_text(other, text);
+    unlink(db_path);
+    db = open_db();
+    s2_tunedb_import_counts c = import_ok(db, other);
+    cr_assert_eq(c.taken, 3);
+    cr_assert_eq(c.refused, n);
+    cr_assert_eq(c.added, 3);
+    cr_assert_eq(db->n_entries, 3);
+    cr_assert_eq(db->n_warnings, n);
+    for (int i = 0; i < n; i++) {
+        assert_warning(db, i, other, i + 2, "");
+        cr_assert(strstr(db->warnings[i], r[i].why), "%s", db->warnings[i]);
+    }
+    s2_tunedb_close(db);
+}
+
+/* Every tile the tuner can store, on every arch and head_dim, passes the database's check:
+ * the per-key ranges cannot refuse what the plan plans. */
+Test(tunedb, every_tile_of_the_plans_space_is_accepted)
+{
+    static const char *const archs[] = {"sm_80", "sm_86", "sm_89", "sm_90", "sm_90a"};
+    static const char *const dims[] = {"model.head_dim=64", "model.head_dim=96",
+                                       "model.head_dim=128", "model.head_dim=256"};
+    s2_tunedb *db = open_db();
+    int total = 0;
+    for (int h = 0; h < 4; h++) {
+        s2_spec_override set = {.text = dims[h]};
+        s2_spec spec;
+        s2_error err = {0};
+        cr_assert_eq(s2_spec_load(S2_SOURCE_DIR "/specs/llama2-7b-8k.yaml", &set, 1, &spec, &err),
+                     S2_OK, "%s", err.msg);
+        for (int a = 0; a < 5; a++)
+            for (int u = 0; u < S2_UNIT_ATTN_COUNT; u++) {
+                int n = s2_plan_tile_space(&spec, archs[a], (s2_attn_unit)u, NULL, 0);
+                s2_attn_tile *t = calloc((size_t)n + 1, sizeof *t);
+                s2_plan_tile_space(&spec, archs[a], (s2_attn_unit)u, t, n);
+                for (int k = 0; k < n; k++) {
+                    s2_tunedb_entry e = entry(total++);
+                    snprintf(e.arch, sizeof e.arch, "%s", archs[a]);
+                    snprintf(e.kernel, sizeof e.kernel, "%s", s2_attn_unit_name((s2_attn_unit)u));
+                    s2_plan_tile_str(&t[k], e.tile, sizeof e.tile);
+                    cr_assert_eq(s2_tunedb_put(db, &e, &err), S2_OK, "%s", err.msg);
+                }
+                free(t);
+            }
+    }
+    cr_assert_gt(total, 100, "only %d tiles", total);
+    s2_tunedb_close(db);
+}
+
 Test(tunedb, duplicate_keys_in_one_file_newest_wins)
 {
     s2_tunedb_entry old = entry(1), mid = entry(1), new = entry(1);
-    snprintf(old.when, sizeof old.when, "2026-01-01T00:00:00Z");
-    snprintf(new.when, sizeof new.when, "2026-12-31T23:59:59Z");
+    when_from_now(-300 * 86400, old.when);
+    when_from_now(-3600, new.when);
     snprintf(old.tile, sizeof old.tile, "fwd_warps=2");
     snprintf(new.tile, sizeof new.tile, "fwd_warps=8");
     char a[2048], b[2048], c[2048], text[8192];
@@ -542,7 +751,7 @@ Test(tunedb, usable_entry_beats_newer_stale_one)
 {
     s2_tunedb_entry cur = entry(1), stale = entry(1);
     snprintf(stale.gen, sizeof stale.gen, "s2lora-gen-0");
-    snprintf(stale.when, sizeof stale.when, "2027-01-01T00:00:00Z");
+    when_from_now(-60, stale.when); /* newer than cur's */
     snprintf(stale.tile, sizeof stale.tile, "fwd_warps=1");
     char a[2048], b[2048], text[8192];
     line_of(&cur, a, sizeof a);
@@ -561,10 +770,11 @@ Test(tunedb, usable_entry_beats_newer_stale_one)
 /* ------------------------------------------------------------------------ */
 /* Import and export                                                        */
 
-Test(tunedb, import_export_newer_wins)
+Test(tunedb, import_export_newer_import_wins)
 {
-    char exported[512];
+    char exported[512], earlier[512];
     snprintf(exported, sizeof exported, "%s/shared.jsonl", dir);
+    snprintf(earlier, sizeof earlier, "%s/earlier.jsonl", dir);
 
     /* Theirs: k1 and k2 tuned on 2026-06-01, k3 on 2026-01-01, one stale k4. */
     s2_tunedb *theirs = open_db();
@@ -584,7 +794,8 @@ Test(tunedb, import_export_newer_wins)
     cr_assert_eq(count_lines(text), 4, "export holds every entry, stale ones too: %s", text);
     free(text);
 
-    /* Ours: k1 older (replaced), k2 same time (kept: only newer replaces), k3 newer (kept). */
+    /* Ours, imported from an earlier file: k1 older (replaced), k2 same time (held: only
+     * newer replaces), k3 newer (held). */
     s2_tunedb *ours = open_db();
     s2_tunedb_entry mine[4];
     const char *when[4] = {NULL, "2026-03-01T00:00:00Z", "2026-06-01T00:00:00Z",
@@ -593,13 +804,20 @@ Test(tunedb, import_export_newer_wins)
         mine[i] = entry(i);
         snprintf(mine[i].when, sizeof mine[i].when, "%s", when[i]);
         snprintf(mine[i].tile, sizeof mine[i].tile, "fwd_warps=%d", 4 + i);
-        put_ok(ours, &mine[i]);
     }
-    int n_new = -1, n_replaced = -1;
-    cr_assert_eq(s2_tunedb_import(ours, exported, &n_new, &n_replaced, &err), S2_OK, "%s", err.msg);
-    cr_assert_eq(n_new, 1, "k4 is new (n_new %d)", n_new);
-    cr_assert_eq(n_replaced, 1, "only k1 is older here (n_replaced %d)", n_replaced);
+    export_entries(mine, 3, earlier);
+    s2_tunedb_import_counts c = import_ok(ours, earlier);
+    cr_assert_eq(c.added, 3);
+    for (int i = 1; i <= 3; i++)
+        mine[i].imported = 1;
+    c = import_ok(ours, exported);
+    cr_assert_eq(c.taken, 4);
+    cr_assert_eq(c.refused, 0);
+    cr_assert_eq(c.added, 1, "k4 is new (added %d)", c.added);
+    cr_assert_eq(c.replaced, 1, "only k1 is older here (replaced %d)", c.replaced);
+    cr_assert_eq(c.held, 2);
     s2_tunedb_entry got;
+    k[1].imported = 1;
     cr_assert_eq(lookup(ours, &k[1], 0, &got), 1);
     assert_same(&got, &k[1]);
     cr_assert_eq(lookup(ours, &k[2], 0, &got), 1);
@@ -608,13 +826,99 @@ Test(tunedb, import_export_newer_wins)
     assert_same(&got, &mine[3]);
     cr_assert_eq(lookup(ours, &k[4], S2_TUNEDB_STALE_OK, &got), 1);
     cr_assert_eq(got.stale, 1);
+    cr_assert_eq(got.imported, 1);
 
     /* Importing the same file again changes nothing. */
-    cr_assert_eq(s2_tunedb_import(ours, exported, &n_new, &n_replaced, &err), S2_OK);
-    cr_assert_eq(n_new, 0);
-    cr_assert_eq(n_replaced, 0);
+    c = import_ok(ours, exported);
+    cr_assert_eq(c.added, 0);
+    cr_assert_eq(c.replaced, 0);
+    cr_assert_eq(c.held, 4);
     cr_assert_eq(ours->n_entries, 4);
     s2_tunedb_close(ours);
+}
+
+Test(tunedb, import_never_replaces_a_local_measurement)
+{
+    char theirs[512];
+    snprintf(theirs, sizeof theirs, "%s/theirs.jsonl", dir);
+    /* Measured here: k1, long ago. */
+    s2_tunedb_entry local = entry(1);
+    when_from_now(-200 * 86400, local.when);
+    snprintf(local.tile, sizeof local.tile, "fwd_warps=2");
+    s2_tunedb *db = open_db();
+    put_ok(db, &local);
+    save_ok(db);
+    s2_tunedb_close(db);
+
+    /* Theirs: k1 measured yesterday on another machine, and k2 we lack. */
+    s2_tunedb_entry t[3];
+    t[1] = entry(1), t[2] = entry(2);
+    when_from_now(-86400, t[1].when);
+    snprintf(t[1].tile, sizeof t[1].tile, "fwd_warps=4");
+    export_entries(t, 2, theirs);
+
+    db = open_db();
+    s2_tunedb_import_counts c = import_ok(db, theirs);
+    cr_assert_eq(c.taken, 2);
+    cr_assert_eq(c.added, 1);
+    cr_assert_eq(c.replaced, 0, "the newer import replaced the local measurement");
+    cr_assert_eq(c.held, 1);
+    s2_tunedb_entry got;
+    cr_assert_eq(lookup(db, &local, 0, &got), 1);
+    assert_same(&got, &local);
+    cr_assert_eq(lookup(db, &t[2], 0, &got), 1);
+    cr_assert_eq(got.imported, 1);
+    save_ok(db);
+    s2_tunedb_close(db);
+
+    /* The file says which is which: the local line as before, the imported one marked. */
+    char *text = read_text(db_path), want[2048];
+    line_of(&local, want, sizeof want);
+    cr_assert(strstr(text, want), "local line changed: %s", text);
+    t[2].imported = 1;
+    line_of(&t[2], want, sizeof want);
+    cr_assert(strstr(text, want), "no imported line '%s' in %s", want, text);
+    cr_assert(strstr(want, ", \"source\":\"import\"}"), "%s", want);
+    free(text);
+
+    /* Read back (and merged again by save), the origin holds: importing theirs once more,
+     * or the db's own file listing an older local and a newer imported line, keeps local. */
+    db = open_db();
+    cr_assert_eq(lookup(db, &t[2], 0, &got), 1);
+    cr_assert_eq(got.imported, 1);
+    c = import_ok(db, theirs);
+    cr_assert_eq(c.replaced, 0);
+    cr_assert_eq(lookup(db, &local, 0, &got), 1);
+    assert_same(&got, &local);
+    s2_tunedb_close(db);
+    char a[2048], b[2048], both[4096] = "";
+    t[1].imported = 1;
+    line_of(&t[1], a, sizeof a);
+    line_of(&local, b, sizeof b);
+    append_line(both, sizeof both, a);
+    append_line(both, sizeof both, b);
+    write_text(db_path, both);
+    db = open_db();
+    cr_assert_eq(lookup(db, &local, 0, &got), 1);
+    assert_same(&got, &local);
+
+    /* A local measurement (put) replaces an imported one, and is written without "source". */
+    s2_tunedb_entry mine = t[2];
+    mine.imported = 1; /* put ignores what the caller says: its entry is measured here */
+    put_ok(db, &mine);
+    cr_assert_eq(lookup(db, &t[2], 0, &got), 1);
+    cr_assert_eq(got.imported, 0);
+    s2_tunedb_close(db);
+
+    /* "source" takes "import" or nothing. */
+    spoiled_line(3, "}", ", \"source\":\"elsewhere\"}", a, sizeof a);
+    both[0] = '\0';
+    append_line(both, sizeof both, a);
+    write_text(db_path, both);
+    db = open_db();
+    cr_assert_eq(db->n_entries, 0);
+    assert_warning(db, 0, db_path, 1, "'source' must be \"import\"");
+    s2_tunedb_close(db);
 }
 
 Test(tunedb, import_reports_skipped_lines_and_missing_file)
@@ -629,16 +933,17 @@ Test(tunedb, import_reports_skipped_lines_and_missing_file)
     write_text(other, text);
 
     s2_tunedb *db = open_db();
-    int n_new, n_replaced;
     s2_error err = {0};
-    cr_assert_eq(s2_tunedb_import(db, other, &n_new, NULL, &err), S2_OK, "%s", err.msg);
-    cr_assert_eq(n_new, 1);
+    s2_tunedb_import_counts c = import_ok(db, other);
+    cr_assert_eq(c.added, 1);
+    cr_assert_eq(c.taken, 1);
+    cr_assert_eq(c.refused, 1);
     assert_warning(db, 0, other, 1, "not JSON");
+    cr_assert_eq(s2_tunedb_import(db, other, NULL, &err), S2_OK, "counts may be NULL");
 
-    cr_assert_eq(s2_tunedb_import(db, missing, &n_new, &n_replaced, &err), S2_ERR_IO);
+    cr_assert_eq(s2_tunedb_import(db, missing, &c, &err), S2_ERR_IO);
     cr_assert(strstr(err.msg, missing), "%s", err.msg);
-    cr_assert_eq(n_new, 0);
-    cr_assert_eq(n_replaced, 0);
+    cr_assert_eq(c.added + c.replaced + c.held + c.taken + c.refused, 0);
     cr_assert_eq(db->n_entries, 1);
     s2_error_clear(&err);
     s2_tunedb_close(db);
