@@ -54,7 +54,7 @@
 #define JIT_FIXED 88
 #define JIT_MAX_HEADER 8192 /* far above any real one: 3 short strings, 16 names of <= 127 bytes */
 
-#define JIT_BASE_OPTS 4
+#define JIT_BASE_OPTS 5
 #define JIT_MAX_OPTS (JIT_BASE_OPTS + S2_JIT_MAX_EXTRA)
 
 /* Workers run the NVRTC front end, which recurses deeply on template-heavy
@@ -900,6 +900,11 @@ static void job_options(jit_job *j, const s2_jit_opts *o, char *arch_opt, size_t
     j->opts[1] = "--std=c++17";
     j->opts[2] = "--ptxas-options=-v";
     j->opts[3] = "-lineinfo";
+    /* NVRTC 13 keeps compiled programs in the driver's compute cache when a driver is present
+     * (a GPU machine): a hit there skips ptxas, whose -v report (registers, spills, the kernels
+     * the unit exports) this cache and the plan's spill check read from the log. The entries
+     * here are the cache; NVRTC's own is turned off. */
+    j->opts[4] = "--no-cache";
     j->n_opts = JIT_BASE_OPTS;
     for (int i = 0; i < o->n_extra; i++)
         j->opts[j->n_opts++] = o->extra[i];
