@@ -297,11 +297,20 @@ for tool in ${S2_SANITIZE_TOOLS:-memcheck synccheck racecheck}; do
     t1=$(date +%s)
     cat "$OUTDIR/san-run.txt" >>"$OUTDIR/sanitize.txt"
     runs=$(grep -cE ' (PASS|FAIL)' "$OUTDIR/san-run.txt")
-    errs=$(grep -E 'ERROR SUMMARY' "$OUTDIR/san-run.txt" | tail -n 1)
-    line="sanitize $tool $fam: exit $rc, $runs case runs, $((t1 - t0)) s, ${errs:-no summary}"
+    errs=$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUTDIR/san-run.txt" | tail -n 1)
+    # Reports are attributed by kernel: ours are named s2_*; others are the libraries' (cuBLAS's
+    # nvjet GEMMs in the LoRA family, whose racecheck reports are counted, not ours to fix).
+    ours=$(grep -E '^========= +(Invalid|Error|Race|Barrier|Program hit)' -A2 "$OUTDIR/san-run.txt" |
+      grep -cE '(at|in) s2_[a-z0-9_]+')
+    lib=$(grep -E '^========= +(Invalid|Error|Race|Barrier)' "$OUTDIR/san-run.txt" |
+      grep -vcE 's2_[a-z0-9_]+')
+    line="sanitize $tool $fam: exit $rc, $runs case runs, $((t1 - t0)) s, reports in s2lora's"
+    line="$line kernels $ours, in library kernels $lib; ${errs#========= }"
     [ "$rc" = 124 ] && line="$line (time limit: the runs above finished)"
     echo "$line" | tee -a "$OUTDIR/sanitize.txt"
-    [ "$rc" = 0 ] || status=1
+    if [ "$rc" != 0 ] && ! { [ "$rc" = 9 ] && [ "$ours" = 0 ] && [ "$lib" -gt 0 ]; }; then
+      status=1
+    fi
   done
 done
 rm -f "$OUTDIR/san-run.txt"
