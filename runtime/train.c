@@ -352,11 +352,11 @@ s2_status s2_train_run(const s2_rt *rt, const s2_train_opts *o, s2_error *err)
     if (!st && dist) {
         const double tn = (double)s2_gm_trainable_numel(m);
         say(prog, o->progress_ctx,
-            "data parallel: %d ranks (dp %d x sp 1), a global batch of %llu sequences a step "
-            "(%d micro-batches x %d ranks): rank r trains on sequences P + m x %d + r; "
-            "gradients all-reduced in %d buckets (%.1f MiB) as the backward runs", dp, dp,
-            (unsigned long long)global_batch, o->grad_accum, dp, dp, nb,
-            tn * 4 / (1 << 20));
+            "data parallel: %d rank%s (dp %d x sp 1), a global batch of %llu sequences a "
+            "step (%d micro-batches x %d): rank r trains on sequences P + m x %d + r; "
+            "gradients all-reduced in %d buckets (%.1f MiB) as the backward runs", dp,
+            dp == 1 ? "" : "s", dp, (unsigned long long)global_batch, o->grad_accum, dp, dp,
+            nb, tn * 4 / (1 << 20));
         say(prog, o->progress_ctx,
             "optimizer states replicated on every rank: %.3f GiB a rank (fp32 masters and AdamW "
             "m and v of %.0f parameters; sharding them over the ranks is a possible later "
