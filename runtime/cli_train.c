@@ -1,7 +1,9 @@
 /*
  * cli_train.c — the `s2lora train` and `s2lora eval` subcommands (part of the s2lora binary,
  * beside main.c): argument parsing, progress on stderr, the summary on stdout. The work is in
- * train.h; this file only translates between it and a terminal.
+ * train.h; this file only translates between it and a terminal, and, for `train` on several
+ * ranks (train_dp.h), sets up what the trainer is handed: the world, the checked inputs, the
+ * rendezvous, the GPU, the watchdog and the NCCL communicator, in that order.
  */
 #include <errno.h>
 #include <math.h>
@@ -12,11 +14,16 @@
 
 #include "../gen/spec.h"
 #include "cli.h"
+#include "data.h"
+#include "dist.h"
 #include "model.h"
+#include "nccl.h"
 #include "rt.h"
 #include "st.h"
 #include "train.h"
+#include "train_dp.h"
 #include "train_io.h"
+#include "train_state.h"
 
 #define MAX_SETS 64
 
@@ -26,7 +33,8 @@ static const char train_help[] =
     "                    [--schedule constant|cosine] [--weight-decay X] [--max-grad-norm X]\n"
     "                    [--save-every N] [--keep-last N] [--seed N] [--resume]\n"
     "                    [--full-attention] [--mode lora|full] [--recompute auto|layer|mlp]\n"
-    "                    [--log FILE] [--cache-dir DIR]\n"
+    "                    [--log FILE] [--cache-dir DIR] [--dp D] [--sp 1]\n"
+    "                    [--rendezvous file:PATH|tcp:HOST:PORT]\n"
     "\n"
     "Extends a Hugging Face LLaMA checkpoint (--model: config.json and safetensors) to the\n"
     "spec's context_length the LongLoRA way: RoPE interpolated by the spec's rope_factor,\n"
@@ -48,6 +56,15 @@ static const char train_help[] =
     "per layer too, and only the MLP's gate/up is recomputed (faster, about 7 x hidden x 2\n"
     "bytes a token a layer more); auto (default): mlp when that fits in half of the free\n"
     "device memory. The choice is said when training starts.\n"
+    "Several GPUs (data parallel): start one rank a GPU with `s2lora launch --gpus N --\n"
+    "train ...`, srun or mpirun (--rendezvous or S2LORA_RENDEZVOUS: where they meet).\n"
+    "A step then takes N x --grad-accum sequences; rank r trains on global sequences\n"
+    "P + m x N + r (P: the state's data position); gradients are all-reduced as the\n"
+    "backward runs; optimizer states are replicated; rank 0 writes OUT. --dp is the\n"
+    "world size (the default); --sp 1 only (sequence parallel is not available yet).\n"
+    "--resume on another number of GPUs keeps the state's global batch: --grad-accum is\n"
+    "derived (or checked). S2LORA_NCCL_TIMEOUT: seconds a collective may take before\n"
+    "the run is aborted (default 600).\n"
     "Exit status 1 on an error, 2 on a usage error, 3 with no CUDA device.\n";
 
 static const char eval_help[] =
@@ -194,19 +211,188 @@ static int failed(const char *prog, s2_error *err)
     return code;
 }
 
+#define WATCHDOG_GRACE_S 30
+
+/* The watchdog's last resort (train_dp.h): the process did not end after the abort. */
+static void watchdog_fatal(void *ctx, const char *msg)
+{
+    fprintf(stderr, "%s: %s; the process did not end within %d s of the abort: exiting\n",
+            (const char *)ctx, msg, WATCHDOG_GRACE_S);
+    _exit(1);
+}
+
+/* A refusal of the options' combination: the message, exit code 2. */
+static int refused(const char *prog, s2_error *err)
+{
+    fprintf(stderr, "%s train: %s\n", prog, err->msg ? err->msg : "invalid options");
+    s2_error_clear(err);
+    return 2;
+}
+
+/*
+ * What a data-parallel rank checks before it meets the others, so that a bad input fails this
+ * rank at once rather than after the rendezvous: the token file (its digest, size and vocab
+ * become the fingerprint part "data": every rank must train on the same tokens) and the
+ * model's config.json.
+ */
+static s2_status check_inputs(const s2_train_opts *o, char *data_part, size_t cap,
+                              s2_error *err)
+{
+    s2_data_file *df = NULL;
+    s2_status st = s2_data_open(o->data_path, &df, err);
+    if (!st && df->vocab > (uint32_t)o->spec->model.vocab_size)
+        st = s2_error_set(err, S2_ERR_INVALID,
+                          "%s: token vocabulary %u is larger than the model's vocab_size %d",
+                          o->data_path, df->vocab, o->spec->model.vocab_size);
+    if (!st) {
+        char hex[2 * S2_DATA_DIGEST_SIZE + 1];
+        s2_hex(df->digest, S2_DATA_DIGEST_SIZE, hex);
+        snprintf(data_part, cap, "tokens %llu, documents %llu, vocab %u, digest %s",
+                 (unsigned long long)df->n_tokens, (unsigned long long)df->n_docs, df->vocab,
+                 hex);
+    }
+    s2_data_close(df);
+    char cfg[1200], *text = NULL;
+    snprintf(cfg, sizeof cfg, "%s/config.json", o->model_dir);
+    if (!st)
+        st = s2_read_file(cfg, &text, NULL, err);
+    free(text);
+    return st;
+}
+
+/*
+ * One rank of a data-parallel run (train_dp.h): inputs checked, NCCL loaded, the rendezvous
+ * (rank 0 hands out NCCL's unique id; every rank checks that all run the same build, spec,
+ * options, tokens and resumed state), then this rank's GPU, the communicator under the
+ * watchdog, and the trainer.
+ */
+static int train_dist(const char *prog, s2_train_opts *o, const s2_world *w, s2_env env,
+                      const char *rdzv_flag, const s2_dp_layout *lay,
+                      const s2_state_info *resume)
+{
+    static char rank_prog[96];
+    if (w->rank) { /* ranks other than 0 say who they are (srun and mpirun mix the outputs) */
+        snprintf(rank_prog, sizeof rank_prog, "%s (rank %d)", prog, w->rank);
+        prog = rank_prog;
+        o->progress_ctx = (void *)prog;
+    }
+    s2_error err = {0};
+    s2_rdzv_addr addr;
+    int have = 0;
+    double rdzv_timeout = 0, nccl_timeout = 0;
+    char data_part[256] = "", opts_text[2][512], resume_part[200];
+    s2_status st = s2_rdzv_resolve(w, env, rdzv_flag, &addr, &have, &err);
+    if (!st)
+        st = s2_rdzv_timeout(env, &rdzv_timeout, &err);
+    if (!st)
+        st = s2_dp_timeout(env, &nccl_timeout, &err);
+    if (!st)
+        st = check_inputs(o, data_part, sizeof data_part, &err);
+    for (int k = 0; k < 2 && !st; k++)
+        if (s2_dp_options_text(o, lay, k, opts_text[k], sizeof opts_text[k]) < 0)
+            st = s2_error_set(&err, S2_ERR_INVALID, "train: the options do not fit their "
+                              "fingerprint text (%zu characters)", sizeof opts_text[k]);
+    if (st)
+        return failed(prog, &err);
+    if (resume)
+        snprintf(resume_part, sizeof resume_part, "resume %s (step %llu, data position %llu) "
+                 "sha256 %s", resume->file, (unsigned long long)resume->step,
+                 (unsigned long long)resume->data_position, resume->sha256);
+    else
+        snprintf(resume_part, sizeof resume_part, "a fresh start (no state resumed)");
+    s2_nccl *nccl = NULL;
+    if (s2_nccl_open(NULL, &nccl, &err))
+        return failed(prog, &err);
+    s2_fingerprint fp;
+    s2_fingerprint_init(&fp);
+    char spec_shown[320];
+    snprintf(spec_shown, sizeof spec_shown, "spec %s sha256 %s", o->spec->name,
+             o->spec->hash_hex);
+    st = s2_fingerprint_add(&fp, "spec", o->spec->hash_hex, strlen(o->spec->hash_hex),
+                            spec_shown, &err);
+    if (!st)
+        st = s2_fingerprint_add(&fp, "options", opts_text[0], strlen(opts_text[0]), NULL, &err);
+    if (!st)
+        st = s2_fingerprint_add(&fp, "optimizer", opts_text[1], strlen(opts_text[1]), NULL,
+                                &err);
+    if (!st)
+        st = s2_fingerprint_add(&fp, "data", data_part, strlen(data_part), NULL, &err);
+    if (!st)
+        st = s2_fingerprint_add(&fp, "resume", resume_part, strlen(resume_part), NULL, &err);
+    ncclUniqueId id;
+    memset(&id, 0, sizeof id);
+    if (!st && w->rank == 0)
+        st = s2_nccl_unique_id(nccl, &id, &err);
+    s2_rdzv_result res = {0};
+    if (!st)
+        st = s2_rendezvous(have ? &addr : NULL, w, &fp, w->rank == 0 ? id.internal : NULL,
+                           sizeof id.internal, rdzv_timeout, &res, &err);
+    if (!st && res.payload_len != sizeof id.internal)
+        st = s2_error_set(&err, S2_ERR_INVALID, "rendezvous: rank 0 handed out %zu bytes, "
+                          "NCCL's unique id has %zu", res.payload_len, sizeof id.internal);
+    if (!st) {
+        memcpy(id.internal, res.payload, sizeof id.internal);
+        fprintf(stderr, "%s: rank %d of %d: %d rank%s met (%s) in %.2f s, running the same "
+                "build, spec, options, tokens and state\n", prog, w->rank, w->size, res.n_peers,
+                res.n_peers == 1 ? "" : "s", have ? addr.text : "a world of one", res.seconds);
+    }
+    s2_rdzv_result_free(&res);
+    /* NCCL stays loaded from here on: the unique id's bootstrap thread runs inside it. */
+    if (st)
+        return failed(prog, &err);
+    s2_rt rt;
+    if (s2_dist_device(w, &rt, &err))
+        return failed(prog, &err);
+    fprintf(stderr, "%s: train on %s (%s), rank %d of %d, CUDA device %d\n", prog, rt.name,
+            rt.arch, w->rank, w->size, w->local_rank);
+    s2_watchdog *wd = NULL;
+    ncclComm_t comm = NULL;
+    s2_dp *d = NULL;
+    st = s2_watchdog_start(nccl, nccl_timeout, WATCHDOG_GRACE_S, watchdog_fatal, (void *)prog,
+                           &wd, &err);
+    if (!st) {
+        s2_watchdog_begin(wd, "ncclCommInitRank (every rank joining the communicator)");
+        st = s2_nccl_comm_init(nccl, w->size, w->rank, &id, &comm, &err);
+        s2_watchdog_end(wd);
+        if (comm)
+            s2_watchdog_set_comm(wd, comm);
+    }
+    if (!st)
+        st = s2_dp_open(nccl, comm, w->rank, w->size, wd, &d, &err);
+    if (!st) {
+        o->dist = d;
+        st = s2_train_run(&rt, o, &err);
+    }
+    if (st && wd) /* never wait for the others after a failure */
+        s2_watchdog_abort(wd, err.msg ? err.msg : s2_status_to_string(st));
+    s2_dp_close(d);
+    if (!st)
+        st = s2_nccl_comm_destroy(nccl, comm, &err);
+    s2_watchdog_stop(wd);
+    if (st)
+        return failed(prog, &err);
+    if (w->rank == 0)
+        printf("trained %s (%s) on %d GPUs (data parallel): state in %s/state, %s in %s/%s, "
+               "log in %s\n", o->spec->name, o->full ? "full" : "LoRA+", w->size, o->out_dir,
+               o->full ? "model" : "adapter", o->out_dir, o->full ? "model" : "adapter",
+               o->log_path ? o->log_path : "OUT/train.jsonl");
+    return 0;
+}
+
 int s2_cli_train(const char *prog, int argc, char **argv)
 {
     const char *spec_path = NULL, *schedule = "constant", *mode = "lora",
-               *recompute = "auto";
+               *recompute = "auto", *rdzv = NULL;
     static s2_spec spec; /* filled by the loader below; o keeps its address */
     s2_train_opts o;
     s2_train_opts_default(&o, &spec);
     sets ov = {0};
     int64_t seed = (int64_t)o.seed;
+    int grad_accum = -1, dp = -1, sp = -1; /* -1: not given */
     const opt opts[] = {
         {"--model", OPT_STR, &o.model_dir},       {"--data", OPT_STR, &o.data_path},
         {"--out", OPT_STR, &o.out_dir},           {"--set", OPT_SET, &ov},
-        {"--steps", OPT_I64, &o.steps},           {"--grad-accum", OPT_INT, &o.grad_accum},
+        {"--steps", OPT_I64, &o.steps},           {"--grad-accum", OPT_INT, &grad_accum},
         {"--seqlen", OPT_INT, &o.seqlen},         {"--lr", OPT_DBL, &o.lr},
         {"--warmup", OPT_I64, &o.warmup},         {"--schedule", OPT_STR, &schedule},
         {"--weight-decay", OPT_DBL, &o.weight_decay},
@@ -217,6 +403,8 @@ int s2_cli_train(const char *prog, int argc, char **argv)
         {"--log", OPT_STR, &o.log_path},          {"--cache-dir", OPT_STR, &o.cache_dir},
         {"--mode", OPT_STR, &mode},
         {"--recompute", OPT_STR, &recompute},
+        {"--dp", OPT_INT, &dp},                   {"--sp", OPT_INT, &sp},
+        {"--rendezvous", OPT_STR, &rdzv},
     };
     int rc = parse(prog, "train", argc, argv, opts, (int)(sizeof opts / sizeof opts[0]),
                    &spec_path);
@@ -247,14 +435,51 @@ int s2_cli_train(const char *prog, int argc, char **argv)
         o.recompute = S2_GM_RECOMPUTE_MLP;
     else
         return usage(prog, "train", "--recompute: valid: auto, layer, mlp; got ", recompute);
-    if (o.grad_accum < 1)
+    if (grad_accum == 0)
         return usage(prog, "train", "--grad-accum: at least 1", "");
+    if (dp == 0 || sp == 0)
+        return usage(prog, "train", dp == 0 ? "--dp: at least 1" : "--sp: at least 1", "");
     o.seed = (uint64_t)seed;
     o.progress = progress;
     o.progress_ctx = (void *)prog;
     s2_error err = {0};
     if (s2_spec_load(spec_path, ov.v, ov.n, &spec, &err))
         return failed(prog, &err);
+    /* the world: several ranks, or one started by a launcher, train data parallel over NCCL;
+     * a world of one without a launcher runs as it always has (no NCCL) */
+    const s2_env env = s2_env_process();
+    s2_world w;
+    if (s2_world_from_env(env, &w, &err))
+        return failed(prog, &err);
+    const char *from = env.get(env.ctx, "S2LORA_WORLD_FROM");
+    const int dist = w.size > 1 || w.launched || (from && strcmp(from, "single"));
+    if (!dist && rdzv)
+        return usage(prog, "train", "--rendezvous: this process is a world of one (no "
+                     "launcher's variables): it meets no other rank", "");
+    /* the state --resume continues (its header only), before any GPU or rank is met */
+    s2_state_info info;
+    int found = 0;
+    if (o.resume) {
+        char dir[1200];
+        snprintf(dir, sizeof dir, "%s/state", o.out_dir);
+        if (s2_state_peek_latest(dir, &info, &found, &err))
+            return failed(prog, &err);
+    }
+    s2_dp_layout lay;
+    if (s2_dp_resolve(w.size, dp > 0 ? dp : 0, sp > 0 ? sp : 0, grad_accum > 0 ? grad_accum : 0,
+                      o.grad_accum, found ? info.global_batch : 0, &lay, &err)) {
+        if (found && info.global_batch)
+            s2_error_prefix(&err, "--resume from %s/state/%s", o.out_dir, info.file);
+        return refused(prog, &err);
+    }
+    o.grad_accum = lay.grad_accum;
+    o.resume_from = found ? &info : NULL;
+    if (lay.derived && w.rank == 0)
+        fprintf(stderr, "%s: --grad-accum %d: the resumed state's global batch of %llu "
+                "sequences over %d rank%s\n", prog, lay.grad_accum,
+                (unsigned long long)lay.global_batch, lay.dp, lay.dp == 1 ? "" : "s");
+    if (dist)
+        return train_dist(prog, &o, &w, env, rdzv, &lay, found ? &info : NULL);
     s2_rt rt;
     if (s2_rt_open(&rt, 0, &err))
         return failed(prog, &err);

@@ -78,6 +78,8 @@ struct s2_gm {
     char lora_why[160];            /* which LoRA products run tuned cuBLAS algorithms */
     int32_t *d_tokens, *d_labels, *d_pos, *d_cu;
     double *d_acc;
+    s2_gm_stage_fn stage_fn;       /* data parallel: told when gradients are complete */
+    void *stage_ctx;
     /* every device allocation, for close */
     void **allocs;
     int n_allocs, cap_allocs;
@@ -976,11 +978,18 @@ s2_status s2_gm_train_batch(s2_gm *m, const s2_gm_batch *b, int full, double den
     s2_status st = forward(m, b, full, &a, &bt, err);
     if (!st)
         st = head(m, b->T, 1, denom, NULL, err);
-    for (int l = m->L - 1; l >= 0 && !st; l--)
+    if (!st && m->stage_fn) /* the head's and the final norm's gradients are complete */
+        st = m->stage_fn(m->stage_ctx, 0, m->stream, err);
+    for (int l = m->L - 1; l >= 0 && !st; l--) {
         st = layer_bwd(m, l, a, &bt, err);
+        if (!st && m->stage_fn) /* layer l's */
+            st = m->stage_fn(m->stage_ctx, m->L - l, m->stream, err);
+    }
     if (!st && m->seg_embed >= 0)
         st = s2_k_embed_bwd(&m->k, b->T, m->d_tokens, m->dh, m->ldy[G_DOWN],
                             grad_of(m, m->seg_embed), m->stream, err);
+    if (!st && m->stage_fn) /* the embedding's (and a tied head's) */
+        st = m->stage_fn(m->stage_ctx, m->L + 1, m->stream, err);
     if (!st)
         st = read_acc(m, nll_sum, count, err);
     return st;
@@ -1037,6 +1046,31 @@ s2_status s2_gm_step(s2_gm *m, double lr, double beta1, double beta2, double eps
 /* ---- trainables: names, state, host access ---------------------------------------------------- */
 
 int s2_gm_n_trainable(const s2_gm *m) { return m->n_segs; }
+
+void s2_gm_set_stage_hook(s2_gm *m, s2_gm_stage_fn fn, void *ctx)
+{
+    m->stage_fn = fn;
+    m->stage_ctx = ctx;
+}
+
+float *s2_gm_grad_buffer(s2_gm *m, size_t *n)
+{
+    *n = m->numel;
+    return m->G;
+}
+
+int s2_gm_trainable_range(const s2_gm *m, int i, size_t *off, size_t *n)
+{
+    if (i < 0 || i >= m->n_segs)
+        return -1;
+    *off = m->segs[i].off; /* segments are laid out in order, each start 64-float aligned */
+    *n = (i + 1 < m->n_segs ? m->segs[i + 1].off : m->numel) - m->segs[i].off;
+    return 0;
+}
+
+int s2_gm_num_layers(const s2_gm *m) { return m->L; }
+
+cudaStream_t s2_gm_stream(const s2_gm *m) { return m->stream; }
 
 size_t s2_gm_trainable_numel(const s2_gm *m)
 {

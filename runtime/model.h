@@ -128,6 +128,26 @@ s2_status s2_gm_grad_norm(s2_gm *m, double *norm, s2_error *err);
 s2_status s2_gm_step(s2_gm *m, double lr, double beta1, double beta2, double eps,
                      double weight_decay, int64_t t, double grad_scale, s2_error *err);
 
+/*
+ * Data parallel (train_dp.h). While a hook is set, s2_gm_train_batch's backward calls
+ * fn(ctx, stage, stream) at each point after which some gradients are complete, in this
+ * order: stage 0 after the head and the final norm, stage L - l after layer l (l = L-1 .. 0),
+ * stage L + 1 after the embedding (train_dp.h's s2_dp_stage_of maps a trainable tensor's name
+ * to its stage); stream is the stream that computed them (work enqueued on it afterwards is
+ * the rest of the backward). A failure the hook returns ends the micro-batch. NULL: none.
+ */
+typedef s2_status (*s2_gm_stage_fn)(void *ctx, int stage, cudaStream_t stream, s2_error *err);
+void s2_gm_set_stage_hook(s2_gm *m, s2_gm_stage_fn fn, void *ctx);
+/* The flat fp32 gradient buffer on the device and its length in floats (every trainable
+ * tensor's range and the padding between them). */
+float *s2_gm_grad_buffer(s2_gm *m, size_t *n);
+/* Trainable i's range of that buffer, up to the next tensor's start (or the buffer's end):
+ * the ranges tile it. -1 when i is out of range. */
+int s2_gm_trainable_range(const s2_gm *m, int i, size_t *off, size_t *n);
+int s2_gm_num_layers(const s2_gm *m);
+/* The stream every model kernel runs on. */
+cudaStream_t s2_gm_stream(const s2_gm *m);
+
 /* Trainable tensors: count, and each one's state name, shape and element count. */
 int s2_gm_n_trainable(const s2_gm *m);
 const char *s2_gm_trainable_name(const s2_gm *m, int i, int *ndim, int64_t shape[2],

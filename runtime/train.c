@@ -12,6 +12,7 @@
 #include "model.h"
 #include "ref_train.h"
 #include "train_io.h"
+#include "train_dp.h"
 #include "train_state.h"
 
 void s2_train_opts_default(s2_train_opts *o, const s2_spec *spec)
@@ -157,22 +158,86 @@ static s2_status save_all(s2_gm *m, const s2_train_opts *o, const s2_train_state
     return st;
 }
 
+/*
+ * Saves the state (save_all) on rank 0; with several ranks every rank then meets the others
+ * in a barrier (an all-reduce of rank 0's outcome), so no rank goes on or exits before the
+ * save is complete, and all stop when it failed.
+ */
+static s2_status save_step(s2_gm *m, const s2_train_opts *o, const s2_train_state *state,
+                           s2_error *err)
+{
+    const int lead = !o->dist || s2_dp_rank(o->dist) == 0;
+    s2_status st = lead ? save_all(m, o, state, err) : S2_OK;
+    if (!o->dist)
+        return st;
+    double failed = st ? 1 : 0;
+    char what[96];
+    snprintf(what, sizeof what, "the barrier after rank 0's save of step %llu",
+             (unsigned long long)state->step);
+    s2_error e = {0};
+    s2_status bst = s2_dp_max(o->dist, &failed, 1, what, &e);
+    if (!st && bst && err) {
+        s2_error_clear(err);
+        *err = e;
+        return bst;
+    }
+    s2_error_clear(&e);
+    if (!st && failed > 0)
+        st = s2_error_set(err, S2_ERR_IO, "rank 0 could not save the state of step %llu (its "
+                          "output says why): stopping", (unsigned long long)state->step);
+    return st;
+}
+
+/* Data parallel: the gradient buffer's buckets (train_dp.h) handed to the communicator. */
+static s2_status dp_setup(s2_gm *m, s2_dp *d, int *nb, s2_error *err)
+{
+    const int n = s2_gm_n_trainable(m), L = s2_gm_num_layers(m);
+    s2_dp_item *it = malloc((size_t)(n ? n : 1) * sizeof *it);
+    if (!it)
+        return s2_error_set(err, S2_ERR_NOMEM, "out of memory");
+    s2_status st = S2_OK;
+    for (int i = 0; i < n && !st; i++) {
+        const char *name = s2_gm_trainable_name(m, i, NULL, NULL, NULL);
+        it[i].stage = s2_dp_stage_of(name, L);
+        if (s2_gm_trainable_range(m, i, &it[i].off, &it[i].n) || it[i].stage < 0)
+            st = s2_error_set(err, S2_ERR_INVALID, "data parallel: trainable tensor %s: no "
+                              "backward stage is known for it", name);
+    }
+    size_t total = 0;
+    float *grad = s2_gm_grad_buffer(m, &total);
+    s2_dp_bucket *b = NULL;
+    *nb = 0;
+    if (!st)
+        st = s2_dp_buckets(it, n, total, s2_dp_n_stages(L),
+                           S2_DP_BUCKET_BYTES_DEFAULT / sizeof(float), &b, nb, err);
+    if (!st)
+        st = s2_dp_set_grads(d, grad, total, b, *nb, s2_dp_n_stages(L), err);
+    free(it);
+    free(b);
+    return st;
+}
+
 s2_status s2_train_run(const s2_rt *rt, const s2_train_opts *o, s2_error *err)
 {
+    s2_dp *dist = o->dist;
+    const int rank = dist ? s2_dp_rank(dist) : 0, dp = dist ? s2_dp_size(dist) : 1;
+    const int lead = rank == 0;
+    const s2_train_progress prog = lead ? o->progress : NULL; /* rank 0 reports */
     const s2_spec *sp = o->spec;
     const int C = o->seqlen > 0 ? o->seqlen : sp->context_length;
     if (o->grad_accum < 1 || o->steps < 0 || C < 2)
         return s2_error_set(err, S2_ERR_INVALID,
                             "train: grad_accum %d (>= 1), steps %lld (>= 0), seqlen %d (>= 2)",
                             o->grad_accum, (long long)o->steps, C);
-    s2_status st = s2_mkdir_p(o->out_dir, err);
+    const uint64_t global_batch = (uint64_t)dp * (uint64_t)o->grad_accum;
+    s2_status st = lead ? s2_mkdir_p(o->out_dir, err) : S2_OK;
     if (st)
         return st;
     char log_path[1200];
     snprintf(log_path, sizeof log_path, "%s", o->log_path ? o->log_path : "");
     if (!o->log_path)
         snprintf(log_path, sizeof log_path, "%s/train.jsonl", o->out_dir);
-    if (!o->resume) /* a fresh run starts a fresh log; a resumed one appends to its own */
+    if (lead && !o->resume) /* a fresh run starts a fresh log; a resumed one appends to its own */
         st = s2_write_file_atomic(log_path, "", 0, err);
     if (st)
         return st;
@@ -221,12 +286,25 @@ s2_status s2_train_run(const s2_rt *rt, const s2_train_opts *o, s2_error *err)
     state.data_seed = o->seed;
     state.rng_seed = mix(o->seed, 2);
     state.spec_sha256 = (char *)sp->hash_hex;
-    if (!st && o->resume) {
+    state.global_batch = global_batch;
+    /* with several ranks, "no state" was agreed on at the rendezvous: nothing is looked for */
+    if (!st && o->resume && (o->resume_from || !dist)) {
         char dir[1200];
         snprintf(dir, sizeof dir, "%s/state", o->out_dir);
         s2_train_state loaded = {0};
         int found = 0;
-        st = s2_state_load_latest(dir, &loaded, &found, err);
+        if (o->resume_from) {
+            st = s2_state_load_info(dir, o->resume_from, &loaded, err);
+            found = !st;
+        } else {
+            st = s2_state_load_latest(dir, &loaded, &found, err);
+        }
+        if (!st && found && loaded.global_batch && loaded.global_batch != global_batch)
+            st = s2_error_set(err, S2_ERR_INVALID,
+                              "%s: the state was trained with a global batch of %llu sequences "
+                              "a step, this run's is %d rank%s x %d micro-batches = %llu", dir,
+                              (unsigned long long)loaded.global_batch, dp, dp == 1 ? "" : "s",
+                              o->grad_accum, (unsigned long long)global_batch);
         if (!st && found && loaded.spec_sha256 && strcmp(loaded.spec_sha256, sp->hash_hex))
             st = s2_error_set(err, S2_ERR_INVALID,
                               "%s: the state was trained with spec %s, this run's spec is %s "
@@ -241,13 +319,26 @@ s2_status s2_train_run(const s2_rt *rt, const s2_train_opts *o, s2_error *err)
             state.rng_seed = loaded.rng_seed;
             state.loss_ema = loaded.loss_ema;
             od.seed = loaded.data_seed;
-            say(o->progress, o->progress_ctx, "resumed at step %llu (data position %llu)",
+            say(prog, o->progress_ctx, "resumed at step %llu (data position %llu)",
                 (unsigned long long)state.step, (unsigned long long)state.data_position);
         }
         s2_state_free(&loaded);
     }
+    int nb = 0;
+    if (!st && dist)
+        st = dp_setup(m, dist, &nb, err);
+    if (!st && dist) { /* every rank starts at the same point (and has loaded its state) */
+        double v[4] = {(double)state.step, (double)state.data_position, -(double)state.step,
+                       -(double)state.data_position};
+        st = s2_dp_max(dist, v, 4, "the ranks' check of where they start", err);
+        if (!st && (v[0] != -v[2] || v[1] != -v[3]))
+            st = s2_error_set(err, S2_ERR_INVALID,
+                              "the ranks start at different points: steps %.0f .. %.0f, data "
+                              "positions %.0f .. %.0f (each rank must resume the same state)",
+                              -v[2], v[0], -v[3], v[1]);
+    }
     if (!st)
-        say(o->progress, o->progress_ctx,
+        say(prog, o->progress_ctx,
             "train (%s): %s, %d tokens x %d micro-batches per step, %zu trainable parameters, "
             "%.2f GiB on the device, %s attention", o->full ? "full" : "LoRA+", sp->name, C,
             o->grad_accum,
@@ -256,13 +347,30 @@ s2_status s2_train_run(const s2_rt *rt, const s2_train_opts *o, s2_error *err)
     if (!st) {
         const char *what;
         s2_gm_recompute(m, &what);
-        say(o->progress, o->progress_ctx, "%s; %s", what, s2_gm_lora_algos(m));
+        say(prog, o->progress_ctx, "%s; %s", what, s2_gm_lora_algos(m));
+    }
+    if (!st && dist) {
+        const double tn = (double)s2_gm_trainable_numel(m);
+        say(prog, o->progress_ctx,
+            "data parallel: %d rank%s (dp %d x sp 1), a global batch of %llu sequences a "
+            "step (%d micro-batches x %d): rank r trains on sequences P + m x %d + r; "
+            "gradients all-reduced in %d buckets (%.1f MiB) as the backward runs", dp,
+            dp == 1 ? "" : "s", dp, (unsigned long long)global_batch, o->grad_accum, dp, dp,
+            nb, tn * 4 / (1 << 20));
+        say(prog, o->progress_ctx,
+            "optimizer states replicated on every rank: %.3f GiB a rank (fp32 masters and AdamW "
+            "m and v of %.0f parameters; sharding them over the ranks is a possible later "
+            "option)", 3 * tn * 4 / (1 << 30), tn);
     }
 
     const double fpt = flops_per_token(sp, C, o->full_attention, o->full);
     const double peak = peak_flops(rt->name);
     size_t free0 = 0, total = 0;
     cudaMemGetInfo(&free0, &total);
+    double peak_mem = 0; /* this rank's, GiB */
+    double *peaks = calloc((size_t)dp, sizeof *peaks);
+    if (!st && !peaks)
+        st = s2_error_set(err, S2_ERR_NOMEM, "out of memory");
     int64_t last_save = (int64_t)state.step;
     while (!st && (int64_t)state.step < o->steps) {
         const double t0 = now_s();
@@ -270,9 +378,10 @@ s2_status s2_train_run(const s2_rt *rt, const s2_train_opts *o, s2_error *err)
         double nll = 0;
         int64_t count = 0;
         st = s2_gm_zero_grad(m, err);
-        const double denom = (double)o->grad_accum * C; /* every position is labelled */
+        /* every position is labelled: the step's token count, over every rank's micro-batches */
+        const double denom = (double)dp * o->grad_accum * C;
         for (int mb = 0; mb < o->grad_accum && !st; mb++) {
-            const uint64_t pos = state.data_position + (uint64_t)mb;
+            const uint64_t pos = s2_dp_sequence(state.data_position, dp, rank, mb);
             st = s2_data_batch(df, (uint64_t)C, sep, order_at(&od, pos), seq, err);
             for (int t = 0; !st && t < C; t++) {
                 tok[t] = (int32_t)seq[t];
@@ -282,10 +391,26 @@ s2_status s2_train_run(const s2_rt *rt, const s2_train_opts *o, s2_error *err)
                              .dropout_seed = mix(state.rng_seed, pos)};
             double n1 = 0;
             int64_t c1 = 0;
+            if (dist && mb == o->grad_accum - 1) { /* the last micro-step reduces as it goes */
+                s2_dp_arm(dist, state.step + 1);
+                s2_gm_set_stage_hook(m, s2_dp_stage, dist);
+            }
             if (!st)
                 st = s2_gm_train_batch(m, &b, o->full_attention, denom, &n1, &c1, err);
+            s2_gm_set_stage_hook(m, NULL, NULL);
             nll += n1;
             count += c1;
+        }
+        if (!st && dist) { /* every bucket reduced; the step's loss and tokens summed */
+            double v[2] = {nll, (double)count};
+            st = s2_dp_finish(dist, s2_gm_stream(m), v, 2, err);
+            nll = v[0];
+            count = (int64_t)v[1];
+            if (!st && (double)count != denom)
+                st = s2_error_set(err, S2_ERR_CHECK,
+                                  "step %llu: %lld labelled tokens over the ranks, the "
+                                  "gradients were scaled for %.0f",
+                                  (unsigned long long)state.step + 1, (long long)count, denom);
         }
         double gnorm = 0, scale = 1;
         if (!st)
@@ -305,41 +430,62 @@ s2_status s2_train_run(const s2_rt *rt, const s2_train_opts *o, s2_error *err)
         if (st)
             break;
         state.step++;
-        state.data_position += (uint64_t)o->grad_accum;
+        state.data_position += global_batch;
         const double loss = count ? nll / (double)count : 0;
         state.loss_ema = state.step == 1 ? loss : 0.98 * state.loss_ema + 0.02 * loss;
-        const double dt = now_s() - t0, tps = (double)o->grad_accum * C / dt;
+        double dt = now_s() - t0;
         size_t fr = 0;
         cudaMemGetInfo(&fr, &total);
         const double mem = (double)(total - fr) / (1 << 30);
+        if (mem > peak_mem)
+            peak_mem = mem;
+        peaks[0] = peak_mem;
+        if (dist) { /* the slowest rank sets the pace; every rank's memory is logged */
+            st = s2_dp_max(dist, &dt, 1, "the slowest rank's step time", err);
+            if (!st)
+                st = s2_dp_gather(dist, peak_mem, peaks, "each rank's peak memory", err);
+            if (st)
+                break;
+        }
+        const double tps = (double)global_batch * C / dt;
         char mfu[32] = "n/a";
         if (peak > 0)
-            snprintf(mfu, sizeof mfu, "%.1f%%", 100.0 * tps * fpt / peak);
-        say(o->progress, o->progress_ctx,
+            snprintf(mfu, sizeof mfu, "%.1f%%", 100.0 * tps * fpt / (peak * dp));
+        char pace[64] = "";
+        if (dist)
+            snprintf(pace, sizeof pace, "  %.3f s/step (slowest of %d ranks)", dt, dp);
+        say(prog, o->progress_ctx,
             "step %6llu/%lld  loss %.4f  lr %.3g  grad_norm %.3f  %.0f tok/s  MFU %s  "
-            "mem %.1f GiB", (unsigned long long)state.step, (long long)o->steps, loss, lr, gnorm,
-            tps, mfu, mem);
-        char json[512];
-        snprintf(json, sizeof json,
-                 "{\"step\": %llu, \"loss\": %.6g, \"loss_ema\": %.6g, \"lr\": %.6g, "
-                 "\"grad_norm\": %.6g, \"tokens\": %lld, \"seconds\": %.4f, "
-                 "\"tokens_per_s\": %.1f, \"mfu\": %.4f, \"mem_gib\": %.3f}",
-                 (unsigned long long)state.step, loss, state.loss_ema, lr, gnorm,
-                 (long long)count, dt, tps, peak > 0 ? tps * fpt / peak : 0.0, mem);
-        st = append_file(log_path, json, err);
+            "mem %.1f GiB%s", (unsigned long long)state.step, (long long)o->steps, loss, lr,
+            gnorm, tps, mfu, mem, pace);
+        if (lead) {
+            const s2_step_log rec = {.step = state.step, .loss = loss,
+                                     .loss_ema = state.loss_ema, .lr = lr, .grad_norm = gnorm,
+                                     .tokens = count, .seconds = dt, .tokens_per_s = tps,
+                                     .mfu = peak > 0 ? tps * fpt / (peak * dp) : 0.0,
+                                     .mem_gib = mem, .world_size = dp, .dp = dp,
+                                     .peak_mem_gib = peaks};
+            char *json = s2_step_log_json(&rec);
+            st = json ? append_file(log_path, json, err)
+                      : s2_error_set(err, S2_ERR_NOMEM, "out of memory");
+            free(json);
+        }
         if (!st && ((o->save_every > 0 && (int64_t)state.step % o->save_every == 0) ||
                     (int64_t)state.step == o->steps)) {
-            st = save_all(m, o, &state, err);
+            st = save_step(m, o, &state, err);
             last_save = (int64_t)state.step;
             if (!st)
-                say(o->progress, o->progress_ctx, "saved step %llu to %s/state and %s/%s",
+                say(prog, o->progress_ctx, "saved step %llu to %s/state and %s/%s",
                     (unsigned long long)state.step, o->out_dir, o->out_dir,
                     o->full ? "model" : "adapter");
         }
     }
     if (!st && last_save != (int64_t)state.step) /* e.g. steps already reached on resume */
-        st = save_all(m, o, &state, err);
+        st = save_step(m, o, &state, err);
+    if (st && dist) /* nothing of this rank may wait for the others now (the cleanup below) */
+        s2_dp_fail(dist, err && err->msg ? err->msg : s2_status_to_string(st));
     state.spec_sha256 = NULL;
+    free(peaks);
     s2_gm_close(m);
     s2_data_close(df);
     free(od.perm);

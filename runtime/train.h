@@ -7,7 +7,8 @@
  *
  * One optimizer step = grad_accum micro-batches, each one packed sequence of context_length
  * tokens from the token file (data.h: documents packed as LongLoRA packs them, in an order
- * shuffled by data_seed); loss = the mean over every labelled token of the step (HF's
+ * shuffled by data_seed), on each of the data-parallel ranks (train_dp.h: rank r of dp takes
+ * global sequences P + m * dp + r); loss = the mean over every labelled token of the step (HF's
  * num_items_in_batch), gradient clipping by the global L2 norm, AdamW, the LR schedule of
  * ref_train.h (constant after warmup, LongLoRA's, or cosine). Every save_every steps the
  * training state (train_state.h: masters, moments, step, data position, seeds) is saved
@@ -54,6 +55,11 @@ typedef struct s2_train_opts {
     int full;                  /* "full" mode (LongLoRA's Full-FT): every weight trained, the
                                   result a whole HF checkpoint in OUT/model; 0: LoRA+ */
     int recompute;             /* S2_GM_RECOMPUTE_* (model.h); 0: auto */
+    struct s2_dp *dist;        /* data parallel over NCCL (train_dp.h): this rank's side; rank 0
+                                  alone writes OUT and reports. NULL: one GPU, no NCCL */
+    const struct s2_state_info *resume_from; /* with resume: the state to load, as
+                                  s2_state_peek_latest found it (the ranks agreed on it); NULL:
+                                  OUT/state's latest */
     s2_train_progress progress;
     void *progress_ctx;
 } s2_train_opts;

@@ -18,6 +18,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
 #define STATE_PREFIX "state-"
 #define STATE_SUFFIX ".safetensors"
 #define STATE_NAME_LEN (6 + 10 + 12) /* state-NNNNNNNNNN.safetensors */
@@ -199,17 +201,18 @@ s2_status s2_state_write_file(const char *path, const s2_train_state *s, char sh
         fill_tensor(&ts[3 * i + 1], names[3 * i + 1], t, t->m);
         fill_tensor(&ts[3 * i + 2], names[3 * i + 2], t, t->v);
     }
-    char step[24], pos[24], dseed[24], rseed[24], ema[40];
+    char step[24], pos[24], dseed[24], rseed[24], ema[40], gb[24];
+    snprintf(gb, sizeof gb, "%llu", (unsigned long long)s->global_batch);
     snprintf(step, sizeof step, "%llu", (unsigned long long)s->step);
     snprintf(pos, sizeof pos, "%llu", (unsigned long long)s->data_position);
     snprintf(dseed, sizeof dseed, "%llu", (unsigned long long)s->data_seed);
     snprintf(rseed, sizeof rseed, "%llu", (unsigned long long)s->rng_seed);
     snprintf(ema, sizeof ema, "%.17g", s->loss_ema);
     const char *keys[] = {"s2lora_state", "step",     "data_position", "data_seed",
-                          "rng_seed",     "loss_ema", "spec_sha256"};
+                          "rng_seed",     "loss_ema", "spec_sha256",   "global_batch"};
     const char *vals[] = {"1",   step, pos, dseed,
-                          rseed, ema,  s->spec_sha256 ? s->spec_sha256 : ""};
-    st = s2_st_write(path, ts, nt, keys, vals, 7, err);
+                          rseed, ema,  s->spec_sha256 ? s->spec_sha256 : "", gb};
+    st = s2_st_write(path, ts, nt, keys, vals, 8, err);
     if (!st && sha_hex)
         st = sha_of_file(path, sha_hex, err);
 done:
@@ -302,6 +305,10 @@ static s2_status from_file(const char *path, const s2_st_file *f, s2_train_state
         (st = meta_u64(path, f, "data_position", &s->data_position, err)) ||
         (st = meta_u64(path, f, "data_seed", &s->data_seed, err)) ||
         (st = meta_u64(path, f, "rng_seed", &s->rng_seed, err)))
+        return st;
+    /* absent from states saved before data-parallel training: 0, not recorded */
+    if (s2_st_meta(f, "global_batch") &&
+        (st = meta_u64(path, f, "global_batch", &s->global_batch, err)))
         return st;
     const char *ema = s2_st_meta(f, "loss_ema");
     char *end = NULL;
@@ -506,13 +513,13 @@ s2_status s2_state_save(const char *dir, const s2_train_state *s, int keep_last,
     return prune(dir, s->step, keep_last, err);
 }
 
-s2_status s2_state_load_latest(const char *dir, s2_train_state *s, int *found, s2_error *err)
+/* DIR/latest: *found = 0 when it does not exist; else the state file it names (name, its
+ * step) and that file's SHA-256. */
+static s2_status read_latest(const char *dir, char name[STATE_NAME_LEN + 1], char sha[65],
+                             uint64_t *step_out, int *found, s2_error *err)
 {
-    if (!dir || !s || !found)
-        return s2_error_set(err, S2_ERR_INVALID, "state load: NULL argument");
-    memset(s, 0, sizeof *s);
     *found = 0;
-    char latest[PATH_MAX], path[PATH_MAX];
+    char latest[PATH_MAX];
     if (snprintf(latest, sizeof latest, "%s/" LATEST_NAME, dir) >= (int)sizeof latest)
         return s2_error_set(err, S2_ERR_INVALID, "%s: path too long", dir);
     if (access(latest, F_OK) != 0 && errno == ENOENT)
@@ -524,7 +531,6 @@ s2_status s2_state_load_latest(const char *dir, s2_train_state *s, int *found, s
         return st;
     /* Exactly "state-NNNNNNNNNN.safetensors <64 lowercase hex>\n". */
     uint64_t step = 0;
-    char name[STATE_NAME_LEN + 1], sha[65];
     int ok = size == STATE_NAME_LEN + 1 + 64 + 1 && text[STATE_NAME_LEN] == ' ' &&
              text[size - 1] == '\n';
     if (ok) {
@@ -542,6 +548,23 @@ s2_status s2_state_load_latest(const char *dir, s2_train_state *s, int *found, s
                             "%s: malformed (want one line 'state-NNNNNNNNNN.safetensors "
                             "<sha256>'); the checkpoint directory is damaged",
                             latest);
+    *step_out = step;
+    *found = 1;
+    return S2_OK;
+}
+
+s2_status s2_state_load_latest(const char *dir, s2_train_state *s, int *found, s2_error *err)
+{
+    if (!dir || !s || !found)
+        return s2_error_set(err, S2_ERR_INVALID, "state load: NULL argument");
+    memset(s, 0, sizeof *s);
+    *found = 0;
+    char path[PATH_MAX], name[STATE_NAME_LEN + 1], sha[65];
+    uint64_t step = 0;
+    int have = 0;
+    s2_status st = read_latest(dir, name, sha, &step, &have, err);
+    if (st || !have)
+        return st;
     if (snprintf(path, sizeof path, "%s/%s", dir, name) >= (int)sizeof path)
         return s2_error_set(err, S2_ERR_INVALID, "%s: path too long", dir);
     if ((st = s2_state_read_file(path, sha, s, err)))
@@ -554,4 +577,135 @@ s2_status s2_state_load_latest(const char *dir, s2_train_state *s, int *found, s
     }
     *found = 1;
     return S2_OK;
+}
+
+/* The header's metadata only (safetensors: u64 length, then that much JSON). */
+static s2_status read_meta(const char *path, json_t **meta_out, json_t **root_out,
+                           s2_error *err)
+{
+    *meta_out = *root_out = NULL;
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return s2_error_set(err, S2_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    unsigned char len8[8];
+    uint64_t n = 0;
+    s2_status st = S2_OK;
+    if (fread(len8, 1, 8, f) != 8) {
+        st = s2_error_set(err, S2_ERR_PARSE, "%s: not a training state: shorter than a "
+                          "safetensors header", path);
+    } else {
+        for (int i = 7; i >= 0; i--)
+            n = n << 8 | len8[i];
+        if (fseeko(f, 0, SEEK_END) != 0)
+            st = s2_error_set(err, S2_ERR_IO, "%s: cannot seek: %s", path, strerror(errno));
+        const off_t size = st ? 0 : ftello(f);
+        if (!st && (n < 2 || n > (100u << 20) || (uint64_t)size < 8 + n))
+            st = s2_error_set(err, S2_ERR_PARSE, "%s: not a training state: header length %llu "
+                              "(2 .. 100 MiB, within the file's %lld bytes)", path,
+                              (unsigned long long)n, (long long)size);
+    }
+    char *hdr = st ? NULL : malloc((size_t)n);
+    if (!st && !hdr)
+        st = s2_error_set(err, S2_ERR_NOMEM, "%s: out of memory", path);
+    if (!st && (fseeko(f, 8, SEEK_SET) != 0 || fread(hdr, 1, (size_t)n, f) != (size_t)n))
+        st = s2_error_set(err, S2_ERR_IO, "%s: cannot read the header", path);
+    fclose(f);
+    json_error_t je;
+    json_t *root = st ? NULL : json_loadb(hdr, (size_t)n, 0, &je);
+    free(hdr);
+    if (!st && !json_is_object(root))
+        st = s2_error_set(err, S2_ERR_PARSE, "%s: not a training state: the header is not a "
+                          "JSON object%s%s", path, root ? "" : ": ", root ? "" : je.text);
+    json_t *meta = st ? NULL : json_object_get(root, "__metadata__");
+    if (!st && !json_is_object(meta))
+        st = s2_error_set(err, S2_ERR_PARSE, "%s: not a training state: no __metadata__", path);
+    if (st) {
+        json_decref(root);
+        return st;
+    }
+    *meta_out = meta;
+    *root_out = root;
+    return S2_OK;
+}
+
+static s2_status info_u64(const char *path, json_t *meta, const char *key, int need,
+                          uint64_t *out, s2_error *err)
+{
+    json_t *v = json_object_get(meta, key);
+    *out = 0;
+    if (!v && !need)
+        return S2_OK;
+    if (!json_is_string(v) || !parse_u64(json_string_value(v), out))
+        return s2_error_set(err, S2_ERR_PARSE,
+                            "%s: not a training state: metadata '%s' is %s%s%s (want a decimal "
+                            "integer)", path, key, json_is_string(v) ? "'" : "missing",
+                            json_is_string(v) ? json_string_value(v) : "",
+                            json_is_string(v) ? "'" : "");
+    return S2_OK;
+}
+
+s2_status s2_state_peek_latest(const char *dir, s2_state_info *info, int *found, s2_error *err)
+{
+    memset(info, 0, sizeof *info);
+    *found = 0;
+    char name[STATE_NAME_LEN + 1], sha[65], path[PATH_MAX];
+    uint64_t step = 0;
+    int have = 0;
+    s2_status st = read_latest(dir, name, sha, &step, &have, err);
+    if (st || !have)
+        return st;
+    if (snprintf(path, sizeof path, "%s/%s", dir, name) >= (int)sizeof path)
+        return s2_error_set(err, S2_ERR_INVALID, "%s: path too long", dir);
+    json_t *meta, *root;
+    if ((st = read_meta(path, &meta, &root, err)))
+        return st;
+    json_t *ver = json_object_get(meta, "s2lora_state"), *spec = json_object_get(meta,
+                                                                                 "spec_sha256");
+    if (!json_is_string(ver) || strcmp(json_string_value(ver), "1"))
+        st = s2_error_set(err, S2_ERR_PARSE, "%s: not an s2lora training state (metadata "
+                          "s2lora_state is not '1')", path);
+    if (!st)
+        st = info_u64(path, meta, "step", 1, &info->step, err);
+    if (!st)
+        st = info_u64(path, meta, "data_position", 1, &info->data_position, err);
+    if (!st)
+        st = info_u64(path, meta, "global_batch", 0, &info->global_batch, err);
+    if (!st && (!json_is_string(spec) ||
+                strlen(json_string_value(spec)) >= sizeof info->spec_sha256))
+        st = s2_error_set(err, S2_ERR_PARSE, "%s: metadata 'spec_sha256' is missing or longer "
+                          "than %zu characters", path, sizeof info->spec_sha256 - 1);
+    if (!st && info->step != step)
+        st = s2_error_set(err, S2_ERR_PARSE, "%s: holds step %llu but its name says %llu", path,
+                          (unsigned long long)info->step, (unsigned long long)step);
+    if (!st) {
+        snprintf(info->spec_sha256, sizeof info->spec_sha256, "%s", json_string_value(spec));
+        snprintf(info->file, sizeof info->file, "%s", name);
+        snprintf(info->sha256, sizeof info->sha256, "%s", sha);
+        *found = 1;
+    } else {
+        memset(info, 0, sizeof *info);
+    }
+    json_decref(root);
+    return st;
+}
+
+s2_status s2_state_load_info(const char *dir, const s2_state_info *info, s2_train_state *s,
+                             s2_error *err)
+{
+    memset(s, 0, sizeof *s);
+    char path[PATH_MAX];
+    if (snprintf(path, sizeof path, "%s/%s", dir, info->file) >= (int)sizeof path)
+        return s2_error_set(err, S2_ERR_INVALID, "%s: path too long", dir);
+    s2_status st = s2_state_read_file(path, info->sha256, s, err);
+    if (!st && (s->step != info->step || s->data_position != info->data_position ||
+                s->global_batch != info->global_batch)) {
+        st = s2_error_set(err, S2_ERR_CHECK, "%s: holds step %llu, data position %llu, global "
+                          "batch %llu; it said %llu, %llu, %llu when the run started", path,
+                          (unsigned long long)s->step, (unsigned long long)s->data_position,
+                          (unsigned long long)s->global_batch, (unsigned long long)info->step,
+                          (unsigned long long)info->data_position,
+                          (unsigned long long)info->global_batch);
+        s2_state_free(s);
+    }
+    return st;
 }

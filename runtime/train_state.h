@@ -7,8 +7,9 @@
  *
  * File: a safetensors file (any reader can inspect it) with F32 tensors
  * "<name>", "<name>.adam_m", "<name>.adam_v" and string metadata
- *   {"s2lora_state": "1", "step", "data_position", "data_seed", "rng_seed"
- *    (decimal), "loss_ema" ("%.17g", exact), "spec_sha256" (the caller's text)}.
+ *   {"s2lora_state": "1", "step", "data_position", "data_seed", "rng_seed",
+ *    "global_batch" (decimal; a file without global_batch reads as 0), "loss_ema" ("%.17g",
+ *    exact), "spec_sha256" (the caller's text)}.
  *
  * Directory: DIR/state-<step, 10 digits>.safetensors, each written to a
  * temporary name, fsynced and renamed (then the directory is fsynced), and
@@ -43,6 +44,8 @@ typedef struct s2_train_state {
     uint64_t data_seed;
     uint64_t rng_seed;      /* dropout */
     double loss_ema;
+    uint64_t global_batch;  /* sequences an optimizer step consumes (ranks x grad accum); 0:
+                               not recorded (a state saved before data-parallel training) */
     char *spec_sha256;      /* owned (malloc'd) text; NULL is saved as "" */
     int n;
     s2_state_tensor *t;     /* owned array of n */
@@ -77,6 +80,25 @@ s2_status s2_state_save(const char *dir, const s2_train_state *s, int keep_last,
  * SHA-256 mismatch is an error that names the file.
  */
 s2_status s2_state_load_latest(const char *dir, s2_train_state *s, int *found, s2_error *err);
+
+/*
+ * What DIR/latest names, from the state file's header alone (its tensors are not read, its
+ * SHA-256 not checked: s2_state_load_info does both), so the ranks of a data-parallel run can
+ * agree on the state and its global batch before any GPU work. *found = 0 and S2_OK when there
+ * is no latest; a malformed latest or header is an error naming the file.
+ */
+typedef struct s2_state_info {
+    char file[32];        /* "state-NNNNNNNNNN.safetensors" in DIR */
+    char sha256[65];      /* as latest names it */
+    uint64_t step, data_position, global_batch;
+    char spec_sha256[72];
+} s2_state_info;
+
+s2_status s2_state_peek_latest(const char *dir, s2_state_info *info, int *found, s2_error *err);
+/* Loads exactly that file (checked against its SHA-256) into *s; S2_ERR_CHECK when it no
+ * longer holds the step, data position and global batch info says. */
+s2_status s2_state_load_info(const char *dir, const s2_state_info *info, s2_train_state *s,
+                             s2_error *err);
 
 /* ---- the steps save is made of, exposed for tests and tools ---------------------------- */
 

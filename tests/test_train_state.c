@@ -44,6 +44,7 @@ static void make_state(s2_train_state *s, uint64_t step)
     s->data_seed = UINT64_MAX - step;
     s->rng_seed = 0x123456789abcdef0ull ^ step;
     s->loss_ema = 2.0 / 3.0 + (double)step * 1e-17 + 0.1;
+    s->global_batch = 16 + step;
     s->spec_sha256 = strdup("5f3c0b6c2d1e4a7b8c9d0e1f2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d");
     const int64_t a_shape[2] = {4, 8}, b_shape[1] = {5};
     s2_state_tensor *t;
@@ -73,6 +74,7 @@ static void assert_state_eq(const s2_train_state *a, const s2_train_state *b)
     cr_assert_eq(a->data_position, b->data_position);
     cr_assert_eq(a->data_seed, b->data_seed);
     cr_assert_eq(a->rng_seed, b->rng_seed);
+    cr_assert_eq(a->global_batch, b->global_batch);
     cr_assert_eq(memcmp(&a->loss_ema, &b->loss_ema, sizeof(double)), 0, "loss_ema %.17g vs %.17g",
                  a->loss_ema, b->loss_ema);
     cr_assert_str_eq(a->spec_sha256, b->spec_sha256);
@@ -549,4 +551,114 @@ Test(state, state_file_without_latest_written_by_hand)
     assert_state_eq(&got, &want);
     s2_state_free(&got);
     s2_state_free(&want);
+}
+
+/* ---- the global batch and the header-only look at latest -------------------------------- */
+
+/* A state file saved before data-parallel training has no global_batch: it reads as 0. */
+Test(state, a_state_without_global_batch_reads_as_0)
+{
+    save(5, 2);
+    char p[256];
+    state_path(5, p, sizeof p);
+    s2_st_file f = {0};
+    s2_error err = {0};
+    cr_assert_eq(s2_st_read(p, &f, &err), S2_OK, "%s", err.msg);
+    const char *keys[16], *vals[16];
+    int n = 0;
+    for (int i = 0; i < f.n_meta; i++)
+        if (strcmp(f.meta_key[i], "global_batch")) {
+            keys[n] = f.meta_key[i];
+            vals[n++] = f.meta_val[i];
+        }
+    cr_assert_eq(n, f.n_meta - 1, "the file had a global_batch");
+    cr_assert_eq(s2_st_write(p, f.t, f.n, keys, vals, n, &err), S2_OK, "%s", err.msg);
+    s2_st_close(&f);
+    s2_train_state got;
+    cr_assert_eq(s2_state_read_file(p, NULL, &got, &err), S2_OK, "%s", err.msg);
+    cr_expect_eq(got.global_batch, 0);
+    cr_expect_eq(got.step, 5);
+    s2_state_free(&got);
+    /* and a malformed one is refused, naming it */
+    cr_assert_eq(s2_st_read(p, &f, &err), S2_OK);
+    for (int i = 0; i < f.n_meta; i++) { /* the re-read file's (the first one is freed) */
+        keys[i] = f.meta_key[i];
+        vals[i] = f.meta_val[i];
+    }
+    cr_assert_eq(f.n_meta, n);
+    keys[n] = "global_batch";
+    vals[n] = "16x";
+    cr_assert_eq(s2_st_write(p, f.t, f.n, keys, vals, n + 1, &err), S2_OK);
+    s2_st_close(&f);
+    cr_expect_eq(s2_state_read_file(p, NULL, &got, &err), S2_ERR_PARSE);
+    cr_expect(strstr(err.msg, "metadata 'global_batch' is '16x'"), "%s", err.msg);
+    s2_error_clear(&err);
+}
+
+Test(state, peek_reads_what_latest_names_from_the_header)
+{
+    s2_state_info info;
+    int found = -1;
+    s2_error err = {0};
+    cr_assert_eq(s2_state_peek_latest(dir, &info, &found, &err), S2_OK);
+    cr_expect_eq(found, 0, "no latest: a fresh run");
+    save(3, 2);
+    save(7, 2);
+    cr_assert_eq(s2_state_peek_latest(dir, &info, &found, &err), S2_OK, "%s", err.msg);
+    cr_assert_eq(found, 1);
+    s2_train_state want;
+    make_state(&want, 7);
+    cr_expect_str_eq(info.file, "state-0000000007.safetensors");
+    cr_expect_eq(info.step, 7);
+    cr_expect_eq(info.data_position, want.data_position);
+    cr_expect_eq(info.global_batch, want.global_batch);
+    cr_expect_str_eq(info.spec_sha256, want.spec_sha256);
+    char *latest = NULL, path[256];
+    snprintf(path, sizeof path, "%s/latest", dir);
+    cr_assert_eq(s2_read_file(path, &latest, NULL, NULL), S2_OK);
+    cr_expect(strstr(latest, info.sha256) && strlen(info.sha256) == 64, "%s", latest);
+    free(latest);
+    /* the state it names loads, checked */
+    s2_train_state got;
+    cr_assert_eq(s2_state_load_info(dir, &info, &got, &err), S2_OK, "%s", err.msg);
+    assert_state_eq(&got, &want);
+    s2_state_free(&got);
+    s2_state_free(&want);
+    /* a state that no longer says what it said when the run started, or another file: refused */
+    s2_state_info other = info;
+    other.data_position++;
+    cr_expect_eq(s2_state_load_info(dir, &other, &got, &err), S2_ERR_CHECK);
+    cr_expect(strstr(err.msg, "when the run started"), "%s", err.msg);
+    s2_error_clear(&err);
+    other = info;
+    other.sha256[0] = other.sha256[0] == '0' ? '1' : '0';
+    cr_expect_eq(s2_state_load_info(dir, &other, &got, &err), S2_ERR_CHECK);
+    cr_expect(strstr(err.msg, "SHA-256 mismatch"), "%s", err.msg);
+    s2_error_clear(&err);
+}
+
+Test(state, peek_refuses_a_damaged_header)
+{
+    save(2, 2);
+    char p[256];
+    state_path(2, p, sizeof p);
+    FILE *f = fopen(p, "r+b");
+    cr_assert(f);
+    const unsigned char huge[8] = {0xff, 0xff, 0xff, 0x7f, 0, 0, 0, 0};
+    fwrite(huge, 1, 8, f);
+    fclose(f);
+    s2_state_info info;
+    int found = -1;
+    s2_error err = {0};
+    cr_expect_eq(s2_state_peek_latest(dir, &info, &found, &err), S2_ERR_PARSE);
+    cr_expect(err.msg && strstr(err.msg, p) && strstr(err.msg, "header length"), "%s", err.msg);
+    cr_expect_eq(found, 0);
+    s2_error_clear(&err);
+    /* a latest that is not one line of a name and a digest */
+    char lp[256];
+    snprintf(lp, sizeof lp, "%s/latest", dir);
+    cr_assert_eq(s2_write_file_atomic(lp, "junk\n", 5, NULL), S2_OK);
+    cr_expect_eq(s2_state_peek_latest(dir, &info, &found, &err), S2_ERR_PARSE);
+    cr_expect(strstr(err.msg, "malformed"), "%s", err.msg);
+    s2_error_clear(&err);
 }
