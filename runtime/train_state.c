@@ -455,7 +455,8 @@ static s2_status prune(const char *dir, uint64_t keep_step, int keep_last, s2_er
         }
         steps[n++] = step;
     }
-    qsort(steps, n, sizeof *steps, cmp_u64_desc);
+    if (n > 1) /* steps is NULL when no other state exists (the first save): qsort wants none */
+        qsort(steps, n, sizeof *steps, cmp_u64_desc);
     /* The saved state is one of the kept ones; later steps are an abandoned run's. */
     int kept = 1;
     for (size_t i = 0; i < n; i++) {

@@ -222,6 +222,32 @@ Test(state, empty_state_and_null_spec)
     s2_state_free(&got); /* a freed state is zeroed: freeing again is fine */
 }
 
+/* The first save into a fresh directory finds no older state to prune: an empty list, which
+ * must not reach qsort as a NULL array (undefined behaviour the sanitizer build reports). */
+Test(state, first_save_has_nothing_to_prune)
+{
+    char sub[128];
+    snprintf(sub, sizeof sub, "%s/fresh", dir);
+    s2_train_state s;
+    make_state(&s, 7);
+    s2_error err = {0};
+    cr_assert_eq(s2_state_save(sub, &s, 1, &err), S2_OK, "%s", err.msg);
+    s2_state_free(&s);
+    DIR *d = opendir(sub);
+    cr_assert_not_null(d);
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d));)
+        n += strcmp(e->d_name, ".") && strcmp(e->d_name, "..");
+    closedir(d);
+    cr_expect_eq(n, 2, "latest and the one state");
+    s2_train_state got;
+    int found = 0;
+    cr_assert_eq(s2_state_load_latest(sub, &got, &found, &err), S2_OK, "%s", err.msg);
+    cr_expect_eq(found, 1);
+    cr_expect_eq(got.step, 7);
+    s2_state_free(&got);
+}
+
 Test(state, no_state_is_not_an_error)
 {
     s2_train_state s;
