@@ -40,6 +40,9 @@
 #define JIT_OFF_FORMAT 8   /* u32 */
 #define JIT_OFF_SIZE 16    /* u64 payload bytes; 12..15 are zero */
 #define JIT_OFF_HASH 24    /* SHA-256 of the payload; 56..63 are zero */
+/* A cache entry larger than these is not one of ours (ours are under a few MiB): rebuilt. */
+#define JIT_MAX_CUBIN_BYTES ((size_t)256 << 20)
+#define JIT_MAX_LOG_BYTES ((size_t)16 << 20)
 
 #define JIT_BASE_OPTS 4
 #define JIT_MAX_OPTS (JIT_BASE_OPTS + S2_JIT_MAX_EXTRA)
@@ -504,7 +507,7 @@ static int cache_load(const char *dir, s2_jit_result *out)
 {
     char *data = NULL, *log = NULL;
     size_t size = 0;
-    if (s2_read_file(out->path, &data, &size, NULL) != S2_OK)
+    if (s2_read_file_max(out->path, JIT_MAX_CUBIN_BYTES, "a cache entry", &data, &size, NULL))
         return 0;
     const uint8_t *h = (const uint8_t *)data;
     if (size < JIT_HEADER || memcmp(h, JIT_MAGIC, 8) != 0 ||
@@ -519,7 +522,7 @@ static int cache_load(const char *dir, s2_jit_result *out)
 
     char lpath[sizeof out->path];
     snprintf(lpath, sizeof lpath, "%s/%s.log", dir, out->key);
-    if (s2_read_file(lpath, &log, NULL, NULL) != S2_OK)
+    if (s2_read_file_max(lpath, JIT_MAX_LOG_BYTES, "a cache log", &log, NULL, NULL))
         goto out_free_data;
 
     /* The payload becomes the result in place: no second copy of the cubin. */

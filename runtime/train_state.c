@@ -24,6 +24,7 @@
 #define LATEST_NAME "latest"
 #define SUFFIX_M ".adam_m"
 #define SUFFIX_V ".adam_v"
+#define LATEST_MAX_BYTES 4096 /* latest holds one line of 94 bytes */
 
 static void (*test_hook)(const char *, void *);
 static void *test_hook_ctx;
@@ -137,17 +138,35 @@ static void fill_tensor(s2_tensor *dst, char *name, const s2_state_tensor *src, 
     dst->nbytes = src->numel * sizeof(float);
 }
 
+/* SHA-256 of a file, read in pieces (a full-mode state holds the whole model three times). */
 static s2_status sha_of_file(const char *path, char hex[65], s2_error *err)
 {
-    char *data;
-    size_t size;
-    s2_status st = s2_read_file(path, &data, &size, err);
+    int fd;
+    uint64_t size;
+    s2_status st = s2_open_regular(path, &fd, &size, err);
+    if (st)
+        return st;
+    const size_t piece = (size_t)4 << 20;
+    char *buf = malloc(piece);
+    if (!buf) {
+        close(fd);
+        return s2_error_set(err, S2_ERR_NOMEM, "%s: out of memory", path);
+    }
+    s2_sha256_ctx c;
+    s2_sha256_init(&c);
+    for (uint64_t off = 0; !st && off < size; off += piece) {
+        const size_t n = size - off < piece ? (size_t)(size - off) : piece;
+        st = s2_pread_full(fd, path, buf, n, off, err);
+        if (!st)
+            s2_sha256_update(&c, buf, n);
+    }
+    free(buf);
+    close(fd);
     if (st)
         return st;
     uint8_t d[32];
-    s2_sha256(data, size, d);
+    s2_sha256_final(&c, d);
     s2_hex(d, 32, hex);
-    free(data);
     return S2_OK;
 }
 
@@ -288,7 +307,9 @@ static float *copy_floats(const s2_tensor *t)
     return p;
 }
 
-static s2_status from_file(const char *path, const s2_st_file *f, s2_train_state *s,
+/* Checks f as a training state and fills s: its metadata, and its tensors when copy (with
+ * copy = 0, f may be a header read alone: the tensors are checked, not read). */
+static s2_status from_file(const char *path, const s2_st_file *f, s2_train_state *s, int copy,
                            s2_error *err)
 {
     const char *ver = s2_st_meta(f, "s2lora_state");
@@ -329,6 +350,8 @@ static s2_status from_file(const char *path, const s2_st_file *f, s2_train_state
         if ((st = moment(path, f, w, SUFFIX_M, &m, err)) ||
             (st = moment(path, f, w, SUFFIX_V, &v, err)))
             return st;
+        if (!copy)
+            continue;
         s2_state_tensor *t;
         if ((st = s2_state_add_tensor(s, w->name, w->ndim, w->shape, &t, err))) {
             s2_error_prefix(err, "%s", path);
@@ -374,7 +397,7 @@ s2_status s2_state_read_file(const char *path, const char *want_sha_hex, s2_trai
                                 path, hex, want_sha_hex);
         }
     }
-    st = from_file(path, &f, s, err);
+    st = from_file(path, &f, s, 1, err);
     s2_st_close(&f);
     if (st)
         s2_state_free(s);
@@ -507,7 +530,9 @@ s2_status s2_state_save(const char *dir, const s2_train_state *s, int keep_last,
     return prune(dir, s->step, keep_last, err);
 }
 
-s2_status s2_state_load_latest(const char *dir, s2_train_state *s, int *found, s2_error *err)
+/* The state latest names: whole and verified, or (header_only) its header checked. */
+static s2_status load_latest(const char *dir, s2_train_state *s, int *found, int header_only,
+                             s2_error *err)
 {
     if (!dir || !s || !found)
         return s2_error_set(err, S2_ERR_INVALID, "state load: NULL argument");
@@ -520,7 +545,8 @@ s2_status s2_state_load_latest(const char *dir, s2_train_state *s, int *found, s
         return S2_OK; /* a fresh run */
     char *text;
     size_t size;
-    s2_status st = s2_read_file(latest, &text, &size, err);
+    s2_status st = s2_read_file_max(latest, LATEST_MAX_BYTES, "a state's latest file", &text,
+                                    &size, err);
     if (st)
         return st;
     /* Exactly "state-NNNNNNNNNN.safetensors <64 lowercase hex>\n". */
@@ -545,8 +571,21 @@ s2_status s2_state_load_latest(const char *dir, s2_train_state *s, int *found, s
                             latest);
     if (snprintf(path, sizeof path, "%s/%s", dir, name) >= (int)sizeof path)
         return s2_error_set(err, S2_ERR_INVALID, "%s: path too long", dir);
-    if ((st = s2_state_read_file(path, sha, s, err)))
+    if (header_only) {
+        s2_st_file f;
+        if ((st = s2_st_read_header(path, &f, err))) {
+            s2_error_prefix(err, "training state is corrupt");
+            return st;
+        }
+        st = from_file(path, &f, s, 0, err);
+        s2_st_close(&f);
+        if (st) {
+            s2_state_free(s);
+            return st;
+        }
+    } else if ((st = s2_state_read_file(path, sha, s, err))) {
         return st;
+    }
     if (s->step != step) {
         uint64_t got = s->step;
         s2_state_free(s);
@@ -555,4 +594,14 @@ s2_status s2_state_load_latest(const char *dir, s2_train_state *s, int *found, s
     }
     *found = 1;
     return S2_OK;
+}
+
+s2_status s2_state_load_latest(const char *dir, s2_train_state *s, int *found, s2_error *err)
+{
+    return load_latest(dir, s, found, 0, err);
+}
+
+s2_status s2_state_check_latest(const char *dir, s2_train_state *s, int *found, s2_error *err)
+{
+    return load_latest(dir, s, found, 1, err);
 }
