@@ -1529,7 +1529,7 @@ s2_status s2_spec_load(const char *path, const s2_spec_override *ov, int n_ov, s
                             S2_SPEC_PATH_MAX - 1);
     char *text = NULL;
     size_t len = 0;
-    s2_status st = s2_read_file(path, &text, &len, err);
+    s2_status st = s2_read_file_max(path, S2_MAX_SPEC_BYTES, "a spec", &text, &len, err);
     if (st)
         return st;
     st = spec_load_text(text, len, path, path, ov, n_ov, spec, err);

@@ -83,47 +83,109 @@ void s2_error_clear(s2_error *err)
     err->status = S2_OK;
 }
 
-s2_status s2_read_file(const char *path, char **data, size_t *size, s2_error *err)
+/* What a file that is not a regular file is, for messages. */
+static const char *file_kind(mode_t mode)
+{
+    if (S_ISDIR(mode))
+        return "is a directory";
+    if (S_ISFIFO(mode))
+        return "is a FIFO";
+    if (S_ISCHR(mode))
+        return "is a character device";
+    if (S_ISBLK(mode))
+        return "is a block device";
+    if (S_ISSOCK(mode))
+        return "is a socket";
+    return "is not a regular file";
+}
+
+s2_status s2_open_regular(const char *path, int *fd, uint64_t *size, s2_error *err)
+{
+    *fd = -1;
+    *size = 0;
+    int f = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (f < 0)
+        return s2_error_set(err, S2_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat sb;
+    if (fstat(f, &sb) != 0) {
+        int e = errno;
+        close(f);
+        return s2_error_set(err, S2_ERR_IO, "%s: cannot stat: %s", path, strerror(e));
+    }
+    if (!S_ISREG(sb.st_mode)) {
+        close(f);
+        return s2_error_set(err, S2_ERR_IO, "%s: %s, expected a regular file", path,
+                            file_kind(sb.st_mode));
+    }
+    *fd = f;
+    *size = (uint64_t)sb.st_size;
+    return S2_OK;
+}
+
+s2_status s2_pread_full(int fd, const char *path, void *buf, size_t n, uint64_t off,
+                        s2_error *err)
+{
+    char *p = buf;
+    size_t done = 0;
+    while (done < n) {
+        /* at most 1 GiB a call: Linux reads no more than about 2 GiB at once */
+        size_t chunk = n - done < ((size_t)1 << 30) ? n - done : (size_t)1 << 30;
+        ssize_t k = pread(fd, p + done, chunk, (off_t)(off + done));
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k < 0)
+            return s2_error_set(err, S2_ERR_IO, "%s: read error at byte %llu: %s", path,
+                                (unsigned long long)(off + done), strerror(errno));
+        if (k == 0)
+            return s2_error_set(err, S2_ERR_IO,
+                                "%s: the file ended at byte %llu, %zu bytes short of the %zu "
+                                "expected there (truncated while being read?)",
+                                path, (unsigned long long)(off + done), n - done, n);
+        done += (size_t)k;
+    }
+    return S2_OK;
+}
+
+s2_status s2_read_file_max(const char *path, size_t max_bytes, const char *what, char **data,
+                           size_t *size, s2_error *err)
 {
     *data = NULL;
     if (size)
         *size = 0;
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return s2_error_set(err, S2_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    size_t cap = 1 << 16, len = 0;
-    char *buf = malloc(cap + 1);
+    int fd;
+    uint64_t len;
+    s2_status st = s2_open_regular(path, &fd, &len, err);
+    if (st)
+        return st;
+    if (len > max_bytes) {
+        close(fd);
+        return s2_error_set(err, S2_ERR_IO,
+                            "%s: %llu bytes, over the %zu-byte limit for %s (%.1f MiB)", path,
+                            (unsigned long long)len, max_bytes, what ? what : "a file read whole",
+                            (double)max_bytes / (1 << 20));
+    }
+    char *buf = malloc((size_t)len + 1);
     if (!buf) {
-        fclose(f);
-        return s2_error_set(err, S2_ERR_NOMEM, "%s: out of memory", path);
+        close(fd);
+        return s2_error_set(err, S2_ERR_NOMEM, "%s: out of memory for %llu bytes", path,
+                            (unsigned long long)len);
     }
-    for (;;) {
-        if (len == cap) {
-            char *nb = realloc(buf, cap * 2 + 1);
-            if (!nb) {
-                free(buf);
-                fclose(f);
-                return s2_error_set(err, S2_ERR_NOMEM, "%s: out of memory", path);
-            }
-            buf = nb;
-            cap *= 2;
-        }
-        size_t n = fread(buf + len, 1, cap - len, f);
-        len += n;
-        if (n == 0)
-            break;
-    }
-    int bad = ferror(f);
-    fclose(f);
-    if (bad) {
+    st = s2_pread_full(fd, path, buf, (size_t)len, 0, err);
+    close(fd);
+    if (st) {
         free(buf);
-        return s2_error_set(err, S2_ERR_IO, "%s: read error", path);
+        return st;
     }
     buf[len] = '\0';
     *data = buf;
     if (size)
-        *size = len;
+        *size = (size_t)len;
     return S2_OK;
+}
+
+s2_status s2_read_file(const char *path, char **data, size_t *size, s2_error *err)
+{
+    return s2_read_file_max(path, S2_MAX_FILE_BYTES, NULL, data, size, err);
 }
 
 s2_status s2_write_file_atomic(const char *path, const void *data, size_t size, s2_error *err)
@@ -183,8 +245,11 @@ s2_status s2_mkdir_p(const char *path, s2_error *err)
         }
     }
     struct stat st;
-    if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode))
-        return s2_error_set(err, S2_ERR_IO, "%s: not a directory", path);
+    if (stat(path, &st) != 0)
+        return s2_error_set(err, S2_ERR_IO, "%s: cannot create directory: %s", path,
+                            strerror(errno));
+    if (!S_ISDIR(st.st_mode))
+        return s2_error_set(err, S2_ERR_IO, "%s: exists and is not a directory", path);
     return S2_OK;
 }
 

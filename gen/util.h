@@ -46,7 +46,35 @@ s2_status s2_error_set(s2_error *err, s2_status st, const char *fmt, ...)
 void s2_error_prefix(s2_error *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void s2_error_clear(s2_error *err);
 
-/* Reads a whole file into a NUL-terminated heap buffer (*size excludes the NUL). */
+/*
+ * Size limits of the files read whole, by kind: a file over its limit is refused before any
+ * byte is read (a path naming /dev/zero or a huge file must not exhaust memory).
+ */
+#define S2_MAX_SPEC_BYTES ((size_t)1 << 20)     /* a spec YAML: 1 MiB */
+#define S2_MAX_JSON_BYTES ((size_t)16 << 20)    /* config.json, adapter and index JSON: 16 MiB */
+#define S2_MAX_TUNE_DB_BYTES ((size_t)64 << 20) /* a tuning database (JSON lines): 64 MiB */
+#define S2_MAX_FILE_BYTES ((size_t)64 << 20)    /* s2_read_file's limit */
+
+/*
+ * Opens path for reading (O_NONBLOCK, so a FIFO never blocks; O_CLOEXEC) and accepts only a
+ * regular file: anything else is refused with a message naming the path and what it is ("is
+ * a directory", "is a FIFO", "is a character device", ...). *fd is then the caller's to close;
+ * *size is the file's size. Every failure says why (strerror).
+ */
+s2_status s2_open_regular(const char *path, int *fd, uint64_t *size, s2_error *err);
+
+/* Reads exactly n bytes at offset off of the open file fd (path for messages); a file that
+ * ends first, or a read error, is an S2_ERR_IO naming the path, the offset and the reason. */
+s2_status s2_pread_full(int fd, const char *path, void *buf, size_t n, uint64_t off,
+                        s2_error *err);
+
+/*
+ * Reads a whole regular file into a NUL-terminated heap buffer (*size, optional, excludes the
+ * NUL). A file over max_bytes is refused naming its size, the limit and what (the kind of
+ * file, "a spec", for the message). s2_read_file is the same with S2_MAX_FILE_BYTES.
+ */
+s2_status s2_read_file_max(const char *path, size_t max_bytes, const char *what, char **data,
+                           size_t *size, s2_error *err);
 s2_status s2_read_file(const char *path, char **data, size_t *size, s2_error *err);
 
 /*

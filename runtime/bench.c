@@ -721,8 +721,14 @@ static const char *json_str(const json_t *o, const char *key, const char *dflt)
 static s2_status read_peers(const char *path, const s2_bench_case *c, s2_bench_rows *rows,
                             s2_error *err)
 {
+    char *text;
+    size_t size;
+    s2_status rd = s2_read_file_max(path, S2_MAX_JSON_BYTES, "a JSON file", &text, &size, err);
+    if (rd)
+        return rd;
     json_error_t je;
-    json_t *root = json_load_file(path, 0, &je);
+    json_t *root = json_loadb(text, size, 0, &je);
+    free(text);
     if (!root)
         return s2_error_set(err, S2_ERR_PARSE, "%s:%d:%d: %s", path, je.line, je.column, je.text);
     json_t *arr = json_object_get(root, "peers");

@@ -443,7 +443,8 @@ int s2_cli_train(const char *prog, int argc, char **argv)
     o.progress = progress;
     o.progress_ctx = (void *)prog;
     s2_error err = {0};
-    if (s2_spec_load(spec_path, ov.v, ov.n, &spec, &err))
+    /* every file read and checked before a device is asked for */
+    if (s2_spec_load(spec_path, ov.v, ov.n, &spec, &err) || s2_train_check(&o, &err))
         return failed(prog, &err);
     /* the world: several ranks, or one started by a launcher, train data parallel over NCCL;
      * a world of one without a launcher runs as it always has (no NCCL) */
@@ -527,7 +528,7 @@ int s2_cli_eval(const char *prog, int argc, char **argv)
     o.progress = progress;
     o.progress_ctx = (void *)prog;
     s2_error err = {0};
-    if (s2_spec_load(spec_path, ov.v, ov.n, &spec, &err))
+    if (s2_spec_load(spec_path, ov.v, ov.n, &spec, &err) || s2_eval_check(&o, &err))
         return failed(prog, &err);
     s2_rt rt;
     if (s2_rt_open(&rt, 0, &err))
@@ -624,6 +625,25 @@ int s2_cli_logits(const char *prog, int argc, char **argv)
                           "%s: tokens has %lld elements (1 .. 16M)", tokens, (long long)T);
     if (!st && cu && ncu < 2)
         st = s2_error_set(&err, S2_ERR_INVALID, "%s: cu_seqlens needs B+1 >= 2 entries", tokens);
+    /* every file read and checked before a device is asked for */
+    for (int64_t i = 0; !st && i < T; i++) {
+        int32_t v;
+        memcpy(&v, tok + i, sizeof v); /* the file's data may be unaligned */
+        if (v < 0 || v >= spec.model.vocab_size)
+            st = s2_error_set(&err, S2_ERR_INVALID,
+                              "%s: tokens[%lld] = %d: outside the model's vocabulary [0, %d)",
+                              tokens, (long long)i, v, spec.model.vocab_size);
+    }
+    if (!st && cu) {
+        s2_attn_batch bt;
+        char what[1100];
+        snprintf(what, sizeof what, "%s: cu_seqlens", tokens);
+        st = s2_attn_batch_init(&bt, cu, (int)ncu - 1, (int)T, what, &err);
+    }
+    if (!st)
+        st = s2_model_files_check(&spec, model, adapter, trainable, &err);
+    if (!st)
+        st = s2_output_check(out, 0, &err);
     s2_rt rt;
     if (!st)
         st = s2_rt_open(&rt, 0, &err);

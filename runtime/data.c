@@ -591,38 +591,31 @@ static s2_status check_payload(const s2_data_file *f, s2_error *err)
 /* Opens and maps path; checks only that a header fits. */
 static s2_status map_file(s2_data_file *f, s2_error *err)
 {
-    int fd = open(f->path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return s2_error_set(err, S2_ERR_IO, "%s: cannot open: %s", f->path, strerror(errno));
-    s2_status st = S2_OK;
-    struct stat sb;
-    if (fstat(fd, &sb) != 0) {
-        st = s2_error_set(err, S2_ERR_IO, "%s: cannot stat: %s", f->path, strerror(errno));
-        goto close_fd;
-    }
-    if (!S_ISREG(sb.st_mode)) {
-        st = s2_error_set(err, S2_ERR_IO, "%s: not a regular file", f->path);
-        goto close_fd;
-    }
-    if ((uint64_t)sb.st_size < S2_DATA_HEADER_SIZE) {
+    int fd;
+    uint64_t size;
+    s2_status st = s2_open_regular(f->path, &fd, &size, err);
+    if (st)
+        return st;
+    if (size < S2_DATA_HEADER_SIZE) {
         st = bad(f->path, err, "truncated: file is %llu bytes, shorter than the %u-byte header",
-                 (ull)sb.st_size, S2_DATA_HEADER_SIZE);
+                 (ull)size, S2_DATA_HEADER_SIZE);
         goto close_fd;
     }
-    void *m = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    void *m = mmap(NULL, (size_t)size, PROT_READ, MAP_PRIVATE, fd, 0);
     if (m == MAP_FAILED) {
         st = s2_error_set(err, S2_ERR_IO, "%s: cannot map: %s", f->path, strerror(errno));
         goto close_fd;
     }
     f->map = m;
-    f->map_size = (size_t)sb.st_size;
+    f->map_size = (size_t)size;
 
 close_fd:
     close(fd); /* the mapping stays valid */
     return st;
 }
 
-static s2_status validate(s2_data_file *f, s2_error *err)
+/* Every check, or (payload = 0) all but the pass over the tokens. */
+static s2_status validate(s2_data_file *f, int payload, s2_error *err)
 {
     const uint8_t *base = f->map;
     s2_status st = check_header(f, base, err);
@@ -633,7 +626,8 @@ static s2_status validate(s2_data_file *f, s2_error *err)
     f->tokens = base + S2_DATA_HEADER_SIZE;
     uint64_t tok_bytes = f->n_tokens * f->width;
     f->doc_index = (const uint64_t *)(base + S2_DATA_HEADER_SIZE + tok_bytes + pad_of(tok_bytes));
-    if ((st = check_padding(f, err)) != S2_OK || (st = check_index(f, err)) != S2_OK)
+    if ((st = check_padding(f, err)) != S2_OK || (st = check_index(f, err)) != S2_OK ||
+        !payload)
         return st;
     madvise(f->map, f->map_size, MADV_SEQUENTIAL);
     st = check_payload(f, err);
@@ -641,7 +635,7 @@ static s2_status validate(s2_data_file *f, s2_error *err)
     return st;
 }
 
-s2_status s2_data_open(const char *path, s2_data_file **out, s2_error *err)
+static s2_status open_checked(const char *path, int payload, s2_data_file **out, s2_error *err)
 {
     *out = NULL;
     s2_data_file *f = calloc(1, sizeof *f);
@@ -651,12 +645,29 @@ s2_status s2_data_open(const char *path, s2_data_file **out, s2_error *err)
     }
     s2_status st = map_file(f, err);
     if (st == S2_OK)
-        st = validate(f, err);
+        st = validate(f, payload, err);
     if (st != S2_OK) {
         s2_data_close(f);
         return st;
     }
     *out = f;
+    return S2_OK;
+}
+
+s2_status s2_data_open(const char *path, s2_data_file **out, s2_error *err)
+{
+    return open_checked(path, 1, out, err);
+}
+
+s2_status s2_data_check(const char *path, s2_data_info *info, s2_error *err)
+{
+    memset(info, 0, sizeof *info);
+    s2_data_file *f;
+    s2_status st = open_checked(path, 0, &f, err);
+    if (st)
+        return st;
+    *info = (s2_data_info){f->width, f->vocab, f->n_tokens, f->n_docs};
+    s2_data_close(f);
     return S2_OK;
 }
 
@@ -679,17 +690,18 @@ uint64_t s2_data_doc_start(const s2_data_file *f, uint64_t d) { return f->doc_in
 
 /* ---- packing and order ------------------------------------------------------------------ */
 
-static uint64_t stream_len(const s2_data_file *f, int64_t sep)
+uint64_t s2_data_count_sequences(uint64_t n_tokens, uint64_t n_docs, uint64_t context_len,
+                                 int64_t sep)
 {
-    return f->n_tokens + (sep >= 0 && f->n_docs > 0 ? f->n_docs - 1 : 0);
+    const uint64_t len = n_tokens + (sep >= 0 && n_docs > 0 ? n_docs - 1 : 0);
+    if (context_len == 0 || len <= context_len)
+        return 0;
+    return (len - 1) / context_len;
 }
 
 uint64_t s2_data_num_sequences(const s2_data_file *f, uint64_t context_len, int64_t sep)
 {
-    uint64_t len = stream_len(f, sep);
-    if (context_len == 0 || len <= context_len)
-        return 0;
-    return (len - 1) / context_len;
+    return s2_data_count_sequences(f->n_tokens, f->n_docs, context_len, sep);
 }
 
 static void copy_tokens(const s2_data_file *f, uint64_t begin, uint64_t n, uint32_t *out)
@@ -786,24 +798,25 @@ int s2_data_byte_of(uint32_t token)
 /* One input as one document: BOS, bytes + offset, EOS. */
 static s2_status append_text_file(s2_data_writer *w, const char *path, s2_error *err)
 {
-    FILE *in = fopen(path, "rb");
-    if (!in)
-        return s2_error_set(err, S2_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    /* A regular file, read to its size: a device or a FIFO could stream forever. */
+    int fd;
+    uint64_t size;
+    s2_status st = s2_open_regular(path, &fd, &size, err);
+    if (st)
+        return st;
     static const uint32_t bos = S2_DATA_BYTE_BOS, eos = S2_DATA_BYTE_EOS;
     uint8_t bytes[1 << 16];
     uint32_t toks[1 << 16];
-    s2_status st = s2_data_writer_append(w, &bos, 1, err);
-    while (st == S2_OK) {
-        size_t n = fread(bytes, 1, sizeof bytes, in);
-        if (n == 0)
-            break;
-        for (size_t i = 0; i < n; i++)
+    st = s2_data_writer_append(w, &bos, 1, err);
+    for (uint64_t off = 0; st == S2_OK && off < size; off += sizeof bytes) {
+        size_t n = size - off < sizeof bytes ? (size_t)(size - off) : sizeof bytes;
+        st = s2_pread_full(fd, path, bytes, n, off, err);
+        for (size_t i = 0; st == S2_OK && i < n; i++)
             toks[i] = bytes[i] + S2_DATA_BYTE_OFFSET;
-        st = s2_data_writer_append(w, toks, n, err);
+        if (st == S2_OK)
+            st = s2_data_writer_append(w, toks, n, err);
     }
-    if (st == S2_OK && ferror(in))
-        st = s2_error_set(err, S2_ERR_IO, "%s: read error", path);
-    fclose(in);
+    close(fd);
     if (st == S2_OK)
         st = s2_data_writer_append(w, &eos, 1, err);
     if (st == S2_OK)

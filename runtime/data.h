@@ -109,6 +109,19 @@ s2_status s2_data_open(const char *path, s2_data_file **out, s2_error *err);
 /* Unmaps and frees; NULL is fine. */
 void s2_data_close(s2_data_file *f);
 
+/* A token file's counts, as its header gives them. */
+typedef struct s2_data_info {
+    uint32_t width, vocab;
+    uint64_t n_tokens, n_docs;
+} s2_data_info;
+
+/*
+ * Every check of s2_data_open but the pass over the tokens (each below vocab, the digest):
+ * a regular file, the header, the size against the counts, the padding and the document
+ * index. Cheap at any size: for checking a file before a long run starts.
+ */
+s2_status s2_data_check(const char *path, s2_data_info *info, s2_error *err);
+
 /* Token i (i < n_tokens) and the start of document d (d <= n_docs: n_docs gives n_tokens). */
 uint32_t s2_data_token(const s2_data_file *f, uint64_t i);
 uint64_t s2_data_doc_start(const s2_data_file *f, uint64_t d);
@@ -120,6 +133,9 @@ uint64_t s2_data_doc_start(const s2_data_file *f, uint64_t d);
  * separator sep (a token id, or S2_DATA_NO_SEP): floor((L - 1) / C), 0 when C is 0 or L <= C.
  */
 uint64_t s2_data_num_sequences(const s2_data_file *f, uint64_t context_len, int64_t sep);
+/* The same from the counts alone (s2_data_info's). */
+uint64_t s2_data_count_sequences(uint64_t n_tokens, uint64_t n_docs, uint64_t context_len,
+                                 int64_t sep);
 
 /*
  * Writes sequence seq_index (< s2_data_num_sequences) into tokens_out, context_len + 1
@@ -177,9 +193,10 @@ s2_status s2_data_write(const char *path, uint32_t width, uint32_t vocab, const 
 /* ---- byte-level vocabulary ------------------------------------------------------------- */
 
 /*
- * Converts n text (or any) files into one token file at out: each input is one document,
- * BOS, then byte + S2_DATA_BYTE_OFFSET for every byte, then EOS; width 2, vocab
- * S2_DATA_BYTE_VOCAB. Inputs are streamed, not read whole. Pack the result with
+ * Converts n regular files (text or any; a FIFO or a device is refused: it could stream
+ * forever) into one token file at out: each input is one document, BOS, then byte +
+ * S2_DATA_BYTE_OFFSET for every byte, then EOS; width 2, vocab S2_DATA_BYTE_VOCAB.
+ * Inputs are streamed, not read whole. Pack the result with
  * S2_DATA_NO_SEP: its documents already end in EOS. On failure (an input that cannot be read
  * is named) out is unchanged.
  */

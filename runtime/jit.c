@@ -53,6 +53,9 @@
 #define JIT_OFF_KEY 56     /* the entry's key, 32 raw bytes (the file name is its hex) */
 #define JIT_FIXED 88
 #define JIT_MAX_HEADER 8192 /* far above any real one: 3 short strings, 16 names of <= 127 bytes */
+/* A cache entry larger than these is not one of ours (ours are under a few MiB): rebuilt. */
+#define JIT_MAX_CUBIN_BYTES ((size_t)256 << 20)
+#define JIT_MAX_LOG_BYTES ((size_t)16 << 20)
 
 #define JIT_BASE_OPTS 5
 #define JIT_MAX_OPTS (JIT_BASE_OPTS + S2_JIT_MAX_EXTRA)
@@ -679,11 +682,13 @@ static int cache_load(const jit_job *j, const s2_jit_src *s, const uint8_t key[3
     jit_header h;
     char lpath[sizeof out->path];
     snprintf(lpath, sizeof lpath, "%s/%s.log", j->dir, out->key);
-    if (s2_read_file(out->path, &data, &size, &sub) != S2_OK)
+    if (s2_read_file_max(out->path, JIT_MAX_CUBIN_BYTES, "a cache entry", &data, &size,
+                          &sub) != S2_OK)
         snprintf(why, sizeof why, "cannot be read (%s)", sub.msg ? sub.msg : "?");
     else if (entry_fault(j, key, (const uint8_t *)data, size, &h, why, sizeof why))
         ;
-    else if (s2_read_file(lpath, &log, NULL, NULL) != S2_OK)
+    else if (s2_read_file_max(lpath, JIT_MAX_LOG_BYTES, "a cache log", &log, NULL, NULL) !=
+             S2_OK)
         snprintf(why, sizeof why, "its log %s.log is missing", out->key);
     else {
         out->log = log;

@@ -1435,7 +1435,7 @@ s2_status s2_gm_export_full(s2_gm *m, const char *dir, const char *src_model_dir
     size_t size = 0;
     snprintf(path, sizeof path, "%s/config.json", src_model_dir);
     if (!st)
-        st = s2_read_file(path, &cfg, &size, err);
+        st = s2_read_file_max(path, S2_MAX_JSON_BYTES, "a JSON file", &cfg, &size, err);
     snprintf(path, sizeof path, "%s/config.json", dir);
     if (!st)
         st = s2_write_file_atomic(path, cfg, size, err);

@@ -1,9 +1,12 @@
 /*
  * st.c — safetensors reading and writing, and the bf16/fp16 <-> fp32 conversions.
  *
- * The reader loads the whole file into one buffer and checks every number in
- * the header before any pointer into that buffer is formed, so a hostile or
- * truncated file gives an error message, never an out-of-bounds read.
+ * The reader reads the length field and the header first (a regular file
+ * only, the header at most 100 MB) and checks every number in it, including
+ * that the tensors account for every byte after it; only then does it read
+ * the data the header declares, into one buffer, and form pointers into it.
+ * So a hostile, truncated or endless file gives an error message, never an
+ * out-of-bounds read or an unbounded one.
  *
  * Alignment: tensor data points straight into the read buffer. The buffer
  * itself comes from malloc, so a tensor is aligned to its element size when
@@ -20,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* Tensor data is used in place, and the format stores it little-endian. */
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "s2lora assumes a little-endian host");
@@ -116,11 +120,11 @@ static uint64_t load_le64(const unsigned char *p)
     return v;
 }
 
-/* What the checks of one file share: where the data starts and how long it is. */
+/* What the checks of one file share: how long its data is and where each tensor starts. */
 typedef struct st_ctx {
     const char *path;
-    unsigned char *data;
     uint64_t data_size;
+    uint64_t *begin; /* each tensor's data offset, by index into f->t */
     s2_error *err;
 } st_ctx;
 
@@ -204,7 +208,8 @@ static s2_status parse_offsets(st_ctx *c, const char *name, json_t *v, uint64_t 
     return S2_OK;
 }
 
-static s2_status parse_tensor(st_ctx *c, const char *name, json_t *entry, s2_tensor *t)
+static s2_status parse_tensor(st_ctx *c, const char *name, json_t *entry, s2_tensor *t,
+                              uint64_t *offset)
 {
     if (!json_is_object(entry))
         return s2_error_set(c->err, S2_ERR_PARSE,
@@ -234,7 +239,7 @@ static s2_status parse_tensor(st_ctx *c, const char *name, json_t *entry, s2_ten
                             c->path, name, shape, s2_st_dtype_name(t->dtype),
                             (unsigned long long)need, (unsigned long long)(end - begin));
     }
-    t->data = c->data + begin;
+    *offset = begin;
     t->nbytes = (size_t)need;
     return S2_OK;
 }
@@ -297,8 +302,7 @@ static s2_status check_overlaps(st_ctx *c, const s2_st_file *f)
     for (int i = 0; i < f->n; i++) {
         if (f->t[i].nbytes == 0)
             continue;
-        uint64_t b = (uint64_t)((unsigned char *)f->t[i].data - c->data);
-        s[m++] = (span){b, b + f->t[i].nbytes, i};
+        s[m++] = (span){c->begin[i], c->begin[i] + f->t[i].nbytes, i};
     }
     qsort(s, (size_t)m, sizeof *s, span_cmp);
     s2_status st = S2_OK;
@@ -325,7 +329,8 @@ static s2_status parse_header(st_ctx *c, json_t *root, s2_st_file *f)
                             c->path, json_kind(root));
     size_t n = json_object_size(root);
     f->t = calloc(n ? n : 1, sizeof *f->t);
-    if (!f->t)
+    c->begin = calloc(n ? n : 1, sizeof *c->begin);
+    if (!f->t || !c->begin)
         return s2_error_set(c->err, S2_ERR_NOMEM, "%s: out of memory", c->path);
     /* Names with an embedded NUL (which C strings would cut short) never get here: jansson
      * refuses them while parsing. */
@@ -338,7 +343,7 @@ static s2_status parse_header(st_ctx *c, json_t *root, s2_st_file *f)
         t->name = strdup(key);
         if (!t->name)
             return s2_error_set(c->err, S2_ERR_NOMEM, "%s: out of memory", c->path);
-        s2_status st = parse_tensor(c, key, v, t);
+        s2_status st = parse_tensor(c, key, v, t, &c->begin[f->n - 1]);
         if (st)
             return st;
     }
@@ -348,31 +353,80 @@ static s2_status parse_header(st_ctx *c, json_t *root, s2_st_file *f)
         if (st)
             return st;
     }
-    return check_overlaps(c, f);
+    s2_status st = check_overlaps(c, f);
+    if (st)
+        return st;
+    /* The tensors end where the file does, as Python's reader requires: the payload read is
+     * bounded by what the header declares, and no byte of the file goes unaccounted for. */
+    uint64_t end = 0;
+    for (int i = 0; i < f->n; i++)
+        if (c->begin[i] + f->t[i].nbytes > end)
+            end = c->begin[i] + f->t[i].nbytes;
+    if (end != c->data_size)
+        return s2_error_set(c->err, S2_ERR_PARSE,
+                            "%s: the tensors' data ends at data offset %llu, but the file has "
+                            "%llu bytes of data after the header (%llu bytes that no tensor "
+                            "holds; appended data?)",
+                            c->path, (unsigned long long)end, (unsigned long long)c->data_size,
+                            (unsigned long long)(c->data_size - end));
+    return S2_OK;
 }
 
-static s2_status parse_file(const char *path, s2_st_file *f, s2_error *err)
+/*
+ * Reads the file at path: its length field and header, validated, and then (unless
+ * header_only) the data the header declares, into one buffer that the tensors point into.
+ */
+static s2_status read_st(const char *path, s2_st_file *f, int header_only, s2_error *err)
 {
-    unsigned char *buf = f->buf;
-    if (f->size < 8)
+    memset(f, 0, sizeof *f);
+    int fd;
+    uint64_t size;
+    s2_status st = s2_open_regular(path, &fd, &size, err);
+    if (st)
+        return st;
+    unsigned char len8[8];
+    if (size < 8) {
+        close(fd);
         return s2_error_set(err, S2_ERR_PARSE,
-                            "%s: file is %zu bytes, too short for a safetensors file (expected an "
-                            "8-byte header length, then the JSON header)",
-                            path, f->size);
-    uint64_t hlen = load_le64(buf);
-    if (hlen > ST_MAX_HEADER)
+                            "%s: file is %llu bytes, too short for a safetensors file (expected "
+                            "an 8-byte header length, then the JSON header)",
+                            path, (unsigned long long)size);
+    }
+    if ((st = s2_pread_full(fd, path, len8, 8, 0, err))) {
+        close(fd);
+        return st;
+    }
+    uint64_t hlen = load_le64(len8);
+    if (hlen > ST_MAX_HEADER) {
+        close(fd);
         return s2_error_set(err, S2_ERR_PARSE,
                             "%s: header length %llu is over the 100 MB limit; not a safetensors "
                             "file?",
                             path, (unsigned long long)hlen);
-    if (hlen > f->size - 8)
+    }
+    if (hlen > size - 8) {
+        close(fd);
         return s2_error_set(err, S2_ERR_PARSE,
-                            "%s: header length %llu is larger than the %zu bytes after the length "
-                            "field (truncated file?)",
-                            path, (unsigned long long)hlen, f->size - 8);
+                            "%s: header length %llu is larger than the %llu bytes after the "
+                            "length field (truncated file?)",
+                            path, (unsigned long long)hlen, (unsigned long long)(size - 8));
+    }
+    unsigned char *buf = malloc(8 + (size_t)hlen);
+    if (!buf) {
+        close(fd);
+        return s2_error_set(err, S2_ERR_NOMEM, "%s: out of memory for the header", path);
+    }
+    memcpy(buf, len8, 8);
+    if ((st = s2_pread_full(fd, path, buf + 8, (size_t)hlen, 8, err))) {
+        free(buf);
+        close(fd);
+        return st;
+    }
     json_error_t je;
     json_t *root = json_loadb((const char *)buf + 8, (size_t)hlen, JSON_REJECT_DUPLICATES, &je);
     if (!root) {
+        free(buf);
+        close(fd);
         if (json_error_code(&je) == json_error_duplicate_key)
             return s2_error_set(err, S2_ERR_PARSE,
                                 "%s: header JSON has a duplicate key (line %d, column %d): %s",
@@ -381,26 +435,45 @@ static s2_status parse_file(const char *path, s2_st_file *f, s2_error *err)
                             "%s: header is not valid JSON (line %d, column %d): %s", path, je.line,
                             je.column, je.text);
     }
-    st_ctx c = {path, buf + 8 + hlen, f->size - 8 - hlen, err};
-    s2_status st = parse_header(&c, root, f);
+    st_ctx c = {path, size - 8 - hlen, NULL, err};
+    st = parse_header(&c, root, f);
     json_decref(root);
+    if (!st && !header_only) {
+        /* The header accounts for every byte (parse_header), so this is the file's size. */
+        unsigned char *whole = size <= SIZE_MAX ? realloc(buf, (size_t)size) : NULL;
+        if (!whole)
+            st = s2_error_set(err, S2_ERR_NOMEM, "%s: out of memory for %llu bytes", path,
+                              (unsigned long long)size);
+        else
+            buf = whole;
+        if (!st)
+            st = s2_pread_full(fd, path, buf + 8 + hlen, (size_t)(size - 8 - hlen), 8 + hlen, err);
+        for (int i = 0; !st && i < f->n; i++)
+            f->t[i].data = buf + 8 + hlen + c.begin[i];
+    }
+    close(fd);
+    free(c.begin);
+    if (!st && !header_only) {
+        f->buf = buf;
+    } else {
+        free(buf);
+        for (int i = 0; i < f->n; i++)
+            f->t[i].data = NULL;
+    }
+    f->size = (size_t)size;
+    if (st)
+        s2_st_close(f);
     return st;
 }
 
 s2_status s2_st_read(const char *path, s2_st_file *f, s2_error *err)
 {
-    memset(f, 0, sizeof *f);
-    char *buf;
-    size_t size;
-    s2_status st = s2_read_file(path, &buf, &size, err);
-    if (st)
-        return st;
-    f->buf = buf;
-    f->size = size;
-    st = parse_file(path, f, err);
-    if (st)
-        s2_st_close(f);
-    return st;
+    return read_st(path, f, 0, err);
+}
+
+s2_status s2_st_read_header(const char *path, s2_st_file *f, s2_error *err)
+{
+    return read_st(path, f, 1, err);
 }
 
 const s2_tensor *s2_st_find(const s2_st_file *f, const char *name)

@@ -6,10 +6,12 @@
  *    "__metadata__": {"key": "value", ...}}
  * then the data; offsets are relative to the end of the header.
  *
- * Reading validates everything before trusting it: header length within the
- * file, JSON well formed, known dtype, offsets in range, in order, not
- * overlapping, and (end - begin) == elements * dtype size. Errors name the
- * file and the tensor. Writing is atomic (temporary file + rename).
+ * Reading validates everything before trusting it: a regular file, header
+ * length within the file, JSON well formed, known dtype, offsets in range, in
+ * order, not overlapping, (end - begin) == elements * dtype size, and the last
+ * tensor's data ending where the file ends (as Python's reader requires).
+ * Errors name the file and the tensor. Writing is atomic (temporary file +
+ * rename).
  */
 #ifndef S2_ST_H
 #define S2_ST_H
@@ -33,6 +35,7 @@ typedef struct s2_tensor {
     int64_t shape[S2_ST_MAX_DIMS];
     void *data;                     /* little-endian elements; points into the file's buffer */
                                     /* (aligned only if the file's writer aligned it: memcpy) */
+                                    /* (NULL after s2_st_read_header) */
     size_t nbytes;
 } s2_tensor;
 
@@ -41,8 +44,8 @@ typedef struct s2_st_file {
     s2_tensor *t;
     int n_meta;         /* __metadata__ entries, string values only (as the format requires) */
     char **meta_key, **meta_val;
-    void *buf;          /* the whole file; tensors point into it */
-    size_t size;
+    void *buf;          /* the whole file; tensors point into it (NULL: s2_st_read_header) */
+    size_t size;        /* the file's size */
 } s2_st_file;
 
 /* "BF16" etc., as the format spells them; size in bytes of one element. */
@@ -53,6 +56,12 @@ int64_t s2_tensor_numel(const s2_tensor *t);
 char *s2_tensor_shape_str(const s2_tensor *t, char *buf, size_t n);
 
 s2_status s2_st_read(const char *path, s2_st_file *f, s2_error *err);
+/*
+ * The same checks, reading only the length field and the header (names, dtypes, shapes,
+ * offsets against the file's size): every tensor's data is NULL, f->buf NULL, f->size the
+ * file's size. For checking a multi-GiB file without loading it.
+ */
+s2_status s2_st_read_header(const char *path, s2_st_file *f, s2_error *err);
 /* NULL if absent. */
 const s2_tensor *s2_st_find(const s2_st_file *f, const char *name);
 /* Metadata value, NULL if absent. */

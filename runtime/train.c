@@ -1,12 +1,17 @@
 /* train.c — the training loop and the perplexity evaluation on the GPU model (train.h). */
 #include "train.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "data.h"
 #include "model.h"
@@ -121,14 +126,43 @@ static uint64_t order_at(order *od, uint64_t pos)
     return od->perm[pos % od->n];
 }
 
+/* Appends line and a newline to the log (a regular file: the run created it). */
 static s2_status append_file(const char *path, const char *line, s2_error *err)
 {
-    FILE *f = fopen(path, "a");
-    if (!f)
-        return s2_error_set(err, S2_ERR_IO, "%s: cannot open for appending", path);
-    int bad = fputs(line, f) < 0 || fputc('\n', f) < 0;
-    bad |= fclose(f) != 0;
-    return bad ? s2_error_set(err, S2_ERR_IO, "%s: write failed", path) : S2_OK;
+    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_NONBLOCK | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return s2_error_set(err, S2_ERR_IO, "%s: cannot open for appending: %s", path,
+                            strerror(errno));
+    struct stat sb;
+    const int stat_ok = fstat(fd, &sb) == 0, e = errno;
+    if (!stat_ok || !S_ISREG(sb.st_mode)) {
+        close(fd);
+        return s2_error_set(err, S2_ERR_IO, "%s: %s", path,
+                            !stat_ok ? strerror(e) : "not a regular file; the log must be one");
+    }
+    size_t n = strlen(line);
+    char *buf = malloc(n + 1);
+    if (!buf) {
+        close(fd);
+        return s2_error_set(err, S2_ERR_NOMEM, "%s: out of memory", path);
+    }
+    memcpy(buf, line, n);
+    buf[n++] = '\n';
+    s2_status st = S2_OK;
+    for (size_t done = 0; done < n && !st;) {
+        ssize_t k = write(fd, buf + done, n - done);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            st = s2_error_set(err, S2_ERR_IO, "%s: write failed: %s", path,
+                              k < 0 ? strerror(errno) : "no progress");
+        else
+            done += (size_t)k;
+    }
+    free(buf);
+    if (close(fd) != 0 && !st)
+        st = s2_error_set(err, S2_ERR_IO, "%s: write failed: %s", path, strerror(errno));
+    return st;
 }
 
 static s2_status save_all(s2_gm *m, const s2_train_opts *o, const s2_train_state *base,
@@ -214,6 +248,163 @@ static s2_status dp_setup(s2_gm *m, s2_dp *d, int *nb, s2_error *err)
         st = s2_dp_set_grads(d, grad, total, b, *nb, s2_dp_n_stages(L), err);
     free(it);
     free(b);
+    return st;
+}
+
+/* ---- checks before a device is opened ------------------------------------------------------ */
+
+/* dir can be written in, or, when create and it does not exist yet, created (its nearest
+ * existing ancestor is a directory that can be written in). */
+static s2_status writable_dir(const char *dir, int create, s2_error *err)
+{
+    char path[PATH_MAX];
+    if (snprintf(path, sizeof path, "%s", dir) >= (int)sizeof path)
+        return s2_error_set(err, S2_ERR_IO, "%s: path too long", dir);
+    for (;;) {
+        struct stat sb;
+        if (stat(path, &sb) == 0) {
+            const int above = strcmp(path, dir) != 0; /* an ancestor of dir, to create it in */
+            if (!S_ISDIR(sb.st_mode))
+                return s2_error_set(err, S2_ERR_IO, "%s: not a directory%s%s", path,
+                                    above ? ", so cannot create " : "", above ? dir : "");
+            if (access(path, W_OK | X_OK) != 0)
+                return s2_error_set(err, S2_ERR_IO, "%s: cannot write in this directory%s%s: %s",
+                                    path, above ? " to create " : "", above ? dir : "",
+                                    strerror(errno));
+            return S2_OK;
+        }
+        if ((errno != ENOENT && errno != ENOTDIR) || !create)
+            return s2_error_set(err, S2_ERR_IO, "%s: %s", path, strerror(errno));
+        /* up one level: "a/b/c" -> "a/b", "a" -> ".", "/a" -> "/" */
+        char *slash = strrchr(path, '/');
+        while (slash && slash > path && slash[1] == '\0') { /* trailing slashes */
+            *slash = '\0';
+            slash = strrchr(path, '/');
+        }
+        if (!slash)
+            snprintf(path, sizeof path, ".");
+        else if (slash == path)
+            path[1] = '\0';
+        else
+            *slash = '\0';
+    }
+}
+
+s2_status s2_output_check(const char *path, int is_dir, s2_error *err)
+{
+    if (is_dir)
+        return writable_dir(path, 1, err);
+    struct stat sb;
+    if (stat(path, &sb) == 0 && !S_ISREG(sb.st_mode))
+        return s2_error_set(err, S2_ERR_IO, "%s: exists and is not a regular file (%s)", path,
+                            S_ISDIR(sb.st_mode) ? "a directory" : "a device, FIFO or socket");
+    char dir[PATH_MAX];
+    if (snprintf(dir, sizeof dir, "%s", path) >= (int)sizeof dir)
+        return s2_error_set(err, S2_ERR_IO, "%s: path too long", path);
+    char *slash = strrchr(dir, '/');
+    if (!slash)
+        snprintf(dir, sizeof dir, ".");
+    else if (slash == dir)
+        dir[1] = '\0';
+    else
+        *slash = '\0';
+    s2_status st = writable_dir(dir, 0, err);
+    if (st)
+        s2_error_prefix(err, "%s: cannot be written", path);
+    return st;
+}
+
+s2_status s2_model_files_check(const s2_spec *spec, const char *model_dir,
+                               const char *adapter_dir, const char *trainable_path,
+                               s2_error *err)
+{
+    s2_ckpt *ck = NULL;
+    s2_status st = s2_ckpt_open_headers(model_dir, &ck, err);
+    if (!st)
+        st = s2_ckpt_check(ck, spec, err);
+    s2_ckpt_close(ck);
+    if (!st && adapter_dir)
+        st = s2_ckpt_check_adapter(adapter_dir, spec, err);
+    if (!st && trainable_path)
+        st = s2_ckpt_check_trainable(trainable_path, spec, err);
+    return st;
+}
+
+/* The token file's header against the model: its vocabulary fits the embedding table. */
+static s2_status data_check(const char *path, const s2_spec *sp, s2_data_info *info,
+                            s2_error *err)
+{
+    s2_status st = s2_data_check(path, info, err);
+    if (!st && info->vocab > (uint32_t)sp->model.vocab_size)
+        st = s2_error_set(err, S2_ERR_INVALID,
+                          "%s: token vocabulary %u is larger than the model's vocab_size %d",
+                          path, info->vocab, sp->model.vocab_size);
+    return st;
+}
+
+s2_status s2_train_check(const s2_train_opts *o, s2_error *err)
+{
+    const s2_spec *sp = o->spec;
+    const int C = o->seqlen > 0 ? o->seqlen : sp->context_length;
+    if (o->grad_accum < 1 || o->steps < 0 || C < 2)
+        return s2_error_set(err, S2_ERR_INVALID,
+                            "train: grad_accum %d (>= 1), steps %lld (>= 0), seqlen %d (>= 2)",
+                            o->grad_accum, (long long)o->steps, C);
+    s2_status st = s2_model_files_check(sp, o->model_dir, NULL, NULL, err);
+    s2_data_info di = {0};
+    if (!st)
+        st = data_check(o->data_path, sp, &di, err);
+    const int64_t sep = di.vocab == S2_DATA_BYTE_VOCAB ? (int64_t)S2_DATA_BYTE_EOS
+                                                       : S2_DATA_NO_SEP;
+    if (!st && !s2_data_count_sequences(di.n_tokens, di.n_docs, (uint64_t)C, sep))
+        st = s2_error_set(err, S2_ERR_INVALID,
+                          "%s: %llu tokens pack into no sequence of %d tokens", o->data_path,
+                          (unsigned long long)di.n_tokens, C);
+    char path[1200];
+    if (!st)
+        st = s2_output_check(o->out_dir, 1, err);
+    if (!st && o->log_path)
+        st = s2_output_check(o->log_path, 0, err);
+    const char *const subdirs[] = {"state", o->full ? "model" : "adapter"};
+    for (int i = 0; !st && i < 2; i++) {
+        snprintf(path, sizeof path, "%s/%s", o->out_dir, subdirs[i]);
+        st = s2_output_check(path, 1, err);
+    }
+    struct stat sb; /* in a directory checked above; it need not exist yet */
+    snprintf(path, sizeof path, "%s/trainable.safetensors", o->out_dir);
+    if (!st && !o->full && sp->lora.trainable && stat(path, &sb) == 0 && !S_ISREG(sb.st_mode))
+        st = s2_error_set(err, S2_ERR_IO, "%s: exists and is not a regular file", path);
+    if (!st && o->resume) {
+        snprintf(path, sizeof path, "%s/state", o->out_dir);
+        s2_train_state meta = {0};
+        int found = 0;
+        st = s2_state_check_latest(path, &meta, &found, err);
+        if (!st && found && meta.spec_sha256 && strcmp(meta.spec_sha256, sp->hash_hex))
+            st = s2_error_set(err, S2_ERR_INVALID,
+                              "%s: the state was trained with spec %s, this run's spec is %s "
+                              "(same file and --set values are needed to resume)", path,
+                              meta.spec_sha256, sp->hash_hex);
+        s2_state_free(&meta);
+    }
+    return st;
+}
+
+s2_status s2_eval_check(const s2_eval_opts *o, s2_error *err)
+{
+    const s2_spec *sp = o->spec;
+    const int C = o->seqlen > 0 ? o->seqlen : sp->context_length;
+    const int stride = o->stride > 0 ? o->stride : C;
+    if (C < 2 || stride > C)
+        return s2_error_set(err, S2_ERR_INVALID,
+                            "eval: seqlen %d (>= 2), stride %d (1..seqlen)", C, stride);
+    s2_status st = s2_model_files_check(sp, o->model_dir, o->adapter_dir, o->trainable_path,
+                                        err);
+    s2_data_info di = {0};
+    if (!st && o->data_path)
+        st = data_check(o->data_path, sp, &di, err);
+    if (!st && o->data_path && di.n_tokens < (uint64_t)C + 1)
+        st = s2_error_set(err, S2_ERR_INVALID, "%s: %llu tokens, a window needs %d",
+                          o->data_path, (unsigned long long)di.n_tokens, C + 1);
     return st;
 }
 

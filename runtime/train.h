@@ -69,6 +69,17 @@ void s2_train_opts_default(s2_train_opts *o, const s2_spec *spec);
 
 s2_status s2_train_run(const s2_rt *rt, const s2_train_opts *o, s2_error *err);
 
+/*
+ * What s2_train_run reads and writes, checked without a device (so a bad file is reported
+ * before a GPU is asked for): the options; the checkpoint's config.json and safetensors
+ * headers against the spec (names, shapes, dtypes; no tensor data is read); the token file's
+ * header, size and index (its vocabulary within the model's, at least one sequence of
+ * seqlen); the output directory (and state/, adapter/ or model/, trainable.safetensors, the
+ * log) writable or creatable; with resume, OUT/state's latest and the header of the state it
+ * names, trained with this spec. Creates and changes nothing.
+ */
+s2_status s2_train_check(const s2_train_opts *o, s2_error *err);
+
 typedef struct s2_eval_opts {
     const s2_spec *spec;
     const char *model_dir;
@@ -116,5 +127,28 @@ s2_status s2_passkey_run(const s2_rt *rt, const s2_eval_opts *o, int trials, uin
  */
 s2_status s2_eval_run(const s2_rt *rt, const s2_eval_opts *o, s2_eval_result *res,
                       s2_error *err);
+
+/*
+ * What s2_eval_run and s2_passkey_run read, checked without a device: the options, the model
+ * files (s2_model_files_check), and with a data_path the token file's header (vocabulary,
+ * at least seqlen + 1 tokens).
+ */
+s2_status s2_eval_check(const s2_eval_opts *o, s2_error *err);
+
+/*
+ * A checkpoint directory's config.json and safetensors headers against the spec
+ * (s2_ckpt_check; no tensor data is read), and, when given, an adapter directory and a
+ * trainable-tensor file (their JSON and headers).
+ */
+s2_status s2_model_files_check(const s2_spec *spec, const char *model_dir,
+                               const char *adapter_dir, const char *trainable_path,
+                               s2_error *err);
+
+/*
+ * An output can be written: a directory (is_dir) that exists and can be written in, or that
+ * can be created (its nearest existing ancestor can be written in); or a file that is absent
+ * or regular, in an existing directory that can be written in.
+ */
+s2_status s2_output_check(const char *path, int is_dir, s2_error *err);
 
 #endif

@@ -41,6 +41,7 @@ struct s2_ckpt {
     s2_st_file *files;
     int n_entries;
     entry *entries; /* sorted by name */
+    int header_only; /* s2_ckpt_open_headers: the tensors have no data */
 };
 
 /* ------------------------------------------------------------------------------------------ */
@@ -57,6 +58,12 @@ static int path_exists(const char *path)
 {
     struct stat sb;
     return stat(path, &sb) == 0;
+}
+
+/* A safetensors file, whole or (ck opened for checking) its header alone. */
+static s2_status st_read(const s2_ckpt *ck, const char *path, s2_st_file *f, s2_error *err)
+{
+    return ck->header_only ? s2_st_read_header(path, f, err) : s2_st_read(path, f, err);
 }
 
 /* A JSON value as a message shows it: its value for scalars, its kind otherwise. */
@@ -81,7 +88,7 @@ static s2_status load_json_object(const char *path, json_t **out, s2_error *err)
     *out = NULL;
     char *text;
     size_t size;
-    s2_status st = s2_read_file(path, &text, &size, err);
+    s2_status st = s2_read_file_max(path, S2_MAX_JSON_BYTES, "a JSON file", &text, &size, err);
     if (st)
         return st;
     json_error_t je;
@@ -455,7 +462,7 @@ static s2_status open_single(s2_ckpt *ck, s2_error *err)
     if (!ck->paths[0])
         return s2_error_set(err, S2_ERR_NOMEM, "%s: out of memory", ck->dir);
     const s2_st_file *f = &ck->files[0];
-    if ((st = s2_st_read(ck->paths[0], &ck->files[0], err)) ||
+    if ((st = st_read(ck, ck->paths[0], &ck->files[0], err)) ||
         (st = alloc_entries(ck, (size_t)f->n, err)))
         return st;
     for (int i = 0; i < f->n; i++)
@@ -502,7 +509,7 @@ static s2_status read_shard(s2_ckpt *ck, int i, const char *shard, const char *t
     ck->paths[i] = join(ck->dir, shard);
     if (!ck->paths[i])
         return s2_error_set(err, S2_ERR_NOMEM, "%s: out of memory", ck->dir);
-    s2_status st = s2_st_read(ck->paths[i], &ck->files[i], err);
+    s2_status st = st_read(ck, ck->paths[i], &ck->files[i], err);
     if (st)
         s2_error_prefix(err, "%s: shard '%s' (named for tensor '%s')", ck->source, shard, tensor);
     return st;
@@ -592,12 +599,13 @@ static s2_status read_weights(s2_ckpt *ck, s2_error *err)
     return S2_OK;
 }
 
-s2_status s2_ckpt_open(const char *dir, s2_ckpt **out, s2_error *err)
+static s2_status ckpt_open(const char *dir, int header_only, s2_ckpt **out, s2_error *err)
 {
     *out = NULL;
     s2_ckpt *ck = calloc(1, sizeof *ck);
     if (!ck)
         return s2_error_set(err, S2_ERR_NOMEM, "%s: out of memory", dir);
+    ck->header_only = header_only;
     ck->dir = strdup(dir);
     s2_status st = ck->dir ? S2_OK : s2_error_set(err, S2_ERR_NOMEM, "%s: out of memory", dir);
     if (!st)
@@ -610,6 +618,16 @@ s2_status s2_ckpt_open(const char *dir, s2_ckpt **out, s2_error *err)
     }
     *out = ck;
     return S2_OK;
+}
+
+s2_status s2_ckpt_open(const char *dir, s2_ckpt **out, s2_error *err)
+{
+    return ckpt_open(dir, 0, out, err);
+}
+
+s2_status s2_ckpt_open_headers(const char *dir, s2_ckpt **out, s2_error *err)
+{
+    return ckpt_open(dir, 1, out, err);
 }
 
 void s2_ckpt_close(s2_ckpt *ck)
@@ -651,6 +669,10 @@ s2_status s2_ckpt_read_f32(const s2_ckpt *ck, const char *name, float *dst, size
         return s2_error_set(err, S2_ERR_INVALID, "%s: missing tensor '%s'",
                             ck ? ck->source : "(no checkpoint)", name);
     const char *path = ck->paths[e->file];
+    if (ck->header_only)
+        return s2_error_set(err, S2_ERR_INVALID,
+                            "%s: tensor '%s': the checkpoint was opened for checking only (its "
+                            "headers, not its data)", path, name);
     if (!is_float_dtype(e->t->dtype))
         return s2_error_set(err, S2_ERR_INVALID,
                             "%s: tensor '%s' has dtype %s, expected a float dtype (BF16, F16 or "
@@ -1092,7 +1114,8 @@ static s2_status check_adapter_config(const char *path, json_t *root, const s2_s
     return S2_OK;
 }
 
-/* Reads every adapter tensor the plan expects; names is filled as a set of them. */
+/* Checks every adapter tensor the plan expects and, with A and B, reads it; names is filled as
+ * a set of them. */
 static s2_status read_adapter_tensors(const char *path, const s2_st_file *f, const s2_spec *spec,
                                       const s2_lora_plan *plan, float *const *A,
                                       float *const *B, json_t *names, s2_error *err)
@@ -1111,8 +1134,9 @@ static s2_status read_adapter_tensors(const char *path, const s2_st_file *f, con
                 s2_status st = check_tensor(path, t, name, 2, shape, NULL, err);
                 if (st)
                     return st;
-                to_f32(t, w ? B[S2_CKPT_SLOT(l, p)] : A[S2_CKPT_SLOT(l, p)],
-                       (size_t)(shape[0] * shape[1]));
+                if (A && B)
+                    to_f32(t, w ? B[S2_CKPT_SLOT(l, p)] : A[S2_CKPT_SLOT(l, p)],
+                           (size_t)(shape[0] * shape[1]));
                 json_object_set_new(names, name, json_true());
             }
         }
@@ -1148,12 +1172,13 @@ static s2_status load_adapter_config(const char *path, const s2_spec *spec,
     return st;
 }
 
+/* A and B NULL: the file's header alone is read and checked. */
 static s2_status load_adapter_tensors(const char *path, const s2_spec *spec,
                                       const s2_lora_plan *plan, float *const *A, float *const *B,
                                       s2_error *err)
 {
     s2_st_file f;
-    s2_status st = s2_st_read(path, &f, err);
+    s2_status st = A && B ? s2_st_read(path, &f, err) : s2_st_read_header(path, &f, err);
     if (st)
         return st;
     json_t *names = json_object();
@@ -1188,6 +1213,21 @@ s2_status s2_ckpt_load_adapter(const char *dir, const s2_spec *spec, float *cons
     if (!st)
         st = load_adapter_tensors(st_path, spec, &plan, lora_A, lora_B, err);
 free_paths:
+    free(st_path);
+    free(cfg_path);
+    return st;
+}
+
+s2_status s2_ckpt_check_adapter(const char *dir, const s2_spec *spec, s2_error *err)
+{
+    s2_lora_plan plan;
+    s2_plan_lora(spec, &plan);
+    char *st_path = join(dir, ADAPTER_ST), *cfg_path = join(dir, ADAPTER_CONFIG);
+    s2_status st = !st_path || !cfg_path
+                       ? s2_error_set(err, S2_ERR_NOMEM, "%s: out of memory", dir)
+                       : load_adapter_config(cfg_path, spec, &plan, err);
+    if (!st)
+        st = load_adapter_tensors(st_path, spec, &plan, NULL, NULL, err);
     free(st_path);
     free(cfg_path);
     return st;
@@ -1280,6 +1320,23 @@ s2_status s2_ckpt_load_trainable(const char *path, int n, const s2_ckpt_param *p
             to_f32(t, data[i], (size_t)s2_tensor_numel(t));
     }
     s2_st_close(&f);
+    return st;
+}
+
+s2_status s2_ckpt_check_trainable(const char *path, const s2_spec *spec, s2_error *err)
+{
+    s2_ckpt_param *ps;
+    int n;
+    s2_status st = s2_ckpt_trainable_params(spec, &ps, &n, err);
+    if (st)
+        return st;
+    s2_st_file f;
+    st = s2_st_read_header(path, &f, err);
+    for (int i = 0; !st && i < n; i++)
+        st = check_tensor(path, s2_st_find(&f, ps[i].name), ps[i].name, ps[i].ndim, ps[i].shape,
+                          NULL, err);
+    s2_st_close(&f); /* zeroed when the read failed */
+    free(ps);
     return st;
 }
 

@@ -62,6 +62,13 @@ typedef struct s2_ckpt s2_ckpt;
  */
 s2_status s2_ckpt_open(const char *dir, s2_ckpt **out, s2_error *err);
 
+/*
+ * The same checks, reading only config.json, the index and every safetensors file's header:
+ * the tensors' names, dtypes and shapes are there for s2_ckpt_check, their data is not
+ * (s2_ckpt_read_f32 refuses). For checking a multi-GiB checkpoint before a run.
+ */
+s2_status s2_ckpt_open_headers(const char *dir, s2_ckpt **out, s2_error *err);
+
 /* Frees the checkpoint and everything its tensors point into. NULL is fine. */
 void s2_ckpt_close(s2_ckpt *ck);
 
@@ -115,6 +122,9 @@ s2_status s2_ckpt_save_adapter(const char *dir, const s2_spec *spec, const char 
 s2_status s2_ckpt_load_adapter(const char *dir, const s2_spec *spec, float *const *lora_A,
                                float *const *lora_B, s2_error *err);
 
+/* Every check of s2_ckpt_load_adapter, on the config and the tensor file's header alone. */
+s2_status s2_ckpt_check_adapter(const char *dir, const s2_spec *spec, s2_error *err);
+
 /* One whole trainable tensor: its Hugging Face name and shape. */
 typedef struct s2_ckpt_param {
     char name[96];
@@ -147,6 +157,10 @@ s2_status s2_ckpt_save_trainable(const char *path, s2_st_dtype dtype, int n,
  */
 s2_status s2_ckpt_load_trainable(const char *path, int n, const s2_ckpt_param *params,
                                  float *const *data, s2_error *err);
+
+/* The header of a trainable-tensor file against the tensors the spec trains whole
+ * (s2_ckpt_trainable_params): each present with its shape and a float dtype. */
+s2_status s2_ckpt_check_trainable(const char *path, const s2_spec *spec, s2_error *err);
 
 /*
  * Writes a freshly initialised model of the spec's shape as a Hugging Face LLaMA checkpoint in

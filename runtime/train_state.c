@@ -26,6 +26,7 @@
 #define LATEST_NAME "latest"
 #define SUFFIX_M ".adam_m"
 #define SUFFIX_V ".adam_v"
+#define LATEST_MAX_BYTES 4096 /* latest holds one line of 94 bytes */
 
 static void (*test_hook)(const char *, void *);
 static void *test_hook_ctx;
@@ -139,17 +140,35 @@ static void fill_tensor(s2_tensor *dst, char *name, const s2_state_tensor *src, 
     dst->nbytes = src->numel * sizeof(float);
 }
 
+/* SHA-256 of a file, read in pieces (a full-mode state holds the whole model three times). */
 static s2_status sha_of_file(const char *path, char hex[65], s2_error *err)
 {
-    char *data;
-    size_t size;
-    s2_status st = s2_read_file(path, &data, &size, err);
+    int fd;
+    uint64_t size;
+    s2_status st = s2_open_regular(path, &fd, &size, err);
+    if (st)
+        return st;
+    const size_t piece = (size_t)4 << 20;
+    char *buf = malloc(piece);
+    if (!buf) {
+        close(fd);
+        return s2_error_set(err, S2_ERR_NOMEM, "%s: out of memory", path);
+    }
+    s2_sha256_ctx c;
+    s2_sha256_init(&c);
+    for (uint64_t off = 0; !st && off < size; off += piece) {
+        const size_t n = size - off < piece ? (size_t)(size - off) : piece;
+        st = s2_pread_full(fd, path, buf, n, off, err);
+        if (!st)
+            s2_sha256_update(&c, buf, n);
+    }
+    free(buf);
+    close(fd);
     if (st)
         return st;
     uint8_t d[32];
-    s2_sha256(data, size, d);
+    s2_sha256_final(&c, d);
     s2_hex(d, 32, hex);
-    free(data);
     return S2_OK;
 }
 
@@ -291,7 +310,9 @@ static float *copy_floats(const s2_tensor *t)
     return p;
 }
 
-static s2_status from_file(const char *path, const s2_st_file *f, s2_train_state *s,
+/* Checks f as a training state and fills s: its metadata, and its tensors when copy (with
+ * copy = 0, f may be a header read alone: the tensors are checked, not read). */
+static s2_status from_file(const char *path, const s2_st_file *f, s2_train_state *s, int copy,
                            s2_error *err)
 {
     const char *ver = s2_st_meta(f, "s2lora_state");
@@ -336,6 +357,8 @@ static s2_status from_file(const char *path, const s2_st_file *f, s2_train_state
         if ((st = moment(path, f, w, SUFFIX_M, &m, err)) ||
             (st = moment(path, f, w, SUFFIX_V, &v, err)))
             return st;
+        if (!copy)
+            continue;
         s2_state_tensor *t;
         if ((st = s2_state_add_tensor(s, w->name, w->ndim, w->shape, &t, err))) {
             s2_error_prefix(err, "%s", path);
@@ -381,7 +404,7 @@ s2_status s2_state_read_file(const char *path, const char *want_sha_hex, s2_trai
                                 path, hex, want_sha_hex);
         }
     }
-    st = from_file(path, &f, s, err);
+    st = from_file(path, &f, s, 1, err);
     s2_st_close(&f);
     if (st)
         s2_state_free(s);
@@ -462,7 +485,8 @@ static s2_status prune(const char *dir, uint64_t keep_step, int keep_last, s2_er
         }
         steps[n++] = step;
     }
-    qsort(steps, n, sizeof *steps, cmp_u64_desc);
+    if (n > 1) /* steps is NULL when no other state exists (the first save): qsort wants none */
+        qsort(steps, n, sizeof *steps, cmp_u64_desc);
     /* The saved state is one of the kept ones; later steps are an abandoned run's. */
     int kept = 1;
     for (size_t i = 0; i < n; i++) {
@@ -526,7 +550,8 @@ static s2_status read_latest(const char *dir, char name[STATE_NAME_LEN + 1], cha
         return S2_OK; /* a fresh run */
     char *text;
     size_t size;
-    s2_status st = s2_read_file(latest, &text, &size, err);
+    s2_status st = s2_read_file_max(latest, LATEST_MAX_BYTES, "a state's latest file", &text,
+                                    &size, err);
     if (st)
         return st;
     /* Exactly "state-NNNNNNNNNN.safetensors <64 lowercase hex>\n". */
@@ -553,7 +578,9 @@ static s2_status read_latest(const char *dir, char name[STATE_NAME_LEN + 1], cha
     return S2_OK;
 }
 
-s2_status s2_state_load_latest(const char *dir, s2_train_state *s, int *found, s2_error *err)
+/* The state latest names: whole and verified, or (header_only) its header checked. */
+static s2_status load_latest(const char *dir, s2_train_state *s, int *found, int header_only,
+                             s2_error *err)
 {
     if (!dir || !s || !found)
         return s2_error_set(err, S2_ERR_INVALID, "state load: NULL argument");
@@ -567,8 +594,21 @@ s2_status s2_state_load_latest(const char *dir, s2_train_state *s, int *found, s
         return st;
     if (snprintf(path, sizeof path, "%s/%s", dir, name) >= (int)sizeof path)
         return s2_error_set(err, S2_ERR_INVALID, "%s: path too long", dir);
-    if ((st = s2_state_read_file(path, sha, s, err)))
+    if (header_only) {
+        s2_st_file f;
+        if ((st = s2_st_read_header(path, &f, err))) {
+            s2_error_prefix(err, "training state is corrupt");
+            return st;
+        }
+        st = from_file(path, &f, s, 0, err);
+        s2_st_close(&f);
+        if (st) {
+            s2_state_free(s);
+            return st;
+        }
+    } else if ((st = s2_state_read_file(path, sha, s, err))) {
         return st;
+    }
     if (s->step != step) {
         uint64_t got = s->step;
         s2_state_free(s);
@@ -584,32 +624,30 @@ static s2_status read_meta(const char *path, json_t **meta_out, json_t **root_ou
                            s2_error *err)
 {
     *meta_out = *root_out = NULL;
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return s2_error_set(err, S2_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    int fd = -1;
+    uint64_t size = 0;
+    s2_status st = s2_open_regular(path, &fd, &size, err);
+    if (st)
+        return st;
     unsigned char len8[8];
     uint64_t n = 0;
-    s2_status st = S2_OK;
-    if (fread(len8, 1, 8, f) != 8) {
+    if (size < 8) {
         st = s2_error_set(err, S2_ERR_PARSE, "%s: not a training state: shorter than a "
                           "safetensors header", path);
-    } else {
+    } else if (!(st = s2_pread_full(fd, path, len8, 8, 0, err))) {
         for (int i = 7; i >= 0; i--)
             n = n << 8 | len8[i];
-        if (fseeko(f, 0, SEEK_END) != 0)
-            st = s2_error_set(err, S2_ERR_IO, "%s: cannot seek: %s", path, strerror(errno));
-        const off_t size = st ? 0 : ftello(f);
-        if (!st && (n < 2 || n > (100u << 20) || (uint64_t)size < 8 + n))
+        if (n < 2 || n > (100u << 20) || size < 8 + n)
             st = s2_error_set(err, S2_ERR_PARSE, "%s: not a training state: header length %llu "
-                              "(2 .. 100 MiB, within the file's %lld bytes)", path,
-                              (unsigned long long)n, (long long)size);
+                              "(2 .. 100 MiB, within the file's %llu bytes)", path,
+                              (unsigned long long)n, (unsigned long long)size);
     }
     char *hdr = st ? NULL : malloc((size_t)n);
     if (!st && !hdr)
         st = s2_error_set(err, S2_ERR_NOMEM, "%s: out of memory", path);
-    if (!st && (fseeko(f, 8, SEEK_SET) != 0 || fread(hdr, 1, (size_t)n, f) != (size_t)n))
-        st = s2_error_set(err, S2_ERR_IO, "%s: cannot read the header", path);
-    fclose(f);
+    if (!st)
+        st = s2_pread_full(fd, path, hdr, (size_t)n, 8, err);
+    close(fd);
     json_error_t je;
     json_t *root = st ? NULL : json_loadb(hdr, (size_t)n, 0, &je);
     free(hdr);
@@ -708,4 +746,14 @@ s2_status s2_state_load_info(const char *dir, const s2_state_info *info, s2_trai
         s2_state_free(s);
     }
     return st;
+}
+
+s2_status s2_state_load_latest(const char *dir, s2_train_state *s, int *found, s2_error *err)
+{
+    return load_latest(dir, s, found, 0, err);
+}
+
+s2_status s2_state_check_latest(const char *dir, s2_train_state *s, int *found, s2_error *err)
+{
+    return load_latest(dir, s, found, 1, err);
 }

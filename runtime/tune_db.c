@@ -600,7 +600,7 @@ static s2_status read_if_present(const char *path, char **text, size_t *size, s2
     struct stat st;
     if (stat(path, &st) != 0 && (errno == ENOENT || errno == ENOTDIR))
         return S2_OK;
-    return s2_read_file(path, text, size, err);
+    return s2_read_file_max(path, S2_MAX_TUNE_DB_BYTES, "a tuning database", text, size, err);
 }
 
 /* A db of slug with nothing in it, for reading a file before merging it. */
@@ -867,7 +867,8 @@ s2_status s2_tunedb_import(s2_tunedb *db, const char *path, s2_tunedb_import_cou
     s2_tunedb_import_counts c = {0};
     char *text;
     size_t size;
-    s2_status st = s2_read_file(path, &text, &size, err);
+    s2_status st = s2_read_file_max(path, S2_MAX_TUNE_DB_BYTES, "a tuning database", &text, &size,
+                                    err);
     if (st == S2_OK) {
         st = merge_file(db, path, text, size, &c, err);
         free(text);

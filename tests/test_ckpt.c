@@ -379,6 +379,47 @@ Test(ckpt, shards_open_and_check) { open_and_check(2); }
 
 Test(ckpt, close_is_null_safe) { s2_ckpt_close(NULL); }
 
+/* s2_ckpt_open_headers: config.json and the safetensors headers, no tensor data; what
+ * s2_ckpt_check needs is all there, and the same problems are found as by a whole open. */
+static void headers_only(int shards)
+{
+    write_ckpt(0, shards);
+    s2_ckpt *ck = NULL;
+    s2_error err = {0};
+    cr_assert_eq(s2_ckpt_open_headers(dir, &ck, &err), S2_OK, "%s", err.msg);
+    s2_spec spec = load_spec(NULL, NULL);
+    cr_assert_eq(s2_ckpt_check(ck, &spec, &err), S2_OK, "%s", err.msg);
+    cr_expect_eq(s2_ckpt_config(ck)->hidden_size, 64);
+    const char *name = "model.layers.1.self_attn.k_proj.weight";
+    const s2_tensor *t = s2_ckpt_tensor(ck, name);
+    cr_assert_not_null(t);
+    cr_expect_eq(t->shape[0], 128);
+    cr_expect_eq(t->dtype, S2_ST_BF16);
+    cr_expect_null(t->data, "no tensor data is read");
+    float k[128 * 64];
+    cr_assert_eq(s2_ckpt_read_f32(ck, name, k, 128 * 64, &err), S2_ERR_INVALID);
+    assert_has(err.msg, "opened for checking only");
+    s2_spec kv4 = load_spec("model.num_kv_heads=4", NULL);
+    cr_assert_eq(s2_ckpt_check(ck, &kv4, &err), S2_ERR_SPEC);
+    assert_has(err.msg, "num_key_value_heads = 2, spec model.num_kv_heads = 4");
+    s2_ckpt_close(ck);
+    /* A shard cut short: its header's offsets run past its end. */
+    char *p = in_dir(shards ? SHARD2 : "model.safetensors");
+    struct stat sb;
+    cr_assert_eq(stat(p, &sb), 0);
+    cr_assert_eq(truncate(p, sb.st_size - 1), 0);
+    cr_assert_eq(s2_ckpt_open_headers(dir, &ck, &err), S2_ERR_PARSE);
+    cr_assert_null(ck);
+    assert_has(err.msg, p);
+    assert_has(err.msg, "run past the end");
+    s2_error_clear(&err);
+    free(p);
+}
+
+Test(ckpt, headers_only_one_file) { headers_only(0); }
+
+Test(ckpt, headers_only_shards) { headers_only(2); }
+
 Test(ckpt, missing_config)
 {
     model m = tiny_model(0);
@@ -1085,6 +1126,35 @@ Test(adapter, missing_adapter_tensor)
                       "expected shape [4, 64]");
 }
 
+/* s2_ckpt_check_adapter: every check of a load, on the config and the tensors' header. */
+Test(adapter, check_without_loading)
+{
+    s2_spec spec = load_spec(NULL, NULL);
+    adapter a = make_adapter(&spec, 1);
+    save_ok(&spec, &a, "ad", "");
+    free_adapter(&a);
+    char *d = in_dir("ad");
+    s2_error err = {0};
+    cr_assert_eq(s2_ckpt_check_adapter(d, &spec, &err), S2_OK, "%s", err.msg);
+    s2_spec r8 = load_spec("lora.rank=8", NULL);
+    cr_assert_eq(s2_ckpt_check_adapter(d, &r8, &err), S2_ERR_SPEC);
+    assert_has(err.msg, "adapter_config.json: r = 4, spec lora.rank = 8");
+    s2_spec kv4 = load_spec("model.num_kv_heads=4", NULL);
+    cr_assert_eq(s2_ckpt_check_adapter(d, &kv4, &err), S2_ERR_INVALID);
+    assert_has(err.msg, "has shape [128, 4], expected [256, 4]");
+    s2_spec l1 = load_spec("model.num_layers=1", NULL);
+    cr_assert_eq(s2_ckpt_check_adapter(d, &l1, &err), S2_ERR_INVALID);
+    assert_has(err.msg, "unexpected adapter tensor 'base_model.model.model.layers.1.");
+    char *f = in_dir("ad/adapter_model.safetensors");
+    cr_assert_eq(truncate(f, 0), 0);
+    cr_assert_eq(s2_ckpt_check_adapter(d, &spec, &err), S2_ERR_PARSE);
+    assert_has(err.msg, f);
+    assert_has(err.msg, "too short");
+    s2_error_clear(&err);
+    free(f);
+    free(d);
+}
+
 /* ---- trainable whole tensors ------------------------------------------------------------------ */
 
 Test(adapter, trainable_params_follow_the_spec)
@@ -1173,6 +1243,17 @@ Test(adapter, trainable_round_trip)
     s2_error_clear(&err);
     cr_expect_eq(s2_ckpt_save_trainable(path, S2_ST_I32, n, p, (const float *const *)src, &err),
                  S2_ERR_INVALID);
+    s2_error_clear(&err);
+    /* s2_ckpt_check_trainable: the header against the spec's whole tensors */
+    cr_assert_eq(s2_ckpt_check_trainable(path, &spec, &err), S2_OK, "%s", err.msg);
+    s2_spec v64 = load_spec("model.vocab_size=64", NULL);
+    cr_assert_eq(s2_ckpt_check_trainable(path, &v64, &err), S2_ERR_INVALID);
+    assert_has(err.msg, "tensor 'model.embed_tokens.weight' has shape [50, 64], expected [64, 64]");
+    s2_spec head = load_spec("lora.trainable=[lm_head]", NULL);
+    cr_assert_eq(s2_ckpt_check_trainable(path, &head, &err), S2_ERR_INVALID);
+    assert_has(err.msg, "missing tensor 'lm_head.weight'");
+    cr_assert_eq(s2_ckpt_check_trainable(dir, &spec, &err), S2_ERR_IO);
+    assert_has(err.msg, "is a directory");
     s2_error_clear(&err);
     for (int i = 0; i < n; i++) {
         free(src[i]);

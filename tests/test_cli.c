@@ -1,18 +1,25 @@
 /*
  * test_cli.c — the s2lora binary as a user runs it: help, exit codes, spec
- * errors with positions, gen/build output, and attn's input checks. Runs the
- * built binary in a child process; on a machine without a GPU, attn on valid
- * inputs must end with exit code 3 and one clear message.
+ * errors with positions, gen/build output, and the input checks of attn, train,
+ * eval and logits. Runs the built binary in a child process; on a machine
+ * without a GPU, these commands on valid inputs must end with exit code 3 and
+ * one clear message, and on a bad file with exit code 1 naming it, before any
+ * device is asked for.
  */
+#define _GNU_SOURCE
 #include <criterion/criterion.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "runtime/st.h"
+#include "runtime/train_io.h"
+#include "runtime/train_state.h"
 #include "run_cmd.h"
+#include "tmpdir.h"
 
 #define BIN S2_BINARY_DIR "/s2lora"
 
@@ -249,18 +256,49 @@ Test(cli, train_eval_logits_usage)
     free(out);
 }
 
-Test(cli, train_without_a_gpu_exits_3)
+/* A spec path naming a device, a FIFO, a directory or a huge file: refused at once, saying
+ * which and why (the timeout fails the test if a read blocks or runs on). */
+Test(cli, gen_refuses_special_and_huge_specs, .timeout = 30)
+{
+    char dir[] = "/tmp/s2cli.XXXXXX";
+    cr_assert(mkdtemp(dir));
+    char fifo[128], big[128], cmd[1024], *out;
+    snprintf(fifo, sizeof fifo, "%s/spec.yaml", dir);
+    cr_assert_eq(mkfifo(fifo, 0600), 0);
+    snprintf(big, sizeof big, "%s/big.yaml", dir);
+    FILE *f = fopen(big, "w");
+    cr_assert(f);
+    cr_assert_eq(ftruncate(fileno(f), (off_t)2 << 20), 0); /* 2 MiB of holes */
+    fclose(f);
+    const char *paths[] = {"/dev/zero", fifo, dir, big};
+    const char *what[] = {"/dev/zero: is a character device", "spec.yaml: is a FIFO",
+                          "is a directory", "big.yaml: 2097152 bytes, over the 1048576-byte "
+                          "limit for a spec"};
+    for (int i = 0; i < 4; i++) {
+        snprintf(cmd, sizeof cmd, "%s gen %s -o %s/D", BIN, paths[i], dir);
+        cr_expect_eq(run(cmd, &out), 1, "%s: %s", cmd, out);
+        cr_expect(strstr(out, what[i]), "%s: %s", cmd, out);
+        free(out);
+    }
+    s2_test_rmtree(dir);
+}
+
+/* ---- train, eval and logits read and check every file before asking for a GPU ------------ */
+
+typedef struct files {
+    char dir[32];
+    char spec[1024];
+    char model[128];   /* s2lora init */
+    char tokens[128];  /* s2lora data: byte-level, about 7000 tokens */
+    char logits[128];  /* "tokens" I32 [64] for logits */
+    char text[128];    /* not a token file */
+    char out[128];     /* not created */
+} files;
+
+static void cmd_ok(const char *cmd)
 {
     char *out;
-    int rc = run_fmt(&out, "%s train %s/specs/tiny-byte-512.yaml --model /nonexistent --data "
-                     "/nonexistent --out /tmp/s2cli-train-never", BIN, S2_SOURCE_DIR);
-    cr_expect_eq(rc, 3, "%s", out);
-    cr_expect(strstr(out, "no CUDA") || strstr(out, "CUDA device"), "%s", out);
-    free(out);
-    rc = run_fmt(&out, "%s train %s/specs/nonexistent.yaml --model m --data d --out o", BIN,
-                 S2_SOURCE_DIR);
-    cr_expect_eq(rc, 1, "%s", out);
-    cr_expect(strstr(out, "nonexistent.yaml"), "%s", out);
+    cr_assert_eq(run(cmd, &out), 0, "%s: %s", cmd, out);
     free(out);
 }
 
@@ -284,4 +322,246 @@ Test(cli, tune_build_only_refuses_timing_options)
         free(out);
     }
     cr_expect_neq(access("/tmp/s2cli-export-never.jsonl", F_OK), 0, "--export wrote a file");
+}
+
+static void make_files(files *f)
+{
+    snprintf(f->dir, sizeof f->dir, "/tmp/s2cli.XXXXXX");
+    cr_assert(mkdtemp(f->dir));
+    snprintf(f->spec, sizeof f->spec, "%s/specs/tiny-byte-512.yaml", S2_SOURCE_DIR);
+    snprintf(f->model, sizeof f->model, "%s/M", f->dir);
+    snprintf(f->tokens, sizeof f->tokens, "%s/d.tokens", f->dir);
+    snprintf(f->logits, sizeof f->logits, "%s/x.safetensors", f->dir);
+    snprintf(f->text, sizeof f->text, "%s/a.txt", f->dir);
+    snprintf(f->out, sizeof f->out, "%s/O", f->dir);
+    FILE *t = fopen(f->text, "w");
+    cr_assert(t);
+    for (int i = 0; i < 100; i++)
+        fputs("A long context is a context longer than the one a model was trained at. ", t);
+    fclose(t);
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "%s init %s -o %s", BIN, f->spec, f->model);
+    cmd_ok(cmd);
+    snprintf(cmd, sizeof cmd, "%s data --bytes %s -o %s", BIN, f->text, f->tokens);
+    cmd_ok(cmd);
+    int32_t tok[64];
+    for (int i = 0; i < 64; i++)
+        tok[i] = 8 + 'a' + i % 26;
+    s2_tensor x = {.name = "tokens", .dtype = S2_ST_I32, .ndim = 1, .shape = {64}, .data = tok,
+                   .nbytes = sizeof tok};
+    s2_error err = {0};
+    cr_assert_eq(s2_st_write(f->logits, &x, 1, NULL, NULL, 0, &err), S2_OK, "%s", err.msg);
+}
+
+/* The three commands on model dir `model` (data/tokens and extra options as given). */
+static int run_train(const files *f, const char *model, const char *data, const char *extra,
+                     char **out)
+{
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "%s train %s --model %s --data %s --out %s --seqlen 64 --steps 1 %s",
+             BIN, f->spec, model, data, f->out, extra);
+    return run(cmd, out);
+}
+
+static int run_eval(const files *f, const char *model, const char *data, const char *extra,
+                    char **out)
+{
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "%s eval %s --model %s --data %s --seqlen 64 %s", BIN, f->spec,
+             model, data, extra);
+    return run(cmd, out);
+}
+
+static int run_logits(const files *f, const char *model, const char *tokens, const char *extra,
+                      char **out)
+{
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "%s logits %s --model %s --tokens %s -o %s/L.safetensors %s", BIN,
+             f->spec, model, tokens, f->dir, extra);
+    return run(cmd, out);
+}
+
+/* rc and every phrase in the output. */
+/* (out is passed by address: it is set by the call that gives rc, evaluated alongside.) */
+static void expect_run(int rc, char **outp, int want, const char *what, const char *p1,
+                       const char *p2)
+{
+    char *out = *outp;
+    cr_expect_eq(rc, want, "%s: exit %d: %s", what, rc, out);
+    cr_expect(strstr(out, p1), "%s: '%s' not in: %s", what, p1, out);
+    cr_expect(!p2 || strstr(out, p2), "%s: '%s' not in: %s", what, p2, out);
+    free(out);
+}
+
+/* All three on the same bad model: exit 1 naming the file, never 3. */
+static void expect_bad_model(const files *f, const char *model, const char *p1, const char *p2)
+{
+    char *out;
+    expect_run(run_train(f, model, f->tokens, "", &out), &out, 1, "train", p1, p2);
+    expect_run(run_eval(f, model, f->tokens, "", &out), &out, 1, "eval", p1, p2);
+    expect_run(run_logits(f, model, f->logits, "", &out), &out, 1, "logits", p1, p2);
+}
+
+Test(cli, train_eval_logits_check_files_before_the_device, .timeout = 120)
+{
+    files f;
+    make_files(&f);
+    char *out, path[256], cmd[1024];
+
+    /* Valid files reach the device: without one, exit 3 and nothing created. */
+    expect_run(run_train(&f, f.model, f.tokens, "", &out), &out, 3, "train", "no CUDA device",
+               NULL);
+    cr_expect_eq(access(f.out, F_OK), -1, "the output directory is not created before the "
+                 "device is opened");
+    expect_run(run_eval(&f, f.model, f.tokens, "", &out), &out, 3, "eval", "no CUDA device", NULL);
+    expect_run(run_logits(&f, f.model, f.logits, "", &out), &out, 3, "logits", "no CUDA device",
+               NULL);
+
+    /* A model directory without config.json, and one whose config.json disagrees. */
+    expect_bad_model(&f, "/nonexistent", "/nonexistent/config.json", "No such file or directory");
+    snprintf(path, sizeof path, "%s/B", f.dir);
+    snprintf(cmd, sizeof cmd, "cp -r %s %s && sed -i 's/\"hidden_size\": 256/\"hidden_size\": "
+             "128/' %s/config.json", f.model, path, path);
+    cmd_ok(cmd);
+    expect_bad_model(&f, path, "B/config.json", "hidden_size = 128, spec model.hidden_size = 256");
+
+    /* A checkpoint missing a tensor (checked from its header; the data is never read). */
+    snprintf(path, sizeof path, "%s/model.safetensors", f.model);
+    s2_st_file m;
+    s2_error err = {0};
+    cr_assert_eq(s2_st_read(path, &m, &err), S2_OK, "%s", err.msg);
+    const s2_tensor *up = s2_st_find(&m, "model.layers.1.mlp.up_proj.weight");
+    cr_assert(up);
+    s2_tensor *kept = calloc((size_t)m.n, sizeof *kept);
+    int k = 0;
+    for (int i = 0; i < m.n; i++)
+        if (&m.t[i] != up)
+            kept[k++] = m.t[i];
+    snprintf(path, sizeof path, "%s/C", f.dir);
+    cr_assert_eq(mkdir(path, 0755), 0);
+    snprintf(cmd, sizeof cmd, "cp %s/config.json %s/", f.model, path);
+    cmd_ok(cmd);
+    snprintf(path, sizeof path, "%s/C/model.safetensors", f.dir);
+    cr_assert_eq(s2_st_write(path, kept, k, NULL, NULL, 0, &err), S2_OK, "%s", err.msg);
+    free(kept);
+    s2_st_close(&m);
+    snprintf(path, sizeof path, "%s/C", f.dir);
+    expect_bad_model(&f, path, "C/model.safetensors",
+                     "missing tensor 'model.layers.1.mlp.up_proj.weight'");
+
+    /* Token files: not a token file, a device, too short for a window; logits' tokens. */
+    expect_run(run_train(&f, f.model, f.text, "", &out), &out, 1, "train", "a.txt",
+               "not an s2lora token file");
+    expect_run(run_eval(&f, f.model, f.text, "", &out), &out, 1, "eval", "a.txt",
+               "not an s2lora token file");
+    expect_run(run_train(&f, f.model, "/dev/zero", "", &out), &out, 1, "train",
+               "/dev/zero: is a character device", NULL);
+    expect_run(run_eval(&f, f.model, f.tokens, "--seqlen 100000", &out), &out, 1, "eval",
+               "d.tokens", "a window needs 100001");
+    expect_run(run_train(&f, f.model, f.tokens, "--seqlen 100000", &out), &out, 1, "train",
+               "d.tokens", "pack into no sequence of 100000 tokens");
+    expect_run(run_logits(&f, f.model, f.tokens, "", &out), &out, 1, "logits", "d.tokens", NULL);
+    s2_test_rmtree(f.dir);
+}
+
+/* --resume: OUT/state's latest and the state it names are checked (with this spec); the
+ * output directory must be one that can be written or created. */
+Test(cli, train_checks_resume_and_outputs_before_the_device, .timeout = 120)
+{
+    files f;
+    make_files(&f);
+    char *out, path[256];
+    s2_spec spec;
+    s2_error err = {0};
+    cr_assert_eq(s2_spec_load(f.spec, NULL, 0, &spec, &err), S2_OK, "%s", err.msg);
+    snprintf(path, sizeof path, "%s/state", f.out);
+    s2_train_state s = {.step = 3, .spec_sha256 = "0123456789abcdef"};
+    cr_assert_eq(s2_state_save(path, &s, 1, &err), S2_OK, "%s", err.msg);
+    expect_run(run_train(&f, f.model, f.tokens, "--resume", &out), &out, 1, "train",
+               "the state was trained with spec 0123456789abcdef", spec.hash_hex);
+    s.spec_sha256 = spec.hash_hex;
+    s.step = 4;
+    cr_assert_eq(s2_state_save(path, &s, 1, &err), S2_OK, "%s", err.msg);
+    expect_run(run_train(&f, f.model, f.tokens, "--resume", &out), &out, 3, "train",
+               "no CUDA device", NULL);
+    snprintf(path, sizeof path, "%s/state/latest", f.out);
+    FILE *l = fopen(path, "w");
+    cr_assert(l);
+    fputs("not a state\n", l);
+    fclose(l);
+    expect_run(run_train(&f, f.model, f.tokens, "--resume", &out), &out, 1, "train",
+               "state/latest", "malformed");
+    expect_run(run_train(&f, f.model, f.tokens, "", &out), &out, 3, "train",
+               "no CUDA device", NULL); /* a fresh run does not read the old state */
+
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "%s train %s --model %s --data %s --out %s/sub --seqlen 64", BIN,
+             f.spec, f.model, f.tokens, f.text);
+    expect_run(run(cmd, &out), &out, 1, "train", "a.txt: not a directory, so cannot create", NULL);
+    snprintf(cmd, sizeof cmd, "%s logits %s --model %s --tokens %s -o %s", BIN, f.spec, f.model,
+             f.logits, f.dir);
+    expect_run(run(cmd, &out), &out, 1, "logits", "is not a regular file (a directory)", NULL);
+    snprintf(cmd, sizeof cmd, "%s logits %s --model %s --tokens %s -o %s/no/L.safetensors", BIN,
+             f.spec, f.model, f.logits, f.dir);
+    expect_run(run(cmd, &out), &out, 1, "logits", "/no: No such file or directory", NULL);
+    s2_test_rmtree(f.dir);
+}
+
+/* eval and logits with --adapter (and --trainable): their JSON and headers against the spec. */
+Test(cli, eval_logits_check_adapters_before_the_device, .timeout = 120)
+{
+    files f;
+    make_files(&f);
+    char *out, ad[160], tr[160], extra[512];
+    s2_spec spec;
+    s2_error err = {0};
+    cr_assert_eq(s2_spec_load(f.spec, NULL, 0, &spec, &err), S2_OK, "%s", err.msg);
+    s2_lora_plan plan;
+    s2_plan_lora(&spec, &plan);
+    float *A[64] = {0}, *B[64] = {0};
+    cr_assert(spec.model.num_layers * S2_PROJ_COUNT <= 64);
+    for (int l = 0; l < spec.model.num_layers; l++)
+        for (int p = 0; p < S2_PROJ_COUNT; p++)
+            if (plan.lin[p].adapted) {
+                A[S2_CKPT_SLOT(l, p)] = calloc((size_t)plan.rank * plan.lin[p].in, 4);
+                B[S2_CKPT_SLOT(l, p)] = calloc((size_t)plan.lin[p].out * plan.rank, 4);
+            }
+    snprintf(ad, sizeof ad, "%s/adapter", f.dir);
+    cr_assert_eq(s2_ckpt_save_adapter(ad, &spec, "", (const float *const *)A,
+                                      (const float *const *)B, &err), S2_OK, "%s", err.msg);
+    s2_ckpt_param *ps;
+    int n;
+    cr_assert_eq(s2_ckpt_trainable_params(&spec, &ps, &n, &err), S2_OK);
+    float **data = calloc((size_t)n, sizeof *data);
+    for (int i = 0; i < n; i++)
+        data[i] = calloc((size_t)(ps[i].shape[0] * (ps[i].ndim == 2 ? ps[i].shape[1] : 1)), 4);
+    snprintf(tr, sizeof tr, "%s/trainable.safetensors", f.dir);
+    cr_assert_eq(s2_ckpt_save_trainable(tr, S2_ST_BF16, n, ps, (const float *const *)data, &err),
+                 S2_OK, "%s", err.msg);
+
+    snprintf(extra, sizeof extra, "--adapter %s --trainable %s", ad, tr);
+    expect_run(run_eval(&f, f.model, f.tokens, extra, &out), &out, 3, "eval", "no CUDA device",
+               NULL);
+    expect_run(run_logits(&f, f.model, f.logits, extra, &out), &out, 3, "logits",
+               "no CUDA device", NULL);
+    snprintf(extra, sizeof extra, "--adapter %s --set lora.rank=16", ad);
+    expect_run(run_eval(&f, f.model, f.tokens, extra, &out), &out, 1, "eval",
+               "adapter/adapter_config.json: r = 8, spec lora.rank = 16", NULL);
+    expect_run(run_logits(&f, f.model, f.logits, extra, &out), &out, 1, "logits",
+               "adapter/adapter_config.json: r = 8", NULL);
+    snprintf(extra, sizeof extra, "--adapter %s --trainable %s", ad, f.logits);
+    expect_run(run_eval(&f, f.model, f.tokens, extra, &out), &out, 1, "eval", "x.safetensors",
+               "missing tensor 'model.embed_tokens.weight'");
+    snprintf(extra, sizeof extra, "--adapter %s", f.model);
+    expect_run(run_logits(&f, f.model, f.logits, extra, &out), &out, 1, "logits",
+               "M/adapter_config.json: cannot open: No such file or directory", NULL);
+    for (int i = 0; i < 64; i++) {
+        free(A[i]);
+        free(B[i]);
+    }
+    for (int i = 0; i < n; i++)
+        free(data[i]);
+    free(data);
+    free(ps);
+    s2_test_rmtree(f.dir);
 }

@@ -373,11 +373,68 @@ Test(data, truncation_message_exact)
     s2_error_clear(&err);
 }
 
-Test(data, open_io_errors)
+/* Only a regular file is mapped: a FIFO is refused without waiting for a writer (the timeout
+ * fails the test if the open blocks), a device or a directory with what it is. */
+Test(data, open_io_errors, .timeout = 10)
 {
     expect_open_error(S2_ERR_IO, "cannot open: No such file or directory");
+    snprintf(path, sizeof path, "%s/fifo", dir);
+    cr_assert_eq(mkfifo(path, 0600), 0);
+    expect_open_error(S2_ERR_IO, "is a FIFO");
+    snprintf(path, sizeof path, "/dev/zero");
+    expect_open_error(S2_ERR_IO, "is a character device");
     snprintf(path, sizeof path, "%s", dir);
-    expect_open_error(S2_ERR_IO, "not a regular file");
+    expect_open_error(S2_ERR_IO, "is a directory");
+}
+
+/* s2_data_check: the header, size and index, not the tokens (a file whose tokens are corrupt
+ * passes it and fails s2_data_open); the same refusals as s2_data_open otherwise. */
+Test(data, check_reads_header_and_index_only, .timeout = 10)
+{
+    uint32_t toks[] = {5, 6, 7, 8, 9};
+    uint64_t idx[] = {0, 2, 5};
+    s2_error err = {0};
+    cr_assert_eq(s2_data_write(path, 2, 100, toks, 5, idx, 2, &err), S2_OK, "%s", err.msg);
+    s2_data_info info;
+    cr_assert_eq(s2_data_check(path, &info, &err), S2_OK, "%s", err.msg);
+    cr_expect_eq(info.width, 2);
+    cr_expect_eq(info.vocab, 100);
+    cr_expect_eq(info.n_tokens, 5);
+    cr_expect_eq(info.n_docs, 2);
+    cr_expect_eq(s2_data_count_sequences(info.n_tokens, info.n_docs, 2, 99), 2);
+    size_t n;
+    uint8_t *b = slurp(path, &n);
+    b[64] = 0xff; /* token 0 = 255 >= vocab, and the digest no longer matches */
+    write_bytes(path, b, n);
+    cr_assert_eq(s2_data_check(path, &info, &err), S2_OK, "%s", err.msg);
+    expect_open_error(S2_ERR_PARSE, "not below the vocab size 100");
+    b[63] = 1; /* reserved header bytes: s2_data_check reads the header */
+    write_bytes(path, b, n);
+    cr_assert_eq(s2_data_check(path, &info, &err), S2_ERR_PARSE);
+    cr_expect(strstr(err.msg, "reserved header bytes"), "%s", err.msg);
+    free(b);
+    cr_assert_eq(s2_data_check("/dev/zero", &info, &err), S2_ERR_IO);
+    cr_expect(strstr(err.msg, "/dev/zero: is a character device"), "%s", err.msg);
+    s2_error_clear(&err);
+}
+
+/* Text inputs of s2lora data --bytes are read to their size: a FIFO or a device (which could
+ * stream forever) is refused, naming it. */
+Test(data, from_text_refuses_special_files, .timeout = 10)
+{
+    char fifo[300];
+    snprintf(fifo, sizeof fifo, "%s/fifo", dir);
+    cr_assert_eq(mkfifo(fifo, 0600), 0);
+    const char *inputs[][1] = {{"/dev/zero"}, {fifo}, {dir}};
+    const char *what[] = {"/dev/zero: is a character device", "fifo: is a FIFO",
+                          "is a directory"};
+    for (int i = 0; i < 3; i++) {
+        s2_error err = {0};
+        cr_assert_eq(s2_data_from_text(inputs[i], 1, path, &err), S2_ERR_IO);
+        cr_expect(strstr(err.msg, what[i]), "%s", err.msg);
+        cr_expect_eq(access(path, F_OK), -1, "no output is left behind");
+        s2_error_clear(&err);
+    }
 }
 
 /* ---- writer refusals and abort ------------------------------------------------------------ */

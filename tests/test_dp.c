@@ -724,7 +724,11 @@ static void make_state(const char *sub, uint64_t global_batch, uint64_t step)
     s.data_position = step * global_batch;
     s.global_batch = global_batch;
     s.data_seed = 42;
-    s.spec_sha256 = strdup("0000");
+    /* the spec TRAIN runs: a --resume of another spec's state is refused before any rank meets */
+    s2_spec spec;
+    s2_error serr = {0};
+    cr_assert_eq(s2_spec_load(TINY, NULL, 0, &spec, &serr), S2_OK, "%s", serr.msg);
+    s.spec_sha256 = strdup(spec.hash_hex);
     const int64_t shape[1] = {4};
     cr_assert_eq(s2_state_add_tensor(&s, "model.norm.weight", 1, shape, NULL, NULL), S2_OK);
     char path[256];

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "runtime/st.h"
@@ -593,6 +594,90 @@ Test(st, truncated_file_every_cut)
     }
     s2_error_clear(&err);
     free(full);
+}
+
+/* Bytes after the last tensor's data: refused as Python's reader refuses them, so a read is
+ * bounded by what the header declares. A sparse file of 3 GiB with a one-tensor header is
+ * refused at once, without reading (or allocating) its gigabytes. */
+Test(st, err_trailing_bytes, .timeout = 10)
+{
+    float x[2] = {1, 2};
+    s2_tensor t = mk("x", S2_ST_F32, 1, (int64_t[]){2}, x);
+    s2_error err = {0};
+    cr_assert_eq(s2_st_write(path, &t, 1, NULL, NULL, 0, &err), S2_OK, "%s", err.msg);
+    size_t n;
+    unsigned char *full = slurp(path, &n);
+    unsigned char *more = calloc(1, n + 3);
+    memcpy(more, full, n);
+    write_bytes(path, more, n + 3);
+    expect_read_error(S2_ERR_PARSE, (const char *const[]){"ends at data offset 8",
+                                                          "3 bytes that no tensor holds", NULL});
+    write_bytes(path, full, n);
+    cr_assert_eq(truncate(path, (off_t)3 << 30), 0);
+    expect_read_error(S2_ERR_PARSE, (const char *const[]){"ends at data offset 8", NULL});
+    s2_st_file f;
+    cr_assert_eq(s2_st_read_header(path, &f, &err), S2_ERR_PARSE);
+    free(more);
+    free(full);
+    s2_error_clear(&err);
+}
+
+/* Only a regular file is read: a FIFO without a writer is refused at once (the timeout fails
+ * the test if opening it blocks), a device and a directory say what they are. */
+Test(st, err_special_files, .timeout = 10)
+{
+    char fifo[300];
+    snprintf(fifo, sizeof fifo, "%s/fifo", dir);
+    cr_assert_eq(mkfifo(fifo, 0600), 0);
+    const char *paths[] = {fifo, "/dev/zero", dir};
+    const char *what[] = {"is a FIFO", "is a character device", "is a directory"};
+    for (int i = 0; i < 3; i++) {
+        s2_st_file f;
+        s2_error err = {0};
+        cr_assert_eq(s2_st_read(paths[i], &f, &err), S2_ERR_IO);
+        cr_expect(strstr(err.msg, paths[i]) && strstr(err.msg, what[i]), "%s", err.msg);
+        cr_assert_eq(s2_st_read_header(paths[i], &f, &err), S2_ERR_IO);
+        cr_expect(strstr(err.msg, what[i]), "%s", err.msg);
+        s2_error_clear(&err);
+    }
+}
+
+/* s2_st_read_header: the same names, dtypes, shapes and metadata as a whole read, no data;
+ * and the same refusals (a header's offsets past the file's end). */
+Test(st, read_header_only)
+{
+    float x[6] = {1, 2, 3, 4, 5, 6};
+    uint16_t y[2] = {7, 8};
+    s2_tensor t[] = {mk("x", S2_ST_F32, 2, (int64_t[]){2, 3}, x),
+                     mk("y", S2_ST_BF16, 1, (int64_t[]){2}, y)};
+    const char *k[] = {"format"}, *v[] = {"pt"};
+    s2_error err = {0};
+    cr_assert_eq(s2_st_write(path, t, 2, k, v, 1, &err), S2_OK, "%s", err.msg);
+    s2_st_file whole, head;
+    cr_assert_eq(s2_st_read(path, &whole, &err), S2_OK, "%s", err.msg);
+    cr_assert_eq(s2_st_read_header(path, &head, &err), S2_OK, "%s", err.msg);
+    cr_assert_eq(head.n, whole.n);
+    cr_assert_null(head.buf);
+    cr_assert_eq(head.size, whole.size, "the file's size");
+    for (int i = 0; i < head.n; i++) {
+        cr_expect_str_eq(head.t[i].name, whole.t[i].name);
+        cr_expect_eq(head.t[i].dtype, whole.t[i].dtype);
+        cr_expect_eq(head.t[i].ndim, whole.t[i].ndim);
+        cr_expect_eq(head.t[i].shape[0], whole.t[i].shape[0]);
+        cr_expect_eq(head.t[i].nbytes, whole.t[i].nbytes);
+        cr_expect_null(head.t[i].data);
+        cr_expect_not_null(whole.t[i].data);
+    }
+    cr_expect_str_eq(s2_st_meta(&head, "format"), "pt");
+    s2_st_close(&whole);
+    s2_st_close(&head);
+    size_t n;
+    unsigned char *full = slurp(path, &n);
+    write_bytes(path, full, n - 1);
+    cr_assert_eq(s2_st_read_header(path, &head, &err), S2_ERR_PARSE);
+    cr_expect(strstr(err.msg, "run past the end"), "%s", err.msg);
+    free(full);
+    s2_error_clear(&err);
 }
 
 /* Corrupting any header byte gives a clean result either way: a valid file or an error. */

@@ -224,6 +224,73 @@ Test(state, empty_state_and_null_spec)
     s2_state_free(&got); /* a freed state is zeroed: freeing again is fine */
 }
 
+/* The first save into a fresh directory finds no older state to prune: an empty list, which
+ * must not reach qsort as a NULL array (undefined behaviour the sanitizer build reports). */
+Test(state, first_save_has_nothing_to_prune)
+{
+    char sub[128];
+    snprintf(sub, sizeof sub, "%s/fresh", dir);
+    s2_train_state s;
+    make_state(&s, 7);
+    s2_error err = {0};
+    cr_assert_eq(s2_state_save(sub, &s, 1, &err), S2_OK, "%s", err.msg);
+    s2_state_free(&s);
+    DIR *d = opendir(sub);
+    cr_assert_not_null(d);
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d));)
+        n += strcmp(e->d_name, ".") && strcmp(e->d_name, "..");
+    closedir(d);
+    cr_expect_eq(n, 2, "latest and the one state");
+    s2_train_state got;
+    int found = 0;
+    cr_assert_eq(s2_state_load_latest(sub, &got, &found, &err), S2_OK, "%s", err.msg);
+    cr_expect_eq(found, 1);
+    cr_expect_eq(got.step, 7);
+    s2_state_free(&got);
+}
+
+/* s2_state_check_latest: latest and the state's header, not its data (so not its SHA-256):
+ * the metadata comes back and no tensor; what the header shows wrong is refused. */
+Test(state, check_latest_reads_the_header)
+{
+    s2_train_state s;
+    int found = -1;
+    s2_error err = {0};
+    cr_assert_eq(s2_state_check_latest(dir, &s, &found, &err), S2_OK, "%s", err.msg);
+    cr_assert_eq(found, 0, "no state yet: a fresh run");
+    save(10, 0);
+    cr_assert_eq(s2_state_check_latest(dir, &s, &found, &err), S2_OK, "%s", err.msg);
+    cr_assert_eq(found, 1);
+    s2_train_state want;
+    make_state(&want, 10);
+    cr_expect_eq(s.step, 10);
+    cr_expect_eq(s.data_position, want.data_position);
+    cr_expect_str_eq(s.spec_sha256, want.spec_sha256);
+    cr_expect_eq(s.n, 0);
+    cr_expect_null(s.t);
+    s2_state_free(&s);
+    s2_state_free(&want);
+    char p[256];
+    state_path(10, p, sizeof p);
+    struct stat sb;
+    cr_assert_eq(stat(p, &sb), 0);
+    cr_assert_eq(truncate(p, sb.st_size - 4), 0);
+    cr_assert_eq(s2_state_check_latest(dir, &s, &found, &err), S2_ERR_PARSE);
+    cr_expect(strstr(err.msg, "training state is corrupt") && strstr(err.msg, p), "%s",
+              err.msg);
+    cr_expect_eq(found, 0);
+    cr_assert_eq(unlink(p), 0);
+    cr_assert_eq(mkfifo(p, 0600), 0); /* refused at once, never waited on */
+    cr_assert_eq(s2_state_check_latest(dir, &s, &found, &err), S2_ERR_IO);
+    cr_expect(strstr(err.msg, "is a FIFO"), "%s", err.msg);
+    snprintf(p, sizeof p, "%s/latest", dir);
+    write_text(p, "hello\n");
+    cr_assert_eq(s2_state_check_latest(dir, &s, &found, &err), S2_ERR_PARSE);
+    cr_expect(strstr(err.msg, "malformed"), "%s", err.msg);
+    s2_error_clear(&err);
+}
+
 Test(state, no_state_is_not_an_error)
 {
     s2_train_state s;
