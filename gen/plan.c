@@ -754,15 +754,12 @@ static int window_tile_list(const s2_attn_plan *p, window_tile t[4])
     t[n++] = (window_tile){"fwd_block_m", "the forward's query tiles: 16 x fwd_warps x fwd_strips",
                            p->fwd_block_m, 1, 0};
     t[n++] = (window_tile){"fwd_block_n", "the forward's key tiles", p->tile.fwd_block_n, 0, 1};
-    t[n++] = (window_tile){"bwd_block_m",
-                           p->bwd_tensor_cores ? "the dQ kernel's query tiles and the dK/dV "
-                                                 "kernel's key tiles: 16 x bwd_warps"
-                                               : "the dQ kernel's query rows and the dK/dV "
-                                                 "kernel's key rows: 2 x bwd_warps",
-                           p->bwd_block_m, 1, 1};
-    if (p->bwd_tensor_cores) /* the scalar backward streams from group starts, unaligned */
-        t[n++] = (window_tile){"bwd_block_n", "the dQ kernel's key tiles and the dK/dV kernel's "
-                               "query tiles", p->tile.bwd_block_n, 1, 1};
+    if (!p->bwd_tensor_cores) /* the scalar backward masks every pair: its blocks start at */
+        return n;             /* qlo and klo, its streamed keys at group starts */
+    t[n++] = (window_tile){"bwd_block_m", "the dQ kernel's query tiles and the dK/dV kernel's "
+                           "key tiles: 16 x bwd_warps", p->bwd_block_m, 1, 1};
+    t[n++] = (window_tile){"bwd_block_n", "the dQ kernel's key tiles and the dK/dV kernel's "
+                           "query tiles", p->tile.bwd_block_n, 1, 1};
     return n;
 }
 
@@ -853,15 +850,21 @@ s2_dim3 s2_plan_grid_fwd_window(const s2_attn_plan *p, const s2_attn_window *w)
                      1};
 }
 
+/* The scalar backward's blocks start at the window's first row (they mask every pair). */
+static long window_rows(const s2_attn_plan *p, long lo, long hi, int bm)
+{
+    return p->bwd_tensor_cores ? window_tiles(p, lo, hi, bm) : (hi - lo + bm - 1) / bm;
+}
+
 s2_dim3 s2_plan_grid_dq_window(const s2_attn_plan *p, const s2_attn_window *w)
 {
-    return (s2_dim3){(unsigned)window_tiles(p, w->qlo, w->qhi, p->bwd_block_m), (unsigned)p->H,
+    return (s2_dim3){(unsigned)window_rows(p, w->qlo, w->qhi, p->bwd_block_m), (unsigned)p->H,
                      1};
 }
 
 s2_dim3 s2_plan_grid_dkdv_window(const s2_attn_plan *p, const s2_attn_window *w)
 {
-    return (s2_dim3){(unsigned)window_tiles(p, w->klo, w->qhi, p->bwd_block_m),
+    return (s2_dim3){(unsigned)window_rows(p, w->klo, w->qhi, p->bwd_block_m),
                      (unsigned)p->Hkv, 1};
 }
 

@@ -211,7 +211,8 @@ s2_status s2_plan_check_window(const s2_attn_plan *p, const s2_attn_window *w, s
 
 /* The window units' grids: the row tiles from the one holding qlo (forward, dQ) or klo (dK/dV),
  * rounded down to a whole group of tiles, to the one holding qhi - 1, rounded up to whole
- * groups (s2_block_tile in templates/common.cuh ranks tiles as in the whole sequence's grid). */
+ * groups (s2_block_tile in templates/common.cuh ranks tiles as in the whole sequence's grid);
+ * the scalar backward's (head_dim > 128), blocks of rows from qlo or klo itself. */
 s2_dim3 s2_plan_grid_fwd_window(const s2_attn_plan *p, const s2_attn_window *w);
 s2_dim3 s2_plan_grid_dq_window(const s2_attn_plan *p, const s2_attn_window *w);
 s2_dim3 s2_plan_grid_dkdv_window(const s2_attn_plan *p, const s2_attn_window *w);

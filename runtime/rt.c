@@ -384,6 +384,13 @@ s2_status s2_attn_forward(const s2_attn *a, const s2_attn_batch *bt, const void 
                       err);
 }
 
+/* Row r of a k, v, dk or dv buffer [rows, Hkv, d]: the window kernels take those tensors at
+ * their row of position qlo (templates/common.cuh), inside the buffer. */
+static const void *kv_row(const s2_attn *a, const void *base, int r)
+{
+    return (const char *)base + (size_t)r * a->plan.Hkv * a->plan.d * 2;
+}
+
 /* The window's checks (s2_plan_check_window), named for fn. */
 static s2_status check_window(const s2_attn *a, const s2_attn_window *w, const char *fn,
                               s2_error *err)
@@ -403,6 +410,7 @@ s2_status s2_attn_forward_window(const s2_attn *a, const s2_attn_window *w, cons
         return st;
     int T = w->qhi - w->qlo, qlo = w->qlo, klo = w->klo;
     const int32_t *cu = NULL; /* not read by the window kernels (one sequence) */
+    k = kv_row(a, k, qlo - klo), v = kv_row(a, v, qlo - klo);
     void *args[] = {&q, &k, &v, &o, &lse, &cu, &T, &qlo, &klo};
     return launch_pdl(a->fwd, "s2_attn_fwd", s2_plan_grid_fwd_window(&a->plan, w),
                       a->plan.fwd_threads, a->plan.smem_fwd, args, stream, a->plan.tile.fwd_wgmma,
@@ -487,10 +495,11 @@ s2_status s2_attn_backward_window(const s2_attn *a, const s2_attn_window *w, con
     s2_status st = check_window(a, w, "s2_attn_backward_window", err);
     if (st)
         return st;
-    const int win[2] = {w->qlo, w->klo};
+    const int win[2] = {w->qlo, w->klo}, in = w->qlo - w->klo;
     return run_backward(a, w->qhi - w->qlo, s2_plan_grid_dq_window(&a->plan, w),
-                        s2_plan_grid_dkdv_window(&a->plan, w), NULL, win, q, k, v, o, lse, dout,
-                        ws, dq, dk, dv, stream, err);
+                        s2_plan_grid_dkdv_window(&a->plan, w), NULL, win, q, kv_row(a, k, in),
+                        kv_row(a, v, in), o, lse, dout, ws, dq, (void *)kv_row(a, dk, in),
+                        (void *)kv_row(a, dv, in), stream, err);
 }
 
 s2_status s2_rt_fill_normal(void *dev, size_t n, float scale, s2_dtype dt, uint64_t *state,

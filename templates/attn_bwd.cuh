@@ -41,7 +41,6 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
 #if S2_WINDOW
     const int seq0 = -win_qlo, n = win_qlo + total_tokens; // one sequence: b = 0
     (void)b;
-    k = s2_window_kv(k, win_qlo, win_klo), v = s2_window_kv(v, win_qlo, win_klo);
     const int x0 = (s2_window_tile0<S2_BWD_BM>(win_qlo) + gridDim.x - 1 - blockIdx.x) * S2_BWD_BM;
     if (x0 >= n || x0 < win_qlo)
         return;
@@ -221,8 +220,6 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
 #if S2_WINDOW
     const int seq0 = -win_qlo, n = win_qlo + total_tokens; // one sequence: b = 0
     (void)b;
-    k = s2_window_kv(k, win_qlo, win_klo), v = s2_window_kv(v, win_qlo, win_klo);
-    dk = s2_window_kv(dk, win_qlo, win_klo), dv = s2_window_kv(dv, win_qlo, win_klo);
     const int y0 = (s2_window_tile0<S2_BWD_BM>(win_klo) + blockIdx.x) * S2_BWD_BM;
     if (y0 >= n || y0 < win_klo)
         return;

@@ -34,9 +34,8 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
 #if S2_WINDOW
     const int seq0 = -win_qlo, n = win_qlo + total_tokens; // one sequence: b = 0
     (void)b;
-    k = s2_window_kv(k, win_qlo, win_klo), v = s2_window_kv(v, win_qlo, win_klo);
-    const int x0 = (s2_window_tile0<S2_BLOCK_M>(win_qlo) + blockIdx.x) * S2_BLOCK_M;
-    if (x0 >= n || x0 < win_qlo)
+    const int x0 = win_qlo + blockIdx.x * S2_BLOCK_M; // every pair is masked: no tile edges
+    if (x0 >= n)
         return;
 #else
     const int seq0 = cu_seqlens[b], n = cu_seqlens[b + 1] - seq0;
@@ -134,10 +133,8 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
 #if S2_WINDOW
     const int seq0 = -win_qlo, n = win_qlo + total_tokens; // one sequence: b = 0
     (void)b;
-    k = s2_window_kv(k, win_qlo, win_klo), v = s2_window_kv(v, win_qlo, win_klo);
-    dk = s2_window_kv(dk, win_qlo, win_klo), dv = s2_window_kv(dv, win_qlo, win_klo);
-    const int y0 = (s2_window_tile0<S2_BLOCK_M>(win_klo) + blockIdx.x) * S2_BLOCK_M;
-    if (y0 >= n || y0 < win_klo)
+    const int y0 = win_klo + blockIdx.x * S2_BLOCK_M; // every pair is masked: no tile edges
+    if (y0 >= n)
         return;
 #else
     const int seq0 = cu_seqlens[b], n = cu_seqlens[b + 1] - seq0;

@@ -43,7 +43,6 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
 #if S2_WINDOW
     const int seq0 = -win_qlo, n = win_qlo + total_tokens; // one sequence: b = 0
     (void)b;
-    k = s2_window_kv(k, win_qlo, win_klo), v = s2_window_kv(v, win_qlo, win_klo);
     // Heavier tiles (later in a group) first: reverse the tile order within the grid.
     const int x0 = (s2_window_tile0<S2_FWD_BM>(win_qlo) + gridDim.x - 1 - blockIdx.x) * S2_FWD_BM;
     if (x0 >= n || x0 < win_qlo)

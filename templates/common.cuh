@@ -103,17 +103,15 @@ __device__ __forceinline__ void s2_block_tile(int &head, int &tile)
 // A sequence-parallel window (the plan's window option, gen/sp_plan.h): one sequence (B = 1) of
 // which a launch sees the queries at positions [qlo, qlo + total_tokens), stored from row 0 of
 // q, o, lse, delta, dO and dq, and the keys and values at [klo, qlo + total_tokens), stored from
-// row 0 of k, v, dk and dv (the halo rows a rank receives, then its own). Positions stay the
+// row 0 of their buffers (the halo rows a rank receives, then its own). Positions stay the
 // sequence's, so groups, masks and the tile order are the whole sequence's; the window ends at
 // n = qlo + total_tokens, past which none of its queries sees (and in split mode no group
-// depends on the sequence's length). With seq0 = -qlo and k, v, dk, dv moved qlo - klo rows
-// on (s2_window_kv), every helper's row of position p, seq0 + p, is the window's row. The host
-// (s2_plan_check_window) holds qlo and klo to the tiles' edges and klo to at most the group
-// start of qlo of both head classes, so no tile reaches a row the window does not hold.
-template <class T> __device__ __forceinline__ T *s2_window_kv(T *p, int qlo, int klo)
-{
-    return p + (long)(qlo - klo) * S2_NUM_KV_HEADS * S2_HEAD_DIM;
-}
+// depends on the sequence's length). The host passes k, v, dk and dv at their buffers' row of
+// position qlo (qlo - klo rows in), so with seq0 = -qlo every helper's row of position p,
+// seq0 + p, is the window's row of every tensor, as in a batch (and k, v stay kernel
+// arguments rather than registers). The host (s2_plan_check_window) holds qlo and klo to the
+// tiles' edges and klo to at most the group start of qlo of both head classes, so no tile
+// reaches a row the window does not hold.
 
 // The first row tile (of BM rows) of a window's grid: the one holding lo, rounded down to a
 // whole group of tiles, so that s2_block_tile ranks a tile in its group as in the whole

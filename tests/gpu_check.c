@@ -374,8 +374,9 @@ out_free:
 
 /* A sequence of seqlen[0] tokens cut into P chunks by gen/sp_plan.h (128-row alignment): chunks
  * shorter than G, N not a multiple of P * G, short last chunks, GQA, full causal attention,
- * d 64 and 128. The specs are those of cases above (the whole-sequence units come from the
- * cache); G and S are multiples of the widest key tile of every tile below (128 rows). */
+ * d 64, 128 and 256 (the scalar backward). The specs are those of cases above (the
+ * whole-sequence units come from the cache); G and S are multiples of the widest key tile of
+ * every tile (128 rows; 32 at d = 256). */
 typedef struct wcase {
     gcase c; /* one sequence */
     int P;   /* ranks */
@@ -392,6 +393,7 @@ static const wcase wcases[] = {
     {{"window P=4 d64 chunks<G", 64, 4, 4, 512, 256, "split", "bf16", 1, {1300}}, 4},
     {{"window P=8 d64 chunks<G", 64, 4, 4, 512, 256, "split", "bf16", 1, {3000}}, 8},
     {{"window P=4 full causal", 128, 4, 4, 2048, 0, "split", "bf16", 1, {1500}}, 4},
+    {{"window P=3 d256", 256, 4, 4, 128, 64, "split", "bf16", 1, {1000}}, 3},
 };
 #define N_WCASES ((int)(sizeof wcases / sizeof wcases[0]))
 

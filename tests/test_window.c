@@ -237,6 +237,9 @@ Test(plan, window_refuses_row_tiles_off_the_chunk_alignment)
     cr_expect_eq(s2_plan_window(&s, &p, &err), S2_ERR_INVALID);
     cr_expect(strstr(err.msg, "bwd_block_m") && strstr(err.msg, "= 48 rows"), "%s", err.msg);
     s2_error_clear(&err);
+    /* the scalar backward (head_dim 256) masks every pair: its 6-row blocks start anywhere */
+    s = load_spec(256, 4, 4, 128, 64, "split");
+    window_plan(&s, "sm_80", "fwd_warps=2,fwd_strips=1,fwd_block_n=32,bwd_warps=3");
 }
 
 /* ---- the window's arguments and grids ---- */
@@ -335,6 +338,11 @@ Test(plan, window_grids_and_tiles_stay_inside_every_rank)
                 } grids[3] = {{gf, lo, p.fwd_block_m}, {gq, lo, p.bwd_block_m},
                               {gk, klo, p.bwd_block_m}};
                 for (int gi = 0; gi < 3; gi++) {
+                    if (gi > 0 && !p.bwd_tensor_cores) { /* blocks of rows from lo itself */
+                        cr_expect_eq(grids[gi].g.x, (unsigned)((hi - grids[gi].lo +
+                                                                grids[gi].bm - 1) / grids[gi].bm));
+                        continue;
+                    }
                     const long t0 = tile0(&p, grids[gi].lo, grids[gi].bm);
                     const long gt = p.G / grids[gi].bm > 0 ? p.G / grids[gi].bm : 1;
                     cr_expect(t0 * grids[gi].bm <= grids[gi].lo);
