@@ -799,6 +799,12 @@ s2_status s2_plan_window(const s2_spec *spec, s2_attn_plan *p, s2_error *err)
                             "sequence's tail onto its head, so a chunk would need rows from the "
                             "last rank; use shift_mode: split (LongLoRA's flash-attn path)",
                             s2_spec_where(spec, "s2attn.shift_mode", at, sizeof at), p->S);
+    if (p->d != 64 && p->d != 128 && p->d != 256)
+        return s2_error_set(err, S2_ERR_SPEC,
+                            "%s: error: head_dim %d with a sequence-parallel window: window units "
+                            "are built and checked for head_dim 64, 128 and 256 only (at 96 the "
+                            "dQ kernel spills registers on sm_90a with the window's arguments)",
+                            s2_spec_where(spec, "model.head_dim", at, sizeof at), p->d);
     window_tile t[4];
     const int n = window_tile_list(p, t);
     for (int i = 0; i < n; i++)

@@ -190,8 +190,9 @@ typedef struct s2_attn_window {
  * emitter then defines S2_WINDOW 1 and the kernels take the window's qlo and klo). Refused
  * (S2_ERR_SPEC naming the spec key, S2_ERR_INVALID naming the tile field, p unchanged): roll
  * mode with a shift (its last group wraps onto the head: a chunk would need rows of the last
- * rank); a tile whose query or key tiles do not divide S2_WINDOW_ALIGN rows; G or S not a
- * multiple of every key tile (so that klo and every group edge fall on a key tile's edge).
+ * rank); head_dim 96 (its dQ kernel spills with the window on sm_90a); a tile whose query or key
+ * tiles do not divide S2_WINDOW_ALIGN rows; G or S not a multiple of every key tile (so that
+ * klo and every group edge fall on a key tile's edge).
  */
 s2_status s2_plan_window(const s2_spec *spec, s2_attn_plan *p, s2_error *err);
 

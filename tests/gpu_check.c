@@ -374,9 +374,9 @@ out_free:
 
 /* A sequence of seqlen[0] tokens cut into P chunks by gen/sp_plan.h (128-row alignment): chunks
  * shorter than G, N not a multiple of P * G, short last chunks, GQA, full causal attention,
- * d 64, 128 and 256 (the scalar backward). The specs are those of cases above (the
- * whole-sequence units come from the cache); G and S are multiples of the widest key tile of
- * every tile (128 rows; 32 at d = 256). */
+ * d 64, 128 and 256 (the scalar backward; the plan refuses d = 96 windows). The specs are those
+ * of cases above (the whole-sequence units come from the cache); G and S are multiples of the
+ * widest key tile of every tile (128 rows; 32 at d = 256). */
 typedef struct wcase {
     gcase c; /* one sequence */
     int P;   /* ranks */

@@ -193,6 +193,18 @@ Test(plan, window_refuses_roll_mode_with_a_shift)
     s2_error_clear(&err);
 }
 
+Test(plan, window_refuses_head_dim_96)
+{
+    s2_spec s = load_spec(96, 8, 8, 1024, 512, "split");
+    s2_attn_plan p;
+    s2_error err = {0};
+    cr_assert_eq(s2_plan_attn(&s, "sm_80", NULL, &p, &err), S2_OK, "%s", err.msg);
+    cr_expect_eq(s2_plan_window(&s, &p, &err), S2_ERR_SPEC);
+    cr_expect(strstr(err.msg, "<string>:3:") && strstr(err.msg, "head_dim 96") &&
+              strstr(err.msg, "64, 128 and 256"), "%s", err.msg);
+    s2_error_clear(&err);
+}
+
 Test(plan, window_refuses_groups_off_the_key_tiles)
 {
     /* sm_90a d = 128: 128-key forward tiles and 128-row backward tiles */
