@@ -103,6 +103,7 @@ static s2_status emit_constants(s2_buf *b, const s2_spec *spec, const s2_attn_pl
         {"S2_SHIFT_OFF", "s2attn.shift", p->shift_off, 0, (long)p->G - 1},
         {"S2_SHIFT_ROT", "s2attn.shift", p->shift_rot, 0, (long)p->G - 1},
         {"S2_MASK_GROUP_EDGE", NULL, p->mask_group_edge, 0, 1},
+        {"S2_WINDOW", NULL, p->window, 0, 1},
         {"S2_FWD_WARPS", NULL, t->fwd_warps, 1, 8},
         {"S2_FWD_STRIPS", NULL, t->fwd_strips, 1, 2},
         {"S2_FWD_BN", NULL, t->fwd_block_n, 32, 128},
@@ -147,6 +148,8 @@ static s2_status emit_constants(s2_buf *b, const s2_spec *spec, const s2_attn_pl
                   "#define S2_MASK_GROUP_EDGE %d\n",
                   p->dtype == S2_DTYPE_BF16, p->d, p->H, p->Hkv, p->G, p->shift_off,
                   p->shift_rot, scale, scale_log2, p->mask_group_edge);
+    if (p->window) /* only then: a unit without the window keeps its source as it was */
+        s2_buf_printf(b, "#define S2_WINDOW 1\n");
     if (unit == S2_UNIT_ATTN_FWD)
         s2_buf_printf(b,
                       "#define S2_FWD_WARPS %d\n"
@@ -190,16 +193,116 @@ static s2_status finish_unit(s2_buf *b, s2_status st, const char *what, char **s
     return S2_OK;
 }
 
-static s2_status emit_template(s2_buf *b, const char *name, s2_error *err)
+/* The directive of a template line: "if", "ifdef", "else", "endif", ... (at most n - 1
+ * characters) into word and what follows it (spaces skipped) into *rest; 0 when the line is not
+ * a directive. */
+static int directive(const char *line, const char *end, char *word, size_t n, const char **rest)
+{
+    const char *p = line;
+    while (p < end && (*p == ' ' || *p == '\t'))
+        p++;
+    if (p == end || *p != '#')
+        return 0;
+    p++;
+    while (p < end && (*p == ' ' || *p == '\t'))
+        p++;
+    size_t k = 0;
+    while (p < end && *p >= 'a' && *p <= 'z' && k + 1 < n)
+        word[k++] = *p++;
+    word[k] = '\0';
+    while (p < end && (*p == ' ' || *p == '\t'))
+        p++;
+    *rest = p;
+    return k > 0;
+}
+
+/* 1 when the line opens a window block: "#if S2_WINDOW", then nothing or a // comment. */
+static int window_open(const char *word, const char *rest, const char *end)
+{
+    static const char tag[] = "S2_WINDOW";
+    if (strcmp(word, "if") || (size_t)(end - rest) < sizeof tag - 1 ||
+        strncmp(rest, tag, sizeof tag - 1))
+        return 0;
+    const char *p = rest + sizeof tag - 1;
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\r'))
+        p++;
+    return p == end || (end - p >= 2 && p[0] == '/' && p[1] == '/');
+}
+
+/*
+ * Appends template text t. Window blocks ("#if S2_WINDOW" ... ["#else" ...] "#endif", other
+ * conditionals nested inside) are the only place a template says anything about the
+ * sequence-parallel window: for a window unit the text goes in whole (the unit defines
+ * S2_WINDOW 1); for every other unit each block is resolved here — its directives and window
+ * lines dropped, its #else lines kept — so the unit's source is byte for byte what it was
+ * before the window existed, and so are its cubin and cache key (tests/test_gen.c pins them).
+ * A block without its #endif, a nested window block or an #elif of one is S2_ERR_INVALID.
+ */
+s2_status s2_emit_template_text(s2_buf *b, const char *name, const char *t, int window,
+                                s2_error *err)
+{
+    enum { OUT, IN_WINDOW, IN_ELSE } state = OUT;
+    int depth = 0, line_no = 0, open_line = 0;
+    for (const char *line = t; *line;) {
+        const char *nl = strchr(line, '\n');
+        const char *end = nl ? nl : line + strlen(line), *next = nl ? nl + 1 : end;
+        line_no++;
+        char word[16];
+        const char *rest;
+        int keep = 1;
+        if (directive(line, end, word, sizeof word, &rest)) {
+            const int opens = !strncmp(word, "if", 2);
+            if (window_open(word, rest, end)) {
+                if (state != OUT)
+                    return s2_error_set(err, S2_ERR_INVALID,
+                                        "template %s:%d: a window block inside the one of line "
+                                        "%d; they do not nest", name, line_no, open_line);
+                state = IN_WINDOW, depth = 0, open_line = line_no, keep = 0;
+            } else if (state != OUT && opens) {
+                depth++;
+            } else if (state != OUT && !strcmp(word, "endif")) {
+                if (depth == 0)
+                    state = OUT, keep = 0;
+                else
+                    depth--;
+            } else if (state != OUT && depth == 0 && !strcmp(word, "else")) {
+                if (state == IN_ELSE)
+                    return s2_error_set(err, S2_ERR_INVALID,
+                                        "template %s:%d: a second #else in the window block of "
+                                        "line %d", name, line_no, open_line);
+                state = IN_ELSE, keep = 0;
+            } else if (state != OUT && depth == 0 && !strcmp(word, "elif")) {
+                return s2_error_set(err, S2_ERR_INVALID,
+                                    "template %s:%d: #elif in the window block of line %d; "
+                                    "valid: #else, #endif", name, line_no, open_line);
+            }
+        }
+        if (window || (keep && state != IN_WINDOW))
+            s2_buf_append(b, line, (size_t)(next - line));
+        line = next;
+    }
+    if (state != OUT)
+        return s2_error_set(err, S2_ERR_INVALID,
+                            "template %s: the window block of line %d has no #endif", name,
+                            open_line);
+    return S2_OK;
+}
+
+static s2_status emit_template_as(s2_buf *b, const char *name, int window, s2_error *err)
 {
     const char *t = s2_emit_template(name);
     if (!t)
         return s2_error_set(err, S2_ERR_INVALID, "template %s is not embedded in this binary",
                             name);
     s2_buf_printf(b, "// ---- templates/%s ----\n", name);
-    s2_buf_append(b, t, strlen(t));
+    s2_status st = s2_emit_template_text(b, name, t, window, err);
     s2_buf_append(b, "\n", 1);
-    return S2_OK;
+    return st;
+}
+
+static s2_status emit_template(s2_buf *b, const char *name, s2_error *err)
+{
+    return emit_template_as(b, name, 0, err);
 }
 
 /*
@@ -284,33 +387,35 @@ s2_status s2_emit_attn(const s2_spec *spec, const s2_attn_plan *plan, s2_attn_un
     if (unit < 0 || unit >= S2_UNIT_ATTN_COUNT)
         return s2_error_set(err, S2_ERR_INVALID, "unknown attention unit %d", (int)unit);
     s2_buf b = {0};
+    const int w = plan->window;
     emit_banner(&b, spec, unit);
     s2_status st = emit_constants(&b, spec, plan, unit, err);
     if (!st)
-        st = emit_template(&b, "dtype.cuh", err);
+        st = emit_template_as(&b, "dtype.cuh", w, err);
     if (!st)
-        st = emit_template(&b, "common.cuh", err);
+        st = emit_template_as(&b, "common.cuh", w, err);
     if (!st)
-        st = emit_template(&b, "mma.cuh", err);
+        st = emit_template_as(&b, "mma.cuh", w, err);
     if (!st)
-        st = emit_template(&b, "mma_strip.cuh", err);
+        st = emit_template_as(&b, "mma_strip.cuh", w, err);
     if (!st && unit == S2_UNIT_ATTN_FWD && plan->tile.fwd_wgmma) {
         emit_wgmma(&b, plan, plan->tile.fwd_block_n, 0);
-        st = emit_template(&b, "wgmma.cuh", err);
+        st = emit_template_as(&b, "wgmma.cuh", w, err);
         if (!st)
-            st = emit_template(&b, "attn_fwd_wgmma.cuh", err);
+            st = emit_template_as(&b, "attn_fwd_wgmma.cuh", w, err);
     } else if (!st && unit == S2_UNIT_ATTN_FWD) {
-        st = emit_template(&b, "attn_fwd.cuh", err);
+        st = emit_template_as(&b, "attn_fwd.cuh", w, err);
     }
     if (!st && unit == S2_UNIT_ATTN_BWD)
-        st = emit_template(&b, "attn_bwd_pre.cuh", err);
+        st = emit_template_as(&b, "attn_bwd_pre.cuh", w, err);
     if (!st && unit == S2_UNIT_ATTN_BWD && plan->tile.bwd_wgmma) {
         emit_wgmma(&b, plan, plan->tile.bwd_block_n, 1);
-        st = emit_template(&b, "wgmma.cuh", err);
+        st = emit_template_as(&b, "wgmma.cuh", w, err);
         if (!st)
-            st = emit_template(&b, "attn_bwd_wgmma.cuh", err);
+            st = emit_template_as(&b, "attn_bwd_wgmma.cuh", w, err);
     } else if (!st && unit == S2_UNIT_ATTN_BWD) {
-        st = emit_template(&b, plan->bwd_tensor_cores ? "attn_bwd.cuh" : "attn_bwd_simple.cuh", err);
+        st = emit_template_as(&b, plan->bwd_tensor_cores ? "attn_bwd.cuh" : "attn_bwd_simple.cuh",
+                              w, err);
     }
     return finish_unit(&b, st, s2_attn_unit_name(unit), src, err);
 }

@@ -47,6 +47,16 @@ void s2_emit_train_row_geometry(int hidden, int *threads, int *iters);
 const char *s2_emit_template(const char *name);
 
 /*
+ * Template text t as a unit holds it, appended to b: for a window unit (window 1; the plan's
+ * window option) whole, for every other unit with each "#if S2_WINDOW" block (to its #endif,
+ * other conditionals nested inside) resolved to its #else lines, so such a unit's source is what
+ * it was before the window existed. S2_ERR_INVALID, naming the template (name) and line, for a
+ * block without its #endif, a window block inside another, an #elif or a second #else of one.
+ */
+s2_status s2_emit_template_text(s2_buf *b, const char *name, const char *t, int window,
+                                s2_error *err);
+
+/*
  * Writes the spec's units to DIR/<spec name>.<unit>.cu (atomically), creating DIR: the
  * attention units, then the trainer's ("train"): S2_EMIT_UNITS files. paths (may be NULL)
  * receives up to max written paths (heap, caller frees each); returns the count in *n.

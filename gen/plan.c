@@ -738,3 +738,193 @@ s2_dim3 s2_plan_grid_pre(const s2_attn_plan *p, int total_tokens)
 {
     return (s2_dim3){ceil_div((long)total_tokens * p->H, p->tile.bwd_warps), 1, 1};
 }
+
+/* ---- sequence-parallel windows ---- */
+
+/* The row tiles a window unit cuts: what names them, their rows, and whether their edges must
+ * meet qlo (query tiles), klo and the group edges (key tiles), or both. */
+typedef struct window_tile {
+    const char *name, *role;
+    int rows, query, key;
+} window_tile;
+
+static int window_tile_list(const s2_attn_plan *p, window_tile t[4])
+{
+    int n = 0;
+    t[n++] = (window_tile){"fwd_block_m", "the forward's query tiles: 16 x fwd_warps x fwd_strips",
+                           p->fwd_block_m, 1, 0};
+    t[n++] = (window_tile){"fwd_block_n", "the forward's key tiles", p->tile.fwd_block_n, 0, 1};
+    if (!p->bwd_tensor_cores) /* the scalar backward masks every pair: its blocks start at */
+        return n;             /* qlo and klo, its streamed keys at group starts */
+    t[n++] = (window_tile){"bwd_block_m", "the dQ kernel's query tiles and the dK/dV kernel's "
+                           "key tiles: 16 x bwd_warps", p->bwd_block_m, 1, 1};
+    t[n++] = (window_tile){"bwd_block_n", "the dQ kernel's key tiles and the dK/dV kernel's "
+                           "query tiles", p->tile.bwd_block_n, 1, 1};
+    return n;
+}
+
+static long gcd_l(long a, long b)
+{
+    while (b) {
+        long r = a % b;
+        a = b, b = r;
+    }
+    return a;
+}
+
+static long lcm_l(long a, long b) { return a / gcd_l(a, b) * b; }
+
+void s2_plan_window_tiles(const s2_attn_plan *p, int *query_rows, int *key_rows)
+{
+    window_tile t[4];
+    const int n = window_tile_list(p, t);
+    long q = 1, k = 1;
+    for (int i = 0; i < n; i++) {
+        if (t[i].query)
+            q = lcm_l(q, t[i].rows);
+        if (t[i].key)
+            k = lcm_l(k, t[i].rows);
+    }
+    *query_rows = (int)q;
+    *key_rows = (int)k;
+}
+
+s2_status s2_plan_window(const s2_spec *spec, s2_attn_plan *p, s2_error *err)
+{
+    char at[S2_SPEC_PATH_MAX + 32];
+    if (p->shift_rot)
+        return s2_error_set(err, S2_ERR_SPEC,
+                            "%s: error: shift_mode roll with shift %d cannot run as "
+                            "sequence-parallel windows: roll mode's last group wraps the "
+                            "sequence's tail onto its head, so a chunk would need rows from the "
+                            "last rank; use shift_mode: split (LongLoRA's flash-attn path)",
+                            s2_spec_where(spec, "s2attn.shift_mode", at, sizeof at), p->S);
+    if (p->d != 64 && p->d != 128 && p->d != 256)
+        return s2_error_set(err, S2_ERR_SPEC,
+                            "%s: error: head_dim %d with a sequence-parallel window: window units "
+                            "are built and checked for head_dim 64, 128 and 256 only (at 96 the "
+                            "dQ kernel spills registers on sm_90a with the window's arguments)",
+                            s2_spec_where(spec, "model.head_dim", at, sizeof at), p->d);
+    window_tile t[4];
+    const int n = window_tile_list(p, t);
+    for (int i = 0; i < n; i++)
+        if (t[i].rows < 1 || S2_WINDOW_ALIGN % t[i].rows)
+            return s2_error_set(err, S2_ERR_INVALID,
+                                "tile: %s = %d rows (%s) with a sequence-parallel window: a "
+                                "window's row tiles must divide the %d-row alignment of its "
+                                "chunks (gen/sp_plan.h); valid: 16, 32, 64 or 128 rows (warps x "
+                                "strips 1, 2, 4 or 8)", t[i].name, t[i].rows, t[i].role,
+                                S2_WINDOW_ALIGN);
+    int qrows, krows;
+    s2_plan_window_tiles(p, &qrows, &krows);
+    if (p->G % krows || p->S % krows) {
+        /* the widest key tile G and S allow: their largest common power of two, up to 128 */
+        long fit = p->S ? gcd_l(p->G, p->S) : p->G;
+        fit &= -fit;
+        if (fit > S2_WINDOW_ALIGN)
+            fit = S2_WINDOW_ALIGN;
+        const char *key = p->G % krows ? "s2attn.group_size" : "s2attn.shift";
+        const window_tile *kt = NULL;
+        for (int i = 0; i < n && !kt; i++)
+            if (t[i].key && t[i].rows == krows)
+                kt = &t[i];
+        return s2_error_set(err, S2_ERR_SPEC,
+                            "%s: error: group_size %d and shift %d with a sequence-parallel "
+                            "window: its widest key tiles have %d rows (the tile's %s: %s), and "
+                            "G and S must be multiples of them so that the first halo row and "
+                            "every group edge fall on a key tile's edge; valid: group_size and "
+                            "shift multiples of %d, or a tile whose key tiles have at most %ld "
+                            "rows", s2_spec_where(spec, key, at, sizeof at), p->G, p->S, krows,
+                            kt ? kt->name : "?", kt ? kt->role : "?", krows, fit);
+    }
+    p->window = 1;
+    return S2_OK;
+}
+
+/* Row tiles of bm rows from the one holding lo, rounded down to a whole group of GT tiles (the
+ * kernels' s2_window_tile0), to the one holding hi - 1, rounded up to whole groups. */
+static long window_tiles(const s2_attn_plan *p, long lo, long hi, int bm)
+{
+    const long gt = p->G / bm > 0 ? p->G / bm : 1;
+    const long t0 = lo / bm / gt * gt;
+    return ((hi + bm - 1) / bm - t0 + gt - 1) / gt * gt;
+}
+
+s2_dim3 s2_plan_grid_fwd_window(const s2_attn_plan *p, const s2_attn_window *w)
+{
+    return (s2_dim3){(unsigned)window_tiles(p, w->qlo, w->qhi, p->fwd_block_m), (unsigned)p->H,
+                     1};
+}
+
+/* The scalar backward's blocks start at the window's first row (they mask every pair). */
+static long window_rows(const s2_attn_plan *p, long lo, long hi, int bm)
+{
+    return p->bwd_tensor_cores ? window_tiles(p, lo, hi, bm) : (hi - lo + bm - 1) / bm;
+}
+
+s2_dim3 s2_plan_grid_dq_window(const s2_attn_plan *p, const s2_attn_window *w)
+{
+    return (s2_dim3){(unsigned)window_rows(p, w->qlo, w->qhi, p->bwd_block_m), (unsigned)p->H,
+                     1};
+}
+
+s2_dim3 s2_plan_grid_dkdv_window(const s2_attn_plan *p, const s2_attn_window *w)
+{
+    return (s2_dim3){(unsigned)window_rows(p, w->klo, w->qhi, p->bwd_block_m),
+                     (unsigned)p->Hkv, 1};
+}
+
+s2_status s2_plan_check_window(const s2_attn_plan *p, const s2_attn_window *w, s2_error *err)
+{
+    if (!p->window)
+        return s2_error_set(err, S2_ERR_INVALID,
+                            "a window launch with units planned without the window; plan them "
+                            "with s2_plan_window (load them with s2_attn_load_window)");
+    if (w->n_global < 1 || w->n_global > S2_SPEC_MAX_TOKENS)
+        return s2_error_set(err, S2_ERR_INVALID,
+                            "window: n_global = %d tokens in the sequence: valid 1..%d",
+                            w->n_global, S2_SPEC_MAX_TOKENS);
+    if (w->qlo < 0 || w->qlo >= w->qhi || w->qhi > w->n_global)
+        return s2_error_set(err, S2_ERR_INVALID,
+                            "window: queries [qlo, qhi) = [%d, %d) of a sequence of n_global = "
+                            "%d tokens: valid 0 <= qlo < qhi <= n_global", w->qlo, w->qhi,
+                            w->n_global);
+    if (w->klo < 0 || w->klo > w->qlo)
+        return s2_error_set(err, S2_ERR_INVALID,
+                            "window: klo = %d with qlo = %d: valid 0 <= klo <= qlo (the key and "
+                            "value rows are the halo [klo, qlo), then the window's own)",
+                            w->klo, w->qlo);
+    int qrows, krows;
+    s2_plan_window_tiles(p, &qrows, &krows);
+    if (w->qlo % qrows)
+        return s2_error_set(err, S2_ERR_INVALID,
+                            "window: qlo = %d is not on an edge of the window's %d-row query "
+                            "tiles: valid multiples of %d (sequence-parallel chunks start on "
+                            "multiples of %d)", w->qlo, qrows, qrows, S2_WINDOW_ALIGN);
+    if (w->klo % krows)
+        return s2_error_set(err, S2_ERR_INVALID,
+                            "window: klo = %d is not on an edge of the window's %d-row key "
+                            "tiles: valid multiples of %d (a group start, or the window's qlo)",
+                            w->klo, krows, krows);
+    for (int cls = 0; cls < 2; cls++) {
+        const int gs = group_start(p, cls, w->qlo);
+        if (w->klo > gs)
+            return s2_error_set(err, S2_ERR_INVALID,
+                                "window: klo = %d, but the %s heads' query at qlo = %d sees the "
+                                "keys from its group's start, position %d, which the window "
+                                "would not hold: valid klo <= %d (gen/sp_plan.h's halo)",
+                                w->klo, cls ? "shifted" : "plain", w->qlo, gs, gs);
+    }
+    const s2_dim3 fwd = s2_plan_grid_fwd_window(p, w), dq = s2_plan_grid_dq_window(p, w);
+    const s2_dim3 dkdv = s2_plan_grid_dkdv_window(p, w);
+    const long T = (long)w->qhi - w->qlo;
+    s2_status st = check_grid("s2_attn_fwd", fwd.x, fwd.y, 1, p->tile.fwd_wgmma, err);
+    if (!st && !p->tile.bwd_atomic_dq)
+        st = check_grid("s2_attn_bwd_dq", dq.x, dq.y, 1, p->tile.bwd_wgmma, err);
+    if (!st)
+        st = check_grid("s2_attn_bwd_dkdv", dkdv.x, dkdv.y, 1, p->tile.bwd_wgmma, err);
+    if (!st && !p->bwd_dq_delta)
+        st = check_grid("s2_attn_bwd_pre", (T * p->H + p->tile.bwd_warps - 1) / p->tile.bwd_warps,
+                        1, 1, 0, err);
+    return st;
+}

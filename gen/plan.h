@@ -81,6 +81,7 @@ typedef struct s2_attn_plan {
     int bwd_dq_delta;     /* 1: the dQ kernel forms delta = rowsum(dO ∘ O) itself (the
                              deterministic Hopper backward); 0: s2_attn_bwd_pre runs first */
     int smem_limit;       /* the arch's per-block limit, bytes */
+    int window;           /* 1: the sequence-parallel window units (s2_plan_window) */
 } s2_attn_plan;
 
 /* The default tile for an arch ("sm_80" ... "sm_90a") and head dim. */
@@ -162,6 +163,60 @@ s2_dim3 s2_plan_grid_pre(const s2_attn_plan *p, int total_tokens);
  */
 s2_status s2_plan_check_batch(const s2_attn_plan *p, int max_seqlen, int batch, long total_tokens,
                               s2_error *err);
+
+/*
+ * Sequence-parallel windows (DESIGN §5, gen/sp_plan.h). Rank r holds the positions [lo, hi) of
+ * one sequence of N tokens; its attention reads, besides its own key and value rows, the halo
+ * rows [klo, lo) it receives, all in one buffer: the halo first, then its own rows. The window
+ * units compute the attention of such a window: queries at positions [qlo, qhi) stored from row
+ * 0 of q, o, lse, dO and dq; keys and values at [klo, qhi) stored from row 0 of k, v, dk and
+ * dv; masks, groups and the tile order in the sequence's positions. The dK/dV kernel sums over
+ * the window's queries only (the other ranks' contributions to the halo rows come back to their
+ * owner). The kernels take qlo and klo as arguments; the window's end qhi is where its queries
+ * stop seeing keys, and in split mode no group depends on N, so N is only checked.
+ */
+typedef struct s2_attn_window {
+    int qlo, qhi;  /* the queries: positions [qlo, qhi) */
+    int klo;       /* the keys and values: positions [klo, qhi) */
+    int n_global;  /* tokens of the whole sequence */
+} s2_attn_window;
+
+/* The sequence-parallel chunks' row alignment the window units are planned for
+ * (S2_SP_DEFAULT_ALIGN): every row tile of a window unit divides it. */
+#define S2_WINDOW_ALIGN 128
+
+/*
+ * Makes p (from s2_plan_attn) the plan of the window units of spec (p->window = 1; the
+ * emitter then defines S2_WINDOW 1 and the kernels take the window's qlo and klo). Refused
+ * (S2_ERR_SPEC naming the spec key, S2_ERR_INVALID naming the tile field, p unchanged): roll
+ * mode with a shift (its last group wraps onto the head: a chunk would need rows of the last
+ * rank); head_dim 96 (its dQ kernel spills with the window on sm_90a); a tile whose query or key
+ * tiles do not divide S2_WINDOW_ALIGN rows; G or S not a multiple of every key tile (so that
+ * klo and every group edge fall on a key tile's edge).
+ */
+s2_status s2_plan_window(const s2_spec *spec, s2_attn_plan *p, s2_error *err);
+
+/* The rows of the window's query tiles and of its key tiles, the largest of each (all powers
+ * of two once s2_plan_window accepted the plan): qlo must be a multiple of the first, klo of
+ * the second. */
+void s2_plan_window_tiles(const s2_attn_plan *p, int *query_rows, int *key_rows);
+
+/*
+ * Whether w can be launched with the window plan p: 0 <= klo <= qlo < qhi <= n_global <=
+ * S2_SPEC_MAX_TOKENS; qlo and klo on tile edges (s2_plan_window_tiles); klo at most the group
+ * start of qlo for both head classes (the window's queries see nothing below it, which the
+ * window does not hold); every grid within CUDA's limits. S2_ERR_INVALID names the argument and
+ * what would be valid.
+ */
+s2_status s2_plan_check_window(const s2_attn_plan *p, const s2_attn_window *w, s2_error *err);
+
+/* The window units' grids: the row tiles from the one holding qlo (forward, dQ) or klo (dK/dV),
+ * rounded down to a whole group of tiles, to the one holding qhi - 1, rounded up to whole
+ * groups (s2_block_tile in templates/common.cuh ranks tiles as in the whole sequence's grid);
+ * the scalar backward's (head_dim > 128), blocks of rows from qlo or klo itself. */
+s2_dim3 s2_plan_grid_fwd_window(const s2_attn_plan *p, const s2_attn_window *w);
+s2_dim3 s2_plan_grid_dq_window(const s2_attn_plan *p, const s2_attn_window *w);
+s2_dim3 s2_plan_grid_dkdv_window(const s2_attn_plan *p, const s2_attn_window *w);
 
 /*
  * The index map of templates/common.cuh, in C, so tests can hold it against

@@ -162,11 +162,15 @@ s2_status s2_rt_open(s2_rt *rt, int device, s2_error *err)
     return S2_OK;
 }
 
-/* The attention units, and with train the trainer's unit after them, in one parallel build. */
+/* The attention units (with window, the sequence-parallel window's), and with train the
+ * trainer's unit after them, in one parallel build. */
 static s2_status build_units(const s2_spec *spec, const s2_attn_tile *tile, const s2_jit_opts *jo,
-                             int train, s2_attn_plan *plan, s2_jit_result *out, s2_error *err)
+                             int train, int window, s2_attn_plan *plan, s2_jit_result *out,
+                             s2_error *err)
 {
     s2_status st = s2_plan_attn(spec, jo->arch, tile, plan, err);
+    if (!st && window)
+        st = s2_plan_window(spec, plan, err);
     if (st)
         return st;
     const int n = S2_UNIT_ATTN_COUNT + (train ? 1 : 0);
@@ -176,7 +180,8 @@ static s2_status build_units(const s2_spec *spec, const s2_attn_tile *tile, cons
     for (int u = 0; u < n && !st; u++) {
         if (u < S2_UNIT_ATTN_COUNT) {
             st = s2_emit_attn(spec, plan, (s2_attn_unit)u, &src[u], err);
-            snprintf(names[u], sizeof names[u], "%s/%s", spec->name, s2_attn_unit_name(u));
+            snprintf(names[u], sizeof names[u], "%s/%s%s", spec->name, s2_attn_unit_name(u),
+                     window ? " (window)" : "");
         } else {
             st = s2_emit_train(spec, &src[u], err);
             snprintf(names[u], sizeof names[u], "%s/train", spec->name);
@@ -195,13 +200,20 @@ static s2_status build_units(const s2_spec *spec, const s2_attn_tile *tile, cons
 s2_status s2_attn_build(const s2_spec *spec, const s2_attn_tile *tile, const s2_jit_opts *jo,
                         s2_attn_plan *plan, s2_jit_result *out, s2_error *err)
 {
-    return build_units(spec, tile, jo, 0, plan, out, err);
+    return build_units(spec, tile, jo, 0, 0, plan, out, err);
+}
+
+s2_status s2_attn_build_window(const s2_spec *spec, const s2_attn_tile *tile,
+                               const s2_jit_opts *jo, s2_attn_plan *plan, s2_jit_result *out,
+                               s2_error *err)
+{
+    return build_units(spec, tile, jo, 0, 1, plan, out, err);
 }
 
 s2_status s2_spec_build(const s2_spec *spec, const s2_attn_tile *tile, const s2_jit_opts *jo,
                         s2_attn_plan *plan, s2_jit_result *out, s2_error *err)
 {
-    return build_units(spec, tile, jo, 1, plan, out, err);
+    return build_units(spec, tile, jo, 1, 0, plan, out, err);
 }
 
 static s2_status get_kernel(cudaKernel_t *k, cudaLibrary_t lib, const char *name, s2_error *err)
@@ -211,15 +223,16 @@ static s2_status get_kernel(cudaKernel_t *k, cudaLibrary_t lib, const char *name
     return s2_rt_check(cudaLibraryGetKernel(k, lib, name), what, err);
 }
 
-s2_status s2_attn_load(s2_attn *a, const s2_rt *rt, const s2_spec *spec, const s2_attn_tile *tile,
-                       const s2_jit_opts *jo, s2_error *err)
+static s2_status load_units(s2_attn *a, const s2_rt *rt, const s2_spec *spec,
+                            const s2_attn_tile *tile, const s2_jit_opts *jo, int window,
+                            s2_error *err)
 {
     memset(a, 0, sizeof *a);
     s2_jit_opts o = *jo;
     o.arch = rt->arch;
     s2_jit_result res[S2_UNIT_ATTN_COUNT];
     memset(res, 0, sizeof res);
-    s2_status st = s2_attn_build(spec, tile, &o, &a->plan, res, err);
+    s2_status st = build_units(spec, tile, &o, 0, window, &a->plan, res, err);
     if (st)
         return st;
     for (int u = 0; u < S2_UNIT_ATTN_COUNT && !st; u++) {
@@ -260,6 +273,18 @@ s2_status s2_attn_load(s2_attn *a, const s2_rt *rt, const s2_spec *spec, const s
     if (st)
         s2_attn_free(a);
     return st;
+}
+
+s2_status s2_attn_load(s2_attn *a, const s2_rt *rt, const s2_spec *spec, const s2_attn_tile *tile,
+                       const s2_jit_opts *jo, s2_error *err)
+{
+    return load_units(a, rt, spec, tile, jo, 0, err);
+}
+
+s2_status s2_attn_load_window(s2_attn *a, const s2_rt *rt, const s2_spec *spec,
+                              const s2_attn_tile *tile, const s2_jit_opts *jo, s2_error *err)
+{
+    return load_units(a, rt, spec, tile, jo, 1, err);
 }
 
 void s2_attn_free(s2_attn *a)
@@ -328,15 +353,66 @@ static s2_status launch(cudaKernel_t k, const char *name, s2_dim3 g, int threads
     return launch_pdl(k, name, g, threads, smem, args, s, 0, err);
 }
 
+/* The batch entry points refuse the window units and the window's refuse the others: their
+ * kernels take other arguments. */
+static s2_status check_units(const s2_attn *a, int window, const char *fn, s2_error *err)
+{
+    if (a->plan.window == window)
+        return S2_OK;
+    return s2_error_set(err, S2_ERR_INVALID,
+                        window ? "%s: these attention units were loaded for batches "
+                                 "(s2_attn_load); a window needs the window units "
+                                 "(s2_attn_load_window)"
+                               : "%s: these are the sequence-parallel window units "
+                                 "(s2_attn_load_window), which take one window, not a batch: "
+                                 "use s2_attn_forward_window / s2_attn_backward_window",
+                        fn);
+}
+
 s2_status s2_attn_forward(const s2_attn *a, const s2_attn_batch *bt, const void *q, const void *k,
                           const void *v, void *o, float *lse, cudaStream_t stream, s2_error *err)
 {
     int T = bt->T;
-    s2_status st = s2_plan_check_batch(&a->plan, bt->max_seqlen, bt->B, T, err);
+    s2_status st = check_units(a, 0, "s2_attn_forward", err);
+    if (!st)
+        st = s2_plan_check_batch(&a->plan, bt->max_seqlen, bt->B, T, err);
     if (st)
         return st;
     void *args[] = {&q, &k, &v, &o, &lse, (void *)&bt->d_cu_seqlens, &T};
     return launch_pdl(a->fwd, "s2_attn_fwd", s2_plan_grid_fwd(&a->plan, bt->max_seqlen, bt->B),
+                      a->plan.fwd_threads, a->plan.smem_fwd, args, stream, a->plan.tile.fwd_wgmma,
+                      err);
+}
+
+/* Row r of a k, v, dk or dv buffer [rows, Hkv, d]: the window kernels take those tensors at
+ * their row of position qlo (templates/common.cuh), inside the buffer. */
+static const void *kv_row(const s2_attn *a, const void *base, int r)
+{
+    return (const char *)base + (size_t)r * a->plan.Hkv * a->plan.d * 2;
+}
+
+/* The window's checks (s2_plan_check_window), named for fn. */
+static s2_status check_window(const s2_attn *a, const s2_attn_window *w, const char *fn,
+                              s2_error *err)
+{
+    s2_status st = check_units(a, 1, fn, err);
+    if (!st && (st = s2_plan_check_window(&a->plan, w, err)))
+        s2_error_prefix(err, "%s", fn);
+    return st;
+}
+
+s2_status s2_attn_forward_window(const s2_attn *a, const s2_attn_window *w, const void *q,
+                                 const void *k, const void *v, void *o, float *lse,
+                                 cudaStream_t stream, s2_error *err)
+{
+    s2_status st = check_window(a, w, "s2_attn_forward_window", err);
+    if (st)
+        return st;
+    int T = w->qhi - w->qlo, qlo = w->qlo, klo = w->klo;
+    const int32_t *cu = NULL; /* not read by the window kernels (one sequence) */
+    k = kv_row(a, k, qlo - klo), v = kv_row(a, v, qlo - klo);
+    void *args[] = {&q, &k, &v, &o, &lse, &cu, &T, &qlo, &klo};
+    return launch_pdl(a->fwd, "s2_attn_fwd", s2_plan_grid_fwd_window(&a->plan, w),
                       a->plan.fwd_threads, a->plan.smem_fwd, args, stream, a->plan.tile.fwd_wgmma,
                       err);
 }
@@ -353,17 +429,21 @@ size_t s2_attn_workspace_bytes(const s2_attn *a, int T)
     return delta_bytes(a, T) + acc;
 }
 
-s2_status s2_attn_backward(const s2_attn *a, const s2_attn_batch *bt, const void *q,
-                           const void *k, const void *v, const void *o, const float *lse,
-                           const void *dout, void *ws, void *dq, void *dk, void *dv,
-                           cudaStream_t stream, s2_error *err)
+/* The backward's launches for T query rows: the batch's (cu, win NULL) or a window's (cu NULL,
+ * win = {qlo, klo}, the window kernels' two extra arguments), on the grids given. (A kernel
+ * reads as many arguments as its image says it has: the batch kernels leave the last two.) */
+static s2_status run_backward(const s2_attn *a, int T, s2_dim3 g_dq, s2_dim3 g_dkdv,
+                              const int32_t *cu, const int *win, const void *q, const void *k,
+                              const void *v, const void *o, const float *lse, const void *dout,
+                              void *ws, void *dq, void *dk, void *dv, cudaStream_t stream,
+                              s2_error *err)
 {
-    int T = bt->T;
     const s2_attn_plan *p = &a->plan;
     float *delta = ws;
     float *dq_acc = p->tile.bwd_atomic_dq ? (float *)((char *)ws + delta_bytes(a, T)) : NULL;
-    s2_status st = s2_plan_check_batch(p, bt->max_seqlen, bt->B, T, err);
-    if (!st && !p->bwd_dq_delta) { /* else the dQ kernel forms delta beside its own rows */
+    int qlo = win ? win[0] : 0, klo = win ? win[1] : 0;
+    s2_status st = S2_OK;
+    if (!p->bwd_dq_delta) { /* else the dQ kernel forms delta beside its own rows */
         void *pre_args[] = {&o, &dout, &delta, &T};
         st = launch(a->pre, "s2_attn_bwd_pre", s2_plan_grid_pre(p, T), p->bwd_threads, 0,
                     pre_args, stream, err);
@@ -374,23 +454,52 @@ s2_status s2_attn_backward(const s2_attn *a, const s2_attn_batch *bt, const void
         size_t bytes = (size_t)T * p->H * p->d * sizeof(float);
         st = s2_rt_check(cudaMemsetAsync(dq_acc, 0, bytes, stream), "zeroing the dQ accumulator", err);
     } else {
-        void *dq_args[] = {&q, &k, &v, &dout, &o, &lse, &delta, &dq, (void *)&bt->d_cu_seqlens,
-                           &T};
-        st = launch_pdl(a->dq, "s2_attn_bwd_dq", s2_plan_grid_dq(p, bt->max_seqlen, bt->B),
-                        p->bwd_threads, p->smem_dq, dq_args, stream, p->tile.bwd_wgmma, err);
+        void *dq_args[] = {&q, &k, &v, &dout, &o, &lse, &delta, &dq, &cu, &T, &qlo, &klo};
+        st = launch_pdl(a->dq, "s2_attn_bwd_dq", g_dq, p->bwd_threads, p->smem_dq, dq_args, stream,
+                        p->tile.bwd_wgmma, err);
     }
     if (st)
         return st;
-    void *kv_args[] = {&q, &k, &v, &dout, &lse, &delta, &dk, &dv, &dq_acc,
-                       (void *)&bt->d_cu_seqlens, &T};
-    st = launch_pdl(a->dkdv, "s2_attn_bwd_dkdv", s2_plan_grid_dkdv(p, bt->max_seqlen, bt->B),
-                    p->bwd_threads, p->smem_dkdv, kv_args, stream, p->tile.bwd_wgmma, err);
+    void *kv_args[] = {&q, &k, &v, &dout, &lse, &delta, &dk, &dv, &dq_acc, &cu, &T, &qlo, &klo};
+    st = launch_pdl(a->dkdv, "s2_attn_bwd_dkdv", g_dkdv, p->bwd_threads, p->smem_dkdv, kv_args,
+                    stream, p->tile.bwd_wgmma, err);
     if (st || !dq_acc)
         return st;
     long count = (long)T * p->H * p->d;
     void *cv_args[] = {&dq_acc, &dq, &count};
     s2_dim3 g = {(unsigned)((count + 255) / 256 < 4096 ? (count + 255) / 256 : 4096), 1, 1};
     return launch(a->dq_convert, "s2_attn_bwd_dq_convert", g, 256, 0, cv_args, stream, err);
+}
+
+s2_status s2_attn_backward(const s2_attn *a, const s2_attn_batch *bt, const void *q,
+                           const void *k, const void *v, const void *o, const float *lse,
+                           const void *dout, void *ws, void *dq, void *dk, void *dv,
+                           cudaStream_t stream, s2_error *err)
+{
+    const s2_attn_plan *p = &a->plan;
+    s2_status st = check_units(a, 0, "s2_attn_backward", err);
+    if (!st)
+        st = s2_plan_check_batch(p, bt->max_seqlen, bt->B, bt->T, err);
+    if (st)
+        return st;
+    return run_backward(a, bt->T, s2_plan_grid_dq(p, bt->max_seqlen, bt->B),
+                        s2_plan_grid_dkdv(p, bt->max_seqlen, bt->B), bt->d_cu_seqlens, NULL, q,
+                        k, v, o, lse, dout, ws, dq, dk, dv, stream, err);
+}
+
+s2_status s2_attn_backward_window(const s2_attn *a, const s2_attn_window *w, const void *q,
+                                  const void *k, const void *v, const void *o, const float *lse,
+                                  const void *dout, void *ws, void *dq, void *dk, void *dv,
+                                  cudaStream_t stream, s2_error *err)
+{
+    s2_status st = check_window(a, w, "s2_attn_backward_window", err);
+    if (st)
+        return st;
+    const int win[2] = {w->qlo, w->klo}, in = w->qlo - w->klo;
+    return run_backward(a, w->qhi - w->qlo, s2_plan_grid_dq_window(&a->plan, w),
+                        s2_plan_grid_dkdv_window(&a->plan, w), NULL, win, q, kv_row(a, k, in),
+                        kv_row(a, v, in), o, lse, dout, ws, dq, (void *)kv_row(a, dk, in),
+                        (void *)kv_row(a, dv, in), stream, err);
 }
 
 s2_status s2_rt_fill_normal(void *dev, size_t n, float scale, s2_dtype dt, uint64_t *state,

@@ -67,6 +67,12 @@ s2_status s2_rt_fill_normal(void *dev, size_t n, float scale, s2_dtype dt, uint6
 s2_status s2_attn_build(const s2_spec *spec, const s2_attn_tile *tile, const s2_jit_opts *jo,
                         s2_attn_plan *plan, s2_jit_result *out, s2_error *err);
 
+/* The same for the sequence-parallel window units of spec (s2_plan_window: split mode, tiles
+ * on the window's edges; see s2_attn_window in gen/plan.h). */
+s2_status s2_attn_build_window(const s2_spec *spec, const s2_attn_tile *tile,
+                               const s2_jit_opts *jo, s2_attn_plan *plan, s2_jit_result *out,
+                               s2_error *err);
+
 /*
  * Every unit of spec (the attention units, then the trainer's: S2_EMIT_UNITS results in out),
  * built in parallel; what `s2lora build` does. Needs no GPU.
@@ -87,6 +93,11 @@ typedef struct s2_attn {
 s2_status s2_attn_load(s2_attn *a, const s2_rt *rt, const s2_spec *spec, const s2_attn_tile *tile,
                        const s2_jit_opts *jo, s2_error *err);
 void s2_attn_free(s2_attn *a);
+
+/* The window units of spec (s2_attn_build_window), loaded: they run only through
+ * s2_attn_forward_window and s2_attn_backward_window, and those take no other units. */
+s2_status s2_attn_load_window(s2_attn *a, const s2_rt *rt, const s2_spec *spec,
+                              const s2_attn_tile *tile, const s2_jit_opts *jo, s2_error *err);
 
 /* One packed batch: B sequences, T tokens, boundaries on the device. */
 typedef struct s2_attn_batch {
@@ -119,5 +130,21 @@ s2_status s2_attn_backward(const s2_attn *a, const s2_attn_batch *bt, const void
                            const void *k, const void *v, const void *o, const float *lse,
                            const void *dout, void *ws, void *dq, void *dk, void *dv,
                            cudaStream_t stream, s2_error *err);
+
+/*
+ * One sequence-parallel window (gen/plan.h s2_attn_window) of one sequence, with the window
+ * units: q, o, dout, dq [qhi - qlo, H, d] (positions qlo ...), lse [H, qhi - qlo]; k, v, dk, dv
+ * [qhi - klo, Hkv, d] (positions klo ...: the halo rows, then the window's own). dk and dv hold
+ * the contributions of the window's queries only (the halo rows' go back to their owners, who
+ * add them to theirs). ws: s2_attn_workspace_bytes(a, qhi - qlo). The arguments are checked
+ * (s2_plan_check_window) before anything is launched; S2_ERR_INVALID names the one at fault.
+ */
+s2_status s2_attn_forward_window(const s2_attn *a, const s2_attn_window *w, const void *q,
+                                 const void *k, const void *v, void *o, float *lse,
+                                 cudaStream_t stream, s2_error *err);
+s2_status s2_attn_backward_window(const s2_attn *a, const s2_attn_window *w, const void *q,
+                                  const void *k, const void *v, const void *o, const float *lse,
+                                  const void *dout, void *ws, void *dq, void *dk, void *dv,
+                                  cudaStream_t stream, s2_error *err);
 
 #endif

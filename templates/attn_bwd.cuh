@@ -24,7 +24,11 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
                const float *__restrict__ lse,   // [H, T]
                const float *__restrict__ delta, // [H, T]
                s2_elem *__restrict__ dq,        // [T, H, d]
+#if S2_WINDOW
+               const int *__restrict__ cu_seqlens, int total_tokens, int win_qlo, int win_klo)
+#else
                const int *__restrict__ cu_seqlens, int total_tokens)
+#endif
 {
     extern __shared__ __align__(16) unsigned char s2_smem[];
     s2_elem *sq = (s2_elem *)s2_smem;        // [BM][LD]
@@ -34,10 +38,18 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
 
     const int h = blockIdx.y, b = blockIdx.z;
     const int hk = h / (S2_NUM_HEADS / S2_NUM_KV_HEADS);
+#if S2_WINDOW
+    const int seq0 = -win_qlo, n = win_qlo + total_tokens; // one sequence: b = 0
+    (void)b;
+    const int x0 = (s2_window_tile0<S2_BWD_BM>(win_qlo) + gridDim.x - 1 - blockIdx.x) * S2_BWD_BM;
+    if (x0 >= n || x0 < win_qlo)
+        return;
+#else
     const int seq0 = cu_seqlens[b], n = cu_seqlens[b + 1] - seq0;
     const int x0 = (gridDim.x - 1 - blockIdx.x) * S2_BWD_BM; // heavier tiles first
     if (x0 >= n)
         return;
+#endif
     const int cls = s2_head_class(h);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int g = lane / 4, t = lane % 4;
@@ -189,7 +201,11 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
                  s2_elem *__restrict__ dk, // [T, Hkv, d]
                  s2_elem *__restrict__ dv, // [T, Hkv, d]
                  float *__restrict__ dq_acc, // [T, H, d] fp32, zeroed; used with S2_BWD_ATOMIC_DQ
+#if S2_WINDOW
+                 const int *__restrict__ cu_seqlens, int total_tokens, int win_qlo, int win_klo)
+#else
                  const int *__restrict__ cu_seqlens, int total_tokens)
+#endif
 {
     extern __shared__ __align__(16) unsigned char s2_smem[];
     s2_elem *sk = (s2_elem *)s2_smem;       // [BM][LD]
@@ -201,18 +217,31 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
 
     const int hk = blockIdx.y, b = blockIdx.z;
     const int rep = S2_NUM_HEADS / S2_NUM_KV_HEADS;
+#if S2_WINDOW
+    const int seq0 = -win_qlo, n = win_qlo + total_tokens; // one sequence: b = 0
+    (void)b;
+    const int y0 = (s2_window_tile0<S2_BWD_BM>(win_klo) + blockIdx.x) * S2_BWD_BM;
+    if (y0 >= n || y0 < win_klo)
+        return;
+#else
     const int seq0 = cu_seqlens[b], n = cu_seqlens[b + 1] - seq0;
     const int y0 = blockIdx.x * S2_BWD_BM; // early keys of a group see the most queries: first
     if (y0 >= n)
         return;
+#endif
     // Every query head of one kv head is in one shift class (the plan checks it).
     const int cls = s2_head_class(hk * rep);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int g = lane / 4, t = lane % 4;
     const int ylast = min(y0 + S2_BWD_BM, n) - 1;
     const int y_group_end = s2_group_end(y0, cls, n); // queries at or past it miss the first key
+#if S2_WINDOW // the window's queries only: the other ranks add theirs to the halo's dK, dV
+    const int qt_begin = max(y0, win_qlo) / S2_BWD_BN;
+    const int n_qt = max(0, (s2_group_end(ylast, cls, n) - 1) / S2_BWD_BN + 1 - qt_begin);
+#else
     const int qt_begin = y0 / S2_BWD_BN;
     const int n_qt = (s2_group_end(ylast, cls, n) - 1) / S2_BWD_BN + 1 - qt_begin;
+#endif
     const int n_it = rep * n_qt; // (query head, query tile) pairs
     const int key0 = y0 + warp * 16 + g; // this thread's key rows: key0, key0 + 8
 

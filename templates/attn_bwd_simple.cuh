@@ -18,7 +18,11 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
                const float *__restrict__ lse,   // [H, T]
                const float *__restrict__ delta, // [H, T]
                s2_elem *__restrict__ dq,        // [T, H, d]
+#if S2_WINDOW
+               const int *__restrict__ cu_seqlens, int total_tokens, int win_qlo, int win_klo)
+#else
                const int *__restrict__ cu_seqlens, int total_tokens)
+#endif
 {
     __shared__ __align__(16) s2_elem sq[S2_BLOCK_M * S2_ROW];
     __shared__ __align__(16) s2_elem sdo[S2_BLOCK_M * S2_ROW];
@@ -27,10 +31,18 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
 
     const int h = blockIdx.y, b = blockIdx.z;
     const int hk = h / (S2_NUM_HEADS / S2_NUM_KV_HEADS);
+#if S2_WINDOW
+    const int seq0 = -win_qlo, n = win_qlo + total_tokens; // one sequence: b = 0
+    (void)b;
+    const int x0 = win_qlo + blockIdx.x * S2_BLOCK_M; // every pair is masked: no tile edges
+    if (x0 >= n)
+        return;
+#else
     const int seq0 = cu_seqlens[b], n = cu_seqlens[b + 1] - seq0;
     const int x0 = blockIdx.x * S2_BLOCK_M;
     if (x0 >= n)
         return;
+#endif
     const int cls = s2_head_class(h);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int xlast = min(x0 + S2_BLOCK_M, n) - 1;
@@ -105,7 +117,11 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
                  s2_elem *__restrict__ dk, // [T, Hkv, d]
                  s2_elem *__restrict__ dv, // [T, Hkv, d]
                  float *__restrict__ dq_acc, // unused here: the same signature as attn_bwd.cuh
+#if S2_WINDOW
+                 const int *__restrict__ cu_seqlens, int total_tokens, int win_qlo, int win_klo)
+#else
                  const int *__restrict__ cu_seqlens, int total_tokens)
+#endif
 {
     __shared__ __align__(16) s2_elem sk[S2_BLOCK_M * S2_ROW];
     __shared__ __align__(16) s2_elem sv[S2_BLOCK_M * S2_ROW];
@@ -114,10 +130,18 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
 
     const int hk = blockIdx.y, b = blockIdx.z;
     const int rep = S2_NUM_HEADS / S2_NUM_KV_HEADS;
+#if S2_WINDOW
+    const int seq0 = -win_qlo, n = win_qlo + total_tokens; // one sequence: b = 0
+    (void)b;
+    const int y0 = win_klo + blockIdx.x * S2_BLOCK_M; // every pair is masked: no tile edges
+    if (y0 >= n)
+        return;
+#else
     const int seq0 = cu_seqlens[b], n = cu_seqlens[b + 1] - seq0;
     const int y0 = blockIdx.x * S2_BLOCK_M;
     if (y0 >= n)
         return;
+#endif
     // Every query head of one kv head is in one shift class (the plan checks it).
     const int cls = s2_head_class(hk * rep);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -135,7 +159,11 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
             adk[r][c] = adv[r][c] = 0.f;
 
     for (int h = hk * rep; h < (hk + 1) * rep; h++) {
+#if S2_WINDOW // the window's queries only: the other ranks add theirs to the halo's dK, dV
+        for (int x0 = max(y0, win_qlo); x0 < xend; x0 += 32) {
+#else
         for (int x0 = y0; x0 < xend; x0 += 32) {
+#endif
             __syncthreads();
             s2_load_rows(sq, q, seq0, x0, 32, n, cls, S2_NUM_HEADS, h);
             s2_load_rows(sdo, dout, seq0, x0, 32, n, cls, S2_NUM_HEADS, h);

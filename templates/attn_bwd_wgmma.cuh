@@ -224,7 +224,11 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
                const float *__restrict__ lse,   // [H, T]
                float *__restrict__ delta,       // [H, T], written here for the dK/dV kernel
                s2_elem *__restrict__ dq,        // [T, H, d]
+#if S2_WINDOW
+               const int *__restrict__ cu_seqlens, int total_tokens, int win_qlo, int win_klo)
+#else
                const int *__restrict__ cu_seqlens, int total_tokens)
+#endif
 {
     s2_grid_dependency();
     extern __shared__ __align__(16) unsigned char s2_smem_raw[];
@@ -237,11 +241,20 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
     s2_block_tile<S2_BWD_BM, true, 1>(h, tile);
     const int b = blockIdx.z;
     const int hk = h / (S2_NUM_HEADS / S2_NUM_KV_HEADS);
+#if S2_WINDOW
+    const int seq0 = -win_qlo, n = win_qlo + total_tokens; // one sequence: b = 0
+    (void)b;
+    const int cls = s2_head_class(h);
+    const int x0 = (s2_window_tile0<S2_BWD_BM>(win_qlo) + tile) * S2_BWD_BM;
+    if (x0 >= n || x0 < win_qlo)
+        return;
+#else
     const int seq0 = cu_seqlens[b], n = cu_seqlens[b + 1] - seq0;
     const int cls = s2_head_class(h);
     const int x0 = tile * S2_BWD_BM;
     if (x0 >= n)
         return;
+#endif
     const int wg = threadIdx.x / 128, warp = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32;
     const int t = lane % 4;
     const int xlast = min(x0 + S2_BWD_BM, n) - 1;
@@ -431,7 +444,11 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
                  s2_elem *__restrict__ dk,   // [T, Hkv, d]
                  s2_elem *__restrict__ dv,   // [T, Hkv, d]
                  float *__restrict__ dq_acc, // [T, H, d] fp32, zeroed: S2_BWD_ATOMIC_DQ only
+#if S2_WINDOW
+                 const int *__restrict__ cu_seqlens, int total_tokens, int win_qlo, int win_klo)
+#else
                  const int *__restrict__ cu_seqlens, int total_tokens)
+#endif
 {
     s2_grid_dependency();
     extern __shared__ __align__(16) unsigned char s2_smem_raw[];
@@ -448,17 +465,31 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
     s2_block_tile<S2_BWD_BM, false, S2_NUM_HEADS / S2_NUM_KV_HEADS>(hk, tile);
     const int b = blockIdx.z;
     const int rep = S2_NUM_HEADS / S2_NUM_KV_HEADS;
+#if S2_WINDOW
+    const int seq0 = -win_qlo, n = win_qlo + total_tokens; // one sequence: b = 0
+    (void)b;
+    const int cls = s2_head_class(hk * rep);
+    const int y0 = (s2_window_tile0<S2_BWD_BM>(win_klo) + tile) * S2_BWD_BM;
+    if (y0 >= n || y0 < win_klo)
+        return;
+#else
     const int seq0 = cu_seqlens[b], n = cu_seqlens[b + 1] - seq0;
     const int cls = s2_head_class(hk * rep);
     const int y0 = tile * S2_BWD_BM;
     if (y0 >= n)
         return;
+#endif
     const int wg = threadIdx.x / 128, warp = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32;
     const int t = lane % 4;
     const int ylast = min(y0 + S2_BWD_BM, n) - 1;
     const int y_group_end = s2_group_end(y0, cls, n);
+#if S2_WINDOW // the window's queries only: the other ranks add theirs to the halo's dK, dV
+    const int qt_begin = max(y0, win_qlo) / S2_BWD_BN;
+    const int n_qt = max(0, (s2_group_end(ylast, cls, n) - 1) / S2_BWD_BN + 1 - qt_begin);
+#else
     const int qt_begin = y0 / S2_BWD_BN;
     const int n_qt = (s2_group_end(ylast, cls, n) - 1) / S2_BWD_BN + 1 - qt_begin;
+#endif
     const int n_it = rep * n_qt;
     const int key0 = y0 + wg * 64 + warp * 16 + lane / 4; // this thread's keys: key0, key0 + 8
     int qlo[2], qhi[2]; // the queries each of them is seen by

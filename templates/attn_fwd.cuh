@@ -27,7 +27,11 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
             s2_elem *__restrict__ o,            // [T, H, d]
             float *__restrict__ lse,            // [H, T], natural log
             const int *__restrict__ cu_seqlens, // [B + 1]
+#if S2_WINDOW
+            int total_tokens, int win_qlo, int win_klo) // the window (common.cuh)
+#else
             int total_tokens)
+#endif
 {
     extern __shared__ __align__(16) unsigned char s2_smem[];
     s2_elem *sq = (s2_elem *)s2_smem;        // [BM][LD]
@@ -36,11 +40,20 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
 
     const int h = blockIdx.y, b = blockIdx.z;
     const int hk = h / (S2_NUM_HEADS / S2_NUM_KV_HEADS);
+#if S2_WINDOW
+    const int seq0 = -win_qlo, n = win_qlo + total_tokens; // one sequence: b = 0
+    (void)b;
+    // Heavier tiles (later in a group) first: reverse the tile order within the grid.
+    const int x0 = (s2_window_tile0<S2_FWD_BM>(win_qlo) + gridDim.x - 1 - blockIdx.x) * S2_FWD_BM;
+    if (x0 >= n || x0 < win_qlo)
+        return;
+#else
     const int seq0 = cu_seqlens[b], n = cu_seqlens[b + 1] - seq0;
     // Heavier tiles (later in a group) first: reverse the tile order within the grid.
     const int x0 = (gridDim.x - 1 - blockIdx.x) * S2_FWD_BM;
     if (x0 >= n)
         return;
+#endif
     const int cls = s2_head_class(h);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int g = lane / 4, t = lane % 4;

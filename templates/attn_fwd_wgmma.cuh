@@ -40,7 +40,11 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
             s2_elem *__restrict__ o,            // [T, H, d]
             float *__restrict__ lse,            // [H, T], natural log
             const int *__restrict__ cu_seqlens, // [B + 1]
+#if S2_WINDOW
+            int total_tokens, int win_qlo, int win_klo) // the window (common.cuh)
+#else
             int total_tokens)
+#endif
 {
     s2_grid_dependency();
     extern __shared__ __align__(16) unsigned char s2_smem_raw[];
@@ -52,11 +56,20 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
     s2_block_tile<S2_FWD_BM, true, 1>(h, tile);
     const int b = blockIdx.z;
     const int hk = h / (S2_NUM_HEADS / S2_NUM_KV_HEADS);
+#if S2_WINDOW
+    const int seq0 = -win_qlo, n = win_qlo + total_tokens; // one sequence: b = 0
+    (void)b;
+    const int cls = s2_head_class(h);
+    const int x0 = (s2_window_tile0<S2_FWD_BM>(win_qlo) + tile) * S2_FWD_BM;
+    if (x0 >= n || x0 < win_qlo)
+        return;
+#else
     const int seq0 = cu_seqlens[b], n = cu_seqlens[b + 1] - seq0;
     const int cls = s2_head_class(h);
     const int x0 = tile * S2_FWD_BM;
     if (x0 >= n)
         return;
+#endif
     const int wg = threadIdx.x / 128, warp = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32;
     const int t = lane % 4;
     const int xlast = min(x0 + S2_FWD_BM, n) - 1;

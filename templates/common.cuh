@@ -98,6 +98,30 @@ __device__ __forceinline__ void s2_block_tile(int &head, int &tile)
     const int r = QUERY ? GT - 1 - rr : rr;
     tile = (r - o + GT) % GT + k * GT;
 }
+#if S2_WINDOW
+
+// A sequence-parallel window (the plan's window option, gen/sp_plan.h): one sequence (B = 1) of
+// which a launch sees the queries at positions [qlo, qlo + total_tokens), stored from row 0 of
+// q, o, lse, delta, dO and dq, and the keys and values at [klo, qlo + total_tokens), stored from
+// row 0 of their buffers (the halo rows a rank receives, then its own). Positions stay the
+// sequence's, so groups, masks and the tile order are the whole sequence's; the window ends at
+// n = qlo + total_tokens, past which none of its queries sees (and in split mode no group
+// depends on the sequence's length). The host passes k, v, dk and dv at their buffers' row of
+// position qlo (qlo - klo rows in), so with seq0 = -qlo every helper's row of position p,
+// seq0 + p, is the window's row of every tensor, as in a batch (and k, v stay kernel
+// arguments rather than registers). The host (s2_plan_check_window) holds qlo and klo to the
+// tiles' edges and klo to at most the group start of qlo of both head classes, so no tile
+// reaches a row the window does not hold.
+
+// The first row tile (of BM rows) of a window's grid: the one holding lo, rounded down to a
+// whole group of tiles, so that s2_block_tile ranks a tile in its group as in the whole
+// sequence's grid (s2_plan_grid_*_window). Blocks before lo or past the end return at once.
+template <int BM> __device__ __forceinline__ int s2_window_tile0(int lo)
+{
+    constexpr int GT = S2_GROUP / BM > 0 ? S2_GROUP / BM : 1;
+    return lo / BM / GT * GT;
+}
+#endif
 
 // The plan's tile classification, evaluated for one (query tile, key tile of bn keys) pair: 1
 // when the pair may hold a masked element (group edge, causal diagonal, or the sequence end).

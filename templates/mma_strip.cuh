@@ -14,7 +14,11 @@ __device__ __forceinline__ void s2_load_tile_async(s2_elem *dst, int ld, const s
         const int r = i / CHUNKS, c = i % CHUNKS;
         const int x = x0 + r;
         const bool valid = x < n;
+#if S2_WINDOW // a row of the window in the (zero-byte) copy of a row past its end
+        const long tok = seq0 + (valid ? s2_position(x, cls, n) : n - 1);
+#else
         const long tok = seq0 + (valid ? s2_position(x, cls, n) : 0);
+#endif
         s2_cp_async16(dst + r * ld + c * 8, src + (tok * heads + head) * S2_HEAD_DIM + c * 8, valid);
     }
 }
@@ -172,7 +176,11 @@ __device__ __forceinline__ void s2_load_lse_delta(float *dst, const float *lse, 
     for (int i = threadIdx.x; i < 2 * BN; i += THREADS) {
         const int x = x0 + i % BN;
         const bool valid = x < n;
+#if S2_WINDOW // a row of the window in the (zero-byte) copy of a row past its end
+        const long at = (long)h * total_tokens + seq0 + (valid ? s2_position(x, cls, n) : n - 1);
+#else
         const long at = (long)h * total_tokens + seq0 + (valid ? s2_position(x, cls, n) : 0);
+#endif
         s2_cp_async4(dst + i, (i < BN ? lse : delta) + at, valid);
     }
 }

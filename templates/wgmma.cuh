@@ -41,7 +41,11 @@ __device__ __forceinline__ void s2_load_tile_sw(s2_elem *dst, const s2_elem *src
     for (int k = 0; k < ROWS / RSTEP; k++) {
         const int x = x0 + r0 + k * RSTEP;
         const bool valid = x < n;
+#if S2_WINDOW // a row of the window in the (zero-byte) copy of a row past its end
+        const long tok = seq0 + (valid ? s2_position(x, cls, n) : n - 1);
+#else
         const long tok = seq0 + (valid ? s2_position(x, cls, n) : 0);
+#endif
         s2_cp_async16(d0 + k * RSTEP * 64, src + (tok * heads + head) * S2_HEAD_DIM + c * 8, valid);
     }
 }

@@ -11,7 +11,10 @@
  * Then the LoRA linears (lora.h) and the trainer's kernels (train_kern.h) the same way, each
  * against its CPU twin (ref.h, ref_train.h): the train cases run every kernel on two layouts
  * (16-byte paths; odd strides and misaligned pointers for the element paths) and also check
- * that no pad column of a strided buffer is written. --only SUBSTRING picks cases by name
+ * that no pad column of a strided buffer is written. The "window" cases run sequence-parallel
+ * attention windows (s2_attn_forward_window, _backward_window) rank by rank, as the NCCL path
+ * will, and hold the gathered outputs to the whole sequence's (see run_window_case).
+ * --only SUBSTRING picks cases by name
  * ("lora", "train", "train rope", "fp16", ...); --family attn|lora|train runs one family alone
  * (the compute-sanitizer sweep of bench/gpu-check.sh takes them one at a time).
  *
@@ -26,6 +29,7 @@
 #include <time.h>
 
 #include "../gen/lora_plan.h"
+#include "../gen/sp_plan.h"
 #include "../runtime/lora.h"
 #include "../runtime/ref.h"
 #include "../runtime/ref_train.h"
@@ -366,11 +370,360 @@ out_free:
     return st;
 }
 
+/* ---------------------------------------------------------------- sequence-parallel windows */
+
+/* A sequence of seqlen[0] tokens cut into P chunks by gen/sp_plan.h (128-row alignment): chunks
+ * shorter than G, N not a multiple of P * G, short last chunks, GQA, full causal attention,
+ * d 64, 128 and 256 (the scalar backward; the plan refuses d = 96 windows). The specs are those
+ * of cases above (the whole-sequence units come from the cache); G and S are multiples of the
+ * widest key tile of every tile (128 rows; 32 at d = 256). */
+typedef struct wcase {
+    gcase c; /* one sequence */
+    int P;   /* ranks */
+} wcase;
+
+static const wcase wcases[] = {
+    {{"window P=2 N%PG=0", 128, 4, 4, 256, 128, "split", "bf16", 1, {2048}}, 2},
+    {{"window P=3 short last chunk", 128, 4, 4, 256, 128, "split", "bf16", 1, {1000}}, 3},
+    {{"window P=8 GQA 8/2", 128, 8, 2, 256, 128, "split", "bf16", 1, {4000}}, 8},
+    {{"window P=4 GQA 8/2 N%PG!=0", 128, 8, 2, 256, 128, "split", "bf16", 1, {3001}}, 4},
+    {{"window P=4 chunks<G H=8", 128, 8, 8, 1024, 512, "split", "bf16", 1, {3000}}, 4},
+    {{"window P=8 chunks<G H=8", 128, 8, 8, 1024, 512, "split", "bf16", 1, {4096}}, 8},
+    {{"window P=2 fp16 d64", 64, 4, 4, 256, 128, "split", "fp16", 1, {1000}}, 2},
+    {{"window P=4 d64 chunks<G", 64, 4, 4, 512, 256, "split", "bf16", 1, {1300}}, 4},
+    {{"window P=8 d64 chunks<G", 64, 4, 4, 512, 256, "split", "bf16", 1, {3000}}, 8},
+    {{"window P=4 full causal", 128, 4, 4, 2048, 0, "split", "bf16", 1, {1500}}, 4},
+    {{"window P=3 d256", 256, 4, 4, 128, 64, "split", "bf16", 1, {1000}}, 3},
+};
+#define N_WCASES ((int)(sizeof wcases / sizeof wcases[0]))
+
+/* Relative L2 error of rows [r0, r1) of a [rows, width] tensor; with lse, rows [r0, r1) of
+ * each of the H rows of a [H, n] tensor. */
+static double rel_rows(const float *got, const float *ref, int r0, int r1, size_t width, int H,
+                       int n, int lse, int *nan)
+{
+    double num = 0, den = 0;
+    for (int h = 0; h < (lse ? H : 1); h++)
+        for (size_t i = lse ? (size_t)h * n + r0 : r0 * width;
+             i < (lse ? (size_t)h * n + r1 : r1 * width); i++) {
+            if (nan)
+                *nan += isnan(got[i]);
+            double e = (double)got[i] - ref[i];
+            num += e * e;
+            den += (double)ref[i] * ref[i];
+        }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+typedef struct window_result {
+    double e[5];  /* o, lse, dq, dk, dv against the CPU reference: the worst rank's rows */
+    double g[5];  /* the same against the whole-sequence GPU kernels */
+    int nan;      /* NaN outputs of any rank (poison left, or a halo row read unsent) */
+    int halo;     /* halo rows sent, all ranks and kinds */
+} window_result;
+
+/* One rank's device buffers. */
+typedef struct wdev {
+    void *q, *kv_k, *kv_v, *dout, *o, *dq, *dk, *dv, *ws;
+    float *lse;
+} wdev;
+
+static void wdev_free(wdev *d)
+{
+    void *p[] = {d->q, d->kv_k, d->kv_v, d->dout, d->o, d->dq, d->dk, d->dv, d->ws, d->lse};
+    for (size_t i = 0; i < sizeof p / sizeof p[0]; i++)
+        cudaFree(p[i]);
+    memset(d, 0, sizeof *d);
+}
+
+static s2_status upload(void **dev, const void *host, size_t bytes, const char *what,
+                        s2_error *err)
+{
+    s2_status st = s2_rt_check(cudaMalloc(dev, bytes ? bytes : 1), what, err);
+    if (!st && bytes)
+        st = s2_rt_check(cudaMemcpy(*dev, host, bytes, cudaMemcpyHostToDevice), what, err);
+    return st;
+}
+
+static s2_status poisoned(void **dev, size_t bytes, const char *what, s2_error *err)
+{
+    s2_status st = s2_rt_check(cudaMalloc(dev, bytes ? bytes : 1), what, err);
+    if (!st)
+        st = s2_rt_check(cudaMemset(*dev, 0xff, bytes), what, err);
+    return st;
+}
+
+/*
+ * The window case c with tile tile_idx: one whole-sequence set of random inputs; the whole
+ * sequence through the GPU kernels and the CPU reference; then every rank of gen/sp_plan.h's
+ * plan as the NCCL path will run it: q and dO rows [lo, hi); k and v rows [klo, hi) in one
+ * buffer (klo the lowest halo row of any kind), its own rows copied in and the halo rows copied
+ * from their owners' rows exactly as the plan's transfers say (every other row, and every head
+ * a transfer does not name, NaN: a kernel that read one would leave NaN in its outputs); the
+ * window forward and backward; o, lse and dq gathered, dk and dv of the rank's own rows added
+ * to the owner's and those of its halo rows sent back (added to the owner's) per transfer.
+ */
+static s2_status run_window_case(const s2_rt *rt, const wcase *wc, int tile_idx,
+                                 const s2_jit_opts *jo, window_result *res, s2_error *err)
+{
+    const gcase *c = &wc->c;
+    memset(res, 0, sizeof *res);
+    s2_spec spec;
+    s2_status st = case_spec(c, &spec, err);
+    if (st)
+        return st;
+    s2_attn_tile tile;
+    const s2_attn_tile *tp = case_tile(c, tile_idx, rt->arch, &tile, err, &st);
+    if (st)
+        return st;
+    s2_attn whole, win;
+    if ((st = s2_attn_load(&whole, rt, &spec, tp, jo, err)))
+        return st;
+    if ((st = s2_attn_load_window(&win, rt, &spec, tp, jo, err))) {
+        s2_attn_free(&whole);
+        return st;
+    }
+    const int N = c->seqlen[0], H = c->H, Hkv = c->Hkv, d = c->d;
+    s2_sp_attn sa;
+    s2_sp_attn_from_spec(&spec, &sa);
+    sa.N = N;
+    s2_sp_plan plan = {0};
+    if ((st = s2_sp_plan_make(&sa, wc->P, S2_SP_DEFAULT_ALIGN, &plan, err))) {
+        s2_attn_free(&win), s2_attn_free(&whole);
+        return st;
+    }
+    const s2_st_dtype dt = spec.dtype == S2_DTYPE_BF16 ? S2_ST_BF16 : S2_ST_F16;
+    const size_t qw = (size_t)H * d, kw = (size_t)Hkv * d; /* elements a row */
+    const size_t nq = N * qw, nk = N * kw, nl = (size_t)H * N;
+    host_bufs h; /* the whole sequence: inputs, GPU outputs (o, lse, dq, dk, dv), reference */
+    host_alloc(&h, nq, nk, nl);
+    fill_random(dt, h.q, h.qf, nq);
+    fill_random(dt, h.k, h.kf, nk);
+    fill_random(dt, h.v, h.vf, nk);
+    fill_random(dt, h.dout, h.doutf, nq);
+    /* the gathered window outputs, as fp32 */
+    float *wo = xmalloc(nq * 4), *wlse = xmalloc(nl * 4), *wdq = xmalloc(nq * 4);
+    float *wdk = xmalloc(nk * 4), *wdv = xmalloc(nk * 4);
+    memset(wdk, 0, nk * 4), memset(wdv, 0, nk * 4);
+    dev_bufs g = {0};
+    wdev rd = {0};
+    uint16_t *hk = NULL, *hv = NULL, *hbuf = NULL;
+    float *fbuf = NULL;
+
+    /* the whole sequence on the GPU */
+    int32_t cu[2] = {0, N};
+    s2_attn_batch bt;
+    if ((st = s2_attn_batch_init(&bt, cu, 1, N, "cu_seqlens", err)))
+        goto out_free;
+    CK(cudaMalloc(&g.q, nq * 2), "cudaMalloc q");
+    CK(cudaMalloc(&g.k, nk * 2), "cudaMalloc k");
+    CK(cudaMalloc(&g.v, nk * 2), "cudaMalloc v");
+    CK(cudaMalloc(&g.dout, nq * 2), "cudaMalloc do");
+    CK(cudaMalloc(&g.o, nq * 2), "cudaMalloc o");
+    CK(cudaMalloc(&g.dq, nq * 2), "cudaMalloc dq");
+    CK(cudaMalloc(&g.dk, nk * 2), "cudaMalloc dk");
+    CK(cudaMalloc(&g.dv, nk * 2), "cudaMalloc dv");
+    CK(cudaMalloc((void **)&g.lse, nl * 4), "cudaMalloc lse");
+    CK(cudaMalloc((void **)&g.delta, s2_attn_workspace_bytes(&whole, N)), "cudaMalloc ws");
+    CK(cudaMalloc((void **)&g.cu, sizeof cu), "cudaMalloc cu_seqlens");
+    CK(cudaMemcpy(g.q, h.q, nq * 2, cudaMemcpyHostToDevice), "copy q");
+    CK(cudaMemcpy(g.k, h.k, nk * 2, cudaMemcpyHostToDevice), "copy k");
+    CK(cudaMemcpy(g.v, h.v, nk * 2, cudaMemcpyHostToDevice), "copy v");
+    CK(cudaMemcpy(g.dout, h.dout, nq * 2, cudaMemcpyHostToDevice), "copy do");
+    CK(cudaMemcpy(g.cu, cu, sizeof cu, cudaMemcpyHostToDevice), "copy cu_seqlens");
+    bt.d_cu_seqlens = g.cu;
+    if ((st = s2_attn_forward(&whole, &bt, g.q, g.k, g.v, g.o, g.lse, 0, err)) ||
+        (st = s2_attn_backward(&whole, &bt, g.q, g.k, g.v, g.o, g.lse, g.dout, g.delta, g.dq,
+                               g.dk, g.dv, 0, err)))
+        goto out_free;
+    CK(cudaDeviceSynchronize(), "running the whole sequence's kernels");
+    CK(cudaMemcpy(h.o, g.o, nq * 2, cudaMemcpyDeviceToHost), "copy o back");
+    CK(cudaMemcpy(h.lse, g.lse, nl * 4, cudaMemcpyDeviceToHost), "copy lse back");
+    CK(cudaMemcpy(h.dq, g.dq, nq * 2, cudaMemcpyDeviceToHost), "copy dq back");
+    CK(cudaMemcpy(h.dk, g.dk, nk * 2, cudaMemcpyDeviceToHost), "copy dk back");
+    CK(cudaMemcpy(h.dv, g.dv, nk * 2, cudaMemcpyDeviceToHost), "copy dv back");
+    s2_half_to_f32(dt, h.o, h.of, nq);
+    s2_half_to_f32(dt, h.dq, h.dqf, nq);
+    s2_half_to_f32(dt, h.dk, h.dkf, nk);
+    s2_half_to_f32(dt, h.dv, h.dvf, nk);
+
+    /* the whole sequence on the CPU */
+    s2_ref_attn ra = {.T = N, .H = H, .Hkv = Hkv, .d = d, .B = 1, .cu_seqlens = cu, .G = c->G,
+                      .S = c->S, .mode = spec.s2attn.shift_mode,
+                      .scale = (float)spec.s2attn.softmax_scale};
+    s2_ref_attn_forward(&ra, h.qf, h.kf, h.vf, h.ro, h.rlse);
+    s2_ref_attn_backward(&ra, h.qf, h.kf, h.vf, h.ro, h.rlse, h.doutf, h.rdq, h.rdk, h.rdv);
+
+    /* every rank's window */
+    for (int r = 0; r < plan.P; r++) {
+        const int lo = plan.rank[r].lo, hi = plan.rank[r].hi;
+        int klo = lo;
+        for (int kd = 0; kd < S2_SP_KINDS; kd++) {
+            const s2_sp_range *b = &plan.rank[r].before[kd];
+            if (b->lo < b->hi && b->lo < klo)
+                klo = b->lo;
+            if (plan.rank[r].wrap[kd].lo < plan.rank[r].wrap[kd].hi) {
+                st = s2_error_set(err, S2_ERR_CHECK, "rank %d: a wrapped halo in split mode", r);
+                goto out_free;
+            }
+        }
+        const int rows = hi - lo, krows = hi - klo;
+        const size_t rq = (size_t)rows * qw, rk = (size_t)krows * kw;
+        hk = xmalloc(rk * 2), hv = xmalloc(rk * 2);
+        memset(hk, 0xff, rk * 2), memset(hv, 0xff, rk * 2); /* NaN: rows no one sends */
+        memcpy(hk + (size_t)(lo - klo) * kw, h.k + (size_t)lo * kw, (size_t)rows * kw * 2);
+        memcpy(hv + (size_t)(lo - klo) * kw, h.v + (size_t)lo * kw, (size_t)rows * kw * 2);
+        for (int x = 0; x < plan.n_xfer; x++) { /* the halo, from its owners' rows */
+            const s2_sp_xfer *t = &plan.xfer[x];
+            if (t->dst != r)
+                continue;
+            const s2_sp_rank *src = &plan.rank[t->src];
+            if (t->lo < klo || t->hi > lo || t->lo < src->lo || t->hi > src->hi) {
+                st = s2_error_set(err, S2_ERR_CHECK,
+                                  "rank %d: transfer of rows %d..%d from rank %d (rows %d..%d) "
+                                  "outside its halo %d..%d", r, t->lo, t->hi, t->src, src->lo,
+                                  src->hi, klo, lo);
+                goto out_free;
+            }
+            const size_t h0 = (size_t)plan.kv_first[t->kind] * d;
+            const size_t hn = (size_t)plan.kv_count[t->kind] * d;
+            for (int p = t->lo; p < t->hi; p++) {
+                memcpy(hk + (size_t)(p - klo) * kw + h0, h.k + (size_t)p * kw + h0, hn * 2);
+                memcpy(hv + (size_t)(p - klo) * kw + h0, h.v + (size_t)p * kw + h0, hn * 2);
+            }
+            res->halo += t->hi - t->lo;
+        }
+        const s2_attn_window w = {.qlo = lo, .qhi = hi, .klo = klo, .n_global = N};
+        const size_t ws = s2_attn_workspace_bytes(&win, rows);
+        if ((st = upload(&rd.q, h.q + (size_t)lo * qw, rq * 2, "window q", err)) ||
+            (st = upload(&rd.dout, h.dout + (size_t)lo * qw, rq * 2, "window do", err)) ||
+            (st = upload(&rd.kv_k, hk, rk * 2, "window k", err)) ||
+            (st = upload(&rd.kv_v, hv, rk * 2, "window v", err)) ||
+            (st = poisoned(&rd.o, rq * 2, "window o", err)) ||
+            (st = poisoned(&rd.dq, rq * 2, "window dq", err)) ||
+            (st = poisoned(&rd.dk, rk * 2, "window dk", err)) ||
+            (st = poisoned(&rd.dv, rk * 2, "window dv", err)) ||
+            (st = poisoned((void **)&rd.lse, (size_t)H * rows * 4, "window lse", err)) ||
+            (st = poisoned(&rd.ws, ws, "window workspace", err)))
+            goto out_free;
+        if ((st = s2_attn_forward_window(&win, &w, rd.q, rd.kv_k, rd.kv_v, rd.o, rd.lse, 0,
+                                         err)) ||
+            (st = s2_attn_backward_window(&win, &w, rd.q, rd.kv_k, rd.kv_v, rd.o, rd.lse,
+                                          rd.dout, rd.ws, rd.dq, rd.dk, rd.dv, 0, err))) {
+            s2_error_prefix(err, "rank %d (rows %d..%d, halo from %d)", r, lo, hi, klo);
+            goto out_free;
+        }
+        CK(cudaDeviceSynchronize(), "running a window's kernels");
+        hbuf = xmalloc((rq > rk ? rq : rk) * 2);
+        fbuf = xmalloc((rq > rk ? rq : rk) * 4);
+        CK(cudaMemcpy(hbuf, rd.o, rq * 2, cudaMemcpyDeviceToHost), "copy window o back");
+        s2_half_to_f32(dt, hbuf, wo + (size_t)lo * qw, rq);
+        CK(cudaMemcpy(hbuf, rd.dq, rq * 2, cudaMemcpyDeviceToHost), "copy window dq back");
+        s2_half_to_f32(dt, hbuf, wdq + (size_t)lo * qw, rq);
+        CK(cudaMemcpy(fbuf, rd.lse, (size_t)H * rows * 4, cudaMemcpyDeviceToHost),
+           "copy window lse back");
+        for (int hh = 0; hh < H; hh++)
+            memcpy(wlse + (size_t)hh * N + lo, fbuf + (size_t)hh * rows, (size_t)rows * 4);
+        for (int which = 0; which < 2; which++) { /* dk, then dv */
+            float *sum = which ? wdv : wdk;
+            CK(cudaMemcpy(hbuf, which ? rd.dv : rd.dk, rk * 2, cudaMemcpyDeviceToHost),
+               "copy window dk, dv back");
+            s2_half_to_f32(dt, hbuf, fbuf, rk);
+            for (size_t i = 0; i < rk; i++) /* every row is written, unsent halo rows too */
+                res->nan += isnan(fbuf[i]);
+            for (size_t i = 0; i < (size_t)rows * kw; i++) /* its own rows */
+                sum[(size_t)lo * kw + i] += fbuf[(size_t)(lo - klo) * kw + i];
+            for (int x = 0; x < plan.n_xfer; x++) { /* the halo's, back to the owners */
+                const s2_sp_xfer *t = &plan.xfer[x];
+                if (t->dst != r)
+                    continue;
+                const size_t h0 = (size_t)plan.kv_first[t->kind] * d;
+                const size_t hn = (size_t)plan.kv_count[t->kind] * d;
+                for (int p = t->lo; p < t->hi; p++)
+                    for (size_t e = 0; e < hn; e++)
+                        sum[(size_t)p * kw + h0 + e] += fbuf[(size_t)(p - klo) * kw + h0 + e];
+            }
+        }
+        free(hk), free(hv), free(hbuf), free(fbuf);
+        hk = hv = hbuf = NULL, fbuf = NULL;
+        wdev_free(&rd);
+    }
+    /* every rank's rows against the whole sequence's, the worst rank counted */
+    for (int r = 0; r < plan.P; r++) {
+        const int lo = plan.rank[r].lo, hi = plan.rank[r].hi;
+        const float *got[5] = {wo, wlse, wdq, wdk, wdv};
+        const float *ref[5] = {h.ro, h.rlse, h.rdq, h.rdk, h.rdv};
+        const float *gpu[5] = {h.of, h.lse, h.dqf, h.dkf, h.dvf};
+        const size_t width[5] = {qw, 1, qw, kw, kw};
+        for (int e = 0; e < 5; e++) {
+            res->e[e] = fmax(res->e[e], rel_rows(got[e], ref[e], lo, hi, width[e], H, N, e == 1,
+                                                 &res->nan));
+            res->g[e] = fmax(res->g[e], rel_rows(got[e], gpu[e], lo, hi, width[e], H, N, e == 1,
+                                                 NULL));
+        }
+    }
+out_free:
+    cudaFree(g.q), cudaFree(g.k), cudaFree(g.v), cudaFree(g.dout), cudaFree(g.o);
+    cudaFree(g.dq), cudaFree(g.dk), cudaFree(g.dv), cudaFree(g.lse), cudaFree(g.delta);
+    cudaFree(g.cu);
+    wdev_free(&rd);
+    free(hk), free(hv), free(hbuf), free(fbuf);
+    free(wo), free(wlse), free(wdq), free(wdk), free(wdv);
+    host_free(&h);
+    s2_sp_plan_free(&plan);
+    s2_attn_free(&win);
+    s2_attn_free(&whole);
+    return st;
+}
+
+/* Every window case with tile ti whose name holds only (NULL: all); returns the failures and
+ * adds the runs to *n_run. */
+static int check_windows(const s2_rt *rt, int ti, const s2_jit_opts *jo, const char *only,
+                         int *n_run)
+{
+    int failed = 0, header = 0;
+    s2_error err = {0};
+    for (int i = 0; i < N_WCASES; i++) {
+        const gcase *c = &wcases[i].c;
+        if (only && !strstr(c->what, only))
+            continue;
+        if (!header++)
+            printf("%-28s %2s %-4s %4s %5s %4s %4s %6s %9s %9s %9s %9s %9s %9s %s\n", "case", "P",
+                   "dt", "d", "H/kv", "G", "S", "N", "o", "lse", "dq", "dk", "dv", "vs whole",
+                   "result");
+        window_result r;
+        (*n_run)++;
+        if (run_window_case(rt, &wcases[i], ti, jo, &r, &err)) {
+            printf("%-28s ERROR %s\n", c->what, err.msg);
+            s2_error_clear(&err);
+            failed++;
+            continue;
+        }
+        int ok = !r.nan && (r.halo > 0) == (wcases[i].P > 1); /* a case with ranks sends a halo */
+        double worst_gpu = 0;
+        for (int e = 0; e < 5; e++) {
+            ok = ok && r.e[e] < TOL && r.g[e] < TOL;
+            worst_gpu = fmax(worst_gpu, r.g[e]);
+        }
+        char hk[16];
+        snprintf(hk, sizeof hk, "%d/%d", c->H, c->Hkv);
+        printf("%-28s %2d %-4s %4d %5s %4d %4d %6d %9.2e %9.2e %9.2e %9.2e %9.2e %9.2e %s",
+               c->what, wcases[i].P, c->dtype, c->d, hk, c->G, c->S, c->seqlen[0], r.e[0],
+               r.e[1], r.e[2], r.e[3], r.e[4], worst_gpu, ok ? "PASS" : "FAIL");
+        if (r.nan)
+            printf(" (%d NaN: unwritten outputs or unsent halo rows read)", r.nan);
+        printf("\n");
+        failed += !ok;
+    }
+    return failed;
+}
+
 /* Builds every (case, tile) pair's kernels first, on a pool of threads, so the runs below
  * load from the cache. */
 typedef struct prebuild_job {
     const gcase *c;
     int tile_idx;
+    int window; /* also the window units (a window case) */
     s2_status st;
     s2_error err;
 } prebuild_job;
@@ -398,17 +751,20 @@ static void *prebuild(void *arg)
         const s2_attn_tile *tp = NULL;
         if (!j->st)
             tp = case_tile(j->c, j->tile_idx, pool->jo.arch, &tile, &j->err, &j->st);
-        if (!j->st)
-            j->st = s2_attn_build(&spec, tp, &pool->jo, &plan, res, &j->err);
-        for (int u = 0; u < S2_UNIT_ATTN_COUNT; u++) {
-            for (int k = 0; !j->st && k < res[u].n_res; k++) {
-                const s2_kernel_res *r = &res[u].res[k];
-                if (r->spill_stores + r->spill_loads + r->stack)
-                    j->st = s2_error_set(&j->err, S2_ERR_CHECK,
-                                         "%s: %d bytes spilled, %d-byte stack frame", r->name,
-                                         r->spill_stores + r->spill_loads, r->stack);
+        for (int w = 0; w <= j->window && !j->st; w++) {
+            j->st = w ? s2_attn_build_window(&spec, tp, &pool->jo, &plan, res, &j->err)
+                      : s2_attn_build(&spec, tp, &pool->jo, &plan, res, &j->err);
+            for (int u = 0; u < S2_UNIT_ATTN_COUNT; u++) {
+                for (int k = 0; !j->st && k < res[u].n_res; k++) {
+                    const s2_kernel_res *r = &res[u].res[k];
+                    if (r->spill_stores + r->spill_loads + r->stack)
+                        j->st = s2_error_set(&j->err, S2_ERR_CHECK,
+                                             "%s%s: %d bytes spilled, %d-byte stack frame",
+                                             r->name, w ? " (window)" : "",
+                                             r->spill_stores + r->spill_loads, r->stack);
+                }
+                s2_jit_result_free(&res[u]);
             }
-            s2_jit_result_free(&res[u]);
         }
     }
 }
@@ -1530,18 +1886,26 @@ static int prebuild_train(const char *arch)
 }
 
 
-/* Builds every (case, tile) pair for arch on all cores; returns how many failed (a build
- * error, a plan refusal or a spill), each reported on stderr. */
-static int prebuild_all(const char *arch)
+/* Builds every (case, tile) pair for arch on all cores, the window cases' window units too, of
+ * the cases whose name holds only (NULL: all); returns how many failed (a build error, a plan
+ * refusal or a spill), each reported on stderr. */
+static int prebuild_all(const char *arch, const char *only)
 {
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    prebuild_pool pool = {.n = N_CASES * N_TILES, .jo = {.arch = arch, .threads = 1}};
-    pool.jobs = calloc((size_t)pool.n, sizeof *pool.jobs);
+    prebuild_pool pool = {.jo = {.arch = arch, .threads = 1}};
+    pool.jobs = calloc((size_t)(N_CASES + N_WCASES) * N_TILES, sizeof *pool.jobs);
     if (!pool.jobs)
-        return pool.n;
-    for (int i = 0; i < pool.n; i++)
-        pool.jobs[i] = (prebuild_job){.c = &cases[i % N_CASES], .tile_idx = i / N_CASES};
+        return (N_CASES + N_WCASES) * N_TILES;
+    int n_cases = 0;
+    for (int i = 0; i < N_CASES + N_WCASES; i++) {
+        const gcase *c = i < N_CASES ? &cases[i] : &wcases[i - N_CASES].c;
+        if (only && !strstr(c->what, only))
+            continue;
+        n_cases++;
+        for (int ti = 0; ti < N_TILES; ti++)
+            pool.jobs[pool.n++] = (prebuild_job){.c = c, .tile_idx = ti, .window = i >= N_CASES};
+    }
     int nth = s2_cpu_count();
     pthread_t th[64];
     if (nth > 64)
@@ -1561,7 +1925,7 @@ static int prebuild_all(const char *arch)
     }
     free(pool.jobs);
     clock_gettime(CLOCK_MONOTONIC, &t1);
-    printf("gpu_check: built %d cases x %d tiles for %s in %.1f s, %d failed\n", N_CASES, N_TILES,
+    printf("gpu_check: built %d cases x %d tiles for %s in %.1f s, %d failed\n", n_cases, N_TILES,
            arch, (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9, failed);
     return failed;
 }
@@ -1586,9 +1950,11 @@ int main(int argc, char **argv)
                             "[--family attn|lora|train] [--build-only ARCH]\n"
                             "  --family F         run one family of cases only: attention (every\n"
                             "                     tile), the LoRA linears or the trainer kernels\n"
-                            "  --build-only ARCH  plan and NVRTC-build every case and tile (and the\n"
-                            "                     train unit of every train spec) for ARCH, check\n"
-                            "                     for spills, run nothing (needs no GPU)\n");
+                            "  --build-only ARCH  plan and NVRTC-build every case and tile (the\n"
+                            "                     window cases' window units too, and the train\n"
+                            "                     unit of every train spec) for ARCH, check for\n"
+                            "                     spills, run nothing (needs no GPU); with\n"
+                            "                     --only, the cases it picks\n");
             return 2;
         }
     }
@@ -1599,8 +1965,9 @@ int main(int argc, char **argv)
                     build_only);
             return 2;
         }
-        int bad = prebuild_all(build_only);
-        bad += prebuild_train(build_only);
+        int bad = prebuild_all(build_only, only);
+        if (!only || strstr(only, "train"))
+            bad += prebuild_train(build_only);
         return bad ? 1 : 0;
     }
     rng_state = seed ? seed : 1;
@@ -1623,8 +1990,10 @@ int main(int argc, char **argv)
     int any_attn = fam_attn && !only;
     for (int i = 0; i < N_CASES && fam_attn && !any_attn; i++)
         any_attn = strstr(cases[i].what, only) != NULL;
+    for (int i = 0; i < N_WCASES && fam_attn && !any_attn; i++)
+        any_attn = strstr(wcases[i].c.what, only) != NULL;
     if (any_attn)
-        prebuild_all(rt.arch);
+        prebuild_all(rt.arch, only);
     if (fam_train && (!only || strstr(only, "train")))
         prebuild_train(rt.arch);
 
@@ -1662,10 +2031,11 @@ int main(int argc, char **argv)
             printf("\n");
             failed += !ok;
         }
+        failed += check_windows(&rt, ti, &jo, only, &n_run);
     }
     if (any_attn)
-        printf("gpu_check: %d of %d case runs passed (%d cases x %d tiles)\n", n_run - failed,
-               n_run, n_run / N_TILES, N_TILES);
+        printf("gpu_check: %d of %d case runs passed (%d cases x %d tiles, windows included)\n",
+               n_run - failed, n_run, n_run / N_TILES, N_TILES);
     if (fam_lora && (!only || strstr(only, "lora")))
         failed += check_lora(&rt);
     if (fam_train)

@@ -935,3 +935,102 @@ Test(ranges, tile_values_range_checked)
     cr_expect_eq(t.fwd_warps, s2_plan_default_tile("sm_80", 64).fwd_warps, "left as it was");
     s2_error_clear(&err);
 }
+
+/* ---- the default units' sources, pinned ----
+ * The emitted source of every shipped spec, for each arch s2lora builds for, each attention unit and
+ * every tile of that unit's tuning space (the default first), is the cache key of its cubin and
+ * what was measured: options that are off (the sequence-parallel window) must leave it byte for
+ * byte as it was. tests/emit_digests.txt holds one line per (spec file, arch, unit): the tile
+ * count and the SHA-256 over the sources in tile-space order (each NUL-terminated). A deliberate
+ * change of a default kernel updates the file: the failing test prints the new lines, or
+ * S2_WRITE_EMIT_DIGESTS=PATH makes it write them all to PATH. */
+static void digest_unit(const s2_spec *s, const char *arch, s2_attn_unit u, int *n_tiles,
+                        char hex[65])
+{
+    const int n = s2_plan_tile_space(s, arch, u, NULL, 0);
+    cr_assert_gt(n, 0, "%s %s: no tile plans", s->name, arch);
+    s2_attn_tile *t = malloc((size_t)n * sizeof *t);
+    cr_assert_not_null(t);
+    cr_assert_eq(s2_plan_tile_space(s, arch, u, t, n), n);
+    s2_sha256_ctx ctx;
+    s2_sha256_init(&ctx);
+    for (int i = 0; i < n; i++) {
+        s2_attn_plan p;
+        s2_error err = {0};
+        char *src = NULL;
+        cr_assert_eq(s2_plan_attn(s, arch, &t[i], &p, &err), S2_OK, "%s", err.msg);
+        cr_assert_eq(s2_emit_attn(s, &p, u, &src, &err), S2_OK, "%s", err.msg);
+        s2_sha256_update(&ctx, src, strlen(src) + 1);
+        free(src);
+    }
+    free(t);
+    uint8_t h[32];
+    s2_sha256_final(&ctx, h);
+    s2_hex(h, 32, hex);
+    *n_tiles = n;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+Test(emit, default_sources_are_pinned, .timeout = 120)
+{
+    static const char *const archs[5] = {"sm_80", "sm_86", "sm_89", "sm_90", "sm_90a"};
+    char *want = NULL;
+    size_t want_len = 0;
+    s2_error err = {0};
+    cr_assert_eq(s2_read_file(S2_SOURCE_DIR "/tests/emit_digests.txt", &want, &want_len, &err),
+                 S2_OK, "%s", err.msg);
+    DIR *d = opendir(S2_SOURCE_DIR "/specs");
+    cr_assert_not_null(d);
+    char *names[64];
+    int n_specs = 0;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        size_t len = strlen(de->d_name);
+        if (len >= 6 && !strcmp(de->d_name + len - 5, ".yaml") && n_specs < 64)
+            names[n_specs++] = strdup(de->d_name);
+    }
+    closedir(d);
+    qsort(names, (size_t)n_specs, sizeof names[0], cmp_str);
+    s2_buf got = {0};
+    int lines = 0, missing = 0;
+    for (int i = 0; i < n_specs; i++) {
+        char path[1024];
+        snprintf(path, sizeof path, "%s/specs/%s", S2_SOURCE_DIR, names[i]);
+        s2_spec s;
+        cr_assert_eq(s2_spec_load(path, NULL, 0, &s, &err), S2_OK, "%s", err.msg);
+        for (int a = 0; a < 5; a++)
+            for (int u = 0; u < S2_UNIT_ATTN_COUNT; u++) {
+                int n_tiles;
+                char hex[65], line[256];
+                digest_unit(&s, archs[a], (s2_attn_unit)u, &n_tiles, hex);
+                snprintf(line, sizeof line, "%s %s %s %d %s\n", names[i], archs[a],
+                         s2_attn_unit_name((s2_attn_unit)u), n_tiles, hex);
+                s2_buf_printf(&got, "%s", line);
+                lines++;
+                char key[128]; /* the line's "SPEC ARCH UNIT " */
+                snprintf(key, sizeof key, "%s %s %s ", names[i], archs[a],
+                         s2_attn_unit_name((s2_attn_unit)u));
+                const char *at = strstr(want, key);
+                if (!at || strncmp(at, line, strlen(line))) {
+                    missing++;
+                    cr_log_error("emitted sources changed (or are new): want %.*s got %s",
+                                 at ? (int)(strchr(at, '\n') - at) : 6, at ? at : "(none)",
+                                 line);
+                }
+            }
+        free(names[i]);
+    }
+    const char *out = getenv("S2_WRITE_EMIT_DIGESTS");
+    if (out && *out)
+        cr_assert_eq(s2_write_file_atomic(out, got.data, got.len, &err), S2_OK, "%s", err.msg);
+    cr_expect_geq(lines, 100, "every shipped spec, each arch, both units");
+    cr_expect_eq(missing, 0, "%d of %d (spec, arch, unit) sources differ from "
+                 "tests/emit_digests.txt", missing, lines);
+    cr_expect_eq(strlen(want), got.len, "tests/emit_digests.txt holds lines no spec makes");
+    s2_buf_free(&got);
+    free(want);
+}
