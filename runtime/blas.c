@@ -15,6 +15,7 @@ typedef cublasStatus_t (*create_fn)(cublasHandle_t *);
 typedef cublasStatus_t (*destroy_fn)(cublasHandle_t);
 typedef cublasStatus_t (*set_stream_fn)(cublasHandle_t, cudaStream_t);
 typedef const char *(*status_string_fn)(cublasStatus_t);
+typedef cublasStatus_t (*set_atomics_fn)(cublasHandle_t, cublasAtomicsMode_t);
 typedef cublasStatus_t (*gemm_ex_fn)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int,
                                      int, int, const void *, const void *, cudaDataType, int,
                                      const void *, cudaDataType, int, const void *, void *,
@@ -68,6 +69,7 @@ struct s2_blas {
     destroy_fn destroy;
     set_stream_fn set_stream;
     status_string_fn status_string;
+    set_atomics_fn set_atomics;
     gemm_ex_fn gemm;
     lt_create_fn lt_create;
     lt_destroy_fn lt_destroy;
@@ -112,6 +114,7 @@ s2_status s2_blas_open(s2_blas **out, s2_error *err)
     b->set_stream = (set_stream_fn)sym(b->lib, "cublasSetStream_v2", &missing);
     b->status_string = (status_string_fn)sym(b->lib, "cublasGetStatusString", &missing);
     b->gemm = (gemm_ex_fn)sym(b->lib, "cublasGemmEx", &missing);
+    b->set_atomics = (set_atomics_fn)sym(b->lib, "cublasSetAtomicsMode", &missing);
     b->lt_lib = dlopen("libcublasLt.so.13", RTLD_NOW | RTLD_LOCAL);
     if (b->lt_lib) {
         b->lt_create = (lt_create_fn)sym(b->lt_lib, "cublasLtCreate", &missing);
@@ -141,6 +144,13 @@ s2_status s2_blas_open(s2_blas **out, s2_error *err)
                                               "or lacks an entry point s2lora needs");
     }
     cublasStatus_t s = b->create(&b->h);
+    /* cuBLAS's default, pinned: no routine may pick an algorithm that adds with atomics (the
+     * products stay the same bits run to run; blas.h) */
+    if (s == CUBLAS_STATUS_SUCCESS) {
+        s = b->set_atomics(b->h, CUBLAS_ATOMICS_NOT_ALLOWED);
+        if (s != CUBLAS_STATUS_SUCCESS)
+            b->destroy(b->h);
+    }
     if (s == CUBLAS_STATUS_SUCCESS) {
         s = b->lt_create(&b->lt);
         if (s != CUBLAS_STATUS_SUCCESS)

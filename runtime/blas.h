@@ -16,6 +16,18 @@
  * libcublasLt.so.13 is loaded with cuBLAS; its descriptors and heuristic list are made once
  * per distinct problem (shape, transposes, leading dimensions, dtypes, pointer alignment) and
  * reused; one 32 MiB workspace is allocated on first use.
+ *
+ * Determinism: the same product with the same algorithm on the same GPU gives the same bits
+ * run to run. cuBLAS guarantees it for a fixed toolkit, architecture and SM count while one
+ * stream uses a handle (its internal workspace is then not shared between concurrent streams):
+ * each s2_blas is one handle with its own cuBLASLt workspace, and the LoRA backward's second
+ * stream has an s2_blas of its own (lora.c). The handle's atomics mode is pinned to
+ * CUBLAS_ATOMICS_NOT_ALLOWED (the default). cublasGemmEx's choice is a heuristic of the shape
+ * and the GPU, the same every run. cuBLASLt's algorithms may split K, but every reduction
+ * scheme it has (cublasLtReductionScheme_t: none; in place, ordered by counters; a separate
+ * reduction in the compute or output type) sums the splits in a fixed order, so a tuned
+ * algorithm (s2lora tune --kernels lora) is deterministic too; which one runs depends on the
+ * tuning database, so a run is reproduced with the same database.
  */
 #ifndef S2_BLAS_H
 #define S2_BLAS_H

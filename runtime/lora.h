@@ -27,8 +27,10 @@
  *             dx = dya wc[:, :in]      (GEMM, K = out_total + rp: dy W + s v A at once)
  *             dA = (s v)^T x           (GEMM over M: one read of x; beside dx, below)
  * Beyond the base GEMMs this reads x twice (u, dA) and dy once, and writes nothing of size
- * M x in or M x out: the temporaries are v's fp32 accumulator [M, rp] and the dB partials of
- * the pass's row ranges (s2_lora_workspace_bytes). Whoever writes x writes it into xa, whoever
+ * M x in or M x out: the temporaries are v's fp32 partials of the pass's column slabs
+ * [slabs, M, r] and the dB partials of its row ranges (s2_lora_workspace_bytes), both summed in
+ * a fixed order, so the backward gives the same bits run to run (no atomics; the second
+ * stream's dA and dB write outputs of their own). Whoever writes x writes it into xa, whoever
  * writes dy writes it into dya, and whoever owns W keeps it, with A and B, in wc.
  *
  * Why this way (bench/RESULTS.md): the earlier layout formed [dx | v] = dy [W | B], then
@@ -110,8 +112,8 @@ typedef struct s2_lora_dims {
 s2_status s2_lora_dims_of(const s2_lora_plan *plan, int g, int layer, int M,
                           unsigned long long seed, s2_lora_dims *d, s2_error *err);
 
-/* Bytes of device workspace forward and backward need: v's accumulator and the dB partials
- * of the generated pass (ranks it takes), and drop_i(x) with dropout. */
+/* Bytes of device workspace forward and backward need: v's and dB's partials of the
+ * generated pass (ranks it takes), and drop_i(x) with dropout. */
 size_t s2_lora_workspace_bytes(const s2_lora_dims *d);
 
 /* Loads cuBLAS and creates the handle (once; reuse the context) for rt's device; the dropout

@@ -78,6 +78,9 @@ struct s2_gm {
     char lora_why[160];            /* which LoRA products run tuned cuBLAS algorithms */
     int32_t *d_tokens, *d_labels, *d_pos, *d_cu;
     double *d_acc;
+    s2_k_ws kws;                   /* the train kernels' reductions (train_kern.h), zeroed once */
+    s2_embed_list emb;             /* the embedding backward's work list of the micro-batch */
+    int32_t *d_emb;                /* its device copy */
     s2_gm_stage_fn stage_fn;       /* data parallel: told when gradients are complete */
     void *stage_ctx;
     /* every device allocation, for close */
@@ -603,9 +606,16 @@ s2_status s2_gm_open(s2_gm **out, const s2_rt *rt, const s2_spec *spec, const s2
         {&m->d_pos, T * 4, "positions"},
         {&m->d_cu, (T + 1) * 4, "cu_seqlens"},
         {&m->d_acc, 2 * sizeof(double), "loss accumulator"},
+        {&m->d_emb, s2_embed_list_max_ints(m->Tmax) * 4, "embedding backward's work list"},
     };
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0] && !st; i++)
         st = dalloc(m, bufs[i].p, bufs[i].bytes, bufs[i].what, err);
+    if (!st) { /* T rows at most (the logits chunk is no longer) */
+        m->kws.bytes = s2_k_ws_bytes(&m->k, m->Tmax);
+        st = dalloc(m, &m->kws.p, m->kws.bytes, "reduction workspace", err);
+    }
+    if (!st) /* its arrival counter starts at zero; the kernels leave it so */
+        st = s2_rt_check(cudaMemset(m->kws.p, 0, m->kws.bytes), "zeroing the workspace", err);
     for (int g = 0; g < GROUPS && !st; g++) {
         const group *gr = &m->layers[0].g[g];
         const size_t n = g == G_QKV || g == G_O ? nl : 1;
@@ -654,6 +664,7 @@ void s2_gm_close(s2_gm *m)
     s2_lora_close(m->lora);
     if (m->stream)
         cudaStreamDestroy(m->stream);
+    s2_embed_list_free(&m->emb);
     free(m->layers);
     free(m->segs);
     free(m);
@@ -672,8 +683,10 @@ int s2_gm_recompute(const s2_gm *m, const char **what)
 
 /* ---- one micro-batch ---------------------------------------------------------------------- */
 
-/* Validates and uploads a batch; fills the attention batch and every group's dims. */
-static s2_status put_batch(s2_gm *m, const s2_gm_batch *b, s2_attn_batch *bt, s2_error *err)
+/* Validates and uploads a batch; fills the attention batch and every group's dims. grad: a
+ * training batch, whose embedding backward (when the embedding trains) needs its work list. */
+static s2_status put_batch(s2_gm *m, const s2_gm_batch *b, int grad, s2_attn_batch *bt,
+                           s2_error *err)
 {
     if (b->T < 1 || b->T > m->Tmax)
         return s2_error_set(err, S2_ERR_INVALID,
@@ -716,6 +729,12 @@ static s2_status put_batch(s2_gm *m, const s2_gm_batch *b, s2_attn_batch *bt, s2
     if (!st)
         st = s2_rt_check(cudaMemsetAsync(m->d_acc, 0, 2 * sizeof(double), m->stream),
                          "zero loss accumulator", err);
+    if (!st && grad && m->seg_embed >= 0)
+        st = s2_embed_list_build(&m->emb, b->tokens, b->T, m->V, err);
+    if (!st && grad && m->seg_embed >= 0)
+        st = s2_rt_check(cudaMemcpy(m->d_emb, m->emb.data, m->emb.n_ints * 4,
+                                    cudaMemcpyHostToDevice), "upload the embedding's work list",
+                         err);
     free(pos);
     free(lab);
     bt->d_cu_seqlens = m->d_cu;
@@ -856,8 +875,8 @@ static s2_status layer_bwd(s2_gm *m, int l, const s2_attn *at_, const s2_attn_ba
         st = grad_w(m, g2, m->dgu, m->xa[G_GU], T, err);
     if (!st) /* dh2 = dh + norm'(dx2) */
         st = s2_k_rmsnorm_bwd(&m->k, T, a.h2, hid, ly->w_post, m->dxv, lx2, m->rstd2, m->dh,
-                              m->ldy[G_DOWN], m->dh2, m->ldy[G_O], grad_of(m, ly->seg_post), s,
-                              err);
+                              m->ldy[G_DOWN], m->dh2, m->ldy[G_O], grad_of(m, ly->seg_post),
+                              &m->kws, s, err);
     if (!st)
         st = s2_lora_backward(m->lora, &g1->d, a.xa_o, g1->wc, m->dh2, m->dxv,
                               grad_of(m, g1->seg_a), grad_of(m, g1->seg_b), m->lora_ws, s, err);
@@ -883,7 +902,8 @@ static s2_status layer_bwd(s2_gm *m, int l, const s2_attn *at_, const s2_attn_ba
         st = grad_w(m, g0, m->dqkv, a.xa_qkv, T, err);
     if (!st) /* dh = dh2 + norm'(dx) */
         st = s2_k_rmsnorm_bwd(&m->k, T, hs(m, l), hid, ly->w_in, m->dxv, lx0, a.rstd1, m->dh2,
-                              m->ldy[G_O], m->dh, m->ldy[G_DOWN], grad_of(m, ly->seg_in), s, err);
+                              m->ldy[G_O], m->dh, m->ldy[G_DOWN], grad_of(m, ly->seg_in),
+                              &m->kws, s, err);
     return st;
 }
 
@@ -914,7 +934,8 @@ static s2_status head(s2_gm *m, int T, int grad, double denom, float *logits_out
                 st = s2_rt_check(cudaStreamSynchronize(s), "logits to the host", err);
         }
         if (!st)
-            st = s2_k_xent(&m->k, C, m->logits, V, m->d_labels + c0, inv, grad, m->d_acc, s, err);
+            st = s2_k_xent(&m->k, C, m->logits, V, m->d_labels + c0, inv, grad, m->d_acc,
+                           &m->kws, s, err);
         if (!st && grad)
             st = s2_blas_gemm(m->blas, m->spec.dtype, "dx = dlogits lm_head", 0, 0, C, hid, V,
                               1.f, m->logits, V, m->lm_head, hid, 0.f,
@@ -926,7 +947,8 @@ static s2_status head(s2_gm *m, int T, int grad, double denom, float *logits_out
     }
     if (!st && grad)
         st = s2_k_rmsnorm_bwd(&m->k, T, hs(m, m->L), hid, m->norm, m->dxf, hid, m->rstdf, NULL,
-                              0, m->dh, m->ldy[G_DOWN], grad_of(m, m->seg_norm), s, err);
+                              0, m->dh, m->ldy[G_DOWN], grad_of(m, m->seg_norm), &m->kws, s,
+                              err);
     return st;
 }
 
@@ -955,13 +977,13 @@ static const s2_attn *attention(const s2_gm *m, int full, s2_error *err)
     return &m->attn[full ? 1 : 0];
 }
 
-static s2_status forward(s2_gm *m, const s2_gm_batch *b, int full, const s2_attn **a,
-                         s2_attn_batch *bt, s2_error *err)
+static s2_status forward(s2_gm *m, const s2_gm_batch *b, int full, int grad,
+                         const s2_attn **a, s2_attn_batch *bt, s2_error *err)
 {
     *a = attention(m, full, err);
     if (!*a)
         return S2_ERR_INVALID;
-    s2_status st = put_batch(m, b, bt, err);
+    s2_status st = put_batch(m, b, grad, bt, err);
     if (!st)
         st = s2_k_embed_fwd(&m->k, b->T, m->d_tokens, m->embed, hs(m, 0), m->hid, m->stream,
                             err);
@@ -975,7 +997,7 @@ s2_status s2_gm_train_batch(s2_gm *m, const s2_gm_batch *b, int full, double den
 {
     const s2_attn *a;
     s2_attn_batch bt;
-    s2_status st = forward(m, b, full, &a, &bt, err);
+    s2_status st = forward(m, b, full, 1, &a, &bt, err);
     if (!st)
         st = head(m, b->T, 1, denom, NULL, err);
     if (!st && m->stage_fn) /* the head's and the final norm's gradients are complete */
@@ -986,8 +1008,8 @@ s2_status s2_gm_train_batch(s2_gm *m, const s2_gm_batch *b, int full, double den
             st = m->stage_fn(m->stage_ctx, m->L - l, m->stream, err);
     }
     if (!st && m->seg_embed >= 0)
-        st = s2_k_embed_bwd(&m->k, b->T, m->d_tokens, m->dh, m->ldy[G_DOWN],
-                            grad_of(m, m->seg_embed), m->stream, err);
+        st = s2_k_embed_bwd(&m->k, &m->emb, m->d_emb, m->dh, m->ldy[G_DOWN],
+                            grad_of(m, m->seg_embed), &m->kws, m->stream, err);
     if (!st && m->stage_fn) /* the embedding's (and a tied head's) */
         st = m->stage_fn(m->stage_ctx, m->L + 1, m->stream, err);
     if (!st)
@@ -1000,7 +1022,7 @@ s2_status s2_gm_eval_batch(s2_gm *m, const s2_gm_batch *b, int full, double *nll
 {
     const s2_attn *a;
     s2_attn_batch bt;
-    s2_status st = forward(m, b, full, &a, &bt, err);
+    s2_status st = forward(m, b, full, 0, &a, &bt, err);
     if (!st)
         st = head(m, b->T, 0, 0, logits, err);
     if (!st)
@@ -1021,7 +1043,7 @@ s2_status s2_gm_grad_norm(s2_gm *m, double *norm, s2_error *err)
     s2_status st = s2_rt_check(cudaMemsetAsync(m->d_acc, 0, sizeof(double), m->stream),
                                "zero the norm accumulator", err);
     if (!st)
-        st = s2_k_sumsq(&m->k, m->numel, m->G, m->d_acc, m->stream, err);
+        st = s2_k_sumsq(&m->k, m->numel, m->G, m->d_acc, &m->kws, m->stream, err);
     double ss = 0;
     if (!st)
         st = s2_rt_check(cudaMemcpyAsync(&ss, m->d_acc, sizeof ss, cudaMemcpyDeviceToHost,

@@ -22,8 +22,10 @@ static const struct {
 } kernel_table[] = {
     {"s2_embed_fwd", offsetof(s2_train_kern, embed_fwd)},
     {"s2_embed_bwd", offsetof(s2_train_kern, embed_bwd)},
+    {"s2_embed_bwd_finish", offsetof(s2_train_kern, embed_bwd_finish)},
     {"s2_rmsnorm_fwd", offsetof(s2_train_kern, rmsnorm_fwd)},
     {"s2_rmsnorm_bwd", offsetof(s2_train_kern, rmsnorm_bwd)},
+    {"s2_colsum_f32", offsetof(s2_train_kern, colsum_f32)},
     {"s2_rope", offsetof(s2_train_kern, rope)},
     {"s2_swiglu_fwd", offsetof(s2_train_kern, swiglu_fwd)},
     {"s2_swiglu_bwd", offsetof(s2_train_kern, swiglu_bwd)},
@@ -199,6 +201,171 @@ static unsigned flat_grid(const s2_train_kern *k, size_t n)
     return blocks < (size_t)cap ? (unsigned)blocks : (unsigned)cap;
 }
 
+/* The grid of the row kernels over `rows` rows: one row a block, as many blocks as fit. */
+static unsigned row_grid(const s2_train_kern *k, long rows)
+{
+    return min_grid(rows, resident(k, k->row_threads));
+}
+
+/* RMSNorm backward's grid: with dw each block writes one [hidden] partial, so where a row a
+ * block would take more than 2 blocks an SM, blocks take at least 8 rows. */
+static unsigned rms_bwd_grid(const s2_train_kern *k, int M, int with_dw)
+{
+    unsigned g = row_grid(k, M);
+    if (with_dw) {
+        const long sm2 = 2L * (k->sm_count > 0 ? k->sm_count : 1), m8 = ((long)M + 7) / 8;
+        const long cap = m8 > sm2 ? m8 : sm2;
+        if ((long)g > cap)
+            g = (unsigned)cap;
+    }
+    return g;
+}
+
+/* Bytes of partials a launch needs: fp32 rows of hidden, or fp64 values. */
+static size_t ws_rows(const s2_train_kern *k, long n)
+{
+    return S2_K_WS_HEAD + (size_t)n * (size_t)k->hidden * sizeof(float);
+}
+
+static size_t ws_doubles(long n) { return S2_K_WS_HEAD + (size_t)n * sizeof(double); }
+
+size_t s2_k_ws_bytes(const s2_train_kern *k, int rows)
+{
+    if (!k)
+        return 0;
+    const long r = rows > 0 ? rows : 0;
+    size_t b = ws_rows(k, rms_bwd_grid(k, (int)r, 1));
+    const size_t e = ws_rows(k, 2 * r / S2_EMBED_CHUNK);
+    const size_t x = ws_doubles(2L * min_grid(r, resident(k, S2_TRAIN_XENT_THREADS)));
+    const size_t q = ws_doubles(2 * resident(k, S2_TRAIN_EW_THREADS));
+    b = e > b ? e : b;
+    b = x > b ? x : b;
+    return q > b ? q : b;
+}
+
+/* Checks ws against the bytes a launch needs; fn's error names both. */
+static s2_status need_ws(const s2_k_ws *ws, size_t need, const char *fn, s2_error *err)
+{
+    if (!ws || !ws->p)
+        return invalid(err, fn, "ws is NULL; this call needs a workspace of %zu bytes "
+                       "(s2_k_ws_bytes)", need);
+    if (!al16(ws->p))
+        return invalid(err, fn, "ws->p is not 16-byte aligned");
+    if (ws->bytes < need)
+        return invalid(err, fn, "ws of %zu bytes; this call needs %zu (s2_k_ws_bytes)",
+                       ws->bytes, need);
+    return S2_OK;
+}
+
+static unsigned *ws_counter(const s2_k_ws *ws) { return (unsigned *)ws->p; }
+
+static void *ws_part(const s2_k_ws *ws) { return (char *)ws->p + S2_K_WS_HEAD; }
+
+/* ---------------------------------------------------------------- the embedding's work list */
+
+size_t s2_embed_list_max_ints(int T)
+{
+    /* n_split <= n_items <= T: T + 3 n_items + 2 n_split + 2 */
+    return 6 * (size_t)(T > 0 ? T : 0) + 2;
+}
+
+s2_embed_list_arrays s2_embed_list_at(const s2_embed_list *l, const int32_t *base)
+{
+    const size_t T = (size_t)l->T, ni = (size_t)l->n_items, ns = (size_t)l->n_split;
+    s2_embed_list_arrays a;
+    a.pos = base;
+    a.item_start = base + T;
+    a.item_tok = a.item_start + ni + 1;
+    a.item_slot = a.item_tok + ni;
+    a.split_first = a.item_slot + ni;
+    a.split_tok = a.split_first + ns + 1;
+    return a;
+}
+
+s2_status s2_embed_list_build(s2_embed_list *l, const int32_t *tokens, int T, int vocab,
+                              s2_error *err)
+{
+    const char *fn = "s2_embed_list_build";
+    NEED_PTR(l);
+    NEED_COUNT(T);
+    NEED(vocab >= 1 && vocab < INT_MAX, "vocab = %d; must be in [1, %d)", vocab, INT_MAX);
+    NEED(T == 0 || tokens, "tokens is NULL");
+    for (int t = 0; t < T; t++)
+        NEED(tokens[t] >= 0 && tokens[t] < vocab,
+             "tokens[%d] = %d: outside the vocabulary [0, %d)", t, tokens[t], vocab);
+    if (l->count_cap < vocab + 1) {
+        int32_t *c = realloc(l->count, (size_t)(vocab + 1) * sizeof *c);
+        if (!c)
+            return s2_error_set(err, S2_ERR_NOMEM, "%s: out of memory", fn);
+        l->count = c;
+        l->count_cap = vocab + 1;
+    }
+    int32_t *count = l->count;
+    memset(count, 0, (size_t)(vocab + 1) * sizeof *count);
+    for (int t = 0; t < T; t++)
+        count[tokens[t]]++;
+    int n_items = 0, n_split = 0, n_part = 0;
+    for (int v = 0; v < vocab; v++) {
+        const int it = (count[v] + S2_EMBED_CHUNK - 1) / S2_EMBED_CHUNK;
+        n_items += it;
+        if (it > 1)
+            n_split++, n_part += it;
+    }
+    const size_t n_ints = (size_t)T + 3 * (size_t)n_items + 2 * (size_t)n_split + 2;
+    if (l->cap < n_ints) {
+        int32_t *d = realloc(l->data, n_ints * sizeof *d);
+        if (!d)
+            return s2_error_set(err, S2_ERR_NOMEM, "%s: out of memory", fn);
+        l->data = d;
+        l->cap = n_ints;
+    }
+    l->T = T, l->n_items = n_items, l->n_split = n_split, l->n_part = n_part;
+    l->n_ints = n_ints;
+    int32_t *pos = l->data;
+    /* counts to each token's first place in pos; the stable pass keeps positions in order */
+    int32_t run = 0;
+    for (int v = 0; v <= vocab; v++) {
+        const int32_t c = count[v];
+        count[v] = run;
+        run += c;
+    }
+    for (int t = 0; t < T; t++)
+        pos[count[tokens[t]]++] = t;
+    /* count[v] is now token v's end in pos (and token v - 1's end its start) */
+    const s2_embed_list_arrays a = s2_embed_list_at(l, l->data);
+    int32_t *item_start = (int32_t *)a.item_start, *item_tok = (int32_t *)a.item_tok;
+    int32_t *item_slot = (int32_t *)a.item_slot, *split_first = (int32_t *)a.split_first;
+    int32_t *split_tok = (int32_t *)a.split_tok;
+    int i = 0, j = 0, slot = 0;
+    for (int v = 0; v < vocab; v++) {
+        const int32_t begin = v ? count[v - 1] : 0, end = count[v];
+        if (end == begin)
+            continue;
+        const int split = end - begin > S2_EMBED_CHUNK;
+        if (split) {
+            split_first[j] = slot;
+            split_tok[j++] = v;
+        }
+        for (int32_t p = begin; p < end; p += S2_EMBED_CHUNK, i++) {
+            item_start[i] = p;
+            item_tok[i] = v;
+            item_slot[i] = split ? slot++ : -1;
+        }
+    }
+    item_start[n_items] = T;
+    split_first[n_split] = slot;
+    return S2_OK;
+}
+
+void s2_embed_list_free(s2_embed_list *l)
+{
+    if (!l)
+        return;
+    free(l->data);
+    free(l->count);
+    memset(l, 0, sizeof *l);
+}
+
 /* ---------------------------------------------------------------- the kernels */
 
 s2_status s2_k_embed_fwd(const s2_train_kern *k, int T, const int32_t *tokens, const void *table,
@@ -219,23 +386,44 @@ s2_status s2_k_embed_fwd(const s2_train_kern *k, int T, const int32_t *tokens, c
                   k->row_threads, args, stream, err);
 }
 
-s2_status s2_k_embed_bwd(const s2_train_kern *k, int T, const int32_t *tokens, const void *dout,
-                         int lddo, float *dtable, cudaStream_t stream, s2_error *err)
+s2_status s2_k_embed_bwd(const s2_train_kern *k, const s2_embed_list *l, const int32_t *d_list,
+                         const void *dout, int lddo, float *dtable, const s2_k_ws *ws,
+                         cudaStream_t stream, s2_error *err)
 {
     const char *fn = "s2_k_embed_bwd";
     NEED_PTR(k);
-    NEED_COUNT(T);
+    NEED_PTR(l);
+    NEED_COUNT(l->T);
     NEED_LD(lddo, k->hidden, "hidden");
-    if (T == 0)
+    if (l->T == 0)
         return S2_OK;
-    NEED_PTR(tokens);
+    NEED(l->data && l->n_items >= 1 && l->n_items <= l->T && l->n_split <= l->n_items &&
+             l->n_ints == (size_t)l->T + 3 * (size_t)l->n_items + 2 * (size_t)l->n_split + 2,
+         "the work list (T %d, %d items, %d split) is not s2_embed_list_build's", l->T,
+         l->n_items, l->n_split);
+    NEED_PTR(d_list);
     NEED_PTR(dout);
     NEED_PTR(dtable);
-    /* (dtable's alignment picks the kernel's atomics, not the path) */
-    int vec = k->hidden % 8 == 0 && lddo % 8 == 0 && al16(dout);
-    void *args[] = {&tokens, &dout, &lddo, &dtable, &T, &vec};
-    return launch(k, k->embed_bwd, fn, min_grid(T, resident(k, k->row_threads)), 1,
-                  k->row_threads, args, stream, err);
+    float *part = NULL;
+    if (l->n_split) {
+        s2_status st = need_ws(ws, ws_rows(k, l->n_part), fn, err);
+        if (st)
+            return st;
+        part = ws_part(ws);
+    }
+    const s2_embed_list_arrays a = s2_embed_list_at(l, d_list);
+    int vec = k->hidden % 8 == 0 && lddo % 8 == 0 && al16(dout) && al16(dtable);
+    int n_items = l->n_items, n_split = l->n_split;
+    void *args[] = {(void *)&a.item_start, (void *)&a.item_tok, (void *)&a.item_slot,
+                    (void *)&a.pos, &dout, &lddo, &dtable, &part, &n_items, &vec};
+    s2_status st = launch(k, k->embed_bwd, fn, row_grid(k, n_items), 1, k->row_threads, args,
+                          stream, err);
+    if (st || !n_split)
+        return st;
+    void *fargs[] = {(void *)&a.split_first, (void *)&a.split_tok, &part, &dtable, &n_split,
+                     &vec};
+    return launch(k, k->embed_bwd_finish, fn, row_grid(k, n_split), 1, k->row_threads, fargs,
+                  stream, err);
 }
 
 s2_status s2_k_rmsnorm_fwd(const s2_train_kern *k, int M, const void *x, int ldx, const void *w,
@@ -261,7 +449,8 @@ s2_status s2_k_rmsnorm_fwd(const s2_train_kern *k, int M, const void *x, int ldx
 
 s2_status s2_k_rmsnorm_bwd(const s2_train_kern *k, int M, const void *x, int ldx, const void *w,
                            const void *dy, int lddy, const float *rstd, const void *resid, int ldr,
-                           void *dx, int lddx, float *dw, cudaStream_t stream, s2_error *err)
+                           void *dx, int lddx, float *dw, const s2_k_ws *ws, cudaStream_t stream,
+                           s2_error *err)
 {
     const char *fn = "s2_k_rmsnorm_bwd";
     NEED_PTR(k);
@@ -280,11 +469,25 @@ s2_status s2_k_rmsnorm_bwd(const s2_train_kern *k, int M, const void *x, int ldx
     NEED_PTR(dy);
     NEED_PTR(rstd);
     NEED_PTR(dx);
+    const unsigned grid = rms_bwd_grid(k, M, dw != NULL);
+    float *part = NULL;
+    if (dw) {
+        s2_status st = need_ws(ws, ws_rows(k, grid), fn, err);
+        if (st)
+            return st;
+        part = ws_part(ws);
+    }
     int vec = k->hidden % 8 == 0 && ldx % 8 == 0 && lddy % 8 == 0 && lddx % 8 == 0 && al16(x) &&
               al16(w) && al16(dy) && al16(dx) && (!resid || (ldr % 8 == 0 && al16(resid)));
-    void *args[] = {&x, &ldx, &w, &dy, &lddy, &rstd, &resid, &ldr, &dx, &lddx, &dw, &M, &vec};
-    return launch(k, k->rmsnorm_bwd, fn, min_grid(M, resident(k, k->row_threads)), 1,
-                  k->row_threads, args, stream, err);
+    void *args[] = {&x, &ldx, &w, &dy, &lddy, &rstd, &resid, &ldr, &dx, &lddx, &part, &M, &vec};
+    s2_status st = launch(k, k->rmsnorm_bwd, fn, grid, 1, k->row_threads, args, stream, err);
+    if (st || !dw)
+        return st;
+    /* dw += the blocks' partials, in block order */
+    int rows = (int)grid, cols = k->hidden;
+    void *cargs[] = {&part, &rows, &cols, &dw};
+    return launch(k, k->colsum_f32, fn, (unsigned)((cols + 31) / 32), 1, S2_TRAIN_EW_THREADS,
+                  cargs, stream, err);
 }
 
 s2_status s2_k_rope(const s2_train_kern *k, int T, int heads, const int32_t *pos, int dir,
@@ -381,7 +584,8 @@ s2_status s2_k_add(const s2_train_kern *k, int rows, int cols, const void *a, in
 }
 
 s2_status s2_k_xent(const s2_train_kern *k, int M, void *logits, int ldl, const int32_t *labels,
-                    float inv_denom, int grad, double *acc, cudaStream_t stream, s2_error *err)
+                    float inv_denom, int grad, double *acc, const s2_k_ws *ws,
+                    cudaStream_t stream, s2_error *err)
 {
     const char *fn = "s2_k_xent";
     NEED_PTR(k);
@@ -392,11 +596,16 @@ s2_status s2_k_xent(const s2_train_kern *k, int M, void *logits, int ldl, const 
     NEED_PTR(logits);
     NEED_PTR(labels);
     NEED_PTR(acc);
+    const unsigned grid = min_grid(M, resident(k, S2_TRAIN_XENT_THREADS));
+    s2_status st = need_ws(ws, ws_doubles(2L * grid), fn, err);
+    if (st)
+        return st;
+    double *part = ws_part(ws);
+    unsigned *count = ws_counter(ws);
     int vec = k->vocab % 8 == 0 && ldl % 8 == 0 && al16(logits);
     grad = grad != 0;
-    void *args[] = {&logits, &ldl, &labels, &inv_denom, &grad, &acc, &M, &vec};
-    return launch(k, k->xent, fn, min_grid(M, resident(k, S2_TRAIN_XENT_THREADS)), 1,
-                  S2_TRAIN_XENT_THREADS, args, stream, err);
+    void *args[] = {&logits, &ldl, &labels, &inv_denom, &grad, &acc, &part, &count, &M, &vec};
+    return launch(k, k->xent, fn, grid, 1, S2_TRAIN_XENT_THREADS, args, stream, err);
 }
 
 s2_status s2_k_adamw(const s2_train_kern *k, size_t n, float *p, const float *g, float *m,
@@ -427,7 +636,7 @@ s2_status s2_k_adamw(const s2_train_kern *k, size_t n, float *p, const float *g,
 }
 
 s2_status s2_k_sumsq(const s2_train_kern *k, size_t n, const float *g, double *acc,
-                     cudaStream_t stream, s2_error *err)
+                     const s2_k_ws *ws, cudaStream_t stream, s2_error *err)
 {
     const char *fn = "s2_k_sumsq";
     NEED_PTR(k);
@@ -435,10 +644,16 @@ s2_status s2_k_sumsq(const s2_train_kern *k, size_t n, const float *g, double *a
         return S2_OK;
     NEED_PTR(g);
     NEED_PTR(acc);
+    const unsigned grid = flat_grid(k, n);
+    s2_status st = need_ws(ws, ws_doubles(grid), fn, err);
+    if (st)
+        return st;
+    double *part = ws_part(ws);
+    unsigned *count = ws_counter(ws);
     unsigned long long nn = n;
     int vec = al16(g);
-    void *args[] = {&g, &nn, &acc, &vec};
-    return launch(k, k->sumsq, fn, flat_grid(k, n), 1, S2_TRAIN_EW_THREADS, args, stream, err);
+    void *args[] = {&g, &nn, &acc, &part, &count, &vec};
+    return launch(k, k->sumsq, fn, grid, 1, S2_TRAIN_EW_THREADS, args, stream, err);
 }
 
 s2_status s2_k_cast_f32(const s2_train_kern *k, int rows, int cols, const float *src, void *dst,

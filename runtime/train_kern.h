@@ -19,8 +19,14 @@
  * row stride work: each launch moves 16-byte chunks when every pointer it touches is 16-byte
  * aligned and every row stride (and the width) a multiple of 8 elements, and single elements
  * otherwise (correct, slower). cudaMalloc'd buffers at column offsets that are multiples of 8
- * get the fast path. The fp32 gradients that rows add into (dtable, dw) may sit at any float
- * offset; on Hopper a 16-byte aligned one takes 16-byte atomics.
+ * get the fast path (for the fp32 gradient rows of dtable: a 16-byte aligned dtable).
+ *
+ * Deterministic: the same inputs on the same GPU give the same bits, run to run. No kernel adds
+ * floating-point values with atomics; where many rows meet in one sum (the embedding's rows of
+ * a token, RMSNorm's weight gradient, the loss, the sum of squares) the partial sums go through
+ * a workspace, s2_k_ws, and are added in a fixed order (templates/train.cuh). The order
+ * depends on the launch grid, i.e. on the device's SM count: another GPU model may round
+ * differently.
  */
 #ifndef S2_TRAIN_KERN_H
 #define S2_TRAIN_KERN_H
@@ -39,8 +45,8 @@ typedef struct s2_train_kern {
     double eps, rope_theta, rope_factor;
     cudaLibrary_t lib;
     /* the kernels, by name in templates/train.cuh */
-    cudaKernel_t embed_fwd, embed_bwd, rmsnorm_fwd, rmsnorm_bwd, rope, swiglu_fwd, swiglu_bwd,
-        add, xent, adamw, sumsq, cast_f32, cast_elem, scale_f32;
+    cudaKernel_t embed_fwd, embed_bwd, embed_bwd_finish, rmsnorm_fwd, rmsnorm_bwd, colsum_f32,
+        rope, swiglu_fwd, swiglu_bwd, add, xent, adamw, sumsq, cast_f32, cast_elem, scale_f32;
     double build_ms;
     int cache_hit;
     /* launch geometry: the device's SMs (grids of the kernels that loop over rows) and the
@@ -58,14 +64,93 @@ void s2_train_kern_free(s2_train_kern *k);
 s2_status s2_train_kern_build(const s2_spec *spec, const s2_jit_opts *jo, s2_jit_result *res,
                               s2_error *err);
 
+/*
+ * The reduction workspace of s2_k_embed_bwd, s2_k_rmsnorm_bwd (with dw), s2_k_xent and
+ * s2_k_sumsq: device memory, 16-byte aligned, of `bytes` bytes. Byte 0 holds an arrival counter
+ * (unsigned) that must be zero before the first launch (cudaMemset once after allocating); the
+ * kernels leave it zero. The partial sums start at byte S2_K_WS_HEAD. Calls that share one
+ * workspace must run in turn (one stream); concurrent calls need one each.
+ */
+typedef struct s2_k_ws {
+    void *p;
+    size_t bytes;
+} s2_k_ws;
+
+#define S2_K_WS_HEAD 256
+
+/*
+ * Bytes of a workspace that serves every one of those calls for up to `rows` rows (T of the
+ * embedding, M of RMSNorm and the cross-entropy; any n of the sum of squares): the largest of
+ *   RMSNorm's weight gradient: one fp32 [hidden] partial a block, at most min(rows, resident
+ *     blocks) of them (a block takes at least 8 rows when more than 2 blocks an SM would be
+ *     needed, so writing and reading the partials moves at most 1/6 of the kernel's own
+ *     traffic; 1.6 % for llama2-7b at 32k rows on an H100, whose grid is one block an SM
+ *     already);
+ *   the embedding: one fp32 [hidden] partial per item of a split token, at most
+ *     2 rows / S2_EMBED_CHUNK of them (writing and reading them moves at most 1/8 of the
+ *     kernel's reads of dout, and only for tokens that fill more than one item);
+ *   the cross-entropy and the sum of squares: 1 or 2 fp64 a block (a few KiB);
+ * plus the S2_K_WS_HEAD bytes of the counter. llama2-7b at 32k rows: 16 MiB (the embedding's
+ * bound; RMSNorm's is 8.3 MiB on an H100).
+ */
+size_t s2_k_ws_bytes(const s2_train_kern *k, int rows);
+
+/*
+ * The embedding backward's work list for one batch of T tokens, built on the host (a counting
+ * sort by token id, O(T + vocab)) and uploaded with the batch: the positions grouped by token,
+ * tokens in increasing id, positions increasing within a token, cut into items of at most
+ * S2_EMBED_CHUNK consecutive positions of one token. A token with more positions is "split":
+ * its items write partial rows into the workspace (slots 0 .. n_part - 1, a split token's in
+ * position order) that a second kernel adds into the gradient row in that order.
+ *
+ * data holds n_ints int32 in this order (s2_k_embed_bwd finds them by these counts):
+ *   pos [T], item_start [n_items + 1] (item i covers pos[item_start[i] .. item_start[i + 1])),
+ *   item_tok [n_items], item_slot [n_items] (-1: the token's only item, else its partial row),
+ *   split_first [n_split + 1] (split token j's slots split_first[j] .. split_first[j + 1] - 1),
+ *   split_tok [n_split].
+ * n_ints <= s2_embed_list_max_ints(T), the size of a device copy that fits any batch of T.
+ */
+#define S2_EMBED_CHUNK 64
+
+typedef struct s2_embed_list {
+    int T, n_items, n_split, n_part;
+    size_t n_ints;
+    int32_t *data;                  /* host, n_ints used */
+    size_t cap;                     /* ints allocated in data */
+    int32_t *count;                 /* scratch: vocab + 1 counters */
+    int count_cap;
+} s2_embed_list;
+
+/* Builds (or rebuilds, reusing l's allocations) the list of tokens [T] over a vocabulary of
+ * `vocab`; a token outside [0, vocab) is refused (S2_ERR_INVALID, naming its position). l must
+ * start zeroed; free it with s2_embed_list_free. */
+s2_status s2_embed_list_build(s2_embed_list *l, const int32_t *tokens, int T, int vocab,
+                              s2_error *err);
+void s2_embed_list_free(s2_embed_list *l);
+size_t s2_embed_list_max_ints(int T);
+
+/* The arrays of a list inside data, or inside a device copy of it at base. */
+typedef struct s2_embed_list_arrays {
+    const int32_t *pos, *item_start, *item_tok, *item_slot, *split_first, *split_tok;
+} s2_embed_list_arrays;
+s2_embed_list_arrays s2_embed_list_at(const s2_embed_list *l, const int32_t *base);
+
 /* out[t, :] = table[tokens[t], :]; table [vocab, hidden], out [T, hidden] (row stride ldo).
  * A token outside [0, vocab) writes NaN into its row (the host validates tokens first). */
 s2_status s2_k_embed_fwd(const s2_train_kern *k, int T, const int32_t *tokens, const void *table,
                          void *out, int ldo, cudaStream_t stream, s2_error *err);
 
-/* dtable[tokens[t], :] += dout[t, :] (fp32 atomics); dtable fp32 [vocab, hidden]. */
-s2_status s2_k_embed_bwd(const s2_train_kern *k, int T, const int32_t *tokens, const void *dout,
-                         int lddo, float *dtable, cudaStream_t stream, s2_error *err);
+/*
+ * dtable[tokens[t], :] += dout[t, :] for t < l->T, from the batch's work list l (host) and its
+ * device copy d_list (l->n_ints int32, s2_embed_list_build's data): dtable fp32 [vocab, hidden],
+ * dout [T, lddo]. Each gradient row receives its token's rows in position order (a token's
+ * only item: g + d1 + d2 + ...; a split token: g + (its items' sums, in order)). ws: at least
+ * S2_K_WS_HEAD + l->n_part x hidden x 4 bytes (s2_k_ws_bytes(k, T) suffices); unused (may be
+ * NULL) when no token is split.
+ */
+s2_status s2_k_embed_bwd(const s2_train_kern *k, const s2_embed_list *l, const int32_t *d_list,
+                         const void *dout, int lddo, float *dtable, const s2_k_ws *ws,
+                         cudaStream_t stream, s2_error *err);
 
 /* y = x / sqrt(mean(x^2) + eps) * w over hidden; rstd [M] fp32 receives the reciprocal RMS
  * (NULL: not kept). x [M, ldx], w [hidden], y [M, ldy] (y may not alias x). */
@@ -75,10 +160,13 @@ s2_status s2_k_rmsnorm_fwd(const s2_train_kern *k, int M, const void *x, int ldx
 /* dx = resid + (J_rmsnorm)^T dy, from x, w, dy and the forward's rstd; resid [M, ldr] may be
  * NULL (then dx is the norm's gradient alone) and may equal dx (in place, ldr == lddx).
  * dw (fp32 [hidden], or NULL when the norm weight is frozen) += sum over rows of dy * x * rstd
- * (fp32 atomics: accumulates across calls). */
+ * (accumulates across calls): each block's partial into ws, then a second kernel
+ * (s2_colsum_f32) adds them in block order. ws (s2_k_ws_bytes(k, M) suffices) is needed only
+ * with dw. */
 s2_status s2_k_rmsnorm_bwd(const s2_train_kern *k, int M, const void *x, int ldx, const void *w,
                            const void *dy, int lddy, const float *rstd, const void *resid, int ldr,
-                           void *dx, int lddx, float *dw, cudaStream_t stream, s2_error *err);
+                           void *dx, int lddx, float *dw, const s2_k_ws *ws, cudaStream_t stream,
+                           s2_error *err);
 
 /* RoPE of `heads` heads of head_dim on T tokens at positions pos [T] (device int32), HF's
  * half-split rotation with linear interpolation (angle = (p / factor) * theta^(-2j/d), computed
@@ -106,12 +194,14 @@ s2_status s2_k_add(const s2_train_kern *k, int rows, int cols, const void *a, in
 /*
  * Cross-entropy over vocab of each of M rows of logits [M, ldl] against labels [M] (device
  * int32; S2_REF_IGNORE_INDEX rows count nothing). acc[0] += sum of -log softmax[label] and
- * acc[1] += the count of labelled rows (fp64 atomics; the caller zeroes acc). With grad != 0
- * the logits are overwritten in place by (softmax - onehot) * inv_denom (0 on ignored rows),
- * i.e. dlogits for loss = sum / denom. A label outside [0, vocab) that is not ignored adds NaN.
+ * acc[1] += the count of labelled rows (fp64, the blocks' sums added in a fixed order through
+ * ws, s2_k_ws_bytes(k, M) suffices; the caller zeroes acc). With grad != 0 the logits are
+ * overwritten in place by (softmax - onehot) * inv_denom (0 on ignored rows), i.e. dlogits
+ * for loss = sum / denom. A label outside [0, vocab) that is not ignored adds NaN.
  */
 s2_status s2_k_xent(const s2_train_kern *k, int M, void *logits, int ldl, const int32_t *labels,
-                    float inv_denom, int grad, double *acc, cudaStream_t stream, s2_error *err);
+                    float inv_denom, int grad, double *acc, const s2_k_ws *ws,
+                    cudaStream_t stream, s2_error *err);
 
 /*
  * One AdamW step over n fp32 elements (ref_train.h's s2_ref_adamw_step, torch's math), with the
@@ -122,9 +212,10 @@ s2_status s2_k_adamw(const s2_train_kern *k, size_t n, float *p, const float *g,
                      float *v, float lr, float beta1, float beta2, float eps, float wd, int64_t t,
                      float grad_scale, cudaStream_t stream, s2_error *err);
 
-/* acc[0] += sum of g[i]^2 over n fp32 elements (fp64 atomics; the caller zeroes acc). */
+/* acc[0] += sum of g[i]^2 over n fp32 elements (fp64, the blocks' sums added in a fixed order
+ * through ws, s2_k_ws_bytes(k, 0) suffices for any n; the caller zeroes acc). */
 s2_status s2_k_sumsq(const s2_train_kern *k, size_t n, const float *g, double *acc,
-                     cudaStream_t stream, s2_error *err);
+                     const s2_k_ws *ws, cudaStream_t stream, s2_error *err);
 
 /* dst [rows, ldd] (elem) = src [rows, cols] (fp32, contiguous), rounded to nearest even. */
 s2_status s2_k_cast_f32(const s2_train_kern *k, int rows, int cols, const float *src, void *dst,

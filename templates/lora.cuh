@@ -52,11 +52,15 @@ s2_lora_dropout_add(s2_elem *__restrict__ dx, int lddx, const s2_elem *__restric
 // S2_VDB_STAGES stages, 16-byte chunks XOR-swizzled by row so ldmatrix is conflict-free).
 // Warp w owns the slab's 64 columns 64w..64w+63:
 //   v:  [BM x R] += dy[BM x 64] B[64 x R]     B's fragments held in registers all along;
-//       the 8 warps' partial sums meet in shared memory and the block adds them to the fp32
-//       v32 [M, ldv] with one atomic per element and slab (v32 zeroed before the launch)
+//       the 8 warps' partial sums meet in shared memory, are added in warp order and written
+//       as the slab's partial vpart[s0 + x][m][0..R) (fp32 [slabs of the group][M][R]; every
+//       element written, no zeroing), which s2_lora_vdb_finish sums over the projection's
+//       slabs in slab order
 //   dB: [64 x R] += dy^T[64 x BM] u[BM x R]   accumulated in registers over the whole range,
 //       written once as the range's partial part[y][c0 + o][0..R) (s2_lora_vdb_finish sums the
-//       ranges in a fixed order: dB is deterministic; v's order of atomics is not)
+//       ranges in range order)
+// Every sum has a fixed order, so v and dB are the same bits run to run (runtime/lora.c says
+// what the slabs' partials cost).
 // Columns past the projection and rows past the range are zero-filled, so they add nothing.
 // The emitter defines S2_LORA_R (a multiple of 8), S2_VDB_WARPS, S2_VDB_BM (a multiple of 16)
 // and S2_VDB_STAGES (gen/lora_plan.h's s2_lora_vdb_* say how the host sizes the launch).
@@ -66,7 +70,7 @@ s2_lora_dropout_add(s2_elem *__restrict__ dx, int lddx, const s2_elem *__restric
 
 extern "C" __global__ void __launch_bounds__(S2_VDB_WARPS * 32)
 s2_lora_vdb(const s2_elem *__restrict__ dy, int ldy, const s2_elem *__restrict__ u, int ldu,
-            const s2_elem *__restrict__ b, int ldb, float *__restrict__ v32, int ldv,
+            const s2_elem *__restrict__ b, int ldb, float *__restrict__ vpart, int s0,
             float *__restrict__ part, int out_total, int M, int rows_per_block, int c0,
             int out_i, int r0)
 {
@@ -187,7 +191,7 @@ s2_lora_vdb(const s2_elem *__restrict__ dy, int ldy, const s2_elem *__restrict__
             }
         }
 
-        // the warps' v partials meet in shared memory; one atomic per element and slab
+        // the warps' v partials meet in shared memory; the slab's sum, in warp order
         float *sr = sred + warp * S2_VDB_BM * S2_LORA_R;
 #pragma unroll
         for (int mt = 0; mt < S2_VDB_BM / 16; mt++)
@@ -201,15 +205,15 @@ s2_lora_vdb(const s2_elem *__restrict__ dy, int ldy, const s2_elem *__restrict__
                 }
         __syncthreads();
         const int m0 = m_begin + step * S2_VDB_BM;
+        float *vs = vpart + ((long)(s0 + blockIdx.x) * M + m0) * S2_LORA_R;
         for (int i = threadIdx.x; i < S2_VDB_BM * S2_LORA_R; i += S2_VDB_WARPS * 32) {
-            const int row = i / S2_LORA_R, j = i % S2_LORA_R;
-            if (m0 + row >= m_end)
+            if (m0 + i / S2_LORA_R >= m_end)
                 continue;
             float sum = 0.f;
 #pragma unroll
             for (int w = 0; w < S2_VDB_WARPS; w++)
                 sum += sred[w * S2_VDB_BM * S2_LORA_R + i];
-            atomicAdd(v32 + (long)(m0 + row) * ldv + r0 + j, sum);
+            vs[i] = sum;
         }
     }
 
@@ -232,24 +236,32 @@ s2_lora_vdb(const s2_elem *__restrict__ dy, int ldy, const s2_elem *__restrict__
 }
 
 // After s2_lora_vdb over every projection: s v into dy's extra columns (the rp columns from
-// out_total of dya [M, ldya]; v32's pad columns are zero), and dB from the ranges' partials in
-// range order: db [out_total, ld_db] column i*R + j of row o, i the projection of row o
-// (rows >= off1 are projection 1, >= off2 projection 2); fp32 with C = beta C + sum when
-// grad_f32, else the storage dtype, overwritten. part_sel: 0 both, 1 s v only, 2 dB only (so
-// dB's sums can run beside the products that need s v).
+// out_total of dya [M, ldya]): column c = i*R + j of projection i is the sum of vpart's slabs
+// se_{i-1} .. se_i - 1 (se_{-1} = 0; se0, se1, se2 are the projections' cumulative slab ends,
+// the total for absent ones), in slab order; pad columns (no projection) are 0. dB from the
+// ranges' partials in range order: db [out_total, ld_db] column i*R + j of row o, i the
+// projection of row o (rows >= off1 are projection 1, >= off2 projection 2); fp32 with
+// C = beta C + sum when grad_f32, else the storage dtype, overwritten. part_sel: 0 both, 1 s v
+// only, 2 dB only (so dB's sums can run beside the products that need s v).
 extern "C" __global__ void __launch_bounds__(256)
-s2_lora_vdb_finish(const float *__restrict__ v32, int M, int rp, s2_elem *__restrict__ dya,
-                   int ldya, int out_total, float scale, const float *__restrict__ part,
-                   int ranges, void *__restrict__ db, int ld_db, int off1, int off2, int grad_f32,
-                   float beta, int part_sel)
+s2_lora_vdb_finish(const float *__restrict__ vpart, int M, int rp, int se0, int se1, int se2,
+                   s2_elem *__restrict__ dya, int ldya, int out_total, float scale,
+                   const float *__restrict__ part, int ranges, void *__restrict__ db, int ld_db,
+                   int off1, int off2, int grad_f32, float beta, int part_sel)
 {
     const long nv = (long)M * rp, n = nv + (long)out_total * S2_LORA_R;
     const long lo = part_sel == 2 ? nv : 0, hi = part_sel == 1 ? nv : n;
     for (long i = lo + (long)blockIdx.x * blockDim.x + threadIdx.x; i < hi;
          i += (long)gridDim.x * blockDim.x) {
         if (i < nv) {
-            const long m = i / rp, c = i % rp;
-            dya[m * ldya + out_total + c] = s2_from_f32(scale * v32[i]);
+            const long m = i / rp;
+            const int c = (int)(i % rp), proj = c / S2_LORA_R, j = c % S2_LORA_R;
+            const int s_lo = proj == 0 ? 0 : proj == 1 ? se0 : proj == 2 ? se1 : se2;
+            const int s_hi = proj == 0 ? se0 : proj == 1 ? se1 : se2;
+            float sum = 0.f;
+            for (int sl = s_lo; sl < s_hi; sl++)
+                sum += vpart[((long)sl * M + m) * S2_LORA_R + j];
+            dya[m * ldya + out_total + c] = s2_from_f32(scale * sum);
             continue;
         }
         const long k = i - nv, o = k / S2_LORA_R, j = k % S2_LORA_R;

@@ -15,7 +15,15 @@
 // when the host found every pointer of the launch 16-byte aligned and every row stride and
 // width a multiple of 8 (the `vec` argument); otherwise the body is instantiated with N = 1
 // and moves single elements, still coalesced. Compute is fp32; the loss and sum-of-squares
-// accumulators are fp64, gradients of trainable tensors fp32 (atomics where rows meet).
+// accumulators are fp64, gradients of trainable tensors fp32.
+//
+// Deterministic: no floating-point atomics. Where many rows add into one value (the
+// embedding's rows of a token, RMSNorm's weight gradient, the loss and the sum of squares),
+// each block writes its partial sum into the caller's workspace and the partials are added in
+// a fixed order (by a second kernel, or by the grid's last block), so the same inputs on the
+// same GPU give the same bits run to run. The workspace (train_kern.h s2_k_ws) holds an
+// arrival counter at byte 0, zero between launches, and the partials from byte S2_K_WS_HEAD;
+// the host passes the kernels the two pointers.
 
 #define S2_IGNORE_INDEX (-100) // runtime/ref_train.h S2_REF_IGNORE_INDEX (HF's ignore_index)
 #define S2_HALF (S2_HEAD_DIM / 2)
@@ -84,26 +92,6 @@ template <int N> __device__ __forceinline__ void s2t_stf(float *p, const float *
         for (int e = 0; e < N; e++)
             p[e] = f[e];
     }
-}
-
-// p[e] += f[e] for N fp32 elements, atomically per element: several rows add into the same
-// gradient. Hopper has 16-byte vector atomics, which quarter the atomic traffic; they need p
-// 16-byte aligned (v4), which the gradient's own pointer decides, apart from the `vec` of the
-// storage-dtype operands (a gradient may sit at any float offset of a flat buffer).
-template <int N> __device__ __forceinline__ void s2t_atomic_add(float *p, const float *f, bool v4)
-{
-#if __CUDA_ARCH__ >= 900
-    if constexpr (N == 8) {
-        if (v4) {
-            atomicAdd(reinterpret_cast<float4 *>(p), make_float4(f[0], f[1], f[2], f[3]));
-            atomicAdd(reinterpret_cast<float4 *>(p) + 1, make_float4(f[4], f[5], f[6], f[7]));
-            return;
-        }
-    }
-#endif
-#pragma unroll
-    for (int e = 0; e < N; e++)
-        atomicAdd(p + e, f[e]);
 }
 
 // ------------------------------------------------------------------ reductions
@@ -177,6 +165,43 @@ __device__ __forceinline__ void s2t_block_lse(float &m, float &s, float *red_m, 
         s2t_lse_merge(m, s, __shfl_xor_sync(0xffffffffu, m, o), __shfl_xor_sync(0xffffffffu, s, o));
 }
 
+// acc[i] += the sum over the grid's blocks of v[i] (i < NV; v is read in thread 0), in an
+// order that does not depend on which block finishes when: every block stores its values at
+// part[block * NV + i] and counts itself in; the block that arrives last (the counter reads
+// gridDim.x - 1) sums the partials, thread t over blocks t, t + blockDim.x, ... and then the
+// block's fixed shuffle tree, adds the sums to acc and re-arms the counter for the next launch.
+// The fence before the count publishes a block's partial before it is counted; the last block
+// reads the partials through L2 (__ldcg), never a stale L1 line. Every thread must call this.
+template <int NV>
+__device__ __forceinline__ void s2t_grid_sum_d(const double *v, double *acc, double *part,
+                                               unsigned *counter)
+{
+    __shared__ int last;
+    __shared__ double red[32];
+    if (threadIdx.x == 0) {
+#pragma unroll
+        for (int i = 0; i < NV; i++)
+            part[(long)blockIdx.x * NV + i] = v[i];
+        __threadfence();
+        last = atomicAdd(counter, 1u) == gridDim.x - 1;
+    }
+    __syncthreads();
+    if (!last)
+        return;
+    __threadfence();
+#pragma unroll
+    for (int i = 0; i < NV; i++) {
+        double s = 0.0;
+        for (unsigned b = threadIdx.x; b < gridDim.x; b += blockDim.x)
+            s += __ldcg(part + (long)b * NV + i);
+        s = s2t_block_sum_d(s, red);
+        if (threadIdx.x == 0)
+            acc[i] += s;
+    }
+    if (threadIdx.x == 0)
+        *counter = 0u;
+}
+
 // ------------------------------------------------------------------ row kernels over hidden
 
 // Thread t owns slots k < S2T_SLOTS(N) of N columns each, slot k at columns
@@ -211,6 +236,31 @@ template <int N> __device__ __forceinline__ void s2t_row_st(s2_elem *row, const 
         const int c = s2t_slot_col<N>(k);
         if (c < S2_HIDDEN)
             s2t_st<N>(row + c, v + k * N);
+    }
+}
+
+// The same slots of an fp32 row (a gradient row or a partial; 0 beyond hidden).
+template <int N> __device__ __forceinline__ void s2t_rowf_ld(const float *row, float *v)
+{
+#pragma unroll
+    for (int k = 0; k < S2T_SLOTS(N); k++) {
+        const int c = s2t_slot_col<N>(k);
+        if (c < S2_HIDDEN)
+            s2t_ldf<N>(row + c, v + k * N);
+        else
+#pragma unroll
+            for (int e = 0; e < N; e++)
+                v[k * N + e] = 0.f;
+    }
+}
+
+template <int N> __device__ __forceinline__ void s2t_rowf_st(float *row, const float *v)
+{
+#pragma unroll
+    for (int k = 0; k < S2T_SLOTS(N); k++) {
+        const int c = s2t_slot_col<N>(k);
+        if (c < S2_HIDDEN)
+            s2t_stf<N>(row + c, v + k * N);
     }
 }
 
@@ -255,37 +305,100 @@ s2_embed_fwd(const int *__restrict__ tokens, const s2_elem *__restrict__ table,
         s2t_embed_fwd<1>(tokens, table, out, ldo, T);
 }
 
-// dtable[tokens[t], :] += dout[t, :]; a token outside the vocabulary adds nothing (the host
-// validates tokens; this only keeps the write in bounds).
+// dtable[tok, :] += the rows dout[t, :] of the positions t holding tok, without atomics, from
+// the host's work list (train_kern.h s2_embed_list): the positions sorted by token, in position
+// order within a token, cut into items of at most S2_EMBED_CHUNK positions. One block an item
+// (grid-stride) sums its rows in list order, S2T_EMB_UNROLL rows loaded ahead of their adds so
+// the loads overlap. An item that is its token's only one (slot < 0) starts from the gradient
+// row and writes it back: the row is then g + d1 + d2 + ... in position order, one writer. The
+// items of a token with more positions (slot >= 0) write their sums to partial row `slot` of
+// part, and s2_embed_bwd_finish adds those into the gradient row in item order.
+#define S2T_EMB_UNROLL 4
 template <int N>
-__device__ __forceinline__ void s2t_embed_bwd(const int *tokens, const s2_elem *dout, int lddo,
-                                              float *dtable, int T)
+__device__ __forceinline__ void s2t_embed_bwd(const int *item_start, const int *item_tok,
+                                              const int *item_slot, const int *pos,
+                                              const s2_elem *dout, int lddo, float *dtable,
+                                              float *part, int n_items)
 {
-    for (int t = blockIdx.x; t < T; t += gridDim.x) {
-        const int tok = tokens[t];
-        if (tok < 0 || tok >= S2_VOCAB)
-            continue;
-        float v[S2T_SLOTS(N) * N];
-        s2t_row_ld<N>(dout + (long)t * lddo, v);
-        float *drow = dtable + (long)tok * S2_HIDDEN;
-        const bool v4 = S2_HIDDEN % 4 == 0 && ((unsigned long long)dtable & 15) == 0;
+    constexpr int S = S2T_SLOTS(N) * N;
+    for (int it = blockIdx.x; it < n_items; it += gridDim.x) {
+        const int p0 = item_start[it], p1 = item_start[it + 1], slot = item_slot[it];
+        float *dst = slot < 0 ? dtable + (long)item_tok[it] * S2_HIDDEN
+                              : part + (long)slot * S2_HIDDEN;
+        float acc[S];
+        if (slot < 0)
+            s2t_rowf_ld<N>(dst, acc);
+        else
 #pragma unroll
-        for (int k = 0; k < S2T_SLOTS(N); k++) {
-            const int c = s2t_slot_col<N>(k);
-            if (c < S2_HIDDEN)
-                s2t_atomic_add<N>(drow + c, v + k * N, v4);
+            for (int i = 0; i < S; i++)
+                acc[i] = 0.f;
+        int p = p0;
+        for (; p + S2T_EMB_UNROLL <= p1; p += S2T_EMB_UNROLL) {
+            float v[S2T_EMB_UNROLL][S];
+#pragma unroll
+            for (int u = 0; u < S2T_EMB_UNROLL; u++)
+                s2t_row_ld<N>(dout + (long)pos[p + u] * lddo, v[u]);
+#pragma unroll
+            for (int u = 0; u < S2T_EMB_UNROLL; u++)
+#pragma unroll
+                for (int i = 0; i < S; i++)
+                    acc[i] += v[u][i];
         }
+        for (; p < p1; p++) {
+            float v[S];
+            s2t_row_ld<N>(dout + (long)pos[p] * lddo, v);
+#pragma unroll
+            for (int i = 0; i < S; i++)
+                acc[i] += v[i];
+        }
+        s2t_rowf_st<N>(dst, acc);
     }
 }
 
 extern "C" __global__ void __launch_bounds__(S2_ROW_THREADS)
-s2_embed_bwd(const int *__restrict__ tokens, const s2_elem *__restrict__ dout, int lddo,
-             float *dtable, int T, int vec)
+s2_embed_bwd(const int *__restrict__ item_start, const int *__restrict__ item_tok,
+             const int *__restrict__ item_slot, const int *__restrict__ pos,
+             const s2_elem *__restrict__ dout, int lddo, float *__restrict__ dtable,
+             float *__restrict__ part, int n_items, int vec)
 {
     if (vec)
-        s2t_embed_bwd<8>(tokens, dout, lddo, dtable, T);
+        s2t_embed_bwd<8>(item_start, item_tok, item_slot, pos, dout, lddo, dtable, part, n_items);
     else
-        s2t_embed_bwd<1>(tokens, dout, lddo, dtable, T);
+        s2t_embed_bwd<1>(item_start, item_tok, item_slot, pos, dout, lddo, dtable, part, n_items);
+}
+
+// For each split token j (one block each, grid-stride): its gradient row += its items' partial
+// rows split_first[j] .. split_first[j + 1] - 1, in that (position) order.
+template <int N>
+__device__ __forceinline__ void s2t_embed_bwd_finish(const int *split_first, const int *split_tok,
+                                                     const float *part, float *dtable,
+                                                     int n_split)
+{
+    constexpr int S = S2T_SLOTS(N) * N;
+    for (int j = blockIdx.x; j < n_split; j += gridDim.x) {
+        float *drow = dtable + (long)split_tok[j] * S2_HIDDEN;
+        float acc[S];
+        s2t_rowf_ld<N>(drow, acc);
+        for (int q = split_first[j]; q < split_first[j + 1]; q++) {
+            float v[S];
+            s2t_rowf_ld<N>(part + (long)q * S2_HIDDEN, v);
+#pragma unroll
+            for (int i = 0; i < S; i++)
+                acc[i] += v[i];
+        }
+        s2t_rowf_st<N>(drow, acc);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(S2_ROW_THREADS)
+s2_embed_bwd_finish(const int *__restrict__ split_first, const int *__restrict__ split_tok,
+                    const float *__restrict__ part, float *__restrict__ dtable, int n_split,
+                    int vec)
+{
+    if (vec)
+        s2t_embed_bwd_finish<8>(split_first, split_tok, part, dtable, n_split);
+    else
+        s2t_embed_bwd_finish<1>(split_first, split_tok, part, dtable, n_split);
 }
 
 // y = x r w with r = 1 / sqrt(mean(x^2) + eps); rstd[m] = r. The row stays in registers
@@ -325,15 +438,16 @@ s2_rmsnorm_fwd(const s2_elem *__restrict__ x, int ldx, const s2_elem *__restrict
         s2t_rmsnorm_fwd<1>(x, ldx, w, y, ldy, rstd, M);
 }
 
-// dx = resid + r (dy w - xh mean(dy w xh)), xh = x r; dw += sum over rows of dy xh. Each
-// thread's dw columns are the same in every row of the block, so the block sums its rows in
-// registers and adds once per column at the end. resid may be dx (read before written, by
-// the same thread): neither carries __restrict__.
+// dx = resid + r (dy w - xh mean(dy w xh)), xh = x r; dw's partial: the sum over the block's
+// rows of dy xh. Each thread's dw columns are the same in every row of the block, so the block
+// sums its rows in registers (in row order) and writes the sums once, as row blockIdx.x of
+// dw_part [gridDim.x, hidden]; s2_colsum_f32 then adds the partials into dw in block order.
+// resid may be dx (read before written, by the same thread): neither carries __restrict__.
 template <int N>
 __device__ __forceinline__ void s2t_rmsnorm_bwd(const s2_elem *x, int ldx, const s2_elem *w,
                                                 const s2_elem *dy, int lddy, const float *rstd,
                                                 const s2_elem *resid, int ldr, s2_elem *dx,
-                                                int lddx, float *dw, int M)
+                                                int lddx, float *dw_part, int M)
 {
     __shared__ float red[32];
     constexpr int S = S2T_SLOTS(N) * N;
@@ -368,26 +482,48 @@ __device__ __forceinline__ void s2t_rmsnorm_bwd(const s2_elem *x, int ldx, const
         }
         s2t_row_st<N>(dx + (long)m * lddx, gv);
     }
-    if (!dw)
-        return;
-    const bool v4 = ((unsigned long long)dw & 15) == 0;
-#pragma unroll
-    for (int k = 0; k < S2T_SLOTS(N); k++) {
-        const int c = s2t_slot_col<N>(k);
-        if (c < S2_HIDDEN)
-            s2t_atomic_add<N>(dw + c, dwv + k * N, v4);
-    }
+    if (dw_part)
+        s2t_rowf_st<N>(dw_part + (long)blockIdx.x * S2_HIDDEN, dwv);
 }
 
 extern "C" __global__ void __launch_bounds__(S2_ROW_THREADS)
 s2_rmsnorm_bwd(const s2_elem *__restrict__ x, int ldx, const s2_elem *__restrict__ w,
                const s2_elem *__restrict__ dy, int lddy, const float *__restrict__ rstd,
-               const s2_elem *resid, int ldr, s2_elem *dx, int lddx, float *dw, int M, int vec)
+               const s2_elem *resid, int ldr, s2_elem *dx, int lddx,
+               float *__restrict__ dw_part, int M, int vec)
 {
     if (vec)
-        s2t_rmsnorm_bwd<8>(x, ldx, w, dy, lddy, rstd, resid, ldr, dx, lddx, dw, M);
+        s2t_rmsnorm_bwd<8>(x, ldx, w, dy, lddy, rstd, resid, ldr, dx, lddx, dw_part, M);
     else
-        s2t_rmsnorm_bwd<1>(x, ldx, w, dy, lddy, rstd, resid, ldr, dx, lddx, dw, M);
+        s2t_rmsnorm_bwd<1>(x, ldx, w, dy, lddy, rstd, resid, ldr, dx, lddx, dw_part, M);
+}
+
+// dst[c] += the sum over rows b < rows of src[b * cols + c] (fp32, contiguous), the partials of
+// blocks that each summed a share of the rows (RMSNorm's weight gradient). Block: 32 columns x
+// S2T_COLSUM_ROWS row lanes, S2_EW_THREADS threads; lane y sums rows y, y + S2T_COLSUM_ROWS, ...
+// in order (one coalesced 128-byte row segment a warp a step), then thread y = 0 adds the
+// lanes' sums to dst in lane order: a fixed order, whatever the timing.
+#define S2T_COLSUM_ROWS (S2_EW_THREADS / 32)
+extern "C" __global__ void __launch_bounds__(S2_EW_THREADS)
+s2_colsum_f32(const float *__restrict__ src, int rows, int cols, float *__restrict__ dst)
+{
+    __shared__ float red[S2T_COLSUM_ROWS][33];
+    const int x = threadIdx.x & 31, y = threadIdx.x >> 5;
+    const int c = blockIdx.x * 32 + x;
+    float s = 0.f;
+    if (c < cols)
+#pragma unroll 4
+        for (int b = y; b < rows; b += S2T_COLSUM_ROWS)
+            s += src[(long)b * cols + c];
+    red[y][x] = s;
+    __syncthreads();
+    if (y == 0 && c < cols) {
+        float t = dst[c];
+#pragma unroll
+        for (int i = 0; i < S2T_COLSUM_ROWS; i++)
+            t += red[i][x];
+        dst[c] = t;
+    }
 }
 
 // ------------------------------------------------------------------ RoPE
@@ -621,10 +757,12 @@ s2_cast_elem(const s2_elem *__restrict__ src, int lds, float *__restrict__ dst, 
 // merged across the block; lse = max + log(sum). Pass 2 (grad): the row is overwritten in
 // place by (softmax - onehot) * inv_denom, each element by the thread that read it. The
 // labelled logit is read by thread 0 before the first barrier of the row, so before any
-// thread can overwrite it. Each block adds its rows' nll and count to acc once.
+// thread can overwrite it. The blocks' nll and counts reach acc through s2t_grid_sum_d (a
+// fixed order; ws_part holds gridDim.x pairs, ws_count the arrival counter).
 template <int N>
 __device__ __forceinline__ void s2t_xent(s2_elem *logits, int ldl, const int *labels,
-                                         float inv_denom, int grad, double *acc, int M)
+                                         float inv_denom, int grad, double *acc,
+                                         double *ws_part, unsigned *ws_count, int M)
 {
     __shared__ float red_m[32], red_s[32];
     double nll = 0.0, cnt = 0.0;
@@ -676,20 +814,18 @@ __device__ __forceinline__ void s2t_xent(s2_elem *logits, int ldl, const int *la
             s2t_st<N>(z + c, f);
         }
     }
-    if (threadIdx.x == 0 && cnt > 0.0) {
-        atomicAdd(acc, nll);
-        atomicAdd(acc + 1, cnt);
-    }
+    const double v[2] = {nll, cnt};
+    s2t_grid_sum_d<2>(v, acc, ws_part, ws_count);
 }
 
 extern "C" __global__ void __launch_bounds__(S2_XENT_THREADS)
 s2_xent(s2_elem *logits, int ldl, const int *__restrict__ labels, float inv_denom, int grad,
-        double *acc, int M, int vec)
+        double *acc, double *ws_part, unsigned *ws_count, int M, int vec)
 {
     if (vec)
-        s2t_xent<8>(logits, ldl, labels, inv_denom, grad, acc, M);
+        s2t_xent<8>(logits, ldl, labels, inv_denom, grad, acc, ws_part, ws_count, M);
     else
-        s2t_xent<1>(logits, ldl, labels, inv_denom, grad, acc, M);
+        s2t_xent<1>(logits, ldl, labels, inv_denom, grad, acc, ws_part, ws_count, M);
 }
 
 // ------------------------------------------------------------------ flat fp32 vectors
@@ -742,9 +878,10 @@ s2_adamw(float *__restrict__ p, const float *__restrict__ g, float *__restrict__
 }
 
 // acc[0] += sum of g^2: fp32 within a quad, fp64 from there on (a gradient can hold 1e8
-// elements), one fp64 atomic per block.
+// elements); the blocks' sums reach acc through s2t_grid_sum_d (a fixed order).
 extern "C" __global__ void __launch_bounds__(S2_EW_THREADS)
-s2_sumsq(const float *__restrict__ g, unsigned long long n, double *acc, int vec)
+s2_sumsq(const float *__restrict__ g, unsigned long long n, double *acc, double *ws_part,
+         unsigned *ws_count, int vec)
 {
     __shared__ double red[32];
     const unsigned long long quads = (n + 3) / 4;
@@ -763,8 +900,7 @@ s2_sumsq(const float *__restrict__ g, unsigned long long n, double *acc, int vec
         s += (double)part;
     }
     s = s2t_block_sum_d(s, red);
-    if (threadIdx.x == 0)
-        atomicAdd(acc, s);
+    s2t_grid_sum_d<1>(&s, acc, ws_part, ws_count);
 }
 
 // x *= s.

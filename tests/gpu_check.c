@@ -13,10 +13,13 @@
  * (16-byte paths; odd strides and misaligned pointers for the element paths) and also check
  * that no pad column of a strided buffer is written. The "window" cases run sequence-parallel
  * attention windows (s2_attn_forward_window, _backward_window) rank by rank, as the NCCL path
- * will, and hold the gathered outputs to the whole sequence's (see run_window_case).
- * --only SUBSTRING picks cases by name
- * ("lora", "train", "train rope", "fp16", ...); --family attn|lora|train runs one family alone
- * (the compute-sanitizer sweep of bench/gpu-check.sh takes them one at a time).
+ * will, and hold the gathered outputs to the whole sequence's (see run_window_case). The train
+ * family also holds the determinism cases ("train det ..."): every kernel that sums across
+ * blocks (embedding and RMSNorm backward, cross-entropy, sum of squares) and the LoRA linear as
+ * the trainer runs it ("train det lora ...", cuBLAS's and cuBLASLt's algorithms), run several
+ * times on the same inputs, must give the same bits every run. --only SUBSTRING picks cases by
+ * name ("lora", "train", "train rope", "train det", "fp16", ...); --family attn|lora|train runs
+ * one family alone (the compute-sanitizer sweep of bench/gpu-check.sh takes them one at a time).
  *
  * One line per case; exit status 0 only if every case passes, 3 with no GPU.
  * Built without Criterion: the GPU machine has none.
@@ -780,6 +783,7 @@ typedef struct lcase {
     int group;           /* which group of the plan */
     double dropout;
     int hidden;          /* the model's hidden size; 0: 512 */
+    int heads;           /* query heads of 64 dims (2 kv heads); 0: 8 */
 } lcase;
 
 /* GQA-shaped q/k/v (H=8, Hkv=2, d=64: outs 512, 128, 128) and o; M not a multiple of a tile.
@@ -788,21 +792,23 @@ typedef struct lcase {
  * rank 8 on an o_proj of 516 outputs (rows of dy not 16-byte aligned); gate/up with in = 520
  * (rows of x 16-byte aligned, in not a multiple of 64) takes the pass too. */
 static const lcase lcases[] = {
-    {"qkv r=8", "bf16", 1000, 8, "[q_proj, k_proj, v_proj, o_proj]", 0, 0.0, 0},
-    {"qkv r=16", "bf16", 1000, 16, "[q_proj, k_proj, v_proj, o_proj]", 0, 0.0, 0},
-    {"qkv r=32 fp16", "fp16", 700, 32, "[q_proj, k_proj, v_proj]", 0, 0.0, 0},
-    {"o r=24", "bf16", 900, 24, "[o_proj]", 0, 0.0, 0},
-    {"gate,up r=8", "bf16", 1500, 8, "[gate_proj, up_proj]", 0, 0.0, 0},
-    {"qkv r=64 fp16", "fp16", 777, 64, "[q_proj, k_proj, v_proj, o_proj]", 0, 0.0, 0},
-    {"o r=8", "bf16", 1000, 8, "[q_proj, k_proj, v_proj, o_proj]", 1, 0.0, 0},
-    {"q,v r=8", "bf16", 513, 8, "[q_proj, v_proj]", 0, 0.0, 0},
-    {"qkv r=4 (rp pad)", "bf16", 300, 4, "[q_proj, k_proj, v_proj]", 0, 0.0, 0},
-    {"down r=16 fp16", "fp16", 640, 16, "[down_proj]", 0, 0.0, 0},
-    {"qkv r=8 dropout 0.1", "bf16", 1000, 8, "[q_proj, k_proj, v_proj, o_proj]", 0, 0.1, 0},
-    {"o r=16 dropout 0.3 fp16", "fp16", 513, 16, "[q_proj, k_proj, v_proj, o_proj]", 1, 0.3, 0},
-    {"qkv r=12 dropout (pad)", "bf16", 257, 12, "[q_proj, k_proj, v_proj]", 0, 0.2, 0},
-    {"o r=8 out 516", "bf16", 600, 8, "[o_proj]", 0, 0.0, 516},
-    {"gate,up r=16 in 520", "bf16", 777, 16, "[gate_proj, up_proj]", 0, 0.0, 520},
+    {"qkv r=8", "bf16", 1000, 8, "[q_proj, k_proj, v_proj, o_proj]", 0, 0.0, 0, 0},
+    {"qkv r=16", "bf16", 1000, 16, "[q_proj, k_proj, v_proj, o_proj]", 0, 0.0, 0, 0},
+    {"qkv r=32 fp16", "fp16", 700, 32, "[q_proj, k_proj, v_proj]", 0, 0.0, 0, 0},
+    {"o r=24", "bf16", 900, 24, "[o_proj]", 0, 0.0, 0, 0},
+    {"gate,up r=8", "bf16", 1500, 8, "[gate_proj, up_proj]", 0, 0.0, 0, 0},
+    {"qkv r=64 fp16", "fp16", 777, 64, "[q_proj, k_proj, v_proj, o_proj]", 0, 0.0, 0, 0},
+    {"o r=8", "bf16", 1000, 8, "[q_proj, k_proj, v_proj, o_proj]", 1, 0.0, 0, 0},
+    {"q,v r=8", "bf16", 513, 8, "[q_proj, v_proj]", 0, 0.0, 0, 0},
+    {"qkv r=4 (rp pad)", "bf16", 300, 4, "[q_proj, k_proj, v_proj]", 0, 0.0, 0, 0},
+    {"down r=16 fp16", "fp16", 640, 16, "[down_proj]", 0, 0.0, 0, 0},
+    {"qkv r=8 dropout 0.1", "bf16", 1000, 8, "[q_proj, k_proj, v_proj, o_proj]", 0, 0.1, 0, 0},
+    {"o r=16 dropout 0.3 fp16", "fp16", 513, 16, "[q_proj, k_proj, v_proj, o_proj]", 1, 0.3, 0, 0},
+    {"qkv r=12 dropout (pad)", "bf16", 257, 12, "[q_proj, k_proj, v_proj]", 0, 0.2, 0, 0},
+    {"o r=8 out 516", "bf16", 600, 8, "[o_proj]", 0, 0.0, 516, 0},
+    {"gate,up r=16 in 520", "bf16", 777, 16, "[gate_proj, up_proj]", 0, 0.0, 520, 0},
+    /* q over two slabs, k and v one each: v's partials at different slab offsets */
+    {"qkv r=8 q 1024", "bf16", 900, 8, "[q_proj, k_proj, v_proj]", 0, 0.0, 0, 16},
 };
 #define N_LCASES ((int)(sizeof lcases / sizeof lcases[0]))
 
@@ -811,10 +817,11 @@ static s2_status lcase_plan(const lcase *c, s2_lora_plan *plan, s2_error *err)
     char yaml[1024];
     snprintf(yaml, sizeof yaml,
              "name: gpu-check-lora\ndtype: %s\n"
-             "model: {hidden_size: %d, intermediate_size: 768, num_layers: 1, num_heads: 8,\n"
+             "model: {hidden_size: %d, intermediate_size: 768, num_layers: 1, num_heads: %d,\n"
              "        num_kv_heads: 2, head_dim: 64, vocab_size: 256, max_position_embeddings: 1024}\n"
              "context_length: 1024\nlora: {rank: %d, alpha: 16, dropout: %g, targets: %s}\n",
-             c->dtype, c->hidden ? c->hidden : 512, c->r, c->dropout, c->targets);
+             c->dtype, c->hidden ? c->hidden : 512, c->heads ? c->heads : 8, c->r, c->dropout,
+             c->targets);
     s2_spec spec;
     s2_status st = s2_spec_load_string(yaml, c->what, NULL, 0, &spec, err);
     if (!st)
@@ -834,6 +841,15 @@ static double rel_block(const float *got, int ld_got, const float *ref, int ld_r
             num += (g - r) * (g - r), den += r * r;
         }
     return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+/* Elements of n bytes each (es) in got that differ bitwise from ref. */
+static double ndiff(const void *got, const void *ref, size_t n, size_t es)
+{
+    double d = 0;
+    for (size_t i = 0; i < n; i++)
+        d += memcmp((const char *)got + i * es, (const char *)ref + i * es, es) != 0;
+    return d;
 }
 
 typedef struct lbufs {
@@ -1051,6 +1067,141 @@ static int check_lora(const s2_rt *rt)
     return failed;
 }
 
+/* The LoRA linear as the trainer runs it (fp32 gradients accumulated onto a start, the
+ * backward's second stream), DET_RUNS_LORA times on the same inputs, restored before each run:
+ * the elements of y, dx, s v (dya's extra columns), dA and dB that differ from the first run's
+ * bits go to *diff. */
+#define DET_RUNS_LORA 3
+static s2_status run_lora_det(s2_lora_ctx *ctx, const lcase *c, int algo, double *diff,
+                              s2_error *err)
+{
+    s2_lora_plan plan;
+    s2_lora_dims d;
+    s2_status st = lcase_plan(c, &plan, err);
+    if (!st)
+        st = s2_lora_dims_of(&plan, c->group, 5, c->M, rng_state, &d, err);
+    if (st)
+        return st;
+    memset(d.algo, algo, sizeof d.algo);
+    d.grad_f32 = 1, d.grad_beta = 1.f;
+    const s2_st_dtype dt = d.dtype == S2_DTYPE_BF16 ? S2_ST_BF16 : S2_ST_F16;
+    const int lx = d.in + d.rp, ly = d.out_total + d.rp;
+    const size_t nxa = (size_t)d.M * lx, nwc = (size_t)(d.out_total + d.rp) * lx;
+    const size_t ndya = (size_t)d.M * ly, ny = (size_t)d.M * d.out_total;
+    const size_t nda = (size_t)d.rp * d.in, ndb = (size_t)d.out_total * d.rp;
+    float *xa = xmalloc(nxa * 4), *wc = xmalloc(nwc * 4), *dya = xmalloc(ndya * 4);
+    float *da0 = xmalloc(nda * 4), *db0 = xmalloc(ndb * 4);
+    rand_rounded(xa, nxa, 1.f, dt);
+    rand_rounded(wc, nwc, 1.f / sqrtf((float)d.in), dt);
+    rand_rounded(dya, ndya, 1.f, dt);
+    for (size_t i = 0; i < nda; i++)
+        da0[i] = rng_normal();
+    for (size_t i = 0; i < ndb; i++)
+        db0[i] = rng_normal();
+    /* the off-diagonal blocks of B are zero, as the trainer keeps them */
+    for (int i = 0, off = 0; i < d.n_proj; off += d.out[i], i++)
+        for (int o = off; o < off + d.out[i]; o++)
+            for (int j = 0; j < d.rp; j++)
+                if (j < i * d.r || j >= (i + 1) * d.r)
+                    wc[(size_t)o * lx + d.in + j] = 0.f;
+    lbufs b = {0};
+    uint16_t *h_xa = xmalloc(nxa * 2), *h_dya = xmalloc(ndya * 2);
+    s2_f32_to_half(dt, xa, h_xa, nxa);
+    s2_f32_to_half(dt, dya, h_dya, ndya);
+    st = upload_half(&b.wc, wc, nwc, dt, err);
+    const size_t bytes[] = {nxa * 2, ndya * 2, ny * 2, nxa * 2, nda * 4, ndb * 4};
+    void **ptr[] = {&b.xa, &b.dya, &b.y, &b.dxv, &b.da, &b.db};
+    for (int i = 0; i < 6 && !st; i++)
+        st = s2_rt_check(cudaMalloc(ptr[i], bytes[i]), "cudaMalloc (LoRA det)", err);
+    if (!st && s2_lora_workspace_bytes(&d))
+        st = s2_rt_check(cudaMalloc(&b.ws, s2_lora_workspace_bytes(&d)), "cudaMalloc ws", err);
+    /* outputs read back: y, dxv, dya (its s v columns), da, db */
+    const size_t out_bytes = ny * 2 + nxa * 2 + ndya * 2 + nda * 4 + ndb * 4;
+    char *first = xmalloc(out_bytes), *got = xmalloc(out_bytes);
+    *diff = 0;
+    for (int r = 0; !st && r < DET_RUNS_LORA; r++) {
+        char *h = r ? got : first;
+        st = s2_rt_check(cudaMemcpy(b.xa, h_xa, nxa * 2, cudaMemcpyHostToDevice), "restore", err);
+        if (!st)
+            st = s2_rt_check(cudaMemcpy(b.dya, h_dya, ndya * 2, cudaMemcpyHostToDevice), "restore",
+                             err);
+        if (!st)
+            st = s2_rt_check(cudaMemcpy(b.da, da0, nda * 4, cudaMemcpyHostToDevice), "restore",
+                             err);
+        if (!st)
+            st = s2_rt_check(cudaMemcpy(b.db, db0, ndb * 4, cudaMemcpyHostToDevice), "restore",
+                             err);
+        if (!st)
+            st = s2_rt_check(cudaMemset(b.dxv, 0xff, nxa * 2), "poison", err);
+        if (!st)
+            st = s2_lora_forward(ctx, &d, b.xa, b.wc, b.y, b.ws, 0, err);
+        if (!st)
+            st = s2_lora_backward(ctx, &d, b.xa, b.wc, b.dya, b.dxv, b.da, b.db, b.ws, 0, err);
+        if (!st)
+            st = s2_rt_check(cudaDeviceSynchronize(), "running the LoRA linear", err);
+        const void *src[] = {b.y, b.dxv, b.dya, b.da, b.db};
+        const size_t nb[] = {ny * 2, nxa * 2, ndya * 2, nda * 4, ndb * 4};
+        size_t at = 0;
+        for (int i = 0; i < 5 && !st; at += nb[i], i++)
+            st = s2_rt_check(cudaMemcpy(h + at, src[i], nb[i], cudaMemcpyDeviceToHost),
+                             "copy back", err);
+        if (!st && r) {
+            at = 0;
+            for (int i = 0; i < 5; at += nb[i], i++)
+                *diff += ndiff(got + at, first + at, nb[i] / (i < 3 ? 2 : 4), i < 3 ? 2 : 4);
+        }
+    }
+    free(xa), free(wc), free(dya), free(da0), free(db0), free(h_xa), free(h_dya);
+    free(first), free(got);
+    lbufs_free(&b);
+    return st;
+}
+
+/* Every LoRA case (those whose name "train det lora CASE" holds `only`), with cuBLAS's own
+ * algorithms and cuBLASLt's first: the same bits run after run. Returns the failures. */
+static int check_lora_det(const s2_rt *rt, const char *only)
+{
+    int any = 0;
+    char full[160];
+    for (int i = 0; i < N_LCASES && !any; i++) {
+        snprintf(full, sizeof full, "train det lora %s", lcases[i].what);
+        any = !only || strstr(full, only);
+    }
+    if (!any)
+        return 0;
+    s2_error err = {0};
+    s2_lora_ctx *ctx = NULL;
+    if (s2_lora_open(&ctx, rt, NULL, &err)) {
+        printf("det lora: ERROR %s\n", err.msg);
+        s2_error_clear(&err);
+        return 1;
+    }
+    printf("%-28s %-4s %5s %3s %4s %9s %s\n", "det lora case", "dt", "M", "r", "algo", "diff",
+           "result");
+    int failed = 0, n_run = 0;
+    for (int algo = 0; algo < 2; algo++)
+        for (int i = 0; i < N_LCASES; i++) {
+            snprintf(full, sizeof full, "train det lora %s", lcases[i].what);
+            if (only && !strstr(full, only))
+                continue;
+            double diff = 0;
+            n_run++;
+            if (run_lora_det(ctx, &lcases[i], algo, &diff, &err)) {
+                printf("%-28s ERROR %s\n", lcases[i].what, err.msg);
+                s2_error_clear(&err);
+                failed++;
+                continue;
+            }
+            printf("%-28s %-4s %5d %3d %4d %9.0f %s\n", lcases[i].what, lcases[i].dtype,
+                   lcases[i].M, lcases[i].r, algo, diff, diff == 0 ? "PASS" : "FAIL");
+            failed += diff != 0;
+        }
+    s2_lora_close(ctx);
+    printf("gpu_check: %d of %d LoRA determinism runs passed (%d runs each)\n", n_run - failed,
+           n_run, DET_RUNS_LORA);
+    return failed;
+}
+
 /* ---------------------------------------------------------------- the trainer's kernels */
 
 /* Model shapes of the train unit: the tiny spec's in both dtypes, and LLaMA-2 13B's widths (5120
@@ -1239,6 +1390,33 @@ static s2_status dints(darena *ar, const int32_t *h, int n, int32_t **out, s2_er
     return st;
 }
 
+/* The reduction workspace for `rows` rows: poisoned (partials a kernel reads before writing
+ * turn NaN), its arrival counter zeroed as train_kern.h asks. */
+static s2_status tws(darena *ar, const tctx *c, int rows, s2_k_ws *ws, s2_error *err)
+{
+    ws->bytes = s2_k_ws_bytes(c->k, rows);
+    s2_status st = dnew(ar, ws->bytes, &ws->p, err);
+    if (!st)
+        st = s2_rt_check(cudaMemset(ws->p, 0, S2_K_WS_HEAD), "zeroing the counter", err);
+    return st;
+}
+
+/* M tokens for the embedding backward: random, with token 5 at every third position and 9
+ * at every seventh (from 1), so at M = 512 both fill more than one S2_EMBED_CHUNK item and
+ * take the partials and the second kernel; the work list built from them. */
+static s2_status tembed_tokens(darena *ar, const tctx *c, int32_t **tok, s2_embed_list *l,
+                               int32_t **dlist, s2_error *err)
+{
+    const int M = c->M, V = c->k->vocab;
+    *tok = ttokens(M, V);
+    for (int t = 0; t < M; t++)
+        (*tok)[t] = t % 3 == 0 ? 5 % V : t % 7 == 1 ? 9 % V : (*tok)[t];
+    s2_status st = s2_embed_list_build(l, *tok, M, V, err);
+    if (!st)
+        st = dints(ar, l->data, (int)l->n_ints, dlist, err);
+    return st;
+}
+
 typedef s2_status (*tcase_fn)(const tctx *c, darena *ar, tout *o, s2_error *err);
 
 /* out = table[tokens]; the last token is outside the vocabulary, and its row must be NaN. */
@@ -1274,23 +1452,28 @@ static s2_status tc_embed_fwd(const tctx *c, darena *ar, tout *o, s2_error *err)
     return st;
 }
 
-/* dtable += scatter of dout by token (repeats add up); the increment is compared. */
+/* dtable += scatter of dout by token (repeats add up, some tokens over several items); the
+ * increment is compared. */
 static s2_status tc_embed_bwd(const tctx *c, darena *ar, tout *o, s2_error *err)
 {
     const int M = c->M, H = c->k->hidden, V = c->k->vocab, ld = H + c->pad;
     const size_t nt = (size_t)V * H;
     float *dout = trand(c, (size_t)M * H, 1.f), *t0 = trand(c, nt, 1.f);
     float *got = xmalloc(nt * 4), *ref = tzeros(nt);
-    int32_t *tok = ttokens(M, V), *dtok;
+    int32_t *tok = NULL, *dlist = NULL;
+    s2_embed_list l = {0};
+    s2_k_ws ws;
     void *ddout;
     float *dtab;
-    s2_status st = dints(ar, tok, M, &dtok, err);
+    s2_status st = tembed_tokens(ar, c, &tok, &l, &dlist, err);
     if (!st)
         st = dmat(ar, c, dout, M, H, ld, &ddout, err);
     if (!st)
         st = dvec(ar, c, t0, nt, &dtab, err);
     if (!st)
-        st = s2_k_embed_bwd(c->k, M, dtok, ddout, ld, dtab, 0, err);
+        st = tws(ar, c, M, &ws, err);
+    if (!st)
+        st = s2_k_embed_bwd(c->k, &l, dlist, ddout, ld, dtab, &ws, 0, err);
     if (!st)
         st = dsync(err);
     if (!st)
@@ -1304,6 +1487,7 @@ static s2_status tc_embed_bwd(const tctx *c, darena *ar, tout *o, s2_error *err)
         tout_add(o, "dtable", rel_l2(got, ref, nt, &o->nan), TOL);
     }
     free(dout), free(t0), free(got), free(ref), free(tok);
+    s2_embed_list_free(&l);
     return st;
 }
 
@@ -1376,15 +1560,18 @@ static s2_status rmsnorm_bwd_case(const tctx *c, darena *ar, tout *o, int in_pla
         st = dvec(ar, c, rstd, (size_t)M, &drstd, err);
     if (!st)
         st = dmat(ar, c, in_place ? res : NULL, M, H, lddx, &ddx, err);
-    /* dw at the other alignment than the rest: the 16-byte path then adds into a gradient at
-     * an odd float offset (element atomics), while embed bwd covers the 16-byte atomics */
+    /* dw at the other alignment than the rest: the partials' sum then adds into a gradient
+     * at an odd float offset on the 16-byte path */
     tctx cw = *c;
     cw.off = !c->off;
+    s2_k_ws ws = {0};
     if (!st && !in_place)
         st = dvec(ar, &cw, dw0, (size_t)H, &ddw, err);
+    if (!st && !in_place)
+        st = tws(ar, c, M, &ws, err);
     if (!st)
         st = s2_k_rmsnorm_bwd(c->k, M, dx_, ldx, dw_, ddy, lddy, drstd, in_place ? ddx : NULL,
-                              lddx, ddx, lddx, ddw, 0, err);
+                              lddx, ddx, lddx, ddw, in_place ? NULL : &ws, 0, err);
     if (!st)
         st = dsync(err);
     if (!st)
@@ -1593,6 +1780,7 @@ static s2_status tc_xent(const tctx *c, darena *ar, tout *o, s2_error *err)
     }
     void *dz, *dacc;
     double acc[2][2];
+    s2_k_ws ws;
     s2_status st = dints(ar, lab, M, &dlab, err);
     if (!st)
         st = dmat(ar, c, z, M, V, ldl, &dz, err);
@@ -1601,7 +1789,9 @@ static s2_status tc_xent(const tctx *c, darena *ar, tout *o, s2_error *err)
     if (!st)
         st = s2_rt_check(cudaMemset(dacc, 0, 4 * sizeof(double)), "zeroing acc", err);
     if (!st)
-        st = s2_k_xent(c->k, M, dz, ldl, dlab, 1.f / count, 0, (double *)dacc, 0, err);
+        st = tws(ar, c, M, &ws, err);
+    if (!st)
+        st = s2_k_xent(c->k, M, dz, ldl, dlab, 1.f / count, 0, (double *)dacc, &ws, 0, err);
     if (!st)
         st = dsync(err);
     if (!st)
@@ -1610,7 +1800,7 @@ static s2_status tc_xent(const tctx *c, darena *ar, tout *o, s2_error *err)
     for (size_t i = 0; !st && i < n; i++)
         changed += memcmp(&got[i], &z[i], 4) != 0;
     if (!st)
-        st = s2_k_xent(c->k, M, dz, ldl, dlab, 1.f / count, 1, (double *)dacc + 2, 0, err);
+        st = s2_k_xent(c->k, M, dz, ldl, dlab, 1.f / count, 1, (double *)dacc + 2, &ws, 0, err);
     if (!st)
         st = dsync(err);
     if (!st)
@@ -1691,13 +1881,16 @@ static s2_status tc_sumsq(const tctx *c, darena *ar, tout *o, s2_error *err)
         ref += 2.0 * g[i] * g[i];
     }
     void *dacc;
+    s2_k_ws ws;
     s2_status st = dvec(ar, c, g, n, &dg, err);
     if (!st)
         st = dnew(ar, sizeof(double), &dacc, err);
     if (!st)
         st = s2_rt_check(cudaMemset(dacc, 0, sizeof(double)), "zeroing acc", err);
+    if (!st)
+        st = tws(ar, c, 0, &ws, err);
     for (int r = 0; !st && r < 2; r++)
-        st = s2_k_sumsq(c->k, n, dg, dacc, 0, err);
+        st = s2_k_sumsq(c->k, n, dg, dacc, &ws, 0, err);
     if (!st)
         st = dsync(err);
     if (!st)
@@ -1760,6 +1953,183 @@ static s2_status tc_casts(const tctx *c, darena *ar, tout *o, s2_error *err)
     return st;
 }
 
+/* ---- determinism: each kernel that sums across blocks, run DET_RUNS times on the same
+ * inputs (restored before each run), must give the same bits every time (train_kern.h). A
+ * case reports "diff": the elements (of any output) that differ from the first run's; it
+ * passes only at 0. The inputs make blocks meet: repeated tokens (some over several items),
+ * many rows into one weight gradient, many blocks into one loss and one sum of squares. */
+#define DET_RUNS 4
+
+static s2_status tc_det_embed_bwd(const tctx *c, darena *ar, tout *o, s2_error *err)
+{
+    const int M = c->M, H = c->k->hidden, V = c->k->vocab, ld = H + c->pad;
+    const size_t nt = (size_t)V * H;
+    float *dout = trand(c, (size_t)M * H, 1.f), *t0 = trand(c, nt, 1.f);
+    float *first = xmalloc(nt * 4), *got = xmalloc(nt * 4);
+    int32_t *tok = NULL, *dlist = NULL;
+    s2_embed_list l = {0};
+    s2_k_ws ws;
+    void *ddout;
+    float *dtab;
+    double diff = 0;
+    s2_status st = tembed_tokens(ar, c, &tok, &l, &dlist, err);
+    if (!st)
+        st = dmat(ar, c, dout, M, H, ld, &ddout, err);
+    if (!st)
+        st = dvec(ar, c, t0, nt, &dtab, err);
+    if (!st)
+        st = tws(ar, c, M, &ws, err);
+    for (int r = 0; !st && r < DET_RUNS; r++) {
+        st = s2_rt_check(cudaMemcpy(dtab, t0, nt * 4, cudaMemcpyHostToDevice), "restore", err);
+        if (!st)
+            st = s2_k_embed_bwd(c->k, &l, dlist, ddout, ld, dtab, &ws, 0, err);
+        if (!st)
+            st = dsync(err);
+        if (!st)
+            st = dvec_get(r ? got : first, dtab, nt, err);
+        if (!st && r)
+            diff += ndiff(got, first, nt, 4);
+    }
+    if (!st)
+        tout_add(o, "diff", diff, 1);
+    free(dout), free(t0), free(first), free(got), free(tok);
+    s2_embed_list_free(&l);
+    return st;
+}
+
+/* dx and dw (onto a random start), the weight gradient's partials from every block */
+static s2_status tc_det_rmsnorm_bwd(const tctx *c, darena *ar, tout *o, s2_error *err)
+{
+    const int M = c->M, H = c->k->hidden, ldx = H + c->pad;
+    const size_t n = (size_t)M * H, nx = (size_t)M * ldx;
+    float *x = trand(c, n, 2.f), *w = tweight(c, H), *dy = trand(c, n, 1.f);
+    float *dw0 = trand(c, (size_t)H, 1.f), *rstd = xmalloc((size_t)M * 4), *tmp = xmalloc(n * 4);
+    float *fdw = xmalloc((size_t)H * 4), *gdw = xmalloc((size_t)H * 4);
+    uint16_t *fdx = xmalloc(nx * 2), *gdx = xmalloc(nx * 2);
+    s2_ref_rmsnorm_forward(M, H, c->k->eps, x, w, tmp, rstd);
+    void *dx_, *dw_, *ddy, *ddx;
+    float *drstd, *ddw;
+    s2_k_ws ws;
+    double diff = 0;
+    s2_status st = dmat(ar, c, x, M, H, ldx, &dx_, err);
+    if (!st)
+        st = dmat(ar, c, w, 1, H, H, &dw_, err);
+    if (!st)
+        st = dmat(ar, c, dy, M, H, ldx, &ddy, err);
+    if (!st)
+        st = dvec(ar, c, rstd, (size_t)M, &drstd, err);
+    if (!st)
+        st = dmat(ar, c, NULL, M, H, ldx, &ddx, err);
+    if (!st)
+        st = dvec(ar, c, dw0, (size_t)H, &ddw, err);
+    if (!st)
+        st = tws(ar, c, M, &ws, err);
+    for (int r = 0; !st && r < DET_RUNS; r++) {
+        st = s2_rt_check(cudaMemcpy(ddw, dw0, (size_t)H * 4, cudaMemcpyHostToDevice), "restore",
+                         err);
+        if (!st)
+            st = s2_k_rmsnorm_bwd(c->k, M, dx_, ldx, dw_, ddy, ldx, drstd, NULL, 0, ddx, ldx, ddw,
+                                  &ws, 0, err);
+        if (!st)
+            st = dsync(err);
+        if (!st)
+            st = dvec_get(r ? gdw : fdw, ddw, (size_t)H, err);
+        if (!st)
+            st = s2_rt_check(cudaMemcpy(r ? gdx : fdx, ddx, nx * 2, cudaMemcpyDeviceToHost),
+                             "copy back", err);
+        if (!st && r)
+            diff += ndiff(gdw, fdw, (size_t)H, 4) + ndiff(gdx, fdx, nx, 2);
+    }
+    if (!st)
+        tout_add(o, "diff", diff, 1);
+    free(x), free(w), free(dy), free(dw0), free(rstd), free(tmp);
+    free(fdw), free(gdw), free(fdx), free(gdx);
+    return st;
+}
+
+/* the loss sum and count (fp64, from every block) and dlogits */
+static s2_status tc_det_xent(const tctx *c, darena *ar, tout *o, s2_error *err)
+{
+    const int M = c->M, V = c->k->vocab, ldl = V + c->pad;
+    const size_t n = (size_t)M * ldl;
+    float *z = trand(c, (size_t)M * V, 3.f);
+    int32_t *lab = ttokens(M, V), *dlab;
+    for (int m = 0; m < M; m++)
+        if (m % 5 == 1)
+            lab[m] = S2_REF_IGNORE_INDEX;
+    uint16_t *z16 = xmalloc(n * 2), *fz = xmalloc(n * 2), *gz = xmalloc(n * 2);
+    void *dz, *dacc;
+    double facc[2], gacc[2], diff = 0;
+    s2_k_ws ws;
+    s2_status st = dints(ar, lab, M, &dlab, err);
+    if (!st)
+        st = dmat(ar, c, z, M, V, ldl, &dz, err);
+    if (!st) /* the logits as uploaded, to restore them (the gradient overwrites them) */
+        st = s2_rt_check(cudaMemcpy(z16, dz, n * 2, cudaMemcpyDeviceToHost), "copy", err);
+    if (!st)
+        st = dnew(ar, 2 * sizeof(double), &dacc, err);
+    if (!st)
+        st = tws(ar, c, M, &ws, err);
+    for (int r = 0; !st && r < DET_RUNS; r++) {
+        st = s2_rt_check(cudaMemcpy(dz, z16, n * 2, cudaMemcpyHostToDevice), "restore", err);
+        if (!st)
+            st = s2_rt_check(cudaMemset(dacc, 0, 2 * sizeof(double)), "zeroing acc", err);
+        if (!st)
+            st = s2_k_xent(c->k, M, dz, ldl, dlab, 1.f / M, 1, (double *)dacc, &ws, 0, err);
+        if (!st)
+            st = dsync(err);
+        if (!st)
+            st = s2_rt_check(cudaMemcpy(r ? gacc : facc, dacc, sizeof facc,
+                                        cudaMemcpyDeviceToHost), "copy acc", err);
+        if (!st)
+            st = s2_rt_check(cudaMemcpy(r ? gz : fz, dz, n * 2, cudaMemcpyDeviceToHost),
+                             "copy back", err);
+        if (!st && r)
+            diff += ndiff(gacc, facc, 2, 8) + ndiff(gz, fz, n, 2);
+    }
+    if (!st) {
+        o->nan += isnan(facc[0]);
+        tout_add(o, "diff", diff, 1);
+    }
+    free(z), free(lab), free(z16), free(fz), free(gz);
+    return st;
+}
+
+/* the sum of squares over 8 rows of work per row of the shape (many blocks) */
+static s2_status tc_det_sumsq(const tctx *c, darena *ar, tout *o, s2_error *err)
+{
+    const size_t n = 8 * (size_t)c->M * c->k->hidden + 3;
+    float *g = xmalloc(n * 4), *dg;
+    for (size_t i = 0; i < n; i++)
+        g[i] = rng_normal();
+    void *dacc;
+    double first = 0, got = 0, diff = 0;
+    s2_k_ws ws;
+    s2_status st = dvec(ar, c, g, n, &dg, err);
+    if (!st)
+        st = dnew(ar, sizeof(double), &dacc, err);
+    if (!st)
+        st = tws(ar, c, 0, &ws, err);
+    for (int r = 0; !st && r < DET_RUNS; r++) {
+        st = s2_rt_check(cudaMemset(dacc, 0, sizeof(double)), "zeroing acc", err);
+        if (!st)
+            st = s2_k_sumsq(c->k, n, dg, dacc, &ws, 0, err);
+        if (!st)
+            st = dsync(err);
+        if (!st)
+            st = s2_rt_check(cudaMemcpy(r ? &got : &first, dacc, sizeof(double),
+                                        cudaMemcpyDeviceToHost), "copy acc", err);
+        if (!st && r)
+            diff += ndiff(&got, &first, 1, 8);
+    }
+    if (!st) {
+        o->nan += isnan(first);
+        tout_add(o, "diff", diff, 1);
+    }
+    free(g);
+    return st;
+}
+
 static const struct {
     const char *what;
     tcase_fn fn;
@@ -1778,6 +2148,10 @@ static const struct {
     {"adamw 2 steps", tc_adamw},
     {"sumsq", tc_sumsq},
     {"casts", tc_casts},
+    {"det embed bwd", tc_det_embed_bwd},
+    {"det rmsnorm bwd", tc_det_rmsnorm_bwd},
+    {"det xent", tc_det_xent},
+    {"det sumsq", tc_det_sumsq},
 };
 #define N_TCASES ((int)(sizeof tcases / sizeof tcases[0]))
 
@@ -1851,6 +2225,8 @@ static int check_train(const s2_rt *rt, const char *only)
     return failed;
 }
 
+#define N_TRAIN_KERNELS 16 /* train_kern.c's kernel table */
+
 /* Builds the train unit of every train spec for arch: every kernel present, no spill, no
  * stack; returns the failures, each reported on stderr. */
 static int prebuild_train(const char *arch)
@@ -1864,8 +2240,9 @@ static int prebuild_train(const char *arch)
         s2_status st = tspec_load(&tspecs[si], &spec, &err);
         if (!st)
             st = s2_train_kern_build(&spec, &jo, &res, &err);
-        if (!st && res.n_res != 14)
-            st = s2_error_set(&err, S2_ERR_CHECK, "%d kernels in the unit; 14 expected", res.n_res);
+        if (!st && res.n_res != N_TRAIN_KERNELS)
+            st = s2_error_set(&err, S2_ERR_CHECK, "%d kernels in the unit; %d expected",
+                              res.n_res, N_TRAIN_KERNELS);
         for (int i = 0; !st && i < res.n_res; i++) {
             const s2_kernel_res *r = &res.res[i];
             if (r->spill_stores + r->spill_loads + r->stack)
@@ -2040,5 +2417,7 @@ int main(int argc, char **argv)
         failed += check_lora(&rt);
     if (fam_train)
         failed += check_train(&rt, only);
+    if (fam_train)
+        failed += check_lora_det(&rt, only);
     return failed ? 1 : 0;
 }

@@ -9,6 +9,7 @@
  *      the CPU twin's central finite differences of the loss (fd_check: along the gradient
  *      itself and along random directions of that tensor), and the same gradients from a model that recomputes whole layers in the backward
  *      (the first keeps the attention half's activations per layer);
+ *      and the same batch again, twice: the same loss, gradients and norm, bit for bit;
  *   3. one AdamW step against s2_ref_adamw_step on the gradients read back;
  *   4. the training state and the PEFT adapter written and read back into the model;
  *   5. full fine-tuning (every weight trained): the gradients of stacked projection weights,
@@ -438,8 +439,10 @@ int main(int argc, char **argv)
     s2_train_state state = {0};
     char adir[600];
     snprintf(adir, sizeof adir, "%s/adapter", dir);
+    /* token 7 at every third position: more than one S2_EMBED_CHUNK item of the embedding
+     * backward (its partials and second kernel) */
     for (int t = 0; t < T; t++)
-        tok[t] = (int32_t)((unif() + 1) * 0.5 * (VOCAB - 1));
+        tok[t] = t % 3 == 0 ? 7 : (int32_t)((unif() + 1) * 0.5 * (VOCAB - 1));
 
     CHECK(s2_spec_load_string(spec_yaml, "model-check", NULL, 0, &spec, &err));
     CHECK(s2_ckpt_open(dir, &ck, &err));
@@ -547,6 +550,30 @@ int main(int argc, char **argv)
         printf("recompute: %.60s... vs %.60s...\n", w1, w2);
         report("gradients, layer recompute vs mlp recompute", worst, 1e-5);
         s2_gm_close(m2);
+    }
+
+    /* 2c. determinism: the same batch again on the same model, twice, gives the same bits
+     * (loss, count, every gradient, the gradient norm) as the first backward (train_kern.h,
+     * lora.h, blas.h: no atomics, fixed-order sums) */
+    for (int rep = 0; rep < 2; rep++) {
+        double nll2 = 0, norm1 = 0, norm2 = 0;
+        int64_t count2 = 0;
+        CHECK(s2_gm_zero_grad(m, &err));
+        CHECK(s2_gm_train_batch(m, &b, 0, (double)(T - B), &nll2, &count2, &err));
+        CHECK(s2_gm_grad_norm(m, &norm1, &err));
+        CHECK(s2_gm_grad_norm(m, &norm2, &err));
+        double differ = (memcmp(&nll, &nll2, sizeof nll) != 0) + (count != count2) +
+                        (memcmp(&norm1, &norm2, sizeof norm1) != 0);
+        for (int i = 0; i < h.n; i++) {
+            float *g2 = malloc(h.numel[i] * sizeof(float));
+            CHECK(s2_gm_read_grad(m, i, g2, &err));
+            for (size_t e = 0; e < h.numel[i]; e++)
+                differ += memcmp(&g2[e], &grads[i][e], sizeof(float)) != 0;
+            free(g2);
+        }
+        char what[96];
+        snprintf(what, sizeof what, "determinism: run %d vs run 1, values that differ", rep + 2);
+        report(what, differ, 1); /* 0 passes: the same bits */
     }
 
     /* 3. one AdamW step */

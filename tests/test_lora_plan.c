@@ -111,10 +111,12 @@ Test(lora_dims, dropout_streams_and_workspace)
     cr_expect_float_eq(d.dropout, 0.05f, 1e-7);
     cr_expect_eq(d.stream[0], 3 * 8 + S2_PROJ_Q, "layer * 8 + projection");
     cr_expect_eq(d.stream[2], 3 * 8 + S2_PROJ_V);
-    /* the generated pass (rank 8): v's fp32 accumulator [100, 32] (12800 bytes, a multiple of
-     * 256 already), and the dB partials of one row range (24 slabs of 512 columns allow 11
-     * ranges, 10 rows each, but a range keeps at least 256 rows) [1, 12288, 8] fp32 */
-    const size_t pass = 12800 + (size_t)12288 * 8 * 4;
+    /* the generated pass (rank 8): v's fp32 partials, one [100, 8] a slab of 512 columns, 8
+     * slabs a projection of 4096 (24 in all: 76800 bytes, a multiple of 256 already; they
+     * replace an accumulator [100, 32] the slabs added into with atomics), and the dB partials
+     * of one row range (24 slabs allow 11 ranges, 10 rows each, but a range keeps at least 256
+     * rows) [1, 12288, 8] fp32 */
+    const size_t pass = (size_t)24 * 100 * 8 * 4 + (size_t)12288 * 8 * 4;
     cr_expect_eq(s2_lora_workspace_bytes(&d), pass + (size_t)100 * 4096 * 2,
                  "the pass's, then drop(x), one [M, in]");
     s2_spec none = load(S2_SOURCE_DIR "/specs/llama2-7b-8k.yaml", NULL);
