@@ -347,3 +347,45 @@ void s2_sp_plan_format(const s2_sp_plan *p, s2_buf *b)
                   "one rank receives: %s\n", p->n_xfer, fmt_bytes(p->fwd_bytes, x, sizeof x),
                   fmt_bytes(p->bwd_bytes, y, sizeof y), fmt_bytes(most, z, sizeof z));
 }
+
+int s2_sp_union_klo(const s2_sp_plan *plan, int r)
+{
+    const s2_sp_rank *rk = &plan->rank[r];
+    int klo = rk->lo;
+    for (int k = 0; k < S2_SP_KINDS; k++)
+        if (rk->before[k].hi > rk->before[k].lo && rk->before[k].lo < klo)
+            klo = rk->before[k].lo;
+    return klo;
+}
+
+int s2_sp_union_spans(const s2_sp_plan *plan, s2_sp_span *out)
+{
+    int n = 0;
+    for (int d = 0; d < plan->P; d++) {
+        const int klo = s2_sp_union_klo(plan, d), lo = plan->rank[d].lo;
+        for (int s = 0; s < d; s++) {
+            const int a = plan->rank[s].lo > klo ? plan->rank[s].lo : klo;
+            const int b = plan->rank[s].hi < lo ? plan->rank[s].hi : lo;
+            if (a < b)
+                out[n++] = (s2_sp_span){.src = s, .dst = d, .lo = a, .hi = b};
+        }
+    }
+    return n;
+}
+
+long long s2_sp_union_fwd_bytes(const s2_sp_plan *plan)
+{
+    long long rows = 0;
+    for (int d = 0; d < plan->P; d++)
+        rows += plan->rank[d].lo - s2_sp_union_klo(plan, d);
+    return rows * 2 * plan->a.Hkv * plan->a.d * plan->a.elem_bytes;
+}
+
+void s2_sp_chunk_labels(const int32_t *tokens, int T, int32_t next, int32_t ignore,
+                        int32_t *labels)
+{
+    for (int t = 0; t + 1 < T; t++)
+        labels[t] = tokens[t + 1];
+    if (T > 0)
+        labels[T - 1] = next >= 0 ? next : ignore;
+}

@@ -32,6 +32,8 @@
 #ifndef S2_SP_PLAN_H
 #define S2_SP_PLAN_H
 
+#include <stdint.h>
+
 #include "spec.h"
 #include "util.h"
 
@@ -114,5 +116,35 @@ const char *s2_sp_kind_name(s2_sp_kind k);
  * and the totals. Appends to b.
  */
 void s2_sp_plan_format(const s2_sp_plan *plan, s2_buf *b);
+
+/*
+ * The GPU model's first exchange (runtime/model.h's sequence-parallel mode): every kv head's
+ * rows of the union of a rank's "before" ranges. Split mode only (no wrap). The halo of rank r
+ * is [klo, lo) with klo the smallest non-empty before[kind].lo (lo itself when none); a span
+ * is one contiguous part of it held by one source rank. Spans are ordered by dst, then src.
+ * Costs against the per-kind transfers: the rows of the kinds that need fewer (all Hkv heads
+ * travel for every row of the union).
+ */
+typedef struct s2_sp_span {
+    int src, dst, lo, hi; /* rows [lo, hi), held by src, sent to dst */
+} s2_sp_span;
+
+/* klo of rank r's union halo (split mode). */
+int s2_sp_union_klo(const s2_sp_plan *plan, int r);
+
+/* The spans of every rank's union halo into out (at most P * (P - 1) of them); their count. */
+int s2_sp_union_spans(const s2_sp_plan *plan, s2_sp_span *out);
+
+/* k+v bytes a layer the union exchange moves forward, all ranks (dk+dv back: the same rows at
+ * grad_elem_bytes). */
+long long s2_sp_union_fwd_bytes(const s2_sp_plan *plan);
+
+/*
+ * The labels of a chunk [lo, lo + T) of one sequence (Hugging Face's causal-LM labels cut at
+ * the chunk): label t = tokens[t + 1] for t < T - 1, and the last one the first token of the
+ * next chunk (next >= 0), or `ignore` for the sequence's last chunk (next < 0).
+ */
+void s2_sp_chunk_labels(const int32_t *tokens, int T, int32_t next, int32_t ignore,
+                        int32_t *labels);
 
 #endif

@@ -8,6 +8,7 @@
 
 #include "blas.h"
 #include "lora.h"
+#include "../gen/sp_plan.h"
 #include "ref_llama.h"
 #include "train_kern.h"
 #include "tune.h"
@@ -53,6 +54,11 @@ struct s2_gm {
     int ldy[4]; /* row stride of each group's output gradient: out_total + rp (lora.h's dya) */
     s2_attn attn[2]; /* [0] S²-Attn, [1] full causal */
     int have_attn[2];
+    s2_attn attn_w;  /* sequence parallel: the window units (sp_halo > 0) */
+    int have_attn_w;
+    int halo;        /* sp_halo: K/V rows per layer are Tmax + halo */
+    const s2_gm_sp *sp; /* the micro-batch's chunk, NULL when it is whole sequences */
+    int hoff;        /* the chunk's own K/V rows start at row hoff (lo - klo; 0 without sp) */
     s2_train_kern k;
     int have_k;
     s2_lora_ctx *lora;
@@ -422,6 +428,12 @@ s2_status s2_gm_open(s2_gm **out, const s2_rt *rt, const s2_spec *spec, const s2
     m->I = md->intermediate_size;
     m->V = md->vocab_size;
     m->Tmax = o->max_tokens;
+    m->halo = o->sp_halo;
+    if (o->sp_halo < 0 || o->sp_halo > S2_SPEC_MAX_TOKENS) {
+        free(m);
+        return s2_error_set(err, S2_ERR_INVALID, "model: sp_halo %d: must be in [0, %d]",
+                            o->sp_halo, S2_SPEC_MAX_TOKENS);
+    }
     if (o->recompute < S2_GM_RECOMPUTE_AUTO || o->recompute > S2_GM_RECOMPUTE_MLP) {
         free(m);
         return s2_error_set(err, S2_ERR_INVALID, "model: recompute = %d; valid: %d (auto), "
@@ -454,6 +466,10 @@ s2_status s2_gm_open(s2_gm **out, const s2_rt *rt, const s2_spec *spec, const s2
     if (!st && !o->no_s2attn) {
         st = s2_attn_load(&m->attn[0], rt, spec, o->tile, &jo, err);
         m->have_attn[0] = !st;
+    }
+    if (!st && o->sp_halo > 0) {
+        st = s2_attn_load_window(&m->attn_w, rt, spec, o->tile, &jo, err);
+        m->have_attn_w = !st;
     }
     if (!st) {
         s2_spec full;
@@ -555,10 +571,11 @@ s2_status s2_gm_open(s2_gm **out, const s2_rt *rt, const s2_spec *spec, const s2
             max_lx = gr->in + gr->rp;
     }
     const size_t hq = (size_t)m->H * m->hd, hk = (size_t)m->Hkv * m->hd;
+    const size_t TK = T + (size_t)m->halo; /* K/V rows: the halo, then the chunk's */
     /* the attention half's activations, once or per layer (s2_gm_opts.recompute) */
     const group *g0 = &m->layers[0].g[G_QKV], *g1 = &m->layers[0].g[G_O];
     const size_t lx0 = (size_t)(g0->in + g0->rp), lx1 = (size_t)(g1->in + g1->rp);
-    const size_t per_layer = T * ((lx0 + lx1 + 2 * hq + 2 * hk + hid) * EL + 4) +
+    const size_t per_layer = T * ((lx0 + lx1 + 2 * hq + hid) * EL + 4) + TK * 2 * hk * EL +
                              (size_t)m->H * T * 4;
     const size_t extra = (size_t)(m->L - 1) * per_layer;
     m->keep_attn = o->recompute == S2_GM_RECOMPUTE_MLP;
@@ -578,8 +595,8 @@ s2_status s2_gm_open(s2_gm **out, const s2_rt *rt, const s2_spec *spec, const s2
         {&m->hs, (size_t)(m->L + 1) * T * hid * EL, "layer inputs"},
         {&m->qkv, T * m->nqkv * EL, "qkv"},
         {&m->q, nl * T * hq * EL, "q"},
-        {&m->k_, nl * T * hk * EL, "k"},
-        {&m->v, nl * T * hk * EL, "v"},
+        {&m->k_, nl * TK * hk * EL, "k"},
+        {&m->v, nl * TK * hk * EL, "v"},
         {&m->o, nl * T * hq * EL, "o"},
         {&m->y, T * hid * EL, "y"},
         {&m->h2, nl * T * hid * EL, "h2"},
@@ -594,8 +611,8 @@ s2_status s2_gm_open(s2_gm **out, const s2_rt *rt, const s2_spec *spec, const s2
         {&m->dgu, T * (size_t)m->ldy[G_GU] * EL, "d gate_up"},
         {&m->dout, T * hq * EL, "do"},
         {&m->dq, T * hq * EL, "dq"},
-        {&m->dk, T * hk * EL, "dk"},
-        {&m->dv, T * hk * EL, "dv"},
+        {&m->dk, TK * hk * EL, "dk"},
+        {&m->dv, TK * hk * EL, "dv"},
         {&m->dqkv, T * (size_t)m->ldy[G_QKV] * EL, "dqkv"},
         {&m->xf, T * hid * EL, "final norm"},
         {&m->dxf, T * hid * EL, "d final norm"},
@@ -626,6 +643,8 @@ s2_status s2_gm_open(s2_gm **out, const s2_rt *rt, const s2_spec *spec, const s2
     for (int i = 0; i < 2; i++)
         if (m->have_attn[i] && s2_attn_workspace_bytes(&m->attn[i], m->Tmax) > ws)
             ws = s2_attn_workspace_bytes(&m->attn[i], m->Tmax);
+    if (m->have_attn_w && s2_attn_workspace_bytes(&m->attn_w, m->Tmax) > ws)
+        ws = s2_attn_workspace_bytes(&m->attn_w, m->Tmax);
     if (!st)
         st = dalloc(m, &m->attn_ws, ws, "attention workspace", err);
     size_t lws = 0;
@@ -659,6 +678,8 @@ void s2_gm_close(s2_gm *m)
     for (int i = 0; i < 2; i++)
         if (m->have_attn[i])
             s2_attn_free(&m->attn[i]);
+    if (m->have_attn_w)
+        s2_attn_free(&m->attn_w);
     if (m->have_k)
         s2_train_kern_free(&m->k);
     s2_lora_close(m->lora);
@@ -692,6 +713,30 @@ static s2_status put_batch(s2_gm *m, const s2_gm_batch *b, int grad, s2_attn_bat
         return s2_error_set(err, S2_ERR_INVALID,
                             "batch of %d tokens: the model was opened for 1..%d", b->T, m->Tmax);
     const int B = b->cu_seqlens ? b->B : 1;
+    const s2_gm_sp *sp = b->sp;
+    m->sp = NULL;
+    m->hoff = 0;
+    if (sp) {
+        if (!m->have_attn_w)
+            return s2_error_set(err, S2_ERR_INVALID, "sequence-parallel batch: the model was "
+                                "opened with sp_halo 0 (no window units)");
+        if (B != 1 || b->labels)
+            return s2_error_set(err, S2_ERR_INVALID, "sequence-parallel batch: %s; a chunk is "
+                                "one sequence (B 1) with the labels of s2_sp_chunk_labels",
+                                B != 1 ? "B != 1" : "labels given");
+        if (sp->lo < 0 || sp->klo < 0 || sp->klo > sp->lo || sp->lo - sp->klo > m->halo ||
+            sp->lo + b->T > sp->n_global || !sp->tp)
+            return s2_error_set(err, S2_ERR_INVALID, "sequence-parallel batch: chunk [%d, %d) "
+                                "of %d tokens with halo [%d, %d): valid are 0 <= klo <= lo, "
+                                "lo - klo <= sp_halo %d, lo + T <= n_global, and a transport",
+                                sp->lo, sp->lo + b->T, sp->n_global, sp->klo, sp->lo, m->halo);
+        const int last = sp->lo + b->T == sp->n_global;
+        if (last ? sp->next_token != -1 : (sp->next_token < 0 || sp->next_token >= m->V))
+            return s2_error_set(err, S2_ERR_INVALID, "sequence-parallel batch: next_token %d "
+                                "for chunk [%d, %d) of %d: valid %s", sp->next_token, sp->lo,
+                                sp->lo + b->T, sp->n_global,
+                                last ? "-1 (the last chunk)" : "a token in [0, vocab)");
+    }
     int32_t one[2] = {0, b->T};
     const int32_t *cu = b->cu_seqlens ? b->cu_seqlens : one;
     s2_status st = s2_attn_batch_init(bt, cu, B, b->T, "cu_seqlens", err);
@@ -704,6 +749,7 @@ static s2_status put_batch(s2_gm *m, const s2_gm_batch *b, int grad, s2_attn_bat
                                 b->tokens[t], m->V);
     int32_t *pos = malloc((size_t)b->T * sizeof *pos);
     int32_t *lab = b->labels ? NULL : malloc((size_t)b->T * sizeof *lab);
+    const int pos0 = sp ? sp->lo : 0;
     if (!pos || (!b->labels && !lab)) {
         free(pos);
         free(lab);
@@ -711,8 +757,10 @@ static s2_status put_batch(s2_gm *m, const s2_gm_batch *b, int grad, s2_attn_bat
     }
     for (int s = 0; s < B; s++)
         for (int t = cu[s]; t < cu[s + 1]; t++)
-            pos[t] = t - cu[s];
-    if (lab)
+            pos[t] = pos0 + t - cu[s];
+    if (lab && sp)
+        s2_sp_chunk_labels(b->tokens, b->T, sp->next_token, S2_REF_IGNORE_INDEX, lab);
+    else if (lab)
         s2_ref_llama_labels(b->tokens, b->T, cu, B, lab);
     const int32_t *labels = b->labels ? b->labels : lab;
     st = s2_rt_check(cudaMemcpy(m->d_tokens, b->tokens, (size_t)b->T * 4,
@@ -738,6 +786,10 @@ static s2_status put_batch(s2_gm *m, const s2_gm_batch *b, int grad, s2_attn_bat
     free(pos);
     free(lab);
     bt->d_cu_seqlens = m->d_cu;
+    if (!st && sp) {
+        m->sp = sp;
+        m->hoff = sp->lo - sp->klo;
+    }
     for (int l = 0; l < m->L; l++)
         for (int g = 0; g < GROUPS; g++)
             group_dims(m, l, &m->layers[l].g[g], b->T, b->dropout_seed, &m->layers[l].g[g].d);
@@ -766,11 +818,12 @@ static acts acts_of(const s2_gm *m, int l)
 {
     const size_t i = m->keep_attn ? (size_t)l : 0, T = (size_t)m->Tmax;
     const size_t hq = (size_t)m->H * m->hd, hk = (size_t)m->Hkv * m->hd;
+    const size_t TK = T + (size_t)m->halo;
     const group *g0 = &m->layers[0].g[G_QKV], *g1 = &m->layers[0].g[G_O];
     return (acts){.xa_qkv = at(m->xa[G_QKV], i * T * (size_t)(g0->in + g0->rp)),
                   .xa_o = at(m->xa[G_O], i * T * (size_t)(g1->in + g1->rp)),
-                  .q = at(m->q, i * T * hq), .k = at(m->k_, i * T * hk),
-                  .v = at(m->v, i * T * hk), .o = at(m->o, i * T * hq),
+                  .q = at(m->q, i * T * hq), .k = at(m->k_, i * TK * hk),
+                  .v = at(m->v, i * TK * hk), .o = at(m->o, i * T * hq),
                   .h2 = at(m->h2, i * T * (size_t)m->hid),
                   .lse = m->lse + i * T * (size_t)m->H, .rstd1 = m->rstd1 + i * T};
 }
@@ -816,12 +869,21 @@ static s2_status layer_fwd(s2_gm *m, int l, const s2_attn *at_, const s2_attn_ba
                              err);
     if (!st)
         st = s2_k_rope(&m->k, T, m->H, m->d_pos, +1, m->qkv, m->nqkv, a.q, hq, s, err);
+    /* the chunk's own K/V rows after the halo (sequence parallel; hoff 0 otherwise) */
+    void *k_own = at(a.k, (size_t)m->hoff * hk), *v_own = at(a.v, (size_t)m->hoff * hk);
     if (!st)
-        st = s2_k_rope(&m->k, T, m->Hkv, m->d_pos, +1, at(m->qkv, hq), m->nqkv, a.k, hk, s,
+        st = s2_k_rope(&m->k, T, m->Hkv, m->d_pos, +1, at(m->qkv, hq), m->nqkv, k_own, hk, s,
                        err);
     if (!st)
-        st = copy2d(a.v, hk, at(m->qkv, hq + hk), m->nqkv, hk, T, s, "v out of qkv", err);
-    if (!st)
+        st = copy2d(v_own, hk, at(m->qkv, hq + hk), m->nqkv, hk, T, s, "v out of qkv", err);
+    if (!st && m->sp) {
+        const s2_sp_transport *tp = m->sp->tp;
+        const s2_attn_window w = {.qlo = m->sp->lo, .qhi = m->sp->lo + T, .klo = m->sp->klo,
+                                  .n_global = m->sp->n_global};
+        st = tp->fwd(tp->ctx, l, a.k, a.v, s, err);
+        if (!st)
+            st = s2_attn_forward_window(&m->attn_w, &w, a.q, a.k, a.v, a.o, a.lse, s, err);
+    } else if (!st)
         st = s2_attn_forward(at_, bt, a.q, a.k, a.v, a.o, a.lse, s, err);
     if (!st)
         st = copy2d(a.xa_o, lx1, a.o, hq, hq, T, s, "o into o_proj's input", err);
@@ -884,16 +946,25 @@ static s2_status layer_bwd(s2_gm *m, int l, const s2_attn *at_, const s2_attn_ba
         st = grad_w(m, g1, m->dh2, a.xa_o, T, err);
     if (!st)
         st = copy2d(m->dout, hq, m->dxv, lx1, hq, T, s, "dO out of o_proj's dx", err);
-    if (!st)
+    if (!st && m->sp) { /* the halo rows' dK/dV go back to their owners, theirs come here */
+        const s2_sp_transport *tp = m->sp->tp;
+        const s2_attn_window w = {.qlo = m->sp->lo, .qhi = m->sp->lo + T, .klo = m->sp->klo,
+                                  .n_global = m->sp->n_global};
+        st = s2_attn_backward_window(&m->attn_w, &w, a.q, a.k, a.v, a.o, a.lse, m->dout,
+                                     m->attn_ws, m->dq, m->dk, m->dv, s, err);
+        if (!st)
+            st = tp->bwd(tp->ctx, l, m->dk, m->dv, s, err);
+    } else if (!st)
         st = s2_attn_backward(at_, bt, a.q, a.k, a.v, a.o, a.lse, m->dout, m->attn_ws,
                               m->dq, m->dk, m->dv, s, err);
+    const void *dk_own = at(m->dk, (size_t)m->hoff * hk), *dv_own = at(m->dv, (size_t)m->hoff * hk);
     if (!st)
         st = s2_k_rope(&m->k, T, m->H, m->d_pos, -1, m->dq, hq, m->dqkv, m->ldy[G_QKV], s, err);
     if (!st)
-        st = s2_k_rope(&m->k, T, m->Hkv, m->d_pos, -1, m->dk, hk, at(m->dqkv, hq), m->ldy[G_QKV],
-                       s, err);
+        st = s2_k_rope(&m->k, T, m->Hkv, m->d_pos, -1, dk_own, hk, at(m->dqkv, hq),
+                       m->ldy[G_QKV], s, err);
     if (!st)
-        st = copy2d(at(m->dqkv, hq + hk), m->ldy[G_QKV], m->dv, hk, hk, T, s, "dv into dqkv",
+        st = copy2d(at(m->dqkv, hq + hk), m->ldy[G_QKV], dv_own, hk, hk, T, s, "dv into dqkv",
                     err);
     if (!st)
         st = s2_lora_backward(m->lora, &g0->d, a.xa_qkv, g0->wc, m->dqkv, m->dxv,
@@ -980,7 +1051,10 @@ static const s2_attn *attention(const s2_gm *m, int full, s2_error *err)
 static s2_status forward(s2_gm *m, const s2_gm_batch *b, int full, int grad,
                          const s2_attn **a, s2_attn_batch *bt, s2_error *err)
 {
-    *a = attention(m, full, err);
+    if (b->sp && full)
+        return s2_error_set(err, S2_ERR_INVALID, "sequence-parallel batch with full attention: "
+                            "chunks run S²-Attn's window units only");
+    *a = b->sp && !m->have_attn[0] ? &m->attn_w : attention(m, full, err);
     if (!*a)
         return S2_ERR_INVALID;
     s2_status st = put_batch(m, b, grad, bt, err);
@@ -1093,6 +1167,8 @@ int s2_gm_trainable_range(const s2_gm *m, int i, size_t *off, size_t *n)
 int s2_gm_num_layers(const s2_gm *m) { return m->L; }
 
 cudaStream_t s2_gm_stream(const s2_gm *m) { return m->stream; }
+
+const s2_train_kern *s2_gm_kern(const s2_gm *m) { return &m->k; }
 
 size_t s2_gm_trainable_numel(const s2_gm *m)
 {

@@ -38,6 +38,7 @@
 #include "../gen/spec.h"
 #include "rt.h"
 #include "train_io.h"
+#include "train_kern.h"
 #include "train_state.h"
 
 typedef struct s2_gm s2_gm;
@@ -64,7 +65,40 @@ typedef struct s2_gm_opts {
                                   train stacked per group ("...self_attn.qkv.weight_stacked"),
                                   with embeddings, norms and head; fp32 masters and moments of
                                   all of it must fit on the device */
+    int sp_halo;               /* > 0: sequence-parallel micro-batches (s2_gm_sp) with up to
+                                  this many halo rows; loads the window units and gives every
+                                  layer's K/V and the dK/dV buffers sp_halo rows more */
 } s2_gm_opts;
+
+/*
+ * Sequence parallelism (gen/sp_plan.h): the key/value exchange of one rank, behind a
+ * transport (runtime/sp_xchg.h: a loopback for P ranks in one process, NCCL across
+ * processes). k, v, dk, dv are this rank's buffers [hi - klo, Hkv, d] in the spec's dtype
+ * (rows klo .. hi: the halo, then the rank's own rows), on the model's stream.
+ *   fwd: layer l's own rows of k and v are written; fill the halo rows [klo, lo) from their
+ *        owners (also called again by a backward that recomputes the layer).
+ *   bwd: layer l's attention backward wrote dk, dv for all rows (the halo rows: this rank's
+ *        partial sums); send the halo rows to their owners and add what the other ranks send
+ *        back for this rank's rows into its rows [lo, hi).
+ * Every rank must make the same sequence of calls.
+ */
+typedef struct s2_sp_transport {
+    void *ctx;
+    s2_status (*fwd)(void *ctx, int layer, void *k, void *v, cudaStream_t stream,
+                     s2_error *err);
+    s2_status (*bwd)(void *ctx, int layer, void *dk, void *dv, cudaStream_t stream,
+                     s2_error *err);
+} s2_sp_transport;
+
+/* A micro-batch of one rank: the chunk [lo, lo + T) of one sequence of n_global tokens
+ * (s2_gm_batch.tokens is the chunk, RoPE positions are lo + t), halo [klo, lo) (klo <= lo,
+ * lo - klo <= the model's sp_halo). next_token: the first token of the next chunk (the label of
+ * the chunk's last position), -1 for the sequence's last chunk. Split shift mode only. */
+typedef struct s2_gm_sp {
+    int lo, klo, n_global;
+    int32_t next_token;
+    const s2_sp_transport *tp;
+} s2_gm_sp;
 
 /* One micro-batch on the host: T tokens packed as B sequences (cu_seqlens [B+1], NULL = one
  * sequence of T). labels [T] (NULL: Hugging Face's causal-LM labels, s2_ref_llama_labels;
@@ -78,6 +112,8 @@ typedef struct s2_gm_batch {
     uint64_t dropout_seed; /* LoRA dropout masks of this micro-batch (the backward's recompute
                               regenerates them); the trainer derives it from its RNG seed and
                               the micro-batch's index, so a resumed run draws the same masks */
+    const s2_gm_sp *sp;    /* NULL, or one rank's chunk of a sequence (then B = 1, labels NULL:
+                              s2_sp_chunk_labels; S²-Attn only, through the window units) */
 } s2_gm_batch;
 
 /*
@@ -145,6 +181,8 @@ float *s2_gm_grad_buffer(s2_gm *m, size_t *n);
  * the ranges tile it. -1 when i is out of range. */
 int s2_gm_trainable_range(const s2_gm *m, int i, size_t *off, size_t *n);
 int s2_gm_num_layers(const s2_gm *m);
+/* The model's elementwise kernels (a transport adds received dK/dV rows with s2_k_add). */
+const s2_train_kern *s2_gm_kern(const s2_gm *m);
 /* The stream every model kernel runs on. */
 cudaStream_t s2_gm_stream(const s2_gm *m);
 

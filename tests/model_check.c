@@ -13,7 +13,13 @@
  *   3. one AdamW step against s2_ref_adamw_step on the gradients read back;
  *   4. the training state and the PEFT adapter written and read back into the model;
  *   5. full fine-tuning (every weight trained): the gradients of stacked projection weights,
- *      head and embeddings against finite differences, and the whole-model HF export.
+ *      head and embeddings against finite differences, and the whole-model HF export;
+ *   6. sequence parallelism on one GPU (sp_check): one sequence of 900 tokens (G 768, split:
+ *      halos that span two owners, GQA 4/2) cut into P = 2 and 4 chunks, each chunk a model of
+ *      its own driven by a thread, the K/V halos and dK/dV through the loopback transport:
+ *      the summed loss, every chunk's logits and every trainable gradient (summed over the
+ *      chunks) against the whole-sequence GPU run (2e-2; 5e-2 for gradients: the owners add
+ *      the returned dK/dV partial sums in bf16).
  * Tolerances (relative): 2e-2 for logits and loss-derived values (the GPU rounds every
  * activation to bf16, the twin keeps fp32/fp64), 5e-2 for a directional derivative (a bf16
  * backward against an fp64 difference quotient), 1e-5 for the optimizer (fp32 on both sides).
@@ -24,6 +30,8 @@
 #define _GNU_SOURCE
 #endif
 #include <ftw.h>
+#include <pthread.h>
+#include <sys/stat.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
@@ -34,6 +42,7 @@
 
 #include "../gen/lora_plan.h"
 #include "../runtime/model.h"
+#include "../runtime/sp_xchg.h"
 #include "../runtime/ref_llama.h"
 #include "../runtime/ref_train.h"
 #include "../runtime/st.h"
@@ -114,7 +123,7 @@ static void add(ckw *w, int64_t d0, int64_t d1, double a, double offset, const c
     t->data = p;
 }
 
-static int write_ckpt(const char *dir)
+static int write_ckpt(const char *dir, int maxpos, int ctx)
 {
     ckw w = {0};
     char name[128];
@@ -142,10 +151,10 @@ static int write_ckpt(const char *dir)
         "{s:[s], s:s, s:i, s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:f, s:{s:s, s:f}, s:f,"
         " s:b, s:s}",
         "architectures", "LlamaForCausalLM", "model_type", "llama", "hidden_size", HID,
-        "hidden_act", "silu", "intermediate_size", INTER, "max_position_embeddings", MAXPOS,
+        "hidden_act", "silu", "intermediate_size", INTER, "max_position_embeddings", maxpos,
         "num_attention_heads", H, "num_hidden_layers", L, "num_key_value_heads", HKV,
         "head_dim", D, "vocab_size", VOCAB, "rms_norm_eps", 1e-5, "rope_scaling", "type",
-        "linear", "factor", (double)(CTX / MAXPOS), "rope_theta", 10000.0,
+        "linear", "factor", (double)(ctx / maxpos), "rope_theta", 10000.0,
         "tie_word_embeddings", 0, "torch_dtype", "bfloat16");
     char path[512];
     snprintf(path, sizeof path, "%s/config.json", dir);
@@ -395,6 +404,230 @@ static double fd_loss(void *ctx, const float *moved, size_t n)
     return l;
 }
 
+/* ---- sequence parallelism on one GPU ----------------------------------------------------- */
+
+#define SP_CTX 1024
+#define SP_MAXPOS 256
+#define SP_N 900
+
+static const char sp_yaml[] =
+    "name: model-check-sp\n"
+    "dtype: bf16\n"
+    "context_length: 1024\n"
+    "model: {hidden_size: 256, intermediate_size: 688, num_layers: 2, num_heads: 4,\n"
+    "        num_kv_heads: 2, head_dim: 64, vocab_size: 264, rope_theta: 10000,\n"
+    "        max_position_embeddings: 256, rms_norm_eps: 1.0e-5, tie_word_embeddings: false}\n"
+    "s2attn: {group_size: 768, shift_mode: split}\n"
+    "lora: {rank: 8, alpha: 16, targets: [q_proj, k_proj, v_proj, o_proj],\n"
+    "       trainable: [embed, norm]}\n";
+
+typedef struct sp_job {
+    s2_gm *m;
+    s2_gm_batch b;
+    s2_gm_sp sp;
+    s2_sp_transport tp;
+    s2_sp_loop *lp;
+    int device;
+    double denom, nll;
+    int64_t count;
+    float *logits; /* NULL: train, else eval into it */
+    s2_status st;
+    s2_error err;
+} sp_job;
+
+static void *sp_rank(void *arg)
+{
+    sp_job *j = arg;
+    j->st = s2_rt_check(cudaSetDevice(j->device), "cudaSetDevice", &j->err);
+    if (!j->st && !j->logits)
+        j->st = s2_gm_train_batch(j->m, &j->b, 0, j->denom, &j->nll, &j->count, &j->err);
+    else if (!j->st)
+        j->st = s2_gm_eval_batch(j->m, &j->b, 0, &j->nll, &j->count, j->logits, &j->err);
+    if (j->st)
+        s2_sp_loop_fail(j->lp);
+    return NULL;
+}
+
+/* Runs every rank's job in its own thread; the first failure's message into err. */
+static s2_status sp_run(sp_job *jobs, int P, s2_error *err)
+{
+    pthread_t th[8];
+    for (int r = 0; r < P; r++)
+        pthread_create(&th[r], NULL, sp_rank, &jobs[r]);
+    for (int r = 0; r < P; r++)
+        pthread_join(th[r], NULL);
+    s2_status st = S2_OK;
+    for (int r = 0; r < P; r++) {
+        if (jobs[r].st && !st)
+            st = s2_error_set(err, jobs[r].st, "sp rank %d: %s", r,
+                              jobs[r].err.msg ? jobs[r].err.msg : "error");
+        s2_error_clear(&jobs[r].err);
+    }
+    return st;
+}
+
+/* The whole sequence once (m: sp_halo 0), then P chunks through the loopback, compared. */
+static s2_status sp_case(const s2_rt *rt, const s2_spec *spec, const s2_ckpt *ck, s2_gm *m,
+                         float **params, const int32_t *tok, int P, int recompute, uint64_t seed,
+                         s2_error *err)
+{
+    const int N = SP_N, n = s2_gm_n_trainable(m);
+    s2_sp_attn a;
+    s2_sp_attn_from_spec(spec, &a);
+    a.N = N;
+    s2_sp_plan plan = {0};
+    s2_status st = s2_sp_plan_make(&a, P, S2_SP_DEFAULT_ALIGN, &plan, err);
+    if (st)
+        return st;
+    s2_buf pb = {0};
+    s2_sp_plan_format(&plan, &pb);
+    printf("sp P %d (recompute %s): union halo exchange %lld bytes a layer (per-kind plan "
+           "%lld)\n%s", P, recompute == S2_GM_RECOMPUTE_MLP ? "mlp" : "layer",
+           s2_sp_union_fwd_bytes(&plan), plan.fwd_bytes, pb.data ? pb.data : "");
+    s2_buf_free(&pb);
+    int halo = 1;
+    for (int r = 0; r < P; r++)
+        if (plan.rank[r].lo - s2_sp_union_klo(&plan, r) > halo)
+            halo = plan.rank[r].lo - s2_sp_union_klo(&plan, r);
+    s2_gm *cm[8] = {0};
+    sp_job jobs[8];
+    memset(jobs, 0, sizeof jobs);
+    s2_sp_loop *lp = NULL;
+    float *whole_lg = malloc((size_t)N * VOCAB * sizeof(float));
+    float *chunk_lg = malloc((size_t)N * VOCAB * sizeof(float));
+    double wnll = 0;
+    int64_t wcount = 0;
+    /* the whole sequence */
+    const s2_gm_batch wb = {.tokens = tok, .T = N, .dropout_seed = seed};
+    st = s2_gm_zero_grad(m, err);
+    if (!st)
+        st = s2_gm_train_batch(m, &wb, 0, N - 1, &wnll, &wcount, err);
+    if (!st)
+        st = s2_gm_eval_batch(m, &wb, 0, NULL, NULL, whole_lg, err);
+    if (!st)
+        st = s2_sp_loop_open(&lp, &plan, HKV * D, err);
+    s2_gm_opts co = {.max_tokens = plan.C, .logits_chunk = 100, .init_seed = seed ^ 0x1234,
+                     .recompute = recompute, .sp_halo = halo};
+    for (int r = 0; r < P && !st; r++) {
+        st = s2_gm_open(&cm[r], rt, spec, ck, &co, err);
+        for (int i = 0; i < n && !st; i++)
+            st = s2_gm_write_param(cm[r], i, params[i], err);
+        if (!st)
+            st = s2_gm_zero_grad(cm[r], err);
+        if (st)
+            break;
+        sp_job *j = &jobs[r];
+        j->m = cm[r];
+        j->lp = lp;
+        j->device = rt->device;
+        j->denom = N - 1;
+        s2_sp_loop_transport(lp, r, s2_gm_kern(cm[r]), &j->tp);
+        const int lo = plan.rank[r].lo, hi = plan.rank[r].hi;
+        j->sp = (s2_gm_sp){.lo = lo, .klo = s2_sp_union_klo(&plan, r), .n_global = N,
+                           .next_token = hi < N ? tok[hi] : -1, .tp = &j->tp};
+        j->b = (s2_gm_batch){.tokens = tok + lo, .T = hi - lo, .dropout_seed = seed,
+                             .sp = &j->sp};
+    }
+    if (!st)
+        st = sp_run(jobs, P, err);
+    double nll = 0;
+    int64_t count = 0;
+    for (int r = 0; r < P; r++) {
+        nll += jobs[r].nll;
+        count += jobs[r].count;
+        jobs[r].logits = chunk_lg + (size_t)plan.rank[r].lo * VOCAB;
+    }
+    char what[160];
+    if (!st) {
+        snprintf(what, sizeof what, "sp P %d: loss (%lld labelled rows, whole %lld)", P,
+                 (long long)count, (long long)wcount);
+        const double e = count == wcount ? fabs(nll - wnll) / fabs(wnll) : INFINITY;
+        report(what, e, 2e-2);
+    }
+    for (int i = 0; i < n && !st; i++) {
+        size_t ne = 0;
+        s2_gm_trainable_name(m, i, NULL, NULL, &ne);
+        float *gw = malloc(ne * sizeof *gw), *gs = calloc(ne, sizeof *gs);
+        float *g = malloc(ne * sizeof *g);
+        st = s2_gm_read_grad(m, i, gw, err);
+        for (int r = 0; r < P && !st; r++) {
+            st = s2_gm_read_grad(cm[r], i, g, err);
+            for (size_t e = 0; e < ne && !st; e++)
+                gs[e] += g[e];
+        }
+        if (!st) {
+            snprintf(what, sizeof what, "sp P %d: grad %s", P,
+                     s2_gm_trainable_name(m, i, NULL, NULL, NULL));
+            report(what, rel_l2(gs, gw, ne), 5e-2);
+        }
+        free(gw), free(gs), free(g);
+    }
+    if (!st) /* the forward again, logits of every chunk */
+        st = sp_run(jobs, P, err);
+    if (!st) {
+        snprintf(what, sizeof what, "sp P %d: logits of every chunk", P);
+        report(what, rel_l2(chunk_lg, whole_lg, (size_t)N * VOCAB), 2e-2);
+        for (int r = 0; r < P; r++) {
+            const size_t o = (size_t)plan.rank[r].lo * VOCAB;
+            const size_t ne = (size_t)(plan.rank[r].hi - plan.rank[r].lo) * VOCAB;
+            snprintf(what, sizeof what, "sp P %d: logits of chunk %d [%d, %d)", P, r,
+                     plan.rank[r].lo, plan.rank[r].hi);
+            report(what, rel_l2(chunk_lg + o, whole_lg + o, ne), 2e-2);
+        }
+    }
+    for (int r = 0; r < P; r++)
+        s2_gm_close(cm[r]);
+    s2_sp_loop_close(lp);
+    s2_sp_plan_free(&plan);
+    free(whole_lg), free(chunk_lg);
+    return st;
+}
+
+/* Section 6: its own checkpoint (context 1024) under root. */
+static s2_status sp_check(const s2_rt *rt, const char *root, uint64_t seed, s2_error *err)
+{
+    char dir[600];
+    snprintf(dir, sizeof dir, "%s/sp", root);
+    if (mkdir(dir, 0700) || write_ckpt(dir, SP_MAXPOS, SP_CTX))
+        return s2_error_set(err, S2_ERR_IO, "sp: cannot write the checkpoint in %s", dir);
+    s2_spec spec;
+    s2_ckpt *ck = NULL;
+    s2_gm *m = NULL;
+    int32_t tok[SP_N];
+    for (int t = 0; t < SP_N; t++)
+        tok[t] = (int32_t)((unif() + 1) * 0.5 * (VOCAB - 1));
+    s2_status st = s2_spec_load_string(sp_yaml, "model-check-sp", NULL, 0, &spec, err);
+    if (!st)
+        st = s2_ckpt_open(dir, &ck, err);
+    s2_gm_opts go = {.max_tokens = SP_N, .logits_chunk = 100, .init_seed = seed ^ 0x1234,
+                     .recompute = S2_GM_RECOMPUTE_MLP};
+    if (!st)
+        st = s2_gm_open(&m, rt, &spec, ck, &go, err);
+    const int n = st ? 0 : s2_gm_n_trainable(m);
+    float **params = calloc((size_t)(n ? n : 1), sizeof *params);
+    for (int i = 0; i < n && !st; i++) { /* B non-zero (B = 0 hides A's gradient) */
+        size_t ne = 0;
+        const char *name = s2_gm_trainable_name(m, i, NULL, NULL, &ne);
+        params[i] = malloc(ne * sizeof(float));
+        st = s2_gm_read_param(m, i, params[i], err);
+        if (!st && strstr(name, "lora_B_stacked")) {
+            for (size_t e = 0; e < ne; e++)
+                params[i][e] = (float)(0.05 * unif());
+            st = s2_gm_write_param(m, i, params[i], err);
+        }
+    }
+    if (!st)
+        st = sp_case(rt, &spec, ck, m, params, tok, 2, S2_GM_RECOMPUTE_MLP, seed, err);
+    if (!st)
+        st = sp_case(rt, &spec, ck, m, params, tok, 4, S2_GM_RECOMPUTE_LAYER, seed, err);
+    for (int i = 0; i < n; i++)
+        free(params[i]);
+    free(params);
+    s2_gm_close(m);
+    s2_ckpt_close(ck);
+    return st;
+}
+
 #define CHECK(call)                                                                          \
     do {                                                                                     \
         if ((st = (call)) != S2_OK) {                                                        \
@@ -424,7 +657,7 @@ int main(int argc, char **argv)
         return st == S2_ERR_NO_DEVICE ? 3 : 1;
     }
     char dir[] = "/tmp/s2lora-model-check.XXXXXX";
-    if (!mkdtemp(dir) || write_ckpt(dir))
+    if (!mkdtemp(dir) || write_ckpt(dir, MAXPOS, CTX))
         return 1;
     s2_spec spec;
     s2_ckpt *ck = NULL;
@@ -695,6 +928,7 @@ int main(int argc, char **argv)
         s2_ref_llama_free(fr);
         s2_gm_close(fm);
     }
+    CHECK(sp_check(&rt, dir, seed, &err));
 
 done:
     s2_state_free(&state);

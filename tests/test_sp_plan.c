@@ -25,6 +25,7 @@
 #include "ref_helpers.h"
 #include "run_cmd.h"
 #include "runtime/ref.h"
+#include "runtime/ref_llama.h"
 
 #define BIN S2_BINARY_DIR "/s2lora"
 
@@ -746,4 +747,110 @@ Test(sp_cli, errors)
     cr_assert_eq(run(cmd, &out), 1, "%s", out);
     cr_expect(strstr(out, "--set s2attn.shift_mode=rol"), "%s", out);
     free(out);
+}
+
+/* ---- the GPU model's union exchange (runtime/model.h's s2_gm_sp, runtime/sp_xchg.h) ---- */
+
+/* Split mode, small problems: rank r's union klo is the earliest key its first query sees in
+ * any head (brute force), the spans cover [klo, lo) exactly once, each row from its owner, and
+ * the bytes are those rows' k and v of every kv head. */
+Test(sp_union, spans_cover_the_union_halo_from_the_owners)
+{
+    const int heads[][2] = {{2, 2}, {4, 2}, {8, 2}, {2, 1}, {6, 3}};
+    rng g = rng_seed(23);
+    int planned = 0;
+    for (int it = 0; it < 3000; it++) {
+        int N = 1 + rng_int(&g, 48), G = 1 + rng_int(&g, N + 6), S = rng_int(&g, G);
+        int hh = rng_int(&g, (int)(sizeof heads / sizeof heads[0]));
+        int P = 1 + rng_int(&g, 9), align = 1 + rng_int(&g, 6);
+        s2_sp_attn a = sp_attn(N, G, S, S2_SHIFT_SPLIT, heads[hh][0], heads[hh][1],
+                               1 + rng_int(&g, 4));
+        s2_sp_plan pl;
+        if (s2_sp_plan_make(&a, P, align, &pl, NULL) != S2_OK)
+            continue;
+        s2_ref_attn r = ref_of(&a);
+        s2_sp_span *sp = malloc((size_t)(P * P + 1) * sizeof *sp);
+        const int n = s2_sp_union_spans(&pl, sp);
+        cr_assert_leq(n, P * (P - 1) / 2 + 1);
+        long long rows = 0;
+        for (int d = 0; d < P; d++) {
+            const int lo = pl.rank[d].lo;
+            int want = lo;
+            for (int k = 0; k < lo; k++)
+                for (int j = 0; j < a.Hkv && want == lo; j++)
+                    if (kv_sees(&r, j, lo, k))
+                        want = k;
+            const int klo = s2_sp_union_klo(&pl, d);
+            cr_assert_eq(klo, want, "N %d G %d S %d P %d rank %d: klo %d, first key seen %d",
+                         N, G, S, P, d, klo, want);
+            rows += lo - klo;
+            for (int p = klo; p < lo; p++) {
+                int hits = 0;
+                for (int i = 0; i < n; i++)
+                    if (sp[i].dst == d && sp[i].lo <= p && p < sp[i].hi) {
+                        hits++;
+                        cr_assert(pl.rank[sp[i].src].lo <= p && p < pl.rank[sp[i].src].hi,
+                                  "row %d of rank %d's halo from rank %d, not its owner", p, d,
+                                  sp[i].src);
+                    }
+                cr_assert_eq(hits, 1, "row %d of rank %d's halo in %d spans", p, d, hits);
+            }
+        }
+        for (int i = 0; i < n; i++) {
+            cr_assert_lt(sp[i].lo, sp[i].hi);
+            cr_assert_geq(sp[i].lo, s2_sp_union_klo(&pl, sp[i].dst));
+            cr_assert_leq(sp[i].hi, pl.rank[sp[i].dst].lo);
+            if (i)
+                cr_assert(sp[i - 1].dst < sp[i].dst ||
+                          (sp[i - 1].dst == sp[i].dst && sp[i - 1].src < sp[i].src));
+        }
+        cr_assert_eq(s2_sp_union_fwd_bytes(&pl), rows * 2 * a.Hkv * a.d * a.elem_bytes);
+        cr_assert_geq(s2_sp_union_fwd_bytes(&pl), pl.fwd_bytes);
+        free(sp);
+        s2_sp_plan_free(&pl);
+        planned++;
+    }
+    cr_assert_gt(planned, 1000, "too few valid plans drawn: %d", planned);
+}
+
+/* The GPU check's case (tests/model_check.c section 6): halos spanning two owners exist. */
+Test(sp_union, model_check_case_has_two_owner_halos)
+{
+    s2_sp_attn a = sp_attn(900, 768, 384, S2_SHIFT_SPLIT, 4, 2, 64);
+    s2_sp_plan pl;
+    cr_assert_eq(s2_sp_plan_make(&a, 4, S2_SP_DEFAULT_ALIGN, &pl, NULL), S2_OK);
+    s2_sp_span sp[17];
+    const int n = s2_sp_union_spans(&pl, sp);
+    int per_dst[4] = {0};
+    for (int i = 0; i < n; i++)
+        per_dst[sp[i].dst]++;
+    cr_assert_eq(per_dst[2], 2);
+    cr_assert_eq(per_dst[3], 2);
+    cr_assert_eq(s2_sp_union_klo(&pl, 3), 384);
+    s2_sp_plan_free(&pl);
+}
+
+/* Chunk labels, concatenated over the chunks (each given its next chunk's first token), are
+ * Hugging Face's labels of the whole sequence (runtime/ref_llama.h). */
+Test(sp_union, chunk_labels_are_the_whole_sequence_labels)
+{
+    rng g = rng_seed(5);
+    for (int it = 0; it < 200; it++) {
+        const int N = 1 + rng_int(&g, 300), P = 1 + rng_int(&g, 6);
+        int32_t tok[300], whole[300], got[300];
+        for (int t = 0; t < N; t++)
+            tok[t] = rng_int(&g, 1000);
+        const int32_t cu[2] = {0, N};
+        s2_ref_llama_labels(tok, N, cu, 1, whole);
+        int lo = 0;
+        for (int r = 0; r < P && lo < N; r++) {
+            int hi = r == P - 1 ? N : lo + 1 + rng_int(&g, N - lo);
+            s2_sp_chunk_labels(tok + lo, hi - lo, hi < N ? tok[hi] : -1, S2_REF_IGNORE_INDEX,
+                               got + lo);
+            lo = hi;
+        }
+        if (lo < N)
+            s2_sp_chunk_labels(tok + lo, N - lo, -1, S2_REF_IGNORE_INDEX, got + lo);
+        cr_assert_arr_eq(got, whole, (size_t)N * sizeof *got, "N %d P %d", N, P);
+    }
 }
