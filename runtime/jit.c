@@ -647,6 +647,14 @@ static int entry_fault(const jit_job *j, const uint8_t key[32], const uint8_t *d
     return 0;
 }
 
+int s2_jit_cache_entry_fault(const char *arch, const uint8_t key[32], const void *data,
+                             size_t size, char *why, size_t n)
+{
+    jit_job j = {.arch = arch}; /* entry_fault reads the job's arch only */
+    jit_header h;
+    return entry_fault(&j, key, data, size, &h, why, n);
+}
+
 /* The kernels of the header, of the log's report (out->res) and the caller's must agree. */
 static int kernels_fault(const s2_jit_src *s, const jit_header *h, const s2_jit_result *out,
                          char *why, size_t n)
