@@ -256,9 +256,11 @@ static int parse_item(const char *item, int *value, const char **label)
     if (!*p)
         return 0;
     char *end;
-    long v = strtol(p, &end, 10);
-    if (*end == '+')
-        v += strtol(end + 1, &end, 10);
+    long v = strtol(p, &end, 10); /* >= 0: p is at a digit; LONG_MAX when it overflows */
+    if (*end == '+' && end[1] >= '0' && end[1] <= '9') {
+        long w = strtol(end + 1, &end, 10);
+        v = v > LONG_MAX - w ? LONG_MAX : v + w; /* a corrupt log's sum must not overflow */
+    }
     while (*end == ' ')
         end++;
     *value = v > INT_MAX ? INT_MAX : (int)v;

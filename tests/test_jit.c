@@ -6,6 +6,7 @@
 #include <criterion/criterion.h>
 
 #include <ftw.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -853,4 +854,24 @@ Test(jit, parse_resources_spills_and_several_kernels)
     cr_assert_eq(r[0].spill_loads, 12);
     cr_assert_eq(s2_jit_parse_resources("", r, 4), 0);
     cr_assert_eq(s2_jit_parse_resources(NULL, r, 4), 0);
+}
+
+/* A corrupt log (the cache reads KEY.log back from disk) gives no negative or wrapped count:
+ * numbers past INT_MAX, sums included, read as INT_MAX; "A+-B" is not a count. */
+Test(jit, parse_resources_corrupt_numbers)
+{
+    static const char log[] =
+        "ptxas info    : Compiling entry function 'k' for 'sm_90a'\n"
+        "ptxas info    : Used 99999999999999999999999 registers, "
+        "9223372036854775807+33333333333333 bytes smem, 2147483647+1 bytes cmem[0]\n"
+        "ptxas info    : Function properties for k\n"
+        "    7+-9 bytes stack frame, 5 bytes spill stores, 6 bytes spill loads\n";
+    s2_kernel_res r[1];
+    cr_assert_eq(s2_jit_parse_resources(log, r, 1), 1);
+    cr_assert_eq(r[0].regs, INT_MAX);
+    cr_assert_eq(r[0].smem, INT_MAX);
+    cr_assert_eq(r[0].cmem0, INT_MAX);
+    cr_assert_eq(r[0].stack, 0, "stack %d", r[0].stack);
+    cr_assert_eq(r[0].spill_stores, 5);
+    cr_assert_eq(r[0].spill_loads, 6);
 }
