@@ -12,8 +12,10 @@
 # checks the kernels and nothing of the host code.
 #
 # Reports: an error or undefined behaviour aborts the test process (the suite fails). A leak is
-# found only as a test's process exits, after Criterion has recorded the test as passed, so every
-# ASan report goes to a file (log_path) and any file there fails the run; they are printed.
+# found only as a process exits, after Criterion has recorded its test as passed (and a leak in
+# the runner would fail a suite whose tests all passed, or a command's exit code a test checks),
+# so leaks change no exit code (LSAN_OPTIONS=exitcode=0): every ASan report goes to a file
+# (log_path), and any file there fails the run and is printed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,16 +35,33 @@ exclude='^gpu_check_builds$'
 logs=$build/sanitizer-logs
 rm -rf "$logs"
 mkdir -p "$logs"
+# 0 when the report is only leaks whose allocation stacks lie wholly inside Criterion: its
+# runner leaks a 48-byte record now and then, and no frame of this project's code is in those.
+criterion_only() {
+  awk '/ERROR: AddressSanitizer|runtime error/ { ours = 1 }
+       /^(Direct|Indirect) leak/ { leak = 1; next }
+       leak && /^ *#[0-9]+ / { if ($0 !~ /libcriterion\.so|asan_malloc_linux/) ours = 1; next }
+       /^$/ { leak = 0 }
+       END { exit ours }' "$1"
+}
+
 rc=0
-ASAN_OPTIONS=detect_leaks=1:log_path=$PWD/$logs/asan \
+ASAN_OPTIONS=detect_leaks=1:log_path=$PWD/$logs/asan LSAN_OPTIONS=exitcode=0 \
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --test-dir "$build" -E "$exclude" --output-on-failure -j 2 || rc=$?
-if [ -n "$(ls -A "$logs")" ]; then
-  for f in "$logs"/*; do
-    echo "---- $f"
-    cat "$f"
-  done
-  echo "tests/sanitize.sh: sanitizer reports above (also in $logs)" >&2
+reports=0
+for f in "$logs"/*; do
+  [ -e "$f" ] || continue
+  if criterion_only "$f"; then
+    echo "tests/sanitize.sh: $f: a leak inside Criterion itself, not counted"
+    continue
+  fi
+  echo "---- $f"
+  cat "$f"
+  reports=$((reports + 1))
+done
+if [ "$reports" -gt 0 ]; then
+  echo "tests/sanitize.sh: $reports sanitizer report(s) above (also in $logs)" >&2
   rc=1
 fi
 exit "$rc"
