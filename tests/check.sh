@@ -14,7 +14,9 @@ step() {
   shift
   echo "==== $name: $*"
   "$@" || rc=$?
-  echo "==== $name: $([ $rc = 0 ] && echo passed || echo "FAILED (exit $rc)") in $((SECONDS - t0)) s"
+  local result=passed
+  [ $rc = 0 ] || result="FAILED (exit $rc)"
+  echo "==== $name: $result in $((SECONDS - t0)) s"
   [ $rc = 0 ] || failed+=("$name")
 }
 

@@ -2,11 +2,11 @@
 # Builds every suite with AddressSanitizer and UndefinedBehaviorSanitizer (build-san/,
 # -DS2_SANITIZE=ON: -fsanitize=address,undefined -fno-sanitize-recover=all) and runs its ctest:
 #   tests/sanitize.sh          the suites CI runs (below)
-#   tests/sanitize.sh --all    every suite but gpu_check_builds (about 6 more minutes on 2 cores)
+#   tests/sanitize.sh --all    every suite but gpu_check_builds (about 5 more minutes on 2 cores)
 #
 # Left out unless --all: test_build, test_tune and test_lora_plan, whose time is NVRTC building
-# kernels (a library the sanitizers do not instrument, slowed further by ASan's allocator): 2.2,
-# 5.5 and 0.7 minutes on 2 cores, against 30 seconds for all the other suites together; the host
+# kernels (a library the sanitizers do not instrument, slowed further by ASan's allocator): 2.1,
+# 4.3 and 0.7 minutes on 2 cores, against about one for all the other suites together; the host
 # code they drive (plan, emit, cache, tuning db) is covered here by test_gen, test_jit, test_cli
 # and test_tune_db. Always left out: gpu_check_builds, the GPU check's whole NVRTC build, which
 # checks the kernels and nothing of the host code.
