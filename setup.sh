@@ -4,16 +4,30 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-pkgs=(cmake gcc make pkg-config python3 libyaml-dev libjansson-dev nettle-dev libcriterion-dev)
+# clang: the fuzz targets (tests/fuzz) are libFuzzer's, which gcc does not have.
+pkgs=(cmake gcc make pkg-config python3 libyaml-dev libjansson-dev nettle-dev libcriterion-dev
+      clang)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 done
-if [ ${#missing[@]} -gt 0 ]; then
+# libFuzzer's runtime (libclang_rt.fuzzer) is a package of its own on Debian 12 and newer Ubuntus
+# (libclang-rt-dev), part of the libclang-common-N-dev that clang brings on older ones.
+fuzzer_links() {
+  printf 'int LLVMFuzzerTestOneInput(const char *d, unsigned long n) { return 0; }\n' |
+    clang -fsanitize=fuzzer -x c - -o /dev/null >/dev/null 2>&1
+}
+need_rt=0
+command -v clang >/dev/null 2>&1 && fuzzer_links || need_rt=1
+if [ ${#missing[@]} -gt 0 ] || [ $need_rt = 1 ]; then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo=sudo
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
+  if [ $need_rt = 1 ] && apt-cache show libclang-rt-dev >/dev/null 2>&1; then
+    missing+=(libclang-rt-dev)
+  fi
+  [ ${#missing[@]} -eq 0 ] ||
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
 fi
 
 if ! command -v nvcc >/dev/null 2>&1 && [ -x /usr/local/cuda/bin/nvcc ]; then

@@ -300,7 +300,8 @@ static int train_dist(const char *prog, s2_train_opts *o, const s2_world *w, s2_
                  (unsigned long long)resume->data_position, resume->sha256);
     else
         snprintf(resume_part, sizeof resume_part, "a fresh start (no state resumed)");
-    s2_nccl *nccl = NULL;
+    /* Static: NCCL stays loaded until the process ends (below), and its handle with it. */
+    static s2_nccl *nccl = NULL;
     if (s2_nccl_open(NULL, &nccl, &err))
         return failed(prog, &err);
     s2_fingerprint fp;

@@ -256,9 +256,11 @@ static int parse_item(const char *item, int *value, const char **label)
     if (!*p)
         return 0;
     char *end;
-    long v = strtol(p, &end, 10);
-    if (*end == '+')
-        v += strtol(end + 1, &end, 10);
+    long v = strtol(p, &end, 10); /* >= 0: p is at a digit; LONG_MAX when it overflows */
+    if (*end == '+' && end[1] >= '0' && end[1] <= '9') {
+        long w = strtol(end + 1, &end, 10);
+        v = v > LONG_MAX - w ? LONG_MAX : v + w; /* a corrupt log's sum must not overflow */
+    }
     while (*end == ' ')
         end++;
     *value = v > INT_MAX ? INT_MAX : (int)v;
@@ -645,6 +647,14 @@ static int entry_fault(const jit_job *j, const uint8_t key[32], const uint8_t *d
     if (memcmp(hash, d + JIT_OFF_HASH, 32) != 0)
         return snprintf(why, n, "the cubin does not match its SHA-256 (corrupt)"), 1;
     return 0;
+}
+
+int s2_jit_cache_entry_fault(const char *arch, const uint8_t key[32], const void *data,
+                             size_t size, char *why, size_t n)
+{
+    jit_job j = {.arch = arch}; /* entry_fault reads the job's arch only */
+    jit_header h;
+    return entry_fault(&j, key, data, size, &h, why, n);
 }
 
 /* The kernels of the header, of the log's report (out->res) and the caller's must agree. */

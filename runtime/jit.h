@@ -98,6 +98,15 @@ s2_status s2_jit_build(const s2_jit_src *src, int n, const s2_jit_opts *o, s2_ji
 
 void s2_jit_result_free(s2_jit_result *r);
 
+/*
+ * The check a cache entry passes before it is used, on the whole of a KEY.cubin file held in
+ * data[size]: 0 when it is a complete entry for key (32 raw bytes) built for arch by this
+ * generator and this s2lora, its payload matching its SHA-256; else 1 and why (n bytes) says
+ * what is wrong. (The log's kernels are checked after it, on load.)
+ */
+int s2_jit_cache_entry_fault(const char *arch, const uint8_t key[32], const void *data,
+                             size_t size, char *why, size_t n);
+
 /* Parses ptxas -v output into rows (at most max); returns the count. */
 int s2_jit_parse_resources(const char *log, s2_kernel_res *res, int max);
 

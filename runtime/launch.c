@@ -168,7 +168,8 @@ int s2_cli_world(const char *prog, int argc, char **argv)
     }
     if (s2_rdzv_timeout(env, &timeout, &err))
         return failed(prog, &err);
-    s2_nccl *nccl = NULL;
+    /* Static: NCCL stays loaded until the process ends (below), and its handle with it. */
+    static s2_nccl *nccl = NULL;
     if (use_nccl) {
         if (s2_nccl_open(NULL, &nccl, &err))
             return failed(prog, &err);

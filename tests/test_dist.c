@@ -839,7 +839,7 @@ Test(nccl, version_strings)
  * library loads, says its version and makes a unique id, none of which needs a GPU. */
 Test(nccl, loads_the_real_library)
 {
-    s2_nccl *n = NULL;
+    static s2_nccl *n = NULL; /* held to the end, as the library is (below) */
     s2_error err = {0};
     cr_assert_eq(s2_nccl_open(NULL, &n, &err), S2_OK, "%s", err.msg);
     cr_expect_geq(n->version, S2_NCCL_MIN_VERSION);

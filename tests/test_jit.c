@@ -6,6 +6,7 @@
 #include <criterion/criterion.h>
 
 #include <ftw.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -322,6 +323,50 @@ Test(jit, corrupt_entries_are_rebuilt)
         cr_assert_str_eq(r.warning, "");
         s2_jit_result_free(&r);
     }
+    s2_jit_result_free(&good);
+}
+
+/* The entry check accepts what the cache writes, for its key and arch only, and nothing with a
+ * byte of any header field, of the variable part or of the payload changed, or cut short. */
+Test(jit, cache_entry_check_covers_every_header_field)
+{
+    s2_jit_opts o = opts_for("sm_80");
+    s2_jit_result good = build1("t/tiny", K_TINY, &o);
+    uint8_t key[32];
+    for (int i = 0; i < 32; i++)
+        cr_assert_eq(sscanf(good.key + 2 * i, "%2hhx", &key[i]), 1);
+    char *data, why[768];
+    size_t size;
+    cr_assert_eq(s2_read_file(good.path, &data, &size, NULL), S2_OK);
+    cr_assert_gt(size, 88 + good.size);
+    size_t hlen = size - good.size;
+    cr_assert_eq(s2_jit_cache_entry_fault("sm_80", key, data, size, why, sizeof why), 0, "%s",
+                 why);
+
+    /* One byte of each field: magic, format, header length, payload size, hash, key; the
+     * arch string's length and first byte; the payload's first and last. (The kernel names
+     * at the header's end are held against the log after this check.) */
+    const size_t at[] = {0, 7, 8, 11, 12, 15, 16, 23, 24, 55, 56, 87, 88, 90, hlen,
+                         size - 1};
+    for (size_t i = 0; i < sizeof at / sizeof at[0]; i++) {
+        data[at[i]] ^= 0x10;
+        why[0] = '\0';
+        cr_assert_eq(s2_jit_cache_entry_fault("sm_80", key, data, size, why, sizeof why), 1,
+                     "byte %zu changed, entry accepted", at[i]);
+        cr_assert_neq(why[0], '\0', "byte %zu: no reason given", at[i]);
+        data[at[i]] ^= 0x10;
+    }
+    for (size_t n = 0; n < size; n++)
+        cr_assert_eq(s2_jit_cache_entry_fault("sm_80", key, data, n, why, sizeof why), 1,
+                     "entry cut to %zu bytes accepted", n);
+    cr_assert_eq(s2_jit_cache_entry_fault("sm_90a", key, data, size, why, sizeof why), 1);
+    cr_assert(strstr(why, "built for sm_80, not sm_90a"), "%s", why);
+    key[31] ^= 1;
+    cr_assert_eq(s2_jit_cache_entry_fault("sm_80", key, data, size, why, sizeof why), 1);
+    cr_assert(strstr(why, "made for key"), "%s", why);
+    key[31] ^= 1;
+    cr_assert_eq(s2_jit_cache_entry_fault("sm_80", key, data, size, why, sizeof why), 0);
+    free(data);
     s2_jit_result_free(&good);
 }
 
@@ -809,4 +854,24 @@ Test(jit, parse_resources_spills_and_several_kernels)
     cr_assert_eq(r[0].spill_loads, 12);
     cr_assert_eq(s2_jit_parse_resources("", r, 4), 0);
     cr_assert_eq(s2_jit_parse_resources(NULL, r, 4), 0);
+}
+
+/* A corrupt log (the cache reads KEY.log back from disk) gives no negative or wrapped count:
+ * numbers past INT_MAX, sums included, read as INT_MAX; "A+-B" is not a count. */
+Test(jit, parse_resources_corrupt_numbers)
+{
+    static const char log[] =
+        "ptxas info    : Compiling entry function 'k' for 'sm_90a'\n"
+        "ptxas info    : Used 99999999999999999999999 registers, "
+        "9223372036854775807+33333333333333 bytes smem, 2147483647+1 bytes cmem[0]\n"
+        "ptxas info    : Function properties for k\n"
+        "    7+-9 bytes stack frame, 5 bytes spill stores, 6 bytes spill loads\n";
+    s2_kernel_res r[1];
+    cr_assert_eq(s2_jit_parse_resources(log, r, 1), 1);
+    cr_assert_eq(r[0].regs, INT_MAX);
+    cr_assert_eq(r[0].smem, INT_MAX);
+    cr_assert_eq(r[0].cmem0, INT_MAX);
+    cr_assert_eq(r[0].stack, 0, "stack %d", r[0].stack);
+    cr_assert_eq(r[0].spill_stores, 5);
+    cr_assert_eq(r[0].spill_loads, 6);
 }
