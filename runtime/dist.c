@@ -62,6 +62,24 @@ s2_status s2_env_int(const char *name, const char *value, long min, long max, lo
     return S2_OK;
 }
 
+s2_status s2_env_seconds(s2_env env, const char *name, double dflt, const char *eg,
+                         double *seconds, s2_error *err)
+{
+    *seconds = dflt;
+    const char *v = env.get(env.ctx, name);
+    if (!v)
+        return S2_OK;
+    char *end = NULL;
+    errno = 0;
+    const double t = strtod(v, &end);
+    const int digits_only = v[0] >= '0' && v[0] <= '9' && strspn(v, "0123456789.") == strlen(v);
+    if (!digits_only || errno || end == v || *end || !(t > 0) || t > 1e7)
+        return s2_error_set(err, S2_ERR_INVALID, "%s=\"%s\": expected a positive number of "
+                            "seconds (e.g. %s or 0.5), at most 1e7", name, v, eg);
+    *seconds = t;
+    return S2_OK;
+}
+
 /* ---------------------------------------------------------------- world */
 
 const char *s2_world_source_name(s2_world_source s)

@@ -61,6 +61,14 @@ s2_env s2_env_array(char *const *envp);
 s2_status s2_env_int(const char *name, const char *value, long min, long max, long *out,
                      s2_error *err);
 
+/*
+ * The variable name of env as a time limit in seconds: a positive decimal number (digits and a
+ * point, e.g. 300 or 0.5) up to 1e7; *seconds = dflt when it is unset. Errors name name=value
+ * and what is valid (eg: an example value for the message).
+ */
+s2_status s2_env_seconds(s2_env env, const char *name, double dflt, const char *eg,
+                         double *seconds, s2_error *err);
+
 /* ---------------------------------------------------------------- world */
 
 typedef enum s2_world_source {

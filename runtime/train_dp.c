@@ -263,19 +263,7 @@ int s2_dp_options_text(const s2_train_opts *o, const s2_dp_layout *l, int part, 
 
 s2_status s2_dp_timeout(s2_env env, double *seconds, s2_error *err)
 {
-    *seconds = S2_NCCL_TIMEOUT_DEFAULT;
-    const char *v = env.get(env.ctx, "S2LORA_NCCL_TIMEOUT");
-    if (!v)
-        return S2_OK;
-    char *end = NULL;
-    errno = 0;
-    const double t = strtod(v, &end);
-    const int digits_only = v[0] >= '0' && v[0] <= '9' && strspn(v, "0123456789.") == strlen(v);
-    if (!digits_only || errno || end == v || *end || !(t > 0) || t > 1e7)
-        return s2_error_set(err, S2_ERR_INVALID, "S2LORA_NCCL_TIMEOUT=\"%s\": expected a "
-                            "positive number of seconds (e.g. 600 or 0.5), at most 1e7", v);
-    *seconds = t;
-    return S2_OK;
+    return s2_env_seconds(env, "S2LORA_NCCL_TIMEOUT", S2_NCCL_TIMEOUT_DEFAULT, "600", seconds, err);
 }
 
 /* ---------------------------------------------------------------- the log */
