@@ -470,6 +470,9 @@ int s2_cli_train(const char *prog, int argc, char **argv)
     if (!dist && rdzv)
         return usage(prog, "train", "--rendezvous: this process is a world of one (no "
                      "launcher's variables): it meets no other rank", "");
+    if (o.sp > 1 && !dist)
+        return usage(prog, "train", "--sp: sequence parallel needs several ranks (s2lora launch "
+                     "--gpus N -- train ... --sp P, P dividing N)", "");
     /* the state --resume continues (its header only), before any GPU or rank is met */
     s2_state_info info;
     int found = 0;
@@ -492,9 +495,6 @@ int s2_cli_train(const char *prog, int argc, char **argv)
         fprintf(stderr, "%s: --grad-accum %d: the resumed state's global batch of %llu "
                 "sequences over %d rank%s\n", prog, lay.grad_accum,
                 (unsigned long long)lay.global_batch, lay.dp, lay.dp == 1 ? "" : "s");
-    if (o.sp > 1 && !dist)
-        return usage(prog, "train", "--sp: sequence parallel needs several ranks (s2lora launch "
-                     "--gpus N -- train ... --sp P, P dividing N)", "");
     if (dist)
         return train_dist(prog, &o, &w, env, rdzv, &lay, found ? &info : NULL);
     s2_rt rt;
