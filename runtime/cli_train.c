@@ -33,7 +33,7 @@ static const char train_help[] =
     "                    [--schedule constant|cosine] [--weight-decay X] [--max-grad-norm X]\n"
     "                    [--save-every N] [--keep-last N] [--seed N] [--resume]\n"
     "                    [--full-attention] [--mode lora|full] [--recompute auto|layer|mlp]\n"
-    "                    [--log FILE] [--cache-dir DIR] [--dp D] [--sp 1]\n"
+    "                    [--log FILE] [--cache-dir DIR] [--dp D] [--sp P]\n"
     "                    [--rendezvous file:PATH|tcp:HOST:PORT]\n"
     "\n"
     "Extends a Hugging Face LLaMA checkpoint (--model: config.json and safetensors) to the\n"
@@ -61,7 +61,10 @@ static const char train_help[] =
     "A step then takes N x --grad-accum sequences; rank r trains on global sequences\n"
     "P + m x N + r (P: the state's data position); gradients are all-reduced as the\n"
     "backward runs; optimizer states are replicated; rank 0 writes OUT. --dp is the\n"
-    "world size (the default); --sp 1 only (sequence parallel is not available yet).\n"
+    "world size / --sp (the default). --sp P (sequence parallel): the ranks form groups of\n"
+    "P consecutive ranks that share each sequence, rank d x P + s holding chunk s (rows\n"
+    "aligned to 128; S2-Attn with shift_mode split only), exchanging K/V halos over NCCL;\n"
+    "the sequence's last row is then unlabelled. P must divide the world.\n"
     "--resume on another number of GPUs keeps the state's global batch: --grad-accum is\n"
     "derived (or checked). S2LORA_NCCL_TIMEOUT: seconds a collective may take before\n"
     "the run is aborted (default 600).\n"
@@ -447,6 +450,15 @@ int s2_cli_train(const char *prog, int argc, char **argv)
     /* every file read and checked before a device is asked for */
     if (s2_spec_load(spec_path, ov.v, ov.n, &spec, &err) || s2_train_check(&o, &err))
         return failed(prog, &err);
+    if (sp > 1) { /* the chunks' plan (and its refusals) before any rank is met */
+        s2_sp_plan plan;
+        int halo;
+        if (s2_sp_train_plan(&spec, o.seqlen > 0 ? o.seqlen : spec.context_length, sp,
+                             o.full_attention, &plan, &halo, &err))
+            return refused(prog, &err);
+        s2_sp_plan_free(&plan);
+        o.sp = sp;
+    }
     /* the world: several ranks, or one started by a launcher, train data parallel over NCCL;
      * a world of one without a launcher runs as it always has (no NCCL) */
     const s2_env env = s2_env_process();
@@ -458,6 +470,9 @@ int s2_cli_train(const char *prog, int argc, char **argv)
     if (!dist && rdzv)
         return usage(prog, "train", "--rendezvous: this process is a world of one (no "
                      "launcher's variables): it meets no other rank", "");
+    if (o.sp > 1 && !dist)
+        return usage(prog, "train", "--sp: sequence parallel needs several ranks (s2lora launch "
+                     "--gpus N -- train ... --sp P, P dividing N)", "");
     /* the state --resume continues (its header only), before any GPU or rank is met */
     s2_state_info info;
     int found = 0;

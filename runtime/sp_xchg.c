@@ -206,7 +206,7 @@ void s2_sp_loop_transport(s2_sp_loop *lp, int r, const s2_train_kern *k, s2_sp_t
 struct s2_sp_nccl {
     const s2_nccl *nc;
     ncclComm_t comm;
-    int rank, row_elems, n_spans;
+    int rank, base, row_elems, n_spans; /* base: comm's rank of the plan's rank 0 */
     ncclDataType_t dt;
     s2_sp_span *spans;
     int *klo;
@@ -226,10 +226,10 @@ static s2_status nccl_fwd(void *ctx, int layer, void *k, void *v, cudaStream_t s
         for (int j = 0; j < 2 && !st; j++) {
             void *buf = row(j ? v : k, x->klo[x->rank], sp->lo, re);
             if (sp->dst == x->rank)
-                st = s2_nccl_recv(x->nc, x->comm, buf, n, x->dt, sp->src, s,
+                st = s2_nccl_recv(x->nc, x->comm, buf, n, x->dt, x->base + sp->src, s,
                                   j ? "halo v rows" : "halo k rows", err);
             else if (sp->src == x->rank)
-                st = s2_nccl_send(x->nc, x->comm, buf, n, x->dt, sp->dst, s,
+                st = s2_nccl_send(x->nc, x->comm, buf, n, x->dt, x->base + sp->dst, s,
                                   j ? "halo v rows" : "halo k rows", err);
         }
     }
@@ -251,11 +251,12 @@ static s2_status nccl_bwd(void *ctx, int layer, void *dk, void *dv, cudaStream_t
         for (int j = 0; j < 2 && !st; j++) {
             if (sp->dst == x->rank)
                 st = s2_nccl_send(x->nc, x->comm, row(j ? dv : dk, x->klo[x->rank], sp->lo, re),
-                                  n, x->dt, sp->src, s, j ? "halo dv rows" : "halo dk rows",
+                                  n, x->dt, x->base + sp->src, s,
+                                  j ? "halo dv rows" : "halo dk rows",
                                   err);
             else if (sp->src == x->rank) {
                 st = s2_nccl_recv(x->nc, x->comm, (char *)x->scratch + off * EL, n, x->dt,
-                                  sp->dst, s, j ? "halo dv rows" : "halo dk rows", err);
+                                  x->base + sp->dst, s, j ? "halo dv rows" : "halo dk rows", err);
                 off += n;
             }
         }
@@ -279,17 +280,17 @@ static s2_status nccl_bwd(void *ctx, int layer, void *dk, void *dv, cudaStream_t
 }
 
 s2_status s2_sp_nccl_open(s2_sp_nccl **out, const s2_nccl *nc, ncclComm_t comm,
-                          const s2_sp_plan *plan, int rank, int row_elems, s2_dtype dt,
-                          const s2_train_kern *k, s2_error *err)
+                          const s2_sp_plan *plan, int rank, int base, int row_elems,
+                          s2_dtype dt, const s2_train_kern *k, s2_error *err)
 {
     *out = NULL;
-    if (rank < 0 || rank >= plan->P)
-        return s2_error_set(err, S2_ERR_INVALID, "sequence-parallel exchange: rank %d of %d",
-                            rank, plan->P);
+    if (rank < 0 || rank >= plan->P || base < 0)
+        return s2_error_set(err, S2_ERR_INVALID, "sequence-parallel exchange: rank %d of %d, "
+                            "base %d (>= 0)", rank, plan->P, base);
     s2_sp_nccl *x = calloc(1, sizeof *x);
     if (!x)
         return s2_error_set(err, S2_ERR_NOMEM, "out of memory");
-    *x = (s2_sp_nccl){.nc = nc, .comm = comm, .rank = rank, .row_elems = row_elems,
+    *x = (s2_sp_nccl){.nc = nc, .comm = comm, .rank = rank, .base = base, .row_elems = row_elems,
                       .dt = s2_nccl_dtype(dt), .k = k};
     s2_status st = spans_of(plan, &x->spans, &x->n_spans, &x->klo, err);
     size_t rows = 0;

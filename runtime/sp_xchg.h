@@ -34,10 +34,12 @@ void s2_sp_loop_fail(s2_sp_loop *lp);
 
 typedef struct s2_sp_nccl s2_sp_nccl;
 
-/* Rank `rank` of plan's P ranks over comm (its ranks are the plan's); dt the K/V dtype. */
+/* Chunk `rank` of plan's P ranks over comm, on which the plan's rank s is comm's rank
+ * base + s (a group of consecutive ranks of a larger world: train_dp.h's layout; base 0 when
+ * comm's ranks are the plan's); dt the K/V dtype. */
 s2_status s2_sp_nccl_open(s2_sp_nccl **out, const s2_nccl *nc, ncclComm_t comm,
-                          const s2_sp_plan *plan, int rank, int row_elems, s2_dtype dt,
-                          const s2_train_kern *k, s2_error *err);
+                          const s2_sp_plan *plan, int rank, int base, int row_elems,
+                          s2_dtype dt, const s2_train_kern *k, s2_error *err);
 void s2_sp_nccl_close(s2_sp_nccl *x);
 void s2_sp_nccl_transport(s2_sp_nccl *x, s2_sp_transport *tp);
 

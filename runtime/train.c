@@ -17,6 +17,7 @@
 #include "model.h"
 #include "ref_train.h"
 #include "train_io.h"
+#include "sp_xchg.h"
 #include "train_dp.h"
 #include "train_state.h"
 
@@ -411,7 +412,9 @@ s2_status s2_eval_check(const s2_eval_opts *o, s2_error *err)
 s2_status s2_train_run(const s2_rt *rt, const s2_train_opts *o, s2_error *err)
 {
     s2_dp *dist = o->dist;
-    const int rank = dist ? s2_dp_rank(dist) : 0, dp = dist ? s2_dp_size(dist) : 1;
+    const int rank = dist ? s2_dp_rank(dist) : 0, world = dist ? s2_dp_size(dist) : 1;
+    const int spn = o->sp > 1 ? o->sp : 1, dp = world / spn;
+    const int slot = s2_dp_slot(rank, spn), chunk = s2_sp_chunk_of(rank, spn);
     const int lead = rank == 0;
     const s2_train_progress prog = lead ? o->progress : NULL; /* rank 0 reports */
     const s2_spec *sp = o->spec;
@@ -420,8 +423,23 @@ s2_status s2_train_run(const s2_rt *rt, const s2_train_opts *o, s2_error *err)
         return s2_error_set(err, S2_ERR_INVALID,
                             "train: grad_accum %d (>= 1), steps %lld (>= 0), seqlen %d (>= 2)",
                             o->grad_accum, (long long)o->steps, C);
+    if (spn > 1 && (!dist || world % spn))
+        return s2_error_set(err, S2_ERR_INVALID, "train: --sp %d needs a world of a multiple of "
+                            "%d ranks over NCCL; this one has %d", spn, spn, world);
     const uint64_t global_batch = (uint64_t)dp * (uint64_t)o->grad_accum;
-    s2_status st = lead ? s2_mkdir_p(o->out_dir, err) : S2_OK;
+    s2_sp_plan spp = {0};
+    int halo = 0;
+    s2_status st = spn > 1 ? s2_sp_train_plan(sp, C, spn, o->full_attention, &spp, &halo, err)
+                           : S2_OK;
+    const int lo = spn > 1 && !st ? spp.rank[chunk].lo : 0;
+    const int hi = spn > 1 && !st ? spp.rank[chunk].hi : C;
+    const int klo = spn > 1 && !st ? s2_sp_union_klo(&spp, chunk) : 0;
+    if (!st && lead)
+        st = s2_mkdir_p(o->out_dir, err);
+    if (st) {
+        s2_sp_plan_free(&spp);
+        return st;
+    }
     if (st)
         return st;
     char log_path[1200];
@@ -436,6 +454,8 @@ s2_status s2_train_run(const s2_rt *rt, const s2_train_opts *o, s2_error *err)
     s2_data_file *df = NULL;
     s2_ckpt *ck = NULL;
     s2_gm *m = NULL;
+    s2_sp_nccl *xc = NULL;
+    s2_sp_transport tp = {0};
     uint32_t *seq = NULL;
     int32_t *tok = NULL, *lab = NULL;
     order od = {0};
@@ -466,10 +486,17 @@ s2_status s2_train_run(const s2_rt *rt, const s2_train_opts *o, s2_error *err)
     }
     if (!st)
         st = s2_ckpt_open(o->model_dir, &ck, err);
-    s2_gm_opts go = {.max_tokens = C, .cache_dir = o->cache_dir, .init_seed = mix(o->seed, 1),
-                     .full = o->full, .recompute = o->recompute};
+    s2_gm_opts go = {.max_tokens = hi - lo, .cache_dir = o->cache_dir,
+                     .init_seed = mix(o->seed, 1), .full = o->full, .recompute = o->recompute,
+                     .sp_halo = halo};
     if (!st)
         st = s2_gm_open(&m, rt, sp, ck, &go, err);
+    if (!st && spn > 1) /* the halo exchange with the other chunks of this slot */
+        st = s2_sp_nccl_open(&xc, s2_dp_nccl(dist), s2_dp_comm(dist), &spp, chunk,
+                             s2_sp_world_rank(rank, spn, 0), sp->model.num_kv_heads *
+                             sp->model.head_dim, sp->dtype, s2_gm_kern(m), err);
+    if (xc)
+        s2_sp_nccl_transport(xc, &tp);
     s2_ckpt_close(ck);
     ck = NULL;
 
@@ -543,11 +570,27 @@ s2_status s2_train_run(const s2_rt *rt, const s2_train_opts *o, s2_error *err)
     if (!st && dist) {
         const double tn = (double)s2_gm_trainable_numel(m);
         say(prog, o->progress_ctx,
-            "data parallel: %d rank%s (dp %d x sp 1), a global batch of %llu sequences a "
-            "step (%d micro-batches x %d): rank r trains on sequences P + m x %d + r; "
-            "gradients all-reduced in %d buckets (%.1f MiB) as the backward runs", dp,
-            dp == 1 ? "" : "s", dp, (unsigned long long)global_batch, o->grad_accum, dp, dp,
-            nb, tn * 4 / (1 << 20));
+            "data parallel: %d rank%s (dp %d x sp %d), a global batch of %llu sequences a "
+            "step (%d micro-batches x %d): slot d (ranks d x %d ..) trains on sequences "
+            "P + m x %d + d; gradients all-reduced in %d buckets (%.1f MiB) as the backward "
+            "runs", world, world == 1 ? "" : "s", dp, spn, (unsigned long long)global_batch,
+            o->grad_accum, dp, spn, dp, nb, tn * 4 / (1 << 20));
+        /* the plan's numbers: every rank's chunk, and the halo rows it receives a layer */
+        const double row_bytes = 2.0 * sp->model.num_kv_heads * sp->model.head_dim * 2;
+        for (int s = 0; spn > 1 && s < spn; s++) {
+            const int k0 = s2_sp_union_klo(&spp, s);
+            say(prog, o->progress_ctx,
+                "sequence parallel: chunk %d (ranks d x %d + %d) holds rows [%d, %d) of %d, "
+                "receives halo rows [%d, %d): %.2f MiB k+v a layer (dk+dv back alike)", s,
+                spn, s, spp.rank[s].lo, spp.rank[s].hi, C, k0, spp.rank[s].lo,
+                (spp.rank[s].lo - k0) * row_bytes / (1 << 20));
+        }
+        if (spn > 1)
+            say(prog, o->progress_ctx,
+                "sequence parallel: %.2f MiB k+v a layer over the %d chunks (the per-kind plan "
+                "would move %.2f MiB); %lld labelled tokens a sequence (the last row has no "
+                "label)", (double)s2_sp_union_fwd_bytes(&spp) / (1 << 20), spn,
+                (double)spp.fwd_bytes / (1 << 20), (long long)s2_dp_labelled(C, spn));
         say(prog, o->progress_ctx,
             "optimizer states replicated on every rank: %.3f GiB a rank (fp32 masters and AdamW "
             "m and v of %.0f parameters; sharding them over the ranks is a possible later "
@@ -559,7 +602,7 @@ s2_status s2_train_run(const s2_rt *rt, const s2_train_opts *o, s2_error *err)
     size_t free0 = 0, total = 0;
     cudaMemGetInfo(&free0, &total);
     double peak_mem = 0; /* this rank's, GiB */
-    double *peaks = calloc((size_t)dp, sizeof *peaks);
+    double *peaks = calloc((size_t)world, sizeof *peaks);
     if (!st && !peaks)
         st = s2_error_set(err, S2_ERR_NOMEM, "out of memory");
     int64_t last_save = (int64_t)state.step;
@@ -569,17 +612,21 @@ s2_status s2_train_run(const s2_rt *rt, const s2_train_opts *o, s2_error *err)
         double nll = 0;
         int64_t count = 0;
         st = s2_gm_zero_grad(m, err);
-        /* every position is labelled: the step's token count, over every rank's micro-batches */
-        const double denom = (double)dp * o->grad_accum * C;
+        /* the step's labelled tokens over every slot's micro-batches (s2_dp_labelled: every
+         * position, but with sequence parallel the last) */
+        const double denom = (double)dp * o->grad_accum * (double)s2_dp_labelled(C, spn);
         for (int mb = 0; mb < o->grad_accum && !st; mb++) {
-            const uint64_t pos = s2_dp_sequence(state.data_position, dp, rank, mb);
+            const uint64_t pos = s2_dp_sequence(state.data_position, dp, slot, mb);
             st = s2_data_batch(df, (uint64_t)C, sep, order_at(&od, pos), seq, err);
-            for (int t = 0; !st && t < C; t++) {
-                tok[t] = (int32_t)seq[t];
-                lab[t] = (int32_t)seq[t + 1];
+            for (int t = 0; !st && t < hi - lo; t++) { /* this rank's chunk [lo, hi) */
+                tok[t] = (int32_t)seq[lo + t];
+                lab[t] = (int32_t)seq[lo + t + 1];
             }
-            s2_gm_batch b = {.tokens = tok, .T = C, .labels = lab,
-                             .dropout_seed = mix(state.rng_seed, pos)};
+            const s2_gm_sp chunk_sp = {.lo = lo, .klo = klo, .n_global = C,
+                                       .next_token = hi < C ? (int32_t)seq[hi] : -1, .tp = &tp};
+            s2_gm_batch b = {.tokens = tok, .T = hi - lo, .labels = spn > 1 ? NULL : lab,
+                             .dropout_seed = mix(state.rng_seed, pos),
+                             .sp = spn > 1 ? &chunk_sp : NULL};
             double n1 = 0;
             int64_t c1 = 0;
             if (dist && mb == o->grad_accum - 1) { /* the last micro-step reduces as it goes */
@@ -641,10 +688,10 @@ s2_status s2_train_run(const s2_rt *rt, const s2_train_opts *o, s2_error *err)
         const double tps = (double)global_batch * C / dt;
         char mfu[32] = "n/a";
         if (peak > 0)
-            snprintf(mfu, sizeof mfu, "%.1f%%", 100.0 * tps * fpt / (peak * dp));
+            snprintf(mfu, sizeof mfu, "%.1f%%", 100.0 * tps * fpt / (peak * world));
         char pace[64] = "";
         if (dist)
-            snprintf(pace, sizeof pace, "  %.3f s/step (slowest of %d ranks)", dt, dp);
+            snprintf(pace, sizeof pace, "  %.3f s/step (slowest of %d ranks)", dt, world);
         say(prog, o->progress_ctx,
             "step %6llu/%lld  loss %.4f  lr %.3g  grad_norm %.3f  %.0f tok/s  MFU %s  "
             "mem %.1f GiB%s", (unsigned long long)state.step, (long long)o->steps, loss, lr,
@@ -653,8 +700,8 @@ s2_status s2_train_run(const s2_rt *rt, const s2_train_opts *o, s2_error *err)
             const s2_step_log rec = {.step = state.step, .loss = loss,
                                      .loss_ema = state.loss_ema, .lr = lr, .grad_norm = gnorm,
                                      .tokens = count, .seconds = dt, .tokens_per_s = tps,
-                                     .mfu = peak > 0 ? tps * fpt / (peak * dp) : 0.0,
-                                     .mem_gib = mem, .world_size = dp, .dp = dp,
+                                     .mfu = peak > 0 ? tps * fpt / (peak * world) : 0.0,
+                                     .mem_gib = mem, .world_size = world, .dp = dp, .sp = spn,
                                      .peak_mem_gib = peaks};
             char *json = s2_step_log_json(&rec);
             st = json ? append_file(log_path, json, err)
@@ -677,6 +724,10 @@ s2_status s2_train_run(const s2_rt *rt, const s2_train_opts *o, s2_error *err)
         s2_dp_fail(dist, err && err->msg ? err->msg : s2_status_to_string(st));
     state.spec_sha256 = NULL;
     free(peaks);
+    if (xc) /* its scratch is freed after the model's stream is done with it */
+        cudaDeviceSynchronize();
+    s2_sp_nccl_close(xc);
+    s2_sp_plan_free(&spp);
     s2_gm_close(m);
     s2_data_close(df);
     free(od.perm);

@@ -57,6 +57,8 @@ typedef struct s2_train_opts {
     int recompute;             /* S2_GM_RECOMPUTE_* (model.h); 0: auto */
     struct s2_dp *dist;        /* data parallel over NCCL (train_dp.h): this rank's side; rank 0
                                   alone writes OUT and reports. NULL: one GPU, no NCCL */
+    int sp;                    /* sequence-parallel ranks a sequence (train_dp.h's layout:
+                                  dist's world is dp x sp); 0 or 1: none. > 1 needs dist */
     const struct s2_state_info *resume_from; /* with resume: the state to load, as
                                   s2_state_peek_latest found it (the ranks agreed on it); NULL:
                                   OUT/state's latest */

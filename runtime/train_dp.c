@@ -44,21 +44,22 @@ s2_status s2_dp_resolve(int world, int dp, int sp, int grad_accum, int grad_accu
                             "data parallel: world %d (1..%d), --dp %d, --sp %d, --grad-accum %d "
                             "(>= 1, 0: not given), default grad accum %d (>= 1)", world,
                             S2_WORLD_MAX, dp, sp, grad_accum, grad_accum_default);
-    if (sp > 1)
+    if (!sp)
+        sp = 1;
+    if (world % sp)
         return s2_error_set(err, S2_ERR_INVALID,
-                            "--sp %d: sequence-parallel training does not exist yet; what "
-                            "exists is data parallel over every rank (--sp 1, --dp = the "
-                            "world size, %d here) and the sequence-parallel plan alone "
-                            "(s2lora sp-plan SPEC --sp %d)", sp, world, sp);
-    sp = 1;
+                            "--sp %d does not divide the world of %d rank%s: the ranks form "
+                            "groups of --sp consecutive ranks (start a multiple of %d ranks, "
+                            "or give an --sp dividing %d)", sp, world, world == 1 ? "" : "s", sp,
+                            world);
     if (!dp)
         dp = world / sp;
     if (dp * sp != world)
         return s2_error_set(err, S2_ERR_INVALID,
-                            "--dp %d x --sp %d is %d rank%s, but the world has %d: with --sp "
-                            "1, --dp is the world size (leave --dp out, or start %d rank%s)", dp,
-                            sp, dp * sp, dp * sp == 1 ? "" : "s", world, dp * sp,
-                            dp * sp == 1 ? "" : "s");
+                            "--dp %d x --sp %d is %d rank%s, but the world has %d: --dp is the "
+                            "world size / --sp, %d here (leave --dp out, or start %d rank%s)",
+                            dp, sp, dp * sp, dp * sp == 1 ? "" : "s", world, world / sp,
+                            dp * sp, dp * sp == 1 ? "" : "s");
     char pairs[600];
     if (saved_global_batch) {
         const uint64_t g = saved_global_batch;
@@ -97,6 +98,46 @@ s2_status s2_dp_resolve(int world, int dp, int sp, int grad_accum, int grad_accu
 uint64_t s2_dp_sequence(uint64_t pos, int dp, int rank, int micro)
 {
     return pos + (uint64_t)micro * (uint64_t)dp + (uint64_t)rank;
+}
+
+int s2_dp_slot(int rank, int sp) { return rank / sp; }
+int s2_sp_chunk_of(int rank, int sp) { return rank % sp; }
+int s2_sp_world_rank(int rank, int sp, int s) { return rank / sp * sp + s; }
+
+int64_t s2_dp_labelled(int C, int sp) { return sp > 1 ? (int64_t)C - 1 : (int64_t)C; }
+
+s2_status s2_sp_train_plan(const s2_spec *spec, int C, int sp, int full_attention,
+                           s2_sp_plan *plan, int *halo, s2_error *err)
+{
+    memset(plan, 0, sizeof *plan);
+    *halo = 0;
+    if (sp < 2)
+        return s2_error_set(err, S2_ERR_INVALID, "sequence parallel: --sp %d (>= 2)", sp);
+    if (full_attention)
+        return s2_error_set(err, S2_ERR_INVALID,
+                            "--sp %d with --full-attention: sequence-parallel chunks attend "
+                            "only through S²-Attn's window units; train with S²-Attn (leave "
+                            "--full-attention out) or with --sp 1", sp);
+    if (spec->s2attn.shift_mode == S2_SHIFT_ROLL)
+        return s2_error_set(err, S2_ERR_INVALID,
+                            "--sp %d with %s's s2attn.shift_mode roll: roll's wrap needs the "
+                            "last chunk's rows on the first rank, which the exchange does not "
+                            "send; use --set s2attn.shift_mode=split (or --sp 1)", sp,
+                            spec->name);
+    s2_sp_attn a;
+    s2_sp_attn_from_spec(spec, &a);
+    a.N = C;
+    s2_status st = s2_sp_plan_make(&a, sp, S2_SP_DEFAULT_ALIGN, plan, err);
+    if (st) {
+        s2_error_prefix(err, "--sp %d at %d tokens a sequence", sp, C);
+        return st;
+    }
+    for (int r = 0; r < sp; r++) {
+        const int rows = plan->rank[r].lo - s2_sp_union_klo(plan, r);
+        if (rows > *halo)
+            *halo = rows;
+    }
+    return S2_OK;
 }
 
 /* ---------------------------------------------------------------- gradient buckets */
@@ -277,8 +318,8 @@ char *s2_step_log_json(const s2_step_log *s)
                   "\"tokens_per_s\": %.1f, \"mfu\": %.4f, \"mem_gib\": %.3f",
                   (unsigned long long)s->step, s->loss, s->loss_ema, s->lr, s->grad_norm,
                   (long long)s->tokens, s->seconds, s->tokens_per_s, s->mfu, s->mem_gib);
-    s2_buf_printf(&b, ", \"world_size\": %d, \"dp\": %d, \"peak_mem_gib\": [", s->world_size,
-                  s->dp);
+    s2_buf_printf(&b, ", \"world_size\": %d, \"dp\": %d, \"sp\": %d, \"peak_mem_gib\": [",
+                  s->world_size, s->dp, s->sp > 0 ? s->sp : 1);
     for (int r = 0; r < s->world_size; r++)
         s2_buf_printf(&b, "%s%.3f", r ? ", " : "", s->peak_mem_gib ? s->peak_mem_gib[r] : 0.0);
     s2_buf_printf(&b, "]}");

@@ -3,11 +3,14 @@
  * a GPU, every rank holding the whole model, each computing the gradients of its own slice of
  * the global batch, the gradients summed over the ranks while the backward still runs.
  *
- * World. The ranks form a grid world = dp x sp: dp data-parallel replicas, each of sp
- * sequence-parallel ranks. Sequence parallel does not exist in the trainer yet, so sp is 1 and
- * dp is the world size (s2_dp_resolve refuses anything else and says what exists).
+ * World. The ranks form a grid world = dp x sp: dp data-parallel slots, each a group of sp
+ * consecutive sequence-parallel ranks: world rank = d x sp + s (slot d, chunk s). The sp ranks
+ * of a slot train on the same sequences, each on its chunk [lo, hi) of gen/sp_plan.h's plan
+ * (chunk alignment S2_SP_DEFAULT_ALIGN), exchanging key/value halos with the ranks of its
+ * group (runtime/sp_xchg.h's NCCL transport over the world communicator).
  *
- * Data. An optimizer step consumes a global batch of dp x grad_accum packed sequences. The
+ * Data. An optimizer step consumes a global batch of dp x grad_accum packed sequences. Below,
+ * "rank r" is the data-parallel slot d = world rank / sp (s2_dp_slot). The
  * training state's data position P is a global sequence index (the number of sequences the
  * run has consumed); in the step starting at P, micro-step m (0 <= m < grad_accum) of rank r
  * (0 <= r < dp) trains on global sequence
@@ -21,6 +24,12 @@
  * Resume. The state records the global batch (dp x grad_accum). A run resumed at another
  * world size keeps it: --grad-accum is derived as global_batch / dp, or checked when given;
  * a dp that does not divide it is refused with the combinations that would work.
+ *
+ * Sequence parallel: every position of chunk s is labelled by the next token (the next chunk's
+ * first for its last row) except the sequence's last row (its label lies beyond the model's
+ * last chunk: s2_gm_sp's next_token -1), so a sequence holds C - 1 labelled tokens instead of
+ * C (s2_dp_labelled). Each token is held by exactly one rank, so the world all-reduce of the
+ * gradients below sums exactly the global gradient.
  *
  * Gradients. The loss of a step is the mean over every labelled token of the global batch:
  * each rank scales its backward by 1 / (labelled tokens of the global batch), so the sum of
@@ -57,6 +66,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include "../gen/sp_plan.h"
 #include "dist.h"
 #include "nccl.h"
 #include "train.h"
@@ -65,7 +75,7 @@
 
 typedef struct s2_dp_layout {
     int world;             /* ranks */
-    int dp, sp;            /* world = dp x sp; sp = 1 (sequence parallel does not exist yet) */
+    int dp, sp;            /* world = dp x sp: dp slots of sp consecutive ranks */
     int grad_accum;        /* micro-steps a rank runs per optimizer step */
     uint64_t global_batch; /* sequences an optimizer step consumes: dp x grad_accum */
     int derived;           /* 1: grad_accum was derived from a resumed state's global batch */
@@ -75,7 +85,7 @@ typedef struct s2_dp_layout {
  * The layout of a run of `world` ranks. dp, sp, grad_accum: as given (0: not given; dp then
  * defaults to world / sp, sp to 1, grad_accum to grad_accum_default). saved_global_batch: the
  * resumed state's global batch (0: a fresh run, or a state that did not record it — then
- * nothing is checked). S2_ERR_INVALID, saying what is valid, when sp > 1 (not available yet),
+ * nothing is checked). S2_ERR_INVALID, saying what is valid, when sp does not divide the world,
  * when dp x sp is not the world size, or when the saved global batch is not dp x grad_accum
  * (the message lists every --gpus/--grad-accum pair that keeps it).
  */
@@ -85,6 +95,28 @@ s2_status s2_dp_resolve(int world, int dp, int sp, int grad_accum, int grad_accu
 /* The global sequence index micro-step `micro` of rank `rank` trains on in the step that
  * starts at global position `pos`: pos + micro * dp + rank (see above). */
 uint64_t s2_dp_sequence(uint64_t pos, int dp, int rank, int micro);
+
+/* The rank layout: world rank = slot x sp + chunk. s2_dp_slot: the data-parallel slot of a
+ * world rank (what s2_dp_sequence calls its rank); s2_sp_chunk_of: its chunk index;
+ * s2_sp_world_rank: the world rank holding chunk s of the slot of world rank `rank`. */
+int s2_dp_slot(int rank, int sp);
+int s2_sp_chunk_of(int rank, int sp);
+int s2_sp_world_rank(int rank, int sp, int s);
+
+/* Labelled tokens of one sequence of C tokens cut into sp chunks: C with sp = 1 (the window
+ * holds C + 1 tokens), C - 1 with sp > 1 (the last chunk's last row has no label). */
+int64_t s2_dp_labelled(int C, int sp);
+
+/*
+ * The sequence-parallel plan of training spec at C tokens a sequence over sp ranks (sp >= 2):
+ * gen/sp_plan.h's plan at S2_SP_DEFAULT_ALIGN with the spec's attention at N = C. Refused
+ * (S2_ERR_INVALID, nothing allocated) with what would work: full attention (the chunks attend
+ * only through the S²-Attn window units), roll shift mode (its wrap needs the last chunk's rows
+ * on the first rank: shift_mode split), and an sp for which a chunk would be empty (the plan's
+ * message). *halo receives the most halo rows of any rank (s2_gm_opts.sp_halo).
+ */
+s2_status s2_sp_train_plan(const s2_spec *spec, int C, int sp, int full_attention,
+                           s2_sp_plan *plan, int *halo, s2_error *err);
 
 /* ---------------------------------------------------------------- gradient buckets */
 
@@ -164,14 +196,14 @@ typedef struct s2_step_log {
     double tokens_per_s;      /* global: tokens / seconds */
     double mfu;               /* per GPU */
     double mem_gib;           /* this rank's device memory in use (rank 0's in the log) */
-    int world_size, dp;
+    int world_size, dp, sp;
     const double *peak_mem_gib; /* [world_size] each rank's peak so far */
 } s2_step_log;
 
 /*
  * The JSON line (no newline): the one-GPU trainer's fields, unchanged in name, order and
  * format ("step", "loss", "loss_ema", "lr", "grad_norm", "tokens", "seconds", "tokens_per_s",
- * "mfu", "mem_gib"), then "world_size", "dp" and "peak_mem_gib" (an array, by rank). Heap
+ * "mfu", "mem_gib"), then "world_size", "dp", "sp" and "peak_mem_gib" (an array, by rank). Heap
  * (free()); NULL when out of memory.
  */
 char *s2_step_log_json(const s2_step_log *s);
@@ -225,6 +257,9 @@ s2_status s2_dp_open(const s2_nccl *n, ncclComm_t comm, int rank, int size, s2_w
 void s2_dp_close(s2_dp *d);
 int s2_dp_rank(const s2_dp *d);
 int s2_dp_size(const s2_dp *d);
+/* The communicator and NCCL's entries (for the sequence-parallel exchange over the world). */
+ncclComm_t s2_dp_comm(const s2_dp *d);
+const s2_nccl *s2_dp_nccl(const s2_dp *d);
 
 /* The gradient buffer (device, fp32, total floats) and its buckets (copied) over n_stages. */
 s2_status s2_dp_set_grads(s2_dp *d, float *grad, size_t total, const s2_dp_bucket *b, int nb,

@@ -40,16 +40,24 @@ Test(dp, layout_defaults_and_refusals)
     cr_expect(l.dp == 1 && l.grad_accum == 3 && l.global_batch == 3);
     cr_assert_eq(s2_dp_resolve(2, 2, 1, 0, 8, 0, &l, &err), S2_OK);
     cr_expect(l.dp == 2 && l.grad_accum == 8 && l.global_batch == 16);
-    /* sequence parallel is refused, naming what exists */
-    cr_assert_eq(s2_dp_resolve(4, 0, 2, 0, 8, 0, &l, &err), S2_ERR_INVALID);
-    cr_expect(strstr(err.msg, "--sp 2: sequence-parallel training does not exist yet") &&
-              strstr(err.msg, "data parallel over every rank (--sp 1, --dp = the world size, "
-                              "4 here)") && strstr(err.msg, "s2lora sp-plan SPEC --sp 2"),
-              "%s", err.msg);
+    /* sequence parallel: dp defaults to world / sp; the global batch counts slots, not ranks */
+    cr_assert_eq(s2_dp_resolve(4, 0, 2, 0, 8, 0, &l, &err), S2_OK, "%s", err.msg);
+    cr_expect(l.world == 4 && l.dp == 2 && l.sp == 2 && l.grad_accum == 8 &&
+              l.global_batch == 16, "dp %d sp %d gb %llu", l.dp, l.sp,
+              (unsigned long long)l.global_batch);
+    cr_assert_eq(s2_dp_resolve(4, 1, 4, 0, 8, 0, &l, &err), S2_OK, "%s", err.msg);
+    cr_expect(l.dp == 1 && l.sp == 4 && l.global_batch == 8);
+    /* an sp that does not divide the world */
+    cr_assert_eq(s2_dp_resolve(3, 0, 2, 0, 8, 0, &l, &err), S2_ERR_INVALID);
+    cr_expect(strstr(err.msg, "--sp 2 does not divide the world of 3 ranks"), "%s", err.msg);
     s2_error_clear(&err);
-    /* dp must be the world while sp = 1 */
+    /* dp must be the world / sp */
     cr_assert_eq(s2_dp_resolve(2, 3, 0, 0, 8, 0, &l, &err), S2_ERR_INVALID);
     cr_expect(strstr(err.msg, "--dp 3 x --sp 1 is 3 ranks, but the world has 2"), "%s", err.msg);
+    s2_error_clear(&err);
+    cr_assert_eq(s2_dp_resolve(8, 2, 2, 0, 8, 0, &l, &err), S2_ERR_INVALID);
+    cr_expect(strstr(err.msg, "--dp 2 x --sp 2 is 4 ranks, but the world has 8: --dp is the "
+                              "world size / --sp, 4 here"), "%s", err.msg);
     s2_error_clear(&err);
     cr_assert_eq(s2_dp_resolve(4, 1, 1, 0, 8, 0, &l, &err), S2_ERR_INVALID);
     s2_error_clear(&err);
@@ -124,6 +132,78 @@ Test(dp, ranks_take_disjoint_slices_of_the_global_batch)
 
 /* A run that changes its world size at a resume consumes the same sequences, step by step, as
  * one that never did: steps cover consecutive global batches. */
+/* Sequence parallel: rank d x sp + s holds chunk s of slot d's sequences; every position of
+ * every global sequence of a step is held by exactly one rank. */
+Test(dp, sp_ranks_hold_every_token_of_the_global_batch_once)
+{
+    s2_spec spec;
+    s2_error err = {0};
+    cr_assert_eq(s2_spec_load(TINY, NULL, 0, &spec, &err), S2_OK, "%s", err.msg);
+    const int sps[] = {2, 4}, Cs[] = {512, 4096};
+    for (int a = 0; a < 2; a++)
+        for (int c = 0; c < 2; c++) {
+            const int sp = sps[a], C = Cs[c], world = 2 * sp, dp = world / sp, ga = 3;
+            s2_sp_plan plan;
+            int halo = -1;
+            cr_assert_eq(s2_sp_train_plan(&spec, C, sp, 0, &plan, &halo, &err), S2_OK, "%s",
+                         err.msg);
+            int *held = calloc((size_t)dp * ga * C, sizeof *held);
+            const uint64_t P = 40;
+            for (int r = 0; r < world; r++) {
+                const int d = s2_dp_slot(r, sp), s = s2_sp_chunk_of(r, sp);
+                cr_expect_eq(d, r / sp);
+                cr_expect_eq(s2_sp_world_rank(r, sp, s), r, "rank %d", r);
+                cr_expect_eq(s2_sp_world_rank(r, sp, 0), d * sp, "group of rank %d", r);
+                cr_expect_eq(s2_sp_world_rank(r, sp, sp - 1), d * sp + sp - 1);
+                const int lo = plan.rank[s].lo, hi = plan.rank[s].hi;
+                cr_expect(lo % S2_SP_DEFAULT_ALIGN == 0 && lo < hi && hi <= C, "[%d, %d)", lo,
+                          hi);
+                cr_expect_leq(lo - s2_sp_union_klo(&plan, s), halo, "halo rows of chunk %d", s);
+                for (int m = 0; m < ga; m++) {
+                    const uint64_t g = s2_dp_sequence(P, dp, d, m);
+                    cr_assert(g >= P && g < P + (uint64_t)dp * ga);
+                    for (int t = lo; t < hi; t++)
+                        held[(g - P) * (uint64_t)C + (uint64_t)t]++;
+                }
+            }
+            for (int i = 0; i < dp * ga * C; i++)
+                cr_assert_eq(held[i], 1, "sp %d C %d: sequence %d row %d held %d times", sp, C,
+                             i / C, i % C, held[i]);
+            free(held);
+            s2_sp_plan_free(&plan);
+            /* the last row of a sequence is unlabelled with sp > 1 */
+            cr_expect_eq(s2_dp_labelled(C, sp), C - 1);
+            cr_expect_eq(s2_dp_labelled(C, 1), C);
+        }
+}
+
+Test(dp, sp_plans_that_training_cannot_run_are_refused)
+{
+    s2_spec spec;
+    s2_sp_plan plan;
+    int halo;
+    s2_error err = {0};
+    cr_assert_eq(s2_spec_load(TINY, NULL, 0, &spec, &err), S2_OK, "%s", err.msg);
+    cr_assert_eq(s2_sp_train_plan(&spec, 4096, 2, 1, &plan, &halo, &err), S2_ERR_INVALID);
+    cr_expect(strstr(err.msg, "--sp 2 with --full-attention") &&
+              strstr(err.msg, "S²-Attn's window units"), "%s", err.msg);
+    cr_expect_null(plan.rank);
+    s2_error_clear(&err);
+    /* 512 tokens in chunks of 128 rows: at most 4 ranks */
+    cr_assert_eq(s2_sp_train_plan(&spec, 512, 8, 0, &plan, &halo, &err), S2_ERR_INVALID);
+    cr_expect(strstr(err.msg, "--sp 8 at 512 tokens a sequence") && strstr(err.msg, "4"), "%s",
+              err.msg);
+    s2_error_clear(&err);
+    cr_assert_eq(s2_sp_train_plan(&spec, 512, 4, 0, &plan, &halo, &err), S2_OK, "%s", err.msg);
+    s2_sp_plan_free(&plan);
+    const s2_spec_override roll[] = {{"s2attn.shift_mode=roll"}};
+    cr_assert_eq(s2_spec_load(TINY, roll, 1, &spec, &err), S2_OK, "%s", err.msg);
+    cr_assert_eq(s2_sp_train_plan(&spec, 4096, 2, 0, &plan, &halo, &err), S2_ERR_INVALID);
+    cr_expect(strstr(err.msg, "shift_mode roll") && strstr(err.msg, "s2attn.shift_mode=split"),
+              "%s", err.msg);
+    s2_error_clear(&err);
+}
+
 Test(dp, resume_at_another_world_size_continues_the_global_position)
 {
     const uint64_t gb = 16;
@@ -401,7 +481,7 @@ Test(dp, log_line_keeps_the_one_gpu_fields_and_adds_the_world)
     const s2_step_log s = {.step = 12, .loss = 2.5, .loss_ema = 2.75, .lr = 2e-5,
                            .grad_norm = 0.5, .tokens = 98304, .seconds = 1.25,
                            .tokens_per_s = 78643.2, .mfu = 0.4, .mem_gib = 10.5,
-                           .world_size = 3, .dp = 3, .peak_mem_gib = peaks};
+                           .world_size = 3, .dp = 3, .sp = 1, .peak_mem_gib = peaks};
     char *line = s2_step_log_json(&s);
     cr_assert(line);
     /* the one-GPU trainer's line, unchanged, then the new fields */
@@ -416,7 +496,8 @@ Test(dp, log_line_keeps_the_one_gpu_fields_and_adds_the_world)
     json_t *j = json_loads(line, 0, &je);
     cr_assert(j, "not JSON (%s): %s", je.text, line);
     const char *keys[] = {"step", "loss", "loss_ema", "lr", "grad_norm", "tokens", "seconds",
-                          "tokens_per_s", "mfu", "mem_gib", "world_size", "dp", "peak_mem_gib"};
+                          "tokens_per_s", "mfu", "mem_gib", "world_size", "dp", "sp",
+                          "peak_mem_gib"};
     const char *k;
     json_t *v;
     size_t i = 0;
@@ -428,6 +509,7 @@ Test(dp, log_line_keeps_the_one_gpu_fields_and_adds_the_world)
     cr_expect_eq(i, sizeof keys / sizeof keys[0]);
     cr_expect_eq(json_integer_value(json_object_get(j, "world_size")), 3);
     cr_expect_eq(json_integer_value(json_object_get(j, "dp")), 3);
+    cr_expect_eq(json_integer_value(json_object_get(j, "sp")), 1);
     json_t *p = json_object_get(j, "peak_mem_gib");
     cr_assert(json_is_array(p) && json_array_size(p) == 3);
     for (int r = 0; r < 3; r++)
@@ -641,6 +723,13 @@ Test(train_dp, two_ranks_meet_then_exit_3_without_a_gpu)
     cr_expect(strstr(out, "rank 0: no CUDA device"), "%s", out);
     cr_expect(strstr(out, "s2lora launch: exit 3"), "%s", out);
     free(out); /* (rank 1 may be stopped by the launcher before it says anything) */
+    /* sequence parallel: dp 2 x sp 2 meet the same way */
+    rc = run_in(&out, "%s launch --gpus 4 --log-dir logs4 -- " TRAIN " --out o4 --sp 2", BIN);
+    cr_expect_lt(mono_now() - t0, 120, "no hang");
+    cr_expect_eq(rc, 3, "%s", out);
+    cr_expect(strstr(out, "s2lora: rank 0 of 4: 4 ranks met (file:") &&
+              strstr(out, "rank 0: no CUDA device"), "%s", out);
+    free(out);
     /* a world of one through the launcher takes the same road */
     rc = run_in(&out, "%s launch --gpus 1 -- " TRAIN " --out o", BIN);
     cr_expect_eq(rc, 3, "%s", out);
@@ -658,9 +747,27 @@ Test(train_dp, layouts_that_do_not_exist_are_refused)
 {
     make_inputs();
     char *out;
-    int rc = run_in(&out, "%s launch --gpus 2 -- " TRAIN " --out o --sp 2", BIN);
+    int rc = run_in(&out, "%s launch --gpus 3 -- " TRAIN " --out o --sp 2", BIN);
     cr_expect_eq(rc, 2, "%s", out);
-    cr_expect(strstr(out, "--sp 2: sequence-parallel training does not exist yet"), "%s", out);
+    cr_expect(strstr(out, "--sp 2 does not divide the world of 3 ranks"), "%s", out);
+    free(out);
+    rc = run_in(&out, "%s launch --gpus 2 -- " TRAIN " --out o --sp 2 --full-attention", BIN);
+    cr_expect_eq(rc, 2, "%s", out);
+    cr_expect(strstr(out, "--sp 2 with --full-attention"), "%s", out);
+    free(out);
+    rc = run_in(&out, "%s launch --gpus 2 -- " TRAIN " --out o --sp 2 --set "
+                "s2attn.shift_mode=roll", BIN);
+    cr_expect_eq(rc, 2, "%s", out);
+    cr_expect(strstr(out, "shift_mode roll") && strstr(out, "s2attn.shift_mode=split"), "%s",
+              out);
+    free(out);
+    rc = run_in(&out, "%s launch --gpus 8 -- " TRAIN " --out o --sp 8", BIN);
+    cr_expect_eq(rc, 2, "%s", out);
+    cr_expect(strstr(out, "--sp 8 at 512 tokens a sequence"), "%s", out);
+    free(out);
+    rc = run_in(&out, "%s " TRAIN " --out o --sp 2", BIN);
+    cr_expect_eq(rc, 2, "%s", out);
+    cr_expect(strstr(out, "sequence parallel needs several ranks"), "%s", out);
     free(out);
     rc = run_in(&out, "%s launch --gpus 2 -- " TRAIN " --out o --dp 1", BIN);
     cr_expect_eq(rc, 2, "%s", out);
