@@ -730,12 +730,15 @@ static s2_status put_batch(s2_gm *m, const s2_gm_batch *b, int grad, s2_attn_bat
                                 "of %d tokens with halo [%d, %d): valid are 0 <= klo <= lo, "
                                 "lo - klo <= sp_halo %d, lo + T <= n_global, and a transport",
                                 sp->lo, sp->lo + b->T, sp->n_global, sp->klo, sp->lo, m->halo);
+        /* the last chunk's last row: -1 leaves it unlabelled (Hugging Face's labels of one
+         * sequence), a token labels it (the trainer's packed sequences of C + 1 tokens) */
         const int last = sp->lo + b->T == sp->n_global;
-        if (last ? sp->next_token != -1 : (sp->next_token < 0 || sp->next_token >= m->V))
+        if (sp->next_token < (last ? -1 : 0) || sp->next_token >= m->V)
             return s2_error_set(err, S2_ERR_INVALID, "sequence-parallel batch: next_token %d "
                                 "for chunk [%d, %d) of %d: valid %s", sp->next_token, sp->lo,
                                 sp->lo + b->T, sp->n_global,
-                                last ? "-1 (the last chunk)" : "a token in [0, vocab)");
+                                last ? "-1 or a token in [0, vocab) (the last chunk)"
+                                     : "a token in [0, vocab)");
     }
     int32_t one[2] = {0, b->T};
     const int32_t *cu = b->cu_seqlens ? b->cu_seqlens : one;

@@ -92,8 +92,9 @@ typedef struct s2_sp_transport {
 
 /* A micro-batch of one rank: the chunk [lo, lo + T) of one sequence of n_global tokens
  * (s2_gm_batch.tokens is the chunk, RoPE positions are lo + t), halo [klo, lo) (klo <= lo,
- * lo - klo <= the model's sp_halo). next_token: the first token of the next chunk (the label of
- * the chunk's last position), -1 for the sequence's last chunk. Split shift mode only. */
+ * lo - klo <= the model's sp_halo). next_token: the token after the chunk (the label of its
+ * last position); on the sequence's last chunk -1 leaves that position unlabelled. Split shift
+ * mode only. */
 typedef struct s2_gm_sp {
     int lo, klo, n_global;
     int32_t next_token;

@@ -588,9 +588,8 @@ s2_status s2_train_run(const s2_rt *rt, const s2_train_opts *o, s2_error *err)
         if (spn > 1)
             say(prog, o->progress_ctx,
                 "sequence parallel: %.2f MiB k+v a layer over the %d chunks (the per-kind plan "
-                "would move %.2f MiB); %lld labelled tokens a sequence (the last row has no "
-                "label)", (double)s2_sp_union_fwd_bytes(&spp) / (1 << 20), spn,
-                (double)spp.fwd_bytes / (1 << 20), (long long)s2_dp_labelled(C, spn));
+                "would move %.2f MiB); %lld labelled tokens a sequence, as with one GPU", (double)s2_sp_union_fwd_bytes(&spp) / (1 << 20), spn,
+                (double)spp.fwd_bytes / (1 << 20), (long long)C);
         say(prog, o->progress_ctx,
             "optimizer states replicated on every rank: %.3f GiB a rank (fp32 masters and AdamW "
             "m and v of %.0f parameters; sharding them over the ranks is a possible later "
@@ -612,9 +611,9 @@ s2_status s2_train_run(const s2_rt *rt, const s2_train_opts *o, s2_error *err)
         double nll = 0;
         int64_t count = 0;
         st = s2_gm_zero_grad(m, err);
-        /* the step's labelled tokens over every slot's micro-batches (s2_dp_labelled: every
-         * position, but with sequence parallel the last) */
-        const double denom = (double)dp * o->grad_accum * (double)s2_dp_labelled(C, spn);
+        /* the step's labelled tokens over every slot's micro-batches: every position (a
+         * packed sequence holds C + 1 tokens; the last chunk's next token is seq[C]) */
+        const double denom = (double)dp * o->grad_accum * C;
         for (int mb = 0; mb < o->grad_accum && !st; mb++) {
             const uint64_t pos = s2_dp_sequence(state.data_position, dp, slot, mb);
             st = s2_data_batch(df, (uint64_t)C, sep, order_at(&od, pos), seq, err);
@@ -623,7 +622,7 @@ s2_status s2_train_run(const s2_rt *rt, const s2_train_opts *o, s2_error *err)
                 lab[t] = (int32_t)seq[lo + t + 1];
             }
             const s2_gm_sp chunk_sp = {.lo = lo, .klo = klo, .n_global = C,
-                                       .next_token = hi < C ? (int32_t)seq[hi] : -1, .tp = &tp};
+                                       .next_token = (int32_t)seq[hi], .tp = &tp};
             s2_gm_batch b = {.tokens = tok, .T = hi - lo, .labels = spn > 1 ? NULL : lab,
                              .dropout_seed = mix(state.rng_seed, pos),
                              .sp = spn > 1 ? &chunk_sp : NULL};

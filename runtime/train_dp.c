@@ -104,8 +104,6 @@ int s2_dp_slot(int rank, int sp) { return rank / sp; }
 int s2_sp_chunk_of(int rank, int sp) { return rank % sp; }
 int s2_sp_world_rank(int rank, int sp, int s) { return rank / sp * sp + s; }
 
-int64_t s2_dp_labelled(int C, int sp) { return sp > 1 ? (int64_t)C - 1 : (int64_t)C; }
-
 s2_status s2_sp_train_plan(const s2_spec *spec, int C, int sp, int full_attention,
                            s2_sp_plan *plan, int *halo, s2_error *err)
 {

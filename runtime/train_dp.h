@@ -26,10 +26,9 @@
  * a dp that does not divide it is refused with the combinations that would work.
  *
  * Sequence parallel: every position of chunk s is labelled by the next token (the next chunk's
- * first for its last row) except the sequence's last row (its label lies beyond the model's
- * last chunk: s2_gm_sp's next_token -1), so a sequence holds C - 1 labelled tokens instead of
- * C (s2_dp_labelled). Each token is held by exactly one rank, so the world all-reduce of the
- * gradients below sums exactly the global gradient.
+ * first for its last row; for the last chunk's, token C of the packed window of C + 1), so a
+ * sequence holds C labelled tokens, as on one GPU. Each token is held by exactly one rank, so
+ * the world all-reduce of the gradients below sums exactly the global gradient.
  *
  * Gradients. The loss of a step is the mean over every labelled token of the global batch:
  * each rank scales its backward by 1 / (labelled tokens of the global batch), so the sum of
@@ -102,10 +101,6 @@ uint64_t s2_dp_sequence(uint64_t pos, int dp, int rank, int micro);
 int s2_dp_slot(int rank, int sp);
 int s2_sp_chunk_of(int rank, int sp);
 int s2_sp_world_rank(int rank, int sp, int s);
-
-/* Labelled tokens of one sequence of C tokens cut into sp chunks: C with sp = 1 (the window
- * holds C + 1 tokens), C - 1 with sp > 1 (the last chunk's last row has no label). */
-int64_t s2_dp_labelled(int C, int sp);
 
 /*
  * The sequence-parallel plan of training spec at C tokens a sequence over sp ranks (sp >= 2):
