@@ -715,17 +715,18 @@ Test(train_dp, two_ranks_meet_then_exit_3_without_a_gpu)
     int rc = run_in(&out, "%s launch --gpus 2 --log-dir logs -- " TRAIN " --out o", BIN);
     cr_expect_lt(mono_now() - t0, 60, "no hang");
     cr_expect_eq(rc, 3, "%s", out);
-    cr_expect(strstr(out, "s2lora: rank 0 of 2: 2 ranks met (file:") &&
+    /* whichever rank reaches the GPU first fails and its lines are shown (rank 0's on the
+     * terminal, another's quoted from its log); the others may be stopped before they print */
+    cr_expect(strstr(out, "2 ranks met (file:") &&
               strstr(out, "running the same build, spec, options, tokens and state"), "%s", out);
-    cr_expect(strstr(out, "rank 0: no CUDA device"), "%s", out);
+    cr_expect(strstr(out, ": no CUDA device"), "%s", out);
     cr_expect(strstr(out, "s2lora launch: exit 3"), "%s", out);
-    free(out); /* (rank 1 may be stopped by the launcher before it says anything) */
+    free(out);
     /* sequence parallel: dp 2 x sp 2 meet the same way */
     rc = run_in(&out, "%s launch --gpus 4 --log-dir logs4 -- " TRAIN " --out o4 --sp 2", BIN);
     cr_expect_lt(mono_now() - t0, 120, "no hang");
     cr_expect_eq(rc, 3, "%s", out);
-    cr_expect(strstr(out, "s2lora: rank 0 of 4: 4 ranks met (file:") &&
-              strstr(out, "rank 0: no CUDA device"), "%s", out);
+    cr_expect(strstr(out, "4 ranks met (file:") && strstr(out, ": no CUDA device"), "%s", out);
     free(out);
     /* a world of one through the launcher takes the same road */
     rc = run_in(&out, "%s launch --gpus 1 -- " TRAIN " --out o", BIN);
