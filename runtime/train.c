@@ -211,10 +211,14 @@ static s2_status save_step(s2_gm *m, const s2_train_opts *o, const s2_train_stat
              (unsigned long long)state->step);
     s2_error e = {0};
     s2_status bst = s2_dp_max(o->dist, &failed, 1, what, &e);
-    if (!st && bst && err) {
-        s2_error_clear(err);
-        *err = e;
-        return bst;
+    if (bst) { /* a failed barrier always fails the run (rank 0's own error, if any, first) */
+        if (!st && err) {
+            s2_error_clear(err);
+            *err = e;
+        } else {
+            s2_error_clear(&e);
+        }
+        return st ? st : bst;
     }
     s2_error_clear(&e);
     if (!st && failed > 0)

@@ -47,12 +47,14 @@
  *
  * Failure. NCCL's calls return before the data moves; a rank that dies leaves its peers
  * waiting inside NCCL's kernels. Every wait here is a poll (never a blocking synchronize) that
- * checks ncclCommGetAsyncError and the time the collective has taken against
- * S2LORA_NCCL_TIMEOUT (seconds, default 600); on either it aborts the communicator
- * (ncclCommAbort) and fails with a message naming the collective. A watchdog thread checks the
- * same while the host is inside a call that may block (the communicator's creation, an
- * enqueue); when it has to abort and the process has not ended within a grace period, it calls
- * the fatal callback its owner gave (the CLI prints the message and exits 1).
+ * checks ncclCommGetAsyncError and the time the host has waited against S2LORA_NCCL_TIMEOUT
+ * (seconds, default 600; only waiting counts, not the compute before it); on either it aborts
+ * the communicator (ncclCommAbort) and fails with a message naming the collective. A watchdog
+ * thread checks the same while the host is inside a call that may block (the communicator's
+ * creation, an enqueue), aborting the communicator itself only to unblock such a call (never
+ * while the host may use it: see train_dp_comm.c); when the process has not ended within a
+ * grace period after an abort, it calls the fatal callback its owner gave (the CLI prints the
+ * message and exits 1).
  *
  * The pure functions (resolve, sequence, stages, buckets, options text, timeout, log line)
  * need neither NCCL nor a GPU. Nothing here prints or exits.
@@ -225,13 +227,25 @@ void s2_watchdog_end(s2_watchdog *w);
 /*
  * Polls done(ctx, err) (1: complete, 0: not yet, -1: failed, err set) until it completes,
  * checking NCCL's asynchronous error and the time since begin. On a timeout or an NCCL error
- * the communicator is aborted and S2_ERR_CUDA returned: "WHAT did not complete within T s
- * (S2LORA_NCCL_TIMEOUT): ..." or "NCCL failed during WHAT: ...". After an abort every wait
- * fails at once with the first message.
+ * the communicator is aborted and S2_ERR_CUDA returned: "WHAT did not complete within
+ * S2LORA_NCCL_TIMEOUT=T s (given up after E s): ..." or "NCCL failed during WHAT: ...". After
+ * an abort every wait fails at once with the first message.
  */
 s2_status s2_watchdog_wait(s2_watchdog *w, int (*done)(void *ctx, s2_error *err), void *ctx,
                            s2_error *err);
-/* Aborts the communicator now (this rank failed: why), unless that was done already. */
+/*
+ * Every use of the communicator (an enqueue) goes between these two. call_begin hands out the
+ * communicator, or fails (S2_ERR_CUDA with the abort's reason, the communicator then aborted if
+ * nobody had) once the watchdog flagged an abort; a call is timed from call_begin unless an
+ * operation (begin) is in flight. While a call is in, the watchdog may abort the communicator
+ * to unblock it; call_end returns st, or S2_ERR_CUDA with the abort's reason when an abort
+ * came meanwhile: the caller must then never touch the communicator again.
+ */
+s2_status s2_watchdog_call_begin(s2_watchdog *w, const char *what, ncclComm_t *comm,
+                                 s2_error *err);
+s2_status s2_watchdog_call_end(s2_watchdog *w, s2_status st, s2_error *err);
+/* Aborts the communicator now (this rank failed: why), unless that was done already; the
+ * main thread's, outside any call. */
 void s2_watchdog_abort(s2_watchdog *w, const char *why);
 /* 1 once the communicator was aborted (it must then never be used or destroyed). */
 int s2_watchdog_aborted(s2_watchdog *w);

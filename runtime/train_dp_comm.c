@@ -12,6 +12,27 @@
 
 /* ---------------------------------------------------------------- the watchdog */
 
+/*
+ * Who may touch the communicator, and when (every field below under mu):
+ *  - The main thread uses it only between s2_watchdog_call_begin and s2_watchdog_call_end
+ *    (in_call set: an enqueue, which may block) or, in s2_watchdog_wait, under mu (the
+ *    asynchronous error query). call_begin refuses once aborted is set; call_end reports an
+ *    abort that happened meanwhile, and the caller then never touches the communicator again.
+ *  - ncclCommAbort frees the communicator. It is called once (comm_aborted set under mu first,
+ *    the call itself with mu released: it may take a while, and it must not keep the watchdog
+ *    from its fatal fallback):
+ *      by the watchdog thread only while the main thread is inside a call (in_call): the
+ *      abort is NCCL's way to make that call return, with an error, and the main thread,
+ *      back in call_end, sees aborted and stops;
+ *      else by the main thread itself: when the watchdog finds a time limit or an NCCL error
+ *      while no call is in flight it only sets aborted, and the main thread aborts at its next
+ *      check (call_begin, a poll of s2_watchdog_wait, s2_watchdog_abort).
+ *    So nobody uses the communicator during or after its abort.
+ *  - If the process has not ended grace seconds after aborted was set (an abort that hangs, a
+ *    host blocked where it never checks), the watchdog calls fatal.
+ * The clock: an operation (begin .. end: the host waiting for collectives) runs from begin; a
+ * call outside an operation runs from call_begin; compute between them never counts.
+ */
 struct s2_watchdog {
     const s2_nccl *n;
     ncclComm_t comm;
@@ -25,8 +46,12 @@ struct s2_watchdog {
     int active;         /* an operation is in flight since t0 */
     double t0;
     char what[256];
-    int aborted;        /* the communicator was aborted at t_abort; msg says why */
+    int in_call;        /* the main thread is inside a call on the communicator since t_call */
+    double t_call;
+    char call_what[256];
+    int aborted;        /* set at t_abort: the communicator is (to be) aborted; msg says why */
     double t_abort;
+    int comm_aborted;   /* ncclCommAbort was called (or is running): comm is gone */
     int fatal_called;
     char msg[1024];
 };
@@ -38,45 +63,53 @@ static double mono(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* With mu held: records why, then aborts the communicator (mu released around the call, which
- * may take a while; aborted is already set, so nobody else aborts or uses it meanwhile). */
-static void abort_locked(s2_watchdog *w, const char *why)
+/* With mu held: records why (the first reason wins) and sets aborted. */
+static void flag_locked(s2_watchdog *w, const char *why)
 {
     if (w->aborted)
         return;
     w->aborted = 1;
     w->t_abort = mono();
     snprintf(w->msg, sizeof w->msg, "%s", why);
-    ncclComm_t c = w->comm;
-    if (c) {
-        pthread_mutex_unlock(&w->mu);
-        s2_nccl_comm_abort(w->n, c);
-        pthread_mutex_lock(&w->mu);
-    }
 }
 
-/* With mu held: the in-flight operation's NCCL error or time limit, if either is hit. */
+/* With mu held, aborted set: aborts the communicator unless that was done (mu released around
+ * the call; comm_aborted is set first, so nobody else aborts or uses it meanwhile). */
+static void abort_comm_locked(s2_watchdog *w)
+{
+    ncclComm_t c = w->comm;
+    if (!c || w->comm_aborted)
+        return;
+    w->comm_aborted = 1;
+    pthread_mutex_unlock(&w->mu);
+    s2_nccl_comm_abort(w->n, c);
+    pthread_mutex_lock(&w->mu);
+}
+
+/* With mu held: flags the in-flight operation's NCCL error or time limit, if either is hit. */
 static void check_locked(s2_watchdog *w)
 {
-    if (w->aborted || !w->active)
+    if (w->aborted || (!w->active && !w->in_call))
         return;
+    const char *what = w->in_call ? w->call_what : w->what;
     char why[1024];
     if (w->comm) {
         s2_error e = {0};
         if (s2_nccl_async_error(w->n, w->comm, &e)) {
             snprintf(why, sizeof why, "NCCL failed during %s: %s (the communicator is aborted)",
-                     w->what, e.msg ? e.msg : "?");
+                     what, e.msg ? e.msg : "?");
             s2_error_clear(&e);
-            abort_locked(w, why);
+            flag_locked(w, why);
             return;
         }
     }
-    const double dt = mono() - w->t0;
+    const double dt = mono() - (w->active ? w->t0 : w->t_call);
     if (dt > w->timeout) {
         snprintf(why, sizeof why,
-                 "%s did not complete within %.0f s (S2LORA_NCCL_TIMEOUT=%g): a rank died, hangs "
-                 "or never came; the communicator is aborted", w->what, dt, w->timeout);
-        abort_locked(w, why);
+                 "%s did not complete within S2LORA_NCCL_TIMEOUT=%g s (given up after %.1f s): "
+                 "a rank died, hangs or never came; the communicator is aborted", what,
+                 w->timeout, dt);
+        flag_locked(w, why);
     }
 }
 
@@ -96,6 +129,8 @@ static void *watch(void *arg)
         if (w->stop)
             break;
         check_locked(w);
+        if (w->aborted && w->in_call) /* unblocks the main thread's call (see above) */
+            abort_comm_locked(w);
         if (w->aborted && !w->fatal_called && w->fatal && mono() - w->t_abort > w->grace) {
             char msg[sizeof w->msg];
             snprintf(msg, sizeof msg, "%s", w->msg);
@@ -163,12 +198,56 @@ void s2_watchdog_end(s2_watchdog *w)
     pthread_mutex_unlock(&w->mu);
 }
 
+/* With mu held, aborted set: aborts the communicator if nobody did (the main thread, never in
+ * a call here) and fails with the first reason; mu is released on return. */
+static s2_status fail_unlock(s2_watchdog *w, s2_error *err)
+{
+    abort_comm_locked(w);
+    char msg[sizeof w->msg];
+    snprintf(msg, sizeof msg, "%s", w->msg);
+    pthread_mutex_unlock(&w->mu);
+    return s2_error_set(err, S2_ERR_CUDA, "%s", msg);
+}
+
+s2_status s2_watchdog_call_begin(s2_watchdog *w, const char *what, ncclComm_t *comm,
+                                 s2_error *err)
+{
+    *comm = NULL;
+    pthread_mutex_lock(&w->mu);
+    if (w->aborted)
+        return fail_unlock(w, err);
+    if (!w->comm) {
+        pthread_mutex_unlock(&w->mu);
+        return s2_error_set(err, S2_ERR_INVALID, "%s: no NCCL communicator yet", what);
+    }
+    w->in_call = 1;
+    w->t_call = mono();
+    snprintf(w->call_what, sizeof w->call_what, "%s", what);
+    *comm = w->comm;
+    pthread_mutex_unlock(&w->mu);
+    return S2_OK;
+}
+
+s2_status s2_watchdog_call_end(s2_watchdog *w, s2_status st, s2_error *err)
+{
+    pthread_mutex_lock(&w->mu);
+    w->in_call = 0;
+    if (!w->aborted) {
+        pthread_mutex_unlock(&w->mu);
+        return st;
+    }
+    if (st) /* the call's own error is the abort's echo: the reason is the abort's */
+        s2_error_clear(err);
+    return fail_unlock(w, err);
+}
+
 void s2_watchdog_abort(s2_watchdog *w, const char *why)
 {
     pthread_mutex_lock(&w->mu);
     char msg[sizeof w->msg];
     snprintf(msg, sizeof msg, "this rank failed: %s", why);
-    abort_locked(w, msg);
+    flag_locked(w, msg);
+    abort_comm_locked(w);
     pthread_mutex_unlock(&w->mu);
 }
 
@@ -196,12 +275,8 @@ s2_status s2_watchdog_wait(s2_watchdog *w, int (*done)(void *ctx, s2_error *err)
             check_locked(w);
             next_check = now + 0.01;
         }
-        if (w->aborted) {
-            char msg[sizeof w->msg];
-            snprintf(msg, sizeof msg, "%s", w->msg);
-            pthread_mutex_unlock(&w->mu);
-            return s2_error_set(err, S2_ERR_CUDA, "%s", msg);
-        }
+        if (w->aborted)
+            return fail_unlock(w, err);
         pthread_mutex_unlock(&w->mu);
         if (i < 2000) { /* a short collective: spin politely first */
             sched_yield();
@@ -373,12 +448,16 @@ void s2_dp_arm(s2_dp *d, uint64_t step)
     memset(d->started, 0, (size_t)(d->nb ? d->nb : 1));
 }
 
-static void begin_step(s2_dp *d)
+/* An all-reduce on the side stream, enqueued under the watchdog's call protocol. */
+static s2_status all_reduce(s2_dp *d, void *buf, size_t count, ncclDataType_t type,
+                            ncclRedOp_t op, const char *what, s2_error *err)
 {
-    char what[160];
-    snprintf(what, sizeof what, "the all-reduce of step %llu's gradients and loss (%d buckets)",
-             (unsigned long long)d->step, d->nb);
-    s2_watchdog_begin(d->wd, what);
+    ncclComm_t comm;
+    s2_status st = s2_watchdog_call_begin(d->wd, what, &comm, err);
+    if (st)
+        return st;
+    st = s2_nccl_all_reduce(d->n, comm, buf, buf, count, type, op, d->side, what, err);
+    return s2_watchdog_call_end(d->wd, st, err);
 }
 
 s2_status s2_dp_stage(void *ctx, int stage, cudaStream_t stream, s2_error *err)
@@ -401,8 +480,6 @@ s2_status s2_dp_stage(void *ctx, int stage, cudaStream_t stream, s2_error *err)
                                 "%d announced twice (gradient bucket %d)",
                                 (unsigned long long)d->step, stage, i);
         if (!recorded) {
-            if (!d->n_started)
-                begin_step(d);
             st = s2_rt_check(cudaEventRecord(d->stage_ev[stage], stream),
                              "data parallel: a backward stage's event", err);
             if (!st)
@@ -415,8 +492,8 @@ s2_status s2_dp_stage(void *ctx, int stage, cudaStream_t stream, s2_error *err)
         snprintf(what, sizeof what, "gradient bucket %d of %d (step %llu, backward stage %d)",
                  i, d->nb, (unsigned long long)d->step, stage);
         if (!st)
-            st = s2_nccl_all_reduce(d->n, d->comm, d->grad + d->b[i].off, d->grad + d->b[i].off,
-                                    d->b[i].n, ncclFloat32, ncclSum, d->side, what, err);
+            st = all_reduce(d, d->grad + d->b[i].off, d->b[i].n, ncclFloat32, ncclSum, what,
+                            err);
         if (!st) {
             d->started[i] = 1;
             d->n_started++;
@@ -439,11 +516,17 @@ static s2_status enqueue_scalars(s2_dp *d, coll_kind k, const double *vals, int 
     memcpy(d->h, vals, (size_t)n * sizeof *vals);
     s2_status st = s2_rt_check(cudaMemcpyAsync(send, d->h, (size_t)n * sizeof(double),
                                                cudaMemcpyHostToDevice, d->side), what, err);
-    if (!st && k == COLL_GATHER)
-        st = s2_nccl_all_gather(d->n, d->comm, send, d->dv, 1, ncclFloat64, d->side, what, err);
-    else if (!st)
-        st = s2_nccl_all_reduce(d->n, d->comm, d->dv, d->dv, (size_t)n, ncclFloat64,
-                                k == COLL_SUM ? ncclSum : ncclMax, d->side, what, err);
+    if (!st && k == COLL_GATHER) {
+        ncclComm_t comm;
+        st = s2_watchdog_call_begin(d->wd, what, &comm, err);
+        if (!st)
+            st = s2_watchdog_call_end(d->wd, s2_nccl_all_gather(d->n, comm, send, d->dv, 1,
+                                                                ncclFloat64, d->side, what,
+                                                                err), err);
+    } else if (!st) {
+        st = all_reduce(d, d->dv, (size_t)n, ncclFloat64, k == COLL_SUM ? ncclSum : ncclMax,
+                        what, err);
+    }
     if (!st)
         st = s2_rt_check(cudaMemcpyAsync(d->h, d->dv, (size_t)out_n * sizeof(double),
                                          cudaMemcpyDeviceToHost, d->side), what, err);
@@ -464,9 +547,12 @@ s2_status s2_dp_finish(s2_dp *d, cudaStream_t stream, double *vals, int n, s2_er
                             "data parallel: step %llu: the backward started %d of the %d "
                             "gradient buckets (a backward stage was never announced)",
                             (unsigned long long)d->step, d->n_started, d->nb);
-    if (!d->nb)
-        begin_step(d);
-    char what[96];
+    /* The clock starts here, where the host begins to wait for the collectives: the backward's
+     * compute after the first bucket's enqueue never counts against S2LORA_NCCL_TIMEOUT. */
+    char what[160];
+    snprintf(what, sizeof what, "the all-reduce of step %llu's gradients and loss (%d buckets)",
+             (unsigned long long)d->step, d->nb);
+    s2_watchdog_begin(d->wd, what);
     snprintf(what, sizeof what, "the sum of step %llu's loss and labelled tokens",
              (unsigned long long)d->step);
     s2_status st = enqueue_scalars(d, COLL_SUM, vals, n, what, err);
@@ -475,7 +561,7 @@ s2_status s2_dp_finish(s2_dp *d, cudaStream_t stream, double *vals, int n, s2_er
                          "data parallel: the main stream waiting for the gradients", err);
     if (!st)
         st = s2_watchdog_wait(d->wd, event_done, &d->done, err);
-    s2_watchdog_end(d->wd);
+    s2_watchdog_end(d->wd); /* on every path: an operation left open would time out later */
     if (!st)
         memcpy(vals, d->h, (size_t)n * sizeof *vals);
     return st;

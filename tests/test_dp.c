@@ -573,8 +573,9 @@ Test(watchdog, a_collective_that_never_completes_times_out_and_aborts)
     cr_assert_eq(s2_watchdog_wait(w, never, NULL, &err), S2_ERR_CUDA);
     const double dt = mono_now() - t0;
     cr_expect(dt >= 0.3 && dt < 2, "%.2f s", dt);
-    cr_expect(strstr(err.msg, "the all-reduce of step 7's gradients did not complete within") &&
-              strstr(err.msg, "S2LORA_NCCL_TIMEOUT=0.3") &&
+    /* the limit, not the time taken (about 0.3 s, which would print as "0") */
+    cr_expect(strstr(err.msg, "the all-reduce of step 7's gradients did not complete within "
+                              "S2LORA_NCCL_TIMEOUT=0.3 s (given up after 0.") &&
               strstr(err.msg, "the communicator is aborted"), "%s", err.msg);
     s2_error_clear(&err);
     cr_expect_eq(atomic_load(&aborts), 1);
@@ -647,6 +648,99 @@ Test(watchdog, a_blocked_host_gets_the_fatal_call)
     cr_expect(strstr(fatal_msg, "ncclCommInitRank (every rank joining the communicator) did "
                                 "not complete within"), "%s", fatal_msg);
     cr_expect_eq(atomic_load(&aborts), 0, "no communicator to abort");
+    s2_watchdog_stop(w);
+}
+
+static void sleep_s(double s)
+{
+    struct timespec ts = {(time_t)s, (long)((s - (time_t)s) * 1e9)};
+    nanosleep(&ts, NULL);
+}
+
+/* A call that blocks past the limit: the watchdog aborts the communicator to unblock it, and
+ * the main thread, back from the call, learns of it and never gets the communicator again. */
+Test(watchdog, a_blocked_call_is_unblocked_by_the_abort)
+{
+    atomic_store(&async_fail_after, -1);
+    const s2_nccl n = fake_nccl();
+    s2_watchdog *w = NULL;
+    s2_error err = {0};
+    cr_assert_eq(s2_watchdog_start(&n, 0.2, 60, NULL, NULL, &w, NULL), S2_OK);
+    s2_watchdog_set_comm(w, FAKE_COMM);
+    ncclComm_t c = NULL;
+    cr_assert_eq(s2_watchdog_call_begin(w, "gradient bucket 3 of 9", &c, &err), S2_OK);
+    cr_expect_eq(c, FAKE_COMM);
+    const double t0 = mono_now();
+    while (!atomic_load(&aborts) && mono_now() - t0 < 5) /* "blocked inside NCCL" */
+        sleep_s(0.01);
+    cr_expect_eq(atomic_load(&aborts), 1, "the watchdog aborts while the host is in the call");
+    cr_expect_eq(s2_watchdog_call_end(w, S2_OK, &err), S2_ERR_CUDA);
+    cr_expect(err.msg && strstr(err.msg, "gradient bucket 3 of 9 did not complete within "
+                                         "S2LORA_NCCL_TIMEOUT=0.2 s"), "%s", err.msg);
+    s2_error_clear(&err);
+    c = FAKE_COMM;
+    cr_expect_eq(s2_watchdog_call_begin(w, "the next bucket", &c, &err), S2_ERR_CUDA);
+    cr_expect_eq(c, NULL);
+    s2_error_clear(&err);
+    s2_watchdog_abort(w, "this rank gives up");
+    cr_expect_eq(atomic_load(&aborts), 1);
+    s2_watchdog_stop(w);
+}
+
+/* A limit hit while the host is outside any call (here: computing, not polling): the watchdog
+ * only flags it, the communicator stays, and the host aborts it itself at its next check. */
+Test(watchdog, outside_a_call_the_host_aborts_at_its_next_check)
+{
+    atomic_store(&async_fail_after, -1);
+    const s2_nccl n = fake_nccl();
+    s2_watchdog *w = NULL;
+    s2_error err = {0};
+    cr_assert_eq(s2_watchdog_start(&n, 0.2, 60, NULL, NULL, &w, NULL), S2_OK);
+    s2_watchdog_set_comm(w, FAKE_COMM);
+    s2_watchdog_begin(w, "the sum of step 3's loss");
+    const double t0 = mono_now();
+    while (!s2_watchdog_aborted(w) && mono_now() - t0 < 5)
+        sleep_s(0.01);
+    cr_assert(s2_watchdog_aborted(w));
+    sleep_s(0.2); /* the watchdog keeps checking meanwhile */
+    cr_expect_eq(atomic_load(&aborts), 0, "the watchdog never aborts outside a call");
+    ncclComm_t c = FAKE_COMM;
+    cr_expect_eq(s2_watchdog_call_begin(w, "the next enqueue", &c, &err), S2_ERR_CUDA);
+    cr_expect_eq(c, NULL);
+    cr_expect(err.msg && strstr(err.msg, "the sum of step 3's loss did not complete within"),
+              "%s", err.msg);
+    s2_error_clear(&err);
+    cr_expect_eq(atomic_load(&aborts), 1, "the host aborted it");
+    cr_expect_eq(s2_watchdog_wait(w, never, NULL, &err), S2_ERR_CUDA);
+    s2_error_clear(&err);
+    s2_watchdog_end(w);
+    cr_expect_eq(atomic_load(&aborts), 1);
+    s2_watchdog_stop(w);
+}
+
+/* Only the host's waiting and its calls count: compute between enqueues (the backward after
+ * the first bucket) runs past the limit without a timeout. */
+Test(watchdog, compute_between_calls_does_not_count)
+{
+    atomic_store(&async_fail_after, -1);
+    const s2_nccl n = fake_nccl();
+    s2_watchdog *w = NULL;
+    s2_error err = {0};
+    cr_assert_eq(s2_watchdog_start(&n, 0.2, 60, NULL, NULL, &w, NULL), S2_OK);
+    s2_watchdog_set_comm(w, FAKE_COMM);
+    for (int i = 0; i < 3; i++) {
+        ncclComm_t c = NULL;
+        cr_assert_eq(s2_watchdog_call_begin(w, "a bucket", &c, &err), S2_OK);
+        cr_expect_eq(s2_watchdog_call_end(w, S2_OK, &err), S2_OK);
+        sleep_s(0.15); /* "the backward" */
+    }
+    s2_watchdog_begin(w, "the all-reduce of step 1's gradients and loss");
+    int k = 0;
+    cr_expect_eq(s2_watchdog_wait(w, soon, &k, &err), S2_OK, "%s", err.msg);
+    s2_watchdog_end(w);
+    sleep_s(0.3); /* after end: nothing is timed */
+    cr_expect(!s2_watchdog_aborted(w));
+    cr_expect_eq(atomic_load(&aborts), 0);
     s2_watchdog_stop(w);
 }
 
