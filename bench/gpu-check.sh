@@ -288,7 +288,8 @@ for tool in ${S2_SANITIZE_TOOLS:-memcheck synccheck racecheck}; do
     [ -n "${S2_SANITIZE_ONLY:-}" ] && only=(--only "$S2_SANITIZE_ONLY")
     extra=()
     [ "$tool" = memcheck ] && extra=(--leak-check full)
-    echo "== compute-sanitizer --tool $tool, gpu_check --family $fam ${only[*]}" >>"$OUTDIR/sanitize.txt"
+    echo "== compute-sanitizer --tool $tool, gpu_check --family $fam ${only[*]}" \
+      >>"$OUTDIR/sanitize.txt"
     t0=$(date +%s)
     timeout -k 10 "${S2_SANITIZE_TIMEOUT:-170}" "$san" --tool "$tool" "${extra[@]}" \
       --error-exitcode 9 "$BIN/s2lora_gpu_check" --family "$fam" "${only[@]}" \
@@ -300,8 +301,8 @@ for tool in ${S2_SANITIZE_TOOLS:-memcheck synccheck racecheck}; do
     errs=$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUTDIR/san-run.txt" | tail -n 1)
     # Reports are attributed by kernel: ours are named s2_*; others are the libraries' (cuBLAS's
     # nvjet GEMMs in the LoRA family, whose racecheck reports are counted, not ours to fix).
-    ours=$(grep -E '^========= +(Invalid|Error|Race|Barrier|Program hit)' -A2 "$OUTDIR/san-run.txt" |
-      grep -cE '(at|in) s2_[a-z0-9_]+')
+    ours=$(grep -E '^========= +(Invalid|Error|Race|Barrier|Program hit)' -A2 \
+      "$OUTDIR/san-run.txt" | grep -cE '(at|in) s2_[a-z0-9_]+')
     lib=$(grep -E '^========= +(Invalid|Error|Race|Barrier)' "$OUTDIR/san-run.txt" |
       grep -vcE 's2_[a-z0-9_]+')
     line="sanitize $tool $fam: exit $rc, $runs case runs, $((t1 - t0)) s, reports in s2lora's"

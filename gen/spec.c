@@ -858,15 +858,17 @@ static s2_status spec_check_int(ctx *c, int id, const slot *s, const where *w, c
                          "kernels support), got %s",
                          k->dotted, text);
     }
-    if (id == K_HEADS && s->i >= 0 && s->i % 2)
+    /* The range first: a value past INT_MAX arrives as LONG_MAX (odd) whatever its parity. */
+    if (s->i < k->imin || s->i > k->imax)
+        return spec_fail(c, S2_ERR_SPEC, w, "%s = %s is out of range: valid %ld..%ld%s (%s)",
+                         k->dotted, text, k->imin, k->imax, id == K_HEADS ? ", even" : "",
+                         k->why);
+    if (id == K_HEADS && s->i % 2)
         return spec_fail(c, S2_ERR_SPEC, w,
                          "%s must be a positive even number (S2-Attn shifts half of the heads), "
                          "got %s; valid %ld..%ld, even",
                          k->dotted, text, k->imin, k->imax);
-    if (s->i >= k->imin && s->i <= k->imax)
-        return S2_OK;
-    return spec_fail(c, S2_ERR_SPEC, w, "%s = %s is out of range: valid %ld..%ld%s (%s)",
-                     k->dotted, text, k->imin, k->imax, id == K_HEADS ? ", even" : "", k->why);
+    return S2_OK;
 }
 
 /* The valid range of a real key as text: "[1e-30, 1e+30]", "(0, 1]", "0 or [1e-09, ...]". */

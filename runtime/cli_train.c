@@ -377,9 +377,9 @@ static int train_dist(const char *prog, s2_train_opts *o, const s2_world *w, s2_
         return failed(prog, &err);
     if (w->rank == 0)
         printf("trained %s (%s) on %d GPUs (data parallel): state in %s/state, %s in %s/%s, "
-               "log in %s\n", o->spec->name, o->full ? "full" : "LoRA+", w->size, o->out_dir,
+               "log in %s%s\n", o->spec->name, o->full ? "full" : "LoRA+", w->size, o->out_dir,
                o->full ? "model" : "adapter", o->out_dir, o->full ? "model" : "adapter",
-               o->log_path ? o->log_path : "OUT/train.jsonl");
+               o->log_path ? o->log_path : o->out_dir, o->log_path ? "" : "/train.jsonl");
     return 0;
 }
 
@@ -503,9 +503,10 @@ int s2_cli_train(const char *prog, int argc, char **argv)
     fprintf(stderr, "%s: train on %s (%s)\n", prog, rt.name, rt.arch);
     if (s2_train_run(&rt, &o, &err))
         return failed(prog, &err);
-    printf("trained %s (%s): state in %s/state, %s in %s/%s, log in %s\n", spec.name,
+    printf("trained %s (%s): state in %s/state, %s in %s/%s, log in %s%s\n", spec.name,
            o.full ? "full" : "LoRA+", o.out_dir, o.full ? "model" : "adapter", o.out_dir,
-           o.full ? "model" : "adapter", o.log_path ? o.log_path : "OUT/train.jsonl");
+           o.full ? "model" : "adapter", o.log_path ? o.log_path : o.out_dir,
+           o.log_path ? "" : "/train.jsonl");
     return 0;
 }
 

@@ -41,9 +41,8 @@ static const char *env_get(s2_env env, const char *name) { return env.get(env.ct
 s2_status s2_env_int(const char *name, const char *value, long min, long max, long *out,
                      s2_error *err)
 {
-    const char *p = value;
-    const int neg = *p == '-';
-    p += neg;
+    /* No sign: a '-' and digits (even "-0") are refused as out of range, as the doc says. */
+    const char *p = value + (*value == '-');
     int digits = 0, ok = *p != '\0';
     for (const char *q = p; *q; q++)
         ok &= *q >= '0' && *q <= '9', digits++;
@@ -53,12 +52,11 @@ s2_status s2_env_int(const char *name, const char *value, long min, long max, lo
                             min, max);
     while (*p == '0' && p[1])
         p++, digits--;
-    const long long v = digits > 18 ? (neg ? -1 : 1) * (long long)9e18 : strtoll(p, NULL, 10);
-    const long long sv = neg ? -v : v;
-    if (sv < min || sv > max)
+    const long long v = digits > 18 ? (long long)9e18 : strtoll(p, NULL, 10);
+    if (*value == '-' || v < min || v > max)
         return s2_error_set(err, S2_ERR_INVALID, "%s=%s is out of range (valid: %ld..%ld)", name,
                             value, min, max);
-    *out = (long)sv;
+    *out = (long)v;
     return S2_OK;
 }
 

@@ -54,9 +54,9 @@ s2_env s2_env_process(void);
 s2_env s2_env_array(char *const *envp);
 
 /*
- * Parses an environment variable's value as a decimal integer in [min, max]: digits only (a
- * leading '-' is read to say the value is below min), no sign, space or suffix. Errors name
- * name=value and the valid range.
+ * Parses an environment variable's value as a decimal integer in [min, max]: digits only, no
+ * sign, space or suffix (a '-' and digits, "-0" included, is refused as out of range). Errors
+ * name name=value and the valid range.
  */
 s2_status s2_env_int(const char *name, const char *value, long min, long max, long *out,
                      s2_error *err);

@@ -186,7 +186,8 @@ int s2_cli_world(const char *prog, int argc, char **argv)
     if (w.rank == 0 && nccl) {
         ncclUniqueId u;
         st = s2_nccl_unique_id(nccl, &u, &err);
-        memcpy(id, u.internal, sizeof id);
+        if (!st) /* u holds nothing when NCCL failed */
+            memcpy(id, u.internal, sizeof id);
     } else if (w.rank == 0) {
         st = s2_random_bytes(id, sizeof id, &err);
     }
@@ -248,15 +249,40 @@ static void log_dir_of(char **sub, int n_sub, const char *flag, char *out, size_
             snprintf(out, cap, "%s/logs", sub[i + 1]);
 }
 
-/* Prints the last lines of a rank's log, indented, to stderr. */
+/* Prints the last lines of a rank's log, indented, to stderr: only its last TAIL_BYTES are
+ * read, so a log of any size shows its end (a line longer than that shows its end only). */
+#define TAIL_BYTES 8192
 static void print_tail(const char *path, int lines)
 {
-    char *data = NULL;
-    size_t n = 0;
-    if (s2_read_file(path, &data, &n, NULL))
+    const int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
         return;
+    struct stat sb;
+    if (fstat(fd, &sb) || !S_ISREG(sb.st_mode) || sb.st_size <= 0) {
+        close(fd);
+        return;
+    }
+    const off_t from = sb.st_size > TAIL_BYTES ? sb.st_size - TAIL_BYTES : 0;
+    char data[TAIL_BYTES];
+    size_t n = 0;
+    while (n < (size_t)(sb.st_size - from)) {
+        const ssize_t got = pread(fd, data + n, (size_t)(sb.st_size - from) - n,
+                                  from + (off_t)n);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got <= 0)
+            break;
+        n += (size_t)got;
+    }
+    close(fd);
+    size_t skip = 0; /* started inside a line: drop its part, unless it is all there is */
+    if (from > 0) {
+        const char *nl = memchr(data, '\n', n);
+        if (nl && (size_t)(nl - data) + 1 < n)
+            skip = (size_t)(nl - data) + 1;
+    }
     size_t start = n;
-    for (int seen = 0; start > 0; start--)
+    for (int seen = 0; start > skip; start--)
         if (data[start - 1] == '\n' && start != n && ++seen == lines)
             break;
     if (n) {
@@ -268,7 +294,6 @@ static void print_tail(const char *path, int lines)
             fprintf(stderr, "    %.*s\n", (int)(nl - line), line);
         }
     }
-    free(data);
 }
 
 static void describe(int code, int status, char *buf, size_t cap)
@@ -296,6 +321,14 @@ static void remove_private_dir(const char *dir)
         closedir(d);
     }
     rmdir(dir);
+}
+
+/* An early error of launch: removes the private rendezvous directory (if any); returns code. */
+static int abandon(const char *private_dir, int code)
+{
+    if (private_dir[0])
+        remove_private_dir(private_dir);
+    return code;
 }
 
 static const char *sig_name(int sig)
@@ -434,15 +467,12 @@ int s2_cli_launch(const char *prog, int argc, char **argv)
     uint8_t idb[12];
     char launch_id[32];
     if (s2_random_bytes(idb, sizeof idb, &err))
-        return failed(prog, &err);
+        return abandon(private_dir, failed(prog, &err));
     s2_hex(idb, sizeof idb, launch_id);
     char dir[4096], log[4200];
     log_dir_of(sub, n_sub, log_flag, dir, sizeof dir);
-    if (n > 1 && s2_mkdir_p(dir, &err)) {
-        if (private_dir[0])
-            remove_private_dir(private_dir);
-        return failed(prog, &err);
-    }
+    if (n > 1 && s2_mkdir_p(dir, &err))
+        return abandon(private_dir, failed(prog, &err));
     char others[64];
     snprintf(others, sizeof others, n > 2 ? "ranks 1-%ld write" : "rank 1 writes", n - 1);
     if (n > 1)
@@ -460,7 +490,8 @@ int s2_cli_launch(const char *prog, int argc, char **argv)
     rank_proc *r = calloc((size_t)n, sizeof *r);
     if (!r) {
         fprintf(stderr, "%s launch: out of memory\n", prog);
-        return 1;
+        sigprocmask(SIG_SETMASK, &old, NULL);
+        return abandon(private_dir, 1);
     }
     const pid_t self = getpid();
     int alive = 0, first = -1, got = 0, stopping = 0, killed = 0;
@@ -527,10 +558,14 @@ int s2_cli_launch(const char *prog, int argc, char **argv)
         }
         if (stopping && !killed && alive > 0 && now_s() >= kill_at) {
             char list[512] = "";
-            for (int k = 0, m = 0; k < n; k++)
+            int m = 0;
+            for (int k = 0; k < n; k++)
                 if (!r[k].done && r[k].pid > 0 && m++ < 16)
                     snprintf(list + strlen(list), sizeof list - strlen(list), "%s%d",
                              list[0] ? ", " : "", k);
+            if (m > 16) /* the first 16 named, the rest counted */
+                snprintf(list + strlen(list), sizeof list - strlen(list), " and %d more",
+                         m - 16);
             fprintf(stderr, "%s launch: rank%s %s still running %g s after SIGTERM; killing\n",
                     prog, alive > 1 ? "s" : "", list, grace);
             signal_all(r, (int)n, SIGKILL);

@@ -2,6 +2,7 @@
 #include "sp_xchg.h"
 
 #include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -21,7 +22,13 @@ static s2_status spans_of(const s2_sp_plan *plan, s2_sp_span **spans, int *n, in
         return s2_error_set(err, S2_ERR_INVALID, "sequence-parallel exchange: split shift mode "
                             "only (roll's wrap rows are not exchanged)");
     const int P = plan->P;
-    *spans = malloc((size_t)(P * P + 1) * sizeof **spans);
+    /* P * P + 1 spans at most, counted in size_t: in int the product overflows past P = 46340 */
+    const size_t np = P > 0 ? (size_t)P : 0;
+    if (np == 0 || np > (SIZE_MAX / sizeof **spans - 1) / np)
+        return s2_error_set(err, S2_ERR_INVALID, "sequence-parallel exchange: %d ranks: the "
+                            "span table (P * P + 1 entries) needs P of 1 or more and its size "
+                            "to fit in memory", P);
+    *spans = malloc((np * np + 1) * sizeof **spans);
     *klo = malloc((size_t)P * sizeof **klo);
     if (!*spans || !*klo) {
         free(*spans), free(*klo);

@@ -101,8 +101,8 @@ s2_status s2_state_load_info(const char *dir, const s2_state_info *info, s2_trai
                              s2_error *err);
 
 /*
- * s2_state_load_latest's checks without reading the tensors' data: latest, and the header of the state it
- * names (metadata, and every tensor F32 with its two moments). Fills s's metadata (step,
+ * s2_state_load_latest's checks without reading the tensors' data: latest, and the header of
+ * the state it names (metadata, and every tensor F32 with its two moments). Fills s's metadata (step,
  * data position, seeds, loss EMA, spec_sha256) and no tensor (n = 0). The SHA-256 is
  * verified when the state is loaded. For checking a --resume before a device is opened.
  */

@@ -89,6 +89,11 @@ Test(world, torchrun_incomplete_or_bad_numbers)
     expect_error(ENV("RANK=4", "WORLD_SIZE=4", "LOCAL_RANK=0"),
                  "RANK=4 is out of range (valid: 0..3)");
     expect_error(ENV("RANK=-1", "WORLD_SIZE=4", "LOCAL_RANK=0"), "RANK=-1 is out of range");
+    /* no sign at all: minus zero is refused too, not read as 0 */
+    expect_error(ENV("RANK=-0", "WORLD_SIZE=4", "LOCAL_RANK=0"),
+                 "RANK=-0 is out of range (valid: 0..3)");
+    expect_error(ENV("RANK=0", "WORLD_SIZE=4", "LOCAL_RANK=-00"),
+                 "LOCAL_RANK=-00 is out of range (valid: 0..3)");
     expect_error(ENV("RANK=+1", "WORLD_SIZE=4", "LOCAL_RANK=0"), "RANK=\"+1\" is not a decimal");
     expect_error(ENV("RANK= 1", "WORLD_SIZE=4", "LOCAL_RANK=0"), "RANK=\" 1\" is not a decimal");
     expect_error(ENV("RANK=", "WORLD_SIZE=4", "LOCAL_RANK=0"), "RANK=\"\" is not a decimal");

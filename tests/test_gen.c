@@ -937,8 +937,8 @@ Test(ranges, tile_values_range_checked)
 }
 
 /* ---- the default units' sources, pinned ----
- * The emitted source of every shipped spec, for each arch s2lora builds for, each attention unit and
- * every tile of that unit's tuning space (the default first), is the cache key of its cubin and
+ * The emitted source of every shipped spec, for each arch s2lora builds for, each attention unit
+ * and every tile of that unit's tuning space (the default first), is the cache key of its cubin and
  * what was measured: options that are off (the sequence-parallel window) must leave it byte for
  * byte as it was. tests/emit_digests.txt holds one line per (spec file, arch, unit): the tile
  * count and the SHA-256 over the sources in tile-space order (each NUL-terminated). A deliberate

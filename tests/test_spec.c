@@ -734,6 +734,12 @@ Test(errors_values, integer_ranges)
 Test(errors_values, heads)
 {
     ERR(HEAD "  num_heads: 7\n", "t.yaml:4:14", "must be a positive even number");
+    /* too large to read, and even as written: the message gives the range, not the parity */
+    char want[128];
+    snprintf(want, sizeof want,
+             "model.num_heads = 99999999999999999998 is out of range: valid 2..%d, even",
+             S2_SPEC_MAX_HEADS);
+    ERR(HEAD "  num_heads: 99999999999999999998\n", "t.yaml:4:14", want);
     ERR(BASE "  num_kv_heads: 5\n", "t.yaml:10:17",
         "model.num_kv_heads (5) must divide model.num_heads (32); valid values: 2, 4, 8, 16, 32");
     ERR(BASE "  num_kv_heads: 64\n", "t.yaml:10:17", "must divide model.num_heads (32)");

@@ -326,7 +326,9 @@ static const char *spoil(s2_tunedb_entry *e, int what)
     case 10: snprintf(e->arch, sizeof e->arch, "sm_75"); return "unknown arch 'sm_75'";
     case 11: snprintf(e->kernel, sizeof e->kernel, "attn"); return "unknown kernel 'attn'";
     case 12: snprintf(e->shape, sizeof e->shape, "N<=3000"); return "'shape' must be a shape class";
-    case 13: snprintf(e->tile, sizeof e->tile, "fwd_warps=9"); return "fwd_warps = 9 is out of range: valid 1..8";
+    case 13:
+        snprintf(e->tile, sizeof e->tile, "fwd_warps=9");
+        return "fwd_warps = 9 is out of range: valid 1..8";
     case 14: when_from_now(3 * 86400, e->when); return "lies after this machine's clock";
     case 15: snprintf(e->when, sizeof e->when, "2026-02-29T12:00:00Z");
              return "is not a real UTC time";
@@ -564,7 +566,8 @@ static int impossible_lines(refusal *r)
           "'shape' must be a shape class", 0);
     SPOIL(107, "\"tile\":\"", "\"tile\":\"fwd_block_n=48,",
           "no longer a valid tile: tile 'fwd_block_n=48,", 1);
-    SPOIL(108, "\"tile\":\"", "\"tile\":\"bwd_stages=7,", "bwd_stages = 7 is out of range: valid 1..4", 1);
+    SPOIL(108, "\"tile\":\"", "\"tile\":\"bwd_stages=7,",
+          "bwd_stages = 7 is out of range: valid 1..4", 1);
     SPOIL(109, "fwd_warps=8", "fwd_warps=8,fwd_warps=4", "fwd_warps given twice", 1);
     snprintf(from, sizeof from, "\"tile\":\"%s\"", entry(110).tile);
     SPOIL(110, from, "\"tile\":\"algo=3\"", "unknown key 'algo'", 1);

@@ -281,7 +281,8 @@ Test(plan, window_arguments_checked)
     expect_refused(&p, (s2_attn_window){1024, 2048, 500, 4000}, "klo = 500 is not on an edge");
     /* the shifted heads' group of 1024 starts at 512: a klo above it would lose keys */
     expect_refused(&p, (s2_attn_window){1024, 2048, 1024, 4000}, "shifted heads' query");
-    expect_refused(&p, (s2_attn_window){1536, 2048, 1152, 4000}, "plain heads' query at qlo = 1536");
+    expect_refused(&p, (s2_attn_window){1536, 2048, 1152, 4000},
+                   "plain heads' query at qlo = 1536");
     expect_refused(&p, (s2_attn_window){0, 128, 0, 0}, "n_global = 0 tokens");
     /* a plan without the window */
     s2_attn_plan q = p;

@@ -38,6 +38,8 @@ scratch=$(mktemp -d "${TMPDIR:-/tmp}/s2fuzz-run.XXXXXX")
 # The readers' files go to memory when it can: every input writes a few.
 tmp=$scratch
 [ -d /dev/shm ] && [ -w /dev/shm ] && tmp=$(mktemp -d /dev/shm/s2fuzz-tmp.XXXXXX)
+# The readers' files in memory go whatever way this script ends (an error, a signal).
+trap '[ "$tmp" = "$scratch" ] || rm -rf "$tmp"' EXIT
 
 run_one() {
   local t=$1 dir=$scratch/$1
@@ -71,22 +73,23 @@ wait
 failed=0
 for t in "${targets[@]}"; do
   dir=$scratch/$t
-  rc=$(cat "$dir/rc")
-  runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$dir/log" | tail -1)
-  cov=$(grep -Eo 'cov: [0-9]+ ft: [0-9]+' "$dir/log" | tail -1 || true)
-  corp=$(grep -Eo 'corp: [0-9]+/[0-9]+[a-zA-Z]*' "$dir/log" | tail -1 || true)
+  rc=1 # a job that died before writing its exit code failed
+  [ -f "$dir/rc" ] && rc=$(cat "$dir/rc")
+  runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$dir/log" 2>/dev/null | tail -1 || true)
+  cov=$(grep -Eo 'cov: [0-9]+ ft: [0-9]+' "$dir/log" 2>/dev/null | tail -1 || true)
+  corp=$(grep -Eo 'corp: [0-9]+/[0-9]+[a-zA-Z]*' "$dir/log" 2>/dev/null | tail -1 || true)
   art=$(ls "$dir/artifacts" 2>/dev/null | head -1)
   if [ "$rc" = 0 ] && [ -z "$art" ]; then
     result=ok
   else
     failed=1
-    what=$(grep -Eo 'fuzz finding: .*|SUMMARY: .*|fuzz harness: .*' "$dir/log" | head -1 || true)
+    what=$(grep -Eo 'fuzz finding: .*|SUMMARY: .*|fuzz harness: .*' "$dir/log" 2>/dev/null |
+      head -1 || true)
     result="FOUND (exit $rc): ${what:-see the log}; input $dir/artifacts/${art:-?}, log $dir/log"
   fi
   printf '%-10s %ss  runs %-9s %-22s %-14s %s\n' "$t" "$secs" "${runs:-?}" "${cov:-cov: ?}" \
     "${corp:-}" "$result"
 done
-[ "$tmp" = "$scratch" ] || rm -rf "$tmp"
 if [ "$failed" = 0 ]; then
   rm -rf "$scratch"
   exit 0
