@@ -1,5 +1,6 @@
 /* sp_xchg.c — sequence parallelism's K/V exchange: loopback and NCCL (sp_xchg.h). */
 #include "sp_xchg.h"
+#include "train_dp.h"
 
 #include <pthread.h>
 #include <stdint.h>
@@ -213,6 +214,7 @@ void s2_sp_loop_transport(s2_sp_loop *lp, int r, const s2_train_kern *k, s2_sp_t
 struct s2_sp_nccl {
     const s2_nccl *nc;
     ncclComm_t comm;
+    s2_watchdog *wd;
     int rank, base, row_elems, n_spans; /* base: comm's rank of the plan's rank 0 */
     ncclDataType_t dt;
     s2_sp_span *spans;
@@ -221,27 +223,42 @@ struct s2_sp_nccl {
     void *scratch; /* the dk, dv rows the other ranks send back to this one, span by span */
 };
 
+/* One group of sends and receives as one watchdog call (train_dp.h), when there is one. */
+static s2_status call_begin(s2_sp_nccl *x, const char *what, ncclComm_t *comm, s2_error *err)
+{
+    return x->wd ? s2_watchdog_call_begin(x->wd, what, comm, err) : S2_OK;
+}
+
+static s2_status call_end(s2_sp_nccl *x, s2_status st, s2_error *err)
+{
+    return x->wd ? s2_watchdog_call_end(x->wd, st, err) : st;
+}
+
 static s2_status nccl_fwd(void *ctx, int layer, void *k, void *v, cudaStream_t s, s2_error *err)
 {
     (void)layer;
     s2_sp_nccl *x = ctx;
     const int re = x->row_elems;
-    s2_status st = s2_nccl_group_start(x->nc, err);
+    ncclComm_t comm = x->comm;
+    s2_status st = call_begin(x, "the halo k/v rows' exchange", &comm, err);
+    if (st)
+        return st;
+    st = s2_nccl_group_start(x->nc, err);
     for (int i = 0; i < x->n_spans && !st; i++) {
         const s2_sp_span *sp = &x->spans[i];
         const size_t n = (size_t)(sp->hi - sp->lo) * re;
         for (int j = 0; j < 2 && !st; j++) {
             void *buf = row(j ? v : k, x->klo[x->rank], sp->lo, re);
             if (sp->dst == x->rank)
-                st = s2_nccl_recv(x->nc, x->comm, buf, n, x->dt, x->base + sp->src, s,
+                st = s2_nccl_recv(x->nc, comm, buf, n, x->dt, x->base + sp->src, s,
                                   j ? "halo v rows" : "halo k rows", err);
             else if (sp->src == x->rank)
-                st = s2_nccl_send(x->nc, x->comm, buf, n, x->dt, x->base + sp->dst, s,
+                st = s2_nccl_send(x->nc, comm, buf, n, x->dt, x->base + sp->dst, s,
                                   j ? "halo v rows" : "halo k rows", err);
         }
     }
     s2_status st2 = s2_nccl_group_end(x->nc, st ? NULL : err);
-    return st ? st : st2;
+    return call_end(x, st ? st : st2, err);
 }
 
 static s2_status nccl_bwd(void *ctx, int layer, void *dk, void *dv, cudaStream_t s,
@@ -250,27 +267,31 @@ static s2_status nccl_bwd(void *ctx, int layer, void *dk, void *dv, cudaStream_t
     (void)layer;
     s2_sp_nccl *x = ctx;
     const int re = x->row_elems;
-    s2_status st = s2_nccl_group_start(x->nc, err);
+    ncclComm_t comm = x->comm;
+    s2_status st = call_begin(x, "the halo dk/dv rows' exchange", &comm, err);
+    if (st)
+        return st;
+    st = s2_nccl_group_start(x->nc, err);
     size_t off = 0;
     for (int i = 0; i < x->n_spans && !st; i++) {
         const s2_sp_span *sp = &x->spans[i];
         const size_t n = (size_t)(sp->hi - sp->lo) * re;
         for (int j = 0; j < 2 && !st; j++) {
             if (sp->dst == x->rank)
-                st = s2_nccl_send(x->nc, x->comm, row(j ? dv : dk, x->klo[x->rank], sp->lo, re),
+                st = s2_nccl_send(x->nc, comm, row(j ? dv : dk, x->klo[x->rank], sp->lo, re),
                                   n, x->dt, x->base + sp->src, s,
                                   j ? "halo dv rows" : "halo dk rows",
                                   err);
             else if (sp->src == x->rank) {
-                st = s2_nccl_recv(x->nc, x->comm, (char *)x->scratch + off * EL, n, x->dt,
+                st = s2_nccl_recv(x->nc, comm, (char *)x->scratch + off * EL, n, x->dt,
                                   x->base + sp->dst, s, j ? "halo dv rows" : "halo dk rows", err);
                 off += n;
             }
         }
     }
     s2_status st2 = s2_nccl_group_end(x->nc, st ? NULL : err);
-    if (st || st2)
-        return st ? st : st2;
+    if ((st = call_end(x, st ? st : st2, err)))
+        return st;
     off = 0;
     for (int i = 0; i < x->n_spans && !st; i++) {
         const s2_sp_span *sp = &x->spans[i];
@@ -287,8 +308,8 @@ static s2_status nccl_bwd(void *ctx, int layer, void *dk, void *dv, cudaStream_t
 }
 
 s2_status s2_sp_nccl_open(s2_sp_nccl **out, const s2_nccl *nc, ncclComm_t comm,
-                          const s2_sp_plan *plan, int rank, int base, int row_elems,
-                          s2_dtype dt, const s2_train_kern *k, s2_error *err)
+                          s2_watchdog *wd, const s2_sp_plan *plan, int rank, int base,
+                          int row_elems, s2_dtype dt, const s2_train_kern *k, s2_error *err)
 {
     *out = NULL;
     if (rank < 0 || rank >= plan->P || base < 0)
@@ -297,7 +318,8 @@ s2_status s2_sp_nccl_open(s2_sp_nccl **out, const s2_nccl *nc, ncclComm_t comm,
     s2_sp_nccl *x = calloc(1, sizeof *x);
     if (!x)
         return s2_error_set(err, S2_ERR_NOMEM, "out of memory");
-    *x = (s2_sp_nccl){.nc = nc, .comm = comm, .rank = rank, .base = base, .row_elems = row_elems,
+    *x = (s2_sp_nccl){.nc = nc, .comm = comm, .wd = wd, .rank = rank, .base = base,
+                      .row_elems = row_elems,
                       .dt = s2_nccl_dtype(dt), .k = k};
     s2_status st = spans_of(plan, &x->spans, &x->n_spans, &x->klo, err);
     size_t rows = 0;

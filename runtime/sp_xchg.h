@@ -20,6 +20,8 @@
 #include "model.h"
 #include "nccl.h"
 
+struct s2_watchdog; /* train_dp.h */
+
 typedef struct s2_sp_loop s2_sp_loop;
 
 /* The loopback of plan's P ranks (split mode); row_elems: elements of one K/V row (Hkv * d). */
@@ -36,10 +38,12 @@ typedef struct s2_sp_nccl s2_sp_nccl;
 
 /* Chunk `rank` of plan's P ranks over comm, on which the plan's rank s is comm's rank
  * base + s (a group of consecutive ranks of a larger world: train_dp.h's layout; base 0 when
- * comm's ranks are the plan's); dt the K/V dtype. */
+ * comm's ranks are the plan's); dt the K/V dtype. wd (optional): the watchdog of comm; every
+ * group of sends and receives is then one s2_watchdog_call (train_dp.h), so a peer that died
+ * unblocks this rank through the communicator's abort and the abort never races a call. */
 s2_status s2_sp_nccl_open(s2_sp_nccl **out, const s2_nccl *nc, ncclComm_t comm,
-                          const s2_sp_plan *plan, int rank, int base, int row_elems,
-                          s2_dtype dt, const s2_train_kern *k, s2_error *err);
+                          struct s2_watchdog *wd, const s2_sp_plan *plan, int rank, int base,
+                          int row_elems, s2_dtype dt, const s2_train_kern *k, s2_error *err);
 void s2_sp_nccl_close(s2_sp_nccl *x);
 void s2_sp_nccl_transport(s2_sp_nccl *x, s2_sp_transport *tp);
 

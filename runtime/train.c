@@ -496,9 +496,10 @@ s2_status s2_train_run(const s2_rt *rt, const s2_train_opts *o, s2_error *err)
     if (!st)
         st = s2_gm_open(&m, rt, sp, ck, &go, err);
     if (!st && spn > 1) /* the halo exchange with the other chunks of this slot */
-        st = s2_sp_nccl_open(&xc, s2_dp_nccl(dist), s2_dp_comm(dist), &spp, chunk,
-                             s2_sp_world_rank(rank, spn, 0), sp->model.num_kv_heads *
-                             sp->model.head_dim, sp->dtype, s2_gm_kern(m), err);
+        st = s2_sp_nccl_open(&xc, s2_dp_nccl(dist), s2_dp_comm(dist), s2_dp_watchdog(dist), &spp,
+                             chunk, s2_sp_world_rank(rank, spn, 0),
+                             sp->model.num_kv_heads * sp->model.head_dim, sp->dtype,
+                             s2_gm_kern(m), err);
     if (xc)
         s2_sp_nccl_transport(xc, &tp);
     s2_ckpt_close(ck);

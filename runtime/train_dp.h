@@ -268,6 +268,8 @@ int s2_dp_rank(const s2_dp *d);
 int s2_dp_size(const s2_dp *d);
 /* The communicator and NCCL's entries (for the sequence-parallel exchange over the world). */
 ncclComm_t s2_dp_comm(const s2_dp *d);
+/* The watchdog every enqueue on s2_dp_comm must go through (s2_watchdog_call_begin/_end). */
+s2_watchdog *s2_dp_watchdog(const s2_dp *d);
 const s2_nccl *s2_dp_nccl(const s2_dp *d);
 
 /* The gradient buffer (device, fp32, total floats) and its buckets (copied) over n_stages. */

@@ -408,6 +408,7 @@ void s2_dp_close(s2_dp *d)
 int s2_dp_rank(const s2_dp *d) { return d->rank; }
 int s2_dp_size(const s2_dp *d) { return d->size; }
 ncclComm_t s2_dp_comm(const s2_dp *d) { return d->comm; }
+s2_watchdog *s2_dp_watchdog(const s2_dp *d) { return d->wd; }
 const s2_nccl *s2_dp_nccl(const s2_dp *d) { return d->n; }
 
 s2_status s2_dp_set_grads(s2_dp *d, float *grad, size_t total, const s2_dp_bucket *b, int nb,
