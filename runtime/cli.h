@@ -15,4 +15,9 @@ int s2_cli_sp_plan(const char *prog, int argc, char **argv); /* cli_sp.c */
 int s2_cli_launch(const char *prog, int argc, char **argv);
 int s2_cli_world(const char *prog, int argc, char **argv);
 
+/* main.c: after s2_rt_open, has rt's kernel loads print each kernel-cache warning once, as
+ * "PROG: kernel cache: ..." on stderr (s2_rt.cache_warn). */
+struct s2_rt;
+void s2_cli_show_cache_warnings(struct s2_rt *rt, const char *prog);
+
 #endif

@@ -347,6 +347,7 @@ static int train_dist(const char *prog, s2_train_opts *o, const s2_world *w, s2_
     s2_rt rt;
     if (s2_dist_device(w, &rt, &err))
         return failed(prog, &err);
+    s2_cli_show_cache_warnings(&rt, prog);
     fprintf(stderr, "%s: train on %s (%s), rank %d of %d, CUDA device %d\n", prog, rt.name,
             rt.arch, w->rank, w->size, w->local_rank);
     s2_watchdog *wd = NULL;
@@ -500,6 +501,7 @@ int s2_cli_train(const char *prog, int argc, char **argv)
     s2_rt rt;
     if (s2_rt_open(&rt, 0, &err))
         return failed(prog, &err);
+    s2_cli_show_cache_warnings(&rt, prog);
     fprintf(stderr, "%s: train on %s (%s)\n", prog, rt.name, rt.arch);
     if (s2_train_run(&rt, &o, &err))
         return failed(prog, &err);
@@ -550,6 +552,7 @@ int s2_cli_eval(const char *prog, int argc, char **argv)
     s2_rt rt;
     if (s2_rt_open(&rt, 0, &err))
         return failed(prog, &err);
+    s2_cli_show_cache_warnings(&rt, prog);
     if (passkey) {
         s2_passkey_result pr;
         if (s2_passkey_run(&rt, &o, passkey, (uint64_t)seed, &pr, &err))
@@ -664,6 +667,8 @@ int s2_cli_logits(const char *prog, int argc, char **argv)
     s2_rt rt;
     if (!st)
         st = s2_rt_open(&rt, 0, &err);
+    if (!st)
+        s2_cli_show_cache_warnings(&rt, prog);
     s2_ckpt *ck = NULL;
     s2_gm *m = NULL;
     if (!st)

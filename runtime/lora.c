@@ -25,6 +25,7 @@ typedef struct lora_unit {
 struct s2_lora_ctx {
     char arch[16];
     const char *cache_dir;
+    s2_rt rt; /* the device it was opened on: its cache_warn hears of rebuilt units */
     lora_unit unit[LORA_UNITS];
     s2_blas *blas;
     s2_blas *side_blas;
@@ -124,6 +125,7 @@ s2_status s2_lora_open(s2_lora_ctx **out, const s2_rt *rt, const char *cache_dir
     if (!c)
         return s2_error_set(err, S2_ERR_NOMEM, "out of memory");
     snprintf(c->arch, sizeof c->arch, "%s", rt->arch);
+    c->rt = *rt;
     c->cache_dir = cache_dir;
     s2_status st = s2_blas_open(&c->blas, err);
     if (st) {
@@ -180,6 +182,8 @@ static s2_status lora_unit_of(s2_lora_ctx *c, const s2_lora_dims *d, const lora_
     s2_jit_result res = {0};
     st = s2_jit_build(&unit, 1, &jo, &res, err);
     free(src);
+    if (!st)
+        s2_rt_cache_warn(&c->rt, &res);
     cudaLibrary_t lib = NULL;
     if (!st)
         st = s2_rt_check(cudaLibraryLoadData(&lib, res.cubin, NULL, NULL, 0, NULL, NULL, 0),

@@ -29,6 +29,17 @@
 
 static const char *prog = "s2lora";
 
+static void cache_warn(void *arg, const char *msg)
+{
+    fprintf(stderr, "%s: kernel cache: %s\n", (const char *)arg, msg);
+}
+
+void s2_cli_show_cache_warnings(struct s2_rt *rt, const char *name)
+{
+    rt->cache_warn = cache_warn;
+    rt->cache_warn_arg = (void *)name;
+}
+
 static int fail(s2_error *err)
 {
     fprintf(stderr, "%s: %s\n", prog, err->msg ? err->msg : s2_status_to_string(err->status));
@@ -382,6 +393,7 @@ static s2_status run_attn(const s2_spec *spec, const cli_opts *o, const attn_io 
     s2_status st = s2_rt_open(&rt, 0, err);
     if (st)
         return st;
+    s2_cli_show_cache_warnings(&rt, prog);
     s2_attn a;
     s2_jit_opts jo = {.cache_dir = o->cache_dir, .no_cache = o->no_cache};
     s2_attn_batch bt;
@@ -647,6 +659,7 @@ static int cmd_bench_lora(int argc, char **argv)
     s2_rt rt;
     if (s2_rt_open(&rt, 0, &err))
         return fail(&err);
+    s2_cli_show_cache_warnings(&rt, prog);
     s2_lora_ctx *ctx = NULL;
     if (s2_lora_open(&ctx, &rt, NULL, &err))
         return fail(&err);
@@ -721,6 +734,7 @@ static int cmd_bench(int argc, char **argv)
         free(cases);
         return fail(&err);
     }
+    s2_cli_show_cache_warnings(&ctx.rt, prog);
     printf("bench attn: %s (%s, %d SMs), seed 0x%llx, warm-up %d, reps %d fwd / %d fwd+bwd, "
            "peers: %s\n", ctx.rt.name, ctx.rt.arch, ctx.rt.sm_count, (unsigned long long)o.seed,
            o.warmup, o.reps_fwd, o.reps_fb, o.peers ? o.peers : "none");
@@ -941,6 +955,7 @@ static int tune_on_device(const tune_args *t)
     s2_rt rt;
     if (s2_rt_open(&rt, 0, &err))
         return fail(&err);
+    s2_cli_show_cache_warnings(&rt, prog);
     char dir[1024];
     s2_jit_opts jo = {.cache_dir = t->cache_dir};
     if (t->db_dir)

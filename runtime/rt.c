@@ -125,6 +125,12 @@ s2_status s2_rt_time_medians(const s2_rt_work *fn, int n, void *ctx, int warmup,
     return st;
 }
 
+void s2_rt_cache_warn(const s2_rt *rt, const s2_jit_result *res)
+{
+    if (rt && rt->cache_warn && res->warning[0])
+        rt->cache_warn(rt->cache_warn_arg, res->warning);
+}
+
 s2_status s2_rt_open(s2_rt *rt, int device, s2_error *err)
 {
     memset(rt, 0, sizeof *rt);
@@ -235,6 +241,8 @@ static s2_status load_units(s2_attn *a, const s2_rt *rt, const s2_spec *spec,
     s2_status st = build_units(spec, tile, &o, 0, window, &a->plan, res, err);
     if (st)
         return st;
+    for (int u = 0; u < S2_UNIT_ATTN_COUNT; u++) /* a rebuilt entry is told even if loads fail */
+        s2_rt_cache_warn(rt, &res[u]);
     for (int u = 0; u < S2_UNIT_ATTN_COUNT && !st; u++) {
         a->build_ms[u] = res[u].ms;
         a->cache_hit[u] = res[u].cache_hit;

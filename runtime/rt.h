@@ -23,10 +23,20 @@ typedef struct s2_rt {
     int cc_major, cc_minor;
     char arch[16];       /* what NVRTC builds for it: "sm_90a" on Hopper, else "sm_XY" */
     int sm_count;
+    /* Where the kernel cache's warnings go (s2_jit_result.warning: an entry was in place but
+     * not used, so it was rebuilt) when s2_attn_load*, s2_train_kern_load or a LoRA unit load
+     * builds through it: called once per such entry with the one-line report, arg as given.
+     * The caller sets it after s2_rt_open (which clears it) to show them; library code never
+     * prints. */
+    void (*cache_warn)(void *arg, const char *msg);
+    void *cache_warn_arg;
 } s2_rt;
 
 /* Opens device `device` (usually 0). S2_ERR_NO_DEVICE when there is none or no driver. */
 s2_status s2_rt_open(s2_rt *rt, int device, s2_error *err);
+
+/* Passes res's kernel-cache warning, if it has one, to rt's cache_warn, if set. */
+void s2_rt_cache_warn(const s2_rt *rt, const s2_jit_result *res);
 
 /* Checks a CUDA call: on failure sets err with what and CUDA's message, returns S2_ERR_CUDA. */
 s2_status s2_rt_check(cudaError_t e, const char *what, s2_error *err);

@@ -82,6 +82,7 @@ s2_status s2_train_kern_load(s2_train_kern *k, const s2_rt *rt, const s2_spec *s
     s2_status st = build_unit(spec, &o, &res, err);
     if (st)
         return st;
+    s2_rt_cache_warn(rt, &res); /* a rebuilt entry is told even if the load fails */
     k->build_ms = res.ms;
     k->cache_hit = res.cache_hit;
     st = s2_rt_check(cudaLibraryLoadData(&k->lib, res.cubin, NULL, NULL, 0, NULL, NULL, 0),

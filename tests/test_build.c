@@ -3,6 +3,7 @@
  * sm_90a, with no register spills, no stack frame and every kernel present.
  * NVRTC only: no GPU is needed.
  */
+#define _GNU_SOURCE
 #include <criterion/criterion.h>
 #include <dirent.h>
 #include <stdio.h>
@@ -10,6 +11,7 @@
 #include <string.h>
 
 #include "runtime/rt.h"
+#include "tmpdir.h"
 
 static const char *const archs[] = {"sm_80", "sm_90a"};
 
@@ -88,4 +90,64 @@ Test(build, bad_tile_is_refused_before_nvrtc)
     cr_expect_eq(s2_attn_build(&spec, &t, &jo, &plan, res, &err), S2_ERR_INVALID);
     cr_expect(strstr(err.msg, "bwd_block_n = 48"), "%s", err.msg);
     s2_error_clear(&err);
+}
+
+/* What a load's cache_warn heard. */
+typedef struct heard {
+    int n;
+    char last[2048];
+} heard;
+
+static void hear(void *arg, const char *msg)
+{
+    heard *h = arg;
+    h->n++;
+    snprintf(h->last, sizeof h->last, "%s", msg);
+}
+
+/* A corrupt attention entry is rebuilt by s2_attn_load, and its warning reaches the device's
+ * cache_warn (the CLI prints it) before the units are loaded: here, with no GPU, the load then
+ * fails, and the warning has still been told, once, naming the unit and the entry. */
+Test(build, attn_load_tells_rebuilt_entry, .timeout = 600)
+{
+    char dir[] = "/tmp/s2build-test-XXXXXX";
+    cr_assert_not_null(mkdtemp(dir));
+    s2_spec spec;
+    s2_error err = {0};
+    char path[1024];
+    snprintf(path, sizeof path, "%s/specs/tiny-byte-512.yaml", S2_SOURCE_DIR);
+    cr_assert_eq(s2_spec_load(path, NULL, 0, &spec, &err), S2_OK, "%s", err.msg);
+    s2_jit_opts jo = {.arch = "sm_80", .cache_dir = dir, .threads = 1};
+    s2_attn_plan plan;
+    s2_jit_result res[S2_UNIT_ATTN_COUNT];
+    memset(res, 0, sizeof res);
+    cr_assert_eq(s2_attn_build(&spec, NULL, &jo, &plan, res, &err), S2_OK, "%s", err.msg);
+    const int bad = S2_UNIT_ATTN_COUNT - 1;
+    char entry[sizeof res[0].path];
+    snprintf(entry, sizeof entry, "%s", res[bad].path);
+    for (int u = 0; u < S2_UNIT_ATTN_COUNT; u++) {
+        cr_expect_str_eq(res[u].warning, "", "a plain miss is no problem");
+        s2_jit_result_free(&res[u]);
+    }
+    FILE *f = fopen(entry, "r+b"); /* flip the payload's last byte */
+    cr_assert_not_null(f, "%s", entry);
+    cr_assert_eq(fseek(f, -1, SEEK_END), 0);
+    int c = fgetc(f);
+    cr_assert_eq(fseek(f, -1, SEEK_END), 0);
+    fputc(c ^ 0x5a, f);
+    cr_assert_eq(fclose(f), 0);
+
+    heard h = {0};
+    s2_rt rt = {.arch = "sm_80", .sm_count = 1, .cache_warn = hear, .cache_warn_arg = &h};
+    s2_attn a;
+    if (!s2_attn_load(&a, &rt, &spec, NULL, &jo, &err))
+        s2_attn_free(&a);
+    s2_error_clear(&err);
+    cr_assert_eq(h.n, 1, "the rebuilt entry was told %d times", h.n);
+    char unit[128];
+    snprintf(unit, sizeof unit, "unit tiny-byte-512/%s: ", s2_attn_unit_name(bad));
+    cr_expect(strstr(h.last, unit), "'%s' does not name %s", h.last, unit);
+    cr_expect(strstr(h.last, entry), "'%s' does not name %s", h.last, entry);
+    cr_expect(strstr(h.last, "rebuilt"), "%s", h.last);
+    s2_test_rmtree(dir);
 }

@@ -15,6 +15,7 @@
 #include "gen/emit.h"
 #include "runtime/jit.h"
 #include "runtime/ref_train.h"
+#include "runtime/rt.h"
 #include "runtime/train_kern.h"
 #include "tmpdir.h"
 
@@ -193,6 +194,59 @@ Test(train_build, llama7b_sm90a) { check_build("llama2-7b-32k.yaml", NULL, "sm_9
 Test(train_build, llama13b_vocab32001_sm90a)
 {
     check_build("llama2-13b-32k.yaml", "model.vocab_size=32001", "sm_90a");
+}
+
+/* What a load's cache_warn heard. */
+typedef struct heard {
+    int n;
+    char last[2048];
+} heard;
+
+static void hear(void *arg, const char *msg)
+{
+    heard *h = arg;
+    h->n++;
+    snprintf(h->last, sizeof h->last, "%s", msg);
+}
+
+/* A corrupt entry under the trainer's unit is rebuilt by s2_train_kern_load, and its warning
+ * reaches the device's cache_warn (the CLI prints it) before the load itself: here, with no
+ * GPU, the load then fails, and the warning has still been told, once. */
+Test(train_build, load_tells_rebuilt_entry)
+{
+    s2_spec s = load_spec("tiny-byte-512.yaml", NULL);
+    s2_jit_opts o = {.arch = "sm_80", .cache_dir = cache_dir, .threads = 1};
+    s2_jit_result r;
+    s2_error err = {0};
+    cr_assert_eq(s2_train_kern_build(&s, &o, &r, &err), S2_OK, "%s", err.msg);
+    cr_assert_str_eq(r.warning, "", "a plain miss is no problem: %s", r.warning);
+    char path[sizeof r.path];
+    snprintf(path, sizeof path, "%s", r.path);
+    s2_jit_result_free(&r);
+    FILE *f = fopen(path, "r+b"); /* flip the payload's last byte */
+    cr_assert_not_null(f, "%s", path);
+    cr_assert_eq(fseek(f, -1, SEEK_END), 0);
+    int c = fgetc(f);
+    cr_assert_eq(fseek(f, -1, SEEK_END), 0);
+    fputc(c ^ 0x5a, f);
+    cr_assert_eq(fclose(f), 0);
+
+    heard h = {0};
+    s2_rt rt = {.arch = "sm_80", .sm_count = 1, .cache_warn = hear, .cache_warn_arg = &h};
+    s2_train_kern k;
+    s2_status st = s2_train_kern_load(&k, &rt, &s, &o, &err);
+    s2_error_clear(&err);
+    if (!st)
+        s2_train_kern_free(&k);
+    cr_assert_eq(h.n, 1, "the rebuilt entry was told %d times", h.n);
+    cr_expect(strstr(h.last, "unit tiny-byte-512/train: "), "%s", h.last);
+    cr_expect(strstr(h.last, path), "'%s' does not name %s", h.last, path);
+    cr_expect(strstr(h.last, "rebuilt"), "%s", h.last);
+    /* the entry written in its place is whole: the build after says nothing */
+    cr_assert_eq(s2_train_kern_build(&s, &o, &r, &err), S2_OK, "%s", err.msg);
+    cr_expect_eq(r.cache_hit, 1);
+    cr_expect_str_eq(r.warning, "");
+    s2_jit_result_free(&r);
 }
 
 /* ---------------------------------------------------------------- argument checks */
