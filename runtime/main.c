@@ -29,17 +29,6 @@
 
 static const char *prog = "s2lora";
 
-static void cache_warn(void *arg, const char *msg)
-{
-    fprintf(stderr, "%s: kernel cache: %s\n", (const char *)arg, msg);
-}
-
-void s2_cli_show_cache_warnings(struct s2_rt *rt, const char *name)
-{
-    rt->cache_warn = cache_warn;
-    rt->cache_warn_arg = (void *)name;
-}
-
 static int fail(s2_error *err)
 {
     fprintf(stderr, "%s: %s\n", prog, err->msg ? err->msg : s2_status_to_string(err->status));
