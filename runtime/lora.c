@@ -281,6 +281,12 @@ const char *s2_lora_gemm_name(s2_lora_gemm g)
     return g >= 0 && g < S2_LG_COUNT ? names[g] : "?";
 }
 
+void s2_tune_lora_kernel_name(s2_lora_gemm g, int grad_f32, char *buf, size_t n)
+{
+    const int grad = g == S2_LG_DA || g == S2_LG_DB;
+    snprintf(buf, n, "lora_%s%s", s2_lora_gemm_name(g), grad && grad_f32 ? "_f32" : "");
+}
+
 /* One row-major product's arguments (s2_blas_gemm's). */
 typedef struct prod {
     const char *what;

@@ -84,6 +84,9 @@ typedef enum s2_lora_gemm {
 
 /* "u", "y", "dx", "da", "v", "db". */
 const char *s2_lora_gemm_name(s2_lora_gemm g);
+/* The tuning database's kernel name of product g ("lora_y", "lora_db_f32", ...): the tuner
+ * stores under it and the database checks imported lines against it. */
+void s2_tune_lora_kernel_name(s2_lora_gemm g, int grad_f32, char *buf, size_t n);
 
 typedef struct s2_lora_dims {
     int M;          /* tokens */

@@ -130,8 +130,6 @@ typedef struct s2_tune_lora_result {
 const char *s2_tune_lora_group_name(const s2_lora_plan *plan, int g);
 /* SHA-256 hex of the group's shape (dims' dtype, in, outs, r, rp; not M). */
 void s2_tune_lora_identity(const s2_lora_dims *d, char hex[65]);
-/* The database's kernel name of product g ("lora_y", "lora_db_f32", ...). */
-void s2_tune_lora_kernel_name(s2_lora_gemm g, int grad_f32, char *buf, size_t n);
 
 /* Sets d->algo from db (device, arch, d's identity and M's shape class, d->grad_f32 for dA and
  * dB); 0 where nothing matches (cuBLAS's choice). why (may be NULL) says how many were tuned.

@@ -20,7 +20,7 @@
 #include "../gen/plan.h"
 #include "blas.h"
 #include "jit.h"
-#include "tune.h"
+#include "lora.h"
 
 /* A line of another s2lora version, written back unchanged by save. */
 struct s2_tunedb_line {

@@ -45,12 +45,6 @@ void s2_tune_lora_identity(const s2_lora_dims *d, char hex[65])
     s2_hex(h, 32, hex);
 }
 
-void s2_tune_lora_kernel_name(s2_lora_gemm g, int grad_f32, char *buf, size_t n)
-{
-    const int grad = g == S2_LG_DA || g == S2_LG_DB;
-    snprintf(buf, n, "lora_%s%s", s2_lora_gemm_name(g), grad && grad_f32 ? "_f32" : "");
-}
-
 void s2_tune_lora_select(const s2_tunedb *db, const char *device, const char *arch,
                          s2_lora_dims *d, char *why, size_t why_len)
 {
