@@ -533,6 +533,8 @@ int s2_cli_launch(const char *prog, int argc, char **argv)
                 killed = 1;
             }
         }
+        /* the ranks that ended since the last wake (SIGCHLD wakes it at once), in rank order:
+         * of two that fail within that moment, the lower-numbered is named as the first */
         for (int k = 0; k < n; k++) {
             if (r[k].done || r[k].pid <= 0)
                 continue;

@@ -7,7 +7,9 @@
  * consecutive sequence-parallel ranks: world rank = d x sp + s (slot d, chunk s). The sp ranks
  * of a slot train on the same sequences, each on its chunk [lo, hi) of gen/sp_plan.h's plan
  * (chunk alignment S2_SP_DEFAULT_ALIGN), exchanging key/value halos with the ranks of its
- * group (runtime/sp_xchg.h's NCCL transport over the world communicator).
+ * group (runtime/sp_xchg.h's NCCL transport over the world communicator, which the gradient
+ * all-reduce shares: every rank issues both in the same order, so they cannot deadlock, but
+ * NCCL may run them one after the other; a communicator per group would let them overlap).
  *
  * Data. An optimizer step consumes a global batch of dp x grad_accum packed sequences. Below,
  * "rank r" is the data-parallel slot d = world rank / sp (s2_dp_slot). The
