@@ -122,7 +122,8 @@ static s2_status need(s2_env env, const char *name, const char *family_vars, con
 }
 
 /* Checks size, rank, local rank and local size read as text (local_size may be NULL). */
-static s2_status numbers(const char *vars[4], const char *vals[4], s2_world *w, s2_error *err)
+static s2_status numbers(const char *const vars[4], const char *vals[4], s2_world *w,
+                         s2_error *err)
 {
     long size, rank, lrank, lsize = 0;
     s2_status st = s2_env_int(vars[1], vals[1], 1, S2_WORLD_MAX, &size, err);
@@ -146,22 +147,29 @@ static s2_status numbers(const char *vars[4], const char *vals[4], s2_world *w, 
     return S2_OK;
 }
 
-static s2_status read_torchrun(s2_env env, family *f, s2_error *err)
+/* A family named by four variables (rank, size, local rank, optional local size): f->present
+ * when any is set, then the first three are needed (all: what to say is missing) and read. */
+static s2_status read_four(s2_env env, const char *const vars[4], const char *all, family *f,
+                           s2_error *err)
 {
-    static const char *vars[4] = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"};
     const char *vals[4];
     memset(f, 0, sizeof *f);
     for (int i = 0; i < 4; i++)
         f->present |= (vals[i] = env_get(env, vars[i])) != NULL;
     if (!f->present)
         return S2_OK;
-    const char *all = "RANK, WORLD_SIZE, LOCAL_RANK; LOCAL_WORLD_SIZE optional";
     s2_status st = S2_OK;
     for (int i = 0; i < 3 && !st; i++)
         st = need(env, vars[i], all, &vals[i], err);
-    if (!st)
-        st = numbers(vars, vals, &f->w, err);
-    if (st)
+    return st ? st : numbers(vars, vals, &f->w, err);
+}
+
+static s2_status read_torchrun(s2_env env, family *f, s2_error *err)
+{
+    static const char *const vars[4] = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"};
+    s2_status st = read_four(env, vars, "RANK, WORLD_SIZE, LOCAL_RANK; LOCAL_WORLD_SIZE optional",
+                             f, err);
+    if (st || !f->present)
         return st;
     f->w.source = S2_WORLD_TORCHRUN;
     const char *id = env_get(env, "S2LORA_LAUNCH_ID");
@@ -285,21 +293,12 @@ static s2_status read_slurm(s2_env env, family *f, s2_error *err)
 
 static s2_status read_mpi(s2_env env, family *f, s2_error *err)
 {
-    static const char *vars[4] = {"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE",
-                                  "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE"};
-    const char *vals[4];
-    memset(f, 0, sizeof *f);
-    for (int i = 0; i < 4; i++)
-        f->present |= (vals[i] = env_get(env, vars[i])) != NULL;
-    if (!f->present)
-        return S2_OK;
-    const char *all = "mpirun sets OMPI_COMM_WORLD_RANK, _SIZE, _LOCAL_RANK and _LOCAL_SIZE";
-    s2_status st = S2_OK;
-    for (int i = 0; i < 3 && !st; i++)
-        st = need(env, vars[i], all, &vals[i], err);
-    if (!st)
-        st = numbers(vars, vals, &f->w, err);
-    if (st)
+    static const char *const vars[4] = {"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE",
+                                        "OMPI_COMM_WORLD_LOCAL_RANK",
+                                        "OMPI_COMM_WORLD_LOCAL_SIZE"};
+    s2_status st = read_four(env, vars, "mpirun sets OMPI_COMM_WORLD_RANK, _SIZE, _LOCAL_RANK "
+                             "and _LOCAL_SIZE", f, err);
+    if (st || !f->present)
         return st;
     f->w.source = S2_WORLD_MPI;
     const char *id = env_get(env, "PMIX_NAMESPACE");
