@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "runtime/rt.h"
+#include "cache_warn.h"
 #include "tmpdir.h"
 
 static const char *const archs[] = {"sm_80", "sm_90a"};
@@ -92,19 +93,6 @@ Test(build, bad_tile_is_refused_before_nvrtc)
     s2_error_clear(&err);
 }
 
-/* What a load's cache_warn heard. */
-typedef struct heard {
-    int n;
-    char last[2048];
-} heard;
-
-static void hear(void *arg, const char *msg)
-{
-    heard *h = arg;
-    h->n++;
-    snprintf(h->last, sizeof h->last, "%s", msg);
-}
-
 /* A corrupt attention entry is rebuilt by s2_attn_load, and its warning reaches the device's
  * cache_warn (the CLI prints it) before the units are loaded: here, with no GPU, the load then
  * fails, and the warning has still been told, once, naming the unit and the entry. */
@@ -129,13 +117,7 @@ Test(build, attn_load_tells_rebuilt_entry, .timeout = 600)
         cr_expect_str_eq(res[u].warning, "", "a plain miss is no problem");
         s2_jit_result_free(&res[u]);
     }
-    FILE *f = fopen(entry, "r+b"); /* flip the payload's last byte */
-    cr_assert_not_null(f, "%s", entry);
-    cr_assert_eq(fseek(f, -1, SEEK_END), 0);
-    int c = fgetc(f);
-    cr_assert_eq(fseek(f, -1, SEEK_END), 0);
-    fputc(c ^ 0x5a, f);
-    cr_assert_eq(fclose(f), 0);
+    flip_last_byte(entry);
 
     heard h = {0};
     s2_rt rt = {.arch = "sm_80", .sm_count = 1, .cache_warn = hear, .cache_warn_arg = &h};

@@ -17,6 +17,7 @@
 #include "runtime/ref_train.h"
 #include "runtime/rt.h"
 #include "runtime/train_kern.h"
+#include "cache_warn.h"
 #include "tmpdir.h"
 
 /* Every kernel of the unit, as named in templates/train.cuh (train_kern.h's fields). */
@@ -196,19 +197,6 @@ Test(train_build, llama13b_vocab32001_sm90a)
     check_build("llama2-13b-32k.yaml", "model.vocab_size=32001", "sm_90a");
 }
 
-/* What a load's cache_warn heard. */
-typedef struct heard {
-    int n;
-    char last[2048];
-} heard;
-
-static void hear(void *arg, const char *msg)
-{
-    heard *h = arg;
-    h->n++;
-    snprintf(h->last, sizeof h->last, "%s", msg);
-}
-
 /* A corrupt entry under the trainer's unit is rebuilt by s2_train_kern_load, and its warning
  * reaches the device's cache_warn (the CLI prints it) before the load itself: here, with no
  * GPU, the load then fails, and the warning has still been told, once. */
@@ -223,13 +211,7 @@ Test(train_build, load_tells_rebuilt_entry)
     char path[sizeof r.path];
     snprintf(path, sizeof path, "%s", r.path);
     s2_jit_result_free(&r);
-    FILE *f = fopen(path, "r+b"); /* flip the payload's last byte */
-    cr_assert_not_null(f, "%s", path);
-    cr_assert_eq(fseek(f, -1, SEEK_END), 0);
-    int c = fgetc(f);
-    cr_assert_eq(fseek(f, -1, SEEK_END), 0);
-    fputc(c ^ 0x5a, f);
-    cr_assert_eq(fclose(f), 0);
+    flip_last_byte(path);
 
     heard h = {0};
     s2_rt rt = {.arch = "sm_80", .sm_count = 1, .cache_warn = hear, .cache_warn_arg = &h};
