@@ -233,20 +233,15 @@ static int refused(const char *prog, s2_error *err)
 }
 
 /*
- * What a data-parallel rank checks before it meets the others, so that a bad input fails this
- * rank at once rather than after the rendezvous: the token file (its digest, size and vocab
- * become the fingerprint part "data": every rank must train on the same tokens) and the
- * model's config.json.
+ * The fingerprint part "data" of a data-parallel rank (every rank must train on the same
+ * tokens): the token file opened, so its digest is verified before the rank meets the others
+ * (s2_train_check, run before, has checked its header, vocabulary and the model's files).
  */
 static s2_status check_inputs(const s2_train_opts *o, char *data_part, size_t cap,
                               s2_error *err)
 {
     s2_data_file *df = NULL;
     s2_status st = s2_data_open(o->data_path, &df, err);
-    if (!st && df->vocab > (uint32_t)o->spec->model.vocab_size)
-        st = s2_error_set(err, S2_ERR_INVALID,
-                          "%s: token vocabulary %u is larger than the model's vocab_size %d",
-                          o->data_path, df->vocab, o->spec->model.vocab_size);
     if (!st) {
         char hex[2 * S2_DATA_DIGEST_SIZE + 1];
         s2_hex(df->digest, S2_DATA_DIGEST_SIZE, hex);
@@ -255,11 +250,6 @@ static s2_status check_inputs(const s2_train_opts *o, char *data_part, size_t ca
                  hex);
     }
     s2_data_close(df);
-    char cfg[1200], *text = NULL;
-    snprintf(cfg, sizeof cfg, "%s/config.json", o->model_dir);
-    if (!st)
-        st = s2_read_file(cfg, &text, NULL, err);
-    free(text);
     return st;
 }
 
