@@ -63,26 +63,27 @@ s2_attn_tile s2_plan_default_tile(const char *arch, int head_dim)
 }
 
 /* The tile keys and the widest range of each (the plan then checks the combinations: which
- * widths, with which head_dim, arch and shared memory). */
+ * widths, with which head_dim, arch and shared memory); pow2: only the powers of two in it, the
+ * values check_fwd_tile, check_bwd_tile and their wgmma rules apply before any combination. */
 static const struct {
     const char *name;
     size_t off;
-    int min, max;
+    int min, max, pow2;
 } tile_keys[] = {
-    {"fwd_warps", offsetof(s2_attn_tile, fwd_warps), 1, 8},
-    {"fwd_strips", offsetof(s2_attn_tile, fwd_strips), 1, 2},
-    {"fwd_block_n", offsetof(s2_attn_tile, fwd_block_n), 32, 128},
-    {"fwd_stages", offsetof(s2_attn_tile, fwd_stages), 1, 4},
-    {"fwd_wgmma", offsetof(s2_attn_tile, fwd_wgmma), 0, 1},
-    {"fwd_mbar", offsetof(s2_attn_tile, fwd_mbar), 0, 1},
-    {"bwd_warps", offsetof(s2_attn_tile, bwd_warps), 1, 8},
-    {"bwd_block_n", offsetof(s2_attn_tile, bwd_block_n), 32, 64},
-    {"bwd_stages", offsetof(s2_attn_tile, bwd_stages), 1, 4},
-    {"bwd_atomic_dq", offsetof(s2_attn_tile, bwd_atomic_dq), 0, 1},
-    {"bwd_wgmma", offsetof(s2_attn_tile, bwd_wgmma), 0, 1},
-    {"bwd_mbar", offsetof(s2_attn_tile, bwd_mbar), 0, 1},
+    {"fwd_warps", offsetof(s2_attn_tile, fwd_warps), 1, 8, 0},
+    {"fwd_strips", offsetof(s2_attn_tile, fwd_strips), 1, 2, 0},
+    {"fwd_block_n", offsetof(s2_attn_tile, fwd_block_n), 32, 128, 1},
+    {"fwd_stages", offsetof(s2_attn_tile, fwd_stages), 1, 4, 0},
+    {"fwd_wgmma", offsetof(s2_attn_tile, fwd_wgmma), 0, 1, 0},
+    {"fwd_mbar", offsetof(s2_attn_tile, fwd_mbar), 0, 1, 0},
+    {"bwd_warps", offsetof(s2_attn_tile, bwd_warps), 1, 8, 0},
+    {"bwd_block_n", offsetof(s2_attn_tile, bwd_block_n), 32, 64, 1},
+    {"bwd_stages", offsetof(s2_attn_tile, bwd_stages), 1, 4, 0},
+    {"bwd_atomic_dq", offsetof(s2_attn_tile, bwd_atomic_dq), 0, 1, 0},
+    {"bwd_wgmma", offsetof(s2_attn_tile, bwd_wgmma), 0, 1, 0},
+    {"bwd_mbar", offsetof(s2_attn_tile, bwd_mbar), 0, 1, 0},
 #ifdef S2_TEST_BROKEN_TILE
-    {"test_broken", offsetof(s2_attn_tile, test_broken), 0, 1},
+    {"test_broken", offsetof(s2_attn_tile, test_broken), 0, 1, 0},
 #endif
 };
 #define N_TILE_KEYS ((int)(sizeof tile_keys / sizeof tile_keys[0]))
@@ -126,27 +127,6 @@ s2_status s2_plan_parse_tile(const char *text, s2_attn_tile *t, s2_error *err)
     return S2_OK;
 }
 
-/* The values each key may take on some spec: the ranges check_fwd_tile, check_bwd_tile and
- * their wgmma rules apply before any combination or head_dim comes in. */
-static const struct {
-    size_t off;
-    int lo, hi, pow2; /* lo..hi; with pow2 only the powers of two in it */
-} tile_ranges[] = {
-    {offsetof(s2_attn_tile, fwd_warps), 1, 8, 0},
-    {offsetof(s2_attn_tile, fwd_strips), 1, 2, 0},
-    {offsetof(s2_attn_tile, fwd_block_n), 32, 128, 1},
-    {offsetof(s2_attn_tile, fwd_stages), 1, 4, 0},
-    {offsetof(s2_attn_tile, fwd_wgmma), 0, 1, 0},
-    {offsetof(s2_attn_tile, fwd_mbar), 0, 1, 0},
-    {offsetof(s2_attn_tile, bwd_warps), 1, 8, 0},
-    {offsetof(s2_attn_tile, bwd_block_n), 32, 64, 1},
-    {offsetof(s2_attn_tile, bwd_stages), 1, 4, 0},
-    {offsetof(s2_attn_tile, bwd_atomic_dq), 0, 1, 0},
-    {offsetof(s2_attn_tile, bwd_wgmma), 0, 1, 0},
-    {offsetof(s2_attn_tile, bwd_mbar), 0, 1, 0},
-    {offsetof(s2_attn_tile, test_broken), 0, 1, 0},
-};
-
 s2_status s2_plan_check_tile_text(const char *text, const char *arch, s2_error *err)
 {
     s2_attn_tile all;
@@ -164,22 +144,20 @@ s2_status s2_plan_check_tile_text(const char *text, const char *arch, s2_error *
         memset(&t, 0xff, sizeof t); /* -1 in every field: the parser never writes a negative */
         s2_plan_parse_tile(pair, &t, NULL);
         for (int k = 0; k < N_TILE_KEYS; k++) {
-            int v = *(const int *)((const char *)&t + tile_keys[k].off), r = 0;
+            const int v = *(const int *)((const char *)&t + tile_keys[k].off);
             if (v < 0)
                 continue;
             if (seen[k]++)
                 return s2_error_set(err, S2_ERR_INVALID, "tile '%s': %s given twice", text,
                                     tile_keys[k].name);
-            while (tile_ranges[r].off != tile_keys[k].off) /* every key has its row */
-                r++;
-            int lo = tile_ranges[r].lo, hi = tile_ranges[r].hi;
+            const int lo = tile_keys[k].min, hi = tile_keys[k].max;
             wgmma |= (tile_keys[k].off == offsetof(s2_attn_tile, fwd_wgmma) ||
                       tile_keys[k].off == offsetof(s2_attn_tile, bwd_wgmma)) && v == 1;
-            if (v >= lo && v <= hi && (!tile_ranges[r].pow2 || (v & (v - 1)) == 0))
+            if (v >= lo && v <= hi && (!tile_keys[k].pow2 || (v & (v - 1)) == 0))
                 continue;
             char valid[64];
             size_t used = 0;
-            if (tile_ranges[r].pow2)
+            if (tile_keys[k].pow2)
                 for (int q = lo; q <= hi; q *= 2)
                     used += (size_t)snprintf(valid + used, sizeof valid - used, "%s%d",
                                              q == lo ? "" : ", ", q);
