@@ -270,6 +270,69 @@ typedef struct dev_bufs {
             goto out_free;                                                                        \
     } while (0)
 
+static void dev_free(dev_bufs *d)
+{
+    cudaFree(d->q), cudaFree(d->k), cudaFree(d->v), cudaFree(d->dout), cudaFree(d->o);
+    cudaFree(d->dq), cudaFree(d->dk), cudaFree(d->dv), cudaFree(d->lse), cudaFree(d->delta);
+    cudaFree(d->cu);
+    memset(d, 0, sizeof *d);
+}
+
+/* h's inputs (q, k, v, dout) through a's forward and backward over the batch cu[0..B] of T
+ * tokens, in d (the caller frees it with dev_free), outputs poisoned first; h gets o, lse,
+ * dq, dk, dv back, and their fp32 copies. */
+static s2_status run_device(const s2_attn *a, const int32_t *cu, int B, int T, s2_st_dtype dt,
+                            size_t nq, size_t nk, size_t nl, host_bufs *h, dev_bufs *d,
+                            s2_error *err)
+{
+    s2_attn_batch bt;
+    s2_status st = s2_attn_batch_init(&bt, cu, B, T, "cu_seqlens", err);
+    if (st)
+        return st;
+    const size_t ws = s2_attn_workspace_bytes(a, T), cub = (size_t)(B + 1) * sizeof *cu;
+    CK(cudaMalloc(&d->q, nq * 2), "cudaMalloc q");
+    CK(cudaMalloc(&d->k, nk * 2), "cudaMalloc k");
+    CK(cudaMalloc(&d->v, nk * 2), "cudaMalloc v");
+    CK(cudaMalloc(&d->dout, nq * 2), "cudaMalloc do");
+    CK(cudaMalloc(&d->o, nq * 2), "cudaMalloc o");
+    CK(cudaMalloc(&d->dq, nq * 2), "cudaMalloc dq");
+    CK(cudaMalloc(&d->dk, nk * 2), "cudaMalloc dk");
+    CK(cudaMalloc(&d->dv, nk * 2), "cudaMalloc dv");
+    CK(cudaMalloc((void **)&d->lse, nl * 4), "cudaMalloc lse");
+    CK(cudaMalloc((void **)&d->delta, ws), "cudaMalloc backward workspace");
+    CK(cudaMalloc((void **)&d->cu, cub), "cudaMalloc cu_seqlens");
+    CK(cudaMemcpy(d->q, h->q, nq * 2, cudaMemcpyHostToDevice), "copy q");
+    CK(cudaMemcpy(d->k, h->k, nk * 2, cudaMemcpyHostToDevice), "copy k");
+    CK(cudaMemcpy(d->v, h->v, nk * 2, cudaMemcpyHostToDevice), "copy v");
+    CK(cudaMemcpy(d->dout, h->dout, nq * 2, cudaMemcpyHostToDevice), "copy do");
+    CK(cudaMemcpy(d->cu, cu, cub, cudaMemcpyHostToDevice), "copy cu_seqlens");
+    /* Poison: 0xFFFF is NaN in bf16 and fp16, 0xFFFFFFFF in fp32. */
+    CK(cudaMemset(d->o, 0xff, nq * 2), "poison o");
+    CK(cudaMemset(d->dq, 0xff, nq * 2), "poison dq");
+    CK(cudaMemset(d->dk, 0xff, nk * 2), "poison dk");
+    CK(cudaMemset(d->dv, 0xff, nk * 2), "poison dv");
+    CK(cudaMemset(d->lse, 0xff, nl * 4), "poison lse");
+    CK(cudaMemset(d->delta, 0xff, ws), "poison the backward workspace");
+    bt.d_cu_seqlens = d->cu;
+    if ((st = s2_attn_forward(a, &bt, d->q, d->k, d->v, d->o, d->lse, 0, err)))
+        goto out_free;
+    if ((st = s2_attn_backward(a, &bt, d->q, d->k, d->v, d->o, d->lse, d->dout, d->delta, d->dq,
+                               d->dk, d->dv, 0, err)))
+        goto out_free;
+    CK(cudaDeviceSynchronize(), "running the kernels");
+    CK(cudaMemcpy(h->o, d->o, nq * 2, cudaMemcpyDeviceToHost), "copy o back");
+    CK(cudaMemcpy(h->lse, d->lse, nl * 4, cudaMemcpyDeviceToHost), "copy lse back");
+    CK(cudaMemcpy(h->dq, d->dq, nq * 2, cudaMemcpyDeviceToHost), "copy dq back");
+    CK(cudaMemcpy(h->dk, d->dk, nk * 2, cudaMemcpyDeviceToHost), "copy dk back");
+    CK(cudaMemcpy(h->dv, d->dv, nk * 2, cudaMemcpyDeviceToHost), "copy dv back");
+    s2_half_to_f32(dt, h->o, h->of, nq);
+    s2_half_to_f32(dt, h->dq, h->dqf, nq);
+    s2_half_to_f32(dt, h->dk, h->dkf, nk);
+    s2_half_to_f32(dt, h->dv, h->dvf, nk);
+out_free:
+    return st;
+}
+
 typedef struct case_result {
     double e[5]; /* o, lse, dq, dk, dv */
     int nan;
@@ -295,12 +358,6 @@ static s2_status run_case(const s2_rt *rt, const gcase *c, int tile_idx, const s
     for (int i = 0; i < c->nseq; i++)
         cu[i + 1] = cu[i] + c->seqlen[i];
     const int T = cu[c->nseq];
-    s2_attn_batch bt;
-    st = s2_attn_batch_init(&bt, cu, c->nseq, T, "cu_seqlens", err);
-    if (st) {
-        s2_attn_free(&a);
-        return st;
-    }
     const s2_st_dtype dt = spec.dtype == S2_DTYPE_BF16 ? S2_ST_BF16 : S2_ST_F16;
     const size_t nq = (size_t)T * c->H * c->d, nk = (size_t)T * c->Hkv * c->d, nl = (size_t)c->H * T;
     host_bufs h;
@@ -311,46 +368,8 @@ static s2_status run_case(const s2_rt *rt, const gcase *c, int tile_idx, const s
     fill_random(dt, h.v, h.vf, nk);
     fill_random(dt, h.dout, h.doutf, nq);
 
-    CK(cudaMalloc(&d.q, nq * 2), "cudaMalloc q");
-    CK(cudaMalloc(&d.k, nk * 2), "cudaMalloc k");
-    CK(cudaMalloc(&d.v, nk * 2), "cudaMalloc v");
-    CK(cudaMalloc(&d.dout, nq * 2), "cudaMalloc do");
-    CK(cudaMalloc(&d.o, nq * 2), "cudaMalloc o");
-    CK(cudaMalloc(&d.dq, nq * 2), "cudaMalloc dq");
-    CK(cudaMalloc(&d.dk, nk * 2), "cudaMalloc dk");
-    CK(cudaMalloc(&d.dv, nk * 2), "cudaMalloc dv");
-    CK(cudaMalloc((void **)&d.lse, nl * 4), "cudaMalloc lse");
-    const size_t ws = s2_attn_workspace_bytes(&a, T);
-    CK(cudaMalloc((void **)&d.delta, ws), "cudaMalloc backward workspace");
-    CK(cudaMalloc((void **)&d.cu, sizeof cu), "cudaMalloc cu_seqlens");
-    CK(cudaMemcpy(d.q, h.q, nq * 2, cudaMemcpyHostToDevice), "copy q");
-    CK(cudaMemcpy(d.k, h.k, nk * 2, cudaMemcpyHostToDevice), "copy k");
-    CK(cudaMemcpy(d.v, h.v, nk * 2, cudaMemcpyHostToDevice), "copy v");
-    CK(cudaMemcpy(d.dout, h.dout, nq * 2, cudaMemcpyHostToDevice), "copy do");
-    CK(cudaMemcpy(d.cu, cu, sizeof cu, cudaMemcpyHostToDevice), "copy cu_seqlens");
-    /* Poison: 0xFFFF is NaN in bf16 and fp16, 0xFFFFFFFF in fp32. */
-    CK(cudaMemset(d.o, 0xff, nq * 2), "poison o");
-    CK(cudaMemset(d.dq, 0xff, nq * 2), "poison dq");
-    CK(cudaMemset(d.dk, 0xff, nk * 2), "poison dk");
-    CK(cudaMemset(d.dv, 0xff, nk * 2), "poison dv");
-    CK(cudaMemset(d.lse, 0xff, nl * 4), "poison lse");
-    CK(cudaMemset(d.delta, 0xff, ws), "poison the backward workspace");
-    bt.d_cu_seqlens = d.cu;
-    if ((st = s2_attn_forward(&a, &bt, d.q, d.k, d.v, d.o, d.lse, 0, err)))
+    if ((st = run_device(&a, cu, c->nseq, T, dt, nq, nk, nl, &h, &d, err)))
         goto out_free;
-    if ((st = s2_attn_backward(&a, &bt, d.q, d.k, d.v, d.o, d.lse, d.dout, d.delta, d.dq, d.dk,
-                               d.dv, 0, err)))
-        goto out_free;
-    CK(cudaDeviceSynchronize(), "running the kernels");
-    CK(cudaMemcpy(h.o, d.o, nq * 2, cudaMemcpyDeviceToHost), "copy o back");
-    CK(cudaMemcpy(h.lse, d.lse, nl * 4, cudaMemcpyDeviceToHost), "copy lse back");
-    CK(cudaMemcpy(h.dq, d.dq, nq * 2, cudaMemcpyDeviceToHost), "copy dq back");
-    CK(cudaMemcpy(h.dk, d.dk, nk * 2, cudaMemcpyDeviceToHost), "copy dk back");
-    CK(cudaMemcpy(h.dv, d.dv, nk * 2, cudaMemcpyDeviceToHost), "copy dv back");
-    s2_half_to_f32(dt, h.o, h.of, nq);
-    s2_half_to_f32(dt, h.dq, h.dqf, nq);
-    s2_half_to_f32(dt, h.dk, h.dkf, nk);
-    s2_half_to_f32(dt, h.dv, h.dvf, nk);
 
     s2_ref_attn ra = {.T = T, .H = c->H, .Hkv = c->Hkv, .d = c->d, .B = c->nseq,
                       .cu_seqlens = cu, .G = c->G, .S = c->S,
@@ -365,9 +384,7 @@ static s2_status run_case(const s2_rt *rt, const gcase *c, int tile_idx, const s
     res->e[3] = rel_l2(h.dkf, h.rdk, nk, &res->nan);
     res->e[4] = rel_l2(h.dvf, h.rdv, nk, &res->nan);
 out_free:
-    cudaFree(d.q), cudaFree(d.k), cudaFree(d.v), cudaFree(d.dout), cudaFree(d.o);
-    cudaFree(d.dq), cudaFree(d.dk), cudaFree(d.dv), cudaFree(d.lse), cudaFree(d.delta);
-    cudaFree(d.cu);
+    dev_free(&d);
     host_free(&h);
     s2_attn_free(&a);
     return st;
@@ -515,40 +532,8 @@ static s2_status run_window_case(const s2_rt *rt, const wcase *wc, int tile_idx,
 
     /* the whole sequence on the GPU */
     int32_t cu[2] = {0, N};
-    s2_attn_batch bt;
-    if ((st = s2_attn_batch_init(&bt, cu, 1, N, "cu_seqlens", err)))
+    if ((st = run_device(&whole, cu, 1, N, dt, nq, nk, nl, &h, &g, err)))
         goto out_free;
-    CK(cudaMalloc(&g.q, nq * 2), "cudaMalloc q");
-    CK(cudaMalloc(&g.k, nk * 2), "cudaMalloc k");
-    CK(cudaMalloc(&g.v, nk * 2), "cudaMalloc v");
-    CK(cudaMalloc(&g.dout, nq * 2), "cudaMalloc do");
-    CK(cudaMalloc(&g.o, nq * 2), "cudaMalloc o");
-    CK(cudaMalloc(&g.dq, nq * 2), "cudaMalloc dq");
-    CK(cudaMalloc(&g.dk, nk * 2), "cudaMalloc dk");
-    CK(cudaMalloc(&g.dv, nk * 2), "cudaMalloc dv");
-    CK(cudaMalloc((void **)&g.lse, nl * 4), "cudaMalloc lse");
-    CK(cudaMalloc((void **)&g.delta, s2_attn_workspace_bytes(&whole, N)), "cudaMalloc ws");
-    CK(cudaMalloc((void **)&g.cu, sizeof cu), "cudaMalloc cu_seqlens");
-    CK(cudaMemcpy(g.q, h.q, nq * 2, cudaMemcpyHostToDevice), "copy q");
-    CK(cudaMemcpy(g.k, h.k, nk * 2, cudaMemcpyHostToDevice), "copy k");
-    CK(cudaMemcpy(g.v, h.v, nk * 2, cudaMemcpyHostToDevice), "copy v");
-    CK(cudaMemcpy(g.dout, h.dout, nq * 2, cudaMemcpyHostToDevice), "copy do");
-    CK(cudaMemcpy(g.cu, cu, sizeof cu, cudaMemcpyHostToDevice), "copy cu_seqlens");
-    bt.d_cu_seqlens = g.cu;
-    if ((st = s2_attn_forward(&whole, &bt, g.q, g.k, g.v, g.o, g.lse, 0, err)) ||
-        (st = s2_attn_backward(&whole, &bt, g.q, g.k, g.v, g.o, g.lse, g.dout, g.delta, g.dq,
-                               g.dk, g.dv, 0, err)))
-        goto out_free;
-    CK(cudaDeviceSynchronize(), "running the whole sequence's kernels");
-    CK(cudaMemcpy(h.o, g.o, nq * 2, cudaMemcpyDeviceToHost), "copy o back");
-    CK(cudaMemcpy(h.lse, g.lse, nl * 4, cudaMemcpyDeviceToHost), "copy lse back");
-    CK(cudaMemcpy(h.dq, g.dq, nq * 2, cudaMemcpyDeviceToHost), "copy dq back");
-    CK(cudaMemcpy(h.dk, g.dk, nk * 2, cudaMemcpyDeviceToHost), "copy dk back");
-    CK(cudaMemcpy(h.dv, g.dv, nk * 2, cudaMemcpyDeviceToHost), "copy dv back");
-    s2_half_to_f32(dt, h.o, h.of, nq);
-    s2_half_to_f32(dt, h.dq, h.dqf, nq);
-    s2_half_to_f32(dt, h.dk, h.dkf, nk);
-    s2_half_to_f32(dt, h.dv, h.dvf, nk);
 
     /* the whole sequence on the CPU */
     s2_ref_attn ra = {.T = N, .H = H, .Hkv = Hkv, .d = d, .B = 1, .cu_seqlens = cu, .G = c->G,
@@ -666,9 +651,7 @@ static s2_status run_window_case(const s2_rt *rt, const wcase *wc, int tile_idx,
         }
     }
 out_free:
-    cudaFree(g.q), cudaFree(g.k), cudaFree(g.v), cudaFree(g.dout), cudaFree(g.o);
-    cudaFree(g.dq), cudaFree(g.dk), cudaFree(g.dv), cudaFree(g.lse), cudaFree(g.delta);
-    cudaFree(g.cu);
+    dev_free(&g);
     wdev_free(&rd);
     free(hk), free(hv), free(hbuf), free(fbuf);
     free(wo), free(wlse), free(wdq), free(wdk), free(wdv);
