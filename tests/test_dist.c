@@ -23,6 +23,7 @@
 #include "runtime/dist.h"
 #include "runtime/nccl.h"
 #include "tmpdir.h"
+#include "world_helpers.h"
 
 /* ---- environments ---------------------------------------------------------------------- */
 
@@ -482,25 +483,6 @@ static char *out_of(const char *tag, int rank)
     return data;
 }
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-/* A TCP port nothing listens on now. */
-static int free_port(void)
-{
-    const int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    cr_assert_eq(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
-    socklen_t l = sizeof sa;
-    getsockname(fd, (struct sockaddr *)&sa, &l);
-    close(fd);
-    return ntohs(sa.sin_port);
-}
-
 static void file_addr(char *out, size_t cap, const char *name)
 {
     snprintf(out, cap, "file:%s/%s", dir, name);
@@ -571,12 +553,12 @@ Test(rendezvous, world_of_one_needs_no_one)
 /* A rank that never comes: rank 0 names it after the timeout, and the others hear it. */
 static void missing_rank(const char *addr)
 {
-    const double t0 = now();
+    const double t0 = mono_now();
     pid_t p0 = start_rank(addr, "m", (rank_spec){.rank = 0, .size = 3, .timeout = 0.5});
     pid_t p1 = start_rank(addr, "m", (rank_spec){.rank = 1, .size = 3, .timeout = 0.5});
     cr_expect_eq(wait_rank(p0), 1);
     cr_expect_eq(wait_rank(p1), 1);
-    cr_expect_lt(now() - t0, 5.0);
+    cr_expect_lt(mono_now() - t0, 5.0);
     char *o0 = out_of("m", 0), *o1 = out_of("m", 1);
     cr_expect(strstr(o0, "only 2 of 3 ranks arrived within 0.5 s (missing rank 2)"), "%s", o0);
     cr_expect(strstr(o1, "rank 0 refused the world: only 2 of 3 ranks arrived within 0.5 s "
@@ -602,7 +584,7 @@ Test(rendezvous, no_rank_0)
 {
     char a[128];
     file_addr(a, sizeof a, "rdzv");
-    const double t0 = now();
+    const double t0 = mono_now();
     cr_expect_eq(wait_rank(start_rank(a, "z", (rank_spec){.rank = 1, .size = 2, .timeout = 0.3})),
                  1);
     char *o = out_of("z", 1);
@@ -616,7 +598,7 @@ Test(rendezvous, no_rank_0)
     cr_expect(strstr(o, "rank 1 found no rank 0 (connect to 127.0.0.1 port") &&
               strstr(o, "Connection refused"), "%s", o);
     free(o);
-    cr_expect_lt(now() - t0, 5.0);
+    cr_expect_lt(mono_now() - t0, 5.0);
     /* a host name that does not resolve is named */
     cr_expect_eq(wait_rank(start_rank("tcp:no-such-host.invalid:29400", "z",
                                       (rank_spec){.rank = 1, .size = 2, .timeout = 0.5})), 1);

@@ -22,6 +22,7 @@
 #include "runtime/train_dp.h"
 #include "runtime/train_state.h"
 #include "run_cmd.h"
+#include "world_helpers.h"
 #include "tmpdir.h"
 
 #define BIN S2_BINARY_DIR "/s2lora"
@@ -551,13 +552,6 @@ static s2_nccl fake_nccl(void)
                      .get_error_string = fake_string};
 }
 
-static double mono_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 TestSuite(watchdog, .timeout = 30);
 
 Test(watchdog, a_collective_that_never_completes_times_out_and_aborts)
@@ -772,20 +766,15 @@ static void remove_dir(void) { s2_test_rmtree(dir); }
 
 TestSuite(train_dp, .init = make_dir, .fini = remove_dir, .timeout = 120);
 
-/* A command line in this suite's directory with the launchers' variables cleared. */
+/* Runs a command line in this suite's directory (world_helpers.h's run_world_v). */
 static int run_in(char **out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static int run_in(char **out, const char *fmt, ...)
 {
-    char cmd[3000], full[3600];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    const int rc = run_world_v(dir, out, fmt, ap);
     va_end(ap);
-    snprintf(full, sizeof full, "{ cd %s && unset RANK WORLD_SIZE LOCAL_RANK LOCAL_WORLD_SIZE "
-             "SLURM_PROCID SLURM_STEP_ID OMPI_COMM_WORLD_RANK OMPI_COMM_WORLD_SIZE "
-             "S2LORA_RENDEZVOUS S2LORA_RENDEZVOUS_TIMEOUT S2LORA_WORLD_FROM S2LORA_LAUNCH_ID "
-             "S2LORA_NCCL_TIMEOUT; export TMPDIR=%s; %s; }", dir, dir, cmd);
-    return run(full, out);
+    return rc;
 }
 
 /* A tiny model and a token file in the suite's directory (no GPU needed for either). */

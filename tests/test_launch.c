@@ -25,6 +25,7 @@
 #include "gen/util.h"
 #include "run_cmd.h"
 #include "tmpdir.h"
+#include "world_helpers.h"
 
 #define BIN S2_BINARY_DIR "/s2lora"
 
@@ -41,21 +42,15 @@ static void remove_dir(void) { s2_test_rmtree(dir); }
 TestSuite(launch, .init = make_dir, .fini = remove_dir, .timeout = 90);
 TestSuite(world, .init = make_dir, .fini = remove_dir, .timeout = 60);
 
-/* Runs a command line with this suite's directory as TMPDIR and the launchers' variables
- * cleared (the suite may itself run under one); exit code, output in *out. */
+/* Runs a command line in this suite's directory (world_helpers.h's run_world_v). */
 static int run_in(char **out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static int run_in(char **out, const char *fmt, ...)
 {
-    char cmd[3000], full[3600];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    const int rc = run_world_v(dir, out, fmt, ap);
     va_end(ap);
-    snprintf(full, sizeof full, "{ cd %s && unset RANK WORLD_SIZE LOCAL_RANK LOCAL_WORLD_SIZE "
-             "SLURM_PROCID SLURM_STEP_ID OMPI_COMM_WORLD_RANK OMPI_COMM_WORLD_SIZE "
-             "S2LORA_RENDEZVOUS S2LORA_RENDEZVOUS_TIMEOUT S2LORA_WORLD_FROM; export TMPDIR=%s; "
-             "%s; }", dir, dir, cmd); /* run() sends the group's stderr to out too */
-    return run(full, out);
+    return rc;
 }
 
 static char *slurp(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -68,24 +63,6 @@ static char *slurp(const char *fmt, ...)
     va_end(ap);
     cr_assert_eq(s2_read_file(path, &data, NULL, NULL), S2_OK, "cannot read %s", path);
     return data;
-}
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int free_port(void)
-{
-    const int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    cr_assert_eq(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
-    socklen_t l = sizeof sa;
-    getsockname(fd, (struct sockaddr *)&sa, &l);
-    close(fd);
-    return ntohs(sa.sin_port);
 }
 
 /* The 16 hex digits after "id sha256 " in text (static). */
@@ -217,7 +194,7 @@ Test(launch, default_log_dirs)
 Test(launch, a_rank_that_exits_or_is_killed)
 {
     char *out;
-    double t0 = now();
+    double t0 = mono_now();
     int rc = run_in(&out, "%s launch --gpus 3 --log-dir logs -- world --fail-rank 1 "
                     "--fail-how exit", BIN);
     cr_expect_eq(rc, 7, "%s", out);
@@ -225,15 +202,15 @@ Test(launch, a_rank_that_exits_or_is_killed)
                           "stopping the other ranks"), "%s", out);
     cr_expect(strstr(out, "    s2lora world: rank 1 fails as asked (--fail-how exit)"), "%s", out);
     cr_expect(strstr(out, "s2lora launch: exit 7"), "%s", out);
-    cr_expect_lt(now() - t0, 30.0);
+    cr_expect_lt(mono_now() - t0, 30.0);
     free(out);
-    t0 = now();
+    t0 = mono_now();
     rc = run_in(&out, "%s launch --gpus 3 --log-dir logs -- world --fail-rank 0 --fail-how kill",
                 BIN);
     cr_expect_eq(rc, 128 + 9, "%s", out);
     cr_expect(strstr(out, "s2lora launch: rank 0 was killed by signal 9 (Killed); stopping"),
               "%s", out);
-    cr_expect_lt(now() - t0, 30.0);
+    cr_expect_lt(mono_now() - t0, 30.0);
     free(out);
 }
 
@@ -243,10 +220,10 @@ Test(launch, a_hanging_rank_is_killed_after_the_grace_period)
      * with it); the launcher stops the others with SIGTERM and rank 2 with SIGKILL after its
      * default 10 s */
     char *out;
-    const double t0 = now();
+    const double t0 = mono_now();
     const int rc = run_in(&out, "S2LORA_RENDEZVOUS_TIMEOUT=1 %s launch --gpus 3 --log-dir logs "
                           "-- world --fail-rank 2 --fail-how hang", BIN);
-    const double took = now() - t0;
+    const double took = mono_now() - t0;
     cr_expect_eq(rc, 1, "%s", out);
     cr_expect(strstr(out, "only 2 of 3 ranks arrived within 1 s (missing rank 2)"), "%s", out);
     /* rank 0 gives up first; rank 1 hears its refusal at once, so either may be seen first */
@@ -308,12 +285,12 @@ Test(launch, signals_reach_every_rank)
         ranks[k] = pid_in(logs[k]);
         free(logs[k]);
     }
-    const double t0 = now();
+    const double t0 = mono_now();
     kill(launcher, SIGTERM);
     int status;
     cr_assert_eq(waitpid(launcher, &status, 0), launcher);
     cr_expect(WIFEXITED(status) && WEXITSTATUS(status) == 128 + SIGTERM, "status %d", status);
-    cr_expect_lt(now() - t0, 10.0);
+    cr_expect_lt(mono_now() - t0, 10.0);
     for (int k = 0; k < 3; k++)
         cr_expect(kill(ranks[k], 0) != 0 && errno == ESRCH, "rank %d (pid %d) still runs", k,
                   ranks[k]);
