@@ -18,8 +18,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#include <jansson.h>
-
 #define STATE_PREFIX "state-"
 #define STATE_SUFFIX ".safetensors"
 #define STATE_NAME_LEN (6 + 10 + 12) /* state-NNNNNNNNNN.safetensors */
@@ -578,15 +576,18 @@ static s2_status read_latest(const char *dir, char name[STATE_NAME_LEN + 1], cha
     return S2_OK;
 }
 
-/* The state latest names: whole and verified, or (header_only) its header checked. */
+/* The state latest names: whole and verified, or (header_only) its header checked; name and
+ * sha (when given) get latest's file name and SHA-256. */
 static s2_status load_latest(const char *dir, s2_train_state *s, int *found, int header_only,
-                             s2_error *err)
+                             char name[STATE_NAME_LEN + 1], char sha[65], s2_error *err)
 {
     if (!dir || !s || !found)
         return s2_error_set(err, S2_ERR_INVALID, "state load: NULL argument");
     memset(s, 0, sizeof *s);
     *found = 0;
-    char path[PATH_MAX], name[STATE_NAME_LEN + 1], sha[65];
+    char path[PATH_MAX], name_buf[STATE_NAME_LEN + 1], sha_buf[65];
+    name = name ? name : name_buf;
+    sha = sha ? sha : sha_buf;
     uint64_t step = 0;
     int have = 0;
     s2_status st = read_latest(dir, name, sha, &step, &have, err);
@@ -619,111 +620,27 @@ static s2_status load_latest(const char *dir, s2_train_state *s, int *found, int
     return S2_OK;
 }
 
-/* The header's metadata only (safetensors: u64 length, then that much JSON). */
-static s2_status read_meta(const char *path, json_t **meta_out, json_t **root_out,
-                           s2_error *err)
-{
-    *meta_out = *root_out = NULL;
-    int fd = -1;
-    uint64_t size = 0;
-    s2_status st = s2_open_regular(path, &fd, &size, err);
-    if (st)
-        return st;
-    unsigned char len8[8];
-    uint64_t n = 0;
-    if (size < 8) {
-        st = s2_error_set(err, S2_ERR_PARSE, "%s: not a training state: shorter than a "
-                          "safetensors header", path);
-    } else if (!(st = s2_pread_full(fd, path, len8, 8, 0, err))) {
-        for (int i = 7; i >= 0; i--)
-            n = n << 8 | len8[i];
-        if (n < 2 || n > (100u << 20) || size < 8 + n)
-            st = s2_error_set(err, S2_ERR_PARSE, "%s: not a training state: header length %llu "
-                              "(2 .. 100 MiB, within the file's %llu bytes)", path,
-                              (unsigned long long)n, (unsigned long long)size);
-    }
-    char *hdr = st ? NULL : malloc((size_t)n);
-    if (!st && !hdr)
-        st = s2_error_set(err, S2_ERR_NOMEM, "%s: out of memory", path);
-    if (!st)
-        st = s2_pread_full(fd, path, hdr, (size_t)n, 8, err);
-    close(fd);
-    json_error_t je;
-    json_t *root = st ? NULL : json_loadb(hdr, (size_t)n, 0, &je);
-    free(hdr);
-    if (!st && !json_is_object(root))
-        st = s2_error_set(err, S2_ERR_PARSE, "%s: not a training state: the header is not a "
-                          "JSON object%s%s", path, root ? "" : ": ", root ? "" : je.text);
-    json_t *meta = st ? NULL : json_object_get(root, "__metadata__");
-    if (!st && !json_is_object(meta))
-        st = s2_error_set(err, S2_ERR_PARSE, "%s: not a training state: no __metadata__", path);
-    if (st) {
-        json_decref(root);
-        return st;
-    }
-    *meta_out = meta;
-    *root_out = root;
-    return S2_OK;
-}
-
-static s2_status info_u64(const char *path, json_t *meta, const char *key, int need,
-                          uint64_t *out, s2_error *err)
-{
-    json_t *v = json_object_get(meta, key);
-    *out = 0;
-    if (!v && !need)
-        return S2_OK;
-    if (!json_is_string(v) || !parse_u64(json_string_value(v), out))
-        return s2_error_set(err, S2_ERR_PARSE,
-                            "%s: not a training state: metadata '%s' is %s%s%s (want a decimal "
-                            "integer)", path, key, json_is_string(v) ? "'" : "missing",
-                            json_is_string(v) ? json_string_value(v) : "",
-                            json_is_string(v) ? "'" : "");
-    return S2_OK;
-}
-
 s2_status s2_state_peek_latest(const char *dir, s2_state_info *info, int *found, s2_error *err)
 {
     memset(info, 0, sizeof *info);
-    *found = 0;
-    char name[STATE_NAME_LEN + 1], sha[65], path[PATH_MAX];
-    uint64_t step = 0;
-    int have = 0;
-    s2_status st = read_latest(dir, name, sha, &step, &have, err);
-    if (st || !have)
+    s2_train_state s;
+    s2_status st = load_latest(dir, &s, found, 1, info->file, info->sha256, err);
+    if (st || !*found) {
+        memset(info, 0, sizeof *info);
         return st;
-    if (snprintf(path, sizeof path, "%s/%s", dir, name) >= (int)sizeof path)
-        return s2_error_set(err, S2_ERR_INVALID, "%s: path too long", dir);
-    json_t *meta, *root;
-    if ((st = read_meta(path, &meta, &root, err)))
-        return st;
-    json_t *ver = json_object_get(meta, "s2lora_state"), *spec = json_object_get(meta,
-                                                                                 "spec_sha256");
-    if (!json_is_string(ver) || strcmp(json_string_value(ver), "1"))
-        st = s2_error_set(err, S2_ERR_PARSE, "%s: not an s2lora training state (metadata "
-                          "s2lora_state is not '1')", path);
-    if (!st)
-        st = info_u64(path, meta, "step", 1, &info->step, err);
-    if (!st)
-        st = info_u64(path, meta, "data_position", 1, &info->data_position, err);
-    if (!st)
-        st = info_u64(path, meta, "global_batch", 0, &info->global_batch, err);
-    if (!st && (!json_is_string(spec) ||
-                strlen(json_string_value(spec)) >= sizeof info->spec_sha256))
-        st = s2_error_set(err, S2_ERR_PARSE, "%s: metadata 'spec_sha256' is missing or longer "
-                          "than %zu characters", path, sizeof info->spec_sha256 - 1);
-    if (!st && info->step != step)
-        st = s2_error_set(err, S2_ERR_PARSE, "%s: holds step %llu but its name says %llu", path,
-                          (unsigned long long)info->step, (unsigned long long)step);
+    }
+    if (!s.spec_sha256 || strlen(s.spec_sha256) >= sizeof info->spec_sha256)
+        st = s2_error_set(err, S2_ERR_PARSE, "%s/%s: metadata 'spec_sha256' is missing or longer "
+                          "than %zu characters", dir, info->file, sizeof info->spec_sha256 - 1);
     if (!st) {
-        snprintf(info->spec_sha256, sizeof info->spec_sha256, "%s", json_string_value(spec));
-        snprintf(info->file, sizeof info->file, "%s", name);
-        snprintf(info->sha256, sizeof info->sha256, "%s", sha);
-        *found = 1;
+        info->step = s.step, info->data_position = s.data_position;
+        info->global_batch = s.global_batch;
+        snprintf(info->spec_sha256, sizeof info->spec_sha256, "%s", s.spec_sha256);
     } else {
         memset(info, 0, sizeof *info);
+        *found = 0;
     }
-    json_decref(root);
+    s2_state_free(&s);
     return st;
 }
 
@@ -750,10 +667,10 @@ s2_status s2_state_load_info(const char *dir, const s2_state_info *info, s2_trai
 
 s2_status s2_state_load_latest(const char *dir, s2_train_state *s, int *found, s2_error *err)
 {
-    return load_latest(dir, s, found, 0, err);
+    return load_latest(dir, s, found, 0, NULL, NULL, err);
 }
 
 s2_status s2_state_check_latest(const char *dir, s2_train_state *s, int *found, s2_error *err)
 {
-    return load_latest(dir, s, found, 1, err);
+    return load_latest(dir, s, found, 1, NULL, NULL, err);
 }
