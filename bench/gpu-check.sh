@@ -99,7 +99,7 @@ cfg = llama_config(factor=8, hidden_size=256, intermediate_size=688, num_hidden_
 LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(sys.argv[1], safe_serialization=True)
 print("tiny checkpoint written")
 PY
-cat README.md specs/README.md runtime/*.c runtime/*.h gen/*.c templates/*.cuh >"$tw/text.txt"
+cat README.md specs/README.md runtime/*/*.c runtime/*/*.h gen/*.c templates/*.cuh >"$tw/text.txt"
 {
   "$BIN/s2lora" data --bytes "$tw/text.txt" -o "$tw/text.tokens" &&
   "$BIN/s2lora" train specs/tiny-byte-512.yaml --model "$tw/base" --data "$tw/text.tokens" \

@@ -77,7 +77,7 @@ say "commit $commit, $(nvidia-smi -L | wc -l) GPUs"
 tiny() {
   [ -f "$W/tiny/config.json" ] && return 0
   "$S" init specs/tiny-byte-512.yaml -o "$W/tiny" --seed 1 >>"$LOG" 2>&1 &&
-    cat README.md specs/README.md runtime/*.c runtime/*.h gen/*.c templates/*.cuh >"$W/text.txt" &&
+    cat README.md specs/README.md runtime/*/*.c runtime/*/*.h gen/*.c templates/*.cuh >"$W/text.txt" &&
     "$S" data --bytes "$W/text.txt" -o "$W/text.tokens" >>"$LOG" 2>&1
 }
 TT=(train specs/tiny-byte-512.yaml --model "$W/tiny" --data "$W/text.tokens" --lr 1e-3

@@ -11,7 +11,7 @@
  * its own rows); one whose lo falls in the tail part needs [A, lo).
  *
  * tests/test_sp_plan.c holds every range against a brute-force enumeration of the visibility
- * predicate of runtime/ref_attn.c.
+ * predicate of runtime/ref/ref_attn.c.
  */
 #include "sp_plan.h"
 

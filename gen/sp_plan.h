@@ -26,7 +26,7 @@
  * owner's gradients. Bytes are per layer and per sequence: k and v (forward), dk and dv
  * (backward), each rows × kv heads of the kind × d × element size.
  *
- * The compiler layer: plain C, no GPU. runtime/ref_attn.c's window reference computes a rank's
+ * The compiler layer: plain C, no GPU. runtime/ref/ref_attn.c's window reference computes a rank's
  * attention from its rows plus the rows this plan says it receives.
  */
 #ifndef S2_SP_PLAN_H
@@ -118,7 +118,7 @@ const char *s2_sp_kind_name(s2_sp_kind k);
 void s2_sp_plan_format(const s2_sp_plan *plan, s2_buf *b);
 
 /*
- * The GPU model's first exchange (runtime/model.h's sequence-parallel mode): every kv head's
+ * The GPU model's first exchange (runtime/train/model.h's sequence-parallel mode): every kv head's
  * rows of the union of a rank's "before" ranges. Split mode only (no wrap). The halo of rank r
  * is [klo, lo) with klo the smallest non-empty before[kind].lo (lo itself when none); a span
  * is one contiguous part of it held by one source rank. Spans are ordered by dst, then src.

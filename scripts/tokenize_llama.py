@@ -3,7 +3,7 @@
 
 Each input is one document (or, with --jsonl FIELD, each line's FIELD is one): BOS + the
 tokenizer's ids + EOS, as LongLoRA's data pipeline adds them. The output follows
-runtime/data.h's format version 1 exactly (64-byte header, tokens as u16 when the vocabulary
+runtime/train/data.h's format version 1 exactly (64-byte header, tokens as u16 when the vocabulary
 fits, else u32, zero padding to 8 bytes, the u64 document index, the digest = the first 16
 bytes of SHA-256 over everything after the header) and is written to a temporary file in the
 same directory, fsynced and renamed, so a reader never sees half a file. `s2lora train` and

@@ -1,4 +1,4 @@
-// templates/lora.cuh — the generated LoRA kernels (runtime/lora.h says how they fit between the
+// templates/lora.cuh — the generated LoRA kernels (runtime/ops/lora.h says how they fit between the
 // cuBLAS GEMMs): the backward's one pass over dy for v = dy B and dB = dy^T u (below, when the
 // emitter defines S2_LORA_R), and the elementwise kernels of dropout. The dropout mask is
 // philox.cuh's contract: element i = m * in + k of x [M, in] under (seed, stream), so the
@@ -59,7 +59,7 @@ s2_lora_dropout_add(s2_elem *__restrict__ dx, int lddx, const s2_elem *__restric
 //   dB: [64 x R] += dy^T[64 x BM] u[BM x R]   accumulated in registers over the whole range,
 //       written once as the range's partial part[y][c0 + o][0..R) (s2_lora_vdb_finish sums the
 //       ranges in range order)
-// Every sum has a fixed order, so v and dB are the same bits run to run (runtime/lora.c says
+// Every sum has a fixed order, so v and dB are the same bits run to run (runtime/ops/lora.c says
 // what the slabs' partials cost).
 // Columns past the projection and rows past the range are zero-filled, so they add nothing.
 // The emitter defines S2_LORA_R (a multiple of 8), S2_VDB_WARPS, S2_VDB_BM (a multiple of 16)

@@ -1,6 +1,6 @@
-// templates/train.cuh — the trainer's small kernels (runtime/train_kern.h): embedding, RMSNorm,
+// templates/train.cuh — the trainer's small kernels (runtime/train/train_kern.h): embedding, RMSNorm,
 // RoPE, SwiGLU, residual add, cross-entropy, AdamW, the gradient's sum of squares and casts.
-// Their CPU twins are runtime/ref_train.h; tests/gpu_check.c compares the two.
+// Their CPU twins are runtime/ref/ref_train.h; tests/gpu_check.c compares the two.
 //
 // The emitter (gen/emit.c s2_emit_train) puts the model's constants above this text, after
 // dtype.cuh:
@@ -9,7 +9,7 @@
 //   S2_ROW_THREADS, S2_ROW_ITERS                  block of the row kernels over hidden: thread t
 //                                                 owns S2_ROW_ITERS chunks of 8 columns
 //   S2_EW_THREADS, S2_XENT_THREADS, S2_ROPE_THREADS  the other block sizes
-// runtime/train_kern.c launches with the same numbers (gen/emit.h).
+// runtime/train/train_kern.c launches with the same numbers (gen/emit.h).
 //
 // Every kernel is memory-bound. A storage-dtype tensor moves in 16-byte chunks of 8 elements
 // when the host found every pointer of the launch 16-byte aligned and every row stride and
@@ -25,7 +25,7 @@
 // arrival counter at byte 0, zero between launches, and the partials from byte S2_K_WS_HEAD;
 // the host passes the kernels the two pointers.
 
-#define S2_IGNORE_INDEX (-100) // runtime/ref_train.h S2_REF_IGNORE_INDEX (HF's ignore_index)
+#define S2_IGNORE_INDEX (-100) // runtime/ref/ref_train.h S2_REF_IGNORE_INDEX (HF's ignore_index)
 #define S2_HALF (S2_HEAD_DIM / 2)
 #define S2T_INF __int_as_float(0x7f800000)
 #define S2T_NAN __int_as_float(0x7fffffff)

@@ -31,14 +31,14 @@
 #include <string.h>
 #include <time.h>
 
-#include "../gen/lora_plan.h"
-#include "../gen/sp_plan.h"
-#include "../runtime/lora.h"
-#include "../runtime/ref.h"
-#include "../runtime/ref_train.h"
-#include "../runtime/rt.h"
-#include "../runtime/st.h"
-#include "../runtime/train_kern.h"
+#include "gen/lora_plan.h"
+#include "gen/sp_plan.h"
+#include "runtime/ops/lora.h"
+#include "runtime/ref/ref.h"
+#include "runtime/ref/ref_train.h"
+#include "runtime/core/rt.h"
+#include "runtime/core/st.h"
+#include "runtime/train/train_kern.h"
 
 #define TOL 1e-2
 #define MAX_SEQS 8

@@ -1,5 +1,5 @@
 /*
- * model_check.c — the GPU model of runtime/model.h against its CPU twin (ref_llama.h), on the
+ * model_check.c — the GPU model of runtime/train/model.h against its CPU twin (ref_llama.h), on the
  * device. A tiny random LLaMA (2 layers, GQA 4/2, d 64, bf16 weights; a fresh seed per run
  * unless --seed) is written as a Hugging Face checkpoint into a temporary directory, loaded by
  * both, and a varlen batch of two sequences is run:
@@ -40,12 +40,12 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "../gen/lora_plan.h"
-#include "../runtime/model.h"
-#include "../runtime/sp_xchg.h"
-#include "../runtime/ref_llama.h"
-#include "../runtime/ref_train.h"
-#include "../runtime/st.h"
+#include "gen/lora_plan.h"
+#include "runtime/train/model.h"
+#include "runtime/train/sp_xchg.h"
+#include "runtime/ref/ref_llama.h"
+#include "runtime/ref/ref_train.h"
+#include "runtime/core/st.h"
 
 #define L 2
 #define HID 256

@@ -9,7 +9,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-#include "runtime/ref.h"
+#include "runtime/ref/ref.h"
 
 /* ---- random inputs: xorshift64*, seeded per test ---- */
 

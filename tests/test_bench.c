@@ -14,7 +14,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "runtime/bench.h"
+#include "runtime/tune/bench.h"
 #include "run_cmd.h"
 
 #define BIN S2_BINARY_DIR "/s2lora"

@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "runtime/rt.h"
+#include "runtime/core/rt.h"
 #include "cache_warn.h"
 #include "tmpdir.h"
 

@@ -1,5 +1,5 @@
 /*
- * test_ckpt.c — the trainer's checkpoint formats (runtime/train_io.h): Hugging Face LLaMA
+ * test_ckpt.c — the trainer's checkpoint formats (runtime/core/train_io.h): Hugging Face LLaMA
  * checkpoints in (one file or shards with an index), checked against a spec; PEFT adapters and
  * trainable tensors out and back.
  *
@@ -22,7 +22,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "runtime/train_io.h"
+#include "runtime/core/train_io.h"
 
 static char dir[64];
 

@@ -15,9 +15,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "runtime/st.h"
-#include "runtime/train_io.h"
-#include "runtime/train_state.h"
+#include "runtime/core/st.h"
+#include "runtime/core/train_io.h"
+#include "runtime/train/train_state.h"
 #include "run_cmd.h"
 #include "tmpdir.h"
 

@@ -17,7 +17,7 @@
 #include <unistd.h>
 
 #include "gen/spec.h"
-#include "runtime/data.h"
+#include "runtime/train/data.h"
 #include "tmpdir.h"
 
 static char dir[64];

@@ -20,8 +20,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "runtime/dist.h"
-#include "runtime/nccl.h"
+#include "runtime/dist/dist.h"
+#include "runtime/core/nccl.h"
 #include "tmpdir.h"
 #include "world_helpers.h"
 

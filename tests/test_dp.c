@@ -18,9 +18,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "runtime/model.h"
-#include "runtime/train_dp.h"
-#include "runtime/train_state.h"
+#include "runtime/train/model.h"
+#include "runtime/train/train_dp.h"
+#include "runtime/train/train_state.h"
 #include "run_cmd.h"
 #include "world_helpers.h"
 #include "tmpdir.h"

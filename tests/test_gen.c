@@ -9,7 +9,7 @@
 
 #include "gen/emit.h"
 #include "gen/plan.h"
-#include "runtime/ref.h"
+#include "runtime/ref/ref.h"
 
 static s2_spec load(const char *extra_yaml)
 {

@@ -20,8 +20,8 @@
 #include <unistd.h>
 
 #include "gen/spec.h"
-#include "runtime/train_io.h"
-#include "runtime/tune_db.h"
+#include "runtime/core/train_io.h"
+#include "runtime/tune/tune_db.h"
 #include "tmpdir.h"
 
 static char dir[64];

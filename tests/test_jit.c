@@ -15,7 +15,7 @@
 #include <unistd.h>
 
 #include "gen/emit.h"
-#include "runtime/jit.h"
+#include "runtime/core/jit.h"
 
 /* ------------------------------------------------------------------------ */
 /* Kernels: tiny, so the whole suite stays a few NVRTC builds long.         */

@@ -76,9 +76,9 @@ Test(lora_plan, peft_tensor_names)
     cr_expect_null(s2_lora_tensor_name(0, S2_PROJ_Q, 'A', buf, 10), "too small a buffer");
 }
 
-/* The GPU path's dimensions (runtime/lora.h): the augmented widths and the refusal of dropout. */
-#include "runtime/bench_lora.h"
-#include "runtime/lora.h"
+/* The GPU path's dimensions (runtime/ops/lora.h): the augmented widths and the refusal of dropout. */
+#include "runtime/tune/bench_lora.h"
+#include "runtime/ops/lora.h"
 
 Test(lora_dims, augmented_widths)
 {
@@ -160,7 +160,7 @@ Test(lora_vdb, geometry)
  * archs and dtypes: the dropout kernels always, the fused pass over dy for the ranks that take
  * it, and not for the others. */
 #include "gen/emit.h"
-#include "runtime/jit.h"
+#include "runtime/core/jit.h"
 
 Test(lora_unit, builds_for_sm80_and_sm90a, .timeout = 300)
 {

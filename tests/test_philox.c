@@ -15,7 +15,7 @@
 
 #include "templates/philox.cuh"
 #include "ref_helpers.h"
-#include "runtime/ref.h"
+#include "runtime/ref/ref.h"
 
 
 

@@ -14,7 +14,7 @@
 #include <string.h>
 
 #include "ref_helpers.h"
-#include "runtime/ref.h"
+#include "runtime/ref/ref.h"
 
 
 static double rel_l2_ff(const float *x, const float *ref, size_t n) {

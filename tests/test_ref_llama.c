@@ -1,5 +1,5 @@
 /*
- * test_ref_llama.c — the CPU twin of the LLaMA forward (runtime/ref_llama.h) against a second,
+ * test_ref_llama.c — the CPU twin of the LLaMA forward (runtime/ref/ref_llama.h) against a second,
  * independent code path written here in double precision: explicit per-position loops,
  * explicit masked softmax straight from the S²-Attn definition, explicit rotate_half.
  *
@@ -20,7 +20,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "runtime/ref_llama.h"
+#include "runtime/ref/ref_llama.h"
 
 enum { L = 2, HID = 48, H = 4, HKV = 2, D = 16, INTER = 40, VOCAB = 37 };
 #define EPS 1e-5

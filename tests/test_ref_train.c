@@ -1,5 +1,5 @@
 /*
- * test_ref_train.c — the trainer's small CPU twins (runtime/ref_train.h) checked against
+ * test_ref_train.c — the trainer's small CPU twins (runtime/ref/ref_train.h) checked against
  * things that do not share their code: formulas written out here in fp64, numbers worked by
  * hand, and central finite differences of L = sum(dout ∘ out) for every backward.
  *
@@ -15,7 +15,7 @@
 #include <string.h>
 
 #include "ref_helpers.h"
-#include "runtime/ref_train.h"
+#include "runtime/ref/ref_train.h"
 
 static double dot_fd(const float *a, const float *b, size_t n) {
     double s = 0;

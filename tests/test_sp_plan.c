@@ -1,6 +1,6 @@
 /*
  * test_sp_plan.c — the sequence-parallel plan (gen/sp_plan.h) and the window reference
- * (runtime/ref.h) held against things that do not share their code:
+ * (runtime/ref/ref.h) held against things that do not share their code:
  *   - the halo of every rank and kv head against a brute-force enumeration of the visibility
  *     predicate s2_ref_attn_visible() (DESIGN §1 written out pair by pair): on small problems
  *     over every (query of the rank, key) pair; on the shipped specs over the keys the rank's
@@ -24,8 +24,8 @@
 #include "gen/sp_plan.h"
 #include "ref_helpers.h"
 #include "run_cmd.h"
-#include "runtime/ref.h"
-#include "runtime/ref_llama.h"
+#include "runtime/ref/ref.h"
+#include "runtime/ref/ref_llama.h"
 
 #define BIN S2_BINARY_DIR "/s2lora"
 
@@ -749,7 +749,7 @@ Test(sp_cli, errors)
     free(out);
 }
 
-/* ---- the GPU model's union exchange (runtime/model.h's s2_gm_sp, runtime/sp_xchg.h) ---- */
+/* ---- the GPU model's union exchange (runtime/train/model.h's s2_gm_sp, runtime/train/sp_xchg.h) ---- */
 
 /* Split mode, small problems: rank r's union klo is the earliest key its first query sees in
  * any head (brute force), the spans cover [klo, lo) exactly once, each row from its owner, and
@@ -831,7 +831,7 @@ Test(sp_union, model_check_case_has_two_owner_halos)
 }
 
 /* Chunk labels, concatenated over the chunks (each given its next chunk's first token), are
- * Hugging Face's labels of the whole sequence (runtime/ref_llama.h). */
+ * Hugging Face's labels of the whole sequence (runtime/ref/ref_llama.h). */
 Test(sp_union, chunk_labels_are_the_whole_sequence_labels)
 {
     rng g = rng_seed(5);

@@ -18,7 +18,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "runtime/st.h"
+#include "runtime/core/st.h"
 #include "tmpdir.h"
 
 static char dir[64];

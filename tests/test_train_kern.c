@@ -13,10 +13,10 @@
 #include <string.h>
 
 #include "gen/emit.h"
-#include "runtime/jit.h"
-#include "runtime/ref_train.h"
-#include "runtime/rt.h"
-#include "runtime/train_kern.h"
+#include "runtime/core/jit.h"
+#include "runtime/ref/ref_train.h"
+#include "runtime/core/rt.h"
+#include "runtime/train/train_kern.h"
 #include "cache_warn.h"
 #include "tmpdir.h"
 

@@ -17,8 +17,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "runtime/st.h"
-#include "runtime/train_state.h"
+#include "runtime/core/st.h"
+#include "runtime/train/train_state.h"
 #include "tmpdir.h"
 
 static char dir[64];

@@ -10,7 +10,7 @@
 
 #include "run_cmd.h"
 #include "gen/emit.h"
-#include "runtime/tune.h"
+#include "runtime/tune/tune.h"
 
 #define BIN S2_BINARY_DIR "/s2lora"
 

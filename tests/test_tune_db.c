@@ -21,8 +21,8 @@
 
 #include "gen/emit.h"
 #include "gen/plan.h"
-#include "runtime/tune.h"
-#include "runtime/tune_db.h"
+#include "runtime/tune/tune.h"
+#include "runtime/tune/tune_db.h"
 
 #define H100 "NVIDIA H100 80GB HBM3"
 #define H100_FILE "tune-nvidia-h100-80gb-hbm3.jsonl"

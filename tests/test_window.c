@@ -13,7 +13,7 @@
 #include "gen/emit.h"
 #include "gen/plan.h"
 #include "gen/sp_plan.h"
-#include "runtime/rt.h"
+#include "runtime/core/rt.h"
 
 static s2_spec load_spec(int d, int H, int Hkv, int G, int S, const char *mode)
 {

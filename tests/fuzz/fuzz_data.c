@@ -1,5 +1,5 @@
 /*
- * fuzz_data.c — the token file reader (runtime/data.c): s2_data_open's checks of the header,
+ * fuzz_data.c — the token file reader (runtime/train/data.c): s2_data_open's checks of the header,
  * sizes, padding, index, tokens and digest, then packing from whatever it accepts.
  *
  * Input: one mode byte, then the file. Mode bit 0 set: the harness writes the SHA-256 digest of
@@ -13,7 +13,7 @@
  */
 #include "fuzz.h"
 
-#include "runtime/data.h"
+#include "runtime/train/data.h"
 
 #define MAX_CONTEXT 64
 

@@ -1,5 +1,5 @@
 /*
- * fuzz_hf.c — the Hugging Face checkpoint readers (runtime/train_io.c) on arbitrary files:
+ * fuzz_hf.c — the Hugging Face checkpoint readers (runtime/core/train_io.c) on arbitrary files:
  * config.json, model.safetensors.index.json and its shard, or a single model.safetensors; and a
  * PEFT adapter directory (adapter_config.json, adapter_model.safetensors). They are read the way
  * the trainer reads them (s2_ckpt_open, s2_ckpt_check, s2_ckpt_read_f32, s2_ckpt_load_adapter)
@@ -17,7 +17,7 @@
 
 #include "gen/lora_plan.h"
 #include "gen/spec.h"
-#include "runtime/train_io.h"
+#include "runtime/core/train_io.h"
 
 #define SHARD "model-00001-of-00001.safetensors"
 

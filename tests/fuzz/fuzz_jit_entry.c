@@ -1,5 +1,5 @@
 /*
- * fuzz_jit_entry.c — what the kernel cache trusts from disk (runtime/jit.c), without NVRTC:
+ * fuzz_jit_entry.c — what the kernel cache trusts from disk (runtime/core/jit.c), without NVRTC:
  * the check of a cache entry (KEY.cubin: header, key, arch, versions, payload hash) and the
  * parser of the resource report in its NVRTC log (KEY.log).
  *
@@ -19,7 +19,7 @@
 #include "fuzz.h"
 
 #include "gen/emit.h" /* S2_GEN_VERSION */
-#include "runtime/jit.h"
+#include "runtime/core/jit.h"
 
 #define ARCH "sm_90a"
 #define FIXED 88

@@ -1,5 +1,5 @@
 /*
- * fuzz_st.c — the safetensors reader (runtime/st.c) on arbitrary bytes: the file is written to
+ * fuzz_st.c — the safetensors reader (runtime/core/st.c) on arbitrary bytes: the file is written to
  * the scratch directory (tmpfs under run.sh) and read the way the trainer reads it, whole
  * (s2_st_read) and header only (s2_st_read_header).
  *
@@ -11,7 +11,7 @@
  */
 #include "fuzz.h"
 
-#include "runtime/st.h"
+#include "runtime/core/st.h"
 
 static void check_tensors(const s2_st_file *f)
 {

@@ -1,5 +1,5 @@
 /*
- * fuzz_tune_db.c — the tuning database loader (runtime/tune_db.c) on arbitrary files: the input
+ * fuzz_tune_db.c — the tuning database loader (runtime/tune/tune_db.c) on arbitrary files: the input
  * is the JSON-lines file of one GPU model, opened the way the tuner opens it.
  *
  * Beyond crashes and sanitizer reports it holds the database's promises: reading never fails
@@ -9,7 +9,7 @@
  */
 #include "fuzz.h"
 
-#include "runtime/tune_db.h"
+#include "runtime/tune/tune_db.h"
 
 #define DEVICE "NVIDIA H100 80GB HBM3"
 #define FILE_NAME "tune-nvidia-h100-80gb-hbm3.jsonl"

@@ -202,7 +202,7 @@ def u16str(s):
 
 
 def cubin_entry(payload, kernels=(b"k_a", b"k_b"), arch=b"sm_90a"):
-    """runtime/jit.c's format 2, for fuzz_jit_entry.c's key."""
+    """runtime/core/jit.c's format 2, for fuzz_jit_entry.c's key."""
     key = hashlib.sha256(b"s2lora fuzz key").digest()
     var = u16str(arch) + u16str(b"s2lora-gen-1") + u16str(project_version().encode())
     var += struct.pack("<H", len(kernels)) + b"".join(u16str(k) for k in kernels)

@@ -1,0 +1,132 @@
+/*
+ * bench.h — `s2lora bench attn`: times the S²-Attn kernels of one or more
+ * specs over a sweep of sequence lengths and, through bench/peers/attn_peers.py,
+ * the PyTorch peers (cuDNN/flash SDPA after LongLoRA's roll/fold, FlexAttention
+ * with the S² mask) on the same inputs.
+ *
+ * Layering: everything here returns a status and fills rows or text; nothing
+ * prints. The CLI (main.c) parses with s2_bench_parse(), validates every spec
+ * with s2_bench_prepare() before it touches a GPU, runs one case at a time with
+ * s2_bench_run_case() and prints the rows it gets back.
+ *
+ * Conventions, shared with the peers file (/work/shared/peers):
+ *   S² FLOPs of a forward = 2 * N * min(G, N) * d * H; forward + backward = 3.5x.
+ *   Times are the median of per-run CUDA event times after warm-up.
+ *   "peak" for s2lora is the bytes the bench allocates for one layer's fwd+bwd
+ *   (q, k, v, do, o, dq, dk, dv, lse, delta): the kernels allocate nothing.
+ */
+#ifndef S2_BENCH_H
+#define S2_BENCH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "gen/spec.h"
+#include "runtime/core/rt.h"
+
+#define S2_BENCH_MAX_SPECS 16
+#define S2_BENCH_MAX_SETS 64
+#define S2_BENCH_MAX_SEQLENS 32
+#define S2_BENCH_MAX_TILES 8
+#define S2_BENCH_DEFAULT_PEERS "bench/peers/attn_peers.py"
+
+typedef struct s2_bench_opts {
+    const char *specs[S2_BENCH_MAX_SPECS];
+    int n_specs;
+    s2_spec_override sets[S2_BENCH_MAX_SETS];
+    int n_sets;
+    int seqlens[S2_BENCH_MAX_SEQLENS]; /* none: each spec's context_length */
+    int n_seqlens;
+    int reps_fwd, reps_fb, warmup;     /* defaults 20, 10, 5; --reps N sets both reps */
+    const char *peers;                 /* the peers script; NULL with --no-peers */
+    int peers_given;                   /* 1: --peers named it (a missing file is an error) */
+    const char *csv, *json, *cache_dir;
+    const char *tiles[S2_BENCH_MAX_TILES]; /* --tile, repeatable: one s2lora row each */
+    int n_tiles;                           /* 0: one row with the plan's default tile */
+    uint64_t seed;                     /* 0: from the clock (s2_bench_prepare picks one) */
+    int help;
+} s2_bench_opts;
+
+/*
+ * Parses the arguments after "bench attn". S2_ERR_INVALID (a usage error: exit
+ * 2) with a message naming the argument; help set and S2_OK on --help.
+ */
+s2_status s2_bench_parse(int argc, char **argv, s2_bench_opts *o, s2_error *err);
+
+/* "8192,16384": at most max positive integers, each <= INT_MAX / 2, no empty items. */
+s2_status s2_bench_parse_seqlens(const char *text, int *out, int max, int *n, s2_error *err);
+
+/* One (spec, N) of the sweep: the spec reloaded with context_length=N, so G and S of a
+ * group_ratio spec are re-derived for N exactly as the loader derives them. */
+typedef struct s2_bench_case {
+    s2_spec spec;
+    int N;
+} s2_bench_case;
+
+/*
+ * Loads every spec at every N (with the --set overrides), checks the output
+ * paths' directories and the peers script, and picks the seed. Needs no GPU.
+ * *cases is heap (free()).
+ */
+s2_status s2_bench_prepare(s2_bench_opts *o, s2_bench_case **cases, int *n_cases, s2_error *err);
+
+/* One row of the table: s2lora's or one peer's numbers for one (spec, N). */
+typedef struct s2_bench_row {
+    char spec[S2_SPEC_NAME_MAX];
+    char impl[32];        /* "s2lora", "sdpa-cudnn", ... */
+    char mode[8];         /* the semantics the implementation computes: split | roll */
+    const char *dtype;    /* "bf16" | "fp16" */
+    int N, G, S, d, H, Hkv;
+    double fwd_ms, fb_ms; /* NAN when not measured */
+    double fwd_tflops, fb_tflops;
+    double peak_gib;
+    double rel_err;       /* relative L2 error of o vs s2lora's; NAN: not comparable */
+    int failed;           /* s2lora: NaN in an output or an error; peers: did not run */
+    char note[320];
+} s2_bench_row;
+
+/* Rows of a whole run, appended to case by case. */
+typedef struct s2_bench_rows {
+    s2_bench_row *row;
+    int n, cap;
+} s2_bench_rows;
+void s2_bench_rows_free(s2_bench_rows *r);
+
+/* State of one bench run across cases. */
+typedef struct s2_bench_ctx {
+    const s2_bench_opts *opts;
+    s2_rt rt;
+    int peers_off;  /* 1 once python3, torch or the script turned out to be missing */
+    int case_no;    /* cases run so far: each draws its inputs from its own stream */
+    char warn[512]; /* non-empty after a case that has a warning for the CLI to print (peers
+                     * missing or failed); each s2_bench_run_case() starts it afresh */
+} s2_bench_ctx;
+
+/*
+ * Runs one case: s2lora's forward and forward+backward, then the peers on the
+ * same inputs. Appends one row for s2lora (failed on NaN or any error, with the
+ * message in note: the sweep goes on) and one per peer. Returns an error only
+ * when nothing can go on (out of host memory).
+ */
+s2_status s2_bench_run_case(s2_bench_ctx *ctx, const s2_bench_case *c, s2_bench_rows *rows,
+                            s2_error *err);
+
+/* S² FLOPs of one forward: 2 * N * min(G, N) * d * H. */
+double s2_bench_fwd_flops(int N, int G, int d, int H);
+/* TFLOP/s of flops in ms; NAN when ms is not a positive number. */
+double s2_bench_tflops(double flops, double ms);
+/* Median of v[0..n) (sorts v); NAN when n == 0. */
+double s2_bench_median(double *v, int n);
+
+/* Text forms of rows: a case's title line, the table (header once, then rows), CSV, JSON. */
+void s2_bench_case_title(s2_buf *b, const s2_bench_case *c);
+void s2_bench_table_header(s2_buf *b);
+void s2_bench_table_row(s2_buf *b, const s2_bench_row *r);
+/* "fastest peer fwd+bwd X ms (impl); ours Y ms = Z x the fastest peer" for rows[0..n) of one
+ * case (s2lora's row first); nothing when no peer has a fwd+bwd time. */
+void s2_bench_case_summary(s2_buf *b, const s2_bench_row *rows, int n);
+void s2_bench_csv(s2_buf *b, const s2_bench_row *rows, int n);
+/* JSON {"device": ..., "seed": ..., "rows": [...]}; heap string or NULL when out of memory. */
+char *s2_bench_json(const s2_bench_row *rows, int n, const char *device, uint64_t seed);
+
+#endif
