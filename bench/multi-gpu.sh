@@ -17,6 +17,8 @@
 #             S2LORA_NCCL_TIMEOUT=30: rank 1 gets SIGKILL mid-run; rank 0 must exit non-zero
 #             within 60 s, naming the collective; then the same under `s2lora launch`, which
 #             stops the other rank at once;
+#   kill1     one GPU: the only rank of `launch --gpus 1` gets SIGKILL mid-run: the launcher exits
+#             non-zero within 60 s, and --resume continues from the last state it saved;
 #   resume    the tiny model: 16 steps straight on two GPUs; 8 steps on two, saved, then resumed
 #             on two and (a copy) on one GPU (--grad-accum derived from the state's global batch)
 #             to 16; steps 9..16 of each against the straight run;
@@ -33,7 +35,7 @@
 # Usage from the device tool (a machine with two GPUs): `bench/build-carry.sh` here (prints
 # the commit), carry .carry, then
 #   S2_BIN=.carry/bin S2_COMMIT=<commit> bash bench/multi-gpu.sh
-# (S2_SECTIONS="bitexact" runs on one GPU.) NCCL: the system's libnccl.so.2, else the
+# (S2_SECTIONS="bitexact kill1" runs on one GPU.) NCCL: the system's libnccl.so.2, else the
 # nvidia-nccl wheel's (PyTorch's). Logs in $OUT (default /tmp/s2lora-multi-gpu): multi-gpu.txt
 # (everything) and summary.txt (the table printed last). Exit status 1 if a check failed.
 # About 6 minutes on two H100s, most of it the 7B checkpoint (written once per call) and its
@@ -59,7 +61,7 @@ fi
 unset RANK WORLD_SIZE LOCAL_RANK LOCAL_WORLD_SIZE S2LORA_RENDEZVOUS S2LORA_WORLD_FROM \
   S2LORA_LAUNCH_ID S2LORA_NCCL_TIMEOUT
 status=0
-SECTIONS=${S2_SECTIONS:-bitexact scaling curves transport kill resume sp}
+SECTIONS=${S2_SECTIONS:-bitexact scaling curves transport kill kill1 resume sp}
 want() { case " $SECTIONS " in *" $1 "*) return 0 ;; esac; return 1; }
 say() { echo "$*" | tee -a "$SUM"; }
 fail() { say "FAIL: $*"; status=1; }
@@ -237,6 +239,45 @@ if want kill; then
     say "kill (s2lora launch): PASS"
   else
     fail "kill (s2lora launch): no non-zero exit within 60 s"
+  fi
+fi
+
+if want kill1; then
+  # One GPU (an NCCL world of one under the launcher): the rank gets SIGKILL mid-run, saving
+  # every 4 steps; the launcher must exit non-zero within 60 s, and --resume must continue from
+  # the last state it saved (whatever step that was when the kill landed) to 4 steps past it.
+  echo "== kill1: SIGKILL of the only rank of launch --gpus 1, then --resume" | tee -a "$LOG"
+  tiny || fail "tiny inputs"
+  "$S" launch --gpus 1 --log-dir "$W/k1logs" -- "${TT[@]}" --out "$W/k1" --steps 100000 \
+    --save-every 4 >"$W/k1.log" 2>&1 &
+  lp=$!
+  for _ in $(seq 600); do grep -q "step      9/" "$W/k1.log" && break; sleep 0.2; done
+  for p in $(pgrep -P "$lp"); do kill -9 "$p"; done
+  t0=$(date +%s.%N)
+  wait "$lp"
+  rc=$?
+  dt=$(python3 -c "print(f'{$(date +%s.%N) - $t0:.1f}')")
+  cat "$W/k1.log" >>"$LOG"
+  say "kill1: the launcher exited with code $rc ${dt} s after its rank's SIGKILL: $(tail -n 1 "$W/k1.log")"
+  if [ "$rc" != 0 ] && python3 -c "import sys; sys.exit(0 if $dt < 60 else 1)"; then
+    say "kill1: PASS"
+  else
+    fail "kill1: no non-zero exit within 60 s"
+  fi
+  last=$(find "$W/k1/state" -maxdepth 1 -name 'state-*.safetensors' 2>/dev/null | sort | tail -n 1)
+  last=${last##*state-}
+  last=$((10#${last%.safetensors}))
+  "$S" launch --gpus 1 -- "${TT[@]}" --out "$W/k1" --steps $((last + 4)) --save-every 4 \
+    --resume >"$W/k1r.log" 2>&1
+  rc=$?
+  cat "$W/k1r.log" >>"$LOG"
+  res=$(grep -m1 -o "resumed at step [0-9]*" "$W/k1r.log")
+  final=$(python3 -c "import json; print(max(json.loads(l)['step'] for l in open('$W/k1/train.jsonl')))" 2>/dev/null)
+  say "kill1: --resume: exit $rc, '$res' (last state on disk: step $last), last logged step $final"
+  if [ "$rc" = 0 ] && [ "$res" = "resumed at step $last" ] && [ "$final" = $((last + 4)) ]; then
+    say "kill1: resume PASS"
+  else
+    fail "kill1: --resume did not continue from the last state to step $((last + 4))"
   fi
 fi
 

@@ -110,6 +110,7 @@ static s2_status emit_constants(s2_buf *b, const s2_spec *spec, const s2_attn_pl
         {"S2_FWD_STAGES", NULL, t->fwd_stages, 1, 4},
         {"S2_FWD_WGMMA", NULL, t->fwd_wgmma, 0, 1},
         {"S2_FWD_MBAR", NULL, t->fwd_mbar, 0, 1},
+        {"S2_FWD_TMA", NULL, t->fwd_tma, 0, 1},
         {"S2_TEST_BROKEN", NULL, t->test_broken, 0, 1},
         {"S2_BWD_WARPS", NULL, t->bwd_warps, 1, 8},
         {"S2_BWD_BN", NULL, t->bwd_block_n, 32, 64},
@@ -176,6 +177,8 @@ static s2_status emit_constants(s2_buf *b, const s2_spec *spec, const s2_attn_pl
                       p->tile.bwd_warps, p->tile.bwd_block_n, p->tile.bwd_stages,
                       p->tile.bwd_atomic_dq, p->tile.bwd_wgmma, p->tile.bwd_mbar, p->bwd_block_m,
                       p->tile.bwd_warps);
+    if (unit == S2_UNIT_ATTN_FWD && p->tile.fwd_tma) /* only then, as S2_WINDOW */
+        s2_buf_printf(b, "#define S2_FWD_TMA 1\n\n");
     return S2_OK;
 }
 
@@ -216,86 +219,117 @@ static int directive(const char *line, const char *end, char *word, size_t n, co
     return k > 0;
 }
 
-/* 1 when the line opens a window block: "#if S2_WINDOW", then nothing or a // comment. */
-static int window_open(const char *word, const char *rest, const char *end)
+/* The option blocks (s2_emit_template_text): the macro that opens one, its name in messages and
+ * its bit of the options. */
+static const struct {
+    const char *tag, *label;
+    unsigned bit;
+} opt_blocks[] = {
+    {"S2_WINDOW", "window", S2_EMIT_OPT_WINDOW},
+    {"S2_FWD_TMA", "fwd_tma", S2_EMIT_OPT_FWD_TMA},
+};
+#define N_OPT_BLOCKS ((int)(sizeof opt_blocks / sizeof opt_blocks[0]))
+
+/* The option block the line opens ("#if TAG", then nothing or a // comment), or -1. */
+static int opt_open(const char *word, const char *rest, const char *end)
 {
-    static const char tag[] = "S2_WINDOW";
-    if (strcmp(word, "if") || (size_t)(end - rest) < sizeof tag - 1 ||
-        strncmp(rest, tag, sizeof tag - 1))
-        return 0;
-    const char *p = rest + sizeof tag - 1;
-    while (p < end && (*p == ' ' || *p == '\t' || *p == '\r'))
-        p++;
-    return p == end || (end - p >= 2 && p[0] == '/' && p[1] == '/');
+    if (strcmp(word, "if"))
+        return -1;
+    for (int k = 0; k < N_OPT_BLOCKS; k++) {
+        const size_t n = strlen(opt_blocks[k].tag);
+        if ((size_t)(end - rest) < n || strncmp(rest, opt_blocks[k].tag, n))
+            continue;
+        const char *p = rest + n;
+        while (p < end && (*p == ' ' || *p == '\t' || *p == '\r'))
+            p++;
+        if (p == end || (end - p >= 2 && p[0] == '/' && p[1] == '/'))
+            return k;
+    }
+    return -1;
 }
 
-/*
- * Appends template text t. Window blocks ("#if S2_WINDOW" ... ["#else" ...] "#endif", other
- * conditionals nested inside) are the only place a template says anything about the
- * sequence-parallel window: for a window unit the text goes in whole (the unit defines
- * S2_WINDOW 1); for every other unit each block is resolved here — its directives and window
- * lines dropped, its #else lines kept — so the unit's source is byte for byte what it was
- * before the window existed, and so are its cubin and cache key (tests/test_gen.c pins them).
- * A block without its #endif, a nested window block or an #elif of one is S2_ERR_INVALID.
- */
-s2_status s2_emit_template_text(s2_buf *b, const char *name, const char *t, int window,
+s2_status s2_emit_template_text(s2_buf *b, const char *name, const char *t, unsigned opts,
                                 s2_error *err)
 {
-    enum { OUT, IN_WINDOW, IN_ELSE } state = OUT;
-    int depth = 0, line_no = 0, open_line = 0;
+    /* The open option blocks, innermost last: which option, where it opened, whether its
+     * #else was passed, and the other conditionals open inside it. */
+    struct {
+        int k, line, in_else, depth;
+    } open[N_OPT_BLOCKS];
+    int n_open = 0, line_no = 0;
     for (const char *line = t; *line;) {
         const char *nl = strchr(line, '\n');
         const char *end = nl ? nl : line + strlen(line), *next = nl ? nl + 1 : end;
         line_no++;
         char word[16];
         const char *rest;
-        int keep = 1;
+        int directive_of = -1, dir_k = 0; /* the level and option of the block whose
+                                              directive this line is, if any */
         if (directive(line, end, word, sizeof word, &rest)) {
-            const int opens = !strncmp(word, "if", 2);
-            if (window_open(word, rest, end)) {
-                if (state != OUT)
+            const int k = opt_open(word, rest, end);
+            const int top = n_open - 1;
+            if (k >= 0) {
+                for (int i = 0; i < n_open; i++)
+                    if (open[i].k == k)
+                        return s2_error_set(err, S2_ERR_INVALID,
+                                            "template %s:%d: a %s block inside the one of line "
+                                            "%d; they do not nest", name, line_no,
+                                            opt_blocks[k].label, open[i].line);
+                open[n_open].k = k, open[n_open].line = line_no;
+                open[n_open].in_else = 0, open[n_open].depth = 0;
+                dir_k = k;
+                directive_of = n_open++;
+            } else if (top >= 0 && !strncmp(word, "if", 2)) {
+                open[top].depth++;
+            } else if (top >= 0 && !strcmp(word, "endif")) {
+                if (open[top].depth == 0) {
+                    directive_of = top, dir_k = open[top].k;
+                    n_open--;
+                } else {
+                    open[top].depth--;
+                }
+            } else if (top >= 0 && open[top].depth == 0 && !strcmp(word, "else")) {
+                if (open[top].in_else)
                     return s2_error_set(err, S2_ERR_INVALID,
-                                        "template %s:%d: a window block inside the one of line "
-                                        "%d; they do not nest", name, line_no, open_line);
-                state = IN_WINDOW, depth = 0, open_line = line_no, keep = 0;
-            } else if (state != OUT && opens) {
-                depth++;
-            } else if (state != OUT && !strcmp(word, "endif")) {
-                if (depth == 0)
-                    state = OUT, keep = 0;
-                else
-                    depth--;
-            } else if (state != OUT && depth == 0 && !strcmp(word, "else")) {
-                if (state == IN_ELSE)
-                    return s2_error_set(err, S2_ERR_INVALID,
-                                        "template %s:%d: a second #else in the window block of "
-                                        "line %d", name, line_no, open_line);
-                state = IN_ELSE, keep = 0;
-            } else if (state != OUT && depth == 0 && !strcmp(word, "elif")) {
+                                        "template %s:%d: a second #else in the %s block of "
+                                        "line %d", name, line_no, opt_blocks[open[top].k].label,
+                                        open[top].line);
+                open[top].in_else = 1;
+                directive_of = top, dir_k = open[top].k;
+            } else if (top >= 0 && open[top].depth == 0 && !strcmp(word, "elif")) {
                 return s2_error_set(err, S2_ERR_INVALID,
-                                    "template %s:%d: #elif in the window block of line %d; "
-                                    "valid: #else, #endif", name, line_no, open_line);
+                                    "template %s:%d: #elif in the %s block of line %d; "
+                                    "valid: #else, #endif", name, line_no,
+                                    opt_blocks[open[top].k].label, open[top].line);
             }
         }
-        if (window || (keep && state != IN_WINDOW))
+        /* Kept: a line inside the open blocks where each one's option is on or its #else part
+         * runs; a block's own directive where its option is on and the blocks around it keep
+         * it (an #endif has left the stack: directive_of is its level). */
+        const int levels = directive_of >= 0 ? directive_of : n_open;
+        int keep = directive_of < 0 || (opts & opt_blocks[dir_k].bit);
+        for (int i = 0; i < levels && keep; i++)
+            if (!(opts & opt_blocks[open[i].k].bit) && !open[i].in_else)
+                keep = 0;
+        if (keep)
             s2_buf_append(b, line, (size_t)(next - line));
         line = next;
     }
-    if (state != OUT)
-        return s2_error_set(err, S2_ERR_INVALID,
-                            "template %s: the window block of line %d has no #endif", name,
-                            open_line);
+    if (n_open)
+        return s2_error_set(err, S2_ERR_INVALID, "template %s: the %s block of line %d has no "
+                            "#endif", name, opt_blocks[open[n_open - 1].k].label,
+                            open[n_open - 1].line);
     return S2_OK;
 }
 
-static s2_status emit_template_as(s2_buf *b, const char *name, int window, s2_error *err)
+static s2_status emit_template_as(s2_buf *b, const char *name, unsigned opts, s2_error *err)
 {
     const char *t = s2_emit_template(name);
     if (!t)
         return s2_error_set(err, S2_ERR_INVALID, "template %s is not embedded in this binary",
                             name);
     s2_buf_printf(b, "// ---- templates/%s ----\n", name);
-    s2_status st = s2_emit_template_text(b, name, t, window, err);
+    s2_status st = s2_emit_template_text(b, name, t, opts, err);
     s2_buf_append(b, "\n", 1);
     return st;
 }
@@ -387,7 +421,9 @@ s2_status s2_emit_attn(const s2_spec *spec, const s2_attn_plan *plan, s2_attn_un
     if (unit < 0 || unit >= S2_UNIT_ATTN_COUNT)
         return s2_error_set(err, S2_ERR_INVALID, "unknown attention unit %d", (int)unit);
     s2_buf b = {0};
-    const int w = plan->window;
+    /* the option blocks the unit's templates keep (s2_emit_template_text) */
+    const unsigned w = (plan->window ? S2_EMIT_OPT_WINDOW : 0) |
+                       (unit == S2_UNIT_ATTN_FWD && plan->tile.fwd_tma ? S2_EMIT_OPT_FWD_TMA : 0);
     emit_banner(&b, spec, unit);
     s2_status st = emit_constants(&b, spec, plan, unit, err);
     if (!st)
@@ -401,6 +437,8 @@ s2_status s2_emit_attn(const s2_spec *spec, const s2_attn_plan *plan, s2_attn_un
     if (!st && unit == S2_UNIT_ATTN_FWD && plan->tile.fwd_wgmma) {
         emit_wgmma(&b, plan, plan->tile.fwd_block_n, 0);
         st = emit_template_as(&b, "wgmma.cuh", w, err);
+        if (!st && plan->tile.fwd_tma)
+            st = emit_template_as(&b, "tma.cuh", w, err);
         if (!st)
             st = emit_template_as(&b, "attn_fwd_wgmma.cuh", w, err);
     } else if (!st && unit == S2_UNIT_ATTN_FWD) {

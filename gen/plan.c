@@ -76,6 +76,7 @@ static const struct {
     {"fwd_stages", offsetof(s2_attn_tile, fwd_stages), 1, 4, 0},
     {"fwd_wgmma", offsetof(s2_attn_tile, fwd_wgmma), 0, 1, 0},
     {"fwd_mbar", offsetof(s2_attn_tile, fwd_mbar), 0, 1, 0},
+    {"fwd_tma", offsetof(s2_attn_tile, fwd_tma), 0, 1, 0},
     {"bwd_warps", offsetof(s2_attn_tile, bwd_warps), 1, 8, 0},
     {"bwd_block_n", offsetof(s2_attn_tile, bwd_block_n), 32, 64, 1},
     {"bwd_stages", offsetof(s2_attn_tile, bwd_stages), 1, 4, 0},
@@ -106,7 +107,7 @@ s2_status s2_plan_parse_tile(const char *text, s2_attn_tile *t, s2_error *err)
         if (k == N_TILE_KEYS)
             return s2_error_set(err, S2_ERR_INVALID,
                                 "tile '%s': unknown key '%.*s'; valid: fwd_warps, fwd_strips, "
-                                "fwd_block_n, fwd_stages, fwd_wgmma, fwd_mbar, bwd_warps, "
+                                "fwd_block_n, fwd_stages, fwd_wgmma, fwd_mbar, fwd_tma, bwd_warps, "
                                 "bwd_block_n, bwd_stages, bwd_atomic_dq, bwd_wgmma, bwd_mbar",
                                 text, (int)(eq - p), p);
         char *num_end;
@@ -152,6 +153,7 @@ s2_status s2_plan_check_tile_text(const char *text, const char *arch, s2_error *
                                     tile_keys[k].name);
             const int lo = tile_keys[k].min, hi = tile_keys[k].max;
             wgmma |= (tile_keys[k].off == offsetof(s2_attn_tile, fwd_wgmma) ||
+                      tile_keys[k].off == offsetof(s2_attn_tile, fwd_tma) ||
                       tile_keys[k].off == offsetof(s2_attn_tile, bwd_wgmma)) && v == 1;
             if (v >= lo && v <= hi && (!tile_keys[k].pow2 || (v & (v - 1)) == 0))
                 continue;
@@ -170,8 +172,8 @@ s2_status s2_plan_check_tile_text(const char *text, const char *arch, s2_error *
     }
     if (arch && strcmp(arch, "sm_90a") && wgmma)
         return s2_error_set(err, S2_ERR_INVALID,
-                            "tile '%s': fwd_wgmma or bwd_wgmma = 1 needs sm_90a (Hopper's "
-                            "wgmma), not %s", text, arch);
+                            "tile '%s': fwd_wgmma, fwd_tma or bwd_wgmma = 1 needs sm_90a "
+                            "(Hopper's wgmma and TMA), not %s", text, arch);
     return S2_OK;
 }
 
@@ -213,13 +215,14 @@ static int smem_limit(const char *arch)
 static int bwd_tile_bytes(int rows, int d) { return rows * (d + 2) * 2; }
 
 /* Shared memory of the forward: Q and the K/V stages (the wgmma layout has no row pad but
- * needs 1 KiB to align its panels; with fwd_mbar two 8-byte mbarriers a stage follow). */
+ * needs 1 KiB to align its panels; with fwd_mbar two 8-byte mbarriers a stage follow, and with
+ * fwd_tma Q's own, padded to 16 bytes). */
 static int fwd_smem(const s2_attn_tile *t, int d)
 {
     const int bm = 16 * t->fwd_strips * t->fwd_warps;
     if (t->fwd_wgmma)
         return (bm + 2 * t->fwd_stages * t->fwd_block_n) * d * 2 + 1024 +
-               (t->fwd_mbar ? 16 * t->fwd_stages : 0);
+               (t->fwd_mbar ? 16 * t->fwd_stages : 0) + (t->fwd_tma ? 16 : 0);
     return (bm + 2 * t->fwd_stages * t->fwd_block_n) * (d + 8) * 2;
 }
 
@@ -235,6 +238,14 @@ static s2_status check_fwd_wgmma(const s2_attn_tile *t, int d, const char *arch,
         return s2_error_set(err, S2_ERR_INVALID,
                             "tile: fwd_mbar = 1 with fwd_wgmma 0: valid only with fwd_wgmma = 1 "
                             "(the mma.sync forward steps on block barriers; or fwd_mbar = 0)");
+    if (t->fwd_tma != 0 && t->fwd_tma != 1)
+        return s2_error_set(err, S2_ERR_INVALID, "tile: fwd_tma = %d, valid: 0, 1", t->fwd_tma);
+    if (t->fwd_tma && (!t->fwd_wgmma || !t->fwd_mbar || t->fwd_warps != 8 || t->fwd_stages < 2))
+        return s2_error_set(err, S2_ERR_INVALID,
+                            "tile: fwd_tma = 1 with fwd_wgmma %d, fwd_mbar %d, fwd_warps %d, "
+                            "fwd_stages %d; valid with fwd_wgmma 1, fwd_mbar 1, fwd_warps 8 (the "
+                            "two consumer warpgroups beside the producer) and fwd_stages 2..4",
+                            t->fwd_wgmma, t->fwd_mbar, t->fwd_warps, t->fwd_stages);
     if (!t->fwd_wgmma)
         return S2_OK;
     if (strcmp(arch, "sm_90a"))
@@ -566,7 +577,8 @@ s2_status s2_plan_attn(const s2_spec *spec, const char *arch, const s2_attn_tile
     if (st)
         return st;
     p->fwd_block_m = 16 * p->tile.fwd_strips * p->tile.fwd_warps;
-    p->fwd_threads = 32 * p->tile.fwd_warps;
+    /* with fwd_tma a producer warpgroup beside the fwd_warps that compute */
+    p->fwd_threads = 32 * p->tile.fwd_warps + (p->tile.fwd_tma ? 128 : 0);
     p->bwd_threads = 32 * p->tile.bwd_warps;
     p->bwd_tensor_cores = p->d <= 128;
     p->bwd_block_m = (p->bwd_tensor_cores ? 16 : 2) * p->tile.bwd_warps;
@@ -576,6 +588,12 @@ s2_status s2_plan_attn(const s2_spec *spec, const char *arch, const s2_attn_tile
         bwd_smem(&p->tile, p->d, &p->smem_dq, &p->smem_dkdv);
     p->dq_units = (p->tile.bwd_block_n / 16) * (p->d / 32);
     p->bwd_dq_delta = p->tile.bwd_wgmma && !p->tile.bwd_atomic_dq;
+    if (p->tile.fwd_tma && p->shift_rot)
+        return s2_error_set(err, S2_ERR_INVALID,
+                            "tile: fwd_tma = 1 with shift_mode roll: the TMA forward loads each "
+                            "tile as one box of consecutive rows, and roll mode's last group wraps "
+                            "the sequence's tail onto its head; valid with shift_mode split (or "
+                            "fwd_tma 0, which gathers rows by position)");
     return check_context(spec, p, err);
 }
 
@@ -587,6 +605,7 @@ static const int bwd_widths[] = {32, 64};
 static const int stage_counts[] = {1, 2, 3, 4};
 static const int wgmma_modes[] = {0, 1};
 static const int mbar_modes[] = {0, 1};
+static const int tma_modes[] = {0, 1};
 #define COUNT(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
 /* Appends t if the plan accepts it and it is not the default (already first). */
@@ -621,13 +640,16 @@ int s2_plan_tile_space(const s2_spec *spec, const char *arch, s2_attn_unit unit,
                 for (int b = 0; b < COUNT(strip_counts); b++)
                     for (int c = 0; c < COUNT(fwd_widths); c++)
                         for (int d = 0; d < COUNT(stage_counts); d++)
-                            for (int e = 0; e < COUNT(mbar_modes); e++) {
-                                t.fwd_wgmma = wgmma_modes[w];
-                                t.fwd_warps = warp_counts[a], t.fwd_strips = strip_counts[b];
-                                t.fwd_block_n = fwd_widths[c], t.fwd_stages = stage_counts[d];
-                                t.fwd_mbar = mbar_modes[e];
-                                space_add(spec, arch, &t, &def, out, max, &n);
-                            }
+                            for (int e = 0; e < COUNT(mbar_modes); e++)
+                                for (int f = 0; f < COUNT(tma_modes); f++) {
+                                    t.fwd_wgmma = wgmma_modes[w];
+                                    t.fwd_warps = warp_counts[a];
+                                    t.fwd_strips = strip_counts[b];
+                                    t.fwd_block_n = fwd_widths[c];
+                                    t.fwd_stages = stage_counts[d];
+                                    t.fwd_mbar = mbar_modes[e], t.fwd_tma = tma_modes[f];
+                                    space_add(spec, arch, &t, &def, out, max, &n);
+                                }
 #ifdef S2_TEST_BROKEN_TILE
         t = def; /* the default, miscomputing: the tuner's gate must reject it */
         t.test_broken = 1;
@@ -783,6 +805,11 @@ s2_status s2_plan_window(const s2_spec *spec, s2_attn_plan *p, s2_error *err)
                             "are built and checked for head_dim 64, 128 and 256 only (at 96 the "
                             "dQ kernel spills registers on sm_90a with the window's arguments)",
                             s2_spec_where(spec, "model.head_dim", at, sizeof at), p->d);
+    if (p->tile.fwd_tma)
+        return s2_error_set(err, S2_ERR_INVALID,
+                            "tile: fwd_tma = 1 with a sequence-parallel window: the window's "
+                            "halo rows live in a buffer of their own, which the TMA forward's "
+                            "tensor maps do not address; valid: fwd_tma 0");
     window_tile t[4];
     const int n = window_tile_list(p, t);
     for (int i = 0; i < n; i++)

@@ -33,6 +33,11 @@ typedef struct s2_attn_tile {
     int fwd_mbar;    /* forward with fwd_wgmma: 1 = the stage ring on mbarriers, no block barrier
                         a step, two warpgroups issuing S in turns; 0 = commit groups and a block
                         barrier a step */
+    int fwd_tma;     /* forward with fwd_wgmma, fwd_mbar, fwd_warps 8 and two or more stages,
+                        split mode, no window: 1 = a producer warpgroup loads Q, K and V with
+                        the Tensor Memory Accelerator (one thread issuing, the stage ring's
+                        mbarriers counting the bytes) and hands its registers to the two
+                        consumer warpgroups (setmaxnreg); 0 = every thread copies (cp.async) */
     int bwd_warps;   /* backward: warps per block, 16 rows each (d > 128: 2 rows each) */
     int bwd_block_n; /* backward: keys (dQ) or queries (dK/dV) per streamed tile: 32 or 64 */
     int bwd_stages;  /* backward: streamed tiles in flight: 1..4 */

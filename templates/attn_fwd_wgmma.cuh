@@ -28,12 +28,19 @@
 
 #define S2_FWD_BM (16 * S2_FWD_WARPS)
 #define S2_FWD_THREADS (32 * S2_FWD_WARPS)
+#if S2_FWD_TMA // (the option blocks of the TMA forward: templates/tma.cuh says how it works)
+#define S2_FWD_BLOCK (S2_FWD_THREADS + 128) // the threads that compute, and the producer's
+#endif
 #define S2_PANELS (S2_HEAD_DIM / 64)
 #define S2_SACC (S2_FWD_BN / 2)  // S accumulators per thread (m64 n(BN) over 128 threads)
 #define S2_OACC (S2_HEAD_DIM / 2) // O accumulators per thread
 #define S2_FWD_TURNS (S2_FWD_MBAR && S2_FWD_WARPS == 8)
 
+#if S2_FWD_TMA
+extern "C" __global__ void __launch_bounds__(S2_FWD_BLOCK, 1)
+#else
 extern "C" __global__ void __launch_bounds__(S2_FWD_THREADS, 1)
+#endif
 s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
             const s2_elem *__restrict__ k,      // [T, Hkv, d]
             const s2_elem *__restrict__ v,      // [T, Hkv, d]
@@ -43,7 +50,12 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
 #if S2_WINDOW
             int total_tokens, int win_qlo, int win_klo) // the window (common.cuh)
 #else
+#if S2_FWD_TMA
+            int total_tokens, const __grid_constant__ s2_tmap tm_q, // q, k, v as tensor maps
+            const __grid_constant__ s2_tmap tm_k, const __grid_constant__ s2_tmap tm_v)
+#else
             int total_tokens)
+#endif
 #endif
 {
     s2_grid_dependency();
@@ -70,7 +82,11 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
     if (x0 >= n)
         return;
 #endif
+#if S2_FWD_TMA // the consumers are warpgroups 1 and 2 of the block, numbered 0 and 1 here
+    const int wg = threadIdx.x / 128 - 1, warp = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32;
+#else
     const int wg = threadIdx.x / 128, warp = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32;
+#endif
     const int t = lane % 4;
     const int xlast = min(x0 + S2_FWD_BM, n) - 1;
     const int gs_last = s2_group_start(xlast, cls);
@@ -80,7 +96,22 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
 #if S2_FWD_MBAR // full[STAGES], empty[STAGES] below the stages
     unsigned long long *full = (unsigned long long *)(skv + 2 * S2_FWD_STAGES * kv_stride);
     unsigned long long *empty = full + S2_FWD_STAGES;
+#if S2_FWD_TMA
+    // full[st]: the producer's one arrival and the tile's bytes; empty[st]: every consumer
+    // thread; qbar: Q's bytes.
+    unsigned long long *qbar = empty + S2_FWD_STAGES;
+    if (threadIdx.x == 0) {
+        for (int i = 0; i < S2_FWD_STAGES; i++) {
+            s2_mbar_init(&full[i], 1);
+            s2_mbar_init(&empty[i], S2_FWD_THREADS);
+        }
+        s2_mbar_init(qbar, 1);
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+#else
     s2_mbar_ring_init(full, 2 * S2_FWD_STAGES, S2_FWD_THREADS);
+#endif
 #endif
     // Key/value tile j of the walk into stage j % STAGES (this thread's share; with fwd_mbar 0
     // one commit group a tile, empty past the last tile; with fwd_mbar 1 once every thread is
@@ -88,6 +119,39 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
     // loads tile it + STAGES - 1 into the stage tile it - 1 used, with two or more stages
     // behind the step's S, so the tensor cores start on it first.
     const int n_kt = kt_end - kt_begin;
+#if S2_FWD_TMA
+    if (threadIdx.x < 128) { // the producer: one thread issues every load, the rest leave
+        s2_setmaxnreg_dec<24>();
+        if (threadIdx.x == 0) {
+            constexpr unsigned QBYTES = S2_FWD_BM * S2_HEAD_DIM * 2;
+            constexpr unsigned KVBYTES = 2 * S2_FWD_BN * S2_HEAD_DIM * 2;
+            s2_tma_prefetch_map(&tm_q);
+            s2_tma_prefetch_map(&tm_k);
+            s2_tma_prefetch_map(&tm_v);
+            s2_mbar_expect_tx(qbar, QBYTES);
+#pragma unroll
+            for (int pn = 0; pn < S2_PANELS; pn++)
+                s2_tma_load3(sq + pn * S2_FWD_BM * 64, &tm_q, pn * 64, h, seq0 + x0, qbar);
+            for (int j = 0; j < n_kt; j++) {
+                const int st = j % S2_FWD_STAGES, y0 = seq0 + (kt_begin + j) * S2_FWD_BN;
+                if (j >= S2_FWD_STAGES)
+                    s2_mbar_wait(&empty[st], (j / S2_FWD_STAGES - 1) & 1);
+                s2_elem *dk = skv + (2 * st) * kv_stride;
+                s2_mbar_expect_tx(&full[st], KVBYTES);
+#pragma unroll
+                for (int pn = 0; pn < S2_PANELS; pn++) {
+                    s2_tma_load3(dk + pn * S2_FWD_BN * 64, &tm_k, pn * 64, hk, y0, &full[st]);
+                    s2_tma_load3(dk + kv_stride + pn * S2_FWD_BN * 64, &tm_v, pn * 64, hk, y0,
+                                 &full[st]);
+                }
+            }
+        }
+        return;
+    }
+    s2_setmaxnreg_inc<240>();
+    auto load_tile = [&](int) {}; // the producer loads
+    s2_mbar_wait(qbar, 0);
+#else
     auto copy_tile = [&](int j) { // this thread's copies of tile j, into stage j % STAGES
         s2_elem *dk = skv + (2 * (j % S2_FWD_STAGES)) * kv_stride;
         s2_load_tile_sw<S2_FWD_BN, S2_FWD_THREADS>(dk, k, seq0, (kt_begin + j) * S2_FWD_BN, n, cls, S2_NUM_KV_HEADS, hk);
@@ -113,6 +177,7 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
 #pragma unroll
     for (int j = 0; j < S2_FWD_STAGES - 1; j++)
         load_tile(j);
+#endif
 
     float acc[S2_OACC];
 #pragma unroll
@@ -144,7 +209,10 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
             load_tile(it);
 #endif
             s2_mbar_wait(&full[it % S2_FWD_STAGES], (it / S2_FWD_STAGES) & 1);
+#if S2_FWD_TMA // (the TMA writes through the async proxy, which wgmma reads)
+#else
             s2_fence_proxy_async(); // every thread's copies, visible to this thread's wgmma
+#endif
 #elif S2_FWD_STAGES >= 2
             // One barrier a step (two with one stage): after it, tile it has landed for every
             // thread and every thread is done with tile it - 1, whose stage is reloaded (behind

@@ -103,9 +103,22 @@ static const gcase cases[] = {
  * and 2 take one pipeline stage less where ptxas spills registers (the plan's register rules
  * are estimates) or sm_80's shared memory is exceeded; the same products otherwise. (The tiles are for the 163-227 KiB of shared
  * memory of sm_80 and sm_90; sm_86 and sm_89 have 99 KiB and refuse several of them.) */
-#define N_TILES 6
+#define N_TILES 7
 static const char *alt_tile(int i, int d, const char *arch)
 {
+    /* Tile 6: the TMA forward (a producer warpgroup, two consumers; fwd_tma) on sm_90a with
+     * head_dim 64 and 128, on two stages at 128 (the ring wraps every other tile) and four of
+     * 64-key tiles at 64, after the deterministic wgmma backward. Roll-mode cases and the
+     * window cases take it without fwd_tma (case_tile): the plan refuses the TMA forward there.
+     * Elsewhere tile 6 is the default again. */
+    if (i == 6)
+        return strcmp(arch, "sm_90a") || (d != 64 && d != 128) ? NULL
+               : d == 64 ? "fwd_wgmma=1,fwd_warps=8,fwd_strips=1,fwd_block_n=64,fwd_stages=4,"
+                           "fwd_mbar=1,fwd_tma=1,bwd_wgmma=1,bwd_warps=4,bwd_block_n=64,"
+                           "bwd_stages=4,bwd_atomic_dq=0"
+                         : "fwd_wgmma=1,fwd_warps=8,fwd_strips=1,fwd_block_n=128,fwd_stages=2,"
+                           "fwd_mbar=1,fwd_tma=1,bwd_wgmma=1,bwd_warps=8,bwd_block_n=64,"
+                           "bwd_stages=4,bwd_atomic_dq=0,bwd_mbar=1";
     static const char *const hopper128[2] = {
         "fwd_wgmma=1,fwd_warps=8,fwd_strips=1,fwd_block_n=128,fwd_stages=2,bwd_wgmma=1,"
         "bwd_warps=8,bwd_block_n=64,bwd_stages=3,bwd_atomic_dq=1",
@@ -169,6 +182,8 @@ static const s2_attn_tile *case_tile(const gcase *c, int i, const char *arch, s2
         return NULL;
     *t = s2_plan_default_tile("sm_80", c->d); /* mma.sync; the Hopper tiles name wgmma */
     *st = s2_plan_parse_tile(text, t, err);
+    if (!strcmp(c->mode, "roll"))
+        t->fwd_tma = 0; /* the TMA forward is split mode's (tile 6 above) */
     return t;
 }
 
@@ -496,6 +511,7 @@ static s2_status run_window_case(const s2_rt *rt, const wcase *wc, int tile_idx,
     const s2_attn_tile *tp = case_tile(c, tile_idx, rt->arch, &tile, err, &st);
     if (st)
         return st;
+    tile.fwd_tma = 0; /* the window units take no tensor maps (tile 6 above) */
     s2_attn whole, win;
     if ((st = s2_attn_load(&whole, rt, &spec, tp, jo, err)))
         return st;
@@ -737,6 +753,8 @@ static void *prebuild(void *arg)
         const s2_attn_tile *tp = NULL;
         if (!j->st)
             tp = case_tile(j->c, j->tile_idx, pool->jo.arch, &tile, &j->err, &j->st);
+        if (tp && j->window)
+            tile.fwd_tma = 0; /* as run_window_case */
         for (int w = 0; w <= j->window && !j->st; w++) {
             j->st = w ? s2_attn_build_window(&spec, tp, &pool->jo, &plan, res, &j->err)
                       : s2_attn_build(&spec, tp, &pool->jo, &plan, res, &j->err);

@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cuda.h> /* CUtensorMap and its enums only: the driver is reached through the runtime */
+
 #include "gen/emit.h"
 #include "runtime/core/st.h"
 
@@ -260,6 +262,17 @@ static s2_status load_units(s2_attn *a, const s2_rt *rt, const s2_spec *spec,
                                               cudaFuncAttributeMaxDynamicSharedMemorySize,
                                               a->plan.smem_fwd),
                          "cudaFuncSetAttribute(s2_attn_fwd, max dynamic shared memory)", err);
+    if (!st && a->plan.tile.fwd_tma) {
+        enum cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
+        st = s2_rt_check(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &a->tma_encode,
+                                                          12000, cudaEnableDefault, &q),
+                         "cudaGetDriverEntryPointByVersion(cuTensorMapEncodeTiled)", err);
+        if (!st && (q != cudaDriverEntryPointSuccess || !a->tma_encode))
+            st = s2_error_set(err, S2_ERR_CUDA,
+                              "tile fwd_tma = 1: the driver has no cuTensorMapEncodeTiled "
+                              "(query result %d); a CUDA 12 or newer driver is needed, or "
+                              "fwd_tma 0", (int)q);
+    }
     if (!st)
         st = get_kernel(&a->pre, a->lib[S2_UNIT_ATTN_BWD], "s2_attn_bwd_pre", err);
     if (!st)
@@ -377,6 +390,39 @@ static s2_status check_units(const s2_attn *a, int window, const char *fn, s2_er
                         fn);
 }
 
+typedef CUresult (*tma_encode_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *,
+                                  const cuuint64_t *, const cuuint64_t *, const cuuint32_t *,
+                                  const cuuint32_t *, CUtensorMapInterleave, CUtensorMapSwizzle,
+                                  CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+/* The tensor map of a [T, heads, d] tensor at base for boxes of `rows` rows of one head and 64
+ * of its columns, written in the 128-byte swizzle of the wgmma panels (templates/wgmma.cuh);
+ * rows past T read as zeros. */
+static s2_status tma_map(const s2_attn *a, CUtensorMap *m, const void *base, const char *name,
+                         int T, int heads, int rows, s2_error *err)
+{
+    const int d = a->plan.d;
+    if ((uintptr_t)base % 16)
+        return s2_error_set(err, S2_ERR_INVALID,
+                            "s2_attn_forward: %s at %p is not 16-byte aligned, which the TMA "
+                            "forward (tile fwd_tma = 1) needs; valid: a 16-byte aligned pointer, "
+                            "or fwd_tma 0", name, base);
+    const cuuint64_t dims[3] = {(cuuint64_t)d, (cuuint64_t)heads, (cuuint64_t)T};
+    const cuuint64_t strides[2] = {(cuuint64_t)d * 2, (cuuint64_t)heads * d * 2};
+    const cuuint32_t box[3] = {64, 1, (cuuint32_t)rows}, one[3] = {1, 1, 1};
+    const CUresult r = ((tma_encode_fn)a->tma_encode)(
+        m, a->plan.dtype == S2_DTYPE_BF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
+                                          : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+        3, (void *)base, dims, strides, box, one, CU_TENSOR_MAP_INTERLEAVE_NONE,
+        CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+        CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    if (r != CUDA_SUCCESS)
+        return s2_error_set(err, S2_ERR_CUDA,
+                            "cuTensorMapEncodeTiled(%s [%d, %d, %d], box %d rows): error %d", name,
+                            T, heads, d, rows, (int)r);
+    return S2_OK;
+}
+
 s2_status s2_attn_forward(const s2_attn *a, const s2_attn_batch *bt, const void *q, const void *k,
                           const void *v, void *o, float *lse, cudaStream_t stream, s2_error *err)
 {
@@ -386,10 +432,24 @@ s2_status s2_attn_forward(const s2_attn *a, const s2_attn_batch *bt, const void 
         st = s2_plan_check_batch(&a->plan, bt->max_seqlen, bt->B, T, err);
     if (st)
         return st;
-    void *args[] = {&q, &k, &v, &o, &lse, (void *)&bt->d_cu_seqlens, &T};
-    return launch_pdl(a->fwd, "s2_attn_fwd", s2_plan_grid_fwd(&a->plan, bt->max_seqlen, bt->B),
-                      a->plan.fwd_threads, a->plan.smem_fwd, args, stream, a->plan.tile.fwd_wgmma,
-                      err);
+    const s2_dim3 grid = s2_plan_grid_fwd(&a->plan, bt->max_seqlen, bt->B);
+    if (grid.x == 0)
+        return S2_OK; /* an empty batch: nothing to do (and no tensor map of no rows) */
+    CUtensorMap maps[3];
+    void *args[] = {&q, &k, &v, &o, &lse, (void *)&bt->d_cu_seqlens, &T,
+                    &maps[0], &maps[1], &maps[2]};
+    if (a->plan.tile.fwd_tma) {
+        const int bm = a->plan.fwd_block_m, bn = a->plan.tile.fwd_block_n;
+        st = tma_map(a, &maps[0], q, "q", T, a->plan.H, bm, err);
+        if (!st)
+            st = tma_map(a, &maps[1], k, "k", T, a->plan.Hkv, bn, err);
+        if (!st)
+            st = tma_map(a, &maps[2], v, "v", T, a->plan.Hkv, bn, err);
+        if (st)
+            return st;
+    }
+    return launch_pdl(a->fwd, "s2_attn_fwd", grid, a->plan.fwd_threads, a->plan.smem_fwd, args,
+                      stream, a->plan.tile.fwd_wgmma, err);
 }
 
 /* Row r of a k, v, dk or dv buffer [rows, Hkv, d]: the window kernels take those tensors at

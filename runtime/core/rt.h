@@ -97,6 +97,10 @@ typedef struct s2_attn {
     cudaKernel_t fwd, pre, dq, dkdv, dq_convert;
     double build_ms[S2_UNIT_ATTN_COUNT];
     int cache_hit[S2_UNIT_ATTN_COUNT];
+    /* The driver's cuTensorMapEncodeTiled (through cudaGetDriverEntryPointByVersion: no link
+     * to the driver library), looked up at load when the forward takes tensor maps (fwd_tma);
+     * the maps themselves are made at every launch, for its pointers and token count. */
+    void *tma_encode;
 } s2_attn;
 
 /* Builds for rt->arch (jo->arch is ignored) and loads. s2_attn_free() undoes it. */

@@ -1,0 +1,201 @@
+/*
+ * test_tma.c — the TMA forward (tile fwd_tma) without a GPU: the plan's rules for it, the
+ * emitter's option blocks (S2_FWD_TMA nested in and around S2_WINDOW) and what the emitted units
+ * hold with and without it. Correctness on the device is tests/gpu_check.c's tile 6.
+ */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gen/emit.h"
+#include "gen/plan.h"
+
+static s2_spec load_spec(int d, int H, int Hkv, const char *mode)
+{
+    char yaml[1024];
+    snprintf(yaml, sizeof yaml,
+             "name: t\n"
+             "model: {hidden_size: %d, intermediate_size: 1024, num_layers: 2, num_heads: %d,\n"
+             "        num_kv_heads: %d, head_dim: %d, vocab_size: 256,\n"
+             "        max_position_embeddings: 512}\n"
+             "context_length: 16384\n"
+             "s2attn: {group_size: 4096, shift: 2048, shift_mode: %s}\n",
+             H * d, H, Hkv, d, mode);
+    s2_spec s;
+    s2_error err = {0};
+    cr_assert_eq(s2_spec_load_string(yaml, "t.yaml", NULL, 0, &s, &err), S2_OK, "%s", err.msg);
+    return s;
+}
+
+#define TMA128                                                                                  \
+    "fwd_wgmma=1,fwd_warps=8,fwd_strips=1,fwd_block_n=128,fwd_stages=2,fwd_mbar=1,fwd_tma=1"
+
+/* The plan of s for sm_90a with the default tile and then the tile text applied. */
+static s2_status plan_with(const s2_spec *s, const char *tile, s2_attn_plan *p, s2_error *err)
+{
+    s2_attn_tile t = s2_plan_default_tile("sm_90a", s->model.head_dim);
+    s2_status st = s2_plan_parse_tile(tile, &t, err);
+    return st ? st : s2_plan_attn(s, "sm_90a", &t, p, err);
+}
+
+Test(plan, tma_forward_adds_a_producer_warpgroup)
+{
+    s2_spec s = load_spec(128, 8, 2, "split");
+    s2_attn_plan p, base;
+    s2_error err = {0};
+    cr_assert_eq(plan_with(&s, TMA128, &p, &err), S2_OK, "%s", err.msg);
+    s2_attn_tile t = p.tile;
+    t.fwd_tma = 0;
+    cr_assert_eq(s2_plan_attn(&s, "sm_90a", &t, &base, &err), S2_OK, "%s", err.msg);
+    cr_expect_eq(p.fwd_threads, base.fwd_threads + 128);
+    cr_expect_eq(p.fwd_block_m, base.fwd_block_m, "the producer computes no rows");
+    cr_expect_eq(p.smem_fwd, base.smem_fwd + 16, "Q's mbarrier");
+}
+
+Test(plan, tma_forward_refusals_name_what_is_valid)
+{
+    static const struct {
+        const char *mode, *tile, *want;
+    } bad[] = {
+        {"roll", TMA128, "shift_mode roll"},
+        {"split", "fwd_wgmma=1,fwd_warps=4,fwd_strips=1,fwd_block_n=128,fwd_stages=2,fwd_mbar=1,"
+                  "fwd_tma=1", "fwd_warps 8"},
+        {"split", "fwd_wgmma=1,fwd_warps=8,fwd_strips=1,fwd_block_n=128,fwd_stages=2,fwd_mbar=0,"
+                  "fwd_tma=1", "fwd_mbar 1"},
+        {"split", "fwd_wgmma=1,fwd_warps=8,fwd_strips=1,fwd_block_n=128,fwd_stages=1,fwd_mbar=1,"
+                  "fwd_tma=1", "fwd_stages 2..4"},
+        {"split", "fwd_wgmma=0,fwd_warps=8,fwd_strips=1,fwd_block_n=128,fwd_stages=2,fwd_mbar=0,"
+                  "fwd_tma=1", "fwd_wgmma 1"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        s2_spec s = load_spec(128, 8, 8, bad[i].mode);
+        s2_attn_plan p;
+        s2_error err = {0};
+        cr_expect_eq(plan_with(&s, bad[i].tile, &p, &err), S2_ERR_INVALID, "case %zu", i);
+        cr_expect(err.msg && strstr(err.msg, bad[i].want), "case %zu: %s", i, err.msg);
+        s2_error_clear(&err);
+    }
+    s2_error err = {0};
+    cr_expect_eq(s2_plan_check_tile_text("fwd_tma=1", "sm_90", &err), S2_ERR_INVALID);
+    cr_expect(err.msg && strstr(err.msg, "needs sm_90a"), "%s", err.msg);
+    s2_error_clear(&err);
+    cr_expect_eq(s2_plan_check_tile_text("fwd_tma=2", NULL, &err), S2_ERR_INVALID);
+    s2_error_clear(&err);
+    /* the window units take no tensor maps */
+    s2_spec s = load_spec(128, 8, 8, "split");
+    s2_attn_plan p;
+    cr_assert_eq(plan_with(&s, TMA128, &p, &err), S2_OK, "%s", err.msg);
+    cr_expect_eq(s2_plan_window(&s, &p, &err), S2_ERR_INVALID);
+    cr_expect(err.msg && strstr(err.msg, "fwd_tma = 1 with a sequence-parallel window"), "%s",
+              err.msg);
+    s2_error_clear(&err);
+}
+
+Test(plan, tma_tiles_in_the_forward_space_of_split_mode_only)
+{
+    for (int roll = 0; roll < 2; roll++) {
+        s2_spec s = load_spec(128, 8, 8, roll ? "roll" : "split");
+        const int n = s2_plan_tile_space(&s, "sm_90a", S2_UNIT_ATTN_FWD, NULL, 0);
+        s2_attn_tile *t = calloc((size_t)n, sizeof *t);
+        cr_assert_not_null(t);
+        s2_plan_tile_space(&s, "sm_90a", S2_UNIT_ATTN_FWD, t, n);
+        int tma = 0;
+        for (int i = 0; i < n; i++)
+            tma += t[i].fwd_tma;
+        if (roll)
+            cr_expect_eq(tma, 0, "roll mode: no TMA tile");
+        else
+            cr_expect_gt(tma, 0, "split mode: the tuner tries the TMA forward");
+        free(t);
+    }
+}
+
+static char *resolve(const char *text, unsigned opts)
+{
+    s2_buf b = {0};
+    s2_error err = {0};
+    cr_assert_eq(s2_emit_template_text(&b, "t.cuh", text, opts, &err), S2_OK, "%s", err.msg);
+    return b.data ? b.data : strdup("");
+}
+
+Test(emit, option_blocks_of_different_options_nest)
+{
+    const char *t = "a\n"
+                    "#if S2_WINDOW\n"
+                    "w\n"
+                    "#else\n"
+                    "#if S2_FWD_TMA // inside the window block's #else\n"
+                    "t\n"
+                    "#if X\n"
+                    "tx\n"
+                    "#endif\n"
+                    "#else\n"
+                    "p\n"
+                    "#endif\n"
+                    "#endif\n"
+                    "#if S2_FWD_TMA\n"
+                    "#else\n"
+                    "f\n"
+                    "#endif\n"
+                    "b\n";
+    const struct {
+        unsigned opts;
+        const char *want;
+    } cases[] = {
+        {0, "a\np\nf\nb\n"},
+        {S2_EMIT_OPT_FWD_TMA, "a\n#if S2_FWD_TMA // inside the window block's #else\nt\n"
+                              "#if X\ntx\n#endif\n#else\np\n#endif\n"
+                              "#if S2_FWD_TMA\n#else\nf\n#endif\nb\n"},
+        {S2_EMIT_OPT_WINDOW, "a\n#if S2_WINDOW\nw\n#else\np\n#endif\nf\nb\n"},
+        {S2_EMIT_OPT_WINDOW | S2_EMIT_OPT_FWD_TMA, t},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char *o = resolve(t, cases[i].opts);
+        cr_expect_str_eq(o, cases[i].want, "opts %u", cases[i].opts);
+        free(o);
+    }
+}
+
+Test(emit, option_blocks_of_one_option_do_not_nest)
+{
+    static const char *const bad[][2] = {
+        {"#if S2_FWD_TMA\n#if S2_FWD_TMA\n#endif\n#endif\n", "t.cuh:2: a fwd_tma block inside"},
+        {"#if S2_WINDOW\n#if S2_FWD_TMA\n#if S2_WINDOW\n#endif\n#endif\n#endif\n",
+         "t.cuh:3: a window block inside the one of line 1"},
+        {"#if S2_FWD_TMA\n#elif A\n#endif\n", "#elif in the fwd_tma block of line 1"},
+        {"#if S2_WINDOW\n#if S2_FWD_TMA\n#endif\n", "the window block of line 1 has no #endif"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        s2_buf b = {0};
+        s2_error err = {0};
+        cr_expect_eq(s2_emit_template_text(&b, "t.cuh", bad[i][0], 3, &err), S2_ERR_INVALID,
+                     "case %zu", i);
+        cr_expect(err.msg && strstr(err.msg, bad[i][1]), "case %zu: %s", i, err.msg);
+        s2_error_clear(&err);
+        s2_buf_free(&b);
+    }
+}
+
+Test(emit, only_a_tma_unit_holds_the_tma_text)
+{
+    s2_spec s = load_spec(128, 8, 2, "split");
+    for (int tma = 0; tma < 2; tma++) {
+        s2_attn_plan p;
+        s2_error err = {0};
+        /* the TMA tile, or the default (the same forward on cp.async) */
+        const s2_status st = tma ? plan_with(&s, TMA128, &p, &err)
+                                 : s2_plan_attn(&s, "sm_90a", NULL, &p, &err);
+        cr_assert_eq(st, S2_OK, "%s", err.msg);
+        char *src = NULL;
+        cr_assert_eq(s2_emit_attn(&s, &p, S2_UNIT_ATTN_FWD, &src, &err), S2_OK, "%s", err.msg);
+        cr_expect_eq(strstr(src, "S2_FWD_TMA") != NULL, tma, "tma %d", tma);
+        cr_expect_eq(strstr(src, "cp.async.bulk.tensor") != NULL, tma, "tma %d", tma);
+        cr_expect_eq(strstr(src, "s2_load_tile_sw<S2_FWD_BN") != NULL, 1,
+                     "the cp.async loads stay in the text (the TMA unit's own are in #else parts)");
+        free(src);
+        cr_assert_eq(s2_emit_attn(&s, &p, S2_UNIT_ATTN_BWD, &src, &err), S2_OK, "%s", err.msg);
+        cr_expect_null(strstr(src, "S2_FWD_TMA"), "the backward never holds the forward's option");
+        free(src);
+    }
+}
