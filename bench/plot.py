@@ -309,32 +309,44 @@ def plot_attn(plt, rows, outdir, card, commit):
 def plot_lora(plt, sets, outdir, card, commit):
     """sets: (label, rows); bars per (label, r) in each shape group."""
     shapes = sorted({(r["M"], r["dim"]) for _, rows, _, _ in sets for r in rows})
+    # One colour a rank, one hatch a file (e.g. untuned and tuned).
+    ranks = sorted({r["r"] for _, rows, _, _ in sets for r in rows})
+    cycle = plt.rcParams["axes.prop_cycle"].by_key().get("color", ["C0"])
+    hatches = ["", "//", "..", "xx"]
     series = []
-    for label, rows, _, _ in sets:
+    for k, (label, rows, _, _) in enumerate(sets):
         for rank in sorted({r["r"] for r in rows}):
             name = f"r={rank}" + (f" ({label})" if len(sets) > 1 else "")
-            series.append((name, {(r["M"], r["dim"]): r for r in rows if r["r"] == rank}))
-    fig, axes = plt.subplots(1, 2, figsize=(max(9, 2.2 * len(shapes) + 5), 5.2))
+            series.append((name, cycle[ranks.index(rank) % len(cycle)],
+                           hatches[k % len(hatches)],
+                           {(r["M"], r["dim"]): r for r in rows if r["r"] == rank}))
+    fig, axes = plt.subplots(1, 2, figsize=(max(10, 2.2 * len(shapes) + 5), 5.4))
     width = 0.8 / max(1, len(series))
     for ax, part, what in zip(axes, ("fwd", "fb"), ("forward", "forward + backward")):
-        for i, (name, by_shape) in enumerate(series):
+        top = 15.0 if part == "fb" else 0.0  # the f+b panel shows the 15 % line
+        for i, (name, colour, hatch, by_shape) in enumerate(series):
             xs, ys = [], []
             for j, s in enumerate(shapes):
                 r = by_shape.get(s)
                 if r is not None and not r["failed"] and math.isfinite(r[part]):
                     xs.append(j - 0.4 + width * (i + 0.5))
                     ys.append(r[part])
-            bars = ax.bar(xs, ys, width, label=name)
+            bars = ax.bar(xs, ys, width, label=name, color=colour, hatch=hatch,
+                          edgecolor="white" if hatch else None)
             ax.bar_label(bars, fmt="%.1f", fontsize=7)
+            top = max([top] + ys)
         if part == "fb":
             ax.axhline(15, color="grey", linestyle="--", linewidth=1)
             ax.text(-0.45, 15, "15 %", va="bottom", ha="left", fontsize=8, color="grey")
+        low = min([0.0] + [r[part] for *_, by_shape in series for r in by_shape.values()
+                           if not r["failed"] and math.isfinite(r[part])])
+        ax.set_ylim(1.2 * low, 1.35 * top + 1)  # room above the bars for the legend
         ax.set_xticks(range(len(shapes)))
         ax.set_xticklabels([f"M={m}\n{d}x{d}" for m, d in shapes], fontsize=8)
         ax.set_ylabel("overhead over the frozen base GEMM (%)")
         ax.set_title(what)
         ax.grid(True, axis="y", alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper center", ncol=min(4, len(series), 2 * len(shapes)))
     text, tail = title("LoRA linear, overhead per shape", [s[2] for s in sets],
                        [s[3] for s in sets], card, commit)
     fig.suptitle(text)

@@ -87,11 +87,15 @@ if open(p, "rb").read(8) != b"\x89PNG\r\n\x1a\n":
 img = mpimg.imread(p)
 h, w = img.shape[:2]
 flat = img[..., :3].reshape(-1, 3)
-colours = len({tuple((px * 255).round().astype(int)) for px in flat[:: max(1, len(flat) // 200000)]})
+sample = flat[:: max(1, len(flat) // 200000)]
+colours = len({tuple((px * 255).round().astype(int)) for px in sample})
 std = float(flat.std())
-print(f"{p}: {w}x{h}, {colours} colours, pixel std {std:.3f}")
-if w < 800 or h < 400 or colours < 50 or std < 0.05:
-    sys.exit(f"{p}: looks blank or too small")
+# The first series' colour (matplotlib's first default, #1f77b4: ours, or the first rank or
+# run): drawn lines or bars cover far more pixels than its legend entries alone.
+first = int((abs(flat * 255 - (31, 119, 180)).max(axis=-1) < 40).sum())
+print(f"{p}: {w}x{h}, {colours} colours, pixel std {std:.3f}, {first} pixels of the first series")
+if w < 800 or h < 400 or colours < 50 or std < 0.05 or first < 800:
+    sys.exit(f"{p}: looks blank, too small or without its data")
 PY
 }
 
@@ -105,7 +109,8 @@ cat "$log"
 for c in attn lora train; do
   check "$c.png is a non-blank PNG" png_ok "$out/$c.png"
 done
-check "attn title names the card and commit" grep -q "attn.png (.*SYNTHETIC-CARD, commit SYNTH123)" "$log"
+check "attn title names the card and commit" \
+  grep -q "attn.png (.*SYNTHETIC-CARD, commit SYNTH123)" "$log"
 check "train title takes --card where the input names none" \
   "$py" bench/plot.py --train "$tmp/8192/train.jsonl" --card CARD-FROM-OPTION -o "$tmp/c2"
 check "... and says it" sh -c "'$py' bench/plot.py --train '$tmp/8192/train.jsonl' \
@@ -137,8 +142,8 @@ refused "attn: a row without N" "noN.json: rows[0]: no 'N'" --attn "$tmp/noN.jso
 printf '{"runs": [{"rows": []}, {"device": "x"}]}' >"$tmp/runs.json"
 refused "attn: a run without rows" "runs.json: runs[1]: expected an object with a 'rows' list" \
   --attn "$tmp/runs.json"
-printf 'M,dim,r,fwd_overhead_pct,fb_overhead_pct,failed\n16384,4096,8,5.0,12.0,0\n16384,4096,x,5,12,0\n' \
-  >"$tmp/badr.csv"
+printf 'M,dim,r,fwd_overhead_pct,fb_overhead_pct,failed\n%s\n%s\n' 16384,4096,8,5.0,12.0,0 \
+  16384,4096,x,5,12,0 >"$tmp/badr.csv"
 refused "lora CSV: a bad rank" "badr.csv: line 3: 'r' is 'x'" --lora "$tmp/badr.csv"
 printf 'M,dim,r,fwd_overhead_pct,failed\n16384,4096,8,5.0,0\n' >"$tmp/nofb.csv"
 refused "lora CSV: no f+b overhead" "nofb.csv: line 2: neither 'fb_overhead_pct'" \
