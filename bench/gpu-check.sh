@@ -25,11 +25,21 @@
 # The binaries are built on a machine with the build dependencies (the GPU machine has no
 # libyaml, jansson, nettle or Criterion) and passed in through S2_BIN (default build/).
 # Logs go to $OUT when it is set. Prints a short table last; exit status 1 if anything failed.
+# Machine-readable outputs are kept for the record and the charts: bench attn's JSON and CSV,
+# bench lora's CSVs (untuned, then tuned where the database has the shape) and the trainer's
+# train.jsonl files (the tiny run; s2lora's side of train_peers.py per length) go to
+# $OUT/data/ as the sections run; at the end bench/plot.py draws $OUT/charts/attn.png, lora.png
+# and train.png from them (where a python3 here has matplotlib; the commit and card in the
+# titles), and $OUT/data/ is packed into $OUT/data.tar (one file: $OUT brings back at most 8,
+# so S2_SECTIONS="train lora bench" returns 3 logs, data.tar and the 3 charts).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 BIN=${S2_BIN:-build}
 OUTDIR=${OUT:-/tmp/s2lora-gpu-check}
 mkdir -p "$OUTDIR"
+DATA=$OUTDIR/data # machine-readable outputs, packed into $OUTDIR/data.tar at the end
+rm -rf "$DATA" "$OUTDIR/data.tar" "$OUTDIR/charts" # this run's only, never an earlier one's
+mkdir -p "$DATA"
 export S2LORA_CACHE_DIR=${S2LORA_CACHE_DIR:-/tmp/s2lora-cache}
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 rm -rf "$S2LORA_CACHE_DIR"
@@ -45,7 +55,8 @@ want() { case " ${S2_SECTIONS:-build check peers model train tune gate lora benc
 echo "== card"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 "$BIN/s2lora" version
-echo "commit ${S2_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
+commit=${S2_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
+echo "commit $commit"
 
 if want build; then
 echo "== build llama2-7b-32k for this device (cold, then warm)"
@@ -133,6 +144,12 @@ grep -E "^(eval|passkey) " "$OUTDIR/train.txt"
 python3 bench/peers/train_peers.py "$BIN/s2lora" "$tw/peers" 2>&1 | tee -a "$OUTDIR/train.txt" | tail -5
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 grep -q "FAIL" "$OUTDIR/train.txt" && status=1
+# The step logs for the record and the charts: the tiny run, and s2lora's run at each length of
+# train_peers.py (WORK/LENGTH/s2lora-train/train.jsonl).
+[ -f "$tw/a/train.jsonl" ] && cp "$tw/a/train.jsonl" "$DATA/train-tiny.jsonl"
+for f in "$tw"/peers/*/s2lora-train/train.jsonl; do
+  [ -f "$f" ] && cp "$f" "$DATA/train-$(basename "$(dirname "$(dirname "$f")")").jsonl"
+done
 rm -rf "$tw"
 fi
 
@@ -176,7 +193,8 @@ lora_M=${S2_LORA_M:-16384} lora_dims=${S2_LORA_DIMS:-4096} lora_ranks=${S2_LORA_
 # default spec's groups (7B: its o group is the dim=4096, r=8 case) and the same bench again.
 lora_db=$(mktemp -d /tmp/s2lora-lora-db.XXXXXX)
 S2LORA_CACHE_DIR=$lora_db "$BIN/s2lora" bench lora --M "$lora_M" --dims "$lora_dims" \
-  --ranks "$lora_ranks" >"$OUTDIR/bench_lora.txt" 2>&1 || status=1
+  --ranks "$lora_ranks" --csv "$DATA/bench_lora_untuned.csv" >"$OUTDIR/bench_lora.txt" 2>&1 ||
+  status=1
 lora_m1=${lora_M%%,*}
 t0=$(date +%s%N)
 "$BIN/s2lora" tune specs/llama2-7b-32k.yaml --kernels lora --seqlen "$lora_m1" \
@@ -185,7 +203,7 @@ t1=$(date +%s%N)
 echo "tune --kernels lora at M=$lora_m1: $(( (t1 - t0) / 1000000 )) ms wall" | tee -a "$OUTDIR/bench_lora.txt"
 echo "-- again, with the tuned products where the database has them" >>"$OUTDIR/bench_lora.txt"
 "$BIN/s2lora" bench lora --M "$lora_M" --dims "$lora_dims" --ranks "$lora_ranks" \
-  >>"$OUTDIR/bench_lora.txt" 2>&1 || status=1
+  --csv "$DATA/bench_lora.csv" >>"$OUTDIR/bench_lora.txt" 2>&1 || status=1
 rm -rf "$lora_db"
 python3 bench/peers/lora_peers.py --M "$lora_M" --dims "$lora_dims" --ranks "$lora_ranks" \
   >>"$OUTDIR/bench_lora.txt" 2>&1 || status=1
@@ -222,11 +240,11 @@ for part in d128 d64; do
   [ -f "$bench_tmp/$part.json" ] && bench_jsons+=("$bench_tmp/$part.json")
 done
 if [ ${#bench_csvs[@]} -gt 0 ]; then
-  awk 'FNR == 1 && NR != 1 { next } { print }' "${bench_csvs[@]}" >"$OUTDIR/bench_attn.csv"
+  awk 'FNR == 1 && NR != 1 { next } { print }' "${bench_csvs[@]}" >"$DATA/bench_attn.csv"
 fi
 if [ ${#bench_jsons[@]} -gt 0 ]; then
   python3 -c 'import json, sys; json.dump({"runs": [json.load(open(p)) for p in sys.argv[1:]]}, sys.stdout, indent=1); print()' \
-    "${bench_jsons[@]}" >"$OUTDIR/bench_attn.json"
+    "${bench_jsons[@]}" >"$DATA/bench_attn.json"
 fi
 rm -rf "$bench_tmp"
 fi
@@ -315,6 +333,41 @@ for tool in ${S2_SANITIZE_TOOLS:-memcheck synccheck racecheck}; do
   done
 done
 rm -f "$OUTDIR/san-run.txt"
+fi
+
+echo "== charts of this run's outputs (bench/plot.py)"
+plot_py=""
+for p in python3 /usr/bin/python3; do
+  if command -v "$p" >/dev/null 2>&1 && "$p" -c 'import matplotlib' >/dev/null 2>&1; then
+    plot_py=$p
+    break
+  fi
+done
+plot_args=()
+[ -f "$DATA/bench_attn.json" ] && plot_args+=(--attn "$DATA/bench_attn.json")
+[ -f "$DATA/bench_lora_untuned.csv" ] && plot_args+=(--lora "untuned=$DATA/bench_lora_untuned.csv")
+[ -f "$DATA/bench_lora.csv" ] && plot_args+=(--lora "tuned=$DATA/bench_lora.csv")
+# train_peers.py's lengths only: the tiny model's tokens/s is of another scale.
+for f in "$DATA"/train-[0-9]*.jsonl; do
+  n=$(basename "$f" .jsonl)
+  [ -f "$f" ] && plot_args+=(--train "s2lora, ${n#train-} tokens=$f")
+done
+if [ ${#plot_args[@]} = 0 ]; then
+  echo "charts: none (no section wrote bench or trainer outputs)"
+elif [ -z "$plot_py" ]; then
+  echo "charts: NOT MADE: no python3 here has matplotlib (the outputs are in data.tar)"
+else
+  card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)
+  if ! "$plot_py" bench/plot.py "${plot_args[@]}" --card "$card" --commit "$commit" \
+    -o "$OUTDIR/charts" 2>&1; then
+    echo "charts: FAIL (bench/plot.py)"
+    status=1
+  fi
+fi
+if [ -n "$(ls -A "$DATA")" ]; then
+  tar -cf "$OUTDIR/data.tar" -C "$OUTDIR" data && rm -rf "$DATA"
+else
+  rmdir "$DATA"
 fi
 
 echo "== summary"
