@@ -25,7 +25,6 @@
  * Built without Criterion: the GPU machine has none.
  */
 #include <math.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,6 +35,7 @@
 #include "runtime/ops/lora.h"
 #include "runtime/ref/ref.h"
 #include "runtime/ref/ref_train.h"
+#include "runtime/core/pool.h"
 #include "runtime/core/rt.h"
 #include "runtime/core/st.h"
 #include "runtime/train/train_kern.h"
@@ -720,8 +720,8 @@ static int check_windows(const s2_rt *rt, int ti, const s2_jit_opts *jo, const c
     return failed;
 }
 
-/* Builds every (case, tile) pair's kernels first, on a pool of threads, so the runs below
- * load from the cache. */
+/* Builds every (case, tile) pair's kernels first, on the thread pool, so the runs below load
+ * from the cache. */
 typedef struct prebuild_job {
     const gcase *c;
     int tile_idx;
@@ -732,45 +732,42 @@ typedef struct prebuild_job {
 
 typedef struct prebuild_pool {
     prebuild_job *jobs;
-    int n, next;
+    int n;
     s2_jit_opts jo;
 } prebuild_pool;
 
-static void *prebuild(void *arg)
+/* One pair as an item of the pool: its failure is its own (j->st, j->err). */
+static s2_status prebuild(void *arg, int i, int worker, s2_error *unused)
 {
     prebuild_pool *pool = arg;
-    for (;;) {
-        int i = __atomic_fetch_add(&pool->next, 1, __ATOMIC_RELAXED);
-        if (i >= pool->n)
-            return NULL;
-        prebuild_job *j = &pool->jobs[i];
-        s2_spec spec;
-        s2_attn_plan plan;
-        s2_attn_tile tile;
-        s2_jit_result res[S2_UNIT_ATTN_COUNT];
-        memset(res, 0, sizeof res);
-        j->st = case_spec(j->c, &spec, &j->err);
-        const s2_attn_tile *tp = NULL;
-        if (!j->st)
-            tp = case_tile(j->c, j->tile_idx, pool->jo.arch, &tile, &j->err, &j->st);
-        if (tp && j->window)
-            tile.fwd_tma = 0; /* as run_window_case */
-        for (int w = 0; w <= j->window && !j->st; w++) {
-            j->st = w ? s2_attn_build_window(&spec, tp, &pool->jo, &plan, res, &j->err)
-                      : s2_attn_build(&spec, tp, &pool->jo, &plan, res, &j->err);
-            for (int u = 0; u < S2_UNIT_ATTN_COUNT; u++) {
-                for (int k = 0; !j->st && k < res[u].n_res; k++) {
-                    const s2_kernel_res *r = &res[u].res[k];
-                    if (r->spill_stores + r->spill_loads + r->stack)
-                        j->st = s2_error_set(&j->err, S2_ERR_CHECK,
-                                             "%s%s: %d bytes spilled, %d-byte stack frame",
-                                             r->name, w ? " (window)" : "",
-                                             r->spill_stores + r->spill_loads, r->stack);
-                }
-                s2_jit_result_free(&res[u]);
+    prebuild_job *j = &pool->jobs[i];
+    s2_spec spec;
+    s2_attn_plan plan;
+    s2_attn_tile tile;
+    s2_jit_result res[S2_UNIT_ATTN_COUNT];
+    memset(res, 0, sizeof res);
+    j->st = case_spec(j->c, &spec, &j->err);
+    const s2_attn_tile *tp = NULL;
+    if (!j->st)
+        tp = case_tile(j->c, j->tile_idx, pool->jo.arch, &tile, &j->err, &j->st);
+    if (tp && j->window)
+        tile.fwd_tma = 0; /* as run_window_case */
+    for (int w = 0; w <= j->window && !j->st; w++) {
+        j->st = w ? s2_attn_build_window(&spec, tp, &pool->jo, &plan, res, &j->err)
+                  : s2_attn_build(&spec, tp, &pool->jo, &plan, res, &j->err);
+        for (int u = 0; u < S2_UNIT_ATTN_COUNT; u++) {
+            for (int k = 0; !j->st && k < res[u].n_res; k++) {
+                const s2_kernel_res *r = &res[u].res[k];
+                if (r->spill_stores + r->spill_loads + r->stack)
+                    j->st = s2_error_set(&j->err, S2_ERR_CHECK,
+                                         "%s%s: %d bytes spilled, %d-byte stack frame",
+                                         r->name, w ? " (window)" : "",
+                                         r->spill_stores + r->spill_loads, r->stack);
             }
+            s2_jit_result_free(&res[u]);
         }
     }
+    return S2_OK;
 }
 
 
@@ -2284,14 +2281,13 @@ static int prebuild_all(const char *arch, const char *only)
         for (int ti = 0; ti < N_TILES; ti++)
             pool.jobs[pool.n++] = (prebuild_job){.c = c, .tile_idx = ti, .window = i >= N_CASES};
     }
-    int nth = s2_cpu_count();
-    pthread_t th[64];
-    if (nth > 64)
-        nth = 64;
-    for (int i = 0; i < nth; i++)
-        pthread_create(&th[i], NULL, prebuild, &pool);
-    for (int i = 0; i < nth; i++)
-        pthread_join(th[i], NULL);
+    s2_error perr = {0};
+    if (s2_pool_for(pool.n, 0, prebuild, &pool, &perr)) {
+        fprintf(stderr, "gpu_check: building for %s: %s\n", arch, perr.msg);
+        s2_error_clear(&perr);
+        free(pool.jobs);
+        return pool.n;
+    }
     int failed = 0;
     for (int i = 0; i < pool.n; i++) {
         if (pool.jobs[i].st) {

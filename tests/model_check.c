@@ -448,7 +448,8 @@ static void *sp_rank(void *arg)
     return NULL;
 }
 
-/* Runs every rank's job in its own thread; the first failure's message into err. */
+/* Runs every rank's job in its own thread; the first failure's message into err. Not the thread
+ * pool: the ranks exchange halos with each other, so all P must run at once. */
 static s2_status sp_run(sp_job *jobs, int P, s2_error *err)
 {
     pthread_t th[8];

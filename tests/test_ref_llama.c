@@ -20,6 +20,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "runtime/ref/ref.h"
 #include "runtime/ref/ref_llama.h"
 
 enum { L = 2, HID = 48, H = 4, HKV = 2, D = 16, INTER = 40, VOCAB = 37 };
@@ -627,6 +628,28 @@ Test(llama, bad_inputs_are_refused)
     const int32_t ok[3] = {1, 2, 3}, cu[3] = {0, 2, 4};
     cr_assert_eq(s2_ref_llama_forward(m, ok, 3, cu, 2, NULL, NULL, lg, &err), S2_ERR_INVALID);
     s2_error_clear(&err);
+    s2_ref_llama_free(m);
+    free_weights(&w);
+}
+
+/* The thread pool's width comes from S2LORA_THREADS: an invalid value is named, not taken for a
+ * lack of memory; with the references' own thread count set the variable is not read. */
+Test(llama, invalid_threads_variable_is_named)
+{
+    weights w = tiny_weights(0);
+    s2_ref_llama *m = load(&w, 0);
+    const int32_t tok[3] = {1, 2, 3};
+    float lg[3 * VOCAB];
+    s2_error err = {0};
+    setenv("S2LORA_THREADS", "0", 1);
+    cr_assert_eq(s2_ref_llama_forward(m, tok, 3, NULL, 0, NULL, NULL, lg, &err),
+                 S2_ERR_INVALID);
+    cr_assert(err.msg && strstr(err.msg, "llama forward: S2LORA_THREADS=\"0\""), "%s", err.msg);
+    s2_error_clear(&err);
+    s2_ref_threads = 2;
+    cr_assert_eq(s2_ref_llama_forward(m, tok, 3, NULL, 0, NULL, NULL, lg, &err), S2_OK, "%s",
+                 err.msg);
+    s2_ref_threads = 0;
     s2_ref_llama_free(m);
     free_weights(&w);
 }

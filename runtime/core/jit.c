@@ -21,14 +21,14 @@
 #include <errno.h>
 #include <limits.h>
 #include <nvrtc.h>
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+
+#include "runtime/core/pool.h"
 
 /* Bump when the generator's output changes meaning for the same source text
  * (it is hashed into every key, next to the package version). */
@@ -59,11 +59,6 @@
 
 #define JIT_BASE_OPTS 5
 #define JIT_MAX_OPTS (JIT_BASE_OPTS + S2_JIT_MAX_EXTRA)
-
-/* Workers run the NVRTC front end, which recurses deeply on template-heavy
- * sources; give them a main thread's worth of stack rather than whatever the
- * rlimit makes the default. */
-#define JIT_THREAD_STACK (32u << 20)
 
 static const char *const jit_archs[] = {"sm_80", "sm_86", "sm_89", "sm_90", "sm_90a"};
 #define JIT_N_ARCHS ((int)(sizeof jit_archs / sizeof jit_archs[0]))
@@ -372,8 +367,8 @@ static void jit_key(const char *source, const char *const *opts, int n_opts, int
 /* ------------------------------------------------------------------------ */
 /* One unit                                                                 */
 
-/* What every unit of one s2_jit_build() call shares; read-only in workers
- * except for the two atomics. */
+/* What every unit of one s2_jit_build() call shares; read-only in the pool's
+ * workers, each of which writes only its own unit's result. */
 typedef struct jit_job {
     const s2_jit_src *src;
     int n;
@@ -383,9 +378,6 @@ typedef struct jit_job {
     int n_opts;
     int nv_major, nv_minor;
     s2_jit_result *out;               /* [n] */
-    s2_error *errs;                   /* [n] */
-    atomic_int next;                  /* next unit to take */
-    atomic_int failed;                /* once set, workers take no more units */
 } jit_job;
 
 static const char *unit_name(const s2_jit_src *s)
@@ -799,11 +791,10 @@ static s2_status check_exports(const s2_jit_src *s, const s2_jit_result *r, s2_e
     return S2_OK;
 }
 
-static s2_status run_unit(const jit_job *j, int i)
+static s2_status run_unit(const jit_job *j, int i, s2_error *err)
 {
     const s2_jit_src *s = &j->src[i];
     s2_jit_result *out = &j->out[i];
-    s2_error *err = &j->errs[i];
     double t0 = now_ms();
 
     uint8_t key[32];
@@ -827,40 +818,10 @@ static s2_status run_unit(const jit_job *j, int i)
     return S2_OK;
 }
 
-static void *worker(void *arg)
+/* One unit as an item of the thread pool. */
+static s2_status build_item(void *arg, int item, int worker, s2_error *err)
 {
-    jit_job *j = arg;
-    while (!atomic_load(&j->failed)) {
-        int i = atomic_fetch_add(&j->next, 1);
-        if (i >= j->n)
-            break;
-        if (run_unit(j, i) != S2_OK)
-            atomic_store(&j->failed, 1);
-    }
-    return NULL;
-}
-
-/* The caller's thread works too, so a failed pthread_create only means less
- * parallelism, never a lost unit. */
-static void run_workers(jit_job *j, int threads)
-{
-    pthread_t *tid = threads > 1 ? calloc((size_t)threads - 1, sizeof *tid) : NULL;
-    int started = 0;
-    pthread_attr_t attr;
-    int have_attr = pthread_attr_init(&attr) == 0;
-    if (have_attr)
-        pthread_attr_setstacksize(&attr, JIT_THREAD_STACK);
-    for (int t = 0; tid && t < threads - 1; t++) {
-        if (pthread_create(&tid[started], have_attr ? &attr : NULL, worker, j) != 0)
-            break;
-        started++;
-    }
-    if (have_attr)
-        pthread_attr_destroy(&attr);
-    worker(j);
-    for (int t = 0; t < started; t++)
-        pthread_join(tid[t], NULL);
-    free(tid);
+    return run_unit(arg, item, err);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -925,21 +886,6 @@ static void job_options(jit_job *j, const s2_jit_opts *o, char *arch_opt, size_t
         j->opts[j->n_opts++] = o->extra[i];
 }
 
-/* The lowest-numbered failure becomes the call's error; every result is freed. */
-static s2_status collect_failure(jit_job *j, s2_error *err)
-{
-    s2_status st = S2_OK;
-    for (int i = 0; i < j->n; i++) {
-        if (!st && j->errs[i].status) {
-            st = j->errs[i].status;
-            s2_error_set(err, st, "%s", j->errs[i].msg ? j->errs[i].msg : "build failed");
-        }
-        s2_error_clear(&j->errs[i]);
-        s2_jit_result_free(&j->out[i]);
-    }
-    return st;
-}
-
 s2_status s2_jit_build(const s2_jit_src *src, int n, const s2_jit_opts *o, s2_jit_result *out,
                        s2_error *err)
 {
@@ -951,8 +897,6 @@ s2_status s2_jit_build(const s2_jit_src *src, int n, const s2_jit_opts *o, s2_ji
     memset(out, 0, (size_t)n * sizeof *out);
 
     jit_job j = {.src = src, .n = n, .arch = o->arch, .out = out};
-    atomic_init(&j.next, 0);
-    atomic_init(&j.failed, 0);
     char arch_opt[64], dir[PATH_MAX];
     job_options(&j, o, arch_opt, sizeof arch_opt);
     st = s2_jit_nvrtc_version(&j.nv_major, &j.nv_minor, err);
@@ -964,14 +908,10 @@ s2_status s2_jit_build(const s2_jit_src *src, int n, const s2_jit_opts *o, s2_ji
             return st;
         j.dir = dir;
     }
-    j.errs = calloc((size_t)n, sizeof *j.errs);
-    if (!j.errs)
-        return s2_error_set(err, S2_ERR_NOMEM, "s2_jit_build: out of memory");
-
-    int threads = o->threads ? o->threads : s2_cpu_count();
-    run_workers(&j, threads < n ? threads : n);
-
-    st = atomic_load(&j.failed) ? collect_failure(&j, err) : S2_OK;
-    free(j.errs);
+    /* The pool reports the lowest-numbered failure; then every result is freed. */
+    st = s2_pool_for(n, o->threads, build_item, &j, err);
+    if (st)
+        for (int i = 0; i < n; i++)
+            s2_jit_result_free(&out[i]);
     return st;
 }

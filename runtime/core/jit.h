@@ -44,7 +44,7 @@ typedef struct s2_jit_src {
 typedef struct s2_jit_opts {
     const char *arch;      /* sm_80 | sm_86 | sm_89 | sm_90 | sm_90a */
     const char *cache_dir; /* NULL: the default above */
-    int threads;           /* parallel NVRTC builds; 0 = online CPUs */
+    int threads;           /* parallel NVRTC builds; 0 = the pool's width (pool.h) */
     int no_cache;          /* 1: always build, never read or write the cache */
     int n_extra;           /* extra NVRTC options, part of the key (e.g. "-DS2_X=1") */
     const char *extra[S2_JIT_MAX_EXTRA];

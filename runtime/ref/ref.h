@@ -20,10 +20,11 @@
  *   shifted roll:   group floor(((p - S) mod N) / G),   order (p - S) mod N
  * A row that sees no key cannot occur (every query sees itself).
  *
- * Functions are thread-safe and use up to s2_ref_threads threads internally;
- * results do not depend on the thread count. Attention with T = 0 (or a shape
- * it cannot serve) reads and writes nothing; the LoRA backward with M = 0
- * writes dA = dB = 0 (empty sums). If memory runs out the outputs are NaN.
+ * Functions are thread-safe and use up to s2_ref_threads threads of the pool
+ * (runtime/core/pool.h); results do not depend on the thread count. Attention
+ * with T = 0 (or a shape it cannot serve) reads and writes nothing; the LoRA
+ * backward with M = 0 writes dA = dB = 0 (empty sums). If memory runs out, or
+ * S2LORA_THREADS is invalid (with s2_ref_threads 0), the outputs are NaN.
  */
 #ifndef S2_REF_H
 #define S2_REF_H
@@ -43,7 +44,8 @@ typedef struct s2_ref_attn {
     float scale;                /* softmax scale, usually 1/sqrt(d) */
 } s2_ref_attn;
 
-/* Threads the references may use; 0 (default) means all online CPUs. */
+/* Threads the references may use; 0 (default) means the pool's width (S2LORA_THREADS, else the
+ * online CPUs). */
 extern int s2_ref_threads;
 
 /* The mask predicate, straight from DESIGN §1: 1 if query position p of head h may see key
@@ -123,10 +125,11 @@ void s2_ref_lora_backward(const s2_ref_lora *l, const float *x, const float *W, 
                           const float *B, const float *dy, float *dx, float *dA, float *dB);
 
 /* Internal to the references (shared by ref_attn.c and ref_lora.c, not an API): runs
- * fn(ctx, item, scratch) for every item in [0, n) on up to s2_ref_threads threads, the caller
- * included. Each thread owns a scratch buffer of scratch_bytes. Items must write disjoint
- * outputs; each item runs on one thread, so results do not depend on the thread count.
- * Returns 0, or -1 when some items could not run (no thread could allocate its scratch). */
+ * fn(ctx, item, scratch) for every item in [0, n) on up to s2_ref_threads workers of the pool,
+ * the caller included. Each worker owns a scratch buffer of scratch_bytes. Items must write
+ * disjoint outputs; each item runs on one thread, so results do not depend on the thread count.
+ * Returns 0, or -1 when the items could not run (no worker could allocate its scratch, or
+ * S2LORA_THREADS is invalid). */
 int s2_ref_parallel_for(int n, size_t scratch_bytes, void (*fn)(void *ctx, int item, void *scratch),
                         void *ctx);
 

@@ -25,67 +25,49 @@
 #include "runtime/ref/ref.h"
 
 #include <math.h>
-#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 
 #include "gen/util.h"
+#include "runtime/core/pool.h"
 
 int s2_ref_threads = 0;
 
 /* Tokens per work item: small enough to balance a single long sequence over
  * many threads, large enough that claiming an item costs nothing. */
-enum { CHUNK = 32, MAX_THREADS = 256 };
+enum { CHUNK = 32 };
 
 /* ---- parallel for (shared with ref_lora.c through ref.h) ---- */
 
-typedef struct pf_shared {
-    atomic_int next;  /* next unclaimed item */
-    atomic_int done;  /* items finished */
-    int n;
-    size_t scratch_bytes;
+typedef struct pf_call {
     void (*fn)(void *ctx, int item, void *scratch);
     void *ctx;
-} pf_shared;
+    void *const *scratch; /* one buffer per worker of the pool call */
+} pf_call;
 
-static void *pf_worker(void *arg) {
-    pf_shared *sh = arg;
-    /* A thread without scratch claims nothing: the others take its share. */
-    void *scratch = malloc(sh->scratch_bytes ? sh->scratch_bytes : 1);
-    if (!scratch)
-        return NULL;
-    for (;;) {
-        int i = atomic_fetch_add(&sh->next, 1);
-        if (i >= sh->n)
-            break;
-        sh->fn(sh->ctx, i, scratch);
-        atomic_fetch_add(&sh->done, 1);
-    }
-    free(scratch);
-    return NULL;
+static s2_status pf_item(void *arg, int item, int worker, s2_error *err) {
+    const pf_call *c = arg;
+    c->fn(c->ctx, item, c->scratch[worker]);
+    return S2_OK;
 }
 
 int s2_ref_parallel_for(int n, size_t scratch_bytes, void (*fn)(void *ctx, int item, void *scratch),
                         void *ctx) {
     if (n <= 0)
         return 0;
-    pf_shared sh = {.n = n, .scratch_bytes = scratch_bytes, .fn = fn, .ctx = ctx};
-    atomic_init(&sh.next, 0);
-    atomic_init(&sh.done, 0);
-    int nt = s2_ref_threads > 0 ? s2_ref_threads : s2_cpu_count();
-    if (nt > n)
-        nt = n;
-    if (nt > MAX_THREADS)
-        nt = MAX_THREADS;
-    pthread_t tid[MAX_THREADS];
-    int started = 0;
-    for (int i = 1; i < nt; i++) /* the caller is worker 0 */
-        if (pthread_create(&tid[started], NULL, pf_worker, &sh) == 0)
-            started++;
-    pf_worker(&sh);
-    for (int i = 0; i < started; i++)
-        pthread_join(tid[i], NULL);
-    return atomic_load(&sh.done) == n ? 0 : -1;
+    int width = 0;
+    if (s2_pool_width(n, s2_ref_threads > 0 ? s2_ref_threads : 0, &width, NULL) != S2_OK)
+        return -1;
+    /* A worker without scratch takes no part: the call runs on as many as got theirs. */
+    void *scratch[S2_POOL_MAX_THREADS];
+    int have = 0;
+    while (have < width && (scratch[have] = malloc(scratch_bytes ? scratch_bytes : 1)))
+        have++;
+    pf_call c = {.fn = fn, .ctx = ctx, .scratch = scratch};
+    const int rc = have > 0 && s2_pool_for(n, have, pf_item, &c, NULL) == S2_OK ? 0 : -1;
+    for (int i = 0; i < have; i++)
+        free(scratch[i]);
+    return rc;
 }
 
 /* ---- masks ---- */

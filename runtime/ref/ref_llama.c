@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/core/pool.h"
 #include "runtime/ref/ref.h"
 
 /* ---- loading ------------------------------------------------------------------------------ */
@@ -195,6 +196,13 @@ s2_status s2_ref_llama_forward(const s2_ref_llama *m, const int32_t *tokens, int
             return s2_error_set(err, S2_ERR_INVALID,
                                 "llama forward: token %d at position %d is outside [0, %d)",
                                 tokens[t], t, V);
+    /* An invalid S2LORA_THREADS fails every loop below: say so rather than "out of memory". */
+    int width;
+    const s2_status pool_st = s2_ref_threads > 0 ? S2_OK : s2_pool_threads(&width, err);
+    if (pool_st) {
+        s2_error_prefix(err, "llama forward");
+        return pool_st;
+    }
     s2_ref_attn a = {.T = T, .H = H, .Hkv = Hkv, .d = d, .B = B, .cu_seqlens = cu_seqlens,
                      .G = maxN, .S = 0, .mode = S2_SHIFT_SPLIT,
                      .scale = (float)(1.0 / sqrt((double)d))};

@@ -39,7 +39,7 @@ struct s2_watchdog {
     double timeout, grace;
     s2_watchdog_fatal fatal;
     void *ctx;
-    pthread_t thread;
+    pthread_t thread; /* its own, not the pool's: it must wake on time while the pool is busy */
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int stop;

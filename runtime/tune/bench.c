@@ -19,7 +19,6 @@
 #include <libgen.h>
 #include <limits.h>
 #include <math.h>
-#include <pthread.h>
 #include <spawn.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -29,13 +28,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "runtime/core/pool.h"
 #include "runtime/core/st.h"
 
 extern char **environ;
 
 #define GIB (1024.0 * 1024.0 * 1024.0)
 #define FILL_CHUNK ((size_t)1 << 20)
-#define MAX_FILL_THREADS 64
 #define MAX_REPS 100000
 /* Device memory that may appear beyond our buffers without comment (allocation rounding). */
 #define MEM_SLACK ((size_t)64 << 20)
@@ -354,40 +353,27 @@ typedef struct fill_job {
     uint16_t *dst;
     size_t n;
     uint64_t seed;
-    int tid, nthreads;
 } fill_job;
 
-static void *fill_thread(void *arg)
+static s2_status fill_item(void *arg, int c, int worker, s2_error *err)
 {
     const fill_job *j = arg;
-    size_t chunks = (j->n + FILL_CHUNK - 1) / FILL_CHUNK;
-    for (size_t c = (size_t)j->tid; c < chunks; c += (size_t)j->nthreads) {
-        size_t begin = c * FILL_CHUNK, len = j->n - begin < FILL_CHUNK ? j->n - begin : FILL_CHUNK;
-        fill_chunk(j->dt, j->dst + begin, len, splitmix64(j->seed + c) | 1);
-    }
-    return NULL;
+    const size_t begin = (size_t)c * FILL_CHUNK;
+    const size_t len = j->n - begin < FILL_CHUNK ? j->n - begin : FILL_CHUNK;
+    fill_chunk(j->dt, j->dst + begin, len, splitmix64(j->seed + (uint64_t)c) | 1);
+    return S2_OK;
 }
 
-/* Hundreds of millions of draws at N = 100k: spread over the cores. A thread that cannot be
- * started leaves its chunks to this one. */
-static void fill_normal(s2_st_dtype dt, uint16_t *dst, size_t n, uint64_t seed)
+/* Hundreds of millions of draws at N = 100k: spread over the pool, chunk c from its own stream
+ * (seed + c), so the values do not depend on the thread count. */
+static s2_status fill_normal(s2_st_dtype dt, uint16_t *dst, size_t n, uint64_t seed, s2_error *err)
 {
-    int nt = s2_cpu_count();
-    if (nt > MAX_FILL_THREADS)
-        nt = MAX_FILL_THREADS;
-    pthread_t th[MAX_FILL_THREADS];
-    fill_job job[MAX_FILL_THREADS];
-    int started[MAX_FILL_THREADS] = {0};
-    for (int t = 0; t < nt; t++) {
-        job[t] = (fill_job){.dt = dt, .dst = dst, .n = n, .seed = seed, .tid = t, .nthreads = nt};
-        started[t] = t > 0 && pthread_create(&th[t], NULL, fill_thread, &job[t]) == 0;
-    }
-    for (int t = 0; t < nt; t++)
-        if (!started[t])
-            fill_thread(&job[t]);
-    for (int t = 1; t < nt; t++)
-        if (started[t])
-            pthread_join(th[t], NULL);
+    const size_t chunks = (n + FILL_CHUNK - 1) / FILL_CHUNK;
+    if (chunks > INT_MAX)
+        return s2_error_set(err, S2_ERR_INVALID, "bench inputs: %zu elements (at most %zu)", n,
+                            (size_t)INT_MAX * FILL_CHUNK);
+    fill_job j = {.dt = dt, .dst = dst, .n = n, .seed = seed};
+    return s2_pool_for((int)chunks, 0, fill_item, &j, err);
 }
 
 /* bf16 and fp16 both mark inf and NaN with an all-ones exponent. */
@@ -865,10 +851,17 @@ s2_status s2_bench_run_case(s2_bench_ctx *ctx, const s2_bench_case *c, s2_bench_
         return st;
     /* Fresh inputs per case, reproducible from the run's seed. */
     const uint64_t seed = splitmix64(ctx->opts->seed + 0x100000000ull * (uint64_t)ctx->case_no++);
-    fill_normal(dt, h.q, nq, splitmix64(seed + 1));
-    fill_normal(dt, h.k, nk, splitmix64(seed + 2));
-    fill_normal(dt, h.v, nk, splitmix64(seed + 3));
-    fill_normal(dt, h.dout, nq, splitmix64(seed + 4));
+    st = fill_normal(dt, h.q, nq, splitmix64(seed + 1), err);
+    if (!st)
+        st = fill_normal(dt, h.k, nk, splitmix64(seed + 2), err);
+    if (!st)
+        st = fill_normal(dt, h.v, nk, splitmix64(seed + 3), err);
+    if (!st)
+        st = fill_normal(dt, h.dout, nq, splitmix64(seed + 4), err);
+    if (st) {
+        host_free(&h);
+        return st;
+    }
 
     /* One row per tile (the plan's default without --tile), each on the same inputs. */
     const int n_tiles = ctx->opts->n_tiles ? ctx->opts->n_tiles : 1;

@@ -1,19 +1,18 @@
 /* tune.c — build every candidate of the search space, in parallel. */
 #include "runtime/tune/tune.h"
 
-#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "gen/emit.h"
+#include "runtime/core/pool.h"
 
 typedef struct build_pool {
     const s2_spec *spec;
     const s2_jit_opts *jo;
     s2_tune_candidate *c;
-    int n, next;
 } build_pool;
 
 static void build_one(const build_pool *pool, s2_tune_candidate *c)
@@ -51,15 +50,13 @@ static void build_one(const build_pool *pool, s2_tune_candidate *c)
     c->msg = err.msg; /* owned by the candidate now */
 }
 
-static void *build_worker(void *arg)
+/* One candidate as an item of the thread pool: its failure is its own (c->st, c->msg), never
+ * the call's. */
+static s2_status build_item(void *arg, int item, int worker, s2_error *err)
 {
     build_pool *pool = arg;
-    for (;;) {
-        int i = __atomic_fetch_add(&pool->next, 1, __ATOMIC_RELAXED);
-        if (i >= pool->n)
-            return NULL;
-        build_one(pool, &pool->c[i]);
-    }
+    build_one(pool, &pool->c[item]);
+    return S2_OK;
 }
 
 /* Fills c with the space of unit; returns how many were written. */
@@ -105,20 +102,12 @@ s2_status s2_tune_build_space(const s2_spec *spec, const s2_jit_opts *jo, unsign
         }
         k += got;
     }
-    build_pool pool = {.spec = spec, .jo = jo, .c = c, .n = k};
-    int nth = jo->threads > 0 ? jo->threads : s2_cpu_count();
-    if (nth > k)
-        nth = k;
-    pthread_t th[256];
-    if (nth > 256)
-        nth = 256;
-    int started = 0;
-    for (; started < nth; started++)
-        if (pthread_create(&th[started], NULL, build_worker, &pool) != 0)
-            break;
-    build_worker(&pool); /* the caller works too; it also finishes alone if no thread started */
-    for (int i = 0; i < started; i++)
-        pthread_join(th[i], NULL);
+    build_pool pool = {.spec = spec, .jo = jo, .c = c};
+    s2_status st = s2_pool_for(k, jo->threads, build_item, &pool, err);
+    if (st) {
+        s2_tune_free(c, k);
+        return st;
+    }
     *out = c;
     *n = k;
     return S2_OK;

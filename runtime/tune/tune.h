@@ -33,9 +33,10 @@ typedef struct s2_tune_candidate {
 /*
  * Enumerates the space of every unit in units (bit 1 << S2_UNIT_ATTN_FWD, ...) with
  * s2_plan_tile_space() for jo->arch and builds each candidate's unit on jo->threads threads
- * (0: all cores). Every candidate gets a result, failures included; one with spill bytes or
- * a stack frame is marked spilled and never to be timed. *out is heap (s2_tune_free()); the return
- * is an error only when nothing could be attempted (bad arch, out of memory).
+ * of the pool (0: its width, runtime/core/pool.h). Every candidate gets a result, failures
+ * included; one with spill bytes or a stack frame is marked spilled and never to be timed. *out
+ * is heap (s2_tune_free()); the return is an error only when nothing could be attempted (bad
+ * arch, out of memory, an invalid S2LORA_THREADS).
  */
 s2_status s2_tune_build_space(const s2_spec *spec, const s2_jit_opts *jo, unsigned units,
                               s2_tune_candidate **out, int *n, s2_error *err);

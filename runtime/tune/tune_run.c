@@ -1,13 +1,14 @@
 /* tune_run.c — the tuner on the device: gate every candidate against the default, time it,
  * keep the fastest per unit. */
+#include <limits.h>
 #include <math.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "gen/emit.h"
+#include "runtime/core/pool.h"
 #include "runtime/core/st.h"
 #include "runtime/tune/tune.h"
 
@@ -70,47 +71,35 @@ static void fill_normal(s2_st_dtype dt, uint16_t *h, size_t n, uint64_t *state)
     }
 }
 
-/* One tensor filled by every core: chunk c of FILL_CHUNK elements from its own stream,
- * seeded by splitmix64 of (seed, c), so the values do not depend on the thread count. */
+/* One tensor filled by the pool: chunk c of FILL_CHUNK elements from its own stream, seeded by
+ * splitmix64 of (seed, c), so the values do not depend on the thread count. */
 typedef struct fill_job {
     s2_st_dtype dt;
     uint16_t *h;
-    size_t n, next;
+    size_t n;
     uint64_t seed;
-    pthread_mutex_t mu;
 } fill_job;
 
-static void *fill_worker(void *arg)
+static s2_status fill_item(void *arg, int item, int worker, s2_error *err)
 {
-    fill_job *j = arg;
-    for (;;) {
-        pthread_mutex_lock(&j->mu);
-        const size_t c = j->next++;
-        pthread_mutex_unlock(&j->mu);
-        if (c * FILL_CHUNK >= j->n)
-            return NULL;
-        uint64_t sm = j->seed ^ (c * 0x9E3779B97F4A7C15ull);
-        uint64_t state = s2_splitmix64(&sm) | 1;
-        const size_t len = j->n - c * FILL_CHUNK < FILL_CHUNK ? j->n - c * FILL_CHUNK : FILL_CHUNK;
-        fill_normal(j->dt, j->h + c * FILL_CHUNK, len, &state);
-    }
+    const fill_job *j = arg;
+    const size_t c = (size_t)item;
+    uint64_t sm = j->seed ^ (c * 0x9E3779B97F4A7C15ull);
+    uint64_t state = s2_splitmix64(&sm) | 1;
+    const size_t len = j->n - c * FILL_CHUNK < FILL_CHUNK ? j->n - c * FILL_CHUNK : FILL_CHUNK;
+    fill_normal(j->dt, j->h + c * FILL_CHUNK, len, &state);
+    return S2_OK;
 }
 
-static void fill_parallel(s2_st_dtype dt, uint16_t *h, size_t n, uint64_t seed)
+static s2_status fill_parallel(s2_st_dtype dt, uint16_t *h, size_t n, uint64_t seed,
+                               s2_error *err)
 {
+    const size_t chunks = (n + FILL_CHUNK - 1) / FILL_CHUNK;
+    if (chunks > INT_MAX)
+        return s2_error_set(err, S2_ERR_INVALID, "tuning inputs: %zu elements (at most %zu)", n,
+                            (size_t)INT_MAX * FILL_CHUNK);
     fill_job j = {.dt = dt, .h = h, .n = n, .seed = seed};
-    pthread_mutex_init(&j.mu, NULL);
-    int nth = s2_cpu_count();
-    nth = nth < 1 ? 1 : nth > 64 ? 64 : nth;
-    pthread_t th[64];
-    int started = 0;
-    for (; started < nth - 1; started++)
-        if (pthread_create(&th[started], NULL, fill_worker, &j) != 0)
-            break;
-    fill_worker(&j); /* the caller works too */
-    for (int i = 0; i < started; i++)
-        pthread_join(th[i], NULL);
-    pthread_mutex_destroy(&j.mu);
+    return s2_pool_for((int)chunks, 0, fill_item, &j, err);
 }
 
 static s2_status bufs_alloc(tune_bufs *b, const s2_spec *spec, int N, s2_error *err)
@@ -154,8 +143,10 @@ static s2_status bufs_fill(tune_bufs *b, s2_st_dtype dt, int N, s2_error *err)
     size_t n[] = {b->nq, b->nk, b->nk, b->nq};
     s2_status st = S2_OK;
     for (int i = 0; !st && i < 4; i++) {
-        fill_parallel(dt, h, n[i], s2_splitmix64(&state));
-        st = s2_rt_check(cudaMemcpy(dst[i], h, n[i] * 2, cudaMemcpyHostToDevice), "copy inputs", err);
+        st = fill_parallel(dt, h, n[i], s2_splitmix64(&state), err);
+        if (!st)
+            st = s2_rt_check(cudaMemcpy(dst[i], h, n[i] * 2, cudaMemcpyHostToDevice),
+                             "copy inputs", err);
     }
     int32_t cu[2] = {0, N};
     if (!st)
