@@ -90,7 +90,8 @@ say() { echo "$*" | tee -a "$log"; }
 finish() {
   local rc=$?
   trap - EXIT
-  [ -n "$gen_pid" ] && kill "$gen_pid" 2>/dev/null
+  set +e # the report is written whatever fails here
+  [ -z "$gen_pid" ] || kill "$gen_pid" 2>/dev/null
   if [ $rc != 0 ]; then
     status="FAILED at: $current (exit $rc)"
   elif [ $quick = 1 ]; then

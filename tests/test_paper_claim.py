@@ -317,5 +317,136 @@ class PlanAndReport(unittest.TestCase):
                 self.assertEqual(json.load(f)["run"]["commit"], "abc")
 
 
+# A stand-in for s2lora on a machine without a GPU: it writes what each command of a real run
+# would (train.jsonl, model or adapter files, eval's summary, logits that predict every next
+# token), and logs each call's arguments, so bench/paper-claim.sh's GPU path can be run here.
+FAKE = r"""#!/usr/bin/env python3
+import json, os, struct, sys, time
+a = sys.argv[1:]
+with open(os.environ["FAKE_CALLS"], "a") as f:
+    f.write(json.dumps(a) + "\n")
+def opt(name):
+    return a[a.index(name) + 1]
+cmd = a[0]
+if cmd == "version":
+    print("s2lora 0.0.0 (a stand-in)")
+elif cmd == "init":
+    os.makedirs(opt("-o"))
+elif cmd == "train":
+    if os.environ.get("FAKE_FAIL") and os.environ["FAKE_FAIL"] in " ".join(a):
+        time.sleep(float(os.environ.get("FAKE_SLEEP", "0")))
+        sys.exit("s2lora: simulated failure")
+    out = opt("--out")
+    os.makedirs(out + ("/model" if "--mode" in a else "/adapter"), exist_ok=True)
+    with open(out + "/train.jsonl", "w") as f:
+        for i in range(int(opt("--steps"))):
+            f.write(json.dumps({"step": i + 1, "tokens_per_s": 1e6 + i, "loss_ema": 0.5}) + "\n")
+    sys.stderr.write("s2lora: train on Stand-in GPU (sm_90a)\n")
+elif cmd == "eval":
+    print("eval tiny-byte-512 on Stand-in GPU: full attention, seqlen 512, 2 windows, "
+          "1024 tokens scored, ppl 1.2500 (nll 0.223144), 1 tok/s")
+elif cmd == "logits":
+    with open(opt("--tokens"), "rb") as f:
+        raw = f.read()
+    (n,) = struct.unpack("<Q", raw[:8])
+    head = json.loads(raw[8:8 + n])
+    b0, b1 = head["tokens"]["data_offsets"]
+    tok = struct.unpack(f"<{(b1 - b0) // 4}i", raw[8 + n + b0:8 + n + b1])
+    V = 264
+    logits = bytearray(4 * V * len(tok))
+    for i in range(len(tok) - 1):
+        struct.pack_into("<f", logits, 4 * (i * V + tok[i + 1]), 1.0)
+    js = json.dumps({"__metadata__": {"format": "pt"},
+                     "logits": {"dtype": "F32", "shape": [len(tok), V],
+                                "data_offsets": [0, len(logits)]}}).encode()
+    js += b" " * ((8 - len(js) % 8) % 8)
+    with open(opt("-o"), "wb") as f:
+        f.write(struct.pack("<Q", len(js)) + js + logits)
+else:
+    sys.exit(f"stand-in: {cmd} is not used by a run")
+"""
+
+
+class ScriptWithStandIn(unittest.TestCase):
+    """bench/paper-claim.sh's GPU path, end to end, on the stand-in above."""
+
+    def run_script(self, fail=None, sleep=0):
+        self.tmp = tempfile.TemporaryDirectory()
+        d = self.tmp.name
+        os.mkdir(os.path.join(d, "bin"))
+        fake = os.path.join(d, "bin", "s2lora")
+        with open(fake, "w") as f:
+            f.write(FAKE)
+        os.chmod(fake, 0o755)
+        env = dict(os.environ, S2_BIN=os.path.join(d, "bin"), OUT=os.path.join(d, "out"),
+                   FAKE_CALLS=os.path.join(d, "calls"), S2_PC_PRE_STEPS="3",
+                   S2_PC_EXT_STEPS="2", S2_PC_PASSKEY="1", FAKE_FAIL=fail or "",
+                   FAKE_SLEEP=str(sleep))
+        r = subprocess.run([os.path.join(ROOT, "bench", "paper-claim.sh")], env=env,
+                           capture_output=True, text=True)
+        with open(os.path.join(d, "calls")) as f:
+            calls = [json.loads(x) for x in f]
+        return r, calls, os.path.join(d, "out")
+
+    def tearDown(self):
+        self.tmp.cleanup()
+
+    def test_run(self):
+        r, calls, out = self.run_script()
+        self.assertEqual(r.returncode, 0, r.stderr)
+        trains = [c for c in calls if c[0] == "train"]
+        self.assertEqual(len(trains), 4)
+        pre, ext = trains[0], trains[1:]
+        self.assertIn("--full-attention", pre)
+        self.assertEqual(pre[pre.index("--mode") + 1], "full")
+        self.assertIn("context_length=512", pre)
+        # the three extensions: the same data, steps, seed and context; only the attention
+        for c in ext:
+            self.assertIn("context_length=2048", c)
+            self.assertNotIn("--mode", c)
+            for k in ("--data", "--steps", "--seed", "--lr", "--grad-accum", "--model"):
+                self.assertEqual(c[c.index(k) + 1], ext[0][ext[0].index(k) + 1], k)
+        self.assertEqual([("--full-attention" in c, "s2attn.shift=0" in c) for c in ext],
+                         [(False, False), (False, True), (True, False)])
+        logits = [c for c in calls if c[0] == "logits"]
+        # pre at 512 and 2048, each extension with full attention, S2 and short as trained
+        self.assertEqual(len(logits), 7)
+        as_trained = [c for c in logits if "--s2attn" in c]
+        self.assertEqual([("s2attn.shift=0" in c) for c in as_trained], [False, True])
+        for c in logits[2:]:
+            self.assertIn("--adapter", c)
+        self.assertNotIn("--s2attn", " ".join(" ".join(c) for c in calls if c[0] == "eval"))
+        with open(os.path.join(out, "paper_claim.json")) as f:
+            res = json.load(f)
+        self.assertEqual(res["run"]["status"], "complete")
+        pk = [x for x in res["rows"] if "passkey" in x]
+        self.assertEqual(len(pk), 7)
+        # the stand-in predicts every next token: every prompt is retrieved
+        for x in pk:
+            self.assertEqual(x["passkey"]["all"]["accuracy"], 1.0)
+        with open(os.path.join(out, "paper_claim.md")) as f:
+            md = f.read()
+        self.assertIn("| LoRA+ with short attention (G 512, no shift) | short |", md)
+        self.assertIn("| pre-trained at 512 (its own context) | full | 1.00 | 1.00 | 1.00 |", md)
+
+    def test_failure_is_reported(self):
+        r, calls, out = self.run_script(fail="s2attn.shift=0")
+        self.assertNotEqual(r.returncode, 0)
+        with open(os.path.join(out, "paper_claim.md")) as f:
+            md = f.read()
+        self.assertIn("FAILED at: phase 2 (short attention)", md)
+        self.assertIn("| LoRA+ with S²-Attn (G 512, shift 256) | full |", md)
+        self.assertFalse([c for c in calls if c[0] == "train" and "--full-attention" in c
+                          and "--mode" not in c])
+
+    def test_failure_in_phase_1_is_reported(self):
+        # phase 2's data, written in the background, is done by then: the job is gone
+        r, calls, out = self.run_script(fail="--mode", sleep=1.5)
+        self.assertNotEqual(r.returncode, 0)
+        with open(os.path.join(out, "paper_claim.md")) as f:
+            self.assertIn("FAILED at: phase 1 (pre-training at 512)", f.read())
+        self.assertEqual(len([c for c in calls if c[0] == "train"]), 1)
+
+
 if __name__ == "__main__":
     unittest.main()
