@@ -39,7 +39,9 @@
 # 40 % to phase 1 and 20 % to each phase-2 run. S2_PC_PRE_STEPS and S2_PC_EXT_STEPS (both)
 # fix the steps instead (no calibration). The estimate of each phase is printed before it
 # runs. Exit status: 0 when every step ran, else the failing step's; the report is written
-# either way and says where it stopped. No outcome is assumed: the table is what ran.
+# either way and says where it stopped (and $OUT/rows keeps each evaluation's JSON as it is
+# made). No outcome is assumed: the table is what ran. S2_PC_COMMIT names the commit where
+# the tree has no .git.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -79,7 +81,8 @@ mkdir -p "$OUT"
 log=$OUT/paper_claim.log
 : >"$log"
 w=$(mktemp -d /tmp/s2lora-paper.XXXXXX)
-rows=$w/rows
+rows=$OUT/rows # one JSON per evaluation, kept: `paper_claim.py report` rebuilds the table
+rm -rf "$rows"
 mkdir -p "$rows"
 export S2LORA_CACHE_DIR=${S2LORA_CACHE_DIR:-$w/cache}
 
@@ -108,6 +111,9 @@ finish() {
   exit $rc
 }
 trap finish EXIT
+# a time limit's signal still leaves the report
+trap 'current="$current, stopped by SIGTERM"; exit 143' TERM
+trap 'current="$current, stopped by SIGINT"; exit 130' INT
 
 # s2lora with its stdout in $w/last.out and both outputs in the log (without the per-step
 # lines: train.jsonl has those); in --quick mode, "no CUDA device" (exit 3) counts as checked.
@@ -183,10 +189,10 @@ gen --kind passkey --ctx $EXT_CTX --n "$PK_N" --buckets $PK_BUCKETS_EXT \
 current="init"
 s2 init "$SPEC" --set context_length=$PRE_CTX -o "$w/base0" --seed "$SEED"
 
-PRE_TRAIN=(train "$SPEC" --set context_length=$PRE_CTX --mode full --full-attention
-  --grad-accum $PRE_GA --lr $PRE_LR --warmup 100 --schedule cosine --weight-decay 0.01
+PRE_TRAIN=(train "$SPEC" --set "context_length=$PRE_CTX" --mode full --full-attention
+  --grad-accum "$PRE_GA" --lr "$PRE_LR" --warmup 100 --schedule cosine --weight-decay 0.01
   --save-every 0 --seed "$SEED")
-EXT_TRAIN=(train "$SPEC" --set context_length=$EXT_CTX --grad-accum $EXT_GA --lr $EXT_LR
+EXT_TRAIN=(train "$SPEC" --set "context_length=$EXT_CTX" --grad-accum "$EXT_GA" --lr "$EXT_LR"
   --warmup 20 --save-every 0 --seed "$SEED")
 ext_args() { # the attention of a phase-2 run
   case $1 in
@@ -309,6 +315,6 @@ for mode in s2 short full; do
   # shellcheck disable=SC2046
   [ $mode = full ] || passkey $mode $mode $EXT_CTX "${tuned[@]}" --s2attn $(ext_args $mode)
 done
-current=done
+current="the end"
 info+=("passkey=$PK_N prompts per distance bucket (seed $SEED); distance: the answer's first digit minus the key's first digit in the information line")
 info+=("wall=$SECONDS s for the whole script")

@@ -313,8 +313,19 @@ class PlanAndReport(unittest.TestCase):
             self.assertIn("| LoRA+ with S²-Attn (G 512, shift 256) | full | 0.75 | 0.50 | "
                           "0.62 | 0.625 | 1.000 | 1.5000 |", text)
             self.assertNotIn("short attention (G 512", text)  # no row was written for it
+            self.assertNotIn("warning", text)  # no pre@512 row
             with open(js) as f:
                 self.assertEqual(json.load(f)["run"]["commit"], "abc")
+            low = {b: dict(v, accuracy=0.25) for b, v in pk.items()}
+            with open(os.path.join(rows, "pre.full.pk.json"), "w") as f:
+                json.dump({"label": "pre@512", "ctx": 512, "attention": "full",
+                           "buckets": ["0-256", "256-512"], "passkey": low}, f)
+            with contextlib.redirect_stdout(io.StringIO()):
+                pc.main(["report", "--rows", rows, "--md", md, "--json", js])
+            with open(md) as f:
+                text = f.read()
+            self.assertIn("warning: the pre-trained model retrieves 0.25 of the keys", text)
+            self.assertIn("| pre-trained at 512 (its own context) | full | 0.25 | 0.25 |", text)
 
 
 # A stand-in for s2lora on a machine without a GPU: it writes what each command of a real run
