@@ -89,6 +89,11 @@ export S2LORA_CACHE_DIR=${S2LORA_CACHE_DIR:-$w/cache}
 status=running current=setup gen_pid=
 info=()
 say() { echo "$*" | tee -a "$log"; }
+note() { # a line of the report's header: key, then its words
+  local k=$1
+  shift
+  info+=("$k=$*")
+}
 
 finish() {
   local rc=$?
@@ -165,7 +170,8 @@ rate_of() { "${PY[@]}" rate "$1/train.jsonl" --skip "${2:-5}"; }
 
 say "== paper-claim: s2lora $("$BIN/s2lora" version | head -n 1); binaries $BIN"
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo "${S2_PC_COMMIT:-unknown}")
-info+=("commit=$commit" "spec=$SPEC (4 layers, hidden 256, byte vocabulary)")
+note commit "$commit"
+note spec "$SPEC (4 layers, hidden 256, byte vocabulary)"
 
 current="data: evaluation sets"
 if [ $quick = 1 ]; then
@@ -234,8 +240,10 @@ if [ "$pre_steps" -lt 1 ] || [ "$ext_steps" -lt 1 ]; then
 fi
 est() { awk -v s="$1" -v t="$2" -v r="$3" 'BEGIN { printf "%.0f", s * t / r }'; }
 say "== plan ($rates_from: phase 1 $RATE1 tok/s, phase 2 $RATE2 tok/s):"
-say "   phase 1: $pre_steps steps of $PRE_GA x $PRE_CTX tokens, about $(est "$pre_steps" $((PRE_GA * PRE_CTX)) "$RATE1") s"
-say "   phase 2: 3 runs of $ext_steps steps of $EXT_GA x $EXT_CTX tokens, about $(est "$ext_steps" $((EXT_GA * EXT_CTX)) "$RATE2") s each"
+t1=$(est "$pre_steps" $((PRE_GA * PRE_CTX)) "$RATE1")
+t2=$(est "$ext_steps" $((EXT_GA * EXT_CTX)) "$RATE2")
+say "   phase 1: $pre_steps steps of $PRE_GA x $PRE_CTX tokens, about $t1 s"
+say "   phase 2: 3 runs of $ext_steps steps of $EXT_GA x $EXT_CTX tokens, about $t2 s each"
 say "   evaluations and data: about $RESERVE s in all (S2_PC_RESERVE_S); budget $BUDGET s"
 if [ $quick = 1 ]; then
   say "   (--quick runs 2 steps of each instead)"
@@ -258,14 +266,15 @@ pre_model=$w/pre/model
 if [ $ran = 1 ]; then
   p=$(rate_of "$w/pre" 5)
   read -r r n l <<<"$p"
-  info+=("phase 1=$n steps of $PRE_GA x $PRE_CTX tokens, full FT, full attention, lr $PRE_LR cosine: $((SECONDS - t0)) s, $r tok/s, final loss EMA $l")
+  note "phase 1" "$n steps of $PRE_GA x $PRE_CTX tokens, full FT, full attention, lr" \
+    "$PRE_LR cosine: $((SECONDS - t0)) s, $r tok/s, final loss EMA $l"
   command -v gzip >/dev/null && gzip -c "$w/pre/train.jsonl" >"$OUT/train-pre.jsonl.gz"
 else
   pre_model=$w/base0 # --quick without a GPU: the initial model stands in for the later ones
 fi
 rm -f "$w/train$PRE_CTX.tokens"
 device=$(grep -m 1 -o 'train on .*' "$log" | sed 's/^train on //' || true)
-[ -n "$device" ] && info+=("device=$device")
+[ -z "$device" ] || note device "$device"
 
 ppl pre@$PRE_CTX $PRE_CTX --model "$pre_model"
 passkey pre@$PRE_CTX full $PRE_CTX --model "$pre_model"
@@ -283,7 +292,7 @@ if [ $quick = 0 ]; then # phase 1 may have run long: phase 2 gets what is left
   read -r _ fit _ _ <<<"$p"
   if [ "$fit" -lt "$ext_steps" ]; then
     say "phase 1 ran long: phase 2 cut from $ext_steps to $fit steps a run to fit the budget"
-    info+=("budget=phase 2 cut from $ext_steps to $fit steps a run after phase 1 ran long")
+    note budget "phase 2 cut from $ext_steps to $fit steps a run after phase 1 ran long"
     ext_steps=$fit
   fi
   if [ "$ext_steps" -lt 1 ]; then
@@ -303,7 +312,8 @@ for mode in s2 short full; do
   if [ $ran = 1 ]; then
     p=$(rate_of "$w/ext-$mode" 5)
     read -r r n l <<<"$p"
-    info+=("phase 2 ($mode)=$n steps of $EXT_GA x $EXT_CTX tokens, LoRA+, lr $EXT_LR: $((SECONDS - t0)) s, $r tok/s, final loss EMA $l")
+    note "phase 2 ($mode)" "$n steps of $EXT_GA x $EXT_CTX tokens, LoRA+, lr $EXT_LR:" \
+      "$((SECONDS - t0)) s, $r tok/s, final loss EMA $l"
     command -v gzip >/dev/null && gzip -c "$w/ext-$mode/train.jsonl" >"$OUT/train-$mode.jsonl.gz"
     tuned=(--model "$pre_model" --adapter "$w/ext-$mode/adapter"
       --trainable "$w/ext-$mode/trainable.safetensors")
@@ -316,5 +326,6 @@ for mode in s2 short full; do
   [ $mode = full ] || passkey $mode $mode $EXT_CTX "${tuned[@]}" --s2attn $(ext_args $mode)
 done
 current="the end"
-info+=("passkey=$PK_N prompts per distance bucket (seed $SEED); distance: the answer's first digit minus the key's first digit in the information line")
-info+=("wall=$SECONDS s for the whole script")
+note passkey "$PK_N prompts per distance bucket (seed $SEED); distance: the answer's first" \
+  "digit minus the key's first digit in the information line"
+note wall "$SECONDS s for the whole script"

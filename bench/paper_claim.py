@@ -113,6 +113,8 @@ def documents(kind, ctx, n, seed, buckets=None):
     train/heldout: n documents, the suffix length uniform over 0..room (the key at a uniformly
     random depth). passkey: n documents per bucket, the distance uniform over the part of the
     bucket this context can hold (a bucket it cannot hold at all is an error)."""
+    if n < 1:
+        raise ValueError(f"--n {n}: at least one document")
     rng = random.Random(f"{kind}:{ctx}:{seed}")
     room = filler_room(ctx)
     dmin, dmax = distance_range(ctx)

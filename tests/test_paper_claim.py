@@ -155,6 +155,8 @@ class Corpus(unittest.TestCase):
                 pc.parse_buckets(bad)
         with self.assertRaisesRegex(ValueError, "at least"):
             pc.documents("train", 200, 1, 1)
+        with self.assertRaisesRegex(ValueError, "at least one"):
+            pc.documents("passkey", 512, 0, 1, pc.parse_buckets("0,128"))
 
 
 class AgainstS2lora(unittest.TestCase):
@@ -438,6 +440,10 @@ class ScriptWithStandIn(unittest.TestCase):
         with open(os.path.join(out, "paper_claim.md")) as f:
             md = f.read()
         self.assertIn("| LoRA+ with short attention (G 512, no shift) | short |", md)
+        self.assertRegex(md, r"\n- phase 1: 3 steps of 8 x 512 tokens, .* cosine: .* tok/s, "
+                             r"final loss EMA 0.5000\n")
+        for m in ("s2", "short", "full"):
+            self.assertRegex(md, rf"\n- phase 2 \({m}\): 2 steps of 4 x 2048 tokens, .*, final")
         self.assertIn("| pre-trained at 512 (its own context) | full | 1.00 | 1.00 | 1.00 |", md)
 
     def test_failure_is_reported(self):
