@@ -158,8 +158,10 @@ passkey() {
   s2 logits "$SPEC" --set context_length="$ctx" --tokens "$w/pk$ctx.safetensors" \
     -o "$w/logits.safetensors" "$@"
   [ $ran = 1 ] || return 0
+  local far=()
+  [ "$ctx" != $EXT_CTX ] || far=(--far $((EXT_CTX / 4))) # the keys beyond phase 2's group
   "${PY[@]}" score --meta "$w/pk$ctx.json" --logits "$w/logits.safetensors" --label "$label" \
-    --attention "$att" --out "$rows/$label.$att.pk.json" | tee -a "$log"
+    --attention "$att" --out "$rows/$label.$att.pk.json" "${far[@]}" | tee -a "$log"
   rm -f "$w/logits.safetensors"
 }
 

@@ -302,8 +302,9 @@ def read_safetensors_header(path):
     return head, 8 + n
 
 
-def score(meta, logits_path):
-    """Per-bucket and overall retrieval from the logits of the prompts meta describes."""
+def score(meta, logits_path, far=None):
+    """Per-bucket and overall retrieval from the logits of the prompts meta describes; with
+    far, also over the prompts whose distance is at least far (as group "far+")."""
     head, base = read_safetensors_header(logits_path)
     t = head.get("logits")
     ctx, prompts = meta["ctx"], meta["prompts"]
@@ -328,14 +329,17 @@ def score(meta, logits_path):
                 m = max(row)
                 nll += m + math.log(sum(math.exp(x - m) for x in row)) - row[want]
                 hit += best == want
-            for b in (p["bucket"], "all"):
+            groups = [p["bucket"], "all"] + ([f"{far}+"] if far and p["distance"] >= far else [])
+            for b in groups:
                 s = per.setdefault(b, {"n": 0, "exact": 0, "digits": 0, "nll": 0.0})
                 s["n"] += 1
                 s["exact"] += hit == len(rows)
                 s["digits"] += hit
                 s["nll"] += nll / len(rows)
     out = {}
-    for b in meta["buckets"] + ["all"]:
+    for b in score_columns(meta, far):
+        if b not in per:
+            raise SystemExit(f"{logits_path}: no prompt of distance {b}")
         s = per[b]
         out[b] = {"n": s["n"], "accuracy": s["exact"] / s["n"],
                   "digit_accuracy": s["digits"] / (s["n"] * len(rows)),
@@ -343,15 +347,20 @@ def score(meta, logits_path):
     return out
 
 
+def score_columns(meta, far):
+    """The score's groups in table order: the buckets, far+ (with far), all."""
+    return meta["buckets"] + ([f"{far}+"] if far else []) + ["all"]
+
+
 def cmd_score(a):
     with open(a.meta) as f:
         meta = json.load(f)
-    res = score(meta, a.logits)
+    res = score(meta, a.logits, a.far)
     row = {"label": a.label, "ctx": meta["ctx"], "attention": a.attention,
-           "buckets": meta["buckets"], "passkey": res}
+           "columns": score_columns(meta, a.far), "passkey": res}
     write_atomic(a.out, [json.dumps(row, indent=1).encode()])
     print(f"{a.label}: passkey at {meta['ctx']} ({a.attention} attention): " + ", ".join(
-        f"{b} {res[b]['accuracy']:.2f}" for b in meta["buckets"] + ["all"]))
+        f"{b} {res[b]['accuracy']:.2f}" for b in score_columns(meta, a.far)))
     return 0
 
 
@@ -404,7 +413,7 @@ def cmd_report(a):
                      "extensions' comparison says little about the claim")
     lines.append("")
     for ctx in (512, 2048):
-        bk = next((r["buckets"] for r in rows if r.get("ctx") == ctx and "buckets" in r), None)
+        bk = next((r["columns"] for r in rows if r.get("ctx") == ctx and "columns" in r), None)
         sel = [(lab, desc, att) for lab, desc in MODELS for att in ("full", "s2", "short")
                if (lab, att) in by and by[(lab, att)].get("ctx") == ctx]
         if not sel:
@@ -412,7 +421,7 @@ def cmd_report(a):
         lines.append(f"## At {ctx} tokens: passkey exact match by distance (digits by argmax "
                      "given the true prefix), perplexity on held-out documents")
         lines.append("")
-        cols = (bk or []) + ["all"]
+        cols = bk or ["all"]
         lines.append("| model | eval attention | " + " | ".join(cols) +
                      " | digit acc | digit NLL | ppl |")
         lines.append("| --- | --- |" + " ---: |" * (len(cols) + 3))
@@ -460,6 +469,7 @@ def main(argv=None):
     for k in ("tokens1", "tokens2", "n_ext"):
         p.add_argument("--" + k.replace("_", "-"), dest=k, type=int, required=True)
     s = sub.add_parser("score")
+    s.add_argument("--far", type=int, help="also score the prompts of distance >= FAR together")
     for k in ("meta", "logits", "label", "attention", "out"):
         s.add_argument("--" + k, required=True)
     q = sub.add_parser("ppl")

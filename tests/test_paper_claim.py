@@ -264,6 +264,15 @@ class Scorer(unittest.TestCase):
         for b, idx in (("0-128", range(3)), ("128-256", range(3, 6))):
             want = sum(sum(want_nll[i]) / 5 for i in idx) / 3
             self.assertAlmostEqual(res[b]["digit_nll"], want, places=5)
+        self.assertNotIn("90+", res)
+        # --far: the prompts at distance 90 or more together, across the buckets
+        far = [i for i, p in enumerate(prompts) if p["distance"] >= 90]
+        self.assertTrue(0 < len([i for i in far if i < 3]) < 3 and len(far) < 6)
+        res = pc.score(meta, path, far=90)
+        self.assertEqual(res["90+"]["n"], len(far))
+        exact = sum(not any((i, j) in wrong for j in range(5)) for i in far)
+        self.assertAlmostEqual(res["90+"]["accuracy"], exact / len(far))
+        self.assertEqual(pc.score_columns(meta, 90), ["0-128", "128-256", "90+", "all"])
 
     def test_score_refuses_a_mismatched_file(self):
         meta = {"ctx": 300, "buckets": ["0-128"], "answer_rows": pc.answer_rows(300),
@@ -299,7 +308,7 @@ class PlanAndReport(unittest.TestCase):
                   for b, a in (("0-256", 0.75), ("256-512", 0.5), ("all", 0.625))}
             for name, row in (
                     ("s2.full.pk", {"label": "s2", "ctx": 2048, "attention": "full",
-                                    "buckets": ["0-256", "256-512"], "passkey": pk}),
+                                    "columns": ["0-256", "256-512", "all"], "passkey": pk}),
                     ("s2.full.ppl", {"label": "s2", "ctx": 2048, "attention": "full",
                                      "ppl": 1.5, "nll": 0.4})):
                 with open(os.path.join(rows, name + ".json"), "w") as f:
@@ -321,7 +330,7 @@ class PlanAndReport(unittest.TestCase):
             low = {b: dict(v, accuracy=0.25) for b, v in pk.items()}
             with open(os.path.join(rows, "pre.full.pk.json"), "w") as f:
                 json.dump({"label": "pre@512", "ctx": 512, "attention": "full",
-                           "buckets": ["0-256", "256-512"], "passkey": low}, f)
+                           "columns": ["0-256", "256-512", "all"], "passkey": low}, f)
             with contextlib.redirect_stdout(io.StringIO()):
                 pc.main(["report", "--rows", rows, "--md", md, "--json", js])
             with open(md) as f:
@@ -440,6 +449,7 @@ class ScriptWithStandIn(unittest.TestCase):
         with open(os.path.join(out, "paper_claim.md")) as f:
             md = f.read()
         self.assertIn("| LoRA+ with short attention (G 512, no shift) | short |", md)
+        self.assertIn("| 1536-2048 | 512+ | all | digit acc |", md)  # beyond phase 2's G
         self.assertRegex(md, r"\n- phase 1: 3 steps of 8 x 512 tokens, .* cosine: .* tok/s, "
                              r"final loss EMA 0.5000\n")
         for m in ("s2", "short", "full"):
