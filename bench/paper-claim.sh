@@ -1,0 +1,333 @@
+#!/usr/bin/env bash
+# LongLoRA's central claim, tested where long-range information matters (issue 20 item 5):
+# a model fine-tuned to a longer context with S²-Attn (groups of G tokens, half of the heads
+# shifted by G/2) can use FULL attention at that context at evaluation; one fine-tuned with
+# plain short attention (the same groups, no shift) cannot. bench/real-run.sh did not show it:
+# long distances did not matter in its corpus. Here they do: LongLoRA's passkey retrieval.
+#
+#   1. a synthetic corpus (bench/paper_claim.py gen): every document is LongLoRA's passkey
+#      prompt (a random five-digit key at a random depth inside filler text, the question
+#      "What is the pass key? The pass key is" at the end) followed by the answer;
+#   2. phase 1: a byte-level LLaMA of specs/tiny-byte-512.yaml's shape (`s2lora init`) is
+#      pre-trained from scratch at 512 tokens (`train --mode full --full-attention`), so it
+#      learns the retrieval at short range (passkey accuracy at 512 is reported);
+#   3. phase 2: extended 4x to 2048 tokens (RoPE interpolated x4) with LoRA+ three ways, with
+#      the same steps, data and seed: S²-Attn (G 512, shift 256: the spec's defaults at 2048),
+#      short attention (G 512, --set s2attn.shift=0) and full attention (--full-attention);
+#   4. every model is evaluated with FULL attention at 2048: perplexity on held-out documents
+#      (`s2lora eval`) and passkey retrieval by distance bucket from `s2lora logits` on 200
+#      held-out prompts (40 per bucket of the key's distance from the answer: 0-256, 256-512,
+#      512-1024, 1024-1536, 1536-2048): a prompt counts when the argmax of each of the five
+#      answer digits, given the true prefix (teacher forcing), is the key's digit, which is
+#      exactly when greedy decoding would produce the key. The S²- and short-trained models are
+#      also scored with the attention they were trained with (their passkeys beyond G are out
+#      of their reach there: a check of the masks); the pre-trained model also at 512.
+#
+#   bench/paper-claim.sh          on the GPU machine, with the binaries of bench/build-carry.sh
+#                                 (S2_BIN, default .carry/bin); results in $OUT
+#                                 (paper_claim.md, paper_claim.json, paper_claim.log)
+#   bench/paper-claim.sh --quick  the pipeline's wiring without a GPU (default binary
+#                                 build/s2lora): small data sets, the token writer checked
+#                                 byte for byte against `s2lora data`, `s2lora init`, and every
+#                                 train, eval and logits command of a real run with its
+#                                 arguments (they check all their files and exit 3, "no CUDA
+#                                 device", where there is none), and the full-size plan
+#
+# Time: S2_PC_BUDGET_S (default 480 s) is the whole run's wall time. Two short calibration
+# runs (40 steps of phase 1's shape, 15 of phase 2's with full attention) measure tokens/s;
+# what is left after S2_PC_RESERVE_S (default 90 s: data, process starts, evaluations) goes
+# 40 % to phase 1 and 20 % to each phase-2 run. S2_PC_PRE_STEPS and S2_PC_EXT_STEPS (both)
+# fix the steps instead (no calibration). The estimate of each phase is printed before it
+# runs. Exit status: 0 when every step ran, else the failing step's; the report is written
+# either way and says where it stopped (and $OUT/rows keeps each evaluation's JSON as it is
+# made). No outcome is assumed: the table is what ran. S2_PC_COMMIT names the commit where
+# the tree has no .git.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+quick=0
+case "${1:-}" in
+"") ;;
+--quick) quick=1 ;;
+*)
+  echo "usage: bench/paper-claim.sh [--quick]" >&2
+  exit 2
+  ;;
+esac
+
+if [ -n "${S2_BIN:-}" ]; then
+  BIN=$S2_BIN
+elif [ $quick = 1 ] || [ ! -x .carry/bin/s2lora ]; then
+  BIN=build
+else
+  BIN=.carry/bin
+fi
+PY=(python3 bench/paper_claim.py)
+SPEC=specs/tiny-byte-512.yaml
+PRE_CTX=512 EXT_CTX=2048             # phase 2 is 4x phase 1 (the spec's rope_factor is 4)
+PRE_GA=8 EXT_GA=4                    # micro-batches (one sequence each) a step
+PRE_LR=1e-3 EXT_LR=2e-4              # EXT_LR as bench/real-run.sh's extension
+SEED=${S2_PC_SEED:-1}
+BUDGET=${S2_PC_BUDGET_S:-480}
+RESERVE=${S2_PC_RESERVE_S:-90}
+PK_N=${S2_PC_PASSKEY:-40}            # prompts per distance bucket
+PK_BUCKETS_PRE=0,128,256,512
+PK_BUCKETS_EXT=0,256,512,1024,1536,2048
+# Rates assumed before calibration (and in --quick's plan): bench/RESULTS.md's real run
+# trained 16M tokens at 512 and 2 x 8M at 4096 on this model in about a minute on an H200.
+RATE1=400000 RATE2=500000
+OUT=${OUT:-/tmp/s2lora-paper-claim}
+mkdir -p "$OUT"
+log=$OUT/paper_claim.log
+: >"$log"
+w=$(mktemp -d /tmp/s2lora-paper.XXXXXX)
+rows=$OUT/rows # one JSON per evaluation, kept: `paper_claim.py report` rebuilds the table
+rm -rf "$rows"
+mkdir -p "$rows"
+export S2LORA_CACHE_DIR=${S2LORA_CACHE_DIR:-$w/cache}
+
+status=running current=setup gen_pid=
+info=()
+say() { echo "$*" | tee -a "$log"; }
+note() { # a line of the report's header: key, then its words
+  local k=$1
+  shift
+  info+=("$k=$*")
+}
+
+finish() {
+  local rc=$?
+  trap - EXIT
+  set +e # the report is written whatever fails here
+  [ -z "$gen_pid" ] || kill "$gen_pid" 2>/dev/null
+  if [ $rc != 0 ]; then
+    status="FAILED at: $current (exit $rc)"
+  elif [ $quick = 1 ]; then
+    status="dry run (--quick): wiring checked, nothing trained"
+  else
+    status="complete"
+  fi
+  "${PY[@]}" report --rows "$rows" --md "$OUT/paper_claim.md" --json "$OUT/paper_claim.json" \
+    --info "status=$status" "${info[@]/#/--info=}" >>"$log" 2>&1 ||
+    echo "paper-claim: the report could not be written (see $log)" >&2
+  [ -f "$OUT/paper_claim.md" ] && cat "$OUT/paper_claim.md"
+  echo "paper-claim: $status; log in $log" >&2
+  rm -rf "$w"
+  exit $rc
+}
+trap finish EXIT
+# a time limit's signal still leaves the report
+trap 'current="$current, stopped by SIGTERM"; exit 143' TERM
+trap 'current="$current, stopped by SIGINT"; exit 130' INT
+
+# s2lora with its stdout in $w/last.out and both outputs in the log (without the per-step
+# lines: train.jsonl has those); in --quick mode, "no CUDA device" (exit 3) counts as checked.
+ran=1
+s2() {
+  local rc=0
+  "$BIN/s2lora" "$@" >"$w/last.out" 2>"$w/last.err" || rc=$?
+  cat "$w/last.out" >>"$log"
+  grep -Ev ': step +[0-9]+/' "$w/last.err" >>"$log" || true
+  ran=1
+  if [ $rc = 3 ] && [ $quick = 1 ]; then
+    ran=0
+    echo "  (checked: s2lora $1 read and accepted every file; no CUDA device here)" | tee -a "$log"
+    return 0
+  fi
+  [ $rc = 0 ] || { tail -n 5 "$w/last.err" >&2; return $rc; }
+}
+
+# Perplexity on the held-out documents with full attention: label, ctx, eval arguments.
+ppl() {
+  local label=$1 ctx=$2
+  shift 2
+  current="eval $label"
+  s2 eval "$SPEC" --set context_length="$ctx" --data "$w/heldout$ctx.tokens" "$@"
+  [ $ran = 1 ] || return 0
+  "${PY[@]}" ppl --line "$(tail -n 1 "$w/last.out")" --label "$label" --ctx "$ctx" \
+    --out "$rows/$label.full.ppl.json"
+  say "$label: $(tail -n 1 "$w/last.out")"
+}
+
+# Passkey retrieval from one forward over the prompts: label, attention (full, s2, short),
+# ctx, logits arguments.
+passkey() {
+  local label=$1 att=$2 ctx=$3
+  shift 3
+  current="passkey $label ($att attention)"
+  s2 logits "$SPEC" --set context_length="$ctx" --tokens "$w/pk$ctx.safetensors" \
+    -o "$w/logits.safetensors" "$@"
+  [ $ran = 1 ] || return 0
+  local far=()
+  [ "$ctx" != $EXT_CTX ] || far=(--far $((EXT_CTX / 4))) # the keys beyond phase 2's group
+  "${PY[@]}" score --meta "$w/pk$ctx.json" --logits "$w/logits.safetensors" --label "$label" \
+    --attention "$att" --out "$rows/$label.$att.pk.json" "${far[@]}" | tee -a "$log"
+  rm -f "$w/logits.safetensors"
+}
+
+gen() { "${PY[@]}" gen --seed "$SEED" "$@" >>"$log"; }
+
+# What a run's train.jsonl says: median tokens/s, steps, last loss EMA.
+rate_of() { "${PY[@]}" rate "$1/train.jsonl" --skip "${2:-5}"; }
+
+say "== paper-claim: s2lora $("$BIN/s2lora" version | head -n 1); binaries $BIN"
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo "${S2_PC_COMMIT:-unknown}")
+note commit "$commit"
+note spec "$SPEC (4 layers, hidden 256, byte vocabulary)"
+
+current="data: evaluation sets"
+if [ $quick = 1 ]; then
+  PK_N=2
+  # the token writer against s2lora's own: the same documents, byte for byte
+  gen --kind heldout --ctx $PRE_CTX --n 3 -o "$w/py.tokens" --text-dir "$w/txt"
+  current="data: the token writer against s2lora data"
+  "$BIN/s2lora" data --bytes "$w"/txt/*.txt -o "$w/c.tokens" >>"$log"
+  cmp "$w/py.tokens" "$w/c.tokens"
+  say "token files: bench/paper_claim.py's equals s2lora data's, byte for byte"
+fi
+current="data: evaluation sets"
+n_held512=$((quick ? 3 : 257)) n_held2048=$((quick ? 3 : 65)) # +1: a window needs a label
+gen --kind heldout --ctx $PRE_CTX --n $n_held512 -o "$w/heldout$PRE_CTX.tokens"
+gen --kind heldout --ctx $EXT_CTX --n $n_held2048 -o "$w/heldout$EXT_CTX.tokens"
+gen --kind passkey --ctx $PRE_CTX --n "$PK_N" --buckets $PK_BUCKETS_PRE \
+  --meta "$w/pk$PRE_CTX.json" --logits-in "$w/pk$PRE_CTX.safetensors"
+gen --kind passkey --ctx $EXT_CTX --n "$PK_N" --buckets $PK_BUCKETS_EXT \
+  --meta "$w/pk$EXT_CTX.json" --logits-in "$w/pk$EXT_CTX.safetensors"
+
+current="init"
+s2 init "$SPEC" --set context_length=$PRE_CTX -o "$w/base0" --seed "$SEED"
+
+PRE_TRAIN=(train "$SPEC" --set "context_length=$PRE_CTX" --mode full --full-attention
+  --grad-accum "$PRE_GA" --lr "$PRE_LR" --warmup 100 --schedule cosine --weight-decay 0.01
+  --save-every 0 --seed "$SEED")
+EXT_TRAIN=(train "$SPEC" --set "context_length=$EXT_CTX" --grad-accum "$EXT_GA" --lr "$EXT_LR"
+  --warmup 20 --save-every 0 --seed "$SEED")
+ext_args() { # the attention of a phase-2 run
+  case $1 in
+  s2) ;;
+  short) echo "--set s2attn.shift=0" ;;
+  full) echo "--full-attention" ;;
+  esac
+}
+
+# ---- the steps: fixed, or measured rates and the budget
+rates_from="assumed (bench/RESULTS.md's real run)"
+if [ -n "${S2_PC_PRE_STEPS:-}" ] && [ -n "${S2_PC_EXT_STEPS:-}" ]; then
+  pre_steps=$S2_PC_PRE_STEPS ext_steps=$S2_PC_EXT_STEPS
+  rates_from="assumed; steps fixed by S2_PC_PRE_STEPS and S2_PC_EXT_STEPS"
+else
+  if [ $quick = 0 ]; then
+    current="calibration"
+    say "== calibration: 40 steps of phase 1's shape, 15 of phase 2's (full attention)"
+    gen --kind train --ctx $PRE_CTX --n $((40 * PRE_GA + 1)) -o "$w/cal$PRE_CTX.tokens"
+    gen --kind train --ctx $EXT_CTX --n $((15 * EXT_GA + 1)) -o "$w/cal$EXT_CTX.tokens"
+    s2 "${PRE_TRAIN[@]}" --model "$w/base0" --data "$w/cal$PRE_CTX.tokens" --out "$w/cal1" \
+      --steps 40
+    s2 "${EXT_TRAIN[@]}" --full-attention --model "$w/base0" --data "$w/cal$EXT_CTX.tokens" \
+      --out "$w/cal2" --steps 15
+    r=$(rate_of "$w/cal1" 5) && RATE1=${r%% *}
+    r=$(rate_of "$w/cal2" 3) && RATE2=${r%% *}
+    rates_from="measured by the calibration runs"
+    rm -rf "$w/cal1" "$w/cal2" "$w"/cal*.tokens
+  fi
+  p=$("${PY[@]}" plan --budget "$BUDGET" --elapsed $((quick ? 15 : SECONDS)) \
+    --reserve "$RESERVE" --rate1 "$RATE1" --rate2 "$RATE2" --tokens1 $((PRE_GA * PRE_CTX)) \
+    --tokens2 $((EXT_GA * EXT_CTX)) --share1 0.4 --n-ext 3)
+  read -r pre_steps ext_steps _ _ <<<"$p"
+fi
+if [ "$pre_steps" -lt 1 ] || [ "$ext_steps" -lt 1 ]; then
+  current="plan"
+  say "the budget leaves no steps: phase 1 $pre_steps, phase 2 $ext_steps (S2_PC_BUDGET_S=$BUDGET)"
+  exit 1
+fi
+est() { awk -v s="$1" -v t="$2" -v r="$3" 'BEGIN { printf "%.0f", s * t / r }'; }
+say "== plan ($rates_from: phase 1 $RATE1 tok/s, phase 2 $RATE2 tok/s):"
+t1=$(est "$pre_steps" $((PRE_GA * PRE_CTX)) "$RATE1")
+t2=$(est "$ext_steps" $((EXT_GA * EXT_CTX)) "$RATE2")
+say "   phase 1: $pre_steps steps of $PRE_GA x $PRE_CTX tokens, about $t1 s"
+say "   phase 2: 3 runs of $ext_steps steps of $EXT_GA x $EXT_CTX tokens, about $t2 s each"
+say "   evaluations and data: about $RESERVE s in all (S2_PC_RESERVE_S); budget $BUDGET s"
+if [ $quick = 1 ]; then
+  say "   (--quick runs 2 steps of each instead)"
+  pre_steps=2 ext_steps=2
+fi
+
+current="data: training sets"
+gen --kind train --ctx $PRE_CTX --n $((pre_steps * PRE_GA + 1)) -o "$w/train$PRE_CTX.tokens"
+# phase 2's documents are written while phase 1 trains (the trainer uses one core)
+"${PY[@]}" gen --seed "$SEED" --kind train --ctx $EXT_CTX --n $((ext_steps * EXT_GA + 1)) \
+  -o "$w/train$EXT_CTX.tokens" >>"$log" 2>&1 &
+gen_pid=$!
+
+current="phase 1 (pre-training at $PRE_CTX)"
+say "== $current: $pre_steps steps"
+t0=$SECONDS
+s2 "${PRE_TRAIN[@]}" --model "$w/base0" --data "$w/train$PRE_CTX.tokens" --out "$w/pre" \
+  --steps "$pre_steps"
+pre_model=$w/pre/model
+if [ $ran = 1 ]; then
+  p=$(rate_of "$w/pre" 5)
+  read -r r n l <<<"$p"
+  note "phase 1" "$n steps of $PRE_GA x $PRE_CTX tokens, full FT, full attention, lr" \
+    "$PRE_LR cosine: $((SECONDS - t0)) s, $r tok/s, final loss EMA $l"
+  command -v gzip >/dev/null && gzip -c "$w/pre/train.jsonl" >"$OUT/train-pre.jsonl.gz"
+else
+  pre_model=$w/base0 # --quick without a GPU: the initial model stands in for the later ones
+fi
+rm -f "$w/train$PRE_CTX.tokens"
+device=$(grep -m 1 -o 'train on .*' "$log" | sed 's/^train on //' || true)
+[ -z "$device" ] || note device "$device"
+
+ppl pre@$PRE_CTX $PRE_CTX --model "$pre_model"
+passkey pre@$PRE_CTX full $PRE_CTX --model "$pre_model"
+ppl pre@$EXT_CTX $EXT_CTX --model "$pre_model"
+passkey pre@$EXT_CTX full $EXT_CTX --model "$pre_model"
+
+current="data: phase 2's training set"
+wait "$gen_pid"
+gen_pid=
+
+if [ $quick = 0 ]; then # phase 1 may have run long: phase 2 gets what is left
+  p=$("${PY[@]}" plan --budget "$BUDGET" --elapsed $SECONDS --reserve $((RESERVE * 3 / 4)) \
+    --rate1 1 --rate2 "$RATE2" --tokens1 1 --tokens2 $((EXT_GA * EXT_CTX)) --share1 0 \
+    --n-ext 3)
+  read -r _ fit _ _ <<<"$p"
+  if [ "$fit" -lt "$ext_steps" ]; then
+    say "phase 1 ran long: phase 2 cut from $ext_steps to $fit steps a run to fit the budget"
+    note budget "phase 2 cut from $ext_steps to $fit steps a run after phase 1 ran long"
+    ext_steps=$fit
+  fi
+  if [ "$ext_steps" -lt 1 ]; then
+    current="phase 2 plan"
+    say "no time is left for phase 2 (S2_PC_BUDGET_S=$BUDGET)"
+    exit 1
+  fi
+fi
+
+for mode in s2 short full; do
+  current="phase 2 ($mode attention)"
+  say "== $current: $ext_steps steps"
+  t0=$SECONDS
+  # shellcheck disable=SC2046 # ext_args is empty or one option and its value
+  s2 "${EXT_TRAIN[@]}" $(ext_args $mode) --model "$pre_model" --data "$w/train$EXT_CTX.tokens" \
+    --out "$w/ext-$mode" --steps "$ext_steps"
+  if [ $ran = 1 ]; then
+    p=$(rate_of "$w/ext-$mode" 5)
+    read -r r n l <<<"$p"
+    note "phase 2 ($mode)" "$n steps of $EXT_GA x $EXT_CTX tokens, LoRA+, lr $EXT_LR:" \
+      "$((SECONDS - t0)) s, $r tok/s, final loss EMA $l"
+    command -v gzip >/dev/null && gzip -c "$w/ext-$mode/train.jsonl" >"$OUT/train-$mode.jsonl.gz"
+    tuned=(--model "$pre_model" --adapter "$w/ext-$mode/adapter"
+      --trainable "$w/ext-$mode/trainable.safetensors")
+  else # --quick without a GPU: no adapter exists; the evaluations are checked without one
+    tuned=(--model "$pre_model")
+  fi
+  ppl $mode $EXT_CTX "${tuned[@]}"
+  passkey $mode full $EXT_CTX "${tuned[@]}"
+  # shellcheck disable=SC2046
+  [ $mode = full ] || passkey $mode $mode $EXT_CTX "${tuned[@]}" --s2attn $(ext_args $mode)
+done
+current="the end"
+note passkey "$PK_N prompts per distance bucket (seed $SEED); distance: the answer's first" \
+  "digit minus the key's first digit in the information line"
+note wall "$SECONDS s for the whole script"

@@ -1,0 +1,493 @@
+#!/usr/bin/env python3
+"""The helper of bench/paper-claim.sh: LongLoRA's claim, tested where long range matters.
+
+Subcommands (python3 standard library only; the GPU machine has no internet):
+
+  gen      a synthetic passkey corpus as an s2lora token file (runtime/train/data.h, format 1),
+           every document exactly --ctx tokens: BOS, LongLoRA's passkey prompt with its answer,
+           EOS. --kind train/heldout: the key at a uniformly random depth; --kind passkey: an
+           evaluation set stratified by the key's distance from the answer (--buckets), also
+           written as `s2lora logits` input (--logits-in: safetensors "tokens" I32 [T] and
+           "cu_seqlens" I32 [B+1]) with a JSON of every prompt's key, distance and bucket
+           (--meta); --text-dir also writes each document's bytes as a text file (to check the
+           token file against `s2lora data --bytes`)
+  rate     the median tokens/s of a train.jsonl (steps after the first few)
+  plan     steps for each phase from a time budget and measured (or assumed) rates
+  score    passkey retrieval from an `s2lora logits` output: exact match of the five digits
+           by argmax given the true prefix (teacher forcing), digit accuracy and the digits'
+           mean NLL, by distance bucket
+  report   the results table (markdown) and JSON from the rows written by score and eval
+
+The document (LongLoRA's passkey_retrieval.py, with a five-digit key and the answer appended):
+
+  TASK \\n PREFIX \\n The pass key is K. Remember it. K is the pass key. \\n SUFFIX \\n
+  What is the pass key? The pass key is K.
+
+PREFIX and SUFFIX are cut from the repeated filler at any character, as LongLoRA cuts them; their
+lengths add up to what makes the document exactly --ctx tokens. The distance of a prompt is
+the answer's first digit's position minus the position of the key's first digit after "The
+pass key is" in the information line: 82 + len(SUFFIX).
+"""
+import argparse
+import hashlib
+import json
+import math
+import os
+import random
+import re
+import statistics
+import struct
+import sys
+import tempfile
+
+TASK = ("There is an important info hidden inside a lot of irrelevant text. Find it and "
+        "memorize them. I will quiz you about the important information there.")
+GARBAGE = ("The grass is green. The sky is blue. The sun is yellow. Here we go. There and back "
+           "again.")
+QUESTION = "What is the pass key? The pass key is"
+KEY_DIGITS = 5
+
+# runtime/train/data.h's byte-level vocabulary: token = byte + 8; 1 BOS, 2 EOS; 264 tokens.
+BYTE_OFFSET, BOS, EOS, VOCAB = 8, 1, 2, 264
+
+
+def info_line(key):
+    return f"The pass key is {key}. Remember it. {key} is the pass key."
+
+
+def filler(n):
+    """The first n characters of LongLoRA's garbage_inf (" ".join([garbage] * 5000))."""
+    reps = n // (len(GARBAGE) + 1) + 1
+    return " ".join([GARBAGE] * reps)[:n]
+
+
+# What is not filler: the task, four newlines, the information line, the question, " K.".
+FIXED = len(TASK) + 4 + len(info_line(10 ** (KEY_DIGITS - 1))) + len(QUESTION) + 2 + KEY_DIGITS
+# From the key's first digit in the information line to the answer's first digit, with an
+# empty SUFFIX: the rest of the information line, two newlines, the question and the space.
+DIST_BASE = len(info_line(10 ** (KEY_DIGITS - 1))) - len("The pass key is ") + 2 + len(QUESTION) + 1
+
+
+def filler_room(ctx):
+    """len(PREFIX) + len(SUFFIX) of a document of ctx tokens (BOS and EOS included)."""
+    room = ctx - 2 - FIXED
+    if room < 0:
+        raise ValueError(f"--ctx {ctx}: a document needs at least {FIXED + 2} tokens")
+    return room
+
+
+def distance_range(ctx):
+    """The smallest and largest distance a document of ctx tokens can have."""
+    return DIST_BASE, DIST_BASE + filler_room(ctx)
+
+
+def document(ctx, key, n_suffix):
+    """(text, distance): the document's bytes between BOS and EOS, and its distance."""
+    room = filler_room(ctx)
+    if not 0 <= n_suffix <= room:
+        raise ValueError(f"suffix of {n_suffix} characters: valid 0..{room} at --ctx {ctx}")
+    text = "\n".join([TASK, filler(room - n_suffix), info_line(key), filler(n_suffix),
+                      QUESTION]) + f" {key}."
+    assert len(text) == ctx - 2, (len(text), ctx)
+    return text, DIST_BASE + n_suffix
+
+
+def parse_buckets(spec):
+    """"0,256,512" -> [(0, 256), (256, 512)]: half-open distance ranges."""
+    try:
+        edges = [int(x) for x in spec.split(",")]
+    except ValueError:
+        raise ValueError(f"--buckets {spec}: expected increasing integers, e.g. 0,256,512")
+    if len(edges) < 2 or any(b <= a for a, b in zip(edges, edges[1:])) or edges[0] < 0:
+        raise ValueError(f"--buckets {spec}: expected at least two increasing integers >= 0")
+    return list(zip(edges, edges[1:]))
+
+
+def bucket_name(lo, hi):
+    return f"{lo}-{hi}"
+
+
+def documents(kind, ctx, n, seed, buckets=None):
+    """The corpus: a list of dicts (text, key, distance, bucket), the same for the same seed.
+
+    train/heldout: n documents, the suffix length uniform over 0..room (the key at a uniformly
+    random depth). passkey: n documents per bucket, the distance uniform over the part of the
+    bucket this context can hold (a bucket it cannot hold at all is an error)."""
+    if n < 1:
+        raise ValueError(f"--n {n}: at least one document")
+    rng = random.Random(f"{kind}:{ctx}:{seed}")
+    room = filler_room(ctx)
+    dmin, dmax = distance_range(ctx)
+    out = []
+
+    def one(n_suffix, bucket):
+        key = rng.randrange(10 ** (KEY_DIGITS - 1), 10 ** KEY_DIGITS)
+        text, dist = document(ctx, key, n_suffix)
+        out.append({"text": text, "key": str(key), "distance": dist, "bucket": bucket})
+
+    if kind in ("train", "heldout"):
+        for _ in range(n):
+            one(rng.randint(0, room), None)
+        return out
+    if kind != "passkey":
+        raise ValueError(f"--kind {kind}: valid train, heldout, passkey")
+    for lo, hi in buckets:
+        a, b = max(lo, dmin), min(hi - 1, dmax)
+        if a > b:
+            raise ValueError(f"bucket {bucket_name(lo, hi)}: a document of {ctx} tokens has "
+                             f"distances {dmin}..{dmax} only")
+        for _ in range(n):
+            one(rng.randint(a, b) - DIST_BASE, bucket_name(lo, hi))
+    return out
+
+
+def doc_tokens(text):
+    """The document's tokens as little-endian u16 bytes: BOS, byte + 8 each, EOS."""
+    raw = text.encode("ascii")
+    low = bytes([BOS]) + raw.translate(_SHIFT) + bytes([EOS])
+    out = bytearray(2 * len(low))
+    out[0::2] = low  # ASCII + 8 < 256: every high byte is 0
+    return out
+
+
+_SHIFT = bytes((i + BYTE_OFFSET) & 0xFF for i in range(256))
+
+
+def write_atomic(path, chunks):
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".paper-claim.", dir=d)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for c in chunks:
+                f.write(c)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def write_token_file(path, docs):
+    """runtime/train/data.h's format 1, width 2: header, tokens, padding, document index."""
+    body = bytearray()
+    index = [0]
+    for d in docs:
+        body += doc_tokens(d["text"])
+        index.append(len(body) // 2)
+    n = index[-1]
+    body += b"\0" * ((8 - len(body) % 8) % 8)
+    body += struct.pack(f"<{len(index)}Q", *index)
+    digest = hashlib.sha256(body).digest()[:16]
+    header = b"S2TOKENS" + struct.pack("<IIQQII", 1, 2, n, len(docs), VOCAB, 0) + digest
+    header += b"\0" * 8
+    write_atomic(path, [header, body])
+    return n
+
+
+def safetensors_bytes(tensors, metadata=None):
+    """tensors: [(name, dtype, shape, raw bytes)] laid out back to back, as s2_st_write does."""
+    head = {}
+    if metadata:
+        head["__metadata__"] = metadata
+    off = 0
+    for name, dtype, shape, raw in tensors:
+        head[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [off, off + len(raw)]}
+        off += len(raw)
+    js = json.dumps(head, separators=(",", ":")).encode()
+    js += b" " * ((8 - len(js) % 8) % 8)
+    return [struct.pack("<Q", len(js)), js] + [raw for _, _, _, raw in tensors]
+
+
+def write_logits_input(path, docs, ctx):
+    u16 = bytearray()
+    for d in docs:
+        u16 += doc_tokens(d["text"])
+    tokens = bytearray(2 * len(u16))  # each u16 widened to a little-endian i32
+    tokens[0::4] = u16[0::2]
+    tokens[1::4] = u16[1::2]
+    cu = struct.pack(f"<{len(docs) + 1}i", *[i * ctx for i in range(len(docs) + 1)])
+    write_atomic(path, safetensors_bytes(
+        [("tokens", "I32", [len(docs) * ctx], bytes(tokens)), ("cu_seqlens", "I32",
+                                                                 [len(docs) + 1], cu)],
+        {"format": "pt"}))
+
+
+def answer_rows(ctx):
+    """Rows of a document's logits that predict the answer's digits (teacher forcing): digit i
+    is token ctx - 7 + i (text ends "K." then EOS); row p - 1 predicts token p."""
+    return [ctx - 8 + i for i in range(KEY_DIGITS)]
+
+
+def cmd_gen(a):
+    buckets = parse_buckets(a.buckets) if a.kind == "passkey" else None
+    if a.kind == "passkey" and not (a.meta and a.logits_in):
+        raise SystemExit("gen --kind passkey: --meta and --logits-in are needed")
+    docs = documents(a.kind, a.ctx, a.n, a.seed, buckets)
+    if a.out:
+        n = write_token_file(a.out, docs)
+        print(f"{a.out}: {len(docs)} {a.kind} documents of {a.ctx} tokens ({n} tokens)")
+    if a.kind == "passkey":
+        write_logits_input(a.logits_in, docs, a.ctx)
+        meta = {"ctx": a.ctx, "seed": a.seed, "buckets": [bucket_name(*b) for b in buckets],
+                "answer_rows": answer_rows(a.ctx),
+                "prompts": [{k: d[k] for k in ("key", "distance", "bucket")} for d in docs]}
+        write_atomic(a.meta, [json.dumps(meta, indent=1).encode()])
+        print(f"{a.logits_in}: {len(docs)} passkey prompts of {a.ctx} tokens, "
+              f"{len(buckets)} buckets; {a.meta}")
+    if a.text_dir:
+        os.makedirs(a.text_dir, exist_ok=True)
+        for i, d in enumerate(docs):
+            with open(os.path.join(a.text_dir, f"{i:06d}.txt"), "wb") as f:
+                f.write(d["text"].encode("ascii"))
+    return 0
+
+
+def read_jsonl(path):
+    rows = []
+    with open(path) as f:
+        for ln, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise SystemExit(f"{path}:{ln}: not JSON ({e.msg})")
+    return rows
+
+
+def median_rate(path, skip):
+    """The median tokens/s of the steps after the first skip (of all, in a shorter run)."""
+    rows = read_jsonl(path)
+    rates = [r["tokens_per_s"] for r in (rows[skip:] or rows) if "tokens_per_s" in r]
+    if not rates:
+        raise SystemExit(f"{path}: no step has tokens_per_s")
+    return statistics.median(rates)
+
+
+def cmd_rate(a):
+    """Prints the median tokens/s, the number of steps and the last loss_ema."""
+    rows = read_jsonl(a.log)
+    last = rows[-1].get("loss_ema", float("nan")) if rows else float("nan")
+    print(f"{median_rate(a.log, a.skip):.0f} {len(rows)} {last:.4f}")
+    return 0
+
+
+def plan(budget, elapsed, reserve, rate1, rate2, tok1, tok2, share1, n_ext):
+    """Steps of phase 1 and of each of the n_ext phase-2 runs: the time left after elapsed and
+    reserve, share1 of it to phase 1 and the rest split evenly, at the given tokens/s."""
+    left = budget - elapsed - reserve
+    t1 = left * share1
+    t2 = left * (1 - share1) / n_ext
+    return {"left_s": left, "pre_s": t1, "ext_s": t2,
+            "pre_steps": int(t1 * rate1 // tok1) if left > 0 else 0,
+            "ext_steps": int(t2 * rate2 // tok2) if left > 0 else 0}
+
+
+def cmd_plan(a):
+    p = plan(a.budget, a.elapsed, a.reserve, a.rate1, a.rate2, a.tokens1, a.tokens2, a.share1,
+             a.n_ext)
+    print(f"{p['pre_steps']} {p['ext_steps']} {p['pre_s']:.0f} {p['ext_s']:.0f}")
+    return 0
+
+
+def read_safetensors_header(path):
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) != 8:
+            raise SystemExit(f"{path}: not a safetensors file (shorter than 8 bytes)")
+        (n,) = struct.unpack("<Q", raw)
+        if n > 100 << 20:
+            raise SystemExit(f"{path}: header of {n} bytes (at most 100 MB)")
+        head = json.loads(f.read(n))
+    return head, 8 + n
+
+
+def score(meta, logits_path, far=None):
+    """Per-bucket and overall retrieval from the logits of the prompts meta describes; with
+    far, also over the prompts whose distance is at least far (as group "far+")."""
+    head, base = read_safetensors_header(logits_path)
+    t = head.get("logits")
+    ctx, prompts = meta["ctx"], meta["prompts"]
+    if not t or t["dtype"] != "F32" or len(t["shape"]) != 2:
+        raise SystemExit(f"{logits_path}: no F32 [T, vocab] tensor \"logits\"")
+    T, V = t["shape"]
+    if T != ctx * len(prompts):
+        raise SystemExit(f"{logits_path}: logits has {T} rows, the {len(prompts)} prompts of "
+                         f"{ctx} tokens need {ctx * len(prompts)}")
+    if V < VOCAB:
+        raise SystemExit(f"{logits_path}: vocab {V}, the byte-level one needs {VOCAB}")
+    rows = meta["answer_rows"]
+    per = {}
+    with open(logits_path, "rb") as f:
+        for i, p in enumerate(prompts):
+            hit, nll = 0, 0.0
+            for j, r in enumerate(rows):
+                f.seek(base + t["data_offsets"][0] + ((i * ctx + r) * V) * 4)
+                row = struct.unpack(f"<{V}f", f.read(4 * V))
+                want = ord(p["key"][j]) + BYTE_OFFSET
+                best = max(range(V), key=row.__getitem__)  # the first of equal maxima
+                m = max(row)
+                nll += m + math.log(sum(math.exp(x - m) for x in row)) - row[want]
+                hit += best == want
+            groups = [p["bucket"], "all"] + ([f"{far}+"] if far and p["distance"] >= far else [])
+            for b in groups:
+                s = per.setdefault(b, {"n": 0, "exact": 0, "digits": 0, "nll": 0.0})
+                s["n"] += 1
+                s["exact"] += hit == len(rows)
+                s["digits"] += hit
+                s["nll"] += nll / len(rows)
+    out = {}
+    for b in score_columns(meta, far):
+        if b not in per:
+            raise SystemExit(f"{logits_path}: no prompt of distance {b}")
+        s = per[b]
+        out[b] = {"n": s["n"], "accuracy": s["exact"] / s["n"],
+                  "digit_accuracy": s["digits"] / (s["n"] * len(rows)),
+                  "digit_nll": s["nll"] / s["n"]}
+    return out
+
+
+def score_columns(meta, far):
+    """The score's groups in table order: the buckets, far+ (with far), all."""
+    return meta["buckets"] + ([f"{far}+"] if far else []) + ["all"]
+
+
+def cmd_score(a):
+    with open(a.meta) as f:
+        meta = json.load(f)
+    res = score(meta, a.logits, a.far)
+    row = {"label": a.label, "ctx": meta["ctx"], "attention": a.attention,
+           "columns": score_columns(meta, a.far), "passkey": res}
+    write_atomic(a.out, [json.dumps(row, indent=1).encode()])
+    print(f"{a.label}: passkey at {meta['ctx']} ({a.attention} attention): " + ", ".join(
+        f"{b} {res[b]['accuracy']:.2f}" for b in score_columns(meta, a.far)))
+    return 0
+
+
+def parse_eval_line(text):
+    """`s2lora eval`'s summary line: ppl and nll."""
+    m = re.search(r"ppl ([0-9.]+|nan|inf) \(nll ([0-9.]+|nan|inf)\)", text)
+    if not m:
+        raise SystemExit(f"not an s2lora eval summary: {text.strip()!r}")
+    return float(m.group(1)), float(m.group(2))
+
+
+def cmd_ppl(a):
+    ppl, nll = parse_eval_line(a.line)
+    row = {"label": a.label, "ctx": a.ctx, "attention": "full", "ppl": ppl, "nll": nll}
+    write_atomic(a.out, [json.dumps(row, indent=1).encode()])
+    return 0
+
+
+# The rows of the table, in order: (model label, what it is).
+MODELS = [
+    ("pre@512", "pre-trained at 512 (its own context)"),
+    ("pre@2048", "pre-trained, RoPE x4, no fine-tuning"),
+    ("s2", "LoRA+ with S²-Attn (G 512, shift 256)"),
+    ("short", "LoRA+ with short attention (G 512, no shift)"),
+    ("full", "LoRA+ with full attention"),
+]
+
+
+def cmd_report(a):
+    rows = []
+    for name in sorted(os.listdir(a.rows)):
+        if name.endswith(".json"):
+            with open(os.path.join(a.rows, name)) as f:
+                rows.append(json.load(f))
+    run = {}
+    for kv in a.info:
+        k, sep, v = kv.partition("=")
+        if not sep:
+            raise SystemExit(f"report --info {kv}: expected KEY=VALUE")
+        run[k] = v
+    by = {}
+    for r in rows:
+        by.setdefault((r["label"], r["attention"]), {}).update(r)
+    lines = [f"# LongLoRA's claim on passkey retrieval: {run.get('status', 'unknown')}", ""]
+    lines += [f"- {k}: {v}" for k, v in run.items() if k != "status"]
+    pre = by.get(("pre@512", "full"), {}).get("passkey", {}).get("all")
+    if pre and pre["accuracy"] < 0.5:
+        lines.append(f"- warning: the pre-trained model retrieves {pre['accuracy']:.2f} of the "
+                     "keys at its own 512 tokens: it had not learned the task, so the "
+                     "extensions' comparison says little about the claim")
+    lines.append("")
+    for ctx in (512, 2048):
+        bk = next((r["columns"] for r in rows if r.get("ctx") == ctx and "columns" in r), None)
+        sel = [(lab, desc, att) for lab, desc in MODELS for att in ("full", "s2", "short")
+               if (lab, att) in by and by[(lab, att)].get("ctx") == ctx]
+        if not sel:
+            continue
+        lines.append(f"## At {ctx} tokens: passkey exact match by distance (digits by argmax "
+                     "given the true prefix), perplexity on held-out documents")
+        lines.append("")
+        cols = bk or ["all"]
+        lines.append("| model | eval attention | " + " | ".join(cols) +
+                     " | digit acc | digit NLL | ppl |")
+        lines.append("| --- | --- |" + " ---: |" * (len(cols) + 3))
+        for lab, desc, att in sel:
+            r = by[(lab, att)]
+            pk = r.get("passkey", {})
+            cells = [f"{pk[c]['accuracy']:.2f}" if c in pk else "–" for c in cols]
+            al = pk.get("all", {})
+            lines.append(f"| {desc} | {att} | " + " | ".join(cells) + " | " +
+                         (f"{al['digit_accuracy']:.3f}" if al else "–") + " | " +
+                         (f"{al['digit_nll']:.3f}" if al else "–") + " | " +
+                         (f"{r['ppl']:.4f}" if "ppl" in r else "–") + " |")
+        n = next((r["passkey"]["all"]["n"] for lab, _, att in sel
+                  for r in [by[(lab, att)]] if "passkey" in r), 0)
+        lines.append("")
+        lines.append(f"{n} prompts at {ctx} tokens, the same for every model.")
+        lines.append("")
+    text = "\n".join(lines) + "\n"
+    write_atomic(a.md, [text.encode()])
+    write_atomic(a.json, [json.dumps({"run": run, "rows": rows}, indent=1).encode()])
+    sys.stdout.write(text)
+    return 0
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    g = sub.add_parser("gen")
+    g.add_argument("--kind", required=True, choices=["train", "heldout", "passkey"])
+    g.add_argument("--ctx", type=int, required=True)
+    g.add_argument("--n", type=int, required=True,
+                   help="documents (passkey: documents per bucket)")
+    g.add_argument("--seed", type=int, default=1)
+    g.add_argument("--buckets", default="0,256,512,1024,1536,2048")
+    g.add_argument("-o", "--out")
+    g.add_argument("--meta")
+    g.add_argument("--logits-in")
+    g.add_argument("--text-dir")
+    r = sub.add_parser("rate")
+    r.add_argument("log")
+    r.add_argument("--skip", type=int, default=5)
+    p = sub.add_parser("plan")
+    for k in ("budget", "elapsed", "reserve", "rate1", "rate2", "share1"):
+        p.add_argument("--" + k, type=float, required=True)
+    for k in ("tokens1", "tokens2", "n_ext"):
+        p.add_argument("--" + k.replace("_", "-"), dest=k, type=int, required=True)
+    s = sub.add_parser("score")
+    s.add_argument("--far", type=int, help="also score the prompts of distance >= FAR together")
+    for k in ("meta", "logits", "label", "attention", "out"):
+        s.add_argument("--" + k, required=True)
+    q = sub.add_parser("ppl")
+    for k in ("line", "label", "out"):
+        q.add_argument("--" + k, required=True)
+    q.add_argument("--ctx", type=int, required=True)
+    o = sub.add_parser("report")
+    for k in ("rows", "md", "json"):
+        o.add_argument("--" + k, required=True)
+    o.add_argument("--info", action="append", default=[], metavar="KEY=VALUE",
+                   help="a line of the run's description, in order (status: the title's)")
+    a = ap.parse_args(argv)
+    try:
+        return {"gen": cmd_gen, "rate": cmd_rate, "plan": cmd_plan, "score": cmd_score,
+                "ppl": cmd_ppl, "report": cmd_report}[a.cmd](a)
+    except ValueError as e:
+        raise SystemExit(f"paper_claim.py {a.cmd}: {e}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
