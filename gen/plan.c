@@ -43,13 +43,18 @@ s2_attn_tile s2_plan_default_tile(const char *arch, int head_dim)
          * 0.364, f+b 1.35 -> 1.69). The mbarrier rings with warpgroup turns (fwd_mbar,
          * bwd_mbar; H100, 2026-11-26, three rounds each, bench/RESULTS.md): at d = 128 the
          * forward 8 % faster (8k 0.333 -> 0.307 ms, 16k 1.118 -> 1.032), 8k f+b 3 % (1.349 ->
-         * 1.304); at d = 64 both slower (16k forward 0.691 -> 0.709, f+b 3.03 -> 3.21). */
+         * 1.304); at d = 64 both slower (16k forward 0.691 -> 0.709, f+b 3.03 -> 3.21).
+         * The TMA forward (fwd_tma; H100, 2026-12-06, bench/RESULTS.md) on two stages at
+         * d = 128: forward 8k 0.308 -> 0.284 ms, 16k 1.026 -> 0.927, 32k 4.066 -> 3.350, 64k
+         * 15.763 -> 14.127, 100k 38.229 -> 34.821 (617-657 TF/s from 32k on); at d = 64 no
+         * gain (16k 0.692 -> 0.687-0.790), so not there. Split mode only:
+         * s2_plan_spec_default_tile turns it off for roll-mode specs. */
         if (head_dim == 64)
             return (s2_attn_tile){.fwd_wgmma = 1, .fwd_warps = 8, .fwd_strips = 1,
                                   .fwd_block_n = 64, .fwd_stages = 4, .bwd_wgmma = 1,
                                   .bwd_warps = 4, .bwd_block_n = 64, .bwd_stages = 4};
         return (s2_attn_tile){.fwd_wgmma = 1, .fwd_warps = 8, .fwd_strips = 1,
-                              .fwd_block_n = 128, .fwd_stages = 3, .fwd_mbar = 1,
+                              .fwd_block_n = 128, .fwd_stages = 2, .fwd_mbar = 1, .fwd_tma = 1,
                               .bwd_wgmma = 1, .bwd_warps = 8, .bwd_block_n = 64,
                               .bwd_stages = 4, .bwd_mbar = 1};
     }
@@ -59,6 +64,17 @@ s2_attn_tile s2_plan_default_tile(const char *arch, int head_dim)
                       .bwd_warps = 4, .bwd_block_n = 32, .bwd_stages = 2};
     if (head_dim > 128)
         t.fwd_strips = 1; /* the O accumulators of d = 256 leave no room for a second strip */
+    return t;
+}
+
+s2_attn_tile s2_plan_spec_default_tile(const s2_spec *spec, const char *arch)
+{
+    s2_attn_tile t = s2_plan_default_tile(arch, spec->model.head_dim);
+    if (t.fwd_tma && spec->s2attn.shift_mode == S2_SHIFT_ROLL && spec->s2attn.shift) {
+        /* the default before the TMA forward, on cp.async: the same rings and warpgroups */
+        t.fwd_tma = 0;
+        t.fwd_stages = 3;
+    }
     return t;
 }
 
@@ -569,7 +585,7 @@ s2_status s2_plan_attn(const s2_spec *spec, const char *arch, const s2_attn_tile
     p->scale = spec->s2attn.softmax_scale;
     p->shift_off = p->mode == S2_SHIFT_SPLIT ? p->S : 0;
     p->shift_rot = p->mode == S2_SHIFT_ROLL ? p->S : 0;
-    p->tile = tile ? *tile : s2_plan_default_tile(arch, p->d);
+    p->tile = tile ? *tile : s2_plan_spec_default_tile(spec, arch);
     p->smem_limit = smem_limit(arch);
     s2_status st = check_fwd_tile(&p->tile, p->d, p->smem_limit, arch, err);
     if (!st)
@@ -625,7 +641,7 @@ static void space_add(const s2_spec *spec, const char *arch, const s2_attn_tile 
 int s2_plan_tile_space(const s2_spec *spec, const char *arch, s2_attn_unit unit,
                        s2_attn_tile *out, int max)
 {
-    const s2_attn_tile def = s2_plan_default_tile(arch, spec->model.head_dim);
+    const s2_attn_tile def = s2_plan_spec_default_tile(spec, arch);
     s2_attn_plan p;
     if (s2_plan_attn(spec, arch, &def, &p, NULL) != S2_OK)
         return 0; /* the spec itself cannot be planned: nothing to tune */
@@ -805,11 +821,14 @@ s2_status s2_plan_window(const s2_spec *spec, s2_attn_plan *p, s2_error *err)
                             "are built and checked for head_dim 64, 128 and 256 only (at 96 the "
                             "dQ kernel spills registers on sm_90a with the window's arguments)",
                             s2_spec_where(spec, "model.head_dim", at, sizeof at), p->d);
-    if (p->tile.fwd_tma)
-        return s2_error_set(err, S2_ERR_INVALID,
-                            "tile: fwd_tma = 1 with a sequence-parallel window: the window's "
-                            "halo rows live in a buffer of their own, which the TMA forward's "
-                            "tensor maps do not address; valid: fwd_tma 0");
+    if (p->tile.fwd_tma) {
+        /* The window units' forward is a TMA tile's twin on cp.async (the same rings, stages
+         * and warpgroups): its tensor maps would address q, k and v as a batch, not the
+         * window's halo buffer. */
+        p->tile.fwd_tma = 0;
+        p->fwd_threads = 32 * p->tile.fwd_warps;
+        p->smem_fwd = fwd_smem(&p->tile, p->d);
+    }
     window_tile t[4];
     const int n = window_tile_list(p, t);
     for (int i = 0; i < n; i++)

@@ -34,7 +34,8 @@ typedef struct s2_attn_tile {
                         a step, two warpgroups issuing S in turns; 0 = commit groups and a block
                         barrier a step */
     int fwd_tma;     /* forward with fwd_wgmma, fwd_mbar, fwd_warps 8 and two or more stages,
-                        split mode, no window: 1 = a producer warpgroup loads Q, K and V with
+                        split mode (s2_plan_window gives the window units the cp.async twin
+                        of such a tile): 1 = a producer warpgroup loads Q, K and V with
                         the Tensor Memory Accelerator (one thread issuing, the stage ring's
                         mbarriers counting the bytes) and hands its registers to the two
                         consumer warpgroups (setmaxnreg); 0 = every thread copies (cp.async) */
@@ -89,8 +90,13 @@ typedef struct s2_attn_plan {
     int window;           /* 1: the sequence-parallel window units (s2_plan_window) */
 } s2_attn_plan;
 
-/* The default tile for an arch ("sm_80" ... "sm_90a") and head dim. */
+/* The default tile for an arch ("sm_80" ... "sm_90a") and head dim, for split mode. */
 s2_attn_tile s2_plan_default_tile(const char *arch, int head_dim);
+
+/* The default tile for spec on arch: s2_plan_default_tile's, with the TMA forward (fwd_tma)
+ * swapped for its cp.async twin where the spec cannot take it (roll mode with a shift). What
+ * s2_plan_attn() plans with when given no tile, and the first of the tuning space. */
+s2_attn_tile s2_plan_spec_default_tile(const s2_spec *spec, const char *arch);
 
 /*
  * Applies "key=value[,key=value]..." (keys: the field names of s2_attn_tile) to *t. Unknown

@@ -82,14 +82,37 @@ Test(plan, tma_forward_refusals_name_what_is_valid)
     s2_error_clear(&err);
     cr_expect_eq(s2_plan_check_tile_text("fwd_tma=2", NULL, &err), S2_ERR_INVALID);
     s2_error_clear(&err);
-    /* the window units take no tensor maps */
+    /* the window units take the cp.async twin of a TMA tile */
     s2_spec s = load_spec(128, 8, 8, "split");
-    s2_attn_plan p;
+    s2_attn_plan p, twin;
     cr_assert_eq(plan_with(&s, TMA128, &p, &err), S2_OK, "%s", err.msg);
-    cr_expect_eq(s2_plan_window(&s, &p, &err), S2_ERR_INVALID);
-    cr_expect(err.msg && strstr(err.msg, "fwd_tma = 1 with a sequence-parallel window"), "%s",
-              err.msg);
-    s2_error_clear(&err);
+    cr_assert_eq(plan_with(&s, TMA128 ",fwd_tma=0", &twin, &err), S2_OK, "%s", err.msg);
+    cr_assert_eq(s2_plan_window(&s, &p, &err), S2_OK, "%s", err.msg);
+    cr_assert_eq(s2_plan_window(&s, &twin, &err), S2_OK, "%s", err.msg);
+    cr_expect_eq(memcmp(&p, &twin, sizeof p), 0, "a TMA tile's window plan is its twin's");
+}
+
+Test(plan, the_default_takes_the_tma_forward_where_the_spec_can)
+{
+    for (int roll = 0; roll < 2; roll++) {
+        s2_spec s = load_spec(128, 8, 8, roll ? "roll" : "split");
+        s2_attn_plan p;
+        s2_error err = {0};
+        cr_assert_eq(s2_plan_attn(&s, "sm_90a", NULL, &p, &err), S2_OK, "%s", err.msg);
+        cr_expect_eq(p.tile.fwd_tma, !roll, "roll %d", roll);
+        s2_attn_tile t = s2_plan_spec_default_tile(&s, "sm_90a");
+        cr_expect_eq(memcmp(&t, &p.tile, sizeof t), 0, "the plan's default is the spec's");
+        cr_expect_eq(t.fwd_tma, !roll);
+        if (roll)
+            cr_expect_eq(t.fwd_stages, 3, "roll mode keeps the forward it had before");
+        s2_attn_tile first;
+        cr_assert_eq(s2_plan_tile_space(&s, "sm_90a", S2_UNIT_ATTN_FWD, &first, 1) > 0, 1);
+        cr_expect_eq(memcmp(&first, &t, sizeof t), 0, "the space starts at the spec's default");
+    }
+    s2_spec s = load_spec(64, 8, 8, "split");
+    cr_expect_eq(s2_plan_spec_default_tile(&s, "sm_90a").fwd_tma, 0, "d = 64: no gain measured");
+    s = load_spec(128, 8, 8, "split");
+    cr_expect_eq(s2_plan_spec_default_tile(&s, "sm_80").fwd_tma, 0, "TMA is sm_90a's");
 }
 
 Test(plan, tma_tiles_in_the_forward_space_of_split_mode_only)
@@ -183,9 +206,8 @@ Test(emit, only_a_tma_unit_holds_the_tma_text)
     for (int tma = 0; tma < 2; tma++) {
         s2_attn_plan p;
         s2_error err = {0};
-        /* the TMA tile, or the default (the same forward on cp.async) */
-        const s2_status st = tma ? plan_with(&s, TMA128, &p, &err)
-                                 : s2_plan_attn(&s, "sm_90a", NULL, &p, &err);
+        /* the TMA tile, or its twin on cp.async */
+        const s2_status st = plan_with(&s, tma ? TMA128 : TMA128 ",fwd_tma=0", &p, &err);
         cr_assert_eq(st, S2_OK, "%s", err.msg);
         char *src = NULL;
         cr_assert_eq(s2_emit_attn(&s, &p, S2_UNIT_ATTN_FWD, &src, &err), S2_OK, "%s", err.msg);

@@ -123,7 +123,7 @@ static const s2_attn_tile *cli_tile(const cli_opts *o, const s2_spec *spec, cons
     *st = S2_OK;
     if (!o->tile)
         return NULL;
-    *t = s2_plan_default_tile(arch, spec->model.head_dim);
+    *t = s2_plan_spec_default_tile(spec, arch);
     *st = s2_plan_parse_tile(o->tile, t, err);
     return t;
 }

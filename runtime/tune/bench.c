@@ -616,7 +616,7 @@ static s2_status run_ours(s2_bench_ctx *ctx, const s2_bench_case *c, const char 
     const s2_st_dtype dt = sp->dtype == S2_DTYPE_BF16 ? S2_ST_BF16 : S2_ST_F16;
     const size_t nl = (size_t)sp->model.num_heads * (size_t)c->N;
     s2_jit_opts jo = {.cache_dir = ctx->opts->cache_dir};
-    s2_attn_tile tile = s2_plan_default_tile(ctx->rt.arch, sp->model.head_dim);
+    s2_attn_tile tile = s2_plan_spec_default_tile(sp, ctx->rt.arch);
     s2_status st = tile_text ? s2_plan_parse_tile(tile_text, &tile, err) : S2_OK;
     if (st)
         return st;

@@ -148,7 +148,7 @@ static int select_unit(const s2_tunedb *db, const s2_tunedb_key *key, const s2_s
         s2_buf_printf(why, "%s: default", s2_attn_unit_name(u));
         return 0;
     }
-    s2_attn_tile t = s2_plan_default_tile(arch, spec->model.head_dim);
+    s2_attn_tile t = s2_plan_spec_default_tile(spec, arch);
     s2_attn_tile merged = out->tile;
     s2_attn_plan p;
     /* A stored tile names every key its tuner knew; the mbarrier and TMA switches came later
@@ -172,7 +172,7 @@ void s2_tune_select(const s2_tunedb *db, const char *device, const char *arch,
                     const s2_spec *spec, int seqlen, s2_tune_choice *out)
 {
     memset(out, 0, sizeof *out);
-    out->tile = s2_plan_default_tile(arch, spec->model.head_dim);
+    out->tile = s2_plan_spec_default_tile(spec, arch);
     char ident[65], shape[64];
     s2_plan_attn_identity(spec, ident);
     s2_tunedb_shape_class(seqlen, shape, sizeof shape);

@@ -403,7 +403,7 @@ s2_status s2_tune_run(const s2_rt *rt, const s2_spec *spec, const s2_tune_opts *
     bt.d_cu_seqlens = b.cu;
     if (!st)
         st = run_reference(rt, spec, &jo, &bt, &b, err);
-    const s2_attn_tile def = s2_plan_default_tile(rt->arch, spec->model.head_dim);
+    const s2_attn_tile def = s2_plan_spec_default_tile(spec, rt->arch);
     /* The space lists each unit's default first: it is timed before any budget can stop. */
     for (int k = 0; !st && k < n; k++) {
         s2_tune_unit_result *r = &res[c[k].unit];
