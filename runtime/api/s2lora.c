@@ -254,6 +254,76 @@ static s2_jit_opts jit_opts(const s2lora_ctx *c, const char *arch)
     return (s2_jit_opts){.arch = arch, .cache_dir = c->cache_dir, .threads = c->build_threads};
 }
 
+s2lora_status s2lora_device_alloc(s2lora_ctx *c, size_t bytes, void **ptr)
+{
+    if (!c)
+        return S2LORA_ERR_INVALID;
+    s2lora_status rs = begin(c);
+    if (rs)
+        return rs;
+    if (!ptr)
+        return finish(c, s2_error_set(&c->err, S2_ERR_INVALID, "s2lora_device_alloc: ptr is NULL"));
+    *ptr = NULL;
+    s2_status st = need_device(c, "s2lora_device_alloc");
+    if (!st) {
+        char what[96];
+        snprintf(what, sizeof what, "cudaMalloc(%zu bytes)", bytes);
+        st = s2_rt_check(cudaMalloc(ptr, bytes ? bytes : 1), what, &c->err);
+    }
+    return finish(c, st);
+}
+
+void s2lora_device_free(s2lora_ctx *c, void *ptr)
+{
+    if (c && c->has_device && ptr) {
+        cudaSetDevice(c->rt.device);
+        cudaFree(ptr);
+    }
+}
+
+static s2lora_status memcpy_dir(s2lora_ctx *c, void *dst, const void *src, size_t bytes,
+                                enum cudaMemcpyKind kind, const char *fn)
+{
+    if (!c)
+        return S2LORA_ERR_INVALID;
+    s2lora_status rs = begin(c);
+    if (rs)
+        return rs;
+    s2_status st = S2_OK;
+    if (bytes && (!dst || !src))
+        st = s2_error_set(&c->err, S2_ERR_INVALID, "%s: %s is NULL (%zu bytes to copy)", fn,
+                          !dst ? "dst" : "src", bytes);
+    if (!st)
+        st = need_device(c, fn);
+    if (!st && bytes)
+        st = s2_rt_check(cudaMemcpy(dst, src, bytes, kind), fn, &c->err);
+    return finish(c, st);
+}
+
+s2lora_status s2lora_memcpy_to_device(s2lora_ctx *c, void *dst, const void *src, size_t bytes)
+{
+    return memcpy_dir(c, dst, src, bytes, cudaMemcpyHostToDevice, "s2lora_memcpy_to_device");
+}
+
+s2lora_status s2lora_memcpy_to_host(s2lora_ctx *c, void *dst, const void *src, size_t bytes)
+{
+    return memcpy_dir(c, dst, src, bytes, cudaMemcpyDeviceToHost, "s2lora_memcpy_to_host");
+}
+
+s2lora_status s2lora_synchronize(s2lora_ctx *c, void *stream)
+{
+    if (!c)
+        return S2LORA_ERR_INVALID;
+    s2lora_status rs = begin(c);
+    if (rs)
+        return rs;
+    s2_status st = need_device(c, "s2lora_synchronize");
+    if (!st)
+        st = s2_rt_check(cudaStreamSynchronize((cudaStream_t)stream),
+                         "s2lora_synchronize: the stream's work", &c->err);
+    return finish(c, st);
+}
+
 /* ---------------------------------------------------------------- specs */
 
 static s2_status null_arg(s2lora_ctx *c, const char *fn, const char *what)

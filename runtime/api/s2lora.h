@@ -121,6 +121,17 @@ const char *s2lora_warnings(const s2lora_ctx *ctx);
 const char *s2lora_device_name(const s2lora_ctx *ctx);
 const char *s2lora_device_arch(const s2lora_ctx *ctx);
 
+/* Device memory for programs with no CUDA of their own (examples, checks, a binding used without
+ * a framework), on the context's device: cudaMalloc, cudaFree, cudaMemcpy (which waits for
+ * the legacy default stream) and cudaStreamSynchronize (stream NULL: the legacy default
+ * stream). A framework's tensors need none of these. */
+s2lora_status s2lora_device_alloc(s2lora_ctx *ctx, size_t bytes, void **ptr);
+void s2lora_device_free(s2lora_ctx *ctx, void *ptr); /* NULL is a no-op */
+s2lora_status s2lora_memcpy_to_device(s2lora_ctx *ctx, void *dst, const void *src,
+                                      size_t bytes);
+s2lora_status s2lora_memcpy_to_host(s2lora_ctx *ctx, void *dst, const void *src, size_t bytes);
+s2lora_status s2lora_synchronize(s2lora_ctx *ctx, void *stream);
+
 /* ---- specs ---- */
 typedef struct s2lora_spec s2lora_spec;
 
