@@ -112,7 +112,8 @@ static int run(s2lora_ctx *ctx, const s2lora_spec *spec, const s2lora_spec_info 
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
         if ((st = s2lora_device_alloc(ctx, bufs[i].n, bufs[i].p)))
             FAIL("s2lora_device_alloc");
-        if (bufs[i].from && (st = s2lora_memcpy_to_device(ctx, *bufs[i].p, bufs[i].from, bufs[i].n)))
+        if (bufs[i].from &&
+            (st = s2lora_memcpy_to_device(ctx, *bufs[i].p, bufs[i].from, bufs[i].n)))
             FAIL("s2lora_memcpy_to_device");
     }
     s2lora_attn_args a = S2LORA_ATTN_ARGS_INIT;

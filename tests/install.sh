@@ -39,13 +39,15 @@ for f in bin/s2lora lib/libs2lora.so "lib/libs2lora.so.${version%%.*}" "lib/libs
 done
 [ -L "$prefix/lib/libs2lora.so" ] || fail "lib/libs2lora.so is not a link to the versioned file"
 soname=$(readelf -d "$prefix/lib/libs2lora.so.$version" | sed -n 's/.*(SONAME).*\[\(.*\)\]/\1/p')
-[ "$soname" = "libs2lora.so.${version%%.*}" ] || fail "SONAME '$soname'; expected libs2lora.so.${version%%.*}"
+[ "$soname" = "libs2lora.so.${version%%.*}" ] ||
+  fail "SONAME '$soname'; expected libs2lora.so.${version%%.*}"
 ok "installed files, libs2lora.so.$version with SONAME $soname"
 
 # Exported: the public functions, every one the header declares, and nothing else.
 nm -D --defined-only "$prefix/lib/libs2lora.so" | awk '{print $3}' | sort >"$tmp/exported"
 others=$(grep -v '^s2lora_' "$tmp/exported" || true)
-[ -z "$others" ] || fail "libs2lora.so exports symbols outside s2lora_*: $(echo $others | head -c 300)"
+[ -z "$others" ] ||
+  fail "libs2lora.so exports symbols outside s2lora_*: $(echo $others | head -c 300)"
 grep -oE '\bs2lora_[a-z0-9_]+\(' "$prefix/include/s2lora.h" | tr -d '(' | sort -u >"$tmp/declared"
 missing=$(comm -23 "$tmp/declared" "$tmp/exported")
 [ -z "$missing" ] || fail "declared in s2lora.h but not exported: $missing"
@@ -58,8 +60,10 @@ check_run() { # name, binary
     { echo "$out"; fail "$1: api_example -1 $spec exited $?"; }
   echo "$out" | sed "s/^/  $1: /"
   echo "$out" | grep -q "^libs2lora $version, device ''" || fail "$1: no version line"
-  echo "$out" | grep -qE '^spec tiny-byte-512: context [0-9]+, G [0-9]+, S [0-9]+ ' || fail "$1: no spec line"
-  echo "$out" | grep -qE '^build: [0-9]+ units compiled, [0-9]+ from the cache$' || fail "$1: no build line"
+  echo "$out" | grep -qE '^spec tiny-byte-512: context [0-9]+, G [0-9]+, S [0-9]+ ' ||
+    fail "$1: no spec line"
+  echo "$out" | grep -qE '^build: [0-9]+ units compiled, [0-9]+ from the cache$' ||
+    fail "$1: no build line"
   ok "$1: the example ran without a device"
 }
 

@@ -132,10 +132,10 @@ static s2lora_status map_status(s2_status st)
 /* Every call on a context starts here: the last call's message and warnings go. */
 static s2lora_status begin(s2lora_ctx *c)
 {
-    s2_error_clear(&c->err);
-    s2_buf_free(&c->warn);
     if (c->broken) /* the open's message stays */
         return c->broken;
+    s2_error_clear(&c->err);
+    s2_buf_free(&c->warn);
     return S2LORA_OK;
 }
 
@@ -408,7 +408,8 @@ s2lora_status s2lora_spec_parse(s2lora_ctx *c, const char *yaml, size_t len, con
         return finish(c, null_arg(c, "s2lora_spec_parse", "yaml"));
     if (len > S2_MAX_SPEC_BYTES || memchr(yaml, 0, len))
         return finish(c, s2_error_set(&c->err, S2_ERR_INVALID,
-                                      "s2lora_spec_parse: %s: len = %zu: %s", name ? name : "<string>", len,
+                                      "s2lora_spec_parse: %s: len = %zu: %s",
+                                      name ? name : "<string>", len,
                                       len > S2_MAX_SPEC_BYTES
                                           ? "a spec is at most 1 MiB"
                                           : "the text holds a NUL byte before len; YAML text "
