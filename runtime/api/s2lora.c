@@ -861,8 +861,10 @@ size_t s2lora_attn_workspace_bytes(const s2lora_attn *h, int tokens)
 static s2_status slot_grow(s2lora_attn *h, cu_slot *s, int n, s2_error *err)
 {
     int cap = 64;
-    while (cap < n)
+    while (cap < n && cap <= INT32_MAX / 2)
         cap *= 2;
+    if (cap < n)
+        cap = n;
     int32_t *dev = NULL, *host = NULL;
     cudaEvent_t ready = s->ready, used = s->used;
     void **r = realloc(h->retired, sizeof *r * (size_t)(h->n_retired + 2));

@@ -228,10 +228,12 @@ const char *s2lora_attn_tile(const s2lora_attn *attn);
  * pointer set and 16-byte aligned (lse and cu_seqlens 4-byte); packed strides.
  *
  * The fixed-length batch (cu_seqlens NULL) needs boundaries on the device: the handle keeps a
- * few small device buffers, one per (tokens, batch) seen last, written once by a copy on the
- * caller's stream from pinned memory the handle owns. No call synchronises the device; calls
- * on different streams that share such a buffer are ordered after each other (the later
- * stream waits for the earlier one's launches that read it).
+ * few small device buffers, one per (tokens, batch) of the last four seen, written once by a
+ * copy on the caller's stream from pinned memory the handle owns. No call synchronises the
+ * device: a fifth (tokens, batch) takes over the least recently used buffer, its copy ordered
+ * after that buffer's last launches (the host waits only for that buffer's own earlier copy
+ * to have run); calls on different streams that share a buffer are ordered after each other
+ * (the later stream waits for the earlier one's launches that read it).
  */
 typedef struct s2lora_attn_args {
     int tokens;
