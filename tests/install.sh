@@ -42,6 +42,9 @@ soname=$(readelf -d "$prefix/lib/libs2lora.so.$version" | sed -n 's/.*(SONAME).*
 [ "$soname" = "libs2lora.so.${version%%.*}" ] ||
   fail "SONAME '$soname'; expected libs2lora.so.${version%%.*}"
 ok "installed files, libs2lora.so.$version with SONAME $soname"
+"$prefix/bin/s2lora" version >"$tmp/version.txt" 2>&1 ||
+  { cat "$tmp/version.txt"; fail "the installed bin/s2lora does not run"; }
+ok "bin/s2lora runs: $(head -n 1 "$tmp/version.txt")"
 
 # Exported: the public functions, every one the header declares, and nothing else.
 nm -D --defined-only "$prefix/lib/libs2lora.so" | awk '{print $3}' | sort >"$tmp/exported"
