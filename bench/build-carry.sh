@@ -14,7 +14,8 @@ cmake --build "$src/build" -j "$(nproc)" >/dev/null
 cmake -S "$src" -B "$src/build-broken" -DS2_BUILD_TESTS=OFF -DS2_TEST_BROKEN_TILE=ON >/dev/null
 cmake --build "$src/build-broken" -j "$(nproc)" --target s2lora >/dev/null
 mkdir -p .carry/bin .carry/bin-broken
-cp "$src/build/s2lora" "$src/build/s2lora_gpu_check" "$src/build/s2lora_model_check" .carry/bin/
+cp "$src/build/s2lora" "$src/build/s2lora_gpu_check" "$src/build/s2lora_model_check" \
+  "$src/build/s2lora_api_check" .carry/bin/
 cp "$src/build-broken/s2lora" .carry/bin-broken/
 rm -rf "$src"
 echo "$commit"

@@ -4,6 +4,7 @@
 #   2. a cold and a warm NVRTC build of the default spec (llama2-7b-32k), timed;
 #   3. every S²-Attn kernel against the CPU reference (tests/gpu_check.c), fresh random inputs,
 #      poisoned outputs, all shift modes, short last group, varlen, GQA, d in {64, 96, 128, 256};
+#      then the public C API, libs2lora (tests/api_check.c), attention and LoRA, the same way;
 #   4. `s2lora attn --backward` against LongLoRA's S²-Attn written in PyTorch (bench/peers/);
 #   5. the GPU model against its CPU twin (tests/model_check.c) and, with transformers and PEFT,
 #      bench/peers/llama_peers.py (logits, S²-Attn, one LoRA+ backward, our adapter in PEFT);
@@ -44,13 +45,13 @@ export S2LORA_CACHE_DIR=${S2LORA_CACHE_DIR:-/tmp/s2lora-cache}
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 rm -rf "$S2LORA_CACHE_DIR"
 status=0
-# S2_SECTIONS picks sections (default all but ncu and sanitize): build check peers model train
-# tune gate lora bench;
+# S2_SECTIONS picks sections (default all but ncu and sanitize): build check api peers model
+# train tune gate lora bench;
 # ncu (hardware counters of the attention kernels) and sanitize (compute-sanitizer on every
 # gpu_check family) run only when named. One device call
 # may run 10 minutes; the whole script takes about 8 (H100, 2026-11-25 estimate), so a
 # session short of time splits it, e.g. S2_SECTIONS="build check peers gate", then "tune bench".
-want() { case " ${S2_SECTIONS:-build check peers model train tune gate lora bench} " in *" $1 "*) return 0 ;; esac; return 1; }
+want() { case " ${S2_SECTIONS:-build check api peers model train tune gate lora bench} " in *" $1 "*) return 0 ;; esac; return 1; }
 
 echo "== card"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
@@ -74,6 +75,12 @@ fi
 if want check; then
 echo "== kernels vs CPU reference"
 "$BIN/s2lora_gpu_check" "$@" 2>&1 | tee "$OUTDIR/gpu_check.txt"
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
+fi
+
+if want api; then
+echo "== the public C API (libs2lora) vs CPU reference"
+"$BIN/s2lora_api_check" 2>&1 | tee "$OUTDIR/api_check.txt"
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 fi
 
@@ -375,6 +382,7 @@ grep -v '^s2lora: ' "$OUTDIR/tune.txt" 2>/dev/null
 grep -E 'PASS|FAIL|ERROR' "$OUTDIR/gpu_check.txt" 2>/dev/null | awk '{print $NF}' | sort | uniq -c
 grep -E '^sanitize ' "$OUTDIR/sanitize.txt" 2>/dev/null
 tail -n 1 "$OUTDIR/gpu_check.txt" 2>/dev/null
+grep -E '^api_check: [0-9]+ of|^api_check: (PASS|FAIL)$' "$OUTDIR/api_check.txt" 2>/dev/null
 grep -E 'PASS|FAIL' "$OUTDIR/peer_compare.txt" 2>/dev/null | awk '{printf "peer %-16s %s\n", $1, $NF}'
 grep -E '^(model_check|llama_peers): (PASS|FAIL)' "$OUTDIR/model_check.txt" 2>/dev/null
 grep -E '^(train|resume): |: s2lora / pytorch' "$OUTDIR/train.txt" 2>/dev/null

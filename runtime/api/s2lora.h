@@ -66,7 +66,8 @@ typedef enum s2lora_status {
     S2LORA_ERR_NOMEM = 5,
     S2LORA_ERR_BUILD = 6,     /* NVRTC refused a generated unit (a bug: please report it) */
     S2LORA_ERR_CACHE = 7,     /* the kernel cache could not be used */
-    S2LORA_ERR_CUDA = 8,      /* a CUDA call failed (the message names it) */
+    S2LORA_ERR_CUDA = 8,      /* a CUDA call failed, or a device result failed its check
+                                 (the message names it) */
     S2LORA_ERR_NO_DEVICE = 9, /* no CUDA device, no driver, or the device number is out of range */
     S2LORA_ERR_UNSUPPORTED = 10 /* valid, but not on this device or in this build (e.g. a
                                    library without cuBLAS for the LoRA linears) */
@@ -81,7 +82,9 @@ typedef struct s2lora_ctx s2lora_ctx;
 typedef struct s2lora_options {
     const char *cache_dir; /* NULL: $S2LORA_CACHE_DIR, else $XDG_CACHE_HOME/s2lora, else
                               ~/.cache/s2lora (what the s2lora binary uses) */
-    const char *tune_db;   /* NULL: the tuning database the binary uses (s2lora tune) */
+    const char *tune_db;   /* a directory holding tune-<GPU>.jsonl, as `s2lora tune --db DIR`
+                              takes it; NULL: the cache directory, the database the binary
+                              uses (s2lora tune). The strings are copied. */
     int use_tuned;         /* 1 (the default when options is NULL): kernels take the tile the
                               database holds for this GPU and shape; 0: the plan's default */
     int build_threads;     /* parallel NVRTC builds; 0 = online CPUs */
@@ -92,7 +95,14 @@ typedef struct s2lora_options {
 /*
  * Opens device `device` (a CUDA device number) with options (NULL: S2LORA_OPTIONS_INIT). As
  * with sqlite3_open, *ctx is set even on failure (unless memory ran out), so that
- * s2lora_errmsg(*ctx) can say why; s2lora_close it either way.
+ * s2lora_errmsg(*ctx) can say why; s2lora_close it either way. A context that failed to open
+ * answers every other call with the status it failed with.
+ *
+ * device = -1 opens a context with no device (no CUDA driver is touched): specs load and
+ * parse, s2lora_spec_get_info, s2lora_build (for the spec's own arches),
+ * s2lora_attn_check_args and s2lora_lora_rp work; every function that needs the device
+ * (s2lora_tune, s2lora_attn_create, s2lora_lora_create, ...) returns S2LORA_ERR_NO_DEVICE,
+ * after checking its other arguments.
  */
 s2lora_status s2lora_open(s2lora_ctx **ctx, int device, const s2lora_options *options);
 void s2lora_close(s2lora_ctx *ctx); /* NULL is a no-op */
@@ -101,9 +111,26 @@ void s2lora_close(s2lora_ctx *ctx); /* NULL is a no-op */
  * string lives until the next call on ctx. */
 const char *s2lora_errmsg(const s2lora_ctx *ctx);
 
-/* The device's name ("NVIDIA H100 80GB HBM3") and the arch kernels are built for ("sm_90a"). */
+/* The warnings of the last call on ctx, one a line ("" when none): a kernel cache entry found
+ * corrupt and rebuilt, tuning database lines skipped. Nothing is printed; a program shows
+ * them if it likes. Lives until the next call on ctx. */
+const char *s2lora_warnings(const s2lora_ctx *ctx);
+
+/* The device's name ("NVIDIA H100 80GB HBM3") and the arch kernels are built for ("sm_90a");
+ * "" for a context without a device. */
 const char *s2lora_device_name(const s2lora_ctx *ctx);
 const char *s2lora_device_arch(const s2lora_ctx *ctx);
+
+/* Device memory for programs with no CUDA of their own (examples, checks, a binding used without
+ * a framework), on the context's device: cudaMalloc, cudaFree, cudaMemcpy (which waits for
+ * the legacy default stream) and cudaStreamSynchronize (stream NULL: the legacy default
+ * stream). A framework's tensors need none of these. */
+s2lora_status s2lora_device_alloc(s2lora_ctx *ctx, size_t bytes, void **ptr);
+void s2lora_device_free(s2lora_ctx *ctx, void *ptr); /* NULL is a no-op */
+s2lora_status s2lora_memcpy_to_device(s2lora_ctx *ctx, void *dst, const void *src,
+                                      size_t bytes);
+s2lora_status s2lora_memcpy_to_host(s2lora_ctx *ctx, void *dst, const void *src, size_t bytes);
+s2lora_status s2lora_synchronize(s2lora_ctx *ctx, void *stream);
 
 /* ---- specs ---- */
 typedef struct s2lora_spec s2lora_spec;
@@ -145,7 +172,9 @@ s2lora_status s2lora_spec_get_info(const s2lora_spec *spec, s2lora_spec_info *in
 /*
  * Builds every unit of spec for the context's device through the kernel cache (what
  * `s2lora build` does); *built and *cached (either may be NULL) receive how many units were
- * compiled and how many came from the cache. Nothing runs on the device.
+ * compiled and how many came from the cache. Nothing runs on the device. With a device the
+ * attention takes the tile s2lora_attn_create will (so its build then comes from the cache);
+ * without one (device -1) every arch the spec lists is built with the plan's default tile.
  */
 s2lora_status s2lora_build(s2lora_ctx *ctx, const s2lora_spec *spec, int *built, int *cached);
 
@@ -162,9 +191,19 @@ s2lora_status s2lora_tune(s2lora_ctx *ctx, const s2lora_spec *spec, int seqlen,
 typedef struct s2lora_attn s2lora_attn;
 
 /* Builds (through the cache; with use_tuned, the tuned tile) and loads spec's attention kernels
- * on the context's device. The handle keeps what it needs of spec: spec may be freed after. */
+ * on the context's device. The handle keeps what it needs of spec: spec may be freed after.
+ * The tuned tile is the database's entry for the shape class of the spec's context_length
+ * (what s2lora_tune stores with seqlen 0); s2lora_attn_create_seqlen picks another length's. */
 s2lora_status s2lora_attn_create(s2lora_ctx *ctx, const s2lora_spec *spec, s2lora_attn **attn);
+/* The same with the tuned tile for sequences of `seqlen` tokens (0: the spec's context_length,
+ * as s2lora_attn_create). */
+s2lora_status s2lora_attn_create_seqlen(s2lora_ctx *ctx, const s2lora_spec *spec, int seqlen,
+                                        s2lora_attn **attn);
 void s2lora_attn_free(s2lora_attn *attn);
+
+/* The tile the handle's kernels were built with ("fwd_warps=4,...") and why, per unit
+ * ("attn_fwd: tuned (N<=16384, ...); attn_bwd: default"). Lives as long as the handle. */
+const char *s2lora_attn_tile(const s2lora_attn *attn);
 
 /*
  * One call's tensors. `tokens` T rows in `batch` B sequences:
@@ -180,6 +219,21 @@ void s2lora_attn_free(s2lora_attn *attn);
  * packed along tokens is [T, heads, d] with T = B S. The kernels take packed tensors; any
  * other strides are refused with S2LORA_ERR_INVALID naming the tensor, its strides and the
  * ones it needs (copy it to a packed tensor first).
+ *
+ * Checked before anything is launched (S2LORA_ERR_INVALID naming the argument, its value and
+ * what is valid): tokens >= 1, batch >= 1; with cu_seqlens NULL, batch divides tokens,
+ * cu_seqlens_host is NULL and max_seqlen is 0 or tokens / batch; with cu_seqlens,
+ * ceil(tokens / batch) <= max_seqlen <= tokens and cu_seqlens_host, when given, starts at 0,
+ * does not decrease, ends at tokens and has no sequence longer than max_seqlen; every tensor
+ * pointer set and 16-byte aligned (lse and cu_seqlens 4-byte); packed strides.
+ *
+ * The fixed-length batch (cu_seqlens NULL) needs boundaries on the device: the handle keeps a
+ * few small device buffers, one per (tokens, batch) of the last four seen, written once by a
+ * copy on the caller's stream from pinned memory the handle owns. No call synchronises the
+ * device: a fifth (tokens, batch) takes over the least recently used buffer, its copy ordered
+ * after that buffer's last launches (the host waits only for that buffer's own earlier copy
+ * to have run); calls on different streams that share a buffer are ordered after each other
+ * (the later stream waits for the earlier one's launches that read it).
  */
 typedef struct s2lora_attn_args {
     int tokens;
@@ -202,7 +256,8 @@ s2lora_status s2lora_attn_forward(s2lora_attn *attn, const s2lora_attn_args *arg
                                   void *stream);
 
 /* Device scratch bytes the backward needs for T tokens (the caller allocates it; its contents
- * need not be set and are garbage after). */
+ * need not be set and are garbage after); 0 for a NULL attn or tokens < 1. It depends on the
+ * handle's tile (the atomic-dQ backward adds an fp32 accumulator). */
 size_t s2lora_attn_workspace_bytes(const s2lora_attn *attn, int tokens);
 
 /* The backward's tensors beyond the forward's (args->o and args->lse as the forward wrote
@@ -223,6 +278,17 @@ typedef struct s2lora_attn_grads {
 s2lora_status s2lora_attn_backward(s2lora_attn *attn, const s2lora_attn_args *args,
                                    const s2lora_attn_grads *grads, void *stream);
 
+/*
+ * Checks args (and grads, when not NULL) against spec's attention as s2lora_attn_forward and
+ * s2lora_attn_backward check them, without a device and without touching device memory
+ * (pointers are checked for NULL and alignment; cu_seqlens_host is read): S2LORA_OK, or
+ * S2LORA_ERR_INVALID with the message on spec's context. Not checked here: the workspace's
+ * size, which depends on the tile a handle was built with (s2lora_attn_backward checks it),
+ * and the launch grids' limits. Works on a context without a device.
+ */
+s2lora_status s2lora_attn_check_args(const s2lora_spec *spec, const s2lora_attn_args *args,
+                                     const s2lora_attn_grads *grads);
+
 /* ---- LoRA linears ----
  * y = x Wᵀ + s (x Aᵀ) Bᵀ for n_proj projections that read the same x (q, k, v fused; or one
  * alone), s = alpha / r, with PEFT's shapes, and the backward dx, dA, dB (W frozen). The fusion
@@ -234,7 +300,8 @@ s2lora_status s2lora_attn_backward(s2lora_attn *attn, const s2lora_attn_args *ar
  *   dya  [M, out_total + rp]      dy in columns [0, out_total); the backward writes s dy B
  *   dxv  [M, in + rp]             dx in columns [0, in)
  *   da   [rp, in], db [out_total, rp]   fp32 with grad_f32, else the storage dtype
- * s2lora_lora_pack_weights fills wc from W, A and B.
+ * s2lora_lora_pack_weights fills wc from W, A and B. Every pointer must be 16-byte aligned.
+ * db: only the diagonal blocks (projection i's rows, columns i r .. i r + r) are written.
  */
 typedef struct s2lora_lora s2lora_lora;
 
@@ -248,12 +315,19 @@ typedef struct s2lora_lora_shape {
     int dtype;      /* 0 bf16, 1 fp16 */
     float dropout;  /* PEFT's lora_dropout, on the adapter's input: 0 or in [1e-9, 0.999999] */
     uint64_t seed;  /* the dropout mask's seed */
-    int layer;      /* the dropout stream's layer (masks differ per layer and projection) */
+    int layer;      /* the dropout stream's layer (masks differ per layer and projection):
+                       projection i's mask is stream layer * 8 + i; 0 <= layer < 2^28 */
     int grad_f32;   /* 1: dA, dB in fp32, accumulated (C = grad_beta C + product) */
-    float grad_beta;
+    float grad_beta; /* finite; must be 0 when grad_f32 is 0 (dtype gradients are overwritten) */
 } s2lora_lora_shape;
 
-int s2lora_lora_rp(int n_proj, int rank); /* n_proj r rounded up to 16 */
+/* Checked by s2lora_lora_create (S2LORA_ERR_INVALID naming the field; before the device, so a
+ * context without one checks shapes too): tokens >= 1, in >= 1, n_proj 1..3, out[i] >= 1 for
+ * i < n_proj (the rest ignored), in + rp and the sum of out + rp at most 2^20, rank 1..1024,
+ * alpha finite in [1e-30, 1e30], dtype 0 or 1, dropout as above, grad_f32 0 or 1. */
+
+int s2lora_lora_rp(int n_proj, int rank); /* n_proj r rounded up to 16; 0 for n_proj outside
+                                             1..3 or rank outside 1..1024 */
 
 s2lora_status s2lora_lora_create(s2lora_ctx *ctx, const s2lora_lora_shape *shape,
                                  s2lora_lora **lora);
