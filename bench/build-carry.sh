@@ -15,6 +15,8 @@ cmake -S "$src" -B "$src/build-broken" -DS2_BUILD_TESTS=OFF -DS2_TEST_BROKEN_TIL
 cmake --build "$src/build-broken" -j "$(nproc)" --target s2lora >/dev/null
 mkdir -p .carry/bin .carry/bin-broken
 cp "$src/build/s2lora" "$src/build/s2lora_gpu_check" "$src/build/s2lora_model_check" .carry/bin/
+# The shared library, for the Python package (gpu-check.sh's torch section), where it is built.
+if [ -f "$src/build/libs2lora.so" ]; then cp "$src/build/libs2lora.so" .carry/bin/; fi
 cp "$src/build-broken/s2lora" .carry/bin-broken/
 rm -rf "$src"
 echo "$commit"

@@ -26,6 +26,7 @@ from ._layout import (group_for_call, hf_bhsd_is_packed_bshd,
 from ._torch import attention
 
 COPIES = {"q": 0, "k": 0, "v": 0}  # tensors copied because their layout was not [B, S, H, d]
+CALLS = {"s2": 0, "full": 0}       # calls that ran S²-Attn, and full causal attention
 
 # Keyword arguments that change the scores: refused unless None.
 _REFUSED_KWARGS = ("sliding_window", "softcap", "s_aux", "sinks", "position_bias", "head_mask")
@@ -119,6 +120,7 @@ def make_attention_function(*, group_size=None, group_ratio=None, shift=None, sh
         full = full_attention or (full_attention_in_eval and not module.training)
         g, sh = group_for_call(s, group_size=st["group_size"], group_ratio=st["group_ratio"],
                                shift=st["shift"], full=full)
+        CALLS["full" if full else "s2"] += 1
         out = attention(as_bshd("q", query), as_bshd("k", key), as_bshd("v", value),
                         group_size=g, shift=sh, shift_mode=st["shift_mode"],
                         softmax_scale=scaling, options=options)
@@ -172,9 +174,10 @@ def _registries():
         def reg_attn(name, fn):
             ALL_ATTENTION_FUNCTIONS[name] = fn
     try:
-        from transformers.masking_utils import AttentionMaskInterface, causal_mask_function  # noqa
-        reg_mask = AttentionMaskInterface.register
-    except ImportError:
+        from transformers import masking_utils
+        reg_mask = masking_utils.AttentionMaskInterface.register
+        masking_utils.causal_mask_function  # what _mask_function compares with
+    except (ImportError, AttributeError):
         reg_mask = None  # before 4.53: the model builds a 4-D mask, checked per call
     return reg_attn, reg_mask
 

@@ -111,9 +111,9 @@ class TestFinder(unittest.TestCase):
     @unittest.skipUnless(_paths.c_compiler(), "no C compiler on PATH")
     def test_library_missing_functions_is_refused_by_name(self):
         d, = self.dirs("partial")
-        so = _compile_so(d, "libs2lora.so",
-                         "int s2lora_version_number(void) { return 2000; }\n"
-                         "const char *s2lora_version(void) { return \"0.2.0\"; }\n")
+        _compile_so(d, "libs2lora.so",
+                    "int s2lora_version_number(void) { return 2000; }\n"
+                    "const char *s2lora_version(void) { return \"0.2.0\"; }\n")
         # found by the search (LD_LIBRARY_PATH), not only through the variable
         with self.assertRaises(errors.LibraryVersionError) as cm:
             _lib.find_and_load({"LD_LIBRARY_PATH": d}, package_dir=self.dirs("empty")[0],
