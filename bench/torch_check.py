@@ -37,6 +37,7 @@ import traceback
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
+DEVICE = "cuda"
 RESULTS = {"checks": [], "speed": []}
 FAILS = []
 
@@ -124,7 +125,7 @@ def roll_fold(torch, F, q, k, v, g, s, scale):
 
 def section_ref(torch, F):
     torch.manual_seed(0)
-    dev = "cuda"
+    dev = DEVICE
     for n, h, d, g, s in ((1000, 4, 64, 256, 128), (1024, 4, 64, 256, 100), (300, 2, 64, 512, 0)):
         q, k, v = (torch.randn(n, h, d, device=dev, dtype=torch.float64) for _ in range(3))
         scale = d ** -0.5
@@ -161,18 +162,18 @@ CASES = [
 def make_inputs(torch, case, seed):
     name, b, lens, h, hkv, d, g, s, mode, scale, dt = case
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[dt]
-    gen = torch.Generator(device="cuda").manual_seed(seed)
+    gen = torch.Generator(device=DEVICE).manual_seed(seed)
     t = sum(lens)
     shape_q = (b, t // b, h, d) if b else (t, h, d)
     shape_k = (b, t // b, hkv, d) if b else (t, hkv, d)
-    q = torch.randn(shape_q, generator=gen, device="cuda").to(dtype).requires_grad_()
-    k = torch.randn(shape_k, generator=gen, device="cuda").to(dtype).requires_grad_()
-    v = torch.randn(shape_k, generator=gen, device="cuda").to(dtype).requires_grad_()
-    do = torch.randn(shape_q, generator=gen, device="cuda").to(dtype)
+    q = torch.randn(shape_q, generator=gen, device=DEVICE).to(dtype).requires_grad_()
+    k = torch.randn(shape_k, generator=gen, device=DEVICE).to(dtype).requires_grad_()
+    v = torch.randn(shape_k, generator=gen, device=DEVICE).to(dtype).requires_grad_()
+    do = torch.randn(shape_q, generator=gen, device=DEVICE).to(dtype)
     cu = None
     if not b and len(lens) > 1:
         cu = torch.tensor([0] + list(__import__("itertools").accumulate(lens)),
-                          dtype=torch.int32, device="cuda")
+                          dtype=torch.int32, device=DEVICE)
     return q, k, v, do, cu
 
 
@@ -250,7 +251,7 @@ def section_attn(torch, F, s2lora, with_sdpa):
 
 def refusals(torch, s2lora):
     from s2lora import hf
-    dev = "cuda"
+    dev = DEVICE
     base = torch.randn(256, 4, 256, device=dev, dtype=torch.bfloat16)
     k = torch.randn(256, 4, 128, device=dev, dtype=torch.bfloat16)
     expect = [
@@ -331,17 +332,23 @@ def flex_attention_fn(module, query, key, value, attention_mask, scaling=None, d
     return o.transpose(1, 2).contiguous(), None
 
 
-def make_model(torch, seqlen, layers, seed=0):
+LLAMA_7B = dict(hidden_size=4096, intermediate_size=11008, num_attention_heads=32,
+                num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096)
+
+
+def make_model(torch, seqlen, layers, seed=0, shape=None):
+    """A random LLaMA of `shape` (default the 7B's) with `layers` layers, bf16, linear RoPE
+    scaling from the base context to seqlen."""
     from transformers import LlamaForCausalLM
     sys.path.insert(0, os.path.join(HERE, "peers"))
     from hf_compat import llama_config
-    cfg = llama_config(factor=max(1.0, seqlen / 4096), hidden_size=4096, intermediate_size=11008,
-                       num_hidden_layers=layers, num_attention_heads=32, num_key_value_heads=32,
-                       vocab_size=32000, max_position_embeddings=4096, rms_norm_eps=1e-5,
-                       tie_word_embeddings=False)
+    shape = dict(LLAMA_7B if shape is None else shape)
+    base = shape["max_position_embeddings"]
+    cfg = llama_config(factor=max(1.0, seqlen / base), num_hidden_layers=layers, rms_norm_eps=1e-5,
+                       tie_word_embeddings=False, **shape)
     cfg.use_cache = False
     torch.manual_seed(seed)
-    with torch.device("cuda"):
+    with torch.device(DEVICE):
         m = LlamaForCausalLM(cfg).to(torch.bfloat16)
     return m
 
@@ -352,11 +359,11 @@ def add_lora(torch, model, seed=1):
                                           target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
     # B starts at zero in PEFT, which leaves A's gradient zero: give B small random values so
     # that both gradients are compared.
-    gen = torch.Generator(device="cuda").manual_seed(seed)
+    gen = torch.Generator(device=DEVICE).manual_seed(seed)
     with torch.no_grad():
         for n, p in pm.named_parameters():
             if "lora_B" in n:
-                p.copy_(torch.randn(p.shape, generator=gen, device="cuda") * 1e-2)
+                p.copy_(torch.randn(p.shape, generator=gen, device=DEVICE) * 1e-2)
     return pm
 
 
@@ -399,8 +406,8 @@ def section_hf(torch, s2lora, have_lib, seqlen, layers):
     model = make_model(torch, seqlen, layers)
     pm = add_lora(torch, model)
     pm.train()
-    gen = torch.Generator(device="cuda").manual_seed(2)
-    ids = torch.randint(3, 32000, (1, seqlen), generator=gen, device="cuda")
+    gen = torch.Generator(device=DEVICE).manual_seed(2)
+    ids = torch.randint(3, 32000, (1, seqlen), generator=gen, device=DEVICE)
     runs = {}
     for impl in (["s2lora"] if have_lib else []) + ["s2lora_check_rollfold", "s2lora_check_flex"]:
         set_attn(pm, impl)
@@ -455,8 +462,8 @@ def section_speed(torch, s2lora, have_lib, seqlens, layers, steps, warmup):
         pm.train()
         params = [p for p in pm.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=1e-5)
-        gen = torch.Generator(device="cuda").manual_seed(3)
-        ids = torch.randint(3, 32000, (1, n), generator=gen, device="cuda")
+        gen = torch.Generator(device=DEVICE).manual_seed(3)
+        ids = torch.randint(3, 32000, (1, n), generator=gen, device=DEVICE)
         for impl, label in impls:
             set_attn(pm, impl)
             try:
