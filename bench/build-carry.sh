@@ -16,6 +16,9 @@ cmake --build "$src/build-broken" -j "$(nproc)" --target s2lora >/dev/null
 mkdir -p .carry/bin .carry/bin-broken
 cp "$src/build/s2lora" "$src/build/s2lora_gpu_check" "$src/build/s2lora_model_check" \
   "$src/build/s2lora_api_check" .carry/bin/
+# The shared library (its real file, under the name ctypes opens), for the Python package
+# (gpu-check.sh's torch section).
+cp -L "$src/build/libs2lora.so" .carry/bin/libs2lora.so
 cp "$src/build-broken/s2lora" .carry/bin-broken/
 rm -rf "$src"
 echo "$commit"

@@ -19,8 +19,12 @@
 #      at d=128, H=32, G=N/4, then N=16k at d=64. S2_BENCH_FULL=1 runs step 2's whole sweep
 #      (8k, 16k, 32k, 64k, 100k; alone it fits one call, with the rest it does not);
 #      S2_BENCH_SEQLENS=LIST names the d=128 lengths outright.
-#  Only when named in S2_SECTIONS: ncu (hardware counters of the attention kernels at 16k) and
-#  sanitize (compute-sanitizer memcheck, synccheck and racecheck on every gpu_check family).
+#  Only when named in S2_SECTIONS: ncu (hardware counters of the attention kernels at 16k),
+#  sanitize (compute-sanitizer memcheck, synccheck and racecheck on every gpu_check family) and
+#  torch (the Python package, python/, through libs2lora.so: bench/torch_check.py checks
+#  s2lora.attention against float64 and SDPA, attn_implementation="s2lora" in a transformers +
+#  PEFT step against LongLoRA's roll/fold patch, and times that step beside FlexAttention;
+#  S2_LIB names the library, default $BIN/libs2lora.so).
 # Usage from the device tool: `bench/build-carry.sh` here (prints the commit), carry .carry,
 #   S2_BIN=.carry/bin S2_COMMIT=<commit> bash bench/gpu-check.sh
 # The binaries are built on a machine with the build dependencies (the GPU machine has no
@@ -45,10 +49,11 @@ export S2LORA_CACHE_DIR=${S2LORA_CACHE_DIR:-/tmp/s2lora-cache}
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 rm -rf "$S2LORA_CACHE_DIR"
 status=0
-# S2_SECTIONS picks sections (default all but ncu and sanitize): build check api peers model
-# train tune gate lora bench;
-# ncu (hardware counters of the attention kernels) and sanitize (compute-sanitizer on every
-# gpu_check family) run only when named. One device call
+# S2_SECTIONS picks sections (default all but ncu, sanitize and torch): build check api peers
+# model train tune gate lora bench;
+# ncu (hardware counters of the attention kernels), sanitize (compute-sanitizer on every
+# gpu_check family) and torch (bench/torch_check.py, about 4 minutes) run only when named. One
+# device call
 # may run 10 minutes; the whole script takes about 8 (H100, 2026-11-25 estimate), so a
 # session short of time splits it, e.g. S2_SECTIONS="build check peers gate", then "tune bench".
 want() { case " ${S2_SECTIONS:-build check api peers model train tune gate lora bench} " in *" $1 "*) return 0 ;; esac; return 1; }
@@ -297,6 +302,14 @@ for r in rows[2:]:
 PY
 fi
 
+if want torch; then
+echo "== the Python package vs PyTorch: s2lora.attention, attn_implementation=s2lora (bench/torch_check.py)"
+# The GPU machine has no pip: the package runs from the tree.
+PYTHONPATH=python python3 bench/torch_check.py --lib "${S2_LIB:-$BIN/libs2lora.so}" \
+  --json "$OUTDIR/torch_check.json" 2>&1 | tee "$OUTDIR/torch_check.txt"
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
+fi
+
 if want sanitize; then
 # Not in the default sections: compute-sanitizer's memcheck (out-of-bounds and misaligned
 # accesses, leaks of device memory), synccheck (barriers not reached by every thread) and
@@ -388,5 +401,6 @@ grep -E '^(model_check|llama_peers): (PASS|FAIL)' "$OUTDIR/model_check.txt" 2>/d
 grep -E '^(train|resume): |: s2lora / pytorch' "$OUTDIR/train.txt" 2>/dev/null
 grep -E '^(bench attn:|== |impl |s2lora|sdpa-|flex-|fastest peer|no peer)' "$OUTDIR/bench_attn.txt" 2>/dev/null
 grep -E '^compute-sanitizer |ERROR SUMMARY|RACECHECK SUMMARY|^gpu_check: [0-9]' "$OUTDIR/sanitize.txt" 2>/dev/null
+grep -E '^(FAIL |torch_check: )' "$OUTDIR/torch_check.txt" 2>/dev/null
 echo "gpu-check status: $status"
 exit $status
