@@ -157,6 +157,15 @@ DECLARATIONS = {
                                       c_void_p]),
     "s2lora_lora_backward": (_status, [_handle, c_void_p, c_void_p, c_void_p, c_void_p,
                                        c_void_p, c_void_p, c_void_p, c_void_p]),
+    "s2lora_warnings": (ctypes.c_char_p, [_handle]),
+    "s2lora_device_alloc": (_status, [_handle, ctypes.c_size_t, _P(c_void_p)]),
+    "s2lora_device_free": (None, [_handle, c_void_p]),
+    "s2lora_memcpy_to_device": (_status, [_handle, c_void_p, c_void_p, ctypes.c_size_t]),
+    "s2lora_memcpy_to_host": (_status, [_handle, c_void_p, c_void_p, ctypes.c_size_t]),
+    "s2lora_synchronize": (_status, [_handle, c_void_p]),
+    "s2lora_attn_create_seqlen": (_status, [_handle, _handle, ctypes.c_int, _P(_handle)]),
+    "s2lora_attn_tile": (ctypes.c_char_p, [_handle]),
+    "s2lora_attn_check_args": (_status, [_handle, _P(AttnArgs), _P(AttnGrads)]),
 }
 
 
