@@ -788,7 +788,7 @@ static void make_inputs(void)
     free(out);
 }
 
-#define TRAIN "train " TINY " --model model --data a.tokens --steps 2 --seqlen 512"
+#define TRAIN "train " TINY " --model model --data a.tokens --steps 2 --seqlens 512"
 
 Test(train_dp, two_ranks_meet_then_exit_3_without_a_gpu)
 {

@@ -409,7 +409,7 @@ s2_status s2_gm_open(s2_gm **out, const s2_rt *rt, const s2_spec *spec, const s2
     if (o->max_tokens < 1)
         return s2_error_set(err, S2_ERR_INVALID, "model: max_tokens %d: must be >= 1",
                             o->max_tokens);
-    s2_status st = s2_ckpt_check(ck, spec, err);
+    s2_status st = s2_ckpt_check_rope(ck, spec, o->rope_spec ? S2_ROPE_SPEC : S2_ROPE_MATCH, err);
     if (st)
         return st;
     s2_gm *m = calloc(1, sizeof *m);
