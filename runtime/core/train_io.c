@@ -875,6 +875,35 @@ s2_status s2_ckpt_check_rope(const s2_ckpt *ck, const s2_spec *spec, s2_rope_pol
     return st ? st : check_tensors(ck, spec, err);
 }
 
+s2_status s2_ckpt_config_with_spec_rope(const char *json_text, const char *path,
+                                        const s2_spec *spec, char **out, s2_error *err)
+{
+    *out = NULL;
+    json_error_t je;
+    json_t *c = json_loads(json_text, 0, &je);
+    if (!c || !json_is_object(c)) {
+        json_decref(c);
+        return s2_error_set(err, S2_ERR_PARSE, "%s:%d:%d: %s", path, je.line, je.column,
+                            c ? "not a JSON object" : je.text);
+    }
+    const double f = (double)spec->rope_factor;
+    json_t *rp = json_object_get(c, "rope_parameters");
+    int bad;
+    if (json_is_object(rp)) {
+        json_object_del(rp, "type");
+        bad = json_object_set_new(rp, "rope_type", json_string(f > 1 ? "linear" : "default")) ||
+              (f > 1 ? json_object_set_new(rp, "factor", json_real(f))
+                     : (json_object_del(rp, "factor"), 0));
+    } else {
+        bad = json_object_set_new(c, "rope_scaling",
+                                  f > 1 ? json_pack("{s:s, s:f}", "type", "linear", "factor", f)
+                                        : json_null());
+    }
+    *out = bad ? NULL : json_dumps(c, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    json_decref(c);
+    return *out ? S2_OK : s2_error_set(err, S2_ERR_NOMEM, "%s: out of memory", path);
+}
+
 s2_status s2_ckpt_check(const s2_ckpt *ck, const s2_spec *spec, s2_error *err)
 {
     return s2_ckpt_check_rope(ck, spec, S2_ROPE_MATCH, err);

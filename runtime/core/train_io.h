@@ -109,6 +109,15 @@ s2_status s2_ckpt_check(const s2_ckpt *ck, const s2_spec *spec, s2_error *err);
  * multiplied, the new one is the whole interpolation.
  */
 typedef enum s2_rope_policy { S2_ROPE_MATCH = 0, S2_ROPE_SPEC } s2_rope_policy;
+
+/*
+ * A checkpoint's config.json text (path for messages) with its RoPE scaling set to the spec's:
+ * "rope_scaling" {"type": "linear", "factor": rope_factor}, or null at factor 1 (transformers
+ * 5's "rope_parameters", when the file has it, gets rope_type and factor instead); everything
+ * else kept. For a model trained at the spec's factor (train --mode full). *out is heap.
+ */
+s2_status s2_ckpt_config_with_spec_rope(const char *json_text, const char *path,
+                                        const s2_spec *spec, char **out, s2_error *err);
 s2_status s2_ckpt_check_rope(const s2_ckpt *ck, const s2_spec *spec, s2_rope_policy rope,
                              s2_error *err);
 
