@@ -697,16 +697,25 @@ static void bash_script(const s2_cmd_group *groups, int n, s2_buf *b)
     s2_buf_printf(b, "    esac\n}\n\ncomplete -F _s2lora s2lora\n");
 }
 
-/* Help text for zsh's brackets: the first clause, without the characters _arguments reads. */
+/* Help text for zsh's brackets: up to the first parenthesis or semicolon, at most ~60
+ * characters (whole words), brackets and colons (which _arguments reads) left out, quotes
+ * closed and reopened around an apostrophe. */
 static void zsh_help(s2_buf *b, const char *help)
 {
-    int n = 0;
-    for (const char *p = help; *p && n < 70; p++, n++) {
-        if (*p == ';' || *p == '(' || (*p == '.' && (p[1] == ' ' || !p[1])))
-            break;
-        char ch = *p == '[' || *p == ']' || *p == ':' || *p == '\'' || *p == '`' || *p == '\\'
-                  ? ' ' : *p;
-        s2_buf_append(b, &ch, 1);
+    size_t n = strcspn(help, "(;");
+    while (n > 0 && help[n - 1] == ' ')
+        n--;
+    if (n > 60) {
+        n = 60;
+        while (n > 0 && help[n] != ' ')
+            n--;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const char ch = help[i];
+        if (ch == '\'')
+            s2_buf_printf(b, "'\\''");
+        else if (ch != '[' && ch != ']' && ch != ':' && ch != '\\' && ch != '`')
+            s2_buf_append(b, &ch, 1);
     }
 }
 
@@ -734,8 +743,10 @@ static void zsh_cmd(s2_buf *b, const s2_cmd *c)
             continue;
         const char *star = repeatable(o) ? "*" : "";
         s2_buf_printf(b, "            ");
-        if (o->short_name)
-            s2_buf_printf(b, "'%s(-%c --%s)'{-%c,--%s}'[", star, o->short_name, o->name,
+        if (o->short_name && *star) /* repeatable: no exclusion of itself */
+            s2_buf_printf(b, "'*'{-%c,--%s}'[", o->short_name, o->name);
+        else if (o->short_name)
+            s2_buf_printf(b, "'(-%c --%s)'{-%c,--%s}'[", o->short_name, o->name,
                           o->short_name, o->name);
         else
             s2_buf_printf(b, "'%s--%s[", star, o->name);
