@@ -181,7 +181,7 @@ echo "== the tuner's gate rejects a deliberately broken candidate (test build)"
 BROKEN=${S2_BIN_BROKEN:-.carry/bin-broken}
 gate_db=$(mktemp -d /tmp/s2lora-gate.XXXXXX)
 if [ -x "$BROKEN/s2lora" ]; then
-  "$BROKEN/s2lora" tune specs/tiny-byte-512.yaml --kernels attn_fwd --seqlen 4096 \
+  "$BROKEN/s2lora" tune specs/tiny-byte-512.yaml --kernels attn_fwd --seqlens 4096 \
     --db "$gate_db" >"$gate_db/gate.txt" 2>&1 || status=1
   rejected=$(grep -c REJECTED "$gate_db/gate.txt" || true)
   broken=$(grep REJECTED "$gate_db/gate.txt" | grep -c 'test_broken=1' || true)
@@ -204,17 +204,17 @@ lora_M=${S2_LORA_M:-16384} lora_dims=${S2_LORA_DIMS:-4096} lora_ranks=${S2_LORA_
 # Untuned first (a database of its own), then the LoRA products tuned at the first M for the
 # default spec's groups (7B: its o group is the dim=4096, r=8 case) and the same bench again.
 lora_db=$(mktemp -d /tmp/s2lora-lora-db.XXXXXX)
-S2LORA_CACHE_DIR=$lora_db "$BIN/s2lora" bench lora --M "$lora_M" --dims "$lora_dims" \
+S2LORA_CACHE_DIR=$lora_db "$BIN/s2lora" bench lora --tokens "$lora_M" --dims "$lora_dims" \
   --ranks "$lora_ranks" --csv "$DATA/bench_lora_untuned.csv" >"$OUTDIR/bench_lora.txt" 2>&1 ||
   status=1
 lora_m1=${lora_M%%,*}
 t0=$(date +%s%N)
-"$BIN/s2lora" tune specs/llama2-7b-32k.yaml --kernels lora --seqlen "$lora_m1" \
+"$BIN/s2lora" tune specs/llama2-7b-32k.yaml --kernels lora --seqlens "$lora_m1" \
   >>"$OUTDIR/bench_lora.txt" 2>&1 || status=1
 t1=$(date +%s%N)
 echo "tune --kernels lora at M=$lora_m1: $(( (t1 - t0) / 1000000 )) ms wall" | tee -a "$OUTDIR/bench_lora.txt"
 echo "-- again, with the tuned products where the database has them" >>"$OUTDIR/bench_lora.txt"
-"$BIN/s2lora" bench lora --M "$lora_M" --dims "$lora_dims" --ranks "$lora_ranks" \
+"$BIN/s2lora" bench lora --tokens "$lora_M" --dims "$lora_dims" --ranks "$lora_ranks" \
   --csv "$DATA/bench_lora.csv" >>"$OUTDIR/bench_lora.txt" 2>&1 || status=1
 rm -rf "$lora_db"
 python3 bench/peers/lora_peers.py --M "$lora_M" --dims "$lora_dims" --ranks "$lora_ranks" \

@@ -68,9 +68,9 @@ run() {
   }
   local results="$w/results"
   : >"$results"
-  ppl "pretrained@512" --set context_length=512 --model "$w/pre/model" --seqlen 512 \
+  ppl "pretrained@512" --set context_length=512 --model "$w/pre/model" --seqlens 512 \
     --max-windows 192 >>"$results"
-  ppl "pretrained@4096" --model "$w/pre/model" --seqlen 4096 --max-windows 24 >>"$results"
+  ppl "pretrained@4096" --model "$w/pre/model" --seqlens 4096 --max-windows 24 >>"$results"
   for mode in s2 short; do
     local extra=()
     [ "$mode" = short ] && extra=(--set s2attn.shift=0)
@@ -79,13 +79,13 @@ run() {
       --data "$CORPUS/train.tokens" --out "$w/ext-$mode" --steps "$ext" --grad-accum 1 \
       --lr 2e-4 --warmup 10 --save-every 0 >>"$log" 2>&1
     tail -n 2 "$w/ext-$mode/train.jsonl" >>"$log"
-    ppl "lora+${mode}@4096" --model "$w/pre/model" --seqlen 4096 --max-windows 24 \
+    ppl "lora+${mode}@4096" --model "$w/pre/model" --seqlens 4096 --max-windows 24 \
       --adapter "$w/ext-$mode/adapter" --trainable "$w/ext-$mode/trainable.safetensors" \
       >>"$results"
     ppl "lora+${mode}@4096,trained-attn" "${extra[@]}" --s2attn --model "$w/pre/model" \
-      --seqlen 4096 --max-windows 24 --adapter "$w/ext-$mode/adapter" \
+      --seqlens 4096 --max-windows 24 --adapter "$w/ext-$mode/adapter" \
       --trainable "$w/ext-$mode/trainable.safetensors" >>"$results"
-    ppl "lora+${mode}@1024" --model "$w/pre/model" --seqlen 1024 --max-windows 96 \
+    ppl "lora+${mode}@1024" --model "$w/pre/model" --seqlens 1024 --max-windows 96 \
       --adapter "$w/ext-$mode/adapter" --trainable "$w/ext-$mode/trainable.safetensors" \
       >>"$results"
   done

@@ -47,22 +47,28 @@ Test(bench_cli, usage_errors_exit_2)
 {
     expect_bench("", 2, "missing what to bench");
     expect_bench("mlp x.yaml", 2, "unknown benchmark 'mlp' (valid: attn, lora)");
-    expect_bench("lora x.yaml", 2, "option 'x.yaml' needs a value");
-    expect_bench("lora --ranks 8,,16", 2, "bench lora");
-    expect_bench("lora --dtype fp32", 2, "unknown option or value '--dtype'");
+    expect_bench("lora x.yaml", 2, "unexpected argument 'x.yaml' (bench lora takes no");
+    expect_bench("lora --ranks 8,,16", 2, "s2lora: bench lora: --ranks: \"8,,16\": item 2 is "
+                 "empty");
+    expect_bench("lora --dtype fp32", 2, "--dtype: \"fp32\" is not one of: bf16, fp16");
+    expect_bench("lora --reps 0", 2, "--reps: \"0\" is not an integer in 1..100000");
     expect_bench("attn", 2, "missing SPEC");
     expect_bench("attn " SPECS "/llama2-7b-8k.yaml --bogus", 2, "unknown option '--bogus'");
     expect_bench("attn " SPECS "/llama2-7b-8k.yaml --bogus", 2, "Try 's2lora bench attn --help'");
     expect_bench("attn " SPECS "/llama2-7b-8k.yaml --seqlens", 2, "option '--seqlens' needs a value");
     expect_bench("attn " SPECS "/llama2-7b-8k.yaml --seqlens 8192,,16384", 2, "item 2 is empty");
-    expect_bench("attn " SPECS "/llama2-7b-8k.yaml --seqlens 8k", 2, "'8k' is not a sequence length");
-    expect_bench("attn " SPECS "/llama2-7b-8k.yaml --seqlens 0", 2, "'0' is not a sequence length");
-    expect_bench("attn " SPECS "/llama2-7b-8k.yaml --seqlens -5", 2, "'-5' is not a sequence length");
+    expect_bench("attn " SPECS "/llama2-7b-8k.yaml --seqlens 8k", 2,
+                 "--seqlens: item 1 \"8k\" is not an integer in 1..1073741823");
+    expect_bench("attn " SPECS "/llama2-7b-8k.yaml --seqlens 0", 2, "item 1 \"0\" is not an integer");
+    expect_bench("attn " SPECS "/llama2-7b-8k.yaml --seqlens -5", 2, "item 1 \"-5\" is not an integer");
     expect_bench("attn " SPECS "/llama2-7b-8k.yaml --seqlens 8192,", 2, "item 2 is empty");
     expect_bench("attn " SPECS "/llama2-7b-8k.yaml --seqlens 4096,4096", 2, "4096 is listed twice");
-    expect_bench("attn " SPECS "/llama2-7b-8k.yaml --reps 0", 2, "--reps 0: expected an integer");
-    expect_bench("attn " SPECS "/llama2-7b-8k.yaml --warmup x", 2, "--warmup x: expected an integer");
-    expect_bench("attn " SPECS "/llama2-7b-8k.yaml --seed 0", 2, "--seed 0: expected a positive");
+    expect_bench("attn " SPECS "/llama2-7b-8k.yaml --reps 0", 2,
+                 "--reps: \"0\" is not an integer in 1..100000");
+    expect_bench("attn " SPECS "/llama2-7b-8k.yaml --warmup x", 2,
+                 "--warmup: \"x\" is not an integer in 0..100000");
+    expect_bench("attn " SPECS "/llama2-7b-8k.yaml --seed 0", 2,
+                 "--seed: \"0\" is not an integer >= 1");
     expect_bench("attn " SPECS "/llama2-7b-8k.yaml --peers p.py --no-peers", 2,
                  "--peers and --no-peers exclude each other");
 }
@@ -83,6 +89,11 @@ Test(bench_cli, spec_and_file_errors_exit_1_before_the_device)
                  "--json /nonexistent-dir/x.json: cannot write");
     expect_bench("attn " SPECS "/llama2-7b-8k.yaml --peers /nonexistent/attn_peers.py", 1,
                  "--peers /nonexistent/attn_peers.py");
+    /* bench lora's files too, before any device is looked for */
+    expect_bench("lora --csv /nonexistent-dir/x.csv", 1,
+                 "--csv /nonexistent-dir/x.csv: cannot write in directory '/nonexistent-dir'");
+    expect_bench("lora --json /nonexistent-dir/x.json", 1,
+                 "--json /nonexistent-dir/x.json: cannot write in directory '/nonexistent-dir'");
 }
 
 Test(bench_cli, valid_arguments_run_or_say_no_device, .timeout = 300)
@@ -118,54 +129,7 @@ Test(bench_cli, valid_arguments_run_or_say_no_device, .timeout = 300)
     free(out);
 }
 
-/* ------------------------------------------------------------------ parsing, in process */
-
-Test(bench_parse, defaults_and_options)
-{
-    s2_bench_opts o;
-    s2_error err = {0};
-    char *argv1[] = {"a.yaml", "b.yaml", "--set", "dtype=fp16", "--seqlens", "8192,102400"};
-    cr_assert_eq(s2_bench_parse(6, argv1, &o, &err), S2_OK, "%s", err.msg);
-    cr_expect_eq(o.n_specs, 2);
-    cr_expect_str_eq(o.specs[1], "b.yaml");
-    cr_expect_eq(o.n_sets, 1);
-    cr_expect_eq(o.n_seqlens, 2);
-    cr_expect_eq(o.seqlens[1], 102400);
-    cr_expect_eq(o.reps_fwd, 20);
-    cr_expect_eq(o.reps_fb, 10);
-    cr_expect_eq(o.warmup, 5);
-    cr_expect_str_eq(o.peers, S2_BENCH_DEFAULT_PEERS);
-    cr_expect_eq(o.peers_given, 0);
-
-    char *argv2[] = {"--reps", "7", "a.yaml", "--no-peers", "--warmup", "0", "--seed", "0x10"};
-    cr_assert_eq(s2_bench_parse(8, argv2, &o, &err), S2_OK, "%s", err.msg);
-    cr_expect_eq(o.reps_fwd, 7);
-    cr_expect_eq(o.reps_fb, 7, "--reps sets both");
-    cr_expect_eq(o.warmup, 0);
-    cr_expect_null(o.peers);
-    cr_expect_eq(o.seed, 16);
-
-    char *argv3[] = {"a.yaml", "--help", "--bogus"};
-    cr_assert_eq(s2_bench_parse(3, argv3, &o, &err), S2_OK);
-    cr_expect(o.help);
-}
-
-Test(bench_parse, seqlens)
-{
-    int v[4], n;
-    s2_error err = {0};
-    cr_expect_eq(s2_bench_parse_seqlens("8192", v, 4, &n, &err), S2_OK);
-    cr_expect_eq(n, 1);
-    cr_expect_eq(v[0], 8192);
-    cr_expect_eq(s2_bench_parse_seqlens("1,2,3,4", v, 4, &n, &err), S2_OK);
-    cr_expect_eq(n, 4);
-    const char *bad[] = {"", ",", "1,2,3,4,5", "1 ,2", "+5", "0x10", "99999999999", "1.5", "2,2"};
-    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        cr_expect_eq(s2_bench_parse_seqlens(bad[i], v, 4, &n, &err), S2_ERR_INVALID, "'%s'", bad[i]);
-        cr_expect(err.msg && strstr(err.msg, "--seqlens"), "'%s': %s", bad[i], err.msg);
-        s2_error_clear(&err);
-    }
-}
+/* (The parsing of bench attn's arguments is tests/test_opts.c's: the CLI's option table.) */
 
 /* ------------------------------------------------------------------ per-N specs */
 
@@ -175,15 +139,13 @@ static s2_bench_case *prepare(const char *spec, const char *seqlens, const char 
     s2_error err = {0};
     char path[512];
     snprintf(path, sizeof path, "%s/%s", SPECS, spec);
-    char *argv[8];
-    int argc = 0;
-    argv[argc++] = path;
-    argv[argc++] = "--no-peers";
-    if (seqlens)
-        argv[argc++] = "--seqlens", argv[argc++] = (char *)seqlens;
+    s2_bench_opts_default(&o);
+    o.specs[o.n_specs++] = path;
+    o.peers = NULL; /* --no-peers */
+    for (const char *p = seqlens; p && *p; p += strcspn(p, ",") + (p[strcspn(p, ",")] == ','))
+        o.seqlens[o.n_seqlens++] = atoi(p);
     if (set)
-        argv[argc++] = "--set", argv[argc++] = (char *)set;
-    cr_assert_eq(s2_bench_parse(argc, argv, &o, &err), S2_OK, "%s", err.msg);
+        o.sets[o.n_sets++].text = set;
     s2_bench_case *c = NULL;
     cr_assert_eq(s2_bench_prepare(&o, &c, n, &err), S2_OK, "%s", err.msg);
     cr_expect_neq(o.seed, 0, "a seed is picked");

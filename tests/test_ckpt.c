@@ -718,6 +718,143 @@ Test(ckpt, rope_scaling_linear_both_spellings)
                                            "rope_factor = 4");
 }
 
+/* A checkpoint extended already: its factor against the spec's is refused with the ways out
+ * (the flag, or the context that keeps its factor); S2_ROPE_SPEC takes it, the spec's factor
+ * then being the one the model runs with. */
+Test(ckpt, rope_scaling_of_an_extended_checkpoint)
+{
+    write_ckpt(0, 0);
+    s2_spec spec = load_spec(NULL, NULL); /* rope_factor 4 = 512 / 128 */
+    write_rope_scaling("{\"type\": \"linear\", \"factor\": 2.0}");
+    EXPECT_CHECK_ERROR(&spec, S2_ERR_SPEC, "rope_scaling.factor = 2, spec rope_factor = 4",
+                       "pass --rope-scaling spec", "--set context_length=256");
+    s2_ckpt *ck = open_ok();
+    s2_error err = {0};
+    cr_expect_eq(s2_ckpt_check_rope(ck, &spec, S2_ROPE_MATCH, &err), S2_ERR_SPEC);
+    s2_error_clear(&err);
+    cr_expect_eq(s2_ckpt_check_rope(ck, &spec, S2_ROPE_SPEC, &err), S2_OK, "%s", err.msg);
+    s2_ckpt_close(ck);
+    /* the context the message names keeps the checkpoint's factor */
+    s2_spec keep = load_spec("context_length=256", NULL);
+    cr_expect_eq(keep.rope_factor, 2);
+    expect_check_ok(&keep);
+    /* a factor no context gives: the message says so */
+    write_rope_scaling("{\"type\": \"linear\", \"factor\": 2.5}");
+    EXPECT_CHECK_ERROR(&spec, S2_ERR_SPEC, "no context_length (its factor 2.5 is not a whole "
+                                           "number)", "--rope-scaling spec");
+    /* SPEC still checks everything else */
+    s2_spec other = load_spec("model.hidden_size=128", NULL);
+    ck = open_ok();
+    cr_expect_eq(s2_ckpt_check_rope(ck, &other, S2_ROPE_SPEC, &err), S2_ERR_SPEC);
+    cr_expect(err.msg && strstr(err.msg, "hidden_size"), "%s", err.msg);
+    s2_error_clear(&err);
+    s2_ckpt_close(ck);
+}
+
+/* A model trained at the spec's factor says so in its config.json (train --mode full): the
+ * base's config with the spec's rope scaling, everything else kept; read back, the checkpoint
+ * passes the check against the spec. */
+Test(ckpt, config_with_the_spec_rope)
+{
+    write_ckpt(0, 0);
+    s2_spec spec = load_spec(NULL, NULL); /* factor 4 */
+    char *text = json_dumps(base_config(0), 0), *out = NULL;
+    s2_error err = {0};
+    cr_assert_eq(s2_ckpt_config_with_spec_rope(text, "base/config.json", &spec, &out, &err),
+                 S2_OK, "%s", err.msg);
+    json_t *c = json_loads(out, 0, NULL), *b = json_loads(text, 0, NULL);
+    cr_assert(c && b);
+    json_t *rs = json_object_get(c, "rope_scaling");
+    cr_expect_str_eq(json_string_value(json_object_get(rs, "type")), "linear");
+    cr_expect_eq(json_number_value(json_object_get(rs, "factor")), 4.0);
+    json_object_del(c, "rope_scaling");
+    json_object_del(b, "rope_scaling");
+    cr_expect(json_equal(c, b), "nothing else changed");
+    write_json("config.json", json_loads(out, 0, NULL));
+    expect_check_ok(&spec);
+    free(out);
+    json_decref(c);
+    /* factor 1: null; transformers 5's rope_parameters: its own keys */
+    s2_spec one = load_spec("context_length=128", NULL);
+    cr_assert_eq(one.rope_factor, 1);
+    cr_assert_eq(s2_ckpt_config_with_spec_rope(text, "c", &one, &out, &err), S2_OK);
+    c = json_loads(out, 0, NULL);
+    cr_expect(json_is_null(json_object_get(c, "rope_scaling")), "%s", out);
+    json_decref(c);
+    free(out);
+    json_object_del(b, "rope_scaling");
+    json_object_set_new(b, "rope_parameters", json_pack("{s:s, s:f}", "rope_type", "default",
+                                                        "rope_theta", 10000.0));
+    free(text);
+    text = json_dumps(b, 0);
+    cr_assert_eq(s2_ckpt_config_with_spec_rope(text, "c", &spec, &out, &err), S2_OK);
+    c = json_loads(out, 0, NULL);
+    json_t *rp = json_object_get(c, "rope_parameters");
+    cr_expect_str_eq(json_string_value(json_object_get(rp, "rope_type")), "linear");
+    cr_expect_eq(json_number_value(json_object_get(rp, "factor")), 4.0);
+    cr_expect_eq(json_number_value(json_object_get(rp, "rope_theta")), 10000.0);
+    cr_expect(!json_object_get(c, "rope_scaling"));
+    json_decref(c);
+    json_decref(b);
+    free(out);
+    cr_expect_eq(s2_ckpt_config_with_spec_rope("[1]", "x/config.json", &spec, &out, &err),
+                 S2_ERR_PARSE);
+    cr_expect(err.msg && strstr(err.msg, "x/config.json"), "%s", err.msg);
+    s2_error_clear(&err);
+    free(text);
+}
+
+typedef struct progress_log {
+    int calls;
+    uint64_t last_done, last_total;
+    int monotonic;
+} progress_log;
+
+static void log_progress(void *ctx, const char *what, uint64_t done, uint64_t total)
+{
+    progress_log *l = ctx;
+    l->monotonic &= done >= l->last_done && done <= total;
+    l->calls++;
+    l->last_done = done;
+    l->last_total = total;
+    (void)what;
+}
+
+/* A load reports the bytes of the files it read, after each, ending at the whole. */
+Test(ckpt, loads_report_their_progress)
+{
+    for (int shards = 0; shards < 2; shards++) {
+        model m = tiny_model(0);
+        write_weights(&m, shards);
+        write_json("config.json", base_config(0));
+        free_model(&m);
+        progress_log l = {.monotonic = 1};
+        s2_ckpt *ck = NULL;
+        s2_error err = {0};
+        cr_assert_eq(s2_ckpt_open_progress(dir, log_progress, &l, &ck, &err), S2_OK, "%s",
+                     err.msg);
+        struct stat sb;
+        uint64_t size = 0;
+        const char *files[] = {"model.safetensors", SHARD1, SHARD2};
+        for (int i = shards ? 1 : 0; i < (shards ? 3 : 1); i++) {
+            char *p = in_dir(files[i]);
+            cr_assert_eq(stat(p, &sb), 0, "%s", p);
+            size += (uint64_t)sb.st_size;
+            free(p);
+        }
+        cr_expect_eq(l.calls, shards ? 2 : 1, "one report a file");
+        cr_expect_eq(l.last_done, size);
+        cr_expect_eq(l.last_total, size);
+        cr_expect(l.monotonic);
+        s2_ckpt_close(ck);
+        if (!shards) {
+            char *p = in_dir("model.safetensors");
+            unlink(p);
+            free(p);
+        }
+    }
+}
+
 Test(ckpt, rope_scaling_refused)
 {
     write_ckpt(0, 0);
@@ -1274,7 +1411,22 @@ Test(ckpt, init_random_from_spec)
     cr_assert_eq(s2_spec_load(S2_SOURCE_DIR "/specs/tiny-byte-512.yaml", &ov, 1, &spec, &err),
                  S2_OK, "%s", err.msg);
     char *a = in_dir("init-a"), *b = in_dir("init-b"), *c = in_dir("init-c");
-    cr_assert_eq(s2_ckpt_init_random(a, &spec, 7, &err), S2_OK, "%s", err.msg);
+    progress_log l = {.monotonic = 1};
+    cr_assert_eq(s2_ckpt_init_random_progress(a, &spec, 7, log_progress, &l, &err), S2_OK, "%s",
+                 err.msg);
+    /* one report a tensor, ending at the bytes of all of them */
+    char st_path[256];
+    snprintf(st_path, sizeof st_path, "%s/model.safetensors", a);
+    s2_st_file hf;
+    cr_assert_eq(s2_st_read_header(st_path, &hf, &err), S2_OK, "%s", err.msg);
+    uint64_t bytes = 0;
+    for (int i = 0; i < hf.n; i++)
+        bytes += hf.t[i].nbytes;
+    cr_expect_eq(l.calls, hf.n);
+    s2_st_close(&hf);
+    cr_expect_eq(l.last_done, bytes);
+    cr_expect_eq(l.last_total, bytes);
+    cr_expect(l.monotonic);
     cr_assert_eq(s2_ckpt_init_random(b, &spec, 7, &err), S2_OK, "%s", err.msg);
     cr_assert_eq(s2_ckpt_init_random(c, &spec, 8, &err), S2_OK, "%s", err.msg);
     s2_ckpt *ck = NULL;

@@ -15,6 +15,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "gen/plan.h"
 #include "runtime/core/st.h"
 #include "runtime/core/train_io.h"
 #include "runtime/train/train_state.h"
@@ -125,14 +126,92 @@ Test(cli, gen_writes_sources_with_banner)
     free(src);
 }
 
+/* The row of kernel in build's table, split into its words; returns how many. */
+static int build_row(const char *out, const char *kernel, char words[12][64])
+{
+    char key[80];
+    snprintf(key, sizeof key, " %s ", kernel);
+    const char *p = strstr(out, key);
+    cr_assert(p, "no row for %s in: %s", kernel, out);
+    while (p > out && p[-1] != '\n')
+        p--;
+    int n = 0;
+    for (const char *q = p; *q && *q != '\n' && n < 12;) {
+        size_t len = strcspn(q, " \n");
+        if (len) {
+            snprintf(words[n++], 64, "%.*s", (int)len, q);
+            q += len;
+        } else {
+            q++;
+        }
+    }
+    return n;
+}
+
 Test(cli, build_prints_resources, .timeout = 120)
 {
     char *out;
-    int rc = run_fmt(&out, "%s build %s/specs/tiny-byte-512.yaml --arch sm_80", BIN, S2_SOURCE_DIR);
+    const char *spec_path = S2_SOURCE_DIR "/specs/tiny-byte-512.yaml";
+    int rc = run_fmt(&out, "%s build %s --arch sm_80", BIN, spec_path);
     cr_expect_eq(rc, 0, "%s", out);
     cr_expect(strstr(out, "s2_attn_fwd"), "%s", out);
     cr_expect(strstr(out, "s2_attn_bwd_dkdv"), "%s", out);
     cr_expect(strstr(out, "spill"), "%s", out);
+    free(out);
+    /* again: every unit from the cache, said in the summary with the cache and what is next */
+    rc = run_fmt(&out, "%s build %s --arch sm_80", BIN, spec_path);
+    cr_expect_eq(rc, 0, "%s", out);
+    cr_expect(strstr(out, ": 0 unit(s) built, 3 from the cache, "), "%s", out);
+    cr_expect(strstr(out, " kernels, no spills\n"), "%s", out);
+    cr_expect(strstr(out, "\ncache: " S2_BINARY_DIR "/test-cache\n") || strstr(out, "\ncache: /"),
+              "%s", out);
+    char next[1200];
+    snprintf(next, sizeof next, "next: s2lora tune %s", spec_path);
+    cr_expect(strstr(out, next), "%s", out);
+    /* dynamic shared memory beside the static, as the plan launches each kernel */
+    cr_expect(strstr(out, " smem dyn_smem "), "%s", out);
+    s2_spec spec;
+    s2_attn_plan plan;
+    cr_assert_eq(s2_spec_load(spec_path, NULL, 0, &spec, NULL), S2_OK);
+    cr_assert_eq(s2_plan_attn(&spec, "sm_80", NULL, &plan, NULL), S2_OK);
+    char w[12][64];
+    /* arch unit kernel regs smem dyn_smem stack spill cache unit_ms: the unit's first kernel */
+    cr_assert_eq(build_row(out, "s2_attn_fwd", w), 10, "%s", out);
+    cr_expect_eq(atoi(w[5]), plan.smem_fwd, "fwd dyn_smem %s", w[5]);
+    cr_expect_str_eq(w[8], "hit");
+    cr_assert_gt(plan.smem_dkdv, 0);
+    /* the backward unit's time once: its first kernel's row has it, the others not */
+    const char *const *names;
+    int nk = s2_attn_unit_kernels(S2_UNIT_ATTN_BWD, &names);
+    cr_assert_gt(nk, 1);
+    int with_time = 0;
+    for (int k = 0; k < nk; k++) {
+        int n = build_row(out, names[k], w);
+        cr_expect(n == 10 || n == 8, "%s: %d words", names[k], n);
+        with_time += n == 10;
+        if (!strcmp(names[k], "s2_attn_bwd_dkdv"))
+            cr_expect_eq(atoi(w[5]), plan.smem_dkdv, "dkdv dyn_smem %s", w[5]);
+        if (!strcmp(names[k], "s2_attn_bwd_pre"))
+            cr_expect_eq(atoi(w[5]), 0);
+    }
+    cr_expect_eq(with_time, 1, "%s", out);
+    free(out);
+}
+
+/* --tile: a refusal names the keys given and lists the valid ones. */
+Test(cli, tile_errors_name_the_keys_given, .timeout = 60)
+{
+    char *out;
+    int rc = run_fmt(&out, "%s build %s/specs/tiny-byte-512.yaml --arch sm_80 --tile "
+                     "fwd_warps=4,fwd_blok_n=64", BIN, S2_SOURCE_DIR);
+    cr_expect_eq(rc, 1, "%s", out);
+    cr_expect(strstr(out, "unknown key 'fwd_blok_n'"), "%s", out);
+    cr_expect(strstr(out, "(you set fwd_warps, fwd_blok_n; valid keys: fwd_warps, "), "%s", out);
+    free(out);
+    rc = run_fmt(&out, "%s build %s/specs/tiny-byte-512.yaml --arch sm_80 --tile "
+                 "fwd_block_n=64,bwd_stages=9", BIN, S2_SOURCE_DIR);
+    cr_expect_eq(rc, 1, "%s", out);
+    cr_expect(strstr(out, "you set fwd_block_n, bwd_stages; valid keys:"), "%s", out);
     free(out);
 }
 
@@ -234,22 +313,22 @@ Test(cli, train_eval_logits_usage)
     cr_expect(strstr(out, "missing --out DIR"), "%s", out);
     free(out);
     cr_expect_eq(run(BIN " train x.yaml --model m --data d --out o --schedule linear", &out), 2);
-    cr_expect(strstr(out, "--schedule: valid: constant, cosine; got linear"), "%s", out);
+    cr_expect(strstr(out, "--schedule: \"linear\" is not one of: constant, cosine"), "%s", out);
     free(out);
     cr_expect_eq(run(BIN " train x.yaml --model m --data d --out o --recompute some", &out), 2);
-    cr_expect(strstr(out, "--recompute: valid: auto, layer, mlp; got some"), "%s", out);
+    cr_expect(strstr(out, "--recompute: \"some\" is not one of: auto, layer, mlp"), "%s", out);
     free(out);
     cr_expect_eq(run(BIN " train x.yaml --model m --data d --out o --lr -1", &out), 2);
-    cr_expect(strstr(out, "--lr -1: expected a non-negative number"), "%s", out);
+    cr_expect(strstr(out, "--lr: \"-1\" is not a number >= 0"), "%s", out);
     free(out);
     cr_expect_eq(run(BIN " train x.yaml --model m --data d --out o --steps 1e3", &out), 2);
-    cr_expect(strstr(out, "--steps 1e3: expected a non-negative integer"), "%s", out);
+    cr_expect(strstr(out, "--steps: \"1e3\" is not an integer >= 0"), "%s", out);
     free(out);
     cr_expect_eq(run(BIN " eval x.yaml --model m --data d --trainable t", &out), 2);
     cr_expect(strstr(out, "--trainable goes with --adapter"), "%s", out);
     free(out);
     cr_expect_eq(run(BIN " logits x.yaml --model m --tokens t --frob", &out), 2);
-    cr_expect(strstr(out, "unknown option --frob"), "%s", out);
+    cr_expect(strstr(out, "unknown option '--frob'"), "%s", out);
     free(out);
     cr_expect_eq(run(BIN " eval a.yaml b.yaml --model m --data d", &out), 2);
     cr_expect(strstr(out, "one SPEC only"), "%s", out);
@@ -307,16 +386,16 @@ static void cmd_ok(const char *cmd)
 Test(cli, tune_build_only_refuses_timing_options)
 {
     const char *opts[] = {"--db /tmp/s2cli-db-never", "--import /tmp/s2cli-never.jsonl",
-                          "--export /tmp/s2cli-export-never.jsonl", "--seqlen 4096",
+                          "--export /tmp/s2cli-export-never.jsonl", "--seqlens 4096",
                           "--budget 5"};
-    const char *names[] = {"--db", "--import", "--export", "--seqlen", "--budget"};
+    const char *names[] = {"--db", "--import", "--export", "--seqlens", "--budget"};
     for (int i = 0; i < 5; i++) {
         char cmd[2048], want[128];
         snprintf(cmd, sizeof cmd, "%s tune %s/specs/tiny-byte-512.yaml --kernels lora --arch sm_80 "
                  "--build-only %s", BIN, S2_SOURCE_DIR, opts[i]);
         char *out;
         cr_expect_eq(run(cmd, &out), 2, "%s: %s", opts[i], out);
-        snprintf(want, sizeof want, "s2lora tune: %s does not go with --build-only", names[i]);
+        snprintf(want, sizeof want, "s2lora: tune: %s does not go with --build-only", names[i]);
         cr_expect(strstr(out, want), "%s", out);
         cr_expect(strstr(out, "times nothing"), "%s", out);
         free(out);
@@ -353,13 +432,19 @@ static void make_files(files *f)
     cr_assert_eq(s2_st_write(f->logits, &x, 1, NULL, NULL, 0, &err), S2_OK, "%s", err.msg);
 }
 
-/* The three commands on model dir `model` (data/tokens and extra options as given). */
+/* The three commands on model dir `model` (data/tokens and extra options as given; 64 tokens
+ * a sequence unless extra says --seqlens: an option is given once). */
+static const char *seqlens(const char *extra)
+{
+    return strstr(extra, "--seqlens") ? "" : "--seqlens 64";
+}
+
 static int run_train(const files *f, const char *model, const char *data, const char *extra,
                      char **out)
 {
     char cmd[4096];
-    snprintf(cmd, sizeof cmd, "%s train %s --model %s --data %s --out %s --seqlen 64 --steps 1 %s",
-             BIN, f->spec, model, data, f->out, extra);
+    snprintf(cmd, sizeof cmd, "%s train %s --model %s --data %s --out %s %s --steps 1 %s",
+             BIN, f->spec, model, data, f->out, seqlens(extra), extra);
     return run(cmd, out);
 }
 
@@ -367,8 +452,8 @@ static int run_eval(const files *f, const char *model, const char *data, const c
                     char **out)
 {
     char cmd[4096];
-    snprintf(cmd, sizeof cmd, "%s eval %s --model %s --data %s --seqlen 64 %s", BIN, f->spec,
-             model, data, extra);
+    snprintf(cmd, sizeof cmd, "%s eval %s --model %s --data %s %s %s", BIN, f->spec,
+             model, data, seqlens(extra), extra);
     return run(cmd, out);
 }
 
@@ -456,9 +541,9 @@ Test(cli, train_eval_logits_check_files_before_the_device, .timeout = 120)
                "not an s2lora token file");
     expect_run(run_train(&f, f.model, "/dev/zero", "", &out), &out, 1, "train",
                "/dev/zero: is a character device", NULL);
-    expect_run(run_eval(&f, f.model, f.tokens, "--seqlen 100000", &out), &out, 1, "eval",
+    expect_run(run_eval(&f, f.model, f.tokens, "--seqlens 100000", &out), &out, 1, "eval",
                "d.tokens", "a window needs 100001");
-    expect_run(run_train(&f, f.model, f.tokens, "--seqlen 100000", &out), &out, 1, "train",
+    expect_run(run_train(&f, f.model, f.tokens, "--seqlens 100000", &out), &out, 1, "train",
                "d.tokens", "pack into no sequence of 100000 tokens");
     expect_run(run_logits(&f, f.model, f.tokens, "", &out), &out, 1, "logits", "d.tokens", NULL);
     s2_test_rmtree(f.dir);
@@ -495,7 +580,7 @@ Test(cli, train_checks_resume_and_outputs_before_the_device, .timeout = 120)
                "no CUDA device", NULL); /* a fresh run does not read the old state */
 
     char cmd[4096];
-    snprintf(cmd, sizeof cmd, "%s train %s --model %s --data %s --out %s/sub --seqlen 64", BIN,
+    snprintf(cmd, sizeof cmd, "%s train %s --model %s --data %s --out %s/sub --seqlens 64", BIN,
              f.spec, f.model, f.tokens, f.text);
     expect_run(run(cmd, &out), &out, 1, "train", "a.txt: not a directory, so cannot create", NULL);
     snprintf(cmd, sizeof cmd, "%s logits %s --model %s --tokens %s -o %s", BIN, f.spec, f.model,
@@ -564,4 +649,84 @@ Test(cli, eval_logits_check_adapters_before_the_device, .timeout = 120)
     free(data);
     free(ps);
     s2_test_rmtree(f.dir);
+}
+
+/* init writes into a new or empty directory only, unless --force. */
+Test(cli, init_refuses_a_directory_that_holds_something, .timeout = 60)
+{
+    char dir[] = "/tmp/s2cli.XXXXXX";
+    cr_assert(mkdtemp(dir));
+    char cmd[2048], path[1100], *out;
+    const char *spec = S2_SOURCE_DIR "/specs/tiny-byte-512.yaml";
+    snprintf(cmd, sizeof cmd, "%s init %s -o %s", BIN, spec, dir); /* empty: fine */
+    cr_expect_eq(run(cmd, &out), 0, "%s", out);
+    cr_expect(strstr(out, "next: s2lora train"), "%s", out);
+    free(out);
+    cr_expect_eq(run(cmd, &out), 2, "%s", out); /* now it holds a model */
+    cr_expect(strstr(out, "s2lora: init: "), "%s", out);
+    cr_expect(strstr(out, "is not empty (it holds ") && strstr(out, "config.json") &&
+              strstr(out, "model.safetensors"), "%s", out);
+    cr_expect(strstr(out, "--force"), "%s", out);
+    cr_expect(strstr(out, "usage: s2lora init SPEC"), "%s", out);
+    free(out);
+    snprintf(path, sizeof path, "%s/notes.txt", dir);
+    FILE *f = fopen(path, "w");
+    cr_assert(f);
+    fclose(f);
+    snprintf(cmd, sizeof cmd, "%s init %s -o %s --seed 7 --force", BIN, spec, dir);
+    cr_expect_eq(run(cmd, &out), 0, "%s", out);
+    cr_expect(strstr(out, "(seed 7)"), "%s", out);
+    free(out);
+    cr_expect_eq(access(path, F_OK), 0, "--force leaves the other files");
+    s2_test_rmtree(dir);
+}
+
+/* A checkpoint extended already (rope_scaling factor 8: the tiny spec's own 4096 over 512)
+ * trained at another factor: refused, naming the two ways out, and each of them works. */
+Test(cli, train_rope_scaling_of_an_extended_checkpoint, .timeout = 120)
+{
+    files f;
+    make_files(&f);
+    char *out;
+    /* 8192 tokens: factor 16 from 512, the checkpoint says 8 */
+    expect_run(run_train(&f, f.model, f.tokens, "--set context_length=8192", &out), &out, 1,
+               "train", "rope_scaling.factor = 8, spec rope_factor = 16", "--rope-scaling spec");
+    expect_run(run_train(&f, f.model, f.tokens, "--set context_length=8192", &out), &out, 1,
+               "train", "M/config.json", "--set context_length=4096");
+    expect_run(run_eval(&f, f.model, f.tokens, "--set context_length=8192", &out), &out, 1,
+               "eval", "rope_scaling.factor = 8", NULL);
+    /* the flag: the spec's factor replaces the checkpoint's; checked, then the device */
+    expect_run(run_train(&f, f.model, f.tokens, "--set context_length=8192 --rope-scaling spec",
+                         &out), &out, 3, "train", "no CUDA device", NULL);
+    expect_run(run_eval(&f, f.model, f.tokens, "--set context_length=8192 --rope-scaling spec",
+                        &out), &out, 3, "eval", "no CUDA device", NULL);
+    expect_run(run_logits(&f, f.model, f.logits, "--set context_length=8192 --rope-scaling spec",
+                          &out), &out, 3, "logits", "no CUDA device", NULL);
+    /* the spec key the message names keeps the checkpoint's factor */
+    expect_run(run_train(&f, f.model, f.tokens, "--set context_length=4096", &out), &out, 3,
+               "train", "no CUDA device", NULL);
+    /* the flag's default is the check */
+    expect_run(run_train(&f, f.model, f.tokens, "--set context_length=8192 --rope-scaling match",
+                         &out), &out, 1, "train", "rope_scaling.factor = 8", NULL);
+    s2_test_rmtree(f.dir);
+}
+
+/* A long job's progress: on a terminal one line redrawn with \r (here: build under script(1),
+ * which gives it a pseudo-terminal); in a log or a pipe no \r ever (build_prints_resources). */
+Test(cli, progress_is_one_redrawn_line_on_a_terminal, .timeout = 300)
+{
+    if (system("command -v script >/dev/null 2>&1") != 0)
+        cr_skip_test("no script(1) for a pseudo-terminal");
+    char *out;
+    int rc = run_fmt(&out, "script -qec '%s build %s/specs/tiny-byte-512.yaml --arch sm_80 "
+                     "--no-cache' /dev/null", BIN, S2_SOURCE_DIR);
+    cr_expect_eq(rc, 0, "%s", out);
+    cr_expect(strstr(out, "\r\033[Ks2lora: build: units: "), "no progress line: %s", out);
+    cr_expect(strstr(out, "/3 ("), "%s", out);
+    cr_expect(strstr(out, ": 3 unit(s) built, 0 from the cache"), "%s", out);
+    free(out);
+    rc = run_fmt(&out, "%s build %s/specs/tiny-byte-512.yaml --arch sm_80", BIN, S2_SOURCE_DIR);
+    cr_expect_eq(rc, 0, "%s", out);
+    cr_expect(!strchr(out, '\r'), "no \\r outside a terminal: %s", out);
+    free(out);
 }

@@ -385,7 +385,7 @@ Test(dp, options_text_holds_what_must_agree_and_nothing_per_rank)
     cr_assert_gt(s2_dp_options_text(&a, &l, S2_DP_OPTS_OPTIMIZER, o1, sizeof o1), 0);
     cr_expect_str_eq(r1, "steps=1000 dp=2 sp=1 grad_accum=8 global_batch=16 seqlen=4096 "
                          "save_every=100 seed=42 resume=0 mode=lora attention=s2 "
-                         "recompute=auto");
+                         "recompute=auto rope_scaling=match");
     cr_expect_str_eq(o1, "lr=2e-05 warmup=20 schedule=constant weight_decay=0 beta1=0.9 "
                          "beta2=0.999 eps=1e-08 max_grad_norm=1");
     /* both fit a fingerprint part's shown text whole, so a refusal shows every value */
@@ -411,7 +411,8 @@ Test(dp, options_text_holds_what_must_agree_and_nothing_per_rank)
     struct { const char *key; int part; void (*set)(s2_train_opts *); } const moves[] = {
         {"steps=", 0, NULL}, {"seqlen=", 0, NULL}, {"save_every=", 0, NULL},
         {"seed=", 0, NULL},  {"resume=", 0, NULL}, {"mode=", 0, NULL},
-        {"attention=", 0, NULL}, {"recompute=", 0, NULL}, {"warmup=", 1, NULL},
+        {"attention=", 0, NULL}, {"recompute=", 0, NULL}, {"rope_scaling=", 0, NULL},
+        {"warmup=", 1, NULL},
         {"schedule=", 1, NULL}, {"weight_decay=", 1, NULL}, {"beta1=", 1, NULL},
         {"beta2=", 1, NULL}, {"eps=", 1, NULL}, {"max_grad_norm=", 1, NULL}};
     for (size_t i = 0; i < sizeof moves / sizeof moves[0]; i++) {
@@ -425,6 +426,7 @@ Test(dp, options_text_holds_what_must_agree_and_nothing_per_rank)
         if (!strcmp(k, "mode=")) b.full = 1;
         if (!strcmp(k, "attention=")) b.full_attention = 1;
         if (!strcmp(k, "recompute=")) b.recompute = S2_GM_RECOMPUTE_MLP;
+        if (!strcmp(k, "rope_scaling=")) b.rope_spec = 1;
         if (!strcmp(k, "warmup=")) b.warmup = 0;
         if (!strcmp(k, "schedule=")) b.schedule = S2_SCHED_COSINE;
         if (!strcmp(k, "weight_decay=")) b.weight_decay = 0.1;
@@ -788,7 +790,8 @@ static void make_inputs(void)
     free(out);
 }
 
-#define TRAIN "train " TINY " --model model --data a.tokens --steps 2 --seqlen 512"
+#define TRAIN_NO_DATA "train " TINY " --model model --steps 2 --seqlens 512"
+#define TRAIN TRAIN_NO_DATA " --data a.tokens"
 
 Test(train_dp, two_ranks_meet_then_exit_3_without_a_gpu)
 {
@@ -875,6 +878,17 @@ static void two_ranks(char **out, const char *args0, const char *args1)
     cr_expect_eq(rc, 0, "%s", *out);
 }
 
+/* The same, each rank naming its own --data (an option is given once). */
+static void two_ranks_data(char **out, const char *args0, const char *args1)
+{
+    const int rc = run_in(out, "export WORLD_SIZE=2 LOCAL_WORLD_SIZE=2 "
+                          "S2LORA_RENDEZVOUS=file:%s/rdzv S2LORA_RENDEZVOUS_TIMEOUT=20; "
+                          "(RANK=0 LOCAL_RANK=0 %s " TRAIN_NO_DATA " %s; echo rank0=$?) & "
+                          "(RANK=1 LOCAL_RANK=1 %s " TRAIN_NO_DATA " %s; echo rank1=$?); wait",
+                          dir, BIN, args0, BIN, args1);
+    cr_expect_eq(rc, 0, "%s", *out);
+}
+
 Test(train_dp, ranks_that_differ_refuse_each_other)
 {
     make_inputs();
@@ -892,7 +906,7 @@ Test(train_dp, ranks_that_differ_refuse_each_other)
     /* other tokens: the data part (their paths may differ, their tokens may not) */
     char args[256];
     snprintf(args, sizeof args, "--out o --data %s/b.tokens", dir);
-    two_ranks(&out, "--out o", args);
+    two_ranks_data(&out, "--out o --data a.tokens", args);
     cr_expect(strstr(out, "rank0=1") && strstr(out, "rank1=1"), "%s", out);
     cr_expect(strstr(out, "differs from rank 0 in data"), "%s", out);
     free(out);

@@ -310,14 +310,15 @@ Test(launch, arguments)
     free(out);
     const char *bad[][2] = {
         {"launch world", "missing --gpus N"},
-        {"launch --gpus 0 world", "--gpus 0: expected a whole number of ranks, 1..1024"},
-        {"launch --gpus 2abc world", "--gpus 2abc: expected"},
-        {"launch --gpus 1025 world", "--gpus 1025: expected"},
-        {"launch --gpus -1 world", "--gpus -1: expected"},
+        {"launch --gpus 0 world", "--gpus: \"0\" is not an integer in 1..1024"},
+        {"launch --gpus 2abc world", "--gpus: \"2abc\" is not an integer in 1..1024"},
+        {"launch --gpus 1025 world", "--gpus: \"1025\" is not an integer in 1..1024"},
+        {"launch --gpus -1 world", "--gpus: \"-1\" is not an integer in 1..1024"},
         {"launch --gpus", "option '--gpus' needs a value"},
         {"launch --gpus 2", "missing COMMAND"},
         {"launch --gpus 2 --", "missing COMMAND"},
-        {"launch --gpus 2 --grace 0 world", "--grace 0: expected seconds"},
+        {"launch --gpus 2 --grace 0 world", "--grace: \"0\" is not a number more than 0 and at "
+                                            "most 3600"},
         {"launch --gpus 2 --lr 1 train", "unknown option '--lr' (the command's own options go "
                                          "after it)"},
         {"launch --gpus 2 -- launch --gpus 2 world", "a launch inside a launch"},
@@ -366,7 +367,7 @@ Test(world, alone_and_under_launchers)
     cr_expect(strstr(out, "--fail-rank and --fail-how go together"), "%s", out);
     free(out);
     cr_expect_eq(run_in(&out, "%s world --fail-rank 0 --fail-how crash", BIN), 2);
-    cr_expect(strstr(out, "--fail-how crash: valid: exit, kill, hang"), "%s", out);
+    cr_expect(strstr(out, "--fail-how: \"crash\" is not one of: exit, kill, hang"), "%s", out);
     free(out);
     cr_expect_eq(run_in(&out, "%s world --help", BIN), 0);
     cr_expect(strstr(out, "usage: s2lora world"), "%s", out);

@@ -80,7 +80,7 @@ def run_case(binary, spec_dir, work, name, mode, N, H, Hkv, d, G):
     inp = os.path.join(work, f"{name}.in.safetensors")
     out = os.path.join(work, f"{name}.out.safetensors")
     save_file({"q": q.cpu(), "k": k.cpu(), "v": v.cpu(), "do": do.cpu()}, inp)
-    subprocess.run([binary, "attn", "--spec", spec, "--in", inp, "--out", out, "--backward"],
+    subprocess.run([binary, "attn", spec, "--in", inp, "--out", out, "--backward"],
                    check=True)
     got = load_file(out, device="cuda")
 

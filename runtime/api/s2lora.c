@@ -467,7 +467,7 @@ static s2_status pick_tile(s2lora_ctx *c, const s2_spec *spec, int seqlen, s2_tu
 {
     if (!c->use_tuned) {
         memset(ch, 0, sizeof *ch);
-        ch->tile = s2_plan_default_tile(c->rt.arch, spec->model.head_dim);
+        ch->tile = s2_plan_spec_default_tile(spec, c->rt.arch);
         snprintf(ch->why, sizeof ch->why, "default (use_tuned is 0)");
         return S2_OK;
     }

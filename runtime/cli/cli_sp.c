@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stddef.h>
 
 #include "gen/sp_plan.h"
 #include "gen/spec.h"
@@ -15,75 +16,53 @@
 
 #define MAX_SETS 64
 
-static const char sp_help[] =
-    "usage: s2lora sp-plan SPEC --sp P [--set KEY=VALUE]... [--align ROWS]\n"
-    "\n"
-    "Prints the S2-aware sequence-parallel plan of SPEC over P ranks: the rows of the\n"
-    "context_length tokens each rank holds (contiguous chunks of ceil(N / P) rows rounded up\n"
-    "to --align, default 128), and per rank the key/value rows of other ranks its queries see\n"
-    "(from the earlier ranks; in roll mode also the wrapped tail from the last ones), by kv\n"
-    "head kind, with the bytes a layer (k+v forward, dk+dv sent back in the backward).\n"
-    "It is the plan `s2lora train --sp P` runs (split shift mode; roll mode is shown here\n"
-    "but refused by train).\n"
-    "  --sp P            ranks (>= 1)\n"
-    "  --align ROWS      chunk starts on multiples of ROWS (>= 1, default 128)\n"
-    "  --set KEY=VALUE   override a spec value, e.g. --set s2attn.shift_mode=roll\n"
-    "Exit status 1 on an error (a P that leaves a rank without rows names the largest\n"
-    "valid one), 2 on a usage error.\n";
+typedef struct sp_args {
+    const char *spec[1];
+    int n_spec;
+    s2_spec_override sets[MAX_SETS];
+    int n_sets, sp, align;
+} sp_args;
 
-static int usage(const char *prog, const char *fmt, const char *arg)
-{
-    fprintf(stderr, "%s sp-plan: ", prog);
-    fprintf(stderr, fmt, arg);
-    fprintf(stderr, "\nTry '%s sp-plan --help'.\n", prog);
-    return 2;
-}
+static const s2_opt sp_opts[] = {
+    {.name = "sp", .kind = S2_OPT_INT, .metavar = "P", .help = "ranks (>= 1)",
+     .off = offsetof(sp_args, sp), .lo = 1, .hi = INT_MAX, .flags = S2_OPT_REQUIRED},
+    {.name = "align", .kind = S2_OPT_INT, .metavar = "ROWS",
+     .help = "chunk starts on multiples of ROWS (>= 1, default 128)",
+     .off = offsetof(sp_args, align), .lo = 1, .hi = INT_MAX},
+    {.name = "set", .kind = S2_OPT_STRING, .metavar = "KEY=VALUE",
+     .help = "override a spec value, e.g. --set s2attn.shift_mode=roll",
+     .off = offsetof(sp_args, sets), .max_count = MAX_SETS, .count_off = offsetof(sp_args, n_sets),
+     .flags = S2_OPT_KEYVAL},
+};
 
-/* A positive decimal int, or -1. */
-static int pos_int(const char *s)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < 1 || v > INT_MAX)
-        return -1;
-    return (int)v;
-}
+const s2_cmd s2_cmd_sp_plan = {
+    .name = "sp-plan",
+    .usage = "SPEC --sp P [--set KEY=VALUE]... [--align ROWS]",
+    .about = "Prints the S2-aware sequence-parallel plan of SPEC over P ranks: the rows of the\n"
+             "context_length tokens each rank holds (contiguous chunks of ceil(N / P) rows rounded\n"
+             "up to --align, default 128), and per rank the key/value rows of other ranks its\n"
+             "queries see (from the earlier ranks; in roll mode also the wrapped tail from the last\n"
+             "ones), by kv head kind, with the bytes a layer (k+v forward, dk+dv sent back in the\n"
+             "backward). It is the plan `s2lora train --sp P` runs (split shift mode; roll mode is\n"
+             "shown here but refused by train).\n",
+    .epilog = "Exit status 1 on an error (a P that leaves a rank without rows names the largest\n"
+              "valid one), 2 on a usage error.\n",
+    .opts = sp_opts, .n_opts = sizeof sp_opts / sizeof sp_opts[0],
+    .pos_name = "SPEC", .pos_min = 1, .pos_max = 1, .pos_off = offsetof(sp_args, spec),
+    .pos_count_off = offsetof(sp_args, n_spec), .pos_has_count = 1,
+    .pos_complete = S2_COMPLETE_SPEC,
+};
 
 int s2_cli_sp_plan(const char *prog, int argc, char **argv)
 {
-    const char *path = NULL;
-    s2_spec_override sets[MAX_SETS];
-    int n_sets = 0, P = 0, align = S2_SP_DEFAULT_ALIGN;
-    for (int i = 0; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h"))
-            return fputs(sp_help, stdout), 0;
-        if (a[0] != '-') {
-            if (path)
-                return usage(prog, "unexpected argument '%s'", a);
-            path = a;
-            continue;
-        }
-        if (strcmp(a, "--sp") && strcmp(a, "--align") && strcmp(a, "--set"))
-            return usage(prog, "unknown option '%s'", a);
-        if (!v)
-            return usage(prog, "option '%s' needs a value", a);
-        i++;
-        if (!strcmp(a, "--set")) {
-            if (n_sets == MAX_SETS)
-                return usage(prog, "too many --set options (at most %s)", "64");
-            sets[n_sets++].text = v;
-        } else if (!strcmp(a, "--sp") && (P = pos_int(v)) < 0) {
-            return usage(prog, "--sp %s: expected a positive integer (ranks)", v);
-        } else if (!strcmp(a, "--align") && (align = pos_int(v)) < 0) {
-            return usage(prog, "--align %s: expected a positive integer (rows)", v);
-        }
-    }
-    if (!path)
-        return usage(prog, "missing SPEC%s", "");
-    if (!P)
-        return usage(prog, "missing --sp P%s", "");
+    sp_args o = {.align = S2_SP_DEFAULT_ALIGN};
+    s2_opts_result r;
+    int rc;
+    if (!s2_opts_run(&s2_cmd_sp_plan, argc, argv, &o, &r, &rc))
+        return rc;
+    const char *path = o.spec[0];
+    const s2_spec_override *sets = o.sets;
+    const int n_sets = o.n_sets, P = o.sp, align = o.align;
     s2_error err = {0};
     s2_spec spec;
     s2_sp_attn a;

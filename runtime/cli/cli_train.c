@@ -5,8 +5,11 @@
  * ranks (train_dp.h), sets up what the trainer is handed: the world, the checked inputs, the
  * rendezvous, the GPU, the watchdog and the NCCL communicator, in that order.
  */
+#include <dirent.h>
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,153 +30,306 @@
 
 #define MAX_SETS 64
 
-static const char train_help[] =
-    "usage: s2lora train SPEC --model DIR --data FILE --out DIR [--set KEY=VALUE]...\n"
-    "                    [--steps N] [--grad-accum N] [--seqlen N] [--lr X] [--warmup N]\n"
-    "                    [--schedule constant|cosine] [--weight-decay X] [--max-grad-norm X]\n"
-    "                    [--save-every N] [--keep-last N] [--seed N] [--resume]\n"
-    "                    [--full-attention] [--mode lora|full] [--recompute auto|layer|mlp]\n"
-    "                    [--log FILE] [--cache-dir DIR] [--dp D] [--sp P]\n"
-    "                    [--rendezvous file:PATH|tcp:HOST:PORT]\n"
-    "\n"
-    "Extends a Hugging Face LLaMA checkpoint (--model: config.json and safetensors) to the\n"
-    "spec's context_length the LongLoRA way: RoPE interpolated by the spec's rope_factor,\n"
-    "LoRA on lora.targets plus the whole tensors lora.trainable names, S2-Attn while\n"
-    "training. --data is a token file (s2lora data); each micro-batch is one packed\n"
-    "sequence of --seqlen tokens (default context_length), --grad-accum of them per step.\n"
-    "Defaults are LongLoRA's: lr 2e-5, warmup 20 then constant, weight decay 0, 8\n"
-    "micro-batches, AdamW (0.9, 0.999, 1e-8), gradient clipping at norm 1, 1000 steps.\n"
-    "Every --save-every steps (default 100) and at the end: OUT/state (resumable, atomic),\n"
-    "OUT/adapter (PEFT: adapter_config.json, adapter_model.safetensors) and\n"
-    "OUT/trainable.safetensors (embeddings and norms under their HF names). --resume\n"
-    "continues from OUT/state exactly. One line per step on stderr (on a terminal, one\n"
-    "line redrawn with a bar of the run); JSON lines in\n"
-    "OUT/train.jsonl (or --log). --mode full trains every weight instead (LongLoRA's\n"
-    "Full-FT; fp32 masters and AdamW moments of the whole model must fit on the GPU) and\n"
-    "writes the whole model as a Hugging Face checkpoint to OUT/model.\n"
-    "--recompute: what the backward recomputes. layer: each layer's input is kept and the\n"
-    "whole layer recomputed (least memory); mlp: the attention half's activations are kept\n"
-    "per layer too, and only the MLP's gate/up is recomputed (faster, about 7 x hidden x 2\n"
-    "bytes a token a layer more); auto (default): mlp when that fits in half of the free\n"
-    "device memory. The choice is said when training starts.\n"
-    "Several GPUs (data parallel): start one rank a GPU with `s2lora launch --gpus N --\n"
-    "train ...`, srun or mpirun (--rendezvous or S2LORA_RENDEZVOUS: where they meet).\n"
-    "A step then takes N x --grad-accum sequences; rank r trains on global sequences\n"
-    "P + m x N + r (P: the state's data position); gradients are all-reduced as the\n"
-    "backward runs; optimizer states are replicated; rank 0 writes OUT. --dp is the\n"
-    "world size / --sp (the default). --sp P (sequence parallel): the ranks form groups of\n"
-    "P consecutive ranks that share each sequence, rank d x P + s holding chunk s (rows\n"
-    "aligned to 128; S2-Attn with shift_mode split only), exchanging K/V halos over NCCL;\n"
-    "the sequence's last row is then unlabelled. P must divide the world.\n"
-    "--resume on another number of GPUs keeps the state's global batch: --grad-accum is\n"
-    "derived (or checked). S2LORA_NCCL_TIMEOUT: seconds a collective may take before\n"
+#define TRAIN_ABOUT \
+    "Extends a Hugging Face LLaMA checkpoint (--model: config.json and safetensors) to the\n" \
+    "spec's context_length the LongLoRA way: RoPE interpolated by the spec's rope_factor,\n" \
+    "LoRA on lora.targets plus the whole tensors lora.trainable names, S2-Attn while\n" \
+    "training. --data is a token file (s2lora data); each micro-batch is one packed\n" \
+    "sequence of --seqlens tokens (default context_length), --grad-accum of them per step.\n" \
+    "Defaults are LongLoRA's: lr 2e-5, warmup 20 then constant, weight decay 0, 8\n" \
+    "micro-batches, AdamW (0.9, 0.999, 1e-8), gradient clipping at norm 1, 1000 steps.\n" \
+    "Every --save-every steps (default 100) and at the end: OUT/state (resumable, atomic),\n" \
+    "OUT/adapter (PEFT: adapter_config.json, adapter_model.safetensors) and\n" \
+    "OUT/trainable.safetensors (embeddings and norms under their HF names). --resume\n" \
+    "continues from OUT/state exactly. One line per step on stderr (on a terminal, one\n" \
+    "line redrawn with a bar of the run); JSON lines in\n" \
+    "OUT/train.jsonl (or --log). --mode full trains every weight instead (LongLoRA's\n" \
+    "Full-FT; fp32 masters and AdamW moments of the whole model must fit on the GPU) and\n" \
+    "writes the whole model as a Hugging Face checkpoint to OUT/model.\n" \
+    "--recompute: what the backward recomputes. layer: each layer's input is kept and the\n" \
+    "whole layer recomputed (least memory); mlp: the attention half's activations are kept\n" \
+    "per layer too, and only the MLP's gate/up is recomputed (faster, about 7 x hidden x 2\n" \
+    "bytes a token a layer more); auto (default): mlp when that fits in half of the free\n" \
+    "device memory. The choice is said when training starts.\n" \
+    "Several GPUs (data parallel): start one rank a GPU with `s2lora launch --gpus N --\n" \
+    "train ...`, srun or mpirun (--rendezvous or S2LORA_RENDEZVOUS: where they meet).\n" \
+    "A step then takes N x --grad-accum sequences; rank r trains on global sequences\n" \
+    "P + m x N + r (P: the state's data position); gradients are all-reduced as the\n" \
+    "backward runs; optimizer states are replicated; rank 0 writes OUT. --dp is the\n" \
+    "world size / --sp (the default). --sp P (sequence parallel): the ranks form groups of\n" \
+    "P consecutive ranks that share each sequence, rank d x P + s holding chunk s (rows\n" \
+    "aligned to 128; S2-Attn with shift_mode split only), exchanging K/V halos over NCCL;\n" \
+    "the sequence's last row is then unlabelled. P must divide the world.\n" \
+    "--resume on another number of GPUs keeps the state's global batch: --grad-accum is\n" \
+    "derived (or checked). S2LORA_NCCL_TIMEOUT: seconds a collective may take before\n" \
     "the run is aborted (default 600).\n"
-    "Exit status 1 on an error, 2 on a usage error, 3 with no CUDA device.\n";
 
-static const char eval_help[] =
-    "usage: s2lora eval SPEC --model DIR --data FILE [--adapter DIR] [--trainable FILE]\n"
-    "                   [--set KEY=VALUE]... [--seqlen N] [--stride N] [--max-windows N]\n"
-    "                   [--s2attn] [--cache-dir DIR]\n"
-    "       s2lora eval SPEC --model DIR --passkey TRIALS [--seed N] [--seqlen N] ...\n"
-    "\n"
-    "Perplexity of the model (with the adapter and trainable tensors a train run wrote)\n"
-    "over a token file, with full causal attention (--s2attn: the training attention) in\n"
-    "windows of --seqlen tokens (default context_length) every --stride tokens (default\n"
-    "seqlen); a token is scored once, by the first window that predicts it.\n"
-    "--passkey runs LongLoRA's passkey retrieval instead (byte-level vocabulary): TRIALS\n"
-    "prompts of about --seqlen tokens with a five-digit key at a random depth, greedy\n"
-    "decoding of the key with full attention; prints the accuracy.\n"
-    "Exit status 1 on an error, 2 on a usage error, 3 with no CUDA device.\n";
+/* Each subcommand's arguments: the library's options and what only the command line has. */
+typedef struct train_args {
+    s2_train_opts o;
+    const char *spec[1];
+    int n_spec;
+    s2_spec_override sets[MAX_SETS];
+    int n_sets;
+    int seqlens[1], n_seqlens;
+    int grad_accum, dp, sp; /* 0: not given */
+    const char *schedule, *mode, *recompute, *rdzv, *rope;
+} train_args;
 
-typedef enum { OPT_STR, OPT_INT, OPT_I64, OPT_DBL, OPT_FLAG, OPT_SET } opt_kind;
+static const char *const schedule_values[] = {"constant", "cosine", NULL};
+static const char *const mode_values[] = {"lora", "full", NULL};
+static const char *const recompute_values[] = {"auto", "layer", "mlp", NULL};
+static const char *const rope_values[] = {"match", "spec", NULL};
 
-typedef struct opt {
-    const char *name;
-    opt_kind kind;
-    void *dst;
-} opt;
+#define OPT_SET(T)                                                                              \
+    {.name = "set", .kind = S2_OPT_STRING, .metavar = "KEY=VALUE",                            \
+     .help = "override a spec value, e.g. --set context_length=32768",                          \
+     .off = offsetof(T, sets), .max_count = MAX_SETS, .count_off = offsetof(T, n_sets),         \
+     .flags = S2_OPT_KEYVAL}
+#define OPT_MODEL(T, F)                                                                         \
+    {.name = "model", .short_name = 'm', .kind = S2_OPT_STRING, .metavar = "DIR",              \
+     .help = "the Hugging Face checkpoint (config.json and safetensors)", .off = offsetof(T, F), \
+     .flags = S2_OPT_REQUIRED, .complete = S2_COMPLETE_DIR}
+#define OPT_CACHE(T, F)                                                                         \
+    {.name = "cache-dir", .kind = S2_OPT_STRING, .metavar = "DIR",                             \
+     .help = "kernel cache directory (see 's2lora build --help')", .off = offsetof(T, F),      \
+     .complete = S2_COMPLETE_DIR}
+#define OPT_ROPE(T, F)                                                                          \
+    {.name = "rope-scaling", .kind = S2_OPT_ENUM, .help = "match (default): a checkpoint's "   \
+     "linear rope_scaling factor must be the spec's; spec: the spec's factor replaces it (an "  \
+     "already-extended model, e.g. made for 32k, trained or evaluated at 100k; see README)",    \
+     .values = rope_values, .off = offsetof(T, F)}
+#define OPT_SEQLEN_ONE(T, H)                                                                    \
+    {.name = "seqlens", .short_name = 's', .kind = S2_OPT_LIST, .metavar = "N", .help = H,     \
+     .off = offsetof(T, seqlens), .lo = 2, .hi = 1 << 24, .max_count = 1,                      \
+     .count_off = offsetof(T, n_seqlens)},                                                      \
+    {.name = "seqlen", .kind = S2_OPT_LIST, .metavar = "N", .alias_of = "seqlens"}
 
-typedef struct sets {
-    s2_spec_override v[MAX_SETS];
-    int n;
-} sets;
+static const s2_opt train_opts[] = {
+    OPT_MODEL(train_args, o.model_dir),
+    {.name = "data", .short_name = 'd', .kind = S2_OPT_STRING, .metavar = "FILE",
+     .help = "the token file (s2lora data)", .off = offsetof(train_args, o.data_path),
+     .flags = S2_OPT_REQUIRED, .complete = S2_COMPLETE_FILE},
+    {.name = "out", .short_name = 'o', .kind = S2_OPT_STRING, .metavar = "DIR",
+     .help = "the run's directory: state/, adapter/ (or model/), trainable.safetensors, the log",
+     .off = offsetof(train_args, o.out_dir), .flags = S2_OPT_REQUIRED,
+     .complete = S2_COMPLETE_DIR},
+    OPT_SET(train_args),
+    {.name = "steps", .kind = S2_OPT_I64, .metavar = "N", .help = "optimizer steps (default 1000)",
+     .off = offsetof(train_args, o.steps), .lo = 0, .hi = LLONG_MAX},
+    {.name = "grad-accum", .kind = S2_OPT_INT, .metavar = "N",
+     .help = "micro-batches a step (default 8; on --resume derived from the state)",
+     .off = offsetof(train_args, grad_accum), .lo = 1, .hi = INT_MAX},
+    OPT_SEQLEN_ONE(train_args, "tokens of a micro-batch, one packed sequence (default "
+                               "context_length)"),
+    {.name = "lr", .kind = S2_OPT_DOUBLE, .metavar = "X", .help = "peak learning rate (2e-5)",
+     .off = offsetof(train_args, o.lr), .dlo = 0, .dhi = INFINITY},
+    {.name = "warmup", .kind = S2_OPT_I64, .metavar = "N", .help = "warm-up steps (20)",
+     .off = offsetof(train_args, o.warmup), .lo = 0, .hi = LLONG_MAX},
+    {.name = "schedule", .kind = S2_OPT_ENUM, .help = "after the warm-up (default constant)",
+     .values = schedule_values, .off = offsetof(train_args, schedule)},
+    {.name = "weight-decay", .kind = S2_OPT_DOUBLE, .metavar = "X", .help = "AdamW's (0)",
+     .off = offsetof(train_args, o.weight_decay), .dlo = 0, .dhi = INFINITY},
+    {.name = "max-grad-norm", .kind = S2_OPT_DOUBLE, .metavar = "X",
+     .help = "gradient clipping norm (1; 0: none)", .off = offsetof(train_args, o.max_grad_norm),
+     .dlo = 0, .dhi = INFINITY},
+    {.name = "save-every", .kind = S2_OPT_I64, .metavar = "N",
+     .help = "steps between saves (100; 0: at the end only)",
+     .off = offsetof(train_args, o.save_every), .lo = 0, .hi = LLONG_MAX},
+    {.name = "keep-last", .kind = S2_OPT_INT, .metavar = "N", .help = "states kept",
+     .off = offsetof(train_args, o.keep_last), .lo = 0, .hi = INT_MAX},
+    {.name = "seed", .kind = S2_OPT_U64, .metavar = "N",
+     .help = "data order, adapter init and dropout", .off = offsetof(train_args, o.seed)},
+    {.name = "resume", .kind = S2_OPT_FLAG, .help = "continue from OUT/state exactly",
+     .off = offsetof(train_args, o.resume)},
+    {.name = "full-attention", .kind = S2_OPT_FLAG,
+     .help = "train with full causal attention instead of S2-Attn",
+     .off = offsetof(train_args, o.full_attention)},
+    {.name = "mode", .kind = S2_OPT_ENUM, .help = "lora (LoRA+, default) or full fine-tuning",
+     .values = mode_values, .off = offsetof(train_args, mode)},
+    {.name = "recompute", .kind = S2_OPT_ENUM, .help = "what the backward recomputes (auto)",
+     .values = recompute_values, .off = offsetof(train_args, recompute)},
+    OPT_ROPE(train_args, rope),
+    {.name = "log", .kind = S2_OPT_STRING, .metavar = "FILE",
+     .help = "JSON lines (default OUT/train.jsonl)", .off = offsetof(train_args, o.log_path),
+     .complete = S2_COMPLETE_FILE},
+    OPT_CACHE(train_args, o.cache_dir),
+    {.name = "dp", .kind = S2_OPT_INT, .metavar = "D",
+     .help = "data-parallel ranks (default world size / --sp)", .off = offsetof(train_args, dp),
+     .lo = 1, .hi = 1 << 20},
+    {.name = "sp", .kind = S2_OPT_INT, .metavar = "P",
+     .help = "sequence-parallel ranks a sequence", .off = offsetof(train_args, sp), .lo = 1,
+     .hi = 1 << 20},
+    {.name = "rendezvous", .kind = S2_OPT_STRING, .metavar = "file:PATH|tcp:HOST:PORT",
+     .help = "where the ranks meet (default S2LORA_RENDEZVOUS)",
+     .off = offsetof(train_args, rdzv)},
+};
 
-static int usage(const char *prog, const char *cmd, const char *msg, const char *arg)
-{
-    fprintf(stderr, "%s %s: %s%s\nTry '%s %s --help'.\n", prog, cmd, msg, arg, prog, cmd);
-    return 2;
-}
+const s2_cmd s2_cmd_train = {
+    .name = "train",
+    .usage = "SPEC --model DIR --data FILE --out DIR [--set KEY=VALUE]...\n"
+             "                    [--steps N] [--grad-accum N] [--seqlens N] [--lr X] [--warmup N]\n"
+             "                    [--schedule constant|cosine] [--weight-decay X] [--max-grad-norm X]\n"
+             "                    [--save-every N] [--keep-last N] [--seed N] [--resume]\n"
+             "                    [--full-attention] [--mode lora|full] [--recompute auto|layer|mlp]\n"
+             "                    [--rope-scaling match|spec] [--log FILE] [--cache-dir DIR]\n"
+             "                    [--dp D] [--sp P] [--rendezvous file:PATH|tcp:HOST:PORT]",
+    .about = TRAIN_ABOUT,
+    .epilog = "Exit status 1 on an error, 2 on a usage error, 3 with no CUDA device.\n",
+    .opts = train_opts, .n_opts = sizeof train_opts / sizeof train_opts[0],
+    .pos_name = "SPEC", .pos_min = 1, .pos_max = 1, .pos_off = offsetof(train_args, spec),
+    .pos_count_off = offsetof(train_args, n_spec), .pos_has_count = 1,
+    .pos_complete = S2_COMPLETE_SPEC,
+};
 
-/* Parses argv against opts; the one positional argument goes to *spec. 0, -1 for --help, or an
- * exit code. */
-static int parse(const char *prog, const char *cmd, int argc, char **argv, const opt *opts,
-                 int n_opts, const char **spec)
-{
-    for (int i = 0; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "--help") || !strcmp(a, "-h"))
-            return -1;
-        if (a[0] != '-') {
-            if (*spec)
-                return usage(prog, cmd, "one SPEC only; extra argument ", a);
-            *spec = a;
-            continue;
-        }
-        const opt *o = NULL;
-        for (int k = 0; k < n_opts && !o; k++)
-            if (!strcmp(opts[k].name, a))
-                o = &opts[k];
-        if (!o)
-            return usage(prog, cmd, "unknown option ", a);
-        if (o->kind == OPT_FLAG) {
-            *(int *)o->dst = 1;
-            continue;
-        }
-        if (i + 1 == argc)
-            return usage(prog, cmd, "this option needs a value: ", a);
-        const char *v = argv[++i];
-        char *end = NULL;
-        errno = 0;
-        switch (o->kind) {
-        case OPT_STR:
-            *(const char **)o->dst = v;
-            break;
-        case OPT_INT:
-        case OPT_I64: {
-            long long x = strtoll(v, &end, 10);
-            if (errno || end == v || *end || x < 0 || (o->kind == OPT_INT && x > 2147483647LL)) {
-                fprintf(stderr, "%s %s: %s %s: expected a non-negative integer\n", prog, cmd, a,
-                        v);
-                return 2;
-            }
-            if (o->kind == OPT_INT)
-                *(int *)o->dst = (int)x;
-            else
-                *(int64_t *)o->dst = x;
-            break;
-        }
-        case OPT_DBL: {
-            double x = strtod(v, &end);
-            if (errno || end == v || *end || !isfinite(x) || x < 0) {
-                fprintf(stderr, "%s %s: %s %s: expected a non-negative number\n", prog, cmd, a, v);
-                return 2;
-            }
-            *(double *)o->dst = x;
-            break;
-        }
-        case OPT_SET: {
-            sets *s = o->dst;
-            if (s->n == MAX_SETS)
-                return usage(prog, cmd, "too many --set options (at most 64)", "");
-            s->v[s->n++].text = v;
-            break;
-        }
-        case OPT_FLAG:
-            break;
-        }
-    }
-    return 0;
-}
+typedef struct eval_args {
+    s2_eval_opts o;
+    const char *spec[1];
+    int n_spec;
+    s2_spec_override sets[MAX_SETS];
+    int n_sets;
+    int seqlens[1], n_seqlens, passkey;
+    uint64_t seed;
+    const char *rope;
+} eval_args;
+
+static const s2_opt eval_opts[] = {
+    OPT_MODEL(eval_args, o.model_dir),
+    {.name = "data", .short_name = 'd', .kind = S2_OPT_STRING, .metavar = "FILE",
+     .help = "the token file to score", .off = offsetof(eval_args, o.data_path),
+     .complete = S2_COMPLETE_FILE},
+    {.name = "adapter", .kind = S2_OPT_STRING, .metavar = "DIR",
+     .help = "a PEFT adapter a train run wrote", .off = offsetof(eval_args, o.adapter_dir),
+     .complete = S2_COMPLETE_DIR},
+    {.name = "trainable", .kind = S2_OPT_STRING, .metavar = "FILE",
+     .help = "whole trainable tensors (with --adapter)",
+     .off = offsetof(eval_args, o.trainable_path), .complete = S2_COMPLETE_FILE},
+    OPT_SET(eval_args),
+    OPT_SEQLEN_ONE(eval_args, "window tokens (default context_length)"),
+    {.name = "stride", .kind = S2_OPT_INT, .metavar = "N",
+     .help = "tokens between window starts (default seqlen)",
+     .off = offsetof(eval_args, o.stride), .lo = 1, .hi = INT_MAX},
+    {.name = "max-windows", .kind = S2_OPT_I64, .metavar = "N", .help = "at most N windows",
+     .off = offsetof(eval_args, o.max_windows), .lo = 1, .hi = LLONG_MAX},
+    {.name = "s2attn", .kind = S2_OPT_FLAG, .help = "the training attention instead of full",
+     .off = offsetof(eval_args, o.s2attn)},
+    OPT_CACHE(eval_args, o.cache_dir),
+    {.name = "passkey", .kind = S2_OPT_INT, .metavar = "TRIALS",
+     .help = "passkey retrieval instead of perplexity", .off = offsetof(eval_args, passkey),
+     .lo = 1, .hi = 1000000},
+    {.name = "seed", .kind = S2_OPT_U64, .metavar = "N", .help = "the passkey prompts' (1)",
+     .off = offsetof(eval_args, seed)},
+    OPT_ROPE(eval_args, rope),
+};
+
+const s2_cmd s2_cmd_eval = {
+    .name = "eval",
+    .usage = "SPEC --model DIR --data FILE [--adapter DIR] [--trainable FILE]\n"
+             "                   [--set KEY=VALUE]... [--seqlens N] [--stride N] [--max-windows N]\n"
+             "                   [--s2attn] [--cache-dir DIR] [--rope-scaling match|spec]\n"
+             "       s2lora eval SPEC --model DIR --passkey TRIALS [--seed N] [--seqlens N] ...",
+    .about = "Perplexity of the model (with the adapter and trainable tensors a train run wrote)\n"
+             "over a token file, with full causal attention (--s2attn: the training attention) in\n"
+             "windows of --seqlens tokens (default context_length) every --stride tokens (default\n"
+             "seqlen); a token is scored once, by the first window that predicts it.\n"
+             "--passkey runs LongLoRA's passkey retrieval instead (byte-level vocabulary): TRIALS\n"
+             "prompts of about --seqlens tokens with a five-digit key at a random depth, greedy\n"
+             "decoding of the key with full attention; prints the accuracy.\n",
+    .epilog = "Exit status 1 on an error, 2 on a usage error, 3 with no CUDA device.\n",
+    .opts = eval_opts, .n_opts = sizeof eval_opts / sizeof eval_opts[0],
+    .pos_name = "SPEC", .pos_min = 1, .pos_max = 1, .pos_off = offsetof(eval_args, spec),
+    .pos_count_off = offsetof(eval_args, n_spec), .pos_has_count = 1,
+    .pos_complete = S2_COMPLETE_SPEC,
+};
+
+typedef struct logits_args {
+    const char *spec[1];
+    int n_spec;
+    s2_spec_override sets[MAX_SETS];
+    int n_sets;
+    const char *model, *tokens, *out, *adapter, *trainable, *cache_dir, *rope;
+    int s2attn, grads;
+} logits_args;
+
+static const s2_opt logits_opts[] = {
+    OPT_MODEL(logits_args, model),
+    {.name = "tokens", .kind = S2_OPT_STRING, .metavar = "FILE",
+     .help = "safetensors: \"tokens\" I32 [T], optional \"cu_seqlens\" I32 [B+1]",
+     .off = offsetof(logits_args, tokens), .flags = S2_OPT_REQUIRED,
+     .complete = S2_COMPLETE_FILE},
+    {.name = "out", .short_name = 'o', .kind = S2_OPT_STRING, .metavar = "OUT",
+     .help = "the safetensors file to write", .off = offsetof(logits_args, out),
+     .flags = S2_OPT_REQUIRED, .complete = S2_COMPLETE_FILE},
+    {.name = "adapter", .kind = S2_OPT_STRING, .metavar = "DIR",
+     .help = "a PEFT adapter a train run wrote", .off = offsetof(logits_args, adapter),
+     .complete = S2_COMPLETE_DIR},
+    {.name = "trainable", .kind = S2_OPT_STRING, .metavar = "FILE",
+     .help = "whole trainable tensors (with --adapter)", .off = offsetof(logits_args, trainable),
+     .complete = S2_COMPLETE_FILE},
+    OPT_SET(logits_args),
+    {.name = "s2attn", .kind = S2_OPT_FLAG, .help = "S2-Attn instead of full causal attention",
+     .off = offsetof(logits_args, s2attn)},
+    {.name = "grads", .kind = S2_OPT_FLAG, .help = "also the trainable tensors' gradients",
+     .off = offsetof(logits_args, grads)},
+    OPT_CACHE(logits_args, cache_dir),
+    OPT_ROPE(logits_args, rope),
+};
+
+const s2_cmd s2_cmd_logits = {
+    .name = "logits",
+    .usage = "SPEC --model DIR --tokens FILE -o OUT [--adapter DIR]\n"
+             "                     [--trainable FILE] [--set KEY=VALUE]... [--s2attn] [--grads]\n"
+             "                     [--cache-dir DIR] [--rope-scaling match|spec]",
+    .about = "Runs the model once on the tokens of FILE (safetensors: \"tokens\" I32 [T], optional\n"
+             "\"cu_seqlens\" I32 [B+1] for a packed batch) and writes OUT (safetensors): \"logits\"\n"
+             "F32 [T, vocab] and \"loss\" F64 [1] (HF's causal-LM loss: the mean over labelled\n"
+             "positions). Full causal attention, or S2-Attn with --s2attn. --grads also runs the\n"
+             "backward of that loss and writes each trainable tensor's gradient as\n"
+             "\"grad.NAME\" (F32, the trainer's names: stacked adapters per projection group).\n"
+             "For peer checks against transformers and PEFT (bench/peers/llama_peers.py).\n",
+    .opts = logits_opts, .n_opts = sizeof logits_opts / sizeof logits_opts[0],
+    .pos_name = "SPEC", .pos_min = 1, .pos_max = 1, .pos_off = offsetof(logits_args, spec),
+    .pos_count_off = offsetof(logits_args, n_spec), .pos_has_count = 1,
+    .pos_complete = S2_COMPLETE_SPEC,
+};
+
+typedef struct init_args {
+    const char *spec[1];
+    int n_spec;
+    s2_spec_override sets[MAX_SETS];
+    int n_sets;
+    const char *out;
+    uint64_t seed;
+    int force;
+} init_args;
+
+static const s2_opt init_opts[] = {
+    {.name = "out", .short_name = 'o', .kind = S2_OPT_STRING, .metavar = "DIR",
+     .help = "the checkpoint's directory: new, or empty (see --force)",
+     .off = offsetof(init_args, out), .flags = S2_OPT_REQUIRED, .complete = S2_COMPLETE_DIR},
+    OPT_SET(init_args),
+    {.name = "seed", .kind = S2_OPT_U64, .metavar = "N", .help = "the weights' (0)",
+     .off = offsetof(init_args, seed)},
+    {.name = "force", .kind = S2_OPT_FLAG,
+     .help = "write into a directory that is not empty: config.json and model.safetensors are "
+             "replaced, other files stay",
+     .off = offsetof(init_args, force)},
+};
+
+const s2_cmd s2_cmd_init = {
+    .name = "init",
+    .usage = "SPEC -o DIR [--set KEY=VALUE]... [--seed N] [--force]",
+    .about = "Writes a freshly initialised model of SPEC's shape as a Hugging Face LLaMA checkpoint\n"
+             "(config.json, model.safetensors in the spec's dtype), initialised as transformers\n"
+             "does: linears and embeddings normal(0, 0.02), norms 1; the same seed gives the same\n"
+             "weights everywhere. The start of a model trained from scratch (`s2lora train --mode\n"
+             "full`). Needs no GPU. A directory that holds anything already is refused unless\n"
+             "--force is given.\n",
+    .opts = init_opts, .n_opts = sizeof init_opts / sizeof init_opts[0],
+    .pos_name = "SPEC", .pos_min = 1, .pos_max = 1, .pos_off = offsetof(init_args, spec),
+    .pos_count_off = offsetof(init_args, n_spec), .pos_has_count = 1,
+    .pos_complete = S2_COMPLETE_SPEC,
+};
 
 /*
  * Progress on stderr. On a terminal, the per-step lines ("step N/M ...") share one line that
@@ -376,70 +532,35 @@ static int train_dist(const char *prog, s2_train_opts *o, const s2_world *w, s2_
 
 int s2_cli_train(const char *prog, int argc, char **argv)
 {
-    const char *spec_path = NULL, *schedule = "constant", *mode = "lora",
-               *recompute = "auto", *rdzv = NULL;
     static s2_spec spec; /* filled by the loader below; o keeps its address */
-    s2_train_opts o;
-    s2_train_opts_default(&o, &spec);
-    sets ov = {0};
-    int64_t seed = (int64_t)o.seed;
-    int grad_accum = -1, dp = -1, sp = -1; /* -1: not given */
-    const opt opts[] = {
-        {"--model", OPT_STR, &o.model_dir},       {"--data", OPT_STR, &o.data_path},
-        {"--out", OPT_STR, &o.out_dir},           {"--set", OPT_SET, &ov},
-        {"--steps", OPT_I64, &o.steps},           {"--grad-accum", OPT_INT, &grad_accum},
-        {"--seqlen", OPT_INT, &o.seqlen},         {"--lr", OPT_DBL, &o.lr},
-        {"--warmup", OPT_I64, &o.warmup},         {"--schedule", OPT_STR, &schedule},
-        {"--weight-decay", OPT_DBL, &o.weight_decay},
-        {"--max-grad-norm", OPT_DBL, &o.max_grad_norm},
-        {"--save-every", OPT_I64, &o.save_every}, {"--keep-last", OPT_INT, &o.keep_last},
-        {"--seed", OPT_I64, &seed},               {"--resume", OPT_FLAG, &o.resume},
-        {"--full-attention", OPT_FLAG, &o.full_attention},
-        {"--log", OPT_STR, &o.log_path},          {"--cache-dir", OPT_STR, &o.cache_dir},
-        {"--mode", OPT_STR, &mode},
-        {"--recompute", OPT_STR, &recompute},
-        {"--dp", OPT_INT, &dp},                   {"--sp", OPT_INT, &sp},
-        {"--rendezvous", OPT_STR, &rdzv},
-    };
-    int rc = parse(prog, "train", argc, argv, opts, (int)(sizeof opts / sizeof opts[0]),
-                   &spec_path);
-    if (rc < 0)
-        return fputs(train_help, stdout), 0;
-    if (rc)
+    train_args a = {0};
+    s2_train_opts_default(&a.o, &spec);
+    a.schedule = "constant", a.mode = "lora", a.recompute = "auto", a.rope = "match";
+    s2_opts_result r;
+    int rc;
+    if (!s2_opts_run(&s2_cmd_train, argc, argv, &a, &r, &rc))
         return rc;
-    if (!spec_path)
-        return usage(prog, "train", "missing SPEC", "");
-    if (!o.model_dir || !o.data_path || !o.out_dir)
-        return usage(prog, "train", "missing ",
-                     !o.model_dir ? "--model DIR" : !o.data_path ? "--data FILE" : "--out DIR");
-    if (!strcmp(schedule, "constant"))
-        o.schedule = S2_SCHED_CONSTANT;
-    else if (!strcmp(schedule, "cosine"))
-        o.schedule = S2_SCHED_COSINE;
-    else
-        return usage(prog, "train", "--schedule: valid: constant, cosine; got ", schedule);
-    if (!strcmp(mode, "full"))
-        o.full = 1;
-    else if (strcmp(mode, "lora"))
-        return usage(prog, "train", "--mode: valid: lora, full; got ", mode);
-    if (!strcmp(recompute, "auto"))
-        o.recompute = S2_GM_RECOMPUTE_AUTO;
-    else if (!strcmp(recompute, "layer"))
-        o.recompute = S2_GM_RECOMPUTE_LAYER;
-    else if (!strcmp(recompute, "mlp"))
-        o.recompute = S2_GM_RECOMPUTE_MLP;
-    else
-        return usage(prog, "train", "--recompute: valid: auto, layer, mlp; got ", recompute);
-    if (grad_accum == 0)
-        return usage(prog, "train", "--grad-accum: at least 1", "");
-    if (dp == 0 || sp == 0)
-        return usage(prog, "train", dp == 0 ? "--dp: at least 1" : "--sp: at least 1", "");
-    o.seed = (uint64_t)seed;
+    s2_train_opts o = a.o;
+    const char *spec_path = a.spec[0], *rdzv = a.rdzv;
+    const int grad_accum = a.grad_accum, dp = a.dp, sp = a.sp; /* 0: not given */
+    o.schedule = !strcmp(a.schedule, "cosine") ? S2_SCHED_COSINE : S2_SCHED_CONSTANT;
+    o.full = !strcmp(a.mode, "full");
+    o.recompute = !strcmp(a.recompute, "layer") ? S2_GM_RECOMPUTE_LAYER
+                : !strcmp(a.recompute, "mlp")   ? S2_GM_RECOMPUTE_MLP
+                                                : S2_GM_RECOMPUTE_AUTO;
+    o.rope_spec = !strcmp(a.rope, "spec");
+    if (a.n_seqlens)
+        o.seqlen = a.seqlens[0];
+    if (grad_accum)
+        o.grad_accum = grad_accum;
     o.progress = progress;
     o.progress_ctx = (void *)prog;
+    s2_cli_progress *load = s2_cli_progress_start(prog, "loading the checkpoint", 0);
+    o.load_progress = s2_cli_progress_bytes;
+    o.load_progress_ctx = load;
     s2_error err = {0};
     /* every file read and checked before a device is asked for */
-    if (s2_spec_load(spec_path, ov.v, ov.n, &spec, &err) || s2_train_check(&o, &err))
+    if (s2_spec_load(spec_path, a.sets, a.n_sets, &spec, &err) || s2_train_check(&o, &err))
         return failed(prog, &err);
     if (sp > 1) { /* the chunks' plan (and its refusals) before any rank is met */
         s2_sp_plan plan;
@@ -459,11 +580,11 @@ int s2_cli_train(const char *prog, int argc, char **argv)
     const char *from = env.get(env.ctx, "S2LORA_WORLD_FROM");
     const int dist = w.size > 1 || w.launched || (from && strcmp(from, "single"));
     if (!dist && rdzv)
-        return usage(prog, "train", "--rendezvous: this process is a world of one (no "
-                     "launcher's variables): it meets no other rank", "");
+        return s2_opts_usage_error(&s2_cmd_train, "--rendezvous: this process is a world of one "
+                                   "(no launcher's variables): it meets no other rank");
     if (o.sp > 1 && !dist)
-        return usage(prog, "train", "--sp: sequence parallel needs several ranks (s2lora launch "
-                     "--gpus N -- train ... --sp P, P dividing N)", "");
+        return s2_opts_usage_error(&s2_cmd_train, "--sp: sequence parallel needs several ranks "
+                                   "(s2lora launch --gpus N -- train ... --sp P, P dividing N)");
     /* the state --resume continues (its header only), before any GPU or rank is met */
     s2_state_info info;
     int found = 0;
@@ -493,7 +614,9 @@ int s2_cli_train(const char *prog, int argc, char **argv)
         return failed(prog, &err);
     s2_cli_show_cache_warnings(&rt, prog);
     fprintf(stderr, "%s: train on %s (%s)\n", prog, rt.name, rt.arch);
-    if (s2_train_run(&rt, &o, &err))
+    s2_status st = s2_train_run(&rt, &o, &err);
+    s2_cli_progress_end(load);
+    if (st)
         return failed(prog, &err);
     printf("trained %s (%s): state in %s/state, %s in %s/%s, log in %s%s\n", spec.name,
            o.full ? "full" : "LoRA+", o.out_dir, o.full ? "model" : "adapter", o.out_dir,
@@ -504,40 +627,33 @@ int s2_cli_train(const char *prog, int argc, char **argv)
 
 int s2_cli_eval(const char *prog, int argc, char **argv)
 {
-    const char *spec_path = NULL;
     s2_spec spec;
-    s2_eval_opts o = {.spec = &spec};
-    sets ov = {0};
-    int passkey = 0;
-    int64_t seed = 1;
-    const opt opts[] = {
-        {"--model", OPT_STR, &o.model_dir},         {"--data", OPT_STR, &o.data_path},
-        {"--adapter", OPT_STR, &o.adapter_dir},     {"--trainable", OPT_STR, &o.trainable_path},
-        {"--set", OPT_SET, &ov},                    {"--seqlen", OPT_INT, &o.seqlen},
-        {"--stride", OPT_INT, &o.stride},           {"--max-windows", OPT_I64, &o.max_windows},
-        {"--s2attn", OPT_FLAG, &o.s2attn},          {"--cache-dir", OPT_STR, &o.cache_dir},
-        {"--passkey", OPT_INT, &passkey},           {"--seed", OPT_I64, &seed},
-    };
-    int rc = parse(prog, "eval", argc, argv, opts, (int)(sizeof opts / sizeof opts[0]),
-                   &spec_path);
-    if (rc < 0)
-        return fputs(eval_help, stdout), 0;
-    if (rc)
+    eval_args a = {.o = {.spec = &spec}, .seed = 1, .rope = "match"};
+    s2_opts_result res;
+    int rc;
+    if (!s2_opts_run(&s2_cmd_eval, argc, argv, &a, &res, &rc))
         return rc;
-    if (!spec_path)
-        return usage(prog, "eval", "missing SPEC", "");
-    if (!o.model_dir || (!o.data_path && !passkey))
-        return usage(prog, "eval", "missing ",
-                     !o.model_dir ? "--model DIR" : "--data FILE (or --passkey TRIALS)");
+    s2_eval_opts o = a.o;
+    const char *spec_path = a.spec[0];
+    const int passkey = a.passkey;
+    const uint64_t seed = a.seed;
+    if (a.n_seqlens)
+        o.seqlen = a.seqlens[0];
+    o.rope_spec = !strcmp(a.rope, "spec");
+    if (!o.data_path && !passkey)
+        return s2_opts_usage_error(&s2_cmd_eval, "missing --data FILE (or --passkey TRIALS)");
     if (passkey && (o.data_path || o.s2attn || o.stride || o.max_windows))
-        return usage(prog, "eval", "--passkey takes no --data, --s2attn, --stride or "
-                     "--max-windows", "");
+        return s2_opts_usage_error(&s2_cmd_eval, "--passkey takes no --data, --s2attn, --stride "
+                                   "or --max-windows");
     if (o.trainable_path && !o.adapter_dir)
-        return usage(prog, "eval", "--trainable goes with --adapter", "");
+        return s2_opts_usage_error(&s2_cmd_eval, "--trainable goes with --adapter");
     o.progress = progress;
     o.progress_ctx = (void *)prog;
+    s2_cli_progress *load = s2_cli_progress_start(prog, "loading the checkpoint", 0);
+    o.load_progress = s2_cli_progress_bytes;
+    o.load_progress_ctx = load;
     s2_error err = {0};
-    if (s2_spec_load(spec_path, ov.v, ov.n, &spec, &err) || s2_eval_check(&o, &err))
+    if (s2_spec_load(spec_path, a.sets, a.n_sets, &spec, &err) || s2_eval_check(&o, &err))
         return failed(prog, &err);
     s2_rt rt;
     if (s2_rt_open(&rt, 0, &err))
@@ -545,7 +661,7 @@ int s2_cli_eval(const char *prog, int argc, char **argv)
     s2_cli_show_cache_warnings(&rt, prog);
     if (passkey) {
         s2_passkey_result pr;
-        if (s2_passkey_run(&rt, &o, passkey, (uint64_t)seed, &pr, &err))
+        if (s2_passkey_run(&rt, &o, passkey, seed, &pr, &err))
             return failed(prog, &err);
         printf("passkey %s on %s: seqlen %d, %d/%d retrieved (accuracy %.3f)\n", spec.name,
                rt.name, o.seqlen ? o.seqlen : spec.context_length, pr.correct, pr.trials,
@@ -561,19 +677,6 @@ int s2_cli_eval(const char *prog, int argc, char **argv)
            r.ppl, r.count ? r.nll_sum / (double)r.count : 0.0, r.tokens_per_s);
     return 0;
 }
-
-static const char logits_help[] =
-    "usage: s2lora logits SPEC --model DIR --tokens FILE -o OUT [--adapter DIR]\n"
-    "                     [--trainable FILE] [--set KEY=VALUE]... [--s2attn] [--grads]\n"
-    "                     [--cache-dir DIR]\n"
-    "\n"
-    "Runs the model once on the tokens of FILE (safetensors: \"tokens\" I32 [T], optional\n"
-    "\"cu_seqlens\" I32 [B+1] for a packed batch) and writes OUT (safetensors): \"logits\"\n"
-    "F32 [T, vocab] and \"loss\" F64 [1] (HF's causal-LM loss: the mean over labelled\n"
-    "positions). Full causal attention, or S2-Attn with --s2attn. --grads also runs the\n"
-    "backward of that loss and writes each trainable tensor's gradient as\n"
-    "\"grad.NAME\" (F32, the trainer's names: stacked adapters per projection group).\n"
-    "For peer checks against transformers and PEFT (bench/peers/llama_peers.py).\n";
 
 static s2_status tensor_i32(const s2_st_file *f, const char *path, const char *name, int need,
                             const int32_t **data, int64_t *n, s2_error *err)
@@ -595,32 +698,20 @@ static s2_status tensor_i32(const s2_st_file *f, const char *path, const char *n
 
 int s2_cli_logits(const char *prog, int argc, char **argv)
 {
-    const char *spec_path = NULL, *model = NULL, *tokens = NULL, *out = NULL, *adapter = NULL,
-               *trainable = NULL, *cache_dir = NULL;
-    int s2attn = 0, grads = 0;
-    sets ov = {0};
-    const opt opts[] = {
-        {"--model", OPT_STR, &model},       {"--tokens", OPT_STR, &tokens},
-        {"-o", OPT_STR, &out},              {"--out", OPT_STR, &out},
-        {"--adapter", OPT_STR, &adapter},   {"--trainable", OPT_STR, &trainable},
-        {"--set", OPT_SET, &ov},            {"--s2attn", OPT_FLAG, &s2attn},
-        {"--grads", OPT_FLAG, &grads},      {"--cache-dir", OPT_STR, &cache_dir},
-    };
-    int rc = parse(prog, "logits", argc, argv, opts, (int)(sizeof opts / sizeof opts[0]),
-                   &spec_path);
-    if (rc < 0)
-        return fputs(logits_help, stdout), 0;
-    if (rc)
+    logits_args a = {.rope = "match"};
+    s2_opts_result r;
+    int rc;
+    if (!s2_opts_run(&s2_cmd_logits, argc, argv, &a, &r, &rc))
         return rc;
-    if (!spec_path || !model || !tokens || !out)
-        return usage(prog, "logits", "missing ",
-                     !spec_path ? "SPEC" : !model ? "--model DIR" : !tokens ? "--tokens FILE"
-                                                                            : "-o OUT");
+    const char *spec_path = a.spec[0], *model = a.model, *tokens = a.tokens, *out = a.out,
+               *adapter = a.adapter, *trainable = a.trainable, *cache_dir = a.cache_dir;
+    const int s2attn = a.s2attn, grads = a.grads;
+    const s2_rope_policy rope = !strcmp(a.rope, "spec") ? S2_ROPE_SPEC : S2_ROPE_MATCH;
     if (trainable && !adapter)
-        return usage(prog, "logits", "--trainable goes with --adapter", "");
+        return s2_opts_usage_error(&s2_cmd_logits, "--trainable goes with --adapter");
     s2_error err = {0};
     s2_spec spec;
-    if (s2_spec_load(spec_path, ov.v, ov.n, &spec, &err))
+    if (s2_spec_load(spec_path, a.sets, a.n_sets, &spec, &err))
         return failed(prog, &err);
     s2_st_file in = {0};
     if (s2_st_read(tokens, &in, &err))
@@ -651,7 +742,7 @@ int s2_cli_logits(const char *prog, int argc, char **argv)
         st = s2_attn_batch_init(&bt, cu, (int)ncu - 1, (int)T, what, &err);
     }
     if (!st)
-        st = s2_model_files_check(&spec, model, adapter, trainable, &err);
+        st = s2_model_files_check_rope(&spec, model, adapter, trainable, rope, &err);
     if (!st)
         st = s2_output_check(out, 0, &err);
     s2_rt rt;
@@ -661,9 +752,12 @@ int s2_cli_logits(const char *prog, int argc, char **argv)
         s2_cli_show_cache_warnings(&rt, prog);
     s2_ckpt *ck = NULL;
     s2_gm *m = NULL;
+    s2_cli_progress *load = st ? NULL : s2_cli_progress_start(prog, "loading the checkpoint", 0);
     if (!st)
-        st = s2_ckpt_open(model, &ck, &err);
-    s2_gm_opts go = {.max_tokens = (int)T, .cache_dir = cache_dir, .no_s2attn = !s2attn};
+        st = s2_ckpt_open_progress(model, s2_cli_progress_bytes, load, &ck, &err);
+    s2_cli_progress_end(load);
+    s2_gm_opts go = {.max_tokens = (int)T, .cache_dir = cache_dir, .no_s2attn = !s2attn,
+                     .rope_spec = rope == S2_ROPE_SPEC};
     if (!st)
         st = s2_gm_open(&m, &rt, &spec, ck, &go, &err);
     s2_ckpt_close(ck);
@@ -734,38 +828,53 @@ int s2_cli_logits(const char *prog, int argc, char **argv)
     return st ? failed(prog, &err) : 0;
 }
 
-static const char init_help[] =
-    "usage: s2lora init SPEC -o DIR [--set KEY=VALUE]... [--seed N]\n"
-    "\n"
-    "Writes a freshly initialised model of SPEC's shape as a Hugging Face LLaMA checkpoint\n"
-    "(config.json, model.safetensors in the spec's dtype), initialised as transformers\n"
-    "does: linears and embeddings normal(0, 0.02), norms 1; the same seed gives the same\n"
-    "weights everywhere. The start of a model trained from scratch (`s2lora train --mode\n"
-    "full`). Needs no GPU.\n";
+/* What a non-empty output directory holds, for the refusal: the first few names. */
+static int dir_entries(const char *dir, char *names, size_t cap)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return 0; /* missing (created by the library), or not a directory (it says so) */
+    int n = 0;
+    size_t used = 0;
+    names[0] = '\0';
+    for (struct dirent *e; (e = readdir(d)) != NULL;) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+            continue;
+        if (n < 4 && used < cap)
+            used += (size_t)snprintf(names + used, cap - used, "%s%s", n ? ", " : "", e->d_name);
+        n++;
+    }
+    closedir(d);
+    if (n > 4 && used < cap)
+        snprintf(names + used, cap - used, " and %d more", n - 4);
+    return n;
+}
 
 int s2_cli_init(const char *prog, int argc, char **argv)
 {
-    const char *spec_path = NULL, *out = NULL;
-    int64_t seed = 0;
-    sets ov = {0};
-    const opt opts[] = {
-        {"-o", OPT_STR, &out}, {"--out", OPT_STR, &out}, {"--set", OPT_SET, &ov},
-        {"--seed", OPT_I64, &seed},
-    };
-    int rc = parse(prog, "init", argc, argv, opts, (int)(sizeof opts / sizeof opts[0]),
-                   &spec_path);
-    if (rc < 0)
-        return fputs(init_help, stdout), 0;
-    if (rc)
+    init_args a = {0};
+    s2_opts_result r;
+    int rc;
+    if (!s2_opts_run(&s2_cmd_init, argc, argv, &a, &r, &rc))
         return rc;
-    if (!spec_path || !out)
-        return usage(prog, "init", "missing ", !spec_path ? "SPEC" : "-o DIR");
+    char names[512];
+    if (!a.force && dir_entries(a.out, names, sizeof names))
+        return s2_opts_usage_error(&s2_cmd_init, "%s is not empty (it holds %s): give a new or "
+                                   "empty directory, or --force to write config.json and "
+                                   "model.safetensors into it anyway", a.out, names);
     s2_error err = {0};
     s2_spec spec;
-    if (s2_spec_load(spec_path, ov.v, ov.n, &spec, &err) ||
-        s2_ckpt_init_random(out, &spec, (uint64_t)seed, &err))
+    if (s2_spec_load(a.spec[0], a.sets, a.n_sets, &spec, &err))
         return failed(prog, &err);
-    printf("%s: %s initialised (seed %lld): config.json, model.safetensors\n", out, spec.name,
-           (long long)seed);
+    s2_cli_progress *pr = s2_cli_progress_start(prog, "init", 0);
+    s2_status st = s2_ckpt_init_random_progress(a.out, &spec, a.seed, s2_cli_progress_bytes, pr,
+                                                &err);
+    s2_cli_progress_end(pr);
+    if (st)
+        return failed(prog, &err);
+    printf("%s: %s initialised (seed %llu): config.json, model.safetensors\n", a.out, spec.name,
+           (unsigned long long)a.seed);
+    printf("next: s2lora train %s --model %s --data FILE --out DIR --mode full\n", a.spec[0],
+           a.out);
     return 0;
 }

@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,29 +43,11 @@ static int failed(const char *prog, s2_error *err)
     return code;
 }
 
-static int usage(const char *prog, const char *cmd, const char *fmt, const char *arg)
-{
-    fprintf(stderr, "%s %s: ", prog, cmd);
-    fprintf(stderr, fmt, arg);
-    fprintf(stderr, "\nTry '%s %s --help'.\n", prog, cmd);
-    return EXIT_USAGE;
-}
-
 static double now_s(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-/* A positive number of seconds, digits and one '.' only. */
-static int parse_seconds(const char *s, double max, double *out)
-{
-    char *end;
-    if (!(s[0] >= '0' && s[0] <= '9') || strspn(s, "0123456789.") != strlen(s))
-        return 0;
-    *out = strtod(s, &end);
-    return !*end && *out > 0 && *out <= max;
 }
 
 /* ---------------------------------------------------------------- world */
@@ -79,53 +62,58 @@ static const char *count_str(int n, char *buf, size_t cap)
     return buf;
 }
 
-static const char world_help[] =
-    "usage: s2lora world [--rendezvous file:PATH|tcp:HOST:PORT] [--nccl]\n"
-    "\n"
-    "Prints this process's rank, world size, local rank (its GPU) and where they came\n"
-    "from: s2lora launch or torchrun (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE), an\n"
-    "srun step (SLURM_PROCID, ...), mpirun (OMPI_COMM_WORLD_RANK, ...), or none (a world\n"
-    "of one). With --rendezvous (or S2LORA_RENDEZVOUS) every rank meets the others the\n"
-    "way training will: rank 0 hands out an id (random bytes; with --nccl NCCL's unique\n"
-    "id), every rank checks that all run the same build, and each prints what all agreed\n"
-    "on. Needs no GPU (and without --nccl no NCCL): `s2lora launch --gpus 4 -- world`\n"
-    "tries a launch anywhere. S2LORA_RENDEZVOUS_TIMEOUT: seconds to wait (default 300).\n"
-    "  --nccl                   load NCCL, print its version, and hand out its unique id\n"
-    "Diagnostics, for tests of the launcher and the rendezvous:\n"
-    "  --fingerprint-extra STR  one more part the ranks must agree on\n"
-    "  --fail-rank K --fail-how exit|kill|hang\n"
-    "                           rank K fails before the rendezvous: exits with code 7,\n"
-    "                           kills itself with SIGKILL, or hangs ignoring SIGTERM\n";
+typedef struct world_args {
+    const char *rdzv, *extra, *fail_rank, *fail_how;
+    int use_nccl;
+} world_args;
+
+static const char *const fail_how_values[] = {"exit", "kill", "hang", NULL};
+
+static const s2_opt world_opts[] = {
+    {.name = "rendezvous", .kind = S2_OPT_STRING, .metavar = "file:PATH|tcp:HOST:PORT",
+     .help = "where the ranks meet (default S2LORA_RENDEZVOUS)",
+     .off = offsetof(world_args, rdzv)},
+    {.name = "nccl", .kind = S2_OPT_FLAG,
+     .help = "load NCCL, print its version, and hand out its unique id",
+     .off = offsetof(world_args, use_nccl)},
+    {.name = "fingerprint-extra", .kind = S2_OPT_STRING, .metavar = "STR",
+     .help = "diagnostics: one more part the ranks must agree on",
+     .off = offsetof(world_args, extra)},
+    {.name = "fail-rank", .kind = S2_OPT_STRING, .metavar = "K",
+     .help = "diagnostics: rank K fails before the rendezvous, as --fail-how says",
+     .off = offsetof(world_args, fail_rank)},
+    {.name = "fail-how", .kind = S2_OPT_ENUM,
+     .help = "diagnostics: exit with code 7, kill itself with SIGKILL, or hang ignoring SIGTERM",
+     .values = fail_how_values, .off = offsetof(world_args, fail_how)},
+};
+
+const s2_cmd s2_cmd_world = {
+    .name = "world",
+    .usage = "[--rendezvous file:PATH|tcp:HOST:PORT] [--nccl]",
+    .about = "Prints this process's rank, world size, local rank (its GPU) and where they came\n"
+             "from: s2lora launch or torchrun (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE), an\n"
+             "srun step (SLURM_PROCID, ...), mpirun (OMPI_COMM_WORLD_RANK, ...), or none (a world\n"
+             "of one). With --rendezvous (or S2LORA_RENDEZVOUS) every rank meets the others the\n"
+             "way training will: rank 0 hands out an id (random bytes; with --nccl NCCL's unique\n"
+             "id), every rank checks that all run the same build, and each prints what all agreed\n"
+             "on. Needs no GPU (and without --nccl no NCCL): `s2lora launch --gpus 4 -- world`\n"
+             "tries a launch anywhere. S2LORA_RENDEZVOUS_TIMEOUT: seconds to wait (default 300).\n"
+             "The diagnostics options are for tests of the launcher and the rendezvous.\n",
+    .opts = world_opts, .n_opts = sizeof world_opts / sizeof world_opts[0],
+};
 
 int s2_cli_world(const char *prog, int argc, char **argv)
 {
-    const char *rdzv = NULL, *extra = NULL, *fail_rank = NULL, *fail_how = NULL;
-    int use_nccl = 0;
-    for (int i = 0; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "--help") || !strcmp(a, "-h"))
-            return fputs(world_help, stdout), 0;
-        if (!strcmp(a, "--nccl")) {
-            use_nccl = 1;
-            continue;
-        }
-        const char **slot = !strcmp(a, "--rendezvous")          ? &rdzv
-                            : !strcmp(a, "--fingerprint-extra") ? &extra
-                            : !strcmp(a, "--fail-rank")         ? &fail_rank
-                            : !strcmp(a, "--fail-how")          ? &fail_how
-                                                                : NULL;
-        if (!slot)
-            return usage(prog, "world", a[0] == '-' ? "unknown option '%s'"
-                                                    : "unexpected argument '%s'", a);
-        if (i + 1 == argc)
-            return usage(prog, "world", "option '%s' needs a value", a);
-        *slot = argv[++i];
-    }
+    world_args a = {0};
+    s2_opts_result r;
+    int rc;
+    if (!s2_opts_run(&s2_cmd_world, argc, argv, &a, &r, &rc))
+        return rc;
+    const char *rdzv = a.rdzv, *extra = a.extra, *fail_rank = a.fail_rank,
+               *fail_how = a.fail_how;
+    const int use_nccl = a.use_nccl;
     if (!fail_rank != !fail_how)
-        return usage(prog, "world", "--fail-rank and --fail-how go together%s", "");
-    if (fail_how && strcmp(fail_how, "exit") && strcmp(fail_how, "kill") &&
-        strcmp(fail_how, "hang"))
-        return usage(prog, "world", "--fail-how %s: valid: exit, kill, hang", fail_how);
+        return s2_opts_usage_error(&s2_cmd_world, "--fail-rank and --fail-how go together");
     s2_error err = {0};
     s2_world w;
     const s2_env env = s2_env_process();
@@ -215,10 +203,31 @@ int s2_cli_world(const char *prog, int argc, char **argv)
 
 /* ---------------------------------------------------------------- launch */
 
-static const char launch_help[] =
-    "usage: s2lora launch --gpus N [--rendezvous file:PATH|tcp:HOST:PORT] [--log-dir DIR]\n"
-    "                     [--grace SECONDS] [--] COMMAND [ARGS...]\n"
-    "\n"
+typedef struct launch_args {
+    int gpus;
+    const char *rdzv, *log_dir;
+    double grace;
+} launch_args;
+
+static const s2_opt launch_opts[] = {
+    {.name = "gpus", .kind = S2_OPT_INT, .metavar = "N", .help = "ranks to run, 1..1024",
+     .off = offsetof(launch_args, gpus), .lo = 1, .hi = 1024, .flags = S2_OPT_REQUIRED},
+    {.name = "rendezvous", .kind = S2_OPT_STRING, .metavar = "file:PATH|tcp:HOST:PORT",
+     .help = "where the ranks meet (default S2LORA_RENDEZVOUS, else a private file)",
+     .off = offsetof(launch_args, rdzv)},
+    {.name = "log-dir", .kind = S2_OPT_STRING, .metavar = "DIR",
+     .help = "the logs of ranks 1.. (default OUT/logs for train --out OUT, else ./s2lora-logs)",
+     .off = offsetof(launch_args, log_dir), .complete = S2_COMPLETE_DIR},
+    {.name = "grace", .kind = S2_OPT_DOUBLE, .metavar = "SECONDS",
+     .help = "from SIGTERM to SIGKILL when a rank failed (default 10)",
+     .off = offsetof(launch_args, grace), .dlo = 0, .dhi = 3600, .flags = S2_OPT_ABOVE_LO},
+};
+
+const s2_cmd s2_cmd_launch = {
+    .name = "launch",
+    .usage = "--gpus N [--rendezvous file:PATH|tcp:HOST:PORT] [--log-dir DIR]\n"
+             "                     [--grace SECONDS] [--] COMMAND [ARGS...]",
+    .about =
     "Runs N ranks of `s2lora COMMAND ARGS...` on this host, one a GPU: rank k gets RANK=k,\n"
     "WORLD_SIZE=N, LOCAL_RANK=k (it drives CUDA device k), LOCAL_WORLD_SIZE=N,\n"
     "S2LORA_LAUNCH_ID (one random id for the run), S2LORA_WORLD_FROM=torchrun (these\n"
@@ -231,8 +240,11 @@ static const char launch_help[] =
     "default 10) and exits with the failed rank's code (128+signal for a signal).\n"
     "Whether this host has N GPUs is checked by the ranks when they open them; the\n"
     "launcher needs none (`s2lora launch --gpus 3 -- world` runs anywhere). For several\n"
-    "hosts start the ranks with srun or mpirun and --rendezvous instead.\n"
-    "  --gpus N         ranks to run, 1..1024\n";
+    "hosts start the ranks with srun or mpirun and --rendezvous instead.\n",
+    .opts = launch_opts, .n_opts = sizeof launch_opts / sizeof launch_opts[0],
+    .pos_name = "COMMAND", .pos_complete = S2_COMPLETE_COMMAND, .stop_at_positional = 1,
+    .unknown_hint = " (the command's own options go after it)",
+};
 
 /* The log directory: --log-dir, else OUT/logs for `train ... --out OUT`, else ./s2lora-logs. */
 static void log_dir_of(char **sub, int n_sub, const char *flag, char *out, size_t cap)
@@ -244,9 +256,16 @@ static void log_dir_of(char **sub, int n_sub, const char *flag, char *out, size_
     snprintf(out, cap, "s2lora-logs");
     if (strcmp(sub[0], "train"))
         return;
-    for (int i = 1; i + 1 < n_sub; i++)
-        if (!strcmp(sub[i], "--out"))
-            snprintf(out, cap, "%s/logs", sub[i + 1]);
+    for (int i = 1; i < n_sub; i++) { /* train's -o DIR, -oDIR, --out DIR, --out=DIR */
+        if (!strcmp(sub[i], "--"))
+            break;
+        if ((!strcmp(sub[i], "--out") || !strcmp(sub[i], "-o")) && i + 1 < n_sub)
+            snprintf(out, cap, "%s/logs", sub[++i]);
+        else if (!strncmp(sub[i], "--out=", 6))
+            snprintf(out, cap, "%s/logs", sub[i] + 6);
+        else if (!strncmp(sub[i], "-o", 2) && sub[i][2])
+            snprintf(out, cap, "%s/logs", sub[i] + 2);
+    }
 }
 
 /* Prints the last lines of a rank's log, indented, to stderr: only its last TAIL_BYTES are
@@ -389,49 +408,23 @@ static void exec_rank(const char *prog, int k, int n, const char *rdzv, const ch
 
 int s2_cli_launch(const char *prog, int argc, char **argv)
 {
-    const char *gpus = NULL, *rdzv = NULL, *log_flag = NULL, *grace_s = NULL;
-    int i = 0;
-    for (; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "--help") || !strcmp(a, "-h"))
-            return fputs(launch_help, stdout), 0;
-        if (!strcmp(a, "--")) {
-            i++;
-            break;
-        }
-        if (a[0] != '-')
-            break;
-        const char **slot = !strcmp(a, "--gpus")         ? &gpus
-                            : !strcmp(a, "--rendezvous") ? &rdzv
-                            : !strcmp(a, "--log-dir")    ? &log_flag
-                            : !strcmp(a, "--grace")      ? &grace_s
-                                                         : NULL;
-        if (!slot)
-            return usage(prog, "launch", "unknown option '%s' (the command's own options go "
-                         "after it)", a);
-        if (i + 1 == argc)
-            return usage(prog, "launch", "option '%s' needs a value", a);
-        *slot = argv[++i];
-    }
-    char **sub = argv + i;
-    const int n_sub = argc - i;
-    if (!gpus)
-        return usage(prog, "launch", "missing --gpus N%s", "");
+    launch_args a = {.grace = GRACE_DEFAULT};
+    s2_opts_result res;
+    int rc;
+    if (!s2_opts_run(&s2_cmd_launch, argc, argv, &a, &res, &rc))
+        return rc;
+    char **sub = argv + res.rest;
+    const int n_sub = argc - res.rest;
+    const long n = a.gpus;
+    const double grace = a.grace;
+    const char *rdzv = a.rdzv, *log_flag = a.log_dir;
     s2_error err = {0};
-    long n;
-    if (s2_env_int("--gpus", gpus, 1, 1024, &n, &err)) {
-        s2_error_clear(&err);
-        return usage(prog, "launch", "--gpus %s: expected a whole number of ranks, 1..1024", gpus);
-    }
-    double grace = GRACE_DEFAULT;
-    if (grace_s && !parse_seconds(grace_s, 3600, &grace))
-        return usage(prog, "launch", "--grace %s: expected seconds, more than 0 and at most "
-                     "3600", grace_s);
     if (!n_sub)
-        return usage(prog, "launch", "missing COMMAND (e.g. s2lora launch --gpus 4 -- train "
-                     "SPEC ...)%s", "");
+        return s2_opts_usage_error(&s2_cmd_launch, "missing COMMAND (e.g. s2lora launch --gpus 4 "
+                                   "-- train SPEC ...)");
     if (!strcmp(sub[0], "launch"))
-        return usage(prog, "launch", "a launch inside a launch: run the command itself%s", "");
+        return s2_opts_usage_error(&s2_cmd_launch, "a launch inside a launch: run the command "
+                                   "itself");
     const s2_env env = s2_env_process();
     s2_world w;
     if (s2_world_from_env(env, &w, &err))

@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <time.h>
 
@@ -378,6 +379,7 @@ typedef struct jit_job {
     int n_opts;
     int nv_major, nv_minor;
     s2_jit_result *out;               /* [n] */
+    const s2_jit_opts *o;             /* the caller's: its on_unit */
 } jit_job;
 
 static const char *unit_name(const s2_jit_src *s)
@@ -641,6 +643,35 @@ static int entry_fault(const jit_job *j, const uint8_t key[32], const uint8_t *d
     return 0;
 }
 
+int s2_jit_cache_header(const void *head, size_t n, size_t file_size, s2_jit_header *h,
+                        char *why, size_t why_n)
+{
+    const uint8_t *d = head;
+    memset(h, 0, sizeof *h);
+    if (n < JIT_OFF_HLEN + 4 || memcmp(d, JIT_MAGIC, 8) != 0)
+        return snprintf(why, why_n, "not a cache entry (no %s header)", JIT_MAGIC), 1;
+    h->format = get_u32(d + JIT_OFF_FORMAT);
+    if (h->format != JIT_FORMAT)
+        return snprintf(why, why_n, "header format %u (this s2lora writes %u)", h->format,
+                        JIT_FORMAT), 1;
+    uint32_t hlen = get_u32(d + JIT_OFF_HLEN);
+    if (hlen < JIT_FIXED || hlen > JIT_MAX_HEADER || hlen > n)
+        return snprintf(why, why_n, "header length %u (valid: %d..%d)", hlen, JIT_FIXED,
+                        JIT_MAX_HEADER), 1;
+    if (file_size <= hlen || get_u64(d + JIT_OFF_SIZE) != file_size - hlen)
+        return snprintf(why, why_n, "truncated or padded"), 1;
+    jit_header jh;
+    if (!parse_header(d + JIT_FIXED, d + hlen, &jh))
+        return snprintf(why, why_n, "header fields malformed"), 1;
+    s2_hex(d + JIT_OFF_KEY, 32, h->key);
+    snprintf(h->arch, sizeof h->arch, "%s", jh.arch);
+    snprintf(h->gen, sizeof h->gen, "%s", jh.gen);
+    snprintf(h->version, sizeof h->version, "%s", jh.version);
+    h->n_kernels = jh.n_kernels;
+    memcpy(h->kernels, jh.kernels, sizeof h->kernels);
+    return 0;
+}
+
 int s2_jit_cache_entry_fault(const char *arch, const uint8_t key[32], const void *data,
                              size_t size, char *why, size_t n)
 {
@@ -701,6 +732,12 @@ static int cache_load(const jit_job *j, const s2_jit_src *s, const uint8_t key[3
             memmove(data, data + hlen, size - hlen);
             out->cubin = data;
             out->size = size - hlen;
+            /* Its last use, for `s2lora cache list` and `cache clean --older-than`: the access
+             * time, set here because mounts with relatime or noatime would not (the modification
+             * time stays the entry's age). Best effort: a read-only cache is still a cache. */
+            utimensat(AT_FDCWD, out->path,
+                      (const struct timespec[2]){{.tv_nsec = UTIME_NOW}, {.tv_nsec = UTIME_OMIT}},
+                      0);
             return 1;
         }
     }
@@ -791,7 +828,18 @@ static s2_status check_exports(const s2_jit_src *s, const s2_jit_result *r, s2_e
     return S2_OK;
 }
 
+static s2_status build_unit(const jit_job *j, int i, s2_error *err);
+
+/* One unit, then the caller's on_unit (its progress), whatever came of it. */
 static s2_status run_unit(const jit_job *j, int i, s2_error *err)
+{
+    s2_status st = build_unit(j, i, err);
+    if (j->o && j->o->on_unit)
+        j->o->on_unit(j->o->on_unit_ctx, unit_name(&j->src[i]), j->out[i].cache_hit);
+    return st;
+}
+
+static s2_status build_unit(const jit_job *j, int i, s2_error *err)
 {
     const s2_jit_src *s = &j->src[i];
     s2_jit_result *out = &j->out[i];
@@ -896,7 +944,7 @@ s2_status s2_jit_build(const s2_jit_src *src, int n, const s2_jit_opts *o, s2_ji
         return S2_OK;
     memset(out, 0, (size_t)n * sizeof *out);
 
-    jit_job j = {.src = src, .n = n, .arch = o->arch, .out = out};
+    jit_job j = {.src = src, .n = n, .arch = o->arch, .out = out, .o = o};
     char arch_opt[64], dir[PATH_MAX];
     job_options(&j, o, arch_opt, sizeof arch_opt);
     st = s2_jit_nvrtc_version(&j.nv_major, &j.nv_minor, err);

@@ -30,6 +30,7 @@
 
 #define S2_JIT_MAX_KERNELS 16
 #define S2_JIT_MAX_EXTRA 8
+#define S2_JIT_HEADER_MAX 8192 /* a cache entry's header is at most this long */
 
 typedef struct s2_jit_src {
     const char *unit;   /* name for messages, e.g. "llama2-7b-32k/attn_fwd" */
@@ -48,6 +49,11 @@ typedef struct s2_jit_opts {
     int no_cache;          /* 1: always build, never read or write the cache */
     int n_extra;           /* extra NVRTC options, part of the key (e.g. "-DS2_X=1") */
     const char *extra[S2_JIT_MAX_EXTRA];
+    /* May be NULL: called once for every unit when it is done (built, loaded from the cache,
+     * or failed), from the thread that did it (several at once: it must be thread-safe), for
+     * a caller's progress line. Not part of the key. */
+    void (*on_unit)(void *ctx, const char *unit, int cache_hit);
+    void *on_unit_ctx;
 } s2_jit_opts;
 
 /* What ptxas reported for one kernel (from --ptxas-options=-v). */
@@ -106,6 +112,23 @@ void s2_jit_result_free(s2_jit_result *r);
  */
 int s2_jit_cache_entry_fault(const char *arch, const uint8_t key[32], const void *data,
                              size_t size, char *why, size_t n);
+
+/* What a cache entry's header says it was built for (s2lora cache list). */
+typedef struct s2_jit_header {
+    unsigned format;
+    char key[65];        /* hex */
+    char arch[32], gen[64], version[128];
+    int n_kernels;
+    char kernels[S2_JIT_MAX_KERNELS][128];
+} s2_jit_header;
+
+/*
+ * Reads the header at the start of a KEY.cubin file (head[n]: its first bytes, at least the
+ * whole header; file_size: the file's size) into *h: 0, or 1 with why saying what is wrong (not
+ * an entry, another format, cut short). The payload is not checked (that needs all of it).
+ */
+int s2_jit_cache_header(const void *head, size_t n, size_t file_size, s2_jit_header *h,
+                        char *why, size_t why_n);
 
 /* Parses ptxas -v output into rows (at most max); returns the count. */
 int s2_jit_parse_resources(const char *log, s2_kernel_res *res, int max);

@@ -42,6 +42,9 @@ struct s2_ckpt {
     int n_entries;
     entry *entries; /* sorted by name */
     int header_only; /* s2_ckpt_open_headers: the tensors have no data */
+    s2_progress_fn progress; /* s2_ckpt_open_progress: bytes of the files read so far */
+    void *progress_ctx;
+    uint64_t done, total;
 };
 
 /* ------------------------------------------------------------------------------------------ */
@@ -60,10 +63,25 @@ static int path_exists(const char *path)
     return stat(path, &sb) == 0;
 }
 
-/* A safetensors file, whole or (ck opened for checking) its header alone. */
-static s2_status st_read(const s2_ckpt *ck, const char *path, s2_st_file *f, s2_error *err)
+static uint64_t file_size(const char *path)
 {
-    return ck->header_only ? s2_st_read_header(path, f, err) : s2_st_read(path, f, err);
+    struct stat sb;
+    return stat(path, &sb) == 0 ? (uint64_t)sb.st_size : 0;
+}
+
+/* A safetensors file, whole or (ck opened for checking) its header alone; a whole one counts
+ * its bytes towards the progress. */
+static s2_status st_read(s2_ckpt *ck, const char *path, s2_st_file *f, s2_error *err)
+{
+    if (ck->header_only)
+        return s2_st_read_header(path, f, err);
+    s2_status st = s2_st_read(path, f, err);
+    if (!st && ck->progress) {
+        ck->done += file_size(path);
+        ck->progress(ck->progress_ctx, "loading the checkpoint", ck->done,
+                     ck->done > ck->total ? ck->done : ck->total);
+    }
+    return st;
 }
 
 /* A JSON value as a message shows it: its value for scalars, its kind otherwise. */
@@ -461,6 +479,7 @@ static s2_status open_single(s2_ckpt *ck, s2_error *err)
     ck->paths[0] = strdup(ck->source);
     if (!ck->paths[0])
         return s2_error_set(err, S2_ERR_NOMEM, "%s: out of memory", ck->dir);
+    ck->total = file_size(ck->source);
     const s2_st_file *f = &ck->files[0];
     if ((st = st_read(ck, ck->paths[0], &ck->files[0], err)) ||
         (st = alloc_entries(ck, (size_t)f->n, err)))
@@ -565,6 +584,15 @@ static s2_status open_index(s2_ckpt *ck, s2_error *err)
         (st = alloc_files(ck, (int)json_object_size(ids), err)) ||
         (st = alloc_entries(ck, json_object_size(wm), err)))
         goto free_ids;
+    if (ck->progress) { /* the bytes to read: every shard's */
+        const char *shard;
+        json_t *v;
+        json_object_foreach(ids, shard, v) {
+            char *path = join(ck->dir, shard);
+            ck->total += path ? file_size(path) : 0;
+            free(path);
+        }
+    }
     st = map_tensors(ck, wm, ids, err);
 free_ids:
     json_decref(ids);
@@ -599,13 +627,16 @@ static s2_status read_weights(s2_ckpt *ck, s2_error *err)
     return S2_OK;
 }
 
-static s2_status ckpt_open(const char *dir, int header_only, s2_ckpt **out, s2_error *err)
+static s2_status ckpt_open(const char *dir, int header_only, s2_progress_fn progress,
+                           void *progress_ctx, s2_ckpt **out, s2_error *err)
 {
     *out = NULL;
     s2_ckpt *ck = calloc(1, sizeof *ck);
     if (!ck)
         return s2_error_set(err, S2_ERR_NOMEM, "%s: out of memory", dir);
     ck->header_only = header_only;
+    ck->progress = progress;
+    ck->progress_ctx = progress_ctx;
     ck->dir = strdup(dir);
     s2_status st = ck->dir ? S2_OK : s2_error_set(err, S2_ERR_NOMEM, "%s: out of memory", dir);
     if (!st)
@@ -622,12 +653,18 @@ static s2_status ckpt_open(const char *dir, int header_only, s2_ckpt **out, s2_e
 
 s2_status s2_ckpt_open(const char *dir, s2_ckpt **out, s2_error *err)
 {
-    return ckpt_open(dir, 0, out, err);
+    return ckpt_open(dir, 0, NULL, NULL, out, err);
+}
+
+s2_status s2_ckpt_open_progress(const char *dir, s2_progress_fn progress, void *ctx,
+                                s2_ckpt **out, s2_error *err)
+{
+    return ckpt_open(dir, 0, progress, ctx, out, err);
 }
 
 s2_status s2_ckpt_open_headers(const char *dir, s2_ckpt **out, s2_error *err)
 {
-    return ckpt_open(dir, 1, out, err);
+    return ckpt_open(dir, 1, NULL, NULL, out, err);
 }
 
 void s2_ckpt_close(s2_ckpt *ck)
@@ -703,7 +740,8 @@ static s2_status mismatch(const s2_ckpt *ck, const s2_spec *spec, const char *hf
 
 static int close_enough(double a, double b) { return fabs(a - b) <= 1e-9 * fmax(fabs(a), fabs(b)); }
 
-static s2_status check_config(const s2_ckpt *ck, const s2_spec *spec, s2_error *err)
+static s2_status check_config(const s2_ckpt *ck, const s2_spec *spec, s2_rope_policy rope,
+                             s2_error *err)
 {
     const s2_hf_config *h = &ck->cfg;
     const s2_model *m = &spec->model;
@@ -742,12 +780,28 @@ static s2_status check_config(const s2_ckpt *ck, const s2_spec *spec, s2_error *
         snprintf(b, sizeof b, "%.9g", reals[i].sv);
         return mismatch(ck, spec, reals[i].hf, a, reals[i].key, b, err);
     }
-    if (h->rope_scaling_factor > 0 && !close_enough(h->rope_scaling_factor, spec->rope_factor))
+    /* A checkpoint without rope_scaling is a base model: the spec's factor is what extends it.
+     * One with a factor was extended already; training it at another factor is a choice. */
+    const double f = h->rope_scaling_factor;
+    if (rope == S2_ROPE_MATCH && f > 0 && !close_enough(f, spec->rope_factor)) {
+        char keep[160];
+        if (f == floor(f) && f * m->max_position_embeddings <= S2_SPEC_MAX_TOKENS)
+            snprintf(keep, sizeof keep, "--set context_length=%lld (or any length that rounds "
+                     "up to factor %g)", (long long)f * m->max_position_embeddings, f);
+        else
+            snprintf(keep, sizeof keep, "no context_length (its factor %g is not a whole "
+                     "number)", f);
         return s2_error_set(err, S2_ERR_SPEC,
                             "%s: rope_scaling.factor = %g, spec rope_factor = %d (ceil("
-                            "context_length %d / model.max_position_embeddings %d))",
-                            ck->config_path, h->rope_scaling_factor, spec->rope_factor,
-                            spec->context_length, m->max_position_embeddings);
+                            "context_length %d / model.max_position_embeddings %d)): the "
+                            "checkpoint was extended to another context already. To train it "
+                            "further at the spec's factor (which then replaces the checkpoint's, "
+                            "counted from model.max_position_embeddings), pass --rope-scaling "
+                            "spec (train, and eval or logits of the result); to keep the "
+                            "checkpoint's factor: %s",
+                            ck->config_path, f, spec->rope_factor, spec->context_length,
+                            m->max_position_embeddings, keep);
+    }
     return S2_OK;
 }
 
@@ -814,10 +868,45 @@ static s2_status check_tensors(const s2_ckpt *ck, const s2_spec *spec, s2_error 
     return st;
 }
 
+s2_status s2_ckpt_check_rope(const s2_ckpt *ck, const s2_spec *spec, s2_rope_policy rope,
+                             s2_error *err)
+{
+    s2_status st = check_config(ck, spec, rope, err);
+    return st ? st : check_tensors(ck, spec, err);
+}
+
+s2_status s2_ckpt_config_with_spec_rope(const char *json_text, const char *path,
+                                        const s2_spec *spec, char **out, s2_error *err)
+{
+    *out = NULL;
+    json_error_t je;
+    json_t *c = json_loads(json_text, 0, &je);
+    if (!c || !json_is_object(c)) {
+        json_decref(c);
+        return s2_error_set(err, S2_ERR_PARSE, "%s:%d:%d: %s", path, je.line, je.column,
+                            c ? "not a JSON object" : je.text);
+    }
+    const double f = (double)spec->rope_factor;
+    json_t *rp = json_object_get(c, "rope_parameters");
+    int bad;
+    if (json_is_object(rp)) {
+        json_object_del(rp, "type");
+        bad = json_object_set_new(rp, "rope_type", json_string(f > 1 ? "linear" : "default")) ||
+              (f > 1 ? json_object_set_new(rp, "factor", json_real(f))
+                     : (json_object_del(rp, "factor"), 0));
+    } else {
+        bad = json_object_set_new(c, "rope_scaling",
+                                  f > 1 ? json_pack("{s:s, s:f}", "type", "linear", "factor", f)
+                                        : json_null());
+    }
+    *out = bad ? NULL : json_dumps(c, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    json_decref(c);
+    return *out ? S2_OK : s2_error_set(err, S2_ERR_NOMEM, "%s: out of memory", path);
+}
+
 s2_status s2_ckpt_check(const s2_ckpt *ck, const s2_spec *spec, s2_error *err)
 {
-    s2_status st = check_config(ck, spec, err);
-    return st ? st : check_tensors(ck, spec, err);
+    return s2_ckpt_check_rope(ck, spec, S2_ROPE_MATCH, err);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -1352,6 +1441,13 @@ static double init_normal(uint64_t *s)
 
 s2_status s2_ckpt_init_random(const char *dir, const s2_spec *spec, uint64_t seed, s2_error *err)
 {
+    return s2_ckpt_init_random_progress(dir, spec, seed, NULL, NULL, err);
+}
+
+s2_status s2_ckpt_init_random_progress(const char *dir, const s2_spec *spec, uint64_t seed,
+                                       s2_progress_fn progress, void *progress_ctx,
+                                       s2_error *err)
+{
     const s2_model *md = &spec->model;
     s2_status st = s2_mkdir_p(dir, err);
     if (st)
@@ -1365,6 +1461,15 @@ s2_status s2_ckpt_init_random(const char *dir, const s2_spec *spec, uint64_t see
     const s2_st_dtype dt = spec->dtype == S2_DTYPE_BF16 ? S2_ST_BF16 : S2_ST_F16;
     uint64_t rng = seed;
     int n = 0;
+    uint64_t done = 0, total = 0; /* bytes of the tensors, for the progress */
+    if (progress) {
+        s2_ckpt_param *ps = NULL;
+        int np = 0;
+        if (model_params(spec, &ps, &np, NULL) == S2_OK)
+            for (int i = 0; i < np; i++)
+                total += 2 * (uint64_t)ps[i].shape[0] * (uint64_t)(ps[i].ndim == 2 ? ps[i].shape[1] : 1);
+        free(ps);
+    }
     /* name, rows, cols (0: a norm of `rows` ones) */
     for (int k = -1; k <= L * (S2_PROJ_COUNT + 2) + 1 && !st; k++) {
         char name[128];
@@ -1411,6 +1516,9 @@ s2_status s2_ckpt_init_random(const char *dir, const s2_spec *spec, uint64_t see
             f[i] = cols ? (float)(0.02 * init_normal(&rng)) : 1.0f;
         s2_f32_to_half(dt, f, x->data, ne);
         free(f);
+        done += x->nbytes;
+        if (progress)
+            progress(progress_ctx, "initialising the weights", done, done > total ? done : total);
     }
     char path[PATH_MAX];
     static const char *mk[] = {"format"}, *mv[] = {"pt"};

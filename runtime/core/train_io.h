@@ -25,6 +25,7 @@
 
 #include "gen/lora_plan.h"
 #include "gen/spec.h"
+#include "runtime/core/progress.h"
 #include "runtime/core/st.h"
 
 /* Index of one projection's adapter matrix in the pointer arrays below. */
@@ -62,6 +63,11 @@ typedef struct s2_ckpt s2_ckpt;
  */
 s2_status s2_ckpt_open(const char *dir, s2_ckpt **out, s2_error *err);
 
+/* The same, reporting the bytes of the safetensors files read so far to progress (may be
+ * NULL) after each file, for a caller's progress line on a multi-GiB load. */
+s2_status s2_ckpt_open_progress(const char *dir, s2_progress_fn progress, void *ctx,
+                                s2_ckpt **out, s2_error *err);
+
 /*
  * The same checks, reading only config.json, the index and every safetensors file's header:
  * the tensors' names, dtypes and shapes are there for s2_ckpt_check, their data is not
@@ -90,6 +96,30 @@ const char *s2_ckpt_tensor_path(const s2_ckpt *ck, const char *name);
  * (S2_ERR_INVALID naming file, tensor, shape found and expected). Reports the first problem.
  */
 s2_status s2_ckpt_check(const s2_ckpt *ck, const s2_spec *spec, s2_error *err);
+
+/*
+ * What a checkpoint's rope_scaling must be against the spec. MATCH (s2_ckpt_check): absent or
+ * null (a base model), or linear with the spec's rope_factor; another factor is refused with a
+ * message naming the ways out. SPEC: any linear factor is taken, and the spec's rope_factor
+ * replaces it: positions are divided by ceil(context_length / model.max_position_embeddings),
+ * counted from the original pre-training length (Hugging Face's linear scaling divides the
+ * position by the factor, whatever max_position_embeddings says; a LongLoRA-extended
+ * checkpoint keeps the base model's max_position_embeddings beside its factor). This continues
+ * an already-extended model (made for 32k) at a longer context (100k): the factors are not
+ * multiplied, the new one is the whole interpolation.
+ */
+typedef enum s2_rope_policy { S2_ROPE_MATCH = 0, S2_ROPE_SPEC } s2_rope_policy;
+
+/*
+ * A checkpoint's config.json text (path for messages) with its RoPE scaling set to the spec's:
+ * "rope_scaling" {"type": "linear", "factor": rope_factor}, or null at factor 1 (transformers
+ * 5's "rope_parameters", when the file has it, gets rope_type and factor instead); everything
+ * else kept. For a model trained at the spec's factor (train --mode full). *out is heap.
+ */
+s2_status s2_ckpt_config_with_spec_rope(const char *json_text, const char *path,
+                                        const s2_spec *spec, char **out, s2_error *err);
+s2_status s2_ckpt_check_rope(const s2_ckpt *ck, const s2_spec *spec, s2_rope_policy rope,
+                             s2_error *err);
 
 /*
  * Copies tensor `name` into dst as fp32 (from BF16, F16 or F32), n = its element count.
@@ -171,5 +201,9 @@ s2_status s2_ckpt_check_trainable(const char *path, const s2_spec *spec, s2_erro
  * every machine). Both files are written atomically.
  */
 s2_status s2_ckpt_init_random(const char *dir, const s2_spec *spec, uint64_t seed, s2_error *err);
+/* The same, reporting the bytes of weights initialised so far to progress (may be NULL). */
+s2_status s2_ckpt_init_random_progress(const char *dir, const s2_spec *spec, uint64_t seed,
+                                       s2_progress_fn progress, void *progress_ctx,
+                                       s2_error *err);
 
 #endif

@@ -409,7 +409,7 @@ s2_status s2_gm_open(s2_gm **out, const s2_rt *rt, const s2_spec *spec, const s2
     if (o->max_tokens < 1)
         return s2_error_set(err, S2_ERR_INVALID, "model: max_tokens %d: must be >= 1",
                             o->max_tokens);
-    s2_status st = s2_ckpt_check(ck, spec, err);
+    s2_status st = s2_ckpt_check_rope(ck, spec, o->rope_spec ? S2_ROPE_SPEC : S2_ROPE_MATCH, err);
     if (st)
         return st;
     s2_gm *m = calloc(1, sizeof *m);
@@ -1531,15 +1531,18 @@ s2_status s2_gm_export_full(s2_gm *m, const char *dir, const char *src_model_dir
         free(t[i].data);
     }
     free(t);
-    /* config.json as the base model has it: the architecture is unchanged */
-    char *cfg = NULL;
-    size_t size = 0;
+    /* config.json as the base model has it (the architecture is unchanged), with the RoPE
+     * scaling these weights were trained at: the spec's */
+    char *cfg = NULL, *out = NULL;
     snprintf(path, sizeof path, "%s/config.json", src_model_dir);
     if (!st)
-        st = s2_read_file_max(path, S2_MAX_JSON_BYTES, "a JSON file", &cfg, &size, err);
+        st = s2_read_file_max(path, S2_MAX_JSON_BYTES, "a JSON file", &cfg, NULL, err);
+    if (!st)
+        st = s2_ckpt_config_with_spec_rope(cfg, path, &m->spec, &out, err);
     snprintf(path, sizeof path, "%s/config.json", dir);
     if (!st)
-        st = s2_write_file_atomic(path, cfg, size, err);
+        st = s2_write_file_atomic(path, out, strlen(out), err);
     free(cfg);
+    free(out);
     return st;
 }

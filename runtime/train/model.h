@@ -68,6 +68,8 @@ typedef struct s2_gm_opts {
     int sp_halo;               /* > 0: sequence-parallel micro-batches (s2_gm_sp) with up to
                                   this many halo rows; loads the window units and gives every
                                   layer's K/V and the dK/dV buffers sp_halo rows more */
+    int rope_spec;             /* 1: the spec's rope factor replaces the checkpoint's
+                                  rope_scaling (S2_ROPE_SPEC, train_io.h); 0: they must match */
 } s2_gm_opts;
 
 /*

@@ -323,10 +323,18 @@ s2_status s2_model_files_check(const s2_spec *spec, const char *model_dir,
                                const char *adapter_dir, const char *trainable_path,
                                s2_error *err)
 {
+    return s2_model_files_check_rope(spec, model_dir, adapter_dir, trainable_path, S2_ROPE_MATCH,
+                                     err);
+}
+
+s2_status s2_model_files_check_rope(const s2_spec *spec, const char *model_dir,
+                                    const char *adapter_dir, const char *trainable_path,
+                                    s2_rope_policy rope, s2_error *err)
+{
     s2_ckpt *ck = NULL;
     s2_status st = s2_ckpt_open_headers(model_dir, &ck, err);
     if (!st)
-        st = s2_ckpt_check(ck, spec, err);
+        st = s2_ckpt_check_rope(ck, spec, rope, err);
     s2_ckpt_close(ck);
     if (!st && adapter_dir)
         st = s2_ckpt_check_adapter(adapter_dir, spec, err);
@@ -355,7 +363,8 @@ s2_status s2_train_check(const s2_train_opts *o, s2_error *err)
         return s2_error_set(err, S2_ERR_INVALID,
                             "train: grad_accum %d (>= 1), steps %lld (>= 0), seqlen %d (>= 2)",
                             o->grad_accum, (long long)o->steps, C);
-    s2_status st = s2_model_files_check(sp, o->model_dir, NULL, NULL, err);
+    s2_status st = s2_model_files_check_rope(sp, o->model_dir, NULL, NULL,
+                                             o->rope_spec ? S2_ROPE_SPEC : S2_ROPE_MATCH, err);
     s2_data_info di = {0};
     if (!st)
         st = data_check(o->data_path, sp, &di, err);
@@ -402,8 +411,9 @@ s2_status s2_eval_check(const s2_eval_opts *o, s2_error *err)
     if (C < 2 || stride > C)
         return s2_error_set(err, S2_ERR_INVALID,
                             "eval: seqlen %d (>= 2), stride %d (1..seqlen)", C, stride);
-    s2_status st = s2_model_files_check(sp, o->model_dir, o->adapter_dir, o->trainable_path,
-                                        err);
+    s2_status st = s2_model_files_check_rope(sp, o->model_dir, o->adapter_dir,
+                                             o->trainable_path,
+                                             o->rope_spec ? S2_ROPE_SPEC : S2_ROPE_MATCH, err);
     s2_data_info di = {0};
     if (!st && o->data_path)
         st = data_check(o->data_path, sp, &di, err);
@@ -489,10 +499,11 @@ s2_status s2_train_run(const s2_rt *rt, const s2_train_opts *o, s2_error *err)
             st = s2_error_set(err, S2_ERR_NOMEM, "out of memory");
     }
     if (!st)
-        st = s2_ckpt_open(o->model_dir, &ck, err);
+        st = s2_ckpt_open_progress(o->model_dir, o->load_progress, o->load_progress_ctx, &ck,
+                                   err);
     s2_gm_opts go = {.max_tokens = hi - lo, .cache_dir = o->cache_dir,
                      .init_seed = mix(o->seed, 1), .full = o->full, .recompute = o->recompute,
-                     .sp_halo = halo};
+                     .sp_halo = halo, .rope_spec = o->rope_spec};
     if (!st)
         st = s2_gm_open(&m, rt, sp, ck, &go, err);
     if (!st && spn > 1) /* the halo exchange with the other chunks of this slot */
@@ -747,9 +758,10 @@ static s2_status open_eval_model(const s2_rt *rt, const s2_eval_opts *o, int max
                                  int s2attn, s2_gm **m, s2_error *err)
 {
     s2_ckpt *ck = NULL;
-    s2_status st = s2_ckpt_open(o->model_dir, &ck, err);
+    s2_status st = s2_ckpt_open_progress(o->model_dir, o->load_progress, o->load_progress_ctx,
+                                         &ck, err);
     s2_gm_opts go = {.max_tokens = max_tokens, .cache_dir = o->cache_dir, .no_s2attn = !s2attn,
-                     .recompute = S2_GM_RECOMPUTE_LAYER};
+                     .recompute = S2_GM_RECOMPUTE_LAYER, .rope_spec = o->rope_spec};
     if (!st)
         st = s2_gm_open(m, rt, o->spec, ck, &go, err);
     s2_ckpt_close(ck);

@@ -26,6 +26,7 @@
 
 #include "gen/spec.h"
 #include "runtime/core/rt.h"
+#include "runtime/core/train_io.h"
 
 typedef void (*s2_train_progress)(void *ctx, const char *line);
 
@@ -64,6 +65,11 @@ typedef struct s2_train_opts {
                                   OUT/state's latest */
     s2_train_progress progress;
     void *progress_ctx;
+    int rope_spec;             /* 1: the spec's rope_factor replaces the checkpoint's rope_scaling
+                                  (an already-extended model trained further: S2_ROPE_SPEC,
+                                  train_io.h); 0: they must match */
+    s2_progress_fn load_progress; /* may be NULL: the checkpoint's load, in bytes */
+    void *load_progress_ctx;
 } s2_train_opts;
 
 /* Fills the defaults above (LongLoRA's recipe) for spec. */
@@ -95,6 +101,9 @@ typedef struct s2_eval_opts {
     int s2attn;                  /* 1: evaluate with S²-Attn instead of full attention */
     s2_train_progress progress;
     void *progress_ctx;
+    int rope_spec;               /* as s2_train_opts.rope_spec */
+    s2_progress_fn load_progress; /* may be NULL: the checkpoint's load, in bytes */
+    void *load_progress_ctx;
 } s2_eval_opts;
 
 typedef struct s2_eval_result {
@@ -145,6 +154,10 @@ s2_status s2_eval_check(const s2_eval_opts *o, s2_error *err);
 s2_status s2_model_files_check(const s2_spec *spec, const char *model_dir,
                                const char *adapter_dir, const char *trainable_path,
                                s2_error *err);
+/* The same with the checkpoint's rope_scaling held to rope (train_io.h). */
+s2_status s2_model_files_check_rope(const s2_spec *spec, const char *model_dir,
+                                    const char *adapter_dir, const char *trainable_path,
+                                    s2_rope_policy rope, s2_error *err);
 
 /*
  * An output can be written: a directory (is_dir) that exists and can be written in, or that

@@ -79,158 +79,16 @@ static s2_status rows_push(s2_bench_rows *r, const s2_bench_row *row, s2_error *
     return S2_OK;
 }
 
-/* A whole decimal in [lo, hi]: digits only (no sign, no spaces, no trailing text). */
-static int parse_long(const char *s, long lo, long hi, long *out)
-{
-    if (!s || !isdigit((unsigned char)s[0]))
-        return 0;
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || *end || v < lo || v > hi)
-        return 0;
-    *out = v;
-    return 1;
-}
 
 /* ------------------------------------------------------------------ arguments */
 
-s2_status s2_bench_parse_seqlens(const char *text, int *out, int max, int *n, s2_error *err)
-{
-    *n = 0;
-    const long hi = INT_MAX / 2;
-    const char *p = text;
-    for (int item = 1;; item++) {
-        const char *comma = strchr(p, ',');
-        size_t len = comma ? (size_t)(comma - p) : strlen(p);
-        char tok[32];
-        if (len == 0)
-            return s2_error_set(err, S2_ERR_INVALID,
-                                "--seqlens '%s': item %d is empty; expected positive integers "
-                                "separated by commas, e.g. 8192,16384", text, item);
-        long v;
-        if (len >= sizeof tok || (memcpy(tok, p, len), tok[len] = '\0', !parse_long(tok, 1, hi, &v)))
-            return s2_error_set(err, S2_ERR_INVALID,
-                                "--seqlens '%s': '%.*s' is not a sequence length (an integer in "
-                                "1..%ld)", text, (int)len, p, hi);
-        for (int i = 0; i < *n; i++)
-            if (out[i] == v)
-                return s2_error_set(err, S2_ERR_INVALID, "--seqlens '%s': %ld is listed twice",
-                                    text, v);
-        if (*n == max)
-            return s2_error_set(err, S2_ERR_INVALID, "--seqlens '%s': at most %d lengths", text,
-                                max);
-        out[(*n)++] = (int)v;
-        if (!comma)
-            return S2_OK;
-        p = comma + 1;
-    }
-}
-
-/* Options that take a value; "--no-peers" and "--help" take none. */
-static const char *const valued_opts[] = {"--set",   "--seqlens", "--reps",  "--warmup",
-                                          "--peers", "--csv",     "--json",  "--cache-dir",
-                                          "--seed",  "--tile"};
-
-static int takes_value(const char *a)
-{
-    for (size_t i = 0; i < sizeof valued_opts / sizeof valued_opts[0]; i++)
-        if (!strcmp(a, valued_opts[i]))
-            return 1;
-    return 0;
-}
-
-/* One option with its value; the option is known to take one. */
-static s2_status parse_valued(s2_bench_opts *o, const char *a, const char *val, s2_error *err)
-{
-    long v;
-    if (!strcmp(a, "--set")) {
-        if (o->n_sets == S2_BENCH_MAX_SETS)
-            return s2_error_set(err, S2_ERR_INVALID, "too many --set options (at most %d)",
-                                S2_BENCH_MAX_SETS);
-        o->sets[o->n_sets++].text = val;
-    } else if (!strcmp(a, "--seqlens")) {
-        return s2_bench_parse_seqlens(val, o->seqlens, S2_BENCH_MAX_SEQLENS, &o->n_seqlens, err);
-    } else if (!strcmp(a, "--reps")) {
-        if (!parse_long(val, 1, MAX_REPS, &v))
-            return s2_error_set(err, S2_ERR_INVALID, "--reps %s: expected an integer in 1..%d",
-                                val, MAX_REPS);
-        o->reps_fwd = o->reps_fb = (int)v;
-    } else if (!strcmp(a, "--warmup")) {
-        if (!parse_long(val, 0, MAX_REPS, &v))
-            return s2_error_set(err, S2_ERR_INVALID, "--warmup %s: expected an integer in 0..%d",
-                                val, MAX_REPS);
-        o->warmup = (int)v;
-    } else if (!strcmp(a, "--peers")) {
-        o->peers = val;
-        o->peers_given = 1;
-    } else if (!strcmp(a, "--csv")) {
-        o->csv = val;
-    } else if (!strcmp(a, "--json")) {
-        o->json = val;
-    } else if (!strcmp(a, "--cache-dir")) {
-        o->cache_dir = val;
-    } else if (!strcmp(a, "--tile")) {
-        if (o->n_tiles == S2_BENCH_MAX_TILES)
-            return s2_error_set(err, S2_ERR_INVALID, "too many --tile options (at most %d)",
-                                S2_BENCH_MAX_TILES);
-        s2_attn_tile t = s2_plan_default_tile("sm_90a", 128);
-        s2_status st = s2_plan_parse_tile(val, &t, err);
-        if (st)
-            return st;
-        o->tiles[o->n_tiles++] = val;
-    } else if (!strcmp(a, "--seed")) {
-        char *end;
-        errno = 0;
-        unsigned long long s = strtoull(val, &end, 0);
-        if (!isdigit((unsigned char)val[0]) || errno || *end || s == 0)
-            return s2_error_set(err, S2_ERR_INVALID,
-                                "--seed %s: expected a positive integer (decimal or 0x hex)", val);
-        o->seed = s;
-    }
-    return S2_OK;
-}
-
-s2_status s2_bench_parse(int argc, char **argv, s2_bench_opts *o, s2_error *err)
+void s2_bench_opts_default(s2_bench_opts *o)
 {
     memset(o, 0, sizeof *o);
     o->reps_fwd = 20;
     o->reps_fb = 10;
     o->warmup = 5;
     o->peers = S2_BENCH_DEFAULT_PEERS;
-    int no_peers = 0;
-    for (int i = 0; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            o->help = 1;
-            return S2_OK;
-        }
-        if (a[0] != '-') {
-            if (o->n_specs == S2_BENCH_MAX_SPECS)
-                return s2_error_set(err, S2_ERR_INVALID, "too many specs (at most %d)",
-                                    S2_BENCH_MAX_SPECS);
-            o->specs[o->n_specs++] = a;
-            continue;
-        }
-        if (!strcmp(a, "--no-peers")) {
-            no_peers = 1;
-            continue;
-        }
-        if (!takes_value(a))
-            return s2_error_set(err, S2_ERR_INVALID, "unknown option '%s'", a);
-        if (i + 1 == argc)
-            return s2_error_set(err, S2_ERR_INVALID, "option '%s' needs a value", a);
-        s2_status st = parse_valued(o, a, argv[++i], err);
-        if (st)
-            return st;
-    }
-    if (!o->n_specs)
-        return s2_error_set(err, S2_ERR_INVALID, "missing SPEC");
-    if (no_peers && o->peers_given)
-        return s2_error_set(err, S2_ERR_INVALID, "--peers and --no-peers exclude each other");
-    if (no_peers)
-        o->peers = NULL;
-    return S2_OK;
 }
 
 /* ------------------------------------------------------------------ validation */

@@ -5,7 +5,7 @@
  * with the S² mask) on the same inputs.
  *
  * Layering: everything here returns a status and fills rows or text; nothing
- * prints. The CLI (main.c) parses with s2_bench_parse(), validates every spec
+ * prints. The CLI (runtime/cli) parses into s2_bench_opts, validates every spec
  * with s2_bench_prepare() before it touches a GPU, runs one case at a time with
  * s2_bench_run_case() and prints the rows it gets back.
  *
@@ -44,17 +44,11 @@ typedef struct s2_bench_opts {
     const char *tiles[S2_BENCH_MAX_TILES]; /* --tile, repeatable: one s2lora row each */
     int n_tiles;                           /* 0: one row with the plan's default tile */
     uint64_t seed;                     /* 0: from the clock (s2_bench_prepare picks one) */
-    int help;
 } s2_bench_opts;
 
-/*
- * Parses the arguments after "bench attn". S2_ERR_INVALID (a usage error: exit
- * 2) with a message naming the argument; help set and S2_OK on --help.
- */
-s2_status s2_bench_parse(int argc, char **argv, s2_bench_opts *o, s2_error *err);
-
-/* "8192,16384": at most max positive integers, each <= INT_MAX / 2, no empty items. */
-s2_status s2_bench_parse_seqlens(const char *text, int *out, int max, int *n, s2_error *err);
+/* The defaults of every field (reps 20 and 10, warm-up 5, the default peers script); the
+ * CLI's option table (runtime/cli) fills the rest from the command line. */
+void s2_bench_opts_default(s2_bench_opts *o);
 
 /* One (spec, N) of the sweep: the spec reloaded with context_length=N, so G and S of a
  * group_ratio spec are re-derived for N exactly as the loader derives them. */
