@@ -35,7 +35,6 @@ extern char **environ;
 
 #define GIB (1024.0 * 1024.0 * 1024.0)
 #define FILL_CHUNK ((size_t)1 << 20)
-#define MAX_REPS 100000
 /* Device memory that may appear beyond our buffers without comment (allocation rounding). */
 #define MEM_SLACK ((size_t)64 << 20)
 /* attn_peers.py's exit status when torch or a CUDA device is missing. */
