@@ -13,8 +13,8 @@
  *     argument or tensor name, shape) and what would be valid. It opens with the function's
  *     name, once ("s2lora_attn_forward: args->tokens = 0; ...", "s2lora_build(SPEC, ARCH): ..."),
  *     so a binding adds none of its own; a spec's errors (s2lora_spec_load, s2lora_spec_parse)
- *     open with FILE:LINE:COL instead, as a compiler's do. The library never prints and never
- *     exits.
+ *     open with FILE:LINE:COL instead, as a compiler's do, and a context that failed to open
+ *     keeps s2lora_open's. The library never prints and never exits.
  *   - A context is used by one thread at a time. Handles made from a context (specs, attention,
  *     LoRA linears) belong to it and are used with it; free them before closing it.
  *   - Tensors are caller-owned device memory. The library allocates device memory only where a
