@@ -546,6 +546,150 @@ Test(attn_args, strides_must_be_packed)
     s2lora_close(f.c);
 }
 
+/* ---------------------------------------------------------------- messages name the function */
+
+/* The context's message opens with fn ("fn: ..." or "fn(...): ...") and names it nowhere else:
+ * s2lora.h's convention, on which a binding relies to add no name of its own. */
+static void named_once(s2lora_ctx *c, s2lora_status st, const char *fn)
+{
+    const char *msg = s2lora_errmsg(c);
+    const size_t n = strlen(fn);
+    cr_assert_neq(st, S2LORA_OK, "%s succeeded", fn);
+    cr_assert(!strncmp(msg, fn, n) && (msg[n] == ':' || msg[n] == '('),
+              "message '%s' does not open with '%s'", msg, fn);
+    int count = 0;
+    for (const char *p = strstr(msg, fn); p; p = strstr(p + n, fn))
+        count += p[n] != '_'; /* s2lora_attn_create is not s2lora_attn_create_seqlen */
+    cr_assert_eq(count, 1, "message '%s' names %s %d times", msg, fn, count);
+}
+
+Test(api, messages_name_the_function_once, .timeout = 60)
+{
+    attn_fx f = attn_setup(NULL, 0);
+    s2lora_ctx *c = f.c;
+    /* the argument checks of the forward and the backward (a strided q, as a view of a fused
+     * qkv projection gives it, and others) */
+    s2lora_attn_args a = fixed_args();
+    a.q_stride_token = 3 * 32 * 128;
+    named_once(c, s2lora_attn_check_args(f.s, &a, NULL), "s2lora_attn_forward");
+    a = fixed_args(), a.tokens = 0;
+    named_once(c, s2lora_attn_check_args(f.s, &a, NULL), "s2lora_attn_forward");
+    a = fixed_args();
+    const int32_t cu[] = {5, 4096, 4096};
+    a.cu_seqlens = P(11), a.cu_seqlens_host = cu, a.max_seqlen = 4096;
+    named_once(c, s2lora_attn_check_args(f.s, &a, NULL), "s2lora_attn_forward");
+    a = fixed_args();
+    s2lora_attn_grads g = grads();
+    g.dq_stride_head = 64;
+    named_once(c, s2lora_attn_check_args(f.s, &a, &g), "s2lora_attn_backward");
+    /* the device functions on a context without one */
+    s2lora_attn *h = NULL;
+    named_once(c, s2lora_attn_create(c, f.s, &h), "s2lora_attn_create");
+    named_once(c, s2lora_attn_create_seqlen(c, f.s, 1024, &h), "s2lora_attn_create_seqlen");
+    named_once(c, s2lora_attn_create_tile(c, f.s, "fwd_warps=4", &h), "s2lora_attn_create_tile");
+    named_once(c, s2lora_attn_create_tile(c, f.s, "fwd_warps=x", &h), "s2lora_attn_create_tile");
+    named_once(c, s2lora_tune(c, f.s, 0, NULL), "s2lora_tune");
+    void *p = NULL;
+    named_once(c, s2lora_device_alloc(c, 64, &p), "s2lora_device_alloc");
+    char host[8];
+    named_once(c, s2lora_memcpy_to_device(c, P(1), host, 8), "s2lora_memcpy_to_device");
+    named_once(c, s2lora_memcpy_to_host(c, host, P(1), 8), "s2lora_memcpy_to_host");
+    named_once(c, s2lora_synchronize(c, NULL), "s2lora_synchronize");
+    s2lora_lora *l = NULL;
+    s2lora_lora_shape sh = {.tokens = 16, .in = 64, .n_proj = 1, .out = {64}, .rank = 8,
+                            .alpha = 16};
+    named_once(c, s2lora_lora_create(c, &sh, &l), "s2lora_lora_create");
+    sh.rank = 0;
+    named_once(c, s2lora_lora_create(c, &sh, &l), "s2lora_lora_create");
+    /* the rest of the argument checks */
+    named_once(c, s2lora_spec_get_info(f.s, NULL), "s2lora_spec_get_info");
+    named_once(c, s2lora_set_use_cache(c, 2), "s2lora_set_use_cache");
+    s2lora_spec *s2 = NULL;
+    named_once(c, s2lora_spec_load(c, NULL, NULL, 0, &s2), "s2lora_spec_load");
+    named_once(c, s2lora_spec_parse(c, NULL, 0, NULL, NULL, 0, &s2), "s2lora_spec_parse");
+    s2lora_spec_free(f.s);
+    s2lora_close(c);
+    /* a build that fails in the layers below (its cache directory cannot be made) */
+    s2lora_options o = S2LORA_OPTIONS_INIT;
+    o.cache_dir = "/proc/version/cache";
+    cr_assert_eq(s2lora_open(&c, -1, &o), S2LORA_OK);
+    s2lora_spec *s = load(c, SPEC("tiny-byte-512.yaml"), NULL, 0);
+    named_once(c, s2lora_build(c, s, NULL, NULL), "s2lora_build");
+    s2lora_spec_free(s);
+    s2lora_close(c);
+}
+
+/* --------------------------------------------------------- attention with the caller's tile */
+
+Test(api, create_tile_checks_the_text_before_the_device)
+{
+    s2lora_ctx *c = open_none();
+    s2lora_spec *s = load(c, SPEC("tiny-byte-512.yaml"), NULL, 0);
+    s2lora_attn *h = (s2lora_attn *)1;
+    expect(c, s2lora_attn_create_tile(c, s, NULL, &h), S2LORA_ERR_INVALID,
+           "s2lora_attn_create_tile: tile_text is NULL", NULL);
+    cr_assert_null(h);
+    h = (s2lora_attn *)1;
+    expect(c, s2lora_attn_create_tile(c, s, "fwd_warps=4,fwd_blok_n=64", &h), S2LORA_ERR_INVALID,
+           "s2lora_attn_create_tile(tiny-byte-512): ", "unknown key 'fwd_blok_n'",
+           "valid: fwd_warps, ", NULL);
+    cr_assert_null(h);
+    expect(c, s2lora_attn_create_tile(c, s, "fwd_warps=4,fwd_warps=8", &h), S2LORA_ERR_INVALID,
+           "fwd_warps", NULL);
+    expect(c, s2lora_attn_create_tile(c, s, "fwd_stages=abc", &h), S2LORA_ERR_INVALID,
+           "fwd_stages", NULL);
+    /* a valid text, the default ("") too, gets as far as the device */
+    expect(c, s2lora_attn_create_tile(c, s, "fwd_warps=4,bwd_stages=2", &h), S2LORA_ERR_NO_DEVICE,
+           "s2lora_attn_create_tile: this context has no device", NULL);
+    expect(c, s2lora_attn_create_tile(c, s, "", &h), S2LORA_ERR_NO_DEVICE, NULL);
+    expect(c, s2lora_attn_create_tile(c, NULL, "", &h), S2LORA_ERR_INVALID, "spec is NULL",
+           NULL);
+    expect(c, s2lora_attn_create_tile(c, s, "", NULL), S2LORA_ERR_INVALID,
+           "attn (the result) is NULL", NULL);
+    cr_assert_eq(s2lora_attn_create_tile(NULL, s, "", &h), S2LORA_ERR_INVALID);
+    s2lora_spec_free(s);
+    s2lora_close(c);
+}
+
+/* ---------------------------------------------------------------- builds without the cache */
+
+static int count_files(const char *dir)
+{
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd, "find '%s' -type f | wc -l", dir);
+    FILE *p = popen(cmd, "r");
+    cr_assert_not_null(p);
+    int n = -1;
+    cr_assert_eq(fscanf(p, "%d", &n), 1);
+    pclose(p);
+    return n;
+}
+
+Test(api, set_use_cache_0_builds_without_the_cache, .timeout = 240)
+{
+    char *dir = tmp_dir();
+    s2lora_options o = S2LORA_OPTIONS_INIT;
+    o.cache_dir = dir;
+    s2lora_ctx *c = NULL;
+    cr_assert_eq(s2lora_open(&c, -1, &o), S2LORA_OK);
+    expect(c, s2lora_set_use_cache(c, -1), S2LORA_ERR_INVALID, "use_cache = -1", "valid 0",
+           NULL);
+    cr_assert_eq(s2lora_set_use_cache(NULL, 0), S2LORA_ERR_INVALID);
+    cr_assert_eq(s2lora_set_use_cache(c, 0), S2LORA_OK, "%s", s2lora_errmsg(c));
+    const char *set[] = {"arch=[sm_80]"};
+    s2lora_spec *s = load(c, SPEC("tiny-byte-512.yaml"), set, 1);
+    int built = -1, cached = -1;
+    s2lora_status st = s2lora_build(c, s, &built, &cached);
+    cr_assert_eq(st, S2LORA_OK, "%s", s2lora_errmsg(c));
+    cr_assert_eq(built, 3, "attn_fwd, attn_bwd and train for sm_80: %d built", built);
+    cr_assert_eq(cached, 0);
+    cr_assert_eq(count_files(dir), 0, "nothing written to the cache directory %s", dir);
+    s2lora_spec_free(s);
+    s2lora_close(c);
+    s2_test_rmtree(dir);
+    free(dir);
+}
+
 /* ---------------------------------------------------------------- LoRA shapes */
 
 static s2lora_lora_shape qkv_shape(void)

@@ -57,12 +57,13 @@ class Context:
     def errmsg(self):
         return self.lib.s2lora_errmsg(self.handle).decode(errors="replace")
 
-    def check(self, status, what=""):
-        """Raises the exception for a failed call on this context; what: a prefix saying
-        which call or argument."""
+    def check(self, status, about=""):
+        """Raises the exception for a failed call on this context, with the library's message
+        as it is: it opens with the function's name already (s2lora.h), so none is added here.
+        about: what the call was on, appended in parentheses (e.g. the spec)."""
         if status != errors.OK:
             msg = self.errmsg()
-            raise errors.error_for_status(status, f"{what}: {msg}" if what else msg)
+            raise errors.error_for_status(status, f"{msg} ({about})" if about else msg)
 
     @property
     def device_name(self):
@@ -199,8 +200,7 @@ class Spec:
         if self._info is None:
             s = _lib.SpecInfoStruct()
             with self.ctx.lock:
-                self.ctx.check(self.ctx.lib.s2lora_spec_get_info(self.handle, ctypes.byref(s)),
-                               "s2lora_spec_get_info")
+                self.ctx.check(self.ctx.lib.s2lora_spec_get_info(self.handle, ctypes.byref(s)))
             self._info = SpecInfo.from_struct(s)
         return self._info
 
@@ -260,7 +260,7 @@ def build(spec, overrides=None, *, device=0, options=None, **kw_overrides):
     built, cached = ctypes.c_int(), ctypes.c_int()
     with Spec(ctx, spec, format_overrides(overrides, **kw_overrides)) as s, ctx.lock:
         ctx.check(ctx.lib.s2lora_build(ctx.handle, s.handle, ctypes.byref(built),
-                                       ctypes.byref(cached)), "s2lora_build")
+                                       ctypes.byref(cached)))
     return built.value, cached.value
 
 
@@ -279,6 +279,5 @@ def tune(spec, seqlen=None, overrides=None, *, device=0, options=None, **kw_over
     ctx = context(_device_arg(device), options)
     best = ctypes.c_double()
     with Spec(ctx, spec, format_overrides(overrides, **kw_overrides)) as s, ctx.lock:
-        ctx.check(ctx.lib.s2lora_tune(ctx.handle, s.handle, n, ctypes.byref(best)),
-                  "s2lora_tune")
+        ctx.check(ctx.lib.s2lora_tune(ctx.handle, s.handle, n, ctypes.byref(best)))
     return best.value

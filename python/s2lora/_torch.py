@@ -34,7 +34,7 @@ class Attention:
         with ctx.lock:
             ctx.check(ctx.lib.s2lora_attn_create(ctx.handle, spec.handle,
                                                  ctypes.byref(self.handle)),
-                      f"s2lora_attn_create for spec {self.info.name} ({self.info.hash[:12]})")
+                      f"spec {self.info.name}, {self.info.hash[:12]}")
 
     def free(self):
         if self.handle:
@@ -117,7 +117,7 @@ class S2AttnFunction(torch.autograd.Function):
             st = ctx.lib.s2lora_attn_forward(call.attn.handle, ctypes.byref(args),
                                              _stream(q.device))
             try:
-                ctx.check(st, "s2lora_attn_forward")
+                ctx.check(st)
             except errors.S2loraError as e:
                 raise _explain(e, call, (("q", q), ("k", k), ("v", v)))
         fctx.call = call
@@ -152,7 +152,7 @@ class S2AttnFunction(torch.autograd.Function):
             g.workspace, g.workspace_bytes = _ptr(ws), nbytes
             st = ctx.lib.s2lora_attn_backward(call.attn.handle, ctypes.byref(args),
                                               ctypes.byref(g), _stream(q.device))
-            ctx.check(st, "s2lora_attn_backward")
+            ctx.check(st)
         qs, ks, vs = call.shapes
         return dq.view(qs), dk.view(ks), dv.view(vs), None, None
 

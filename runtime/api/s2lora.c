@@ -39,6 +39,7 @@ struct s2lora_ctx {
     char *cache_dir;      /* NULL: the default (s2_jit_cache_dir) */
     char *tune_db;        /* NULL: the cache directory */
     int use_tuned, build_threads;
+    int no_cache;         /* s2lora_set_use_cache(ctx, 0): builds read and write no cache */
     s2_error err;         /* the last failure */
     s2_buf warn;          /* the last call's warnings */
     s2_lora_ctx *lora;    /* cuBLAS and the LoRA units, opened by the first s2lora_lora_create */
@@ -147,6 +148,23 @@ static s2lora_status finish(s2lora_ctx *c, s2_status st)
     return map_status(st);
 }
 
+/* Whether msg opens with the function's name: "fn: ..." or "fn(...)...". */
+static int names_fn(const char *msg, const char *fn)
+{
+    const size_t n = strlen(fn);
+    return msg && !strncmp(msg, fn, n) && (msg[n] == ':' || msg[n] == '(');
+}
+
+/* finish() for function fn: a failure's message opens with fn's name, once (s2lora.h's
+ * convention); a message from the layers below (a CUDA call, a build) gets it in front, one
+ * that opens with it already is kept as it is. */
+static s2lora_status finish_fn(s2lora_ctx *c, const char *fn, s2_status st)
+{
+    if (st && c->err.msg && !names_fn(c->err.msg, fn))
+        s2_error_prefix(&c->err, "%s", fn);
+    return finish(c, st);
+}
+
 static void warn(s2lora_ctx *c, const char *msg)
 {
     if (c->warn.len)
@@ -223,6 +241,22 @@ void s2lora_close(s2lora_ctx *c)
     free(c);
 }
 
+s2lora_status s2lora_set_use_cache(s2lora_ctx *c, int use_cache)
+{
+    if (!c)
+        return S2LORA_ERR_INVALID;
+    s2lora_status rs = begin(c);
+    if (rs)
+        return rs;
+    if (use_cache != 0 && use_cache != 1)
+        return finish(c, s2_error_set(&c->err, S2_ERR_INVALID,
+                                      "s2lora_set_use_cache: use_cache = %d; valid 0 (build "
+                                      "every unit, read and write no cache) or 1 (through the "
+                                      "kernel cache)", use_cache));
+    c->no_cache = !use_cache;
+    return S2LORA_OK;
+}
+
 const char *s2lora_errmsg(const s2lora_ctx *c)
 {
     if (!c)
@@ -251,7 +285,8 @@ static s2_status need_device(s2lora_ctx *c, const char *fn)
 
 static s2_jit_opts jit_opts(const s2lora_ctx *c, const char *arch)
 {
-    return (s2_jit_opts){.arch = arch, .cache_dir = c->cache_dir, .threads = c->build_threads};
+    return (s2_jit_opts){.arch = arch, .cache_dir = c->cache_dir, .threads = c->build_threads,
+                         .no_cache = c->no_cache};
 }
 
 s2lora_status s2lora_device_alloc(s2lora_ctx *c, size_t bytes, void **ptr)
@@ -270,7 +305,7 @@ s2lora_status s2lora_device_alloc(s2lora_ctx *c, size_t bytes, void **ptr)
         snprintf(what, sizeof what, "cudaMalloc(%zu bytes)", bytes);
         st = s2_rt_check(cudaMalloc(ptr, bytes ? bytes : 1), what, &c->err);
     }
-    return finish(c, st);
+    return finish_fn(c, "s2lora_device_alloc", st);
 }
 
 void s2lora_device_free(s2lora_ctx *c, void *ptr)
@@ -297,7 +332,7 @@ static s2lora_status memcpy_dir(s2lora_ctx *c, void *dst, const void *src, size_
         st = need_device(c, fn);
     if (!st && bytes)
         st = s2_rt_check(cudaMemcpy(dst, src, bytes, kind), fn, &c->err);
-    return finish(c, st);
+    return finish_fn(c, fn, st);
 }
 
 s2lora_status s2lora_memcpy_to_device(s2lora_ctx *c, void *dst, const void *src, size_t bytes)
@@ -321,7 +356,7 @@ s2lora_status s2lora_synchronize(s2lora_ctx *c, void *stream)
     if (!st)
         st = s2_rt_check(cudaStreamSynchronize((cudaStream_t)stream),
                          "s2lora_synchronize: the stream's work", &c->err);
-    return finish(c, st);
+    return finish_fn(c, "s2lora_synchronize", st);
 }
 
 /* ---------------------------------------------------------------- specs */
@@ -534,7 +569,7 @@ s2lora_status s2lora_build(s2lora_ctx *c, const s2lora_spec *spec, int *built, i
         *built = n_built;
     if (!st && cached)
         *cached = n_cached;
-    return finish(c, st);
+    return finish_fn(c, "s2lora_build", st);
 }
 
 s2lora_status s2lora_tune(s2lora_ctx *c, const s2lora_spec *spec, int seqlen, double *best_ms)
@@ -553,7 +588,7 @@ s2lora_status s2lora_tune(s2lora_ctx *c, const s2lora_spec *spec, int seqlen, do
                                       spec->spec.context_length, S2_SPEC_MAX_TOKENS));
     s2_status st = need_device(c, "s2lora_tune");
     if (st)
-        return finish(c, st);
+        return finish_fn(c, "s2lora_tune", st);
     char dir[1024];
     const s2_jit_opts jo = jit_opts(c, c->rt.arch);
     if (c->tune_db)
@@ -579,7 +614,7 @@ s2lora_status s2lora_tune(s2lora_ctx *c, const s2lora_spec *spec, int seqlen, do
     }
     if (st)
         s2_error_prefix(&c->err, "s2lora_tune(%s)", spec->spec.name);
-    return finish(c, st);
+    return finish_fn(c, "s2lora_tune", st);
 }
 
 /* ---------------------------------------------------------------- attention: argument checks */
@@ -763,8 +798,23 @@ s2lora_status s2lora_attn_check_args(const s2lora_spec *spec, const s2lora_attn_
 
 /* ---------------------------------------------------------------- attention: handles */
 
+/* The tile tile_text gives on arch: the plan's default for spec and arch with the text's keys
+ * applied (arch NULL: the text alone is checked, against every arch, as without a device). */
+static s2_status given_tile(const s2_spec *spec, const char *text, const char *arch,
+                            s2_attn_tile *t, s2_error *err)
+{
+    s2_status st = s2_plan_check_tile_text(text, arch, err);
+    if (!st && arch) {
+        *t = s2_plan_spec_default_tile(spec, arch);
+        st = s2_plan_parse_tile(text, t, err);
+    }
+    return st;
+}
+
+/* A handle for spec on the context's device: with tile_text NULL the tile pick_tile picks for
+ * seqlen tokens, else the one tile_text gives (given_tile). */
 static s2lora_status attn_new(s2lora_ctx *c, const s2lora_spec *spec, int seqlen,
-                              s2lora_attn **out, const char *fn)
+                              const char *tile_text, s2lora_attn **out, const char *fn)
 {
     if (!c)
         return S2LORA_ERR_INVALID;
@@ -785,22 +835,36 @@ static s2lora_status attn_new(s2lora_ctx *c, const s2lora_spec *spec, int seqlen
                                       "%s: seqlen = %d; valid 0 (the spec's context_length, %d) "
                                       "or 1..%d", fn, seqlen, spec->spec.context_length,
                                       S2_SPEC_MAX_TOKENS));
-    s2_status st = need_device(c, fn);
+    const s2_spec *s = &spec->spec;
+    s2_tune_choice ch;
+    s2_status st = S2_OK;
+    if (tile_text) { /* the text's keys and values, before the device */
+        st = given_tile(s, tile_text, NULL, &ch.tile, &c->err);
+        if (st) {
+            s2_error_prefix(&c->err, "%s(%s)", fn, s->name);
+            return finish(c, st);
+        }
+    }
+    st = need_device(c, fn);
     if (st)
-        return finish(c, st);
+        return finish_fn(c, fn, st);
     s2lora_attn *h = calloc(1, sizeof *h);
     if (!h)
         return finish(c, s2_error_set(&c->err, S2_ERR_NOMEM, "%s: out of memory", fn));
-    const s2_spec *s = &spec->spec;
-    s2_tune_choice ch;
-    st = pick_tile(c, s, seqlen ? seqlen : s->context_length, &ch);
+    if (tile_text) {
+        memset(&ch, 0, sizeof ch);
+        snprintf(ch.why, sizeof ch.why, "given");
+        st = given_tile(s, tile_text, c->rt.arch, &ch.tile, &c->err);
+    } else {
+        st = pick_tile(c, s, seqlen ? seqlen : s->context_length, &ch);
+    }
     const s2_jit_opts jo = jit_opts(c, c->rt.arch);
     if (!st)
         st = s2_attn_load(&h->a, &c->rt, s, &ch.tile, &jo, &c->err);
     if (st) {
         s2_error_prefix(&c->err, "%s(%s)", fn, s->name);
         free(h);
-        return finish(c, st);
+        return finish_fn(c, fn, st);
     }
     h->ctx = c;
     snprintf(h->name, sizeof h->name, "%s", s->name);
@@ -815,13 +879,29 @@ static s2lora_status attn_new(s2lora_ctx *c, const s2lora_spec *spec, int seqlen
 
 s2lora_status s2lora_attn_create(s2lora_ctx *c, const s2lora_spec *spec, s2lora_attn **attn)
 {
-    return attn_new(c, spec, 0, attn, "s2lora_attn_create");
+    return attn_new(c, spec, 0, NULL, attn, "s2lora_attn_create");
 }
 
 s2lora_status s2lora_attn_create_seqlen(s2lora_ctx *c, const s2lora_spec *spec, int seqlen,
                                         s2lora_attn **attn)
 {
-    return attn_new(c, spec, seqlen, attn, "s2lora_attn_create_seqlen");
+    return attn_new(c, spec, seqlen, NULL, attn, "s2lora_attn_create_seqlen");
+}
+
+s2lora_status s2lora_attn_create_tile(s2lora_ctx *c, const s2lora_spec *spec,
+                                      const char *tile_text, s2lora_attn **attn)
+{
+    if (!c)
+        return S2LORA_ERR_INVALID;
+    if (!tile_text) {
+        s2lora_status rs = begin(c);
+        if (rs)
+            return rs;
+        if (attn)
+            *attn = NULL;
+        return finish(c, null_arg(c, "s2lora_attn_create_tile", "tile_text"));
+    }
+    return attn_new(c, spec, 0, tile_text, attn, "s2lora_attn_create_tile");
 }
 
 const char *s2lora_attn_tile(const s2lora_attn *h) { return h ? h->tile : ""; }
@@ -992,7 +1072,7 @@ s2lora_status s2lora_attn_forward(s2lora_attn *h, const s2lora_attn_args *a, voi
     if (!st)
         st = attn_done(h, slot, s,
                        s2_attn_forward(&h->a, &bt, a->q, a->k, a->v, a->o, a->lse, s, &c->err));
-    return finish(c, st);
+    return finish_fn(c, "s2lora_attn_forward", st);
 }
 
 s2lora_status s2lora_attn_backward(s2lora_attn *h, const s2lora_attn_args *a,
@@ -1014,7 +1094,7 @@ s2lora_status s2lora_attn_backward(s2lora_attn *h, const s2lora_attn_args *a,
         st = attn_done(h, slot, s,
                        s2_attn_backward(&h->a, &bt, a->q, a->k, a->v, a->o, a->lse, g->dout,
                                         g->workspace, g->dq, g->dk, g->dv, s, &c->err));
-    return finish(c, st);
+    return finish_fn(c, "s2lora_attn_backward", st);
 }
 
 /* ---------------------------------------------------------------- LoRA */
@@ -1113,7 +1193,7 @@ s2lora_status s2lora_lora_create(s2lora_ctx *c, const s2lora_lora_shape *sh, s2l
     if (!st && !l)
         st = s2_error_set(&c->err, S2_ERR_NOMEM, "s2lora_lora_create: out of memory");
     if (st)
-        return finish(c, st);
+        return finish_fn(c, "s2lora_lora_create", st);
     s2_lora_dims *d = &l->d;
     d->M = sh->tokens;
     d->in = sh->in;
@@ -1142,7 +1222,7 @@ s2lora_status s2lora_lora_create(s2lora_ctx *c, const s2lora_lora_shape *sh, s2l
         } else {
             s2_error_prefix(&c->err, "s2lora_lora_create: options->tune_db");
             free(l);
-            return finish(c, st);
+            return finish_fn(c, "s2lora_lora_create", st);
         }
     }
     l->ctx = c;
@@ -1199,7 +1279,7 @@ s2lora_status s2lora_lora_pack_weights(s2lora_lora *l, const void *w, const void
     if (!st)
         st = need_device(c, fn);
     if (st)
-        return finish(c, st);
+        return finish_fn(c, fn, st);
     const s2_lora_dims *d = &l->d;
     const cudaStream_t s = (cudaStream_t)stream;
     const size_t es = 2, lx = (size_t)(d->in + d->rp), in = (size_t)d->in, r = (size_t)d->r;
@@ -1220,7 +1300,7 @@ s2lora_status s2lora_lora_pack_weights(s2lora_lora *l, const void *w, const void
                                            in * es, in * es, (size_t)d->n_proj * r,
                                            cudaMemcpyDeviceToDevice, s),
                          "copying A into wc", &c->err);
-    return finish(c, st);
+    return finish_fn(c, fn, st);
 }
 
 s2lora_status s2lora_lora_forward(s2lora_lora *l, void *xa, const void *wc, void *y,
@@ -1240,7 +1320,7 @@ s2lora_status s2lora_lora_forward(s2lora_lora *l, void *xa, const void *wc, void
         st = need_device(c, fn);
     if (!st)
         st = s2_lora_forward(c->lora, &l->d, xa, wc, y, workspace, (cudaStream_t)stream, &c->err);
-    return finish(c, st);
+    return finish_fn(c, fn, st);
 }
 
 s2lora_status s2lora_lora_backward(s2lora_lora *l, const void *xa, const void *wc, void *dya,
@@ -1262,5 +1342,5 @@ s2lora_status s2lora_lora_backward(s2lora_lora *l, const void *xa, const void *w
     if (!st)
         st = s2_lora_backward(c->lora, &l->d, xa, wc, dya, dxv, da, db, workspace,
                               (cudaStream_t)stream, &c->err);
-    return finish(c, st);
+    return finish_fn(c, fn, st);
 }

@@ -10,8 +10,11 @@
  * Conventions
  *   - Every function that can fail returns an s2lora_status; S2LORA_OK is 0. The message of the
  *     last failure on a context is s2lora_errmsg(ctx): it names where (spec file:line:column,
- *     argument or tensor name, shape) and what would be valid. The library never prints and
- *     never exits.
+ *     argument or tensor name, shape) and what would be valid. It opens with the function's
+ *     name, once ("s2lora_attn_forward: args->tokens = 0; ...", "s2lora_build(SPEC, ARCH): ..."),
+ *     so a binding adds none of its own; a spec's errors (s2lora_spec_load, s2lora_spec_parse)
+ *     open with FILE:LINE:COL instead, as a compiler's do, and a context that failed to open
+ *     keeps s2lora_open's. The library never prints and never exits.
  *   - A context is used by one thread at a time. Handles made from a context (specs, attention,
  *     LoRA linears) belong to it and are used with it; free them before closing it.
  *   - Tensors are caller-owned device memory. The library allocates device memory only where a
@@ -107,6 +110,13 @@ typedef struct s2lora_options {
 s2lora_status s2lora_open(s2lora_ctx **ctx, int device, const s2lora_options *options);
 void s2lora_close(s2lora_ctx *ctx); /* NULL is a no-op */
 
+/* use_cache 1 (the default): kernels are built through the kernel cache; 0: every later build of
+ * the attention on ctx (s2lora_build, s2lora_attn_create*) runs NVRTC and reads and writes no
+ * cache entry (what `s2lora attn --no-cache` does: a build measured, or the cache ruled out).
+ * The tuning database is read either way; s2lora_tune and the LoRA linears keep the cache.
+ * S2LORA_ERR_INVALID for a value other than 0 or 1. */
+s2lora_status s2lora_set_use_cache(s2lora_ctx *ctx, int use_cache);
+
 /* The last failure's message on ctx ("" after success; "out of memory" for a NULL ctx). The
  * string lives until the next call on ctx. */
 const char *s2lora_errmsg(const s2lora_ctx *ctx);
@@ -199,6 +209,15 @@ s2lora_status s2lora_attn_create(s2lora_ctx *ctx, const s2lora_spec *spec, s2lor
  * as s2lora_attn_create). */
 s2lora_status s2lora_attn_create_seqlen(s2lora_ctx *ctx, const s2lora_spec *spec, int seqlen,
                                         s2lora_attn **attn);
+/* The same with a tile of the caller's instead of the database's: the plan's default tile for
+ * the device's arch with tile_text's "key=value,..." applied (the keys of `s2lora build --tile`:
+ * fwd_warps, fwd_block_n, ..., bwd_stages; "" is the default tile). use_tuned does not apply.
+ * S2LORA_ERR_INVALID names an unknown key or a value no arch takes (checked before the device,
+ * so a context without one checks the text too) or one the device's arch does not take; a
+ * combination the spec's plan refuses fails the build, naming it. s2lora_attn_tile's reason
+ * is "given". */
+s2lora_status s2lora_attn_create_tile(s2lora_ctx *ctx, const s2lora_spec *spec,
+                                      const char *tile_text, s2lora_attn **attn);
 void s2lora_attn_free(s2lora_attn *attn);
 
 /* The tile the handle's kernels were built with ("fwd_warps=4,...") and why, per unit

@@ -17,6 +17,7 @@
 
 #include "gen/emit.h"
 #include "gen/spec.h"
+#include "runtime/api/s2lora.h"
 #include "runtime/tune/bench.h"
 #include "runtime/core/jit.h"
 #include "runtime/core/rt.h"
@@ -402,11 +403,12 @@ typedef struct attn_io {
     int32_t *cu_host; /* [B+1], owned */
 } attn_io;
 
-static s2_status check_inputs(const s2_spec *spec, const s2_st_file *f, const char *path,
+/* The inputs against the spec's attention (its heads, head dim and dtype, from the API). */
+static s2_status check_inputs(const s2lora_spec_info *spec, const s2_st_file *f, const char *path,
                               int backward, attn_io *io, s2_error *err)
 {
-    const int H = spec->model.num_heads, Hkv = spec->model.num_kv_heads, d = spec->model.head_dim;
-    s2_st_dtype dt = spec->dtype == S2_DTYPE_BF16 ? S2_ST_BF16 : S2_ST_F16;
+    const int H = spec->num_heads, Hkv = spec->num_kv_heads, d = spec->head_dim;
+    s2_st_dtype dt = spec->dtype == 0 ? S2_ST_BF16 : S2_ST_F16;
     const s2_tensor *q = s2_st_find(f, "q");
     if (!q)
         return s2_error_set(err, S2_ERR_INVALID, "%s: missing tensor 'q' %s [T, %d, %d]", path,
@@ -446,93 +448,153 @@ static s2_status check_inputs(const s2_spec *spec, const s2_st_file *f, const ch
     return S2_OK;
 }
 
-/* Device buffers of one attn run. */
+/* A failed call of the public API: its message (after what, when given) and the exit code. */
+static int api_fail(const s2lora_ctx *c, s2lora_status st, const char *what)
+{
+    fprintf(stderr, "%s: %s%s%s\n", prog, what ? what : "", what ? ": " : "", s2lora_errmsg(c));
+    return st == S2LORA_ERR_NO_DEVICE ? EXIT_NO_DEVICE : 1;
+}
+
+/* --tile's text against the device's arch, refused with the keys given and the valid ones
+ * before the build (s2lora_attn_create_tile checks it too, without this context). */
+static s2_status check_tile(const char *tile, const char *arch, s2_error *err)
+{
+    s2_attn_tile t;
+    s2_status st = s2_plan_check_tile_text(tile, arch, err);
+    if (!st)
+        st = s2_plan_parse_tile(tile, &t, err);
+    if (st)
+        tile_error_context(tile, err);
+    return st;
+}
+
+/* Device buffers of one attn run, on the run's context. */
 typedef struct attn_dev {
-    void *q, *k, *v, *o, *dout, *dq, *dk, *dv;
-    float *lse, *delta;
+    s2lora_ctx *c;
+    void *q, *k, *v, *o, *dout, *dq, *dk, *dv, *ws;
+    float *lse;
     int32_t *cu;
 } attn_dev;
 
 static void attn_dev_free(attn_dev *d)
 {
-    void *p[] = {d->q, d->k, d->v, d->o, d->dout, d->dq, d->dk, d->dv, d->lse, d->delta, d->cu};
+    void *p[] = {d->q, d->k, d->v, d->o, d->dout, d->dq, d->dk, d->dv, d->lse, d->ws, d->cu};
     for (size_t i = 0; i < sizeof p / sizeof p[0]; i++)
-        if (p[i])
-            cudaFree(p[i]);
+        s2lora_device_free(d->c, p[i]);
 }
 
-static s2_status dev_copy_in(void **dst, const void *src, size_t n, const char *name, s2_error *err)
+/* n bytes of device memory, src copied in when not NULL. */
+static s2lora_status dev_copy_in(s2lora_ctx *c, void **dst, const void *src, size_t n)
 {
-    char what[96];
-    snprintf(what, sizeof what, "cudaMalloc(%s, %zu bytes)", name, n);
-    s2_status st = s2_rt_check(cudaMalloc(dst, n ? n : 1), what, err);
+    s2lora_status st = s2lora_device_alloc(c, n, dst);
     if (!st && src)
-        st = s2_rt_check(cudaMemcpy(*dst, src, n, cudaMemcpyHostToDevice), "cudaMemcpy to device", err);
+        st = s2lora_memcpy_to_device(c, *dst, src, n);
     return st;
 }
 
-static s2_status run_attn(const s2_spec *spec, const cli_opts *o, const attn_io *io,
-                          s2_tensor *outs, int *n_out, s2_error *err)
+/* The run on device 0 through the public API: the spec loaded again on the device's context
+ * (the one it was checked on has none), the kernels built or loaded with --tile's tile or the
+ * tuned one for the longest sequence, the forward (and backward), the outputs to the host.
+ * Returns the exit code; prints the failure. */
+static int run_attn(const cli_opts *o, const char *const *sets, const s2lora_options *opt,
+                    const s2lora_spec_info *checked, const attn_io *io, int max_seqlen,
+                    s2_tensor *outs, int *n_out)
 {
-    s2_rt rt;
-    s2_status st = s2_rt_open(&rt, 0, err);
-    if (st)
-        return st;
-    s2_cli_show_cache_warnings(&rt, prog);
-    s2_attn a;
-    s2_jit_opts jo = {.cache_dir = o->cache_dir, .no_cache = o->no_cache};
-    s2_attn_batch bt;
-    st = s2_attn_batch_init(&bt, io->cu_host, io->B, io->T, "cu_seqlens", err);
-    s2_attn_tile tile;
-    const s2_attn_tile *tp = st ? NULL : cli_tile(o, spec, rt.arch, &tile, err, &st);
-    if (!st && !tp) { /* no --tile: the tuned tile for this GPU and length, else the default */
-        s2_tune_choice choice;
-        s2_tune_select_cached(&jo, rt.name, rt.arch, spec, bt.max_seqlen, &choice);
-        fprintf(stderr, "%s: tile: %s\n", prog, choice.why);
-        tile = choice.tile;
-        tp = &tile;
-    }
+    s2lora_ctx *c = NULL;
+    s2lora_spec *spec = NULL;
+    s2lora_attn *a = NULL;
+    attn_dev dv = {0};
+    const char *what = NULL; /* the buffer a failure was about */
+    int rc = 0;
+    s2lora_spec_info info;
+    s2lora_status st = s2lora_open(&c, 0, opt);
+    dv.c = c;
+    if (!st && o->no_cache)
+        st = s2lora_set_use_cache(c, 0);
     if (!st)
-        st = s2_attn_load(&a, &rt, spec, tp, &jo, err);
-    if (st)
-        return st;
-    const int H = spec->model.num_heads, Hkv = spec->model.num_kv_heads, d = spec->model.head_dim;
+        st = s2lora_spec_load(c, o->spec[0], sets, o->n_sets, &spec);
+    if (!st)
+        st = s2lora_spec_get_info(spec, &info);
+    if (st) {
+        rc = api_fail(c, st, NULL);
+        goto done;
+    }
+    if (strcmp(info.hash, checked->hash)) { /* the inputs were checked against other shapes */
+        fprintf(stderr, "%s: %s: the spec changed while s2lora attn ran (sha256 %.12s, then "
+                "%.12s); run it again\n", prog, o->spec[0], checked->hash, info.hash);
+        rc = 1;
+        goto done;
+    }
+    if (o->tile) {
+        s2_error err = {0};
+        if (check_tile(o->tile, s2lora_device_arch(c), &err)) {
+            rc = fail(&err);
+            goto done;
+        }
+        st = s2lora_attn_create_tile(c, spec, o->tile, &a);
+    } else { /* the tuned tile for this GPU and the longest sequence, else the default */
+        st = s2lora_attn_create_seqlen(c, spec, max_seqlen, &a);
+        if (!st) { /* s2lora_attn_tile: "TILE (WHY)", the tile without spaces */
+            const char *t = s2lora_attn_tile(a), *why = strstr(t, " (");
+            size_t n = why ? strlen(why + 2) : 0;
+            if (n && why[1 + n] == ')')
+                fprintf(stderr, "%s: tile: %.*s\n", prog, (int)n - 1, why + 2);
+            else
+                fprintf(stderr, "%s: tile: %s\n", prog, t);
+        }
+    }
+    /* the build's warnings: kernel cache entries found damaged and rebuilt, one a line */
+    for (const char *w = s2lora_warnings(c); *w;) {
+        size_t n = strcspn(w, "\n");
+        fprintf(stderr, "%s: kernel cache: %.*s\n", prog, (int)n, w);
+        w += n + (w[n] == '\n');
+    }
+    if (st) {
+        rc = api_fail(c, st, NULL);
+        goto done;
+    }
+    const int H = info.num_heads, Hkv = info.num_kv_heads, d = info.head_dim;
     const size_t nq = (size_t)io->T * H * d * 2, nk = (size_t)io->T * Hkv * d * 2;
     const size_t nl = (size_t)H * io->T * sizeof(float);
-    attn_dev dv = {0};
+    if (!st && (st = dev_copy_in(c, &dv.q, io->q->data, nq)))
+        what = "q";
+    if (!st && (st = dev_copy_in(c, &dv.k, io->k->data, nk)))
+        what = "k";
+    if (!st && (st = dev_copy_in(c, &dv.v, io->v->data, nk)))
+        what = "v";
+    if (!st && (st = dev_copy_in(c, (void **)&dv.cu, io->cu_host, sizeof(int32_t) * (io->B + 1))))
+        what = "cu_seqlens";
+    if (!st && (st = dev_copy_in(c, &dv.o, NULL, nq)))
+        what = "o";
+    if (!st && (st = dev_copy_in(c, (void **)&dv.lse, NULL, nl)))
+        what = "lse";
+    s2lora_attn_args args = S2LORA_ATTN_ARGS_INIT;
+    args.tokens = io->T, args.batch = io->B, args.max_seqlen = max_seqlen;
+    args.cu_seqlens = dv.cu, args.cu_seqlens_host = io->cu_host;
+    args.q = dv.q, args.k = dv.k, args.v = dv.v, args.o = dv.o, args.lse = dv.lse;
     if (!st)
-        st = dev_copy_in(&dv.q, io->q->data, nq, "q", err);
-    if (!st)
-        st = dev_copy_in(&dv.k, io->k->data, nk, "k", err);
-    if (!st)
-        st = dev_copy_in(&dv.v, io->v->data, nk, "v", err);
-    if (!st)
-        st = dev_copy_in((void **)&dv.cu, io->cu_host, sizeof(int32_t) * (io->B + 1), "cu_seqlens", err);
-    if (!st)
-        st = dev_copy_in(&dv.o, NULL, nq, "o", err);
-    if (!st)
-        st = dev_copy_in((void **)&dv.lse, NULL, nl, "lse", err);
-    bt.d_cu_seqlens = dv.cu;
-    if (!st)
-        st = s2_attn_forward(&a, &bt, dv.q, dv.k, dv.v, dv.o, dv.lse, 0, err);
+        st = s2lora_attn_forward(a, &args, NULL);
     if (!st && o->backward) {
-        st = dev_copy_in(&dv.dout, io->dout->data, nq, "do", err);
+        const size_t nws = s2lora_attn_workspace_bytes(a, io->T);
+        if ((st = dev_copy_in(c, &dv.dout, io->dout->data, nq)))
+            what = "do";
+        if (!st && (st = dev_copy_in(c, &dv.ws, NULL, nws)))
+            what = "backward workspace";
+        if (!st && (st = dev_copy_in(c, &dv.dq, NULL, nq)))
+            what = "dq";
+        if (!st && (st = dev_copy_in(c, &dv.dk, NULL, nk)))
+            what = "dk";
+        if (!st && (st = dev_copy_in(c, &dv.dv, NULL, nk)))
+            what = "dv";
+        s2lora_attn_grads g = S2LORA_ATTN_GRADS_INIT;
+        g.dout = dv.dout, g.dq = dv.dq, g.dk = dv.dk, g.dv = dv.dv;
+        g.workspace = dv.ws, g.workspace_bytes = nws;
         if (!st)
-            st = dev_copy_in((void **)&dv.delta, NULL, s2_attn_workspace_bytes(&a, io->T),
-                             "backward workspace", err);
-        if (!st)
-            st = dev_copy_in(&dv.dq, NULL, nq, "dq", err);
-        if (!st)
-            st = dev_copy_in(&dv.dk, NULL, nk, "dk", err);
-        if (!st)
-            st = dev_copy_in(&dv.dv, NULL, nk, "dv", err);
-        if (!st)
-            st = s2_attn_backward(&a, &bt, dv.q, dv.k, dv.v, dv.o, dv.lse, dv.dout, dv.delta,
-                                  dv.dq, dv.dk, dv.dv, 0, err);
+            st = s2lora_attn_backward(a, &args, &g, NULL);
     }
     if (!st)
-        st = s2_rt_check(cudaDeviceSynchronize(), "running the kernels", err);
-    s2_st_dtype dt = spec->dtype == S2_DTYPE_BF16 ? S2_ST_BF16 : S2_ST_F16;
+        st = s2lora_synchronize(c, NULL);
+    s2_st_dtype dt = info.dtype == 0 ? S2_ST_BF16 : S2_ST_F16;
     struct { const char *name; void *dev; size_t n; s2_st_dtype dt; int64_t s0, s1, s2; int nd; } spec_out[] = {
         {"o", dv.o, nq, dt, io->T, H, d, 3},
         {"lse", dv.lse, nl, S2_ST_F32, H, io->T, 0, 2},
@@ -550,16 +612,22 @@ static s2_status run_attn(const s2_spec *spec, const cli_opts *o, const attn_io 
         t->nbytes = spec_out[i].n;
         t->data = malloc(t->nbytes ? t->nbytes : 1);
         if (!t->data) {
-            st = s2_error_set(err, S2_ERR_NOMEM, "out of memory for %s", t->name);
+            fprintf(stderr, "%s: out of memory for %s\n", prog, t->name);
+            rc = 1;
             break;
         }
         *n_out = i + 1;
-        st = s2_rt_check(cudaMemcpy(t->data, spec_out[i].dev, t->nbytes, cudaMemcpyDeviceToHost),
-                         "cudaMemcpy to host", err);
+        if ((st = s2lora_memcpy_to_host(c, t->data, spec_out[i].dev, t->nbytes)))
+            what = t->name;
     }
+    if (st)
+        rc = api_fail(c, st, what);
+done:
     attn_dev_free(&dv);
-    s2_attn_free(&a);
-    return st;
+    s2lora_attn_free(a);
+    s2lora_spec_free(spec);
+    s2lora_close(c);
+    return rc;
 }
 
 int s2_cli_attn(const char *p, int argc, char **argv)
@@ -569,39 +637,60 @@ int s2_cli_attn(const char *p, int argc, char **argv)
     int rc;
     if (!s2_opts_run(&s2_cmd_attn, argc, argv, &o, &r, &rc))
         return rc;
+    const char *sets[MAX_SETS];
+    for (int i = 0; i < o.n_sets; i++)
+        sets[i] = o.sets[i].text;
+    s2lora_options opt = S2LORA_OPTIONS_INIT;
+    opt.cache_dir = o.cache_dir;
     s2_error err = {0};
-    s2_spec spec;
+    s2lora_ctx *none = NULL;
+    s2lora_spec *spec = NULL;
+    s2lora_spec_info info;
     s2_st_file f = {0};
     attn_io io = {0};
     s2_tensor outs[5];
     int n_out = 0;
     memset(outs, 0, sizeof outs);
-    s2_status st = s2_spec_load(o.spec[0], o.sets, o.n_sets, &spec, &err);
-    if (!st)
+    rc = 0;
+    /* the spec and the inputs are checked on a context without a device, before any device
+     * work (a machine without a GPU still says what is wrong with them) */
+    s2lora_status as = s2lora_open(&none, -1, &opt);
+    if (!as)
+        as = s2lora_spec_load(none, o.spec[0], sets, o.n_sets, &spec);
+    if (!as)
+        as = s2lora_spec_get_info(spec, &info);
+    if (as)
+        rc = api_fail(none, as, NULL);
+    s2_status st = S2_OK;
+    if (!rc)
         st = s2_st_read(o.in, &f, &err);
-    if (!st)
-        st = check_inputs(&spec, &f, o.in, o.backward, &io, &err);
-    if (!st) { /* the boundaries are checked before any device work */
-        s2_attn_batch bt;
+    if (!rc && !st)
+        st = check_inputs(&info, &f, o.in, o.backward, &io, &err);
+    s2_attn_batch bt = {0};
+    if (!rc && !st) { /* the boundaries are checked before any device work */
         st = s2_attn_batch_init(&bt, io.cu_host, io.B, io.T, "cu_seqlens", &err);
         if (st)
             s2_error_prefix(&err, "%s", o.in);
     }
-    if (!st)
-        st = run_attn(&spec, &o, &io, outs, &n_out, &err);
-    if (!st) {
+    if (st)
+        rc = fail(&err);
+    if (!rc)
+        rc = run_attn(&o, sets, &opt, &info, &io, bt.max_seqlen, outs, &n_out);
+    if (!rc) {
         const char *mk[] = {"s2lora.spec", "s2lora.spec_sha256"};
-        const char *mv[] = {spec.name, spec.hash_hex};
-        st = s2_st_write(o.out, outs, n_out, mk, mv, 2, &err);
+        const char *mv[] = {info.name, info.hash};
+        if (s2_st_write(o.out, outs, n_out, mk, mv, 2, &err))
+            rc = fail(&err);
     }
     for (int i = 0; i < n_out; i++)
         free(outs[i].data);
     free(io.cu_host);
     s2_st_close(&f);
-    if (st)
-        return fail(&err);
-    fprintf(stderr, "%s: wrote %d tensors to %s\n", prog, n_out, o.out);
-    return 0;
+    s2lora_spec_free(spec);
+    s2lora_close(none);
+    if (!rc)
+        fprintf(stderr, "%s: wrote %d tensors to %s\n", prog, n_out, o.out);
+    return rc;
 }
 
 /* ---------------------------------------------------------------- bench */
