@@ -758,7 +758,9 @@ Test(ckpt, config_with_the_spec_rope)
 {
     write_ckpt(0, 0);
     s2_spec spec = load_spec(NULL, NULL); /* factor 4 */
-    char *text = json_dumps(base_config(0), 0), *out = NULL;
+    json_t *base = base_config(0);
+    char *text = json_dumps(base, 0), *out = NULL;
+    json_decref(base);
     s2_error err = {0};
     cr_assert_eq(s2_ckpt_config_with_spec_rope(text, "base/config.json", &spec, &out, &err),
                  S2_OK, "%s", err.msg);

@@ -555,9 +555,6 @@ int s2_cli_train(const char *prog, int argc, char **argv)
         o.grad_accum = grad_accum;
     o.progress = progress;
     o.progress_ctx = (void *)prog;
-    s2_cli_progress *load = s2_cli_progress_start(prog, "loading the checkpoint", 0);
-    o.load_progress = s2_cli_progress_bytes;
-    o.load_progress_ctx = load;
     s2_error err = {0};
     /* every file read and checked before a device is asked for */
     if (s2_spec_load(spec_path, a.sets, a.n_sets, &spec, &err) || s2_train_check(&o, &err))
@@ -607,14 +604,22 @@ int s2_cli_train(const char *prog, int argc, char **argv)
         fprintf(stderr, "%s: --grad-accum %d: the resumed state's global batch of %llu "
                 "sequences over %d rank%s\n", prog, lay.grad_accum,
                 (unsigned long long)lay.global_batch, lay.dp, lay.dp == 1 ? "" : "s");
-    if (dist)
-        return train_dist(prog, &o, &w, env, rdzv, &lay, found ? &info : NULL);
+    /* the checkpoint load's progress line, from here to the end of the run on every path */
+    s2_cli_progress *load = s2_cli_progress_start(prog, "loading the checkpoint", 0);
+    o.load_progress = s2_cli_progress_bytes;
+    o.load_progress_ctx = load;
+    if (dist) {
+        const int rc = train_dist(prog, &o, &w, env, rdzv, &lay, found ? &info : NULL);
+        s2_cli_progress_end(load);
+        return rc;
+    }
     s2_rt rt;
-    if (s2_rt_open(&rt, 0, &err))
-        return failed(prog, &err);
-    s2_cli_show_cache_warnings(&rt, prog);
-    fprintf(stderr, "%s: train on %s (%s)\n", prog, rt.name, rt.arch);
-    s2_status st = s2_train_run(&rt, &o, &err);
+    s2_status st = s2_rt_open(&rt, 0, &err);
+    if (!st) {
+        s2_cli_show_cache_warnings(&rt, prog);
+        fprintf(stderr, "%s: train on %s (%s)\n", prog, rt.name, rt.arch);
+        st = s2_train_run(&rt, &o, &err);
+    }
     s2_cli_progress_end(load);
     if (st)
         return failed(prog, &err);
@@ -649,9 +654,6 @@ int s2_cli_eval(const char *prog, int argc, char **argv)
         return s2_opts_usage_error(&s2_cmd_eval, "--trainable goes with --adapter");
     o.progress = progress;
     o.progress_ctx = (void *)prog;
-    s2_cli_progress *load = s2_cli_progress_start(prog, "loading the checkpoint", 0);
-    o.load_progress = s2_cli_progress_bytes;
-    o.load_progress_ctx = load;
     s2_error err = {0};
     if (s2_spec_load(spec_path, a.sets, a.n_sets, &spec, &err) || s2_eval_check(&o, &err))
         return failed(prog, &err);
@@ -659,9 +661,15 @@ int s2_cli_eval(const char *prog, int argc, char **argv)
     if (s2_rt_open(&rt, 0, &err))
         return failed(prog, &err);
     s2_cli_show_cache_warnings(&rt, prog);
+    /* the checkpoint load's progress line, to the end of the run on every path */
+    s2_cli_progress *load = s2_cli_progress_start(prog, "loading the checkpoint", 0);
+    o.load_progress = s2_cli_progress_bytes;
+    o.load_progress_ctx = load;
     if (passkey) {
         s2_passkey_result pr;
-        if (s2_passkey_run(&rt, &o, passkey, seed, &pr, &err))
+        const s2_status pst = s2_passkey_run(&rt, &o, passkey, seed, &pr, &err);
+        s2_cli_progress_end(load);
+        if (pst)
             return failed(prog, &err);
         printf("passkey %s on %s: seqlen %d, %d/%d retrieved (accuracy %.3f)\n", spec.name,
                rt.name, o.seqlen ? o.seqlen : spec.context_length, pr.correct, pr.trials,
@@ -669,7 +677,9 @@ int s2_cli_eval(const char *prog, int argc, char **argv)
         return 0;
     }
     s2_eval_result r;
-    if (s2_eval_run(&rt, &o, &r, &err))
+    const s2_status est = s2_eval_run(&rt, &o, &r, &err);
+    s2_cli_progress_end(load);
+    if (est)
         return failed(prog, &err);
     printf("eval %s on %s: %s attention, seqlen %d, %lld windows, %lld tokens scored, "
            "ppl %.4f (nll %.6f), %.0f tok/s\n", spec.name, rt.name, o.s2attn ? "S2" : "full",
