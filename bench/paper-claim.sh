@@ -40,8 +40,8 @@
 # fix the steps instead (no calibration). The estimate of each phase is printed before it
 # runs. Exit status: 0 when every step ran, else the failing step's; the report is written
 # either way and says where it stopped (and $OUT/rows keeps each evaluation's JSON as it is
-# made). No outcome is assumed: the table is what ran. S2_PC_COMMIT names the commit where
-# the tree has no .git.
+# made). No outcome is assumed: the table is what ran. S2_PC_COMMIT names the commit (it takes
+# precedence over `git rev-parse`: a copied tree's .git may be stale).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -171,7 +171,8 @@ gen() { "${PY[@]}" gen --seed "$SEED" "$@" >>"$log"; }
 rate_of() { "${PY[@]}" rate "$1/train.jsonl" --skip "${2:-5}"; }
 
 say "== paper-claim: s2lora $("$BIN/s2lora" version | head -n 1); binaries $BIN"
-commit=$(git rev-parse --short HEAD 2>/dev/null || echo "${S2_PC_COMMIT:-unknown}")
+# S2_PC_COMMIT first: a copied tree may carry a stale .git whose HEAD is not what was built
+commit=${S2_PC_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 note commit "$commit"
 note spec "$SPEC (4 layers, hidden 256, byte vocabulary)"
 

@@ -392,7 +392,7 @@ else:
 class ScriptWithStandIn(unittest.TestCase):
     """bench/paper-claim.sh's GPU path, end to end, on the stand-in above."""
 
-    def run_script(self, fail=None, sleep=0):
+    def run_script(self, fail=None, sleep=0, **extra):
         self.tmp = tempfile.TemporaryDirectory()
         d = self.tmp.name
         os.mkdir(os.path.join(d, "bin"))
@@ -403,7 +403,7 @@ class ScriptWithStandIn(unittest.TestCase):
         env = dict(os.environ, S2_BIN=os.path.join(d, "bin"), OUT=os.path.join(d, "out"),
                    FAKE_CALLS=os.path.join(d, "calls"), S2_PC_PRE_STEPS="3",
                    S2_PC_EXT_STEPS="2", S2_PC_PASSKEY="1", FAKE_FAIL=fail or "",
-                   FAKE_SLEEP=str(sleep))
+                   FAKE_SLEEP=str(sleep), **extra)
         r = subprocess.run([os.path.join(ROOT, "bench", "paper-claim.sh")], env=env,
                            capture_output=True, text=True)
         with open(os.path.join(d, "calls")) as f:
@@ -455,6 +455,13 @@ class ScriptWithStandIn(unittest.TestCase):
         for m in ("s2", "short", "full"):
             self.assertRegex(md, rf"\n- phase 2 \({m}\): 2 steps of 4 x 2048 tokens, .*, final")
         self.assertIn("| pre-trained at 512 (its own context) | full | 1.00 | 1.00 | 1.00 |", md)
+
+    def test_commit_given_wins_over_git(self):
+        # the tree here has a .git; a copied one may carry a stale one: S2_PC_COMMIT is the truth
+        r, _, out = self.run_script(S2_PC_COMMIT="f00dfee")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open(os.path.join(out, "paper_claim.json")) as f:
+            self.assertEqual(json.load(f)["run"]["commit"], "f00dfee")
 
     def test_failure_is_reported(self):
         r, calls, out = self.run_script(fail="s2attn.shift=0")
