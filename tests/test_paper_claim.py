@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """bench/paper_claim.py (bench/paper-claim.sh's corpus, scorer, plan and report), without a GPU.
 
-The corpus: the same seed gives the same documents and token file, every document is exactly
-its context long, each passkey prompt's key and distance are where the meta file says and
-can be read back from its text; the token file equals `s2lora data --bytes` on the same text
-and `s2lora logits` accepts the prompts file. The scorer: a logits file laid out as `s2lora
-logits` writes it (runtime/core/st.c), with known argmaxes and values, gives the expected
-accuracies and NLL per bucket. S2LORA_BIN names the s2lora binary (ctest sets it; default
-build/s2lora).
+The corpus: the same seed gives the same documents and token file (whatever the number of
+processes), every document is exactly its context long, each passkey prompt's key and
+distance and each dense-recall document's recalls (digit, distance) are where the meta file
+says and can be read back from its text, the training mix holds both kinds; the token file
+equals `s2lora data --bytes` on the same text and `s2lora logits` accepts the prompts file.
+The scorers: a logits file laid out as `s2lora logits` writes it (runtime/core/st.c), with
+known argmaxes and values, gives the expected accuracies and NLL per bucket. The report: its
+tables and warnings. The script: every s2lora call of a run on a stand-in. S2LORA_BIN names
+the s2lora binary (ctest sets it; default build/s2lora).
 """
 import contextlib
 import io
