@@ -5,12 +5,18 @@
 # plain short attention (the same groups, no shift) cannot. bench/real-run.sh did not show it:
 # long distances did not matter in its corpus. Here they do: LongLoRA's passkey retrieval.
 #
-#   1. a synthetic corpus (bench/paper_claim.py gen): every document is LongLoRA's passkey
-#      prompt (a random five-digit key at a random depth inside filler text, the question
-#      "What is the pass key? The pass key is" at the end) followed by the answer;
+#   1. a synthetic corpus (bench/paper_claim.py gen), half of its documents (S2_PC_KV_SHARE,
+#      default 0.5) LongLoRA's passkey prompt (a random five-digit key at a random depth
+#      inside filler text, the question "What is the pass key? The pass key is" at the end)
+#      followed by the answer, half dense-recall documents: keys of two letters each with a
+#      digit, about a third of them repeated at a random distance later, whose digit must be
+#      recalled (about 150 recalls in 2048 tokens, against the passkey's 5: a run on passkey
+#      documents alone lost retrieval in phase 2 at every distance, even with full attention,
+#      its loss barely asking for it);
 #   2. phase 1: a byte-level LLaMA of specs/tiny-byte-512.yaml's shape (`s2lora init`) is
 #      pre-trained from scratch at 512 tokens (`train --mode full --full-attention`), so it
-#      learns the retrieval at short range (passkey accuracy at 512 is reported);
+#      learns the retrieval at short range (passkey accuracy and dense recall at 512 are
+#      reported);
 #   3. phase 2: extended 4x to 2048 tokens (RoPE interpolated x4) with LoRA+ three ways, with
 #      the same steps, data and seed: S²-Attn (G 512, shift 256: the spec's defaults at 2048),
 #      short attention (G 512, --set s2attn.shift=0) and full attention (--full-attention);
@@ -19,9 +25,13 @@
 #      held-out prompts (40 per bucket of the key's distance from the answer: 0-256, 256-512,
 #      512-1024, 1024-1536, 1536-2048): a prompt counts when the argmax of each of the five
 #      answer digits, given the true prefix (teacher forcing), is the key's digit, which is
-#      exactly when greedy decoding would produce the key. The S²- and short-trained models are
-#      also scored with the attention they were trained with (their passkeys beyond G are out
-#      of their reach there: a check of the masks); the pre-trained model also at 512.
+#      exactly when greedy decoding would produce the key (the answer is " K": the space is
+#      scored too, as LongLoRA's exact match does); and dense recall by distance on held-out
+#      dense-recall documents (S2_PC_KV_DOCS, default 24, at 2048; twice as many at 512):
+#      accuracy and the loss on the answer tokens alone, which shows whether retrieval was
+#      learned at all. The S²- and short-trained models are also scored with the attention they
+#      were trained with (their keys beyond G are out of their reach there: a check of the
+#      masks); the pre-trained model also at 512.
 #
 #   bench/paper-claim.sh          on the GPU machine, with the binaries of bench/build-carry.sh
 #                                 (S2_BIN, default .carry/bin); results in $OUT
@@ -35,13 +45,13 @@
 #
 # Time: S2_PC_BUDGET_S (default 480 s) is the whole run's wall time. Two short calibration
 # runs (40 steps of phase 1's shape, 15 of phase 2's with full attention) measure tokens/s;
-# what is left after S2_PC_RESERVE_S (default 90 s: data, process starts, evaluations) goes
+# what is left after S2_PC_RESERVE_S (default 120 s: data, process starts, evaluations) goes
 # 40 % to phase 1 and 20 % to each phase-2 run. S2_PC_PRE_STEPS and S2_PC_EXT_STEPS (both)
 # fix the steps instead (no calibration). The estimate of each phase is printed before it
 # runs. Exit status: 0 when every step ran, else the failing step's; the report is written
 # either way and says where it stopped (and $OUT/rows keeps each evaluation's JSON as it is
-# made). No outcome is assumed: the table is what ran. S2_PC_COMMIT names the commit where
-# the tree has no .git.
+# made). No outcome is assumed: the table is what ran. S2_PC_COMMIT names the commit (it takes
+# precedence over `git rev-parse`: a copied tree's .git may be stale).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -66,10 +76,13 @@ PY=(python3 bench/paper_claim.py)
 SPEC=specs/tiny-byte-512.yaml
 PRE_CTX=512 EXT_CTX=2048             # phase 2 is 4x phase 1 (the spec's rope_factor is 4)
 PRE_GA=8 EXT_GA=4                    # micro-batches (one sequence each) a step
-PRE_LR=1e-3 EXT_LR=2e-4              # EXT_LR as bench/real-run.sh's extension
+PRE_LR=1e-3
+EXT_LR=${S2_PC_EXT_LR:-2e-4}         # as bench/real-run.sh's extension
+KV_SHARE=${S2_PC_KV_SHARE:-0.5}      # the training documents that are dense-recall ones
+KV_N=${S2_PC_KV_DOCS:-24}            # held-out dense-recall documents at 2048 (x2 at 512)
 SEED=${S2_PC_SEED:-1}
 BUDGET=${S2_PC_BUDGET_S:-480}
-RESERVE=${S2_PC_RESERVE_S:-90}
+RESERVE=${S2_PC_RESERVE_S:-120}
 PK_N=${S2_PC_PASSKEY:-40}            # prompts per distance bucket
 PK_BUCKETS_PRE=0,128,256,512
 PK_BUCKETS_EXT=0,256,512,1024,1536,2048
@@ -165,24 +178,44 @@ passkey() {
   rm -f "$w/logits.safetensors"
 }
 
+# Dense recall from one forward over held-out dense-recall documents: label, attention, ctx,
+# logits arguments.
+kvscore() {
+  local label=$1 att=$2 ctx=$3
+  shift 3
+  current="dense recall $label ($att attention)"
+  s2 logits "$SPEC" --set context_length="$ctx" --tokens "$w/kv$ctx.safetensors" \
+    -o "$w/logits.safetensors" "$@"
+  [ $ran = 1 ] || return 0
+  local far=()
+  [ "$ctx" != $EXT_CTX ] || far=(--far $((EXT_CTX / 4)))
+  "${PY[@]}" kvscore --meta "$w/kv$ctx.json" --logits "$w/logits.safetensors" --label "$label" \
+    --attention "$att" --out "$rows/$label.$att.kv.json" "${far[@]}" | tee -a "$log"
+  rm -f "$w/logits.safetensors"
+}
+
 gen() { "${PY[@]}" gen --seed "$SEED" "$@" >>"$log"; }
 
 # What a run's train.jsonl says: median tokens/s, steps, last loss EMA.
 rate_of() { "${PY[@]}" rate "$1/train.jsonl" --skip "${2:-5}"; }
 
 say "== paper-claim: s2lora $("$BIN/s2lora" version | head -n 1); binaries $BIN"
-commit=$(git rev-parse --short HEAD 2>/dev/null || echo "${S2_PC_COMMIT:-unknown}")
+# S2_PC_COMMIT first: a copied tree may carry a stale .git whose HEAD is not what was built
+commit=${S2_PC_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 note commit "$commit"
 note spec "$SPEC (4 layers, hidden 256, byte vocabulary)"
+note corpus "$KV_SHARE of the training documents dense-recall, the rest passkey (seed $SEED)"
 
 current="data: evaluation sets"
 if [ $quick = 1 ]; then
-  PK_N=2
+  PK_N=2 KV_N=1
   # the token writer against s2lora's own: the same documents, byte for byte
-  gen --kind heldout --ctx $PRE_CTX --n 3 -o "$w/py.tokens" --text-dir "$w/txt"
-  current="data: the token writer against s2lora data"
-  "$BIN/s2lora" data --bytes "$w"/txt/*.txt -o "$w/c.tokens" >>"$log"
-  cmp "$w/py.tokens" "$w/c.tokens"
+  for k in heldout kv; do
+    gen --kind $k --ctx $PRE_CTX --n 3 -o "$w/py-$k.tokens" --text-dir "$w/txt-$k"
+    current="data: the token writer against s2lora data ($k)"
+    "$BIN/s2lora" data --bytes "$w/txt-$k"/*.txt -o "$w/c-$k.tokens" >>"$log"
+    cmp "$w/py-$k.tokens" "$w/c-$k.tokens"
+  done
   say "token files: bench/paper_claim.py's equals s2lora data's, byte for byte"
 fi
 current="data: evaluation sets"
@@ -193,6 +226,10 @@ gen --kind passkey --ctx $PRE_CTX --n "$PK_N" --buckets $PK_BUCKETS_PRE \
   --meta "$w/pk$PRE_CTX.json" --logits-in "$w/pk$PRE_CTX.safetensors"
 gen --kind passkey --ctx $EXT_CTX --n "$PK_N" --buckets $PK_BUCKETS_EXT \
   --meta "$w/pk$EXT_CTX.json" --logits-in "$w/pk$EXT_CTX.safetensors"
+gen --kind kv --ctx $PRE_CTX --n $((2 * KV_N)) --buckets $PK_BUCKETS_PRE \
+  --meta "$w/kv$PRE_CTX.json" --logits-in "$w/kv$PRE_CTX.safetensors"
+gen --kind kv --ctx $EXT_CTX --n "$KV_N" --buckets $PK_BUCKETS_EXT \
+  --meta "$w/kv$EXT_CTX.json" --logits-in "$w/kv$EXT_CTX.safetensors"
 
 current="init"
 s2 init "$SPEC" --set context_length=$PRE_CTX -o "$w/base0" --seed "$SEED"
@@ -219,8 +256,10 @@ else
   if [ $quick = 0 ]; then
     current="calibration"
     say "== calibration: 40 steps of phase 1's shape, 15 of phase 2's (full attention)"
-    gen --kind train --ctx $PRE_CTX --n $((40 * PRE_GA + 1)) -o "$w/cal$PRE_CTX.tokens"
-    gen --kind train --ctx $EXT_CTX --n $((15 * EXT_GA + 1)) -o "$w/cal$EXT_CTX.tokens"
+    gen --kind train --ctx $PRE_CTX --n $((40 * PRE_GA + 1)) -o "$w/cal$PRE_CTX.tokens" \
+      --kv-share "$KV_SHARE"
+    gen --kind train --ctx $EXT_CTX --n $((15 * EXT_GA + 1)) -o "$w/cal$EXT_CTX.tokens" \
+      --kv-share "$KV_SHARE"
     s2 "${PRE_TRAIN[@]}" --model "$w/base0" --data "$w/cal$PRE_CTX.tokens" --out "$w/cal1" \
       --steps 40
     s2 "${EXT_TRAIN[@]}" --full-attention --model "$w/base0" --data "$w/cal$EXT_CTX.tokens" \
@@ -253,10 +292,12 @@ if [ $quick = 1 ]; then
 fi
 
 current="data: training sets"
-gen --kind train --ctx $PRE_CTX --n $((pre_steps * PRE_GA + 1)) -o "$w/train$PRE_CTX.tokens"
-# phase 2's documents are written while phase 1 trains (the trainer uses one core)
+gen --kind train --ctx $PRE_CTX --n $((pre_steps * PRE_GA + 1)) -o "$w/train$PRE_CTX.tokens" \
+  --kv-share "$KV_SHARE"
+# phase 2's documents are written while phase 1 trains (the trainer uses one core; the
+# generator four)
 "${PY[@]}" gen --seed "$SEED" --kind train --ctx $EXT_CTX --n $((ext_steps * EXT_GA + 1)) \
-  -o "$w/train$EXT_CTX.tokens" >>"$log" 2>&1 &
+  -o "$w/train$EXT_CTX.tokens" --kv-share "$KV_SHARE" --procs 4 >>"$log" 2>&1 &
 gen_pid=$!
 
 current="phase 1 (pre-training at $PRE_CTX)"
@@ -280,8 +321,10 @@ device=$(grep -m 1 -o 'train on .*' "$log" | sed 's/^train on //' || true)
 
 ppl pre@$PRE_CTX $PRE_CTX --model "$pre_model"
 passkey pre@$PRE_CTX full $PRE_CTX --model "$pre_model"
+kvscore pre@$PRE_CTX full $PRE_CTX --model "$pre_model"
 ppl pre@$EXT_CTX $EXT_CTX --model "$pre_model"
 passkey pre@$EXT_CTX full $EXT_CTX --model "$pre_model"
+kvscore pre@$EXT_CTX full $EXT_CTX --model "$pre_model"
 
 current="data: phase 2's training set"
 wait "$gen_pid"
@@ -324,10 +367,17 @@ for mode in s2 short full; do
   fi
   ppl $mode $EXT_CTX "${tuned[@]}"
   passkey $mode full $EXT_CTX "${tuned[@]}"
-  # shellcheck disable=SC2046
-  [ $mode = full ] || passkey $mode $mode $EXT_CTX "${tuned[@]}" --s2attn $(ext_args $mode)
+  kvscore $mode full $EXT_CTX "${tuned[@]}"
+  if [ $mode != full ]; then # as trained: the loss on the answers phase 2 could learn
+    # shellcheck disable=SC2046
+    passkey $mode $mode $EXT_CTX "${tuned[@]}" --s2attn $(ext_args $mode)
+    # shellcheck disable=SC2046
+    kvscore $mode $mode $EXT_CTX "${tuned[@]}" --s2attn $(ext_args $mode)
+  fi
 done
 current="the end"
 note passkey "$PK_N prompts per distance bucket (seed $SEED); distance: the answer's first" \
   "digit minus the key's first digit in the information line"
+note "dense recall" "$KV_N held-out documents at $EXT_CTX, $((2 * KV_N)) at $PRE_CTX; distance:" \
+  "the recalled digit minus the key's first digit"
 note wall "$SECONDS s for the whole script"

@@ -3,22 +3,26 @@
 
 Subcommands (python3 standard library only; the GPU machine has no internet):
 
-  gen      a synthetic passkey corpus as an s2lora token file (runtime/train/data.h, format 1),
-           every document exactly --ctx tokens: BOS, LongLoRA's passkey prompt with its answer,
-           EOS. --kind train/heldout: the key at a uniformly random depth; --kind passkey: an
-           evaluation set stratified by the key's distance from the answer (--buckets), also
+  gen      a synthetic corpus as an s2lora token file (runtime/train/data.h, format 1), every
+           document exactly --ctx tokens (BOS ... EOS). --kind train: a mix, each document a
+           dense-recall one with probability --kv-share, else a passkey one (the key at a
+           uniformly random depth); heldout: passkey documents only (for perplexity);
+           passkey: an evaluation set stratified by the key's distance from the answer
+           (--buckets); kv: dense-recall documents for evaluation. passkey and kv are also
            written as `s2lora logits` input (--logits-in: safetensors "tokens" I32 [T] and
-           "cu_seqlens" I32 [B+1]) with a JSON of every prompt's key, distance and bucket
+           "cu_seqlens" I32 [B+1]) with a JSON of every answer's row, token and distance
            (--meta); --text-dir also writes each document's bytes as a text file (to check the
            token file against `s2lora data --bytes`)
   rate     the median tokens/s of a train.jsonl (steps after the first few)
   plan     steps for each phase from a time budget and measured (or assumed) rates
-  score    passkey retrieval from an `s2lora logits` output: exact match of the five digits
-           by argmax given the true prefix (teacher forcing), digit accuracy and the digits'
-           mean NLL, by distance bucket
-  report   the results table (markdown) and JSON from the rows written by score and eval
+  score    passkey retrieval from an `s2lora logits` output: exact match of the answer " K"
+           (the space and the five digits, as LongLoRA compares them) by argmax given the true
+           prefix (teacher forcing), digit accuracy and the digits' mean NLL, by distance
+  kvscore  dense recall from an `s2lora logits` output: accuracy (argmax) and mean NLL of the
+           recalled digits by distance, and the mean NLL of every token (s2lora's "loss")
+  report   the results tables (markdown) and JSON from the rows written by score, kvscore, ppl
 
-The document (LongLoRA's passkey_retrieval.py, with a five-digit key and the answer appended):
+The passkey document (LongLoRA's passkey_retrieval.py, with a five-digit key and the answer):
 
   TASK \\n PREFIX \\n The pass key is K. Remember it. K is the pass key. \\n SUFFIX \\n
   What is the pass key? The pass key is K.
@@ -27,6 +31,20 @@ PREFIX and SUFFIX are cut from the repeated filler at any character, as LongLoRA
 lengths add up to what makes the document exactly --ctx tokens. The distance of a prompt is
 the answer's first digit's position minus the position of the key's first digit after "The
 pass key is" in the information line: 82 + len(SUFFIX).
+
+A passkey document asks for 5 of its 2048 tokens from far back (0.25 %), too little for a
+fine-tune's loss to relearn retrieval by (a run of 7055 LoRA+ steps at 2048 lost it at every
+distance, even with full attention). The dense-recall document makes long-range retrieval a
+large share of what the loss rewards:
+
+  KV_TASK \\n ab7 qx2 ab7 mm0 ... qx2 ...
+
+slots of three characters and a space: two lowercase letters (a key) and a digit. A key
+appears once (its digit is random) or twice (the second time with the same digit: a recall);
+for each slot left to right that is not yet a recall, the recall is put a uniformly
+random number of slots later when that slot is free. At 2048 tokens about 150 of 498 slots are
+recalls, with distances (recall digit minus first digit, 4 per slot) across 4..1988; a model
+that recalls predicts each of their digits, one that cannot is left with ln 10 = 2.303 nats.
 """
 import argparse
 import hashlib
@@ -107,38 +125,119 @@ def bucket_name(lo, hi):
     return f"{lo}-{hi}"
 
 
-def documents(kind, ctx, n, seed, buckets=None):
-    """The corpus: a list of dicts (text, key, distance, bucket), the same for the same seed.
+# Documents are drawn in chunks of CHUNK, each from its own stream (kind, ctx, seed, chunk):
+# the same documents whatever the number of processes, and n documents are the first n of more.
+CHUNK = 1024
 
-    train/heldout: n documents, the suffix length uniform over 0..room (the key at a uniformly
-    random depth). passkey: n documents per bucket, the distance uniform over the part of the
-    bucket this context can hold (a bucket it cannot hold at all is an error)."""
+
+def documents(kind, ctx, n, seed, buckets=None, kv_share=0.0, procs=1):
+    """The corpus: a list of dicts, the same for the same arguments. Passkey documents have
+    text, key, distance, bucket; dense-recall ones text and answers (kv_document's).
+
+    train: n documents, each a dense-recall one with probability kv_share, else a passkey one
+    with the suffix length uniform over 0..room (the key at a uniformly random depth);
+    heldout: n passkey documents so; kv: n dense-recall documents; passkey: n passkey
+    documents per bucket, the distance uniform over the part of the bucket this context can
+    hold (a bucket it cannot hold at all is an error). procs: processes that draw the chunks."""
     if n < 1:
         raise ValueError(f"--n {n}: at least one document")
+    if not 0 <= kv_share <= 1:
+        raise ValueError(f"--kv-share {kv_share}: a fraction, 0..1")
+    if kind in ("train", "heldout", "kv"):
+        share = {"train": kv_share, "heldout": 0.0, "kv": 1.0}[kind]
+        if share < 1:
+            filler_room(ctx)  # refuses a context too short for a passkey document
+        else:
+            kv_slots(ctx)
+        jobs = [(kind, ctx, seed, c, min(CHUNK, n - c * CHUNK), share)
+                for c in range((n + CHUNK - 1) // CHUNK)]
+        if procs > 1 and len(jobs) > 1:
+            import multiprocessing
+            with multiprocessing.Pool(min(procs, len(jobs))) as pool:
+                parts = pool.starmap(_chunk, jobs)
+        else:
+            parts = [_chunk(*j) for j in jobs]
+        return [d for p in parts for d in p]
+    if kind != "passkey":
+        raise ValueError(f"--kind {kind}: valid train, heldout, passkey, kv")
     rng = random.Random(f"{kind}:{ctx}:{seed}")
-    room = filler_room(ctx)
     dmin, dmax = distance_range(ctx)
     out = []
-
-    def one(n_suffix, bucket):
-        key = rng.randrange(10 ** (KEY_DIGITS - 1), 10 ** KEY_DIGITS)
-        text, dist = document(ctx, key, n_suffix)
-        out.append({"text": text, "key": str(key), "distance": dist, "bucket": bucket})
-
-    if kind in ("train", "heldout"):
-        for _ in range(n):
-            one(rng.randint(0, room), None)
-        return out
-    if kind != "passkey":
-        raise ValueError(f"--kind {kind}: valid train, heldout, passkey")
     for lo, hi in buckets:
         a, b = max(lo, dmin), min(hi - 1, dmax)
         if a > b:
             raise ValueError(f"bucket {bucket_name(lo, hi)}: a document of {ctx} tokens has "
                              f"distances {dmin}..{dmax} only")
         for _ in range(n):
-            one(rng.randint(a, b) - DIST_BASE, bucket_name(lo, hi))
+            out.append(passkey_doc(ctx, rng, rng.randint(a, b) - DIST_BASE, bucket_name(lo, hi)))
     return out
+
+
+def passkey_doc(ctx, rng, n_suffix, bucket):
+    key = rng.randrange(10 ** (KEY_DIGITS - 1), 10 ** KEY_DIGITS)
+    text, dist = document(ctx, key, n_suffix)
+    return {"text": text, "key": str(key), "distance": dist, "bucket": bucket}
+
+
+def _chunk(kind, ctx, seed, c, n, share):
+    """Chunk c of a train, heldout or kv corpus: n documents."""
+    rng = random.Random(f"{kind}:{ctx}:{seed}:{c}")
+    room = filler_room(ctx) if share < 1 else 0
+    out = []
+    for _ in range(n):
+        if share >= 1 or (share > 0 and rng.random() < share):
+            text, answers = kv_document(ctx, rng)
+            out.append({"text": text, "answers": answers})
+        else:
+            out.append(passkey_doc(ctx, rng, rng.randint(0, room), None))
+    return out
+
+
+KV_TASK = "Each pair of letters stands for one digit. Recall it."
+KV_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+KV_SLOT = 4  # "ab7 "
+KV_KEYS = len(KV_LETTERS) ** 2
+
+
+def kv_slots(ctx):
+    """(slots, padding): the slots of a dense-recall document of ctx tokens, and the '.'s that
+    fill it to exactly ctx (BOS and EOS included)."""
+    body = ctx - 2 - len(KV_TASK) - 1
+    n = (body + 1) // KV_SLOT
+    if n < 2:
+        raise ValueError(f"--ctx {ctx}: a dense-recall document needs at least "
+                         f"{len(KV_TASK) + 3 + 2 * KV_SLOT - 1} tokens")
+    return n, body - (KV_SLOT * n - 1)
+
+
+def kv_document(ctx, rng):
+    """(text, answers): a dense-recall document and its recalls, each (token position of the
+    recalled digit in the document, BOS at 0; the digit; distance in tokens from the first
+    digit of the same key)."""
+    n, pad = kv_slots(ctx)
+    first = [-1] * n  # slot -> the slot it recalls (itself for a first appearance)
+    rand = rng.random
+    for i in range(n):
+        if first[i] < 0:
+            first[i] = i
+            j = i + 1 + int(rand() * (n - 1))  # uniform over 1..n-1 slots later
+            if j < n and first[j] < 0:
+                first[j] = i
+    starts = [i for i in range(n) if first[i] == i]
+    if len(starts) > KV_KEYS:
+        raise ValueError(f"--ctx {ctx}: {len(starts)} keys, two letters give {KV_KEYS}")
+    item = dict(zip(starts, (k * 10 + int(rand() * 10)
+                             for k in rng.sample(range(KV_KEYS), len(starts)))))
+    base = 1 + len(KV_TASK) + 1 + 2  # BOS, the task, the newline, a key's letters
+    items = [_KV_ITEMS[item[f]] for f in first]
+    answers = [(base + KV_SLOT * i, item[f] % 10, KV_SLOT * (i - f))
+               for i, f in enumerate(first) if f != i]
+    text = KV_TASK + "\n" + " ".join(items) + "." * pad
+    assert len(text) == ctx - 2, (len(text), ctx)
+    return text, answers
+
+
+_KV_ITEMS = [a + b + str(d) for a in KV_LETTERS for b in KV_LETTERS for d in range(10)]
 
 
 def doc_tokens(text):
@@ -214,20 +313,27 @@ def write_logits_input(path, docs, ctx):
 
 
 def answer_rows(ctx):
-    """Rows of a document's logits that predict the answer's digits (teacher forcing): digit i
-    is token ctx - 7 + i (text ends "K." then EOS); row p - 1 predicts token p."""
-    return [ctx - 8 + i for i in range(KEY_DIGITS)]
+    """Rows of a passkey document's logits that predict the answer " K" (teacher forcing): the
+    space is token ctx - 8 and digit i token ctx - 7 + i (text ends " K." then EOS); row p - 1
+    predicts token p."""
+    return [ctx - 9 + i for i in range(1 + KEY_DIGITS)]
 
 
 def cmd_gen(a):
-    buckets = parse_buckets(a.buckets) if a.kind == "passkey" else None
-    if a.kind == "passkey" and not (a.meta and a.logits_in):
-        raise SystemExit("gen --kind passkey: --meta and --logits-in are needed")
-    docs = documents(a.kind, a.ctx, a.n, a.seed, buckets)
+    buckets = parse_buckets(a.buckets) if a.kind in ("passkey", "kv") else None
+    if bool(a.meta) != bool(a.logits_in) or (a.meta and a.kind not in ("passkey", "kv")):
+        raise SystemExit("gen: --meta and --logits-in go together, with --kind passkey or kv")
+    if not (a.out or a.meta):
+        raise SystemExit("gen: nothing to write (-o, or --meta and --logits-in)")
+    docs = documents(a.kind, a.ctx, a.n, a.seed, buckets if a.kind == "passkey" else None,
+                     a.kv_share, a.procs)
     if a.out:
         n = write_token_file(a.out, docs)
-        print(f"{a.out}: {len(docs)} {a.kind} documents of {a.ctx} tokens ({n} tokens)")
-    if a.kind == "passkey":
+        kv = sum("answers" in d for d in docs)
+        print(f"{a.out}: {len(docs)} {a.kind} documents of {a.ctx} tokens ({n} tokens; "
+              f"{kv} dense-recall, {sum(len(d['answers']) for d in docs if 'answers' in d)} "
+              "recalls)")
+    if a.kind == "passkey" and a.meta:
         write_logits_input(a.logits_in, docs, a.ctx)
         meta = {"ctx": a.ctx, "seed": a.seed, "buckets": [bucket_name(*b) for b in buckets],
                 "answer_rows": answer_rows(a.ctx),
@@ -235,6 +341,17 @@ def cmd_gen(a):
         write_atomic(a.meta, [json.dumps(meta, indent=1).encode()])
         print(f"{a.logits_in}: {len(docs)} passkey prompts of {a.ctx} tokens, "
               f"{len(buckets)} buckets; {a.meta}")
+    if a.kind == "kv" and a.meta:
+        write_logits_input(a.logits_in, docs, a.ctx)
+        # each recall: [its row in the batch (the row before the digit), the digit's token,
+        # its distance]
+        answers = [[i * a.ctx + pos - 1, ord(str(digit)) + BYTE_OFFSET, dist]
+                   for i, d in enumerate(docs) for pos, digit, dist in d["answers"]]
+        meta = {"ctx": a.ctx, "seed": a.seed, "docs": len(docs),
+                "buckets": [bucket_name(*b) for b in buckets], "answers": answers}
+        write_atomic(a.meta, [json.dumps(meta).encode()])
+        print(f"{a.logits_in}: {len(docs)} dense-recall documents of {a.ctx} tokens, "
+              f"{len(answers)} recalls; {a.meta}")
     if a.text_dir:
         os.makedirs(a.text_dir, exist_ok=True)
         for i, d in enumerate(docs):
@@ -302,48 +419,92 @@ def read_safetensors_header(path):
     return head, 8 + n
 
 
-def score(meta, logits_path, far=None):
-    """Per-bucket and overall retrieval from the logits of the prompts meta describes; with
-    far, also over the prompts whose distance is at least far (as group "far+")."""
-    head, base = read_safetensors_header(logits_path)
+def logits_rows(path, n_rows, want):
+    """For each (row, token) of want: (the row's argmax, the first of equal maxima; the token's
+    NLL under the row's softmax), from an `s2lora logits` file that must hold n_rows rows."""
+    head, base = read_safetensors_header(path)
     t = head.get("logits")
-    ctx, prompts = meta["ctx"], meta["prompts"]
     if not t or t["dtype"] != "F32" or len(t["shape"]) != 2:
-        raise SystemExit(f"{logits_path}: no F32 [T, vocab] tensor \"logits\"")
+        raise SystemExit(f"{path}: no F32 [T, vocab] tensor \"logits\"")
     T, V = t["shape"]
-    if T != ctx * len(prompts):
-        raise SystemExit(f"{logits_path}: logits has {T} rows, the {len(prompts)} prompts of "
-                         f"{ctx} tokens need {ctx * len(prompts)}")
+    if T != n_rows:
+        raise SystemExit(f"{path}: logits has {T} rows, the documents need {n_rows}")
     if V < VOCAB:
-        raise SystemExit(f"{logits_path}: vocab {V}, the byte-level one needs {VOCAB}")
-    rows = meta["answer_rows"]
+        raise SystemExit(f"{path}: vocab {V}, the byte-level one needs {VOCAB}")
+    out = []
+    with open(path, "rb") as f:
+        for r, want_tok in want:
+            f.seek(base + t["data_offsets"][0] + r * V * 4)
+            row = struct.unpack(f"<{V}f", f.read(4 * V))
+            m = max(row)
+            out.append((row.index(m), m + math.log(sum(math.exp(x - m) for x in row)) -
+                        row[want_tok]))
+    return out
+
+
+def logits_loss(path):
+    """s2lora logits' "loss" (the mean NLL of every labelled token), or None."""
+    head, base = read_safetensors_header(path)
+    t = head.get("loss")
+    if not t or t["dtype"] != "F64" or t["shape"] != [1]:
+        return None
+    with open(path, "rb") as f:
+        f.seek(base + t["data_offsets"][0])
+        return struct.unpack("<d", f.read(8))[0]
+
+
+def score(meta, logits_path, far=None):
+    """Per-bucket and overall passkey retrieval from the logits of the prompts meta describes;
+    with far, also over the prompts whose distance is at least far (as group "far+"). A prompt
+    counts as retrieved when the argmax of every answer row is the answer: the space, then the
+    digits (LongLoRA's exact match); digit accuracy and NLL are over the digits."""
+    ctx, prompts, rows = meta["ctx"], meta["prompts"], meta["answer_rows"]
+    want = [(i * ctx + r, ord((" " + p["key"])[j]) + BYTE_OFFSET)
+            for i, p in enumerate(prompts) for j, r in enumerate(rows)]
+    got = logits_rows(logits_path, ctx * len(prompts), want)
     per = {}
-    with open(logits_path, "rb") as f:
-        for i, p in enumerate(prompts):
-            hit, nll = 0, 0.0
-            for j, r in enumerate(rows):
-                f.seek(base + t["data_offsets"][0] + ((i * ctx + r) * V) * 4)
-                row = struct.unpack(f"<{V}f", f.read(4 * V))
-                want = ord(p["key"][j]) + BYTE_OFFSET
-                best = max(range(V), key=row.__getitem__)  # the first of equal maxima
-                m = max(row)
-                nll += m + math.log(sum(math.exp(x - m) for x in row)) - row[want]
-                hit += best == want
-            groups = [p["bucket"], "all"] + ([f"{far}+"] if far and p["distance"] >= far else [])
-            for b in groups:
-                s = per.setdefault(b, {"n": 0, "exact": 0, "digits": 0, "nll": 0.0})
-                s["n"] += 1
-                s["exact"] += hit == len(rows)
-                s["digits"] += hit
-                s["nll"] += nll / len(rows)
+    k = len(rows)
+    for i, p in enumerate(prompts):
+        mine = got[i * k:(i + 1) * k]
+        hits = [best == w for (best, _), (_, w) in zip(mine, want[i * k:(i + 1) * k])]
+        groups = [p["bucket"], "all"] + ([f"{far}+"] if far and p["distance"] >= far else [])
+        for b in groups:
+            s = per.setdefault(b, {"n": 0, "exact": 0, "digits": 0, "nll": 0.0})
+            s["n"] += 1
+            s["exact"] += all(hits)
+            s["digits"] += sum(hits[1:])
+            s["nll"] += sum(nll for _, nll in mine[1:]) / (k - 1)
     out = {}
     for b in score_columns(meta, far):
         if b not in per:
             raise SystemExit(f"{logits_path}: no prompt of distance {b}")
         s = per[b]
         out[b] = {"n": s["n"], "accuracy": s["exact"] / s["n"],
-                  "digit_accuracy": s["digits"] / (s["n"] * len(rows)),
+                  "digit_accuracy": s["digits"] / (s["n"] * (k - 1)),
                   "digit_nll": s["nll"] / s["n"]}
+    return out
+
+
+def kv_score(meta, logits_path, far=None):
+    """Dense recall by distance bucket (and far+, all): the recalls' count, accuracy (argmax is
+    the digit) and mean NLL (the loss on the answer tokens alone)."""
+    buckets = [tuple(int(x) for x in b.split("-")) for b in meta["buckets"]]
+    got = logits_rows(logits_path, meta["ctx"] * meta["docs"],
+                      [(r, tok) for r, tok, _ in meta["answers"]])
+    per = {}
+    for (_, tok, dist), (best, nll) in zip(meta["answers"], got):
+        groups = [bucket_name(lo, hi) for lo, hi in buckets if lo <= dist < hi] + ["all"]
+        groups += [f"{far}+"] if far and dist >= far else []
+        for b in groups:
+            s = per.setdefault(b, {"n": 0, "hits": 0, "nll": 0.0})
+            s["n"] += 1
+            s["hits"] += best == tok
+            s["nll"] += nll
+    out = {}
+    for b in score_columns(meta, far):  # a group without recalls (a small set) has n 0
+        s = per.get(b, {"n": 0})
+        out[b] = {"n": s["n"], "accuracy": s["hits"] / s["n"] if s["n"] else None,
+                  "nll": s["nll"] / s["n"] if s["n"] else None}
     return out
 
 
@@ -361,6 +522,20 @@ def cmd_score(a):
     write_atomic(a.out, [json.dumps(row, indent=1).encode()])
     print(f"{a.label}: passkey at {meta['ctx']} ({a.attention} attention): " + ", ".join(
         f"{b} {res[b]['accuracy']:.2f}" for b in score_columns(meta, a.far)))
+    return 0
+
+
+def cmd_kvscore(a):
+    with open(a.meta) as f:
+        meta = json.load(f)
+    res = kv_score(meta, a.logits, a.far)
+    cols = score_columns(meta, a.far)
+    row = {"label": a.label, "ctx": meta["ctx"], "attention": a.attention, "kv_columns": cols,
+           "kv": res, "kv_loss": logits_loss(a.logits)}
+    write_atomic(a.out, [json.dumps(row, indent=1).encode()])
+    print(f"{a.label}: dense recall at {meta['ctx']} ({a.attention} attention): " + ", ".join(
+        f"{b} {fmt(res[b]['accuracy'], 2)}" for b in cols) +
+        f"; answer NLL {fmt(res['all']['nll'], 3)}")
     return 0
 
 
@@ -389,6 +564,14 @@ MODELS = [
 ]
 
 
+def fmt(x, digits):
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def far_column(cols):
+    return next((c for c in cols if c.endswith("+")), "all")
+
+
 def cmd_report(a):
     rows = []
     for name in sorted(os.listdir(a.rows)):
@@ -406,39 +589,82 @@ def cmd_report(a):
         by.setdefault((r["label"], r["attention"]), {}).update(r)
     lines = [f"# LongLoRA's claim on passkey retrieval: {run.get('status', 'unknown')}", ""]
     lines += [f"- {k}: {v}" for k, v in run.items() if k != "status"]
-    pre = by.get(("pre@512", "full"), {}).get("passkey", {}).get("all")
-    if pre and pre["accuracy"] < 0.5:
-        lines.append(f"- warning: the pre-trained model retrieves {pre['accuracy']:.2f} of the "
+    pre = by.get(("pre@512", "full"), {})
+    pk = pre.get("passkey", {}).get("all")
+    if pk and pk["accuracy"] < 0.5:
+        lines.append(f"- warning: the pre-trained model retrieves {pk['accuracy']:.2f} of the "
                      "keys at its own 512 tokens: it had not learned the task, so the "
                      "extensions' comparison says little about the claim")
+    kv = pre.get("kv", {}).get("all")
+    if kv and kv["accuracy"] is not None and kv["accuracy"] < 0.5:
+        lines.append(f"- warning: the pre-trained model recalls {kv['accuracy']:.2f} of the "
+                     "dense-recall digits at its own 512 tokens: it had not learned to retrieve")
+    full = by.get(("full", "full"), {})
+    pk, kvf = full.get("passkey", {}).get("all"), None
+    if "kv" in full:
+        kvf = (far_column(full["kv_columns"]), full["kv"][far_column(full["kv_columns"])])
+    if kvf and kvf[1]["accuracy"] is None:
+        kvf = None
+    if (pk and pk["accuracy"] < 0.5) or (kvf and kvf[1]["accuracy"] < 0.5):
+        got = ([f"{pk['accuracy']:.2f} of the passkeys"] if pk else []) + (
+            [f"{kvf[1]['accuracy']:.2f} of the dense-recall digits at distances {kvf[0]}"]
+            if kvf else [])
+        lines.append("- warning: fine-tuned with full attention (the upper bound), the model "
+                     f"retrieves {' and '.join(got)} with full attention at 2048: where the "
+                     "upper bound did not learn long-range retrieval, S²-Attn and short "
+                     "attention cannot be told apart")
     lines.append("")
     for ctx in (512, 2048):
-        bk = next((r["columns"] for r in rows if r.get("ctx") == ctx and "columns" in r), None)
         sel = [(lab, desc, att) for lab, desc in MODELS for att in ("full", "s2", "short")
                if (lab, att) in by and by[(lab, att)].get("ctx") == ctx]
-        if not sel:
-            continue
-        lines.append(f"## At {ctx} tokens: passkey exact match by distance (digits by argmax "
-                     "given the true prefix), perplexity on held-out documents")
-        lines.append("")
-        cols = bk or ["all"]
-        lines.append("| model | eval attention | " + " | ".join(cols) +
-                     " | digit acc | digit NLL | ppl |")
-        lines.append("| --- | --- |" + " ---: |" * (len(cols) + 3))
-        for lab, desc, att in sel:
-            r = by[(lab, att)]
-            pk = r.get("passkey", {})
-            cells = [f"{pk[c]['accuracy']:.2f}" if c in pk else "–" for c in cols]
-            al = pk.get("all", {})
-            lines.append(f"| {desc} | {att} | " + " | ".join(cells) + " | " +
-                         (f"{al['digit_accuracy']:.3f}" if al else "–") + " | " +
-                         (f"{al['digit_nll']:.3f}" if al else "–") + " | " +
-                         (f"{r['ppl']:.4f}" if "ppl" in r else "–") + " |")
-        n = next((r["passkey"]["all"]["n"] for lab, _, att in sel
-                  for r in [by[(lab, att)]] if "passkey" in r), 0)
-        lines.append("")
-        lines.append(f"{n} prompts at {ctx} tokens, the same for every model.")
-        lines.append("")
+        pks = [x for x in sel if "passkey" in by[x[0], x[2]] or "ppl" in by[x[0], x[2]]]
+        if pks:
+            cols = next((by[lab, att]["columns"] for lab, _, att in pks
+                         if "columns" in by[lab, att]), ["all"])
+            lines.append(f"## At {ctx} tokens: passkey exact match by distance (the answer "
+                         "\" K\" by argmax given the true prefix), perplexity on held-out "
+                         "documents")
+            lines.append("")
+            lines.append("| model | eval attention | " + " | ".join(cols) +
+                         " | digit acc | digit NLL | ppl |")
+            lines.append("| --- | --- |" + " ---: |" * (len(cols) + 3))
+            for lab, desc, att in pks:
+                r = by[(lab, att)]
+                pk = r.get("passkey", {})
+                cells = [f"{pk[c]['accuracy']:.2f}" if c in pk else "–" for c in cols]
+                al = pk.get("all", {})
+                lines.append(f"| {desc} | {att} | " + " | ".join(cells) + " | " +
+                             (f"{al['digit_accuracy']:.3f}" if al else "–") + " | " +
+                             (f"{al['digit_nll']:.3f}" if al else "–") + " | " +
+                             (f"{r['ppl']:.4f}" if "ppl" in r else "–") + " |")
+            n = next((by[lab, att]["passkey"]["all"]["n"] for lab, _, att in pks
+                      if "passkey" in by[lab, att]), 0)
+            lines.append("")
+            lines.append(f"{n} prompts at {ctx} tokens, the same for every model.")
+            lines.append("")
+        kvs = [x for x in sel if "kv" in by[x[0], x[2]]]
+        if kvs:
+            cols = by[kvs[0][0], kvs[0][2]]["kv_columns"]
+            lines.append(f"## At {ctx} tokens: dense recall (held-out documents like the "
+                         "training ones): accuracy by distance, loss on the answer tokens")
+            lines.append("")
+            lines.append("| model | eval attention | " + " | ".join(cols) +
+                         " | answer NLL | all-token NLL |")
+            lines.append("| --- | --- |" + " ---: |" * (len(cols) + 2))
+            for lab, desc, att in kvs:
+                r = by[(lab, att)]
+                cells = [fmt(r["kv"].get(c, {}).get("accuracy"), 2) for c in cols]
+                lines.append(f"| {desc} | {att} | " + " | ".join(cells) + " | " +
+                             fmt(r["kv"].get("all", {}).get("nll"), 3) + " | " +
+                             fmt(r.get("kv_loss"), 3) + " |")
+            n = by[kvs[0][0], kvs[0][2]]["kv"]
+            lines.append("")
+            lines.append(f"{n['all']['n']} recalls at {ctx} tokens (" + ", ".join(
+                f"{c}: {n[c]['n']}" for c in cols if c != "all") + "), the same for every "
+                "model. Answer NLL: the mean over the recalled digits, ln 10 = 2.303 when "
+                "nothing is retrieved; a model scored with the attention it was trained with "
+                "shows whether retrieval was learned at all.")
+            lines.append("")
     text = "\n".join(lines) + "\n"
     write_atomic(a.md, [text.encode()])
     write_atomic(a.json, [json.dumps({"run": run, "rows": rows}, indent=1).encode()])
@@ -450,12 +676,16 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     g = sub.add_parser("gen")
-    g.add_argument("--kind", required=True, choices=["train", "heldout", "passkey"])
+    g.add_argument("--kind", required=True, choices=["train", "heldout", "passkey", "kv"])
     g.add_argument("--ctx", type=int, required=True)
     g.add_argument("--n", type=int, required=True,
                    help="documents (passkey: documents per bucket)")
     g.add_argument("--seed", type=int, default=1)
     g.add_argument("--buckets", default="0,256,512,1024,1536,2048")
+    g.add_argument("--kv-share", type=float, default=0.0,
+                   help="train: the fraction of dense-recall documents (0)")
+    g.add_argument("--procs", type=int, default=min(16, os.cpu_count() or 1),
+                   help="processes drawing the documents (the result is the same)")
     g.add_argument("-o", "--out")
     g.add_argument("--meta")
     g.add_argument("--logits-in")
@@ -472,6 +702,10 @@ def main(argv=None):
     s.add_argument("--far", type=int, help="also score the prompts of distance >= FAR together")
     for k in ("meta", "logits", "label", "attention", "out"):
         s.add_argument("--" + k, required=True)
+    k = sub.add_parser("kvscore")
+    k.add_argument("--far", type=int, help="also score the recalls of distance >= FAR together")
+    for x in ("meta", "logits", "label", "attention", "out"):
+        k.add_argument("--" + x, required=True)
     q = sub.add_parser("ppl")
     for k in ("line", "label", "out"):
         q.add_argument("--" + k, required=True)
@@ -484,7 +718,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     try:
         return {"gen": cmd_gen, "rate": cmd_rate, "plan": cmd_plan, "score": cmd_score,
-                "ppl": cmd_ppl, "report": cmd_report}[a.cmd](a)
+                "kvscore": cmd_kvscore, "ppl": cmd_ppl, "report": cmd_report}[a.cmd](a)
     except ValueError as e:
         raise SystemExit(f"paper_claim.py {a.cmd}: {e}")
 

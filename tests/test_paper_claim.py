@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """bench/paper_claim.py (bench/paper-claim.sh's corpus, scorer, plan and report), without a GPU.
 
-The corpus: the same seed gives the same documents and token file, every document is exactly
-its context long, each passkey prompt's key and distance are where the meta file says and
-can be read back from its text; the token file equals `s2lora data --bytes` on the same text
-and `s2lora logits` accepts the prompts file. The scorer: a logits file laid out as `s2lora
-logits` writes it (runtime/core/st.c), with known argmaxes and values, gives the expected
-accuracies and NLL per bucket. S2LORA_BIN names the s2lora binary (ctest sets it; default
-build/s2lora).
+The corpus: the same seed gives the same documents and token file (whatever the number of
+processes), every document is exactly its context long, each passkey prompt's key and
+distance and each dense-recall document's recalls (digit, distance) are where the meta file
+says and can be read back from its text, the training mix holds both kinds; the token file
+equals `s2lora data --bytes` on the same text and `s2lora logits` accepts the prompts file.
+The scorers: a logits file laid out as `s2lora logits` writes it (runtime/core/st.c), with
+known argmaxes and values, gives the expected accuracies and NLL per bucket. The report: its
+tables and warnings. The script: every s2lora call of a run on a stand-in. S2LORA_BIN names
+the s2lora binary (ctest sets it; default build/s2lora).
 """
 import contextlib
 import io
@@ -143,9 +145,104 @@ class Corpus(unittest.TestCase):
             m = INFO.search(text)
             self.assertEqual(m.group(1), p["key"])
             self.assertEqual(len(text) - 6 - m.start(1), p["distance"])
-            # the rows that predict the answer: the next token of row r is digit j of the key
+            # the rows that predict the answer " K": the next token of row r is its char j
+            self.assertEqual(len(meta["answer_rows"]), 6)
             for j, r in enumerate(meta["answer_rows"]):
-                self.assertEqual(doc[r + 1], ord(p["key"][j]) + pc.BYTE_OFFSET)
+                self.assertEqual(doc[r + 1], ord((" " + p["key"])[j]) + pc.BYTE_OFFSET)
+
+    def check_kv_doc(self, text, answers, ctx):
+        """A dense-recall document read back from its text alone: every recall's digit is
+        where answers says, its key's first appearance is distance tokens back with the same
+        digit, keys appear at most twice, and the recalls are exactly the second appearances."""
+        self.assertEqual(len(text), ctx - 2)
+        self.assertTrue(text.startswith(pc.KV_TASK + "\n"))
+        body = text[len(pc.KV_TASK) + 1:].rstrip(".")
+        self.assertLess(len(text) - len(pc.KV_TASK) - 1 - len(body), 4)
+        items = body.split(" ")
+        seen, recalls = {}, []
+        off = 1 + len(pc.KV_TASK) + 1  # the token position of the first item (BOS at 0)
+        for i, it in enumerate(items):
+            self.assertRegex(it, r"^[a-z]{2}[0-9]$")
+            key, digit, pos = it[:2], int(it[2]), off + 4 * i + 2
+            if key in seen:
+                first_pos, first_digit, count = seen[key]
+                self.assertEqual(count, 1, f"{key} three times")
+                self.assertEqual(digit, first_digit)
+                recalls.append((pos, digit, pos - first_pos))
+                seen[key] = (first_pos, first_digit, 2)
+            else:
+                seen[key] = (pos, digit, 1)
+        self.assertEqual(recalls, [tuple(a) for a in answers])
+        return recalls
+
+    def test_kv_documents(self):
+        for ctx in (512, 2048):
+            docs = pc.documents("kv", ctx, 40, 3)
+            self.assertEqual(docs, pc.documents("kv", ctx, 40, 3, procs=2))
+            self.assertNotEqual(docs, pc.documents("kv", ctx, 40, 4))
+            path = os.path.join(self.d, f"kv{ctx}")
+            self.assertEqual(pc.write_token_file(path, docs), 40 * ctx)
+            toks, index = read_token_file(path)
+            dist = []
+            for i, d in enumerate(docs):
+                doc = toks[index[i]:index[i + 1]]
+                self.assertEqual((doc[0], doc[-1]), (pc.BOS, pc.EOS))
+                text = text_of(doc[1:-1])
+                self.assertEqual(text, d["text"])
+                for pos, digit, _ in self.check_kv_doc(text, d["answers"], ctx):
+                    self.assertEqual(doc[pos], ord(str(digit)) + pc.BYTE_OFFSET)
+                dist += [a[2] for a in d["answers"]]
+            # dense: about 30 % of the slots are recalls; the distances reach the context's end
+            slots = pc.kv_slots(ctx)[0]
+            self.assertGreater(len(dist) / len(docs), 0.25 * slots)
+            self.assertLess(min(dist), 16)
+            self.assertGreater(max(dist), 0.85 * pc.KV_SLOT * (slots - 1))
+            if ctx == 2048:  # every distance bucket of the evaluation holds many recalls
+                for lo, hi in pc.parse_buckets("0,256,512,1024,1536,2048"):
+                    self.assertGreater(sum(lo <= x < hi for x in dist), 5 * len(docs), (lo, hi))
+
+    def test_train_mix_and_chunks(self):
+        docs = pc.documents("train", 512, 3000, 5, kv_share=0.5)
+        kv = [d for d in docs if "answers" in d]
+        self.assertTrue(1300 < len(kv) < 1700, len(kv))  # the share, within 5.5 sigma
+        for d in kv[:50]:
+            self.check_kv_doc(d["text"], d["answers"], 512)
+        self.assertTrue(all(INFO.search(d["text"]) for d in docs if "answers" not in d))
+        # the first n documents of more are the n documents (across a chunk's end too)
+        self.assertEqual(pc.documents("train", 512, 1500, 5, kv_share=0.5), docs[:1500])
+        self.assertEqual(pc.documents("train", 512, 3000, 5, kv_share=0.5, procs=3), docs)
+        self.assertFalse(any("answers" in d for d in pc.documents("train", 512, 300, 5)))
+        self.assertFalse(any("answers" in d for d in pc.documents("heldout", 512, 300, 5,
+                                                                   kv_share=0.5)))
+        with self.assertRaisesRegex(ValueError, "kv-share 1.5"):
+            pc.documents("train", 512, 3, 5, kv_share=1.5)
+        with self.assertRaisesRegex(ValueError, "dense-recall document needs"):
+            pc.documents("kv", 60, 1, 1)
+
+    def test_kv_eval_set(self):
+        meta_p, st_p = os.path.join(self.d, "m.json"), os.path.join(self.d, "k.st")
+        with contextlib.redirect_stdout(io.StringIO()):
+            pc.main(["gen", "--kind", "kv", "--ctx", "2048", "--n", "3", "--seed", "5",
+                     "--meta", meta_p, "--logits-in", st_p])
+        with open(meta_p) as f:
+            meta = json.load(f)
+        docs = pc.documents("kv", 2048, 3, 5)
+        self.assertEqual(len(meta["answers"]), sum(len(d["answers"]) for d in docs))
+        head, data = read_safetensors(st_p)
+        toks = struct.unpack(f"<{head['tokens']['shape'][0]}i", data[:4 * 3 * 2048])
+        for row, tok, dist in meta["answers"]:
+            i, r = divmod(row, 2048)
+            self.assertEqual(toks[row + 1], tok)  # row predicts the recalled digit
+            text = text_of(toks[i * 2048 + 1:i * 2048 + 2047])
+            # token r + 1 is text[r]: the digit after its key's two letters
+            item = text[r - 2:r + 1]
+            self.assertRegex(item, "^[a-z]{2}[0-9]$")
+            self.assertEqual(tok, ord(item[2]) + pc.BYTE_OFFSET)
+            body = len(pc.KV_TASK) + 1  # items of four characters from here
+            keys = [it[:2] for it in text[body:].split(" ")]
+            first = body + 4 * keys.index(item[:2])  # the key's first appearance
+            self.assertLess(first, r - 2)
+            self.assertEqual(r - (first + 2), dist)
 
     def test_unreachable_bucket_is_refused(self):
         with self.assertRaisesRegex(ValueError, "distances 82..338 only"):
@@ -186,6 +283,21 @@ class AgainstS2lora(unittest.TestCase):
         with open(py, "rb") as f1, open(c, "rb") as f2:
             self.assertEqual(f1.read(), f2.read())
 
+    def test_mixed_token_file_equals_s2lora_data(self):
+        txt = os.path.join(self.d, "txt")
+        py = os.path.join(self.d, "py.tokens")
+        with contextlib.redirect_stdout(io.StringIO()):
+            pc.main(["gen", "--kind", "train", "--ctx", "512", "--n", "8", "--kv-share", "0.5",
+                     "-o", py, "--text-dir", txt])
+        self.assertTrue(0 < sum("answers" in d for d in pc.documents(
+            "train", 512, 8, 1, kv_share=0.5)) < 8)  # both kinds are in it
+        c = os.path.join(self.d, "c.tokens")
+        r = self.run_s2("data", "--bytes", *sorted(
+            os.path.join(txt, n) for n in os.listdir(txt)), "-o", c)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open(py, "rb") as f1, open(c, "rb") as f2:
+            self.assertEqual(f1.read(), f2.read())
+
     def test_logits_accepts_the_prompts(self):
         model = os.path.join(self.d, "m")
         r = self.run_s2("init", SPEC, "--set", "context_length=512", "-o", model)
@@ -219,47 +331,60 @@ class Scorer(unittest.TestCase):
     def tearDown(self):
         self.tmp.cleanup()
 
+    def write_logits(self, path, T, rows, extra=()):
+        """A logits file of T rows: rows maps a row to its values; every other row is zero but
+        for a large value that must not leak into any score."""
+        V = pc.VOCAB
+        logits = [0.0] * (T * V)
+        for r in range(T):
+            logits[r * V + 3] = 100.0
+        for r, row in rows.items():
+            logits[r * V:(r + 1) * V] = row
+        with open(path, "wb") as f:
+            f.write(st_layout([("logits", "F32", [T, V], struct.pack(f"<{len(logits)}f",
+                                                                      *logits))] + list(extra)))
+
+    @staticmethod
+    def row_for(right, i, j, wrong):
+        """Values of a row whose argmax is right (a near miss next to it), or right + 1 when
+        wrong; and the NLL of right."""
+        V = pc.VOCAB
+        row = [0.01 * ((v * 7 + i + j) % 13) for v in range(V)]
+        if wrong:
+            row[right], row[(right + 1) % V] = 2.0, 3.0
+        else:
+            row[right] = 3.0
+            row[(right + 1) % V] = 3.0 - 0.5 * (j + 1)  # a near miss, not a tie
+        return row, math.log(sum(math.exp(x) for x in row)) - row[right]
+
     def test_score_from_logits(self):
-        ctx, V = 512, pc.VOCAB
+        ctx = 512
         buckets = pc.parse_buckets("0,128,256")
         prompts = pc.documents("passkey", ctx, 3, 9, buckets)
         meta = {"ctx": ctx, "buckets": [pc.bucket_name(*b) for b in buckets],
                 "answer_rows": pc.answer_rows(ctx),
                 "prompts": [{k: p[k] for k in ("key", "distance", "bucket")} for p in prompts]}
-        # prompt i gets digit j wrong when (i, j) is in wrong; elsewhere the key's digit wins.
-        wrong = {(0, 4), (3, 0), (3, 1), (4, 2), (5, 0)}
-        logits = [0.0] * (ctx * len(prompts) * V)
-        want_nll = {}
+        # prompt i gets answer token j wrong when (i, j) is in wrong (j 0: the space; the
+        # digits 1..5); elsewhere the answer's token wins. Prompt 1 misses only the space.
+        wrong = {(0, 5), (1, 0), (3, 1), (3, 2), (4, 3), (5, 1)}
+        rows, want_nll = {}, {}
         for i, p in enumerate(prompts):
             for j, r in enumerate(meta["answer_rows"]):
-                base = (i * ctx + r) * V
-                right = ord(p["key"][j]) + pc.BYTE_OFFSET
-                row = [0.01 * ((v * 7 + i + j) % 13) for v in range(V)]
-                if (i, j) in wrong:
-                    row[right], row[(right + 1) % V] = 2.0, 3.0
-                else:
-                    row[right] = 3.0
-                    row[(right + 1) % V] = 3.0 - 0.5 * (j + 1)  # a near miss, not a tie
-                logits[base:base + V] = row
-                lse = math.log(sum(math.exp(x) for x in row))
-                want_nll.setdefault(i, []).append(lse - row[right])
-        # rows that predict nothing the scorer reads: a large value that must not leak in
-        for i in range(len(prompts)):
-            logits[(i * ctx + 5) * V + 3] = 100.0
+                right = ord((" " + p["key"])[j]) + pc.BYTE_OFFSET
+                rows[i * ctx + r], nll = self.row_for(right, i, j, (i, j) in wrong)
+                if j:
+                    want_nll.setdefault(i, []).append(nll)
         path = os.path.join(self.d, "logits.safetensors")
-        with open(path, "wb") as f:
-            f.write(st_layout([
-                ("logits", "F32", [ctx * len(prompts), V],
-                 struct.pack(f"<{len(logits)}f", *logits)),
-                ("loss", "F64", [1], struct.pack("<d", 1.5))]))
+        self.write_logits(path, ctx * len(prompts), rows,
+                          [("loss", "F64", [1], struct.pack("<d", 1.5))])
         res = pc.score(meta, path)
-        # prompts 0..2 in bucket 0-128, 3..5 in 128-256
+        # prompts 0..2 in bucket 0-128, 3..5 in 128-256; only prompt 2 is right throughout
         self.assertEqual(res["0-128"]["n"], 3)
-        self.assertAlmostEqual(res["0-128"]["accuracy"], 2 / 3)
-        self.assertAlmostEqual(res["0-128"]["digit_accuracy"], 14 / 15)
+        self.assertAlmostEqual(res["0-128"]["accuracy"], 1 / 3)
+        self.assertAlmostEqual(res["0-128"]["digit_accuracy"], 14 / 15)  # the space is not a digit
         self.assertAlmostEqual(res["128-256"]["accuracy"], 0.0)
         self.assertAlmostEqual(res["128-256"]["digit_accuracy"], 11 / 15)
-        self.assertAlmostEqual(res["all"]["accuracy"], 2 / 6)
+        self.assertAlmostEqual(res["all"]["accuracy"], 1 / 6)
         self.assertEqual(res["all"]["n"], 6)
         for b, idx in (("0-128", range(3)), ("128-256", range(3, 6))):
             want = sum(sum(want_nll[i]) / 5 for i in idx) / 3
@@ -270,9 +395,60 @@ class Scorer(unittest.TestCase):
         self.assertTrue(0 < len([i for i in far if i < 3]) < 3 and len(far) < 6)
         res = pc.score(meta, path, far=90)
         self.assertEqual(res["90+"]["n"], len(far))
-        exact = sum(not any((i, j) in wrong for j in range(5)) for i in far)
+        exact = sum(not any((i, j) in wrong for j in range(6)) for i in far)
         self.assertAlmostEqual(res["90+"]["accuracy"], exact / len(far))
         self.assertEqual(pc.score_columns(meta, 90), ["0-128", "128-256", "90+", "all"])
+
+    def test_kv_score_from_logits(self):
+        ctx = 512
+        docs = pc.documents("kv", ctx, 3, 2)
+        meta_p, st_p = os.path.join(self.d, "m.json"), os.path.join(self.d, "k.st")
+        with contextlib.redirect_stdout(io.StringIO()):
+            pc.main(["gen", "--kind", "kv", "--ctx", str(ctx), "--n", "3", "--seed", "2",
+                     "--buckets", "0,128,256,512", "--meta", meta_p, "--logits-in", st_p])
+        with open(meta_p) as f:
+            meta = json.load(f)
+        answers = [(i * ctx + pos - 1, digit, dist) for i, d in enumerate(docs)
+                   for pos, digit, dist in d["answers"]]
+        self.assertEqual([(r, d, x) for r, d, x in answers],
+                         [(r, t - ord("0") - pc.BYTE_OFFSET, x) for r, t, x in meta["answers"]])
+        # every third recall is wrong
+        rows, per = {}, {}
+        for k, (r, digit, dist) in enumerate(answers):
+            right = ord(str(digit)) + pc.BYTE_OFFSET
+            rows[r], nll = self.row_for(right, k % 5, k % 3, k % 3 == 0)
+            groups = ["all", next(f"{lo}-{hi}" for lo, hi in ((0, 128), (128, 256), (256, 512))
+                                  if lo <= dist < hi)] + (["300+"] if dist >= 300 else [])
+            for g in groups:
+                s = per.setdefault(g, [0, 0, 0.0])
+                s[0] += 1
+                s[1] += k % 3 != 0
+                s[2] += nll
+        path = os.path.join(self.d, "logits.safetensors")
+        self.write_logits(path, ctx * 3, rows, [("loss", "F64", [1], struct.pack("<d", 0.75))])
+        res = pc.kv_score(meta, path, far=300)
+        self.assertEqual(list(res), ["0-128", "128-256", "256-512", "300+", "all"])
+        for g, (n, hits, nll) in per.items():
+            self.assertEqual(res[g]["n"], n, g)
+            self.assertAlmostEqual(res[g]["accuracy"], hits / n, msg=g)
+            self.assertAlmostEqual(res[g]["nll"], nll / n, places=5, msg=g)
+        self.assertTrue(all(per[g][0] > 3 for g in per))
+        self.assertEqual(pc.logits_loss(path), 0.75)
+        # the row and the JSON kvscore writes; a group without recalls is n 0, not an error
+        out = os.path.join(self.d, "row.json")
+        with contextlib.redirect_stdout(io.StringIO()):
+            pc.main(["kvscore", "--meta", meta_p, "--logits", path, "--label", "s2",
+                     "--attention", "s2", "--out", out, "--far", "600"])
+        with open(out) as f:
+            row = json.load(f)
+        self.assertEqual((row["label"], row["attention"], row["ctx"]), ("s2", "s2", 512))
+        self.assertEqual(row["kv_loss"], 0.75)
+        self.assertEqual(row["kv"]["600+"], {"n": 0, "accuracy": None, "nll": None})
+        self.assertAlmostEqual(row["kv"]["all"]["accuracy"], per["all"][1] / per["all"][0])
+        # a file of another shape is refused
+        self.write_logits(path, ctx * 2, {})
+        with self.assertRaisesRegex(SystemExit, "the documents need 1536"):
+            pc.kv_score(meta, path)
 
     def test_score_refuses_a_mismatched_file(self):
         meta = {"ctx": 300, "buckets": ["0-128"], "answer_rows": pc.answer_rows(300),
@@ -281,7 +457,7 @@ class Scorer(unittest.TestCase):
         with open(path, "wb") as f:
             f.write(st_layout([("logits", "F32", [299, pc.VOCAB],
                                 b"\0" * (4 * 299 * pc.VOCAB))]))
-        with self.assertRaisesRegex(SystemExit, "299 rows"):
+        with self.assertRaisesRegex(SystemExit, "299 rows, the documents need 300"):
             pc.score(meta, path)
 
 
@@ -337,6 +513,65 @@ class PlanAndReport(unittest.TestCase):
                 text = f.read()
             self.assertIn("warning: the pre-trained model retrieves 0.25 of the keys", text)
             self.assertIn("| pre-trained at 512 (its own context) | full | 0.25 | 0.25 |", text)
+            self.assertNotIn("dense recall", text)
+            self.assertNotIn("upper bound", text)
+
+    def test_report_dense_recall_and_the_upper_bound(self):
+        with tempfile.TemporaryDirectory() as d:
+            rows = os.path.join(d, "rows")
+            os.mkdir(rows)
+            cols = ["0-256", "256-512", "512-1024", "512+", "all"]
+
+            def kv(acc, n=10):
+                return {c: {"n": n, "accuracy": a, "nll": 2.0 - a} if a is not None else
+                        {"n": 0, "accuracy": None, "nll": None} for c, a in zip(cols, acc)}
+            for name, row in (
+                    ("full.full.kv", {"label": "full", "ctx": 2048, "attention": "full",
+                                      "kv_columns": cols, "kv": kv([0.9, 0.6, 0.3, 0.3, 0.7]),
+                                      "kv_loss": 1.25}),
+                    ("short.short.kv", {"label": "short", "ctx": 2048, "attention": "short",
+                                        "kv_columns": cols,
+                                        "kv": kv([0.8, 0.4, None, 0.1, 0.5]),
+                                        "kv_loss": None}),
+                    ("full.full.pk", {"label": "full", "ctx": 2048, "attention": "full",
+                                      "columns": ["all"], "passkey": {"all": {
+                                          "n": 5, "accuracy": 0.8, "digit_accuracy": 0.9,
+                                          "digit_nll": 0.3}}}),
+                    ("pre.kv", {"label": "pre@512", "ctx": 512, "attention": "full",
+                                "kv_columns": ["0-128", "all"],
+                                "kv": {"0-128": {"n": 3, "accuracy": 0.2, "nll": 2.1},
+                                       "all": {"n": 3, "accuracy": 0.2, "nll": 2.1}},
+                                "kv_loss": 1.5})):
+                with open(os.path.join(rows, name + ".json"), "w") as f:
+                    json.dump(row, f)
+            md, js = os.path.join(d, "r.md"), os.path.join(d, "r.json")
+            with contextlib.redirect_stdout(io.StringIO()):
+                pc.main(["report", "--rows", rows, "--md", md, "--json", js])
+            with open(md) as f:
+                text = f.read()
+            # the passkey table and the dense-recall table; the same model in both
+            self.assertIn("| LoRA+ with full attention | full | 0.80 | 0.900 | 0.300 | – |", text)
+            self.assertIn("## At 2048 tokens: dense recall", text)
+            self.assertIn("| LoRA+ with full attention | full | 0.90 | 0.60 | 0.30 | 0.30 | 0.70 "
+                          "| 1.300 | 1.250 |", text)
+            self.assertIn("| LoRA+ with short attention (G 512, no shift) | short | 0.80 | 0.40 "
+                          "| – | 0.10 | 0.50 | 1.500 | – |", text)
+            self.assertIn("10 recalls at 2048 tokens (0-256: 10, 256-512: 10, 512-1024: 0, "
+                          "512+: 10)", text)  # the counts of the first row
+            self.assertIn("| pre-trained at 512 (its own context) | full | 0.20 | 0.20 | 2.100 "
+                          "| 1.500 |", text)
+            self.assertIn("warning: the pre-trained model recalls 0.20 of the dense-recall", text)
+            # the full-attention arm recalls 0.30 beyond 512: the upper bound did not learn
+            self.assertIn("retrieves 0.80 of the passkeys and 0.30 of the dense-recall digits at "
+                          "distances 512+ with full attention at 2048", text)
+            # once it does, no warning
+            with open(os.path.join(rows, "full.full.kv.json"), "w") as f:
+                json.dump({"label": "full", "ctx": 2048, "attention": "full",
+                           "kv_columns": cols, "kv": kv([0.9, 0.9, 0.9, 0.9, 0.9])}, f)
+            with contextlib.redirect_stdout(io.StringIO()):
+                pc.main(["report", "--rows", rows, "--md", md, "--json", js])
+            with open(md) as f:
+                self.assertNotIn("upper bound", f.read())
 
 
 # A stand-in for s2lora on a machine without a GPU: it writes what each command of a real run
@@ -392,7 +627,7 @@ else:
 class ScriptWithStandIn(unittest.TestCase):
     """bench/paper-claim.sh's GPU path, end to end, on the stand-in above."""
 
-    def run_script(self, fail=None, sleep=0):
+    def run_script(self, fail=None, sleep=0, **extra):
         self.tmp = tempfile.TemporaryDirectory()
         d = self.tmp.name
         os.mkdir(os.path.join(d, "bin"))
@@ -402,8 +637,9 @@ class ScriptWithStandIn(unittest.TestCase):
         os.chmod(fake, 0o755)
         env = dict(os.environ, S2_BIN=os.path.join(d, "bin"), OUT=os.path.join(d, "out"),
                    FAKE_CALLS=os.path.join(d, "calls"), S2_PC_PRE_STEPS="3",
-                   S2_PC_EXT_STEPS="2", S2_PC_PASSKEY="1", FAKE_FAIL=fail or "",
-                   FAKE_SLEEP=str(sleep))
+                   S2_PC_EXT_STEPS="2", S2_PC_PASSKEY="1", S2_PC_KV_DOCS="2",
+                   FAKE_FAIL=fail or "",
+                   FAKE_SLEEP=str(sleep), **extra)
         r = subprocess.run([os.path.join(ROOT, "bench", "paper-claim.sh")], env=env,
                            capture_output=True, text=True)
         with open(os.path.join(d, "calls")) as f:
@@ -431,11 +667,16 @@ class ScriptWithStandIn(unittest.TestCase):
         self.assertEqual([("--full-attention" in c, "s2attn.shift=0" in c) for c in ext],
                          [(False, False), (False, True), (True, False)])
         logits = [c for c in calls if c[0] == "logits"]
-        # pre at 512 and 2048, each extension with full attention, S2 and short as trained
-        self.assertEqual(len(logits), 7)
+        # pre at 512 and 2048, each extension with full attention, S2 and short as trained:
+        # passkey prompts, then dense-recall documents
+        self.assertEqual(len(logits), 14)
+        tok = [os.path.basename(c[c.index("--tokens") + 1]) for c in logits]
+        self.assertEqual(tok, ["pk512.safetensors", "kv512.safetensors"] +
+                         ["pk2048.safetensors", "kv2048.safetensors"] * 6)
         as_trained = [c for c in logits if "--s2attn" in c]
-        self.assertEqual([("s2attn.shift=0" in c) for c in as_trained], [False, True])
-        for c in logits[2:]:
+        self.assertEqual([("s2attn.shift=0" in c) for c in as_trained],
+                         [False, False, True, True])
+        for c in logits[4:]:
             self.assertIn("--adapter", c)
         self.assertNotIn("--s2attn", " ".join(" ".join(c) for c in calls if c[0] == "eval"))
         with open(os.path.join(out, "paper_claim.json")) as f:
@@ -443,9 +684,23 @@ class ScriptWithStandIn(unittest.TestCase):
         self.assertEqual(res["run"]["status"], "complete")
         pk = [x for x in res["rows"] if "passkey" in x]
         self.assertEqual(len(pk), 7)
-        # the stand-in predicts every next token: every prompt is retrieved
+        # the stand-in predicts every next token: every prompt is retrieved, every digit recalled
         for x in pk:
             self.assertEqual(x["passkey"]["all"]["accuracy"], 1.0)
+        kv = [x for x in res["rows"] if "kv" in x]
+        self.assertEqual(sorted((x["label"], x["attention"]) for x in kv), sorted(
+            [("pre@512", "full"), ("pre@2048", "full"), ("s2", "full"), ("s2", "s2"),
+             ("short", "full"), ("short", "short"), ("full", "full")]))
+        for x in kv:
+            self.assertEqual(x["kv"]["all"]["accuracy"], 1.0)
+            self.assertGreater(x["kv"]["all"]["n"], 50)
+        # the training documents: both kinds
+        with open(os.path.join(out, "paper_claim.log")) as f:
+            log = f.read()
+        for ctx, n in ((512, 25), (2048, 9)):
+            m = re.search(rf"train{ctx}.tokens: {n} train documents of {ctx} tokens "
+                          rf"\(\d+ tokens; (\d+) dense-recall", log)
+            self.assertTrue(m and 0 < int(m.group(1)) < n, (ctx, m))
         with open(os.path.join(out, "paper_claim.md")) as f:
             md = f.read()
         self.assertIn("| LoRA+ with short attention (G 512, no shift) | short |", md)
@@ -455,6 +710,16 @@ class ScriptWithStandIn(unittest.TestCase):
         for m in ("s2", "short", "full"):
             self.assertRegex(md, rf"\n- phase 2 \({m}\): 2 steps of 4 x 2048 tokens, .*, final")
         self.assertIn("| pre-trained at 512 (its own context) | full | 1.00 | 1.00 | 1.00 |", md)
+        self.assertIn("| LoRA+ with S²-Attn (G 512, shift 256) | s2 | 1.00 | 1.00 | 1.00 | 1.00 "
+                      "| 1.00 | 1.00 | 1.00 |", md)  # dense recall as trained: 5 buckets, 512+
+        self.assertIn("- corpus: 0.5 of the training documents dense-recall", md)
+
+    def test_commit_given_wins_over_git(self):
+        # the tree here has a .git; a copied one may carry a stale one: S2_PC_COMMIT is the truth
+        r, _, out = self.run_script(S2_PC_COMMIT="f00dfee")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open(os.path.join(out, "paper_claim.json")) as f:
+            self.assertEqual(json.load(f)["run"]["commit"], "f00dfee")
 
     def test_failure_is_reported(self):
         r, calls, out = self.run_script(fail="s2attn.shift=0")

@@ -233,8 +233,9 @@ const s2_cmd s2_cmd_eval = {
              "windows of --seqlens tokens (default context_length) every --stride tokens (default\n"
              "seqlen); a token is scored once, by the first window that predicts it.\n"
              "--passkey runs LongLoRA's passkey retrieval instead (byte-level vocabulary): TRIALS\n"
-             "prompts of about --seqlens tokens with a five-digit key at a random depth, greedy\n"
-             "decoding of the key with full attention; prints the accuracy.\n",
+             "prompts of --seqlens tokens with a five-digit key at a random depth, greedy\n"
+             "decoding of the answer (a space, then the key) with full attention; prints the\n"
+             "accuracy.\n",
     .epilog = "Exit status 1 on an error, 2 on a usage error, 3 with no CUDA device.\n",
     .opts = eval_opts, .n_opts = sizeof eval_opts / sizeof eval_opts[0],
     .pos_name = "SPEC", .pos_min = 1, .pos_max = 1, .pos_off = offsetof(eval_args, spec),

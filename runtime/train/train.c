@@ -15,6 +15,7 @@
 
 #include "runtime/train/data.h"
 #include "runtime/train/model.h"
+#include "runtime/train/passkey.h"
 #include "runtime/ref/ref_train.h"
 #include "runtime/core/train_io.h"
 #include "runtime/train/sp_xchg.h"
@@ -832,11 +833,21 @@ s2_status s2_eval_run(const s2_rt *rt, const s2_eval_opts *o, s2_eval_result *re
 
 /* ---- passkey retrieval ----------------------------------------------------------------------- */
 
-static int put_bytes(int32_t *tok, int at, int cap, const char *text)
+/* The GPU model as passkey.h's next-token function: one full forward, full attention. */
+typedef struct passkey_model {
+    s2_gm *m;
+    float *logits; /* [cap, vocab] */
+    int vocab;
+} passkey_model;
+
+static s2_status passkey_next(void *ctx, const int32_t *tok, int T, float *row, s2_error *err)
 {
-    for (const unsigned char *c = (const unsigned char *)text; *c && at < cap; c++)
-        tok[at++] = (int32_t)(*c + S2_DATA_BYTE_OFFSET);
-    return at;
+    passkey_model *pm = ctx;
+    s2_gm_batch b = {.tokens = tok, .T = T};
+    s2_status st = s2_gm_eval_batch(pm->m, &b, 1, NULL, NULL, pm->logits, err);
+    if (!st)
+        memcpy(row, pm->logits + (size_t)(T - 1) * pm->vocab, (size_t)pm->vocab * sizeof *row);
+    return st;
 }
 
 s2_status s2_passkey_run(const s2_rt *rt, const s2_eval_opts *o, int trials, uint64_t seed,
@@ -845,72 +856,49 @@ s2_status s2_passkey_run(const s2_rt *rt, const s2_eval_opts *o, int trials, uin
     memset(res, 0, sizeof *res);
     const s2_spec *sp = o->spec;
     const int C = o->seqlen > 0 ? o->seqlen : sp->context_length;
-    static const char task[] = "There is an important info hidden inside a lot of irrelevant "
-                               "text. Find it and memorize them. I will quiz you about the "
-                               "important information there. ";
-    static const char filler[] = "The grass is green. The sky is blue. The sun is yellow. Here "
-                                 "we go. There and back again. ";
-    static const char question[] = "What is the pass key? The pass key is";
-    const int fixed = 1 + (int)(sizeof task + sizeof question) + 80; /* BOS, info line, margin */
-    if (sp->model.vocab_size < (int)S2_DATA_BYTE_VOCAB)
+    const int V = sp->model.vocab_size;
+    if (V < (int)S2_DATA_BYTE_VOCAB)
         return s2_error_set(err, S2_ERR_INVALID,
                             "passkey: the byte-level vocabulary needs vocab_size >= %u, the "
-                            "spec's model has %d", S2_DATA_BYTE_VOCAB, sp->model.vocab_size);
-    if (trials < 1 || C < fixed + (int)sizeof filler)
+                            "spec's model has %d", S2_DATA_BYTE_VOCAB, V);
+    if (trials < 1 || C < s2_passkey_min_seqlen())
         return s2_error_set(err, S2_ERR_INVALID,
-                            "passkey: %d trials (>= 1) at seqlen %d (>= %d: the task, one filler "
-                            "sentence and the question)", trials, C, fixed + (int)sizeof filler);
-    s2_gm *m = NULL;
-    const int cap = C + 8; /* the prompt and the decoded digits */
-    int32_t *tok = malloc((size_t)cap * sizeof *tok);
-    float *logits = malloc((size_t)cap * sp->model.vocab_size * sizeof *logits);
-    s2_status st = (!tok || !logits) ? s2_error_set(err, S2_ERR_NOMEM, "out of memory")
-                                     : open_eval_model(rt, o, cap, 0, &m, err);
+                            "passkey: %d trials (>= 1) at seqlen %d (>= %d: the task, the "
+                            "information line, the question and the answer)", trials, C,
+                            s2_passkey_min_seqlen());
+    passkey_model pm = {.vocab = V};
+    int32_t *tok = malloc((size_t)C * sizeof *tok);
+    float *row = malloc((size_t)V * sizeof *row);
+    pm.logits = malloc((size_t)C * V * sizeof *pm.logits);
+    s2_status st = (!tok || !row || !pm.logits) ? s2_error_set(err, S2_ERR_NOMEM, "out of memory")
+                                                : open_eval_model(rt, o, C, 0, &pm.m, err);
     for (int tr = 0; tr < trials && !st; tr++) {
-        uint64_t r = mix(seed, (uint64_t)tr);
-        const int key = 10000 + (int)(r % 90000); /* five digits */
-        char info[128], digits[16];
-        snprintf(digits, sizeof digits, "%d", key);
-        snprintf(info, sizeof info, "The pass key is %d. Remember it. %d is the pass key. ", key,
-                 key);
-        const int n_fill = (C - fixed) / (int)(sizeof filler - 1);
-        const int depth = (int)(mix(r, 7) % (uint64_t)(n_fill + 1));
-        int n = 0;
-        tok[n++] = (int32_t)S2_DATA_BYTE_BOS;
-        n = put_bytes(tok, n, cap, task);
-        for (int f = 0; f < n_fill; f++) {
-            if (f == depth)
-                n = put_bytes(tok, n, cap, info);
-            n = put_bytes(tok, n, cap, filler);
-        }
-        if (depth == n_fill)
-            n = put_bytes(tok, n, cap, info);
-        n = put_bytes(tok, n, cap, question);
-        int ok = 1;
-        for (int dgt = 0; digits[dgt] && !st; dgt++) {
-            s2_gm_batch b = {.tokens = tok, .T = n};
-            st = s2_gm_eval_batch(m, &b, 1, NULL, NULL, logits, err);
-            if (st)
-                break;
-            const float *row = logits + (size_t)(n - 1) * sp->model.vocab_size;
-            int best = 0;
-            for (int v = 1; v < sp->model.vocab_size; v++)
-                if (row[v] > row[best])
-                    best = v;
-            if (s2_data_byte_of((uint32_t)best) != (int)(unsigned char)digits[dgt])
-                ok = 0;
-            if (n < cap)
-                tok[n++] = best;
-        }
+        s2_passkey_prompt p;
+        int ok = 0;
+        int32_t picks[S2_PASSKEY_ANSWER];
+        st = s2_passkey_prompt_make(C, seed, tr, tok, C, &p, err);
+        if (!st)
+            st = s2_passkey_decode(&p, tok, V, row, passkey_next, &pm, &ok, picks, err);
+        if (st)
+            break;
         res->trials++;
-        res->correct += ok && !st;
-        if (o->progress)
-            say(o->progress, o->progress_ctx, "passkey trial %d: key %s at depth %d/%d: %s", tr + 1,
-                digits, depth, n_fill, ok ? "retrieved" : "missed");
+        res->correct += ok;
+        if (o->progress) {
+            char got[S2_PASSKEY_ANSWER + 1];
+            for (int i = 0; i < S2_PASSKEY_ANSWER; i++) {
+                const int c = s2_data_byte_of((uint32_t)picks[i]);
+                got[i] = c >= 32 && c < 127 ? (char)c : '?';
+            }
+            got[S2_PASSKEY_ANSWER] = 0;
+            say(o->progress, o->progress_ctx, "passkey trial %d: key %s at depth %d/%d: %s "
+                "(decoded \"%s\")", tr + 1, p.key, p.prefix, p.garbage,
+                ok ? "retrieved" : "missed", got);
+        }
     }
     res->accuracy = res->trials ? (double)res->correct / res->trials : 0;
-    s2_gm_close(m);
+    s2_gm_close(pm.m);
     free(tok);
-    free(logits);
+    free(row);
+    free(pm.logits);
     return st;
 }

@@ -115,12 +115,12 @@ typedef struct s2_eval_result {
 } s2_eval_result;
 
 /*
- * Passkey retrieval (LongLoRA's test) on the byte-level vocabulary of s2lora data: a prompt of
- * about seqlen tokens — the task, filler sentences, "The pass key is NNNNN. Remember it. NNNNN
- * is the pass key." at a random depth, more filler, "What is the pass key? The pass key is" —
- * then greedy decoding of as many tokens as the key has digits (one full forward each, full
- * attention). Every trial draws its key and depth from seed + trial. Needs a model with the
- * byte vocabulary (vocab_size >= 264).
+ * Passkey retrieval (LongLoRA's test) on the byte-level vocabulary of s2lora data: each trial
+ * is passkey.h's prompt of seqlen - 6 tokens (a five-digit key at a random depth in filler
+ * text, the question "What is the pass key? The pass key is" at the end), then greedy decoding
+ * of the answer " NNNNN" (the space and the digits, six tokens; one full forward each, full
+ * attention): a trial counts when all six are right. Trial t draws its key and depth from
+ * (seed, t). Needs a model with the byte vocabulary (vocab_size >= 264).
  */
 typedef struct s2_passkey_result {
     int trials, correct;
