@@ -118,6 +118,7 @@ static s2_status emit_constants(s2_buf *b, const s2_spec *spec, const s2_attn_pl
         {"S2_BWD_ATOMIC_DQ", NULL, t->bwd_atomic_dq, 0, 1},
         {"S2_BWD_WGMMA", NULL, t->bwd_wgmma, 0, 1},
         {"S2_BWD_MBAR", NULL, t->bwd_mbar, 0, 1},
+        {"S2_BWD_TMA", NULL, t->bwd_tma, 0, 1},
         {"S2_BLOCK_M", NULL, p->bwd_block_m, 1, 128},
     };
     for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
@@ -179,6 +180,8 @@ static s2_status emit_constants(s2_buf *b, const s2_spec *spec, const s2_attn_pl
                       p->tile.bwd_warps);
     if (unit == S2_UNIT_ATTN_FWD && p->tile.fwd_tma) /* only then, as S2_WINDOW */
         s2_buf_printf(b, "#define S2_FWD_TMA 1\n\n");
+    if (unit == S2_UNIT_ATTN_BWD && p->tile.bwd_tma) /* likewise */
+        s2_buf_printf(b, "#define S2_BWD_TMA 1\n\n");
     return S2_OK;
 }
 
@@ -227,6 +230,7 @@ static const struct {
 } opt_blocks[] = {
     {"S2_WINDOW", "window", S2_EMIT_OPT_WINDOW},
     {"S2_FWD_TMA", "fwd_tma", S2_EMIT_OPT_FWD_TMA},
+    {"S2_BWD_TMA", "bwd_tma", S2_EMIT_OPT_BWD_TMA},
 };
 #define N_OPT_BLOCKS ((int)(sizeof opt_blocks / sizeof opt_blocks[0]))
 
@@ -423,7 +427,8 @@ s2_status s2_emit_attn(const s2_spec *spec, const s2_attn_plan *plan, s2_attn_un
     s2_buf b = {0};
     /* the option blocks the unit's templates keep (s2_emit_template_text) */
     const unsigned w = (plan->window ? S2_EMIT_OPT_WINDOW : 0) |
-                       (unit == S2_UNIT_ATTN_FWD && plan->tile.fwd_tma ? S2_EMIT_OPT_FWD_TMA : 0);
+                       (unit == S2_UNIT_ATTN_FWD && plan->tile.fwd_tma ? S2_EMIT_OPT_FWD_TMA : 0) |
+                       (unit == S2_UNIT_ATTN_BWD && plan->tile.bwd_tma ? S2_EMIT_OPT_BWD_TMA : 0);
     emit_banner(&b, spec, unit);
     s2_status st = emit_constants(&b, spec, plan, unit, err);
     if (!st)
@@ -449,6 +454,8 @@ s2_status s2_emit_attn(const s2_spec *spec, const s2_attn_plan *plan, s2_attn_un
     if (!st && unit == S2_UNIT_ATTN_BWD && plan->tile.bwd_wgmma) {
         emit_wgmma(&b, plan, plan->tile.bwd_block_n, 1);
         st = emit_template_as(&b, "wgmma.cuh", w, err);
+        if (!st && plan->tile.bwd_tma)
+            st = emit_template_as(&b, "tma.cuh", w, err);
         if (!st)
             st = emit_template_as(&b, "attn_bwd_wgmma.cuh", w, err);
     } else if (!st && unit == S2_UNIT_ATTN_BWD) {

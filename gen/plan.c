@@ -99,6 +99,7 @@ static const struct {
     {"bwd_atomic_dq", offsetof(s2_attn_tile, bwd_atomic_dq), 0, 1, 0},
     {"bwd_wgmma", offsetof(s2_attn_tile, bwd_wgmma), 0, 1, 0},
     {"bwd_mbar", offsetof(s2_attn_tile, bwd_mbar), 0, 1, 0},
+    {"bwd_tma", offsetof(s2_attn_tile, bwd_tma), 0, 1, 0},
 #ifdef S2_TEST_BROKEN_TILE
     {"test_broken", offsetof(s2_attn_tile, test_broken), 0, 1, 0},
 #endif
@@ -124,7 +125,8 @@ s2_status s2_plan_parse_tile(const char *text, s2_attn_tile *t, s2_error *err)
             return s2_error_set(err, S2_ERR_INVALID,
                                 "tile '%s': unknown key '%.*s'; valid: fwd_warps, fwd_strips, "
                                 "fwd_block_n, fwd_stages, fwd_wgmma, fwd_mbar, fwd_tma, bwd_warps, "
-                                "bwd_block_n, bwd_stages, bwd_atomic_dq, bwd_wgmma, bwd_mbar",
+                                "bwd_block_n, bwd_stages, bwd_atomic_dq, bwd_wgmma, bwd_mbar, "
+                                "bwd_tma",
                                 text, (int)(eq - p), p);
         char *num_end;
         errno = 0;
@@ -170,7 +172,8 @@ s2_status s2_plan_check_tile_text(const char *text, const char *arch, s2_error *
             const int lo = tile_keys[k].min, hi = tile_keys[k].max;
             wgmma |= (tile_keys[k].off == offsetof(s2_attn_tile, fwd_wgmma) ||
                       tile_keys[k].off == offsetof(s2_attn_tile, fwd_tma) ||
-                      tile_keys[k].off == offsetof(s2_attn_tile, bwd_wgmma)) && v == 1;
+                      tile_keys[k].off == offsetof(s2_attn_tile, bwd_wgmma) ||
+                      tile_keys[k].off == offsetof(s2_attn_tile, bwd_tma)) && v == 1;
             if (v >= lo && v <= hi && (!tile_keys[k].pow2 || (v & (v - 1)) == 0))
                 continue;
             char valid[64];
@@ -188,8 +191,8 @@ s2_status s2_plan_check_tile_text(const char *text, const char *arch, s2_error *
     }
     if (arch && strcmp(arch, "sm_90a") && wgmma)
         return s2_error_set(err, S2_ERR_INVALID,
-                            "tile '%s': fwd_wgmma, fwd_tma or bwd_wgmma = 1 needs sm_90a "
-                            "(Hopper's wgmma and TMA), not %s", text, arch);
+                            "tile '%s': fwd_wgmma, fwd_tma, bwd_wgmma or bwd_tma = 1 needs "
+                            "sm_90a (Hopper's wgmma and TMA), not %s", text, arch);
     return S2_OK;
 }
 
@@ -327,10 +330,12 @@ static s2_status check_fwd_tile(const s2_attn_tile *t, int d, int limit, const c
 static int bwd_smem(const s2_attn_tile *t, int d, int *dq, int *dkdv)
 {
     if (t->bwd_wgmma) { /* swizzled panels without row pad, plus 1 KiB to align them, and with
-                         * bwd_mbar two 8-byte mbarriers a stage at the end */
+                         * bwd_mbar two 8-byte mbarriers a stage at the end (with bwd_tma the
+                         * dK/dV kernel's K and V rows have one more, padded to 16 bytes) */
         *dq = (2 * 16 * t->bwd_warps + 2 * t->bwd_stages * t->bwd_block_n) * d * 2 + 1024 +
               (t->bwd_mbar ? 16 * t->bwd_stages : 0);
-        *dkdv = *dq + 2 * t->bwd_stages * t->bwd_block_n * (int)sizeof(float);
+        *dkdv = *dq + 2 * t->bwd_stages * t->bwd_block_n * (int)sizeof(float) +
+                (t->bwd_tma ? 16 : 0);
         if (t->bwd_atomic_dq) /* dS^T of one tile, [keys][64 queries] swizzled, 1 KiB aligned */
             *dkdv += 16 * t->bwd_warps * 64 * 2 + 1024;
         return *dkdv;
@@ -358,6 +363,17 @@ static s2_status check_bwd_wgmma(const s2_attn_tile *t, int d, const char *arch,
                             "%d; valid only with bwd_wgmma 1, bwd_stages 3..4, bwd_atomic_dq 0 "
                             "(or bwd_mbar = 0)",
                             t->bwd_wgmma, t->bwd_stages, t->bwd_atomic_dq);
+    if (t->bwd_tma != 0 && t->bwd_tma != 1)
+        return s2_error_set(err, S2_ERR_INVALID, "tile: bwd_tma = %d, valid: 0, 1", t->bwd_tma);
+    if (t->bwd_tma && (!t->bwd_wgmma || !t->bwd_mbar || t->bwd_warps != 8 ||
+                       t->bwd_stages < 3 || t->bwd_atomic_dq))
+        return s2_error_set(err, S2_ERR_INVALID,
+                            "tile: bwd_tma = 1 with bwd_wgmma %d, bwd_mbar %d, bwd_warps %d, "
+                            "bwd_stages %d, bwd_atomic_dq %d; valid with bwd_wgmma 1, bwd_mbar 1, "
+                            "bwd_warps 8 (the two consumer warpgroups beside the producer), "
+                            "bwd_stages 3..4 and bwd_atomic_dq 0",
+                            t->bwd_wgmma, t->bwd_mbar, t->bwd_warps, t->bwd_stages,
+                            t->bwd_atomic_dq);
     if (!t->bwd_wgmma)
         return S2_OK;
     if (strcmp(arch, "sm_90a"))
@@ -596,6 +612,8 @@ s2_status s2_plan_attn(const s2_spec *spec, const char *arch, const s2_attn_tile
     /* with fwd_tma a producer warpgroup beside the fwd_warps that compute */
     p->fwd_threads = 32 * p->tile.fwd_warps + (p->tile.fwd_tma ? 128 : 0);
     p->bwd_threads = 32 * p->tile.bwd_warps;
+    /* with bwd_tma a producer warpgroup beside the bwd_warps of the dK/dV kernel */
+    p->dkdv_threads = p->bwd_threads + (p->tile.bwd_tma ? 128 : 0);
     p->bwd_tensor_cores = p->d <= 128;
     p->bwd_block_m = (p->bwd_tensor_cores ? 16 : 2) * p->tile.bwd_warps;
     p->mask_group_edge = needs_group_edge_mask(p);
@@ -610,6 +628,12 @@ s2_status s2_plan_attn(const s2_spec *spec, const char *arch, const s2_attn_tile
                             "tile as one box of consecutive rows, and roll mode's last group wraps "
                             "the sequence's tail onto its head; valid with shift_mode split (or "
                             "fwd_tma 0, which gathers rows by position)");
+    if (p->tile.bwd_tma && p->shift_rot)
+        return s2_error_set(err, S2_ERR_INVALID,
+                            "tile: bwd_tma = 1 with shift_mode roll: the TMA dK/dV kernel loads "
+                            "each tile as one box of consecutive rows, and roll mode's last group "
+                            "wraps the sequence's tail onto its head; valid with shift_mode split "
+                            "(or bwd_tma 0, which gathers rows by position)");
     return check_context(spec, p, err);
 }
 
@@ -680,16 +704,18 @@ int s2_plan_tile_space(const s2_spec *spec, const char *arch, s2_attn_unit unit,
             for (int c = 0; c < (scalar ? 1 : COUNT(bwd_widths)); c++)
                 for (int d = 0; d < (scalar ? 1 : COUNT(stage_counts)); d++)
                     for (int e = 0; e < (scalar ? 1 : 2); e++)
-                        for (int f = 0; f < (scalar ? 1 : COUNT(mbar_modes)); f++) {
-                            t.bwd_warps = warp_counts[a];
-                            if (!scalar) {
-                                t.bwd_wgmma = wgmma_modes[w];
-                                t.bwd_block_n = bwd_widths[c], t.bwd_stages = stage_counts[d];
-                                t.bwd_atomic_dq = e;
-                                t.bwd_mbar = mbar_modes[f];
+                        for (int f = 0; f < (scalar ? 1 : COUNT(mbar_modes)); f++)
+                            for (int g = 0; g < (scalar ? 1 : COUNT(tma_modes)); g++) {
+                                t.bwd_warps = warp_counts[a];
+                                if (!scalar) {
+                                    t.bwd_wgmma = wgmma_modes[w];
+                                    t.bwd_block_n = bwd_widths[c];
+                                    t.bwd_stages = stage_counts[d];
+                                    t.bwd_atomic_dq = e;
+                                    t.bwd_mbar = mbar_modes[f], t.bwd_tma = tma_modes[g];
+                                }
+                                space_add(spec, arch, &t, &def, out, max, &n);
                             }
-                            space_add(spec, arch, &t, &def, out, max, &n);
-                        }
     return n;
 }
 
@@ -828,6 +854,11 @@ s2_status s2_plan_window(const s2_spec *spec, s2_attn_plan *p, s2_error *err)
         p->tile.fwd_tma = 0;
         p->fwd_threads = 32 * p->tile.fwd_warps;
         p->smem_fwd = fwd_smem(&p->tile, p->d);
+    }
+    if (p->tile.bwd_tma) { /* likewise the window's dK/dV kernel */
+        p->tile.bwd_tma = 0;
+        p->dkdv_threads = p->bwd_threads;
+        bwd_smem(&p->tile, p->d, &p->smem_dq, &p->smem_dkdv);
     }
     window_tile t[4];
     const int n = window_tile_list(p, t);

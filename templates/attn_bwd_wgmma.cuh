@@ -437,7 +437,15 @@ __device__ __forceinline__ void s2_pt_in_place(float (&s)[S2_SACC], const float 
         }
 }
 
+#if S2_BWD_TMA // (the option blocks of the TMA dK/dV kernel: templates/tma.cuh says how it works)
+#define S2_DKDV_BLOCK (S2_BWD_THREADS + 128) // the threads that compute, and the producer's
+// full[st]'s arrivals a phase: the issuing thread's arrive.expect_tx, and each of the producer
+// warp's 32 threads once its cp.async copies of lse and delta have landed
+#define S2_DKDV_FULL_ARRIVALS 33
+extern "C" __global__ void __launch_bounds__(S2_DKDV_BLOCK, 1)
+#else
 extern "C" __global__ void __launch_bounds__(S2_BWD_THREADS, 1)
+#endif
 s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
                  const s2_elem *__restrict__ v, const s2_elem *__restrict__ dout,
                  const float *__restrict__ lse, const float *__restrict__ delta,
@@ -447,7 +455,14 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
 #if S2_WINDOW
                  const int *__restrict__ cu_seqlens, int total_tokens, int win_qlo, int win_klo)
 #else
+#if S2_BWD_TMA
+                 const int *__restrict__ cu_seqlens, int total_tokens,
+                 const __grid_constant__ s2_tmap tm_q,   // q, k, v, dout as tensor maps
+                 const __grid_constant__ s2_tmap tm_k, const __grid_constant__ s2_tmap tm_v,
+                 const __grid_constant__ s2_tmap tm_do)
+#else
                  const int *__restrict__ cu_seqlens, int total_tokens)
+#endif
 #endif
 {
     s2_grid_dependency();
@@ -479,7 +494,11 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
     if (y0 >= n)
         return;
 #endif
+#if S2_BWD_TMA // the consumers are warpgroups 1 and 2 of the block, numbered 0 and 1 here
+    const int wg = threadIdx.x / 128 - 1, warp = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32;
+#else
     const int wg = threadIdx.x / 128, warp = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32;
+#endif
     const int t = lane % 4;
     const int ylast = min(y0 + S2_BWD_BM, n) - 1;
     const int y_group_end = s2_group_end(y0, cls, n);
@@ -497,6 +516,71 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
     for (int e = 0; e < 2; e++)
         s2_key_span(key0 + 8 * e, cls, n, qlo[e], qhi[e]);
 
+#if S2_BWD_TMA
+    // full[st] = bars[st]: S2_DKDV_FULL_ARRIVALS and the Q and dO tiles' bytes; empty[st] =
+    // bars[STAGES + st]: every consumer thread (s2_ring_release); kvbar: K's and V's bytes.
+    unsigned long long *bars = (unsigned long long *)(sl + 2 * S2_BWD_STAGES * S2_BWD_BN);
+    unsigned long long *kvbar = bars + 2 * S2_BWD_STAGES;
+    if (threadIdx.x == 0) {
+        for (int i = 0; i < S2_BWD_STAGES; i++) {
+            s2_mbar_init(&bars[i], S2_DKDV_FULL_ARRIVALS);
+            s2_mbar_init(&bars[S2_BWD_STAGES + i], S2_BWD_THREADS);
+        }
+        s2_mbar_init(kvbar, 1);
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+    if (threadIdx.x < 128) { // the producer: its first warp loads, the rest leave
+        s2_setmaxnreg_dec<24>();
+        if (threadIdx.x < 32) {
+            constexpr unsigned KVBYTES = 2 * S2_BWD_BM * S2_HEAD_DIM * 2;
+            constexpr unsigned QDBYTES = 2 * S2_BWD_BN * S2_HEAD_DIM * 2;
+            const bool issues = threadIdx.x == 0;
+            if (issues) { // the block's K and V rows, once
+                s2_tma_prefetch_map(&tm_q);
+                s2_tma_prefetch_map(&tm_k);
+                s2_tma_prefetch_map(&tm_v);
+                s2_tma_prefetch_map(&tm_do);
+                s2_mbar_expect_tx(kvbar, KVBYTES);
+#pragma unroll
+                for (int pn = 0; pn < S2_HEAD_DIM / 64; pn++) {
+                    s2_tma_load3(sk + pn * S2_BWD_BM * 64, &tm_k, pn * 64, hk, seq0 + y0, kvbar);
+                    s2_tma_load3(sv + pn * S2_BWD_BM * 64, &tm_v, pn * 64, hk, seq0 + y0, kvbar);
+                }
+            }
+            // The (head, query tile) pairs in walk order, as the consumers take them: into
+            // stage j % STAGES once every consumer is done with tile j - STAGES there. lse and
+            // delta by cp.async (their rows of [H, T] need not be 16-byte aligned for a bulk
+            // copy), zero at or past n as in the other kernels.
+            int h = hk * rep, qt = qt_begin;
+            for (int j = 0; j < n_it; j++) {
+                const int st = j % S2_BWD_STAGES, x0 = qt * S2_BWD_BN;
+                if (j >= S2_BWD_STAGES)
+                    s2_mbar_wait(&bars[S2_BWD_STAGES + st], (j / S2_BWD_STAGES - 1) & 1);
+                if (issues) {
+                    s2_elem *dst = sqd + 2 * st * qd_stride;
+                    s2_mbar_expect_tx(&bars[st], QDBYTES);
+#pragma unroll
+                    for (int pn = 0; pn < S2_HEAD_DIM / 64; pn++) {
+                        s2_tma_load3(dst + pn * S2_BWD_BN * 64, &tm_q, pn * 64, h, seq0 + x0,
+                                     &bars[st]);
+                        s2_tma_load3(dst + qd_stride + pn * S2_BWD_BN * 64, &tm_do, pn * 64, h,
+                                     seq0 + x0, &bars[st]);
+                    }
+                }
+                s2_load_lse_delta<S2_BWD_BN, 32>(sl + 2 * st * S2_BWD_BN, lse, delta, x0, n,
+                                                 seq0, cls, h, total_tokens);
+                s2_mbar_arrive_copies(&bars[st]);
+                if (++qt == qt_begin + n_qt)
+                    qt = qt_begin, h++;
+            }
+            s2_cp_async_wait<0>(); // (this warp's last copies land before it leaves)
+        }
+        return;
+    }
+    s2_setmaxnreg_inc<240>();
+    s2_mbar_wait(kvbar, 0);
+#else
     s2_load_tile_sw<S2_BWD_BM, S2_BWD_THREADS>(sk, k, seq0, y0, n, cls, S2_NUM_KV_HEADS, hk);
     s2_load_tile_sw<S2_BWD_BM, S2_BWD_THREADS>(sv, v, seq0, y0, n, cls, S2_NUM_KV_HEADS, hk);
 
@@ -513,13 +597,17 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
         s2_load_lse_delta<S2_BWD_BN, S2_BWD_THREADS>(sl + 2 * st * S2_BWD_BN, lse, delta, x0, n,
                                                      seq0, cls, h, total_tokens);
     };
+#endif
 #if !S2_BWD_ATOMIC_DQ
+#if S2_BWD_TMA // (the producer loads every tile, on the ring set up above)
+#else
     // Step j's S^T and dP^T run beside dV += P^T dO and dK += dS^T Q of step j - 1, which read
     // Q and dO of tile j - 1. (load_tile follows the walk, so tile j is the next pair.)
     auto load_next = [&](int j) { load_tile(j % S2_BWD_STAGES); };
     unsigned long long *bars = (unsigned long long *)(sl + 2 * S2_BWD_STAGES * S2_BWD_BN);
     s2_ring_init(bars);
     s2_ring_prologue(bars, n_it, load_next);
+#endif
 
     float adk[S2_OACC], adv[S2_OACC];
 #pragma unroll
@@ -535,7 +623,11 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
     for (int it = 0; it < n_it; it++) {
         if (++cur_qt == qt_begin + n_qt)
             cur_qt = qt_begin;
+#if S2_BWD_TMA // tile it's Q, dO (the TMA writes through the async proxy, which wgmma reads)
+        s2_mbar_wait(&bars[it % S2_BWD_STAGES], (it / S2_BWD_STAGES) & 1); // lse and delta too
+#else
         s2_ring_top(bars, it, load_next);
+#endif
         const int st = it % S2_BWD_STAGES;
         const s2_elem *sq = sqd + 2 * st * qd_stride, *sdo = sq + qd_stride;
         const float *slse = sl + (2 * st) * S2_BWD_BN, *sdl = slse + S2_BWD_BN;
@@ -546,20 +638,59 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
         float s[S2_SACC], dp[S2_SACC]; // rows: this warpgroup's keys; columns: the queries
         s2_fence_regs(adv);
         s2_fence_regs(adk);
+#if S2_BWD_TMA
+        // (Not behind them here: with the step before's products in flight across the loop,
+        // ptxas serialises every product at the consumers' 240 registers. Each step's own dV
+        // product runs while its dS^T is formed, and the other warpgroup's products, in turns,
+        // while this one forms P^T.)
+#if S2_BWD_TURNS
+        s2_turn_wait(wg);
+#endif
+        s2_wgmma_pair_issue(s, dp, sk, sq, sv, sdo, wg * 64);
+#if S2_BWD_TURNS
+        s2_turn_pass(wg);
+#endif
+        s2_wgmma_wait0();
+        s2_fence_regs(s);
+        s2_fence_regs(dp);
+#else
         s2_overlap_products(it, s, dp, sk, sq, sv, sdo, wg, [&] {
             const s2_elem *pq = sqd + 2 * ((it - 1) % S2_BWD_STAGES) * qd_stride;
             s2_wgmma_py<S2_BWD_BN>(adv, pa, pq + qd_stride); // dV += P^T dO
             s2_wgmma_py<S2_BWD_BN>(adk, da, pq);             // dK += dS^T Q
         }, n_it, bars, false, load_next);
+#endif
 
         // P^T and dS^T = P^T ∘ (dP^T - delta) in place of S^T and dP^T; packed into the
         // fragments once the products of the step before are done with them
         const bool masked = (S2_MASK_GROUP_EDGE && x0 + S2_BWD_BN > y_group_end) ||
                             x0 < y0 + S2_BWD_BM - 1 || x0 + S2_BWD_BN > n;
         s2_pt_in_place(s, slse, masked, x0, qlo, qhi, t);
+#if S2_BWD_TMA // dV += P^T dO, issued
+        s2_acc_to_afrag<S2_BWD_BN / 8>(s, pa);
+        s2_fence_regs(adv);
+        s2_wgmma_fence();
+        s2_wgmma_py<S2_BWD_BN>(adv, pa, sdo);
+        s2_wgmma_commit();
+#endif
 #pragma unroll
         for (int i = 0; i < S2_SACC; i++) // n8 chunk i / 4, query column 2 t + i % 2 of it
             dp[i] = s[i] * (dp[i] - sdl[(i / 4) * 8 + 2 * t + i % 2]); // dS^T
+#if S2_BWD_TMA // dK += dS^T Q, then both waited for: the stage goes back to the producer
+        s2_acc_to_afrag<S2_BWD_BN / 8>(dp, da);
+        s2_fence_regs(adk);
+        s2_wgmma_fence();
+        s2_wgmma_py<S2_BWD_BN>(adk, da, sq);
+        s2_wgmma_commit();
+        s2_wgmma_wait0();
+        s2_fence_regs(adv);
+        s2_fence_regs(adk);
+        s2_ring_release(bars, it);
+    }
+#if S2_BWD_TURNS
+    s2_turn_end(wg);
+#endif
+#else
         s2_wgmma_wait0();
         s2_fence_regs(adv);
         s2_fence_regs(adk);
@@ -583,6 +714,7 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
         s2_fence_regs(adv);
         s2_fence_regs(adk);
     }
+#endif
 #else
 #pragma unroll
     for (int s = 0; s < S2_BWD_STAGES - 1; s++) {

@@ -10,6 +10,18 @@
 // Split mode only (a tile's rows are consecutive positions; the plan refuses roll mode), and
 // rows past the sequence's end inside the batch are the next sequence's: the masks keep them
 // out, as they keep out the zeros the cp.async forms write there.
+#if S2_BWD_TMA
+//
+// The TMA dK/dV kernel (attn_bwd_wgmma.cuh's S2_BWD_TMA blocks; the plan's bwd_tma, on
+// bwd_mbar's rings), the same way: the producer warpgroup first, its first warp alone staying.
+// Its thread 0 loads the block's K and V rows once (their own mbarrier) and, for every (head,
+// query tile) pair of the walk, the Q and dO tiles into the pair's stage, counting the bytes on
+// full[st]; the warp's 32 threads copy the pair's lse and delta rows there by cp.async (a bulk
+// copy needs a 16-byte aligned source, which a row of [H, T] fp32 is not in general), each
+// arriving on full[st] once its copies land, so full[st] waits for 33 arrivals and the bytes.
+// The consumers release a stage on empty[st] as with cp.async. Rows past the sequence's end
+// read as the next sequence's Q, dO, K and V (masked out, as above) and as zero lse and delta.
+#endif
 
 // The Tensor Memory Accelerator (the plan's fwd_tma). A tensor map (CUtensorMap: 128 bytes, made
 // on the host by cuTensorMapEncodeTiled for the launch's pointer and token count) is a kernel

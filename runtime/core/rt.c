@@ -262,16 +262,17 @@ static s2_status load_units(s2_attn *a, const s2_rt *rt, const s2_spec *spec,
                                               cudaFuncAttributeMaxDynamicSharedMemorySize,
                                               a->plan.smem_fwd),
                          "cudaFuncSetAttribute(s2_attn_fwd, max dynamic shared memory)", err);
-    if (!st && a->plan.tile.fwd_tma) {
+    if (!st && (a->plan.tile.fwd_tma || a->plan.tile.bwd_tma)) {
         enum cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
         st = s2_rt_check(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &a->tma_encode,
                                                           12000, cudaEnableDefault, &q),
                          "cudaGetDriverEntryPointByVersion(cuTensorMapEncodeTiled)", err);
         if (!st && (q != cudaDriverEntryPointSuccess || !a->tma_encode))
             st = s2_error_set(err, S2_ERR_CUDA,
-                              "tile fwd_tma = 1: the driver has no cuTensorMapEncodeTiled "
+                              "tile %s = 1: the driver has no cuTensorMapEncodeTiled "
                               "(query result %d); a CUDA 12 or newer driver is needed, or "
-                              "fwd_tma 0", (int)q);
+                              "%s 0", a->plan.tile.fwd_tma ? "fwd_tma" : "bwd_tma", (int)q,
+                              a->plan.tile.fwd_tma ? "fwd_tma" : "bwd_tma");
     }
     if (!st)
         st = get_kernel(&a->pre, a->lib[S2_UNIT_ATTN_BWD], "s2_attn_bwd_pre", err);
@@ -397,16 +398,17 @@ typedef CUresult (*tma_encode_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t
 
 /* The tensor map of a [T, heads, d] tensor at base for boxes of `rows` rows of one head and 64
  * of its columns, written in the 128-byte swizzle of the wgmma panels (templates/wgmma.cuh);
- * rows past T read as zeros. */
+ * rows past T read as zeros. fn and opt name the entry point and the tile option in messages. */
 static s2_status tma_map(const s2_attn *a, CUtensorMap *m, const void *base, const char *name,
-                         int T, int heads, int rows, s2_error *err)
+                         int T, int heads, int rows, const char *fn, const char *opt,
+                         s2_error *err)
 {
     const int d = a->plan.d;
     if ((uintptr_t)base % 16)
         return s2_error_set(err, S2_ERR_INVALID,
-                            "s2_attn_forward: %s at %p is not 16-byte aligned, which the TMA "
-                            "forward (tile fwd_tma = 1) needs; valid: a 16-byte aligned pointer, "
-                            "or fwd_tma 0", name, base);
+                            "%s: %s at %p is not 16-byte aligned, which the tile's TMA loads "
+                            "(%s = 1) need; valid: a 16-byte aligned pointer, or %s 0", fn, name,
+                            base, opt, opt);
     const cuuint64_t dims[3] = {(cuuint64_t)d, (cuuint64_t)heads, (cuuint64_t)T};
     const cuuint64_t strides[2] = {(cuuint64_t)d * 2, (cuuint64_t)heads * d * 2};
     const cuuint32_t box[3] = {64, 1, (cuuint32_t)rows}, one[3] = {1, 1, 1};
@@ -440,11 +442,12 @@ s2_status s2_attn_forward(const s2_attn *a, const s2_attn_batch *bt, const void 
                     &maps[0], &maps[1], &maps[2]};
     if (a->plan.tile.fwd_tma) {
         const int bm = a->plan.fwd_block_m, bn = a->plan.tile.fwd_block_n;
-        st = tma_map(a, &maps[0], q, "q", T, a->plan.H, bm, err);
+        const char *fn = "s2_attn_forward";
+        st = tma_map(a, &maps[0], q, "q", T, a->plan.H, bm, fn, "fwd_tma", err);
         if (!st)
-            st = tma_map(a, &maps[1], k, "k", T, a->plan.Hkv, bn, err);
+            st = tma_map(a, &maps[1], k, "k", T, a->plan.Hkv, bn, fn, "fwd_tma", err);
         if (!st)
-            st = tma_map(a, &maps[2], v, "v", T, a->plan.Hkv, bn, err);
+            st = tma_map(a, &maps[2], v, "v", T, a->plan.Hkv, bn, fn, "fwd_tma", err);
         if (st)
             return st;
     }
@@ -511,6 +514,22 @@ static s2_status run_backward(const s2_attn *a, int T, s2_dim3 g_dq, s2_dim3 g_d
     float *dq_acc = p->tile.bwd_atomic_dq ? (float *)((char *)ws + delta_bytes(a, T)) : NULL;
     int qlo = win ? win[0] : 0, klo = win ? win[1] : 0;
     s2_status st = S2_OK;
+    /* With bwd_tma (batches only: the window units take the cp.async twin) the dK/dV kernel
+     * takes q, k, v and dout as tensor maps after T, made before any launch. */
+    CUtensorMap maps[4];
+    if (p->tile.bwd_tma && g_dkdv.x > 0) { /* (an empty batch makes no tensor map of no rows) */
+        const char *fn = "s2_attn_backward";
+        st = tma_map(a, &maps[0], q, "q", T, p->H, p->tile.bwd_block_n, fn, "bwd_tma", err);
+        if (!st)
+            st = tma_map(a, &maps[1], k, "k", T, p->Hkv, p->bwd_block_m, fn, "bwd_tma", err);
+        if (!st)
+            st = tma_map(a, &maps[2], v, "v", T, p->Hkv, p->bwd_block_m, fn, "bwd_tma", err);
+        if (!st)
+            st = tma_map(a, &maps[3], dout, "dout", T, p->H, p->tile.bwd_block_n, fn, "bwd_tma",
+                         err);
+        if (st)
+            return st;
+    }
     if (!p->bwd_dq_delta) { /* else the dQ kernel forms delta beside its own rows */
         void *pre_args[] = {&o, &dout, &delta, &T};
         st = launch(a->pre, "s2_attn_bwd_pre", s2_plan_grid_pre(p, T), p->bwd_threads, 0,
@@ -529,8 +548,10 @@ static s2_status run_backward(const s2_attn *a, int T, s2_dim3 g_dq, s2_dim3 g_d
     if (st)
         return st;
     void *kv_args[] = {&q, &k, &v, &dout, &lse, &delta, &dk, &dv, &dq_acc, &cu, &T, &qlo, &klo};
-    st = launch_pdl(a->dkdv, "s2_attn_bwd_dkdv", g_dkdv, p->bwd_threads, p->smem_dkdv, kv_args,
-                    stream, p->tile.bwd_wgmma, err);
+    void *kv_tma_args[] = {&q, &k, &v, &dout, &lse, &delta, &dk, &dv, &dq_acc, &cu, &T,
+                           &maps[0], &maps[1], &maps[2], &maps[3]};
+    st = launch_pdl(a->dkdv, "s2_attn_bwd_dkdv", g_dkdv, p->dkdv_threads, p->smem_dkdv,
+                    p->tile.bwd_tma ? kv_tma_args : kv_args, stream, p->tile.bwd_wgmma, err);
     if (st || !dq_acc)
         return st;
     long count = (long)T * p->H * p->d;

@@ -98,8 +98,8 @@ typedef struct s2_attn {
     double build_ms[S2_UNIT_ATTN_COUNT];
     int cache_hit[S2_UNIT_ATTN_COUNT];
     /* The driver's cuTensorMapEncodeTiled (through cudaGetDriverEntryPointByVersion: no link
-     * to the driver library), looked up at load when the forward takes tensor maps (fwd_tma);
-     * the maps themselves are made at every launch, for its pointers and token count. */
+     * to the driver library), looked up at load when a kernel takes tensor maps (fwd_tma,
+     * bwd_tma); the maps themselves are made at every launch, for its pointers and token count. */
     void *tma_encode;
 } s2_attn;
 

@@ -137,6 +137,7 @@ static void take_unit_fields(s2_attn_tile *dst, const s2_attn_tile *src, s2_attn
     dst->bwd_warps = src->bwd_warps, dst->bwd_block_n = src->bwd_block_n;
     dst->bwd_stages = src->bwd_stages, dst->bwd_atomic_dq = src->bwd_atomic_dq;
     dst->bwd_wgmma = src->bwd_wgmma, dst->bwd_mbar = src->bwd_mbar;
+    dst->bwd_tma = src->bwd_tma;
 }
 
 /* The database's tile for unit u, if usable; why gets a word either way. */
@@ -153,7 +154,7 @@ static int select_unit(const s2_tunedb *db, const s2_tunedb_key *key, const s2_s
     s2_attn_plan p;
     /* A stored tile names every key its tuner knew; the mbarrier and TMA switches came later
      * and were off in every tile stored before them. */
-    t.fwd_mbar = t.bwd_mbar = t.fwd_tma = 0;
+    t.fwd_mbar = t.bwd_mbar = t.fwd_tma = t.bwd_tma = 0;
     if (s2_plan_parse_tile(e.tile, &t, NULL) == S2_OK) {
         take_unit_fields(&merged, &t, u);
         if (s2_plan_attn(spec, arch, &merged, &p, NULL) == S2_OK) {
