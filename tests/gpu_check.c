@@ -103,9 +103,22 @@ static const gcase cases[] = {
  * and 2 take one pipeline stage less where ptxas spills registers (the plan's register rules
  * are estimates) or sm_80's shared memory is exceeded; the same products otherwise. (The tiles are for the 163-227 KiB of shared
  * memory of sm_80 and sm_90; sm_86 and sm_89 have 99 KiB and refuse several of them.) */
-#define N_TILES 7
+#define N_TILES 8
 static const char *alt_tile(int i, int d, const char *arch)
 {
+    /* Tile 7: the TMA dK/dV kernel (a producer warpgroup, two consumers; bwd_tma) on sm_90a with
+     * head_dim 64 and 128, on three stages at 64 and four at 128 (each parity of the ring's
+     * wrap), after the wgmma forward on cp.async. GQA cases walk several query heads a block.
+     * Roll-mode cases take it without bwd_tma (case_tile) and the window cases take the plan's
+     * cp.async twin (s2_plan_window). Elsewhere tile 7 is the default again. */
+    if (i == 7)
+        return strcmp(arch, "sm_90a") || (d != 64 && d != 128) ? NULL
+               : d == 64 ? "fwd_wgmma=1,fwd_warps=8,fwd_strips=1,fwd_block_n=64,fwd_stages=4,"
+                           "bwd_wgmma=1,bwd_warps=8,bwd_block_n=64,bwd_stages=3,bwd_atomic_dq=0,"
+                           "bwd_mbar=1,bwd_tma=1"
+                         : "fwd_wgmma=1,fwd_warps=8,fwd_strips=1,fwd_block_n=128,fwd_stages=3,"
+                           "fwd_mbar=1,bwd_wgmma=1,bwd_warps=8,bwd_block_n=64,bwd_stages=4,"
+                           "bwd_atomic_dq=0,bwd_mbar=1,bwd_tma=1";
     /* Tile 6: the TMA forward (a producer warpgroup, two consumers; fwd_tma) on sm_90a with
      * head_dim 64 and 128, on two stages at 128 (the ring wraps every other tile) and four of
      * 64-key tiles at 64, after the deterministic wgmma backward. Roll-mode cases and the
@@ -183,7 +196,7 @@ static const s2_attn_tile *case_tile(const gcase *c, int i, const char *arch, s2
     *t = s2_plan_default_tile("sm_80", c->d); /* mma.sync; the Hopper tiles name wgmma */
     *st = s2_plan_parse_tile(text, t, err);
     if (!strcmp(c->mode, "roll"))
-        t->fwd_tma = 0; /* the TMA forward is split mode's (tile 6 above) */
+        t->fwd_tma = t->bwd_tma = 0; /* TMA is split mode's (tiles 6 and 7 above) */
     return t;
 }
 

@@ -1,7 +1,8 @@
 /*
- * test_tma.c — the TMA forward (tile fwd_tma) without a GPU: the plan's rules for it, the
- * emitter's option blocks (S2_FWD_TMA nested in and around S2_WINDOW) and what the emitted units
- * hold with and without it. Correctness on the device is tests/gpu_check.c's tile 6.
+ * test_tma.c — the TMA forward (tile fwd_tma) and dK/dV kernel (bwd_tma) without a GPU: the
+ * plan's rules for them, the emitter's option blocks (S2_FWD_TMA and S2_BWD_TMA nested in and
+ * around S2_WINDOW) and what the emitted units hold with and without them. Correctness on the
+ * device is tests/gpu_check.c's tiles 6 (fwd_tma) and 7 (bwd_tma).
  */
 #include <criterion/criterion.h>
 #include <stdio.h>
@@ -220,4 +221,141 @@ Test(emit, only_a_tma_unit_holds_the_tma_text)
         cr_expect_null(strstr(src, "S2_FWD_TMA"), "the backward never holds the forward's option");
         free(src);
     }
+}
+
+/* ---- the TMA dK/dV kernel (bwd_tma) ---- */
+
+#define BWDTMA "bwd_wgmma=1,bwd_warps=8,bwd_block_n=64,bwd_stages=4,bwd_atomic_dq=0,bwd_mbar=1"
+
+Test(plan, tma_dkdv_adds_a_producer_warpgroup_to_that_kernel_only)
+{
+    for (int d = 64; d <= 128; d += 64) {
+        s2_spec s = load_spec(d, 8, 2, "split");
+        s2_attn_plan p, base;
+        s2_error err = {0};
+        cr_assert_eq(plan_with(&s, BWDTMA ",bwd_tma=1", &p, &err), S2_OK, "%s", err.msg);
+        cr_assert_eq(plan_with(&s, BWDTMA ",bwd_tma=0", &base, &err), S2_OK, "%s", err.msg);
+        cr_expect_eq(p.dkdv_threads, base.bwd_threads + 128, "d %d", d);
+        cr_expect_eq(base.dkdv_threads, base.bwd_threads, "d %d: no producer without bwd_tma", d);
+        cr_expect_eq(p.bwd_threads, base.bwd_threads, "the dQ kernel's block is unchanged");
+        cr_expect_eq(p.bwd_block_m, base.bwd_block_m, "the producer computes no rows");
+        cr_expect_eq(p.smem_dkdv, base.smem_dkdv + 16, "K and V's mbarrier");
+        cr_expect_eq(p.smem_dq, base.smem_dq, "the dQ kernel's shared memory is unchanged");
+    }
+}
+
+Test(plan, tma_dkdv_refusals_name_what_is_valid)
+{
+    static const struct {
+        const char *mode, *tile, *want;
+    } bad[] = {
+        {"roll", BWDTMA ",bwd_tma=1", "bwd_tma = 1 with shift_mode roll"},
+        {"split", BWDTMA ",bwd_warps=4,bwd_tma=1", "bwd_warps 8"},
+        {"split", BWDTMA ",bwd_mbar=0,bwd_tma=1", "bwd_mbar 1"},
+        {"split", BWDTMA ",bwd_mbar=0,bwd_stages=2,bwd_tma=1", "bwd_stages 3..4"},
+        {"split", BWDTMA ",bwd_mbar=0,bwd_atomic_dq=1,bwd_tma=1", "bwd_atomic_dq 0"},
+        {"split", BWDTMA ",bwd_mbar=0,bwd_wgmma=0,bwd_block_n=32,bwd_tma=1", "bwd_wgmma 1"},
+        {"split", BWDTMA ",bwd_tma=2", "bwd_tma = 2 is out of range: valid 0..1"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        s2_spec s = load_spec(128, 8, 8, bad[i].mode);
+        s2_attn_plan p;
+        s2_error err = {0};
+        s2_attn_tile t = s2_plan_spec_default_tile(&s, "sm_90a");
+        s2_status st = s2_plan_parse_tile(bad[i].tile, &t, &err);
+        if (!st)
+            st = s2_plan_attn(&s, "sm_90a", &t, &p, &err);
+        cr_expect_eq(st, S2_ERR_INVALID, "case %zu", i);
+        cr_expect(err.msg && strstr(err.msg, bad[i].want), "case %zu: %s", i, err.msg);
+        s2_error_clear(&err);
+    }
+    s2_error err = {0};
+    cr_expect_eq(s2_plan_check_tile_text("bwd_tma=1", "sm_90", &err), S2_ERR_INVALID);
+    cr_expect(err.msg && strstr(err.msg, "bwd_tma = 1 needs sm_90a"), "%s", err.msg);
+    s2_error_clear(&err);
+    cr_expect_eq(s2_plan_check_tile_text("bwd_tma=1", "sm_90a", &err), S2_OK, "%s", err.msg);
+    /* the window units take the cp.async twin of a TMA tile */
+    s2_spec s = load_spec(128, 8, 8, "split");
+    s2_attn_plan p, twin;
+    cr_assert_eq(plan_with(&s, BWDTMA ",bwd_tma=1", &p, &err), S2_OK, "%s", err.msg);
+    cr_assert_eq(plan_with(&s, BWDTMA ",bwd_tma=0", &twin, &err), S2_OK, "%s", err.msg);
+    cr_assert_eq(s2_plan_window(&s, &p, &err), S2_OK, "%s", err.msg);
+    cr_assert_eq(s2_plan_window(&s, &twin, &err), S2_OK, "%s", err.msg);
+    cr_expect_eq(memcmp(&p, &twin, sizeof p), 0, "a bwd_tma tile's window plan is its twin's");
+}
+
+Test(plan, tma_dkdv_tiles_in_the_backward_space_of_split_mode_only)
+{
+    for (int roll = 0; roll < 2; roll++) {
+        s2_spec s = load_spec(128, 8, 8, roll ? "roll" : "split");
+        for (int u = 0; u < S2_UNIT_ATTN_COUNT; u++) {
+            const int n = s2_plan_tile_space(&s, "sm_90a", (s2_attn_unit)u, NULL, 0);
+            s2_attn_tile *t = calloc((size_t)n, sizeof *t);
+            cr_assert_not_null(t);
+            s2_plan_tile_space(&s, "sm_90a", (s2_attn_unit)u, t, n);
+            int tma = 0;
+            for (int i = 0; i < n; i++)
+                tma += t[i].bwd_tma;
+            if (roll || u == S2_UNIT_ATTN_FWD)
+                cr_expect_eq(tma, 0, "roll %d unit %d: no bwd_tma tile", roll, u);
+            else
+                cr_expect_eq(tma, 2, "split mode: the tuner tries bwd_tma on 3 and 4 stages");
+            free(t);
+        }
+        cr_expect_eq(s2_plan_spec_default_tile(&s, "sm_90a").bwd_tma, 0, "not a default");
+    }
+}
+
+Test(emit, only_a_bwd_tma_unit_holds_its_text)
+{
+    s2_spec s = load_spec(128, 8, 2, "split");
+    for (int tma = 0; tma < 2; tma++) {
+        s2_attn_plan p;
+        s2_error err = {0};
+        /* the TMA tile, or its twin on cp.async; the forward on cp.async either way */
+        cr_assert_eq(plan_with(&s, tma ? BWDTMA ",bwd_tma=1,fwd_tma=0" : BWDTMA ",fwd_tma=0", &p,
+                               &err), S2_OK, "%s", err.msg);
+        char *src = NULL;
+        cr_assert_eq(s2_emit_attn(&s, &p, S2_UNIT_ATTN_BWD, &src, &err), S2_OK, "%s", err.msg);
+        cr_expect_eq(strstr(src, "#define S2_BWD_TMA 1") != NULL, tma, "tma %d", tma);
+        cr_expect_eq(strstr(src, "cp.async.bulk.tensor") != NULL, tma, "tma %d", tma);
+        cr_expect_eq(strstr(src, "__grid_constant__ s2_tmap tm_do") != NULL, tma, "tma %d", tma);
+        cr_expect_eq(strstr(src, "s2_setmaxnreg_dec<24>") != NULL, tma, "tma %d", tma);
+        cr_expect_eq(strstr(src, "__launch_bounds__(S2_DKDV_BLOCK, 1)") != NULL, tma, "tma %d",
+                     tma);
+        cr_expect_null(strstr(src, "#define S2_FWD_TMA"), "the forward's option stays out");
+        /* the dQ kernel keeps its cp.async loads either way */
+        cr_expect_neq(strstr(src, "s2_ring_prologue(bars, n_kt, load_kv)"), NULL, "tma %d", tma);
+        free(src);
+        cr_assert_eq(s2_emit_attn(&s, &p, S2_UNIT_ATTN_FWD, &src, &err), S2_OK, "%s", err.msg);
+        cr_expect_null(strstr(src, "S2_BWD_TMA"), "the forward never holds the backward's option");
+        cr_expect_null(strstr(src, "cp.async.bulk.tensor"), "fwd_tma 0: no TMA in the forward");
+        free(src);
+    }
+}
+
+Test(emit, bwd_tma_blocks_nest_with_the_others)
+{
+    const char *t = "a\n"
+                    "#if S2_BWD_TMA\n"
+                    "#if S2_FWD_TMA\n"
+                    "bf\n"
+                    "#endif\n"
+                    "b\n"
+                    "#else\n"
+                    "c\n"
+                    "#endif\n";
+    char *o = resolve(t, 0);
+    cr_expect_str_eq(o, "a\nc\n");
+    free(o);
+    o = resolve(t, S2_EMIT_OPT_BWD_TMA);
+    cr_expect_str_eq(o, "a\n#if S2_BWD_TMA\nb\n#else\nc\n#endif\n");
+    free(o);
+    s2_buf b = {0};
+    s2_error err = {0};
+    cr_expect_eq(s2_emit_template_text(&b, "t.cuh", "#if S2_BWD_TMA\n#if S2_BWD_TMA\n#endif\n"
+                                       "#endif\n", S2_EMIT_OPT_BWD_TMA, &err), S2_ERR_INVALID);
+    cr_expect(err.msg && strstr(err.msg, "t.cuh:2: a bwd_tma block inside"), "%s", err.msg);
+    s2_error_clear(&err);
+    s2_buf_free(&b);
 }
