@@ -61,7 +61,10 @@ want() { case " ${S2_SECTIONS:-build check api peers model train tune gate lora 
 echo "== card"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 "$BIN/s2lora" version
-commit=${S2_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
+# the binaries' commit: as given, else what bench/build-carry.sh recorded beside them, else the
+# tree's (a copied tree's .git may be stale)
+commit=${S2_COMMIT:-$(cat "$BIN/../COMMIT" 2>/dev/null ||
+  git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 echo "commit $commit"
 
 if want build; then
