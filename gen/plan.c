@@ -123,8 +123,9 @@ s2_status s2_plan_parse_tile(const char *text, s2_attn_tile *t, s2_error *err)
         if (k == N_TILE_KEYS)
             return s2_error_set(err, S2_ERR_INVALID,
                                 "tile '%s': unknown key '%.*s'; valid: fwd_warps, fwd_strips, "
-                                "fwd_block_n, fwd_stages, fwd_wgmma, fwd_mbar, fwd_tma, bwd_warps, "
-                                "bwd_block_n, bwd_stages, bwd_atomic_dq, bwd_wgmma, bwd_mbar",
+                                "fwd_block_n, fwd_stages, fwd_wgmma, fwd_mbar, fwd_tma, "
+                                "bwd_warps, bwd_block_n, bwd_stages, bwd_atomic_dq, bwd_wgmma, "
+                                "bwd_mbar",
                                 text, (int)(eq - p), p);
         char *num_end;
         errno = 0;
