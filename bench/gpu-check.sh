@@ -24,6 +24,7 @@
 #  torch (the Python package, python/, through libs2lora.so: bench/torch_check.py checks
 #  s2lora.attention against float64 and SDPA, attn_implementation="s2lora" in a transformers +
 #  PEFT step against LongLoRA's roll/fold patch, and times that step beside FlexAttention;
+#  s2lora.attention against `$BIN/s2lora attn` on the same tensors, bit for bit;
 #  S2_LIB names the library, default $BIN/libs2lora.so).
 # Usage from the device tool: `bench/build-carry.sh` here (prints the commit), carry .carry,
 #   S2_BIN=.carry/bin S2_COMMIT=<commit> bash bench/gpu-check.sh
@@ -309,7 +310,7 @@ if want torch; then
 echo "== the Python package vs PyTorch: s2lora.attention, attn_implementation=s2lora (bench/torch_check.py)"
 # The GPU machine has no pip: the package runs from the tree.
 PYTHONPATH=python python3 bench/torch_check.py --lib "${S2_LIB:-$BIN/libs2lora.so}" \
-  --json "$OUTDIR/torch_check.json" 2>&1 | tee "$OUTDIR/torch_check.txt"
+  --bin "$BIN/s2lora" --json "$OUTDIR/torch_check.json" 2>&1 | tee "$OUTDIR/torch_check.txt"
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 fi
 
