@@ -243,6 +243,12 @@ static int fwd_smem(const s2_attn_tile *t, int d)
     return (bm + 2 * t->fwd_stages * t->fwd_block_n) * (d + 8) * 2;
 }
 
+/* Threads of a forward block: fwd_warps, and with fwd_tma the producer warpgroup beside them. */
+static int fwd_threads(const s2_attn_tile *t)
+{
+    return 32 * t->fwd_warps + (t->fwd_tma ? 128 : 0);
+}
+
 /* The wgmma forward's own rules (see s2_attn_tile.fwd_wgmma). */
 static s2_status check_fwd_wgmma(const s2_attn_tile *t, int d, const char *arch, s2_error *err)
 {
@@ -594,8 +600,7 @@ s2_status s2_plan_attn(const s2_spec *spec, const char *arch, const s2_attn_tile
     if (st)
         return st;
     p->fwd_block_m = 16 * p->tile.fwd_strips * p->tile.fwd_warps;
-    /* with fwd_tma a producer warpgroup beside the fwd_warps that compute */
-    p->fwd_threads = 32 * p->tile.fwd_warps + (p->tile.fwd_tma ? 128 : 0);
+    p->fwd_threads = fwd_threads(&p->tile);
     p->bwd_threads = 32 * p->tile.bwd_warps;
     p->bwd_tensor_cores = p->d <= 128;
     p->bwd_block_m = (p->bwd_tensor_cores ? 16 : 2) * p->tile.bwd_warps;
@@ -827,7 +832,7 @@ s2_status s2_plan_window(const s2_spec *spec, s2_attn_plan *p, s2_error *err)
          * and warpgroups): its tensor maps would address q, k and v as a batch, not the
          * window's halo buffer. */
         p->tile.fwd_tma = 0;
-        p->fwd_threads = 32 * p->tile.fwd_warps;
+        p->fwd_threads = fwd_threads(&p->tile);
         p->smem_fwd = fwd_smem(&p->tile, p->d);
     }
     window_tile t[4];
