@@ -28,7 +28,6 @@
 #include "runtime/train/data.h"
 
 #define EXIT_NO_DEVICE 3
-#define MAX_SETS 64
 #define MAX_ARCH 8
 #define MAX_JOBS 1024
 
@@ -46,16 +45,11 @@ static int fail(s2_error *err)
 static const char *const arch_values[] = {"sm_80", "sm_86", "sm_89", "sm_90", "sm_90a", NULL};
 
 #define OPT_SETS_AT(T, SETS, N)                                                                 \
-    {.name = "set", .kind = S2_OPT_STRING, .metavar = "KEY=VALUE",                            \
-     .help = "override a spec value, e.g. --set s2attn.group_size=2048",                        \
-     .off = offsetof(T, SETS), .max_count = MAX_SETS, .count_off = offsetof(T, N),              \
-     .flags = S2_OPT_KEYVAL}
+    S2_OPT_SETS_AT(T, SETS, N, "override a spec value, e.g. --set s2attn.group_size=2048")
 #define OPT_SETS(T) OPT_SETS_AT(T, sets, n_sets)
 #define OPT_CACHE_DIR_AT(T, F)                                                                  \
-    {.name = "cache-dir", .kind = S2_OPT_STRING, .metavar = "DIR",                             \
-     .help = "kernel cache directory (default $S2LORA_CACHE_DIR, else $XDG_CACHE_HOME/s2lora, " \
-             "else ~/.cache/s2lora)",                                                           \
-     .off = offsetof(T, F), .complete = S2_COMPLETE_DIR}
+    S2_OPT_CACHE_DIR_AT(T, F, "kernel cache directory (default $S2LORA_CACHE_DIR, else "       \
+                              "$XDG_CACHE_HOME/s2lora, else ~/.cache/s2lora)")
 #define OPT_CACHE_DIR(T) OPT_CACHE_DIR_AT(T, cache_dir)
 #define OPT_JOBS(T)                                                                             \
     {.name = "jobs", .short_name = 'j', .kind = S2_OPT_INT, .metavar = "N",                    \
@@ -71,7 +65,7 @@ static const char *const arch_values[] = {"sm_80", "sm_86", "sm_89", "sm_90", "s
 typedef struct cli_opts {
     const char *spec[1];
     int n_spec;
-    s2_spec_override sets[MAX_SETS];
+    s2_spec_override sets[S2_CLI_MAX_SETS];
     int n_sets;
     const char *arch[MAX_ARCH];
     int n_arch;
@@ -156,9 +150,7 @@ const s2_cmd s2_cmd_gen = {
     .about = "Generates the specialised CUDA sources of SPEC (one .cu file per unit, each\n"
              "opening with a banner that names the spec and its hash) into DIR.\n",
     .opts = gen_opts, .n_opts = sizeof gen_opts / sizeof gen_opts[0],
-    .pos_name = "SPEC", .pos_min = 1, .pos_max = 1, .pos_off = offsetof(cli_opts, spec),
-    .pos_count_off = offsetof(cli_opts, n_spec), .pos_has_count = 1,
-    .pos_complete = S2_COMPLETE_SPEC,
+    S2_POS_SPEC(cli_opts, spec, n_spec, 1),
 };
 
 int s2_cli_gen(const char *p, int argc, char **argv)
@@ -212,9 +204,7 @@ const s2_cmd s2_cmd_build = {
              "by name, the cache directory) and the next useful command.\n",
     .epilog = "Exit status 1 if a build fails or any kernel spills.\n",
     .opts = build_opts, .n_opts = sizeof build_opts / sizeof build_opts[0],
-    .pos_name = "SPEC", .pos_min = 1, .pos_max = 1, .pos_off = offsetof(cli_opts, spec),
-    .pos_count_off = offsetof(cli_opts, n_spec), .pos_has_count = 1,
-    .pos_complete = S2_COMPLETE_SPEC,
+    S2_POS_SPEC(cli_opts, spec, n_spec, 1),
 };
 
 /* The dynamic shared memory a kernel is launched with: the plan's (0 for the others). */
@@ -365,9 +355,7 @@ const s2_cmd s2_cmd_attn = {
              "--backward, dq [T,H,d], dk [T,Hkv,d], dv [T,Hkv,d].\n",
     .epilog = "Exit status 3 when there is no CUDA device.\n",
     .opts = attn_opts, .n_opts = sizeof attn_opts / sizeof attn_opts[0],
-    .pos_name = "SPEC", .pos_min = 1, .pos_max = 1, .pos_off = offsetof(cli_opts, spec),
-    .pos_count_off = offsetof(cli_opts, n_spec), .pos_has_count = 1,
-    .pos_complete = S2_COMPLETE_SPEC,
+    S2_POS_SPEC(cli_opts, spec, n_spec, 1),
 };
 
 /* Checks that tensor name exists with dtype and shape dims[0..ndim). */
@@ -637,7 +625,7 @@ int s2_cli_attn(const char *p, int argc, char **argv)
     int rc;
     if (!s2_opts_run(&s2_cmd_attn, argc, argv, &o, &r, &rc))
         return rc;
-    const char *sets[MAX_SETS];
+    const char *sets[S2_CLI_MAX_SETS];
     for (int i = 0; i < o.n_sets; i++)
         sets[i] = o.sets[i].text;
     s2lora_options opt = S2LORA_OPTIONS_INIT;
@@ -779,9 +767,7 @@ const s2_cmd s2_cmd_bench_attn = {
         "Exit status 1 if a row of ours failed (inf/NaN left in o, dq, dk or dv, or an\n"
         "error), 3 when there is no CUDA device (after the arguments and specs are checked).\n",
     .opts = bench_attn_opts, .n_opts = sizeof bench_attn_opts / sizeof bench_attn_opts[0],
-    .pos_name = "SPEC", .pos_min = 1, .pos_max = S2_BENCH_MAX_SPECS,
-    .pos_off = offsetof(bench_args, o.specs), .pos_count_off = offsetof(bench_args, o.n_specs),
-    .pos_has_count = 1, .pos_complete = S2_COMPLETE_SPEC,
+    S2_POS_SPEC(bench_args, o.specs, o.n_specs, S2_BENCH_MAX_SPECS),
 };
 
 /* Prints one case's rows; returns 1 if our row failed. */
@@ -1117,7 +1103,7 @@ int s2_cli_bench(const char *p, int argc, char **argv)
 typedef struct tune_args {
     const char *specs[16];
     int n_specs;
-    s2_spec_override sets[MAX_SETS];
+    s2_spec_override sets[S2_CLI_MAX_SETS];
     int n_sets;
     const char *arch, *db_dir, *export_path, *import_path, *cache_dir;
     unsigned kernels; /* bit i: kernel_values[i] */
@@ -1192,9 +1178,7 @@ const s2_cmd s2_cmd_tune = {
     .epilog = "Exit status 1 if a candidate fails to build (or, on a GPU, on an error), 3 when\n"
               "there is no CUDA device.\n",
     .opts = tune_opts, .n_opts = sizeof tune_opts / sizeof tune_opts[0],
-    .pos_name = "SPEC", .pos_min = 1, .pos_max = 16, .pos_off = offsetof(tune_args, specs),
-    .pos_count_off = offsetof(tune_args, n_specs), .pos_has_count = 1,
-    .pos_complete = S2_COMPLETE_SPEC,
+    S2_POS_SPEC(tune_args, specs, n_specs, 16),
 };
 
 /* --build-only: the whole space for an arch that need not be here. */
