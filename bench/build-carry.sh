@@ -3,7 +3,8 @@
 # machine (which has no libyaml, jansson, nettle or Criterion): the release binaries into
 # .carry/bin and the test build with the broken candidate tile into .carry/bin-broken, both
 # from the committed HEAD (an export, so uncommitted edits never reach a recorded run).
-# .carry/ is git-ignored; name it in the device tool's carry list. Prints the commit.
+# .carry/ is git-ignored; name it in the device tool's carry list. Prints the commit and writes
+# it to .carry/COMMIT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 commit=$(git rev-parse --short HEAD)
@@ -21,4 +22,7 @@ cp "$src/build/s2lora" "$src/build/s2lora_gpu_check" "$src/build/s2lora_model_ch
 cp -L "$src/build/libs2lora.so" .carry/bin/libs2lora.so
 cp "$src/build-broken/s2lora" .carry/bin-broken/
 rm -rf "$src"
+# The commit the binaries were built from, for the scripts that report it (gpu-check.sh,
+# multi-gpu.sh, paper-claim.sh): a copy of the tree on the GPU machine may carry a stale .git.
+echo "$commit" >.carry/COMMIT
 echo "$commit"

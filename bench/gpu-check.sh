@@ -24,6 +24,7 @@
 #  torch (the Python package, python/, through libs2lora.so: bench/torch_check.py checks
 #  s2lora.attention against float64 and SDPA, attn_implementation="s2lora" in a transformers +
 #  PEFT step against LongLoRA's roll/fold patch, and times that step beside FlexAttention;
+#  s2lora.attention against `$BIN/s2lora attn` on the same tensors, bit for bit;
 #  S2_LIB names the library, default $BIN/libs2lora.so).
 # Usage from the device tool: `bench/build-carry.sh` here (prints the commit), carry .carry,
 #   S2_BIN=.carry/bin S2_COMMIT=<commit> bash bench/gpu-check.sh
@@ -61,7 +62,10 @@ want() { case " ${S2_SECTIONS:-build check api peers model train tune gate lora 
 echo "== card"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 "$BIN/s2lora" version
-commit=${S2_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
+# the binaries' commit: as given, else what bench/build-carry.sh recorded beside them, else the
+# tree's (a copied tree's .git may be stale)
+commit=${S2_COMMIT:-$(cat "$BIN/../COMMIT" 2>/dev/null ||
+  git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 echo "commit $commit"
 
 if want build; then
@@ -306,7 +310,7 @@ if want torch; then
 echo "== the Python package vs PyTorch: s2lora.attention, attn_implementation=s2lora (bench/torch_check.py)"
 # The GPU machine has no pip: the package runs from the tree.
 PYTHONPATH=python python3 bench/torch_check.py --lib "${S2_LIB:-$BIN/libs2lora.so}" \
-  --json "$OUTDIR/torch_check.json" 2>&1 | tee "$OUTDIR/torch_check.txt"
+  --bin "$BIN/s2lora" --json "$OUTDIR/torch_check.json" 2>&1 | tee "$OUTDIR/torch_check.txt"
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 fi
 
@@ -399,7 +403,7 @@ grep -E '^api_check: [0-9]+ of|^api_check: (PASS|FAIL)$' "$OUTDIR/api_check.txt"
 grep -E 'PASS|FAIL' "$OUTDIR/peer_compare.txt" 2>/dev/null | awk '{printf "peer %-16s %s\n", $1, $NF}'
 grep -E '^(model_check|llama_peers): (PASS|FAIL)' "$OUTDIR/model_check.txt" 2>/dev/null
 grep -E '^(train|resume): |: s2lora / pytorch' "$OUTDIR/train.txt" 2>/dev/null
-grep -E '^(bench attn:|== |impl |s2lora|sdpa-|flex-|fastest peer|no peer)' "$OUTDIR/bench_attn.txt" 2>/dev/null
+grep -E '^(bench attn:|card: |== |impl |s2lora|sdpa-|flex-|fastest peer|no peer)' "$OUTDIR/bench_attn.txt" 2>/dev/null
 grep -E '^compute-sanitizer |ERROR SUMMARY|RACECHECK SUMMARY|^gpu_check: [0-9]' "$OUTDIR/sanitize.txt" 2>/dev/null
 grep -E '^(FAIL |torch_check: )' "$OUTDIR/torch_check.txt" 2>/dev/null
 echo "gpu-check status: $status"

@@ -72,7 +72,10 @@ echo "== card" | tee -a "$LOG"
 nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader | tee -a "$LOG"
 nvidia-smi topo -m 2>/dev/null | head -4 | tee -a "$LOG"
 "$S" version | tee -a "$LOG"
-commit=${S2_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
+# the binaries' commit: as given, else what bench/build-carry.sh recorded beside them, else the
+# tree's (a copied tree's .git may be stale)
+commit=${S2_COMMIT:-$(cat "$BIN/../COMMIT" 2>/dev/null ||
+  git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 say "commit $commit, $(nvidia-smi -L | wc -l) GPUs"
 
 # The tiny model (random, from its spec) and this repository's text as byte tokens.

@@ -200,8 +200,10 @@ gen() { "${PY[@]}" gen --seed "$SEED" "$@" >>"$log"; }
 rate_of() { "${PY[@]}" rate "$1/train.jsonl" --skip "${2:-5}"; }
 
 say "== paper-claim: s2lora $("$BIN/s2lora" version | head -n 1); binaries $BIN"
-# S2_PC_COMMIT first: a copied tree may carry a stale .git whose HEAD is not what was built
-commit=${S2_PC_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
+# the binaries' commit: as given, else what bench/build-carry.sh recorded beside them, else the
+# tree's (a copied tree's .git may be stale)
+commit=${S2_PC_COMMIT:-$(cat "$BIN/../COMMIT" 2>/dev/null ||
+  git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 note commit "$commit"
 note spec "$SPEC (4 layers, hidden 256, byte vocabulary)"
 note corpus "$KV_SHARE of the training documents dense-recall, the rest passkey (seed $SEED)"

@@ -11,6 +11,12 @@ timed against PyTorch.
          DESIGN.md section 3); then what must be refused (strides, dtype, heads).
   sdpa   the same cases through SDPA with the equivalent boolean mask, bf16: s2lora against it,
          and each against float64.
+  cli    s2lora.attention against the s2lora binary's `s2lora attn` (--bin, default beside the
+         library) on the same tensors, bf16, forward and backward: a fixed-length split case,
+         varlen split, varlen GQA roll and a custom shift and scale. The same spec text (as the
+         package composes it) and the Python handle's tile (--tile), so both run the same
+         generated kernels: o, lse, dq, dk, dv must be equal bit for bit. A missing binary is a
+         FAIL unless --no-cli.
   hf     transformers + PEFT (LLaMA 7B shape cut to 4 layers, random init, LoRA r 8 on q, k, v,
          o): one training step with attn_implementation="s2lora" in roll mode against LongLoRA's
          roll / fold patch on SDPA (and FlexAttention with the S² block mask against the same):
@@ -20,17 +26,21 @@ timed against PyTorch.
          compiled FlexAttention with the S² block mask; medians of CUDA-event times after
          warm-up, and peak memory.
 
-usage: torch_check.py [--lib build/libs2lora.so] [--json OUT.json] [--sections ref,attn,sdpa,hf,speed]
-                      [--seqlens 8192,32768] [--steps 5] [--warmup 2] [--layers 4]
+usage: torch_check.py [--lib build/libs2lora.so] [--bin build/s2lora | --no-cli] [--json OUT.json]
+                      [--sections ref,attn,sdpa,cli,hf,speed] [--seqlens 8192,32768]
+                      [--steps 5] [--warmup 2] [--layers 4]
 Prints PASS/FAIL lines and a speed table; exits 1 on any failure (a library that does not
 load is one: the sections that need it fail, the rest still run).
 """
 import argparse
+import ctypes
 import json
 import math
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import traceback
 
@@ -283,6 +293,131 @@ def refusals(torch, s2lora):
            y.data_ptr() == x.data_ptr() and hf.COPIES == before)
 
 
+# ----------------------------------------------------------------------------- cli
+
+# The CASES `s2lora attn` runs too: fixed-length split, varlen split, varlen GQA roll, a custom
+# shift and scale (small, bf16; the attn section has built their kernels already).
+CLI_CASES = ("split", "varlen-split", "varlen-roll-gqa", "shift-scale-roll")
+
+
+def st_tensor(torch, t):
+    """(dtype, shape, bytes) of a tensor for cli_attn.st_write."""
+    t = t.detach().contiguous().cpu()
+    name = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32",
+            torch.int32: "I32"}[t.dtype]
+    return name, tuple(t.shape), ctypes.string_at(t.data_ptr(), t.numel() * t.element_size())
+
+
+def st_torch(torch, entry):
+    dtype, shape, data = entry
+    dt = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32,
+          "I32": torch.int32}[dtype]
+    return torch.frombuffer(bytearray(data), dtype=dt).reshape(shape).to(DEVICE)
+
+
+def python_side(torch, s2lora, case, q, k, v, do, cu):
+    """s2lora.attention's o, lse, dq, dk, dv and its handle's tile text. The LSE is the one the
+    forward saved for the backward (S2AttnFunction.save_for_backward(q, k, v, o, lse, ...))."""
+    from s2lora._layout import attention_call_yaml
+    from s2lora._torch import attention_handle
+    _, b, lens, h, hkv, d, g, s, mode, scale, dt = case
+    for x in (q, k, v):
+        x.grad = None
+    o = s2lora.attention(q, k, v, group_size=g, shift=s, shift_mode=mode, cu_seqlens=cu,
+                         max_seqlen=max(lens) if cu is not None else None, softmax_scale=scale)
+    saved = o.grad_fn.saved_tensors
+    lse = saved[4] if len(saved) > 4 else None
+    if lse is None or tuple(lse.shape) != (h, q.shape[0]) or lse.dtype != torch.float32:
+        raise RuntimeError(f"the forward's saved tensors hold no LSE [{h}, {q.shape[0]}] "
+                           f"float32 at index 4 (S2AttnFunction changed?)")
+    lse = lse.detach().clone()
+    o.backward(do)
+    text = attention_call_yaml(num_heads=h, num_kv_heads=hkv, head_dim=d, max_seqlen=max(lens),
+                               group_size=g, shift=s, shift_mode=mode, softmax_scale=scale,
+                               dtype=dt)
+    a = attention_handle(q.device.index if q.device.index is not None
+                         else torch.cuda.current_device(), text)  # the call's, cached
+    with a.ctx.lock:
+        tile = a.ctx.lib.s2lora_attn_tile(a.handle).decode()
+    out = {"o": o.detach().clone(), "lse": lse}
+    out.update(zip(("dq", "dk", "dv"), grads_of(q, k, v)))
+    return out, tile
+
+
+def section_cli(torch, s2lora, binary):
+    """s2lora.attention against `s2lora attn` on the same inputs. Equality is expected bit for
+    bit: both compose the same spec (cli_attn.case_spec_yaml is the package's composition), so
+    NVRTC compiles the same generated kernels; the CLI is given the Python handle's tile
+    (--tile), so both launch them with the same tile, grid and order; the forward and the
+    backward (separate dQ and dK/dV kernels, no atomics) are deterministic. Only a tile with
+    bwd_atomic_dq=1 (a tuned one may have it) adds dQ atomically in fp32, in an order that
+    varies run to run: then dq is held to a relative L2 error below 1e-3 and the line says so."""
+    import cli_attn
+    if not os.path.isfile(binary) or not os.access(binary, os.X_OK):
+        record("cli s2lora binary", False,
+               f"{binary} is not an executable file: give --bin PATH/s2lora (built beside "
+               f"libs2lora.so), or --no-cli to leave the comparison with the CLI out")
+        return
+    index = {c[0]: i for i, c in enumerate(CASES)}
+    with tempfile.TemporaryDirectory(prefix="s2lora-cli-check-") as tmp:
+        for name in CLI_CASES:
+            i = index[name]
+            case = CASES[i]
+            _, b, lens, h, hkv, d, g, s, mode, scale, dt = case
+            q, k, v, do, cu = make_inputs(torch, case, 100 + i)
+            try:
+                ours, tile_text = python_side(torch, s2lora, case, q, k, v, do, cu)
+                tile = cli_attn.tile_arg(tile_text)
+            except Exception as e:  # noqa: BLE001
+                record(f"cli {name}", False, f"{type(e).__name__}: {e}")
+                continue
+            spec_path = os.path.join(tmp, f"{name}.yaml")
+            in_path, out_path = (os.path.join(tmp, f"{name}.{x}.safetensors")
+                                 for x in ("in", "out"))
+            with open(spec_path, "w") as f:
+                f.write(cli_attn.case_spec_yaml(case))
+            tensors = {n: st_tensor(torch, flat(t)) for n, t in
+                       (("q", q), ("k", k), ("v", v), ("do", do))}
+            if cu is not None:
+                tensors["cu_seqlens"] = cli_attn.cu_seqlens_of(lens)
+            cli_attn.st_write(in_path, tensors)
+            argv = cli_attn.attn_argv(binary, spec_path, in_path, out_path, tile)
+            p = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+            if p.returncode != 0:
+                record(f"cli {name}", False, f"exit {p.returncode}: {' '.join(argv)}: "
+                       f"{p.stderr.strip()[-600:]}")
+                continue
+            try:
+                got, _ = cli_attn.st_read(out_path)
+            except (OSError, ValueError) as e:
+                record(f"cli {name}", False, f"reading the output: {e}")
+                continue
+            atomic = cli_attn.tile_value(tile, "bwd_atomic_dq") == 1
+            parts, ok = [], True
+            for n in ("o", "lse", "dq", "dk", "dv"):
+                mine = ours[n] if n == "lse" else flat(ours[n])
+                if n not in got:
+                    parts.append(f"{n} missing from the output")
+                    ok = False
+                    continue
+                theirs = st_torch(torch, got[n])
+                if theirs.shape != mine.shape or theirs.dtype != mine.dtype:
+                    parts.append(f"{n} {got[n][0]} {list(theirs.shape)}, the Python "
+                                 f"{mine.dtype} {list(mine.shape)}")
+                    ok = False
+                    continue
+                diff = (theirs.float() - mine.float()).abs().max().item()
+                if n == "dq" and atomic:
+                    e = rel_l2(theirs, mine)
+                    ok &= e < 1e-3
+                    parts.append(f"dq max |diff| {diff:.1e}, rel L2 {e:.1e} (bwd_atomic_dq=1)")
+                    continue
+                ok &= bool(torch.equal(theirs, mine))
+                parts.append(f"{n} max |diff| {diff:.1e}")
+            record(f"cli {name}: s2lora attn vs s2lora.attention, bitwise", ok,
+                   ", ".join(parts) + f"; tile {tile_text}")
+
+
 # ----------------------------------------------------------------------------- transformers
 
 GROUP_RATIO = 0.25
@@ -518,8 +653,12 @@ def section_speed(torch, s2lora, have_lib, seqlens, layers, steps, warmup):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--lib", help="libs2lora.so (else $S2LORA_LIBRARY, else the usual places)")
+    ap.add_argument("--bin", help="the s2lora binary for the cli section (default: s2lora "
+                    "beside the library)")
+    ap.add_argument("--no-cli", action="store_true",
+                    help="leave the comparison with `s2lora attn` out")
     ap.add_argument("--json", help="write the checks and timings here")
-    ap.add_argument("--sections", default="ref,attn,sdpa,hf,speed")
+    ap.add_argument("--sections", default="ref,attn,sdpa,cli,hf,speed")
     ap.add_argument("--seqlens", default="8192,32768")
     ap.add_argument("--hf-seqlen", type=int, default=8192)
     ap.add_argument("--layers", type=int, default=4)
@@ -527,12 +666,18 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     a = ap.parse_args()
     sections = set(x for x in a.sections.split(",") if x)
-    bad = sections - {"ref", "attn", "sdpa", "hf", "speed"}
+    bad = sections - {"ref", "attn", "sdpa", "cli", "hf", "speed"}
     if bad:
         ap.error(f"unknown sections {sorted(bad)}")
+    if a.no_cli:
+        if a.bin:
+            ap.error("--bin and --no-cli exclude each other")
+        sections.discard("cli")
     if a.lib:
         os.environ["S2LORA_LIBRARY"] = os.path.abspath(a.lib)
     sys.path.insert(0, os.path.join(ROOT, "python"))
+    sys.path.insert(0, HERE)
+    import cli_attn
     import torch
     import torch.nn.functional as F
     import s2lora
@@ -553,6 +698,10 @@ def main():
     plan = [("ref", lambda: section_ref(torch, F))]
     if have_lib:
         plan.append(("attn", lambda: section_attn(torch, F, s2lora, "sdpa" in sections)))
+        binary = os.path.abspath(a.bin) if a.bin else cli_attn.default_bin(RESULTS["library"])
+        plan.append(("cli", lambda: section_cli(torch, s2lora, binary)))
+    elif "cli" in sections:
+        record("section cli", False, "needs the library (see 'library loads')")
     plan += [("hf", lambda: section_hf(torch, s2lora, have_lib, a.hf_seqlen, a.layers)),
              ("speed", lambda: section_speed(torch, s2lora, have_lib, seqlens, a.layers, a.steps,
                                              a.warmup))]

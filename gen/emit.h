@@ -25,15 +25,15 @@ s2_status s2_emit_attn(const s2_spec *spec, const s2_attn_plan *plan, s2_attn_un
 s2_status s2_emit_lora(s2_dtype dtype, int rank, char **src, s2_error *err);
 
 /*
- * Source of the trainer's kernel unit (templates/train.cuh after dtype.cuh, runtime/train/train_kern.h)
- * for the spec's model: its sizes, RMS eps, RoPE theta and factor, and the block sizes below,
- * compiled in. *src is heap, caller frees.
+ * Source of the trainer's kernel unit (templates/train.cuh after dtype.cuh,
+ * runtime/train/train_kern.h) for the spec's model: its sizes, RMS eps, RoPE theta and factor,
+ * and the block sizes below, compiled in. *src is heap, caller frees.
  */
 s2_status s2_emit_train(const s2_spec *spec, char **src, s2_error *err);
 
-/* Block sizes of the train unit, emitted as #defines and launched with by runtime/train/train_kern.c:
- * the elementwise kernels, cross-entropy (one block per row of logits) and RoPE (one token per
- * block iteration). */
+/* Block sizes of the train unit, emitted as #defines and launched with by
+ * runtime/train/train_kern.c: the elementwise kernels, cross-entropy (one block per row of
+ * logits) and RoPE (one token per block iteration). */
 #define S2_TRAIN_EW_THREADS 256
 #define S2_TRAIN_XENT_THREADS 256
 #define S2_TRAIN_ROPE_THREADS 128

@@ -124,9 +124,9 @@ s2_status s2_plan_parse_tile(const char *text, s2_attn_tile *t, s2_error *err)
         if (k == N_TILE_KEYS)
             return s2_error_set(err, S2_ERR_INVALID,
                                 "tile '%s': unknown key '%.*s'; valid: fwd_warps, fwd_strips, "
-                                "fwd_block_n, fwd_stages, fwd_wgmma, fwd_mbar, fwd_tma, bwd_warps, "
-                                "bwd_block_n, bwd_stages, bwd_atomic_dq, bwd_wgmma, bwd_mbar, "
-                                "bwd_tma",
+                                "fwd_block_n, fwd_stages, fwd_wgmma, fwd_mbar, fwd_tma, "
+                                "bwd_warps, bwd_block_n, bwd_stages, bwd_atomic_dq, bwd_wgmma, "
+                                "bwd_mbar, bwd_tma",
                                 text, (int)(eq - p), p);
         char *num_end;
         errno = 0;
@@ -243,6 +243,12 @@ static int fwd_smem(const s2_attn_tile *t, int d)
         return (bm + 2 * t->fwd_stages * t->fwd_block_n) * d * 2 + 1024 +
                (t->fwd_mbar ? 16 * t->fwd_stages : 0) + (t->fwd_tma ? 16 : 0);
     return (bm + 2 * t->fwd_stages * t->fwd_block_n) * (d + 8) * 2;
+}
+
+/* Threads of a forward block: fwd_warps, and with fwd_tma the producer warpgroup beside them. */
+static int fwd_threads(const s2_attn_tile *t)
+{
+    return 32 * t->fwd_warps + (t->fwd_tma ? 128 : 0);
 }
 
 /* The wgmma forward's own rules (see s2_attn_tile.fwd_wgmma). */
@@ -609,8 +615,7 @@ s2_status s2_plan_attn(const s2_spec *spec, const char *arch, const s2_attn_tile
     if (st)
         return st;
     p->fwd_block_m = 16 * p->tile.fwd_strips * p->tile.fwd_warps;
-    /* with fwd_tma a producer warpgroup beside the fwd_warps that compute */
-    p->fwd_threads = 32 * p->tile.fwd_warps + (p->tile.fwd_tma ? 128 : 0);
+    p->fwd_threads = fwd_threads(&p->tile);
     p->bwd_threads = 32 * p->tile.bwd_warps;
     /* with bwd_tma a producer warpgroup beside the bwd_warps of the dK/dV kernel */
     p->dkdv_threads = p->bwd_threads + (p->tile.bwd_tma ? 128 : 0);
@@ -852,7 +857,7 @@ s2_status s2_plan_window(const s2_spec *spec, s2_attn_plan *p, s2_error *err)
          * and warpgroups): its tensor maps would address q, k and v as a batch, not the
          * window's halo buffer. */
         p->tile.fwd_tma = 0;
-        p->fwd_threads = 32 * p->tile.fwd_warps;
+        p->fwd_threads = fwd_threads(&p->tile);
         p->smem_fwd = fwd_smem(&p->tile, p->d);
     }
     if (p->tile.bwd_tma) { /* likewise the window's dK/dV kernel */

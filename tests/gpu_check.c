@@ -121,8 +121,9 @@ static const char *alt_tile(int i, int d, const char *arch)
                            "bwd_atomic_dq=0,bwd_mbar=1,bwd_tma=1";
     /* Tile 6: the TMA forward (a producer warpgroup, two consumers; fwd_tma) on sm_90a with
      * head_dim 64 and 128, on two stages at 128 (the ring wraps every other tile) and four of
-     * 64-key tiles at 64, after the deterministic wgmma backward. Roll-mode cases and the
-     * window cases take it without fwd_tma (case_tile): the plan refuses the TMA forward there.
+     * 64-key tiles at 64, after the deterministic wgmma backward. Roll-mode cases take it
+     * without fwd_tma (case_tile: the plan refuses the TMA forward there); the window cases'
+     * window units run its cp.async twin, as s2_plan_window gives every window unit.
      * Elsewhere tile 6 is the default again. */
     if (i == 6)
         return strcmp(arch, "sm_90a") || (d != 64 && d != 128) ? NULL
@@ -524,7 +525,6 @@ static s2_status run_window_case(const s2_rt *rt, const wcase *wc, int tile_idx,
     const s2_attn_tile *tp = case_tile(c, tile_idx, rt->arch, &tile, err, &st);
     if (st)
         return st;
-    tile.fwd_tma = 0; /* the window units take no tensor maps (tile 6 above) */
     s2_attn whole, win;
     if ((st = s2_attn_load(&whole, rt, &spec, tp, jo, err)))
         return st;
@@ -763,8 +763,6 @@ static s2_status prebuild(void *arg, int i, int worker, s2_error *unused)
     const s2_attn_tile *tp = NULL;
     if (!j->st)
         tp = case_tile(j->c, j->tile_idx, pool->jo.arch, &tile, &j->err, &j->st);
-    if (tp && j->window)
-        tile.fwd_tma = 0; /* as run_window_case */
     for (int w = 0; w <= j->window && !j->st; w++) {
         j->st = w ? s2_attn_build_window(&spec, tp, &pool->jo, &plan, res, &j->err)
                   : s2_attn_build(&spec, tp, &pool->jo, &plan, res, &j->err);

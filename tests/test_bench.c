@@ -37,6 +37,8 @@ Test(bench_cli, help)
     expect_bench("attn --help", 0, "usage: s2lora bench attn SPEC...");
     expect_bench("--help", 0, "usage: s2lora bench attn");
     expect_bench("attn --help", 0, "2*N*G*d*H");
+    expect_bench("attn --help", 0, "--no-gemm");
+    expect_bench("attn --help", 0, "dense bf16 GEMM\n8192^3 through cuBLAS");
     char *out;
     cr_expect_eq(run(BIN " --help", &out), 0);
     cr_expect(strstr(out, "bench"), "%s", out);
@@ -120,12 +122,29 @@ Test(bench_cli, valid_arguments_run_or_say_no_device, .timeout = 300)
         json_t *j = json_load_file(path, 0, &je);
         cr_assert(j, "%s: %s", path, je.text);
         cr_expect_eq(json_array_size(json_object_get(j, "rows")), 2);
+        cr_expect(json_object_get(j, "gemm_bf16_tflops"), "the card's rate, or null: %s", path);
         json_decref(j);
         unlink(path);
         snprintf(path, sizeof path, "%s/b.csv", dir);
         unlink(path);
     }
     rmdir(dir);
+    free(out);
+}
+
+/* The card's GEMM rate is timed after the device is opened: without one, --no-gemm or not,
+ * the run still stops at the device, with its message and status 3. */
+Test(bench_cli, no_gemm_runs_or_says_no_device, .timeout = 300)
+{
+    char cmd[4096], *out;
+    snprintf(cmd, sizeof cmd, "%s bench attn %s/tiny-byte-512.yaml --seqlens 256 --reps 1 "
+             "--warmup 0 --no-peers --no-gemm", BIN, SPECS);
+    int rc = run(cmd, &out);
+    cr_expect(rc == 0 || rc == 3, "exit %d: %s", rc, out);
+    if (rc == 3)
+        cr_expect(strstr(out, "no CUDA device"), "%s", out);
+    else
+        cr_expect(!strstr(out, "card: dense bf16 GEMM"), "--no-gemm: no rate line: %s", out);
     free(out);
 }
 
@@ -253,7 +272,7 @@ Test(bench_text, table_summary_csv_json)
     cr_expect(strstr(c.data, "ours 1.200 ms (s2lora#2) = 0.60"), "%s", c.data);
     s2_buf_free(&c);
 
-    s2_bench_csv(&b, rows, 3);
+    s2_bench_csv(&b, rows, 3, NAN);
     cr_assert(b.data);
     cr_expect(!strncmp(b.data, "spec,impl,N,G,S,d,H,Hkv,dtype,mode,fwd_ms", 41), "%s", b.data);
     cr_expect(strstr(b.data, "\"failed: \"\"RuntimeError\"\", no kernel\""), "quoted: %s", b.data);
@@ -261,7 +280,7 @@ Test(bench_text, table_summary_csv_json)
               b.data);
     s2_buf_free(&b);
 
-    char *js = s2_bench_json(rows, 3, "NVIDIA H100 80GB HBM3", 0x1234);
+    char *js = s2_bench_json(rows, 3, "NVIDIA H100 80GB HBM3", 0x1234, NAN);
     cr_assert(js);
     json_error_t je;
     json_t *j = json_loads(js, 0, &je);
@@ -272,8 +291,70 @@ Test(bench_text, table_summary_csv_json)
     cr_expect(json_is_null(json_object_get(json_array_get(r, 2), "fwd_ms")), "NaN is null");
     cr_expect(json_is_true(json_object_get(json_array_get(r, 2), "failed")));
     cr_expect_str_eq(json_string_value(json_object_get(j, "seed")), "0x0000000000001234");
+    /* No card rate: its key and the fractions are there, null. */
+    cr_expect(json_is_null(json_object_get(j, "gemm_bf16_tflops")), "%s", js);
+    for (int i = 0; i < 3; i++) {
+        json_t *ri = json_array_get(r, i);
+        cr_expect(json_is_null(json_object_get(ri, "fwd_frac_of_gemm")), "row %d: %s", i, js);
+        cr_expect(json_is_null(json_object_get(ri, "fb_frac_of_gemm")), "row %d: %s", i, js);
+    }
     json_decref(j);
     free(js);
+}
+
+/* A measured card rate: the JSON has it at the top and each row's TF/s as a fraction of it
+ * (null where the row has no time); the CSV has the fractions as its last two columns, with
+ * every earlier column where it was. */
+Test(bench_text, gemm_rate_and_fractions)
+{
+    s2_bench_row rows[2] = {mkrow("s2lora", 0.5, 1.5, NAN), mkrow("sdpa-cudnn", 0.6, NAN, NAN)};
+    const double gemm = 712.5;
+    char *js = s2_bench_json(rows, 2, "NVIDIA H100 80GB HBM3", 1, gemm);
+    cr_assert(js);
+    json_error_t je;
+    json_t *j = json_loads(js, 0, &je);
+    cr_assert(j, "%s: %s", je.text, js);
+    cr_expect_float_eq(json_number_value(json_object_get(j, "gemm_bf16_tflops")), gemm, 1e-9,
+                       "%s", js);
+    json_t *r = json_object_get(j, "rows");
+    cr_assert_eq(json_array_size(r), 2);
+    json_t *r0 = json_array_get(r, 0), *r1 = json_array_get(r, 1);
+    cr_expect_float_eq(json_number_value(json_object_get(r0, "fwd_frac_of_gemm")),
+                       rows[0].fwd_tflops / gemm, 1e-12, "%s", js);
+    cr_expect_float_eq(json_number_value(json_object_get(r0, "fb_frac_of_gemm")),
+                       rows[0].fb_tflops / gemm, 1e-12, "%s", js);
+    cr_expect_float_eq(json_number_value(json_object_get(r1, "fwd_frac_of_gemm")),
+                       rows[1].fwd_tflops / gemm, 1e-12, "%s", js);
+    cr_expect(json_is_null(json_object_get(r1, "fb_frac_of_gemm")), "no fb time: %s", js);
+    /* The TF/s fields themselves are unchanged. */
+    cr_expect_float_eq(json_number_value(json_object_get(r0, "fb_tflops")), rows[0].fb_tflops,
+                       1e-9);
+    json_decref(j);
+    free(js);
+
+    s2_buf b = {0};
+    s2_bench_csv(&b, rows, 2, gemm);
+    cr_assert(b.data);
+    cr_expect(!strncmp(b.data, "spec,impl,N,G,S,d,H,Hkv,dtype,mode,fwd_ms,fwd_tflops,fb_ms,"
+                       "fb_tflops,peak_gib,rel_err_vs_ours,failed,note,fwd_frac_of_gemm,"
+                       "fb_frac_of_gemm\n", 139), "%s", b.data);
+    char want[256];
+    snprintf(want, sizeof want, ",0,,%.6g,%.6g\n", rows[0].fwd_tflops / gemm,
+             rows[0].fb_tflops / gemm);
+    cr_expect(strstr(b.data, want), "expected '%s' in:\n%s", want, b.data);
+    snprintf(want, sizeof want, ",0,,%.6g,\n", rows[1].fwd_tflops / gemm);
+    cr_expect(strstr(b.data, want), "expected '%s' in:\n%s", want, b.data);
+    /* Every line has the header's 20 fields. */
+    for (const char *p = b.data; *p;) {
+        const char *e = strchr(p, '\n');
+        cr_assert(e);
+        int commas = 0;
+        for (const char *q = p; q < e; q++)
+            commas += *q == ',';
+        cr_expect_eq(commas, 19, "%.*s", (int)(e - p), p);
+        p = e + 1;
+    }
+    s2_buf_free(&b);
 }
 
 Test(bench_text, summary_without_peers)

@@ -348,6 +348,7 @@ Test(opts, bench_attn_parses_into_the_library_options)
                     "--seed=0x10", "--tile", "fwd_warps=4", "--json", "x.json"};
     s2_opts_result r;
     cr_assert_eq(s2_opts_parse(c, 11, argv, &a, &r), 0, "%s", r.msg);
+    cr_expect_eq(a.o.no_gemm, 0, "the card's GEMM rate is measured by default");
     cr_expect_eq(a.o.n_specs, 2);
     cr_expect_str_eq(a.o.specs[1], "b.yaml");
     cr_expect_eq(a.o.n_sets, 1);
@@ -360,6 +361,10 @@ Test(opts, bench_attn_parses_into_the_library_options)
     cr_expect_eq(a.o.reps_fwd, 20);
     cr_expect_eq(a.o.warmup, 5);
     cr_expect_str_eq(a.o.peers, S2_BENCH_DEFAULT_PEERS);
+
+    char *argv2[] = {"a.yaml", "--no-gemm"};
+    cr_assert_eq(s2_opts_parse(c, 2, argv2, &a, &r), 0, "%s", r.msg);
+    cr_expect_eq(a.o.no_gemm, 1, "--no-gemm");
 }
 
 /* ---- every subcommand through the binary --------------------------------------------------- */

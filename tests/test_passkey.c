@@ -125,8 +125,10 @@ Test(passkey, prompt_errors)
     snprintf(want, sizeof want, "seqlen %d: the prompt without filler and the answer take %d",
              min - 1, min);
     cr_assert(strstr(err.msg, want), "%s", err.msg);
+    s2_error_clear(&err);
     cr_assert_eq(s2_passkey_prompt_make(600, 1, 0, tok, 599, &p, &err), S2_ERR_INVALID);
     cr_assert(strstr(err.msg, "into 599 tokens (>= seqlen 600)"), "%s", err.msg);
+    s2_error_clear(&err);
 }
 
 /* ---- models as next-token functions ---- */
@@ -233,4 +235,5 @@ Test(passkey, ties_take_the_first_and_errors_pass_through)
     cr_assert_eq(s2_passkey_decode(&p, tok, V, row, failing, NULL, &ok, NULL, &err), S2_ERR_CUDA);
     cr_assert_eq(ok, 0);
     cr_assert(strstr(err.msg, "stand-in failure at 994 tokens"), "%s", err.msg);
+    s2_error_clear(&err);
 }

@@ -43,13 +43,21 @@ for d, ns in ((128, (8192, 16384, 32768, 65536)), (64, (16384,))):
                          "d": d, "H": 32, "Hkv": 32, "dtype": "bf16", "mode": "split",
                          "fwd_ms": 1.0, "fwd_tflops": base + 30 * i, "fb_ms": 4.0,
                          "fb_tflops": 0.8 * base + 25 * i, "peak_gib": 1.0,
-                         "rel_err_vs_ours": None, "failed": False, "note": "SYNTHETIC"})
+                         "rel_err_vs_ours": None, "failed": False, "note": "SYNTHETIC",
+                         "fwd_frac_of_gemm": (base + 30 * i) / 700.0,
+                         "fb_frac_of_gemm": (0.8 * base + 25 * i) / 700.0})
 # A failed peer row and one without times, as bench writes them: drawn as gaps.
-rows.append(dict(rows[-1], impl="flex-roll", failed=True, fwd_tflops=None, fb_tflops=None))
-rows.append(dict(rows[0], impl="sdpa-math", fwd_tflops=None, fb_tflops=None))
-run = {"device": "SYNTHETIC-CARD", "seed": "0x0", "flops": "SYNTHETIC", "rows": rows}
+rows.append(dict(rows[-1], impl="flex-roll", failed=True, fwd_tflops=None, fb_tflops=None,
+                 fwd_frac_of_gemm=None, fb_frac_of_gemm=None))
+rows.append(dict(rows[0], impl="sdpa-math", fwd_tflops=None, fb_tflops=None,
+                 fwd_frac_of_gemm=None, fb_frac_of_gemm=None))
+# The card's rate as bench attn writes it; the second run has none (--no-gemm): null.
+run = {"device": "SYNTHETIC-CARD", "seed": "0x0", "flops": "SYNTHETIC", "gemm_bf16_tflops": 700.0,
+       "rows": rows}
 json.dump(run, open(os.path.join(t, "attn_one.json"), "w"), indent=2)
-json.dump({"runs": [run, dict(run, rows=rows[:3])]}, open(os.path.join(t, "attn_runs.json"), "w"))
+no_rate = [dict(r, fwd_frac_of_gemm=None, fb_frac_of_gemm=None) for r in rows[:3]]
+json.dump({"runs": [run, dict(run, gemm_bf16_tflops=None, rows=no_rate)]},
+          open(os.path.join(t, "attn_runs.json"), "w"))
 lora = []
 for m in (4096, 16384, 65536):
     for dim in (4096, 8192):

@@ -253,6 +253,18 @@ def compose_attention_yaml(*, num_heads, num_kv_heads, head_dim, context_length,
     return "\n".join(lines) + "\n"
 
 
+def attention_call_yaml(*, num_heads, num_kv_heads, head_dim, max_seqlen, group_size,
+                        shift=None, shift_mode="split", softmax_scale=None, dtype="bf16"):
+    """The spec s2lora.attention composes for a call whose longest sequence has max_seqlen
+    tokens: compose_attention_yaml with context_length = context_bucket(max_seqlen). One
+    function, so that a check which hands the same spec to `s2lora attn`
+    (bench/torch_check.py) composes the text the package does."""
+    return compose_attention_yaml(
+        num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
+        context_length=context_bucket(max_seqlen), group_size=group_size, shift=shift,
+        shift_mode=shift_mode, softmax_scale=softmax_scale, dtype=dtype)
+
+
 def numbered(text):
     """Text with 1-based line numbers, for error messages that point into composed YAML."""
     return "\n".join(f"{i:4d} | {line}" for i, line in enumerate(text.splitlines(), 1))

@@ -3,7 +3,7 @@
 Tensors go to the library as pointers and strides (no copies); the kernels run on PyTorch's
 current stream of the tensors' device; the outputs, the LSE and the backward's workspace come
 from PyTorch's caching allocator. The kernels are made for a spec composed from the call's
-arguments (_layout.compose_attention_yaml); each context keeps the attention handle of every
+arguments (_layout.attention_call_yaml); each context keeps the attention handle of every
 spec it has seen, by the composed text and by the spec's hash, so a call after the first costs
 a dictionary look-up.
 """
@@ -13,8 +13,7 @@ import torch
 
 from . import _lib, errors
 from ._context import context, Spec
-from ._layout import (attention_operand, compose_attention_yaml, context_bucket, is_packed,
-                      SHIFT_MODES)
+from ._layout import attention_call_yaml, attention_operand, is_packed, SHIFT_MODES
 
 _DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 SPEC_NAME = "<s2lora.attention arguments>"
@@ -245,10 +244,10 @@ def attention(q, k, v, *, group_size, shift=None, shift_mode="split", cu_seqlens
             raise _invalid(f"max_seqlen {max_seqlen!r}: need a positive int")
         call.max_seqlen = max_seqlen
 
-    text = compose_attention_yaml(
-        num_heads=qo.heads, num_kv_heads=ko.heads, head_dim=qo.d,
-        context_length=context_bucket(call.max_seqlen), group_size=group_size, shift=shift,
-        shift_mode=shift_mode, softmax_scale=softmax_scale, dtype=_DTYPES[q.dtype])
+    text = attention_call_yaml(
+        num_heads=qo.heads, num_kv_heads=ko.heads, head_dim=qo.d, max_seqlen=call.max_seqlen,
+        group_size=group_size, shift=shift, shift_mode=shift_mode, softmax_scale=softmax_scale,
+        dtype=_DTYPES[q.dtype])
     call.attn = attention_handle(q.device.index if q.device.index is not None
                                  else torch.cuda.current_device(), text, options)
     return S2AttnFunction.apply(q, k, v, cu_seqlens, call)

@@ -45,3 +45,14 @@ def needs_library(suite):
     if library():
         return lambda cls: cls
     return unittest.skip(no_library_reason(suite))
+
+
+def binary():
+    """The s2lora binary: $S2LORA_BIN when it names a file, else the one beside the library in
+    S2LORA_LIBRARY (build/ holds both); None otherwise."""
+    p = os.environ.get("S2LORA_BIN")
+    if p:
+        return p if os.path.isfile(p) else None
+    lib = library()
+    b = os.path.join(os.path.dirname(os.path.abspath(lib)), "s2lora") if lib else None
+    return b if b and os.path.isfile(b) else None

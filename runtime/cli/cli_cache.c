@@ -21,10 +21,8 @@ typedef struct cache_args {
 } cache_args;
 
 #define OPT_DIR                                                                                 \
-    {.name = "cache-dir", .kind = S2_OPT_STRING, .metavar = "DIR",                             \
-     .help = "the cache (default $S2LORA_CACHE_DIR, else $XDG_CACHE_HOME/s2lora, else "         \
-             "~/.cache/s2lora)",                                                                \
-     .off = offsetof(cache_args, cache_dir), .complete = S2_COMPLETE_DIR}
+    S2_OPT_CACHE_DIR_AT(cache_args, cache_dir, "the cache (default $S2LORA_CACHE_DIR, else "   \
+                                               "$XDG_CACHE_HOME/s2lora, else ~/.cache/s2lora)")
 
 static const s2_opt list_opts[] = {
     OPT_DIR,

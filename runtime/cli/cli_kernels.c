@@ -28,7 +28,6 @@
 #include "runtime/train/data.h"
 
 #define EXIT_NO_DEVICE 3
-#define MAX_SETS 64
 #define MAX_ARCH 8
 #define MAX_JOBS 1024
 
@@ -46,16 +45,11 @@ static int fail(s2_error *err)
 static const char *const arch_values[] = {"sm_80", "sm_86", "sm_89", "sm_90", "sm_90a", NULL};
 
 #define OPT_SETS_AT(T, SETS, N)                                                                 \
-    {.name = "set", .kind = S2_OPT_STRING, .metavar = "KEY=VALUE",                            \
-     .help = "override a spec value, e.g. --set s2attn.group_size=2048",                        \
-     .off = offsetof(T, SETS), .max_count = MAX_SETS, .count_off = offsetof(T, N),              \
-     .flags = S2_OPT_KEYVAL}
+    S2_OPT_SETS_AT(T, SETS, N, "override a spec value, e.g. --set s2attn.group_size=2048")
 #define OPT_SETS(T) OPT_SETS_AT(T, sets, n_sets)
 #define OPT_CACHE_DIR_AT(T, F)                                                                  \
-    {.name = "cache-dir", .kind = S2_OPT_STRING, .metavar = "DIR",                             \
-     .help = "kernel cache directory (default $S2LORA_CACHE_DIR, else $XDG_CACHE_HOME/s2lora, " \
-             "else ~/.cache/s2lora)",                                                           \
-     .off = offsetof(T, F), .complete = S2_COMPLETE_DIR}
+    S2_OPT_CACHE_DIR_AT(T, F, "kernel cache directory (default $S2LORA_CACHE_DIR, else "       \
+                              "$XDG_CACHE_HOME/s2lora, else ~/.cache/s2lora)")
 #define OPT_CACHE_DIR(T) OPT_CACHE_DIR_AT(T, cache_dir)
 #define OPT_JOBS(T)                                                                             \
     {.name = "jobs", .short_name = 'j', .kind = S2_OPT_INT, .metavar = "N",                    \
@@ -71,7 +65,7 @@ static const char *const arch_values[] = {"sm_80", "sm_86", "sm_89", "sm_90", "s
 typedef struct cli_opts {
     const char *spec[1];
     int n_spec;
-    s2_spec_override sets[MAX_SETS];
+    s2_spec_override sets[S2_CLI_MAX_SETS];
     int n_sets;
     const char *arch[MAX_ARCH];
     int n_arch;
@@ -156,9 +150,7 @@ const s2_cmd s2_cmd_gen = {
     .about = "Generates the specialised CUDA sources of SPEC (one .cu file per unit, each\n"
              "opening with a banner that names the spec and its hash) into DIR.\n",
     .opts = gen_opts, .n_opts = sizeof gen_opts / sizeof gen_opts[0],
-    .pos_name = "SPEC", .pos_min = 1, .pos_max = 1, .pos_off = offsetof(cli_opts, spec),
-    .pos_count_off = offsetof(cli_opts, n_spec), .pos_has_count = 1,
-    .pos_complete = S2_COMPLETE_SPEC,
+    S2_POS_SPEC(cli_opts, spec, n_spec, 1),
 };
 
 int s2_cli_gen(const char *p, int argc, char **argv)
@@ -212,9 +204,7 @@ const s2_cmd s2_cmd_build = {
              "by name, the cache directory) and the next useful command.\n",
     .epilog = "Exit status 1 if a build fails or any kernel spills.\n",
     .opts = build_opts, .n_opts = sizeof build_opts / sizeof build_opts[0],
-    .pos_name = "SPEC", .pos_min = 1, .pos_max = 1, .pos_off = offsetof(cli_opts, spec),
-    .pos_count_off = offsetof(cli_opts, n_spec), .pos_has_count = 1,
-    .pos_complete = S2_COMPLETE_SPEC,
+    S2_POS_SPEC(cli_opts, spec, n_spec, 1),
 };
 
 /* The dynamic shared memory a kernel is launched with: the plan's (0 for the others). */
@@ -365,9 +355,7 @@ const s2_cmd s2_cmd_attn = {
              "--backward, dq [T,H,d], dk [T,Hkv,d], dv [T,Hkv,d].\n",
     .epilog = "Exit status 3 when there is no CUDA device.\n",
     .opts = attn_opts, .n_opts = sizeof attn_opts / sizeof attn_opts[0],
-    .pos_name = "SPEC", .pos_min = 1, .pos_max = 1, .pos_off = offsetof(cli_opts, spec),
-    .pos_count_off = offsetof(cli_opts, n_spec), .pos_has_count = 1,
-    .pos_complete = S2_COMPLETE_SPEC,
+    S2_POS_SPEC(cli_opts, spec, n_spec, 1),
 };
 
 /* Checks that tensor name exists with dtype and shape dims[0..ndim). */
@@ -637,7 +625,7 @@ int s2_cli_attn(const char *p, int argc, char **argv)
     int rc;
     if (!s2_opts_run(&s2_cmd_attn, argc, argv, &o, &r, &rc))
         return rc;
-    const char *sets[MAX_SETS];
+    const char *sets[S2_CLI_MAX_SETS];
     for (int i = 0; i < o.n_sets; i++)
         sets[i] = o.sets[i].text;
     s2lora_options opt = S2LORA_OPTIONS_INIT;
@@ -727,6 +715,10 @@ static const s2_opt bench_attn_opts[] = {
      .off = offsetof(bench_args, o.peers), .complete = S2_COMPLETE_FILE},
     {.name = "no-peers", .kind = S2_OPT_FLAG, .help = "time s2lora alone",
      .off = offsetof(bench_args, no_peers)},
+    {.name = "no-gemm", .kind = S2_OPT_FLAG,
+     .help = "skip the card's dense bf16 GEMM rate timed before the cases (the JSON's "
+             "gemm_bf16_tflops and the *_frac_of_gemm fields are then null)",
+     .off = offsetof(bench_args, o.no_gemm)},
     {.name = "csv", .kind = S2_OPT_STRING, .metavar = "FILE",
      .help = "write the rows as CSV (whole, atomically, after the sweep)",
      .off = offsetof(bench_args, o.csv), .complete = S2_COMPLETE_FILE},
@@ -745,8 +737,8 @@ const s2_cmd s2_cmd_bench_attn = {
     .name = "bench attn",
     .usage = "SPEC... [--set KEY=VALUE]... [--seqlens N[,N]...]\n"
              "                         [--reps N] [--warmup N] [--seed N]\n"
-             "                         [--peers PATH | --no-peers] [--csv FILE] [--json FILE]\n"
-             "                         [--cache-dir DIR] [--tile K=V,...]...",
+             "                         [--peers PATH | --no-peers] [--no-gemm] [--csv FILE]\n"
+             "                         [--json FILE] [--cache-dir DIR] [--tile K=V,...]...",
     .about =
         "Times the S²-Attn kernels of each SPEC on the GPU, forward and forward+backward,\n"
         "and the PyTorch peers on the same inputs. One case per SPEC and N: one sequence\n"
@@ -765,12 +757,17 @@ const s2_cmd s2_cmd_bench_attn = {
         "relative L2 error of the peer's o against ours, for peers that compute our shift\n"
         "mode (n/a otherwise). After each case, one line gives the fastest peer's fwd+bwd\n"
         "time and ours as a multiple of it.\n"
+        "Before the cases, one line gives the card's measured rate: a dense bf16 GEMM\n"
+        "8192^3 through cuBLAS (fp32 accumulate, 2*8192^3 FLOPs, fresh random inputs,\n"
+        "median of 30 after 10 untimed; its buffers are freed before the cases). The CSV's\n"
+        "last columns and the JSON's fwd_frac_of_gemm / fb_frac_of_gemm give each TF/s as a\n"
+        "fraction of it, the JSON's gemm_bf16_tflops the rate itself; they are empty (null)\n"
+        "with --no-gemm or when it could not be measured (cuBLAS missing, say: one warning\n"
+        "says why, and the cases run).\n"
         "Exit status 1 if a row of ours failed (inf/NaN left in o, dq, dk or dv, or an\n"
         "error), 3 when there is no CUDA device (after the arguments and specs are checked).\n",
     .opts = bench_attn_opts, .n_opts = sizeof bench_attn_opts / sizeof bench_attn_opts[0],
-    .pos_name = "SPEC", .pos_min = 1, .pos_max = S2_BENCH_MAX_SPECS,
-    .pos_off = offsetof(bench_args, o.specs), .pos_count_off = offsetof(bench_args, o.n_specs),
-    .pos_has_count = 1, .pos_complete = S2_COMPLETE_SPEC,
+    S2_POS_SPEC(bench_args, o.specs, o.n_specs, S2_BENCH_MAX_SPECS),
 };
 
 /* Prints one case's rows; returns 1 if our row failed. */
@@ -791,19 +788,19 @@ static int print_bench_case(const s2_bench_ctx *ctx, const s2_bench_case *c,
     return n > 0 && rows[0].failed;
 }
 
-static s2_status write_bench_files(const s2_bench_opts *o, const char *device,
+static s2_status write_bench_files(const s2_bench_opts *o, const char *device, double gemm,
                                    const s2_bench_rows *r, s2_error *err)
 {
     s2_status st = S2_OK;
     if (o->csv) {
         s2_buf b = {0};
-        s2_bench_csv(&b, r->row, r->n);
+        s2_bench_csv(&b, r->row, r->n, gemm);
         st = b.oom || !b.data ? s2_error_set(err, S2_ERR_NOMEM, "out of memory for the CSV")
                               : s2_write_file_atomic(o->csv, b.data, b.len, err);
         s2_buf_free(&b);
     }
     if (!st && o->json) {
-        char *j = s2_bench_json(r->row, r->n, device, o->seed);
+        char *j = s2_bench_json(r->row, r->n, device, o->seed, gemm);
         st = !j ? s2_error_set(err, S2_ERR_NOMEM, "out of memory for the JSON")
                 : s2_write_file_atomic(o->json, j, strlen(j), err);
         free(j);
@@ -1066,6 +1063,21 @@ int s2_cli_bench(const char *p, int argc, char **argv)
     printf("bench attn: %s (%s, %d SMs), seed 0x%llx, warm-up %d, reps %d fwd / %d fwd+bwd, "
            "peers: %s\n", ctx.rt.name, ctx.rt.arch, ctx.rt.sm_count, (unsigned long long)o->seed,
            o->warmup, o->reps_fwd, o->reps_fb, o->peers ? o->peers : "none");
+    /* The card's own rate, once, so every TF/s can be read as a share of it. Not having it
+     * (cuBLAS missing, say) costs only the fractions: one warning, and the cases go on. */
+    double gemm = NAN;
+    if (!o->no_gemm) {
+        s2_error ge = {0};
+        if (s2_bench_gemm_rate(o->seed, &gemm, &ge)) {
+            fprintf(stderr, "%s: warning: %s; no card rate, TF/s are not given as a fraction of "
+                    "it\n", prog, ge.msg ? ge.msg : s2_status_to_string(ge.status));
+            s2_error_clear(&ge);
+        } else {
+            printf("card: dense bf16 GEMM %d^3 (cuBLAS): %.1f TF/s; the CSV and JSON give each "
+                   "TF/s below as a fraction of it\n", S2_BENCH_GEMM_DIM, gemm);
+        }
+        fflush(stdout);
+    }
     s2_bench_rows rows = {0};
     int failed = 0;
     s2_status st = S2_OK;
@@ -1076,7 +1088,7 @@ int s2_cli_bench(const char *p, int argc, char **argv)
             failed += print_bench_case(&ctx, &cases[i], rows.row + first, rows.n - first);
     }
     if (!st)
-        st = write_bench_files(o, ctx.rt.name, &rows, &err);
+        st = write_bench_files(o, ctx.rt.name, gemm, &rows, &err);
     s2_bench_rows_free(&rows);
     free(cases);
     if (st)
@@ -1091,7 +1103,7 @@ int s2_cli_bench(const char *p, int argc, char **argv)
 typedef struct tune_args {
     const char *specs[16];
     int n_specs;
-    s2_spec_override sets[MAX_SETS];
+    s2_spec_override sets[S2_CLI_MAX_SETS];
     int n_sets;
     const char *arch, *db_dir, *export_path, *import_path, *cache_dir;
     unsigned kernels; /* bit i: kernel_values[i] */
@@ -1166,9 +1178,7 @@ const s2_cmd s2_cmd_tune = {
     .epilog = "Exit status 1 if a candidate fails to build (or, on a GPU, on an error), 3 when\n"
               "there is no CUDA device.\n",
     .opts = tune_opts, .n_opts = sizeof tune_opts / sizeof tune_opts[0],
-    .pos_name = "SPEC", .pos_min = 1, .pos_max = 16, .pos_off = offsetof(tune_args, specs),
-    .pos_count_off = offsetof(tune_args, n_specs), .pos_has_count = 1,
-    .pos_complete = S2_COMPLETE_SPEC,
+    S2_POS_SPEC(tune_args, specs, n_specs, 16),
 };
 
 /* --build-only: the whole space for an arch that need not be here. */

@@ -14,12 +14,11 @@
 #include "gen/spec.h"
 #include "runtime/cli/cli.h"
 
-#define MAX_SETS 64
 
 typedef struct sp_args {
     const char *spec[1];
     int n_spec;
-    s2_spec_override sets[MAX_SETS];
+    s2_spec_override sets[S2_CLI_MAX_SETS];
     int n_sets, sp, align;
 } sp_args;
 
@@ -29,10 +28,8 @@ static const s2_opt sp_opts[] = {
     {.name = "align", .kind = S2_OPT_INT, .metavar = "ROWS",
      .help = "chunk starts on multiples of ROWS (>= 1, default 128)",
      .off = offsetof(sp_args, align), .lo = 1, .hi = INT_MAX},
-    {.name = "set", .kind = S2_OPT_STRING, .metavar = "KEY=VALUE",
-     .help = "override a spec value, e.g. --set s2attn.shift_mode=roll",
-     .off = offsetof(sp_args, sets), .max_count = MAX_SETS, .count_off = offsetof(sp_args, n_sets),
-     .flags = S2_OPT_KEYVAL},
+    S2_OPT_SETS_AT(sp_args, sets, n_sets,
+                   "override a spec value, e.g. --set s2attn.shift_mode=roll"),
 };
 
 const s2_cmd s2_cmd_sp_plan = {
@@ -48,9 +45,7 @@ const s2_cmd s2_cmd_sp_plan = {
     .epilog = "Exit status 1 on an error (a P that leaves a rank without rows names the largest\n"
               "valid one), 2 on a usage error.\n",
     .opts = sp_opts, .n_opts = sizeof sp_opts / sizeof sp_opts[0],
-    .pos_name = "SPEC", .pos_min = 1, .pos_max = 1, .pos_off = offsetof(sp_args, spec),
-    .pos_count_off = offsetof(sp_args, n_spec), .pos_has_count = 1,
-    .pos_complete = S2_COMPLETE_SPEC,
+    S2_POS_SPEC(sp_args, spec, n_spec, 1),
 };
 
 int s2_cli_sp_plan(const char *prog, int argc, char **argv)

@@ -28,7 +28,6 @@
 #include "runtime/core/train_io.h"
 #include "runtime/train/train_state.h"
 
-#define MAX_SETS 64
 
 #define TRAIN_ABOUT \
     "Extends a Hugging Face LLaMA checkpoint (--model: config.json and safetensors) to the\n" \
@@ -69,7 +68,7 @@ typedef struct train_args {
     s2_train_opts o;
     const char *spec[1];
     int n_spec;
-    s2_spec_override sets[MAX_SETS];
+    s2_spec_override sets[S2_CLI_MAX_SETS];
     int n_sets;
     int seqlens[1], n_seqlens;
     int grad_accum, dp, sp; /* 0: not given */
@@ -82,18 +81,13 @@ static const char *const recompute_values[] = {"auto", "layer", "mlp", NULL};
 static const char *const rope_values[] = {"match", "spec", NULL};
 
 #define OPT_SET(T)                                                                              \
-    {.name = "set", .kind = S2_OPT_STRING, .metavar = "KEY=VALUE",                            \
-     .help = "override a spec value, e.g. --set context_length=32768",                          \
-     .off = offsetof(T, sets), .max_count = MAX_SETS, .count_off = offsetof(T, n_sets),         \
-     .flags = S2_OPT_KEYVAL}
+    S2_OPT_SETS_AT(T, sets, n_sets, "override a spec value, e.g. --set context_length=32768")
 #define OPT_MODEL(T, F)                                                                         \
     {.name = "model", .short_name = 'm', .kind = S2_OPT_STRING, .metavar = "DIR",              \
      .help = "the Hugging Face checkpoint (config.json and safetensors)", .off = offsetof(T, F), \
      .flags = S2_OPT_REQUIRED, .complete = S2_COMPLETE_DIR}
 #define OPT_CACHE(T, F)                                                                         \
-    {.name = "cache-dir", .kind = S2_OPT_STRING, .metavar = "DIR",                             \
-     .help = "kernel cache directory (see 's2lora build --help')", .off = offsetof(T, F),      \
-     .complete = S2_COMPLETE_DIR}
+    S2_OPT_CACHE_DIR_AT(T, F, "kernel cache directory (see 's2lora build --help')")
 #define OPT_ROPE(T, F)                                                                          \
     {.name = "rope-scaling", .kind = S2_OPT_ENUM, .help = "match (default): a checkpoint's "   \
      "linear rope_scaling factor must be the spec's; spec: the spec's factor replaces it (an "  \
@@ -177,16 +171,14 @@ const s2_cmd s2_cmd_train = {
     .about = TRAIN_ABOUT,
     .epilog = "Exit status 1 on an error, 2 on a usage error, 3 with no CUDA device.\n",
     .opts = train_opts, .n_opts = sizeof train_opts / sizeof train_opts[0],
-    .pos_name = "SPEC", .pos_min = 1, .pos_max = 1, .pos_off = offsetof(train_args, spec),
-    .pos_count_off = offsetof(train_args, n_spec), .pos_has_count = 1,
-    .pos_complete = S2_COMPLETE_SPEC,
+    S2_POS_SPEC(train_args, spec, n_spec, 1),
 };
 
 typedef struct eval_args {
     s2_eval_opts o;
     const char *spec[1];
     int n_spec;
-    s2_spec_override sets[MAX_SETS];
+    s2_spec_override sets[S2_CLI_MAX_SETS];
     int n_sets;
     int seqlens[1], n_seqlens, passkey;
     uint64_t seed;
@@ -238,15 +230,13 @@ const s2_cmd s2_cmd_eval = {
              "accuracy.\n",
     .epilog = "Exit status 1 on an error, 2 on a usage error, 3 with no CUDA device.\n",
     .opts = eval_opts, .n_opts = sizeof eval_opts / sizeof eval_opts[0],
-    .pos_name = "SPEC", .pos_min = 1, .pos_max = 1, .pos_off = offsetof(eval_args, spec),
-    .pos_count_off = offsetof(eval_args, n_spec), .pos_has_count = 1,
-    .pos_complete = S2_COMPLETE_SPEC,
+    S2_POS_SPEC(eval_args, spec, n_spec, 1),
 };
 
 typedef struct logits_args {
     const char *spec[1];
     int n_spec;
-    s2_spec_override sets[MAX_SETS];
+    s2_spec_override sets[S2_CLI_MAX_SETS];
     int n_sets;
     const char *model, *tokens, *out, *adapter, *trainable, *cache_dir, *rope;
     int s2attn, grads;
@@ -289,15 +279,13 @@ const s2_cmd s2_cmd_logits = {
              "\"grad.NAME\" (F32, the trainer's names: stacked adapters per projection group).\n"
              "For peer checks against transformers and PEFT (bench/peers/llama_peers.py).\n",
     .opts = logits_opts, .n_opts = sizeof logits_opts / sizeof logits_opts[0],
-    .pos_name = "SPEC", .pos_min = 1, .pos_max = 1, .pos_off = offsetof(logits_args, spec),
-    .pos_count_off = offsetof(logits_args, n_spec), .pos_has_count = 1,
-    .pos_complete = S2_COMPLETE_SPEC,
+    S2_POS_SPEC(logits_args, spec, n_spec, 1),
 };
 
 typedef struct init_args {
     const char *spec[1];
     int n_spec;
-    s2_spec_override sets[MAX_SETS];
+    s2_spec_override sets[S2_CLI_MAX_SETS];
     int n_sets;
     const char *out;
     uint64_t seed;
@@ -327,9 +315,7 @@ const s2_cmd s2_cmd_init = {
              "full`). Needs no GPU. A directory that holds anything already is refused unless\n"
              "--force is given.\n",
     .opts = init_opts, .n_opts = sizeof init_opts / sizeof init_opts[0],
-    .pos_name = "SPEC", .pos_min = 1, .pos_max = 1, .pos_off = offsetof(init_args, spec),
-    .pos_count_off = offsetof(init_args, n_spec), .pos_has_count = 1,
-    .pos_complete = S2_COMPLETE_SPEC,
+    S2_POS_SPEC(init_args, spec, n_spec, 1),
 };
 
 /*

@@ -135,6 +135,22 @@ typedef struct s2_cmd_group {
  * unknown shell. */
 int s2_opts_completion(const char *shell, const s2_cmd_group *groups, int n, s2_buf *b);
 
+/* What the spec-taking subcommands share, one shape each (their help texts stay their
+ * own): the --set overrides of struct T's array SETS (S2_CLI_MAX_SETS of them, counted in
+ * N), the kernel cache directory in field F, and the positional SPEC (1..MAX of them in array
+ * F, counted in NF) for an s2_cmd's initialiser. */
+#define S2_CLI_MAX_SETS 64
+#define S2_OPT_SETS_AT(T, SETS, N, HELP)                                                        \
+    {.name = "set", .kind = S2_OPT_STRING, .metavar = "KEY=VALUE", .help = HELP,              \
+     .off = offsetof(T, SETS), .max_count = S2_CLI_MAX_SETS, .count_off = offsetof(T, N),      \
+     .flags = S2_OPT_KEYVAL}
+#define S2_OPT_CACHE_DIR_AT(T, F, HELP)                                                         \
+    {.name = "cache-dir", .kind = S2_OPT_STRING, .metavar = "DIR", .help = HELP,               \
+     .off = offsetof(T, F), .complete = S2_COMPLETE_DIR}
+#define S2_POS_SPEC(T, F, NF, MAX)                                                              \
+    .pos_name = "SPEC", .pos_min = 1, .pos_max = MAX, .pos_off = offsetof(T, F),               \
+    .pos_count_off = offsetof(T, NF), .pos_has_count = 1, .pos_complete = S2_COMPLETE_SPEC
+
 /* "7d", "12h", "30m", "45s", "2d12h" is not accepted: one number (digits) and one unit; 0 when
  * text is not such a duration (or it overflows). */
 int s2_opts_parse_duration(const char *text, double *seconds);

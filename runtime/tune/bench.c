@@ -28,6 +28,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "runtime/core/blas.h"
 #include "runtime/core/pool.h"
 #include "runtime/core/st.h"
 
@@ -520,6 +521,63 @@ static s2_status run_ours(s2_bench_ctx *ctx, const s2_bench_case *c, const char 
     return st;
 }
 
+/* ------------------------------------------------------------------ the card's GEMM rate */
+
+typedef struct gemm_run {
+    s2_blas *blas;
+    void *a, *b, *c;
+} gemm_run;
+
+static s2_status gemm_call(void *ctx, s2_error *err)
+{
+    const gemm_run *g = ctx;
+    const int n = S2_BENCH_GEMM_DIM;
+    return s2_blas_gemm(g->blas, S2_DTYPE_BF16, "card rate", 0, 0, n, n, n, 1.f, g->a,
+                        n, g->b, n, 0.f, g->c, n, 0, err);
+}
+
+s2_status s2_bench_gemm_rate(uint64_t seed, double *tflops, s2_error *err)
+{
+    const size_t n = S2_BENCH_GEMM_DIM, elems = n * n;
+    *tflops = NAN;
+    gemm_run g = {0};
+    s2_status st = s2_blas_open(&g.blas, err);
+    /* The stream s2_rt_time_median records its events on. */
+    if (!st)
+        st = s2_blas_stream(g.blas, 0, err);
+    if (!st)
+        st = dev_alloc1(&g.a, elems * 2, "A of the GEMM", err);
+    if (!st)
+        st = dev_alloc1(&g.b, elems * 2, "B of the GEMM", err);
+    if (!st)
+        st = dev_alloc1(&g.c, elems * 2, "C of the GEMM", err);
+    /* Random operands, never zeros (a product of zeros draws less power and runs faster);
+     * B scaled by 1/sqrt(K) so C stays near N(0, 1) in bf16. */
+    uint64_t state = splitmix64(seed ^ 0x67656d6d72617465ull) | 1;
+    if (!st)
+        st = s2_rt_fill_normal(g.a, elems, 1.f, S2_DTYPE_BF16, &state, err);
+    if (!st)
+        st = s2_rt_fill_normal(g.b, elems, 1.f / sqrtf((float)n), S2_DTYPE_BF16, &state, err);
+    double ms = NAN;
+    if (!st)
+        st = s2_rt_time_median(gemm_call, &g, S2_BENCH_GEMM_WARMUP, S2_BENCH_GEMM_REPS, NULL, 0,
+                               &ms, err);
+    if (!st && !(ms > 0))
+        st = s2_error_set(err, S2_ERR_CHECK, "a median time of %g ms", ms);
+    if (!st)
+        *tflops = s2_bench_tflops(2.0 * n * n * n, ms);
+    /* Everything back before the cases: each side of the bench gets the whole card. */
+    void *p[] = {g.a, g.b, g.c};
+    for (size_t i = 0; i < 3; i++)
+        if (p[i])
+            cudaFree(p[i]);
+    if (g.blas)
+        s2_blas_close(g.blas);
+    if (st)
+        s2_error_prefix(err, "dense bf16 GEMM %zu^3 (cuBLAS)", n);
+    return st;
+}
+
 /* ------------------------------------------------------------------ peers */
 
 /* Runs argv with the child's stdout on our stderr (our stdout is the table); *code is its exit
@@ -849,10 +907,18 @@ static void csv_num(s2_buf *b, double v)
     s2_buf_append(b, ",", 1);
 }
 
-void s2_bench_csv(s2_buf *b, const s2_bench_row *rows, int n)
+/* A row's TF/s as a fraction of the card's GEMM rate; NAN when either is not a number. */
+static double frac_of_gemm(double tflops, double gemm_tflops)
 {
+    return isfinite(tflops) && gemm_tflops > 0 && isfinite(gemm_tflops) ? tflops / gemm_tflops
+                                                                         : NAN;
+}
+
+void s2_bench_csv(s2_buf *b, const s2_bench_row *rows, int n, double gemm_tflops)
+{
+    /* The fractions come last: readers that index the earlier columns keep working. */
     s2_buf_printf(b, "spec,impl,N,G,S,d,H,Hkv,dtype,mode,fwd_ms,fwd_tflops,fb_ms,fb_tflops,"
-                     "peak_gib,rel_err_vs_ours,failed,note\n");
+                     "peak_gib,rel_err_vs_ours,failed,note,fwd_frac_of_gemm,fb_frac_of_gemm\n");
     for (int i = 0; i < n; i++) {
         const s2_bench_row *r = &rows[i];
         csv_str(b, r->spec, ",");
@@ -866,7 +932,12 @@ void s2_bench_csv(s2_buf *b, const s2_bench_row *rows, int n)
         csv_num(b, r->peak_gib);
         csv_num(b, r->rel_err);
         s2_buf_printf(b, "%d,", r->failed);
-        csv_str(b, r->note, "\n");
+        csv_str(b, r->note, ",");
+        csv_num(b, frac_of_gemm(r->fwd_tflops, gemm_tflops));
+        const double fb = frac_of_gemm(r->fb_tflops, gemm_tflops);
+        if (isfinite(fb))
+            s2_buf_printf(b, "%.6g", fb);
+        s2_buf_append(b, "\n", 1);
     }
 }
 
@@ -882,7 +953,8 @@ static json_t *jstr(const char *s)
     return j ? j : json_string("(not valid UTF-8)");
 }
 
-char *s2_bench_json(const s2_bench_row *rows, int n, const char *device, uint64_t seed)
+char *s2_bench_json(const s2_bench_row *rows, int n, const char *device, uint64_t seed,
+                    double gemm_tflops)
 {
     json_t *root = json_object(), *arr = json_array();
     if (!root || !arr) {
@@ -895,6 +967,8 @@ char *s2_bench_json(const s2_bench_row *rows, int n, const char *device, uint64_
     json_object_set_new(root, "device", jstr(device ? device : ""));
     json_object_set_new(root, "seed", json_string(hex));
     json_object_set_new(root, "flops", json_string("S2 FLOPs: fwd 2*N*min(G,N)*d*H; fwd+bwd 3.5x"));
+    /* null when not measured (--no-gemm, or it failed), like every number not measured here */
+    json_object_set_new(root, "gemm_bf16_tflops", jnum(gemm_tflops > 0 ? gemm_tflops : NAN));
     for (int i = 0; i < n; i++) {
         const s2_bench_row *r = &rows[i];
         json_t *o = json_object();
@@ -916,6 +990,8 @@ char *s2_bench_json(const s2_bench_row *rows, int n, const char *device, uint64_
         json_object_set_new(o, "rel_err_vs_ours", jnum(r->rel_err));
         json_object_set_new(o, "failed", json_boolean(r->failed));
         json_object_set_new(o, "note", jstr(r->note));
+        json_object_set_new(o, "fwd_frac_of_gemm", jnum(frac_of_gemm(r->fwd_tflops, gemm_tflops)));
+        json_object_set_new(o, "fb_frac_of_gemm", jnum(frac_of_gemm(r->fb_tflops, gemm_tflops)));
         json_array_append_new(arr, o);
     }
     json_object_set_new(root, "rows", arr);

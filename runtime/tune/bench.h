@@ -14,6 +14,9 @@
  *   Times are the median of per-run CUDA event times after warm-up.
  *   "peak" for s2lora is the bytes the bench allocates for one layer's fwd+bwd
  *   (q, k, v, do, o, dq, dk, dv, lse, delta): the kernels allocate nothing.
+ *   The card's rate: once per run, before the cases, a dense bf16 GEMM C = A B with A, B, C
+ *   [8192, 8192] through cuBLAS (fp32 accumulate), 2 * 8192^3 FLOPs; the CSV and JSON give
+ *   every TF/s as a fraction of it, so a number reads as a share of what the card really does.
  */
 #ifndef S2_BENCH_H
 #define S2_BENCH_H
@@ -44,6 +47,7 @@ typedef struct s2_bench_opts {
     const char *tiles[S2_BENCH_MAX_TILES]; /* --tile, repeatable: one s2lora row each */
     int n_tiles;                           /* 0: one row with the plan's default tile */
     uint64_t seed;                     /* 0: from the clock (s2_bench_prepare picks one) */
+    int no_gemm;                       /* 1: --no-gemm, the card's GEMM rate is not measured */
 } s2_bench_opts;
 
 /* The defaults of every field (reps 20 and 10, warm-up 5, the default peers script); the
@@ -105,6 +109,20 @@ typedef struct s2_bench_ctx {
 s2_status s2_bench_run_case(s2_bench_ctx *ctx, const s2_bench_case *c, s2_bench_rows *rows,
                             s2_error *err);
 
+/* The card's GEMM rate (bench.h's top): M = N = K = S2_BENCH_GEMM_DIM, bf16 in and out, fp32
+ * accumulate, S2_BENCH_GEMM_WARMUP untimed runs then the median of S2_BENCH_GEMM_REPS. */
+#define S2_BENCH_GEMM_DIM 8192
+#define S2_BENCH_GEMM_WARMUP 10
+#define S2_BENCH_GEMM_REPS 30
+
+/*
+ * Times that GEMM on the current device on fresh random inputs drawn from seed (A N(0, 1),
+ * B N(0, 1/K), so C stays near N(0, 1)) and sets *tflops. Its buffers and cuBLAS handle are
+ * freed before it returns, so the cases that follow have the whole card. Any error (cuBLAS missing: s2_blas_open's message; out of device memory;
+ * a failed product) leaves *tflops NAN; the caller warns and goes on without the rate.
+ */
+s2_status s2_bench_gemm_rate(uint64_t seed, double *tflops, s2_error *err);
+
 /* S² FLOPs of one forward: 2 * N * min(G, N) * d * H. */
 double s2_bench_fwd_flops(int N, int G, int d, int H);
 /* TFLOP/s of flops in ms; NAN when ms is not a positive number. */
@@ -119,8 +137,17 @@ void s2_bench_table_row(s2_buf *b, const s2_bench_row *r);
 /* "fastest peer fwd+bwd X ms (impl); ours Y ms = Z x the fastest peer" for rows[0..n) of one
  * case (s2lora's row first); nothing when no peer has a fwd+bwd time. */
 void s2_bench_case_summary(s2_buf *b, const s2_bench_row *rows, int n);
-void s2_bench_csv(s2_buf *b, const s2_bench_row *rows, int n);
-/* JSON {"device": ..., "seed": ..., "rows": [...]}; heap string or NULL when out of memory. */
-char *s2_bench_json(const s2_bench_row *rows, int n, const char *device, uint64_t seed);
+/*
+ * gemm_tflops: the card's rate from s2_bench_gemm_rate, NAN when not measured (--no-gemm, or it
+ * failed). The CSV's last two columns, fwd_frac_of_gemm and fb_frac_of_gemm, are each row's
+ * TF/s divided by it, empty when either is not a number; the columns before them are unchanged.
+ */
+void s2_bench_csv(s2_buf *b, const s2_bench_row *rows, int n, double gemm_tflops);
+/* JSON {"device", "seed", "flops", "gemm_bf16_tflops", "rows": [...]}, each row with
+ * "fwd_frac_of_gemm" and "fb_frac_of_gemm": the keys are always there, null where the CSV's
+ * field is empty (a rate not measured, a row without that time), as every number not measured
+ * is in this JSON. Heap string or NULL when out of memory. */
+char *s2_bench_json(const s2_bench_row *rows, int n, const char *device, uint64_t seed,
+                    double gemm_tflops);
 
 #endif

@@ -85,7 +85,7 @@ _s2lora()
         --tile) COMPREPLY=(); return ;;
         esac
         if [[ $cur == -* ]]; then
-            COMPREPLY=($(compgen -W "--set --seqlens --reps --warmup --seed --peers --no-peers --csv --json --cache-dir --tile --help" -- "$cur"))
+            COMPREPLY=($(compgen -W "--set --seqlens --reps --warmup --seed --peers --no-peers --no-gemm --csv --json --cache-dir --tile --help" -- "$cur"))
             return
         fi
         _s2lora_specs
