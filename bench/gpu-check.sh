@@ -321,13 +321,15 @@ if want sanitize; then
 # cases on every tile, the LoRA linears and the trainer's kernels, one run per tool and family,
 # each under a time limit (S2_SANITIZE_TIMEOUT seconds, default 170). S2_SANITIZE_TOOLS picks
 # tools, S2_SANITIZE_FAMILIES families; S2_SANITIZE_ONLY narrows every run to gpu_check's
-# cases whose names hold it. One line a run in the summary: tool, family, exit, errors.
+# cases whose names hold it, S2_SANITIZE_TILE to gpu_check's attention tile of that number
+# (--tile). One line a run in the summary: tool, family, exit, errors.
 san=${S2_SANITIZER:-$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)}
 : >"$OUTDIR/sanitize.txt"
 for tool in ${S2_SANITIZE_TOOLS:-memcheck synccheck racecheck}; do
   for fam in ${S2_SANITIZE_FAMILIES:-attn lora train}; do
     only=()
     [ -n "${S2_SANITIZE_ONLY:-}" ] && only=(--only "$S2_SANITIZE_ONLY")
+    [ -n "${S2_SANITIZE_TILE:-}" ] && only+=(--tile "$S2_SANITIZE_TILE")
     extra=()
     [ "$tool" = memcheck ] && extra=(--leak-check full)
     echo "== compute-sanitizer --tool $tool, gpu_check --family $fam ${only[*]}" \

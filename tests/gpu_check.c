@@ -2319,6 +2319,7 @@ int main(int argc, char **argv)
 {
     uint64_t seed = (uint64_t)time(NULL) ^ ((uint64_t)clock() << 32);
     const char *only = NULL, *build_only = NULL, *family = NULL;
+    int tile_only = -1; /* --tile N: the attention cases of tile N only (-1: every tile) */
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--seed") && i + 1 < argc)
             seed = strtoull(argv[++i], NULL, 0);
@@ -2330,11 +2331,20 @@ int main(int argc, char **argv)
             family = argv[++i];
         else if (!strcmp(argv[i], "--build-only") && i + 1 < argc)
             build_only = argv[++i];
-        else {
+        else if (!strcmp(argv[i], "--tile") && i + 1 < argc) {
+            char *end;
+            long t = strtol(argv[++i], &end, 10);
+            if (*end || end == argv[i] || t < 0 || t >= N_TILES) {
+                fprintf(stderr, "gpu_check: --tile %s: valid 0 to %d\n", argv[i], N_TILES - 1);
+                return 2;
+            }
+            tile_only = (int)t;
+        } else {
             fprintf(stderr, "usage: s2lora_gpu_check [--seed N] [--only SUBSTRING] "
-                            "[--family attn|lora|train] [--build-only ARCH]\n"
+                            "[--family attn|lora|train] [--tile N] [--build-only ARCH]\n"
                             "  --family F         run one family of cases only: attention (every\n"
                             "                     tile), the LoRA linears or the trainer kernels\n"
+                            "  --tile N           run the attention cases of tile N (0-7) only\n"
                             "  --build-only ARCH  plan and NVRTC-build every case and tile (the\n"
                             "                     window cases' window units too, and the train\n"
                             "                     unit of every train spec) for ARCH, check for\n"
@@ -2384,6 +2394,8 @@ int main(int argc, char **argv)
 
     int n_run = 0;
     for (int ti = 0; ti < N_TILES && any_attn; ti++) {
+        if (tile_only >= 0 && ti != tile_only)
+            continue;
         printf("tile %d: %s (d=64: %s; d=96, 256: %s, %s)\n", ti,
                alt_tile(ti, 128, rt.arch) ? alt_tile(ti, 128, rt.arch) : "plan default",
                alt_tile(ti, 64, rt.arch) ? alt_tile(ti, 64, rt.arch) : "plan default",
@@ -2418,9 +2430,10 @@ int main(int argc, char **argv)
         }
         failed += check_windows(&rt, ti, &jo, only, &n_run);
     }
+    const int n_tiles = tile_only >= 0 ? 1 : N_TILES;
     if (any_attn)
         printf("gpu_check: %d of %d case runs passed (%d cases x %d tiles, windows included)\n",
-               n_run - failed, n_run, n_run / N_TILES, N_TILES);
+               n_run - failed, n_run, n_run / n_tiles, n_tiles);
     if (fam_lora && (!only || strstr(only, "lora")))
         failed += check_lora(&rt);
     if (fam_train)
