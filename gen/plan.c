@@ -344,6 +344,8 @@ static int bwd_smem(const s2_attn_tile *t, int d, int *dq, int *dkdv)
                 (t->bwd_tma ? 16 : 0);
         if (t->bwd_atomic_dq) /* dS^T of one tile, [keys][64 queries] swizzled, 1 KiB aligned */
             *dkdv += 16 * t->bwd_warps * 64 * 2 + 1024;
+        if (t->bwd_atomic_dq && t->bwd_tma) /* each consumer warpgroup's fp32 dQ, 64 x d */
+            *dkdv += 2 * 64 * d * (int)sizeof(float);
         return *dkdv;
     }
     int rows = 2 * 16 * t->bwd_warps + 2 * t->bwd_stages * t->bwd_block_n;
@@ -362,22 +364,25 @@ static s2_status check_bwd_wgmma(const s2_attn_tile *t, int d, const char *arch,
     if (t->bwd_mbar != 0 && t->bwd_mbar != 1)
         return s2_error_set(err, S2_ERR_INVALID, "tile: bwd_mbar = %d, valid: 0, 1", t->bwd_mbar);
     /* (two stages: the ring's loads at the top of each step spill in the dK/dV kernel; the
-     * atomic-dQ kernel streams on commit groups only) */
-    if (t->bwd_mbar && (!t->bwd_wgmma || t->bwd_stages < 3 || t->bwd_atomic_dq))
+     * atomic-dQ kernel streams on commit groups only, unless the producer of bwd_tma loads) */
+    if (t->bwd_mbar && !(t->bwd_tma == 1 && t->bwd_atomic_dq) &&
+        (!t->bwd_wgmma || t->bwd_stages < 3 || t->bwd_atomic_dq))
         return s2_error_set(err, S2_ERR_INVALID,
                             "tile: bwd_mbar = 1 with bwd_wgmma %d, bwd_stages %d, bwd_atomic_dq "
                             "%d; valid only with bwd_wgmma 1, bwd_stages 3..4, bwd_atomic_dq 0 "
-                            "(or bwd_mbar = 0)",
+                            "(or bwd_mbar = 0, or bwd_tma = 1 with bwd_atomic_dq 1)",
                             t->bwd_wgmma, t->bwd_stages, t->bwd_atomic_dq);
     if (t->bwd_tma != 0 && t->bwd_tma != 1)
         return s2_error_set(err, S2_ERR_INVALID, "tile: bwd_tma = %d, valid: 0, 1", t->bwd_tma);
+    /* (with the deterministic dQ the dQ kernel's ring needs three stages; the atomic dQ has
+     * no dQ kernel, and at head_dim 128 only two stages leave room for its fp32 dQ) */
     if (t->bwd_tma && (!t->bwd_wgmma || !t->bwd_mbar || t->bwd_warps != 8 ||
-                       t->bwd_stages < 3 || t->bwd_atomic_dq))
+                       (t->bwd_stages < 3 && !t->bwd_atomic_dq)))
         return s2_error_set(err, S2_ERR_INVALID,
                             "tile: bwd_tma = 1 with bwd_wgmma %d, bwd_mbar %d, bwd_warps %d, "
                             "bwd_stages %d, bwd_atomic_dq %d; valid with bwd_wgmma 1, bwd_mbar 1, "
-                            "bwd_warps 8 (the two consumer warpgroups beside the producer), "
-                            "bwd_stages 3..4 and bwd_atomic_dq 0",
+                            "bwd_warps 8 (the two consumer warpgroups beside the producer), and "
+                            "bwd_stages 3..4 with bwd_atomic_dq 0 or 2..4 with bwd_atomic_dq 1",
                             t->bwd_wgmma, t->bwd_mbar, t->bwd_warps, t->bwd_stages,
                             t->bwd_atomic_dq);
     if (!t->bwd_wgmma)
@@ -860,8 +865,11 @@ s2_status s2_plan_window(const s2_spec *spec, s2_attn_plan *p, s2_error *err)
         p->fwd_threads = fwd_threads(&p->tile);
         p->smem_fwd = fwd_smem(&p->tile, p->d);
     }
-    if (p->tile.bwd_tma) { /* likewise the window's dK/dV kernel */
+    if (p->tile.bwd_tma) { /* likewise the window's dK/dV kernel (an atomic dQ's on commit
+                            * groups, as without bwd_tma) */
         p->tile.bwd_tma = 0;
+        if (p->tile.bwd_atomic_dq)
+            p->tile.bwd_mbar = 0;
         p->dkdv_threads = p->bwd_threads;
         bwd_smem(&p->tile, p->d, &p->smem_dq, &p->smem_dkdv);
     }

@@ -15,6 +15,8 @@
 // With S2_BWD_ATOMIC_DQ (S2_BWD_BN = 64) the dK/dV kernel also adds each tile's dQ = dS K into
 // the fp32 accumulator (s2_dq_atomic_wg) and s2_attn_bwd_dq is not launched: five products
 // per tile pair instead of seven, and a run-to-run order of the additions that is not fixed.
+// With S2_BWD_TMA as well (s2_dq_tma_step), each consumer warpgroup forms dQ over its own 64
+// keys and adds it to the accumulator with bulk tensor reductions from shared memory.
 
 #define S2_BWD_BM (16 * S2_BWD_WARPS)
 #define S2_BWD_THREADS (32 * S2_BWD_WARPS)
@@ -112,7 +114,8 @@ template <class Load>
 __device__ __forceinline__ void s2_ring_top(unsigned long long *bars, int it, Load load)
 {
 #if S2_BWD_MBAR
-    static_assert(S2_BWD_STAGES >= 3, "the plan refuses bwd_mbar with two stages (they spill)");
+    static_assert(S2_BWD_STAGES >= 3 || S2_BWD_ATOMIC_DQ, // (then no dQ kernel runs)
+                  "the plan refuses bwd_mbar with two stages (they spill)");
     (void)load;
     s2_mbar_wait(&bars[it % S2_BWD_STAGES], (it / S2_BWD_STAGES) & 1);
     s2_fence_proxy_async(); // every thread's copies, visible to this thread's wgmma
@@ -414,6 +417,69 @@ __device__ __forceinline__ void s2_dq_atomic_wg(const s2_elem *sds, const s2_ele
 }
 #endif
 
+#if S2_BWD_TMA
+#if S2_BWD_ATOMIC_DQ
+// The atomic dQ of the TMA dK/dV kernel, one step of consumer warpgroup wg (after its dK
+// product is issued): dQ[x0 + i] += sum over the warpgroup's 64 keys y of dS[x0 + i][y] K[y]
+// for the 64 queries of the tile, every dim, with no barrier between the warpgroups (each adds
+// its own keys' part). dS^T (its rows 64 wg .. of the staged [S2_BWD_BM keys][64 queries]) and
+// K are read MN-major, as in s2_dq_atomic_wg; each 64-dim panel of the product is waited for
+// (which waits for the dV and dK products too) and written into the warpgroup's fp32 boxes
+// (sdq: [d / 32][64 rows][32], 128-byte swizzled as the tensor map reads them, so a quad's
+// stores meet no bank conflict), then its thread 0 adds every box into dq_acc [T, H, d] with
+// cp.reduce.async.bulk.tensor (rows x0 .. x0 + 63 of head h: a split-mode tile's rows are
+// consecutive positions; rows past the sequence's end add dS = 0). Thread 0 waits for the
+// reductions of the step before to have read the boxes before the warpgroup writes them again.
+__device__ __forceinline__ void s2_dq_tma_step(const unsigned (&da)[4][4], s2_elem *sds,
+                                               const s2_elem *sk, float *sdq,
+                                               const s2_tmap *tm_dq, int h, int row, int wg,
+                                               int warp, int lane)
+{
+    const int tid = threadIdx.x % 128, t = lane % 4;
+    if (tid == 0)
+        asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+    s2_stage_dst(sds, da, wg, warp, lane);
+    s2_fence_proxy_async(); // the staged dS^T, read by this warpgroup's wgmma
+    asm volatile("bar.sync %0, 128;\n" ::"r"(3 + wg) : "memory");
+#pragma unroll
+    for (int c = 0; c < S2_HEAD_DIM / 64; c++) {
+        float dq[32];
+        s2_overwritten_regs(dq);
+        s2_wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++)
+            s2_wgmma_tt(dq, s2_desc_mn<S2_BWD_BM>(sds, 4 * wg + kk),
+                        s2_desc_mn<S2_BWD_BM>(sk + c * S2_BWD_BM * 64, 4 * wg + kk), kk > 0);
+        s2_wgmma_commit();
+        s2_wgmma_wait0();
+        s2_fence_regs(dq);
+#pragma unroll
+        for (int hf = 0; hf < 2; hf++) {
+            const int r = warp * 16 + lane / 4 + 8 * hf;
+#pragma unroll
+            for (int j = 0; j < 8; j++) { // dims c 64 + 8 j + 2 t, + 1: box 2 c + j / 4
+                const int chunk = 2 * (j % 4) + t / 2;
+                *reinterpret_cast<float2 *>(sdq + (2 * c + j / 4) * (64 * 32) + r * 32 +
+                                            ((chunk ^ (r % 8)) * 4) + 2 * (t % 2)) =
+                    make_float2(dq[4 * j + 2 * hf], dq[4 * j + 2 * hf + 1]);
+            }
+        }
+    }
+    s2_fence_proxy_async(); // the boxes, read by the bulk reductions
+    asm volatile("bar.sync %0, 128;\n" ::"r"(3 + wg) : "memory");
+    if (tid == 0) {
+#pragma unroll
+        for (int bx = 0; bx < S2_HEAD_DIM / 32; bx++)
+            asm volatile("cp.reduce.async.bulk.tensor.3d.global.shared::cta.add.tile.bulk_group"
+                         " [%0, {%1, %2, %3}], [%4];\n" ::"l"((unsigned long long)tm_dq),
+                         "r"(bx * 32), "r"(h), "r"(row), "r"(s2_smem_addr(sdq + bx * 64 * 32))
+                         : "memory");
+        asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+    }
+}
+#endif
+#endif
+
 // P^T = exp2(S^T scale log2(e) - lse log2(e)) in place of this thread's S^T accumulators
 // (rows: its two keys, seen by the queries [qlo, qhi] each (s2_key_span); columns: queries
 // x0 + 8 j + 2 t + e % 2), 0 where the pair is masked (only in tiles that need it); lse per
@@ -459,7 +525,8 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
                  const int *__restrict__ cu_seqlens, int total_tokens,
                  const __grid_constant__ s2_tmap tm_q,   // q, k, v, dout as tensor maps
                  const __grid_constant__ s2_tmap tm_k, const __grid_constant__ s2_tmap tm_v,
-                 const __grid_constant__ s2_tmap tm_do)
+                 const __grid_constant__ s2_tmap tm_do,
+                 const __grid_constant__ s2_tmap tm_dq) // dq_acc (fp32): S2_BWD_ATOMIC_DQ only
 #else
                  const int *__restrict__ cu_seqlens, int total_tokens)
 #endif
@@ -472,7 +539,16 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
     s2_elem *sqd = sv + S2_BWD_BM * S2_HEAD_DIM;             // [stages][Q, dO][panels][BN][64]
     float *sl = (float *)(sqd + 2 * S2_BWD_STAGES * S2_BWD_BN * S2_HEAD_DIM); // [stages][2][BN]
 #if S2_BWD_ATOMIC_DQ
+#if S2_BWD_TMA // after the rings' mbarriers (below), at a 1 KiB boundary (sk's offset is
+    // one): dS^T, then each consumer's dQ boxes [consumers][d / 32][64][32] (constant offsets)
+    constexpr int SDS_AT = ((2 * S2_BWD_BM + 2 * S2_BWD_STAGES * S2_BWD_BN) * S2_HEAD_DIM * 2 +
+                            2 * S2_BWD_STAGES * S2_BWD_BN * 4 + 8 * (2 * S2_BWD_STAGES + 1) +
+                            1023) / 1024 * 1024;
+    s2_elem *sds = (s2_elem *)((unsigned char *)sk + SDS_AT);
+    float *sdq = (float *)(sds + S2_BWD_BM * 64);
+#else
     s2_elem *sds = (s2_elem *)s2_smem_aligned((unsigned char *)(sl + 2 * S2_BWD_STAGES * S2_BWD_BN));
+#endif
 #endif
     const int qd_stride = S2_BWD_BN * S2_HEAD_DIM;
 
@@ -598,7 +674,7 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
                                                      seq0, cls, h, total_tokens);
     };
 #endif
-#if !S2_BWD_ATOMIC_DQ
+#if !S2_BWD_ATOMIC_DQ || S2_BWD_TMA
 #if S2_BWD_TMA // (the producer loads every tile, on the ring set up above)
 #else
     // Step j's S^T and dP^T run beside dV += P^T dO and dK += dS^T Q of step j - 1, which read
@@ -682,13 +758,22 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
         s2_wgmma_fence();
         s2_wgmma_py<S2_BWD_BN>(adk, da, sq);
         s2_wgmma_commit();
+#if S2_BWD_ATOMIC_DQ // and dQ behind them (its waits wait for them too)
+        s2_dq_tma_step(da, sds, sk, sdq + wg * 64 * S2_HEAD_DIM, &tm_dq, hk * rep + it / n_qt,
+                       seq0 + x0, wg, warp, lane);
+#else
         s2_wgmma_wait0();
+#endif
         s2_fence_regs(adv);
         s2_fence_regs(adk);
         s2_ring_release(bars, it);
     }
 #if S2_BWD_TURNS
     s2_turn_end(wg);
+#endif
+#if S2_BWD_ATOMIC_DQ // the last reductions have completed before the block's memory goes
+    if (threadIdx.x % 128 == 0)
+        asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
 #endif
 #else
         s2_wgmma_wait0();

@@ -103,9 +103,23 @@ static const gcase cases[] = {
  * and 2 take one pipeline stage less where ptxas spills registers (the plan's register rules
  * are estimates) or sm_80's shared memory is exceeded; the same products otherwise. (The tiles are for the 163-227 KiB of shared
  * memory of sm_80 and sm_90; sm_86 and sm_89 have 99 KiB and refuse several of them.) */
-#define N_TILES 8
+#define N_TILES 9
 static const char *alt_tile(int i, int d, const char *arch)
 {
+    /* Tile 8: the TMA dK/dV kernel with the atomic dQ (each consumer warpgroup's dQ over its
+     * keys added by bulk tensor reductions; no dQ kernel) on sm_90a with head_dim 64 and 128,
+     * two stages (all that fit at 128 beside the fp32 dQ), after the TMA forward. Roll-mode
+     * cases take the atomic dQ on commit groups (case_tile), the window cases the plan's twin,
+     * the same. Elsewhere tile 8 is the default again. */
+    if (i == 8)
+        return strcmp(arch, "sm_90a") || (d != 64 && d != 128)
+                   ? NULL
+                   : d == 64 ? "fwd_wgmma=1,fwd_warps=8,fwd_strips=1,fwd_block_n=64,fwd_stages=4,"
+                               "bwd_wgmma=1,bwd_warps=8,bwd_block_n=64,bwd_stages=2,"
+                               "bwd_atomic_dq=1,bwd_mbar=1,bwd_tma=1"
+                             : "fwd_wgmma=1,fwd_warps=8,fwd_strips=1,fwd_block_n=128,fwd_stages=2,"
+                               "fwd_mbar=1,fwd_tma=1,bwd_wgmma=1,bwd_warps=8,bwd_block_n=64,"
+                               "bwd_stages=2,bwd_atomic_dq=1,bwd_mbar=1,bwd_tma=1";
     /* Tile 7: the TMA dK/dV kernel (a producer warpgroup, two consumers; bwd_tma) on sm_90a with
      * head_dim 64 and 128, on three stages at 64 and four at 128 (each parity of the ring's
      * wrap), after the wgmma forward on cp.async. GQA cases walk several query heads a block.
@@ -196,8 +210,11 @@ static const s2_attn_tile *case_tile(const gcase *c, int i, const char *arch, s2
         return NULL;
     *t = s2_plan_default_tile("sm_80", c->d); /* mma.sync; the Hopper tiles name wgmma */
     *st = s2_plan_parse_tile(text, t, err);
-    if (!strcmp(c->mode, "roll"))
-        t->fwd_tma = t->bwd_tma = 0; /* TMA is split mode's (tiles 6 and 7 above) */
+    if (!strcmp(c->mode, "roll")) {
+        if (t->bwd_tma && t->bwd_atomic_dq)
+            t->bwd_mbar = 0; /* without the producer the atomic dQ streams on commit groups */
+        t->fwd_tma = t->bwd_tma = 0; /* TMA is split mode's (tiles 6 to 8 above) */
+    }
     return t;
 }
 

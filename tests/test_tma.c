@@ -244,6 +244,31 @@ Test(plan, tma_dkdv_adds_a_producer_warpgroup_to_that_kernel_only)
     }
 }
 
+/* The atomic dQ on the TMA kernel: no dQ kernel, dS^T staged and each consumer's fp32 dQ
+ * (64 x d) beside the rings; the window units' twin streams on commit groups (bwd_mbar 0). */
+Test(plan, tma_dkdv_with_the_atomic_dq)
+{
+    for (int d = 64; d <= 128; d += 64) {
+        s2_spec s = load_spec(d, 8, 2, "split");
+        s2_attn_plan p, det, twin;
+        s2_error err = {0};
+        cr_assert_eq(plan_with(&s, BWDTMA ",bwd_stages=2,bwd_atomic_dq=1,bwd_tma=1", &p, &err),
+                     S2_OK, "d %d: %s", d, err.msg);
+        cr_assert_eq(plan_with(&s, BWDTMA ",bwd_tma=1", &det, &err), S2_OK, "%s", err.msg);
+        cr_expect_not(p.bwd_dq_delta, "d %d: delta by the pre pass, no dQ kernel", d);
+        cr_expect(det.bwd_dq_delta);
+        cr_expect_eq(p.dkdv_threads, det.dkdv_threads, "d %d", d);
+        const int rings = (2 * 16 * 8 + 2 * 2 * 64) * d * 2 + 1024 + 16 * 2 + 2 * 2 * 64 * 4 + 16;
+        cr_expect_eq(p.smem_dkdv, rings + 16 * 8 * 64 * 2 + 1024 + 2 * 64 * d * 4, "d %d: %d", d,
+                     p.smem_dkdv);
+        cr_assert_eq(plan_with(&s, BWDTMA ",bwd_stages=2,bwd_atomic_dq=1,bwd_mbar=0", &twin, &err),
+                     S2_OK, "%s", err.msg);
+        cr_assert_eq(s2_plan_window(&s, &p, &err), S2_OK, "%s", err.msg);
+        cr_assert_eq(s2_plan_window(&s, &twin, &err), S2_OK, "%s", err.msg);
+        cr_expect_eq(memcmp(&p, &twin, sizeof p), 0, "d %d: the window plan is the twin's", d);
+    }
+}
+
 Test(plan, tma_dkdv_refusals_name_what_is_valid)
 {
     static const struct {
@@ -254,6 +279,9 @@ Test(plan, tma_dkdv_refusals_name_what_is_valid)
         {"split", BWDTMA ",bwd_mbar=0,bwd_tma=1", "bwd_mbar 1"},
         {"split", BWDTMA ",bwd_mbar=0,bwd_stages=2,bwd_tma=1", "bwd_stages 3..4"},
         {"split", BWDTMA ",bwd_mbar=0,bwd_atomic_dq=1,bwd_tma=1", "bwd_atomic_dq 0"},
+        {"split", BWDTMA ",bwd_stages=1,bwd_atomic_dq=1,bwd_tma=1", "bwd_stages 1: valid 2..4"},
+        /* the atomic dQ's fp32 tiles leave room for two stages only at head_dim 128 */
+        {"split", BWDTMA ",bwd_stages=3,bwd_atomic_dq=1,bwd_tma=1", "bytes of shared memory"},
         {"split", BWDTMA ",bwd_mbar=0,bwd_wgmma=0,bwd_block_n=32,bwd_tma=1", "bwd_wgmma 1"},
         {"split", BWDTMA ",bwd_tma=2", "bwd_tma = 2 is out of range: valid 0..1"},
     };
@@ -293,13 +321,18 @@ Test(plan, tma_dkdv_tiles_in_the_backward_space_of_split_mode_only)
             s2_attn_tile *t = calloc((size_t)n, sizeof *t);
             cr_assert_not_null(t);
             s2_plan_tile_space(&s, "sm_90a", (s2_attn_unit)u, t, n);
-            int tma = 0;
-            for (int i = 0; i < n; i++)
+            int tma = 0, atomic = 0;
+            for (int i = 0; i < n; i++) {
                 tma += t[i].bwd_tma;
-            if (roll || u == S2_UNIT_ATTN_FWD)
+                atomic += t[i].bwd_tma && t[i].bwd_atomic_dq;
+            }
+            if (roll || u == S2_UNIT_ATTN_FWD) {
                 cr_expect_eq(tma, 0, "roll %d unit %d: no bwd_tma tile", roll, u);
-            else
-                cr_expect_eq(tma, 2, "split mode: the tuner tries bwd_tma on 3 and 4 stages");
+            } else {
+                cr_expect_eq(tma, 3, "split mode: the tuner tries bwd_tma on 3 and 4 stages, "
+                                     "and with the atomic dQ on 2 (at head_dim 128)");
+                cr_expect_eq(atomic, 1);
+            }
             free(t);
         }
         cr_expect_eq(s2_plan_spec_default_tile(&s, "sm_90a").bwd_tma, 0, "not a default");

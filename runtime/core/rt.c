@@ -399,22 +399,24 @@ typedef CUresult (*tma_encode_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t
 /* The tensor map of a [T, heads, d] tensor at base for boxes of `rows` rows of one head and 64
  * of its columns, written in the 128-byte swizzle of the wgmma panels (templates/wgmma.cuh);
  * rows past T read as zeros. fn and opt name the entry point and the tile option in messages. */
-static s2_status tma_map(const s2_attn *a, CUtensorMap *m, const void *base, const char *name,
-                         int T, int heads, int rows, const char *fn, const char *opt,
-                         s2_error *err)
+static s2_status tma_map_as(const s2_attn *a, CUtensorMap *m, const void *base, const char *name,
+                            int T, int heads, int rows, int f32, const char *fn, const char *opt,
+                            s2_error *err)
 {
-    const int d = a->plan.d;
+    const int d = a->plan.d, eb = f32 ? 4 : 2; /* element bytes */
     if ((uintptr_t)base % 16)
         return s2_error_set(err, S2_ERR_INVALID,
                             "%s: %s at %p is not 16-byte aligned, which the tile's TMA loads "
                             "(%s = 1) need; valid: a 16-byte aligned pointer, or %s 0", fn, name,
                             base, opt, opt);
     const cuuint64_t dims[3] = {(cuuint64_t)d, (cuuint64_t)heads, (cuuint64_t)T};
-    const cuuint64_t strides[2] = {(cuuint64_t)d * 2, (cuuint64_t)heads * d * 2};
-    const cuuint32_t box[3] = {64, 1, (cuuint32_t)rows}, one[3] = {1, 1, 1};
+    const cuuint64_t strides[2] = {(cuuint64_t)d * eb, (cuuint64_t)heads * d * eb};
+    /* a box row is 128 bytes, the swizzle's span: 64 elements of 2 bytes, 32 of 4 */
+    const cuuint32_t box[3] = {(cuuint32_t)(128 / eb), 1, (cuuint32_t)rows}, one[3] = {1, 1, 1};
     const CUresult r = ((tma_encode_fn)a->tma_encode)(
-        m, a->plan.dtype == S2_DTYPE_BF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
-                                          : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+        m, f32 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT32
+        : a->plan.dtype == S2_DTYPE_BF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
+                                         : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
         3, (void *)base, dims, strides, box, one, CU_TENSOR_MAP_INTERLEAVE_NONE,
         CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
         CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
@@ -423,6 +425,14 @@ static s2_status tma_map(const s2_attn *a, CUtensorMap *m, const void *base, con
                             "cuTensorMapEncodeTiled(%s [%d, %d, %d], box %d rows): error %d", name,
                             T, heads, d, rows, (int)r);
     return S2_OK;
+}
+
+/* The map of a q, k, v or dout tensor [T, heads, d] in the plan's dtype. */
+static s2_status tma_map(const s2_attn *a, CUtensorMap *m, const void *base, const char *name,
+                         int T, int heads, int rows, const char *fn, const char *opt,
+                         s2_error *err)
+{
+    return tma_map_as(a, m, base, name, T, heads, rows, 0, fn, opt, err);
 }
 
 s2_status s2_attn_forward(const s2_attn *a, const s2_attn_batch *bt, const void *q, const void *k,
@@ -515,8 +525,10 @@ static s2_status run_backward(const s2_attn *a, int T, s2_dim3 g_dq, s2_dim3 g_d
     int qlo = win ? win[0] : 0, klo = win ? win[1] : 0;
     s2_status st = S2_OK;
     /* With bwd_tma (batches only: the window units take the cp.async twin) the dK/dV kernel
-     * takes q, k, v and dout as tensor maps after T, made before any launch. */
-    CUtensorMap maps[4];
+     * takes q, k, v and dout as tensor maps after T, made before any launch, and the dQ
+     * accumulator's (fp32; with bwd_atomic_dq, else unused and zero). */
+    CUtensorMap maps[5];
+    memset(maps, 0, sizeof maps);
     if (p->tile.bwd_tma && g_dkdv.x > 0) { /* (an empty batch makes no tensor map of no rows) */
         const char *fn = "s2_attn_backward";
         st = tma_map(a, &maps[0], q, "q", T, p->H, p->tile.bwd_block_n, fn, "bwd_tma", err);
@@ -527,6 +539,9 @@ static s2_status run_backward(const s2_attn *a, int T, s2_dim3 g_dq, s2_dim3 g_d
         if (!st)
             st = tma_map(a, &maps[3], dout, "dout", T, p->H, p->tile.bwd_block_n, fn, "bwd_tma",
                          err);
+        if (!st && dq_acc)
+            st = tma_map_as(a, &maps[4], dq_acc, "the dQ accumulator", T, p->H,
+                            p->tile.bwd_block_n, 1, fn, "bwd_tma", err);
         if (st)
             return st;
     }
@@ -549,7 +564,7 @@ static s2_status run_backward(const s2_attn *a, int T, s2_dim3 g_dq, s2_dim3 g_d
         return st;
     void *kv_args[] = {&q, &k, &v, &dout, &lse, &delta, &dk, &dv, &dq_acc, &cu, &T, &qlo, &klo};
     void *kv_tma_args[] = {&q, &k, &v, &dout, &lse, &delta, &dk, &dv, &dq_acc, &cu, &T,
-                           &maps[0], &maps[1], &maps[2], &maps[3]};
+                           &maps[0], &maps[1], &maps[2], &maps[3], &maps[4]};
     st = launch_pdl(a->dkdv, "s2_attn_bwd_dkdv", g_dkdv, p->dkdv_threads, p->smem_dkdv,
                     p->tile.bwd_tma ? kv_tma_args : kv_args, stream, p->tile.bwd_wgmma, err);
     if (st || !dq_acc)
