@@ -298,18 +298,21 @@ ncu --target-processes all -k regex:'^s2_attn' --launch-skip 0 --launch-count 8 
   --metrics "$metrics" --csv --page raw \
   "$BIN/s2lora" bench attn specs/llama2-7b-32k.yaml --seqlens 16384 --no-peers --reps 1 \
   --warmup 0 "${ncu_tile_args[@]}" >"$OUTDIR/ncu.txt" 2>&1 || status=1
-python3 - "$OUTDIR/ncu.txt" <<'PY'
+python3 - "$OUTDIR/ncu.txt" "$metrics" <<'PY'
 import csv, sys
 rows = [r for r in csv.reader(l for l in open(sys.argv[1]) if l.startswith('"')) if len(r) > 5]
 if len(rows) < 3:
     print("ncu: no rows"); sys.exit(0)
 head = rows[0]
+# The metrics asked for (each with the roll-ups ncu adds: .sum, .avg, .ratio, ...), not the
+# device attributes the raw page also lists.
+asked = sys.argv[2].split(",")
+keys = [k for k in head if any(k == m or k.startswith(m + ".") for m in asked)]
 for r in rows[2:]:
     d = dict(zip(head, r))
     print(d.get("Kernel Name", "?")[:28])
-    for k in head:
-        if "__" in k or k.startswith("launch"):
-            print(f"   {k:<78} {d.get(k, '')}")
+    for k in keys:
+        print(f"   {k:<78} {d.get(k, '')}")
 PY
 fi
 
