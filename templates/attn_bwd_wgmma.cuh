@@ -430,15 +430,15 @@ __device__ __forceinline__ void s2_dq_atomic_wg(const s2_elem *sds, const s2_ele
 // cp.reduce.async.bulk.tensor (rows x0 .. x0 + 63 of head h: a split-mode tile's rows are
 // consecutive positions; rows past the sequence's end add dS = 0). Thread 0 waits for the
 // reductions of the step before to have read the boxes before the warpgroup writes them again.
-__device__ __forceinline__ void s2_dq_tma_step(const unsigned (&da)[4][4], s2_elem *sds,
-                                               const s2_elem *sk, float *sdq,
+// The caller stages dS^T (s2_stage_dst) before it issues the dK product: the A fragments of a
+// wgmma in flight may not be read.
+__device__ __forceinline__ void s2_dq_tma_step(const s2_elem *sds, const s2_elem *sk, float *sdq,
                                                const s2_tmap *tm_dq, int h, int row, int wg,
                                                int warp, int lane)
 {
     const int tid = threadIdx.x % 128, t = lane % 4;
     if (tid == 0)
         asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
-    s2_stage_dst(sds, da, wg, warp, lane);
     s2_fence_proxy_async(); // the staged dS^T, read by this warpgroup's wgmma
     asm volatile("bar.sync %0, 128;\n" ::"r"(3 + wg) : "memory");
 #pragma unroll
@@ -754,12 +754,15 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
             dp[i] = s[i] * (dp[i] - sdl[(i / 4) * 8 + 2 * t + i % 2]); // dS^T
 #if S2_BWD_TMA // dK += dS^T Q, then both waited for: the stage goes back to the producer
         s2_acc_to_afrag<S2_BWD_BN / 8>(dp, da);
+#if S2_BWD_ATOMIC_DQ // dS^T staged for the dQ product before da is in flight
+        s2_stage_dst(sds, da, wg, warp, lane);
+#endif
         s2_fence_regs(adk);
         s2_wgmma_fence();
         s2_wgmma_py<S2_BWD_BN>(adk, da, sq);
         s2_wgmma_commit();
 #if S2_BWD_ATOMIC_DQ // and dQ behind them (its waits wait for them too)
-        s2_dq_tma_step(da, sds, sk, sdq + wg * 64 * S2_HEAD_DIM, &tm_dq, hk * rep + it / n_qt,
+        s2_dq_tma_step(sds, sk, sdq + wg * 64 * S2_HEAD_DIM, &tm_dq, hk * rep + it / n_qt,
                        seq0 + x0, wg, warp, lane);
 #else
         s2_wgmma_wait0();
