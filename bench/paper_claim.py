@@ -64,10 +64,10 @@ import re
 import statistics
 import struct
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts"))
 import tokenize_llama  # noqa: E402  (the token file writer; its tokenizer import is lazy)
+from tokenize_llama import write_atomic  # noqa: E402
 
 TASK = ("There is an important info hidden inside a lot of irrelevant text. Find it and "
         "memorize them. I will quiz you about the important information there.")
@@ -294,21 +294,6 @@ def doc_tokens(text):
 
 _SHIFT = bytes((i + BYTE_OFFSET) & 0xFF for i in range(256))
 _HIGH = bytes((i + BYTE_OFFSET) >> 8 for i in range(256))
-
-
-def write_atomic(path, chunks):
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".paper-claim.", dir=d)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for c in chunks:
-                f.write(c)
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def write_token_file(path, docs):

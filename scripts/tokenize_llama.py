@@ -75,15 +75,20 @@ def write_tokens(out, tokens, index, vocab):
     header = b"S2TOKENS" + struct.pack("<IIQQII", 1, width, n, len(index) - 1, vocab, 0)
     header += digest + b"\0" * 8
     assert len(header) == 64
-    d = os.path.dirname(os.path.abspath(out))
-    fd, tmp = tempfile.mkstemp(prefix=".tokens.", dir=d)
+    write_atomic(out, [header, body])
+
+
+def write_atomic(path, chunks):
+    """chunks (bytes) written to a temporary file beside path, synced, then renamed onto it."""
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=d)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(header)
-            f.write(body)
+            for c in chunks:
+                f.write(c)
             f.flush()
             os.fsync(f.fileno())
-        os.rename(tmp, out)
+        os.rename(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
