@@ -2344,12 +2344,13 @@ int main(int argc, char **argv)
                             "[--family attn|lora|train] [--tile N] [--build-only ARCH]\n"
                             "  --family F         run one family of cases only: attention (every\n"
                             "                     tile), the LoRA linears or the trainer kernels\n"
-                            "  --tile N           run the attention cases of tile N (0-7) only\n"
+                            "  --tile N           run the attention cases of tile N (0-%d) only\n"
                             "  --build-only ARCH  plan and NVRTC-build every case and tile (the\n"
                             "                     window cases' window units too, and the train\n"
                             "                     unit of every train spec) for ARCH, check for\n"
                             "                     spills, run nothing (needs no GPU); with\n"
-                            "                     --only, the cases it picks\n");
+                            "                     --only, the cases it picks\n",
+                    N_TILES - 1);
             return 2;
         }
     }
