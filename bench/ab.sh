@@ -4,7 +4,10 @@
 # clock moves them alike), and every line goes to $OUT/ab.txt as it is printed, so a call
 # that runs out of time still brings back what it measured.
 # Usage: bash bench/ab.sh DIR... (each DIR holds bin/s2lora, e.g. .carry and .carry-b, made
-#   by bench/build-carry.sh and bench/build-carry.sh --rev OTHER --out .carry-b); environment:
+#   by bench/build-carry.sh and bench/build-carry.sh --rev OTHER --out .carry-b; DIR@TILE runs
+#   that build with `--tile TILE` besides: .carry .carry@fwd_overlap=1 compares two tiles of one
+#   build, the whole argument naming its rows; TILE comes after S2_AB_ARGS, and of two --tile
+#   arguments the last counts); environment:
 #   S2_AB_ROUNDS   rounds (default 2)
 #   S2_AB_SEQLENS  d=128 lengths of llama2-7b-32k (default 8192,16384)
 #   S2_AB_D64      1 (default) also times llama2-7b-16k at d=64; 0 skips it
@@ -39,19 +42,23 @@ function med(s,   a, m, i, j, t) {
   return m % 2 ? a[(m + 1) / 2] : (a[m / 2] + a[m / 2 + 1]) / 2
 }
 '
-for dir in "$@"; do
-  [ -x "$dir/bin/s2lora" ] || { echo "ab: $dir/bin/s2lora is missing" >&2; exit 2; }
+for arg in "$@"; do
+  [ -x "${arg%%@*}/bin/s2lora" ] || { echo "ab: ${arg%%@*}/bin/s2lora is missing" >&2; exit 2; }
 done
+# The build of an argument DIR[@TILE], and its --tile arguments (none without @).
+build_of() { echo "${1%%@*}"; }
+tile_args() { case "$1" in *@*) printf '%s\n' --tile "${1#*@}" ;; esac; }
 if [ "${S2_AB_LORA:-0}" = 1 ]; then
   for ((r = 1; r <= rounds; r++)); do
-    for dir in "$@"; do
-      echo "== round $r $dir" | tee -a "$log"
+    for arg in "$@"; do
+      dir=$(build_of "$arg")
+      echo "== round $r $arg" | tee -a "$log"
       cache=$(mktemp -d /tmp/s2lora-ab-lora.XXXXXX)
       # rows: M dim r base_fwd lora_fwd fwd_% base_fb lora_fb fb_%
       S2LORA_CACHE_DIR=$cache timeout "$limit" "$dir/bin/s2lora" bench lora \
         --M "${S2_AB_LORA_M:-16384,65536}" --dims "${S2_AB_LORA_DIMS:-4096,8192}" \
         --ranks "${S2_AB_LORA_RANKS:-8,16}" 2>&1 | grep --line-buffered -E '^ *[0-9]+ +[0-9]+ +[0-9]+ ' |
-        sed -u "s|^ *|$dir lora |" | tee -a "$log"
+        sed -u "s|^ *|$arg lora |" | tee -a "$log"
       [ "${PIPESTATUS[0]}" = 0 ] || status=1
       rm -rf "$cache"
     done
@@ -64,14 +71,18 @@ if [ "${S2_AB_LORA:-0}" = 1 ]; then
   exit $status
 fi
 for ((r = 1; r <= rounds; r++)); do
-  for dir in "$@"; do
-    echo "== round $r $dir" | tee -a "$log"
+  for arg in "$@"; do
+    dir=$(build_of "$arg")
+    mapfile -t tile < <(tile_args "$arg")
+    echo "== round $r $arg" | tee -a "$log"
     timeout "$limit" "$dir/bin/s2lora" bench attn specs/llama2-7b-32k.yaml --seqlens "$seqlens" --no-peers \
-      "${extra[@]}" 2>&1 | grep --line-buffered -E '^s2lora' | sed -u "s|^|$dir |" | tee -a "$log"
+      "${extra[@]}" "${tile[@]}" 2>&1 | grep --line-buffered -E '^s2lora' | sed -u "s|^|$arg |" |
+      tee -a "$log"
     [ "${PIPESTATUS[0]}" = 0 ] || status=1
     if [ "${S2_AB_D64:-1}" = 1 ]; then
       timeout "$limit" "$dir/bin/s2lora" bench attn specs/llama2-7b-16k.yaml --set model.head_dim=64 --no-peers \
-        "${extra[@]}" 2>&1 | grep --line-buffered -E '^s2lora' | sed -u "s|^|$dir |" | tee -a "$log"
+        "${extra[@]}" "${tile[@]}" 2>&1 | grep --line-buffered -E '^s2lora' | sed -u "s|^|$arg |" |
+        tee -a "$log"
       [ "${PIPESTATUS[0]}" = 0 ] || status=1
     fi
   done
