@@ -146,7 +146,12 @@ int s2_plan_tile_space(const s2_spec *spec, const char *arch, s2_attn_unit unit,
  */
 void s2_plan_attn_identity(const s2_spec *spec, char hex[65]);
 
-/* "fwd_warps=4,fwd_block_n=64,..." into buf; returns buf. */
+/* The bytes s2_plan_tile_str needs at most: every key with an int of 11 characters, and the NUL
+ * (tests/test_gen.c checks the widest text fits). */
+#define S2_PLAN_TILE_STR_MAX 512
+
+/* "fwd_warps=4,fwd_block_n=64,..." into buf (S2_PLAN_TILE_STR_MAX bytes hold every tile);
+ * returns buf. */
 const char *s2_plan_tile_str(const s2_attn_tile *t, char *buf, size_t n);
 
 /*

@@ -153,6 +153,25 @@ Test(plan, tiles_validated)
     s2_error_clear(&err);
 }
 
+/* The widest text a tile can have (every field INT_MIN: 11 characters) fits
+ * S2_PLAN_TILE_STR_MAX whole, the last key included; a parse of it reads every key back. */
+Test(plan, tile_text_fits_its_buffer)
+{
+    s2_attn_tile t;
+    int *f = (int *)&t;
+    for (size_t i = 0; i < sizeof t / sizeof(int); i++)
+        f[i] = INT_MIN;
+    char buf[S2_PLAN_TILE_STR_MAX];
+    s2_plan_tile_str(&t, buf, sizeof buf);
+    cr_assert_lt(strlen(buf), sizeof buf - 1, "%s", buf);
+    cr_expect(strstr(buf, "bwd_tma=-2147483648"), "%s", buf);
+    s2_attn_tile d = s2_plan_default_tile("sm_90a", 128), back;
+    memset(&back, 0, sizeof back);
+    s2_plan_tile_str(&d, buf, sizeof buf);
+    cr_assert_eq(s2_plan_parse_tile(buf, &back, NULL), S2_OK, "%s", buf);
+    cr_expect_eq(memcmp(&d, &back, sizeof d), 0, "%s", buf);
+}
+
 Test(plan, default_tiles_fit_every_head_dim)
 {
     const int dims[] = {64, 96, 128, 256};

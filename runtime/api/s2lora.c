@@ -870,7 +870,7 @@ static s2lora_status attn_new(s2lora_ctx *c, const s2lora_spec *spec, int seqlen
     snprintf(h->name, sizeof h->name, "%s", s->name);
     h->shape = spec_shape(s);
     h->shape.name = h->name;
-    char ts[512];
+    char ts[S2_PLAN_TILE_STR_MAX];
     snprintf(h->tile, sizeof h->tile, "%s (%s)", s2_plan_tile_str(&h->a.plan.tile, ts, sizeof ts),
              ch.why);
     *out = h;

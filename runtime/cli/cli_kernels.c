@@ -1307,7 +1307,7 @@ static int tune_on_device(const tune_args *t)
                 const s2_tune_unit_result *r = &res[u];
                 if (!r->candidates)
                     continue;
-                char ts[200];
+                char ts[S2_PLAN_TILE_STR_MAX];
                 s2_plan_tile_str(&r->best, ts, sizeof ts);
                 printf("%-16s %7d %-9s %6d %5d %7d %8d %5d %4d %6d %10.3f %9.3f %6.2fx  %s\n",
                        specs[i].name, len ? len : specs[i].context_length,

@@ -485,7 +485,7 @@ static s2_status run_ours(s2_bench_ctx *ctx, const s2_bench_case *c, const char 
     s2_status st = tile_text ? s2_plan_parse_tile(tile_text, &tile, err) : S2_OK;
     if (st)
         return st;
-    char ts[200];
+    char ts[S2_PLAN_TILE_STR_MAX];
     if (!tile_text) { /* the tuned tile for this GPU and N when there is one */
         s2_tune_choice choice;
         s2_tune_select_cached(&jo, ctx->rt.name, ctx->rt.arch, sp, c->N, &choice);

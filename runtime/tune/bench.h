@@ -24,6 +24,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "gen/plan.h"
 #include "gen/spec.h"
 #include "runtime/core/rt.h"
 
@@ -80,7 +81,7 @@ typedef struct s2_bench_row {
     double peak_gib;
     double rel_err;       /* relative L2 error of o vs s2lora's; NAN: not comparable */
     int failed;           /* s2lora: NaN in an output or an error; peers: did not run */
-    char note[320];
+    char note[S2_PLAN_TILE_STR_MAX + 256]; /* "tuned; tile ...", an error: the tile fits whole */
 } s2_bench_row;
 
 /* Rows of a whole run, appended to case by case. */

@@ -43,7 +43,7 @@ static void build_one(const build_pool *pool, s2_tune_candidate *c)
     s2_jit_result_free(&res);
     free(src);
     if (c->st) {
-        char ts[160];
+        char ts[S2_PLAN_TILE_STR_MAX];
         s2_error_prefix(&err, "%s with tile %s", s2_attn_unit_name(c->unit),
                         s2_plan_tile_str(&c->tile, ts, sizeof ts));
     }

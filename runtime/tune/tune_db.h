@@ -61,6 +61,7 @@
 
 #include <stddef.h>
 
+#include "gen/plan.h"
 #include "gen/util.h"
 
 /* The line format this build reads and writes ("v"). */
@@ -90,7 +91,7 @@ typedef struct s2_tunedb_entry {
     char kernel[64];      /* what was tuned: "attn" */
     char spec_sha256[65]; /* the spec's SHA-256, 64 lowercase hex digits */
     char shape[64];       /* shape class, s2_tunedb_shape_class() for attention */
-    char tile[512];       /* s2_plan_tile_str() text of the fastest tile */
+    char tile[S2_PLAN_TILE_STR_MAX]; /* s2_plan_tile_str() text of the fastest tile */
     double default_ms;    /* the default tile's time, ms: finite, > 0, <= S2_TUNEDB_MAX_MS */
     double tuned_ms;      /* this tile's time, ms: the same range */
     char gen[64];         /* S2_GEN_VERSION of the generator that built the kernels */

@@ -314,7 +314,7 @@ static s2_status try_candidate(const s2_rt *rt, const s2_spec *spec, const s2_ji
     tune_case c = {.a = &a, .bt = bt, .b = b};
     int ok = 0;
     double worst = 0, ms = 0;
-    char ts[200];
+    char ts[S2_PLAN_TILE_STR_MAX];
     s2_plan_tile_str(&cand->tile, ts, sizeof ts);
     st = gate(&c, cand->unit, dt, &ok, &worst, err);
     if (!st && !ok) {
