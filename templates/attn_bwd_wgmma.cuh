@@ -15,8 +15,8 @@
 // With S2_BWD_ATOMIC_DQ (S2_BWD_BN = 64) the dK/dV kernel also adds each tile's dQ = dS K into
 // the fp32 accumulator (s2_dq_atomic_wg) and s2_attn_bwd_dq is not launched: five products
 // per tile pair instead of seven, and a run-to-run order of the additions that is not fixed.
-// With S2_BWD_TMA as well (s2_dq_tma_step), each consumer warpgroup forms dQ over its own 64
-// keys and adds it to the accumulator with bulk tensor reductions from shared memory.
+// With S2_BWD_TMA as well (s2_dq_tma_step), each consumer warpgroup forms its part of dQ and
+// adds it to the accumulator with bulk tensor reductions from shared memory.
 
 #define S2_BWD_BM (16 * S2_BWD_WARPS)
 #define S2_BWD_THREADS (32 * S2_BWD_WARPS)
@@ -420,16 +420,20 @@ __device__ __forceinline__ void s2_dq_atomic_wg(const s2_elem *sds, const s2_ele
 #if S2_BWD_TMA
 #if S2_BWD_ATOMIC_DQ
 // The atomic dQ of the TMA dK/dV kernel, one step of consumer warpgroup wg (after its dK
-// product is issued): dQ[x0 + i] += sum over the warpgroup's 64 keys y of dS[x0 + i][y] K[y]
-// for the 64 queries of the tile, every dim, with no barrier between the warpgroups (each adds
-// its own keys' part). dS^T (its rows 64 wg .. of the staged [S2_BWD_BM keys][64 queries]) and
-// K are read MN-major, as in s2_dq_atomic_wg; each 64-dim panel of the product is waited for
-// (which waits for the dV and dK products too) and written into the warpgroup's fp32 boxes
-// (sdq: [d / 32][64 rows][32], 128-byte swizzled as the tensor map reads them, so a quad's
-// stores meet no bank conflict), then its thread 0 adds every box into dq_acc [T, H, d] with
-// cp.reduce.async.bulk.tensor (rows x0 .. x0 + 63 of head h: a split-mode tile's rows are
-// consecutive positions; rows past the sequence's end add dS = 0). Thread 0 waits for the
-// reductions of the step before to have read the boxes before the warpgroup writes them again.
+// product is issued): dQ[x0 + i] += sum over keys y of dS[x0 + i][y] K[y] for the 64 queries of
+// the tile. At head_dim 128 warpgroup wg takes dims 64 wg .. 64 wg + 63 over all the block's
+// keys, so both warpgroups' dS^T must be staged (a barrier of the two a step; sds alternates
+// between two buffers by step, so a warpgroup stages the next one while the other may still
+// read this one); at 64 each warpgroup takes every dim over its own 64 keys (no barrier between
+// them; both add to the same rows). dS^T (rows 64 wg .. of the staged [S2_BWD_BM keys][64
+// queries]) and K are read MN-major, as in s2_dq_atomic_wg. The product (waited for, which waits
+// for the dV and dK products too) is written into the warpgroup's two fp32 boxes (sdq: [2][64
+// rows][32], 128-byte swizzled as the tensor map reads them, so a quad's stores meet no bank
+// conflict), then its thread 0 adds them into dq_acc [T, H, d] with cp.reduce.async.bulk.tensor
+// (rows x0 .. x0 + 63 of head h: a split-mode tile's rows are consecutive positions; rows past
+// the sequence's end add dS = 0). Thread 0 waits for the reductions of the step before to have
+// read the boxes before the warpgroup writes them again.
+#define S2_DQ_SPLIT_DIMS (S2_HEAD_DIM == 128)
 __device__ __forceinline__ void s2_dq_tma_step(const unsigned (&da)[4][4], s2_elem *sds,
                                                const s2_elem *sk, float *sdq,
                                                const s2_tmap *tm_dq, int h, int row, int wg,
@@ -439,40 +443,46 @@ __device__ __forceinline__ void s2_dq_tma_step(const unsigned (&da)[4][4], s2_el
     if (tid == 0)
         asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
     s2_stage_dst(sds, da, wg, warp, lane);
-    s2_fence_proxy_async(); // the staged dS^T, read by this warpgroup's wgmma
+    s2_fence_proxy_async(); // the staged dS^T, read by the wgmma of both warpgroups
+#if S2_DQ_SPLIT_DIMS
+    asm volatile("bar.sync 5, 256;\n" ::: "memory");
+    const int c = wg, k0 = 0;
+    constexpr int KN = S2_BWD_BM / 16;
+#else
     asm volatile("bar.sync %0, 128;\n" ::"r"(3 + wg) : "memory");
+    const int c = 0, k0 = 4 * wg;
+    constexpr int KN = 4;
+#endif
+    float dq[32];
+    s2_overwritten_regs(dq);
+    s2_wgmma_fence();
 #pragma unroll
-    for (int c = 0; c < S2_HEAD_DIM / 64; c++) {
-        float dq[32];
-        s2_overwritten_regs(dq);
-        s2_wgmma_fence();
+    for (int kk = 0; kk < KN; kk++)
+        s2_wgmma_tt(dq, s2_desc_mn<S2_BWD_BM>(sds, k0 + kk),
+                    s2_desc_mn<S2_BWD_BM>(sk + c * S2_BWD_BM * 64, k0 + kk), kk > 0);
+    s2_wgmma_commit();
+    s2_wgmma_wait0();
+    s2_fence_regs(dq);
 #pragma unroll
-        for (int kk = 0; kk < 4; kk++)
-            s2_wgmma_tt(dq, s2_desc_mn<S2_BWD_BM>(sds, 4 * wg + kk),
-                        s2_desc_mn<S2_BWD_BM>(sk + c * S2_BWD_BM * 64, 4 * wg + kk), kk > 0);
-        s2_wgmma_commit();
-        s2_wgmma_wait0();
-        s2_fence_regs(dq);
+    for (int hf = 0; hf < 2; hf++) {
+        const int r = warp * 16 + lane / 4 + 8 * hf;
 #pragma unroll
-        for (int hf = 0; hf < 2; hf++) {
-            const int r = warp * 16 + lane / 4 + 8 * hf;
-#pragma unroll
-            for (int j = 0; j < 8; j++) { // dims c 64 + 8 j + 2 t, + 1: box 2 c + j / 4
-                const int chunk = 2 * (j % 4) + t / 2;
-                *reinterpret_cast<float2 *>(sdq + (2 * c + j / 4) * (64 * 32) + r * 32 +
-                                            ((chunk ^ (r % 8)) * 4) + 2 * (t % 2)) =
-                    make_float2(dq[4 * j + 2 * hf], dq[4 * j + 2 * hf + 1]);
-            }
+        for (int j = 0; j < 8; j++) { // dims 64 c + 8 j + 2 t, + 1: box j / 4
+            const int chunk = 2 * (j % 4) + t / 2;
+            *reinterpret_cast<float2 *>(sdq + (j / 4) * (64 * 32) + r * 32 +
+                                        ((chunk ^ (r % 8)) * 4) + 2 * (t % 2)) =
+                make_float2(dq[4 * j + 2 * hf], dq[4 * j + 2 * hf + 1]);
         }
     }
     s2_fence_proxy_async(); // the boxes, read by the bulk reductions
     asm volatile("bar.sync %0, 128;\n" ::"r"(3 + wg) : "memory");
     if (tid == 0) {
 #pragma unroll
-        for (int bx = 0; bx < S2_HEAD_DIM / 32; bx++)
+        for (int bx = 0; bx < 2; bx++)
             asm volatile("cp.reduce.async.bulk.tensor.3d.global.shared::cta.add.tile.bulk_group"
                          " [%0, {%1, %2, %3}], [%4];\n" ::"l"((unsigned long long)tm_dq),
-                         "r"(bx * 32), "r"(h), "r"(row), "r"(s2_smem_addr(sdq + bx * 64 * 32))
+                         "r"(64 * c + 32 * bx), "r"(h), "r"(row),
+                         "r"(s2_smem_addr(sdq + bx * 64 * 32))
                          : "memory");
         asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
     }
@@ -540,12 +550,13 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
     float *sl = (float *)(sqd + 2 * S2_BWD_STAGES * S2_BWD_BN * S2_HEAD_DIM); // [stages][2][BN]
 #if S2_BWD_ATOMIC_DQ
 #if S2_BWD_TMA // after the rings' mbarriers (below), at a 1 KiB boundary (sk's offset is
-    // one): dS^T, then each consumer's dQ boxes [consumers][d / 32][64][32] (constant offsets)
+    // one): dS^T (two buffers with S2_DQ_SPLIT_DIMS), then each consumer's two dQ boxes
+    // [consumers][2][64][32] (constant offsets)
     constexpr int SDS_AT = ((2 * S2_BWD_BM + 2 * S2_BWD_STAGES * S2_BWD_BN) * S2_HEAD_DIM * 2 +
                             2 * S2_BWD_STAGES * S2_BWD_BN * 4 + 8 * (2 * S2_BWD_STAGES + 1) +
                             1023) / 1024 * 1024;
     s2_elem *sds = (s2_elem *)((unsigned char *)sk + SDS_AT);
-    float *sdq = (float *)(sds + S2_BWD_BM * 64);
+    float *sdq = (float *)(sds + (1 + S2_DQ_SPLIT_DIMS) * S2_BWD_BM * 64);
 #else
     s2_elem *sds = (s2_elem *)s2_smem_aligned((unsigned char *)(sl + 2 * S2_BWD_STAGES * S2_BWD_BN));
 #endif
@@ -759,8 +770,9 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
         s2_wgmma_py<S2_BWD_BN>(adk, da, sq);
         s2_wgmma_commit();
 #if S2_BWD_ATOMIC_DQ // and dQ behind them (its waits wait for them too)
-        s2_dq_tma_step(da, sds, sk, sdq + wg * 64 * S2_HEAD_DIM, &tm_dq, hk * rep + it / n_qt,
-                       seq0 + x0, wg, warp, lane);
+        s2_dq_tma_step(da, sds + S2_DQ_SPLIT_DIMS * (it % 2) * S2_BWD_BM * 64, sk,
+                       sdq + wg * 64 * 64, &tm_dq, hk * rep + it / n_qt, seq0 + x0, wg, warp,
+                       lane);
 #else
         s2_wgmma_wait0();
 #endif
