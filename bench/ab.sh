@@ -3,8 +3,8 @@
 # `s2lora bench attn --no-peers` of every build in turn (alternating, so a drift of the GPU's
 # clock moves them alike), and every line goes to $OUT/ab.txt as it is printed, so a call
 # that runs out of time still brings back what it measured.
-# Usage: bash bench/ab.sh DIR... (each DIR holds bin/s2lora, e.g. .carry and .carry-old,
-#   built by bench/build-carry.sh or from another commit); environment:
+# Usage: bash bench/ab.sh DIR... (each DIR holds bin/s2lora, e.g. .carry and .carry-b, made
+#   by bench/build-carry.sh and bench/build-carry.sh --rev OTHER --out .carry-b); environment:
 #   S2_AB_ROUNDS   rounds (default 2)
 #   S2_AB_SEQLENS  d=128 lengths of llama2-7b-32k (default 8192,16384)
 #   S2_AB_D64      1 (default) also times llama2-7b-16k at d=64; 0 skips it

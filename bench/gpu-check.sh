@@ -18,7 +18,8 @@
 #   9. `s2lora bench attn` beside the PyTorch peers (bench/peers/attn_peers.py): N = 8k and 16k
 #      at d=128, H=32, G=N/4, then N=16k at d=64. S2_BENCH_FULL=1 runs step 2's whole sweep
 #      (8k, 16k, 32k, 64k, 100k; alone it fits one call, with the rest it does not);
-#      S2_BENCH_SEQLENS=LIST names the d=128 lengths outright.
+#      S2_BENCH_SEQLENS=LIST names the d=128 lengths outright; S2_BENCH_NO_PEERS=1 times ours
+#      alone (--no-peers: a tile A/B, or lengths where the peers take minutes).
 #  Only when named in S2_SECTIONS: ncu (hardware counters of the attention kernels at 16k),
 #  sanitize (compute-sanitizer memcheck, synccheck and racecheck on every gpu_check family) and
 #  torch (the Python package, python/, through libs2lora.so: bench/torch_check.py checks
@@ -28,6 +29,11 @@
 #  S2_LIB names the library, default $BIN/libs2lora.so).
 # Usage from the device tool: `bench/build-carry.sh` here (prints the commit), carry .carry,
 #   S2_BIN=.carry/bin S2_COMMIT=<commit> bash bench/gpu-check.sh
+# Arguments after the script go to gpu_check (the check section). A new attention tile in one
+# call, e.g. gpu_check's tile 8 against the default:
+#   S2_SECTIONS="check sanitize bench" S2_SANITIZE_FAMILIES=attn S2_SANITIZE_TILE=8
+#   S2_SANITIZE_ONLY="split GQA 8/2" S2_BENCH_NO_PEERS=1 S2_BENCH_SEQLENS=8192,16384,32768
+#   S2_BENCH_TILES="bwd_tma=0 bwd_tma=1,bwd_atomic_dq=1,bwd_stages=2" ... --family attn --tile 8
 # The binaries are built on a machine with the build dependencies (the GPU machine has no
 # libyaml, jansson, nettle or Criterion) and passed in through S2_BIN (default build/).
 # Logs go to $OUT when it is set. Prints a short table last; exit status 1 if anything failed.
@@ -242,6 +248,7 @@ bench_seqlens=${S2_BENCH_SEQLENS:-$bench_seqlens}
 # instead of the tuned-or-default tile, to compare tiles beside the peers in one run.
 bench_tile_args=()
 for t in ${S2_BENCH_TILES:-}; do bench_tile_args+=(--tile "$t"); done
+[ "${S2_BENCH_NO_PEERS:-0}" = 1 ] && bench_tile_args+=(--no-peers)
 bench_tmp=$(mktemp -d /tmp/s2lora-bench.XXXXXX)
 "$BIN/s2lora" bench attn specs/llama2-7b-32k.yaml --seqlens "$bench_seqlens" "${bench_tile_args[@]}" \
   --csv "$bench_tmp/d128.csv" --json "$bench_tmp/d128.json" 2>&1 | tee "$OUTDIR/bench_attn.txt"
@@ -291,18 +298,21 @@ ncu --target-processes all -k regex:'^s2_attn' --launch-skip 0 --launch-count 8 
   --metrics "$metrics" --csv --page raw \
   "$BIN/s2lora" bench attn specs/llama2-7b-32k.yaml --seqlens 16384 --no-peers --reps 1 \
   --warmup 0 "${ncu_tile_args[@]}" >"$OUTDIR/ncu.txt" 2>&1 || status=1
-python3 - "$OUTDIR/ncu.txt" <<'PY'
+python3 - "$OUTDIR/ncu.txt" "$metrics" <<'PY'
 import csv, sys
 rows = [r for r in csv.reader(l for l in open(sys.argv[1]) if l.startswith('"')) if len(r) > 5]
 if len(rows) < 3:
     print("ncu: no rows"); sys.exit(0)
 head = rows[0]
+# The metrics asked for (each with the roll-ups ncu adds: .sum, .avg, .ratio, ...), not the
+# device attributes the raw page also lists.
+asked = sys.argv[2].split(",")
+keys = [k for k in head if any(k == m or k.startswith(m + ".") for m in asked)]
 for r in rows[2:]:
     d = dict(zip(head, r))
     print(d.get("Kernel Name", "?")[:28])
-    for k in head:
-        if "__" in k or k.startswith("launch"):
-            print(f"   {k:<78} {d.get(k, '')}")
+    for k in keys:
+        print(f"   {k:<78} {d.get(k, '')}")
 PY
 fi
 

@@ -8,11 +8,13 @@
 #   1. a synthetic corpus (bench/paper_claim.py gen), half of its documents (S2_PC_KV_SHARE,
 #      default 0.5) LongLoRA's passkey prompt (a random five-digit key at a random depth
 #      inside filler text, the question "What is the pass key? The pass key is" at the end)
-#      followed by the answer, half dense-recall documents: keys of two letters each with a
-#      digit, about a third of them repeated at a random distance later, whose digit must be
-#      recalled (about 150 recalls in 2048 tokens, against the passkey's 5: a run on passkey
-#      documents alone lost retrieval in phase 2 at every distance, even with full attention,
-#      its loss barely asking for it);
+#      followed by the answer, half dense-recall documents: slots of a key (one byte that
+#      appears nowhere else: a single-token induction head finds it), five random digits and a
+#      space; every key is defined once and recalled once (the same digits) at a random later
+#      slot, so half the slots are recalls whose five digits must be recalled (32 recalls in
+#      512 tokens, 141 in 2048, 705 digits against the passkey's 5: a run on passkey documents
+#      alone lost retrieval in phase 2 at every distance, even with full attention, its loss
+#      barely asking for it; two-letter keys with one digit were not learned at 512 at all);
 #   2. phase 1: a byte-level LLaMA of specs/tiny-byte-512.yaml's shape (`s2lora init`) is
 #      pre-trained from scratch at 512 tokens (`train --mode full --full-attention`), so it
 #      learns the retrieval at short range (passkey accuracy and dense recall at 512 are
@@ -28,10 +30,11 @@
 #      exactly when greedy decoding would produce the key (the answer is " K": the space is
 #      scored too, as LongLoRA's exact match does); and dense recall by distance on held-out
 #      dense-recall documents (S2_PC_KV_DOCS, default 24, at 2048; twice as many at 512):
-#      accuracy and the loss on the answer tokens alone, which shows whether retrieval was
-#      learned at all. The S²- and short-trained models are also scored with the attention they
-#      were trained with (their keys beyond G are out of their reach there: a check of the
-#      masks); the pre-trained model also at 512.
+#      digit accuracy, the share of recalls with all five digits right and the loss on the
+#      answer tokens alone, which shows whether retrieval was learned at all. The S²- and
+#      short-trained models are also scored with the attention they were trained with (their
+#      keys beyond G are out of their reach there: a check of the masks); the pre-trained
+#      model also at 512.
 #
 #   bench/paper-claim.sh          on the GPU machine, with the binaries of bench/build-carry.sh
 #                                 (S2_BIN, default .carry/bin); results in $OUT
@@ -381,5 +384,5 @@ current="the end"
 note passkey "$PK_N prompts per distance bucket (seed $SEED); distance: the answer's first" \
   "digit minus the key's first digit in the information line"
 note "dense recall" "$KV_N held-out documents at $EXT_CTX, $((2 * KV_N)) at $PRE_CTX; distance:" \
-  "the recalled digit minus the key's first digit"
+  "a recalled digit minus the same digit in the key's definition"
 note wall "$SECONDS s for the whole script"

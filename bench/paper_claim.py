@@ -11,15 +11,17 @@ Subcommands (python3 standard library only; the GPU machine has no internet):
            (--buckets); kv: dense-recall documents for evaluation. passkey and kv are also
            written as `s2lora logits` input (--logits-in: safetensors "tokens" I32 [T] and
            "cu_seqlens" I32 [B+1]) with a JSON of every answer's row, token and distance
-           (--meta); --text-dir also writes each document's bytes as a text file (to check the
-           token file against `s2lora data --bytes`)
+           (--meta; for dense recall also the recall of each digit); --text-dir also writes
+           each document's bytes as a file (to check the token file against `s2lora data
+           --bytes`)
   rate     the median tokens/s of a train.jsonl (steps after the first few)
   plan     steps for each phase from a time budget and measured (or assumed) rates
   score    passkey retrieval from an `s2lora logits` output: exact match of the answer " K"
            (the space and the five digits, as LongLoRA compares them) by argmax given the true
            prefix (teacher forcing), digit accuracy and the digits' mean NLL, by distance
   kvscore  dense recall from an `s2lora logits` output: accuracy (argmax) and mean NLL of the
-           recalled digits by distance, and the mean NLL of every token (s2lora's "loss")
+           recalled digits by distance, the share of recalls whose five digits are all right
+           (exact), and the mean NLL of every token (s2lora's "loss")
   report   the results tables (markdown) and JSON from the rows written by score, kvscore, ppl
 
 The passkey document (LongLoRA's passkey_retrieval.py, with a five-digit key and the answer):
@@ -37,14 +39,21 @@ fine-tune's loss to relearn retrieval by (a run of 7055 LoRA+ steps at 2048 lost
 distance, even with full attention). The dense-recall document makes long-range retrieval a
 large share of what the loss rewards:
 
-  KV_TASK \\n ab7 qx2 ab7 mm0 ... qx2 ...
+  KV_TASK \\n K04391 L77120 M52006 K04391 ... L77120 ...
 
-slots of three characters and a space: two lowercase letters (a key) and a digit. A key
-appears once (its digit is random) or twice (the second time with the same digit: a recall);
-for each slot left to right that is not yet a recall, the recall is put a uniformly
-random number of slots later when that slot is free. At 2048 tokens about 150 of 498 slots are
-recalls, with distances (recall digit minus first digit, 4 per slot) across 4..1988; a model
-that recalls predicts each of their digits, one that cannot is left with ln 10 = 2.303 nats.
+slots of seven bytes: a key (one byte), five random digits and a space. The keys are bytes that
+no document holds otherwise (0x80..0xFF and the printable ASCII characters absent from every
+task line, the filler, the question and the information line: KV_KEYS, 178 of them), distinct
+within a document, so a single-token match (an induction head) finds a key's definition. Slots
+are filled left to right: the first free slot is a definition (a new key, new digits) and its
+recall (the same key and digits) is put at a uniformly random free slot after it, so half the
+slots are recalls (a lone last slot is a definition without one) and a document of S slots
+needs ceil(S / 2) keys (kv_slots refuses a context the pool cannot fill: more than 2561
+tokens). At 512 tokens 32 of 64 slots are recalls (distances 7..441), at 2048 141 of 283
+(7..1974); distance: a recalled digit's position minus the same digit's in the definition. A
+model that recalls predicts each of the five digits; one that cannot is left with
+ln 10 = 2.303 nats a digit. Scored by digit (accuracy, NLL) and by recall (exact: all five
+digits right).
 """
 import argparse
 import hashlib
@@ -147,8 +156,8 @@ def documents(kind, ctx, n, seed, buckets=None, kv_share=0.0, procs=1):
         share = {"train": kv_share, "heldout": 0.0, "kv": 1.0}[kind]
         if share < 1:
             filler_room(ctx)  # refuses a context too short for a passkey document
-        else:
-            kv_slots(ctx)
+        if share > 0:
+            kv_slots(ctx)  # and one too short, or too long for the key pool, for dense recall
         jobs = [(kind, ctx, seed, c, min(CHUNK, n - c * CHUNK), share)
                 for c in range((n + CHUNK - 1) // CHUNK)]
         if procs > 1 and len(jobs) > 1:
@@ -193,63 +202,96 @@ def _chunk(kind, ctx, seed, c, n, share):
     return out
 
 
-KV_TASK = "Each pair of letters stands for one digit. Recall it."
-KV_LETTERS = "abcdefghijklmnopqrstuvwxyz"
-KV_SLOT = 4  # "ab7 "
-KV_KEYS = len(KV_LETTERS) ** 2
+KV_TASK = "Each symbol stands for the five digits after it. Recall them."
+KV_DIGITS = 5
+KV_SLOT = 1 + KV_DIGITS + 1  # a key byte, its five digits, a space
+KV_PAD = "."
+
+
+def kv_key_pool():
+    """The bytes a dense-recall key may be: 0x80..0xFF and every printable ASCII character
+    that no document holds otherwise (not in any task line, the filler, the question, the
+    passkey's information line with any digit, the padding or the separators), so that a key's
+    only other occurrence in a document is its recall."""
+    used = set((TASK + GARBAGE + QUESTION + KV_TASK + info_line("0123456789") + KV_PAD +
+                " \n").encode("ascii"))
+    return bytes(b for b in range(0x21, 0x7F) if b not in used) + bytes(range(0x80, 0x100))
+
+
+KV_KEYS = kv_key_pool()
 
 
 def kv_slots(ctx):
     """(slots, padding): the slots of a dense-recall document of ctx tokens, and the '.'s that
-    fill it to exactly ctx (BOS and EOS included)."""
+    fill it to exactly ctx (BOS and EOS included). Every definition but possibly the last
+    takes a later slot for its recall, so a document has ceil(slots / 2) keys: refused where
+    the pool of keys is smaller."""
     body = ctx - 2 - len(KV_TASK) - 1
     n = (body + 1) // KV_SLOT
     if n < 2:
         raise ValueError(f"--ctx {ctx}: a dense-recall document needs at least "
                          f"{len(KV_TASK) + 3 + 2 * KV_SLOT - 1} tokens")
+    if (n + 1) // 2 > len(KV_KEYS):
+        raise ValueError(f"--ctx {ctx}: a dense-recall document of {n} slots needs "
+                         f"{(n + 1) // 2} distinct keys, the pool has {len(KV_KEYS)} "
+                         f"(at most --ctx {kv_max_ctx()})")
     return n, body - (KV_SLOT * n - 1)
 
 
+def kv_max_ctx():
+    """The longest context whose dense-recall documents the key pool can fill."""
+    n = 2 * len(KV_KEYS)  # slots
+    return KV_SLOT * (n + 1) + 1 + len(KV_TASK)
+
+
+# bench/paper-claim.sh's longest documents (phase 2's 2048 tokens) must be possible
+assert kv_max_ctx() >= 2048, (len(KV_KEYS), kv_max_ctx())
+
+
 def kv_document(ctx, rng):
-    """(text, answers): a dense-recall document and its recalls, each (token position of the
-    recalled digit in the document, BOS at 0; the digit; distance in tokens from the first
-    digit of the same key)."""
+    """(text, answers): a dense-recall document (bytes) and its recalls, one entry per recalled
+    digit: (its token position in the document, BOS at 0; the digit; distance in tokens from
+    the same digit in the key's definition). A recall's digits are consecutive entries.
+
+    The slots are filled left to right: the first free slot is a definition (a new key, five
+    random digits), and its recall (the same key and digits) goes to a uniformly random free
+    slot after it; only the last slot, when it is left alone, is a definition without one."""
     n, pad = kv_slots(ctx)
-    first = [-1] * n  # slot -> the slot it recalls (itself for a first appearance)
-    rand = rng.random
-    for i in range(n):
-        if first[i] < 0:
-            first[i] = i
-            j = i + 1 + int(rand() * (n - 1))  # uniform over 1..n-1 slots later
-            if j < n and first[j] < 0:
-                first[j] = i
-    starts = [i for i in range(n) if first[i] == i]
-    if len(starts) > KV_KEYS:
-        raise ValueError(f"--ctx {ctx}: {len(starts)} keys, two letters give {KV_KEYS}")
-    item = dict(zip(starts, (k * 10 + int(rand() * 10)
-                             for k in rng.sample(range(KV_KEYS), len(starts)))))
-    base = 1 + len(KV_TASK) + 1 + 2  # BOS, the task, the newline, a key's letters
-    items = [_KV_ITEMS[item[f]] for f in first]
-    answers = [(base + KV_SLOT * i, item[f] % 10, KV_SLOT * (i - f))
-               for i, f in enumerate(first) if f != i]
-    text = KV_TASK + "\n" + " ".join(items) + "." * pad
+    free = list(range(n))
+    first = [0] * n  # slot -> the slot of its definition (itself for a definition)
+    while free:
+        i = free.pop(0)
+        first[i] = i
+        if free:
+            first[free.pop(int(rng.random() * len(free)))] = i
+    defs = [i for i in range(n) if first[i] == i]
+    keys = dict(zip(defs, rng.sample(KV_KEYS, len(defs))))
+    digits = {i: b"%05d" % rng.randrange(10 ** KV_DIGITS) for i in defs}
+    base = 1 + len(KV_TASK) + 1 + 1  # BOS, the task, the newline, a key: the first digit
+    answers = [(base + KV_SLOT * i + j, digits[f][j] - ord("0"), KV_SLOT * (i - f))
+               for i, f in enumerate(first) if f != i for j in range(KV_DIGITS)]
+    text = (KV_TASK.encode("ascii") + b"\n" +
+            b" ".join(bytes([keys[f]]) + digits[f] for f in first) + KV_PAD.encode() * pad)
     assert len(text) == ctx - 2, (len(text), ctx)
     return text, answers
 
 
-_KV_ITEMS = [a + b + str(d) for a in KV_LETTERS for b in KV_LETTERS for d in range(10)]
+def as_bytes(text):
+    """A document's bytes: passkey documents are ASCII str, dense-recall ones bytes."""
+    return text if isinstance(text, bytes) else text.encode("ascii")
 
 
 def doc_tokens(text):
     """The document's tokens as little-endian u16 bytes: BOS, byte + 8 each, EOS."""
-    raw = text.encode("ascii")
-    low = bytes([BOS]) + raw.translate(_SHIFT) + bytes([EOS])
-    out = bytearray(2 * len(low))
-    out[0::2] = low  # ASCII + 8 < 256: every high byte is 0
+    raw = as_bytes(text)
+    out = bytearray(2 * (len(raw) + 2))
+    out[0::2] = bytes([BOS]) + raw.translate(_SHIFT) + bytes([EOS])
+    out[1::2] = b"\0" + raw.translate(_HIGH) + b"\0"  # 1 for the bytes 248..255
     return out
 
 
 _SHIFT = bytes((i + BYTE_OFFSET) & 0xFF for i in range(256))
+_HIGH = bytes((i + BYTE_OFFSET) >> 8 for i in range(256))
 
 
 def write_atomic(path, chunks):
@@ -312,6 +354,21 @@ def write_logits_input(path, docs, ctx):
         {"format": "pt"}))
 
 
+def kv_meta_answers(docs, ctx):
+    """The meta's answers of dense-recall documents, one per recalled digit: [its row in the
+    batch (the row before the digit), the digit's token, its distance, the recall it belongs to
+    (numbered across the set: each KV_DIGITS consecutive entries of a document's answers)]."""
+    out = []
+    for i, d in enumerate(docs):
+        ans = d["answers"]
+        assert len(ans) % KV_DIGITS == 0, len(ans)
+        for k, (pos, digit, dist) in enumerate(ans):
+            rec = len(out) // KV_DIGITS
+            assert k % KV_DIGITS == 0 or (pos, dist) == (ans[k - 1][0] + 1, ans[k - 1][2])
+            out.append([i * ctx + pos - 1, ord(str(digit)) + BYTE_OFFSET, dist, rec])
+    return out
+
+
 def answer_rows(ctx):
     """Rows of a passkey document's logits that predict the answer " K" (teacher forcing): the
     space is token ctx - 8 and digit i token ctx - 7 + i (text ends " K." then EOS); row p - 1
@@ -331,8 +388,8 @@ def cmd_gen(a):
         n = write_token_file(a.out, docs)
         kv = sum("answers" in d for d in docs)
         print(f"{a.out}: {len(docs)} {a.kind} documents of {a.ctx} tokens ({n} tokens; "
-              f"{kv} dense-recall, {sum(len(d['answers']) for d in docs if 'answers' in d)} "
-              "recalls)")
+              f"{kv} dense-recall, "
+              f"{sum(len(d['answers']) for d in docs if 'answers' in d) // KV_DIGITS} recalls)")
     if a.kind == "passkey" and a.meta:
         write_logits_input(a.logits_in, docs, a.ctx)
         meta = {"ctx": a.ctx, "seed": a.seed, "buckets": [bucket_name(*b) for b in buckets],
@@ -343,20 +400,18 @@ def cmd_gen(a):
               f"{len(buckets)} buckets; {a.meta}")
     if a.kind == "kv" and a.meta:
         write_logits_input(a.logits_in, docs, a.ctx)
-        # each recall: [its row in the batch (the row before the digit), the digit's token,
-        # its distance]
-        answers = [[i * a.ctx + pos - 1, ord(str(digit)) + BYTE_OFFSET, dist]
-                   for i, d in enumerate(docs) for pos, digit, dist in d["answers"]]
+        answers = kv_meta_answers(docs, a.ctx)
+        recalls = len(answers) // KV_DIGITS
         meta = {"ctx": a.ctx, "seed": a.seed, "docs": len(docs),
                 "buckets": [bucket_name(*b) for b in buckets], "answers": answers}
         write_atomic(a.meta, [json.dumps(meta).encode()])
         print(f"{a.logits_in}: {len(docs)} dense-recall documents of {a.ctx} tokens, "
-              f"{len(answers)} recalls; {a.meta}")
+              f"{recalls} recalls ({len(answers)} digits); {a.meta}")
     if a.text_dir:
         os.makedirs(a.text_dir, exist_ok=True)
         for i, d in enumerate(docs):
             with open(os.path.join(a.text_dir, f"{i:06d}.txt"), "wb") as f:
-                f.write(d["text"].encode("ascii"))
+                f.write(as_bytes(d["text"]))
     return 0
 
 
@@ -486,26 +541,43 @@ def score(meta, logits_path, far=None):
 
 
 def kv_score(meta, logits_path, far=None):
-    """Dense recall by distance bucket (and far+, all): the recalls' count, accuracy (argmax is
-    the digit) and mean NLL (the loss on the answer tokens alone)."""
+    """Dense recall by distance bucket (and far+, all): the recalled digits' count n, accuracy
+    (argmax is the digit) and mean NLL (the loss on the answer tokens alone); the recalls'
+    count and exact rate (every digit of the recall argmax-right). A meta answer is [row,
+    token, distance, recall]; one of three fields (an older meta) is a recall of its own."""
     buckets = [tuple(int(x) for x in b.split("-")) for b in meta["buckets"]]
-    got = logits_rows(logits_path, meta["ctx"] * meta["docs"],
-                      [(r, tok) for r, tok, _ in meta["answers"]])
+    answers = meta["answers"]
+    got = logits_rows(logits_path, meta["ctx"] * meta["docs"], [(a[0], a[1]) for a in answers])
     per = {}
-    for (_, tok, dist), (best, nll) in zip(meta["answers"], got):
-        groups = [bucket_name(lo, hi) for lo, hi in buckets if lo <= dist < hi] + ["all"]
-        groups += [f"{far}+"] if far and dist >= far else []
-        for b in groups:
-            s = per.setdefault(b, {"n": 0, "hits": 0, "nll": 0.0})
+    recall = {}  # recall -> [its distance, every digit right so far]
+    for a, (best, nll) in zip(answers, got):
+        tok, dist = a[1], a[2]
+        rec = recall.setdefault(a[3] if len(a) > 3 else ("row", a[0]), [dist, True])
+        if rec[0] != dist:
+            raise SystemExit(f"meta: recall {a[3]} has digits at distances {rec[0]} and {dist}")
+        rec[1] = rec[1] and best == tok
+        for b in kv_groups(buckets, far, dist):
+            s = per.setdefault(b, {"n": 0, "hits": 0, "nll": 0.0, "recalls": 0, "exact": 0})
             s["n"] += 1
             s["hits"] += best == tok
             s["nll"] += nll
+    for dist, right in recall.values():
+        for b in kv_groups(buckets, far, dist):
+            per[b]["recalls"] += 1
+            per[b]["exact"] += right
     out = {}
     for b in score_columns(meta, far):  # a group without recalls (a small set) has n 0
-        s = per.get(b, {"n": 0})
+        s = per.get(b, {"n": 0, "recalls": 0})
         out[b] = {"n": s["n"], "accuracy": s["hits"] / s["n"] if s["n"] else None,
-                  "nll": s["nll"] / s["n"] if s["n"] else None}
+                  "nll": s["nll"] / s["n"] if s["n"] else None, "recalls": s["recalls"],
+                  "exact": s["exact"] / s["recalls"] if s["recalls"] else None}
     return out
+
+
+def kv_groups(buckets, far, dist):
+    """The groups of kv_score a recall of distance dist counts in."""
+    return ([bucket_name(lo, hi) for lo, hi in buckets if lo <= dist < hi] + ["all"] +
+            ([f"{far}+"] if far and dist >= far else []))
 
 
 def score_columns(meta, far):
@@ -535,7 +607,7 @@ def cmd_kvscore(a):
     write_atomic(a.out, [json.dumps(row, indent=1).encode()])
     print(f"{a.label}: dense recall at {meta['ctx']} ({a.attention} attention): " + ", ".join(
         f"{b} {fmt(res[b]['accuracy'], 2)}" for b in cols) +
-        f"; answer NLL {fmt(res['all']['nll'], 3)}")
+        f"; exact recalls {fmt(res['all']['exact'], 2)}; answer NLL {fmt(res['all']['nll'], 3)}")
     return 0
 
 
@@ -645,25 +717,35 @@ def cmd_report(a):
         kvs = [x for x in sel if "kv" in by[x[0], x[2]]]
         if kvs:
             cols = by[kvs[0][0], kvs[0][2]]["kv_columns"]
+            exact = [c for c in cols if c.endswith("+")] + ["all"]
             lines.append(f"## At {ctx} tokens: dense recall (held-out documents like the "
-                         "training ones): accuracy by distance, loss on the answer tokens")
+                         "training ones): digit accuracy by distance, exact recalls, loss on "
+                         "the answer tokens")
             lines.append("")
-            lines.append("| model | eval attention | " + " | ".join(cols) +
-                         " | answer NLL | all-token NLL |")
-            lines.append("| --- | --- |" + " ---: |" * (len(cols) + 2))
+            lines.append("| model | eval attention | " + " | ".join(cols) + " | " +
+                         " | ".join(f"exact {c}" for c in exact) + " | answer NLL | "
+                         "all-token NLL |")
+            lines.append("| --- | --- |" + " ---: |" * (len(cols) + len(exact) + 2))
             for lab, desc, att in kvs:
                 r = by[(lab, att)]
                 cells = [fmt(r["kv"].get(c, {}).get("accuracy"), 2) for c in cols]
+                cells += [fmt(r["kv"].get(c, {}).get("exact"), 2) for c in exact]
                 lines.append(f"| {desc} | {att} | " + " | ".join(cells) + " | " +
                              fmt(r["kv"].get("all", {}).get("nll"), 3) + " | " +
                              fmt(r.get("kv_loss"), 3) + " |")
             n = by[kvs[0][0], kvs[0][2]]["kv"]
+
+            def recalls(c):  # a row of an older run counted each digit as a recall
+                return n[c].get("recalls", n[c]["n"])
             lines.append("")
-            lines.append(f"{n['all']['n']} recalls at {ctx} tokens (" + ", ".join(
-                f"{c}: {n[c]['n']}" for c in cols if c != "all") + "), the same for every "
-                "model. Answer NLL: the mean over the recalled digits, ln 10 = 2.303 when "
-                "nothing is retrieved; a model scored with the attention it was trained with "
-                "shows whether retrieval was learned at all.")
+            lines.append(f"{recalls('all')} recalls ({n['all']['n']} digits) at {ctx} tokens ("
+                         + ", ".join(f"{c}: {recalls(c)}" for c in cols if c != "all") +
+                         "), the same for every model. Digit accuracy: the argmax of each "
+                         "recalled digit given the true prefix; exact: the recalls whose "
+                         f"{KV_DIGITS} digits are all right. Answer NLL: the mean over the "
+                         "recalled digits, ln 10 = 2.303 when nothing is retrieved; a model "
+                         "scored with the attention it was trained with shows whether "
+                         "retrieval was learned at all.")
             lines.append("")
     text = "\n".join(lines) + "\n"
     write_atomic(a.md, [text.encode()])

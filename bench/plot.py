@@ -31,6 +31,7 @@ import csv
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 
@@ -122,6 +123,7 @@ def read_attn(path):
                 "fb_tflops": number(need(r, "fb_tflops", w), w, "fb_tflops"),
                 "failed": flag(r.get("failed"), w, "failed"),
                 "device": device, "commit": commit,
+                "tile": tile_of(r.get("note")),
             })
     if not out:
         raise InputError(f"{path}: no rows")
@@ -258,6 +260,31 @@ def save(fig, outdir, name):
     return os.path.join(outdir, name)
 
 
+def tile_of(note):
+    """The tile a bench attn row names in its note ("tile k=v,k=v ..."), as {k: v}; {} if none."""
+    if not isinstance(note, str):
+        return {}
+    m = re.search(r"\btile ([a-z0-9_]+=[0-9]+(?:,[a-z0-9_]+=[0-9]+)*)", note)
+    return dict(kv.split("=", 1) for kv in m.group(1).split(",")) if m else {}
+
+
+def attn_labels(rows):
+    """{impl: legend label}: an s2lora row of a --tile comparison (s2lora#1, #2, ...) is
+    labelled with the tile keys whose values differ between those rows, so a chart of tiles
+    says which is which; every other implementation keeps its name."""
+    tiles = {}
+    for r in rows:
+        if re.fullmatch(r"s2lora#\d+", r["impl"]) and r.get("tile"):
+            tiles.setdefault(r["impl"], r["tile"])
+    keys = sorted({k for t in tiles.values() for k in t})
+    differ = [k for k in keys if len({t.get(k) for t in tiles.values()}) > 1]
+    labels = {r["impl"]: r["impl"] for r in rows}
+    if len(tiles) > 1 and differ:
+        for impl, t in tiles.items():
+            labels[impl] = f"{impl}: " + ",".join(f"{k}={t.get(k, '-')}" for k in differ)
+    return labels
+
+
 def plot_attn(plt, rows, outdir, card, commit):
     ds = sorted({r["d"] for r in rows}, reverse=True)  # the largest head dim drawn solid
     series = {}
@@ -265,6 +292,7 @@ def plot_attn(plt, rows, outdir, card, commit):
         series.setdefault((r["impl"], r["d"]), []).append(r)
     # One colour an implementation (ours first), one line style and marker a head dim.
     impls = sorted({r["impl"] for r in rows}, key=lambda k: (not k.startswith("s2lora"), k))
+    labels = attn_labels(rows)
     cycle = plt.rcParams["axes.prop_cycle"].by_key().get("color", ["C0"])
     colour = {impl: cycle[i % len(cycle)] for i, impl in enumerate(impls)}
     styles, markers = ["-", "--", ":", "-."], ["o", "s", "^", "D"]
@@ -283,7 +311,7 @@ def plot_attn(plt, rows, outdir, card, commit):
             ax.plot([p[0] for p in pts], [p[1] for p in pts], color=colour[impl],
                     marker=markers[k % len(markers)], linestyle=styles[k % len(styles)],
                     linewidth=2.4 if ours else 1.4, zorder=3 if ours else 2,
-                    label=impl if len(ds) == 1 else f"{impl} (d={d})")
+                    label=labels[impl] if len(ds) == 1 else f"{labels[impl]} (d={d})")
             drawn += 1
         ax.set_xscale("log", base=2)
         ax.set_xticks(ns)

@@ -47,16 +47,20 @@ typedef struct s2_attn_tile {
     int bwd_atomic_dq; /* backward: 0 = a separate dQ kernel, deterministic; 1 = the dK/dV
                           kernel also adds dQ into an fp32 accumulator with atomics (two
                           fewer products per tile pair, run-to-run order not fixed) */
-    int bwd_mbar;      /* backward with bwd_wgmma, bwd_stages 3..4, bwd_atomic_dq 0: 1 = the
-                          stage rings on mbarriers, two warpgroups issuing S and dP in turns;
-                          0 = commit groups and a block barrier a step */
-    int bwd_tma;       /* dK/dV kernel with bwd_wgmma, bwd_mbar, bwd_warps 8, bwd_stages 3..4,
-                          bwd_atomic_dq 0, split mode (s2_plan_window gives the window units
-                          the cp.async twin of such a tile): 1 = a producer warpgroup loads K,
-                          V, Q and dO with the Tensor Memory Accelerator and lse, delta with
-                          cp.async (one warp; the ring's full mbarriers count both) and hands
-                          its registers to the two consumer warpgroups (setmaxnreg); 0 = every
-                          thread copies (cp.async). The dQ kernel is the same either way. */
+    int bwd_mbar;      /* backward with bwd_wgmma, bwd_stages 3..4, bwd_atomic_dq 0 (or with
+                          bwd_tma and bwd_atomic_dq 1): 1 = the stage rings on mbarriers, two
+                          warpgroups issuing S and dP in turns; 0 = commit groups and a block
+                          barrier a step */
+    int bwd_tma;       /* dK/dV kernel with bwd_wgmma, bwd_mbar, bwd_warps 8, split mode, and
+                          bwd_stages 3..4 with bwd_atomic_dq 0 or 2..4 with 1 (s2_plan_window
+                          gives the window units the cp.async twin of such a tile): 1 = a
+                          producer warpgroup loads K, V, Q and dO with the Tensor Memory
+                          Accelerator and lse, delta with cp.async (one warp; the ring's full
+                          mbarriers count both) and hands its registers to the two consumer
+                          warpgroups (setmaxnreg); with bwd_atomic_dq the consumers add dQ to
+                          its fp32 accumulator by bulk tensor reductions; 0 = every thread
+                          copies (cp.async). The deterministic dQ kernel is the same either
+                          way. */
     int test_broken;   /* test builds only (S2_TEST_BROKEN_TILE): 1 makes the forward scale O
                           by 1.01, so the tuner's correctness gate can be shown to reject a
                           wrong candidate; every other build refuses the key and the value */
@@ -119,9 +123,9 @@ s2_status s2_plan_parse_tile(const char *text, s2_attn_tile *t, s2_error *err);
  * it names is one s2_plan_parse_tile() knows, with a value that key may take on some spec
  * (fwd_warps 1..8, fwd_strips 1..2, fwd_block_n 32/64/128, fwd_stages 1..4, bwd_warps 1..8,
  * bwd_block_n 32/64, bwd_stages 1..4, the switches 0/1), named once, and fwd_wgmma, fwd_tma,
- * bwd_wgmma or bwd_tma = 1 only for sm_90a (arch NULL: any). Which combinations fit a spec's head_dim and
- * the arch's shared memory is s2_plan_attn()'s to say. S2_ERR_INVALID names the key and the
- * valid values.
+ * bwd_wgmma or bwd_tma = 1 only for sm_90a (arch NULL: any). Which combinations fit a spec's
+ * head_dim and the arch's shared memory is s2_plan_attn()'s to say. S2_ERR_INVALID names the
+ * key and the valid values.
  */
 s2_status s2_plan_check_tile_text(const char *text, const char *arch, s2_error *err);
 

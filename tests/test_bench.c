@@ -337,24 +337,74 @@ Test(bench_text, gemm_rate_and_fractions)
     cr_assert(b.data);
     cr_expect(!strncmp(b.data, "spec,impl,N,G,S,d,H,Hkv,dtype,mode,fwd_ms,fwd_tflops,fb_ms,"
                        "fb_tflops,peak_gib,rel_err_vs_ours,failed,note,fwd_frac_of_gemm,"
-                       "fb_frac_of_gemm\n", 139), "%s", b.data);
+                       "fb_frac_of_gemm,bwd_ms,bwd_tflops\n", 157), "%s", b.data);
     char want[256];
-    snprintf(want, sizeof want, ",0,,%.6g,%.6g\n", rows[0].fwd_tflops / gemm,
-             rows[0].fb_tflops / gemm);
+    double bms, btf;
+    s2_bench_bwd(&rows[0], &bms, &btf);
+    snprintf(want, sizeof want, ",0,,%.6g,%.6g,%.6g,%.6g\n", rows[0].fwd_tflops / gemm,
+             rows[0].fb_tflops / gemm, bms, btf);
     cr_expect(strstr(b.data, want), "expected '%s' in:\n%s", want, b.data);
-    snprintf(want, sizeof want, ",0,,%.6g,\n", rows[1].fwd_tflops / gemm);
+    snprintf(want, sizeof want, ",0,,%.6g,,,\n", rows[1].fwd_tflops / gemm);
     cr_expect(strstr(b.data, want), "expected '%s' in:\n%s", want, b.data);
-    /* Every line has the header's 20 fields. */
+    /* Every line has the header's 22 fields. */
     for (const char *p = b.data; *p;) {
         const char *e = strchr(p, '\n');
         cr_assert(e);
         int commas = 0;
         for (const char *q = p; q < e; q++)
             commas += *q == ',';
-        cr_expect_eq(commas, 19, "%.*s", (int)(e - p), p);
+        cr_expect_eq(commas, 21, "%.*s", (int)(e - p), p);
         p = e + 1;
     }
     s2_buf_free(&b);
+}
+
+/* The backward read from a row's two medians: fb - fwd, at 2.5 forwards of FLOPs; nothing where
+ * a time is missing or the difference is not positive. In the table, the CSV and the JSON. */
+Test(bench_text, backward_from_the_two_medians)
+{
+    s2_bench_row rows[3] = {mkrow("s2lora", 0.5, 1.5, NAN), mkrow("flex-split", 0.6, NAN, NAN),
+                            mkrow("sdpa-cudnn", 0.7, 0.7, NAN)};
+    double ms, tf;
+    s2_bench_bwd(&rows[0], &ms, &tf);
+    cr_expect_float_eq(ms, 1.0, 1e-12);
+    const double f = s2_bench_fwd_flops(8192, 2048, 128, 32);
+    cr_expect_float_eq(tf, 2.5 * f / 1e-3 / 1e12, 1e-9);
+    cr_expect_float_eq(tf, 2.5 * rows[0].fwd_tflops * 0.5 / 1.0, 1e-9,
+                       "2.5x the forward's work in 2x its time");
+    s2_bench_bwd(&rows[1], &ms, &tf);
+    cr_expect(isnan(ms) && isnan(tf), "no fb time: no backward");
+    s2_bench_bwd(&rows[2], &ms, &tf);
+    cr_expect(isnan(ms) && isnan(tf), "fb no longer than fwd: no backward");
+
+    s2_buf b = {0};
+    s2_bench_table_header(&b);
+    for (int i = 0; i < 3; i++)
+        s2_bench_table_row(&b, &rows[i]);
+    cr_assert(b.data);
+    cr_expect(strstr(b.data, "fb_TFs  bwd_TFs"), "%s", b.data);
+    char want[64];
+    s2_bench_bwd(&rows[0], &ms, &tf);
+    snprintf(want, sizeof want, " %8.1f ", tf);
+    cr_expect(strstr(b.data, want), "expected '%s' in:\n%s", want, b.data);
+    s2_buf_free(&b);
+
+    char *js = s2_bench_json(rows, 3, "NVIDIA H100 80GB HBM3", 7, NAN);
+    cr_assert(js);
+    json_error_t je;
+    json_t *j = json_loads(js, 0, &je);
+    cr_assert(j, "%s: %s", je.text, js);
+    json_t *r = json_object_get(j, "rows");
+    cr_expect_float_eq(json_number_value(json_object_get(json_array_get(r, 0), "bwd_ms")), 1.0,
+                       1e-12, "%s", js);
+    cr_expect_float_eq(json_number_value(json_object_get(json_array_get(r, 0), "bwd_tflops")),
+                       tf, 1e-9, "%s", js);
+    for (int i = 1; i < 3; i++) {
+        cr_expect(json_is_null(json_object_get(json_array_get(r, i), "bwd_ms")), "%d: %s", i, js);
+        cr_expect(json_is_null(json_object_get(json_array_get(r, i), "bwd_tflops")), "%d", i);
+    }
+    json_decref(j);
+    free(js);
 }
 
 Test(bench_text, summary_without_peers)

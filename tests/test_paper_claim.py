@@ -52,8 +52,13 @@ def read_safetensors(path):
     return head, data
 
 
+def bytes_of(tokens):
+    return bytes(t - pc.BYTE_OFFSET for t in tokens)
+
+
 def text_of(tokens):
-    return bytes(t - pc.BYTE_OFFSET for t in tokens).decode("ascii")
+    """A passkey document's text: ASCII throughout."""
+    return bytes_of(tokens).decode("ascii")
 
 
 def st_layout(tensors):
@@ -151,27 +156,40 @@ class Corpus(unittest.TestCase):
                 self.assertEqual(doc[r + 1], ord((" " + p["key"])[j]) + pc.BYTE_OFFSET)
 
     def check_kv_doc(self, text, answers, ctx):
-        """A dense-recall document read back from its text alone: every recall's digit is
-        where answers says, its key's first appearance is distance tokens back with the same
-        digit, keys appear at most twice, and the recalls are exactly the second appearances."""
+        """A dense-recall document read back from its bytes alone: slots of a key byte, five
+        digits and a space; every key a byte of the pool that occurs in the document only as
+        the key of its slots, at most twice; a second appearance (a recall) repeats the
+        definition's digits; half the slots are recalls; the answers are exactly the recalled
+        digits (position, digit, distance to the same digit of the definition), in order."""
+        self.assertIsInstance(text, bytes)
         self.assertEqual(len(text), ctx - 2)
-        self.assertTrue(text.startswith(pc.KV_TASK + "\n"))
-        body = text[len(pc.KV_TASK) + 1:].rstrip(".")
-        self.assertLess(len(text) - len(pc.KV_TASK) - 1 - len(body), 4)
-        items = body.split(" ")
+        head = (pc.KV_TASK + "\n").encode("ascii")
+        self.assertTrue(text.startswith(head))
+        body = text[len(head):].rstrip(b".")
+        self.assertLess(len(text) - len(head) - len(body), pc.KV_SLOT)
+        items = body.split(b" ")
+        self.assertEqual(len(items), pc.kv_slots(ctx)[0])
+        pool = set(pc.KV_KEYS)
         seen, recalls = {}, []
-        off = 1 + len(pc.KV_TASK) + 1  # the token position of the first item (BOS at 0)
+        off = 1 + len(head)  # the token position of the first slot's key (BOS at 0)
         for i, it in enumerate(items):
-            self.assertRegex(it, r"^[a-z]{2}[0-9]$")
-            key, digit, pos = it[:2], int(it[2]), off + 4 * i + 2
+            self.assertEqual(len(it), 6, it)
+            self.assertRegex(it[1:], rb"^[0-9]{5}$")
+            key, digits, pos = it[0], it[1:], off + 7 * i
+            self.assertIn(key, pool)
             if key in seen:
-                first_pos, first_digit, count = seen[key]
-                self.assertEqual(count, 1, f"{key} three times")
-                self.assertEqual(digit, first_digit)
-                recalls.append((pos, digit, pos - first_pos))
-                seen[key] = (first_pos, first_digit, 2)
+                first_pos, first_digits, count = seen[key]
+                self.assertEqual(count, 1, f"key {key:#x} three times")
+                self.assertEqual(digits, first_digits)
+                recalls += [(pos + 1 + j, digits[j] - ord("0"), pos - first_pos)
+                            for j in range(5)]
+                seen[key] = (first_pos, first_digits, 2)
             else:
-                seen[key] = (pos, digit, 1)
+                seen[key] = (pos, digits, 1)
+        # a key's byte is nowhere else in the document: one token, unique to its slots
+        for key, (_, _, count) in seen.items():
+            self.assertEqual(text.count(bytes([key])), count, f"key {key:#x}")
+        self.assertEqual(len(recalls), 5 * (len(items) // 2))  # half the slots, rounded down
         self.assertEqual(recalls, [tuple(a) for a in answers])
         return recalls
 
@@ -187,19 +205,60 @@ class Corpus(unittest.TestCase):
             for i, d in enumerate(docs):
                 doc = toks[index[i]:index[i + 1]]
                 self.assertEqual((doc[0], doc[-1]), (pc.BOS, pc.EOS))
-                text = text_of(doc[1:-1])
+                text = bytes_of(doc[1:-1])
                 self.assertEqual(text, d["text"])
                 for pos, digit, _ in self.check_kv_doc(text, d["answers"], ctx):
                     self.assertEqual(doc[pos], ord(str(digit)) + pc.BYTE_OFFSET)
-                dist += [a[2] for a in d["answers"]]
-            # dense: about 30 % of the slots are recalls; the distances reach the context's end
+                dist += [a[2] for a in d["answers"][::5]]  # one a recall
+            # the distances reach from the next slot to the context's end
             slots = pc.kv_slots(ctx)[0]
-            self.assertGreater(len(dist) / len(docs), 0.25 * slots)
-            self.assertLess(min(dist), 16)
+            self.assertEqual(min(dist), pc.KV_SLOT)
             self.assertGreater(max(dist), 0.85 * pc.KV_SLOT * (slots - 1))
             if ctx == 2048:  # every distance bucket of the evaluation holds many recalls
                 for lo, hi in pc.parse_buckets("0,256,512,1024,1536,2048"):
                     self.assertGreater(sum(lo <= x < hi for x in dist), 5 * len(docs), (lo, hi))
+
+    def test_kv_key_pool(self):
+        pool = pc.KV_KEYS
+        self.assertEqual(len(set(pool)), len(pool))
+        self.assertTrue(set(range(0x80, 0x100)) <= set(pool))
+        # every printable ASCII character that no document text holds, and none that one does
+        fixed = (pc.TASK + pc.GARBAGE + pc.QUESTION + pc.KV_TASK + pc.info_line("0123456789") +
+                 ". \n").encode("ascii")
+        self.assertEqual(set(pool) - set(range(0x80, 0x100)),
+                         set(range(0x21, 0x7F)) - set(fixed))
+        for b in b"0123456789 .\naeTW?":
+            self.assertNotIn(b, pool)
+        # and no passkey document holds a key
+        for d in pc.documents("train", 512, 200, 2, kv_share=0.5):
+            if "answers" not in d:
+                self.assertFalse(set(d["text"].encode("ascii")) & set(pool))
+        # the largest document the script makes fits: half its slots (rounded up) are keys
+        self.assertLessEqual((pc.kv_slots(2048)[0] + 1) // 2, len(pool))
+
+    def test_kv_pool_size_error(self):
+        top = pc.kv_max_ctx()
+        self.assertGreater(top, 2048)
+        # the longest context uses every key of the pool in each document
+        d = pc.documents("kv", top, 1, 1)[0]
+        self.check_kv_doc(d["text"], d["answers"], top)
+        self.assertEqual(set(d["text"][len(pc.KV_TASK) + 1::pc.KV_SLOT][:-1]) - {ord(".")},
+                         set(pc.KV_KEYS))
+        msg = rf"--ctx {top + 1}: .* needs {len(pc.KV_KEYS) + 1} distinct keys, the pool has " \
+              rf"{len(pc.KV_KEYS)}"
+        with self.assertRaisesRegex(ValueError, msg):
+            pc.kv_slots(top + 1)
+        with self.assertRaisesRegex(ValueError, msg):
+            pc.documents("kv", top + 1, 1, 1)
+        with self.assertRaisesRegex(ValueError, msg):  # a mix refuses it before drawing
+            pc.documents("train", top + 1, 1, 1, kv_share=0.01)
+        self.assertEqual(len(pc.documents("heldout", top + 1, 1, 1)[0]["text"]), top - 1)
+
+    def test_doc_tokens_every_byte(self):
+        raw = bytes(range(256))
+        want = [pc.BOS] + [b + pc.BYTE_OFFSET for b in raw] + [pc.EOS]
+        self.assertEqual(bytes(pc.doc_tokens(raw)), struct.pack(f"<{len(want)}H", *want))
+        self.assertEqual(pc.doc_tokens("ab\n"), pc.doc_tokens(b"ab\n"))
 
     def test_train_mix_and_chunks(self):
         docs = pc.documents("train", 512, 3000, 5, kv_share=0.5)
@@ -230,19 +289,28 @@ class Corpus(unittest.TestCase):
         self.assertEqual(len(meta["answers"]), sum(len(d["answers"]) for d in docs))
         head, data = read_safetensors(st_p)
         toks = struct.unpack(f"<{head['tokens']['shape'][0]}i", data[:4 * 3 * 2048])
-        for row, tok, dist in meta["answers"]:
+        body = len(pc.KV_TASK) + 1  # slots of seven bytes from here
+        recalls = {}
+        for row, tok, dist, rec in meta["answers"]:
             i, r = divmod(row, 2048)
             self.assertEqual(toks[row + 1], tok)  # row predicts the recalled digit
-            text = text_of(toks[i * 2048 + 1:i * 2048 + 2047])
-            # token r + 1 is text[r]: the digit after its key's two letters
-            item = text[r - 2:r + 1]
-            self.assertRegex(item, "^[a-z]{2}[0-9]$")
-            self.assertEqual(tok, ord(item[2]) + pc.BYTE_OFFSET)
-            body = len(pc.KV_TASK) + 1  # items of four characters from here
-            keys = [it[:2] for it in text[body:].split(" ")]
-            first = body + 4 * keys.index(item[:2])  # the key's first appearance
-            self.assertLess(first, r - 2)
-            self.assertEqual(r - (first + 2), dist)
+            text = bytes_of(toks[i * 2048 + 1:i * 2048 + 2047])
+            # token r + 1 is text[r]: digit j of the slot's five
+            slot, j = divmod(r - body, pc.KV_SLOT)
+            self.assertIn(j, range(1, 6))
+            start = body + pc.KV_SLOT * slot
+            self.assertEqual(tok, text[r] + pc.BYTE_OFFSET)
+            first = text.index(text[start:start + 1])  # the key's definition
+            self.assertLess(first, start)
+            self.assertEqual(text[first + 1:first + 6], text[start + 1:start + 6])
+            self.assertEqual(r - (first + j), dist)
+            recalls.setdefault(rec, []).append((i, slot, j))
+        # a recall: the five digits of one slot; the recalls numbered in order from 0
+        self.assertEqual(list(recalls), list(range(len(recalls))))
+        self.assertEqual(len({v[0][:2] for v in recalls.values()}), len(recalls))
+        for v in recalls.values():
+            self.assertEqual(v, [v[0][:2] + (j,) for j in range(1, 6)])
+        self.assertEqual(len(recalls), 3 * (pc.kv_slots(2048)[0] // 2))
 
     def test_unreachable_bucket_is_refused(self):
         with self.assertRaisesRegex(ValueError, "distances 82..338 only"):
@@ -291,6 +359,8 @@ class AgainstS2lora(unittest.TestCase):
                      "-o", py, "--text-dir", txt])
         self.assertTrue(0 < sum("answers" in d for d in pc.documents(
             "train", 512, 8, 1, kv_share=0.5)) < 8)  # both kinds are in it
+        # the keys' bytes: above ASCII, and some whose token needs the high byte (>= 256)
+        self.assertGreaterEqual(max(read_token_file(py)[0]), 256)
         c = os.path.join(self.d, "c.tokens")
         r = self.run_s2("data", "--bytes", *sorted(
             os.path.join(txt, n) for n in os.listdir(txt)), "-o", c)
@@ -408,32 +478,54 @@ class Scorer(unittest.TestCase):
                      "--buckets", "0,128,256,512", "--meta", meta_p, "--logits-in", st_p])
         with open(meta_p) as f:
             meta = json.load(f)
-        answers = [(i * ctx + pos - 1, digit, dist) for i, d in enumerate(docs)
-                   for pos, digit, dist in d["answers"]]
-        self.assertEqual([(r, d, x) for r, d, x in answers],
-                         [(r, t - ord("0") - pc.BYTE_OFFSET, x) for r, t, x in meta["answers"]])
-        # every third recall is wrong
-        rows, per = {}, {}
-        for k, (r, digit, dist) in enumerate(answers):
+        # one entry a recalled digit; a recall is five consecutive digits of one document
+        answers = [(i * ctx + pos - 1, digit, dist)
+                   for i, d in enumerate(docs) for pos, digit, dist in d["answers"]]
+        self.assertEqual([(r, d, x, k // 5) for k, (r, d, x) in enumerate(answers)],
+                         [(r, t - ord("0") - pc.BYTE_OFFSET, x, k) for r, t, x, k in
+                          meta["answers"]])
+        # recall k: every digit right (k % 4 in 0, 2), digit k % 5 wrong (k % 4 == 1), digits
+        # 0 and 2 wrong (k % 4 == 3): digit accuracy and exact recalls differ
+        rows, per, exact = {}, {}, {}
+        for n, (r, digit, dist) in enumerate(answers):
+            k, j = divmod(n, 5)
+            wrong = (k % 4 == 1 and j == k % 5) or (k % 4 == 3 and j in (0, 2))
             right = ord(str(digit)) + pc.BYTE_OFFSET
-            rows[r], nll = self.row_for(right, k % 5, k % 3, k % 3 == 0)
+            rows[r], nll = self.row_for(right, n % 5, n % 3, wrong)
             groups = ["all", next(f"{lo}-{hi}" for lo, hi in ((0, 128), (128, 256), (256, 512))
                                   if lo <= dist < hi)] + (["300+"] if dist >= 300 else [])
             for g in groups:
-                s = per.setdefault(g, [0, 0, 0.0])
+                s = per.setdefault(g, [0, 0, 0.0, set()])
                 s[0] += 1
-                s[1] += k % 3 != 0
+                s[1] += not wrong
                 s[2] += nll
+                s[3].add(k)
+            exact[k] = k % 2 == 0
         path = os.path.join(self.d, "logits.safetensors")
         self.write_logits(path, ctx * 3, rows, [("loss", "F64", [1], struct.pack("<d", 0.75))])
         res = pc.kv_score(meta, path, far=300)
         self.assertEqual(list(res), ["0-128", "128-256", "256-512", "300+", "all"])
-        for g, (n, hits, nll) in per.items():
+        for g, (n, hits, nll, recs) in per.items():
             self.assertEqual(res[g]["n"], n, g)
+            self.assertEqual(res[g]["recalls"], len(recs), g)
+            self.assertEqual(5 * len(recs), n, g)
             self.assertAlmostEqual(res[g]["accuracy"], hits / n, msg=g)
             self.assertAlmostEqual(res[g]["nll"], nll / n, places=5, msg=g)
-        self.assertTrue(all(per[g][0] > 3 for g in per))
+            self.assertAlmostEqual(res[g]["exact"], sum(exact[k] for k in recs) / len(recs),
+                                   msg=g)
+            self.assertNotAlmostEqual(res[g]["exact"], res[g]["accuracy"], msg=g)
+        self.assertTrue(all(len(per[g][3]) > 3 for g in per))
         self.assertEqual(pc.logits_loss(path), 0.75)
+        # an older meta (three fields: a recall a digit) is read so: exact is the accuracy
+        old = pc.kv_score(dict(meta, answers=[a[:3] for a in meta["answers"]]), path, far=300)
+        for g in per:
+            self.assertEqual(old[g]["recalls"], old[g]["n"])
+            self.assertAlmostEqual(old[g]["exact"], res[g]["accuracy"])
+        # a recall whose digits disagree on the distance is a broken meta
+        bad = [list(a) for a in meta["answers"]]
+        bad[1][2] += 1
+        with self.assertRaisesRegex(SystemExit, "recall 0 has digits at distances"):
+            pc.kv_score(dict(meta, answers=bad), path)
         # the row and the JSON kvscore writes; a group without recalls is n 0, not an error
         out = os.path.join(self.d, "row.json")
         with contextlib.redirect_stdout(io.StringIO()):
@@ -443,8 +535,10 @@ class Scorer(unittest.TestCase):
             row = json.load(f)
         self.assertEqual((row["label"], row["attention"], row["ctx"]), ("s2", "s2", 512))
         self.assertEqual(row["kv_loss"], 0.75)
-        self.assertEqual(row["kv"]["600+"], {"n": 0, "accuracy": None, "nll": None})
+        self.assertEqual(row["kv"]["600+"], {"n": 0, "accuracy": None, "nll": None,
+                                             "recalls": 0, "exact": None})
         self.assertAlmostEqual(row["kv"]["all"]["accuracy"], per["all"][1] / per["all"][0])
+        self.assertAlmostEqual(row["kv"]["all"]["exact"], res["all"]["exact"])
         # a file of another shape is refused
         self.write_logits(path, ctx * 2, {})
         with self.assertRaisesRegex(SystemExit, "the documents need 1536"):
@@ -522,9 +616,11 @@ class PlanAndReport(unittest.TestCase):
             os.mkdir(rows)
             cols = ["0-256", "256-512", "512-1024", "512+", "all"]
 
-            def kv(acc, n=10):
-                return {c: {"n": n, "accuracy": a, "nll": 2.0 - a} if a is not None else
-                        {"n": 0, "accuracy": None, "nll": None} for c, a in zip(cols, acc)}
+            def kv(acc, n=10):  # n digits, n / 5 recalls, a quarter of the accuracy exact
+                return {c: {"n": n, "accuracy": a, "nll": 2.0 - a, "recalls": n // 5,
+                            "exact": a / 4} if a is not None else
+                        {"n": 0, "accuracy": None, "nll": None, "recalls": 0, "exact": None}
+                        for c, a in zip(cols, acc)}
             for name, row in (
                     ("full.full.kv", {"label": "full", "ctx": 2048, "attention": "full",
                                       "kv_columns": cols, "kv": kv([0.9, 0.6, 0.3, 0.3, 0.7]),
@@ -552,14 +648,19 @@ class PlanAndReport(unittest.TestCase):
             # the passkey table and the dense-recall table; the same model in both
             self.assertIn("| LoRA+ with full attention | full | 0.80 | 0.900 | 0.300 | – |", text)
             self.assertIn("## At 2048 tokens: dense recall", text)
+            # digit accuracy by bucket, then the exact recalls of far+ and of all
+            self.assertIn("| model | eval attention | 0-256 | 256-512 | 512-1024 | 512+ | all | "
+                          "exact 512+ | exact all | answer NLL | all-token NLL |", text)
             self.assertIn("| LoRA+ with full attention | full | 0.90 | 0.60 | 0.30 | 0.30 | 0.70 "
-                          "| 1.300 | 1.250 |", text)
+                          "| 0.07 | 0.17 | 1.300 | 1.250 |", text)
             self.assertIn("| LoRA+ with short attention (G 512, no shift) | short | 0.80 | 0.40 "
-                          "| – | 0.10 | 0.50 | 1.500 | – |", text)
-            self.assertIn("10 recalls at 2048 tokens (0-256: 10, 256-512: 10, 512-1024: 0, "
-                          "512+: 10)", text)  # the counts of the first row
-            self.assertIn("| pre-trained at 512 (its own context) | full | 0.20 | 0.20 | 2.100 "
-                          "| 1.500 |", text)
+                          "| – | 0.10 | 0.50 | 0.03 | 0.12 | 1.500 | – |", text)
+            self.assertIn("2 recalls (10 digits) at 2048 tokens (0-256: 2, 256-512: 2, 512-1024: "
+                          "0, 512+: 2)", text)  # the counts of the first row
+            # a row of an older run (no exact rate): a dash, each digit counted as a recall
+            self.assertIn("| pre-trained at 512 (its own context) | full | 0.20 | 0.20 | – | "
+                          "2.100 | 1.500 |", text)
+            self.assertIn("3 recalls (3 digits) at 512 tokens (0-128: 3)", text)
             self.assertIn("warning: the pre-trained model recalls 0.20 of the dense-recall", text)
             # the full-attention arm recalls 0.30 beyond 512: the upper bound did not learn
             self.assertIn("retrieves 0.80 of the passkeys and 0.30 of the dense-recall digits at "
@@ -693,7 +794,10 @@ class ScriptWithStandIn(unittest.TestCase):
              ("short", "full"), ("short", "short"), ("full", "full")]))
         for x in kv:
             self.assertEqual(x["kv"]["all"]["accuracy"], 1.0)
-            self.assertGreater(x["kv"]["all"]["n"], 50)
+            self.assertEqual(x["kv"]["all"]["exact"], 1.0)
+            recalls = (4 if x["ctx"] == 512 else 2) * (pc.kv_slots(x["ctx"])[0] // 2)
+            self.assertEqual(x["kv"]["all"]["recalls"], recalls)
+            self.assertEqual(x["kv"]["all"]["n"], 5 * recalls)
         # the training documents: both kinds
         with open(os.path.join(out, "paper_claim.log")) as f:
             log = f.read()
@@ -710,8 +814,9 @@ class ScriptWithStandIn(unittest.TestCase):
         for m in ("s2", "short", "full"):
             self.assertRegex(md, rf"\n- phase 2 \({m}\): 2 steps of 4 x 2048 tokens, .*, final")
         self.assertIn("| pre-trained at 512 (its own context) | full | 1.00 | 1.00 | 1.00 |", md)
-        self.assertIn("| LoRA+ with S²-Attn (G 512, shift 256) | s2 | 1.00 | 1.00 | 1.00 | 1.00 "
-                      "| 1.00 | 1.00 | 1.00 |", md)  # dense recall as trained: 5 buckets, 512+
+        # dense recall as trained: 5 buckets, 512+, all, then exact 512+ and all, then NLLs
+        self.assertRegex(md, r"\| LoRA\+ with S²-Attn \(G 512, shift 256\) \| s2 \|"
+                             r"( 1\.00 \|){9} [0-9.]+ \| – \|\n")
         self.assertIn("- corpus: 0.5 of the training documents dense-recall", md)
 
     def test_commit_given_wins_over_git(self):

@@ -169,6 +169,28 @@ refused "a missing file" "nothere.json: cannot read" --attn "$tmp/nothere.json"
 want_rc=2 refused "nothing to plot" "nothing to plot"
 check "nothing written on refusal" test ! -e "$tmp/bad"
 
+# A --tile comparison's rows (s2lora#1, #2 with "tile k=v,..." notes) are labelled by the keys
+# that differ between them; peers and a lone s2lora row keep their names.
+labels_ok() {
+  "$py" - <<'PY'
+import sys
+sys.path.insert(0, "bench")
+import plot
+t = "tile fwd_warps=8,bwd_stages=4,bwd_tma=0"
+rows = [{"impl": "s2lora#1", "tile": plot.tile_of(t)},
+        {"impl": "s2lora#2", "tile": plot.tile_of(t.replace("4,bwd_tma=0", "3,bwd_tma=1"))},
+        {"impl": "flex-split", "tile": {}}]
+got = plot.attn_labels(rows)
+want = {"s2lora#1": "s2lora#1: bwd_stages=4,bwd_tma=0",
+        "s2lora#2": "s2lora#2: bwd_stages=3,bwd_tma=1", "flex-split": "flex-split"}
+assert got == want, got
+assert plot.attn_labels([{"impl": "s2lora", "tile": plot.tile_of(t)}]) == {"s2lora": "s2lora"}
+assert plot.tile_of("default; " + t) == {"fwd_warps": "8", "bwd_stages": "4", "bwd_tma": "0"}
+assert plot.tile_of(None) == {} and plot.tile_of("block mask 2.0 MiB") == {}
+PY
+}
+check "tile rows labelled by the keys that differ" labels_ok
+
 if [ "$fails" -gt 0 ]; then
   echo "test_plot: $fails failed"
   exit 1

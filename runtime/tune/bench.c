@@ -59,6 +59,13 @@ double s2_bench_tflops(double flops, double ms)
 
 double s2_bench_median(double *v, int n) { return n <= 0 ? NAN : s2_rt_median(v, n); }
 
+void s2_bench_bwd(const s2_bench_row *r, double *ms, double *tflops)
+{
+    const double d = r->fb_ms - r->fwd_ms; /* NAN if either is */
+    *ms = d > 0 ? d : NAN;
+    *tflops = s2_bench_tflops(2.5 * s2_bench_fwd_flops(r->N, r->G, r->d, r->H), *ms);
+}
+
 void s2_bench_rows_free(s2_bench_rows *r)
 {
     free(r->row);
@@ -817,12 +824,12 @@ void s2_bench_case_title(s2_buf *b, const s2_bench_case *c)
                   sp->model.head_dim, sp->model.num_heads, sp->model.num_kv_heads);
 }
 
-#define TABLE_FMT "%-12s %7s %6s %4s %4s %-5s %9s %8s %9s %8s %8s %15s  %s\n"
+#define TABLE_FMT "%-12s %7s %6s %4s %4s %-5s %9s %8s %9s %8s %8s %8s %15s  %s\n"
 
 void s2_bench_table_header(s2_buf *b)
 {
     s2_buf_printf(b, TABLE_FMT, "impl", "N", "G", "d", "H", "mode", "fwd_ms", "fwd_TFs",
-                  "fb_ms", "fb_TFs", "peak_GiB", "rel_err_vs_ours", "note");
+                  "fb_ms", "fb_TFs", "bwd_TFs", "peak_GiB", "rel_err_vs_ours", "note");
 }
 
 static const char *num_or(char *buf, size_t n, const char *fmt, double v, const char *none)
@@ -838,7 +845,9 @@ static int is_ours(const s2_bench_row *r) { return !strncmp(r->impl, "s2lora", 6
 
 void s2_bench_table_row(s2_buf *b, const s2_bench_row *r)
 {
-    char N[16], G[16], d[16], H[16], f[32], ft[32], fb[32], fbt[32], pk[32], re[32];
+    char N[16], G[16], d[16], H[16], f[32], ft[32], fb[32], fbt[32], bt[32], pk[32], re[32];
+    double bwd_ms, bwd_tflops;
+    s2_bench_bwd(r, &bwd_ms, &bwd_tflops);
     char note[sizeof r->note + 16];
     snprintf(N, sizeof N, "%d", r->N);
     snprintf(G, sizeof G, "%d", r->G);
@@ -853,6 +862,7 @@ void s2_bench_table_row(s2_buf *b, const s2_bench_row *r)
                   num_or(ft, sizeof ft, "%.1f", r->fwd_tflops, "-"),
                   num_or(fb, sizeof fb, "%.3f", r->fb_ms, "-"),
                   num_or(fbt, sizeof fbt, "%.1f", r->fb_tflops, "-"),
+                  num_or(bt, sizeof bt, "%.1f", bwd_tflops, "-"),
                   num_or(pk, sizeof pk, "%.2f", r->peak_gib, "-"), rel, note);
 }
 
@@ -916,9 +926,11 @@ static double frac_of_gemm(double tflops, double gemm_tflops)
 
 void s2_bench_csv(s2_buf *b, const s2_bench_row *rows, int n, double gemm_tflops)
 {
-    /* The fractions come last: readers that index the earlier columns keep working. */
+    /* The fractions, then the backward, come last: readers that index the earlier columns
+     * keep working. */
     s2_buf_printf(b, "spec,impl,N,G,S,d,H,Hkv,dtype,mode,fwd_ms,fwd_tflops,fb_ms,fb_tflops,"
-                     "peak_gib,rel_err_vs_ours,failed,note,fwd_frac_of_gemm,fb_frac_of_gemm\n");
+                     "peak_gib,rel_err_vs_ours,failed,note,fwd_frac_of_gemm,fb_frac_of_gemm,"
+                     "bwd_ms,bwd_tflops\n");
     for (int i = 0; i < n; i++) {
         const s2_bench_row *r = &rows[i];
         csv_str(b, r->spec, ",");
@@ -934,9 +946,12 @@ void s2_bench_csv(s2_buf *b, const s2_bench_row *rows, int n, double gemm_tflops
         s2_buf_printf(b, "%d,", r->failed);
         csv_str(b, r->note, ",");
         csv_num(b, frac_of_gemm(r->fwd_tflops, gemm_tflops));
-        const double fb = frac_of_gemm(r->fb_tflops, gemm_tflops);
-        if (isfinite(fb))
-            s2_buf_printf(b, "%.6g", fb);
+        csv_num(b, frac_of_gemm(r->fb_tflops, gemm_tflops));
+        double bwd_ms, bwd_tflops;
+        s2_bench_bwd(r, &bwd_ms, &bwd_tflops);
+        csv_num(b, bwd_ms);
+        if (isfinite(bwd_tflops))
+            s2_buf_printf(b, "%.6g", bwd_tflops);
         s2_buf_append(b, "\n", 1);
     }
 }
@@ -966,7 +981,8 @@ char *s2_bench_json(const s2_bench_row *rows, int n, const char *device, uint64_
     snprintf(hex, sizeof hex, "0x%016llx", (unsigned long long)seed);
     json_object_set_new(root, "device", jstr(device ? device : ""));
     json_object_set_new(root, "seed", json_string(hex));
-    json_object_set_new(root, "flops", json_string("S2 FLOPs: fwd 2*N*min(G,N)*d*H; fwd+bwd 3.5x"));
+    json_object_set_new(root, "flops", json_string("S2 FLOPs: fwd 2*N*min(G,N)*d*H; fwd+bwd 3.5x; "
+                                                   "bwd (fb_ms - fwd_ms) 2.5x"));
     /* null when not measured (--no-gemm, or it failed), like every number not measured here */
     json_object_set_new(root, "gemm_bf16_tflops", jnum(gemm_tflops > 0 ? gemm_tflops : NAN));
     for (int i = 0; i < n; i++) {
@@ -992,6 +1008,10 @@ char *s2_bench_json(const s2_bench_row *rows, int n, const char *device, uint64_
         json_object_set_new(o, "note", jstr(r->note));
         json_object_set_new(o, "fwd_frac_of_gemm", jnum(frac_of_gemm(r->fwd_tflops, gemm_tflops)));
         json_object_set_new(o, "fb_frac_of_gemm", jnum(frac_of_gemm(r->fb_tflops, gemm_tflops)));
+        double bwd_ms, bwd_tflops;
+        s2_bench_bwd(r, &bwd_ms, &bwd_tflops);
+        json_object_set_new(o, "bwd_ms", jnum(bwd_ms));
+        json_object_set_new(o, "bwd_tflops", jnum(bwd_tflops));
         json_array_append_new(arr, o);
     }
     json_object_set_new(root, "rows", arr);

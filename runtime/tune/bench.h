@@ -127,6 +127,11 @@ s2_status s2_bench_gemm_rate(uint64_t seed, double *tflops, s2_error *err);
 double s2_bench_fwd_flops(int N, int G, int d, int H);
 /* TFLOP/s of flops in ms; NAN when ms is not a positive number. */
 double s2_bench_tflops(double flops, double ms);
+/* The backward of a row, read from its two medians: *ms = fb_ms - fwd_ms and *tflops at 2.5
+ * forwards of S² FLOPs (forward+backward 3.5 less the forward's 1); both NAN where either time
+ * is missing or the difference is not positive (the two regions are timed apart, so the
+ * difference is an estimate, not a time measured on its own). */
+void s2_bench_bwd(const s2_bench_row *r, double *ms, double *tflops);
 /* Median of v[0..n) (sorts v); NAN when n == 0. */
 double s2_bench_median(double *v, int n);
 
