@@ -15,7 +15,7 @@
 // With S2_BWD_ATOMIC_DQ (S2_BWD_BN = 64) the dK/dV kernel also adds each tile's dQ = dS K into
 // the fp32 accumulator (s2_dq_atomic_wg) and s2_attn_bwd_dq is not launched: five products
 // per tile pair instead of seven, and a run-to-run order of the additions that is not fixed.
-// With S2_BWD_TMA as well (s2_dq_tma_step), each consumer warpgroup forms its part of dQ and
+// With S2_BWD_TMA as well (s2_dq_product), each consumer warpgroup forms its part of dQ and
 // adds it to the accumulator with bulk tensor reductions from shared memory.
 
 #define S2_BWD_BM (16 * S2_BWD_WARPS)
@@ -429,7 +429,9 @@ __device__ __forceinline__ void s2_dq_atomic_wg(const s2_elem *sds, const s2_ele
 // its reductions of before to have read the boxes before the warpgroup writes them again.
 //
 // At head_dim 64 (s2_dq_tma_step) each warpgroup takes every dim over its own 64 keys, in the
-// step itself, with no barrier between the warpgroups (both add to the same rows).
+// step itself, with no barrier between the warpgroups (both add to the same rows). Either way
+// dS^T is staged before the dK product is issued: the A fragments of a wgmma in flight may not
+// be read.
 //
 // At head_dim 128 (S2_DQ_SPLIT_DIMS: s2_dq_stage, then s2_dq_lagged) warpgroup wg takes dims
 // 64 wg .. 64 wg + 63 over all the block's keys, so it needs the other warpgroup's dS^T too,
@@ -519,15 +521,14 @@ __device__ __forceinline__ void s2_dq_lagged(const s2_elem *sds, const s2_elem *
                                   warp, lane, [&] { s2_mbar_arrive(&dbar[4 + 2 * wg + b]); });
 }
 #else
-// The step's dQ of warpgroup wg over its own keys (head_dim 64).
-__device__ __forceinline__ void s2_dq_tma_step(const unsigned (&da)[4][4], s2_elem *sds,
-                                               const s2_elem *sk, float *sdq,
+// The step's dQ of warpgroup wg over its own keys (head_dim 64), its dS^T staged by the caller
+// (s2_stage_dst).
+__device__ __forceinline__ void s2_dq_tma_step(const s2_elem *sds, const s2_elem *sk, float *sdq,
                                                const s2_tmap *tm_dq, int h, int row, int wg,
                                                int warp, int lane)
 {
     if (threadIdx.x % 128 == 0)
         asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
-    s2_stage_dst(sds, da, wg, warp, lane);
     s2_fence_proxy_async(); // the staged dS^T, read by this warpgroup's wgmma
     asm volatile("bar.sync %0, 128;\n" ::"r"(3 + wg) : "memory");
     s2_dq_product<4>(sds, sk, sdq, tm_dq, h, row, 0, 4 * wg, wg, warp, lane, [] {});
@@ -821,12 +822,16 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
             dp[i] = s[i] * (dp[i] - sdl[(i / 4) * 8 + 2 * t + i % 2]); // dS^T
 #if S2_BWD_TMA // dK += dS^T Q, then both waited for: the stage goes back to the producer
         s2_acc_to_afrag<S2_BWD_BN / 8>(dp, da);
+#if S2_BWD_ATOMIC_DQ && S2_DQ_SPLIT_DIMS // dS^T staged before da is in flight
+        s2_dq_stage(da, sds, kvbar + 1, it, wg, warp, lane);
+#elif S2_BWD_ATOMIC_DQ
+        s2_stage_dst(sds, da, wg, warp, lane);
+#endif
         s2_fence_regs(adk);
         s2_wgmma_fence();
         s2_wgmma_py<S2_BWD_BN>(adk, da, sq);
         s2_wgmma_commit();
-#if S2_BWD_ATOMIC_DQ && S2_DQ_SPLIT_DIMS // this step's dS^T staged, the step before's dQ
-        s2_dq_stage(da, sds, kvbar + 1, it, wg, warp, lane);
+#if S2_BWD_ATOMIC_DQ && S2_DQ_SPLIT_DIMS // the step before's dQ
         if (it > 0) // (its waits wait for dV and dK too)
             s2_dq_lagged(sds, sk, sdq + wg * 64 * 64, &tm_dq, kvbar + 1, it - 1, dq_h, dq_row,
                          wg, warp, lane);
@@ -834,8 +839,8 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
             s2_wgmma_wait0();
         dq_h = hk * rep + it / n_qt, dq_row = seq0 + x0;
 #elif S2_BWD_ATOMIC_DQ // and dQ behind them (its waits wait for them too)
-        s2_dq_tma_step(da, sds, sk, sdq + wg * 64 * 64, &tm_dq, hk * rep + it / n_qt, seq0 + x0,
-                       wg, warp, lane);
+        s2_dq_tma_step(sds, sk, sdq + wg * 64 * 64, &tm_dq, hk * rep + it / n_qt, seq0 + x0, wg,
+                       warp, lane);
 #else
         s2_wgmma_wait0();
 #endif
@@ -846,7 +851,10 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
 #if S2_BWD_TURNS
     s2_turn_end(wg);
 #endif
-#if S2_BWD_ATOMIC_DQ && S2_DQ_SPLIT_DIMS // the last step's dQ
+#if S2_BWD_ATOMIC_DQ && S2_DQ_SPLIT_DIMS // the last step's dQ, once the boxes have been read
+    if (threadIdx.x % 128 == 0)
+        asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+    asm volatile("bar.sync %0, 128;\n" ::"r"(3 + wg) : "memory");
     if (n_it > 0)
         s2_dq_lagged(sds, sk, sdq + wg * 64 * 64, &tm_dq, kvbar + 1, n_it - 1, dq_h, dq_row, wg,
                      warp, lane);
