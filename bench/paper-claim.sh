@@ -165,36 +165,25 @@ ppl() {
   say "$label: $(tail -n 1 "$w/last.out")"
 }
 
-# Passkey retrieval from one forward over the prompts: label, attention (full, s2, short),
-# ctx, logits arguments.
-passkey() {
-  local label=$1 att=$2 ctx=$3
+# Retrieval from one forward over the passkey prompts (score) and one over the held-out
+# dense-recall documents (kvscore): label, attention (full, s2, short), ctx, logits arguments.
+retrieval() {
+  local label=$1 att=$2 ctx=$3 kind what cmd
   shift 3
-  current="passkey $label ($att attention)"
-  s2 logits "$SPEC" --set context_length="$ctx" --tokens "$w/pk$ctx.safetensors" \
-    -o "$w/logits.safetensors" "$@"
-  [ $ran = 1 ] || return 0
   local far=()
   [ "$ctx" != $EXT_CTX ] || far=(--far $((EXT_CTX / 4))) # the keys beyond phase 2's group
-  "${PY[@]}" score --meta "$w/pk$ctx.json" --logits "$w/logits.safetensors" --label "$label" \
-    --attention "$att" --out "$rows/$label.$att.pk.json" "${far[@]}" | tee -a "$log"
-  rm -f "$w/logits.safetensors"
-}
-
-# Dense recall from one forward over held-out dense-recall documents: label, attention, ctx,
-# logits arguments.
-kvscore() {
-  local label=$1 att=$2 ctx=$3
-  shift 3
-  current="dense recall $label ($att attention)"
-  s2 logits "$SPEC" --set context_length="$ctx" --tokens "$w/kv$ctx.safetensors" \
-    -o "$w/logits.safetensors" "$@"
-  [ $ran = 1 ] || return 0
-  local far=()
-  [ "$ctx" != $EXT_CTX ] || far=(--far $((EXT_CTX / 4)))
-  "${PY[@]}" kvscore --meta "$w/kv$ctx.json" --logits "$w/logits.safetensors" --label "$label" \
-    --attention "$att" --out "$rows/$label.$att.kv.json" "${far[@]}" | tee -a "$log"
-  rm -f "$w/logits.safetensors"
+  for kind in pk kv; do
+    what=passkey cmd=score
+    [ $kind = pk ] || what="dense recall" cmd=kvscore
+    current="$what $label ($att attention)"
+    s2 logits "$SPEC" --set context_length="$ctx" --tokens "$w/$kind$ctx.safetensors" \
+      -o "$w/logits.safetensors" "$@"
+    [ $ran = 1 ] || continue
+    "${PY[@]}" $cmd --meta "$w/$kind$ctx.json" --logits "$w/logits.safetensors" \
+      --label "$label" --attention "$att" --out "$rows/$label.$att.$kind.json" "${far[@]}" |
+      tee -a "$log"
+    rm -f "$w/logits.safetensors"
+  done
 }
 
 gen() { "${PY[@]}" gen --seed "$SEED" "$@" >>"$log"; }
@@ -325,11 +314,9 @@ device=$(grep -m 1 -o 'train on .*' "$log" | sed 's/^train on //' || true)
 [ -z "$device" ] || note device "$device"
 
 ppl pre@$PRE_CTX $PRE_CTX --model "$pre_model"
-passkey pre@$PRE_CTX full $PRE_CTX --model "$pre_model"
-kvscore pre@$PRE_CTX full $PRE_CTX --model "$pre_model"
+retrieval pre@$PRE_CTX full $PRE_CTX --model "$pre_model"
 ppl pre@$EXT_CTX $EXT_CTX --model "$pre_model"
-passkey pre@$EXT_CTX full $EXT_CTX --model "$pre_model"
-kvscore pre@$EXT_CTX full $EXT_CTX --model "$pre_model"
+retrieval pre@$EXT_CTX full $EXT_CTX --model "$pre_model"
 
 current="data: phase 2's training set"
 wait "$gen_pid"
@@ -371,13 +358,10 @@ for mode in s2 short full; do
     tuned=(--model "$pre_model")
   fi
   ppl $mode $EXT_CTX "${tuned[@]}"
-  passkey $mode full $EXT_CTX "${tuned[@]}"
-  kvscore $mode full $EXT_CTX "${tuned[@]}"
+  retrieval $mode full $EXT_CTX "${tuned[@]}"
   if [ $mode != full ]; then # as trained: the loss on the answers phase 2 could learn
     # shellcheck disable=SC2046
-    passkey $mode $mode $EXT_CTX "${tuned[@]}" --s2attn $(ext_args $mode)
-    # shellcheck disable=SC2046
-    kvscore $mode $mode $EXT_CTX "${tuned[@]}" --s2attn $(ext_args $mode)
+    retrieval $mode $mode $EXT_CTX "${tuned[@]}" --s2attn $(ext_args $mode)
   fi
 done
 current="the end"

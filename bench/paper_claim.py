@@ -56,7 +56,6 @@ ln 10 = 2.303 nats a digit. Scored by digit (accuracy, NLL) and by recall (exact
 digits right).
 """
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -65,7 +64,10 @@ import re
 import statistics
 import struct
 import sys
-import tempfile
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts"))
+import tokenize_llama  # noqa: E402  (the token file writer; its tokenizer import is lazy)
+from tokenize_llama import write_atomic  # noqa: E402
 
 TASK = ("There is an important info hidden inside a lot of irrelevant text. Find it and "
         "memorize them. I will quiz you about the important information there.")
@@ -294,36 +296,15 @@ _SHIFT = bytes((i + BYTE_OFFSET) & 0xFF for i in range(256))
 _HIGH = bytes((i + BYTE_OFFSET) >> 8 for i in range(256))
 
 
-def write_atomic(path, chunks):
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".paper-claim.", dir=d)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for c in chunks:
-                f.write(c)
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def write_token_file(path, docs):
-    """runtime/train/data.h's format 1, width 2: header, tokens, padding, document index."""
+    """The documents as a token file (scripts/tokenize_llama.py's writer); their token count."""
     body = bytearray()
     index = [0]
     for d in docs:
         body += doc_tokens(d["text"])
         index.append(len(body) // 2)
-    n = index[-1]
-    body += b"\0" * ((8 - len(body) % 8) % 8)
-    body += struct.pack(f"<{len(index)}Q", *index)
-    digest = hashlib.sha256(body).digest()[:16]
-    header = b"S2TOKENS" + struct.pack("<IIQQII", 1, 2, n, len(docs), VOCAB, 0) + digest
-    header += b"\0" * 8
-    write_atomic(path, [header, body])
-    return n
+    tokenize_llama.write_tokens(path, body, index, VOCAB)
+    return index[-1]
 
 
 def safetensors_bytes(tensors, metadata=None):

@@ -844,6 +844,14 @@ void s2_plan_window_tiles(const s2_attn_plan *p, int *query_rows, int *key_rows)
     *key_rows = (int)k;
 }
 
+s2_attn_tile s2_plan_cp_async_twin(s2_attn_tile t)
+{
+    if (t.bwd_tma && t.bwd_atomic_dq)
+        t.bwd_mbar = 0;
+    t.fwd_tma = t.bwd_tma = 0;
+    return t;
+}
+
 s2_status s2_plan_window(const s2_spec *spec, s2_attn_plan *p, s2_error *err)
 {
     char at[S2_SPEC_PATH_MAX + 32];
@@ -860,19 +868,12 @@ s2_status s2_plan_window(const s2_spec *spec, s2_attn_plan *p, s2_error *err)
                             "are built and checked for head_dim 64, 128 and 256 only (at 96 the "
                             "dQ kernel spills registers on sm_90a with the window's arguments)",
                             s2_spec_where(spec, "model.head_dim", at, sizeof at), p->d);
-    if (p->tile.fwd_tma) {
-        /* The window units' forward is a TMA tile's twin on cp.async (the same rings, stages
-         * and warpgroups): its tensor maps would address q, k and v as a batch, not the
-         * window's halo buffer. */
-        p->tile.fwd_tma = 0;
+    if (p->tile.fwd_tma || p->tile.bwd_tma) {
+        /* The window units run a TMA tile's cp.async twin: its tensor maps would address q, k
+         * and v as a batch, not the window's halo buffer. */
+        p->tile = s2_plan_cp_async_twin(p->tile);
         p->fwd_threads = fwd_threads(&p->tile);
         p->smem_fwd = fwd_smem(&p->tile, p->d);
-    }
-    if (p->tile.bwd_tma) { /* likewise the window's dK/dV kernel (an atomic dQ's on commit
-                            * groups, as without bwd_tma) */
-        p->tile.bwd_tma = 0;
-        if (p->tile.bwd_atomic_dq)
-            p->tile.bwd_mbar = 0;
         p->dkdv_threads = p->bwd_threads;
         bwd_smem(&p->tile, p->d, &p->smem_dq, &p->smem_dkdv);
     }

@@ -220,6 +220,11 @@ typedef struct s2_attn_window {
  */
 s2_status s2_plan_window(const s2_spec *spec, s2_attn_plan *p, s2_error *err);
 
+/* The cp.async twin of tile t, what runs where the TMA cannot (window units, roll mode): the
+ * same rings, stages and warpgroups with fwd_tma and bwd_tma off; an atomic dQ that had the TMA
+ * producer streams on commit groups without it (bwd_mbar 0). */
+s2_attn_tile s2_plan_cp_async_twin(s2_attn_tile t);
+
 /* The rows of the window's query tiles and of its key tiles, the largest of each (all powers
  * of two once s2_plan_window accepted the plan): qlo must be a multiple of the first, klo of
  * the second. */

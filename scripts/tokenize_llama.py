@@ -60,24 +60,35 @@ def documents(paths, field):
 
 
 def write_tokens(out, tokens, index, vocab):
+    """runtime/train/data.h's format 1, written atomically to out: tokens (the ids, or their
+    little-endian bytes at the file's width: 2 while vocab <= 65536, else 4), the document index
+    (token offsets, 0 first) and the vocabulary size."""
     width = 2 if vocab <= 65536 else 4
-    body = bytearray()
-    body += struct.pack(f"<{len(tokens)}{'H' if width == 2 else 'I'}", *tokens)
+    if isinstance(tokens, (bytes, bytearray)):
+        body, n = bytearray(tokens), len(tokens) // width
+    else:
+        body, n = bytearray(struct.pack(f"<{len(tokens)}{'H' if width == 2 else 'I'}", *tokens)), \
+            len(tokens)
     body += b"\0" * ((8 - len(body) % 8) % 8)
     body += struct.pack(f"<{len(index)}Q", *index)
     digest = hashlib.sha256(body).digest()[:16]
-    header = b"S2TOKENS" + struct.pack("<IIQQII", 1, width, len(tokens), len(index) - 1, vocab, 0)
+    header = b"S2TOKENS" + struct.pack("<IIQQII", 1, width, n, len(index) - 1, vocab, 0)
     header += digest + b"\0" * 8
     assert len(header) == 64
-    d = os.path.dirname(os.path.abspath(out))
-    fd, tmp = tempfile.mkstemp(prefix=".tokens.", dir=d)
+    write_atomic(out, [header, body])
+
+
+def write_atomic(path, chunks):
+    """chunks (bytes) written to a temporary file beside path, synced, then renamed onto it."""
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=d)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(header)
-            f.write(body)
+            for c in chunks:
+                f.write(c)
             f.flush()
             os.fsync(f.fileno())
-        os.rename(tmp, out)
+        os.rename(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise

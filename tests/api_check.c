@@ -29,22 +29,9 @@
 
 #include "runtime/core/st.h"
 #include "runtime/ref/ref.h"
+#include "tests/check_rng.h"
 
 #define TOL 1e-2
-
-static uint64_t rng_state;
-static double rng_u01(void)
-{
-    rng_state ^= rng_state >> 12;
-    rng_state ^= rng_state << 25;
-    rng_state ^= rng_state >> 27;
-    return ((rng_state * 2685821657736338717ull) >> 11) * (1.0 / 9007199254740992.0);
-}
-static float rng_normal(void)
-{
-    double u = rng_u01(), v = rng_u01();
-    return (float)(sqrt(-2.0 * log(u + 1e-300)) * cos(2 * M_PI * v));
-}
 
 static void *xmalloc(size_t n)
 {

@@ -34,6 +34,7 @@
 #include "gen/sp_plan.h"
 #include "runtime/ops/lora.h"
 #include "runtime/ref/ref.h"
+#include "tests/check_rng.h"
 #include "runtime/ref/ref_train.h"
 #include "runtime/core/pool.h"
 #include "runtime/core/rt.h"
@@ -210,11 +211,8 @@ static const s2_attn_tile *case_tile(const gcase *c, int i, const char *arch, s2
         return NULL;
     *t = s2_plan_default_tile("sm_80", c->d); /* mma.sync; the Hopper tiles name wgmma */
     *st = s2_plan_parse_tile(text, t, err);
-    if (!strcmp(c->mode, "roll")) {
-        if (t->bwd_tma && t->bwd_atomic_dq)
-            t->bwd_mbar = 0; /* without the producer the atomic dQ streams on commit groups */
-        t->fwd_tma = t->bwd_tma = 0; /* TMA is split mode's (tiles 6 to 8 above) */
-    }
+    if (!strcmp(c->mode, "roll")) /* TMA is split mode's (tiles 6 to 8 above) */
+        *t = s2_plan_cp_async_twin(*t);
     return t;
 }
 
@@ -230,21 +228,6 @@ static s2_status case_spec(const gcase *c, s2_spec *spec, s2_error *err)
              "s2attn: {group_size: %d, shift: %d, shift_mode: %s}\n",
              c->dtype, c->H * c->d, c->H, c->Hkv, c->d, c->G, c->S, c->mode);
     return s2_spec_load_string(yaml, c->what, NULL, 0, spec, err);
-}
-
-/* xorshift64*; normal draws by Box-Muller. */
-static uint64_t rng_state;
-static double rng_u01(void)
-{
-    rng_state ^= rng_state >> 12;
-    rng_state ^= rng_state << 25;
-    rng_state ^= rng_state >> 27;
-    return ((rng_state * 2685821657736338717ull) >> 11) * (1.0 / 9007199254740992.0);
-}
-static float rng_normal(void)
-{
-    double u = rng_u01(), v = rng_u01();
-    return (float)(sqrt(-2.0 * log(u + 1e-300)) * cos(2 * M_PI * v));
 }
 
 /* Random half tensor and its fp32 view after rounding. */

@@ -339,17 +339,21 @@ class AgainstS2lora(unittest.TestCase):
     def run_s2(self, *args):
         return subprocess.run([S2LORA, *args], capture_output=True, text=True)
 
-    def test_token_file_equals_s2lora_data(self):
-        txt = os.path.join(self.d, "txt")
-        py = os.path.join(self.d, "py.tokens")
-        pc.main(["gen", "--kind", "heldout", "--ctx", "512", "--n", "4", "-o", py,
-                 "--text-dir", txt])
+    def assert_equals_s2lora_data(self, py, txt):
+        """The token file py is byte for byte what `s2lora data --bytes` makes of txt's files."""
         c = os.path.join(self.d, "c.tokens")
         r = self.run_s2("data", "--bytes", *sorted(
             os.path.join(txt, n) for n in os.listdir(txt)), "-o", c)
         self.assertEqual(r.returncode, 0, r.stderr)
         with open(py, "rb") as f1, open(c, "rb") as f2:
             self.assertEqual(f1.read(), f2.read())
+
+    def test_token_file_equals_s2lora_data(self):
+        txt = os.path.join(self.d, "txt")
+        py = os.path.join(self.d, "py.tokens")
+        pc.main(["gen", "--kind", "heldout", "--ctx", "512", "--n", "4", "-o", py,
+                 "--text-dir", txt])
+        self.assert_equals_s2lora_data(py, txt)
 
     def test_mixed_token_file_equals_s2lora_data(self):
         txt = os.path.join(self.d, "txt")
@@ -361,12 +365,7 @@ class AgainstS2lora(unittest.TestCase):
             "train", 512, 8, 1, kv_share=0.5)) < 8)  # both kinds are in it
         # the keys' bytes: above ASCII, and some whose token needs the high byte (>= 256)
         self.assertGreaterEqual(max(read_token_file(py)[0]), 256)
-        c = os.path.join(self.d, "c.tokens")
-        r = self.run_s2("data", "--bytes", *sorted(
-            os.path.join(txt, n) for n in os.listdir(txt)), "-o", c)
-        self.assertEqual(r.returncode, 0, r.stderr)
-        with open(py, "rb") as f1, open(c, "rb") as f2:
-            self.assertEqual(f1.read(), f2.read())
+        self.assert_equals_s2lora_data(py, txt)
 
     def test_logits_accepts_the_prompts(self):
         model = os.path.join(self.d, "m")
