@@ -344,8 +344,11 @@ static int bwd_smem(const s2_attn_tile *t, int d, int *dq, int *dkdv)
                 (t->bwd_tma ? 16 : 0);
         if (t->bwd_atomic_dq) /* dS^T of one tile, [keys][64 queries] swizzled, 1 KiB aligned */
             *dkdv += 16 * t->bwd_warps * 64 * 2 + 1024;
-        if (t->bwd_atomic_dq && t->bwd_tma) /* each consumer warpgroup's fp32 dQ, 64 x d */
-            *dkdv += 2 * 64 * d * (int)sizeof(float);
+        if (t->bwd_atomic_dq && t->bwd_tma) /* each consumer warpgroup's fp32 dQ, 64 x 64 (at
+                                             * d = 128 a second dS^T buffer and the two's
+                                             * handover mbarriers too) */
+            *dkdv += 2 * 64 * 64 * (int)sizeof(float) +
+                     (d == 128 ? 16 * t->bwd_warps * 64 * 2 + 64 : 0); /* and 8 mbarriers */
         return *dkdv;
     }
     int rows = 2 * 16 * t->bwd_warps + 2 * t->bwd_stages * t->bwd_block_n;

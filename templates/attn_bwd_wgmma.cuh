@@ -15,8 +15,8 @@
 // With S2_BWD_ATOMIC_DQ (S2_BWD_BN = 64) the dK/dV kernel also adds each tile's dQ = dS K into
 // the fp32 accumulator (s2_dq_atomic_wg) and s2_attn_bwd_dq is not launched: five products
 // per tile pair instead of seven, and a run-to-run order of the additions that is not fixed.
-// With S2_BWD_TMA as well (s2_dq_tma_step), each consumer warpgroup forms dQ over its own 64
-// keys and adds it to the accumulator with bulk tensor reductions from shared memory.
+// With S2_BWD_TMA as well (s2_dq_product), each consumer warpgroup forms its part of dQ and
+// adds it to the accumulator with bulk tensor reductions from shared memory.
 
 #define S2_BWD_BM (16 * S2_BWD_WARPS)
 #define S2_BWD_THREADS (32 * S2_BWD_WARPS)
@@ -419,64 +419,121 @@ __device__ __forceinline__ void s2_dq_atomic_wg(const s2_elem *sds, const s2_ele
 
 #if S2_BWD_TMA
 #if S2_BWD_ATOMIC_DQ
-// The atomic dQ of the TMA dK/dV kernel, one step of consumer warpgroup wg (after its dK
-// product is issued): dQ[x0 + i] += sum over the warpgroup's 64 keys y of dS[x0 + i][y] K[y]
-// for the 64 queries of the tile, every dim, with no barrier between the warpgroups (each adds
-// its own keys' part). dS^T (its rows 64 wg .. of the staged [S2_BWD_BM keys][64 queries]) and
-// K are read MN-major, as in s2_dq_atomic_wg; each 64-dim panel of the product is waited for
-// (which waits for the dV and dK products too) and written into the warpgroup's fp32 boxes
-// (sdq: [d / 32][64 rows][32], 128-byte swizzled as the tensor map reads them, so a quad's
-// stores meet no bank conflict), then its thread 0 adds every box into dq_acc [T, H, d] with
-// cp.reduce.async.bulk.tensor (rows x0 .. x0 + 63 of head h: a split-mode tile's rows are
-// consecutive positions; rows past the sequence's end add dS = 0). Thread 0 waits for the
-// reductions of the step before to have read the boxes before the warpgroup writes them again.
-// The caller stages dS^T (s2_stage_dst) before it issues the dK product: the A fragments of a
-// wgmma in flight may not be read.
-__device__ __forceinline__ void s2_dq_tma_step(const s2_elem *sds, const s2_elem *sk, float *sdq,
-                                               const s2_tmap *tm_dq, int h, int row, int wg,
-                                               int warp, int lane)
+// The atomic dQ of the TMA dK/dV kernel. Each consumer warpgroup adds its part of the dQ of a
+// step's 64 queries, dQ[x0 + i] += sum over keys y of dS[x0 + i][y] K[y], to dq_acc [T, H, d]
+// with cp.reduce.async.bulk.tensor (rows x0 .. x0 + 63 of head h: a split-mode tile's rows are
+// consecutive positions; rows past the sequence's end add dS = 0) from its two fp32 boxes (sdq:
+// [2][64 rows][32], 128-byte swizzled as the tensor map reads them, so a quad's stores meet no
+// bank conflict). dS^T is staged in shared memory (rows 64 wg .. of [S2_BWD_BM keys][64
+// queries]) and read MN-major with K, as in s2_dq_atomic_wg. Thread 0 of a warpgroup waits for
+// its reductions of before to have read the boxes before the warpgroup writes them again.
+//
+// At head_dim 64 (s2_dq_tma_step) each warpgroup takes every dim over its own 64 keys, in the
+// step itself, with no barrier between the warpgroups (both add to the same rows). Either way
+// dS^T is staged before the dK product is issued: the A fragments of a wgmma in flight may not
+// be read.
+//
+// At head_dim 128 (S2_DQ_SPLIT_DIMS: s2_dq_stage, then s2_dq_lagged) warpgroup wg takes dims
+// 64 wg .. 64 wg + 63 over all the block's keys, so it needs the other warpgroup's dS^T too,
+// and takes it one step late so that neither waits for the other: at step it each stages its
+// dS^T of step it into buffer it % 2 and then forms the dQ of step it - 1 from buffer
+// (it - 1) % 2, which the other staged a step ago. Four mbarriers a buffer and warpgroup hand
+// the buffers over (dbar: full[wg][b] = dbar[2 wg + b], one arrival when warpgroup wg has
+// staged b; empty[wg][b] = dbar[4 + 2 wg + b], one arrival when its dQ has read b); the last
+// step's dQ comes after the loop.
+#define S2_DQ_SPLIT_DIMS (S2_HEAD_DIM == 128)
+
+// The warpgroup's dQ product (dims 64 c .., keys 16 k0 .. 16 (k0 + KN) - 1 of the staged dS^T
+// at sds) waited for (and the products issued before it with it), written into its boxes and
+// added to row `row` of head h once every thread of the warpgroup has written them; `done`
+// runs on thread 0 after that barrier (the warpgroup is done reading sds then).
+template <int KN, class Done>
+__device__ __forceinline__ void s2_dq_product(const s2_elem *sds, const s2_elem *sk, float *sdq,
+                                              const s2_tmap *tm_dq, int h, int row, int c,
+                                              int k0, int wg, int warp, int lane, Done done)
 {
     const int tid = threadIdx.x % 128, t = lane % 4;
-    if (tid == 0)
-        asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
-    s2_fence_proxy_async(); // the staged dS^T, read by this warpgroup's wgmma
-    asm volatile("bar.sync %0, 128;\n" ::"r"(3 + wg) : "memory");
+    float dq[32];
+    s2_overwritten_regs(dq);
+    s2_wgmma_fence();
 #pragma unroll
-    for (int c = 0; c < S2_HEAD_DIM / 64; c++) {
-        float dq[32];
-        s2_overwritten_regs(dq);
-        s2_wgmma_fence();
+    for (int kk = 0; kk < KN; kk++)
+        s2_wgmma_tt(dq, s2_desc_mn<S2_BWD_BM>(sds, k0 + kk),
+                    s2_desc_mn<S2_BWD_BM>(sk + c * S2_BWD_BM * 64, k0 + kk), kk > 0);
+    s2_wgmma_commit();
+    s2_wgmma_wait0();
+    s2_fence_regs(dq);
 #pragma unroll
-        for (int kk = 0; kk < 4; kk++)
-            s2_wgmma_tt(dq, s2_desc_mn<S2_BWD_BM>(sds, 4 * wg + kk),
-                        s2_desc_mn<S2_BWD_BM>(sk + c * S2_BWD_BM * 64, 4 * wg + kk), kk > 0);
-        s2_wgmma_commit();
-        s2_wgmma_wait0();
-        s2_fence_regs(dq);
+    for (int hf = 0; hf < 2; hf++) {
+        const int r = warp * 16 + lane / 4 + 8 * hf;
 #pragma unroll
-        for (int hf = 0; hf < 2; hf++) {
-            const int r = warp * 16 + lane / 4 + 8 * hf;
-#pragma unroll
-            for (int j = 0; j < 8; j++) { // dims c 64 + 8 j + 2 t, + 1: box 2 c + j / 4
-                const int chunk = 2 * (j % 4) + t / 2;
-                *reinterpret_cast<float2 *>(sdq + (2 * c + j / 4) * (64 * 32) + r * 32 +
-                                            ((chunk ^ (r % 8)) * 4) + 2 * (t % 2)) =
-                    make_float2(dq[4 * j + 2 * hf], dq[4 * j + 2 * hf + 1]);
-            }
+        for (int j = 0; j < 8; j++) { // dims 64 c + 8 j + 2 t, + 1: box j / 4
+            const int chunk = 2 * (j % 4) + t / 2;
+            *reinterpret_cast<float2 *>(sdq + (j / 4) * (64 * 32) + r * 32 +
+                                        ((chunk ^ (r % 8)) * 4) + 2 * (t % 2)) =
+                make_float2(dq[4 * j + 2 * hf], dq[4 * j + 2 * hf + 1]);
         }
     }
     s2_fence_proxy_async(); // the boxes, read by the bulk reductions
     asm volatile("bar.sync %0, 128;\n" ::"r"(3 + wg) : "memory");
     if (tid == 0) {
+        done();
 #pragma unroll
-        for (int bx = 0; bx < S2_HEAD_DIM / 32; bx++)
+        for (int bx = 0; bx < 2; bx++)
             asm volatile("cp.reduce.async.bulk.tensor.3d.global.shared::cta.add.tile.bulk_group"
                          " [%0, {%1, %2, %3}], [%4];\n" ::"l"((unsigned long long)tm_dq),
-                         "r"(bx * 32), "r"(h), "r"(row), "r"(s2_smem_addr(sdq + bx * 64 * 32))
+                         "r"(64 * c + 32 * bx), "r"(h), "r"(row),
+                         "r"(s2_smem_addr(sdq + bx * 64 * 32))
                          : "memory");
         asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
     }
 }
+
+#if S2_DQ_SPLIT_DIMS
+// Step it's dS^T of warpgroup wg into buffer it % 2, once the other warpgroup's dQ of step
+// it - 2 has read it; then full[wg][it % 2]. Thread 0 first waits for the warpgroup's boxes to
+// have been read (the barrier passes that on).
+__device__ __forceinline__ void s2_dq_stage(const unsigned (&da)[4][4], s2_elem *sds,
+                                            unsigned long long *dbar, int it, int wg, int warp,
+                                            int lane)
+{
+    const int tid = threadIdx.x % 128, b = it % 2;
+    if (tid == 0)
+        asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+    if (it >= 2)
+        s2_mbar_wait(&dbar[4 + 2 * (1 - wg) + b], ((it - 2) / 2) & 1);
+    s2_stage_dst(sds + b * S2_BWD_BM * 64, da, wg, warp, lane);
+    s2_fence_proxy_async(); // the staged dS^T, read by the wgmma of both warpgroups
+    asm volatile("bar.sync %0, 128;\n" ::"r"(3 + wg) : "memory");
+    if (tid == 0)
+        s2_mbar_arrive(&dbar[2 * wg + b]);
+}
+
+// The dQ of step j (its head h and first row `row`) from buffer j % 2, once the other
+// warpgroup has staged its rows there; then empty[wg][j % 2].
+__device__ __forceinline__ void s2_dq_lagged(const s2_elem *sds, const s2_elem *sk, float *sdq,
+                                             const s2_tmap *tm_dq, unsigned long long *dbar,
+                                             int j, int h, int row, int wg, int warp, int lane)
+{
+    const int b = j % 2;
+    s2_mbar_wait(&dbar[2 * (1 - wg) + b], (j / 2) & 1);
+    s2_dq_product<S2_BWD_BM / 16>(sds + b * S2_BWD_BM * 64, sk, sdq, tm_dq, h, row, wg, 0, wg,
+                                  warp, lane, [&] { s2_mbar_arrive(&dbar[4 + 2 * wg + b]); });
+}
+#else
+// The step's dQ of warpgroup wg over its own keys (head_dim 64), its dS^T staged by the caller
+// (s2_stage_dst).
+__device__ __forceinline__ void s2_dq_tma_step(const s2_elem *sds, const s2_elem *sk, float *sdq,
+                                               const s2_tmap *tm_dq, int h, int row, int wg,
+                                               int warp, int lane)
+{
+    if (threadIdx.x % 128 == 0)
+        asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+    s2_fence_proxy_async(); // the staged dS^T, read by this warpgroup's wgmma
+    asm volatile("bar.sync %0, 128;\n" ::"r"(3 + wg) : "memory");
+    s2_dq_product<4>(sds, sk, sdq, tm_dq, h, row, 0, 4 * wg, wg, warp, lane, [] {});
+}
+#endif
 #endif
 #endif
 
@@ -540,12 +597,14 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
     float *sl = (float *)(sqd + 2 * S2_BWD_STAGES * S2_BWD_BN * S2_HEAD_DIM); // [stages][2][BN]
 #if S2_BWD_ATOMIC_DQ
 #if S2_BWD_TMA // after the rings' mbarriers (below), at a 1 KiB boundary (sk's offset is
-    // one): dS^T, then each consumer's dQ boxes [consumers][d / 32][64][32] (constant offsets)
+    // one): dS^T (two buffers with S2_DQ_SPLIT_DIMS), then each consumer's two dQ boxes
+    // [consumers][2][64][32] (constant offsets)
     constexpr int SDS_AT = ((2 * S2_BWD_BM + 2 * S2_BWD_STAGES * S2_BWD_BN) * S2_HEAD_DIM * 2 +
-                            2 * S2_BWD_STAGES * S2_BWD_BN * 4 + 8 * (2 * S2_BWD_STAGES + 1) +
-                            1023) / 1024 * 1024;
+                            2 * S2_BWD_STAGES * S2_BWD_BN * 4 +
+                            8 * (2 * S2_BWD_STAGES + 1 + 8 * S2_DQ_SPLIT_DIMS) + 1023) /
+                           1024 * 1024;
     s2_elem *sds = (s2_elem *)((unsigned char *)sk + SDS_AT);
-    float *sdq = (float *)(sds + S2_BWD_BM * 64);
+    float *sdq = (float *)(sds + (1 + S2_DQ_SPLIT_DIMS) * S2_BWD_BM * 64);
 #else
     s2_elem *sds = (s2_elem *)s2_smem_aligned((unsigned char *)(sl + 2 * S2_BWD_STAGES * S2_BWD_BN));
 #endif
@@ -603,6 +662,10 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
             s2_mbar_init(&bars[S2_BWD_STAGES + i], S2_BWD_THREADS);
         }
         s2_mbar_init(kvbar, 1);
+#if S2_BWD_ATOMIC_DQ && S2_DQ_SPLIT_DIMS // the dQ's buffer handover (s2_dq_stage)
+        for (int i = 0; i < 8; i++)
+            s2_mbar_init(&kvbar[1 + i], 1);
+#endif
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
     __syncthreads();
@@ -693,6 +756,11 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
     unsigned pa[S2_BWD_BN / 16][4], da[S2_BWD_BN / 16][4];
 
     int cur_qt = qt_begin - 1; // this step's query tile
+#if S2_BWD_TMA
+#if S2_BWD_ATOMIC_DQ && S2_DQ_SPLIT_DIMS
+    int dq_h = 0, dq_row = 0; // the head and first row of the step whose dQ comes next
+#endif
+#endif
 #if S2_BWD_TURNS
     s2_turn_start(wg);
 #endif
@@ -754,16 +822,25 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
             dp[i] = s[i] * (dp[i] - sdl[(i / 4) * 8 + 2 * t + i % 2]); // dS^T
 #if S2_BWD_TMA // dK += dS^T Q, then both waited for: the stage goes back to the producer
         s2_acc_to_afrag<S2_BWD_BN / 8>(dp, da);
-#if S2_BWD_ATOMIC_DQ // dS^T staged for the dQ product before da is in flight
+#if S2_BWD_ATOMIC_DQ && S2_DQ_SPLIT_DIMS // dS^T staged before da is in flight
+        s2_dq_stage(da, sds, kvbar + 1, it, wg, warp, lane);
+#elif S2_BWD_ATOMIC_DQ
         s2_stage_dst(sds, da, wg, warp, lane);
 #endif
         s2_fence_regs(adk);
         s2_wgmma_fence();
         s2_wgmma_py<S2_BWD_BN>(adk, da, sq);
         s2_wgmma_commit();
-#if S2_BWD_ATOMIC_DQ // and dQ behind them (its waits wait for them too)
-        s2_dq_tma_step(sds, sk, sdq + wg * 64 * S2_HEAD_DIM, &tm_dq, hk * rep + it / n_qt,
-                       seq0 + x0, wg, warp, lane);
+#if S2_BWD_ATOMIC_DQ && S2_DQ_SPLIT_DIMS // the step before's dQ
+        if (it > 0) // (its waits wait for dV and dK too)
+            s2_dq_lagged(sds, sk, sdq + wg * 64 * 64, &tm_dq, kvbar + 1, it - 1, dq_h, dq_row,
+                         wg, warp, lane);
+        else
+            s2_wgmma_wait0();
+        dq_h = hk * rep + it / n_qt, dq_row = seq0 + x0;
+#elif S2_BWD_ATOMIC_DQ // and dQ behind them (its waits wait for them too)
+        s2_dq_tma_step(sds, sk, sdq + wg * 64 * 64, &tm_dq, hk * rep + it / n_qt, seq0 + x0, wg,
+                       warp, lane);
 #else
         s2_wgmma_wait0();
 #endif
@@ -773,6 +850,14 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
     }
 #if S2_BWD_TURNS
     s2_turn_end(wg);
+#endif
+#if S2_BWD_ATOMIC_DQ && S2_DQ_SPLIT_DIMS // the last step's dQ, once the boxes have been read
+    if (threadIdx.x % 128 == 0)
+        asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+    asm volatile("bar.sync %0, 128;\n" ::"r"(3 + wg) : "memory");
+    if (n_it > 0)
+        s2_dq_lagged(sds, sk, sdq + wg * 64 * 64, &tm_dq, kvbar + 1, n_it - 1, dq_h, dq_row, wg,
+                     warp, lane);
 #endif
 #if S2_BWD_ATOMIC_DQ // the last reductions have completed before the block's memory goes
     if (threadIdx.x % 128 == 0)

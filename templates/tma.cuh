@@ -23,7 +23,7 @@
 // read as the next sequence's Q, dO, K and V (masked out, as above) and as zero lse and delta.
 // With the atomic dQ (bwd_atomic_dq) the consumers also store: each adds its part of a query
 // tile's dQ into the fp32 accumulator with cp.reduce.async.bulk.tensor from 128-byte-swizzled
-// fp32 boxes (s2_dq_tma_step); such a reduction's rows past the sequence's end add zeros.
+// fp32 boxes (s2_dq_product); such a reduction's rows past the sequence's end add zeros.
 #endif
 
 // The Tensor Memory Accelerator (the plan's fwd_tma). A tensor map (CUtensorMap: 128 bytes, made
