@@ -72,7 +72,7 @@ s2_attn_tile s2_plan_spec_default_tile(const s2_spec *spec, const char *arch)
     s2_attn_tile t = s2_plan_default_tile(arch, spec->model.head_dim);
     if (t.fwd_tma && spec->s2attn.shift_mode == S2_SHIFT_ROLL && spec->s2attn.shift) {
         /* the default before the TMA forward, on cp.async: the same rings and warpgroups */
-        t.fwd_tma = 0;
+        t.fwd_tma = t.fwd_overlap = 0;
         t.fwd_stages = 3;
     }
     return t;
@@ -93,6 +93,7 @@ static const struct {
     {"fwd_wgmma", offsetof(s2_attn_tile, fwd_wgmma), 0, 1, 0},
     {"fwd_mbar", offsetof(s2_attn_tile, fwd_mbar), 0, 1, 0},
     {"fwd_tma", offsetof(s2_attn_tile, fwd_tma), 0, 1, 0},
+    {"fwd_overlap", offsetof(s2_attn_tile, fwd_overlap), 0, 1, 0},
     {"bwd_warps", offsetof(s2_attn_tile, bwd_warps), 1, 8, 0},
     {"bwd_block_n", offsetof(s2_attn_tile, bwd_block_n), 32, 64, 1},
     {"bwd_stages", offsetof(s2_attn_tile, bwd_stages), 1, 4, 0},
@@ -124,7 +125,7 @@ s2_status s2_plan_parse_tile(const char *text, s2_attn_tile *t, s2_error *err)
         if (k == N_TILE_KEYS)
             return s2_error_set(err, S2_ERR_INVALID,
                                 "tile '%s': unknown key '%.*s'; valid: fwd_warps, fwd_strips, "
-                                "fwd_block_n, fwd_stages, fwd_wgmma, fwd_mbar, fwd_tma, "
+                                "fwd_block_n, fwd_stages, fwd_wgmma, fwd_mbar, fwd_tma, fwd_overlap, "
                                 "bwd_warps, bwd_block_n, bwd_stages, bwd_atomic_dq, bwd_wgmma, "
                                 "bwd_mbar, bwd_tma",
                                 text, (int)(eq - p), p);
@@ -172,6 +173,7 @@ s2_status s2_plan_check_tile_text(const char *text, const char *arch, s2_error *
             const int lo = tile_keys[k].min, hi = tile_keys[k].max;
             wgmma |= (tile_keys[k].off == offsetof(s2_attn_tile, fwd_wgmma) ||
                       tile_keys[k].off == offsetof(s2_attn_tile, fwd_tma) ||
+                      tile_keys[k].off == offsetof(s2_attn_tile, fwd_overlap) ||
                       tile_keys[k].off == offsetof(s2_attn_tile, bwd_wgmma) ||
                       tile_keys[k].off == offsetof(s2_attn_tile, bwd_tma)) && v == 1;
             if (v >= lo && v <= hi && (!tile_keys[k].pow2 || (v & (v - 1)) == 0))
@@ -191,7 +193,7 @@ s2_status s2_plan_check_tile_text(const char *text, const char *arch, s2_error *
     }
     if (arch && strcmp(arch, "sm_90a") && wgmma)
         return s2_error_set(err, S2_ERR_INVALID,
-                            "tile '%s': fwd_wgmma, fwd_tma, bwd_wgmma or bwd_tma = 1 needs "
+                            "tile '%s': fwd_wgmma, fwd_tma, fwd_overlap, bwd_wgmma or bwd_tma = 1 needs "
                             "sm_90a (Hopper's wgmma and TMA), not %s", text, arch);
     return S2_OK;
 }
@@ -271,6 +273,13 @@ static s2_status check_fwd_wgmma(const s2_attn_tile *t, int d, const char *arch,
                             "fwd_stages %d; valid with fwd_wgmma 1, fwd_mbar 1, fwd_warps 8 (the "
                             "two consumer warpgroups beside the producer) and fwd_stages 2..4",
                             t->fwd_wgmma, t->fwd_mbar, t->fwd_warps, t->fwd_stages);
+    if (t->fwd_overlap != 0 && t->fwd_overlap != 1)
+        return s2_error_set(err, S2_ERR_INVALID, "tile: fwd_overlap = %d, valid: 0, 1",
+                            t->fwd_overlap);
+    if (t->fwd_overlap && !t->fwd_tma)
+        return s2_error_set(err, S2_ERR_INVALID,
+                            "tile: fwd_overlap = 1 with fwd_tma 0: valid only with fwd_tma = 1 "
+                            "(the overlapped steps are the TMA forward's; or fwd_overlap = 0)");
     if (!t->fwd_wgmma)
         return S2_OK;
     if (strcmp(arch, "sm_90a"))
@@ -659,6 +668,7 @@ static const int stage_counts[] = {1, 2, 3, 4};
 static const int wgmma_modes[] = {0, 1};
 static const int mbar_modes[] = {0, 1};
 static const int tma_modes[] = {0, 1};
+static const int overlap_modes[] = {0, 1};
 #define COUNT(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
 /* Appends t if the plan accepts it and it is not the default (already first). */
@@ -694,15 +704,17 @@ int s2_plan_tile_space(const s2_spec *spec, const char *arch, s2_attn_unit unit,
                     for (int c = 0; c < COUNT(fwd_widths); c++)
                         for (int d = 0; d < COUNT(stage_counts); d++)
                             for (int e = 0; e < COUNT(mbar_modes); e++)
-                                for (int f = 0; f < COUNT(tma_modes); f++) {
-                                    t.fwd_wgmma = wgmma_modes[w];
-                                    t.fwd_warps = warp_counts[a];
-                                    t.fwd_strips = strip_counts[b];
-                                    t.fwd_block_n = fwd_widths[c];
-                                    t.fwd_stages = stage_counts[d];
-                                    t.fwd_mbar = mbar_modes[e], t.fwd_tma = tma_modes[f];
-                                    space_add(spec, arch, &t, &def, out, max, &n);
-                                }
+                                for (int f = 0; f < COUNT(tma_modes); f++)
+                                    for (int g = 0; g < COUNT(overlap_modes); g++) {
+                                        t.fwd_wgmma = wgmma_modes[w];
+                                        t.fwd_warps = warp_counts[a];
+                                        t.fwd_strips = strip_counts[b];
+                                        t.fwd_block_n = fwd_widths[c];
+                                        t.fwd_stages = stage_counts[d];
+                                        t.fwd_mbar = mbar_modes[e], t.fwd_tma = tma_modes[f];
+                                        t.fwd_overlap = overlap_modes[g];
+                                        space_add(spec, arch, &t, &def, out, max, &n);
+                                    }
 #ifdef S2_TEST_BROKEN_TILE
         t = def; /* the default, miscomputing: the tuner's gate must reject it */
         t.test_broken = 1;
@@ -848,7 +860,7 @@ s2_attn_tile s2_plan_cp_async_twin(s2_attn_tile t)
 {
     if (t.bwd_tma && t.bwd_atomic_dq)
         t.bwd_mbar = 0;
-    t.fwd_tma = t.bwd_tma = 0;
+    t.fwd_tma = t.fwd_overlap = t.bwd_tma = 0;
     return t;
 }
 

@@ -39,6 +39,10 @@ typedef struct s2_attn_tile {
                         the Tensor Memory Accelerator (one thread issuing, the stage ring's
                         mbarriers counting the bytes) and hands its registers to the two
                         consumer warpgroups (setmaxnreg); 0 = every thread copies (cp.async) */
+    int fwd_overlap; /* TMA forward (fwd_tma 1): 1 = each warpgroup issues S of a step together
+                        with P V of the step before and forms the step's softmax while that
+                        product runs (one step of intra-warpgroup pipelining); 0 = S, softmax,
+                        P V in turn */
     int bwd_warps;   /* backward: warps per block, 16 rows each (d > 128: 2 rows each) */
     int bwd_block_n; /* backward: keys (dQ) or queries (dK/dV) per streamed tile: 32 or 64 */
     int bwd_stages;  /* backward: streamed tiles in flight: 1..4 */

@@ -149,7 +149,10 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
         return;
     }
     s2_setmaxnreg_inc<240>();
+#if S2_FWD_OVERLAP
+#else
     auto load_tile = [&](int) {}; // the producer loads
+#endif
     s2_mbar_wait(qbar, 0);
 #else
     auto copy_tile = [&](int j) { // this thread's copies of tile j, into stage j % STAGES
@@ -191,6 +194,112 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
     for (int hf = 0; hf < 2; hf++)
         s2_query_span(row0 + 8 * hf, cls, n, klo[hf], khi[hf]);
 
+#if S2_FWD_OVERLAP // (the TMA forward's steps with each warpgroup's S ahead of its P V)
+    // Step it issues S_it = Q K_it^T and then O += P_{it-1} V_{it-1} in one turn, waits for
+    // S_it alone (the older group), masks it and forms its softmax while P_{it-1} V_{it-1}
+    // still runs on the tensor cores, then waits for that product, releases stage it - 1,
+    // rescales O and rounds P_it into the A fragments of the next step's P V. The first step
+    // has no P V, a last turn issues the last one. P stays in s (exponentiated in place) until
+    // the product that reads the fragments has finished.
+    float s[S2_SACC];
+    unsigned pa[S2_FWD_BN / 16][4];
+    // Masks S of tile it, takes the row maxima into m and forms P in s (the new maxima's
+    // rescale of O in alpha; l rescaled and summed here).
+    auto softmax = [&](int it, float (&alpha)[2]) {
+        const int y0 = (kt_begin + it) * S2_FWD_BN;
+        if (s2_tile_needs_mask(x0, gs_last, y0, n, S2_FWD_BN)) {
+#pragma unroll
+            for (int j = 0; j < S2_FWD_BN / 8; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int y = y0 + j * 8 + 2 * t + (e % 2);
+                    if (y < klo[e / 2] || y > khi[e / 2])
+                        s[4 * j + e] = S2_NEG_INF;
+                }
+        }
+#pragma unroll
+        for (int hf = 0; hf < 2; hf++) {
+            float mx = S2_NEG_INF;
+#pragma unroll
+            for (int j = 0; j < S2_FWD_BN / 8; j++)
+                mx = fmaxf(mx, fmaxf(s[4 * j + 2 * hf], s[4 * j + 2 * hf + 1]));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            const float mnew = fmaxf(m[hf], mx * S2_SCALE_LOG2);
+            const float msafe = mnew == S2_NEG_INF ? 0.f : mnew;
+            alpha[hf] = s2_exp2(m[hf] - msafe);
+            m[hf] = mnew;
+            float sum = 0.f;
+#pragma unroll
+            for (int j = 0; j < S2_FWD_BN / 8; j++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    float &x = s[4 * j + 2 * hf + e];
+                    x = s2_exp2(fmaf(x, S2_SCALE_LOG2, -msafe));
+                    sum += x;
+                }
+            l[hf] = l[hf] * alpha[hf] + sum;
+        }
+    };
+    // O rescaled by alpha (once the P V before has finished) and P rounded into pa.
+    auto rescale_and_round = [&](const float (&alpha)[2]) {
+#pragma unroll
+        for (int i = 0; i < S2_HEAD_DIM / 8; i++)
+#pragma unroll
+            for (int hf = 0; hf < 2; hf++)
+                acc[4 * i + 2 * hf] *= alpha[hf], acc[4 * i + 2 * hf + 1] *= alpha[hf];
+        s2_acc_to_afrag<S2_FWD_BN / 8>(s, pa);
+    };
+    s2_turn_start(wg);
+    {
+        float alpha[2];
+        s2_mbar_wait(&full[0], 0);
+        s2_overwritten_regs(s);
+        s2_wgmma_fence();
+        s2_turn_wait(wg);
+        s2_wgmma_xyt<S2_FWD_BM, S2_FWD_BN>(s, sq, wg * 64, skv);
+        s2_wgmma_commit();
+        s2_turn_pass(wg);
+        s2_wgmma_wait0();
+        s2_fence_regs(s);
+        softmax(0, alpha);
+        rescale_and_round(alpha);
+    }
+    for (int it = 1; it < n_kt; it++) {
+        const s2_elem *sk = skv + (2 * (it % S2_FWD_STAGES)) * kv_stride;
+        const s2_elem *sv_prev = skv + (2 * ((it - 1) % S2_FWD_STAGES) + 1) * kv_stride;
+        float alpha[2];
+        s2_mbar_wait(&full[it % S2_FWD_STAGES], (it / S2_FWD_STAGES) & 1);
+        s2_overwritten_regs(s);
+        s2_fence_regs(acc);
+        s2_wgmma_fence();
+        s2_turn_wait(wg);
+        s2_wgmma_xyt<S2_FWD_BM, S2_FWD_BN>(s, sq, wg * 64, sk);
+        s2_wgmma_commit();
+        s2_wgmma_py<S2_FWD_BN>(acc, pa, sv_prev);
+        s2_wgmma_commit();
+        s2_turn_pass(wg);
+        s2_wgmma_wait1(); // S_it has finished; P_{it-1} V_{it-1} may still run
+        s2_fence_regs(s);
+        softmax(it, alpha);
+        s2_wgmma_wait0();
+        s2_fence_regs(acc);
+        s2_mbar_arrive(&empty[(it - 1) % S2_FWD_STAGES]); // this thread is done with tile it - 1
+        rescale_and_round(alpha);
+    }
+    {
+        s2_fence_regs(acc);
+        s2_wgmma_fence();
+        s2_turn_wait(wg);
+        s2_wgmma_py<S2_FWD_BN>(acc, pa, skv + (2 * ((n_kt - 1) % S2_FWD_STAGES) + 1) * kv_stride);
+        s2_wgmma_commit();
+        s2_turn_pass(wg);
+        s2_wgmma_wait0();
+        s2_fence_regs(acc);
+        s2_mbar_arrive(&empty[(n_kt - 1) % S2_FWD_STAGES]);
+    }
+    s2_turn_end(wg);
+#else
 #if S2_FWD_TURNS
     s2_turn_start(wg);
 #endif
@@ -317,6 +426,7 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
 #endif
 #if !S2_FWD_MBAR
     s2_cp_async_wait<0>();
+#endif
 #endif
 
 #pragma unroll

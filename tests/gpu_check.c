@@ -104,9 +104,23 @@ static const gcase cases[] = {
  * and 2 take one pipeline stage less where ptxas spills registers (the plan's register rules
  * are estimates) or sm_80's shared memory is exceeded; the same products otherwise. (The tiles are for the 163-227 KiB of shared
  * memory of sm_80 and sm_90; sm_86 and sm_89 have 99 KiB and refuse several of them.) */
-#define N_TILES 9
+#define N_TILES 10
 static const char *alt_tile(int i, int d, const char *arch)
 {
+    /* Tile 9: the TMA forward with its steps overlapped (fwd_overlap: S of a step issued with
+     * P V of the step before) on sm_90a with head_dim 64 and 128: at 128 three stages of 128
+     * keys (the default has two), at 64 four of 64 (each parity of the ring's wrap), beside
+     * the default backward. Roll-mode and window cases take the cp.async twin (case_tile,
+     * s2_plan_window), without the overlap. Elsewhere tile 9 is the default again. */
+    if (i == 9)
+        return strcmp(arch, "sm_90a") || (d != 64 && d != 128)
+                   ? NULL
+                   : d == 64 ? "fwd_wgmma=1,fwd_warps=8,fwd_strips=1,fwd_block_n=64,fwd_stages=4,"
+                               "fwd_mbar=1,fwd_tma=1,fwd_overlap=1,bwd_wgmma=1,bwd_warps=4,"
+                               "bwd_block_n=64,bwd_stages=4"
+                             : "fwd_wgmma=1,fwd_warps=8,fwd_strips=1,fwd_block_n=128,fwd_stages=3,"
+                               "fwd_mbar=1,fwd_tma=1,fwd_overlap=1,bwd_wgmma=1,bwd_warps=8,"
+                               "bwd_block_n=64,bwd_stages=4,bwd_mbar=1";
     /* Tile 8: the TMA dK/dV kernel with the atomic dQ (each consumer warpgroup's dQ over its
      * keys added by bulk tensor reductions; no dQ kernel) on sm_90a with head_dim 64 and 128,
      * two stages (all that fit at 128 beside the fp32 dQ), after the TMA forward. Roll-mode
@@ -211,7 +225,7 @@ static const s2_attn_tile *case_tile(const gcase *c, int i, const char *arch, s2
         return NULL;
     *t = s2_plan_default_tile("sm_80", c->d); /* mma.sync; the Hopper tiles name wgmma */
     *st = s2_plan_parse_tile(text, t, err);
-    if (!strcmp(c->mode, "roll")) /* TMA is split mode's (tiles 6 to 8 above) */
+    if (!strcmp(c->mode, "roll")) /* TMA is split mode's (tiles 6 to 9 above) */
         *t = s2_plan_cp_async_twin(*t);
     return t;
 }
