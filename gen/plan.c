@@ -48,14 +48,18 @@ s2_attn_tile s2_plan_default_tile(const char *arch, int head_dim)
          * d = 128: forward 8k 0.308 -> 0.284 ms, 16k 1.026 -> 0.927, 32k 4.066 -> 3.350, 64k
          * 15.763 -> 14.127, 100k 38.229 -> 34.821 (617-657 TF/s from 32k on); at d = 64 no
          * gain (16k 0.692 -> 0.687-0.790), so not there. Split mode only:
-         * s2_plan_spec_default_tile turns it off for roll-mode specs. */
+         * s2_plan_spec_default_tile turns it off for roll-mode specs. Its steps overlapped
+         * (fwd_overlap) on three stages (H100, 2026-12-06, two calls of two rounds each,
+         * bench/RESULTS.md): forward 8k 0.286 -> 0.284 ms, 16k 0.938 -> 0.913, 32k
+         * 3.56-3.77 -> 3.51; on two stages the overlap loses (8k 0.321, 16k 1.047), and three
+         * stages alone win only at 32k (8k 0.294, 16k 0.951, 32k 3.435). */
         if (head_dim == 64)
             return (s2_attn_tile){.fwd_wgmma = 1, .fwd_warps = 8, .fwd_strips = 1,
                                   .fwd_block_n = 64, .fwd_stages = 4, .bwd_wgmma = 1,
                                   .bwd_warps = 4, .bwd_block_n = 64, .bwd_stages = 4};
         return (s2_attn_tile){.fwd_wgmma = 1, .fwd_warps = 8, .fwd_strips = 1,
-                              .fwd_block_n = 128, .fwd_stages = 2, .fwd_mbar = 1, .fwd_tma = 1,
-                              .bwd_wgmma = 1, .bwd_warps = 8, .bwd_block_n = 64,
+                              .fwd_block_n = 128, .fwd_stages = 3, .fwd_mbar = 1, .fwd_tma = 1,
+                              .fwd_overlap = 1, .bwd_wgmma = 1, .bwd_warps = 8, .bwd_block_n = 64,
                               .bwd_stages = 4, .bwd_mbar = 1};
     }
     /* Measured on an H100 (bench/RESULTS.md, 2026-11-25): two strips of 32 keys beat one

@@ -108,9 +108,9 @@ static const gcase cases[] = {
 static const char *alt_tile(int i, int d, const char *arch)
 {
     /* Tile 9: the TMA forward with its steps overlapped (fwd_overlap: S of a step issued with
-     * P V of the step before) on sm_90a with head_dim 64 and 128: at 128 three stages of 128
-     * keys (the default has two), at 64 four of 64 (each parity of the ring's wrap), beside
-     * the default backward. Roll-mode and window cases take the cp.async twin (case_tile,
+     * P V of the step before) on sm_90a with head_dim 64 and 128, on four stages of 64 keys
+     * (the default at 128 overlaps three of 128; each parity of the ring's wrap), beside the
+     * default backward. Roll-mode and window cases take the cp.async twin (case_tile,
      * s2_plan_window), without the overlap. Elsewhere tile 9 is the default again. */
     if (i == 9)
         return strcmp(arch, "sm_90a") || (d != 64 && d != 128)
@@ -118,7 +118,7 @@ static const char *alt_tile(int i, int d, const char *arch)
                    : d == 64 ? "fwd_wgmma=1,fwd_warps=8,fwd_strips=1,fwd_block_n=64,fwd_stages=4,"
                                "fwd_mbar=1,fwd_tma=1,fwd_overlap=1,bwd_wgmma=1,bwd_warps=4,"
                                "bwd_block_n=64,bwd_stages=4"
-                             : "fwd_wgmma=1,fwd_warps=8,fwd_strips=1,fwd_block_n=128,fwd_stages=3,"
+                             : "fwd_wgmma=1,fwd_warps=8,fwd_strips=1,fwd_block_n=64,fwd_stages=4,"
                                "fwd_mbar=1,fwd_tma=1,fwd_overlap=1,bwd_wgmma=1,bwd_warps=8,"
                                "bwd_block_n=64,bwd_stages=4,bwd_mbar=1";
     /* Tile 8: the TMA dK/dV kernel with the atomic dQ (each consumer warpgroup's dQ over its
@@ -148,8 +148,8 @@ static const char *alt_tile(int i, int d, const char *arch)
                          : "fwd_wgmma=1,fwd_warps=8,fwd_strips=1,fwd_block_n=128,fwd_stages=3,"
                            "fwd_mbar=1,bwd_wgmma=1,bwd_warps=8,bwd_block_n=64,bwd_stages=4,"
                            "bwd_atomic_dq=0,bwd_mbar=1,bwd_tma=1";
-    /* Tile 6: the TMA forward (a producer warpgroup, two consumers; fwd_tma) on sm_90a with
-     * head_dim 64 and 128, on two stages at 128 (the ring wraps every other tile) and four of
+    /* Tile 6: the TMA forward (a producer warpgroup, two consumers; fwd_tma) without the
+     * overlap (fwd_overlap 0) on sm_90a with head_dim 64 and 128, on two stages at 128 (the ring wraps every other tile) and four of
      * 64-key tiles at 64, after the deterministic wgmma backward. Roll-mode cases take it
      * without fwd_tma (case_tile: the plan refuses the TMA forward there); the window cases'
      * window units run its cp.async twin, as s2_plan_window gives every window unit.

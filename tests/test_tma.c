@@ -30,7 +30,8 @@ static s2_spec load_spec(int d, int H, int Hkv, const char *mode)
 }
 
 #define TMA128                                                                                  \
-    "fwd_wgmma=1,fwd_warps=8,fwd_strips=1,fwd_block_n=128,fwd_stages=2,fwd_mbar=1,fwd_tma=1"
+    "fwd_wgmma=1,fwd_warps=8,fwd_strips=1,fwd_block_n=128,fwd_stages=2,fwd_mbar=1,fwd_tma=1,"  \
+    "fwd_overlap=0"
 
 /* The plan of s for sm_90a with the default tile and then the tile text applied. */
 static s2_status plan_with(const s2_spec *s, const char *tile, s2_attn_plan *p, s2_error *err)
@@ -223,6 +224,52 @@ Test(emit, only_a_tma_unit_holds_the_tma_text)
     }
 }
 
+/* The overlapped TMA forward (fwd_overlap): only with fwd_tma (the refusal names the way out),
+ * off in the roll-mode default and in the cp.async twin, and only its unit holds its steps. */
+Test(plan, fwd_overlap_rules)
+{
+    s2_spec s = load_spec(128, 8, 2, "split");
+    s2_attn_plan p;
+    s2_error err = {0};
+    cr_assert_eq(plan_with(&s, TMA128 ",fwd_overlap=1,fwd_stages=3", &p, &err), S2_OK, "%s",
+                 err.msg);
+    cr_expect_eq(plan_with(&s, TMA128 ",fwd_overlap=1,fwd_tma=0", &p, &err), S2_ERR_INVALID);
+    cr_expect(strstr(err.msg, "fwd_overlap = 1 with fwd_tma 0: valid only with fwd_tma = 1"),
+              "%s", err.msg);
+    cr_expect(strstr(err.msg, "or fwd_overlap = 0"), "%s", err.msg);
+    s2_error_clear(&err);
+    cr_expect_eq(plan_with(&s, TMA128 ",fwd_overlap=2", &p, &err), S2_ERR_INVALID);
+    cr_expect(strstr(err.msg, "fwd_overlap = 2 is out of range: valid 0..1"), "%s", err.msg);
+    s2_error_clear(&err);
+    cr_expect_eq(s2_plan_default_tile("sm_90a", 128).fwd_overlap, 1);
+    s2_spec roll = load_spec(128, 8, 2, "roll");
+    const s2_attn_tile rt = s2_plan_spec_default_tile(&roll, "sm_90a");
+    cr_expect_eq(rt.fwd_tma + rt.fwd_overlap, 0, "roll mode keeps the cp.async forward");
+    cr_assert_eq(s2_plan_attn(&roll, "sm_90a", &rt, &p, &err), S2_OK, "%s", err.msg);
+    const s2_attn_tile twin = s2_plan_cp_async_twin(s2_plan_default_tile("sm_90a", 128));
+    cr_expect_eq(twin.fwd_tma + twin.fwd_overlap, 0);
+    cr_assert_eq(s2_plan_attn(&s, "sm_90a", &twin, &p, &err), S2_OK, "%s", err.msg);
+}
+
+Test(emit, only_an_overlap_unit_holds_its_steps)
+{
+    s2_spec s = load_spec(128, 8, 2, "split");
+    for (int ov = 0; ov < 2; ov++) {
+        s2_attn_plan p;
+        s2_error err = {0};
+        cr_assert_eq(plan_with(&s, ov ? TMA128 ",fwd_overlap=1" : TMA128, &p, &err), S2_OK, "%s",
+                     err.msg);
+        char *src = NULL;
+        cr_assert_eq(s2_emit_attn(&s, &p, S2_UNIT_ATTN_FWD, &src, &err), S2_OK, "%s", err.msg);
+        cr_expect_eq(strstr(src, "#define S2_FWD_OVERLAP 1") != NULL, ov, "overlap %d", ov);
+        cr_expect_eq(strstr(src, "s2_wgmma_wait1(); // S_it has finished") != NULL, ov,
+                     "overlap %d", ov);
+        cr_expect_eq(strstr(src, "#if S2_FWD_OVERLAP") != NULL, ov,
+                     "without the option the emitter resolves its blocks away");
+        free(src);
+    }
+}
+
 /* ---- the TMA dK/dV kernel (bwd_tma) ---- */
 
 #define BWDTMA "bwd_wgmma=1,bwd_warps=8,bwd_block_n=64,bwd_stages=4,bwd_atomic_dq=0,bwd_mbar=1"
@@ -348,7 +395,8 @@ Test(emit, only_a_bwd_tma_unit_holds_its_text)
         s2_attn_plan p;
         s2_error err = {0};
         /* the TMA tile, or its twin on cp.async; the forward on cp.async either way */
-        cr_assert_eq(plan_with(&s, tma ? BWDTMA ",bwd_tma=1,fwd_tma=0" : BWDTMA ",fwd_tma=0", &p,
+        cr_assert_eq(plan_with(&s, tma ? BWDTMA ",bwd_tma=1,fwd_tma=0,fwd_overlap=0"
+                                   : BWDTMA ",fwd_tma=0,fwd_overlap=0", &p,
                                &err), S2_OK, "%s", err.msg);
         char *src = NULL;
         cr_assert_eq(s2_emit_attn(&s, &p, S2_UNIT_ATTN_BWD, &src, &err), S2_OK, "%s", err.msg);

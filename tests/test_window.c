@@ -219,7 +219,8 @@ Test(plan, window_refuses_groups_off_the_key_tiles)
     s2_error_clear(&err);
     /* a tile of 64-row key tiles fits the shift of 64 */
     window_plan(&s, "sm_90a",
-                "fwd_block_n=64,fwd_stages=2,fwd_mbar=0,fwd_tma=0,bwd_warps=4,bwd_mbar=0");
+                "fwd_block_n=64,fwd_stages=2,fwd_mbar=0,fwd_tma=0,fwd_overlap=0,bwd_warps=4,"
+                "bwd_mbar=0");
     /* G = 1000: no power of two above 8 divides it */
     s = load_spec(128, 8, 8, 1000, 500, "split");
     cr_assert_eq(s2_plan_attn(&s, "sm_80", NULL, &p, &err), S2_OK, "%s", err.msg);
