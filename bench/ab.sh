@@ -89,7 +89,12 @@ for ((r = 1; r <= rounds; r++)); do
 done
 echo "== medians (ms): build, N, d, fwd, fwd+bwd" | tee -a "$log"
 # rows: DIR s2lora N G d H mode fwd_ms fwd_TFs fb_ms ...
-awk "$awk_med"'$2 ~ /^s2lora/ { k = $1 " " $3 " " $5; f[k] = f[k] " " $8; b[k] = b[k] " " $10; order[k] = ++n }
-END { for (k in order) printf "%s %s %s\n", k, med(f[k]), med(b[k]) }' "$log" | sort -k2,2n -k3,3n -k1,1 |
-  tee -a "$log"
+# (a failed run's row has "-" for its times: counted as failed, never as 0 ms)
+awk "$awk_med"'$2 ~ /^s2lora/ { k = $1 " " $3 " " $5; order[k] = ++n
+                                if ($8 == "-" || $10 == "-") { bad[k]++; next }
+                                f[k] = f[k] " " $8; b[k] = b[k] " " $10 }
+END { for (k in order) if (f[k] == "") printf "%s failed failed\n", k
+                       else printf "%s %s %s%s\n", k, med(f[k]), med(b[k]),
+                                   bad[k] ? " (" bad[k] " failed runs)" : "" }' "$log" |
+  sort -k2,2n -k3,3n -k1,1 | tee -a "$log"
 exit $status
