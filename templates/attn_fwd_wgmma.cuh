@@ -36,6 +36,35 @@
 #define S2_OACC (S2_HEAD_DIM / 2) // O accumulators per thread
 #define S2_FWD_TURNS (S2_FWD_MBAR && S2_FWD_WARPS == 8)
 
+// S of the key tile at y0 with -inf where a key lies outside the span [klo, khi] of the
+// thread's row (row half e / 2 of accumulator e), on the tiles that need a mask at all.
+__device__ __forceinline__ void s2_mask_scores(float (&s)[S2_SACC], int x0, int gs_last, int y0,
+                                               int n, int t, const int (&klo)[2],
+                                               const int (&khi)[2])
+{
+    if (s2_tile_needs_mask(x0, gs_last, y0, n, S2_FWD_BN)) {
+#pragma unroll
+        for (int j = 0; j < S2_FWD_BN / 8; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int y = y0 + j * 8 + 2 * t + (e % 2);
+                if (y < klo[e / 2] || y > khi[e / 2])
+                    s[4 * j + e] = S2_NEG_INF;
+            }
+    }
+}
+
+// The maximum over the tile of the thread's row half hf, its quad's (the row's four threads).
+__device__ __forceinline__ float s2_row_max(const float (&s)[S2_SACC], int hf)
+{
+    float mx = S2_NEG_INF;
+#pragma unroll
+    for (int j = 0; j < S2_FWD_BN / 8; j++)
+        mx = fmaxf(mx, fmaxf(s[4 * j + 2 * hf], s[4 * j + 2 * hf + 1]));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    return fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+}
+
 #if S2_FWD_TMA
 extern "C" __global__ void __launch_bounds__(S2_FWD_BLOCK, 1)
 #else
@@ -206,26 +235,10 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
     // Masks S of tile it, takes the row maxima into m and forms P in s (the new maxima's
     // rescale of O in alpha; l rescaled and summed here).
     auto softmax = [&](int it, float (&alpha)[2]) {
-        const int y0 = (kt_begin + it) * S2_FWD_BN;
-        if (s2_tile_needs_mask(x0, gs_last, y0, n, S2_FWD_BN)) {
-#pragma unroll
-            for (int j = 0; j < S2_FWD_BN / 8; j++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int y = y0 + j * 8 + 2 * t + (e % 2);
-                    if (y < klo[e / 2] || y > khi[e / 2])
-                        s[4 * j + e] = S2_NEG_INF;
-                }
-        }
+        s2_mask_scores(s, x0, gs_last, (kt_begin + it) * S2_FWD_BN, n, t, klo, khi);
 #pragma unroll
         for (int hf = 0; hf < 2; hf++) {
-            float mx = S2_NEG_INF;
-#pragma unroll
-            for (int j = 0; j < S2_FWD_BN / 8; j++)
-                mx = fmaxf(mx, fmaxf(s[4 * j + 2 * hf], s[4 * j + 2 * hf + 1]));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            const float mnew = fmaxf(m[hf], mx * S2_SCALE_LOG2);
+            const float mnew = fmaxf(m[hf], s2_row_max(s, hf) * S2_SCALE_LOG2);
             const float msafe = mnew == S2_NEG_INF ? 0.f : mnew;
             alpha[hf] = s2_exp2(m[hf] - msafe);
             m[hf] = mnew;
@@ -357,17 +370,7 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
         s2_wgmma_wait0();
         s2_fence_regs(s);
 
-        const int y0 = (kt_begin + it) * S2_FWD_BN;
-        if (s2_tile_needs_mask(x0, gs_last, y0, n, S2_FWD_BN)) {
-#pragma unroll
-            for (int j = 0; j < S2_FWD_BN / 8; j++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int y = y0 + j * 8 + 2 * t + (e % 2);
-                    if (y < klo[e / 2] || y > khi[e / 2])
-                        s[4 * j + e] = S2_NEG_INF;
-                }
-        }
+        s2_mask_scores(s, x0, gs_last, (kt_begin + it) * S2_FWD_BN, n, t, klo, khi);
 
         // The online softmax (exp2 domain, scale folded in), rows in quads as in attn_fwd.cuh:
         // the row maxima first and O rescaled, then P sixteen keys at a time, each k16 step of
@@ -377,13 +380,7 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
         float msafe[2], sum[2] = {0.f, 0.f};
 #pragma unroll
         for (int hf = 0; hf < 2; hf++) {
-            float mx = S2_NEG_INF;
-#pragma unroll
-            for (int j = 0; j < S2_FWD_BN / 8; j++)
-                mx = fmaxf(mx, fmaxf(s[4 * j + 2 * hf], s[4 * j + 2 * hf + 1]));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            const float mnew = fmaxf(m[hf], mx * S2_SCALE_LOG2);
+            const float mnew = fmaxf(m[hf], s2_row_max(s, hf) * S2_SCALE_LOG2);
             msafe[hf] = mnew == S2_NEG_INF ? 0.f : mnew;
             const float alpha = s2_exp2(m[hf] - msafe[hf]);
             m[hf] = mnew;
