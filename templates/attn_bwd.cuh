@@ -212,7 +212,9 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
     s2_elem *sv = sk + S2_BWD_BM * S2_LD;   // [BM][LD]
     s2_elem *sqd = sv + S2_BWD_BM * S2_LD;  // [stages][Q, dO][BN][LD]
     float *sl = (float *)(sqd + 2 * S2_BWD_STAGES * S2_BWD_BN * S2_LD); // [stages][lse2, delta][BN]
+#if S2_BWD_ATOMIC_DQ
     s2_elem *sds = (s2_elem *)(sl + 2 * S2_BWD_STAGES * S2_BWD_BN); // [BM][BN + 8]: dS^T
+#endif
     const int qd_stride = S2_BWD_BN * S2_LD;
 
     const int hk = blockIdx.y, b = blockIdx.z;

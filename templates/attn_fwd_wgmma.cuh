@@ -147,7 +147,7 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
     // done with the stage's tile before, j - STAGES): the first STAGES - 1 here, then step it
     // loads tile it + STAGES - 1 into the stage tile it - 1 used, with two or more stages
     // behind the step's S, so the tensor cores start on it first.
-    const int n_kt = kt_end - kt_begin;
+    [[maybe_unused]] const int n_kt = kt_end - kt_begin; // (the block-barrier steps count kt)
 #if S2_FWD_TMA
     if (threadIdx.x < 128) { // the producer: one thread issues every load, the rest leave
         s2_setmaxnreg_dec<24>();
