@@ -15,7 +15,8 @@
 # exit status 0 when every unit is the same, 1 when one differs, 2 on a usage or build error.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
-[ $# -ge 2 ] || { echo "usage: bench/sass-diff.sh OLD_S2LORA NEW_S2LORA [SPEC[@ARCH][%TILE] ...]" >&2; exit 2; }
+usage="usage: bench/sass-diff.sh OLD_S2LORA NEW_S2LORA [SPEC[@ARCH][%TILE] ...]"
+[ $# -ge 2 ] || { echo "$usage" >&2; exit 2; }
 old=$1 new=$2
 shift 2
 for b in "$old" "$new"; do
@@ -58,7 +59,8 @@ for c in "${cases[@]}"; do
     bin=$old
     [ $side = new ] && bin=$new
     mkdir -p "$work/$side$i"
-    if ! S2LORA_CACHE_DIR=$work/$side$i "$bin" build "$spec" "${args[@]}" >"$work/$side$i.log" 2>&1; then
+    if ! S2LORA_CACHE_DIR=$work/$side$i "$bin" build "$spec" "${args[@]}" \
+      >"$work/$side$i.log" 2>&1; then
       echo "sass-diff: $side build of $c failed:" >&2
       tail -3 "$work/$side$i.log" >&2
       exit 2
@@ -72,11 +74,12 @@ for c in "${cases[@]}"; do
     unit=${f#"$work/old$i."}
     unit=${unit%.sass}
     g=$work/new$i.$unit.sass
+    name="${spec##*/}${tile:+ $tile}"
     if [ -f "$g" ] && cmp -s "$f" "$g"; then
-      printf '%-8s %-52s %-10s same (%d lines)\n' "$arch" "${spec##*/}${tile:+ $tile}" "$unit" "$(wc -l <"$f")"
+      printf '%-8s %-52s %-10s same (%d lines)\n' "$arch" "$name" "$unit" "$(wc -l <"$f")"
     else
-      printf '%-8s %-52s %-10s DIFFERS (%d against %d lines)\n' "$arch" "${spec##*/}${tile:+ $tile}" \
-        "$unit" "$(wc -l <"$f")" "$( [ -f "$g" ] && wc -l <"$g" || echo 0)"
+      printf '%-8s %-52s %-10s DIFFERS (%d against %d lines)\n' "$arch" "$name" "$unit" \
+        "$(wc -l <"$f")" "$([ -f "$g" ] && wc -l <"$g" || echo 0)"
       status=1
     fi
   done

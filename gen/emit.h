@@ -52,8 +52,8 @@ const char *s2_emit_template(const char *name);
  * sequence-parallel window, bit S2_EMIT_OPT_WINDOW of opts), "#if S2_FWD_TMA" (the TMA
  * forward, S2_EMIT_OPT_FWD_TMA), "#if S2_BWD_TMA" (the TMA dK/dV kernel,
  * S2_EMIT_OPT_BWD_TMA) and "#if S2_FWD_OVERLAP" (the TMA forward's overlapped steps,
- * S2_EMIT_OPT_FWD_OVERLAP). A block of an option in opts goes in whole (the unit defines its macro
- * as 1); every other one is resolved here to its #else lines (to its #endif, other
+ * S2_EMIT_OPT_FWD_OVERLAP). A block of an option in opts goes in whole (the unit defines its
+ * macro as 1); every other one is resolved here to its #else lines (to its #endif, other
  * conditionals nested inside), so a unit without the option has the source it had before the
  * option existed. Blocks of different options nest. S2_ERR_INVALID, naming the template (name)
  * and line, for a block without its #endif, a block inside one of the same option, an #elif or

@@ -129,9 +129,9 @@ s2_status s2_plan_parse_tile(const char *text, s2_attn_tile *t, s2_error *err)
         if (k == N_TILE_KEYS)
             return s2_error_set(err, S2_ERR_INVALID,
                                 "tile '%s': unknown key '%.*s'; valid: fwd_warps, fwd_strips, "
-                                "fwd_block_n, fwd_stages, fwd_wgmma, fwd_mbar, fwd_tma, fwd_overlap, "
-                                "bwd_warps, bwd_block_n, bwd_stages, bwd_atomic_dq, bwd_wgmma, "
-                                "bwd_mbar, bwd_tma",
+                                "fwd_block_n, fwd_stages, fwd_wgmma, fwd_mbar, fwd_tma, "
+                                "fwd_overlap, bwd_warps, bwd_block_n, bwd_stages, bwd_atomic_dq, "
+                                "bwd_wgmma, bwd_mbar, bwd_tma",
                                 text, (int)(eq - p), p);
         char *num_end;
         errno = 0;
@@ -197,8 +197,8 @@ s2_status s2_plan_check_tile_text(const char *text, const char *arch, s2_error *
     }
     if (arch && strcmp(arch, "sm_90a") && wgmma)
         return s2_error_set(err, S2_ERR_INVALID,
-                            "tile '%s': fwd_wgmma, fwd_tma, fwd_overlap, bwd_wgmma or bwd_tma = 1 needs "
-                            "sm_90a (Hopper's wgmma and TMA), not %s", text, arch);
+                            "tile '%s': fwd_wgmma, fwd_tma, fwd_overlap, bwd_wgmma or bwd_tma = 1 "
+                            "needs sm_90a (Hopper's wgmma and TMA), not %s", text, arch);
     return S2_OK;
 }
 

@@ -149,8 +149,9 @@ static const char *alt_tile(int i, int d, const char *arch)
                            "fwd_mbar=1,bwd_wgmma=1,bwd_warps=8,bwd_block_n=64,bwd_stages=4,"
                            "bwd_atomic_dq=0,bwd_mbar=1,bwd_tma=1";
     /* Tile 6: the TMA forward (a producer warpgroup, two consumers; fwd_tma) without the
-     * overlap (fwd_overlap 0) on sm_90a with head_dim 64 and 128, on two stages at 128 (the ring wraps every other tile) and four of
-     * 64-key tiles at 64, after the deterministic wgmma backward. Roll-mode cases take it
+     * overlap (fwd_overlap 0) on sm_90a with head_dim 64 and 128, on two stages at 128 (the
+     * ring wraps every other tile) and four of 64-key tiles at 64, after the deterministic
+     * wgmma backward. Roll-mode cases take it
      * without fwd_tma (case_tile: the plan refuses the TMA forward there); the window cases'
      * window units run its cp.async twin, as s2_plan_window gives every window unit.
      * Elsewhere tile 6 is the default again. */

@@ -224,7 +224,7 @@ void s2_tune_say(const s2_tune_opts *o, const char *fmt, ...)
 {
     if (!o->progress)
         return;
-    char line[512];
+    char line[S2_PLAN_TILE_STR_MAX + 256]; /* a tile's text whole, and the words around it */
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(line, sizeof line, fmt, ap);
