@@ -19,7 +19,8 @@
 #      at d=128, H=32, G=N/4, then N=16k at d=64. S2_BENCH_FULL=1 runs step 2's whole sweep
 #      (8k, 16k, 32k, 64k, 100k; alone it fits one call, with the rest it does not);
 #      S2_BENCH_SEQLENS=LIST names the d=128 lengths outright; S2_BENCH_NO_PEERS=1 times ours
-#      alone (--no-peers: a tile A/B, or lengths where the peers take minutes).
+#      alone (--no-peers: a tile A/B, or lengths where the peers take minutes);
+#      S2_BENCH_PEER_IMPLS=LIST runs only those peers (--peer-impls).
 #  Only when named in S2_SECTIONS: ncu (hardware counters of the attention kernels at 16k),
 #  sanitize (compute-sanitizer memcheck, synccheck and racecheck on every gpu_check family) and
 #  torch (the Python package, python/, through libs2lora.so: bench/torch_check.py checks
@@ -249,6 +250,9 @@ bench_seqlens=${S2_BENCH_SEQLENS:-$bench_seqlens}
 bench_tile_args=()
 for t in ${S2_BENCH_TILES:-}; do bench_tile_args+=(--tile "$t"); done
 [ "${S2_BENCH_NO_PEERS:-0}" = 1 ] && bench_tile_args+=(--no-peers)
+# S2_BENCH_PEER_IMPLS=LIST: only these peers (e.g. flex-split,sdpa-cudnn: the fastest two; the
+# others take minutes at 32k and more)
+[ -n "${S2_BENCH_PEER_IMPLS:-}" ] && bench_tile_args+=(--peer-impls "$S2_BENCH_PEER_IMPLS")
 bench_tmp=$(mktemp -d /tmp/s2lora-bench.XXXXXX)
 "$BIN/s2lora" bench attn specs/llama2-7b-32k.yaml --seqlens "$bench_seqlens" "${bench_tile_args[@]}" \
   --csv "$bench_tmp/d128.csv" --json "$bench_tmp/d128.json" 2>&1 | tee "$OUTDIR/bench_attn.txt"

@@ -73,6 +73,41 @@ Test(bench_cli, usage_errors_exit_2)
                  "--seed: \"0\" is not an integer >= 1");
     expect_bench("attn " SPECS "/llama2-7b-8k.yaml --peers p.py --no-peers", 2,
                  "--peers and --no-peers exclude each other");
+    expect_bench("attn " SPECS "/llama2-7b-8k.yaml --peer-impls flex-split --no-peers", 2,
+                 "--peer-impls and --no-peers exclude each other");
+    expect_bench("attn " SPECS "/llama2-7b-8k.yaml --peer-impls flex-split,flash", 2,
+                 "--peer-impls: item 2 \"flash\" is not a peer; valid: sdpa-cudnn, sdpa-flash, "
+                 "flex-split, flex-roll");
+    expect_bench("attn " SPECS "/llama2-7b-8k.yaml --peer-impls sdpa-cudnn,", 2,
+                 "item 2 \"\" is not a peer");
+    expect_bench("attn " SPECS "/llama2-7b-8k.yaml --peer-impls flex-roll,flex-roll", 2,
+                 "flex-roll is listed twice");
+}
+
+/* --peer-impls knows the peers the script times: its PEERS tuple, in order, is
+ * S2_BENCH_PEER_IMPLS. */
+Test(bench_cli, peer_impls_are_the_scripts)
+{
+    FILE *f = fopen(S2_SOURCE_DIR "/" S2_BENCH_DEFAULT_PEERS, "r");
+    cr_assert(f, "%s", S2_BENCH_DEFAULT_PEERS);
+    char line[512], names[256] = "";
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, "PEERS = (", 9)) {
+            size_t used = 0;
+            for (const char *p = line + 9; *p && *p != ')'; p++)
+                if (*p == ',')
+                    used += (size_t)snprintf(names + used, sizeof names - used, ", ");
+                else if (*p != '"' && *p != ' ')
+                    names[used++] = *p, names[used] = '\0';
+            break;
+        }
+    fclose(f);
+    cr_expect_str_eq(names, S2_BENCH_PEER_IMPLS);
+    char why[256];
+    cr_expect(s2_bench_peer_impls_valid("flex-split", why, sizeof why), "%s", why);
+    cr_expect(s2_bench_peer_impls_valid("flex-roll,sdpa-flash,sdpa-cudnn,flex-split", why,
+                                        sizeof why), "%s", why);
+    cr_expect(!s2_bench_peer_impls_valid("flex", why, sizeof why));
 }
 
 Test(bench_cli, spec_and_file_errors_exit_1_before_the_device)

@@ -715,6 +715,10 @@ static const s2_opt bench_attn_opts[] = {
      .off = offsetof(bench_args, o.peers), .complete = S2_COMPLETE_FILE},
     {.name = "no-peers", .kind = S2_OPT_FLAG, .help = "time s2lora alone",
      .off = offsetof(bench_args, no_peers)},
+    {.name = "peer-impls", .kind = S2_OPT_STRING, .metavar = "LIST",
+     .help = "run only these peers, a comma-separated subset of " S2_BENCH_PEER_IMPLS
+             " (default: all; the slow ones cost minutes at 32k and more)",
+     .off = offsetof(bench_args, o.peer_impls)},
     {.name = "no-gemm", .kind = S2_OPT_FLAG,
      .help = "skip the card's dense bf16 GEMM rate timed before the cases (the JSON's "
              "gemm_bf16_tflops and the *_frac_of_gemm fields are then null)",
@@ -737,8 +741,9 @@ const s2_cmd s2_cmd_bench_attn = {
     .name = "bench attn",
     .usage = "SPEC... [--set KEY=VALUE]... [--seqlens N[,N]...]\n"
              "                         [--reps N] [--warmup N] [--seed N]\n"
-             "                         [--peers PATH | --no-peers] [--no-gemm] [--csv FILE]\n"
-             "                         [--json FILE] [--cache-dir DIR] [--tile K=V,...]...",
+             "                         [--peers PATH | --no-peers] [--peer-impls LIST]\n"
+             "                         [--no-gemm] [--csv FILE] [--json FILE]\n"
+             "                         [--cache-dir DIR] [--tile K=V,...]...",
     .about =
         "Times the S²-Attn kernels of each SPEC on the GPU, forward and forward+backward,\n"
         "and the PyTorch peers on the same inputs. One case per SPEC and N: one sequence\n"
@@ -1040,6 +1045,14 @@ int s2_cli_bench(const char *p, int argc, char **argv)
     if (a.no_peers && o->peers_given)
         return s2_opts_usage_error(&s2_cmd_bench_attn, "--peers and --no-peers exclude each "
                                    "other");
+    if (a.no_peers && o->peer_impls)
+        return s2_opts_usage_error(&s2_cmd_bench_attn, "--peer-impls and --no-peers exclude "
+                                   "each other");
+    if (o->peer_impls) {
+        char why[256];
+        if (!s2_bench_peer_impls_valid(o->peer_impls, why, sizeof why))
+            return s2_opts_usage_error(&s2_cmd_bench_attn, "--peer-impls: %s", why);
+    }
     if (a.no_peers)
         o->peers = NULL;
     for (int i = 0; i < o->n_tiles; i++) { /* each tile's keys and values, before any spec */

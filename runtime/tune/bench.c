@@ -100,6 +100,33 @@ void s2_bench_opts_default(s2_bench_opts *o)
 
 /* ------------------------------------------------------------------ validation */
 
+int s2_bench_peer_impls_valid(const char *list, char *why, size_t n)
+{
+    static const char *const impls[] = {"sdpa-cudnn", "sdpa-flash", "flex-split", "flex-roll"};
+    int seen[sizeof impls / sizeof impls[0]] = {0}, item = 0;
+    for (const char *p = list;; p++) {
+        const char *end = strchr(p, ',');
+        const size_t len = end ? (size_t)(end - p) : strlen(p);
+        item++;
+        size_t k = 0;
+        while (k < sizeof impls / sizeof impls[0] &&
+               (strlen(impls[k]) != len || strncmp(impls[k], p, len)))
+            k++;
+        if (k == sizeof impls / sizeof impls[0]) {
+            snprintf(why, n, "item %d \"%.*s\" is not a peer; valid: %s", item, (int)len, p,
+                     S2_BENCH_PEER_IMPLS);
+            return 0;
+        }
+        if (seen[k]++) {
+            snprintf(why, n, "%s is listed twice", impls[k]);
+            return 0;
+        }
+        if (!end)
+            return 1;
+        p = end;
+    }
+}
+
 /* The directory an output file goes to must exist and be writable: found out before the sweep,
  * not after it. */
 static s2_status check_out_dir(const char *path, const char *opt, s2_error *err)
@@ -744,7 +771,8 @@ static s2_status run_peers(s2_bench_ctx *ctx, const s2_bench_case *c, const host
     snprintf(warm, sizeof warm, "%d", o->warmup);
     char *argv[] = {"python3", (char *)o->peers, "--in", in, "--out", out, "--G", G, "--S", S,
                     "--mode", (char *)s2_shift_mode_name(sp->s2attn.shift_mode), "--scale", scale,
-                    "--reps", reps, "--reps-fb", reps_fb, "--warmup", warm, NULL};
+                    "--reps", reps, "--reps-fb", reps_fb, "--warmup", warm,
+                    o->peer_impls ? "--peers" : NULL, (char *)o->peer_impls, NULL};
     int code = 0;
     s2_status st = write_inputs(in, c, h, err);
     if (!st)

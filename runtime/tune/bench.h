@@ -33,6 +33,13 @@
 #define S2_BENCH_MAX_SEQLENS 32
 #define S2_BENCH_MAX_TILES 8
 #define S2_BENCH_DEFAULT_PEERS "bench/peers/attn_peers.py"
+/* The implementations the peers script times (its PEERS; tests/test_bench.c checks the two
+ * lists agree), for --peer-impls. */
+#define S2_BENCH_PEER_IMPLS "sdpa-cudnn, sdpa-flash, flex-split, flex-roll"
+
+/* Whether list is a comma-separated subset of S2_BENCH_PEER_IMPLS without repeats; if not,
+ * why (the item and what is valid) into why. */
+int s2_bench_peer_impls_valid(const char *list, char *why, size_t n);
 
 typedef struct s2_bench_opts {
     const char *specs[S2_BENCH_MAX_SPECS];
@@ -44,6 +51,8 @@ typedef struct s2_bench_opts {
     int reps_fwd, reps_fb, warmup;     /* defaults 20, 10, 5; --reps N sets both reps */
     const char *peers;                 /* the peers script; NULL with --no-peers */
     int peers_given;                   /* 1: --peers named it (a missing file is an error) */
+    const char *peer_impls;            /* --peer-impls: the peers to run, a comma-separated
+                                          subset of S2_BENCH_PEER_IMPLS; NULL: all of them */
     const char *csv, *json, *cache_dir;
     const char *tiles[S2_BENCH_MAX_TILES]; /* --tile, repeatable: one s2lora row each */
     int n_tiles;                           /* 0: one row with the plan's default tile */

@@ -79,13 +79,14 @@ _s2lora()
         --warmup) COMPREPLY=(); return ;;
         --seed) COMPREPLY=(); return ;;
         --peers) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --peer-impls) COMPREPLY=(); return ;;
         --csv) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         --json) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         --cache-dir) COMPREPLY=($(compgen -d -- "$cur")); return ;;
         --tile) COMPREPLY=(); return ;;
         esac
         if [[ $cur == -* ]]; then
-            COMPREPLY=($(compgen -W "--set --seqlens --reps --warmup --seed --peers --no-peers --no-gemm --csv --json --cache-dir --tile --help" -- "$cur"))
+            COMPREPLY=($(compgen -W "--set --seqlens --reps --warmup --seed --peers --no-peers --peer-impls --no-gemm --csv --json --cache-dir --tile --help" -- "$cur"))
             return
         fi
         _s2lora_specs
