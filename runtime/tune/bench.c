@@ -100,30 +100,41 @@ void s2_bench_opts_default(s2_bench_opts *o)
 
 /* ------------------------------------------------------------------ validation */
 
+/* Whether the comma-separated names [names, names + names_len) hold p[0..len). */
+static int names_hold(const char *names, size_t names_len, const char *p, size_t len)
+{
+    for (const char *q = names, *stop = names + names_len; q < stop;) {
+        while (q < stop && (*q == ',' || *q == ' '))
+            q++;
+        const char *e = q;
+        while (e < stop && *e != ',')
+            e++;
+        if ((size_t)(e - q) == len && !strncmp(q, p, len))
+            return 1;
+        q = e;
+    }
+    return 0;
+}
+
 int s2_bench_peer_impls_valid(const char *list, char *why, size_t n)
 {
-    static const char *const impls[] = {"sdpa-cudnn", "sdpa-flash", "flex-split", "flex-roll"};
-    int seen[sizeof impls / sizeof impls[0]] = {0}, item = 0;
-    for (const char *p = list;; p++) {
+    int item = 0;
+    for (const char *p = list;;) {
         const char *end = strchr(p, ',');
         const size_t len = end ? (size_t)(end - p) : strlen(p);
         item++;
-        size_t k = 0;
-        while (k < sizeof impls / sizeof impls[0] &&
-               (strlen(impls[k]) != len || strncmp(impls[k], p, len)))
-            k++;
-        if (k == sizeof impls / sizeof impls[0]) {
+        if (!names_hold(S2_BENCH_PEER_IMPLS, strlen(S2_BENCH_PEER_IMPLS), p, len)) {
             snprintf(why, n, "item %d \"%.*s\" is not a peer; valid: %s", item, (int)len, p,
                      S2_BENCH_PEER_IMPLS);
             return 0;
         }
-        if (seen[k]++) {
-            snprintf(why, n, "%s is listed twice", impls[k]);
+        if (names_hold(list, (size_t)(p - list), p, len)) {
+            snprintf(why, n, "%.*s is listed twice", (int)len, p);
             return 0;
         }
         if (!end)
             return 1;
-        p = end;
+        p = end + 1;
     }
 }
 
