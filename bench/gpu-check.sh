@@ -20,7 +20,8 @@
 #      (8k, 16k, 32k, 64k, 100k; alone it fits one call, with the rest it does not);
 #      S2_BENCH_SEQLENS=LIST names the d=128 lengths outright; S2_BENCH_NO_PEERS=1 times ours
 #      alone (--no-peers: a tile A/B, or lengths where the peers take minutes);
-#      S2_BENCH_PEER_IMPLS=LIST runs only those peers (--peer-impls).
+#      S2_BENCH_PEER_IMPLS=LIST runs only those peers (--peer-impls); S2_BENCH_GQA=1 adds
+#      LLaMA-2 70B's grouped-query heads (64/8) at S2_BENCH_GQA_SEQLENS (default 16384).
 #  Only when named in S2_SECTIONS: ncu (hardware counters of the attention kernels at 16k),
 #  sanitize (compute-sanitizer memcheck, synccheck and racecheck on every gpu_check family) and
 #  torch (the Python package, python/, through libs2lora.so: bench/torch_check.py checks
@@ -260,9 +261,17 @@ bench_tmp=$(mktemp -d /tmp/s2lora-bench.XXXXXX)
 "$BIN/s2lora" bench attn specs/llama2-7b-16k.yaml --set model.head_dim=64 "${bench_tile_args[@]}" \
   --csv "$bench_tmp/d64.csv" --json "$bench_tmp/d64.json" 2>&1 | tee -a "$OUTDIR/bench_attn.txt"
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
-# One CSV and one JSON for both runs: $OUT brings back at most 8 files.
+# S2_BENCH_GQA=1: grouped-query attention too, LLaMA-2 70B's heads (64 query heads sharing 8
+# key/value heads, d = 128) at S2_BENCH_GQA_SEQLENS (default 16384), G = N/4.
+if [ "${S2_BENCH_GQA:-0}" = 1 ]; then
+  "$BIN/s2lora" bench attn specs/llama2-70b-32k.yaml --seqlens "${S2_BENCH_GQA_SEQLENS:-16384}" \
+    "${bench_tile_args[@]}" --csv "$bench_tmp/gqa.csv" --json "$bench_tmp/gqa.json" 2>&1 |
+    tee -a "$OUTDIR/bench_attn.txt"
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+fi
+# One CSV and one JSON for all runs: $OUT brings back at most 8 files.
 bench_csvs=() bench_jsons=()
-for part in d128 d64; do
+for part in d128 d64 gqa; do
   [ -f "$bench_tmp/$part.csv" ] && bench_csvs+=("$bench_tmp/$part.csv")
   [ -f "$bench_tmp/$part.json" ] && bench_jsons+=("$bench_tmp/$part.json")
 done

@@ -4,8 +4,8 @@
   --attn FILE     `s2lora bench attn --json` output ({"device", "rows": [...]}), or
                   bench/gpu-check.sh's bench_attn.json ({"runs": [one such object a run]}):
                   attn.png, TF/s (S² FLOPs) against N on a log2 axis, one line per
-                  implementation (and head dim, when there are several), a forward and a
-                  forward+backward panel.
+                  implementation (and shape, when there are several: head dim, and
+                  grouped-query heads "GQA H/Hkv"), a forward and a forward+backward panel.
   --lora FILE     `s2lora bench lora --csv` output (header M,dim,r,base_fwd_ms,lora_fwd_ms,
                   fwd_overhead_pct,base_fb_ms,lora_fb_ms,fb_overhead_pct,failed) or the same
                   fields as JSON (a list of rows, or {"rows": [...]} with an optional "device"):
@@ -119,6 +119,7 @@ def read_attn(path):
             out.append({
                 "impl": impl, "N": integer(need(r, "N", w), w, "N"),
                 "d": integer(need(r, "d", w), w, "d"),
+                "heads": heads_of(r, w),
                 "fwd_tflops": number(need(r, "fwd_tflops", w), w, "fwd_tflops"),
                 "fb_tflops": number(need(r, "fb_tflops", w), w, "fb_tflops"),
                 "failed": flag(r.get("failed"), w, "failed"),
@@ -285,11 +286,26 @@ def attn_labels(rows):
     return labels
 
 
+def heads_of(r, where):
+    """"" for a row whose query and key/value heads are as many (or that names neither: older
+    bench JSON), else "GQA H/Hkv": grouped-query rows are drawn as a shape of their own."""
+    if r.get("H") is None and r.get("Hkv") is None:
+        return ""
+    H, Hkv = integer(need(r, "H", where), where, "H"), integer(need(r, "Hkv", where), where, "Hkv")
+    return "" if H == Hkv else f"GQA {H}/{Hkv}"
+
+
+def shape_label(shape):
+    d, heads = shape
+    return f"d={d}, {heads}" if heads else f"d={d}"
+
+
 def plot_attn(plt, rows, outdir, card, commit):
-    ds = sorted({r["d"] for r in rows}, reverse=True)  # the largest head dim drawn solid
+    # The shapes (head dim, grouped-query heads): the largest head dim without GQA drawn solid.
+    ds = sorted({(r["d"], r["heads"]) for r in rows}, key=lambda k: (-k[0], k[1]))
     series = {}
     for r in rows:
-        series.setdefault((r["impl"], r["d"]), []).append(r)
+        series.setdefault((r["impl"], (r["d"], r["heads"])), []).append(r)
     # One colour an implementation (ours first), one line style and marker a head dim.
     impls = sorted({r["impl"] for r in rows}, key=lambda k: (not k.startswith("s2lora"), k))
     labels = attn_labels(rows)
@@ -311,7 +327,7 @@ def plot_attn(plt, rows, outdir, card, commit):
             ax.plot([p[0] for p in pts], [p[1] for p in pts], color=colour[impl],
                     marker=markers[k % len(markers)], linestyle=styles[k % len(styles)],
                     linewidth=2.4 if ours else 1.4, zorder=3 if ours else 2,
-                    label=labels[impl] if len(ds) == 1 else f"{labels[impl]} (d={d})")
+                    label=labels[impl] if len(ds) == 1 else f"{labels[impl]} ({shape_label(d)})")
             drawn += 1
         ax.set_xscale("log", base=2)
         ax.set_xticks(ns)

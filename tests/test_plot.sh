@@ -35,12 +35,14 @@ check() { # name, then a command that must succeed
 import json, os, sys
 t = sys.argv[1]
 rows = []
-for d, ns in ((128, (8192, 16384, 32768, 65536)), (64, (16384,))):
+for d, hkv, ns in ((128, 32, (8192, 16384, 32768, 65536)), (64, 32, (16384,)),
+                   (128, 8, (16384, 32768))):
     for impl, base in (("s2lora", 440.0), ("flex-split", 330.0), ("sdpa-cudnn", 200.0),
                        ("sdpa-flash", 150.0)):
         for i, n in enumerate(ns):
             rows.append({"spec": "SYNTHETIC", "impl": impl, "N": n, "G": n // 4, "S": n // 8,
-                         "d": d, "H": 32, "Hkv": 32, "dtype": "bf16", "mode": "split",
+                         "d": d, "H": 64 if hkv == 8 else 32, "Hkv": hkv, "dtype": "bf16",
+                         "mode": "split",
                          "fwd_ms": 1.0, "fwd_tflops": base + 30 * i, "fb_ms": 4.0,
                          "fb_tflops": 0.8 * base + 25 * i, "peak_gib": 1.0,
                          "rel_err_vs_ours": None, "failed": False, "note": "SYNTHETIC",
@@ -190,6 +192,26 @@ assert plot.tile_of(None) == {} and plot.tile_of("block mask 2.0 MiB") == {}
 PY
 }
 check "tile rows labelled by the keys that differ" labels_ok
+
+# Grouped-query rows are a shape of their own (not drawn into the d = 128 line beside them);
+# rows of older bench JSON, without H and Hkv, are plain multi-head rows.
+shapes_ok() {
+  "$py" - <<'PY'
+import sys
+sys.path.insert(0, "bench")
+import plot
+assert plot.heads_of({"H": 64, "Hkv": 8}, "w") == "GQA 64/8"
+assert plot.heads_of({"H": 32, "Hkv": 32}, "w") == "" and plot.heads_of({}, "w") == ""
+assert plot.shape_label((128, "GQA 64/8")) == "d=128, GQA 64/8"
+assert plot.shape_label((64, "")) == "d=64"
+try:
+    plot.heads_of({"H": 64}, "rows[3]")
+    sys.exit("a row with H and no Hkv was accepted")
+except plot.InputError as e:
+    assert "rows[3]: no 'Hkv'" in str(e), e
+PY
+}
+check "grouped-query rows drawn as their own shape" shapes_ok
 
 if [ "$fails" -gt 0 ]; then
   echo "test_plot: $fails failed"
