@@ -41,7 +41,7 @@
 # Logs go to $OUT when it is set. Prints a short table last; exit status 1 if anything failed.
 # Machine-readable outputs are kept for the record and the charts: bench attn's JSON and CSV,
 # bench lora's CSVs (untuned, then tuned where the database has the shape) and the trainer's
-# train.jsonl files (the tiny run; s2lora's side of train_peers.py per length) go to
+# train.jsonl files (the tiny run; both sides of train_peers.py per length) go to
 # $OUT/data/ as the sections run; at the end bench/plot.py draws $OUT/charts/attn.png, lora.png
 # and train.png from them (where a python3 here has matplotlib; the commit and card in the
 # titles), and $OUT/data/ is packed into $OUT/data.tar (one file: $OUT brings back at most 8,
@@ -173,6 +173,9 @@ grep -q "FAIL" "$OUTDIR/train.txt" && status=1
 [ -f "$tw/a/train.jsonl" ] && cp "$tw/a/train.jsonl" "$DATA/train-tiny.jsonl"
 for f in "$tw"/peers/*/s2lora-train/train.jsonl; do
   [ -f "$f" ] && cp "$f" "$DATA/train-$(basename "$(dirname "$(dirname "$f")")").jsonl"
+done
+for f in "$tw"/peers/*/torch-train/train.jsonl; do # the PyTorch stack's steps beside them
+  [ -f "$f" ] && cp "$f" "$DATA/train-torch-$(basename "$(dirname "$(dirname "$f")")").jsonl"
 done
 rm -rf "$tw"
 fi
@@ -400,6 +403,10 @@ plot_args=()
 for f in "$DATA"/train-[0-9]*.jsonl; do
   n=$(basename "$f" .jsonl)
   [ -f "$f" ] && plot_args+=(--train "s2lora, ${n#train-} tokens=$f")
+done
+for f in "$DATA"/train-torch-[0-9]*.jsonl; do # memory: what PyTorch's allocator holds
+  n=$(basename "$f" .jsonl)
+  [ -f "$f" ] && plot_args+=(--train "PyTorch stack, ${n#train-torch-} tokens (allocated)=$f")
 done
 if [ ${#plot_args[@]} = 0 ]; then
   echo "charts: none (no section wrote bench or trainer outputs)"

@@ -13,8 +13,9 @@
                   forward and forward+backward panels.
   --train FILE    a train.jsonl of `s2lora train` (one JSON object a step: step, tokens_per_s,
                   mem_gib, peak_mem_gib per rank): train.png, tokens/s and device memory against
-                  the step, one line per file. LABEL=FILE names the line (default: the file's
-                  folder).
+                  the step, one line per file (a file whose mem_gib is null throughout, its
+                  peak_mem_gib alone, draws that peak as a dashed level). LABEL=FILE names the
+                  line (default: the file's folder).
 Every option but -o may be given more than once. Each chart's title names the card and the
 commit where the input says them (a "device" / "commit" key); --card and --commit supply them
 where it does not (bench lora's CSV and train.jsonl name neither; no input names its commit).
@@ -407,8 +408,12 @@ def plot_train(plt, runs, outdir, card, commit):
         axes[0].plot(xs, [s["tokens_per_s"] for s in steps], marker=".", label=label)
         peak = max([s["peak"] for s in steps if math.isfinite(s["peak"])] +
                    [s["mem_gib"] for s in steps if math.isfinite(s["mem_gib"])] or [math.nan])
-        axes[1].plot(xs, [s["mem_gib"] for s in steps], marker=".",
-                     label=f"{label} (peak {peak:.2f} GiB)")
+        if any(math.isfinite(s["mem_gib"]) for s in steps):
+            axes[1].plot(xs, [s["mem_gib"] for s in steps], marker=".",
+                         label=f"{label} (peak {peak:.2f} GiB)")
+        elif math.isfinite(peak): # a log with its peak alone: the peak as a dashed level
+            axes[1].plot([xs[0], xs[-1]], [peak, peak], linestyle="--",
+                         label=f"{label} (peak {peak:.2f} GiB; no per-step record)")
     for ax, ylabel, what in ((axes[0], "tokens/s", "throughput"),
                              (axes[1], "device memory in use (GiB)", "memory")):
         ax.set_xlabel("step")
@@ -417,7 +422,8 @@ def plot_train(plt, runs, outdir, card, commit):
         ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
-    text, tail = title("s2lora train", [r[2] for r in runs], [r[3] for r in runs], card, commit)
+    text, tail = title("training: tokens/s and memory", [r[2] for r in runs],
+                       [r[3] for r in runs], card, commit)
     fig.suptitle(text)
     fig.tight_layout()
     path = save(fig, outdir, "train.png")

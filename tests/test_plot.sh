@@ -125,6 +125,17 @@ check "train title takes --card where the input names none" \
   "$py" bench/plot.py --train "$tmp/8192/train.jsonl" --card CARD-FROM-OPTION -o "$tmp/c2"
 check "... and says it" sh -c "'$py' bench/plot.py --train '$tmp/8192/train.jsonl' \
   --card CARD-FROM-OPTION -o '$tmp/c2' | grep -q 'train.png (10 rows; CARD-FROM-OPTION)'"
+# The PyTorch stack's log as train_peers.py's printout gives it: tokens/s a step, the peak alone.
+"$py" - "$tmp" <<'PY'
+import json, os, sys
+with open(os.path.join(sys.argv[1], "torch.jsonl"), "w") as f:
+    for s in range(1, 9):
+        f.write(json.dumps({"step": s, "tokens_per_s": 70000.0 + 100 * s, "mem_gib": None,
+                            "peak_mem_gib": [41.14]}) + "\n")
+PY
+check "a log with its peak alone draws (beside a full one)" \
+  "$py" bench/plot.py --train "$tmp/8192/train.jsonl" --train "torch=$tmp/torch.jsonl" -o "$tmp/c4"
+check "... a non-blank PNG" png_ok "$tmp/c4/train.png"
 check "one bench attn JSON (not gpu-check's runs) and bench lora JSON" \
   "$py" bench/plot.py --attn "$tmp/attn_one.json" --lora "$tmp/lora.json" -o "$tmp/c3"
 check "lora.png from JSON is a non-blank PNG" png_ok "$tmp/c3/lora.png"

@@ -12,7 +12,10 @@ given shape, saved by transformers) on the same token file with the same recipe.
 Both run batch 1 x SEQLEN tokens per step with no gradient accumulation; the first WARMUP
 steps are not timed. Reported: median tokens/s of the timed steps and peak device memory
 (torch.cuda.max_memory_allocated for the stack; s2lora's log, device memory in use). Prints a
-table and the speed ratio; exits 1 if either side fails.
+table and the speed ratio; exits 1 if either side fails. The stack's steps are also written as
+WORK_DIR/LENGTH/torch-train/train.jsonl in the fields of s2lora train's log (its memory what
+PyTorch's allocator holds), beside s2lora's WORK_DIR/LENGTH/s2lora-train/train.jsonl, for
+bench/plot.py --train.
 
 The default shape is the one ../shared/peers measured the stack on: LLaMA-2 7B cut to 4 layers
 (hidden 4096, intermediate 11008, 32 heads, vocab 32000, base context 4096, linear RoPE scaling
@@ -96,6 +99,10 @@ def torch_stack(a, base, data_tokens):
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     times = []
+    # Each step's record in the fields of s2lora train's train.jsonl, for bench/plot.py (memory:
+    # what PyTorch's allocator holds, not the device's whole use as s2lora's log says).
+    os.makedirs(os.path.join(a.work, "torch-train"), exist_ok=True)
+    log = open(os.path.join(a.work, "torch-train", "train.jsonl"), "w")
     for step in range(a.warmup + a.steps):
         ids = data_tokens[step].cuda()[None]
         torch.cuda.synchronize()
@@ -106,10 +113,15 @@ def torch_stack(a, base, data_tokens):
         opt.step()
         opt.zero_grad(set_to_none=True)
         torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
         if step >= a.warmup:
-            times.append(time.perf_counter() - t0)
-        print(f"  torch step {step + 1}: loss {loss.item():.4f}, {time.perf_counter() - t0:.3f} s",
-              flush=True)
+            times.append(dt)
+        print(f"  torch step {step + 1}: loss {loss.item():.4f}, {dt:.3f} s", flush=True)
+        log.write(json.dumps({"step": step + 1, "loss": loss.item(), "tokens": a.seqlen,
+                              "seconds": dt, "tokens_per_s": a.seqlen / dt,
+                              "mem_gib": torch.cuda.memory_allocated() / 2**30,
+                              "peak_mem_gib": [torch.cuda.max_memory_allocated() / 2**30]}) + "\n")
+    log.close()
     peak = torch.cuda.max_memory_allocated() / 2**30
     del pm, m, opt
     torch.cuda.empty_cache()
