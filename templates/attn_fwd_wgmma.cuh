@@ -84,7 +84,8 @@ __device__ __forceinline__ void s2_fwd_store(float (&acc)[S2_OACC], const float 
             acc[4 * i + 2 * hf] *= inv, acc[4 * i + 2 * hf + 1] *= inv;
         const int x = row0 + 8 * hf;
         if (x < n && t == 0)
-            lse[(long)h * total_tokens + seq0 + s2_position(x, cls, n)] = (m[hf] + log2f(lsum)) * S2_LN2;
+            lse[(long)h * total_tokens + seq0 + s2_position(x, cls, n)] =
+                (m[hf] + log2f(lsum)) * S2_LN2;
     }
     s2_store_strip(o, S2_NUM_HEADS, h, *reinterpret_cast<const float(*)[S2_ON][4]>(acc),
                    S2_TEST_BROKEN ? 1.01f : 1.f, row0, n, seq0, cls, lane);
