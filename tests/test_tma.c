@@ -300,6 +300,7 @@ Test(plan, fwd_persist_rules)
     cr_expect_eq(s2_plan_check_tile_text("fwd_persist=1", "sm_80", &err), S2_ERR_INVALID);
     cr_expect(strstr(err.msg, "fwd_persist = 1") || strstr(err.msg, "fwd_persist, "), "%s",
               err.msg);
+    s2_error_clear(&err);
 }
 
 /* The launch: the tiles' grid (x, H, batch) run by at most blocks_max blocks in a row. */
