@@ -34,7 +34,7 @@ if [ ${#cases[@]} -eq 0 ]; then
     specs/llama2-70b-32k.yaml specs/tiny-byte-512.yaml "$s@sm_80")
 fi
 work=$(mktemp -d /tmp/s2lora-sass.XXXXXX)
-trap 'rm -rf "$work"' EXIT
+[ -n "${S2_KEEP_SASS:-}" ] && echo "sass-diff: kept in $work" >&2 || trap 'rm -rf "$work"' EXIT
 
 # The SASS of cache entry $1 (the cubin after the entry's header, whose length is the u32 at
 # byte 12: runtime/core/jit.c) into $2.

@@ -112,6 +112,7 @@ static s2_status emit_constants(s2_buf *b, const s2_spec *spec, const s2_attn_pl
         {"S2_FWD_MBAR", NULL, t->fwd_mbar, 0, 1},
         {"S2_FWD_TMA", NULL, t->fwd_tma, 0, 1},
         {"S2_FWD_OVERLAP", NULL, t->fwd_overlap, 0, 1},
+        {"S2_FWD_PERSIST", NULL, t->fwd_persist, 0, 1},
         {"S2_TEST_BROKEN", NULL, t->test_broken, 0, 1},
         {"S2_BWD_WARPS", NULL, t->bwd_warps, 1, 8},
         {"S2_BWD_BN", NULL, t->bwd_block_n, 32, 64},
@@ -183,6 +184,8 @@ static s2_status emit_constants(s2_buf *b, const s2_spec *spec, const s2_attn_pl
         s2_buf_printf(b, "#define S2_FWD_TMA 1\n\n");
     if (unit == S2_UNIT_ATTN_FWD && p->tile.fwd_overlap) /* likewise */
         s2_buf_printf(b, "#define S2_FWD_OVERLAP 1\n\n");
+    if (unit == S2_UNIT_ATTN_FWD && p->tile.fwd_persist) /* likewise */
+        s2_buf_printf(b, "#define S2_FWD_PERSIST 1\n\n");
     if (unit == S2_UNIT_ATTN_BWD && p->tile.bwd_tma) /* likewise */
         s2_buf_printf(b, "#define S2_BWD_TMA 1\n\n");
     return S2_OK;
@@ -235,6 +238,7 @@ static const struct {
     {"S2_FWD_TMA", "fwd_tma", S2_EMIT_OPT_FWD_TMA},
     {"S2_BWD_TMA", "bwd_tma", S2_EMIT_OPT_BWD_TMA},
     {"S2_FWD_OVERLAP", "fwd_overlap", S2_EMIT_OPT_FWD_OVERLAP},
+    {"S2_FWD_PERSIST", "fwd_persist", S2_EMIT_OPT_FWD_PERSIST},
 };
 #define N_OPT_BLOCKS ((int)(sizeof opt_blocks / sizeof opt_blocks[0]))
 
@@ -434,6 +438,8 @@ s2_status s2_emit_attn(const s2_spec *spec, const s2_attn_plan *plan, s2_attn_un
                        (unit == S2_UNIT_ATTN_FWD && plan->tile.fwd_tma ? S2_EMIT_OPT_FWD_TMA : 0) |
                        (unit == S2_UNIT_ATTN_BWD && plan->tile.bwd_tma ? S2_EMIT_OPT_BWD_TMA : 0) |
                        (unit == S2_UNIT_ATTN_FWD && plan->tile.fwd_overlap ? S2_EMIT_OPT_FWD_OVERLAP
+                                                                           : 0) |
+                       (unit == S2_UNIT_ATTN_FWD && plan->tile.fwd_persist ? S2_EMIT_OPT_FWD_PERSIST
                                                                            : 0);
     emit_banner(&b, spec, unit);
     s2_status st = emit_constants(&b, spec, plan, unit, err);

@@ -51,8 +51,9 @@ const char *s2_emit_template(const char *name);
  * says anything about an option a unit may be built with: "#if S2_WINDOW" (the plan's
  * sequence-parallel window, bit S2_EMIT_OPT_WINDOW of opts), "#if S2_FWD_TMA" (the TMA
  * forward, S2_EMIT_OPT_FWD_TMA), "#if S2_BWD_TMA" (the TMA dK/dV kernel,
- * S2_EMIT_OPT_BWD_TMA) and "#if S2_FWD_OVERLAP" (the TMA forward's overlapped steps,
- * S2_EMIT_OPT_FWD_OVERLAP). A block of an option in opts goes in whole (the unit defines its
+ * S2_EMIT_OPT_BWD_TMA), "#if S2_FWD_OVERLAP" (the TMA forward's overlapped steps,
+ * S2_EMIT_OPT_FWD_OVERLAP) and "#if S2_FWD_PERSIST" (its persistent blocks,
+ * S2_EMIT_OPT_FWD_PERSIST). A block of an option in opts goes in whole (the unit defines its
  * macro as 1); every other one is resolved here to its #else lines (to its #endif, other
  * conditionals nested inside), so a unit without the option has the source it had before the
  * option existed. Blocks of different options nest. S2_ERR_INVALID, naming the template (name)
@@ -63,7 +64,8 @@ enum {
     S2_EMIT_OPT_WINDOW = 1,
     S2_EMIT_OPT_FWD_TMA = 2,
     S2_EMIT_OPT_BWD_TMA = 4,
-    S2_EMIT_OPT_FWD_OVERLAP = 8
+    S2_EMIT_OPT_FWD_OVERLAP = 8,
+    S2_EMIT_OPT_FWD_PERSIST = 16
 };
 s2_status s2_emit_template_text(s2_buf *b, const char *name, const char *t, unsigned opts,
                                 s2_error *err);

@@ -76,7 +76,7 @@ s2_attn_tile s2_plan_spec_default_tile(const s2_spec *spec, const char *arch)
     s2_attn_tile t = s2_plan_default_tile(arch, spec->model.head_dim);
     if (t.fwd_tma && spec->s2attn.shift_mode == S2_SHIFT_ROLL && spec->s2attn.shift) {
         /* the default before the TMA forward, on cp.async: the same rings and warpgroups */
-        t.fwd_tma = t.fwd_overlap = 0;
+        t.fwd_tma = t.fwd_overlap = t.fwd_persist = 0;
         t.fwd_stages = 3;
     }
     return t;
@@ -98,6 +98,7 @@ static const struct {
     {"fwd_mbar", offsetof(s2_attn_tile, fwd_mbar), 0, 1, 0},
     {"fwd_tma", offsetof(s2_attn_tile, fwd_tma), 0, 1, 0},
     {"fwd_overlap", offsetof(s2_attn_tile, fwd_overlap), 0, 1, 0},
+    {"fwd_persist", offsetof(s2_attn_tile, fwd_persist), 0, 1, 0},
     {"bwd_warps", offsetof(s2_attn_tile, bwd_warps), 1, 8, 0},
     {"bwd_block_n", offsetof(s2_attn_tile, bwd_block_n), 32, 64, 1},
     {"bwd_stages", offsetof(s2_attn_tile, bwd_stages), 1, 4, 0},
@@ -178,6 +179,7 @@ s2_status s2_plan_check_tile_text(const char *text, const char *arch, s2_error *
             wgmma |= (tile_keys[k].off == offsetof(s2_attn_tile, fwd_wgmma) ||
                       tile_keys[k].off == offsetof(s2_attn_tile, fwd_tma) ||
                       tile_keys[k].off == offsetof(s2_attn_tile, fwd_overlap) ||
+                      tile_keys[k].off == offsetof(s2_attn_tile, fwd_persist) ||
                       tile_keys[k].off == offsetof(s2_attn_tile, bwd_wgmma) ||
                       tile_keys[k].off == offsetof(s2_attn_tile, bwd_tma)) && v == 1;
             if (v >= lo && v <= hi && (!tile_keys[k].pow2 || (v & (v - 1)) == 0))
@@ -197,7 +199,8 @@ s2_status s2_plan_check_tile_text(const char *text, const char *arch, s2_error *
     }
     if (arch && strcmp(arch, "sm_90a") && wgmma)
         return s2_error_set(err, S2_ERR_INVALID,
-                            "tile '%s': fwd_wgmma, fwd_tma, fwd_overlap, bwd_wgmma or bwd_tma = 1 "
+                            "tile '%s': fwd_wgmma, fwd_tma, fwd_overlap, fwd_persist, "
+                            "bwd_wgmma or bwd_tma = 1 "
                             "needs sm_90a (Hopper's wgmma and TMA), not %s", text, arch);
     return S2_OK;
 }
@@ -240,14 +243,16 @@ static int smem_limit(const char *arch)
 static int bwd_tile_bytes(int rows, int d) { return rows * (d + 2) * 2; }
 
 /* Shared memory of the forward: Q and the K/V stages (the wgmma layout has no row pad but
- * needs 1 KiB to align its panels; with fwd_mbar two 8-byte mbarriers a stage follow, and with
- * fwd_tma Q's own, padded to 16 bytes). */
+ * needs 1 KiB to align its panels; with fwd_mbar two 8-byte mbarriers a stage follow, with
+ * fwd_tma Q's own, padded to 16 bytes, and with fwd_persist Q's release and the tile handed to
+ * the consumers, 16 more). */
 static int fwd_smem(const s2_attn_tile *t, int d)
 {
     const int bm = 16 * t->fwd_strips * t->fwd_warps;
     if (t->fwd_wgmma)
         return (bm + 2 * t->fwd_stages * t->fwd_block_n) * d * 2 + 1024 +
-               (t->fwd_mbar ? 16 * t->fwd_stages : 0) + (t->fwd_tma ? 16 : 0);
+               (t->fwd_mbar ? 16 * t->fwd_stages : 0) + (t->fwd_tma ? 16 : 0) +
+               (t->fwd_persist ? 16 : 0);
     return (bm + 2 * t->fwd_stages * t->fwd_block_n) * (d + 8) * 2;
 }
 
@@ -284,6 +289,14 @@ static s2_status check_fwd_wgmma(const s2_attn_tile *t, int d, const char *arch,
         return s2_error_set(err, S2_ERR_INVALID,
                             "tile: fwd_overlap = 1 with fwd_tma 0: valid only with fwd_tma = 1 "
                             "(the overlapped steps are the TMA forward's; or fwd_overlap = 0)");
+    if (t->fwd_persist != 0 && t->fwd_persist != 1)
+        return s2_error_set(err, S2_ERR_INVALID, "tile: fwd_persist = %d, valid: 0, 1",
+                            t->fwd_persist);
+    if (t->fwd_persist && !t->fwd_overlap)
+        return s2_error_set(err, S2_ERR_INVALID,
+                            "tile: fwd_persist = 1 with fwd_overlap 0: valid only with "
+                            "fwd_overlap = 1 (the persistent blocks run the overlapped TMA "
+                            "forward; or fwd_persist = 0)");
     if (!t->fwd_wgmma)
         return S2_OK;
     if (strcmp(arch, "sm_90a"))
@@ -673,6 +686,7 @@ static const int wgmma_modes[] = {0, 1};
 static const int mbar_modes[] = {0, 1};
 static const int tma_modes[] = {0, 1};
 static const int overlap_modes[] = {0, 1};
+static const int persist_modes[] = {0, 1};
 #define COUNT(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
 /* Appends t if the plan accepts it and it is not the default (already first). */
@@ -709,16 +723,18 @@ int s2_plan_tile_space(const s2_spec *spec, const char *arch, s2_attn_unit unit,
                         for (int d = 0; d < COUNT(stage_counts); d++)
                             for (int e = 0; e < COUNT(mbar_modes); e++)
                                 for (int f = 0; f < COUNT(tma_modes); f++)
-                                    for (int g = 0; g < COUNT(overlap_modes); g++) {
-                                        t.fwd_wgmma = wgmma_modes[w];
-                                        t.fwd_warps = warp_counts[a];
-                                        t.fwd_strips = strip_counts[b];
-                                        t.fwd_block_n = fwd_widths[c];
-                                        t.fwd_stages = stage_counts[d];
-                                        t.fwd_mbar = mbar_modes[e], t.fwd_tma = tma_modes[f];
-                                        t.fwd_overlap = overlap_modes[g];
-                                        space_add(spec, arch, &t, &def, out, max, &n);
-                                    }
+                                    for (int g = 0; g < COUNT(overlap_modes); g++)
+                                        for (int h = 0; h < COUNT(persist_modes); h++) {
+                                            t.fwd_wgmma = wgmma_modes[w];
+                                            t.fwd_warps = warp_counts[a];
+                                            t.fwd_strips = strip_counts[b];
+                                            t.fwd_block_n = fwd_widths[c];
+                                            t.fwd_stages = stage_counts[d];
+                                            t.fwd_mbar = mbar_modes[e], t.fwd_tma = tma_modes[f];
+                                            t.fwd_overlap = overlap_modes[g];
+                                            t.fwd_persist = persist_modes[h];
+                                            space_add(spec, arch, &t, &def, out, max, &n);
+                                        }
 #ifdef S2_TEST_BROKEN_TILE
         t = def; /* the default, miscomputing: the tuner's gate must reject it */
         t.test_broken = 1;
@@ -795,6 +811,14 @@ s2_dim3 s2_plan_grid_fwd(const s2_attn_plan *p, int max_seqlen, int batch)
     return (s2_dim3){grid_tiles(p, max_seqlen, p->fwd_block_m), (unsigned)p->H, (unsigned)batch};
 }
 
+s2_dim3 s2_plan_grid_fwd_persist(const s2_attn_plan *p, int max_seqlen, int batch,
+                                 int blocks_max)
+{
+    const s2_dim3 g = s2_plan_grid_fwd(p, max_seqlen, batch);
+    const long tiles = (long)g.x * g.y * g.z;
+    return (s2_dim3){(unsigned)(tiles < blocks_max ? tiles : blocks_max), 1, 1};
+}
+
 s2_dim3 s2_plan_grid_dq(const s2_attn_plan *p, int max_seqlen, int batch)
 {
     return (s2_dim3){grid_tiles(p, max_seqlen, p->bwd_block_m), (unsigned)p->H, (unsigned)batch};
@@ -864,7 +888,7 @@ s2_attn_tile s2_plan_cp_async_twin(s2_attn_tile t)
 {
     if (t.bwd_tma && t.bwd_atomic_dq)
         t.bwd_mbar = 0;
-    t.fwd_tma = t.fwd_overlap = t.bwd_tma = 0;
+    t.fwd_tma = t.fwd_overlap = t.fwd_persist = t.bwd_tma = 0;
     return t;
 }
 

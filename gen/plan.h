@@ -43,6 +43,10 @@ typedef struct s2_attn_tile {
                         with P V of the step before and forms the step's softmax while that
                         product runs (one step of intra-warpgroup pipelining); 0 = S, softmax,
                         P V in turn */
+    int fwd_persist; /* overlapped TMA forward (fwd_overlap 1): 1 = persistent blocks, one an SM
+                        (at most), each taking tile after tile from a scheduling counter, the
+                        producer loading the next tile's Q and K/V while the consumers finish
+                        the tile before; 0 = one block a tile */
     int bwd_warps;   /* backward: warps per block, 16 rows each (d > 128: 2 rows each) */
     int bwd_block_n; /* backward: keys (dQ) or queries (dK/dV) per streamed tile: 32 or 64 */
     int bwd_stages;  /* backward: streamed tiles in flight: 1..4 */
@@ -186,6 +190,11 @@ s2_dim3 s2_plan_grid_fwd(const s2_attn_plan *p, int max_seqlen, int batch);
 s2_dim3 s2_plan_grid_dq(const s2_attn_plan *p, int max_seqlen, int batch);
 s2_dim3 s2_plan_grid_dkdv(const s2_attn_plan *p, int max_seqlen, int batch);
 s2_dim3 s2_plan_grid_pre(const s2_attn_plan *p, int total_tokens);
+/* The persistent forward's (fwd_persist) launch: the tiles are s2_plan_grid_fwd's blocks
+ * (x, H, batch), taken in its order by min(their count, blocks_max) blocks in one row
+ * (blocks_max: the SMs, one block an SM); {0, 1, 1} for an empty batch. */
+s2_dim3 s2_plan_grid_fwd_persist(const s2_attn_plan *p, int max_seqlen, int batch,
+                                 int blocks_max);
 
 /*
  * Whether a batch can be launched with the plan: one sequence of at most S2_SPEC_MAX_TOKENS

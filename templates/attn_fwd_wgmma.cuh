@@ -65,6 +65,196 @@ __device__ __forceinline__ float s2_row_max(const float (&s)[S2_SACC], int hf)
     return fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
 }
 
+// The end of a warpgroup's rows: O divided by the row sums and stored at the rows' positions,
+// and each row's log-sum-exp (natural log) into lse [H, T].
+__device__ __forceinline__ void s2_fwd_store(float (&acc)[S2_OACC], const float (&m)[2],
+                                             const float (&l)[2], s2_elem *o, float *lse, int h,
+                                             int row0, int n, int seq0, int cls, int total_tokens,
+                                             int lane)
+{
+    const int t = lane % 4;
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+        float lsum = l[hf];
+        lsum += __shfl_xor_sync(0xffffffffu, lsum, 1);
+        lsum += __shfl_xor_sync(0xffffffffu, lsum, 2);
+        const float inv = 1.f / lsum;
+#pragma unroll
+        for (int i = 0; i < S2_HEAD_DIM / 8; i++)
+            acc[4 * i + 2 * hf] *= inv, acc[4 * i + 2 * hf + 1] *= inv;
+        const int x = row0 + 8 * hf;
+        if (x < n && t == 0)
+            lse[(long)h * total_tokens + seq0 + s2_position(x, cls, n)] =
+                (m[hf] + log2f(lsum)) * S2_LN2;
+    }
+    s2_store_strip(o, S2_NUM_HEADS, h, *reinterpret_cast<const float(*)[S2_ON][4]>(acc),
+                   S2_TEST_BROKEN ? 1.01f : 1.f, row0, n, seq0, cls, lane);
+}
+
+#if S2_FWD_TMA
+// The producer's loads of one block tile (one thread issues them): Q's rows [row_q, row_q + BM)
+// of head h, counted on qbar, then the n_kt key/value tiles from row y_first of kv head hk into
+// the ring's stages g, g + 1, ... (stage g % STAGES, each once the consumers are done with the
+// tile it held before: g counts the tiles the ring has taken, across block tiles).
+__device__ __forceinline__ void s2_fwd_produce(s2_elem *sq, s2_elem *skv, unsigned long long *full,
+                                               unsigned long long *empty, unsigned long long *qbar,
+                                               const s2_tmap *tm_q, const s2_tmap *tm_k,
+                                               const s2_tmap *tm_v, int h, int hk, int row_q,
+                                               int y_first, int n_kt, int g)
+{
+    constexpr unsigned QBYTES = S2_FWD_BM * S2_HEAD_DIM * 2;
+    constexpr unsigned KVBYTES = 2 * S2_FWD_BN * S2_HEAD_DIM * 2;
+    constexpr int kv_stride = S2_FWD_BN * S2_HEAD_DIM;
+    s2_mbar_expect_tx(qbar, QBYTES);
+#pragma unroll
+    for (int pn = 0; pn < S2_PANELS; pn++)
+        s2_tma_load3(sq + pn * S2_FWD_BM * 64, tm_q, pn * 64, h, row_q, qbar);
+    for (int j = 0; j < n_kt; j++) {
+        const int gj = g + j, st = gj % S2_FWD_STAGES, y0 = y_first + j * S2_FWD_BN;
+        if (gj >= S2_FWD_STAGES)
+            s2_mbar_wait(&empty[st], (gj / S2_FWD_STAGES - 1) & 1);
+        s2_elem *dk = skv + (2 * st) * kv_stride;
+        s2_mbar_expect_tx(&full[st], KVBYTES);
+#pragma unroll
+        for (int pn = 0; pn < S2_PANELS; pn++) {
+            s2_tma_load3(dk + pn * S2_FWD_BN * 64, tm_k, pn * 64, hk, y0, &full[st]);
+            s2_tma_load3(dk + kv_stride + pn * S2_FWD_BN * 64, tm_v, pn * 64, hk, y0, &full[st]);
+        }
+    }
+}
+#endif
+
+#if S2_FWD_OVERLAP // (the TMA forward's steps with each warpgroup's S ahead of its P V)
+// One block tile's steps over its n_kt key tiles, taken from the ring's stages g, g + 1, ...
+// Step it issues S_it = Q K_it^T and then O += P_{it-1} V_{it-1} in one turn, waits for S_it
+// alone (the older group), masks it and forms its softmax while P_{it-1} V_{it-1} still runs on
+// the tensor cores, then waits for that product, releases stage it - 1, rescales O and rounds
+// P_it into the A fragments of the next step's P V. The first step has no P V, a last turn
+// issues the last one. P stays in s (exponentiated in place) until the product that reads the
+// fragments has finished. acc, m and l come in cleared and leave with the tile's O, row maxima
+// and row sums.
+__device__ __forceinline__ void s2_fwd_overlap_steps(float (&acc)[S2_OACC], float (&m)[2],
+                                                     float (&l)[2], const s2_elem *sq,
+                                                     const s2_elem *skv, unsigned long long *full,
+                                                     unsigned long long *empty,
+#if S2_FWD_PERSIST
+                                                     unsigned long long *qempty,
+#endif
+                                                     int g, int n_kt, int wg, int x0, int gs_last,
+                                                     int kt_begin, int n, int t,
+                                                     const int (&klo)[2], const int (&khi)[2])
+{
+    constexpr int kv_stride = S2_FWD_BN * S2_HEAD_DIM;
+    float s[S2_SACC];
+    unsigned pa[S2_FWD_BN / 16][4];
+    // Masks S of tile it, takes the row maxima into m and forms P in s (the new maxima's
+    // rescale of O in alpha; l rescaled and summed here).
+    auto softmax = [&](int it, float (&alpha)[2]) {
+        s2_mask_scores(s, x0, gs_last, (kt_begin + it) * S2_FWD_BN, n, t, klo, khi);
+#pragma unroll
+        for (int hf = 0; hf < 2; hf++) {
+            const float mnew = fmaxf(m[hf], s2_row_max(s, hf) * S2_SCALE_LOG2);
+            const float msafe = mnew == S2_NEG_INF ? 0.f : mnew;
+            alpha[hf] = s2_exp2(m[hf] - msafe);
+            m[hf] = mnew;
+            float sum = 0.f;
+#pragma unroll
+            for (int j = 0; j < S2_FWD_BN / 8; j++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    float &x = s[4 * j + 2 * hf + e];
+                    x = s2_exp2(fmaf(x, S2_SCALE_LOG2, -msafe));
+                    sum += x;
+                }
+            l[hf] = l[hf] * alpha[hf] + sum;
+        }
+    };
+    // O rescaled by alpha (once the P V before has finished) and P rounded into pa.
+    auto rescale_and_round = [&](const float (&alpha)[2]) {
+#pragma unroll
+        for (int i = 0; i < S2_HEAD_DIM / 8; i++)
+#pragma unroll
+            for (int hf = 0; hf < 2; hf++)
+                acc[4 * i + 2 * hf] *= alpha[hf], acc[4 * i + 2 * hf + 1] *= alpha[hf];
+        s2_acc_to_afrag<S2_FWD_BN / 8>(s, pa);
+    };
+    auto stage = [&](int it) { return (g + it) % S2_FWD_STAGES; }; // tile it's stage
+    s2_turn_start(wg);
+    {
+        float alpha[2];
+        s2_mbar_wait(&full[stage(0)], (g / S2_FWD_STAGES) & 1);
+        s2_overwritten_regs(s);
+        s2_wgmma_fence();
+        s2_turn_wait(wg);
+        s2_wgmma_xyt<S2_FWD_BM, S2_FWD_BN>(s, sq, wg * 64, skv + (2 * stage(0)) * kv_stride);
+        s2_wgmma_commit();
+        s2_turn_pass(wg);
+        s2_wgmma_wait0();
+        s2_fence_regs(s);
+#if S2_FWD_PERSIST
+        if (n_kt == 1)
+            s2_mbar_arrive(qempty); // this thread's last S of the tile: Q may be reloaded
+#endif
+        softmax(0, alpha);
+        rescale_and_round(alpha);
+    }
+    for (int it = 1; it < n_kt; it++) {
+        const s2_elem *sk = skv + (2 * stage(it)) * kv_stride;
+        const s2_elem *sv_prev = skv + (2 * stage(it - 1) + 1) * kv_stride;
+        float alpha[2];
+        s2_mbar_wait(&full[stage(it)], ((g + it) / S2_FWD_STAGES) & 1);
+        s2_overwritten_regs(s);
+        s2_fence_regs(acc);
+        s2_wgmma_fence();
+        s2_turn_wait(wg);
+        s2_wgmma_xyt<S2_FWD_BM, S2_FWD_BN>(s, sq, wg * 64, sk);
+        s2_wgmma_commit();
+        s2_wgmma_py<S2_FWD_BN>(acc, pa, sv_prev);
+        s2_wgmma_commit();
+        s2_turn_pass(wg);
+        s2_wgmma_wait1(); // S_it has finished; P_{it-1} V_{it-1} may still run
+        s2_fence_regs(s);
+#if S2_FWD_PERSIST
+        if (it == n_kt - 1)
+            s2_mbar_arrive(qempty);
+#endif
+        softmax(it, alpha);
+        s2_wgmma_wait0();
+        s2_fence_regs(acc);
+        s2_mbar_arrive(&empty[stage(it - 1)]); // this thread is done with tile it - 1
+        rescale_and_round(alpha);
+    }
+    {
+        s2_fence_regs(acc);
+        s2_wgmma_fence();
+        s2_turn_wait(wg);
+        s2_wgmma_py<S2_FWD_BN>(acc, pa, skv + (2 * stage(n_kt - 1) + 1) * kv_stride);
+        s2_wgmma_commit();
+        s2_turn_pass(wg);
+        s2_wgmma_wait0();
+        s2_fence_regs(acc);
+        s2_mbar_arrive(&empty[stage(n_kt - 1)]);
+    }
+    s2_turn_end(wg);
+}
+#endif
+
+#if S2_FWD_PERSIST // (the persistent TMA forward: grid = the SMs, a block takes tile after tile)
+// The persistent forward's tile scheduler: a block's first tile is its own index, every later
+// one the next of a counter slot in the module's memory (atomicAdd), so a block that finishes
+// early takes the next tile in the grid's order (longest first, as s2_block_tile orders the
+// blocks of a launch). The last block out resets the slot for the next launch. The host gives
+// each launch a slot in turn (S2_FWD_SCHED_SLOTS of them), so launches on several streams at
+// once take separate counters.
+#define S2_FWD_SCHED_SLOTS 64
+__device__ unsigned s2_fwd_sched[S2_FWD_SCHED_SLOTS][2]; // next tile past the grid's, blocks out
+
+__device__ __forceinline__ int s2_fwd_next(unsigned *sched)
+{
+    return (int)(gridDim.x + atomicAdd(&sched[0], 1u));
+}
+#endif
+
 #if S2_FWD_TMA
 extern "C" __global__ void __launch_bounds__(S2_FWD_BLOCK, 1)
 #else
@@ -81,7 +271,12 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
 #else
 #if S2_FWD_TMA
             int total_tokens, const __grid_constant__ s2_tmap tm_q, // q, k, v as tensor maps
+#if S2_FWD_PERSIST
+            const __grid_constant__ s2_tmap tm_k, const __grid_constant__ s2_tmap tm_v,
+            int vtiles, int vbatch, unsigned sched_slot) // the tiles' grid (x, batch); its slot
+#else
             const __grid_constant__ s2_tmap tm_k, const __grid_constant__ s2_tmap tm_v)
+#endif
 #else
             int total_tokens)
 #endif
@@ -93,6 +288,106 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
     s2_elem *skv = sq + S2_FWD_BM * S2_HEAD_DIM; // [stages][K, V][panels][BN][64]
     const int kv_stride = S2_FWD_BN * S2_HEAD_DIM;
 
+#if S2_FWD_PERSIST
+    // The grid is at most one block an SM; the tiles are the blocks of the grid s2_plan_grid_fwd
+    // gives (vtiles, H, vbatch), in its order. The producer thread finds each tile (skipping
+    // those past their sequence), waits until the consumers' last S of the tile before is done
+    // (qempty), hands the tile over in info (its index, seq0, n: qbar's phase publishes them)
+    // and loads its Q and K/V tiles; the ring's stages and phases run on across tiles (g). An
+    // index of -1 ends the consumers' loop.
+    unsigned long long *full = (unsigned long long *)(skv + 2 * S2_FWD_STAGES * kv_stride);
+    unsigned long long *empty = full + S2_FWD_STAGES;
+    unsigned long long *qbar = empty + S2_FWD_STAGES, *qempty = qbar + 1;
+    volatile int *info = (volatile int *)(qbar + 2);
+    if (threadIdx.x == 0) {
+        for (int i = 0; i < S2_FWD_STAGES; i++) {
+            s2_mbar_init(&full[i], 1);
+            s2_mbar_init(&empty[i], S2_FWD_THREADS);
+        }
+        s2_mbar_init(qbar, 1);
+        s2_mbar_init(qempty, S2_FWD_THREADS);
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+    const int per_b = vtiles * S2_NUM_HEADS, total = per_b * vbatch;
+    if (threadIdx.x < 128) { // the producer: one thread, the rest leave
+        s2_setmaxnreg_dec<40>();
+        if (threadIdx.x == 0) {
+            unsigned *sched = s2_fwd_sched[sched_slot % S2_FWD_SCHED_SLOTS];
+            s2_tma_prefetch_map(&tm_q);
+            s2_tma_prefetch_map(&tm_k);
+            s2_tma_prefetch_map(&tm_v);
+            int vb = blockIdx.x, g = 0;
+            for (int kq = 0;; kq++) {
+                int h = 0, seq0 = 0, n = 0, x0 = 0;
+                for (; vb < total; vb = s2_fwd_next(sched)) {
+                    const int b = vb / per_b;
+                    int tile;
+                    s2_block_tile_at<S2_FWD_BM, true, 1>(vb - b * per_b, vtiles, S2_NUM_HEADS, h,
+                                                         tile);
+                    seq0 = cu_seqlens[b], n = cu_seqlens[b + 1] - seq0, x0 = tile * S2_FWD_BM;
+                    if (x0 < n)
+                        break;
+                }
+                if (kq > 0)
+                    s2_mbar_wait(qempty, (kq - 1) & 1); // Q of the tile before is done with
+                if (vb >= total) {
+                    info[0] = -1;
+                    s2_mbar_arrive(qbar); // no more tiles
+                    break;
+                }
+                info[0] = vb, info[1] = seq0, info[2] = n;
+                const int cls = s2_head_class(h), xlast = min(x0 + S2_FWD_BM, n) - 1;
+                const int kt_begin = s2_group_start(x0, cls) / S2_FWD_BN;
+                const int n_kt = xlast / S2_FWD_BN + 1 - kt_begin;
+                const int next = s2_fwd_next(sched); // issued here, read after the loads
+                s2_fwd_produce(sq, skv, full, empty, qbar, &tm_q, &tm_k, &tm_v, h,
+                               h / (S2_NUM_HEADS / S2_NUM_KV_HEADS), seq0 + x0,
+                               seq0 + kt_begin * S2_FWD_BN, n_kt, g);
+                g += n_kt;
+                vb = next;
+            }
+            __threadfence(); // this block's last fetch before its count
+            if (atomicAdd(&sched[1], 1u) == gridDim.x - 1) { // the last block out
+                __threadfence();
+                atomicExch(&sched[0], 0u);
+                atomicExch(&sched[1], 0u);
+            }
+        }
+        return;
+    }
+    s2_setmaxnreg_inc<232>();
+    const int wg = threadIdx.x / 128 - 1, warp = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32;
+    const int t = lane % 4;
+    for (int kq = 0, g = 0;; kq++) {
+        s2_mbar_wait(qbar, kq & 1);
+        const int vb = info[0];
+        if (vb < 0)
+            return;
+        const int seq0 = info[1], n = info[2], b = vb / per_b;
+        int h, tile;
+        s2_block_tile_at<S2_FWD_BM, true, 1>(vb - b * per_b, vtiles, S2_NUM_HEADS, h, tile);
+        const int cls = s2_head_class(h), x0 = tile * S2_FWD_BM;
+        const int xlast = min(x0 + S2_FWD_BM, n) - 1;
+        const int gs_last = s2_group_start(xlast, cls);
+        const int kt_begin = s2_group_start(x0, cls) / S2_FWD_BN;
+        const int n_kt = xlast / S2_FWD_BN + 1 - kt_begin;
+        float acc[S2_OACC];
+#pragma unroll
+        for (int i = 0; i < S2_OACC; i++)
+            acc[i] = 0.f;
+        float m[2] = {S2_NEG_INF, S2_NEG_INF}, l[2] = {0.f, 0.f};
+        const int row0 = x0 + wg * 64 + warp * 16 + lane / 4;
+        int klo[2], khi[2];
+#pragma unroll
+        for (int hf = 0; hf < 2; hf++)
+            s2_query_span(row0 + 8 * hf, cls, n, klo[hf], khi[hf]);
+        s2_fwd_overlap_steps(acc, m, l, sq, skv, full, empty, qempty, g, n_kt, wg, x0, gs_last,
+                             kt_begin, n, t, klo, khi);
+        s2_fwd_store(acc, m, l, o, lse, h, row0, n, seq0, cls, total_tokens, lane);
+        g += n_kt;
+    }
+#else
     int h, tile;
     s2_block_tile<S2_FWD_BM, true, 1>(h, tile);
     const int b = blockIdx.z;
@@ -152,28 +447,11 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
     if (threadIdx.x < 128) { // the producer: one thread issues every load, the rest leave
         s2_setmaxnreg_dec<24>();
         if (threadIdx.x == 0) {
-            constexpr unsigned QBYTES = S2_FWD_BM * S2_HEAD_DIM * 2;
-            constexpr unsigned KVBYTES = 2 * S2_FWD_BN * S2_HEAD_DIM * 2;
             s2_tma_prefetch_map(&tm_q);
             s2_tma_prefetch_map(&tm_k);
             s2_tma_prefetch_map(&tm_v);
-            s2_mbar_expect_tx(qbar, QBYTES);
-#pragma unroll
-            for (int pn = 0; pn < S2_PANELS; pn++)
-                s2_tma_load3(sq + pn * S2_FWD_BM * 64, &tm_q, pn * 64, h, seq0 + x0, qbar);
-            for (int j = 0; j < n_kt; j++) {
-                const int st = j % S2_FWD_STAGES, y0 = seq0 + (kt_begin + j) * S2_FWD_BN;
-                if (j >= S2_FWD_STAGES)
-                    s2_mbar_wait(&empty[st], (j / S2_FWD_STAGES - 1) & 1);
-                s2_elem *dk = skv + (2 * st) * kv_stride;
-                s2_mbar_expect_tx(&full[st], KVBYTES);
-#pragma unroll
-                for (int pn = 0; pn < S2_PANELS; pn++) {
-                    s2_tma_load3(dk + pn * S2_FWD_BN * 64, &tm_k, pn * 64, hk, y0, &full[st]);
-                    s2_tma_load3(dk + kv_stride + pn * S2_FWD_BN * 64, &tm_v, pn * 64, hk, y0,
-                                 &full[st]);
-                }
-            }
+            s2_fwd_produce(sq, skv, full, empty, qbar, &tm_q, &tm_k, &tm_v, h, hk, seq0 + x0,
+                           seq0 + kt_begin * S2_FWD_BN, n_kt, 0);
         }
         return;
     }
@@ -223,95 +501,9 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
     for (int hf = 0; hf < 2; hf++)
         s2_query_span(row0 + 8 * hf, cls, n, klo[hf], khi[hf]);
 
-#if S2_FWD_OVERLAP // (the TMA forward's steps with each warpgroup's S ahead of its P V)
-    // Step it issues S_it = Q K_it^T and then O += P_{it-1} V_{it-1} in one turn, waits for
-    // S_it alone (the older group), masks it and forms its softmax while P_{it-1} V_{it-1}
-    // still runs on the tensor cores, then waits for that product, releases stage it - 1,
-    // rescales O and rounds P_it into the A fragments of the next step's P V. The first step
-    // has no P V, a last turn issues the last one. P stays in s (exponentiated in place) until
-    // the product that reads the fragments has finished.
-    float s[S2_SACC];
-    unsigned pa[S2_FWD_BN / 16][4];
-    // Masks S of tile it, takes the row maxima into m and forms P in s (the new maxima's
-    // rescale of O in alpha; l rescaled and summed here).
-    auto softmax = [&](int it, float (&alpha)[2]) {
-        s2_mask_scores(s, x0, gs_last, (kt_begin + it) * S2_FWD_BN, n, t, klo, khi);
-#pragma unroll
-        for (int hf = 0; hf < 2; hf++) {
-            const float mnew = fmaxf(m[hf], s2_row_max(s, hf) * S2_SCALE_LOG2);
-            const float msafe = mnew == S2_NEG_INF ? 0.f : mnew;
-            alpha[hf] = s2_exp2(m[hf] - msafe);
-            m[hf] = mnew;
-            float sum = 0.f;
-#pragma unroll
-            for (int j = 0; j < S2_FWD_BN / 8; j++)
-#pragma unroll
-                for (int e = 0; e < 2; e++) {
-                    float &x = s[4 * j + 2 * hf + e];
-                    x = s2_exp2(fmaf(x, S2_SCALE_LOG2, -msafe));
-                    sum += x;
-                }
-            l[hf] = l[hf] * alpha[hf] + sum;
-        }
-    };
-    // O rescaled by alpha (once the P V before has finished) and P rounded into pa.
-    auto rescale_and_round = [&](const float (&alpha)[2]) {
-#pragma unroll
-        for (int i = 0; i < S2_HEAD_DIM / 8; i++)
-#pragma unroll
-            for (int hf = 0; hf < 2; hf++)
-                acc[4 * i + 2 * hf] *= alpha[hf], acc[4 * i + 2 * hf + 1] *= alpha[hf];
-        s2_acc_to_afrag<S2_FWD_BN / 8>(s, pa);
-    };
-    s2_turn_start(wg);
-    {
-        float alpha[2];
-        s2_mbar_wait(&full[0], 0);
-        s2_overwritten_regs(s);
-        s2_wgmma_fence();
-        s2_turn_wait(wg);
-        s2_wgmma_xyt<S2_FWD_BM, S2_FWD_BN>(s, sq, wg * 64, skv);
-        s2_wgmma_commit();
-        s2_turn_pass(wg);
-        s2_wgmma_wait0();
-        s2_fence_regs(s);
-        softmax(0, alpha);
-        rescale_and_round(alpha);
-    }
-    for (int it = 1; it < n_kt; it++) {
-        const s2_elem *sk = skv + (2 * (it % S2_FWD_STAGES)) * kv_stride;
-        const s2_elem *sv_prev = skv + (2 * ((it - 1) % S2_FWD_STAGES) + 1) * kv_stride;
-        float alpha[2];
-        s2_mbar_wait(&full[it % S2_FWD_STAGES], (it / S2_FWD_STAGES) & 1);
-        s2_overwritten_regs(s);
-        s2_fence_regs(acc);
-        s2_wgmma_fence();
-        s2_turn_wait(wg);
-        s2_wgmma_xyt<S2_FWD_BM, S2_FWD_BN>(s, sq, wg * 64, sk);
-        s2_wgmma_commit();
-        s2_wgmma_py<S2_FWD_BN>(acc, pa, sv_prev);
-        s2_wgmma_commit();
-        s2_turn_pass(wg);
-        s2_wgmma_wait1(); // S_it has finished; P_{it-1} V_{it-1} may still run
-        s2_fence_regs(s);
-        softmax(it, alpha);
-        s2_wgmma_wait0();
-        s2_fence_regs(acc);
-        s2_mbar_arrive(&empty[(it - 1) % S2_FWD_STAGES]); // this thread is done with tile it - 1
-        rescale_and_round(alpha);
-    }
-    {
-        s2_fence_regs(acc);
-        s2_wgmma_fence();
-        s2_turn_wait(wg);
-        s2_wgmma_py<S2_FWD_BN>(acc, pa, skv + (2 * ((n_kt - 1) % S2_FWD_STAGES) + 1) * kv_stride);
-        s2_wgmma_commit();
-        s2_turn_pass(wg);
-        s2_wgmma_wait0();
-        s2_fence_regs(acc);
-        s2_mbar_arrive(&empty[(n_kt - 1) % S2_FWD_STAGES]);
-    }
-    s2_turn_end(wg);
+#if S2_FWD_OVERLAP
+    s2_fwd_overlap_steps(acc, m, l, sq, skv, full, empty, 0, n_kt, wg, x0, gs_last, kt_begin, n, t,
+                         klo, khi);
 #else
 #if S2_FWD_TURNS
     s2_turn_start(wg);
@@ -426,19 +618,6 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
 #endif
 #endif
 
-#pragma unroll
-    for (int hf = 0; hf < 2; hf++) {
-        float lsum = l[hf];
-        lsum += __shfl_xor_sync(0xffffffffu, lsum, 1);
-        lsum += __shfl_xor_sync(0xffffffffu, lsum, 2);
-        const float inv = 1.f / lsum;
-#pragma unroll
-        for (int i = 0; i < S2_HEAD_DIM / 8; i++)
-            acc[4 * i + 2 * hf] *= inv, acc[4 * i + 2 * hf + 1] *= inv;
-        const int x = row0 + 8 * hf;
-        if (x < n && t == 0)
-            lse[(long)h * total_tokens + seq0 + s2_position(x, cls, n)] = (m[hf] + log2f(lsum)) * S2_LN2;
-    }
-    s2_store_strip(o, S2_NUM_HEADS, h, *reinterpret_cast<const float(*)[S2_ON][4]>(acc),
-                   S2_TEST_BROKEN ? 1.01f : 1.f, row0, n, seq0, cls, lane);
+    s2_fwd_store(acc, m, l, o, lse, h, row0, n, seq0, cls, total_tokens, lane);
+#endif
 }

@@ -82,13 +82,15 @@ __device__ __forceinline__ void s2_key_span(int y, int cls, int n, int &lo, int 
 // (s2_plan_grid_*); blocks past the sequence return at once. REP: query heads a grid head (1,
 // or H / Hkv where the grid runs over kv heads), for the shift class.
 #define S2_CHUNK_ROWS (16 * 1024 * 1024 / (4 * S2_HEAD_DIM)) // K + V rows in 16 MiB
+// s2_block_tile_at: the same for block lin = y * tiles + x of a (tiles, heads) grid that is not
+// the launch's (the persistent forward's virtual grid).
 template <int BM, bool QUERY, int REP>
-__device__ __forceinline__ void s2_block_tile(int &head, int &tile)
+__device__ __forceinline__ void s2_block_tile_at(int lin, int tiles, int heads, int &head,
+                                                 int &tile)
 {
     constexpr int GT = S2_GROUP / BM > 0 ? S2_GROUP / BM : 1;
-    const int tiles = gridDim.x, heads = gridDim.y, per_head = tiles / GT;
+    const int per_head = tiles / GT;
     const int c = max(1, min(heads, S2_CHUNK_ROWS / (tiles * BM))); // heads a chunk
-    const int lin = blockIdx.y * tiles + blockIdx.x;
     const int h0 = lin / (c * tiles) * c, in_chunk = min(c, heads - h0);
     const int j = lin - h0 * tiles, per_rank = in_chunk * per_head;
     const int rr = j / per_rank, m = j - rr * per_rank;
@@ -97,6 +99,12 @@ __device__ __forceinline__ void s2_block_tile(int &head, int &tile)
     const int o = (s2_off(s2_head_class(head * REP)) / BM) % GT;
     const int r = QUERY ? GT - 1 - rr : rr;
     tile = (r - o + GT) % GT + k * GT;
+}
+template <int BM, bool QUERY, int REP>
+__device__ __forceinline__ void s2_block_tile(int &head, int &tile)
+{
+    const int tiles = gridDim.x, heads = gridDim.y;
+    s2_block_tile_at<BM, QUERY, REP>(blockIdx.y * tiles + blockIdx.x, tiles, heads, head, tile);
 }
 #if S2_WINDOW
 

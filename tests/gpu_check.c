@@ -104,9 +104,31 @@ static const gcase cases[] = {
  * and 2 take one pipeline stage less where ptxas spills registers (the plan's register rules
  * are estimates) or sm_80's shared memory is exceeded; the same products otherwise. (The tiles are for the 163-227 KiB of shared
  * memory of sm_80 and sm_90; sm_86 and sm_89 have 99 KiB and refuse several of them.) */
-#define N_TILES 10
+#define N_TILES 12
+#define PERSIST_FEW_BLOCKS 3 /* tile 11's blocks (the SMs the runtime is told of) */
 static const char *alt_tile(int i, int d, const char *arch)
 {
+    /* Tiles 10 and 11: the persistent TMA forward (fwd_persist: at most one block an SM, each
+     * taking tile after tile from the scheduling counter, the ring's stages and phases running
+     * on across tiles) on sm_90a with head_dim 64 and 128. Tile 10 is the default forward at
+     * 128 (three stages of 128 keys) and four stages of 64 keys at 64, on every SM; tile 11 is
+     * four stages of 64 keys with the runtime told of PERSIST_FEW_BLOCKS SMs (run_case), so
+     * that in every case each block walks many tiles (the other tiles' cases hold fewer tiles
+     * than an H100 has SMs, but for the two of 4096 and 9000 tokens). Roll-mode and window
+     * cases take the cp.async twin. Elsewhere both are the default again. */
+    if (i == 10 || i == 11)
+        return strcmp(arch, "sm_90a") || (d != 64 && d != 128)
+                   ? NULL
+                   : d == 128 && i == 10
+                   ? "fwd_wgmma=1,fwd_warps=8,fwd_strips=1,fwd_block_n=128,fwd_stages=3,"
+                     "fwd_mbar=1,fwd_tma=1,fwd_overlap=1,fwd_persist=1,bwd_wgmma=1,bwd_warps=8,"
+                     "bwd_block_n=64,bwd_stages=4,bwd_mbar=1"
+                   : d == 128 ? "fwd_wgmma=1,fwd_warps=8,fwd_strips=1,fwd_block_n=64,fwd_stages=4,"
+                                "fwd_mbar=1,fwd_tma=1,fwd_overlap=1,fwd_persist=1,bwd_wgmma=1,"
+                                "bwd_warps=8,bwd_block_n=64,bwd_stages=4,bwd_mbar=1"
+                              : "fwd_wgmma=1,fwd_warps=8,fwd_strips=1,fwd_block_n=64,fwd_stages=4,"
+                                "fwd_mbar=1,fwd_tma=1,fwd_overlap=1,fwd_persist=1,bwd_wgmma=1,"
+                                "bwd_warps=4,bwd_block_n=64,bwd_stages=4";
     /* Tile 9: the TMA forward with its steps overlapped (fwd_overlap: S of a step issued with
      * P V of the step before) on sm_90a with head_dim 64 and 128, on four stages of 64 keys
      * (the default at 128 overlaps three of 128; each parity of the ring's wrap), beside the
@@ -398,6 +420,8 @@ static s2_status run_case(const s2_rt *rt, const gcase *c, int tile_idx, const s
     st = s2_attn_load(&a, rt, &spec, tp, jo, err);
     if (st)
         return st;
+    if (tile_idx == 11 && a.plan.tile.fwd_persist)
+        a.sm_count = PERSIST_FEW_BLOCKS;
     int32_t cu[MAX_SEQS + 1] = {0};
     for (int i = 0; i < c->nseq; i++)
         cu[i + 1] = cu[i] + c->seqlen[i];

@@ -270,6 +270,97 @@ Test(emit, only_an_overlap_unit_holds_its_steps)
     }
 }
 
+/* The persistent forward (fwd_persist): only over the overlapped TMA forward (the refusal
+ * names the way out), off in the defaults of both modes and in the cp.async twin, 16 bytes of
+ * shared memory more (Q's release and the tile handed over), and only its unit holds the
+ * scheduler. */
+Test(plan, fwd_persist_rules)
+{
+    s2_spec s = load_spec(128, 8, 2, "split");
+    s2_attn_plan p, q;
+    s2_error err = {0};
+    cr_assert_eq(plan_with(&s, TMA128 ",fwd_overlap=1,fwd_stages=3", &q, &err), S2_OK, "%s",
+                 err.msg);
+    cr_assert_eq(plan_with(&s, TMA128 ",fwd_overlap=1,fwd_stages=3,fwd_persist=1", &p, &err),
+                 S2_OK, "%s", err.msg);
+    cr_expect_eq(p.smem_fwd, q.smem_fwd + 16);
+    cr_expect_eq(plan_with(&s, TMA128 ",fwd_persist=1", &p, &err), S2_ERR_INVALID);
+    cr_expect(strstr(err.msg, "fwd_persist = 1 with fwd_overlap 0: valid only with "
+                              "fwd_overlap = 1"), "%s", err.msg);
+    cr_expect(strstr(err.msg, "or fwd_persist = 0"), "%s", err.msg);
+    s2_error_clear(&err);
+    cr_expect_eq(plan_with(&s, TMA128 ",fwd_overlap=1,fwd_persist=2", &p, &err), S2_ERR_INVALID);
+    cr_expect(strstr(err.msg, "fwd_persist = 2 is out of range: valid 0..1"), "%s", err.msg);
+    s2_error_clear(&err);
+    s2_attn_tile t = s2_plan_default_tile("sm_90a", 128);
+    t.fwd_persist = 1;
+    cr_expect_eq(s2_plan_cp_async_twin(t).fwd_persist, 0);
+    s2_spec roll = load_spec(128, 8, 2, "roll");
+    cr_expect_eq(s2_plan_spec_default_tile(&roll, "sm_90a").fwd_persist, 0);
+    cr_expect_eq(s2_plan_check_tile_text("fwd_persist=1", "sm_80", &err), S2_ERR_INVALID);
+    cr_expect(strstr(err.msg, "fwd_persist = 1") || strstr(err.msg, "fwd_persist, "), "%s",
+              err.msg);
+    s2_error_clear(&err);
+}
+
+/* The launch: the tiles' grid (x, H, batch) run by at most blocks_max blocks in a row. */
+Test(plan, fwd_persist_grid)
+{
+    s2_spec s = load_spec(128, 8, 2, "split");
+    s2_attn_plan p;
+    s2_error err = {0};
+    cr_assert_eq(plan_with(&s, TMA128 ",fwd_overlap=1,fwd_persist=1", &p, &err), S2_OK, "%s",
+                 err.msg);
+    const s2_dim3 g = s2_plan_grid_fwd(&p, 4096, 3);
+    const unsigned tiles = g.x * g.y * g.z;
+    cr_assert_gt(tiles, 132);
+    s2_dim3 pg = s2_plan_grid_fwd_persist(&p, 4096, 3, 132);
+    cr_expect(pg.x == 132 && pg.y == 1 && pg.z == 1, "%u %u %u", pg.x, pg.y, pg.z);
+    pg = s2_plan_grid_fwd_persist(&p, 4096, 3, (int)tiles + 5);
+    cr_expect_eq(pg.x, tiles, "fewer tiles than blocks: a block a tile");
+    pg = s2_plan_grid_fwd_persist(&p, 0, 0, 132);
+    cr_expect_eq(pg.x, 0, "an empty batch launches nothing");
+}
+
+/* The tuner's space holds persistent candidates, each over the overlapped TMA forward. */
+Test(plan, fwd_persist_in_tile_space)
+{
+    s2_spec s = load_spec(128, 8, 2, "split");
+    s2_attn_tile tiles[512];
+    const int n = s2_plan_tile_space(&s, "sm_90a", S2_UNIT_ATTN_FWD, tiles, 512);
+    cr_assert(n > 0 && n <= 512, "%d", n);
+    int persist = 0;
+    for (int i = 0; i < n; i++)
+        if (tiles[i].fwd_persist) {
+            persist++;
+            cr_expect(tiles[i].fwd_overlap && tiles[i].fwd_tma, "candidate %d", i);
+        }
+    cr_expect_gt(persist, 0);
+}
+
+Test(emit, only_a_persistent_unit_holds_its_scheduler)
+{
+    s2_spec s = load_spec(128, 8, 2, "split");
+    for (int ps = 0; ps < 2; ps++) {
+        s2_attn_plan p;
+        s2_error err = {0};
+        cr_assert_eq(plan_with(&s, ps ? TMA128 ",fwd_overlap=1,fwd_persist=1"
+                                      : TMA128 ",fwd_overlap=1", &p, &err),
+                     S2_OK, "%s", err.msg);
+        char *src = NULL;
+        cr_assert_eq(s2_emit_attn(&s, &p, S2_UNIT_ATTN_FWD, &src, &err), S2_OK, "%s", err.msg);
+        cr_expect_eq(strstr(src, "#define S2_FWD_PERSIST 1") != NULL, ps, "persist %d", ps);
+        cr_expect_eq(strstr(src, "__device__ unsigned s2_fwd_sched[") != NULL, ps,
+                     "persist %d", ps);
+        cr_expect_eq(strstr(src, "#if S2_FWD_PERSIST") != NULL, ps,
+                     "without the option the emitter resolves its blocks away");
+        free(src);
+        cr_assert_eq(s2_emit_attn(&s, &p, S2_UNIT_ATTN_BWD, &src, &err), S2_OK, "%s", err.msg);
+        cr_expect_null(strstr(src, "S2_FWD_PERSIST"), "the backward never holds the option");
+        free(src);
+    }
+}
+
 /* ---- the TMA dK/dV kernel (bwd_tma) ---- */
 
 #define BWDTMA "bwd_wgmma=1,bwd_warps=8,bwd_block_n=64,bwd_stages=4,bwd_atomic_dq=0,bwd_mbar=1"

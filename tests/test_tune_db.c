@@ -572,8 +572,8 @@ static int impossible_lines(refusal *r)
     snprintf(from, sizeof from, "\"tile\":\"%s\"", entry(110).tile);
     SPOIL(110, from, "\"tile\":\"algo=3\"", "unknown key 'algo'", 1);
     SPOIL(111, "\"arch\":\"sm_90a\"", "\"arch\":\"sm_80\"",
-          "fwd_wgmma, fwd_tma, fwd_overlap, bwd_wgmma or bwd_tma = 1 needs sm_90a (Hopper's wgmma "
-          "and TMA), not sm_80", 1);
+          "fwd_wgmma, fwd_tma, fwd_overlap, fwd_persist, bwd_wgmma or bwd_tma = 1 needs sm_90a "
+          "(Hopper's wgmma and TMA), not sm_80", 1);
     SPOIL(112, entry(112).when, "2026-02-29T12:00:00Z",
           "'when' 2026-02-29T12:00:00Z is not a real UTC time from 1970 on", 0);
     SPOIL(113, entry(113).when, "2026-13-01T00:00:00Z", "is not a real UTC time", 0);

@@ -2,6 +2,7 @@
 #include "runtime/core/rt.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -236,6 +237,7 @@ static s2_status load_units(s2_attn *a, const s2_rt *rt, const s2_spec *spec,
                             s2_error *err)
 {
     memset(a, 0, sizeof *a);
+    a->sm_count = rt->sm_count;
     s2_jit_opts o = *jo;
     o.arch = rt->arch;
     s2_jit_result res[S2_UNIT_ATTN_COUNT];
@@ -427,6 +429,9 @@ static s2_status tma_map_as(const s2_attn *a, CUtensorMap *m, const void *base, 
     return S2_OK;
 }
 
+/* The persistent forward's next scheduling slot (the kernel takes it modulo its slot count). */
+static _Atomic unsigned fwd_sched_slot;
+
 /* The map of a q, k, v or dout tensor [T, heads, d] in the plan's dtype. */
 static s2_status tma_map(const s2_attn *a, CUtensorMap *m, const void *base, const char *name,
                          int T, int heads, int rows, const char *fn, const char *opt,
@@ -444,12 +449,26 @@ s2_status s2_attn_forward(const s2_attn *a, const s2_attn_batch *bt, const void 
         st = s2_plan_check_batch(&a->plan, bt->max_seqlen, bt->B, T, err);
     if (st)
         return st;
-    const s2_dim3 grid = s2_plan_grid_fwd(&a->plan, bt->max_seqlen, bt->B);
+    s2_dim3 grid = s2_plan_grid_fwd(&a->plan, bt->max_seqlen, bt->B);
     if (grid.x == 0)
         return S2_OK; /* an empty batch: nothing to do (and no tensor map of no rows) */
     CUtensorMap maps[3];
+    /* The persistent forward (fwd_persist) runs the grid's tiles on at most one block an SM; it
+     * takes the tiles' grid and a scheduling counter slot of its own (templates/
+     * attn_fwd_wgmma.cuh): launches take the slots in turn, so launches of these units on
+     * several streams at once count apart. */
+    int vtiles = (int)grid.x, vbatch = (int)grid.z;
+    unsigned slot = 0;
     void *args[] = {&q, &k, &v, &o, &lse, (void *)&bt->d_cu_seqlens, &T,
-                    &maps[0], &maps[1], &maps[2]};
+                    &maps[0], &maps[1], &maps[2], &vtiles, &vbatch, &slot};
+    if (a->plan.tile.fwd_persist) {
+        if (a->sm_count < 1)
+            return s2_error_set(err, S2_ERR_INVALID,
+                                "s2_attn_forward: fwd_persist = 1 needs the device's SM count, "
+                                "which these units were loaded without (s2_attn_load sets it)");
+        grid = s2_plan_grid_fwd_persist(&a->plan, bt->max_seqlen, bt->B, a->sm_count);
+        slot = atomic_fetch_add(&fwd_sched_slot, 1u);
+    }
     if (a->plan.tile.fwd_tma) {
         const int bm = a->plan.fwd_block_m, bn = a->plan.tile.fwd_block_n;
         const char *fn = "s2_attn_forward";

@@ -101,6 +101,7 @@ typedef struct s2_attn {
      * to the driver library), looked up at load when a kernel takes tensor maps (fwd_tma,
      * bwd_tma); the maps themselves are made at every launch, for its pointers and token count. */
     void *tma_encode;
+    int sm_count; /* the device's SMs: the persistent forward's (fwd_persist) blocks at most */
 } s2_attn;
 
 /* Builds for rt->arch (jo->arch is ignored) and loads. s2_attn_free() undoes it. */

@@ -132,6 +132,7 @@ static void take_unit_fields(s2_attn_tile *dst, const s2_attn_tile *src, s2_attn
         dst->fwd_block_n = src->fwd_block_n, dst->fwd_stages = src->fwd_stages;
         dst->fwd_wgmma = src->fwd_wgmma, dst->fwd_mbar = src->fwd_mbar;
         dst->fwd_tma = src->fwd_tma, dst->fwd_overlap = src->fwd_overlap;
+        dst->fwd_persist = src->fwd_persist;
         return;
     }
     dst->bwd_warps = src->bwd_warps, dst->bwd_block_n = src->bwd_block_n;
@@ -154,7 +155,7 @@ static int select_unit(const s2_tunedb *db, const s2_tunedb_key *key, const s2_s
     s2_attn_plan p;
     /* A stored tile names every key its tuner knew; the mbarrier and TMA switches came later
      * and were off in every tile stored before them. */
-    t.fwd_mbar = t.bwd_mbar = t.fwd_tma = t.fwd_overlap = t.bwd_tma = 0;
+    t.fwd_mbar = t.bwd_mbar = t.fwd_tma = t.fwd_overlap = t.fwd_persist = t.bwd_tma = 0;
     if (s2_plan_parse_tile(e.tile, &t, NULL) == S2_OK) {
         take_unit_fields(&merged, &t, u);
         if (s2_plan_attn(spec, arch, &merged, &p, NULL) == S2_OK) {
