@@ -13,6 +13,8 @@
 # Needs cuobjdump and nvdisasm on PATH (the CUDA toolkit's bin/, or PyPI's nvidia-cuda-cuobjdump
 # and nvidia-cuda-nvdisasm). Prints one line a unit (same / DIFFERS, with the SASS line counts);
 # exit status 0 when every unit is the same, 1 when one differs, 2 on a usage or build error.
+# S2_KEEP_SASS=1 keeps the work folder (each case's SASS, OLD and NEW, named on stderr) for a
+# diff by hand.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 usage="usage: bench/sass-diff.sh OLD_S2LORA NEW_S2LORA [SPEC[@ARCH][%TILE] ...]"

@@ -65,6 +65,25 @@ __device__ __forceinline__ float s2_row_max(const float (&s)[S2_SACC], int hf)
     return fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
 }
 
+// A warpgroup thread's rows before the first step: O, the row maxima and sums cleared, its first
+// row row0 (its second is 8 below) and the keys each row sees, [klo, khi].
+__device__ __forceinline__ int s2_fwd_rows_begin(float (&acc)[S2_OACC], float (&m)[2],
+                                                 float (&l)[2], int (&klo)[2], int (&khi)[2],
+                                                 int x0, int wg, int warp, int lane, int cls,
+                                                 int n)
+{
+#pragma unroll
+    for (int i = 0; i < S2_OACC; i++)
+        acc[i] = 0.f;
+    m[0] = m[1] = S2_NEG_INF;
+    l[0] = l[1] = 0.f;
+    const int row0 = x0 + wg * 64 + warp * 16 + lane / 4;
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++)
+        s2_query_span(row0 + 8 * hf, cls, n, klo[hf], khi[hf]);
+    return row0;
+}
+
 // The end of a warpgroup's rows: O divided by the row sums and stored at the rows' positions,
 // and each row's log-sum-exp (natural log) into lse [H, T].
 __device__ __forceinline__ void s2_fwd_store(float (&acc)[S2_OACC], const float (&m)[2],
@@ -372,16 +391,9 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
         const int gs_last = s2_group_start(xlast, cls);
         const int kt_begin = s2_group_start(x0, cls) / S2_FWD_BN;
         const int n_kt = xlast / S2_FWD_BN + 1 - kt_begin;
-        float acc[S2_OACC];
-#pragma unroll
-        for (int i = 0; i < S2_OACC; i++)
-            acc[i] = 0.f;
-        float m[2] = {S2_NEG_INF, S2_NEG_INF}, l[2] = {0.f, 0.f};
-        const int row0 = x0 + wg * 64 + warp * 16 + lane / 4;
+        float acc[S2_OACC], m[2], l[2];
         int klo[2], khi[2];
-#pragma unroll
-        for (int hf = 0; hf < 2; hf++)
-            s2_query_span(row0 + 8 * hf, cls, n, klo[hf], khi[hf]);
+        const int row0 = s2_fwd_rows_begin(acc, m, l, klo, khi, x0, wg, warp, lane, cls, n);
         s2_fwd_overlap_steps(acc, m, l, sq, skv, full, empty, qempty, g, n_kt, wg, x0, gs_last,
                              kt_begin, n, t, klo, khi);
         s2_fwd_store(acc, m, l, o, lse, h, row0, n, seq0, cls, total_tokens, lane);
@@ -489,17 +501,9 @@ s2_attn_fwd(const s2_elem *__restrict__ q,      // [T, H, d]
         load_tile(j);
 #endif
 
-    float acc[S2_OACC];
-#pragma unroll
-    for (int i = 0; i < S2_OACC; i++)
-        acc[i] = 0.f;
-    float m[2] = {S2_NEG_INF, S2_NEG_INF}, l[2] = {0.f, 0.f};
-    // This thread's first row; its second is 8 below. The keys each row sees: [klo, khi].
-    const int row0 = x0 + wg * 64 + warp * 16 + lane / 4;
+    float acc[S2_OACC], m[2], l[2];
     int klo[2], khi[2];
-#pragma unroll
-    for (int hf = 0; hf < 2; hf++)
-        s2_query_span(row0 + 8 * hf, cls, n, klo[hf], khi[hf]);
+    const int row0 = s2_fwd_rows_begin(acc, m, l, klo, khi, x0, wg, warp, lane, cls, n);
 
 #if S2_FWD_OVERLAP
     s2_fwd_overlap_steps(acc, m, l, sq, skv, full, empty, 0, n_kt, wg, x0, gs_last, kt_begin, n, t,
