@@ -85,32 +85,53 @@ s2_attn_tile s2_plan_spec_default_tile(const s2_spec *spec, const char *arch)
 /* The tile keys and the widest range of each (the plan then checks the combinations: which
  * widths, with which head_dim, arch and shared memory); pow2: only the powers of two in it, the
  * values check_fwd_tile, check_bwd_tile and their wgmma rules apply before any combination. */
+/* hopper: 1 = the value 1 needs sm_90a (Hopper's wgmma or TMA). */
 static const struct {
     const char *name;
     size_t off;
-    int min, max, pow2;
+    int min, max, pow2, hopper;
 } tile_keys[] = {
-    {"fwd_warps", offsetof(s2_attn_tile, fwd_warps), 1, 8, 0},
-    {"fwd_strips", offsetof(s2_attn_tile, fwd_strips), 1, 2, 0},
-    {"fwd_block_n", offsetof(s2_attn_tile, fwd_block_n), 32, 128, 1},
-    {"fwd_stages", offsetof(s2_attn_tile, fwd_stages), 1, 4, 0},
-    {"fwd_wgmma", offsetof(s2_attn_tile, fwd_wgmma), 0, 1, 0},
-    {"fwd_mbar", offsetof(s2_attn_tile, fwd_mbar), 0, 1, 0},
-    {"fwd_tma", offsetof(s2_attn_tile, fwd_tma), 0, 1, 0},
-    {"fwd_overlap", offsetof(s2_attn_tile, fwd_overlap), 0, 1, 0},
-    {"fwd_persist", offsetof(s2_attn_tile, fwd_persist), 0, 1, 0},
-    {"bwd_warps", offsetof(s2_attn_tile, bwd_warps), 1, 8, 0},
-    {"bwd_block_n", offsetof(s2_attn_tile, bwd_block_n), 32, 64, 1},
-    {"bwd_stages", offsetof(s2_attn_tile, bwd_stages), 1, 4, 0},
-    {"bwd_atomic_dq", offsetof(s2_attn_tile, bwd_atomic_dq), 0, 1, 0},
-    {"bwd_wgmma", offsetof(s2_attn_tile, bwd_wgmma), 0, 1, 0},
-    {"bwd_mbar", offsetof(s2_attn_tile, bwd_mbar), 0, 1, 0},
-    {"bwd_tma", offsetof(s2_attn_tile, bwd_tma), 0, 1, 0},
+    {"fwd_warps", offsetof(s2_attn_tile, fwd_warps), 1, 8, 0, 0},
+    {"fwd_strips", offsetof(s2_attn_tile, fwd_strips), 1, 2, 0, 0},
+    {"fwd_block_n", offsetof(s2_attn_tile, fwd_block_n), 32, 128, 1, 0},
+    {"fwd_stages", offsetof(s2_attn_tile, fwd_stages), 1, 4, 0, 0},
+    {"fwd_wgmma", offsetof(s2_attn_tile, fwd_wgmma), 0, 1, 0, 1},
+    {"fwd_mbar", offsetof(s2_attn_tile, fwd_mbar), 0, 1, 0, 0},
+    {"fwd_tma", offsetof(s2_attn_tile, fwd_tma), 0, 1, 0, 1},
+    {"fwd_overlap", offsetof(s2_attn_tile, fwd_overlap), 0, 1, 0, 1},
+    {"fwd_persist", offsetof(s2_attn_tile, fwd_persist), 0, 1, 0, 1},
+    {"bwd_warps", offsetof(s2_attn_tile, bwd_warps), 1, 8, 0, 0},
+    {"bwd_block_n", offsetof(s2_attn_tile, bwd_block_n), 32, 64, 1, 0},
+    {"bwd_stages", offsetof(s2_attn_tile, bwd_stages), 1, 4, 0, 0},
+    {"bwd_atomic_dq", offsetof(s2_attn_tile, bwd_atomic_dq), 0, 1, 0, 0},
+    {"bwd_wgmma", offsetof(s2_attn_tile, bwd_wgmma), 0, 1, 0, 1},
+    {"bwd_mbar", offsetof(s2_attn_tile, bwd_mbar), 0, 1, 0, 0},
+    {"bwd_tma", offsetof(s2_attn_tile, bwd_tma), 0, 1, 0, 1},
 #ifdef S2_TEST_BROKEN_TILE
-    {"test_broken", offsetof(s2_attn_tile, test_broken), 0, 1, 0},
+    {"test_broken", offsetof(s2_attn_tile, test_broken), 0, 1, 0, 0},
 #endif
 };
 #define N_TILE_KEYS ((int)(sizeof tile_keys / sizeof tile_keys[0]))
+
+/* The names of the tile keys, "a, b, c" (hopper_only: of those whose 1 needs sm_90a, "a, b or
+ * c"), into buf of n bytes; returns buf. */
+static const char *tile_key_names(char *buf, size_t n, int hopper_only)
+{
+    int count = 0, last = -1;
+    for (int k = 0; k < N_TILE_KEYS; k++)
+        if (!hopper_only || tile_keys[k].hopper)
+            count++, last = k;
+    size_t used = 0;
+    buf[0] = '\0';
+    for (int k = 0, i = 0; k < N_TILE_KEYS && used < n; k++) {
+        if (hopper_only && !tile_keys[k].hopper)
+            continue;
+        const char *sep = i == 0 ? "" : hopper_only && k == last && count > 1 ? " or " : ", ";
+        used += (size_t)snprintf(buf + used, n - used, "%s%s", sep, tile_keys[k].name);
+        i++;
+    }
+    return buf;
+}
 
 s2_status s2_plan_parse_tile(const char *text, s2_attn_tile *t, s2_error *err)
 {
@@ -127,13 +148,11 @@ s2_status s2_plan_parse_tile(const char *text, s2_attn_tile *t, s2_error *err)
         while (k < N_TILE_KEYS && (strlen(tile_keys[k].name) != (size_t)(eq - p) ||
                                    strncmp(tile_keys[k].name, p, (size_t)(eq - p)) != 0))
             k++;
-        if (k == N_TILE_KEYS)
-            return s2_error_set(err, S2_ERR_INVALID,
-                                "tile '%s': unknown key '%.*s'; valid: fwd_warps, fwd_strips, "
-                                "fwd_block_n, fwd_stages, fwd_wgmma, fwd_mbar, fwd_tma, "
-                                "fwd_overlap, bwd_warps, bwd_block_n, bwd_stages, bwd_atomic_dq, "
-                                "bwd_wgmma, bwd_mbar, bwd_tma",
-                                text, (int)(eq - p), p);
+        if (k == N_TILE_KEYS) {
+            char names[S2_PLAN_TILE_STR_MAX];
+            return s2_error_set(err, S2_ERR_INVALID, "tile '%s': unknown key '%.*s'; valid: %s",
+                                text, (int)(eq - p), p, tile_key_names(names, sizeof names, 0));
+        }
         char *num_end;
         errno = 0;
         long v = strtol(eq + 1, &num_end, 10);
@@ -176,12 +195,7 @@ s2_status s2_plan_check_tile_text(const char *text, const char *arch, s2_error *
                 return s2_error_set(err, S2_ERR_INVALID, "tile '%s': %s given twice", text,
                                     tile_keys[k].name);
             const int lo = tile_keys[k].min, hi = tile_keys[k].max;
-            wgmma |= (tile_keys[k].off == offsetof(s2_attn_tile, fwd_wgmma) ||
-                      tile_keys[k].off == offsetof(s2_attn_tile, fwd_tma) ||
-                      tile_keys[k].off == offsetof(s2_attn_tile, fwd_overlap) ||
-                      tile_keys[k].off == offsetof(s2_attn_tile, fwd_persist) ||
-                      tile_keys[k].off == offsetof(s2_attn_tile, bwd_wgmma) ||
-                      tile_keys[k].off == offsetof(s2_attn_tile, bwd_tma)) && v == 1;
+            wgmma |= tile_keys[k].hopper && v == 1;
             if (v >= lo && v <= hi && (!tile_keys[k].pow2 || (v & (v - 1)) == 0))
                 continue;
             char valid[64];
@@ -197,11 +211,12 @@ s2_status s2_plan_check_tile_text(const char *text, const char *arch, s2_error *
         }
         p += len + (end ? 1 : 0);
     }
-    if (arch && strcmp(arch, "sm_90a") && wgmma)
+    if (arch && strcmp(arch, "sm_90a") && wgmma) {
+        char names[S2_PLAN_TILE_STR_MAX];
         return s2_error_set(err, S2_ERR_INVALID,
-                            "tile '%s': fwd_wgmma, fwd_tma, fwd_overlap, fwd_persist, "
-                            "bwd_wgmma or bwd_tma = 1 "
-                            "needs sm_90a (Hopper's wgmma and TMA), not %s", text, arch);
+                            "tile '%s': %s = 1 needs sm_90a (Hopper's wgmma and TMA), not %s",
+                            text, tile_key_names(names, sizeof names, 1), arch);
+    }
     return S2_OK;
 }
 
