@@ -360,6 +360,9 @@ static s2_status emit_template(s2_buf *b, const char *name, s2_error *err)
  *                                memory (K-major); acc 0 overwrites S
  *   s2_wgmma_pv(o, a, db)        O[64 x d] += P[64 x 16] V[16 x d], P from registers, V from
  *                                shared memory read MN-major (transposed)
+ * and in the backward unit
+ *   s2_wgmma_qk_rs(s, a, db, acc) the first shape with A from registers (the dQ kernel's S =
+ *                                Q K^T, Q held as A fragments: half the shared-memory reads)
  * (the backward uses the same two shapes: S, dP and S^T, dP^T are the first; dQ, dK, dV the
  * second), and with bwd_atomic_dq
  *   s2_wgmma_tt(q, da, db, acc)  dQ[64 x 64] (+)= dS[64 x 16] K[16 x 64], both from shared
@@ -410,7 +413,21 @@ static void emit_wgmma(s2_buf *b, const s2_attn_plan *p, int nq, int bwd)
     emit_acc_constraints(b, nd / 2);
     s2_buf_printf(b, "                 : \"r\"(a[0]), \"r\"(a[1]), \"r\"(a[2]), \"r\"(a[3]), "
                      "\"l\"(db), \"r\"(1));\n}\n\n");
-    if (!bwd || !p->tile.bwd_atomic_dq)
+    if (!bwd)
+        return;
+    s2_buf_printf(b,
+                  "__device__ __forceinline__ void s2_wgmma_qk_rs(float (&d)[%d], const unsigned (&a)[4],"
+                  " unsigned long long db, int acc)\n{\n"
+                  "    asm volatile(\"{\\n.reg .pred p;\\nsetp.ne.b32 p, %%%d, 0;\\n\"\n"
+                  "                 \"wgmma.mma_async.sync.aligned.m64n%dk16.f32.%s.%s {\"\n",
+                  nq / 2, nq / 2 + 5, nq, ty, ty);
+    emit_acc_list(b, nq / 2);
+    s2_buf_printf(b, "\n                 \"}, {%%%d, %%%d, %%%d, %%%d}, %%%d, p, 1, 1, 0;\\n}\\n\"\n"
+                     "                 : ", nq / 2, nq / 2 + 1, nq / 2 + 2, nq / 2 + 3, nq / 2 + 4);
+    emit_acc_constraints(b, nq / 2);
+    s2_buf_printf(b, "                 : \"r\"(a[0]), \"r\"(a[1]), \"r\"(a[2]), \"r\"(a[3]), "
+                     "\"l\"(db), \"r\"(acc));\n}\n\n");
+    if (!p->tile.bwd_atomic_dq)
         return;
     /* the backward's atomic dQ: D[64 x 64] (+)= A[64 x 16] B[16 x 64], both from shared memory
      * read MN-major (transposed) */

@@ -3,7 +3,8 @@
 // masks as attn_bwd.cuh (after s2_attn_bwd_pre), the blocks' tiles taken longest work first
 // (s2_block_tile); every product is a wgmma with the layouts of wgmma.cuh, and none needs a
 // transpose in shared memory:
-//   s2_attn_bwd_dq    per warpgroup 64 query rows: S = Q K^T and dP = dO V^T (both operands
+//   s2_attn_bwd_dq    per warpgroup 64 query rows: S = Q K^T (Q held as register A fragments,
+//                     so the product reads only K from shared memory) and dP = dO V^T (both
 //                     K-major), dS = P ∘ (dP - delta) in registers, dQ += dS K (dS as the
 //                     register A fragment, K read MN-major), issued behind the next step's S
 //                     and dP so it runs while that step's dS is formed; at its first step it
@@ -23,24 +24,62 @@
 #define S2_SACC (S2_BWD_BN / 2)
 #define S2_OACC (S2_HEAD_DIM / 2)
 
+// This warpgroup's 64 rows of a block tile (swizzled panels of S2_BWD_BM rows; r: this
+// thread's first row in the tile) as the register A fragments of a product over the head dim:
+// k16 step ks holds rows r and r + 8, columns 16 ks + 2 t, + 1 and 16 ks + 8 + 2 t, + 1.
+__device__ __forceinline__ void s2_rows_to_afrag(unsigned (&a)[S2_HEAD_DIM / 16][4],
+                                                 const s2_elem *tile, int r, int lane)
+{
+    const int t = lane % 4;
+#pragma unroll
+    for (int ks = 0; ks < S2_HEAD_DIM / 16; ks++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int rr = r + 8 * (i % 2), c = 2 * ks + i / 2; // c: the 16-byte chunk
+            a[ks][i] = *reinterpret_cast<const unsigned *>(
+                tile + (c / 8) * (S2_BWD_BM * 64) + rr * 64 + (((c % 8) ^ (rr % 8)) * 8) + 2 * t);
+        }
+}
+
+// s = X Y^T over the head dim, X's k16 steps as register A fragments (s2_rows_to_afrag), Y a
+// tile of S2_BWD_BN rows (K-major); overwritten. The other form: X's rows from row r0 of a tile
+// of S2_BWD_BM rows in shared memory.
+__device__ __forceinline__ void s2_wgmma_first(float (&s)[S2_SACC],
+                                               const unsigned (&x)[S2_HEAD_DIM / 16][4],
+                                               const s2_elem *y, int)
+{
+#pragma unroll
+    for (int ks = 0; ks < S2_HEAD_DIM / 16; ks++)
+        s2_wgmma_qk_rs(s, x[ks], s2_desc_k<S2_BWD_BN>(y, 0, ks), ks > 0);
+}
+
+__device__ __forceinline__ void s2_wgmma_first(float (&s)[S2_SACC], const s2_elem *x,
+                                               const s2_elem *y, int r0)
+{
+    s2_wgmma_xyt<S2_BWD_BM, S2_BWD_BN>(s, x, r0, y);
+}
+
 // s = X1 Y1^T and dp = X2 Y2^T over the head dim, both overwritten, for this warpgroup's 64 rows
-// from row r0 of the X tiles (S2_BWD_BM rows) against the streamed Y tiles (S2_BWD_BN rows):
-// issued together as one group, not waited for.
+// from row r0 of the X tiles (S2_BWD_BM rows; X1 may be register fragments instead,
+// s2_wgmma_first) against the streamed Y tiles (S2_BWD_BN rows): issued together as one group,
+// not waited for.
+template <class X1>
 __device__ __forceinline__ void s2_wgmma_pair_issue(float (&s)[S2_SACC], float (&dp)[S2_SACC],
-                                                    const s2_elem *x1, const s2_elem *y1,
+                                                    const X1 &x1, const s2_elem *y1,
                                                     const s2_elem *x2, const s2_elem *y2, int r0)
 {
     s2_overwritten_regs(s);
     s2_overwritten_regs(dp);
     s2_wgmma_fence();
-    s2_wgmma_xyt<S2_BWD_BM, S2_BWD_BN>(s, x1, r0, y1);
+    s2_wgmma_first(s, x1, y1, r0);
     s2_wgmma_xyt<S2_BWD_BM, S2_BWD_BN>(dp, x2, r0, y2);
     s2_wgmma_commit();
 }
 
 // The same, waited for.
+template <class X1>
 __device__ __forceinline__ void s2_wgmma_pair(float (&s)[S2_SACC], float (&dp)[S2_SACC],
-                                              const s2_elem *x1, const s2_elem *y1,
+                                              const X1 &x1, const s2_elem *y1,
                                               const s2_elem *x2, const s2_elem *y2, int r0)
 {
     s2_wgmma_pair_issue(s, dp, x1, y1, x2, y2, r0);
@@ -150,9 +189,9 @@ __device__ __forceinline__ void s2_ring_release(unsigned long long *bars, int j)
 // commit group with bwd_mbar 0; measured 1.3 % faster here than before the products, and
 // 10 % slower after the second ones), then, from the second step on, the step before's second
 // products (prev issues them; committed here as one group); waits for S and dP only.
-template <class Prev, class Load>
+template <class X1, class Prev, class Load>
 __device__ __forceinline__ void s2_overlap_products(int it, float (&s)[S2_SACC],
-                                                    float (&dp)[S2_SACC], const s2_elem *x1,
+                                                    float (&dp)[S2_SACC], const X1 &x1,
                                                     const s2_elem *y1, const s2_elem *x2,
                                                     const s2_elem *y2, int wg, Prev prev,
                                                     int n_tiles, unsigned long long *bars,
@@ -301,6 +340,7 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
     for (int i = 0; i < S2_OACC; i++)
         acc[i] = 0.f;
     unsigned a[S2_BWD_BN / 16][4]; // dS of the step before, as the A fragments of dQ += dS K
+    unsigned qa[S2_HEAD_DIM / 16][4]; // this warpgroup's Q rows, the A fragments of S = Q K^T
 
 #if S2_BWD_TURNS
     s2_turn_start(wg);
@@ -311,6 +351,7 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
             s2_delta_rows(dlt, so, sdo, delta, row0 - x0, row0, n, seq0, cls, h, total_tokens,
                           lane);
             s2_ring_release(bars, S2_BWD_STAGES - 1);
+            s2_rows_to_afrag(qa, sq, row0 - x0, lane);
         }
         const s2_elem *sk = skv + 2 * (it % S2_BWD_STAGES) * kv_stride;
         const s2_elem *sv = sk + kv_stride;
@@ -319,7 +360,7 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
         // S and dP only
         float s[S2_SACC], dp[S2_SACC];
         s2_fence_regs(acc);
-        s2_overlap_products(it, s, dp, sq, sk, sdo, sv, wg, [&] {
+        s2_overlap_products(it, s, dp, qa, sk, sdo, sv, wg, [&] {
             s2_wgmma_py<S2_BWD_BN>(acc, a, skv + 2 * ((it - 1) % S2_BWD_STAGES) * kv_stride);
         }, n_kt, bars, true, load_kv);
 
