@@ -55,8 +55,34 @@
 # either way and says where it stopped (and $OUT/rows keeps each evaluation's JSON as it is
 # made). No outcome is assumed: the table is what ran. S2_PC_COMMIT names the commit (it takes
 # precedence over `git rev-parse`: a copied tree's .git may be stale).
+#
+# In two calls, so that each phase has a whole call's budget (the model learned no retrieval in
+# phase 1's share of one call): S2_PC_STOP_AFTER=pre gives the budget to phase 1 alone and ends
+# after the pre-trained model's evaluations, leaving it in $OUT/pre-model.tar; the second call,
+# S2_PC_PRE_MODEL=FILE (that tar, or a model directory), skips phase 1 and gives the budget to
+# the three extensions of that model (its evaluations run again, so the report is whole).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+STOP_AFTER=${S2_PC_STOP_AFTER:-} PRE_MODEL=${S2_PC_PRE_MODEL:-}
+case "$STOP_AFTER" in
+"" | pre) ;;
+*)
+  echo "paper-claim: S2_PC_STOP_AFTER=$STOP_AFTER: the one phase to stop after is pre" >&2
+  exit 2
+  ;;
+esac
+if [ -n "$PRE_MODEL" ]; then
+  [ -z "$STOP_AFTER" ] || {
+    echo "paper-claim: S2_PC_PRE_MODEL skips the phase S2_PC_STOP_AFTER=pre runs: give one" >&2
+    exit 2
+  }
+  [ -d "$PRE_MODEL" ] || [ -f "$PRE_MODEL" ] || {
+    echo "paper-claim: S2_PC_PRE_MODEL=$PRE_MODEL: no such file or directory (a model" \
+      "directory, or the pre-model.tar of an S2_PC_STOP_AFTER=pre run)" >&2
+    exit 2
+  }
+fi
 
 quick=0
 case "${1:-}" in
@@ -225,8 +251,20 @@ gen --kind kv --ctx $PRE_CTX --n $((2 * KV_N)) --buckets $PK_BUCKETS_PRE \
 gen --kind kv --ctx $EXT_CTX --n "$KV_N" --buckets $PK_BUCKETS_EXT \
   --meta "$w/kv$EXT_CTX.json" --logits-in "$w/kv$EXT_CTX.safetensors"
 
-current="init"
-s2 init "$SPEC" --set context_length=$PRE_CTX -o "$w/base0" --seed "$SEED"
+if [ -n "$PRE_MODEL" ]; then # phase 1 ran in an earlier call
+  current="the pre-trained model"
+  if [ -d "$PRE_MODEL" ]; then
+    base0=$PRE_MODEL
+  else
+    base0=$w/pre-model
+    mkdir -p "$base0"
+    tar -xf "$PRE_MODEL" -C "$base0"
+  fi
+else
+  current="init"
+  base0=$w/base0
+  s2 init "$SPEC" --set context_length=$PRE_CTX -o "$base0" --seed "$SEED"
+fi
 
 PRE_TRAIN=(train "$SPEC" --set "context_length=$PRE_CTX" --mode full --full-attention
   --grad-accum "$PRE_GA" --lr "$PRE_LR" --warmup 100 --schedule cosine --weight-decay 0.01
@@ -249,25 +287,36 @@ if [ -n "${S2_PC_PRE_STEPS:-}" ] && [ -n "${S2_PC_EXT_STEPS:-}" ]; then
 else
   if [ $quick = 0 ]; then
     current="calibration"
-    say "== calibration: 40 steps of phase 1's shape, 15 of phase 2's (full attention)"
-    gen --kind train --ctx $PRE_CTX --n $((40 * PRE_GA + 1)) -o "$w/cal$PRE_CTX.tokens" \
-      --kv-share "$KV_SHARE"
-    gen --kind train --ctx $EXT_CTX --n $((15 * EXT_GA + 1)) -o "$w/cal$EXT_CTX.tokens" \
-      --kv-share "$KV_SHARE"
-    s2 "${PRE_TRAIN[@]}" --model "$w/base0" --data "$w/cal$PRE_CTX.tokens" --out "$w/cal1" \
-      --steps 40
-    s2 "${EXT_TRAIN[@]}" --full-attention --model "$w/base0" --data "$w/cal$EXT_CTX.tokens" \
-      --out "$w/cal2" --steps 15
-    r=$(rate_of "$w/cal1" 5) && RATE1=${r%% *}
-    r=$(rate_of "$w/cal2" 3) && RATE2=${r%% *}
+    say "== calibration: 40 steps of phase 1's shape, 15 of phase 2's (full attention)," \
+      "the phases this call runs"
+    if [ -z "$PRE_MODEL" ]; then
+      gen --kind train --ctx $PRE_CTX --n $((40 * PRE_GA + 1)) -o "$w/cal$PRE_CTX.tokens" \
+        --kv-share "$KV_SHARE"
+      s2 "${PRE_TRAIN[@]}" --model "$base0" --data "$w/cal$PRE_CTX.tokens" --out "$w/cal1" \
+        --steps 40
+      r=$(rate_of "$w/cal1" 5) && RATE1=${r%% *}
+    fi
+    if [ -z "$STOP_AFTER" ]; then
+      gen --kind train --ctx $EXT_CTX --n $((15 * EXT_GA + 1)) -o "$w/cal$EXT_CTX.tokens" \
+        --kv-share "$KV_SHARE"
+      s2 "${EXT_TRAIN[@]}" --full-attention --model "$base0" --data "$w/cal$EXT_CTX.tokens" \
+        --out "$w/cal2" --steps 15
+      r=$(rate_of "$w/cal2" 3) && RATE2=${r%% *}
+    fi
     rates_from="measured by the calibration runs"
     rm -rf "$w/cal1" "$w/cal2" "$w"/cal*.tokens
   fi
+  share1=0.4 # of the time left, to phase 1; the rest split among the three extensions
+  [ -z "$STOP_AFTER" ] || share1=1
+  [ -z "$PRE_MODEL" ] || share1=0
   p=$("${PY[@]}" plan --budget "$BUDGET" --elapsed $((quick ? 15 : SECONDS)) \
     --reserve "$RESERVE" --rate1 "$RATE1" --rate2 "$RATE2" --tokens1 $((PRE_GA * PRE_CTX)) \
-    --tokens2 $((EXT_GA * EXT_CTX)) --share1 0.4 --n-ext 3)
+    --tokens2 $((EXT_GA * EXT_CTX)) --share1 $share1 --n-ext 3)
   read -r pre_steps ext_steps _ _ <<<"$p"
 fi
+# the phases this call skips need no steps
+[ -z "$PRE_MODEL" ] || pre_steps=1
+[ -z "$STOP_AFTER" ] || ext_steps=1
 if [ "$pre_steps" -lt 1 ] || [ "$ext_steps" -lt 1 ]; then
   current="plan"
   say "the budget leaves no steps: phase 1 $pre_steps, phase 2 $ext_steps (S2_PC_BUDGET_S=$BUDGET)"
@@ -277,8 +326,16 @@ est() { awk -v s="$1" -v t="$2" -v r="$3" 'BEGIN { printf "%.0f", s * t / r }'; 
 say "== plan ($rates_from: phase 1 $RATE1 tok/s, phase 2 $RATE2 tok/s):"
 t1=$(est "$pre_steps" $((PRE_GA * PRE_CTX)) "$RATE1")
 t2=$(est "$ext_steps" $((EXT_GA * EXT_CTX)) "$RATE2")
-say "   phase 1: $pre_steps steps of $PRE_GA x $PRE_CTX tokens, about $t1 s"
-say "   phase 2: 3 runs of $ext_steps steps of $EXT_GA x $EXT_CTX tokens, about $t2 s each"
+if [ -n "$PRE_MODEL" ]; then
+  say "   phase 1: none here, the pre-trained model is $PRE_MODEL"
+else
+  say "   phase 1: $pre_steps steps of $PRE_GA x $PRE_CTX tokens, about $t1 s"
+fi
+if [ -n "$STOP_AFTER" ]; then
+  say "   phase 2: none here (S2_PC_STOP_AFTER=pre; the model goes to $OUT/pre-model.tar)"
+else
+  say "   phase 2: 3 runs of $ext_steps steps of $EXT_GA x $EXT_CTX tokens, about $t2 s each"
+fi
 say "   evaluations and data: about $RESERVE s in all (S2_PC_RESERVE_S); budget $BUDGET s"
 if [ $quick = 1 ]; then
   say "   (--quick runs 2 steps of each instead)"
@@ -286,30 +343,38 @@ if [ $quick = 1 ]; then
 fi
 
 current="data: training sets"
-gen --kind train --ctx $PRE_CTX --n $((pre_steps * PRE_GA + 1)) -o "$w/train$PRE_CTX.tokens" \
-  --kv-share "$KV_SHARE"
+[ -n "$PRE_MODEL" ] ||
+  gen --kind train --ctx $PRE_CTX --n $((pre_steps * PRE_GA + 1)) -o "$w/train$PRE_CTX.tokens" \
+    --kv-share "$KV_SHARE"
 # phase 2's documents are written while phase 1 trains (the trainer uses one core; the
 # generator four)
-"${PY[@]}" gen --seed "$SEED" --kind train --ctx $EXT_CTX --n $((ext_steps * EXT_GA + 1)) \
-  -o "$w/train$EXT_CTX.tokens" --kv-share "$KV_SHARE" --procs 4 >>"$log" 2>&1 &
-gen_pid=$!
-
-current="phase 1 (pre-training at $PRE_CTX)"
-say "== $current: $pre_steps steps"
-t0=$SECONDS
-s2 "${PRE_TRAIN[@]}" --model "$w/base0" --data "$w/train$PRE_CTX.tokens" --out "$w/pre" \
-  --steps "$pre_steps"
-pre_model=$w/pre/model
-if [ $ran = 1 ]; then
-  p=$(rate_of "$w/pre" 5)
-  read -r r n l <<<"$p"
-  note "phase 1" "$n steps of $PRE_GA x $PRE_CTX tokens, full FT, full attention, lr" \
-    "$PRE_LR cosine: $((SECONDS - t0)) s, $r tok/s, final loss EMA $l"
-  command -v gzip >/dev/null && gzip -c "$w/pre/train.jsonl" >"$OUT/train-pre.jsonl.gz"
-else
-  pre_model=$w/base0 # --quick without a GPU: the initial model stands in for the later ones
+if [ -z "$STOP_AFTER" ]; then
+  "${PY[@]}" gen --seed "$SEED" --kind train --ctx $EXT_CTX --n $((ext_steps * EXT_GA + 1)) \
+    -o "$w/train$EXT_CTX.tokens" --kv-share "$KV_SHARE" --procs 4 >>"$log" 2>&1 &
+  gen_pid=$!
 fi
-rm -f "$w/train$PRE_CTX.tokens"
+
+if [ -n "$PRE_MODEL" ]; then
+  pre_model=$base0
+  note "phase 1" "not in this call: the pre-trained model of $PRE_MODEL"
+else
+  current="phase 1 (pre-training at $PRE_CTX)"
+  say "== $current: $pre_steps steps"
+  t0=$SECONDS
+  s2 "${PRE_TRAIN[@]}" --model "$base0" --data "$w/train$PRE_CTX.tokens" --out "$w/pre" \
+    --steps "$pre_steps"
+  pre_model=$w/pre/model
+  if [ $ran = 1 ]; then
+    p=$(rate_of "$w/pre" 5)
+    read -r r n l <<<"$p"
+    note "phase 1" "$n steps of $PRE_GA x $PRE_CTX tokens, full FT, full attention, lr" \
+      "$PRE_LR cosine: $((SECONDS - t0)) s, $r tok/s, final loss EMA $l"
+    command -v gzip >/dev/null && gzip -c "$w/pre/train.jsonl" >"$OUT/train-pre.jsonl.gz"
+  else
+    pre_model=$base0 # --quick without a GPU: the initial model stands in for the later ones
+  fi
+  rm -f "$w/train$PRE_CTX.tokens"
+fi
 device=$(grep -m 1 -o 'train on .*' "$log" | sed 's/^train on //' || true)
 [ -z "$device" ] || note device "$device"
 
@@ -317,6 +382,16 @@ ppl pre@$PRE_CTX $PRE_CTX --model "$pre_model"
 retrieval pre@$PRE_CTX full $PRE_CTX --model "$pre_model"
 ppl pre@$EXT_CTX $EXT_CTX --model "$pre_model"
 retrieval pre@$EXT_CTX full $EXT_CTX --model "$pre_model"
+
+if [ -n "$STOP_AFTER" ]; then
+  current="the pre-trained model into $OUT/pre-model.tar"
+  tar -cf "$OUT/pre-model.tar" -C "$pre_model" .
+  note "phase 2" "not in this call (S2_PC_STOP_AFTER=pre): the pre-trained model is in" \
+    "pre-model.tar, for S2_PC_PRE_MODEL"
+  note wall "$SECONDS s for the whole script"
+  current="the end"
+  exit 0
+fi
 
 current="data: phase 2's training set"
 wait "$gen_pid"

@@ -843,6 +843,57 @@ class ScriptWithStandIn(unittest.TestCase):
             self.assertIn("FAILED at: phase 1 (pre-training at 512)", f.read())
         self.assertEqual(len([c for c in calls if c[0] == "train"]), 1)
 
+    def test_stop_after_pre_then_extend_its_model(self):
+        # call 1: phase 1 alone, its evaluations, the model in $OUT/pre-model.tar
+        r, calls, out = self.run_script(S2_PC_STOP_AFTER="pre")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        trains = [c for c in calls if c[0] == "train"]
+        self.assertEqual(len(trains), 1)
+        self.assertIn("--mode", trains[0])
+        self.assertEqual(len([c for c in calls if c[0] == "logits"]), 4)
+        self.assertTrue(os.path.isfile(os.path.join(out, "pre-model.tar")))
+        with open(os.path.join(out, "paper_claim.md")) as f:
+            md = f.read()
+        self.assertIn("- phase 2: not in this call (S2_PC_STOP_AFTER=pre)", md)
+        keep = tempfile.TemporaryDirectory()
+        self.addCleanup(keep.cleanup)
+        tar = os.path.join(keep.name, "pre-model.tar")
+        with open(os.path.join(out, "pre-model.tar"), "rb") as f, open(tar, "wb") as g:
+            g.write(f.read())
+        self.tmp.cleanup()
+        # call 2: no init, no phase 1; the three extensions start from the extracted model
+        r, calls, out = self.run_script(S2_PC_PRE_MODEL=tar)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertFalse([c for c in calls if c[0] == "init"])
+        trains = [c for c in calls if c[0] == "train"]
+        self.assertEqual(len(trains), 3)
+        models = {c[c.index("--model") + 1] for c in trains}
+        self.assertEqual(len(models), 1)
+        self.assertTrue(models.pop().endswith("/pre-model"))
+        for c in trains:
+            self.assertNotIn("--mode", c)
+        self.assertEqual(len([c for c in calls if c[0] == "logits"]), 14)
+        with open(os.path.join(out, "paper_claim.md")) as f:
+            md = f.read()
+        self.assertIn("- phase 1: not in this call: the pre-trained model of " + tar, md)
+        self.assertRegex(md, r"\n- phase 2 \(full\): 2 steps of 4 x 2048 tokens")
+
+
+class SplitSettings(unittest.TestCase):
+    """bench/paper-claim.sh's two-call settings, refused before anything runs when wrong."""
+
+    def test_split_settings_are_checked(self):
+        for extra, what in (({"S2_PC_STOP_AFTER": "ext"}, "the one phase to stop after is pre"),
+                            ({"S2_PC_STOP_AFTER": "pre", "S2_PC_PRE_MODEL": ROOT},
+                             "give one"),
+                            ({"S2_PC_PRE_MODEL": "/nonexistent/pre-model.tar"},
+                             "no such file or directory")):
+            env = dict(os.environ, **extra)
+            r = subprocess.run([os.path.join(ROOT, "bench", "paper-claim.sh")], env=env,
+                               capture_output=True, text=True)
+            self.assertEqual(r.returncode, 2, (extra, r.stderr))
+            self.assertIn(what, r.stderr)
+
 
 if __name__ == "__main__":
     unittest.main()
