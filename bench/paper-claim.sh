@@ -217,6 +217,17 @@ gen() { "${PY[@]}" gen --seed "$SEED" "$@" >>"$log"; }
 # What a run's train.jsonl says: median tokens/s, steps, last loss EMA.
 rate_of() { "${PY[@]}" rate "$1/train.jsonl" --skip "${2:-5}"; }
 
+# A finished training run into the report: label, its --out folder, the name its steps' log
+# gets in $OUT (train-NAME.jsonl.gz), its start (SECONDS), what a step is.
+run_note() {
+  local label=$1 dir=$2 name=$3 t0=$4 r n l
+  shift 4
+  read -r r n l <<<"$(rate_of "$dir" 5)"
+  note "$label" "$n steps of $*: $((SECONDS - t0)) s, $r tok/s, final loss EMA $l"
+  command -v gzip >/dev/null && gzip -c "$dir/train.jsonl" >"$OUT/train-$name.jsonl.gz"
+  return 0
+}
+
 say "== paper-claim: s2lora $("$BIN/s2lora" version | head -n 1); binaries $BIN"
 # the binaries' commit: as given, else what bench/build-carry.sh recorded beside them, else the
 # tree's (a copied tree's .git may be stale)
@@ -365,11 +376,8 @@ else
     --steps "$pre_steps"
   pre_model=$w/pre/model
   if [ $ran = 1 ]; then
-    p=$(rate_of "$w/pre" 5)
-    read -r r n l <<<"$p"
-    note "phase 1" "$n steps of $PRE_GA x $PRE_CTX tokens, full FT, full attention, lr" \
-      "$PRE_LR cosine: $((SECONDS - t0)) s, $r tok/s, final loss EMA $l"
-    command -v gzip >/dev/null && gzip -c "$w/pre/train.jsonl" >"$OUT/train-pre.jsonl.gz"
+    run_note "phase 1" "$w/pre" pre $t0 "$PRE_GA x $PRE_CTX tokens, full FT, full attention," \
+      "lr $PRE_LR cosine"
   else
     pre_model=$base0 # --quick without a GPU: the initial model stands in for the later ones
   fi
@@ -422,11 +430,8 @@ for mode in s2 short full; do
   s2 "${EXT_TRAIN[@]}" $(ext_args $mode) --model "$pre_model" --data "$w/train$EXT_CTX.tokens" \
     --out "$w/ext-$mode" --steps "$ext_steps"
   if [ $ran = 1 ]; then
-    p=$(rate_of "$w/ext-$mode" 5)
-    read -r r n l <<<"$p"
-    note "phase 2 ($mode)" "$n steps of $EXT_GA x $EXT_CTX tokens, LoRA+, lr $EXT_LR:" \
-      "$((SECONDS - t0)) s, $r tok/s, final loss EMA $l"
-    command -v gzip >/dev/null && gzip -c "$w/ext-$mode/train.jsonl" >"$OUT/train-$mode.jsonl.gz"
+    run_note "phase 2 ($mode)" "$w/ext-$mode" $mode $t0 \
+      "$EXT_GA x $EXT_CTX tokens, LoRA+, lr $EXT_LR"
     tuned=(--model "$pre_model" --adapter "$w/ext-$mode/adapter"
       --trainable "$w/ext-$mode/trainable.safetensors")
   else # --quick without a GPU: no adapter exists; the evaluations are checked without one

@@ -383,6 +383,28 @@ static void emit_acc_constraints(s2_buf *b, int n)
         s2_buf_printf(b, "\"+f\"(d[%d])%s", i, i + 1 < n ? ", " : "\n");
 }
 
+/* A wrapper of one m64n{n}k16 product with A from registers (four 32-bit fragments) and B a
+ * shared-memory descriptor, read MN-major (transposed) when trans_b; with acc, an argument
+ * that is 0 for the first k16 step (it overwrites d), else every step accumulates. */
+static void emit_wgmma_rs(s2_buf *b, const char *name, int n, const char *ty, int trans_b,
+                          int acc)
+{
+    s2_buf_printf(b,
+                  "__device__ __forceinline__ void %s(float (&d)[%d], const unsigned (&a)[4],"
+                  " unsigned long long db%s)\n{\n"
+                  "    asm volatile(\"{\\n.reg .pred p;\\nsetp.ne.b32 p, %%%d, 0;\\n\"\n"
+                  "                 \"wgmma.mma_async.sync.aligned.m64n%dk16.f32.%s.%s {\"\n",
+                  name, n / 2, acc ? ", int acc" : "", n / 2 + 5, n, ty, ty);
+    emit_acc_list(b, n / 2);
+    s2_buf_printf(b,
+                  "\n                 \"}, {%%%d, %%%d, %%%d, %%%d}, %%%d, p, 1, 1, %d;"
+                  "\\n}\\n\"\n                 : ",
+                  n / 2, n / 2 + 1, n / 2 + 2, n / 2 + 3, n / 2 + 4, trans_b);
+    emit_acc_constraints(b, n / 2);
+    s2_buf_printf(b, "                 : \"r\"(a[0]), \"r\"(a[1]), \"r\"(a[2]), \"r\"(a[3]), "
+                     "\"l\"(db), \"r\"(%s));\n}\n\n", acc ? "acc" : "1");
+}
+
 static void emit_wgmma(s2_buf *b, const s2_attn_plan *p, int nq, int bwd)
 {
     const char *ty = p->dtype == S2_DTYPE_BF16 ? "bf16" : "f16";
@@ -401,32 +423,10 @@ static void emit_wgmma(s2_buf *b, const s2_attn_plan *p, int nq, int bwd)
     emit_acc_constraints(b, nq / 2);
     s2_buf_printf(b, "                 : \"l\"(da), \"l\"(db), \"r\"(acc));\n}\n\n");
 
-    s2_buf_printf(b,
-                  "__device__ __forceinline__ void s2_wgmma_pv(float (&d)[%d], const unsigned (&a)[4],"
-                  " unsigned long long db)\n{\n"
-                  "    asm volatile(\"{\\n.reg .pred p;\\nsetp.ne.b32 p, %%%d, 0;\\n\"\n"
-                  "                 \"wgmma.mma_async.sync.aligned.m64n%dk16.f32.%s.%s {\"\n",
-                  nd / 2, nd / 2 + 5, nd, ty, ty);
-    emit_acc_list(b, nd / 2);
-    s2_buf_printf(b, "\n                 \"}, {%%%d, %%%d, %%%d, %%%d}, %%%d, p, 1, 1, 1;\\n}\\n\"\n"
-                     "                 : ", nd / 2, nd / 2 + 1, nd / 2 + 2, nd / 2 + 3, nd / 2 + 4);
-    emit_acc_constraints(b, nd / 2);
-    s2_buf_printf(b, "                 : \"r\"(a[0]), \"r\"(a[1]), \"r\"(a[2]), \"r\"(a[3]), "
-                     "\"l\"(db), \"r\"(1));\n}\n\n");
+    emit_wgmma_rs(b, "s2_wgmma_pv", nd, ty, 1, 0);
     if (!bwd)
         return;
-    s2_buf_printf(b,
-                  "__device__ __forceinline__ void s2_wgmma_qk_rs(float (&d)[%d], const unsigned (&a)[4],"
-                  " unsigned long long db, int acc)\n{\n"
-                  "    asm volatile(\"{\\n.reg .pred p;\\nsetp.ne.b32 p, %%%d, 0;\\n\"\n"
-                  "                 \"wgmma.mma_async.sync.aligned.m64n%dk16.f32.%s.%s {\"\n",
-                  nq / 2, nq / 2 + 5, nq, ty, ty);
-    emit_acc_list(b, nq / 2);
-    s2_buf_printf(b, "\n                 \"}, {%%%d, %%%d, %%%d, %%%d}, %%%d, p, 1, 1, 0;\\n}\\n\"\n"
-                     "                 : ", nq / 2, nq / 2 + 1, nq / 2 + 2, nq / 2 + 3, nq / 2 + 4);
-    emit_acc_constraints(b, nq / 2);
-    s2_buf_printf(b, "                 : \"r\"(a[0]), \"r\"(a[1]), \"r\"(a[2]), \"r\"(a[3]), "
-                     "\"l\"(db), \"r\"(acc));\n}\n\n");
+    emit_wgmma_rs(b, "s2_wgmma_qk_rs", nq, ty, 0, 1);
     if (!p->tile.bwd_atomic_dq)
         return;
     /* the backward's atomic dQ: D[64 x 64] (+)= A[64 x 16] B[16 x 64], both from shared memory
