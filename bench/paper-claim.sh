@@ -59,12 +59,17 @@
 # In two calls, so that each phase has a whole call's budget (the model learned no retrieval in
 # phase 1's share of one call): S2_PC_STOP_AFTER=pre gives the budget to phase 1 alone and ends
 # after the pre-trained model's evaluations, leaving it in $OUT/pre-model.tar; the second call,
-# S2_PC_PRE_MODEL=FILE (that tar, or a model directory), skips phase 1 and gives the budget to
-# the three extensions of that model (its evaluations run again, so the report is whole).
+# S2_PC_PRE_MODEL=FILE (that tar, or a model directory; a relative path is the caller's), skips
+# phase 1 and gives the budget to the three extensions of that model (its evaluations run
+# again, so the report is whole).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 STOP_AFTER=${S2_PC_STOP_AFTER:-} PRE_MODEL=${S2_PC_PRE_MODEL:-}
+case "$PRE_MODEL" in # a relative path names a place below the caller's directory
+"" | /*) ;;
+*) PRE_MODEL=$OLDPWD/$PRE_MODEL ;;
+esac
 case "$STOP_AFTER" in
 "" | pre) ;;
 *)

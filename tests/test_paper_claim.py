@@ -893,6 +893,14 @@ class SplitSettings(unittest.TestCase):
                                capture_output=True, text=True)
             self.assertEqual(r.returncode, 2, (extra, r.stderr))
             self.assertIn(what, r.stderr)
+        # a relative path is the caller's, not the repository's
+        with tempfile.TemporaryDirectory() as d:
+            env = dict(os.environ, S2_PC_PRE_MODEL="pre-model.tar")
+            r = subprocess.run([os.path.join(ROOT, "bench", "paper-claim.sh")], env=env,
+                               cwd=d, capture_output=True, text=True)
+            self.assertEqual(r.returncode, 2, r.stderr)
+            want = f"S2_PC_PRE_MODEL={os.path.realpath(d)}/pre-model.tar: no such"
+            self.assertIn(want, r.stderr)
 
 
 if __name__ == "__main__":
