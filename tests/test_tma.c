@@ -41,6 +41,15 @@ static s2_status plan_with(const s2_spec *s, const char *tile, s2_attn_plan *p, 
     return st ? st : s2_plan_attn(s, "sm_90a", &t, p, err);
 }
 
+/* The generated source of unit u of plan p (emitting it must succeed); the caller frees it. */
+static char *emit_unit(const s2_spec *s, const s2_attn_plan *p, s2_attn_unit u)
+{
+    char *src = NULL;
+    s2_error err = {0};
+    cr_assert_eq(s2_emit_attn(s, p, u, &src, &err), S2_OK, "%s", err.msg);
+    return src;
+}
+
 Test(plan, tma_forward_adds_a_producer_warpgroup)
 {
     s2_spec s = load_spec(128, 8, 2, "split");
@@ -211,14 +220,13 @@ Test(emit, only_a_tma_unit_holds_the_tma_text)
         /* the TMA tile, or its twin on cp.async */
         const s2_status st = plan_with(&s, tma ? TMA128 : TMA128 ",fwd_tma=0", &p, &err);
         cr_assert_eq(st, S2_OK, "%s", err.msg);
-        char *src = NULL;
-        cr_assert_eq(s2_emit_attn(&s, &p, S2_UNIT_ATTN_FWD, &src, &err), S2_OK, "%s", err.msg);
+        char *src = emit_unit(&s, &p, S2_UNIT_ATTN_FWD);
         cr_expect_eq(strstr(src, "S2_FWD_TMA") != NULL, tma, "tma %d", tma);
         cr_expect_eq(strstr(src, "cp.async.bulk.tensor") != NULL, tma, "tma %d", tma);
         cr_expect_eq(strstr(src, "s2_load_tile_sw<S2_FWD_BN") != NULL, 1,
                      "the cp.async loads stay in the text (the TMA unit's own are in #else parts)");
         free(src);
-        cr_assert_eq(s2_emit_attn(&s, &p, S2_UNIT_ATTN_BWD, &src, &err), S2_OK, "%s", err.msg);
+        src = emit_unit(&s, &p, S2_UNIT_ATTN_BWD);
         cr_expect_null(strstr(src, "S2_FWD_TMA"), "the backward never holds the forward's option");
         free(src);
     }
@@ -259,8 +267,7 @@ Test(emit, only_an_overlap_unit_holds_its_steps)
         s2_error err = {0};
         cr_assert_eq(plan_with(&s, ov ? TMA128 ",fwd_overlap=1" : TMA128, &p, &err), S2_OK, "%s",
                      err.msg);
-        char *src = NULL;
-        cr_assert_eq(s2_emit_attn(&s, &p, S2_UNIT_ATTN_FWD, &src, &err), S2_OK, "%s", err.msg);
+        char *src = emit_unit(&s, &p, S2_UNIT_ATTN_FWD);
         cr_expect_eq(strstr(src, "#define S2_FWD_OVERLAP 1") != NULL, ov, "overlap %d", ov);
         cr_expect_eq(strstr(src, "s2_wgmma_wait1(); // S_it has finished") != NULL, ov,
                      "overlap %d", ov);
@@ -347,15 +354,14 @@ Test(emit, only_a_persistent_unit_holds_its_scheduler)
         cr_assert_eq(plan_with(&s, ps ? TMA128 ",fwd_overlap=1,fwd_persist=1"
                                       : TMA128 ",fwd_overlap=1", &p, &err),
                      S2_OK, "%s", err.msg);
-        char *src = NULL;
-        cr_assert_eq(s2_emit_attn(&s, &p, S2_UNIT_ATTN_FWD, &src, &err), S2_OK, "%s", err.msg);
+        char *src = emit_unit(&s, &p, S2_UNIT_ATTN_FWD);
         cr_expect_eq(strstr(src, "#define S2_FWD_PERSIST 1") != NULL, ps, "persist %d", ps);
         cr_expect_eq(strstr(src, "__device__ unsigned s2_fwd_sched[") != NULL, ps,
                      "persist %d", ps);
         cr_expect_eq(strstr(src, "#if S2_FWD_PERSIST") != NULL, ps,
                      "without the option the emitter resolves its blocks away");
         free(src);
-        cr_assert_eq(s2_emit_attn(&s, &p, S2_UNIT_ATTN_BWD, &src, &err), S2_OK, "%s", err.msg);
+        src = emit_unit(&s, &p, S2_UNIT_ATTN_BWD);
         cr_expect_null(strstr(src, "S2_FWD_PERSIST"), "the backward never holds the option");
         free(src);
     }
@@ -489,8 +495,7 @@ Test(emit, only_a_bwd_tma_unit_holds_its_text)
         cr_assert_eq(plan_with(&s, tma ? BWDTMA ",bwd_tma=1,fwd_tma=0,fwd_overlap=0"
                                    : BWDTMA ",fwd_tma=0,fwd_overlap=0", &p,
                                &err), S2_OK, "%s", err.msg);
-        char *src = NULL;
-        cr_assert_eq(s2_emit_attn(&s, &p, S2_UNIT_ATTN_BWD, &src, &err), S2_OK, "%s", err.msg);
+        char *src = emit_unit(&s, &p, S2_UNIT_ATTN_BWD);
         cr_expect_eq(strstr(src, "#define S2_BWD_TMA 1") != NULL, tma, "tma %d", tma);
         cr_expect_eq(strstr(src, "cp.async.bulk.tensor") != NULL, tma, "tma %d", tma);
         cr_expect_eq(strstr(src, "__grid_constant__ s2_tmap tm_do") != NULL, tma, "tma %d", tma);
@@ -501,7 +506,7 @@ Test(emit, only_a_bwd_tma_unit_holds_its_text)
         /* the dQ kernel keeps its cp.async loads either way */
         cr_expect_neq(strstr(src, "s2_ring_prologue(bars, n_kt, load_kv)"), NULL, "tma %d", tma);
         free(src);
-        cr_assert_eq(s2_emit_attn(&s, &p, S2_UNIT_ATTN_FWD, &src, &err), S2_OK, "%s", err.msg);
+        src = emit_unit(&s, &p, S2_UNIT_ATTN_FWD);
         cr_expect_null(strstr(src, "S2_BWD_TMA"), "the forward never holds the backward's option");
         cr_expect_null(strstr(src, "cp.async.bulk.tensor"), "fwd_tma 0: no TMA in the forward");
         free(src);
