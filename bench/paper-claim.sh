@@ -107,9 +107,24 @@ else
   BIN=.carry/bin
 fi
 PY=(python3 bench/paper_claim.py)
-SPEC=specs/tiny-byte-512.yaml
+SPEC=${S2_PC_SPEC:-specs/tiny-byte-512.yaml} # a byte-vocabulary model pre-trained at 512 tokens
 PRE_CTX=512 EXT_CTX=2048             # phase 2 is 4x phase 1 (the spec's rope_factor is 4)
+# A top-level `key: value` of the spec's model (the YAML's first such line; comments dropped).
+spec_value() { sed -n "s/^ *$1: *\([^ #]*\).*/\1/p" "$SPEC" | head -n 1; }
+[ -f "$SPEC" ] || { echo "paper-claim: S2_PC_SPEC=$SPEC: no such spec file" >&2; exit 2; }
+[ "$(spec_value max_position_embeddings)" = $PRE_CTX ] && [ "$(spec_value vocab_size)" = 264 ] || {
+  echo "paper-claim: S2_PC_SPEC=$SPEC: model.max_position_embeddings" \
+    "$(spec_value max_position_embeddings) and vocab_size $(spec_value vocab_size); this run" \
+    "pre-trains a byte-vocabulary model (vocab_size 264) at $PRE_CTX tokens" >&2
+  exit 2
+}
 PRE_GA=8 EXT_GA=4                    # micro-batches (one sequence each) a step
+# Training documents are one token shorter than the context: the trainer packs documents with a
+# separator between them into windows of C + 1 tokens starting every C tokens, so a document of
+# C - 1 tokens and its separator make every window exactly one document (BOS at position 0, as
+# in the evaluations) and the next one's BOS as the last label. Documents of C tokens drifted a
+# token a window against the windows, most of them cut in two.
+PRE_DOC=$((PRE_CTX - 1)) EXT_DOC=$((EXT_CTX - 1))
 PRE_LR=1e-3
 EXT_LR=${S2_PC_EXT_LR:-2e-4}         # as bench/real-run.sh's extension
 KV_SHARE=${S2_PC_KV_SHARE:-0.5}      # the training documents that are dense-recall ones
@@ -239,7 +254,8 @@ say "== paper-claim: s2lora $("$BIN/s2lora" version | head -n 1); binaries $BIN"
 commit=${S2_PC_COMMIT:-$(cat "$BIN/../COMMIT" 2>/dev/null ||
   git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 note commit "$commit"
-note spec "$SPEC (4 layers, hidden 256, byte vocabulary)"
+note spec "$SPEC ($(spec_value num_layers) layers, hidden $(spec_value hidden_size)," \
+  "byte vocabulary)"
 note corpus "$KV_SHARE of the training documents dense-recall, the rest passkey (seed $SEED)"
 
 current="data: evaluation sets"
@@ -306,14 +322,14 @@ else
     say "== calibration: 40 steps of phase 1's shape, 15 of phase 2's (full attention)," \
       "the phases this call runs"
     if [ -z "$PRE_MODEL" ]; then
-      gen --kind train --ctx $PRE_CTX --n $((40 * PRE_GA + 1)) -o "$w/cal$PRE_CTX.tokens" \
+      gen --kind train --ctx $PRE_DOC --n $((40 * PRE_GA + 1)) -o "$w/cal$PRE_CTX.tokens" \
         --kv-share "$KV_SHARE"
       s2 "${PRE_TRAIN[@]}" --model "$base0" --data "$w/cal$PRE_CTX.tokens" --out "$w/cal1" \
         --steps 40
       r=$(rate_of "$w/cal1" 5) && RATE1=${r%% *}
     fi
     if [ -z "$STOP_AFTER" ]; then
-      gen --kind train --ctx $EXT_CTX --n $((15 * EXT_GA + 1)) -o "$w/cal$EXT_CTX.tokens" \
+      gen --kind train --ctx $EXT_DOC --n $((15 * EXT_GA + 1)) -o "$w/cal$EXT_CTX.tokens" \
         --kv-share "$KV_SHARE"
       s2 "${EXT_TRAIN[@]}" --full-attention --model "$base0" --data "$w/cal$EXT_CTX.tokens" \
         --out "$w/cal2" --steps 15
@@ -360,12 +376,12 @@ fi
 
 current="data: training sets"
 [ -n "$PRE_MODEL" ] ||
-  gen --kind train --ctx $PRE_CTX --n $((pre_steps * PRE_GA + 1)) -o "$w/train$PRE_CTX.tokens" \
+  gen --kind train --ctx $PRE_DOC --n $((pre_steps * PRE_GA + 1)) -o "$w/train$PRE_CTX.tokens" \
     --kv-share "$KV_SHARE"
 # phase 2's documents are written while phase 1 trains (the trainer uses one core; the
 # generator four)
 if [ -z "$STOP_AFTER" ]; then
-  "${PY[@]}" gen --seed "$SEED" --kind train --ctx $EXT_CTX --n $((ext_steps * EXT_GA + 1)) \
+  "${PY[@]}" gen --seed "$SEED" --kind train --ctx $EXT_DOC --n $((ext_steps * EXT_GA + 1)) \
     -o "$w/train$EXT_CTX.tokens" --kv-share "$KV_SHARE" --procs 4 >>"$log" 2>&1 &
   gen_pid=$!
 fi

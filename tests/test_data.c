@@ -566,6 +566,34 @@ static void packing_small(uint32_t width)
 Test(data, packing_windows_width2) { packing_small(2); }
 Test(data, packing_windows_width4) { packing_small(4); }
 
+/* Documents of C - 1 tokens with a separator: window k is document k whole (its first token at
+   position 0), the separator, and document k + 1's first token as the last label, what
+   bench/paper-claim.sh's training documents rely on. */
+Test(data, documents_one_shorter_than_the_context_fill_one_window_each)
+{
+    enum { C = 6, DOCS = 5 };
+    uint32_t tok[DOCS * (C - 1)];
+    uint64_t idx[DOCS + 1] = {0};
+    for (int d = 0; d < DOCS; d++) {
+        for (int i = 0; i < C - 1; i++)
+            tok[d * (C - 1) + i] = (uint32_t)(10 * (d + 1) + i); /* 10 11 .. 14, 20 .. 24, .. */
+        idx[d + 1] = (uint64_t)(d + 1) * (C - 1);
+    }
+    s2_error err = {0};
+    cr_assert_eq(s2_data_write(path, 2, 64, tok, DOCS * (C - 1), idx, DOCS, &err), S2_OK);
+    s2_data_file *f = open_ok(path);
+    cr_assert_eq(s2_data_num_sequences(f, C, 5), DOCS - 1);
+    for (int k = 0; k < DOCS - 1; k++) {
+        uint32_t want[C + 1];
+        for (int i = 0; i < C - 1; i++)
+            want[i] = tok[k * (C - 1) + i];
+        want[C - 1] = 5;
+        want[C] = tok[(k + 1) * (C - 1)];
+        expect_window(f, C, 5, (uint64_t)k, want);
+    }
+    s2_data_close(f);
+}
+
 static uint64_t rng_state = 12345;
 static uint64_t rnd(uint64_t bound)
 {

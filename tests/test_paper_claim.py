@@ -96,7 +96,7 @@ class Corpus(unittest.TestCase):
             self.assertEqual(f1.read(), f2.read())
 
     def test_documents_are_the_context_long_and_hold_their_key(self):
-        for ctx in (512, 2048):
+        for ctx in (512, 2048, 511, 2047):  # 511, 2047: bench/paper-claim.sh's training documents
             docs = pc.documents("train", ctx, 300, 3)
             path = os.path.join(self.d, f"t{ctx}")
             self.assertEqual(pc.write_token_file(path, docs), 300 * ctx)
@@ -797,11 +797,12 @@ class ScriptWithStandIn(unittest.TestCase):
             recalls = (4 if x["ctx"] == 512 else 2) * (pc.kv_slots(x["ctx"])[0] // 2)
             self.assertEqual(x["kv"]["all"]["recalls"], recalls)
             self.assertEqual(x["kv"]["all"]["n"], 5 * recalls)
-        # the training documents: both kinds
+        # the training documents: both kinds, one token shorter than the context (with the
+        # separator, one document a window)
         with open(os.path.join(out, "paper_claim.log")) as f:
             log = f.read()
         for ctx, n in ((512, 25), (2048, 9)):
-            m = re.search(rf"train{ctx}.tokens: {n} train documents of {ctx} tokens "
+            m = re.search(rf"train{ctx}.tokens: {n} train documents of {ctx - 1} tokens "
                           rf"\(\d+ tokens; (\d+) dense-recall", log)
             self.assertTrue(m and 0 < int(m.group(1)) < n, (ctx, m))
         with open(os.path.join(out, "paper_claim.md")) as f:
