@@ -15,7 +15,8 @@
 #      512 tokens, 141 in 2048, 705 digits against the passkey's 5: a run on passkey documents
 #      alone lost retrieval in phase 2 at every distance, even with full attention, its loss
 #      barely asking for it; two-letter keys with one digit were not learned at 512 at all);
-#   2. phase 1: a byte-level LLaMA of specs/tiny-byte-512.yaml's shape (`s2lora init`) is
+#   2. phase 1: a byte-level LLaMA of S2_PC_SPEC's shape (default specs/tiny-byte-512.yaml;
+#      specs/small-byte-512.yaml is 1.5 times as wide) (`s2lora init`) is
 #      pre-trained from scratch at 512 tokens (`train --mode full --full-attention`), so it
 #      learns the retrieval at short range (passkey accuracy and dense recall at 512 are
 #      reported);
