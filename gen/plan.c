@@ -47,20 +47,22 @@ s2_attn_tile s2_plan_default_tile(const char *arch, int head_dim)
          * The TMA forward (fwd_tma; H100, 2026-12-06, bench/RESULTS.md) on two stages at
          * d = 128: forward 8k 0.308 -> 0.284 ms, 16k 1.026 -> 0.927, 32k 4.066 -> 3.350, 64k
          * 15.763 -> 14.127, 100k 38.229 -> 34.821 (617-657 TF/s from 32k on); at d = 64 no
-         * gain (16k 0.692 -> 0.687-0.790), so not there. Split mode only:
+         * gain without the overlap below (16k 0.692 -> 0.687-0.790). Split mode only:
          * s2_plan_spec_default_tile turns it off for roll-mode specs. Its steps overlapped
          * (fwd_overlap) on three stages (H100, 2026-12-06, two calls of two rounds each,
          * bench/RESULTS.md): forward 8k 0.286 -> 0.284 ms, 16k 0.938 -> 0.913, 32k
          * 3.56-3.77 -> 3.51; on two stages the overlap loses (8k 0.321, 16k 1.047), and three
-         * stages alone win only at 32k (8k 0.294, 16k 0.951, 32k 3.435). */
+         * stages alone win only at 32k (8k 0.294, 16k 0.951, 32k 3.435). At d = 64 the same
+         * overlapped TMA forward (H100, 2026-12-06, two calls at 16k with the peers, 663beb9):
+         * forward 0.704 -> 0.668 and 0.685 -> 0.673 ms, f+b 3.068 -> 2.974 and 3.084 -> 2.997;
+         * the backward keeps one warpgroup a block (two on mbarriers: f+b 3.170). */
+        s2_attn_tile t = {.fwd_wgmma = 1, .fwd_warps = 8, .fwd_strips = 1, .fwd_block_n = 128,
+                          .fwd_stages = 3, .fwd_mbar = 1, .fwd_tma = 1, .fwd_overlap = 1,
+                          .bwd_wgmma = 1, .bwd_warps = 8, .bwd_block_n = 64, .bwd_stages = 4,
+                          .bwd_mbar = 1};
         if (head_dim == 64)
-            return (s2_attn_tile){.fwd_wgmma = 1, .fwd_warps = 8, .fwd_strips = 1,
-                                  .fwd_block_n = 64, .fwd_stages = 4, .bwd_wgmma = 1,
-                                  .bwd_warps = 4, .bwd_block_n = 64, .bwd_stages = 4};
-        return (s2_attn_tile){.fwd_wgmma = 1, .fwd_warps = 8, .fwd_strips = 1,
-                              .fwd_block_n = 128, .fwd_stages = 3, .fwd_mbar = 1, .fwd_tma = 1,
-                              .fwd_overlap = 1, .bwd_wgmma = 1, .bwd_warps = 8, .bwd_block_n = 64,
-                              .bwd_stages = 4, .bwd_mbar = 1};
+            t.bwd_warps = 4, t.bwd_mbar = 0;
+        return t;
     }
     /* Measured on an H100 (bench/RESULTS.md, 2026-11-25): two strips of 32 keys beat one
      * strip of 64 or 128 by 20-25 % in the forward at d = 128. */
@@ -75,9 +77,12 @@ s2_attn_tile s2_plan_spec_default_tile(const s2_spec *spec, const char *arch)
 {
     s2_attn_tile t = s2_plan_default_tile(arch, spec->model.head_dim);
     if (t.fwd_tma && spec->s2attn.shift_mode == S2_SHIFT_ROLL && spec->s2attn.shift) {
-        /* the default before the TMA forward, on cp.async: the same rings and warpgroups */
+        /* the default before the TMA forward, on cp.async: at d = 128 the same rings and
+         * warpgroups on three stages, at d = 64 64-key tiles on four stages without mbarriers */
         t.fwd_tma = t.fwd_overlap = t.fwd_persist = 0;
         t.fwd_stages = 3;
+        if (spec->model.head_dim == 64)
+            t.fwd_block_n = 64, t.fwd_stages = 4, t.fwd_mbar = 0;
     }
     return t;
 }

@@ -121,7 +121,13 @@ Test(plan, the_default_takes_the_tma_forward_where_the_spec_can)
         cr_expect_eq(memcmp(&first, &t, sizeof t), 0, "the space starts at the spec's default");
     }
     s2_spec s = load_spec(64, 8, 8, "split");
-    cr_expect_eq(s2_plan_spec_default_tile(&s, "sm_90a").fwd_tma, 0, "d = 64: no gain measured");
+    s2_attn_tile t64 = s2_plan_spec_default_tile(&s, "sm_90a");
+    cr_expect_eq(t64.fwd_tma + t64.fwd_overlap, 2, "d = 64: the overlapped TMA forward");
+    cr_expect_eq(t64.bwd_warps, 4, "d = 64: one warpgroup a backward block");
+    s = load_spec(64, 8, 8, "roll");
+    t64 = s2_plan_spec_default_tile(&s, "sm_90a");
+    cr_expect(t64.fwd_tma == 0 && t64.fwd_block_n == 64 && t64.fwd_stages == 4 && !t64.fwd_mbar,
+              "d = 64, roll mode: the cp.async forward it had before");
     s = load_spec(128, 8, 8, "split");
     cr_expect_eq(s2_plan_spec_default_tile(&s, "sm_80").fwd_tma, 0, "TMA is sm_90a's");
 }
