@@ -4,12 +4,14 @@
 // (s2_block_tile); every product is a wgmma with the layouts of wgmma.cuh, and none needs a
 // transpose in shared memory:
 //   s2_attn_bwd_dq    per warpgroup 64 query rows: S = Q K^T (Q held as register A fragments,
-//                     so the product reads only K from shared memory) and dP = dO V^T (both
-//                     K-major), dS = P ∘ (dP - delta) in registers, dQ += dS K (dS as the
-//                     register A fragment, K read MN-major), issued behind the next step's S
-//                     and dP so it runs while that step's dS is formed; at its first step it
-//                     forms delta = rowsum(dO ∘ O) of its rows (written for s2_attn_bwd_dkdv);
-//   s2_attn_bwd_dkdv  per warpgroup 64 key rows: S^T = K Q^T and dP^T = V dO^T (K-major),
+//                     so the product reads only K from shared memory) and dP = dO V^T (K-major;
+//                     at d = 64 dO in registers too), dS = P ∘ (dP - delta) in registers,
+//                     dQ += dS K (dS as the register A fragment, K read MN-major), issued
+//                     behind the next step's S and dP so it runs while that step's dS is
+//                     formed; at its first step it forms delta = rowsum(dO ∘ O) of its rows
+//                     (written for s2_attn_bwd_dkdv);
+//   s2_attn_bwd_dkdv  per warpgroup 64 key rows: S^T = K Q^T and dP^T = V dO^T (K-major; at
+//                     d = 64 on the cp.async walk K and V in registers, S2_BWD_RS_ALL),
 //                     P^T and dS^T in registers (lse and delta per column from shared memory),
 //                     dV += P^T dO and dK += dS^T Q (dO and Q read MN-major).
 // S2_BWD_WARPS / 4 warpgroups a block; S2_BWD_BN rows per streamed tile, S2_BWD_STAGES deep.
@@ -23,6 +25,11 @@
 #define S2_BWD_THREADS (32 * S2_BWD_WARPS)
 #define S2_SACC (S2_BWD_BN / 2)
 #define S2_OACC (S2_HEAD_DIM / 2)
+// The first products' X operands that stay in registers for the whole walk: the dQ kernel's Q
+// always (32 registers at d = 128 fit beside the rest), and at d = 64 (16 registers an operand)
+// also its dO and the K and V of the dK/dV kernel's walk on cp.async without the atomic dQ (at
+// d = 128 that kernel has no registers to spare).
+#define S2_BWD_RS_ALL (S2_HEAD_DIM == 64)
 
 // This warpgroup's 64 rows of a block tile (swizzled panels of S2_BWD_BM rows; r: this
 // thread's first row in the tile) as the register A fragments of a product over the head dim:
@@ -60,27 +67,27 @@ __device__ __forceinline__ void s2_wgmma_first(float (&s)[S2_SACC], const s2_ele
 }
 
 // s = X1 Y1^T and dp = X2 Y2^T over the head dim, both overwritten, for this warpgroup's 64 rows
-// from row r0 of the X tiles (S2_BWD_BM rows; X1 may be register fragments instead,
+// from row r0 of the X tiles (S2_BWD_BM rows; either X may be register fragments instead,
 // s2_wgmma_first) against the streamed Y tiles (S2_BWD_BN rows): issued together as one group,
 // not waited for.
-template <class X1>
+template <class X1, class X2>
 __device__ __forceinline__ void s2_wgmma_pair_issue(float (&s)[S2_SACC], float (&dp)[S2_SACC],
                                                     const X1 &x1, const s2_elem *y1,
-                                                    const s2_elem *x2, const s2_elem *y2, int r0)
+                                                    const X2 &x2, const s2_elem *y2, int r0)
 {
     s2_overwritten_regs(s);
     s2_overwritten_regs(dp);
     s2_wgmma_fence();
     s2_wgmma_first(s, x1, y1, r0);
-    s2_wgmma_xyt<S2_BWD_BM, S2_BWD_BN>(dp, x2, r0, y2);
+    s2_wgmma_first(dp, x2, y2, r0);
     s2_wgmma_commit();
 }
 
 // The same, waited for.
-template <class X1>
+template <class X1, class X2>
 __device__ __forceinline__ void s2_wgmma_pair(float (&s)[S2_SACC], float (&dp)[S2_SACC],
                                               const X1 &x1, const s2_elem *y1,
-                                              const s2_elem *x2, const s2_elem *y2, int r0)
+                                              const X2 &x2, const s2_elem *y2, int r0)
 {
     s2_wgmma_pair_issue(s, dp, x1, y1, x2, y2, r0);
     s2_wgmma_wait0();
@@ -189,10 +196,10 @@ __device__ __forceinline__ void s2_ring_release(unsigned long long *bars, int j)
 // commit group with bwd_mbar 0; measured 1.3 % faster here than before the products, and
 // 10 % slower after the second ones), then, from the second step on, the step before's second
 // products (prev issues them; committed here as one group); waits for S and dP only.
-template <class X1, class Prev, class Load>
+template <class X1, class X2, class Prev, class Load>
 __device__ __forceinline__ void s2_overlap_products(int it, float (&s)[S2_SACC],
                                                     float (&dp)[S2_SACC], const X1 &x1,
-                                                    const s2_elem *y1, const s2_elem *x2,
+                                                    const s2_elem *y1, const X2 &x2,
                                                     const s2_elem *y2, int wg, Prev prev,
                                                     int n_tiles, unsigned long long *bars,
                                                     bool o_stage, Load load)
@@ -341,6 +348,12 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
         acc[i] = 0.f;
     unsigned a[S2_BWD_BN / 16][4]; // dS of the step before, as the A fragments of dQ += dS K
     unsigned qa[S2_HEAD_DIM / 16][4]; // this warpgroup's Q rows, the A fragments of S = Q K^T
+#if S2_BWD_RS_ALL
+    unsigned doa[S2_HEAD_DIM / 16][4]; // and its dO rows, of dP = dO V^T
+    const auto &x_do = doa;
+#else
+    const s2_elem *x_do = sdo;
+#endif
 
 #if S2_BWD_TURNS
     s2_turn_start(wg);
@@ -352,6 +365,9 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
                           lane);
             s2_ring_release(bars, S2_BWD_STAGES - 1);
             s2_rows_to_afrag(qa, sq, row0 - x0, lane);
+#if S2_BWD_RS_ALL
+            s2_rows_to_afrag(doa, sdo, row0 - x0, lane);
+#endif
         }
         const s2_elem *sk = skv + 2 * (it % S2_BWD_STAGES) * kv_stride;
         const s2_elem *sv = sk + kv_stride;
@@ -360,7 +376,7 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
         // S and dP only
         float s[S2_SACC], dp[S2_SACC];
         s2_fence_regs(acc);
-        s2_overlap_products(it, s, dp, qa, sk, sdo, sv, wg, [&] {
+        s2_overlap_products(it, s, dp, qa, sk, x_do, sv, wg, [&] {
             s2_wgmma_py<S2_BWD_BN>(acc, a, skv + 2 * ((it - 1) % S2_BWD_STAGES) * kv_stride);
         }, n_kt, bars, true, load_kv);
 
@@ -797,6 +813,14 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
     unsigned pa[S2_BWD_BN / 16][4], da[S2_BWD_BN / 16][4];
 
     int cur_qt = qt_begin - 1; // this step's query tile
+#if S2_BWD_RS_ALL && !S2_BWD_TMA
+    // this warpgroup's K and V rows, the A fragments of S^T = K Q^T and dP^T = V dO^T
+    unsigned ka[S2_HEAD_DIM / 16][4], va[S2_HEAD_DIM / 16][4];
+    const auto &x_k = ka;
+    const auto &x_v = va;
+#else
+    const s2_elem *x_k = sk, *x_v = sv;
+#endif
 #if S2_BWD_TMA
 #if S2_BWD_ATOMIC_DQ && S2_DQ_SPLIT_DIMS
     int dq_h = 0, dq_row = 0; // the head and first row of the step whose dQ comes next
@@ -812,6 +836,12 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
         s2_mbar_wait(&bars[it % S2_BWD_STAGES], (it / S2_BWD_STAGES) & 1); // lse and delta too
 #else
         s2_ring_top(bars, it, load_next);
+#if S2_BWD_RS_ALL
+        if (it == 0) { // the block's K and V rows landed with tile 0
+            s2_rows_to_afrag(ka, sk, key0 - y0, lane);
+            s2_rows_to_afrag(va, sv, key0 - y0, lane);
+        }
+#endif
 #endif
         const int st = it % S2_BWD_STAGES;
         const s2_elem *sq = sqd + 2 * st * qd_stride, *sdo = sq + qd_stride;
@@ -831,7 +861,7 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
 #if S2_BWD_TURNS
         s2_turn_wait(wg);
 #endif
-        s2_wgmma_pair_issue(s, dp, sk, sq, sv, sdo, wg * 64);
+        s2_wgmma_pair_issue(s, dp, x_k, sq, x_v, sdo, wg * 64);
 #if S2_BWD_TURNS
         s2_turn_pass(wg);
 #endif
@@ -839,7 +869,7 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
         s2_fence_regs(s);
         s2_fence_regs(dp);
 #else
-        s2_overlap_products(it, s, dp, sk, sq, sv, sdo, wg, [&] {
+        s2_overlap_products(it, s, dp, x_k, sq, x_v, sdo, wg, [&] {
             const s2_elem *pq = sqd + 2 * ((it - 1) % S2_BWD_STAGES) * qd_stride;
             s2_wgmma_py<S2_BWD_BN>(adv, pa, pq + qd_stride); // dV += P^T dO
             s2_wgmma_py<S2_BWD_BN>(adk, da, pq);             // dK += dS^T Q
