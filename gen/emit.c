@@ -360,9 +360,9 @@ static s2_status emit_template(s2_buf *b, const char *name, s2_error *err)
  *                                memory (K-major); acc 0 overwrites S
  *   s2_wgmma_pv(o, a, db)        O[64 x d] += P[64 x 16] V[16 x d], P from registers, V from
  *                                shared memory read MN-major (transposed)
- * and in the backward unit
- *   s2_wgmma_qk_rs(s, a, db, acc) the first shape with A from registers (the dQ kernel's S =
- *                                Q K^T, Q held as A fragments: half the shared-memory reads)
+ *   s2_wgmma_qk_rs(s, a, db, acc) the first shape with A from registers (S = Q K^T with the
+ *                                warpgroup's rows held as A fragments: half the shared-memory
+ *                                reads of the product)
  * (the backward uses the same two shapes: S, dP and S^T, dP^T are the first; dQ, dK, dV the
  * second), and with bwd_atomic_dq
  *   s2_wgmma_tt(q, da, db, acc)  dQ[64 x 64] (+)= dS[64 x 16] K[16 x 64], both from shared
@@ -424,10 +424,8 @@ static void emit_wgmma(s2_buf *b, const s2_attn_plan *p, int nq, int bwd)
     s2_buf_printf(b, "                 : \"l\"(da), \"l\"(db), \"r\"(acc));\n}\n\n");
 
     emit_wgmma_rs(b, "s2_wgmma_pv", nd, ty, 1, 0);
-    if (!bwd)
-        return;
     emit_wgmma_rs(b, "s2_wgmma_qk_rs", nq, ty, 0, 1);
-    if (!p->tile.bwd_atomic_dq)
+    if (!bwd || !p->tile.bwd_atomic_dq)
         return;
     /* the backward's atomic dQ: D[64 x 64] (+)= A[64 x 16] B[16 x 64], both from shared memory
      * read MN-major (transposed) */

@@ -31,23 +31,6 @@
 // d = 128 that kernel has no registers to spare).
 #define S2_BWD_RS_ALL (S2_HEAD_DIM == 64)
 
-// This warpgroup's 64 rows of a block tile (swizzled panels of S2_BWD_BM rows; r: this
-// thread's first row in the tile) as the register A fragments of a product over the head dim:
-// k16 step ks holds rows r and r + 8, columns 16 ks + 2 t, + 1 and 16 ks + 8 + 2 t, + 1.
-__device__ __forceinline__ void s2_rows_to_afrag(unsigned (&a)[S2_HEAD_DIM / 16][4],
-                                                 const s2_elem *tile, int r, int lane)
-{
-    const int t = lane % 4;
-#pragma unroll
-    for (int ks = 0; ks < S2_HEAD_DIM / 16; ks++)
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const int rr = r + 8 * (i % 2), c = 2 * ks + i / 2; // c: the 16-byte chunk
-            a[ks][i] = *reinterpret_cast<const unsigned *>(
-                tile + (c / 8) * (S2_BWD_BM * 64) + rr * 64 + (((c % 8) ^ (rr % 8)) * 8) + 2 * t);
-        }
-}
-
 // s = X Y^T over the head dim, X's k16 steps as register A fragments (s2_rows_to_afrag), Y a
 // tile of S2_BWD_BN rows (K-major); overwritten. The other form: X's rows from row r0 of a tile
 // of S2_BWD_BM rows in shared memory.
@@ -55,9 +38,7 @@ __device__ __forceinline__ void s2_wgmma_first(float (&s)[S2_SACC],
                                                const unsigned (&x)[S2_HEAD_DIM / 16][4],
                                                const s2_elem *y, int)
 {
-#pragma unroll
-    for (int ks = 0; ks < S2_HEAD_DIM / 16; ks++)
-        s2_wgmma_qk_rs(s, x[ks], s2_desc_k<S2_BWD_BN>(y, 0, ks), ks > 0);
+    s2_wgmma_ryt<S2_BWD_BN>(s, x, y);
 }
 
 __device__ __forceinline__ void s2_wgmma_first(float (&s)[S2_SACC], const s2_elem *x,
@@ -364,9 +345,9 @@ s2_attn_bwd_dq(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
             s2_delta_rows(dlt, so, sdo, delta, row0 - x0, row0, n, seq0, cls, h, total_tokens,
                           lane);
             s2_ring_release(bars, S2_BWD_STAGES - 1);
-            s2_rows_to_afrag(qa, sq, row0 - x0, lane);
+            s2_rows_to_afrag<S2_BWD_BM>(qa, sq, row0 - x0, lane);
 #if S2_BWD_RS_ALL
-            s2_rows_to_afrag(doa, sdo, row0 - x0, lane);
+            s2_rows_to_afrag<S2_BWD_BM>(doa, sdo, row0 - x0, lane);
 #endif
         }
         const s2_elem *sk = skv + 2 * (it % S2_BWD_STAGES) * kv_stride;
@@ -838,8 +819,8 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
         s2_ring_top(bars, it, load_next);
 #if S2_BWD_RS_ALL
         if (it == 0) { // the block's K and V rows landed with tile 0
-            s2_rows_to_afrag(ka, sk, key0 - y0, lane);
-            s2_rows_to_afrag(va, sv, key0 - y0, lane);
+            s2_rows_to_afrag<S2_BWD_BM>(ka, sk, key0 - y0, lane);
+            s2_rows_to_afrag<S2_BWD_BM>(va, sv, key0 - y0, lane);
         }
 #endif
 #endif

@@ -150,8 +150,12 @@ __device__ __forceinline__ void s2_fwd_produce(s2_elem *sq, s2_elem *skv, unsign
 // the tensor cores, then waits for that product, releases stage it - 1, rescales O and rounds
 // P_it into the A fragments of the next step's P V. The first step has no P V, a last turn
 // issues the last one. P stays in s (exponentiated in place) until the product that reads the
-// fragments has finished. acc, m and l come in cleared and leave with the tile's O, row maxima
-// and row sums.
+// fragments has finished. Q (landed: the caller waited for it) is read once into register A
+// fragments, so S reads only K from shared memory (S2_FWD_Q_REGS; the persistent forward's
+// consumers, at 232 registers beside its producer's 40, would spill, so there S reads Q from
+// shared memory, and the producer reloads it once the tile's last S is done). acc, m and l come
+// in cleared and leave with the tile's O, row maxima and row sums.
+#define S2_FWD_Q_REGS (!S2_FWD_PERSIST)
 __device__ __forceinline__ void s2_fwd_overlap_steps(float (&acc)[S2_OACC], float (&m)[2],
                                                      float (&l)[2], const s2_elem *sq,
                                                      const s2_elem *skv, unsigned long long *full,
@@ -166,6 +170,16 @@ __device__ __forceinline__ void s2_fwd_overlap_steps(float (&acc)[S2_OACC], floa
     constexpr int kv_stride = S2_FWD_BN * S2_HEAD_DIM;
     float s[S2_SACC];
     unsigned pa[S2_FWD_BN / 16][4];
+#if S2_FWD_Q_REGS
+    unsigned qa[S2_HEAD_DIM / 16][4]; // this warpgroup's Q rows
+    s2_rows_to_afrag<S2_FWD_BM>(qa, sq, wg * 64 + (threadIdx.x % 128) / 32 * 16 +
+                                            (threadIdx.x % 32) / 4, threadIdx.x % 32);
+    auto product_s = [&](const s2_elem *sk) { s2_wgmma_ryt<S2_FWD_BN>(s, qa, sk); };
+#else
+    auto product_s = [&](const s2_elem *sk) {
+        s2_wgmma_xyt<S2_FWD_BM, S2_FWD_BN>(s, sq, wg * 64, sk);
+    };
+#endif
     // Masks S of tile it, takes the row maxima into m and forms P in s (the new maxima's
     // rescale of O in alpha; l rescaled and summed here).
     auto softmax = [&](int it, float (&alpha)[2]) {
@@ -205,7 +219,7 @@ __device__ __forceinline__ void s2_fwd_overlap_steps(float (&acc)[S2_OACC], floa
         s2_overwritten_regs(s);
         s2_wgmma_fence();
         s2_turn_wait(wg);
-        s2_wgmma_xyt<S2_FWD_BM, S2_FWD_BN>(s, sq, wg * 64, skv + (2 * stage(0)) * kv_stride);
+        product_s(skv + (2 * stage(0)) * kv_stride);
         s2_wgmma_commit();
         s2_turn_pass(wg);
         s2_wgmma_wait0();
@@ -226,7 +240,7 @@ __device__ __forceinline__ void s2_fwd_overlap_steps(float (&acc)[S2_OACC], floa
         s2_fence_regs(acc);
         s2_wgmma_fence();
         s2_turn_wait(wg);
-        s2_wgmma_xyt<S2_FWD_BM, S2_FWD_BN>(s, sq, wg * 64, sk);
+        product_s(sk);
         s2_wgmma_commit();
         s2_wgmma_py<S2_FWD_BN>(acc, pa, sv_prev);
         s2_wgmma_commit();

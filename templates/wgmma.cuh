@@ -205,6 +205,37 @@ __device__ __forceinline__ void s2_wgmma_xyt(float (&acc)[N], const s2_elem *x, 
         s2_wgmma_qk(acc, s2_desc_k<RX>(x, r0, ks), s2_desc_k<RY>(y, 0, ks), ks > 0);
 }
 
+// This warpgroup's 64 rows of a tile of ROWS rows (swizzled 64-column panels, as
+// s2_load_tile_sw and the TMA write them; r: this thread's first row in the tile) as the
+// register A fragments of a product over the head dim: k16 step ks holds rows r and r + 8,
+// columns 16 ks + 2 t, + 1 and 16 ks + 8 + 2 t, + 1.
+template <int ROWS>
+__device__ __forceinline__ void s2_rows_to_afrag(unsigned (&a)[S2_HEAD_DIM / 16][4],
+                                                 const s2_elem *tile, int r, int lane)
+{
+    const int t = lane % 4;
+#pragma unroll
+    for (int ks = 0; ks < S2_HEAD_DIM / 16; ks++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int rr = r + 8 * (i % 2), c = 2 * ks + i / 2; // c: the 16-byte chunk
+            a[ks][i] = *reinterpret_cast<const unsigned *>(
+                tile + (c / 8) * (ROWS * 64) + rr * 64 + (((c % 8) ^ (rr % 8)) * 8) + 2 * t);
+        }
+}
+
+// acc = X Y^T over the head dim, X's k16 steps as register A fragments (s2_rows_to_afrag), Y a
+// tile of RY rows (K-major). The first step overwrites acc.
+template <int RY, int N>
+__device__ __forceinline__ void s2_wgmma_ryt(float (&acc)[N],
+                                             const unsigned (&x)[S2_HEAD_DIM / 16][4],
+                                             const s2_elem *y)
+{
+#pragma unroll
+    for (int ks = 0; ks < S2_HEAD_DIM / 16; ks++)
+        s2_wgmma_qk_rs(acc, x[ks], s2_desc_k<RY>(y, 0, ks), ks > 0);
+}
+
 // acc += P Y: P's k16 steps as register A fragments, Y a tile of RY rows read MN-major.
 template <int RY, int N, int KK>
 __device__ __forceinline__ void s2_wgmma_py(float (&acc)[N], const unsigned (&p)[KK][4],
