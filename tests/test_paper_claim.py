@@ -826,6 +826,29 @@ class ScriptWithStandIn(unittest.TestCase):
         with open(os.path.join(out, "paper_claim.json")) as f:
             self.assertEqual(json.load(f)["run"]["commit"], "f00dfee")
 
+    def test_spec_chosen(self):
+        r, calls, out = self.run_script(S2_PC_SPEC="specs/small-byte-512.yaml")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        named = [c for c in calls if c[0] in ("init", "train", "eval", "logits")]
+        self.assertGreater(len(named), 10)
+        for c in named:
+            self.assertEqual(c[1], "specs/small-byte-512.yaml", c)
+        with open(os.path.join(out, "paper_claim.md")) as f:
+            self.assertIn("- spec: specs/small-byte-512.yaml (4 layers, hidden 384, byte "
+                          "vocabulary)\n", f.read())
+
+    def test_spec_must_be_a_byte_model_at_512(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        for spec, want in (("specs/llama2-7b-32k.yaml", "S2_PC_SPEC=specs/llama2-7b-32k.yaml: "
+                            "model.max_position_embeddings 4096 and vocab_size 32000; this run "
+                            "pre-trains a byte-vocabulary model (vocab_size 264) at 512 tokens"),
+                           ("specs/none.yaml", "S2_PC_SPEC=specs/none.yaml: no such spec file")):
+            r = subprocess.run([os.path.join(ROOT, "bench", "paper-claim.sh"), "--quick"],
+                               env=dict(os.environ, S2_PC_SPEC=spec, OUT=self.tmp.name),
+                               capture_output=True, text=True)
+            self.assertEqual(r.returncode, 2, r.stderr)
+            self.assertIn(want, r.stderr)
+
     def test_failure_is_reported(self):
         r, calls, out = self.run_script(fail="s2attn.shift=0")
         self.assertNotEqual(r.returncode, 0)
