@@ -110,7 +110,8 @@ fi
 PY=(python3 bench/paper_claim.py)
 SPEC=${S2_PC_SPEC:-specs/tiny-byte-512.yaml} # a byte-vocabulary model pre-trained at 512 tokens
 PRE_CTX=512 EXT_CTX=2048             # phase 2 is 4x phase 1 (the spec's rope_factor is 4)
-# A top-level `key: value` of the spec's model (the YAML's first such line; comments dropped).
+# A `key: value` of the spec's model, read from the YAML's first line of that key in block style
+# (as every spec in specs/ is; a flow-style `model: {...}` reads as empty and is refused).
 spec_value() { sed -n "s/^ *$1: *\([^ #]*\).*/\1/p" "$SPEC" | head -n 1; }
 [ -f "$SPEC" ] || { echo "paper-claim: S2_PC_SPEC=$SPEC: no such spec file" >&2; exit 2; }
 [ "$(spec_value max_position_embeddings)" = $PRE_CTX ] && [ "$(spec_value vocab_size)" = 264 ] || {
