@@ -117,7 +117,7 @@ static s2_status emit_constants(s2_buf *b, const s2_spec *spec, const s2_attn_pl
         {"S2_BWD_WARPS", NULL, t->bwd_warps, 1, 8},
         {"S2_BWD_BN", NULL, t->bwd_block_n, 32, 64},
         {"S2_BWD_STAGES", NULL, t->bwd_stages, 1, 4},
-        {"S2_BWD_ATOMIC_DQ", NULL, t->bwd_atomic_dq, 0, 1},
+        {"S2_BWD_ATOMIC_DQ", NULL, t->bwd_atomic_dq, 0, 2},
         {"S2_BWD_WGMMA", NULL, t->bwd_wgmma, 0, 1},
         {"S2_BWD_MBAR", NULL, t->bwd_mbar, 0, 1},
         {"S2_BWD_TMA", NULL, t->bwd_tma, 0, 1},

@@ -108,7 +108,7 @@ static const struct {
     {"bwd_warps", offsetof(s2_attn_tile, bwd_warps), 1, 8, 0, 0},
     {"bwd_block_n", offsetof(s2_attn_tile, bwd_block_n), 32, 64, 1, 0},
     {"bwd_stages", offsetof(s2_attn_tile, bwd_stages), 1, 4, 0, 0},
-    {"bwd_atomic_dq", offsetof(s2_attn_tile, bwd_atomic_dq), 0, 1, 0, 0},
+    {"bwd_atomic_dq", offsetof(s2_attn_tile, bwd_atomic_dq), 0, 2, 0, 0},
     {"bwd_wgmma", offsetof(s2_attn_tile, bwd_wgmma), 0, 1, 0, 1},
     {"bwd_mbar", offsetof(s2_attn_tile, bwd_mbar), 0, 1, 0, 0},
     {"bwd_tma", offsetof(s2_attn_tile, bwd_tma), 0, 1, 0, 1},
@@ -394,7 +394,8 @@ static int bwd_smem(const s2_attn_tile *t, int d, int *dq, int *dkdv)
                                              * d = 128 a second dS^T buffer and the two's
                                              * handover mbarriers too) */
             *dkdv += 2 * 64 * 64 * (int)sizeof(float) +
-                     (d == 128 ? 16 * t->bwd_warps * 64 * 2 + 64 : 0); /* and 8 mbarriers */
+                     (d == 128 ? 16 * t->bwd_warps * 64 * 2 + 64 : 0) + /* and 8 mbarriers */
+                     (t->bwd_atomic_dq == 2 ? 16 : 0); /* the ordered dQ's ticket (static) */
         return *dkdv;
     }
     int rows = 2 * 16 * t->bwd_warps + 2 * t->bwd_stages * t->bwd_block_n;
@@ -419,7 +420,7 @@ static s2_status check_bwd_wgmma(const s2_attn_tile *t, int d, const char *arch,
         return s2_error_set(err, S2_ERR_INVALID,
                             "tile: bwd_mbar = 1 with bwd_wgmma %d, bwd_stages %d, bwd_atomic_dq "
                             "%d; valid only with bwd_wgmma 1, bwd_stages 3..4, bwd_atomic_dq 0 "
-                            "(or bwd_mbar = 0, or bwd_tma = 1 with bwd_atomic_dq 1)",
+                            "(or bwd_mbar = 0, or bwd_tma = 1 with bwd_atomic_dq 1 or 2)",
                             t->bwd_wgmma, t->bwd_stages, t->bwd_atomic_dq);
     if (t->bwd_tma != 0 && t->bwd_tma != 1)
         return s2_error_set(err, S2_ERR_INVALID, "tile: bwd_tma = %d, valid: 0, 1", t->bwd_tma);
@@ -431,7 +432,8 @@ static s2_status check_bwd_wgmma(const s2_attn_tile *t, int d, const char *arch,
                             "tile: bwd_tma = 1 with bwd_wgmma %d, bwd_mbar %d, bwd_warps %d, "
                             "bwd_stages %d, bwd_atomic_dq %d; valid with bwd_wgmma 1, bwd_mbar 1, "
                             "bwd_warps 8 (the two consumer warpgroups beside the producer), and "
-                            "bwd_stages 3..4 with bwd_atomic_dq 0 or 2..4 with bwd_atomic_dq 1",
+                            "bwd_stages 3..4 with bwd_atomic_dq 0 or 2..4 with bwd_atomic_dq 1 "
+                            "or 2",
                             t->bwd_wgmma, t->bwd_mbar, t->bwd_warps, t->bwd_stages,
                             t->bwd_atomic_dq);
     if (!t->bwd_wgmma)
@@ -469,13 +471,19 @@ static s2_status check_bwd_tile(const s2_attn_tile *t, int d, int limit, const c
     if (t->bwd_stages < 1 || t->bwd_stages > 4)
         return s2_error_set(err, S2_ERR_INVALID, "tile: bwd_stages = %d, valid 1..4",
                             t->bwd_stages);
-    if (t->bwd_atomic_dq != 0 && t->bwd_atomic_dq != 1)
-        return s2_error_set(err, S2_ERR_INVALID, "tile: bwd_atomic_dq = %d, valid: 0, 1",
+    if (t->bwd_atomic_dq < 0 || t->bwd_atomic_dq > 2)
+        return s2_error_set(err, S2_ERR_INVALID, "tile: bwd_atomic_dq = %d, valid: 0, 1, 2",
                             t->bwd_atomic_dq);
+    /* (the ordered dQ waits in the TMA kernel's split-dims dQ, one step late: at head_dim 64
+     * each warpgroup adds every dim, and turns would make the two wait for each other) */
+    if (t->bwd_atomic_dq == 2 && (!t->bwd_tma || d != 128))
+        return s2_error_set(err, S2_ERR_INVALID,
+                            "tile: bwd_atomic_dq = 2 (the ordered dQ) with bwd_tma %d, head_dim "
+                            "%d; valid only with bwd_tma 1 and head_dim 128", t->bwd_tma, d);
     if (d > 128 && t->bwd_atomic_dq)
         return s2_error_set(err, S2_ERR_INVALID,
-                            "tile: bwd_atomic_dq = 1 with head_dim %d: valid only with the "
-                            "tensor-core backward (head_dim <= 128)", d);
+                            "tile: bwd_atomic_dq = %d with head_dim %d: valid only with the "
+                            "tensor-core backward (head_dim <= 128)", t->bwd_atomic_dq, d);
     if (d > 128) { /* the scalar backward: 2 rows a warp, static shared memory */
         int bytes = 2 * bwd_tile_bytes(2 * t->bwd_warps, d) + 2 * bwd_tile_bytes(32, d);
         if (bytes > 48 * 1024)
@@ -768,7 +776,7 @@ int s2_plan_tile_space(const s2_spec *spec, const char *arch, s2_attn_unit unit,
         for (int a = 0; a < COUNT(warp_counts); a++)
             for (int c = 0; c < (scalar ? 1 : COUNT(bwd_widths)); c++)
                 for (int d = 0; d < (scalar ? 1 : COUNT(stage_counts)); d++)
-                    for (int e = 0; e < (scalar ? 1 : 2); e++)
+                    for (int e = 0; e < (scalar ? 1 : 3); e++)
                         for (int f = 0; f < (scalar ? 1 : COUNT(mbar_modes)); f++)
                             for (int g = 0; g < (scalar ? 1 : COUNT(tma_modes)); g++) {
                                 t.bwd_warps = warp_counts[a];
@@ -906,7 +914,9 @@ void s2_plan_window_tiles(const s2_attn_plan *p, int *query_rows, int *key_rows)
 
 s2_attn_tile s2_plan_cp_async_twin(s2_attn_tile t)
 {
-    if (t.bwd_tma && t.bwd_atomic_dq)
+    if (t.bwd_tma && t.bwd_atomic_dq == 2) /* deterministic too: the default's dQ kernel */
+        t.bwd_atomic_dq = 0, t.bwd_stages = 4;
+    else if (t.bwd_tma && t.bwd_atomic_dq)
         t.bwd_mbar = 0;
     t.fwd_tma = t.fwd_overlap = t.fwd_persist = t.bwd_tma = 0;
     return t;
@@ -936,6 +946,7 @@ s2_status s2_plan_window(const s2_spec *spec, s2_attn_plan *p, s2_error *err)
         p->smem_fwd = fwd_smem(&p->tile, p->d);
         p->dkdv_threads = p->bwd_threads;
         bwd_smem(&p->tile, p->d, &p->smem_dq, &p->smem_dkdv);
+        p->bwd_dq_delta = p->tile.bwd_wgmma && !p->tile.bwd_atomic_dq; /* (the ordered dQ's) */
     }
     window_tile t[4];
     const int n = window_tile_list(p, t);

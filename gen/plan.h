@@ -54,7 +54,10 @@ typedef struct s2_attn_tile {
                           bwd_warps 4 or 8, bwd_block_n 64, bwd_stages 2..4; 0 = mma.sync */
     int bwd_atomic_dq; /* backward: 0 = a separate dQ kernel, deterministic; 1 = the dK/dV
                           kernel also adds dQ into an fp32 accumulator with atomics (two
-                          fewer products per tile pair, run-to-run order not fixed) */
+                          fewer products per tile pair, run-to-run order not fixed); 2 = the
+                          same with bwd_tma at head_dim 128, its bulk reductions added in a
+                          fixed order (each query tile's key tiles from the last down, on turn
+                          counters): deterministic */
     int bwd_mbar;      /* backward with bwd_wgmma, bwd_stages 3..4, bwd_atomic_dq 0 (or with
                           bwd_tma and bwd_atomic_dq 1): 1 = the stage rings on mbarriers, two
                           warpgroups issuing S and dP in turns; 0 = commit groups and a block
@@ -240,7 +243,8 @@ s2_status s2_plan_window(const s2_spec *spec, s2_attn_plan *p, s2_error *err);
 
 /* The cp.async twin of tile t, what runs where the TMA cannot (window units, roll mode): the
  * same rings, stages and warpgroups with fwd_tma and bwd_tma off; an atomic dQ that had the TMA
- * producer streams on commit groups without it (bwd_mbar 0). */
+ * producer streams on commit groups without it (bwd_mbar 0), and the ordered dQ (deterministic)
+ * becomes the separate dQ kernel, on four stages as in the default. */
 s2_attn_tile s2_plan_cp_async_twin(s2_attn_tile t);
 
 /* The rows of the window's query tiles and of its key tiles, the largest of each (all powers

@@ -19,7 +19,9 @@
 // the fp32 accumulator (s2_dq_atomic_wg) and s2_attn_bwd_dq is not launched: five products
 // per tile pair instead of seven, and a run-to-run order of the additions that is not fixed.
 // With S2_BWD_TMA as well (s2_dq_product), each consumer warpgroup forms its part of dQ and
-// adds it to the accumulator with bulk tensor reductions from shared memory.
+// adds it to the accumulator with bulk tensor reductions from shared memory; with
+// S2_BWD_ATOMIC_DQ 2 (S2_BWD_DQ_ORDERED) in a fixed order, so that dQ too has the same bits
+// every run (s2_dq_turn_wait).
 
 #define S2_BWD_BM (16 * S2_BWD_WARPS)
 #define S2_BWD_THREADS (32 * S2_BWD_WARPS)
@@ -527,17 +529,82 @@ __device__ __forceinline__ void s2_dq_product(const s2_elem *sds, const s2_elem 
     }
 }
 
+#define S2_BWD_DQ_ORDERED (S2_BWD_ATOMIC_DQ == 2)
+#if S2_BWD_DQ_ORDERED
+// The ordered dQ (head_dim 128). The blocks that add to a 64-row query tile i of head h are
+// those of the key tiles (of S2_BWD_BM keys) from the first that tile i's rows see up to the
+// one on its diagonal, i * 64 / S2_BWD_BM: a contiguous range, whose blocks add in descending
+// order, each once its two warpgroups' turn has come. Every (head, query tile) has a turn
+// counter, turns[h * T + its first row] ([H][T] u32 after dq_acc in the workspace, zeroed with
+// it): the block of key tile j waits until it reads 2 (i * 64 / S2_BWD_BM - j), every block
+// above it having arrived twice (its warpgroups add disjoint dims, so neither waits for the
+// other), and each warpgroup arrives once its reductions have completed. A block only ever
+// waits for blocks of higher key tiles, and takes its tile from a ticket (s2_dq_ordered_block)
+// in an order that gives those tiles earlier tickets, so they are running or done: no block
+// waits for one that cannot start. The warpgroup's thread 0 waits and arrives, one step late
+// (s2_dq_stage), when its reductions have long completed.
+__device__ __forceinline__ void s2_dq_turn_wait(const unsigned *turn, unsigned want)
+{
+    for (;;) {
+        unsigned seen;
+        asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(seen) : "l"(turn) : "memory");
+        if (seen >= want)
+            break;
+        __nanosleep(32);
+    }
+    asm volatile("fence.proxy.async.global;\n" ::: "memory"); // before the bulk reductions
+}
+
+// Thread 0: once its bulk reductions have completed (written, not only read), the arrival.
+__device__ __forceinline__ void s2_dq_turn_pass(unsigned *turn)
+{
+    asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
+    asm volatile("fence.proxy.async.global;\n" ::: "memory"); // the reductions' writes first
+    asm volatile("red.release.gpu.global.add.u32 [%0], 1;\n" ::"l"(turn) : "memory");
+}
+
+// This block's (kv head, key tile, sequence): thread 0 takes the launch's next ticket (the
+// counter after the turn counters); ticket order is the batch's sequences in turn, in each the
+// kv heads in chunks as s2_block_tile takes them, in a chunk the key tiles from the last down,
+// each for the chunk's heads. (The longest-work-first order cannot be kept: a group's lowest
+// key tile walks the most query tiles and has to add last.)
+__device__ __forceinline__ void s2_dq_ordered_block(unsigned *ticket, int &hk, int &tile,
+                                                    int &b)
+{
+    __shared__ int lin;
+    if (threadIdx.x == 0)
+        lin = (int)atomicAdd(ticket, 1u);
+    __syncthreads();
+    const int tiles = gridDim.x, heads = gridDim.y;
+    b = lin / (tiles * heads);
+    const int j = lin - b * tiles * heads;
+    const int c = max(1, min(heads, S2_CHUNK_ROWS / (tiles * S2_BWD_BM))); // heads a chunk
+    const int h0 = j / (c * tiles) * c, in_chunk = min(c, heads - h0);
+    const int m = j - h0 * tiles, k = m / in_chunk;
+    hk = h0 + (m - k * in_chunk);
+    tile = tiles - 1 - k;
+}
+#endif
+
 #if S2_DQ_SPLIT_DIMS
 // Step it's dS^T of warpgroup wg into buffer it % 2, once the other warpgroup's dQ of step
 // it - 2 has read it; then full[wg][it % 2]. Thread 0 first waits for the warpgroup's boxes to
-// have been read (the barrier passes that on).
+// have been read (the barrier passes that on); with the ordered dQ, for its reductions to have
+// completed, and arrives on their turn counter (pend; then none is pending).
 __device__ __forceinline__ void s2_dq_stage(const unsigned (&da)[4][4], s2_elem *sds,
                                             unsigned long long *dbar, int it, int wg, int warp,
-                                            int lane)
+                                            int lane, unsigned *&pend)
 {
     const int tid = threadIdx.x % 128, b = it % 2;
+#if S2_BWD_DQ_ORDERED
+    if (tid == 0 && pend)
+        s2_dq_turn_pass(pend);
+    pend = nullptr;
+#else
+    (void)pend;
     if (tid == 0)
         asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+#endif
     if (it >= 2)
         s2_mbar_wait(&dbar[4 + 2 * (1 - wg) + b], ((it - 2) / 2) & 1);
     s2_stage_dst(sds + b * S2_BWD_BM * 64, da, wg, warp, lane);
@@ -548,17 +615,31 @@ __device__ __forceinline__ void s2_dq_stage(const unsigned (&da)[4][4], s2_elem 
 }
 
 // The dQ of step j (its head h and first row `row`) from buffer j % 2, once the other
-// warpgroup has staged its rows there; then empty[wg][j % 2].
+// warpgroup has staged its rows there; then empty[wg][j % 2]. With the ordered dQ the
+// reductions wait for the rows' turn counter to read `want`, and it is left pending.
 __device__ __forceinline__ void s2_dq_lagged(const s2_elem *sds, const s2_elem *sk, float *sdq,
                                              const s2_tmap *tm_dq, unsigned long long *dbar,
-                                             int j, int h, int row, int wg, int warp, int lane)
+                                             int j, int h, int row, unsigned *turn,
+                                             unsigned want, unsigned *&pend, int wg, int warp,
+                                             int lane)
 {
     const int b = j % 2;
     s2_mbar_wait(&dbar[2 * (1 - wg) + b], (j / 2) & 1);
     s2_dq_product<S2_BWD_BM / 16>(sds + b * S2_BWD_BM * 64, sk, sdq, tm_dq, h, row, wg, 0, wg,
-                                  warp, lane, [&] { s2_mbar_arrive(&dbar[4 + 2 * wg + b]); });
+                                  warp, lane, [&] {
+                                      s2_mbar_arrive(&dbar[4 + 2 * wg + b]);
+#if S2_BWD_DQ_ORDERED
+                                      s2_dq_turn_wait(turn, want);
+#endif
+                                  });
+#if S2_BWD_DQ_ORDERED
+    pend = turn;
+#else
+    (void)turn, (void)want, (void)pend;
+#endif
 }
 #else
+static_assert(!S2_BWD_DQ_ORDERED, "the plan refuses the ordered dQ at head_dim 64");
 // The step's dQ of warpgroup wg over its own keys (head_dim 64), its dS^T staged by the caller
 // (s2_stage_dst).
 __device__ __forceinline__ void s2_dq_tma_step(const s2_elem *sds, const s2_elem *sk, float *sdq,
@@ -649,9 +730,14 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
 #endif
     const int qd_stride = S2_BWD_BN * S2_HEAD_DIM;
 
-    int hk, tile;
+    int hk, tile, b;
+#if S2_BWD_TMA && S2_BWD_DQ_ORDERED // (their order: s2_dq_ordered_block)
+    unsigned *dq_turns = (unsigned *)(dq_acc + (long)total_tokens * S2_NUM_HEADS * S2_HEAD_DIM);
+    s2_dq_ordered_block(dq_turns + (long)S2_NUM_HEADS * total_tokens, hk, tile, b);
+#else
     s2_block_tile<S2_BWD_BM, false, S2_NUM_HEADS / S2_NUM_KV_HEADS>(hk, tile);
-    const int b = blockIdx.z;
+    b = blockIdx.z;
+#endif
     const int rep = S2_NUM_HEADS / S2_NUM_KV_HEADS;
 #if S2_WINDOW
     const int seq0 = -win_qlo, n = win_qlo + total_tokens; // one sequence: b = 0
@@ -805,6 +891,7 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
 #if S2_BWD_TMA
 #if S2_BWD_ATOMIC_DQ && S2_DQ_SPLIT_DIMS
     int dq_h = 0, dq_row = 0; // the head and first row of the step whose dQ comes next
+    unsigned *dq_turn = nullptr, *dq_pend = nullptr, dq_want = 0; // (the ordered dQ's)
 #endif
 #endif
 #if S2_BWD_TURNS
@@ -875,7 +962,7 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
 #if S2_BWD_TMA // dK += dS^T Q, then both waited for: the stage goes back to the producer
         s2_acc_to_afrag<S2_BWD_BN / 8>(dp, da);
 #if S2_BWD_ATOMIC_DQ && S2_DQ_SPLIT_DIMS // dS^T staged before da is in flight
-        s2_dq_stage(da, sds, kvbar + 1, it, wg, warp, lane);
+        s2_dq_stage(da, sds, kvbar + 1, it, wg, warp, lane, dq_pend);
 #elif S2_BWD_ATOMIC_DQ
         s2_stage_dst(sds, da, wg, warp, lane);
 #endif
@@ -886,10 +973,14 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
 #if S2_BWD_ATOMIC_DQ && S2_DQ_SPLIT_DIMS // the step before's dQ
         if (it > 0) // (its waits wait for dV and dK too)
             s2_dq_lagged(sds, sk, sdq + wg * 64 * 64, &tm_dq, kvbar + 1, it - 1, dq_h, dq_row,
-                         wg, warp, lane);
+                         dq_turn, dq_want, dq_pend, wg, warp, lane);
         else
             s2_wgmma_wait0();
         dq_h = hk * rep + it / n_qt, dq_row = seq0 + x0;
+#if S2_BWD_DQ_ORDERED
+        dq_turn = dq_turns + (long)dq_h * total_tokens + dq_row;
+        dq_want = 2 * (x0 / S2_BWD_BM - tile);
+#endif
 #elif S2_BWD_ATOMIC_DQ // and dQ behind them (its waits wait for them too)
         s2_dq_tma_step(sds, sk, sdq + wg * 64 * 64, &tm_dq, hk * rep + it / n_qt, seq0 + x0, wg,
                        warp, lane);
@@ -904,16 +995,27 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
     s2_turn_end(wg);
 #endif
 #if S2_BWD_ATOMIC_DQ && S2_DQ_SPLIT_DIMS // the last step's dQ, once the boxes have been read
-    if (threadIdx.x % 128 == 0)
+    if (threadIdx.x % 128 == 0) {
+#if S2_BWD_DQ_ORDERED // (and the step before's reductions have completed: their arrival)
+        if (dq_pend)
+            s2_dq_turn_pass(dq_pend);
+#endif
         asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+    }
+    dq_pend = nullptr;
     asm volatile("bar.sync %0, 128;\n" ::"r"(3 + wg) : "memory");
     if (n_it > 0)
-        s2_dq_lagged(sds, sk, sdq + wg * 64 * 64, &tm_dq, kvbar + 1, n_it - 1, dq_h, dq_row, wg,
-                     warp, lane);
+        s2_dq_lagged(sds, sk, sdq + wg * 64 * 64, &tm_dq, kvbar + 1, n_it - 1, dq_h, dq_row,
+                     dq_turn, dq_want, dq_pend, wg, warp, lane);
 #endif
 #if S2_BWD_ATOMIC_DQ // the last reductions have completed before the block's memory goes
-    if (threadIdx.x % 128 == 0)
+    if (threadIdx.x % 128 == 0) {
         asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
+#if S2_BWD_DQ_ORDERED // (their arrival)
+        if (dq_pend)
+            s2_dq_turn_pass(dq_pend);
+#endif
+    }
 #endif
 #else
         s2_wgmma_wait0();

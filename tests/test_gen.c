@@ -930,7 +930,7 @@ Test(ranges, tile_values_range_checked)
     } k[] = {{"fwd_warps", 1, 8},   {"fwd_strips", 1, 2},  {"fwd_block_n", 32, 128},
              {"fwd_stages", 1, 4},  {"fwd_wgmma", 0, 1},   {"fwd_mbar", 0, 1},
              {"bwd_warps", 1, 8},   {"bwd_block_n", 32, 64}, {"bwd_stages", 1, 4},
-             {"bwd_atomic_dq", 0, 1}, {"bwd_wgmma", 0, 1}, {"bwd_mbar", 0, 1},
+             {"bwd_atomic_dq", 0, 2}, {"bwd_wgmma", 0, 1}, {"bwd_mbar", 0, 1},
              {"fwd_tma", 0, 1},     {"bwd_tma", 0, 1}};
     for (size_t i = 0; i < sizeof k / sizeof k[0]; i++) {
         for (int e = 0; e < 2; e++) {

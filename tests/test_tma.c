@@ -421,6 +421,43 @@ Test(plan, tma_dkdv_with_the_atomic_dq)
     }
 }
 
+/* The ordered dQ (bwd_atomic_dq 2): the atomic dQ's kernel and shared memory (and the ticket's
+ * 16 bytes) at head_dim 128, its turn counters in the workspace; the window units' twin is the
+ * default's deterministic dQ kernel; refused at head_dim 64 and without bwd_tma. */
+Test(plan, tma_dkdv_with_the_ordered_dq)
+{
+    s2_spec s = load_spec(128, 8, 2, "split");
+    s2_attn_plan p, atomic, twin;
+    s2_error err = {0};
+    cr_assert_eq(plan_with(&s, BWDTMA ",bwd_stages=2,bwd_atomic_dq=2,bwd_tma=1", &p, &err), S2_OK,
+                 "%s", err.msg);
+    cr_assert_eq(plan_with(&s, BWDTMA ",bwd_stages=2,bwd_atomic_dq=1,bwd_tma=1", &atomic, &err),
+                 S2_OK, "%s", err.msg);
+    cr_expect_not(p.bwd_dq_delta, "no dQ kernel");
+    cr_expect_eq(p.smem_dkdv, atomic.smem_dkdv + 16, "%d vs %d", p.smem_dkdv, atomic.smem_dkdv);
+    char *src = emit_unit(&s, &p, S2_UNIT_ATTN_BWD);
+    cr_expect_not_null(strstr(src, "#define S2_BWD_ATOMIC_DQ 2\n"));
+    free(src);
+    cr_assert_eq(plan_with(&s, BWDTMA, &twin, &err), S2_OK, "%s", err.msg);
+    cr_assert_eq(s2_plan_window(&s, &p, &err), S2_OK, "%s", err.msg);
+    cr_assert_eq(s2_plan_window(&s, &twin, &err), S2_OK, "%s", err.msg);
+    cr_expect_eq(memcmp(&p, &twin, sizeof p), 0, "the window plan is the deterministic dQ's");
+    static const struct {
+        int d;
+        const char *tile;
+    } bad[] = {
+        {64, BWDTMA ",bwd_stages=2,bwd_atomic_dq=2,bwd_tma=1"},
+        {128, BWDTMA ",bwd_stages=2,bwd_atomic_dq=2,bwd_mbar=0"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        s2_spec sb = load_spec(bad[i].d, 8, 2, "split");
+        cr_expect_eq(plan_with(&sb, bad[i].tile, &p, &err), S2_ERR_INVALID, "case %zu", i);
+        cr_expect(err.msg && strstr(err.msg, "valid only with bwd_tma 1 and head_dim 128"),
+                  "case %zu: %s", i, err.msg);
+        s2_error_clear(&err);
+    }
+}
+
 Test(plan, tma_dkdv_refusals_name_what_is_valid)
 {
     static const struct {
@@ -481,9 +518,10 @@ Test(plan, tma_dkdv_tiles_in_the_backward_space_of_split_mode_only)
             if (roll || u == S2_UNIT_ATTN_FWD) {
                 cr_expect_eq(tma, 0, "roll %d unit %d: no bwd_tma tile", roll, u);
             } else {
-                cr_expect_eq(tma, 3, "split mode: the tuner tries bwd_tma on 3 and 4 stages, "
-                                     "and with the atomic dQ on 2 (at head_dim 128)");
-                cr_expect_eq(atomic, 1);
+                cr_expect_eq(tma, 4, "split mode: the tuner tries bwd_tma on 3 and 4 stages, "
+                                     "and with the atomic and the ordered dQ on 2 (at head_dim "
+                                     "128)");
+                cr_expect_eq(atomic, 2);
             }
             free(t);
         }

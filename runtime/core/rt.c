@@ -523,10 +523,23 @@ static size_t delta_bytes(const s2_attn *a, int T)
     return ((size_t)a->plan.H * (size_t)T * sizeof(float) + 255) & ~(size_t)255;
 }
 
+/* The dQ accumulator [T, H, d] fp32 (bwd_atomic_dq), and with the ordered dQ (2) its turn
+ * counters [H, T] and the block ticket after it (u32, templates/attn_bwd_wgmma.cuh), all
+ * zeroed together before each backward. */
+static size_t dq_acc_bytes(const s2_attn *a, int T)
+{
+    const s2_attn_plan *p = &a->plan;
+    if (!p->tile.bwd_atomic_dq)
+        return 0;
+    size_t bytes = (size_t)T * p->H * p->d * sizeof(float);
+    if (p->tile.bwd_atomic_dq == 2)
+        bytes += ((size_t)p->H * T + 1) * sizeof(uint32_t);
+    return bytes;
+}
+
 size_t s2_attn_workspace_bytes(const s2_attn *a, int T)
 {
-    size_t acc = a->plan.tile.bwd_atomic_dq ? (size_t)T * a->plan.H * a->plan.d * sizeof(float) : 0;
-    return delta_bytes(a, T) + acc;
+    return delta_bytes(a, T) + dq_acc_bytes(a, T);
 }
 
 /* The backward's launches for T query rows: the batch's (cu, win NULL) or a window's (cu NULL,
@@ -572,8 +585,8 @@ static s2_status run_backward(const s2_attn *a, int T, s2_dim3 g_dq, s2_dim3 g_d
     if (st)
         return st;
     if (dq_acc) {
-        size_t bytes = (size_t)T * p->H * p->d * sizeof(float);
-        st = s2_rt_check(cudaMemsetAsync(dq_acc, 0, bytes, stream), "zeroing the dQ accumulator", err);
+        st = s2_rt_check(cudaMemsetAsync(dq_acc, 0, dq_acc_bytes(a, T), stream),
+                         "zeroing the dQ accumulator", err);
     } else {
         void *dq_args[] = {&q, &k, &v, &dout, &o, &lse, &delta, &dq, &cu, &T, &qlo, &klo};
         st = launch_pdl(a->dq, "s2_attn_bwd_dq", g_dq, p->bwd_threads, p->smem_dq, dq_args, stream,

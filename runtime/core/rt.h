@@ -135,7 +135,8 @@ s2_status s2_attn_forward(const s2_attn *a, const s2_attn_batch *bt, const void 
 
 /*
  * Bytes of device workspace the backward needs for T tokens: delta [H,T] fp32 and, with the
- * atomic-dQ tile, the dQ accumulator [T,H,d] fp32. Nothing else is allocated anywhere.
+ * atomic-dQ tile, the dQ accumulator [T,H,d] fp32 (with the ordered dQ, bwd_atomic_dq 2, also
+ * its turn counters [H,T] u32 and one ticket). Nothing else is allocated anywhere.
  */
 size_t s2_attn_workspace_bytes(const s2_attn *a, int T);
 

@@ -106,8 +106,9 @@ static s2_status bufs_alloc(tune_bufs *b, const s2_spec *spec, int N, s2_error *
 {
     const int H = spec->model.num_heads, Hkv = spec->model.num_kv_heads, d = spec->model.head_dim;
     b->nq = (size_t)N * H * d, b->nk = (size_t)N * Hkv * d, b->nl = (size_t)H * N;
-    /* The largest workspace any tile needs: delta plus the atomic-dQ accumulator. */
-    b->ws_bytes = ((b->nl * 4 + 255) & ~(size_t)255) + b->nq * 4;
+    /* The largest workspace any tile needs: delta plus the atomic-dQ accumulator, and the
+     * ordered dQ's turn counters (one a query row and head) and ticket after it. */
+    b->ws_bytes = ((b->nl * 4 + 255) & ~(size_t)255) + b->nq * 4 + (b->nl + 1) * 4;
     int l2 = 0;
     s2_status st = s2_rt_check(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, 0),
                                "cudaDeviceGetAttribute(L2 size)", err);
