@@ -541,8 +541,8 @@ __device__ __forceinline__ void s2_dq_product(const s2_elem *sds, const s2_elem 
 // other), and each warpgroup arrives once its reductions have completed. A block only ever
 // waits for blocks of higher key tiles, and takes its tile from a ticket (s2_dq_ordered_block)
 // in an order that gives those tiles earlier tickets, so they are running or done: no block
-// waits for one that cannot start. The warpgroup's thread 0 waits and arrives, one step late
-// (s2_dq_stage), when its reductions have long completed.
+// waits for one that cannot start. The warpgroup's thread 0 waits before it issues the
+// reductions, and arrives one step after (s2_dq_stage), once they have completed.
 __device__ __forceinline__ void s2_dq_turn_wait(const unsigned *turn, unsigned want)
 {
     for (;;) {
