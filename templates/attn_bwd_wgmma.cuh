@@ -33,25 +33,9 @@
 // d = 128 that kernel has no registers to spare).
 #define S2_BWD_RS_ALL (S2_HEAD_DIM == 64)
 
-// s = X Y^T over the head dim, X's k16 steps as register A fragments (s2_rows_to_afrag), Y a
-// tile of S2_BWD_BN rows (K-major); overwritten. The other form: X's rows from row r0 of a tile
-// of S2_BWD_BM rows in shared memory.
-__device__ __forceinline__ void s2_wgmma_first(float (&s)[S2_SACC],
-                                               const unsigned (&x)[S2_HEAD_DIM / 16][4],
-                                               const s2_elem *y, int)
-{
-    s2_wgmma_ryt<S2_BWD_BN>(s, x, y);
-}
-
-__device__ __forceinline__ void s2_wgmma_first(float (&s)[S2_SACC], const s2_elem *x,
-                                               const s2_elem *y, int r0)
-{
-    s2_wgmma_xyt<S2_BWD_BM, S2_BWD_BN>(s, x, r0, y);
-}
-
 // s = X1 Y1^T and dp = X2 Y2^T over the head dim, both overwritten, for this warpgroup's 64 rows
 // from row r0 of the X tiles (S2_BWD_BM rows; either X may be register fragments instead,
-// s2_wgmma_first) against the streamed Y tiles (S2_BWD_BN rows): issued together as one group,
+// s2_wgmma_xt) against the streamed Y tiles (S2_BWD_BN rows): issued together as one group,
 // not waited for.
 template <class X1, class X2>
 __device__ __forceinline__ void s2_wgmma_pair_issue(float (&s)[S2_SACC], float (&dp)[S2_SACC],
@@ -61,8 +45,8 @@ __device__ __forceinline__ void s2_wgmma_pair_issue(float (&s)[S2_SACC], float (
     s2_overwritten_regs(s);
     s2_overwritten_regs(dp);
     s2_wgmma_fence();
-    s2_wgmma_first(s, x1, y1, r0);
-    s2_wgmma_first(dp, x2, y2, r0);
+    s2_wgmma_xt<S2_BWD_BM, S2_BWD_BN>(s, x1, r0, y1);
+    s2_wgmma_xt<S2_BWD_BM, S2_BWD_BN>(dp, x2, r0, y2);
     s2_wgmma_commit();
 }
 

@@ -174,12 +174,13 @@ __device__ __forceinline__ void s2_fwd_overlap_steps(float (&acc)[S2_OACC], floa
     unsigned qa[S2_HEAD_DIM / 16][4]; // this warpgroup's Q rows
     s2_rows_to_afrag<S2_FWD_BM>(qa, sq, wg * 64 + (threadIdx.x % 128) / 32 * 16 +
                                             (threadIdx.x % 32) / 4, threadIdx.x % 32);
-    auto product_s = [&](const s2_elem *sk) { s2_wgmma_ryt<S2_FWD_BN>(s, qa, sk); };
+    const auto &xq = qa;
 #else
-    auto product_s = [&](const s2_elem *sk) {
-        s2_wgmma_xyt<S2_FWD_BM, S2_FWD_BN>(s, sq, wg * 64, sk);
-    };
+    const s2_elem *xq = sq;
 #endif
+    auto product_s = [&](const s2_elem *sk) {
+        s2_wgmma_xt<S2_FWD_BM, S2_FWD_BN>(s, xq, wg * 64, sk);
+    };
     // Masks S of tile it, takes the row maxima into m and forms P in s (the new maxima's
     // rescale of O in alpha; l rescaled and summed here).
     auto softmax = [&](int it, float (&alpha)[2]) {

@@ -236,6 +236,22 @@ __device__ __forceinline__ void s2_wgmma_ryt(float (&acc)[N],
         s2_wgmma_qk_rs(acc, x[ks], s2_desc_k<RY>(y, 0, ks), ks > 0);
 }
 
+// acc = X Y^T with X either way: its register A fragments (s2_wgmma_ryt; r0 unused) or its 64
+// rows from row r0 of a tile of RX rows in shared memory (s2_wgmma_xyt).
+template <int RX, int RY, int N>
+__device__ __forceinline__ void s2_wgmma_xt(float (&acc)[N],
+                                            const unsigned (&x)[S2_HEAD_DIM / 16][4], int,
+                                            const s2_elem *y)
+{
+    s2_wgmma_ryt<RY>(acc, x, y);
+}
+template <int RX, int RY, int N>
+__device__ __forceinline__ void s2_wgmma_xt(float (&acc)[N], const s2_elem *x, int r0,
+                                            const s2_elem *y)
+{
+    s2_wgmma_xyt<RX, RY>(acc, x, r0, y);
+}
+
 // acc += P Y: P's k16 steps as register A fragments, Y a tile of RY rows read MN-major.
 template <int RY, int N, int KK>
 __device__ __forceinline__ void s2_wgmma_py(float (&acc)[N], const unsigned (&p)[KK][4],
