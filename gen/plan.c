@@ -379,6 +379,13 @@ static s2_status check_fwd_tile(const s2_attn_tile *t, int d, int limit, const c
     return S2_OK;
 }
 
+/* Whether the plan's dQ kernel forms delta = rowsum(dO ∘ O) itself (the deterministic Hopper
+ * backward runs one); else s2_attn_bwd_pre does (s2_attn_plan.bwd_dq_delta). */
+static int dq_kernel_forms_delta(const s2_attn_tile *t)
+{
+    return t->bwd_wgmma && !t->bwd_atomic_dq;
+}
+
 static int bwd_smem(const s2_attn_tile *t, int d, int *dq, int *dkdv)
 {
     if (t->bwd_wgmma) { /* swizzled panels without row pad, plus 1 KiB to align them, and with
@@ -688,7 +695,7 @@ s2_status s2_plan_attn(const s2_spec *spec, const char *arch, const s2_attn_tile
     if (p->bwd_tensor_cores)
         bwd_smem(&p->tile, p->d, &p->smem_dq, &p->smem_dkdv);
     p->dq_units = (p->tile.bwd_block_n / 16) * (p->d / 32);
-    p->bwd_dq_delta = p->tile.bwd_wgmma && !p->tile.bwd_atomic_dq;
+    p->bwd_dq_delta = dq_kernel_forms_delta(&p->tile);
     if (p->tile.fwd_tma && p->shift_rot)
         return s2_error_set(err, S2_ERR_INVALID,
                             "tile: fwd_tma = 1 with shift_mode roll: the TMA forward loads each "
@@ -946,7 +953,7 @@ s2_status s2_plan_window(const s2_spec *spec, s2_attn_plan *p, s2_error *err)
         p->smem_fwd = fwd_smem(&p->tile, p->d);
         p->dkdv_threads = p->bwd_threads;
         bwd_smem(&p->tile, p->d, &p->smem_dq, &p->smem_dkdv);
-        p->bwd_dq_delta = p->tile.bwd_wgmma && !p->tile.bwd_atomic_dq; /* (the ordered dQ's) */
+        p->bwd_dq_delta = dq_kernel_forms_delta(&p->tile); /* (the ordered dQ's twin has one) */
     }
     window_tile t[4];
     const int n = window_tile_list(p, t);

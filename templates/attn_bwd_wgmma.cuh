@@ -562,8 +562,8 @@ __device__ __forceinline__ void s2_dq_ordered_block(unsigned *ticket, int &hk, i
     const int tiles = gridDim.x, heads = gridDim.y;
     b = lin / (tiles * heads);
     const int j = lin - b * tiles * heads;
-    const int c = max(1, min(heads, S2_CHUNK_ROWS / (tiles * S2_BWD_BM))); // heads a chunk
-    const int h0 = j / (c * tiles) * c, in_chunk = min(c, heads - h0);
+    int h0, in_chunk;
+    s2_head_chunk<S2_BWD_BM>(j, tiles, heads, h0, in_chunk);
     const int m = j - h0 * tiles, k = m / in_chunk;
     hk = h0 + (m - k * in_chunk);
     tile = tiles - 1 - k;

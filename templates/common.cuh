@@ -82,6 +82,16 @@ __device__ __forceinline__ void s2_key_span(int y, int cls, int n, int &lo, int 
 // (s2_plan_grid_*); blocks past the sequence return at once. REP: query heads a grid head (1,
 // or H / Hkv where the grid runs over kv heads), for the shift class.
 #define S2_CHUNK_ROWS (16 * 1024 * 1024 / (4 * S2_HEAD_DIM)) // K + V rows in 16 MiB
+// s2_head_chunk: the chunk that block lin = y * tiles + x of a (tiles, heads) grid of BM-row
+// tiles falls in, its first head h0 and its heads in_chunk.
+template <int BM>
+__device__ __forceinline__ void s2_head_chunk(int lin, int tiles, int heads, int &h0,
+                                              int &in_chunk)
+{
+    const int c = max(1, min(heads, S2_CHUNK_ROWS / (tiles * BM))); // heads a chunk
+    h0 = lin / (c * tiles) * c;
+    in_chunk = min(c, heads - h0);
+}
 // s2_block_tile_at: the same for block lin = y * tiles + x of a (tiles, heads) grid that is not
 // the launch's (the persistent forward's virtual grid).
 template <int BM, bool QUERY, int REP>
@@ -90,8 +100,8 @@ __device__ __forceinline__ void s2_block_tile_at(int lin, int tiles, int heads, 
 {
     constexpr int GT = S2_GROUP / BM > 0 ? S2_GROUP / BM : 1;
     const int per_head = tiles / GT;
-    const int c = max(1, min(heads, S2_CHUNK_ROWS / (tiles * BM))); // heads a chunk
-    const int h0 = lin / (c * tiles) * c, in_chunk = min(c, heads - h0);
+    int h0, in_chunk;
+    s2_head_chunk<BM>(lin, tiles, heads, h0, in_chunk);
     const int j = lin - h0 * tiles, per_rank = in_chunk * per_head;
     const int rr = j / per_rank, m = j - rr * per_rank;
     const int hh = m / per_head, k = m - hh * per_head;
