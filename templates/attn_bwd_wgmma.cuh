@@ -514,11 +514,6 @@ __device__ __forceinline__ void s2_dq_product(const s2_elem *sds, const s2_elem 
 }
 
 #define S2_BWD_DQ_ORDERED (S2_BWD_ATOMIC_DQ == 2)
-// The ordered dQ's turn counters, after dq_acc ([T, H, d] fp32) in the workspace.
-__device__ __forceinline__ unsigned *s2_dq_turns(float *dq_acc, int total_tokens)
-{
-    return (unsigned *)(dq_acc + (long)total_tokens * S2_NUM_HEADS * S2_HEAD_DIM);
-}
 #if S2_BWD_DQ_ORDERED
 // The ordered dQ (head_dim 128). The blocks that add to a 64-row query tile i of head h are
 // those of the key tiles (of S2_BWD_BM keys) from the first that tile i's rows see up to the
@@ -579,18 +574,18 @@ __device__ __forceinline__ void s2_dq_ordered_block(unsigned *ticket, int &hk, i
 // Step it's dS^T of warpgroup wg into buffer it % 2, once the other warpgroup's dQ of step
 // it - 2 has read it; then full[wg][it % 2]. Thread 0 first waits for the warpgroup's boxes to
 // have been read (the barrier passes that on); with the ordered dQ, for its reductions to have
-// completed, and arrives on their turn counter (turns[pend - 1]; then none is pending: 0).
+// completed, and arrives on their turn counter (pend; then none is pending).
 __device__ __forceinline__ void s2_dq_stage(const unsigned (&da)[4][4], s2_elem *sds,
                                             unsigned long long *dbar, int it, int wg, int warp,
-                                            int lane, unsigned *turns, unsigned &pend)
+                                            int lane, unsigned *&pend)
 {
     const int tid = threadIdx.x % 128, b = it % 2;
 #if S2_BWD_DQ_ORDERED
     if (tid == 0 && pend)
-        s2_dq_turn_pass(turns + (pend - 1));
-    pend = 0;
+        s2_dq_turn_pass(pend);
+    pend = nullptr;
 #else
-    (void)turns, (void)pend;
+    (void)pend;
     if (tid == 0)
         asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
 #endif
@@ -605,28 +600,26 @@ __device__ __forceinline__ void s2_dq_stage(const unsigned (&da)[4][4], s2_elem 
 
 // The dQ of step j (its head h and first row `row`) from buffer j % 2, once the other
 // warpgroup has staged its rows there; then empty[wg][j % 2]. With the ordered dQ the
-// reductions wait for the rows' turn counter, turns[h * total_tokens + row], to read `want`,
-// and it is left pending (pend, its index + 1).
+// reductions wait for the rows' turn counter to read `want`, and it is left pending.
 __device__ __forceinline__ void s2_dq_lagged(const s2_elem *sds, const s2_elem *sk, float *sdq,
                                              const s2_tmap *tm_dq, unsigned long long *dbar,
-                                             int j, int h, int row, unsigned *turns,
-                                             int total_tokens, unsigned want, unsigned &pend,
-                                             int wg, int warp, int lane)
+                                             int j, int h, int row, unsigned *turn,
+                                             unsigned want, unsigned *&pend, int wg, int warp,
+                                             int lane)
 {
-    const unsigned at = (unsigned)h * (unsigned)total_tokens + (unsigned)row;
     const int b = j % 2;
     s2_mbar_wait(&dbar[2 * (1 - wg) + b], (j / 2) & 1);
     s2_dq_product<S2_BWD_BM / 16>(sds + b * S2_BWD_BM * 64, sk, sdq, tm_dq, h, row, wg, 0, wg,
                                   warp, lane, [&] {
                                       s2_mbar_arrive(&dbar[4 + 2 * wg + b]);
 #if S2_BWD_DQ_ORDERED
-                                      s2_dq_turn_wait(turns + at, want);
+                                      s2_dq_turn_wait(turn, want);
 #endif
                                   });
 #if S2_BWD_DQ_ORDERED
-    pend = at + 1;
+    pend = turn;
 #else
-    (void)at, (void)turns, (void)want, (void)pend;
+    (void)turn, (void)want, (void)pend;
 #endif
 }
 #else
@@ -723,8 +716,8 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
 
     int hk, tile, b;
 #if S2_BWD_TMA && S2_BWD_DQ_ORDERED // (their order: s2_dq_ordered_block)
-    s2_dq_ordered_block(s2_dq_turns(dq_acc, total_tokens) + (long)S2_NUM_HEADS * total_tokens,
-                        hk, tile, b);
+    unsigned *dq_turns = (unsigned *)(dq_acc + (long)total_tokens * S2_NUM_HEADS * S2_HEAD_DIM);
+    s2_dq_ordered_block(dq_turns + (long)S2_NUM_HEADS * total_tokens, hk, tile, b);
 #else
     s2_block_tile<S2_BWD_BM, false, S2_NUM_HEADS / S2_NUM_KV_HEADS>(hk, tile);
     b = blockIdx.z;
@@ -881,11 +874,8 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
 #endif
 #if S2_BWD_TMA
 #if S2_BWD_ATOMIC_DQ && S2_DQ_SPLIT_DIMS
-    int dq_h = hk * rep, dq_row = 0; // the head and first row of the step whose dQ comes next
-    unsigned dq_pend = 0;     // (the ordered dQ's: s2_dq_stage)
-    unsigned *const dq_turns = s2_dq_turns(dq_acc, total_tokens);
-    // the turn the step whose dQ comes next waits for (y0 is tile's first key)
-    const auto dq_want = [&] { return 2u * (unsigned)((dq_row - seq0 - y0) / S2_BWD_BM); };
+    int dq_h = 0, dq_row = 0; // the head and first row of the step whose dQ comes next
+    unsigned *dq_turn = nullptr, *dq_pend = nullptr, dq_want = 0; // (the ordered dQ's)
 #endif
 #endif
 #if S2_BWD_TURNS
@@ -956,7 +946,7 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
 #if S2_BWD_TMA // dK += dS^T Q, then both waited for: the stage goes back to the producer
         s2_acc_to_afrag<S2_BWD_BN / 8>(dp, da);
 #if S2_BWD_ATOMIC_DQ && S2_DQ_SPLIT_DIMS // dS^T staged before da is in flight
-        s2_dq_stage(da, sds, kvbar + 1, it, wg, warp, lane, dq_turns, dq_pend);
+        s2_dq_stage(da, sds, kvbar + 1, it, wg, warp, lane, dq_pend);
 #elif S2_BWD_ATOMIC_DQ
         s2_stage_dst(sds, da, wg, warp, lane);
 #endif
@@ -967,10 +957,14 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
 #if S2_BWD_ATOMIC_DQ && S2_DQ_SPLIT_DIMS // the step before's dQ
         if (it > 0) // (its waits wait for dV and dK too)
             s2_dq_lagged(sds, sk, sdq + wg * 64 * 64, &tm_dq, kvbar + 1, it - 1, dq_h, dq_row,
-                         dq_turns, total_tokens, dq_want(), dq_pend, wg, warp, lane);
+                         dq_turn, dq_want, dq_pend, wg, warp, lane);
         else
             s2_wgmma_wait0();
-        dq_h += it > 0 && cur_qt == qt_begin, dq_row = seq0 + x0; // (the next head's walk)
+        dq_h = hk * rep + it / n_qt, dq_row = seq0 + x0;
+#if S2_BWD_DQ_ORDERED
+        dq_turn = dq_turns + (long)dq_h * total_tokens + dq_row;
+        dq_want = 2 * (x0 / S2_BWD_BM - tile);
+#endif
 #elif S2_BWD_ATOMIC_DQ // and dQ behind them (its waits wait for them too)
         s2_dq_tma_step(sds, sk, sdq + wg * 64 * 64, &tm_dq, hk * rep + it / n_qt, seq0 + x0, wg,
                        warp, lane);
@@ -988,22 +982,22 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
     if (threadIdx.x % 128 == 0) {
 #if S2_BWD_DQ_ORDERED // (and the step before's reductions have completed: their arrival)
         if (dq_pend)
-            s2_dq_turn_pass(dq_turns + (dq_pend - 1));
+            s2_dq_turn_pass(dq_pend);
 #endif
         asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
     }
-    dq_pend = 0;
+    dq_pend = nullptr;
     asm volatile("bar.sync %0, 128;\n" ::"r"(3 + wg) : "memory");
     if (n_it > 0)
         s2_dq_lagged(sds, sk, sdq + wg * 64 * 64, &tm_dq, kvbar + 1, n_it - 1, dq_h, dq_row,
-                     dq_turns, total_tokens, dq_want(), dq_pend, wg, warp, lane);
+                     dq_turn, dq_want, dq_pend, wg, warp, lane);
 #endif
 #if S2_BWD_ATOMIC_DQ // the last reductions have completed before the block's memory goes
     if (threadIdx.x % 128 == 0) {
         asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
 #if S2_BWD_DQ_ORDERED // (their arrival)
         if (dq_pend)
-            s2_dq_turn_pass(dq_turns + (dq_pend - 1));
+            s2_dq_turn_pass(dq_pend);
 #endif
     }
 #endif
