@@ -480,7 +480,8 @@ __device__ __forceinline__ void s2_dq_reduce(const s2_tmap *tm_dq, const float *
     for (int bx = 0; bx < 2; bx++)
         asm volatile("cp.reduce.async.bulk.tensor.3d.global.shared::cta.add.tile.bulk_group"
                      " [%0, {%1, %2, %3}], [%4];\n" ::"l"((unsigned long long)tm_dq),
-                     "r"(64 * c + 32 * bx), "r"(h), "r"(row), "r"(s2_smem_addr(sdq + bx * 64 * 32))
+                     "r"(64 * c + 32 * bx), "r"(h), "r"(row),
+                     "r"(s2_smem_addr(sdq + bx * 64 * 32))
                      : "memory");
     asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
 }
@@ -632,7 +633,7 @@ __device__ __forceinline__ void s2_dq_reducer(const s2_tmap *tm_dq, const float 
                                               int total_tokens, int h, int seq0, int qt_begin,
                                               int n_qt, int n_it)
 {
-    // (the walk with counters only: the reducer has 32 registers, S2_DKDV_PRODUCER_REGS)
+    // (the walk with counters only: the reducer has 40 registers, S2_DKDV_PRODUCER_REGS)
     const int row0 = seq0 + qt_begin * S2_BWD_BN;
     int row = row0, in_head = n_qt;
 #if S2_BWD_DQ_ORDERED
