@@ -92,8 +92,8 @@ __device__ __forceinline__ void s2_head_chunk(int lin, int tiles, int heads, int
     h0 = lin / (c * tiles) * c;
     in_chunk = min(c, heads - h0);
 }
-// s2_block_tile_at: the same for block lin = y * tiles + x of a (tiles, heads) grid that is not
-// the launch's (the persistent forward's virtual grid).
+// s2_block_tile_at: the (head, tile) above for block lin = y * tiles + x of a (tiles, heads)
+// grid that is not the launch's (the persistent forward's virtual grid).
 template <int BM, bool QUERY, int REP>
 __device__ __forceinline__ void s2_block_tile_at(int lin, int tiles, int heads, int &head,
                                                  int &tile)
