@@ -449,10 +449,11 @@ __device__ __forceinline__ void s2_dq_atomic_wg(const s2_elem *sds, const s2_ele
 // consecutive positions; rows past the sequence's end add dS = 0) from its two fp32 boxes (sdq:
 // [2][64 rows][32], 128-byte swizzled as the tensor map reads them, so a quad's stores meet no
 // bank conflict). dS^T is staged in shared memory (rows 64 wg .. of [S2_BWD_BM keys][64
-// queries]) and read MN-major with K, as in s2_dq_atomic_wg. At head_dim 64 thread 0 of a
-// warpgroup issues the reductions, and waits for those of before to have read the boxes before
-// the warpgroup writes them again; at head_dim 128 the reducer, a thread of the producer
-// warpgroup, issues them (s2_dq_reducer), so that no consumer waits for a reduction.
+// queries]) and read MN-major with K, as in s2_dq_atomic_wg. Thread 0 of a warpgroup issues
+// the reductions, and waits for those of before to have read the boxes before the warpgroup
+// writes them again; but with the ordered dQ (S2_DQ_REDUCER) the reducer, a thread of the
+// producer warpgroup, issues them and waits for the turns (s2_dq_reducer), so that no consumer
+// waits for a reduction or a turn.
 //
 // At head_dim 64 (s2_dq_tma_step) each warpgroup takes every dim over its own 64 keys, in the
 // step itself, with no barrier between the warpgroups (both add to the same rows). Either way
@@ -465,11 +466,18 @@ __device__ __forceinline__ void s2_dq_atomic_wg(const s2_elem *sds, const s2_ele
 // dS^T of step it into buffer it % 2 and then forms the dQ of step it - 1 from buffer
 // (it - 1) % 2, which the other staged a step ago. Four mbarriers a buffer and warpgroup hand
 // the buffers over (dbar: full[wg][b] = dbar[2 wg + b], one arrival when warpgroup wg has
-// staged b; empty[wg][b] = dbar[4 + 2 wg + b], one arrival when its dQ has read b), and two a
-// warpgroup its boxes (boxes-full[wg] = dbar[8 + wg], one arrival when it has written them;
-// boxes-empty[wg] = dbar[10 + wg], the reducer's once its reductions have read them); the last
-// step's dQ comes after the loop.
+// staged b; empty[wg][b] = dbar[4 + 2 wg + b], one arrival when its dQ has read b), and with
+// the reducer two a warpgroup its boxes (boxes-full[wg] = dbar[8 + wg], one arrival when it has
+// written them; boxes-empty[wg] = dbar[10 + wg], the reducer's once its reductions have read
+// them); the last step's dQ comes after the loop.
+//
+// The reducer serves the ordered dQ only: on an H100 it took the ordered dQ's backward from 364
+// to 425-436 TF/s at 32k, but the atomic dQ's from 465 to 411-420 (bench/RESULTS.md, session
+// 19), so the atomic dQ keeps its consumers issuing.
 #define S2_DQ_SPLIT_DIMS (S2_HEAD_DIM == 128)
+#define S2_DQ_REDUCER (S2_BWD_ATOMIC_DQ == 2)
+// the handover mbarriers (dbar), after the block's others
+#define S2_DQ_MBARS (S2_DQ_SPLIT_DIMS ? (S2_DQ_REDUCER ? 12 : 8) : 0)
 
 // One bulk group: the bulk reductions of a warpgroup's two dQ boxes (sdq, dims 64 c ..
 // 64 c + 63) into rows row .. row + 63 of head h of the accumulator.
@@ -588,12 +596,17 @@ __device__ __forceinline__ void s2_dq_ordered_block(unsigned *ticket, int &hk, i
 
 #if S2_DQ_SPLIT_DIMS
 // Step it's dS^T of warpgroup wg into buffer it % 2, once the other warpgroup's dQ of step
-// it - 2 has read it; then full[wg][it % 2].
+// it - 2 has read it; then full[wg][it % 2]. Without the reducer thread 0 first waits for the
+// warpgroup's boxes to have been read (the barrier passes that on).
 __device__ __forceinline__ void s2_dq_stage(const unsigned (&da)[4][4], s2_elem *sds,
                                             unsigned long long *dbar, int it, int wg, int warp,
                                             int lane)
 {
     const int b = it % 2;
+#if !S2_DQ_REDUCER
+    if (threadIdx.x % 128 == 0)
+        asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+#endif
     if (it >= 2)
         s2_mbar_wait(&dbar[4 + 2 * (1 - wg) + b], ((it - 2) / 2) & 1);
     s2_stage_dst(sds + b * S2_BWD_BM * 64, da, wg, warp, lane);
@@ -604,55 +617,57 @@ __device__ __forceinline__ void s2_dq_stage(const unsigned (&da)[4][4], s2_elem 
 }
 
 // The dQ of step j from buffer j % 2, once the other warpgroup has staged its rows there, into
-// the warpgroup's boxes once the reducer has read them for step j - 1 (boxes-empty[wg] =
-// dbar[10 + wg]); then empty[wg][j % 2] and boxes-full[wg] = dbar[8 + wg].
+// the warpgroup's boxes; then empty[wg][j % 2]. With the reducer the boxes are written once it
+// has read them for step j - 1 (boxes-empty[wg] = dbar[10 + wg]) and handed to it
+// (boxes-full[wg] = dbar[8 + wg]); without, thread 0 adds them to rows row .. of head h.
 __device__ __forceinline__ void s2_dq_lagged(const s2_elem *sds, const s2_elem *sk, float *sdq,
-                                             unsigned long long *dbar, int j, int wg, int warp,
-                                             int lane)
+                                             const s2_tmap *tm_dq, unsigned long long *dbar,
+                                             int j, int h, int row, int wg, int warp, int lane)
 {
     const int b = j % 2;
     s2_mbar_wait(&dbar[2 * (1 - wg) + b], (j / 2) & 1);
+#if S2_DQ_REDUCER
+    (void)tm_dq, (void)h, (void)row;
     if (j > 0)
         s2_mbar_wait(&dbar[10 + wg], (j - 1) & 1);
+#endif
     s2_dq_product<S2_BWD_BM / 16>(sds + b * S2_BWD_BM * 64, sk, sdq, wg, 0, wg, warp, lane, [&] {
         s2_mbar_arrive(&dbar[4 + 2 * wg + b]);
+#if S2_DQ_REDUCER
         s2_mbar_arrive(&dbar[8 + wg]);
+#else
+        s2_dq_reduce(tm_dq, sdq, wg, h, row);
+#endif
     });
 }
 
+#if S2_DQ_REDUCER
 // The reducer, one thread of the producer warpgroup: the steps in walk order (head h, query
 // tile qt, as the producer loads them), each consumer's boxes added to the accumulator once it
 // has written them (boxes-full[wg]), and handed back once read (boxes-empty[wg]). The consumers
-// never wait for a reduction or a turn; with the ordered dQ the reducer does: each step's
-// reductions once its turn has come, its arrival once they have completed, a step later (the
-// newest two bulk groups, the step's own, may still be in flight), the last step's at the end.
-// Every reduction has completed before the reducer leaves, so the block's shared memory stays
-// until then.
+// never wait for a reduction or a turn; the reducer does: each step's reductions once its turn
+// has come, its arrival once they have completed, a step later (the newest two bulk groups,
+// the step's own, may still be in flight), the last step's at the end. Every reduction has
+// completed before the reducer leaves, so the block's shared memory stays until then.
 __device__ __forceinline__ void s2_dq_reducer(const s2_tmap *tm_dq, const float *sdq,
                                               unsigned long long *dbar, float *dq_acc,
                                               int total_tokens, int h, int seq0, int qt_begin,
                                               int n_qt, int n_it)
 {
-    // (the walk with counters only: the reducer has 40 registers, S2_DKDV_PRODUCER_REGS)
-    const int row0 = seq0 + qt_begin * S2_BWD_BN;
-    int row = row0, in_head = n_qt;
-#if S2_BWD_DQ_ORDERED
 #if S2_WINDOW
 #error "the window units' twin of the ordered dQ is the dQ kernel"
 #endif
+    // (the walk with counters only: the reducer has 40 registers, S2_DKDV_PRODUCER_REGS)
+    const int row0 = seq0 + qt_begin * S2_BWD_BN;
+    int row = row0, in_head = n_qt;
     // (the walk's first query tile is the key tile's diagonal: qt_begin S2_BWD_BN = y0 =
     // tile S2_BWD_BM, so query tile qt's turn, 2 (qt S2_BWD_BN / S2_BWD_BM - tile), is
     // 2 ((row - row0) / S2_BWD_BM))
     unsigned *turn = s2_dq_turns(dq_acc, total_tokens) + ((long)h * total_tokens + row0);
     unsigned *pend = nullptr;
-#else
-    (void)dq_acc, (void)total_tokens;
-#endif
 #pragma unroll 1
     for (int j = 0; j < n_it; j++) {
-#if S2_BWD_DQ_ORDERED
         s2_dq_turn_wait(turn, 2u * (unsigned)((row - row0) / S2_BWD_BM));
-#endif
 #pragma unroll
         for (int wg = 0; wg < 2; wg++) {
             s2_mbar_wait(&dbar[8 + wg], j & 1);
@@ -661,28 +676,20 @@ __device__ __forceinline__ void s2_dq_reducer(const s2_tmap *tm_dq, const float 
         asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
         s2_mbar_arrive(&dbar[10]);
         s2_mbar_arrive(&dbar[11]);
-#if S2_BWD_DQ_ORDERED
         if (pend)
             s2_dq_turn_pass<2>(pend);
         pend = turn;
-#endif
-        row += S2_BWD_BN;
-#if S2_BWD_DQ_ORDERED
-        turn += S2_BWD_BN;
-#endif
+        row += S2_BWD_BN, turn += S2_BWD_BN;
         if (--in_head == 0) { // the next head's walk
             in_head = n_qt, h++, row = row0;
-#if S2_BWD_DQ_ORDERED
             turn += total_tokens - n_qt * S2_BWD_BN;
-#endif
         }
     }
-#if S2_BWD_DQ_ORDERED
     if (pend)
         s2_dq_turn_pass<0>(pend);
-#endif
     asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
 }
+#endif
 #else
 static_assert(!S2_BWD_DQ_ORDERED, "the plan refuses the ordered dQ at head_dim 64");
 // The step's dQ of warpgroup wg over its own keys (head_dim 64), its dS^T staged by the caller
@@ -733,7 +740,7 @@ __device__ __forceinline__ void s2_pt_in_place(float (&s)[S2_SACC], const float 
 // The producer warpgroup's registers a thread after setmaxnreg, and the consumers' (the rest of
 // the SM's 65536, a multiple of 8): 24 and 240, or with the reducer (s2_dq_reducer) 40 and 232
 // (at 32 ptxas spills in the loader).
-#if S2_BWD_ATOMIC_DQ && S2_HEAD_DIM == 128
+#if S2_DQ_REDUCER
 #define S2_DKDV_PRODUCER_REGS 40
 #else
 #define S2_DKDV_PRODUCER_REGS 24
@@ -775,7 +782,7 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
     // [consumers][2][64][32] (constant offsets)
     constexpr int SDS_AT = ((2 * S2_BWD_BM + 2 * S2_BWD_STAGES * S2_BWD_BN) * S2_HEAD_DIM * 2 +
                             2 * S2_BWD_STAGES * S2_BWD_BN * 4 +
-                            8 * (2 * S2_BWD_STAGES + 1 + 12 * S2_DQ_SPLIT_DIMS) + 1023) /
+                            8 * (2 * S2_BWD_STAGES + 1 + S2_DQ_MBARS) + 1023) /
                            1024 * 1024;
     s2_elem *sds = (s2_elem *)((unsigned char *)sk + SDS_AT);
     float *sdq = (float *)(sds + (1 + S2_DQ_SPLIT_DIMS) * S2_BWD_BM * 64);
@@ -842,16 +849,16 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
         }
         s2_mbar_init(kvbar, 1);
 #if S2_BWD_ATOMIC_DQ && S2_DQ_SPLIT_DIMS // the dQ's buffers' and boxes' handover (dbar)
-        for (int i = 0; i < 12; i++)
+        for (int i = 0; i < S2_DQ_MBARS; i++)
             s2_mbar_init(&kvbar[1 + i], 1);
 #endif
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
     __syncthreads();
     if (threadIdx.x < 128) { // the producer: its first warp loads, the rest leave (but the
-        // reducer, with the atomic dQ at head_dim 128)
+        // reducer, with the ordered dQ)
         s2_setmaxnreg_dec<S2_DKDV_PRODUCER_REGS>();
-#if S2_BWD_ATOMIC_DQ && S2_DQ_SPLIT_DIMS
+#if S2_DQ_REDUCER
         if (threadIdx.x == 32) { // the second warp's first thread adds the consumers' dQ
             s2_dq_reducer(&tm_dq, sdq, kvbar + 1, dq_acc, total_tokens, hk * rep, seq0,
                           qt_begin, n_qt, n_it);
@@ -951,6 +958,9 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
 #else
     const s2_elem *x_k = sk, *x_v = sv;
 #endif
+#if S2_BWD_TMA && S2_BWD_ATOMIC_DQ && S2_DQ_SPLIT_DIMS
+    int dq_h = hk * rep, dq_row = 0; // the head and first row of the step whose dQ comes next
+#endif
 #if S2_BWD_TURNS
     s2_turn_start(wg);
 #endif
@@ -1029,9 +1039,11 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
         s2_wgmma_commit();
 #if S2_BWD_ATOMIC_DQ && S2_DQ_SPLIT_DIMS // the step before's dQ
         if (it > 0) // (its waits wait for dV and dK too)
-            s2_dq_lagged(sds, sk, sdq + wg * 64 * 64, kvbar + 1, it - 1, wg, warp, lane);
+            s2_dq_lagged(sds, sk, sdq + wg * 64 * 64, &tm_dq, kvbar + 1, it - 1, dq_h, dq_row,
+                         wg, warp, lane);
         else
             s2_wgmma_wait0();
+        dq_h += it > 0 && cur_qt == qt_begin, dq_row = seq0 + x0; // (the next head's walk)
 #elif S2_BWD_ATOMIC_DQ // and dQ behind them (its waits wait for them too)
         s2_dq_tma_step(sds, sk, sdq + wg * 64 * 64, &tm_dq, hk * rep + it / n_qt, seq0 + x0, wg,
                        warp, lane);
@@ -1045,12 +1057,23 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
 #if S2_BWD_TURNS
     s2_turn_end(wg);
 #endif
-#if S2_BWD_ATOMIC_DQ && S2_DQ_SPLIT_DIMS // the last step's dQ (the reducer adds it)
+#if S2_DQ_REDUCER // the last step's dQ (the reducer adds it)
     if (n_it > 0)
-        s2_dq_lagged(sds, sk, sdq + wg * 64 * 64, kvbar + 1, n_it - 1, wg, warp, lane);
-#elif S2_BWD_ATOMIC_DQ // the last reductions have completed before the block's memory goes
+        s2_dq_lagged(sds, sk, sdq + wg * 64 * 64, &tm_dq, kvbar + 1, n_it - 1, dq_h, dq_row, wg,
+                     warp, lane);
+#else
+#if S2_BWD_ATOMIC_DQ && S2_DQ_SPLIT_DIMS // the last step's dQ, once the boxes have been read
+    if (threadIdx.x % 128 == 0)
+        asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+    asm volatile("bar.sync %0, 128;\n" ::"r"(3 + wg) : "memory");
+    if (n_it > 0)
+        s2_dq_lagged(sds, sk, sdq + wg * 64 * 64, &tm_dq, kvbar + 1, n_it - 1, dq_h, dq_row, wg,
+                     warp, lane);
+#endif
+#if S2_BWD_ATOMIC_DQ // the last reductions have completed before the block's memory goes
     if (threadIdx.x % 128 == 0)
         asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
+#endif
 #endif
 #else
         s2_wgmma_wait0();
