@@ -398,10 +398,12 @@ static int bwd_smem(const s2_attn_tile *t, int d, int *dq, int *dkdv)
         if (t->bwd_atomic_dq) /* dS^T of one tile, [keys][64 queries] swizzled, 1 KiB aligned */
             *dkdv += 16 * t->bwd_warps * 64 * 2 + 1024;
         if (t->bwd_atomic_dq && t->bwd_tma) /* each consumer warpgroup's fp32 dQ, 64 x 64 (at
-                                             * d = 128 a second dS^T buffer and the two's
-                                             * handover mbarriers too) */
+                                             * d = 128 a second dS^T buffer and the handover
+                                             * mbarriers of the two: 8, and with the ordered
+                                             * dQ's reducer 4 more for the dQ boxes) */
             *dkdv += 2 * 64 * 64 * (int)sizeof(float) +
-                     (d == 128 ? 16 * t->bwd_warps * 64 * 2 + 64 : 0) + /* and 8 mbarriers */
+                     (d == 128 ? 16 * t->bwd_warps * 64 * 2 + 8 * (t->bwd_atomic_dq == 2 ? 12 : 8)
+                               : 0) +
                      (t->bwd_atomic_dq == 2 ? 16 : 0); /* the ordered dQ's ticket (static) */
         return *dkdv;
     }

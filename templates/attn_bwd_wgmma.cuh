@@ -18,8 +18,8 @@
 // With S2_BWD_ATOMIC_DQ (S2_BWD_BN = 64) the dK/dV kernel also adds each tile's dQ = dS K into
 // the fp32 accumulator (s2_dq_atomic_wg) and s2_attn_bwd_dq is not launched: five products
 // per tile pair instead of seven, and a run-to-run order of the additions that is not fixed.
-// With S2_BWD_TMA as well (s2_dq_product), each consumer warpgroup forms its part of dQ and
-// adds it to the accumulator with bulk tensor reductions from shared memory; with
+// With S2_BWD_TMA as well (s2_dq_product), each consumer warpgroup forms its part of dQ, which
+// is added to the accumulator with bulk tensor reductions from shared memory; with
 // S2_BWD_ATOMIC_DQ 2 (S2_BWD_DQ_ORDERED) in a fixed order, so that dQ too has the same bits
 // every run (s2_dq_turn_wait).
 
@@ -449,8 +449,11 @@ __device__ __forceinline__ void s2_dq_atomic_wg(const s2_elem *sds, const s2_ele
 // consecutive positions; rows past the sequence's end add dS = 0) from its two fp32 boxes (sdq:
 // [2][64 rows][32], 128-byte swizzled as the tensor map reads them, so a quad's stores meet no
 // bank conflict). dS^T is staged in shared memory (rows 64 wg .. of [S2_BWD_BM keys][64
-// queries]) and read MN-major with K, as in s2_dq_atomic_wg. Thread 0 of a warpgroup waits for
-// its reductions of before to have read the boxes before the warpgroup writes them again.
+// queries]) and read MN-major with K, as in s2_dq_atomic_wg. Thread 0 of a warpgroup issues
+// the reductions, and waits for those of before to have read the boxes before the warpgroup
+// writes them again; but with the ordered dQ (S2_DQ_REDUCER) the reducer, a thread of the
+// producer warpgroup, issues them and waits for the turns (s2_dq_reducer), so that no consumer
+// waits for a reduction or a turn.
 //
 // At head_dim 64 (s2_dq_tma_step) each warpgroup takes every dim over its own 64 keys, in the
 // step itself, with no barrier between the warpgroups (both add to the same rows). Either way
@@ -463,18 +466,42 @@ __device__ __forceinline__ void s2_dq_atomic_wg(const s2_elem *sds, const s2_ele
 // dS^T of step it into buffer it % 2 and then forms the dQ of step it - 1 from buffer
 // (it - 1) % 2, which the other staged a step ago. Four mbarriers a buffer and warpgroup hand
 // the buffers over (dbar: full[wg][b] = dbar[2 wg + b], one arrival when warpgroup wg has
-// staged b; empty[wg][b] = dbar[4 + 2 wg + b], one arrival when its dQ has read b); the last
-// step's dQ comes after the loop.
+// staged b; empty[wg][b] = dbar[4 + 2 wg + b], one arrival when its dQ has read b), and with
+// the reducer two a warpgroup its boxes (boxes-full[wg] = dbar[8 + wg], one arrival when it has
+// written them; boxes-empty[wg] = dbar[10 + wg], the reducer's once its reductions have read
+// them); the last step's dQ comes after the loop.
+//
+// The reducer serves the ordered dQ only: on an H100 it took the ordered dQ's backward from 364
+// to 425-436 TF/s at 32k, but the atomic dQ's from 465 to 411-420 (bench/RESULTS.md, session
+// 19), so the atomic dQ keeps its consumers issuing.
 #define S2_DQ_SPLIT_DIMS (S2_HEAD_DIM == 128)
+#define S2_DQ_REDUCER (S2_BWD_ATOMIC_DQ == 2)
+// the handover mbarriers (dbar), after the block's others
+#define S2_DQ_MBARS (S2_DQ_SPLIT_DIMS ? (S2_DQ_REDUCER ? 12 : 8) : 0)
+
+// One bulk group: the bulk reductions of a warpgroup's two dQ boxes (sdq, dims 64 c ..
+// 64 c + 63) into rows row .. row + 63 of head h of the accumulator.
+__device__ __forceinline__ void s2_dq_reduce(const s2_tmap *tm_dq, const float *sdq, int c, int h,
+                                             int row)
+{
+#pragma unroll
+    for (int bx = 0; bx < 2; bx++)
+        asm volatile("cp.reduce.async.bulk.tensor.3d.global.shared::cta.add.tile.bulk_group"
+                     " [%0, {%1, %2, %3}], [%4];\n" ::"l"((unsigned long long)tm_dq),
+                     "r"(64 * c + 32 * bx), "r"(h), "r"(row),
+                     "r"(s2_smem_addr(sdq + bx * 64 * 32))
+                     : "memory");
+    asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+}
 
 // The warpgroup's dQ product (dims 64 c .., keys 16 k0 .. 16 (k0 + KN) - 1 of the staged dS^T
-// at sds) waited for (and the products issued before it with it), written into its boxes and
-// added to row `row` of head h once every thread of the warpgroup has written them; `done`
-// runs on thread 0 after that barrier (the warpgroup is done reading sds then).
+// at sds) waited for (and the products issued before it with it) and written into its boxes;
+// `done` runs on thread 0 once every thread of the warpgroup has written them (and is done
+// reading sds): it has them added (s2_dq_reduce).
 template <int KN, class Done>
 __device__ __forceinline__ void s2_dq_product(const s2_elem *sds, const s2_elem *sk, float *sdq,
-                                              const s2_tmap *tm_dq, int h, int row, int c,
-                                              int k0, int wg, int warp, int lane, Done done)
+                                              int c, int k0, int wg, int warp, int lane,
+                                              Done done)
 {
     const int tid = threadIdx.x % 128, t = lane % 4;
     float dq[32];
@@ -500,33 +527,28 @@ __device__ __forceinline__ void s2_dq_product(const s2_elem *sds, const s2_elem 
     }
     s2_fence_proxy_async(); // the boxes, read by the bulk reductions
     asm volatile("bar.sync %0, 128;\n" ::"r"(3 + wg) : "memory");
-    if (tid == 0) {
+    if (tid == 0)
         done();
-#pragma unroll
-        for (int bx = 0; bx < 2; bx++)
-            asm volatile("cp.reduce.async.bulk.tensor.3d.global.shared::cta.add.tile.bulk_group"
-                         " [%0, {%1, %2, %3}], [%4];\n" ::"l"((unsigned long long)tm_dq),
-                         "r"(64 * c + 32 * bx), "r"(h), "r"(row),
-                         "r"(s2_smem_addr(sdq + bx * 64 * 32))
-                         : "memory");
-        asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
-    }
 }
 
 #define S2_BWD_DQ_ORDERED (S2_BWD_ATOMIC_DQ == 2)
+// The ordered dQ's turn counters, after dq_acc ([T, H, d] fp32) in the workspace.
+__device__ __forceinline__ unsigned *s2_dq_turns(float *dq_acc, int total_tokens)
+{
+    return (unsigned *)(dq_acc + (long)total_tokens * S2_NUM_HEADS * S2_HEAD_DIM);
+}
 #if S2_BWD_DQ_ORDERED
 // The ordered dQ (head_dim 128). The blocks that add to a 64-row query tile i of head h are
 // those of the key tiles (of S2_BWD_BM keys) from the first that tile i's rows see up to the
 // one on its diagonal, i * 64 / S2_BWD_BM: a contiguous range, whose blocks add in descending
-// order, each once its two warpgroups' turn has come. Every (head, query tile) has a turn
-// counter, turns[h * T + its first row] ([H][T] u32 after dq_acc in the workspace, zeroed with
-// it): the block of key tile j waits until it reads 2 (i * 64 / S2_BWD_BM - j), every block
-// above it having arrived twice (its warpgroups add disjoint dims, so neither waits for the
-// other), and each warpgroup arrives once its reductions have completed. A block only ever
+// order, each once its turn has come. Every (head, query tile) has a turn counter,
+// turns[h * T + its first row] ([H][T] u32 after dq_acc in the workspace, zeroed with it): the
+// block of key tile j waits until it reads 2 (i * 64 / S2_BWD_BM - j), every block above it
+// having added 2 once its reductions (both warpgroups' dims) have completed. A block only ever
 // waits for blocks of higher key tiles, and takes its tile from a ticket (s2_dq_ordered_block)
 // in an order that gives those tiles earlier tickets, so they are running or done: no block
-// waits for one that cannot start. The warpgroup's thread 0 waits before it issues the
-// reductions, and arrives one step after (s2_dq_stage), once they have completed.
+// waits for one that cannot start. The block's reducer (s2_dq_reducer) waits before it issues
+// a step's reductions, and arrives one step after, once they have completed.
 __device__ __forceinline__ void s2_dq_turn_wait(const unsigned *turn, unsigned want)
 {
     for (;;) {
@@ -539,12 +561,14 @@ __device__ __forceinline__ void s2_dq_turn_wait(const unsigned *turn, unsigned w
     asm volatile("fence.proxy.async.global;\n" ::: "memory"); // before the bulk reductions
 }
 
-// Thread 0: once its bulk reductions have completed (written, not only read), the arrival.
+// The arrival (2) once every bulk group but the newest `Newer` has completed (written, not only
+// read): the step before's reductions with Newer 2, the last step's with 0.
+template <int Newer>
 __device__ __forceinline__ void s2_dq_turn_pass(unsigned *turn)
 {
-    asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
+    asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(Newer) : "memory");
     asm volatile("fence.proxy.async.global;\n" ::: "memory"); // the reductions' writes first
-    asm volatile("red.release.gpu.global.add.u32 [%0], 1;\n" ::"l"(turn) : "memory");
+    asm volatile("red.release.gpu.global.add.u32 [%0], 2;\n" ::"l"(turn) : "memory");
 }
 
 // This block's (kv head, key tile, sequence): thread 0 takes the launch's next ticket (the
@@ -572,21 +596,15 @@ __device__ __forceinline__ void s2_dq_ordered_block(unsigned *ticket, int &hk, i
 
 #if S2_DQ_SPLIT_DIMS
 // Step it's dS^T of warpgroup wg into buffer it % 2, once the other warpgroup's dQ of step
-// it - 2 has read it; then full[wg][it % 2]. Thread 0 first waits for the warpgroup's boxes to
-// have been read (the barrier passes that on); with the ordered dQ, for its reductions to have
-// completed, and arrives on their turn counter (pend; then none is pending).
+// it - 2 has read it; then full[wg][it % 2]. Without the reducer thread 0 first waits for the
+// warpgroup's boxes to have been read (the barrier passes that on).
 __device__ __forceinline__ void s2_dq_stage(const unsigned (&da)[4][4], s2_elem *sds,
                                             unsigned long long *dbar, int it, int wg, int warp,
-                                            int lane, unsigned *&pend)
+                                            int lane)
 {
-    const int tid = threadIdx.x % 128, b = it % 2;
-#if S2_BWD_DQ_ORDERED
-    if (tid == 0 && pend)
-        s2_dq_turn_pass(pend);
-    pend = nullptr;
-#else
-    (void)pend;
-    if (tid == 0)
+    const int b = it % 2;
+#if !S2_DQ_REDUCER
+    if (threadIdx.x % 128 == 0)
         asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
 #endif
     if (it >= 2)
@@ -594,34 +612,84 @@ __device__ __forceinline__ void s2_dq_stage(const unsigned (&da)[4][4], s2_elem 
     s2_stage_dst(sds + b * S2_BWD_BM * 64, da, wg, warp, lane);
     s2_fence_proxy_async(); // the staged dS^T, read by the wgmma of both warpgroups
     asm volatile("bar.sync %0, 128;\n" ::"r"(3 + wg) : "memory");
-    if (tid == 0)
+    if (threadIdx.x % 128 == 0)
         s2_mbar_arrive(&dbar[2 * wg + b]);
 }
 
-// The dQ of step j (its head h and first row `row`) from buffer j % 2, once the other
-// warpgroup has staged its rows there; then empty[wg][j % 2]. With the ordered dQ the
-// reductions wait for the rows' turn counter to read `want`, and it is left pending.
+// The dQ of step j from buffer j % 2, once the other warpgroup has staged its rows there, into
+// the warpgroup's boxes; then empty[wg][j % 2]. With the reducer the boxes are written once it
+// has read them for step j - 1 (boxes-empty[wg] = dbar[10 + wg]) and handed to it
+// (boxes-full[wg] = dbar[8 + wg]); without, thread 0 adds them to rows row .. of head h.
 __device__ __forceinline__ void s2_dq_lagged(const s2_elem *sds, const s2_elem *sk, float *sdq,
                                              const s2_tmap *tm_dq, unsigned long long *dbar,
-                                             int j, int h, int row, unsigned *turn,
-                                             unsigned want, unsigned *&pend, int wg, int warp,
-                                             int lane)
+                                             int j, int h, int row, int wg, int warp, int lane)
 {
     const int b = j % 2;
     s2_mbar_wait(&dbar[2 * (1 - wg) + b], (j / 2) & 1);
-    s2_dq_product<S2_BWD_BM / 16>(sds + b * S2_BWD_BM * 64, sk, sdq, tm_dq, h, row, wg, 0, wg,
-                                  warp, lane, [&] {
-                                      s2_mbar_arrive(&dbar[4 + 2 * wg + b]);
-#if S2_BWD_DQ_ORDERED
-                                      s2_dq_turn_wait(turn, want);
+#if S2_DQ_REDUCER
+    (void)tm_dq, (void)h, (void)row;
+    if (j > 0)
+        s2_mbar_wait(&dbar[10 + wg], (j - 1) & 1);
 #endif
-                                  });
-#if S2_BWD_DQ_ORDERED
-    pend = turn;
+    s2_dq_product<S2_BWD_BM / 16>(sds + b * S2_BWD_BM * 64, sk, sdq, wg, 0, wg, warp, lane, [&] {
+        s2_mbar_arrive(&dbar[4 + 2 * wg + b]);
+#if S2_DQ_REDUCER
+        s2_mbar_arrive(&dbar[8 + wg]);
 #else
-    (void)turn, (void)want, (void)pend;
+        s2_dq_reduce(tm_dq, sdq, wg, h, row);
 #endif
+    });
 }
+
+#if S2_DQ_REDUCER
+// The reducer, one thread of the producer warpgroup: the steps in walk order (head h, query
+// tile qt, as the producer loads them), each consumer's boxes added to the accumulator once it
+// has written them (boxes-full[wg]), and handed back once read (boxes-empty[wg]). The consumers
+// never wait for a reduction or a turn; the reducer does: each step's reductions once its turn
+// has come, its arrival once they have completed, a step later (the newest two bulk groups,
+// the step's own, may still be in flight), the last step's at the end. Every reduction has
+// completed before the reducer leaves, so the block's shared memory stays until then.
+__device__ __forceinline__ void s2_dq_reducer(const s2_tmap *tm_dq, const float *sdq,
+                                              unsigned long long *dbar, float *dq_acc,
+                                              int total_tokens, int h, int seq0, int qt_begin,
+                                              int n_qt, int n_it)
+{
+#if S2_WINDOW
+#error "the window units' twin of the ordered dQ is the dQ kernel"
+#endif
+    // (the walk with counters only: the reducer has 40 registers, S2_DKDV_PRODUCER_REGS)
+    const int row0 = seq0 + qt_begin * S2_BWD_BN;
+    int row = row0, in_head = n_qt;
+    // (the walk's first query tile is the key tile's diagonal: qt_begin S2_BWD_BN = y0 =
+    // tile S2_BWD_BM, so query tile qt's turn, 2 (qt S2_BWD_BN / S2_BWD_BM - tile), is
+    // 2 ((row - row0) / S2_BWD_BM))
+    unsigned *turn = s2_dq_turns(dq_acc, total_tokens) + ((long)h * total_tokens + row0);
+    unsigned *pend = nullptr;
+#pragma unroll 1
+    for (int j = 0; j < n_it; j++) {
+        s2_dq_turn_wait(turn, 2u * (unsigned)((row - row0) / S2_BWD_BM));
+#pragma unroll
+        for (int wg = 0; wg < 2; wg++) {
+            s2_mbar_wait(&dbar[8 + wg], j & 1);
+            s2_dq_reduce(tm_dq, sdq + wg * 64 * 64, wg, h, row);
+        }
+        asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+        s2_mbar_arrive(&dbar[10]);
+        s2_mbar_arrive(&dbar[11]);
+        if (pend)
+            s2_dq_turn_pass<2>(pend);
+        pend = turn;
+        row += S2_BWD_BN, turn += S2_BWD_BN;
+        if (--in_head == 0) { // the next head's walk
+            in_head = n_qt, h++, row = row0;
+            turn += total_tokens - n_qt * S2_BWD_BN;
+        }
+    }
+    if (pend)
+        s2_dq_turn_pass<0>(pend);
+    asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
+}
+#endif
 #else
 static_assert(!S2_BWD_DQ_ORDERED, "the plan refuses the ordered dQ at head_dim 64");
 // The step's dQ of warpgroup wg over its own keys (head_dim 64), its dS^T staged by the caller
@@ -634,7 +702,8 @@ __device__ __forceinline__ void s2_dq_tma_step(const s2_elem *sds, const s2_elem
         asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
     s2_fence_proxy_async(); // the staged dS^T, read by this warpgroup's wgmma
     asm volatile("bar.sync %0, 128;\n" ::"r"(3 + wg) : "memory");
-    s2_dq_product<4>(sds, sk, sdq, tm_dq, h, row, 0, 4 * wg, wg, warp, lane, [] {});
+    s2_dq_product<4>(sds, sk, sdq, 0, 4 * wg, wg, warp, lane,
+                     [&] { s2_dq_reduce(tm_dq, sdq, 0, h, row); });
 }
 #endif
 #endif
@@ -668,6 +737,15 @@ __device__ __forceinline__ void s2_pt_in_place(float (&s)[S2_SACC], const float 
 // full[st]'s arrivals a phase: the issuing thread's arrive.expect_tx, and each of the producer
 // warp's 32 threads once its cp.async copies of lse and delta have landed
 #define S2_DKDV_FULL_ARRIVALS 33
+// The producer warpgroup's registers a thread after setmaxnreg, and the consumers' (the rest of
+// the SM's 65536, a multiple of 8): 24 and 240, or with the reducer (s2_dq_reducer) 40 and 232
+// (at 32 ptxas spills in the loader).
+#if S2_DQ_REDUCER
+#define S2_DKDV_PRODUCER_REGS 40
+#else
+#define S2_DKDV_PRODUCER_REGS 24
+#endif
+#define S2_DKDV_CONSUMER_REGS ((65536 / 128 - S2_DKDV_PRODUCER_REGS) / 2 / 8 * 8)
 extern "C" __global__ void __launch_bounds__(S2_DKDV_BLOCK, 1)
 #else
 extern "C" __global__ void __launch_bounds__(S2_BWD_THREADS, 1)
@@ -704,7 +782,7 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
     // [consumers][2][64][32] (constant offsets)
     constexpr int SDS_AT = ((2 * S2_BWD_BM + 2 * S2_BWD_STAGES * S2_BWD_BN) * S2_HEAD_DIM * 2 +
                             2 * S2_BWD_STAGES * S2_BWD_BN * 4 +
-                            8 * (2 * S2_BWD_STAGES + 1 + 8 * S2_DQ_SPLIT_DIMS) + 1023) /
+                            8 * (2 * S2_BWD_STAGES + 1 + S2_DQ_MBARS) + 1023) /
                            1024 * 1024;
     s2_elem *sds = (s2_elem *)((unsigned char *)sk + SDS_AT);
     float *sdq = (float *)(sds + (1 + S2_DQ_SPLIT_DIMS) * S2_BWD_BM * 64);
@@ -716,8 +794,8 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
 
     int hk, tile, b;
 #if S2_BWD_TMA && S2_BWD_DQ_ORDERED // (their order: s2_dq_ordered_block)
-    unsigned *dq_turns = (unsigned *)(dq_acc + (long)total_tokens * S2_NUM_HEADS * S2_HEAD_DIM);
-    s2_dq_ordered_block(dq_turns + (long)S2_NUM_HEADS * total_tokens, hk, tile, b);
+    s2_dq_ordered_block(s2_dq_turns(dq_acc, total_tokens) + (long)S2_NUM_HEADS * total_tokens,
+                        hk, tile, b);
 #else
     s2_block_tile<S2_BWD_BM, false, S2_NUM_HEADS / S2_NUM_KV_HEADS>(hk, tile);
     b = blockIdx.z;
@@ -770,15 +848,23 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
             s2_mbar_init(&bars[S2_BWD_STAGES + i], S2_BWD_THREADS);
         }
         s2_mbar_init(kvbar, 1);
-#if S2_BWD_ATOMIC_DQ && S2_DQ_SPLIT_DIMS // the dQ's buffer handover (s2_dq_stage)
-        for (int i = 0; i < 8; i++)
+#if S2_BWD_ATOMIC_DQ && S2_DQ_SPLIT_DIMS // the dQ's buffers' and boxes' handover (dbar)
+        for (int i = 0; i < S2_DQ_MBARS; i++)
             s2_mbar_init(&kvbar[1 + i], 1);
 #endif
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
     __syncthreads();
-    if (threadIdx.x < 128) { // the producer: its first warp loads, the rest leave
-        s2_setmaxnreg_dec<24>();
+    if (threadIdx.x < 128) { // the producer: its first warp loads, the rest leave (but the
+        // reducer, with the ordered dQ)
+        s2_setmaxnreg_dec<S2_DKDV_PRODUCER_REGS>();
+#if S2_DQ_REDUCER
+        if (threadIdx.x == 32) { // the second warp's first thread adds the consumers' dQ
+            s2_dq_reducer(&tm_dq, sdq, kvbar + 1, dq_acc, total_tokens, hk * rep, seq0,
+                          qt_begin, n_qt, n_it);
+            return;
+        }
+#endif
         if (threadIdx.x < 32) {
             constexpr unsigned KVBYTES = 2 * S2_BWD_BM * S2_HEAD_DIM * 2;
             constexpr unsigned QDBYTES = 2 * S2_BWD_BN * S2_HEAD_DIM * 2;
@@ -825,7 +911,7 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
         }
         return;
     }
-    s2_setmaxnreg_inc<240>();
+    s2_setmaxnreg_inc<S2_DKDV_CONSUMER_REGS>();
     s2_mbar_wait(kvbar, 0);
 #else
     s2_load_tile_sw<S2_BWD_BM, S2_BWD_THREADS>(sk, k, seq0, y0, n, cls, S2_NUM_KV_HEADS, hk);
@@ -872,11 +958,8 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
 #else
     const s2_elem *x_k = sk, *x_v = sv;
 #endif
-#if S2_BWD_TMA
-#if S2_BWD_ATOMIC_DQ && S2_DQ_SPLIT_DIMS
-    int dq_h = 0, dq_row = 0; // the head and first row of the step whose dQ comes next
-    unsigned *dq_turn = nullptr, *dq_pend = nullptr, dq_want = 0; // (the ordered dQ's)
-#endif
+#if S2_BWD_TMA && S2_BWD_ATOMIC_DQ && S2_DQ_SPLIT_DIMS
+    int dq_h = hk * rep, dq_row = 0; // the head and first row of the step whose dQ comes next
 #endif
 #if S2_BWD_TURNS
     s2_turn_start(wg);
@@ -946,7 +1029,7 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
 #if S2_BWD_TMA // dK += dS^T Q, then both waited for: the stage goes back to the producer
         s2_acc_to_afrag<S2_BWD_BN / 8>(dp, da);
 #if S2_BWD_ATOMIC_DQ && S2_DQ_SPLIT_DIMS // dS^T staged before da is in flight
-        s2_dq_stage(da, sds, kvbar + 1, it, wg, warp, lane, dq_pend);
+        s2_dq_stage(da, sds, kvbar + 1, it, wg, warp, lane);
 #elif S2_BWD_ATOMIC_DQ
         s2_stage_dst(sds, da, wg, warp, lane);
 #endif
@@ -957,14 +1040,10 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
 #if S2_BWD_ATOMIC_DQ && S2_DQ_SPLIT_DIMS // the step before's dQ
         if (it > 0) // (its waits wait for dV and dK too)
             s2_dq_lagged(sds, sk, sdq + wg * 64 * 64, &tm_dq, kvbar + 1, it - 1, dq_h, dq_row,
-                         dq_turn, dq_want, dq_pend, wg, warp, lane);
+                         wg, warp, lane);
         else
             s2_wgmma_wait0();
-        dq_h = hk * rep + it / n_qt, dq_row = seq0 + x0;
-#if S2_BWD_DQ_ORDERED
-        dq_turn = dq_turns + (long)dq_h * total_tokens + dq_row;
-        dq_want = 2 * (x0 / S2_BWD_BM - tile);
-#endif
+        dq_h += it > 0 && cur_qt == qt_begin, dq_row = seq0 + x0; // (the next head's walk)
 #elif S2_BWD_ATOMIC_DQ // and dQ behind them (its waits wait for them too)
         s2_dq_tma_step(sds, sk, sdq + wg * 64 * 64, &tm_dq, hk * rep + it / n_qt, seq0 + x0, wg,
                        warp, lane);
@@ -978,28 +1057,23 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
 #if S2_BWD_TURNS
     s2_turn_end(wg);
 #endif
+#if S2_DQ_REDUCER // the last step's dQ (the reducer adds it)
+    if (n_it > 0)
+        s2_dq_lagged(sds, sk, sdq + wg * 64 * 64, &tm_dq, kvbar + 1, n_it - 1, dq_h, dq_row, wg,
+                     warp, lane);
+#else
 #if S2_BWD_ATOMIC_DQ && S2_DQ_SPLIT_DIMS // the last step's dQ, once the boxes have been read
-    if (threadIdx.x % 128 == 0) {
-#if S2_BWD_DQ_ORDERED // (and the step before's reductions have completed: their arrival)
-        if (dq_pend)
-            s2_dq_turn_pass(dq_pend);
-#endif
+    if (threadIdx.x % 128 == 0)
         asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
-    }
-    dq_pend = nullptr;
     asm volatile("bar.sync %0, 128;\n" ::"r"(3 + wg) : "memory");
     if (n_it > 0)
-        s2_dq_lagged(sds, sk, sdq + wg * 64 * 64, &tm_dq, kvbar + 1, n_it - 1, dq_h, dq_row,
-                     dq_turn, dq_want, dq_pend, wg, warp, lane);
+        s2_dq_lagged(sds, sk, sdq + wg * 64 * 64, &tm_dq, kvbar + 1, n_it - 1, dq_h, dq_row, wg,
+                     warp, lane);
 #endif
 #if S2_BWD_ATOMIC_DQ // the last reductions have completed before the block's memory goes
-    if (threadIdx.x % 128 == 0) {
+    if (threadIdx.x % 128 == 0)
         asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
-#if S2_BWD_DQ_ORDERED // (their arrival)
-        if (dq_pend)
-            s2_dq_turn_pass(dq_pend);
 #endif
-    }
 #endif
 #else
         s2_wgmma_wait0();

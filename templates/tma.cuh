@@ -13,7 +13,8 @@
 #if S2_BWD_TMA
 //
 // The TMA dK/dV kernel (attn_bwd_wgmma.cuh's S2_BWD_TMA blocks; the plan's bwd_tma, on
-// bwd_mbar's rings), the same way: the producer warpgroup first, its first warp alone staying.
+// bwd_mbar's rings), the same way: the producer warpgroup first, its first warp alone staying
+// (with the ordered dQ, also its second warp's first thread, the reducer).
 // Its thread 0 loads the block's K and V rows once (their own mbarrier) and, for every (head,
 // query tile) pair of the walk, the Q and dO tiles into the pair's stage, counting the bytes on
 // full[st]; the warp's 32 threads copy the pair's lse and delta rows there by cp.async (a bulk
@@ -21,9 +22,11 @@
 // arriving on full[st] once its copies land, so full[st] waits for 33 arrivals and the bytes.
 // The consumers release a stage on empty[st] as with cp.async. Rows past the sequence's end
 // read as the next sequence's Q, dO, K and V (masked out, as above) and as zero lse and delta.
-// With the atomic dQ (bwd_atomic_dq) the consumers also store: each adds its part of a query
-// tile's dQ into the fp32 accumulator with cp.reduce.async.bulk.tensor from 128-byte-swizzled
-// fp32 boxes (s2_dq_product); such a reduction's rows past the sequence's end add zeros.
+// With the atomic dQ (bwd_atomic_dq) the consumers also store: each forms its part of a query
+// tile's dQ in 128-byte-swizzled fp32 boxes (s2_dq_product), added into the fp32 accumulator
+// with cp.reduce.async.bulk.tensor (with the ordered dQ by the reducer, s2_dq_reducer, which
+// takes the producer 40 registers and leaves the consumers 232); such a reduction's rows past
+// the sequence's end add zeros.
 #endif
 
 // The Tensor Memory Accelerator (the plan's fwd_tma). A tensor map (CUtensorMap: 128 bytes, made

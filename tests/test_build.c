@@ -74,6 +74,46 @@ Test(build, every_spec_for_sm80_and_sm90a, .timeout = 600)
     cr_expect_geq(n, 10, "specs/ should hold the paper's nine configurations and a small model");
 }
 
+/* The TMA dK/dV kernel's dQ forms (the default's dQ kernel, the atomic dQ, the ordered dQ) on
+ * LLaMA-2 70B's GQA (64 query heads over 8 kv heads) and on a 32/32 MHA: no spills, no stack
+ * frame for sm_90a. (The default specs' builds above take the default tile only.) */
+Test(build, hopper_dq_tiles_build_clean_with_gqa, .timeout = 600)
+{
+    static const char *const tiles[] = {"bwd_tma=1", "bwd_tma=1,bwd_atomic_dq=1,bwd_stages=2",
+                                        "bwd_tma=1,bwd_atomic_dq=2,bwd_stages=2"};
+    static const s2_spec_override heads[][2] = {
+        {{"model.num_heads=64"}, {"model.num_kv_heads=8"}},
+        {{"model.num_heads=32"}, {"model.num_kv_heads=32"}}};
+    char path[1024];
+    snprintf(path, sizeof path, "%s/specs/llama2-70b-32k.yaml", S2_SOURCE_DIR);
+    for (int h = 0; h < 2; h++) {
+        s2_spec spec;
+        s2_error err = {0};
+        cr_assert_eq(s2_spec_load(path, heads[h], 2, &spec, &err), S2_OK, "%s", err.msg);
+        for (size_t i = 0; i < sizeof tiles / sizeof *tiles; i++) {
+            s2_attn_tile t = s2_plan_default_tile("sm_90a", spec.model.head_dim);
+            cr_assert_eq(s2_plan_parse_tile(tiles[i], &t, &err), S2_OK, "%s", err.msg);
+            s2_jit_opts jo = {.arch = "sm_90a"};
+            s2_attn_plan plan;
+            s2_jit_result res[S2_UNIT_ATTN_COUNT];
+            memset(res, 0, sizeof res);
+            cr_assert_eq(s2_attn_build(&spec, &t, &jo, &plan, res, &err), S2_OK, "%s: %s",
+                         tiles[i], err.msg);
+            for (int u = 0; u < S2_UNIT_ATTN_COUNT; u++) {
+                for (int k = 0; k < res[u].n_res; k++) {
+                    const s2_kernel_res *r = &res[u].res[k];
+                    cr_expect_eq(r->spill_stores + r->spill_loads + r->stack, 0,
+                                 "%s, %s, %s: %s spills %d+%d bytes, %d-byte stack",
+                                 heads[h][0].text, heads[h][1].text, tiles[i], r->name,
+                                 r->spill_stores,
+                                 r->spill_loads, r->stack);
+                }
+                s2_jit_result_free(&res[u]);
+            }
+        }
+    }
+}
+
 /* A tile the plan refuses never reaches NVRTC. */
 Test(build, bad_tile_is_refused_before_nvrtc)
 {

@@ -411,7 +411,7 @@ Test(plan, tma_dkdv_with_the_atomic_dq)
         const int rings = (2 * 16 * 8 + 2 * 2 * 64) * d * 2 + 1024 + 16 * 2 + 2 * 2 * 64 * 4 + 16;
         const int dst = 16 * 8 * 64 * 2; /* one staged dS^T; two at head_dim 128 */
         cr_expect_eq(p.smem_dkdv, rings + dst * (d == 128 ? 2 : 1) + 1024 + 2 * 64 * 64 * 4 +
-                                      (d == 128 ? 64 : 0),
+                                      (d == 128 ? 8 * 8 : 0), /* 8 mbarriers */
                      "d %d: %d", d, p.smem_dkdv);
         cr_assert_eq(plan_with(&s, BWDTMA ",bwd_stages=2,bwd_atomic_dq=1,bwd_mbar=0", &twin, &err),
                      S2_OK, "%s", err.msg);
@@ -421,8 +421,8 @@ Test(plan, tma_dkdv_with_the_atomic_dq)
     }
 }
 
-/* The ordered dQ (bwd_atomic_dq 2): the atomic dQ's kernel and shared memory (and the ticket's
- * 16 bytes) at head_dim 128, its turn counters in the workspace; the window units' twin is the
+/* The ordered dQ (bwd_atomic_dq 2): the atomic dQ's kernel and shared memory, and the
+ * reducer's 4 mbarriers and the ticket's 16 bytes, at head_dim 128, its turn counters in the workspace; the window units' twin is the
  * default's deterministic dQ kernel; refused at head_dim 64 and without bwd_tma. */
 Test(plan, tma_dkdv_with_the_ordered_dq)
 {
@@ -434,7 +434,8 @@ Test(plan, tma_dkdv_with_the_ordered_dq)
     cr_assert_eq(plan_with(&s, BWDTMA ",bwd_stages=2,bwd_atomic_dq=1,bwd_tma=1", &atomic, &err),
                  S2_OK, "%s", err.msg);
     cr_expect_not(p.bwd_dq_delta, "no dQ kernel");
-    cr_expect_eq(p.smem_dkdv, atomic.smem_dkdv + 16, "%d vs %d", p.smem_dkdv, atomic.smem_dkdv);
+    cr_expect_eq(p.smem_dkdv, atomic.smem_dkdv + 4 * 8 + 16, "%d vs %d", p.smem_dkdv,
+                 atomic.smem_dkdv);
     char *src = emit_unit(&s, &p, S2_UNIT_ATTN_BWD);
     cr_expect_not_null(strstr(src, "#define S2_BWD_ATOMIC_DQ 2\n"));
     free(src);
@@ -543,7 +544,8 @@ Test(emit, only_a_bwd_tma_unit_holds_its_text)
         cr_expect_eq(strstr(src, "#define S2_BWD_TMA 1") != NULL, tma, "tma %d", tma);
         cr_expect_eq(strstr(src, "cp.async.bulk.tensor") != NULL, tma, "tma %d", tma);
         cr_expect_eq(strstr(src, "__grid_constant__ s2_tmap tm_do") != NULL, tma, "tma %d", tma);
-        cr_expect_eq(strstr(src, "s2_setmaxnreg_dec<24>") != NULL, tma, "tma %d", tma);
+        cr_expect_eq(strstr(src, "s2_setmaxnreg_dec<S2_DKDV_PRODUCER_REGS>") != NULL, tma,
+                     "tma %d", tma);
         cr_expect_eq(strstr(src, "__launch_bounds__(S2_DKDV_BLOCK, 1)") != NULL, tma, "tma %d",
                      tma);
         cr_expect_null(strstr(src, "#define S2_FWD_TMA"), "the forward's option stays out");
