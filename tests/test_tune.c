@@ -23,11 +23,12 @@ Test(tune, whole_space_of_the_7b_spec_builds_for_sm90a, .timeout = 900)
     s2_jit_opts jo = {.arch = "sm_90a"};
     s2_tune_candidate *c = NULL;
     int n = 0;
-    cr_assert_eq(s2_tune_build_space(&spec, &jo, (1u << S2_UNIT_ATTN_COUNT) - 1, &c, &n, &err),
+    cr_assert_eq(s2_tune_build_space(&spec, &jo, (1u << S2_UNIT_ATTN_COUNT) - 1, 1, &c, &n, &err),
                  S2_OK, "%s", err.msg);
     int want = s2_plan_tile_space(&spec, "sm_90a", S2_UNIT_ATTN_FWD, NULL, 0) +
                s2_plan_tile_space(&spec, "sm_90a", S2_UNIT_ATTN_BWD, NULL, 0);
     cr_expect_eq(n, want, "one candidate per tile of each unit's space");
+    cr_expect_eq(s2_tune_space_size(&spec, "sm_90a", (1u << S2_UNIT_ATTN_COUNT) - 1, 1), want);
     s2_attn_tile def = s2_plan_default_tile("sm_90a", spec.model.head_dim);
     int defaults = 0, clean = 0;
     for (int i = 0; i < n; i++) {
@@ -44,6 +45,34 @@ Test(tune, whole_space_of_the_7b_spec_builds_for_sm90a, .timeout = 900)
     s2_tune_free(c, n);
 }
 
+/* Without atomic_dq the backward's space is its deterministic tiles: every tile of the plan's
+ * space but those with bwd_atomic_dq 1, the ordered dQ (2) kept; the forward's is whole. */
+Test(tune, the_backward_space_is_deterministic_unless_asked)
+{
+    s2_spec spec;
+    s2_error err = {0};
+    cr_assert_eq(s2_spec_load(S2_SOURCE_DIR "/specs/llama2-7b-8k.yaml", NULL, 0, &spec, &err),
+                 S2_OK, "%s", err.msg);
+    const int n = s2_plan_tile_space(&spec, "sm_90a", S2_UNIT_ATTN_BWD, NULL, 0);
+    s2_attn_tile *t = calloc((size_t)n, sizeof *t);
+    cr_assert_not_null(t);
+    s2_plan_tile_space(&spec, "sm_90a", S2_UNIT_ATTN_BWD, t, n);
+    int atomic = 0, ordered = 0;
+    for (int i = 0; i < n; i++) {
+        atomic += t[i].bwd_atomic_dq == 1;
+        ordered += t[i].bwd_atomic_dq == 2;
+        cr_expect_eq(s2_tune_deterministic(&t[i]), t[i].bwd_atomic_dq != 1);
+    }
+    free(t);
+    cr_assert_gt(atomic, 0, "the plan's space holds the atomic dQ");
+    cr_assert_gt(ordered, 0, "and the ordered dQ");
+    const unsigned bwd = 1u << S2_UNIT_ATTN_BWD, fwd = 1u << S2_UNIT_ATTN_FWD;
+    cr_expect_eq(s2_tune_space_size(&spec, "sm_90a", bwd, 0), n - atomic);
+    cr_expect_eq(s2_tune_space_size(&spec, "sm_90a", bwd, 1), n);
+    cr_expect_eq(s2_tune_space_size(&spec, "sm_90a", fwd, 0),
+                 s2_plan_tile_space(&spec, "sm_90a", S2_UNIT_ATTN_FWD, NULL, 0));
+}
+
 Test(tune, bad_arch_is_refused)
 {
     s2_spec spec;
@@ -53,7 +82,7 @@ Test(tune, bad_arch_is_refused)
     s2_tune_candidate *c = NULL;
     int n = 0;
     s2_error err = {0};
-    cr_expect_eq(s2_tune_build_space(&spec, &jo, 3, &c, &n, &err), S2_ERR_INVALID);
+    cr_expect_eq(s2_tune_build_space(&spec, &jo, 3, 0, &c, &n, &err), S2_ERR_INVALID);
     cr_expect(strstr(err.msg, "sm_75"), "%s", err.msg);
     cr_expect_null(c);
     s2_error_clear(&err);

@@ -191,8 +191,10 @@ s2lora_status s2lora_build(s2lora_ctx *ctx, const s2lora_spec *spec, int *built,
 /*
  * Tunes the attention kernels of spec on the device for sequences of `seqlen` tokens (0: the
  * spec's context length): every candidate tile is built, checked against the default and timed;
- * the fastest is stored in the tuning database, where s2lora_attn_create finds it. Takes about
- * a minute; *best_ms (may be NULL) receives the winner's forward+backward median.
+ * the fastest is stored in the tuning database, where s2lora_attn_create finds it. The
+ * backward's candidates are those that give the same bits every run, as the default does (the
+ * atomic dQ is tried only by `s2lora tune --atomic-dq`). Takes about a minute; *best_ms (may be
+ * NULL) receives the winner's forward+backward median.
  */
 s2lora_status s2lora_tune(s2lora_ctx *ctx, const s2lora_spec *spec, int seqlen,
                           double *best_ms);

@@ -1125,7 +1125,7 @@ typedef struct tune_args {
     unsigned kernels; /* bit i: kernel_values[i] */
     unsigned units;   /* attention units */
     int lora;         /* the LoRA linears' products */
-    int seqlens[TUNE_MAX_SEQLENS], n_seqlens, jobs, build_only;
+    int seqlens[TUNE_MAX_SEQLENS], n_seqlens, jobs, build_only, atomic_dq;
     double budget;
 } tune_args;
 
@@ -1141,6 +1141,11 @@ static const s2_opt tune_opts[] = {
     {.name = "kernels", .kind = S2_OPT_ENUM_LIST, .metavar = "LIST",
      .help = "attn (both units), attn_fwd, attn_bwd, lora (default: all)",
      .values = kernel_values, .off = offsetof(tune_args, kernels)},
+    {.name = "atomic-dq", .kind = S2_OPT_FLAG,
+     .help = "also try the backward tiles that add dQ with atomics (bwd_atomic_dq=1: faster "
+             "on Hopper, but dQ's bits vary from run to run within rounding); without it "
+             "only tiles whose backward gives the same bits every run are candidates",
+     .off = offsetof(tune_args, atomic_dq)},
     {.name = "budget", .kind = S2_OPT_DOUBLE, .metavar = "SECONDS",
      .help = "after this, no new candidate is timed (the default always is)",
      .off = offsetof(tune_args, budget), .dlo = 0, .dhi = INFINITY, .flags = S2_OPT_ABOVE_LO},
@@ -1171,31 +1176,42 @@ static const s2_opt tune_opts[] = {
 const s2_cmd s2_cmd_tune = {
     .name = "tune",
     .usage = "SPEC... [--set KEY=VALUE]... [--seqlens N[,N]...] [--kernels LIST]\n"
-             "                  [--budget SECONDS] [--db DIR] [--export FILE] [--import FILE]\n"
-             "                  [--cache-dir DIR] [--jobs N]\n"
-             "       s2lora tune SPEC... [--set KEY=VALUE]... --arch ARCH --build-only [--jobs N]",
+             "                  [--atomic-dq] [--budget SECONDS] [--db DIR] [--export FILE]\n"
+             "                  [--import FILE] [--cache-dir DIR] [--jobs N]\n"
+             "       s2lora tune SPEC... [--set KEY=VALUE]... --arch ARCH --build-only\n"
+             "                  [--atomic-dq] [--jobs N]",
     .about =
         "Tunes each SPEC's kernels on this GPU. The tuning space of every unit is every\n"
         "tile the plan accepts (shared memory within the arch's limit, no register spills\n"
-        "by the plan's rules); all of it is built with NVRTC in parallel (cache hits\n"
-        "reused) and candidates that spill are pruned. On one sequence of each --seqlens\n"
-        "length (default: the spec's context_length) with fresh random inputs, the default\n"
-        "tile is the trusted reference; every other candidate runs on the same inputs with\n"
-        "poisoned outputs and is rejected unless its outputs match the default's\n"
-        "(relative L2 < 1e-2, no NaN), then is timed (median of 10 after 3 warm-ups, L2\n"
-        "flushed before each run; one whose first run takes 1.3x the best so far is cut\n"
-        "there: it cannot win). The fastest per unit goes into the tuning database\n"
-        "of this GPU model, DIR/tune-<gpu>.jsonl (DIR: --db, default the kernel cache\n"
-        "directory), which attn and bench then use. The LoRA linears' space is the cuBLAS\n"
-        "algorithm of each product of each adapted group (cuBLAS's choice, then each one\n"
-        "cuBLASLt's heuristic offers), gated against cuBLAS's choice the same way and timed\n"
-        "at each length; bench lora and train use the result. Progress on stderr; a\n"
-        "summary of default and tuned time per unit and product on stdout.\n",
+        "by the plan's rules), the backward's only where it gives the same bits every run\n"
+        "(no atomic dQ) unless --atomic-dq; all of it is built with NVRTC in parallel\n"
+        "(cache hits reused) and candidates that spill are pruned. On one sequence of\n"
+        "each --seqlens length (default: the spec's context_length) with fresh random\n"
+        "inputs, the default tile is the trusted reference; every other candidate runs on\n"
+        "the same inputs with poisoned outputs and is rejected unless its outputs match\n"
+        "the default's (relative L2 < 1e-2, no NaN), then is timed (median of 10 after 3\n"
+        "warm-ups, L2 flushed before each run; one whose first run takes 1.3x the best so\n"
+        "far is cut there: it cannot win). The fastest per unit goes into the tuning\n"
+        "database of this GPU model, DIR/tune-<gpu>.jsonl (DIR: --db, default the kernel\n"
+        "cache directory), which attn and bench then use. The LoRA linears' space is the\n"
+        "cuBLAS algorithm of each product of each adapted group (cuBLAS's choice, then\n"
+        "each one cuBLASLt's heuristic offers), gated against cuBLAS's choice the same\n"
+        "way and timed at each length; bench lora and train use the result. Progress on\n"
+        "stderr; a summary of default and tuned time per unit and product on stdout.\n",
     .epilog = "Exit status 1 if a candidate fails to build (or, on a GPU, on an error), 3 when\n"
               "there is no CUDA device.\n",
     .opts = tune_opts, .n_opts = sizeof tune_opts / sizeof tune_opts[0],
     S2_POS_SPEC(tune_args, specs, n_specs, 16),
 };
+
+/* What the backward's space holds, as tune says it. */
+static const char *tune_bwd_space(int atomic_dq)
+{
+    return atomic_dq ? "attn_bwd candidates: every tile, the atomic dQ's too (bwd_atomic_dq=1: "
+                       "dQ's bits vary from run to run)"
+                     : "attn_bwd candidates: the tiles whose backward gives the same bits every "
+                       "run (--atomic-dq also tries the atomic dQ)";
+}
 
 /* --build-only: the whole space for an arch that need not be here. */
 static int tune_build_only(const tune_args *t)
@@ -1215,22 +1231,21 @@ static int tune_build_only(const tune_args *t)
         s2_tune_candidate *c = NULL;
         int n = 0;
         double t0 = now_ms();
-        long long total = 0;
-        for (int u = 0; u < S2_UNIT_ATTN_COUNT; u++)
-            if (t->units & (1u << u))
-                total += s2_plan_tile_space(&spec, jo.arch, (s2_attn_unit)u, NULL, 0);
+        const long long total = s2_tune_space_size(&spec, jo.arch, t->units, t->atomic_dq);
         char what[200];
         snprintf(what, sizeof what, "tune --build-only %s for %s: candidates", spec.name,
                  jo.arch);
         s2_cli_progress *pr = s2_cli_progress_start(prog, what, total);
         jo.on_unit = s2_cli_progress_unit;
         jo.on_unit_ctx = pr;
-        s2_status st = s2_tune_build_space(&spec, &jo, t->units, &c, &n, &err);
+        s2_status st = s2_tune_build_space(&spec, &jo, t->units, t->atomic_dq, &c, &n, &err);
         s2_cli_progress_end(pr);
         if (st)
             return fail(&err);
         printf("spec %s (sha256 %.16s) for %s: %d candidates in %.1f s\n", spec.name,
                spec.hash_hex, jo.arch, n, (now_ms() - t0) / 1e3);
+        if (t->units & (1u << S2_UNIT_ATTN_BWD))
+            puts(tune_bwd_space(t->atomic_dq));
         printf("%-9s %10s %6s %7s %6s %9s %9s\n", "unit", "candidates", "built", "spilled",
                "failed", "max regs", "max smem");
         for (int u = 0; u < S2_UNIT_ATTN_COUNT; u++) {
@@ -1302,6 +1317,8 @@ static int tune_on_device(const tune_args *t)
                 ic.taken, ic.added, ic.replaced, ic.held, ic.refused);
     }
     printf("tune on %s (%s), database %s\n", rt.name, rt.arch, db->path);
+    if (t->units & (1u << S2_UNIT_ATTN_BWD))
+        puts(tune_bwd_space(t->atomic_dq));
     /* one pass at the spec's own length when no --seqlens was given */
     const int n_len = t->n_seqlens ? t->n_seqlens : 1;
     if (t->units)
@@ -1312,7 +1329,8 @@ static int tune_on_device(const tune_args *t)
         for (int l = 0; !st && l < n_len; l++) {
             const int len = t->n_seqlens ? t->seqlens[l] : 0;
             s2_tune_opts o = {.seqlen = len, .units = t->units, .budget_s = t->budget,
-                              .cache_dir = t->cache_dir, .progress = tune_progress,
+                              .cache_dir = t->cache_dir, .atomic_dq = t->atomic_dq,
+                              .progress = tune_progress,
                               .progress_ctx = specs[i].name};
             s2_tune_unit_result res[S2_UNIT_ATTN_COUNT];
             st = s2_tune_run(&rt, &specs[i], &o, db, res, &err);

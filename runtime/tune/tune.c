@@ -59,8 +59,14 @@ static s2_status build_item(void *arg, int item, int worker, s2_error *err)
     return S2_OK;
 }
 
-/* Fills c with the space of unit; returns how many were written. */
-static int add_space(const s2_spec *spec, const char *arch, s2_attn_unit unit,
+int s2_tune_deterministic(const s2_attn_tile *tile)
+{
+    return tile->bwd_atomic_dq != 1;
+}
+
+/* Fills c with the space of unit (the backward's without the atomic dQ unless atomic_dq);
+ * returns how many were written. */
+static int add_space(const s2_spec *spec, const char *arch, s2_attn_unit unit, int atomic_dq,
                      s2_tune_candidate *c, int max)
 {
     int n = s2_plan_tile_space(spec, arch, unit, NULL, 0);
@@ -69,14 +75,37 @@ static int add_space(const s2_spec *spec, const char *arch, s2_attn_unit unit,
         return -1;
     s2_plan_tile_space(spec, arch, unit, t, n);
     int k = 0;
-    for (; k < n && k < max; k++)
-        c[k] = (s2_tune_candidate){.unit = unit, .tile = t[k]};
+    for (int i = 0; i < n && k < max; i++)
+        if (unit != S2_UNIT_ATTN_BWD || atomic_dq || s2_tune_deterministic(&t[i]))
+            c[k++] = (s2_tune_candidate){.unit = unit, .tile = t[i]};
     free(t);
     return k;
 }
 
+int s2_tune_space_size(const s2_spec *spec, const char *arch, unsigned units, int atomic_dq)
+{
+    int total = 0;
+    for (int u = 0; u < S2_UNIT_ATTN_COUNT; u++) {
+        if (!(units & (1u << u)))
+            continue;
+        const int n = s2_plan_tile_space(spec, arch, (s2_attn_unit)u, NULL, 0);
+        if (u != S2_UNIT_ATTN_BWD || atomic_dq || n <= 0) {
+            total += n > 0 ? n : 0;
+            continue;
+        }
+        s2_attn_tile *t = calloc((size_t)n, sizeof *t);
+        if (!t)
+            return -1;
+        s2_plan_tile_space(spec, arch, (s2_attn_unit)u, t, n);
+        for (int i = 0; i < n; i++)
+            total += s2_tune_deterministic(&t[i]);
+        free(t);
+    }
+    return total;
+}
+
 s2_status s2_tune_build_space(const s2_spec *spec, const s2_jit_opts *jo, unsigned units,
-                              s2_tune_candidate **out, int *n, s2_error *err)
+                              int atomic_dq, s2_tune_candidate **out, int *n, s2_error *err)
 {
     *out = NULL;
     *n = 0;
@@ -95,7 +124,7 @@ s2_status s2_tune_build_space(const s2_spec *spec, const s2_jit_opts *jo, unsign
     for (int u = 0; u < S2_UNIT_ATTN_COUNT; u++) {
         if (!(units & (1u << u)))
             continue;
-        int got = add_space(spec, jo->arch, (s2_attn_unit)u, c + k, total - k);
+        int got = add_space(spec, jo->arch, (s2_attn_unit)u, atomic_dq, c + k, total - k);
         if (got < 0) {
             free(c);
             return s2_error_set(err, S2_ERR_NOMEM, "out of memory enumerating the space");

@@ -33,13 +33,23 @@ typedef struct s2_tune_candidate {
 /*
  * Enumerates the space of every unit in units (bit 1 << S2_UNIT_ATTN_FWD, ...) with
  * s2_plan_tile_space() for jo->arch and builds each candidate's unit on jo->threads threads
- * of the pool (0: its width, runtime/core/pool.h). Every candidate gets a result, failures
- * included; one with spill bytes or a stack frame is marked spilled and never to be timed. *out
- * is heap (s2_tune_free()); the return is an error only when nothing could be attempted (bad
- * arch, out of memory, an invalid S2LORA_THREADS).
+ * of the pool (0: its width, runtime/core/pool.h). The backward's space holds only the tiles
+ * whose dQ has the same bits every run (s2_tune_deterministic) unless atomic_dq is 1, which
+ * admits bwd_atomic_dq 1 too. Every candidate gets a result, failures included; one with spill
+ * bytes or a stack frame is marked spilled and never to be timed. *out is heap
+ * (s2_tune_free()); the return is an error only when nothing could be attempted (bad arch, out
+ * of memory, an invalid S2LORA_THREADS).
  */
 s2_status s2_tune_build_space(const s2_spec *spec, const s2_jit_opts *jo, unsigned units,
-                              s2_tune_candidate **out, int *n, s2_error *err);
+                              int atomic_dq, s2_tune_candidate **out, int *n, s2_error *err);
+
+/* How many candidates s2_tune_build_space builds for these units of spec on arch (-1 when out
+ * of memory). */
+int s2_tune_space_size(const s2_spec *spec, const char *arch, unsigned units, int atomic_dq);
+
+/* Whether tile's backward gives the same bits every run: dQ by its own kernel
+ * (bwd_atomic_dq 0) or added in a fixed order (2), not with atomics in any order (1). */
+int s2_tune_deterministic(const s2_attn_tile *tile);
 
 void s2_tune_free(s2_tune_candidate *c, int n);
 
@@ -80,6 +90,7 @@ typedef struct s2_tune_opts {
     double budget_s;  /* after this many seconds no new candidate is timed; 0: no limit */
     int warmup, reps; /* per candidate; 0: 3 and 10 */
     const char *cache_dir;
+    int atomic_dq; /* 1: the backward's space also holds bwd_atomic_dq 1 (s2_tune_build_space) */
     void (*progress)(void *ctx, const char *line); /* may be NULL; one line per event */
     void *progress_ctx;
 } s2_tune_opts;

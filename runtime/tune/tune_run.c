@@ -379,7 +379,7 @@ s2_status s2_tune_run(const s2_rt *rt, const s2_spec *spec, const s2_tune_opts *
     s2_jit_opts jo = {.arch = rt->arch, .cache_dir = o->cache_dir};
     s2_tune_candidate *c = NULL;
     int n = 0;
-    s2_status st = s2_tune_build_space(spec, &jo, units, &c, &n, err);
+    s2_status st = s2_tune_build_space(spec, &jo, units, o->atomic_dq, &c, &n, err);
     if (st)
         return st;
     for (int k = 0; k < n; k++) {

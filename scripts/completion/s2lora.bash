@@ -120,7 +120,7 @@ _s2lora()
         --arch|-a) COMPREPLY=($(compgen -W "sm_80 sm_86 sm_89 sm_90 sm_90a" -- "$cur")); return ;;
         esac
         if [[ $cur == -* ]]; then
-            COMPREPLY=($(compgen -W "--set --seqlens --kernels --budget --db --export --import --cache-dir --jobs --arch --build-only --help" -- "$cur"))
+            COMPREPLY=($(compgen -W "--set --seqlens --kernels --atomic-dq --budget --db --export --import --cache-dir --jobs --arch --build-only --help" -- "$cur"))
             return
         fi
         _s2lora_specs
