@@ -475,7 +475,8 @@ __device__ __forceinline__ void s2_dq_atomic_wg(const s2_elem *sds, const s2_ele
 // to 425-436 TF/s at 32k, but the atomic dQ's from 465 to 411-420 (bench/RESULTS.md, session
 // 19), so the atomic dQ keeps its consumers issuing.
 #define S2_DQ_SPLIT_DIMS (S2_HEAD_DIM == 128)
-#define S2_DQ_REDUCER (S2_BWD_ATOMIC_DQ == 2)
+#define S2_BWD_DQ_ORDERED (S2_BWD_ATOMIC_DQ == 2)
+#define S2_DQ_REDUCER S2_BWD_DQ_ORDERED
 // the handover mbarriers (dbar), after the block's others
 #define S2_DQ_MBARS (S2_DQ_SPLIT_DIMS ? (S2_DQ_REDUCER ? 12 : 8) : 0)
 
@@ -531,7 +532,6 @@ __device__ __forceinline__ void s2_dq_product(const s2_elem *sds, const s2_elem 
         done();
 }
 
-#define S2_BWD_DQ_ORDERED (S2_BWD_ATOMIC_DQ == 2)
 // The ordered dQ's turn counters, after dq_acc ([T, H, d] fp32) in the workspace.
 __device__ __forceinline__ unsigned *s2_dq_turns(float *dq_acc, int total_tokens)
 {
@@ -1057,23 +1057,21 @@ s2_attn_bwd_dkdv(const s2_elem *__restrict__ q, const s2_elem *__restrict__ k,
 #if S2_BWD_TURNS
     s2_turn_end(wg);
 #endif
-#if S2_DQ_REDUCER // the last step's dQ (the reducer adds it)
-    if (n_it > 0)
-        s2_dq_lagged(sds, sk, sdq + wg * 64 * 64, &tm_dq, kvbar + 1, n_it - 1, dq_h, dq_row, wg,
-                     warp, lane);
-#else
-#if S2_BWD_ATOMIC_DQ && S2_DQ_SPLIT_DIMS // the last step's dQ, once the boxes have been read
+#if S2_BWD_ATOMIC_DQ && S2_DQ_SPLIT_DIMS // the last step's dQ (the reducer adds it; without
+    // one, thread 0 does once its boxes have been read)
+#if !S2_DQ_REDUCER
     if (threadIdx.x % 128 == 0)
         asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
     asm volatile("bar.sync %0, 128;\n" ::"r"(3 + wg) : "memory");
+#endif
     if (n_it > 0)
         s2_dq_lagged(sds, sk, sdq + wg * 64 * 64, &tm_dq, kvbar + 1, n_it - 1, dq_h, dq_row, wg,
                      warp, lane);
 #endif
-#if S2_BWD_ATOMIC_DQ // the last reductions have completed before the block's memory goes
+#if S2_BWD_ATOMIC_DQ && !S2_DQ_REDUCER // the last reductions have completed before the
+    // block's memory goes (the reducer waits for its own)
     if (threadIdx.x % 128 == 0)
         asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
-#endif
 #endif
 #else
         s2_wgmma_wait0();

@@ -1,6 +1,7 @@
 /* tune.c — build every candidate of the search space, in parallel. */
 #include "runtime/tune/tune.h"
 
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -64,8 +65,8 @@ int s2_tune_deterministic(const s2_attn_tile *tile)
     return tile->bwd_atomic_dq != 1;
 }
 
-/* Fills c with the space of unit (the backward's without the atomic dQ unless atomic_dq);
- * returns how many were written. */
+/* The space of unit (the backward's without the atomic dQ unless atomic_dq) into c, at most
+ * max candidates (c NULL: only counted); returns how many, -1 when out of memory. */
 static int add_space(const s2_spec *spec, const char *arch, s2_attn_unit unit, int atomic_dq,
                      s2_tune_candidate *c, int max)
 {
@@ -76,8 +77,11 @@ static int add_space(const s2_spec *spec, const char *arch, s2_attn_unit unit, i
     s2_plan_tile_space(spec, arch, unit, t, n);
     int k = 0;
     for (int i = 0; i < n && k < max; i++)
-        if (unit != S2_UNIT_ATTN_BWD || atomic_dq || s2_tune_deterministic(&t[i]))
-            c[k++] = (s2_tune_candidate){.unit = unit, .tile = t[i]};
+        if (unit != S2_UNIT_ATTN_BWD || atomic_dq || s2_tune_deterministic(&t[i])) {
+            if (c)
+                c[k] = (s2_tune_candidate){.unit = unit, .tile = t[i]};
+            k++;
+        }
     free(t);
     return k;
 }
@@ -86,20 +90,12 @@ int s2_tune_space_size(const s2_spec *spec, const char *arch, unsigned units, in
 {
     int total = 0;
     for (int u = 0; u < S2_UNIT_ATTN_COUNT; u++) {
-        if (!(units & (1u << u)))
-            continue;
-        const int n = s2_plan_tile_space(spec, arch, (s2_attn_unit)u, NULL, 0);
-        if (u != S2_UNIT_ATTN_BWD || atomic_dq || n <= 0) {
-            total += n > 0 ? n : 0;
-            continue;
-        }
-        s2_attn_tile *t = calloc((size_t)n, sizeof *t);
-        if (!t)
+        const int n = units & (1u << u)
+                          ? add_space(spec, arch, (s2_attn_unit)u, atomic_dq, NULL, INT_MAX)
+                          : 0;
+        if (n < 0)
             return -1;
-        s2_plan_tile_space(spec, arch, (s2_attn_unit)u, t, n);
-        for (int i = 0; i < n; i++)
-            total += s2_tune_deterministic(&t[i]);
-        free(t);
+        total += n;
     }
     return total;
 }
