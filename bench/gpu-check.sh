@@ -9,8 +9,9 @@
 #   5. the GPU model against its CPU twin (tests/model_check.c) and, with transformers and PEFT,
 #      bench/peers/llama_peers.py (logits, S²-Attn, one LoRA+ backward, our adapter in PEFT);
 #   6. `s2lora train` end to end on the tiny byte-level model (loss falls, a resumed run matches
-#      a straight one, eval and passkey run), then bench/peers/train_peers.py: tokens/s and
-#      memory against transformers + PEFT + LongLoRA's S²-Attn on the same model and data;
+#      a straight one, --batch 2 matches --grad-accum 2, eval and passkey run), then
+#      bench/peers/train_peers.py: tokens/s and memory against transformers + PEFT + LongLoRA's
+#      S²-Attn on the same model and data;
 #   7. `s2lora tune` of the default spec, attention and LoRA products (timed: the bar is 60 s),
 #      whose choices bench then uses;
 #   8. `s2lora bench lora` against the frozen base GEMM, untuned, then after
@@ -140,6 +141,8 @@ cat README.md specs/README.md runtime/*/*.c runtime/*/*.h gen/*.c templates/*.cu
   "$BIN/s2lora" train specs/tiny-byte-512.yaml --model "$tw/base" --data "$tw/text.tokens" \
     --out "$tw/a" --steps 40 --grad-accum 2 --lr 1e-3 --warmup 5 --save-every 20 &&
   "$BIN/s2lora" train specs/tiny-byte-512.yaml --model "$tw/base" --data "$tw/text.tokens" \
+    --out "$tw/c" --steps 40 --grad-accum 1 --batch 2 --lr 1e-3 --warmup 5 --save-every 0 &&
+  "$BIN/s2lora" train specs/tiny-byte-512.yaml --model "$tw/base" --data "$tw/text.tokens" \
     --out "$tw/b" --steps 20 --grad-accum 2 --lr 1e-3 --warmup 5 --save-every 20 &&
   "$BIN/s2lora" train specs/tiny-byte-512.yaml --model "$tw/base" --data "$tw/text.tokens" \
     --out "$tw/b" --steps 40 --grad-accum 2 --lr 1e-3 --warmup 5 --save-every 20 --resume &&
@@ -163,6 +166,15 @@ tail_b = {r["step"]: r["loss"] for r in b if r["step"] > 20}
 worst = max(abs(tail_a[s] - tail_b[s]) / tail_a[s] for s in tail_a) if tail_a.keys() == tail_b.keys() else float("inf")
 print(f"resume: steps 21-40 of a resumed run vs a straight run, worst relative loss difference "
       f"{worst:.2e}: {'PASS' if worst < 1e-3 else 'FAIL'}")
+# --batch 2 --grad-accum 1: the same two sequences a step as --grad-accum 2, in one varlen
+# micro-batch; only the rounding differs (GEMMs of another M, the sum of the gradients)
+c = rows("c")
+d = [abs(x["loss"] - y["loss"]) / x["loss"] for x, y in zip(a, c)]
+ok = len(c) == len(a) and d[0] < 1e-3 and max(d) < 2e-2
+rate = lambda r: sorted(x["tokens_per_s"] for x in r[5:])[len(r[5:]) // 2]
+print(f"batch: --batch 2 vs --grad-accum 2, relative loss difference {d[0]:.2e} at step 1 "
+      f"(< 1e-3), worst {max(d):.2e} over {len(c)} steps (< 2e-2): {'PASS' if ok else 'FAIL'}; "
+      f"{rate(c):.0f} vs {rate(a):.0f} tokens/s")
 PY
 grep -E "^(eval|passkey) " "$OUTDIR/train.txt"
 python3 bench/peers/train_peers.py "$BIN/s2lora" "$tw/peers" 2>&1 | tee -a "$OUTDIR/train.txt" | tail -5
@@ -434,7 +446,7 @@ tail -n 1 "$OUTDIR/gpu_check.txt" 2>/dev/null
 grep -E '^api_check: [0-9]+ of|^api_check: (PASS|FAIL)$' "$OUTDIR/api_check.txt" 2>/dev/null
 grep -E 'PASS|FAIL' "$OUTDIR/peer_compare.txt" 2>/dev/null | awk '{printf "peer %-16s %s\n", $1, $NF}'
 grep -E '^(model_check|llama_peers): (PASS|FAIL)' "$OUTDIR/model_check.txt" 2>/dev/null
-grep -E '^(train|resume): |: s2lora / pytorch' "$OUTDIR/train.txt" 2>/dev/null
+grep -E '^(train|resume|batch): |: s2lora / pytorch' "$OUTDIR/train.txt" 2>/dev/null
 grep -E '^(bench attn:|card: |== |impl |s2lora|sdpa-|flex-|fastest peer|no peer)' "$OUTDIR/bench_attn.txt" 2>/dev/null
 grep -E '^compute-sanitizer |ERROR SUMMARY|RACECHECK SUMMARY|^gpu_check: [0-9]' "$OUTDIR/sanitize.txt" 2>/dev/null
 grep -E '^(FAIL |torch_check: )' "$OUTDIR/torch_check.txt" 2>/dev/null

@@ -34,35 +34,35 @@ Test(dp, layout_defaults_and_refusals)
 {
     s2_dp_layout l;
     s2_error err = {0};
-    cr_assert_eq(s2_dp_resolve(4, 0, 0, 0, 8, 0, &l, &err), S2_OK, "%s", err.msg);
+    cr_assert_eq(s2_dp_resolve(4, 0, 0, 0, 8, 1, 0, &l, &err), S2_OK, "%s", err.msg);
     cr_expect(l.world == 4 && l.dp == 4 && l.sp == 1 && l.grad_accum == 8 &&
               l.global_batch == 32 && !l.derived);
-    cr_assert_eq(s2_dp_resolve(1, 0, 1, 3, 8, 0, &l, &err), S2_OK);
+    cr_assert_eq(s2_dp_resolve(1, 0, 1, 3, 8, 1, 0, &l, &err), S2_OK);
     cr_expect(l.dp == 1 && l.grad_accum == 3 && l.global_batch == 3);
-    cr_assert_eq(s2_dp_resolve(2, 2, 1, 0, 8, 0, &l, &err), S2_OK);
+    cr_assert_eq(s2_dp_resolve(2, 2, 1, 0, 8, 1, 0, &l, &err), S2_OK);
     cr_expect(l.dp == 2 && l.grad_accum == 8 && l.global_batch == 16);
     /* sequence parallel: dp defaults to world / sp; the global batch counts slots, not ranks */
-    cr_assert_eq(s2_dp_resolve(4, 0, 2, 0, 8, 0, &l, &err), S2_OK, "%s", err.msg);
+    cr_assert_eq(s2_dp_resolve(4, 0, 2, 0, 8, 1, 0, &l, &err), S2_OK, "%s", err.msg);
     cr_expect(l.world == 4 && l.dp == 2 && l.sp == 2 && l.grad_accum == 8 &&
               l.global_batch == 16, "dp %d sp %d gb %llu", l.dp, l.sp,
               (unsigned long long)l.global_batch);
-    cr_assert_eq(s2_dp_resolve(4, 1, 4, 0, 8, 0, &l, &err), S2_OK, "%s", err.msg);
+    cr_assert_eq(s2_dp_resolve(4, 1, 4, 0, 8, 1, 0, &l, &err), S2_OK, "%s", err.msg);
     cr_expect(l.dp == 1 && l.sp == 4 && l.global_batch == 8);
     /* an sp that does not divide the world */
-    cr_assert_eq(s2_dp_resolve(3, 0, 2, 0, 8, 0, &l, &err), S2_ERR_INVALID);
+    cr_assert_eq(s2_dp_resolve(3, 0, 2, 0, 8, 1, 0, &l, &err), S2_ERR_INVALID);
     cr_expect(strstr(err.msg, "--sp 2 does not divide the world of 3 ranks"), "%s", err.msg);
     s2_error_clear(&err);
     /* dp must be the world / sp */
-    cr_assert_eq(s2_dp_resolve(2, 3, 0, 0, 8, 0, &l, &err), S2_ERR_INVALID);
+    cr_assert_eq(s2_dp_resolve(2, 3, 0, 0, 8, 1, 0, &l, &err), S2_ERR_INVALID);
     cr_expect(strstr(err.msg, "--dp 3 x --sp 1 is 3 ranks, but the world has 2"), "%s", err.msg);
     s2_error_clear(&err);
-    cr_assert_eq(s2_dp_resolve(8, 2, 2, 0, 8, 0, &l, &err), S2_ERR_INVALID);
+    cr_assert_eq(s2_dp_resolve(8, 2, 2, 0, 8, 1, 0, &l, &err), S2_ERR_INVALID);
     cr_expect(strstr(err.msg, "--dp 2 x --sp 2 is 4 ranks, but the world has 8: --dp is the "
                               "world size / --sp, 4 here"), "%s", err.msg);
     s2_error_clear(&err);
-    cr_assert_eq(s2_dp_resolve(4, 1, 1, 0, 8, 0, &l, &err), S2_ERR_INVALID);
+    cr_assert_eq(s2_dp_resolve(4, 1, 1, 0, 8, 1, 0, &l, &err), S2_ERR_INVALID);
     s2_error_clear(&err);
-    cr_assert_eq(s2_dp_resolve(0, 0, 0, 0, 8, 0, &l, &err), S2_ERR_INVALID);
+    cr_assert_eq(s2_dp_resolve(0, 0, 0, 0, 8, 1, 0, &l, &err), S2_ERR_INVALID);
     s2_error_clear(&err);
 }
 
@@ -71,17 +71,17 @@ Test(dp, resume_keeps_the_global_batch)
     s2_dp_layout l;
     s2_error err = {0};
     /* a state of 16 sequences a step: on 2 ranks, 8 each (derived) */
-    cr_assert_eq(s2_dp_resolve(2, 0, 0, 0, 8, 16, &l, &err), S2_OK, "%s", err.msg);
+    cr_assert_eq(s2_dp_resolve(2, 0, 0, 0, 8, 1, 16, &l, &err), S2_OK, "%s", err.msg);
     cr_expect(l.grad_accum == 8 && l.global_batch == 16 && l.derived);
-    cr_assert_eq(s2_dp_resolve(1, 0, 0, 0, 8, 16, &l, &err), S2_OK);
+    cr_assert_eq(s2_dp_resolve(1, 0, 0, 0, 8, 1, 16, &l, &err), S2_OK);
     cr_expect(l.grad_accum == 16 && l.derived);
-    cr_assert_eq(s2_dp_resolve(16, 0, 0, 0, 8, 16, &l, &err), S2_OK);
+    cr_assert_eq(s2_dp_resolve(16, 0, 0, 0, 8, 1, 16, &l, &err), S2_OK);
     cr_expect(l.grad_accum == 1);
     /* given and consistent: checked, not derived */
-    cr_assert_eq(s2_dp_resolve(4, 0, 0, 4, 8, 16, &l, &err), S2_OK);
+    cr_assert_eq(s2_dp_resolve(4, 0, 0, 4, 8, 1, 16, &l, &err), S2_OK);
     cr_expect(l.grad_accum == 4 && !l.derived);
     /* 3 ranks cannot keep 16: every valid pair is named */
-    cr_assert_eq(s2_dp_resolve(3, 0, 0, 0, 8, 16, &l, &err), S2_ERR_INVALID);
+    cr_assert_eq(s2_dp_resolve(3, 0, 0, 0, 8, 1, 16, &l, &err), S2_ERR_INVALID);
     cr_expect(strstr(err.msg, "global batch of 16 sequences a step") &&
               strstr(err.msg, "3 ranks cannot keep it") &&
               strstr(err.msg, "Valid with this state: --gpus 1 --grad-accum 16, --gpus 2 "
@@ -90,14 +90,49 @@ Test(dp, resume_keeps_the_global_batch)
               err.msg);
     s2_error_clear(&err);
     /* a given --grad-accum that changes it */
-    cr_assert_eq(s2_dp_resolve(2, 0, 0, 4, 8, 16, &l, &err), S2_ERR_INVALID);
-    cr_expect(strstr(err.msg, "this run has 2 ranks x --grad-accum 4 = 8") &&
+    cr_assert_eq(s2_dp_resolve(2, 0, 0, 4, 8, 1, 16, &l, &err), S2_ERR_INVALID);
+    cr_expect(strstr(err.msg, "this run has 2 ranks x --grad-accum 4 x --batch 1 = 8") &&
               strstr(err.msg, "--gpus 2 --grad-accum 8"), "%s", err.msg);
     s2_error_clear(&err);
     /* many divisors: the list is cut short, saying so */
-    cr_assert_eq(s2_dp_resolve(7, 0, 0, 0, 8, 720720, &l, &err), S2_OK); /* 7 divides it */
-    cr_assert_eq(s2_dp_resolve(17, 0, 0, 0, 8, 720720, &l, &err), S2_ERR_INVALID);
+    cr_assert_eq(s2_dp_resolve(7, 0, 0, 0, 8, 1, 720720, &l, &err), S2_OK); /* 7 divides it */
+    cr_assert_eq(s2_dp_resolve(17, 0, 0, 0, 8, 1, 720720, &l, &err), S2_ERR_INVALID);
     cr_expect(strstr(err.msg, ", ... (or start a fresh run)"), "%s", err.msg);
+    s2_error_clear(&err);
+}
+
+/* --batch packs sequences into a micro-step: the global batch counts sequences, so a state
+ * keeps it across batch sizes too, and the pairs offered are those of this batch. */
+Test(dp, batch_counts_in_the_global_batch)
+{
+    s2_dp_layout l;
+    s2_error err = {0};
+    cr_assert_eq(s2_dp_resolve(2, 0, 0, 0, 8, 4, 0, &l, &err), S2_OK, "%s", err.msg);
+    cr_expect(l.grad_accum == 8 && l.batch == 4 && l.global_batch == 64 && !l.derived);
+    /* a state of 16 sequences a step, resumed with --batch 4 on one GPU: 4 micro-steps */
+    cr_assert_eq(s2_dp_resolve(1, 0, 0, 0, 8, 4, 16, &l, &err), S2_OK, "%s", err.msg);
+    cr_expect(l.grad_accum == 4 && l.batch == 4 && l.global_batch == 16 && l.derived);
+    cr_assert_eq(s2_dp_resolve(2, 0, 0, 2, 8, 4, 16, &l, &err), S2_OK, "%s", err.msg);
+    cr_expect(l.grad_accum == 2 && l.global_batch == 16 && !l.derived);
+    /* a batch that does not divide it */
+    cr_assert_eq(s2_dp_resolve(1, 0, 0, 0, 8, 3, 16, &l, &err), S2_ERR_INVALID);
+    cr_expect(strstr(err.msg, "--batch 3 does not divide it (give a --batch dividing 16"), "%s",
+              err.msg);
+    s2_error_clear(&err);
+    /* a given --grad-accum that changes it: the valid pairs at this batch */
+    cr_assert_eq(s2_dp_resolve(2, 0, 0, 4, 8, 4, 16, &l, &err), S2_ERR_INVALID);
+    cr_expect(strstr(err.msg, "this run has 2 ranks x --grad-accum 4 x --batch 4 = 32") &&
+              strstr(err.msg, "Valid with this state (with --batch 4): --gpus 1 --grad-accum 4, "
+                              "--gpus 2 --grad-accum 2, --gpus 4 --grad-accum 1 (or start"),
+              "%s", err.msg);
+    s2_error_clear(&err);
+    /* ranks that cannot keep it at this batch */
+    cr_assert_eq(s2_dp_resolve(8, 0, 0, 0, 8, 4, 16, &l, &err), S2_ERR_INVALID);
+    cr_expect(strstr(err.msg, "8 ranks cannot keep it with --batch 4 (8 x 4 does not divide 16)"),
+              "%s", err.msg);
+    s2_error_clear(&err);
+    cr_assert_eq(s2_dp_resolve(1, 0, 0, 0, 8, 0, 0, &l, &err), S2_ERR_INVALID);
+    cr_expect(strstr(err.msg, "--batch 0 (>= 1)"), "%s", err.msg);
     s2_error_clear(&err);
 }
 
@@ -210,7 +245,7 @@ Test(dp, resume_at_another_world_size_continues_the_global_position)
     char *seen = calloc(12 * gb, 1);
     for (int phase = 0; phase < 4; phase++) {
         s2_dp_layout l;
-        cr_assert_eq(s2_dp_resolve(worlds[phase], 0, 0, 0, 8, phase ? gb : 0, &l, NULL), S2_OK);
+        cr_assert_eq(s2_dp_resolve(worlds[phase], 0, 0, 0, 8, 1, phase ? gb : 0, &l, NULL), S2_OK);
         if (!phase) /* the fresh run chose 2 x 8 */
             cr_assert_eq(l.global_batch, gb);
         cr_expect_eq(l.global_batch, gb);
@@ -379,12 +414,13 @@ Test(dp, options_text_holds_what_must_agree_and_nothing_per_rank)
     spec.context_length = 4096;
     s2_train_opts a, b;
     s2_train_opts_default(&a, &spec);
-    const s2_dp_layout l = {.world = 2, .dp = 2, .sp = 1, .grad_accum = 8, .global_batch = 16};
+    const s2_dp_layout l = {.world = 2, .dp = 2, .sp = 1, .grad_accum = 8, .batch = 1,
+                            .global_batch = 16};
     char r1[512], r2[512], o1[512], o2[512];
     cr_assert_gt(s2_dp_options_text(&a, &l, S2_DP_OPTS_RUN, r1, sizeof r1), 0);
     cr_assert_gt(s2_dp_options_text(&a, &l, S2_DP_OPTS_OPTIMIZER, o1, sizeof o1), 0);
-    cr_expect_str_eq(r1, "steps=1000 dp=2 sp=1 grad_accum=8 global_batch=16 seqlen=4096 "
-                         "save_every=100 seed=42 resume=0 mode=lora attention=s2 "
+    cr_expect_str_eq(r1, "steps=1000 dp=2 sp=1 grad_accum=8 batch=1 global_batch=16 "
+                         "seqlen=4096 save_every=100 seed=42 resume=0 mode=lora attention=s2 "
                          "recompute=auto rope_scaling=match");
     cr_expect_str_eq(o1, "lr=2e-05 warmup=20 schedule=constant weight_decay=0 beta1=0.9 "
                          "beta2=0.999 eps=1e-08 max_grad_norm=1");
@@ -901,7 +937,13 @@ Test(train_dp, ranks_that_differ_refuse_each_other)
     two_ranks(&out, "--out o --grad-accum 2", "--out o --grad-accum 3");
     cr_expect(strstr(out, "rank0=1") && strstr(out, "rank1=1"), "%s", out);
     cr_expect(strstr(out, "differs from rank 0 in options") &&
-              strstr(out, "grad_accum=3 global_batch=6"), "%s", out);
+              strstr(out, "grad_accum=3 batch=1 global_batch=6"), "%s", out);
+    free(out);
+    /* the same global batch grouped otherwise: the same sequences a step, but not the same run */
+    two_ranks(&out, "--out o --grad-accum 4", "--out o --grad-accum 1 --batch 4");
+    cr_expect(strstr(out, "rank0=1") && strstr(out, "rank1=1"), "%s", out);
+    cr_expect(strstr(out, "differs from rank 0 in options") &&
+              strstr(out, "grad_accum=1 batch=4 global_batch=8"), "%s", out);
     free(out);
     /* other tokens: the data part (their paths may differ, their tokens may not) */
     char args[256];
@@ -955,7 +997,7 @@ Test(train_dp, resume_at_another_world_size)
     /* a --grad-accum that would change it */
     rc = run_in(&out, "%s launch --gpus 2 -- " TRAIN " --out o --resume --grad-accum 4", BIN);
     cr_expect_eq(rc, 2, "%s", out);
-    cr_expect(strstr(out, "2 ranks x --grad-accum 4 = 8"), "%s", out);
+    cr_expect(strstr(out, "2 ranks x --grad-accum 4 x --batch 1 = 8"), "%s", out);
     free(out);
     /* 2 ranks: 8 micro-batches each, derived; they agree on the state, then no GPU */
     rc = run_in(&out, "%s launch --gpus 2 -- " TRAIN " --out o --resume", BIN);
@@ -968,6 +1010,22 @@ Test(train_dp, resume_at_another_world_size)
     cr_expect_eq(rc, 3, "%s", out);
     cr_expect(strstr(out, "--grad-accum 16: the resumed state's global batch of 16 sequences "
                           "over 1 rank"), "%s", out);
+    free(out);
+    /* --batch 4: the same 16 sequences a step in 4 micro-batches; --batch 3 cannot keep it */
+    rc = run_in(&out, "%s " TRAIN " --out o --resume --batch 4", BIN);
+    cr_expect_eq(rc, 3, "%s", out);
+    cr_expect(strstr(out, "--grad-accum 4: the resumed state's global batch of 16 sequences "
+                          "over 1 rank x --batch 4"), "%s", out);
+    free(out);
+    rc = run_in(&out, "%s " TRAIN " --out o --resume --batch 3", BIN);
+    cr_expect_eq(rc, 2, "%s", out);
+    cr_expect(strstr(out, "--batch 3 does not divide it"), "%s", out);
+    free(out);
+    /* a sequence-parallel micro-batch is one sequence */
+    rc = run_in(&out, "%s launch --gpus 2 -- " TRAIN " --out o2 --sp 2 --batch 2", BIN);
+    cr_expect_eq(rc, 2, "%s", out);
+    cr_expect(strstr(out, "--batch 2 with --sp 2: a sequence-parallel micro-batch is one "
+                          "sequence"), "%s", out);
     free(out);
     /* ranks that would resume different states refuse: rank 1's directory has none */
     two_ranks(&out, "--out o --resume", "--out o1 --resume --grad-accum 8");

@@ -33,8 +33,9 @@
     "Extends a Hugging Face LLaMA checkpoint (--model: config.json and safetensors) to the\n" \
     "spec's context_length the LongLoRA way: RoPE interpolated by the spec's rope_factor,\n" \
     "LoRA on lora.targets plus the whole tensors lora.trainable names, S2-Attn while\n" \
-    "training. --data is a token file (s2lora data); each micro-batch is one packed\n" \
-    "sequence of --seqlens tokens (default context_length), --grad-accum of them per step.\n" \
+    "training. --data is a token file (s2lora data); each micro-batch is --batch packed\n" \
+    "sequences (default 1) of --seqlens tokens (default context_length), run as one varlen\n" \
+    "batch (each sequence its own positions and attention), --grad-accum of them per step.\n" \
     "Defaults are LongLoRA's: lr 2e-5, warmup 20 then constant, weight decay 0, 8\n" \
     "micro-batches, AdamW (0.9, 0.999, 1e-8), gradient clipping at norm 1, 1000 steps.\n" \
     "Every --save-every steps (default 100) and at the end: OUT/state (resumable, atomic),\n" \
@@ -52,15 +53,15 @@
     "device memory. The choice is said when training starts.\n" \
     "Several GPUs (data parallel): start one rank a GPU with `s2lora launch --gpus N --\n" \
     "train ...`, srun or mpirun (--rendezvous or S2LORA_RENDEZVOUS: where they meet).\n" \
-    "A step then takes N x --grad-accum sequences; rank r trains on global sequences\n" \
-    "P + m x N + r (P: the state's data position); gradients are all-reduced as the\n" \
+    "A step then takes N x --grad-accum x --batch sequences; rank r trains on global\n" \
+    "sequences P + m x N + r (P: the state's data position); gradients are all-reduced as the\n" \
     "backward runs; optimizer states are replicated; rank 0 writes OUT. --dp is the\n" \
     "world size / --sp (the default). --sp P (sequence parallel): the ranks form groups of\n" \
     "P consecutive ranks that share each sequence, rank d x P + s holding chunk s (rows\n" \
     "aligned to 128; S2-Attn with shift_mode split only), exchanging K/V halos over NCCL;\n" \
-    "the sequence's last row is then unlabelled. P must divide the world.\n" \
-    "--resume on another number of GPUs keeps the state's global batch: --grad-accum is\n" \
-    "derived (or checked). S2LORA_NCCL_TIMEOUT: seconds a collective may take before\n" \
+    "the sequence's last row is then unlabelled. P must divide the world (--batch 1).\n" \
+    "--resume on another number of GPUs or --batch keeps the state's global batch:\n" \
+    "--grad-accum is derived (or checked). S2LORA_NCCL_TIMEOUT: seconds a collective may take before\n" \
     "the run is aborted (default 600).\n"
 
 /* Each subcommand's arguments: the library's options and what only the command line has. */
@@ -114,8 +115,10 @@ static const s2_opt train_opts[] = {
     {.name = "grad-accum", .kind = S2_OPT_INT, .metavar = "N",
      .help = "micro-batches a step (default 8; on --resume derived from the state)",
      .off = offsetof(train_args, grad_accum), .lo = 1, .hi = INT_MAX},
-    OPT_SEQLEN_ONE(train_args, "tokens of a micro-batch, one packed sequence (default "
-                               "context_length)"),
+    {.name = "batch", .kind = S2_OPT_INT, .metavar = "N",
+     .help = "packed sequences a micro-batch, one varlen batch (default 1; more: fewer, larger "
+             "kernels a step)", .off = offsetof(train_args, o.batch), .lo = 1, .hi = 1 << 20},
+    OPT_SEQLEN_ONE(train_args, "tokens of a packed sequence (default context_length)"),
     {.name = "lr", .kind = S2_OPT_DOUBLE, .metavar = "X", .help = "peak learning rate (2e-5)",
      .off = offsetof(train_args, o.lr), .dlo = 0, .dhi = INFINITY},
     {.name = "warmup", .kind = S2_OPT_I64, .metavar = "N", .help = "warm-up steps (20)",
@@ -162,12 +165,13 @@ static const s2_opt train_opts[] = {
 const s2_cmd s2_cmd_train = {
     .name = "train",
     .usage = "SPEC --model DIR --data FILE --out DIR [--set KEY=VALUE]...\n"
-             "                    [--steps N] [--grad-accum N] [--seqlens N] [--lr X] [--warmup N]\n"
-             "                    [--schedule constant|cosine] [--weight-decay X] [--max-grad-norm X]\n"
-             "                    [--save-every N] [--keep-last N] [--seed N] [--resume]\n"
-             "                    [--full-attention] [--mode lora|full] [--recompute auto|layer|mlp]\n"
-             "                    [--rope-scaling match|spec] [--log FILE] [--cache-dir DIR]\n"
-             "                    [--dp D] [--sp P] [--rendezvous file:PATH|tcp:HOST:PORT]",
+             "                    [--steps N] [--grad-accum N] [--batch N] [--seqlens N] [--lr X]\n"
+             "                    [--warmup N] [--schedule constant|cosine] [--weight-decay X]\n"
+             "                    [--max-grad-norm X] [--save-every N] [--keep-last N] [--seed N]\n"
+             "                    [--resume] [--full-attention] [--mode lora|full]\n"
+             "                    [--recompute auto|layer|mlp] [--rope-scaling match|spec]\n"
+             "                    [--log FILE] [--cache-dir DIR] [--dp D] [--sp P]\n"
+             "                    [--rendezvous file:PATH|tcp:HOST:PORT]",
     .about = TRAIN_ABOUT,
     .epilog = "Exit status 1 on an error, 2 on a usage error, 3 with no CUDA device.\n",
     .opts = train_opts, .n_opts = sizeof train_opts / sizeof train_opts[0],
@@ -546,6 +550,11 @@ int s2_cli_train(const char *prog, int argc, char **argv)
     /* every file read and checked before a device is asked for */
     if (s2_spec_load(spec_path, a.sets, a.n_sets, &spec, &err) || s2_train_check(&o, &err))
         return failed(prog, &err);
+    if (sp > 1 && o.batch > 1)
+        return s2_opts_usage_error(&s2_cmd_train, "--batch %d with --sp %d: a sequence-parallel "
+                                   "micro-batch is one sequence that the --sp ranks share "
+                                   "(leave --batch out, or give --grad-accum instead)", o.batch,
+                                   sp);
     if (sp > 1) { /* the chunks' plan (and its refusals) before any rank is met */
         s2_sp_plan plan;
         int halo;
@@ -580,7 +589,7 @@ int s2_cli_train(const char *prog, int argc, char **argv)
     }
     s2_dp_layout lay;
     if (s2_dp_resolve(w.size, dp > 0 ? dp : 0, sp > 0 ? sp : 0, grad_accum > 0 ? grad_accum : 0,
-                      o.grad_accum, found ? info.global_batch : 0, &lay, &err)) {
+                      o.grad_accum, o.batch, found ? info.global_batch : 0, &lay, &err)) {
         if (found && info.global_batch)
             s2_error_prefix(&err, "--resume from %s/state/%s", o.out_dir, info.file);
         return refused(prog, &err);
@@ -589,8 +598,8 @@ int s2_cli_train(const char *prog, int argc, char **argv)
     o.resume_from = found ? &info : NULL;
     if (lay.derived && w.rank == 0)
         fprintf(stderr, "%s: --grad-accum %d: the resumed state's global batch of %llu "
-                "sequences over %d rank%s\n", prog, lay.grad_accum,
-                (unsigned long long)lay.global_batch, lay.dp, lay.dp == 1 ? "" : "s");
+                "sequences over %d rank%s x --batch %d\n", prog, lay.grad_accum,
+                (unsigned long long)lay.global_batch, lay.dp, lay.dp == 1 ? "" : "s", lay.batch);
     /* the checkpoint load's progress line, from here to the end of the run on every path */
     s2_cli_progress *load = s2_cli_progress_start(prog, "loading the checkpoint", 0);
     o.load_progress = s2_cli_progress_bytes;

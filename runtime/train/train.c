@@ -28,6 +28,7 @@ void s2_train_opts_default(s2_train_opts *o, const s2_spec *spec)
     o->spec = spec;
     o->steps = 1000;
     o->grad_accum = 8;
+    o->batch = 1;
     o->lr = 2e-5;
     o->warmup = 20;
     o->schedule = S2_SCHED_CONSTANT;
@@ -356,16 +357,32 @@ static s2_status data_check(const char *path, const s2_spec *sp, s2_data_info *i
     return st;
 }
 
+/* The numbers of a run: counts in range, and a micro-batch's tokens within an int. */
+static s2_status opts_check(const s2_train_opts *o, int C, s2_error *err)
+{
+    if (o->grad_accum < 1 || o->batch < 1 || o->steps < 0 || C < 2)
+        return s2_error_set(err, S2_ERR_INVALID,
+                            "train: grad_accum %d (>= 1), batch %d (>= 1), steps %lld (>= 0), "
+                            "seqlen %d (>= 2)", o->grad_accum, o->batch, (long long)o->steps, C);
+    if ((int64_t)o->batch * C > INT_MAX)
+        return s2_error_set(err, S2_ERR_INVALID,
+                            "train: batch %d x seqlen %d = %lld tokens a micro-batch: at most %d",
+                            o->batch, C, (long long)o->batch * C, INT_MAX);
+    if (o->batch > 1 && o->sp > 1)
+        return s2_error_set(err, S2_ERR_INVALID,
+                            "train: batch %d with sp %d: a sequence-parallel micro-batch is one "
+                            "sequence shared by the sp ranks (give batch 1)", o->batch, o->sp);
+    return S2_OK;
+}
+
 s2_status s2_train_check(const s2_train_opts *o, s2_error *err)
 {
     const s2_spec *sp = o->spec;
     const int C = o->seqlen > 0 ? o->seqlen : sp->context_length;
-    if (o->grad_accum < 1 || o->steps < 0 || C < 2)
-        return s2_error_set(err, S2_ERR_INVALID,
-                            "train: grad_accum %d (>= 1), steps %lld (>= 0), seqlen %d (>= 2)",
-                            o->grad_accum, (long long)o->steps, C);
-    s2_status st = s2_model_files_check_rope(sp, o->model_dir, NULL, NULL,
-                                             o->rope_spec ? S2_ROPE_SPEC : S2_ROPE_MATCH, err);
+    s2_status st = opts_check(o, C, err);
+    if (!st)
+        st = s2_model_files_check_rope(sp, o->model_dir, NULL, NULL,
+                                       o->rope_spec ? S2_ROPE_SPEC : S2_ROPE_MATCH, err);
     s2_data_info di = {0};
     if (!st)
         st = data_check(o->data_path, sp, &di, err);
@@ -434,17 +451,17 @@ s2_status s2_train_run(const s2_rt *rt, const s2_train_opts *o, s2_error *err)
     const s2_train_progress prog = lead ? o->progress : NULL; /* rank 0 reports */
     const s2_spec *sp = o->spec;
     const int C = o->seqlen > 0 ? o->seqlen : sp->context_length;
-    if (o->grad_accum < 1 || o->steps < 0 || C < 2)
-        return s2_error_set(err, S2_ERR_INVALID,
-                            "train: grad_accum %d (>= 1), steps %lld (>= 0), seqlen %d (>= 2)",
-                            o->grad_accum, (long long)o->steps, C);
+    s2_status st = opts_check(o, C, err);
+    if (st)
+        return st;
     if (spn > 1 && (!dist || world % spn))
         return s2_error_set(err, S2_ERR_INVALID, "train: --sp %d needs a world of a multiple of "
                             "%d ranks over NCCL; this one has %d", spn, spn, world);
-    const uint64_t global_batch = (uint64_t)dp * (uint64_t)o->grad_accum;
+    const int nb_seq = o->batch; /* sequences a micro-batch */
+    const uint64_t global_batch = (uint64_t)dp * (uint64_t)o->grad_accum * (uint64_t)nb_seq;
     s2_sp_plan spp = {0};
     int halo = 0;
-    s2_status st = spn > 1 ? s2_sp_train_plan(sp, C, spn, o->full_attention, &spp, &halo, err)
+    st = spn > 1 ? s2_sp_train_plan(sp, C, spn, o->full_attention, &spp, &halo, err)
                            : S2_OK;
     const int lo = spn > 1 && !st ? spp.rank[chunk].lo : 0;
     const int hi = spn > 1 && !st ? spp.rank[chunk].hi : C;
@@ -455,8 +472,6 @@ s2_status s2_train_run(const s2_rt *rt, const s2_train_opts *o, s2_error *err)
         s2_sp_plan_free(&spp);
         return st;
     }
-    if (st)
-        return st;
     char log_path[1200];
     snprintf(log_path, sizeof log_path, "%s", o->log_path ? o->log_path : "");
     if (!o->log_path)
@@ -472,7 +487,7 @@ s2_status s2_train_run(const s2_rt *rt, const s2_train_opts *o, s2_error *err)
     s2_sp_nccl *xc = NULL;
     s2_sp_transport tp = {0};
     uint32_t *seq = NULL;
-    int32_t *tok = NULL, *lab = NULL;
+    int32_t *tok = NULL, *lab = NULL, *cu = NULL;
     order od = {0};
     s2_train_state state = {0};
 
@@ -494,15 +509,16 @@ s2_status s2_train_run(const s2_rt *rt, const s2_train_opts *o, s2_error *err)
         od.epoch = UINT64_MAX;
         od.perm = calloc(od.n, sizeof *od.perm);
         seq = malloc(((size_t)C + 1) * sizeof *seq);
-        tok = malloc((size_t)C * sizeof *tok);
-        lab = malloc((size_t)C * sizeof *lab);
-        if (!od.perm || !seq || !tok || !lab)
+        tok = malloc((size_t)C * nb_seq * sizeof *tok);
+        lab = malloc((size_t)C * nb_seq * sizeof *lab);
+        cu = malloc(((size_t)nb_seq + 1) * sizeof *cu);
+        if (!od.perm || !seq || !tok || !lab || !cu)
             st = s2_error_set(err, S2_ERR_NOMEM, "out of memory");
     }
     if (!st)
         st = s2_ckpt_open_progress(o->model_dir, o->load_progress, o->load_progress_ctx, &ck,
                                    err);
-    s2_gm_opts go = {.max_tokens = hi - lo, .cache_dir = o->cache_dir,
+    s2_gm_opts go = {.max_tokens = (hi - lo) * nb_seq, .cache_dir = o->cache_dir,
                      .init_seed = mix(o->seed, 1), .full = o->full, .recompute = o->recompute,
                      .sp_halo = halo, .rope_spec = o->rope_spec};
     if (!st)
@@ -537,9 +553,10 @@ s2_status s2_train_run(const s2_rt *rt, const s2_train_opts *o, s2_error *err)
         if (!st && found && loaded.global_batch && loaded.global_batch != global_batch)
             st = s2_error_set(err, S2_ERR_INVALID,
                               "%s: the state was trained with a global batch of %llu sequences "
-                              "a step, this run's is %d rank%s x %d micro-batches = %llu", dir,
-                              (unsigned long long)loaded.global_batch, dp, dp == 1 ? "" : "s",
-                              o->grad_accum, (unsigned long long)global_batch);
+                              "a step, this run's is %d rank%s x %d micro-batches x %d = %llu",
+                              dir, (unsigned long long)loaded.global_batch, dp,
+                              dp == 1 ? "" : "s", o->grad_accum, nb_seq,
+                              (unsigned long long)global_batch);
         if (!st && found && loaded.spec_sha256 && strcmp(loaded.spec_sha256, sp->hash_hex))
             st = s2_error_set(err, S2_ERR_INVALID,
                               "%s: the state was trained with spec %s, this run's spec is %s "
@@ -574,10 +591,10 @@ s2_status s2_train_run(const s2_rt *rt, const s2_train_opts *o, s2_error *err)
     }
     if (!st)
         say(prog, o->progress_ctx,
-            "train (%s): %s, %d tokens x %d micro-batches per step, %zu trainable parameters, "
-            "%.2f GiB on the device, %s attention", o->full ? "full" : "LoRA+", sp->name, C,
-            o->grad_accum,
-            s2_gm_trainable_numel(m), (double)s2_gm_device_bytes(m) / (1 << 30),
+            "train (%s): %s, %d tokens x %d sequence%s a micro-batch x %d micro-batches per "
+            "step, %zu trainable parameters, %.2f GiB on the device, %s attention",
+            o->full ? "full" : "LoRA+", sp->name, C, nb_seq, nb_seq == 1 ? "" : "s",
+            o->grad_accum, s2_gm_trainable_numel(m), (double)s2_gm_device_bytes(m) / (1 << 30),
             o->full_attention ? "full" : "S2");
     if (!st) {
         const char *what;
@@ -588,10 +605,11 @@ s2_status s2_train_run(const s2_rt *rt, const s2_train_opts *o, s2_error *err)
         const double tn = (double)s2_gm_trainable_numel(m);
         say(prog, o->progress_ctx,
             "data parallel: %d rank%s (dp %d x sp %d), a global batch of %llu sequences a "
-            "step (%d micro-batches x %d): slot d (ranks d x %d ..) trains on sequences "
-            "P + m x %d + d; gradients all-reduced in %d buckets (%.1f MiB) as the backward "
-            "runs", world, world == 1 ? "" : "s", dp, spn, (unsigned long long)global_batch,
-            o->grad_accum, dp, spn, dp, nb, tn * 4 / (1 << 20));
+            "step (%d micro-batches x %d sequence%s x %d): slot d (ranks d x %d ..) trains "
+            "on sequences P + m x %d + d (m < %d); gradients all-reduced in %d buckets "
+            "(%.1f MiB) as the backward runs", world, world == 1 ? "" : "s", dp, spn,
+            (unsigned long long)global_batch, o->grad_accum, nb_seq, nb_seq == 1 ? "" : "s",
+            dp, spn, dp, o->grad_accum * nb_seq, nb, tn * 4 / (1 << 20));
         /* the plan's numbers: every rank's chunk, and the halo rows it receives a layer */
         const double row_bytes = 2.0 * sp->model.num_kv_heads * sp->model.head_dim * 2;
         for (int s = 0; spn > 1 && s < spn; s++) {
@@ -630,18 +648,29 @@ s2_status s2_train_run(const s2_rt *rt, const s2_train_opts *o, s2_error *err)
         st = s2_gm_zero_grad(m, err);
         /* the step's labelled tokens over every slot's micro-batches: every position (a
          * packed sequence holds C + 1 tokens; the last chunk's next token is seq[C]) */
-        const double denom = (double)dp * o->grad_accum * C;
+        const double denom = (double)global_batch * C;
         for (int mb = 0; mb < o->grad_accum && !st; mb++) {
-            const uint64_t pos = s2_dp_sequence(state.data_position, dp, slot, mb);
-            st = s2_data_batch(df, (uint64_t)C, sep, order_at(&od, pos), seq, err);
-            for (int t = 0; !st && t < hi - lo; t++) { /* this rank's chunk [lo, hi) */
-                tok[t] = (int32_t)seq[lo + t];
-                lab[t] = (int32_t)seq[lo + t + 1];
+            /* the micro-batch's sequences: windows mb x batch .. of this slot's share of the
+             * step (train_dp.h), each C tokens of tok and lab from cu[s] */
+            uint64_t pos0 = 0;
+            for (int s = 0; s < nb_seq && !st; s++) {
+                const uint64_t pos = s2_dp_sequence(state.data_position, dp, slot,
+                                                    mb * nb_seq + s);
+                if (!s)
+                    pos0 = pos;
+                st = s2_data_batch(df, (uint64_t)C, sep, order_at(&od, pos), seq, err);
+                cu[s] = s * (hi - lo);
+                for (int t = 0; !st && t < hi - lo; t++) { /* this rank's chunk [lo, hi) */
+                    tok[cu[s] + t] = (int32_t)seq[lo + t];
+                    lab[cu[s] + t] = (int32_t)seq[lo + t + 1];
+                }
             }
+            cu[nb_seq] = nb_seq * (hi - lo);
             const s2_gm_sp chunk_sp = {.lo = lo, .klo = klo, .n_global = C,
                                        .next_token = (int32_t)seq[hi], .tp = &tp};
-            s2_gm_batch b = {.tokens = tok, .T = hi - lo, .labels = spn > 1 ? NULL : lab,
-                             .dropout_seed = mix(state.rng_seed, pos),
+            s2_gm_batch b = {.tokens = tok, .T = nb_seq * (hi - lo), .cu_seqlens = cu,
+                             .B = nb_seq, .labels = spn > 1 ? NULL : lab,
+                             .dropout_seed = mix(state.rng_seed, pos0),
                              .sp = spn > 1 ? &chunk_sp : NULL};
             double n1 = 0;
             int64_t c1 = 0;
@@ -750,6 +779,7 @@ s2_status s2_train_run(const s2_rt *rt, const s2_train_opts *o, s2_error *err)
     free(seq);
     free(tok);
     free(lab);
+    free(cu);
     return st;
 }
 

@@ -5,10 +5,11 @@
  * targets plus the whole tensors lora.trainable names ("LoRA+"), S²-Attn while training and
  * full attention when evaluating.
  *
- * One optimizer step = grad_accum micro-batches, each one packed sequence of context_length
- * tokens from the token file (data.h: documents packed as LongLoRA packs them, in an order
- * shuffled by data_seed), on each of the data-parallel ranks (train_dp.h: rank r of dp takes
- * global sequences P + m * dp + r); loss = the mean over every labelled token of the step (HF's
+ * One optimizer step = grad_accum micro-batches, each `batch` packed sequences of
+ * context_length tokens from the token file (data.h: documents packed as LongLoRA packs them, in
+ * an order shuffled by data_seed) run as one varlen batch (every sequence its own positions and
+ * attention), on each of the data-parallel ranks (train_dp.h: rank r of dp takes global
+ * sequences P + m * dp + r, m < grad_accum x batch); loss = the mean over every labelled token of the step (HF's
  * num_items_in_batch), gradient clipping by the global L2 norm, AdamW, the LR schedule of
  * ref_train.h (constant after warmup, LongLoRA's, or cosine). Every save_every steps the
  * training state (train_state.h: masters, moments, step, data position, seeds) is saved
@@ -41,7 +42,10 @@ typedef struct s2_train_opts {
     const char *log_path;      /* JSON lines; NULL: OUT/train.jsonl */
     int64_t steps;             /* optimizer steps to reach (a resumed run counts from its state) */
     int grad_accum;            /* micro-batches per step (LongLoRA: 8) */
-    int seqlen;                /* tokens per micro-batch (0: the spec's context_length) */
+    int batch;                 /* sequences a micro-batch, packed as one varlen batch (1: one
+                                  sequence; more run the step in fewer, larger kernels: short
+                                  sequences on a small model are bound by launches) */
+    int seqlen;                /* tokens a sequence (0: the spec's context_length) */
     double lr;                 /* LongLoRA: 2e-5 */
     int64_t warmup;            /* LongLoRA: 20 */
     s2_schedule schedule;

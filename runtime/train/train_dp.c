@@ -12,7 +12,8 @@
 
 /* ---------------------------------------------------------------- layout and data */
 
-/* ", --gpus D --grad-accum G/D" for every D dividing g (at most 12 of them, then "..."). */
+/* ", --gpus D --grad-accum G/D" for every D dividing g (at most 12 of them, then "..."): g is
+ * the global batch in micro-batches (sequences / --batch). */
 static void valid_pairs(uint64_t g, char *buf, size_t cap)
 {
     size_t len = 0;
@@ -35,15 +36,17 @@ static void valid_pairs(uint64_t g, char *buf, size_t cap)
 }
 
 s2_status s2_dp_resolve(int world, int dp, int sp, int grad_accum, int grad_accum_default,
-                        uint64_t saved_global_batch, s2_dp_layout *out, s2_error *err)
+                        int batch, uint64_t saved_global_batch, s2_dp_layout *out,
+                        s2_error *err)
 {
     memset(out, 0, sizeof *out);
     if (world < 1 || world > S2_WORLD_MAX || dp < 0 || sp < 0 || grad_accum < 0 ||
-        grad_accum_default < 1)
+        grad_accum_default < 1 || batch < 1)
         return s2_error_set(err, S2_ERR_INVALID,
                             "data parallel: world %d (1..%d), --dp %d, --sp %d, --grad-accum %d "
-                            "(>= 1, 0: not given), default grad accum %d (>= 1)", world,
-                            S2_WORLD_MAX, dp, sp, grad_accum, grad_accum_default);
+                            "(>= 1, 0: not given), default grad accum %d (>= 1), --batch %d "
+                            "(>= 1)", world, S2_WORLD_MAX, dp, sp, grad_accum,
+                            grad_accum_default, batch);
     if (!sp)
         sp = 1;
     if (world % sp)
@@ -60,27 +63,38 @@ s2_status s2_dp_resolve(int world, int dp, int sp, int grad_accum, int grad_accu
                             "world size / --sp, %d here (leave --dp out, or start %d rank%s)",
                             dp, sp, dp * sp, dp * sp == 1 ? "" : "s", world, world / sp,
                             dp * sp, dp * sp == 1 ? "" : "s");
-    char pairs[600];
+    char pairs[600], with[48] = "";
+    if (batch > 1)
+        snprintf(with, sizeof with, " (with --batch %d)", batch);
     if (saved_global_batch) {
-        const uint64_t g = saved_global_batch;
+        const uint64_t gs = saved_global_batch, b = (uint64_t)batch;
+        if (gs % b)
+            return s2_error_set(err, S2_ERR_INVALID,
+                                "the state was trained with a global batch of %llu sequences a "
+                                "step (ranks x --grad-accum x --batch); --batch %d does not "
+                                "divide it (give a --batch dividing %llu, or start a fresh run)",
+                                (unsigned long long)gs, batch, (unsigned long long)gs);
+        const uint64_t g = gs / b; /* micro-batches a step, over the ranks */
         if (grad_accum && (uint64_t)dp * (uint64_t)grad_accum != g) {
             valid_pairs(g, pairs, sizeof pairs);
             return s2_error_set(err, S2_ERR_INVALID,
                                 "the state was trained with a global batch of %llu sequences a "
-                                "step (ranks x --grad-accum); this run has %d rank%s x "
-                                "--grad-accum %d = %llu. Valid with this state: %s (or start a "
-                                "fresh run)", (unsigned long long)g, dp, dp == 1 ? "" : "s",
-                                grad_accum, (unsigned long long)dp * (unsigned long long)grad_accum,
+                                "step (ranks x --grad-accum x --batch); this run has %d rank%s x "
+                                "--grad-accum %d x --batch %d = %llu. Valid with this state%s: "
+                                "%s (or start a fresh run)", (unsigned long long)gs, dp,
+                                dp == 1 ? "" : "s", grad_accum, batch,
+                                (unsigned long long)dp * (unsigned long long)grad_accum * b, with,
                                 pairs);
         }
         if (!grad_accum && (g % (uint64_t)dp || g / (uint64_t)dp > INT_MAX)) {
             valid_pairs(g, pairs, sizeof pairs);
             return s2_error_set(err, S2_ERR_INVALID,
                                 "the state was trained with a global batch of %llu sequences a "
-                                "step (ranks x --grad-accum); %d rank%s cannot keep it (%d does "
-                                "not divide %llu). Valid with this state: %s (or start a fresh "
-                                "run)", (unsigned long long)g, dp, dp == 1 ? "" : "s", dp,
-                                (unsigned long long)g, pairs);
+                                "step (ranks x --grad-accum x --batch); %d rank%s cannot keep it "
+                                "with --batch %d (%d x %d does not divide %llu). Valid with this "
+                                "state%s: %s (or start a fresh run)", (unsigned long long)gs, dp,
+                                dp == 1 ? "" : "s", batch, dp, batch, (unsigned long long)gs,
+                                with, pairs);
         }
         out->derived = !grad_accum;
         grad_accum = (int)(g / (uint64_t)dp);
@@ -91,7 +105,8 @@ s2_status s2_dp_resolve(int world, int dp, int sp, int grad_accum, int grad_accu
     out->dp = dp;
     out->sp = sp;
     out->grad_accum = grad_accum;
-    out->global_batch = (uint64_t)dp * (uint64_t)grad_accum;
+    out->batch = batch;
+    out->global_batch = (uint64_t)dp * (uint64_t)grad_accum * (uint64_t)batch;
     return S2_OK;
 }
 
@@ -290,10 +305,10 @@ int s2_dp_options_text(const s2_train_opts *o, const s2_dp_layout *l, int part, 
     } else {
         const int seqlen = o->seqlen > 0 ? o->seqlen : o->spec ? o->spec->context_length : 0;
         k = snprintf(buf, cap,
-                     "steps=%lld dp=%d sp=%d grad_accum=%d global_batch=%llu seqlen=%d "
-                     "save_every=%lld seed=%llu resume=%d mode=%s attention=%s recompute=%s "
+                     "steps=%lld dp=%d sp=%d grad_accum=%d batch=%d global_batch=%llu "
+                     "seqlen=%d save_every=%lld seed=%llu resume=%d mode=%s attention=%s recompute=%s "
                      "rope_scaling=%s",
-                     (long long)o->steps, l->dp, l->sp, l->grad_accum,
+                     (long long)o->steps, l->dp, l->sp, l->grad_accum, l->batch,
                      (unsigned long long)l->global_batch, seqlen, (long long)o->save_every,
                      (unsigned long long)o->seed, o->resume ? 1 : 0, o->full ? "full" : "lora",
                      o->full_attention ? "full" : "s2", recompute_name(o->recompute),

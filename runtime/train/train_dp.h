@@ -11,20 +11,25 @@
  * all-reduce shares: every rank issues both in the same order, so they cannot deadlock, but
  * NCCL may run them one after the other; a communicator per group would let them overlap).
  *
- * Data. An optimizer step consumes a global batch of dp x grad_accum packed sequences. Below,
- * "rank r" is the data-parallel slot d = world rank / sp (s2_dp_slot). The
- * training state's data position P is a global sequence index (the number of sequences the
- * run has consumed); in the step starting at P, micro-step m (0 <= m < grad_accum) of rank r
- * (0 <= r < dp) trains on global sequence
+ * Data. An optimizer step consumes a global batch of dp x grad_accum x batch packed sequences
+ * (batch: sequences a micro-step, run as one varlen batch). Below, "rank r" is the
+ * data-parallel slot d = world rank / sp (s2_dp_slot). The training state's data position P is
+ * a global sequence index (the number of sequences the run has consumed); in the step starting
+ * at P, the m-th sequence (0 <= m < grad_accum x batch; micro-step m / batch) of rank r
+ * (0 <= r < dp) is global sequence
  *     g = P + m * dp + r                                  (s2_dp_sequence)
  * so rank r takes P + r, P + dp + r, P + 2 dp + r, ...: the ranks' slices are disjoint, their
- * union is [P, P + dp x grad_accum), and P advances by dp x grad_accum a step. A global index
- * maps to a packed sequence through the seeded shuffle of its epoch (g / n_sequences), and its
- * LoRA dropout masks are drawn from g too, so what sequence g is and how it is masked does not
- * depend on the world size. With dp = 1 this is the one-GPU trainer's order exactly.
+ * union is [P, P + global batch), and P advances by the global batch a step; how the sequences
+ * are grouped into micro-steps (grad_accum and batch) does not change which ones a step takes.
+ * A global index maps to a packed sequence through the seeded shuffle of its epoch
+ * (g / n_sequences), and a micro-step's LoRA dropout masks are drawn from its first sequence's
+ * g, so what sequence g is and how it is masked does not depend on the world size (the masks
+ * do depend on batch, which groups the sequences). With dp = 1 this is the one-GPU trainer's
+ * order exactly.
  *
- * Resume. The state records the global batch (dp x grad_accum). A run resumed at another
- * world size keeps it: --grad-accum is derived as global_batch / dp, or checked when given;
+ * Resume. The state records the global batch (dp x grad_accum x batch). A run resumed at
+ * another world size or batch keeps it: --grad-accum is derived as global_batch / (dp x batch),
+ * or checked when given;
  * a dp that does not divide it is refused with the combinations that would work.
  *
  * Sequence parallel: every position of chunk s is labelled by the next token (the next chunk's
@@ -80,22 +85,25 @@ typedef struct s2_dp_layout {
     int world;             /* ranks */
     int dp, sp;            /* world = dp x sp: dp slots of sp consecutive ranks */
     int grad_accum;        /* micro-steps a rank runs per optimizer step */
-    uint64_t global_batch; /* sequences an optimizer step consumes: dp x grad_accum */
+    int batch;             /* sequences a micro-step (one varlen batch) */
+    uint64_t global_batch; /* sequences an optimizer step consumes: dp x grad_accum x batch */
     int derived;           /* 1: grad_accum was derived from a resumed state's global batch */
 } s2_dp_layout;
 
 /*
  * The layout of a run of `world` ranks. dp, sp, grad_accum: as given (0: not given; dp then
- * defaults to world / sp, sp to 1, grad_accum to grad_accum_default). saved_global_batch: the
- * resumed state's global batch (0: a fresh run, or a state that did not record it — then
- * nothing is checked). S2_ERR_INVALID, saying what is valid, when sp does not divide the world,
- * when dp x sp is not the world size, or when the saved global batch is not dp x grad_accum
- * (the message lists every --gpus/--grad-accum pair that keeps it).
+ * defaults to world / sp, sp to 1, grad_accum to grad_accum_default); batch: sequences a
+ * micro-step (>= 1). saved_global_batch: the resumed state's global batch (0: a fresh run, or a
+ * state that did not record it — then nothing is checked). S2_ERR_INVALID, saying what is
+ * valid, when sp does not divide the world, when dp x sp is not the world size, or when the
+ * saved global batch is not dp x grad_accum x batch (the message lists every
+ * --gpus/--grad-accum pair that keeps it at this batch).
  */
 s2_status s2_dp_resolve(int world, int dp, int sp, int grad_accum, int grad_accum_default,
-                        uint64_t saved_global_batch, s2_dp_layout *out, s2_error *err);
+                        int batch, uint64_t saved_global_batch, s2_dp_layout *out,
+                        s2_error *err);
 
-/* The global sequence index micro-step `micro` of rank `rank` trains on in the step that
+/* The global sequence index of the `micro`-th sequence rank `rank` trains on in the step that
  * starts at global position `pos`: pos + micro * dp + rank (see above). */
 uint64_t s2_dp_sequence(uint64_t pos, int dp, int rank, int micro);
 

@@ -155,6 +155,7 @@ _s2lora()
         --set) COMPREPLY=(); return ;;
         --steps) COMPREPLY=(); return ;;
         --grad-accum) COMPREPLY=(); return ;;
+        --batch) COMPREPLY=(); return ;;
         --seqlens|-s) COMPREPLY=(); return ;;
         --lr) COMPREPLY=(); return ;;
         --warmup) COMPREPLY=(); return ;;
@@ -174,7 +175,7 @@ _s2lora()
         --rendezvous) COMPREPLY=(); return ;;
         esac
         if [[ $cur == -* ]]; then
-            COMPREPLY=($(compgen -W "--model --data --out --set --steps --grad-accum --seqlens --lr --warmup --schedule --weight-decay --max-grad-norm --save-every --keep-last --seed --resume --full-attention --mode --recompute --rope-scaling --log --cache-dir --dp --sp --rendezvous --help" -- "$cur"))
+            COMPREPLY=($(compgen -W "--model --data --out --set --steps --grad-accum --batch --seqlens --lr --warmup --schedule --weight-decay --max-grad-norm --save-every --keep-last --seed --resume --full-attention --mode --recompute --rope-scaling --log --cache-dir --dp --sp --rendezvous --help" -- "$cur"))
             return
         fi
         _s2lora_specs
