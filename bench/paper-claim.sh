@@ -108,19 +108,28 @@ else
   BIN=.carry/bin
 fi
 PY=(python3 bench/paper_claim.py)
-SPEC=${S2_PC_SPEC:-specs/tiny-byte-512.yaml} # a byte-vocabulary model pre-trained at 512 tokens
-PRE_CTX=512 EXT_CTX=2048             # phase 2 is 4x phase 1 (the spec's rope_factor is 4)
+SPEC=${S2_PC_SPEC:-specs/tiny-byte-512.yaml} # a byte-vocabulary model
 # A `key: value` of the spec's model, read from the YAML's first line of that key in block style
 # (as every spec in specs/ is; a flow-style `model: {...}` reads as empty and is refused).
 spec_value() { sed -n "s/^ *$1: *\([^ #]*\).*/\1/p" "$SPEC" | head -n 1; }
 [ -f "$SPEC" ] || { echo "paper-claim: S2_PC_SPEC=$SPEC: no such spec file" >&2; exit 2; }
-[ "$(spec_value max_position_embeddings)" = $PRE_CTX ] && [ "$(spec_value vocab_size)" = 264 ] || {
+# phase 1 at the spec's max_position_embeddings, phase 2 at 4 times that (rope_factor 4)
+PRE_CTX=$(spec_value max_position_embeddings)
+case "$PRE_CTX" in
+'' | *[!0-9]*) PRE_CTX=0 ;;
+esac
+EXT_CTX=$((4 * PRE_CTX))
+[ "$PRE_CTX" -ge 128 ] && [ $((PRE_CTX % 64)) = 0 ] && [ "$(spec_value vocab_size)" = 264 ] || {
   echo "paper-claim: S2_PC_SPEC=$SPEC: model.max_position_embeddings" \
     "$(spec_value max_position_embeddings) and vocab_size $(spec_value vocab_size); this run" \
-    "pre-trains a byte-vocabulary model (vocab_size 264) at $PRE_CTX tokens" >&2
+    "pre-trains a byte-vocabulary model (vocab_size 264) at max_position_embeddings tokens" \
+    "(a multiple of 64, at least 128)" >&2
   exit 2
 }
-PRE_GA=8 EXT_GA=4                    # micro-batches (one sequence each) a step
+# Phase 1's step: PRE_SEQ sequences in one micro-batch (train --batch: at 512 tokens or less a
+# sequence, the step of one sequence a micro-batch is bound by kernel launches); phase 2's:
+# EXT_GA micro-batches of one sequence.
+PRE_SEQ=${S2_PC_PRE_BATCH:-8} EXT_GA=4
 # Training documents are one token shorter than the context: the trainer packs documents with a
 # separator between them into windows of C + 1 tokens starting every C tokens, so a document of
 # C - 1 tokens and its separator make every window exactly one document (BOS at position 0, as
@@ -135,8 +144,16 @@ SEED=${S2_PC_SEED:-1}
 BUDGET=${S2_PC_BUDGET_S:-480}
 RESERVE=${S2_PC_RESERVE_S:-120}
 PK_N=${S2_PC_PASSKEY:-40}            # prompts per distance bucket
-PK_BUCKETS_PRE=0,128,256,512
-PK_BUCKETS_EXT=0,256,512,1024,1536,2048
+# distance buckets: quarters and a half at phase 1's length; eighths, quarters, halves and
+# three quarters of phase 2's (0-256, 256-512, 512-1024, 1024-1536, 1536-2048 at 2048)
+PK_BUCKETS_PRE=0,$((PRE_CTX / 4)),$((PRE_CTX / 2)),$PRE_CTX
+# The passkey prompt at phase 1's length only where its filler leaves the key's depth room (half
+# the context: 512 tokens and longer); at 256 every prompt would be the same distance.
+PK_PRE=$(python3 -c "import sys; sys.path.insert(0, 'bench'); import paper_claim as pc
+print(int(pc.filler_room($PRE_CTX) >= $PRE_CTX // 2))")
+PRE_KV_SHARE=$KV_SHARE # phase 1's corpus: without the passkey at its length, dense recall only
+[ "$PK_PRE" = 1 ] || PRE_KV_SHARE=1
+PK_BUCKETS_EXT=0,$((EXT_CTX / 8)),$((EXT_CTX / 4)),$((EXT_CTX / 2)),$((EXT_CTX * 3 / 4)),$EXT_CTX
 # Rates assumed before calibration (and in --quick's plan): bench/RESULTS.md's real run
 # trained 16M tokens at 512 and 2 x 8M at 4096 on this model in about a minute on an H200.
 RATE1=400000 RATE2=500000
@@ -218,9 +235,10 @@ ppl() {
 retrieval() {
   local label=$1 att=$2 ctx=$3 kind what cmd
   shift 3
-  local far=()
+  local far=() kinds="pk kv"
   [ "$ctx" != $EXT_CTX ] || far=(--far $((EXT_CTX / 4))) # the keys beyond phase 2's group
-  for kind in pk kv; do
+  [ "$ctx" != $PRE_CTX ] || [ "$PK_PRE" = 1 ] || kinds=kv
+  for kind in $kinds; do
     what=passkey cmd=score
     [ $kind = pk ] || what="dense recall" cmd=kvscore
     current="$what $label ($att attention)"
@@ -258,7 +276,8 @@ commit=${S2_PC_COMMIT:-$(cat "$BIN/../COMMIT" 2>/dev/null ||
 note commit "$commit"
 note spec "$SPEC ($(spec_value num_layers) layers, hidden $(spec_value hidden_size)," \
   "byte vocabulary)"
-note corpus "$KV_SHARE of the training documents dense-recall, the rest passkey (seed $SEED)"
+note corpus "$KV_SHARE of the training documents dense-recall, the rest passkey (seed $SEED)$(
+  [ "$PK_PRE" = 1 ] || echo "; phase 1's all dense-recall (no passkey prompt fits $PRE_CTX)")"
 
 current="data: evaluation sets"
 if [ $quick = 1 ]; then
@@ -276,8 +295,9 @@ current="data: evaluation sets"
 n_held512=$((quick ? 3 : 257)) n_held2048=$((quick ? 3 : 65)) # +1: a window needs a label
 gen --kind heldout --ctx $PRE_CTX --n $n_held512 -o "$w/heldout$PRE_CTX.tokens"
 gen --kind heldout --ctx $EXT_CTX --n $n_held2048 -o "$w/heldout$EXT_CTX.tokens"
-gen --kind passkey --ctx $PRE_CTX --n "$PK_N" --buckets $PK_BUCKETS_PRE \
-  --meta "$w/pk$PRE_CTX.json" --logits-in "$w/pk$PRE_CTX.safetensors"
+[ "$PK_PRE" = 0 ] ||
+  gen --kind passkey --ctx $PRE_CTX --n "$PK_N" --buckets $PK_BUCKETS_PRE \
+    --meta "$w/pk$PRE_CTX.json" --logits-in "$w/pk$PRE_CTX.safetensors"
 gen --kind passkey --ctx $EXT_CTX --n "$PK_N" --buckets $PK_BUCKETS_EXT \
   --meta "$w/pk$EXT_CTX.json" --logits-in "$w/pk$EXT_CTX.safetensors"
 gen --kind kv --ctx $PRE_CTX --n $((2 * KV_N)) --buckets $PK_BUCKETS_PRE \
@@ -301,7 +321,7 @@ else
 fi
 
 PRE_TRAIN=(train "$SPEC" --set "context_length=$PRE_CTX" --mode full --full-attention
-  --grad-accum "$PRE_GA" --lr "$PRE_LR" --warmup 100 --schedule cosine --weight-decay 0.01
+  --grad-accum 1 --batch "$PRE_SEQ" --lr "$PRE_LR" --warmup 100 --schedule cosine --weight-decay 0.01
   --save-every 0 --seed "$SEED")
 EXT_TRAIN=(train "$SPEC" --set "context_length=$EXT_CTX" --grad-accum "$EXT_GA" --lr "$EXT_LR"
   --warmup 20 --save-every 0 --seed "$SEED")
@@ -324,8 +344,8 @@ else
     say "== calibration: 40 steps of phase 1's shape, 15 of phase 2's (full attention)," \
       "the phases this call runs"
     if [ -z "$PRE_MODEL" ]; then
-      gen --kind train --ctx $PRE_DOC --n $((40 * PRE_GA + 1)) -o "$w/cal$PRE_CTX.tokens" \
-        --kv-share "$KV_SHARE"
+      gen --kind train --ctx $PRE_DOC --n $((40 * PRE_SEQ + 1)) -o "$w/cal$PRE_CTX.tokens" \
+        --kv-share "$PRE_KV_SHARE"
       s2 "${PRE_TRAIN[@]}" --model "$base0" --data "$w/cal$PRE_CTX.tokens" --out "$w/cal1" \
         --steps 40
       r=$(rate_of "$w/cal1" 5) && RATE1=${r%% *}
@@ -344,7 +364,7 @@ else
   [ -z "$STOP_AFTER" ] || share1=1
   [ -z "$PRE_MODEL" ] || share1=0
   p=$("${PY[@]}" plan --budget "$BUDGET" --elapsed $((quick ? 15 : SECONDS)) \
-    --reserve "$RESERVE" --rate1 "$RATE1" --rate2 "$RATE2" --tokens1 $((PRE_GA * PRE_CTX)) \
+    --reserve "$RESERVE" --rate1 "$RATE1" --rate2 "$RATE2" --tokens1 $((PRE_SEQ * PRE_CTX)) \
     --tokens2 $((EXT_GA * EXT_CTX)) --share1 $share1 --n-ext 3)
   read -r pre_steps ext_steps _ _ <<<"$p"
 fi
@@ -358,12 +378,12 @@ if [ "$pre_steps" -lt 1 ] || [ "$ext_steps" -lt 1 ]; then
 fi
 est() { awk -v s="$1" -v t="$2" -v r="$3" 'BEGIN { printf "%.0f", s * t / r }'; }
 say "== plan ($rates_from: phase 1 $RATE1 tok/s, phase 2 $RATE2 tok/s):"
-t1=$(est "$pre_steps" $((PRE_GA * PRE_CTX)) "$RATE1")
+t1=$(est "$pre_steps" $((PRE_SEQ * PRE_CTX)) "$RATE1")
 t2=$(est "$ext_steps" $((EXT_GA * EXT_CTX)) "$RATE2")
 if [ -n "$PRE_MODEL" ]; then
   say "   phase 1: none here, the pre-trained model is $PRE_MODEL"
 else
-  say "   phase 1: $pre_steps steps of $PRE_GA x $PRE_CTX tokens, about $t1 s"
+  say "   phase 1: $pre_steps steps of $PRE_SEQ x $PRE_CTX tokens, about $t1 s"
 fi
 if [ -n "$STOP_AFTER" ]; then
   say "   phase 2: none here (S2_PC_STOP_AFTER=pre; the model goes to $OUT/pre-model.tar)"
@@ -378,8 +398,8 @@ fi
 
 current="data: training sets"
 [ -n "$PRE_MODEL" ] ||
-  gen --kind train --ctx $PRE_DOC --n $((pre_steps * PRE_GA + 1)) -o "$w/train$PRE_CTX.tokens" \
-    --kv-share "$KV_SHARE"
+  gen --kind train --ctx $PRE_DOC --n $((pre_steps * PRE_SEQ + 1)) -o "$w/train$PRE_CTX.tokens" \
+    --kv-share "$PRE_KV_SHARE"
 # phase 2's documents are written while phase 1 trains (the trainer uses one core; the
 # generator four)
 if [ -z "$STOP_AFTER" ]; then
@@ -399,7 +419,7 @@ else
     --steps "$pre_steps"
   pre_model=$w/pre/model
   if [ $ran = 1 ]; then
-    run_note "phase 1" "$w/pre" pre $t0 "$PRE_GA x $PRE_CTX tokens, full FT, full attention," \
+    run_note "phase 1" "$w/pre" pre $t0 "$PRE_SEQ x $PRE_CTX tokens (--batch $PRE_SEQ), full FT, full attention," \
       "lr $PRE_LR cosine"
   else
     pre_model=$base0 # --quick without a GPU: the initial model stands in for the later ones
@@ -469,7 +489,8 @@ for mode in s2 short full; do
 done
 current="the end"
 note passkey "$PK_N prompts per distance bucket (seed $SEED); distance: the answer's first" \
-  "digit minus the key's first digit in the information line"
+  "digit minus the key's first digit in the information line$([ "$PK_PRE" = 1 ] ||
+    echo "; none at $PRE_CTX, where the prompt leaves the key no room to move")"
 note "dense recall" "$KV_N held-out documents at $EXT_CTX, $((2 * KV_N)) at $PRE_CTX; distance:" \
   "a recalled digit minus the same digit in the key's definition"
 note wall "$SECONDS s for the whole script"

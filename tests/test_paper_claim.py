@@ -758,6 +758,9 @@ class ScriptWithStandIn(unittest.TestCase):
         self.assertIn("--full-attention", pre)
         self.assertEqual(pre[pre.index("--mode") + 1], "full")
         self.assertIn("context_length=512", pre)
+        # phase 1's step: its 8 sequences in one varlen micro-batch
+        self.assertEqual((pre[pre.index("--batch") + 1], pre[pre.index("--grad-accum") + 1]),
+                         ("8", "1"))
         # the three extensions: the same data, steps, seed and context; only the attention
         for c in ext:
             self.assertIn("context_length=2048", c)
@@ -809,7 +812,8 @@ class ScriptWithStandIn(unittest.TestCase):
             md = f.read()
         self.assertIn("| LoRA+ with short attention (G 512, no shift) | short |", md)
         self.assertIn("| 1536-2048 | 512+ | all | digit acc |", md)  # beyond phase 2's G
-        self.assertRegex(md, r"\n- phase 1: 3 steps of 8 x 512 tokens, .* cosine: .* tok/s, "
+        self.assertRegex(md, r"\n- phase 1: 3 steps of 8 x 512 tokens \(--batch 8\), .* cosine: "
+                             r".* tok/s, "
                              r"final loss EMA 0.5000\n")
         for m in ("s2", "short", "full"):
             self.assertRegex(md, rf"\n- phase 2 \({m}\): 2 steps of 4 x 2048 tokens, .*, final")
@@ -841,7 +845,8 @@ class ScriptWithStandIn(unittest.TestCase):
         self.tmp = tempfile.TemporaryDirectory()
         for spec, want in (("specs/llama2-7b-32k.yaml", "S2_PC_SPEC=specs/llama2-7b-32k.yaml: "
                             "model.max_position_embeddings 4096 and vocab_size 32000; this run "
-                            "pre-trains a byte-vocabulary model (vocab_size 264) at 512 tokens"),
+                            "pre-trains a byte-vocabulary model (vocab_size 264) at "
+                            "max_position_embeddings tokens"),
                            ("specs/none.yaml", "S2_PC_SPEC=specs/none.yaml: no such spec file")):
             r = subprocess.run([os.path.join(ROOT, "bench", "paper-claim.sh"), "--quick"],
                                env=dict(os.environ, S2_PC_SPEC=spec, OUT=self.tmp.name),
