@@ -61,8 +61,8 @@
     "aligned to 128; S2-Attn with shift_mode split only), exchanging K/V halos over NCCL;\n" \
     "the sequence's last row is then unlabelled. P must divide the world (--batch 1).\n" \
     "--resume on another number of GPUs or --batch keeps the state's global batch:\n" \
-    "--grad-accum is derived (or checked). S2LORA_NCCL_TIMEOUT: seconds a collective may take before\n" \
-    "the run is aborted (default 600).\n"
+    "--grad-accum is derived (or checked). S2LORA_NCCL_TIMEOUT: seconds a collective may\n" \
+    "take before the run is aborted (default 600).\n"
 
 /* Each subcommand's arguments: the library's options and what only the command line has. */
 typedef struct train_args {

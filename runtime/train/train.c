@@ -357,7 +357,8 @@ static s2_status data_check(const char *path, const s2_spec *sp, s2_data_info *i
     return st;
 }
 
-/* The numbers of a run: counts in range, and a micro-batch's tokens within an int. */
+/* The numbers of a run: counts in range, and a micro-batch's tokens and a step's sequences a
+ * rank within an int. */
 static s2_status opts_check(const s2_train_opts *o, int C, s2_error *err)
 {
     if (o->grad_accum < 1 || o->batch < 1 || o->steps < 0 || C < 2)
@@ -368,6 +369,11 @@ static s2_status opts_check(const s2_train_opts *o, int C, s2_error *err)
         return s2_error_set(err, S2_ERR_INVALID,
                             "train: batch %d x seqlen %d = %lld tokens a micro-batch: at most %d",
                             o->batch, C, (long long)o->batch * C, INT_MAX);
+    if ((int64_t)o->batch * o->grad_accum > INT_MAX)
+        return s2_error_set(err, S2_ERR_INVALID,
+                            "train: batch %d x grad_accum %d = %lld sequences a step: at most %d "
+                            "a rank", o->batch, o->grad_accum,
+                            (long long)o->batch * o->grad_accum, INT_MAX);
     if (o->batch > 1 && o->sp > 1)
         return s2_error_set(err, S2_ERR_INVALID,
                             "train: batch %d with sp %d: a sequence-parallel micro-batch is one "
@@ -461,8 +467,7 @@ s2_status s2_train_run(const s2_rt *rt, const s2_train_opts *o, s2_error *err)
     const uint64_t global_batch = (uint64_t)dp * (uint64_t)o->grad_accum * (uint64_t)nb_seq;
     s2_sp_plan spp = {0};
     int halo = 0;
-    st = spn > 1 ? s2_sp_train_plan(sp, C, spn, o->full_attention, &spp, &halo, err)
-                           : S2_OK;
+    st = spn > 1 ? s2_sp_train_plan(sp, C, spn, o->full_attention, &spp, &halo, err) : S2_OK;
     const int lo = spn > 1 && !st ? spp.rank[chunk].lo : 0;
     const int hi = spn > 1 && !st ? spp.rank[chunk].hi : C;
     const int klo = spn > 1 && !st ? s2_sp_union_klo(&spp, chunk) : 0;

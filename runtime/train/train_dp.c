@@ -306,8 +306,8 @@ int s2_dp_options_text(const s2_train_opts *o, const s2_dp_layout *l, int part, 
         const int seqlen = o->seqlen > 0 ? o->seqlen : o->spec ? o->spec->context_length : 0;
         k = snprintf(buf, cap,
                      "steps=%lld dp=%d sp=%d grad_accum=%d batch=%d global_batch=%llu "
-                     "seqlen=%d save_every=%lld seed=%llu resume=%d mode=%s attention=%s recompute=%s "
-                     "rope_scaling=%s",
+                     "seqlen=%d save_every=%lld seed=%llu resume=%d mode=%s attention=%s "
+                     "recompute=%s rope_scaling=%s",
                      (long long)o->steps, l->dp, l->sp, l->grad_accum, l->batch,
                      (unsigned long long)l->global_batch, seqlen, (long long)o->save_every,
                      (unsigned long long)o->seed, o->resume ? 1 : 0, o->full ? "full" : "lora",
