@@ -1011,22 +1011,26 @@ Test(train_dp, resume_at_another_world_size)
     cr_expect(strstr(out, "--grad-accum 16: the resumed state's global batch of 16 sequences "
                           "over 1 rank"), "%s", out);
     free(out);
-    /* --batch 4: the same 16 sequences a step in 4 micro-batches; --batch 3 cannot keep it */
-    rc = run_in(&out, "%s " TRAIN " --out o --resume --batch 4", BIN);
-    cr_expect_eq(rc, 3, "%s", out);
-    cr_expect(strstr(out, "--grad-accum 4: the resumed state's global batch of 16 sequences "
-                          "over 1 rank x --batch 4"), "%s", out);
-    free(out);
-    rc = run_in(&out, "%s " TRAIN " --out o --resume --batch 3", BIN);
-    cr_expect_eq(rc, 2, "%s", out);
-    cr_expect(strstr(out, "--batch 3 does not divide it"), "%s", out);
-    free(out);
-    /* a sequence-parallel micro-batch is one sequence */
-    rc = run_in(&out, "%s launch --gpus 2 -- " TRAIN " --out o2 --sp 2 --batch 2", BIN);
-    cr_expect_eq(rc, 2, "%s", out);
-    cr_expect(strstr(out, "--batch 2 with --sp 2: a sequence-parallel micro-batch is one "
-                          "sequence"), "%s", out);
-    free(out);
+    /* --batch 4 keeps the state's 16 sequences a step in 4 micro-batches, --batch 3 cannot;
+     * a sequence-parallel micro-batch is one sequence */
+    const struct {
+        const char *args;
+        int rc;
+        const char *want;
+    } batch[] = {
+        {" " TRAIN " --out o --resume --batch 4", 3,
+         "--grad-accum 4: the resumed state's global batch of 16 sequences over 1 rank x "
+         "--batch 4"},
+        {" " TRAIN " --out o --resume --batch 3", 2, "--batch 3 does not divide it"},
+        {" launch --gpus 2 -- " TRAIN " --out o2 --sp 2 --batch 2", 2,
+         "--batch 2 with --sp 2: a sequence-parallel micro-batch is one sequence"},
+    };
+    for (size_t i = 0; i < sizeof batch / sizeof batch[0]; i++) {
+        rc = run_in(&out, "%s%s", BIN, batch[i].args);
+        cr_expect_eq(rc, batch[i].rc, "%s: %s", batch[i].args, out);
+        cr_expect(strstr(out, batch[i].want), "%s: %s", batch[i].args, out);
+        free(out);
+    }
     /* ranks that would resume different states refuse: rank 1's directory has none */
     two_ranks(&out, "--out o --resume", "--out o1 --resume --grad-accum 8");
     cr_expect(strstr(out, "rank0=1") && strstr(out, "rank1=1"), "%s", out);
