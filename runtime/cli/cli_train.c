@@ -54,8 +54,8 @@
     "Several GPUs (data parallel): start one rank a GPU with `s2lora launch --gpus N --\n" \
     "train ...`, srun or mpirun (--rendezvous or S2LORA_RENDEZVOUS: where they meet).\n" \
     "A step then takes N x --grad-accum x --batch sequences; rank r trains on global\n" \
-    "sequences P + m x N + r (P: the state's data position); gradients are all-reduced as the\n" \
-    "backward runs; optimizer states are replicated; rank 0 writes OUT. --dp is the\n" \
+    "sequences P + m x N + r (P: the state's data position); gradients are all-reduced\n" \
+    "as the backward runs; optimizer states are replicated; rank 0 writes OUT. --dp is the\n" \
     "world size / --sp (the default). --sp P (sequence parallel): the ranks form groups of\n" \
     "P consecutive ranks that share each sequence, rank d x P + s holding chunk s (rows\n" \
     "aligned to 128; S2-Attn with shift_mode split only), exchanging K/V halos over NCCL;\n" \
