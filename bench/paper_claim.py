@@ -608,13 +608,16 @@ def cmd_ppl(a):
 
 
 # The rows of the table, in order: (model label, what it is).
-MODELS = [
-    ("pre@512", "pre-trained at 512 (its own context)"),
-    ("pre@2048", "pre-trained, RoPE x4, no fine-tuning"),
-    ("s2", "LoRA+ with S²-Attn (G 512, shift 256)"),
-    ("short", "LoRA+ with short attention (G 512, no shift)"),
-    ("full", "LoRA+ with full attention"),
-]
+def models(pre, ext):
+    """The report's rows in order: label, description, for phase 1 at pre tokens and phase 2 at
+    ext (S²-Attn's G = ext / 4, shift G / 2: the spec's defaults at ext)."""
+    return [
+        (f"pre@{pre}", f"pre-trained at {pre} (its own context)"),
+        (f"pre@{ext}", f"pre-trained, RoPE x{ext // pre}, no fine-tuning"),
+        ("s2", f"LoRA+ with S²-Attn (G {ext // 4}, shift {ext // 8})"),
+        ("short", f"LoRA+ with short attention (G {ext // 4}, no shift)"),
+        ("full", "LoRA+ with full attention"),
+    ]
 
 
 def fmt(x, digits):
@@ -642,16 +645,23 @@ def cmd_report(a):
         by.setdefault((r["label"], r["attention"]), {}).update(r)
     lines = [f"# LongLoRA's claim on passkey retrieval: {run.get('status', 'unknown')}", ""]
     lines += [f"- {k}: {v}" for k, v in run.items() if k != "status"]
-    pre = by.get(("pre@512", "full"), {})
+    # the two lengths: phase 1's (the pre-trained model's own, in its label pre@N) and phase
+    # 2's (the extensions', 4 times it), from whichever rows there are
+    ext = {r["ctx"] for r in rows if r.get("label") in ("s2", "short", "full") and "ctx" in r}
+    pres = sorted({int(r["label"][4:]) for r in rows if str(r.get("label")).startswith("pre@")})
+    p_ctx = pres[0] if pres else (min(ext) // 4 if ext else 512)
+    e_ctx = max(ext) if ext else (pres[-1] if len(pres) > 1 else 4 * p_ctx)
+    pre = by.get((f"pre@{p_ctx}", "full"), {})
     pk = pre.get("passkey", {}).get("all")
     if pk and pk["accuracy"] < 0.5:
         lines.append(f"- warning: the pre-trained model retrieves {pk['accuracy']:.2f} of the "
-                     "keys at its own 512 tokens: it had not learned the task, so the "
+                     f"keys at its own {p_ctx} tokens: it had not learned the task, so the "
                      "extensions' comparison says little about the claim")
     kv = pre.get("kv", {}).get("all")
     if kv and kv["accuracy"] is not None and kv["accuracy"] < 0.5:
         lines.append(f"- warning: the pre-trained model recalls {kv['accuracy']:.2f} of the "
-                     "dense-recall digits at its own 512 tokens: it had not learned to retrieve")
+                     f"dense-recall digits at its own {p_ctx} tokens: it had not learned to "
+                     "retrieve")
     full = by.get(("full", "full"), {})
     pk, kvf = full.get("passkey", {}).get("all"), None
     if "kv" in full:
@@ -663,12 +673,13 @@ def cmd_report(a):
             [f"{kvf[1]['accuracy']:.2f} of the dense-recall digits at distances {kvf[0]}"]
             if kvf else [])
         lines.append("- warning: fine-tuned with full attention (the upper bound), the model "
-                     f"retrieves {' and '.join(got)} with full attention at 2048: where the "
+                     f"retrieves {' and '.join(got)} with full attention at {e_ctx}: where the "
                      "upper bound did not learn long-range retrieval, S²-Attn and short "
                      "attention cannot be told apart")
     lines.append("")
-    for ctx in (512, 2048):
-        sel = [(lab, desc, att) for lab, desc in MODELS for att in ("full", "s2", "short")
+    for ctx in (p_ctx, e_ctx):
+        sel = [(lab, desc, att) for lab, desc in models(p_ctx, e_ctx)
+               for att in ("full", "s2", "short")
                if (lab, att) in by and by[(lab, att)].get("ctx") == ctx]
         pks = [x for x in sel if "passkey" in by[x[0], x[2]] or "ppl" in by[x[0], x[2]]]
         if pks:

@@ -841,6 +841,34 @@ class ScriptWithStandIn(unittest.TestCase):
             self.assertIn("- spec: specs/small-byte-512.yaml (4 layers, hidden 384, byte "
                           "vocabulary)\n", f.read())
 
+    def test_lengths_come_from_the_spec(self):
+        # micro-byte-256: phase 1 at 256 (max_position_embeddings), phase 2 at 1024; no passkey
+        # prompt fits 256, so phase 1 trains on dense recall alone and no passkey is scored there
+        r, calls, out = self.run_script(S2_PC_SPEC="specs/micro-byte-256.yaml",
+                                        S2_PC_PRE_BATCH="32")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        trains = [c for c in calls if c[0] == "train"]
+        self.assertIn("context_length=256", trains[0])
+        self.assertEqual(trains[0][trains[0].index("--batch") + 1], "32")
+        for c in trains[1:]:
+            self.assertIn("context_length=1024", c)
+        tok = [os.path.basename(c[c.index("--tokens") + 1]) for c in calls if c[0] == "logits"]
+        self.assertEqual(tok[:3], ["kv256.safetensors", "pk1024.safetensors",
+                                   "kv1024.safetensors"])
+        self.assertNotIn("pk256.safetensors", tok)
+        with open(os.path.join(out, "paper_claim.log")) as f:
+            log = f.read()
+        m = re.search(r"train256.tokens: 97 train documents of 255 tokens \(\d+ tokens; "
+                      r"(\d+) dense-recall", log)
+        self.assertTrue(m and int(m.group(1)) == 97, m)  # 3 steps x 32 + 1, all dense recall
+        with open(os.path.join(out, "paper_claim.md")) as f:
+            md = f.read()
+        self.assertIn("| LoRA+ with short attention (G 256, no shift) | short |", md)
+        self.assertIn("| 768-1024 | 256+ | all |", md)  # phase 2's buckets, beyond G
+        self.assertIn("phase 1's all dense-recall (no passkey prompt fits 256)", md)
+        self.assertIn("none at 256, where the prompt leaves the key no room to move", md)
+        self.assertRegex(md, r"\n- phase 1: 3 steps of 32 x 256 tokens \(--batch 32\)")
+
     def test_spec_must_be_a_byte_model_at_512(self):
         self.tmp = tempfile.TemporaryDirectory()
         for spec, want in (("specs/llama2-7b-32k.yaml", "S2_PC_SPEC=specs/llama2-7b-32k.yaml: "
