@@ -29,8 +29,8 @@
  *
  * Resume. The state records the global batch (dp x grad_accum x batch). A run resumed at
  * another world size or batch keeps it: --grad-accum is derived as global_batch / (dp x batch),
- * or checked when given;
- * a dp that does not divide it is refused with the combinations that would work.
+ * or checked when given; a dp that does not divide it is refused with the combinations that
+ * would work.
  *
  * Sequence parallel: every position of chunk s is labelled by the next token (the next chunk's
  * first for its last row; for the last chunk's, token C of the packed window of C + 1), so a
