@@ -11,9 +11,9 @@
  * attention), on each of the data-parallel ranks (train_dp.h: rank r of dp takes global
  * sequences P + m * dp + r, m < grad_accum x batch); loss = the mean over every labelled token
  * of the step (HF's num_items_in_batch), gradient clipping by the global L2 norm, AdamW, the LR
- * schedule of ref_train.h (constant after warmup, LongLoRA's, or cosine). Every save_every steps the
- * training state (train_state.h: masters, moments, step, data position, seeds) is saved
- * atomically and the adapter is exported as PEFT; --resume continues from the last state
+ * schedule of ref_train.h (constant after warmup, LongLoRA's, or cosine). Every save_every
+ * steps the training state (train_state.h: masters, moments, step, data position, seeds) is
+ * saved atomically and the adapter is exported as PEFT; --resume continues from the last state
  * exactly (same data order, same dropout masks).
  *
  * Progress: one line per step through the callback (loss, lr, grad norm, tokens/s, MFU,
