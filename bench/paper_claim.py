@@ -607,7 +607,6 @@ def cmd_ppl(a):
     return 0
 
 
-# The rows of the table, in order: (model label, what it is).
 def models(pre, ext):
     """The report's rows in order: label, description, for phase 1 at pre tokens and phase 2 at
     ext (S²-Attn's G = ext / 4, shift G / 2: the spec's defaults at ext)."""

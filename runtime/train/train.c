@@ -657,12 +657,10 @@ s2_status s2_train_run(const s2_rt *rt, const s2_train_opts *o, s2_error *err)
         for (int mb = 0; mb < o->grad_accum && !st; mb++) {
             /* the micro-batch's sequences: windows mb x batch .. of this slot's share of the
              * step (train_dp.h), each C tokens of tok and lab from cu[s] */
-            uint64_t pos0 = 0;
+            const uint64_t pos0 = s2_dp_sequence(state.data_position, dp, slot, mb * nb_seq);
             for (int s = 0; s < nb_seq && !st; s++) {
                 const uint64_t pos = s2_dp_sequence(state.data_position, dp, slot,
                                                     mb * nb_seq + s);
-                if (!s)
-                    pos0 = pos;
                 st = s2_data_batch(df, (uint64_t)C, sep, order_at(&od, pos), seq, err);
                 cu[s] = s * (hi - lo);
                 for (int t = 0; !st && t < hi - lo; t++) { /* this rank's chunk [lo, hi) */
