@@ -154,6 +154,19 @@ KV_N=${S2_PC_KV_DOCS:-24}            # held-out dense-recall documents at 2048 (
 SEED=${S2_PC_SEED:-1}
 BUDGET=${S2_PC_BUDGET_S:-480}
 RESERVE=${S2_PC_RESERVE_S:-120}
+# A training set holds at most this many documents; a run of more sequences goes over it again
+# in another order each epoch (the trainer's data order). Without the cap the generator's time
+# grew with the steps: 330 727 steps of 32 (10.6 million documents, 2.7 GB) left no time to
+# train in a 600 s call. A model of this size cannot learn a million documents' random digits
+# by heart: what it learns is the retrieval.
+MAX_DOCS=${S2_PC_MAX_DOCS:-1000000}
+case "$MAX_DOCS" in
+'' | *[!0-9]* | 0*)
+  echo "paper-claim: S2_PC_MAX_DOCS=$MAX_DOCS: a training set's most documents, a positive" \
+    "integer" >&2
+  exit 2
+  ;;
+esac
 PK_N=${S2_PC_PASSKEY:-40}            # prompts per distance bucket
 # distance buckets: quarters and a half at phase 1's length; eighths, quarters, halves and
 # three quarters of phase 2's (0-256, 256-512, 512-1024, 1024-1536, 1536-2048 at 2048)
@@ -408,13 +421,20 @@ if [ $quick = 1 ]; then
 fi
 
 current="data: training sets"
+# how often a run of STEPS steps of SEQ sequences goes over its DOCS documents
+epochs() {
+  awk -v s="$1" -v q="$2" -v d="$3" 'BEGIN { printf "%d documents, %.2f epochs", d, s * q / d }'
+}
+# documents for n sequences, at most MAX_DOCS
+docs() { echo $(($1 < MAX_DOCS ? $1 : MAX_DOCS)); }
+pre_docs=$(docs $((pre_steps * PRE_SEQ + 1))) ext_docs=$(docs $((ext_steps * EXT_GA + 1)))
 [ -n "$PRE_MODEL" ] ||
-  gen --kind train --ctx $PRE_DOC --n $((pre_steps * PRE_SEQ + 1)) -o "$w/train$PRE_CTX.tokens" \
+  gen --kind train --ctx $PRE_DOC --n "$pre_docs" -o "$w/train$PRE_CTX.tokens" \
     --kv-share "$PRE_KV_SHARE"
 # phase 2's documents are written while phase 1 trains (the trainer uses one core; the
 # generator four)
 if [ -z "$STOP_AFTER" ]; then
-  "${PY[@]}" gen --seed "$SEED" --kind train --ctx $EXT_DOC --n $((ext_steps * EXT_GA + 1)) \
+  "${PY[@]}" gen --seed "$SEED" --kind train --ctx $EXT_DOC --n "$ext_docs" \
     -o "$w/train$EXT_CTX.tokens" --kv-share "$KV_SHARE" --procs 4 >>"$log" 2>&1 &
   gen_pid=$!
 fi
@@ -431,7 +451,7 @@ else
   pre_model=$w/pre/model
   if [ $ran = 1 ]; then
     run_note "phase 1" "$w/pre" pre $t0 "$PRE_SEQ x $PRE_CTX tokens (--batch $PRE_SEQ)," \
-      "full FT, full attention, lr $PRE_LR cosine"
+      "full FT, full attention, lr $PRE_LR cosine; $(epochs "$pre_steps" $PRE_SEQ "$pre_docs")"
   else
     pre_model=$base0 # --quick without a GPU: the initial model stands in for the later ones
   fi
@@ -485,7 +505,7 @@ for mode in s2 short full; do
     --out "$w/ext-$mode" --steps "$ext_steps"
   if [ $ran = 1 ]; then
     run_note "phase 2 ($mode)" "$w/ext-$mode" $mode $t0 \
-      "$EXT_GA x $EXT_CTX tokens, LoRA+, lr $EXT_LR"
+      "$EXT_GA x $EXT_CTX tokens, LoRA+, lr $EXT_LR; $(epochs "$ext_steps" $EXT_GA "$ext_docs")"
     tuned=(--model "$pre_model" --adapter "$w/ext-$mode/adapter"
       --trainable "$w/ext-$mode/trainable.safetensors")
   else # --quick without a GPU: no adapter exists; the evaluations are checked without one
