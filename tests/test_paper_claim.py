@@ -812,16 +812,35 @@ class ScriptWithStandIn(unittest.TestCase):
             md = f.read()
         self.assertIn("| LoRA+ with short attention (G 512, no shift) | short |", md)
         self.assertIn("| 1536-2048 | 512+ | all | digit acc |", md)  # beyond phase 2's G
-        self.assertRegex(md, r"\n- phase 1: 3 steps of 8 x 512 tokens \(--batch 8\), .* cosine: "
-                             r".* tok/s, "
-                             r"final loss EMA 0.5000\n")
+        self.assertRegex(md, r"\n- phase 1: 3 steps of 8 x 512 tokens \(--batch 8\), .* cosine; "
+                             r"25 documents, 0\.96 epochs: .* tok/s, final loss EMA 0.5000\n")
         for m in ("s2", "short", "full"):
-            self.assertRegex(md, rf"\n- phase 2 \({m}\): 2 steps of 4 x 2048 tokens, .*, final")
+            self.assertRegex(md, rf"\n- phase 2 \({m}\): 2 steps of 4 x 2048 tokens, .*; "
+                                 r"9 documents, 0\.89 epochs: .*, final")
         self.assertIn("| pre-trained at 512 (its own context) | full | 1.00 | 1.00 | 1.00 |", md)
         # dense recall as trained: 5 buckets, 512+, all, then exact 512+ and all, then NLLs
         self.assertRegex(md, r"\| LoRA\+ with S²-Attn \(G 512, shift 256\) \| s2 \|"
                              r"( 1\.00 \|){9} [0-9.]+ \| – \|\n")
         self.assertIn("- corpus: 0.5 of the training documents dense-recall", md)
+
+    def test_max_docs_caps_the_training_sets(self):
+        # a run of more sequences than S2_PC_MAX_DOCS goes over the same documents in epochs
+        r, calls, out = self.run_script(S2_PC_MAX_DOCS="7")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open(os.path.join(out, "paper_claim.log")) as f:
+            log = f.read()
+        for ctx in (512, 2048):
+            self.assertIn(f"train{ctx}.tokens: 7 train documents of {ctx - 1} tokens", log)
+        with open(os.path.join(out, "paper_claim.md")) as f:
+            md = f.read()
+        self.assertIn("cosine; 7 documents, 3.43 epochs: ", md)  # 3 steps x 8 / 7
+        self.assertEqual(md.count("lr 2e-4; 7 documents, 1.14 epochs: "), 3)  # 2 x 4 / 7
+        for bad in ("0", "x", "-3", "07"):
+            r = subprocess.run([os.path.join(ROOT, "bench", "paper-claim.sh"), "--quick"],
+                               env=dict(os.environ, S2_PC_MAX_DOCS=bad), capture_output=True,
+                               text=True)
+            self.assertEqual(r.returncode, 2, bad)
+            self.assertIn(f"S2_PC_MAX_DOCS={bad}: a training set's most documents", r.stderr)
 
     def test_commit_given_wins_over_git(self):
         # the tree here has a .git; a copied one may carry a stale one: S2_PC_COMMIT is the truth
