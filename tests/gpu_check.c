@@ -2359,7 +2359,8 @@ static int prebuild_train(const char *arch)
 /* Builds every (case, tile) pair for arch on all cores, the window cases' window units too, of
  * the cases whose name holds only (NULL: all); returns how many failed (a build error, a plan
  * refusal or a spill), each reported on stderr. */
-static int prebuild_all(const char *arch, const char *only)
+/* tile_only: one tile's builds (-1: every tile's). */
+static int prebuild_all(const char *arch, const char *only, int tile_only)
 {
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -2374,7 +2375,9 @@ static int prebuild_all(const char *arch, const char *only)
             continue;
         n_cases++;
         for (int ti = 0; ti < N_TILES; ti++)
-            pool.jobs[pool.n++] = (prebuild_job){.c = c, .tile_idx = ti, .window = i >= N_CASES};
+            if (tile_only < 0 || ti == tile_only)
+                pool.jobs[pool.n++] =
+                    (prebuild_job){.c = c, .tile_idx = ti, .window = i >= N_CASES};
     }
     s2_error perr = {0};
     if (s2_pool_for(pool.n, 0, prebuild, &pool, &perr)) {
@@ -2394,8 +2397,13 @@ static int prebuild_all(const char *arch, const char *only)
     }
     free(pool.jobs);
     clock_gettime(CLOCK_MONOTONIC, &t1);
-    printf("gpu_check: built %d cases x %d tiles for %s in %.1f s, %d failed\n", n_cases, N_TILES,
-           arch, (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9, failed);
+    char tiles[32];
+    if (tile_only < 0)
+        snprintf(tiles, sizeof tiles, "%d tiles", N_TILES);
+    else
+        snprintf(tiles, sizeof tiles, "tile %d", tile_only);
+    printf("gpu_check: built %d cases x %s for %s in %.1f s, %d failed\n", n_cases, tiles, arch,
+           (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9, failed);
     return failed;
 }
 
@@ -2433,7 +2441,9 @@ int main(int argc, char **argv)
                             "                     window cases' window units too, and the train\n"
                             "                     unit of every train spec) for ARCH, check for\n"
                             "                     spills, run nothing (needs no GPU); with\n"
-                            "                     --only, the cases it picks\n",
+                            "                     --only, the cases it picks, with --tile N that\n"
+                            "                     tile's, with --family attn or train that\n"
+                            "                     family's\n",
                     N_TILES - 1);
             return 2;
         }
@@ -2445,8 +2455,22 @@ int main(int argc, char **argv)
                     build_only);
             return 2;
         }
-        int bad = prebuild_all(build_only, only);
-        if (!only || strstr(only, "train"))
+        if (family && !strcmp(family, "lora")) {
+            fprintf(stderr, "gpu_check: --build-only with --family lora: it builds the attention "
+                            "and train units; valid --family attn or train\n");
+            return 2;
+        }
+        if (tile_only >= 0 && family && !strcmp(family, "train")) {
+            fprintf(stderr, "gpu_check: --build-only with --tile %d and --family train: a tile is "
+                            "an attention tile; valid --family attn (or none)\n",
+                    tile_only);
+            return 2;
+        }
+        int bad = 0;
+        if (!family || !strcmp(family, "attn"))
+            bad += prebuild_all(build_only, only, tile_only);
+        if ((!family || !strcmp(family, "train")) && tile_only < 0 &&
+            (!only || strstr(only, "train")))
             bad += prebuild_train(build_only);
         return bad ? 1 : 0;
     }
@@ -2473,7 +2497,7 @@ int main(int argc, char **argv)
     for (int i = 0; i < N_WCASES && fam_attn && !any_attn; i++)
         any_attn = strstr(wcases[i].c.what, only) != NULL;
     if (any_attn)
-        prebuild_all(rt.arch, only);
+        prebuild_all(rt.arch, only, tile_only);
     if (fam_train && (!only || strstr(only, "train")))
         prebuild_train(rt.arch);
 
