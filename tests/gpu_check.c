@@ -2448,6 +2448,12 @@ int main(int argc, char **argv)
             return 2;
         }
     }
+    if (tile_only >= 0 && family && strcmp(family, "attn")) {
+        fprintf(stderr, "gpu_check: --tile %d with --family %s: a tile is an attention tile; valid "
+                        "--family attn (or none)\n",
+                tile_only, family);
+        return 2;
+    }
     /* Every (case, tile) pair must plan and build without spills before the device sees it. */
     if (build_only) {
         if (!s2_jit_arch_valid(build_only)) {
@@ -2458,12 +2464,6 @@ int main(int argc, char **argv)
         if (family && !strcmp(family, "lora")) {
             fprintf(stderr, "gpu_check: --build-only with --family lora: it builds the attention "
                             "and train units; valid --family attn or train\n");
-            return 2;
-        }
-        if (tile_only >= 0 && family && !strcmp(family, "train")) {
-            fprintf(stderr, "gpu_check: --build-only with --tile %d and --family train: a tile is "
-                            "an attention tile; valid --family attn (or none)\n",
-                    tile_only);
             return 2;
         }
         int bad = 0;

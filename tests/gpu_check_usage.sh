@@ -22,7 +22,9 @@ usage "usage: s2lora_gpu_check" --family mlp
 usage "usage: s2lora_gpu_check" --seed
 usage "--build-only sm_99: valid sm_80" --build-only sm_99
 usage "valid --family attn or train" --build-only sm_90a --family lora
-usage "a tile is an attention tile" --build-only sm_90a --family train --tile 3
+usage "--tile 3 with --family train: a tile is an attention tile" --build-only sm_90a \
+  --family train --tile 3
+usage "--tile 0 with --family lora: a tile is an attention tile" --family lora --tile 0
 # one case of one tile: one build, named in the summary
 out=$("$gc" --build-only sm_90a --tile 12 --only "split GQA 8/2" 2>&1)
 if [ $? != 0 ] || ! grep -qF "built 1 cases x tile 12 for sm_90a" <<<"$out"; then
