@@ -367,7 +367,8 @@ for tool in ${S2_SANITIZE_TOOLS:-memcheck synccheck racecheck}; do
   for fam in ${S2_SANITIZE_FAMILIES:-attn lora train}; do
     only=()
     [ -n "${S2_SANITIZE_ONLY:-}" ] && only=(--only "$S2_SANITIZE_ONLY")
-    [ -n "${S2_SANITIZE_TILE:-}" ] && only+=(--tile "$S2_SANITIZE_TILE")
+    # (a tile is an attention tile: gpu_check refuses --tile beside another family)
+    [ -n "${S2_SANITIZE_TILE:-}" ] && [ "$fam" = attn ] && only+=(--tile "$S2_SANITIZE_TILE")
     extra=()
     [ "$tool" = memcheck ] && extra=(--leak-check full)
     echo "== compute-sanitizer --tool $tool, gpu_check --family $fam ${only[*]}" \
