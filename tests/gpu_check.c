@@ -2357,9 +2357,8 @@ static int prebuild_train(const char *arch)
 
 
 /* Builds every (case, tile) pair for arch on all cores, the window cases' window units too, of
- * the cases whose name holds only (NULL: all); returns how many failed (a build error, a plan
- * refusal or a spill), each reported on stderr. */
-/* tile_only: one tile's builds (-1: every tile's). */
+ * the cases whose name holds only (NULL: all) and of tile tile_only (-1: every tile); returns
+ * how many failed (a build error, a plan refusal or a spill), each reported on stderr. */
 static int prebuild_all(const char *arch, const char *only, int tile_only)
 {
     struct timespec t0, t1;
@@ -2469,8 +2468,7 @@ int main(int argc, char **argv)
         int bad = 0;
         if (!family || !strcmp(family, "attn"))
             bad += prebuild_all(build_only, only, tile_only);
-        if ((!family || !strcmp(family, "train")) && tile_only < 0 &&
-            (!only || strstr(only, "train")))
+        if ((!family || !strcmp(family, "train")) && (!only || strstr(only, "train")))
             bad += prebuild_train(build_only);
         return bad ? 1 : 0;
     }
