@@ -825,7 +825,7 @@ class ScriptWithStandIn(unittest.TestCase):
 
     def test_max_docs_caps_the_training_sets(self):
         # a run of more sequences than S2_PC_MAX_DOCS goes over the same documents in epochs
-        r, calls, out = self.run_script(S2_PC_MAX_DOCS="7")
+        r, _, out = self.run_script(S2_PC_MAX_DOCS="7")
         self.assertEqual(r.returncode, 0, r.stderr)
         with open(os.path.join(out, "paper_claim.log")) as f:
             log = f.read()
