@@ -135,12 +135,16 @@ EXT_CTX=$((4 * PRE_CTX))
 # sequence, the step of one sequence a micro-batch is bound by kernel launches); phase 2's:
 # EXT_GA micro-batches of one sequence.
 PRE_SEQ=${S2_PC_PRE_BATCH:-8} EXT_GA=4
-case "$PRE_SEQ" in
-'' | *[!0-9]* | 0*)
-  echo "paper-claim: S2_PC_PRE_BATCH=$PRE_SEQ: phase 1's sequences a step, a positive integer" >&2
-  exit 2
-  ;;
-esac
+# NAME VALUE WHAT: exits 2 unless VALUE (environment variable NAME's) is a positive integer
+positive() {
+  case "$2" in
+  '' | *[!0-9]* | 0*)
+    echo "paper-claim: $1=$2: $3, a positive integer" >&2
+    exit 2
+    ;;
+  esac
+}
+positive S2_PC_PRE_BATCH "$PRE_SEQ" "phase 1's sequences a step"
 # Training documents are one token shorter than the context: the trainer packs documents with a
 # separator between them into windows of C + 1 tokens starting every C tokens, so a document of
 # C - 1 tokens and its separator make every window exactly one document (BOS at position 0, as
@@ -160,13 +164,7 @@ RESERVE=${S2_PC_RESERVE_S:-120}
 # train in a 600 s call. 300 000 documents take about 20 s on two cores. A model of this size
 # cannot learn their 20 million random digits by heart: what it can learn is the retrieval.
 MAX_DOCS=${S2_PC_MAX_DOCS:-300000}
-case "$MAX_DOCS" in
-'' | *[!0-9]* | 0*)
-  echo "paper-claim: S2_PC_MAX_DOCS=$MAX_DOCS: a training set's most documents, a positive" \
-    "integer" >&2
-  exit 2
-  ;;
-esac
+positive S2_PC_MAX_DOCS "$MAX_DOCS" "a training set's most documents"
 PK_N=${S2_PC_PASSKEY:-40}            # prompts per distance bucket
 # distance buckets: quarters and a half at phase 1's length; eighths, quarters, halves and
 # three quarters of phase 2's (0-256, 256-512, 512-1024, 1024-1536, 1536-2048 at 2048)

@@ -2447,7 +2447,10 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (tile_only >= 0 && family && strcmp(family, "attn")) {
+    const int fam_attn = !family || !strcmp(family, "attn");
+    const int fam_lora = !family || !strcmp(family, "lora");
+    const int fam_train = !family || !strcmp(family, "train");
+    if (tile_only >= 0 && !fam_attn) {
         fprintf(stderr, "gpu_check: --tile %d with --family %s: a tile is an attention tile; valid "
                         "--family attn (or none)\n",
                 tile_only, family);
@@ -2460,15 +2463,15 @@ int main(int argc, char **argv)
                     build_only);
             return 2;
         }
-        if (family && !strcmp(family, "lora")) {
+        if (!fam_attn && !fam_train) {
             fprintf(stderr, "gpu_check: --build-only with --family lora: it builds the attention "
                             "and train units; valid --family attn or train\n");
             return 2;
         }
         int bad = 0;
-        if (!family || !strcmp(family, "attn"))
+        if (fam_attn)
             bad += prebuild_all(build_only, only, tile_only);
-        if ((!family || !strcmp(family, "train")) && (!only || strstr(only, "train")))
+        if (fam_train && (!only || strstr(only, "train")))
             bad += prebuild_train(build_only);
         return bad ? 1 : 0;
     }
@@ -2486,9 +2489,6 @@ int main(int argc, char **argv)
      * rebuilds and fails the same way); the other runs go on. */
     int failed = 0;
     /* (builds of cases that --only leaves out are skipped: they cost minutes of device time) */
-    int fam_attn = !family || !strcmp(family, "attn");
-    int fam_lora = !family || !strcmp(family, "lora");
-    int fam_train = !family || !strcmp(family, "train");
     int any_attn = fam_attn && !only;
     for (int i = 0; i < N_CASES && fam_attn && !any_attn; i++)
         any_attn = strstr(cases[i].what, only) != NULL;
