@@ -62,6 +62,15 @@
 # made). No outcome is assumed: the table is what ran. S2_PC_COMMIT names the commit (it takes
 # precedence over `git rev-parse`: a copied tree's .git may be stale).
 #
+# Positions (S2_PC_PRE_ROPE): own (default, LongLoRA's order) pre-trains at the model's own
+# positions and the extension interpolates them x4; ext pre-trains with the extension's RoPE
+# factor already (`--set context_length=<phase 2's> --seqlens <phase 1's>`: positions 1/4
+# apart from the start), so phase 2 changes the length only, not the scale of the positions.
+# micro-byte-256 lost every retrieval under the x4 interpolation (at every distance, perplexity
+# 8e7 before fine-tuning) and no extension, full attention's either, learned it back in 26 000
+# steps (bench/RESULTS.md): a 2-layer model's previous-token head needs the offset of one
+# position it was trained on.
+#
 # In two calls, so that each phase has a whole call's budget (the model learned no retrieval in
 # phase 1's share of one call): S2_PC_STOP_AFTER=pre gives the budget to phase 1 alone and ends
 # after the pre-trained model's evaluations, leaving it in $OUT/pre-model.tar; the second call,
@@ -151,6 +160,19 @@ positive S2_PC_PRE_BATCH "$PRE_SEQ" "phase 1's sequences a step"
 # in the evaluations) and the next one's BOS as the last label. Documents of C tokens drifted a
 # token a window against the windows, most of them cut in two.
 PRE_DOC=$((PRE_CTX - 1)) EXT_DOC=$((EXT_CTX - 1))
+PRE_ROPE=${S2_PC_PRE_ROPE:-own}
+# phase 1's spec settings (and those of every command at its length): its context_length, or
+# with S2_PC_PRE_ROPE=ext the extension's (its RoPE factor) and sequences of phase 1's length
+case "$PRE_ROPE" in
+own) PRE_SET=(--set "context_length=$PRE_CTX") PRE_WIN=() ;;
+ext) PRE_SET=(--set "context_length=$EXT_CTX") PRE_WIN=(--seqlens "$PRE_CTX") ;;
+*)
+  echo "paper-claim: S2_PC_PRE_ROPE=$PRE_ROPE: own (phase 1 at the model's own positions," \
+    "interpolated x4 by the extension) or ext (phase 1 with the extension's interpolated" \
+    "positions already)" >&2
+  exit 2
+  ;;
+esac
 PRE_LR=1e-3
 EXT_LR=${S2_PC_EXT_LR:-2e-4}         # as bench/real-run.sh's extension
 KV_SHARE=${S2_PC_KV_SHARE:-0.5}      # the training documents that are dense-recall ones
@@ -240,12 +262,20 @@ s2() {
   [ $rc = 0 ] || { tail -n 5 "$w/last.err" >&2; return $rc; }
 }
 
+# The spec settings of a command at CTX tokens: AT_SET (phase 1's at its length) and AT_WIN
+# (eval's windows; logits takes its sequences from the token file).
+at() {
+  AT_SET=(--set "context_length=$1") AT_WIN=()
+  [ "$1" != "$PRE_CTX" ] || AT_SET=("${PRE_SET[@]}") AT_WIN=("${PRE_WIN[@]}")
+}
+
 # Perplexity on the held-out documents with full attention: label, ctx, eval arguments.
 ppl() {
   local label=$1 ctx=$2
   shift 2
   current="eval $label"
-  s2 eval "$SPEC" --set context_length="$ctx" --data "$w/heldout$ctx.tokens" "$@"
+  at "$ctx"
+  s2 eval "$SPEC" "${AT_SET[@]}" "${AT_WIN[@]}" --data "$w/heldout$ctx.tokens" "$@"
   [ $ran = 1 ] || return 0
   "${PY[@]}" ppl --line "$(tail -n 1 "$w/last.out")" --label "$label" --ctx "$ctx" \
     --out "$rows/$label.full.ppl.json"
@@ -264,7 +294,8 @@ retrieval() {
     what=passkey cmd=score
     [ $kind = pk ] || what="dense recall" cmd=kvscore
     current="$what $label ($att attention)"
-    s2 logits "$SPEC" --set context_length="$ctx" --tokens "$w/$kind$ctx.safetensors" \
+    at "$ctx"
+    s2 logits "$SPEC" "${AT_SET[@]}" --tokens "$w/$kind$ctx.safetensors" \
       -o "$w/logits.safetensors" "$@"
     [ $ran = 1 ] || continue
     "${PY[@]}" $cmd --meta "$w/$kind$ctx.json" --logits "$w/logits.safetensors" \
@@ -300,6 +331,13 @@ note spec "$SPEC ($(spec_value num_layers) layers, hidden $(spec_value hidden_si
   "byte vocabulary)"
 note corpus "$KV_SHARE of the training documents dense-recall, the rest passkey (seed $SEED)$(
   [ "$PK_PRE" = 1 ] || echo "; phase 1's all dense-recall (no passkey prompt fits $PRE_CTX)")"
+if [ "$PRE_ROPE" = ext ]; then
+  note positions "phase 1 with the extension's RoPE factor 4 already (S2_PC_PRE_ROPE=ext):" \
+    "phase 2 changes the length, not the positions' scale"
+else
+  note positions "phase 1 at the model's own positions, interpolated x4 by phase 2" \
+    "(S2_PC_PRE_ROPE=own, LongLoRA's order)"
+fi
 
 current="data: evaluation sets"
 if [ $quick = 1 ]; then
@@ -339,10 +377,10 @@ if [ -n "$PRE_MODEL" ]; then # phase 1 ran in an earlier call
 else
   current="init"
   base0=$w/base0
-  s2 init "$SPEC" --set context_length=$PRE_CTX -o "$base0" --seed "$SEED"
+  s2 init "$SPEC" "${PRE_SET[@]}" -o "$base0" --seed "$SEED"
 fi
 
-PRE_TRAIN=(train "$SPEC" --set "context_length=$PRE_CTX" --mode full --full-attention
+PRE_TRAIN=(train "$SPEC" "${PRE_SET[@]}" "${PRE_WIN[@]}" --mode full --full-attention
   --grad-accum 1 --batch "$PRE_SEQ" --lr "$PRE_LR" --warmup 100 --schedule cosine
   --weight-decay 0.01 --save-every 0 --seed "$SEED")
 EXT_TRAIN=(train "$SPEC" --set "context_length=$EXT_CTX" --grad-accum "$EXT_GA" --lr "$EXT_LR"
