@@ -888,6 +888,44 @@ class ScriptWithStandIn(unittest.TestCase):
         self.assertIn("none at 256, where the prompt leaves the key no room to move", md)
         self.assertRegex(md, r"\n- phase 1: 3 steps of 32 x 256 tokens \(--batch 32\)")
 
+    def test_phase_1_at_the_extensions_positions(self):
+        # S2_PC_PRE_ROPE=ext: init, phase 1 and every command at 256 take phase 2's
+        # context_length (its RoPE factor, 4) with sequences or windows of 256 tokens
+        r, calls, out = self.run_script(S2_PC_SPEC="specs/micro-byte-256.yaml",
+                                        S2_PC_PRE_ROPE="ext")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        named = [c for c in calls if c[0] in ("init", "train", "eval", "logits")]
+        self.assertGreater(len(named), 10)
+        for c in named:
+            self.assertIn("context_length=1024", c)
+            self.assertNotIn("context_length=256", c)
+        init, pre = named[0], [c for c in calls if c[0] == "train"][0]
+        self.assertEqual(init[0], "init")
+        self.assertEqual(pre[pre.index("--seqlens") + 1], "256")
+        evals = [c for c in calls if c[0] == "eval"]
+        at256 = [c for c in evals if c[c.index("--data") + 1].endswith("heldout256.tokens")]
+        self.assertEqual(len(at256), 1)
+        self.assertEqual(at256[0][at256[0].index("--seqlens") + 1], "256")
+        for c in evals:
+            self.assertEqual("--seqlens" in c, c in at256, c)
+        for c in [c for c in calls if c[0] == "train"][1:]:
+            self.assertNotIn("--seqlens", c)
+        with open(os.path.join(out, "paper_claim.md")) as f:
+            self.assertIn("- positions: phase 1 with the extension's RoPE factor 4 already "
+                          "(S2_PC_PRE_ROPE=ext)", f.read())
+        # the default: LongLoRA's order, said in the report
+        r, calls, out = self.run_script(S2_PC_SPEC="specs/micro-byte-256.yaml")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertFalse([c for c in calls if "--seqlens" in c])
+        with open(os.path.join(out, "paper_claim.md")) as f:
+            self.assertIn("- positions: phase 1 at the model's own positions, interpolated x4 "
+                          "by phase 2 (S2_PC_PRE_ROPE=own", f.read())
+        r = subprocess.run([os.path.join(ROOT, "bench", "paper-claim.sh"), "--quick"],
+                           env=dict(os.environ, S2_PC_PRE_ROPE="x4"), capture_output=True,
+                           text=True)
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("S2_PC_PRE_ROPE=x4: own (phase 1 at the model's own positions", r.stderr)
+
     def test_spec_must_be_a_byte_model_at_512(self):
         self.tmp = tempfile.TemporaryDirectory()
         for spec, want in (("specs/llama2-7b-32k.yaml", "S2_PC_SPEC=specs/llama2-7b-32k.yaml: "
