@@ -724,6 +724,18 @@ else:
 """
 
 
+def runs(calls):
+    """The training runs among the stand-in's calls, without the calibration's (--out cal1,
+    cal2)."""
+    return [c for c in calls if c[0] == "train"
+            and not os.path.basename(c[c.index("--out") + 1]).startswith("cal")]
+
+
+def calibrations(calls):
+    return [os.path.basename(c[c.index("--out") + 1]) for c in calls
+            if c[0] == "train" and c not in runs(calls)]
+
+
 class ScriptWithStandIn(unittest.TestCase):
     """bench/paper-claim.sh's GPU path, end to end, on the stand-in above."""
 
@@ -738,8 +750,8 @@ class ScriptWithStandIn(unittest.TestCase):
         env = dict(os.environ, S2_BIN=os.path.join(d, "bin"), OUT=os.path.join(d, "out"),
                    FAKE_CALLS=os.path.join(d, "calls"), S2_PC_PRE_STEPS="3",
                    S2_PC_EXT_STEPS="2", S2_PC_PASSKEY="1", S2_PC_KV_DOCS="2",
-                   FAKE_FAIL=fail or "",
-                   FAKE_SLEEP=str(sleep), **extra)
+                   FAKE_FAIL=fail or "", FAKE_SLEEP=str(sleep))
+        env.update(extra)  # a test's settings replace the defaults above
         r = subprocess.run([os.path.join(ROOT, "bench", "paper-claim.sh")], env=env,
                            capture_output=True, text=True)
         with open(os.path.join(d, "calls")) as f:
@@ -752,7 +764,7 @@ class ScriptWithStandIn(unittest.TestCase):
     def test_run(self):
         r, calls, out = self.run_script()
         self.assertEqual(r.returncode, 0, r.stderr)
-        trains = [c for c in calls if c[0] == "train"]
+        trains = runs(calls)
         self.assertEqual(len(trains), 4)
         pre, ext = trains[0], trains[1:]
         self.assertIn("--full-attention", pre)
@@ -823,6 +835,34 @@ class ScriptWithStandIn(unittest.TestCase):
                              r"( 1\.00 \|){9} [0-9.]+ \| – \|\n")
         self.assertIn("- corpus: 0.5 of the training documents dense-recall", md)
 
+    def test_fixed_steps_still_measure_phase_2(self):
+        # fixed steps skip phase 1's calibration, not phase 2's: the budget's check after phase
+        # 1 cuts phase 2 by its measured rate (the stand-in's 1e6 tok/s), not an assumed one
+        r, calls, out = self.run_script()
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(calibrations(calls), ["cal2"])
+        with open(os.path.join(out, "paper_claim.log")) as f:
+            log = f.read()
+        self.assertIn("== calibration: 15 of phase 2's (full attention)\n", log)
+        self.assertRegex(log, r"== plan \(rates phase 1 assumed, phase 2 measured; steps fixed "
+                              r"by S2_PC_PRE_STEPS and S2_PC_EXT_STEPS: phase 1 400000 tok/s, "
+                              r"phase 2 100000\d tok/s\)")
+        # a budget too small for 2 steps at the measured rate still cuts them
+        r, calls, out = self.run_script(S2_PC_EXT_STEPS="100000", S2_PC_BUDGET_S="100",
+                                        S2_PC_RESERVE_S="8", S2_PC_MAX_DOCS="50")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open(os.path.join(out, "paper_claim.log")) as f:
+            m = re.search(r"phase 2 cut from 100000 to (\d+) steps a run", f.read())
+        self.assertTrue(m, "no cut")
+        steps = [int(c[c.index("--steps") + 1]) for c in runs(calls)[1:]]
+        self.assertEqual(steps, [int(m.group(1))] * 3)
+        self.assertGreater(steps[0], 1000)  # about 6 500: (100 - 6 - elapsed) s x 1e6 / 4096 / 3
+        # with both rates calibrated (no fixed steps), both calibration runs
+        r, calls, _ = self.run_script(S2_PC_PRE_STEPS="", S2_PC_EXT_STEPS="",
+                                      S2_PC_BUDGET_S="60", S2_PC_RESERVE_S="10")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(calibrations(calls), ["cal1", "cal2"])
+
     def test_max_docs_caps_the_training_sets(self):
         # a run of more sequences than S2_PC_MAX_DOCS goes over the same documents in epochs
         r, _, out = self.run_script(S2_PC_MAX_DOCS="7")
@@ -866,7 +906,7 @@ class ScriptWithStandIn(unittest.TestCase):
         r, calls, out = self.run_script(S2_PC_SPEC="specs/micro-byte-256.yaml",
                                         S2_PC_PRE_BATCH="32")
         self.assertEqual(r.returncode, 0, r.stderr)
-        trains = [c for c in calls if c[0] == "train"]
+        trains = runs(calls)
         self.assertIn("context_length=256", trains[0])
         self.assertEqual(trains[0][trains[0].index("--batch") + 1], "32")
         for c in trains[1:]:
@@ -899,7 +939,7 @@ class ScriptWithStandIn(unittest.TestCase):
         for c in named:
             self.assertIn("context_length=1024", c)
             self.assertNotIn("context_length=256", c)
-        init, pre = named[0], [c for c in calls if c[0] == "train"][0]
+        init, pre = named[0], runs(calls)[0]
         self.assertEqual(init[0], "init")
         self.assertEqual(pre[pre.index("--seqlens") + 1], "256")
         evals = [c for c in calls if c[0] == "eval"]
@@ -908,7 +948,7 @@ class ScriptWithStandIn(unittest.TestCase):
         self.assertEqual(at256[0][at256[0].index("--seqlens") + 1], "256")
         for c in evals:
             self.assertEqual("--seqlens" in c, c in at256, c)
-        for c in [c for c in calls if c[0] == "train"][1:]:
+        for c in runs(calls)[1:]:
             self.assertNotIn("--seqlens", c)
         with open(os.path.join(out, "paper_claim.md")) as f:
             self.assertIn("- positions: phase 1 with the extension's RoPE factor 4 already "
@@ -946,22 +986,22 @@ class ScriptWithStandIn(unittest.TestCase):
             md = f.read()
         self.assertIn("FAILED at: phase 2 (short attention)", md)
         self.assertIn("| LoRA+ with S²-Attn (G 512, shift 256) | full |", md)
-        self.assertFalse([c for c in calls if c[0] == "train" and "--full-attention" in c
+        self.assertFalse([c for c in runs(calls) if "--full-attention" in c
                           and "--mode" not in c])
 
     def test_failure_in_phase_1_is_reported(self):
         # phase 2's data, written in the background, is done by then: the job is gone
-        r, calls, out = self.run_script(fail="--mode", sleep=1.5)
+        r, calls, out = self.run_script(fail="--mode full", sleep=1.5)
         self.assertNotEqual(r.returncode, 0)
         with open(os.path.join(out, "paper_claim.md")) as f:
             self.assertIn("FAILED at: phase 1 (pre-training at 512)", f.read())
-        self.assertEqual(len([c for c in calls if c[0] == "train"]), 1)
+        self.assertEqual(len(runs(calls)), 1)
 
     def test_stop_after_pre_then_extend_its_model(self):
         # call 1: phase 1 alone, its evaluations, the model in $OUT/pre-model.tar
         r, calls, out = self.run_script(S2_PC_STOP_AFTER="pre")
         self.assertEqual(r.returncode, 0, r.stderr)
-        trains = [c for c in calls if c[0] == "train"]
+        trains = runs(calls)
         self.assertEqual(len(trains), 1)
         self.assertIn("--mode", trains[0])
         self.assertEqual(len([c for c in calls if c[0] == "logits"]), 4)
@@ -979,7 +1019,7 @@ class ScriptWithStandIn(unittest.TestCase):
         r, calls, out = self.run_script(S2_PC_PRE_MODEL=tar)
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertFalse([c for c in calls if c[0] == "init"])
-        trains = [c for c in calls if c[0] == "train"]
+        trains = runs(calls)
         self.assertEqual(len(trains), 3)
         models = {c[c.index("--model") + 1] for c in trains}
         self.assertEqual(len(models), 1)
