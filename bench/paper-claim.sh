@@ -58,10 +58,11 @@
 # 40 % to phase 1 and 20 % to each phase-2 run. S2_PC_PRE_STEPS and S2_PC_EXT_STEPS (both)
 # fix the steps instead (phase 2's calibration still runs: the budget's check after phase 1,
 # which cuts phase 2's steps when they no longer fit, needs its rate). The estimate of each
-# phase is printed before it runs. Exit status: 0 when every step ran, else the failing step's; the report is written
-# either way and says where it stopped (and $OUT/rows keeps each evaluation's JSON as it is
-# made). No outcome is assumed: the table is what ran. S2_PC_COMMIT names the commit (it takes
-# precedence over `git rev-parse`: a copied tree's .git may be stale).
+# phase is printed before it runs. Exit status: 0 when every step ran, else the failing
+# step's; the report is written either way and says where it stopped (and $OUT/rows keeps each
+# evaluation's JSON as it is made). No outcome is assumed: the table is what ran. S2_PC_COMMIT
+# names the commit (it takes precedence over `git rev-parse`: a copied tree's .git may be
+# stale).
 #
 # Positions (S2_PC_PRE_ROPE): own (default, LongLoRA's order) pre-trains at the model's own
 # positions and the extension interpolates them x4; ext pre-trains with the extension's RoPE
