@@ -68,10 +68,10 @@
 # positions and the extension interpolates them x4; ext pre-trains with the extension's RoPE
 # factor already (`--set context_length=<phase 2's> --seqlens <phase 1's>`: positions 1/4
 # apart from the start), so phase 2 changes the length only, not the scale of the positions.
-# micro-byte-256 lost every retrieval under the x4 interpolation (at every distance, perplexity
-# 8e7 before fine-tuning) and no extension, full attention's either, learned it back in 26 000
-# steps (bench/RESULTS.md): a 2-layer model's previous-token head needs the offset of one
-# position it was trained on.
+# micro-byte-256 lost every retrieval under the x4 interpolation (at every distance, before
+# fine-tuning) and no extension, full attention's either, learned it back in 26 000 steps
+# (bench/RESULTS.md); a guess at why: a 2-layer model's previous-token head needs the offset of
+# one position it was trained on.
 #
 # In two calls, so that each phase has a whole call's budget (the model learned no retrieval in
 # phase 1's share of one call): S2_PC_STOP_AFTER=pre gives the budget to phase 1 alone and ends
