@@ -12,6 +12,15 @@ digit of each recall alone, and the mean NLL of the recalled digits (ln 10 = 2.3
   pip install "jax[cpu]" optax
   python3 bench/paper_claim_twin.py --steps 4000 --heads 2            # the trainer's settings
   python3 bench/paper_claim_twin.py --steps 4000 --heads 4 --clip 1   # 4 heads of 32
+  python3 bench/paper_claim_twin.py --steps 2000 --batch 32 --heads 2 --extend 1024
+  python3 bench/paper_claim_twin.py --steps 2000 --batch 32 --heads 2 --extend 1024 --rope-factor 4
+
+--rope-factor F trains with positions divided by F (linear RoPE scaling, as the trainer's
+rope_factor: paper-claim.sh's S2_PC_PRE_ROPE=ext is 4). --extend N, after training, scores
+held-out dense-recall documents of N tokens with full attention, no fine-tuning, once with the
+positions interpolated to the trained range (divided by F x N / ctx: what the extension starts
+from) and once at the training factor (extrapolated), by the recall's distance: whether the
+extension's RoPE alone takes the recall away.
 
 It is what the trainer's phase-1 failure is held against (bench/RESULTS.md, "The paper's
 claim"): the same task and optimizer in an independent implementation.
@@ -43,7 +52,17 @@ ap.add_argument("--clip", type=float, default=0.0, help="global gradient norm; 0
 ap.add_argument("--share", type=float, default=1.0, help="dense-recall share of the documents")
 ap.add_argument("--every", type=int, default=250, help="steps between evaluations")
 ap.add_argument("--seed", type=int, default=1)
+ap.add_argument("--rope-factor", type=float, default=1.0,
+                help="positions divided by this while training (linear RoPE scaling)")
+ap.add_argument("--extend", type=int, default=0,
+                help="after training, score dense recall at this length (a multiple of --ctx)")
 a = ap.parse_args()
+if a.extend and (a.extend < a.ctx or a.extend % a.ctx):
+    ap.error(f"--extend {a.extend}: a multiple of --ctx {a.ctx} (e.g. {4 * a.ctx})")
+if a.steps <= 100:
+    ap.error(f"--steps {a.steps}: more than the 100 warm-up steps")
+if a.rope_factor <= 0:
+    ap.error(f"--rope-factor {a.rope_factor}: a positive factor (1: none)")
 V, C, D, H, L = pc.VOCAB, a.ctx, a.d, a.heads, a.layers
 HD = D // H
 INTER = (D * 8 // 3 + 15) // 16 * 16  # the specs' rule: ~8/3 hidden, a multiple of 16
@@ -78,27 +97,33 @@ def rmsnorm(x, w):
     return x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + 1e-5) * w
 
 
-_ANG = np.outer(np.arange(C), 1.0 / (10000 ** (np.arange(0, HD, 2) / HD)))
-COS = jnp.asarray(np.concatenate([np.cos(_ANG)] * 2, -1))
-SIN = jnp.asarray(np.concatenate([np.sin(_ANG)] * 2, -1))
-CAUSAL = jnp.tril(jnp.ones((C, C), bool))
+def rope_tables(n, factor):
+    """cos and sin [n, HD] of positions 0..n-1 divided by factor (linear RoPE scaling)."""
+    ang = np.outer(np.arange(n) / factor, 1.0 / (10000 ** (np.arange(0, HD, 2) / HD)))
+    return (jnp.asarray(np.concatenate([np.cos(ang)] * 2, -1)),
+            jnp.asarray(np.concatenate([np.sin(ang)] * 2, -1)))
 
 
-def rope(x):  # [T, H, HD], the halves rotated as Hugging Face's rotate_half
+COS, SIN = rope_tables(C, a.rope_factor)
+
+
+def rope(x, cos, sin):  # [T, H, HD], the halves rotated as Hugging Face's rotate_half
     t = x.shape[0]
     rot = jnp.concatenate([-x[..., HD // 2:], x[..., :HD // 2]], -1)
-    return x * COS[:t, None] + rot * SIN[:t, None]
+    return x * cos[:t, None] + rot * sin[:t, None]
 
 
-def forward(p, toks):  # toks [T] -> logits [T, V]
+def forward(p, toks, cos=None, sin=None):  # toks [T] -> logits [T, V]
     t = toks.shape[0]
+    cos, sin = (COS, SIN) if cos is None else (cos, sin)
+    causal = jnp.tril(jnp.ones((t, t), bool))
     x = p["emb"][toks]
     for lw in p["layers"]:
         h = rmsnorm(x, lw["n1"])
-        q = rope((h @ lw["wq"]).reshape(t, H, HD))
-        k = rope((h @ lw["wk"]).reshape(t, H, HD))
+        q = rope((h @ lw["wq"]).reshape(t, H, HD), cos, sin)
+        k = rope((h @ lw["wk"]).reshape(t, H, HD), cos, sin)
         v = (h @ lw["wv"]).reshape(t, H, HD)
-        s = jnp.where(CAUSAL[:t, :t], jnp.einsum("qhd,khd->hqk", q, k) / math.sqrt(HD), -1e30)
+        s = jnp.where(causal, jnp.einsum("qhd,khd->hqk", q, k) / math.sqrt(HD), -1e30)
         x = x + jnp.einsum("hqk,khd->qhd", jax.nn.softmax(s, -1), v).reshape(t, D) @ lw["wo"]
         h = rmsnorm(x, lw["n2"])
         x = x + (jax.nn.silu(h @ lw["wg"]) * (h @ lw["wu"])) @ lw["wd"]
@@ -148,6 +173,39 @@ def evaluate(p):
     return hits / n, first / n_first, nll / n
 
 
+BUCKETS = (0, 64, 128, 256, 512, 1 << 30)
+
+
+def evaluate_extended(p, n, factor):
+    """Dense recall on 16 held-out documents of n tokens with positions divided by factor:
+    digit accuracy by distance bucket, answer NLL, mean NLL of every token."""
+    global C
+    C, c0 = n, C  # document() writes --ctx tokens; here n
+    docs = [document(random.Random(f"extended {i}"), 1.0) for i in range(16)]
+    C = c0
+    cos, sin = rope_tables(n, factor)
+    run = jax.jit(jax.vmap(lambda t: forward(p, t[:-1], cos, sin)))
+    toks = jnp.asarray(np.stack([t for t, _ in docs]))
+    logits = np.asarray(run(toks), dtype=np.float64)
+    lse = logits.max(-1) + np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1))
+    tok = np.asarray(toks)[:, 1:]
+    all_nll = float(np.mean(lse - np.take_along_axis(logits, tok[..., None], -1)[..., 0]))
+    hits, cnt, nll, n_all = [0] * (len(BUCKETS) - 1), [0] * (len(BUCKETS) - 1), 0.0, 0
+    for b, (_, answers) in enumerate(docs):
+        for pos, digit, dist in answers:
+            want = digit + ord("0") + pc.BYTE_OFFSET
+            k = max(i for i in range(len(BUCKETS) - 1) if dist >= BUCKETS[i])
+            hits[k] += int(np.argmax(logits[b, pos - 1]) == want)
+            cnt[k] += 1
+            nll += lse[b, pos - 1] - logits[b, pos - 1, want]
+            n_all += 1
+    label = [f"{BUCKETS[i]}-{BUCKETS[i + 1]}" for i in range(len(BUCKETS) - 2)]
+    label.append(f"{BUCKETS[-2]}+")
+    acc = " ".join(f"{label[i]}: {hits[i] / cnt[i]:.3f} ({cnt[i]})"
+                   for i in range(len(cnt)) if cnt[i])
+    return acc, nll / n_all, all_nll
+
+
 def main():
     rng = random.Random(a.seed)
     p = init(jax.random.PRNGKey(a.seed))
@@ -161,6 +219,15 @@ def main():
             acc, first, nll = evaluate(p)
             print(f"step {it} loss_ema {ema:.3f} digit_acc {acc:.3f} first_digit {first:.3f} "
                   f"answer_nll {nll:.3f} {time.time() - t0:.0f}s", flush=True)
+    if a.extend:
+        f = a.rope_factor
+        for what, factor in ((f"at {C}, as trained", f),
+                             (f"at {a.extend}, interpolated x{a.extend // C}", f * a.extend / C),
+                             (f"at {a.extend}, as trained (extrapolated)", f)):
+            n = C if what.startswith(f"at {C},") else a.extend
+            acc, nll, all_nll = evaluate_extended(p, n, factor)
+            print(f"extend {what} (positions / {factor:g}): digit_acc by distance {acc}; "
+                  f"answer_nll {nll:.3f}; all-token nll {all_nll:.3f}", flush=True)
 
 
 if __name__ == "__main__":
