@@ -68,12 +68,14 @@ HD = D // H
 INTER = (D * 8 // 3 + 15) // 16 * 16  # the specs' rule: ~8/3 hidden, a multiple of 16
 
 
-def document(rng, share):
-    """One document's tokens (BOS ... EOS, ctx of them) and its recalls (kv_document's)."""
+def document(rng, share, ctx=None):
+    """One document's tokens (BOS ... EOS, ctx of them, default --ctx) and its recalls
+    (kv_document's)."""
+    ctx = ctx or C
     if rng.random() < share:
-        text, answers = pc.kv_document(C, rng)
+        text, answers = pc.kv_document(ctx, rng)
     else:
-        d = pc.passkey_doc(C, rng, rng.randint(0, pc.filler_room(C)), None)
+        d = pc.passkey_doc(ctx, rng, rng.randint(0, pc.filler_room(ctx)), None)
         text, answers = d["text"], []
     toks = np.frombuffer(bytes(pc.doc_tokens(text)), dtype=np.uint16).astype(np.int32)
     return toks, answers
@@ -179,10 +181,7 @@ BUCKETS = (0, 64, 128, 256, 512, 1 << 30)
 def evaluate_extended(p, n, factor):
     """Dense recall on 16 held-out documents of n tokens with positions divided by factor:
     digit accuracy by distance bucket, answer NLL, mean NLL of every token."""
-    global C
-    C, c0 = n, C  # document() writes --ctx tokens; here n
-    docs = [document(random.Random(f"extended {i}"), 1.0) for i in range(16)]
-    C = c0
+    docs = [document(random.Random(f"extended {i}"), 1.0, n) for i in range(16)]
     cos, sin = rope_tables(n, factor)
     run = jax.jit(jax.vmap(lambda t: forward(p, t[:-1], cos, sin)))
     toks = jnp.asarray(np.stack([t for t, _ in docs]))
