@@ -220,10 +220,10 @@ def main():
                   f"answer_nll {nll:.3f} {time.time() - t0:.0f}s", flush=True)
     if a.extend:
         f = a.rope_factor
-        for what, factor in ((f"at {C}, as trained", f),
-                             (f"at {a.extend}, interpolated x{a.extend // C}", f * a.extend / C),
-                             (f"at {a.extend}, as trained (extrapolated)", f)):
-            n = C if what.startswith(f"at {C},") else a.extend
+        for what, n, factor in ((f"at {C}, as trained", C, f),
+                                (f"at {a.extend}, interpolated x{a.extend // C}", a.extend,
+                                 f * a.extend / C),
+                                (f"at {a.extend}, as trained (extrapolated)", a.extend, f)):
             acc, nll, all_nll = evaluate_extended(p, n, factor)
             print(f"extend {what} (positions / {factor:g}): digit_acc by distance {acc}; "
                   f"answer_nll {nll:.3f}; all-token nll {all_nll:.3f}", flush=True)
