@@ -166,8 +166,16 @@ PRE_ROPE=${S2_PC_PRE_ROPE:-own}
 # phase 1's spec settings (and those of every command at its length): its context_length, or
 # with S2_PC_PRE_ROPE=ext the extension's (its RoPE factor) and sequences of phase 1's length
 case "$PRE_ROPE" in
-own) PRE_SET=(--set "context_length=$PRE_CTX") PRE_WIN=() ;;
-ext) PRE_SET=(--set "context_length=$EXT_CTX") PRE_WIN=(--seqlens "$PRE_CTX") ;;
+own)
+  PRE_SET=(--set "context_length=$PRE_CTX") PRE_WIN=()
+  PRE_POS="phase 1 at the model's own positions, interpolated x4 by phase 2 (S2_PC_PRE_ROPE=own,"
+  PRE_POS+=" LongLoRA's order)"
+  ;;
+ext)
+  PRE_SET=(--set "context_length=$EXT_CTX") PRE_WIN=(--seqlens "$PRE_CTX")
+  PRE_POS="phase 1 with the extension's RoPE factor 4 already (S2_PC_PRE_ROPE=ext): phase 2"
+  PRE_POS+=" changes the length, not the positions' scale"
+  ;;
 *)
   echo "paper-claim: S2_PC_PRE_ROPE=$PRE_ROPE: own (phase 1 at the model's own positions," \
     "interpolated x4 by the extension) or ext (phase 1 with the extension's interpolated" \
@@ -333,13 +341,7 @@ note spec "$SPEC ($(spec_value num_layers) layers, hidden $(spec_value hidden_si
   "byte vocabulary)"
 note corpus "$KV_SHARE of the training documents dense-recall, the rest passkey (seed $SEED)$(
   [ "$PK_PRE" = 1 ] || echo "; phase 1's all dense-recall (no passkey prompt fits $PRE_CTX)")"
-if [ "$PRE_ROPE" = ext ]; then
-  note positions "phase 1 with the extension's RoPE factor 4 already (S2_PC_PRE_ROPE=ext):" \
-    "phase 2 changes the length, not the positions' scale"
-else
-  note positions "phase 1 at the model's own positions, interpolated x4 by phase 2" \
-    "(S2_PC_PRE_ROPE=own, LongLoRA's order)"
-fi
+note positions "$PRE_POS"
 
 current="data: evaluation sets"
 if [ $quick = 1 ]; then
@@ -405,9 +407,10 @@ cal1=0 cal2=0 # the calibration runs this call makes
 [ $quick = 1 ] || [ -n "$STOP_AFTER" ] || cal2=1
 if [ $cal1 = 1 ] || [ $cal2 = 1 ]; then
   current="calibration"
-  say "== calibration:$([ $cal1 = 0 ] || echo " 40 steps of phase 1's shape")$(
-    [ $cal1 = 0 ] || [ $cal2 = 0 ] || echo ",")$(
-    [ $cal2 = 0 ] || echo " 15 of phase 2's (full attention)")"
+  what=
+  [ $cal1 = 0 ] || what="40 steps of phase 1's shape"
+  [ $cal2 = 0 ] || what="${what:+$what, }15 of phase 2's (full attention)"
+  say "== calibration: $what"
   if [ $cal1 = 1 ]; then
     gen --kind train --ctx $PRE_DOC --n $((40 * PRE_SEQ + 1)) -o "$w/cal$PRE_CTX.tokens" \
       --kv-share "$PRE_KV_SHARE"

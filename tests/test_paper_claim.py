@@ -724,16 +724,18 @@ else:
 """
 
 
+def train_outs(calls):
+    """(--out's folder name, the call) of each train call of the stand-in's."""
+    return [(os.path.basename(c[c.index("--out") + 1]), c) for c in calls if c[0] == "train"]
+
+
 def runs(calls):
-    """The training runs among the stand-in's calls, without the calibration's (--out cal1,
-    cal2)."""
-    return [c for c in calls if c[0] == "train"
-            and not os.path.basename(c[c.index("--out") + 1]).startswith("cal")]
+    """The training runs, without the calibration's (--out cal1, cal2)."""
+    return [c for name, c in train_outs(calls) if not name.startswith("cal")]
 
 
 def calibrations(calls):
-    return [os.path.basename(c[c.index("--out") + 1]) for c in calls
-            if c[0] == "train" and c not in runs(calls)]
+    return [name for name, _ in train_outs(calls) if name.startswith("cal")]
 
 
 class ScriptWithStandIn(unittest.TestCase):
