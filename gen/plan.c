@@ -84,6 +84,22 @@ s2_attn_tile s2_plan_spec_default_tile(const s2_spec *spec, const char *arch)
         if (spec->model.head_dim == 64)
             t.fwd_block_n = 64, t.fwd_stages = 4, t.fwd_mbar = 0;
     }
+    if (t.fwd_tma && spec->model.head_dim == 128 &&
+        spec->model.num_kv_heads == spec->model.num_heads &&
+        spec->s2attn.group_size >= S2_PLAN_ORDERED_DQ_MIN_GROUP &&
+        (long)spec->context_length * spec->model.num_heads <= (long)INT_MAX * t.bwd_warps) {
+        /* Long groups: the ordered dQ (the TMA dK/dV kernel adds dQ by bulk reductions in a fixed
+         * order, no dQ kernel; the same bits every run). f+b against the tile above, H100, the
+         * same call each (bench/RESULTS.md): G 8192 (N 32k) 16.49 vs 16.98 ms and 16.24 vs
+         * 16.91, G 16384 64.63 vs 67.88, G 25600 156.9 vs 165.8 (2026-12-07, two rounds), with
+         * cuDNN in the call 0.89x and 0.96x its time at 64k and 100k against 0.95x and 1.01x;
+         * at G 2048 it is 7 % slower and at 4096 the same. It needs the TMA loads (not with
+         * roll mode's shift: the test above) and head_dim 128; with grouped heads it was 15 %
+         * slower at G 4096 and is not measured longer, so they keep the dQ kernel. Its delta
+         * comes from s2_attn_bwd_pre, one warp a (token, head) row: the spec's own context must
+         * fit that grid (the dQ kernel forms delta itself and has no such limit). */
+        t.bwd_stages = 2, t.bwd_atomic_dq = 2, t.bwd_tma = 1;
+    }
     return t;
 }
 

@@ -117,9 +117,14 @@ typedef struct s2_attn_plan {
 /* The default tile for an arch ("sm_80" ... "sm_90a") and head dim, for split mode. */
 s2_attn_tile s2_plan_default_tile(const char *arch, int head_dim);
 
+/* The group size from which the default backward at head_dim 128 on sm_90a (one kv head a
+ * query head, split mode or no shift) is the ordered dQ (bwd_atomic_dq 2 on the TMA dK/dV kernel). */
+#define S2_PLAN_ORDERED_DQ_MIN_GROUP 8192
+
 /* The default tile for spec on arch: s2_plan_default_tile's, with the TMA forward (fwd_tma)
- * swapped for its cp.async twin where the spec cannot take it (roll mode with a shift). What
- * s2_plan_attn() plans with when given no tile, and the first of the tuning space. */
+ * swapped for its cp.async twin where the spec cannot take it (roll mode with a shift), and
+ * the ordered dQ's backward from S2_PLAN_ORDERED_DQ_MIN_GROUP on. What s2_plan_attn() plans
+ * with when given no tile, and the first of the tuning space. */
 s2_attn_tile s2_plan_spec_default_tile(const s2_spec *spec, const char *arch);
 
 /*

@@ -132,6 +132,78 @@ Test(plan, the_default_takes_the_tma_forward_where_the_spec_can)
     cr_expect_eq(s2_plan_spec_default_tile(&s, "sm_80").fwd_tma, 0, "TMA is sm_90a's");
 }
 
+/* load_spec's shape with groups of g tokens, four of them a context */
+static s2_spec load_group(int d, int H, int Hkv, const char *mode, int g)
+{
+    char ctx[64], group[96];
+    snprintf(ctx, sizeof ctx, "context_length=%d", 4 * g);
+    snprintf(group, sizeof group, "s2attn.group_size=%d", g);
+    s2_spec_override ov[2] = {{.text = ctx}, {.text = group}};
+    char yaml[1024];
+    snprintf(yaml, sizeof yaml,
+             "name: t\n"
+             "model: {hidden_size: %d, intermediate_size: 1024, num_layers: 2, num_heads: %d,\n"
+             "        num_kv_heads: %d, head_dim: %d, vocab_size: 256,\n"
+             "        max_position_embeddings: 512}\n"
+             "s2attn: {shift_mode: %s}\n",
+             H * d, H, Hkv, d, mode);
+    s2_spec s;
+    s2_error err = {0};
+    /* the shift: G/2, as the spec derives it */
+    cr_assert_eq(s2_spec_load_string(yaml, "t.yaml", ov, 2, &s, &err), S2_OK, "%s", err.msg);
+    return s;
+}
+
+Test(plan, the_default_backward_is_the_ordered_dq_for_long_groups_of_one_kv_head_a_head)
+{
+    s2_spec s = load_group(128, 8, 8, "split", S2_PLAN_ORDERED_DQ_MIN_GROUP);
+    s2_attn_tile t = s2_plan_spec_default_tile(&s, "sm_90a");
+    cr_expect(t.bwd_atomic_dq == 2 && t.bwd_tma == 1 && t.bwd_stages == 2,
+              "G %d: the ordered dQ (measured faster from N = 32k)", s.s2attn.group_size);
+    s2_attn_plan p;
+    s2_error err = {0};
+    cr_assert_eq(s2_plan_attn(&s, "sm_90a", NULL, &p, &err), S2_OK, "%s", err.msg);
+    cr_expect_eq(memcmp(&p.tile, &t, sizeof t), 0, "the plan's default is the spec's");
+    cr_expect_eq(p.bwd_dq_delta, 0, "delta from s2_attn_bwd_pre");
+    /* the sequence-parallel windows run the deterministic dQ kernel instead */
+    cr_assert_eq(s2_plan_window(&s, &p, &err), S2_OK, "%s", err.msg);
+    cr_expect(p.tile.bwd_atomic_dq == 0 && p.tile.bwd_tma == 0 && p.tile.bwd_stages == 4);
+    s2_attn_tile first;
+    cr_assert_eq(s2_plan_tile_space(&s, "sm_90a", S2_UNIT_ATTN_BWD, &first, 1) > 0, 1);
+    cr_expect_eq(memcmp(&first, &t, sizeof t), 0, "the tuning space starts at the default");
+
+    /* where it keeps the dQ kernel: a shorter group, grouped kv heads, head_dim 64, roll mode
+     * with a shift, another arch; the tile otherwise the one below the threshold */
+    const s2_attn_tile base = s2_plan_default_tile("sm_90a", 128);
+    struct {
+        int d, H, Hkv, g;
+        const char *mode, *arch, *why;
+    } keep[] = {
+        {128, 8, 8, S2_PLAN_ORDERED_DQ_MIN_GROUP / 2, "split", "sm_90a", "G below the threshold"},
+        {128, 8, 2, S2_PLAN_ORDERED_DQ_MIN_GROUP, "split", "sm_90a", "grouped kv heads"},
+        {64, 8, 8, S2_PLAN_ORDERED_DQ_MIN_GROUP, "split", "sm_90a", "head_dim 64"},
+        {128, 8, 8, S2_PLAN_ORDERED_DQ_MIN_GROUP, "roll", "sm_90a", "roll mode's shift"},
+        {128, 8, 8, S2_PLAN_ORDERED_DQ_MIN_GROUP, "split", "sm_80", "no TMA"},
+    };
+    for (size_t i = 0; i < sizeof keep / sizeof keep[0]; i++) {
+        s = load_group(keep[i].d, keep[i].H, keep[i].Hkv, keep[i].mode, keep[i].g);
+        t = s2_plan_spec_default_tile(&s, keep[i].arch);
+        cr_expect(t.bwd_atomic_dq == 0 && t.bwd_tma == 0, "%s", keep[i].why);
+        if (i == 0 || i == 1)
+            cr_expect_eq(memcmp(&t, &base, sizeof t), 0, "%s: the default below", keep[i].why);
+    }
+    /* roll mode without a shift can take the TMA loads, so the ordered dQ too */
+    s2_spec_override ov[3] = {{.text = "context_length=32768"},
+                              {.text = "s2attn.group_size=8192"}, {.text = "s2attn.shift=0"}};
+    cr_assert_eq(s2_spec_load_string("name: t\nmodel: {hidden_size: 1024, intermediate_size: "
+                                     "1024, num_layers: 2, num_heads: 8, head_dim: 128, "
+                                     "vocab_size: 256, max_position_embeddings: 512}\n"
+                                     "s2attn: {shift_mode: roll}\n",
+                                     "t.yaml", ov, 3, &s, &err),
+                 S2_OK, "%s", err.msg);
+    cr_expect_eq(s2_plan_spec_default_tile(&s, "sm_90a").bwd_atomic_dq, 2, "roll, shift 0");
+}
+
 Test(plan, tma_tiles_in_the_forward_space_of_split_mode_only)
 {
     for (int roll = 0; roll < 2; roll++) {
