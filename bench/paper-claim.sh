@@ -73,6 +73,11 @@
 # (bench/RESULTS.md); a guess at why: a 2-layer model's previous-token head needs the offset of
 # one position it was trained on.
 #
+# Arms (S2_PC_ARMS, default "s2 short full"): the extensions to run, any of the three (the
+# budget is shared among those named). S2_PC_EXT_MODE=full fine-tunes every weight in phase 2
+# instead of LoRA+ (`train --mode full`; LongLoRA reports S²-Attn with full fine-tuning too):
+# whether the upper bound learns retrieval beyond the group at all when LoRA+ does not.
+#
 # In two calls, so that each phase has a whole call's budget (the model learned no retrieval in
 # phase 1's share of one call): S2_PC_STOP_AFTER=pre gives the budget to phase 1 alone and ends
 # after the pre-trained model's evaluations, leaving it in $OUT/pre-model.tar; the second call,
@@ -185,6 +190,37 @@ ext)
 esac
 PRE_LR=1e-3
 EXT_LR=${S2_PC_EXT_LR:-2e-4}         # as bench/real-run.sh's extension
+# Phase 2's arms (S2_PC_ARMS: any of s2, short, full; default all three, run in that order) and
+# how they fine-tune (S2_PC_EXT_MODE: lora, LoRA+ as LongLoRA's recipe; full, every weight, as
+# the paper's full fine-tuning rows)
+ARMS=${S2_PC_ARMS:-s2 short full}
+arms=()
+for arm in s2 short full; do
+  case " ${ARMS//,/ } " in *" $arm "*) arms+=("$arm") ;; esac
+done
+for arm in ${ARMS//,/ }; do
+  case $arm in
+  s2 | short | full) ;;
+  *)
+    echo "paper-claim: S2_PC_ARMS=$ARMS: $arm is not an arm; valid: s2, short and full (any of" \
+      "them, separated by commas or spaces)" >&2
+    exit 2
+    ;;
+  esac
+done
+[ ${#arms[@]} -gt 0 ] || {
+  echo "paper-claim: S2_PC_ARMS=$ARMS: no arm; valid: s2, short and full (any of them)" >&2
+  exit 2
+}
+case ${S2_PC_EXT_MODE:-lora} in
+lora) EXT_HOW="LoRA+" EXT_MODE=() ;;
+full) EXT_HOW="full FT" EXT_MODE=(--mode full) ;;
+*)
+  echo "paper-claim: S2_PC_EXT_MODE=$S2_PC_EXT_MODE: lora (LoRA+, the default) or full (every" \
+    "weight)" >&2
+  exit 2
+  ;;
+esac
 KV_SHARE=${S2_PC_KV_SHARE:-0.5}      # the training documents that are dense-recall ones
 KV_N=${S2_PC_KV_DOCS:-24}            # held-out dense-recall documents at 2048 (x2 at 512)
 SEED=${S2_PC_SEED:-1}
@@ -243,7 +279,7 @@ finish() {
     status="complete"
   fi
   "${PY[@]}" report --rows "$rows" --md "$OUT/paper_claim.md" --json "$OUT/paper_claim.json" \
-    --info "status=$status" "${info[@]/#/--info=}" >>"$log" 2>&1 ||
+    --method "$EXT_HOW" --info "status=$status" "${info[@]/#/--info=}" >>"$log" 2>&1 ||
     echo "paper-claim: the report could not be written (see $log)" >&2
   [ -f "$OUT/paper_claim.md" ] && cat "$OUT/paper_claim.md"
   echo "paper-claim: $status; log in $log" >&2
@@ -342,6 +378,7 @@ note spec "$SPEC ($(spec_value num_layers) layers, hidden $(spec_value hidden_si
 note corpus "$KV_SHARE of the training documents dense-recall, the rest passkey (seed $SEED)$(
   [ "$PK_PRE" = 1 ] || echo "; phase 1's all dense-recall (no passkey prompt fits $PRE_CTX)")"
 note positions "$PRE_POS"
+note extensions "$EXT_HOW; arms: ${arms[*]}$([ ${#arms[@]} = 3 ] || echo " (S2_PC_ARMS)")"
 
 current="data: evaluation sets"
 if [ $quick = 1 ]; then
@@ -387,8 +424,8 @@ fi
 PRE_TRAIN=(train "$SPEC" "${PRE_SET[@]}" "${PRE_WIN[@]}" --mode full --full-attention
   --grad-accum 1 --batch "$PRE_SEQ" --lr "$PRE_LR" --warmup 100 --schedule cosine
   --weight-decay 0.01 --save-every 0 --seed "$SEED")
-EXT_TRAIN=(train "$SPEC" --set "context_length=$EXT_CTX" --grad-accum "$EXT_GA" --lr "$EXT_LR"
-  --warmup 20 --save-every 0 --seed "$SEED")
+EXT_TRAIN=(train "$SPEC" --set "context_length=$EXT_CTX" "${EXT_MODE[@]}" --grad-accum "$EXT_GA"
+  --lr "$EXT_LR" --warmup 20 --save-every 0 --seed "$SEED")
 ext_args() { # the attention of a phase-2 run
   case $1 in
   s2) ;;
@@ -438,7 +475,7 @@ else
   [ -z "$PRE_MODEL" ] || share1=0
   p=$("${PY[@]}" plan --budget "$BUDGET" --elapsed $((quick ? 15 : SECONDS)) \
     --reserve "$RESERVE" --rate1 "$RATE1" --rate2 "$RATE2" --tokens1 $((PRE_SEQ * PRE_CTX)) \
-    --tokens2 $((EXT_GA * EXT_CTX)) --share1 $share1 --n-ext 3)
+    --tokens2 $((EXT_GA * EXT_CTX)) --share1 $share1 --n-ext ${#arms[@]})
   read -r pre_steps ext_steps _ _ <<<"$p"
 fi
 # the phases this call skips need no steps
@@ -461,7 +498,8 @@ fi
 if [ -n "$STOP_AFTER" ]; then
   say "   phase 2: none here (S2_PC_STOP_AFTER=pre; the model goes to $OUT/pre-model.tar)"
 else
-  say "   phase 2: 3 runs of $ext_steps steps of $EXT_GA x $EXT_CTX tokens, about $t2 s each"
+  say "   phase 2: ${#arms[@]} run(s) (${arms[*]}) of $ext_steps steps of $EXT_GA x $EXT_CTX" \
+    "tokens, $EXT_HOW, about $t2 s each"
 fi
 say "   evaluations and data: about $RESERVE s in all (S2_PC_RESERVE_S); budget $BUDGET s"
 if [ $quick = 1 ]; then
@@ -531,7 +569,7 @@ gen_pid=
 if [ $quick = 0 ]; then # phase 1 may have run long: phase 2 gets what is left
   p=$("${PY[@]}" plan --budget "$BUDGET" --elapsed $SECONDS --reserve $((RESERVE * 3 / 4)) \
     --rate1 1 --rate2 "$RATE2" --tokens1 1 --tokens2 $((EXT_GA * EXT_CTX)) --share1 0 \
-    --n-ext 3)
+    --n-ext ${#arms[@]})
   read -r _ fit _ _ <<<"$p"
   if [ "$fit" -lt "$ext_steps" ]; then
     say "phase 1 ran long: phase 2 cut from $ext_steps to $fit steps a run to fit the budget"
@@ -545,7 +583,7 @@ if [ $quick = 0 ]; then # phase 1 may have run long: phase 2 gets what is left
   fi
 fi
 
-for mode in s2 short full; do
+for mode in "${arms[@]}"; do
   current="phase 2 ($mode attention)"
   say "== $current: $ext_steps steps"
   t0=$SECONDS
@@ -554,9 +592,14 @@ for mode in s2 short full; do
     --out "$w/ext-$mode" --steps "$ext_steps"
   if [ $ran = 1 ]; then
     run_note "phase 2 ($mode)" "$w/ext-$mode" $mode $t0 \
-      "$EXT_GA x $EXT_CTX tokens, LoRA+, lr $EXT_LR; $(epochs "$ext_steps" $EXT_GA "$ext_docs")"
-    tuned=(--model "$pre_model" --adapter "$w/ext-$mode/adapter"
-      --trainable "$w/ext-$mode/trainable.safetensors")
+      "$EXT_GA x $EXT_CTX tokens, $EXT_HOW, lr $EXT_LR;" \
+      "$(epochs "$ext_steps" $EXT_GA "$ext_docs")"
+    if [ ${#EXT_MODE[@]} = 0 ]; then
+      tuned=(--model "$pre_model" --adapter "$w/ext-$mode/adapter"
+        --trainable "$w/ext-$mode/trainable.safetensors")
+    else
+      tuned=(--model "$w/ext-$mode/model")
+    fi
   else # --quick without a GPU: no adapter exists; the evaluations are checked without one
     tuned=(--model "$pre_model")
   fi

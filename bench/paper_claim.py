@@ -607,15 +607,16 @@ def cmd_ppl(a):
     return 0
 
 
-def models(pre, ext):
+def models(pre, ext, method="LoRA+"):
     """The report's rows in order: label, description, for phase 1 at pre tokens and phase 2 at
-    ext (S²-Attn's G = ext / 4, shift G / 2: the spec's defaults at ext)."""
+    ext (S²-Attn's G = ext / 4, shift G / 2: the spec's defaults at ext), the extensions
+    fine-tuned by method (LoRA+ or full FT)."""
     return [
         (f"pre@{pre}", f"pre-trained at {pre} (its own context)"),
         (f"pre@{ext}", f"pre-trained, RoPE x{ext // pre}, no fine-tuning"),
-        ("s2", f"LoRA+ with S²-Attn (G {ext // 4}, shift {ext // 8})"),
-        ("short", f"LoRA+ with short attention (G {ext // 4}, no shift)"),
-        ("full", "LoRA+ with full attention"),
+        ("s2", f"{method} with S²-Attn (G {ext // 4}, shift {ext // 8})"),
+        ("short", f"{method} with short attention (G {ext // 4}, no shift)"),
+        ("full", f"{method} with full attention"),
     ]
 
 
@@ -677,7 +678,7 @@ def cmd_report(a):
                      "attention cannot be told apart")
     lines.append("")
     for ctx in (p_ctx, e_ctx):
-        sel = [(lab, desc, att) for lab, desc in models(p_ctx, e_ctx)
+        sel = [(lab, desc, att) for lab, desc in models(p_ctx, e_ctx, a.method)
                for att in ("full", "s2", "short")
                if (lab, att) in by and by[(lab, att)].get("ctx") == ctx]
         pks = [x for x in sel if "passkey" in by[x[0], x[2]] or "ppl" in by[x[0], x[2]]]
@@ -788,6 +789,8 @@ def main(argv=None):
         o.add_argument("--" + k, required=True)
     o.add_argument("--info", action="append", default=[], metavar="KEY=VALUE",
                    help="a line of the run's description, in order (status: the title's)")
+    o.add_argument("--method", default="LoRA+", choices=["LoRA+", "full FT"],
+                   help="how the extensions were fine-tuned (their rows' names)")
     a = ap.parse_args(argv)
     try:
         return {"gen": cmd_gen, "rate": cmd_rate, "plan": cmd_plan, "score": cmd_score,

@@ -836,6 +836,51 @@ class ScriptWithStandIn(unittest.TestCase):
         self.assertRegex(md, r"\| LoRA\+ with S²-Attn \(G 512, shift 256\) \| s2 \|"
                              r"( 1\.00 \|){9} [0-9.]+ \| – \|\n")
         self.assertIn("- corpus: 0.5 of the training documents dense-recall", md)
+        self.assertIn("\n- extensions: LoRA+; arms: s2 short full\n", md)
+
+    def test_arms_and_full_fine_tuning(self):
+        # S2_PC_ARMS=full S2_PC_EXT_MODE=full: the upper bound alone, every weight trained
+        r, calls, out = self.run_script(S2_PC_ARMS="full", S2_PC_EXT_MODE="full")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        trains = runs(calls)
+        self.assertEqual(len(trains), 2)
+        ext = trains[1]
+        self.assertEqual(ext[ext.index("--mode") + 1], "full")
+        self.assertIn("--full-attention", ext)
+        self.assertIn("context_length=2048", ext)
+        cal2 = [c for name, c in train_outs(calls) if name == "cal2"]
+        self.assertEqual(len(cal2), 1)
+        self.assertEqual(cal2[0][cal2[0].index("--mode") + 1], "full", "the rate of full FT")
+        logits = [c for c in calls if c[0] == "logits"]
+        self.assertEqual(len(logits), 6)  # the pre-trained model's 4, the full arm's 2
+        for c in logits[4:]:
+            self.assertTrue(c[c.index("--model") + 1].endswith("/ext-full/model"), c)
+            self.assertNotIn("--adapter", c)
+            self.assertNotIn("--s2attn", c)
+        evals = [c for c in calls if c[0] == "eval"]
+        self.assertTrue(evals[-1][evals[-1].index("--model") + 1].endswith("/ext-full/model"))
+        with open(os.path.join(out, "paper_claim.md")) as f:
+            md = f.read()
+        self.assertIn("\n- extensions: full FT; arms: full (S2_PC_ARMS)\n", md)
+        self.assertRegex(md, r"\n- phase 2 \(full\): 2 steps of 4 x 2048 tokens, full FT, lr ")
+        self.assertIn("| full FT with full attention | full |", md)
+        self.assertNotIn("S²-Attn (G", md)
+        with open(os.path.join(out, "paper_claim.json")) as f:
+            labels = {x["label"] for x in json.load(f)["rows"]}
+        self.assertEqual(labels, {"pre@512", "pre@2048", "full"})
+        # two arms, named in any order and either separator: run in the usual order, the
+        # budget's plan split between them
+        self.tmp.cleanup()
+        r, calls, out = self.run_script(S2_PC_ARMS="full,s2")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        ext = runs(calls)[1:]
+        self.assertEqual([os.path.basename(c[c.index("--out") + 1]) for c in ext],
+                         ["ext-s2", "ext-full"])
+        for c in ext:
+            self.assertNotIn("--mode", c)
+        with open(os.path.join(out, "paper_claim.log")) as f:
+            self.assertIn("phase 2: 2 run(s) (s2 full) of 2 steps of 4 x 2048 tokens, LoRA+",
+                          f.read())
 
     def test_fixed_steps_still_measure_phase_2(self):
         # fixed steps skip phase 1's calibration, not phase 2's: the budget's check after phase
@@ -1043,7 +1088,12 @@ class SplitSettings(unittest.TestCase):
                             ({"S2_PC_STOP_AFTER": "pre", "S2_PC_PRE_MODEL": ROOT},
                              "give one"),
                             ({"S2_PC_PRE_MODEL": "/nonexistent/pre-model.tar"},
-                             "no such file or directory")):
+                             "no such file or directory"),
+                            ({"S2_PC_ARMS": "s2 long"}, "S2_PC_ARMS=s2 long: long is not an "
+                             "arm; valid: s2, short and full"),
+                            ({"S2_PC_ARMS": " , "}, "S2_PC_ARMS= , : no arm"),
+                            ({"S2_PC_EXT_MODE": "qlora"}, "S2_PC_EXT_MODE=qlora: lora (LoRA+, "
+                             "the default) or full")):
             env = dict(os.environ, **extra)
             r = subprocess.run([os.path.join(ROOT, "bench", "paper-claim.sh")], env=env,
                                capture_output=True, text=True)
