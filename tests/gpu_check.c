@@ -84,6 +84,11 @@ static const gcase cases[] = {
     /* Hopper tiles: 9216 rows of K/V a head put 3 heads in a 16 MiB chunk (s2_block_tile),
      * so the 4 heads make a whole chunk and a partial one. */
     {"heads in chunks N=9000", 128, 4, 4, 256, 128, "split", "bf16", 1, {9000}},
+    /* Groups of 8192 tokens: on sm_90a the default backward at head_dim 128 is the ordered dQ
+     * from that group size on (S2_PLAN_ORDERED_DQ_MIN_GROUP), so tile 0 runs it here; the
+     * sequences stay shorter than a group, which keeps the CPU reference cheap. */
+    {"split G=8192 N<G", 128, 4, 4, 8192, 4096, "split", "bf16", 1, {5000}},
+    {"varlen split G=8192", 128, 4, 4, 8192, 4096, "split", "bf16", 3, {700, 4500, 33}},
 };
 #define N_CASES ((int)(sizeof cases / sizeof cases[0]))
 
