@@ -118,7 +118,8 @@ typedef struct s2_attn_plan {
 s2_attn_tile s2_plan_default_tile(const char *arch, int head_dim);
 
 /* The group size from which the default backward at head_dim 128 on sm_90a (one kv head a
- * query head, split mode or no shift) is the ordered dQ (bwd_atomic_dq 2 on the TMA dK/dV kernel). */
+ * query head, split mode or no shift) is the ordered dQ (bwd_atomic_dq 2 on the TMA dK/dV
+ * kernel). */
 #define S2_PLAN_ORDERED_DQ_MIN_GROUP 8192
 
 /* The default tile for spec on arch: s2_plan_default_tile's, with the TMA forward (fwd_tma)

@@ -202,6 +202,8 @@ Test(plan, the_default_backward_is_the_ordered_dq_for_long_groups_of_one_kv_head
                                      "t.yaml", ov, 3, &s, &err),
                  S2_OK, "%s", err.msg);
     cr_expect_eq(s2_plan_spec_default_tile(&s, "sm_90a").bwd_atomic_dq, 2, "roll, shift 0");
+    cr_expect_eq(s2_plan_attn(&s, "sm_90a", NULL, &p, &err), S2_OK, "%s", err.msg);
+    s2_error_clear(&err);
 }
 
 Test(plan, tma_tiles_in_the_forward_space_of_split_mode_only)
