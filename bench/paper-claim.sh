@@ -149,8 +149,12 @@ EXT_CTX=$((4 * PRE_CTX))
 }
 # Phase 1's step: PRE_SEQ sequences in one micro-batch (train --batch: at 512 tokens or less a
 # sequence, the step of one sequence a micro-batch is bound by kernel launches); phase 2's:
-# EXT_GA micro-batches of one sequence.
-PRE_SEQ=${S2_PC_PRE_BATCH:-8} EXT_GA=4
+# EXT_SEQ sequences, by default 4 micro-batches of one (LongLoRA's gradient accumulation), with
+# S2_PC_EXT_BATCH=N N sequences in one micro-batch (a varlen batch: several times the tokens/s
+# of a model this small at 1024 tokens).
+PRE_SEQ=${S2_PC_PRE_BATCH:-8} EXT_SEQ=${S2_PC_EXT_BATCH:-4}
+EXT_STEP=(--grad-accum 4)
+[ -z "${S2_PC_EXT_BATCH:-}" ] || EXT_STEP=(--batch "$EXT_SEQ" --grad-accum 1)
 # NAME VALUE WHAT: exits 2 unless VALUE (environment variable NAME's) is a positive integer
 positive() {
   case "$2" in
@@ -161,6 +165,7 @@ positive() {
   esac
 }
 positive S2_PC_PRE_BATCH "$PRE_SEQ" "phase 1's sequences a step"
+positive S2_PC_EXT_BATCH "$EXT_SEQ" "phase 2's sequences a step, in one micro-batch"
 # Training documents are one token shorter than the context: the trainer packs documents with a
 # separator between them into windows of C + 1 tokens starting every C tokens, so a document of
 # C - 1 tokens and its separator make every window exactly one document (BOS at position 0, as
@@ -424,7 +429,7 @@ fi
 PRE_TRAIN=(train "$SPEC" "${PRE_SET[@]}" "${PRE_WIN[@]}" --mode full --full-attention
   --grad-accum 1 --batch "$PRE_SEQ" --lr "$PRE_LR" --warmup 100 --schedule cosine
   --weight-decay 0.01 --save-every 0 --seed "$SEED")
-EXT_TRAIN=(train "$SPEC" --set "context_length=$EXT_CTX" "${EXT_MODE[@]}" --grad-accum "$EXT_GA"
+EXT_TRAIN=(train "$SPEC" --set "context_length=$EXT_CTX" "${EXT_MODE[@]}" "${EXT_STEP[@]}"
   --lr "$EXT_LR" --warmup 20 --save-every 0 --seed "$SEED")
 ext_args() { # the attention of a phase-2 run
   case $1 in
@@ -456,7 +461,7 @@ if [ $cal1 = 1 ] || [ $cal2 = 1 ]; then
     r=$(rate_of "$w/cal1" 5) && RATE1=${r%% *}
   fi
   if [ $cal2 = 1 ]; then
-    gen --kind train --ctx $EXT_DOC --n $((15 * EXT_GA + 1)) -o "$w/cal$EXT_CTX.tokens" \
+    gen --kind train --ctx $EXT_DOC --n $((15 * EXT_SEQ + 1)) -o "$w/cal$EXT_CTX.tokens" \
       --kv-share "$KV_SHARE"
     s2 "${EXT_TRAIN[@]}" --full-attention --model "$base0" --data "$w/cal$EXT_CTX.tokens" \
       --out "$w/cal2" --steps 15
@@ -475,7 +480,7 @@ else
   [ -z "$PRE_MODEL" ] || share1=0
   p=$("${PY[@]}" plan --budget "$BUDGET" --elapsed $((quick ? 15 : SECONDS)) \
     --reserve "$RESERVE" --rate1 "$RATE1" --rate2 "$RATE2" --tokens1 $((PRE_SEQ * PRE_CTX)) \
-    --tokens2 $((EXT_GA * EXT_CTX)) --share1 $share1 --n-ext ${#arms[@]})
+    --tokens2 $((EXT_SEQ * EXT_CTX)) --share1 $share1 --n-ext ${#arms[@]})
   read -r pre_steps ext_steps _ _ <<<"$p"
 fi
 # the phases this call skips need no steps
@@ -489,7 +494,7 @@ fi
 est() { awk -v s="$1" -v t="$2" -v r="$3" 'BEGIN { printf "%.0f", s * t / r }'; }
 say "== plan (rates $rates_from: phase 1 $RATE1 tok/s, phase 2 $RATE2 tok/s):"
 t1=$(est "$pre_steps" $((PRE_SEQ * PRE_CTX)) "$RATE1")
-t2=$(est "$ext_steps" $((EXT_GA * EXT_CTX)) "$RATE2")
+t2=$(est "$ext_steps" $((EXT_SEQ * EXT_CTX)) "$RATE2")
 if [ -n "$PRE_MODEL" ]; then
   say "   phase 1: none here, the pre-trained model is $PRE_MODEL"
 else
@@ -498,7 +503,7 @@ fi
 if [ -n "$STOP_AFTER" ]; then
   say "   phase 2: none here (S2_PC_STOP_AFTER=pre; the model goes to $OUT/pre-model.tar)"
 else
-  say "   phase 2: ${#arms[@]} run(s) (${arms[*]}) of $ext_steps steps of $EXT_GA x $EXT_CTX" \
+  say "   phase 2: ${#arms[@]} run(s) (${arms[*]}) of $ext_steps steps of $EXT_SEQ x $EXT_CTX" \
     "tokens, $EXT_HOW, about $t2 s each"
 fi
 say "   evaluations and data: about $RESERVE s in all (S2_PC_RESERVE_S); budget $BUDGET s"
@@ -514,7 +519,7 @@ epochs() {
 }
 # documents for n sequences, at most MAX_DOCS
 docs() { echo $(($1 < MAX_DOCS ? $1 : MAX_DOCS)); }
-pre_docs=$(docs $((pre_steps * PRE_SEQ + 1))) ext_docs=$(docs $((ext_steps * EXT_GA + 1)))
+pre_docs=$(docs $((pre_steps * PRE_SEQ + 1))) ext_docs=$(docs $((ext_steps * EXT_SEQ + 1)))
 [ -n "$PRE_MODEL" ] ||
   gen --kind train --ctx $PRE_DOC --n "$pre_docs" -o "$w/train$PRE_CTX.tokens" \
     --kv-share "$PRE_KV_SHARE"
@@ -568,7 +573,7 @@ gen_pid=
 
 if [ $quick = 0 ]; then # phase 1 may have run long: phase 2 gets what is left
   p=$("${PY[@]}" plan --budget "$BUDGET" --elapsed $SECONDS --reserve $((RESERVE * 3 / 4)) \
-    --rate1 1 --rate2 "$RATE2" --tokens1 1 --tokens2 $((EXT_GA * EXT_CTX)) --share1 0 \
+    --rate1 1 --rate2 "$RATE2" --tokens1 1 --tokens2 $((EXT_SEQ * EXT_CTX)) --share1 0 \
     --n-ext ${#arms[@]})
   read -r _ fit _ _ <<<"$p"
   if [ "$fit" -lt "$ext_steps" ]; then
@@ -592,8 +597,8 @@ for mode in "${arms[@]}"; do
     --out "$w/ext-$mode" --steps "$ext_steps"
   if [ $ran = 1 ]; then
     run_note "phase 2 ($mode)" "$w/ext-$mode" $mode $t0 \
-      "$EXT_GA x $EXT_CTX tokens, $EXT_HOW, lr $EXT_LR;" \
-      "$(epochs "$ext_steps" $EXT_GA "$ext_docs")"
+      "$EXT_SEQ x $EXT_CTX tokens$([ -z "${S2_PC_EXT_BATCH:-}" ] || echo " (--batch $EXT_SEQ)")," \
+      "$EXT_HOW, lr $EXT_LR; $(epochs "$ext_steps" $EXT_SEQ "$ext_docs")"
     if [ ${#EXT_MODE[@]} = 0 ]; then
       tuned=(--model "$pre_model" --adapter "$w/ext-$mode/adapter"
         --trainable "$w/ext-$mode/trainable.safetensors")

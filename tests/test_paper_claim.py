@@ -882,6 +882,27 @@ class ScriptWithStandIn(unittest.TestCase):
             self.assertIn("phase 2: 2 run(s) (s2 full) of 2 steps of 4 x 2048 tokens, LoRA+",
                           f.read())
 
+    def test_phase_2_sequences_in_one_micro_batch(self):
+        # S2_PC_EXT_BATCH=N: a phase-2 step is N sequences in one varlen micro-batch
+        r, calls, out = self.run_script(S2_PC_EXT_BATCH="16", S2_PC_ARMS="s2")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        ext = [c for name, c in train_outs(calls) if name in ("cal2", "ext-s2")]
+        self.assertEqual(len(ext), 2)
+        for c in ext:
+            self.assertEqual((c[c.index("--batch") + 1], c[c.index("--grad-accum") + 1]),
+                             ("16", "1"))
+        with open(os.path.join(out, "paper_claim.md")) as f:
+            self.assertRegex(f.read(), r"\n- phase 2 \(s2\): 2 steps of 16 x 2048 tokens "
+                                       r"\(--batch 16\), LoRA\+, lr [0-9e.-]+; 33 documents, "
+                                       r"0\.97 epochs")
+        # the default: 4 micro-batches of one sequence
+        self.tmp.cleanup()
+        r, calls, _ = self.run_script(S2_PC_ARMS="s2")
+        for name, c in train_outs(calls):
+            if name in ("cal2", "ext-s2"):
+                self.assertNotIn("--batch", c)
+                self.assertEqual(c[c.index("--grad-accum") + 1], "4")
+
     def test_fixed_steps_still_measure_phase_2(self):
         # fixed steps skip phase 1's calibration, not phase 2's: the budget's check after phase
         # 1 cuts phase 2 by its measured rate (the stand-in's 1e6 tok/s), not an assumed one
@@ -1093,7 +1114,9 @@ class SplitSettings(unittest.TestCase):
                              "arm; valid: s2, short and full"),
                             ({"S2_PC_ARMS": " , "}, "S2_PC_ARMS= , : no arm"),
                             ({"S2_PC_EXT_MODE": "qlora"}, "S2_PC_EXT_MODE=qlora: lora (LoRA+, "
-                             "the default) or full")):
+                             "the default) or full"),
+                            ({"S2_PC_EXT_BATCH": "0"}, "S2_PC_EXT_BATCH=0: phase 2's sequences "
+                             "a step, in one micro-batch, a positive integer")):
             env = dict(os.environ, **extra)
             r = subprocess.run([os.path.join(ROOT, "bench", "paper-claim.sh")], env=env,
                                capture_output=True, text=True)
