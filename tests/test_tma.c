@@ -12,7 +12,8 @@
 #include "gen/emit.h"
 #include "gen/plan.h"
 
-static s2_spec load_spec(int d, int H, int Hkv, const char *mode)
+/* A spec of this shape: context_length ctx, groups of g tokens shifted by shift */
+static s2_spec load_shape(int d, int H, int Hkv, const char *mode, int ctx, int g, int shift)
 {
     char yaml[1024];
     snprintf(yaml, sizeof yaml,
@@ -20,13 +21,18 @@ static s2_spec load_spec(int d, int H, int Hkv, const char *mode)
              "model: {hidden_size: %d, intermediate_size: 1024, num_layers: 2, num_heads: %d,\n"
              "        num_kv_heads: %d, head_dim: %d, vocab_size: 256,\n"
              "        max_position_embeddings: 512}\n"
-             "context_length: 16384\n"
-             "s2attn: {group_size: 4096, shift: 2048, shift_mode: %s}\n",
-             H * d, H, Hkv, d, mode);
+             "context_length: %d\n"
+             "s2attn: {group_size: %d, shift: %d, shift_mode: %s}\n",
+             H * d, H, Hkv, d, ctx, g, shift, mode);
     s2_spec s;
     s2_error err = {0};
     cr_assert_eq(s2_spec_load_string(yaml, "t.yaml", NULL, 0, &s, &err), S2_OK, "%s", err.msg);
     return s;
+}
+
+static s2_spec load_spec(int d, int H, int Hkv, const char *mode)
+{
+    return load_shape(d, H, Hkv, mode, 16384, 4096, 2048);
 }
 
 #define TMA128                                                                                  \
@@ -132,26 +138,10 @@ Test(plan, the_default_takes_the_tma_forward_where_the_spec_can)
     cr_expect_eq(s2_plan_spec_default_tile(&s, "sm_80").fwd_tma, 0, "TMA is sm_90a's");
 }
 
-/* load_spec's shape with groups of g tokens, four of them a context */
+/* load_spec's shape with groups of g tokens, four of them a context, shifted by g / 2 */
 static s2_spec load_group(int d, int H, int Hkv, const char *mode, int g)
 {
-    char ctx[64], group[96];
-    snprintf(ctx, sizeof ctx, "context_length=%d", 4 * g);
-    snprintf(group, sizeof group, "s2attn.group_size=%d", g);
-    s2_spec_override ov[2] = {{.text = ctx}, {.text = group}};
-    char yaml[1024];
-    snprintf(yaml, sizeof yaml,
-             "name: t\n"
-             "model: {hidden_size: %d, intermediate_size: 1024, num_layers: 2, num_heads: %d,\n"
-             "        num_kv_heads: %d, head_dim: %d, vocab_size: 256,\n"
-             "        max_position_embeddings: 512}\n"
-             "s2attn: {shift_mode: %s}\n",
-             H * d, H, Hkv, d, mode);
-    s2_spec s;
-    s2_error err = {0};
-    /* the shift: G/2, as the spec derives it */
-    cr_assert_eq(s2_spec_load_string(yaml, "t.yaml", ov, 2, &s, &err), S2_OK, "%s", err.msg);
-    return s;
+    return load_shape(d, H, Hkv, mode, 4 * g, g, g / 2);
 }
 
 Test(plan, the_default_backward_is_the_ordered_dq_for_long_groups_of_one_kv_head_a_head)
@@ -193,14 +183,7 @@ Test(plan, the_default_backward_is_the_ordered_dq_for_long_groups_of_one_kv_head
             cr_expect_eq(memcmp(&t, &base, sizeof t), 0, "%s: the default below", keep[i].why);
     }
     /* roll mode without a shift can take the TMA loads, so the ordered dQ too */
-    s2_spec_override ov[3] = {{.text = "context_length=32768"},
-                              {.text = "s2attn.group_size=8192"}, {.text = "s2attn.shift=0"}};
-    cr_assert_eq(s2_spec_load_string("name: t\nmodel: {hidden_size: 1024, intermediate_size: "
-                                     "1024, num_layers: 2, num_heads: 8, head_dim: 128, "
-                                     "vocab_size: 256, max_position_embeddings: 512}\n"
-                                     "s2attn: {shift_mode: roll}\n",
-                                     "t.yaml", ov, 3, &s, &err),
-                 S2_OK, "%s", err.msg);
+    s = load_shape(128, 8, 8, "roll", 32768, S2_PLAN_ORDERED_DQ_MIN_GROUP, 0);
     cr_expect_eq(s2_plan_spec_default_tile(&s, "sm_90a").bwd_atomic_dq, 2, "roll, shift 0");
     cr_expect_eq(s2_plan_attn(&s, "sm_90a", NULL, &p, &err), S2_OK, "%s", err.msg);
     s2_error_clear(&err);
