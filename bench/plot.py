@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Charts (PNG) of the files s2lora's benches and trainer write.
 
-  --attn FILE     `s2lora bench attn --json` output ({"device", "rows": [...]}), or
-                  bench/gpu-check.sh's bench_attn.json ({"runs": [one such object a run]}):
+  --attn FILE     `s2lora bench attn --json` output ({"device", "rows": [...]}),
+                  bench/gpu-check.sh's bench_attn.json ({"runs": [one such object a run]}), or
+                  `s2lora bench attn --csv` output (the same fields; it names no card):
                   attn.png, TF/s (S² FLOPs) against N on a log2 axis, one line per
                   implementation (and shape, when there are several: head dim, and
                   grouped-query heads "GQA H/Hkv"), a forward and a forward+backward panel.
@@ -93,8 +94,59 @@ def need(obj, key, where):
 
 # ------------------------------------------------------------------------------ inputs
 
+def read_text(path):
+    """A file's text; an unreadable or non-text file is an InputError naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as e:
+        raise InputError(f"{path}: cannot read: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not text: {e}") from None
+
+
+def csv_rows(path, text, fields, required):
+    """(where, row) of each data line of a CSV whose header holds the required fields."""
+    reader = csv.DictReader(text.splitlines())
+    if not reader.fieldnames or not set(required) <= set(reader.fieldnames):
+        raise InputError(f"{path}: line 1: expected a CSV header with the fields "
+                         f"{','.join(fields)}")
+    for r in reader:
+        where = f"{path}: line {reader.line_num}"
+        if None in r or None in r.values():
+            raise InputError(f"{where}: {len(reader.fieldnames)} fields expected")
+        yield where, r
+
+
+ATTN_FIELDS = ("impl", "N", "d", "H", "Hkv", "fwd_tflops", "fb_tflops", "failed", "note")
+
+
+def attn_row(r, where, device, commit):
+    impl = need(r, "impl", where)
+    if not isinstance(impl, str) or not impl:
+        raise InputError(f"{where}: 'impl' is {impl!r}; expected a name")
+    return {
+        "impl": impl, "N": integer(need(r, "N", where), where, "N"),
+        "d": integer(need(r, "d", where), where, "d"),
+        "heads": heads_of(r, where),
+        "fwd_tflops": number(need(r, "fwd_tflops", where), where, "fwd_tflops"),
+        "fb_tflops": number(need(r, "fb_tflops", where), where, "fb_tflops"),
+        "failed": flag(r.get("failed"), where, "failed"),
+        "device": device, "commit": commit,
+        "tile": tile_of(r.get("note")),
+    }
+
+
 def read_attn(path):
-    """Rows of a bench attn JSON, each with its run's device: a list of dicts."""
+    """Rows of a bench attn JSON, each with its run's device, or of its CSV (which names no
+    device: --card does): a list of dicts."""
+    text = read_text(path)
+    if text.lstrip()[:1] not in ("{", "["):
+        out = [attn_row(r, where, "", "")
+               for where, r in csv_rows(path, text, ATTN_FIELDS, ("impl", "N", "d"))]
+        if not out:
+            raise InputError(f"{path}: no rows")
+        return out
     root = load_json(path)
     if isinstance(root, dict) and "runs" in root:
         runs = root["runs"]
@@ -114,19 +166,7 @@ def read_attn(path):
             w = f"{where}: rows[{i}]"
             if not isinstance(r, dict):
                 raise InputError(f"{w}: not an object")
-            impl = need(r, "impl", w)
-            if not isinstance(impl, str) or not impl:
-                raise InputError(f"{w}: 'impl' is {impl!r}; expected a name")
-            out.append({
-                "impl": impl, "N": integer(need(r, "N", w), w, "N"),
-                "d": integer(need(r, "d", w), w, "d"),
-                "heads": heads_of(r, w),
-                "fwd_tflops": number(need(r, "fwd_tflops", w), w, "fwd_tflops"),
-                "fb_tflops": number(need(r, "fb_tflops", w), w, "fb_tflops"),
-                "failed": flag(r.get("failed"), w, "failed"),
-                "device": device, "commit": commit,
-                "tile": tile_of(r.get("note")),
-            })
+            out.append(attn_row(r, w, device, commit))
     if not out:
         raise InputError(f"{path}: no rows")
     return out
@@ -157,13 +197,7 @@ def lora_row(r, where):
 
 def read_lora(path):
     """Rows of a bench lora CSV or JSON (same field names) and the device it names, if any."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as e:
-        raise InputError(f"{path}: cannot read: {e.strerror}") from None
-    except UnicodeDecodeError as e:
-        raise InputError(f"{path}: not text: {e}") from None
+    text = read_text(path)
     device = commit = ""
     if text.lstrip()[:1] in ("{", "["):
         root = load_json(path)
@@ -180,16 +214,8 @@ def read_lora(path):
                 raise InputError(f"{path}: rows[{i}]: not an object")
             out.append(lora_row(r, f"{path}: rows[{i}]"))
     else:
-        reader = csv.DictReader(text.splitlines())
-        if not reader.fieldnames or not {"M", "dim", "r"} <= set(reader.fieldnames):
-            raise InputError(f"{path}: line 1: expected a CSV header with the fields "
-                             f"{','.join(LORA_FIELDS)}")
-        out = []
-        for r in reader:
-            where = f"{path}: line {reader.line_num}"
-            if None in r or None in r.values():
-                raise InputError(f"{where}: {len(reader.fieldnames)} fields expected")
-            out.append(lora_row(r, where))
+        out = [lora_row(r, where)
+               for where, r in csv_rows(path, text, LORA_FIELDS, ("M", "dim", "r"))]
     if not out:
         raise InputError(f"{path}: no rows")
     return out, device, commit

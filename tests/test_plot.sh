@@ -60,6 +60,13 @@ json.dump(run, open(os.path.join(t, "attn_one.json"), "w"), indent=2)
 no_rate = [dict(r, fwd_frac_of_gemm=None, fb_frac_of_gemm=None) for r in rows[:3]]
 json.dump({"runs": [run, dict(run, gemm_bf16_tflops=None, rows=no_rate)]},
           open(os.path.join(t, "attn_runs.json"), "w"))
+# bench attn --csv's form of the same rows: a failed row's times empty, failed 0/1
+attn_keys = list(rows[0])
+with open(os.path.join(t, "attn.csv"), "w") as f:
+    f.write(",".join(attn_keys) + "\n")
+    for r in rows:
+        f.write(",".join("" if r[k] is None else str(int(r[k])) if isinstance(r[k], bool)
+                         else str(r[k]) for k in attn_keys) + "\n")
 lora = []
 for m in (4096, 16384, 65536):
     for dim in (4096, 8192):
@@ -139,6 +146,9 @@ check "... a non-blank PNG" png_ok "$tmp/c4/train.png"
 check "one bench attn JSON (not gpu-check's runs) and bench lora JSON" \
   "$py" bench/plot.py --attn "$tmp/attn_one.json" --lora "$tmp/lora.json" -o "$tmp/c3"
 check "lora.png from JSON is a non-blank PNG" png_ok "$tmp/c3/lora.png"
+check "bench attn's CSV, the card from --card" sh -c "'$py' bench/plot.py --attn '$tmp/attn.csv' \
+  --card CSV-CARD -o '$tmp/c5' | grep -q 'attn.png (.*CSV-CARD'"
+check "attn.png from CSV is a non-blank PNG" png_ok "$tmp/c5/attn.png"
 check "no stray temporary files in the output folder" \
   test "$(ls -A "$out" | sort | tr '\n' ' ')" = "attn.png lora.png train.png "
 
@@ -163,6 +173,11 @@ refused "attn: a row without N" "noN.json: rows[0]: no 'N'" --attn "$tmp/noN.jso
 printf '{"runs": [{"rows": []}, {"device": "x"}]}' >"$tmp/runs.json"
 refused "attn: a run without rows" "runs.json: runs[1]: expected an object with a 'rows' list" \
   --attn "$tmp/runs.json"
+printf 'impl,d,fwd_tflops\ns2lora,128,1\n' >"$tmp/noN.csv"
+refused "attn CSV: a header without N" "noN.csv: line 1: expected a CSV header with the fields" \
+  --attn "$tmp/noN.csv"
+printf 'impl,N,d,fwd_tflops,fb_tflops\ns2lora,8192,128,x,1\n' >"$tmp/badt.csv"
+refused "attn CSV: a bad rate" "badt.csv: line 2: 'fwd_tflops' is 'x'" --attn "$tmp/badt.csv"
 printf 'M,dim,r,fwd_overhead_pct,fb_overhead_pct,failed\n%s\n%s\n' 16384,4096,8,5.0,12.0,0 \
   16384,4096,x,5,12,0 >"$tmp/badr.csv"
 refused "lora CSV: a bad rank" "badr.csv: line 3: 'r' is 'x'" --lora "$tmp/badr.csv"
