@@ -23,7 +23,8 @@
 #      alone (--no-peers: a tile A/B, or lengths where the peers take minutes);
 #      S2_BENCH_PEER_IMPLS=LIST runs only those peers (--peer-impls); S2_BENCH_GQA=1 adds
 #      LLaMA-2 70B's grouped-query heads (64/8) at S2_BENCH_GQA_SEQLENS (default 16384).
-#  Only when named in S2_SECTIONS: ncu (hardware counters of the attention kernels at 16k),
+#  Only when named in S2_SECTIONS: ncu (hardware counters of the attention kernels at 16k, or
+#  at S2_NCU_SEQLEN),
 #  sanitize (compute-sanitizer memcheck, synccheck and racecheck on every gpu_check family) and
 #  torch (the Python package, python/, through libs2lora.so: bench/torch_check.py checks
 #  s2lora.attention against float64 and SDPA, attn_implementation="s2lora" in a transformers +
@@ -49,6 +50,14 @@
 # so S2_SECTIONS="train lora bench" returns 3 logs, data.tar and the 3 charts).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
+# the settings, checked before anything is removed or run: the ncu section's length
+ncu_n=${S2_NCU_SEQLEN:-16384}
+case $ncu_n in
+'' | *[!0-9]* | 0*)
+  echo "gpu-check: S2_NCU_SEQLEN=$ncu_n: the ncu section's sequence length, a positive integer" >&2
+  exit 2
+  ;;
+esac
 BIN=${S2_BIN:-build}
 OUTDIR=${OUT:-/tmp/s2lora-gpu-check}
 mkdir -p "$OUTDIR"
@@ -302,9 +311,10 @@ fi
 
 if want ncu; then
 # Not in the default sections: where the attention kernels lose time, read from the hardware
-# counters (tensor pipe, shared-memory bank conflicts, issue stalls, occupancy) at N = 16k,
-# d = 128, H = 32, one launch of each kernel. Costs about a minute of device time.
-echo "== ncu: the attention kernels at N = 16384 (S2_NCU_TILE: one --tile)"
+# counters (tensor pipe, shared-memory bank conflicts, issue stalls, occupancy) at N = 16k
+# (S2_NCU_SEQLEN names another), d = 128, H = 32, one launch of each kernel. Costs about a
+# minute of device time at 16k.
+echo "== ncu: the attention kernels at N = $ncu_n (S2_NCU_TILE: one --tile)"
 ncu_tile_args=()
 [ -n "${S2_NCU_TILE:-}" ] && ncu_tile_args=(--tile "$S2_NCU_TILE")
 metrics=gpu__time_duration.sum,sm__throughput.avg.pct_of_peak_sustained_elapsed,\
@@ -324,7 +334,7 @@ lts__t_sectors_op_red.sum,lts__throughput.avg.pct_of_peak_sustained_elapsed,\
 dram__throughput.avg.pct_of_peak_sustained_elapsed
 ncu --target-processes all -k regex:'^s2_attn' --launch-skip 0 --launch-count 8 \
   --metrics "$metrics" --csv --page raw \
-  "$BIN/s2lora" bench attn specs/llama2-7b-32k.yaml --seqlens 16384 --no-peers --reps 1 \
+  "$BIN/s2lora" bench attn specs/llama2-7b-32k.yaml --seqlens "$ncu_n" --no-peers --reps 1 \
   --warmup 0 "${ncu_tile_args[@]}" >"$OUTDIR/ncu.txt" 2>&1 || status=1
 python3 - "$OUTDIR/ncu.txt" "$metrics" <<'PY'
 import csv, sys

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # s2lora_gpu_check's arguments, with no GPU: every usage error exits 2 with a message naming
-# what is valid, and --build-only builds what --tile, --family and --only pick, no more.
+# what is valid, and --build-only builds what --tile, --family and --only pick, no more; and
+# bench/gpu-check.sh's own settings checks.
 #   tests/gpu_check_usage.sh PATH/TO/s2lora_gpu_check
 set -uo pipefail
 gc=${1:?usage: tests/gpu_check_usage.sh S2LORA_GPU_CHECK}
@@ -29,6 +30,15 @@ usage "--tile 0 with --family lora: a tile is an attention tile" --family lora -
 out=$("$gc" --build-only sm_90a --tile 12 --only "split GQA 8/2" 2>&1)
 if [ $? != 0 ] || ! grep -qF "built 1 cases x tile 12 for sm_90a" <<<"$out"; then
   echo "FAIL: --build-only sm_90a --tile 12 --only 'split GQA 8/2': $out"
+  fail=1
+fi
+# the script that drives it on a GPU machine refuses a bad setting before anything runs or is
+# removed (it clears its kernel cache, here this test's, when it starts)
+mkdir -p "$S2LORA_CACHE_DIR"
+out=$(S2_NCU_SEQLEN=16k bash "$(dirname "$0")/../bench/gpu-check.sh" 2>&1)
+if [ $? != 2 ] || ! grep -qF "S2_NCU_SEQLEN=16k: the ncu section's sequence length" <<<"$out" ||
+  [ ! -d "$S2LORA_CACHE_DIR" ]; then
+  echo "FAIL: S2_NCU_SEQLEN=16k bench/gpu-check.sh: $out"
   fail=1
 fi
 [ $fail = 0 ] && echo "gpu_check usage: PASS"
