@@ -153,8 +153,9 @@ EXT_CTX=$((4 * PRE_CTX))
 # S2_PC_EXT_BATCH=N N sequences in one micro-batch (a varlen batch: several times the tokens/s
 # of a model this small at 1024 tokens).
 PRE_SEQ=${S2_PC_PRE_BATCH:-8} EXT_SEQ=${S2_PC_EXT_BATCH:-4}
-EXT_STEP=(--grad-accum 4)
-[ -z "${S2_PC_EXT_BATCH:-}" ] || EXT_STEP=(--batch "$EXT_SEQ" --grad-accum 1)
+EXT_STEP=(--grad-accum 4) EXT_STEP_NOTE=
+[ -z "${S2_PC_EXT_BATCH:-}" ] ||
+  EXT_STEP=(--batch "$EXT_SEQ" --grad-accum 1) EXT_STEP_NOTE=" (--batch $EXT_SEQ)"
 # NAME VALUE WHAT: exits 2 unless VALUE (environment variable NAME's) is a positive integer
 positive() {
   case "$2" in
@@ -597,7 +598,7 @@ for mode in "${arms[@]}"; do
     --out "$w/ext-$mode" --steps "$ext_steps"
   if [ $ran = 1 ]; then
     run_note "phase 2 ($mode)" "$w/ext-$mode" $mode $t0 \
-      "$EXT_SEQ x $EXT_CTX tokens$([ -z "${S2_PC_EXT_BATCH:-}" ] || echo " (--batch $EXT_SEQ)")," \
+      "$EXT_SEQ x $EXT_CTX tokens$EXT_STEP_NOTE," \
       "$EXT_HOW, lr $EXT_LR; $(epochs "$ext_steps" $EXT_SEQ "$ext_docs")"
     if [ ${#EXT_MODE[@]} = 0 ]; then
       tuned=(--model "$pre_model" --adapter "$w/ext-$mode/adapter"

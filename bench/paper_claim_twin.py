@@ -175,7 +175,8 @@ def evaluate(p):
     return hits / n, first / n_first, nll / n
 
 
-BUCKETS = (0, 64, 128, 256, 512, 1 << 30)
+# the distance buckets of evaluate_extended, and the far ones together (paper_claim.kv_groups)
+BUCKETS, FAR = pc.parse_buckets("0,64,128,256,512"), 512
 
 
 def evaluate_extended(p, n, factor):
@@ -189,20 +190,17 @@ def evaluate_extended(p, n, factor):
     lse = logits.max(-1) + np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1))
     tok = np.asarray(toks)[:, 1:]
     all_nll = float(np.mean(lse - np.take_along_axis(logits, tok[..., None], -1)[..., 0]))
-    hits, cnt, nll, n_all = [0] * (len(BUCKETS) - 1), [0] * (len(BUCKETS) - 1), 0.0, 0
+    hits, cnt, nll = {}, {}, 0.0
     for b, (_, answers) in enumerate(docs):
         for pos, digit, dist in answers:
             want = digit + ord("0") + pc.BYTE_OFFSET
-            k = max(i for i in range(len(BUCKETS) - 1) if dist >= BUCKETS[i])
-            hits[k] += int(np.argmax(logits[b, pos - 1]) == want)
-            cnt[k] += 1
+            for g in pc.kv_groups(BUCKETS, FAR, dist):
+                hits[g] = hits.get(g, 0) + int(np.argmax(logits[b, pos - 1]) == want)
+                cnt[g] = cnt.get(g, 0) + 1
             nll += lse[b, pos - 1] - logits[b, pos - 1, want]
-            n_all += 1
-    label = [f"{BUCKETS[i]}-{BUCKETS[i + 1]}" for i in range(len(BUCKETS) - 2)]
-    label.append(f"{BUCKETS[-2]}+")
-    acc = " ".join(f"{label[i]}: {hits[i] / cnt[i]:.3f} ({cnt[i]})"
-                   for i in range(len(cnt)) if cnt[i])
-    return acc, nll / n_all, all_nll
+    groups = [pc.bucket_name(lo, hi) for lo, hi in BUCKETS] + [f"{FAR}+"]
+    acc = " ".join(f"{g}: {hits[g] / cnt[g]:.3f} ({cnt[g]})" for g in groups if g in cnt)
+    return acc, nll / cnt["all"], all_nll
 
 
 def main():
