@@ -78,6 +78,12 @@
 # instead of LoRA+ (`train --mode full`; LongLoRA reports S²-Attn with full fine-tuning too):
 # whether the upper bound learns retrieval beyond the group at all when LoRA+ does not.
 #
+# The passkey prompt (S2_PC_PASSKEY_TASK): yes (default) opens it with LongLoRA's task line, so
+# that it needs 256 tokens and phase 1 at 256 sees none; no drops that line (107 tokens), so
+# that phase 1 at 256 learns the passkey too (keys 82..231 tokens back) and the extension asks
+# the arms to keep a retrieval the model had, as LongLoRA's base models had theirs (in run e the
+# passkey was new in phase 2).
+#
 # In two calls, so that each phase has a whole call's budget (the model learned no retrieval in
 # phase 1's share of one call): S2_PC_STOP_AFTER=pre gives the budget to phase 1 alone and ends
 # after the pre-trained model's evaluations, leaving it in $OUT/pre-model.tar; the second call,
@@ -240,13 +246,32 @@ RESERVE=${S2_PC_RESERVE_S:-120}
 MAX_DOCS=${S2_PC_MAX_DOCS:-300000}
 positive S2_PC_MAX_DOCS "$MAX_DOCS" "a training set's most documents"
 PK_N=${S2_PC_PASSKEY:-40}            # prompts per distance bucket
+case ${S2_PC_PASSKEY_TASK:-yes} in
+yes) TASK_ARG=() TASK_PY=True ;;
+no) TASK_ARG=(--no-task) TASK_PY=False ;;
+*)
+  echo "paper-claim: S2_PC_PASSKEY_TASK=$S2_PC_PASSKEY_TASK: yes (the passkey prompt opens with" \
+    "LongLoRA's task line, the default) or no (without it: a prompt fits 256 tokens)" >&2
+  exit 2
+  ;;
+esac
 # distance buckets: quarters and a half at phase 1's length; eighths, quarters, halves and
 # three quarters of phase 2's (0-256, 256-512, 512-1024, 1024-1536, 1536-2048 at 2048)
 PK_BUCKETS_PRE=0,$((PRE_CTX / 4)),$((PRE_CTX / 2)),$PRE_CTX
 # The passkey prompt at phase 1's length only where its filler leaves the key's depth room (half
-# the context: 512 tokens and longer); at 256 every prompt would be the same distance.
-PK_PRE=$(python3 -c "import sys; sys.path.insert(0, 'bench'); import paper_claim as pc
-print(int(pc.filler_room($PRE_CTX) >= $PRE_CTX // 2))")
+# the context: 512 tokens and longer with the task line, 256 without); else every prompt would
+# be about the same distance. Its buckets are those its distances reach (from 82 tokens: at 256
+# without the task line, 64-128 and 128-256).
+read -r PK_PRE PK_BUCKETS_PRE_PK < <(python3 -c "import sys; sys.path.insert(0, 'bench')
+import paper_claim as pc
+edges = [int(x) for x in '$PK_BUCKETS_PRE'.split(',')]
+try:
+    room = pc.filler_room($PRE_CTX, $TASK_PY)
+except ValueError:
+    room = -1
+while len(edges) > 2 and edges[1] <= pc.DIST_BASE:
+    edges.pop(0)
+print(int(room >= $PRE_CTX // 2), ','.join(map(str, edges)))")
 PRE_KV_SHARE=$KV_SHARE # phase 1's corpus: without the passkey at its length, dense recall only
 [ "$PK_PRE" = 1 ] || PRE_KV_SHARE=1
 PK_BUCKETS_EXT=0,$((EXT_CTX / 8)),$((EXT_CTX / 4)),$((EXT_CTX / 2)),$((EXT_CTX * 3 / 4)),$EXT_CTX
@@ -357,7 +382,7 @@ retrieval() {
   done
 }
 
-gen() { "${PY[@]}" gen --seed "$SEED" "$@" >>"$log"; }
+gen() { "${PY[@]}" gen --seed "$SEED" "${TASK_ARG[@]}" "$@" >>"$log"; }
 
 # What a run's train.jsonl says: median tokens/s, steps, last loss EMA.
 rate_of() { "${PY[@]}" rate "$1/train.jsonl" --skip "${2:-5}"; }
@@ -382,7 +407,9 @@ note commit "$commit"
 note spec "$SPEC ($(spec_value num_layers) layers, hidden $(spec_value hidden_size)," \
   "byte vocabulary)"
 note corpus "$KV_SHARE of the training documents dense-recall, the rest passkey (seed $SEED)$(
-  [ "$PK_PRE" = 1 ] || echo "; phase 1's all dense-recall (no passkey prompt fits $PRE_CTX)")"
+  [ -z "${TASK_ARG[*]}" ] || printf '%s %s' "; passkey prompts without the task line" \
+    "(S2_PC_PASSKEY_TASK=no)"
+  [ "$PK_PRE" = 1 ] || printf '%s' "; phase 1's all dense-recall (no passkey prompt fits $PRE_CTX)")"
 note positions "$PRE_POS"
 note extensions "$EXT_HOW; arms: ${arms[*]}$([ ${#arms[@]} = 3 ] || echo " (S2_PC_ARMS)")"
 
@@ -403,7 +430,7 @@ n_held512=$((quick ? 3 : 257)) n_held2048=$((quick ? 3 : 65)) # +1: a window nee
 gen --kind heldout --ctx $PRE_CTX --n $n_held512 -o "$w/heldout$PRE_CTX.tokens"
 gen --kind heldout --ctx $EXT_CTX --n $n_held2048 -o "$w/heldout$EXT_CTX.tokens"
 [ "$PK_PRE" = 0 ] ||
-  gen --kind passkey --ctx $PRE_CTX --n "$PK_N" --buckets $PK_BUCKETS_PRE \
+  gen --kind passkey --ctx $PRE_CTX --n "$PK_N" --buckets $PK_BUCKETS_PRE_PK \
     --meta "$w/pk$PRE_CTX.json" --logits-in "$w/pk$PRE_CTX.safetensors"
 gen --kind passkey --ctx $EXT_CTX --n "$PK_N" --buckets $PK_BUCKETS_EXT \
   --meta "$w/pk$EXT_CTX.json" --logits-in "$w/pk$EXT_CTX.safetensors"
@@ -527,7 +554,7 @@ pre_docs=$(docs $((pre_steps * PRE_SEQ + 1))) ext_docs=$(docs $((ext_steps * EXT
 # phase 2's documents are written while phase 1 trains (the trainer uses one core; the
 # generator four)
 if [ -z "$STOP_AFTER" ]; then
-  "${PY[@]}" gen --seed "$SEED" --kind train --ctx $EXT_DOC --n "$ext_docs" \
+  "${PY[@]}" gen --seed "$SEED" "${TASK_ARG[@]}" --kind train --ctx $EXT_DOC --n "$ext_docs" \
     -o "$w/train$EXT_CTX.tokens" --kv-share "$KV_SHARE" --procs 4 >>"$log" 2>&1 &
   gen_pid=$!
 fi

@@ -13,7 +13,8 @@ Subcommands (python3 standard library only; the GPU machine has no internet):
            "cu_seqlens" I32 [B+1]) with a JSON of every answer's row, token and distance
            (--meta; for dense recall also the recall of each digit); --text-dir also writes
            each document's bytes as a file (to check the token file against `s2lora data
-           --bytes`)
+           --bytes`); --no-task drops the passkey prompt's opening task line, so that a prompt
+           fits 256 tokens with room left for the key's depth
   rate     the median tokens/s of a train.jsonl (steps after the first few)
   plan     steps for each phase from a time budget and measured (or assumed) rates
   score    passkey retrieval from an `s2lora logits` output: exact match of the answer " K"
@@ -90,33 +91,39 @@ def filler(n):
     return " ".join([GARBAGE] * reps)[:n]
 
 
-# What is not filler: the task, four newlines, the information line, the question, " K.".
+# What is not filler: the task, four newlines, the information line, the question, " K.";
+# without the task line (task=False: a prompt that fits 256 tokens with room for the key's
+# depth), three newlines.
 FIXED = len(TASK) + 4 + len(info_line(10 ** (KEY_DIGITS - 1))) + len(QUESTION) + 2 + KEY_DIGITS
+FIXED_NO_TASK = FIXED - len(TASK) - 1
 # From the key's first digit in the information line to the answer's first digit, with an
 # empty SUFFIX: the rest of the information line, two newlines, the question and the space.
 DIST_BASE = len(info_line(10 ** (KEY_DIGITS - 1))) - len("The pass key is ") + 2 + len(QUESTION) + 1
 
 
-def filler_room(ctx):
-    """len(PREFIX) + len(SUFFIX) of a document of ctx tokens (BOS and EOS included)."""
-    room = ctx - 2 - FIXED
+def filler_room(ctx, task=True):
+    """len(PREFIX) + len(SUFFIX) of a document of ctx tokens (BOS and EOS included); task:
+    whether the prompt opens with the task line."""
+    fixed = FIXED if task else FIXED_NO_TASK
+    room = ctx - 2 - fixed
     if room < 0:
-        raise ValueError(f"--ctx {ctx}: a document needs at least {FIXED + 2} tokens")
+        raise ValueError(f"--ctx {ctx}: a passkey document needs at least {fixed + 2} tokens"
+                         + ("" if not task else f" ({FIXED_NO_TASK + 2} with --no-task)"))
     return room
 
 
-def distance_range(ctx):
+def distance_range(ctx, task=True):
     """The smallest and largest distance a document of ctx tokens can have."""
-    return DIST_BASE, DIST_BASE + filler_room(ctx)
+    return DIST_BASE, DIST_BASE + filler_room(ctx, task)
 
 
-def document(ctx, key, n_suffix):
+def document(ctx, key, n_suffix, task=True):
     """(text, distance): the document's bytes between BOS and EOS, and its distance."""
-    room = filler_room(ctx)
+    room = filler_room(ctx, task)
     if not 0 <= n_suffix <= room:
         raise ValueError(f"suffix of {n_suffix} characters: valid 0..{room} at --ctx {ctx}")
-    text = "\n".join([TASK, filler(room - n_suffix), info_line(key), filler(n_suffix),
-                      QUESTION]) + f" {key}."
+    text = "\n".join([TASK] * task + [filler(room - n_suffix), info_line(key), filler(n_suffix),
+                                      QUESTION]) + f" {key}."
     assert len(text) == ctx - 2, (len(text), ctx)
     return text, DIST_BASE + n_suffix
 
@@ -141,9 +148,10 @@ def bucket_name(lo, hi):
 CHUNK = 1024
 
 
-def documents(kind, ctx, n, seed, buckets=None, kv_share=0.0, procs=1):
+def documents(kind, ctx, n, seed, buckets=None, kv_share=0.0, procs=1, task=True):
     """The corpus: a list of dicts, the same for the same arguments. Passkey documents have
-    text, key, distance, bucket; dense-recall ones text and answers (kv_document's).
+    text, key, distance, bucket; dense-recall ones text and answers (kv_document's); task:
+    whether passkey documents open with the task line.
 
     train: n documents, each a dense-recall one with probability kv_share, else a passkey one
     with the suffix length uniform over 0..room (the key at a uniformly random depth);
@@ -157,10 +165,10 @@ def documents(kind, ctx, n, seed, buckets=None, kv_share=0.0, procs=1):
     if kind in ("train", "heldout", "kv"):
         share = {"train": kv_share, "heldout": 0.0, "kv": 1.0}[kind]
         if share < 1:
-            filler_room(ctx)  # refuses a context too short for a passkey document
+            filler_room(ctx, task)  # refuses a context too short for a passkey document
         if share > 0:
             kv_slots(ctx)  # and one too short, or too long for the key pool, for dense recall
-        jobs = [(kind, ctx, seed, c, min(CHUNK, n - c * CHUNK), share)
+        jobs = [(kind, ctx, seed, c, min(CHUNK, n - c * CHUNK), share, task)
                 for c in range((n + CHUNK - 1) // CHUNK)]
         if procs > 1 and len(jobs) > 1:
             import multiprocessing
@@ -172,7 +180,7 @@ def documents(kind, ctx, n, seed, buckets=None, kv_share=0.0, procs=1):
     if kind != "passkey":
         raise ValueError(f"--kind {kind}: valid train, heldout, passkey, kv")
     rng = random.Random(f"{kind}:{ctx}:{seed}")
-    dmin, dmax = distance_range(ctx)
+    dmin, dmax = distance_range(ctx, task)
     out = []
     for lo, hi in buckets:
         a, b = max(lo, dmin), min(hi - 1, dmax)
@@ -180,27 +188,28 @@ def documents(kind, ctx, n, seed, buckets=None, kv_share=0.0, procs=1):
             raise ValueError(f"bucket {bucket_name(lo, hi)}: a document of {ctx} tokens has "
                              f"distances {dmin}..{dmax} only")
         for _ in range(n):
-            out.append(passkey_doc(ctx, rng, rng.randint(a, b) - DIST_BASE, bucket_name(lo, hi)))
+            out.append(passkey_doc(ctx, rng, rng.randint(a, b) - DIST_BASE, bucket_name(lo, hi),
+                                   task))
     return out
 
 
-def passkey_doc(ctx, rng, n_suffix, bucket):
+def passkey_doc(ctx, rng, n_suffix, bucket, task=True):
     key = rng.randrange(10 ** (KEY_DIGITS - 1), 10 ** KEY_DIGITS)
-    text, dist = document(ctx, key, n_suffix)
+    text, dist = document(ctx, key, n_suffix, task)
     return {"text": text, "key": str(key), "distance": dist, "bucket": bucket}
 
 
-def _chunk(kind, ctx, seed, c, n, share):
+def _chunk(kind, ctx, seed, c, n, share, task=True):
     """Chunk c of a train, heldout or kv corpus: n documents."""
     rng = random.Random(f"{kind}:{ctx}:{seed}:{c}")
-    room = filler_room(ctx) if share < 1 else 0
+    room = filler_room(ctx, task) if share < 1 else 0
     out = []
     for _ in range(n):
         if share >= 1 or (share > 0 and rng.random() < share):
             text, answers = kv_document(ctx, rng)
             out.append({"text": text, "answers": answers})
         else:
-            out.append(passkey_doc(ctx, rng, rng.randint(0, room), None))
+            out.append(passkey_doc(ctx, rng, rng.randint(0, room), None, task))
     return out
 
 
@@ -364,7 +373,7 @@ def cmd_gen(a):
     if not (a.out or a.meta):
         raise SystemExit("gen: nothing to write (-o, or --meta and --logits-in)")
     docs = documents(a.kind, a.ctx, a.n, a.seed, buckets if a.kind == "passkey" else None,
-                     a.kv_share, a.procs)
+                     a.kv_share, a.procs, not a.no_task)
     if a.out:
         n = write_token_file(a.out, docs)
         kv = sum("answers" in d for d in docs)
@@ -764,6 +773,9 @@ def main(argv=None):
     g.add_argument("--meta")
     g.add_argument("--logits-in")
     g.add_argument("--text-dir")
+    g.add_argument("--no-task", action="store_true",
+                   help="passkey documents without the task line (LongLoRA's opening sentence), "
+                        f"so that one fits {FIXED_NO_TASK + 2} tokens instead of {FIXED + 2}")
     r = sub.add_parser("rate")
     r.add_argument("log")
     r.add_argument("--skip", type=int, default=5)

@@ -121,6 +121,37 @@ class Corpus(unittest.TestCase):
             self.assertLess(dist[0], lo + (hi - lo) // 10)
             self.assertGreater(dist[-1], hi - (hi - lo) // 10)
 
+    def test_documents_without_the_task_line(self):
+        # --no-task: the task line left out, so a prompt fits 256 tokens with room for the
+        # key's depth (distances 82..231 there)
+        self.assertEqual(pc.FIXED - pc.FIXED_NO_TASK, len(pc.TASK) + 1)
+        self.assertEqual(pc.distance_range(256, False), (82, 82 + 256 - 2 - pc.FIXED_NO_TASK))
+        self.assertEqual(pc.filler_room(256), 0)
+        for ctx in (256, 1024, 1023):
+            docs = pc.documents("train", ctx, 200, 4, kv_share=0.5, task=False)
+            self.assertEqual(docs, pc.documents("train", ctx, 200, 4, kv_share=0.5, task=False,
+                                                procs=2))
+            lo, hi = pc.distance_range(ctx, False)
+            pk = [d for d in docs if "key" in d]
+            self.assertGreater(len(pk), 50)
+            for d in pk:
+                self.assertEqual(len(d["text"]), ctx - 2)
+                self.assertNotIn(pc.TASK, d["text"])
+                first = d["text"].split("\n", 1)[0]  # PREFIX, the document's first line
+                self.assertEqual(first, pc.filler(len(first)))
+                m = INFO.search(d["text"])
+                self.assertEqual(m.group(1), d["key"])
+                self.assertEqual(len(d["text"]) - 6 - m.start(1), d["distance"])
+                self.assertTrue(lo <= d["distance"] <= hi)
+        prompts = pc.documents("passkey", 256, 5, 1, pc.parse_buckets("64,128,256"), task=False)
+        self.assertEqual(sorted({d["bucket"] for d in prompts}), ["128-256", "64-128"])
+        self.assertTrue(all(82 <= d["distance"] < 128 for d in prompts[:5]))
+        with self.assertRaisesRegex(ValueError, "at least 256 tokens \\(107 with --no-task\\)"):
+            pc.documents("heldout", 200, 1, 1)
+        self.assertEqual(len(pc.documents("heldout", 200, 1, 1, task=False)[0]["text"]), 198)
+        with self.assertRaisesRegex(ValueError, "at least 107 tokens$"):
+            pc.documents("heldout", 100, 1, 1, task=False)
+
     def test_filler_is_longlora_garbage(self):
         inf = " ".join([pc.GARBAGE] * 50)
         for n in (0, 1, 89, 90, 91, 1000):
@@ -995,6 +1026,31 @@ class ScriptWithStandIn(unittest.TestCase):
         self.assertIn("phase 1's all dense-recall (no passkey prompt fits 256)", md)
         self.assertIn("none at 256, where the prompt leaves the key no room to move", md)
         self.assertRegex(md, r"\n- phase 1: 3 steps of 32 x 256 tokens \(--batch 32\)")
+
+    def test_passkey_without_the_task_line(self):
+        # S2_PC_PASSKEY_TASK=no: the prompt fits 256, so phase 1 trains on passkey documents too
+        # and the pre-trained model is scored on them at 256 (the buckets its distances reach)
+        r, calls, out = self.run_script(S2_PC_SPEC="specs/micro-byte-256.yaml",
+                                        S2_PC_PRE_BATCH="32", S2_PC_PASSKEY_TASK="no")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        tok = [os.path.basename(c[c.index("--tokens") + 1]) for c in calls if c[0] == "logits"]
+        self.assertEqual(tok[:4], ["pk256.safetensors", "kv256.safetensors",
+                                   "pk1024.safetensors", "kv1024.safetensors"])
+        with open(os.path.join(out, "paper_claim.log")) as f:
+            log = f.read()
+        m = re.search(r"train256.tokens: 97 train documents of 255 tokens \(\d+ tokens; "
+                      r"(\d+) dense-recall", log)
+        self.assertTrue(m and 0 < int(m.group(1)) < 97, m)  # the passkey in phase 1 too
+        with open(os.path.join(out, "paper_claim.md")) as f:
+            md = f.read()
+        self.assertIn("passkey prompts without the task line (S2_PC_PASSKEY_TASK=no)", md)
+        self.assertNotIn("no passkey prompt fits", md)
+        self.assertIn("| 64-128 | 128-256 | all |", md)
+        r = subprocess.run([os.path.join(ROOT, "bench", "paper-claim.sh"), "--quick"],
+                           env=dict(os.environ, S2_PC_PASSKEY_TASK="maybe"), capture_output=True,
+                           text=True)
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("S2_PC_PASSKEY_TASK=maybe: yes (the passkey prompt opens with", r.stderr)
 
     def test_phase_1_at_the_extensions_positions(self):
         # S2_PC_PRE_ROPE=ext: init, phase 1 and every command at 256 take phase 2's
