@@ -1472,6 +1472,55 @@ Test(ckpt, init_random_from_spec)
     free(pa), free(pb), free(pc), free(w), free(nw), free(a), free(b), free(c);
 }
 
+/* The init's weights are one stream (runtime/core/train_io.c): value i of the checkpoint (tensors
+ * in file order, norms drawing none) is 0.02 x a Box-Muller normal of two splitmix64 draws from
+ * state seed + 2i x the increment, rounded to the dtype. The pool fills tensors in chunks of
+ * 65536 values from states jumped ahead: the values on both sides of a chunk boundary, and the
+ * first of the tensor after the embeddings (their 264 x 256 values in two chunks), are those
+ * of the sequential walk. */
+static float init_stream_value(uint64_t seed, uint64_t i)
+{
+    uint64_t s = seed + 2 * i * 0x9E3779B97F4A7C15ull;
+    const double u1 = ((double)(s2_splitmix64(&s) >> 11) + 0.5) * 0x1.0p-53;
+    const double u2 = (double)(s2_splitmix64(&s) >> 11) * 0x1.0p-53;
+    const float f = (float)(0.02 * sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
+    uint16_t h;
+    float back;
+    s2_f32_to_half(S2_ST_BF16, &f, &h, 1);
+    s2_half_to_f32(S2_ST_BF16, &h, &back, 1);
+    return back;
+}
+
+Test(ckpt, init_random_is_one_stream_across_chunks_and_tensors)
+{
+    s2_spec spec;
+    s2_error err = {0};
+    s2_spec_override ov = {"context_length=512"};
+    cr_assert_eq(s2_spec_load(S2_SOURCE_DIR "/specs/tiny-byte-512.yaml", &ov, 1, &spec, &err),
+                 S2_OK, "%s", err.msg);
+    cr_assert_eq(spec.dtype, S2_DTYPE_BF16);
+    char *a = in_dir("init-stream");
+    cr_assert_eq(s2_ckpt_init_random(a, &spec, 11, &err), S2_OK, "%s", err.msg);
+    s2_ckpt *ck = NULL;
+    cr_assert_eq(s2_ckpt_open(a, &ck, &err), S2_OK, "%s", err.msg);
+    const size_t ne = 264 * 256, nq = 256 * 256;
+    float *e = malloc(ne * sizeof *e), *q = malloc(nq * sizeof *q);
+    cr_assert_eq(s2_ckpt_read_f32(ck, "model.embed_tokens.weight", e, ne, &err), S2_OK, "%s",
+                 err.msg);
+    cr_assert_eq(s2_ckpt_read_f32(ck, "model.layers.0.self_attn.q_proj.weight", q, nq, &err),
+                 S2_OK, "%s", err.msg);
+    const size_t at[] = {0, 1, 65535, 65536, 65537, ne - 1};
+    for (size_t k = 0; k < sizeof at / sizeof at[0]; k++)
+        cr_expect_eq(e[at[k]], init_stream_value(11, at[k]), "embedding value %zu: %g, not %g",
+                     at[k], e[at[k]], init_stream_value(11, at[k]));
+    for (size_t k = 0; k < 3; k++)
+        cr_expect_eq(q[k], init_stream_value(11, ne + k), "q_proj value %zu: %g, not %g", k,
+                     q[k], init_stream_value(11, ne + k));
+    cr_expect_eq(q[nq - 1], init_stream_value(11, ne + nq - 1));
+    s2_ckpt_close(ck);
+    free(e), free(q), free(a);
+}
+
 /* transformers 5 writes "rope_parameters" (with rope_theta inside) instead of "rope_scaling". */
 Test(ckpt, rope_parameters_transformers5)
 {

@@ -8,6 +8,7 @@
  */
 #define _GNU_SOURCE
 #include "runtime/core/train_io.h"
+#include "runtime/core/pool.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -1444,6 +1445,36 @@ s2_status s2_ckpt_init_random(const char *dir, const s2_spec *spec, uint64_t see
     return s2_ckpt_init_random_progress(dir, spec, seed, NULL, NULL, err);
 }
 
+/* The weights are one stream: the i-th random value of the checkpoint (tensors in file order,
+ * norms drawing none) is 0.02 x init_normal of the splitmix64 state seed + 2i x its increment,
+ * since a value takes two draws and a draw adds the increment. So a chunk of a tensor starts
+ * its own state there, and the pool fills the chunks in parallel with the bytes of one thread's
+ * sequential walk whatever the thread count. */
+#define INIT_CHUNK ((size_t)1 << 16) /* values a chunk */
+#define SPLITMIX64_INCREMENT 0x9E3779B97F4A7C15ull
+
+typedef struct {
+    s2_st_dtype dt;
+    uint16_t *dst;
+    size_t n;        /* values of the tensor */
+    uint64_t state0; /* the state before the tensor's first value */
+    float *scratch;  /* INIT_CHUNK floats per worker */
+} init_fill;
+
+static s2_status init_fill_chunk(void *arg, int item, int worker, s2_error *err)
+{
+    (void)err;
+    const init_fill *j = arg;
+    const size_t begin = (size_t)item * INIT_CHUNK;
+    const size_t len = j->n - begin < INIT_CHUNK ? j->n - begin : INIT_CHUNK;
+    float *f = j->scratch + (size_t)worker * INIT_CHUNK;
+    uint64_t rng = j->state0 + 2 * (uint64_t)begin * SPLITMIX64_INCREMENT;
+    for (size_t i = 0; i < len; i++)
+        f[i] = (float)(0.02 * init_normal(&rng));
+    s2_f32_to_half(j->dt, f, j->dst + begin, len);
+    return S2_OK;
+}
+
 s2_status s2_ckpt_init_random_progress(const char *dir, const s2_spec *spec, uint64_t seed,
                                        s2_progress_fn progress, void *progress_ctx,
                                        s2_error *err)
@@ -1459,7 +1490,12 @@ s2_status s2_ckpt_init_random_progress(const char *dir, const s2_spec *spec, uin
     if (!t)
         return s2_error_set(err, S2_ERR_NOMEM, "out of memory");
     const s2_st_dtype dt = spec->dtype == S2_DTYPE_BF16 ? S2_ST_BF16 : S2_ST_F16;
-    uint64_t rng = seed;
+    uint64_t rng = seed; /* the state before the next tensor's first value */
+    int width = 0;
+    st = s2_pool_width(INT_MAX, 0, &width, err);
+    float *scratch = st ? NULL : malloc((size_t)width * INIT_CHUNK * sizeof *scratch);
+    if (!st && !scratch)
+        st = s2_error_set(err, S2_ERR_NOMEM, "out of memory initialising the weights");
     int n = 0;
     uint64_t done = 0, total = 0; /* bytes of the tensors, for the progress */
     if (progress) {
@@ -1506,20 +1542,34 @@ s2_status s2_ckpt_init_random_progress(const char *dir, const s2_spec *spec, uin
         x->shape[1] = cols;
         x->nbytes = ne * 2;
         x->data = malloc(x->nbytes);
-        float *f = malloc(ne * sizeof *f);
-        if (!x->name || !x->data || !f) {
-            free(f);
+        if (!x->name || !x->data) {
             st = s2_error_set(err, S2_ERR_NOMEM, "out of memory initialising %s", name);
             break;
         }
-        for (size_t i = 0; i < ne; i++)
-            f[i] = cols ? (float)(0.02 * init_normal(&rng)) : 1.0f;
-        s2_f32_to_half(dt, f, x->data, ne);
-        free(f);
+        if (cols) {
+            init_fill j = {dt, x->data, ne, rng, scratch};
+            const size_t chunks = (ne + INIT_CHUNK - 1) / INIT_CHUNK;
+            if (chunks > INT_MAX) {
+                st = s2_error_set(err, S2_ERR_INVALID, "%s: %zu values, too many to initialise",
+                                  name, ne);
+                break;
+            }
+            st = s2_pool_for((int)chunks, 0, init_fill_chunk, &j, err);
+            if (st)
+                break;
+            rng += 2 * (uint64_t)ne * SPLITMIX64_INCREMENT;
+        } else {
+            const float one = 1.0f;
+            uint16_t h, *d = x->data;
+            s2_f32_to_half(dt, &one, &h, 1);
+            for (size_t i = 0; i < ne; i++)
+                d[i] = h;
+        }
         done += x->nbytes;
         if (progress)
             progress(progress_ctx, "initialising the weights", done, done > total ? done : total);
     }
+    free(scratch);
     char path[PATH_MAX];
     static const char *mk[] = {"format"}, *mv[] = {"pt"};
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
