@@ -681,6 +681,31 @@ Test(cli, init_refuses_a_directory_that_holds_something, .timeout = 60)
     s2_test_rmtree(dir);
 }
 
+/* init's weights do not depend on the pool's width: one thread and three give the same bytes
+ * (the tiny model's larger tensors span several of the fill's chunks). */
+Test(cli, init_is_the_same_on_any_number_of_threads, .timeout = 60)
+{
+    char dir[] = "/tmp/s2cli.XXXXXX";
+    cr_assert(mkdtemp(dir));
+    char cmd[2048], pa[1100], pb[1100], *out;
+    const char *spec = S2_SOURCE_DIR "/specs/tiny-byte-512.yaml";
+    for (int k = 0; k < 2; k++) {
+        snprintf(cmd, sizeof cmd, "S2LORA_THREADS=%d %s init %s -o %s/m%d --seed 5", k ? 3 : 1,
+                 BIN, spec, dir, k);
+        cr_expect_eq(run(cmd, &out), 0, "%s", out);
+        free(out);
+    }
+    snprintf(pa, sizeof pa, "%s/m0/model.safetensors", dir);
+    snprintf(pb, sizeof pb, "%s/m1/model.safetensors", dir);
+    char *a = NULL, *b = NULL;
+    size_t na = 0, nb = 0;
+    cr_assert_eq(s2_read_file(pa, &a, &na, NULL), S2_OK);
+    cr_assert_eq(s2_read_file(pb, &b, &nb, NULL), S2_OK);
+    cr_expect(na > 1000000 && na == nb && memcmp(a, b, na) == 0, "%zu and %zu bytes", na, nb);
+    free(a), free(b);
+    s2_test_rmtree(dir);
+}
+
 /* A checkpoint extended already (rope_scaling factor 8: the tiny spec's own 4096 over 512)
  * trained at another factor: refused, naming the two ways out, and each of them works. */
 Test(cli, train_rope_scaling_of_an_extended_checkpoint, .timeout = 120)
