@@ -25,6 +25,9 @@
 #      LLaMA-2 70B's grouped-query heads (64/8) at S2_BENCH_GQA_SEQLENS (default 16384).
 #  Only when named in S2_SECTIONS: ncu (hardware counters of the attention kernels at 16k, or
 #  at S2_NCU_SEQLEN),
+#  long (LLaMA-2 7B whole, 32 layers, a random checkpoint from `s2lora init`, trained 3 steps at
+#  102400 tokens on one GPU with --recompute layer: tokens/s and peak memory, the claim that 100k
+#  fits one H100; S2_LONG_SEQLEN names another length; about 4 minutes on an H100),
 #  sanitize (compute-sanitizer memcheck, synccheck and racecheck on every gpu_check family) and
 #  torch (the Python package, python/, through libs2lora.so: bench/torch_check.py checks
 #  s2lora.attention against float64 and SDPA, attn_implementation="s2lora" in a transformers +
@@ -58,6 +61,14 @@ case $ncu_n in
   exit 2
   ;;
 esac
+long_n=${S2_LONG_SEQLEN:-102400}
+case $long_n in
+'' | *[!0-9]* | 0*)
+  echo "gpu-check: S2_LONG_SEQLEN=$long_n: the long section's sequence length, a positive" \
+    "integer" >&2
+  exit 2
+  ;;
+esac
 BIN=${S2_BIN:-build}
 OUTDIR=${OUT:-/tmp/s2lora-gpu-check}
 mkdir -p "$OUTDIR"
@@ -68,10 +79,11 @@ export S2LORA_CACHE_DIR=${S2LORA_CACHE_DIR:-/tmp/s2lora-cache}
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 rm -rf "$S2LORA_CACHE_DIR"
 status=0
-# S2_SECTIONS picks sections (default all but ncu, sanitize and torch): build check api peers
-# model train tune gate lora bench;
-# ncu (hardware counters of the attention kernels), sanitize (compute-sanitizer on every
-# gpu_check family) and torch (bench/torch_check.py, about 4 minutes) run only when named. One
+# S2_SECTIONS picks sections (default all but ncu, long, sanitize and torch): build check api
+# peers model train tune gate lora bench;
+# ncu (hardware counters of the attention kernels), long (the whole 7B at 100k), sanitize
+# (compute-sanitizer on every gpu_check family) and torch (bench/torch_check.py, about 4
+# minutes) run only when named. One
 # device call
 # may run 10 minutes; the whole script takes about 8 (H100, 2026-11-25 estimate), so a
 # session short of time splits it, e.g. S2_SECTIONS="build check peers gate", then "tune bench".
@@ -199,6 +211,41 @@ for f in "$tw"/peers/*/torch-train/train.jsonl; do # the PyTorch stack's steps b
   [ -f "$f" ] && cp "$f" "$DATA/train-torch-$(basename "$(dirname "$(dirname "$f")")").jsonl"
 done
 rm -rf "$tw"
+fi
+
+if want long; then
+echo "== LLaMA-2 7B, 32 layers, trained at $long_n tokens on one GPU (a random checkpoint)"
+# specs/llama2-7b-100k.yaml at its own length or another (context_length: the RoPE factor and
+# the groups follow it); the data: this repository's text as byte tokens, ids the 32000-token
+# vocabulary holds. Three steps of one sequence; the first builds and warms up.
+lw=$(mktemp -d /tmp/s2lora-long.XXXXXX)
+cat README.md runtime/*/*.c templates/*.cuh >"$lw/text.txt"
+t0=$(date +%s)
+{
+  "$BIN/s2lora" data --bytes "$lw/text.txt" -o "$lw/text.tokens" &&
+    "$BIN/s2lora" init specs/llama2-7b-100k.yaml --set context_length="$long_n" -o "$lw/m" \
+      --seed 1 &&
+    echo "long: init $(($(date +%s) - t0)) s" &&
+    "$BIN/s2lora" train specs/llama2-7b-100k.yaml --set context_length="$long_n" \
+      --model "$lw/m" --data "$lw/text.tokens" --out "$lw/o" --steps 3 --grad-accum 1 \
+      --save-every 0 --warmup 1 --recompute layer
+} >"$OUTDIR/long.txt" 2>&1 || status=1
+grep -E "^long: |^s2lora: (train|recompute)|out of memory|error" "$OUTDIR/long.txt" | head -8
+python3 - "$lw/o/train.jsonl" "$long_n" <<'PY' 2>&1 | tee -a "$OUTDIR/long.txt"
+import json, sys
+try:
+    r = [json.loads(l) for l in open(sys.argv[1])]
+except OSError:
+    print(f"long: 7B at {sys.argv[2]} tokens: no train.jsonl (see long.txt): FAIL"); sys.exit(0)
+last = r[-1]
+print(f"long: 7B at {sys.argv[2]} tokens on one GPU: {len(r)} steps, step {last['step']} "
+      f"{last['tokens_per_s']:.0f} tokens/s (MFU {last['mfu']:.3f}), peak "
+      f"{max(last['peak_mem_gib']):.2f} GiB, loss {last['loss']:.4f}: "
+      f"{'PASS' if len(r) == 3 else 'FAIL'}")
+PY
+[ -f "$lw/o/train.jsonl" ] && cp "$lw/o/train.jsonl" "$DATA/long-7b-$long_n.jsonl"
+grep -q "^long: .*FAIL" "$OUTDIR/long.txt" && status=1
+rm -rf "$lw"
 fi
 
 if want tune; then
@@ -458,6 +505,7 @@ grep -E '^api_check: [0-9]+ of|^api_check: (PASS|FAIL)$' "$OUTDIR/api_check.txt"
 grep -E 'PASS|FAIL' "$OUTDIR/peer_compare.txt" 2>/dev/null | awk '{printf "peer %-16s %s\n", $1, $NF}'
 grep -E '^(model_check|llama_peers): (PASS|FAIL)' "$OUTDIR/model_check.txt" 2>/dev/null
 grep -E '^(train|resume|batch): |: s2lora / pytorch' "$OUTDIR/train.txt" 2>/dev/null
+grep -E '^long: ' "$OUTDIR/long.txt" 2>/dev/null
 grep -E '^(bench attn:|card: |== |impl |s2lora|sdpa-|flex-|fastest peer|no peer)' "$OUTDIR/bench_attn.txt" 2>/dev/null
 grep -E '^compute-sanitizer |ERROR SUMMARY|RACECHECK SUMMARY|^gpu_check: [0-9]' "$OUTDIR/sanitize.txt" 2>/dev/null
 grep -E '^(FAIL |torch_check: )' "$OUTDIR/torch_check.txt" 2>/dev/null

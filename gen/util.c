@@ -190,6 +190,15 @@ s2_status s2_read_file(const char *path, char **data, size_t *size, s2_error *er
 
 s2_status s2_write_file_atomic(const char *path, const void *data, size_t size, s2_error *err)
 {
+    const s2_file_part part = {data, size};
+    return s2_write_parts_atomic(path, &part, 1, err);
+}
+
+s2_status s2_write_parts_atomic(const char *path, const s2_file_part *parts, int n,
+                                s2_error *err)
+{
+    if (n < 0 || (n > 0 && !parts))
+        return s2_error_set(err, S2_ERR_INVALID, "%s: invalid arguments (%d parts)", path, n);
     char tmp[PATH_MAX];
     if (snprintf(tmp, sizeof tmp, "%s.tmp.XXXXXX", path) >= (int)sizeof tmp)
         return s2_error_set(err, S2_ERR_IO, "%s: path too long", path);
@@ -197,20 +206,22 @@ s2_status s2_write_file_atomic(const char *path, const void *data, size_t size, 
     if (fd < 0)
         return s2_error_set(err, S2_ERR_IO, "%s: cannot create temporary file: %s", path,
                             strerror(errno));
-    const char *p = data;
-    size_t left = size;
-    while (left > 0) {
-        ssize_t n = write(fd, p, left);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0) {
-            int e = errno;
-            close(fd);
-            unlink(tmp);
-            return s2_error_set(err, S2_ERR_IO, "%s: write failed: %s", path, strerror(e));
+    for (int i = 0; i < n; i++) {
+        const char *p = parts[i].data;
+        size_t left = parts[i].size;
+        while (left > 0) {
+            ssize_t w = write(fd, p, left);
+            if (w < 0 && errno == EINTR)
+                continue;
+            if (w <= 0) {
+                int e = errno;
+                close(fd);
+                unlink(tmp);
+                return s2_error_set(err, S2_ERR_IO, "%s: write failed: %s", path, strerror(e));
+            }
+            p += w;
+            left -= (size_t)w;
         }
-        p += n;
-        left -= (size_t)n;
     }
     /* mkstemp creates 0600; published files are ordinary 0644 files. */
     if (fchmod(fd, 0644) != 0 || fsync(fd) != 0) {

@@ -84,6 +84,15 @@ s2_status s2_read_file(const char *path, char **data, size_t *size, s2_error *er
  */
 s2_status s2_write_file_atomic(const char *path, const void *data, size_t size, s2_error *err);
 
+/* The same for a file made of n parts written in order (a header and large buffers, without
+ * copying them into one): the file is their concatenation. */
+typedef struct {
+    const void *data;
+    size_t size;
+} s2_file_part;
+s2_status s2_write_parts_atomic(const char *path, const s2_file_part *parts, int n,
+                                s2_error *err);
+
 /* mkdir -p; existing directories are fine. */
 s2_status s2_mkdir_p(const char *path, s2_error *err);
 

@@ -41,5 +41,11 @@ if [ $? != 2 ] || ! grep -qF "S2_NCU_SEQLEN=16k: the ncu section's sequence leng
   echo "FAIL: S2_NCU_SEQLEN=16k bench/gpu-check.sh: $out"
   fail=1
 fi
+out=$(S2_LONG_SEQLEN=100k bash "$(dirname "$0")/../bench/gpu-check.sh" 2>&1)
+if [ $? != 2 ] || ! grep -qF "S2_LONG_SEQLEN=100k: the long section's sequence length" <<<"$out" ||
+  [ ! -d "$S2LORA_CACHE_DIR" ]; then
+  echo "FAIL: S2_LONG_SEQLEN=100k bench/gpu-check.sh: $out"
+  fail=1
+fi
 [ $fail = 0 ] && echo "gpu_check usage: PASS"
 exit $fail

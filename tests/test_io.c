@@ -206,3 +206,36 @@ Test(io, tuning_db_import_is_bounded)
     s2_tunedb_close(db);
     s2_error_clear(&err);
 }
+
+/* A file written from parts: their concatenation, atomically (no temporary file left), the
+ * empty parts included; a directory that does not exist is an I/O error naming the path. */
+Test(io, parts_are_written_in_order_atomically)
+{
+    char path[128];
+    snprintf(path, sizeof path, "%s/parts.bin", dir);
+    const s2_file_part parts[] = {{"head", 4}, {"", 0}, {"-middle-", 8}, {"tail", 4}};
+    s2_error err = {0};
+    cr_assert_eq(s2_write_parts_atomic(path, parts, 4, &err), S2_OK, "%s", err.msg);
+    char *got = NULL;
+    size_t n = 0;
+    cr_assert_eq(s2_read_file(path, &got, &n, &err), S2_OK, "%s", err.msg);
+    cr_expect(n == 16 && memcmp(got, "head-middle-tail", 16) == 0, "%zu: %.*s", n, (int)n, got);
+    free(got);
+    cr_assert_eq(s2_write_parts_atomic(path, parts, 1, &err), S2_OK, "%s", err.msg);
+    cr_assert_eq(s2_read_file(path, &got, &n, &err), S2_OK, "%s", err.msg);
+    cr_expect(n == 4 && memcmp(got, "head", 4) == 0, "the last write is the file");
+    free(got);
+    int entries = 0;
+    char cmd[160];
+    snprintf(cmd, sizeof cmd, "ls -A %s | wc -l", dir);
+    FILE *p = popen(cmd, "r");
+    cr_assert(p && fscanf(p, "%d", &entries) == 1);
+    pclose(p);
+    cr_expect_eq(entries, 1, "no temporary file is left");
+    snprintf(path, sizeof path, "%s/no/such/parts.bin", dir);
+    cr_expect_eq(s2_write_parts_atomic(path, parts, 4, &err), S2_ERR_IO);
+    assert_has(err.msg, path);
+    s2_error_clear(&err);
+    cr_expect_eq(s2_write_parts_atomic(path, NULL, 2, &err), S2_ERR_INVALID);
+    s2_error_clear(&err);
+}

@@ -714,29 +714,35 @@ static uint64_t layout(const s2_tensor *t, int n, uint64_t *begin, int *ok)
     return end;
 }
 
+/* The tensors lie end to end in their order (layout): written from their own buffers. */
 static s2_status write_file(const char *path, const char *json, const s2_tensor *t, int n,
-                            const uint64_t *begin, uint64_t data_size, s2_error *err)
+                            uint64_t data_size, s2_error *err)
 {
     uint64_t hlen = align_up(strlen(json));
     uint64_t total = 8 + hlen + data_size;
     if (total > SIZE_MAX)
         return s2_error_set(err, S2_ERR_INVALID, "%s: %llu bytes is too large to write", path,
                             (unsigned long long)total);
-    unsigned char *out = calloc(1, (size_t)total);
-    if (!out)
-        return s2_error_set(err, S2_ERR_NOMEM, "%s: out of memory for %llu bytes", path,
-                            (unsigned long long)total);
+    unsigned char *head = malloc((size_t)(8 + hlen));
+    s2_file_part *parts = malloc((size_t)(n + 1) * sizeof *parts);
+    if (!head || !parts) {
+        free(head);
+        free(parts);
+        return s2_error_set(err, S2_ERR_NOMEM, "%s: out of memory for the header", path);
+    }
     for (int i = 0; i < 8; i++)
-        out[i] = (unsigned char)(hlen >> (8 * i));
+        head[i] = (unsigned char)(hlen >> (8 * i));
     /* Spaces after the JSON put the data start on an 8-byte boundary, as Python does. */
-    memset(out + 8, ' ', (size_t)hlen);
-    memcpy(out + 8, json, strlen(json));
-    unsigned char *data = out + 8 + hlen;
+    memset(head + 8, ' ', (size_t)hlen);
+    memcpy(head + 8, json, strlen(json));
+    int np = 0;
+    parts[np++] = (s2_file_part){head, (size_t)(8 + hlen)};
     for (int i = 0; i < n; i++)
         if (t[i].nbytes)
-            memcpy(data + begin[i], t[i].data, t[i].nbytes);
-    s2_status st = s2_write_file_atomic(path, out, (size_t)total, err);
-    free(out);
+            parts[np++] = (s2_file_part){t[i].data, (size_t)t[i].nbytes};
+    s2_status st = s2_write_parts_atomic(path, parts, np, err);
+    free(parts);
+    free(head);
     return st;
 }
 
@@ -782,7 +788,7 @@ s2_status s2_st_write(const char *path, const s2_tensor *t, int n, const char *c
         st = s2_error_set(err, S2_ERR_NOMEM, "%s: out of memory building the header", path);
         goto free_begin;
     }
-    st = write_file(path, json, t, n, begin, data_size, err);
+    st = write_file(path, json, t, n, data_size, err);
     free(json);
 free_begin:
     free(begin);
