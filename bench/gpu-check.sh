@@ -24,7 +24,8 @@
 #      S2_BENCH_PEER_IMPLS=LIST runs only those peers (--peer-impls); S2_BENCH_GQA=1 adds
 #      LLaMA-2 70B's grouped-query heads (64/8) at S2_BENCH_GQA_SEQLENS (default 16384).
 #  Only when named in S2_SECTIONS: ncu (hardware counters of the attention kernels at 16k, or
-#  at S2_NCU_SEQLEN),
+#  at S2_NCU_SEQLEN; with S2_NCU_SOURCE=KERNEL, e.g. s2_attn_bwd_dkdv, also that kernel's stalls
+#  instruction by instruction, ncu's PC sampling, summed up by bench/ncu_source.py),
 #  long (LLaMA-2 7B whole, 32 layers, a random checkpoint from `s2lora init`, trained 3 steps at
 #  102400 tokens on one GPU with --recompute layer: tokens/s and peak memory, the claim that 100k
 #  fits one H100; S2_LONG_SEQLEN names another length; about 4 minutes on an H100),
@@ -58,6 +59,14 @@ ncu_n=${S2_NCU_SEQLEN:-16384}
 case $ncu_n in
 '' | *[!0-9]* | 0*)
   echo "gpu-check: S2_NCU_SEQLEN=$ncu_n: the ncu section's sequence length, a positive integer" >&2
+  exit 2
+  ;;
+esac
+ncu_src=${S2_NCU_SOURCE:-}
+case $ncu_src in
+*[!A-Za-z0-9_.*^$\|]*)
+  echo "gpu-check: S2_NCU_SOURCE=$ncu_src: a kernel name or regex (letters, digits, _ . * ^ $ |)," \
+    "e.g. s2_attn_bwd_dkdv" >&2
   exit 2
   ;;
 esac
@@ -383,6 +392,21 @@ ncu --target-processes all -k regex:'^s2_attn' --launch-skip 0 --launch-count 8 
   --metrics "$metrics" --csv --page raw \
   "$BIN/s2lora" bench attn specs/llama2-7b-32k.yaml --seqlens "$ncu_n" --no-peers --reps 1 \
   --warmup 0 "${ncu_tile_args[@]}" >"$OUTDIR/ncu.txt" 2>&1 || status=1
+if [ -n "$ncu_src" ]; then
+  # one launch of the named kernel with PC sampling; the report's source page (SASS) to a CSV,
+  # summed up by bench/ncu_source.py; the report itself is not kept (no GUI here)
+  ncu --target-processes all -k regex:"$ncu_src" --launch-count 1 --section SourceCounters \
+    --section WarpStateStats -f -o "$OUTDIR/ncu-source" \
+    "$BIN/s2lora" bench attn specs/llama2-7b-32k.yaml --seqlens "$ncu_n" --no-peers --no-gemm \
+    --reps 1 --warmup 0 "${ncu_tile_args[@]}" >"$OUTDIR/ncu-source.txt" 2>&1 &&
+    ncu -i "$OUTDIR/ncu-source.ncu-rep" --page source --csv --print-source sass \
+      >"$OUTDIR/ncu-source.csv" 2>>"$OUTDIR/ncu-source.txt" &&
+    python3 bench/ncu_source.py "$OUTDIR/ncu-source.csv" --top 30 >>"$OUTDIR/ncu-source.txt" ||
+    status=1
+  rm -f "$OUTDIR/ncu-source.ncu-rep"
+  [ -f "$OUTDIR/ncu-source.csv" ] && gzip -f "$OUTDIR/ncu-source.csv"
+  grep -A40 "^ncu source: " "$OUTDIR/ncu-source.txt" || tail -5 "$OUTDIR/ncu-source.txt"
+fi
 python3 - "$OUTDIR/ncu.txt" "$metrics" <<'PY'
 import csv, sys
 rows = [r for r in csv.reader(l for l in open(sys.argv[1]) if l.startswith('"')) if len(r) > 5]

@@ -47,5 +47,10 @@ if [ $? != 2 ] || ! grep -qF "S2_LONG_SEQLEN=100k: the long section's sequence l
   echo "FAIL: S2_LONG_SEQLEN=100k bench/gpu-check.sh: $out"
   fail=1
 fi
+out=$(S2_NCU_SOURCE='dkdv;ls' bash "$(dirname "$0")/../bench/gpu-check.sh" 2>&1)
+if [ $? != 2 ] || ! grep -qF "S2_NCU_SOURCE=dkdv;ls: a kernel name or regex" <<<"$out"; then
+  echo "FAIL: S2_NCU_SOURCE='dkdv;ls' bench/gpu-check.sh: $out"
+  fail=1
+fi
 [ $fail = 0 ] && echo "gpu_check usage: PASS"
 exit $fail
