@@ -388,17 +388,17 @@ smsp__average_warp_latency_issue_stalled_wait,\
 smsp__inst_executed.sum,launch__registers_per_thread,launch__occupancy_limit_registers,\
 lts__t_sectors_op_red.sum,lts__throughput.avg.pct_of_peak_sustained_elapsed,\
 dram__throughput.avg.pct_of_peak_sustained_elapsed
+# the program profiled: one forward and one forward+backward of each kernel at N = ncu_n
+ncu_bench=("$BIN/s2lora" bench attn specs/llama2-7b-32k.yaml --seqlens "$ncu_n" --no-peers
+  --reps 1 --warmup 0 "${ncu_tile_args[@]}")
 ncu --target-processes all -k regex:'^s2_attn' --launch-skip 0 --launch-count 8 \
-  --metrics "$metrics" --csv --page raw \
-  "$BIN/s2lora" bench attn specs/llama2-7b-32k.yaml --seqlens "$ncu_n" --no-peers --reps 1 \
-  --warmup 0 "${ncu_tile_args[@]}" >"$OUTDIR/ncu.txt" 2>&1 || status=1
+  --metrics "$metrics" --csv --page raw "${ncu_bench[@]}" >"$OUTDIR/ncu.txt" 2>&1 || status=1
 if [ -n "$ncu_src" ]; then
   # one launch of the named kernel with PC sampling; the report's source page (SASS) to a CSV,
   # summed up by bench/ncu_source.py; the report itself is not kept (no GUI here)
   ncu --target-processes all -k regex:"$ncu_src" --launch-count 1 --section SourceCounters \
-    --section WarpStateStats -f -o "$OUTDIR/ncu-source" \
-    "$BIN/s2lora" bench attn specs/llama2-7b-32k.yaml --seqlens "$ncu_n" --no-peers --no-gemm \
-    --reps 1 --warmup 0 "${ncu_tile_args[@]}" >"$OUTDIR/ncu-source.txt" 2>&1 &&
+    --section WarpStateStats -f -o "$OUTDIR/ncu-source" "${ncu_bench[@]}" --no-gemm \
+    >"$OUTDIR/ncu-source.txt" 2>&1 &&
     ncu -i "$OUTDIR/ncu-source.ncu-rep" --page source --csv --print-source sass \
       >"$OUTDIR/ncu-source.csv" 2>>"$OUTDIR/ncu-source.txt" &&
     python3 bench/ncu_source.py "$OUTDIR/ncu-source.csv" --top 30 >>"$OUTDIR/ncu-source.txt" ||

@@ -352,9 +352,16 @@ int s2_cpu_count(void)
     return n > 0 ? (int)n : 1;
 }
 
+#define SPLITMIX64_INCREMENT 0x9E3779B97F4A7C15ull
+
+uint64_t s2_splitmix64_skip(uint64_t state, uint64_t draws)
+{
+    return state + draws * SPLITMIX64_INCREMENT;
+}
+
 uint64_t s2_splitmix64(uint64_t *state)
 {
-    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
+    uint64_t z = (*state += SPLITMIX64_INCREMENT);
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     return z ^ (z >> 31);

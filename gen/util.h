@@ -127,6 +127,10 @@ void s2_buf_free(s2_buf *b);
  * generator every reproducible stream here is drawn from (data order, initialisations, seeds). */
 uint64_t s2_splitmix64(uint64_t *state);
 
+/* The state after `draws` more draws of s2_splitmix64 from state (each draw adds a fixed
+ * increment), so that a stream can be cut into parts drawn independently. */
+uint64_t s2_splitmix64_skip(uint64_t state, uint64_t draws);
+
 /* Number of online CPUs, at least 1. */
 int s2_cpu_count(void);
 

@@ -35,22 +35,18 @@ fi
 # the script that drives it on a GPU machine refuses a bad setting before anything runs or is
 # removed (it clears its kernel cache, here this test's, when it starts)
 mkdir -p "$S2LORA_CACHE_DIR"
-out=$(S2_NCU_SEQLEN=16k bash "$(dirname "$0")/../bench/gpu-check.sh" 2>&1)
-if [ $? != 2 ] || ! grep -qF "S2_NCU_SEQLEN=16k: the ncu section's sequence length" <<<"$out" ||
-  [ ! -d "$S2LORA_CACHE_DIR" ]; then
-  echo "FAIL: S2_NCU_SEQLEN=16k bench/gpu-check.sh: $out"
-  fail=1
-fi
-out=$(S2_LONG_SEQLEN=100k bash "$(dirname "$0")/../bench/gpu-check.sh" 2>&1)
-if [ $? != 2 ] || ! grep -qF "S2_LONG_SEQLEN=100k: the long section's sequence length" <<<"$out" ||
-  [ ! -d "$S2LORA_CACHE_DIR" ]; then
-  echo "FAIL: S2_LONG_SEQLEN=100k bench/gpu-check.sh: $out"
-  fail=1
-fi
-out=$(S2_NCU_SOURCE='dkdv;ls' bash "$(dirname "$0")/../bench/gpu-check.sh" 2>&1)
-if [ $? != 2 ] || ! grep -qF "S2_NCU_SOURCE=dkdv;ls: a kernel name or regex" <<<"$out"; then
-  echo "FAIL: S2_NCU_SOURCE='dkdv;ls' bench/gpu-check.sh: $out"
-  fail=1
-fi
+refused() { # VAR=VALUE, then the expected message
+  local out
+  out=$(env "$1" bash "$(dirname "$0")/../bench/gpu-check.sh" 2>&1)
+  if [ $? != 2 ] || ! grep -qF -- "$2" <<<"$out"; then
+    echo "FAIL: $1 bench/gpu-check.sh: $out"
+    fail=1
+  fi
+}
+refused S2_NCU_SEQLEN=16k "S2_NCU_SEQLEN=16k: the ncu section's sequence length"
+[ -d "$S2LORA_CACHE_DIR" ] || { echo "FAIL: S2_NCU_SEQLEN=16k: the cache was removed"; fail=1; }
+refused S2_LONG_SEQLEN=100k "S2_LONG_SEQLEN=100k: the long section's sequence length"
+[ -d "$S2LORA_CACHE_DIR" ] || { echo "FAIL: S2_LONG_SEQLEN=100k: the cache was removed"; fail=1; }
+refused 'S2_NCU_SOURCE=dkdv;ls' "S2_NCU_SOURCE=dkdv;ls: a kernel name or regex"
 [ $fail = 0 ] && echo "gpu_check usage: PASS"
 exit $fail

@@ -1446,12 +1446,10 @@ s2_status s2_ckpt_init_random(const char *dir, const s2_spec *spec, uint64_t see
 }
 
 /* The weights are one stream: the i-th random value of the checkpoint (tensors in file order,
- * norms drawing none) is 0.02 x init_normal of the splitmix64 state seed + 2i x its increment,
- * since a value takes two draws and a draw adds the increment. So a chunk of a tensor starts
- * its own state there, and the pool fills the chunks in parallel with the bytes of one thread's
- * sequential walk whatever the thread count. */
+ * norms drawing none) is 0.02 x init_normal of the splitmix64 state seed skipped 2i draws (a
+ * value takes two). So a chunk of a tensor starts its own state there, and the pool fills the
+ * chunks in parallel with the bytes of one thread's sequential walk whatever the thread count. */
 #define INIT_CHUNK ((size_t)1 << 16) /* values a chunk */
-#define SPLITMIX64_INCREMENT 0x9E3779B97F4A7C15ull
 
 typedef struct {
     s2_st_dtype dt;
@@ -1468,7 +1466,7 @@ static s2_status init_fill_chunk(void *arg, int item, int worker, s2_error *err)
     const size_t begin = (size_t)item * INIT_CHUNK;
     const size_t len = j->n - begin < INIT_CHUNK ? j->n - begin : INIT_CHUNK;
     float *f = j->scratch + (size_t)worker * INIT_CHUNK;
-    uint64_t rng = j->state0 + 2 * (uint64_t)begin * SPLITMIX64_INCREMENT;
+    uint64_t rng = s2_splitmix64_skip(j->state0, 2 * (uint64_t)begin);
     for (size_t i = 0; i < len; i++)
         f[i] = (float)(0.02 * init_normal(&rng));
     s2_f32_to_half(j->dt, f, j->dst + begin, len);
@@ -1557,7 +1555,7 @@ s2_status s2_ckpt_init_random_progress(const char *dir, const s2_spec *spec, uin
             st = s2_pool_for((int)chunks, 0, init_fill_chunk, &j, err);
             if (st)
                 break;
-            rng += 2 * (uint64_t)ne * SPLITMIX64_INCREMENT;
+            rng = s2_splitmix64_skip(rng, 2 * (uint64_t)ne);
         } else {
             const float one = 1.0f;
             uint16_t h, *d = x->data;
