@@ -9,7 +9,8 @@
 #   bench/sass-diff.sh OLD_S2LORA NEW_S2LORA [CASE ...]
 #
 # A CASE is SPEC[@ARCH][%TILE] (default arch sm_90a); without cases, the default spec's kernels
-# with the sm_90a default and five other forward and backward tiles, d = 64, GQA, and sm_80.
+# with the sm_90a default and five other forward and backward tiles, 16k (the dQ kernel's
+# backward), d = 64, GQA, and sm_80.
 # Needs cuobjdump and nvdisasm on PATH (the CUDA toolkit's bin/, or PyPI's nvidia-cuda-cuobjdump
 # and nvidia-cuda-nvdisasm). Prints one line a unit (same / DIFFERS, with the SASS line counts);
 # exit status 0 when every unit is the same, 1 when one differs, 2 on a usage or build error.
@@ -30,10 +31,13 @@ done
 cases=("$@")
 if [ ${#cases[@]} -eq 0 ]; then
   s=specs/llama2-7b-32k.yaml
+  # (its default backward is the ordered dQ's TMA kernel; the cp.async kernels and the TMA
+  # kernel beside the dQ kernel are named with bwd_tma and bwd_atomic_dq; llama2-7b-16k's
+  # default backward is the dQ kernel's form)
   cases=("$s" "$s%fwd_overlap=0,fwd_stages=2" "$s%fwd_tma=0,fwd_overlap=0"
-    "$s%fwd_tma=0,fwd_overlap=0,fwd_mbar=0,bwd_mbar=0"
-    "$s%bwd_tma=1,bwd_atomic_dq=1,bwd_stages=2" "$s%bwd_tma=1,bwd_stages=3"
-    specs/llama2-70b-32k.yaml specs/tiny-byte-512.yaml "$s@sm_80")
+    "$s%fwd_tma=0,fwd_overlap=0,fwd_mbar=0,bwd_mbar=0,bwd_tma=0,bwd_atomic_dq=0"
+    "$s%bwd_tma=1,bwd_atomic_dq=1,bwd_stages=2" "$s%bwd_tma=1,bwd_stages=3,bwd_atomic_dq=0"
+    specs/llama2-7b-16k.yaml specs/llama2-70b-32k.yaml specs/tiny-byte-512.yaml "$s@sm_80")
 fi
 work=$(mktemp -d /tmp/s2lora-sass.XXXXXX)
 [ -n "${S2_KEEP_SASS:-}" ] && echo "sass-diff: kept in $work" >&2 || trap 'rm -rf "$work"' EXIT
