@@ -227,7 +227,7 @@ echo "== LLaMA-2 7B, 32 layers, trained at $long_n tokens on one GPU (a random c
 # specs/llama2-7b-100k.yaml at its own length or another (context_length: the RoPE factor and
 # the groups follow it); the data: this repository's text as byte tokens, ids the 32000-token
 # vocabulary holds. Three steps of one sequence; the first builds and warms up.
-lw=$(mktemp -d /tmp/s2lora-long.XXXXXX)
+lw=$(mktemp -d /tmp/s2lora-long.XXXXXX) long_steps=3
 cat README.md runtime/*/*.c templates/*.cuh >"$lw/text.txt"
 t0=$(date +%s)
 {
@@ -236,11 +236,11 @@ t0=$(date +%s)
       --seed 1 &&
     echo "long: init $(($(date +%s) - t0)) s" &&
     "$BIN/s2lora" train specs/llama2-7b-100k.yaml --set context_length="$long_n" \
-      --model "$lw/m" --data "$lw/text.tokens" --out "$lw/o" --steps 3 --grad-accum 1 \
+      --model "$lw/m" --data "$lw/text.tokens" --out "$lw/o" --steps "$long_steps" --grad-accum 1 \
       --save-every 0 --warmup 1 --recompute layer
 } >"$OUTDIR/long.txt" 2>&1 || status=1
 grep -E "^long: |^s2lora: (train|recompute)|out of memory|error" "$OUTDIR/long.txt" | head -8
-python3 - "$lw/o/train.jsonl" "$long_n" <<'PY' 2>&1 | tee -a "$OUTDIR/long.txt"
+python3 - "$lw/o/train.jsonl" "$long_n" "$long_steps" <<'PY' 2>&1 | tee -a "$OUTDIR/long.txt"
 import json, sys
 try:
     r = [json.loads(l) for l in open(sys.argv[1])]
@@ -250,7 +250,7 @@ last = r[-1]
 print(f"long: 7B at {sys.argv[2]} tokens on one GPU: {len(r)} steps, step {last['step']} "
       f"{last['tokens_per_s']:.0f} tokens/s (MFU {last['mfu']:.3f}), peak "
       f"{max(last['peak_mem_gib']):.2f} GiB, loss {last['loss']:.4f}: "
-      f"{'PASS' if len(r) == 3 else 'FAIL'}")
+      f"{'PASS' if len(r) == int(sys.argv[3]) else 'FAIL'}")
 PY
 [ -f "$lw/o/train.jsonl" ] && cp "$lw/o/train.jsonl" "$DATA/long-7b-$long_n.jsonl"
 grep -q "^long: .*FAIL" "$OUTDIR/long.txt" && status=1
