@@ -142,6 +142,16 @@ Test(cache, lists_entries_with_what_they_were_built_from)
     free(v);
 }
 
+Test(cache, an_empty_directory_lists_no_entries)
+{
+    s2_cache_entry *v = (s2_cache_entry *)&v; /* anything but NULL: the call must set it */
+    int n = -1;
+    s2_error err = {0};
+    cr_assert_eq(s2_cache_list(dir, &v, &n, &err), S2_OK, "%s", err.msg);
+    cr_expect_eq(n, 0);
+    cr_expect_null(v);
+}
+
 Test(cache, a_cache_hit_is_the_last_use)
 {
     char a[65], cubin[80];

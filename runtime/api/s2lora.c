@@ -1237,8 +1237,10 @@ size_t s2lora_lora_workspace_bytes(const s2lora_lora *l)
     return l ? s2_lora_workspace_bytes(&l->d) : 0;
 }
 
-/* Checks the named device pointers (NULL-terminated list of name, pointer pairs). */
-static s2_status check_ptrs(const char *fn, s2_error *err, const char *name, const void *p, ...)
+/* Checks the named device pointers (name, pointer pairs ended by a null name: (const char *)NULL,
+ * since a bare NULL may be an int where va_arg reads a pointer). */
+__attribute__((sentinel)) static s2_status check_ptrs(const char *fn, s2_error *err,
+                                                      const char *name, const void *p, ...)
 {
     va_list ap;
     va_start(ap, p);
@@ -1275,7 +1277,7 @@ s2lora_status s2lora_lora_pack_weights(s2lora_lora *l, const void *w, const void
     if (rs)
         return rs;
     const char *fn = "s2lora_lora_pack_weights";
-    s2_status st = check_ptrs(fn, &c->err, "w", w, "a", a, "b", b, "wc", wc, NULL);
+    s2_status st = check_ptrs(fn, &c->err, "w", w, "a", a, "b", b, "wc", wc, (const char *)NULL);
     if (!st)
         st = need_device(c, fn);
     if (st)
@@ -1313,7 +1315,7 @@ s2lora_status s2lora_lora_forward(s2lora_lora *l, void *xa, const void *wc, void
     if (rs)
         return rs;
     const char *fn = "s2lora_lora_forward";
-    s2_status st = check_ptrs(fn, &c->err, "xa", xa, "wc", wc, "y", y, NULL);
+    s2_status st = check_ptrs(fn, &c->err, "xa", xa, "wc", wc, "y", y, (const char *)NULL);
     if (!st)
         st = lora_ws(l, fn, workspace, &c->err);
     if (!st)
@@ -1334,7 +1336,7 @@ s2lora_status s2lora_lora_backward(s2lora_lora *l, const void *xa, const void *w
         return rs;
     const char *fn = "s2lora_lora_backward";
     s2_status st = check_ptrs(fn, &c->err, "xa", xa, "wc", wc, "dya", dya, "dxv", dxv, "da", da,
-                              "db", db, NULL);
+                              "db", db, (const char *)NULL);
     if (!st)
         st = lora_ws(l, fn, workspace, &c->err);
     if (!st)

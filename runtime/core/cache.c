@@ -156,7 +156,8 @@ s2_status s2_cache_list(const char *dir, s2_cache_entry **out, int *n_out, s2_er
             e->used = e->written;
         read_banner(dir, e);
     }
-    qsort(v, (size_t)n, sizeof *v, by_use);
+    if (n > 1) /* (qsort wants a valid array even of none: v is NULL when n is 0) */
+        qsort(v, (size_t)n, sizeof *v, by_use);
     *out = v;
     *n_out = n;
     return S2_OK;
