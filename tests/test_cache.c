@@ -225,6 +225,14 @@ Test(cache, clean_removes_old_or_all_entries_and_nothing_else)
     o = (s2_cache_clean_opts){.all = 1};
     cr_assert_eq(s2_cache_clean(dir, &o, &v, &n, &bytes, &err), S2_OK, "%s", err.msg);
     cr_expect_eq(n, 2, "b and the incomplete entry older than an hour");
+    int seen_stale = 0;
+    for (int i = 0; i < n; i++)
+        if (!strcmp(v[i].key, stale)) {
+            seen_stale = 1;
+            cr_expect_str_eq(v[i].problem,
+                             "no .cubin (a build writing it, or one that stopped before it)");
+        }
+    cr_expect(seen_stale, "the incomplete entry is among those removed");
     free(v);
     cr_expect(!exists(b, ".cubin") && !exists(b, ".log") && !exists(b, ".cu"));
     cr_expect(!exists(stale, ".log"));

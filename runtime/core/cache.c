@@ -149,8 +149,8 @@ s2_status s2_cache_list(const char *dir, s2_cache_entry **out, int *n_out, s2_er
         if (e->complete) {
             read_header(dir, e, e->cubin_bytes);
         } else {
-            snprintf(e->problem, sizeof e->problem, "no %s.cubin (a build writing it, or one "
-                     "that stopped before it)", "KEY");
+            snprintf(e->problem, sizeof e->problem,
+                     "no .cubin (a build writing it, or one that stopped before it)");
         }
         if (e->used < e->written)
             e->used = e->written;
