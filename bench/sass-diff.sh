@@ -12,8 +12,10 @@
 # with the sm_90a default and five other forward and backward tiles, 16k (the dQ kernel's
 # backward), d = 64, GQA, and sm_80.
 # Needs cuobjdump and nvdisasm on PATH (the CUDA toolkit's bin/, or PyPI's nvidia-cuda-cuobjdump
-# and nvidia-cuda-nvdisasm). Prints one line a unit (same / DIFFERS, with the SASS line counts);
-# exit status 0 when every unit is the same, 1 when one differs, 2 on a usage or build error.
+# and nvidia-cuda-nvdisasm). Prints one line a unit (same / DIFFERS, with the SASS line counts),
+# and under a unit that differs one line a kernel with its SASS instructions in OLD and NEW (a
+# static count: what a change saves or costs before any GPU runs it); exit status 0 when every
+# unit is the same, 1 when one differs, 2 on a usage or build error.
 # S2_KEEP_SASS=1 keeps the work folder (each case's SASS, OLD and NEW, named on stderr) for a
 # diff by hand.
 set -uo pipefail
@@ -40,7 +42,11 @@ if [ ${#cases[@]} -eq 0 ]; then
     specs/llama2-7b-16k.yaml specs/llama2-70b-32k.yaml specs/tiny-byte-512.yaml "$s@sm_80")
 fi
 work=$(mktemp -d /tmp/s2lora-sass.XXXXXX)
-[ -n "${S2_KEEP_SASS:-}" ] && echo "sass-diff: kept in $work" >&2 || trap 'rm -rf "$work"' EXIT
+if [ -n "${S2_KEEP_SASS:-}" ]; then
+  echo "sass-diff: kept in $work" >&2
+else
+  trap 'rm -rf "$work"' EXIT
+fi
 
 # The SASS of cache entry $1 (the cubin after the entry's header, whose length is the u32 at
 # byte 12: runtime/core/jit.c) into $2.
@@ -50,6 +56,13 @@ sass_of() {
   tail -c +$((hlen + 1)) "$1" >"$work/x.cubin"
   cuobjdump -sass "$work/x.cubin" | sed -e 's|/\*[0-9a-f]\{4,\}\*/||g' -e 's/[[:space:]]*$//' |
     grep -v '^$' >"$2"
+}
+
+# Instructions a kernel in SASS file $1 (the trailing NOPs included): "KERNEL COUNT" lines,
+# sorted by kernel.
+kernel_counts() {
+  awk '/Function :/ { f = $3 } /;/ && !/^[[:space:]]*\/\*/ && f != "" { n[f]++ }
+       END { for (k in n) print k, n[k] }' "$1" | sort
 }
 
 status=0
@@ -86,6 +99,12 @@ for c in "${cases[@]}"; do
     else
       printf '%-8s %-52s %-10s DIFFERS (%d against %d lines)\n' "$arch" "$name" "$unit" \
         "$(wc -l <"$f")" "$([ -f "$g" ] && wc -l <"$g" || echo 0)"
+      [ -f "$g" ] || : >"$g"
+      join -a1 -a2 -e 0 -o 0,1.2,2.2 <(kernel_counts "$f") <(kernel_counts "$g") |
+        while read -r kernel a b; do
+          printf '           %-50s %6d -> %6d instructions (%+d)\n' "$kernel" "$a" "$b" \
+            $((b - a))
+        done
       status=1
     fi
   done
